@@ -1,0 +1,35 @@
+"""The 40M-parameter GPT on FineWeb: 12 layers, 384 wide, 524,288 tokens per iteration.
+
+Data: `python -m jaxgpt.prepare fineweb --out=data/fineweb` (FineWeb sample-10BT).
+"""
+
+from jaxgpt import defaults
+
+
+def get_config():
+  c = defaults.get_config()
+  c.out_dir = "out/fineweb_40m"
+  c.dataset = "fineweb"
+  c.data_dir = "data/fineweb"
+  c.n_layer = 12
+  c.n_head = 6
+  c.n_embd = 384
+  c.block_size = 1024
+  c.batch_size = 32
+  c.gradient_accumulation_steps = 16  # 16 x 32 x 1024 = 524,288 tokens per iteration
+  c.dropout = 0.0
+  c.bias = False
+  c.learning_rate = 5e-4
+  c.min_lr = 5e-5
+  c.max_iters = 20000
+  c.lr_decay_iters = 20000
+  c.warmup_iters = 700
+  c.weight_decay = 0.1
+  c.beta1 = 0.9
+  c.beta2 = 0.95
+  c.grad_clip = 1.0
+  c.eval_interval = 500
+  c.eval_iters = 100
+  c.log_interval = 10
+  c.dtype = "bfloat16"
+  return c

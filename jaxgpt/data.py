@@ -1,0 +1,106 @@
+"""Grain pipeline over token shards: windows, seeded shuffle, batches, prefetch.
+
+A training example is a window of block_size + 1 tokens; consecutive windows
+share only their boundary token, so each token is a target once per epoch.
+Windows never straddle two shards (a shard boundary is a document boundary
+in any case).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from typing import Iterator
+
+import grain
+import numpy as np
+
+from jaxgpt import shards
+
+
+class TokenWindows(grain.sources.RandomAccessDataSource):
+  """Random access to the windows of a list of token files, memory-mapped lazily.
+
+  Grain pickles the source into its worker processes: the memmaps are dropped
+  from the pickled state and reopened on first use in each worker.
+  """
+
+  def __init__(self, paths: list[str], block_size: int):
+    if not paths:
+      raise shards.ShardError("no token files given")
+    self.paths = list(paths)
+    self.block_size = block_size
+    self._tokens: list[np.ndarray] | None = None
+    counts = []
+    for path in self.paths:
+      n_windows = max(0, (len(shards.read_tokens(path)) - 1) // block_size)
+      counts.append(n_windows)
+    self.offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    if self.offsets[-1] == 0:
+      raise shards.ShardError(f"{', '.join(self.paths)}: fewer than block_size+1="
+                              f"{block_size + 1} tokens in every file")
+
+  def __len__(self) -> int:
+    return self.offsets[-1]
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    if self._tokens is None:
+      self._tokens = [shards.read_tokens(p) for p in self.paths]
+    file_index = bisect.bisect_right(self.offsets, index) - 1
+    start = (index - self.offsets[file_index]) * self.block_size
+    return np.array(self._tokens[file_index][start:start + self.block_size + 1])
+
+  def __getstate__(self) -> dict:
+    state = self.__dict__.copy()
+    state["_tokens"] = None
+    return state
+
+  def __repr__(self) -> str:
+    return f"TokenWindows({len(self.paths)} files, {len(self)} windows of {self.block_size}+1)"
+
+
+def resolve_data_dir(dataset: str, data_dir: str) -> str:
+  return data_dir or os.path.join("data", dataset)
+
+
+def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> TokenWindows:
+  """The windows of one split, with every file checked against the model's vocabulary."""
+  paths = shards.find_shards(data_dir, split)
+  if not paths:
+    raise FileNotFoundError(f"{data_dir}: no '{split}' token files (*{split}*.bin or .npy)")
+  for path in paths:
+    shards.check_vocab(path, shards.read_tokens(path), vocab_size)
+  return TokenWindows(paths, block_size)
+
+
+def train_dataset(source: TokenWindows, *, accum_steps: int, batch_size: int, seed: int,
+                  workers: int) -> grain.IterDataset:
+  """Endless (accum_steps, batch_size, block_size+1) uint16 batches, reshuffled every epoch.
+
+  The iterator it gives is checkpointable (`get_state`/`set_state`), so a
+  resumed run continues at exactly the next batch.
+  """
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat()
+        .batch(batch_size, drop_remainder=True)
+        .batch(accum_steps, drop_remainder=True))
+  it_ds = ds.to_iter_dataset()
+  if workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return it_ds
+
+
+def eval_batches(source: TokenWindows, *, batch_size: int, n_batches: int,
+                 seed: int) -> Iterator[np.ndarray]:
+  """The same `n_batches` (batch_size, block_size+1) uint16 batches at every call.
+
+  Windows are drawn by a fixed-seed shuffle over the whole split, so a large
+  split is sampled evenly and every evaluation sees identical tokens.
+  """
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat()
+        .batch(batch_size, drop_remainder=True))
+  for i in range(n_batches):
+    yield ds[i]

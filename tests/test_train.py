@@ -1,0 +1,128 @@
+"""The train step and the loop: accumulation, learning, one compilation, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import pattern_tokens, tiny_config
+from jaxgpt import train
+from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.optim import make_optimizer
+
+
+def setup(config):
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  return model, tx, train.create_train_state(model, tx, config.seed)
+
+
+def windows(n: int, block_size: int, seed: int = 0) -> np.ndarray:
+  tokens = pattern_tokens(n * (block_size + 1), seed)
+  return tokens.reshape(n, block_size + 1)
+
+
+def test_micro_batches_give_the_update_of_one_big_batch(tmp_path):
+  k, b = 4, 2
+  config = tiny_config(tmp_path, "", grad_clip=1.0, dropout=0.0)
+  model, tx, state = setup(config)
+  batch = windows(k * b, config.block_size)
+  step = train.make_train_step(model, tx)
+  state_k, m_k = step(state, jnp.asarray(batch.reshape(k, b, -1)))
+  _, _, state = setup(config)  # the first state was donated
+  state_1, m_1 = step(state, jnp.asarray(batch.reshape(1, k * b, -1)))
+  np.testing.assert_allclose(m_k["loss"], m_1["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m_k["grad_norm"], m_1["grad_norm"], rtol=1e-5)
+  # Adam divides by |g|: an element whose gradient is ~0 can move by float noise,
+  # so params are compared to 1e-4 of the step size (lr = 1e-2).
+  for a, c in zip(jax.tree.leaves(state_k.params), jax.tree.leaves(state_1.params)):
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_step_compiles_once(tmp_path):
+  config = tiny_config(tmp_path, "")
+  model, tx, state = setup(config)
+  step = train.make_train_step(model, tx)
+  batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))
+  for _ in range(4):
+    state, _ = step(state, batch)
+  assert step._cache_size() == 1
+
+
+def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
+  config = tiny_config(tmp_path, "", warmup_iters=10, lr_decay_iters=300, max_iters=300)
+  model, tx, state = setup(config)
+  step = train.make_train_step(model, tx)
+  data = windows(400, config.block_size, seed=7)
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(300):
+    idx = rng.integers(0, len(data), size=8)
+    state, m = step(state, jnp.asarray(data[idx].reshape(2, 4, -1)))
+    losses.append(float(m["loss"]))
+  assert losses[0] > 4.0  # about ln(96)
+  assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_dropout_rng_differs_per_step_but_is_reproducible(tmp_path):
+  config = tiny_config(tmp_path, "", dropout=0.3)
+  batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))
+  runs = []
+  for _ in range(2):
+    model, tx, state = setup(config)
+    step = train.make_train_step(model, tx)
+    losses = []
+    for _ in range(3):
+      state, m = step(state, batch)
+      losses.append(float(m["loss"]))
+    runs.append(losses)
+  assert runs[0] == runs[1]
+
+
+def count_compiles(fn) -> int:
+  """Backend compilations while `fn` runs."""
+  events = []
+  listener = lambda name, *a, **k: events.append(name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return sum(1 for e in events if e == "/jax/core/compile/backend_compile_duration")
+
+
+def test_loop_compiles_the_same_programs_however_long_it_runs(tmp_path, token_dir):
+  run = lambda name, iters: train.train(tiny_config(tmp_path / name, token_dir, max_iters=iters))
+  run("warmup", 2)  # fills jax's caches of small eager ops
+  short = count_compiles(lambda: run("short", 4))
+  long = count_compiles(lambda: run("long", 12))
+  assert 0 < short == long
+
+
+def test_training_run_logs_metrics_and_learns(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=60, eval_interval=20, log_interval=10,
+                       lr_decay_iters=60)
+  losses = train.train(config)
+  records = [json.loads(l) for l in open(os.path.join(config.out_dir, "metrics.jsonl"))]
+  evals = [r for r in records if r["event"] == "eval"]
+  logs = [r for r in records if r["event"] == "train"]
+  assert [r["iter"] for r in evals] == [0, 20, 40, 60]
+  assert [r["iter"] for r in logs] == [0, 10, 20, 30, 40, 50]
+  assert logs[0]["tokens"] == 2 * 4 * 16
+  for key in ("loss", "lr", "grad_norm", "ms_per_iter", "tokens_per_sec", "mfu"):
+    assert key in logs[0]
+  assert evals[-1]["val_loss"] == pytest.approx(losses["val"])
+  assert evals[-1]["val_loss"] < 0.7 * evals[0]["val_loss"]
+  assert os.path.isfile(os.path.join(config.out_dir, "config.json"))
+
+
+def test_eval_only_evaluates_once(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, eval_only=True)
+  train.train(config)
+  records = [json.loads(l) for l in open(os.path.join(config.out_dir, "metrics.jsonl"))]
+  assert [r["event"] for r in records] == ["eval"]
