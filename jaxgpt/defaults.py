@@ -25,7 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_iters = 200  # batches per split for each evaluation
   c.eval_only = False  # evaluate once at the start, then exit
   c.always_save_checkpoint = True  # save at every eval, not only on a new best val loss
-  c.init_from = "scratch"  # 'scratch' or 'resume'
+  c.init_from = "scratch"  # 'scratch' or 'resume' (the latest good checkpoint in out_dir)
+  c.keep_checkpoints = 3  # the latest this many checkpoints are kept, plus the best by val loss
+  c.skip_nonfinite = 0  # iterations with a non-finite loss/gradient to skip before stopping
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)
 
   # logging sinks
@@ -85,6 +87,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
               "log_interval", "eval_iters"):
     check(c[key] > 0, key, "must be positive")
   check(c.max_iters >= 0, "max_iters", "must be >= 0")
+  check(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+  check(c.skip_nonfinite >= 0, "skip_nonfinite", "must be >= 0")
   check(c.n_embd % c.n_head == 0, "n_embd", f"must be divisible by n_head={c.n_head}")
   check(0.0 <= c.dropout < 1.0, "dropout", "must be in [0, 1)")
   check(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")

@@ -47,6 +47,32 @@ def mfu(tokens_per_sec: float, flops_per_tok: float, peak_per_device: float | No
   return tokens_per_sec * flops_per_tok / (peak_per_device * n_devices)
 
 
+def drop_records_after(path: str, step: int) -> int:
+  """Moves the records of iterations a resumed run will redo to `path`.superseded.
+
+  Kept: train records of iterations before `step` and evaluations at or before
+  it. Returns how many records were moved; none is deleted.
+  """
+  if not os.path.isfile(path):
+    return 0
+  keep, moved = [], []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      record = json.loads(line)
+      redone = record["iter"] > step or (record["iter"] == step and record["event"] != "eval")
+      (moved if redone else keep).append(line)
+  if moved:
+    with open(path + ".superseded", "a", encoding="utf-8") as f:
+      f.writelines(moved)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return len(moved)
+
+
 class MetricsWriter:
   """Appends one JSON object per event to out_dir/metrics.jsonl, flushed at once."""
 

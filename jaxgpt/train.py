@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxgpt import data, defaults, metrics, prepare, sampling, shards, tokenizer
+from jaxgpt import checkpoint, data, defaults, metrics, prepare, sampling, shards, tokenizer
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
 from jaxgpt.optim import lr_schedule, make_optimizer
 
@@ -29,13 +29,14 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   opt_state: Any
   rng: jax.Array  # base key; step s uses fold_in(rng, s), so resuming needs nothing else
+  nonfinite: jax.Array  # iterations whose update was dropped for a non-finite loss or gradient
 
 
 def create_train_state(model: GPT, tx: optax.GradientTransformation, seed: int) -> TrainState:
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = init_params(model, init_rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=train_rng)
+                    rng=train_rng, nonfinite=jnp.zeros((), jnp.int32))
 
 
 def _loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None) -> jax.Array:
@@ -51,8 +52,10 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation
   """A jitted `train_step(state, batch)` doing one iteration: every micro-batch, then AdamW.
 
   Gradients of the micro-batches are summed in float32 by a `lax.scan`, so
-  k micro-batches of b give the update of one batch of k*b. The state is
-  donated: its buffers are reused for the new state.
+  k micro-batches of b give the update of one batch of k*b. An update whose
+  loss or gradient is not finite is dropped (params and optimizer state stay
+  as they were) and counted in `state.nonfinite`, so a bad step never reaches
+  the params or a checkpoint. The state is donated: its buffers are reused.
   """
 
   def train_step(state: TrainState, tokens_ABT1: Batch) -> tuple[TrainState, dict]:
@@ -68,10 +71,16 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     grads_sum, losses_A = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), tokens_ABT1))
     grads = jax.tree.map(lambda g: g / n_micro, grads_sum)
+    loss, grad_norm = losses_A.mean(), optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
-    return new_state, {"loss": losses_A.mean(), "grad_norm": optax.tree.norm(grads)}
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(step=state.step + 1,
+                              params=keep_if_finite(params, state.params),
+                              opt_state=keep_if_finite(opt_state, state.opt_state),
+                              nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+    return new_state, {"loss": loss, "grad_norm": grad_norm}
 
   return jax.jit(train_step, donate_argnums=0)
 
@@ -108,6 +117,50 @@ def open_data(config: ml_collections.ConfigDict) -> dict[str, data.TokenWindows]
           for split in ("train", "val")}
 
 
+# Keys whose change makes a checkpoint's params meaningless for this model.
+ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
+                     "gelu_approximate")
+
+
+def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """Refuses a resume that changes the architecture; logs every other changed key."""
+  mismatched = [k for k in ARCHITECTURE_KEYS if saved.get(k) != config[k]]
+  if mismatched:
+    details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {config[k]!r}"
+                        for k in mismatched)
+    raise ValueError(f"cannot resume {config.out_dir}: the architecture changed ({details})")
+  for key, value in config.items():
+    if key in saved and saved[key] != value and key != "init_from":
+      logging.info("resume: %s changed from %r to %r", key, saved[key], value)
+
+
+class StopSignals:
+  """Turns SIGTERM/SIGINT into a request to stop after the current step.
+
+  A second SIGINT interrupts at once, as Ctrl-C usually does.
+  """
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> StopSignals:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum: int, frame) -> None:
+    if self.received == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+    logging.warning("received %s: stopping after the current step",
+                    signal.Signals(signum).name)
+
+
 def _format_train_line(it: int, max_iters: int, m: dict) -> str:
   mfu = "n/a" if m["mfu"] is None else f"{100 * m['mfu']:.1f}%"
   return (f"iter {it}/{max_iters}: loss {m['loss']:.4f}, lr {m['lr']:.2e}, "
@@ -115,24 +168,145 @@ def _format_train_line(it: int, max_iters: int, m: dict) -> str:
           f"{m['tokens_per_sec']:,.0f} tok/s, mfu {mfu}")
 
 
+def _check_nonfinite(state: TrainState, config: ml_collections.ConfigDict, since_iter: int,
+                     it: int, last_saved: int | None, checkpoint_directory: str) -> None:
+  """Stops the run once more iterations were non-finite than `skip_nonfinite` allows."""
+  count = int(state.nonfinite)  # host sync: called only at log and save points
+  if count <= config.skip_nonfinite:
+    if count:
+      logging.warning("%d iteration(s) with a non-finite loss or gradient were skipped", count)
+    return
+  where = f"at iter {it}" if since_iter == it else f"between iter {since_iter} and iter {it}"
+  good = (f"the last good checkpoint is step {last_saved} in {checkpoint_directory}"
+          if last_saved is not None else "no checkpoint was saved yet")
+  raise FloatingPointError(
+      f"non-finite loss or gradient {where} ({count} iteration(s), skip_nonfinite="
+      f"{config.skip_nonfinite}); the update was not applied and nothing was saved; {good}")
+
+
+class _Run:
+  """The loop's mutable bookkeeping, and the three things it does between steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, state: TrainState, start_iter: int,
+               best_val_loss: float, checkpoints: checkpoint.RunCheckpoints,
+               train_iter: grain.DatasetIterator, writer: metrics.MetricsWriter,
+               eval_fn: Callable[[Any], dict[str, float]], flops_per_token: float,
+               peak: float | None):
+    self.config, self.state = config, state
+    self.checkpoints, self.train_iter, self.writer = checkpoints, train_iter, writer
+    self.eval_fn, self.flops_per_token, self.peak = eval_fn, flops_per_token, peak
+    self.best_val_loss = best_val_loss
+    self.last_saved = start_iter if config.init_from == "resume" else None
+    self.tokens_per_iter = (config.gradient_accumulation_steps * config.batch_size *
+                            config.block_size)
+    self.schedule = lr_schedule(config)
+    self.losses: dict[str, float] = {}
+    self.mark_time(start_iter)
+
+  def mark_time(self, it: int) -> None:
+    """Starts a new timing interval: time spent before (eval, saves) is not train time."""
+    self.last_log_time, self.last_log_iter = time.perf_counter(), it
+
+  def save(self, it: int, val_loss: float | None) -> None:
+    meta = {"config": self.config.to_dict(), "iter": it, "tokens": it * self.tokens_per_iter,
+            "val_loss": val_loss, "best_val_loss": self.best_val_loss}
+    self.checkpoints.save(it, self.state, self.train_iter, meta, val_loss)
+    self.last_saved = it
+
+  def check_finite(self, it: int) -> None:
+    _check_nonfinite(self.state, self.config, self.last_log_iter, it, self.last_saved,
+                     self.checkpoints.directory)
+
+  def evaluate_and_save(self, it: int) -> None:
+    self.losses = self.eval_fn(self.state.params)
+    logging.info("step %d: train loss %.4f, val loss %.4f", it, self.losses["train"],
+                 self.losses["val"])
+    self.writer.write({"event": "eval", "iter": it, "tokens": it * self.tokens_per_iter,
+                       "train_loss": self.losses["train"], "val_loss": self.losses["val"],
+                       "lr": float(self.schedule(it))})
+    if self.config.eval_only:
+      return
+    self.check_finite(it)
+    improved = self.losses["val"] < self.best_val_loss
+    self.best_val_loss = min(self.best_val_loss, self.losses["val"])
+    if it > 0 and (improved or self.config.always_save_checkpoint):
+      self.save(it, self.losses["val"])
+    self.mark_time(it)
+
+  def log(self, it: int, step_metrics: dict[str, jax.Array]) -> None:
+    m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the host sync
+    now = time.perf_counter()
+    dt = (now - self.last_log_time) / max(it + 1 - self.last_log_iter, 1)
+    tok_s = self.tokens_per_iter / dt
+    m.update(lr=float(self.schedule(it)), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
+             mfu=metrics.mfu(tok_s, self.flops_per_token, self.peak, 1))
+    logging.info(_format_train_line(it, self.config.max_iters, m))
+    self.writer.write({"event": "train", "iter": it, "tokens": (it + 1) * self.tokens_per_iter,
+                       **m})
+    self.check_finite(it)
+    self.last_log_time, self.last_log_iter = now, it + 1
+
+  def stop_on_signal(self, it: int, signum: int) -> None:
+    self.save(it, None)
+    self.checkpoints.wait()
+    logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
+                    "command plus --config.init_from=resume", signal.Signals(signum).name, it)
+
+
+def _open_checkpoints(config: ml_collections.ConfigDict) -> checkpoint.RunCheckpoints:
+  """The run's checkpoints, refusing to start over on top of them or resume from none."""
+  checkpoints = checkpoint.RunCheckpoints(config.out_dir, keep=config.keep_checkpoints)
+  existing = checkpoints.steps()
+  if config.init_from == "scratch" and existing:
+    raise FileExistsError(
+        f"{checkpoints.directory} already holds checkpoints (steps {existing}); nothing was "
+        f"changed. To continue that run add --config.init_from=resume; to start a new one, "
+        f"pick another --config.out_dir.")
+  if config.init_from == "resume" and not existing:
+    raise FileNotFoundError(f"{checkpoints.directory}: no checkpoints to resume from; "
+                            "start the run with --config.init_from=scratch")
+  return checkpoints
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Trains per `config`; returns the last evaluation's losses."""
   defaults.validate(config)
+  checkpoints = _open_checkpoints(config)
   os.makedirs(config.out_dir, exist_ok=True)
   with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
 
   sources = open_data(config)
   device = jax.devices()[0]
-  model_config = GPTConfig.from_config(config)
-  model = GPT(model_config)
+  model = GPT(GPTConfig.from_config(config))
   tx = make_optimizer(config)
-  state = create_train_state(model, tx, config.seed)
+  train_ds = data.train_dataset(sources["train"], accum_steps=config.gradient_accumulation_steps,
+                                batch_size=config.batch_size, seed=config.seed,
+                                workers=config.data_workers)
+  # Batches are staged on the device ahead of the step, so the step never waits on a copy.
+  train_iter = iter(grain.experimental.device_put(train_ds, device,
+                                                  cpu_buffer_size=config.data_prefetch,
+                                                  device_buffer_size=config.data_prefetch))
+  metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+  start_iter, best_val_loss = 0, math.inf
+  if config.init_from == "resume":
+    abstract = checkpoint.abstract_like(
+        jax.eval_shape(lambda: create_train_state(model, tx, config.seed)),
+        jax.sharding.SingleDeviceSharding(device))
+    start_iter, state, meta = checkpoints.restore_latest_good(
+        abstract, train_iter, check_meta=lambda meta: check_resumable(meta["config"], config))
+    best_val_loss = meta.get("best_val_loss") or math.inf
+    moved = metrics.drop_records_after(metrics_path, start_iter)
+    logging.info("resumed from %s/%d (%s records of redone iterations moved to %s.superseded)",
+                 checkpoints.directory, start_iter, moved, metrics_path)
+  else:
+    state = create_train_state(model, tx, config.seed)
+
   n_params = count_params(state.params)
-  tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
   logging.info("number of parameters: %.2fM (%s with position embeddings)",
                n_params / 1e6, f"{count_params(state.params, non_embedding=False):,}")
-  logging.info("tokens per iteration: %s (%d accum x %d batch x %d block)", f"{tokens_per_iter:,}",
+  logging.info("tokens per iteration: %s (%d accum x %d batch x %d block)",
+               f"{config.gradient_accumulation_steps * config.batch_size * config.block_size:,}",
                config.gradient_accumulation_steps, config.batch_size, config.block_size)
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
@@ -141,62 +315,46 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
                     "evaluation repeats them", len(sources["val"]), config.block_size,
                     config.batch_size)
 
-  flops_per_token = metrics.flops_per_token(n_params, config.n_layer, config.n_head,
-                                            config.n_embd, config.block_size)
-  peak = metrics.peak_flops(device.device_kind, config.peak_flops)
-  schedule = lr_schedule(config)
-  writer = metrics.MetricsWriter(os.path.join(config.out_dir, "metrics.jsonl"))
-
-  train_ds = data.train_dataset(sources["train"], accum_steps=config.gradient_accumulation_steps,
-                                batch_size=config.batch_size, seed=config.seed,
-                                workers=config.data_workers)
-  # Batches are staged on the device ahead of the step, so the step never waits on a copy.
-  train_iter = iter(grain.experimental.device_put(train_ds, device,
-                                                  cpu_buffer_size=config.data_prefetch,
-                                                  device_buffer_size=config.data_prefetch))
-  eval_step = make_eval_step(model)
-
   t0 = time.perf_counter()
-  first_batch = next(train_iter)
+  batch_shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size + 1)
+  batch_spec = jax.ShapeDtypeStruct(batch_shape, np.uint16,
+                                    sharding=jax.sharding.SingleDeviceSharding(device))
   # Compiled ahead of time: a batch of another shape would be an error, never a recompile.
-  train_step = make_train_step(model, tx).lower(state, first_batch).compile()
+  train_step = make_train_step(model, tx).lower(state, batch_spec).compile()
   logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-  batches = itertools.chain([first_batch], train_iter)
 
-  losses: dict[str, float] = {}
-  last_log_time, last_log_iter = time.perf_counter(), 0
-  for it in range(config.max_iters + 1):
-    if it % config.eval_interval == 0 or it == config.max_iters:
-      losses = evaluate(eval_step, state.params, sources, config)
-      logging.info("step %d: train loss %.4f, val loss %.4f", it, losses["train"], losses["val"])
-      writer.write({"event": "eval", "iter": it, "tokens": it * tokens_per_iter,
-                    "train_loss": losses["train"], "val_loss": losses["val"],
-                    "lr": float(schedule(it))})
-      last_log_time = time.perf_counter()  # evaluation time is not training time
-      last_log_iter = it
-      if config.eval_only:
-        break
-    if it == config.max_iters:
-      break
-    state, step_metrics = train_step(state, next(batches))
-    if it % config.log_interval == 0:
-      m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # host sync
-      now = time.perf_counter()
-      n_iters = max(it + 1 - last_log_iter, 1)
-      dt = (now - last_log_time) / n_iters
-      tok_s = tokens_per_iter / dt
-      m.update(lr=float(schedule(it)), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
-               mfu=metrics.mfu(tok_s, flops_per_token, peak, 1))
-      if not math.isfinite(m["loss"]):
-        raise FloatingPointError(f"non-finite loss {m['loss']} at iter {it}")
-      logging.info(_format_train_line(it, config.max_iters, m))
-      writer.write({"event": "train", "iter": it, "tokens": (it + 1) * tokens_per_iter, **m})
-      last_log_time, last_log_iter = now, it + 1
-  writer.close()
+  eval_step = make_eval_step(model)
+  run = _Run(config, state, start_iter, best_val_loss, checkpoints, train_iter,
+             metrics.MetricsWriter(metrics_path),
+             eval_fn=lambda params: evaluate(eval_step, params, sources, config),
+             flops_per_token=metrics.flops_per_token(n_params, config.n_layer, config.n_head,
+                                                     config.n_embd, config.block_size),
+             peak=metrics.peak_flops(device.device_kind, config.peak_flops))
+  try:
+    with StopSignals() as signals:
+      for it in range(start_iter, config.max_iters + 1):
+        resumed_here = it == start_iter and config.init_from == "resume"  # evaluated before
+        if (it % config.eval_interval == 0 or it == config.max_iters) and not resumed_here:
+          run.evaluate_and_save(it)
+          if config.eval_only:
+            break
+        if it == config.max_iters:
+          break
+        if signals.received is not None:
+          run.stop_on_signal(it, signals.received)
+          break
+        run.state, step_metrics = train_step(run.state, next(train_iter))
+        if it % config.log_interval == 0:
+          run.log(it, step_metrics)
+  finally:
+    checkpoints.wait()  # a save in flight holds a good state: let it land, even on an error
+    checkpoints.close()
+    run.writer.close()
+    train_iter.close()
 
   if config.sample_tokens > 0:
-    print_sample(model, state.params, config)
-  return losses
+    print_sample(model, run.state.params, config)
+  return run.losses
 
 
 def print_sample(model: GPT, params: Any, config: ml_collections.ConfigDict) -> None:

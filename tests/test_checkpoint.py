@@ -1,0 +1,230 @@
+"""Checkpoints and resume: exact continuation, refusals, fallbacks, signals, NaNs."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import pattern_tokens, tiny_config
+from jaxgpt import checkpoint, metrics, shards, train
+from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.optim import make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def records(out_dir: str, event: str) -> list[dict]:
+  with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["event"] == event]
+
+
+def final_params(config, step: int):
+  model = GPT(GPTConfig.from_config(config))
+  abstract = checkpoint.abstract_like(
+      jax.eval_shape(lambda: train.create_train_state(model, make_optimizer(config), 0)),
+      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  ckpts = checkpoint.RunCheckpoints(config.out_dir, read_only=True)
+  state, meta = ckpts.restore(step, abstract, None)
+  ckpts.close()
+  return state, meta
+
+
+@pytest.mark.parametrize("dropout,workers", [(0.0, 0), (0.1, 2)])
+def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers):
+  kw = dict(dropout=dropout, data_workers=workers, eval_interval=4, lr_decay_iters=8)
+  unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=8, **kw)
+  train.train(unbroken)
+  first = tiny_config(tmp_path / "b", token_dir, max_iters=4, **kw)
+  train.train(first)
+  resumed = tiny_config(tmp_path / "b", token_dir, max_iters=8, init_from="resume", **kw)
+  train.train(resumed)
+
+  losses_a = [(r["iter"], r["loss"]) for r in records(unbroken.out_dir, "train")]
+  losses_b = [(r["iter"], r["loss"]) for r in records(resumed.out_dir, "train")]
+  assert [i for i, _ in losses_b] == list(range(8))
+  assert losses_a == losses_b  # exact equality on CPU
+  state_a, _ = final_params(unbroken, 8)
+  state_b, meta_b = final_params(resumed, 8)
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(a, b)
+  assert meta_b["iter"] == 8 and meta_b["tokens"] == 8 * 2 * 4 * 16
+
+
+def test_scratch_refuses_a_directory_with_checkpoints(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=3)
+  train.train(config)
+  before = sorted(os.listdir(config.out_dir)), open(os.path.join(config.out_dir,
+                                                                   "metrics.jsonl")).read()
+  with pytest.raises(FileExistsError, match="--config.init_from=resume"):
+    train.train(config)
+  after = sorted(os.listdir(config.out_dir)), open(os.path.join(config.out_dir,
+                                                                  "metrics.jsonl")).read()
+  assert before == after
+
+
+def test_resume_without_checkpoints_says_so(tmp_path, token_dir):
+  with pytest.raises(FileNotFoundError, match="no checkpoints to resume from"):
+    train.train(tiny_config(tmp_path, token_dir, init_from="resume"))
+
+
+def test_resume_refuses_an_architecture_change(tmp_path, token_dir):
+  train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  with pytest.raises(ValueError, match="n_embd: checkpoint 32 vs config 48"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=6, n_embd=48, init_from="resume"))
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir, caplog):
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6)
+  train.train(config)
+  newest = os.path.join(config.out_dir, "checkpoints", "6")
+  for path in glob.glob(os.path.join(newest, "state", "**", "*"), recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  resumed = tiny_config(tmp_path, token_dir, max_iters=9, eval_interval=3, lr_decay_iters=6,
+                        init_from="resume")
+  train.train(resumed)
+  assert f"checkpoint {newest} is unreadable" in caplog.text
+  assert os.path.isdir(newest + ".unreadable")  # kept for inspection, never deleted
+  redone = [r["iter"] for r in records(config.out_dir, "train")]
+  assert redone == list(range(9))
+
+
+def poison_windows(token_dir: str) -> None:
+  """Adds a train shard whose windows hold token 95, which the patched loss turns into NaN."""
+  tokens = pattern_tokens(400, seed=9)
+  tokens[::7] = 95
+  shards.write_shard(os.path.join(token_dir, "syn_train_000002.bin"), tokens)
+
+
+@pytest.fixture
+def nan_loss(monkeypatch):
+  real_loss = train._loss
+
+  def loss(model, params, tokens, rng):
+    value = real_loss(model, params, tokens, rng)
+    return jnp.where(jnp.any(tokens == 95), jnp.nan, value)
+
+  monkeypatch.setattr(train, "_loss", loss)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, token_dir, nan_loss):
+  poison_windows(token_dir)
+  config = tiny_config(tmp_path, token_dir, max_iters=200, eval_interval=2, lr_decay_iters=200)
+  with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at iter (\d+)") as e:
+    train.train(config)
+  bad_iter = int(e.value.args[0].split("at iter ")[1].split()[0])
+  last = records(config.out_dir, "train")[-1]
+  assert last["iter"] == bad_iter and np.isnan(last["loss"])
+  steps = checkpoint.RunCheckpoints(config.out_dir, read_only=True).steps()
+  assert steps and max(steps) <= bad_iter
+  assert f"last good checkpoint is step {max(steps)}" in str(e.value)
+  state, _ = final_params(config, max(steps))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_skip_nonfinite_drops_bad_updates_and_goes_on(tmp_path, token_dir, nan_loss):
+  poison_windows(token_dir)
+  config = tiny_config(tmp_path, token_dir, max_iters=40, eval_interval=20, lr_decay_iters=40,
+                       skip_nonfinite=40)
+  train.train(config)
+  logged = records(config.out_dir, "train")
+  assert any(np.isnan(r["loss"]) for r in logged)
+  state, _ = final_params(config, 40)
+  assert 0 < int(state.nonfinite) < 40
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_drop_records_after_moves_redone_iterations(tmp_path):
+  path = str(tmp_path / "metrics.jsonl")
+  lines = [{"event": "train", "iter": i} for i in range(6)] + [{"event": "eval", "iter": 4}]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in lines)
+  assert metrics.drop_records_after(path, 4) == 2
+  kept = [json.loads(l) for l in open(path)]
+  assert [(r["event"], r["iter"]) for r in kept] == [("train", i) for i in range(4)] + [("eval", 4)]
+  assert len(open(path + ".superseded").readlines()) == 2
+
+
+def write_config_file(tmp_path, token_dir: str, **overrides) -> str:
+  path = tmp_path / "recipe.py"
+  path.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+      from conftest import tiny_config
+      import pathlib
+
+      def get_config():
+        return tiny_config(pathlib.Path({str(tmp_path)!r}), {token_dir!r}, **{overrides!r})
+      """))
+  return str(path)
+
+
+def start_launch(config_file: str, *flags: str) -> subprocess.Popen:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  return subprocess.Popen([sys.executable, "launch.py", f"--config={config_file}", *flags],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+  deadline = time.time() + timeout
+  while not predicate():
+    if time.time() > deadline:
+      raise TimeoutError(what)
+    time.sleep(0.005)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):
+  config_file = write_config_file(tmp_path, token_dir, max_iters=100000, eval_interval=100000,
+                                  lr_decay_iters=100000)
+  out_dir = str(tmp_path / "run")
+  proc = start_launch(config_file)
+  metrics_path = os.path.join(out_dir, "metrics.jsonl")
+  wait_for(lambda: os.path.exists(metrics_path) and len(open(metrics_path).readlines()) > 3,
+           120, "training did not start")
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output
+  assert "--config.init_from=resume" in output
+  steps = checkpoint.RunCheckpoints(out_dir, read_only=True).steps()
+  last_logged = records(out_dir, "train")[-1]["iter"]
+  assert steps == [last_logged + 1]
+
+
+def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_dir):
+  # A 50304-token vocabulary makes each checkpoint ~150 MB, so a save takes long enough to
+  # be caught in flight.
+  config_file = write_config_file(tmp_path, token_dir, max_iters=100000, eval_interval=2,
+                                  eval_iters=1, lr_decay_iters=100000, vocab_size=50304,
+                                  n_embd=256, keep_checkpoints=2)
+  out_dir = str(tmp_path / "run")
+  ckpt_dir = os.path.join(out_dir, "checkpoints")
+  in_flight = lambda: glob.glob(os.path.join(ckpt_dir, "*tmp*"))
+  completed = lambda: [d for d in glob.glob(os.path.join(ckpt_dir, "*")) if d.split("/")[-1].isdigit()]
+  proc = start_launch(config_file)
+  try:
+    wait_for(lambda: completed() and in_flight(), 300, "no save was caught in flight")
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.wait(timeout=60)
+  assert in_flight()  # the killed save left its temporary directory behind
+  steps = checkpoint.RunCheckpoints(out_dir, read_only=True).steps()
+  assert steps
+  resume_at = max(steps)
+  config = tiny_config(tmp_path, token_dir, max_iters=resume_at + 2, eval_interval=2,
+                       eval_iters=1, lr_decay_iters=100000, vocab_size=50304, n_embd=256,
+                       init_from="resume")
+  train.train(config)
+  assert [r["iter"] for r in records(out_dir, "train")][-2:] == [resume_at, resume_at + 1]
