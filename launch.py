@@ -1,19 +1,31 @@
-"""Trains a GPT: `python launch.py --config=configs/NAME.py [--config.KEY=VALUE ...]`."""
+"""Trains a GPT: `python launch.py --config=configs/NAME.py [--config.KEY=VALUE ...]`.
 
+Multi-host: SLURM and Open MPI jobs are joined automatically; elsewhere pass
+--coordinator_address, --num_processes and --process_id to every process.
+"""
+
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import train
+from jaxgpt import sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
                                           lock_config=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
+                                   "host:port of process 0, for a multi-host run")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in a multi-host run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index in a multi-host run")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
+  sharding.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
+  # One process speaks for the run; the others report only warnings and errors.
+  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   train.train(_CONFIG.value)
 
 

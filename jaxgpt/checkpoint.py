@@ -120,6 +120,13 @@ class RunCheckpoints:
     self.manager.close()
 
 
-def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
-  """Shape/dtype structs of `tree` placed with `sharding`, the target of a restore."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """Shape/dtype structs of `tree` placed per `shardings` (one, or a matching tree).
+
+  This is the target of a restore: Orbax reads each array straight into its
+  place, whatever the device count of the run that saved it.
+  """
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

@@ -73,34 +73,44 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
   return TokenWindows(paths, block_size)
 
 
+def _windows_stream(source: TokenWindows, seed: int, shard_index: int,
+                    shard_count: int) -> grain.MapDataset:
+  """The endless, per-epoch-reshuffled window stream, or this process's share of it.
+
+  Process p of P takes windows p, p+P, p+2P, ... of the one global stream, so the
+  processes read disjoint windows and together see what one process would.
+  """
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  return ds[shard_index::shard_count] if shard_count > 1 else ds
+
+
 def train_dataset(source: TokenWindows, *, accum_steps: int, batch_size: int, seed: int,
-                  workers: int) -> grain.IterDataset:
+                  workers: int, prefetch: int = 2, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.IterDataset:
   """Endless (accum_steps, batch_size, block_size+1) uint16 batches, reshuffled every epoch.
 
-  The iterator it gives is checkpointable (`get_state`/`set_state`), so a
-  resumed run continues at exactly the next batch.
+  `batch_size` is this process's share of the micro-batch. Batches are read
+  ahead in a background thread (and in `workers` processes when > 0). The
+  iterator it gives is checkpointable (`get_state`/`set_state`), so a resumed
+  run continues at exactly the next batch.
   """
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat()
+  ds = (_windows_stream(source, seed, shard_index, shard_count)
         .batch(batch_size, drop_remainder=True)
         .batch(accum_steps, drop_remainder=True))
   it_ds = ds.to_iter_dataset()
   if workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return it_ds
+  return grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=prefetch)
 
 
-def eval_batches(source: TokenWindows, *, batch_size: int, n_batches: int,
-                 seed: int) -> Iterator[np.ndarray]:
+def eval_batches(source: TokenWindows, *, batch_size: int, n_batches: int, seed: int,
+                 shard_index: int = 0, shard_count: int = 1) -> Iterator[np.ndarray]:
   """The same `n_batches` (batch_size, block_size+1) uint16 batches at every call.
 
   Windows are drawn by a fixed-seed shuffle over the whole split, so a large
   split is sampled evenly and every evaluation sees identical tokens.
   """
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat()
-        .batch(batch_size, drop_remainder=True))
+  ds = _windows_stream(source, seed, shard_index, shard_count).batch(batch_size,
+                                                                     drop_remainder=True)
   for i in range(n_batches):
     yield ds[i]

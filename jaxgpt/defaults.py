@@ -12,6 +12,7 @@ import ml_collections
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 INIT_FROM = ("scratch", "resume")
+SHARDING_MODES = ("dp", "fsdp")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "openwebtext"  # 'python_docs' (built in, made on first use) or a prepared dataset
   c.data_dir = ""  # token shards (train*/val* .bin or .npy); '' means data/<dataset>
   c.gradient_accumulation_steps = 40  # micro-batches per iteration (nanoGPT's 5 * 8)
-  c.batch_size = 12  # micro-batch size per data-parallel device
+  c.batch_size = 12  # micro-batch size per device; tokens/iter = accum x batch x devices x block
   c.block_size = 1024  # context length
   c.data_workers = 0  # Grain worker processes (0: read in the main process)
   c.data_prefetch = 2  # batches staged on the device ahead of the step
@@ -69,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla
 
   # system
+  c.sharding = "dp"  # over all devices: 'dp' replicates params, 'fsdp' splits params and Adam state
   c.dtype = "bfloat16"  # compute dtype: 'float32' or 'bfloat16'; params and loss stay float32
   c.seed = 1337
   c.peak_flops = 0.0  # peak FLOP/s of one device for MFU; 0 looks it up by device kind
@@ -94,6 +96,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
   check(c.attention in ATTENTION_IMPLEMENTATIONS, "attention",
         f"must be one of {ATTENTION_IMPLEMENTATIONS}")
+  check(c.sharding in SHARDING_MODES, "sharding", f"must be one of {SHARDING_MODES}")
   check(c.init_from in INIT_FROM, "init_from", f"must be one of {INIT_FROM}")
   check(c.learning_rate >= 0, "learning_rate", "must be >= 0")
   check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")

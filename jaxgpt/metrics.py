@@ -74,16 +74,24 @@ def drop_records_after(path: str, step: int) -> int:
 
 
 class MetricsWriter:
-  """Appends one JSON object per event to out_dir/metrics.jsonl, flushed at once."""
+  """Appends one JSON object per event to out_dir/metrics.jsonl, flushed at once.
 
-  def __init__(self, path: str):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  Only one process of a multi-host run writes (`enabled`); the others' writes
+  are dropped.
+  """
+
+  def __init__(self, path: str, enabled: bool = True):
     self.path = path
-    self._file = open(path, "a", encoding="utf-8")
+    self._file = None
+    if enabled:
+      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+      self._file = open(path, "a", encoding="utf-8")
 
   def write(self, record: dict[str, Any]) -> None:
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()

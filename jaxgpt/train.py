@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -17,7 +18,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxgpt import checkpoint, data, defaults, metrics, prepare, sampling, shards, tokenizer
+from jaxgpt import (checkpoint, data, defaults, metrics, prepare, sampling, sharding, shards,
+                    tokenizer)
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
 from jaxgpt.optim import lr_schedule, make_optimizer
 
@@ -47,7 +49,8 @@ def _loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None)
   return cross_entropy(logits_BTV, tokens_BT1[:, 1:])
 
 
-def make_train_step(model: GPT, tx: optax.GradientTransformation
+def make_train_step(model: GPT, tx: optax.GradientTransformation,
+                    out_shardings: Any = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """A jitted `train_step(state, batch)` doing one iteration: every micro-batch, then AdamW.
 
@@ -56,6 +59,7 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation
   loss or gradient is not finite is dropped (params and optimizer state stay
   as they were) and counted in `state.nonfinite`, so a bad step never reaches
   the params or a checkpoint. The state is donated: its buffers are reused.
+  `out_shardings` (state, metrics) pins the new state where the old one was.
   """
 
   def train_step(state: TrainState, tokens_ABT1: Batch) -> tuple[TrainState, dict]:
@@ -82,7 +86,7 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation
                               nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 
-  return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings)
 
 
 def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
@@ -90,15 +94,51 @@ def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
   return jax.jit(lambda params, tokens_BT1: _loss(model, params, tokens_BT1, None))
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+  """How a batch is split: micro-batches over every device of every process.
+
+  Each process reads `local_batch` windows per micro-batch (its devices' share)
+  and the global array is assembled from all processes' pieces.
+  """
+
+  mesh: jax.sharding.Mesh
+  local_batch: int
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict) -> BatchLayout:
+    return cls(sharding.make_mesh(), config.batch_size * jax.local_device_count())
+
+  @property
+  def n_devices(self) -> int:
+    return self.mesh.size
+
+  @property
+  def train_sharding(self) -> jax.sharding.NamedSharding:  # (accum, batch, block+1)
+    return sharding.batch_sharding(self.mesh, ndim=3, batch_axis=1)
+
+  @property
+  def eval_sharding(self) -> jax.sharding.NamedSharding:  # (batch, block+1)
+    return sharding.batch_sharding(self.mesh, ndim=2, batch_axis=0)
+
+  def train_batch(self, local_ABT1: np.ndarray) -> jax.Array:
+    return sharding.global_batch(local_ABT1, self.train_sharding, batch_axis=1)
+
+  def eval_batch(self, local_BT1: np.ndarray) -> jax.Array:
+    return sharding.global_batch(local_BT1, self.eval_sharding, batch_axis=0)
+
+
 def evaluate(eval_step: Callable, params: Any, sources: dict[str, data.TokenWindows],
-             config: ml_collections.ConfigDict) -> dict[str, float]:
+             config: ml_collections.ConfigDict, layout: BatchLayout) -> dict[str, float]:
   """Mean loss over the same eval_iters batches of each split at every call."""
   losses = {}
   for split, source in sources.items():
     total = jnp.zeros((), jnp.float32)
-    for batch in data.eval_batches(source, batch_size=config.batch_size,
-                                   n_batches=config.eval_iters, seed=config.seed):
-      total += eval_step(params, batch)
+    for batch in data.eval_batches(source, batch_size=layout.local_batch,
+                                   n_batches=config.eval_iters, seed=config.seed,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count()):
+      total += eval_step(params, layout.eval_batch(batch))
     losses[split] = float(total) / config.eval_iters  # one host sync per split
   return losses
 
@@ -190,15 +230,14 @@ class _Run:
   def __init__(self, config: ml_collections.ConfigDict, state: TrainState, start_iter: int,
                best_val_loss: float, checkpoints: checkpoint.RunCheckpoints,
                train_iter: grain.DatasetIterator, writer: metrics.MetricsWriter,
-               eval_fn: Callable[[Any], dict[str, float]], flops_per_token: float,
-               peak: float | None):
+               eval_fn: Callable[[Any], dict[str, float]], tokens_per_iter: int,
+               flops_per_token: float, peak: float | None, n_devices: int):
     self.config, self.state = config, state
     self.checkpoints, self.train_iter, self.writer = checkpoints, train_iter, writer
-    self.eval_fn, self.flops_per_token, self.peak = eval_fn, flops_per_token, peak
+    self.eval_fn, self.tokens_per_iter = eval_fn, tokens_per_iter
+    self.flops_per_token, self.peak, self.n_devices = flops_per_token, peak, n_devices
     self.best_val_loss = best_val_loss
     self.last_saved = start_iter if config.init_from == "resume" else None
-    self.tokens_per_iter = (config.gradient_accumulation_steps * config.batch_size *
-                            config.block_size)
     self.schedule = lr_schedule(config)
     self.losses: dict[str, float] = {}
     self.mark_time(start_iter)
@@ -239,7 +278,7 @@ class _Run:
     dt = (now - self.last_log_time) / max(it + 1 - self.last_log_iter, 1)
     tok_s = self.tokens_per_iter / dt
     m.update(lr=float(self.schedule(it)), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
-             mfu=metrics.mfu(tok_s, self.flops_per_token, self.peak, 1))
+             mfu=metrics.mfu(tok_s, self.flops_per_token, self.peak, self.n_devices))
     logging.info(_format_train_line(it, self.config.max_iters, m))
     self.writer.write({"event": "train", "iter": it, "tokens": (it + 1) * self.tokens_per_iter,
                        **m})
@@ -269,67 +308,74 @@ def _open_checkpoints(config: ml_collections.ConfigDict) -> checkpoint.RunCheckp
 
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Trains per `config`; returns the last evaluation's losses."""
+  """Trains per `config` on every device of every process; returns the last eval's losses."""
   defaults.validate(config)
+  lead = jax.process_index() == 0  # the one process that writes logs and metrics
   checkpoints = _open_checkpoints(config)
-  os.makedirs(config.out_dir, exist_ok=True)
-  with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if lead:
+    os.makedirs(config.out_dir, exist_ok=True)
+    with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   sources = open_data(config)
-  device = jax.devices()[0]
+  layout = BatchLayout.create(config)
   model = GPT(GPTConfig.from_config(config))
   tx = make_optimizer(config)
-  train_ds = data.train_dataset(sources["train"], accum_steps=config.gradient_accumulation_steps,
-                                batch_size=config.batch_size, seed=config.seed,
-                                workers=config.data_workers)
-  # Batches are staged on the device ahead of the step, so the step never waits on a copy.
-  train_iter = iter(grain.experimental.device_put(train_ds, device,
-                                                  cpu_buffer_size=config.data_prefetch,
-                                                  device_buffer_size=config.data_prefetch))
+  abstract_state = jax.eval_shape(lambda: create_train_state(model, tx, config.seed))
+  state_shardings = sharding.state_shardings(abstract_state, layout.mesh, config.sharding)
+  train_iter = iter(data.train_dataset(
+      sources["train"], accum_steps=config.gradient_accumulation_steps,
+      batch_size=layout.local_batch, seed=config.seed, workers=config.data_workers,
+      prefetch=config.data_prefetch, shard_index=jax.process_index(),
+      shard_count=jax.process_count()))
   metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
   start_iter, best_val_loss = 0, math.inf
   if config.init_from == "resume":
-    abstract = checkpoint.abstract_like(
-        jax.eval_shape(lambda: create_train_state(model, tx, config.seed)),
-        jax.sharding.SingleDeviceSharding(device))
     start_iter, state, meta = checkpoints.restore_latest_good(
-        abstract, train_iter, check_meta=lambda meta: check_resumable(meta["config"], config))
+        checkpoint.abstract_like(abstract_state, state_shardings), train_iter,
+        check_meta=lambda meta: check_resumable(meta["config"], config))
     best_val_loss = meta.get("best_val_loss") or math.inf
-    moved = metrics.drop_records_after(metrics_path, start_iter)
+    moved = metrics.drop_records_after(metrics_path, start_iter) if lead else 0
     logging.info("resumed from %s/%d (%s records of redone iterations moved to %s.superseded)",
                  checkpoints.directory, start_iter, moved, metrics_path)
   else:
-    state = create_train_state(model, tx, config.seed)
+    state = jax.jit(lambda: create_train_state(model, tx, config.seed),
+                    out_shardings=state_shardings)()
 
   n_params = count_params(state.params)
+  tokens_per_iter = (config.gradient_accumulation_steps * config.batch_size * layout.n_devices *
+                     config.block_size)
   logging.info("number of parameters: %.2fM (%s with position embeddings)",
                n_params / 1e6, f"{count_params(state.params, non_embedding=False):,}")
-  logging.info("tokens per iteration: %s (%d accum x %d batch x %d block)",
-               f"{config.gradient_accumulation_steps * config.batch_size * config.block_size:,}",
-               config.gradient_accumulation_steps, config.batch_size, config.block_size)
+  logging.info("tokens per iteration: %s = %d accum x %d batch x %d devices (%s, %d processes) "
+               "x %d block", f"{tokens_per_iter:,}", config.gradient_accumulation_steps,
+               config.batch_size, layout.n_devices, config.sharding, jax.process_count(),
+               config.block_size)
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
-  if len(sources["val"]) < config.batch_size:
+  if len(sources["val"]) < config.batch_size * layout.n_devices:
     logging.warning("val split holds %d windows of %d+1 tokens, fewer than one eval batch of %d: "
                     "evaluation repeats them", len(sources["val"]), config.block_size,
-                    config.batch_size)
+                    config.batch_size * layout.n_devices)
 
   t0 = time.perf_counter()
-  batch_shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size + 1)
-  batch_spec = jax.ShapeDtypeStruct(batch_shape, np.uint16,
-                                    sharding=jax.sharding.SingleDeviceSharding(device))
+  batch_spec = jax.ShapeDtypeStruct(
+      (config.gradient_accumulation_steps, config.batch_size * layout.n_devices,
+       config.block_size + 1), np.uint16, sharding=layout.train_sharding)
   # Compiled ahead of time: a batch of another shape would be an error, never a recompile.
-  train_step = make_train_step(model, tx).lower(state, batch_spec).compile()
+  train_step = make_train_step(model, tx, (state_shardings, sharding.replicated(layout.mesh))
+                               ).lower(state, batch_spec).compile()
   logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
 
   eval_step = make_eval_step(model)
   run = _Run(config, state, start_iter, best_val_loss, checkpoints, train_iter,
-             metrics.MetricsWriter(metrics_path),
-             eval_fn=lambda params: evaluate(eval_step, params, sources, config),
+             metrics.MetricsWriter(metrics_path, enabled=lead),
+             eval_fn=lambda params: evaluate(eval_step, params, sources, config, layout),
+             tokens_per_iter=tokens_per_iter,
              flops_per_token=metrics.flops_per_token(n_params, config.n_layer, config.n_head,
                                                      config.n_embd, config.block_size),
-             peak=metrics.peak_flops(device.device_kind, config.peak_flops))
+             peak=metrics.peak_flops(jax.devices()[0].device_kind, config.peak_flops),
+             n_devices=layout.n_devices)
   try:
     with StopSignals() as signals:
       for it in range(start_iter, config.max_iters + 1):
@@ -343,7 +389,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         if signals.received is not None:
           run.stop_on_signal(it, signals.received)
           break
-        run.state, step_metrics = train_step(run.state, next(train_iter))
+        run.state, step_metrics = train_step(run.state, layout.train_batch(next(train_iter)))
         if it % config.log_interval == 0:
           run.log(it, step_metrics)
   finally:
@@ -352,7 +398,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     run.writer.close()
     train_iter.close()
 
-  if config.sample_tokens > 0:
+  if config.sample_tokens > 0 and lead:
     print_sample(model, run.state.params, config)
   return run.losses
 

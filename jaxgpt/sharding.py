@@ -1,0 +1,94 @@
+"""Device mesh, partition specs and multi-host plumbing.
+
+One mesh axis, `data`, spans every device of every process. Batches are split
+over it; params and optimizer state are either replicated (`dp`) or split
+over it too (`fsdp`: each matrix along its largest dimension that divides
+evenly), and XLA inserts the all-gathers and reduce-scatters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
+                                 process_id: int = -1) -> None:
+  """Joins the processes of a multi-host job before anything touches a device.
+
+  Explicit arguments win; otherwise SLURM and Open MPI jobs of more than one
+  task are detected from their environment (JAX reads the rest itself).
+  """
+  explicit = bool(coordinator_address) or num_processes > 0 or process_id >= 0
+  cluster_size = int(os.environ.get("SLURM_NTASKS") or os.environ.get("OMPI_COMM_WORLD_SIZE")
+                     or 1)
+  if not explicit and cluster_size <= 1:
+    return
+  # CPU devices need a collectives backend to talk across processes; GPUs ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs: dict[str, Any] = {}
+  if coordinator_address:
+    kwargs["coordinator_address"] = coordinator_address
+  if num_processes > 0:
+    kwargs["num_processes"] = num_processes
+  if process_id >= 0:
+    kwargs["process_id"] = process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def make_mesh() -> Mesh:
+  """A 1-D `data` mesh over all devices, with Auto axis types.
+
+  (`jax.make_mesh` now defaults to Explicit axes, under which the embedding
+  gather fails to shard; the plain constructor keeps Auto.)
+  """
+  return Mesh(np.array(jax.devices()), (DATA,))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int) -> NamedSharding:
+  """Splits `batch_axis` of an ndim-array over the data axis; other axes replicated."""
+  spec = [None] * ndim
+  spec[batch_axis] = DATA
+  return NamedSharding(mesh, P(*spec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def leaf_spec(shape: tuple[int, ...], n_shards: int, mode: str) -> P:
+  """Where one param or optimizer-state leaf lives.
+
+  fsdp splits a matrix along its largest dimension that `n_shards` divides;
+  vectors, scalars and indivisible matrices stay replicated.
+  """
+  if mode == "dp" or len(shape) < 2 or n_shards == 1:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % n_shards == 0:
+      spec = [None] * len(shape)
+      spec[axis] = DATA
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, mode: str) -> Any:
+  """NamedShardings for every leaf of a (abstract) train state.
+
+  Adam's moments have their param's shape, so they land where their param does.
+  """
+  n = mesh.shape[DATA]
+  return jax.tree.map(lambda x: NamedSharding(mesh, leaf_spec(x.shape, n, mode)), abstract_state)
+
+
+def global_batch(local_batch: np.ndarray, sharding: NamedSharding, batch_axis: int) -> jax.Array:
+  """Assembles the global batch from each process's slice of it."""
+  global_shape = list(local_batch.shape)
+  global_shape[batch_axis] *= jax.process_count()
+  return jax.make_array_from_process_local_data(sharding, local_batch, tuple(global_shape))
