@@ -2,8 +2,8 @@
 
 A training example is a window of block_size + 1 tokens; consecutive windows
 share only their boundary token, so each token is a target once per epoch.
-Windows never straddle two shards (a shard boundary is a document boundary
-in any case).
+Windows never straddle two shards (the few tokens left at the end of a
+shard are skipped).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
     self.block_size = block_size
     self._tokens: list[np.ndarray] | None = None
     counts = []
+    self.n_tokens = 0
     for path in self.paths:
-      n_windows = max(0, (len(shards.read_tokens(path)) - 1) // block_size)
-      counts.append(n_windows)
+      n_tokens = len(shards.read_tokens(path))
+      self.n_tokens += n_tokens
+      counts.append(max(0, (n_tokens - 1) // block_size))
     self.offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
     if self.offsets[-1] == 0:
       raise shards.ShardError(f"{', '.join(self.paths)}: fewer than block_size+1="

@@ -40,7 +40,7 @@ def write_shard(path: str, tokens: np.ndarray) -> None:
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "wb") as f:
     f.write(header.tobytes())
-    f.write(tokens.astype("<u2").tobytes())
+    f.write(np.ascontiguousarray(tokens, dtype="<u2").data)  # no copy of a uint16 array
   os.replace(tmp, path)
 
 

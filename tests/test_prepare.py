@@ -1,0 +1,389 @@
+"""Corpus -> token shards: FineWeb parquet (local and through a stand-in hub), jsonl, txt."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+
+import huggingface_hub
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.hf_api import RepoFile
+from pydoc_data import topics
+
+from conftest import tiny_config
+from jaxgpt import data, prepare, shards, tokenizer, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EOT = tokenizer.EOT_TOKEN
+
+# Real English of every length (a few words to ~40 KB), plus text that tempts a tokenizer.
+TEXTS = [topics.topics[k] for k in sorted(topics.topics)[:60]] + [
+    "Ünïcödé, emoji 🙂 and CJK 日本語 text.", "A literal <|endoftext|> stays text.",
+    "  leading and trailing spaces  ", "tabs\tand\r\nwindows\r\nnewlines\n\n\n"]
+
+
+def expected_tokens(text: str) -> list[int]:
+  return tokenizer.gpt2().encode_ordinary(text) + [EOT]
+
+
+def fineweb_table(texts: list[str], start: int = 0) -> pa.Table:
+  """Rows with FineWeb's columns and types."""
+  n = len(texts)
+  return pa.table({
+      "text": texts,
+      "id": [f"<urn:uuid:{start + i:08d}-0000-0000-0000-000000000000>" for i in range(n)],
+      "dump": ["CC-MAIN-2013-20"] * n,
+      "url": [f"http://example.com/{start + i}" for i in range(n)],
+      "date": ["2013-05-18T05:48:54Z"] * n,
+      "file_path": ["s3://commoncrawl/crawl-data/CC-MAIN-2013-20/x.warc.gz"] * n,
+      "language": ["en"] * n,
+      "language_score": pa.array([0.9] * n, pa.float64()),
+      "token_count": pa.array([len(tokenizer.gpt2().encode_ordinary(t)) for t in texts],
+                              pa.int64()),
+  })
+
+
+def write_parquet(path, texts: list[str], start: int = 0) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pq.write_table(fineweb_table(texts, start), path, row_group_size=7)
+  return str(path)
+
+
+def split_tokens(out: str, split: str) -> list[np.ndarray]:
+  return [shards.read_tokens(p) for p in shards.find_shards(out, split)]
+
+
+def assert_dataset(out: str, docs: list[tuple[str, str]]) -> dict[str, list[str]]:
+  """Checks the shards hold every document once, in order, in one split; returns the ids by split.
+
+  Also reads every shard back through the trainer's reader: its windows are slices of
+  the exact tokens.
+  """
+  meta = shards.read_meta(out)
+  streams = {s: np.concatenate(split_tokens(out, s)).tolist() for s in shards.SPLITS}
+  pos = {s: 0 for s in shards.SPLITS}
+  ids: dict[str, list[str]] = {s: [] for s in shards.SPLITS}
+  for doc_id, text in docs:
+    want = expected_tokens(text)
+    split = next(s for s in shards.SPLITS if streams[s][pos[s]:pos[s] + len(want)] == want)
+    pos[split] += len(want)
+    ids[split].append(doc_id)
+  for split in shards.SPLITS:
+    assert pos[split] == len(streams[split])  # nothing else in the shards
+    assert meta["splits"][split] == {"tokens": pos[split], "documents": len(ids[split]),
+                                     "shards": len(shards.find_shards(out, split))}
+    src = data.open_split(out, split, block_size=8, vocab_size=50304)
+    files = split_tokens(out, split)
+    first_file_windows = (len(files[0]) - 1) // 8
+    for i in (0, first_file_windows - 1):
+      np.testing.assert_array_equal(src[i], files[0][i * 8:i * 8 + 9])
+  assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and meta["eot_token"] == EOT
+  assert not os.path.exists(os.path.join(out, prepare.STAGING))
+  return ids
+
+
+def run(inputs: list[str], out, **kwargs) -> dict:
+  kwargs.setdefault("progress", False)
+  return prepare.prepare_files(inputs, str(out), name="t", command="test", **kwargs)
+
+
+def test_fineweb_parquet_files(tmp_path):
+  a = write_parquet(tmp_path / "in" / "a.parquet", TEXTS[:40])
+  write_parquet(tmp_path / "in" / "b.parquet", TEXTS[40:], start=40)
+  meta = run([str(tmp_path / "in" / "*.parquet")], tmp_path / "out", shard_tokens=3000)
+  ids = [f"<urn:uuid:{i:08d}-0000-0000-0000-000000000000>" for i in range(len(TEXTS))]
+  by_split = assert_dataset(str(tmp_path / "out"), list(zip(ids, TEXTS)))
+  # The split follows the hash of FineWeb's id column.
+  assert by_split["val"] == [i for i in ids if prepare.is_val(i, prepare.VAL_FRACTION)]
+  assert meta["splits"]["train"]["shards"] > 1
+  assert meta["sources"] == [a, str(tmp_path / "in" / "b.parquet")]
+
+
+def test_jsonl_and_txt_files(tmp_path):
+  (tmp_path / "a.jsonl").write_text(
+      "".join(json.dumps({"id": f"j{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS[:30])) +
+      "\n", encoding="utf-8")
+  (tmp_path / "txt").mkdir()
+  for i, t in enumerate(TEXTS[30:50]):  # one document per file
+    (tmp_path / "txt" / f"{i:02d}.txt").write_text(t, encoding="utf-8", newline="")
+  run([str(tmp_path / "a.jsonl"), str(tmp_path / "txt" / "*.txt")], tmp_path / "out")
+  docs = [(f"j{i}", t) for i, t in enumerate(TEXTS[:30])]
+  docs += [(str(tmp_path / "txt" / f"{i:02d}.txt"), t) for i, t in enumerate(TEXTS[30:50])]
+  assert_dataset(str(tmp_path / "out"), docs)
+
+
+def test_txt_separator_and_jsonl_text_field(tmp_path):
+  sep = "\n<doc>\n"
+  (tmp_path / "book.txt").write_text(sep + sep.join(TEXTS) + sep, encoding="utf-8", newline="")
+  run([str(tmp_path / "book.txt")], tmp_path / "out", separator=sep)
+  assert_dataset(str(tmp_path / "out"), [("", t) for t in TEXTS])  # empty ends are no documents
+  (tmp_path / "b.jsonl").write_text(
+      "".join(json.dumps({"content": t}) + "\n" for t in TEXTS), encoding="utf-8")
+  run([str(tmp_path / "b.jsonl")], tmp_path / "out2", text_field="content")
+  assert_dataset(str(tmp_path / "out2"), [("", t) for t in TEXTS])
+
+
+def test_long_documents_are_tokenized_in_pieces_exactly(tmp_path, monkeypatch):
+  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
+  monkeypatch.setattr(prepare, "READ_BYTES", 37)
+  monkeypatch.setattr(prepare, "BATCH_CHARS", 300)
+  enc = tokenizer.gpt2()
+  rng = random.Random(0)
+  alphabet = list("ab c\n\t'1.,!é🙂  ") + ["'s", "'ll", "\u00a0", "\u3000", "\x1c", "\x85",
+                                          "\u2028", "\u200b", "\r\n"]
+  for limit in (1, 3, 10):  # cut at nearly every safe space
+    monkeypatch.setattr(prepare, "PIECE_CHARS", limit)
+    for _ in range(200):
+      text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 100)))
+      pieces = list(prepare.pieces_of("d", text))
+      assert "".join(p.text for p in pieces) == text and pieces[-1].last
+      assert [t for p in pieces for t in enc.encode_ordinary(p.text)] == enc.encode_ordinary(text)
+  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
+  (tmp_path / "x.txt").write_text("@@".join(TEXTS), encoding="utf-8", newline="")
+  run([str(tmp_path / "x.txt")], tmp_path / "out", separator="@@")
+  assert_dataset(str(tmp_path / "out"), [("", t) for t in TEXTS])
+
+
+def test_text_is_never_cut_inside_a_separator_that_is_half_read(tmp_path, monkeypatch):
+  monkeypatch.setattr(prepare, "PIECE_CHARS", 4)
+  monkeypatch.setattr(prepare, "READ_BYTES", 13)  # the first read ends in "@@ @"
+  path = tmp_path / "t.txt"
+  path.write_text("abcdefghi@@ @@jk lm no pq@@ @@", encoding="utf-8")
+  docs, text = [], ""
+  for piece in prepare.read_text(str(path), "@@ @@"):
+    text += piece.text
+    if piece.last:
+      docs.append((piece.doc_id, text))
+      text = ""
+  assert docs == [("t.txt#0", "abcdefghi"), ("t.txt#1", "jk lm no pq")]
+
+
+def test_workers_give_byte_identical_output(tmp_path, monkeypatch):
+  monkeypatch.setattr(prepare, "BATCH_CHARS", 2000)  # many batches in flight
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  for workers in (1, 2):
+    run([str(tmp_path / "a.parquet")], tmp_path / f"out{workers}", workers=workers,
+        shard_tokens=4000)
+  names = sorted(os.listdir(tmp_path / "out1"))
+  assert names == sorted(os.listdir(tmp_path / "out2")) and len(names) > 3
+  for name in names:
+    assert (tmp_path / "out1" / name).read_bytes() == (tmp_path / "out2" / name).read_bytes()
+
+
+def test_val_split_is_a_fraction_of_documents_up_to_a_cap(tmp_path):
+  docs = [(f"d{i}", f"Document number {i} says {'word ' * (i % 7)}.") for i in range(400)]
+  path = tmp_path / "d.jsonl"
+  path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
+  run([str(path)], tmp_path / "out")
+  by_split = assert_dataset(str(tmp_path / "out"), docs)
+  want = [i for i, _ in docs if prepare.is_val(i, 0.1)]
+  assert by_split["val"] == want and 20 < len(want) < 60  # small corpus: 10% of it
+  meta = run([str(path)], tmp_path / "capped", val_tokens=100)
+  by_split = assert_dataset(str(tmp_path / "capped"), docs)
+  assert 100 <= meta["splits"]["val"]["tokens"] < 100 + 20  # stops after the document that fills it
+  assert by_split["val"] == want[:len(by_split["val"])]
+  assert set(by_split["val"]).isdisjoint(by_split["train"])
+
+
+def test_max_tokens_stops_after_the_document_that_reaches_it(tmp_path):
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  meta = run([str(tmp_path / "a.parquet")], tmp_path / "out", max_tokens=5000, val_fraction=0.5)
+  total = sum(s["tokens"] for s in meta["splits"].values())
+  n_docs = sum(s["documents"] for s in meta["splits"].values())
+  lengths = np.cumsum([len(expected_tokens(t)) for t in TEXTS])
+  assert total == lengths[n_docs - 1] and lengths[n_docs - 2] < 5000 <= total
+
+
+# Bad input: an error that names the file.
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_missing_text_column_names_the_file(tmp_path, kind):
+  if kind == "parquet":
+    path = str(tmp_path / "a.parquet")
+    pq.write_table(fineweb_table(TEXTS[:3]).rename_columns(
+        ["body"] + fineweb_table(TEXTS[:3]).column_names[1:]), path)
+    match = f"{path}: no column 'text'"
+  else:
+    path = str(tmp_path / "a.jsonl")
+    (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
+    match = f"{path}:2: no field 'text'"
+  with pytest.raises(prepare.PrepareError, match=match):
+    run([path], tmp_path / "out")
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("notes.csv", "a,b\n", "notes.csv: unknown format"),
+    ("bad.txt", b"\xff\xfe text", "bad.txt: not UTF-8 text"),
+    ("empty.jsonl", "", "empty.jsonl: no documents"),
+    ("one.txt", "a single document", "one.txt: no (val|train) documents among 1"),
+    ("broken.parquet", "not parquet", "broken.parquet: not a readable parquet file"),
+    ("lines.jsonl", "{not json}\n", "lines.jsonl:1: not a JSON object"),
+])
+def test_bad_input_names_the_file(tmp_path, name, content, match):
+  path = tmp_path / name
+  path.write_bytes(content if isinstance(content, bytes) else content.encode())
+  with pytest.raises(prepare.PrepareError, match=match):
+    run([str(path)], tmp_path / "out")
+  assert not shards.find_shards(str(tmp_path / "out"), "train")
+
+
+def test_no_matching_files_names_the_glob(tmp_path):
+  with pytest.raises(prepare.PrepareError, match=r"--input=.*nothing/\*.txt: no files match"):
+    run([str(tmp_path / "nothing" / "*.txt")], tmp_path / "out")
+
+
+# Output directories: nothing overwritten, nothing half-done that looks complete.
+
+def test_a_finished_dataset_or_foreign_token_files_are_never_overwritten(tmp_path):
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  run([path], tmp_path / "out")
+  before = {n: (tmp_path / "out" / n).read_bytes() for n in os.listdir(tmp_path / "out")}
+  with pytest.raises(prepare.PrepareError, match="meta.json: .* already holds a prepared dataset"):
+    run([path], tmp_path / "out")
+  assert before == {n: (tmp_path / "out" / n).read_bytes() for n in os.listdir(tmp_path / "out")}
+  (tmp_path / "nano").mkdir()
+  np.arange(100, dtype=np.uint16).tofile(tmp_path / "nano" / "train.bin")
+  with pytest.raises(prepare.PrepareError, match="train.bin.*choose an empty --out"):
+    run([path], tmp_path / "nano")
+
+
+def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(tmp_path):
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = tmp_path / "out"
+
+  def crashing():
+    for i, piece in enumerate(prepare.read_parquet(path, "text")):
+      if i == 40:
+        raise KeyboardInterrupt
+      yield piece
+
+  with pytest.raises(KeyboardInterrupt):
+    prepare.write_dataset(crashing(), str(out), name="t", sources=[path], command="test",
+                          shard_tokens=2000, progress=False)
+  assert os.listdir(out) == []
+  # A killed run (no cleanup) leaves its staging directory behind.
+  (out / prepare.STAGING).mkdir()
+  (out / prepare.STAGING / "t_train_000000.bin").write_bytes(b"partial")
+  config = tiny_config(tmp_path, str(out), dataset="fineweb")
+  with pytest.raises(FileNotFoundError, match=f"python -m jaxgpt.prepare fineweb --out={out}"):
+    train.open_data(config)
+  run([path], out)
+  assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
+
+
+# FineWeb from the hub, served by a local stand-in.
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+  """Three FineWeb-like parquet files per repo folder; records what is listed and downloaded."""
+  root = tmp_path / "hub"
+  calls: dict[str, list] = {"list": [], "download": []}
+  for repo in prepare.FINEWEB_REPOS.values():
+    for i, chunk in enumerate([TEXTS[:20], TEXTS[20:40], TEXTS[40:]]):
+      write_parquet(root / repo / "sample" / "10BT" / f"{i:03d}_00000.parquet", chunk, 20 * i)
+
+  def list_repo_tree(repo_id, path_in_repo=None, *, repo_type=None, **kwargs):
+    calls["list"].append((repo_id, path_in_repo, repo_type))
+    folder = root / repo_id / path_in_repo
+    if not folder.is_dir():
+      raise EntryNotFoundError(f"404: {path_in_repo}")
+    return [RepoFile(path=f"{path_in_repo}/{n}", size=(folder / n).stat().st_size, oid="x")
+            for n in sorted(os.listdir(folder), reverse=True)]
+
+  def hf_hub_download(repo_id, filename, *, repo_type=None, **kwargs):
+    calls["download"].append((repo_id, filename, repo_type))
+    return str(root / repo_id / filename)
+
+  monkeypatch.setattr(huggingface_hub, "list_repo_tree", list_repo_tree)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+  return calls
+
+
+def test_fineweb_from_the_hub(tmp_path, hub):
+  out = tmp_path / "fineweb"
+  meta = prepare.prepare_fineweb(str(out), shards_limit=2, name="fineweb", command="test",
+                                 progress=False)
+  assert hub["list"] == [("HuggingFaceFW/fineweb", "sample/10BT", "dataset")]
+  assert [d[1] for d in hub["download"]] == ["sample/10BT/000_00000.parquet",
+                                             "sample/10BT/001_00000.parquet"]
+  assert meta["sources"] == ["hf://datasets/HuggingFaceFW/fineweb/sample/10BT/000_00000.parquet",
+                             "hf://datasets/HuggingFaceFW/fineweb/sample/10BT/001_00000.parquet"]
+  assert_dataset(str(out), [(str(i), t) for i, t in enumerate(TEXTS[:40])])
+
+
+def test_fineweb_edu_with_max_tokens_downloads_only_what_it_needs(tmp_path, hub, monkeypatch):
+  monkeypatch.setattr(prepare, "BATCH_CHARS", 2000)  # reading runs a batch ahead of tokenizing
+  prepare.prepare_fineweb(str(tmp_path / "edu"), edu=True, max_tokens=10000, val_fraction=0.5,
+                          name="edu", command="test", progress=False)
+  assert hub["download"] == [("HuggingFaceFW/fineweb-edu", "sample/10BT/000_00000.parquet",
+                              "dataset")]
+
+
+def test_fineweb_names(tmp_path, hub):
+  assert prepare.fineweb_folder("sample-100BT") == "sample/100BT"
+  assert prepare.fineweb_folder("CC-MAIN-2013-20") == "data/CC-MAIN-2013-20"
+  with pytest.raises(prepare.PrepareError, match="--name=10BT: expected a sample"):
+    prepare.fineweb_folder("10BT")
+  with pytest.raises(prepare.PrepareError, match="fineweb/data/CC-MAIN-2013-20: not found"):
+    prepare.prepare_fineweb(str(tmp_path / "x"), subset="CC-MAIN-2013-20", name="x",
+                            command="test", progress=False)
+
+
+# The trainer's side.
+
+def test_trainer_makes_fineweb_itself_when_allowed(tmp_path, hub):
+  config = tiny_config(tmp_path, str(tmp_path / "fw"), dataset="fineweb", vocab_size=50304)
+  with pytest.raises(FileNotFoundError, match="auto_prepare=True"):
+    train.open_data(config)
+  config.auto_prepare = True
+  sources = train.open_data(config)
+  assert len(hub["download"]) == 3 and len(sources["train"]) > len(sources["val"]) > 0
+  assert shards.read_meta(str(tmp_path / "fw"))["command"] == (
+      f"python -m jaxgpt.prepare fineweb --out={tmp_path / 'fw'}")
+
+
+def test_trainer_warns_when_val_is_smaller_than_one_eval_batch(tmp_path, caplog):
+  path = write_parquet(tmp_path / "a.parquet", [f"Short document {i} of a few words." for i in
+                                                range(200)])
+  run([path], tmp_path / "out", val_tokens=50)
+  config = tiny_config(tmp_path, str(tmp_path / "out"), vocab_size=50304, block_size=16,
+                       batch_size=8)
+  with caplog.at_level(logging.WARNING):
+    sources = train.open_data(config)
+  assert 0 < len(sources["val"]) < 8
+  assert "fewer than one eval batch of batch_size=8 windows" in caplog.text
+
+
+# The command line.
+
+def prepare_cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "jaxgpt.prepare", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_command_line(tmp_path):
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  args = ["files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
+          f"--out={tmp_path / 'book'}", "--workers=2"]
+  r = prepare_cli(*args)
+  assert r.returncode == 0, r.stderr
+  assert "MB/s" in r.stdout and "tokens/s per worker" in r.stdout
+  meta = shards.read_meta(str(tmp_path / "book"))
+  assert meta["command"] == "python -m jaxgpt.prepare " + " ".join(
+      a if "\\" not in a else f"'{a}'" for a in args)
+  assert os.path.basename(shards.find_shards(str(tmp_path / "book"), "train")[0]) == (
+      "book_train_000000.bin")
+  assert sum(s["documents"] for s in meta["splits"].values()) == len(TEXTS)
+  r = prepare_cli(*args)
+  assert r.returncode == 1 and "already holds a prepared dataset" in r.stderr
+  r = prepare_cli("files", "--shards=2", f"--input={tmp_path / 'book.txt'}",
+                  f"--out={tmp_path / 'x'}")
+  assert r.returncode != 0 and "--shards applies to `fineweb`" in r.stderr
