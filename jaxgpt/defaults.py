@@ -28,8 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = "scratch"  # 'scratch' or 'resume'
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)
 
-  # logging sinks
-  c.wandb_log = False
+  # logging sinks (metrics.jsonl is always written)
+  c.tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard (needs tensorboardX)
+  c.wandb_log = False  # log to Weights & Biases (needs wandb)
   c.wandb_project = "jaxgpt"
   c.wandb_run_name = "gpt2"
 

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxgpt import data, defaults, metrics, prepare, sampling, shards, tokenizer
+from jaxgpt import data, defaults, metrics, plan, prepare, sampling, shards, sinks, tokenizer
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
 from jaxgpt.optim import lr_schedule, make_optimizer
 
@@ -130,10 +130,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   state = create_train_state(model, tx, config.seed)
   n_params = count_params(state.params)
   tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
-  logging.info("number of parameters: %.2fM (%s with position embeddings)",
-               n_params / 1e6, f"{count_params(state.params, non_embedding=False):,}")
-  logging.info("tokens per iteration: %s (%d accum x %d batch x %d block)", f"{tokens_per_iter:,}",
-               config.gradient_accumulation_steps, config.batch_size, config.block_size)
+  run_plan = plan.log_launch(config, train_tokens=len(sources["train"]) * config.block_size)
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
   if len(sources["val"]) < config.batch_size:
@@ -145,7 +142,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
                                             config.n_embd, config.block_size)
   peak = metrics.peak_flops(device.device_kind, config.peak_flops)
   schedule = lr_schedule(config)
-  writer = metrics.MetricsWriter(os.path.join(config.out_dir, "metrics.jsonl"))
+  writer = sinks.open_sinks(config)
 
   train_ds = data.train_dataset(sources["train"], accum_steps=config.gradient_accumulation_steps,
                                 batch_size=config.batch_size, seed=config.seed,
@@ -165,6 +162,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
 
   losses: dict[str, float] = {}
   last_log_time, last_log_iter = time.perf_counter(), 0
+  n_logs = 0
   for it in range(config.max_iters + 1):
     if it % config.eval_interval == 0 or it == config.max_iters:
       losses = evaluate(eval_step, state.params, sources, config)
@@ -190,6 +188,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
       if not math.isfinite(m["loss"]):
         raise FloatingPointError(f"non-finite loss {m['loss']} at iter {it}")
       logging.info(_format_train_line(it, config.max_iters, m))
+      n_logs += 1
+      if n_logs == 2:  # the first log times one step; the second is a steady measurement
+        logging.info(plan.eta_message(run_plan, it + 1, tok_s, m["mfu"]))
       writer.write({"event": "train", "iter": it, "tokens": (it + 1) * tokens_per_iter, **m})
       last_log_time, last_log_iter = now, it + 1
   writer.close()
