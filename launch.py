@@ -4,6 +4,8 @@ Multi-host: SLURM and Open MPI jobs are joined automatically; elsewhere pass
 --coordinator_address, --num_processes and --process_id to every process.
 """
 
+import logging as pylogging
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,6 +21,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index in a 
 flags.mark_flags_as_required(["config"])
 
 
+def _drop_library_info(record: pylogging.LogRecord) -> bool:
+  """Orbax narrates every save at INFO through absl; keep its warnings, drop the narration."""
+  return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -26,6 +33,7 @@ def main(argv: list[str]) -> None:
                                         _PROCESS_ID.value)
   # One process speaks for the run; the others report only warnings and errors.
   logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+  logging.get_absl_handler().addFilter(_drop_library_info)
   train.train(_CONFIG.value)
 
 

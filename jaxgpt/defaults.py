@@ -31,8 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.skip_nonfinite = 0  # iterations with a non-finite loss/gradient to skip before stopping
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)
 
-  # logging sinks
-  c.wandb_log = False
+  # logging sinks (metrics.jsonl is always written)
+  c.tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard (needs tensorboardX)
+  c.wandb_log = False  # log to Weights & Biases (needs wandb)
   c.wandb_project = "jaxgpt"
   c.wandb_run_name = "gpt2"
 

@@ -1,9 +1,10 @@
-"""Throughput arithmetic (FLOPs, MFU) and the metrics.jsonl writer."""
+"""Throughput arithmetic (FLOPs, MFU), and metrics.jsonl: its writer and its reader."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 from typing import Any
 
 # Peak dense bf16 FLOP/s per device, from the vendors' datasheets. Matched by
@@ -74,24 +75,52 @@ def drop_records_after(path: str, step: int) -> int:
 
 
 class MetricsWriter:
-  """Appends one JSON object per event to out_dir/metrics.jsonl, flushed at once.
+  """Appends one JSON object per event to out_dir/metrics.jsonl, flushed at once."""
 
-  Only one process of a multi-host run writes (`enabled`); the others' writes
-  are dropped.
-  """
-
-  def __init__(self, path: str, enabled: bool = True):
+  def __init__(self, path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     self.path = path
-    self._file = None
-    if enabled:
-      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-      self._file = open(path, "a", encoding="utf-8")
+    self._file = open(path, "a", encoding="utf-8")
 
   def write(self, record: dict[str, Any]) -> None:
-    if self._file is not None:
-      self._file.write(json.dumps(record) + "\n")
-      self._file.flush()
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
 
   def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
+    self._file.close()
+
+
+def read_metrics(path: str) -> dict[str, list[dict[str, Any]]]:
+  """The records of a metrics.jsonl by event ("train", "eval"), each list in iteration order.
+
+  A resumed run appends from its checkpoint's iteration: a record at or before
+  the last one of its event replaces those, so the lists hold the run that
+  continued. An unfinished last line (a run writing right now) is skipped.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
+  events: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.endswith("\n"):
+        break
+      try:
+        record = json.loads(line)
+        kept = events.setdefault(record["event"], [])
+        it = record["iter"]
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{n}: not a metrics record ({e}): {line.strip()[:80]}") from e
+      while kept and kept[-1]["iter"] >= it:
+        kept.pop()
+      kept.append(record)
+  return events
+
+
+def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
+  """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step)."""
+  steady = train_records[1:] or train_records
+  medians: dict[str, float | None] = {}
+  for key in ("tokens_per_sec", "ms_per_iter", "mfu"):
+    values = [r[key] for r in steady if r.get(key) is not None]
+    medians[key] = statistics.median(values) if values else None
+  return medians

@@ -18,8 +18,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxgpt import (checkpoint, data, defaults, metrics, prepare, sampling, sharding, shards,
-                    tokenizer)
+from jaxgpt import (checkpoint, data, defaults, metrics, plan, prepare, sampling, sharding,
+                    shards, sinks, tokenizer)
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
 from jaxgpt.optim import lr_schedule, make_optimizer
 
@@ -244,14 +244,15 @@ def _check_nonfinite(state: TrainState, config: ml_collections.ConfigDict, since
 class _Run:
   """The loop's mutable bookkeeping, and the three things it does between steps."""
 
-  def __init__(self, config: ml_collections.ConfigDict, state: TrainState, start_iter: int,
-               best_val_loss: float, checkpoints: checkpoint.RunCheckpoints,
-               train_iter: grain.DatasetIterator, writer: metrics.MetricsWriter,
-               eval_fn: Callable[[Any], dict[str, float]], tokens_per_iter: int,
-               flops_per_token: float, peak: float | None, n_devices: int):
-    self.config, self.state = config, state
+  def __init__(self, config: ml_collections.ConfigDict, run_plan: plan.Plan, state: TrainState,
+               start_iter: int, best_val_loss: float, checkpoints: checkpoint.RunCheckpoints,
+               train_iter: grain.DatasetIterator, writer: sinks.Sinks,
+               eval_fn: Callable[[Any], dict[str, float]], flops_per_token: float,
+               peak: float | None, n_devices: int):
+    self.config, self.plan, self.state = config, run_plan, state
     self.checkpoints, self.train_iter, self.writer = checkpoints, train_iter, writer
-    self.eval_fn, self.tokens_per_iter = eval_fn, tokens_per_iter
+    self.eval_fn, self.tokens_per_iter = eval_fn, run_plan.tokens_per_iter
+    self.n_logs = 0
     self.flops_per_token, self.peak, self.n_devices = flops_per_token, peak, n_devices
     self.best_val_loss = best_val_loss
     self.last_saved = start_iter if config.init_from == "resume" else None
@@ -297,6 +298,9 @@ class _Run:
     m.update(lr=float(self.schedule(it)), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
              mfu=metrics.mfu(tok_s, self.flops_per_token, self.peak, self.n_devices))
     logging.info(_format_train_line(it, self.config.max_iters, m))
+    self.n_logs += 1
+    if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
+      logging.info(plan.eta_message(self.plan, it + 1, tok_s, m["mfu"]))
     self.writer.write({"event": "train", "iter": it, "tokens": (it + 1) * self.tokens_per_iter,
                        **m})
     self.check_finite(it)
@@ -360,10 +364,10 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
                     out_shardings=state_shardings)()
 
   n_params = count_params(state.params)
-  tokens_per_iter = (config.gradient_accumulation_steps * config.batch_size * layout.n_devices *
-                     config.block_size)
-  logging.info("number of parameters: %.2fM (%s with position embeddings)",
-               n_params / 1e6, f"{count_params(state.params, non_embedding=False):,}")
+  # An epoch is what the windows cover: a shard's last partial window is never read.
+  run_plan = plan.log_launch(config, train_tokens=len(sources["train"]) * config.block_size,
+                             n_devices=layout.n_devices)
+  tokens_per_iter = run_plan.tokens_per_iter
   logging.info("tokens per iteration: %s = %d accum x %d batch x %d devices (%s, %d processes) "
                "x %d block", f"{tokens_per_iter:,}", config.gradient_accumulation_steps,
                config.batch_size, layout.n_devices, config.sharding, jax.process_count(),
@@ -381,10 +385,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
 
   eval_step = make_eval_step(model)
-  run = _Run(config, state, start_iter, best_val_loss, checkpoints, train_iter,
-             metrics.MetricsWriter(metrics_path, enabled=lead),
+  run = _Run(config, run_plan, state, start_iter, best_val_loss, checkpoints, train_iter,
+             sinks.open_sinks(config, enabled=lead),
              eval_fn=lambda params: evaluate(eval_step, params, sources, config, layout),
-             tokens_per_iter=tokens_per_iter,
              flops_per_token=metrics.flops_per_token(n_params, config.n_layer, config.n_head,
                                                      config.n_embd, config.block_size),
              peak=metrics.peak_flops(jax.devices()[0].device_kind, config.peak_flops),

@@ -359,7 +359,7 @@ def test_trainer_warns_when_val_is_smaller_than_one_eval_batch(tmp_path, caplog)
   with caplog.at_level(logging.WARNING):
     sources = train.open_data(config)
   assert 0 < len(sources["val"]) < 8
-  assert "fewer than one eval batch of batch_size=8 windows" in caplog.text
+  assert "fewer than one eval batch of batch_size x devices=8 windows" in caplog.text
 
 
 # The command line.

@@ -1,0 +1,144 @@
+"""The run plan: its figures against hand-computed ones, its warnings, its CLI and launch log."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from conftest import tiny_config
+from jaxgpt import plan, prepare, shards, train
+from jaxgpt.model import GPT, GPTConfig, count_params, init_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def recipe(name: str):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_fineweb_40m_figures_match_hand_computed_ones():
+  config = recipe("fineweb_40m")
+  p = plan.make_plan(config, train_tokens=100 * 100_000_000)  # 100 shards of 100M tokens
+  # 12 layers x 12 D^2 + tied embedding 50304 D + LayerNorm scales (2 per layer + final), D=384
+  assert p.n_params == 12 * 12 * 384**2 + 50304 * 384 + (12 * 2 + 1) * 384 == 40_560_000
+  assert p.n_params_total == p.n_params + 1024 * 384
+  assert p.tokens_per_iter == 16 * 32 * 1024 == 524_288
+  assert p.max_iters == 20_000
+  assert p.tokens == 10_485_760_000
+  assert p.epochs == pytest.approx(1.048576)
+  assert p.tokens_per_param == pytest.approx(10_485_760_000 / 40_560_000)
+  flops_per_token = 6 * 40_560_000 + 12 * 12 * 6 * 64 * 1024
+  assert p.flops == pytest.approx(flops_per_token * 10_485_760_000)
+  assert p.hours(524_288) == pytest.approx(20_000 / 3600)
+  assert plan.tokens_per_iter(config, n_devices=8) == 8 * 524_288
+
+
+def test_param_counts_agree_with_the_built_model(tmp_path):
+  config = tiny_config(tmp_path, "", bias=True)
+  params = init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0))
+  assert plan.param_counts(config) == (count_params(params),
+                                       count_params(params, non_embedding=False))
+
+
+def test_train_tokens_come_from_shards_or_meta(tmp_path, token_dir):
+  assert plan.count_train_tokens(token_dir) == 3000 + 2000  # the fixture's two train shards
+  meta_only = tmp_path / "meta_only"
+  meta_only.mkdir()
+  shards.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
+  assert plan.count_train_tokens(str(meta_only)) == 12345
+  assert plan.count_train_tokens(str(tmp_path / "nothing")) is None
+  p = plan.make_plan(tiny_config(tmp_path, token_dir), train_tokens=None)
+  assert p.epochs is None
+
+
+def test_stated_sizes():
+  assert plan.stated_sizes("gpt2_124m") == [("124m", 124e6)]
+  assert plan.stated_sizes("run-1.5B-v2") == [("1.5B", 1.5e9)]
+  assert plan.stated_sizes("40M") == [("40M", 40e6)]
+  for name in ("fineweb10B", "sample-10BT", "gpt2", "bs32m", "out"):
+    assert plan.stated_sizes(name) == []
+
+
+def fineweb_40m(**overrides):
+  config = recipe("fineweb_40m")
+  config.update(overrides)
+  return config
+
+
+@pytest.mark.parametrize("overrides,config_name,expected", [
+    (dict(out_dir="out/gpt2_124m"), "", "out_dir 'out/gpt2_124m' says 124m"),
+    (dict(), "gpt2_350m", "config 'gpt2_350m' says 350m"),
+    (dict(wandb_log=True, wandb_run_name="fw-1.5b"), "", "wandb_run_name 'fw-1.5b' says 1.5b"),
+    (dict(lr_decay_iters=30_000), "", "lr_decay_iters=30,000 differs from max_iters=20,000"),
+    (dict(lr_decay_iters=10_000), "", "the last 10,000 iterations run at min_lr"),
+    (dict(warmup_iters=2_600), "", "warmup_iters=2,600 is 13% of max_iters=20,000"),
+    (dict(max_iters=200_000, lr_decay_iters=200_000), "", "10.5 epochs"),
+])
+def test_each_warning_fires(overrides, config_name, expected):
+  config = fineweb_40m(**overrides)
+  p = plan.make_plan(config, train_tokens=10_000_000_000)
+  found = plan.check(config, p, config_name=config_name)
+  assert len(found) == 1 and expected in found[0], found
+
+
+def test_a_size_within_tolerance_or_an_unused_run_name_is_silent():
+  config = fineweb_40m(out_dir="out/fw_45m", wandb_log=False, wandb_run_name="gpt2_1.5b")
+  assert plan.check(config, plan.make_plan(config), config_name="fineweb_40m") == []
+
+
+def test_shipped_recipes_trigger_no_warning(tmp_path):
+  python_docs = str(tmp_path / "python_docs")
+  prepare.ensure_python_docs(python_docs)
+  # FineWeb sample-10BT is about 9.9B train tokens once tokenized.
+  train_tokens = {"python_docs": plan.count_train_tokens(python_docs), "fineweb": 9_900_000_000}
+  paths = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+  assert len(paths) >= 3
+  for path in paths:
+    name = os.path.splitext(os.path.basename(path))[0]
+    config = recipe(name)
+    p = plan.make_plan(config, train_tokens=train_tokens.get(config.dataset))
+    assert plan.check(config, p, config_name=name) == [], name
+
+
+def test_durations_read_naturally():
+  assert plan.format_duration(20_000) == "5h33m"
+  assert plan.format_duration(125) == "2m05s"
+  p = plan.make_plan(recipe("fineweb_40m"))
+  message = plan.eta_message(p, 0, 524_288, 0.381)
+  assert "5h33m" in message and "MFU 38.1%" in message
+
+
+def test_cli_prints_a_row_per_candidate():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
+                      "--max_iters=6000,20000", "--train_tokens=10000000000",
+                      "--tokens_per_sec=524288"], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
+  assert rows["6,000"][1:] == ["3.15B", "0.31", "77.6", "9.44e+17", "1h40m"]
+  assert rows["20,000"][1:] == ["10.49B", "1.05", "258.5", "3.15e+18", "5h33m"]
+  assert "max_iters=6,000: warmup_iters=700 is 12% of max_iters=6,000" in r.stdout
+  assert "max_iters=20,000:" not in r.stdout
+
+
+def test_train_logs_the_plan_its_warnings_and_an_eta(tmp_path, token_dir, caplog):
+  config = tiny_config(tmp_path, token_dir, max_iters=4, warmup_iters=2, lr_decay_iters=4,
+                       eval_interval=4)
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train.train(config)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith("plan: tokens per iteration: 128 ") for m in messages)
+  assert any("epochs of 4.98K train tokens" in m for m in messages)
+  assert "plan: warmup_iters=2 is 50% of max_iters=4 (more than 10%)" in messages
+  assert sum(m.startswith("estimated time to finish:") for m in messages) == 1

@@ -1,0 +1,102 @@
+"""report: reading metrics.jsonl (resumed and live runs), the table, the PNG, the CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from jaxgpt import metrics, report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENS_PER_ITER = 524_288
+
+
+def write_run(out_dir, *, max_iters=2000, eval_interval=500, log_interval=100, scale=1.0,
+              mfu=0.38) -> str:
+  """A metrics.jsonl shaped like train.py's, with a loss falling from ln(50304)."""
+  writer = metrics.MetricsWriter(os.path.join(out_dir, "metrics.jsonl"))
+  loss = lambda it: 3.0 * scale + 7.8 * math.exp(-it / 150)
+  lr = lambda it: 6e-4 * min(1.0, (it + 1) / 100)
+  for it in range(max_iters + 1):
+    if it % eval_interval == 0:
+      writer.write({"event": "eval", "iter": it, "tokens": it * TOKENS_PER_ITER,
+                    "train_loss": loss(it), "val_loss": loss(it) + 0.05, "lr": lr(it)})
+    if it < max_iters and it % log_interval == 0:
+      tok_s = 100_000.0 if it == 0 else 500_000.0
+      writer.write({"event": "train", "iter": it, "tokens": (it + 1) * TOKENS_PER_ITER,
+                    "loss": loss(it), "lr": lr(it), "grad_norm": 0.5,
+                    "ms_per_iter": 1000 * TOKENS_PER_ITER / tok_s, "tokens_per_sec": tok_s,
+                    "mfu": None if mfu is None else mfu * tok_s / 500_000})
+  writer.close()
+  return str(out_dir)
+
+
+def test_table_best_val_and_throughput(tmp_path):
+  run = report.load(write_run(tmp_path))
+  text = report.summary("x", run)
+  lines = text.splitlines()
+  assert lines[1].split() == ["step", "tokens", "train", "loss", "val", "loss", "lr"]
+  assert lines[2].split() == ["0", "0", "10.8000", "10.8500", "6.00e-06"]
+  assert lines[4].split()[:2] == ["1,000", "524.29M"]
+  assert len([l for l in lines if l.split()[0].replace(",", "").isdigit()]) == 5  # evals 0..2000
+  assert "best val loss 3.0500 at step 2,000 (1.05B tokens)" in text
+  # The first log timed one step at 100k tok/s; it is skipped.
+  assert "median 500,000 tok/s, 1,048.6 ms/iter, MFU 38.0%" in text
+
+
+def test_unknown_mfu_and_an_empty_run_say_so(tmp_path):
+  text = report.summary("x", report.load(write_run(tmp_path, mfu=None)))
+  assert "MFU n/a" in text
+  (tmp_path / "empty").mkdir()
+  open(tmp_path / "empty" / "metrics.jsonl", "w").close()
+  text = report.summary("empty", report.load(str(tmp_path / "empty")))
+  assert "no evaluation yet" in text and "no train logs yet" in text
+
+
+def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
+  writer = metrics.MetricsWriter(str(tmp_path / "metrics.jsonl"))
+  for it in (0, 10, 20, 30):  # crashed after iter 30; resumed from the checkpoint at 20
+    writer.write({"event": "train", "iter": it, "loss": 1.0})
+  for it in (20, 30, 40):
+    writer.write({"event": "train", "iter": it, "loss": 2.0})
+  writer.close()
+  train_logs = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))["train"]
+  assert [(r["iter"], r["loss"]) for r in train_logs] == [(0, 1.0), (10, 1.0), (20, 2.0),
+                                                          (30, 2.0), (40, 2.0)]
+
+
+def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"event": "eval", "iter": 0, "val_loss": 3.0}\n{"event": "tra')
+  assert len(metrics.read_metrics(str(path))["eval"]) == 1
+  path.write_text('{"event": "eval", "iter": 0}\nnot json\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
+    metrics.read_metrics(str(path))
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    report.load(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("logx", [False, True])
+def test_png_has_the_promised_size(tmp_path, logx):
+  runs = {"a": report.load(write_run(tmp_path / "a")),
+          "b": report.load(write_run(tmp_path / "b", scale=1.1))}
+  path = str(tmp_path / "report.png")
+  report.plot(runs, path, logx=logx)
+  height, width, _ = matplotlib.image.imread(path).shape
+  assert (width, height) == (1000, 600)
+
+
+def test_cli_writes_the_png_into_the_first_run(tmp_path):
+  a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b", scale=1.1)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "jaxgpt.report", f"--out_dir={a}", f"--out_dir={b}",
+                      "--logx"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith("a\n") and "\n\nb\n" in r.stdout
+  assert "best val loss 3.3500" in r.stdout  # run b: 3.3 + 0.05
+  assert os.path.isfile(os.path.join(a, "report.png"))
