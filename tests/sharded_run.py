@@ -1,0 +1,56 @@
+"""Runs `train.train` on simulated devices or as one of several processes; prints JSON.
+
+Used by test_sharding.py in subprocesses, because the device count and the
+distributed runtime must be set before jax starts:
+
+  python tests/sharded_run.py --devices=8 --out=DIR --data=DIR --overrides='{"sharding": "fsdp"}'
+  python tests/sharded_run.py --process_id=0 --num_processes=2 --coordinator=localhost:PORT ...
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--devices", type=int, default=1)
+parser.add_argument("--process_id", type=int, default=-1)
+parser.add_argument("--num_processes", type=int, default=0)
+parser.add_argument("--coordinator", default="")
+parser.add_argument("--out", required=True)
+parser.add_argument("--data", required=True)
+parser.add_argument("--overrides", default="{}")
+args = parser.parse_args()
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+from jaxgpt import sharding, train  # noqa: E402
+from jaxgpt.model import GPT, GPTConfig  # noqa: E402
+from jaxgpt.optim import make_optimizer  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
+sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+config = tiny_config(pathlib.Path(args.out), args.data, **json.loads(args.overrides))
+losses = train.train(config)
+
+# The shardings the loop gives its state, as each process sees them.
+model = GPT(GPTConfig.from_config(config))
+tx = make_optimizer(config)
+abstract = jax.eval_shape(lambda: train.create_train_state(model, tx, config.seed))
+shardings = sharding.state_shardings(abstract, sharding.make_mesh(), config.sharding)
+state = jax.jit(lambda: train.create_train_state(model, tx, config.seed),
+                out_shardings=shardings)()
+wte = state.params["wte"]["embedding"]
+print(json.dumps({
+    "process": jax.process_index(),
+    "devices": jax.device_count(),
+    "losses": losses,
+    "wte_shape": list(wte.shape),
+    "wte_shard_shape": list(wte.addressable_shards[0].data.shape),
+}))

@@ -1,0 +1,129 @@
+"""Data parallel and FSDP over simulated devices and over two real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxgpt import checkpoint, data, sharding, train
+from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.optim import make_optimizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def sharded_run(tmp_path, token_dir: str, name: str, devices: int = 1, **overrides) -> list:
+  """Runs tests/sharded_run.py on `devices` simulated CPU devices; returns its JSON line."""
+  out = str(tmp_path / name)
+  cmd = [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--devices={devices}",
+         f"--out={out}", f"--data={token_dir}", f"--overrides={json.dumps(overrides)}"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def train_losses(out_dir: str) -> list[float]:
+  with open(os.path.join(out_dir, "run", "metrics.jsonl")) as f:
+    return [r["loss"] for r in map(json.loads, f) if r["event"] == "train"]
+
+
+RUN = dict(max_iters=4, eval_interval=4, lr_decay_iters=8, gradient_accumulation_steps=2)
+
+
+def test_leaf_spec_splits_matrices_along_their_largest_divisible_axis():
+  assert sharding.leaf_spec((96, 32), 8, "fsdp") == jax.sharding.PartitionSpec("data", None)
+  assert sharding.leaf_spec((32, 96), 8, "fsdp") == jax.sharding.PartitionSpec(None, "data")
+  assert sharding.leaf_spec((30, 12), 8, "fsdp") == jax.sharding.PartitionSpec()
+  assert sharding.leaf_spec((96,), 8, "fsdp") == jax.sharding.PartitionSpec()
+  assert sharding.leaf_spec((96, 32), 8, "dp") == jax.sharding.PartitionSpec()
+
+
+@pytest.mark.parametrize("mode", ["dp", "fsdp"])
+def test_eight_devices_train_like_one_device_with_the_same_global_batch(tmp_path, token_dir,
+                                                                        mode):
+  one = sharded_run(tmp_path, token_dir, "one", devices=1, batch_size=8, **RUN)
+  eight = sharded_run(tmp_path, token_dir, mode, devices=8, batch_size=1, sharding=mode, **RUN)
+  assert eight["devices"] == 8
+  np.testing.assert_allclose(train_losses(str(tmp_path / mode)),
+                             train_losses(str(tmp_path / "one")), rtol=2e-5)
+  np.testing.assert_allclose(eight["losses"]["val"], one["losses"]["val"], rtol=2e-5)
+  if mode == "fsdp":
+    assert eight["wte_shard_shape"] == [96 // 8, 32]  # really split over the 8 devices
+  else:
+    assert eight["wte_shard_shape"] == eight["wte_shape"]
+
+
+def test_fsdp_checkpoint_resumes_on_one_device(tmp_path, token_dir):
+  """Saved by 4 devices under fsdp, continued by 1: same losses as an unbroken 1-device run."""
+  sharded_run(tmp_path, token_dir, "split", devices=4, batch_size=2, sharding="fsdp", **RUN)
+  resumed = tiny_config(tmp_path / "split", token_dir, batch_size=8, init_from="resume",
+                        **dict(RUN, max_iters=8))
+  train.train(resumed)
+  unbroken = tiny_config(tmp_path / "whole", token_dir, batch_size=8, **dict(RUN, max_iters=8))
+  train.train(unbroken)
+  np.testing.assert_allclose(train_losses(str(tmp_path / "split")),
+                             train_losses(str(tmp_path / "whole")), rtol=2e-5)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path, token_dir):
+  port = free_port()
+  out = str(tmp_path / "multi")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--out={out}", f"--data={token_dir}",
+       f"--process_id={i}", "--num_processes=2", f"--coordinator=localhost:{port}",
+       f"--overrides={json.dumps(dict(batch_size=4, **RUN))}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  results = []
+  for p in procs:
+    stdout, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr[-3000:]
+    results.append(json.loads(stdout.strip().splitlines()[-1]))
+  assert [r["process"] for r in results] == [0, 1]
+  assert results[0]["devices"] == 2
+  assert results[0]["losses"] == results[1]["losses"]  # one replicated loss, not two
+
+  one = sharded_run(tmp_path, token_dir, "one", devices=1, batch_size=8, **RUN)
+  np.testing.assert_allclose(train_losses(out), train_losses(str(tmp_path / "one")), rtol=2e-5)
+  np.testing.assert_allclose(results[0]["losses"]["val"], one["losses"]["val"], rtol=2e-5)
+
+  # This single process restores what the two wrote cooperatively.
+  config = tiny_config(tmp_path / "multi", token_dir, batch_size=8, **RUN)
+  model = GPT(GPTConfig.from_config(config))
+  abstract = jax.eval_shape(lambda: train.create_train_state(model, make_optimizer(config), 0))
+  ckpts = checkpoint.RunCheckpoints(config.out_dir, read_only=True)
+  state, meta = ckpts.restore(4, checkpoint.abstract_like(
+      abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0])), None)
+  assert meta["iter"] == 4
+  val = data.open_split(token_dir, "val", config.block_size, config.vocab_size)
+  layout = train.BatchLayout.create(config)
+  losses = train.evaluate(train.make_eval_step(model), state.params, {"val": val}, config, layout)
+  np.testing.assert_allclose(losses["val"], results[0]["losses"]["val"], rtol=2e-5)
+
+
+def test_processes_read_disjoint_windows_that_together_make_the_global_batch(token_dir):
+  src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
+  batches = lambda index, count, size: next(iter(data.train_dataset(
+      src, accum_steps=2, batch_size=size, seed=3, workers=0, shard_index=index,
+      shard_count=count)))
+  whole = batches(0, 1, 8)
+  parts = [batches(i, 2, 4) for i in range(2)]
+  rows = lambda b: {tuple(w) for w in b.reshape(-1, 17).tolist()}
+  assert not rows(parts[0]) & rows(parts[1])
+  assert rows(parts[0]) | rows(parts[1]) == rows(whole)
