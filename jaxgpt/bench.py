@@ -116,7 +116,7 @@ def time_loop(step: Callable, state: TrainState, source: data.TokenWindows,
       _train_dataset(source, config, workers), device, cpu_buffer_size=config.data_prefetch,
       device_buffer_size=config.data_prefetch))
   try:
-    for _ in range(warmup):
+    for _ in range(max(warmup, workers)):
       state, _ = step(state, next(batch_iter))
     jax.block_until_ready(state)
     times, waits = [], []
