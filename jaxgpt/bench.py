@@ -1,0 +1,309 @@
+"""Speed of the train step: ms/iter, tokens/s, MFU, compile time, memory, input pipeline.
+
+  python -m jaxgpt.bench --config=configs/gpt2_124m.py [--config.KEY=VALUE ...]
+      [--steps=50] [--warmup=5] [--data_workers=2] [--peer=torch] [--peak_flops=FLOP/s]
+      [--json_out=PATH]
+
+Times the very step `train.train` runs (same model, optimizer, state, jit,
+donation and ahead-of-time compilation) on one device, fed a synthetic batch
+of the config's shape that already sits on the device; then the Grain
+pipeline alone over a synthetic llm.c shard; then the step fed by that
+pipeline as the training loop feeds it, to show time spent waiting for data.
+`--peer=torch` first times the same model, tokens per step and optimizer in
+PyTorch on the same device (`jaxgpt.bench_torch`). Prints a summary and one
+JSON line of every figure (appended to `--json_out` too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from typing import Any, Callable
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxgpt import data, defaults, metrics, shards
+from jaxgpt.model import GPT, GPTConfig, count_params
+from jaxgpt.optim import make_optimizer
+from jaxgpt.train import TrainState, create_train_state, make_train_step
+
+_SHARD_ITERS = 8  # the synthetic shard holds this many iterations of tokens
+GiB = 2**30
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed iterations (each of the three runs).")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed iterations before each timed run.")
+_DATA_WORKERS = flags.DEFINE_integer("data_workers", 2, "Grain worker processes for the pipeline "
+                                     "runs (0: read in the main process).")
+_PEER = flags.DEFINE_enum("peer", None, ["torch"], "Also time the same model in this framework.")
+_TORCH_COMPILE = flags.DEFINE_boolean("torch_compile", None, "torch.compile the peer "
+                                      "(default: on CUDA, off on CPU where compiling is slow).")
+_PEAK_FLOPS = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
+                                 "config.peak_flops, then the table by device kind.")
+_JSON_OUT = flags.DEFINE_string("json_out", "", "Append the JSON line of figures to this file.")
+
+
+def _median_mean_ms(times: list[float]) -> tuple[float, float]:
+  return 1000 * statistics.median(times), 1000 * statistics.mean(times)
+
+
+def time_step(step: Callable, state: TrainState, batch: jax.Array, *, steps: int,
+              warmup: int) -> tuple[TrainState, list[float]]:
+  """Seconds per iteration of `steps` calls on one batch, each synced on its own results."""
+  for _ in range(warmup):
+    state, _ = step(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, step_metrics = step(state, batch)
+    jax.block_until_ready((state, step_metrics))
+    times.append(time.perf_counter() - t0)
+  return state, times
+
+
+def write_synthetic_shard(directory: str, config: ml_collections.ConfigDict) -> str:
+  """An llm.c train shard of random tokens, _SHARD_ITERS iterations long."""
+  tokens_per_iter = config.gradient_accumulation_steps * config.batch_size * config.block_size
+  rng = np.random.default_rng(config.seed)
+  tokens = rng.integers(0, config.vocab_size, size=_SHARD_ITERS * tokens_per_iter + 1)
+  path = os.path.join(directory, "synthetic_train_000000.bin")
+  shards.write_shard(path, tokens.astype(np.uint16))
+  return path
+
+
+def _train_dataset(source: data.TokenWindows, config: ml_collections.ConfigDict,
+                   workers: int) -> grain.IterDataset:
+  return data.train_dataset(source, accum_steps=config.gradient_accumulation_steps,
+                            batch_size=config.batch_size, seed=config.seed, workers=workers,
+                            prefetch=config.data_prefetch)
+
+
+def time_pipeline(source: data.TokenWindows, config: ml_collections.ConfigDict, *, workers: int,
+                  batches: int, warmup: int) -> float:
+  """Seconds per batch the Grain pipeline takes on the host, after its workers have started."""
+  batch_iter = iter(_train_dataset(source, config, workers))
+  try:
+    for _ in range(max(warmup, workers)):  # worker i delivers batch i first
+      next(batch_iter)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+      next(batch_iter)
+    return (time.perf_counter() - t0) / batches
+  finally:
+    batch_iter.close()  # stops the workers, which would otherwise slow what runs next
+
+
+def time_loop(step: Callable, state: TrainState, source: data.TokenWindows,
+              config: ml_collections.ConfigDict, device: jax.Device, *, workers: int, steps: int,
+              warmup: int) -> tuple[TrainState, list[float], list[float]]:
+  """Iteration and data-wait seconds of the step fed as `train.train` feeds it.
+
+  Each iteration is synced, so the device is idle while the host waits for the
+  next batch: the wait measured is an upper bound on what the loop loses to data.
+  """
+  batch_iter = iter(_train_dataset(source, config, workers))
+  try:
+    for _ in range(max(warmup, workers)):
+      state, _ = step(state, jax.device_put(next(batch_iter), device))
+    jax.block_until_ready(state)
+    times, waits = [], []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      batch = jax.device_put(next(batch_iter), device)
+      waits.append(time.perf_counter() - t0)
+      state, step_metrics = step(state, batch)
+      jax.block_until_ready((state, step_metrics))
+      times.append(time.perf_counter() - t0)
+    return state, times, waits
+  finally:
+    batch_iter.close()
+
+
+def _peak_memory_bytes(device: jax.Device) -> int | None:
+  stats = device.memory_stats()  # None on CPU
+  return stats.get("peak_bytes_in_use") if stats else None
+
+
+def _git_revision() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), check=True)
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return out.stdout.strip()
+
+
+_TORCH_DEVICE = {"gpu": "cuda", "cpu": "cpu"}  # JAX platform -> the torch device of the peer
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int, warmup: int, data_workers: int,
+        peer: str | None = None, torch_compile: bool | None = None,
+        peak_flops: float = 0.0) -> dict[str, Any]:
+  """Every figure of one benchmark, as a flat-ish dict (see the module docstring)."""
+  defaults.validate(config)
+  if steps < 1 or warmup < 1:
+    raise ValueError(f"steps={steps} and warmup={warmup} must both be >= 1 (warm-up also "
+                     "starts Grain's workers)")
+  if data_workers < 0:
+    raise ValueError(f"data_workers={data_workers} must be >= 0")
+  if peer not in (None, "torch"):
+    raise ValueError(f"peer={peer!r}: the only peer is 'torch'")
+  peer_result = None
+  if peer == "torch":
+    from jaxgpt import bench_torch  # imports torch
+
+    # The peer runs first and hands its memory back, so JAX then allocates on the
+    # GPU as it does in training (75% up front) and neither runs out.
+    logging.info("timing the PyTorch peer")
+    peer_result = bench_torch.run(config, steps=steps, warmup=warmup, compile=torch_compile)
+  device = jax.devices()[0]
+  if peer_result and peer_result["device"] != _TORCH_DEVICE.get(device.platform):
+    raise RuntimeError(f"the PyTorch peer ran on {peer_result['device']!r} but JAX runs on "
+                       f"{device.platform!r}: install torch and jax builds for the same device")
+  A, B, T = config.gradient_accumulation_steps, config.batch_size, config.block_size
+  tokens_per_iter = A * B * T
+
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  state = create_train_state(model, tx, config.seed)
+  n_params = count_params(state.params)
+  batch = jax.device_put(jax.random.randint(jax.random.PRNGKey(config.seed), (A, B, T + 1), 0,
+                                            config.vocab_size, dtype=jnp.int32).astype(jnp.uint16),
+                         device)  # the dtype and shape the pipeline delivers
+
+  logging.info("compiling the train step")
+  t0 = time.perf_counter()
+  step = make_train_step(model, tx).lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  logging.info("timing %d steps on a synthetic batch", steps)
+  state, step_times = time_step(step, state, batch, steps=steps, warmup=warmup)
+  ms_median, ms_mean = _median_mean_ms(step_times)
+  tokens_per_sec = tokens_per_iter / (ms_median / 1000)
+  flops_per_token = metrics.flops_per_token(n_params, config.n_layer, config.n_head,
+                                            config.n_embd, config.block_size)
+  peak = metrics.peak_flops(device.device_kind, peak_flops or config.peak_flops)
+
+  with tempfile.TemporaryDirectory(prefix="jaxgpt_bench_") as tmp:
+    source = data.TokenWindows([write_synthetic_shard(tmp, config)], config.block_size)
+    logging.info("timing the input pipeline (%d workers)", data_workers)
+    pipeline_s = time_pipeline(source, config, workers=data_workers, batches=steps,
+                               warmup=warmup)
+    logging.info("timing %d steps fed by the input pipeline", steps)
+    state, loop_times, waits = time_loop(step, state, source, config, device,
+                                         workers=data_workers, steps=steps, warmup=warmup)
+  jax.block_until_ready(state)
+  loop_median, loop_mean = _median_mean_ms(loop_times)
+  pipeline_tokens_per_sec = tokens_per_iter / pipeline_s
+
+  result: dict[str, Any] = {
+      "git": _git_revision(),
+      "jax_version": jax.__version__,
+      "platform": device.platform,
+      "device_kind": device.device_kind,
+      "model": {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                                       "bias", "dropout", "gelu_approximate", "attention")},
+      "dtype": config.dtype,
+      "gradient_accumulation_steps": A,
+      "batch_size": B,
+      "tokens_per_iter": tokens_per_iter,
+      "n_params": n_params,
+      "n_params_total": count_params(state.params, non_embedding=False),
+      "steps": steps,
+      "warmup": warmup,
+      "compile_s": compile_s,
+      "ms_per_iter_median": ms_median,
+      "ms_per_iter_mean": ms_mean,
+      "tokens_per_sec": tokens_per_sec,
+      "flops_per_token": flops_per_token,
+      "peak_flops": peak,
+      "mfu": metrics.mfu(tokens_per_sec, flops_per_token, peak, 1),
+      "peak_memory_bytes": _peak_memory_bytes(device),
+      "data_workers": data_workers,
+      "pipeline_tokens_per_sec": pipeline_tokens_per_sec,
+      "pipeline_ratio": pipeline_tokens_per_sec / tokens_per_sec,
+      "loop_ms_per_iter_median": loop_median,
+      "loop_ms_per_iter_mean": loop_mean,
+      "data_wait_ms_per_iter": 1000 * statistics.mean(waits),
+      "data_wait_fraction": sum(waits) / sum(loop_times),
+  }
+  if peer_result:
+    peer_result["tokens_per_sec"] = tokens_per_iter / (peer_result["ms_per_iter_median"] / 1000)
+    peer_result["mfu"] = metrics.mfu(peer_result["tokens_per_sec"], flops_per_token, peak, 1)
+    result["peer"] = peer_result
+    result["jax_over_peer"] = tokens_per_sec / peer_result["tokens_per_sec"]
+  return result
+
+
+def _pct(x: float | None) -> str:
+  return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _gib(x: int | None) -> str:
+  return "n/a" if x is None else f"{x / GiB:.2f} GiB"
+
+
+def summary(r: dict[str, Any]) -> str:
+  """The human-readable lines of a result."""
+  m = r["model"]
+  peak = "" if r["peak_flops"] is None else f" of {r['peak_flops'] / 1e12:.0f} TFLOP/s"
+  lines = [
+      f"model: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, block "
+      f"{m['block_size']}, {r['n_params'] / 1e6:.2f}M params, {r['dtype']}",
+      f"device: {r['device_kind']} ({r['platform']}), jax {r['jax_version']}, git {r['git']}",
+      f"batch: {r['gradient_accumulation_steps']} x {r['batch_size']} x {m['block_size']} = "
+      f"{r['tokens_per_iter']:,} tokens/iter",
+      f"compile: {r['compile_s']:.1f} s",
+      f"step: {r['ms_per_iter_median']:.1f} ms/iter median ({r['ms_per_iter_mean']:.1f} mean) "
+      f"over {r['steps']} steps after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
+      f"MFU {_pct(r['mfu'])}{peak}",
+      f"peak device memory: {_gib(r['peak_memory_bytes'])}",
+      f"input pipeline ({r['data_workers']} workers): {r['pipeline_tokens_per_sec']:,.0f} "
+      f"tokens/s, {r['pipeline_ratio']:.1f}x what the step consumes",
+      f"step fed by the pipeline: {r['loop_ms_per_iter_median']:.1f} ms/iter median, "
+      f"waiting for data {r['data_wait_ms_per_iter']:.2f} ms/iter "
+      f"({_pct(r['data_wait_fraction'])})",
+  ]
+  if "peer" in r:
+    p = r["peer"]
+    lines.append(
+        f"torch peer ({p['device_name']}, torch {p['torch_version']}, compile {p['compile']}, "
+        f"bf16 autocast {p['autocast_bf16']}, fused AdamW {p['fused_adamw']}): "
+        f"{p['ms_per_iter_median']:.1f} ms/iter median ({p['ms_per_iter_mean']:.1f} mean), "
+        f"{p['tokens_per_sec']:,.0f} tokens/s, MFU {_pct(p['mfu'])}, memory "
+        f"{_gib(p['peak_memory_bytes'])}, first step {p['first_step_s']:.1f} s, "
+        f"{p['n_params']:,} params (jax {r['n_params_total']:,})")
+    lines.append(f"jax / torch tokens/s: {r['jax_over_peer']:.2f}x")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  result = run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
+               data_workers=_DATA_WORKERS.value, peer=_PEER.value,
+               torch_compile=_TORCH_COMPILE.value, peak_flops=_PEAK_FLOPS.value)
+  result["config"] = config_flags.get_config_filename(flags.FLAGS["config"])
+  result["overrides"] = config_flags.get_override_values(flags.FLAGS["config"])
+  line = json.dumps(result)
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, "a", encoding="utf-8") as f:
+      f.write(line + "\n")
+  print(summary(result), flush=True)
+  print(line, flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,163 @@
+"""The benchmark: consistent figures, the CLI's JSON line, a PyTorch peer that is the same GPT."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from conftest import pattern_tokens, tiny_config
+from jaxgpt import bench, train
+from jaxgpt.model import GPT, GPTConfig, count_params, init_params
+from jaxgpt.optim import make_optimizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ["--config.n_layer=2", "--config.n_head=2", "--config.n_embd=32",
+              "--config.block_size=16", "--config.batch_size=4",
+              "--config.gradient_accumulation_steps=2", "--config.vocab_size=96"]
+
+
+def test_bench_figures_are_consistent(tmp_path):
+  config = tiny_config(tmp_path, "")
+  r = bench.run(config, steps=3, warmup=1, data_workers=0)
+  assert r["tokens_per_iter"] == 2 * 4 * 16
+  assert 0 < r["ms_per_iter_median"] and 0 < r["ms_per_iter_mean"]
+  s_per_iter = r["ms_per_iter_median"] / 1e3
+  assert r["tokens_per_sec"] == pytest.approx(r["tokens_per_iter"] / s_per_iter)
+  assert r["compile_s"] > 0
+  assert r["platform"] == "cpu" and r["peak_flops"] is None and r["mfu"] is None
+  assert r["peak_memory_bytes"] is None  # CPU keeps no memory stats
+  assert r["pipeline_ratio"] == pytest.approx(r["pipeline_tokens_per_sec"] / r["tokens_per_sec"])
+  assert r["pipeline_ratio"] > 0
+  assert r["loop_ms_per_iter_median"] > 0 and 0 <= r["data_wait_fraction"] <= 1
+  model = GPT(GPTConfig.from_config(config))
+  params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  assert r["n_params"] == count_params(params)
+  assert r["flops_per_token"] == 6 * r["n_params"] + 12 * 2 * 2 * 16 * 16
+  assert "peer" not in r
+
+
+def test_bench_rejects_a_run_without_timed_steps(tmp_path):
+  with pytest.raises(ValueError, match="steps=0"):
+    bench.run(tiny_config(tmp_path, ""), steps=0, warmup=1, data_workers=0)
+
+
+@pytest.mark.slow
+def test_cli_with_torch_peer_prints_and_appends_one_json_line(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  json_out = tmp_path / "bench.jsonl"
+  cmd = [sys.executable, "-m", "jaxgpt.bench", "--config=configs/quickstart.py", *TINY_FLAGS,
+         "--steps=2", "--warmup=1", "--data_workers=1", "--peak_flops=1e12", "--peer=torch",
+         f"--json_out={json_out}"]
+  out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert json.loads(json_out.read_text()) == r
+  assert r["config"] == "configs/quickstart.py" and r["overrides"]["n_embd"] == 32
+  assert r["data_workers"] == 1 and r["pipeline_tokens_per_sec"] > 0
+  assert r["mfu"] == pytest.approx(r["tokens_per_sec"] * r["flops_per_token"] / 1e12)
+  p = r["peer"]
+  assert p["n_params"] == r["n_params_total"]
+  assert not p["compile"] and not p["autocast_bf16"]  # the defaults on CPU
+  assert p["ms_per_iter_median"] > 0 and math.isfinite(p["last_loss"])
+  assert r["jax_over_peer"] == pytest.approx(r["tokens_per_sec"] / p["tokens_per_sec"])
+  assert "jax / torch tokens/s" in out.stdout
+
+
+# The PyTorch peer is the same function as jaxgpt's GPT.
+
+
+def jax_state(config):
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  return model, tx, train.create_train_state(model, tx, config.seed)
+
+
+def load_jax_params(torch_model, params, *, bias: bool) -> None:
+  """Copies jaxgpt params into the peer; bias-free projections are nn.Linear (out, in)."""
+  import torch
+
+  state = {}
+  for key, value in flax.traverse_util.flatten_dict(params, sep=".").items():
+    name = "transformer." + ("h." + key[2:] if key.startswith("h_") else key)
+    name = name.replace(".scale", ".weight").replace(".embedding", ".weight")
+    if name.endswith(".kernel"):
+      name = name.replace(".kernel", ".weight")
+      value = value if bias else value.T
+    state[name] = torch.tensor(np.asarray(value))
+  missing, unexpected = torch_model.load_state_dict(state, strict=False)
+  assert missing == ["lm_head.weight"] and unexpected == []  # the head is tied to wte
+
+
+def batch_tokens(config, n: int, seed: int = 0) -> np.ndarray:
+  tokens = pattern_tokens(n * (config.block_size + 1), seed)
+  return tokens.reshape(n, config.block_size + 1).astype(np.int64)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_peer_has_the_same_parameters_and_loss_at_init(tmp_path, bias):
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from jaxgpt import bench_torch
+
+  config = tiny_config(tmp_path, "", bias=bias)
+  model, _, state = jax_state(config)
+  peer = bench_torch.build_model(config, "cpu")
+  assert bench_torch.count_params(peer) == count_params(state.params, non_embedding=False)
+  tokens = batch_tokens(config, 8)
+  jax_loss = float(train.make_eval_step(model)(state.params, tokens))
+  torch_loss = bench_torch.loss(peer, torch.tensor(tokens))
+  assert jax_loss == pytest.approx(math.log(config.vocab_size), abs=0.05)
+  assert torch_loss == pytest.approx(jax_loss, abs=0.02)
+
+
+@pytest.mark.parametrize("gelu_approximate", [False, True])
+def test_peer_computes_the_same_logits_from_the_same_weights(tmp_path, gelu_approximate):
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from jaxgpt import bench_torch
+
+  config = tiny_config(tmp_path, "", gelu_approximate=gelu_approximate)
+  model, _, state = jax_state(config)
+  # Weights 10x their init scale put the GELU inputs near 1, where its two forms differ.
+  params = jax.tree.map(lambda p: 10 * p, state.params)
+  peer = bench_torch.build_model(config, "cpu").eval()
+  load_jax_params(peer, params, bias=False)
+  tokens = batch_tokens(config, 4)[:, :-1]
+  jax_logits = np.asarray(model.apply({"params": params}, tokens))
+  with torch.no_grad():
+    torch_logits = peer(input_ids=torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(torch_logits, jax_logits, atol=2e-4, rtol=1e-4)
+
+
+def test_peer_train_step_follows_jaxgpt_step(tmp_path):
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from jaxgpt import bench_torch
+
+  # Constant lr: the peer times steps, it does not follow the schedule.
+  config = tiny_config(tmp_path, "", decay_lr=False, learning_rate=1e-2, grad_clip=0.5,
+                       weight_decay=2.0)
+  model, tx, state = jax_state(config)
+  peer = bench_torch.build_model(config, "cpu")
+  load_jax_params(peer, state.params, bias=False)
+  tokens_ABT1 = batch_tokens(config, 8, seed=3).reshape(2, 4, -1)
+  jax_step = train.make_train_step(model, tx)
+  torch_step = bench_torch.make_train_step(peer, config, "cpu", compile=False)
+  for _ in range(5):
+    state, _ = jax_step(state, tokens_ABT1.astype(np.uint16))
+    torch_step(torch.tensor(tokens_ABT1))
+  eval_tokens = batch_tokens(config, 8, seed=4)
+  jax_loss = float(train.make_eval_step(model)(state.params, eval_tokens))
+  torch_loss = bench_torch.loss(peer, torch.tensor(eval_tokens))
+  assert jax_loss < math.log(config.vocab_size) - 0.3  # it learned
+  assert torch_loss == pytest.approx(jax_loss, abs=1e-4)
