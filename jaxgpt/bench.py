@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import tempfile
@@ -32,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import data, defaults, metrics, shards
+from jaxgpt import checkpoint, data, defaults, metrics, sharding, shards
 from jaxgpt.model import GPT, GPTConfig, count_params
 from jaxgpt.optim import make_optimizer
 from jaxgpt.train import TrainState, create_train_state, make_train_step
@@ -52,6 +53,13 @@ _TORCH_COMPILE = flags.DEFINE_boolean("torch_compile", None, "torch.compile the 
 _PEAK_FLOPS = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
                                  "config.peak_flops, then the table by device kind.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Append the JSON line of figures to this file.")
+_CHECKPOINT = flags.DEFINE_boolean(
+    "checkpoint", False, "Instead of the usual figures, time steps with and without an "
+    "asynchronous checkpoint save in flight.")
+_COLLECTIVES = flags.DEFINE_boolean(
+    "collectives", False, "Instead of timing, compile the step for every device under dp and "
+    "fsdp and report per-device memory and the bytes its collectives move (run with simulated "
+    "devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu).")
 
 
 def _median_mean_ms(times: list[float]) -> tuple[float, float]:
@@ -129,6 +137,119 @@ def time_loop(step: Callable, state: TrainState, source: data.TokenWindows,
     return state, times, waits
   finally:
     batch_iter.close()
+
+
+_COLLECTIVE_OP = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+                            r"collective-permute)(?:-start)?\(")
+_ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+_CALLED = re.compile(r"(?:to_apply|calls|body|condition|branch_computations)=\{?%?([\w.\-]+)")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def _result_bytes(result_type: str) -> int:
+  return sum(_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+             for dtype, dims in _ARRAY.findall(result_type))
+
+
+def _sent_bytes(op: str, result: int, n: int) -> float:
+  """Bytes one device sends for a collective over n devices, by the ring algorithm."""
+  return {"all-reduce": 2 * (n - 1) / n * result, "all-gather": (n - 1) / n * result,
+          "reduce-scatter": (n - 1) * result}.get(op, result)
+
+
+def collectives(hlo_text: str, n_devices: int, loop_trips: int) -> dict[str, float]:
+  """Bytes each device sends per iteration, by collective kind, from compiled HLO text.
+
+  Collectives inside a while loop's body (the micro-batch scan) count once per
+  trip; `loop_trips` is the number of micro-batches.
+  """
+  ops: dict[str, list[tuple[str, int]]] = {}
+  calls: dict[str, set[str]] = {}
+  bodies: set[str] = set()
+  current = ""
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      current = header.group(1)
+      continue
+    calls.setdefault(current, set()).update(_CALLED.findall(line))
+    bodies.update(re.findall(r"body=%?([\w.\-]+)", line))
+    op = _COLLECTIVE_OP.search(line)
+    if op:
+      ops.setdefault(current, []).append((op.group(2), _result_bytes(op.group(1))))
+  in_loop, todo = set(), list(bodies)
+  while todo:
+    name = todo.pop()
+    if name not in in_loop:
+      in_loop.add(name)
+      todo.extend(calls.get(name, ()))
+  sent: dict[str, float] = {}
+  for computation, found in ops.items():
+    trips = loop_trips if computation in in_loop else 1
+    for kind, result in found:
+      sent[kind] = sent.get(kind, 0.0) + trips * _sent_bytes(kind, result, n_devices)
+  return sent
+
+
+def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
+  """Per-device memory and collective traffic of the train step over every device."""
+  config = config.copy_and_resolve_references()
+  config.sharding = mode
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  mesh = sharding.make_mesh()
+  abstract = jax.eval_shape(lambda: create_train_state(model, tx, config.seed))
+  shardings = sharding.state_shardings(abstract, mesh, mode)
+  state = checkpoint.abstract_like(abstract, shardings)
+  A, T, n = config.gradient_accumulation_steps, config.block_size, mesh.size
+  batch = jax.ShapeDtypeStruct((A, config.batch_size * n, T + 1), np.uint16,
+                               sharding=sharding.batch_sharding(mesh, ndim=3, batch_axis=1))
+  compiled = make_train_step(model, tx, (shardings, sharding.replicated(mesh))).lower(
+      state, batch).compile()
+  memory = compiled.memory_analysis()
+  return {"mode": mode, "devices": n, "batch_per_device": config.batch_size,
+          "gradient_accumulation_steps": A,
+          "argument_bytes": memory.argument_size_in_bytes,
+          "temp_bytes": memory.temp_size_in_bytes,
+          "sent_bytes_per_iter": collectives(compiled.as_text(), n, A)}
+
+
+def checkpoint_overhead(config: ml_collections.ConfigDict, *, steps: int,
+                        warmup: int) -> dict[str, Any]:
+  """ms/iter of the step alone and while an async save of its state is being written.
+
+  Also the time `save` blocks the loop (copying device buffers to the host) and
+  the time until the save is on disk.
+  """
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  device = jax.devices()[0]
+  state = create_train_state(model, tx, config.seed)
+  A, B, T = config.gradient_accumulation_steps, config.batch_size, config.block_size
+  batch = jax.device_put(np.random.default_rng(0).integers(
+      0, config.vocab_size, (A, B, T + 1)).astype(np.uint16), device)
+  step = make_train_step(model, tx).lower(state, batch).compile()
+  state, alone = time_step(step, state, batch, steps=steps, warmup=warmup)
+  with tempfile.TemporaryDirectory(prefix="jaxgpt_ckpt_bench_") as tmp:
+    ckpts = checkpoint.RunCheckpoints(tmp, keep=1)
+    t0 = time.perf_counter()
+    ckpts.save(1, state, None, {"bench": True}, None)
+    blocked_s = time.perf_counter() - t0
+    during = []
+    while ckpts.manager.is_saving_in_progress() and len(during) < steps:
+      state, times = time_step(step, state, batch, steps=1, warmup=0)
+      during.extend(times)
+    ckpts.wait()
+    save_s = time.perf_counter() - t0
+    ckpts.close()
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  return {"device_kind": device.device_kind, "state_bytes": state_bytes,
+          "ms_per_iter_alone": 1000 * statistics.median(alone),
+          "ms_per_iter_during_save": 1000 * statistics.median(during) if during else None,
+          "steps_during_save": len(during), "save_blocked_ms": 1000 * blocked_s,
+          "save_total_s": save_s}
 
 
 def _peak_memory_bytes(device: jax.Device) -> int | None:
@@ -292,6 +413,27 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
+  if _CHECKPOINT.value:
+    report = checkpoint_overhead(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value)
+    during = report["ms_per_iter_during_save"]
+    print(f"{report['device_kind']}: state {_gib(report['state_bytes'])}; step "
+          f"{report['ms_per_iter_alone']:.1f} ms/iter alone, "
+          f"{'n/a' if during is None else f'{during:.1f}'} ms/iter during the save "
+          f"({report['steps_during_save']} steps); save blocked the loop "
+          f"{report['save_blocked_ms']:.0f} ms, on disk after {report['save_total_s']:.2f} s",
+          flush=True)
+    print(json.dumps(report), flush=True)
+    return
+  if _COLLECTIVES.value:
+    for mode in ("dp", "fsdp"):
+      report = sharding_report(_CONFIG.value, mode)
+      sent = ", ".join(f"{k} {v / GiB:.3f} GiB" for k, v in report["sent_bytes_per_iter"].items())
+      print(f"{mode} on {report['devices']} devices, {report['gradient_accumulation_steps']} x "
+            f"{report['batch_per_device']} per device: params+state {_gib(report['argument_bytes'])}"
+            f", temporaries {_gib(report['temp_bytes'])} per device; sent per device per "
+            f"iteration: {sent}", flush=True)
+      print(json.dumps(report), flush=True)
+    return
   result = run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
                data_workers=_DATA_WORKERS.value, peer=_PEER.value,
                torch_compile=_TORCH_COMPILE.value, peak_flops=_PEAK_FLOPS.value)

@@ -161,3 +161,28 @@ def test_peer_train_step_follows_jaxgpt_step(tmp_path):
   torch_loss = bench_torch.loss(peer, torch.tensor(eval_tokens))
   assert jax_loss < math.log(config.vocab_size) - 0.3  # it learned
   assert torch_loss == pytest.approx(jax_loss, abs=1e-4)
+
+
+HLO = """\
+%body.1 (p: (s32[], f32[8,4])) -> (s32[], f32[8,4]) {
+  %ag = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %x), dimensions={0}
+}
+
+ENTRY %main.2 (a: f32[8,4]) -> f32[8,4] {
+  %w = (s32[], f32[8,4]) while(%t), condition=%cond.1, body=%body.1
+  %ar = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce(%a, %b), to_apply=%add
+}
+"""
+
+
+def test_collectives_count_loop_bodies_once_per_micro_batch():
+  sent = bench.collectives(HLO, n_devices=8, loop_trips=3)
+  assert sent["all-gather"] == pytest.approx(3 * 7 / 8 * 8 * 4 * 4)
+  assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2))
+
+
+def test_checkpoint_overhead_reports_both_step_times(tmp_path):
+  report = bench.checkpoint_overhead(tiny_config(tmp_path, ""), steps=3, warmup=1)
+  assert report["ms_per_iter_alone"] > 0
+  assert report["save_blocked_ms"] > 0 and report["save_total_s"] > 0
+  assert report["state_bytes"] > 0
