@@ -23,7 +23,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import jax
@@ -380,21 +381,21 @@ def summary(r: dict[str, Any]) -> str:
   m = r["model"]
   peak = "" if r["peak_flops"] is None else f" of {r['peak_flops'] / 1e12:.0f} TFLOP/s"
   lines = [
-      f"model: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, block "
-      f"{m['block_size']}, {r['n_params'] / 1e6:.2f}M params, {r['dtype']}",
+      (f"model: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, block "
+      f"{m['block_size']}, {r['n_params'] / 1e6:.2f}M params, {r['dtype']}"),
       f"device: {r['device_kind']} ({r['platform']}), jax {r['jax_version']}, git {r['git']}",
-      f"batch: {r['gradient_accumulation_steps']} x {r['batch_size']} x {m['block_size']} = "
-      f"{r['tokens_per_iter']:,} tokens/iter",
+      (f"batch: {r['gradient_accumulation_steps']} x {r['batch_size']} x {m['block_size']} = "
+      f"{r['tokens_per_iter']:,} tokens/iter"),
       f"compile: {r['compile_s']:.1f} s",
-      f"step: {r['ms_per_iter_median']:.1f} ms/iter median ({r['ms_per_iter_mean']:.1f} mean) "
+      (f"step: {r['ms_per_iter_median']:.1f} ms/iter median ({r['ms_per_iter_mean']:.1f} mean) "
       f"over {r['steps']} steps after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
-      f"MFU {_pct(r['mfu'])}{peak}",
+      f"MFU {_pct(r['mfu'])}{peak}"),
       f"peak device memory: {_gib(r['peak_memory_bytes'])}",
-      f"input pipeline ({r['data_workers']} workers): {r['pipeline_tokens_per_sec']:,.0f} "
-      f"tokens/s, {r['pipeline_ratio']:.1f}x what the step consumes",
-      f"step fed by the pipeline: {r['loop_ms_per_iter_median']:.1f} ms/iter median, "
+      (f"input pipeline ({r['data_workers']} workers): {r['pipeline_tokens_per_sec']:,.0f} "
+      f"tokens/s, {r['pipeline_ratio']:.1f}x what the step consumes"),
+      (f"step fed by the pipeline: {r['loop_ms_per_iter_median']:.1f} ms/iter median, "
       f"waiting for data {r['data_wait_ms_per_iter']:.2f} ms/iter "
-      f"({_pct(r['data_wait_fraction'])})",
+      f"({_pct(r['data_wait_fraction'])})"),
   ]
   if "peer" in r:
     p = r["peer"]
@@ -429,7 +430,8 @@ def main(argv: list[str]) -> None:
       report = sharding_report(_CONFIG.value, mode)
       sent = ", ".join(f"{k} {v / GiB:.3f} GiB" for k, v in report["sent_bytes_per_iter"].items())
       print(f"{mode} on {report['devices']} devices, {report['gradient_accumulation_steps']} x "
-            f"{report['batch_per_device']} per device: params+state {_gib(report['argument_bytes'])}"
+            f"{report['batch_per_device']} per device: params+state "
+            f"{_gib(report['argument_bytes'])}"
             f", temporaries {_gib(report['temp_bytes'])} per device; sent per device per "
             f"iteration: {sent}", flush=True)
       print(json.dumps(report), flush=True)

@@ -9,7 +9,8 @@ goes on. Kept: the latest `keep` steps plus the best by val loss.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import jax
@@ -114,7 +115,8 @@ class RunCheckpoints:
                     path, type(error).__name__, message, aside)
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    return self.manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    items = ocp.args.Composite(**{META: ocp.args.JsonRestore()})
+    return self.manager.restore(step, args=items)[META]
 
   def close(self) -> None:
     self.manager.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import grain
 import numpy as np

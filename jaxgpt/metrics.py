@@ -80,7 +80,7 @@ class MetricsWriter:
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     self.path = path
-    self._file = open(path, "a", encoding="utf-8")
+    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
 
   def write(self, record: dict[str, Any]) -> None:
     self._file.write(json.dumps(record) + "\n")

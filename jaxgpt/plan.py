@@ -131,11 +131,11 @@ def check(config: ml_collections.ConfigDict, plan: Plan, *, config_name: str = "
 def describe(config: ml_collections.ConfigDict, plan: Plan, n_devices: int = 1) -> list[str]:
   """The plan in three lines, for the launch log."""
   lines = [
-      f"parameters: {_count(plan.n_params)} (nanoGPT's count, without position embeddings; "
-      f"{_count(plan.n_params_total)} in all)",
-      f"tokens per iteration: {plan.tokens_per_iter:,} ({config.gradient_accumulation_steps} "
+      (f"parameters: {_count(plan.n_params)} (nanoGPT's count, without position embeddings; "
+      f"{_count(plan.n_params_total)} in all)"),
+      (f"tokens per iteration: {plan.tokens_per_iter:,} ({config.gradient_accumulation_steps} "
       f"accum x {config.batch_size} batch x {n_devices} device(s) x {config.block_size} block); "
-      f"max_iters={plan.max_iters:,} -> {_count(plan.tokens)} tokens",
+      f"max_iters={plan.max_iters:,} -> {_count(plan.tokens)} tokens"),
   ]
   epochs = ("epochs unknown" if plan.epochs is None else
             f"{plan.epochs:.2f} epochs of {_count(plan.train_tokens)} train tokens")
@@ -164,7 +164,7 @@ def eta_message(plan: Plan, iters_done: int, tokens_per_sec: float, mfu: float |
 
 
 def format_duration(seconds: float) -> str:
-  seconds = int(round(seconds))
+  seconds = round(seconds)
   hours, rest = divmod(seconds, 3600)
   if hours:
     return f"{hours}h{rest // 60:02d}m"
@@ -188,8 +188,8 @@ def table(config: ml_collections.ConfigDict, candidates: list[int], *,
           n_devices: int = 1, config_name: str = "") -> str:
   """One row per candidate max_iters (lr_decay_iters following it), then its warnings."""
   base = make_plan(config, train_tokens=train_tokens, n_devices=n_devices)
-  rows = [f"{'max_iters':>10} {'tokens':>9} {'epochs':>7} {'tok/param':>9} {'FLOPs':>9} "
-          f"{'time':>8}"]
+  rows = [(f"{'max_iters':>10} {'tokens':>9} {'epochs':>7} {'tok/param':>9} {'FLOPs':>9} "
+          f"{'time':>8}")]
   warnings = []
   for max_iters in candidates:
     c = config.copy_and_resolve_references()

@@ -46,8 +46,9 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def read_text(path: str, separator: str) -> Iterator[Piece]:
   decoder = codecs.getincrementaldecoder("utf-8")()
   buf, index, opened, pending = "", 0, False, 0
   name = os.path.basename(path)
-  doc_id = lambda: f"{name}#{index}" if separator else name  # noqa: E731
+  doc_id = lambda: f"{name}#{index}" if separator else name
   with open(path, "rb") as f:
     while True:
       raw = f.read(READ_BYTES)
@@ -238,7 +239,7 @@ def _init_worker() -> None:
 def _tokenized(batches: Iterator[list[Piece]], workers: int
                ) -> Iterator[tuple[list[Piece], np.ndarray, np.ndarray, int]]:
   """(batch, tokens, lengths, text bytes) in input order, with 2 x workers batches in flight."""
-  task = lambda b: ([p.text for p in b], [p.last for p in b])  # noqa: E731
+  task = lambda b: ([p.text for p in b], [p.last for p in b])
   if workers <= 1:
     for batch in batches:
       yield batch, *encode_pieces(*task(batch))
@@ -577,10 +578,10 @@ def main(argv: list[str]) -> None:
     for flag_name in names:
       if other != source and f[flag_name].present:
         raise app.UsageError(f"--{flag_name} applies to `{other}`, not `{source}`")
-  common = dict(name=os.path.basename(os.path.abspath(f.out)),
-                command="python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
-                val_fraction=f.val_fraction, val_tokens=f.val_tokens, max_tokens=f.max_tokens,
-                shard_tokens=f.shard_tokens, workers=f.workers)
+  common = {"name": os.path.basename(os.path.abspath(f.out)),
+            "command": "python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
+            "val_fraction": f.val_fraction, "val_tokens": f.val_tokens,
+            "max_tokens": f.max_tokens, "shard_tokens": f.shard_tokens, "workers": f.workers}
   try:
     if source == "fineweb":
       meta = prepare_fineweb(f.out, subset=f.name, edu=f.edu, shards_limit=f.shards, **common)

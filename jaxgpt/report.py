@@ -15,11 +15,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import app, flags  # noqa: E402
-from matplotlib import ticker  # noqa: E402
+import matplotlib.pyplot as plt
+from absl import app, flags
+from matplotlib import ticker
 
-from jaxgpt import metrics  # noqa: E402
+from jaxgpt import metrics
 
 Run = dict[str, list[dict[str, Any]]]  # metrics.read_metrics: event -> records
 FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels

@@ -7,7 +7,8 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import grain
@@ -17,9 +18,21 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from typing_extensions import Self
 
-from jaxgpt import (checkpoint, data, defaults, metrics, plan, prepare, sampling, sharding,
-                    shards, sinks, tokenizer)
+from jaxgpt import (
+  checkpoint,
+  data,
+  defaults,
+  metrics,
+  plan,
+  prepare,
+  sampling,
+  sharding,
+  shards,
+  sinks,
+  tokenizer,
+)
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
 from jaxgpt.optim import lr_schedule, make_optimizer
 
@@ -201,7 +214,7 @@ class StopSignals:
     self.received: int | None = None
     self._previous = {}
 
-  def __enter__(self) -> StopSignals:
+  def __enter__(self) -> Self:
     for sig in (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self

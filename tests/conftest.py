@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from absl import flags  # noqa: E402
+import ml_collections
+import numpy as np
+import pytest
+from absl import flags
 
-from jaxgpt import defaults, shards  # noqa: E402
+from jaxgpt import defaults, shards
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
 flags.FLAGS.mark_as_parsed()
@@ -41,6 +42,11 @@ def tiny_config(tmp_path, data_dir: str, **overrides) -> ml_collections.ConfigDi
   c.dtype = "float32"
   c.update(overrides)
   return c
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f]
 
 
 def pattern_tokens(n: int, seed: int = 0) -> np.ndarray:

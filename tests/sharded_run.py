@@ -26,13 +26,13 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # noqa: E402
-from absl import flags  # noqa: E402
+import jax
+from absl import flags
+from conftest import tiny_config
 
-from conftest import tiny_config  # noqa: E402
-from jaxgpt import sharding, train  # noqa: E402
-from jaxgpt.model import GPT, GPTConfig  # noqa: E402
-from jaxgpt.optim import make_optimizer  # noqa: E402
+from jaxgpt import sharding, train
+from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.optim import make_optimizer
 
 flags.FLAGS.mark_as_parsed()
 sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)

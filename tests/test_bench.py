@@ -12,8 +12,8 @@ import flax
 import jax
 import numpy as np
 import pytest
-
 from conftest import pattern_tokens, tiny_config
+
 from jaxgpt import bench, train
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
 from jaxgpt.optim import make_optimizer
@@ -58,7 +58,7 @@ def test_cli_with_torch_peer_prints_and_appends_one_json_line(tmp_path):
          "--steps=2", "--warmup=1", "--data_workers=1", "--peak_flops=1e12", "--peer=torch",
          f"--json_out={json_out}"]
   out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert json.loads(json_out.read_text()) == r

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import pattern_tokens, read_jsonl, tiny_config
 
-from conftest import pattern_tokens, tiny_config
 from jaxgpt import checkpoint, metrics, shards, train
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optim import make_optimizer
@@ -42,7 +42,7 @@ def final_params(config, step: int):
 
 @pytest.mark.parametrize("dropout,workers", [(0.0, 0), (0.1, 2)])
 def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers):
-  kw = dict(dropout=dropout, data_workers=workers, eval_interval=4, lr_decay_iters=8)
+  kw = {"dropout": dropout, "data_workers": workers, "eval_interval": 4, "lr_decay_iters": 8}
   unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=8, **kw)
   train.train(unbroken)
   first = tiny_config(tmp_path / "b", token_dir, max_iters=4, **kw)
@@ -64,13 +64,12 @@ def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers):
 def test_scratch_refuses_a_directory_with_checkpoints(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=3)
   train.train(config)
-  before = sorted(os.listdir(config.out_dir)), open(os.path.join(config.out_dir,
-                                                                   "metrics.jsonl")).read()
+  snapshot = lambda: (sorted(os.listdir(config.out_dir)),
+                      read_jsonl(os.path.join(config.out_dir, "metrics.jsonl")))
+  before = snapshot()
   with pytest.raises(FileExistsError, match="--config.init_from=resume"):
     train.train(config)
-  after = sorted(os.listdir(config.out_dir)), open(os.path.join(config.out_dir,
-                                                                  "metrics.jsonl")).read()
-  assert before == after
+  assert snapshot() == before
 
 
 def test_resume_without_checkpoints_says_so(tmp_path, token_dir):
@@ -152,9 +151,9 @@ def test_drop_records_after_moves_redone_iterations(tmp_path):
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in lines)
   assert metrics.drop_records_after(path, 4) == 2
-  kept = [json.loads(l) for l in open(path)]
+  kept = read_jsonl(path)
   assert [(r["event"], r["iter"]) for r in kept] == [("train", i) for i in range(4)] + [("eval", 4)]
-  assert len(open(path + ".superseded").readlines()) == 2
+  assert len(read_jsonl(path + ".superseded")) == 2
 
 
 def write_config_file(tmp_path, token_dir: str, **overrides) -> str:
@@ -192,7 +191,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):
   out_dir = str(tmp_path / "run")
   proc = start_launch(config_file)
   metrics_path = os.path.join(out_dir, "metrics.jsonl")
-  wait_for(lambda: os.path.exists(metrics_path) and len(open(metrics_path).readlines()) > 3,
+  wait_for(lambda: os.path.exists(metrics_path) and len(read_jsonl(metrics_path)) > 3,
            120, "training did not start")
   proc.send_signal(signal.SIGTERM)
   output, _ = proc.communicate(timeout=120)
@@ -212,7 +211,8 @@ def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_di
   out_dir = str(tmp_path / "run")
   ckpt_dir = os.path.join(out_dir, "checkpoints")
   in_flight = lambda: glob.glob(os.path.join(ckpt_dir, "*tmp*"))
-  completed = lambda: [d for d in glob.glob(os.path.join(ckpt_dir, "*")) if d.split("/")[-1].isdigit()]
+  completed = lambda: [d for d in glob.glob(os.path.join(ckpt_dir, "*"))
+                       if os.path.basename(d).isdigit()]
   proc = start_launch(config_file)
   try:
     wait_for(lambda: completed() and in_flight(), 300, "no save was caught in flight")

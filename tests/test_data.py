@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import pattern_tokens
+
 from jaxgpt import data, shards
 
 

@@ -10,8 +10,8 @@ import types
 
 import pytest
 from absl import logging
-
 from conftest import tiny_config
+
 from jaxgpt import sinks, train
 
 TRAIN_RECORD = {"event": "train", "iter": 9, "tokens": 1280, "loss": 2.5, "lr": 1e-3,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import pattern_tokens, read_jsonl, tiny_config
 
-from conftest import pattern_tokens, tiny_config
 from jaxgpt import train
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optim import make_optimizer
@@ -108,7 +107,7 @@ def test_training_run_logs_metrics_and_learns(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=60, eval_interval=20, log_interval=10,
                        lr_decay_iters=60)
   losses = train.train(config)
-  records = [json.loads(l) for l in open(os.path.join(config.out_dir, "metrics.jsonl"))]
+  records = read_jsonl(os.path.join(config.out_dir, "metrics.jsonl"))
   evals = [r for r in records if r["event"] == "eval"]
   logs = [r for r in records if r["event"] == "train"]
   assert [r["iter"] for r in evals] == [0, 20, 40, 60]
@@ -124,5 +123,5 @@ def test_training_run_logs_metrics_and_learns(tmp_path, token_dir):
 def test_eval_only_evaluates_once(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, eval_only=True)
   train.train(config)
-  records = [json.loads(l) for l in open(os.path.join(config.out_dir, "metrics.jsonl"))]
+  records = read_jsonl(os.path.join(config.out_dir, "metrics.jsonl"))
   assert [r["event"] for r in records] == ["eval"]
