@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxgpt import checkpoint, data, defaults, metrics, prepare, sampling, shards, tokenizer
+from jaxgpt import checkpoint, data, defaults, hf, metrics, prepare, sampling, shards, tokenizer
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
 from jaxgpt.optim import lr_schedule, make_optimizer
 
@@ -32,9 +32,11 @@ class TrainState(flax.struct.PyTreeNode):
   nonfinite: jax.Array  # iterations whose update was dropped for a non-finite loss or gradient
 
 
-def create_train_state(model: GPT, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def create_train_state(model: GPT, tx: optax.GradientTransformation, seed: int,
+                       params: Any = None) -> TrainState:
+  """A fresh state: params from nanoGPT's init unless given (e.g. GPT-2's)."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = init_params(model, init_rng)
+  params = init_params(model, init_rng) if params is None else jax.device_put(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=train_rng, nonfinite=jnp.zeros((), jnp.int32))
 
@@ -257,7 +259,7 @@ def _open_checkpoints(config: ml_collections.ConfigDict) -> checkpoint.RunCheckp
   """The run's checkpoints, refusing to start over on top of them or resume from none."""
   checkpoints = checkpoint.RunCheckpoints(config.out_dir, keep=config.keep_checkpoints)
   existing = checkpoints.steps()
-  if config.init_from == "scratch" and existing:
+  if config.init_from != "resume" and existing:
     raise FileExistsError(
         f"{checkpoints.directory} already holds checkpoints (steps {existing}); nothing was "
         f"changed. To continue that run add --config.init_from=resume; to start a new one, "
@@ -272,6 +274,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Trains per `config`; returns the last evaluation's losses."""
   defaults.validate(config)
   checkpoints = _open_checkpoints(config)
+  # GPT-2's architecture replaces the config's before anything reads or records it.
+  pretrained = hf.init_from_gpt2(config) if config.init_from in defaults.GPT2_MODELS else None
   os.makedirs(config.out_dir, exist_ok=True)
   with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -300,7 +304,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     logging.info("resumed from %s/%d (%s records of redone iterations moved to %s.superseded)",
                  checkpoints.directory, start_iter, moved, metrics_path)
   else:
-    state = create_train_state(model, tx, config.seed)
+    state = create_train_state(model, tx, config.seed, pretrained)
 
   n_params = count_params(state.params)
   logging.info("number of parameters: %.2fM (%s with position embeddings)",
@@ -365,3 +369,27 @@ def print_sample(model: GPT, params: Any, config: ml_collections.ConfigDict) -> 
                                        top_k=200)
   text = tokenizer.gpt2().decode(np.asarray(tokens[0]).tolist())
   print(f"---------------\n{text}\n---------------", flush=True)
+
+
+def restore_params(out_dir: str, step: int | None = None
+                   ) -> tuple[ml_collections.ConfigDict, Any, int]:
+  """(run config, params, step) of the latest (or the given) checkpoint of a run."""
+  checkpoints = checkpoint.RunCheckpoints(out_dir, read_only=True)
+  steps = checkpoints.steps()
+  if not steps:
+    raise FileNotFoundError(f"{checkpoints.directory}: no checkpoints; nothing was trained "
+                            f"into out_dir={out_dir!r} yet")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f"{checkpoints.directory}: no checkpoint at step {step}; it holds {steps}")
+  config = defaults.get_config()
+  config.update(checkpoints.read_meta(step)["config"])
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  abstract = checkpoint.abstract_like(
+      jax.eval_shape(lambda: create_train_state(model, tx, config.seed)),
+      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  state, _ = checkpoints.restore(step, abstract, None)
+  checkpoints.close()
+  return config, state.params, step
