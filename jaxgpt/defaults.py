@@ -11,7 +11,8 @@ import ml_collections
 
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
-INIT_FROM = ("scratch", "resume")
+GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's weights, via hf.py
+INIT_FROM = ("scratch", "resume") + GPT2_MODELS
 SHARDING_MODES = ("dp", "fsdp")
 
 
@@ -26,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_iters = 200  # batches per split for each evaluation
   c.eval_only = False  # evaluate once at the start, then exit
   c.always_save_checkpoint = True  # save at every eval, not only on a new best val loss
-  c.init_from = "scratch"  # 'scratch' or 'resume' (the latest good checkpoint in out_dir)
+  c.init_from = "scratch"  # 'scratch', 'resume' (latest good checkpoint in out_dir) or 'gpt2*'
+  c.hf_checkpoint_dir = ""  # init_from=gpt2*: local Hugging Face checkpoint; '' downloads it
   c.keep_checkpoints = 3  # the latest this many checkpoints are kept, plus the best by val loss
   c.skip_nonfinite = 0  # iterations with a non-finite loss/gradient to skip before stopping
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)

@@ -2,8 +2,13 @@
 
 Params are float32; activations run in `dtype` (bfloat16 on accelerators);
 logits are returned in float32 so the loss is computed in float32.
-Shape suffixes: B batch, T time, D model width, N heads, H head size,
-V vocabulary.
+Shape suffixes: B batch, T time, S cache slots, D model width, N heads,
+H head size, V vocabulary.
+
+Decoding with a KV cache uses the same modules and params: pass
+`positions_BT` and the keys/values of those tokens go to their slots in the
+mutable 'cache' collection (made by `init_cache`), where later tokens attend
+to them instead of recomputing the whole context.
 """
 
 from __future__ import annotations
@@ -45,14 +50,33 @@ class CausalSelfAttention(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x_BTD: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x_BTD: jax.Array, *, train: bool,
+               positions_BT: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     B, T, D = x_BTD.shape
     N, H = cfg.n_head, D // cfg.n_head
     qkv_BT3D = nn.Dense(3 * D, use_bias=cfg.bias, dtype=cfg.dtype, kernel_init=_normal(0.02),
                         name="c_attn")(x_BTD)
     q_BTNH, k_BTNH, v_BTNH = (a.reshape(B, T, N, H) for a in jnp.split(qkv_BT3D, 3, axis=-1))
-    if train and cfg.dropout > 0:
+    if positions_BT is not None:
+      # Cached decoding: a token's slot is its position. Slots past a row's current
+      # position hold stale or padding entries and are masked out. The cache is laid
+      # out (B, N, S, H) so the attention matmuls read it in place (on CPU, a
+      # (B, S, N, H) cache made the attention ~20x slower with transposes). It is
+      # made by `init_cache`, with one slot per token of its input.
+      shape = (B, N, T, H)
+      key = self.variable("cache", "key", jnp.zeros, shape, k_BTNH.dtype)
+      value = self.variable("cache", "value", jnp.zeros, shape, v_BTNH.dtype)
+      rows_B1 = jnp.arange(B)[:, None]
+      key.value = key.value.at[rows_B1, :, positions_BT].set(k_BTNH)
+      value.value = value.value.at[rows_B1, :, positions_BT].set(v_BTNH)
+      scores_BNTS = jnp.einsum("bqnh,bnkh->bnqk", q_BTNH, key.value) / math.sqrt(H)
+      slots_S = jnp.arange(key.value.shape[2])
+      mask_B1TS = (slots_S[None, None, :] <= positions_BT[:, :, None])[:, None]
+      scores_BNTS = jnp.where(mask_B1TS, scores_BNTS.astype(jnp.float32), -jnp.inf)
+      probs_BNTS = jax.nn.softmax(scores_BNTS, axis=-1).astype(cfg.dtype)
+      y_BTNH = jnp.einsum("bnqk,bnkh->bqnh", probs_BNTS, value.value)
+    elif train and cfg.dropout > 0:
       # Fused attention kernels take no dropout: spell it out, as nanoGPT's slow path does.
       scores_BNTT = jnp.einsum("bqnh,bknh->bnqk", q_BTNH, k_BTNH) / math.sqrt(H)
       causal_TT = jnp.tril(jnp.ones((T, T), dtype=bool))
@@ -89,20 +113,30 @@ class Block(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x_BTD: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x_BTD: jax.Array, *, train: bool,
+               positions_BT: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
-    x_BTD = x_BTD + CausalSelfAttention(cfg, name="attn")(ln("ln_1")(x_BTD), train=train)
+    x_BTD = x_BTD + CausalSelfAttention(cfg, name="attn")(ln("ln_1")(x_BTD), train=train,
+                                                          positions_BT=positions_BT)
     return x_BTD + MLP(cfg, name="mlp")(ln("ln_2")(x_BTD), train=train)
 
 
 class GPT(nn.Module):
-  """Maps token ids (B, T) to next-token logits (B, T, V) in float32."""
+  """Maps token ids (B, T) to next-token logits (B, T, V) in float32.
+
+  `positions_BT` (each < block_size) switches to cached decoding: the tokens
+  sit at those positions and attend to every cache slot up to their own.
+  `last_B` asks for the logits of one position per row only, (B, V): sampling
+  needs no more, and the full (B, T, V) logits would dwarf the rest.
+  """
 
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, idx_BT: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, idx_BT: jax.Array, *, train: bool = False,
+               positions_BT: jax.Array | None = None,
+               last_B: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     T = idx_BT.shape[1]
     if T > cfg.block_size:
@@ -111,13 +145,26 @@ class GPT(nn.Module):
                    name="wte")
     wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
                    name="wpe")
-    x_BTD = wte(idx_BT) + wpe(jnp.arange(T))[None]
+    pos_BT = jnp.arange(T)[None] if positions_BT is None else positions_BT
+    x_BTD = wte(idx_BT) + wpe(pos_BT)
     x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=not train)
     for i in range(cfg.n_layer):
-      x_BTD = Block(cfg, name=f"h_{i}")(x_BTD, train=train)
+      x_BTD = Block(cfg, name=f"h_{i}")(x_BTD, train=train, positions_BT=positions_BT)
+    if last_B is not None:
+      x_BTD = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)
     x_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name="ln_f")(x_BTD)
     logits_BTV = wte.attend(x_BTD)  # weight tying: the LM head is the token embedding
-    return logits_BTV.astype(jnp.float32)
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    return logits_BTV if last_B is None else logits_BTV[:, 0]
+
+
+def init_cache(model: GPT, batch_size: int, length: int) -> dict:
+  """A zeroed KV cache of `length` slots per layer, for decoding with `positions_BT`."""
+  tokens_BS = jnp.zeros((batch_size, length), jnp.int32)
+  positions_BS = jnp.broadcast_to(jnp.arange(length), (batch_size, length))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens_BS,
+                                             positions_BT=positions_BS))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:

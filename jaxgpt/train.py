@@ -24,6 +24,7 @@ from jaxgpt import (
   checkpoint,
   data,
   defaults,
+  hf,
   metrics,
   plan,
   prepare,
@@ -47,9 +48,11 @@ class TrainState(flax.struct.PyTreeNode):
   nonfinite: jax.Array  # iterations whose update was dropped for a non-finite loss or gradient
 
 
-def create_train_state(model: GPT, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def create_train_state(model: GPT, tx: optax.GradientTransformation, seed: int,
+                       params: Any = None) -> TrainState:
+  """A fresh state: params from nanoGPT's init unless given (e.g. GPT-2's)."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = init_params(model, init_rng)
+  params = init_params(model, init_rng) if params is None else jax.device_put(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=train_rng, nonfinite=jnp.zeros((), jnp.int32))
 
@@ -330,7 +333,7 @@ def _open_checkpoints(config: ml_collections.ConfigDict) -> checkpoint.RunCheckp
   """The run's checkpoints, refusing to start over on top of them or resume from none."""
   checkpoints = checkpoint.RunCheckpoints(config.out_dir, keep=config.keep_checkpoints)
   existing = checkpoints.steps()
-  if config.init_from == "scratch" and existing:
+  if config.init_from != "resume" and existing:
     raise FileExistsError(
         f"{checkpoints.directory} already holds checkpoints (steps {existing}); nothing was "
         f"changed. To continue that run add --config.init_from=resume; to start a new one, "
@@ -346,6 +349,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   defaults.validate(config)
   lead = jax.process_index() == 0  # the one process that writes logs and metrics
   checkpoints = _open_checkpoints(config)
+  # GPT-2's architecture replaces the config's before anything reads or records it.
+  pretrained = hf.init_from_gpt2(config) if config.init_from in defaults.GPT2_MODELS else None
   if lead:
     os.makedirs(config.out_dir, exist_ok=True)
     with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as f:
@@ -373,8 +378,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     logging.info("resumed from %s/%d (%s records of redone iterations moved to %s.superseded)",
                  checkpoints.directory, start_iter, moved, metrics_path)
   else:
-    state = jax.jit(lambda: create_train_state(model, tx, config.seed),
-                    out_shardings=state_shardings)()
+    state = jax.jit(lambda p: create_train_state(model, tx, config.seed, p),
+                    out_shardings=state_shardings)(pretrained)
 
   n_params = count_params(state.params)
   # An epoch is what the windows cover: a shard's last partial window is never read.
@@ -427,16 +432,44 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     run.writer.close()
     train_iter.close()
 
-  if config.sample_tokens > 0 and lead:
+  if config.sample_tokens > 0:
     print_sample(model, run.state.params, config)
   return run.losses
 
 
 def print_sample(model: GPT, params: Any, config: ml_collections.ConfigDict) -> None:
-  """Prints one sample that starts a new document (prompt: end-of-text)."""
-  prompt_BP = jnp.array([[tokenizer.EOT_TOKEN]], jnp.int32)
-  tokens = sampling.generate_recompute(model, params, prompt_BP, jax.random.PRNGKey(config.seed),
-                                       max_new_tokens=config.sample_tokens, temperature=0.8,
-                                       top_k=200)
-  text = tokenizer.gpt2().decode(np.asarray(tokens[0]).tolist())
-  print(f"---------------\n{text}\n---------------", flush=True)
+  """Prints one sample that starts a new document (prompt: end-of-text).
+
+  Every process runs the generation (the params may be split over all of
+  them); process 0 prints it.
+  """
+  tokens = sampling.generate(model, params, [[tokenizer.EOT_TOKEN]],
+                             jax.random.PRNGKey(config.seed), max_new_tokens=config.sample_tokens,
+                             temperature=0.8, top_k=200)
+  if jax.process_index() == 0:
+    text = tokenizer.gpt2().decode(tokens[0].tolist())
+    print(f"---------------\n{text}\n---------------", flush=True)
+
+
+def restore_params(out_dir: str, step: int | None = None
+                   ) -> tuple[ml_collections.ConfigDict, Any, int]:
+  """(run config, params, step) of the latest (or the given) checkpoint of a run."""
+  checkpoints = checkpoint.RunCheckpoints(out_dir, read_only=True)
+  steps = checkpoints.steps()
+  if not steps:
+    raise FileNotFoundError(f"{checkpoints.directory}: no checkpoints; nothing was trained "
+                            f"into out_dir={out_dir!r} yet")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f"{checkpoints.directory}: no checkpoint at step {step}; it holds {steps}")
+  config = defaults.get_config()
+  config.update(checkpoints.read_meta(step)["config"])
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  abstract = checkpoint.abstract_like(
+      jax.eval_shape(lambda: create_train_state(model, tx, config.seed)),
+      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  state, _ = checkpoints.restore(step, abstract, None)
+  checkpoints.close()
+  return config, state.params, step

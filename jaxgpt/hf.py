@@ -1,0 +1,198 @@
+"""GPT-2 weights in and out of the Hugging Face format (config.json + model.safetensors).
+
+transformers' GPT-2 stores its linear layers as Conv1D with (in, out)
+weights, the layout of a flax Dense kernel, so no matrix is transposed; the
+fused QKV splits into q, k, v and heads in the same order as ours. The
+vocabulary stays at the checkpoint's 50257, as nanoGPT does: padding rows of
+the tied embedding would give their ids a logit of 0, well above what GPT-2
+gives real tokens, and swamp the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import safetensors.numpy
+from absl import logging
+from flax import traverse_util
+
+from jaxgpt import tokenizer
+from jaxgpt.model import GPT, GPTConfig, init_params
+
+HUB_REPOS = {name: f"openai-community/{name}"
+             for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+# The checkpoint's old attention-mask buffers, and the LM head that is the tied embedding.
+IGNORED_KEYS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
+
+
+def _our_path(hf_key: str) -> tuple[str, ...]:
+  """'h.3.attn.c_attn.weight' -> ('h_3', 'attn', 'c_attn', 'kernel')."""
+  parts = re.sub(r"^h\.(\d+)\.", r"h_\1.", hf_key).split(".")
+  module, leaf = parts[-2], parts[-1]
+  if leaf == "weight":
+    leaf = ("embedding" if module in ("wte", "wpe") else
+            "scale" if module.startswith("ln_") else "kernel")
+  return (*parts[:-1], leaf)
+
+
+def _hf_key(path: tuple[str, ...]) -> str:
+  """The inverse of `_our_path`, with the 'transformer.' prefix transformers writes."""
+  *modules, leaf = path
+  name = re.sub(r"^h_(\d+)\.", r"h.\1.", ".".join(modules))
+  return f"transformer.{name}.{'bias' if leaf == 'bias' else 'weight'}"
+
+
+def read_config(hf_dir: str) -> dict[str, Any]:
+  """Our architecture keys from a transformers GPT-2 config.json, or an error naming the misfit."""
+  path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: not a Hugging Face checkpoint directory")
+  with open(path, encoding="utf-8") as f:
+    hf = json.load(f)
+  problems = []
+  if hf.get("model_type") != "gpt2":
+    problems.append(f"model_type={hf.get('model_type')!r} (need 'gpt2')")
+  act = hf.get("activation_function", "gelu_new")
+  if act not in TANH_GELUS + ("gelu",):
+    problems.append(f"activation_function={act!r} (need one of {TANH_GELUS + ('gelu',)})")
+  if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
+    problems.append(f"layer_norm_epsilon={hf['layer_norm_epsilon']} (need 1e-05)")
+  if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0)):
+    problems.append(f"n_inner={hf['n_inner']} (need 4 * n_embd)")
+  if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
+    problems.append("attention scaling other than 1/sqrt(head size)")
+  if not hf.get("tie_word_embeddings", True):
+    problems.append("tie_word_embeddings=false (our LM head is the token embedding)")
+  if problems:
+    raise ValueError(f"{path}: not a GPT-2 this model can hold: {'; '.join(problems)}")
+  return {"n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
+          "block_size": hf["n_positions"], "vocab_size": hf["vocab_size"], "bias": True,
+          "gelu_approximate": act in TANH_GELUS}
+
+
+def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+  single = os.path.join(hf_dir, "model.safetensors")
+  index = os.path.join(hf_dir, "model.safetensors.index.json")
+  torch_bin = os.path.join(hf_dir, "pytorch_model.bin")
+  if os.path.exists(single):
+    return safetensors.numpy.load_file(single)
+  if os.path.exists(index):
+    with open(index, encoding="utf-8") as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+    return {k: v for name in files
+            for k, v in safetensors.numpy.load_file(os.path.join(hf_dir, name)).items()}
+  if os.path.exists(torch_bin):
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f"{torch_bin}: reading pytorch_model.bin needs torch; install it or "
+                        "convert the checkpoint to model.safetensors") from e
+    state = torch.load(torch_bin, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+  raise FileNotFoundError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or "
+                          "pytorch_model.bin")
+
+
+def load(hf_dir: str) -> tuple[dict[str, Any], dict]:
+  """(architecture keys, float32 params) of a transformers GPT-2 checkpoint directory."""
+  arch = read_config(hf_dir)
+  expected = traverse_util.flatten_dict(jax.eval_shape(
+      lambda: init_params(GPT(GPTConfig(**arch)), jax.random.PRNGKey(0))))
+  flat = {}
+  for key, value in _read_tensors(hf_dir).items():
+    key = key.removeprefix("transformer.")
+    if IGNORED_KEYS.fullmatch(key):
+      continue
+    path = _our_path(key)
+    if path not in expected:
+      raise ValueError(f"{hf_dir}: unexpected tensor {key!r} for a GPT-2")
+    if value.shape != expected[path].shape:
+      raise ValueError(f"{hf_dir}: {key} has shape {value.shape}, expected "
+                       f"{expected[path].shape} from config.json")
+    flat[path] = np.asarray(value, np.float32)
+  missing = sorted(_hf_key(p) for p in expected.keys() - flat.keys())
+  if missing:
+    raise ValueError(f"{hf_dir}: missing tensors {missing}")
+  return arch, traverse_util.unflatten_dict(flat)
+
+
+def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
+  """The local directory to read: `hf_checkpoint_dir`, or the Hub's copy, downloaded once."""
+  if hf_checkpoint_dir:
+    if not os.path.isdir(hf_checkpoint_dir):
+      raise FileNotFoundError(f"hf_checkpoint_dir={hf_checkpoint_dir!r} is not a directory")
+    return hf_checkpoint_dir
+  repo = HUB_REPOS[init_from]
+  import huggingface_hub
+  try:
+    return huggingface_hub.snapshot_download(
+        repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"])
+  except Exception as e:
+    raise RuntimeError(f"could not download {repo} from the Hugging Face Hub ({e}); fetch it "
+                       "where there is internet and pass hf_checkpoint_dir=DIR") from e
+
+
+def init_from_gpt2(config: ml_collections.ConfigDict) -> dict:
+  """GPT-2 params for `config.init_from`, setting the config's architecture keys to GPT-2's.
+
+  As in nanoGPT, layers, heads, width, vocabulary, biases and GELU come from
+  the checkpoint (each change logged); a smaller block_size crops the
+  position embedding, a larger one is an error.
+  """
+  hf_dir = checkpoint_dir(config.init_from, config.hf_checkpoint_dir)
+  arch, params = load(hf_dir)
+  n_positions = arch.pop("block_size")
+  if config.block_size > n_positions:
+    raise ValueError(f"config.block_size={config.block_size} exceeds the {n_positions} "
+                     f"positions of {config.init_from} ({hf_dir})")
+  if config.block_size < n_positions:
+    params["wpe"]["embedding"] = params["wpe"]["embedding"][:config.block_size]
+    logging.info("init_from=%s: position embedding cropped to block_size=%d", config.init_from,
+                 config.block_size)
+  for key, value in arch.items():
+    if config[key] != value:
+      logging.info("init_from=%s: %s=%r (config had %r)", config.init_from, key, value,
+                   config[key])
+      config[key] = value
+  return params
+
+
+def export(params: dict, config: ml_collections.ConfigDict, to_dir: str) -> None:
+  """Writes config.json and model.safetensors that transformers' GPT2LMHeadModel loads.
+
+  The vocabulary is cropped to GPT-2's 50257 (the rest is padding); a model
+  without GPT-2's biases or tanh GELU has no GPT-2 form and is refused.
+  """
+  problems = [f"{key}={config[key]!r} (GPT-2 has {want!r})"
+              for key, want in (("bias", True), ("gelu_approximate", True)) if config[key] != want]
+  if problems:
+    raise ValueError(f"the model has no GPT-2 form: {', '.join(problems)}")
+  if os.path.isdir(to_dir) and os.listdir(to_dir):
+    raise FileExistsError(f"{to_dir} is not empty; nothing was written. Pick a new directory.")
+  vocab = min(config.vocab_size, tokenizer.N_VOCAB)
+  tensors = {_hf_key(path): np.asarray(value, np.float32)
+             for path, value in traverse_util.flatten_dict(params).items()}
+  tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:vocab]
+  hf_config = {
+      "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+      "activation_function": "gelu_new", "vocab_size": vocab,
+      "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+      "n_head": config.n_head, "n_inner": None, "layer_norm_epsilon": 1e-5,
+      "initializer_range": 0.02, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
+      "attn_pdrop": config.dropout, "scale_attn_weights": True, "tie_word_embeddings": True,
+      "use_cache": True,
+  }
+  if vocab > tokenizer.EOT_TOKEN:
+    hf_config.update(bos_token_id=tokenizer.EOT_TOKEN, eos_token_id=tokenizer.EOT_TOKEN)
+  os.makedirs(to_dir, exist_ok=True)
+  safetensors.numpy.save_file(tensors, os.path.join(to_dir, "model.safetensors"),
+                              metadata={"format": "pt"})
+  with open(os.path.join(to_dir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(hf_config, f, indent=2)

@@ -1,0 +1,139 @@
+"""GPT-2 weights in and out of the Hugging Face format, checked against transformers itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_VOCAB, tiny_config
+
+from jaxgpt import data, defaults, hf, train
+from jaxgpt.model import GPT, GPTConfig, init_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def hf_gpt2(path, **overrides):
+  """A random tiny transformers GPT-2, every weight and bias drawn at a visible scale."""
+  torch.manual_seed(0)
+  kw = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 16, "vocab_size": TINY_VOCAB,
+            "bos_token_id": None, "eos_token_id": None}
+  kw.update(overrides)
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw)).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0.0, 0.3)
+  model.save_pretrained(str(path))
+  return model
+
+
+def hf_logits(model, tokens_BT: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(torch.tensor(tokens_BT)).logits.numpy()
+
+
+def tokens(shape=(3, 16)) -> np.ndarray:
+  return np.random.default_rng(0).integers(0, TINY_VOCAB, shape)
+
+
+def gpt2_config(arch: dict):
+  c = defaults.get_config()
+  c.update(arch, dropout=0.0, dtype="float32")
+  return c
+
+
+def assert_logits_close(ours, theirs):
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_imported_gpt2_gives_the_logits_of_transformers(tmp_path):
+  theirs = hf_gpt2(tmp_path / "hf")
+  arch, params = hf.load(str(tmp_path / "hf"))
+  assert arch == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16,
+                  "vocab_size": TINY_VOCAB, "bias": True, "gelu_approximate": True}
+  ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
+  assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
+
+
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
+  theirs = hf_gpt2(tmp_path / "hf")
+  arch, params = hf.load(str(tmp_path / "hf"))
+  hf.export(params, gpt2_config(arch), str(tmp_path / "out"))
+  back = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
+  assert_logits_close(hf_logits(back, tokens()), hf_logits(theirs, tokens()))
+  with pytest.raises(FileExistsError, match="not empty"):
+    hf.export(params, gpt2_config(arch), str(tmp_path / "out"))
+
+
+def test_export_crops_the_padded_vocabulary(tmp_path):
+  import safetensors.numpy
+
+  config = gpt2_config({"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8,
+                        "vocab_size": 50304, "bias": True, "gelu_approximate": True})
+  params = init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0))
+  hf.export(params, config, str(tmp_path / "out"))
+  tensors = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
+  assert tensors["transformer.wte.weight"].shape == (50257, 8)
+  with open(tmp_path / "out" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["vocab_size"] == 50257
+
+
+def test_export_of_a_model_without_gpt2s_form_names_what_differs(tmp_path):
+  config = gpt2_config({"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 64,
+                            "bias": False, "gelu_approximate": False})
+  with pytest.raises(ValueError, match=r"bias=False.*gelu_approximate=False"):
+    hf.export({}, config, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_checkpoint_that_is_not_gpt2_is_refused_by_name(tmp_path):
+  hf_gpt2(tmp_path / "hf", activation_function="relu")
+  with pytest.raises(ValueError, match="activation_function='relu'"):
+    hf.load(str(tmp_path / "hf"))
+  with pytest.raises(FileNotFoundError, match="hf_checkpoint_dir"):
+    hf.checkpoint_dir("gpt2", str(tmp_path / "missing"))
+
+
+def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir):
+  theirs = hf_gpt2(tmp_path / "hf")
+  config = tiny_config(tmp_path, token_dir, init_from="gpt2",
+                       hf_checkpoint_dir=str(tmp_path / "hf"), max_iters=1, eval_interval=1)
+  train.train(config)
+  assert (config.bias, config.gelu_approximate) == (True, True)  # taken from the checkpoint
+  with open(os.path.join(config.out_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    evals = [r for r in map(json.loads, f) if r["event"] == "eval"]
+  val = train.open_data(config)["val"]
+  losses = []
+  for batch in data.eval_batches(val, batch_size=config.batch_size, n_batches=config.eval_iters,
+                                 seed=config.seed):
+    batch = np.asarray(batch, np.int64)
+    logits = torch.tensor(hf_logits(theirs, batch[:, :-1]))
+    losses.append(torch.nn.functional.cross_entropy(
+        logits.reshape(-1, TINY_VOCAB), torch.tensor(batch[:, 1:]).reshape(-1)).item())
+  assert evals[0]["iter"] == 0
+  assert evals[0]["val_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+  assert evals[1]["iter"] == 1  # and a step trained from there
+
+
+def test_export_cli_writes_a_trained_run_that_transformers_loads(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, bias=True, gelu_approximate=True, max_iters=2,
+                       eval_interval=2)
+  train.train(config)
+  to = tmp_path / "hf_out"
+  result = subprocess.run([sys.executable, "-m", "jaxgpt.export", f"--out_dir={config.out_dir}",
+                           f"--to={to}"], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  _, params, _ = train.restore_params(config.out_dir)
+  ours = GPT(GPTConfig.from_config(config)).apply({"params": params}, jnp.asarray(tokens()))
+  theirs = transformers.GPT2LMHeadModel.from_pretrained(str(to)).eval()
+  assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
