@@ -125,3 +125,23 @@ def test_eval_only_evaluates_once(tmp_path, token_dir):
   train.train(config)
   records = read_jsonl(os.path.join(config.out_dir, "metrics.jsonl"))
   assert [r["event"] for r in records] == ["eval"]
+
+
+@pytest.mark.slow
+def test_quickstart_recipe_brings_val_loss_under_60_percent_of_its_start(tmp_path):
+  """The README's first command, as shipped: about 3 minutes on 2 CPU cores."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "quickstart", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                                 "quickstart.py"))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  config = recipe.get_config()
+  config.out_dir, config.data_dir = str(tmp_path / "run"), str(tmp_path / "python_docs")
+  config.sample_tokens = 0
+  train.train(config)
+  evals = [r for r in read_jsonl(os.path.join(config.out_dir, "metrics.jsonl"))
+           if r["event"] == "eval"]
+  assert evals[0]["val_loss"] == pytest.approx(10.8, abs=0.15)
+  assert evals[-1]["iter"] == config.max_iters
+  assert evals[-1]["val_loss"] <= 0.6 * evals[0]["val_loss"]
