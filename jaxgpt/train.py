@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from typing_extensions import Self
 
 from jaxgpt import (
   checkpoint,
@@ -217,7 +216,7 @@ class StopSignals:
     self.received: int | None = None
     self._previous = {}
 
-  def __enter__(self) -> Self:
+  def __enter__(self) -> StopSignals:  # noqa: PYI034 - a final class
     for sig in (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
