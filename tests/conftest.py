@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -42,6 +43,17 @@ def tiny_config(tmp_path, data_dir: str, **overrides) -> ml_collections.ConfigDi
   c.dtype = "float32"
   c.update(overrides)
   return c
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def recipe(name: str) -> ml_collections.ConfigDict:
+  """The config of configs/<name>.py, as launch.py would load it."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def read_jsonl(path: str) -> list[dict]:

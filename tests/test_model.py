@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import recipe
 
 from jaxgpt import defaults
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def recipe(name: str):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def abstract_params(config) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import logging
 import os
 import subprocess
@@ -11,19 +10,13 @@ import sys
 
 import jax
 import pytest
-from conftest import tiny_config
+from conftest import recipe, tiny_config
 
 from jaxgpt import plan, prepare, shards, train
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def recipe(name: str):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def test_fineweb_40m_figures_match_hand_computed_ones():

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import pattern_tokens, read_jsonl, tiny_config
+from conftest import pattern_tokens, read_jsonl, recipe, tiny_config
 
 from jaxgpt import train
 from jaxgpt.model import GPT, GPTConfig
@@ -130,13 +130,7 @@ def test_eval_only_evaluates_once(tmp_path, token_dir):
 @pytest.mark.slow
 def test_quickstart_recipe_brings_val_loss_under_60_percent_of_its_start(tmp_path):
   """The README's first command, as shipped: about 3 minutes on 2 CPU cores."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
-                                 "quickstart.py"))
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  config = recipe.get_config()
+  config = recipe("quickstart")
   config.out_dir, config.data_dir = str(tmp_path / "run"), str(tmp_path / "python_docs")
   config.sample_tokens = 0
   train.train(config)
