@@ -37,7 +37,7 @@ from ml_collections import config_flags
 from jaxgpt import checkpoint, data, defaults, metrics, sharding, shards
 from jaxgpt.model import GPT, GPTConfig, count_params
 from jaxgpt.optim import make_optimizer
-from jaxgpt.train import TrainState, create_train_state, make_train_step
+from jaxgpt.train import TrainState, compile_train_step, create_train_state, make_train_step
 
 _SHARD_ITERS = 8  # the synthetic shard holds this many iterations of tokens
 GiB = 2**30
@@ -207,8 +207,7 @@ def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, A
   A, T, n = config.gradient_accumulation_steps, config.block_size, mesh.size
   batch = jax.ShapeDtypeStruct((A, config.batch_size * n, T + 1), np.uint16,
                                sharding=sharding.batch_sharding(mesh, ndim=3, batch_axis=1))
-  compiled = make_train_step(model, tx, (shardings, sharding.replicated(mesh))).lower(
-      state, batch).compile()
+  compiled = compile_train_step(model, tx, state, batch, shardings, mesh, mode)
   memory = compiled.memory_analysis()
   return {"mode": mode, "devices": n, "batch_per_device": config.batch_size,
           "gradient_accumulation_steps": A,

@@ -64,33 +64,54 @@ def _loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None)
   return cross_entropy(logits_BTV, tokens_BT1[:, 1:])
 
 
+def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
+                ) -> tuple[Any, jax.Array]:
+  """Mean gradient and loss over the micro-batches, summed in float32 by a `lax.scan`."""
+  grad_fn = jax.value_and_grad(lambda p, t, r: _loss(model, p, t, r))
+
+  def micro_step(grads_sum, xs):
+    i, tokens_BT1 = xs
+    loss, grads = grad_fn(params, tokens_BT1, jax.random.fold_in(step_rng, i))
+    return jax.tree.map(jnp.add, grads_sum, grads), loss
+
+  n_micro = tokens_ABT1.shape[0]
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads_sum, losses_A = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), tokens_ABT1))
+  return jax.tree.map(lambda g: g / n_micro, grads_sum), losses_A.mean()
+
+
 def make_train_step(model: GPT, tx: optax.GradientTransformation,
-                    out_shardings: Any = None
+                    out_shardings: Any = None, dp_mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """A jitted `train_step(state, batch)` doing one iteration: every micro-batch, then AdamW.
 
-  Gradients of the micro-batches are summed in float32 by a `lax.scan`, so
   k micro-batches of b give the update of one batch of k*b. An update whose
   loss or gradient is not finite is dropped (params and optimizer state stay
   as they were) and counted in `state.nonfinite`, so a bad step never reaches
   the params or a checkpoint. The state is donated: its buffers are reused.
   `out_shardings` (state, metrics) pins the new state where the old one was.
+  With `dp_mesh` (replicated params), each device accumulates the gradients
+  of its share of the batch and they are averaged once per iteration, not
+  once per micro-batch as XLA would otherwise schedule it.
   """
 
   def train_step(state: TrainState, tokens_ABT1: Batch) -> tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(lambda p, t, r: _loss(model, p, t, r))
+    if dp_mesh is None:
+      grads, loss = _mean_grads(model, state.params, tokens_ABT1, step_rng)
+    else:
+      def local_then_mean(params, tokens_ABT1, rng):
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(sharding.DATA))  # own dropout masks
+        return jax.lax.pmean(_mean_grads(model, params, tokens_ABT1, rng), sharding.DATA)
 
-    def micro_step(grads_sum, xs):
-      i, tokens_BT1 = xs
-      loss, grads = grad_fn(state.params, tokens_BT1, jax.random.fold_in(step_rng, i))
-      return jax.tree.map(jnp.add, grads_sum, grads), loss
-
-    n_micro = tokens_ABT1.shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    grads_sum, losses_A = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), tokens_ABT1))
-    grads = jax.tree.map(lambda g: g / n_micro, grads_sum)
-    loss, grad_norm = losses_A.mean(), optax.tree.norm(grads)
+      # check_vma=False: with it, jax would psum the gradient of the replicated params
+      # itself (a second all-reduce, and 8x the mean on 8 devices before the pmean).
+      P = jax.sharding.PartitionSpec
+      grads, loss = jax.shard_map(local_then_mean, mesh=dp_mesh,
+                                  in_specs=(P(), P(None, sharding.DATA), P()),
+                                  out_specs=P(), check_vma=False)(state.params, tokens_ABT1,
+                                                                  step_rng)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -102,6 +123,18 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
     return new_state, {"loss": loss, "grad_norm": grad_norm}
 
   return jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings)
+
+
+def compile_train_step(model: GPT, tx: optax.GradientTransformation, state: Any,
+                       batch_spec: jax.ShapeDtypeStruct, state_shardings: Any,
+                       mesh: jax.sharding.Mesh, mode: str) -> Callable:
+  """The train step compiled ahead of time for these shapes and shardings.
+
+  A batch of another shape is then an error, never a silent recompile.
+  """
+  dp_mesh = mesh if mode == "dp" and mesh.size > 1 else None
+  step = make_train_step(model, tx, (state_shardings, sharding.replicated(mesh)), dp_mesh)
+  return step.lower(state, batch_spec).compile()
 
 
 def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
@@ -396,9 +429,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
   batch_spec = jax.ShapeDtypeStruct(
       (config.gradient_accumulation_steps, config.batch_size * layout.n_devices,
        config.block_size + 1), np.uint16, sharding=layout.train_sharding)
-  # Compiled ahead of time: a batch of another shape would be an error, never a recompile.
-  train_step = make_train_step(model, tx, (state_shardings, sharding.replicated(layout.mesh))
-                               ).lower(state, batch_spec).compile()
+  train_step = compile_train_step(model, tx, state, batch_spec, state_shardings, layout.mesh,
+                                  config.sharding)
   logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
 
   eval_step = make_eval_step(model)
