@@ -46,8 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.gradient_accumulation_steps = 40  # micro-batches per iteration (nanoGPT's 5 * 8)
   c.batch_size = 12  # micro-batch size per device; tokens/iter = accum x batch x devices x block
   c.block_size = 1024  # context length
-  c.data_workers = 0  # Grain worker processes (0: read in the main process)
-  c.data_prefetch = 2  # batches staged on the device ahead of the step
+  c.data_workers = 0  # Grain worker processes (0: read in a thread of the main process)
+  c.data_prefetch = 2  # batches a background thread reads ahead of the step
 
   # model
   c.n_layer = 12
