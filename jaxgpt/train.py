@@ -273,22 +273,6 @@ def _format_train_line(it: int, max_iters: int, m: dict) -> str:
           f"{m['tokens_per_sec']:,.0f} tok/s, mfu {mfu}")
 
 
-def _check_nonfinite(state: TrainState, config: ml_collections.ConfigDict, since_iter: int,
-                     it: int, last_saved: int | None, checkpoint_directory: str) -> None:
-  """Stops the run once more iterations were non-finite than `skip_nonfinite` allows."""
-  count = int(state.nonfinite)  # host sync: called only at log and save points
-  if count <= config.skip_nonfinite:
-    if count:
-      logging.warning("%d iteration(s) with a non-finite loss or gradient were skipped", count)
-    return
-  where = f"at iter {it}" if since_iter == it else f"between iter {since_iter} and iter {it}"
-  good = (f"the last good checkpoint is step {last_saved} in {checkpoint_directory}"
-          if last_saved is not None else "no checkpoint was saved yet")
-  raise FloatingPointError(
-      f"non-finite loss or gradient {where} ({count} iteration(s), skip_nonfinite="
-      f"{config.skip_nonfinite}); the update was not applied and nothing was saved; {good}")
-
-
 class _Run:
   """The loop's mutable bookkeeping, and the three things it does between steps."""
 
@@ -301,6 +285,7 @@ class _Run:
     self.checkpoints, self.train_iter, self.writer = checkpoints, train_iter, writer
     self.eval_fn, self.tokens_per_iter = eval_fn, run_plan.tokens_per_iter
     self.n_logs = 0
+    self.nonfinite_seen = int(state.nonfinite)
     self.flops_per_token, self.peak, self.n_devices = flops_per_token, peak, n_devices
     self.best_val_loss = best_val_loss
     self.last_saved = start_iter if config.init_from == "resume" else None
@@ -319,8 +304,23 @@ class _Run:
     self.last_saved = it
 
   def check_finite(self, it: int) -> None:
-    _check_nonfinite(self.state, self.config, self.last_log_iter, it, self.last_saved,
-                     self.checkpoints.directory)
+    """Stops the run once more iterations were non-finite than `skip_nonfinite` allows."""
+    count = int(self.state.nonfinite)  # host sync: called only at log and save points
+    if count <= self.config.skip_nonfinite:
+      if count > self.nonfinite_seen:
+        logging.warning("%d iteration(s) with a non-finite loss or gradient skipped so far "
+                        "(skip_nonfinite=%d)", count, self.config.skip_nonfinite)
+      self.nonfinite_seen = count
+      return
+    since = self.last_log_iter
+    where = f"at iter {it}" if since == it else f"between iter {since} and iter {it}"
+    good = (f"the last good checkpoint is step {self.last_saved} in "
+            f"{self.checkpoints.directory}" if self.last_saved is not None
+            else "no checkpoint was saved yet")
+    raise FloatingPointError(
+        f"non-finite loss or gradient {where} ({count} iteration(s), skip_nonfinite="
+        f"{self.config.skip_nonfinite}); the update was not applied and nothing was saved; "
+        f"{good}")
 
   def evaluate_and_save(self, it: int) -> None:
     self.losses = self.eval_fn(self.state.params)
