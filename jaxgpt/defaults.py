@@ -14,6 +14,7 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's weights, via hf.py
 INIT_FROM = ("scratch", "resume") + GPT2_MODELS
 SHARDING_MODES = ("dp", "fsdp")
+REMAT_POLICIES = ("none", "dots", "full")  # model.REMAT_POLICIES's keys
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -57,7 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.bias = False  # biases in Linear and LayerNorm layers, like GPT-2
   c.vocab_size = 50304  # GPT-2's 50257 padded up to a multiple of 64
   c.gelu_approximate = False  # tanh GELU as GPT-2's weights use; False is nanoGPT's exact erf GELU
-  c.attention = "auto"  # 'xla', 'cudnn' (flash attention on NVIDIA GPUs) or 'auto'
+  c.attention = "auto"  # 'xla', 'cudnn' (flash attention) or 'auto': cudnn where it runs, else xla
+  c.loss_chunk_size = 8192  # tokens per chunk of the fused LM head + loss; 0: whole logits
+  c.remat = "none"  # recompute in the backward pass to save memory: 'none', 'dots' or 'full'
 
   # AdamW
   c.learning_rate = 6e-4  # max learning rate
@@ -93,6 +96,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
               "log_interval", "eval_iters"):
     check(c[key] > 0, key, "must be positive")
   check(c.max_iters >= 0, "max_iters", "must be >= 0")
+  check(c.loss_chunk_size >= 0, "loss_chunk_size", "must be >= 0 (0: no chunks)")
   check(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
   check(c.skip_nonfinite >= 0, "skip_nonfinite", "must be >= 0")
   check(c.n_embd % c.n_head == 0, "n_embd", f"must be divisible by n_head={c.n_head}")
@@ -100,6 +104,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
   check(c.attention in ATTENTION_IMPLEMENTATIONS, "attention",
         f"must be one of {ATTENTION_IMPLEMENTATIONS}")
+  check(c.remat in REMAT_POLICIES, "remat", f"must be one of {REMAT_POLICIES}")
   check(c.sharding in SHARDING_MODES, "sharding", f"must be one of {SHARDING_MODES}")
   check(c.init_from in INIT_FROM, "init_from", f"must be one of {INIT_FROM}")
   check(c.learning_rate >= 0, "learning_rate", "must be >= 0")

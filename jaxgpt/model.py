@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxgpt import head_loss
+
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -35,11 +37,41 @@ class GPTConfig:
   gelu_approximate: bool = False  # tanh GELU (GPT-2's weights) instead of exact erf (nanoGPT)
   dtype: str = "float32"  # activation dtype
   attention: str = "auto"  # jax.nn.dot_product_attention implementation: xla | cudnn | auto
+  loss_chunk_size: int = 8192  # tokens per chunk of the fused head + loss; 0: whole logits
+  remat: str = "none"  # what the backward pass recomputes instead of keeping: see REMAT_POLICIES
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
     names = [f.name for f in dataclasses.fields(cls)]
     return cls(**{name: config[name] for name in names})
+
+
+# Which activations of a block the backward pass keeps; the rest it recomputes.
+# 'dots' keeps the outputs of the block's Dense layers (matmuls with no batch
+# dimension) and recomputes the attention scores, softmax, GELU and LayerNorms,
+# the memory-heavy but cheap parts; 'full' keeps only each block's input.
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def attention_implementation(requested: str, dtype: str, head_size: int,
+                             device: jax.Device) -> str:
+  """`requested`, with 'auto' resolved to 'cudnn' wherever cuDNN's flash attention runs.
+
+  That is an NVIDIA GPU of compute capability 8.0 or more, 16-bit activations
+  and a head size that is a multiple of 8 up to 128. It never holds the
+  (B, N, T, T) scores that XLA's attention writes, reads and keeps for the
+  backward pass. Elsewhere (CPU, float32) 'auto' is XLA's attention.
+  """
+  if requested != "auto":
+    return requested
+  capability = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
+  fits = (capability is not None and tuple(int(x) for x in capability.split(".")[:2]) >= (8, 0)
+          and dtype in ("bfloat16", "float16") and head_size % 8 == 0 and head_size <= 128)
+  return "cudnn" if fits else "xla"
 
 
 def _normal(std: float) -> nn.initializers.Initializer:
@@ -85,7 +117,7 @@ class CausalSelfAttention(nn.Module):
       probs_BNTT = nn.Dropout(cfg.dropout)(probs_BNTT, deterministic=False)
       y_BTNH = jnp.einsum("bnqk,bknh->bqnh", probs_BNTT, v_BTNH)
     else:
-      impl = None if cfg.attention == "auto" else cfg.attention
+      impl = attention_implementation(cfg.attention, cfg.dtype, H, jax.devices()[0])
       y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True,
                                             implementation=impl)
     y_BTD = y_BTNH.reshape(B, T, D)
@@ -113,7 +145,7 @@ class Block(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x_BTD: jax.Array, *, train: bool,
+  def __call__(self, x_BTD: jax.Array, train: bool,
                positions_BT: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
@@ -124,6 +156,10 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
   """Maps token ids (B, T) to next-token logits (B, T, V) in float32.
+
+  Given `targets_BT`, it returns their mean cross-entropy instead, as
+  nanoGPT's forward does; with `loss_chunk_size` > 0 the head and the loss
+  are fused chunk by chunk (`head_loss`) and the whole logits never exist.
 
   `positions_BT` (each < block_size) switches to cached decoding: the tokens
   sit at those positions and attend to every cache slot up to their own.
@@ -136,7 +172,8 @@ class GPT(nn.Module):
   @nn.compact
   def __call__(self, idx_BT: jax.Array, *, train: bool = False,
                positions_BT: jax.Array | None = None,
-               last_B: jax.Array | None = None) -> jax.Array:
+               last_B: jax.Array | None = None,
+               targets_BT: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     T = idx_BT.shape[1]
     if T > cfg.block_size:
@@ -148,13 +185,23 @@ class GPT(nn.Module):
     pos_BT = jnp.arange(T)[None] if positions_BT is None else positions_BT
     x_BTD = wte(idx_BT) + wpe(pos_BT)
     x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=not train)
+    block = Block
+    if cfg.remat != "none" and positions_BT is None:
+      block = nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[cfg.remat])
     for i in range(cfg.n_layer):
-      x_BTD = Block(cfg, name=f"h_{i}")(x_BTD, train=train, positions_BT=positions_BT)
+      x_BTD = block(cfg, name=f"h_{i}")(x_BTD, train, positions_BT)
     if last_B is not None:
       x_BTD = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)
     x_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name="ln_f")(x_BTD)
+    if targets_BT is not None and cfg.loss_chunk_size:
+      # Weight tying: the LM head is the token embedding.
+      return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), wte.embedding,
+                                          targets_BT.reshape(-1),
+                                          chunk_size=cfg.loss_chunk_size, dtype=cfg.dtype)
     logits_BTV = wte.attend(x_BTD)  # weight tying: the LM head is the token embedding
     logits_BTV = logits_BTV.astype(jnp.float32)
+    if targets_BT is not None:
+      return cross_entropy(logits_BTV, targets_BT)
     return logits_BTV if last_B is None else logits_BTV[:, 0]
 
 

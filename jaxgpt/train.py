@@ -33,7 +33,7 @@ from jaxgpt import (
   sinks,
   tokenizer,
 )
-from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
+from jaxgpt.model import GPT, GPTConfig, attention_implementation, count_params, init_params
 from jaxgpt.optim import lr_schedule, make_optimizer
 
 Batch = jax.Array  # (accum_steps, batch_size, block_size + 1) token ids
@@ -59,9 +59,8 @@ def create_train_state(model: GPT, tx: optax.GradientTransformation, seed: int,
 def _loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None) -> jax.Array:
   tokens_BT1 = tokens_BT1.astype(jnp.int32)
   train = rng is not None
-  logits_BTV = model.apply({"params": params}, tokens_BT1[:, :-1], train=train,
-                           rngs={"dropout": rng} if train else None)
-  return cross_entropy(logits_BTV, tokens_BT1[:, 1:])
+  return model.apply({"params": params}, tokens_BT1[:, :-1], train=train,
+                     targets_BT=tokens_BT1[:, 1:], rngs={"dropout": rng} if train else None)
 
 
 def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
@@ -424,6 +423,11 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
                config.block_size)
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
+  attention = attention_implementation(config.attention, config.dtype,
+                                       config.n_embd // config.n_head, jax.devices()[0])
+  logging.info("compute: %s activations, %s attention (config: %s), loss in chunks of %s "
+               "tokens, remat %s", config.dtype, attention, config.attention,
+               config.loss_chunk_size or "all", config.remat)
 
   t0 = time.perf_counter()
   batch_spec = jax.ShapeDtypeStruct(

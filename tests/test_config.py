@@ -49,6 +49,8 @@ def test_missing_data_says_how_to_make_it(tmp_path):
 @pytest.mark.parametrize("key,value,message", [
     ("dtype", "float64", "must be one of"),
     ("attention", "flash", "must be one of"),
+    ("remat", "block", "must be one of"),
+    ("loss_chunk_size", -1, "must be >= 0"),
     ("lr_decay_iters", 10, "must be greater than warmup_iters"),
     ("min_lr", 1.0, "must be in [0, learning_rate"),
     ("dropout", 1.0, "must be in [0, 1)"),

@@ -48,6 +48,9 @@ def test_init_loss_of_fineweb_40m_is_about_10_9():
   loss = float(cross_entropy(model.apply({"params": params}, tokens[:, :-1]), tokens[:, 1:]))
   assert math.log(50304) < loss
   assert abs(loss - 10.9) < 0.1, loss
+  # The training loss (fused head, in chunks) is the same number.
+  fused = model.apply({"params": params}, tokens[:, :-1], targets_BT=tokens[:, 1:])
+  assert float(fused) == pytest.approx(loss, abs=1e-5)
 
 
 def test_init_follows_nanogpt():

@@ -1,0 +1,104 @@
+"""The tied LM head and its cross-entropy, fused and made chunk by chunk.
+
+With a 50304-way vocabulary the float32 logits of one 16 x 1024 micro-batch
+take 3.3 GB, and plain autodiff keeps them (and their bfloat16 twin, and
+their gradient) alive from the forward pass to the backward pass: for a 40M
+model that is most of the step's memory. Here each chunk of tokens gets its
+logits, its loss and, when differentiated, its gradients with respect to the
+hidden states and the embedding in one go; only those gradients outlive the
+chunk. Peak memory then holds one chunk's logits, and the FLOPs are the same
+as the unfused head's (one matmul forward, two for the gradients).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.Array, *,
+                       chunk_size: int, dtype: str) -> jax.Array:
+  """Mean of -log softmax(x @ embedding.T)[target] over N tokens, in float32.
+
+  Matmuls run in `dtype` with float32 accumulation; the softmax is float32.
+  N need not divide into chunks: it is split into equal chunks of at most
+  `chunk_size` tokens, the last padded with tokens that weigh nothing.
+  """
+  N, D = x_ND.shape
+  n_chunks = -(-N // chunk_size)
+  size = -(-N // n_chunks)
+  pad = n_chunks * size - N
+  x_CSD = jnp.pad(x_ND, ((0, pad), (0, 0))).reshape(n_chunks, size, D)
+  targets_CS = jnp.pad(targets_N, (0, pad)).reshape(n_chunks, size)
+  weights_CS = (jnp.arange(n_chunks * size) < N).astype(jnp.float32).reshape(n_chunks, size)
+  return _loss_sum(x_CSD, embedding_VD, targets_CS, weights_CS, jnp.dtype(dtype)) / N
+
+
+def _chunk_logits(x_SD: jax.Array, embedding_VD: jax.Array) -> jax.Array:
+  return jnp.dot(x_SD.astype(embedding_VD.dtype), embedding_VD.T,
+                 preferred_element_type=jnp.float32)
+
+
+def _chunk_softmax(logits_SV: jax.Array, targets_S: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """Per-token losses and softmax of one chunk, with one exp per logit.
+
+  (jax.nn.logsumexp followed by exp(logits - lse) would take two, and ran
+  the chunk's softmax 2.3x slower on the CPU.)
+  """
+  max_S1 = logits_SV.max(axis=-1, keepdims=True)
+  exp_SV = jnp.exp(logits_SV - max_S1)
+  sum_S1 = exp_SV.sum(axis=-1, keepdims=True)
+  lse_S = (max_S1 + jnp.log(sum_S1))[:, 0]
+  picked_S = jnp.take_along_axis(logits_SV, targets_S[:, None], axis=-1)[:, 0]
+  return lse_S - picked_S, exp_SV / sum_S1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _loss_sum(x_CSD: jax.Array, embedding_VD: jax.Array, targets_CS: jax.Array,
+              weights_CS: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """Weighted sum of the token losses, one chunk at a time (forward only)."""
+  embedding_VD = embedding_VD.astype(dtype)
+
+  def chunk(total, xs):
+    x_SD, targets_S, weights_S = xs
+    losses_S, _ = _chunk_softmax(_chunk_logits(x_SD, embedding_VD), targets_S)
+    return total + jnp.sum(weights_S * losses_S), None
+
+  total, _ = jax.lax.scan(chunk, jnp.zeros((), jnp.float32), (x_CSD, targets_CS, weights_CS))
+  return total
+
+
+def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype):
+  """The loss sum and, chunk by chunk, its gradients (kept instead of the logits)."""
+  embedding_c_VD = embedding_VD.astype(dtype)
+  V = embedding_VD.shape[0]
+
+  def chunk(carry, xs):
+    total, d_embedding_VD = carry
+    x_SD, targets_S, weights_S = xs
+    losses_S, probs_SV = _chunk_softmax(_chunk_logits(x_SD, embedding_c_VD), targets_S)
+    # Padding tokens need no weight here: their hidden states are zeros, so they
+    # add nothing to d(embedding), and their d(hidden) rows are cut off with the pad.
+    one_hot_SV = jnp.arange(V)[None, :] == targets_S[:, None]
+    d_logits_SV = (probs_SV - one_hot_SV).astype(dtype)
+    d_x_SD = jnp.dot(d_logits_SV, embedding_c_VD, preferred_element_type=jnp.float32)
+    d_embedding_VD += jnp.dot(d_logits_SV.T, x_SD.astype(dtype),
+                              preferred_element_type=jnp.float32)
+    return (total + jnp.sum(weights_S * losses_S), d_embedding_VD), d_x_SD.astype(x_SD.dtype)
+
+  init = (jnp.zeros((), jnp.float32), jnp.zeros(embedding_VD.shape, jnp.float32))
+  (total, d_embedding_VD), d_x_CSD = jax.lax.scan(chunk, init,
+                                                  (x_CSD, targets_CS, weights_CS))
+  return total, (d_x_CSD, d_embedding_VD.astype(embedding_VD.dtype))
+
+
+def _loss_sum_bwd(dtype, residuals, g):
+  del dtype
+  d_x_CSD, d_embedding_VD = residuals
+  return (g.astype(d_x_CSD.dtype) * d_x_CSD, g * d_embedding_VD, None, None)
+
+
+_loss_sum.defvjp(_loss_sum_fwd, _loss_sum_bwd)

@@ -1,0 +1,135 @@
+"""What trades memory for compute must not change the numbers a run produces.
+
+The fused, chunked LM-head loss and the remat policies are there so larger
+micro-batches fit; they must give the same loss and gradients as the plain
+path, and really drop what they claim to drop from the backward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.model import GPT, GPTConfig, attention_implementation, init_params
+
+BASE = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def loss_and_grads(cfg: GPTConfig, params, tokens_BT1, *, train: bool = False):
+  model = GPT(cfg)
+  rngs = {"dropout": jax.random.PRNGKey(7)} if train else None
+
+  def loss(p):
+    return model.apply({"params": p}, tokens_BT1[:, :-1], targets_BT=tokens_BT1[:, 1:],
+                       train=train, rngs=rngs)
+
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def assert_trees_close(a, b, **tolerance):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, **tolerance)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(GPT(BASE), jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def tokens_BT1():
+  return jax.random.randint(jax.random.PRNGKey(1), (3, 17), 0, BASE.vocab_size)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 16, 48, 1000])  # uneven, exact, whole, larger
+def test_chunked_loss_and_gradients_equal_the_whole_logits_path(params, tokens_BT1, chunk_size):
+  whole_loss, whole_grads = loss_and_grads(dataclasses.replace(BASE, loss_chunk_size=0), params,
+                                           tokens_BT1)
+  loss, grads = loss_and_grads(dataclasses.replace(BASE, loss_chunk_size=chunk_size), params,
+                               tokens_BT1)
+  assert float(loss) == pytest.approx(float(whole_loss), abs=2e-6)
+  assert_trees_close(grads, whole_grads, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_loss_in_bfloat16_stays_close_to_the_whole_logits_path(params, tokens_BT1):
+  # bfloat16 matmuls either way; the chunked path accumulates the logits in float32.
+  cfg = dataclasses.replace(BASE, dtype="bfloat16")
+  whole_loss, whole_grads = loss_and_grads(dataclasses.replace(cfg, loss_chunk_size=0), params,
+                                           tokens_BT1)
+  loss, grads = loss_and_grads(dataclasses.replace(cfg, loss_chunk_size=16), params, tokens_BT1)
+  assert float(loss) == pytest.approx(float(whole_loss), abs=2e-3)
+  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(whole_grads), strict=True):
+    assert float(jnp.linalg.norm(g - w)) <= 0.02 * float(jnp.linalg.norm(w)) + 1e-6
+
+
+def test_eval_loss_without_gradients_uses_the_chunked_forward(params, tokens_BT1):
+  def loss(chunk_size):
+    return GPT(dataclasses.replace(BASE, loss_chunk_size=chunk_size)).apply(
+        {"params": params}, tokens_BT1[:, :-1], targets_BT=tokens_BT1[:, 1:])
+
+  assert float(loss(7)) == pytest.approx(float(loss(0)), abs=2e-6)
+
+
+def residual_shapes(cfg: GPTConfig, batch: int) -> list[tuple[int, ...]]:
+  """Shapes of every array the backward pass keeps from the forward pass."""
+  model = GPT(cfg)
+  tokens = jax.ShapeDtypeStruct((batch, cfg.block_size), jnp.int32)
+  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+
+  def backward_fn(p, x):
+    return jax.vjp(lambda p: model.apply({"params": p}, x, targets_BT=x), p)[1]
+
+  return [leaf.shape for leaf in jax.tree.leaves(jax.eval_shape(backward_fn, params, tokens))]
+
+
+def test_chunked_loss_keeps_no_logits_for_the_backward_pass():
+  cfg = dataclasses.replace(BASE, block_size=64, attention="xla")
+  B, T, V = 4, cfg.block_size, cfg.vocab_size
+  whole = residual_shapes(dataclasses.replace(cfg, loss_chunk_size=0), B)
+  chunked = residual_shapes(dataclasses.replace(cfg, loss_chunk_size=64), B)
+  assert (B, T, V) in whole
+  assert not any(V in s and np.prod(s) >= 64 * V for s in chunked if s != (V, cfg.n_embd))
+
+
+@pytest.mark.parametrize("policy", ["dots", "full"])
+def test_remat_gives_the_same_loss_and_gradients_with_dropout(params, tokens_BT1, policy):
+  cfg = dataclasses.replace(BASE, dropout=0.1)
+  loss, grads = loss_and_grads(cfg, params, tokens_BT1, train=True)
+  remat_loss, remat_grads = loss_and_grads(dataclasses.replace(cfg, remat=policy), params,
+                                           tokens_BT1, train=True)
+  assert float(remat_loss) == pytest.approx(float(loss), abs=1e-6)
+  assert_trees_close(remat_grads, grads, rtol=1e-5, atol=1e-7)
+
+
+def test_remat_drops_the_attention_scores_from_the_backward_pass():
+  cfg = dataclasses.replace(BASE, block_size=64, attention="xla")
+  scores = (4, cfg.n_head, cfg.block_size, cfg.block_size)
+  has_scores = lambda shapes: any(s[-3:] == scores[-3:] for s in shapes)
+  assert has_scores(residual_shapes(cfg, 4))
+  for policy in ("dots", "full"):
+    assert not has_scores(residual_shapes(dataclasses.replace(cfg, remat=policy), 4))
+
+
+def fake_device(platform: str, compute_capability: str | None = None):
+  device = types.SimpleNamespace(platform=platform)
+  if compute_capability:
+    device.compute_capability = compute_capability
+  return device
+
+
+@pytest.mark.parametrize("device, dtype, head_size, expected", [
+    (fake_device("gpu", "9.0"), "bfloat16", 64, "cudnn"),  # H100
+    (fake_device("gpu", "8.9"), "bfloat16", 64, "cudnn"),  # RTX 4070
+    (fake_device("gpu", "7.5"), "bfloat16", 64, "xla"),  # T4: no flash attention
+    (fake_device("gpu", "9.0"), "float32", 64, "xla"),
+    (fake_device("gpu", "9.0"), "bfloat16", 36, "xla"),  # not a multiple of 8
+    (fake_device("cpu"), "bfloat16", 64, "xla"),
+])
+def test_auto_attention_picks_cudnn_where_it_runs(device, dtype, head_size, expected):
+  assert attention_implementation("auto", dtype, head_size, device) == expected
+  assert attention_implementation("xla", dtype, head_size, device) == "xla"
