@@ -35,7 +35,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxgpt import checkpoint, data, defaults, metrics, sharding, shards
-from jaxgpt.model import GPT, GPTConfig, count_params
+from jaxgpt.model import GPT, GPTConfig, attention_implementation, count_params, init_params
 from jaxgpt.optim import make_optimizer
 from jaxgpt.train import TrainState, compile_train_step, create_train_state, make_train_step
 
@@ -57,6 +57,10 @@ _JSON_OUT = flags.DEFINE_string("json_out", "", "Append the JSON line of figures
 _CHECKPOINT = flags.DEFINE_boolean(
     "checkpoint", False, "Instead of the usual figures, time steps with and without an "
     "asynchronous checkpoint save in flight.")
+_MEMORY = flags.DEFINE_boolean(
+    "memory", False, "Instead of timing, print the activations one micro-batch keeps for its "
+    "backward pass under each remat policy, with the loss in chunks and whole (no device "
+    "needed: counted from the program).")
 _COLLECTIVES = flags.DEFINE_boolean(
     "collectives", False, "Instead of timing, compile the step for every device under dp and "
     "fsdp and report per-device memory and the bytes its collectives move (run with simulated "
@@ -216,6 +220,38 @@ def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, A
           "sent_bytes_per_iter": collectives(compiled.as_text(), n, A)}
 
 
+def backward_residual_bytes(config: ml_collections.ConfigDict) -> int:
+  """Bytes one micro-batch's backward pass keeps from its forward pass, params included.
+
+  Counted from the program (the arrays `jax.vjp` closes over), so it is the
+  same on every backend: the activation memory that remat and the chunked loss
+  cut, before XLA fuses anything. The step's peak adds the params, AdamW state
+  and gradient sums (16 bytes a parameter) and the largest op's workspace.
+  """
+  model = GPT(GPTConfig.from_config(config))
+  tokens_BT = jax.ShapeDtypeStruct((config.batch_size, config.block_size), jnp.int32)
+  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+
+  def backward_fn(p: Any, x_BT: jax.Array) -> Callable:
+    return jax.vjp(lambda p: model.apply({"params": p}, x_BT, targets_BT=x_BT), p)[1]
+
+  residuals = jax.eval_shape(backward_fn, params, tokens_BT)
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
+
+
+def memory_report(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """`backward_residual_bytes` under every remat policy, with the config's loss chunks and none."""
+  rows = []
+  for remat in defaults.REMAT_POLICIES:
+    for chunk in dict.fromkeys((config.loss_chunk_size, 0)):
+      variant = config.copy_and_resolve_references()
+      variant.unlock()
+      variant.update(remat=remat, loss_chunk_size=chunk)
+      rows.append({"remat": remat, "loss_chunk_size": chunk,
+                   "residual_bytes": backward_residual_bytes(variant)})
+  return rows
+
+
 def checkpoint_overhead(config: ml_collections.ConfigDict, *, steps: int,
                         warmup: int) -> dict[str, Any]:
   """ms/iter of the step alone and while an async save of its state is being written.
@@ -351,6 +387,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int, warmup: int, data_work
       "peak_flops": peak,
       "mfu": metrics.mfu(tokens_per_sec, flops_per_token, peak, 1),
       "peak_memory_bytes": _peak_memory_bytes(device),
+      "backward_residual_bytes": backward_residual_bytes(config),
       "data_workers": data_workers,
       "pipeline_tokens_per_sec": pipeline_tokens_per_sec,
       "pipeline_ratio": pipeline_tokens_per_sec / tokens_per_sec,
@@ -389,7 +426,8 @@ def summary(r: dict[str, Any]) -> str:
       (f"step: {r['ms_per_iter_median']:.1f} ms/iter median ({r['ms_per_iter_mean']:.1f} mean) "
       f"over {r['steps']} steps after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
       f"MFU {_pct(r['mfu'])}{peak}"),
-      f"peak device memory: {_gib(r['peak_memory_bytes'])}",
+      (f"peak device memory: {_gib(r['peak_memory_bytes'])}; kept for the backward pass: "
+       f"{_gib(r['backward_residual_bytes'])} per micro-batch"),
       (f"input pipeline ({r['data_workers']} workers): {r['pipeline_tokens_per_sec']:,.0f} "
       f"tokens/s, {r['pipeline_ratio']:.1f}x what the step consumes"),
       (f"step fed by the pipeline: {r['loop_ms_per_iter_median']:.1f} ms/iter median, "
@@ -423,6 +461,16 @@ def main(argv: list[str]) -> None:
           f"{report['save_blocked_ms']:.0f} ms, on disk after {report['save_total_s']:.2f} s",
           flush=True)
     print(json.dumps(report), flush=True)
+    return
+  if _MEMORY.value:
+    config = _CONFIG.value
+    attention = attention_implementation(config.attention, config.dtype,
+                                         config.n_embd // config.n_head, jax.devices()[0])
+    print(f"kept for the backward pass of one {config.batch_size} x {config.block_size} "
+          f"micro-batch ({config.dtype}, {attention} attention):", flush=True)
+    for row in memory_report(config):
+      print(f"  remat {row['remat']:<5} loss chunks {row['loss_chunk_size'] or 'none':<6} "
+            f"{_gib(row['residual_bytes'])}", flush=True)
     return
   if _COLLECTIVES.value:
     for mode in ("dp", "fsdp"):

@@ -42,6 +42,19 @@ def test_bench_figures_are_consistent(tmp_path):
   assert r["n_params"] == count_params(params)
   assert r["flops_per_token"] == 6 * r["n_params"] + 12 * 2 * 2 * 16 * 16
   assert "peer" not in r
+  assert r["backward_residual_bytes"] > 0
+
+
+def test_memory_report_orders_the_levers(tmp_path):
+  config = tiny_config(tmp_path, "")
+  config.loss_chunk_size = 16
+  kept = {(row["remat"], row["loss_chunk_size"]): row["residual_bytes"]
+          for row in bench.memory_report(config)}
+  assert set(kept) == {(r, c) for r in ("none", "dots", "full") for c in (16, 0)}
+  for chunk in (16, 0):
+    assert kept["full", chunk] < kept["dots", chunk] < kept["none", chunk]
+  for remat in ("none", "dots", "full"):
+    assert kept[remat, 16] < kept[remat, 0]  # no whole logits kept
 
 
 def test_bench_rejects_a_run_without_timed_steps(tmp_path):

@@ -133,3 +133,20 @@ def fake_device(platform: str, compute_capability: str | None = None):
 def test_auto_attention_picks_cudnn_where_it_runs(device, dtype, head_size, expected):
   assert attention_implementation("auto", dtype, head_size, device) == expected
   assert attention_implementation("xla", dtype, head_size, device) == "xla"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")
+def test_auto_attention_on_this_gpu_trains_like_xla_attention(tokens_BT1):
+  cfg = dataclasses.replace(BASE, n_embd=64, n_head=2, dtype="bfloat16")  # head size 32
+  params = init_params(GPT(cfg), jax.random.PRNGKey(0))
+  device = jax.devices()[0]
+  if tuple(int(x) for x in device.compute_capability.split(".")[:2]) < (8, 0):
+    pytest.skip(f"{device.device_kind} runs no cuDNN flash attention")
+  assert attention_implementation("auto", cfg.dtype, 32, device) == "cudnn"
+  loss, grads = loss_and_grads(cfg, params, tokens_BT1)
+  xla_loss, xla_grads = loss_and_grads(dataclasses.replace(cfg, attention="xla"), params,
+                                       tokens_BT1)
+  assert float(loss) == pytest.approx(float(xla_loss), abs=2e-2)
+  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(xla_grads), strict=True):
+    assert float(jnp.linalg.norm(g - w)) <= 0.05 * float(jnp.linalg.norm(w)) + 1e-6
