@@ -12,13 +12,14 @@ from ml_collections import config_flags
 
 from jaxgpt import sharding, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
-                                          lock_config=True)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
-                                   "host:port of process 0, for a multi-host run")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in a multi-host run")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index in a multi-host run")
-flags.mark_flags_as_required(["config"])
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
+                                  lock_config=True)
+  flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-host run")
+  flags.DEFINE_integer("num_processes", 0, "processes in a multi-host run")
+  flags.DEFINE_integer("process_id", -1, "this process's index in a multi-host run")
+  flags.mark_flags_as_required(["config"])
 
 
 def _drop_library_info(record: pylogging.LogRecord) -> bool:
@@ -29,13 +30,14 @@ def _drop_library_info(record: pylogging.LogRecord) -> bool:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  sharding.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                        _PROCESS_ID.value)
+  f = flags.FLAGS
+  sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   # One process speaks for the run; the others report only warnings and errors.
   logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   logging.get_absl_handler().addFilter(_drop_library_info)
-  train.train(_CONFIG.value)
+  train.train(f.config)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

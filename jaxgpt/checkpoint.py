@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: train state, Grain iterator state and JSON metadata.
 
-Layout: out_dir/checkpoints/<step>/{state,data,meta}. Orbax writes each save
+Layout: <directory>/<step>/{state,data,meta}. Orbax writes each save
 into a temporary directory and renames it when complete, so a crash mid-save
 leaves the previous steps intact; saves run in the background while training
 goes on. Kept: the latest `keep` steps plus the best by val loss.
@@ -21,14 +21,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 STATE, DATA, META = "state", "data", "meta"
 
 
-def checkpoint_dir(out_dir: str) -> str:
-  return os.path.join(os.path.abspath(out_dir), "checkpoints")
+class Checkpoints:
+  """Saves and restores the step checkpoints in one directory (`RunDir` says which)."""
 
-
-class RunCheckpoints:
-  """Saves and restores the checkpoints of one run directory."""
-
-  def __init__(self, out_dir: str, *, keep: int = 3, read_only: bool = False):
+  def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
     keep_latest_and_best = policies.AnyPreservationPolicy([
         policies.LatestN(n=keep),
         policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
@@ -40,7 +36,7 @@ class RunCheckpoints:
         read_only=read_only,
         create=not read_only,
     )
-    self.directory = checkpoint_dir(out_dir)
+    self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:

@@ -13,9 +13,12 @@ import os
 from collections.abc import Iterator
 
 import grain
+import jax
+import ml_collections
 import numpy as np
+from absl import logging
 
-from jaxgpt import shards
+from jaxgpt import prepare, token_files
 
 
 class TokenWindows(grain.sources.RandomAccessDataSource):
@@ -27,19 +30,19 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
 
   def __init__(self, paths: list[str], block_size: int):
     if not paths:
-      raise shards.ShardError("no token files given")
+      raise token_files.ShardError("no token files given")
     self.paths = list(paths)
     self.block_size = block_size
     self._tokens: list[np.ndarray] | None = None
     counts = []
     self.n_tokens = 0
     for path in self.paths:
-      n_tokens = len(shards.read_tokens(path))
+      n_tokens = len(token_files.read_tokens(path))
       self.n_tokens += n_tokens
       counts.append(max(0, (n_tokens - 1) // block_size))
     self.offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
     if self.offsets[-1] == 0:
-      raise shards.ShardError(f"{', '.join(self.paths)}: fewer than block_size+1="
+      raise token_files.ShardError(f"{', '.join(self.paths)}: fewer than block_size+1="
                               f"{block_size + 1} tokens in every file")
 
   def __len__(self) -> int:
@@ -47,7 +50,7 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
 
   def __getitem__(self, index: int) -> np.ndarray:
     if self._tokens is None:
-      self._tokens = [shards.read_tokens(p) for p in self.paths]
+      self._tokens = [token_files.read_tokens(p) for p in self.paths]
     file_index = bisect.bisect_right(self.offsets, index) - 1
     start = (index - self.offsets[file_index]) * self.block_size
     return np.array(self._tokens[file_index][start:start + self.block_size + 1])
@@ -65,13 +68,29 @@ def resolve_data_dir(dataset: str, data_dir: str) -> str:
   return data_dir or os.path.join("data", dataset)
 
 
+def open_splits(config: ml_collections.ConfigDict) -> dict[str, TokenWindows]:
+  """The train and val windows of the config's data, made first where the config allows."""
+  data_dir = resolve_data_dir(config.dataset, config.data_dir)
+  prepare.ensure_dataset(config.dataset, data_dir, auto_prepare=config.auto_prepare)
+  sources = {split: open_split(data_dir, split, config.block_size, config.vocab_size)
+             for split in ("train", "val")}
+  val, eval_batch = sources["val"], config.batch_size * jax.device_count()
+  if len(val) < eval_batch:
+    logging.warning(
+        "val split holds %s tokens: %d windows of block_size+1=%d, fewer than one eval batch "
+        "of batch_size x devices=%d windows; evaluation repeats them. Prepare a larger val "
+        "split (--val_fraction / --val_tokens) or lower batch_size.", f"{val.n_tokens:,}",
+        len(val), config.block_size + 1, eval_batch)
+  return sources
+
+
 def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> TokenWindows:
   """The windows of one split, with every file checked against the model's vocabulary."""
-  paths = shards.find_shards(data_dir, split)
+  paths = token_files.find_shards(data_dir, split)
   if not paths:
     raise FileNotFoundError(f"{data_dir}: no '{split}' token files (*{split}*.bin or .npy)")
   for path in paths:
-    shards.check_vocab(path, shards.read_tokens(path), vocab_size)
+    token_files.check_vocab(path, token_files.read_tokens(path), vocab_size)
   return TokenWindows(paths, block_size)
 
 

@@ -14,7 +14,7 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's weights, via hf.py
 INIT_FROM = ("scratch", "resume") + GPT2_MODELS
 SHARDING_MODES = ("dp", "fsdp")
-REMAT_POLICIES = ("none", "dots", "full")  # model.REMAT_POLICIES's keys
+REMAT_POLICIES = ("none", "dots", "full")  # what the backward pass recomputes: see model.py
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -82,6 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 1337
   c.peak_flops = 0.0  # peak FLOP/s of one device for MFU; 0 looks it up by device kind
   return c
+
+
+def tokens_per_iter(c: ml_collections.ConfigDict, n_devices: int) -> int:
+  """Tokens per iteration: every micro-batch of every device, nanoGPT's definition."""
+  return c.gradient_accumulation_steps * c.batch_size * n_devices * c.block_size
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

@@ -8,25 +8,34 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from jaxgpt import hf
-from jaxgpt.train import restore_params
+from jaxgpt import hf, run_dir
 
-_OUT_DIR = flags.DEFINE_string("out_dir", "out", "Run directory whose checkpoint to export.")
-_TO = flags.DEFINE_string("to", None, "New directory for config.json and model.safetensors.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export; default the latest.")
-flags.mark_flags_as_required(["to"])
+
+def export(out_dir: str, to_dir: str, step: int | None = None) -> int:
+  """Writes the latest (or the given) checkpoint of `out_dir` to `to_dir`; returns its step."""
+  config, params, step = run_dir.RunDir(out_dir).restore_params(step)
+  try:
+    hf.export(params, config, to_dir)
+  except ValueError as e:
+    raise ValueError(f"{out_dir} step {step}: {e}") from None
+  return step
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("out_dir", "out", "Run directory whose checkpoint to export.")
+  flags.DEFINE_string("to", None, "New directory for config.json and model.safetensors.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to export; default the latest.")
+  flags.mark_flags_as_required(["to"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config, params, step = restore_params(_OUT_DIR.value, _STEP.value)
-  try:
-    hf.export(params, config, _TO.value)
-  except ValueError as e:
-    raise ValueError(f"{_OUT_DIR.value} step {step}: {e}") from None
-  print(f"wrote {_OUT_DIR.value} step {step} to {_TO.value} (config.json, model.safetensors)")
+  f = flags.FLAGS
+  step = export(f.out_dir, f.to, f.step)
+  print(f"wrote {f.out_dir} step {step} to {f.to} (config.json, model.safetensors)")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -22,11 +22,10 @@ import safetensors.numpy
 from absl import logging
 from flax import traverse_util
 
-from jaxgpt import tokenizer
+from jaxgpt import defaults, tokenizer
 from jaxgpt.model import GPT, GPTConfig, init_params
 
-HUB_REPOS = {name: f"openai-community/{name}"
-             for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+HUB_REPOS = {name: f"openai-community/{name}" for name in defaults.GPT2_MODELS}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 # The checkpoint's old attention-mask buffers, and the LM head that is the tied embedding.
 IGNORED_KEYS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")

@@ -38,7 +38,7 @@ class GPTConfig:
   dtype: str = "float32"  # activation dtype
   attention: str = "auto"  # jax.nn.dot_product_attention implementation: xla | cudnn | auto
   loss_chunk_size: int = 8192  # tokens per chunk of the fused head + loss; 0: whole logits
-  remat: str = "none"  # what the backward pass recomputes instead of keeping: see REMAT_POLICIES
+  remat: str = "none"  # what the backward pass recomputes instead of keeping: see _REMAT_SAVEABLE
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
@@ -46,12 +46,12 @@ class GPTConfig:
     return cls(**{name: config[name] for name in names})
 
 
-# Which activations of a block the backward pass keeps; the rest it recomputes.
+# What a rematerialised block keeps for the backward pass (the rest it
+# recomputes), by `remat` (defaults.REMAT_POLICIES; 'none' keeps everything).
 # 'dots' keeps the outputs of the block's Dense layers (matmuls with no batch
 # dimension) and recomputes the attention scores, softmax, GELU and LayerNorms,
 # the memory-heavy but cheap parts; 'full' keeps only each block's input.
-REMAT_POLICIES = {
-    "none": None,
+_REMAT_SAVEABLE = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
@@ -76,6 +76,18 @@ def attention_implementation(requested: str, dtype: str, head_size: int,
 
 def _normal(std: float) -> nn.initializers.Initializer:
   return nn.initializers.normal(stddev=std)
+
+
+def _residual_out(cfg: GPTConfig, h_BTF: jax.Array, train: bool) -> jax.Array:
+  """`c_proj` back to the residual width, then dropout, as both halves of a block end.
+
+  Called inside the parent's compact method, so the Dense is the parent's `c_proj`.
+  Its init is scaled by 1/sqrt(2 n_layer): two such projections add to the
+  residual stream per layer (GPT-2's and nanoGPT's init).
+  """
+  y_BTD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
+                   kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_BTF)
+  return nn.Dropout(cfg.dropout)(y_BTD, deterministic=not train)
 
 
 class CausalSelfAttention(nn.Module):
@@ -120,10 +132,7 @@ class CausalSelfAttention(nn.Module):
       impl = attention_implementation(cfg.attention, cfg.dtype, H, jax.devices()[0])
       y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True,
                                             implementation=impl)
-    y_BTD = y_BTNH.reshape(B, T, D)
-    y_BTD = nn.Dense(D, use_bias=cfg.bias, dtype=cfg.dtype,
-                     kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)), name="c_proj")(y_BTD)
-    return nn.Dropout(cfg.dropout)(y_BTD, deterministic=not train)
+    return _residual_out(cfg, y_BTNH.reshape(B, T, D), train)
 
 
 class MLP(nn.Module):
@@ -135,10 +144,7 @@ class MLP(nn.Module):
     D = x_BTD.shape[-1]
     h_BTF = nn.Dense(4 * D, use_bias=cfg.bias, dtype=cfg.dtype, kernel_init=_normal(0.02),
                      name="c_fc")(x_BTD)
-    h_BTF = nn.gelu(h_BTF, approximate=cfg.gelu_approximate)
-    y_BTD = nn.Dense(D, use_bias=cfg.bias, dtype=cfg.dtype,
-                     kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_BTF)
-    return nn.Dropout(cfg.dropout)(y_BTD, deterministic=not train)
+    return _residual_out(cfg, nn.gelu(h_BTF, approximate=cfg.gelu_approximate), train)
 
 
 class Block(nn.Module):
@@ -187,7 +193,7 @@ class GPT(nn.Module):
     x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=not train)
     block = Block
     if cfg.remat != "none" and positions_BT is None:
-      block = nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[cfg.remat])
+      block = nn.remat(Block, static_argnums=(2,), policy=_REMAT_SAVEABLE[cfg.remat])
     for i in range(cfg.n_layer):
       x_BTD = block(cfg, name=f"h_{i}")(x_BTD, train, positions_BT)
     if last_B is not None:

@@ -12,13 +12,12 @@ import dataclasses
 import os
 import re
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import data, metrics, shards
-from jaxgpt.model import GPT, GPTConfig, count_params, init_params
+from jaxgpt import data, defaults, flops, run_dir, step, token_files, units
+from jaxgpt.model import count_params
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
 SIZE_TOLERANCE = 0.25  # a stated model size further than this (relative) from the count is flagged
@@ -61,31 +60,25 @@ class Plan:
 
 def param_counts(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(nanoGPT's count, total) of the model `config` describes, from shapes alone."""
-  model = GPT(GPTConfig.from_config(config))
-  shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+  shapes = step.build(config).abstract_state.params
   return count_params(shapes), count_params(shapes, non_embedding=False)
-
-
-def tokens_per_iter(config: ml_collections.ConfigDict, n_devices: int = 1) -> int:
-  return config.gradient_accumulation_steps * config.batch_size * n_devices * config.block_size
 
 
 def make_plan(config: ml_collections.ConfigDict, *, train_tokens: int | None = None,
               n_devices: int = 1) -> Plan:
   n_params, n_total = param_counts(config)
   return Plan(n_params=n_params, n_params_total=n_total,
-              tokens_per_iter=tokens_per_iter(config, n_devices), max_iters=config.max_iters,
-              flops_per_token=metrics.flops_per_token(n_params, config.n_layer, config.n_head,
-                                                      config.n_embd, config.block_size),
+              tokens_per_iter=defaults.tokens_per_iter(config, n_devices),
+              max_iters=config.max_iters, flops_per_token=flops.per_token(n_params, config),
               train_tokens=train_tokens)
 
 
 def count_train_tokens(data_dir: str) -> int | None:
   """Tokens of the train split: the shards' lengths, else meta.json's count; None without both."""
-  paths = shards.find_shards(data_dir, "train")
+  paths = token_files.find_shards(data_dir, "train")
   if paths:
-    return sum(len(shards.read_tokens(p)) for p in paths)
-  meta = shards.read_meta(data_dir) or {}
+    return sum(len(token_files.read_tokens(p)) for p in paths)
+  meta = token_files.read_meta(data_dir) or {}
   tokens = meta.get("splits", {}).get("train", {}).get("tokens")
   return int(tokens) if tokens else None
 
@@ -107,7 +100,7 @@ def check(config: ml_collections.ConfigDict, plan: Plan, *, config_name: str = "
     for text, size in stated_sizes(os.path.basename(os.path.normpath(name)) if name else ""):
       if abs(size - plan.n_params) > SIZE_TOLERANCE * plan.n_params:
         found.append(f"{key} {name!r} says {text} but the model has "
-                     f"{_count(plan.n_params)} parameters ({config.n_layer} layers x "
+                     f"{units.count(plan.n_params)} parameters ({config.n_layer} layers x "
                      f"{config.n_embd} wide); rename it or fix n_layer/n_head/n_embd")
   if config.decay_lr and config.lr_decay_iters != config.max_iters:
     if config.lr_decay_iters < config.max_iters:
@@ -122,23 +115,23 @@ def check(config: ml_collections.ConfigDict, plan: Plan, *, config_name: str = "
     found.append(f"warmup_iters={config.warmup_iters:,} is {share:.0%} of "
                  f"max_iters={config.max_iters:,} (more than {MAX_WARMUP_FRACTION:.0%})")
   if plan.epochs is not None and plan.epochs > MAX_EPOCHS:
-    found.append(f"{plan.epochs:.1f} epochs over a train split of {_count(plan.train_tokens)} "
-                 f"tokens (more than {MAX_EPOCHS:g}): the model will memorise it; use more "
-                 "data or fewer max_iters")
+    found.append(f"{plan.epochs:.1f} epochs over a train split of "
+                 f"{units.count(plan.train_tokens)} tokens (more than {MAX_EPOCHS:g}): the model "
+                 "will memorise it; use more data or fewer max_iters")
   return found
 
 
 def describe(config: ml_collections.ConfigDict, plan: Plan, n_devices: int = 1) -> list[str]:
   """The plan in three lines, for the launch log."""
   lines = [
-      (f"parameters: {_count(plan.n_params)} (nanoGPT's count, without position embeddings; "
-      f"{_count(plan.n_params_total)} in all)"),
+      (f"parameters: {units.count(plan.n_params)} (nanoGPT's count, without position "
+       f"embeddings; {units.count(plan.n_params_total)} in all)"),
       (f"tokens per iteration: {plan.tokens_per_iter:,} ({config.gradient_accumulation_steps} "
       f"accum x {config.batch_size} batch x {n_devices} device(s) x {config.block_size} block); "
-      f"max_iters={plan.max_iters:,} -> {_count(plan.tokens)} tokens"),
+      f"max_iters={plan.max_iters:,} -> {units.count(plan.tokens)} tokens"),
   ]
   epochs = ("epochs unknown" if plan.epochs is None else
-            f"{plan.epochs:.2f} epochs of {_count(plan.train_tokens)} train tokens")
+            f"{plan.epochs:.2f} epochs of {units.count(plan.train_tokens)} train tokens")
   lines.append(f"{epochs}; {_ratio(plan.tokens_per_param)} tokens per parameter "
                f"(Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAM}); {plan.flops:.3g} FLOPs")
   return lines
@@ -159,24 +152,8 @@ def eta_message(plan: Plan, iters_done: int, tokens_per_sec: float, mfu: float |
   """The time to finish at a measured throughput, logged once the first steps are timed."""
   seconds = (plan.max_iters - iters_done) * plan.tokens_per_iter / tokens_per_sec
   mfu_text = "MFU n/a (peak FLOP/s unknown: set peak_flops)" if mfu is None else f"MFU {mfu:.1%}"
-  return (f"estimated time to finish: {format_duration(seconds)} of training at "
+  return (f"estimated time to finish: {units.duration(seconds)} of training at "
           f"{tokens_per_sec:,.0f} tok/s, {mfu_text} (evaluation time not included)")
-
-
-def format_duration(seconds: float) -> str:
-  seconds = round(seconds)
-  hours, rest = divmod(seconds, 3600)
-  if hours:
-    return f"{hours}h{rest // 60:02d}m"
-  return f"{rest // 60}m{rest % 60:02d}s"
-
-
-def _count(n: float) -> str:
-  """10485760000 -> '10.49B', 40560000 -> '40.56M'."""
-  for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-    if abs(n) >= scale:
-      return f"{n / scale:.2f}{suffix}"
-  return f"{n:.0f}"
 
 
 def _ratio(x: float) -> str:
@@ -197,8 +174,8 @@ def table(config: ml_collections.ConfigDict, candidates: list[int], *,
       c.max_iters = c.lr_decay_iters = max_iters
     plan = dataclasses.replace(base, max_iters=max_iters)
     epochs = "?" if plan.epochs is None else f"{plan.epochs:.2f}"
-    time_text = "?" if not tokens_per_sec else format_duration(plan.hours(tokens_per_sec) * 3600)
-    rows.append(f"{max_iters:>10,} {_count(plan.tokens):>9} {epochs:>7} "
+    time_text = "?" if not tokens_per_sec else units.duration(plan.hours(tokens_per_sec) * 3600)
+    rows.append(f"{max_iters:>10,} {units.count(plan.tokens):>9} {epochs:>7} "
                 f"{_ratio(plan.tokens_per_param):>9} {plan.flops:>9.2e} {time_text:>8}")
     warnings += [f"max_iters={max_iters:,}: {w}" for w in check(c, plan, config_name=config_name)]
   return "\n".join(rows + [f"warning: {w}" for w in warnings])
@@ -230,9 +207,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"--max_iters={','.join(FLAGS.max_iters)}: {e}") from e
 
   n_params, n_total = param_counts(config)
-  print(f"{config_path}: {_count(n_params)} parameters (nanoGPT's count; {_count(n_total)} in "
-        f"all), {tokens_per_iter(config, n_devices):,} tokens per iteration; Chinchilla-optimal "
-        f"is ~{CHINCHILLA_TOKENS_PER_PARAM} tokens per parameter")
+  print(f"{config_path}: {units.count(n_params)} parameters (nanoGPT's count; "
+        f"{units.count(n_total)} in all), {defaults.tokens_per_iter(config, n_devices):,} "
+        f"tokens per iteration; Chinchilla-optimal is ~{CHINCHILLA_TOKENS_PER_PARAM} tokens "
+        "per parameter")
 
   train_tokens = FLAGS.train_tokens
   if train_tokens is None:
@@ -243,10 +221,11 @@ def main(argv: list[str]) -> None:
 
   tokens_per_sec = FLAGS.tokens_per_sec
   if tokens_per_sec is None:
-    path = os.path.join(config.out_dir, "metrics.jsonl")
+    run = run_dir.RunDir(config.out_dir)
+    path = run.metrics_path
     if os.path.isfile(path):
-      train_logs = metrics.read_metrics(path)["train"]
-      tokens_per_sec = metrics.median_throughput(train_logs)["tokens_per_sec"]
+      train_logs = run.read_metrics()["train"]
+      tokens_per_sec = run_dir.median_throughput(train_logs)["tokens_per_sec"]
     print("throughput: " + (f"{tokens_per_sec:,.0f} tok/s, measured in {path}" if tokens_per_sec
                             else f"unknown (none measured in {path}; --tokens_per_sec sets it)"))
   name = os.path.splitext(os.path.basename(config_path))[0]

@@ -51,8 +51,9 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
+from absl import logging
 
-from jaxgpt import shards, tokenizer
+from jaxgpt import token_files, tokenizer
 
 SHARD_TOKENS = 100_000_000  # tokens per shard file, as llm.c's FineWeb script writes
 VAL_FRACTION = 0.1
@@ -285,7 +286,7 @@ class _ShardWriter:
   def flush(self) -> None:
     if self.filled:
       path = os.path.join(self.out_dir, f"{self.name}_{self.split}_{len(self.paths):06d}.bin")
-      shards.write_shard(path, self.buffer[:self.filled])
+      token_files.write_shard(path, self.buffer[:self.filled])
       self.paths.append(path)
       self.filled = 0
 
@@ -325,11 +326,11 @@ class _Progress:
 
 def check_out_dir(out_dir: str) -> None:
   """Refuses an `out` that holds a finished dataset or token files this tool did not stage."""
-  meta_path = os.path.join(out_dir, shards.META_FILE)
+  meta_path = os.path.join(out_dir, token_files.META_FILE)
   if os.path.isfile(meta_path):
     raise PrepareError(f"{meta_path}: {out_dir} already holds a prepared dataset; remove the "
                        "directory to remake it, or choose another --out")
-  found = shards.find_shards(out_dir, "train") + shards.find_shards(out_dir, "val")
+  found = token_files.find_shards(out_dir, "train") + token_files.find_shards(out_dir, "val")
   if found:
     raise PrepareError(f"{out_dir}: holds token files without a meta.json ({found[0]}, ...); "
                        "choose an empty --out")
@@ -352,7 +353,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
     shutil.rmtree(staging)
   os.makedirs(staging)
   try:
-    writers = {s: _ShardWriter(staging, name, s, shard_tokens) for s in shards.SPLITS}
+    writers = {s: _ShardWriter(staging, name, s, shard_tokens) for s in token_files.SPLITS}
     bar = _Progress(total_bytes, max_tokens, progress)
     _fill(writers, pieces, bar, val_fraction=val_fraction, val_tokens=val_tokens,
           max_tokens=max_tokens, workers=workers)
@@ -373,7 +374,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
     for writer in writers.values():
       for path in writer.paths:
         os.replace(path, os.path.join(out_dir, os.path.basename(path)))
-    shards.write_meta(out_dir, meta)
+    token_files.write_meta(out_dir, meta)
     os.rmdir(staging)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
@@ -518,7 +519,7 @@ def python_docs_documents() -> Iterator[tuple[str, str]]:
 
 def ensure_python_docs(out_dir: str) -> None:
   """Makes the built-in corpus's shards once; later runs read the cached files."""
-  if shards.read_meta(out_dir) is not None:
+  if token_files.read_meta(out_dir) is not None:
     return
   print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
   pieces = (p for key, text in python_docs_documents() for p in pieces_of(key, text))
@@ -527,6 +528,32 @@ def ensure_python_docs(out_dir: str) -> None:
                        command="jaxgpt.prepare.ensure_python_docs", progress=False)
   print(f"python_docs: {meta['splits']['train']['tokens']:,} train tokens, "
         f"{meta['splits']['val']['tokens']:,} val tokens", flush=True)
+
+
+def ensure_dataset(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
+  """Makes sure `data_dir` holds train shards before a run opens them.
+
+  The built-in corpus is made on first use; FineWeb is downloaded and
+  tokenized only with `auto_prepare`; otherwise a missing dataset is an error
+  that prints the command making it.
+  """
+  if dataset == "python_docs":
+    ensure_python_docs(data_dir)
+  if token_files.find_shards(data_dir, "train"):
+    return
+  command = make_command(dataset, data_dir)
+  if auto_prepare and dataset in FINEWEB_DATASETS:
+    logging.info("no token shards in %s: making them (%s)", data_dir, command)
+    prepare_fineweb(data_dir, edu=FINEWEB_DATASETS[dataset],
+                    name=os.path.basename(os.path.abspath(data_dir)), command=command,
+                    workers=cpu_count())
+    return
+  auto = ("(or run with --config.auto_prepare=True to make them first), "
+          if dataset in FINEWEB_DATASETS else "")
+  raise FileNotFoundError(
+      f"no token shards in data_dir={data_dir!r} for dataset={dataset!r}. Make them with:\n"
+      f"  {command}\n{auto}or point --config.data_dir at existing train/val .bin or .npy "
+      "shards (nanoGPT, llm.c or build-nanogpt).")
 
 
 def _unescape(separator: str) -> str:
@@ -590,7 +617,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("files: --input is required")
       meta = prepare_files(f.input, f.out, text_field=f.text_field,
                            separator=_unescape(f.separator), **common)
-  except (PrepareError, shards.ShardError) as e:
+  except (PrepareError, token_files.ShardError) as e:
     sys.exit(f"error: {e}")
   splits = meta["splits"]
   print(f"wrote {f.out}: train {splits['train']['tokens']:,} tokens "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import matplotlib
 
@@ -19,22 +18,15 @@ import matplotlib.pyplot as plt
 from absl import app, flags
 from matplotlib import ticker
 
-from jaxgpt import metrics
+from jaxgpt import run_dir, units
 
-Run = dict[str, list[dict[str, Any]]]  # metrics.read_metrics: event -> records
+Run = run_dir.Records
 FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels
 CROP_FRACTION = 0.02  # on a linear x axis, losses of the first 2% of tokens may run off the top
 
 
 def load(out_dir: str) -> Run:
-  return metrics.read_metrics(os.path.join(out_dir, "metrics.jsonl"))
-
-
-def _tokens(n: float, fmt: str = ".2f") -> str:
-  for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-    if abs(n) >= scale:
-      return f"{n / scale:{fmt}}{suffix}"
-  return f"{n:.0f}"
+  return run_dir.RunDir(out_dir).read_metrics()
 
 
 def summary(name: str, run: Run) -> str:
@@ -43,14 +35,14 @@ def summary(name: str, run: Run) -> str:
   evals = run["eval"]
   if evals:
     lines.append(f"{'step':>8} {'tokens':>9} {'train loss':>11} {'val loss':>9} {'lr':>9}")
-    lines += [f"{r['iter']:>8,} {_tokens(r['tokens']):>9} {r['train_loss']:>11.4f} "
+    lines += [f"{r['iter']:>8,} {units.count(r['tokens']):>9} {r['train_loss']:>11.4f} "
               f"{r['val_loss']:>9.4f} {r['lr']:>9.2e}" for r in evals]
     best = min(evals, key=lambda r: r["val_loss"])
     lines.append(f"best val loss {best['val_loss']:.4f} at step {best['iter']:,} "
-                 f"({_tokens(best['tokens'])} tokens)")
+                 f"({units.count(best['tokens'])} tokens)")
   else:
     lines.append("no evaluation yet")
-  m = metrics.median_throughput(run["train"])
+  m = run_dir.median_throughput(run["train"])
   if m["tokens_per_sec"] is None:
     lines.append("no train logs yet")
   else:
@@ -89,7 +81,7 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False) -> None:
   if logx:
     ax.set_xscale("log")
   else:
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: _tokens(x, ".3g")))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: units.count(x, ".3g")))
   if top > bottom:
     pad = 0.05 * (top - bottom)
     ax.set_ylim(bottom - pad, top + pad)
@@ -119,16 +111,20 @@ def main(argv: list[str]) -> None:
   FLAGS = flags.FLAGS
   runs = {name: load(d) for name, d in zip(_names(FLAGS.out_dir), FLAGS.out_dir)}
   print("\n\n".join(summary(name, run) for name, run in runs.items()))
-  path = FLAGS.png or os.path.join(FLAGS.out_dir[0], "report.png")
+  path = FLAGS.png or run_dir.RunDir(FLAGS.out_dir[0]).report_path
   plot(runs, path, logx=FLAGS.logx)
   print(f"\nwrote {path}")
 
 
-if __name__ == "__main__":
+def _define_flags() -> None:
   flags.DEFINE_multi_string("out_dir", None, "A run directory holding metrics.jsonl; repeat the "
                             "flag to compare runs.")
   flags.DEFINE_bool("logx", False, "Tokens on a log scale.")
   flags.DEFINE_string("png", None, "Where to write the plot (default: report.png in the first "
                       "out_dir).")
   flags.mark_flags_as_required(["out_dir"])
+
+
+if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -8,10 +8,12 @@ evenly), and XLA inserts the all-gathers and reduce-scatters.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -93,3 +95,49 @@ def global_batch(local_batch: np.ndarray, sharding: NamedSharding, batch_axis: i
   global_shape = list(local_batch.shape)
   global_shape[batch_axis] *= jax.process_count()
   return jax.make_array_from_process_local_data(sharding, local_batch, tuple(global_shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+  """How a batch is split: micro-batches over every device of every process.
+
+  Each process reads `local_batch` windows per micro-batch (its devices' share)
+  and the global array is assembled from all processes' pieces.
+  """
+
+  mesh: Mesh
+  accum_steps: int
+  batch_size: int  # per device
+  block_size: int
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict) -> BatchLayout:
+    return cls(make_mesh(), config.gradient_accumulation_steps, config.batch_size,
+               config.block_size)
+
+  @property
+  def n_devices(self) -> int:
+    return self.mesh.size
+
+  @property
+  def local_batch(self) -> int:
+    return self.batch_size * jax.local_device_count()
+
+  @property
+  def global_batch(self) -> int:
+    return self.batch_size * self.n_devices
+
+  @property
+  def train_spec(self) -> jax.ShapeDtypeStruct:
+    """The global (accum, batch, block+1) uint16 batch the train step is compiled for."""
+    return jax.ShapeDtypeStruct((self.accum_steps, self.global_batch, self.block_size + 1),
+                                np.uint16, sharding=self._sharding(ndim=3, batch_axis=1))
+
+  def train_batch(self, local_ABT1: np.ndarray) -> jax.Array:
+    return global_batch(local_ABT1, self._sharding(ndim=3, batch_axis=1), batch_axis=1)
+
+  def eval_batch(self, local_BT1: np.ndarray) -> jax.Array:
+    return global_batch(local_BT1, self._sharding(ndim=2, batch_axis=0), batch_axis=0)
+
+  def _sharding(self, ndim: int, batch_axis: int) -> NamedSharding:
+    return batch_sharding(self.mesh, ndim, batch_axis)

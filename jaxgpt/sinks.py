@@ -1,4 +1,4 @@
-"""Where the train loop's records go: metrics.jsonl always; TensorBoard, W&B, a terminal line.
+"""Where the train loop's records go: metrics.jsonl always; TensorBoard, W&B, a progress bar.
 
 The loop writes each record once to `Sinks`, which hands it to every sink.
 The optional libraries are imported when the sinks open, at the start of a
@@ -9,15 +9,16 @@ the package and the config key.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import types
 from typing import Any, Protocol, TextIO
 
 import ml_collections
+import tqdm
+import tqdm.contrib
 from absl import logging
 
-from jaxgpt import metrics
+from jaxgpt import run_dir
 
 Record = dict[str, Any]
 
@@ -61,45 +62,34 @@ class WandbSink:
     self._run.finish()
 
 
-class ProgressLine:
-  """One live line on a terminal: iter/total, loss, tok/s, MFU and time left; silent elsewhere.
+class ProgressBar:
+  """A tqdm bar on a terminal: iter/total, loss, tok/s, MFU, time left; silent elsewhere.
 
   It draws only from the records the loop already has on the host, so it adds
-  no device sync. Log lines through absl erase it first, so none prints over it.
+  no device sync. While it is shown, absl's log lines go through `tqdm.write`,
+  which clears the bar first, so none prints over it.
   """
 
-  def __init__(self, max_iters: int, stream: TextIO | None = None):
-    self.max_iters = max_iters
-    self.stream = stream if stream is not None else sys.stdout
-    self.enabled = self.stream.isatty()
-    self._shown = False
-    if self.enabled:
-      logging.get_absl_logger().addFilter(self._erase_before_log)
+  def __init__(self, max_iters: int, start_iter: int = 0, stream: TextIO | None = None):
+    stream = stream if stream is not None else sys.stderr
+    self.bar = tqdm.tqdm(total=max_iters, initial=start_iter, file=stream, unit="it",
+                         disable=not stream.isatty(), dynamic_ncols=True, mininterval=0)
+    self._log_handler = logging.get_absl_handler().python_handler
+    self._log_stream = self._log_handler.stream
+    if not self.bar.disable:
+      self._log_handler.stream = tqdm.contrib.DummyTqdmFile(self._log_stream)
 
   def write(self, record: Record) -> None:
-    if not self.enabled or record["event"] != "train":
+    if self.bar.disable or record["event"] != "train":
       return
-    it = record["iter"] + 1
-    left_s = (self.max_iters - it) * record["ms_per_iter"] / 1000
-    mfu = "" if record.get("mfu") is None else f" | MFU {record['mfu']:.1%}"
-    hours, rest = divmod(int(left_s), 3600)
-    self.stream.write(f"\r{it}/{self.max_iters} ({it / self.max_iters:.0%}) | loss "
-                      f"{record['loss']:.4f} | {record['tokens_per_sec']:,.0f} tok/s{mfu} | "
-                      f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d}\033[K")
-    self.stream.flush()
-    self._shown = True
-
-  def _erase_before_log(self, _: Any) -> bool:
-    if self._shown:
-      self.stream.write("\r\033[K")
-      self.stream.flush()
-      self._shown = False
-    return True
+    mfu = "" if record.get("mfu") is None else f", MFU {record['mfu']:.1%}"
+    self.bar.set_postfix_str(f"loss {record['loss']:.4f}, {record['tokens_per_sec']:,.0f} "
+                             f"tok/s{mfu}", refresh=False)
+    self.bar.update(record["iter"] + 1 - self.bar.n)
 
   def close(self) -> None:
-    if self.enabled:
-      self._erase_before_log(None)
-      logging.get_absl_logger().removeFilter(self._erase_before_log)
+    self.bar.close()
+    self._log_handler.stream = self._log_stream
 
 
 class Sinks:
@@ -125,8 +115,9 @@ def _require(package: str, key: str) -> types.ModuleType:
                       f"installed: pip install {package} (or set --config.{key}=False)") from e
 
 
-def open_sinks(config: ml_collections.ConfigDict, enabled: bool = True) -> Sinks:
-  """metrics.jsonl, the terminal line, and the optional sinks the config turns on.
+def open_sinks(config: ml_collections.ConfigDict, run: run_dir.RunDir, *, start_iter: int = 0,
+               enabled: bool = True) -> Sinks:
+  """metrics.jsonl, the progress bar, and the optional sinks the config turns on.
 
   Only one process of a multi-host run writes; the others get no sinks.
   """
@@ -134,10 +125,9 @@ def open_sinks(config: ml_collections.ConfigDict, enabled: bool = True) -> Sinks
     return Sinks([])
   tensorboardx = _require("tensorboardX", "tensorboard_log") if config.tensorboard_log else None
   wandb = _require("wandb", "wandb_log") if config.wandb_log else None
-  sinks: list[Sink] = [metrics.MetricsWriter(os.path.join(config.out_dir, "metrics.jsonl")),
-                       ProgressLine(config.max_iters)]
+  sinks: list[Sink] = [run.metrics_writer(), ProgressBar(config.max_iters, start_iter)]
   if tensorboardx is not None:
-    sinks.append(TensorBoardSink(tensorboardx, os.path.join(config.out_dir, "tensorboard")))
+    sinks.append(TensorBoardSink(tensorboardx, run.tensorboard_dir))
   if wandb is not None:
     sinks.append(WandbSink(wandb, config))
   return Sinks(sinks)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 from absl import flags
 
-from jaxgpt import defaults, shards
+from jaxgpt import checkpoint, defaults, run_dir, step, token_files
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
 flags.FLAGS.mark_as_parsed()
@@ -24,23 +27,11 @@ TINY_VOCAB = 96
 def tiny_config(tmp_path, data_dir: str, **overrides) -> ml_collections.ConfigDict:
   """A model and run small enough to train in seconds on a CPU."""
   c = defaults.get_config()
-  c.out_dir = str(tmp_path / "run")
-  c.dataset = "synthetic"
-  c.data_dir = data_dir
-  c.n_layer, c.n_head, c.n_embd = 2, 2, 32
-  c.block_size = 16
-  c.vocab_size = TINY_VOCAB
-  c.batch_size = 4
-  c.gradient_accumulation_steps = 2
-  c.max_iters = 6
-  c.eval_interval = 3
-  c.eval_iters = 2
-  c.log_interval = 1
-  c.learning_rate = 1e-2
-  c.min_lr = 1e-3
-  c.warmup_iters = 2
-  c.lr_decay_iters = 6
-  c.dtype = "float32"
+  c.update(out_dir=str(tmp_path / "run"), dataset="synthetic", data_dir=data_dir,
+           n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=TINY_VOCAB,
+           batch_size=4, gradient_accumulation_steps=2, max_iters=6, eval_interval=3,
+           eval_iters=2, log_interval=1, learning_rate=1e-2, min_lr=1e-3, warmup_iters=2,
+           lr_decay_iters=6, dtype="float32")
   c.update(overrides)
   return c
 
@@ -61,6 +52,38 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
+def records(out_dir: str, event: str) -> list[dict]:
+  """Every record of one event in a run's metrics.jsonl, as written (nothing replaced)."""
+  return [r for r in read_jsonl(run_dir.RunDir(out_dir).metrics_path) if r["event"] == event]
+
+
+def build_state(config: ml_collections.ConfigDict) -> tuple[step.TrainSetup, step.TrainState]:
+  setup = step.build(config)
+  return setup, setup.new_state()
+
+
+def restore_state(config: ml_collections.ConfigDict, at_step: int
+                  ) -> tuple[step.TrainState, dict]:
+  """The train state and metadata of one checkpoint of the config's run, on one device."""
+  abstract = checkpoint.abstract_like(step.build(config).abstract_state,
+                                      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  ckpts = run_dir.RunDir(config.out_dir).checkpoints(read_only=True)
+  state, meta = ckpts.restore(at_step, abstract, None)
+  ckpts.close()
+  return state, meta
+
+
+def checkpoint_steps(out_dir: str) -> list[int]:
+  return run_dir.RunDir(out_dir).checkpoints(read_only=True).steps()
+
+
+def run_python(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+  """`python ARGS` in the repository root on the CPU, its output captured."""
+  return subprocess.run([sys.executable, *args], cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **env),
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def pattern_tokens(n: int, seed: int = 0) -> np.ndarray:
   """A learnable stream: the same 12 random 'words' in a random order set by `seed`."""
   vocab_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
@@ -76,7 +99,7 @@ def token_dir(tmp_path) -> str:
   """llm.c shards of a learnable synthetic stream: two train files and one val file."""
   d = tmp_path / "data"
   d.mkdir()
-  shards.write_shard(str(d / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
-  shards.write_shard(str(d / "syn_train_000001.bin"), pattern_tokens(2000, seed=2))
-  shards.write_shard(str(d / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
+  token_files.write_shard(str(d / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
+  token_files.write_shard(str(d / "syn_train_000001.bin"), pattern_tokens(2000, seed=2))
+  token_files.write_shard(str(d / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
   return str(d)

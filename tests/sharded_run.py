@@ -30,9 +30,7 @@ import jax
 from absl import flags
 from conftest import tiny_config
 
-from jaxgpt import sharding, train
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.optim import make_optimizer
+from jaxgpt import sharding, step, train
 
 flags.FLAGS.mark_as_parsed()
 sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -40,12 +38,9 @@ config = tiny_config(pathlib.Path(args.out), args.data, **json.loads(args.overri
 losses = train.train(config)
 
 # The shardings the loop gives its state, as each process sees them.
-model = GPT(GPTConfig.from_config(config))
-tx = make_optimizer(config)
-abstract = jax.eval_shape(lambda: train.create_train_state(model, tx, config.seed))
-shardings = sharding.state_shardings(abstract, sharding.make_mesh(), config.sharding)
-state = jax.jit(lambda: train.create_train_state(model, tx, config.seed),
-                out_shardings=shardings)()
+setup = step.build(config)
+shardings = sharding.state_shardings(setup.abstract_state, sharding.make_mesh(), config.sharding)
+state = jax.jit(setup.new_state, out_shardings=shardings)()
 wte = state.params["wte"]["embedding"]
 print(json.dumps({
     "process": jax.process_index(),

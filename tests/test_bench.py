@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import flax
 import jax
 import numpy as np
 import pytest
-from conftest import pattern_tokens, tiny_config
+from conftest import build_state, pattern_tokens, run_python, tiny_config
 
-from jaxgpt import bench, train
-from jaxgpt.model import GPT, GPTConfig, count_params, init_params
-from jaxgpt.optim import make_optimizer
+from jaxgpt import step
+from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
+from jaxgpt.model import count_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--config.n_layer=2", "--config.n_head=2", "--config.n_embd=32",
               "--config.block_size=16", "--config.batch_size=4",
               "--config.gradient_accumulation_steps=2", "--config.vocab_size=96"]
@@ -26,7 +22,7 @@ TINY_FLAGS = ["--config.n_layer=2", "--config.n_head=2", "--config.n_embd=32",
 
 def test_bench_figures_are_consistent(tmp_path):
   config = tiny_config(tmp_path, "")
-  r = bench.run(config, steps=3, warmup=1, data_workers=0)
+  r = throughput.run(config, steps=3, warmup=1, data_workers=0)
   assert r["tokens_per_iter"] == 2 * 4 * 16
   assert 0 < r["ms_per_iter_median"] and 0 < r["ms_per_iter_mean"]
   s_per_iter = r["ms_per_iter_median"] / 1e3
@@ -37,9 +33,7 @@ def test_bench_figures_are_consistent(tmp_path):
   assert r["pipeline_ratio"] == pytest.approx(r["pipeline_tokens_per_sec"] / r["tokens_per_sec"])
   assert r["pipeline_ratio"] > 0
   assert r["loop_ms_per_iter_median"] > 0 and 0 <= r["data_wait_fraction"] <= 1
-  model = GPT(GPTConfig.from_config(config))
-  params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  assert r["n_params"] == count_params(params)
+  assert r["n_params"] == count_params(step.build(config).abstract_state.params)
   assert r["flops_per_token"] == 6 * r["n_params"] + 12 * 2 * 2 * 16 * 16
   assert "peer" not in r
   assert r["backward_residual_bytes"] > 0
@@ -49,7 +43,7 @@ def test_memory_report_orders_the_levers(tmp_path):
   config = tiny_config(tmp_path, "")
   config.loss_chunk_size = 16
   kept = {(row["remat"], row["loss_chunk_size"]): row["residual_bytes"]
-          for row in bench.memory_report(config)}
+          for row in memory.memory_report(config)}
   assert set(kept) == {(r, c) for r in ("none", "dots", "full") for c in (16, 0)}
   for chunk in (16, 0):
     assert kept["full", chunk] < kept["dots", chunk] < kept["none", chunk]
@@ -59,7 +53,7 @@ def test_memory_report_orders_the_levers(tmp_path):
 
 def test_bench_rejects_a_run_without_timed_steps(tmp_path):
   with pytest.raises(ValueError, match="steps=0"):
-    bench.run(tiny_config(tmp_path, ""), steps=0, warmup=1, data_workers=0)
+    throughput.run(tiny_config(tmp_path, ""), steps=0, warmup=1, data_workers=0)
 
 
 @pytest.mark.slow
@@ -67,11 +61,9 @@ def test_cli_with_torch_peer_prints_and_appends_one_json_line(tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
   json_out = tmp_path / "bench.jsonl"
-  cmd = [sys.executable, "-m", "jaxgpt.bench", "--config=configs/quickstart.py", *TINY_FLAGS,
-         "--steps=2", "--warmup=1", "--data_workers=1", "--peak_flops=1e12", "--peer=torch",
-         f"--json_out={json_out}"]
-  out = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                       capture_output=True, text=True, timeout=300, check=False)
+  out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", *TINY_FLAGS,
+                   "--steps=2", "--warmup=1", "--data_workers=1", "--peak_flops=1e12",
+                   "--peer=torch", f"--json_out={json_out}")
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert json.loads(json_out.read_text()) == r
@@ -89,10 +81,17 @@ def test_cli_with_torch_peer_prints_and_appends_one_json_line(tmp_path):
 # The PyTorch peer is the same function as jaxgpt's GPT.
 
 
-def jax_state(config):
-  model = GPT(GPTConfig.from_config(config))
-  tx = make_optimizer(config)
-  return model, tx, train.create_train_state(model, tx, config.seed)
+@pytest.fixture
+def torch():
+  pytest.importorskip("transformers")
+  return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def torch_peer(torch):
+  from jaxgpt.bench import torch_peer
+
+  return torch_peer
 
 
 def load_jax_params(torch_model, params, *, bias: bool) -> None:
@@ -117,61 +116,50 @@ def batch_tokens(config, n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_peer_has_the_same_parameters_and_loss_at_init(tmp_path, bias):
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("transformers")
-  from jaxgpt import bench_torch
-
+def test_peer_has_the_same_parameters_and_loss_at_init(tmp_path, torch, torch_peer, bias):
   config = tiny_config(tmp_path, "", bias=bias)
-  model, _, state = jax_state(config)
-  peer = bench_torch.build_model(config, "cpu")
-  assert bench_torch.count_params(peer) == count_params(state.params, non_embedding=False)
+  setup, state = build_state(config)
+  peer = torch_peer.build_model(config, "cpu")
+  assert torch_peer.count_params(peer) == count_params(state.params, non_embedding=False)
   tokens = batch_tokens(config, 8)
-  jax_loss = float(train.make_eval_step(model)(state.params, tokens))
-  torch_loss = bench_torch.loss(peer, torch.tensor(tokens))
+  jax_loss = float(step.make_eval_step(setup.model)(state.params, tokens))
+  torch_loss = torch_peer.loss(peer, torch.tensor(tokens))
   assert jax_loss == pytest.approx(math.log(config.vocab_size), abs=0.05)
   assert torch_loss == pytest.approx(jax_loss, abs=0.02)
 
 
 @pytest.mark.parametrize("gelu_approximate", [False, True])
-def test_peer_computes_the_same_logits_from_the_same_weights(tmp_path, gelu_approximate):
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("transformers")
-  from jaxgpt import bench_torch
-
+def test_peer_computes_the_same_logits_from_the_same_weights(tmp_path, torch, torch_peer,
+                                                            gelu_approximate):
   config = tiny_config(tmp_path, "", gelu_approximate=gelu_approximate)
-  model, _, state = jax_state(config)
+  setup, state = build_state(config)
   # Weights 10x their init scale put the GELU inputs near 1, where its two forms differ.
   params = jax.tree.map(lambda p: 10 * p, state.params)
-  peer = bench_torch.build_model(config, "cpu").eval()
+  peer = torch_peer.build_model(config, "cpu").eval()
   load_jax_params(peer, params, bias=False)
   tokens = batch_tokens(config, 4)[:, :-1]
-  jax_logits = np.asarray(model.apply({"params": params}, tokens))
+  jax_logits = np.asarray(setup.model.apply({"params": params}, tokens))
   with torch.no_grad():
     torch_logits = peer(input_ids=torch.tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(torch_logits, jax_logits, atol=2e-4, rtol=1e-4)
 
 
-def test_peer_train_step_follows_jaxgpt_step(tmp_path):
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("transformers")
-  from jaxgpt import bench_torch
-
+def test_peer_train_step_follows_jaxgpt_step(tmp_path, torch, torch_peer):
   # Constant lr: the peer times steps, it does not follow the schedule.
   config = tiny_config(tmp_path, "", decay_lr=False, learning_rate=1e-2, grad_clip=0.5,
                        weight_decay=2.0)
-  model, tx, state = jax_state(config)
-  peer = bench_torch.build_model(config, "cpu")
+  setup, state = build_state(config)
+  peer = torch_peer.build_model(config, "cpu")
   load_jax_params(peer, state.params, bias=False)
   tokens_ABT1 = batch_tokens(config, 8, seed=3).reshape(2, 4, -1)
-  jax_step = train.make_train_step(model, tx)
-  torch_step = bench_torch.make_train_step(peer, config, "cpu", compile=False)
+  jax_step = step.make_train_step(setup.model, setup.tx)
+  torch_step = torch_peer.make_train_step(peer, config, "cpu", compile=False)
   for _ in range(5):
     state, _ = jax_step(state, tokens_ABT1.astype(np.uint16))
     torch_step(torch.tensor(tokens_ABT1))
   eval_tokens = batch_tokens(config, 8, seed=4)
-  jax_loss = float(train.make_eval_step(model)(state.params, eval_tokens))
-  torch_loss = bench_torch.loss(peer, torch.tensor(eval_tokens))
+  jax_loss = float(step.make_eval_step(setup.model)(state.params, eval_tokens))
+  torch_loss = torch_peer.loss(peer, torch.tensor(eval_tokens))
   assert jax_loss < math.log(config.vocab_size) - 0.3  # it learned
   assert torch_loss == pytest.approx(jax_loss, abs=1e-4)
 
@@ -189,13 +177,28 @@ ENTRY %main.2 (a: f32[8,4]) -> f32[8,4] {
 
 
 def test_collectives_count_loop_bodies_once_per_micro_batch():
-  sent = bench.collectives(HLO, n_devices=8, loop_trips=3)
+  sent = collectives.collectives(HLO, n_devices=8, loop_trips=3)
   assert sent["all-gather"] == pytest.approx(3 * 7 / 8 * 8 * 4 * 4)
   assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2))
 
 
 def test_checkpoint_overhead_reports_both_step_times(tmp_path):
-  report = bench.checkpoint_overhead(tiny_config(tmp_path, ""), steps=3, warmup=1)
+  report = save_overhead.checkpoint_overhead(tiny_config(tmp_path, ""), steps=3, warmup=1)
   assert report["ms_per_iter_alone"] > 0
   assert report["save_blocked_ms"] > 0 and report["save_total_s"] > 0
   assert report["state_bytes"] > 0
+
+
+def test_decode_rows_time_both_methods_per_batch_size(tmp_path):
+  config = tiny_config(tmp_path, "")
+  rows = decode.decode_rows(config, [1, 2], cache_tokens=6, recompute_tokens=3)
+  assert [(r["batch"], r["method"], r["new_tokens"]) for r in rows] == [
+      (1, "cache", 6), (1, "recompute", 3), (2, "cache", 6), (2, "recompute", 3)]
+  assert all(r["tokens_per_sec"] > 0 and r["compile_s"] > 0 for r in rows)
+  assert "batch 2: cache is" in decode.table(rows)
+
+
+def test_cli_modes_are_exclusive():
+  out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--memory",
+                   "--decode")
+  assert out.returncode != 0 and "pick one of" in out.stderr

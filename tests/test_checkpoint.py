@@ -15,32 +15,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import pattern_tokens, read_jsonl, tiny_config
+from conftest import (
+  ROOT,
+  checkpoint_steps,
+  pattern_tokens,
+  read_jsonl,
+  records,
+  restore_state,
+  tiny_config,
+)
 
-from jaxgpt import checkpoint, metrics, shards, train
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.optim import make_optimizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def records(out_dir: str, event: str) -> list[dict]:
-  with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-    return [r for r in map(json.loads, f) if r["event"] == event]
-
-
-def final_params(config, step: int):
-  model = GPT(GPTConfig.from_config(config))
-  abstract = checkpoint.abstract_like(
-      jax.eval_shape(lambda: train.create_train_state(model, make_optimizer(config), 0)),
-      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  ckpts = checkpoint.RunCheckpoints(config.out_dir, read_only=True)
-  state, meta = ckpts.restore(step, abstract, None)
-  ckpts.close()
-  return state, meta
+from jaxgpt import run_dir, step, token_files, train
 
 
-@pytest.mark.parametrize("dropout,workers", [(0.0, 0), (0.1, 2)])
+@pytest.mark.parametrize("dropout,workers", [(0.0, 0),
+                                             pytest.param(0.1, 2, marks=pytest.mark.slow)])
 def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers):
   kw = {"dropout": dropout, "data_workers": workers, "eval_interval": 4, "lr_decay_iters": 8}
   unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=8, **kw)
@@ -54,8 +43,8 @@ def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers):
   losses_b = [(r["iter"], r["loss"]) for r in records(resumed.out_dir, "train")]
   assert [i for i, _ in losses_b] == list(range(8))
   assert losses_a == losses_b  # exact equality on CPU
-  state_a, _ = final_params(unbroken, 8)
-  state_b, meta_b = final_params(resumed, 8)
+  state_a, _ = restore_state(unbroken, 8)
+  state_b, meta_b = restore_state(resumed, 8)
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_array_equal(a, b)
   assert meta_b["iter"] == 8 and meta_b["tokens"] == 8 * 2 * 4 * 16
@@ -65,7 +54,7 @@ def test_scratch_refuses_a_directory_with_checkpoints(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=3)
   train.train(config)
   snapshot = lambda: (sorted(os.listdir(config.out_dir)),
-                      read_jsonl(os.path.join(config.out_dir, "metrics.jsonl")))
+                      read_jsonl(run_dir.RunDir(config.out_dir).metrics_path))
   before = snapshot()
   with pytest.raises(FileExistsError, match="--config.init_from=resume"):
     train.train(config)
@@ -104,18 +93,18 @@ def poison_windows(token_dir: str) -> None:
   """Adds a train shard whose windows hold token 95, which the patched loss turns into NaN."""
   tokens = pattern_tokens(400, seed=9)
   tokens[::7] = 95
-  shards.write_shard(os.path.join(token_dir, "syn_train_000002.bin"), tokens)
+  token_files.write_shard(os.path.join(token_dir, "syn_train_000002.bin"), tokens)
 
 
 @pytest.fixture
 def nan_loss(monkeypatch):
-  real_loss = train._loss
+  real_loss = step.loss
 
   def loss(model, params, tokens, rng):
     value = real_loss(model, params, tokens, rng)
     return jnp.where(jnp.any(tokens == 95), jnp.nan, value)
 
-  monkeypatch.setattr(train, "_loss", loss)
+  monkeypatch.setattr(step, "loss", loss)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, token_dir, nan_loss):
@@ -126,10 +115,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tok
   bad_iter = int(e.value.args[0].split("at iter ")[1].split()[0])
   last = records(config.out_dir, "train")[-1]
   assert last["iter"] == bad_iter and np.isnan(last["loss"])
-  steps = checkpoint.RunCheckpoints(config.out_dir, read_only=True).steps()
+  steps = checkpoint_steps(config.out_dir)
   assert steps and max(steps) <= bad_iter
   assert f"last good checkpoint is step {max(steps)}" in str(e.value)
-  state, _ = final_params(config, max(steps))
+  state, _ = restore_state(config, max(steps))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
@@ -140,7 +129,7 @@ def test_skip_nonfinite_drops_bad_updates_and_goes_on(tmp_path, token_dir, nan_l
   train.train(config)
   logged = records(config.out_dir, "train")
   assert any(np.isnan(r["loss"]) for r in logged)
-  state, _ = final_params(config, 40)
+  state, _ = restore_state(config, 40)
   assert 0 < int(state.nonfinite) < 40
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
@@ -150,7 +139,7 @@ def test_drop_records_after_moves_redone_iterations(tmp_path):
   lines = [{"event": "train", "iter": i} for i in range(6)] + [{"event": "eval", "iter": 4}]
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in lines)
-  assert metrics.drop_records_after(path, 4) == 2
+  assert run_dir.RunDir(str(tmp_path)).drop_metrics_after(4) == 2
   kept = read_jsonl(path)
   assert [(r["event"], r["iter"]) for r in kept] == [("train", i) for i in range(4)] + [("eval", 4)]
   assert len(read_jsonl(path + ".superseded")) == 2
@@ -190,18 +179,19 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):
                                   lr_decay_iters=100000)
   out_dir = str(tmp_path / "run")
   proc = start_launch(config_file)
-  metrics_path = os.path.join(out_dir, "metrics.jsonl")
+  metrics_path = run_dir.RunDir(out_dir).metrics_path
   wait_for(lambda: os.path.exists(metrics_path) and len(read_jsonl(metrics_path)) > 3,
            120, "training did not start")
   proc.send_signal(signal.SIGTERM)
   output, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, output
   assert "--config.init_from=resume" in output
-  steps = checkpoint.RunCheckpoints(out_dir, read_only=True).steps()
+  steps = checkpoint_steps(out_dir)
   last_logged = records(out_dir, "train")[-1]["iter"]
   assert steps == [last_logged + 1]
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_dir):
   # A 50304-token vocabulary makes each checkpoint ~150 MB, so a save takes long enough to
   # be caught in flight.
@@ -220,7 +210,7 @@ def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_di
   finally:
     proc.wait(timeout=60)
   assert in_flight()  # the killed save left its temporary directory behind
-  steps = checkpoint.RunCheckpoints(out_dir, read_only=True).steps()
+  steps = checkpoint_steps(out_dir)
   assert steps
   resume_at = max(steps)
   config = tiny_config(tmp_path, token_dir, max_iters=resume_at + 2, eval_interval=2,

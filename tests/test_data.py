@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from conftest import pattern_tokens
 
-from jaxgpt import data, shards
+from jaxgpt import data, token_files
 
 
 def test_llmc_shard_round_trip(tmp_path):
   tokens = np.arange(1000, dtype=np.uint16) * 50
   path = str(tmp_path / "x_train_000000.bin")
-  shards.write_shard(path, tokens)
+  token_files.write_shard(path, tokens)
   header = np.fromfile(path, dtype="<i4", count=256)
   assert list(header[:3]) == [20240520, 1, 1000]
-  np.testing.assert_array_equal(shards.read_tokens(path), tokens)
+  np.testing.assert_array_equal(token_files.read_tokens(path), tokens)
   assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
 
 
@@ -25,10 +25,10 @@ def test_reads_nanogpt_bin_and_build_nanogpt_npy(tmp_path):
   tokens = pattern_tokens(500)
   tokens.tofile(tmp_path / "train.bin")
   np.save(tmp_path / "edu_val_000000.npy", tokens)
-  np.testing.assert_array_equal(shards.read_tokens(str(tmp_path / "train.bin")), tokens)
-  np.testing.assert_array_equal(shards.read_tokens(str(tmp_path / "edu_val_000000.npy")), tokens)
-  assert shards.find_shards(str(tmp_path), "train") == [str(tmp_path / "train.bin")]
-  assert shards.find_shards(str(tmp_path), "val") == [str(tmp_path / "edu_val_000000.npy")]
+  np.testing.assert_array_equal(token_files.read_tokens(str(tmp_path / "train.bin")), tokens)
+  np.testing.assert_array_equal(token_files.read_tokens(str(tmp_path / "edu_val_000000.npy")), tokens)
+  assert token_files.find_shards(str(tmp_path), "train") == [str(tmp_path / "train.bin")]
+  assert token_files.find_shards(str(tmp_path), "val") == [str(tmp_path / "edu_val_000000.npy")]
 
 
 @pytest.mark.parametrize("layout", ["nanogpt", "build-nanogpt", "llm.c"])
@@ -41,7 +41,7 @@ def test_the_trainer_reads_each_format(tmp_path, layout):
     elif layout == "build-nanogpt":
       np.save(tmp_path / f"edufineweb_{split}_000000.npy", t)
     else:
-      shards.write_shard(str(tmp_path / f"fineweb_{split}_000000.bin"), t)
+      token_files.write_shard(str(tmp_path / f"fineweb_{split}_000000.bin"), t)
   for split, t in tokens.items():
     src = data.open_split(str(tmp_path), split, block_size=8, vocab_size=96)
     assert len(src) == (len(t) - 1) // 8
@@ -51,23 +51,23 @@ def test_the_trainer_reads_each_format(tmp_path, layout):
 
 def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
   path = str(tmp_path / "a_train_000000.bin")
-  shards.write_shard(path, np.arange(100, dtype=np.uint16))
+  token_files.write_shard(path, np.arange(100, dtype=np.uint16))
   with open(path, "r+b") as f:
     f.truncate(256 * 4 + 150)
-  with pytest.raises(shards.ShardError, match="a_train_000000.bin: header says 100 tokens"):
-    shards.read_tokens(path)
+  with pytest.raises(token_files.ShardError, match="a_train_000000.bin: header says 100 tokens"):
+    token_files.read_tokens(path)
 
 
 def test_token_beyond_vocab_is_rejected_naming_the_file(tmp_path):
-  shards.write_shard(str(tmp_path / "t_train_0.bin"), np.array([1, 2, 500] * 50, np.uint16))
-  with pytest.raises(shards.ShardError, match=r"t_train_0.bin: token id 500 >= vocab_size 96"):
+  token_files.write_shard(str(tmp_path / "t_train_0.bin"), np.array([1, 2, 500] * 50, np.uint16))
+  with pytest.raises(token_files.ShardError, match=r"t_train_0.bin: token id 500 >= vocab_size 96"):
     data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96)
 
 
 def test_windows_cover_every_token_once_per_epoch(tmp_path):
   a, b = np.arange(0, 41, dtype=np.uint16), np.arange(100, 133, dtype=np.uint16)
-  shards.write_shard(str(tmp_path / "s_train_0.bin"), a)
-  shards.write_shard(str(tmp_path / "s_train_1.bin"), b)
+  token_files.write_shard(str(tmp_path / "s_train_0.bin"), a)
+  token_files.write_shard(str(tmp_path / "s_train_1.bin"), b)
   src = data.open_split(str(tmp_path), "train", block_size=8, vocab_size=200)
   assert len(src) == 5 + 4  # (41-1)//8 + (33-1)//8
   w = [src[i] for i in range(len(src))]

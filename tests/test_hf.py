@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_VOCAB, tiny_config
+from conftest import TINY_VOCAB, records, run_python, tiny_config
 
-from jaxgpt import data, defaults, hf, train
+from jaxgpt import data, defaults, hf, run_dir, train
 from jaxgpt.model import GPT, GPTConfig, init_params
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -109,9 +105,8 @@ def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir):
                        hf_checkpoint_dir=str(tmp_path / "hf"), max_iters=1, eval_interval=1)
   train.train(config)
   assert (config.bias, config.gelu_approximate) == (True, True)  # taken from the checkpoint
-  with open(os.path.join(config.out_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    evals = [r for r in map(json.loads, f) if r["event"] == "eval"]
-  val = train.open_data(config)["val"]
+  evals = records(config.out_dir, "eval")
+  val = data.open_splits(config)["val"]
   losses = []
   for batch in data.eval_batches(val, batch_size=config.batch_size, n_batches=config.eval_iters,
                                  seed=config.seed):
@@ -129,11 +124,9 @@ def test_export_cli_writes_a_trained_run_that_transformers_loads(tmp_path, token
                        eval_interval=2)
   train.train(config)
   to = tmp_path / "hf_out"
-  result = subprocess.run([sys.executable, "-m", "jaxgpt.export", f"--out_dir={config.out_dir}",
-                           f"--to={to}"], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          capture_output=True, text=True, timeout=300, check=False)
+  result = run_python("-m", "jaxgpt.export", f"--out_dir={config.out_dir}", f"--to={to}")
   assert result.returncode == 0, result.stderr
-  _, params, _ = train.restore_params(config.out_dir)
+  _, params, _ = run_dir.RunDir(config.out_dir).restore_params()
   ours = GPT(GPTConfig.from_config(config)).apply({"params": params}, jnp.asarray(tokens()))
   theirs = transformers.GPT2LMHeadModel.from_pretrained(str(to)).eval()
   assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))

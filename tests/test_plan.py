@@ -5,18 +5,13 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
-from conftest import recipe, tiny_config
+from conftest import ROOT, recipe, run_python, tiny_config
 
-from jaxgpt import plan, prepare, shards, train
+from jaxgpt import defaults, plan, prepare, token_files, train, units
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 def test_fineweb_40m_figures_match_hand_computed_ones():
@@ -33,7 +28,7 @@ def test_fineweb_40m_figures_match_hand_computed_ones():
   flops_per_token = 6 * 40_560_000 + 12 * 12 * 6 * 64 * 1024
   assert p.flops == pytest.approx(flops_per_token * 10_485_760_000)
   assert p.hours(524_288) == pytest.approx(20_000 / 3600)
-  assert plan.tokens_per_iter(config, n_devices=8) == 8 * 524_288
+  assert defaults.tokens_per_iter(config, n_devices=8) == 8 * 524_288
 
 
 def test_param_counts_agree_with_the_built_model(tmp_path):
@@ -47,7 +42,7 @@ def test_train_tokens_come_from_shards_or_meta(tmp_path, token_dir):
   assert plan.count_train_tokens(token_dir) == 3000 + 2000  # the fixture's two train shards
   meta_only = tmp_path / "meta_only"
   meta_only.mkdir()
-  shards.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
+  token_files.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
   assert plan.count_train_tokens(str(meta_only)) == 12345
   assert plan.count_train_tokens(str(tmp_path / "nothing")) is None
   p = plan.make_plan(tiny_config(tmp_path, token_dir), train_tokens=None)
@@ -104,19 +99,17 @@ def test_shipped_recipes_trigger_no_warning(tmp_path):
 
 
 def test_durations_read_naturally():
-  assert plan.format_duration(20_000) == "5h33m"
-  assert plan.format_duration(125) == "2m05s"
+  assert units.duration(20_000) == "5h33m"
+  assert units.duration(125) == "2m05s"
+  assert units.count(10_485_760_000) == "10.49B" and units.count(512) == "512"
   p = plan.make_plan(recipe("fineweb_40m"))
   message = plan.eta_message(p, 0, 524_288, 0.381)
   assert "5h33m" in message and "MFU 38.1%" in message
 
 
 def test_cli_prints_a_row_per_candidate():
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
-                      "--max_iters=6000,20000", "--train_tokens=10000000000",
-                      "--tokens_per_sec=524288"], cwd=ROOT, env=env, capture_output=True,
-                     text=True, timeout=300, check=False)
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
+                 "--max_iters=6000,20000", "--train_tokens=10000000000", "--tokens_per_sec=524288")
   assert r.returncode == 0, r.stderr
   rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
   assert rows["6,000"][1:] == ["3.15B", "0.31", "77.6", "9.44e+17", "1h40m"]

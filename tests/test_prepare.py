@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import subprocess
-import sys
 from pydoc_data import topics
 
 import huggingface_hub
@@ -15,13 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_config
+from conftest import run_python, tiny_config
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from jaxgpt import data, prepare, shards, tokenizer, train
+from jaxgpt import data, prepare, token_files, tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EOT = tokenizer.EOT_TOKEN
 
 # Real English of every length (a few words to ~40 KB), plus text that tempts a tokenizer.
@@ -58,7 +56,7 @@ def write_parquet(path, texts: list[str], start: int = 0) -> str:
 
 
 def split_tokens(out: str, split: str) -> list[np.ndarray]:
-  return [shards.read_tokens(p) for p in shards.find_shards(out, split)]
+  return [token_files.read_tokens(p) for p in token_files.find_shards(out, split)]
 
 
 def assert_dataset(out: str, docs: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -67,19 +65,19 @@ def assert_dataset(out: str, docs: list[tuple[str, str]]) -> dict[str, list[str]
   Also reads every shard back through the trainer's reader: its windows are slices of
   the exact tokens.
   """
-  meta = shards.read_meta(out)
-  streams = {s: np.concatenate(split_tokens(out, s)).tolist() for s in shards.SPLITS}
-  pos = {s: 0 for s in shards.SPLITS}
-  ids: dict[str, list[str]] = {s: [] for s in shards.SPLITS}
+  meta = token_files.read_meta(out)
+  streams = {s: np.concatenate(split_tokens(out, s)).tolist() for s in token_files.SPLITS}
+  pos = {s: 0 for s in token_files.SPLITS}
+  ids: dict[str, list[str]] = {s: [] for s in token_files.SPLITS}
   for doc_id, text in docs:
     want = expected_tokens(text)
-    split = next(s for s in shards.SPLITS if streams[s][pos[s]:pos[s] + len(want)] == want)
+    split = next(s for s in token_files.SPLITS if streams[s][pos[s]:pos[s] + len(want)] == want)
     pos[split] += len(want)
     ids[split].append(doc_id)
-  for split in shards.SPLITS:
+  for split in token_files.SPLITS:
     assert pos[split] == len(streams[split])  # nothing else in the shards
     assert meta["splits"][split] == {"tokens": pos[split], "documents": len(ids[split]),
-                                     "shards": len(shards.find_shards(out, split))}
+                                     "shards": len(token_files.find_shards(out, split))}
     src = data.open_split(out, split, block_size=8, vocab_size=50304)
     files = split_tokens(out, split)
     first_file_windows = (len(files[0]) - 1) // 8
@@ -232,7 +230,7 @@ def test_bad_input_names_the_file(tmp_path, name, content, match):
   path.write_bytes(content if isinstance(content, bytes) else content.encode())
   with pytest.raises(prepare.PrepareError, match=match):
     run([str(path)], tmp_path / "out")
-  assert not shards.find_shards(str(tmp_path / "out"), "train")
+  assert not token_files.find_shards(str(tmp_path / "out"), "train")
 
 
 def test_no_matching_files_names_the_glob(tmp_path):
@@ -274,7 +272,7 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
   (out / prepare.STAGING / "t_train_000000.bin").write_bytes(b"partial")
   config = tiny_config(tmp_path, str(out), dataset="fineweb")
   with pytest.raises(FileNotFoundError, match=f"python -m jaxgpt.prepare fineweb --out={out}"):
-    train.open_data(config)
+    data.open_splits(config)
   run([path], out)
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
 
@@ -342,11 +340,11 @@ def test_fineweb_names(tmp_path, hub):
 def test_trainer_makes_fineweb_itself_when_allowed(tmp_path, hub):
   config = tiny_config(tmp_path, str(tmp_path / "fw"), dataset="fineweb", vocab_size=50304)
   with pytest.raises(FileNotFoundError, match="auto_prepare=True"):
-    train.open_data(config)
+    data.open_splits(config)
   config.auto_prepare = True
-  sources = train.open_data(config)
+  sources = data.open_splits(config)
   assert len(hub["download"]) == 3 and len(sources["train"]) > len(sources["val"]) > 0
-  assert shards.read_meta(str(tmp_path / "fw"))["command"] == (
+  assert token_files.read_meta(str(tmp_path / "fw"))["command"] == (
       f"python -m jaxgpt.prepare fineweb --out={tmp_path / 'fw'}")
 
 
@@ -357,7 +355,7 @@ def test_trainer_warns_when_val_is_smaller_than_one_eval_batch(tmp_path, caplog)
   config = tiny_config(tmp_path, str(tmp_path / "out"), vocab_size=50304, block_size=16,
                        batch_size=8)
   with caplog.at_level(logging.WARNING):
-    sources = train.open_data(config)
+    sources = data.open_splits(config)
   assert 0 < len(sources["val"]) < 8
   assert "fewer than one eval batch of batch_size x devices=8 windows" in caplog.text
 
@@ -365,8 +363,7 @@ def test_trainer_warns_when_val_is_smaller_than_one_eval_batch(tmp_path, caplog)
 # The command line.
 
 def prepare_cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "jaxgpt.prepare", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120, check=False)
+  return run_python("-m", "jaxgpt.prepare", *args, timeout=120)
 
 
 def test_command_line(tmp_path):
@@ -376,10 +373,10 @@ def test_command_line(tmp_path):
   r = prepare_cli(*args)
   assert r.returncode == 0, r.stderr
   assert "MB/s" in r.stdout and "tokens/s per worker" in r.stdout
-  meta = shards.read_meta(str(tmp_path / "book"))
+  meta = token_files.read_meta(str(tmp_path / "book"))
   assert meta["command"] == "python -m jaxgpt.prepare " + " ".join(
       a if "\\" not in a else f"'{a}'" for a in args)
-  assert os.path.basename(shards.find_shards(str(tmp_path / "book"), "train")[0]) == (
+  assert os.path.basename(token_files.find_shards(str(tmp_path / "book"), "train")[0]) == (
       "book_train_000000.bin")
   assert sum(s["documents"] for s in meta["splits"].values()) == len(TEXTS)
   r = prepare_cli(*args)

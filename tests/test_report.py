@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import matplotlib.image
 import pytest
+from conftest import run_python
 
-from jaxgpt import metrics, report
+from jaxgpt import report, run_dir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS_PER_ITER = 524_288
 
 
 def write_run(out_dir, *, max_iters=2000, eval_interval=500, log_interval=100, scale=1.0,
               mfu=0.38) -> str:
   """A metrics.jsonl shaped like train.py's, with a loss falling from ln(50304)."""
-  writer = metrics.MetricsWriter(os.path.join(out_dir, "metrics.jsonl"))
+  writer = run_dir.RunDir(str(out_dir)).metrics_writer()
   loss = lambda it: 3.0 * scale + 7.8 * math.exp(-it / 150)
   lr = lambda it: 6e-4 * min(1.0, (it + 1) / 100)
   for it in range(max_iters + 1):
@@ -59,13 +57,14 @@ def test_unknown_mfu_and_an_empty_run_say_so(tmp_path):
 
 
 def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
-  writer = metrics.MetricsWriter(str(tmp_path / "metrics.jsonl"))
+  run = run_dir.RunDir(str(tmp_path))
+  writer = run.metrics_writer()
   for it in (0, 10, 20, 30):  # crashed after iter 30; resumed from the checkpoint at 20
     writer.write({"event": "train", "iter": it, "loss": 1.0})
   for it in (20, 30, 40):
     writer.write({"event": "train", "iter": it, "loss": 2.0})
   writer.close()
-  train_logs = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))["train"]
+  train_logs = run.read_metrics()["train"]
   assert [(r["iter"], r["loss"]) for r in train_logs] == [(0, 1.0), (10, 1.0), (20, 2.0),
                                                           (30, 2.0), (40, 2.0)]
 
@@ -73,10 +72,10 @@ def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
 def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"event": "eval", "iter": 0, "val_loss": 3.0}\n{"event": "tra')
-  assert len(metrics.read_metrics(str(path))["eval"]) == 1
+  assert len(report.load(str(tmp_path))["eval"]) == 1
   path.write_text('{"event": "eval", "iter": 0}\nnot json\n')
   with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
-    metrics.read_metrics(str(path))
+    report.load(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="nowhere"):
     report.load(str(tmp_path / "nowhere"))
 
@@ -93,10 +92,7 @@ def test_png_has_the_promised_size(tmp_path, logx):
 
 def test_cli_writes_the_png_into_the_first_run(tmp_path):
   a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b", scale=1.1)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "jaxgpt.report", f"--out_dir={a}", f"--out_dir={b}",
-                      "--logx"], cwd=ROOT, env=env, capture_output=True, text=True,
-                     timeout=300, check=False)
+  r = run_python("-m", "jaxgpt.report", f"--out_dir={a}", f"--out_dir={b}", "--logx")
   assert r.returncode == 0, r.stderr
   assert r.stdout.startswith("a\n") and "\n\nb\n" in r.stdout
   assert "best val loss 3.3500" in r.stdout  # run b: 3.3 + 0.05

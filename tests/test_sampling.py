@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_python, tiny_config
 
-from jaxgpt import sample, sampling, train
+from jaxgpt import decoding, run_dir, sample, train
 from jaxgpt.model import GPT, GPTConfig, init_params
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @functools.cache
@@ -42,7 +37,7 @@ def recompute(p: tuple[int, ...]) -> list[int]:
   """nanoGPT's greedy continuation: the whole forward pass per token, context cropped left."""
   model, params = peaked_model()
   p = p[-model.config.block_size:]
-  out = sampling.generate_recompute(model, params, jnp.array([p]), jax.random.PRNGKey(0),
+  out = decoding.generate_recompute(model, params, jnp.array([p]), jax.random.PRNGKey(0),
                                     max_new_tokens=N_NEW, temperature=0.0)
   return np.asarray(out[0]).tolist()
 
@@ -50,7 +45,7 @@ def recompute(p: tuple[int, ...]) -> list[int]:
 @pytest.fixture(scope="module")
 def greedy():
   model, params = peaked_model()
-  return sampling.generate(model, params, PROMPTS, jax.random.PRNGKey(5), max_new_tokens=N_NEW,
+  return decoding.generate(model, params, PROMPTS, jax.random.PRNGKey(5), max_new_tokens=N_NEW,
                            temperature=0.0)
 
 
@@ -62,18 +57,18 @@ def test_greedy_with_the_cache_equals_recomputing_every_step(greedy):
 def test_greedy_equals_recompute_when_everything_fits_the_cache():
   model, params = peaked_model()
   prompts = [prompt(3, 1), prompt(9, 4)]  # bucket 16 + 10 new tokens fit block_size 32
-  out = sampling.generate(model, params, prompts, jax.random.PRNGKey(0), max_new_tokens=10,
+  out = decoding.generate(model, params, prompts, jax.random.PRNGKey(0), max_new_tokens=10,
                           temperature=0.0)
   assert [row.tolist() for row in out] == [recompute(tuple(p))[:10] for p in prompts]
 
 
 def test_top_k_1_and_a_tiny_top_p_are_greedy(greedy):
   model, params = peaked_model()
-  top_k = sampling.generate(model, params, PROMPTS, jax.random.PRNGKey(1), temperature=1.0,
+  top_k = decoding.generate(model, params, PROMPTS, jax.random.PRNGKey(1), temperature=1.0,
                             top_k=1, max_new_tokens=N_NEW)
   np.testing.assert_array_equal(top_k, greedy)
   logits_BV = jax.random.normal(jax.random.PRNGKey(0), (8, 64))
-  top_p = sampling.sample_logits(logits_BV, jax.random.PRNGKey(1), 1.0, None, top_p=1e-6)
+  top_p = decoding.sample_logits(logits_BV, jax.random.PRNGKey(1), 1.0, None, top_p=1e-6)
   np.testing.assert_array_equal(top_p, jnp.argmax(logits_BV, axis=-1))
 
 
@@ -81,7 +76,7 @@ def test_same_seed_same_samples_different_seed_different():
   model, _ = peaked_model()
   params = init_params(model, jax.random.PRNGKey(0))  # near-uniform logits: diverse samples
   prompts = [prompt(5)] * 4
-  draw = lambda seed: sampling.generate(model, params, prompts, jax.random.PRNGKey(seed),
+  draw = lambda seed: decoding.generate(model, params, prompts, jax.random.PRNGKey(seed),
                                         max_new_tokens=20, temperature=1.0, top_k=50, top_p=0.9)
   a, b, c = draw(1), draw(1), draw(2)
   np.testing.assert_array_equal(a, b)
@@ -91,7 +86,7 @@ def test_same_seed_same_samples_different_seed_different():
 
 def test_top_p_keeps_only_the_nucleus():
   logits_BV = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-  draws = jax.vmap(lambda r: sampling.sample_logits(logits_BV, r, 1.0, None, top_p=0.7))(
+  draws = jax.vmap(lambda r: decoding.sample_logits(logits_BV, r, 1.0, None, top_p=0.7))(
       jax.random.split(jax.random.PRNGKey(0), 400))
   assert set(np.asarray(draws).ravel().tolist()) == {0, 1}  # 0.5 + 0.3 reach 0.7
 
@@ -99,7 +94,7 @@ def test_top_p_keeps_only_the_nucleus():
 def test_rows_stop_at_the_stop_token(greedy):
   model, params = peaked_model()
   stop = int(greedy[0, 4])
-  out = sampling.generate(model, params, PROMPTS, jax.random.PRNGKey(0), max_new_tokens=N_NEW,
+  out = decoding.generate(model, params, PROMPTS, jax.random.PRNGKey(0), max_new_tokens=N_NEW,
                           temperature=0.0, stop_token=stop)
   for row_greedy, row in zip(greedy.tolist(), out.tolist()):
     end = row_greedy.index(stop) if stop in row_greedy else len(row_greedy)
@@ -111,41 +106,38 @@ def test_prompts_of_different_lengths_in_a_bucket_compile_once():
   model = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=2, n_embd=16))
   params = init_params(model, jax.random.PRNGKey(0))
   kw = {"max_new_tokens": 4, "temperature": 0.8, "top_k": 10}
-  before = sampling._generate._cache_size()
+  before = decoding.generate_padded._cache_size()
   for lengths in ((17, 20, 32), (25, 18, 31), (32, 32, 19)):  # all in the 32 bucket
-    sampling.generate(model, params, [prompt(n) for n in lengths], jax.random.PRNGKey(0), **kw)
-  assert sampling._generate._cache_size() == before + 1
+    decoding.generate(model, params, [prompt(n) for n in lengths], jax.random.PRNGKey(0), **kw)
+  assert decoding.generate_padded._cache_size() == before + 1
 
 
 def test_prompts_are_cropped_from_the_left_and_bucketed():
-  prompt_BP, lengths_B = sampling.pad_prompts([[1, 2, 3, 4, 5], [7]], block_size=4)
+  prompt_BP, lengths_B = decoding.pad_prompts([[1, 2, 3, 4, 5], [7]], block_size=4)
   np.testing.assert_array_equal(prompt_BP, [[2, 3, 4, 5], [7, 0, 0, 0]])
   np.testing.assert_array_equal(lengths_B, [4, 1])
-  assert sampling.bucket_length(17, 1024) == 32
-  assert sampling.bucket_length(3, 1024) == sampling.MIN_BUCKET
+  assert decoding.bucket_length(17, 1024) == 32
+  assert decoding.bucket_length(3, 1024) == decoding.MIN_BUCKET
   with pytest.raises(ValueError, match="empty"):
-    sampling.pad_prompts([[1], []], block_size=4)
+    decoding.pad_prompts([[1], []], block_size=4)
 
 
 def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
   train.train(config)
-  cmd = [sys.executable, "-m", "jaxgpt.sample", f"--out_dir={config.out_dir}", "--start=A",
-         "--num_samples=3", "--max_new_tokens=8", "--top_k=20"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+  result = run_python("-m", "jaxgpt.sample", f"--out_dir={config.out_dir}", "--start=A",
+                      "--num_samples=3", "--max_new_tokens=8", "--top_k=20")
   assert result.returncode == 0, result.stderr
   samples = result.stdout.split("---------------\n")
   assert len(samples) == 4 and samples[-1] == ""
   assert all(s.startswith("A") for s in samples[:3])
   with pytest.raises(ValueError, match=r"no checkpoint at step 1; it holds \[2\]"):
-    train.restore_params(config.out_dir, step=1)
+    run_dir.RunDir(config.out_dir).restore_params(1)
 
 
 def test_sample_errors_name_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
-    train.restore_params(str(tmp_path / "empty"))
+    run_dir.RunDir(str(tmp_path / "empty")).restore_params()
   with pytest.raises(FileNotFoundError, match="FILE:.*nope.txt"):
     sample.read_start(f"FILE:{tmp_path / 'nope.txt'}")
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")

@@ -11,14 +11,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, records, restore_state, tiny_config
 
-from jaxgpt import checkpoint, data, sharding, train
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.optim import make_optimizer
+from jaxgpt import data, sharding, step, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def sharded_run(tmp_path, token_dir: str, name: str, devices: int = 1, **overrides) -> list:
@@ -34,8 +31,7 @@ def sharded_run(tmp_path, token_dir: str, name: str, devices: int = 1, **overrid
 
 def train_losses(out_dir: str) -> list[float]:
   """Loss and gradient norm of every iteration: both must match across device counts."""
-  with open(os.path.join(out_dir, "run", "metrics.jsonl")) as f:
-    return [(r["loss"], r["grad_norm"]) for r in map(json.loads, f) if r["event"] == "train"]
+  return [(r["loss"], r["grad_norm"]) for r in records(os.path.join(out_dir, "run"), "train")]
 
 
 # A gentle learning rate: Adam turns float noise in near-zero gradients into visible steps.
@@ -51,6 +47,7 @@ def test_leaf_spec_splits_matrices_along_their_largest_divisible_axis():
   assert sharding.leaf_spec((96, 32), 8, "dp") == jax.sharding.PartitionSpec()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dp", "fsdp"])
 def test_eight_devices_train_like_one_device_with_the_same_global_batch(tmp_path, token_dir,
                                                                         mode):
@@ -66,6 +63,7 @@ def test_eight_devices_train_like_one_device_with_the_same_global_batch(tmp_path
     assert eight["wte_shard_shape"] == eight["wte_shape"]
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_resumes_on_one_device(tmp_path, token_dir):
   """Saved by 4 devices under fsdp, continued by 1: same losses as an unbroken 1-device run."""
   sharded_run(tmp_path, token_dir, "split", devices=4, batch_size=2, sharding="fsdp", **RUN)
@@ -84,6 +82,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path, token_dir):
   port = free_port()
   out = str(tmp_path / "multi")
@@ -108,15 +107,12 @@ def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path
 
   # This single process restores what the two wrote cooperatively.
   config = tiny_config(tmp_path / "multi", token_dir, batch_size=8, **RUN)
-  model = GPT(GPTConfig.from_config(config))
-  abstract = jax.eval_shape(lambda: train.create_train_state(model, make_optimizer(config), 0))
-  ckpts = checkpoint.RunCheckpoints(config.out_dir, read_only=True)
-  state, meta = ckpts.restore(4, checkpoint.abstract_like(
-      abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0])), None)
+  state, meta = restore_state(config, 4)
   assert meta["iter"] == 4
   val = data.open_split(token_dir, "val", config.block_size, config.vocab_size)
-  layout = train.BatchLayout.create(config)
-  losses = train.evaluate(train.make_eval_step(model), state.params, {"val": val}, config, layout)
+  layout = sharding.BatchLayout.create(config)
+  eval_step = step.make_eval_step(step.build(config).model)
+  losses = train.evaluate(eval_step, state.params, {"val": val}, config, layout)
   np.testing.assert_allclose(losses["val"], results[0]["losses"]["val"], rtol=2e-5)
 
 

@@ -12,7 +12,7 @@ import pytest
 from absl import logging
 from conftest import tiny_config
 
-from jaxgpt import sinks, train
+from jaxgpt import run_dir, sinks, train
 
 TRAIN_RECORD = {"event": "train", "iter": 9, "tokens": 1280, "loss": 2.5, "lr": 1e-3,
                 "grad_norm": 0.5, "ms_per_iter": 250.0, "tokens_per_sec": 512.0, "mfu": None}
@@ -62,7 +62,7 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
   fake = FakeWandb()
   monkeypatch.setitem(sys.modules, "wandb", fake)
   config = tiny_config(tmp_path, "", wandb_log=True, wandb_project="proj", wandb_run_name="r1")
-  out = sinks.open_sinks(config)
+  out = sinks.open_sinks(config, run_dir.RunDir(config.out_dir))
   out.write({"event": "eval", "iter": 0, "tokens": 0, "train_loss": 4.6, "val_loss": 4.7,
              "lr": 0.0})
   out.write(TRAIN_RECORD)
@@ -84,7 +84,7 @@ def test_a_missing_library_is_a_clear_error_before_anything_opens(tmp_path, monk
   monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
   config = tiny_config(tmp_path, "", **{key: True})
   with pytest.raises(ImportError, match=rf"config.{key}=True needs the '{package}' package"):
-    sinks.open_sinks(config)
+    sinks.open_sinks(config, run_dir.RunDir(config.out_dir))
   assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))
 
 
@@ -93,26 +93,35 @@ class Terminal(io.StringIO):
     return True
 
 
-def test_progress_line_is_silent_off_a_terminal():
+def test_progress_bar_is_silent_off_a_terminal():
   stream = io.StringIO()
-  line = sinks.ProgressLine(100, stream)
-  line.write(TRAIN_RECORD)
-  line.close()
+  bar = sinks.ProgressBar(100, stream=stream)
+  bar.write(TRAIN_RECORD)
+  bar.close()
   assert stream.getvalue() == ""
 
 
-def test_progress_line_on_a_terminal_and_erased_by_log_lines():
+@pytest.fixture
+def absl_to(monkeypatch):
+  """Sends absl's log lines to a stream through its own handler, as under `app.run`."""
+  handler = logging.get_absl_handler()
+  logging.get_absl_logger().addHandler(handler)
+  yield lambda stream: monkeypatch.setattr(handler.python_handler, "stream", stream)
+  logging.get_absl_logger().removeHandler(handler)
+
+
+def test_progress_bar_on_a_terminal_and_cleared_for_log_lines(absl_to):
   stream = Terminal()
-  line = sinks.ProgressLine(100, stream)
-  line.write({"event": "eval", "iter": 0, "val_loss": 3.0})
-  assert stream.getvalue() == ""
-  line.write(TRAIN_RECORD)
-  assert stream.getvalue() == ("\r10/100 (10%) | loss 2.5000 | 512 tok/s | ETA 0:00:22\033[K")
-  logging.warning("a log line")  # absl erases the progress line before printing
-  assert stream.getvalue().endswith("\r\033[K")
-  line.write({**TRAIN_RECORD, "mfu": 0.41})
-  assert "| MFU 41.0% |" in stream.getvalue()
-  line.close()
-  n = len(stream.getvalue())
-  logging.warning("after close")
-  assert len(stream.getvalue()) == n  # the filter is gone
+  absl_to(stream)
+  bar = sinks.ProgressBar(100, start_iter=5, stream=stream)
+  bar.write({"event": "eval", "iter": 0, "val_loss": 3.0})
+  bar.write(TRAIN_RECORD)
+  assert "10/100" in stream.getvalue() and "loss 2.5000, 512 tok/s" in stream.getvalue()
+  logging.warning("a log line")
+  shown = stream.getvalue()
+  assert "a log line\n" in shown
+  assert shown.rindex("10/100") > shown.index("a log line")  # the bar is drawn again below
+  bar.write({**TRAIN_RECORD, "iter": 19, "mfu": 0.41})
+  assert "20/100" in stream.getvalue() and "MFU 41.0%" in stream.getvalue()
+  bar.close()
+  assert logging.get_absl_handler().python_handler.stream is stream  # restored

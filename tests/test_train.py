@@ -8,17 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import pattern_tokens, read_jsonl, recipe, tiny_config
+from conftest import build_state, pattern_tokens, read_jsonl, recipe, records, tiny_config
 
-from jaxgpt import train
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.optim import make_optimizer
-
-
-def setup(config):
-  model = GPT(GPTConfig.from_config(config))
-  tx = make_optimizer(config)
-  return model, tx, train.create_train_state(model, tx, config.seed)
+from jaxgpt import step, train
+from jaxgpt.run_dir import RunDir
 
 
 def windows(n: int, block_size: int, seed: int = 0) -> np.ndarray:
@@ -29,12 +22,12 @@ def windows(n: int, block_size: int, seed: int = 0) -> np.ndarray:
 def test_micro_batches_give_the_update_of_one_big_batch(tmp_path):
   k, b = 4, 2
   config = tiny_config(tmp_path, "", grad_clip=1.0, dropout=0.0)
-  model, tx, state = setup(config)
+  setup, state = build_state(config)
   batch = windows(k * b, config.block_size)
-  step = train.make_train_step(model, tx)
-  state_k, m_k = step(state, jnp.asarray(batch.reshape(k, b, -1)))
-  _, _, state = setup(config)  # the first state was donated
-  state_1, m_1 = step(state, jnp.asarray(batch.reshape(1, k * b, -1)))
+  train_step = step.make_train_step(setup.model, setup.tx)
+  state_k, m_k = train_step(state, jnp.asarray(batch.reshape(k, b, -1)))
+  state = setup.new_state()  # the first state was donated
+  state_1, m_1 = train_step(state, jnp.asarray(batch.reshape(1, k * b, -1)))
   np.testing.assert_allclose(m_k["loss"], m_1["loss"], rtol=1e-6)
   np.testing.assert_allclose(m_k["grad_norm"], m_1["grad_norm"], rtol=1e-5)
   # Adam divides by |g|: an element whose gradient is ~0 can move by float noise,
@@ -45,24 +38,24 @@ def test_micro_batches_give_the_update_of_one_big_batch(tmp_path):
 
 def test_step_compiles_once(tmp_path):
   config = tiny_config(tmp_path, "")
-  model, tx, state = setup(config)
-  step = train.make_train_step(model, tx)
+  setup, state = build_state(config)
+  train_step = step.make_train_step(setup.model, setup.tx)
   batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))
   for _ in range(4):
-    state, _ = step(state, batch)
-  assert step._cache_size() == 1
+    state, _ = train_step(state, batch)
+  assert train_step._cache_size() == 1
 
 
 def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
   config = tiny_config(tmp_path, "", warmup_iters=10, lr_decay_iters=300, max_iters=300)
-  model, tx, state = setup(config)
-  step = train.make_train_step(model, tx)
+  setup, state = build_state(config)
+  train_step = step.make_train_step(setup.model, setup.tx)
   data = windows(400, config.block_size, seed=7)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(300):
     idx = rng.integers(0, len(data), size=8)
-    state, m = step(state, jnp.asarray(data[idx].reshape(2, 4, -1)))
+    state, m = train_step(state, jnp.asarray(data[idx].reshape(2, 4, -1)))
     losses.append(float(m["loss"]))
   assert losses[0] > 4.0  # about ln(96)
   assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
@@ -73,11 +66,11 @@ def test_dropout_rng_differs_per_step_but_is_reproducible(tmp_path):
   batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))
   runs = []
   for _ in range(2):
-    model, tx, state = setup(config)
-    step = train.make_train_step(model, tx)
+    setup, state = build_state(config)
+    train_step = step.make_train_step(setup.model, setup.tx)
     losses = []
     for _ in range(3):
-      state, m = step(state, batch)
+      state, m = train_step(state, batch)
       losses.append(float(m["loss"]))
     runs.append(losses)
   assert runs[0] == runs[1]
@@ -107,9 +100,7 @@ def test_training_run_logs_metrics_and_learns(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=60, eval_interval=20, log_interval=10,
                        lr_decay_iters=60)
   losses = train.train(config)
-  records = read_jsonl(os.path.join(config.out_dir, "metrics.jsonl"))
-  evals = [r for r in records if r["event"] == "eval"]
-  logs = [r for r in records if r["event"] == "train"]
+  evals, logs = records(config.out_dir, "eval"), records(config.out_dir, "train")
   assert [r["iter"] for r in evals] == [0, 20, 40, 60]
   assert [r["iter"] for r in logs] == [0, 10, 20, 30, 40, 50]
   assert logs[0]["tokens"] == 2 * 4 * 16
@@ -123,8 +114,7 @@ def test_training_run_logs_metrics_and_learns(tmp_path, token_dir):
 def test_eval_only_evaluates_once(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, eval_only=True)
   train.train(config)
-  records = read_jsonl(os.path.join(config.out_dir, "metrics.jsonl"))
-  assert [r["event"] for r in records] == ["eval"]
+  assert [r["event"] for r in read_jsonl(RunDir(config.out_dir).metrics_path)] == ["eval"]
 
 
 @pytest.mark.slow
@@ -134,8 +124,7 @@ def test_quickstart_recipe_brings_val_loss_under_60_percent_of_its_start(tmp_pat
   config.out_dir, config.data_dir = str(tmp_path / "run"), str(tmp_path / "python_docs")
   config.sample_tokens = 0
   train.train(config)
-  evals = [r for r in read_jsonl(os.path.join(config.out_dir, "metrics.jsonl"))
-           if r["event"] == "eval"]
+  evals = records(config.out_dir, "eval")
   assert evals[0]["val_loss"] == pytest.approx(10.8, abs=0.15)
   assert evals[-1]["iter"] == config.max_iters
   assert evals[-1]["val_loss"] <= 0.6 * evals[0]["val_loss"]

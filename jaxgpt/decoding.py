@@ -16,6 +16,7 @@ cached decoder is checked against.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -88,53 +89,41 @@ def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: ja
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1")
   prompt_BP, lengths_B = pad_prompts(prompts, model.config.block_size)
-  tokens_BN = _generate(model, params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B), rng,
-                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, stop_token=stop_token)
+  tokens_BN = generate_padded(model, params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B),
+                              rng, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, stop_token=stop_token)
   return np.asarray(tokens_BN)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k",
-                                             "top_p", "stop_token"))
-def _generate(model: GPT, params: dict, prompt_BP: jax.Array, lengths_B: jax.Array,
-              rng: jax.Array, *, max_new_tokens: int, temperature: float, top_k: int | None,
-              top_p: float | None, stop_token: int | None) -> jax.Array:
-  """Generated token j of row b sits at position lengths_B[b] + j of `seq_BL`.
+@dataclasses.dataclass(frozen=True)
+class _Sampler:
+  """Draws token j of every row with fold_in(rng, j); a row that met `stop_token` repeats it."""
 
-  Token j is sampled with fold_in(rng, j); the cache holds S slots, enough for
-  the whole output when it fits in block_size.
-  """
-  T = model.config.block_size
-  B, P = prompt_BP.shape
-  N = max_new_tokens
-  S = min(T, P + N)
-  rows_B = jnp.arange(B)
-  seq_BL = jnp.zeros((B, max(P + N, T)), jnp.int32).at[:, :P].set(prompt_BP)
+  rng: jax.Array
+  temperature: float
+  top_k: int | None
+  top_p: float | None
+  stop_token: int | None
+  max_new_tokens: int
 
-  def sample(logits_BV, j, done_B):
-    next_B = sample_logits(_sampled_vocab(logits_BV), jax.random.fold_in(rng, j), temperature,
-                           top_k, top_p)
-    if stop_token is None:
+  def __call__(self, logits_BV: jax.Array, j: jax.Array, done_B: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    next_B = sample_logits(_sampled_vocab(logits_BV), jax.random.fold_in(self.rng, j),
+                           self.temperature, self.top_k, self.top_p)
+    if self.stop_token is None:
       return next_B, done_B
-    next_B = jnp.where(done_B, stop_token, next_B)
-    return next_B, done_B | (next_B == stop_token)
+    next_B = jnp.where(done_B, self.stop_token, next_B)
+    return next_B, done_B | (next_B == self.stop_token)
 
-  def running(j, done_B):
-    return (j < N) & ~jnp.all(done_B)
+  def running(self, j: jax.Array, done_B: jax.Array) -> jax.Array:
+    return (j < self.max_new_tokens) & ~jnp.all(done_B)
 
-  # Prefill: the prompts' keys and values fill slots [0, P); padding slots are overwritten
-  # by generated tokens before any query can see them.
-  cache = init_cache(model, B, S)
-  positions_BP = jnp.broadcast_to(jnp.arange(P), (B, P))
-  logits_BV, variables = model.apply({"params": params, "cache": cache}, prompt_BP,
-                                     positions_BT=positions_BP, last_B=lengths_B - 1,
-                                     mutable=["cache"])
-  next_B, done_B = sample(logits_BV, 0, jnp.zeros((B,), bool))
-  seq_BL = seq_BL.at[rows_B, lengths_B].set(next_B)
 
-  # Cached steps: token j-1, at position lengths + j - 1, goes in; token j comes out.
-  # Every row's position must have a cache slot.
-  cached_end = jnp.minimum(N, S - jnp.max(lengths_B) + 1)
+def _cached_steps(model: GPT, params: dict, cache: dict, seq_BL: jax.Array,
+                  lengths_B: jax.Array, sample: _Sampler, end: jax.Array, done_B: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Tokens 1..end-1: token j-1, at position lengths + j - 1, goes in; token j comes out."""
+  rows_B = jnp.arange(seq_BL.shape[0])
 
   def cached_step(carry):
     j, seq_BL, cache, done_B = carry
@@ -147,22 +136,65 @@ def _generate(model: GPT, params: dict, prompt_BP: jax.Array, lengths_B: jax.Arr
     return j + 1, seq_BL.at[rows_B, lengths_B + j].set(next_B), variables["cache"], done_B
 
   j, seq_BL, _, done_B = jax.lax.while_loop(
-      lambda c: running(c[0], c[3]) & (c[0] < cached_end), cached_step,
-      (jnp.int32(1), seq_BL, variables["cache"], done_B))
+      lambda c: sample.running(c[0], c[3]) & (c[0] < end), cached_step,
+      (jnp.int32(1), seq_BL, cache, done_B))
+  return j, seq_BL, done_B
 
-  if P + N > T:  # some row may outgrow block_size: recompute its last block_size tokens
 
-    def window_step(carry):
-      j, seq_BL, done_B = carry
-      length_B = lengths_B + j
-      start_B = jnp.maximum(length_B - T, 0)
-      window_BT = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, T))(seq_BL, start_B)
-      logits_BV = model.apply({"params": params}, window_BT, last_B=length_B - 1 - start_B)
-      next_B, done_B = sample(logits_BV, j, done_B)
-      return j + 1, seq_BL.at[rows_B, length_B].set(next_B), done_B
+def _window_steps(model: GPT, params: dict, seq_BL: jax.Array, lengths_B: jax.Array,
+                  sample: _Sampler, j: jax.Array, done_B: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The remaining tokens, each from the forward pass over its row's last block_size tokens."""
+  T = model.config.block_size
+  rows_B = jnp.arange(seq_BL.shape[0])
 
-    j, seq_BL, done_B = jax.lax.while_loop(lambda c: running(c[0], c[2]), window_step,
-                                           (j, seq_BL, done_B))
+  def window_step(carry):
+    j, seq_BL, done_B = carry
+    length_B = lengths_B + j
+    start_B = jnp.maximum(length_B - T, 0)
+    window_BT = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, T))(seq_BL, start_B)
+    logits_BV = model.apply({"params": params}, window_BT, last_B=length_B - 1 - start_B)
+    next_B, done_B = sample(logits_BV, j, done_B)
+    return j + 1, seq_BL.at[rows_B, length_B].set(next_B), done_B
+
+  return jax.lax.while_loop(lambda c: sample.running(c[0], c[2]), window_step,
+                            (j, seq_BL, done_B))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k",
+                                             "top_p", "stop_token"))
+def generate_padded(model: GPT, params: dict, prompt_BP: jax.Array, lengths_B: jax.Array,
+                    rng: jax.Array, *, max_new_tokens: int, temperature: float,
+                    top_k: int | None, top_p: float | None, stop_token: int | None
+                    ) -> jax.Array:
+  """`generate` on prompts already padded by `pad_prompts`, as one jitted program.
+
+  Generated token j of row b sits at position lengths_B[b] + j of `seq_BL`. The
+  cache holds S slots, enough for the whole output when it fits in block_size;
+  past that, decoding recomputes each row's window.
+  """
+  T = model.config.block_size
+  B, P = prompt_BP.shape
+  N = max_new_tokens
+  S = min(T, P + N)
+  sample = _Sampler(rng, temperature, top_k, top_p, stop_token, N)
+  seq_BL = jnp.zeros((B, max(P + N, T)), jnp.int32).at[:, :P].set(prompt_BP)
+
+  # Prefill: the prompts' keys and values fill slots [0, P); padding slots are overwritten
+  # by generated tokens before any query can see them.
+  positions_BP = jnp.broadcast_to(jnp.arange(P), (B, P))
+  logits_BV, variables = model.apply({"params": params, "cache": init_cache(model, B, S)},
+                                     prompt_BP, positions_BT=positions_BP, last_B=lengths_B - 1,
+                                     mutable=["cache"])
+  next_B, done_B = sample(logits_BV, 0, jnp.zeros((B,), bool))
+  seq_BL = seq_BL.at[jnp.arange(B), lengths_B].set(next_B)
+
+  # Cached steps while every row's position has a cache slot.
+  cached_end = jnp.minimum(N, S - jnp.max(lengths_B) + 1)
+  j, seq_BL, done_B = _cached_steps(model, params, variables["cache"], seq_BL, lengths_B, sample,
+                                    cached_end, done_B)
+  if P + N > T:  # some row may outgrow block_size
+    j, seq_BL, done_B = _window_steps(model, params, seq_BL, lengths_B, sample, j, done_B)
 
   out_BN = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, N))(seq_BL, lengths_B)
   if stop_token is not None:  # rows that all stopped early left the tail unwritten
@@ -199,3 +231,14 @@ def generate_recompute(model: GPT, params: dict, prompt_BP: jax.Array, rng: jax.
 
   seq_BS, _ = jax.lax.fori_loop(0, max_new_tokens, body, (seq_BS, rng))
   return seq_BS[:, P:total]
+
+
+def new_document(model: GPT, params: dict, *, max_new_tokens: int, seed: int) -> str:
+  """The text of one sample that starts a new document (prompt: end-of-text).
+
+  nanoGPT's sample.py settings: temperature 0.8, top_k 200. With params split
+  over several processes, every process must call it.
+  """
+  tokens = generate(model, params, [[tokenizer.EOT_TOKEN]], jax.random.PRNGKey(seed),
+                    max_new_tokens=max_new_tokens, temperature=0.8, top_k=200)
+  return tokenizer.gpt2().decode(tokens[0].tolist())

@@ -1,4 +1,4 @@
-"""The PyTorch peer of `jaxgpt.bench`: the same GPT, tokens per step and AdamW, in PyTorch.
+"""The PyTorch peer of `python -m jaxgpt.bench`: the same GPT, tokens per step and AdamW.
 
 The peer is the strongest setup a user would pick instead of jaxgpt:
 transformers' `GPT2LMHeadModel` with SDPA (flash) attention, `torch.compile`,

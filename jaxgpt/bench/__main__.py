@@ -1,0 +1,179 @@
+"""python -m jaxgpt.bench: speed and memory of the train step, and of decoding.
+
+  python -m jaxgpt.bench --config=configs/gpt2_124m.py [--config.KEY=VALUE ...]
+      [--steps=50] [--warmup=5] [--data_workers=2] [--peer=torch] [--peak_flops=FLOP/s]
+      [--json_out=PATH]
+  python -m jaxgpt.bench --config=... --memory        # kept for the backward pass, per remat
+  python -m jaxgpt.bench --config=... --collectives   # dp vs fsdp memory and traffic
+  python -m jaxgpt.bench --config=... --checkpoint    # step time during an async save
+  python -m jaxgpt.bench --config=... --decode        # sampling tokens/s, cache vs recompute
+
+The default prints a summary and one JSON line of every figure (appended to
+--json_out too); the other modes print their own table and JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
+from jaxgpt.model import attention_implementation
+
+GiB = 2**30
+MODES = ("checkpoint", "memory", "collectives", "decode")
+
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
+                                  lock_config=True)
+  flags.mark_flags_as_required(["config"])
+  flags.DEFINE_integer("steps", 50, "Timed iterations (each of the three runs).")
+  flags.DEFINE_integer("warmup", 5, "Untimed iterations before each timed run.")
+  flags.DEFINE_integer("data_workers", 2, "Grain worker processes for the pipeline runs (0: "
+                       "read in the main process).")
+  flags.DEFINE_enum("peer", None, ["torch"], "Also time the same model in this framework.")
+  flags.DEFINE_boolean("torch_compile", None, "torch.compile the peer (default: on CUDA, off "
+                       "on CPU where compiling is slow).")
+  flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
+                     "config.peak_flops, then the table by device kind.")
+  flags.DEFINE_string("json_out", "", "Append the JSON line of figures to this file.")
+  flags.DEFINE_boolean("checkpoint", False, "Instead of the usual figures, time steps with and "
+                       "without an asynchronous checkpoint save in flight.")
+  flags.DEFINE_boolean("memory", False, "Instead of timing, print the activations one "
+                       "micro-batch keeps for its backward pass under each remat policy, with "
+                       "the loss in chunks and whole (no device needed: counted from the "
+                       "program).")
+  flags.DEFINE_boolean("collectives", False, "Instead of timing, compile the step for every "
+                       "device under dp and fsdp and report per-device memory and the bytes its "
+                       "collectives move (run with simulated devices: XLA_FLAGS="
+                       "--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu).")
+  flags.DEFINE_boolean("decode", False, "Instead of training figures, measure sampling tokens/s "
+                       "of the config's model (randomly initialised), with the KV cache and "
+                       "recomputing the context per token.")
+  flags.DEFINE_list("decode_batch_sizes", ["1", "16"], "--decode: batch sizes.")
+  flags.DEFINE_integer("decode_tokens", 500, "--decode: new tokens with the KV cache.")
+  flags.DEFINE_integer("decode_recompute_tokens", 10, "--decode: new tokens for the slow "
+                       "recompute baseline.")
+
+
+def _gib(x: int | None) -> str:
+  return "n/a" if x is None else f"{x / GiB:.2f} GiB"
+
+
+def _pct(x: float | None) -> str:
+  return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def summary(r: dict[str, Any]) -> str:
+  """The human-readable lines of a throughput result."""
+  m = r["model"]
+  peak = "" if r["peak_flops"] is None else f" of {r['peak_flops'] / 1e12:.0f} TFLOP/s"
+  lines = [
+      (f"model: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, block "
+       f"{m['block_size']}, {r['n_params'] / 1e6:.2f}M params, {r['dtype']}"),
+      f"device: {r['device_kind']} ({r['platform']}), jax {r['jax_version']}, git {r['git']}",
+      (f"batch: {r['gradient_accumulation_steps']} x {r['batch_size']} x {m['block_size']} = "
+       f"{r['tokens_per_iter']:,} tokens/iter"),
+      f"compile: {r['compile_s']:.1f} s",
+      (f"step: {r['ms_per_iter_median']:.1f} ms/iter median ({r['ms_per_iter_mean']:.1f} mean) "
+       f"over {r['steps']} steps after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
+       f"MFU {_pct(r['mfu'])}{peak}"),
+      (f"peak device memory: {_gib(r['peak_memory_bytes'])}; kept for the backward pass: "
+       f"{_gib(r['backward_residual_bytes'])} per micro-batch"),
+      (f"input pipeline ({r['data_workers']} workers): {r['pipeline_tokens_per_sec']:,.0f} "
+       f"tokens/s, {r['pipeline_ratio']:.1f}x what the step consumes"),
+      (f"step fed by the pipeline: {r['loop_ms_per_iter_median']:.1f} ms/iter median, "
+       f"waiting for data {r['data_wait_ms_per_iter']:.2f} ms/iter "
+       f"({_pct(r['data_wait_fraction'])})"),
+  ]
+  if "peer" in r:
+    p = r["peer"]
+    lines.append(
+        f"torch peer ({p['device_name']}, torch {p['torch_version']}, compile {p['compile']}, "
+        f"bf16 autocast {p['autocast_bf16']}, fused AdamW {p['fused_adamw']}): "
+        f"{p['ms_per_iter_median']:.1f} ms/iter median ({p['ms_per_iter_mean']:.1f} mean), "
+        f"{p['tokens_per_sec']:,.0f} tokens/s, MFU {_pct(p['mfu'])}, memory "
+        f"{_gib(p['peak_memory_bytes'])}, first step {p['first_step_s']:.1f} s, "
+        f"{p['n_params']:,} params (jax {r['n_params_total']:,})")
+    lines.append(f"jax / torch tokens/s: {r['jax_over_peer']:.2f}x")
+  return "\n".join(lines)
+
+
+def _print_checkpoint(f: flags.FlagValues) -> None:
+  report = save_overhead.checkpoint_overhead(f.config, steps=f.steps, warmup=f.warmup)
+  during = report["ms_per_iter_during_save"]
+  during_text = "n/a" if during is None else f"{during:.1f}"
+  print(f"{report['device_kind']}: state {_gib(report['state_bytes'])}; step "
+        f"{report['ms_per_iter_alone']:.1f} ms/iter alone, {during_text} ms/iter during the "
+        f"save ({report['steps_during_save']} steps); save blocked the loop "
+        f"{report['save_blocked_ms']:.0f} ms, on disk after {report['save_total_s']:.2f} s\n"
+        + json.dumps(report))
+
+
+def _print_memory(f: flags.FlagValues) -> None:
+  config = f.config
+  attention = attention_implementation(config.attention, config.dtype,
+                                       config.n_embd // config.n_head, jax.devices()[0])
+  print(f"kept for the backward pass of one {config.batch_size} x {config.block_size} "
+        f"micro-batch ({config.dtype}, {attention} attention):")
+  for row in memory.memory_report(config):
+    print(f"  remat {row['remat']:<5} loss chunks {row['loss_chunk_size'] or 'none':<6} "
+          f"{_gib(row['residual_bytes'])}")
+
+
+def _print_collectives(f: flags.FlagValues) -> None:
+  reports = [collectives.sharding_report(f.config, mode) for mode in ("dp", "fsdp")]
+  for r in reports:
+    sent = ", ".join(f"{k} {v / GiB:.3f} GiB" for k, v in r["sent_bytes_per_iter"].items())
+    print(f"{r['mode']} on {r['devices']} devices, {r['gradient_accumulation_steps']} x "
+          f"{r['batch_per_device']} per device: params+state {_gib(r['argument_bytes'])}, "
+          f"temporaries {_gib(r['temp_bytes'])} per device; sent per device per iteration: "
+          f"{sent}")
+  print("\n".join(map(json.dumps, reports)))
+
+
+def _print_decode(f: flags.FlagValues) -> None:
+  config = f.config
+  print(f"device: {jax.devices()[0].device_kind}, dtype {config.dtype}, prompt 1 token")
+  rows = decode.decode_rows(config, [int(b) for b in f.decode_batch_sizes],
+                            cache_tokens=f.decode_tokens,
+                            recompute_tokens=f.decode_recompute_tokens)
+  print(decode.table(rows))
+  print(json.dumps(rows))
+
+
+def _print_throughput(f: flags.FlagValues) -> None:
+  result = throughput.run(f.config, steps=f.steps, warmup=f.warmup,
+                          data_workers=f.data_workers, peer=f.peer,
+                          torch_compile=f.torch_compile, peak_flops=f.peak_flops)
+  result["config"] = config_flags.get_config_filename(f["config"])
+  result["overrides"] = config_flags.get_override_values(f["config"])
+  line = json.dumps(result)
+  if f.json_out:
+    with open(f.json_out, "a", encoding="utf-8") as out:
+      out.write(line + "\n")
+  print(summary(result))
+  print(line)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  chosen = [mode for mode in MODES if f[mode].value]
+  if len(chosen) > 1:
+    raise app.UsageError(f"pick one of --{', --'.join(MODES)}, not {chosen}")
+  logging.set_verbosity(logging.INFO)
+  printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
+              "collectives": _print_collectives, "decode": _print_decode}
+  printers.get(chosen[0] if chosen else "", _print_throughput)(f)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

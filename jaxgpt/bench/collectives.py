@@ -1,0 +1,93 @@
+"""Per-device memory and collective traffic of the train step under dp and fsdp.
+
+Compiled for every device the process sees (simulate 8 on a CPU with
+XLA_FLAGS=--xla_force_host_platform_device_count=8); the bytes each collective
+sends are read from the compiled HLO text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from jaxgpt import checkpoint, sharding, step
+
+_COLLECTIVE_OP = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+                            r"collective-permute)(?:-start)?\(")
+_ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+_CALLED = re.compile(r"(?:to_apply|calls|body|condition|branch_computations)=\{?%?([\w.\-]+)")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def _result_bytes(result_type: str) -> int:
+  return sum(_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+             for dtype, dims in _ARRAY.findall(result_type))
+
+
+def _sent_bytes(op: str, result: int, n: int) -> float:
+  """Bytes one device sends for a collective over n devices, by the ring algorithm."""
+  return {"all-reduce": 2 * (n - 1) / n * result, "all-gather": (n - 1) / n * result,
+          "reduce-scatter": (n - 1) * result}.get(op, result)
+
+
+def _loop_computations(calls: dict[str, set[str]], bodies: set[str]) -> set[str]:
+  """The while-loop bodies and every computation they call, transitively."""
+  in_loop, todo = set(), list(bodies)
+  while todo:
+    name = todo.pop()
+    if name not in in_loop:
+      in_loop.add(name)
+      todo.extend(calls.get(name, ()))
+  return in_loop
+
+
+def collectives(hlo_text: str, n_devices: int, loop_trips: int) -> dict[str, float]:
+  """Bytes each device sends per iteration, by collective kind, from compiled HLO text.
+
+  Collectives inside a while loop's body (the micro-batch scan) count once per
+  trip; `loop_trips` is the number of micro-batches.
+  """
+  ops: dict[str, list[tuple[str, int]]] = {}
+  calls: dict[str, set[str]] = {}
+  bodies: set[str] = set()
+  current = ""
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      current = header.group(1)
+      continue
+    calls.setdefault(current, set()).update(_CALLED.findall(line))
+    bodies.update(re.findall(r"body=%?([\w.\-]+)", line))
+    op = _COLLECTIVE_OP.search(line)
+    if op:
+      ops.setdefault(current, []).append((op.group(2), _result_bytes(op.group(1))))
+  in_loop = _loop_computations(calls, bodies)
+  sent: dict[str, float] = {}
+  for computation, found in ops.items():
+    trips = loop_trips if computation in in_loop else 1
+    for kind, result in found:
+      sent[kind] = sent.get(kind, 0.0) + trips * _sent_bytes(kind, result, n_devices)
+  return sent
+
+
+def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
+  """Per-device memory and collective traffic of the train step over every device."""
+  config = config.copy_and_resolve_references()
+  config.sharding = mode
+  setup = step.build(config)
+  layout = sharding.BatchLayout.create(config)
+  shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, mode)
+  state = checkpoint.abstract_like(setup.abstract_state, shardings)
+  compiled = step.compile_train_step(setup, state, layout.train_spec, shardings, layout.mesh)
+  memory = compiled.memory_analysis()
+  return {"mode": mode, "devices": layout.n_devices, "batch_per_device": config.batch_size,
+          "gradient_accumulation_steps": layout.accum_steps,
+          "argument_bytes": memory.argument_size_in_bytes,
+          "temp_bytes": memory.temp_size_in_bytes,
+          "sent_bytes_per_iter": collectives(compiled.as_text(), layout.n_devices,
+                                             layout.accum_steps)}

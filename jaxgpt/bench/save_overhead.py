@@ -1,0 +1,46 @@
+"""What an asynchronous checkpoint save costs the loop: step time alone and during a save."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxgpt import run_dir, step
+from jaxgpt.bench import throughput
+
+
+def checkpoint_overhead(config: ml_collections.ConfigDict, *, steps: int,
+                        warmup: int) -> dict[str, Any]:
+  """ms/iter of the step alone and while an async save of its state is being written.
+
+  Also the time `save` blocks the loop (copying device buffers to the host) and
+  the time until the save is on disk.
+  """
+  device = jax.devices()[0]
+  setup = step.build(config)
+  state, batch = setup.new_state(), throughput.synthetic_batch(config, device)
+  train_step = throughput.compile_step(setup, state, batch)
+  state, alone = throughput.time_step(train_step, state, batch, steps=steps, warmup=warmup)
+  with tempfile.TemporaryDirectory(prefix="jaxgpt_ckpt_bench_") as tmp:
+    ckpts = run_dir.RunDir(tmp).checkpoints(keep=1)
+    t0 = time.perf_counter()
+    ckpts.save(1, state, None, {"bench": True}, None)
+    blocked_s = time.perf_counter() - t0
+    during = []
+    while ckpts.manager.is_saving_in_progress() and len(during) < steps:
+      state, times = throughput.time_step(train_step, state, batch, steps=1, warmup=0)
+      during.extend(times)
+    ckpts.wait()
+    save_s = time.perf_counter() - t0
+    ckpts.close()
+  return {"device_kind": device.device_kind,
+          "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
+          "ms_per_iter_alone": 1000 * statistics.median(alone),
+          "ms_per_iter_during_save": 1000 * statistics.median(during) if during else None,
+          "steps_during_save": len(during), "save_blocked_ms": 1000 * blocked_s,
+          "save_total_s": save_s}

@@ -1,0 +1,225 @@
+"""Speed of the train step: ms/iter, tokens/s, MFU, compile time, memory, input pipeline.
+
+Times the very step training runs (same model, optimizer, state, jit, donation
+and ahead-of-time compilation) on one device, fed a synthetic batch of the
+config's shape that already sits on the device; then the Grain pipeline alone
+over a synthetic llm.c shard; then the step fed by that pipeline as the
+training loop feeds it, to show time spent waiting for data. With
+`peer="torch"` it first times the same model, tokens per step and optimizer
+in PyTorch on the same device (torch_peer.py).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxgpt import data, defaults, flops, step, token_files
+from jaxgpt.bench import memory
+from jaxgpt.model import count_params
+
+_SHARD_ITERS = 8  # the synthetic shard holds this many iterations of tokens
+_TORCH_DEVICE = {"gpu": "cuda", "cpu": "cpu"}  # JAX platform -> the torch device of the peer
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, device: jax.Device) -> jax.Array:
+  """Random tokens in the (accum, batch, block+1) uint16 shape the pipeline delivers."""
+  A, B, T = config.gradient_accumulation_steps, config.batch_size, config.block_size
+  tokens = np.random.default_rng(config.seed).integers(0, config.vocab_size, (A, B, T + 1))
+  return jax.device_put(tokens.astype(np.uint16), device)
+
+
+def compile_step(setup: step.TrainSetup, state: step.TrainState, batch: jax.Array) -> Callable:
+  """The train step for one device, compiled ahead of time as training compiles it."""
+  return step.make_train_step(setup.model, setup.tx).lower(state, batch).compile()
+
+
+def time_step(train_step: Callable, state: step.TrainState, batch: jax.Array, *, steps: int,
+              warmup: int) -> tuple[step.TrainState, list[float]]:
+  """Seconds per iteration of `steps` calls on one batch, each synced on its own results."""
+  for _ in range(warmup):
+    state, _ = train_step(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, step_metrics = train_step(state, batch)
+    jax.block_until_ready((state, step_metrics))
+    times.append(time.perf_counter() - t0)
+  return state, times
+
+
+def write_synthetic_shard(directory: str, config: ml_collections.ConfigDict) -> str:
+  """An llm.c train shard of random tokens, _SHARD_ITERS iterations long."""
+  rng = np.random.default_rng(config.seed)
+  tokens = rng.integers(0, config.vocab_size,
+                        size=_SHARD_ITERS * defaults.tokens_per_iter(config, 1) + 1)
+  path = os.path.join(directory, "synthetic_train_000000.bin")
+  token_files.write_shard(path, tokens.astype(np.uint16))
+  return path
+
+
+def _batches(source: data.TokenWindows, config: ml_collections.ConfigDict,
+             workers: int) -> grain.DatasetIterator:
+  return iter(data.train_dataset(source, accum_steps=config.gradient_accumulation_steps,
+                                 batch_size=config.batch_size, seed=config.seed,
+                                 workers=workers, prefetch=config.data_prefetch))
+
+
+def time_pipeline(source: data.TokenWindows, config: ml_collections.ConfigDict, *, workers: int,
+                  batches: int, warmup: int) -> float:
+  """Seconds per batch the Grain pipeline takes on the host, after its workers have started."""
+  batch_iter = _batches(source, config, workers)
+  try:
+    for _ in range(max(warmup, workers)):  # worker i delivers batch i first
+      next(batch_iter)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+      next(batch_iter)
+    return (time.perf_counter() - t0) / batches
+  finally:
+    batch_iter.close()  # stops the workers, which would otherwise slow what runs next
+
+
+def time_loop(train_step: Callable, state: step.TrainState, source: data.TokenWindows,
+              config: ml_collections.ConfigDict, device: jax.Device, *, workers: int, steps: int,
+              warmup: int) -> tuple[step.TrainState, list[float], list[float]]:
+  """Iteration and data-wait seconds of the step fed as the training loop feeds it.
+
+  Each iteration is synced, so the device is idle while the host waits for the
+  next batch: the wait measured is an upper bound on what the loop loses to data.
+  """
+  batch_iter = _batches(source, config, workers)
+  try:
+    for _ in range(max(warmup, workers)):
+      state, _ = train_step(state, jax.device_put(next(batch_iter), device))
+    jax.block_until_ready(state)
+    times, waits = [], []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      batch = jax.device_put(next(batch_iter), device)
+      waits.append(time.perf_counter() - t0)
+      state, step_metrics = train_step(state, batch)
+      jax.block_until_ready((state, step_metrics))
+      times.append(time.perf_counter() - t0)
+    return state, times, waits
+  finally:
+    batch_iter.close()
+
+
+def _git_revision() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), check=True)
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return out.stdout.strip()
+
+
+def _check(steps: int, warmup: int, data_workers: int, peer: str | None) -> None:
+  if steps < 1 or warmup < 1:
+    raise ValueError(f"steps={steps} and warmup={warmup} must both be >= 1 (warm-up also "
+                     "starts Grain's workers)")
+  if data_workers < 0:
+    raise ValueError(f"data_workers={data_workers} must be >= 0")
+  if peer not in (None, "torch"):
+    raise ValueError(f"peer={peer!r}: the only peer is 'torch'")
+
+
+def _time_peer(config: ml_collections.ConfigDict, *, steps: int, warmup: int,
+               torch_compile: bool | None) -> dict[str, Any]:
+  """The PyTorch peer's figures; it runs first and hands its memory back, so JAX then
+  allocates on the GPU as it does in training (75% up front) and neither runs out."""
+  from jaxgpt.bench import torch_peer  # imports torch
+
+  logging.info("timing the PyTorch peer")
+  result = torch_peer.run(config, steps=steps, warmup=warmup, compile=torch_compile)
+  platform = jax.devices()[0].platform
+  if result["device"] != _TORCH_DEVICE.get(platform):
+    raise RuntimeError(f"the PyTorch peer ran on {result['device']!r} but JAX runs on "
+                       f"{platform!r}: install torch and jax builds for the same device")
+  return result
+
+
+def _about(config: ml_collections.ConfigDict, setup: step.TrainSetup,
+           device: jax.Device) -> dict[str, Any]:
+  """What was measured: code, device, model and batch."""
+  return {
+      "git": _git_revision(), "jax_version": jax.__version__, "platform": device.platform,
+      "device_kind": device.device_kind,
+      "model": {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                                       "bias", "dropout", "gelu_approximate", "attention")},
+      "dtype": config.dtype, "gradient_accumulation_steps": config.gradient_accumulation_steps,
+      "batch_size": config.batch_size, "tokens_per_iter": defaults.tokens_per_iter(config, 1),
+      "n_params": setup.n_params,
+      "n_params_total": count_params(setup.abstract_state.params, non_embedding=False),
+  }
+
+
+def _peak_memory_bytes(device: jax.Device) -> int | None:
+  stats = device.memory_stats()  # None on CPU
+  return stats.get("peak_bytes_in_use") if stats else None
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int, warmup: int, data_workers: int,
+        peer: str | None = None, torch_compile: bool | None = None,
+        peak_flops: float = 0.0) -> dict[str, Any]:
+  """Every figure of one benchmark, as a flat-ish dict (see the module docstring)."""
+  defaults.validate(config)
+  _check(steps, warmup, data_workers, peer)
+  peer_result = (_time_peer(config, steps=steps, warmup=warmup, torch_compile=torch_compile)
+                 if peer else None)
+  device = jax.devices()[0]
+  setup = step.build(config)
+  state, batch = setup.new_state(), synthetic_batch(config, device)
+  logging.info("compiling the train step")
+  t0 = time.perf_counter()
+  train_step = compile_step(setup, state, batch)
+  compile_s = time.perf_counter() - t0
+  logging.info("timing %d steps on a synthetic batch", steps)
+  state, step_times = time_step(train_step, state, batch, steps=steps, warmup=warmup)
+  with tempfile.TemporaryDirectory(prefix="jaxgpt_bench_") as tmp:
+    source = data.TokenWindows([write_synthetic_shard(tmp, config)], config.block_size)
+    logging.info("timing the input pipeline (%d workers), then %d steps fed by it",
+                 data_workers, steps)
+    pipeline_s = time_pipeline(source, config, workers=data_workers, batches=steps,
+                               warmup=warmup)
+    state, loop_times, waits = time_loop(train_step, state, source, config, device,
+                                         workers=data_workers, steps=steps, warmup=warmup)
+  jax.block_until_ready(state)
+  r = _about(config, setup, device)
+  tokens_per_sec = r["tokens_per_iter"] / statistics.median(step_times)
+  flops_per_token = flops.per_token(setup.n_params, config)
+  peak = flops.peak(device.device_kind, peak_flops or config.peak_flops)
+  r.update(
+      steps=steps, warmup=warmup, compile_s=compile_s,
+      ms_per_iter_median=1000 * statistics.median(step_times),
+      ms_per_iter_mean=1000 * statistics.mean(step_times), tokens_per_sec=tokens_per_sec,
+      flops_per_token=flops_per_token, peak_flops=peak,
+      mfu=flops.mfu(tokens_per_sec, flops_per_token, peak, 1),
+      peak_memory_bytes=_peak_memory_bytes(device),
+      backward_residual_bytes=memory.backward_residual_bytes(config),
+      data_workers=data_workers, pipeline_tokens_per_sec=r["tokens_per_iter"] / pipeline_s,
+      pipeline_ratio=r["tokens_per_iter"] / pipeline_s / tokens_per_sec,
+      loop_ms_per_iter_median=1000 * statistics.median(loop_times),
+      loop_ms_per_iter_mean=1000 * statistics.mean(loop_times),
+      data_wait_ms_per_iter=1000 * statistics.mean(waits),
+      data_wait_fraction=sum(waits) / sum(loop_times))
+  if peer_result:
+    peer_result["tokens_per_sec"] = r["tokens_per_iter"] / (
+        peer_result["ms_per_iter_median"] / 1000)
+    peer_result["mfu"] = flops.mfu(peer_result["tokens_per_sec"], flops_per_token, peak, 1)
+    r["peer"] = peer_result
+    r["jax_over_peer"] = tokens_per_sec / peer_result["tokens_per_sec"]
+  return r

@@ -1,0 +1,147 @@
+"""The train state, the jitted train and eval steps, and `build`: model, optimizer, state shapes.
+
+Every caller that needs the model (training, benchmarks, the plan, loading a
+run's checkpoint) builds it here from the config, so they all agree on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxgpt import sharding
+from jaxgpt.model import GPT, GPTConfig, count_params, init_params
+from jaxgpt.optim import make_optimizer
+
+Batch = jax.Array  # (accum_steps, batch_size, block_size + 1) token ids
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array  # iterations done
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base key; step s uses fold_in(rng, s), so resuming needs nothing else
+  nonfinite: jax.Array  # iterations whose update was dropped for a non-finite loss or gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """The model, the optimizer and the shapes of their train state, for one config."""
+
+  config: ml_collections.ConfigDict
+  model: GPT
+  tx: optax.GradientTransformation
+  abstract_state: TrainState  # jax.ShapeDtypeStructs: nothing allocated
+
+  def new_state(self, params: Any = None) -> TrainState:
+    """A fresh state: params from nanoGPT's init unless given (e.g. GPT-2's)."""
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
+    params = init_params(self.model, init_rng) if params is None else jax.device_put(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), rng=train_rng,
+                      nonfinite=jnp.zeros((), jnp.int32))
+
+  @property
+  def n_params(self) -> int:
+    """nanoGPT's count: without position embeddings."""
+    return count_params(self.abstract_state.params)
+
+
+def build(config: ml_collections.ConfigDict) -> TrainSetup:
+  model = GPT(GPTConfig.from_config(config))
+  tx = make_optimizer(config)
+  setup = TrainSetup(config, model, tx, abstract_state=None)
+  return dataclasses.replace(setup, abstract_state=jax.eval_shape(setup.new_state))
+
+
+def loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None) -> jax.Array:
+  """Mean next-token loss of (B, T+1) windows; dropout on when `rng` is given."""
+  tokens_BT1 = tokens_BT1.astype(jnp.int32)
+  train = rng is not None
+  return model.apply({"params": params}, tokens_BT1[:, :-1], train=train,
+                     targets_BT=tokens_BT1[:, 1:], rngs={"dropout": rng} if train else None)
+
+
+def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
+                ) -> tuple[Any, jax.Array]:
+  """Mean gradient and loss over the micro-batches, summed in float32 by a `lax.scan`."""
+  grad_fn = jax.value_and_grad(lambda p, t, r: loss(model, p, t, r))
+
+  def micro_step(grads_sum, xs):
+    i, tokens_BT1 = xs
+    value, grads = grad_fn(params, tokens_BT1, jax.random.fold_in(step_rng, i))
+    return jax.tree.map(jnp.add, grads_sum, grads), value
+
+  n_micro = tokens_ABT1.shape[0]
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads_sum, losses_A = jax.lax.scan(micro_step, zeros, (jnp.arange(n_micro), tokens_ABT1))
+  return jax.tree.map(lambda g: g / n_micro, grads_sum), losses_A.mean()
+
+
+def make_train_step(model: GPT, tx: optax.GradientTransformation,
+                    out_shardings: Any = None, dp_mesh: jax.sharding.Mesh | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """A jitted `train_step(state, batch)` doing one iteration: every micro-batch, then AdamW.
+
+  k micro-batches of b give the update of one batch of k*b. An update whose
+  loss or gradient is not finite is dropped (params and optimizer state stay
+  as they were) and counted in `state.nonfinite`, so a bad step never reaches
+  the params or a checkpoint. The state is donated: its buffers are reused.
+  `out_shardings` (state, metrics) pins the new state where the old one was.
+  With `dp_mesh` (replicated params), each device accumulates the gradients
+  of its share of the batch and they are averaged once per iteration, not
+  once per micro-batch as XLA would otherwise schedule it.
+  """
+
+  def train_step(state: TrainState, tokens_ABT1: Batch) -> tuple[TrainState, dict]:
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    if dp_mesh is None:
+      grads, value = _mean_grads(model, state.params, tokens_ABT1, step_rng)
+    else:
+      def local_then_mean(params, tokens_ABT1, rng):
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(sharding.DATA))  # own dropout masks
+        return jax.lax.pmean(_mean_grads(model, params, tokens_ABT1, rng), sharding.DATA)
+
+      # check_vma=False: with it, jax would psum the gradient of the replicated params
+      # itself (a second all-reduce, and 8x the mean on 8 devices before the pmean).
+      P = jax.sharding.PartitionSpec
+      grads, value = jax.shard_map(local_then_mean, mesh=dp_mesh,
+                                   in_specs=(P(), P(None, sharding.DATA), P()),
+                                   out_specs=P(), check_vma=False)(state.params, tokens_ABT1,
+                                                                   step_rng)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(step=state.step + 1,
+                              params=keep_if_finite(params, state.params),
+                              opt_state=keep_if_finite(opt_state, state.opt_state),
+                              nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+    return new_state, {"loss": value, "grad_norm": grad_norm}
+
+  return jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings)
+
+
+def compile_train_step(setup: TrainSetup, state: Any, batch_spec: jax.ShapeDtypeStruct,
+                       state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
+  """The train step compiled ahead of time for these shapes and shardings.
+
+  A batch of another shape is then an error, never a silent recompile.
+  """
+  dp_mesh = mesh if setup.config.sharding == "dp" and mesh.size > 1 else None
+  step = make_train_step(setup.model, setup.tx, (state_shardings, sharding.replicated(mesh)),
+                         dp_mesh)
+  return step.lower(state, batch_spec).compile()
+
+
+def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
+  """A jitted mean loss of one (batch_size, block_size+1) batch, dropout off."""
+  return jax.jit(lambda params, tokens_BT1: loss(model, params, tokens_BT1, None))

@@ -1,0 +1,20 @@
+"""Counts and durations as every CLI and log line spells them."""
+
+from __future__ import annotations
+
+
+def count(n: float, fmt: str = ".2f") -> str:
+  """10485760000 -> '10.49B', 40560000 -> '40.56M', 512 -> '512'."""
+  for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+    if abs(n) >= scale:
+      return f"{n / scale:{fmt}}{suffix}"
+  return f"{n:.0f}"
+
+
+def duration(seconds: float) -> str:
+  """20000 -> '5h33m', 125 -> '2m05s'."""
+  seconds = round(seconds)
+  hours, rest = divmod(seconds, 3600)
+  if hours:
+    return f"{hours}h{rest // 60:02d}m"
+  return f"{rest // 60}m{rest % 60:02d}s"
