@@ -5,12 +5,14 @@ Multi-host: SLURM and Open MPI jobs are joined automatically; elsewhere pass
 """
 
 import logging as pylogging
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxgpt import sharding, train
+from jaxgpt.errors import UserError
 
 
 def _define_flags() -> None:
@@ -22,9 +24,15 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-def _drop_library_info(record: pylogging.LogRecord) -> bool:
-  """Orbax narrates every save at INFO through absl; keep its warnings, drop the narration."""
-  return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+def _quiet_orbax(record: pylogging.LogRecord) -> bool:
+  """Orbax narrates every save at INFO through absl: keep its warnings and errors, as one line.
+
+  A failed save is reported by the run itself, with what to do.
+  """
+  if "/orbax/" not in record.pathname:
+    return True
+  record.exc_info, record.exc_text = None, None
+  return record.levelno >= pylogging.WARNING
 
 
 def main(argv: list[str]) -> None:
@@ -34,8 +42,11 @@ def main(argv: list[str]) -> None:
   sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   # One process speaks for the run; the others report only warnings and errors.
   logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-  logging.get_absl_handler().addFilter(_drop_library_info)
-  train.train(f.config)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  try:
+    train.train(f.config)
+  except UserError as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -94,28 +94,33 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
   return TokenWindows(paths, block_size)
 
 
-def _windows_stream(source: TokenWindows, seed: int, shard_index: int,
-                    shard_count: int) -> grain.MapDataset:
-  """The endless, per-epoch-reshuffled window stream, or this process's share of it.
+def _windows_stream(source: TokenWindows, seed: int, shard_index: int, shard_count: int,
+                    start: int = 0) -> grain.MapDataset:
+  """The endless, per-epoch-reshuffled window stream from window `start`, or a process's share.
 
-  Process p of P takes windows p, p+P, p+2P, ... of the one global stream, so the
-  processes read disjoint windows and together see what one process would.
+  Process p of P takes windows start+p, start+p+P, ... of the one global stream,
+  so the processes read disjoint windows and together see what one process
+  would. An iteration of W windows in all moves the stream's position by W,
+  whatever the batch layout.
   """
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  if start:
+    ds = ds[start:]
   return ds[shard_index::shard_count] if shard_count > 1 else ds
 
 
 def train_dataset(source: TokenWindows, *, accum_steps: int, batch_size: int, seed: int,
-                  workers: int, prefetch: int = 2, shard_index: int = 0,
-                  shard_count: int = 1) -> grain.IterDataset:
+                  workers: int, prefetch: int = 2, shard_index: int = 0, shard_count: int = 1,
+                  start_window: int = 0) -> grain.IterDataset:
   """Endless (accum_steps, batch_size, block_size+1) uint16 batches, reshuffled every epoch.
 
   `batch_size` is this process's share of the micro-batch. Batches are read
   ahead in a background thread (and in `workers` processes when > 0). The
   iterator it gives is checkpointable (`get_state`/`set_state`), so a resumed
-  run continues at exactly the next batch.
+  run continues at exactly the next batch; a run resumed with another batch
+  layout starts a new iterator at the window it had reached (`start_window`).
   """
-  ds = (_windows_stream(source, seed, shard_index, shard_count)
+  ds = (_windows_stream(source, seed, shard_index, shard_count, start_window)
         .batch(batch_size, drop_remainder=True)
         .batch(accum_steps, drop_remainder=True))
   it_ds = ds.to_iter_dataset()

@@ -1,10 +1,20 @@
-"""Stop requests: SIGTERM (a scheduler's preemption) or Ctrl-C end the run after the current step."""
+"""Stop requests: SIGTERM (a scheduler's preemption) or Ctrl-C end the run after a step.
+
+With one process, Python handlers set a flag that the loop reads. With
+several, each process would see the signal at its own step and save there,
+and the others' collectives would hang; JAX's preemption service (started by
+`jax.distributed.initialize`) already catches SIGTERM and agrees on one step
+for every process, so the loop asks it (`reached_preemption_sync_point`), and
+Ctrl-C is forwarded to it as SIGTERM.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class StopSignals:
@@ -13,12 +23,14 @@ class StopSignals:
   A second SIGINT interrupts at once, as Ctrl-C usually does.
   """
 
-  def __init__(self):
+  def __init__(self, processes: int = 1):
+    self.processes = processes
     self.received: int | None = None
     self._previous = {}
 
   def __enter__(self) -> StopSignals:  # noqa: PYI034 - a final class
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handled = (signal.SIGTERM, signal.SIGINT) if self.processes == 1 else (signal.SIGINT,)
+    for sig in handled:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -26,12 +38,22 @@ class StopSignals:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
+  def stop_at(self, it: int) -> bool:
+    """Whether to stop before iteration `it`; every process calls it at every iteration."""
+    if self.processes > 1:
+      return multihost_utils.reached_preemption_sync_point(it)
+    return self.received is not None
+
   @property
   def name(self) -> str:
-    return signal.Signals(self.received).name
+    if self.received is not None:
+      return signal.Signals(self.received).name
+    return "a preemption notice (SIGTERM to one of the processes)"
 
   def _handle(self, signum: int, frame) -> None:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.received = signum
     logging.warning("received %s: stopping after the current step", self.name)
+    if self.processes > 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells the rest

@@ -54,6 +54,7 @@ import numpy as np
 from absl import logging
 
 from jaxgpt import token_files, tokenizer
+from jaxgpt.errors import UserError
 
 SHARD_TOKENS = 100_000_000  # tokens per shard file, as llm.c's FineWeb script writes
 VAL_FRACTION = 0.1
@@ -70,7 +71,7 @@ FINEWEB_DATASETS = {"fineweb": False, "fineweb_edu": True}  # config.dataset -> 
 _SAFE_CUT = re.compile(r"(?<=\S) (?=\S)")
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
   """Input that cannot be turned into token shards."""
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxgpt.errors import UserError
+
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
@@ -25,7 +27,7 @@ META_FILE = "meta.json"
 SPLITS = ("train", "val")
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
   """A token file that cannot be read as what it claims to be."""
 
 
@@ -61,6 +63,10 @@ def read_tokens(path: str) -> np.ndarray:
   if not path.endswith(".bin"):
     raise ShardError(f"{path}: unknown token-file format (expected .bin or .npy)")
   header = np.fromfile(path, dtype="<i4", count=HEADER_INTS) if size >= HEADER_BYTES else None
+  if header is not None and header[0] != MAGIC and _looks_like_a_header(header):
+    raise ShardError(f"{path}: starts with an llm.c-style header of magic {header[0]} (version "
+                     f"{header[1]}), not llm.c's {MAGIC}; refusing to read the header as tokens. "
+                     "Rewrite the file with `python -m jaxgpt.prepare`.")
   if header is not None and header[0] == MAGIC:
     if header[1] != VERSION:
       raise ShardError(f"{path}: llm.c shard version {header[1]}, expected {VERSION}")
@@ -74,6 +80,15 @@ def read_tokens(path: str) -> np.ndarray:
   if size == 0:
     raise ShardError(f"{path}: empty token file")
   return np.memmap(path, dtype="<u2", mode="r")
+
+
+def _looks_like_a_header(header: np.ndarray) -> bool:
+  """An int32 header's shape: a small version, a token count, then 253 zero ints.
+
+  A headerless token file would need 506 consecutive zero tokens there, which
+  text never gives.
+  """
+  return 0 < header[1] < 1000 and header[2] > 0 and not header[3:].any()
 
 
 def find_shards(data_dir: str, split: str) -> list[str]:

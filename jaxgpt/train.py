@@ -6,7 +6,7 @@ in step.py, the run directory's layout in run_dir.py, the data in data.py.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +26,7 @@ from jaxgpt import (
   hf,
   plan,
   preemption,
+  resume,
   run_dir,
   sharding,
   sinks,
@@ -59,32 +60,38 @@ def _format_train_line(it: int, max_iters: int, m: dict) -> str:
 
 
 class _Run:
-  """The loop's mutable bookkeeping, and the three things it does between steps."""
+  """The loop's mutable bookkeeping, and the things it does between steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, run_plan: plan.Plan,
-               state: step.TrainState, start_iter: int, best_val_loss: float,
-               checkpoints: checkpoint.Checkpoints, train_iter: grain.DatasetIterator,
-               writer: sinks.Sinks, eval_fn: Callable[[Any], dict[str, float]], n_devices: int):
-    self.config, self.plan, self.state = config, run_plan, state
+               start: resume.Start, checkpoints: checkpoint.Checkpoints,
+               train_iter: grain.DatasetIterator,
+               writer: sinks.Sinks, eval_fn: Callable[[Any], dict[str, float]],
+               layout: sharding.BatchLayout):
+    self.config, self.plan, self.state, self.start = config, run_plan, start.state, start
     self.checkpoints, self.train_iter, self.writer = checkpoints, train_iter, writer
     self.eval_fn, self.tokens_per_iter = eval_fn, run_plan.tokens_per_iter
+    self.data_layout = {**resume.data_layout(config, layout), "start_window": start.window}
     self.n_logs = 0
-    self.nonfinite_seen = int(state.nonfinite)
+    self.nonfinite_seen = int(start.state.nonfinite)
     self.peak = flops.peak(jax.devices()[0].device_kind, config.peak_flops)
-    self.n_devices = n_devices
-    self.best_val_loss = best_val_loss
-    self.last_saved = start_iter if config.init_from == "resume" else None
+    self.n_devices = layout.n_devices
+    self.best_val_loss = start.best_val_loss
+    self.last_saved = start.iter if config.init_from == "resume" else None
     self.schedule = lr_schedule(config)
     self.losses: dict[str, float] = {}
-    self.mark_time(start_iter)
+    self.mark_time(start.iter)
+
+  def tokens(self, it: int) -> int:
+    """Tokens trained on before iteration `it`, true across a resume with another batch."""
+    return self.start.tokens + (it - self.start.iter) * self.tokens_per_iter
 
   def mark_time(self, it: int) -> None:
     """Starts a new timing interval: time spent before (eval, saves) is not train time."""
     self.last_log_time, self.last_log_iter = time.perf_counter(), it
 
   def save(self, it: int, val_loss: float | None) -> None:
-    meta = {"config": self.config.to_dict(), "iter": it, "tokens": it * self.tokens_per_iter,
-            "val_loss": val_loss, "best_val_loss": self.best_val_loss}
+    meta = {"config": self.config.to_dict(), "iter": it, "tokens": self.tokens(it),
+            "val_loss": val_loss, "best_val_loss": self.best_val_loss, "data": self.data_layout}
     self.checkpoints.save(it, self.state, self.train_iter, meta, val_loss)
     self.last_saved = it
 
@@ -111,7 +118,7 @@ class _Run:
     self.losses = self.eval_fn(self.state.params)
     logging.info("step %d: train loss %.4f, val loss %.4f", it, self.losses["train"],
                  self.losses["val"])
-    self.writer.write({"event": "eval", "iter": it, "tokens": it * self.tokens_per_iter,
+    self.writer.write({"event": "eval", "iter": it, "tokens": self.tokens(it),
                        "train_loss": self.losses["train"], "val_loss": self.losses["val"],
                        "lr": float(self.schedule(it))})
     if self.config.eval_only:
@@ -134,36 +141,30 @@ class _Run:
     self.n_logs += 1
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
       logging.info(plan.eta_message(self.plan, it + 1, tok_s, m["mfu"]))
-    self.writer.write({"event": "train", "iter": it, "tokens": (it + 1) * self.tokens_per_iter,
-                       **m})
+    self.writer.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m})
     self.check_finite(it)
     self.last_log_time, self.last_log_iter = now, it + 1
 
-  def stop_on_signal(self, it: int, signal_name: str) -> None:
-    self.save(it, None)
+
+  def stop(self, it: int, reason: str) -> None:
+    """Ends the run on a stop request with one checkpoint of the last iteration done."""
+    if it == self.start.iter:
+      logging.warning("stopped by %s before the first step: nothing new to save", reason)
+      return
+    if self.last_saved != it:
+      self.save(it, None)
     self.checkpoints.wait()
     logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
-                    "command plus --config.init_from=resume", signal_name, it)
+                    "command plus --config.init_from=resume", reason, it)
 
-
-def _first_state(config: ml_collections.ConfigDict, setup: step.TrainSetup, shardings: Any,
-                 run: run_dir.RunDir, checkpoints: checkpoint.Checkpoints,
-                 train_iter: grain.DatasetIterator, pretrained: Any
-                 ) -> tuple[step.TrainState, int, float]:
-  """(state, first iteration, best val loss): a fresh state, or the latest good checkpoint's.
-
-  Resuming also sets the data iterator to the checkpoint's next batch.
-  """
-  if config.init_from != "resume":
-    state = jax.jit(setup.new_state, out_shardings=shardings)(pretrained)
-    return state, 0, math.inf
-  start_iter, state, meta = checkpoints.restore_latest_good(
-      checkpoint.abstract_like(setup.abstract_state, shardings), train_iter,
-      check_meta=lambda meta: run_dir.check_resumable(meta["config"], config))
-  moved = run.drop_metrics_after(start_iter) if jax.process_index() == 0 else 0
-  logging.info("resumed from %s/%d (%s records of redone iterations moved to %s.superseded)",
-               checkpoints.directory, start_iter, moved, run.metrics_path)
-  return state, start_iter, meta.get("best_val_loss") or math.inf
+  def close(self) -> None:
+    """Lets a save in flight land (it holds a good state, even on an error), then closes."""
+    try:
+      self.checkpoints.wait()
+    finally:
+      self.checkpoints.close()
+      self.writer.close()
+      self.train_iter.close()
 
 
 def _log_setup(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
@@ -178,70 +179,96 @@ def _log_setup(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                config.attention, config.loss_chunk_size or "all", config.remat)
 
 
-def _loop(run: _Run, train_step: Callable, layout: sharding.BatchLayout, start_iter: int
-          ) -> None:
-  """Iterations start_iter..max_iters: evaluate and save on schedule, stop on a signal."""
+
+
+def _loop(run: _Run, train_step: Callable, layout: sharding.BatchLayout,
+          signals: preemption.StopSignals) -> None:
+  """Iterations start..max_iters: evaluate and save on schedule, stop when asked."""
   config = run.config
-  with preemption.StopSignals() as signals:
-    for it in range(start_iter, config.max_iters + 1):
-      resumed_here = it == start_iter and config.init_from == "resume"  # evaluated before
-      if (it % config.eval_interval == 0 or it == config.max_iters) and not resumed_here:
-        run.evaluate_and_save(it)
-        if config.eval_only:
-          break
-      if it == config.max_iters:
+  for it in range(run.start.iter, config.max_iters + 1):
+    if signals.stop_at(it):
+      run.stop(it, signals.name)
+      break
+    resumed_here = it == run.start.iter and config.init_from == "resume"  # evaluated before
+    if (it % config.eval_interval == 0 or it == config.max_iters) and not resumed_here:
+      run.evaluate_and_save(it)
+      if config.eval_only:
         break
-      if signals.received is not None:
-        run.stop_on_signal(it, signals.name)
-        break
-      run.state, step_metrics = train_step(run.state, layout.train_batch(next(run.train_iter)))
-      if it % config.log_interval == 0:
-        run.log(it, step_metrics)
+    if it == config.max_iters:
+      break
+    run.state, step_metrics = train_step(run.state, layout.train_batch(next(run.train_iter)))
+    run.checkpoints.check_saves()  # a failed background save stops the run now
+    if it % config.log_interval == 0:
+      run.log(it, step_metrics)
 
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Trains per `config` on every device of every process; returns the last eval's losses."""
+  """Trains per `config` on every device of every process; returns the last eval's losses.
+
+  Stop signals are caught from the start (a stop during start-up ends the run
+  before its first step), and process 0 holds the run directory's lock.
+  """
   defaults.validate(config)
-  lead = jax.process_index() == 0  # the one process that writes logs and metrics
   run = run_dir.RunDir(config.out_dir)
+  lead = jax.process_index() == 0  # the one process that writes logs and metrics
+  with preemption.StopSignals(jax.process_count()) as signals, \
+      run.lock() if lead else contextlib.nullcontext():
+    return _train(config, run, signals)
+
+
+def _accept(config: ml_collections.ConfigDict, run: run_dir.RunDir,
+            start: resume.Start) -> None:
+  """Records the run once it is accepted: before, nothing in out_dir has changed."""
+  run.write_config(config)
+  if config.init_from == "resume":
+    moved = run.drop_metrics_after(start.iter)
+    logging.info("%d records of redone iterations moved to %s.superseded", moved,
+                 run.metrics_path)
+  else:
+    run.set_aside_metrics()
+
+
+def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
+           signals: preemption.StopSignals) -> dict[str, float]:
+  lead = jax.process_index() == 0
   checkpoints = run.checkpoints_for(config)
   # GPT-2's architecture replaces the config's before anything reads or records it.
   pretrained = hf.init_from_gpt2(config) if config.init_from in defaults.GPT2_MODELS else None
-  if lead:
-    run.write_config(config)
-
   sources = data.open_splits(config)
   layout = sharding.BatchLayout.create(config)
   setup = step.build(config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
+  if config.init_from == "resume":
+    start = resume.resume(config, setup, shardings, checkpoints, layout)
+  else:
+    start = resume.Start(jax.jit(setup.new_state, out_shardings=shardings)(pretrained))
   train_iter = iter(data.train_dataset(
       sources["train"], accum_steps=config.gradient_accumulation_steps,
       batch_size=layout.local_batch, seed=config.seed, workers=config.data_workers,
       prefetch=config.data_prefetch, shard_index=jax.process_index(),
-      shard_count=jax.process_count()))
-  state, start_iter, best_val_loss = _first_state(config, setup, shardings, run, checkpoints,
-                                                  train_iter, pretrained)
+      shard_count=jax.process_count(), start_window=start.window))
+  if start.data_step is not None:
+    checkpoints.restore_data(start.data_step, train_iter)
+  if lead:
+    _accept(config, run, start)
   # An epoch is what the windows cover: a shard's last partial window is never read.
   run_plan = plan.log_launch(config, train_tokens=len(sources["train"]) * config.block_size,
                              n_devices=layout.n_devices)
   _log_setup(config, layout, sources)
   t0 = time.perf_counter()
-  train_step = step.compile_train_step(setup, state, layout.train_spec, shardings, layout.mesh)
+  train_step = step.compile_train_step(setup, start.state, layout.train_spec, shardings,
+                                       layout.mesh)
   logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
 
   eval_step = step.make_eval_step(setup.model)
-  loop = _Run(config, run_plan, state, start_iter, best_val_loss, checkpoints, train_iter,
-              sinks.open_sinks(config, run, start_iter=start_iter, enabled=lead),
+  loop = _Run(config, run_plan, start, checkpoints, train_iter,
+              sinks.open_sinks(config, run, start_iter=start.iter, enabled=lead),
               eval_fn=lambda params: evaluate(eval_step, params, sources, config, layout),
-              n_devices=layout.n_devices)
+              layout=layout)
   try:
-    _loop(loop, train_step, layout, start_iter)
+    _loop(loop, train_step, layout, signals)
   finally:
-    checkpoints.wait()  # a save in flight holds a good state: let it land, even on an error
-    checkpoints.close()
-    loop.writer.close()
-    train_iter.close()
-
+    loop.close()
   if config.sample_tokens > 0:
     text = decoding.new_document(setup.model, loop.state.params,
                                  max_new_tokens=config.sample_tokens, seed=config.seed)

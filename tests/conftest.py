@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -68,7 +70,7 @@ def restore_state(config: ml_collections.ConfigDict, at_step: int
   abstract = checkpoint.abstract_like(step.build(config).abstract_state,
                                       jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   ckpts = run_dir.RunDir(config.out_dir).checkpoints(read_only=True)
-  state, meta = ckpts.restore(at_step, abstract, None)
+  state, meta = ckpts.restore(at_step, abstract)
   ckpts.close()
   return state, meta
 
@@ -103,3 +105,37 @@ def token_dir(tmp_path) -> str:
   token_files.write_shard(str(d / "syn_train_000001.bin"), pattern_tokens(2000, seed=2))
   token_files.write_shard(str(d / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
   return str(d)
+
+
+def write_config_file(tmp_path, token_dir: str, **overrides) -> str:
+  """A recipe file for launch.py: tiny_config(tmp_path, token_dir, **overrides)."""
+  path = tmp_path / "recipe.py"
+  path.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+      from conftest import tiny_config
+      import pathlib
+
+      def get_config():
+        return tiny_config(pathlib.Path({str(tmp_path)!r}), {token_dir!r}, **{overrides!r})
+      """))
+  return str(path)
+
+
+def start_python(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+  """`python ARGS` in the repository root on the CPU, in the background, output merged."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env or {}))
+  return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def start_launch(config_file: str, *flags: str, **kwargs) -> subprocess.Popen:
+  return start_python("launch.py", f"--config={config_file}", *flags, **kwargs)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+  deadline = time.time() + timeout
+  while not predicate():
+    if time.time() > deadline:
+      raise TimeoutError(what)
+    time.sleep(0.005)

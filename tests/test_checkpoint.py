@@ -6,26 +6,25 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
-  ROOT,
   checkpoint_steps,
   pattern_tokens,
   read_jsonl,
   records,
   restore_state,
+  start_launch,
   tiny_config,
+  wait_for,
+  write_config_file,
 )
 
 from jaxgpt import run_dir, step, token_files, train
+from jaxgpt.errors import UserError
 
 
 @pytest.mark.parametrize("dropout,workers", [(0.0, 0),
@@ -56,19 +55,19 @@ def test_scratch_refuses_a_directory_with_checkpoints(tmp_path, token_dir):
   snapshot = lambda: (sorted(os.listdir(config.out_dir)),
                       read_jsonl(run_dir.RunDir(config.out_dir).metrics_path))
   before = snapshot()
-  with pytest.raises(FileExistsError, match="--config.init_from=resume"):
+  with pytest.raises(UserError, match="--config.init_from=resume"):
     train.train(config)
   assert snapshot() == before
 
 
 def test_resume_without_checkpoints_says_so(tmp_path, token_dir):
-  with pytest.raises(FileNotFoundError, match="no checkpoints to resume from"):
+  with pytest.raises(UserError, match="no checkpoints to resume from"):
     train.train(tiny_config(tmp_path, token_dir, init_from="resume"))
 
 
 def test_resume_refuses_an_architecture_change(tmp_path, token_dir):
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
-  with pytest.raises(ValueError, match="n_embd: checkpoint 32 vs config 48"):
+  with pytest.raises(UserError, match="n_embd: checkpoint 32 vs config 48"):
     train.train(tiny_config(tmp_path, token_dir, max_iters=6, n_embd=48, init_from="resume"))
 
 
@@ -143,35 +142,6 @@ def test_drop_records_after_moves_redone_iterations(tmp_path):
   kept = read_jsonl(path)
   assert [(r["event"], r["iter"]) for r in kept] == [("train", i) for i in range(4)] + [("eval", 4)]
   assert len(read_jsonl(path + ".superseded")) == 2
-
-
-def write_config_file(tmp_path, token_dir: str, **overrides) -> str:
-  path = tmp_path / "recipe.py"
-  path.write_text(textwrap.dedent(f"""
-      import sys
-      sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-      from conftest import tiny_config
-      import pathlib
-
-      def get_config():
-        return tiny_config(pathlib.Path({str(tmp_path)!r}), {token_dir!r}, **{overrides!r})
-      """))
-  return str(path)
-
-
-def start_launch(config_file: str, *flags: str) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, "launch.py", f"--config={config_file}", *flags],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-  deadline = time.time() + timeout
-  while not predicate():
-    if time.time() > deadline:
-      raise TimeoutError(what)
-    time.sleep(0.005)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):

@@ -39,6 +39,7 @@ def test_fineweb_40m_parameter_count():
   assert 40e6 < expected < 41e6
 
 
+@pytest.mark.slow
 def test_init_loss_of_fineweb_40m_is_about_10_9():
   config = recipe("fineweb_40m")
   config.dtype = "float32"

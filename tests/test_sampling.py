@@ -11,6 +11,7 @@ import pytest
 from conftest import run_python, tiny_config
 
 from jaxgpt import decoding, run_dir, sample, train
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 
@@ -131,12 +132,12 @@ def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
   samples = result.stdout.split("---------------\n")
   assert len(samples) == 4 and samples[-1] == ""
   assert all(s.startswith("A") for s in samples[:3])
-  with pytest.raises(ValueError, match=r"no checkpoint at step 1; it holds \[2\]"):
+  with pytest.raises(UserError, match=r"no checkpoint at step 1; it holds \[2\]"):
     run_dir.RunDir(config.out_dir).restore_params(1)
 
 
 def test_sample_errors_name_what_is_missing(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no checkpoints"):
+  with pytest.raises(UserError, match="no checkpoints"):
     run_dir.RunDir(str(tmp_path / "empty")).restore_params()
   with pytest.raises(FileNotFoundError, match="FILE:.*nope.txt"):
     sample.read_start(f"FILE:{tmp_path / 'nope.txt'}")

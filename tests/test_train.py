@@ -88,6 +88,7 @@ def count_compiles(fn) -> int:
   return sum(1 for e in events if e == "/jax/core/compile/backend_compile_duration")
 
 
+@pytest.mark.slow
 def test_loop_compiles_the_same_programs_however_long_it_runs(tmp_path, token_dir):
   run = lambda name, iters: train.train(tiny_config(tmp_path / name, token_dir, max_iters=iters))
   run("warmup", 2)  # fills jax's caches of small eager ops

@@ -1,0 +1,287 @@
+"""A long run never loses or silently skips data: resume changes, locks, full disks, signals."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import (
+  ROOT,
+  checkpoint_steps,
+  pattern_tokens,
+  read_jsonl,
+  records,
+  run_python,
+  start_launch,
+  start_python,
+  tiny_config,
+  wait_for,
+  write_config_file,
+)
+
+from jaxgpt import checkpoint, data, run_dir, sharding, token_files, train
+from jaxgpt.errors import UserError
+
+# Long enough to be stopped from outside, short enough to finish if nobody does.
+ENDLESS = {"max_iters": 100000, "eval_interval": 100000, "lr_decay_iters": 100000}
+
+
+def out_dir_snapshot(out_dir: str) -> dict[str, bytes]:
+  """Every file under out_dir and its bytes (the lock file is the live run's, not the data's)."""
+  files = sorted(p for p in glob.glob(os.path.join(out_dir, "**"), recursive=True)
+                 if os.path.isfile(p) and not p.endswith("run.lock"))
+  return {os.path.relpath(p, out_dir): open(p, "rb").read() for p in files}
+
+
+def test_a_resume_whose_state_has_another_structure_is_refused_up_front(tmp_path, token_dir):
+  """grad_clip 1.0 -> 0 drops the clipping state: refused naming the key, nothing touched."""
+  config_file = write_config_file(tmp_path, token_dir, max_iters=6, eval_interval=3)
+  assert run_python("launch.py", f"--config={config_file}").returncode == 0
+  out_dir = str(tmp_path / "run")
+  before = out_dir_snapshot(out_dir)
+  r = run_python("launch.py", f"--config={config_file}", "--config.init_from=resume",
+                 "--config.max_iters=9", "--config.grad_clip=0")
+  assert r.returncode == 1
+  assert "error: cannot resume" in r.stderr and "grad_clip: checkpoint 1.0 vs config 0.0" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert out_dir_snapshot(out_dir) == before  # no .unreadable, and config.json kept
+  # The same change on a key that keeps the structure is allowed and logged.
+  ok = run_python("launch.py", f"--config={config_file}", "--config.init_from=resume",
+                  "--config.max_iters=9", "--config.grad_clip=0.5")
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert "resume: grad_clip changed from 1.0 to 0.5" in ok.stderr
+  with open(os.path.join(out_dir, "config.json")) as f:
+    assert json.load(f)["grad_clip"] == 0.5
+
+
+def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3)
+  train.train(config)
+  for path in glob.glob(os.path.join(config.out_dir, "checkpoints", "*", "state", "**", "*"),
+                        recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  before = sorted(os.listdir(os.path.join(config.out_dir, "checkpoints")))
+  with pytest.raises(UserError, match=r"none of the checkpoints \[3, 6\] could be restored, and "
+                                      "none was moved or changed"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=9, init_from="resume"))
+  assert sorted(os.listdir(os.path.join(config.out_dir, "checkpoints"))) == before
+
+
+@pytest.fixture
+def first_batches(monkeypatch):
+  """Records the host batches every train step is fed."""
+  fed = []
+  real = sharding.BatchLayout.train_batch
+
+  def record(layout, local_ABT1):
+    fed.append(np.array(local_ABT1))
+    return real(layout, local_ABT1)
+
+  monkeypatch.setattr(sharding.BatchLayout, "train_batch", record)
+  return fed
+
+
+def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token_dir,
+                                                                 first_batches):
+  kw = {"eval_interval": 4, "lr_decay_iters": 12}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, batch_size=4, **kw))
+  first_batches.clear()
+  resumed = tiny_config(tmp_path, token_dir, max_iters=6, batch_size=8, init_from="resume", **kw)
+  train.train(resumed)
+  # 4 iterations of 2 x 4 windows were read: the resumed run's first batch (2 x 8) is the
+  # stream's windows 32..47, not the 64..79 that counting batches of 16 would give.
+  source = data.open_split(token_dir, "train", resumed.block_size, resumed.vocab_size)
+  stream = data._windows_stream(source, resumed.seed, 0, 1)
+  expected = np.stack([stream[i] for i in range(32, 48)]).reshape(2, 8, -1)
+  np.testing.assert_array_equal(first_batches[0], expected)
+  tokens = [(r["iter"], r["tokens"]) for r in records(resumed.out_dir, "train")]
+  assert tokens == [(i, (i + 1) * 128) for i in range(4)] + [(4, 512 + 256), (5, 512 + 512)]
+  _, meta = checkpoint_meta(resumed, 6)
+  assert meta["tokens"] == 512 + 2 * 256 and meta["data"]["start_window"] == 32
+  # Resumed again with the same batch, the saved iterator state continues it.
+  first_batches.clear()
+  train.train(tiny_config(tmp_path, token_dir, max_iters=7, batch_size=8, init_from="resume",
+                          **kw))
+  expected = np.stack([stream[i] for i in range(64, 80)]).reshape(2, 8, -1)
+  np.testing.assert_array_equal(first_batches[0], expected)
+
+
+def checkpoint_meta(config, at_step: int):
+  ckpts = run_dir.RunDir(config.out_dir).checkpoints(read_only=True)
+  return at_step, ckpts.read_meta(at_step)
+
+
+def test_a_second_run_on_a_live_directory_is_refused_naming_the_holder(tmp_path, token_dir):
+  config_file = write_config_file(tmp_path, token_dir, **ENDLESS)
+  proc = start_launch(config_file)
+  out_dir = str(tmp_path / "run")
+  metrics = run_dir.RunDir(out_dir).metrics_path
+  try:
+    wait_for(lambda: os.path.exists(metrics) and len(read_jsonl(metrics)) > 3, 120,
+             "training did not start")
+    for init_from in ("scratch", "resume"):
+      r = run_python("launch.py", f"--config={config_file}", f"--config.init_from={init_from}")
+      assert r.returncode == 1
+      assert f"is in use by another run (pid {proc.pid} on {socket.gethostname()}" in r.stderr
+      assert "Traceback" not in r.stderr
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output
+  assert len(checkpoint_steps(out_dir)) == 1
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path, token_dir, caplog):
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
+  os.makedirs(config.out_dir)
+  with open(os.path.join(config.out_dir, "run.lock"), "w") as f:
+    f.write("pid 4194301 on elsewhere, started 2026-01-01 00:00:00")
+  train.train(config)
+  assert "taking over the lock left by a run that is no longer running (pid 4194301" in caplog.text
+  with open(os.path.join(config.out_dir, "run.lock")) as f:
+    assert f.read() == ""  # released
+
+
+def test_a_failed_save_stops_the_run_at_once_and_removes_it(tmp_path, token_dir):
+  """A write error (a file-size limit standing in for a full disk) in a background save."""
+  config_file = write_config_file(tmp_path, token_dir, max_iters=400, eval_interval=100,
+                                  lr_decay_iters=400)
+
+  # bash hands on the limit and the ignored SIGXFSZ: a write past 64 KiB fails, not kills.
+  command = (f"trap '' XFSZ; ulimit -f 64; exec {sys.executable} launch.py "
+             f"--config={config_file}")
+  proc = subprocess.Popen(["bash", "-c", command], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1"))
+  output, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 1, output[-3000:]
+  errors = [line for line in output.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, output[-3000:]
+  last_line = errors[0]
+  assert last_line.startswith("error: saving the checkpoint of step 100 failed: File too large "
+                              "[errno 27] (")
+  assert "GiB free on its filesystem" in last_line and "no checkpoint was saved" in last_line
+  out_dir = str(tmp_path / "run")
+  assert records(out_dir, "train")[-1]["iter"] < 199  # stopped before the next save was due
+  assert os.listdir(os.path.join(out_dir, "checkpoints")) == []  # the partial save is gone
+
+
+def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=3, eval_interval=3)
+  train.train(config)
+  ckpts = run_dir.RunDir(config.out_dir).checkpoints()
+  partial = os.path.join(ckpts.directory, "6.orbax-checkpoint-tmp-1234")
+  os.makedirs(os.path.join(partial, "state"))
+  error = ckpts._save_failed(6, OSError(28, "No space left on device"))
+  assert isinstance(error, checkpoint.SaveError)
+  assert str(error).startswith("saving the checkpoint of step 6 failed: No space left on device "
+                               "[errno 28] (")
+  assert f"the last good checkpoint is step 3 in {ckpts.directory}" in str(error)
+  assert not os.path.exists(partial)
+
+
+def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, token_dir,
+                                                                    monkeypatch):
+  real_log = train._Run.log
+
+  def log_then_sigterm(run, it, step_metrics):
+    real_log(run, it, step_metrics)
+    if it == 3:  # the signal lands after iteration 3, before the evaluation at 4
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train._Run, "log", log_then_sigterm)
+  config = tiny_config(tmp_path, token_dir, max_iters=8, eval_interval=4, lr_decay_iters=8)
+  train.train(config)
+  assert checkpoint_steps(config.out_dir) == [4]
+  assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 1, 2, 3]
+
+
+def test_sigterm_during_start_up_ends_the_run_with_one_line(tmp_path, token_dir):
+  proc = start_launch(write_config_file(tmp_path, token_dir, **ENDLESS))
+  lines = []
+  for line in proc.stdout:  # the plan is logged before the step is compiled
+    lines.append(line)
+    if "plan: parameters" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  output = "".join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, output
+  assert "stopped by SIGTERM before the first step: nothing new to save" in output
+  assert checkpoint_steps(str(tmp_path / "run")) == []
+
+
+def test_a_cut_off_metrics_line_is_set_aside_on_resume(tmp_path, token_dir, caplog):
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=4, lr_decay_iters=8))
+  metrics = run_dir.RunDir(str(tmp_path / "run")).metrics_path
+  with open(metrics, "a") as f:
+    f.write('{"event": "train", "iter": 4, "lo')  # power lost mid-write
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=4, lr_decay_iters=8,
+                       init_from="resume")
+  train.train(config)
+  assert "an unfinished record" in caplog.text
+  assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(6))
+  with open(metrics + ".superseded") as f:
+    assert '"lo' in f.read()
+
+
+def test_a_new_run_moves_the_metrics_of_one_that_never_checkpointed(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
+  os.makedirs(config.out_dir)
+  old = '{"event": "train", "iter": 0, "loss": 9.0}\n'
+  with open(os.path.join(config.out_dir, "metrics.jsonl"), "w") as f:
+    f.write(old)
+  train.train(config)
+  with open(os.path.join(config.out_dir, "metrics.jsonl.1")) as f:
+    assert f.read() == old
+  assert records(config.out_dir, "eval")[0]["iter"] == 0
+  assert len(records(config.out_dir, "train")) == 2
+
+
+def test_a_header_with_another_magic_is_refused_naming_both(tmp_path):
+  tokens = pattern_tokens(600)
+  header = np.zeros(256, "<i4")
+  header[:3] = (20240801, 1, tokens.size)  # an llm.c-shaped header, another format's magic
+  path = tmp_path / "x_train_000000.bin"
+  path.write_bytes(header.tobytes() + tokens.astype("<u2").tobytes())
+  with pytest.raises(token_files.ShardError, match="magic 20240801.*not llm.c's 20240520"):
+    token_files.read_tokens(str(path))
+  tokens.tofile(tmp_path / "train.bin")  # a genuine headerless nanoGPT file still reads
+  np.testing.assert_array_equal(token_files.read_tokens(str(tmp_path / "train.bin")), tokens)
+
+
+@pytest.mark.slow
+def test_processes_stop_together_at_one_step_when_one_is_signalled(tmp_path, token_dir):
+  """A SLURM preemption reaches one process first: every process saves the same step."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  out = str(tmp_path / "multi")
+  overrides = json.dumps(dict(batch_size=4, **ENDLESS))
+  procs = [start_python("tests/sharded_run.py", f"--out={out}", f"--data={token_dir}",
+                        f"--process_id={i}", "--num_processes=2", f"--coordinator={address}",
+                        f"--overrides={overrides}") for i in range(2)]
+  metrics = run_dir.RunDir(os.path.join(out, "run")).metrics_path
+  try:
+    wait_for(lambda: os.path.exists(metrics) and len(read_jsonl(metrics)) > 3, 300,
+             "training did not start")
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  steps = checkpoint_steps(os.path.join(out, "run"))
+  assert len(steps) == 1
+  for output in outputs:
+    assert f"stopped by a preemption notice (SIGTERM to one of the processes) at iter {steps[0]}" \
+        in output
+
