@@ -22,8 +22,7 @@ def get_config():
   c.learning_rate = 5e-4
   c.min_lr = 5e-5
   c.max_iters = 20000
-  c.lr_decay_iters = 20000
-  c.warmup_iters = 700
+  c.warmup_iters = c.get_ref("max_iters") * 7 // 200  # 3.5% of the run: 700 of 20,000
   c.weight_decay = 0.1
   c.beta1 = 0.9
   c.beta2 = 0.95

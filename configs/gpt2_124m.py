@@ -23,8 +23,7 @@ def get_config():
   c.learning_rate = 6e-4
   c.min_lr = 6e-5
   c.max_iters = 19073
-  c.lr_decay_iters = 19073
-  c.warmup_iters = 715
+  c.warmup_iters = c.get_ref("max_iters") * 3 // 80  # 3.75% of the run: 715 of 19,073
   c.weight_decay = 0.1
   c.eval_interval = 500
   c.eval_iters = 100

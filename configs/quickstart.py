@@ -19,8 +19,7 @@ def get_config():
   c.log_interval = 10
   c.learning_rate = 2e-3
   c.min_lr = 2e-4
-  c.warmup_iters = 25  # 10% of max_iters
-  c.lr_decay_iters = 250
+  c.warmup_iters = c.get_ref("max_iters") // 10  # 10% of the run: 25 of 250
   c.weight_decay = 0.1
   c.dropout = 0.0
   c.dtype = "float32"

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from jaxgpt import prepare, token_files
+from jaxgpt.errors import UserError
 
 
 class TokenWindows(grain.sources.RandomAccessDataSource):
@@ -88,7 +89,7 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
   """The windows of one split, with every file checked against the model's vocabulary."""
   paths = token_files.find_shards(data_dir, split)
   if not paths:
-    raise FileNotFoundError(f"{data_dir}: no '{split}' token files (*{split}*.bin or .npy)")
+    raise UserError(f"{data_dir}: no '{split}' token files (*{split}*.bin or .npy)")
   for path in paths:
     token_files.check_vocab(path, token_files.read_tokens(path), vocab_size)
   return TokenWindows(paths, block_size)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt import tokenizer
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, init_cache
 
 MIN_BUCKET = 16
@@ -67,10 +68,10 @@ def bucket_length(n: int, block_size: int) -> int:
 def pad_prompts(prompts: Sequence[Sequence[int]], block_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Right-padded (B, bucket) prompts, each cropped to its last block_size tokens, and lengths."""
   if not prompts:
-    raise ValueError("no prompts to sample from")
+    raise UserError("no prompts to sample from")
   cropped = [list(p)[-block_size:] for p in prompts]
   if any(len(p) == 0 for p in cropped):
-    raise ValueError("a prompt is empty: give at least one token (e.g. end-of-text, 50256)")
+    raise UserError("a prompt is empty: give at least one token (e.g. end-of-text, 50256)")
   lengths_B = np.array([len(p) for p in cropped], np.int32)
   prompt_BP = np.zeros((len(cropped), bucket_length(int(lengths_B.max()), block_size)), np.int32)
   for row, p in zip(prompt_BP, cropped):
@@ -87,7 +88,7 @@ def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: ja
   with it; decoding ends once every row has stopped.
   """
   if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+    raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
   prompt_BP, lengths_B = pad_prompts(prompts, model.config.block_size)
   tokens_BN = generate_padded(model, params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B),
                               rng, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxgpt.errors import UserError
+
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's weights, via hf.py
@@ -73,7 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # learning-rate schedule
   c.decay_lr = True  # warmup then cosine decay; False keeps learning_rate constant
   c.warmup_iters = 2000
-  c.lr_decay_iters = 600000  # ~= max_iters per Chinchilla
+  # ~= max_iters per Chinchilla: follows max_iters unless set itself, so a recipe's
+  # --config.max_iters=N override brings its decay along.
+  c.lr_decay_iters = c.get_ref("max_iters").identity()
   c.min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla
 
   # system
@@ -94,7 +98,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   def check(ok: bool, key: str, why: str) -> None:
     if not ok:
-      raise ValueError(f"config.{key}={c[key]!r}: {why}")
+      raise UserError(f"config.{key}={c[key]!r}: {why}")
 
   for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
               "gradient_accumulation_steps", "vocab_size", "eval_interval",
@@ -118,6 +122,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.data_workers >= 0, "data_workers", "must be >= 0")
   check(c.data_prefetch >= 1, "data_prefetch", "must be >= 1")
   if c.decay_lr:
+    check(c.warmup_iters <= c.max_iters or c.max_iters == 0, "warmup_iters",
+          f"must be at most max_iters={c.max_iters}: the run would end before its learning "
+          "rate is reached. Lower warmup_iters, or raise max_iters")
     check(c.lr_decay_iters > c.warmup_iters, "lr_decay_iters",
           f"must be greater than warmup_iters={c.warmup_iters}")
     check(0 <= c.min_lr <= c.learning_rate, "min_lr",

@@ -1,23 +1,21 @@
 """Writes a run's checkpoint as a Hugging Face GPT-2 that transformers loads.
 
   python -m jaxgpt.export --out_dir=runs/x --to=hf_dir [--step=N]
-  # then: transformers.GPT2LMHeadModel.from_pretrained("hf_dir")
+  # then: transformers.GPT2LMHeadModel.from_pretrained("hf_dir"),
+  #       transformers.AutoTokenizer.from_pretrained("hf_dir")
 """
 
 from __future__ import annotations
 
 from absl import app, flags
 
-from jaxgpt import hf, run_dir
+from jaxgpt import cli, hf, run_dir
 
 
 def export(out_dir: str, to_dir: str, step: int | None = None) -> int:
   """Writes the latest (or the given) checkpoint of `out_dir` to `to_dir`; returns its step."""
   config, params, step = run_dir.RunDir(out_dir).restore_params(step)
-  try:
-    hf.export(params, config, to_dir)
-  except ValueError as e:
-    raise ValueError(f"{out_dir} step {step}: {e}") from None
+  hf.export(params, config, to_dir)
   return step
 
 
@@ -33,9 +31,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   step = export(f.out_dir, f.to, f.step)
-  print(f"wrote {f.out_dir} step {step} to {f.to} (config.json, model.safetensors)")
+  print(f"wrote {f.out_dir} step {step} to {f.to} (config.json, model.safetensors and GPT-2's "
+        "tokenizer files)")
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from typing import Any
 
 import jax
@@ -23,6 +24,7 @@ from absl import logging
 from flax import traverse_util
 
 from jaxgpt import defaults, tokenizer
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 HUB_REPOS = {name: f"openai-community/{name}" for name in defaults.GPT2_MODELS}
@@ -52,7 +54,7 @@ def read_config(hf_dir: str) -> dict[str, Any]:
   """Our architecture keys from a transformers GPT-2 config.json, or an error naming the misfit."""
   path = os.path.join(hf_dir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: not a Hugging Face checkpoint directory")
+    raise UserError(f"{path} not found: not a Hugging Face checkpoint directory")
   with open(path, encoding="utf-8") as f:
     hf = json.load(f)
   problems = []
@@ -70,7 +72,7 @@ def read_config(hf_dir: str) -> dict[str, Any]:
   if not hf.get("tie_word_embeddings", True):
     problems.append("tie_word_embeddings=false (our LM head is the token embedding)")
   if problems:
-    raise ValueError(f"{path}: not a GPT-2 this model can hold: {'; '.join(problems)}")
+    raise UserError(f"{path}: not a GPT-2 this model can hold: {'; '.join(problems)}")
   return {"n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
           "block_size": hf["n_positions"], "vocab_size": hf["vocab_size"], "bias": True,
           "gelu_approximate": act in TANH_GELUS}
@@ -91,11 +93,11 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     try:
       import torch
     except ImportError as e:
-      raise ImportError(f"{torch_bin}: reading pytorch_model.bin needs torch; install it or "
+      raise UserError(f"{torch_bin}: reading pytorch_model.bin needs torch; install it or "
                         "convert the checkpoint to model.safetensors") from e
     state = torch.load(torch_bin, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() for k, v in state.items()}
-  raise FileNotFoundError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or "
+  raise UserError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or "
                           "pytorch_model.bin")
 
 
@@ -111,14 +113,14 @@ def load(hf_dir: str) -> tuple[dict[str, Any], dict]:
       continue
     path = _our_path(key)
     if path not in expected:
-      raise ValueError(f"{hf_dir}: unexpected tensor {key!r} for a GPT-2")
+      raise UserError(f"{hf_dir}: unexpected tensor {key!r} for a GPT-2")
     if value.shape != expected[path].shape:
-      raise ValueError(f"{hf_dir}: {key} has shape {value.shape}, expected "
+      raise UserError(f"{hf_dir}: {key} has shape {value.shape}, expected "
                        f"{expected[path].shape} from config.json")
     flat[path] = np.asarray(value, np.float32)
   missing = sorted(_hf_key(p) for p in expected.keys() - flat.keys())
   if missing:
-    raise ValueError(f"{hf_dir}: missing tensors {missing}")
+    raise UserError(f"{hf_dir}: missing tensors {missing}")
   return arch, traverse_util.unflatten_dict(flat)
 
 
@@ -126,7 +128,7 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
   """The local directory to read: `hf_checkpoint_dir`, or the Hub's copy, downloaded once."""
   if hf_checkpoint_dir:
     if not os.path.isdir(hf_checkpoint_dir):
-      raise FileNotFoundError(f"hf_checkpoint_dir={hf_checkpoint_dir!r} is not a directory")
+      raise UserError(f"hf_checkpoint_dir={hf_checkpoint_dir!r} is not a directory")
     return hf_checkpoint_dir
   repo = HUB_REPOS[init_from]
   import huggingface_hub
@@ -134,7 +136,7 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
     return huggingface_hub.snapshot_download(
         repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"])
   except Exception as e:
-    raise RuntimeError(f"could not download {repo} from the Hugging Face Hub ({e}); fetch it "
+    raise UserError(f"could not download {repo} from the Hugging Face Hub ({e}); fetch it "
                        "where there is internet and pass hf_checkpoint_dir=DIR") from e
 
 
@@ -149,7 +151,7 @@ def init_from_gpt2(config: ml_collections.ConfigDict) -> dict:
   arch, params = load(hf_dir)
   n_positions = arch.pop("block_size")
   if config.block_size > n_positions:
-    raise ValueError(f"config.block_size={config.block_size} exceeds the {n_positions} "
+    raise UserError(f"config.block_size={config.block_size} exceeds the {n_positions} "
                      f"positions of {config.init_from} ({hf_dir})")
   if config.block_size < n_positions:
     params["wpe"]["embedding"] = params["wpe"]["embedding"][:config.block_size]
@@ -164,34 +166,64 @@ def init_from_gpt2(config: ml_collections.ConfigDict) -> dict:
 
 
 def export(params: dict, config: ml_collections.ConfigDict, to_dir: str) -> None:
-  """Writes config.json and model.safetensors that transformers' GPT2LMHeadModel loads.
+  """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load.
 
-  The vocabulary is cropped to GPT-2's 50257 (the rest is padding); a model
-  without GPT-2's biases or tanh GELU has no GPT-2 form and is refused.
+  GPT-2's architecture holds every model jaxgpt trains: without biases
+  (nanoGPT's recipe) the biases are written as zeros, and exact GELU is
+  transformers' `gelu`. The vocabulary is cropped to GPT-2's 50257 (the rest
+  is padding). The tokenizer files are GPT-2's own. Files get the usual
+  permissions (the process's umask).
   """
-  problems = [f"{key}={config[key]!r} (GPT-2 has {want!r})"
-              for key, want in (("bias", True), ("gelu_approximate", True)) if config[key] != want]
-  if problems:
-    raise ValueError(f"the model has no GPT-2 form: {', '.join(problems)}")
   if os.path.isdir(to_dir) and os.listdir(to_dir):
-    raise FileExistsError(f"{to_dir} is not empty; nothing was written. Pick a new directory.")
+    raise UserError(f"{to_dir} is not empty; nothing was written. Pick a new directory.")
   vocab = min(config.vocab_size, tokenizer.N_VOCAB)
   tensors = {_hf_key(path): np.asarray(value, np.float32)
              for path, value in traverse_util.flatten_dict(params).items()}
   tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:vocab]
-  hf_config = {
-      "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-      "activation_function": "gelu_new", "vocab_size": vocab,
-      "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
-      "n_head": config.n_head, "n_inner": None, "layer_norm_epsilon": 1e-5,
-      "initializer_range": 0.02, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
-      "attn_pdrop": config.dropout, "scale_attn_weights": True, "tie_word_embeddings": True,
-      "use_cache": True,
-  }
-  if vocab > tokenizer.EOT_TOKEN:
-    hf_config.update(bos_token_id=tokenizer.EOT_TOKEN, eos_token_id=tokenizer.EOT_TOKEN)
+  if not config.bias:
+    tensors.update(_zero_biases(tensors))
   os.makedirs(to_dir, exist_ok=True)
   safetensors.numpy.save_file(tensors, os.path.join(to_dir, "model.safetensors"),
                               metadata={"format": "pt"})
-  with open(os.path.join(to_dir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(hf_config, f, indent=2)
+  _write_json(os.path.join(to_dir, "config.json"), _hf_config(config, vocab))
+  for name, source in tokenizer.bpe_files().items():
+    shutil.copyfile(source, os.path.join(to_dir, name))
+  _write_json(os.path.join(to_dir, "tokenizer_config.json"), {
+      "tokenizer_class": "GPT2Tokenizer", "model_max_length": config.block_size,
+      "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+      "add_prefix_space": False})
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in os.listdir(to_dir):
+    os.chmod(os.path.join(to_dir, name), 0o666 & ~umask)
+
+
+def _zero_biases(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """GPT-2's bias for every Linear (Conv1D) and LayerNorm weight that has none."""
+  zeros = {}
+  for key, weight in tensors.items():
+    module = key.rsplit(".", 1)[0]
+    if key.endswith(".weight") and ("ln_" in module or module.endswith(("c_attn", "c_proj",
+                                                                        "c_fc"))):
+      zeros[f"{module}.bias"] = np.zeros(weight.shape[-1], np.float32)
+  return zeros
+
+
+def _hf_config(config: ml_collections.ConfigDict, vocab: int) -> dict[str, Any]:
+  hf_config = {
+      "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+      "activation_function": "gelu_new" if config.gelu_approximate else "gelu",
+      "vocab_size": vocab, "n_positions": config.block_size, "n_embd": config.n_embd,
+      "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
+      "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": config.dropout,
+      "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
+      "tie_word_embeddings": True, "use_cache": True,
+  }
+  if vocab > tokenizer.EOT_TOKEN:
+    hf_config.update(bos_token_id=tokenizer.EOT_TOKEN, eos_token_id=tokenizer.EOT_TOKEN)
+  return hf_config
+
+
+def _write_json(path: str, value: dict[str, Any]) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2)

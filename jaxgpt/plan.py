@@ -8,7 +8,9 @@ throughput; `train` logs the same plan and its warnings at launch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import os
 import re
 
@@ -16,7 +18,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import data, defaults, flops, run_dir, step, token_files, units
+from jaxgpt import cli, data, defaults, flops, run_dir, step, token_files, units
+from jaxgpt.errors import UserError
 from jaxgpt.model import count_params
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -122,7 +125,7 @@ def check(config: ml_collections.ConfigDict, plan: Plan, *, config_name: str = "
 
 
 def describe(config: ml_collections.ConfigDict, plan: Plan, n_devices: int = 1) -> list[str]:
-  """The plan in three lines, for the launch log."""
+  """The plan in four lines, for the launch log."""
   lines = [
       (f"parameters: {units.count(plan.n_params)} (nanoGPT's count, without position "
        f"embeddings; {units.count(plan.n_params_total)} in all)"),
@@ -134,7 +137,17 @@ def describe(config: ml_collections.ConfigDict, plan: Plan, n_devices: int = 1) 
             f"{plan.epochs:.2f} epochs of {units.count(plan.train_tokens)} train tokens")
   lines.append(f"{epochs}; {_ratio(plan.tokens_per_param)} tokens per parameter "
                f"(Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAM}); {plan.flops:.3g} FLOPs")
+  lines.append(schedule(config))
   return lines
+
+
+def schedule(config: ml_collections.ConfigDict) -> str:
+  """The learning-rate schedule as the run will follow it (recipes tie it to max_iters)."""
+  if not config.decay_lr:
+    return f"learning rate: constant {config.learning_rate:g}"
+  return (f"learning rate: warmup over {config.warmup_iters:,} iterations to "
+          f"{config.learning_rate:g}, cosine to {config.min_lr:g} at iteration "
+          f"{config.lr_decay_iters:,} (max_iters={config.max_iters:,})")
 
 
 def log_launch(config: ml_collections.ConfigDict, train_tokens: int | None,
@@ -169,7 +182,7 @@ def table(config: ml_collections.ConfigDict, candidates: list[int], *,
           f"{'time':>8}")]
   warnings = []
   for max_iters in candidates:
-    c = config.copy_and_resolve_references()
+    c = copy.deepcopy(config)  # keeps the recipe's ties: its warmup may follow max_iters
     with c.unlocked():
       c.max_iters = c.lr_decay_iters = max_iters
     plan = dataclasses.replace(base, max_iters=max_iters)
@@ -181,58 +194,108 @@ def table(config: ml_collections.ConfigDict, candidates: list[int], *,
   return "\n".join(rows + [f"warning: {w}" for w in warnings])
 
 
+MAX_USEFUL_EPOCHS = 4  # repeated tokens pay nearly as much as new ones up to ~4 epochs
+
+
+def suggestions(config: ml_collections.ConfigDict, train_tokens: int | None,
+                n_devices: int = 1) -> tuple[list[int], list[str]]:
+  """The max_iters worth comparing, and why: the recipe's own, Chinchilla's, the data's limit.
+
+  Chinchilla's ~20 tokens per parameter is the compute-optimal point; a small
+  model keeps improving well past it, as long as there is data. Repeating
+  data pays nearly as much as new data for up to ~4 epochs and little after
+  (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models").
+  """
+  base = make_plan(config, train_tokens=train_tokens, n_devices=n_devices)
+  chinchilla = math.ceil(CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter)
+  candidates = {config.max_iters, chinchilla}
+  notes = [(f"max_iters={chinchilla:,} gives ~{CHINCHILLA_TOKENS_PER_PARAM} tokens per "
+            "parameter (compute-optimal); a small model keeps improving past it while there is "
+            "new data")]
+  if train_tokens:
+    limit = MAX_USEFUL_EPOCHS * train_tokens // base.tokens_per_iter
+    candidates.add(limit)
+    notes.append(f"max_iters={limit:,} is {MAX_USEFUL_EPOCHS} epochs of the "
+                 f"{units.count(train_tokens)} train tokens: up to there repeated tokens pay "
+                 "nearly as much as new ones, past it they stop paying (more data helps more)")
+  return sorted(candidates), notes
+
+
 def _define_flags() -> None:
   """CLI flags, defined only when run as a program: train imports this module under launch.py."""
   config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
                                   lock_config=True)
   flags.DEFINE_list("max_iters", [], "Candidate max_iters, comma-separated (default: the "
-                    "config's). lr_decay_iters follows each.")
+                    "config's, Chinchilla's and the data's limit). lr_decay_iters follows each.")
   flags.DEFINE_float("tokens_per_sec", None, "Throughput for the time column (default: the "
                      "median measured in the config's out_dir/metrics.jsonl).")
-  flags.DEFINE_integer("train_tokens", None, "Tokens in the train split (default: counted from "
-                       "the shards, or meta.json, in the config's data dir).")
+  flags.DEFINE_string("train_tokens", None, "Tokens in the train split, e.g. 3.68B (default: "
+                      "counted from the shards, or meta.json, in the config's data dir).")
   flags.DEFINE_integer("devices", 1, "Data-parallel devices (tokens per iteration grow with them).")
+  flags.DEFINE_string("device", "", "Without a measured throughput, estimate it for this GPU "
+                      "(e.g. 'H100'): its peak bf16 FLOP/s at --mfu.")
+  flags.DEFINE_float("mfu", 0.4, "--device: the model FLOPs utilisation the estimate assumes.")
+  flags.DEFINE_float("peak_flops", 0.0, "--device: its peak FLOP/s, where the table lacks it.")
   flags.mark_flags_as_required(["config"])
+
+
+def _throughput(f: flags.FlagValues, config: ml_collections.ConfigDict,
+                n_devices: int) -> tuple[float | None, str]:
+  """tokens/s for the time column, and where it comes from."""
+  if f.tokens_per_sec:
+    return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
+  run = run_dir.RunDir(config.out_dir)
+  if os.path.isfile(run.metrics_path):
+    measured = run_dir.median_throughput(run.read_metrics()["train"])["tokens_per_sec"]
+    if measured:
+      return measured, f"{measured:,.0f} tok/s, measured in {run.metrics_path}"
+  if f.device:
+    peak = flops.peak(f.device, f.peak_flops)
+    if peak is None:
+      raise UserError(f"--device={f.device!r}: its peak FLOP/s is not in the table; give it "
+                      "with --peak_flops")
+    tok_s = peak * f.mfu * n_devices / make_plan(config, n_devices=n_devices).flops_per_token
+    return tok_s, (f"{tok_s:,.0f} tok/s, estimated for {n_devices} x {f.device} at "
+                   f"{f.mfu:.0%} MFU of {peak / 1e12:,.0f} TFLOP/s (an assumption, not a "
+                   "measurement)")
+  return None, (f"unknown (none measured in {run.metrics_path}; --tokens_per_sec or --device "
+                "sets it)")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  FLAGS = flags.FLAGS
-  config, n_devices = FLAGS.config, FLAGS.devices
-  config_path = config_flags.get_config_filename(FLAGS["config"])
-  try:
-    candidates = [int(v) for v in FLAGS.max_iters] or [config.max_iters]
-  except ValueError as e:
-    raise app.UsageError(f"--max_iters={','.join(FLAGS.max_iters)}: {e}") from e
-
+  f = flags.FLAGS
+  config, n_devices = f.config, f.devices
+  config_path = config_flags.get_config_filename(f["config"])
   n_params, n_total = param_counts(config)
   print(f"{config_path}: {units.count(n_params)} parameters (nanoGPT's count; "
         f"{units.count(n_total)} in all), {defaults.tokens_per_iter(config, n_devices):,} "
-        f"tokens per iteration; Chinchilla-optimal is ~{CHINCHILLA_TOKENS_PER_PARAM} tokens "
-        "per parameter")
-
-  train_tokens = FLAGS.train_tokens
-  if train_tokens is None:
+        f"tokens per iteration")
+  if f.train_tokens:
+    try:
+      train_tokens = units.parse_count(f.train_tokens)
+    except ValueError as e:
+      raise app.UsageError(f"--train_tokens: {e}") from None
+  else:
     data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
     train_tokens = count_train_tokens(data_dir)
     found = "unknown" if train_tokens is None else f"{train_tokens:,} tokens"
     print(f"train split: {found} (counted in {data_dir}; --train_tokens sets it)")
-
-  tokens_per_sec = FLAGS.tokens_per_sec
-  if tokens_per_sec is None:
-    run = run_dir.RunDir(config.out_dir)
-    path = run.metrics_path
-    if os.path.isfile(path):
-      train_logs = run.read_metrics()["train"]
-      tokens_per_sec = run_dir.median_throughput(train_logs)["tokens_per_sec"]
-    print("throughput: " + (f"{tokens_per_sec:,.0f} tok/s, measured in {path}" if tokens_per_sec
-                            else f"unknown (none measured in {path}; --tokens_per_sec sets it)"))
+  tokens_per_sec, source = _throughput(f, config, n_devices)
+  print(f"throughput: {source}")
+  try:
+    candidates = [int(v) for v in f.max_iters]
+  except ValueError as e:
+    raise app.UsageError(f"--max_iters={','.join(f.max_iters)}: {e}") from e
+  suggested, notes = suggestions(config, train_tokens, n_devices)
   name = os.path.splitext(os.path.basename(config_path))[0]
-  print(table(config, candidates, train_tokens=train_tokens, tokens_per_sec=tokens_per_sec,
-              n_devices=n_devices, config_name=name))
+  print(table(config, candidates or suggested, train_tokens=train_tokens,
+              tokens_per_sec=tokens_per_sec, n_devices=n_devices, config_name=name))
+  for note in notes:
+    print(f"note: {note}")
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -44,8 +44,10 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
@@ -53,7 +55,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from jaxgpt import token_files, tokenizer
+from jaxgpt import cli, token_files, tokenizer
 from jaxgpt.errors import UserError
 
 SHARD_TOKENS = 100_000_000  # tokens per shard file, as llm.c's FineWeb script writes
@@ -298,9 +300,13 @@ class _Progress:
   def __init__(self, total_bytes: int | None, max_tokens: int, enabled: bool):
     from tqdm import tqdm
     self.by_tokens = max_tokens > 0
-    self.bar = tqdm(total=max_tokens if self.by_tokens else total_bytes, disable=not enabled,
+    # The bar counts input bytes (parquet is compressed) for its ETA but shows no byte rate:
+    # the one MB/s figure is the summary's, of text.
+    self.bar = tqdm(total=max_tokens if self.by_tokens else total_bytes,
+                    disable=not (enabled and sys.stderr.isatty()),
                     unit="tok" if self.by_tokens else "B", unit_scale=True, smoothing=0.1,
-                    desc="tokenizing", dynamic_ncols=True, mininterval=1.0)
+                    desc="tokenizing", dynamic_ncols=True, mininterval=1.0,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
     self.start = time.perf_counter()
     self.documents = self.tokens = self.text_bytes = 0
 
@@ -320,8 +326,8 @@ class _Progress:
     dt = max(time.perf_counter() - self.start, 1e-9)
     mb_s = self.text_bytes / dt / 1e6
     return (f"{self.documents:,} documents, {self.text_bytes / 1e6:,.1f} MB of text, "
-            f"{self.tokens:,} tokens in {dt:.1f} s: {mb_s:.2f} MB/s, {self.tokens / dt:,.0f} "
-            f"tokens/s with {workers} worker(s); {mb_s / workers:.2f} MB/s, "
+            f"{self.tokens:,} tokens in {dt:.1f} s: {mb_s:.2f} MB/s of text, "
+            f"{self.tokens / dt:,.0f} tokens/s with {workers} worker(s); {mb_s / workers:.2f} MB/s, "
             f"{self.tokens / dt / workers:,.0f} tokens/s per worker")
 
 
@@ -481,6 +487,7 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
   from huggingface_hub.errors import EntryNotFoundError
   check_out_dir(out_dir)
   repo, folder = FINEWEB_REPOS[edu], fineweb_folder(subset)
+  check_hub_reachable()
   try:
     entries = huggingface_hub.list_repo_tree(repo, path_in_repo=folder, repo_type="dataset")
     files = sorted((e for e in entries if e.path.endswith(".parquet")), key=lambda e: e.path)
@@ -500,6 +507,33 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
 
   return write_dataset(pieces(), out_dir, sources=sources,
                        total_bytes=sum(e.size for e in files), **kwargs)
+
+
+_OFFLINE_ADVICE = ("Download FineWeb's parquet files where there is a network and run "
+                   "`python -m jaxgpt.prepare files --input='DIR/*.parquet' --out=...`, or point "
+                   "HF_ENDPOINT at a mirror (with a filled cache, HF_HUB_OFFLINE=1 reads it).")
+
+
+def check_hub_reachable(timeout_s: float = 10.0) -> None:
+  """Fails at once, with what to do, where the Hub cannot be reached.
+
+  huggingface_hub would otherwise retry for tens of seconds and end in a long
+  traceback. Behind a proxy (HTTPS_PROXY and the like) the direct probe says
+  nothing, so it is skipped.
+  """
+  from huggingface_hub import constants
+  if constants.HF_HUB_OFFLINE:
+    raise PrepareError(f"HF_HUB_OFFLINE is set: the Hub is not asked for FineWeb's file list. "
+                       f"{_OFFLINE_ADVICE}")
+  if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return
+  url = urllib.parse.urlparse(constants.ENDPOINT)
+  port = url.port or (443 if url.scheme == "https" else 80)
+  try:
+    socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+  except OSError as e:
+    raise PrepareError(f"the Hugging Face Hub ({constants.ENDPOINT}) is unreachable "
+                       f"({e.strerror or e}); nothing was downloaded. {_OFFLINE_ADVICE}") from None
 
 
 def make_command(dataset: str, data_dir: str) -> str:
@@ -551,7 +585,7 @@ def ensure_dataset(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
     return
   auto = ("(or run with --config.auto_prepare=True to make them first), "
           if dataset in FINEWEB_DATASETS else "")
-  raise FileNotFoundError(
+  raise UserError(
       f"no token shards in data_dir={data_dir!r} for dataset={dataset!r}. Make them with:\n"
       f"  {command}\n{auto}or point --config.data_dir at existing train/val .bin or .npy "
       "shards (nanoGPT, llm.c or build-nanogpt).")
@@ -610,16 +644,13 @@ def main(argv: list[str]) -> None:
             "command": "python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
             "val_fraction": f.val_fraction, "val_tokens": f.val_tokens,
             "max_tokens": f.max_tokens, "shard_tokens": f.shard_tokens, "workers": f.workers}
-  try:
-    if source == "fineweb":
-      meta = prepare_fineweb(f.out, subset=f.name, edu=f.edu, shards_limit=f.shards, **common)
-    else:
-      if not f.input:
-        raise app.UsageError("files: --input is required")
-      meta = prepare_files(f.input, f.out, text_field=f.text_field,
-                           separator=_unescape(f.separator), **common)
-  except (PrepareError, token_files.ShardError) as e:
-    sys.exit(f"error: {e}")
+  if source == "fineweb":
+    meta = prepare_fineweb(f.out, subset=f.name, edu=f.edu, shards_limit=f.shards, **common)
+  else:
+    if not f.input:
+      raise app.UsageError("files: --input is required")
+    meta = prepare_files(f.input, f.out, text_field=f.text_field,
+                         separator=_unescape(f.separator), **common)
   splits = meta["splits"]
   print(f"wrote {f.out}: train {splits['train']['tokens']:,} tokens "
         f"({splits['train']['shards']} shards), val {splits['val']['tokens']:,} tokens "
@@ -627,6 +658,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from absl import app, flags
 from matplotlib import ticker
 
-from jaxgpt import run_dir, units
+from jaxgpt import cli, run_dir, units
 
 Run = run_dir.Records
 FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels
@@ -127,4 +127,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -147,7 +147,7 @@ class RunDir:
     """
     path = self.metrics_path
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
+      raise UserError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
     events: Records = {"train": [], "eval": []}
     with open(path, encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
@@ -158,7 +158,7 @@ class RunDir:
           kept = events.setdefault(record["event"], [])
           it = record["iter"]
         except (ValueError, KeyError, TypeError) as e:
-          raise ValueError(f"{path}:{n}: not a metrics record ({e}): {line.strip()[:80]}") from e
+          raise UserError(f"{path}:{n}: not a metrics record ({e}): {line.strip()[:80]}") from e
         while kept and kept[-1]["iter"] >= it:
           kept.pop()
         kept.append(record)

@@ -15,7 +15,8 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from jaxgpt import decoding, defaults, hf, run_dir, tokenizer
+from jaxgpt import cli, decoding, defaults, hf, run_dir, tokenizer
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
 
@@ -28,7 +29,7 @@ def read_start(start: str) -> str:
     with open(path, encoding="utf-8") as f:
       return f.read()
   except FileNotFoundError as e:
-    raise FileNotFoundError(f"--start=FILE:{path}: no such file") from e
+    raise UserError(f"--start=FILE:{path}: no such file") from e
 
 
 def load_model(init_from: str, *, out_dir: str, step: int | None = None,
@@ -105,4 +106,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -19,6 +19,7 @@ import tqdm.contrib
 from absl import logging
 
 from jaxgpt import run_dir
+from jaxgpt.errors import UserError
 
 Record = dict[str, Any]
 
@@ -111,7 +112,7 @@ def _require(package: str, key: str) -> types.ModuleType:
   try:
     return importlib.import_module(package)
   except ImportError as e:
-    raise ImportError(f"config.{key}=True needs the '{package}' package, which is not "
+    raise UserError(f"config.{key}=True needs the '{package}' package, which is not "
                       f"installed: pip install {package} (or set --config.{key}=False)") from e
 
 

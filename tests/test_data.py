@@ -9,6 +9,7 @@ import pytest
 from conftest import pattern_tokens
 
 from jaxgpt import data, token_files
+from jaxgpt.errors import UserError
 
 
 def test_llmc_shard_round_trip(tmp_path):
@@ -118,5 +119,5 @@ def test_eval_batches_are_identical_at_every_call(token_dir):
 
 
 def test_missing_split_names_the_directory(tmp_path):
-  with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no 'val' token files"):
+  with pytest.raises(UserError, match=f"{tmp_path}: no 'val' token files"):
     data.open_split(str(tmp_path), "val", block_size=8, vocab_size=96)

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import subprocess
+import time
 from pydoc_data import topics
 
 import huggingface_hub
@@ -19,6 +20,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from jaxgpt import data, prepare, token_files, tokenizer
+from jaxgpt.errors import UserError
 
 EOT = tokenizer.EOT_TOKEN
 
@@ -271,7 +273,7 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
   (out / prepare.STAGING).mkdir()
   (out / prepare.STAGING / "t_train_000000.bin").write_bytes(b"partial")
   config = tiny_config(tmp_path, str(out), dataset="fineweb")
-  with pytest.raises(FileNotFoundError, match=f"python -m jaxgpt.prepare fineweb --out={out}"):
+  with pytest.raises(UserError, match=f"python -m jaxgpt.prepare fineweb --out={out}"):
     data.open_splits(config)
   run([path], out)
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
@@ -300,6 +302,7 @@ def hub(tmp_path, monkeypatch):
     calls["download"].append((repo_id, filename, repo_type))
     return str(root / repo_id / filename)
 
+  monkeypatch.setattr(prepare, "check_hub_reachable", lambda: None)
   monkeypatch.setattr(huggingface_hub, "list_repo_tree", list_repo_tree)
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
   return calls
@@ -339,7 +342,7 @@ def test_fineweb_names(tmp_path, hub):
 
 def test_trainer_makes_fineweb_itself_when_allowed(tmp_path, hub):
   config = tiny_config(tmp_path, str(tmp_path / "fw"), dataset="fineweb", vocab_size=50304)
-  with pytest.raises(FileNotFoundError, match="auto_prepare=True"):
+  with pytest.raises(UserError, match="auto_prepare=True"):
     data.open_splits(config)
   config.auto_prepare = True
   sources = data.open_splits(config)
@@ -373,6 +376,9 @@ def test_command_line(tmp_path):
   r = prepare_cli(*args)
   assert r.returncode == 0, r.stderr
   assert "MB/s" in r.stdout and "tokens/s per worker" in r.stdout
+  output = r.stdout + r.stderr
+  assert output.count("MB/s of text") == 1 and output.count("MB/s") == 2  # total, per worker
+  assert "tokenizing:" not in output  # no progress bar off a terminal
   meta = token_files.read_meta(str(tmp_path / "book"))
   assert meta["command"] == "python -m jaxgpt.prepare " + " ".join(
       a if "\\" not in a else f"'{a}'" for a in args)
@@ -384,3 +390,13 @@ def test_command_line(tmp_path):
   r = prepare_cli("files", "--shards=2", f"--input={tmp_path / 'book.txt'}",
                   f"--out={tmp_path / 'x'}")
   assert r.returncode != 0 and "--shards applies to `fineweb`" in r.stderr
+
+
+def test_fineweb_without_a_network_fails_at_once_saying_what_to_do(tmp_path):
+  started = time.perf_counter()
+  r = run_python("-m", "jaxgpt.prepare", "fineweb", f"--out={tmp_path / 'fw'}",
+                 HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there
+  assert r.returncode == 1 and time.perf_counter() - started < 30
+  assert "error: the Hugging Face Hub (http://127.0.0.1:9) is unreachable" in r.stderr
+  assert "prepare files --input=" in r.stderr and "Traceback" not in r.stderr
+  assert not (tmp_path / "fw").exists()

@@ -10,6 +10,7 @@ import pytest
 from conftest import run_python
 
 from jaxgpt import report, run_dir
+from jaxgpt.errors import UserError
 
 TOKENS_PER_ITER = 524_288
 
@@ -74,9 +75,9 @@ def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
   path.write_text('{"event": "eval", "iter": 0, "val_loss": 3.0}\n{"event": "tra')
   assert len(report.load(str(tmp_path))["eval"]) == 1
   path.write_text('{"event": "eval", "iter": 0}\nnot json\n')
-  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
+  with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics record"):
     report.load(str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="nowhere"):
+  with pytest.raises(UserError, match="nowhere"):
     report.load(str(tmp_path / "nowhere"))
 
 

@@ -119,7 +119,7 @@ def test_prompts_are_cropped_from_the_left_and_bucketed():
   np.testing.assert_array_equal(lengths_B, [4, 1])
   assert decoding.bucket_length(17, 1024) == 32
   assert decoding.bucket_length(3, 1024) == decoding.MIN_BUCKET
-  with pytest.raises(ValueError, match="empty"):
+  with pytest.raises(UserError, match="empty"):
     decoding.pad_prompts([[1], []], block_size=4)
 
 
@@ -139,7 +139,7 @@ def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
 def test_sample_errors_name_what_is_missing(tmp_path):
   with pytest.raises(UserError, match="no checkpoints"):
     run_dir.RunDir(str(tmp_path / "empty")).restore_params()
-  with pytest.raises(FileNotFoundError, match="FILE:.*nope.txt"):
+  with pytest.raises(UserError, match="FILE:.*nope.txt"):
     sample.read_start(f"FILE:{tmp_path / 'nope.txt'}")
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
   assert sample.read_start(f"FILE:{tmp_path / 'p.txt'}") == "Once upon a time"

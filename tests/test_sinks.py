@@ -13,6 +13,7 @@ from absl import logging
 from conftest import tiny_config
 
 from jaxgpt import run_dir, sinks, train
+from jaxgpt.errors import UserError
 
 TRAIN_RECORD = {"event": "train", "iter": 9, "tokens": 1280, "loss": 2.5, "lr": 1e-3,
                 "grad_norm": 0.5, "ms_per_iter": 250.0, "tokens_per_sec": 512.0, "mfu": None}
@@ -83,7 +84,7 @@ def test_a_missing_library_is_a_clear_error_before_anything_opens(tmp_path, monk
                                                                   package):
   monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
   config = tiny_config(tmp_path, "", **{key: True})
-  with pytest.raises(ImportError, match=rf"config.{key}=True needs the '{package}' package"):
+  with pytest.raises(UserError, match=rf"config.{key}=True needs the '{package}' package"):
     sinks.open_sinks(config, run_dir.RunDir(config.out_dir))
   assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))
 

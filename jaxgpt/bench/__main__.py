@@ -21,6 +21,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxgpt import cli
 from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
 from jaxgpt.model import attention_implementation
 
@@ -176,4 +177,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,0 +1,106 @@
+"""What every command line shares: clean errors for what a user can fix, and a quiet log.
+
+`cli.run(main)` replaces `absl.app.run(main)`:
+- a bad flag or config key is one `error:` line, not a traceback;
+- a `UserError` raised by the library is one `error:` line and exit code 1
+  (JAXGPT_TRACEBACK=1 shows the traceback too);
+- the log shows jaxgpt's own lines and the libraries' warnings, each as
+  `HH:MM:SS message`; `--verbosity=1` (or -v 1) shows everything, with
+  absl's full prefix.
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
+from jaxgpt.errors import UserError
+
+TRACEBACK_ENV = "JAXGPT_TRACEBACK"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_LAUNCH = os.path.join(os.path.dirname(_PACKAGE_DIR), "launch.py")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  app.run(_guarded(main), flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nPass --helpshort to see the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:  # a --config.KEY
+    sys.exit(f"error: {_config_error(e)}")
+
+
+def _config_error(error: Exception) -> str:
+  """ml_collections' message, as it means it: `'max_iter'\\nDid you mean ...` nested twice."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  first, *rest = text.splitlines() or [""]
+  key = first.strip("'\"")
+  if isinstance(error, KeyError) and rest:
+    return f"--config.{key}: no such config key. {' '.join(rest)}"
+  return " ".join([first, *rest])
+
+
+def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  def guarded(argv: list[str]) -> None:
+    _quiet_log()
+    try:
+      main(argv)
+    except (UserError, OSError) as e:
+      # config_flags loads --config=FILE lazily: a missing or broken recipe file surfaces
+      # as an OSError on first use.
+      if os.environ.get(TRACEBACK_ENV) or not _is_user_error(e):
+        raise
+      sys.exit(f"error: {_recipe_error(e) if isinstance(e, OSError) else e}")
+  return guarded
+
+
+def _is_user_error(error: Exception) -> bool:
+  return isinstance(error, UserError) or "Failed loading config file" in str(error)
+
+
+def _recipe_error(error: OSError) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"--config: the recipe file could not be loaded: {lines[-1]}"
+
+
+class _ShortFormatter(pylogging.Formatter):
+  def format(self, record: pylogging.LogRecord) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+    level = "" if record.levelno == pylogging.INFO else f"{record.levelname}: "
+    return f"{stamp} {level}{record.getMessage()}"
+
+
+def _ours(record: pylogging.LogRecord) -> bool:
+  return record.pathname.startswith(_PACKAGE_DIR) or record.pathname == _LAUNCH
+
+
+def _library_quiet(record: pylogging.LogRecord) -> bool:
+  """Libraries' narration (JAX's backend probing, Orbax's every save and read) is dropped.
+
+  Their warnings stay (Orbax's only from errors up: a failed save is reported
+  by the run itself, with what to do), each as one line without a traceback.
+  """
+  if _ours(record):
+    return True
+  record.exc_info, record.exc_text = None, None
+  floor = pylogging.ERROR if "/orbax/" in record.pathname else pylogging.WARNING
+  return record.levelno >= floor
+
+
+def _quiet_log() -> None:
+  if logging.get_verbosity() >= logging.DEBUG:  # asked for everything
+    return
+  handler = logging.get_absl_handler()
+  handler.setFormatter(_ShortFormatter())
+  handler.addFilter(_library_quiet)

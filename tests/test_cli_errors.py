@@ -1,0 +1,72 @@
+"""A user's mistake on any command line is one `error:` line and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import pattern_tokens, run_python, tiny_config, write_config_file
+
+from jaxgpt import token_files, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, str]:
+  """A finished tiny run, its recipe file, and a directory that is not empty."""
+  tmp_path = tmp_path_factory.mktemp("cli")
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  token_files.write_shard(str(data_dir / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
+  token_files.write_shard(str(data_dir / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
+  train.train(tiny_config(tmp_path, str(data_dir), max_iters=2, eval_interval=2))
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "keep.txt").write_text("mine")
+  return {"out_dir": str(tmp_path / "run"), "tmp": str(tmp_path),
+          "recipe": write_config_file(tmp_path, str(data_dir), max_iters=2, eval_interval=2)}
+
+
+CASES = {
+    "misspelled key": (["launch.py", "--config=configs/quickstart.py", "--config.max_iter=10"],
+                       'error: --config.max_iter: no such config key. Did you mean "max_iters"'),
+    "wrong type": (["launch.py", "--config=configs/quickstart.py", "--config.max_iters=abc"],
+                   "error: flag --config.max_iters=abc: invalid literal"),
+    "missing recipe": (["launch.py", "--config=configs/nope.py"],
+                       "error: --config: the recipe file could not be loaded"),
+    "invalid value": (["launch.py", "--config=configs/quickstart.py", "--config.dropout=1.5",
+                       "--config.out_dir={tmp}/x"], "error: config.dropout=1.5: must be in [0, 1)"),
+    "missing data": (["launch.py", "--config=configs/fineweb_40m.py", "--config.data_dir={tmp}/no",
+                      "--config.out_dir={tmp}/y"], "error: no token shards in data_dir="),
+    "existing run": (["launch.py", "--config={recipe}"], "already holds checkpoints"),
+    "sample without checkpoints": (["-m", "jaxgpt.sample", "--out_dir={tmp}/empty"],
+                                   "error: {tmp}/empty/checkpoints: no checkpoints"),
+    "sample prompt file": (["-m", "jaxgpt.sample", "--out_dir={out_dir}", "--start=FILE:nope"],
+                           "error: --start=FILE:nope: no such file"),
+    "export into a full directory": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
+                                      "--to={tmp}/full"], "is not empty; nothing was written"),
+    "report without metrics": (["-m", "jaxgpt.report", "--out_dir={tmp}/empty"],
+                               "no such metrics file"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_user_mistake_is_one_line_without_a_traceback(trained, case):
+  args, expected = CASES[case]
+  r = run_python(*(a.format(**trained) for a in args))
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and expected.format(**trained) in r.stderr, r.stderr[-2000:]
+
+
+def test_a_traceback_on_request(trained):
+  r = run_python("-m", "jaxgpt.sample", f"--out_dir={trained['tmp']}/empty",
+                 JAXGPT_TRACEBACK="1")
+  assert r.returncode == 1 and "Traceback" in r.stderr and "UserError" in r.stderr
+
+
+def test_library_chatter_stays_out_of_the_default_log(trained):
+  r = run_python("-m", "jaxgpt.sample", f"--out_dir={trained['out_dir']}", "--num_samples=1",
+                 "--max_new_tokens=2")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "Unable to initialize backend" not in r.stderr and "orbax" not in r.stderr.lower()
+  loud = run_python("-m", "jaxgpt.sample", f"--out_dir={trained['out_dir']}", "--num_samples=1",
+                    "--max_new_tokens=2", "--verbosity=1")
+  assert "checkpoint_manager.py" in loud.stderr  # everything, with absl's prefix, on request
