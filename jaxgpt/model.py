@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxgpt import head_loss
+from jaxgpt import attention, head_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,23 +55,6 @@ _REMAT_SAVEABLE = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
-
-
-def attention_implementation(requested: str, dtype: str, head_size: int,
-                             device: jax.Device) -> str:
-  """`requested`, with 'auto' resolved to 'cudnn' wherever cuDNN's flash attention runs.
-
-  That is an NVIDIA GPU of compute capability 8.0 or more, 16-bit activations
-  and a head size that is a multiple of 8 up to 128. It never holds the
-  (B, N, T, T) scores that XLA's attention writes, reads and keeps for the
-  backward pass. Elsewhere (CPU, float32) 'auto' is XLA's attention.
-  """
-  if requested != "auto":
-    return requested
-  capability = getattr(device, "compute_capability", None) if device.platform == "gpu" else None
-  fits = (capability is not None and tuple(int(x) for x in capability.split(".")[:2]) >= (8, 0)
-          and dtype in ("bfloat16", "float16") and head_size % 8 == 0 and head_size <= 128)
-  return "cudnn" if fits else "xla"
 
 
 def _normal(std: float) -> nn.initializers.Initializer:
@@ -129,7 +112,7 @@ class CausalSelfAttention(nn.Module):
       probs_BNTT = nn.Dropout(cfg.dropout)(probs_BNTT, deterministic=False)
       y_BTNH = jnp.einsum("bnqk,bknh->bqnh", probs_BNTT, v_BTNH)
     else:
-      impl = attention_implementation(cfg.attention, cfg.dtype, H, jax.devices()[0])
+      impl = attention.implementation(cfg.attention, cfg.dtype, H, jax.devices()[0])
       y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True,
                                             implementation=impl)
     return _residual_out(cfg, y_BTNH.reshape(B, T, D), train)

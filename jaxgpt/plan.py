@@ -14,7 +14,9 @@ import math
 import os
 import re
 
+import jax
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -195,6 +197,61 @@ def table(config: ml_collections.ConfigDict, candidates: list[int], *,
 
 
 MAX_USEFUL_EPOCHS = 4  # repeated tokens pay nearly as much as new ones up to ~4 epochs
+GiB = 2**30
+
+
+def memory_estimate(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """XLA's memory analysis of the train step compiled for one device at the config's shapes.
+
+  Compiled for the backend at hand (a CPU where there is no GPU), from shapes
+  alone: nothing is allocated. It is an estimate of a GPU's need, not a
+  measurement: XLA's GPU backend plans its buffers differently, and the GPU
+  adds cuBLAS/cuDNN workspaces and the allocator's fragmentation. cuDNN's
+  flash attention keeps none of the T x T attention scores that XLA's
+  attention keeps for the backward pass (`attention_scores`, read from the
+  program): `needed_with_flash` is the estimate without them.
+  """
+  setup = step.build(config)
+  batch = jax.ShapeDtypeStruct((config.gradient_accumulation_steps, config.batch_size,
+                                config.block_size + 1), np.uint16)
+  compiled = step.make_train_step(setup.model, setup.tx).lower(setup.abstract_state,
+                                                               batch).compile()
+  m = compiled.memory_analysis()
+  needed = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            + m.temp_size_in_bytes)
+  T = config.block_size
+  scores = sum(leaf.size * leaf.dtype.itemsize for leaf in step.backward_residuals(config)
+               if leaf.shape[-2:] == (T, T))
+  return {"arguments": m.argument_size_in_bytes, "temporaries": m.temp_size_in_bytes,
+          "needed": needed, "attention_scores": scores,
+          "needed_with_flash": max(needed - scores, m.argument_size_in_bytes)}
+
+
+def fitting_variants(config: ml_collections.ConfigDict, budget_bytes: float,
+                     figure: str = "needed") -> list[tuple[str, int]]:
+  """Ways to the same tokens per iteration that fit: smaller micro-batches, then remat.
+
+  Returns (the flags, estimated bytes) of each that fits, best first; [] if none does.
+  `figure` is the estimate's key to compare ("needed_with_flash" on a card running
+  cuDNN's attention).
+  """
+  tried = []
+  batch, accum = config.batch_size, config.gradient_accumulation_steps
+  while batch > 1 and batch % 2 == 0:
+    batch, accum = batch // 2, accum * 2
+    tried.append({"batch_size": batch, "gradient_accumulation_steps": accum})
+  tried += [{"remat": "dots"}, {"remat": "full"}]
+  fits = []
+  for overrides in tried:
+    variant = copy.deepcopy(config)
+    with variant.unlocked():
+      variant.update(overrides)
+    needed = memory_estimate(variant)[figure]
+    if needed <= budget_bytes:
+      fits.append((" ".join(f"--config.{k}={v}" for k, v in overrides.items()), needed))
+      if "remat" not in overrides:
+        break  # the largest micro-batch that fits is the one to take
+  return fits
 
 
 def suggestions(config: ml_collections.ConfigDict, train_tokens: int | None,
@@ -236,6 +293,8 @@ def _define_flags() -> None:
                       "(e.g. 'H100'): its peak bf16 FLOP/s at --mfu.")
   flags.DEFINE_float("mfu", 0.4, "--device: the model FLOPs utilisation the estimate assumes.")
   flags.DEFINE_float("peak_flops", 0.0, "--device: its peak FLOP/s, where the table lacks it.")
+  flags.DEFINE_float("memory_gib", 0.0, "Check that the train step fits a card of this much "
+                     "memory (default: --device's, where its name says it).")
   flags.mark_flags_as_required(["config"])
 
 
@@ -294,6 +353,56 @@ def main(argv: list[str]) -> None:
               tokens_per_sec=tokens_per_sec, n_devices=n_devices, config_name=name))
   for note in notes:
     print(f"note: {note}")
+  memory = f.memory_gib or (flops.memory_gib(f.device) if f.device else None)
+  if memory:
+    print("\n".join(fit_report(config, memory, f.device)))
+  elif f.device:
+    print(f"memory: {f.device!r} does not say its memory; --memory_gib sets it")
+
+
+USABLE_FRACTION = 0.9  # of a card's memory, past the CUDA context and the allocator's slack
+
+
+def runs_flash_attention(config: ml_collections.ConfigDict, device: str) -> bool:
+  """Whether a named NVIDIA card (or any, unnamed) runs cuDNN's attention for this config.
+
+  Every NVIDIA card of the peak table is of compute capability 8.0 or more.
+  """
+  head_size = config.n_embd // config.n_head
+  return (config.attention != "xla" and "TPU" not in device.upper()
+          and config.dtype in ("bfloat16", "float16") and head_size % 8 == 0
+          and head_size <= 128)
+
+
+def fit_report(config: ml_collections.ConfigDict, memory_gib: float,
+               device: str = "") -> list[str]:
+  """Whether the train step fits a card, and if not, what fits at the same tokens per step."""
+  estimate = memory_estimate(config)
+  flash = runs_flash_attention(config, device)
+  figure = "needed_with_flash" if flash else "needed"
+  budget = USABLE_FRACTION * memory_gib * GiB
+  lines = [
+      (f"memory: about {estimate['needed'] / GiB:.1f} GiB for the train step at "
+       f"{config.batch_size} x {config.block_size} per micro-batch (params, AdamW state and "
+       f"batch {estimate['arguments'] / GiB:.2f} GiB, temporaries "
+       f"{estimate['temporaries'] / GiB:.2f} GiB): XLA's plan for this step compiled on "
+       f"{jax.devices()[0].platform}, an estimate, not a measurement"),
+  ]
+  if flash:
+    lines.append(f"memory: of it, {estimate['attention_scores'] / GiB:.1f} GiB are the "
+                 "T x T attention scores XLA's attention keeps; cuDNN's attention, which this "
+                 f"card runs, keeps none: about {estimate[figure] / GiB:.1f} GiB there")
+  if estimate[figure] <= budget:
+    lines.append(f"memory: fits in {USABLE_FRACTION:.0%} of {memory_gib:g} GiB")
+  else:
+    variants = fitting_variants(config, budget, figure)
+    lines.append(f"memory: does not fit in {USABLE_FRACTION:.0%} of {memory_gib:g} GiB" +
+                 ("; the same tokens per iteration fit with:" if variants else
+                  "; no smaller micro-batch or remat fits: pick a smaller model or block"))
+    lines += [f"  {flags_text}  (about {needed / GiB:.1f} GiB)" for flags_text, needed in variants]
+  lines.append("memory: JAX takes 75% of the GPU up front; on a 12 GB card set "
+               "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 to give the step the rest")
+  return lines
 
 
 if __name__ == "__main__":

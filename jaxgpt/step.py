@@ -61,6 +61,21 @@ def build(config: ml_collections.ConfigDict) -> TrainSetup:
   return dataclasses.replace(setup, abstract_state=jax.eval_shape(setup.new_state))
 
 
+def backward_residuals(config: ml_collections.ConfigDict) -> list[jax.ShapeDtypeStruct]:
+  """The arrays one micro-batch's backward pass keeps from its forward pass, params included.
+
+  Read from the program (what `jax.vjp` closes over), so the same on every
+  backend: the activation memory that remat and the chunked loss cut.
+  """
+  setup = build(config)
+  tokens_BT = jax.ShapeDtypeStruct((config.batch_size, config.block_size), jnp.int32)
+
+  def backward_fn(p: Any, x_BT: jax.Array) -> Callable:
+    return jax.vjp(lambda p: setup.model.apply({"params": p}, x_BT, targets_BT=x_BT), p)[1]
+
+  return jax.tree.leaves(jax.eval_shape(backward_fn, setup.abstract_state.params, tokens_BT))
+
+
 def loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None) -> jax.Array:
   """Mean next-token loss of (B, T+1) windows; dropout on when `rng` is given."""
   tokens_BT1 = tokens_BT1.astype(jnp.int32)

@@ -16,9 +16,11 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from jaxgpt import (
+  attention,
   checkpoint,
   data,
   decoding,
@@ -33,7 +35,6 @@ from jaxgpt import (
   sinks,
   step,
 )
-from jaxgpt.model import attention_implementation
 from jaxgpt.optim import lr_schedule
 
 
@@ -74,12 +75,17 @@ class _Run:
     self.data_layout = {**resume.data_layout(config, layout), "start_window": start.window}
     self.n_logs = 0
     self.nonfinite_seen = int(start.state.nonfinite)
-    self.peak = flops.peak(jax.devices()[0].device_kind, config.peak_flops)
+    device = jax.devices()[0]
+    self.peak = flops.peak(device.device_kind, config.peak_flops)
+    if self.peak is None:  # said once; a CPU has no such figure
+      (logging.info if device.platform == "cpu" else logging.warning)(
+          flops.unknown_peak_message(device.device_kind))
     self.n_devices = layout.n_devices
     self.best_val_loss = start.best_val_loss
     self.last_saved = start.iter if config.init_from == "resume" else None
-    self.schedule = lr_schedule(config)
+    self.schedule = lr_schedule(config, np)  # on the host: logging the rate needs no device
     self.losses: dict[str, float] = {}
+    self.pending: tuple[int, dict[str, jax.Array]] | None = None  # a log not yet fetched
     self.mark_time(start.iter)
 
   def tokens(self, it: int) -> int:
@@ -116,6 +122,7 @@ class _Run:
         f"{good}")
 
   def evaluate_and_save(self, it: int) -> None:
+    self.flush_log()
     self.losses = self.eval_fn(self.state.params)
     logging.info("step %d: train loss %.4f, val loss %.4f", it, self.losses["train"],
                  self.losses["val"])
@@ -131,8 +138,21 @@ class _Run:
       self.save(it, self.losses["val"])
     self.mark_time(it)
 
-  def log(self, it: int, step_metrics: dict[str, jax.Array]) -> None:
-    m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the host sync
+  def defer_log(self, it: int, step_metrics: dict[str, jax.Array]) -> None:
+    """Keeps a step's metrics to log once the next step is queued behind it on the device."""
+    self.flush_log()
+    self.pending = (it, step_metrics)
+
+  def flush_log(self) -> None:
+    """Fetches and logs the pending metrics: the one host sync of a log interval.
+
+    Called one step late, so the device works on the next step while the host
+    waits for this one's numbers.
+    """
+    if self.pending is None:
+      return
+    (it, step_metrics), self.pending = self.pending, None
+    m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
     now = time.perf_counter()
     dt = (now - self.last_log_time) / max(it + 1 - self.last_log_iter, 1)
     tok_s = self.tokens_per_iter / dt
@@ -146,9 +166,9 @@ class _Run:
     self.check_finite(it)
     self.last_log_time, self.last_log_iter = now, it + 1
 
-
   def stop(self, it: int, reason: str) -> None:
     """Ends the run on a stop request with one checkpoint of the last iteration done."""
+    self.flush_log()
     if it == self.start.iter:
       logging.warning("stopped by %s before the first step: nothing new to save", reason)
       return
@@ -169,14 +189,12 @@ class _Run:
 
 
 def _log_setup(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
-               sources: dict[str, data.TokenWindows]) -> None:
+               sources: dict[str, data.TokenWindows], kernel: str) -> None:
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
-  attention = attention_implementation(config.attention, config.dtype,
-                                       config.n_embd // config.n_head, jax.devices()[0])
   logging.info("compute: %d device(s) in %d process(es), sharding %s; %s activations, %s "
                "attention (config: %s), loss in chunks of %s tokens, remat %s",
-               layout.n_devices, jax.process_count(), config.sharding, config.dtype, attention,
+               layout.n_devices, jax.process_count(), config.sharding, config.dtype, kernel,
                config.attention, config.loss_chunk_size or "all", config.remat)
 
 
@@ -199,8 +217,10 @@ def _loop(run: _Run, train_step: Callable, layout: sharding.BatchLayout,
       break
     run.state, step_metrics = train_step(run.state, layout.train_batch(next(run.train_iter)))
     run.checkpoints.check_saves()  # a failed background save stops the run now
+    run.flush_log()  # the previous log's step is done, or nearly: this one is queued
     if it % config.log_interval == 0:
-      run.log(it, step_metrics)
+      run.defer_log(it, step_metrics)
+  run.flush_log()
 
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -237,6 +257,7 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
   pretrained = hf.init_from_gpt2(config) if config.init_from in defaults.GPT2_MODELS else None
   sources = data.open_splits(config)
   layout = sharding.BatchLayout.create(config)
+  kernel = attention.settle(config)  # before the model is built: it may fall back to XLA's
   setup = step.build(config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   if config.init_from == "resume":
@@ -255,7 +276,7 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
   # An epoch is what the windows cover: a shard's last partial window is never read.
   run_plan = plan.log_launch(config, train_tokens=len(sources["train"]) * config.block_size,
                              n_devices=layout.n_devices)
-  _log_setup(config, layout, sources)
+  _log_setup(config, layout, sources, kernel)
   t0 = time.perf_counter()
   train_step = step.compile_train_step(setup, start.state, layout.train_spec, shardings,
                                        layout.mesh)
@@ -276,13 +297,17 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
     if lead:
       print(f"---------------\n{text}\n---------------", flush=True)
   if lead:
-    _log_whats_next(config, run)
+    _log_whats_next(config, checkpoints)
   return loop.losses
 
 
-def _log_whats_next(config: ml_collections.ConfigDict, run: run_dir.RunDir) -> None:
-  """Where the run's checkpoints are, and the commands that read them."""
-  checkpoints = run.checkpoints(read_only=True)
+def _log_whats_next(config: ml_collections.ConfigDict, checkpoints: checkpoint.Checkpoints
+                    ) -> None:
+  """Where the run's checkpoints are, and the commands that read them.
+
+  It reads the closed manager's list: opening another would wait at a barrier
+  for the processes that do not log.
+  """
   steps = checkpoints.steps()
   where = (f"checkpoints of steps {', '.join(map(str, steps))} in {checkpoints.directory}"
            if steps else f"no checkpoint in {checkpoints.directory}")

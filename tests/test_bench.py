@@ -202,3 +202,18 @@ def test_cli_modes_are_exclusive():
   out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--memory",
                    "--decode")
   assert out.returncode != 0 and "pick one of" in out.stderr
+
+
+def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
+  """The first GPU run's one command, run here on the CPU with a tiny model."""
+  from jaxgpt.bench import gpu_report
+  tiny = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 2,
+          "gradient_accumulation_steps": 1, "vocab_size": 96, "dtype": "float32"}
+  page = gpu_report.report((("quickstart", {}), ("quickstart", {"remat": "dots"}),
+                            ("quickstart", {"attention": "flash"})),
+                           steps=1, warmup=1, base=tiny, run_tests=False)
+  rows = [line for line in page.splitlines() if line.startswith("| quickstart")]
+  assert len(rows) == 3
+  assert "| defaults | 1 x 2 x 32 |" in rows[0] and "GiB" in rows[0]
+  assert "| remat=dots |" in rows[1]
+  assert "failed:" in rows[2]  # a row that cannot run is reported, and the others ran

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.model import GPT, GPTConfig, attention_implementation, init_params
+from jaxgpt import attention
+from jaxgpt.model import GPT, GPTConfig, init_params
 
 BASE = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -131,8 +132,8 @@ def fake_device(platform: str, compute_capability: str | None = None):
     (fake_device("cpu"), "bfloat16", 64, "xla"),
 ])
 def test_auto_attention_picks_cudnn_where_it_runs(device, dtype, head_size, expected):
-  assert attention_implementation("auto", dtype, head_size, device) == expected
-  assert attention_implementation("xla", dtype, head_size, device) == "xla"
+  assert attention.implementation("auto", dtype, head_size, device) == expected
+  assert attention.implementation("xla", dtype, head_size, device) == "xla"
 
 
 @pytest.mark.gpu
@@ -143,7 +144,7 @@ def test_auto_attention_on_this_gpu_trains_like_xla_attention(tokens_BT1):
   device = jax.devices()[0]
   if tuple(int(x) for x in device.compute_capability.split(".")[:2]) < (8, 0):
     pytest.skip(f"{device.device_kind} runs no cuDNN flash attention")
-  assert attention_implementation("auto", cfg.dtype, 32, device) == "cudnn"
+  assert attention.implementation("auto", cfg.dtype, 32, device) == "cudnn"
   loss, grads = loss_and_grads(cfg, params, tokens_BT1)
   xla_loss, xla_grads = loss_and_grads(dataclasses.replace(cfg, attention="xla"), params,
                                        tokens_BT1)

@@ -11,7 +11,7 @@ import jax
 import pytest
 from conftest import ROOT, recipe, run_python, tiny_config
 
-from jaxgpt import defaults, plan, prepare, token_files, train, units
+from jaxgpt import checkpoint, defaults, plan, prepare, sharding, step, token_files, train, units
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
 
 
@@ -126,7 +126,7 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
   chinchilla = math.ceil(20 * 40_560_000 / 524_288)  # 1,548
   limit = 4 * 3_680_000_000 // 524_288  # 4 epochs: 28,076
   assert rows == [f"{chinchilla:,}", "20,000", f"{limit:,}"]
-  tok_s = 989e12 * 0.4 / plan.make_plan(recipe("fineweb_40m")).flops_per_token
+  tok_s = 989.5e12 * 0.4 / plan.make_plan(recipe("fineweb_40m")).flops_per_token
   assert f"throughput: {tok_s:,.0f} tok/s, estimated for 1 x NVIDIA H100 80GB HBM3 at 40% MFU" \
       in r.stdout
   assert "compute-optimal" in r.stdout and "4 epochs of the 3.68B train tokens" in r.stdout
@@ -150,3 +150,55 @@ def test_train_logs_the_plan_its_warnings_and_an_eta(tmp_path, token_dir, caplog
   assert any("epochs of 4.98K train tokens" in m for m in messages)
   assert "plan: warmup_iters=2 is 50% of max_iters=4 (more than 10%)" in messages
   assert sum(m.startswith("estimated time to finish:") for m in messages) == 1
+
+
+def test_the_memory_estimate_is_xlas_plan_for_the_step_training_compiles(tmp_path):
+  config = tiny_config(tmp_path, "")
+  estimate = plan.memory_estimate(config)
+  setup = step.build(config)
+  layout = sharding.BatchLayout.create(config)
+  shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
+  compiled = step.compile_train_step(setup, checkpoint.abstract_like(setup.abstract_state,
+                                                                     shardings),
+                                     layout.train_spec, shardings, layout.mesh)
+  m = compiled.memory_analysis()
+  assert estimate["arguments"] == m.argument_size_in_bytes
+  assert estimate["needed"] == pytest.approx(
+      m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+      + m.temp_size_in_bytes, rel=0.05)
+
+
+def test_a_step_that_does_not_fit_gets_variants_with_the_same_tokens(tmp_path):
+  config = tiny_config(tmp_path, "", batch_size=8, gradient_accumulation_steps=1)
+  needed = plan.memory_estimate(config)["needed"]
+  lines = plan.fit_report(config, memory_gib=4 * needed / plan.GiB)
+  assert "fits in 90% of" in lines[1]
+  variants = plan.fitting_variants(config, 0.8 * needed)
+  assert variants, "a smaller micro-batch or remat should fit in 80% of the need"
+  for flags_text, bytes_needed in variants:
+    assert bytes_needed <= 0.8 * needed
+    if "batch_size" in flags_text:  # the same tokens per iteration
+      batch = int(flags_text.split("--config.batch_size=")[1].split()[0])
+      accum = int(flags_text.split("--config.gradient_accumulation_steps=")[1].split()[0])
+      assert batch * accum == 8
+
+
+def test_cli_says_whether_the_step_fits_a_named_card():
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--device=RTX 4070",
+                 "--config.out_dir=/nonexistent")
+  assert r.returncode == 0, r.stderr
+  assert "memory: fits in 90% of 12 GiB" in r.stdout
+  assert "an estimate, not a measurement" in r.stdout
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" in r.stdout
+
+
+def test_on_a_card_running_cudnn_attention_the_scores_are_not_counted(tmp_path):
+  config = tiny_config(tmp_path, "", dtype="bfloat16", n_head=2, n_embd=32)  # head size 16
+  estimate = plan.memory_estimate(config)
+  T, B, N, L = config.block_size, config.batch_size, config.n_head, config.n_layer
+  assert estimate["attention_scores"] >= L * B * N * T * T * 2  # at least bf16 probabilities
+  assert estimate["needed_with_flash"] == estimate["needed"] - estimate["attention_scores"]
+  assert plan.runs_flash_attention(config, "NVIDIA GeForce RTX 4070")
+  assert not plan.runs_flash_attention(config, "TPU v5 lite")
+  config.attention = "xla"
+  assert not plan.runs_flash_attention(config, "NVIDIA GeForce RTX 4070")

@@ -78,13 +78,19 @@ def test_dropout_rng_differs_per_step_but_is_reproducible(tmp_path):
 
 def count_compiles(fn) -> int:
   """Backend compilations while `fn` runs."""
-  events = []
-  listener = lambda name, *a, **k: events.append(name)
+  events, listening = [], [True]
+
+  def listener(name, *args, **kwargs):
+    if listening[0]:
+      events.append(name)
+
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     fn()
   finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+    listening[0] = False  # jax < 0.7 has no public way to unregister a listener
+    if hasattr(jax.monitoring, "unregister_event_duration_listener"):
+      jax.monitoring.unregister_event_duration_listener(listener)
   return sum(1 for e in events if e == "/jax/core/compile/backend_compile_duration")
 
 
@@ -129,3 +135,27 @@ def test_quickstart_recipe_brings_val_loss_under_60_percent_of_its_start(tmp_pat
   assert evals[0]["val_loss"] == pytest.approx(10.8, abs=0.15)
   assert evals[-1]["iter"] == config.max_iters
   assert evals[-1]["val_loss"] <= 0.6 * evals[0]["val_loss"]
+
+
+def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_dir,
+                                                                 monkeypatch):
+  """No device-to-host transfer in the loop but the log interval's one, fetched a step late."""
+  for name in ("flush_log", "evaluate_and_save", "stop", "close"):  # the syncs on purpose
+    real = getattr(train._Run, name)
+
+    def allowed(self, *args, _real=real, **kwargs):
+      with jax.transfer_guard_device_to_host("allow"):
+        return _real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train._Run, name, allowed)
+  real_loop = train._loop
+
+  def guarded_loop(*args, **kwargs):
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+      return real_loop(*args, **kwargs)
+
+  monkeypatch.setattr(train, "_loop", guarded_loop)
+  config = tiny_config(tmp_path, token_dir, max_iters=20, log_interval=5, eval_interval=20,
+                       lr_decay_iters=20)
+  train.train(config)
+  assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 5, 10, 15]

@@ -7,6 +7,7 @@
   python -m jaxgpt.bench --config=... --collectives   # dp vs fsdp memory and traffic
   python -m jaxgpt.bench --config=... --checkpoint    # step time during an async save
   python -m jaxgpt.bench --config=... --decode        # sampling tokens/s, cache vs recompute
+  python -m jaxgpt.bench --gpu_report                 # a first GPU run: tests, rows, memory
 
 The default prints a summary and one JSON line of every figure (appended to
 --json_out too); the other modes print their own table and JSON lines.
@@ -21,18 +22,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import cli
-from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
-from jaxgpt.model import attention_implementation
+from jaxgpt import attention, cli
+from jaxgpt.bench import collectives, decode, gpu_report, memory, save_overhead, throughput
 
 GiB = 2**30
-MODES = ("checkpoint", "memory", "collectives", "decode")
+MODES = ("checkpoint", "memory", "collectives", "decode", "gpu_report")
 
 
 def _define_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
-                                  lock_config=True)
-  flags.mark_flags_as_required(["config"])
+  config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file (every "
+                                  "mode but --gpu_report).", lock_config=True)
   flags.DEFINE_integer("steps", 50, "Timed iterations (each of the three runs).")
   flags.DEFINE_integer("warmup", 5, "Untimed iterations before each timed run.")
   flags.DEFINE_integer("data_workers", 2, "Grain worker processes for the pipeline runs (0: "
@@ -56,6 +55,9 @@ def _define_flags() -> None:
   flags.DEFINE_boolean("decode", False, "Instead of training figures, measure sampling tokens/s "
                        "of the config's model (randomly initialised), with the KV cache and "
                        "recomputing the context per token.")
+  flags.DEFINE_boolean("gpu_report", False, "Run the GPU tests, the benchmark rows of both "
+                       "recipes and the memory check, and write one markdown page.")
+  flags.DEFINE_string("gpu_report_out", "gpu_report.md", "--gpu_report: where to write it.")
   flags.DEFINE_list("decode_batch_sizes", ["1", "16"], "--decode: batch sizes.")
   flags.DEFINE_integer("decode_tokens", 500, "--decode: new tokens with the KV cache.")
   flags.DEFINE_integer("decode_recompute_tokens", 10, "--decode: new tokens for the slow "
@@ -118,10 +120,10 @@ def _print_checkpoint(f: flags.FlagValues) -> None:
 
 def _print_memory(f: flags.FlagValues) -> None:
   config = f.config
-  attention = attention_implementation(config.attention, config.dtype,
-                                       config.n_embd // config.n_head, jax.devices()[0])
+  kernel = attention.implementation(config.attention, config.dtype,
+                                    config.n_embd // config.n_head, jax.devices()[0])
   print(f"kept for the backward pass of one {config.batch_size} x {config.block_size} "
-        f"micro-batch ({config.dtype}, {attention} attention):")
+        f"micro-batch ({config.dtype}, {kernel} attention):")
   for row in memory.memory_report(config):
     print(f"  remat {row['remat']:<5} loss chunks {row['loss_chunk_size'] or 'none':<6} "
           f"{_gib(row['residual_bytes'])}")
@@ -162,6 +164,14 @@ def _print_throughput(f: flags.FlagValues) -> None:
   print(line)
 
 
+def _print_gpu_report(f: flags.FlagValues) -> None:
+  page = gpu_report.report(steps=f.steps, warmup=f.warmup)
+  with open(f.gpu_report_out, "w", encoding="utf-8") as out:
+    out.write(page)
+  print(page)
+  print(f"wrote {f.gpu_report_out}")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -169,9 +179,12 @@ def main(argv: list[str]) -> None:
   chosen = [mode for mode in MODES if f[mode].value]
   if len(chosen) > 1:
     raise app.UsageError(f"pick one of --{', --'.join(MODES)}, not {chosen}")
+  if f.config is None and chosen != ["gpu_report"]:
+    raise app.UsageError("--config=configs/NAME.py is required")
   logging.set_verbosity(logging.INFO)
   printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
-              "collectives": _print_collectives, "decode": _print_decode}
+              "collectives": _print_collectives, "decode": _print_decode,
+              "gpu_report": _print_gpu_report}
   printers.get(chosen[0] if chosen else "", _print_throughput)(f)
 
 

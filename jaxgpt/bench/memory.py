@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from jaxgpt import defaults, step
 
 
 def backward_residual_bytes(config: ml_collections.ConfigDict) -> int:
-  """Bytes one micro-batch's backward pass keeps from its forward pass, params included.
+  """Bytes one micro-batch's backward pass keeps (`step.backward_residuals`).
 
-  Counted from the program (the arrays `jax.vjp` closes over), so it is the
-  same on every backend: the activation memory that remat and the chunked loss
-  cut, before XLA fuses anything. The step's peak adds the params, AdamW state
-  and gradient sums (16 bytes a parameter) and the largest op's workspace.
+  The step's peak adds the params, AdamW state and gradient sums (16 bytes a
+  parameter) and the largest op's workspace.
   """
-  setup = step.build(config)
-  tokens_BT = jax.ShapeDtypeStruct((config.batch_size, config.block_size), jnp.int32)
-
-  def backward_fn(p: Any, x_BT: jax.Array) -> Callable:
-    return jax.vjp(lambda p: setup.model.apply({"params": p}, x_BT, targets_BT=x_BT), p)[1]
-
-  residuals = jax.eval_shape(backward_fn, setup.abstract_state.params, tokens_BT)
-  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in step.backward_residuals(config))
 
 
 def memory_report(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxgpt import data, defaults, flops, step, token_files
+from jaxgpt import attention, data, defaults, flops, step, token_files
 from jaxgpt.bench import memory
 from jaxgpt.model import count_params
 
@@ -181,6 +181,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int, warmup: int, data_work
   peer_result = (_time_peer(config, steps=steps, warmup=warmup, torch_compile=torch_compile)
                  if peer else None)
   device = jax.devices()[0]
+  config = config.copy_and_resolve_references()
+  attention.settle(config)  # a cuDNN that fails here falls back, as in training
   setup = step.build(config)
   state, batch = setup.new_state(), synthetic_batch(config, device)
   logging.info("compiling the train step")

@@ -1,0 +1,98 @@
+"""One command for a first GPU run: the GPU tests, the benchmark rows and the memory check.
+
+  python -m jaxgpt.bench --gpu_report [--gpu_report_out=PATH] [--steps=20]
+
+Runs `pytest -m gpu`, times the train step of both recipes with the default
+levers and each lever changed alone (the rows of docs/benchmarks.md), compares
+the plan's memory estimate with the peak the device reports, and writes it
+all as one markdown page to paste into docs/benchmarks.md. A row that fails
+(out of memory, say) is reported as such; the others still run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxgpt import plan
+from jaxgpt.bench import throughput
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GiB = 2**30
+# (recipe, overrides): the defaults, then each lever alone.
+ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("gpt2_124m", {}),
+    ("gpt2_124m", {"attention": "xla"}),
+    ("fineweb_40m", {}),
+    ("fineweb_40m", {"attention": "xla"}),
+    ("fineweb_40m", {"loss_chunk_size": 0}),
+    ("fineweb_40m", {"remat": "dots"}),
+    ("fineweb_40m", {"batch_size": 16, "gradient_accumulation_steps": 32}),
+)
+
+
+def recipe(name: str) -> ml_collections.ConfigDict:
+  """configs/<name>.py's config, as launch.py loads it."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def gpu_tests() -> str:
+  """The summary line of `pytest -m gpu`."""
+  run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=ROOT,
+                       capture_output=True, text=True, check=False)
+  lines = (run.stdout + run.stderr).strip().splitlines()
+  return lines[-1] if lines else f"pytest exited {run.returncode} and printed nothing"
+
+
+def _row(name: str, overrides: dict[str, Any], base: dict[str, Any], steps: int,
+         warmup: int) -> dict[str, Any]:
+  config = recipe(name)
+  config.update({**base, **overrides})
+  label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+  try:
+    r = throughput.run(config, steps=steps, warmup=warmup, data_workers=2)
+  except Exception as e:  # noqa: BLE001 - a row that fails (OOM) is a result too
+    return {"recipe": name, "levers": label, "error": (str(e).splitlines() or [""])[0][:120]}
+  estimate = plan.memory_estimate(config)["needed"]
+  return {"recipe": name, "levers": label, "batch": f"{r['gradient_accumulation_steps']} x "
+          f"{r['batch_size']} x {config.block_size}", "ms": r["ms_per_iter_median"],
+          "tok_s": r["tokens_per_sec"], "mfu": r["mfu"], "compile_s": r["compile_s"],
+          "peak": r["peak_memory_bytes"], "estimate": estimate,
+          "data_wait": r["data_wait_fraction"]}
+
+
+def _cell(value: Any, fmt: str) -> str:
+  return "n/a" if value is None else format(value, fmt)
+
+
+def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, steps: int = 20,
+           warmup: int = 3, base: dict[str, Any] | None = None, run_tests: bool = True) -> str:
+  """The markdown page: device, GPU tests, and a row per benchmark with its memory check."""
+  device = jax.devices()[0]
+  lines = [f"## GPU report: {device.device_kind}", "",
+           (f"jax {jax.__version__}, {jax.device_count()} device(s), {steps} timed steps "
+           f"after {warmup}; command: `python -m jaxgpt.bench --gpu_report`"), ""]
+  if run_tests:
+    lines += [f"`python -m pytest -q -m gpu`: {gpu_tests()}", ""]
+  lines += [("| recipe | levers | batch | ms/iter | tokens/s | MFU | compile s | peak memory | "
+            "plan's estimate | waiting for data |"), "|" + " --- |" * 10]
+  for name, overrides in rows:
+    r = _row(name, overrides, base or {}, steps, warmup)
+    if "error" in r:
+      lines.append(f"| {name} | {r['levers']} | failed: {r['error']} |" + " |" * 7)
+      continue
+    peak = None if r["peak"] is None else r["peak"] / GiB
+    lines.append(
+        f"| {name} | {r['levers']} | {r['batch']} | {r['ms']:.1f} | {r['tok_s']:,.0f} | "
+        f"{_cell(r['mfu'], '.1%')} | {r['compile_s']:.1f} | {_cell(peak, '.2f')} GiB | "
+        f"{r['estimate'] / GiB:.2f} GiB | {r['data_wait']:.1%} |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,59 @@
+"""FLOPs per token, and the peak FLOP/s table looked up by the device kinds JAX reports."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import recipe
+
+from jaxgpt import flops
+
+
+@pytest.mark.parametrize("device_kind, tflops", [
+    ("NVIDIA GeForce RTX 4070", 58.3),  # the user's card
+    ("NVIDIA GeForce RTX 4070 Ti SUPER", 88.2),
+    ("NVIDIA GeForce RTX 4090", 165.2),
+    ("NVIDIA GeForce RTX 3090", 71),
+    ("NVIDIA GeForce RTX 5090", 209.5),
+    ("NVIDIA RTX A6000", 154.8),
+    ("NVIDIA RTX 6000 Ada Generation", 364.2),
+    ("NVIDIA L4", 121),
+    ("NVIDIA L40S", 362.05),
+    ("NVIDIA A10", 125),
+    ("NVIDIA A100-SXM4-80GB", 312),
+    ("NVIDIA A100 80GB PCIe", 312),
+    ("NVIDIA H100 80GB HBM3", 989.5),
+    ("NVIDIA H100 PCIe", 756.5),
+    ("NVIDIA H100 NVL", 835.5),
+    ("NVIDIA H200", 989.5),
+    ("NVIDIA GH200 480GB", 989.5),
+    ("NVIDIA B200", 2250),
+    ("TPU v4", 275),
+    ("TPU v5 lite", 197),
+    ("TPU v5", 459),
+    ("TPU v6 lite", 918),
+])
+def test_peak_of_the_device_kinds_jax_reports(device_kind, tflops):
+  assert flops.peak(device_kind) == pytest.approx(tflops * 1e12)
+
+
+@pytest.mark.parametrize("device_kind", [
+    "cpu", "NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA A10G", "NVIDIA RTX A1000",
+    "NVIDIA RTX 4000 Ada Generation", "Tesla T4"])
+def test_a_device_without_a_sourced_figure_is_unknown(device_kind):
+  assert flops.peak(device_kind) is None
+  assert flops.peak(device_kind, override=1e14) == 1e14
+  assert "--config.peak_flops" in flops.unknown_peak_message(device_kind)
+
+
+def test_no_entry_is_shadowed_by_an_earlier_one():
+  """First match wins: an entry whose own name an earlier entry matches is never reached."""
+  names = [name.lower() for name, _ in flops.PEAK_BF16_FLOPS]
+  for i, name in enumerate(names):
+    assert next(j for j, earlier in enumerate(names) if earlier in name) == i, name
+
+
+def test_flops_per_token_is_nanogpts():
+  config = recipe("fineweb_40m")
+  assert flops.per_token(40_560_000, config) == 6 * 40_560_000 + 12 * 12 * 6 * 64 * 1024
+  assert flops.mfu(1000.0, 1e9, 1e13, 2) == pytest.approx(1000 * 1e9 / 2e13)
+  assert flops.mfu(1000.0, 1e9, None, 1) is None
