@@ -140,7 +140,8 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
                               params=keep_if_finite(params, state.params),
                               opt_state=keep_if_finite(opt_state, state.opt_state),
                               nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
-    return new_state, {"loss": value, "grad_norm": grad_norm}
+    # nonfinite as of this step: the loop reads a step's metrics after the next one is queued.
+    return new_state, {"loss": value, "grad_norm": grad_norm, "nonfinite": new_state.nonfinite}
 
   return jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings)
 

@@ -102,9 +102,11 @@ class _Run:
     self.checkpoints.save(it, self.state, self.train_iter, meta, val_loss)
     self.last_saved = it
 
-  def check_finite(self, it: int) -> None:
-    """Stops the run once more iterations were non-finite than `skip_nonfinite` allows."""
-    count = int(self.state.nonfinite)  # host sync: called only at log and save points
+  def check_finite(self, it: int, count: int) -> None:
+    """Stops the run once more iterations were non-finite than `skip_nonfinite` allows.
+
+    `count` is the state's non-finite count after iteration `it`.
+    """
     if count <= self.config.skip_nonfinite:
       if count > self.nonfinite_seen:
         logging.warning("%d iteration(s) with a non-finite loss or gradient skipped so far "
@@ -131,7 +133,7 @@ class _Run:
                        "lr": float(self.schedule(it))})
     if self.config.eval_only:
       return
-    self.check_finite(it)
+    self.check_finite(it, int(self.state.nonfinite))
     improved = self.losses["val"] < self.best_val_loss
     self.best_val_loss = min(self.best_val_loss, self.losses["val"])
     if it > 0 and (improved or self.config.always_save_checkpoint):
@@ -153,6 +155,7 @@ class _Run:
       return
     (it, step_metrics), self.pending = self.pending, None
     m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    nonfinite = int(m.pop("nonfinite"))
     now = time.perf_counter()
     dt = (now - self.last_log_time) / max(it + 1 - self.last_log_iter, 1)
     tok_s = self.tokens_per_iter / dt
@@ -163,7 +166,7 @@ class _Run:
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
       logging.info(plan.eta_message(self.plan, it + 1, tok_s, m["mfu"]))
     self.writer.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m})
-    self.check_finite(it)
+    self.check_finite(it, nonfinite)
     self.last_log_time, self.last_log_iter = now, it + 1
 
   def stop(self, it: int, reason: str) -> None:
@@ -196,8 +199,6 @@ def _log_setup(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                "attention (config: %s), loss in chunks of %s tokens, remat %s",
                layout.n_devices, jax.process_count(), config.sharding, config.dtype, kernel,
                config.attention, config.loss_chunk_size or "all", config.remat)
-
-
 
 
 def _loop(run: _Run, train_step: Callable, layout: sharding.BatchLayout,
