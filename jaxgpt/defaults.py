@@ -7,6 +7,9 @@ override values; a key that is not here is an error.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from jaxgpt.errors import UserError
@@ -86,6 +89,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 1337
   c.peak_flops = 0.0  # peak FLOP/s of one device for MFU; 0 looks it up by device kind
   return c
+
+
+def recipe(name: str) -> ml_collections.ConfigDict:
+  """configs/<name>.py of this checkout, as launch.py loads it."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def tokens_per_iter(c: ml_collections.ConfigDict, n_devices: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -39,14 +38,7 @@ def tiny_config(tmp_path, data_dir: str, **overrides) -> ml_collections.ConfigDi
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def recipe(name: str) -> ml_collections.ConfigDict:
-  """The config of configs/<name>.py, as launch.py would load it."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+recipe = defaults.recipe  # configs/<name>.py, as launch.py loads it
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -189,6 +189,7 @@ def test_checkpoint_overhead_reports_both_step_times(tmp_path):
   assert report["state_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_decode_rows_time_both_methods_per_batch_size(tmp_path):
   config = tiny_config(tmp_path, "")
   rows = decode.decode_rows(config, [1, 2], cache_tokens=6, recompute_tokens=3)
@@ -204,6 +205,7 @@ def test_cli_modes_are_exclusive():
   assert out.returncode != 0 and "pick one of" in out.stderr
 
 
+@pytest.mark.slow
 def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
   """The first GPU run's one command, run here on the CPU with a tiny model."""
   from jaxgpt.bench import gpu_report

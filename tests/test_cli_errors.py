@@ -7,6 +7,8 @@ from conftest import pattern_tokens, run_python, tiny_config, write_config_file
 
 from jaxgpt import token_files, train
 
+pytestmark = pytest.mark.slow  # a dozen command lines; test_config checks one of them always
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, str]:

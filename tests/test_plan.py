@@ -168,6 +168,7 @@ def test_the_memory_estimate_is_xlas_plan_for_the_step_training_compiles(tmp_pat
       + m.temp_size_in_bytes, rel=0.05)
 
 
+@pytest.mark.slow
 def test_a_step_that_does_not_fit_gets_variants_with_the_same_tokens(tmp_path):
   config = tiny_config(tmp_path, "", batch_size=8, gradient_accumulation_steps=1)
   needed = plan.memory_estimate(config)["needed"]
@@ -183,6 +184,7 @@ def test_a_step_that_does_not_fit_gets_variants_with_the_same_tokens(tmp_path):
       assert batch * accum == 8
 
 
+@pytest.mark.slow
 def test_cli_says_whether_the_step_fits_a_named_card():
   r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--device=RTX 4070",
                  "--config.out_dir=/nonexistent")

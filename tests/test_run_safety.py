@@ -40,6 +40,7 @@ def out_dir_snapshot(out_dir: str) -> dict[str, bytes]:
   return {os.path.relpath(p, out_dir): open(p, "rb").read() for p in files}
 
 
+@pytest.mark.slow
 def test_a_resume_whose_state_has_another_structure_is_refused_up_front(tmp_path, token_dir):
   """grad_clip 1.0 -> 0 drops the clipping state: refused naming the key, nothing touched."""
   config_file = write_config_file(tmp_path, token_dir, max_iters=6, eval_interval=3)
@@ -120,6 +121,7 @@ def checkpoint_meta(config, at_step: int):
   return at_step, ckpts.read_meta(at_step)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_directory_is_refused_naming_the_holder(tmp_path, token_dir):
   config_file = write_config_file(tmp_path, token_dir, **ENDLESS)
   proc = start_launch(config_file)
@@ -151,6 +153,7 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path, token_
     assert f.read() == ""  # released
 
 
+@pytest.mark.slow
 def test_a_failed_save_stops_the_run_at_once_and_removes_it(tmp_path, token_dir):
   """A write error (a file-size limit standing in for a full disk) in a background save."""
   config_file = write_config_file(tmp_path, token_dir, max_iters=400, eval_interval=100,
@@ -205,6 +208,7 @@ def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, tok
   assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_ends_the_run_with_one_line(tmp_path, token_dir):
   proc = start_launch(write_config_file(tmp_path, token_dir, **ENDLESS))
   lines = []

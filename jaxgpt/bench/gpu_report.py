@@ -11,16 +11,14 @@ all as one markdown page to paste into docs/benchmarks.md. A row that fails
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from typing import Any
 
 import jax
-import ml_collections
 
-from jaxgpt import plan
+from jaxgpt import defaults, plan
 from jaxgpt.bench import throughput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,14 +35,6 @@ ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def recipe(name: str) -> ml_collections.ConfigDict:
-  """configs/<name>.py's config, as launch.py loads it."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def gpu_tests() -> str:
   """The summary line of `pytest -m gpu`."""
   run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=ROOT,
@@ -55,7 +45,7 @@ def gpu_tests() -> str:
 
 def _row(name: str, overrides: dict[str, Any], base: dict[str, Any], steps: int,
          warmup: int) -> dict[str, Any]:
-  config = recipe(name)
+  config = defaults.recipe(name)
   config.update({**base, **overrides})
   label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
   try:
