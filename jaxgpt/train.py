@@ -77,7 +77,7 @@ class _Run:
     self.nonfinite_seen = int(start.state.nonfinite)
     device = jax.devices()[0]
     self.peak = flops.peak(device.device_kind, config.peak_flops)
-    if self.peak is None:  # said once; a CPU has no such figure
+    if self.peak is None and jax.process_index() == 0:  # said once; a CPU has no such figure
       (logging.info if device.platform == "cpu" else logging.warning)(
           flops.unknown_peak_message(device.device_kind))
     self.n_devices = layout.n_devices
