@@ -20,6 +20,20 @@ GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's weigh
 INIT_FROM = ("scratch", "resume") + GPT2_MODELS
 SHARDING_MODES = ("dp", "fsdp")
 REMAT_POLICIES = ("none", "dots", "full")  # what the backward pass recomputes: see model.py
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLP_ACTS = ("gelu", "relu2")
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "wsd")
+# What the modern recipes (configs/*_modern.py) change, each key measured alone and
+# together in docs/benchmarks.md ("A modern recipe"); their learning rates are per recipe.
+MODERN = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp_act": "relu2",
+          "tie_embeddings": False, "zero_init_projections": True, "logit_softcap": 30.0,
+          "optimizer": "muon", "lr_schedule": "wsd"}
+# GPT-2's value of each model key that can leave its architecture, for export and
+# init_from=gpt2*, which need a model transformers' GPT2LMHeadModel can hold.
+GPT2_ARCHITECTURE = {"pos_emb": "learned", "norm": "layernorm", "qk_norm": False,
+                     "mlp_act": "gelu", "tie_embeddings": True, "logit_softcap": 0.0}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -66,17 +80,32 @@ def get_config() -> ml_collections.ConfigDict:
   c.attention = "auto"  # 'xla', 'cudnn' (flash attention) or 'auto': cudnn where it runs, else xla
   c.loss_chunk_size = 8192  # tokens per chunk of the fused LM head + loss; 0: whole logits
   c.remat = "none"  # recompute in the backward pass to save memory: 'none', 'dots' or 'full'
+  # Departures from GPT-2, each off by default (configs/*_modern.py turn them on):
+  c.pos_emb = "learned"  # 'learned' position embeddings (GPT-2) or 'rope' (rotary)
+  c.norm = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm'
+  c.qk_norm = False  # RMSNorm on each head's queries and keys before attention
+  c.mlp_act = "gelu"  # 'gelu' (GPT-2) or 'relu2' (ReLU squared)
+  c.tie_embeddings = True  # the LM head is the token embedding; False gives it its own matrix
+  c.zero_init_projections = False  # start c_proj (and an untied head) at zero, not at random
+  c.logit_softcap = 0.0  # logits -> cap * tanh(logits / cap); 0 leaves them as they are
 
-  # AdamW
-  c.learning_rate = 6e-4  # max learning rate
+  # optimizer
+  c.optimizer = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
+  c.learning_rate = 6e-4  # max learning rate (AdamW's: all params, or with muon the rest)
   c.max_iters = 600000  # total number of training iterations
   c.weight_decay = 1e-1
   c.beta1 = 0.9
   c.beta2 = 0.95
   c.grad_clip = 1.0  # clip gradients at this global norm; 0 disables
+  c.muon_learning_rate = 0.02  # optimizer=muon: max learning rate of the matrices, same schedule
+  c.muon_momentum = 0.95  # optimizer=muon: Nesterov momentum, reached after the warmup below
+  c.muon_momentum_start = 0.85
+  c.muon_momentum_warmup_iters = 300  # linear from muon_momentum_start to muon_momentum
 
   # learning-rate schedule
-  c.decay_lr = True  # warmup then cosine decay; False keeps learning_rate constant
+  c.decay_lr = True  # warmup then decay by lr_schedule; False keeps learning_rate constant
+  c.lr_schedule = "cosine"  # 'cosine' (nanoGPT) or 'wsd': warmup, stable, then linear decay
+  c.wsd_decay_frac = 0.2  # lr_schedule=wsd: this last fraction of the iterations after warmup decays
   c.warmup_iters = 2000
   # ~= max_iters per Chinchilla: follows max_iters unless set itself, so a recipe's
   # --config.max_iters=N override brings its decay along.
@@ -98,6 +127,11 @@ def recipe(name: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def gpt2_architecture_differences(c: ml_collections.ConfigDict) -> list[str]:
+  """The model keys that make this config something other than GPT-2 (e.g. 'pos_emb=rope')."""
+  return [f"{key}={c[key]}" for key, gpt2 in GPT2_ARCHITECTURE.items() if c[key] != gpt2]
 
 
 def tokens_per_iter(c: ml_collections.ConfigDict, n_devices: int) -> int:
@@ -127,7 +161,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"must be one of {ATTENTION_IMPLEMENTATIONS}")
   check(c.remat in REMAT_POLICIES, "remat", f"must be one of {REMAT_POLICIES}")
   check(c.sharding in SHARDING_MODES, "sharding", f"must be one of {SHARDING_MODES}")
+  for key, allowed in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp_act", MLP_ACTS),
+                       ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
+    check(c[key] in allowed, key, f"must be one of {allowed}")
+  check(c.logit_softcap >= 0, "logit_softcap", "must be >= 0 (0: no soft-cap)")
+  check(c.pos_emb != "rope" or (c.n_embd // c.n_head) % 2 == 0, "pos_emb",
+        f"rope needs an even head size; n_embd/n_head is {c.n_embd // c.n_head}")
+  if c.optimizer == "muon":
+    check(c.muon_learning_rate >= 0, "muon_learning_rate", "must be >= 0")
+    for key in ("muon_momentum", "muon_momentum_start"):
+      check(0 <= c[key] < 1, key, "must be in [0, 1)")
+    check(c.muon_momentum_warmup_iters >= 0, "muon_momentum_warmup_iters", "must be >= 0")
   check(c.init_from in INIT_FROM, "init_from", f"must be one of {INIT_FROM}")
+  if c.init_from in GPT2_MODELS and gpt2_architecture_differences(c):
+    raise UserError(f"config.init_from={c.init_from!r} loads GPT-2's weights, which need GPT-2's "
+                    f"architecture; this config has {', '.join(gpt2_architecture_differences(c))}")
   check(c.learning_rate >= 0, "learning_rate", "must be >= 0")
   check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
   check(c.warmup_iters >= 0, "warmup_iters", "must be >= 0")
@@ -141,3 +189,5 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"must be greater than warmup_iters={c.warmup_iters}")
     check(0 <= c.min_lr <= c.learning_rate, "min_lr",
           f"must be in [0, learning_rate={c.learning_rate}]")
+    if c.lr_schedule == "wsd":
+      check(0 < c.wsd_decay_frac <= 1, "wsd_decay_frac", "must be in (0, 1]")

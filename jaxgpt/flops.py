@@ -99,7 +99,11 @@ def memory_gib(device_kind: str) -> float | None:
 
 
 def per_token(n_params: int, config: ml_collections.ConfigDict) -> float:
-  """Training FLOPs per token, nanoGPT's 6N + 12*L*H*Q*T (N without position embeddings)."""
+  """Training FLOPs per token, nanoGPT's 6N + 12*L*H*Q*T (N: model.count_params).
+
+  Norms, rotary positions, activations and the soft-cap are elementwise and
+  left out, as nanoGPT leaves out LayerNorm and GELU.
+  """
   head_size = config.n_embd // config.n_head
   return 6 * n_params + 12 * config.n_layer * config.n_head * head_size * config.block_size
 

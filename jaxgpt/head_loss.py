@@ -1,4 +1,4 @@
-"""The tied LM head and its cross-entropy, fused and made chunk by chunk.
+"""The LM head and its cross-entropy, fused and made chunk by chunk.
 
 With a 50304-way vocabulary the float32 logits of one 16 x 1024 micro-batch
 take 3.3 GB, and plain autodiff keeps them (and their bfloat16 twin, and
@@ -8,6 +8,10 @@ logits, its loss and, when differentiated, its gradients with respect to the
 hidden states and the embedding in one go; only those gradients outlive the
 chunk. Peak memory then holds one chunk's logits, and the FLOPs are the same
 as the unfused head's (one matmul forward, two for the gradients).
+
+With a soft-cap, each chunk's logits z become cap * tanh(z / cap) before the
+softmax, and the gradient through the cap, 1 - tanh², is applied in the same
+chunk.
 """
 
 from __future__ import annotations
@@ -18,9 +22,17 @@ import jax
 import jax.numpy as jnp
 
 
+def softcap(logits: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(logits / cap): logits squashed into (-cap, cap), near-identity well inside."""
+  return cap * jnp.tanh(logits / cap)
+
+
 def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.Array, *,
-                       chunk_size: int, dtype: str) -> jax.Array:
+                       chunk_size: int, dtype: str, softcap: float = 0.0) -> jax.Array:
   """Mean of -log softmax(x @ embedding.T)[target] over N tokens, in float32.
+
+  `embedding_VD` is the head's matrix (the token embedding when tied);
+  `softcap` > 0 caps the logits first.
 
   Matmuls run in `dtype` with float32 accumulation; the softmax is float32.
   N need not divide into chunks: it is split into equal chunks of at most
@@ -33,12 +45,13 @@ def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.
   x_CSD = jnp.pad(x_ND, ((0, pad), (0, 0))).reshape(n_chunks, size, D)
   targets_CS = jnp.pad(targets_N, (0, pad)).reshape(n_chunks, size)
   weights_CS = (jnp.arange(n_chunks * size) < N).astype(jnp.float32).reshape(n_chunks, size)
-  return _loss_sum(x_CSD, embedding_VD, targets_CS, weights_CS, jnp.dtype(dtype)) / N
+  return _loss_sum(x_CSD, embedding_VD, targets_CS, weights_CS, jnp.dtype(dtype), softcap) / N
 
 
-def _chunk_logits(x_SD: jax.Array, embedding_VD: jax.Array) -> jax.Array:
-  return jnp.dot(x_SD.astype(embedding_VD.dtype), embedding_VD.T,
-                 preferred_element_type=jnp.float32)
+def _chunk_logits(x_SD: jax.Array, embedding_VD: jax.Array, cap: float) -> jax.Array:
+  logits_SV = jnp.dot(x_SD.astype(embedding_VD.dtype), embedding_VD.T,
+                      preferred_element_type=jnp.float32)
+  return softcap(logits_SV, cap) if cap else logits_SV
 
 
 def _chunk_softmax(logits_SV: jax.Array, targets_S: jax.Array
@@ -56,22 +69,22 @@ def _chunk_softmax(logits_SV: jax.Array, targets_S: jax.Array
   return lse_S - picked_S, exp_SV / sum_S1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _loss_sum(x_CSD: jax.Array, embedding_VD: jax.Array, targets_CS: jax.Array,
-              weights_CS: jax.Array, dtype: jnp.dtype) -> jax.Array:
+              weights_CS: jax.Array, dtype: jnp.dtype, cap: float) -> jax.Array:
   """Weighted sum of the token losses, one chunk at a time (forward only)."""
   embedding_VD = embedding_VD.astype(dtype)
 
   def chunk(total, xs):
     x_SD, targets_S, weights_S = xs
-    losses_S, _ = _chunk_softmax(_chunk_logits(x_SD, embedding_VD), targets_S)
+    losses_S, _ = _chunk_softmax(_chunk_logits(x_SD, embedding_VD, cap), targets_S)
     return total + jnp.sum(weights_S * losses_S), None
 
   total, _ = jax.lax.scan(chunk, jnp.zeros((), jnp.float32), (x_CSD, targets_CS, weights_CS))
   return total
 
 
-def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype):
+def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype, cap):
   """The loss sum and, chunk by chunk, its gradients (kept instead of the logits)."""
   embedding_c_VD = embedding_VD.astype(dtype)
   V = embedding_VD.shape[0]
@@ -79,11 +92,15 @@ def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype):
   def chunk(carry, xs):
     total, d_embedding_VD = carry
     x_SD, targets_S, weights_S = xs
-    losses_S, probs_SV = _chunk_softmax(_chunk_logits(x_SD, embedding_c_VD), targets_S)
+    logits_SV = _chunk_logits(x_SD, embedding_c_VD, cap)
+    losses_S, probs_SV = _chunk_softmax(logits_SV, targets_S)
     # Padding tokens need no weight here: their hidden states are zeros, so they
     # add nothing to d(embedding), and their d(hidden) rows are cut off with the pad.
     one_hot_SV = jnp.arange(V)[None, :] == targets_S[:, None]
-    d_logits_SV = (probs_SV - one_hot_SV).astype(dtype)
+    d_logits_SV = probs_SV - one_hot_SV
+    if cap:  # d(cap tanh(z/cap))/dz = 1 - tanh(z/cap)^2, and tanh(z/cap) = capped / cap
+      d_logits_SV = d_logits_SV * (1 - jnp.square(logits_SV / cap))
+    d_logits_SV = d_logits_SV.astype(dtype)
     d_x_SD = jnp.dot(d_logits_SV, embedding_c_VD, preferred_element_type=jnp.float32)
     d_embedding_VD += jnp.dot(d_logits_SV.T, x_SD.astype(dtype),
                               preferred_element_type=jnp.float32)
@@ -95,8 +112,8 @@ def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype):
   return total, (d_x_CSD, d_embedding_VD.astype(embedding_VD.dtype))
 
 
-def _loss_sum_bwd(dtype, residuals, g):
-  del dtype
+def _loss_sum_bwd(dtype, cap, residuals, g):
+  del dtype, cap
   d_x_CSD, d_embedding_VD = residuals
   return (g.astype(d_x_CSD.dtype) * d_x_CSD, g * d_embedding_VD, None, None)
 

@@ -168,12 +168,18 @@ def init_from_gpt2(config: ml_collections.ConfigDict) -> dict:
 def export(params: dict, config: ml_collections.ConfigDict, to_dir: str) -> None:
   """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load.
 
-  GPT-2's architecture holds every model jaxgpt trains: without biases
-  (nanoGPT's recipe) the biases are written as zeros, and exact GELU is
-  transformers' `gelu`. The vocabulary is cropped to GPT-2's 50257 (the rest
-  is padding). The tokenizer files are GPT-2's own. Files get the usual
+  GPT-2's architecture holds every model of the nanoGPT recipe: without
+  biases the biases are written as zeros, and exact GELU is transformers'
+  `gelu`. A modern model (rotary positions, RMSNorm, ReLU², an untied head or
+  capped logits) is refused: GPT2LMHeadModel would load it and compute
+  something else. The vocabulary is cropped to GPT-2's 50257 (the rest is
+  padding). The tokenizer files are GPT-2's own. Files get the usual
   permissions (the process's umask).
   """
+  differences = defaults.gpt2_architecture_differences(config)
+  if differences:
+    raise UserError(f"this run's model is not GPT-2's architecture ({', '.join(differences)}), "
+                    "so transformers' GPT2LMHeadModel cannot hold it; nothing was written")
   if os.path.isdir(to_dir) and os.listdir(to_dir):
     raise UserError(f"{to_dir} is not empty; nothing was written. Pick a new directory.")
   vocab = min(config.vocab_size, tokenizer.N_VOCAB)

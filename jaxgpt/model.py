@@ -1,5 +1,9 @@
 """GPT-2 in flax.linen, with nanoGPT's architecture and initialisation.
 
+Each departure from GPT-2 that the modern recipes use is a config field,
+off by default: rotary positions, RMSNorm, norms on queries and keys, ReLU²,
+an untied head, zero-initialised projections and a soft-cap on the logits.
+
 Params are float32; activations run in `dtype` (bfloat16 on accelerators);
 logits are returned in float32 so the loss is computed in float32.
 Shape suffixes: B batch, T time, S cache slots, D model width, N heads,
@@ -39,6 +43,13 @@ class GPTConfig:
   attention: str = "auto"  # jax.nn.dot_product_attention implementation: xla | cudnn | auto
   loss_chunk_size: int = 8192  # tokens per chunk of the fused head + loss; 0: whole logits
   remat: str = "none"  # what the backward pass recomputes instead of keeping: see _REMAT_SAVEABLE
+  pos_emb: str = "learned"  # learned position embeddings (GPT-2) | rope
+  norm: str = "layernorm"  # layernorm (GPT-2) | rmsnorm
+  qk_norm: bool = False  # RMSNorm on each head's queries and keys
+  mlp_act: str = "gelu"  # gelu (GPT-2) | relu2
+  tie_embeddings: bool = True  # the LM head is the token embedding
+  zero_init_projections: bool = False  # c_proj (and an untied head) start at zero
+  logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) when > 0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
@@ -57,8 +68,31 @@ _REMAT_SAVEABLE = {
 }
 
 
+ROPE_BASE = 10000.0  # RoFormer's and Llama's
+
+
 def _normal(std: float) -> nn.initializers.Initializer:
   return nn.initializers.normal(stddev=std)
+
+
+def _norm(cfg: GPTConfig, name: str) -> nn.Module:
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=1e-6, dtype=cfg.dtype, name=name)
+  return nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
+
+
+def rotate(x_BTNH: jax.Array, positions_BT: jax.Array) -> jax.Array:
+  """Rotary position embedding: each pair (x_i, x_{i+H/2}) turned by position x frequency_i.
+
+  Angles are float32 whatever the activation dtype: at position 1000 a
+  bfloat16 angle would be off by several radians' worth of rounding.
+  """
+  H = x_BTNH.shape[-1]
+  inv_freq_F = ROPE_BASE ** (-jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+  angles_BT1F = (positions_BT.astype(jnp.float32)[:, :, None] * inv_freq_F)[:, :, None, :]
+  cos, sin = jnp.cos(angles_BT1F), jnp.sin(angles_BT1F)
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BTNH.dtype)
 
 
 def _residual_out(cfg: GPTConfig, h_BTF: jax.Array, train: bool) -> jax.Array:
@@ -66,10 +100,13 @@ def _residual_out(cfg: GPTConfig, h_BTF: jax.Array, train: bool) -> jax.Array:
 
   Called inside the parent's compact method, so the Dense is the parent's `c_proj`.
   Its init is scaled by 1/sqrt(2 n_layer): two such projections add to the
-  residual stream per layer (GPT-2's and nanoGPT's init).
+  residual stream per layer (GPT-2's and nanoGPT's init); zero_init_projections
+  starts it at zero instead, so each block begins as the identity.
   """
-  y_BTD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
-                   kernel_init=_normal(0.02 / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_BTF)
+  init = (nn.initializers.zeros if cfg.zero_init_projections
+          else _normal(0.02 / math.sqrt(2 * cfg.n_layer)))
+  y_BTD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype, kernel_init=init,
+                   name="c_proj")(h_BTF)
   return nn.Dropout(cfg.dropout)(y_BTD, deterministic=not train)
 
 
@@ -85,6 +122,12 @@ class CausalSelfAttention(nn.Module):
     qkv_BT3D = nn.Dense(3 * D, use_bias=cfg.bias, dtype=cfg.dtype, kernel_init=_normal(0.02),
                         name="c_attn")(x_BTD)
     q_BTNH, k_BTNH, v_BTNH = (a.reshape(B, T, N, H) for a in jnp.split(qkv_BT3D, 3, axis=-1))
+    if cfg.qk_norm:
+      q_BTNH = nn.RMSNorm(epsilon=1e-6, dtype=cfg.dtype, name="q_norm")(q_BTNH)
+      k_BTNH = nn.RMSNorm(epsilon=1e-6, dtype=cfg.dtype, name="k_norm")(k_BTNH)
+    if cfg.pos_emb == "rope":
+      pos_BT = jnp.arange(T)[None] if positions_BT is None else positions_BT
+      q_BTNH, k_BTNH = rotate(q_BTNH, pos_BT), rotate(k_BTNH, pos_BT)
     if positions_BT is not None:
       # Cached decoding: a token's slot is its position. Slots past a row's current
       # position hold stale or padding entries and are masked out. The cache is laid
@@ -127,7 +170,11 @@ class MLP(nn.Module):
     D = x_BTD.shape[-1]
     h_BTF = nn.Dense(4 * D, use_bias=cfg.bias, dtype=cfg.dtype, kernel_init=_normal(0.02),
                      name="c_fc")(x_BTD)
-    return _residual_out(cfg, nn.gelu(h_BTF, approximate=cfg.gelu_approximate), train)
+    if cfg.mlp_act == "relu2":
+      h_BTF = jnp.square(nn.relu(h_BTF))
+    else:
+      h_BTF = nn.gelu(h_BTF, approximate=cfg.gelu_approximate)
+    return _residual_out(cfg, h_BTF, train)
 
 
 class Block(nn.Module):
@@ -137,10 +184,9 @@ class Block(nn.Module):
   def __call__(self, x_BTD: jax.Array, train: bool,
                positions_BT: jax.Array | None = None) -> jax.Array:
     cfg = self.config
-    ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
-    x_BTD = x_BTD + CausalSelfAttention(cfg, name="attn")(ln("ln_1")(x_BTD), train=train,
+    x_BTD = x_BTD + CausalSelfAttention(cfg, name="attn")(_norm(cfg, "ln_1")(x_BTD), train=train,
                                                           positions_BT=positions_BT)
-    return x_BTD + MLP(cfg, name="mlp")(ln("ln_2")(x_BTD), train=train)
+    return x_BTD + MLP(cfg, name="mlp")(_norm(cfg, "ln_2")(x_BTD), train=train)
 
 
 class GPT(nn.Module):
@@ -169,10 +215,11 @@ class GPT(nn.Module):
       raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
     wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
                    name="wte")
-    wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
-                   name="wpe")
-    pos_BT = jnp.arange(T)[None] if positions_BT is None else positions_BT
-    x_BTD = wte(idx_BT) + wpe(pos_BT)
+    x_BTD = wte(idx_BT)
+    if cfg.pos_emb == "learned":
+      wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
+                     name="wpe")
+      x_BTD = x_BTD + wpe(jnp.arange(T)[None] if positions_BT is None else positions_BT)
     x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=not train)
     block = Block
     if cfg.remat != "none" and positions_BT is None:
@@ -181,14 +228,20 @@ class GPT(nn.Module):
       x_BTD = block(cfg, name=f"h_{i}")(x_BTD, train, positions_BT)
     if last_B is not None:
       x_BTD = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)
-    x_BTD = nn.LayerNorm(epsilon=1e-5, use_bias=cfg.bias, dtype=cfg.dtype, name="ln_f")(x_BTD)
+    x_BTD = _norm(cfg, "ln_f")(x_BTD)
+    head = wte  # weight tying: the LM head is the token embedding
+    if not cfg.tie_embeddings:
+      init = nn.initializers.zeros if cfg.zero_init_projections else _normal(0.02)
+      head = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=init, dtype=cfg.dtype,
+                      name="lm_head")
     if targets_BT is not None and cfg.loss_chunk_size:
-      # Weight tying: the LM head is the token embedding.
-      return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), wte.embedding,
+      return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), head.embedding,
                                           targets_BT.reshape(-1),
-                                          chunk_size=cfg.loss_chunk_size, dtype=cfg.dtype)
-    logits_BTV = wte.attend(x_BTD)  # weight tying: the LM head is the token embedding
-    logits_BTV = logits_BTV.astype(jnp.float32)
+                                          chunk_size=cfg.loss_chunk_size, dtype=cfg.dtype,
+                                          softcap=cfg.logit_softcap)
+    logits_BTV = head.attend(x_BTD).astype(jnp.float32)
+    if cfg.logit_softcap:
+      logits_BTV = head_loss.softcap(logits_BTV, cfg.logit_softcap)
     if targets_BT is not None:
       return cross_entropy(logits_BTV, targets_BT)
     return logits_BTV if last_B is None else logits_BTV[:, 0]
@@ -217,9 +270,16 @@ def init_params(model: GPT, rng: jax.Array) -> dict:
 
 
 def count_params(params: dict, *, non_embedding: bool = True) -> int:
-  """Parameter count; by default without position embeddings, as nanoGPT prints it."""
+  """Parameter count; by default only the params that take part in matmuls.
+
+  That is nanoGPT's printed count: without the position embeddings, but with
+  the token embedding, which is also its LM head. An untied model's token
+  embedding is a lookup alone, and is left out too. 6 x this count is the
+  matmul FLOPs per trained token.
+  """
   total = sum(p.size for p in jax.tree.leaves(params))
   if non_embedding:
-    total -= params["wpe"]["embedding"].size
+    embeddings = ["wpe"] + (["wte"] if "lm_head" in params else [])
+    total -= sum(params[name]["embedding"].size for name in embeddings if name in params)
   return total
 

@@ -1,4 +1,4 @@
-"""AdamW with nanoGPT's learning-rate schedule, decay mask and gradient clipping."""
+"""The optimizer: nanoGPT's AdamW, or Muon for the blocks' matrices; their learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -8,48 +8,103 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from optax import contrib
+
+# Params Muon never takes: the embeddings and the LM head are lookups and a
+# classifier rather than hidden linear maps, and stay on AdamW as in modded-nanogpt.
+_ADAMW_ONLY = ("wte", "wpe", "lm_head")
 
 
-def lr_schedule(config: ml_collections.ConfigDict, xp: types.ModuleType = jnp) -> optax.Schedule:
-  """nanoGPT's `get_lr` as an Optax schedule of the iteration number.
+def lr_schedule(config: ml_collections.ConfigDict, xp: types.ModuleType = jnp,
+                peak: float | None = None) -> optax.Schedule:
+  """nanoGPT's `get_lr` (or warmup-stable-decay) as an Optax schedule of the iteration number.
 
-  lr*(it+1)/(warmup_iters+1) while it < warmup_iters, then a cosine from lr to
-  min_lr that ends at lr_decay_iters, then min_lr; constant lr when decay_lr is
-  false. Written as nanoGPT's formula rather than optax's warmup schedules,
-  whose float32 interpolation drifts from it by 1e-5 relative at small steps.
-  With `xp=numpy` the same float32 formula runs on the host: the loop logs the
-  rate without touching the device.
+  Warmup is nanoGPT's lr*(it+1)/(warmup_iters+1) while it < warmup_iters. Then
+  'cosine' falls from lr to min_lr along a cosine that ends at lr_decay_iters;
+  'wsd' holds lr and falls linearly to min_lr over the last wsd_decay_frac of
+  the iterations from warmup_iters to lr_decay_iters. Both stay at min_lr after that; decay_lr=False keeps lr.
+  `peak` replaces learning_rate (Muon's own rate) and scales min_lr with it.
+  Written as nanoGPT's formula rather than optax's warmup schedules, whose
+  float32 interpolation drifts from it by 1e-5 relative at small steps. With
+  `xp=numpy` the same float32 formula runs on the host: the loop logs the rate
+  without touching the device.
   """
   lr, min_lr = config.learning_rate, config.min_lr
+  if peak is not None:
+    lr, min_lr = peak, min_lr * peak / lr if lr else 0.0
   warmup, decay_end = config.warmup_iters, config.lr_decay_iters
   if not config.decay_lr:
     return optax.constant_schedule(lr) if xp is jnp else lambda it: xp.float32(lr)
+  decay_start = warmup
+  if config.lr_schedule == "wsd":
+    decay_start = warmup + (1 - config.wsd_decay_frac) * (decay_end - warmup)
 
   def schedule(it: jax.Array) -> jax.Array:
     it = xp.asarray(it, xp.float32)
     warmup_lr = lr * (it + 1) / (warmup + 1)
-    ratio = xp.clip((it - warmup) / (decay_end - warmup), 0.0, 1.0)
-    cosine_lr = min_lr + 0.5 * (1.0 + xp.cos(xp.pi * ratio)) * (lr - min_lr)
-    return xp.where(it < warmup, warmup_lr, cosine_lr)
+    ratio = xp.clip((it - decay_start) / (decay_end - decay_start), 0.0, 1.0)
+    if config.lr_schedule == "wsd":
+      decayed_lr = lr - ratio * (lr - min_lr)
+    else:
+      decayed_lr = min_lr + 0.5 * (1.0 + xp.cos(xp.pi * ratio)) * (lr - min_lr)
+    return xp.where(it < warmup, warmup_lr, decayed_lr)
 
   return schedule
 
 
 def decay_mask(params: optax.Params) -> optax.Params:
-  """Weight decay on matrices and embeddings only, never on biases or LayerNorm scales."""
+  """Weight decay on matrices and embeddings only, never on biases or norm scales."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Global-norm clipping (when grad_clip > 0), then AdamW(eps=1e-8) on the schedule."""
-  adamw = optax.adamw(
-      learning_rate=lr_schedule(config),
-      b1=config.beta1,
-      b2=config.beta2,
-      eps=1e-8,
-      weight_decay=config.weight_decay,
-      mask=decay_mask,
+def _adamw(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.adamw(learning_rate=lr_schedule(config), b1=config.beta1, b2=config.beta2,
+                     eps=1e-8, weight_decay=config.weight_decay, mask=decay_mask)
+
+
+def optimizer_groups(params: optax.Params) -> optax.Params:
+  """'muon' for the blocks' 2-D matrices, 'adamw' for embeddings, head, biases and gains."""
+
+  def group(path: tuple, p: jax.Array) -> str:
+    top = path[0].key
+    return "muon" if p.ndim == 2 and top not in _ADAMW_ONLY else "adamw"
+
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+def _muon_momentum(config: ml_collections.ConfigDict) -> optax.Schedule:
+  return optax.linear_schedule(config.muon_momentum_start, config.muon_momentum,
+                               config.muon_momentum_warmup_iters)
+
+
+def _scale_by_width(updates: optax.Updates, params: optax.Params | None = None) -> optax.Updates:
+  """Muon's orthogonal update times sqrt(max(1, fan_out / fan_in)) (Flax kernels: in x out)."""
+  del params
+  return jax.tree.map(lambda u: u * max(1.0, u.shape[1] / u.shape[0]) ** 0.5, updates)
+
+
+def _muon(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """optax.contrib's Muon step with a momentum warmup, on the learning-rate schedule.
+
+  Like modded-nanogpt's Muon: Nesterov momentum, Newton-Schulz orthogonalisation,
+  the width scale, and no weight decay.
+  """
+  as_matrices = lambda updates: jax.tree.map(lambda _: contrib.MuonDimensionNumbers(), updates)
+  scale_by_muon = optax.inject_hyperparams(contrib.scale_by_muon,
+                                           static_args=("weight_dimension_numbers",))
+  return optax.chain(
+      scale_by_muon(beta=_muon_momentum(config), weight_dimension_numbers=as_matrices),
+      optax.stateless(_scale_by_width),
+      optax.scale_by_learning_rate(lr_schedule(config, peak=config.muon_learning_rate)),
   )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping (when grad_clip > 0), then AdamW(eps=1e-8), or Muon + AdamW."""
+  if config.optimizer == "muon":
+    tx = optax.partition({"muon": _muon(config), "adamw": _adamw(config)}, optimizer_groups)
+  else:
+    tx = _adamw(config)
   if config.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
-  return adamw
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
+  return tx

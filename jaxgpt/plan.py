@@ -36,7 +36,7 @@ _SIZE_RE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)([mMbB])(?![A-Za-z0-9])"
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  n_params: int  # nanoGPT's count: without position embeddings
+  n_params: int  # nanoGPT's count: the params in matmuls (model.count_params)
   n_params_total: int
   tokens_per_iter: int
   max_iters: int
@@ -129,7 +129,7 @@ def check(config: ml_collections.ConfigDict, plan: Plan, *, config_name: str = "
 def describe(config: ml_collections.ConfigDict, plan: Plan, n_devices: int = 1) -> list[str]:
   """The plan in four lines, for the launch log."""
   lines = [
-      (f"parameters: {units.count(plan.n_params)} (nanoGPT's count, without position "
+      (f"parameters: {units.count(plan.n_params)} (nanoGPT's count, without lookup-only "
        f"embeddings; {units.count(plan.n_params_total)} in all)"),
       (f"tokens per iteration: {plan.tokens_per_iter:,} ({config.gradient_accumulation_steps} "
       f"accum x {config.batch_size} batch x {n_devices} device(s) x {config.block_size} block); "

@@ -50,7 +50,7 @@ class TrainSetup:
 
   @property
   def n_params(self) -> int:
-    """nanoGPT's count: without position embeddings."""
+    """nanoGPT's count: the params in matmuls (model.count_params)."""
     return count_params(self.abstract_state.params)
 
 

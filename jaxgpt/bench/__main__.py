@@ -8,6 +8,9 @@
   python -m jaxgpt.bench --config=... --checkpoint    # step time during an async save
   python -m jaxgpt.bench --config=... --decode        # sampling tokens/s, cache vs recompute
   python -m jaxgpt.bench --gpu_report                 # a first GPU run: tests, rows, memory
+  python -m jaxgpt.bench --compare_recipes [--variants=nanogpt,modern | --ablation]
+      [--lr_scales=0.5,1,2] [--compare_iters=250] [--compare_data=python_docs|DIR]
+      [--compare_out=out/compare_recipes]            # nanoGPT vs modern recipe: loss, speed
 
 The default prints a summary and one JSON line of every figure (appended to
 --json_out too); the other modes print their own table and JSON lines.
@@ -23,10 +26,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxgpt import attention, cli
-from jaxgpt.bench import collectives, decode, gpu_report, memory, save_overhead, throughput
+from jaxgpt.bench import collectives, decode, gpu_report, memory, recipes, save_overhead, throughput
 
 GiB = 2**30
-MODES = ("checkpoint", "memory", "collectives", "decode", "gpu_report")
+MODES = ("checkpoint", "memory", "collectives", "decode", "gpu_report", "compare_recipes")
+CONFIGLESS_MODES = ("gpu_report", "compare_recipes")
 
 
 def _define_flags() -> None:
@@ -58,6 +62,23 @@ def _define_flags() -> None:
   flags.DEFINE_boolean("gpu_report", False, "Run the GPU tests, the benchmark rows of both "
                        "recipes and the memory check, and write one markdown page.")
   flags.DEFINE_string("gpu_report_out", "gpu_report.md", "--gpu_report: where to write it.")
+  flags.DEFINE_boolean("compare_recipes", False, "Train the nanoGPT recipe and modern "
+                       "variants of it at a 4-layer, 256-wide size, block 256, on the same data; "
+                       "write their loss curves and a table of val loss, tokens to the "
+                       "baseline's final val loss, and step time.")
+  flags.DEFINE_list("variants", [recipes.BASELINE, recipes.MODERN], "--compare_recipes: "
+                    "'nanogpt', 'modern', or one modern change alone as KEY=VALUE (see "
+                    "defaults.MODERN).")
+  flags.DEFINE_boolean("ablation", False, "--compare_recipes: every variant: the baseline, each "
+                       "modern change alone, and all of them.")
+  flags.DEFINE_list("lr_scales", ["1"], "--compare_recipes: train each variant with its "
+                    "learning rates times each of these (a sweep).")
+  flags.DEFINE_integer("compare_iters", 250, "--compare_recipes: iterations per run.",
+                       lower_bound=1)
+  flags.DEFINE_string("compare_data", "python_docs", "--compare_recipes: a dataset name or a "
+                      "directory of token shards.")
+  flags.DEFINE_string("compare_out", "out/compare_recipes", "--compare_recipes: a new directory "
+                      "for the runs' metrics, curves.png, table.md and rows.jsonl.")
   flags.DEFINE_list("decode_batch_sizes", ["1", "16"], "--decode: batch sizes.")
   flags.DEFINE_integer("decode_tokens", 500, "--decode: new tokens with the KV cache.")
   flags.DEFINE_integer("decode_recompute_tokens", 10, "--decode: new tokens for the slow "
@@ -172,6 +193,14 @@ def _print_gpu_report(f: flags.FlagValues) -> None:
   print(f"wrote {f.gpu_report_out}")
 
 
+def _print_compare_recipes(f: flags.FlagValues) -> None:
+  names = list(recipes.variants()) if f.ablation else f.variants
+  base = recipes.base_config(f.compare_data, f.compare_out, f.compare_iters)
+  rows = recipes.compare(base, names, [float(s) for s in f.lr_scales])
+  print(recipes.write(rows, f.compare_out))
+  print(f"wrote {f.compare_out}/table.md, rows.jsonl and curves.png")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -179,12 +208,12 @@ def main(argv: list[str]) -> None:
   chosen = [mode for mode in MODES if f[mode].value]
   if len(chosen) > 1:
     raise app.UsageError(f"pick one of --{', --'.join(MODES)}, not {chosen}")
-  if f.config is None and chosen != ["gpu_report"]:
+  if f.config is None and not set(chosen) & set(CONFIGLESS_MODES):
     raise app.UsageError("--config=configs/NAME.py is required")
   logging.set_verbosity(logging.INFO)
   printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
               "collectives": _print_collectives, "decode": _print_decode,
-              "gpu_report": _print_gpu_report}
+              "gpu_report": _print_gpu_report, "compare_recipes": _print_compare_recipes}
   printers.get(chosen[0] if chosen else "", _print_throughput)(f)
 
 

@@ -1,0 +1,149 @@
+"""The nanoGPT recipe against the modern one (and each modern change alone), trained side by side.
+
+Every variant trains through the real loop (`train.train`) on the same data,
+model size, tokens per iteration, seed and batches; only its overrides of
+the nanoGPT recipe differ. A variant's tokens-to-target is where its val
+loss first reaches the baseline's final val loss (interpolated linearly
+between evaluations), as a fraction of the baseline's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import ml_collections
+
+from jaxgpt import defaults, report, run_dir, train, units
+from jaxgpt.errors import UserError
+
+BASELINE = "nanogpt"
+MODERN = "modern"
+# The 4-layer, 256-wide model at block 256 of the comparison, 8 x 256 tokens per iteration.
+SIZE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 256, "batch_size": 8,
+        "gradient_accumulation_steps": 1}
+# Learning rates picked by the sweep in docs/benchmarks.md ("A modern recipe").
+BASELINE_LR = 2e-3
+MODERN_LRS = {"learning_rate": 4e-3, "muon_learning_rate": 0.02}
+
+
+def variants() -> dict[str, dict[str, Any]]:
+  """Overrides of the nanoGPT recipe by name: the baseline, each modern change alone, all."""
+  named = {BASELINE: {}}
+  named.update({f"{key}={value}": {key: value} for key, value in defaults.MODERN.items()})
+  named[MODERN] = {**defaults.MODERN, **MODERN_LRS}
+  return named
+
+
+def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.ConfigDict:
+  """The nanoGPT recipe at the comparison's size; `data` is a dataset name or a shard directory."""
+  c = defaults.get_config()
+  is_dir = os.path.isdir(data)
+  c.update(SIZE)
+  c.update(out_dir=out_dir, dataset=os.path.basename(os.path.normpath(data)) if is_dir else data,
+           data_dir=data if is_dir else "", max_iters=max_iters,
+           warmup_iters=max_iters // 10, eval_interval=max(1, max_iters // 10), eval_iters=10,
+           log_interval=max(1, max_iters // 50), learning_rate=BASELINE_LR,
+           min_lr=BASELINE_LR / 10, dropout=0.0, dtype="float32", keep_checkpoints=1)
+  return c
+
+
+def variant_config(base: ml_collections.ConfigDict, name: str, overrides: dict[str, Any],
+                   lr_scale: float) -> ml_collections.ConfigDict:
+  """`base` with a variant's overrides, every learning rate times `lr_scale`, its own out_dir."""
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.update(overrides)
+  c.learning_rate *= lr_scale
+  c.min_lr *= lr_scale
+  c.muon_learning_rate *= lr_scale
+  suffix = "" if lr_scale == 1 else f"_lr_x{lr_scale:g}"
+  c.out_dir = os.path.join(base.out_dir, name + suffix)
+  return c
+
+
+def tokens_to_target(evals: list[dict[str, Any]], target: float) -> float | None:
+  """Tokens at which val loss first reaches `target`, linear between evaluations; None if never."""
+  previous = None
+  for r in evals:
+    if r["val_loss"] <= target:
+      if previous is None or previous["val_loss"] == r["val_loss"]:
+        return float(r["tokens"])
+      share = (previous["val_loss"] - target) / (previous["val_loss"] - r["val_loss"])
+      return previous["tokens"] + share * (r["tokens"] - previous["tokens"])
+    previous = r
+  return None
+
+
+def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains one variant; returns its records. Its checkpoints are deleted, its metrics kept."""
+  if os.path.exists(config.out_dir):
+    raise UserError(f"{config.out_dir} exists; delete it or pick another --compare_out")
+  train.train(config)
+  shutil.rmtree(os.path.join(config.out_dir, "checkpoints"), ignore_errors=True)
+  return run_dir.RunDir(config.out_dir).read_metrics()
+
+
+def compare(base: ml_collections.ConfigDict, names: list[str],
+            lr_scales: list[float]) -> list[dict[str, Any]]:
+  """Trains every (variant, lr scale) and returns a row of figures for each.
+
+  The target is the final val loss of the baseline at lr scale 1 (or the
+  first run when the baseline is not among them); ratios are against that run.
+  """
+  known = variants()
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise UserError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
+  runs = {}
+  for name in names:
+    for scale in lr_scales:
+      config = variant_config(base, name, known[name], scale)
+      runs[os.path.basename(config.out_dir)] = (config, run_variant(config))
+  reference = BASELINE if BASELINE in runs else next(iter(runs))
+  ref_evals = runs[reference][1]["eval"]
+  target, ref_tokens = ref_evals[-1]["val_loss"], ref_evals[-1]["tokens"]
+  ref_ms = run_dir.median_throughput(runs[reference][1]["train"])["ms_per_iter"]
+  rows = []
+  for label, (config, records) in runs.items():
+    evals = records["eval"]
+    reached = tokens_to_target(evals, target)
+    ms = run_dir.median_throughput(records["train"])["ms_per_iter"]
+    rows.append({
+        "variant": label, "learning_rate": config.learning_rate,
+        "muon_learning_rate": config.muon_learning_rate if config.optimizer == "muon" else None,
+        "final_val_loss": evals[-1]["val_loss"], "best_val_loss": min(r["val_loss"] for r in evals),
+        "tokens": evals[-1]["tokens"], "target_val_loss": target,
+        "tokens_to_target": reached,
+        "tokens_to_target_ratio": None if reached is None else reached / ref_tokens,
+        "ms_per_iter": ms, "step_time_ratio": ms / ref_ms,
+    })
+  report.plot({label: records for label, (_, records) in runs.items()},
+              os.path.join(base.out_dir, "curves.png"))
+  return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  """The rows as a markdown table."""
+  lines = [("| variant | lr (AdamW / Muon) | final val | tokens to baseline's final val | "
+           "step time |"), "|---|---|---|---|---|"]
+  for r in rows:
+    lr = f"{r['learning_rate']:.3g}"
+    if r["muon_learning_rate"] is not None:
+      lr += f" / {r['muon_learning_rate']:.3g}"
+    reached = ("not reached" if r["tokens_to_target"] is None else
+               f"{units.count(r['tokens_to_target'])} ({100 * r['tokens_to_target_ratio']:.0f}%)")
+    lines.append(f"| {r['variant']} | {lr} | {r['final_val_loss']:.4f} | {reached} | "
+                 f"{r['ms_per_iter']:.0f} ms ({r['step_time_ratio']:.2f}x) |")
+  return "\n".join(lines)
+
+
+def write(rows: list[dict[str, Any]], out_dir: str) -> str:
+  """Writes table.md and rows.jsonl into `out_dir`; returns the table."""
+  text = table(rows)
+  with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
+    f.write(text + "\n")
+  with open(os.path.join(out_dir, "rows.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  return text

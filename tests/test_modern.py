@@ -1,0 +1,315 @@
+"""The modern recipe's changes: each off by default, each usable alone, all of them together."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import recipe, records, restore_state, run_python, tiny_config, write_config_file
+
+from jaxgpt import decoding, defaults, flops, head_loss, hf, model, optim, plan, step, train
+from jaxgpt.bench import recipes
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, GPTConfig, init_params
+
+MODERN = dict(defaults.MODERN)
+SINGLES = [{key: value} for key, value in MODERN.items()]
+
+
+def tiny_model(**overrides) -> tuple[GPT, dict]:
+  cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, **overrides)
+  m = GPT(cfg)
+  return m, init_params(m, jax.random.PRNGKey(0))
+
+
+def trained_like(params: dict) -> dict:
+  """Params moved off the init, where zero projections and a zero head would hide everything."""
+  keys = iter(jax.random.split(jax.random.PRNGKey(2), len(jax.tree.leaves(params))))
+  return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(next(keys), p.shape), params)
+
+
+MODEL_KEYS = {k: v for k, v in MODERN.items() if k not in ("optimizer", "lr_schedule")}
+
+
+def test_every_modern_key_is_off_by_default():
+  c = defaults.get_config()
+  assert all(c[key] != value for key, value in MODERN.items())
+  assert defaults.gpt2_architecture_differences(c) == []
+
+
+@pytest.mark.parametrize("overrides", SINGLES + [MODERN], ids=lambda o: ",".join(o))
+def test_each_change_alone_and_all_together_train(tmp_path, token_dir, overrides):
+  config = tiny_config(tmp_path, token_dir, max_iters=12, eval_interval=12, lr_decay_iters=12,
+                       learning_rate=3e-3, min_lr=3e-4, **overrides)
+  losses = train.train(config)
+  first = records(config.out_dir, "eval")[0]["val_loss"]
+  assert losses["val"] < first - 0.3, (first, losses)
+
+
+def test_zero_projections_and_a_zero_head_start_at_exactly_ln_vocab():
+  m, params = tiny_model(tie_embeddings=False, zero_init_projections=True)
+  tokens = jnp.arange(33)[None] % 64
+  loss = m.apply({"params": params}, tokens[:, :-1], targets_BT=tokens[:, 1:])
+  np.testing.assert_allclose(loss, math.log(64), rtol=1e-6)
+  assert not jnp.any(params["h_0"]["attn"]["c_proj"]["kernel"])
+  assert not jnp.any(params["h_1"]["mlp"]["c_proj"]["kernel"])
+
+
+def test_untied_head_is_its_own_matrix_and_leaves_the_flop_count():
+  _m, params = tiny_model(tie_embeddings=False)
+  assert params["lm_head"]["embedding"].shape == params["wte"]["embedding"].shape
+  tied = model.count_params(tiny_model()[1])
+  # The untied head replaces the tied one in the matmuls; the token embedding is a lookup.
+  assert model.count_params(params) == tied
+
+
+@pytest.mark.parametrize("overrides", [MODEL_KEYS, {"pos_emb": "rope", "qk_norm": True}],
+                         ids=["modern", "rope+qk_norm"])
+def test_later_tokens_cannot_change_earlier_logits(overrides):
+  m, params = tiny_model(**overrides)
+  params = trained_like(params)
+  a = jnp.arange(20)[None] % 64
+  b = a.at[0, 12:].set(7)
+  la, lb = (m.apply({"params": params}, x) for x in (a, b))
+  np.testing.assert_allclose(la[0, :12], lb[0, :12], atol=1e-6)
+  assert not np.allclose(la[0, 12:], lb[0, 12:])
+
+
+def test_rotary_keeps_lengths_and_depends_only_on_the_distance():
+  q, k = jax.random.normal(jax.random.PRNGKey(0), (2, 1, 1, 1, 16))
+  at = lambda x, p: model.rotate(x, jnp.array([[p]]))
+  np.testing.assert_allclose(jnp.linalg.norm(at(q, 9)), jnp.linalg.norm(q), rtol=1e-6)
+  score = lambda m, n: jnp.sum(at(q, m) * at(k, n))
+  np.testing.assert_allclose(score(5, 2), score(103, 100), rtol=1e-5)
+  assert not np.isclose(score(5, 2), score(5, 3))
+
+
+def test_rope_model_has_no_position_embedding():
+  _, params = tiny_model(pos_emb="rope")
+  assert "wpe" not in params
+
+
+def test_relu2_mlp_squares_the_positive_part():
+  cfg = GPTConfig(n_embd=8, n_layer=1, mlp_act="relu2")
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 8))
+  mlp = model.MLP(cfg)
+  params = mlp.init(jax.random.PRNGKey(1), x, train=False)["params"]
+  h = jnp.maximum(x @ params["c_fc"]["kernel"], 0.0) ** 2
+  np.testing.assert_allclose(mlp.apply({"params": params}, x, train=False),
+                             h @ params["c_proj"]["kernel"], rtol=1e-5, atol=1e-6)
+
+
+def test_softcap_bounds_the_logits():
+  m, params = tiny_model(logit_softcap=2.0)
+  params["wte"]["embedding"] = params["wte"]["embedding"] * 1000
+  logits = m.apply({"params": params}, jnp.arange(10)[None])
+  uncapped = GPT(GPTConfig(**{**m.config.__dict__, "logit_softcap": 0.0}))
+  assert jnp.abs(uncapped.apply({"params": params}, jnp.arange(10)[None])).max() > 100
+  assert 1.9 < jnp.abs(logits).max() <= 2.0
+
+
+@pytest.mark.parametrize("cap", [0.0, 3.0])
+def test_chunked_head_loss_and_its_gradients_equal_plain_autodiff(cap):
+  kx, ke, kt = jax.random.split(jax.random.PRNGKey(1), 3)
+  x_ND = jax.random.normal(kx, (37, 16))
+  embedding_VD = jax.random.normal(ke, (50, 16))
+  targets_N = jax.random.randint(kt, (37,), 0, 50)
+
+  def plain(x, e):
+    logits = x @ e.T
+    logits = head_loss.softcap(logits, cap) if cap else logits
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets_N).mean()
+
+  def chunked(x, e):
+    return head_loss.mean_cross_entropy(x, e, targets_N, chunk_size=8, dtype="float32",
+                                        softcap=cap)
+
+  (v1, g1), (v2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(x_ND, embedding_VD)
+                        for f in (plain, chunked))
+  np.testing.assert_allclose(v2, v1, rtol=1e-6)
+  for a, b in zip(g2, g1):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_model_loss_with_and_without_chunks_agree_for_the_modern_model():
+  m, params = tiny_model(**MODEL_KEYS)
+  params = trained_like(params)
+  tokens = jnp.arange(2 * 33).reshape(2, 33) % 64
+  plain = GPT(GPTConfig(**{**m.config.__dict__, "loss_chunk_size": 0}))
+  f = lambda mm: jax.value_and_grad(lambda p: step.loss(mm, p, tokens, None))(params)
+  (v1, g1), (v2, g2) = f(plain), f(m)
+  np.testing.assert_allclose(v2, v1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_cached_decoding_with_rotary_positions_equals_recomputing():
+  m, params = tiny_model(**MODEL_KEYS)
+  params = trained_like(params)
+  params["lm_head"]["embedding"] = params["lm_head"]["embedding"] * 50  # far-apart logits
+  prompts = [[1, 2, 3], list(range(5, 25))]
+  out = decoding.generate(m, params, prompts, jax.random.PRNGKey(0), max_new_tokens=30,
+                          temperature=0.0)
+  for p, row in zip(prompts, out):
+    ref = decoding.generate_recompute(m, params, jnp.array([p]), jax.random.PRNGKey(0),
+                                      max_new_tokens=30, temperature=0.0)
+    assert row.tolist() == np.asarray(ref[0]).tolist()
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+  _, params = tiny_model(**MODEL_KEYS)
+  groups = optim.optimizer_groups(params)
+  assert groups["h_0"]["attn"]["c_attn"]["kernel"] == "muon"
+  assert groups["h_1"]["mlp"]["c_proj"]["kernel"] == "muon"
+  for path in (("wte", "embedding"), ("lm_head", "embedding"), ("ln_f", "scale")):
+    assert groups[path[0]][path[1]] == "adamw"
+  assert groups["h_0"]["attn"]["q_norm"]["scale"] == "adamw"
+
+
+def test_muon_momentum_warms_up_and_its_update_is_orthogonal():
+  c = defaults.get_config()
+  c.update(optimizer="muon", grad_clip=0.0, muon_learning_rate=1.0, warmup_iters=0,
+           decay_lr=False, muon_momentum_start=0.85, muon_momentum=0.95,
+           muon_momentum_warmup_iters=10)
+  params = {"h_0": {"w": jnp.zeros((64, 64))}, "wte": {"embedding": jnp.zeros((8, 4))}}
+  tx = optim.make_optimizer(c)
+  state = tx.init(params)
+  grads = {"h_0": {"w": jax.random.normal(jax.random.PRNGKey(0), (64, 64))},
+           "wte": {"embedding": jnp.ones((8, 4))}}
+  betas = []
+  for _ in range(12):
+    updates, state = tx.update(grads, state, params)
+    inject = state.inner_states["muon"].inner_state[0]
+    betas.append(float(inject.hyperparams["beta"]))
+  np.testing.assert_allclose(betas[0], 0.85, rtol=1e-6)
+  np.testing.assert_allclose(betas[5], 0.90, rtol=1e-6)
+  np.testing.assert_allclose(betas[-1], 0.95, rtol=1e-6)
+  # Newton-Schulz leaves singular values near 1 (in [0.7, 1.2] for these coefficients).
+  singular = jnp.linalg.svd(updates["h_0"]["w"], compute_uv=False)
+  assert 0.6 < float(singular.min()) and float(singular.max()) < 1.3
+
+
+def test_muon_learning_rate_follows_the_schedule_with_its_own_peak():
+  c = defaults.get_config()
+  c.update(learning_rate=1e-3, min_lr=1e-4, muon_learning_rate=0.02, warmup_iters=10,
+           lr_decay_iters=100, max_iters=100)
+  adamw, muon = optim.lr_schedule(c), optim.lr_schedule(c, peak=0.02)
+  for it in (0, 5, 50, 99, 200):
+    np.testing.assert_allclose(muon(it) / adamw(it), 20.0, rtol=1e-5)
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_linearly():
+  c = defaults.get_config()
+  c.update(lr_schedule="wsd", learning_rate=1e-3, min_lr=1e-4, warmup_iters=10,
+           max_iters=110, wsd_decay_frac=0.2)
+  lr = optim.lr_schedule(c)
+  np.testing.assert_allclose(lr(0), 1e-3 / 11, rtol=1e-6)  # nanoGPT's warmup
+  for it in (10, 50, 90):  # stable until the last 20 of the 100 iterations after warmup
+    np.testing.assert_allclose(lr(it), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(lr(100), 1e-3 - 0.5 * 9e-4, rtol=1e-6)
+  np.testing.assert_allclose(lr(110), 1e-4, rtol=1e-6)
+  np.testing.assert_allclose(lr(500), 1e-4, rtol=1e-6)
+  host = optim.lr_schedule(c, np)
+  for it in (0, 10, 95, 110):
+    np.testing.assert_allclose(host(it), lr(it), rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"pos_emb": "alibi"}, "config.pos_emb='alibi': must be one of ('learned', 'rope')"),
+    ({"optimizer": "sgd"}, "config.optimizer='sgd'"),
+    ({"logit_softcap": -1.0}, "config.logit_softcap=-1.0"),
+    ({"pos_emb": "rope", "n_embd": 30, "n_head": 2}, "rope needs an even head size; n_embd/n_head is 15"),
+    ({"lr_schedule": "wsd", "wsd_decay_frac": 0.0}, "config.wsd_decay_frac=0.0: must be in (0, 1]"),
+    ({"optimizer": "muon", "muon_momentum": 1.0}, "config.muon_momentum=1.0: must be in [0, 1)"),
+    ({"init_from": "gpt2", "pos_emb": "rope"}, "need GPT-2's architecture; this config has pos_emb=rope"),
+])
+def test_bad_values_are_refused_by_name(overrides, message):
+  c = defaults.get_config()
+  c.update(overrides)
+  with pytest.raises(UserError, match=None) as e:
+    defaults.validate(c)
+  assert message in str(e.value)
+
+
+def test_export_refuses_a_modern_model_and_says_why(tmp_path):
+  c = defaults.get_config()
+  c.update(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, pos_emb="rope",
+           mlp_act="relu2")
+  params = step.build(c).new_state().params
+  with pytest.raises(UserError, match=r"not GPT-2's architecture \(pos_emb=rope, mlp_act=relu2\)"):
+    hf.export(params, c, str(tmp_path / "hf"))
+  assert not (tmp_path / "hf").exists()
+
+
+def test_export_cli_prints_the_refusal_as_one_line(tmp_path, token_dir):
+  config_file = write_config_file(tmp_path, token_dir, max_iters=2, eval_interval=2,
+                                  lr_decay_iters=2, warmup_iters=0, **MODERN)
+  assert run_python("launch.py", f"--config={config_file}").returncode == 0
+  r = run_python("-m", "jaxgpt.export", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1].startswith("error: this run's model is not GPT-2's")
+
+
+def test_resume_of_the_modern_recipe_continues_bit_exactly(tmp_path, token_dir):
+  kw = {"eval_interval": 4, "lr_decay_iters": 8, **MODERN}
+  unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=8, **kw)
+  train.train(unbroken)
+  train.train(tiny_config(tmp_path / "b", token_dir, max_iters=4, **kw))
+  resumed = tiny_config(tmp_path / "b", token_dir, max_iters=8, init_from="resume", **kw)
+  train.train(resumed)
+  losses = lambda c: [(r["iter"], r["loss"]) for r in records(c.out_dir, "train")]
+  assert losses(unbroken) == losses(resumed)
+  for a, b in zip(jax.tree.leaves(restore_state(unbroken, 8)[0]),
+                  jax.tree.leaves(restore_state(resumed, 8)[0])):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["fineweb_40m_modern", "gpt2_124m_modern"])
+def test_modern_recipes_keep_their_base_size_and_data(name):
+  c, base = recipe(name), recipe(name.removesuffix("_modern"))
+  defaults.validate(c)
+  for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+              "gradient_accumulation_steps", "max_iters", "data_dir"):
+    assert c[key] == base[key], key
+  assert all(c[key] == value for key, value in MODERN.items())
+  assert c.out_dir != base.out_dir
+
+
+def test_plan_counts_the_modern_model_and_its_flops():
+  c = recipe("fineweb_40m_modern")
+  p = plan.make_plan(c)
+  base = plan.make_plan(recipe("fineweb_40m"))
+  # No position embeddings and an untied head: the matmul params are the nanoGPT model's,
+  # plus a query and a key gain per layer.
+  assert p.n_params == base.n_params + 12 * 2 * 64
+  # In all: no position embedding, a head of its own, and a query and a key gain per layer.
+  assert p.n_params_total == base.n_params_total - 1024 * 384 + 50304 * 384 + 12 * 2 * 64
+  assert p.flops_per_token == flops.per_token(p.n_params, c)
+
+
+def test_compare_recipes_writes_a_table_and_curves(tmp_path, token_dir):
+  base = recipes.base_config(token_dir, str(tmp_path / "compare"), max_iters=8)
+  base.update(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, vocab_size=96,
+              eval_iters=2)
+  rows = recipes.compare(base, ["nanogpt", "modern"], [1.0])
+  assert [r["variant"] for r in rows] == ["nanogpt", "modern"]
+  assert rows[0]["tokens_to_target_ratio"] == 1.0 and rows[0]["step_time_ratio"] == 1.0
+  assert rows[1]["muon_learning_rate"] == recipes.MODERN_LRS["muon_learning_rate"]
+  text = recipes.write(rows, base.out_dir)
+  assert text.count("\n") == 3 and "| modern |" in text
+  assert (tmp_path / "compare" / "curves.png").stat().st_size > 0
+  assert not (tmp_path / "compare" / "nanogpt" / "checkpoints").exists()
+  with pytest.raises(UserError, match="exists; delete it"):
+    recipes.compare(base, ["nanogpt"], [1.0])
+
+
+def test_tokens_to_target_interpolates_between_evaluations():
+  evals = [{"tokens": 0, "val_loss": 5.0}, {"tokens": 100, "val_loss": 4.0},
+           {"tokens": 200, "val_loss": 3.0}]
+  assert recipes.tokens_to_target(evals, 3.5) == 150.0
+  assert recipes.tokens_to_target(evals, 5.0) == 0.0
+  assert recipes.tokens_to_target(evals, 2.0) is None
