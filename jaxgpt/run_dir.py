@@ -3,7 +3,7 @@
   out_dir/
     run.lock                   held by the live run (host and pid inside)
     config.json                the resolved config of the latest accepted start
-    metrics.jsonl              one JSON record per train log or evaluation
+    metrics.jsonl              one JSON record per train log, evaluation or task scoring
     metrics.jsonl.superseded   records of iterations that a resume redid
     metrics.jsonl.<n>          the records of an earlier run that never checkpointed
     checkpoints/<step>/        Orbax: state, data, meta (see checkpoint.py)
@@ -167,8 +167,8 @@ class RunDir:
   def drop_metrics_after(self, at_step: int) -> int:
     """Moves the records of iterations a resumed run will redo to metrics.jsonl.superseded.
 
-    Kept: train records of iterations before `at_step` and evaluations at or
-    before it. A line cut off by a crash or power loss is moved too, with a
+    Kept: train records of iterations before `at_step`, and evaluations and
+    task scores at or before it. A line cut off by a crash or power loss is moved too, with a
     warning. Returns how many lines were moved; none is deleted.
     """
     path = self.metrics_path
@@ -187,7 +187,7 @@ class RunDir:
           moved.append(line if line.endswith("\n") else line + "\n")
           continue
         redone = record["iter"] > at_step or (record["iter"] == at_step
-                                              and record["event"] != "eval")
+                                              and record["event"] not in ("eval", "tasks"))
         (moved if redone else keep).append(line)
     if moved:
       with open(path + ".superseded", "a", encoding="utf-8") as f:
