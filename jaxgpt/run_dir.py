@@ -37,7 +37,7 @@ from jaxgpt.errors import UserError
 ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
                      "gelu_approximate")
 
-Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval") -> records
+Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
 
 class RunDir:
@@ -148,7 +148,7 @@ class RunDir:
     path = self.metrics_path
     if not os.path.isfile(path):
       raise UserError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
-    events: Records = {"train": [], "eval": []}
+    events: Records = {"train": [], "eval": [], "tasks": []}
     with open(path, encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
         if not line.endswith("\n"):

@@ -194,3 +194,39 @@ def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"acc_norm {last['hellaswag_acc_norm']:.4f} over 6 examples" in r.stdout
   assert f"perplexity {last['notes_ppl']:.2f} over {last['notes_tokens']:,} tokens" in r.stdout
+
+
+def test_eval_tasks_add_no_wait_between_log_points(tmp_path, token_dir, monkeypatch):
+  """Task scoring fetches from the device inside its own method only, as evaluation does."""
+  for name in ("flush_log", "evaluate_and_save", "evaluate_tasks", "stop", "close"):
+    real = getattr(train._Run, name)
+
+    def allowed(self, *args, _real=real, **kwargs):
+      with jax.transfer_guard_device_to_host("allow"):
+        return _real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train._Run, name, allowed)
+  real_loop = train._loop
+
+  def guarded_loop(*args, **kwargs):
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+      return real_loop(*args, **kwargs)
+
+  monkeypatch.setattr(train, "_loop", guarded_loop)
+  config = tiny_config(tmp_path, token_dir, vocab_size=50304, max_iters=6, log_interval=2,
+                       eval_interval=6, eval_tasks="hellaswag", eval_tasks_interval=3,
+                       hellaswag_file=write_hellaswag(tmp_path / "hs.jsonl", 3))
+  train.train(config)
+  assert [r["iter"] for r in records(config.out_dir, "tasks")] == [0, 3, 6]
+
+
+def test_config_names_a_bad_task_and_takes_nanogpt_paths(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, eval_tasks="hellaswag,mmlu")
+  with pytest.raises(UserError, match="config.eval_tasks='hellaswag,mmlu': unknown evaluation "
+                                      "task 'mmlu'"):
+    defaults.validate(config)
+  config.update(eval_tasks="hellaswag, text:a.txt", init_from="nanogpt:out/ckpt.pt")
+  defaults.validate(config)
+  config.init_from = "nanogpt:"
+  with pytest.raises(UserError, match="config.init_from='nanogpt:': must be one of"):
+    defaults.validate(config)
