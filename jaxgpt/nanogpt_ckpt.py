@@ -12,6 +12,7 @@ imported on use; the optimizer state is never read (the file is memory-mapped).
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from typing import Any
 
@@ -42,7 +43,7 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
     raise UserError(f"{defaults.NANOGPT}{path}: no such file")
   try:
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-  except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
+  except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as e:
     raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read ({e})") from None
   if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
     raise UserError(f"{path}: not a nanoGPT checkpoint (no 'model_args' and 'model', which "

@@ -14,8 +14,9 @@ from jaxgpt import defaults, hellaswag, hf, scoring, tasks, tokenizer, train
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, init_params
 
-WORDS = ("the man is holding a rope and climbs up the wall while people watch from below "
-         "she then takes a brush and paints the fence in long even strokes").split()
+TEXT = ("the man is holding a rope and climbs up the wall while people watch from below "
+        "she then takes a brush and paints the fence in long even strokes")
+WORDS = TEXT.split()
 
 
 def write_hellaswag(path, n: int, seed: int = 0, long_context: int = 0) -> str:
@@ -83,7 +84,7 @@ def test_hellaswag_losses_equal_transformers_on_the_same_weights(tmp_path):
         losses = torch.nn.functional.cross_entropy(logits, row[1:], reduction="none")
         sums.append(float((losses * mask[1:]).sum()))
         means.append(sums[-1] / float(mask[1:].sum()))
-  assert len(tokenizer.gpt2().encode_ordinary(json.loads(open(path).readline())["ctx"])) > 33
+  assert len(examples[0].context) > config.block_size + 1  # the cut is tested
   np.testing.assert_allclose(ours, sums, rtol=2e-6)
   sums_E4, means_E4 = np.reshape(sums, (-1, 4)), np.reshape(means, (-1, 4))
   expected = {"acc": np.mean(sums_E4.argmin(1) == labels),
