@@ -56,7 +56,7 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   """`url` to `path`, written whole or not at all."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   print(f"downloading {url} to {path} ...", flush=True)
-  tmp = path + ".part"
+  tmp = f"{path}.{os.getpid()}.part"  # processes of one run on a shared disk may all download
   try:
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
       while chunk := response.read(1 << 20):
