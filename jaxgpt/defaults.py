@@ -17,7 +17,9 @@ from jaxgpt.errors import UserError
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's weights, via hf.py
-INIT_FROM = ("scratch", "resume") + GPT2_MODELS
+INIT_FROM = ("scratch", "resume") + GPT2_MODELS  # or NANOGPT + a ckpt.pt path
+NANOGPT = "nanogpt:"  # init_from=nanogpt:PATH reads a nanoGPT ckpt.pt (nanogpt_ckpt.py)
+EVAL_TASKS = ("hellaswag", "text:FILE")  # what `evaluate` and eval_tasks score (tasks.py)
 SHARDING_MODES = ("dp", "fsdp")
 REMAT_POLICIES = ("none", "dots", "full")  # what the backward pass recomputes: see model.py
 POS_EMBS = ("learned", "rope")
@@ -47,11 +49,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_iters = 200  # batches per split for each evaluation
   c.eval_only = False  # evaluate once at the start, then exit
   c.always_save_checkpoint = True  # save at every eval, not only on a new best val loss
-  c.init_from = "scratch"  # 'scratch', 'resume' (latest good checkpoint in out_dir) or 'gpt2*'
+  # 'scratch', 'resume' (latest good checkpoint in out_dir), 'gpt2*' or 'nanogpt:PATH' (a
+  # nanoGPT ckpt.pt: its weights and architecture, a fresh optimizer; needs torch)
+  c.init_from = "scratch"
   c.hf_checkpoint_dir = ""  # init_from=gpt2*: local Hugging Face checkpoint; '' downloads it
   c.keep_checkpoints = 3  # the latest this many checkpoints are kept, plus the best by val loss
   c.skip_nonfinite = 0  # iterations with a non-finite loss/gradient to skip before stopping
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)
+  c.eval_tasks = ""  # comma-separated: 'hellaswag', 'text:FILE' (perplexity); '' for none
+  c.eval_tasks_interval = c.get_ref("eval_interval")  # score eval_tasks every this many iters
+  c.eval_tasks_limit = 0  # score only the first this many examples (or text windows); 0: all
+  c.hellaswag_file = ""  # HellaSwag's hellaswag_val.jsonl; '' means data/cache/, downloaded once
 
   # logging sinks (metrics.jsonl is always written)
   c.tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard (needs tensorboardX)
@@ -139,6 +147,15 @@ def tokens_per_iter(c: ml_collections.ConfigDict, n_devices: int) -> int:
   return c.gradient_accumulation_steps * c.batch_size * n_devices * c.block_size
 
 
+def eval_tasks(spec: str) -> list[str]:
+  """The tasks of a comma-separated spec, each one of EVAL_TASKS; an unknown one is an error."""
+  names = [t.strip() for t in spec.split(",") if t.strip()]
+  for name in names:
+    if name != "hellaswag" and not (name.startswith("text:") and len(name) > len("text:")):
+      raise UserError(f"unknown evaluation task {name!r}: the tasks are {', '.join(EVAL_TASKS)}")
+  return names
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
 
@@ -148,7 +165,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
               "gradient_accumulation_steps", "vocab_size", "eval_interval",
-              "log_interval", "eval_iters"):
+              "log_interval", "eval_iters", "eval_tasks_interval"):
     check(c[key] > 0, key, "must be positive")
   check(c.max_iters >= 0, "max_iters", "must be >= 0")
   check(c.loss_chunk_size >= 0, "loss_chunk_size", "must be >= 0 (0: no chunks)")
@@ -172,10 +189,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("muon_momentum", "muon_momentum_start"):
       check(0 <= c[key] < 1, key, "must be in [0, 1)")
     check(c.muon_momentum_warmup_iters >= 0, "muon_momentum_warmup_iters", "must be >= 0")
-  check(c.init_from in INIT_FROM, "init_from", f"must be one of {INIT_FROM}")
-  if c.init_from in GPT2_MODELS and gpt2_architecture_differences(c):
-    raise UserError(f"config.init_from={c.init_from!r} loads GPT-2's weights, which need GPT-2's "
-                    f"architecture; this config has {', '.join(gpt2_architecture_differences(c))}")
+  check(c.init_from in INIT_FROM or (c.init_from.startswith(NANOGPT) and c.init_from != NANOGPT),
+        "init_from", f"must be one of {INIT_FROM} or {NANOGPT}PATH")
+  if (c.init_from in GPT2_MODELS or c.init_from.startswith(NANOGPT)) \
+      and gpt2_architecture_differences(c):
+    raise UserError(f"config.init_from={c.init_from!r} loads GPT-2-architecture weights; this "
+                    f"config has {', '.join(gpt2_architecture_differences(c))}")
+  check(c.eval_tasks_limit >= 0, "eval_tasks_limit", "must be >= 0 (0: all)")
+  try:
+    eval_tasks(c.eval_tasks)
+  except UserError as e:
+    check(False, "eval_tasks", str(e))
   check(c.learning_rate >= 0, "learning_rate", "must be >= 0")
   check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
   check(c.warmup_iters >= 0, "warmup_iters", "must be >= 0")

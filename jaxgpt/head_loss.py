@@ -38,6 +38,30 @@ def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.
   N need not divide into chunks: it is split into equal chunks of at most
   `chunk_size` tokens, the last padded with tokens that weigh nothing.
   """
+  x_CSD, targets_CS, weights_CS = _chunks(x_ND, targets_N, chunk_size)
+  return _loss_sum(x_CSD, embedding_VD, targets_CS, weights_CS, jnp.dtype(dtype),
+                   softcap) / len(x_ND)
+
+
+def token_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.Array, *,
+                        chunk_size: int, dtype: str, softcap: float = 0.0) -> jax.Array:
+  """Each token's -log softmax(x @ embedding.T)[target], (N,) in float32; forward only.
+
+  What evaluation needs (a loss per answer token); the same chunks, matmuls
+  and softmax as the mean above.
+  """
+  N = len(x_ND)
+  x_CSD, targets_CS, _ = _chunks(x_ND, targets_N, chunk_size)
+  embedding_VD = embedding_VD.astype(dtype)
+  losses_CS = jax.lax.map(
+      lambda xs: _chunk_softmax(_chunk_logits(xs[0], embedding_VD, softcap), xs[1])[0],
+      (x_CSD, targets_CS))
+  return losses_CS.reshape(-1)[:N]
+
+
+def _chunks(x_ND: jax.Array, targets_N: jax.Array, chunk_size: int
+            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """N tokens as equal chunks of at most `chunk_size`, the last padded; weights 0 on the pad."""
   N, D = x_ND.shape
   n_chunks = -(-N // chunk_size)
   size = -(-N // n_chunks)
@@ -45,7 +69,7 @@ def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.
   x_CSD = jnp.pad(x_ND, ((0, pad), (0, 0))).reshape(n_chunks, size, D)
   targets_CS = jnp.pad(targets_N, (0, pad)).reshape(n_chunks, size)
   weights_CS = (jnp.arange(n_chunks * size) < N).astype(jnp.float32).reshape(n_chunks, size)
-  return _loss_sum(x_CSD, embedding_VD, targets_CS, weights_CS, jnp.dtype(dtype), softcap) / N
+  return x_CSD, targets_CS, weights_CS
 
 
 def _chunk_logits(x_SD: jax.Array, embedding_VD: jax.Array, cap: float) -> jax.Array:

@@ -104,24 +104,34 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
 def load(hf_dir: str) -> tuple[dict[str, Any], dict]:
   """(architecture keys, float32 params) of a transformers GPT-2 checkpoint directory."""
   arch = read_config(hf_dir)
+  return arch, to_params(_read_tensors(hf_dir), arch, hf_dir)
+
+
+def to_params(tensors: dict[str, np.ndarray], arch: dict[str, Any], source: str) -> dict:
+  """Our float32 param tree from tensors under GPT-2's names, each checked against `arch`.
+
+  Linear weights are (in, out), as transformers' Conv1D stores them; names may
+  carry a 'transformer.' prefix; the attention-mask buffers and the tied LM
+  head are skipped. `source` names the checkpoint in errors.
+  """
   expected = traverse_util.flatten_dict(jax.eval_shape(
       lambda: init_params(GPT(GPTConfig(**arch)), jax.random.PRNGKey(0))))
   flat = {}
-  for key, value in _read_tensors(hf_dir).items():
+  for key, value in tensors.items():
     key = key.removeprefix("transformer.")
     if IGNORED_KEYS.fullmatch(key):
       continue
     path = _our_path(key)
     if path not in expected:
-      raise UserError(f"{hf_dir}: unexpected tensor {key!r} for a GPT-2")
+      raise UserError(f"{source}: unexpected tensor {key!r} for a GPT-2")
     if value.shape != expected[path].shape:
-      raise UserError(f"{hf_dir}: {key} has shape {value.shape}, expected "
-                       f"{expected[path].shape} from config.json")
+      raise UserError(f"{source}: {key} has shape {value.shape}, expected "
+                      f"{expected[path].shape} from its configuration")
     flat[path] = np.asarray(value, np.float32)
   missing = sorted(_hf_key(p) for p in expected.keys() - flat.keys())
   if missing:
-    raise UserError(f"{hf_dir}: missing tensors {missing}")
-  return arch, traverse_util.unflatten_dict(flat)
+    raise UserError(f"{source}: missing tensors {missing}")
+  return traverse_util.unflatten_dict(flat)
 
 
 def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
@@ -149,10 +159,21 @@ def init_from_gpt2(config: ml_collections.ConfigDict) -> dict:
   """
   hf_dir = checkpoint_dir(config.init_from, config.hf_checkpoint_dir)
   arch, params = load(hf_dir)
+  return adopt(config, arch, params, f"{config.init_from} ({hf_dir})")
+
+
+def adopt(config: ml_collections.ConfigDict, arch: dict[str, Any], params: dict,
+          source: str) -> dict:
+  """Sets the config's architecture keys to a checkpoint's, each change logged.
+
+  A smaller block_size crops the position embedding of `params` (returned),
+  a larger one is an error.
+  """
+  arch = dict(arch)
   n_positions = arch.pop("block_size")
   if config.block_size > n_positions:
     raise UserError(f"config.block_size={config.block_size} exceeds the {n_positions} "
-                     f"positions of {config.init_from} ({hf_dir})")
+                    f"positions of {source}")
   if config.block_size < n_positions:
     params["wpe"]["embedding"] = params["wpe"]["embedding"][:config.block_size]
     logging.info("init_from=%s: position embedding cropped to block_size=%d", config.init_from,

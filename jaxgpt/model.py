@@ -200,6 +200,9 @@ class GPT(nn.Module):
   sit at those positions and attend to every cache slot up to their own.
   `last_B` asks for the logits of one position per row only, (B, V): sampling
   needs no more, and the full (B, T, V) logits would dwarf the rest.
+  `scored_BS` with `targets_BT` of its (B, S) shape returns the loss of each
+  of those positions' predictions, (B, S) unreduced, for evaluation: the head
+  runs on the S scored positions of a row alone.
   """
 
   config: GPTConfig
@@ -208,7 +211,8 @@ class GPT(nn.Module):
   def __call__(self, idx_BT: jax.Array, *, train: bool = False,
                positions_BT: jax.Array | None = None,
                last_B: jax.Array | None = None,
-               targets_BT: jax.Array | None = None) -> jax.Array:
+               targets_BT: jax.Array | None = None,
+               scored_BS: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     T = idx_BT.shape[1]
     if T > cfg.block_size:
@@ -228,12 +232,19 @@ class GPT(nn.Module):
       x_BTD = block(cfg, name=f"h_{i}")(x_BTD, train, positions_BT)
     if last_B is not None:
       x_BTD = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)
+    if scored_BS is not None:
+      x_BTD = jnp.take_along_axis(x_BTD, scored_BS[:, :, None], axis=1)  # (B, S, D) from here
     x_BTD = _norm(cfg, "ln_f")(x_BTD)
     head = wte  # weight tying: the LM head is the token embedding
     if not cfg.tie_embeddings:
       init = nn.initializers.zeros if cfg.zero_init_projections else _normal(0.02)
       head = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=init, dtype=cfg.dtype,
                       name="lm_head")
+    if scored_BS is not None:
+      x_ND = x_BTD.reshape(-1, cfg.n_embd)
+      return head_loss.token_cross_entropy(
+          x_ND, head.embedding, targets_BT.reshape(-1), chunk_size=cfg.loss_chunk_size or len(x_ND),
+          dtype=cfg.dtype, softcap=cfg.logit_softcap).reshape(targets_BT.shape)
     if targets_BT is not None and cfg.loss_chunk_size:
       return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), head.embedding,
                                           targets_BT.reshape(-1),

@@ -1,15 +1,18 @@
 """A run's numbers at a glance: the loss table, best val, throughput, and a PNG of the curves.
 
 `python -m jaxgpt.report --out_dir=runs/x [--out_dir=runs/y ...] [--logx] [--png=PATH]`
-reads each run's metrics.jsonl, prints its evaluations and throughput, and
-draws train and val loss against tokens, one colour per run, with the
-learning rate on a second axis, into report.png of the first out_dir.
+reads each run's metrics.jsonl, prints its evaluations, task scores and
+throughput, and draws train and val loss against tokens, one colour per run,
+with the learning rate on a second axis, into report.png of the first
+out_dir; where a run scored HellaSwag (eval_tasks), a second panel below
+draws its acc_norm against tokens beside GPT-2 124M's and chance.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import matplotlib
 
@@ -18,10 +21,12 @@ import matplotlib.pyplot as plt
 from absl import app, flags
 from matplotlib import ticker
 
-from jaxgpt import cli, run_dir, units
+from jaxgpt import cli, hellaswag, run_dir, units
 
 Run = run_dir.Records
 FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels
+FIGSIZE_TASKS_IN = (10, 9)  # 1000 x 900 with the HellaSwag panel
+HELLASWAG = "hellaswag_acc_norm"
 CROP_FRACTION = 0.02  # on a linear x axis, losses of the first 2% of tokens may run off the top
 
 
@@ -42,6 +47,7 @@ def summary(name: str, run: Run) -> str:
                  f"({units.count(best['tokens'])} tokens)")
   else:
     lines.append("no evaluation yet")
+  lines += _tasks_table(run["tasks"])
   m = run_dir.median_throughput(run["train"])
   if m["tokens_per_sec"] is None:
     lines.append("no train logs yet")
@@ -53,9 +59,34 @@ def summary(name: str, run: Run) -> str:
   return "\n".join(lines)
 
 
+def _tasks_table(records: list[dict]) -> list[str]:
+  """The task scores (eval_tasks) as a table; counts of examples and tokens left out."""
+  if not records:
+    return []
+  keys = [k for k in records[-1] if k not in ("event", "iter", "tokens")
+          and not k.endswith(("_examples", "_tokens"))]
+  widths = [max(len(k), 8) for k in keys]
+  lines = [f"{'step':>8} {'tokens':>9} " + " ".join(f"{k:>{w}}" for k, w in zip(keys, widths))]
+  for r in records:
+    cells = (f"{r[k]:>{w}.4f}" if k in r else f"{'-':>{w}}" for k, w in zip(keys, widths))
+    lines.append(f"{r['iter']:>8,} {units.count(r['tokens']):>9} " + " ".join(cells))
+  if HELLASWAG in keys:
+    lines.append(f"{HELLASWAG}: random guessing 0.25, GPT-2 124M "
+                 f"{hellaswag.GPT2_124M_ACC_NORM}")
+  return lines
+
+
 def plot(runs: dict[str, Run], path: str, *, logx: bool = False) -> None:
-  """Train (thin) and val (markers) loss against tokens, LR dotted on the right axis."""
-  fig, ax = plt.subplots(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
+  """Train (thin) and val (markers) loss against tokens, LR dotted on the right axis.
+
+  Below, where a run scored HellaSwag: its acc_norm against the same tokens.
+  """
+  with_hellaswag = any(HELLASWAG in r for run in runs.values() for r in run["tasks"])
+  if with_hellaswag:
+    fig, (ax, ax_hs) = plt.subplots(2, 1, figsize=FIGSIZE_TASKS_IN, dpi=DPI, sharex=True,
+                                    height_ratios=(2, 1), layout="constrained")
+  else:
+    fig, ax = plt.subplots(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
   ax_lr = ax.twinx()
   handles = []
   keep = (lambda t: t > 0) if logx else (lambda t: True)
@@ -85,7 +116,9 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False) -> None:
   if top > bottom:
     pad = 0.05 * (top - bottom)
     ax.set_ylim(bottom - pad, top + pad)
-  ax.set_xlabel("tokens")
+  if with_hellaswag:
+    _plot_hellaswag(ax_hs, runs, keep)
+  (ax_hs if with_hellaswag else ax).set_xlabel("tokens")
   ax.set_ylabel("loss")
   ax_lr.set_ylabel("learning rate (dotted)")
   ax_lr.set_ylim(bottom=0)
@@ -97,6 +130,21 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False) -> None:
   ax.set_title("loss against tokens" + (" (log scale)" if logx else ""))
   fig.savefig(path)
   plt.close(fig)
+
+
+def _plot_hellaswag(ax: plt.Axes, runs: dict[str, Run], keep: Callable[[float], bool]) -> None:
+  """acc_norm against tokens, a run's colour as above; GPT-2 124M's published figure dotted."""
+  for i, (name, run) in enumerate(runs.items()):
+    points = [(r["tokens"], r[HELLASWAG]) for r in run["tasks"]
+              if HELLASWAG in r and keep(r["tokens"])]
+    if points:
+      ax.plot(*zip(*points), color=f"C{i}", lw=2, marker="o", ms=3, label=name)
+  ax.axhline(hellaswag.GPT2_124M_ACC_NORM, color="k", ls=":", lw=1.5,
+             label=f"GPT-2 124M ({hellaswag.GPT2_124M_ACC_NORM})")
+  ax.axhline(0.25, color="0.6", ls=":", lw=1.5, label="random (0.25)")
+  ax.set_ylabel("HellaSwag acc_norm")
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc="lower right", fontsize=9)
 
 
 def _names(out_dirs: list[str]) -> list[str]:

@@ -3,7 +3,7 @@
   out_dir/
     run.lock                   held by the live run (host and pid inside)
     config.json                the resolved config of the latest accepted start
-    metrics.jsonl              one JSON record per train log or evaluation
+    metrics.jsonl              one JSON record per train log, evaluation or task scoring
     metrics.jsonl.superseded   records of iterations that a resume redid
     metrics.jsonl.<n>          the records of an earlier run that never checkpointed
     checkpoints/<step>/        Orbax: state, data, meta (see checkpoint.py)
@@ -37,7 +37,7 @@ from jaxgpt.errors import UserError
 ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
                      "gelu_approximate")
 
-Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval") -> records
+Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
 
 class RunDir:
@@ -148,7 +148,7 @@ class RunDir:
     path = self.metrics_path
     if not os.path.isfile(path):
       raise UserError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
-    events: Records = {"train": [], "eval": []}
+    events: Records = {"train": [], "eval": [], "tasks": []}
     with open(path, encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
         if not line.endswith("\n"):
@@ -167,8 +167,8 @@ class RunDir:
   def drop_metrics_after(self, at_step: int) -> int:
     """Moves the records of iterations a resumed run will redo to metrics.jsonl.superseded.
 
-    Kept: train records of iterations before `at_step` and evaluations at or
-    before it. A line cut off by a crash or power loss is moved too, with a
+    Kept: train records of iterations before `at_step`, and evaluations and
+    task scores at or before it. A line cut off by a crash or power loss is moved too, with a
     warning. Returns how many lines were moved; none is deleted.
     """
     path = self.metrics_path
@@ -187,7 +187,7 @@ class RunDir:
           moved.append(line if line.endswith("\n") else line + "\n")
           continue
         redone = record["iter"] > at_step or (record["iter"] == at_step
-                                              and record["event"] != "eval")
+                                              and record["event"] not in ("eval", "tasks"))
         (moved if redone else keep).append(line)
     if moved:
       with open(path + ".superseded", "a", encoding="utf-8") as f:

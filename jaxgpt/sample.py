@@ -2,6 +2,7 @@
 
   python -m jaxgpt.sample --out_dir=runs/x --start="Once upon a time" --num_samples=10
   python -m jaxgpt.sample --init_from=gpt2 --start=FILE:prompt.txt --stop_at_eot
+  python -m jaxgpt.sample --init_from=nanogpt:out-shakespeare/ckpt.pt --start="ROMEO:"
 
 All samples are decoded in one batch with a KV cache (see decoding.py); the
 decoding speed is measured by `python -m jaxgpt.bench --decode`.
@@ -15,9 +16,9 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from jaxgpt import cli, decoding, defaults, hf, run_dir, tokenizer
+from jaxgpt import cli, decoding, defaults, tokenizer, weights
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.model import GPT
 
 
 def read_start(start: str) -> str:
@@ -30,22 +31,6 @@ def read_start(start: str) -> str:
       return f.read()
   except FileNotFoundError as e:
     raise UserError(f"--start=FILE:{path}: no such file") from e
-
-
-def load_model(init_from: str, *, out_dir: str, step: int | None = None,
-               hf_checkpoint_dir: str = "", dtype: str | None = None) -> tuple[GPT, Any, str]:
-  """The model and params to sample (a run's checkpoint, or GPT-2's), and where they came from."""
-  if init_from == "resume":
-    config, params, step = run_dir.RunDir(out_dir).restore_params(step)
-    source = f"{out_dir} step {step}"
-  else:
-    source = hf.checkpoint_dir(init_from, hf_checkpoint_dir)
-    arch, params = hf.load(source)
-    config = defaults.get_config()
-    config.update(arch, dropout=0.0, dtype="float32")
-  if dtype:
-    config.dtype = dtype
-  return GPT(GPTConfig.from_config(config)), params, source
 
 
 def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_new_tokens: int,
@@ -68,8 +53,8 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_n
 
 def _define_flags() -> None:
   flags.DEFINE_string("out_dir", "out", "Run directory whose checkpoints to sample.")
-  flags.DEFINE_enum("init_from", "resume", ("resume",) + defaults.GPT2_MODELS,
-                    "'resume': a checkpoint of out_dir; 'gpt2*': OpenAI's weights.")
+  flags.DEFINE_string("init_from", "resume", "'resume': a checkpoint of out_dir; 'gpt2*': "
+                      "OpenAI's weights; 'nanogpt:PATH': a nanoGPT ckpt.pt.")
   flags.DEFINE_string("hf_checkpoint_dir", "",
                       "init_from=gpt2*: local Hugging Face checkpoint; '' downloads it.")
   flags.DEFINE_integer("step", None, "Checkpoint step to sample; default the latest.")
@@ -91,8 +76,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   start = read_start(f.start)
-  model, params, source = load_model(f.init_from, out_dir=f.out_dir, step=f.step,
-                                     hf_checkpoint_dir=f.hf_checkpoint_dir, dtype=f.dtype)
+  model, params, source = weights.load_model(f.init_from, out_dir=f.out_dir, step=f.step,
+                                             hf_checkpoint_dir=f.hf_checkpoint_dir,
+                                             dtype=f.dtype)
   print(f"sampling {f.num_samples} x {f.max_new_tokens} tokens from {source}", file=sys.stderr,
         flush=True)
   texts = sample_texts(model, params, start, num_samples=f.num_samples,

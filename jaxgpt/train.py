@@ -27,13 +27,16 @@ from jaxgpt import (
   defaults,
   flops,
   hf,
+  nanogpt_ckpt,
   plan,
   preemption,
   resume,
   run_dir,
+  scoring,
   sharding,
   sinks,
   step,
+  tasks,
 )
 from jaxgpt.optim import lr_schedule
 
@@ -68,10 +71,12 @@ class _Run:
                start: resume.Start, checkpoints: checkpoint.Checkpoints,
                train_iter: grain.DatasetIterator,
                writer: sinks.Sinks, eval_fn: Callable[[Any], dict[str, float]],
-               layout: sharding.BatchLayout):
+               layout: sharding.BatchLayout,
+               tasks_fn: Callable[[Any], dict[str, dict[str, float]]] | None = None):
     self.config, self.plan, self.state, self.start = config, run_plan, start.state, start
     self.checkpoints, self.train_iter, self.writer = checkpoints, train_iter, writer
     self.eval_fn, self.tokens_per_iter = eval_fn, run_plan.tokens_per_iter
+    self.tasks_fn = tasks_fn
     self.data_layout = {**resume.data_layout(config, layout), "start_window": start.window}
     self.n_logs = 0
     self.nonfinite_seen = int(start.state.nonfinite)
@@ -138,6 +143,18 @@ class _Run:
     self.best_val_loss = min(self.best_val_loss, self.losses["val"])
     if it > 0 and (improved or self.config.always_save_checkpoint):
       self.save(it, self.losses["val"])
+    self.mark_time(it)
+
+  def evaluate_tasks(self, it: int) -> None:
+    """Scores the eval_tasks (HellaSwag, texts) and records them as one 'tasks' event."""
+    if self.tasks_fn is None:
+      return
+    self.flush_log()
+    results = self.tasks_fn(self.state.params)
+    for name, m in results.items():
+      logging.info("step %d: %s", it, tasks.describe(name, m))
+    self.writer.write({"event": "tasks", "iter": it, "tokens": self.tokens(it),
+                       **tasks.flat(results)})
     self.mark_time(it)
 
   def defer_log(self, it: int, step_metrics: dict[str, jax.Array]) -> None:
@@ -210,6 +227,8 @@ def _loop(run: _Run, train_step: Callable, layout: sharding.BatchLayout,
       run.stop(it, signals.name)
       break
     resumed_here = it == run.start.iter and config.init_from == "resume"  # evaluated before
+    if (it % config.eval_tasks_interval == 0 or it == config.max_iters) and not resumed_here:
+      run.evaluate_tasks(it)
     if (it % config.eval_interval == 0 or it == config.max_iters) and not resumed_here:
       run.evaluate_and_save(it)
       if config.eval_only:
@@ -254,13 +273,18 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
            signals: preemption.StopSignals) -> dict[str, float]:
   lead = jax.process_index() == 0
   checkpoints = run.checkpoints_for(config)
-  # GPT-2's architecture replaces the config's before anything reads or records it.
-  pretrained = hf.init_from_gpt2(config) if config.init_from in defaults.GPT2_MODELS else None
+  # GPT-2's (or nanoGPT's) architecture replaces the config's before anything reads it.
+  pretrained = None
+  if config.init_from in defaults.GPT2_MODELS:
+    pretrained = hf.init_from_gpt2(config)
+  elif config.init_from.startswith(defaults.NANOGPT):
+    pretrained = nanogpt_ckpt.init_from_nanogpt(config)
   sources = data.open_splits(config)
   layout = sharding.BatchLayout.create(config)
   kernel = attention.settle(config)  # before the model is built: it may fall back to XLA's
   setup = step.build(config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
+  tasks_fn = _tasks_fn(config, setup, layout)  # a missing file stops the run before it starts
   if config.init_from == "resume":
     start = resume.resume(config, setup, shardings, checkpoints, layout)
   else:
@@ -287,7 +311,7 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
   loop = _Run(config, run_plan, start, checkpoints, train_iter,
               sinks.open_sinks(config, run, start_iter=start.iter, enabled=lead),
               eval_fn=lambda params: evaluate(eval_step, params, sources, config, layout),
-              layout=layout)
+              layout=layout, tasks_fn=tasks_fn)
   try:
     _loop(loop, train_step, layout, signals)
   finally:
@@ -300,6 +324,21 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
   if lead:
     _log_whats_next(config, checkpoints)
   return loop.losses
+
+
+def _tasks_fn(config: ml_collections.ConfigDict, setup: step.TrainSetup,
+              layout: sharding.BatchLayout
+              ) -> Callable[[Any], dict[str, dict[str, float]]] | None:
+  """The eval_tasks, read and batched once: each evaluation reuses their compiled shapes."""
+  if not config.eval_tasks:
+    return None
+  scorer = scoring.Scorer(setup.model, mesh=layout.mesh)
+  task_list = tasks.load(config.eval_tasks, scorer, limit=config.eval_tasks_limit,
+                         hellaswag_file=config.hellaswag_file)
+  for task in task_list:
+    logging.info("eval task %s: %s, %d rows in %d batches", task.name, task.source, task.n_rows,
+                 len(task.batches))
+  return lambda params: tasks.run(scorer, params, task_list)
 
 
 def _log_whats_next(config: ml_collections.ConfigDict, checkpoints: checkpoint.Checkpoints

@@ -45,6 +45,11 @@ CASES = {
                                       "--to={tmp}/full"], "is not empty; nothing was written"),
     "report without metrics": (["-m", "jaxgpt.report", "--out_dir={tmp}/empty"],
                                "no such metrics file"),
+    "evaluate an unknown task": (["-m", "jaxgpt.evaluate", "--out_dir={out_dir}", "--task=mmlu"],
+                                 "error: unknown evaluation task 'mmlu'"),
+    "evaluate a nanoGPT file that is not there": (["-m", "jaxgpt.evaluate",
+                                                   "--init_from=nanogpt:{tmp}/ckpt.pt"],
+                                                  "error: nanogpt:{tmp}/ckpt.pt: no such file"),
 }
 
 

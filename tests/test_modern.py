@@ -225,7 +225,7 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly():
     ({"pos_emb": "rope", "n_embd": 30, "n_head": 2}, "rope needs an even head size; n_embd/n_head is 15"),
     ({"lr_schedule": "wsd", "wsd_decay_frac": 0.0}, "config.wsd_decay_frac=0.0: must be in (0, 1]"),
     ({"optimizer": "muon", "muon_momentum": 1.0}, "config.muon_momentum=1.0: must be in [0, 1)"),
-    ({"init_from": "gpt2", "pos_emb": "rope"}, "need GPT-2's architecture; this config has pos_emb=rope"),
+    ({"init_from": "gpt2", "pos_emb": "rope"}, "loads GPT-2-architecture weights; this config has pos_emb=rope"),
 ])
 def test_bad_values_are_refused_by_name(overrides, message):
   c = defaults.get_config()

@@ -98,3 +98,27 @@ def test_cli_writes_the_png_into_the_first_run(tmp_path):
   assert r.stdout.startswith("a\n") and "\n\nb\n" in r.stdout
   assert "best val loss 3.3500" in r.stdout  # run b: 3.3 + 0.05
   assert os.path.isfile(os.path.join(a, "report.png"))
+
+
+def add_hellaswag(out_dir, every: int = 500, max_iters: int = 2000) -> None:
+  """'tasks' records as the loop writes them with eval_tasks=hellaswag, accuracy rising."""
+  writer = run_dir.RunDir(str(out_dir)).metrics_writer()
+  for it in range(0, max_iters + 1, every):
+    writer.write({"event": "tasks", "iter": it, "tokens": it * TOKENS_PER_ITER,
+                  "hellaswag_acc": 0.25 + it / 1e5, "hellaswag_acc_norm": 0.25 + it / 5e4,
+                  "hellaswag_examples": 10042})
+  writer.close()
+
+
+def test_task_scores_get_a_table_and_a_second_panel(tmp_path):
+  add_hellaswag(write_run(tmp_path / "a"))
+  run = report.load(str(tmp_path / "a"))
+  lines = report.summary("a", run).splitlines()
+  header = lines.index(next(l for l in lines if "hellaswag_acc_norm" in l and "step" in l))
+  assert lines[header].split() == ["step", "tokens", "hellaswag_acc", "hellaswag_acc_norm"]
+  assert lines[header + 5].split() == ["2,000", "1.05B", "0.2700", "0.2900"]
+  assert "hellaswag_acc_norm: random guessing 0.25, GPT-2 124M 0.2955" in lines
+  path = str(tmp_path / "report.png")
+  report.plot({"a": run, "b": report.load(write_run(tmp_path / "b"))}, path)
+  height, width, _ = matplotlib.image.imread(path).shape
+  assert (width, height) == (1000, 900)

@@ -44,7 +44,8 @@ def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.Confi
   c.update(SIZE)
   c.update(out_dir=out_dir, dataset=os.path.basename(os.path.normpath(data)) if is_dir else data,
            data_dir=data if is_dir else "", max_iters=max_iters,
-           warmup_iters=max_iters // 10, eval_interval=max(1, max_iters // 10), eval_iters=10,
+           warmup_iters=max_iters // 10, muon_momentum_warmup_iters=max_iters // 10,
+           eval_interval=max(1, max_iters // 10), eval_iters=10,
            log_interval=max(1, max_iters // 50), learning_rate=BASELINE_LR,
            min_lr=BASELINE_LR / 10, dropout=0.0, dtype="float32", keep_checkpoints=1)
   return c

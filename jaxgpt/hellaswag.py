@@ -1,0 +1,124 @@
+"""HellaSwag, scored as llm.c and build-nanogpt score it: which of 4 endings the model finds likeliest.
+
+Each example is a context and 4 endings, one right (`label`). An ending is
+scored as the context's GPT-2 tokens followed by those of " " + ending: the
+cross-entropy of the ending's tokens only, each predicted from all tokens
+before it. `acc` picks the ending of the least summed loss, `acc_norm` the
+least mean loss per token (length-normalised); random guessing scores 0.25.
+A row longer than block_size + 1 tokens keeps its last block_size + 1: the
+context is cut from the left (an ending longer than block_size would lose its
+first tokens too).
+
+The data is the published validation file (10,042 examples), read from a
+path or downloaded once into data/cache/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxgpt import tokenizer
+from jaxgpt.errors import UserError
+
+URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+CACHE_PATH = os.path.join("data", "cache", "hellaswag_val.jsonl")
+N_ENDINGS = 4
+# OpenAI's GPT-2 124M scored this way over the 10,042 rows: acc 0.2859, acc_norm 0.2955
+# (karpathy/build-nanogpt, hellaswag.py's docstring; llm.c's dev/data/hellaswag.py says the same).
+GPT2_124M_ACC_NORM = 0.2955
+
+
+class Example(NamedTuple):
+  context: list[int]  # GPT-2 tokens of ctx
+  endings: list[list[int]]  # GPT-2 tokens of " " + ending, for each of the 4
+  label: int  # index of the right ending
+
+
+def resolve(path: str) -> str:
+  """The file to read: `path` as given, or the cached copy, downloaded on first use."""
+  if path:
+    if not os.path.isfile(path):
+      raise UserError(f"HellaSwag file {path} not found; give the path of hellaswag_val.jsonl "
+                      f"({URL})")
+    return path
+  if not os.path.isfile(CACHE_PATH):
+    download(URL, CACHE_PATH)
+  return CACHE_PATH
+
+
+def download(url: str, path: str, timeout_s: float = 30.0) -> None:
+  """`url` to `path`, written whole or not at all."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  print(f"downloading {url} to {path} ...", flush=True)
+  tmp = f"{path}.{os.getpid()}.part"  # processes of one run on a shared disk may all download
+  try:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
+      while chunk := response.read(1 << 20):
+        f.write(chunk)
+  except (urllib.error.URLError, OSError) as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise UserError(f"could not download {url} ({getattr(e, 'reason', e)}). Fetch it where "
+                    f"there is a network and put it at {path}, or pass its path "
+                    "(--hellaswag_file / --config.hellaswag_file)") from None
+  os.replace(tmp, path)
+
+
+def read(path: str, limit: int = 0) -> list[Example]:
+  """The examples of a HellaSwag jsonl file (the first `limit`, if > 0), tokenized."""
+  enc = tokenizer.gpt2()
+  examples = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if limit and len(examples) == limit:
+        break
+      if not line.strip():
+        continue
+      ctx, endings, label = _fields(line, f"{path}:{n}")
+      examples.append(Example(enc.encode_ordinary(ctx),
+                              [enc.encode_ordinary(" " + e) for e in endings], label))
+  if not examples:
+    raise UserError(f"{path}: no HellaSwag examples")
+  return examples
+
+
+def _fields(line: str, where: str) -> tuple[str, list[str], int]:
+  try:
+    record: Any = json.loads(line)
+    ctx, endings, label = record["ctx"], record["endings"], int(record["label"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{where}: not a HellaSwag example ({type(e).__name__}: {e}); each line is "
+                    "a JSON object with ctx, endings and label") from None
+  if not (isinstance(ctx, str) and ctx and isinstance(endings, list)
+          and len(endings) == N_ENDINGS and all(isinstance(e, str) for e in endings)
+          and 0 <= label < N_ENDINGS):
+    raise UserError(f"{where}: not a HellaSwag example: needs a non-empty ctx, {N_ENDINGS} "
+                    f"endings and a label in 0..{N_ENDINGS - 1}")
+  return ctx, endings, label
+
+
+def rows(examples: list[Example], block_size: int) -> list[tuple[list[int], int]]:
+  """(tokens, how many of the last are the ending's) for every ending, 4 per example in order."""
+  out = []
+  for example in examples:
+    for ending in example.endings:
+      tokens = (example.context + ending)[-(block_size + 1):]
+      out.append((tokens, min(len(ending), len(tokens) - 1)))
+  return out
+
+
+def accuracy(examples: list[Example], token_rows: list[tuple[list[int], int]],
+             loss_sums: np.ndarray) -> dict[str, float]:
+  """acc (least summed loss) and acc_norm (least mean loss) from the rows' summed losses."""
+  sums_E4 = np.asarray(loss_sums, np.float64).reshape(-1, N_ENDINGS)
+  counts_E4 = np.array([n for _, n in token_rows], np.float64).reshape(-1, N_ENDINGS)
+  labels_E = np.array([e.label for e in examples])
+  return {"acc": float(np.mean(sums_E4.argmin(axis=1) == labels_E)),
+          "acc_norm": float(np.mean((sums_E4 / counts_E4).argmin(axis=1) == labels_E)),
+          "examples": len(examples)}

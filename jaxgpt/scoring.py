@@ -1,0 +1,112 @@
+"""Summed losses of token rows, batched and jitted once per bucket shape: what evaluations score.
+
+A row is (tokens, n): the loss of its last n tokens, each predicted from all
+the tokens before it (HellaSwag's ending after its context, a text window's
+new tokens). Rows are grouped by shape: the inputs padded to a power of two
+up to block_size, the scored positions to a power of two up to that, and a
+batch holds a fixed number of rows (the last padded with empty ones). So a
+model compiles once per bucket, not per row, and an evaluation in the
+training loop reuses the same shapes every time. The LM head runs on the
+scored positions alone: most of a HellaSwag row is context, and the head is
+most of a small model's FLOPs.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgpt import sharding
+from jaxgpt.model import GPT
+
+Row = tuple[Sequence[int], int]  # tokens (at most block_size + 1), how many of the last to score
+ROWS_PER_BATCH = 64
+MIN_BUCKET = 8
+
+
+class Batch(NamedTuple):
+  index_R: np.ndarray  # each row's index in the caller's list; -1 for padding
+  inputs_RT: np.ndarray  # int32 tokens, right-padded
+  scored_RS: np.ndarray  # int32 positions of inputs whose predictions count
+  targets_RS: np.ndarray  # int32 tokens those positions predict
+  weights_RS: np.ndarray  # float32: 1 where scored, 0 on padding
+
+
+def bucket(n: int, cap: int) -> int:
+  """The padded length of n: a power of two, at least MIN_BUCKET, at most cap."""
+  return min(cap, max(MIN_BUCKET, 1 << (n - 1).bit_length()))
+
+
+def make_batches(rows: Sequence[Row], rows_per_batch: int, block_size: int) -> list[Batch]:
+  """The rows as padded batches, grouped by bucket, in order within a bucket."""
+  groups: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+  for i, (tokens, n) in enumerate(rows):
+    if not (len(tokens) <= block_size + 1 and 0 < n < len(tokens)):
+      raise ValueError(f"row {i}: {len(tokens)} tokens, {n} scored (block_size {block_size})")
+    T = bucket(len(tokens) - 1, block_size)
+    groups[T, bucket(n, T)].append(i)
+  batches = []
+  for (T, S), indices in sorted(groups.items()):
+    for start in range(0, len(indices), rows_per_batch):
+      batch = Batch(np.full(rows_per_batch, -1), *(np.zeros((rows_per_batch, size), dtype)
+                    for size, dtype in ((T, np.int32), (S, np.int32), (S, np.int32),
+                                        (S, np.float32))))
+      for r, i in enumerate(indices[start:start + rows_per_batch]):
+        tokens, n = rows[i]
+        L = len(tokens) - 1  # inputs; the targets are the tokens shifted by one
+        batch.index_R[r] = i
+        batch.inputs_RT[r, :L] = tokens[:L]
+        batch.scored_RS[r, :n] = np.arange(L - n, L)
+        batch.targets_RS[r, :n] = tokens[L - n + 1:]
+        batch.weights_RS[r, :n] = 1.0
+      batches.append(batch)
+  return batches
+
+
+class Scorer:
+  """One model's jitted row losses, on one device or on every device of a mesh.
+
+  On a mesh (the training loop's), a batch's rows are split over the data
+  axis and the sums come back replicated, so every process reads them all.
+  """
+
+  def __init__(self, model: GPT, mesh: jax.sharding.Mesh | None = None,
+               rows_per_batch: int = ROWS_PER_BATCH):
+    self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
+    n_devices = 1 if mesh is None else mesh.size
+    self.rows_per_batch = -(-rows_per_batch // n_devices) * n_devices
+    self.mesh = mesh
+
+    def loss_sums_R(params: Any, inputs_RT, scored_RS, targets_RS, weights_RS) -> jax.Array:
+      losses_RS = model.apply({"params": params}, inputs_RT, targets_BT=targets_RS,
+                              scored_BS=scored_RS)
+      return jnp.sum(losses_RS * weights_RS, axis=-1)
+
+    self._loss_sums = jax.jit(loss_sums_R, out_shardings=None if mesh is None
+                              else sharding.replicated(mesh))
+
+  def batches(self, rows: Sequence[Row]) -> list[Batch]:
+    return make_batches(rows, self.rows_per_batch, self.block_size)
+
+  def _place(self, array: np.ndarray) -> np.ndarray | jax.Array:
+    if self.mesh is None:
+      return array
+    spec = sharding.batch_sharding(self.mesh, array.ndim, 0)
+    return jax.make_array_from_callback(array.shape, spec, lambda index: array[index])
+
+  def loss_sums(self, params: Any, batches: list[Batch], n_rows: int) -> np.ndarray:
+    """Each row's summed loss (float32 sums), in the rows' order.
+
+    Every batch is dispatched before any result is read: one wait at the end.
+    """
+    pending = [(b.index_R, self._loss_sums(params, *map(self._place, b[1:]))) for b in batches]
+    sums = np.zeros(n_rows, np.float32)
+    for index_R, sums_R in pending:
+      real = index_R >= 0
+      sums[index_R[real]] = np.asarray(sums_R)[real]
+    return sums

@@ -1,0 +1,115 @@
+"""Evaluation tasks, as rows to score and the numbers their losses give.
+
+  hellaswag    acc, acc_norm over HellaSwag's validation examples (hellaswag.py)
+  text:FILE    tokens, mean loss and perplexity of a text file
+
+A text file is GPT-2 tokens, every one but the first predicted once, from
+windows of block_size + 1 tokens: with the default stride of block_size the
+windows do not overlap (each shares its first token with the one before); a
+smaller stride scores only the last `stride` targets of each later window,
+each with at least block_size + 1 - stride tokens of context (the
+sliding-window perplexity commonly reported). The metrics are named
+'<task>_<number>': hellaswag_acc_norm, wikitext2_raw_test_ppl, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jaxgpt import defaults, hellaswag, scoring, tokenizer
+from jaxgpt.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str  # the metrics' prefix: 'hellaswag', or a text file's name without extension
+  source: str  # the file scored
+  n_rows: int
+  batches: list[scoring.Batch]  # made once: every evaluation reuses them, and their shapes
+  summarize: Callable[[np.ndarray], dict[str, float]]  # the rows' loss sums -> metrics
+
+
+def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: str = "",
+         stride: int = 0) -> list[Task]:
+  """The tasks of a comma-separated spec, read, tokenized and batched for `scorer`'s model.
+
+  `limit` > 0 keeps the first examples (HellaSwag) or windows (text).
+  """
+  names = defaults.eval_tasks(spec)
+  if names and scorer.vocab_size < tokenizer.N_VOCAB:
+    raise UserError(f"the model's vocab_size={scorer.vocab_size} cannot hold GPT-2's "
+                    f"{tokenizer.N_VOCAB} tokens, which every task's text is written in")
+  tasks = []
+  for name in names:
+    if name == "hellaswag":
+      path = hellaswag.resolve(hellaswag_file)
+      examples = hellaswag.read(path, limit)
+      rows = hellaswag.rows(examples, scorer.block_size)
+      summarize = lambda sums, e=examples, r=rows: hellaswag.accuracy(e, r, sums)
+      tasks.append(Task("hellaswag", path, len(rows), scorer.batches(rows), summarize))
+    else:
+      path = name.removeprefix("text:")
+      rows = text_rows(read_text_tokens(path), scorer.block_size, stride)
+      rows = rows[:limit] if limit else rows
+      stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+      tasks.append(Task(stem, path, len(rows), scorer.batches(rows),
+                        lambda sums, r=rows: perplexity(r, sums)))
+  return tasks
+
+
+def read_text_tokens(path: str) -> list[int]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise UserError(f"text:{path}: no such file") from None
+  except UnicodeDecodeError as e:
+    raise UserError(f"text:{path}: not UTF-8 text ({e})") from None
+  return tokenizer.gpt2().encode_ordinary(text)
+
+
+def text_rows(tokens: list[int], block_size: int, stride: int = 0) -> list[scoring.Row]:
+  """Windows of at most block_size + 1 tokens that score every token but the first once."""
+  stride = stride or block_size
+  if not 0 < stride <= block_size:
+    raise UserError(f"stride={stride}: must be in 1..block_size={block_size}")
+  if len(tokens) < 2:
+    raise UserError(f"{len(tokens)} token(s): a text needs at least 2 to score one")
+  rows, scored_until, start = [], 1, 0
+  while scored_until < len(tokens):
+    end = min(start + block_size + 1, len(tokens))
+    rows.append((tokens[start:end], end - scored_until))
+    scored_until, start = end, start + stride
+  return rows
+
+
+def perplexity(rows: list[scoring.Row], loss_sums: np.ndarray) -> dict[str, float]:
+  n_tokens = sum(n for _, n in rows)
+  loss = float(np.sum(loss_sums, dtype=np.float64)) / n_tokens
+  return {"tokens": n_tokens, "loss": loss, "ppl": math.exp(loss)}
+
+
+def run(scorer: scoring.Scorer, params: Any, tasks: list[Task]) -> dict[str, dict[str, float]]:
+  """Each task's metrics, by task name."""
+  return {task.name: task.summarize(scorer.loss_sums(params, task.batches, task.n_rows))
+          for task in tasks}
+
+
+def flat(results: dict[str, dict[str, float]]) -> dict[str, float]:
+  """{'hellaswag': {'acc': ...}} -> {'hellaswag_acc': ...}, as metrics.jsonl records them."""
+  return {f"{name}_{key}": value for name, m in results.items() for key, value in m.items()}
+
+
+def describe(name: str, m: dict[str, float]) -> str:
+  """One task's result as a line, with what to read it against."""
+  if "acc_norm" in m:
+    return (f"{name}: acc {m['acc']:.4f}, acc_norm {m['acc_norm']:.4f} over {m['examples']:,} "
+            f"examples (random: 0.25; GPT-2 124M: acc_norm {hellaswag.GPT2_124M_ACC_NORM})")
+  return f"{name}: loss {m['loss']:.4f}, perplexity {m['ppl']:.2f} over {m['tokens']:,} tokens"

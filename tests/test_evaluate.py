@@ -1,0 +1,233 @@
+"""HellaSwag and text perplexity, in the loop and from the CLI, checked against transformers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+from conftest import records, run_python, tiny_config
+
+from jaxgpt import defaults, hellaswag, hf, scoring, tasks, tokenizer, train
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, GPTConfig, init_params
+
+TEXT = ("the man is holding a rope and climbs up the wall while people watch from below "
+        "she then takes a brush and paints the fence in long even strokes")
+WORDS = TEXT.split()
+
+
+def write_hellaswag(path, n: int, seed: int = 0, long_context: int = 0) -> str:
+  """n examples in the published format: ctx, 4 endings, label and the other fields."""
+  rng = np.random.default_rng(seed)
+  text = lambda k: " ".join(rng.choice(WORDS, size=k)).capitalize()
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(n):
+      ctx = text(long_context if i == 0 and long_context else int(rng.integers(4, 20)))
+      example = {"ind": i, "activity_label": "Painting", "ctx_a": ctx, "ctx_b": "",
+                 "ctx": ctx, "split": "val", "split_type": "indomain",
+                 "label": int(rng.integers(4)),
+                 "endings": [text(int(rng.integers(1, 12))) + "." for _ in range(4)],
+                 "source_id": f"test~{i}"}
+      f.write(json.dumps(example) + "\n")
+  return str(path)
+
+
+def gpt2_vocab_config(**overrides):
+  """A tiny model that reads GPT-2's tokens.
+
+  Its vocabulary is GPT-2's 50257, unpadded: export crops padding rows, which
+  would otherwise take a share of the softmax here and not in transformers.
+  """
+  c = defaults.get_config()
+  c.update(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=tokenizer.N_VOCAB,
+           dropout=0.0, dtype="float32")
+  c.update(overrides)
+  return c
+
+
+def scaled_params(config, scale: float = 4.0):
+  """Random weights large enough that the four endings' losses are far apart."""
+  params = init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(1))
+  return jax.tree.map(lambda p: scale * p, params)
+
+
+def test_hellaswag_losses_equal_transformers_on_the_same_weights(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config = gpt2_vocab_config()
+  params = scaled_params(config)
+  path = write_hellaswag(tmp_path / "hs.jsonl", 12, long_context=40)  # row 0 is cut to 33
+  examples = hellaswag.read(path)
+  scorer = scoring.Scorer(GPT(GPTConfig.from_config(config)), rows_per_batch=8)
+  rows = hellaswag.rows(examples, config.block_size)
+  ours = scorer.loss_sums(params, scorer.batches(rows), len(rows))
+
+  # build-nanogpt's way, on transformers' GPT-2 and tokenizer: rows cut to block_size + 1.
+  hf.export(params, config, str(tmp_path / "hf"))
+  model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+  sums, means, labels = [], [], []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      example = json.loads(line)
+      ctx = hf_tokenizer.encode(example["ctx"])
+      labels.append(example["label"])
+      for ending in example["endings"]:
+        end = hf_tokenizer.encode(" " + ending)
+        row = torch.tensor(ctx + end)[-(config.block_size + 1):]
+        mask = torch.tensor([0] * len(ctx) + [1] * len(end))[-len(row):]
+        with torch.no_grad():
+          logits = model(row[None, :-1]).logits[0]
+        losses = torch.nn.functional.cross_entropy(logits, row[1:], reduction="none")
+        sums.append(float((losses * mask[1:]).sum()))
+        means.append(sums[-1] / float(mask[1:].sum()))
+  assert len(examples[0].context) > config.block_size + 1  # the cut is tested
+  np.testing.assert_allclose(ours, sums, rtol=2e-6)
+  sums_E4, means_E4 = np.reshape(sums, (-1, 4)), np.reshape(means, (-1, 4))
+  expected = {"acc": np.mean(sums_E4.argmin(1) == labels),
+              "acc_norm": np.mean(means_E4.argmin(1) == labels), "examples": 12}
+  assert hellaswag.accuracy(examples, rows, ours) == pytest.approx(expected)
+  for losses_E4 in (sums_E4, means_E4):  # no near-tie decides an argmin
+    assert np.all(np.diff(np.sort(losses_E4, axis=1)[:, :2], axis=1) > 1e-3)
+
+
+def test_one_compilation_per_bucket_and_none_on_the_next_evaluation(tmp_path):
+  config = gpt2_vocab_config()
+  params = scaled_params(config)
+  scorer = scoring.Scorer(GPT(GPTConfig.from_config(config)), rows_per_batch=16)
+  task_list = tasks.load("hellaswag", scorer, hellaswag_file=write_hellaswag(
+      tmp_path / "hs.jsonl", 20, long_context=40))
+  shapes = {(b.inputs_RT.shape, b.scored_RS.shape) for b in task_list[0].batches}
+  assert all(rows == 16 for (rows, _), _ in shapes)
+  first = tasks.run(scorer, params, task_list)
+  assert scorer._loss_sums._cache_size() == len(shapes) < len(task_list[0].batches)
+  assert tasks.run(scorer, params, task_list) == first
+  assert scorer._loss_sums._cache_size() == len(shapes)
+
+
+def test_text_windows_score_every_token_but_the_first_once():
+  tokens = list(range(100))
+  for block_size, stride in ((16, 0), (16, 16), (16, 5), (16, 1), (7, 3)):
+    rows = tasks.text_rows(tokens, block_size, stride)
+    scored = [t for row, n in rows for t in row[-n:]]
+    assert scored == tokens[1:], (block_size, stride)
+    assert all(len(row) <= block_size + 1 for row, _ in rows)
+    if stride and stride < block_size:  # every scored token sees block_size + 1 - stride or more
+      assert all(len(row) - n >= block_size + 1 - stride for row, n in rows[1:])
+  assert [len(row) for row, _ in tasks.text_rows(tokens, 16)] == [17] * 6 + [4]
+
+
+def test_text_perplexity_equals_transformers_over_the_same_windows(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config = gpt2_vocab_config()
+  params = scaled_params(config, scale=2.0)
+  text_file = tmp_path / "book.txt"
+  text_file.write_text(" ".join(WORDS * 4) + "\n\nThe end.", encoding="utf-8")
+  scorer = scoring.Scorer(GPT(GPTConfig.from_config(config)), rows_per_batch=4)
+  result = tasks.run(scorer, params, tasks.load(f"text:{text_file}", scorer))["book"]
+
+  hf.export(params, config, str(tmp_path / "hf"))
+  model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+  ids = torch.tensor(tokenizer.gpt2().encode_ordinary(text_file.read_text()))
+  total = 0.0
+  for start in range(0, len(ids) - 1, config.block_size):  # non-overlapping windows
+    window = ids[start:start + config.block_size + 1]
+    with torch.no_grad():
+      logits = model(window[None, :-1]).logits[0]
+    total += float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum"))
+  assert result["tokens"] == len(ids) - 1
+  assert result["loss"] == pytest.approx(total / (len(ids) - 1), rel=1e-6)
+  assert result["ppl"] == pytest.approx(math.exp(total / (len(ids) - 1)), rel=1e-5)
+
+
+def test_bad_input_is_one_user_error_naming_what(tmp_path):
+  scorer = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config())))
+  bad = tmp_path / "bad.jsonl"
+  write_hellaswag(bad, 3)
+  lines = bad.read_text().splitlines()
+  bad.write_text("\n".join([lines[0], '{"ctx": "x", "endings": ["a"], "label": 0}',
+                            lines[2]]) + "\n")
+  with pytest.raises(UserError, match=r"bad.jsonl:2: not a HellaSwag example"):
+    tasks.load("hellaswag", scorer, hellaswag_file=str(bad))
+  bad.write_text(lines[0] + "\n{not json\n")
+  with pytest.raises(UserError, match=r"bad.jsonl:2: not a HellaSwag example \(JSONDecodeError"):
+    tasks.load("hellaswag", scorer, hellaswag_file=str(bad))
+  with pytest.raises(UserError, match="nope.jsonl not found"):
+    tasks.load("hellaswag", scorer, hellaswag_file=str(tmp_path / "nope.jsonl"))
+  with pytest.raises(UserError, match="text:.*missing.txt: no such file"):
+    tasks.load(f"text:{tmp_path}/missing.txt", scorer)
+  with pytest.raises(UserError, match="unknown evaluation task 'mmlu'"):
+    tasks.load("hellaswag,mmlu", scorer)
+  small = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config(vocab_size=96))))
+  with pytest.raises(UserError, match="vocab_size=96 cannot hold GPT-2's 50257 tokens"):
+    tasks.load("hellaswag", small, hellaswag_file=str(bad))
+
+
+def test_without_a_network_the_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError) as e:
+    hellaswag.download("http://127.0.0.1:9/hellaswag_val.jsonl", hellaswag.CACHE_PATH,
+                       timeout_s=5)
+  assert f"put it at {hellaswag.CACHE_PATH}" in str(e.value) and "hellaswag_file" in str(e.value)
+  assert list((tmp_path / "data" / "cache").iterdir()) == []  # nothing half-written left
+
+
+def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
+  hs = write_hellaswag(tmp_path / "hs.jsonl", 6)
+  text_file = tmp_path / "notes.txt"
+  text_file.write_text(" ".join(WORDS * 3), encoding="utf-8")
+  config = tiny_config(tmp_path, token_dir, vocab_size=50304, max_iters=4, eval_interval=4,
+                       eval_tasks=f"hellaswag,text:{text_file}", eval_tasks_interval=2,
+                       hellaswag_file=hs)
+  train.train(config)
+  scored = records(config.out_dir, "tasks")
+  assert [r["iter"] for r in scored] == [0, 2, 4]
+  last = scored[-1]
+  assert {"hellaswag_acc", "hellaswag_acc_norm", "notes_loss", "notes_ppl"} <= last.keys()
+  assert last["hellaswag_examples"] == 6 and 0 <= last["hellaswag_acc_norm"] <= 1
+  # The CLI on the last checkpoint gives the numbers the loop recorded.
+  r = run_python("-m", "jaxgpt.evaluate", f"--out_dir={config.out_dir}",
+                 f"--task=hellaswag,text:{text_file}", f"--hellaswag_file={hs}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"acc_norm {last['hellaswag_acc_norm']:.4f} over 6 examples" in r.stdout
+  assert f"perplexity {last['notes_ppl']:.2f} over {last['notes_tokens']:,} tokens" in r.stdout
+
+
+def test_eval_tasks_add_no_wait_between_log_points(tmp_path, token_dir, monkeypatch):
+  """Task scoring fetches from the device inside its own method only, as evaluation does."""
+  for name in ("flush_log", "evaluate_and_save", "evaluate_tasks", "stop", "close"):
+    real = getattr(train._Run, name)
+
+    def allowed(self, *args, _real=real, **kwargs):
+      with jax.transfer_guard_device_to_host("allow"):
+        return _real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train._Run, name, allowed)
+  real_loop = train._loop
+
+  def guarded_loop(*args, **kwargs):
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+      return real_loop(*args, **kwargs)
+
+  monkeypatch.setattr(train, "_loop", guarded_loop)
+  config = tiny_config(tmp_path, token_dir, vocab_size=50304, max_iters=6, log_interval=2,
+                       eval_interval=6, eval_tasks="hellaswag", eval_tasks_interval=3,
+                       hellaswag_file=write_hellaswag(tmp_path / "hs.jsonl", 3))
+  train.train(config)
+  assert [r["iter"] for r in records(config.out_dir, "tasks")] == [0, 3, 6]
+
+
+def test_config_names_a_bad_task_and_takes_nanogpt_paths(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, eval_tasks="hellaswag,mmlu")
+  with pytest.raises(UserError, match="config.eval_tasks='hellaswag,mmlu': unknown evaluation "
+                                      "task 'mmlu'"):
+    defaults.validate(config)
+  config.update(eval_tasks="hellaswag, text:a.txt", init_from="nanogpt:out/ckpt.pt")
+  defaults.validate(config)
+  config.init_from = "nanogpt:"
+  with pytest.raises(UserError, match="config.init_from='nanogpt:': must be one of"):
+    defaults.validate(config)

@@ -1,0 +1,120 @@
+"""A nanoGPT ckpt.pt, written here in nanoGPT's format, read back and checked against transformers."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_VOCAB, records, run_python, tiny_config
+
+from jaxgpt import data, nanogpt_ckpt, train, weights
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, GPTConfig
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+N_LAYER, N_HEAD, N_EMBD, BLOCK = 2, 2, 32, 16
+LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def write_nanogpt_ckpt(path, *, bias: bool, vocab_size: int = TINY_VOCAB, compiled: bool = True):
+  """nanoGPT's train.py checkpoint of a random GPT, and the same weights as transformers' GPT-2.
+
+  nanoGPT's Linear weights are (out, in), transformers' Conv1D ones (in, out);
+  without bias nanoGPT has no bias tensors at all (transformers' are zeroed);
+  under torch.compile every name starts with '_orig_mod.'.
+  """
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD, n_positions=BLOCK, vocab_size=vocab_size,
+      activation_function="gelu", bos_token_id=None, eos_token_id=None)).eval()
+  state = {}
+  prefix = "_orig_mod." if compiled else ""
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.normal_(0.0, 0.3)
+      if name.endswith(".bias") and not bias:
+        p.zero_()
+        continue
+      linear = name.endswith(".weight") and any(f".{m}." in name for m in LINEARS)
+      state[prefix + name] = p.detach().T.clone() if linear else p.detach().clone()
+  state[prefix + "lm_head.weight"] = state[prefix + "transformer.wte.weight"]
+  for i in range(N_LAYER):  # the causal-mask buffer nanoGPT keeps without flash attention
+    state[f"{prefix}transformer.h.{i}.attn.bias"] = torch.tril(
+        torch.ones(BLOCK, BLOCK)).view(1, 1, BLOCK, BLOCK)
+  model_args = {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD, "block_size": BLOCK,
+                "bias": bias, "vocab_size": vocab_size, "dropout": 0.0}
+  torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []},
+              "model_args": model_args, "iter_num": 250, "best_val_loss": torch.tensor(1.5),
+              "config": {"batch_size": 12, "dataset": "shakespeare_char"}}, str(path))
+  return model
+
+
+def logits_of(model, tokens_BT: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(torch.tensor(tokens_BT)).logits.numpy()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_nanogpt_checkpoint_gives_the_logits_of_transformers(tmp_path, bias):
+  theirs = write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=bias)
+  arch, params, iter_num = nanogpt_ckpt.read(str(tmp_path / "ckpt.pt"))
+  assert arch == {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD, "block_size": BLOCK,
+                  "bias": bias, "vocab_size": TINY_VOCAB, "gelu_approximate": False}
+  assert iter_num == 250
+  tokens_BT = np.random.default_rng(0).integers(0, TINY_VOCAB, (3, BLOCK))
+  ours = np.asarray(GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens_BT)))
+  expected = logits_of(theirs, tokens_BT)
+  np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_training_continues_from_a_nanogpt_checkpoint_with_its_architecture(tmp_path,
+                                                                            token_dir):
+  theirs = write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False, compiled=False)
+  config = tiny_config(tmp_path, token_dir, init_from=f"nanogpt:{tmp_path / 'ckpt.pt'}",
+                       n_layer=1, n_embd=64, block_size=8, gelu_approximate=True, max_iters=1,
+                       eval_interval=1, warmup_iters=0)
+  train.train(config)
+  # The architecture is the checkpoint's; a smaller block_size crops the positions.
+  assert (config.n_layer, config.n_embd, config.bias, config.gelu_approximate) == (
+      N_LAYER, N_EMBD, False, False)
+  val = data.open_splits(config)["val"]
+  losses = []
+  for batch in data.eval_batches(val, batch_size=config.batch_size, n_batches=config.eval_iters,
+                                 seed=config.seed):
+    batch = torch.tensor(np.asarray(batch, np.int64))
+    logits = torch.tensor(logits_of(theirs, batch[:, :-1].numpy()))
+    losses.append(torch.nn.functional.cross_entropy(
+        logits.reshape(-1, TINY_VOCAB), batch[:, 1:].reshape(-1)).item())
+  evals = records(config.out_dir, "eval")
+  assert evals[0]["val_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+  assert [r["iter"] for r in evals] == [0, 1]  # and a step trained from there
+
+
+def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
+  torch.save({"model": {}}, str(tmp_path / "no_args.pt"))
+  with pytest.raises(UserError, match="no_args.pt: not a nanoGPT checkpoint.*model_args"):
+    nanogpt_ckpt.read(str(tmp_path / "no_args.pt"))
+  torch.save({"model": {}, "model_args": {"n_layer": 1}}, str(tmp_path / "short.pt"))
+  with pytest.raises(UserError, match=r"short.pt: model_args lacks \['n_head'"):
+    nanogpt_ckpt.read(str(tmp_path / "short.pt"))
+  (tmp_path / "text.pt").write_text("not a checkpoint")
+  with pytest.raises(UserError, match="text.pt: not a PyTorch checkpoint"):
+    nanogpt_ckpt.read(str(tmp_path / "text.pt"))
+  with pytest.raises(UserError, match="nanogpt:.*missing.pt: no such file"):
+    weights.load(f"nanogpt:{tmp_path / 'missing.pt'}", out_dir="")
+  with pytest.raises(UserError, match="--init_from=gpt3: must be 'resume'"):
+    weights.load("gpt3", out_dir="")
+
+
+def test_evaluate_cli_reads_a_nanogpt_checkpoint(tmp_path):
+  from test_evaluate import write_hellaswag
+
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False, vocab_size=50304)
+  hs = write_hellaswag(tmp_path / "hs.jsonl", 4)
+  r = run_python("-m", "jaxgpt.evaluate", f"--init_from=nanogpt:{tmp_path / 'ckpt.pt'}",
+                 "--task=hellaswag", f"--hellaswag_file={hs}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "ckpt.pt (nanoGPT iter 250)" in r.stderr
+  assert "hellaswag: acc " in r.stdout and "over 4 examples" in r.stdout
