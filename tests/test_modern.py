@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -245,10 +246,14 @@ def test_export_refuses_a_modern_model_and_says_why(tmp_path):
   assert not (tmp_path / "hf").exists()
 
 
-def test_export_cli_prints_the_refusal_as_one_line(tmp_path, token_dir):
+def test_a_modern_run_samples_and_its_export_is_refused_in_one_line(tmp_path, token_dir):
   config_file = write_config_file(tmp_path, token_dir, max_iters=2, eval_interval=2,
                                   lr_decay_iters=2, warmup_iters=0, **MODERN)
   assert run_python("launch.py", f"--config={config_file}").returncode == 0
+  r = run_python("-m", "jaxgpt.sample", f"--out_dir={tmp_path / 'run'}", "--start=A",
+                 "--num_samples=2", "--max_new_tokens=40", "--top_k=20")  # past block_size 16
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.count("---------------\n") == 2
   r = run_python("-m", "jaxgpt.export", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
   assert r.returncode == 1
   assert r.stderr.strip().splitlines()[-1].startswith("error: this run's model is not GPT-2's")
@@ -303,8 +308,29 @@ def test_compare_recipes_writes_a_table_and_curves(tmp_path, token_dir):
   assert text.count("\n") == 3 and "| modern |" in text
   assert (tmp_path / "compare" / "curves.png").stat().st_size > 0
   assert not (tmp_path / "compare" / "nanogpt" / "checkpoints").exists()
-  with pytest.raises(UserError, match="exists; delete it"):
+  # A finished run of the same variant is reused; another config in its place is refused.
+  again = recipes.compare(base, ["nanogpt"], [1.0])
+  assert again[0]["final_val_loss"] == rows[0]["final_val_loss"]
+  base.max_iters = 6
+  with pytest.raises(UserError, match="is not a finished run of this variant"):
     recipes.compare(base, ["nanogpt"], [1.0])
+
+
+def test_a_variant_stopped_by_a_signal_stops_the_comparison(tmp_path, token_dir, monkeypatch):
+  base = recipes.base_config(token_dir, str(tmp_path / "compare"), max_iters=8)
+  base.update(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, vocab_size=96,
+              eval_iters=2)
+  real_train = train.train
+
+  def stopped_at_4(config):  # as a SIGTERM at iteration 4 leaves a run
+    short = ml_collections.ConfigDict(config.to_dict())
+    short.max_iters = 4
+    return real_train(short)
+
+  monkeypatch.setattr(train, "train", stopped_at_4)
+  with pytest.raises(UserError, match="stopped before max_iters=8; the comparison stops here"):
+    recipes.compare(base, ["nanogpt", "modern"], [1.0])
+  assert not (tmp_path / "compare" / "modern").exists()
 
 
 def test_tokens_to_target_interpolates_between_evaluations():

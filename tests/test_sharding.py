@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, records, restore_state, tiny_config
 
-from jaxgpt import data, sharding, step, train
+from jaxgpt import data, defaults, sharding, step, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,11 +48,13 @@ def test_leaf_spec_splits_matrices_along_their_largest_divisible_axis():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["dp", "fsdp"])
+@pytest.mark.parametrize("mode,recipe", [("dp", {}), ("fsdp", {}), ("fsdp", defaults.MODERN)],
+                         ids=["dp", "fsdp", "fsdp-modern"])
 def test_eight_devices_train_like_one_device_with_the_same_global_batch(tmp_path, token_dir,
-                                                                        mode):
-  one = sharded_run(tmp_path, token_dir, "one", devices=1, batch_size=8, **RUN)
-  eight = sharded_run(tmp_path, token_dir, mode, devices=8, batch_size=1, sharding=mode, **RUN)
+                                                                        mode, recipe):
+  one = sharded_run(tmp_path, token_dir, "one", devices=1, batch_size=8, **RUN, **recipe)
+  eight = sharded_run(tmp_path, token_dir, mode, devices=8, batch_size=1, sharding=mode, **RUN,
+                      **recipe)
   assert eight["devices"] == 8
   np.testing.assert_allclose(train_losses(str(tmp_path / mode)),
                              train_losses(str(tmp_path / "one")), rtol=2e-5)

@@ -4,7 +4,12 @@ Every variant trains through the real loop (`train.train`) on the same data,
 model size, tokens per iteration, seed and batches; only its overrides of
 the nanoGPT recipe differ. A variant's tokens-to-target is where its val
 loss first reaches the baseline's final val loss (interpolated linearly
-between evaluations), as a fraction of the baseline's tokens.
+between evaluations), as a fraction of the baseline's tokens. Step times are
+timed afterwards, every variant back to back on the same batch, so that
+they compare like with like whatever else ran beside the training.
+
+A variant whose directory holds a finished run of the same config is not
+trained again: an ablation can add variants to a comparison's directory.
 """
 
 from __future__ import annotations
@@ -12,11 +17,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
+import time
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
+from absl import logging
 
-from jaxgpt import defaults, report, run_dir, train, units
+from jaxgpt import defaults, report, run_dir, step, train, units
 from jaxgpt.errors import UserError
 
 BASELINE = "nanogpt"
@@ -78,12 +88,44 @@ def tokens_to_target(evals: list[dict[str, Any]], target: float) -> float | None
 
 
 def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains one variant; returns its records. Its checkpoints are deleted, its metrics kept."""
+  """Trains one variant (or reuses its finished run); returns its records.
+
+  Its checkpoints are deleted, its metrics and config kept.
+  """
+  run = run_dir.RunDir(config.out_dir)
   if os.path.exists(config.out_dir):
-    raise UserError(f"{config.out_dir} exists; delete it or pick another --compare_out")
-  train.train(config)
-  shutil.rmtree(os.path.join(config.out_dir, "checkpoints"), ignore_errors=True)
-  return run_dir.RunDir(config.out_dir).read_metrics()
+    with open(os.path.join(config.out_dir, "config.json"), encoding="utf-8") as f:
+      same = json.load(f) == json.loads(config.to_json_best_effort())
+    evals = run.read_metrics()["eval"] if same else []
+    if not evals or evals[-1]["iter"] != config.max_iters:
+      raise UserError(f"{config.out_dir} exists and is not a finished run of this variant; "
+                      "delete it or pick another --compare_out")
+    logging.info("%s: reusing its finished run", config.out_dir)
+  else:
+    train.train(config)
+    evals = run.read_metrics()["eval"]
+    if not evals or evals[-1]["iter"] != config.max_iters:  # stopped by a signal
+      raise UserError(f"{config.out_dir} stopped before max_iters={config.max_iters}; the "
+                      "comparison stops here (delete that directory to run it again)")
+    shutil.rmtree(os.path.join(config.out_dir, "checkpoints"), ignore_errors=True)
+  return run.read_metrics()
+
+
+def step_ms(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2) -> float:
+  """Median milliseconds of one train step of `config`, on one fixed random batch."""
+  setup = step.build(config)
+  state = setup.new_state()
+  train_step = step.make_train_step(setup.model, setup.tx)
+  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size + 1)
+  batch = jax.numpy.asarray(np.random.default_rng(0).integers(0, config.vocab_size, shape))
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    state, metrics = train_step(state, batch)
+    jax.block_until_ready(metrics)
+    if i >= warmup:
+      times.append(1000 * (time.perf_counter() - start))
+  return statistics.median(times)
 
 
 def compare(base: ml_collections.ConfigDict, names: list[str],
@@ -105,12 +147,11 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   reference = BASELINE if BASELINE in runs else next(iter(runs))
   ref_evals = runs[reference][1]["eval"]
   target, ref_tokens = ref_evals[-1]["val_loss"], ref_evals[-1]["tokens"]
-  ref_ms = run_dir.median_throughput(runs[reference][1]["train"])["ms_per_iter"]
+  ms = {label: step_ms(config) for label, (config, _) in runs.items()}
   rows = []
   for label, (config, records) in runs.items():
     evals = records["eval"]
     reached = tokens_to_target(evals, target)
-    ms = run_dir.median_throughput(records["train"])["ms_per_iter"]
     rows.append({
         "variant": label, "learning_rate": config.learning_rate,
         "muon_learning_rate": config.muon_learning_rate if config.optimizer == "muon" else None,
@@ -118,7 +159,7 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
         "tokens": evals[-1]["tokens"], "target_val_loss": target,
         "tokens_to_target": reached,
         "tokens_to_target_ratio": None if reached is None else reached / ref_tokens,
-        "ms_per_iter": ms, "step_time_ratio": ms / ref_ms,
+        "ms_per_iter": ms[label], "step_time_ratio": ms[label] / ms[reference],
     })
   report.plot({label: records for label, (_, records) in runs.items()},
               os.path.join(base.out_dir, "curves.png"))
