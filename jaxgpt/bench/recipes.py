@@ -35,8 +35,8 @@ MODERN = "modern"
 SIZE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 256, "batch_size": 8,
         "gradient_accumulation_steps": 1}
 # Learning rates picked by the sweep in docs/benchmarks.md ("A modern recipe").
-BASELINE_LR = 2e-3
-MODERN_LRS = {"learning_rate": 4e-3, "muon_learning_rate": 0.02}
+BASELINE_LR = 1e-3
+MODERN_LRS = {"learning_rate": 4e-3, "min_lr": 4e-4, "muon_learning_rate": 0.02}
 
 
 def variants() -> dict[str, dict[str, Any]]:
@@ -55,7 +55,7 @@ def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.Confi
   c.update(out_dir=out_dir, dataset=os.path.basename(os.path.normpath(data)) if is_dir else data,
            data_dir=data if is_dir else "", max_iters=max_iters,
            warmup_iters=max_iters // 10, muon_momentum_warmup_iters=max_iters // 10,
-           eval_interval=max(1, max_iters // 10), eval_iters=10,
+           eval_interval=max(1, max_iters // 5), eval_iters=10,
            log_interval=max(1, max_iters // 50), learning_rate=BASELINE_LR,
            min_lr=BASELINE_LR / 10, dropout=0.0, dtype="float32", keep_checkpoints=1)
   return c
