@@ -145,11 +145,22 @@ def describe(config: ml_collections.ConfigDict, plan: Plan, n_devices: int = 1) 
 
 def schedule(config: ml_collections.ConfigDict) -> str:
   """The learning-rate schedule as the run will follow it (recipes tie it to max_iters)."""
+  muon = ""
+  if config.optimizer == "muon":
+    muon = (f"; Muon's matrices at {config.muon_learning_rate:g} on the same schedule, momentum "
+            f"{config.muon_momentum_start:g} to {config.muon_momentum:g} over "
+            f"{config.muon_momentum_warmup_iters:,} iterations")
   if not config.decay_lr:
-    return f"learning rate: constant {config.learning_rate:g}"
+    return f"learning rate: constant {config.learning_rate:g}{muon}"
+  if config.lr_schedule == "wsd":
+    warmup, end = config.warmup_iters, config.lr_decay_iters
+    decay_start = warmup + (1 - config.wsd_decay_frac) * (end - warmup)
+    decay = (f"held until iteration {decay_start:,.0f}, then linear to {config.min_lr:g} at "
+             f"iteration {end:,}")
+  else:
+    decay = f"cosine to {config.min_lr:g} at iteration {config.lr_decay_iters:,}"
   return (f"learning rate: warmup over {config.warmup_iters:,} iterations to "
-          f"{config.learning_rate:g}, cosine to {config.min_lr:g} at iteration "
-          f"{config.lr_decay_iters:,} (max_iters={config.max_iters:,})")
+          f"{config.learning_rate:g}, {decay} (max_iters={config.max_iters:,}){muon}")
 
 
 def log_launch(config: ml_collections.ConfigDict, train_tokens: int | None,

@@ -296,6 +296,14 @@ def test_plan_counts_the_modern_model_and_its_flops():
   assert p.flops_per_token == flops.per_token(p.n_params, c)
 
 
+def test_the_launch_log_spells_out_the_wsd_schedule_and_muon():
+  c = recipe("fineweb_40m_modern")
+  assert plan.schedule(c) == (
+      "learning rate: warmup over 700 iterations to 0.002, held until iteration 16,140, then "
+      "linear to 0.0002 at iteration 20,000 (max_iters=20,000); Muon's matrices at 0.02 on the "
+      "same schedule, momentum 0.85 to 0.95 over 300 iterations")
+
+
 def test_compare_recipes_writes_a_table_and_curves(tmp_path, token_dir):
   base = recipes.base_config(token_dir, str(tmp_path / "compare"), max_iters=8)
   base.update(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, vocab_size=96,
