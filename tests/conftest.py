@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from jaxgpt import checkpoint, defaults, run_dir, step, token_files
+from jaxgpt import checkpoint, defaults, run_dir, step, token_files, train
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
 flags.FLAGS.mark_as_parsed()
@@ -131,3 +131,23 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     if time.time() > deadline:
       raise TimeoutError(what)
     time.sleep(0.005)
+
+
+def guard_loop_transfers(monkeypatch) -> None:
+  """Makes any device-to-host transfer in the training loop an error, but in the methods that
+  fetch on purpose (the step metrics a step late, evaluations, task scores, the end)."""
+  for name in ("flush_log", "evaluate_and_save", "evaluate_tasks", "stop", "close"):
+    real = getattr(train._Run, name)
+
+    def allowed(self, *args, _real=real, **kwargs):
+      with jax.transfer_guard_device_to_host("allow"):
+        return _real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train._Run, name, allowed)
+  real_loop = train._loop
+
+  def guarded_loop(*args, **kwargs):
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+      return real_loop(*args, **kwargs)
+
+  monkeypatch.setattr(train, "_loop", guarded_loop)

@@ -8,7 +8,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from conftest import records, run_python, tiny_config
+from conftest import guard_loop_transfers, records, run_python, tiny_config
 
 from jaxgpt import defaults, hellaswag, hf, scoring, tasks, tokenizer, train
 from jaxgpt.errors import UserError
@@ -199,21 +199,7 @@ def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
 
 def test_eval_tasks_add_no_wait_between_log_points(tmp_path, token_dir, monkeypatch):
   """Task scoring fetches from the device inside its own method only, as evaluation does."""
-  for name in ("flush_log", "evaluate_and_save", "evaluate_tasks", "stop", "close"):
-    real = getattr(train._Run, name)
-
-    def allowed(self, *args, _real=real, **kwargs):
-      with jax.transfer_guard_device_to_host("allow"):
-        return _real(self, *args, **kwargs)
-
-    monkeypatch.setattr(train._Run, name, allowed)
-  real_loop = train._loop
-
-  def guarded_loop(*args, **kwargs):
-    with jax.transfer_guard_device_to_host("disallow_explicit"):
-      return real_loop(*args, **kwargs)
-
-  monkeypatch.setattr(train, "_loop", guarded_loop)
+  guard_loop_transfers(monkeypatch)
   config = tiny_config(tmp_path, token_dir, vocab_size=50304, max_iters=6, log_interval=2,
                        eval_interval=6, eval_tasks="hellaswag", eval_tasks_interval=3,
                        hellaswag_file=write_hellaswag(tmp_path / "hs.jsonl", 3))

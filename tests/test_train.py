@@ -8,7 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import build_state, pattern_tokens, read_jsonl, recipe, records, tiny_config
+from conftest import (
+  build_state,
+  guard_loop_transfers,
+  pattern_tokens,
+  read_jsonl,
+  recipe,
+  records,
+  tiny_config,
+)
 
 from jaxgpt import step, train
 from jaxgpt.run_dir import RunDir
@@ -140,21 +148,7 @@ def test_quickstart_recipe_brings_val_loss_under_60_percent_of_its_start(tmp_pat
 def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_dir,
                                                                  monkeypatch):
   """No device-to-host transfer in the loop but the log interval's one, fetched a step late."""
-  for name in ("flush_log", "evaluate_and_save", "stop", "close"):  # the syncs on purpose
-    real = getattr(train._Run, name)
-
-    def allowed(self, *args, _real=real, **kwargs):
-      with jax.transfer_guard_device_to_host("allow"):
-        return _real(self, *args, **kwargs)
-
-    monkeypatch.setattr(train._Run, name, allowed)
-  real_loop = train._loop
-
-  def guarded_loop(*args, **kwargs):
-    with jax.transfer_guard_device_to_host("disallow_explicit"):
-      return real_loop(*args, **kwargs)
-
-  monkeypatch.setattr(train, "_loop", guarded_loop)
+  guard_loop_transfers(monkeypatch)
   config = tiny_config(tmp_path, token_dir, max_iters=20, log_interval=5, eval_interval=20,
                        lr_decay_iters=20)
   train.train(config)
