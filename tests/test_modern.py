@@ -42,7 +42,8 @@ def test_every_modern_key_is_off_by_default():
   assert defaults.gpt2_architecture_differences(c) == []
 
 
-@pytest.mark.parametrize("overrides", SINGLES + [MODERN], ids=lambda o: ",".join(o))
+@pytest.mark.parametrize("overrides", [pytest.param(o, marks=pytest.mark.slow) for o in SINGLES]
+                         + [MODERN], ids=lambda o: ",".join(o))
 def test_each_change_alone_and_all_together_train(tmp_path, token_dir, overrides):
   config = tiny_config(tmp_path, token_dir, max_iters=12, eval_interval=12, lr_decay_iters=12,
                        learning_rate=3e-3, min_lr=3e-4, **overrides)
