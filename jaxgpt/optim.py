@@ -21,8 +21,8 @@ def lr_schedule(config: ml_collections.ConfigDict, xp: types.ModuleType = jnp,
 
   Warmup is nanoGPT's lr*(it+1)/(warmup_iters+1) while it < warmup_iters. Then
   'cosine' falls from lr to min_lr along a cosine that ends at lr_decay_iters;
-  'wsd' holds lr and falls linearly to min_lr over the last wsd_decay_frac of
-  the iterations from warmup_iters to lr_decay_iters. Both stay at min_lr after that; decay_lr=False keeps lr.
+  'wsd' holds lr until `decay_start` and then falls linearly to min_lr at
+  lr_decay_iters. Both stay at min_lr after that; decay_lr=False keeps lr.
   `peak` replaces learning_rate (Muon's own rate) and scales min_lr with it.
   Written as nanoGPT's formula rather than optax's warmup schedules, whose
   float32 interpolation drifts from it by 1e-5 relative at small steps. With
@@ -35,14 +35,12 @@ def lr_schedule(config: ml_collections.ConfigDict, xp: types.ModuleType = jnp,
   warmup, decay_end = config.warmup_iters, config.lr_decay_iters
   if not config.decay_lr:
     return optax.constant_schedule(lr) if xp is jnp else lambda it: xp.float32(lr)
-  decay_start = warmup
-  if config.lr_schedule == "wsd":
-    decay_start = warmup + (1 - config.wsd_decay_frac) * (decay_end - warmup)
+  start = decay_start(config)
 
   def schedule(it: jax.Array) -> jax.Array:
     it = xp.asarray(it, xp.float32)
     warmup_lr = lr * (it + 1) / (warmup + 1)
-    ratio = xp.clip((it - decay_start) / (decay_end - decay_start), 0.0, 1.0)
+    ratio = xp.clip((it - start) / (decay_end - start), 0.0, 1.0)
     if config.lr_schedule == "wsd":
       decayed_lr = lr - ratio * (lr - min_lr)
     else:
@@ -50,6 +48,15 @@ def lr_schedule(config: ml_collections.ConfigDict, xp: types.ModuleType = jnp,
     return xp.where(it < warmup, warmup_lr, decayed_lr)
 
   return schedule
+
+
+def decay_start(config: ml_collections.ConfigDict) -> float:
+  """The iteration the decay starts: warmup's end, or for 'wsd' the last wsd_decay_frac of the
+  iterations from warmup_iters to lr_decay_iters."""
+  warmup, end = config.warmup_iters, config.lr_decay_iters
+  if config.lr_schedule == "wsd":
+    return warmup + (1 - config.wsd_decay_frac) * (end - warmup)
+  return warmup
 
 
 def decay_mask(params: optax.Params) -> optax.Params:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import cli, data, defaults, flops, run_dir, step, token_files, units
+from jaxgpt import cli, data, defaults, flops, optim, run_dir, step, token_files, units
 from jaxgpt.errors import UserError
 from jaxgpt.model import count_params
 
@@ -153,10 +153,8 @@ def schedule(config: ml_collections.ConfigDict) -> str:
   if not config.decay_lr:
     return f"learning rate: constant {config.learning_rate:g}{muon}"
   if config.lr_schedule == "wsd":
-    warmup, end = config.warmup_iters, config.lr_decay_iters
-    decay_start = warmup + (1 - config.wsd_decay_frac) * (end - warmup)
-    decay = (f"held until iteration {decay_start:,.0f}, then linear to {config.min_lr:g} at "
-             f"iteration {end:,}")
+    decay = (f"held until iteration {optim.decay_start(config):,.0f}, then linear to "
+             f"{config.min_lr:g} at iteration {config.lr_decay_iters:,}")
   else:
     decay = f"cosine to {config.min_lr:g} at iteration {config.lr_decay_iters:,}"
   return (f"learning rate: warmup over {config.warmup_iters:,} iterations to "
