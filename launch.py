@@ -1,14 +1,84 @@
 """Trains a GPT: `python launch.py --config=configs/NAME.py [--config.KEY=VALUE ...]`.
 
+The loop (jaxgpt/train.py) trains; this entry hands it what a config asks for
+beyond that, each from its layer and imported only when asked: token shards
+made where they are missing (jaxgpt/prep), GPT-2's or a nanoGPT run's
+weights to start from (jaxgpt/interop), evaluation tasks scored in the loop
+(jaxgpt/evals) and a closing sample (jaxgpt/inference).
+
 Multi-host: SLURM and Open MPI jobs are joined automatically; elsewhere pass
 --coordinator_address, --num_processes and --process_id to every process.
 """
 
+from typing import Any
+
 import jax
-from absl import app, flags, logging
+import ml_collections
+from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import cli, sharding, train
+from jaxgpt import attention, cli, data, defaults, sharding, train
+from jaxgpt.model import GPT, GPTConfig
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The run `config` asks for; returns the last evaluation's losses."""
+  defaults.validate(config)
+  _make_missing_data(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
+                     config.auto_prepare)
+  config, params = _starting_weights(config)
+  config = attention.settle(config)
+  model = GPTConfig.from_config(config)
+  hooks = train.Hooks(
+      tasks=_tasks(model, config.eval_tasks, config.eval_tasks_limit, config.hellaswag_file),
+      at_end=_closing_sample(model, config.sample_tokens, config.seed))
+  return train.train(config, params=params, hooks=hooks)
+
+
+def _make_missing_data(dataset: str, data_dir: str, auto_prepare: bool) -> None:
+  """The built-in corpus (and FineWeb with auto_prepare) is made on first use; else the error
+  names the command that makes the data."""
+  if not data.has_shards(data_dir):
+    from jaxgpt.prep import datasets
+    datasets.make(dataset, data_dir, auto_prepare=auto_prepare)
+
+
+def _starting_weights(config: ml_collections.ConfigDict
+                      ) -> tuple[ml_collections.ConfigDict, Any]:
+  """GPT-2's or a nanoGPT run's weights and architecture for init_from=gpt2* / nanogpt:PATH."""
+  if config.init_from in ("scratch", "resume"):
+    return config, None
+  from jaxgpt.interop import weights
+  return weights.for_training(config)
+
+
+def _tasks(model: GPTConfig, spec: str, limit: int, hellaswag_file: str
+           ) -> train.TasksHook | None:
+  """eval_tasks, read and batched once (each evaluation reuses their compiled shapes)."""
+  if not spec:
+    return None
+  from jaxgpt.evals import tasks
+  from jaxgpt.inference import scoring
+  scorer = scoring.Scorer(GPT(model), mesh=sharding.make_mesh())
+  task_list = tasks.load(spec, scorer, limit=limit, hellaswag_file=hellaswag_file)
+  for task in task_list:
+    logging.info("eval task %s: %s, %d rows in %d batches", task.name, task.source, task.n_rows,
+                 len(task.batches))
+  return lambda params: tasks.score(scorer, params, task_list)
+
+
+def _closing_sample(model: GPTConfig, tokens: int, seed: int) -> train.EndHook | None:
+  """sample_tokens > 0: a sample from the trained model, printed at the end."""
+  if tokens <= 0:
+    return None
+  from jaxgpt.inference import decoding
+
+  def print_sample(params: Any) -> None:
+    text = decoding.new_document(GPT(model), params, max_new_tokens=tokens, seed=seed)
+    if jax.process_index() == 0:
+      print(f"---------------\n{text}\n---------------", flush=True)
+
+  return print_sample
 
 
 def _define_flags() -> None:
@@ -20,9 +90,7 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main() -> None:
   f = flags.FLAGS
   sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   # One process speaks for the run; the others report only warnings and errors.
@@ -30,7 +98,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   elif logging.get_verbosity() < logging.INFO:
     logging.set_verbosity(logging.INFO)
-  train.train(f.config)
+  run(f.config)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""Which attention kernel a run uses: `auto` resolved for the device, and cuDNN's checked once.
+"""Which attention kernel a run uses: `auto` resolved for a GPU, and cuDNN's checked once.
 
 cuDNN's flash attention never holds the (B, N, T, T) scores that XLA's
 attention writes, reads and keeps for the backward pass. It runs on NVIDIA
 GPUs of compute capability 8.0 or more, with 16-bit activations and a head
-size that is a multiple of 8 up to 128. Even there a cuDNN build can lack an
-engine for a shape ("No valid engine configs" has been reported on Ada
-cards), so a run first tries it on a tiny forward and backward pass of its
-own shapes and, where that fails, falls back to XLA's attention, saying why.
+size that is a multiple of 8 up to 128 (`resolve`, the one place that says
+so: training, the plan's compile for a named card and the benchmarks all ask
+it). Even there a cuDNN build can lack an engine for a shape ("No valid
+engine configs" has been reported on Ada cards), so a run first tries it on
+a tiny forward and backward pass of its own shapes and, where that fails,
+falls back to XLA's attention, saying why.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from absl import logging
 
 from jaxgpt.errors import UserError
 
+Capability = tuple[int, int]  # an NVIDIA GPU's compute capability, e.g. (8, 9)
 
-def compute_capability(device: jax.Device) -> tuple[int, int] | None:
+
+def capability(device: jax.Device) -> Capability | None:
   """(major, minor) of an NVIDIA GPU; None elsewhere (a ROCm GPU reports e.g. 'gfx90a')."""
   if device.platform != "gpu":
     return None
@@ -29,14 +33,17 @@ def compute_capability(device: jax.Device) -> tuple[int, int] | None:
   return (int(found[1]), int(found[2])) if found else None
 
 
-def implementation(requested: str, dtype: str, head_size: int, device: jax.Device) -> str:
+def resolve(requested: str, dtype: str, head_size: int, gpu: Capability | None) -> str:
   """`requested`, with 'auto' resolved to 'cudnn' where cuDNN's flash attention runs."""
   if requested != "auto":
     return requested
-  capability = compute_capability(device)
-  fits = (capability is not None and capability >= (8, 0)
-          and dtype in ("bfloat16", "float16") and head_size % 8 == 0 and head_size <= 128)
+  fits = (gpu is not None and gpu >= (8, 0) and dtype in ("bfloat16", "float16")
+          and head_size % 8 == 0 and head_size <= 128)
   return "cudnn" if fits else "xla"
+
+
+def for_device(requested: str, dtype: str, head_size: int, device: jax.Device) -> str:
+  return resolve(requested, dtype, head_size, capability(device))
 
 
 def probe(kernel: str, dtype: str, head_size: int, length: int) -> None:
@@ -51,25 +58,26 @@ def probe(kernel: str, dtype: str, head_size: int, length: int) -> None:
   jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v))
 
 
-def settle(config: ml_collections.ConfigDict) -> str:
-  """The kernel this run uses; when 'auto' picked cuDNN and it fails here, XLA's instead.
+def settle(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run uses: `attention` resolved to the kernel that runs on this device.
 
-  The fallback is written into `config.attention` (so the model uses it) with
-  one warning naming the error; an explicit 'cudnn' that fails is an error.
+  Where 'auto' picked cuDNN and it fails here, XLA's, with one warning naming
+  the error; an explicit 'cudnn' that fails is an error. The given config is
+  left as it is.
   """
   head_size, device = config.n_embd // config.n_head, jax.devices()[0]
-  kernel = implementation(config.attention, config.dtype, head_size, device)
-  if kernel != "cudnn":
-    return kernel
-  try:
-    probe(kernel, config.dtype, head_size, config.block_size)
-  except Exception as e:
-    reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
-    if config.attention == "cudnn":
-      raise UserError(f"attention=cudnn fails on {device.device_kind} ({reason}); run with "
-                      "--config.attention=xla (or auto)") from e
-    logging.warning("cuDNN attention fails on %s (%s); using XLA's attention instead",
-                    device.device_kind, reason)
-    config.attention = "xla"
-    return "xla"
-  return kernel
+  kernel = for_device(config.attention, config.dtype, head_size, device)
+  if kernel == "cudnn":
+    try:
+      probe(kernel, config.dtype, head_size, config.block_size)
+    except Exception as e:
+      reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+      if config.attention == "cudnn":
+        raise UserError(f"attention=cudnn fails on {device.device_kind} ({reason}); run with "
+                        "--config.attention=xla (or auto)") from e
+      logging.warning("cuDNN attention fails on %s (%s); using XLA's attention instead",
+                      device.device_kind, reason)
+      kernel = "xla"
+  settled = config.copy_and_resolve_references()
+  settled.attention = kernel
+  return settled

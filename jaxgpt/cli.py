@@ -1,9 +1,16 @@
-"""What every command line shares: clean errors for what a user can fix, and a quiet log.
+"""What every command line shares: one-line errors for what a user can fix, and a quiet log.
 
-`cli.run(main)` replaces `absl.app.run(main)`:
-- a bad flag or config key is one `error:` line, not a traceback;
-- a `UserError` raised by the library is one `error:` line and exit code 1
-  (JAXGPT_TRACEBACK=1 shows the traceback too);
+`cli.run(main)` replaces `absl.app.run(main)`, and every command follows it:
+- flags are defined in the command's `_define_flags()`, called under
+  `if __name__ == "__main__":`; a flag that has no default is marked with
+  `flags.mark_flags_as_required`, and what a command writes is named `--out`;
+- `main()` takes no arguments, or the one subcommand named in `subcommands`
+  (`python -m jaxgpt.prepare fineweb ...`); anything else on the command line
+  is an error;
+- a usage mistake (a stray argument, a missing required flag, a value of the
+  wrong type, an unknown flag or config key) and a `UserError` raised by the
+  library are one `error:` line and exit code 1; JAXGPT_TRACEBACK=1 shows the
+  traceback of the latter too;
 - the log shows jaxgpt's own lines and the libraries' warnings, each as
   `HH:MM:SS message`; `--verbosity=1` (or -v 1) shows everything, with
   absl's full prefix.
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import logging as pylogging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -26,17 +34,61 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LAUNCH = os.path.join(os.path.dirname(_PACKAGE_DIR), "launch.py")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  app.run(_guarded(main), flags_parser=_parse_flags)
+def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = ()) -> None:
+  """Runs `main` as a command: main() or, with `subcommands`, main(subcommand)."""
+
+  def with_arguments(argv: list[str]) -> None:
+    words = argv[1:]
+    if subcommands:
+      if len(words) != 1 or words[0] not in subcommands:
+        got = f" (got: {' '.join(words)})" if words else ""
+        raise UserError(f"name one of {', '.join(subcommands)}{got}: "
+                        f"python -m {_program()} {{{'|'.join(subcommands)}}} [flags]")
+      main(words[0])
+    elif words:
+      raise UserError(f"unexpected argument(s): {' '.join(words)} (flags are --name=value)")
+    else:
+      main()
+
+  app.run(_guarded(with_arguments), flags_parser=_parse_flags)
+
+
+def _program() -> str:
+  main_module = sys.modules.get("__main__")
+  spec = getattr(main_module, "__spec__", None)
+  return spec.name.removesuffix(".__main__") if spec else os.path.basename(sys.argv[0])
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}\nPass --helpshort to see the flags.")
+    sys.exit(f"error: {_flag_error(e)}")
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:  # a --config.KEY
     sys.exit(f"error: {_config_error(e)}")
+
+
+def _flag_error(error: flags.Error) -> str:
+  """absl's message, as a user would say it."""
+  text = str(error)
+  required = re.search(r"Flag (--[\w.]+) must have a value other than None", text)
+  if required:
+    name = required[1][2:]
+    help_text = flags.FLAGS[name].help if name in flags.FLAGS else ""
+    return f"{required[1]} is required" + (f": {help_text}" if help_text else "")
+  bad_value = re.fullmatch(r"flag (--[\w.]+)=(.*?): (.*)", text, re.DOTALL)
+  if bad_value:
+    flag, value, why = bad_value.groups()
+    why = why.splitlines()[0]
+    if why.startswith("invalid literal for int()"):
+      why = "not an integer"
+    elif why.startswith("could not convert string to float"):
+      why = "not a number"
+    return f"{flag}={value}: {why}"
+  unknown = re.fullmatch(r"Unknown command line flag '([\w.]+)'.*", text, re.DOTALL)
+  if unknown:
+    return f"--{unknown[1]}: no such flag (--help lists them)"
+  return text.splitlines()[0]
 
 
 def _config_error(error: Exception) -> str:

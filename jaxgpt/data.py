@@ -13,12 +13,10 @@ import os
 from collections.abc import Iterator
 
 import grain
-import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxgpt import prepare, token_files
+from jaxgpt import token_files
 from jaxgpt.errors import UserError
 
 
@@ -66,22 +64,30 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
 
 
 def resolve_data_dir(dataset: str, data_dir: str) -> str:
+  """Where a config's token shards are: `data_dir`, or data/<dataset> when it is ''."""
   return data_dir or os.path.join("data", dataset)
 
 
-def open_splits(config: ml_collections.ConfigDict) -> dict[str, TokenWindows]:
-  """The train and val windows of the config's data, made first where the config allows."""
-  data_dir = resolve_data_dir(config.dataset, config.data_dir)
-  prepare.ensure_dataset(config.dataset, data_dir, auto_prepare=config.auto_prepare)
-  sources = {split: open_split(data_dir, split, config.block_size, config.vocab_size)
+def has_shards(data_dir: str) -> bool:
+  return bool(token_files.find_shards(data_dir, "train"))
+
+
+def open_splits(data_dir: str, block_size: int, vocab_size: int, eval_batch: int
+                ) -> dict[str, TokenWindows]:
+  """The train and val windows of a data directory, every file checked against the vocabulary.
+
+  `eval_batch` (windows of one evaluation batch) only sizes a warning: a val
+  split smaller than that is repeated by evaluation.
+  """
+  sources = {split: open_split(data_dir, split, block_size, vocab_size)
              for split in ("train", "val")}
-  val, eval_batch = sources["val"], config.batch_size * jax.device_count()
+  val = sources["val"]
   if len(val) < eval_batch:
     logging.warning(
         "val split holds %s tokens: %d windows of block_size+1=%d, fewer than one eval batch "
         "of batch_size x devices=%d windows; evaluation repeats them. Prepare a larger val "
         "split (--val_fraction / --val_tokens) or lower batch_size.", f"{val.n_tokens:,}",
-        len(val), config.block_size + 1, eval_batch)
+        len(val), block_size + 1, eval_batch)
   return sources
 
 

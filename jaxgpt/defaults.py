@@ -7,8 +7,10 @@ override values; a key that is not here is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from typing import TypeVar
 
 import ml_collections
 
@@ -16,10 +18,10 @@ from jaxgpt.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
-GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's weights, via hf.py
+GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's (interop/gpt2.py)
 INIT_FROM = ("scratch", "resume") + GPT2_MODELS  # or NANOGPT + a ckpt.pt path
-NANOGPT = "nanogpt:"  # init_from=nanogpt:PATH reads a nanoGPT ckpt.pt (nanogpt_ckpt.py)
-EVAL_TASKS = ("hellaswag", "text:FILE")  # what `evaluate` and eval_tasks score (tasks.py)
+NANOGPT = "nanogpt:"  # init_from=nanogpt:PATH reads a nanoGPT ckpt.pt (interop/nanogpt.py)
+EVAL_TASKS = ("hellaswag", "text:FILE")  # what `evaluate` and eval_tasks score (evals/tasks.py)
 SHARDING_MODES = ("dp", "fsdp")
 REMAT_POLICIES = ("none", "dots", "full")  # what the backward pass recomputes: see model.py
 POS_EMBS = ("learned", "rope")
@@ -29,13 +31,10 @@ OPTIMIZERS = ("adamw", "muon")
 LR_SCHEDULES = ("cosine", "wsd")
 # What the modern recipes (configs/*_modern.py) change, each key measured alone and
 # together in docs/benchmarks.md ("A modern recipe"); their learning rates are per recipe.
+# Every other key's default is nanoGPT's (GPT-2's architecture).
 MODERN = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp_act": "relu2",
           "tie_embeddings": False, "zero_init_projections": True, "logit_softcap": 30.0,
           "optimizer": "muon", "lr_schedule": "wsd"}
-# GPT-2's value of each model key that can leave its architecture, for export and
-# init_from=gpt2*, which need a model transformers' GPT2LMHeadModel can hold.
-GPT2_ARCHITECTURE = {"pos_emb": "learned", "norm": "layernorm", "qk_norm": False,
-                     "mlp_act": "gelu", "tie_embeddings": True, "logit_softcap": 0.0}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -128,6 +127,15 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
+View = TypeVar("View")
+
+
+def view(cls: type[View], config: ml_collections.ConfigDict) -> View:
+  """A part's typed view of the config: the frozen dataclass `cls` made of the keys of its
+  fields' names (model.GPTConfig, optim.OptimConfig, train.LoopConfig)."""
+  return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+
 def recipe(name: str) -> ml_collections.ConfigDict:
   """configs/<name>.py of this checkout, as launch.py loads it."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,11 +143,6 @@ def recipe(name: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-def gpt2_architecture_differences(c: ml_collections.ConfigDict) -> list[str]:
-  """The model keys that make this config something other than GPT-2 (e.g. 'pos_emb=rope')."""
-  return [f"{key}={c[key]}" for key, gpt2 in GPT2_ARCHITECTURE.items() if c[key] != gpt2]
 
 
 def tokens_per_iter(c: ml_collections.ConfigDict, n_devices: int) -> int:
@@ -191,10 +194,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(c.muon_momentum_warmup_iters >= 0, "muon_momentum_warmup_iters", "must be >= 0")
   check(c.init_from in INIT_FROM or (c.init_from.startswith(NANOGPT) and c.init_from != NANOGPT),
         "init_from", f"must be one of {INIT_FROM} or {NANOGPT}PATH")
-  if (c.init_from in GPT2_MODELS or c.init_from.startswith(NANOGPT)) \
-      and gpt2_architecture_differences(c):
-    raise UserError(f"config.init_from={c.init_from!r} loads GPT-2-architecture weights; this "
-                    f"config has {', '.join(gpt2_architecture_differences(c))}")
   check(c.eval_tasks_limit >= 0, "eval_tasks_limit", "must be >= 0 (0: all)")
   try:
     eval_tasks(c.eval_tasks)

@@ -4,8 +4,8 @@
   python -m jaxgpt.evaluate --init_from=gpt2 --task=text:wikitext2_raw_test.txt [--stride=512]
   python -m jaxgpt.evaluate --init_from=nanogpt:out/ckpt.pt --task=hellaswag,text:book.txt
 
-How each task is scored: tasks.py and hellaswag.py; the batching and the
-compilations: scoring.py.
+How each task is scored: evals/tasks.py and evals/hellaswag.py; the batching
+and the compilations: inference/scoring.py.
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from jaxgpt import cli, scoring, tasks, units, weights
-from jaxgpt.model import GPT, GPTConfig
+from jaxgpt import cli, formatting
+from jaxgpt.evals import tasks
+from jaxgpt.inference import scoring
+from jaxgpt.interop import weights
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("out_dir", "out", "Run directory whose checkpoint to evaluate.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
-  flags.DEFINE_string("init_from", "resume", "'resume': a checkpoint of out_dir; 'gpt2*': "
-                      "OpenAI's weights; 'nanogpt:PATH': a nanoGPT ckpt.pt.")
-  flags.DEFINE_string("hf_checkpoint_dir", "",
-                      "init_from=gpt2*: local Hugging Face checkpoint; '' downloads it.")
+  weights.define_flags()
   flags.DEFINE_string("task", "hellaswag", "Comma-separated: 'hellaswag', 'text:FILE'.")
   flags.DEFINE_integer("limit", 0, "Score the first N examples (HellaSwag) or windows (text); "
                        "0: all.")
@@ -35,26 +32,21 @@ def _define_flags() -> None:
                        "(windows that do not overlap).")
   flags.DEFINE_integer("batch_rows", scoring.ROWS_PER_BATCH, "Rows (endings, windows) per "
                        "batch.")
-  flags.DEFINE_string("dtype", None, "Activation dtype; default the run's (float32 for GPT-2 "
-                      "and nanoGPT).")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main() -> None:
   f = flags.FLAGS
-  config, params, source = weights.load(f.init_from, out_dir=f.out_dir, step=f.step,
-                                        hf_checkpoint_dir=f.hf_checkpoint_dir, dtype=f.dtype)
-  scorer = scoring.Scorer(GPT(GPTConfig.from_config(config)), rows_per_batch=f.batch_rows)
+  config, model, params, source = weights.from_flags()
+  scorer = scoring.Scorer(model, rows_per_batch=f.batch_rows)
   task_list = tasks.load(f.task, scorer, limit=f.limit, hellaswag_file=f.hellaswag_file,
                          stride=f.stride)
   print(f"evaluating {source} (block_size {config.block_size}, {config.dtype})",
         file=sys.stderr, flush=True)
   for task in task_list:
     t0 = time.perf_counter()
-    result = tasks.run(scorer, params, [task])[task.name]
+    result = tasks.metrics(scorer, params, task)
     print(f"{tasks.describe(task.name, result)} [{task.source}, "
-          f"{units.duration(time.perf_counter() - t0)}]", flush=True)
+          f"{formatting.duration(time.perf_counter() - t0)}]", flush=True)
 
 
 if __name__ == "__main__":

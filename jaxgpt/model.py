@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxgpt import attention, head_loss
+from jaxgpt import attention, defaults, head_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +53,16 @@ class GPTConfig:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> GPTConfig:
-    names = [f.name for f in dataclasses.fields(cls)]
-    return cls(**{name: config[name] for name in names})
+    return defaults.view(cls, config)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
+# Fields that change how the model computes or starts, not the function its params hold: a
+# checkpoint serves under any value of these. Every other field is the architecture, so a
+# new field is architecture until it is listed here (resume refuses a change to it).
+HOW_NOT_WHAT = ("dtype", "attention", "loss_chunk_size", "remat", "dropout",
+                "zero_init_projections")
+ARCHITECTURE = tuple(name for name in FIELDS if name not in HOW_NOT_WHAT)
 
 
 # What a rematerialised block keeps for the backward pass (the rest it
@@ -155,7 +163,7 @@ class CausalSelfAttention(nn.Module):
       probs_BNTT = nn.Dropout(cfg.dropout)(probs_BNTT, deterministic=False)
       y_BTNH = jnp.einsum("bnqk,bknh->bqnh", probs_BNTT, v_BTNH)
     else:
-      impl = attention.implementation(cfg.attention, cfg.dtype, H, jax.devices()[0])
+      impl = attention.for_device(cfg.attention, cfg.dtype, H, jax.devices()[0])
       y_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTNH, v_BTNH, is_causal=True,
                                             implementation=impl)
     return _residual_out(cfg, y_BTNH.reshape(B, T, D), train)
@@ -190,29 +198,27 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-  """Maps token ids (B, T) to next-token logits (B, T, V) in float32.
+  """GPT-2's trunk and the ways a caller reads it, one method per purpose.
 
-  Given `targets_BT`, it returns their mean cross-entropy instead, as
-  nanoGPT's forward does; with `loss_chunk_size` > 0 the head and the loss
-  are fused chunk by chunk (`head_loss`) and the whole logits never exist.
-
-  `positions_BT` (each < block_size) switches to cached decoding: the tokens
-  sit at those positions and attend to every cache slot up to their own.
-  `last_B` asks for the logits of one position per row only, (B, V): sampling
-  needs no more, and the full (B, T, V) logits would dwarf the rest.
-  `scored_BS` with `targets_BT` of its (B, S) shape returns the loss of each
-  of those positions' predictions, (B, S) unreduced, for evaluation: the head
-  runs on the S scored positions of a row alone.
+  `__call__` gives next-token logits (B, T, V) in float32; `loss` the mean
+  cross-entropy of targets, as nanoGPT's forward does (with `loss_chunk_size`
+  > 0 the head and the loss are fused chunk by chunk in `head_loss`, so the
+  whole logits never exist); `token_losses` the loss of chosen positions'
+  predictions, for evaluation; `next_logits` the logits of one position per
+  row, for sampling, with a KV cache when given positions. Call them through
+  `model.apply(variables, ..., method=GPT.loss)`.
   """
 
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, idx_BT: jax.Array, *, train: bool = False,
-               positions_BT: jax.Array | None = None,
-               last_B: jax.Array | None = None,
-               targets_BT: jax.Array | None = None,
-               scored_BS: jax.Array | None = None) -> jax.Array:
+  def trunk(self, idx_BT: jax.Array, *, train: bool = False,
+            positions_BT: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The final-normed hidden states (B, T, D) and the LM head's matrix (V, D).
+
+    `positions_BT` (each < block_size) switches to cached decoding: the tokens
+    sit at those positions and attend to every cache slot up to their own.
+    """
     cfg = self.config
     T = idx_BT.shape[1]
     if T > cfg.block_size:
@@ -230,32 +236,59 @@ class GPT(nn.Module):
       block = nn.remat(Block, static_argnums=(2,), policy=_REMAT_SAVEABLE[cfg.remat])
     for i in range(cfg.n_layer):
       x_BTD = block(cfg, name=f"h_{i}")(x_BTD, train, positions_BT)
-    if last_B is not None:
-      x_BTD = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)
-    if scored_BS is not None:
-      x_BTD = jnp.take_along_axis(x_BTD, scored_BS[:, :, None], axis=1)  # (B, S, D) from here
     x_BTD = _norm(cfg, "ln_f")(x_BTD)
-    head = wte  # weight tying: the LM head is the token embedding
-    if not cfg.tie_embeddings:
-      init = nn.initializers.zeros if cfg.zero_init_projections else _normal(0.02)
-      head = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=init, dtype=cfg.dtype,
-                      name="lm_head")
-    if scored_BS is not None:
-      x_ND = x_BTD.reshape(-1, cfg.n_embd)
-      return head_loss.token_cross_entropy(
-          x_ND, head.embedding, targets_BT.reshape(-1), chunk_size=cfg.loss_chunk_size or len(x_ND),
-          dtype=cfg.dtype, softcap=cfg.logit_softcap).reshape(targets_BT.shape)
-    if targets_BT is not None and cfg.loss_chunk_size:
-      return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), head.embedding,
-                                          targets_BT.reshape(-1),
-                                          chunk_size=cfg.loss_chunk_size, dtype=cfg.dtype,
-                                          softcap=cfg.logit_softcap)
-    logits_BTV = head.attend(x_BTD).astype(jnp.float32)
-    if cfg.logit_softcap:
-      logits_BTV = head_loss.softcap(logits_BTV, cfg.logit_softcap)
-    if targets_BT is not None:
-      return cross_entropy(logits_BTV, targets_BT)
-    return logits_BTV if last_B is None else logits_BTV[:, 0]
+    if cfg.tie_embeddings:  # weight tying: the LM head is the token embedding
+      return x_BTD, wte.embedding
+    init = nn.initializers.zeros if cfg.zero_init_projections else _normal(0.02)
+    head = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=init, name="lm_head")
+    return x_BTD, head.embedding
+
+  def __call__(self, idx_BT: jax.Array, *, train: bool = False) -> jax.Array:
+    """Next-token logits (B, T, V), float32."""
+    return self._logits(*self.trunk(idx_BT, train=train))
+
+  def loss(self, idx_BT: jax.Array, targets_BT: jax.Array, *, train: bool = False) -> jax.Array:
+    """Mean next-token cross-entropy of `targets_BT`, float32."""
+    cfg = self.config
+    x_BTD, head_VD = self.trunk(idx_BT, train=train)
+    if cfg.loss_chunk_size:
+      return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), head_VD,
+                                          targets_BT.reshape(-1), chunk_size=cfg.loss_chunk_size,
+                                          dtype=cfg.dtype, softcap=cfg.logit_softcap)
+    return cross_entropy(self._logits(x_BTD, head_VD), targets_BT)
+
+  def token_losses(self, idx_BT: jax.Array, scored_BS: jax.Array,
+                   targets_BS: jax.Array) -> jax.Array:
+    """The loss (B, S) of the predictions at positions `scored_BS` of `targets_BS`.
+
+    The head runs on the S scored positions of a row alone: most of an
+    evaluation row is context, and the head is most of a small model's FLOPs.
+    """
+    cfg = self.config
+    x_BTD, head_VD = self.trunk(idx_BT)
+    x_ND = jnp.take_along_axis(x_BTD, scored_BS[:, :, None], axis=1).reshape(-1, cfg.n_embd)
+    return head_loss.token_cross_entropy(
+        x_ND, head_VD, targets_BS.reshape(-1), chunk_size=cfg.loss_chunk_size or len(x_ND),
+        dtype=cfg.dtype, softcap=cfg.logit_softcap).reshape(targets_BS.shape)
+
+  def next_logits(self, idx_BT: jax.Array, last_B: jax.Array,
+                  positions_BT: jax.Array | None = None) -> jax.Array:
+    """Logits (B, V) of position `last_B` of each row: all that sampling reads.
+
+    With `positions_BT` the tokens go through the KV cache (the mutable
+    'cache' collection made by `init_cache`) instead of the whole context.
+    """
+    x_BTD, head_VD = self.trunk(idx_BT, positions_BT=positions_BT)
+    x_B1D = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)
+    return self._logits(x_B1D, head_VD)[:, 0]
+
+  def _logits(self, x_BTD: jax.Array, head_VD: jax.Array) -> jax.Array:
+    """The head in the activation dtype (as `nn.Embed.attend`), soft-capped, in float32."""
+    dtype = self.config.dtype
+    logits_BTV = jnp.dot(x_BTD.astype(dtype), head_VD.astype(dtype).T).astype(jnp.float32)
+    if self.config.logit_softcap:
+      logits_BTV = head_loss.softcap(logits_BTV, self.config.logit_softcap)
+    return logits_BTV
 
 
 def init_cache(model: GPT, batch_size: int, length: int) -> dict:
@@ -263,7 +296,7 @@ def init_cache(model: GPT, batch_size: int, length: int) -> dict:
   tokens_BS = jnp.zeros((batch_size, length), jnp.int32)
   positions_BS = jnp.broadcast_to(jnp.arange(length), (batch_size, length))
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens_BS,
-                                             positions_BT=positions_BS))["cache"]
+                                             positions_BT=positions_BS, method=GPT.trunk))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 

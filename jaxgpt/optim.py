@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from optax import contrib
 
@@ -15,7 +15,30 @@ from optax import contrib
 _ADAMW_ONLY = ("wte", "wpe", "lm_head")
 
 
-def lr_schedule(config: ml_collections.ConfigDict, xp: types.ModuleType = jnp,
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The config keys the optimizer and its schedule read (defaults.py says what each means)."""
+
+  optimizer: str
+  learning_rate: float
+  min_lr: float
+  weight_decay: float
+  beta1: float
+  beta2: float
+  grad_clip: float
+  decay_lr: bool
+  lr_schedule: str
+  warmup_iters: int
+  lr_decay_iters: int
+  wsd_decay_frac: float
+  muon_learning_rate: float
+  muon_momentum: float
+  muon_momentum_start: float
+  muon_momentum_warmup_iters: int
+
+
+
+def lr_schedule(config: OptimConfig, xp: types.ModuleType = jnp,
                 peak: float | None = None) -> optax.Schedule:
   """nanoGPT's `get_lr` (or warmup-stable-decay) as an Optax schedule of the iteration number.
 
@@ -50,7 +73,7 @@ def lr_schedule(config: ml_collections.ConfigDict, xp: types.ModuleType = jnp,
   return schedule
 
 
-def decay_start(config: ml_collections.ConfigDict) -> float:
+def decay_start(config: OptimConfig) -> float:
   """The iteration the decay starts: warmup's end, or for 'wsd' the last wsd_decay_frac of the
   iterations from warmup_iters to lr_decay_iters."""
   warmup, end = config.warmup_iters, config.lr_decay_iters
@@ -64,7 +87,7 @@ def decay_mask(params: optax.Params) -> optax.Params:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def _adamw(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def _adamw(config: OptimConfig) -> optax.GradientTransformation:
   return optax.adamw(learning_rate=lr_schedule(config), b1=config.beta1, b2=config.beta2,
                      eps=1e-8, weight_decay=config.weight_decay, mask=decay_mask)
 
@@ -79,7 +102,7 @@ def optimizer_groups(params: optax.Params) -> optax.Params:
   return jax.tree_util.tree_map_with_path(group, params)
 
 
-def _muon_momentum(config: ml_collections.ConfigDict) -> optax.Schedule:
+def _muon_momentum(config: OptimConfig) -> optax.Schedule:
   return optax.linear_schedule(config.muon_momentum_start, config.muon_momentum,
                                config.muon_momentum_warmup_iters)
 
@@ -90,7 +113,7 @@ def _scale_by_width(updates: optax.Updates, params: optax.Params | None = None) 
   return jax.tree.map(lambda u: u * max(1.0, u.shape[1] / u.shape[0]) ** 0.5, updates)
 
 
-def _muon(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def _muon(config: OptimConfig) -> optax.GradientTransformation:
   """optax.contrib's Muon step with a momentum warmup, on the learning-rate schedule.
 
   Like modded-nanogpt's Muon: Nesterov momentum, Newton-Schulz orthogonalisation,
@@ -106,7 +129,7 @@ def _muon(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
   """Global-norm clipping (when grad_clip > 0), then AdamW(eps=1e-8), or Muon + AdamW."""
   if config.optimizer == "muon":
     tx = optax.partition({"muon": _muon(config), "adamw": _adamw(config)}, optimizer_groups)

@@ -1,6 +1,6 @@
 """A run's numbers at a glance: the loss table, best val, throughput, and a PNG of the curves.
 
-`python -m jaxgpt.report --out_dir=runs/x [--out_dir=runs/y ...] [--logx] [--png=PATH]`
+`python -m jaxgpt.report --out_dir=runs/x [--out_dir=runs/y ...] [--logx] [--out=PATH]`
 reads each run's metrics.jsonl, prints its evaluations, task scores and
 throughput, and draws train and val loss against tokens, one colour per run,
 with the learning rate on a second axis, into report.png of the first
@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from absl import app, flags
+from absl import flags
 from matplotlib import ticker
 
-from jaxgpt import cli, hellaswag, run_dir, units
+from jaxgpt import cli, formatting, run_dir
+from jaxgpt.evals import hellaswag
 
 Run = run_dir.Records
 FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels
@@ -34,21 +37,31 @@ def load(out_dir: str) -> Run:
   return run_dir.RunDir(out_dir).read_metrics()
 
 
+def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
+  """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step)."""
+  steady = train_records[1:] or train_records
+  medians: dict[str, float | None] = {}
+  for key in ("tokens_per_sec", "ms_per_iter", "mfu"):
+    values = [r[key] for r in steady if r.get(key) is not None]
+    medians[key] = statistics.median(values) if values else None
+  return medians
+
+
 def summary(name: str, run: Run) -> str:
   """The evaluations as a table, the best val loss, and the median throughput and MFU."""
   lines = [name]
   evals = run["eval"]
   if evals:
     lines.append(f"{'step':>8} {'tokens':>9} {'train loss':>11} {'val loss':>9} {'lr':>9}")
-    lines += [f"{r['iter']:>8,} {units.count(r['tokens']):>9} {r['train_loss']:>11.4f} "
+    lines += [f"{r['iter']:>8,} {formatting.count(r['tokens']):>9} {r['train_loss']:>11.4f} "
               f"{r['val_loss']:>9.4f} {r['lr']:>9.2e}" for r in evals]
     best = min(evals, key=lambda r: r["val_loss"])
     lines.append(f"best val loss {best['val_loss']:.4f} at step {best['iter']:,} "
-                 f"({units.count(best['tokens'])} tokens)")
+                 f"({formatting.count(best['tokens'])} tokens)")
   else:
     lines.append("no evaluation yet")
   lines += _tasks_table(run["tasks"])
-  m = run_dir.median_throughput(run["train"])
+  m = median_throughput(run["train"])
   if m["tokens_per_sec"] is None:
     lines.append("no train logs yet")
   else:
@@ -69,7 +82,7 @@ def _tasks_table(records: list[dict]) -> list[str]:
   lines = [f"{'step':>8} {'tokens':>9} " + " ".join(f"{k:>{w}}" for k, w in zip(keys, widths))]
   for r in records:
     cells = (f"{r[k]:>{w}.4f}" if k in r else f"{'-':>{w}}" for k, w in zip(keys, widths))
-    lines.append(f"{r['iter']:>8,} {units.count(r['tokens']):>9} " + " ".join(cells))
+    lines.append(f"{r['iter']:>8,} {formatting.count(r['tokens']):>9} " + " ".join(cells))
   if HELLASWAG in keys:
     lines.append(f"{HELLASWAG}: random guessing 0.25, GPT-2 124M "
                  f"{hellaswag.GPT2_124M_ACC_NORM}")
@@ -112,7 +125,7 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False) -> None:
   if logx:
     ax.set_xscale("log")
   else:
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: units.count(x, ".3g")))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: formatting.count(x, ".3g")))
   if top > bottom:
     pad = 0.05 * (top - bottom)
     ax.set_ylim(bottom - pad, top + pad)
@@ -153,13 +166,11 @@ def _names(out_dirs: list[str]) -> list[str]:
   return [n if names.count(n) == 1 else os.path.normpath(d) for n, d in zip(names, out_dirs)]
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main() -> None:
   FLAGS = flags.FLAGS
   runs = {name: load(d) for name, d in zip(_names(FLAGS.out_dir), FLAGS.out_dir)}
   print("\n\n".join(summary(name, run) for name, run in runs.items()))
-  path = FLAGS.png or run_dir.RunDir(FLAGS.out_dir[0]).report_path
+  path = FLAGS.out or run_dir.RunDir(FLAGS.out_dir[0]).report_path
   plot(runs, path, logx=FLAGS.logx)
   print(f"\nwrote {path}")
 
@@ -168,7 +179,7 @@ def _define_flags() -> None:
   flags.DEFINE_multi_string("out_dir", None, "A run directory holding metrics.jsonl; repeat the "
                             "flag to compare runs.")
   flags.DEFINE_bool("logx", False, "Tokens on a log scale.")
-  flags.DEFINE_string("png", None, "Where to write the plot (default: report.png in the first "
+  flags.DEFINE_string("out", None, "Where to write the plot (default: report.png in the first "
                       "out_dir).")
   flags.mark_flags_as_required(["out_dir"])
 

@@ -1,10 +1,10 @@
 """Where a run starts: a fresh state, or a checkpoint's state and the data position it reached.
 
-The data position is a window of the one global window stream (see data.py):
-an iteration of W windows moves it by W whatever the batch layout. A
-checkpoint records the layout it was written under; resuming under the same
-layout continues the saved data iterator, and under another a new iterator
-starts at the window the checkpoint had reached.
+Also what a resume may change. The data position is a window of the one
+global window stream (see data.py): an iteration of W windows moves it by W
+whatever the batch layout. A checkpoint records the layout it was written
+under; resuming under the same layout continues the saved data iterator, and
+under another a new iterator starts at the window the checkpoint had reached.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import jax
 import ml_collections
 from absl import logging
 
-from jaxgpt import checkpoint, run_dir, sharding, step
+from jaxgpt import checkpoint, model, sharding, train_step
+from jaxgpt.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
 class Start:
   """Where a run starts: a fresh state, or a checkpoint's state and position."""
 
-  state: step.TrainState
+  state: train_step.TrainState
   iter: int = 0
   tokens: int = 0  # tokens trained on before `iter`
   best_val_loss: float = math.inf
@@ -32,18 +33,14 @@ class Start:
   data_step: int | None = None  # the checkpoint whose saved data position continues the data
 
 
-def data_layout(config: ml_collections.ConfigDict, layout: sharding.BatchLayout
-                 ) -> dict[str, int]:
+def data_layout(layout: sharding.BatchLayout, workers: int) -> dict[str, int]:
   """What a saved data position depends on; a resume that changes it converts the position."""
   return {"windows_per_iter": layout.accum_steps * layout.global_batch,
-          "processes": jax.process_count(), "workers": config.data_workers,
-          "devices": layout.n_devices}
+          "processes": jax.process_count(), "workers": workers, "devices": layout.n_devices}
 
 
-
-
-def resume(config: ml_collections.ConfigDict, setup: step.TrainSetup, shardings: Any,
-            checkpoints: checkpoint.Checkpoints, layout: sharding.BatchLayout) -> Start:
+def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shardings: Any,
+           checkpoints: checkpoint.Checkpoints, layout: sharding.BatchLayout) -> Start:
   """The latest good checkpoint's state, and where the data continues.
 
   Under the batch layout it was saved with, the data iterator's saved state
@@ -53,10 +50,10 @@ def resume(config: ml_collections.ConfigDict, setup: step.TrainSetup, shardings:
   """
   it, state, meta = checkpoints.restore_latest_good(
       checkpoint.abstract_like(setup.abstract_state, shardings),
-      check_meta=lambda meta: run_dir.check_resumable(meta["config"], config))
+      check_meta=lambda meta: check_resumable(meta["config"], config))
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   best = meta.get("best_val_loss") or math.inf
-  saved, now = meta.get("data"), data_layout(config, layout)
+  saved, now = meta.get("data"), data_layout(layout, config.data_workers)
   if saved is None:  # written before data positions were recorded: the same layout
     return Start(state, it, meta["tokens"], best, 0, it)
   if saved["devices"] != now["devices"]:
@@ -73,3 +70,48 @@ def resume(config: ml_collections.ConfigDict, setup: step.TrainSetup, shardings:
   return Start(state, it, meta["tokens"], best, window)
 
 
+def _structure(abstract_state: train_step.TrainState) -> tuple[Any, list]:
+  """A train state's tree and leaf shapes and dtypes."""
+  leaves, tree = jax.tree.flatten(abstract_state)
+  return tree, [(x.shape, x.dtype) for x in leaves]
+
+
+def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """Refuses a resume whose config cannot read the checkpoint; logs every other changed key.
+
+  A change to the architecture (every model field but those that change only
+  how it computes, model.HOW_NOT_WHAT) makes the params compute another
+  function; any other key whose change gives the train state another
+  structure (grad_clip=0 drops the clipping state, say) would make every
+  checkpoint fail to read. Both are refused before any checkpoint is touched,
+  naming the keys.
+  """
+  # A key the checkpoint predates had its default then, as it has now.
+  saved = {**dataclasses.asdict(model.GPTConfig()), **saved}
+  mismatched = [k for k in model.ARCHITECTURE if saved[k] != config[k]]
+  if mismatched:
+    details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}"
+                        for k in mismatched)
+    raise UserError(f"cannot resume {config.out_dir}: the architecture changed ({details}); "
+                    "nothing was changed. Resume with the checkpoint's values, or start a new "
+                    "run in another out_dir.")
+  changed = [k for k, v in config.items() if k in saved and saved[k] != v and k != "init_from"]
+  if not changed:
+    return
+  as_saved = config.copy_and_resolve_references()
+  with as_saved.unlocked():
+    as_saved.update({k: saved[k] for k in changed})
+  shapes = lambda c: _structure(train_step.build(c).abstract_state)
+  reference = shapes(as_saved)
+  if shapes(config) != reference:
+    def alone(key: str) -> ml_collections.ConfigDict:
+      c = as_saved.copy_and_resolve_references()
+      c[key] = config[key]
+      return c
+    keys = [k for k in changed if shapes(alone(k)) != reference] or changed
+    details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}" for k in keys)
+    raise UserError(f"cannot resume {config.out_dir}: with {details} the train state has "
+                    "another structure than the checkpoints'; nothing was changed. Resume with "
+                    "the checkpoint's values, or start a new run in another out_dir.")
+  for key in changed:
+    logging.info("resume: %s changed from %r to %r", key, saved[key], config[key])

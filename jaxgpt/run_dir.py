@@ -8,10 +8,11 @@
     metrics.jsonl.<n>          the records of an earlier run that never checkpointed
     checkpoints/<step>/        Orbax: state, data, meta (see checkpoint.py)
     tensorboard/               event files, with tensorboard_log=True
+    wandb/                     Weights & Biases' local files (wandb_log=True): W&B makes it
     report.png                 drawn by `python -m jaxgpt.report`
 
-Training writes it; sample, export, plan, report and bench read it through
-`RunDir`, never through the training loop.
+Training writes it; sample, export, evaluate, plan, report and bench read it
+through `RunDir`, never through the training loop.
 """
 
 from __future__ import annotations
@@ -21,21 +22,15 @@ import fcntl
 import json
 import os
 import socket
-import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 
-from jaxgpt import checkpoint, defaults, step
+from jaxgpt import checkpoint
 from jaxgpt.errors import UserError
-
-# Keys whose change makes a checkpoint's params meaningless for this model.
-ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias",
-                     "gelu_approximate")
 
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
@@ -45,21 +40,13 @@ class RunDir:
 
   def __init__(self, out_dir: str):
     self.out_dir = out_dir
+    self.metrics_path = self._path("metrics.jsonl")
+    self.tensorboard_dir = self._path("tensorboard")
+    self.checkpoints_dir = self._path("checkpoints")
+    self.report_path = self._path("report.png")
 
   def _path(self, name: str) -> str:
     return os.path.join(self.out_dir, name)
-
-  @property
-  def metrics_path(self) -> str:
-    return self._path("metrics.jsonl")
-
-  @property
-  def tensorboard_dir(self) -> str:
-    return self._path("tensorboard")
-
-  @property
-  def report_path(self) -> str:
-    return self._path("report.png")
 
   @contextlib.contextmanager
   def lock(self) -> Iterator[None]:
@@ -97,46 +84,30 @@ class RunDir:
     with open(self._path("config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  def checkpoints(self, *, keep: int = 3, read_only: bool = False) -> checkpoint.Checkpoints:
-    return checkpoint.Checkpoints(self._path("checkpoints"), keep=keep, read_only=read_only)
+  def read_config(self) -> dict[str, Any] | None:
+    """The config.json of the latest accepted start; None where there is none."""
+    path = self._path("config.json")
+    if not os.path.isfile(path):
+      return None
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
 
-  def checkpoints_for(self, config: ml_collections.ConfigDict) -> checkpoint.Checkpoints:
+  def checkpoints(self, *, keep: int = 3, read_only: bool = False) -> checkpoint.Checkpoints:
+    return checkpoint.Checkpoints(self.checkpoints_dir, keep=keep, read_only=read_only)
+
+  def checkpoints_for(self, *, resume: bool, keep: int) -> checkpoint.Checkpoints:
     """The run's checkpoints, refusing to start over on top of them or resume from none."""
-    checkpoints = self.checkpoints(keep=config.keep_checkpoints)
+    checkpoints = self.checkpoints(keep=keep)
     existing = checkpoints.steps()
-    if config.init_from != "resume" and existing:
+    if not resume and existing:
       raise UserError(
           f"{checkpoints.directory} already holds checkpoints (steps {existing}); nothing was "
           f"changed. To continue that run add --config.init_from=resume; to start a new one, "
           f"pick another --config.out_dir.")
-    if config.init_from == "resume" and not existing:
+    if resume and not existing:
       raise UserError(f"{checkpoints.directory}: no checkpoints to resume from; start the run "
                       "with --config.init_from=scratch")
     return checkpoints
-
-  def restore_params(self, at_step: int | None = None
-                     ) -> tuple[ml_collections.ConfigDict, Any, int]:
-    """(run config, params, step) of the latest (or the given) checkpoint, on one device."""
-    checkpoints = self.checkpoints(read_only=True)
-    steps = checkpoints.steps()
-    if not steps:
-      raise UserError(f"{checkpoints.directory}: no checkpoints; nothing was trained into "
-                      f"out_dir={self.out_dir!r} yet")
-    if at_step is None:
-      at_step = steps[-1]
-    elif at_step not in steps:
-      raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds "
-                      f"{steps}")
-    config = defaults.get_config()
-    config.update(checkpoints.read_meta(at_step)["config"])
-    abstract = checkpoint.abstract_like(step.build(config).abstract_state,
-                                        jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    state, _ = checkpoints.restore(at_step, abstract)
-    checkpoints.close()
-    return config, state.params, at_step
-
-  def metrics_writer(self) -> MetricsWriter:
-    return MetricsWriter(self.metrics_path)
 
   def read_metrics(self) -> Records:
     """The records of metrics.jsonl by event, each list in iteration order.
@@ -163,6 +134,17 @@ class RunDir:
           kept.pop()
         kept.append(record)
     return events
+
+  def keep_metrics_until(self, resumed_at: int | None) -> None:
+    """metrics.jsonl as a start needs it: a resume at an iteration keeps the records up to it
+    (`drop_metrics_after`); a new run moves an earlier run's records aside."""
+    if resumed_at is None:
+      self.set_aside_metrics()
+      return
+    moved = self.drop_metrics_after(resumed_at)
+    if moved:
+      logging.info("%d records of redone iterations moved to %s.superseded", moved,
+                   self.metrics_path)
 
   def drop_metrics_after(self, at_step: int) -> int:
     """Moves the records of iterations a resumed run will redo to metrics.jsonl.superseded.
@@ -213,69 +195,3 @@ class RunDir:
 
 def _read_holder(fd: int) -> str:
   return os.pread(fd, 1024, 0).decode(errors="replace").strip()
-
-
-def _state_shapes(config: ml_collections.ConfigDict) -> tuple[Any, list]:
-  """The train state's tree and leaf shapes and dtypes under a config (nothing allocated)."""
-  leaves, tree = jax.tree.flatten(step.build(config).abstract_state)
-  return tree, [(x.shape, x.dtype) for x in leaves]
-
-
-def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> None:
-  """Refuses a resume whose config cannot read the checkpoint; logs every other changed key.
-
-  An architecture change makes the params meaningless; any other key whose
-  change gives the train state another structure (grad_clip=0 drops the
-  clipping state, say) would make every checkpoint fail to read. Both are
-  refused before any checkpoint is touched, naming the keys.
-  """
-  mismatched = [k for k in ARCHITECTURE_KEYS if saved.get(k) != config[k]]
-  if mismatched:
-    details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {config[k]!r}"
-                        for k in mismatched)
-    raise UserError(f"cannot resume {config.out_dir}: the architecture changed ({details})")
-  changed = [k for k, v in config.items() if k in saved and saved[k] != v and k != "init_from"]
-  if not changed:
-    return
-  as_saved = config.copy_and_resolve_references()
-  with as_saved.unlocked():
-    as_saved.update({k: saved[k] for k in changed})
-  reference = _state_shapes(as_saved)
-  if _state_shapes(config) != reference:
-    def alone(key: str) -> ml_collections.ConfigDict:
-      c = as_saved.copy_and_resolve_references()
-      c[key] = config[key]
-      return c
-    keys = [k for k in changed if _state_shapes(alone(k)) != reference] or changed
-    details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}" for k in keys)
-    raise UserError(f"cannot resume {config.out_dir}: with {details} the train state has "
-                    "another structure than the checkpoints'; nothing was changed. Resume with "
-                    "the checkpoint's values, or start a new run in another out_dir.")
-  for key in changed:
-    logging.info("resume: %s changed from %r to %r", key, saved[key], config[key])
-
-
-class MetricsWriter:
-  """Appends one JSON object per event to metrics.jsonl, flushed at once."""
-
-  def __init__(self, path: str):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self.path = path
-    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
-
-  def write(self, record: dict[str, Any]) -> None:
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
-
-
-def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
-  """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step)."""
-  steady = train_records[1:] or train_records
-  medians: dict[str, float | None] = {}
-  for key in ("tokens_per_sec", "ms_per_iter", "mfu"):
-    values = [r[key] for r in steady if r.get(key) is not None]
-    medians[key] = statistics.median(values) if values else None
-  return medians

@@ -4,8 +4,8 @@
   python -m jaxgpt.sample --init_from=gpt2 --start=FILE:prompt.txt --stop_at_eot
   python -m jaxgpt.sample --init_from=nanogpt:out-shakespeare/ckpt.pt --start="ROMEO:"
 
-All samples are decoded in one batch with a KV cache (see decoding.py); the
-decoding speed is measured by `python -m jaxgpt.bench --decode`.
+All samples are decoded in one batch with a KV cache (inference/decoding.py);
+the decoding speed is measured by `python -m jaxgpt.bench --decode`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import sys
 from typing import Any
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from jaxgpt import cli, decoding, defaults, tokenizer, weights
+from jaxgpt import cli, tokenizer
 from jaxgpt.errors import UserError
+from jaxgpt.inference import decoding
+from jaxgpt.interop import weights
 from jaxgpt.model import GPT
 
 
@@ -52,12 +54,7 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_n
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("out_dir", "out", "Run directory whose checkpoints to sample.")
-  flags.DEFINE_string("init_from", "resume", "'resume': a checkpoint of out_dir; 'gpt2*': "
-                      "OpenAI's weights; 'nanogpt:PATH': a nanoGPT ckpt.pt.")
-  flags.DEFINE_string("hf_checkpoint_dir", "",
-                      "init_from=gpt2*: local Hugging Face checkpoint; '' downloads it.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to sample; default the latest.")
+  weights.define_flags()
   flags.DEFINE_string("start", "\n", "Prompt text, or FILE:path to read it from a file.")
   flags.DEFINE_integer("num_samples", 10, "Samples to draw (one batch).")
   flags.DEFINE_integer("max_new_tokens", 500, "Tokens generated per sample.")
@@ -67,18 +64,12 @@ def _define_flags() -> None:
                      "this much probability; 1.0 keeps all.")
   flags.DEFINE_bool("stop_at_eot", False, "End a sample at <|endoftext|>.")
   flags.DEFINE_integer("seed", 1337, "Random seed: the same seed gives the same samples.")
-  flags.DEFINE_enum("dtype", None, defaults.DTYPES,
-                    "Activation dtype; default the run's (float32 for GPT-2).")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main() -> None:
   f = flags.FLAGS
   start = read_start(f.start)
-  model, params, source = weights.load_model(f.init_from, out_dir=f.out_dir, step=f.step,
-                                             hf_checkpoint_dir=f.hf_checkpoint_dir,
-                                             dtype=f.dtype)
+  _, model, params, source = weights.from_flags()
   print(f"sampling {f.num_samples} x {f.max_new_tokens} tokens from {source}", file=sys.stderr,
         flush=True)
   texts = sample_texts(model, params, start, num_samples=f.num_samples,

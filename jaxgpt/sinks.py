@@ -9,6 +9,8 @@ the package and the config key.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 import types
 from typing import Any, Protocol, TextIO
@@ -35,6 +37,22 @@ def scalars(record: Record) -> dict[str, float]:
           if k not in ("event", "iter") and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+class MetricsWriter:
+  """Appends one JSON object per record to metrics.jsonl, flushed at once."""
+
+  def __init__(self, path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    self.path = path
+    self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+
+  def write(self, record: Record) -> None:
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
 class TensorBoardSink:
   """Event files under out_dir/tensorboard, one scalar per number, stepped by iteration."""
 
@@ -52,9 +70,10 @@ class TensorBoardSink:
 class WandbSink:
   """A Weights & Biases run named by nanoGPT's keys wandb_project and wandb_run_name."""
 
-  def __init__(self, wandb: types.ModuleType, config: ml_collections.ConfigDict):
-    self._run = wandb.init(project=config.wandb_project, name=config.wandb_run_name,
-                           config=config.to_dict(), dir=config.out_dir)
+  def __init__(self, wandb: types.ModuleType, *, project: str, name: str,
+               config: dict[str, Any], out_dir: str):
+    # W&B keeps its files in a folder of its own, `wandb/`, under `dir`.
+    self._run = wandb.init(project=project, name=name, config=config, dir=out_dir)
 
   def write(self, record: Record) -> None:
     self._run.log(scalars(record), step=record["iter"])
@@ -116,7 +135,7 @@ def _require(package: str, key: str) -> types.ModuleType:
                       f"installed: pip install {package} (or set --config.{key}=False)") from e
 
 
-def open_sinks(config: ml_collections.ConfigDict, run: run_dir.RunDir, *, start_iter: int = 0,
+def open_sinks(config: ml_collections.ConfigDict, rundir: run_dir.RunDir, *, start_iter: int = 0,
                enabled: bool = True) -> Sinks:
   """metrics.jsonl, the progress bar, and the optional sinks the config turns on.
 
@@ -126,9 +145,11 @@ def open_sinks(config: ml_collections.ConfigDict, run: run_dir.RunDir, *, start_
     return Sinks([])
   tensorboardx = _require("tensorboardX", "tensorboard_log") if config.tensorboard_log else None
   wandb = _require("wandb", "wandb_log") if config.wandb_log else None
-  sinks: list[Sink] = [run.metrics_writer(), ProgressBar(config.max_iters, start_iter)]
+  sinks: list[Sink] = [MetricsWriter(rundir.metrics_path),
+                       ProgressBar(config.max_iters, start_iter)]
   if tensorboardx is not None:
-    sinks.append(TensorBoardSink(tensorboardx, run.tensorboard_dir))
+    sinks.append(TensorBoardSink(tensorboardx, rundir.tensorboard_dir))
   if wandb is not None:
-    sinks.append(WandbSink(wandb, config))
+    sinks.append(WandbSink(wandb, project=config.wandb_project, name=config.wandb_run_name,
+                           config=config.to_dict(), out_dir=rundir.out_dir))
   return Sinks(sinks)

@@ -1,12 +1,15 @@
 """The training loop: batches in, steps, evaluations, checkpoints and metrics out.
 
-`train(config)` is the whole of a run; `launch.py` calls it. The step math is
-in step.py, the run directory's layout in run_dir.py, the data in data.py.
+`train(config)` is the whole of a run; `launch.py` calls it, handing in what
+lies beyond training itself: the weights to start from (a params tree) and
+`Hooks` for evaluation tasks and a closing sample. The step math is in
+train_step.py, the run directory's layout in run_dir.py, the data in data.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import time
 from collections.abc import Callable
@@ -16,93 +19,114 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
 from jaxgpt import (
-  attention,
   checkpoint,
   data,
-  decoding,
   defaults,
-  flops,
-  hf,
-  nanogpt_ckpt,
-  plan,
   preemption,
   resume,
   run_dir,
-  scoring,
   sharding,
   sinks,
-  step,
-  tasks,
+  summary,
+  train_step,
 )
-from jaxgpt.optim import lr_schedule
+
+TaskScores = tuple[dict[str, float], list[str]]  # a 'tasks' record's numbers, lines to log
+TasksHook = Callable[[Any], TaskScores]  # params -> the scores of the evaluation tasks
+EndHook = Callable[[Any], None]  # params -> nothing: what runs once training is over
 
 
-def evaluate(eval_step: Callable, params: Any, sources: dict[str, data.TokenWindows],
-             config: ml_collections.ConfigDict, layout: sharding.BatchLayout
-             ) -> dict[str, float]:
-  """Mean loss over the same eval_iters batches of each split at every call."""
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What a run does beyond training, plugged in by the entry; the loop only calls them.
+
+  `tasks(params)` scores evaluation tasks every `eval_tasks_interval`
+  iterations and at the end, before that iteration's evaluation and
+  checkpoint; `at_end(params)` runs once training is over. Every process calls
+  both.
+  """
+
+  tasks: TasksHook | None = None
+  at_end: EndHook | None = None
+
+
+def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWindows],
+               n_batches: int, seed: int, layout: sharding.BatchLayout) -> dict[str, float]:
+  """Mean loss over the same `n_batches` batches of each split at every call."""
   losses = {}
   for split, source in sources.items():
     total = jnp.zeros((), jnp.float32)
-    for batch in data.eval_batches(source, batch_size=layout.local_batch,
-                                   n_batches=config.eval_iters, seed=config.seed,
-                                   shard_index=jax.process_index(),
+    for batch in data.eval_batches(source, batch_size=layout.local_batch, n_batches=n_batches,
+                                   seed=seed, shard_index=jax.process_index(),
                                    shard_count=jax.process_count()):
       total += eval_step(params, layout.eval_batch(batch))
-    losses[split] = float(total) / config.eval_iters  # one host sync per split
+    losses[split] = float(total) / n_batches  # one host sync per split
   return losses
 
 
-def _format_train_line(it: int, max_iters: int, m: dict) -> str:
-  mfu = "n/a" if m["mfu"] is None else f"{100 * m['mfu']:.1f}%"
+def _train_line(it: int, max_iters: int, m: dict) -> str:
+  mfu = "" if m["mfu"] is None else f", mfu {100 * m['mfu']:.1f}%"
   return (f"iter {it}/{max_iters}: loss {m['loss']:.4f}, lr {m['lr']:.2e}, "
           f"grad norm {m['grad_norm']:.3f}, {m['ms_per_iter']:.1f} ms/iter, "
-          f"{m['tokens_per_sec']:,.0f} tok/s, mfu {mfu}")
+          f"{m['tokens_per_sec']:,.0f} tok/s{mfu}")
 
 
-class _Run:
-  """The loop's mutable bookkeeping, and the things it does between steps."""
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """The keys that say when the loop does what (defaults.py says what each means)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, run_plan: plan.Plan,
-               start: resume.Start, checkpoints: checkpoint.Checkpoints,
-               train_iter: grain.DatasetIterator,
+  max_iters: int
+  eval_interval: int
+  eval_tasks_interval: int
+  log_interval: int
+  eval_only: bool
+  always_save_checkpoint: bool
+  skip_nonfinite: int
+  init_from: str
+
+
+  @property
+  def resumed(self) -> bool:
+    return self.init_from == "resume"
+
+
+class _Loop:
+  """The loop's mutable bookkeeping, and the things it does between steps.
+
+  `saved_config` is the run's whole config as checkpoints record it.
+  """
+
+  def __init__(self, config: LoopConfig, saved_config: dict[str, Any], run: summary.Summary,
+               setup: train_step.TrainSetup, start: resume.Start,
+               checkpoints: checkpoint.Checkpoints, train_iter: grain.DatasetIterator,
                writer: sinks.Sinks, eval_fn: Callable[[Any], dict[str, float]],
-               layout: sharding.BatchLayout,
-               tasks_fn: Callable[[Any], dict[str, dict[str, float]]] | None = None):
-    self.config, self.plan, self.state, self.start = config, run_plan, start.state, start
-    self.checkpoints, self.train_iter, self.writer = checkpoints, train_iter, writer
-    self.eval_fn, self.tokens_per_iter = eval_fn, run_plan.tokens_per_iter
-    self.tasks_fn = tasks_fn
-    self.data_layout = {**resume.data_layout(config, layout), "start_window": start.window}
+               data_layout: dict[str, int], hooks: Hooks):
+    self.config, self.saved_config, self.run = config, saved_config, run
+    self.setup, self.state, self.start = setup, start.state, start
+    self.checkpoints, self.train_iter = checkpoints, train_iter
+    self.writer, self.eval_fn, self.hooks = writer, eval_fn, hooks
+    self.data_layout = {**data_layout, "start_window": start.window}
     self.n_logs = 0
     self.nonfinite_seen = int(start.state.nonfinite)
-    device = jax.devices()[0]
-    self.peak = flops.peak(device.device_kind, config.peak_flops)
-    if self.peak is None and jax.process_index() == 0:  # said once; a CPU has no such figure
-      (logging.info if device.platform == "cpu" else logging.warning)(
-          flops.unknown_peak_message(device.device_kind))
-    self.n_devices = layout.n_devices
     self.best_val_loss = start.best_val_loss
-    self.last_saved = start.iter if config.init_from == "resume" else None
-    self.schedule = lr_schedule(config, np)  # on the host: logging the rate needs no device
+    self.last_saved = start.iter if config.resumed else None
     self.losses: dict[str, float] = {}
     self.pending: tuple[int, dict[str, jax.Array]] | None = None  # a log not yet fetched
     self.mark_time(start.iter)
 
   def tokens(self, it: int) -> int:
     """Tokens trained on before iteration `it`, true across a resume with another batch."""
-    return self.start.tokens + (it - self.start.iter) * self.tokens_per_iter
+    return self.start.tokens + (it - self.start.iter) * self.run.tokens_per_iter
 
   def mark_time(self, it: int) -> None:
     """Starts a new timing interval: time spent before (eval, saves) is not train time."""
     self.last_log_time, self.last_log_iter = time.perf_counter(), it
 
   def save(self, it: int, val_loss: float | None) -> None:
-    meta = {"config": self.config.to_dict(), "iter": it, "tokens": self.tokens(it),
+    meta = {"config": self.saved_config, "iter": it, "tokens": self.tokens(it),
             "val_loss": val_loss, "best_val_loss": self.best_val_loss, "data": self.data_layout}
     self.checkpoints.save(it, self.state, self.train_iter, meta, val_loss)
     self.last_saved = it
@@ -112,10 +136,11 @@ class _Run:
 
     `count` is the state's non-finite count after iteration `it`.
     """
-    if count <= self.config.skip_nonfinite:
+    allowed = self.config.skip_nonfinite
+    if count <= allowed:
       if count > self.nonfinite_seen:
         logging.warning("%d iteration(s) with a non-finite loss or gradient skipped so far "
-                        "(skip_nonfinite=%d)", count, self.config.skip_nonfinite)
+                        "(skip_nonfinite=%d)", count, allowed)
       self.nonfinite_seen = count
       return
     since = self.last_log_iter
@@ -125,17 +150,16 @@ class _Run:
             else "no checkpoint was saved yet")
     raise FloatingPointError(
         f"non-finite loss or gradient {where} ({count} iteration(s), skip_nonfinite="
-        f"{self.config.skip_nonfinite}); the update was not applied and nothing was saved; "
-        f"{good}")
+        f"{allowed}); the update was not applied and nothing was saved; {good}")
 
-  def evaluate_and_save(self, it: int) -> None:
+  def eval_and_save(self, it: int) -> None:
     self.flush_log()
     self.losses = self.eval_fn(self.state.params)
     logging.info("step %d: train loss %.4f, val loss %.4f", it, self.losses["train"],
                  self.losses["val"])
     self.writer.write({"event": "eval", "iter": it, "tokens": self.tokens(it),
                        "train_loss": self.losses["train"], "val_loss": self.losses["val"],
-                       "lr": float(self.schedule(it))})
+                       "lr": self.setup.host_lr(it)})
     if self.config.eval_only:
       return
     self.check_finite(it, int(self.state.nonfinite))
@@ -145,16 +169,15 @@ class _Run:
       self.save(it, self.losses["val"])
     self.mark_time(it)
 
-  def evaluate_tasks(self, it: int) -> None:
-    """Scores the eval_tasks (HellaSwag, texts) and records them as one 'tasks' event."""
-    if self.tasks_fn is None:
+  def score_tasks(self, it: int) -> None:
+    """Scores the evaluation tasks (the `tasks` hook) and records them as one 'tasks' event."""
+    if self.hooks.tasks is None:
       return
     self.flush_log()
-    results = self.tasks_fn(self.state.params)
-    for name, m in results.items():
-      logging.info("step %d: %s", it, tasks.describe(name, m))
-    self.writer.write({"event": "tasks", "iter": it, "tokens": self.tokens(it),
-                       **tasks.flat(results)})
+    metrics, lines = self.hooks.tasks(self.state.params)
+    for line in lines:
+      logging.info("step %d: %s", it, line)
+    self.writer.write({"event": "tasks", "iter": it, "tokens": self.tokens(it), **metrics})
     self.mark_time(it)
 
   def defer_log(self, it: int, step_metrics: dict[str, jax.Array]) -> None:
@@ -175,13 +198,14 @@ class _Run:
     nonfinite = int(m.pop("nonfinite"))
     now = time.perf_counter()
     dt = (now - self.last_log_time) / max(it + 1 - self.last_log_iter, 1)
-    tok_s = self.tokens_per_iter / dt
-    m.update(lr=float(self.schedule(it)), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
-             mfu=flops.mfu(tok_s, self.plan.flops_per_token, self.peak, self.n_devices))
-    logging.info(_format_train_line(it, self.config.max_iters, m))
+    tok_s = self.run.tokens_per_iter / dt
+    m.update(lr=self.setup.host_lr(it), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
+             mfu=self.run.mfu(tok_s))
+    logging.info(_train_line(it, self.config.max_iters, m))
     self.n_logs += 1
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
-      logging.info(plan.eta_message(self.plan, it + 1, tok_s, m["mfu"]))
+      logging.info(summary.eta(self.config.max_iters - it - 1, self.run.tokens_per_iter, tok_s,
+                               m["mfu"]))
     self.writer.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m})
     self.check_finite(it, nonfinite)
     self.last_log_time, self.last_log_iter = now, it + 1
@@ -208,87 +232,63 @@ class _Run:
       self.train_iter.close()
 
 
-def _log_setup(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
-               sources: dict[str, data.TokenWindows], kernel: str) -> None:
-  for split, source in sources.items():
-    logging.info("%s: %s", split, source)
-  logging.info("compute: %d device(s) in %d process(es), sharding %s; %s activations, %s "
-               "attention (config: %s), loss in chunks of %s tokens, remat %s",
-               layout.n_devices, jax.process_count(), config.sharding, config.dtype, kernel,
-               config.attention, config.loss_chunk_size or "all", config.remat)
-
-
-def _loop(run: _Run, train_step: Callable, layout: sharding.BatchLayout,
+def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
           signals: preemption.StopSignals) -> None:
   """Iterations start..max_iters: evaluate and save on schedule, stop when asked."""
-  config = run.config
-  for it in range(run.start.iter, config.max_iters + 1):
+  config = loop.config
+  for it in range(loop.start.iter, config.max_iters + 1):
     if signals.stop_at(it):
-      run.stop(it, signals.name)
+      loop.stop(it, signals.name)
       break
-    resumed_here = it == run.start.iter and config.init_from == "resume"  # evaluated before
+    resumed_here = it == loop.start.iter and config.resumed  # evaluated before
     if (it % config.eval_tasks_interval == 0 or it == config.max_iters) and not resumed_here:
-      run.evaluate_tasks(it)
+      loop.score_tasks(it)
     if (it % config.eval_interval == 0 or it == config.max_iters) and not resumed_here:
-      run.evaluate_and_save(it)
+      loop.eval_and_save(it)
       if config.eval_only:
         break
     if it == config.max_iters:
       break
-    run.state, step_metrics = train_step(run.state, layout.train_batch(next(run.train_iter)))
-    run.checkpoints.check_saves()  # a failed background save stops the run now
-    run.flush_log()  # the previous log's step is done, or nearly: this one is queued
+    loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(next(loop.train_iter)))
+    loop.checkpoints.check_saves()  # a failed background save stops the run now
+    loop.flush_log()  # the previous log's step is done, or nearly: this one is queued
     if it % config.log_interval == 0:
-      run.defer_log(it, step_metrics)
-  run.flush_log()
+      loop.defer_log(it, step_metrics)
+  loop.flush_log()
 
 
-def train(config: ml_collections.ConfigDict) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, *, params: Any = None,
+          hooks: Hooks = Hooks()) -> dict[str, float]:
   """Trains per `config` on every device of every process; returns the last eval's losses.
 
-  Stop signals are caught from the start (a stop during start-up ends the run
-  before its first step), and process 0 holds the run directory's lock.
+  `params` replaces nanoGPT's init (GPT-2's weights, say) in a run from
+  scratch. Stop signals are caught from the start (a stop during start-up
+  ends the run before its first step), and process 0 holds the run
+  directory's lock.
   """
   defaults.validate(config)
-  run = run_dir.RunDir(config.out_dir)
+  rundir = run_dir.RunDir(config.out_dir)
   lead = jax.process_index() == 0  # the one process that writes logs and metrics
   with preemption.StopSignals(jax.process_count()) as signals, \
-      run.lock() if lead else contextlib.nullcontext():
-    return _train(config, run, signals)
+      rundir.lock() if lead else contextlib.nullcontext():
+    return _train(config, rundir, signals, params, hooks)
 
 
-def _accept(config: ml_collections.ConfigDict, run: run_dir.RunDir,
-            start: resume.Start) -> None:
-  """Records the run once it is accepted: before, nothing in out_dir has changed."""
-  run.write_config(config)
-  if config.init_from == "resume":
-    moved = run.drop_metrics_after(start.iter)
-    logging.info("%d records of redone iterations moved to %s.superseded", moved,
-                 run.metrics_path)
-  else:
-    run.set_aside_metrics()
-
-
-def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
-           signals: preemption.StopSignals) -> dict[str, float]:
+def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
+           signals: preemption.StopSignals, params: Any, hooks: Hooks) -> dict[str, float]:
   lead = jax.process_index() == 0
-  checkpoints = run.checkpoints_for(config)
-  # GPT-2's (or nanoGPT's) architecture replaces the config's before anything reads it.
-  pretrained = None
-  if config.init_from in defaults.GPT2_MODELS:
-    pretrained = hf.init_from_gpt2(config)
-  elif config.init_from.startswith(defaults.NANOGPT):
-    pretrained = nanogpt_ckpt.init_from_nanogpt(config)
-  sources = data.open_splits(config)
+  loop_config = defaults.view(LoopConfig, config)
+  checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints)
   layout = sharding.BatchLayout.create(config)
-  kernel = attention.settle(config)  # before the model is built: it may fall back to XLA's
-  setup = step.build(config)
+  sources = data.open_splits(data.resolve_data_dir(config.dataset, config.data_dir),
+                             config.block_size, config.vocab_size,
+                             eval_batch=layout.global_batch)
+  setup = train_step.build(config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
-  tasks_fn = _tasks_fn(config, setup, layout)  # a missing file stops the run before it starts
-  if config.init_from == "resume":
+  if loop_config.resumed:
     start = resume.resume(config, setup, shardings, checkpoints, layout)
   else:
-    start = resume.Start(jax.jit(setup.new_state, out_shardings=shardings)(pretrained))
+    start = resume.Start(jax.jit(setup.new_state, out_shardings=shardings)(params))
   train_iter = iter(data.train_dataset(
       sources["train"], accum_steps=config.gradient_accumulation_steps,
       batch_size=layout.local_batch, seed=config.seed, workers=config.data_workers,
@@ -296,53 +296,55 @@ def _train(config: ml_collections.ConfigDict, run: run_dir.RunDir,
       shard_count=jax.process_count(), start_window=start.window))
   if start.data_step is not None:
     checkpoints.restore_data(start.data_step, train_iter)
-  if lead:
-    _accept(config, run, start)
-  # An epoch is what the windows cover: a shard's last partial window is never read.
-  run_plan = plan.log_launch(config, train_tokens=len(sources["train"]) * config.block_size,
-                             n_devices=layout.n_devices)
-  _log_setup(config, layout, sources, kernel)
+  if lead:  # the run is accepted: before this, nothing in out_dir has changed
+    rundir.write_config(config)
+    rundir.keep_metrics_until(start.iter if loop_config.resumed else None)
+  run = _log_start(config, layout, sources)
   t0 = time.perf_counter()
-  train_step = step.compile_train_step(setup, start.state, layout.train_spec, shardings,
-                                       layout.mesh)
+  compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
+                                                shardings, layout.mesh, config.sharding)
   logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
 
-  eval_step = step.make_eval_step(setup.model)
-  loop = _Run(config, run_plan, start, checkpoints, train_iter,
-              sinks.open_sinks(config, run, start_iter=start.iter, enabled=lead),
-              eval_fn=lambda params: evaluate(eval_step, params, sources, config, layout),
-              layout=layout, tasks_fn=tasks_fn)
+  eval_step = train_step.make_eval_step(setup.model)
+  loop = _Loop(loop_config, config.to_dict(), run, setup, start, checkpoints, train_iter,
+               sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=lead),
+               lambda p: val_losses(eval_step, p, sources, config.eval_iters, config.seed, layout),
+               resume.data_layout(layout, config.data_workers), hooks)
   try:
-    _loop(loop, train_step, layout, signals)
+    _loop(loop, compiled_step, layout, signals)
   finally:
     loop.close()
-  if config.sample_tokens > 0:
-    text = decoding.new_document(setup.model, loop.state.params,
-                                 max_new_tokens=config.sample_tokens, seed=config.seed)
-    if lead:
-      print(f"---------------\n{text}\n---------------", flush=True)
+  if hooks.at_end is not None:
+    hooks.at_end(loop.state.params)
   if lead:
-    _log_whats_next(config, checkpoints)
+    _log_whats_next(config.out_dir, checkpoints)
   return loop.losses
 
 
-def _tasks_fn(config: ml_collections.ConfigDict, setup: step.TrainSetup,
-              layout: sharding.BatchLayout
-              ) -> Callable[[Any], dict[str, dict[str, float]]] | None:
-  """The eval_tasks, read and batched once: each evaluation reuses their compiled shapes."""
-  if not config.eval_tasks:
-    return None
-  scorer = scoring.Scorer(setup.model, mesh=layout.mesh)
-  task_list = tasks.load(config.eval_tasks, scorer, limit=config.eval_tasks_limit,
-                         hellaswag_file=config.hellaswag_file)
-  for task in task_list:
-    logging.info("eval task %s: %s, %d rows in %d batches", task.name, task.source, task.n_rows,
-                 len(task.batches))
-  return lambda params: tasks.run(scorer, params, task_list)
+def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
+               sources: dict[str, data.TokenWindows]) -> summary.Summary:
+  """The run's summary, its warnings and how it computes, logged; returns the summary."""
+  device = jax.devices()[0]
+  run = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
+                          n_devices=layout.n_devices, device_kind=device.device_kind)
+  for line in summary.describe(config, run, layout.n_devices):
+    logging.info("plan: %s", line)
+  for warning in summary.check(config, run):
+    logging.warning("plan: %s", warning)
+  if run.peak_flops is None and device.platform != "cpu" and jax.process_index() == 0:
+    logging.warning("MFU: the peak FLOP/s of %r is not in jaxgpt's table (gpus.py); set "
+                    "--config.peak_flops=FLOP/s (its dense bf16 rate) to see it",
+                    device.device_kind)
+  for split, source in sources.items():
+    logging.info("%s: %s", split, source)
+  logging.info("compute: %d device(s) in %d process(es), sharding %s; %s activations, %s "
+               "attention, loss in chunks of %s tokens, remat %s", layout.n_devices,
+               jax.process_count(), config.sharding, config.dtype, config.attention,
+               config.loss_chunk_size or "all", config.remat)
+  return run
 
 
-def _log_whats_next(config: ml_collections.ConfigDict, checkpoints: checkpoint.Checkpoints
-                    ) -> None:
+def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints) -> None:
   """Where the run's checkpoints are, and the commands that read them.
 
   It reads the closed manager's list: opening another would wait at a barrier
@@ -351,6 +353,6 @@ def _log_whats_next(config: ml_collections.ConfigDict, checkpoints: checkpoint.C
   steps = checkpoints.steps()
   where = (f"checkpoints of steps {', '.join(map(str, steps))} in {checkpoints.directory}"
            if steps else f"no checkpoint in {checkpoints.directory}")
-  out = shlex.quote(config.out_dir)
+  out = shlex.quote(out_dir)
   logging.info("done: %s. Next:\n  python -m jaxgpt.sample --out_dir=%s\n"
                "  python -m jaxgpt.report --out_dir=%s", where, out, out)

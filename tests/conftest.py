@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -17,7 +18,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from jaxgpt import checkpoint, defaults, run_dir, step, token_files, train
+from jaxgpt import defaults, run_dir, token_files, train, train_step
+from jaxgpt.interop import weights
+from jaxgpt.model import GPTConfig
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
 flags.FLAGS.mark_as_parsed()
@@ -37,6 +40,19 @@ def tiny_config(tmp_path, data_dir: str, **overrides) -> ml_collections.ConfigDi
   return c
 
 
+def tiny_model(**overrides) -> GPTConfig:
+  """A 2-layer, 32-wide GPT over a 64-token vocabulary, block 16, for tests of the model alone."""
+  return GPTConfig(**{"vocab_size": 64, "block_size": 16, "n_layer": 2, "n_head": 2,
+                      "n_embd": 32, **overrides})
+
+
+def fake_device(platform: str = "gpu", compute_capability: str | None = None,
+                kind: str = "x") -> types.SimpleNamespace:
+  """What attention and the peak table read of a jax.Device: platform, capability, kind."""
+  return types.SimpleNamespace(platform=platform, compute_capability=compute_capability,
+                               device_kind=kind)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 recipe = defaults.recipe  # configs/<name>.py, as launch.py loads it
 
@@ -51,20 +67,20 @@ def records(out_dir: str, event: str) -> list[dict]:
   return [r for r in read_jsonl(run_dir.RunDir(out_dir).metrics_path) if r["event"] == event]
 
 
-def build_state(config: ml_collections.ConfigDict) -> tuple[step.TrainSetup, step.TrainState]:
-  setup = step.build(config)
+def build_state(config: ml_collections.ConfigDict
+                ) -> tuple[train_step.TrainSetup, train_step.TrainState]:
+  setup = train_step.build(config)
   return setup, setup.new_state()
 
 
 def restore_state(config: ml_collections.ConfigDict, at_step: int
-                  ) -> tuple[step.TrainState, dict]:
+                  ) -> tuple[train_step.TrainState, dict]:
   """The train state and metadata of one checkpoint of the config's run, on one device."""
-  abstract = checkpoint.abstract_like(step.build(config).abstract_state,
-                                      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   ckpts = run_dir.RunDir(config.out_dir).checkpoints(read_only=True)
-  state, meta = ckpts.restore(at_step, abstract)
-  ckpts.close()
-  return state, meta
+  try:
+    return weights.restore_state(ckpts, at_step, train_step.build(config).abstract_state)
+  finally:
+    ckpts.close()
 
 
 def checkpoint_steps(out_dir: str) -> list[int]:
@@ -136,14 +152,14 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 def guard_loop_transfers(monkeypatch) -> None:
   """Makes any device-to-host transfer in the training loop an error, but in the methods that
   fetch on purpose (the step metrics a step late, evaluations, task scores, the end)."""
-  for name in ("flush_log", "evaluate_and_save", "evaluate_tasks", "stop", "close"):
-    real = getattr(train._Run, name)
+  for name in ("flush_log", "eval_and_save", "score_tasks", "stop", "close"):
+    real = getattr(train._Loop, name)
 
     def allowed(self, *args, _real=real, **kwargs):
       with jax.transfer_guard_device_to_host("allow"):
         return _real(self, *args, **kwargs)
 
-    monkeypatch.setattr(train._Run, name, allowed)
+    monkeypatch.setattr(train._Loop, name, allowed)
   real_loop = train._loop
 
   def guarded_loop(*args, **kwargs):

@@ -30,7 +30,7 @@ import jax
 from absl import flags
 from conftest import tiny_config
 
-from jaxgpt import sharding, step, train
+from jaxgpt import sharding, train, train_step
 
 flags.FLAGS.mark_as_parsed()
 sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -38,7 +38,7 @@ config = tiny_config(pathlib.Path(args.out), args.data, **json.loads(args.overri
 losses = train.train(config)
 
 # The shardings the loop gives its state, as each process sees them.
-setup = step.build(config)
+setup = train_step.build(config)
 shardings = sharding.state_shardings(setup.abstract_state, sharding.make_mesh(), config.sharding)
 state = jax.jit(setup.new_state, out_shardings=shardings)()
 wte = state.params["wte"]["embedding"]

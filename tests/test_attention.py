@@ -3,32 +3,41 @@
 from __future__ import annotations
 
 import logging
-import types
 
 import pytest
-from conftest import records, tiny_config
+from conftest import fake_device, records, tiny_config
 
-from jaxgpt import attention, train
+import launch
+from jaxgpt import attention
 from jaxgpt.errors import UserError
 
 
-def fake_device(platform: str, compute_capability: str | None = None, kind: str = "x"):
-  return types.SimpleNamespace(platform=platform, compute_capability=compute_capability,
-                               device_kind=kind)
-
-
 def test_only_a_cuda_capability_counts():
-  assert attention.compute_capability(fake_device("gpu", "8.9")) == (8, 9)
-  assert attention.compute_capability(fake_device("gpu", "10.0")) == (10, 0)  # B200
-  assert attention.compute_capability(fake_device("gpu", "gfx90a")) is None  # ROCm MI250
-  assert attention.compute_capability(fake_device("tpu", "9.0")) is None
-  assert attention.implementation("auto", "bfloat16", 64, fake_device("gpu", "gfx942")) == "xla"
+  assert attention.capability(fake_device("gpu", "8.9")) == (8, 9)
+  assert attention.capability(fake_device("gpu", "10.0")) == (10, 0)  # B200
+  assert attention.capability(fake_device("gpu", "gfx90a")) is None  # ROCm MI250
+  assert attention.capability(fake_device("tpu", "9.0")) is None
+  assert attention.for_device("auto", "bfloat16", 64, fake_device("gpu", "gfx942")) == "xla"
+
+
+@pytest.mark.parametrize("device, dtype, head_size, expected", [
+    (fake_device("gpu", "9.0"), "bfloat16", 64, "cudnn"),  # H100
+    (fake_device("gpu", "8.9"), "bfloat16", 64, "cudnn"),  # RTX 4070
+    (fake_device("gpu", "7.5"), "bfloat16", 64, "xla"),  # T4: no flash attention
+    (fake_device("gpu", "9.0"), "float32", 64, "xla"),
+    (fake_device("gpu", "9.0"), "bfloat16", 36, "xla"),  # not a multiple of 8
+    (fake_device("gpu", "9.0"), "bfloat16", 256, "xla"),  # over 128
+    (fake_device("cpu"), "bfloat16", 64, "xla"),
+])
+def test_auto_attention_picks_cudnn_where_it_runs(device, dtype, head_size, expected):
+  assert attention.for_device("auto", dtype, head_size, device) == expected
+  assert attention.for_device("xla", dtype, head_size, device) == "xla"
 
 
 @pytest.fixture
 def cudnn_fails(monkeypatch):
   """This machine 'has' cuDNN attention, and it fails as Ada cards have been seen to."""
-  monkeypatch.setattr(attention, "implementation",
+  monkeypatch.setattr(attention, "for_device",
                       lambda requested, *a: "cudnn" if requested != "xla" else "xla")
 
   def probe(*args):
@@ -39,9 +48,16 @@ def cudnn_fails(monkeypatch):
 
 def test_auto_falls_back_to_xla_with_one_warning(tmp_path, cudnn_fails, caplog):
   config = tiny_config(tmp_path, "", attention="auto")
-  assert attention.settle(config) == "xla" and config.attention == "xla"
+  assert attention.settle(config).attention == "xla"
+  assert config.attention == "auto"  # the given config is left as it was
   warnings = [r.getMessage() for r in caplog.records if "cuDNN attention fails" in r.getMessage()]
   assert len(warnings) == 1 and "No valid engine configs" in warnings[0]
+
+
+def test_a_cudnn_that_works_is_what_the_run_uses(tmp_path, monkeypatch):
+  monkeypatch.setattr(attention, "for_device", lambda *a: "cudnn")
+  monkeypatch.setattr(attention, "probe", lambda *a: None)
+  assert attention.settle(tiny_config(tmp_path, "", attention="auto")).attention == "cudnn"
 
 
 def test_an_explicit_cudnn_that_fails_is_an_error(tmp_path, cudnn_fails):
@@ -52,11 +68,13 @@ def test_an_explicit_cudnn_that_fails_is_an_error(tmp_path, cudnn_fails):
 def test_a_run_whose_cudnn_fails_trains_with_xla(tmp_path, token_dir, cudnn_fails, caplog):
   config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=4, attention="auto")
   with caplog.at_level(logging.INFO, logger="absl"):
-    train.train(config)
+    launch.run(config)
   assert "using XLA's attention instead" in caplog.text
-  assert "xla attention (config: xla)" in caplog.text
+  assert "float32 activations, xla attention" in caplog.text
   assert len(records(config.out_dir, "train")) == 4
 
 
-def test_the_probe_runs_xla_attention_here():
-  attention.probe("xla", "float32", 16, 32)  # the real probe: a forward and backward pass
+def test_the_probe_runs_the_kernel_and_raises_where_it_fails():
+  assert attention.probe("xla", "float32", 16, 32) is None  # a forward and backward pass
+  with pytest.raises(RuntimeError, match="cuDNN"):  # as a failing cuDNN does on a GPU
+    attention.probe("cudnn", "float32", 16, 32)

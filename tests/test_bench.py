@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import build_state, pattern_tokens, run_python, tiny_config
 
-from jaxgpt import step
+from jaxgpt import train_step
 from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
-from jaxgpt.model import count_params
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, GPTConfig, count_params
 
 TINY_FLAGS = ["--config.n_layer=2", "--config.n_head=2", "--config.n_embd=32",
               "--config.block_size=16", "--config.batch_size=4",
@@ -22,7 +23,7 @@ TINY_FLAGS = ["--config.n_layer=2", "--config.n_head=2", "--config.n_embd=32",
 
 def test_bench_figures_are_consistent(tmp_path):
   config = tiny_config(tmp_path, "")
-  r = throughput.run(config, steps=3, warmup=1, data_workers=0)
+  r = throughput.measure(config, iters=3, warmup=1, data_workers=0)
   assert r["tokens_per_iter"] == 2 * 4 * 16
   assert 0 < r["ms_per_iter_median"] and 0 < r["ms_per_iter_mean"]
   s_per_iter = r["ms_per_iter_median"] / 1e3
@@ -33,7 +34,7 @@ def test_bench_figures_are_consistent(tmp_path):
   assert r["pipeline_ratio"] == pytest.approx(r["pipeline_tokens_per_sec"] / r["tokens_per_sec"])
   assert r["pipeline_ratio"] > 0
   assert r["loop_ms_per_iter_median"] > 0 and 0 <= r["data_wait_fraction"] <= 1
-  assert r["n_params"] == count_params(step.build(config).abstract_state.params)
+  assert r["n_params"] == count_params(train_step.build(config).abstract_state.params)
   assert r["flops_per_token"] == 6 * r["n_params"] + 12 * 2 * 2 * 16 * 16
   assert "peer" not in r
   assert r["backward_residual_bytes"] > 0
@@ -43,7 +44,7 @@ def test_memory_report_orders_the_levers(tmp_path):
   config = tiny_config(tmp_path, "")
   config.loss_chunk_size = 16
   kept = {(row["remat"], row["loss_chunk_size"]): row["residual_bytes"]
-          for row in memory.memory_report(config)}
+          for row in memory.memory_report(GPTConfig.from_config(config), config.batch_size)}
   assert set(kept) == {(r, c) for r in ("none", "dots", "full") for c in (16, 0)}
   for chunk in (16, 0):
     assert kept["full", chunk] < kept["dots", chunk] < kept["none", chunk]
@@ -52,8 +53,8 @@ def test_memory_report_orders_the_levers(tmp_path):
 
 
 def test_bench_rejects_a_run_without_timed_steps(tmp_path):
-  with pytest.raises(ValueError, match="steps=0"):
-    throughput.run(tiny_config(tmp_path, ""), steps=0, warmup=1, data_workers=0)
+  with pytest.raises(UserError, match="--iters=0"):
+    throughput.measure(tiny_config(tmp_path, ""), iters=0, warmup=1, data_workers=0)
 
 
 @pytest.mark.slow
@@ -62,8 +63,8 @@ def test_cli_with_torch_peer_prints_and_appends_one_json_line(tmp_path):
   pytest.importorskip("transformers")
   json_out = tmp_path / "bench.jsonl"
   out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", *TINY_FLAGS,
-                   "--steps=2", "--warmup=1", "--data_workers=1", "--peak_flops=1e12",
-                   "--peer=torch", f"--json_out={json_out}")
+                   "--iters=2", "--warmup=1", "--data_workers=1", "--peak_flops=1e12",
+                   "--peer=torch", f"--out={json_out}")
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert json.loads(json_out.read_text()) == r
@@ -119,10 +120,10 @@ def batch_tokens(config, n: int, seed: int = 0) -> np.ndarray:
 def test_peer_has_the_same_parameters_and_loss_at_init(tmp_path, torch, torch_peer, bias):
   config = tiny_config(tmp_path, "", bias=bias)
   setup, state = build_state(config)
-  peer = torch_peer.build_model(config, "cpu")
+  peer = torch_peer.build_model(setup.model.config, config.seed, "cpu")
   assert torch_peer.count_params(peer) == count_params(state.params, non_embedding=False)
   tokens = batch_tokens(config, 8)
-  jax_loss = float(step.make_eval_step(setup.model)(state.params, tokens))
+  jax_loss = float(train_step.make_eval_step(setup.model)(state.params, tokens))
   torch_loss = torch_peer.loss(peer, torch.tensor(tokens))
   assert jax_loss == pytest.approx(math.log(config.vocab_size), abs=0.05)
   assert torch_loss == pytest.approx(jax_loss, abs=0.02)
@@ -135,7 +136,7 @@ def test_peer_computes_the_same_logits_from_the_same_weights(tmp_path, torch, to
   setup, state = build_state(config)
   # Weights 10x their init scale put the GELU inputs near 1, where its two forms differ.
   params = jax.tree.map(lambda p: 10 * p, state.params)
-  peer = torch_peer.build_model(config, "cpu").eval()
+  peer = torch_peer.build_model(setup.model.config, config.seed, "cpu").eval()
   load_jax_params(peer, params, bias=False)
   tokens = batch_tokens(config, 4)[:, :-1]
   jax_logits = np.asarray(setup.model.apply({"params": params}, tokens))
@@ -149,16 +150,16 @@ def test_peer_train_step_follows_jaxgpt_step(tmp_path, torch, torch_peer):
   config = tiny_config(tmp_path, "", decay_lr=False, learning_rate=1e-2, grad_clip=0.5,
                        weight_decay=2.0)
   setup, state = build_state(config)
-  peer = torch_peer.build_model(config, "cpu")
+  peer = torch_peer.build_model(setup.model.config, config.seed, "cpu")
   load_jax_params(peer, state.params, bias=False)
   tokens_ABT1 = batch_tokens(config, 8, seed=3).reshape(2, 4, -1)
-  jax_step = step.make_train_step(setup.model, setup.tx)
-  torch_step = torch_peer.make_train_step(peer, config, "cpu", compile=False)
+  jax_step = train_step.make_train_step(setup.model, setup.tx)
+  torch_step = torch_peer.make_train_step(peer, setup.optim, config.dtype, "cpu", compile=False)
   for _ in range(5):
     state, _ = jax_step(state, tokens_ABT1.astype(np.uint16))
     torch_step(torch.tensor(tokens_ABT1))
   eval_tokens = batch_tokens(config, 8, seed=4)
-  jax_loss = float(step.make_eval_step(setup.model)(state.params, eval_tokens))
+  jax_loss = float(train_step.make_eval_step(setup.model)(state.params, eval_tokens))
   torch_loss = torch_peer.loss(peer, torch.tensor(eval_tokens))
   assert jax_loss < math.log(config.vocab_size) - 0.3  # it learned
   assert torch_loss == pytest.approx(jax_loss, abs=1e-4)
@@ -183,7 +184,7 @@ def test_collectives_count_loop_bodies_once_per_micro_batch():
 
 
 def test_checkpoint_overhead_reports_both_step_times(tmp_path):
-  report = save_overhead.checkpoint_overhead(tiny_config(tmp_path, ""), steps=3, warmup=1)
+  report = save_overhead.checkpoint_overhead(tiny_config(tmp_path, ""), iters=3, warmup=1)
   assert report["ms_per_iter_alone"] > 0
   assert report["save_blocked_ms"] > 0 and report["save_total_s"] > 0
   assert report["state_bytes"] > 0
@@ -192,7 +193,8 @@ def test_checkpoint_overhead_reports_both_step_times(tmp_path):
 @pytest.mark.slow
 def test_decode_rows_time_both_methods_per_batch_size(tmp_path):
   config = tiny_config(tmp_path, "")
-  rows = decode.decode_rows(config, [1, 2], cache_tokens=6, recompute_tokens=3)
+  rows = decode.decode_rows(GPT(GPTConfig.from_config(config)), [1, 2], cache_tokens=6,
+                            recompute_tokens=3)
   assert [(r["batch"], r["method"], r["new_tokens"]) for r in rows] == [
       (1, "cache", 6), (1, "recompute", 3), (2, "cache", 6), (2, "recompute", 3)]
   assert all(r["tokens_per_sec"] > 0 and r["compile_s"] > 0 for r in rows)
@@ -213,7 +215,7 @@ def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
           "gradient_accumulation_steps": 1, "vocab_size": 96, "dtype": "float32"}
   page = gpu_report.report((("quickstart", {}), ("quickstart", {"remat": "dots"}),
                             ("quickstart", {"attention": "flash"})),
-                           steps=1, warmup=1, base=tiny, run_tests=False)
+                           iters=1, warmup=1, base=tiny, run_tests=False)
   rows = [line for line in page.splitlines() if line.startswith("| quickstart")]
   assert len(rows) == 3
   assert "| defaults | 1 x 2 x 32 |" in rows[0] and "GiB" in rows[0]

@@ -23,7 +23,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import run_dir, step, token_files, train
+from jaxgpt import run_dir, token_files, train, train_step
 from jaxgpt.errors import UserError
 
 
@@ -97,13 +97,13 @@ def poison_windows(token_dir: str) -> None:
 
 @pytest.fixture
 def nan_loss(monkeypatch):
-  real_loss = step.loss
+  real_loss = train_step.loss
 
   def loss(model, params, tokens, rng):
     value = real_loss(model, params, tokens, rng)
     return jnp.where(jnp.any(tokens == 95), jnp.nan, value)
 
-  monkeypatch.setattr(step, "loss", loss)
+  monkeypatch.setattr(train_step, "loss", loss)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, token_dir, nan_loss):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import pattern_tokens, run_python, tiny_config, write_config_file
 
-from jaxgpt import token_files, train
+import launch
+from jaxgpt import token_files
 
 pytestmark = pytest.mark.slow  # a dozen command lines; test_config checks one of them always
 
@@ -18,7 +19,7 @@ def trained(tmp_path_factory) -> dict[str, str]:
   data_dir.mkdir()
   token_files.write_shard(str(data_dir / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
   token_files.write_shard(str(data_dir / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
-  train.train(tiny_config(tmp_path, str(data_dir), max_iters=2, eval_interval=2))
+  launch.run(tiny_config(tmp_path, str(data_dir), max_iters=2, eval_interval=2))
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "keep.txt").write_text("mine")
   return {"out_dir": str(tmp_path / "run"), "tmp": str(tmp_path),
@@ -29,7 +30,7 @@ CASES = {
     "misspelled key": (["launch.py", "--config=configs/quickstart.py", "--config.max_iter=10"],
                        'error: --config.max_iter: no such config key. Did you mean "max_iters"'),
     "wrong type": (["launch.py", "--config=configs/quickstart.py", "--config.max_iters=abc"],
-                   "error: flag --config.max_iters=abc: invalid literal"),
+                   "error: --config.max_iters=abc: not an integer"),
     "missing recipe": (["launch.py", "--config=configs/nope.py"],
                        "error: --config: the recipe file could not be loaded"),
     "invalid value": (["launch.py", "--config=configs/quickstart.py", "--config.dropout=1.5",
@@ -42,7 +43,7 @@ CASES = {
     "sample prompt file": (["-m", "jaxgpt.sample", "--out_dir={out_dir}", "--start=FILE:nope"],
                            "error: --start=FILE:nope: no such file"),
     "export into a full directory": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
-                                      "--to={tmp}/full"], "is not empty; nothing was written"),
+                                      "--out={tmp}/full"], "is not empty; nothing was written"),
     "report without metrics": (["-m", "jaxgpt.report", "--out_dir={tmp}/empty"],
                                "no such metrics file"),
     "evaluate an unknown task": (["-m", "jaxgpt.evaluate", "--out_dir={out_dir}", "--task=mmlu"],
@@ -51,6 +52,35 @@ CASES = {
                                                    "--init_from=nanogpt:{tmp}/ckpt.pt"],
                                                   "error: nanogpt:{tmp}/ckpt.pt: no such file"),
 }
+
+
+# Every command: a stray argument, and a required flag left out (or, where none is required,
+# a value of the wrong kind).
+USAGE = {
+    "launch.py": (["launch.py"], "error: --config is required"),
+    "launch.py stray": (["launch.py", "--config=configs/quickstart.py", "now"],
+                        "error: unexpected argument(s): now"),
+    "sample": (["-m", "jaxgpt.sample", "--dtype=float16"],
+               "error: --dtype=float16: value should be one of"),
+    "sample stray": (["-m", "jaxgpt.sample", "stray"], "error: unexpected argument(s): stray"),
+    "evaluate": (["-m", "jaxgpt.evaluate", "--limit=all"], "error: --limit=all: not an integer"),
+    "evaluate stray": (["-m", "jaxgpt.evaluate", "a", "b"], "error: unexpected argument(s): a b"),
+    "export": (["-m", "jaxgpt.export"], "error: --out is required"),
+    "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),
+    "report": (["-m", "jaxgpt.report"], "error: --out_dir is required"),
+    "report stray": (["-m", "jaxgpt.report", "--out_dir=x", "y"],
+                     "error: unexpected argument(s): y"),
+    "plan": (["-m", "jaxgpt.plan"], "error: --config is required"),
+    "plan stray": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py", "y"],
+                   "error: unexpected argument(s): y"),
+    "prepare": (["-m", "jaxgpt.prepare", "files"], "error: --out is required"),
+    "prepare stray": (["-m", "jaxgpt.prepare", "--out={tmp}/p", "books"],
+                      "error: name one of fineweb, files, python_docs (got: books)"),
+    "bench": (["-m", "jaxgpt.bench"], "error: --config is required"),
+    "bench stray": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py", "y"],
+                    "error: unexpected argument(s): y"),
+}
+CASES.update(USAGE)
 
 
 @pytest.mark.parametrize("case", CASES)

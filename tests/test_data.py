@@ -80,7 +80,8 @@ def test_windows_cover_every_token_once_per_epoch(tmp_path):
   np.testing.assert_array_equal(targets, a[1:41])
 
 
-def first_batches(ds, n):
+def take(ds, n: int) -> list:
+  """The first n batches a dataset gives."""
   it = iter(ds)
   return [next(it) for _ in range(n)]
 
@@ -88,14 +89,14 @@ def first_batches(ds, n):
 def test_train_batches_are_seeded_and_reshuffled_each_epoch(token_dir):
   src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
   make = lambda seed: data.train_dataset(src, accum_steps=2, batch_size=3, seed=seed, workers=0)
-  a, b, c = first_batches(make(1), 4), first_batches(make(1), 4), first_batches(make(2), 4)
+  a, b, c = take(make(1), 4), take(make(1), 4), take(make(2), 4)
   assert a[0].shape == (2, 3, 17) and a[0].dtype == np.uint16
   np.testing.assert_array_equal(np.stack(a), np.stack(b))
   assert not np.array_equal(np.stack(a), np.stack(c))
   # Two epochs of window indices: each a permutation, in a different order.
   n = len(src)
   ds = data.train_dataset(src, accum_steps=1, batch_size=1, seed=1, workers=0)
-  firsts = [int(x[0, 0, 0]) * 1000 + int(x[0, 0, 1]) for x in first_batches(ds, 2 * n)]
+  firsts = [int(x[0, 0, 0]) * 1000 + int(x[0, 0, 1]) for x in take(ds, 2 * n)]
   epoch1, epoch2 = firsts[:n], firsts[n:]
   assert sorted(epoch1) == sorted(epoch2)
   assert epoch1 != epoch2
@@ -103,9 +104,9 @@ def test_train_batches_are_seeded_and_reshuffled_each_epoch(token_dir):
 
 def test_worker_processes_give_the_same_batches(token_dir):
   src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
-  in_process = first_batches(data.train_dataset(src, accum_steps=2, batch_size=3, seed=5,
+  in_process = take(data.train_dataset(src, accum_steps=2, batch_size=3, seed=5,
                                                 workers=0), 5)
-  workers = first_batches(data.train_dataset(src, accum_steps=2, batch_size=3, seed=5,
+  workers = take(data.train_dataset(src, accum_steps=2, batch_size=3, seed=5,
                                              workers=2), 5)
   np.testing.assert_array_equal(np.stack(in_process), np.stack(workers))
 

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 from conftest import guard_loop_transfers, records, run_python, tiny_config
 
-from jaxgpt import defaults, hellaswag, hf, scoring, tasks, tokenizer, train
+import launch
+from jaxgpt import defaults, tokenizer
 from jaxgpt.errors import UserError
+from jaxgpt.evals import hellaswag, tasks
+from jaxgpt.inference import scoring
+from jaxgpt.interop import gpt2
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 TEXT = ("the man is holding a rope and climbs up the wall while people watch from below "
@@ -66,7 +70,7 @@ def test_hellaswag_losses_equal_transformers_on_the_same_weights(tmp_path):
   ours = scorer.loss_sums(params, scorer.batches(rows), len(rows))
 
   # build-nanogpt's way, on transformers' GPT-2 and tokenizer: rows cut to block_size + 1.
-  hf.export(params, config, str(tmp_path / "hf"))
+  gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "hf"))
   model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
   sums, means, labels = [], [], []
@@ -102,9 +106,9 @@ def test_one_compilation_per_bucket_and_none_on_the_next_evaluation(tmp_path):
       tmp_path / "hs.jsonl", 20, long_context=40))
   shapes = {(b.inputs_RT.shape, b.scored_RS.shape) for b in task_list[0].batches}
   assert all(rows == 16 for (rows, _), _ in shapes)
-  first = tasks.run(scorer, params, task_list)
+  first = tasks.score(scorer, params, task_list)
   assert scorer._loss_sums._cache_size() == len(shapes) < len(task_list[0].batches)
-  assert tasks.run(scorer, params, task_list) == first
+  assert tasks.score(scorer, params, task_list) == first
   assert scorer._loss_sums._cache_size() == len(shapes)
 
 
@@ -128,9 +132,9 @@ def test_text_perplexity_equals_transformers_over_the_same_windows(tmp_path):
   text_file = tmp_path / "book.txt"
   text_file.write_text(" ".join(WORDS * 4) + "\n\nThe end.", encoding="utf-8")
   scorer = scoring.Scorer(GPT(GPTConfig.from_config(config)), rows_per_batch=4)
-  result = tasks.run(scorer, params, tasks.load(f"text:{text_file}", scorer))["book"]
+  result = tasks.metrics(scorer, params, tasks.load(f"text:{text_file}", scorer)[0])
 
-  hf.export(params, config, str(tmp_path / "hf"))
+  gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "hf"))
   model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
   ids = torch.tensor(tokenizer.gpt2().encode_ordinary(text_file.read_text()))
   total = 0.0
@@ -183,7 +187,7 @@ def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, vocab_size=50304, max_iters=4, eval_interval=4,
                        eval_tasks=f"hellaswag,text:{text_file}", eval_tasks_interval=2,
                        hellaswag_file=hs)
-  train.train(config)
+  launch.run(config)
   scored = records(config.out_dir, "tasks")
   assert [r["iter"] for r in scored] == [0, 2, 4]
   last = scored[-1]
@@ -203,7 +207,7 @@ def test_eval_tasks_add_no_wait_between_log_points(tmp_path, token_dir, monkeypa
   config = tiny_config(tmp_path, token_dir, vocab_size=50304, max_iters=6, log_interval=2,
                        eval_interval=6, eval_tasks="hellaswag", eval_tasks_interval=3,
                        hellaswag_file=write_hellaswag(tmp_path / "hs.jsonl", 3))
-  train.train(config)
+  launch.run(config)
   assert [r["iter"] for r in records(config.out_dir, "tasks")] == [0, 3, 6]
 
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from conftest import TINY_VOCAB, records, run_python, tiny_config
 
-from jaxgpt import data, defaults, hf, run_dir, tokenizer, train
+import launch
+from jaxgpt import data, defaults, run_dir, tokenizer, train
 from jaxgpt.errors import UserError
+from jaxgpt.interop import gpt2, weights
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 torch = pytest.importorskip("torch")
@@ -54,7 +56,7 @@ def assert_logits_close(ours, theirs):
 
 def test_imported_gpt2_gives_the_logits_of_transformers(tmp_path):
   theirs = hf_gpt2(tmp_path / "hf")
-  arch, params = hf.load(str(tmp_path / "hf"))
+  arch, params = gpt2.load(str(tmp_path / "hf"))
   assert arch == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16,
                   "vocab_size": TINY_VOCAB, "bias": True, "gelu_approximate": True}
   ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
@@ -63,12 +65,12 @@ def test_imported_gpt2_gives_the_logits_of_transformers(tmp_path):
 
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
   theirs = hf_gpt2(tmp_path / "hf")
-  arch, params = hf.load(str(tmp_path / "hf"))
-  hf.export(params, gpt2_config(arch), str(tmp_path / "out"))
+  arch, params = gpt2.load(str(tmp_path / "hf"))
+  gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "out"))
   back = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
   assert_logits_close(hf_logits(back, tokens()), hf_logits(theirs, tokens()))
   with pytest.raises(UserError, match="not empty"):
-    hf.export(params, gpt2_config(arch), str(tmp_path / "out"))
+    gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "out"))
 
 
 def test_export_crops_the_padded_vocabulary(tmp_path):
@@ -77,7 +79,7 @@ def test_export_crops_the_padded_vocabulary(tmp_path):
   config = gpt2_config({"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8,
                         "vocab_size": 50304, "bias": True, "gelu_approximate": True})
   params = init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0))
-  hf.export(params, config, str(tmp_path / "out"))
+  gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "out"))
   tensors = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
   assert tensors["transformer.wte.weight"].shape == (50257, 8)
   with open(tmp_path / "out" / "config.json", encoding="utf-8") as f:
@@ -87,9 +89,9 @@ def test_export_crops_the_padded_vocabulary(tmp_path):
 def test_a_checkpoint_that_is_not_gpt2_is_refused_by_name(tmp_path):
   hf_gpt2(tmp_path / "hf", activation_function="relu")
   with pytest.raises(UserError, match="activation_function='relu'"):
-    hf.load(str(tmp_path / "hf"))
+    gpt2.load(str(tmp_path / "hf"))
   with pytest.raises(UserError, match="hf_checkpoint_dir"):
-    hf.checkpoint_dir("gpt2", str(tmp_path / "missing"))
+    gpt2.checkpoint_dir("gpt2", str(tmp_path / "missing"))
 
 
 def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir):
@@ -97,10 +99,11 @@ def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, init_from="gpt2",
                        hf_checkpoint_dir=str(tmp_path / "hf"), max_iters=1, eval_interval=1,
                        warmup_iters=0)
-  train.train(config)
-  assert (config.bias, config.gelu_approximate) == (True, True)  # taken from the checkpoint
+  launch.run(config)
+  ran = run_dir.RunDir(config.out_dir).read_config()
+  assert (ran["bias"], ran["gelu_approximate"]) == (True, True)  # taken from the checkpoint
   evals = records(config.out_dir, "eval")
-  val = data.open_splits(config)["val"]
+  val = data.open_split(config.data_dir, "val", config.block_size, config.vocab_size)
   losses = []
   for batch in data.eval_batches(val, batch_size=config.batch_size, n_batches=config.eval_iters,
                                  seed=config.seed):
@@ -116,15 +119,15 @@ def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir):
 @pytest.mark.parametrize("recipe", ["nanogpt", pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_export_cli_writes_a_trained_run_that_transformers_loads(tmp_path, token_dir, recipe):
   """nanoGPT's recipe (no biases, exact GELU) and GPT-2's both export, tokenizer included."""
-  gpt2 = recipe == "gpt2"
-  config = tiny_config(tmp_path, token_dir, bias=gpt2, gelu_approximate=gpt2, max_iters=2,
-                       eval_interval=2)
+  gpt2_recipe = recipe == "gpt2"
+  config = tiny_config(tmp_path, token_dir, bias=gpt2_recipe, gelu_approximate=gpt2_recipe,
+                       max_iters=2, eval_interval=2)
   train.train(config)
   to = tmp_path / "hf_out"
-  result = run_python("-m", "jaxgpt.export", f"--out_dir={config.out_dir}", f"--to={to}")
+  result = run_python("-m", "jaxgpt.export", f"--out_dir={config.out_dir}", f"--out={to}")
   assert result.returncode == 0, result.stderr
   assert "INFO" not in result.stderr and "orbax" not in result.stderr.lower()  # no chatter
-  _, params, _ = run_dir.RunDir(config.out_dir).restore_params()
+  _, params, _ = weights.from_run(config.out_dir)
   ours = GPT(GPTConfig.from_config(config)).apply({"params": params}, jnp.asarray(tokens()))
   theirs = transformers.GPT2LMHeadModel.from_pretrained(str(to)).eval()
   assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
@@ -147,7 +150,7 @@ def test_exact_gelu_without_biases_matches_transformers_away_from_zero(tmp_path)
                         "vocab_size": TINY_VOCAB, "bias": False, "gelu_approximate": False})
   params = jax.tree.map(lambda p: 10 * p,
                         init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0)))
-  hf.export(params, config, str(tmp_path / "out"))
+  gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "out"))
   ours = GPT(GPTConfig.from_config(config)).apply({"params": params}, jnp.asarray(tokens()))
   theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
   assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))

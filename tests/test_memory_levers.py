@@ -8,17 +8,18 @@ path, and really drop what they claim to drop from the backward pass.
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from jaxgpt import attention
 from jaxgpt.model import GPT, GPTConfig, init_params
+from jaxgpt.plan.memory import backward_residuals
 
-BASE = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, n_embd=32)
+BASE = tiny_model(vocab_size=96)
 
 
 def loss_and_grads(cfg: GPTConfig, params, tokens_BT1, *, train: bool = False):
@@ -26,8 +27,8 @@ def loss_and_grads(cfg: GPTConfig, params, tokens_BT1, *, train: bool = False):
   rngs = {"dropout": jax.random.PRNGKey(7)} if train else None
 
   def loss(p):
-    return model.apply({"params": p}, tokens_BT1[:, :-1], targets_BT=tokens_BT1[:, 1:],
-                       train=train, rngs=rngs)
+    return model.apply({"params": p}, tokens_BT1[:, :-1], tokens_BT1[:, 1:], train=train,
+                       rngs=rngs, method=GPT.loss)
 
   return jax.jit(jax.value_and_grad(loss))(params)
 
@@ -71,21 +72,14 @@ def test_chunked_loss_in_bfloat16_stays_close_to_the_whole_logits_path(params, t
 def test_eval_loss_without_gradients_uses_the_chunked_forward(params, tokens_BT1):
   def loss(chunk_size):
     return GPT(dataclasses.replace(BASE, loss_chunk_size=chunk_size)).apply(
-        {"params": params}, tokens_BT1[:, :-1], targets_BT=tokens_BT1[:, 1:])
+        {"params": params}, tokens_BT1[:, :-1], tokens_BT1[:, 1:], method=GPT.loss)
 
   assert float(loss(7)) == pytest.approx(float(loss(0)), abs=2e-6)
 
 
 def residual_shapes(cfg: GPTConfig, batch: int) -> list[tuple[int, ...]]:
   """Shapes of every array the backward pass keeps from the forward pass."""
-  model = GPT(cfg)
-  tokens = jax.ShapeDtypeStruct((batch, cfg.block_size), jnp.int32)
-  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
-
-  def backward_fn(p, x):
-    return jax.vjp(lambda p: model.apply({"params": p}, x, targets_BT=x), p)[1]
-
-  return [leaf.shape for leaf in jax.tree.leaves(jax.eval_shape(backward_fn, params, tokens))]
+  return [leaf.shape for leaf in backward_residuals(GPT(cfg), batch)]
 
 
 def test_chunked_loss_keeps_no_logits_for_the_backward_pass():
@@ -116,26 +110,6 @@ def test_remat_drops_the_attention_scores_from_the_backward_pass():
     assert not has_scores(residual_shapes(dataclasses.replace(cfg, remat=policy), 4))
 
 
-def fake_device(platform: str, compute_capability: str | None = None):
-  device = types.SimpleNamespace(platform=platform)
-  if compute_capability:
-    device.compute_capability = compute_capability
-  return device
-
-
-@pytest.mark.parametrize("device, dtype, head_size, expected", [
-    (fake_device("gpu", "9.0"), "bfloat16", 64, "cudnn"),  # H100
-    (fake_device("gpu", "8.9"), "bfloat16", 64, "cudnn"),  # RTX 4070
-    (fake_device("gpu", "7.5"), "bfloat16", 64, "xla"),  # T4: no flash attention
-    (fake_device("gpu", "9.0"), "float32", 64, "xla"),
-    (fake_device("gpu", "9.0"), "bfloat16", 36, "xla"),  # not a multiple of 8
-    (fake_device("cpu"), "bfloat16", 64, "xla"),
-])
-def test_auto_attention_picks_cudnn_where_it_runs(device, dtype, head_size, expected):
-  assert attention.implementation("auto", dtype, head_size, device) == expected
-  assert attention.implementation("xla", dtype, head_size, device) == "xla"
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")
 def test_auto_attention_on_this_gpu_trains_like_xla_attention(tokens_BT1):
@@ -144,7 +118,7 @@ def test_auto_attention_on_this_gpu_trains_like_xla_attention(tokens_BT1):
   device = jax.devices()[0]
   if tuple(int(x) for x in device.compute_capability.split(".")[:2]) < (8, 0):
     pytest.skip(f"{device.device_kind} runs no cuDNN flash attention")
-  assert attention.implementation("auto", cfg.dtype, 32, device) == "cudnn"
+  assert attention.for_device("auto", cfg.dtype, 32, device) == "cudnn"
   loss, grads = loss_and_grads(cfg, params, tokens_BT1)
   xla_loss, xla_grads = loss_and_grads(dataclasses.replace(cfg, attention="xla"), params,
                                        tokens_BT1)

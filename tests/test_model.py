@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import recipe
+from conftest import recipe, tiny_model
 
 from jaxgpt import defaults
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
@@ -20,8 +20,7 @@ def abstract_params(config) -> dict:
 
 
 def small_model(**kw) -> tuple[GPT, dict]:
-  cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, **kw)
-  model = GPT(cfg)
+  model = GPT(tiny_model(**kw))
   return model, init_params(model, jax.random.PRNGKey(0))
 
 
@@ -50,7 +49,7 @@ def test_init_loss_of_fineweb_40m_is_about_10_9():
   assert math.log(50304) < loss
   assert abs(loss - 10.9) < 0.1, loss
   # The training loss (fused head, in chunks) is the same number.
-  fused = model.apply({"params": params}, tokens[:, :-1], targets_BT=tokens[:, 1:])
+  fused = model.apply({"params": params}, tokens[:, :-1], tokens[:, 1:], method=GPT.loss)
   assert float(fused) == pytest.approx(loss, abs=1e-5)
 
 
@@ -111,8 +110,7 @@ def test_training_attention_with_dropout_matches_fused_attention():
 
 def test_gelu_option_selects_tanh_approximation():
   exact_model, params = small_model()
-  tanh_model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32,
-                             gelu_approximate=True))
+  tanh_model = GPT(tiny_model(gelu_approximate=True))
   tokens = jax.random.randint(jax.random.PRNGKey(5), (1, 16), 0, 64)
   exact = exact_model.apply({"params": params}, tokens)
   tanh = tanh_model.apply({"params": params}, tokens)
@@ -126,7 +124,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   tokens = jax.random.randint(jax.random.PRNGKey(6), (1, 16), 0, 64)
   logits = model.apply({"params": params}, tokens)
   assert logits.dtype == jnp.float32
-  f32_model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+  f32_model = GPT(tiny_model())
   np.testing.assert_allclose(logits, f32_model.apply({"params": params}, tokens), atol=5e-2)
 
 
@@ -137,4 +135,4 @@ def test_sequence_longer_than_block_size_is_rejected():
 
 
 def test_default_config_is_valid():
-  defaults.validate(defaults.get_config())
+  assert defaults.validate(defaults.get_config()) is None  # raises on an invalid value

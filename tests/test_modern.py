@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -10,20 +11,30 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import recipe, records, restore_state, run_python, tiny_config, write_config_file
+from conftest import (
+  recipe,
+  records,
+  restore_state,
+  run_python,
+  tiny_config,
+  tiny_model,
+  write_config_file,
+)
 
-from jaxgpt import decoding, defaults, flops, head_loss, hf, model, optim, plan, step, train
+import launch
+from jaxgpt import defaults, head_loss, model, optim, summary, train, train_step
 from jaxgpt.bench import recipes
 from jaxgpt.errors import UserError
+from jaxgpt.inference import decoding
+from jaxgpt.interop import gpt2, weights
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 MODERN = dict(defaults.MODERN)
 SINGLES = [{key: value} for key, value in MODERN.items()]
 
 
-def tiny_model(**overrides) -> tuple[GPT, dict]:
-  cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, **overrides)
-  m = GPT(cfg)
+def model_and_params(**overrides) -> tuple[GPT, dict]:
+  m = GPT(tiny_model(block_size=32, **overrides))
   return m, init_params(m, jax.random.PRNGKey(0))
 
 
@@ -39,7 +50,7 @@ MODEL_KEYS = {k: v for k, v in MODERN.items() if k not in ("optimizer", "lr_sche
 def test_every_modern_key_is_off_by_default():
   c = defaults.get_config()
   assert all(c[key] != value for key, value in MODERN.items())
-  assert defaults.gpt2_architecture_differences(c) == []
+  assert gpt2.differences(GPTConfig.from_config(c)) == []
 
 
 @pytest.mark.parametrize("overrides", [pytest.param(o, marks=pytest.mark.slow) for o in SINGLES]
@@ -47,24 +58,24 @@ def test_every_modern_key_is_off_by_default():
 def test_each_change_alone_and_all_together_train(tmp_path, token_dir, overrides):
   config = tiny_config(tmp_path, token_dir, max_iters=12, eval_interval=12, lr_decay_iters=12,
                        learning_rate=3e-3, min_lr=3e-4, **overrides)
-  losses = train.train(config)
+  losses = launch.run(config)
   first = records(config.out_dir, "eval")[0]["val_loss"]
   assert losses["val"] < first - 0.3, (first, losses)
 
 
 def test_zero_projections_and_a_zero_head_start_at_exactly_ln_vocab():
-  m, params = tiny_model(tie_embeddings=False, zero_init_projections=True)
+  m, params = model_and_params(tie_embeddings=False, zero_init_projections=True)
   tokens = jnp.arange(33)[None] % 64
-  loss = m.apply({"params": params}, tokens[:, :-1], targets_BT=tokens[:, 1:])
+  loss = m.apply({"params": params}, tokens[:, :-1], tokens[:, 1:], method=GPT.loss)
   np.testing.assert_allclose(loss, math.log(64), rtol=1e-6)
   assert not jnp.any(params["h_0"]["attn"]["c_proj"]["kernel"])
   assert not jnp.any(params["h_1"]["mlp"]["c_proj"]["kernel"])
 
 
 def test_untied_head_is_its_own_matrix_and_leaves_the_flop_count():
-  _m, params = tiny_model(tie_embeddings=False)
+  _m, params = model_and_params(tie_embeddings=False)
   assert params["lm_head"]["embedding"].shape == params["wte"]["embedding"].shape
-  tied = model.count_params(tiny_model()[1])
+  tied = model.count_params(model_and_params()[1])
   # The untied head replaces the tied one in the matmuls; the token embedding is a lookup.
   assert model.count_params(params) == tied
 
@@ -72,7 +83,7 @@ def test_untied_head_is_its_own_matrix_and_leaves_the_flop_count():
 @pytest.mark.parametrize("overrides", [MODEL_KEYS, {"pos_emb": "rope", "qk_norm": True}],
                          ids=["modern", "rope+qk_norm"])
 def test_later_tokens_cannot_change_earlier_logits(overrides):
-  m, params = tiny_model(**overrides)
+  m, params = model_and_params(**overrides)
   params = trained_like(params)
   a = jnp.arange(20)[None] % 64
   b = a.at[0, 12:].set(7)
@@ -91,12 +102,12 @@ def test_rotary_keeps_lengths_and_depends_only_on_the_distance():
 
 
 def test_rope_model_has_no_position_embedding():
-  _, params = tiny_model(pos_emb="rope")
+  _, params = model_and_params(pos_emb="rope")
   assert "wpe" not in params
 
 
 def test_relu2_mlp_squares_the_positive_part():
-  cfg = GPTConfig(n_embd=8, n_layer=1, mlp_act="relu2")
+  cfg = tiny_model(n_embd=8, n_layer=1, mlp_act="relu2")
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 8))
   mlp = model.MLP(cfg)
   params = mlp.init(jax.random.PRNGKey(1), x, train=False)["params"]
@@ -106,10 +117,10 @@ def test_relu2_mlp_squares_the_positive_part():
 
 
 def test_softcap_bounds_the_logits():
-  m, params = tiny_model(logit_softcap=2.0)
+  m, params = model_and_params(logit_softcap=2.0)
   params["wte"]["embedding"] = params["wte"]["embedding"] * 1000
   logits = m.apply({"params": params}, jnp.arange(10)[None])
-  uncapped = GPT(GPTConfig(**{**m.config.__dict__, "logit_softcap": 0.0}))
+  uncapped = GPT(dataclasses.replace(m.config, logit_softcap=0.0))
   assert jnp.abs(uncapped.apply({"params": params}, jnp.arange(10)[None])).max() > 100
   assert 1.9 < jnp.abs(logits).max() <= 2.0
 
@@ -138,11 +149,11 @@ def test_chunked_head_loss_and_its_gradients_equal_plain_autodiff(cap):
 
 
 def test_model_loss_with_and_without_chunks_agree_for_the_modern_model():
-  m, params = tiny_model(**MODEL_KEYS)
+  m, params = model_and_params(**MODEL_KEYS)
   params = trained_like(params)
   tokens = jnp.arange(2 * 33).reshape(2, 33) % 64
-  plain = GPT(GPTConfig(**{**m.config.__dict__, "loss_chunk_size": 0}))
-  f = lambda mm: jax.value_and_grad(lambda p: step.loss(mm, p, tokens, None))(params)
+  plain = GPT(dataclasses.replace(m.config, loss_chunk_size=0))
+  f = lambda mm: jax.value_and_grad(lambda p: train_step.loss(mm, p, tokens, None))(params)
   (v1, g1), (v2, g2) = f(plain), f(m)
   np.testing.assert_allclose(v2, v1, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
@@ -150,7 +161,7 @@ def test_model_loss_with_and_without_chunks_agree_for_the_modern_model():
 
 
 def test_cached_decoding_with_rotary_positions_equals_recomputing():
-  m, params = tiny_model(**MODEL_KEYS)
+  m, params = model_and_params(**MODEL_KEYS)
   params = trained_like(params)
   params["lm_head"]["embedding"] = params["lm_head"]["embedding"] * 50  # far-apart logits
   prompts = [[1, 2, 3], list(range(5, 25))]
@@ -163,7 +174,7 @@ def test_cached_decoding_with_rotary_positions_equals_recomputing():
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
-  _, params = tiny_model(**MODEL_KEYS)
+  _, params = model_and_params(**MODEL_KEYS)
   groups = optim.optimizer_groups(params)
   assert groups["h_0"]["attn"]["c_attn"]["kernel"] == "muon"
   assert groups["h_1"]["mlp"]["c_proj"]["kernel"] == "muon"
@@ -178,7 +189,7 @@ def test_muon_momentum_warms_up_and_its_update_is_orthogonal():
            decay_lr=False, muon_momentum_start=0.85, muon_momentum=0.95,
            muon_momentum_warmup_iters=10)
   params = {"h_0": {"w": jnp.zeros((64, 64))}, "wte": {"embedding": jnp.zeros((8, 4))}}
-  tx = optim.make_optimizer(c)
+  tx = optim.make_optimizer(defaults.view(optim.OptimConfig, c))
   state = tx.init(params)
   grads = {"h_0": {"w": jax.random.normal(jax.random.PRNGKey(0), (64, 64))},
            "wte": {"embedding": jnp.ones((8, 4))}}
@@ -199,7 +210,8 @@ def test_muon_learning_rate_follows_the_schedule_with_its_own_peak():
   c = defaults.get_config()
   c.update(learning_rate=1e-3, min_lr=1e-4, muon_learning_rate=0.02, warmup_iters=10,
            lr_decay_iters=100, max_iters=100)
-  adamw, muon = optim.lr_schedule(c), optim.lr_schedule(c, peak=0.02)
+  o = defaults.view(optim.OptimConfig, c)
+  adamw, muon = optim.lr_schedule(o), optim.lr_schedule(o, peak=0.02)
   for it in (0, 5, 50, 99, 200):
     np.testing.assert_allclose(muon(it) / adamw(it), 20.0, rtol=1e-5)
 
@@ -208,14 +220,15 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly():
   c = defaults.get_config()
   c.update(lr_schedule="wsd", learning_rate=1e-3, min_lr=1e-4, warmup_iters=10,
            max_iters=110, wsd_decay_frac=0.2)
-  lr = optim.lr_schedule(c)
+  o = defaults.view(optim.OptimConfig, c)
+  lr = optim.lr_schedule(o)
   np.testing.assert_allclose(lr(0), 1e-3 / 11, rtol=1e-6)  # nanoGPT's warmup
   for it in (10, 50, 90):  # stable until the last 20 of the 100 iterations after warmup
     np.testing.assert_allclose(lr(it), 1e-3, rtol=1e-6)
   np.testing.assert_allclose(lr(100), 1e-3 - 0.5 * 9e-4, rtol=1e-6)
   np.testing.assert_allclose(lr(110), 1e-4, rtol=1e-6)
   np.testing.assert_allclose(lr(500), 1e-4, rtol=1e-6)
-  host = optim.lr_schedule(c, np)
+  host = optim.lr_schedule(o, np)
   for it in (0, 10, 95, 110):
     np.testing.assert_allclose(host(it), lr(it), rtol=1e-6)
 
@@ -227,7 +240,6 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly():
     ({"pos_emb": "rope", "n_embd": 30, "n_head": 2}, "rope needs an even head size; n_embd/n_head is 15"),
     ({"lr_schedule": "wsd", "wsd_decay_frac": 0.0}, "config.wsd_decay_frac=0.0: must be in (0, 1]"),
     ({"optimizer": "muon", "muon_momentum": 1.0}, "config.muon_momentum=1.0: must be in [0, 1)"),
-    ({"init_from": "gpt2", "pos_emb": "rope"}, "loads GPT-2-architecture weights; this config has pos_emb=rope"),
 ])
 def test_bad_values_are_refused_by_name(overrides, message):
   c = defaults.get_config()
@@ -237,13 +249,21 @@ def test_bad_values_are_refused_by_name(overrides, message):
   assert message in str(e.value)
 
 
+def test_gpt2_weights_are_refused_for_a_modern_config(tmp_path):
+  c = defaults.get_config()
+  c.update(init_from="gpt2", pos_emb="rope")
+  with pytest.raises(UserError, match="loads GPT-2-architecture weights; this config has "
+                                      "pos_emb=rope"):
+    weights.for_training(c)
+
+
 def test_export_refuses_a_modern_model_and_says_why(tmp_path):
   c = defaults.get_config()
   c.update(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, pos_emb="rope",
            mlp_act="relu2")
-  params = step.build(c).new_state().params
+  params = train_step.build(c).new_state().params
   with pytest.raises(UserError, match=r"not GPT-2's architecture \(pos_emb=rope, mlp_act=relu2\)"):
-    hf.export(params, c, str(tmp_path / "hf"))
+    gpt2.export(params, GPTConfig.from_config(c), str(tmp_path / "hf"))
   assert not (tmp_path / "hf").exists()
 
 
@@ -255,7 +275,7 @@ def test_a_modern_run_samples_and_its_export_is_refused_in_one_line(tmp_path, to
                  "--num_samples=2", "--max_new_tokens=40", "--top_k=20")  # past block_size 16
   assert r.returncode == 0, r.stderr
   assert r.stdout.count("---------------\n") == 2
-  r = run_python("-m", "jaxgpt.export", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
+  r = run_python("-m", "jaxgpt.export", f"--out_dir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}")
   assert r.returncode == 1
   assert r.stderr.strip().splitlines()[-1].startswith("error: this run's model is not GPT-2's")
 
@@ -287,19 +307,19 @@ def test_modern_recipes_keep_their_base_size_and_data(name):
 
 def test_plan_counts_the_modern_model_and_its_flops():
   c = recipe("fineweb_40m_modern")
-  p = plan.make_plan(c)
-  base = plan.make_plan(recipe("fineweb_40m"))
+  p = summary.summarize(c)
+  base = summary.summarize(recipe("fineweb_40m"))
   # No position embeddings and an untied head: the matmul params are the nanoGPT model's,
   # plus a query and a key gain per layer.
   assert p.n_params == base.n_params + 12 * 2 * 64
   # In all: no position embedding, a head of its own, and a query and a key gain per layer.
   assert p.n_params_total == base.n_params_total - 1024 * 384 + 50304 * 384 + 12 * 2 * 64
-  assert p.flops_per_token == flops.per_token(p.n_params, c)
+  assert p.flops_per_token == 6 * p.n_params + 12 * 12 * 6 * 64 * 1024
 
 
 def test_the_launch_log_spells_out_the_wsd_schedule_and_muon():
   c = recipe("fineweb_40m_modern")
-  assert plan.schedule(c) == (
+  assert summary.schedule(defaults.view(optim.OptimConfig, c), c.max_iters) == (
       "learning rate: warmup over 700 iterations to 0.002, held until iteration 16,140, then "
       "linear to 0.0002 at iteration 20,000 (max_iters=20,000); Muon's matrices at 0.02 on the "
       "same schedule, momentum 0.85 to 0.95 over 300 iterations")
@@ -329,14 +349,14 @@ def test_a_variant_stopped_by_a_signal_stops_the_comparison(tmp_path, token_dir,
   base = recipes.base_config(token_dir, str(tmp_path / "compare"), max_iters=8)
   base.update(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, vocab_size=96,
               eval_iters=2)
-  real_train = train.train
+  real_train = recipes.train_variant
 
   def stopped_at_4(config):  # as a SIGTERM at iteration 4 leaves a run
     short = ml_collections.ConfigDict(config.to_dict())
     short.max_iters = 4
     return real_train(short)
 
-  monkeypatch.setattr(train, "train", stopped_at_4)
+  monkeypatch.setattr(recipes, "train_variant", stopped_at_4)
   with pytest.raises(UserError, match="stopped before max_iters=8; the comparison stops here"):
     recipes.compare(base, ["nanogpt", "modern"], [1.0])
   assert not (tmp_path / "compare" / "modern").exists()

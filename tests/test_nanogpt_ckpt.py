@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from conftest import TINY_VOCAB, records, run_python, tiny_config
 
-from jaxgpt import data, nanogpt_ckpt, train, weights
+import launch
+from jaxgpt import data, run_dir
 from jaxgpt.errors import UserError
+from jaxgpt.interop import nanogpt, weights
 from jaxgpt.model import GPT, GPTConfig
 
 torch = pytest.importorskip("torch")
@@ -59,7 +61,7 @@ def logits_of(model, tokens_BT: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("bias", [False, True])
 def test_a_nanogpt_checkpoint_gives_the_logits_of_transformers(tmp_path, bias):
   theirs = write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=bias)
-  arch, params, iter_num = nanogpt_ckpt.read(str(tmp_path / "ckpt.pt"))
+  arch, params, iter_num = nanogpt.read(str(tmp_path / "ckpt.pt"))
   assert arch == {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD, "block_size": BLOCK,
                   "bias": bias, "vocab_size": TINY_VOCAB, "gelu_approximate": False}
   assert iter_num == 250
@@ -75,11 +77,12 @@ def test_training_continues_from_a_nanogpt_checkpoint_with_its_architecture(tmp_
   config = tiny_config(tmp_path, token_dir, init_from=f"nanogpt:{tmp_path / 'ckpt.pt'}",
                        n_layer=1, n_embd=64, block_size=8, gelu_approximate=True, max_iters=1,
                        eval_interval=1, warmup_iters=0)
-  train.train(config)
+  launch.run(config)
   # The architecture is the checkpoint's; a smaller block_size crops the positions.
-  assert (config.n_layer, config.n_embd, config.bias, config.gelu_approximate) == (
+  ran = run_dir.RunDir(config.out_dir).read_config()
+  assert (ran["n_layer"], ran["n_embd"], ran["bias"], ran["gelu_approximate"]) == (
       N_LAYER, N_EMBD, False, False)
-  val = data.open_splits(config)["val"]
+  val = data.open_split(config.data_dir, "val", config.block_size, config.vocab_size)
   losses = []
   for batch in data.eval_batches(val, batch_size=config.batch_size, n_batches=config.eval_iters,
                                  seed=config.seed):
@@ -95,13 +98,13 @@ def test_training_continues_from_a_nanogpt_checkpoint_with_its_architecture(tmp_
 def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
   torch.save({"model": {}}, str(tmp_path / "no_args.pt"))
   with pytest.raises(UserError, match="no_args.pt: not a nanoGPT checkpoint.*model_args"):
-    nanogpt_ckpt.read(str(tmp_path / "no_args.pt"))
+    nanogpt.read(str(tmp_path / "no_args.pt"))
   torch.save({"model": {}, "model_args": {"n_layer": 1}}, str(tmp_path / "short.pt"))
   with pytest.raises(UserError, match=r"short.pt: model_args lacks \['n_head'"):
-    nanogpt_ckpt.read(str(tmp_path / "short.pt"))
+    nanogpt.read(str(tmp_path / "short.pt"))
   (tmp_path / "text.pt").write_text("not a checkpoint")
   with pytest.raises(UserError, match="text.pt: not a PyTorch checkpoint"):
-    nanogpt_ckpt.read(str(tmp_path / "text.pt"))
+    nanogpt.read(str(tmp_path / "text.pt"))
   with pytest.raises(UserError, match="nanogpt:.*missing.pt: no such file"):
     weights.load(f"nanogpt:{tmp_path / 'missing.pt'}", out_dir="")
   with pytest.raises(UserError, match="--init_from=gpt3: must be 'resume'"):

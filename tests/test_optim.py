@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from jaxgpt import defaults
-from jaxgpt.optim import lr_schedule, make_optimizer
+from jaxgpt.optim import OptimConfig, lr_schedule, make_optimizer
 
 
 def nanogpt_get_lr(it: int, c) -> float:
@@ -27,11 +27,12 @@ def nanogpt_get_lr(it: int, c) -> float:
   return c.min_lr + coeff * (c.learning_rate - c.min_lr)
 
 
-def schedule_config(**kw):
+def schedule_config(**kw) -> OptimConfig:
+  """The optimizer keys of nanoGPT's defaults, with fineweb_40m's schedule and `kw`."""
   c = defaults.get_config()
   c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters = 5e-4, 5e-5, 700, 20000
   c.update(kw)
-  return c
+  return defaults.view(OptimConfig, c)
 
 
 @pytest.mark.parametrize("it", [0, 1, 699, 700, 701, 10350, 19999, 20000, 20001, 50000])

@@ -15,12 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_python, tiny_config
+from conftest import run_python
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from jaxgpt import data, prepare, token_files, tokenizer
+from jaxgpt import data, token_files, tokenizer
 from jaxgpt.errors import UserError
+from jaxgpt.prep import datasets, fineweb, readers, shards, tokenize
 
 EOT = tokenizer.EOT_TOKEN
 
@@ -86,13 +87,13 @@ def assert_dataset(out: str, docs: list[tuple[str, str]]) -> dict[str, list[str]
     for i in (0, first_file_windows - 1):
       np.testing.assert_array_equal(src[i], files[0][i * 8:i * 8 + 9])
   assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and meta["eot_token"] == EOT
-  assert not os.path.exists(os.path.join(out, prepare.STAGING))
+  assert not os.path.exists(os.path.join(out, shards.STAGING))
   return ids
 
 
 def run(inputs: list[str], out, **kwargs) -> dict:
   kwargs.setdefault("progress", False)
-  return prepare.prepare_files(inputs, str(out), name="t", command="test", **kwargs)
+  return datasets.prepare_files(inputs, str(out), name="t", command="test", **kwargs)
 
 
 def test_fineweb_parquet_files(tmp_path):
@@ -102,7 +103,7 @@ def test_fineweb_parquet_files(tmp_path):
   ids = [f"<urn:uuid:{i:08d}-0000-0000-0000-000000000000>" for i in range(len(TEXTS))]
   by_split = assert_dataset(str(tmp_path / "out"), list(zip(ids, TEXTS)))
   # The split follows the hash of FineWeb's id column.
-  assert by_split["val"] == [i for i in ids if prepare.is_val(i, prepare.VAL_FRACTION)]
+  assert by_split["val"] == [i for i in ids if shards.is_val(i, shards.VAL_FRACTION)]
   assert meta["splits"]["train"]["shards"] > 1
   assert meta["sources"] == [a, str(tmp_path / "in" / "b.parquet")]
 
@@ -132,33 +133,33 @@ def test_txt_separator_and_jsonl_text_field(tmp_path):
 
 
 def test_long_documents_are_tokenized_in_pieces_exactly(tmp_path, monkeypatch):
-  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
-  monkeypatch.setattr(prepare, "READ_BYTES", 37)
-  monkeypatch.setattr(prepare, "BATCH_CHARS", 300)
+  monkeypatch.setattr(readers, "PIECE_CHARS", 50)
+  monkeypatch.setattr(readers, "READ_BYTES", 37)
+  monkeypatch.setattr(tokenize, "BATCH_CHARS", 300)
   enc = tokenizer.gpt2()
   rng = random.Random(0)
   alphabet = list("ab c\n\t'1.,!é🙂  ") + ["'s", "'ll", "\u00a0", "\u3000", "\x1c", "\x85",
                                           "\u2028", "\u200b", "\r\n"]
   for limit in (1, 3, 10):  # cut at nearly every safe space
-    monkeypatch.setattr(prepare, "PIECE_CHARS", limit)
+    monkeypatch.setattr(readers, "PIECE_CHARS", limit)
     for _ in range(200):
       text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 100)))
-      pieces = list(prepare.pieces_of("d", text))
+      pieces = list(readers.pieces_of("d", text))
       assert "".join(p.text for p in pieces) == text and pieces[-1].last
       assert [t for p in pieces for t in enc.encode_ordinary(p.text)] == enc.encode_ordinary(text)
-  monkeypatch.setattr(prepare, "PIECE_CHARS", 50)
+  monkeypatch.setattr(readers, "PIECE_CHARS", 50)
   (tmp_path / "x.txt").write_text("@@".join(TEXTS), encoding="utf-8", newline="")
   run([str(tmp_path / "x.txt")], tmp_path / "out", separator="@@")
   assert_dataset(str(tmp_path / "out"), [("", t) for t in TEXTS])
 
 
 def test_text_is_never_cut_inside_a_separator_that_is_half_read(tmp_path, monkeypatch):
-  monkeypatch.setattr(prepare, "PIECE_CHARS", 4)
-  monkeypatch.setattr(prepare, "READ_BYTES", 13)  # the first read ends in "@@ @"
+  monkeypatch.setattr(readers, "PIECE_CHARS", 4)
+  monkeypatch.setattr(readers, "READ_BYTES", 13)  # the first read ends in "@@ @"
   path = tmp_path / "t.txt"
   path.write_text("abcdefghi@@ @@jk lm no pq@@ @@", encoding="utf-8")
   docs, text = [], ""
-  for piece in prepare.read_text(str(path), "@@ @@"):
+  for piece in readers.read_text(str(path), "@@ @@"):
     text += piece.text
     if piece.last:
       docs.append((piece.doc_id, text))
@@ -167,7 +168,7 @@ def test_text_is_never_cut_inside_a_separator_that_is_half_read(tmp_path, monkey
 
 
 def test_workers_give_byte_identical_output(tmp_path, monkeypatch):
-  monkeypatch.setattr(prepare, "BATCH_CHARS", 2000)  # many batches in flight
+  monkeypatch.setattr(tokenize, "BATCH_CHARS", 2000)  # many batches in flight
   write_parquet(tmp_path / "a.parquet", TEXTS)
   for workers in (1, 2):
     run([str(tmp_path / "a.parquet")], tmp_path / f"out{workers}", workers=workers,
@@ -184,7 +185,7 @@ def test_val_split_is_a_fraction_of_documents_up_to_a_cap(tmp_path):
   path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
   run([str(path)], tmp_path / "out")
   by_split = assert_dataset(str(tmp_path / "out"), docs)
-  want = [i for i, _ in docs if prepare.is_val(i, 0.1)]
+  want = [i for i, _ in docs if shards.is_val(i, 0.1)]
   assert by_split["val"] == want and 20 < len(want) < 60  # small corpus: 10% of it
   meta = run([str(path)], tmp_path / "capped", val_tokens=100)
   by_split = assert_dataset(str(tmp_path / "capped"), docs)
@@ -215,7 +216,7 @@ def test_missing_text_column_names_the_file(tmp_path, kind):
     path = str(tmp_path / "a.jsonl")
     (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
     match = f"{path}:2: no field 'text'"
-  with pytest.raises(prepare.PrepareError, match=match):
+  with pytest.raises(readers.PrepareError, match=match):
     run([path], tmp_path / "out")
 
 
@@ -230,13 +231,13 @@ def test_missing_text_column_names_the_file(tmp_path, kind):
 def test_bad_input_names_the_file(tmp_path, name, content, match):
   path = tmp_path / name
   path.write_bytes(content if isinstance(content, bytes) else content.encode())
-  with pytest.raises(prepare.PrepareError, match=match):
+  with pytest.raises(readers.PrepareError, match=match):
     run([str(path)], tmp_path / "out")
   assert not token_files.find_shards(str(tmp_path / "out"), "train")
 
 
 def test_no_matching_files_names_the_glob(tmp_path):
-  with pytest.raises(prepare.PrepareError, match=r"--input=.*nothing/\*.txt: no files match"):
+  with pytest.raises(readers.PrepareError, match=r"--input=.*nothing/\*.txt: no files match"):
     run([str(tmp_path / "nothing" / "*.txt")], tmp_path / "out")
 
 
@@ -246,12 +247,12 @@ def test_a_finished_dataset_or_foreign_token_files_are_never_overwritten(tmp_pat
   path = write_parquet(tmp_path / "a.parquet", TEXTS)
   run([path], tmp_path / "out")
   before = {n: (tmp_path / "out" / n).read_bytes() for n in os.listdir(tmp_path / "out")}
-  with pytest.raises(prepare.PrepareError, match="meta.json: .* already holds a prepared dataset"):
+  with pytest.raises(readers.PrepareError, match="meta.json: .* already holds a prepared dataset"):
     run([path], tmp_path / "out")
   assert before == {n: (tmp_path / "out" / n).read_bytes() for n in os.listdir(tmp_path / "out")}
   (tmp_path / "nano").mkdir()
   np.arange(100, dtype=np.uint16).tofile(tmp_path / "nano" / "train.bin")
-  with pytest.raises(prepare.PrepareError, match="train.bin.*choose an empty --out"):
+  with pytest.raises(readers.PrepareError, match="train.bin.*choose an empty --out"):
     run([path], tmp_path / "nano")
 
 
@@ -260,21 +261,21 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
   out = tmp_path / "out"
 
   def crashing():
-    for i, piece in enumerate(prepare.read_parquet(path, "text")):
+    for i, piece in enumerate(readers.read_parquet(path, "text")):
       if i == 40:
         raise KeyboardInterrupt
       yield piece
 
   with pytest.raises(KeyboardInterrupt):
-    prepare.write_dataset(crashing(), str(out), name="t", sources=[path], command="test",
+    shards.write_dataset(crashing(), str(out), name="t", sources=[path], command="test",
                           shard_tokens=2000, progress=False)
   assert os.listdir(out) == []
   # A killed run (no cleanup) leaves its staging directory behind.
-  (out / prepare.STAGING).mkdir()
-  (out / prepare.STAGING / "t_train_000000.bin").write_bytes(b"partial")
-  config = tiny_config(tmp_path, str(out), dataset="fineweb")
+  (out / shards.STAGING).mkdir()
+  (out / shards.STAGING / "t_train_000000.bin").write_bytes(b"partial")
+  assert not data.has_shards(str(out))  # so a run would make the data, or say how:
   with pytest.raises(UserError, match=f"python -m jaxgpt.prepare fineweb --out={out}"):
-    data.open_splits(config)
+    datasets.make("fineweb", str(out), auto_prepare=False)
   run([path], out)
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
 
@@ -286,7 +287,7 @@ def hub(tmp_path, monkeypatch):
   """Three FineWeb-like parquet files per repo folder; records what is listed and downloaded."""
   root = tmp_path / "hub"
   calls: dict[str, list] = {"list": [], "download": []}
-  for repo in prepare.FINEWEB_REPOS.values():
+  for repo in fineweb.REPOS.values():
     for i, chunk in enumerate([TEXTS[:20], TEXTS[20:40], TEXTS[40:]]):
       write_parquet(root / repo / "sample" / "10BT" / f"{i:03d}_00000.parquet", chunk, 20 * i)
 
@@ -302,7 +303,7 @@ def hub(tmp_path, monkeypatch):
     calls["download"].append((repo_id, filename, repo_type))
     return str(root / repo_id / filename)
 
-  monkeypatch.setattr(prepare, "check_hub_reachable", lambda: None)
+  monkeypatch.setattr(fineweb, "check_hub_reachable", lambda: None)
   monkeypatch.setattr(huggingface_hub, "list_repo_tree", list_repo_tree)
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
   return calls
@@ -310,7 +311,7 @@ def hub(tmp_path, monkeypatch):
 
 def test_fineweb_from_the_hub(tmp_path, hub):
   out = tmp_path / "fineweb"
-  meta = prepare.prepare_fineweb(str(out), shards_limit=2, name="fineweb", command="test",
+  meta = fineweb.prepare_fineweb(str(out), shards_limit=2, name="fineweb", command="test",
                                  progress=False)
   assert hub["list"] == [("HuggingFaceFW/fineweb", "sample/10BT", "dataset")]
   assert [d[1] for d in hub["download"]] == ["sample/10BT/000_00000.parquet",
@@ -321,31 +322,31 @@ def test_fineweb_from_the_hub(tmp_path, hub):
 
 
 def test_fineweb_edu_with_max_tokens_downloads_only_what_it_needs(tmp_path, hub, monkeypatch):
-  monkeypatch.setattr(prepare, "BATCH_CHARS", 2000)  # reading runs a batch ahead of tokenizing
-  prepare.prepare_fineweb(str(tmp_path / "edu"), edu=True, max_tokens=10000, val_fraction=0.5,
+  monkeypatch.setattr(tokenize, "BATCH_CHARS", 2000)  # reading runs a batch ahead of tokenizing
+  fineweb.prepare_fineweb(str(tmp_path / "edu"), edu=True, max_tokens=10000, val_fraction=0.5,
                           name="edu", command="test", progress=False)
   assert hub["download"] == [("HuggingFaceFW/fineweb-edu", "sample/10BT/000_00000.parquet",
                               "dataset")]
 
 
 def test_fineweb_names(tmp_path, hub):
-  assert prepare.fineweb_folder("sample-100BT") == "sample/100BT"
-  assert prepare.fineweb_folder("CC-MAIN-2013-20") == "data/CC-MAIN-2013-20"
-  with pytest.raises(prepare.PrepareError, match="--name=10BT: expected a sample"):
-    prepare.fineweb_folder("10BT")
-  with pytest.raises(prepare.PrepareError, match="fineweb/data/CC-MAIN-2013-20: not found"):
-    prepare.prepare_fineweb(str(tmp_path / "x"), subset="CC-MAIN-2013-20", name="x",
+  assert fineweb.fineweb_folder("sample-100BT") == "sample/100BT"
+  assert fineweb.fineweb_folder("CC-MAIN-2013-20") == "data/CC-MAIN-2013-20"
+  with pytest.raises(readers.PrepareError, match="--name=10BT: expected a sample"):
+    fineweb.fineweb_folder("10BT")
+  with pytest.raises(readers.PrepareError, match="fineweb/data/CC-MAIN-2013-20: not found"):
+    fineweb.prepare_fineweb(str(tmp_path / "x"), subset="CC-MAIN-2013-20", name="x",
                             command="test", progress=False)
 
 
 # The trainer's side.
 
 def test_trainer_makes_fineweb_itself_when_allowed(tmp_path, hub):
-  config = tiny_config(tmp_path, str(tmp_path / "fw"), dataset="fineweb", vocab_size=50304)
+  fw = str(tmp_path / "fw")
   with pytest.raises(UserError, match="auto_prepare=True"):
-    data.open_splits(config)
-  config.auto_prepare = True
-  sources = data.open_splits(config)
+    datasets.make("fineweb", fw, auto_prepare=False)
+  datasets.make("fineweb", fw, auto_prepare=True)
+  sources = data.open_splits(fw, block_size=16, vocab_size=50304, eval_batch=4)
   assert len(hub["download"]) == 3 and len(sources["train"]) > len(sources["val"]) > 0
   assert token_files.read_meta(str(tmp_path / "fw"))["command"] == (
       f"python -m jaxgpt.prepare fineweb --out={tmp_path / 'fw'}")
@@ -355,10 +356,9 @@ def test_trainer_warns_when_val_is_smaller_than_one_eval_batch(tmp_path, caplog)
   path = write_parquet(tmp_path / "a.parquet", [f"Short document {i} of a few words." for i in
                                                 range(200)])
   run([path], tmp_path / "out", val_tokens=50)
-  config = tiny_config(tmp_path, str(tmp_path / "out"), vocab_size=50304, block_size=16,
-                       batch_size=8)
   with caplog.at_level(logging.WARNING):
-    sources = data.open_splits(config)
+    sources = data.open_splits(str(tmp_path / "out"), block_size=16, vocab_size=50304,
+                               eval_batch=8)
   assert 0 < len(sources["val"]) < 8
   assert "fewer than one eval batch of batch_size x devices=8 windows" in caplog.text
 

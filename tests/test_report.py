@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 from conftest import run_python
 
-from jaxgpt import report, run_dir
+from jaxgpt import report, run_dir, sinks
 from jaxgpt.errors import UserError
 
 TOKENS_PER_ITER = 524_288
@@ -18,7 +18,7 @@ TOKENS_PER_ITER = 524_288
 def write_run(out_dir, *, max_iters=2000, eval_interval=500, log_interval=100, scale=1.0,
               mfu=0.38) -> str:
   """A metrics.jsonl shaped like train.py's, with a loss falling from ln(50304)."""
-  writer = run_dir.RunDir(str(out_dir)).metrics_writer()
+  writer = sinks.MetricsWriter(run_dir.RunDir(str(out_dir)).metrics_path)
   loss = lambda it: 3.0 * scale + 7.8 * math.exp(-it / 150)
   lr = lambda it: 6e-4 * min(1.0, (it + 1) / 100)
   for it in range(max_iters + 1):
@@ -59,7 +59,7 @@ def test_unknown_mfu_and_an_empty_run_say_so(tmp_path):
 
 def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
   run = run_dir.RunDir(str(tmp_path))
-  writer = run.metrics_writer()
+  writer = sinks.MetricsWriter(run.metrics_path)
   for it in (0, 10, 20, 30):  # crashed after iter 30; resumed from the checkpoint at 20
     writer.write({"event": "train", "iter": it, "loss": 1.0})
   for it in (20, 30, 40):
@@ -102,7 +102,7 @@ def test_cli_writes_the_png_into_the_first_run(tmp_path):
 
 def add_hellaswag(out_dir, every: int = 500, max_iters: int = 2000) -> None:
   """'tasks' records as the loop writes them with eval_tasks=hellaswag, accuracy rising."""
-  writer = run_dir.RunDir(str(out_dir)).metrics_writer()
+  writer = sinks.MetricsWriter(run_dir.RunDir(str(out_dir)).metrics_path)
   for it in range(0, max_iters + 1, every):
     writer.write({"event": "tasks", "iter": it, "tokens": it * TOKENS_PER_ITER,
                   "hellaswag_acc": 0.25 + it / 1e5, "hellaswag_acc_norm": 0.25 + it / 5e4,

@@ -78,7 +78,7 @@ def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path, token_dir):
 
 
 @pytest.fixture
-def first_batches(monkeypatch):
+def fed_batches(monkeypatch):
   """Records the host batches every train step is fed."""
   fed = []
   real = sharding.BatchLayout.train_batch
@@ -92,10 +92,10 @@ def first_batches(monkeypatch):
 
 
 def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token_dir,
-                                                                 first_batches):
+                                                                 fed_batches):
   kw = {"eval_interval": 4, "lr_decay_iters": 12}
   train.train(tiny_config(tmp_path, token_dir, max_iters=4, batch_size=4, **kw))
-  first_batches.clear()
+  fed_batches.clear()
   resumed = tiny_config(tmp_path, token_dir, max_iters=6, batch_size=8, init_from="resume", **kw)
   train.train(resumed)
   # 4 iterations of 2 x 4 windows were read: the resumed run's first batch (2 x 8) is the
@@ -103,17 +103,17 @@ def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token
   source = data.open_split(token_dir, "train", resumed.block_size, resumed.vocab_size)
   stream = data._windows_stream(source, resumed.seed, 0, 1)
   expected = np.stack([stream[i] for i in range(32, 48)]).reshape(2, 8, -1)
-  np.testing.assert_array_equal(first_batches[0], expected)
+  np.testing.assert_array_equal(fed_batches[0], expected)
   tokens = [(r["iter"], r["tokens"]) for r in records(resumed.out_dir, "train")]
   assert tokens == [(i, (i + 1) * 128) for i in range(4)] + [(4, 512 + 256), (5, 512 + 512)]
   _, meta = checkpoint_meta(resumed, 6)
   assert meta["tokens"] == 512 + 2 * 256 and meta["data"]["start_window"] == 32
   # Resumed again with the same batch, the saved iterator state continues it.
-  first_batches.clear()
+  fed_batches.clear()
   train.train(tiny_config(tmp_path, token_dir, max_iters=7, batch_size=8, init_from="resume",
                           **kw))
   expected = np.stack([stream[i] for i in range(64, 80)]).reshape(2, 8, -1)
-  np.testing.assert_array_equal(first_batches[0], expected)
+  np.testing.assert_array_equal(fed_batches[0], expected)
 
 
 def checkpoint_meta(config, at_step: int):
@@ -194,14 +194,14 @@ def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
 
 def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, token_dir,
                                                                     monkeypatch):
-  real_log = train._Run.defer_log
+  real_log = train._Loop.defer_log
 
   def log_then_sigterm(run, it, step_metrics):
     real_log(run, it, step_metrics)
     if it == 3:  # the signal lands after iteration 3, before the evaluation at 4
       os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(train._Run, "defer_log", log_then_sigterm)
+  monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
   config = tiny_config(tmp_path, token_dir, max_iters=8, eval_interval=4, lr_decay_iters=8)
   train.train(config)
   assert checkpoint_steps(config.out_dir) == [4]

@@ -8,17 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_python, tiny_config
+from conftest import run_python, tiny_config, tiny_model
 
-from jaxgpt import decoding, run_dir, sample, train
+from jaxgpt import sample, train
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, GPTConfig, init_params
+from jaxgpt.inference import decoding
+from jaxgpt.interop import weights
+from jaxgpt.model import GPT, init_params
 
 
 @functools.cache
 def peaked_model() -> tuple[GPT, dict]:
   """A tiny random GPT whose logits are far apart, so float noise never changes an argmax."""
-  model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=True))
+  model = GPT(tiny_model(block_size=32, bias=True))
   params = init_params(model, jax.random.PRNGKey(0))
   params["wte"]["embedding"] = params["wte"]["embedding"] * 20
   return model, params
@@ -104,7 +106,7 @@ def test_rows_stop_at_the_stop_token(greedy):
 
 
 def test_prompts_of_different_lengths_in_a_bucket_compile_once():
-  model = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=2, n_embd=16))
+  model = GPT(tiny_model(block_size=64, n_layer=1, n_embd=16))
   params = init_params(model, jax.random.PRNGKey(0))
   kw = {"max_new_tokens": 4, "temperature": 0.8, "top_k": 10}
   before = decoding.generate_padded._cache_size()
@@ -133,12 +135,12 @@ def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
   assert len(samples) == 4 and samples[-1] == ""
   assert all(s.startswith("A") for s in samples[:3])
   with pytest.raises(UserError, match=r"no checkpoint at step 1; it holds \[2\]"):
-    run_dir.RunDir(config.out_dir).restore_params(1)
+    weights.from_run(config.out_dir, 1)
 
 
 def test_sample_errors_name_what_is_missing(tmp_path):
   with pytest.raises(UserError, match="no checkpoints"):
-    run_dir.RunDir(str(tmp_path / "empty")).restore_params()
+    weights.from_run(str(tmp_path / "empty"))
   with pytest.raises(UserError, match="FILE:.*nope.txt"):
     sample.read_start(f"FILE:{tmp_path / 'nope.txt'}")
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, records, restore_state, tiny_config
 
-from jaxgpt import data, defaults, sharding, step, train
+from jaxgpt import data, defaults, sharding, train, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -113,8 +113,9 @@ def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path
   assert meta["iter"] == 4
   val = data.open_split(token_dir, "val", config.block_size, config.vocab_size)
   layout = sharding.BatchLayout.create(config)
-  eval_step = step.make_eval_step(step.build(config).model)
-  losses = train.evaluate(eval_step, state.params, {"val": val}, config, layout)
+  eval_step = train_step.make_eval_step(train_step.build(config).model)
+  losses = train.val_losses(eval_step, state.params, {"val": val}, config.eval_iters, config.seed,
+                            layout)
   np.testing.assert_allclose(losses["val"], results[0]["losses"]["val"], rtol=2e-5)
 
 

@@ -18,7 +18,8 @@ from conftest import (
   tiny_config,
 )
 
-from jaxgpt import step, train
+import launch
+from jaxgpt import train, train_step
 from jaxgpt.run_dir import RunDir
 
 
@@ -32,10 +33,10 @@ def test_micro_batches_give_the_update_of_one_big_batch(tmp_path):
   config = tiny_config(tmp_path, "", grad_clip=1.0, dropout=0.0)
   setup, state = build_state(config)
   batch = windows(k * b, config.block_size)
-  train_step = step.make_train_step(setup.model, setup.tx)
-  state_k, m_k = train_step(state, jnp.asarray(batch.reshape(k, b, -1)))
+  step_fn = train_step.make_train_step(setup.model, setup.tx)
+  state_k, m_k = step_fn(state, jnp.asarray(batch.reshape(k, b, -1)))
   state = setup.new_state()  # the first state was donated
-  state_1, m_1 = train_step(state, jnp.asarray(batch.reshape(1, k * b, -1)))
+  state_1, m_1 = step_fn(state, jnp.asarray(batch.reshape(1, k * b, -1)))
   np.testing.assert_allclose(m_k["loss"], m_1["loss"], rtol=1e-6)
   np.testing.assert_allclose(m_k["grad_norm"], m_1["grad_norm"], rtol=1e-5)
   # Adam divides by |g|: an element whose gradient is ~0 can move by float noise,
@@ -47,23 +48,23 @@ def test_micro_batches_give_the_update_of_one_big_batch(tmp_path):
 def test_step_compiles_once(tmp_path):
   config = tiny_config(tmp_path, "")
   setup, state = build_state(config)
-  train_step = step.make_train_step(setup.model, setup.tx)
+  step_fn = train_step.make_train_step(setup.model, setup.tx)
   batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))
   for _ in range(4):
-    state, _ = train_step(state, batch)
-  assert train_step._cache_size() == 1
+    state, _ = step_fn(state, batch)
+  assert step_fn._cache_size() == 1
 
 
 def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
   config = tiny_config(tmp_path, "", warmup_iters=10, lr_decay_iters=300, max_iters=300)
   setup, state = build_state(config)
-  train_step = step.make_train_step(setup.model, setup.tx)
+  step_fn = train_step.make_train_step(setup.model, setup.tx)
   data = windows(400, config.block_size, seed=7)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(300):
     idx = rng.integers(0, len(data), size=8)
-    state, m = train_step(state, jnp.asarray(data[idx].reshape(2, 4, -1)))
+    state, m = step_fn(state, jnp.asarray(data[idx].reshape(2, 4, -1)))
     losses.append(float(m["loss"]))
   assert losses[0] > 4.0  # about ln(96)
   assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
@@ -75,10 +76,10 @@ def test_dropout_rng_differs_per_step_but_is_reproducible(tmp_path):
   runs = []
   for _ in range(2):
     setup, state = build_state(config)
-    train_step = step.make_train_step(setup.model, setup.tx)
+    step_fn = train_step.make_train_step(setup.model, setup.tx)
     losses = []
     for _ in range(3):
-      state, m = train_step(state, batch)
+      state, m = step_fn(state, batch)
       losses.append(float(m["loss"]))
     runs.append(losses)
   assert runs[0] == runs[1]
@@ -138,7 +139,7 @@ def test_quickstart_recipe_brings_val_loss_under_60_percent_of_its_start(tmp_pat
   config = recipe("quickstart")
   config.out_dir, config.data_dir = str(tmp_path / "run"), str(tmp_path / "python_docs")
   config.sample_tokens = 0
-  train.train(config)
+  launch.run(config)
   evals = records(config.out_dir, "eval")
   assert evals[0]["val_loss"] == pytest.approx(10.8, abs=0.15)
   assert evals[-1]["iter"] == config.max_iters

@@ -1,8 +1,8 @@
 """python -m jaxgpt.bench: speed and memory of the train step, and of decoding.
 
   python -m jaxgpt.bench --config=configs/gpt2_124m.py [--config.KEY=VALUE ...]
-      [--steps=50] [--warmup=5] [--data_workers=2] [--peer=torch] [--peak_flops=FLOP/s]
-      [--json_out=PATH]
+      [--iters=50] [--warmup=5] [--data_workers=2] [--peer=torch] [--peak_flops=FLOP/s]
+      [--out=PATH]
   python -m jaxgpt.bench --config=... --memory        # kept for the backward pass, per remat
   python -m jaxgpt.bench --config=... --collectives   # dp vs fsdp memory and traffic
   python -m jaxgpt.bench --config=... --checkpoint    # step time during an async save
@@ -10,10 +10,10 @@
   python -m jaxgpt.bench --gpu_report                 # a first GPU run: tests, rows, memory
   python -m jaxgpt.bench --compare_recipes [--variants=nanogpt,modern | --ablation]
       [--lr_scales=0.5,1,2] [--compare_iters=250] [--compare_data=python_docs|DIR]
-      [--compare_out=out/compare_recipes]            # nanoGPT vs modern recipe: loss, speed
+      [--out=out/compare_recipes]                    # nanoGPT vs modern recipe: loss, speed
 
 The default prints a summary and one JSON line of every figure (appended to
---json_out too); the other modes print their own table and JSON lines.
+--out too); the other modes print their own table and JSON lines.
 """
 
 from __future__ import annotations
@@ -22,21 +22,41 @@ import json
 from typing import Any
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from jaxgpt import attention, cli
 from jaxgpt.bench import collectives, decode, gpu_report, memory, recipes, save_overhead, throughput
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, GPTConfig
 
 GiB = 2**30
-MODES = ("checkpoint", "memory", "collectives", "decode", "gpu_report", "compare_recipes")
+# Each mode answers another question than the default's (the train step's speed).
+MODES = {
+    "checkpoint": "Time steps with and without an asynchronous checkpoint save in flight.",
+    "memory": ("Print the activations one micro-batch keeps for its backward pass under each "
+               "remat policy, with the loss in chunks and whole (no device needed: counted "
+               "from the program)."),
+    "collectives": ("Compile the step for every device under dp and fsdp and report "
+                    "per-device memory and the bytes its collectives move (run with simulated "
+                    "devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 "
+                    "JAX_PLATFORMS=cpu)."),
+    "decode": ("Measure sampling tokens/s of the config's model (randomly initialised), with "
+               "the KV cache and recomputing the context per token."),
+    "gpu_report": ("Run the GPU tests, the benchmark rows of both recipes and the memory "
+                   "check, and write one markdown page."),
+    "compare_recipes": ("Train the nanoGPT recipe and modern variants of it at a 4-layer, "
+                        "256-wide size, block 256, on the same data; write their loss curves "
+                        "and a table of val loss, tokens to the baseline's final val loss, and "
+                        "step time."),
+}
 CONFIGLESS_MODES = ("gpu_report", "compare_recipes")
 
 
 def _define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file (every "
                                   "mode but --gpu_report).", lock_config=True)
-  flags.DEFINE_integer("steps", 50, "Timed iterations (each of the three runs).")
+  flags.DEFINE_integer("iters", 50, "Timed iterations (each of the three runs).")
   flags.DEFINE_integer("warmup", 5, "Untimed iterations before each timed run.")
   flags.DEFINE_integer("data_workers", 2, "Grain worker processes for the pipeline runs (0: "
                        "read in the main process).")
@@ -45,27 +65,12 @@ def _define_flags() -> None:
                        "on CPU where compiling is slow).")
   flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
                      "config.peak_flops, then the table by device kind.")
-  flags.DEFINE_string("json_out", "", "Append the JSON line of figures to this file.")
-  flags.DEFINE_boolean("checkpoint", False, "Instead of the usual figures, time steps with and "
-                       "without an asynchronous checkpoint save in flight.")
-  flags.DEFINE_boolean("memory", False, "Instead of timing, print the activations one "
-                       "micro-batch keeps for its backward pass under each remat policy, with "
-                       "the loss in chunks and whole (no device needed: counted from the "
-                       "program).")
-  flags.DEFINE_boolean("collectives", False, "Instead of timing, compile the step for every "
-                       "device under dp and fsdp and report per-device memory and the bytes its "
-                       "collectives move (run with simulated devices: XLA_FLAGS="
-                       "--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu).")
-  flags.DEFINE_boolean("decode", False, "Instead of training figures, measure sampling tokens/s "
-                       "of the config's model (randomly initialised), with the KV cache and "
-                       "recomputing the context per token.")
-  flags.DEFINE_boolean("gpu_report", False, "Run the GPU tests, the benchmark rows of both "
-                       "recipes and the memory check, and write one markdown page.")
-  flags.DEFINE_string("gpu_report_out", "gpu_report.md", "--gpu_report: where to write it.")
-  flags.DEFINE_boolean("compare_recipes", False, "Train the nanoGPT recipe and modern "
-                       "variants of it at a 4-layer, 256-wide size, block 256, on the same data; "
-                       "write their loss curves and a table of val loss, tokens to the "
-                       "baseline's final val loss, and step time.")
+  flags.DEFINE_string("out", None, "What the mode writes: the throughput's JSON line is "
+                      "appended to this file (default: none), --gpu_report's page (default: "
+                      "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "
+                      "rows.jsonl (a new directory; default: out/compare_recipes).")
+  for mode, help_text in MODES.items():
+    flags.DEFINE_boolean(mode, False, help_text)
   flags.DEFINE_list("variants", [recipes.BASELINE, recipes.MODERN], "--compare_recipes: "
                     "'nanogpt', 'modern', or one modern change alone as KEY=VALUE (see "
                     "defaults.MODERN).")
@@ -77,8 +82,6 @@ def _define_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_string("compare_data", "python_docs", "--compare_recipes: a dataset name or a "
                       "directory of token shards.")
-  flags.DEFINE_string("compare_out", "out/compare_recipes", "--compare_recipes: a new directory "
-                      "for the runs' metrics, curves.png, table.md and rows.jsonl.")
   flags.DEFINE_list("decode_batch_sizes", ["1", "16"], "--decode: batch sizes.")
   flags.DEFINE_integer("decode_tokens", 500, "--decode: new tokens with the KV cache.")
   flags.DEFINE_integer("decode_recompute_tokens", 10, "--decode: new tokens for the slow "
@@ -105,7 +108,7 @@ def summary(r: dict[str, Any]) -> str:
        f"{r['tokens_per_iter']:,} tokens/iter"),
       f"compile: {r['compile_s']:.1f} s",
       (f"step: {r['ms_per_iter_median']:.1f} ms/iter median ({r['ms_per_iter_mean']:.1f} mean) "
-       f"over {r['steps']} steps after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
+       f"over {r['iters']} iterations after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
        f"MFU {_pct(r['mfu'])}{peak}"),
       (f"peak device memory: {_gib(r['peak_memory_bytes'])}; kept for the backward pass: "
        f"{_gib(r['backward_residual_bytes'])} per micro-batch"),
@@ -129,7 +132,7 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def _print_checkpoint(f: flags.FlagValues) -> None:
-  report = save_overhead.checkpoint_overhead(f.config, steps=f.steps, warmup=f.warmup)
+  report = save_overhead.checkpoint_overhead(f.config, iters=f.iters, warmup=f.warmup)
   during = report["ms_per_iter_during_save"]
   during_text = "n/a" if during is None else f"{during:.1f}"
   print(f"{report['device_kind']}: state {_gib(report['state_bytes'])}; step "
@@ -141,11 +144,11 @@ def _print_checkpoint(f: flags.FlagValues) -> None:
 
 def _print_memory(f: flags.FlagValues) -> None:
   config = f.config
-  kernel = attention.implementation(config.attention, config.dtype,
-                                    config.n_embd // config.n_head, jax.devices()[0])
+  kernel = attention.for_device(config.attention, config.dtype,
+                                config.n_embd // config.n_head, jax.devices()[0])
   print(f"kept for the backward pass of one {config.batch_size} x {config.block_size} "
         f"micro-batch ({config.dtype}, {kernel} attention):")
-  for row in memory.memory_report(config):
+  for row in memory.memory_report(GPTConfig.from_config(config), config.batch_size):
     print(f"  remat {row['remat']:<5} loss chunks {row['loss_chunk_size'] or 'none':<6} "
           f"{_gib(row['residual_bytes'])}")
 
@@ -164,7 +167,8 @@ def _print_collectives(f: flags.FlagValues) -> None:
 def _print_decode(f: flags.FlagValues) -> None:
   config = f.config
   print(f"device: {jax.devices()[0].device_kind}, dtype {config.dtype}, prompt 1 token")
-  rows = decode.decode_rows(config, [int(b) for b in f.decode_batch_sizes],
+  rows = decode.decode_rows(GPT(GPTConfig.from_config(config)),
+                            [int(b) for b in f.decode_batch_sizes],
                             cache_tokens=f.decode_tokens,
                             recompute_tokens=f.decode_recompute_tokens)
   print(decode.table(rows))
@@ -172,44 +176,49 @@ def _print_decode(f: flags.FlagValues) -> None:
 
 
 def _print_throughput(f: flags.FlagValues) -> None:
-  result = throughput.run(f.config, steps=f.steps, warmup=f.warmup,
-                          data_workers=f.data_workers, peer=f.peer,
-                          torch_compile=f.torch_compile, peak_flops=f.peak_flops)
+  result = throughput.measure(f.config, iters=f.iters, warmup=f.warmup,
+                              data_workers=f.data_workers, peer=f.peer,
+                              torch_compile=f.torch_compile, peak_flops=f.peak_flops)
   result["config"] = config_flags.get_config_filename(f["config"])
   result["overrides"] = config_flags.get_override_values(f["config"])
   line = json.dumps(result)
-  if f.json_out:
-    with open(f.json_out, "a", encoding="utf-8") as out:
+  if f.out:
+    with open(f.out, "a", encoding="utf-8") as out:
       out.write(line + "\n")
   print(summary(result))
   print(line)
 
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
-  page = gpu_report.report(steps=f.steps, warmup=f.warmup)
-  with open(f.gpu_report_out, "w", encoding="utf-8") as out:
+  path = f.out or "gpu_report.md"
+  page = gpu_report.report(iters=f.iters, warmup=f.warmup)
+  with open(path, "w", encoding="utf-8") as out:
     out.write(page)
   print(page)
-  print(f"wrote {f.gpu_report_out}")
+  print(f"wrote {path}")
 
 
 def _print_compare_recipes(f: flags.FlagValues) -> None:
+  out = f.out or "out/compare_recipes"
   names = list(recipes.variants()) if f.ablation else f.variants
-  base = recipes.base_config(f.compare_data, f.compare_out, f.compare_iters)
-  rows = recipes.compare(base, names, [float(s) for s in f.lr_scales])
-  print(recipes.write(rows, f.compare_out))
-  print(f"wrote {f.compare_out}/table.md, rows.jsonl and curves.png")
+  try:
+    lr_scales = [float(s) for s in f.lr_scales]
+  except ValueError as e:
+    raise UserError(f"--lr_scales={','.join(f.lr_scales)}: {e}") from None
+  base = recipes.base_config(f.compare_data, out, f.compare_iters)
+  rows = recipes.compare(base, names, lr_scales)
+  print(recipes.write(rows, out))
+  print(f"wrote {out}/table.md, rows.jsonl and curves.png")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main() -> None:
   f = flags.FLAGS
   chosen = [mode for mode in MODES if f[mode].value]
   if len(chosen) > 1:
-    raise app.UsageError(f"pick one of --{', --'.join(MODES)}, not {chosen}")
+    raise UserError(f"pick one of --{', --'.join(MODES)}, not {', '.join(chosen)}")
   if f.config is None and not set(chosen) & set(CONFIGLESS_MODES):
-    raise app.UsageError("--config=configs/NAME.py is required")
+    raise UserError("--config is required (a configs/*.py file), except for "
+                    f"--{' and --'.join(CONFIGLESS_MODES)}")
   logging.set_verbosity(logging.INFO)
   printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
               "collectives": _print_collectives, "decode": _print_decode,

@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, sharding, step
+from jaxgpt import checkpoint, sharding, train_step
 
 _COLLECTIVE_OP = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
                             r"collective-permute)(?:-start)?\(")
@@ -77,13 +77,12 @@ def collectives(hlo_text: str, n_devices: int, loop_trips: int) -> dict[str, flo
 
 def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
   """Per-device memory and collective traffic of the train step over every device."""
-  config = config.copy_and_resolve_references()
-  config.sharding = mode
-  setup = step.build(config)
+  setup = train_step.build(config)
   layout = sharding.BatchLayout.create(config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, mode)
   state = checkpoint.abstract_like(setup.abstract_state, shardings)
-  compiled = step.compile_train_step(setup, state, layout.train_spec, shardings, layout.mesh)
+  compiled = train_step.compile_train_step(setup, state, layout.train_spec, shardings,
+                                           layout.mesh, mode)
   memory = compiled.memory_analysis()
   return {"mode": mode, "devices": layout.n_devices, "batch_per_device": config.batch_size,
           "gradient_accumulation_steps": layout.accum_steps,

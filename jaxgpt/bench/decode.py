@@ -8,39 +8,37 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from jaxgpt import decoding, step
-from jaxgpt.model import init_params
+from jaxgpt.inference import decoding
+from jaxgpt.model import GPT, init_params
 
 _SETTINGS = {"temperature": 1.0, "top_k": 200}
 
 
-def _programs(setup: step.TrainSetup, params: Any, batch: int, new_tokens: dict[str, int]
+def _programs(model: GPT, params: Any, batch: int, new_tokens: dict[str, int]
               ) -> Iterator[tuple[str, int, Callable, tuple]]:
   """(method, new tokens, jitted function, its arguments) for a one-token prompt per row."""
   rng = jax.random.PRNGKey(0)
   prompt_BP, lengths_B = map(jnp.asarray, decoding.pad_prompts([[0]] * batch,
-                                                               setup.config.block_size))
+                                                               model.config.block_size))
   n = new_tokens["cache"]
   yield "cache", n, decoding.generate_padded, (
-      (setup.model, params, prompt_BP, lengths_B, rng),
+      (model, params, prompt_BP, lengths_B, rng),
       {"max_new_tokens": n, "top_p": None, "stop_token": None, **_SETTINGS})
   n = new_tokens["recompute"]
   yield "recompute", n, decoding.generate_recompute, (
-      (setup.model, params, jnp.zeros((batch, 1), jnp.int32), rng),
+      (model, params, jnp.zeros((batch, 1), jnp.int32), rng),
       {"max_new_tokens": n, **_SETTINGS})
 
 
-def decode_rows(config: ml_collections.ConfigDict, batch_sizes: list[int], *, cache_tokens: int,
+def decode_rows(model: GPT, batch_sizes: list[int], *, cache_tokens: int,
                 recompute_tokens: int) -> list[dict[str, Any]]:
   """Compile and run seconds and tokens/s per batch size and method, randomly initialised."""
-  setup = step.build(config)
-  params = init_params(setup.model, jax.random.PRNGKey(0))
+  params = init_params(model, jax.random.PRNGKey(0))
   rows = []
   for batch in batch_sizes:
     for method, n, fn, (args, static) in _programs(
-        setup, params, batch, {"cache": cache_tokens, "recompute": recompute_tokens}):
+        model, params, batch, {"cache": cache_tokens, "recompute": recompute_tokens}):
       t0 = time.perf_counter()
       compiled = fn.lower(*args, **static).compile()
       t1 = time.perf_counter()

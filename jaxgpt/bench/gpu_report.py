@@ -1,6 +1,6 @@
 """One command for a first GPU run: the GPU tests, the benchmark rows and the memory check.
 
-  python -m jaxgpt.bench --gpu_report [--gpu_report_out=PATH] [--steps=20]
+  python -m jaxgpt.bench --gpu_report [--out=PATH] [--iters=20]
 
 Runs `pytest -m gpu`, times the train step of both recipes with the default
 levers and each lever changed alone (the rows of docs/benchmarks.md), compares
@@ -18,8 +18,9 @@ from typing import Any
 
 import jax
 
-from jaxgpt import defaults, plan
+from jaxgpt import defaults
 from jaxgpt.bench import throughput
+from jaxgpt.plan import memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GiB = 2**30
@@ -43,16 +44,16 @@ def gpu_tests() -> str:
   return lines[-1] if lines else f"pytest exited {run.returncode} and printed nothing"
 
 
-def _row(name: str, overrides: dict[str, Any], base: dict[str, Any], steps: int,
+def _row(name: str, overrides: dict[str, Any], base: dict[str, Any], iters: int,
          warmup: int) -> dict[str, Any]:
   config = defaults.recipe(name)
   config.update({**base, **overrides})
   label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
   try:
-    r = throughput.run(config, steps=steps, warmup=warmup, data_workers=2)
+    r = throughput.measure(config, iters=iters, warmup=warmup, data_workers=2)
   except Exception as e:  # noqa: BLE001 - a row that fails (OOM) is a result too
     return {"recipe": name, "levers": label, "error": (str(e).splitlines() or [""])[0][:120]}
-  estimate = plan.memory_estimate(config)["needed"]
+  estimate = memory.memory_estimate(config)["needed"]
   return {"recipe": name, "levers": label, "batch": f"{r['gradient_accumulation_steps']} x "
           f"{r['batch_size']} x {config.block_size}", "ms": r["ms_per_iter_median"],
           "tok_s": r["tokens_per_sec"], "mfu": r["mfu"], "compile_s": r["compile_s"],
@@ -64,19 +65,19 @@ def _cell(value: Any, fmt: str) -> str:
   return "n/a" if value is None else format(value, fmt)
 
 
-def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, steps: int = 20,
+def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = 20,
            warmup: int = 3, base: dict[str, Any] | None = None, run_tests: bool = True) -> str:
   """The markdown page: device, GPU tests, and a row per benchmark with its memory check."""
   device = jax.devices()[0]
   lines = [f"## GPU report: {device.device_kind}", "",
-           (f"jax {jax.__version__}, {jax.device_count()} device(s), {steps} timed steps "
+           (f"jax {jax.__version__}, {jax.device_count()} device(s), {iters} timed iterations "
            f"after {warmup}; command: `python -m jaxgpt.bench --gpu_report`"), ""]
   if run_tests:
     lines += [f"`python -m pytest -q -m gpu`: {gpu_tests()}", ""]
   lines += [("| recipe | levers | batch | ms/iter | tokens/s | MFU | compile s | peak memory | "
             "plan's estimate | waiting for data |"), "|" + " --- |" * 10]
   for name, overrides in rows:
-    r = _row(name, overrides, base or {}, steps, warmup)
+    r = _row(name, overrides, base or {}, iters, warmup)
     if "error" in r:
       lines.append(f"| {name} | {r['levers']} | failed: {r['error']} |" + " |" * 7)
       continue

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import ml_collections
+from jaxgpt import defaults
+from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.plan.memory import backward_residuals
 
-from jaxgpt import defaults, step
 
-
-def backward_residual_bytes(config: ml_collections.ConfigDict) -> int:
-  """Bytes one micro-batch's backward pass keeps (`step.backward_residuals`).
+def backward_residual_bytes(config: GPTConfig, batch_size: int) -> int:
+  """Bytes one micro-batch's backward pass keeps (`plan.memory.backward_residuals`).
 
   The step's peak adds the params, AdamW state and gradient sums (16 bytes a
   parameter) and the largest op's workspace.
   """
-  return sum(leaf.size * leaf.dtype.itemsize for leaf in step.backward_residuals(config))
+  residuals = backward_residuals(GPT(config), batch_size)
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in residuals)
 
 
-def memory_report(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """`backward_residual_bytes` under every remat policy, with the config's loss chunks and none."""
+def memory_report(config: GPTConfig, batch_size: int) -> list[dict[str, Any]]:
+  """`backward_residual_bytes` under every remat policy, with the model's loss chunks and none."""
   rows = []
   for remat in defaults.REMAT_POLICIES:
     for chunk in dict.fromkeys((config.loss_chunk_size, 0)):
-      variant = config.copy_and_resolve_references()
-      variant.unlock()
-      variant.update(remat=remat, loss_chunk_size=chunk)
+      variant = dataclasses.replace(config, remat=remat, loss_chunk_size=chunk)
       rows.append({"remat": remat, "loss_chunk_size": chunk,
-                   "residual_bytes": backward_residual_bytes(variant)})
+                   "residual_bytes": backward_residual_bytes(variant, batch_size)})
   return rows

@@ -1,6 +1,6 @@
 """The nanoGPT recipe against the modern one (and each modern change alone), trained side by side.
 
-Every variant trains through the real loop (`train.train`) on the same data,
+Every variant trains as a user's run does (`python launch.py`) on the same data,
 model size, tokens per iteration, seed and batches; only its overrides of
 the nanoGPT recipe differ. A variant's tokens-to-target is where its val
 loss first reaches the baseline's final val loss (interpolated linearly
@@ -18,16 +18,20 @@ import json
 import os
 import shutil
 import statistics
-import time
+import subprocess
+import sys
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
-from jaxgpt import defaults, report, run_dir, step, train, units
+from jaxgpt import attention, defaults, formatting, report, run_dir, train_step
+from jaxgpt.bench import throughput
 from jaxgpt.errors import UserError
+
+LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))), "launch.py")
 
 BASELINE = "nanogpt"
 MODERN = "modern"
@@ -87,45 +91,54 @@ def tokens_to_target(evals: list[dict[str, Any]], target: float) -> float | None
   return None
 
 
+def train_variant(config: ml_collections.ConfigDict) -> None:
+  """`python launch.py` on a recipe file holding the variant's config, written beside its run."""
+  recipe = f"{config.out_dir}.recipe.py"
+  os.makedirs(os.path.dirname(recipe) or ".", exist_ok=True)
+  with open(recipe, "w", encoding="utf-8") as f:
+    f.write("import json\nfrom jaxgpt import defaults\n\n\ndef get_config():\n"
+            "  c = defaults.get_config()\n"
+            f"  c.update(json.loads({config.to_json_best_effort()!r}))\n  return c\n")
+  done = subprocess.run([sys.executable, LAUNCH, f"--config={recipe}"], check=False)
+  if done.returncode:
+    raise UserError(f"training {config.out_dir} failed (exit {done.returncode}); the "
+                    "comparison stops here")
+
+
 def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains one variant (or reuses its finished run); returns its records.
 
   Its checkpoints are deleted, its metrics and config kept.
   """
-  run = run_dir.RunDir(config.out_dir)
+  rundir = run_dir.RunDir(config.out_dir)
   if os.path.exists(config.out_dir):
-    with open(os.path.join(config.out_dir, "config.json"), encoding="utf-8") as f:
-      same = json.load(f) == json.loads(config.to_json_best_effort())
-    evals = run.read_metrics()["eval"] if same else []
+    # config.json holds the config as the run used it: attention resolved for this device.
+    ran = json.loads(attention.settle(config).to_json_best_effort())
+    same = rundir.read_config() == ran
+    evals = rundir.read_metrics()["eval"] if same else []
     if not evals or evals[-1]["iter"] != config.max_iters:
       raise UserError(f"{config.out_dir} exists and is not a finished run of this variant; "
-                      "delete it or pick another --compare_out")
+                      "delete it or pick another --out")
     logging.info("%s: reusing its finished run", config.out_dir)
   else:
-    train.train(config)
-    evals = run.read_metrics()["eval"]
+    train_variant(config)
+    evals = rundir.read_metrics()["eval"]
     if not evals or evals[-1]["iter"] != config.max_iters:  # stopped by a signal
       raise UserError(f"{config.out_dir} stopped before max_iters={config.max_iters}; the "
                       "comparison stops here (delete that directory to run it again)")
-    shutil.rmtree(os.path.join(config.out_dir, "checkpoints"), ignore_errors=True)
-  return run.read_metrics()
+    shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
+  return rundir.read_metrics()
 
 
-def step_ms(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2) -> float:
+def step_ms(config: ml_collections.ConfigDict, iters: int = 10, warmup: int = 2) -> float:
   """Median milliseconds of one train step of `config`, on one fixed random batch."""
-  setup = step.build(config)
+  setup = train_step.build(config)
   state = setup.new_state()
-  train_step = step.make_train_step(setup.model, setup.tx)
-  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size + 1)
-  batch = jax.numpy.asarray(np.random.default_rng(0).integers(0, config.vocab_size, shape))
-  times = []
-  for i in range(warmup + steps):
-    start = time.perf_counter()
-    state, metrics = train_step(state, batch)
-    jax.block_until_ready(metrics)
-    if i >= warmup:
-      times.append(1000 * (time.perf_counter() - start))
-  return statistics.median(times)
+  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
+  batch = throughput.synthetic_batch(shape, config.vocab_size, 0, jax.devices()[0])
+  compiled_step = throughput.compile_step(setup, state, batch)
+  _, seconds = throughput.time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
+  return 1000 * statistics.median(seconds)
 
 
 def compare(base: ml_collections.ConfigDict, names: list[str],
@@ -174,8 +187,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     lr = f"{r['learning_rate']:.3g}"
     if r["muon_learning_rate"] is not None:
       lr += f" / {r['muon_learning_rate']:.3g}"
-    reached = ("not reached" if r["tokens_to_target"] is None else
-               f"{units.count(r['tokens_to_target'])} ({100 * r['tokens_to_target_ratio']:.0f}%)")
+    reached = "not reached"
+    if r["tokens_to_target"] is not None:
+      reached = (f"{formatting.count(r['tokens_to_target'])} "
+                 f"({100 * r['tokens_to_target_ratio']:.0f}%)")
     lines.append(f"| {r['variant']} | {lr} | {r['final_val_loss']:.4f} | {reached} | "
                  f"{r['ms_per_iter']:.0f} ms ({r['step_time_ratio']:.2f}x) |")
   return "\n".join(lines)

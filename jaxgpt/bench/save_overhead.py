@@ -10,11 +10,11 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxgpt import run_dir, step
+from jaxgpt import run_dir, train_step
 from jaxgpt.bench import throughput
 
 
-def checkpoint_overhead(config: ml_collections.ConfigDict, *, steps: int,
+def checkpoint_overhead(config: ml_collections.ConfigDict, *, iters: int,
                         warmup: int) -> dict[str, Any]:
   """ms/iter of the step alone and while an async save of its state is being written.
 
@@ -22,18 +22,20 @@ def checkpoint_overhead(config: ml_collections.ConfigDict, *, steps: int,
   the time until the save is on disk.
   """
   device = jax.devices()[0]
-  setup = step.build(config)
-  state, batch = setup.new_state(), throughput.synthetic_batch(config, device)
-  train_step = throughput.compile_step(setup, state, batch)
-  state, alone = throughput.time_step(train_step, state, batch, steps=steps, warmup=warmup)
+  setup = train_step.build(config)
+  state = setup.new_state()
+  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
+  batch = throughput.synthetic_batch(shape, config.vocab_size, config.seed, device)
+  compiled_step = throughput.compile_step(setup, state, batch)
+  state, alone = throughput.time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   with tempfile.TemporaryDirectory(prefix="jaxgpt_ckpt_bench_") as tmp:
     ckpts = run_dir.RunDir(tmp).checkpoints(keep=1)
     t0 = time.perf_counter()
     ckpts.save(1, state, None, {"bench": True}, None)
     blocked_s = time.perf_counter() - t0
     during = []
-    while ckpts.manager.is_saving_in_progress() and len(during) < steps:
-      state, times = throughput.time_step(train_step, state, batch, steps=1, warmup=0)
+    while ckpts.manager.is_saving_in_progress() and len(during) < iters:
+      state, times = throughput.time_step(compiled_step, state, batch, iters=1, warmup=0)
       during.extend(times)
     ckpts.wait()
     save_s = time.perf_counter() - t0

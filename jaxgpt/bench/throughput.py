@@ -25,62 +25,59 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxgpt import attention, data, defaults, flops, step, token_files
+from jaxgpt import attention, data, defaults, summary, token_files, train_step
 from jaxgpt.bench import memory
+from jaxgpt.errors import UserError
 from jaxgpt.model import count_params
 
 _SHARD_ITERS = 8  # the synthetic shard holds this many iterations of tokens
 _TORCH_DEVICE = {"gpu": "cuda", "cpu": "cpu"}  # JAX platform -> the torch device of the peer
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, device: jax.Device) -> jax.Array:
+def synthetic_batch(shape_ABT: tuple[int, int, int], vocab_size: int, seed: int,
+                    device: jax.Device) -> jax.Array:
   """Random tokens in the (accum, batch, block+1) uint16 shape the pipeline delivers."""
-  A, B, T = config.gradient_accumulation_steps, config.batch_size, config.block_size
-  tokens = np.random.default_rng(config.seed).integers(0, config.vocab_size, (A, B, T + 1))
+  A, B, T = shape_ABT
+  tokens = np.random.default_rng(seed).integers(0, vocab_size, (A, B, T + 1))
   return jax.device_put(tokens.astype(np.uint16), device)
 
 
-def compile_step(setup: step.TrainSetup, state: step.TrainState, batch: jax.Array) -> Callable:
+
+def compile_step(setup: train_step.TrainSetup, state: train_step.TrainState,
+                 batch: jax.Array) -> Callable:
   """The train step for one device, compiled ahead of time as training compiles it."""
-  return step.make_train_step(setup.model, setup.tx).lower(state, batch).compile()
+  return train_step.make_train_step(setup.model, setup.tx).lower(state, batch).compile()
 
 
-def time_step(train_step: Callable, state: step.TrainState, batch: jax.Array, *, steps: int,
-              warmup: int) -> tuple[step.TrainState, list[float]]:
-  """Seconds per iteration of `steps` calls on one batch, each synced on its own results."""
+def time_step(compiled_step: Callable, state: train_step.TrainState, batch: jax.Array, *,
+              iters: int, warmup: int) -> tuple[train_step.TrainState, list[float]]:
+  """Seconds per iteration of `iters` calls on one batch, each synced on its own results."""
   for _ in range(warmup):
-    state, _ = train_step(state, batch)
+    state, _ = compiled_step(state, batch)
   jax.block_until_ready(state)
   times = []
-  for _ in range(steps):
+  for _ in range(iters):
     t0 = time.perf_counter()
-    state, step_metrics = train_step(state, batch)
+    state, step_metrics = compiled_step(state, batch)
     jax.block_until_ready((state, step_metrics))
     times.append(time.perf_counter() - t0)
   return state, times
 
 
-def write_synthetic_shard(directory: str, config: ml_collections.ConfigDict) -> str:
-  """An llm.c train shard of random tokens, _SHARD_ITERS iterations long."""
-  rng = np.random.default_rng(config.seed)
-  tokens = rng.integers(0, config.vocab_size,
-                        size=_SHARD_ITERS * defaults.tokens_per_iter(config, 1) + 1)
+def write_synthetic_shard(directory: str, n_tokens: int, vocab_size: int, seed: int) -> str:
+  """An llm.c train shard of `n_tokens` random tokens."""
+  tokens = np.random.default_rng(seed).integers(0, vocab_size, size=n_tokens)
   path = os.path.join(directory, "synthetic_train_000000.bin")
   token_files.write_shard(path, tokens.astype(np.uint16))
   return path
 
 
-def _batches(source: data.TokenWindows, config: ml_collections.ConfigDict,
-             workers: int) -> grain.DatasetIterator:
-  return iter(data.train_dataset(source, accum_steps=config.gradient_accumulation_steps,
-                                 batch_size=config.batch_size, seed=config.seed,
-                                 workers=workers, prefetch=config.data_prefetch))
+Batches = Callable[[], grain.DatasetIterator]  # opens a new iterator of the pipeline's batches
 
 
-def time_pipeline(source: data.TokenWindows, config: ml_collections.ConfigDict, *, workers: int,
-                  batches: int, warmup: int) -> float:
+def time_pipeline(open_batches: Batches, *, workers: int, batches: int, warmup: int) -> float:
   """Seconds per batch the Grain pipeline takes on the host, after its workers have started."""
-  batch_iter = _batches(source, config, workers)
+  batch_iter = open_batches()
   try:
     for _ in range(max(warmup, workers)):  # worker i delivers batch i first
       next(batch_iter)
@@ -92,25 +89,25 @@ def time_pipeline(source: data.TokenWindows, config: ml_collections.ConfigDict, 
     batch_iter.close()  # stops the workers, which would otherwise slow what runs next
 
 
-def time_loop(train_step: Callable, state: step.TrainState, source: data.TokenWindows,
-              config: ml_collections.ConfigDict, device: jax.Device, *, workers: int, steps: int,
-              warmup: int) -> tuple[step.TrainState, list[float], list[float]]:
+def time_loop(compiled_step: Callable, state: train_step.TrainState, open_batches: Batches,
+              device: jax.Device, *, workers: int, iters: int, warmup: int
+              ) -> tuple[train_step.TrainState, list[float], list[float]]:
   """Iteration and data-wait seconds of the step fed as the training loop feeds it.
 
   Each iteration is synced, so the device is idle while the host waits for the
   next batch: the wait measured is an upper bound on what the loop loses to data.
   """
-  batch_iter = _batches(source, config, workers)
+  batch_iter = open_batches()
   try:
     for _ in range(max(warmup, workers)):
-      state, _ = train_step(state, jax.device_put(next(batch_iter), device))
+      state, _ = compiled_step(state, jax.device_put(next(batch_iter), device))
     jax.block_until_ready(state)
     times, waits = [], []
-    for _ in range(steps):
+    for _ in range(iters):
       t0 = time.perf_counter()
       batch = jax.device_put(next(batch_iter), device)
       waits.append(time.perf_counter() - t0)
-      state, step_metrics = train_step(state, batch)
+      state, step_metrics = compiled_step(state, batch)
       jax.block_until_ready((state, step_metrics))
       times.append(time.perf_counter() - t0)
     return state, times, waits
@@ -127,24 +124,24 @@ def _git_revision() -> str | None:
   return out.stdout.strip()
 
 
-def _check(steps: int, warmup: int, data_workers: int, peer: str | None) -> None:
-  if steps < 1 or warmup < 1:
-    raise ValueError(f"steps={steps} and warmup={warmup} must both be >= 1 (warm-up also "
-                     "starts Grain's workers)")
+def _check(iters: int, warmup: int, data_workers: int, peer: str | None) -> None:
+  if iters < 1 or warmup < 1:
+    raise UserError(f"--iters={iters} and --warmup={warmup} must both be >= 1 (warm-up also "
+                    "starts Grain's workers)")
   if data_workers < 0:
-    raise ValueError(f"data_workers={data_workers} must be >= 0")
+    raise UserError(f"--data_workers={data_workers} must be >= 0")
   if peer not in (None, "torch"):
-    raise ValueError(f"peer={peer!r}: the only peer is 'torch'")
+    raise UserError(f"--peer={peer!r}: the only peer is 'torch'")
 
 
-def _time_peer(config: ml_collections.ConfigDict, *, steps: int, warmup: int,
+def _time_peer(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
                torch_compile: bool | None) -> dict[str, Any]:
   """The PyTorch peer's figures; it runs first and hands its memory back, so JAX then
   allocates on the GPU as it does in training (75% up front) and neither runs out."""
   from jaxgpt.bench import torch_peer  # imports torch
 
   logging.info("timing the PyTorch peer")
-  result = torch_peer.run(config, steps=steps, warmup=warmup, compile=torch_compile)
+  result = torch_peer.measure(config, iters=iters, warmup=warmup, compile=torch_compile)
   platform = jax.devices()[0].platform
   if result["device"] != _TORCH_DEVICE.get(platform):
     raise RuntimeError(f"the PyTorch peer ran on {result['device']!r} but JAX runs on "
@@ -152,7 +149,7 @@ def _time_peer(config: ml_collections.ConfigDict, *, steps: int, warmup: int,
   return result
 
 
-def _about(config: ml_collections.ConfigDict, setup: step.TrainSetup,
+def _about(config: ml_collections.ConfigDict, setup: train_step.TrainSetup,
            device: jax.Device) -> dict[str, Any]:
   """What was measured: code, device, model and batch."""
   return {
@@ -172,46 +169,53 @@ def _peak_memory_bytes(device: jax.Device) -> int | None:
   return stats.get("peak_bytes_in_use") if stats else None
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int, warmup: int, data_workers: int,
-        peer: str | None = None, torch_compile: bool | None = None,
-        peak_flops: float = 0.0) -> dict[str, Any]:
+def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_workers: int,
+            peer: str | None = None, torch_compile: bool | None = None,
+            peak_flops: float = 0.0) -> dict[str, Any]:
   """Every figure of one benchmark, as a flat-ish dict (see the module docstring)."""
   defaults.validate(config)
-  _check(steps, warmup, data_workers, peer)
-  peer_result = (_time_peer(config, steps=steps, warmup=warmup, torch_compile=torch_compile)
+  _check(iters, warmup, data_workers, peer)
+  peer_result = (_time_peer(config, iters=iters, warmup=warmup, torch_compile=torch_compile)
                  if peer else None)
   device = jax.devices()[0]
-  config = config.copy_and_resolve_references()
-  attention.settle(config)  # a cuDNN that fails here falls back, as in training
-  setup = step.build(config)
-  state, batch = setup.new_state(), synthetic_batch(config, device)
+  config = attention.settle(config)  # a cuDNN that fails here falls back, as in training
+  setup = train_step.build(config)
+  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
+  state = setup.new_state()
+  batch = synthetic_batch(shape, config.vocab_size, config.seed, device)
   logging.info("compiling the train step")
   t0 = time.perf_counter()
-  train_step = compile_step(setup, state, batch)
+  compiled_step = compile_step(setup, state, batch)
   compile_s = time.perf_counter() - t0
-  logging.info("timing %d steps on a synthetic batch", steps)
-  state, step_times = time_step(train_step, state, batch, steps=steps, warmup=warmup)
+  logging.info("timing %d iterations on a synthetic batch", iters)
+  state, step_times = time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   with tempfile.TemporaryDirectory(prefix="jaxgpt_bench_") as tmp:
-    source = data.TokenWindows([write_synthetic_shard(tmp, config)], config.block_size)
-    logging.info("timing the input pipeline (%d workers), then %d steps fed by it",
-                 data_workers, steps)
-    pipeline_s = time_pipeline(source, config, workers=data_workers, batches=steps,
-                               warmup=warmup)
-    state, loop_times, waits = time_loop(train_step, state, source, config, device,
-                                         workers=data_workers, steps=steps, warmup=warmup)
+    n_tokens = _SHARD_ITERS * defaults.tokens_per_iter(config, 1) + 1
+    source = data.TokenWindows(
+        [write_synthetic_shard(tmp, n_tokens, config.vocab_size, config.seed)], config.block_size)
+    open_batches = lambda: iter(data.train_dataset(
+        source, accum_steps=shape[0], batch_size=shape[1], seed=config.seed,
+        workers=data_workers, prefetch=config.data_prefetch))
+    logging.info("timing the input pipeline (%d workers), then %d iterations fed by it",
+                 data_workers, iters)
+    pipeline_s = time_pipeline(open_batches, workers=data_workers, batches=iters, warmup=warmup)
+    state, loop_times, waits = time_loop(compiled_step, state, open_batches, device,
+                                         workers=data_workers, iters=iters, warmup=warmup)
   jax.block_until_ready(state)
   r = _about(config, setup, device)
   tokens_per_sec = r["tokens_per_iter"] / statistics.median(step_times)
-  flops_per_token = flops.per_token(setup.n_params, config)
-  peak = flops.peak(device.device_kind, peak_flops or config.peak_flops)
+  s = summary.summarize(config, device_kind=device.device_kind)
+  flops_per_token = s.flops_per_token
+  peak = peak_flops or s.peak_flops
   r.update(
-      steps=steps, warmup=warmup, compile_s=compile_s,
+      iters=iters, warmup=warmup, compile_s=compile_s,
       ms_per_iter_median=1000 * statistics.median(step_times),
       ms_per_iter_mean=1000 * statistics.mean(step_times), tokens_per_sec=tokens_per_sec,
       flops_per_token=flops_per_token, peak_flops=peak,
-      mfu=flops.mfu(tokens_per_sec, flops_per_token, peak, 1),
+      mfu=summary.mfu(tokens_per_sec, flops_per_token, peak, 1),
       peak_memory_bytes=_peak_memory_bytes(device),
-      backward_residual_bytes=memory.backward_residual_bytes(config),
+      backward_residual_bytes=memory.backward_residual_bytes(setup.model.config,
+                                                              config.batch_size),
       data_workers=data_workers, pipeline_tokens_per_sec=r["tokens_per_iter"] / pipeline_s,
       pipeline_ratio=r["tokens_per_iter"] / pipeline_s / tokens_per_sec,
       loop_ms_per_iter_median=1000 * statistics.median(loop_times),
@@ -221,7 +225,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int, warmup: int, data_work
   if peer_result:
     peer_result["tokens_per_sec"] = r["tokens_per_iter"] / (
         peer_result["ms_per_iter_median"] / 1000)
-    peer_result["mfu"] = flops.mfu(peer_result["tokens_per_sec"], flops_per_token, peak, 1)
+    peer_result["mfu"] = summary.mfu(peer_result["tokens_per_sec"], flops_per_token, peak, 1)
     r["peer"] = peer_result
     r["jax_over_peer"] = tokens_per_sec / peer_result["tokens_per_sec"]
   return r

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import ml_collections
 
+from jaxgpt import defaults
+from jaxgpt.model import GPTConfig
+from jaxgpt.optim import OptimConfig
+
 if TYPE_CHECKING:
   import torch
 
@@ -33,12 +37,12 @@ def _import_torch() -> tuple[Any, Any]:
   return torch, transformers
 
 
-def build_model(config: ml_collections.ConfigDict, device: str) -> torch.nn.Module:
-  """GPT2LMHeadModel with the config's shape, nanoGPT's init and SDPA attention."""
+def build_model(config: GPTConfig, seed: int, device: str) -> torch.nn.Module:
+  """GPT2LMHeadModel with the model's shape, nanoGPT's init and SDPA attention."""
   torch, transformers = _import_torch()
   from transformers.pytorch_utils import Conv1D
 
-  torch.manual_seed(config.seed)
+  torch.manual_seed(seed)
   gpt2_config = transformers.GPT2Config(
       vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
       n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=1e-5,
@@ -86,7 +90,7 @@ def loss(model: torch.nn.Module, tokens_BT1: torch.Tensor) -> float:
   return value
 
 
-def make_train_step(model: torch.nn.Module, config: ml_collections.ConfigDict, device: str,
+def make_train_step(model: torch.nn.Module, config: OptimConfig, dtype: str, device: str,
                     compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
   """One iteration as jaxgpt's step does it: every micro-batch, clipping, then AdamW."""
   torch, _ = _import_torch()
@@ -98,7 +102,7 @@ def make_train_step(model: torch.nn.Module, config: ml_collections.ConfigDict, d
   loss_fn = _loss_fn(model)
   if compile:
     loss_fn = torch.compile(loss_fn)
-  autocast = config.dtype == "bfloat16" and device == "cuda"
+  autocast = dtype == "bfloat16" and device == "cuda"
 
   def train_step(tokens_ABT1: torch.Tensor) -> torch.Tensor:
     n_micro = tokens_ABT1.shape[0]
@@ -116,47 +120,52 @@ def make_train_step(model: torch.nn.Module, config: ml_collections.ConfigDict, d
   return train_step
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int, warmup: int,
-        compile: bool | None) -> dict[str, Any]:
-  """Times `steps` iterations after `warmup` on CUDA when torch sees it, else on the CPU.
+def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
+            compile: bool | None) -> dict[str, Any]:
+  """Times `iters` iterations after `warmup` on CUDA when torch sees it, else on the CPU.
 
   `compile` None compiles on CUDA only (compiling for the CPU takes long).
   Returns every cached byte to the driver at the end, so JAX can allocate its
   usual share of the GPU afterwards.
   """
-  torch, _ = _import_torch()
+  torch, transformers = _import_torch()
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  result = _time(config, steps=steps, warmup=warmup, device=device,
-                 compile=device == "cuda" if compile is None else compile)
+  compile = device == "cuda" if compile is None else compile
+  model = build_model(GPTConfig.from_config(config), config.seed, device)
+  train_step = make_train_step(model, defaults.view(OptimConfig, config), config.dtype, device,
+                               compile)
+  generator = torch.Generator(device=device).manual_seed(config.seed)
+  tokens_ABT1 = torch.randint(
+      0, config.vocab_size,
+      (config.gradient_accumulation_steps, config.batch_size, config.block_size + 1),
+      generator=generator, device=device)
+  result = _time(train_step, tokens_ABT1, iters=iters, warmup=warmup, device=device)
+  result.update(
+      torch_version=torch.__version__, transformers_version=transformers.__version__,
+      compile=compile, autocast_bf16=config.dtype == "bfloat16" and device == "cuda",
+      fused_adamw=device == "cuda", n_params=count_params(model))
   torch.compiler.reset()
   if device == "cuda":
     torch.cuda.empty_cache()
   return result
 
 
-def _time(config: ml_collections.ConfigDict, *, steps: int, warmup: int, device: str,
-          compile: bool) -> dict[str, Any]:
-  torch, transformers = _import_torch()
-  model = build_model(config, device)
-  train_step = make_train_step(model, config, device, compile)
-  generator = torch.Generator(device=device).manual_seed(config.seed)
-  tokens_ABT1 = torch.randint(
-      0, config.vocab_size,
-      (config.gradient_accumulation_steps, config.batch_size, config.block_size + 1),
-      generator=generator, device=device)
+def _time(train_step: Callable, tokens_ABT1: torch.Tensor, *, iters: int, warmup: int,
+          device: str) -> dict[str, Any]:
+  """The first step's seconds (compilation included), then `iters` timed after `warmup`."""
+  torch, _ = _import_torch()
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
-
   t0 = time.perf_counter()
   train_step(tokens_ABT1)
   sync()
-  first_step_s = time.perf_counter() - t0  # includes torch.compile's compilation
+  first_step_s = time.perf_counter() - t0
   for _ in range(warmup - 1):
     train_step(tokens_ABT1)
   sync()
   times = []
-  for _ in range(steps):
+  for _ in range(iters):
     t0 = time.perf_counter()
     last_loss = train_step(tokens_ABT1)
     sync()
@@ -164,12 +173,6 @@ def _time(config: ml_collections.ConfigDict, *, steps: int, warmup: int, device:
   return {
       "device": device,
       "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-      "torch_version": torch.__version__,
-      "transformers_version": transformers.__version__,
-      "compile": compile,
-      "autocast_bf16": config.dtype == "bfloat16" and device == "cuda",
-      "fused_adamw": device == "cuda",
-      "n_params": count_params(model),
       "first_step_s": first_step_s,
       "ms_per_iter_median": 1000 * statistics.median(times),
       "ms_per_iter_mean": 1000 * statistics.mean(times),

@@ -83,8 +83,8 @@ class Scorer:
     self.mesh = mesh
 
     def loss_sums_R(params: Any, inputs_RT, scored_RS, targets_RS, weights_RS) -> jax.Array:
-      losses_RS = model.apply({"params": params}, inputs_RT, targets_BT=targets_RS,
-                              scored_BS=scored_RS)
+      losses_RS = model.apply({"params": params}, inputs_RT, scored_RS, targets_RS,
+                              method=GPT.token_losses)
       return jnp.sum(losses_RS * weights_RS, axis=-1)
 
     self._loss_sums = jax.jit(loss_sums_R, out_shardings=None if mesh is None

@@ -131,8 +131,8 @@ def _cached_steps(model: GPT, params: dict, cache: dict, seq_BL: jax.Array,
     positions_B1 = (lengths_B + j - 1)[:, None]
     token_B1 = jnp.take_along_axis(seq_BL, positions_B1, axis=1)
     logits_BV, variables = model.apply({"params": params, "cache": cache}, token_B1,
-                                       positions_BT=positions_B1, last_B=jnp.zeros_like(lengths_B),
-                                       mutable=["cache"])
+                                       jnp.zeros_like(lengths_B), positions_B1,
+                                       method=GPT.next_logits, mutable=["cache"])
     next_B, done_B = sample(logits_BV, j, done_B)
     return j + 1, seq_BL.at[rows_B, lengths_B + j].set(next_B), variables["cache"], done_B
 
@@ -154,7 +154,8 @@ def _window_steps(model: GPT, params: dict, seq_BL: jax.Array, lengths_B: jax.Ar
     length_B = lengths_B + j
     start_B = jnp.maximum(length_B - T, 0)
     window_BT = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, T))(seq_BL, start_B)
-    logits_BV = model.apply({"params": params}, window_BT, last_B=length_B - 1 - start_B)
+    logits_BV = model.apply({"params": params}, window_BT, length_B - 1 - start_B,
+                            method=GPT.next_logits)
     next_B, done_B = sample(logits_BV, j, done_B)
     return j + 1, seq_BL.at[rows_B, length_B].set(next_B), done_B
 
@@ -185,8 +186,8 @@ def generate_padded(model: GPT, params: dict, prompt_BP: jax.Array, lengths_B: j
   # by generated tokens before any query can see them.
   positions_BP = jnp.broadcast_to(jnp.arange(P), (B, P))
   logits_BV, variables = model.apply({"params": params, "cache": init_cache(model, B, S)},
-                                     prompt_BP, positions_BT=positions_BP, last_B=lengths_B - 1,
-                                     mutable=["cache"])
+                                     prompt_BP, lengths_B - 1, positions_BP,
+                                     method=GPT.next_logits, mutable=["cache"])
   next_B, done_B = sample(logits_BV, 0, jnp.zeros((B,), bool))
   seq_BL = seq_BL.at[jnp.arange(B), lengths_B].set(next_B)
 
@@ -224,8 +225,8 @@ def generate_recompute(model: GPT, params: dict, prompt_BP: jax.Array, rng: jax.
     length = P + i
     start = jnp.maximum(length - T, 0)
     window_BT = jax.lax.dynamic_slice_in_dim(seq_BS, start, T, axis=1)
-    last_BV = model.apply({"params": params}, window_BT,
-                          last_B=jnp.full((B,), length - 1 - start))
+    last_BV = model.apply({"params": params}, window_BT, jnp.full((B,), length - 1 - start),
+                          method=GPT.next_logits)
     rng, step_rng = jax.random.split(rng)
     next_B = sample_logits(_sampled_vocab(last_BV), step_rng, temperature, top_k)
     return jax.lax.dynamic_update_index_in_dim(seq_BS, next_B, length, axis=1), rng

@@ -4,7 +4,7 @@ nanoGPT's train.py saves a dict with `model_args` (n_layer, n_head, n_embd,
 block_size, bias, vocab_size, dropout), `model` (the state_dict, every name
 prefixed with `_orig_mod.` when the model ran under torch.compile),
 `iter_num`, the optimizer state and the config. Its names are GPT-2's (so
-hf.py maps them); its nn.Linear weights are (out, in) and are transposed to
+gpt2.py maps them); its nn.Linear weights are (out, in) and are transposed to
 our (in, out) kernels; its GELU is exact (erf). torch is needed here alone,
 imported on use; the optimizer state is never read (the file is memory-mapped).
 """
@@ -16,11 +16,9 @@ import pickle
 import re
 from typing import Any
 
-import ml_collections
-from absl import logging
-
-from jaxgpt import defaults, hf
+from jaxgpt import defaults
 from jaxgpt.errors import UserError
+from jaxgpt.interop import gpt2
 
 COMPILED_PREFIX = "_orig_mod."
 LINEAR_WEIGHT = re.compile(r".*\.(c_attn|c_proj|c_fc)\.weight")
@@ -59,18 +57,4 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
     key = key.removeprefix(COMPILED_PREFIX)
     array = value.float().numpy()
     tensors[key] = array.T if LINEAR_WEIGHT.fullmatch(key) else array
-  return arch, hf.to_params(tensors, arch, path), int(ckpt.get("iter_num", 0))
-
-
-def init_from_nanogpt(config: ml_collections.ConfigDict) -> dict:
-  """The params of `config.init_from` (nanogpt:PATH), setting the config's architecture to its.
-
-  As for GPT-2, each changed key is logged and a smaller block_size crops the
-  position embedding; training goes on from these weights with a fresh
-  optimizer and schedule.
-  """
-  path = path_of(config.init_from)
-  arch, params, iter_num = read(path)
-  logging.info("init_from=%s: weights of nanoGPT's iter %d", config.init_from, iter_num)
-  return hf.adopt(config, arch, params, path)
-
+  return arch, gpt2.to_params(tensors, arch, path), int(ckpt.get("iter_num", 0))

@@ -1,11 +1,11 @@
-"""FLOPs per token, and the peak FLOP/s table looked up by the device kinds JAX reports."""
+"""The cards jaxgpt knows (peak FLOP/s, memory) by the device kinds JAX reports; FLOPs and MFU."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import recipe
 
-from jaxgpt import flops
+from jaxgpt import gpus, summary
 
 
 @pytest.mark.parametrize("device_kind, tflops", [
@@ -33,27 +33,36 @@ from jaxgpt import flops
     ("TPU v6 lite", 918),
 ])
 def test_peak_of_the_device_kinds_jax_reports(device_kind, tflops):
-  assert flops.peak(device_kind) == pytest.approx(tflops * 1e12)
+  assert gpus.peak_flops(device_kind) == pytest.approx(tflops * 1e12)
 
 
 @pytest.mark.parametrize("device_kind", [
     "cpu", "NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA A10G", "NVIDIA RTX A1000",
     "NVIDIA RTX 4000 Ada Generation", "Tesla T4"])
 def test_a_device_without_a_sourced_figure_is_unknown(device_kind):
-  assert flops.peak(device_kind) is None
-  assert flops.peak(device_kind, override=1e14) == 1e14
-  assert "--config.peak_flops" in flops.unknown_peak_message(device_kind)
+  assert gpus.peak_flops(device_kind) is None
+  assert gpus.peak_flops(device_kind, override=1e14) == 1e14
 
 
 def test_no_entry_is_shadowed_by_an_earlier_one():
   """First match wins: an entry whose own name an earlier entry matches is never reached."""
-  names = [name.lower() for name, _ in flops.PEAK_BF16_FLOPS]
+  names = [card.name.lower() for card in gpus.CARDS]
   for i, name in enumerate(names):
     assert next(j for j, earlier in enumerate(names) if earlier in name) == i, name
 
 
+@pytest.mark.parametrize("device_kind, gib", [
+    ("NVIDIA GeForce RTX 4070", 12), ("NVIDIA GeForce RTX 4070 Ti SUPER", 16),
+    ("NVIDIA GeForce RTX 3080", 10), ("NVIDIA A100-SXM4-40GB", 40), ("NVIDIA A100-SXM4-80GB", 80),
+    ("NVIDIA H100 80GB HBM3", 80), ("NVIDIA H200", 141), ("NVIDIA L40S", 48)])
+def test_memory_of_the_cards_whose_name_says_it(device_kind, gib):
+  assert gpus.card(device_kind).memory_gib == gib
+
+
 def test_flops_per_token_is_nanogpts():
-  config = recipe("fineweb_40m")
-  assert flops.per_token(40_560_000, config) == 6 * 40_560_000 + 12 * 12 * 6 * 64 * 1024
-  assert flops.mfu(1000.0, 1e9, 1e13, 2) == pytest.approx(1000 * 1e9 / 2e13)
-  assert flops.mfu(1000.0, 1e9, None, 1) is None
+  c = recipe("fineweb_40m")
+  n = 40_560_000
+  assert summary.flops_per_token(n, c.n_layer, c.n_head, c.n_embd, c.block_size) == (
+      6 * n + 12 * 12 * 6 * 64 * 1024)
+  assert summary.mfu(1000.0, 1e9, 1e13, 2) == pytest.approx(1000 * 1e9 / 2e13)
+  assert summary.mfu(1000.0, 1e9, None, 1) is None

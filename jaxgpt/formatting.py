@@ -1,4 +1,4 @@
-"""Counts and durations as every CLI and log line spells them."""
+"""Counts and durations as every log line and command spells them."""
 
 from __future__ import annotations
 

@@ -14,11 +14,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from jaxgpt import sharding
+from jaxgpt import defaults, sharding
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
-from jaxgpt.optim import make_optimizer
+from jaxgpt.optim import OptimConfig, lr_schedule, make_optimizer
 
 Batch = jax.Array  # (accum_steps, batch_size, block_size + 1) token ids
 
@@ -35,14 +36,15 @@ class TrainState(flax.struct.PyTreeNode):
 class TrainSetup:
   """The model, the optimizer and the shapes of their train state, for one config."""
 
-  config: ml_collections.ConfigDict
   model: GPT
   tx: optax.GradientTransformation
+  optim: OptimConfig
+  seed: int
   abstract_state: TrainState  # jax.ShapeDtypeStructs: nothing allocated
 
   def new_state(self, params: Any = None) -> TrainState:
     """A fresh state: params from nanoGPT's init unless given (e.g. GPT-2's)."""
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(self.seed))
     params = init_params(self.model, init_rng) if params is None else jax.device_put(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), rng=train_rng,
@@ -53,35 +55,24 @@ class TrainSetup:
     """nanoGPT's count: the params in matmuls (model.count_params)."""
     return count_params(self.abstract_state.params)
 
+  def host_lr(self, it: int) -> float:
+    """The learning rate of iteration `it`: the step's own float32 formula, run on the host."""
+    return float(lr_schedule(self.optim, np)(it))
+
 
 def build(config: ml_collections.ConfigDict) -> TrainSetup:
-  model = GPT(GPTConfig.from_config(config))
-  tx = make_optimizer(config)
-  setup = TrainSetup(config, model, tx, abstract_state=None)
+  optim = defaults.view(OptimConfig, config)
+  setup = TrainSetup(GPT(GPTConfig.from_config(config)), make_optimizer(optim), optim,
+                     config.seed, abstract_state=None)
   return dataclasses.replace(setup, abstract_state=jax.eval_shape(setup.new_state))
-
-
-def backward_residuals(config: ml_collections.ConfigDict) -> list[jax.ShapeDtypeStruct]:
-  """The arrays one micro-batch's backward pass keeps from its forward pass, params included.
-
-  Read from the program (what `jax.vjp` closes over), so the same on every
-  backend: the activation memory that remat and the chunked loss cut.
-  """
-  setup = build(config)
-  tokens_BT = jax.ShapeDtypeStruct((config.batch_size, config.block_size), jnp.int32)
-
-  def backward_fn(p: Any, x_BT: jax.Array) -> Callable:
-    return jax.vjp(lambda p: setup.model.apply({"params": p}, x_BT, targets_BT=x_BT), p)[1]
-
-  return jax.tree.leaves(jax.eval_shape(backward_fn, setup.abstract_state.params, tokens_BT))
 
 
 def loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None) -> jax.Array:
   """Mean next-token loss of (B, T+1) windows; dropout on when `rng` is given."""
   tokens_BT1 = tokens_BT1.astype(jnp.int32)
   train = rng is not None
-  return model.apply({"params": params}, tokens_BT1[:, :-1], train=train,
-                     targets_BT=tokens_BT1[:, 1:], rngs={"dropout": rng} if train else None)
+  return model.apply({"params": params}, tokens_BT1[:, :-1], tokens_BT1[:, 1:], train=train,
+                     rngs={"dropout": rng} if train else None, method=GPT.loss)
 
 
 def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
@@ -147,12 +138,12 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
 
 
 def compile_train_step(setup: TrainSetup, state: Any, batch_spec: jax.ShapeDtypeStruct,
-                       state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
+                       state_shardings: Any, mesh: jax.sharding.Mesh, mode: str) -> Callable:
   """The train step compiled ahead of time for these shapes and shardings.
 
   A batch of another shape is then an error, never a silent recompile.
   """
-  dp_mesh = mesh if setup.config.sharding == "dp" and mesh.size > 1 else None
+  dp_mesh = mesh if mode == "dp" and mesh.size > 1 else None
   step = make_train_step(setup.model, setup.tx, (state_shardings, sharding.replicated(mesh)),
                          dp_mesh)
   return step.lower(state, batch_spec).compile()

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxgpt import defaults, hellaswag, scoring, tokenizer
+from jaxgpt import defaults, tokenizer
 from jaxgpt.errors import UserError
+from jaxgpt.evals import hellaswag
+from jaxgpt.inference import scoring
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,15 +98,18 @@ def perplexity(rows: list[scoring.Row], loss_sums: np.ndarray) -> dict[str, floa
   return {"tokens": n_tokens, "loss": loss, "ppl": math.exp(loss)}
 
 
-def run(scorer: scoring.Scorer, params: Any, tasks: list[Task]) -> dict[str, dict[str, float]]:
-  """Each task's metrics, by task name."""
-  return {task.name: task.summarize(scorer.loss_sums(params, task.batches, task.n_rows))
-          for task in tasks}
+def metrics(scorer: scoring.Scorer, params: Any, task: Task) -> dict[str, float]:
+  """One task's numbers: acc and acc_norm, or loss and perplexity."""
+  return task.summarize(scorer.loss_sums(params, task.batches, task.n_rows))
 
 
-def flat(results: dict[str, dict[str, float]]) -> dict[str, float]:
-  """{'hellaswag': {'acc': ...}} -> {'hellaswag_acc': ...}, as metrics.jsonl records them."""
-  return {f"{name}_{key}": value for name, m in results.items() for key, value in m.items()}
+def score(scorer: scoring.Scorer, params: Any, tasks: list[Task]
+          ) -> tuple[dict[str, float], list[str]]:
+  """Every task's numbers as metrics.jsonl records them ('hellaswag_acc_norm', ...), and a
+  line of each for the log: what the training loop's `tasks` hook returns."""
+  results = {task.name: metrics(scorer, params, task) for task in tasks}
+  flat = {f"{name}_{key}": value for name, m in results.items() for key, value in m.items()}
+  return flat, [describe(name, m) for name, m in results.items()]
 
 
 def describe(name: str, m: dict[str, float]) -> str:

@@ -17,13 +17,11 @@ import shutil
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import safetensors.numpy
-from absl import logging
 from flax import traverse_util
 
-from jaxgpt import defaults, tokenizer
+from jaxgpt import defaults, model, tokenizer
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, init_params
 
@@ -150,43 +148,15 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
                        "where there is internet and pass hf_checkpoint_dir=DIR") from e
 
 
-def init_from_gpt2(config: ml_collections.ConfigDict) -> dict:
-  """GPT-2 params for `config.init_from`, setting the config's architecture keys to GPT-2's.
-
-  As in nanoGPT, layers, heads, width, vocabulary, biases and GELU come from
-  the checkpoint (each change logged); a smaller block_size crops the
-  position embedding, a larger one is an error.
-  """
-  hf_dir = checkpoint_dir(config.init_from, config.hf_checkpoint_dir)
-  arch, params = load(hf_dir)
-  return adopt(config, arch, params, f"{config.init_from} ({hf_dir})")
+def differences(cfg: GPTConfig) -> list[str]:
+  """The modern recipe's architecture keys (defaults.MODERN) this model sets away from GPT-2's,
+  as 'key=value': what transformers' GPT2LMHeadModel cannot hold (e.g. 'pos_emb=rope')."""
+  gpt2 = GPTConfig()
+  return [f"{key}={getattr(cfg, key)}" for key in defaults.MODERN
+          if key in model.ARCHITECTURE and getattr(cfg, key) != getattr(gpt2, key)]
 
 
-def adopt(config: ml_collections.ConfigDict, arch: dict[str, Any], params: dict,
-          source: str) -> dict:
-  """Sets the config's architecture keys to a checkpoint's, each change logged.
-
-  A smaller block_size crops the position embedding of `params` (returned),
-  a larger one is an error.
-  """
-  arch = dict(arch)
-  n_positions = arch.pop("block_size")
-  if config.block_size > n_positions:
-    raise UserError(f"config.block_size={config.block_size} exceeds the {n_positions} "
-                    f"positions of {source}")
-  if config.block_size < n_positions:
-    params["wpe"]["embedding"] = params["wpe"]["embedding"][:config.block_size]
-    logging.info("init_from=%s: position embedding cropped to block_size=%d", config.init_from,
-                 config.block_size)
-  for key, value in arch.items():
-    if config[key] != value:
-      logging.info("init_from=%s: %s=%r (config had %r)", config.init_from, key, value,
-                   config[key])
-      config[key] = value
-  return params
-
-
-def export(params: dict, config: ml_collections.ConfigDict, to_dir: str) -> None:
+def export(params: dict, config: GPTConfig, to_dir: str) -> None:
   """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load.
 
   GPT-2's architecture holds every model of the nanoGPT recipe: without
@@ -197,9 +167,9 @@ def export(params: dict, config: ml_collections.ConfigDict, to_dir: str) -> None
   padding). The tokenizer files are GPT-2's own. Files get the usual
   permissions (the process's umask).
   """
-  differences = defaults.gpt2_architecture_differences(config)
-  if differences:
-    raise UserError(f"this run's model is not GPT-2's architecture ({', '.join(differences)}), "
+  departures = differences(config)
+  if departures:
+    raise UserError(f"this run's model is not GPT-2's architecture ({', '.join(departures)}), "
                     "so transformers' GPT2LMHeadModel cannot hold it; nothing was written")
   if os.path.isdir(to_dir) and os.listdir(to_dir):
     raise UserError(f"{to_dir} is not empty; nothing was written. Pick a new directory.")
@@ -236,7 +206,7 @@ def _zero_biases(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return zeros
 
 
-def _hf_config(config: ml_collections.ConfigDict, vocab: int) -> dict[str, Any]:
+def _hf_config(config: GPTConfig, vocab: int) -> dict[str, Any]:
   hf_config = {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
       "activation_function": "gelu_new" if config.gelu_approximate else "gelu",

@@ -1,0 +1,109 @@
+"""The accelerators jaxgpt knows by name: peak bf16 FLOP/s (for MFU) and memory, one entry each.
+
+A device is matched case-insensitively by an entry's name as a substring of
+its `jax.Device.device_kind` ("NVIDIA GeForce RTX 4070", "NVIDIA H100 80GB
+HBM3", "TPU v5 lite"); the first match wins, so a longer name comes before
+its prefix ("H100 PCIe" before "H100", "L40S" before "L40" before "L4", "Ti
+SUPER" before "Ti"). An entry without figures keeps a name from matching a
+wrong entry further down.
+
+Peak: dense (not 2:4-sparse) bf16 tensor FLOP/s with FP32 accumulation,
+what XLA's bf16 matmuls use (GeForce cards run it at half their
+FP16-accumulate rate). Sources: NVIDIA's datasheets and architecture
+whitepapers (Ampere GA102 v2.0, Ada v2.1, RTX Blackwell), halved where they
+quote sparse figures; GeForce 40/50 from the "AI TOPS" of NVIDIA's spec pages
+(FP8 / FP4 with sparsity) divided by 8 / 16, which equals the whitepapers'
+FP32-accumulate figure where both exist (4090: 1321 / 8 = 165.2); Google
+Cloud's TPU pages. Memory: the vendors' spec pages, in GiB as they state GB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+  name: str
+  peak_flops: float | None = None  # dense bf16, FP32 accumulate, per device
+  memory_gib: float | None = None
+
+
+CARDS: tuple[Card, ...] = (
+    Card("Laptop"),  # mobile parts: far lower clocks than the desktop cards below
+    Card("Max-Q"),
+    Card("RTX 4090 D"),  # fewer SMs than the RTX 4090; no sourced figure
+    Card("RTX 5090 D"),
+    Card("TPU v4 lite"),  # the v4i inference chip
+    Card("TPU v4", 275e12),  # cloud.google.com/tpu/docs/v4: 275 TFLOPS bf16 per chip
+    Card("TPU v5 lite", 197e12),  # v5e; cloud.google.com/tpu/docs/v5e: 197 TFLOPS bf16 per chip
+    Card("TPU v5e", 197e12),
+    Card("TPU v5p", 459e12),  # cloud.google.com/tpu/docs/v5p: 459 TFLOPS bf16 per chip
+    Card("TPU v5", 459e12),  # v5p reports "TPU v5"
+    Card("TPU v6 lite", 918e12),  # v6e (Trillium); cloud.google.com/tpu/docs/v6e: 918 TFLOPS
+    Card("TPU v6e", 918e12),
+    Card("GH200", 989.5e12, 96),  # its Hopper GPU as an H100 SXM's (no GH200 bf16 figure)
+    Card("H200 NVL", 835.5e12, 141),  # H200 datasheet: 1,671 sparse
+    Card("H200", 989.5e12, 141),  # H200 datasheet: 1,979 sparse
+    Card("H100 NVL", 835.5e12, 94),  # H100 datasheet: 1,671 sparse per GPU
+    Card("H100 PCIe", 756.5e12, 80),  # H100 datasheet: 1,513 sparse
+    Card("H100", 989.5e12, 80),  # H100 SXM ("NVIDIA H100 80GB HBM3"), datasheet: 1,979 sparse
+    Card("GB200", 2.5e15),  # GB200 NVL72 page: 5 PFLOPS sparse per GPU
+    Card("B200", 2.25e15, 180),  # HGX B200 page: 4.5 PFLOPS sparse per GPU
+    Card("B100", 1.75e15),  # 3.5 PFLOPS sparse (third-party listing only)
+    Card("A100-SXM4-40GB", 312e12, 40),  # A100 datasheet: 312 dense
+    Card("A100-PCIE-40GB", 312e12, 40),
+    Card("A100-", 312e12, 80),  # "NVIDIA A100-SXM4-80GB", "-PCIE-80GB"
+    Card("A100 ", 312e12, 80),  # "NVIDIA A100 80GB PCIe"; the space keeps "RTX A1000" out
+    Card("L40S", 362.05e12, 48),  # L40S datasheet: 362.05 dense
+    Card("L40", 181.05e12, 48),  # L40 datasheet: 181.05 dense
+    Card("NVIDIA L4", 121e12, 24),  # L4 datasheet: 242 sparse
+    Card("A10G"),  # AWS's A10 variant: no published figure
+    Card("NVIDIA A10", 125e12, 24),  # A10 datasheet: 125 dense
+    Card("RTX 6000 Ada", 364.2e12, 48),  # Ada whitepaper: 364.2 with FP32 accumulate
+    Card("RTX 5000 Ada", 261.1e12, 32),  # datasheet: 1,044.4 FP8 sparse / 4
+    Card("RTX 4500 Ada", 158.5e12, 24),  # 60 SMs x 1024 x 2.58 GHz (derived; none published)
+    Card("RTX 4000 SFF Ada"),
+    Card("RTX 4000 Ada"),
+    Card("RTX A6000", 154.8e12, 48),  # GA102 whitepaper: 154.8 with FP32 accumulate
+    Card("RTX A5000", 111.1e12, 24),  # datasheet: 222.2 sparse
+    Card("RTX A4500", 94.6e12, 20),  # datasheet: 189.2 sparse
+    Card("RTX A4000", 76.7e12, 16),  # datasheet: 153.4 sparse
+    Card("RTX 5090", 209.5e12, 32),  # RTX Blackwell whitepaper: 209.5 with FP32 accumulate
+    Card("RTX 5080", 112.6e12, 16),  # 1,801 AI TOPS / 16
+    Card("RTX 5070 Ti", 87.9e12, 16),  # 1,406 AI TOPS / 16
+    Card("RTX 5070", 61.7e12, 12),  # 988 AI TOPS / 16
+    Card("RTX 4090", 165.2e12, 24),  # Ada whitepaper: 165.2 with FP32 accumulate (1,321 / 8)
+    Card("RTX 4080 SUPER", 104.4e12, 16),  # 836 AI TOPS / 8
+    Card("RTX 4080", 97.5e12, 16),  # Ada whitepaper: 97.5 (780 AI TOPS / 8)
+    Card("RTX 4070 Ti SUPER", 88.2e12, 16),  # 706 AI TOPS / 8
+    Card("RTX 4070 Ti", 80.2e12, 12),  # 641 AI TOPS / 8
+    Card("RTX 4070 SUPER", 71.0e12, 12),  # 568 AI TOPS / 8
+    Card("RTX 4070", 58.3e12, 12),  # 466 AI TOPS / 8
+    Card("RTX 4060 Ti", 44.1e12),  # 353 AI TOPS / 8; sold with 8 or 16 GB
+    Card("RTX 4060", 30.2e12, 8),  # 242 AI TOPS / 8
+    Card("RTX 3090 Ti", 80.0e12, 24),  # 84 SMs x 512 x 1.86 GHz (derived, as the 3090's 71)
+    Card("RTX 3090", 71e12, 24),  # GA102 whitepaper: 71 with FP32 accumulate
+    Card("RTX 3080 Ti", 68.2e12, 12),  # 80 SMs x 512 x 1.665 GHz (derived)
+    Card("RTX 3080", 59.5e12, 10),  # GA102 whitepaper: 59.5 (a 12 GB card shares the name)
+    Card("RTX 3070 Ti", 43.5e12, 8),  # 48 SMs x 512 x 1.77 GHz (derived)
+    Card("RTX 3070", 40.6e12, 8),  # GA102 whitepaper (GA104): 40.6 with FP32 accumulate
+    Card("RTX 3060 Ti", 32.4e12, 8),  # 38 SMs x 512 x 1.665 GHz (derived)
+    Card("RTX 3060", 25.5e12, 12),  # 28 SMs x 512 x 1.777 GHz (derived)
+)
+
+
+def card(device_kind: str) -> Card | None:
+  """The first entry whose name the device kind contains; None for a device we do not know."""
+  for entry in CARDS:
+    if entry.name.lower() in device_kind.lower():
+      return entry
+  return None
+
+
+def peak_flops(device_kind: str, override: float = 0.0) -> float | None:
+  """Peak bf16 FLOP/s of one device; `override` wins; None when unknown (e.g. a CPU)."""
+  if override > 0:
+    return override
+  entry = card(device_kind)
+  return entry.peak_flops if entry else None

@@ -1,0 +1,134 @@
+"""The weights a run or a command starts from: a run's checkpoint, OpenAI's GPT-2, a nanoGPT ckpt.pt.
+
+`init_from` as configs and commands spell it: 'resume' (a checkpoint of
+out_dir), 'gpt2*' (gpt2.py) or 'nanogpt:PATH' (nanogpt.py). The flags that
+pick them are defined here once, for every command that reads weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+from absl import flags, logging
+
+from jaxgpt import checkpoint, defaults, run_dir, train_step
+from jaxgpt.errors import UserError
+from jaxgpt.interop import gpt2, nanogpt
+from jaxgpt.model import GPT, GPTConfig
+
+
+def from_run(out_dir: str, at_step: int | None = None
+             ) -> tuple[ml_collections.ConfigDict, Any, int]:
+  """(run config, params, step) of the latest (or the given) checkpoint, on one device."""
+  checkpoints = run_dir.RunDir(out_dir).checkpoints(read_only=True)
+  steps = checkpoints.steps()
+  if not steps:
+    raise UserError(f"{checkpoints.directory}: no checkpoints; nothing was trained into "
+                    f"out_dir={out_dir!r} yet")
+  if at_step is None:
+    at_step = steps[-1]
+  elif at_step not in steps:
+    raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds "
+                    f"{steps}")
+  config = defaults.get_config()
+  config.update(checkpoints.read_meta(at_step)["config"])
+  state, _ = restore_state(checkpoints, at_step, train_step.build(config).abstract_state)
+  checkpoints.close()
+  return config, state.params, at_step
+
+
+def restore_state(checkpoints: checkpoint.Checkpoints, at_step: int,
+                  abstract_state: train_step.TrainState) -> tuple[train_step.TrainState, dict]:
+  """The whole train state (of `abstract_state`'s shapes) and the metadata of one checkpoint,
+  on one device."""
+  on_one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return checkpoints.restore(at_step, checkpoint.abstract_like(abstract_state, on_one))
+
+
+def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, Any], Any, str]:
+  """(architecture keys, float32 params, where from) of GPT-2's or a nanoGPT run's weights."""
+  if init_from in defaults.GPT2_MODELS:
+    source = gpt2.checkpoint_dir(init_from, hf_checkpoint_dir)
+    arch, params = gpt2.load(source)
+    return arch, params, f"{init_from} ({source})"
+  if init_from.startswith(defaults.NANOGPT):
+    path = nanogpt.path_of(init_from)
+    arch, params, iter_num = nanogpt.read(path)
+    return arch, params, f"{path} (nanoGPT iter {iter_num})"
+  raise UserError(f"--init_from={init_from}: must be 'resume', one of "
+                  f"{', '.join(defaults.GPT2_MODELS)}, or {defaults.NANOGPT}PATH")
+
+
+def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
+         dtype: str | None = None) -> tuple[ml_collections.ConfigDict, Any, str]:
+  """(config, params, where they came from); GPT-2 and nanoGPT weights run in float32."""
+  if init_from == "resume":
+    config, params, step = from_run(out_dir, step)
+    source = f"{out_dir} step {step}"
+  else:
+    arch, params, source = pretrained(init_from, hf_checkpoint_dir)
+    config = defaults.get_config()
+    config.update(arch, dropout=0.0, dtype="float32")
+  if dtype:
+    config.dtype = dtype
+  return config, params, source
+
+
+def for_training(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
+  """The config with the weights' architecture, and the weights, for init_from=gpt2*|nanogpt:.
+
+  As in nanoGPT, layers, heads, width, vocabulary, biases and GELU come from
+  the checkpoint (each change logged); a smaller block_size crops the
+  position embedding, a larger one is an error. Training goes on from these
+  weights with a fresh optimizer and schedule. A config that departs from
+  GPT-2's architecture (the modern keys) is refused: the weights are GPT-2's.
+  """
+  departures = gpt2.differences(GPTConfig.from_config(config))
+  if departures:
+    raise UserError(f"config.init_from={config.init_from!r} loads GPT-2-architecture weights; "
+                    f"this config has {', '.join(departures)}")
+  arch, params, source = pretrained(config.init_from, config.hf_checkpoint_dir)
+  arch = dict(arch)
+  n_positions = arch.pop("block_size")
+  if config.block_size > n_positions:
+    raise UserError(f"config.block_size={config.block_size} exceeds the {n_positions} "
+                    f"positions of {source}")
+  logging.info("init_from=%s: weights of %s", config.init_from, source)
+  if config.block_size < n_positions:
+    params["wpe"]["embedding"] = params["wpe"]["embedding"][:config.block_size]
+    logging.info("init_from=%s: position embedding cropped to block_size=%d", config.init_from,
+                 config.block_size)
+  adopted = config.copy_and_resolve_references()
+  for key, value in arch.items():
+    if config[key] != value:
+      logging.info("init_from=%s: %s=%r (config had %r)", config.init_from, key, value,
+                   config[key])
+      adopted[key] = value
+  return adopted, params
+
+
+def define_run_flags() -> None:
+  """--out_dir and --step: which checkpoint of a run a command reads."""
+  flags.DEFINE_string("out_dir", "out", "Run directory whose checkpoint to read.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to read; default the latest.")
+
+
+def define_flags() -> None:
+  """`define_run_flags`, and --init_from, --hf_checkpoint_dir, --dtype: the weights to read."""
+  define_run_flags()
+  flags.DEFINE_string("init_from", "resume", "'resume': a checkpoint of out_dir; 'gpt2*': "
+                      "OpenAI's weights; 'nanogpt:PATH': a nanoGPT ckpt.pt.")
+  flags.DEFINE_string("hf_checkpoint_dir", "",
+                      "init_from=gpt2*: local Hugging Face checkpoint; '' downloads it.")
+  flags.DEFINE_enum("dtype", None, defaults.DTYPES, "Activation dtype; default the run's "
+                    "(float32 for GPT-2 and nanoGPT weights).")
+
+
+def from_flags() -> tuple[ml_collections.ConfigDict, GPT, Any, str]:
+  """(config, model, params, where from) of the weights the flags of `define_flags` pick."""
+  f = flags.FLAGS
+  config, params, source = load(f.init_from, out_dir=f.out_dir, step=f.step,
+                                hf_checkpoint_dir=f.hf_checkpoint_dir, dtype=f.dtype)
+  return config, GPT(GPTConfig.from_config(config)), params, source

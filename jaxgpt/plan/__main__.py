@@ -1,0 +1,106 @@
+"""python -m jaxgpt.plan: what a config will train, for how long, whether it fits a card.
+
+  python -m jaxgpt.plan --config=configs/fineweb_40m.py [--max_iters=6000,10000,20000]
+      [--train_tokens=3.68B] [--tokens_per_sec=N | --device="RTX 4070" [--mfu=0.4]]
+
+prints, per candidate max_iters, the tokens seen, epochs over the train split,
+tokens per parameter (Chinchilla ~20), FLOPs and the time at a throughput;
+the run logs the same summary and its warnings at launch (summary.py). With
+--device (or --memory_gib) it checks the train step's memory (memory.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxgpt import cli, data, formatting, gpus, report, run_dir, summary
+from jaxgpt.errors import UserError
+from jaxgpt.plan import iters, memory
+
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
+                                  lock_config=True)
+  flags.DEFINE_list("max_iters", [], "Candidate max_iters, comma-separated (default: the "
+                    "config's, Chinchilla's and the data's limit). lr_decay_iters follows each.")
+  flags.DEFINE_float("tokens_per_sec", None, "Throughput for the time column (default: the "
+                     "median measured in the config's out_dir/metrics.jsonl).")
+  flags.DEFINE_string("train_tokens", None, "Tokens in the train split, e.g. 3.68B (default: "
+                      "counted from the shards, or meta.json, in the config's data dir).")
+  flags.DEFINE_integer("devices", 1, "Data-parallel devices (tokens per iteration grow with them).")
+  flags.DEFINE_string("device", "", "Without a measured throughput, estimate it for this GPU "
+                      "(e.g. 'H100'): its peak bf16 FLOP/s at --mfu.")
+  flags.DEFINE_float("mfu", 0.4, "--device: the model FLOPs utilisation the estimate assumes.")
+  flags.DEFINE_float("peak_flops", 0.0, "--device: its peak FLOP/s, where the table lacks it.")
+  flags.DEFINE_float("memory_gib", 0.0, "Check that the train step fits a card of this much "
+                     "memory (default: --device's, where its name says it).")
+  flags.mark_flags_as_required(["config"])
+
+
+def _throughput(f: flags.FlagValues, out_dir: str, flops_per_token: float,
+                n_devices: int) -> tuple[float | None, str]:
+  """tokens/s for the time column, and where it comes from."""
+  if f.tokens_per_sec:
+    return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
+  rundir = run_dir.RunDir(out_dir)
+  if os.path.isfile(rundir.metrics_path):
+    measured = report.median_throughput(rundir.read_metrics()["train"])["tokens_per_sec"]
+    if measured:
+      return measured, f"{measured:,.0f} tok/s, measured in {rundir.metrics_path}"
+  if f.device:
+    peak = gpus.peak_flops(f.device, f.peak_flops)
+    if peak is None:
+      raise UserError(f"--device={f.device!r}: its peak FLOP/s is not in the table; give it "
+                      "with --peak_flops")
+    tok_s = peak * f.mfu * n_devices / flops_per_token
+    return tok_s, (f"{tok_s:,.0f} tok/s, estimated for {n_devices} x {f.device} at "
+                   f"{f.mfu:.0%} MFU of {peak / 1e12:,.0f} TFLOP/s (an assumption, not a "
+                   "measurement)")
+  return None, (f"unknown (none measured in {rundir.metrics_path}; --tokens_per_sec or --device "
+                "sets it)")
+
+
+def main() -> None:
+  f = flags.FLAGS
+  config, n_devices = f.config, f.devices
+  config_path = config_flags.get_config_filename(f["config"])
+  s = summary.summarize(config, n_devices=n_devices)
+  print(f"{config_path}: {formatting.count(s.n_params)} parameters (nanoGPT's count; "
+        f"{formatting.count(s.n_params_total)} in all), {s.tokens_per_iter:,} tokens per "
+        "iteration")
+  if f.train_tokens:
+    try:
+      train_tokens = formatting.parse_count(f.train_tokens)
+    except ValueError as e:
+      raise UserError(f"--train_tokens: {e}") from None
+  else:
+    data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
+    train_tokens = iters.count_train_tokens(data_dir)
+    found = "unknown" if train_tokens is None else f"{train_tokens:,} tokens"
+    print(f"train split: {found} (counted in {data_dir}; --train_tokens sets it)")
+  tokens_per_sec, source = _throughput(f, config.out_dir, s.flops_per_token, n_devices)
+  print(f"throughput: {source}")
+  try:
+    candidates = [int(v) for v in f.max_iters]
+  except ValueError as e:
+    raise UserError(f"--max_iters={','.join(f.max_iters)}: {e}") from e
+  suggested, notes = iters.suggestions(config, train_tokens, n_devices)
+  name = os.path.splitext(os.path.basename(config_path))[0]
+  print(iters.table(config, candidates or suggested, train_tokens=train_tokens,
+                    tokens_per_sec=tokens_per_sec, n_devices=n_devices, config_name=name))
+  for note in notes:
+    print(f"note: {note}")
+  card = gpus.card(f.device) if f.device else None
+  memory_gib = f.memory_gib or (card.memory_gib if card else None)
+  if memory_gib:
+    print("\n".join(memory.fit_report(config, memory_gib, f.device)))
+  elif f.device:
+    print(f"memory: {f.device!r} does not say its memory; --memory_gib sets it")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  cli.run(main)

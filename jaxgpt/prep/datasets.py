@@ -1,0 +1,94 @@
+"""The datasets a config names, made where they are missing: python_docs, local files, FineWeb.
+
+`python_docs` is built in: the Python reference-manual topics that every
+CPython ships in `pydoc_data.topics` (about 140k GPT-2 tokens), real English
+on every machine with no download, made on first use. `fineweb` and
+`fineweb_edu` are downloaded and tokenized before a run only with
+`auto_prepare`; any other missing dataset is an error that prints the command
+making it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+
+from absl import logging
+
+from jaxgpt.errors import UserError
+from jaxgpt.prep import fineweb
+from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
+from jaxgpt.prep.shards import check_out_dir, write_dataset
+from jaxgpt.prep.tokenize import cpu_count
+
+FINEWEB_DATASETS = {"fineweb": False, "fineweb_edu": True}  # config.dataset -> FineWeb-Edu?
+
+
+def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text",
+                  separator: str = "", **kwargs) -> dict:
+  """Local parquet / jsonl / txt files -> shards in out_dir."""
+  check_out_dir(out_dir)
+  files = input_files(patterns)
+  sources: list[str] = []
+
+  def pieces() -> Iterator[Piece]:
+    for path in files:
+      sources.append(path)
+      yield from read_file(path, text_field, separator)
+
+  return write_dataset(pieces(), out_dir, sources=sources,
+                       total_bytes=sum(os.path.getsize(p) for p in files), **kwargs)
+
+
+def make_command(dataset: str, data_dir: str) -> str:
+  """The command that makes a config's data: FineWeb by name, otherwise local files."""
+  out = shlex.quote(data_dir)
+  if dataset in FINEWEB_DATASETS:
+    edu = " --edu" if FINEWEB_DATASETS[dataset] else ""
+    return f"python -m jaxgpt.prepare fineweb{edu} --out={out}"
+  return f"python -m jaxgpt.prepare files --input='PATH/*.parquet' --out={out}"
+
+
+def python_docs_documents() -> Iterator[tuple[str, str]]:
+  """The reference-manual topics of the running CPython, one document each."""
+  from pydoc_data import topics
+  for key in sorted(topics.topics):
+    yield key, topics.topics[key]
+
+
+def make_python_docs(out_dir: str) -> None:
+  """Makes the built-in corpus's shards (once: later runs read them)."""
+  print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
+  pieces = (p for key, text in python_docs_documents() for p in pieces_of(key, text))
+  meta = write_dataset(pieces, out_dir, name="python_docs", val_fraction=0.1, val_tokens=0,
+                       sources=[f"pydoc_data.topics (Python {sys.version.split()[0]})"],
+                       command="python -m jaxgpt.prepare python_docs", progress=False)
+  print(f"python_docs: {meta['splits']['train']['tokens']:,} train tokens, "
+        f"{meta['splits']['val']['tokens']:,} val tokens", flush=True)
+
+
+def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
+  """Makes a config's dataset, which has no train shards in `data_dir` yet, where it may.
+
+  The built-in corpus is made on first use; FineWeb is downloaded and
+  tokenized only with `auto_prepare`; otherwise the error prints the command
+  that makes the data.
+  """
+  if dataset == "python_docs":
+    make_python_docs(data_dir)
+    return
+  command = make_command(dataset, data_dir)
+  if auto_prepare and dataset in FINEWEB_DATASETS:
+    logging.info("no token shards in %s: making them (%s)", data_dir, command)
+    fineweb.prepare_fineweb(data_dir, edu=FINEWEB_DATASETS[dataset],
+                            name=os.path.basename(os.path.abspath(data_dir)), command=command,
+                            workers=cpu_count())
+    return
+  auto = ("(or run with --config.auto_prepare=True to make them first), "
+          if dataset in FINEWEB_DATASETS else "")
+  raise UserError(
+      f"no token shards in data_dir={data_dir!r} for dataset={dataset!r}. Make them with:\n"
+      f"  {command}\n{auto}or point --config.data_dir at existing train/val .bin or .npy "
+      "shards (nanoGPT, llm.c or build-nanogpt).")

@@ -1,0 +1,91 @@
+"""FineWeb and FineWeb-Edu from the Hugging Face Hub, as a dataset directory.
+
+Parquet files are downloaded one at a time as reading reaches them (so
+`max_tokens` downloads about what it needs) into the Hugging Face cache
+(HF_HOME), where an interrupted download resumes. Offline, the Hub is not
+waited on: the error says at once what to do instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import urllib.parse
+from collections.abc import Iterator
+
+from jaxgpt.prep.readers import Piece, PrepareError, read_parquet
+from jaxgpt.prep.shards import check_out_dir, write_dataset
+
+REPOS = {False: "HuggingFaceFW/fineweb", True: "HuggingFaceFW/fineweb-edu"}
+
+
+def fineweb_folder(name: str) -> str:
+  """The hub folder of a FineWeb subset: sample-10BT -> sample/10BT, a dump -> data/<dump>."""
+  if m := re.fullmatch(r"sample-(\d+BT)", name):
+    return f"sample/{m[1]}"
+  if re.fullmatch(r"CC-MAIN-\d{4}-\d{2}", name):
+    return f"data/{name}"
+  raise PrepareError(f"--name={name}: expected a sample (sample-10BT, sample-100BT, "
+                     "sample-350BT) or a Common Crawl dump (e.g. CC-MAIN-2024-10)")
+
+
+def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = False,
+                    shards_limit: int = 0, **kwargs) -> dict:
+  """FineWeb (or FineWeb-Edu) parquet files from the hub -> shards in out_dir.
+
+  Files are downloaded one at a time as reading reaches them (so
+  `max_tokens` downloads about what it needs) into the Hugging Face cache
+  (HF_HOME), where an interrupted download resumes.
+  """
+  import huggingface_hub
+  from huggingface_hub.errors import EntryNotFoundError
+  check_out_dir(out_dir)
+  repo, folder = REPOS[edu], fineweb_folder(subset)
+  check_hub_reachable()
+  try:
+    entries = huggingface_hub.list_repo_tree(repo, path_in_repo=folder, repo_type="dataset")
+    files = sorted((e for e in entries if e.path.endswith(".parquet")), key=lambda e: e.path)
+  except EntryNotFoundError as e:
+    raise PrepareError(f"hf://datasets/{repo}/{folder}: not found (--name={subset})") from e
+  if not files:
+    raise PrepareError(f"hf://datasets/{repo}/{folder}: no parquet files (--name={subset})")
+  if shards_limit:
+    files = files[:shards_limit]
+  sources: list[str] = []
+
+  def pieces() -> Iterator[Piece]:
+    for entry in files:
+      sources.append(f"hf://datasets/{repo}/{entry.path}")
+      path = huggingface_hub.hf_hub_download(repo, entry.path, repo_type="dataset")
+      yield from read_parquet(path, "text")
+
+  return write_dataset(pieces(), out_dir, sources=sources,
+                       total_bytes=sum(e.size for e in files), **kwargs)
+
+
+_OFFLINE_ADVICE = ("Download FineWeb's parquet files where there is a network and run "
+                   "`python -m jaxgpt.prepare files --input='DIR/*.parquet' --out=...`, or point "
+                   "HF_ENDPOINT at a mirror (with a filled cache, HF_HUB_OFFLINE=1 reads it).")
+
+
+def check_hub_reachable(timeout_s: float = 10.0) -> None:
+  """Fails at once, with what to do, where the Hub cannot be reached.
+
+  huggingface_hub would otherwise retry for tens of seconds and end in a long
+  traceback. Behind a proxy (HTTPS_PROXY and the like) the direct probe says
+  nothing, so it is skipped.
+  """
+  from huggingface_hub import constants
+  if constants.HF_HUB_OFFLINE:
+    raise PrepareError(f"HF_HUB_OFFLINE is set: the Hub is not asked for FineWeb's file list. "
+                       f"{_OFFLINE_ADVICE}")
+  if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return
+  url = urllib.parse.urlparse(constants.ENDPOINT)
+  port = url.port or (443 if url.scheme == "https" else 80)
+  try:
+    socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+  except OSError as e:
+    raise PrepareError(f"the Hugging Face Hub ({constants.ENDPOINT}) is unreachable "
+                       f"({e.strerror or e}); nothing was downloaded. {_OFFLINE_ADVICE}") from None

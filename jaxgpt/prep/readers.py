@@ -1,0 +1,172 @@
+"""Corpus files as documents: parquet, jsonl and plain text, read in a stream.
+
+A document longer than PIECE_CHARS is handed on in pieces cut at a space
+between two non-spaces, where GPT-2's pre-tokenizer splits anyway, so its
+tokens are those of the whole text. Every reader fails with a message that
+names the file (and line or row).
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import json
+import os
+import re
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from jaxgpt.errors import UserError
+
+PIECE_CHARS = 1 << 20  # longer documents are tokenized in pieces of about this many characters
+READ_BYTES = 1 << 20  # text files are read in chunks of this size
+
+# A space between two non-spaces: GPT-2's pre-tokenizer always starts a new
+# pre-token there, so text cut at such a space tokenizes as the whole does.
+_SAFE_CUT = re.compile(r"(?<=\S) (?=\S)")
+
+
+class PrepareError(UserError, ValueError):
+  """Input that cannot be turned into token shards."""
+
+
+class Piece(NamedTuple):
+  """A document, or part of one: `last` marks its end, where the end-of-text token goes."""
+  doc_id: str
+  text: str
+  last: bool
+  nbytes: int  # input bytes read since the previous piece (progress)
+
+
+def pieces_of(doc_id: str, text: str, nbytes: int = 0) -> Iterator[Piece]:
+  """The document cut at safe spaces into pieces of about PIECE_CHARS characters."""
+  start = 0
+  while len(text) - start > PIECE_CHARS:
+    cut = _SAFE_CUT.search(text, start + PIECE_CHARS)
+    if cut is None:
+      break
+    yield Piece(doc_id, text[start:cut.start()], False, 0)
+    start = cut.start()
+  yield Piece(doc_id, text[start:], True, nbytes)
+
+
+# Readers: one input file -> pieces, failing with a message that names the file.
+
+def read_parquet(path: str, text_field: str) -> Iterator[Piece]:
+  """Rows of a parquet file read batch by batch; the `id` column names a row when present.
+
+  Documents without an id are named by file name and position, so the split does not
+  change when the corpus moves.
+  """
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  try:
+    pf = pq.ParquetFile(path)
+  except (pa.ArrowException, OSError) as e:
+    raise PrepareError(f"{path}: not a readable parquet file ({e})") from e
+  schema = pf.schema_arrow
+  if text_field not in schema.names:
+    raise PrepareError(f"{path}: no column {text_field!r} (columns: {', '.join(schema.names)}); "
+                       "set --text_field")
+  kind = schema.field(text_field).type
+  if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    raise PrepareError(f"{path}: column {text_field!r} holds {kind}, not text")
+  columns = [text_field] + (["id"] if "id" in schema.names and text_field != "id" else [])
+  size, n_rows = os.path.getsize(path), max(pf.metadata.num_rows, 1)
+  name = os.path.basename(path)
+  row = 0
+  for batch in pf.iter_batches(batch_size=1024, columns=columns):
+    texts = batch.column(text_field).to_pylist()
+    ids = (batch.column("id").to_pylist() if len(columns) == 2 else
+           [f"{name}:{row + i}" for i in range(len(texts))])
+    for doc_id, text in zip(ids, texts):
+      if text is None:
+        raise PrepareError(f"{path}: row {row}: {text_field!r} is null")
+      nbytes = size * (row + 1) // n_rows - size * row // n_rows  # the file's bytes, row by row
+      row += 1
+      if text:
+        yield from pieces_of(str(doc_id), text, nbytes)
+
+
+def read_jsonl(path: str, text_field: str) -> Iterator[Piece]:
+  """One JSON object per line; its `id` names the document when present."""
+  with open(path, "rb") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError as e:
+        raise PrepareError(f"{path}:{lineno}: not a JSON object ({e})") from e
+      if not isinstance(record, dict) or text_field not in record:
+        raise PrepareError(f"{path}:{lineno}: no field {text_field!r}; set --text_field")
+      text = record[text_field]
+      if not isinstance(text, str):
+        raise PrepareError(f"{path}:{lineno}: {text_field!r} holds "
+                           f"{type(text).__name__}, not text")
+      if text:
+        doc_id = record.get("id", f"{os.path.basename(path)}:{lineno}")
+        yield from pieces_of(str(doc_id), text, len(line))
+
+
+def read_text(path: str, separator: str) -> Iterator[Piece]:
+  """UTF-8 text read in chunks: the whole file is one document, or one per `separator`."""
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  buf, index, opened, pending = "", 0, False, 0
+  name = os.path.basename(path)
+  doc_id = lambda: f"{name}#{index}" if separator else name
+  with open(path, "rb") as f:
+    while True:
+      raw = f.read(READ_BYTES)
+      pending += len(raw)
+      try:
+        buf += decoder.decode(raw, final=not raw)
+      except UnicodeDecodeError as e:
+        raise PrepareError(f"{path}: not UTF-8 text ({e})") from e
+      if separator:
+        *done, buf = buf.split(separator)
+        for text in done:
+          if text or opened:
+            yield from pieces_of(doc_id(), text, pending)
+            pending = 0
+          index, opened = index + 1, False
+      if not raw:
+        break
+      # The open document's text so far, cut short of a separator that may be only half read.
+      while len(buf) > PIECE_CHARS:
+        cut = _SAFE_CUT.search(buf, PIECE_CHARS, max(len(buf) - len(separator), 0))
+        if cut is None:
+          break
+        yield Piece(doc_id(), buf[:cut.start()], False, pending)
+        buf, opened, pending = buf[cut.start():], True, 0
+  if buf or opened:
+    yield from pieces_of(doc_id(), buf, pending)
+
+
+FORMATS = (".parquet", ".jsonl", ".txt")
+
+
+def read_file(path: str, text_field: str, separator: str) -> Iterator[Piece]:
+  """The pieces of one input file, read as its extension says."""
+  ext = os.path.splitext(path)[1]
+  if ext == ".txt":
+    return read_text(path, separator)
+  if ext == ".parquet":
+    return read_parquet(path, text_field)
+  return read_jsonl(path, text_field)
+
+
+def input_files(patterns: list[str]) -> list[str]:
+  """The files the globs match, in order, each once; an unknown format is an error."""
+  files: list[str] = []
+  for pattern in patterns:
+    matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                     if os.path.isfile(p))
+    if not matched:
+      raise PrepareError(f"--input={pattern}: no files match")
+    for path in matched:
+      if os.path.splitext(path)[1] not in FORMATS:
+        raise PrepareError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
+      if path not in files:
+        files.append(path)
+  return files

@@ -1,0 +1,83 @@
+"""Tokenizing in worker processes: batches of pieces in, GPT-2 tokens out, in input order.
+
+Only a few batches per worker are in flight, and results come back in the
+order the pieces were read, so the output does not depend on the number of
+workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from jaxgpt import tokenizer
+from jaxgpt.prep.readers import Piece
+
+BATCH_CHARS = 1 << 20  # characters per task sent to a worker
+
+
+def _batches(pieces: Iterable[Piece]) -> Iterator[list[Piece]]:
+  batch, chars = [], 0
+  for piece in pieces:
+    batch.append(piece)
+    chars += len(piece.text)
+    if chars >= BATCH_CHARS:
+      yield batch
+      batch, chars = [], 0
+  if batch:
+    yield batch
+
+
+def encode_pieces(texts: list[str], lasts: list[bool]) -> tuple[np.ndarray, np.ndarray, int]:
+  """The tokens of all pieces, concatenated, their lengths, and the UTF-8 bytes of the text."""
+  enc = tokenizer.gpt2()
+  encoded = [enc.encode_ordinary(t) for t in texts]
+  for tokens, last in zip(encoded, lasts):
+    if last:
+      tokens.append(tokenizer.EOT_TOKEN)
+  lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+  flat = np.fromiter(itertools.chain.from_iterable(encoded), np.uint16, int(lengths.sum()))
+  return flat, lengths, sum(len(t.encode("utf-8")) for t in texts)
+
+
+def _init_worker() -> None:
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+  tokenizer.gpt2()
+
+
+def tokenized(pieces: Iterable[Piece], workers: int
+              ) -> Iterator[tuple[list[Piece], np.ndarray, np.ndarray, int]]:
+  """(batch, tokens, lengths, text bytes) in input order, with 2 x workers batches in flight."""
+  batches = _batches(pieces)
+  task = lambda b: ([p.text for p in b], [p.last for p in b])
+  if workers <= 1:
+    for batch in batches:
+      yield batch, *encode_pieces(*task(batch))
+    return
+  # spawn: the caller may hold threads (pyarrow, JAX) that fork would copy mid-flight.
+  pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker)
+  try:
+    in_flight: collections.deque = collections.deque()
+    for batch in batches:
+      in_flight.append((batch, pool.submit(encode_pieces, *task(batch))))
+      if len(in_flight) >= 2 * workers:
+        batch, future = in_flight.popleft()
+        yield batch, *future.result()
+    while in_flight:
+      batch, future = in_flight.popleft()
+      yield batch, *future.result()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def cpu_count() -> int:
+  """The cores this process may use."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

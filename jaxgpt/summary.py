@@ -1,0 +1,179 @@
+"""What a config trains, in the words the launch log and `plan` use: counts, FLOPs, schedule, MFU.
+
+The loop logs `describe` and `check` when a run starts and `eta` once its
+throughput is measured; `python -m jaxgpt.plan` prints the same figures per
+candidate max_iters. One source for each derived number: the parameter count
+(nanoGPT's), tokens per iteration (defaults.tokens_per_iter) and FLOPs per
+token (nanoGPT's 6N + 12 L H Q T).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import ml_collections
+
+from jaxgpt import defaults, formatting, gpus, optim, train_step
+from jaxgpt.model import count_params
+
+CHINCHILLA_TOKENS_PER_PARAM = 20
+SIZE_TOLERANCE = 0.25  # a stated model size further than this (relative) from the count is flagged
+MAX_WARMUP_FRACTION = 0.1
+MAX_EPOCHS = 10.0
+
+# A model size stated in a name: "124m", "40M", "1.5b"; not "fineweb10B" or "bs32m" (no
+# boundary before it) nor "10BT" (a letter after it).
+_SIZE_RE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)([mMbB])(?![A-Za-z0-9])")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  n_params: int  # nanoGPT's count: the params in matmuls (model.count_params)
+  n_params_total: int
+  tokens_per_iter: int
+  max_iters: int
+  flops_per_token: float  # nanoGPT's 6N + 12*L*H*Q*T
+  train_tokens: int | None  # tokens in one pass over the train split; None when unknown
+  peak_flops: float | None = None  # of one device, for MFU; None when unknown
+  n_devices: int = 1
+
+  @property
+  def tokens(self) -> int:
+    return self.tokens_per_iter * self.max_iters
+
+  @property
+  def epochs(self) -> float | None:
+    return None if not self.train_tokens else self.tokens / self.train_tokens
+
+  @property
+  def tokens_per_param(self) -> float:
+    return self.tokens / self.n_params
+
+  @property
+  def flops(self) -> float:
+    return self.flops_per_token * self.tokens
+
+  def mfu(self, tokens_per_sec: float) -> float | None:
+    return mfu(tokens_per_sec, self.flops_per_token, self.peak_flops, self.n_devices)
+
+
+def flops_per_token(n_params: int, n_layer: int, n_head: int, n_embd: int,
+                    block_size: int) -> float:
+  """Training FLOPs per token, nanoGPT's 6N + 12*L*H*Q*T (N: model.count_params).
+
+  Norms, rotary positions, activations and the soft-cap are elementwise and
+  left out, as nanoGPT leaves out LayerNorm and GELU.
+  """
+  return 6 * n_params + 12 * n_layer * n_head * (n_embd // n_head) * block_size
+
+
+def mfu(tokens_per_sec: float, flops_per_token: float, peak_per_device: float | None,
+        n_devices: int) -> float | None:
+  """Model FLOPs utilisation as a fraction, or None when the peak is unknown."""
+  if peak_per_device is None:
+    return None
+  return tokens_per_sec * flops_per_token / (peak_per_device * n_devices)
+
+
+def summarize(config: ml_collections.ConfigDict, *, train_tokens: int | None = None,
+              n_devices: int = 1, device_kind: str = "") -> Summary:
+  """The counts of the model `config` describes, from shapes alone (nothing allocated).
+
+  `device_kind` names the accelerator for MFU (gpus.py); config.peak_flops overrides it.
+  """
+  shapes = train_step.build(config).abstract_state.params
+  n_params = count_params(shapes)
+  return Summary(n_params=n_params, n_params_total=count_params(shapes, non_embedding=False),
+                 tokens_per_iter=defaults.tokens_per_iter(config, n_devices),
+                 max_iters=config.max_iters,
+                 flops_per_token=flops_per_token(n_params, config.n_layer, config.n_head,
+                                                 config.n_embd, config.block_size),
+                 train_tokens=train_tokens, n_devices=n_devices,
+                 peak_flops=gpus.peak_flops(device_kind, config.peak_flops))
+
+
+def stated_sizes(name: str) -> list[tuple[str, float]]:
+  """The model sizes a name states, as (text, parameters): "gpt2_124m" -> [("124m", 124e6)]."""
+  scale = {"m": 1e6, "b": 1e9}
+  return [(m.group(0), float(m.group(1)) * scale[m.group(2).lower()])
+          for m in _SIZE_RE.finditer(name)]
+
+
+def check(config: ml_collections.ConfigDict, s: Summary, *, config_name: str = "") -> list[str]:
+  """Warnings for a config that likely trains something other than what its author meant."""
+  found = []
+  names = {"config": config_name, "out_dir": config.out_dir}
+  if config.wandb_log:
+    names["wandb_run_name"] = config.wandb_run_name
+  for key, name in names.items():
+    for text, size in stated_sizes(os.path.basename(os.path.normpath(name)) if name else ""):
+      if abs(size - s.n_params) > SIZE_TOLERANCE * s.n_params:
+        found.append(f"{key} {name!r} says {text} but the model has "
+                     f"{formatting.count(s.n_params)} parameters ({config.n_layer} layers x "
+                     f"{config.n_embd} wide); rename it or fix n_layer/n_head/n_embd")
+  if config.decay_lr and config.lr_decay_iters != config.max_iters:
+    if config.lr_decay_iters < config.max_iters:
+      effect = (f"the last {config.max_iters - config.lr_decay_iters:,} iterations run at "
+                f"min_lr={config.min_lr:g}")
+    else:
+      effect = "the cosine is cut off before it reaches min_lr"
+    found.append(f"lr_decay_iters={config.lr_decay_iters:,} differs from "
+                 f"max_iters={config.max_iters:,}: {effect}")
+  if config.decay_lr and config.warmup_iters > MAX_WARMUP_FRACTION * config.max_iters:
+    share = config.warmup_iters / max(config.max_iters, 1)
+    found.append(f"warmup_iters={config.warmup_iters:,} is {share:.0%} of "
+                 f"max_iters={config.max_iters:,} (more than {MAX_WARMUP_FRACTION:.0%})")
+  if s.epochs is not None and s.epochs > MAX_EPOCHS:
+    found.append(f"{s.epochs:.1f} epochs over a train split of "
+                 f"{formatting.count(s.train_tokens)} tokens (more than {MAX_EPOCHS:g}): the "
+                 "model will memorise it; use more data or fewer max_iters")
+  return found
+
+
+def describe(config: ml_collections.ConfigDict, s: Summary, n_devices: int = 1) -> list[str]:
+  """The summary in four lines, for the launch log."""
+  epochs = ("epochs unknown" if s.epochs is None else
+            f"{s.epochs:.2f} epochs of {formatting.count(s.train_tokens)} train tokens")
+  return [
+      (f"parameters: {formatting.count(s.n_params)} (nanoGPT's count, without lookup-only "
+       f"embeddings; {formatting.count(s.n_params_total)} in all)"),
+      (f"tokens per iteration: {s.tokens_per_iter:,} ({config.gradient_accumulation_steps} "
+       f"accum x {config.batch_size} batch x {n_devices} device(s) x {config.block_size} block); "
+       f"max_iters={s.max_iters:,} -> {formatting.count(s.tokens)} tokens"),
+      (f"{epochs}; {ratio(s.tokens_per_param)} tokens per parameter "
+       f"(Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAM}); {s.flops:.3g} FLOPs"),
+      schedule(defaults.view(optim.OptimConfig, config), config.max_iters),
+  ]
+
+
+def schedule(o: optim.OptimConfig, max_iters: int) -> str:
+  """The learning-rate schedule as the run will follow it (recipes tie it to max_iters)."""
+  muon = ""
+  if o.optimizer == "muon":
+    muon = (f"; Muon's matrices at {o.muon_learning_rate:g} on the same schedule, momentum "
+            f"{o.muon_momentum_start:g} to {o.muon_momentum:g} over "
+            f"{o.muon_momentum_warmup_iters:,} iterations")
+  if not o.decay_lr:
+    return f"learning rate: constant {o.learning_rate:g}{muon}"
+  if o.lr_schedule == "wsd":
+    decay = (f"held until iteration {optim.decay_start(o):,.0f}, then linear to "
+             f"{o.min_lr:g} at iteration {o.lr_decay_iters:,}")
+  else:
+    decay = f"cosine to {o.min_lr:g} at iteration {o.lr_decay_iters:,}"
+  return (f"learning rate: warmup over {o.warmup_iters:,} iterations to "
+          f"{o.learning_rate:g}, {decay} (max_iters={max_iters:,}){muon}")
+
+
+def eta(iters_left: int, tokens_per_iter: int, tokens_per_sec: float,
+        mfu_value: float | None) -> str:
+  """The time to finish at a measured throughput, logged once the first steps are timed."""
+  seconds = iters_left * tokens_per_iter / tokens_per_sec
+  mfu_text = "" if mfu_value is None else f", MFU {mfu_value:.1%}"
+  return (f"estimated time to finish: {formatting.duration(seconds)} of training at "
+          f"{tokens_per_sec:,.0f} tok/s{mfu_text} (evaluation time not included)")
+
+
+def ratio(x: float) -> str:
+  return f"{x:,.1f}" if x >= 1 else f"{x:.2g}"
