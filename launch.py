@@ -10,6 +10,11 @@ Multi-host: SLURM and Open MPI jobs are joined automatically; elsewhere pass
 --coordinator_address, --num_processes and --process_id to every process.
 """
 
+from jaxgpt import preemption
+
+if __name__ == "__main__":  # a stop while the libraries below load ends the run with one line
+  preemption.catch_early()
+
 from typing import Any
 
 import jax

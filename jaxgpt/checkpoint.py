@@ -6,6 +6,12 @@ leaves the previous steps intact; saves run in the background while training
 goes on, and a save that fails (a full disk) is reported as soon as the loop
 next looks (`check_saves`). Kept: the latest `keep` steps plus the best by
 val loss.
+
+Every array of the state is fingerprinted when it is saved (on its devices,
+`fingerprints`), and the fingerprints go into the same checkpoint's meta; a
+restore recomputes them, so a file changed on disk after the save (bit rot,
+a bad copy) makes the checkpoint unreadable like a missing or truncated one,
+never silently used.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
@@ -53,8 +60,12 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
            meta: dict[str, Any], val_loss: float | None) -> None:
-    """Starts an asynchronous save; returns once the device buffers are copied."""
+    """Starts an asynchronous save; returns once the device buffers are copied.
+
+    The state's fingerprints are written into `meta`, for restores to check.
+    """
     self.wait()  # Orbax would wait for the previous save anyway; this reports its failure
+    meta = {**meta, FINGERPRINTS: fingerprints(state)}
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -85,20 +96,33 @@ class Checkpoints:
     for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
       shutil.rmtree(partial, ignore_errors=True)
     self.manager.reload()
-    good = [s for s in self.steps() if s != step]
-    last_good = (f"the last good checkpoint is step {good[-1]} in {self.directory}" if good
-                 else "no checkpoint was saved before it")
+    return SaveError(f"saving the checkpoint of step {step} failed: {_os_error(error)}. The "
+                     f"partial save was removed and the run stopped; "
+                     f"{self.where_to_go_on(excluding=step)}")
+
+  def where_to_go_on(self, excluding: int | None = None) -> str:
+    """The free space, the last good checkpoint and how to go on from it, for a stop by a
+    storage error; from scratch where there is none."""
+    good = [s for s in self.steps() if s != excluding]
     free = shutil.disk_usage(self.directory).free / 2**30
-    return SaveError(f"saving the checkpoint of step {step} failed: {_os_error(error)} "
-                     f"({free:.2f} GiB free on its filesystem). The partial save was removed and "
-                     f"the run stopped; {last_good}. Free space (or fix the cause) and resume "
-                     "with --config.init_from=resume.")
+    space = f"{free:.2f} GiB are free on its filesystem"
+    if not good:
+      return (f"no checkpoint was saved before it, and {space}. Free space (or fix the cause) "
+              "and run the same command again: it starts over.")
+    return (f"the last good checkpoint is step {good[-1]} in {self.directory}, and {space}. "
+            "Free space (or fix the cause) and add --config.init_from=resume to continue.")
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    """The state (placed per the shardings in `abstract_state`) and metadata of one step."""
+    """The state (placed per the shardings in `abstract_state`) and metadata of one step.
+
+    A state whose arrays do not match the fingerprints saved with them raises
+    `CorruptCheckpoint`.
+    """
     items = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored[STATE], restored[META]
+    state, meta = restored[STATE], restored[META]
+    verify(state, meta)
+    return state, meta
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
     """Sets the Grain iterator to continue after the batches that `step` had read."""
@@ -106,14 +130,18 @@ class Checkpoints:
     self.manager.restore(step, args=items)
 
   def restore_latest_good(self, abstract_state: Any,
-                          check_meta: Callable[[dict[str, Any]], None]
-                          ) -> tuple[int, Any, dict[str, Any]]:
-    """Restores the newest checkpoint that reads back; the newer ones that did not are set aside.
+                          check_meta: Callable[[dict[str, Any]], None],
+                          finish: Callable[[int, dict[str, Any]], Any]
+                          ) -> tuple[int, Any, dict[str, Any], Any]:
+    """Restores the newest checkpoint that reads back whole; the newer ones that did not are set
+    aside. Returns its step, state, metadata and what `finish` made of it.
 
+    Every item belongs to the fallback: the metadata, the state (checked against
+    its fingerprints) and what `finish(step, meta)` reads (the data position).
     `check_meta` sees each candidate's metadata before its state is read; what
-    it raises (say, a config whose state has another structure) propagates
-    and nothing is set aside. When no checkpoint reads back, nothing is
-    touched either: a `UserError` lists what each one failed with.
+    it raises (say, a config whose state has another structure) propagates and
+    nothing is set aside. When no checkpoint reads back, nothing is touched
+    either: a `UserError` lists what each one failed with.
     """
     steps = self.steps()
     if not steps:
@@ -128,13 +156,14 @@ class Checkpoints:
       check_meta(meta)
       try:
         state, meta = self.restore(step, abstract_state)
+        finished = finish(step, meta)
       except Exception as e:  # noqa: BLE001
         unreadable.append((step, e))
         continue
       for bad_step, error in unreadable:
         self._set_aside(bad_step, error)
-      return step, state, meta
-    errors = "; ".join(f"step {s}: {type(e).__name__}: {_first_line(e)}" for s, e in unreadable)
+      return step, state, meta, finished
+    errors = "; ".join(f"step {s}: {cause(e)}" for s, e in unreadable)
     raise UserError(f"{self.directory}: none of the checkpoints {steps} could be restored, and "
                     f"none was moved or changed ({errors})")
 
@@ -151,8 +180,8 @@ class Checkpoints:
       aside = f"{path}.unreadable{n}"
     os.rename(path, aside)
     self.manager.reload()
-    logging.warning("checkpoint %s is unreadable (%s: %s); moved to %s, using an older one",
-                    path, type(error).__name__, _first_line(error), aside)
+    logging.warning("checkpoint %s is unreadable (%s); moved to %s, using an older one", path,
+                    cause(error), aside)
 
   def read_meta(self, step: int) -> dict[str, Any]:
     items = ocp.args.Composite(**{META: ocp.args.JsonRestore()})
@@ -164,6 +193,65 @@ class Checkpoints:
 
 class SaveError(UserError):
   """A background checkpoint save failed (a full disk, a lost mount)."""
+
+
+class CorruptCheckpoint(ValueError):
+  """A restored state whose arrays differ from the fingerprints saved with them."""
+
+
+FINGERPRINTS = "fingerprints"  # meta's key: the state's, at the save
+
+
+@jax.jit
+def _fingerprints(tree: Any) -> Any:
+  def fingerprint(x: jax.Array) -> jax.Array:
+    # Each element's bits times an odd number of its own (uint32 arithmetic wraps): a change to
+    # any one element changes the sum, and the sum is exact in any order, on any device count.
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{x.dtype.itemsize * 8}"))
+    bits = bits.reshape(-1).astype(jnp.uint32)
+    return jnp.sum(bits * (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1), dtype=jnp.uint32)
+
+  return jax.tree.map(fingerprint, tree)
+
+
+def fingerprints(state: Any) -> dict[str, int]:
+  """A 32-bit fingerprint of every array of the state, by its path, computed where it lies."""
+  values = jax.device_get(_fingerprints(state))
+  return {jax.tree_util.keystr(path): int(value)
+          for path, value in jax.tree_util.tree_flatten_with_path(values)[0]}
+
+
+def verify(state: Any, meta: dict[str, Any]) -> None:
+  """Raises `CorruptCheckpoint` where the state's arrays differ from the ones that were saved.
+
+  A checkpoint written before checkpoints carried fingerprints is checked for
+  non-finite values instead.
+  """
+  saved = meta.get(FINGERPRINTS)
+  if saved is None:
+    if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)
+               if jnp.issubdtype(x.dtype, jnp.floating)):
+      raise CorruptCheckpoint("non-finite values in a state written without fingerprints")
+    return
+  changed = [path for path, value in fingerprints(state).items() if saved.get(path) != value]
+  if changed:
+    raise CorruptCheckpoint(f"{len(changed)} array(s) differ from the fingerprints saved with "
+                            f"them ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
+
+
+def cause(error: Exception) -> str:
+  """What an unreadable checkpoint's error means, in a line (not the storage layer's dump)."""
+  text = str(error)
+  if isinstance(error, CorruptCheckpoint):
+    return f"its contents changed after the save: {text}"
+  if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "No such file" in text:
+    return "a file of it is missing"
+  if isinstance(error, ValueError) and ("JSON" in text or "Expecting" in text):
+    return f"a JSON file of it is not readable ({_first_line(error)})"
+  if any(word in text for word in ("DATA_LOSS", "OUT_OF_RANGE", "truncated", "Error reading",
+                                   "decompress", "Failed to decode")):
+    return "a file of it is truncated or corrupt"
+  return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: Exception) -> str:

@@ -36,6 +36,7 @@ _LAUNCH = os.path.join(os.path.dirname(_PACKAGE_DIR), "launch.py")
 
 def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = ()) -> None:
   """Runs `main` as a command: main() or, with `subcommands`, main(subcommand)."""
+  sys.unraisablehook = _unraisable
 
   def with_arguments(argv: list[str]) -> None:
     words = argv[1:]
@@ -140,14 +141,25 @@ def _ours(record: pylogging.LogRecord) -> bool:
 def _library_quiet(record: pylogging.LogRecord) -> bool:
   """Libraries' narration (JAX's backend probing, Orbax's every save and read) is dropped.
 
-  Their warnings stay (Orbax's only from errors up: a failed save is reported
-  by the run itself, with what to do), each as one line without a traceback.
+  Their warnings stay, each as one line without a traceback, but Orbax's and
+  those of the asyncio tasks it runs: a save or a restore that fails is
+  reported by the run itself, in a line that says what failed and what to do.
   """
   if _ours(record):
     return True
   record.exc_info, record.exc_text = None, None
-  floor = pylogging.ERROR if "/orbax/" in record.pathname else pylogging.WARNING
-  return record.levelno >= floor
+  orbax = "/orbax/" in record.pathname or record.name == "asyncio"
+  return record.levelno >= pylogging.WARNING and not orbax
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+  """Drops the 'Event loop is closed' that storage callbacks raise once a failed save has
+  ended Orbax's event loop (dozens, each with a traceback, around the run's own error line);
+  hands every other to Python's own hook."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def _quiet_log() -> None:

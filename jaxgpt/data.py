@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
+import time
 from collections.abc import Iterator
 
 import grain
@@ -101,6 +103,23 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
   return TokenWindows(paths, block_size)
 
 
+def _end_with_parent(worker_index: int, worker_count: int) -> None:
+  """Makes a Grain worker process exit when the run that started it is gone, however it died.
+
+  A parent killed outright (SIGKILL, the OOM killer) cannot stop its workers:
+  they are reparented, and each one watches for that.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(0)
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _windows_stream(source: TokenWindows, seed: int, shard_index: int, shard_count: int,
                     start: int = 0) -> grain.MapDataset:
   """The endless, per-epoch-reshuffled window stream from window `start`, or a process's share.
@@ -132,8 +151,15 @@ def train_dataset(source: TokenWindows, *, accum_steps: int, batch_size: int, se
         .batch(accum_steps, drop_remainder=True))
   it_ds = ds.to_iter_dataset()
   if workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                              worker_init_fn=_end_with_parent)
   return grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=prefetch)
+
+
+def stream_windows(source: TokenWindows, seed: int, start: int, stop: int) -> np.ndarray:
+  """Windows start..stop of the global stream `eval_batches` reads, as one (n, block+1) array."""
+  stream = _windows_stream(source, seed, 0, 1)
+  return np.stack([stream[i] for i in range(start, stop)])
 
 
 def eval_batches(source: TokenWindows, *, batch_size: int, n_batches: int, seed: int,

@@ -53,7 +53,9 @@ CARDS: tuple[Card, ...] = (
     Card("B100", 1.75e15),  # 3.5 PFLOPS sparse (third-party listing only)
     Card("A100-SXM4-40GB", 312e12, 40),  # A100 datasheet: 312 dense
     Card("A100-PCIE-40GB", 312e12, 40),
-    Card("A100-", 312e12, 80),  # "NVIDIA A100-SXM4-80GB", "-PCIE-80GB"
+    Card("A100 40GB", 312e12, 40),  # as a user names it (plan --device)
+    Card("A100-SXM4-80GB", 312e12, 80),
+    Card("A100-", 312e12, 80),  # "NVIDIA A100-PCIE-80GB"
     Card("A100 ", 312e12, 80),  # "NVIDIA A100 80GB PCIe"; the space keeps "RTX A1000" out
     Card("L40S", 362.05e12, 48),  # L40S datasheet: 362.05 dense
     Card("L40", 181.05e12, 48),  # L40 datasheet: 181.05 dense

@@ -14,7 +14,18 @@ import os
 import signal
 
 from absl import logging
-from jax.experimental import multihost_utils
+
+_early: list[int] = []  # signals received before a run's handlers were in place
+
+
+def catch_early() -> None:
+  """Keeps SIGTERM and Ctrl-C that arrive while the libraries load (seconds) for the run's
+  handlers to act on, instead of killing the process (exit 143) or printing a traceback.
+
+  Called first thing by launch.py; `StopSignals` takes them over.
+  """
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: _early.append(signum))
 
 
 class StopSignals:
@@ -32,6 +43,8 @@ class StopSignals:
     handled = (signal.SIGTERM, signal.SIGINT) if self.processes == 1 else (signal.SIGINT,)
     for sig in handled:
       self._previous[sig] = signal.signal(sig, self._handle)
+    while _early:
+      self._handle(_early.pop(0), None)
     return self
 
   def __exit__(self, *exc) -> None:
@@ -41,6 +54,7 @@ class StopSignals:
   def stop_at(self, it: int) -> bool:
     """Whether to stop before iteration `it`; every process calls it at every iteration."""
     if self.processes > 1:
+      from jax.experimental import multihost_utils
       return multihost_utils.reached_preemption_sync_point(it)
     return self.received is not None
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 from absl import logging
@@ -30,7 +32,11 @@ class Start:
   tokens: int = 0  # tokens trained on before `iter`
   best_val_loss: float = math.inf
   window: int = 0  # the data stream's window the train dataset starts at
-  data_step: int | None = None  # the checkpoint whose saved data position continues the data
+  evaluated: bool = False  # the checkpoint's iteration was evaluated before it was saved
+  eval_batch_windows: int | None = None  # the run's evaluation batch (see train.val_losses)
+
+
+Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
 
 
 def data_layout(layout: sharding.BatchLayout, workers: int) -> dict[str, int]:
@@ -40,34 +46,61 @@ def data_layout(layout: sharding.BatchLayout, workers: int) -> dict[str, int]:
 
 
 def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shardings: Any,
-           checkpoints: checkpoint.Checkpoints, layout: sharding.BatchLayout) -> Start:
-  """The latest good checkpoint's state, and where the data continues.
+           checkpoints: checkpoint.Checkpoints, layout: sharding.BatchLayout,
+           open_batches: Batches) -> tuple[Start, grain.DatasetIterator]:
+  """The latest good checkpoint's state, and the train batches from where it stopped.
 
   Under the batch layout it was saved with, the data iterator's saved state
   continues at the next batch. Under another (batch size, accumulation,
   devices, processes, workers), a new iterator starts at the window the
-  checkpoint had reached: the same tokens, in the same order.
+  checkpoint had reached: the same tokens, in the same order. A checkpoint
+  whose data position does not read back falls back like one whose state
+  does not.
   """
-  it, state, meta = checkpoints.restore_latest_good(
+  now = data_layout(layout, config.data_workers)
+
+  def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
+    window, same_layout = _window(meta, now, config.block_size)
+    batches = open_batches(window)
+    try:
+      if same_layout:
+        checkpoints.restore_data(step, batches)
+    except BaseException:
+      batches.close()
+      raise
+    return batches, window
+
+  it, state, meta, (batches, window) = checkpoints.restore_latest_good(
       checkpoint.abstract_like(setup.abstract_state, shardings),
-      check_meta=lambda meta: check_resumable(meta["config"], config))
+      check_meta=lambda meta: check_resumable(meta["config"], config), finish=batches_from)
+  for key in check_resumable(meta["config"], config):
+    logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])
   logging.info("resumed from %s/%d", checkpoints.directory, it)
-  best = meta.get("best_val_loss") or math.inf
-  saved, now = meta.get("data"), data_layout(layout, config.data_workers)
+  saved = meta.get("data") or {}
+  start = Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf, window,
+                evaluated=meta.get("val_loss") is not None,
+                eval_batch_windows=saved.get("eval_batch_windows"))
+  return start, batches
+
+
+def _window(meta: dict[str, Any], now: dict[str, int], block_size: int) -> tuple[int, bool]:
+  """The stream's window a checkpoint's data continues at, and whether its layout is `now`'s
+  (so that its saved iterator state continues it)."""
+  saved = meta.get("data")
   if saved is None:  # written before data positions were recorded: the same layout
-    return Start(state, it, meta["tokens"], best, 0, it)
+    return 0, True
   if saved["devices"] != now["devices"]:
     logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
                     saved["devices"])
   keys = ("windows_per_iter", "processes", "workers")
   if all(saved[k] == now[k] for k in keys):
-    return Start(state, it, meta["tokens"], best, saved["start_window"], it)
-  window = meta["tokens"] // config.block_size
+    return saved["start_window"], True
+  window = meta["tokens"] // block_size
   logging.warning("resume: the batch layout changed (%s); the data continues at window %s "
                   "(token %s), where the checkpoint stopped",
                   ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in keys), f"{window:,}",
                   f"{meta['tokens']:,}")
-  return Start(state, it, meta["tokens"], best, window)
+  return window, False
 
 
 def _structure(abstract_state: train_step.TrainState) -> tuple[Any, list]:
@@ -76,8 +109,8 @@ def _structure(abstract_state: train_step.TrainState) -> tuple[Any, list]:
   return tree, [(x.shape, x.dtype) for x in leaves]
 
 
-def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> None:
-  """Refuses a resume whose config cannot read the checkpoint; logs every other changed key.
+def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """Refuses a resume whose config cannot read the checkpoint; returns the keys it changes.
 
   A change to the architecture (every model field but those that change only
   how it computes, model.HOW_NOT_WHAT) makes the params compute another
@@ -97,7 +130,7 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
                     "run in another out_dir.")
   changed = [k for k, v in config.items() if k in saved and saved[k] != v and k != "init_from"]
   if not changed:
-    return
+    return changed
   as_saved = config.copy_and_resolve_references()
   with as_saved.unlocked():
     as_saved.update({k: saved[k] for k in changed})
@@ -113,5 +146,4 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
     raise UserError(f"cannot resume {config.out_dir}: with {details} the train state has "
                     "another structure than the checkpoints'; nothing was changed. Resume with "
                     "the checkpoint's values, or start a new run in another out_dir.")
-  for key in changed:
-    logging.info("resume: %s changed from %r to %r", key, saved[key], config[key])
+  return changed

@@ -56,9 +56,13 @@ class RunDir:
     dies however it dies; the file names the holder's host and pid for the
     message, and a name left by a dead run is taken over with a warning.
     """
-    os.makedirs(self.out_dir, exist_ok=True)
     path = self._path("run.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      os.makedirs(self.out_dir, exist_ok=True)
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise UserError(f"{self.out_dir}: a run cannot write there ({e.strerror}); pick a "
+                      "writable --config.out_dir") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -139,5 +139,9 @@ class BatchLayout:
   def eval_batch(self, local_BT1: np.ndarray) -> jax.Array:
     return global_batch(local_BT1, self._sharding(ndim=2, batch_axis=0), batch_axis=0)
 
+  def replicated(self, whole: np.ndarray) -> jax.Array:
+    """An array every process holds whole, on every device."""
+    return jax.make_array_from_process_local_data(replicated(self.mesh), whole, whole.shape)
+
   def _sharding(self, ndim: int, batch_axis: int) -> NamedSharding:
     return batch_sharding(self.mesh, ndim, batch_axis)

@@ -50,7 +50,10 @@ class MetricsWriter:
     self._file.flush()
 
   def close(self) -> None:
-    self._file.close()
+    try:
+      self._file.close()
+    except OSError:  # a full disk: the write that hit it already stopped the run, saying so
+      pass
 
 
 class TensorBoardSink:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -54,16 +55,28 @@ class Hooks:
 
 
 def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWindows],
-               n_batches: int, seed: int, layout: sharding.BatchLayout) -> dict[str, float]:
-  """Mean loss over the same `n_batches` batches of each split at every call."""
+               n_windows: int, seed: int, layout: sharding.BatchLayout) -> dict[str, float]:
+  """Mean loss over the same `n_windows` windows of each split at every call, whatever the layout.
+
+  The windows are the first of a fixed-seed shuffle of the split; they are
+  read in batches of the layout's global batch, and those left over (a
+  layout other than the one the run started with) in one more batch that
+  every device computes whole.
+  """
+  full, rest = divmod(n_windows, layout.global_batch)
   losses = {}
   for split, source in sources.items():
     total = jnp.zeros((), jnp.float32)
-    for batch in data.eval_batches(source, batch_size=layout.local_batch, n_batches=n_batches,
+    for batch in data.eval_batches(source, batch_size=layout.local_batch, n_batches=full,
                                    seed=seed, shard_index=jax.process_index(),
                                    shard_count=jax.process_count()):
       total += eval_step(params, layout.eval_batch(batch))
-    losses[split] = float(total) / n_batches  # one host sync per split
+    if not rest:
+      losses[split] = float(total) / full  # one host sync per split
+      continue
+    tail = data.stream_windows(source, seed, full * layout.global_batch, n_windows)
+    tail_loss = eval_step(params, layout.replicated(tail))
+    losses[split] = (float(total) * layout.global_batch + float(tail_loss) * rest) / n_windows
   return losses
 
 
@@ -86,7 +99,6 @@ class LoopConfig:
   always_save_checkpoint: bool
   skip_nonfinite: int
   init_from: str
-
 
   @property
   def resumed(self) -> bool:
@@ -131,6 +143,16 @@ class _Loop:
     self.checkpoints.save(it, self.state, self.train_iter, meta, val_loss)
     self.last_saved = it
 
+  def write(self, record: dict[str, Any]) -> None:
+    """Hands a record to the sinks; a write the disk refuses stops the run as a failed save does."""
+    try:
+      self.writer.write(record)
+    except OSError as e:
+      raise checkpoint.SaveError(
+          f"writing the {record['event']} record of iteration {record['iter']} failed: "
+          f"{os.strerror(e.errno) if e.errno else e} [errno {e.errno}]; the run stopped; "
+          f"{self.checkpoints.where_to_go_on()}") from e
+
   def check_finite(self, it: int, count: int) -> None:
     """Stops the run once more iterations were non-finite than `skip_nonfinite` allows.
 
@@ -148,7 +170,7 @@ class _Loop:
     good = (f"the last good checkpoint is step {self.last_saved} in "
             f"{self.checkpoints.directory}" if self.last_saved is not None
             else "no checkpoint was saved yet")
-    raise FloatingPointError(
+    raise train_step.NonFiniteError(
         f"non-finite loss or gradient {where} ({count} iteration(s), skip_nonfinite="
         f"{allowed}); the update was not applied and nothing was saved; {good}")
 
@@ -157,15 +179,15 @@ class _Loop:
     self.losses = self.eval_fn(self.state.params)
     logging.info("step %d: train loss %.4f, val loss %.4f", it, self.losses["train"],
                  self.losses["val"])
-    self.writer.write({"event": "eval", "iter": it, "tokens": self.tokens(it),
-                       "train_loss": self.losses["train"], "val_loss": self.losses["val"],
-                       "lr": self.setup.host_lr(it)})
+    self.write({"event": "eval", "iter": it, "tokens": self.tokens(it),
+                "train_loss": self.losses["train"], "val_loss": self.losses["val"],
+                "lr": self.setup.host_lr(it)})
     if self.config.eval_only:
       return
     self.check_finite(it, int(self.state.nonfinite))
     improved = self.losses["val"] < self.best_val_loss
     self.best_val_loss = min(self.best_val_loss, self.losses["val"])
-    if it > 0 and (improved or self.config.always_save_checkpoint):
+    if it > 0 and it != self.last_saved and (improved or self.config.always_save_checkpoint):
       self.save(it, self.losses["val"])
     self.mark_time(it)
 
@@ -177,7 +199,7 @@ class _Loop:
     metrics, lines = self.hooks.tasks(self.state.params)
     for line in lines:
       logging.info("step %d: %s", it, line)
-    self.writer.write({"event": "tasks", "iter": it, "tokens": self.tokens(it), **metrics})
+    self.write({"event": "tasks", "iter": it, "tokens": self.tokens(it), **metrics})
     self.mark_time(it)
 
   def defer_log(self, it: int, step_metrics: dict[str, jax.Array]) -> None:
@@ -206,7 +228,7 @@ class _Loop:
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
       logging.info(summary.eta(self.config.max_iters - it - 1, self.run.tokens_per_iter, tok_s,
                                m["mfu"]))
-    self.writer.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m})
+    self.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m})
     self.check_finite(it, nonfinite)
     self.last_log_time, self.last_log_iter = now, it + 1
 
@@ -234,19 +256,26 @@ class _Loop:
 
 def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
           signals: preemption.StopSignals) -> None:
-  """Iterations start..max_iters: evaluate and save on schedule, stop when asked."""
+  """Iterations start..max_iters: evaluate and save on schedule, stop when asked.
+
+  eval_only evaluates the starting weights (a checkpoint's, on resume) once. A
+  resumed iteration is evaluated unless its checkpoint was (one saved by a
+  stop signal was not).
+  """
   config = loop.config
+  if config.eval_only:
+    loop.score_tasks(loop.start.iter)
+    loop.eval_and_save(loop.start.iter)
+    return
   for it in range(loop.start.iter, config.max_iters + 1):
     if signals.stop_at(it):
       loop.stop(it, signals.name)
       break
-    resumed_here = it == loop.start.iter and config.resumed  # evaluated before
-    if (it % config.eval_tasks_interval == 0 or it == config.max_iters) and not resumed_here:
+    done_before = it == loop.start.iter and loop.start.evaluated
+    if (it % config.eval_tasks_interval == 0 or it == config.max_iters) and not done_before:
       loop.score_tasks(it)
-    if (it % config.eval_interval == 0 or it == config.max_iters) and not resumed_here:
+    if (it % config.eval_interval == 0 or it == config.max_iters) and not done_before:
       loop.eval_and_save(it)
-      if config.eval_only:
-        break
     if it == config.max_iters:
       break
     loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(next(loop.train_iter)))
@@ -285,31 +314,28 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                              eval_batch=layout.global_batch)
   setup = train_step.build(config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
-  if loop_config.resumed:
-    start = resume.resume(config, setup, shardings, checkpoints, layout)
-  else:
-    start = resume.Start(jax.jit(setup.new_state, out_shardings=shardings)(params))
-  train_iter = iter(data.train_dataset(
-      sources["train"], accum_steps=config.gradient_accumulation_steps,
-      batch_size=layout.local_batch, seed=config.seed, workers=config.data_workers,
-      prefetch=config.data_prefetch, shard_index=jax.process_index(),
-      shard_count=jax.process_count(), start_window=start.window))
-  if start.data_step is not None:
-    checkpoints.restore_data(start.data_step, train_iter)
+  start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
+                             params)
+  try:
+    run, eval_windows = _log_start(config, layout, sources, start)
+    t0 = time.perf_counter()
+    compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
+                                                  shardings, layout.mesh, config.sharding)
+    logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
+    train_step.check_memory(config, compiled_step, start.state, shardings, layout.mesh)
+  except BaseException:
+    train_iter.close()  # and its worker processes
+    raise
   if lead:  # the run is accepted: before this, nothing in out_dir has changed
     rundir.write_config(config)
     rundir.keep_metrics_until(start.iter if loop_config.resumed else None)
-  run = _log_start(config, layout, sources)
-  t0 = time.perf_counter()
-  compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
-                                                shardings, layout.mesh, config.sharding)
-  logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
 
   eval_step = train_step.make_eval_step(setup.model)
   loop = _Loop(loop_config, config.to_dict(), run, setup, start, checkpoints, train_iter,
                sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=lead),
-               lambda p: val_losses(eval_step, p, sources, config.eval_iters, config.seed, layout),
-               resume.data_layout(layout, config.data_workers), hooks)
+               lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
+               {**resume.data_layout(layout, config.data_workers),
+                "eval_batch_windows": eval_windows // config.eval_iters}, hooks)
   try:
     _loop(loop, compiled_step, layout, signals)
   finally:
@@ -321,9 +347,37 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   return loop.losses
 
 
+def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shardings: Any,
+           checkpoints: checkpoint.Checkpoints, layout: sharding.BatchLayout,
+           train_windows: data.TokenWindows, params: Any
+           ) -> tuple[resume.Start, grain.DatasetIterator]:
+  """Where the run starts and its train batches from there: a checkpoint's, or from scratch
+  (`params`, or nanoGPT's init)."""
+  open_batches = lambda window: iter(data.train_dataset(
+      train_windows, accum_steps=config.gradient_accumulation_steps,
+      batch_size=layout.local_batch, seed=config.seed, workers=config.data_workers,
+      prefetch=config.data_prefetch, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), start_window=window))
+  if config.init_from == "resume":
+    start, train_iter = resume.resume(config, setup, shardings, checkpoints, layout, open_batches)
+    if start.iter >= config.max_iters and not config.eval_only:
+      logging.warning("the checkpoint is at iteration %d and max_iters=%d: nothing to train%s",
+                      start.iter, config.max_iters, "" if start.iter == config.max_iters else
+                      "; raise --config.max_iters to train on")
+    return start, train_iter
+  state = jax.jit(setup.new_state, out_shardings=shardings)(params)
+  return resume.Start(state), open_batches(0)
+
+
 def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
-               sources: dict[str, data.TokenWindows]) -> summary.Summary:
-  """The run's summary, its warnings and how it computes, logged; returns the summary."""
+               sources: dict[str, data.TokenWindows], start: resume.Start
+               ) -> tuple[summary.Summary, int]:
+  """The run's summary, its warnings, its evaluation set and how it computes, logged; returns
+  the summary and the evaluation's windows of each split.
+
+  The evaluation set is fixed for the run: eval_iters batches of the global
+  batch it started with, whatever batch layout or device count a resume brings.
+  """
   device = jax.devices()[0]
   run = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
                           n_devices=layout.n_devices, device_kind=device.device_kind)
@@ -337,11 +391,14 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                     device.device_kind)
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
+  eval_windows = config.eval_iters * (start.eval_batch_windows or layout.global_batch)
+  logging.info("evaluation: the same %s windows (%s tokens) of each split every time",
+               f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")
   logging.info("compute: %d device(s) in %d process(es), sharding %s; %s activations, %s "
                "attention, loss in chunks of %s tokens, remat %s", layout.n_devices,
                jax.process_count(), config.sharding, config.dtype, config.attention,
                config.loss_chunk_size or "all", config.remat)
-  return run
+  return run, eval_windows
 
 
 def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints) -> None:

@@ -16,12 +16,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from jaxgpt import defaults, sharding
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
 from jaxgpt.optim import OptimConfig, lr_schedule, make_optimizer
 
 Batch = jax.Array  # (accum_steps, batch_size, block_size + 1) token ids
+
+
+class NonFiniteError(UserError, FloatingPointError):
+  """More iterations with a non-finite loss or gradient than the run allows (skip_nonfinite)."""
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -152,3 +158,106 @@ def compile_train_step(setup: TrainSetup, state: Any, batch_spec: jax.ShapeDtype
 def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
   """A jitted mean loss of one (batch_size, block_size+1) batch, dropout off."""
   return jax.jit(lambda params, tokens_BT1: loss(model, params, tokens_BT1, None))
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+  """XLA's memory plan of a compiled step, per device, in bytes."""
+
+  arguments: int  # params, optimizer state and the batch
+  temporaries: int
+  total: int  # the arguments, the outputs that do not reuse them, the temporaries
+
+
+def memory_need(compiled: Any) -> Need:
+  m = compiled.memory_analysis()
+  return Need(m.argument_size_in_bytes, m.temp_size_in_bytes,
+              m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+              + m.temp_size_in_bytes)
+
+
+def same_tokens_layouts(batch_size: int, accum_steps: int) -> list[dict[str, Any]]:
+  """Batch layouts of the same tokens per iteration, the likely fastest first.
+
+  The micro-batch halves (accumulation doubling) while it divides evenly; every
+  such layout without recomputation comes before any with remat 'dots', and
+  those before 'full': a smaller micro-batch costs little, recomputing costs
+  up to a third more FLOPs.
+  """
+  batches = [(batch_size, accum_steps)]
+  while batches[-1][0] % 2 == 0:
+    batch, accum = batches[-1]
+    batches.append((batch // 2, accum * 2))
+  return [{"batch_size": b, "gradient_accumulation_steps": a, "remat": remat}
+          for remat in defaults.REMAT_POLICIES for b, a in batches]
+
+
+def device_room(state: TrainState) -> int | None:
+  """Bytes the step may use on the fullest local device: the allocator's limit less what
+  other arrays hold (the train state already there counts in the step's own need).
+
+  None where devices keep no memory statistics (a CPU).
+  """
+  rooms = []
+  for device in jax.local_devices():
+    stats = device.memory_stats()
+    if not stats or "bytes_limit" not in stats:
+      return None
+    held = sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
+               for shard in leaf.addressable_shards if shard.device == device)
+    rooms.append(stats["bytes_limit"] - stats["bytes_in_use"] + held)
+  room = min(rooms)
+  if jax.process_count() > 1:  # every process decides alike
+    room = int(np.min(multihost_utils.process_allgather(np.int64(room))))
+  return room
+
+
+def fitting_layout(config: ml_collections.ConfigDict, room: int,
+                   need_of: Callable[[ml_collections.ConfigDict], int],
+                   progress: Callable[[str], None] = lambda flags: None
+                   ) -> tuple[str, int] | None:
+  """The first of `same_tokens_layouts`, the config's own left out, whose step needs at most
+  `room` bytes as `need_of` compiles it: its flags and its need; None when none does."""
+  own = {k: config[k] for k in ("batch_size", "gradient_accumulation_steps", "remat")}
+  for layout in same_tokens_layouts(config.batch_size, config.gradient_accumulation_steps):
+    if layout == own:
+      continue
+    flags = " ".join(f"--config.{k}={v}" for k, v in layout.items() if config[k] != v)
+    progress(flags)
+    variant = config.copy_and_resolve_references()
+    variant.update(layout)
+    need = need_of(variant)
+    if need <= room:
+      return flags, need
+  return None
+
+
+def check_memory(config: ml_collections.ConfigDict, compiled: Any, state: TrainState,
+                 shardings: Any, mesh: jax.sharding.Mesh) -> None:
+  """Stops before the first step when the compiled step will not fit the device's memory.
+
+  XLA would otherwise fail mid-run with an out-of-memory traceback. The error
+  names the need, the room and a layout that fits (`fitting_layout`, compiled
+  on this device).
+  """
+  room = device_room(state)
+  need = memory_need(compiled).total
+  if room is None or need <= room:
+    return
+
+  def need_here(variant: ml_collections.ConfigDict) -> int:
+    setup = build(variant)
+    spec = sharding.BatchLayout.create(variant).train_spec
+    variant_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                 setup.abstract_state, shardings)
+    return memory_need(compile_train_step(setup, variant_state, spec, shardings, mesh,
+                                          variant.sharding)).total
+
+  found = fitting_layout(config, room, need_here)
+  fix = ("no smaller micro-batch or remat fits: pick a smaller model or block_size" if found is None
+         else f"the same tokens per iteration fit with {found[0]} ({found[1] / 2**30:.2f} GiB)")
+  device = jax.local_devices()[0].device_kind
+  raise UserError(f"the train step needs {need / 2**30:.2f} GiB per device and {device} has "
+                  f"{room / 2**30:.2f} GiB for it (JAX's share of the memory: "
+                  f"XLA_PYTHON_CLIENT_MEM_FRACTION sets it); {fix}. Nothing was trained or "
+                  "written.")

@@ -183,6 +183,18 @@ def test_collectives_count_loop_bodies_once_per_micro_batch():
   assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2))
 
 
+def test_collectives_read_a_gpu_async_start_by_its_results():
+  hlo = """\
+ENTRY %main.3 (a: f32[1,4]) -> f32[8,4] {
+  %ags = ((f32[1,4]{1,0}), (f32[8,4]{1,0})) all-gather-start(f32[1,4]{1,0} %a), dimensions={0}
+  %ars = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce-start(%b, %c), to_apply=%add
+}
+"""
+  sent = collectives.collectives(hlo, n_devices=8, loop_trips=1)
+  assert sent["all-gather"] == pytest.approx(7 / 8 * 8 * 4 * 4)
+  assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2))
+
+
 def test_checkpoint_overhead_reports_both_step_times(tmp_path):
   report = save_overhead.checkpoint_overhead(tiny_config(tmp_path, ""), iters=3, warmup=1)
   assert report["ms_per_iter_alone"] > 0
@@ -218,6 +230,7 @@ def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
                            iters=1, warmup=1, base=tiny, run_tests=False)
   rows = [line for line in page.splitlines() if line.startswith("| quickstart")]
   assert len(rows) == 3
-  assert "| defaults | 1 x 2 x 32 |" in rows[0] and "GiB" in rows[0]
+  assert "| defaults | 1 x 2 x 32 |" in rows[0]
+  assert "| n/a | n/a |" in rows[0]  # a CPU keeps no peak, and is no card to plan for
   assert "| remat=dots |" in rows[1]
   assert "failed:" in rows[2]  # a row that cannot run is reported, and the others ran

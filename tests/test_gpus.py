@@ -6,6 +6,7 @@ import pytest
 from conftest import recipe
 
 from jaxgpt import gpus, summary
+from jaxgpt.plan import targets
 
 
 @pytest.mark.parametrize("device_kind, tflops", [
@@ -66,3 +67,14 @@ def test_flops_per_token_is_nanogpts():
       6 * n + 12 * 12 * 6 * 64 * 1024)
   assert summary.mfu(1000.0, 1e9, 1e13, 2) == pytest.approx(1000 * 1e9 / 2e13)
   assert summary.mfu(1000.0, 1e9, None, 1) is None
+
+
+def test_every_gpu_target_is_one_card_of_the_table():
+  """A target's peak and memory are its card's entry: what JAX reports on it finds the same."""
+  for t in targets.TARGETS:
+    card = gpus.card(t.device_kind)
+    assert card.name == t.card and card.peak_flops and card.memory_gib, t
+    assert targets.target(t.card) is t
+    text = targets.config_text(t, t.memory_bytes)
+    assert f"device_memory_size: {int(card.memory_gib * 2**30)}" in text
+    assert f'device_description_str: "{t.device_kind}"' in text

@@ -169,10 +169,12 @@ def test_a_failed_save_stops_the_run_at_once_and_removes_it(tmp_path, token_dir)
   assert proc.returncode == 1, output[-3000:]
   errors = [line for line in output.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1, output[-3000:]
+  assert "Traceback" not in output and "Event loop is closed" not in output  # Orbax's leftovers
   last_line = errors[0]
   assert last_line.startswith("error: saving the checkpoint of step 100 failed: File too large "
-                              "[errno 27] (")
-  assert "GiB free on its filesystem" in last_line and "no checkpoint was saved" in last_line
+                              "[errno 27]. ")
+  assert "GiB are free on its filesystem" in last_line and "no checkpoint was saved" in last_line
+  assert last_line.endswith("run the same command again: it starts over.")  # not a resume
   out_dir = str(tmp_path / "run")
   assert records(out_dir, "train")[-1]["iter"] < 199  # stopped before the next save was due
   assert os.listdir(os.path.join(out_dir, "checkpoints")) == []  # the partial save is gone
@@ -187,8 +189,9 @@ def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
   error = ckpts._save_failed(6, OSError(28, "No space left on device"))
   assert isinstance(error, checkpoint.SaveError)
   assert str(error).startswith("saving the checkpoint of step 6 failed: No space left on device "
-                               "[errno 28] (")
-  assert f"the last good checkpoint is step 3 in {ckpts.directory}" in str(error)
+                               "[errno 28]. ")
+  assert f"the last good checkpoint is step 3 in {ckpts.directory}, and " in str(error)
+  assert str(error).endswith("add --config.init_from=resume to continue.")
   assert not os.path.exists(partial)
 
 

@@ -19,7 +19,8 @@ from conftest import (
 )
 
 import launch
-from jaxgpt import train, train_step
+from jaxgpt import checkpoint, sharding, train, train_step
+from jaxgpt.errors import UserError
 from jaxgpt.run_dir import RunDir
 
 
@@ -154,3 +155,35 @@ def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_
                        lr_decay_iters=20)
   train.train(config)
   assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 5, 10, 15]
+
+
+def cpu_need(config) -> int:
+  """XLA's plan (bytes) of the config's train step compiled for this CPU, as the loop compiles."""
+  setup = train_step.build(config)
+  layout = sharding.BatchLayout.create(config)
+  shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
+  state = checkpoint.abstract_like(setup.abstract_state, shardings)
+  return train_step.memory_need(train_step.compile_train_step(
+      setup, state, layout.train_spec, shardings, layout.mesh, config.sharding)).total
+
+
+@pytest.mark.parametrize("fits", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_a_step_that_will_not_fit_stops_before_training_naming_a_layout_that_fits(
+    tmp_path, token_dir, monkeypatch, fits):
+  config = tiny_config(tmp_path, token_dir, batch_size=4, gradient_accumulation_steps=2)
+  smaller = tiny_config(tmp_path, token_dir, batch_size=2, gradient_accumulation_steps=4)
+  need, smaller_need = cpu_need(config), cpu_need(smaller)
+  assert smaller_need < need
+  room = (smaller_need + need) // 2 if fits else 1  # bytes, as a GPU's allocator would say
+  monkeypatch.setattr(train_step, "device_room", lambda state: room)
+  with pytest.raises(UserError) as e:
+    train.train(config)
+  assert f"the train step needs {need / 2**30:.2f} GiB per device" in str(e.value)
+  assert f"has {room / 2**30:.2f} GiB for it" in str(e.value)
+  if fits:
+    assert ("the same tokens per iteration fit with --config.batch_size=2 "
+            "--config.gradient_accumulation_steps=4 (") in str(e.value)
+  else:
+    assert "no smaller micro-batch or remat fits" in str(e.value)
+  assert not os.path.exists(os.path.join(config.out_dir, "config.json"))
+  assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))

@@ -16,7 +16,7 @@ import numpy as np
 from jaxgpt import checkpoint, sharding, train_step
 
 _COLLECTIVE_OP = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
-                            r"collective-permute)(?:-start)?\(")
+                            r"collective-permute)(-start)?\(")
 _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _CALLED = re.compile(r"(?:to_apply|calls|body|condition|branch_computations)=\{?%?([\w.\-]+)")
@@ -24,9 +24,25 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, 
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 
 
-def _result_bytes(result_type: str) -> int:
+def _result_bytes(result_type: str, op: str, started: bool) -> int:
+  if started and op in ("all-gather", "collective-permute"):
+    result_type = _top_level(result_type)[1]
   return sum(_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
              for dtype, dims in _ARRAY.findall(result_type))
+
+
+def _top_level(tuple_type: str) -> list[str]:
+  """The elements of a tuple type: an asynchronous all-gather's or collective-permute's start
+  is typed (operands, results, ...) on a GPU; an all-reduce's start, as its results."""
+  parts, depth, begin = [], 0, 1
+  for i, ch in enumerate(tuple_type):
+    depth += (ch in "([{") - (ch in ")]}")
+    if (ch == "," and depth == 1) or depth == 0:
+      parts.append(tuple_type[begin:i].strip())
+      begin = i + 1
+    if depth == 0:
+      break
+  return parts
 
 
 def _sent_bytes(op: str, result: int, n: int) -> float:
@@ -65,7 +81,8 @@ def collectives(hlo_text: str, n_devices: int, loop_trips: int) -> dict[str, flo
     bodies.update(re.findall(r"body=%?([\w.\-]+)", line))
     op = _COLLECTIVE_OP.search(line)
     if op:
-      ops.setdefault(current, []).append((op.group(2), _result_bytes(op.group(1))))
+      ops.setdefault(current, []).append(
+          (op.group(2), _result_bytes(op.group(1), op.group(2), bool(op.group(3)))))
   in_loop = _loop_computations(calls, bodies)
   sent: dict[str, float] = {}
   for computation, found in ops.items():

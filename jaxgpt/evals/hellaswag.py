@@ -75,14 +75,18 @@ def read(path: str, limit: int = 0) -> list[Example]:
   enc = tokenizer.gpt2()
   examples = []
   with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if limit and len(examples) == limit:
-        break
-      if not line.strip():
-        continue
-      ctx, endings, label = _fields(line, f"{path}:{n}")
-      examples.append(Example(enc.encode_ordinary(ctx),
-                              [enc.encode_ordinary(" " + e) for e in endings], label))
+    try:
+      for n, line in enumerate(f, 1):
+        if limit and len(examples) == limit:
+          break
+        if not line.strip():
+          continue
+        ctx, endings, label = _fields(line, f"{path}:{n}")
+        examples.append(Example(enc.encode_ordinary(ctx),
+                                [enc.encode_ordinary(" " + e) for e in endings], label))
+    except UnicodeDecodeError as e:
+      raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); HellaSwag's "
+                      f"file is UTF-8 JSON lines ({URL})") from None
   if not examples:
     raise UserError(f"{path}: no HellaSwag examples")
   return examples

@@ -21,22 +21,35 @@ from jaxgpt.model import GPT, GPTConfig
 
 def from_run(out_dir: str, at_step: int | None = None
              ) -> tuple[ml_collections.ConfigDict, Any, int]:
-  """(run config, params, step) of the latest (or the given) checkpoint, on one device."""
+  """(run config, params, step) of the latest (or the given) checkpoint, on one device.
+
+  The latest that reads back (its arrays checked against their fingerprints):
+  an unreadable newer one is named and passed over, never moved.
+  """
   checkpoints = run_dir.RunDir(out_dir).checkpoints(read_only=True)
-  steps = checkpoints.steps()
-  if not steps:
-    raise UserError(f"{checkpoints.directory}: no checkpoints; nothing was trained into "
-                    f"out_dir={out_dir!r} yet")
-  if at_step is None:
-    at_step = steps[-1]
-  elif at_step not in steps:
-    raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds "
-                    f"{steps}")
-  config = defaults.get_config()
-  config.update(checkpoints.read_meta(at_step)["config"])
-  state, _ = restore_state(checkpoints, at_step, train_step.build(config).abstract_state)
-  checkpoints.close()
-  return config, state.params, at_step
+  try:
+    steps = checkpoints.steps()
+    if not steps:
+      raise UserError(f"{checkpoints.directory}: no checkpoints; nothing was trained into "
+                      f"out_dir={out_dir!r} yet")
+    if at_step is not None and at_step not in steps:
+      raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds "
+                      f"{steps}")
+    for step in reversed(steps if at_step is None else [at_step]):
+      try:
+        config = defaults.get_config()
+        config.update(checkpoints.read_meta(step)["config"])
+        state, _ = restore_state(checkpoints, step, train_step.build(config).abstract_state)
+        return config, state.params, step
+      except Exception as e:
+        older = [s for s in steps if s < step]
+        if at_step is not None or not older:
+          raise UserError(f"{checkpoints.directory}/{step} is unreadable ({checkpoint.cause(e)})"
+                          + (f"; --step={older[-1]} reads an older one" if older else "")) from e
+        logging.warning("%s/%d is unreadable (%s); reading step %d instead",
+                        checkpoints.directory, step, checkpoint.cause(e), older[-1])
+  finally:
+    checkpoints.close()
 
 
 def restore_state(checkpoints: checkpoint.Checkpoints, at_step: int,

@@ -6,19 +6,24 @@
 prints, per candidate max_iters, the tokens seen, epochs over the train split,
 tokens per parameter (Chinchilla ~20), FLOPs and the time at a throughput;
 the run logs the same summary and its warnings at launch (summary.py). With
---device (or --memory_gib) it checks the train step's memory (memory.py).
+--device it compiles the train step for that GPU (with JAX's CUDA plugin, on
+any machine) and says whether XLA's plan fits the card, and which layout of
+the same tokens per iteration fits when it does not (memory.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
+import jax
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
 from jaxgpt import cli, data, formatting, gpus, report, run_dir, summary
 from jaxgpt.errors import UserError
-from jaxgpt.plan import iters, memory
+from jaxgpt.plan import iters, memory, targets
 
 
 def _define_flags() -> None:
@@ -30,13 +35,16 @@ def _define_flags() -> None:
                      "median measured in the config's out_dir/metrics.jsonl).")
   flags.DEFINE_string("train_tokens", None, "Tokens in the train split, e.g. 3.68B (default: "
                       "counted from the shards, or meta.json, in the config's data dir).")
-  flags.DEFINE_integer("devices", 1, "Data-parallel devices (tokens per iteration grow with them).")
-  flags.DEFINE_string("device", "", "Without a measured throughput, estimate it for this GPU "
-                      "(e.g. 'H100'): its peak bf16 FLOP/s at --mfu.")
+  flags.DEFINE_integer("devices", 1, "GPUs in the run: tokens per iteration grow with them, "
+                       "and --device compiles the step for that many (config.sharding).")
+  flags.DEFINE_string("device", "", "A GPU, e.g. 'RTX 4070' or 'H100': the train step is "
+                      "compiled for it (with JAX's CUDA plugin; no GPU needed) to say whether "
+                      "it fits, and without a measured throughput its time is estimated at "
+                      "--mfu of its peak bf16 FLOP/s.")
   flags.DEFINE_float("mfu", 0.4, "--device: the model FLOPs utilisation the estimate assumes.")
   flags.DEFINE_float("peak_flops", 0.0, "--device: its peak FLOP/s, where the table lacks it.")
-  flags.DEFINE_float("memory_gib", 0.0, "Check that the train step fits a card of this much "
-                     "memory (default: --device's, where its name says it).")
+  flags.DEFINE_float("memory_gib", 0.0, "Check the step against a card of this much memory "
+                     "with the CPU's estimate (without it: --device's plan, compiled for it).")
   flags.mark_flags_as_required(["config"])
 
 
@@ -64,6 +72,7 @@ def _throughput(f: flags.FlagValues, out_dir: str, flops_per_token: float,
 
 
 def main() -> None:
+  jax.config.update("jax_platforms", "cpu")  # compiles for a GPU happen without one
   f = flags.FLAGS
   config, n_devices = f.config, f.devices
   config_path = config_flags.get_config_filename(f["config"])
@@ -93,10 +102,21 @@ def main() -> None:
                     tokens_per_sec=tokens_per_sec, n_devices=n_devices, config_name=name))
   for note in notes:
     print(f"note: {note}")
+  _print_memory(f, config, n_devices)
+
+
+def _print_memory(f: flags.FlagValues, config: ml_collections.ConfigDict,
+                  n_devices: int) -> None:
+  """XLA's plan of the step compiled for --device where it can be, else the CPU estimate."""
+  if f.device and not f.memory_gib and targets.plugin_installed():
+    report = memory.gpu_report(config, targets.target(f.device), n_devices,
+                               progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print("\n".join(report))
+    return
   card = gpus.card(f.device) if f.device else None
   memory_gib = f.memory_gib or (card.memory_gib if card else None)
   if memory_gib:
-    print("\n".join(memory.fit_report(config, memory_gib, f.device)))
+    print("\n".join(memory.cpu_report(config, memory_gib, f.device)))
   elif f.device:
     print(f"memory: {f.device!r} does not say its memory; --memory_gib sets it")
 

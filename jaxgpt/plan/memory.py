@@ -1,13 +1,30 @@
-"""Will the train step fit a card? XLA's memory plan of the step, and layouts that fit.
+"""Will the train step fit a card? XLA's own memory plan of the step, compiled for that card.
 
-The step is compiled for the config's shapes (nothing is allocated) and its
-memory analysis read: the arguments (params, optimizer state, batch) and the
-temporaries XLA plans.
+With JAX's CUDA plugin installed, the real train step (the recipe's shapes,
+dtype, attention as `auto` resolves it on that card, remat, loss chunks,
+accumulation, sharding) is compiled for the card on any machine, without a
+GPU (plan/targets.py), and its memory analysis read: the arguments (params,
+optimizer state, batch), the temporaries, their total per device.
+
+XLA sizes its rematerialisation to the memory it is told about: a step that
+would not fit is squeezed toward the limit by recomputing activations, and a
+figure at the limit means "slowed by recomputation, or out of memory", not
+"fits". So the step is compiled twice: with the memory JAX will have on the
+card (what XLA will do there) and with ample memory (what it needs without
+recomputing). A run on a GPU hands XLA the allocator's share, 75% of the card
+unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise; a compile without a
+GPU takes 80% of the memory the target describes, so the target is described
+with share / 0.8 of memory to plan as the card will (read from XLA's source;
+not yet compared with a GPU's peak).
+
+Without the plugin, the step compiled for the CPU gives an estimate, labelled
+as one.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,11 +33,111 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgpt import attention, train_step
-from jaxgpt.model import GPT, GPTConfig, init_params
+from jaxgpt import attention, checkpoint, sharding, train_step
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, init_params
+from jaxgpt.plan import targets
 
 GiB = 2**30
+DEFAULT_MEM_FRACTION = 0.75  # JAX's preallocation, when XLA_PYTHON_CLIENT_MEM_FRACTION is unset
+DEVICELESS_SHARE = 0.8  # of the described memory, XLA's budget when it compiles without a GPU
+AMPLE = 8  # times the card's memory: room enough that XLA recomputes nothing
+NOT_COUNTED = ("the CUDA context (outside JAX's share), cuDNN's workspace (sized when the "
+               "kernel runs) and the allocator's fragmentation")
 
+
+def mem_fraction() -> float:
+  """The share of a GPU's memory JAX's allocator takes, as this environment sets it."""
+  value = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")
+  try:
+    return float(value) if value else DEFAULT_MEM_FRACTION
+  except ValueError:
+    raise UserError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={value!r} is not a number") from None
+
+
+def compile_for(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+                memory_bytes: int | None = None) -> Any:
+  """The train step as training compiles it, for `n_devices` such cards in one host."""
+  config = config.copy_and_resolve_references()
+  config.attention = attention.resolve(config.attention, config.dtype,
+                                       config.n_embd // config.n_head, t.capability)
+  mesh = jax.sharding.Mesh(np.array(targets.devices(t, n_devices, memory_bytes)),
+                           (sharding.DATA,))
+  layout = sharding.BatchLayout(mesh, config.gradient_accumulation_steps, config.batch_size,
+                                config.block_size)
+  setup = train_step.build(config)
+  shardings = sharding.state_shardings(setup.abstract_state, mesh, config.sharding)
+  state = checkpoint.abstract_like(setup.abstract_state, shardings)
+  return train_step.compile_train_step(setup, state, layout.train_spec, shardings, mesh,
+                                       config.sharding)
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuPlan:
+  """XLA's memory plan of a config's step on a card, per device, against what JAX will have."""
+
+  budget: int  # bytes JAX's allocator will have on the card
+  need: train_step.Need  # compiled with `budget`: what XLA will do on the card
+  need_unsqueezed: int  # compiled with ample memory: the need without recomputation
+
+  @property
+  def fits(self) -> bool:
+    return self.need.total <= self.budget
+
+  @property
+  def recomputes(self) -> bool:
+    """Fits only because XLA recomputes activations it would rather keep: slower."""
+    return self.fits and self.need_unsqueezed > self.budget
+
+
+def gpu_plan(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+             fraction: float | None = None) -> GpuPlan:
+  """The config's step compiled for the card twice: with JAX's share of it, and with plenty."""
+  budget = int((mem_fraction() if fraction is None else fraction) * t.memory_bytes)
+  at_budget = compile_for(config, t, n_devices, int(budget / DEVICELESS_SHARE))
+  ample = compile_for(config, t, n_devices, AMPLE * t.memory_bytes)
+  return GpuPlan(budget, train_step.memory_need(at_budget), train_step.memory_need(ample).total)
+
+
+def gpu_report(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+               progress: Callable[[str], None] = print) -> list[str]:
+  """Lines saying whether the step fits the card and, where it does not (or only by
+  recomputing), the fastest layout at the same tokens per iteration that does."""
+  head_size = config.n_embd // config.n_head
+  kernel = attention.resolve(config.attention, config.dtype, head_size, t.capability)
+  progress(f"compiling the train step for {t.card} ({t.arch}), twice ...")
+  p = gpu_plan(config, t, n_devices)
+  where = f"{n_devices} x {t.device_kind}" if n_devices > 1 else t.device_kind
+  lines = [
+      (f"memory: compiled for {where} ({t.arch}; {kernel} attention; {config.batch_size} x "
+       f"{config.block_size} micro-batches x {config.gradient_accumulation_steps}, remat "
+       f"{config.remat}): XLA plans {p.need.total / GiB:.2f} GiB per device (params, "
+       f"optimizer state and batch {p.need.arguments / GiB:.2f} GiB, temporaries "
+       f"{p.need.temporaries / GiB:.2f} GiB); JAX will have {p.budget / GiB:.2f} GiB "
+       f"({p.budget / t.memory_bytes:.0%} of {t.memory_bytes / GiB:g} GiB; "
+       "XLA_PYTHON_CLIENT_MEM_FRACTION sets the share)"),
+  ]
+  if p.fits and not p.recomputes:
+    lines.append(f"memory: fits, {(p.budget - p.need.total) / GiB:.2f} GiB to spare")
+  else:
+    lines.append(
+        f"memory: fits only because XLA recomputes activations ({p.need_unsqueezed / GiB:.2f} "
+        "GiB without): slower" if p.fits else
+        f"memory: does not fit (XLA could not bring it under {p.budget / GiB:.2f} GiB)")
+    found = train_step.fitting_layout(
+        config, p.budget,
+        lambda variant: train_step.memory_need(
+            compile_for(variant, t, n_devices, AMPLE * t.memory_bytes)).total,
+        lambda flags: progress(f"compiling {flags} for {t.card} ..."))
+    lines.append(
+        f"memory: at the same tokens per iteration, {found[0]} fits without recomputing "
+        f"({found[1] / GiB:.2f} GiB)" if found
+        else "memory: no smaller micro-batch or remat fits: pick a smaller model or block")
+  lines.append(f"memory: not counted: {NOT_COUNTED}")
+  return lines
+
+
+# Without the CUDA plugin: the step compiled for the CPU, an estimate.
 
 def backward_residuals(model: GPT, batch_size: int) -> list[jax.ShapeDtypeStruct]:
   """The arrays one micro-batch's backward pass keeps from its forward pass, params included.
@@ -37,93 +154,48 @@ def backward_residuals(model: GPT, batch_size: int) -> list[jax.ShapeDtypeStruct
   return jax.tree.leaves(jax.eval_shape(backward_fn, params, tokens_BT))
 
 
-def memory_estimate(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """XLA's memory analysis of the train step compiled for one device at the config's shapes.
+def cpu_estimate(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """XLA's memory plan of the train step compiled for this machine's CPU: an estimate of a
+  GPU's need, not its plan (XLA's GPU backend plans buffers and recomputation otherwise).
 
-  Compiled for the backend at hand (a CPU where there is no GPU), from shapes
-  alone: nothing is allocated. It is an estimate of a GPU's need, not a
-  measurement: XLA's GPU backend plans its buffers differently, and the GPU
-  adds cuBLAS/cuDNN workspaces and the allocator's fragmentation. cuDNN's
-  flash attention keeps none of the T x T attention scores that XLA's
-  attention keeps for the backward pass (`attention_scores`, read from the
-  program): `needed_with_flash` is the estimate without them.
+  cuDNN's flash attention keeps none of the T x T scores XLA's attention keeps
+  for the backward pass (`attention_scores`, read from the program):
+  `needed_with_flash` is the estimate without them.
   """
   setup = train_step.build(config)
   batch = jax.ShapeDtypeStruct((config.gradient_accumulation_steps, config.batch_size,
                                 config.block_size + 1), np.uint16)
   compiled = train_step.make_train_step(setup.model, setup.tx).lower(setup.abstract_state,
-                                                               batch).compile()
-  m = compiled.memory_analysis()
-  needed = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-            + m.temp_size_in_bytes)
+                                                                     batch).compile()
+  need = train_step.memory_need(compiled)
   T = config.block_size
-  residuals = backward_residuals(GPT(GPTConfig.from_config(config)), config.batch_size)
+  residuals = backward_residuals(setup.model, config.batch_size)
   scores = sum(leaf.size * leaf.dtype.itemsize for leaf in residuals
                if leaf.shape[-2:] == (T, T))
-  return {"arguments": m.argument_size_in_bytes, "temporaries": m.temp_size_in_bytes,
-          "needed": needed, "attention_scores": scores,
-          "needed_with_flash": max(needed - scores, m.argument_size_in_bytes)}
+  return {"arguments": need.arguments, "temporaries": need.temporaries, "needed": need.total,
+          "attention_scores": scores,
+          "needed_with_flash": max(need.total - scores, need.arguments)}
 
 
-def fitting_variants(config: ml_collections.ConfigDict, budget_bytes: float,
-                     figure: str = "needed") -> list[tuple[str, int]]:
-  """Ways to the same tokens per iteration that fit: smaller micro-batches, then remat.
-
-  Returns (the flags, estimated bytes) of each that fits, best first; [] if none does.
-  `figure` is the estimate's key to compare ("needed_with_flash" on a card running
-  cuDNN's attention).
-  """
-  tried = []
-  batch, accum = config.batch_size, config.gradient_accumulation_steps
-  while batch > 1 and batch % 2 == 0:
-    batch, accum = batch // 2, accum * 2
-    tried.append({"batch_size": batch, "gradient_accumulation_steps": accum})
-  tried += [{"remat": "dots"}, {"remat": "full"}]
-  fits = []
-  for overrides in tried:
-    variant = copy.deepcopy(config)
-    with variant.unlocked():
-      variant.update(overrides)
-    needed = memory_estimate(variant)[figure]
-    if needed <= budget_bytes:
-      fits.append((" ".join(f"--config.{k}={v}" for k, v in overrides.items()), needed))
-      if "remat" not in overrides:
-        break  # the largest micro-batch that fits is the one to take
-  return fits
-
-
-USABLE_FRACTION = 0.9  # of a card's memory, past the CUDA context and the allocator's slack
-
-
-def fit_report(config: ml_collections.ConfigDict, memory_gib: float,
-               device: str = "") -> list[str]:
-  """Whether the train step fits a card, and if not, what fits at the same tokens per step."""
-  estimate = memory_estimate(config)
-  # Every NVIDIA card gpus.py knows is of compute capability 8.0 or more.
-  gpu = None if "TPU" in device.upper() else (8, 0)
-  head_size = config.n_embd // config.n_head
-  flash = attention.resolve(config.attention, config.dtype, head_size, gpu) == "cudnn"
-  figure = "needed_with_flash" if flash else "needed"
-  budget = USABLE_FRACTION * memory_gib * GiB
+def cpu_report(config: ml_collections.ConfigDict, memory_gib: float, device: str) -> list[str]:
+  """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
+  estimate = cpu_estimate(config)
+  gpu = None if "TPU" in device.upper() else (8, 0)  # the NVIDIA cards gpus.py knows: 8.0+
+  flash = attention.resolve(config.attention, config.dtype, config.n_embd // config.n_head,
+                            gpu) == "cudnn"
+  figure = estimate["needed_with_flash" if flash else "needed"]
+  budget = mem_fraction() * memory_gib * GiB
   lines = [
-      (f"memory: about {estimate['needed'] / GiB:.1f} GiB for the train step at "
-       f"{config.batch_size} x {config.block_size} per micro-batch (params, AdamW state and "
-       f"batch {estimate['arguments'] / GiB:.2f} GiB, temporaries "
-       f"{estimate['temporaries'] / GiB:.2f} GiB): XLA's plan for this step compiled on "
-       f"{jax.devices()[0].platform}, an estimate, not a measurement"),
+      (f"memory: an estimate from the step compiled for this machine's CPU, not the card's "
+       f"plan: about {figure / GiB:.1f} GiB for {config.batch_size} x {config.block_size} "
+       "micro-batches" + (" (without the T x T attention scores cuDNN's attention never "
+                          f"keeps; {estimate['needed'] / GiB:.1f} GiB with them)"
+                          if flash else "")),
+      (f"memory: JAX will have {budget / GiB:.2f} GiB ({mem_fraction():.0%} of {memory_gib:g} "
+       f"GiB): {'fits' if figure <= budget else 'does not fit'} by this estimate"),
   ]
-  if flash:
-    lines.append(f"memory: of it, {estimate['attention_scores'] / GiB:.1f} GiB are the "
-                 "T x T attention scores XLA's attention keeps; cuDNN's attention, which this "
-                 f"card runs, keeps none: about {estimate[figure] / GiB:.1f} GiB there")
-  if estimate[figure] <= budget:
-    lines.append(f"memory: fits in {USABLE_FRACTION:.0%} of {memory_gib:g} GiB")
-  else:
-    variants = fitting_variants(config, budget, figure)
-    lines.append(f"memory: does not fit in {USABLE_FRACTION:.0%} of {memory_gib:g} GiB" +
-                 ("; the same tokens per iteration fit with:" if variants else
-                  "; no smaller micro-batch or remat fits: pick a smaller model or block"))
-    lines += [f"  {flags_text}  (about {needed / GiB:.1f} GiB)" for flags_text, needed in variants]
-  lines.append("memory: JAX takes 75% of the GPU up front; on a 12 GB card set "
-               "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 to give the step the rest")
-  return lines
+  if targets.plugin_installed():
+    return lines
+  return lines + [("memory: XLA's own plan for the card needs JAX's CUDA plugin (no GPU or "
+                  "driver needed): pip install -e '.[cuda12]', then run this again")]
+

@@ -1,0 +1,321 @@
+"""What a long run gets right: corrupted checkpoints, a stop before an evaluation, a new layout.
+
+Each test is a fault a careful user with a 20-hour run met; each failed
+before the fix it names.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import (
+  checkpoint_steps,
+  records,
+  restore_state,
+  run_python,
+  start_launch,
+  tiny_config,
+  write_config_file,
+)
+
+from jaxgpt import checkpoint, resume, sinks, train, train_step
+from jaxgpt.errors import UserError
+from jaxgpt.evals import hellaswag
+from jaxgpt.interop import weights
+
+EVERY_10 = {"eval_interval": 10, "lr_decay_iters": 40, "always_save_checkpoint": True,
+            "keep_checkpoints": 5}
+
+
+def largest_file(directory: str) -> str:
+  files = [p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+           if os.path.isfile(p)]
+  return max(files, key=os.path.getsize)
+
+
+def flip_bytes(path: str, at: int, n: int = 64) -> None:
+  """XORs n bytes of a file, as bit rot or a bad copy would change them."""
+  with open(path, "r+b") as f:
+    f.seek(at)
+    data = bytearray(f.read(n))
+    f.seek(at)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_fingerprints_change_with_any_one_element():
+  state = {"w": jax.numpy.arange(1000, dtype=jax.numpy.float32), "n": jax.numpy.int32(7)}
+  before = checkpoint.fingerprints(state)
+  for i in (0, 517, 999):  # one ulp, the least a flipped bit can do
+    changed = {**state, "w": state["w"].at[i].set(jax.numpy.nextafter(state["w"][i], 2e3))}
+    assert checkpoint.fingerprints(changed)["['w']"] != before["['w']"]
+  assert checkpoint.fingerprints(state) == before
+
+
+def test_a_silently_corrupted_checkpoint_is_set_aside_for_the_one_before(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=40, **EVERY_10)
+  train.train(config)
+  state_dir = os.path.join(config.out_dir, "checkpoints", "40", "state")
+  path = largest_file(state_dir)
+  flip_bytes(path, os.path.getsize(path) // 2)
+  resumed = tiny_config(tmp_path, token_dir, max_iters=41, init_from="resume", **EVERY_10)
+  train.train(resumed)  # resumes from 30, redoes 30..40, trains 41
+  assert os.path.isdir(os.path.join(config.out_dir, "checkpoints", "40.unreadable"))
+  assert [r["iter"] for r in records(config.out_dir, "train")][-11:] == list(range(30, 41))
+  assert all(np.isfinite(r["loss"]) for r in records(config.out_dir, "train"))
+
+
+@pytest.mark.parametrize("damage", ["removed", "not json"])
+def test_an_unreadable_data_position_falls_back_like_an_unreadable_state(tmp_path, token_dir,
+                                                                         damage):
+  config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
+  train.train(config)
+  data_dir = os.path.join(config.out_dir, "checkpoints", "20", "data")
+  if damage == "removed":
+    for path in glob.glob(os.path.join(data_dir, "*")):
+      os.remove(path)
+  else:
+    for path in glob.glob(os.path.join(data_dir, "**", "*"), recursive=True):
+      if os.path.isfile(path):
+        with open(path, "w") as f:
+          f.write("xx{")
+  train.train(tiny_config(tmp_path, token_dir, max_iters=21, init_from="resume", **EVERY_10))
+  assert os.path.isdir(os.path.join(config.out_dir, "checkpoints", "20.unreadable"))
+  assert records(config.out_dir, "train")[-1]["iter"] == 20
+
+
+def test_eval_only_on_a_resume_evaluates_the_checkpoint_and_trains_nothing(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
+  train.train(config)
+  before = records(config.out_dir, "train")
+  train.train(tiny_config(tmp_path, token_dir, max_iters=30, init_from="resume",
+                          eval_only=True, **EVERY_10))
+  assert records(config.out_dir, "train") == before
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 10, 20, 20]
+  assert checkpoint_steps(config.out_dir) == [10, 20]
+
+
+def test_the_evaluation_set_stays_the_same_under_another_batch_layout(tmp_path, token_dir, caplog):
+  kw = {**EVERY_10, "batch_size": 4, "gradient_accumulation_steps": 1}
+  unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=30, **kw)
+  train.train(unbroken)
+  train.train(tiny_config(tmp_path / "b", token_dir, max_iters=20, **kw))
+  # Half the micro-batch, twice the accumulation: the same tokens per iteration, and 3 of
+  # the 8 eval windows are left over from batches of 2.
+  resumed = tiny_config(tmp_path / "b", token_dir, max_iters=30, init_from="resume",
+                        **{**kw, "batch_size": 2, "gradient_accumulation_steps": 2,
+                           "eval_iters": 2})
+  with caplog.at_level("INFO", logger="absl"):
+    train.train(resumed)
+  assert "evaluation: the same 8 windows (128 tokens) of each split every time" in caplog.text
+  a, b = (records(c.out_dir, "eval")[-1] for c in (unbroken, resumed))
+  assert a["iter"] == b["iter"] == 30
+  assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+
+
+def test_val_losses_of_leftover_windows_weigh_as_the_rest(tmp_path, token_dir):
+  """8 windows in batches of 3: 2 batches and 2 windows left over, against one batch of 8."""
+  config = tiny_config(tmp_path, token_dir)
+  setup = train_step.build(config)
+  params = setup.new_state().params
+  from jaxgpt import data, sharding
+  val = {"val": data.open_split(token_dir, "val", config.block_size, config.vocab_size)}
+  step = train_step.make_eval_step(setup.model)
+  layout = lambda b: sharding.BatchLayout(sharding.make_mesh(), 1, b, config.block_size)
+  whole = train.val_losses(step, params, val, 8, config.seed, layout(8))["val"]
+  assert train.val_losses(step, params, val, 8, config.seed, layout(3))["val"] == pytest.approx(
+      whole, rel=1e-6)
+
+
+def test_a_stop_that_lands_before_the_final_evaluation_gets_it_done_on_resume(
+    tmp_path, token_dir, monkeypatch):
+  real_log = train._Loop.defer_log
+
+  def log_then_sigterm(loop, it, step_metrics):
+    real_log(loop, it, step_metrics)
+    if it == 19:  # the signal lands while iteration 19, the last, is in flight
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
+  config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
+  train.train(config)
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 10]
+  assert checkpoint_steps(config.out_dir) == [10, 20]  # the stop saved 20, without its eval
+  monkeypatch.undo()
+  train.train(tiny_config(tmp_path, token_dir, max_iters=20, init_from="resume", **EVERY_10))
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 10, 20]
+  assert checkpoint_steps(config.out_dir) == [10, 20]  # evaluated, not saved twice
+
+
+@pytest.mark.parametrize("key,value", [("mlp_act", "relu2"), ("norm", "rmsnorm"),
+                                       ("logit_softcap", 30.0), ("qk_norm", True)])
+def test_a_resume_that_changes_what_the_model_computes_is_refused(tmp_path, key, value):
+  config = tiny_config(tmp_path, "")
+  saved = config.to_dict()
+  config[key] = value
+  with pytest.raises(UserError, match=f"the architecture changed \\({key}: checkpoint"):
+    resume.check_resumable(saved, config)
+  # How it computes may change: the kernel, the loss chunks, recomputation, the dtype.
+  ok = tiny_config(tmp_path, "", attention="xla", loss_chunk_size=0, remat="full",
+                   dtype="bfloat16")
+  assert set(resume.check_resumable(saved, ok)) == {"dtype", "attention", "loss_chunk_size", "remat"}
+
+
+def test_a_checkpoint_written_before_a_key_existed_resumes_under_its_default(tmp_path):
+  config = tiny_config(tmp_path, "")
+  saved = {k: v for k, v in config.to_dict().items() if k not in ("norm", "mlp_act")}
+  assert resume.check_resumable(saved, config) == []
+
+
+def test_a_non_finite_stop_is_a_user_error_naming_the_verified_checkpoint(tmp_path, token_dir,
+                                                                          monkeypatch):
+  config = tiny_config(tmp_path, token_dir, max_iters=10, **EVERY_10)
+  train.train(config)
+  real_loss = train_step.loss
+  monkeypatch.setattr(train_step, "loss", lambda *a: real_loss(*a) * np.nan)
+  with pytest.raises(UserError, match="non-finite loss or gradient at iter 10 .* the last good "
+                                      "checkpoint is step 10"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=20, init_from="resume", **EVERY_10))
+
+
+def test_an_out_dir_that_cannot_be_written_is_one_line(tmp_path, token_dir):
+  (tmp_path / "a_file").write_text("")
+  config = tiny_config(tmp_path, token_dir, out_dir=str(tmp_path / "a_file" / "run"))
+  with pytest.raises(UserError, match="a_file/run: a run cannot write there"):
+    train.train(config)
+
+
+def test_a_disk_that_fills_between_saves_stops_the_run_like_a_failed_save(tmp_path, token_dir,
+                                                                          monkeypatch):
+  config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
+  real_write = sinks.MetricsWriter.write
+
+  def write(writer, record):
+    if record["iter"] >= 14:
+      raise OSError(28, "No space left on device")
+    real_write(writer, record)
+
+  monkeypatch.setattr(sinks.MetricsWriter, "write", write)
+  with pytest.raises(checkpoint.SaveError) as e:
+    train.train(config)
+  assert str(e.value).startswith("writing the train record of iteration 14 failed: No space "
+                                 "left on device [errno 28]; the run stopped; the last good "
+                                 "checkpoint is step 10")
+  assert str(e.value).endswith("add --config.init_from=resume to continue.")
+
+
+def test_a_hellaswag_file_that_is_not_utf8_is_named(tmp_path):
+  path = tmp_path / "hs.jsonl"
+  path.write_bytes(b'{"ctx": "caf\xe9", "endings": ["a", "b", "c", "d"], "label": 0}\n')
+  with pytest.raises(UserError, match="hs.jsonl: not UTF-8 text"):
+    hellaswag.read(str(path))
+
+
+def test_sampling_passes_over_an_unreadable_newest_checkpoint(tmp_path, token_dir, caplog):
+  config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
+  train.train(config)
+  for path in glob.glob(os.path.join(config.out_dir, "checkpoints", "20", "state", "**", "*"),
+                        recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 100:
+      flip_bytes(path, os.path.getsize(path) // 2)
+  with caplog.at_level("WARNING", logger="absl"):
+    _, _, step = weights.from_run(config.out_dir)
+  assert step == 10 and "checkpoints/20 is unreadable" in caplog.text
+  with pytest.raises(UserError, match=r"checkpoints/20 is unreadable \(.*\); --step=10 reads"):
+    weights.from_run(config.out_dir, 20)
+  assert checkpoint_steps(config.out_dir) == [10, 20]  # nothing moved by a reader
+
+
+def test_a_resume_past_max_iters_says_there_is_nothing_to_train(tmp_path, token_dir, caplog):
+  train.train(tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10))
+  with caplog.at_level("WARNING", logger="absl"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=10, init_from="resume",
+                            **EVERY_10))
+  assert "the checkpoint is at iteration 20 and max_iters=10: nothing to train; raise " \
+         "--config.max_iters" in caplog.text
+
+
+def test_a_checkpoint_without_fingerprints_is_checked_for_non_finite_values():
+  meta = {"iter": 3}
+  checkpoint.verify({"w": np.ones(3, np.float32)}, meta)
+  with pytest.raises(checkpoint.CorruptCheckpoint, match="non-finite"):
+    checkpoint.verify({"w": np.array([1.0, np.nan], np.float32)}, meta)
+
+
+@pytest.mark.slow
+def test_grain_workers_end_with_a_run_that_is_killed(tmp_path, token_dir):
+  proc = start_launch(write_config_file(tmp_path, token_dir, max_iters=100000,
+                                        eval_interval=100000, lr_decay_iters=100000,
+                                        data_workers=2))
+  for line in proc.stdout:  # workers are up once the loop logs its first step
+    if "iter 0/" in line:
+      break
+  children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+  assert len(children) >= 2
+  proc.kill()
+  proc.wait()
+  deadline = time.time() + 20
+  while time.time() < deadline and any(_alive(pid) for pid in children):
+    time.sleep(0.2)
+  assert not [pid for pid in children if _alive(pid)]
+
+
+def _parent(pid: int) -> int | None:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return int(f.read().rsplit(")", 1)[1].split()[1])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_libraries_load_is_one_line_and_exit_0(tmp_path, token_dir):
+  proc = start_launch(write_config_file(tmp_path, token_dir))
+  time.sleep(0.5)  # python has started; jax is still being imported
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output[-2000:]
+  assert "stopped by SIGTERM before the first step" in output
+  assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_non_finite_stop_through_the_cli_is_one_error_line(tmp_path, token_dir):
+  config_file = write_config_file(tmp_path, token_dir, max_iters=10, learning_rate=1e12,
+                                  min_lr=1e11, warmup_iters=0)
+  r = run_python("launch.py", f"--config={config_file}")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "non-finite loss or gradient" in errors[0]
+
+
+def test_a_built_in_dataset_dir_with_shards_but_no_meta_trains_from_them(tmp_path, token_dir):
+  import launch
+  config = tiny_config(tmp_path, token_dir, dataset="python_docs", max_iters=2, eval_interval=2)
+  launch.run(config)  # the shards are read as they are: nothing to make, nothing refused
+  assert records(config.out_dir, "eval")[-1]["iter"] == 2
+
+
+def test_a_restore_names_the_arrays_that_differ_from_their_fingerprints(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=10, **EVERY_10)
+  train.train(config)
+  state, meta = restore_state(config, 10)  # as saved: it verifies
+  wte = next(path for path in meta[checkpoint.FINGERPRINTS] if "wte" in path)
+  meta[checkpoint.FINGERPRINTS][wte] += 1
+  with pytest.raises(checkpoint.CorruptCheckpoint, match=r"1 array\(s\) differ .*wte"):
+    checkpoint.verify(state, meta)
+  assert checkpoint.cause(checkpoint.CorruptCheckpoint("x")).startswith(
+      "its contents changed after the save")
