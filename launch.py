@@ -36,7 +36,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, float]:
   model = GPTConfig.from_config(config)
   hooks = train.Hooks(
       tasks=_tasks(model, config.eval_tasks, config.eval_tasks_limit, config.hellaswag_file),
-      at_end=_closing_sample(model, config.sample_tokens, config.seed))
+      at_end=_closing_sample(model, config.sample_start, config.sample_tokens, config.seed))
   return train.train(config, params=params, hooks=hooks)
 
 
@@ -72,22 +72,24 @@ def _tasks(model: GPTConfig, spec: str, limit: int, hellaswag_file: str
   return lambda params: tasks.score(scorer, params, task_list)
 
 
-def _closing_sample(model: GPTConfig, tokens: int, seed: int) -> train.EndHook | None:
-  """sample_tokens > 0: a sample from the trained model, printed at the end."""
+def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
+                    ) -> train.EndHook | None:
+  """sample_tokens > 0: a continuation of sample_start by the trained model, printed at the end."""
   if tokens <= 0:
     return None
   from jaxgpt.inference import decoding
 
   def print_sample(params: Any) -> None:
-    text = decoding.new_document(GPT(model), params, max_new_tokens=tokens, seed=seed)
+    text = decoding.continuation(GPT(model), params, prompt, max_new_tokens=tokens, seed=seed)
     if jax.process_index() == 0:
-      print(f"---------------\n{text}\n---------------", flush=True)
+      print(f"---------------\n{text.rstrip()}\n---------------", flush=True)
 
   return print_sample
 
 
 def _define_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file.",
+  config_flags.DEFINE_config_file("config", None,
+                                  "Run recipe: a configs/*.py file, e.g. configs/quickstart.py.",
                                   lock_config=True)
   flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-host run")
   flags.DEFINE_integer("num_processes", 0, "processes in a multi-host run")
@@ -108,4 +110,4 @@ def main() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  cli.run(main)
+  cli.run(main, more_help=defaults.key_help)

@@ -24,4 +24,5 @@ def get_config():
   c.dropout = 0.0
   c.dtype = "float32"
   c.sample_tokens = 60
+  c.sample_start = "The function returns"
   return c

@@ -22,6 +22,7 @@ import logging as pylogging
 import os
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -34,9 +35,20 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LAUNCH = os.path.join(os.path.dirname(_PACKAGE_DIR), "launch.py")
 
 
-def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = ()) -> None:
-  """Runs `main` as a command: main() or, with `subcommands`, main(subcommand)."""
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+
+
+def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
+        more_help: Callable[[], str] | None = None) -> None:
+  """Runs `main` as a command: main() or, with `subcommands`, main(subcommand).
+
+  `--help` prints the command's docstring, its own flags and `more_help()`,
+  and exits 0 (absl's exits 1 and heads each module with its file path).
+  """
   sys.unraisablehook = _unraisable
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    print(_help(more_help))
+    sys.exit(0)
 
   def with_arguments(argv: list[str]) -> None:
     words = argv[1:]
@@ -58,6 +70,35 @@ def _program() -> str:
   main_module = sys.modules.get("__main__")
   spec = getattr(main_module, "__spec__", None)
   return spec.name.removesuffix(".__main__") if spec else os.path.basename(sys.argv[0])
+
+
+def _help(more_help: Callable[[], str] | None) -> str:
+  doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+  seen, lines = set(), [doc, "", "flags:"]
+  for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
+    path = os.path.abspath(module) if module.endswith(".py") else ""
+    if not (module.startswith("jaxgpt") or path.startswith(_PACKAGE_DIR) or path == _LAUNCH):
+      continue
+    for flag in sorted(module_flags, key=lambda f: f.name):
+      if flag.name not in seen:
+        seen.add(flag.name)
+        lines.append(_flag_help(flag))
+  lines.append("  --helpfull: every flag, the libraries' too")
+  return "\n".join(lines + (["", more_help()] if more_help else []))
+
+
+def _flag_help(flag: flags.Flag) -> str:
+  name = f"[no]{flag.name}" if flag.boolean else flag.name
+  text = re.sub(r";\s*repeat this option to specify a list of values$", "", flag.help)
+  notes = ["repeatable"] if isinstance(flag, flags.MultiFlag) else []
+  if any("must have a value other than None" in getattr(v, "message", "")
+         for v in flag.validators):
+    notes.append("required")
+  elif flag.default not in (None, "", []):
+    default = flag.default[0] if isinstance(flag, flags.MultiFlag) else flag.default
+    notes.append(f"default {default!r}" if isinstance(default, str) else f"default {default}")
+  line = f"--{name}: {text}" + (f" ({'; '.join(notes)})" if notes else "")
+  return textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="      ")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import os
+import re
+import textwrap
 from typing import TypeVar
 
 import ml_collections
@@ -55,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # the latest this many checkpoints are kept, plus the best by val loss
   c.skip_nonfinite = 0  # iterations with a non-finite loss/gradient to skip before stopping
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)
+  c.sample_start = ""  # the closing sample's prompt; '' starts a new document
   c.eval_tasks = ""  # comma-separated: 'hellaswag', 'text:FILE' (perplexity); '' for none
   c.eval_tasks_interval = c.get_ref("eval_interval")  # score eval_tasks every this many iters
   c.eval_tasks_limit = 0  # score only the first this many examples (or text windows); 0: all
@@ -125,6 +129,31 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 1337
   c.peak_flops = 0.0  # peak FLOP/s of one device for MFU; 0 looks it up by device kind
   return c
+
+
+def key_help() -> str:
+  """Every config key with its default and its comment in `get_config`, by section: what
+  `launch.py --help` lists."""
+  config = get_config()
+  lines = [textwrap.fill("config keys (--config.KEY=VALUE; nanoGPT's defaults, which a recipe in "
+                         "configs/ overrides in part; the schema: jaxgpt/defaults.py):", 100)]
+  source = inspect.getsource(get_config).splitlines()
+  note: list[str] = []
+  for previous, line in zip([""] + source, source):
+    line = line.strip()
+    key = re.match(r"c\.(\w+) = [^#]*(?:#\s*(.*))?$", line)
+    if line.startswith("#"):
+      if not previous.strip() or line.endswith(":"):  # a section or a group's heading
+        lines.append(f"{line[1:].strip()}")
+      else:
+        note.append(line[1:].strip())
+    elif key:
+      words = " ".join(note + [key[2] or ""]).strip()
+      value = config[key[1]]
+      lines.append(textwrap.fill(f"{key[1]}={value!r}" + (f": {words}" if words else ""),
+                                 width=100, initial_indent="  ", subsequent_indent="      "))
+      note = []
+  return "\n".join(lines)
 
 
 View = TypeVar("View")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
+import tqdm
 from absl import flags
 
 from jaxgpt import cli, formatting
@@ -30,8 +31,8 @@ def _define_flags() -> None:
                       "data/cache/hellaswag_val.jsonl, downloaded once.")
   flags.DEFINE_integer("stride", 0, "text: tokens between window starts; 0 is block_size "
                        "(windows that do not overlap).")
-  flags.DEFINE_integer("batch_rows", scoring.ROWS_PER_BATCH, "Rows (endings, windows) per "
-                       "batch.")
+  flags.DEFINE_integer("batch_rows", 0, "Rows (endings, windows) per batch; 0: "
+                       f"{scoring.ROWS_PER_BATCH_CPU} on a CPU, {scoring.ROWS_PER_BATCH} on a GPU.")
 
 
 def main() -> None:
@@ -43,8 +44,13 @@ def main() -> None:
   print(f"evaluating {source} (block_size {config.block_size}, {config.dtype})",
         file=sys.stderr, flush=True)
   for task in task_list:
+    print(f"{task.name}: {task.about}" + ("" if f.limit else
+          f" (--limit=N scores the first N {task.unit})"), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    result = tasks.metrics(scorer, params, task)
+    # A bar with the time left on a terminal (scoring a long text on a CPU takes minutes).
+    with tqdm.tqdm(total=task.n_rows, unit=" rows", desc=task.name, file=sys.stderr,
+                   disable=not sys.stderr.isatty(), leave=False) as bar:
+      result = tasks.metrics(scorer, params, task, bar.update)
     print(f"{tasks.describe(task.name, result)} [{task.source}, "
           f"{formatting.duration(time.perf_counter() - t0)}]", flush=True)
 

@@ -68,6 +68,7 @@ class StopSignals:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.received = signum
-    logging.warning("received %s: stopping after the current step", self.name)
+    logging.warning("received %s: stopping once the step the device is running and the one "
+                    "queued behind it are done (at most two), then saving", self.name)
     if self.processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells the rest

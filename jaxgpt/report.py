@@ -17,20 +17,22 @@ from collections.abc import Callable
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from absl import flags
 from matplotlib import ticker
 
-from jaxgpt import cli, formatting, run_dir
+from jaxgpt import cli, defaults, formatting, optim, run_dir
 from jaxgpt.evals import hellaswag
 
 Run = run_dir.Records
 FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels
 FIGSIZE_TASKS_IN = (10, 9)  # 1000 x 900 with the HellaSwag panel
 HELLASWAG = "hellaswag_acc_norm"
-CROP_FRACTION = 0.02  # on a linear x axis, losses of the first 2% of tokens may run off the top
+CROP_FRACTION = 0.02  # on a linear x axis, train losses of the first 2% of tokens may run off the top
+LR_POINTS = 2001  # the learning-rate curve's iterations (all of warmup's besides)
 
 
 def load(out_dir: str) -> Run:
@@ -65,9 +67,9 @@ def summary(name: str, run: Run) -> str:
   if m["tokens_per_sec"] is None:
     lines.append("no train logs yet")
   else:
-    mfu = "n/a (peak FLOP/s unknown)" if m["mfu"] is None else f"{m['mfu']:.1%}"
+    mfu = "" if m["mfu"] is None else f", MFU {m['mfu']:.1%}"
     lines.append(f"throughput: median {m['tokens_per_sec']:,.0f} tok/s, "
-                 f"{m['ms_per_iter']:,.1f} ms/iter, MFU {mfu} "
+                 f"{m['ms_per_iter']:,.1f} ms/iter{mfu} "
                  f"(over {max(len(run['train']) - 1, 1)} train logs, the first skipped)")
   return "\n".join(lines)
 
@@ -89,10 +91,42 @@ def _tasks_table(records: list[dict]) -> list[str]:
   return lines
 
 
-def plot(runs: dict[str, Run], path: str, *, logx: bool = False) -> None:
+def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, float]]:
+  """The learning rate against tokens: every iteration's to max_iters, from the schedule in
+  the run's config.json, at the tokens the records give (extended at their last rate); only
+  the logged rates where there is no config.json or too few records."""
+  logged = [(r["tokens"], r["lr"]) for r in run["train"]]
+  tokens_at = {r["iter"]: r["tokens"] for r in run["eval"]}
+  tokens_at.update({r["iter"] + 1: r["tokens"] for r in run["train"]})  # tokens after a step
+  if saved is None or len(tokens_at) < 2:
+    return logged
+  config = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
+  known_its, known_tokens = map(np.array, zip(*sorted(tokens_at.items())))
+  max_iters = config["max_iters"]
+  its = np.unique(np.concatenate([np.arange(min(max_iters, 2 * config["warmup_iters"] + 2) + 1),
+                                  np.linspace(0, max_iters, LR_POINTS).round()]))
+  per_iter = (known_tokens[-1] - known_tokens[-2]) / (known_its[-1] - known_its[-2])
+  tokens = np.where(its <= known_its[-1], np.interp(its, known_its, known_tokens),
+                    known_tokens[-1] + per_iter * (its - known_its[-1]))
+  lr = optim.lr_schedule(defaults.view(optim.OptimConfig, config), np)(its)
+  return list(zip(tokens.tolist(), np.broadcast_to(lr, its.shape).tolist()))
+
+
+def loss_limits(points: list[tuple[float, float]], val_points: list[tuple[float, float]],
+                logx: bool) -> tuple[float, float]:
+  """The loss axis: every val point, the step-0 one included, and the train losses after
+  the first 2% of the tokens on a linear x axis (before that they would squash the rest)."""
+  end = max((t for t, _ in points + val_points), default=0)
+  shown = [l for t, l in points if logx or t >= CROP_FRACTION * end] + [l for _, l in val_points]
+  return min(shown, default=math.inf), max(shown, default=0.0)
+
+
+def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
+         configs: dict[str, dict[str, Any] | None] | None = None) -> None:
   """Train (thin) and val (markers) loss against tokens, LR dotted on the right axis.
 
   Below, where a run scored HellaSwag: its acc_norm against the same tokens.
+  `configs` holds each run's config.json, for its learning rate to max_iters.
   """
   with_hellaswag = any(HELLASWAG in r for run in runs.values() for r in run["tasks"])
   if with_hellaswag:
@@ -107,21 +141,17 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False) -> None:
   for i, (name, run) in enumerate(runs.items()):
     color = f"C{i}"
     train = [(r["tokens"], r["loss"]) for r in run["train"] if keep(r["tokens"])]
-    evals = [r for r in run["eval"] if keep(r["tokens"])]
+    evals = [(r["tokens"], r["val_loss"]) for r in run["eval"] if keep(r["tokens"])]
     if train:
       handles += ax.plot(*zip(*train), color=color, lw=1, alpha=0.5, label=f"{name} train")
     if evals:
-      handles += ax.plot([r["tokens"] for r in evals], [r["val_loss"] for r in evals],
-                         color=color, lw=2, marker="o", ms=3, label=f"{name} val")
-    lr = [(r["tokens"], r["lr"]) for r in run["train"] if keep(r["tokens"])]
+      handles += ax.plot(*zip(*evals), color=color, lw=2, marker="o", ms=3,
+                         label=f"{name} val")
+    lr = [(t, x) for t, x in lr_by_tokens(run, (configs or {}).get(name)) if keep(t)]
     if lr:
       handles += ax_lr.plot(*zip(*lr), color=color, lw=1, ls=":", label=f"{name} lr")
-    # On a linear x axis the loss at initialisation (~ln vocab) would squash the rest:
-    # the y axis ends at the highest loss after the first 2% of the run's tokens.
-    points = train + [(r["tokens"], r["val_loss"]) for r in evals]
-    end = max((t for t, _ in points), default=0)
-    top = max([top] + [l for t, l in points if logx or t >= CROP_FRACTION * end])
-    bottom = min([bottom] + [l for _, l in points])
+    low, high = loss_limits(train, evals, logx)
+    top, bottom = max(top, high), min(bottom, low)
   if logx:
     ax.set_xscale("log")
   else:
@@ -168,10 +198,12 @@ def _names(out_dirs: list[str]) -> list[str]:
 
 def main() -> None:
   FLAGS = flags.FLAGS
-  runs = {name: load(d) for name, d in zip(_names(FLAGS.out_dir), FLAGS.out_dir)}
+  named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
+  runs = {name: load(d) for name, d in named.items()}
   print("\n\n".join(summary(name, run) for name, run in runs.items()))
   path = FLAGS.out or run_dir.RunDir(FLAGS.out_dir[0]).report_path
-  plot(runs, path, logx=FLAGS.logx)
+  plot(runs, path, logx=FLAGS.logx,
+       configs={name: run_dir.RunDir(d).read_config() for name, d in named.items()})
   print(f"\nwrote {path}")
 
 

@@ -57,6 +57,7 @@ class RunDir:
     message, and a name left by a dead run is taken over with a warning.
     """
     path = self._path("run.lock")
+    made = not os.path.isdir(self.out_dir)
     try:
       os.makedirs(self.out_dir, exist_ok=True)
       fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -82,6 +83,22 @@ class RunDir:
     finally:
       os.ftruncate(fd, 0)  # a clean exit leaves no holder to warn about
       os.close(fd)  # and drops the lock
+      if made:
+        self._remove_if_unused()
+
+  def _remove_if_unused(self) -> None:
+    """Removes the out_dir this run made when it holds nothing but the lock and an empty
+    checkpoints/ (a start that was refused). The lock file of a used directory stays: a
+    run starting meanwhile could lock the file being unlinked, and two runs would hold it."""
+    try:
+      if not set(os.listdir(self.out_dir)) <= {"run.lock", "checkpoints"}:
+        return
+      if os.path.isdir(self._path("checkpoints")):
+        os.rmdir(self._path("checkpoints"))
+      os.remove(self._path("run.lock"))
+      os.rmdir(self.out_dir)
+    except OSError:  # not empty, or not ours to remove: left as it is
+      pass
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     os.makedirs(self.out_dir, exist_ok=True)

@@ -49,7 +49,7 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_n
   for row in tokens_BN.tolist():
     if stop_at_eot and tokenizer.EOT_TOKEN in row:
       row = row[:row.index(tokenizer.EOT_TOKEN)]
-    texts.append(start + enc.decode(row))
+    texts.append(start + tokenizer.decode_whole_characters(row))
   return texts
 
 

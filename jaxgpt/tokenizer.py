@@ -8,6 +8,7 @@ so we build the identical encoding from them and never touch the network.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import importlib.util
@@ -68,3 +69,15 @@ def encode_document(text: str) -> list[int]:
   tokens = gpt2().encode_ordinary(text)
   tokens.append(EOT_TOKEN)
   return tokens
+
+
+def decode_whole_characters(tokens: list[int]) -> str:
+  """The text of `tokens` without a character cut off at the end.
+
+  GPT-2's byte-level tokens split some characters (an emoji, most CJK) over
+  two or three tokens; a sample that stops between them would end in '�'
+  where one more token completes it. Bytes that are invalid elsewhere still
+  read as '�', as they are.
+  """
+  decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+  return decoder.decode(gpt2().decode_bytes(tokens), final=False)

@@ -267,6 +267,7 @@ def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
     loop.score_tasks(loop.start.iter)
     loop.eval_and_save(loop.start.iter)
     return
+  queued = None  # the previous step's loss
   for it in range(loop.start.iter, config.max_iters + 1):
     if signals.stop_at(it):
       loop.stop(it, signals.name)
@@ -279,6 +280,11 @@ def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
     if it == config.max_iters:
       break
     loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(next(loop.train_iter)))
+    # One step queued behind the running one keeps the device busy; more would only make a
+    # stop (which saves the newest state) wait for all of them.
+    if queued is not None:
+      queued.block_until_ready()
+    queued = step_metrics["loss"]
     loop.checkpoints.check_saves()  # a failed background save stops the run now
     loop.flush_log()  # the previous log's step is done, or nearly: this one is queued
     if it % config.log_interval == 0:
@@ -343,7 +349,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   if hooks.at_end is not None:
     hooks.at_end(loop.state.params)
   if lead:
-    _log_whats_next(config.out_dir, checkpoints)
+    _log_whats_next(config.out_dir, checkpoints, config.sample_start, config.block_size)
   return loop.losses
 
 
@@ -385,10 +391,10 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
     logging.info("plan: %s", line)
   for warning in summary.check(config, run):
     logging.warning("plan: %s", warning)
-  if run.peak_flops is None and device.platform != "cpu" and jax.process_index() == 0:
-    logging.warning("MFU: the peak FLOP/s of %r is not in jaxgpt's table (gpus.py); set "
-                    "--config.peak_flops=FLOP/s (its dense bf16 rate) to see it",
-                    device.device_kind)
+  if run.peak_flops is None and jax.process_index() == 0:  # said once; lines leave MFU out
+    log = logging.info if device.platform == "cpu" else logging.warning
+    log("MFU: the peak FLOP/s of %r is not in jaxgpt's table (gpus.py), so no line shows MFU; "
+        "--config.peak_flops=FLOP/s (its dense bf16 rate) sets it", device.device_kind)
   for split, source in sources.items():
     logging.info("%s: %s", split, source)
   eval_windows = config.eval_iters * (start.eval_batch_windows or layout.global_batch)
@@ -401,8 +407,10 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   return run, eval_windows
 
 
-def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints) -> None:
-  """Where the run's checkpoints are, and the commands that read them.
+def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints, prompt: str,
+                    block_size: int) -> None:
+  """Where the run's checkpoints are, and the commands that read them: samples that fit the
+  model's context, from the closing sample's prompt.
 
   It reads the closed manager's list: opening another would wait at a barrier
   for the processes that do not log.
@@ -411,5 +419,7 @@ def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints) -> None:
   where = (f"checkpoints of steps {', '.join(map(str, steps))} in {checkpoints.directory}"
            if steps else f"no checkpoint in {checkpoints.directory}")
   out = shlex.quote(out_dir)
-  logging.info("done: %s. Next:\n  python -m jaxgpt.sample --out_dir=%s\n"
-               "  python -m jaxgpt.report --out_dir=%s", where, out, out)
+  start = f" --start={shlex.quote(prompt)}" if prompt else ""
+  logging.info("done: %s. Next:\n  python -m jaxgpt.sample --out_dir=%s%s --num_samples=3 "
+               "--max_new_tokens=%d\n  python -m jaxgpt.report --out_dir=%s", where, out, start,
+               min(block_size, 500), out)

@@ -93,6 +93,17 @@ def test_a_user_mistake_is_one_line_without_a_traceback(trained, case):
   assert len(errors) == 1 and expected.format(**trained) in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("command", ["launch.py", "jaxgpt.sample", "jaxgpt.evaluate",
+                                     "jaxgpt.export", "jaxgpt.report", "jaxgpt.plan",
+                                     "jaxgpt.prepare", "jaxgpt.bench"])
+def test_help_is_the_command_and_its_own_flags_and_exits_0(command):
+  r = run_python(*([command] if command.endswith(".py") else ["-m", command]), "--help")
+  assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+  flags_part = r.stdout.split("\nflags:\n")[1]
+  assert flags_part.startswith("  --") and "  --helpfull:" in flags_part
+  assert "\n/" not in r.stdout and ".;" not in r.stdout  # absl's path headings, multi-flag notes
+
+
 def test_a_traceback_on_request(trained):
   r = run_python("-m", "jaxgpt.sample", f"--out_dir={trained['tmp']}/empty",
                  JAXGPT_TRACEBACK="1")

@@ -22,6 +22,16 @@ def test_unknown_key_is_an_error_naming_it():
                               '"max_iters" instead of "max_iterz"?')
 
 
+def test_help_lists_every_config_key_with_its_default_and_exits_0():
+  r = launch("--help")
+  assert r.returncode == 0 and r.stderr == ""
+  for key, value in defaults.get_config().items():
+    assert f"\n  {key}={value!r}" in r.stdout
+  assert "\n  max_iters=600000: total number of training iterations\n" in r.stdout
+  assert "\n  --config: Run recipe" in r.stdout and "(required)" in r.stdout
+  assert "\n/" not in r.stdout  # no section headed by a file's path
+
+
 def test_wrong_type_is_an_error_naming_the_key():
   r = launch("--config=configs/quickstart.py", "--config.max_iters=lots")
   assert r.returncode != 0

@@ -110,6 +110,9 @@ def test_one_compilation_per_bucket_and_none_on_the_next_evaluation(tmp_path):
   assert scorer._loss_sums._cache_size() == len(shapes) < len(task_list[0].batches)
   assert tasks.score(scorer, params, task_list) == first
   assert scorer._loss_sums._cache_size() == len(shapes)
+  progress = []  # what evaluate's bar hears: each batch's real rows, as they arrive
+  tasks.metrics(scorer, params, task_list[0], progress.append)
+  assert len(progress) == len(task_list[0].batches) and sum(progress) == 80  # 20 x 4 endings
 
 
 def test_text_windows_score_every_token_but_the_first_once():
@@ -177,9 +180,10 @@ def test_without_a_network_the_download_says_where_to_put_the_file(tmp_path, mon
     hellaswag.download("http://127.0.0.1:9/hellaswag_val.jsonl", hellaswag.CACHE_PATH,
                        timeout_s=5)
   assert f"put it at {hellaswag.CACHE_PATH}" in str(e.value) and "hellaswag_file" in str(e.value)
-  assert list((tmp_path / "data" / "cache").iterdir()) == []  # nothing half-written left
+  assert list(tmp_path.iterdir()) == []  # nothing half-written, no folder it made, is left
 
 
+@pytest.mark.slow
 def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   hs = write_hellaswag(tmp_path / "hs.jsonl", 6)
   text_file = tmp_path / "notes.txt"
@@ -197,10 +201,16 @@ def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   r = run_python("-m", "jaxgpt.evaluate", f"--out_dir={config.out_dir}",
                  f"--task=hellaswag,text:{text_file}", f"--hellaswag_file={hs}")
   assert r.returncode == 0, r.stderr[-2000:]
-  assert f"acc_norm {last['hellaswag_acc_norm']:.4f} over 6 examples" in r.stdout
+  acc_norm = last["hellaswag_acc_norm"]
+  se = (acc_norm * (1 - acc_norm) / 6) ** 0.5
+  assert f"acc_norm {acc_norm:.4f} ± {se:.4f} over 6 examples (± one standard error" in r.stdout
+  windows = len(tasks.text_rows(tokenizer.gpt2().encode_ordinary(text_file.read_text()), 16))
+  assert (f"notes: {windows} windows of up to 17 tokens, {last['notes_tokens']:,} tokens scored "
+          "(--limit=N scores the first N windows)") in r.stderr
   assert f"perplexity {last['notes_ppl']:.2f} over {last['notes_tokens']:,} tokens" in r.stdout
 
 
+@pytest.mark.slow
 def test_eval_tasks_add_no_wait_between_log_points(tmp_path, token_dir, monkeypatch):
   """Task scoring fetches from the device inside its own method only, as evaluation does."""
   guard_loop_transfers(monkeypatch)

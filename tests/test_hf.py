@@ -116,7 +116,8 @@ def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir):
   assert evals[1]["iter"] == 1  # and a step trained from there
 
 
-@pytest.mark.parametrize("recipe", ["nanogpt", pytest.param("gpt2", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["nanogpt", "gpt2"])
 def test_export_cli_writes_a_trained_run_that_transformers_loads(tmp_path, token_dir, recipe):
   """nanoGPT's recipe (no biases, exact GELU) and GPT-2's both export, tokenizer included."""
   gpt2_recipe = recipe == "gpt2"

@@ -57,6 +57,7 @@ def test_fingerprints_change_with_any_one_element():
   assert checkpoint.fingerprints(state) == before
 
 
+@pytest.mark.slow
 def test_a_silently_corrupted_checkpoint_is_set_aside_for_the_one_before(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=40, **EVERY_10)
   train.train(config)
@@ -70,6 +71,7 @@ def test_a_silently_corrupted_checkpoint_is_set_aside_for_the_one_before(tmp_pat
   assert all(np.isfinite(r["loss"]) for r in records(config.out_dir, "train"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["removed", "not json"])
 def test_an_unreadable_data_position_falls_back_like_an_unreadable_state(tmp_path, token_dir,
                                                                          damage):
@@ -89,6 +91,7 @@ def test_an_unreadable_data_position_falls_back_like_an_unreadable_state(tmp_pat
   assert records(config.out_dir, "train")[-1]["iter"] == 20
 
 
+@pytest.mark.slow
 def test_eval_only_on_a_resume_evaluates_the_checkpoint_and_trains_nothing(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
   train.train(config)
@@ -100,6 +103,7 @@ def test_eval_only_on_a_resume_evaluates_the_checkpoint_and_trains_nothing(tmp_p
   assert checkpoint_steps(config.out_dir) == [10, 20]
 
 
+@pytest.mark.slow
 def test_the_evaluation_set_stays_the_same_under_another_batch_layout(tmp_path, token_dir, caplog):
   kw = {**EVERY_10, "batch_size": 4, "gradient_accumulation_steps": 1}
   unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=30, **kw)
@@ -132,6 +136,7 @@ def test_val_losses_of_leftover_windows_weigh_as_the_rest(tmp_path, token_dir):
       whole, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_stop_that_lands_before_the_final_evaluation_gets_it_done_on_resume(
     tmp_path, token_dir, monkeypatch):
   real_log = train._Loop.defer_log
@@ -150,6 +155,34 @@ def test_a_stop_that_lands_before_the_final_evaluation_gets_it_done_on_resume(
   train.train(tiny_config(tmp_path, token_dir, max_iters=20, init_from="resume", **EVERY_10))
   assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 10, 20]
   assert checkpoint_steps(config.out_dir) == [10, 20]  # evaluated, not saved twice
+
+
+def test_the_loop_queues_at_most_one_step_behind_the_running_one(tmp_path, token_dir,
+                                                                   monkeypatch):
+  """So a stop, which saves the newest state, waits for two steps at most, not a queue."""
+  array_type = type(jax.numpy.zeros(()))
+  waited, losses = set(), []
+  real_wait = array_type.block_until_ready
+  monkeypatch.setattr(array_type, "block_until_ready",
+                      lambda self: (waited.add(id(self)), real_wait(self))[1])
+  compile_step = train_step.compile_train_step
+
+  class Recording:
+    def __init__(self, compiled):
+      self.compiled = compiled
+      self.memory_analysis = compiled.memory_analysis
+
+    def __call__(self, state, batch):
+      if len(losses) >= 2:  # step k is dispatched only once step k-2 is done
+        assert id(losses[-2]) in waited, f"step {len(losses)} dispatched before step k-2 ended"
+      state, metrics = self.compiled(state, batch)
+      losses.append(metrics["loss"])
+      return state, metrics
+
+  monkeypatch.setattr(train_step, "compile_train_step",
+                      lambda *args, **kwargs: Recording(compile_step(*args, **kwargs)))
+  train.train(tiny_config(tmp_path, token_dir, max_iters=8, log_interval=100))
+  assert len(losses) == 8
 
 
 @pytest.mark.parametrize("key,value", [("mlp_act", "relu2"), ("norm", "rmsnorm"),
@@ -172,6 +205,7 @@ def test_a_checkpoint_written_before_a_key_existed_resumes_under_its_default(tmp
   assert resume.check_resumable(saved, config) == []
 
 
+@pytest.mark.slow
 def test_a_non_finite_stop_is_a_user_error_naming_the_verified_checkpoint(tmp_path, token_dir,
                                                                           monkeypatch):
   config = tiny_config(tmp_path, token_dir, max_iters=10, **EVERY_10)
@@ -190,6 +224,7 @@ def test_an_out_dir_that_cannot_be_written_is_one_line(tmp_path, token_dir):
     train.train(config)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_between_saves_stops_the_run_like_a_failed_save(tmp_path, token_dir,
                                                                           monkeypatch):
   config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
@@ -216,6 +251,7 @@ def test_a_hellaswag_file_that_is_not_utf8_is_named(tmp_path):
     hellaswag.read(str(path))
 
 
+@pytest.mark.slow
 def test_sampling_passes_over_an_unreadable_newest_checkpoint(tmp_path, token_dir, caplog):
   config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
   train.train(config)
@@ -231,6 +267,7 @@ def test_sampling_passes_over_an_unreadable_newest_checkpoint(tmp_path, token_di
   assert checkpoint_steps(config.out_dir) == [10, 20]  # nothing moved by a reader
 
 
+@pytest.mark.slow
 def test_a_resume_past_max_iters_says_there_is_nothing_to_train(tmp_path, token_dir, caplog):
   train.train(tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10))
   with caplog.at_level("WARNING", logger="absl"):
@@ -302,6 +339,7 @@ def test_a_non_finite_stop_through_the_cli_is_one_error_line(tmp_path, token_dir
   assert len(errors) == 1 and "non-finite loss or gradient" in errors[0]
 
 
+@pytest.mark.slow
 def test_a_built_in_dataset_dir_with_shards_but_no_meta_trains_from_them(tmp_path, token_dir):
   import launch
   config = tiny_config(tmp_path, token_dir, dataset="python_docs", max_iters=2, eval_interval=2)
@@ -309,6 +347,7 @@ def test_a_built_in_dataset_dir_with_shards_but_no_meta_trains_from_them(tmp_pat
   assert records(config.out_dir, "eval")[-1]["iter"] == 2
 
 
+@pytest.mark.slow
 def test_a_restore_names_the_arrays_that_differ_from_their_fingerprints(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=10, **EVERY_10)
   train.train(config)

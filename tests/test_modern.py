@@ -148,6 +148,7 @@ def test_chunked_head_loss_and_its_gradients_equal_plain_autodiff(cap):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_model_loss_with_and_without_chunks_agree_for_the_modern_model():
   m, params = model_and_params(**MODEL_KEYS)
   params = trained_like(params)
@@ -267,6 +268,7 @@ def test_export_refuses_a_modern_model_and_says_why(tmp_path):
   assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow
 def test_a_modern_run_samples_and_its_export_is_refused_in_one_line(tmp_path, token_dir):
   config_file = write_config_file(tmp_path, token_dir, max_iters=2, eval_interval=2,
                                   lr_decay_iters=2, warmup_iters=0, **MODERN)
@@ -280,6 +282,7 @@ def test_a_modern_run_samples_and_its_export_is_refused_in_one_line(tmp_path, to
   assert r.stderr.strip().splitlines()[-1].startswith("error: this run's model is not GPT-2's")
 
 
+@pytest.mark.slow
 def test_resume_of_the_modern_recipe_continues_bit_exactly(tmp_path, token_dir):
   kw = {"eval_interval": 4, "lr_decay_iters": 8, **MODERN}
   unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=8, **kw)
@@ -325,6 +328,7 @@ def test_the_launch_log_spells_out_the_wsd_schedule_and_muon():
       "same schedule, momentum 0.85 to 0.95 over 300 iterations")
 
 
+@pytest.mark.slow
 def test_compare_recipes_writes_a_table_and_curves(tmp_path, token_dir):
   base = recipes.base_config(token_dir, str(tmp_path / "compare"), max_iters=8)
   base.update(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, vocab_size=96,
@@ -345,6 +349,7 @@ def test_compare_recipes_writes_a_table_and_curves(tmp_path, token_dir):
     recipes.compare(base, ["nanogpt"], [1.0])
 
 
+@pytest.mark.slow
 def test_a_variant_stopped_by_a_signal_stops_the_comparison(tmp_path, token_dir, monkeypatch):
   base = recipes.base_config(token_dir, str(tmp_path / "compare"), max_iters=8)
   base.update(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, vocab_size=96,

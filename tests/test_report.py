@@ -48,9 +48,9 @@ def test_table_best_val_and_throughput(tmp_path):
   assert "median 500,000 tok/s, 1,048.6 ms/iter, MFU 38.0%" in text
 
 
-def test_unknown_mfu_and_an_empty_run_say_so(tmp_path):
+def test_unknown_mfu_is_left_out_and_an_empty_run_says_so(tmp_path):
   text = report.summary("x", report.load(write_run(tmp_path, mfu=None)))
-  assert "MFU n/a" in text
+  assert "ms/iter (over" in text and "MFU" not in text  # the run's log said why, once
   (tmp_path / "empty").mkdir()
   open(tmp_path / "empty" / "metrics.jsonl", "w").close()
   text = report.summary("empty", report.load(str(tmp_path / "empty")))
@@ -89,6 +89,28 @@ def test_png_has_the_promised_size(tmp_path, logx):
   report.plot(runs, path, logx=logx)
   height, width, _ = matplotlib.image.imread(path).shape
   assert (width, height) == (1000, 600)
+
+
+def test_the_learning_rate_is_drawn_to_the_end_of_the_schedule(tmp_path):
+  run = report.load(write_run(tmp_path, max_iters=2000, log_interval=100))
+  logged_end = run["train"][-1]["tokens"]  # iteration 1,900's
+  saved = {"max_iters": 3000, "warmup_iters": 1, "lr_decay_iters": 3000, "learning_rate": 6e-4,
+           "min_lr": 6e-5, "lr_schedule": "wsd", "wsd_decay_frac": 0.2}
+  points = report.lr_by_tokens(run, saved)
+  tokens, lr = zip(*points)
+  assert tokens[-1] == 3000 * TOKENS_PER_ITER > logged_end  # past the records, to max_iters
+  assert lr[-1] == pytest.approx(6e-5)
+  assert points[:3] == [(0.0, pytest.approx(3e-4)), (TOKENS_PER_ITER, pytest.approx(6e-4)),
+                        (2 * TOKENS_PER_ITER, pytest.approx(6e-4))]  # a one-iteration warmup
+  assert report.lr_by_tokens(run, None) == [(r["tokens"], r["lr"]) for r in run["train"]]
+
+
+def test_the_loss_axis_shows_the_step_0_val_loss(tmp_path):
+  run = report.load(write_run(tmp_path))
+  train = [(r["tokens"], r["loss"]) for r in run["train"]]
+  evals = [(r["tokens"], r["val_loss"]) for r in run["eval"]]
+  bottom, top = report.loss_limits(train, evals, logx=False)
+  assert top == evals[0][1] == pytest.approx(10.85) and bottom == pytest.approx(3.0, abs=0.01)
 
 
 def test_cli_writes_the_png_into_the_first_run(tmp_path):

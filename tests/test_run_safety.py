@@ -62,6 +62,7 @@ def test_a_resume_whose_state_has_another_structure_is_refused_up_front(tmp_path
     assert json.load(f)["grad_clip"] == 0.5
 
 
+@pytest.mark.slow
 def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3)
   train.train(config)
@@ -91,6 +92,7 @@ def fed_batches(monkeypatch):
   return fed
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token_dir,
                                                                  fed_batches):
   kw = {"eval_interval": 4, "lr_decay_iters": 12}
@@ -142,6 +144,19 @@ def test_a_second_run_on_a_live_directory_is_refused_naming_the_holder(tmp_path,
   assert len(checkpoint_steps(out_dir)) == 1
 
 
+def test_a_refused_start_leaves_no_run_directory_it_made(tmp_path, token_dir):
+  config = tiny_config(tmp_path, str(tmp_path / "nope"))
+  with pytest.raises(UserError, match="nope"):
+    train.train(config)
+  assert not os.path.exists(config.out_dir)  # no run.lock, no empty checkpoints/
+  train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  with pytest.raises(UserError, match="already holds checkpoints"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  assert sorted(os.listdir(config.out_dir)) == ["checkpoints", "config.json", "metrics.jsonl",
+                                                "run.lock"]
+
+
+@pytest.mark.slow
 def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path, token_dir, caplog):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
   os.makedirs(config.out_dir)
@@ -195,6 +210,7 @@ def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
   assert not os.path.exists(partial)
 
 
+@pytest.mark.slow
 def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, token_dir,
                                                                     monkeypatch):
   real_log = train._Loop.defer_log
@@ -226,6 +242,7 @@ def test_sigterm_during_start_up_ends_the_run_with_one_line(tmp_path, token_dir)
   assert checkpoint_steps(str(tmp_path / "run")) == []
 
 
+@pytest.mark.slow
 def test_a_cut_off_metrics_line_is_set_aside_on_resume(tmp_path, token_dir, caplog):
   train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=4, lr_decay_iters=8))
   metrics = run_dir.RunDir(str(tmp_path / "run")).metrics_path
@@ -240,6 +257,7 @@ def test_a_cut_off_metrics_line_is_set_aside_on_resume(tmp_path, token_dir, capl
     assert '"lo' in f.read()
 
 
+@pytest.mark.slow
 def test_a_new_run_moves_the_metrics_of_one_that_never_checkpointed(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
   os.makedirs(config.out_dir)

@@ -125,6 +125,7 @@ def test_prompts_are_cropped_from_the_left_and_bucketed():
     decoding.pad_prompts([[1], []], block_size=4)
 
 
+@pytest.mark.slow
 def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
   train.train(config)
@@ -145,3 +146,12 @@ def test_sample_errors_name_what_is_missing(tmp_path):
     sample.read_start(f"FILE:{tmp_path / 'nope.txt'}")
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
   assert sample.read_start(f"FILE:{tmp_path / 'p.txt'}") == "Once upon a time"
+
+
+@pytest.mark.parametrize("start", ["The function returns", ""])
+def test_the_closing_sample_continues_its_prompt_or_starts_a_document(start):
+  model = GPT(tiny_model(vocab_size=50304))
+  params = init_params(model, jax.random.PRNGKey(0))
+  text = decoding.continuation(model, params, start, max_new_tokens=6, seed=0)
+  assert text.startswith(start) and len(text) > len(start)
+  assert not text.endswith("\ufffd")  # a cut-off character is left out

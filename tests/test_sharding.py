@@ -114,8 +114,8 @@ def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path
   val = data.open_split(token_dir, "val", config.block_size, config.vocab_size)
   layout = sharding.BatchLayout.create(config)
   eval_step = train_step.make_eval_step(train_step.build(config).model)
-  losses = train.val_losses(eval_step, state.params, {"val": val}, config.eval_iters, config.seed,
-                            layout)
+  windows = config.eval_iters * meta["data"]["eval_batch_windows"]  # the run's own evaluation set
+  losses = train.val_losses(eval_step, state.params, {"val": val}, windows, config.seed, layout)
   np.testing.assert_allclose(losses["val"], results[0]["losses"]["val"], rtol=2e-5)
 
 

@@ -19,3 +19,14 @@ def test_documents_end_with_end_of_text_and_round_trip():
   assert tokens[-1] == tokenizer.EOT_TOKEN
   assert tokenizer.EOT_TOKEN not in tokens[:-1]  # special text in a document stays text
   assert tokenizer.gpt2().decode(tokens[:-1]) == text
+
+
+def test_a_character_cut_off_at_the_end_is_left_out_not_shown_as_a_replacement():
+  enc = tokenizer.gpt2()
+  tokens = enc.encode_ordinary("tea 🍵")
+  assert len(enc.decode_tokens_bytes(tokens)[-1]) < 4  # the emoji's 4 bytes span tokens
+  for cut in range(1, len(tokens)):
+    assert "\ufffd" not in tokenizer.decode_whole_characters(tokens[:cut])
+  assert tokenizer.decode_whole_characters(tokens) == "tea 🍵"
+  lone = enc.encode_single_token(b"\xff")  # an invalid byte stays visible mid-text
+  assert tokenizer.decode_whole_characters([lone] + tokens) == "\ufffdtea 🍵"

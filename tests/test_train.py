@@ -71,6 +71,7 @@ def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
   assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_dropout_rng_differs_per_step_but_is_reproducible(tmp_path):
   config = tiny_config(tmp_path, "", dropout=0.3)
   batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))

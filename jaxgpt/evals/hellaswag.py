@@ -53,7 +53,12 @@ def resolve(path: str) -> str:
 
 
 def download(url: str, path: str, timeout_s: float = 30.0) -> None:
-  """`url` to `path`, written whole or not at all."""
+  """`url` to `path`, written whole or not at all: a failure leaves no folder it made."""
+  folder = os.path.abspath(os.path.dirname(path) or ".")
+  made = []  # the folders this download makes, the innermost last
+  while not os.path.isdir(folder):
+    made.insert(0, folder)
+    folder = os.path.dirname(folder)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   print(f"downloading {url} to {path} ...", flush=True)
   tmp = f"{path}.{os.getpid()}.part"  # processes of one run on a shared disk may all download
@@ -64,6 +69,8 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   except (urllib.error.URLError, OSError) as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    for folder in reversed(made):
+      os.rmdir(folder)
     raise UserError(f"could not download {url} ({getattr(e, 'reason', e)}). Fetch it where "
                     f"there is a network and put it at {path}, or pass its path "
                     "(--hellaswag_file / --config.hellaswag_file)") from None

@@ -34,6 +34,8 @@ class Task:
   name: str  # the metrics' prefix: 'hellaswag', or a text file's name without extension
   source: str  # the file scored
   n_rows: int
+  about: str  # what is scored, in words: '283 windows of ...', '100 examples, 4 endings each'
+  unit: str  # what `limit` counts: 'examples' or 'windows'
   batches: list[scoring.Batch]  # made once: every evaluation reuses them, and their shapes
   summarize: Callable[[np.ndarray], dict[str, float]]  # the rows' loss sums -> metrics
 
@@ -55,13 +57,17 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
       examples = hellaswag.read(path, limit)
       rows = hellaswag.rows(examples, scorer.block_size)
       summarize = lambda sums, e=examples, r=rows: hellaswag.accuracy(e, r, sums)
-      tasks.append(Task("hellaswag", path, len(rows), scorer.batches(rows), summarize))
+      about = f"{len(examples):,} examples, 4 endings each"
+      tasks.append(Task("hellaswag", path, len(rows), about, "examples", scorer.batches(rows),
+                        summarize))
     else:
       path = name.removeprefix("text:")
       rows = text_rows(read_text_tokens(path), scorer.block_size, stride)
       rows = rows[:limit] if limit else rows
       stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-      tasks.append(Task(stem, path, len(rows), scorer.batches(rows),
+      about = (f"{len(rows):,} windows of up to {scorer.block_size + 1} tokens, "
+               f"{sum(n for _, n in rows):,} tokens scored")
+      tasks.append(Task(stem, path, len(rows), about, "windows", scorer.batches(rows),
                         lambda sums, r=rows: perplexity(r, sums)))
   return tasks
 
@@ -98,9 +104,10 @@ def perplexity(rows: list[scoring.Row], loss_sums: np.ndarray) -> dict[str, floa
   return {"tokens": n_tokens, "loss": loss, "ppl": math.exp(loss)}
 
 
-def metrics(scorer: scoring.Scorer, params: Any, task: Task) -> dict[str, float]:
+def metrics(scorer: scoring.Scorer, params: Any, task: Task,
+            progress: Callable[[int], None] = lambda rows: None) -> dict[str, float]:
   """One task's numbers: acc and acc_norm, or loss and perplexity."""
-  return task.summarize(scorer.loss_sums(params, task.batches, task.n_rows))
+  return task.summarize(scorer.loss_sums(params, task.batches, task.n_rows, progress))
 
 
 def score(scorer: scoring.Scorer, params: Any, tasks: list[Task]
@@ -115,6 +122,8 @@ def score(scorer: scoring.Scorer, params: Any, tasks: list[Task]
 def describe(name: str, m: dict[str, float]) -> str:
   """One task's result as a line, with what to read it against."""
   if "acc_norm" in m:
-    return (f"{name}: acc {m['acc']:.4f}, acc_norm {m['acc_norm']:.4f} over {m['examples']:,} "
-            f"examples (random: 0.25; GPT-2 124M: acc_norm {hellaswag.GPT2_124M_ACC_NORM})")
+    se = lambda p: math.sqrt(p * (1 - p) / m["examples"])  # of an accuracy over n examples
+    return (f"{name}: acc {m['acc']:.4f} ± {se(m['acc']):.4f}, acc_norm {m['acc_norm']:.4f} ± "
+            f"{se(m['acc_norm']):.4f} over {m['examples']:,} examples (± one standard error; "
+            f"random: 0.25; GPT-2 124M: acc_norm {hellaswag.GPT2_124M_ACC_NORM})")
   return f"{name}: loss {m['loss']:.4f}, perplexity {m['ppl']:.2f} over {m['tokens']:,} tokens"

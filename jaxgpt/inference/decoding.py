@@ -235,12 +235,15 @@ def generate_recompute(model: GPT, params: dict, prompt_BP: jax.Array, rng: jax.
   return seq_BS[:, P:total]
 
 
-def new_document(model: GPT, params: dict, *, max_new_tokens: int, seed: int) -> str:
-  """The text of one sample that starts a new document (prompt: end-of-text).
+def continuation(model: GPT, params: dict, prompt: str, *, max_new_tokens: int,
+                 seed: int) -> str:
+  """The prompt and one sampled continuation of it; an empty prompt starts a new document
+  (the model sees end-of-text).
 
   nanoGPT's sample.py settings: temperature 0.8, top_k 200. With params split
   over several processes, every process must call it.
   """
-  tokens = generate(model, params, [[tokenizer.EOT_TOKEN]], jax.random.PRNGKey(seed),
-                    max_new_tokens=max_new_tokens, temperature=0.8, top_k=200)
-  return tokenizer.gpt2().decode(tokens[0].tolist())
+  tokens = tokenizer.gpt2().encode_ordinary(prompt) if prompt else [tokenizer.EOT_TOKEN]
+  new = generate(model, params, [tokens], jax.random.PRNGKey(seed),
+                 max_new_tokens=max_new_tokens, temperature=0.8, top_k=200)
+  return prompt + tokenizer.decode_whole_characters(new[0].tolist())

@@ -14,7 +14,7 @@ most of a small model's FLOPs.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -25,7 +25,8 @@ from jaxgpt import sharding
 from jaxgpt.model import GPT
 
 Row = tuple[Sequence[int], int]  # tokens (at most block_size + 1), how many of the last to score
-ROWS_PER_BATCH = 64
+ROWS_PER_BATCH = 64  # on an accelerator
+ROWS_PER_BATCH_CPU = 16  # 1.5x the throughput of 64 on a 2-core CPU (docs/benchmarks.md)
 MIN_BUCKET = 8
 
 
@@ -76,9 +77,11 @@ class Scorer:
   """
 
   def __init__(self, model: GPT, mesh: jax.sharding.Mesh | None = None,
-               rows_per_batch: int = ROWS_PER_BATCH):
+               rows_per_batch: int = 0):
     self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
     n_devices = 1 if mesh is None else mesh.size
+    rows_per_batch = rows_per_batch or (ROWS_PER_BATCH_CPU if jax.default_backend() == "cpu"
+                                        else ROWS_PER_BATCH)
     self.rows_per_batch = -(-rows_per_batch // n_devices) * n_devices
     self.mesh = mesh
 
@@ -99,14 +102,17 @@ class Scorer:
     spec = sharding.batch_sharding(self.mesh, array.ndim, 0)
     return jax.make_array_from_callback(array.shape, spec, lambda index: array[index])
 
-  def loss_sums(self, params: Any, batches: list[Batch], n_rows: int) -> np.ndarray:
+  def loss_sums(self, params: Any, batches: list[Batch], n_rows: int,
+                progress: Callable[[int], None] = lambda rows: None) -> np.ndarray:
     """Each row's summed loss (float32 sums), in the rows' order.
 
-    Every batch is dispatched before any result is read: one wait at the end.
+    Every batch is dispatched before any result is read, so the device never
+    waits on the host; `progress` hears of each batch's rows as they arrive.
     """
     pending = [(b.index_R, self._loss_sums(params, *map(self._place, b[1:]))) for b in batches]
     sums = np.zeros(n_rows, np.float32)
     for index_R, sums_R in pending:
       real = index_R >= 0
       sums[index_R[real]] = np.asarray(sums_R)[real]
+      progress(int(real.sum()))
     return sums

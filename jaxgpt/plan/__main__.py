@@ -76,32 +76,35 @@ def main() -> None:
   f = flags.FLAGS
   config, n_devices = f.config, f.devices
   config_path = config_flags.get_config_filename(f["config"])
-  s = summary.summarize(config, n_devices=n_devices)
-  print(f"{config_path}: {formatting.count(s.n_params)} parameters (nanoGPT's count; "
-        f"{formatting.count(s.n_params_total)} in all), {s.tokens_per_iter:,} tokens per "
-        "iteration")
   if f.train_tokens:
     try:
-      train_tokens = formatting.parse_count(f.train_tokens)
+      train_tokens, counted_in = formatting.parse_count(f.train_tokens), None
     except ValueError as e:
       raise UserError(f"--train_tokens: {e}") from None
   else:
-    data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
-    train_tokens = iters.count_train_tokens(data_dir)
+    counted_in = data.resolve_data_dir(config.dataset, config.data_dir)
+    train_tokens = iters.count_train_tokens(counted_in)
+  s = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
+  print(f"{config_path}: {formatting.count(s.n_params)} parameters (nanoGPT's count; "
+        f"{formatting.count(s.n_params_total)} in all), {s.tokens_per_iter:,} tokens per "
+        "iteration")
+  if counted_in is not None:
     found = "unknown" if train_tokens is None else f"{train_tokens:,} tokens"
-    print(f"train split: {found} (counted in {data_dir}; --train_tokens sets it)")
+    print(f"train split: {found} (counted in {counted_in}; --train_tokens sets it)")
   tokens_per_sec, source = _throughput(f, config.out_dir, s.flops_per_token, n_devices)
   print(f"throughput: {source}")
   try:
     candidates = [int(v) for v in f.max_iters]
   except ValueError as e:
     raise UserError(f"--max_iters={','.join(f.max_iters)}: {e}") from e
-  suggested, notes = iters.suggestions(config, train_tokens, n_devices)
+  suggested, notes = iters.suggestions(s)
+  candidates = candidates or suggested
   name = os.path.splitext(os.path.basename(config_path))[0]
-  print(iters.table(config, candidates or suggested, train_tokens=train_tokens,
-                    tokens_per_sec=tokens_per_sec, n_devices=n_devices, config_name=name))
+  print(iters.table(config, s, candidates, tokens_per_sec=tokens_per_sec, config_name=name))
   for note in notes:
     print(f"note: {note}")
+  if len(candidates) > 1:
+    print(iters.verdict(s, candidates))
   _print_memory(f, config, n_devices)
 
 

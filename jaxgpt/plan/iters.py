@@ -29,11 +29,10 @@ def count_train_tokens(data_dir: str) -> int | None:
   return int(tokens) if tokens else None
 
 
-def table(config: ml_collections.ConfigDict, candidates: list[int], *,
-          train_tokens: int | None, tokens_per_sec: float | None,
-          n_devices: int = 1, config_name: str = "") -> str:
-  """One row per candidate max_iters (lr_decay_iters following it), then its warnings."""
-  base = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
+def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: list[int], *,
+          tokens_per_sec: float | None, config_name: str = "") -> str:
+  """One row per candidate max_iters (lr_decay_iters following it), then its warnings;
+  `base` is the config's summary."""
   rows = [(f"{'max_iters':>10} {'tokens':>9} {'epochs':>7} {'tok/param':>9} {'FLOPs':>9} "
           f"{'time':>8}")]
   warnings = []
@@ -51,8 +50,7 @@ def table(config: ml_collections.ConfigDict, candidates: list[int], *,
   return "\n".join(rows + [f"warning: {w}" for w in warnings])
 
 
-def suggestions(config: ml_collections.ConfigDict, train_tokens: int | None,
-                n_devices: int = 1) -> tuple[list[int], list[str]]:
+def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
   """The max_iters worth comparing, and why: the recipe's own, Chinchilla's, the data's limit.
 
   Chinchilla's ~20 tokens per parameter is the compute-optimal point; a small
@@ -60,9 +58,9 @@ def suggestions(config: ml_collections.ConfigDict, train_tokens: int | None,
   data pays nearly as much as new data for up to ~4 epochs and little after
   (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models").
   """
-  base = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
   chinchilla = math.ceil(summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter)
-  candidates = {config.max_iters, chinchilla}
+  candidates = {base.max_iters, chinchilla}
+  train_tokens = base.train_tokens
   notes = [(f"max_iters={chinchilla:,} gives ~{summary.CHINCHILLA_TOKENS_PER_PARAM} tokens per "
             "parameter (compute-optimal); a small model keeps improving past it while there is "
             "new data")]
@@ -73,3 +71,32 @@ def suggestions(config: ml_collections.ConfigDict, train_tokens: int | None,
                  f"{formatting.count(train_tokens)} train tokens: up to there repeated tokens pay "
                  "nearly as much as new ones, past it they stop paying (more data helps more)")
   return sorted(candidates), notes
+
+
+def verdict(base: summary.Summary, candidates: list[int]) -> str:
+  """Which of the candidates to train for, and why, in one line.
+
+  The longest that stays within MAX_USEFUL_EPOCHS of the train data: past
+  Chinchilla's point a longer run still lowers the loss, and repeated tokens
+  pay nearly as much as new ones up to there. Time is the user's to weigh.
+  """
+  train_tokens = base.train_tokens
+  epochs = {m: None if not train_tokens else m * base.tokens_per_iter / train_tokens
+            for m in candidates}
+  useful = [m for m in candidates if epochs[m] is None or epochs[m] <= MAX_USEFUL_EPOCHS]
+  if not useful:
+    pick = min(candidates)
+    return (f"verdict: max_iters={pick:,}, the shortest asked: every one repeats the "
+            f"{formatting.count(train_tokens)} train tokens more than {MAX_USEFUL_EPOCHS} times "
+            f"({epochs[pick]:.1f} epochs here), where repeats stop paying; more data would")
+  pick = max(useful)
+  chinchilla = summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter
+  longest = "the longest asked" + ("" if len(useful) == len(candidates) else
+                                   f" within {MAX_USEFUL_EPOCHS} epochs")
+  data = ("the train split's size is unknown (--train_tokens sets it), so epochs were not "
+          "weighed" if epochs[pick] is None else
+          f"at {epochs[pick]:.2f} epochs every token is new" if epochs[pick] <= 1 else
+          f"at {epochs[pick]:.2f} epochs its repeated tokens still pay nearly as much as new ones")
+  past = (f"; past Chinchilla's {math.ceil(chinchilla):,} the loss keeps falling with more "
+          "tokens, so the shorter ones only save time" if pick > chinchilla else "")
+  return f"verdict: max_iters={pick:,}, {longest}: {data}{past}"
