@@ -51,13 +51,8 @@ def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: 
 
 
 def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
-  """The max_iters worth comparing, and why: the recipe's own, Chinchilla's, the data's limit.
-
-  Chinchilla's ~20 tokens per parameter is the compute-optimal point; a small
-  model keeps improving well past it, as long as there is data. Repeating
-  data pays nearly as much as new data for up to ~4 epochs and little after
-  (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models").
-  """
+  """The max_iters worth comparing, and why: the recipe's own, Chinchilla's, the data's limit
+  (the module's docstring says why those)."""
   chinchilla = math.ceil(summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter)
   candidates = {base.max_iters, chinchilla}
   train_tokens = base.train_tokens
