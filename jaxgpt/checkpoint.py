@@ -266,15 +266,3 @@ def _os_error(error: Exception) -> str:
   if code:
     return f"{os.strerror(int(code[1]))} [errno {code[1]}]"
   return f"{type(error).__name__}: {_first_line(error)}"
-
-
-def abstract_like(tree: Any, shardings: Any) -> Any:
-  """Shape/dtype structs of `tree` placed per `shardings` (one, or a matching tree).
-
-  This is the target of a restore: Orbax reads each array straight into its
-  place, whatever the device count of the run that saved it.
-  """
-  if isinstance(shardings, jax.sharding.Sharding):
-    shardings = jax.tree.map(lambda _: shardings, tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)

@@ -71,7 +71,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     return batches, window
 
   it, state, meta, (batches, window) = checkpoints.restore_latest_good(
-      checkpoint.abstract_like(setup.abstract_state, shardings),
+      sharding.abstract_like(setup.abstract_state, shardings),
       check_meta=lambda meta: check_resumable(meta["config"], config), finish=batches_from)
   for key in check_resumable(meta["config"], config):
     logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])

@@ -90,6 +90,19 @@ def state_shardings(abstract_state: Any, mesh: Mesh, mode: str) -> Any:
   return jax.tree.map(lambda x: NamedSharding(mesh, leaf_spec(x.shape, n, mode)), abstract_state)
 
 
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """Shape/dtype structs of `tree` placed per `shardings` (one, or a matching tree).
+
+  The target of a restore (Orbax reads each array straight into its place,
+  whatever the device count of the run that saved it) and of an ahead-of-time
+  compile.
+  """
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
 def global_batch(local_batch: np.ndarray, sharding: NamedSharding, batch_axis: int) -> jax.Array:
   """Assembles the global batch from each process's slice of it."""
   global_shape = list(local_batch.shape)

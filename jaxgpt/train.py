@@ -328,7 +328,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
                                                   shardings, layout.mesh, config.sharding)
     logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-    train_step.check_memory(config, compiled_step, start.state, shardings, layout.mesh)
+    train_step.check_memory(config, compiled_step, start.state, layout.mesh)
   except BaseException:
     train_iter.close()  # and its worker processes
     raise

@@ -155,6 +155,17 @@ def compile_train_step(setup: TrainSetup, state: Any, batch_spec: jax.ShapeDtype
   return step.lower(state, batch_spec).compile()
 
 
+def compile_on(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
+  """The config's train step as a run on `mesh` compiles it, from shapes alone (nothing
+  allocated): for its memory plan and its program."""
+  setup = build(config)
+  shardings = sharding.state_shardings(setup.abstract_state, mesh, config.sharding)
+  layout = sharding.BatchLayout(mesh, config.gradient_accumulation_steps, config.batch_size,
+                                config.block_size)
+  return compile_train_step(setup, sharding.abstract_like(setup.abstract_state, shardings),
+                            layout.train_spec, shardings, mesh, config.sharding)
+
+
 def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
   """A jitted mean loss of one (batch_size, block_size+1) batch, dropout off."""
   return jax.jit(lambda params, tokens_BT1: loss(model, params, tokens_BT1, None))
@@ -233,7 +244,7 @@ def fitting_layout(config: ml_collections.ConfigDict, room: int,
 
 
 def check_memory(config: ml_collections.ConfigDict, compiled: Any, state: TrainState,
-                 shardings: Any, mesh: jax.sharding.Mesh) -> None:
+                 mesh: jax.sharding.Mesh) -> None:
   """Stops before the first step when the compiled step will not fit the device's memory.
 
   XLA would otherwise fail mid-run with an out-of-memory traceback. The error
@@ -244,16 +255,8 @@ def check_memory(config: ml_collections.ConfigDict, compiled: Any, state: TrainS
   need = memory_need(compiled).total
   if room is None or need <= room:
     return
-
-  def need_here(variant: ml_collections.ConfigDict) -> int:
-    setup = build(variant)
-    spec = sharding.BatchLayout.create(variant).train_spec
-    variant_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                 setup.abstract_state, shardings)
-    return memory_need(compile_train_step(setup, variant_state, spec, shardings, mesh,
-                                          variant.sharding)).total
-
-  found = fitting_layout(config, room, need_here)
+  found = fitting_layout(config, room,
+                         lambda variant: memory_need(compile_on(variant, mesh)).total)
   fix = ("no smaller micro-batch or remat fits: pick a smaller model or block_size" if found is None
          else f"the same tokens per iteration fit with {found[0]} ({found[1] / 2**30:.2f} GiB)")
   device = jax.local_devices()[0].device_kind

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import recipe, run_python
 
-from jaxgpt import attention, checkpoint, train_step
+from jaxgpt import attention, sharding, train_step
 from jaxgpt.bench import collectives
 from jaxgpt.inference import decoding, scoring
 from jaxgpt.model import GPT
@@ -106,7 +106,7 @@ def test_every_recipes_eval_step_compiles_for_the_card(name, card, kernel):
   device = targets.devices(t)[0]
   one = jax.sharding.SingleDeviceSharding(device)
   model = train_step.build(config).model
-  params = checkpoint.abstract_like(train_step.build(config).abstract_state.params, one)
+  params = sharding.abstract_like(train_step.build(config).abstract_state.params, one)
   batch = jax.ShapeDtypeStruct((config.batch_size, config.block_size + 1), np.uint16,
                                sharding=one)
   compiled = train_step.make_eval_step(model).lower(params, batch).compile()
@@ -119,7 +119,7 @@ def test_cached_decoding_and_the_scoring_batch_compile_for_the_card(card, kernel
   config, t = on_card("fineweb_40m", card, kernel)
   one = jax.sharding.SingleDeviceSharding(targets.devices(t)[0])
   model = GPT(train_step.build(config).model.config)
-  params = checkpoint.abstract_like(train_step.build(config).abstract_state.params, one)
+  params = sharding.abstract_like(train_step.build(config).abstract_state.params, one)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
   decoding.generate_padded.lower(
       model, params, spec((4, 16), jnp.int32), spec((4,), jnp.int32),

@@ -12,7 +12,6 @@ import pytest
 from conftest import ROOT, recipe, run_python, tiny_config
 
 from jaxgpt import (
-  checkpoint,
   defaults,
   formatting,
   sharding,
@@ -192,12 +191,7 @@ def test_without_the_cuda_plugin_the_cpu_estimate_is_labelled_and_the_plugin_nam
 def test_the_cpu_estimate_is_xlas_plan_for_the_step_training_compiles(tmp_path):
   config = tiny_config(tmp_path, "")
   estimate = memory.cpu_estimate(config)
-  setup = train_step.build(config)
-  layout = sharding.BatchLayout.create(config)
-  shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
-  state = checkpoint.abstract_like(setup.abstract_state, shardings)
-  need = train_step.memory_need(train_step.compile_train_step(
-      setup, state, layout.train_spec, shardings, layout.mesh, config.sharding))
+  need = train_step.memory_need(train_step.compile_on(config, sharding.make_mesh()))
   assert estimate["arguments"] == need.arguments
   assert estimate["needed"] == pytest.approx(need.total, rel=0.05)
 

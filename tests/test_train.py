@@ -19,7 +19,7 @@ from conftest import (
 )
 
 import launch
-from jaxgpt import checkpoint, sharding, train, train_step
+from jaxgpt import sharding, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.run_dir import RunDir
 
@@ -160,12 +160,7 @@ def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_
 
 def cpu_need(config) -> int:
   """XLA's plan (bytes) of the config's train step compiled for this CPU, as the loop compiles."""
-  setup = train_step.build(config)
-  layout = sharding.BatchLayout.create(config)
-  shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
-  state = checkpoint.abstract_like(setup.abstract_state, shardings)
-  return train_step.memory_need(train_step.compile_train_step(
-      setup, state, layout.train_spec, shardings, layout.mesh, config.sharding)).total
+  return train_step.memory_need(train_step.compile_on(config, sharding.make_mesh())).total
 
 
 @pytest.mark.parametrize("fits", [True, pytest.param(False, marks=pytest.mark.slow)])

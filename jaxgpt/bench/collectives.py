@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxgpt import checkpoint, sharding, train_step
+from jaxgpt import sharding, train_step
 
 _COLLECTIVE_OP = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
                             r"collective-permute)(-start)?\(")
@@ -94,12 +94,10 @@ def collectives(hlo_text: str, n_devices: int, loop_trips: int) -> dict[str, flo
 
 def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
   """Per-device memory and collective traffic of the train step over every device."""
-  setup = train_step.build(config)
+  config = config.copy_and_resolve_references()
+  config.sharding = mode
   layout = sharding.BatchLayout.create(config)
-  shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, mode)
-  state = checkpoint.abstract_like(setup.abstract_state, shardings)
-  compiled = train_step.compile_train_step(setup, state, layout.train_spec, shardings,
-                                           layout.mesh, mode)
+  compiled = train_step.compile_on(config, layout.mesh)
   memory = compiled.memory_analysis()
   return {"mode": mode, "devices": layout.n_devices, "batch_per_device": config.batch_size,
           "gradient_accumulation_steps": layout.accum_steps,

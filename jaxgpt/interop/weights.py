@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from absl import flags, logging
 
-from jaxgpt import checkpoint, defaults, run_dir, train_step
+from jaxgpt import checkpoint, defaults, run_dir, sharding, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.interop import gpt2, nanogpt
 from jaxgpt.model import GPT, GPTConfig
@@ -57,7 +57,7 @@ def restore_state(checkpoints: checkpoint.Checkpoints, at_step: int,
   """The whole train state (of `abstract_state`'s shapes) and the metadata of one checkpoint,
   on one device."""
   on_one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return checkpoints.restore(at_step, checkpoint.abstract_like(abstract_state, on_one))
+  return checkpoints.restore(at_step, sharding.abstract_like(abstract_state, on_one))
 
 
 def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, Any], Any, str]:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgpt import attention, checkpoint, sharding, train_step
+from jaxgpt import attention, sharding, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, init_params
 from jaxgpt.plan import targets
@@ -63,13 +63,7 @@ def compile_for(config: ml_collections.ConfigDict, t: targets.Target, n_devices:
                                        config.n_embd // config.n_head, t.capability)
   mesh = jax.sharding.Mesh(np.array(targets.devices(t, n_devices, memory_bytes)),
                            (sharding.DATA,))
-  layout = sharding.BatchLayout(mesh, config.gradient_accumulation_steps, config.batch_size,
-                                config.block_size)
-  setup = train_step.build(config)
-  shardings = sharding.state_shardings(setup.abstract_state, mesh, config.sharding)
-  state = checkpoint.abstract_like(setup.abstract_state, shardings)
-  return train_step.compile_train_step(setup, state, layout.train_spec, shardings, mesh,
-                                       config.sharding)
+  return train_step.compile_on(config, mesh)
 
 
 @dataclasses.dataclass(frozen=True)
