@@ -15,7 +15,7 @@ import re
 
 import ml_collections
 
-from jaxgpt import defaults, formatting, gpus, optim, train_step
+from jaxgpt import defaults, formatting, gpus, optim, sharding, train_step
 from jaxgpt.model import count_params
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -36,6 +36,7 @@ class Summary:
   max_iters: int
   flops_per_token: float  # nanoGPT's 6N + 12*L*H*Q*T
   train_tokens: int | None  # tokens in one pass over the train split; None when unknown
+  schedule: str  # the learning-rate schedule as the run follows it
   peak_flops: float | None = None  # of one device, for MFU; None when unknown
   n_devices: int = 1
 
@@ -90,8 +91,9 @@ def summarize(config: ml_collections.ConfigDict, *, train_tokens: int | None = N
                  max_iters=config.max_iters,
                  flops_per_token=flops_per_token(n_params, config.n_layer, config.n_head,
                                                  config.n_embd, config.block_size),
-                 train_tokens=train_tokens, n_devices=n_devices,
-                 peak_flops=gpus.peak_flops(device_kind, config.peak_flops))
+                 train_tokens=train_tokens,
+                 schedule=schedule(defaults.view(optim.OptimConfig, config), config.max_iters),
+                 n_devices=n_devices, peak_flops=gpus.peak_flops(device_kind, config.peak_flops))
 
 
 def stated_sizes(name: str) -> list[tuple[str, float]]:
@@ -132,19 +134,19 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_name: str = "
   return found
 
 
-def describe(config: ml_collections.ConfigDict, s: Summary, n_devices: int = 1) -> list[str]:
-  """The summary in four lines, for the launch log."""
+def describe(s: Summary, layout: sharding.BatchLayout) -> list[str]:
+  """The summary in four lines, for the launch log; tokens per iteration as `layout` makes them."""
   epochs = ("epochs unknown" if s.epochs is None else
             f"{s.epochs:.2f} epochs of {formatting.count(s.train_tokens)} train tokens")
   return [
       (f"parameters: {formatting.count(s.n_params)} (nanoGPT's count, without lookup-only "
        f"embeddings; {formatting.count(s.n_params_total)} in all)"),
-      (f"tokens per iteration: {s.tokens_per_iter:,} ({config.gradient_accumulation_steps} "
-       f"accum x {config.batch_size} batch x {n_devices} device(s) x {config.block_size} block); "
+      (f"tokens per iteration: {s.tokens_per_iter:,} ({layout.accum_steps} accum x "
+       f"{layout.batch_size} batch x {layout.n_devices} device(s) x {layout.block_size} block); "
        f"max_iters={s.max_iters:,} -> {formatting.count(s.tokens)} tokens"),
       (f"{epochs}; {ratio(s.tokens_per_param)} tokens per parameter "
        f"(Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAM}); {s.flops:.3g} FLOPs"),
-      schedule(defaults.view(optim.OptimConfig, config), config.max_iters),
+      s.schedule,
   ]
 
 

@@ -64,13 +64,6 @@ def gpt2() -> tiktoken.Encoding:
   )
 
 
-def encode_document(text: str) -> list[int]:
-  """Tokens of one document as the training data holds it: BPE, then end-of-text."""
-  tokens = gpt2().encode_ordinary(text)
-  tokens.append(EOT_TOKEN)
-  return tokens
-
-
 def decode_whole_characters(tokens: list[int]) -> str:
   """The text of `tokens` without a character cut off at the end.
 

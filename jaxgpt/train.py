@@ -111,12 +111,12 @@ class _Loop:
   `saved_config` is the run's whole config as checkpoints record it.
   """
 
-  def __init__(self, config: LoopConfig, saved_config: dict[str, Any], run: summary.Summary,
+  def __init__(self, config: LoopConfig, saved_config: dict[str, Any], counts: summary.Summary,
                setup: train_step.TrainSetup, start: resume.Start,
                checkpoints: checkpoint.Checkpoints, train_iter: grain.DatasetIterator,
                writer: sinks.Sinks, eval_fn: Callable[[Any], dict[str, float]],
                data_layout: dict[str, int], hooks: Hooks):
-    self.config, self.saved_config, self.run = config, saved_config, run
+    self.config, self.saved_config, self.counts = config, saved_config, counts
     self.setup, self.state, self.start = setup, start.state, start
     self.checkpoints, self.train_iter = checkpoints, train_iter
     self.writer, self.eval_fn, self.hooks = writer, eval_fn, hooks
@@ -131,7 +131,7 @@ class _Loop:
 
   def tokens(self, it: int) -> int:
     """Tokens trained on before iteration `it`, true across a resume with another batch."""
-    return self.start.tokens + (it - self.start.iter) * self.run.tokens_per_iter
+    return self.start.tokens + (it - self.start.iter) * self.counts.tokens_per_iter
 
   def mark_time(self, it: int) -> None:
     """Starts a new timing interval: time spent before (eval, saves) is not train time."""
@@ -220,13 +220,13 @@ class _Loop:
     nonfinite = int(m.pop("nonfinite"))
     now = time.perf_counter()
     dt = (now - self.last_log_time) / max(it + 1 - self.last_log_iter, 1)
-    tok_s = self.run.tokens_per_iter / dt
+    tok_s = self.counts.tokens_per_iter / dt
     m.update(lr=self.setup.host_lr(it), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
-             mfu=self.run.mfu(tok_s))
+             mfu=self.counts.mfu(tok_s))
     logging.info(_train_line(it, self.config.max_iters, m))
     self.n_logs += 1
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
-      logging.info(summary.eta(self.config.max_iters - it - 1, self.run.tokens_per_iter, tok_s,
+      logging.info(summary.eta(self.config.max_iters - it - 1, self.counts.tokens_per_iter, tok_s,
                                m["mfu"]))
     self.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m})
     self.check_finite(it, nonfinite)
@@ -323,7 +323,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
                              params)
   try:
-    run, eval_windows = _log_start(config, layout, sources, start)
+    counts, eval_windows = _log_start(config, layout, sources, start)
     t0 = time.perf_counter()
     compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
                                                   shardings, layout.mesh, config.sharding)
@@ -337,7 +337,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     rundir.keep_metrics_until(start.iter if loop_config.resumed else None)
 
   eval_step = train_step.make_eval_step(setup.model)
-  loop = _Loop(loop_config, config.to_dict(), run, setup, start, checkpoints, train_iter,
+  loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
                sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=lead),
                lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
                {**resume.data_layout(layout, config.data_workers),
@@ -385,13 +385,13 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   batch it started with, whatever batch layout or device count a resume brings.
   """
   device = jax.devices()[0]
-  run = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
-                          n_devices=layout.n_devices, device_kind=device.device_kind)
-  for line in summary.describe(config, run, layout.n_devices):
+  counts = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
+                             n_devices=layout.n_devices, device_kind=device.device_kind)
+  for line in summary.describe(counts, layout):
     logging.info("plan: %s", line)
-  for warning in summary.check(config, run):
+  for warning in summary.check(config, counts):
     logging.warning("plan: %s", warning)
-  if run.peak_flops is None and jax.process_index() == 0:  # said once; lines leave MFU out
+  if counts.peak_flops is None and jax.process_index() == 0:  # said once; lines leave MFU out
     log = logging.info if device.platform == "cpu" else logging.warning
     log("MFU: the peak FLOP/s of %r is not in jaxgpt's table (gpus.py), so no line shows MFU; "
         "--config.peak_flops=FLOP/s (its dense bf16 rate) sets it", device.device_kind)
@@ -404,7 +404,7 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                "attention, loss in chunks of %s tokens, remat %s", layout.n_devices,
                jax.process_count(), config.sharding, config.dtype, config.attention,
                config.loss_chunk_size or "all", config.remat)
-  return run, eval_windows
+  return counts, eval_windows
 
 
 def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints, prompt: str,

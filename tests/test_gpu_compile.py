@@ -121,13 +121,15 @@ def test_cached_decoding_and_the_scoring_batch_compile_for_the_card(card, kernel
   model = GPT(train_step.build(config).model.config)
   params = sharding.abstract_like(train_step.build(config).abstract_state.params, one)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
-  decoding.generate_padded.lower(
+  decode = decoding.generate_padded.lower(
       model, params, spec((4, 16), jnp.int32), spec((4,), jnp.int32),
       spec((2,), jnp.uint32), max_new_tokens=32, temperature=0.8, top_k=200, top_p=None,
       stop_token=None).compile()
   scorer = scoring.Scorer(model, rows_per_batch=8)
   batch = scorer.batches([(list(range(300)), 40)])[0]
-  scorer._loss_sums.lower(params, *(spec(x.shape, x.dtype) for x in batch[1:])).compile()
+  score = scorer._loss_sums.lower(params, *(spec(x.shape, x.dtype) for x in batch[1:])).compile()
+  for compiled in (decode, score):  # both fit beside nothing else on the card
+    assert 0 < train_step.memory_need(compiled).total < t.memory_bytes
 
 
 @pytest.mark.parametrize("n_devices", [2, 8])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jaxgpt import tokenizer
+from jaxgpt.prep import tokenize
 
 
 def test_known_gpt2_encodings():
@@ -15,7 +16,9 @@ def test_known_gpt2_encodings():
 
 def test_documents_end_with_end_of_text_and_round_trip():
   text = "Shall I compare thee to a summer's day? <|endoftext|> é🙂"
-  tokens = tokenizer.encode_document(text)
+  tokens, lengths, _ = tokenize.encode_pieces([text], lasts=[True])  # as prepare encodes it
+  tokens = tokens.tolist()
+  assert lengths.tolist() == [len(tokens)]
   assert tokens[-1] == tokenizer.EOT_TOKEN
   assert tokenizer.EOT_TOKEN not in tokens[:-1]  # special text in a document stays text
   assert tokenizer.gpt2().decode(tokens[:-1]) == text
