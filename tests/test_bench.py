@@ -219,18 +219,31 @@ def test_cli_modes_are_exclusive():
   assert out.returncode != 0 and "pick one of" in out.stderr
 
 
+def test_gpu_report_keeps_a_page_that_exists(tmp_path):
+  page = tmp_path / "gpu_report.md"
+  page.write_text("an earlier GPU's figures\n")
+  out = run_python("-m", "jaxgpt.bench", "--gpu_report", f"--out={page}")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (f"error: {page} exists; pass --out=PATH or "
+                                                 "move it")
+  assert page.read_text() == "an earlier GPU's figures\n"
+
+
 @pytest.mark.slow
 def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
   """The first GPU run's one command, run here on the CPU with a tiny model."""
   from jaxgpt.bench import gpu_report
   tiny = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 2,
           "gradient_accumulation_steps": 1, "vocab_size": 96, "dtype": "float32"}
-  page = gpu_report.report((("quickstart", {}), ("quickstart", {"remat": "dots"}),
-                            ("quickstart", {"attention": "flash"})),
-                           iters=1, warmup=1, base=tiny, run_tests=False)
-  rows = [line for line in page.splitlines() if line.startswith("| quickstart")]
-  assert len(rows) == 3
-  assert "| defaults | 1 x 2 x 32 |" in rows[0]
-  assert "| n/a | n/a |" in rows[0]  # a CPU keeps no peak, and is no card to plan for
-  assert "| remat=dots |" in rows[1]
-  assert "failed:" in rows[2]  # a row that cannot run is reported, and the others ran
+  lines = gpu_report.report((("quickstart", {}), ("quickstart", {"attention": "flash"}),
+                             ("quickstart", {"remat": "dots"})),
+                            iters=1, warmup=1, base=tiny, run_tests=False)
+  assert next(lines).startswith("## GPU report: cpu (cpu)")
+  rows = [line.split(" | ") for line in lines if line.startswith("| quickstart")]
+  assert [len(cells) for cells in rows] == [12, 12, 12]
+  assert rows[0][1:3] == ["defaults", "1 x 2 x 32"]
+  peak, plan_here, plan_for_card = rows[0][7:10]
+  assert (peak, plan_for_card) == ("n/a", "n/a")  # a CPU keeps no peak, and is no card
+  assert plan_here.endswith(" GiB")  # XLA's plan of the step as the row's process compiled it
+  assert "failed: error: config.attention='flash'" in rows[1][2]  # one line, from its process
+  assert rows[2][1] == "remat=dots"  # and the rows after a failed one still run

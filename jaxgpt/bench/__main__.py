@@ -19,6 +19,7 @@ The default prints a summary and one JSON line of every figure (appended to
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -56,8 +57,10 @@ CONFIGLESS_MODES = ("gpu_report", "compare_recipes")
 def _define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file (every "
                                   "mode but --gpu_report).", lock_config=True)
-  flags.DEFINE_integer("iters", 50, "Timed iterations (each of the three runs).")
-  flags.DEFINE_integer("warmup", 5, "Untimed iterations before each timed run.")
+  flags.DEFINE_integer("iters", 50, "Timed iterations (each of the three runs; --gpu_report: "
+                       f"{gpu_report.ITERS}).")
+  flags.DEFINE_integer("warmup", 5, "Untimed iterations before each timed run (--gpu_report: "
+                       f"{gpu_report.WARMUP}).")
   flags.DEFINE_integer("data_workers", 2, "Grain worker processes for the pipeline runs (0: "
                        "read in the main process).")
   flags.DEFINE_enum("peer", None, ["torch"], "Also time the same model in this framework.")
@@ -110,7 +113,8 @@ def summary(r: dict[str, Any]) -> str:
       (f"step: {r['ms_per_iter_median']:.1f} ms/iter median ({r['ms_per_iter_mean']:.1f} mean) "
        f"over {r['iters']} iterations after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
        f"MFU {_pct(r['mfu'])}{peak}"),
-      (f"peak device memory: {_gib(r['peak_memory_bytes'])}; kept for the backward pass: "
+      (f"peak device memory: {_gib(r['peak_memory_bytes'])} (XLA's plan of the step: "
+       f"{_gib(r['step_plan_bytes'])}); kept for the backward pass: "
        f"{_gib(r['backward_residual_bytes'])} per micro-batch"),
       (f"input pipeline ({r['data_workers']} workers): {r['pipeline_tokens_per_sec']:,.0f} "
        f"tokens/s, {r['pipeline_ratio']:.1f}x what the step consumes"),
@@ -190,11 +194,17 @@ def _print_throughput(f: flags.FlagValues) -> None:
 
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
+  jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
   path = f.out or "gpu_report.md"
-  page = gpu_report.report(iters=f.iters, warmup=f.warmup)
+  if os.path.exists(path):
+    raise UserError(f"{path} exists; pass --out=PATH or move it")
+  iters = f.iters if f["iters"].present else gpu_report.ITERS
+  warmup = f.warmup if f["warmup"].present else gpu_report.WARMUP
   with open(path, "w", encoding="utf-8") as out:
-    out.write(page)
-  print(page)
+    for line in gpu_report.report(iters=iters, warmup=warmup):
+      print(line, flush=True)
+      out.write(line + "\n")
+      out.flush()  # a run cut short keeps the rows it finished
   print(f"wrote {path}")
 
 

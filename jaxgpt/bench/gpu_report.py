@@ -1,72 +1,83 @@
 """One command for a first GPU run: the GPU tests, the benchmark rows and the memory check.
 
-  python -m jaxgpt.bench --gpu_report [--out=PATH] [--iters=20]
+  python -m jaxgpt.bench --gpu_report [--out=PATH] [--iters=10] [--warmup=2]
 
-Runs `pytest -m gpu`, times the train step of both recipes with the default
-levers and each lever changed alone (the rows of docs/benchmarks.md), compares
-`plan`'s memory plan for this card (the step compiled for its target
-description, as on a machine without a GPU) with the peak the device reports,
-and writes it all as one markdown page to paste into docs/benchmarks.md. A
-row that fails (out of memory, say) is reported as such; the others still run.
+Runs `pytest -m gpu`, then times the train step of both recipes with the
+default levers and each lever changed alone (the rows of docs/benchmarks.md),
+the user's recipe first. Each row is `python -m jaxgpt.bench` in a process of
+its own: the device's peak memory is that row's alone (JAX keeps one peak per
+process) and a row that runs out of memory leaves the next a clean device.
+Beside the peak stand XLA's memory plan of the step on this GPU and `plan
+--device`'s, compiled here for the card's target description as on a machine
+without a GPU. Each line is handed on as it is made, so a run cut short keeps
+the rows it finished; a row that fails is reported as such and the others run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from typing import Any
 
-import jax
-
 from jaxgpt import defaults
-from jaxgpt.bench import throughput
 from jaxgpt.plan import memory, targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GiB = 2**30
+ITERS, WARMUP = 10, 2  # timed and untimed steps of each of a row's two timed runs
 # (recipe, overrides): the defaults, then each lever alone.
 ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("gpt2_124m", {}),
-    ("gpt2_124m", {"attention": "xla"}),
     ("fineweb_40m", {}),
+    ("gpt2_124m", {}),
     ("fineweb_40m", {"attention": "xla"}),
+    ("gpt2_124m", {"attention": "xla"}),
     ("fineweb_40m", {"loss_chunk_size": 0}),
     ("fineweb_40m", {"remat": "dots"}),
     ("fineweb_40m", {"batch_size": 32, "gradient_accumulation_steps": 16}),
 )
 
 
-def gpu_tests() -> str:
-  """The summary line of `pytest -m gpu`."""
-  run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=ROOT,
-                       capture_output=True, text=True, check=False)
-  lines = (run.stdout + run.stderr).strip().splitlines()
-  return lines[-1] if lines else f"pytest exited {run.returncode} and printed nothing"
+def _python(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        check=False)
 
 
-def _row(name: str, overrides: dict[str, Any], base: dict[str, Any], iters: int,
-         warmup: int) -> dict[str, Any]:
-  config = defaults.recipe(name)
-  config.update({**base, **overrides})
-  label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
-  try:
-    r = throughput.measure(config, iters=iters, warmup=warmup, data_workers=2)
-  except Exception as e:  # noqa: BLE001 - a row that fails (OOM) is a result too
-    return {"recipe": name, "levers": label, "error": (str(e).splitlines() or [""])[0][:120]}
-  estimate = _planned(config)
-  return {"recipe": name, "levers": label, "batch": f"{r['gradient_accumulation_steps']} x "
-          f"{r['batch_size']} x {config.block_size}", "ms": r["ms_per_iter_median"],
-          "tok_s": r["tokens_per_sec"], "mfu": r["mfu"], "compile_s": r["compile_s"],
-          "peak": r["peak_memory_bytes"], "estimate": estimate,
-          "data_wait": r["data_wait_fraction"]}
+def _last_line(done: subprocess.CompletedProcess) -> str:
+  lines = (done.stdout + done.stderr).strip().splitlines()
+  return lines[-1] if lines else f"exit {done.returncode}, nothing printed"
 
 
-def _planned(config: Any) -> int | None:
+def device() -> str:
+  """The accelerator as the rows' processes see it (this process compiles on the CPU)."""
+  done = _python("-c", "import jax; d = jax.devices()[0]; print(f'{d.device_kind} "
+                 "({d.platform}), {jax.device_count()} device(s), jax {jax.__version__}')")
+  return _last_line(done)
+
+
+def _measure(name: str, overrides: dict[str, Any], iters: int, warmup: int) -> dict[str, Any]:
+  """One row's figures from `python -m jaxgpt.bench` in a process of its own."""
+  with tempfile.TemporaryDirectory(prefix="jaxgpt_gpu_report_") as tmp:
+    out = os.path.join(tmp, "row.jsonl")
+    done = _python("-m", "jaxgpt.bench", f"--config={os.path.join(ROOT, 'configs', name)}.py",
+                   *(f"--config.{k}={v}" for k, v in overrides.items()), f"--iters={iters}",
+                   f"--warmup={warmup}", "--data_workers=2", f"--out={out}")
+    if done.returncode:
+      return {"error": _last_line(done)[:120]}
+    with open(out, encoding="utf-8") as f:
+      return json.loads(f.readline())
+
+
+def _planned(name: str, overrides: dict[str, Any], device_kind: str) -> int | None:
   """What `plan --device` says the step needs on this card; None where it cannot say."""
+  config = defaults.recipe(name)
+  config.update(overrides)
   try:
-    t = targets.target(jax.devices()[0].device_kind)
-    return memory.gpu_plan(config, t).need.total
+    return memory.planned_need(config, targets.target(device_kind)).total
   except Exception:  # noqa: BLE001 - an unknown card, or no plugin: the row says n/a
     return None
 
@@ -79,24 +90,31 @@ def _cell(value: Any, fmt: str) -> str:
   return "n/a" if value is None else format(value, fmt)
 
 
-def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = 20,
-           warmup: int = 3, base: dict[str, Any] | None = None, run_tests: bool = True) -> str:
-  """The markdown page: device, GPU tests, and a row per benchmark with its memory check."""
-  device = jax.devices()[0]
-  lines = [f"## GPU report: {device.device_kind}", "",
-           (f"jax {jax.__version__}, {jax.device_count()} device(s), {iters} timed iterations "
-           f"after {warmup}; command: `python -m jaxgpt.bench --gpu_report`"), ""]
+def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = ITERS,
+           warmup: int = WARMUP, base: dict[str, Any] | None = None,
+           run_tests: bool = True) -> Iterator[str]:
+  """The markdown page, line by line: device, GPU tests, a row per benchmark."""
+  yield from [f"## GPU report: {device()}", "",
+              (f"{iters} timed iterations after {warmup}, each row in a process of its own; "
+               "command: `python -m jaxgpt.bench --gpu_report`"), ""]
   if run_tests:
-    lines += [f"`python -m pytest -q -m gpu`: {gpu_tests()}", ""]
-  lines += [("| recipe | levers | batch | ms/iter | tokens/s | MFU | compile s | peak memory | "
-            "plan's compile for this card | waiting for data |"), "|" + " --- |" * 10]
+    tests = _last_line(_python("-m", "pytest", "-q", "-m", "gpu", "tests"))
+    yield from [f"`python -m pytest -q -m gpu`: {tests}", ""]
+  yield ("| recipe | levers | batch | ms/iter | tokens/s | MFU | compile s | peak memory | "
+         "XLA's plan here | plan --device's | waiting for data | row s |")
+  yield "|" + " --- |" * 12
   for name, overrides in rows:
-    r = _row(name, overrides, base or {}, iters, warmup)
+    t0 = time.perf_counter()
+    label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+    overrides = {**(base or {}), **overrides}
+    r = _measure(name, overrides, iters, warmup)
     if "error" in r:
-      lines.append(f"| {name} | {r['levers']} | failed: {r['error']} |" + " |" * 7)
-      continue
-    lines.append(
-        f"| {name} | {r['levers']} | {r['batch']} | {r['ms']:.1f} | {r['tok_s']:,.0f} | "
-        f"{_cell(r['mfu'], '.1%')} | {r['compile_s']:.1f} | {_gib(r['peak'])} | "
-        f"{_gib(r['estimate'])} | {r['data_wait']:.1%} |")
-  return "\n".join(lines) + "\n"
+      cells = [f"failed: {r['error']}"] + [""] * 8
+    else:
+      planned = _planned(name, overrides, r["device_kind"])
+      cells = [(f"{r['gradient_accumulation_steps']} x {r['batch_size']} x "
+                f"{r['model']['block_size']}"), f"{r['ms_per_iter_median']:.1f}",
+               f"{r['tokens_per_sec']:,.0f}", _cell(r["mfu"], ".1%"), f"{r['compile_s']:.1f}",
+               _gib(r["peak_memory_bytes"]), _gib(r["step_plan_bytes"]), _gib(planned),
+               f"{r['data_wait_fraction']:.1%}"]
+    yield "| " + " | ".join([name, label, *cells, f"{time.perf_counter() - t0:.0f}"]) + " |"

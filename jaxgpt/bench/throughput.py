@@ -42,7 +42,6 @@ def synthetic_batch(shape_ABT: tuple[int, int, int], vocab_size: int, seed: int,
   return jax.device_put(tokens.astype(np.uint16), device)
 
 
-
 def compile_step(setup: train_step.TrainSetup, state: train_step.TrainState,
                  batch: jax.Array) -> Callable:
   """The train step for one device, compiled ahead of time as training compiles it."""
@@ -205,8 +204,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
   r = _about(config, setup, device)
   tokens_per_sec = r["tokens_per_iter"] / statistics.median(step_times)
   s = summary.summarize(config, device_kind=device.device_kind)
-  flops_per_token = s.flops_per_token
-  peak = peak_flops or s.peak_flops
+  flops_per_token, peak = s.flops_per_token, peak_flops or s.peak_flops
   r.update(
       iters=iters, warmup=warmup, compile_s=compile_s,
       ms_per_iter_median=1000 * statistics.median(step_times),
@@ -214,6 +212,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
       flops_per_token=flops_per_token, peak_flops=peak,
       mfu=summary.mfu(tokens_per_sec, flops_per_token, peak, 1),
       peak_memory_bytes=_peak_memory_bytes(device),
+      step_plan_bytes=train_step.memory_need(compiled_step).total,
       backward_residual_bytes=memory.backward_residual_bytes(setup.model.config,
                                                               config.batch_size),
       data_workers=data_workers, pipeline_tokens_per_sec=r["tokens_per_iter"] / pipeline_s,

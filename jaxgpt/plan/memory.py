@@ -84,13 +84,21 @@ class GpuPlan:
     return self.fits and self.need_unsqueezed > self.budget
 
 
+def planned_need(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+                 budget: int | None = None) -> train_step.Need:
+  """XLA's plan of the step on the card given `budget` bytes (default: JAX's share of it):
+  what it will do there."""
+  budget = int(mem_fraction() * t.memory_bytes) if budget is None else budget
+  return train_step.memory_need(compile_for(config, t, n_devices, int(budget / DEVICELESS_SHARE)))
+
+
 def gpu_plan(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
              fraction: float | None = None) -> GpuPlan:
   """The config's step compiled for the card twice: with JAX's share of it, and with plenty."""
   budget = int((mem_fraction() if fraction is None else fraction) * t.memory_bytes)
-  at_budget = compile_for(config, t, n_devices, int(budget / DEVICELESS_SHARE))
   ample = compile_for(config, t, n_devices, AMPLE * t.memory_bytes)
-  return GpuPlan(budget, train_step.memory_need(at_budget), train_step.memory_need(ample).total)
+  return GpuPlan(budget, planned_need(config, t, n_devices, budget),
+                 train_step.memory_need(ample).total)
 
 
 def gpu_report(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
