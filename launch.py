@@ -1,8 +1,8 @@
 """Trains a GPT: `python launch.py --config=configs/NAME.py [--config.KEY=VALUE ...]`.
 
 The loop (jaxgpt/train.py) trains; this entry hands it what a config asks for
-beyond that, each from its layer and imported only when asked: token shards
-made where they are missing (jaxgpt/prep), GPT-2's or a nanoGPT run's
+beyond that, each from its layer: token shards made where they are missing
+(jaxgpt/prep) and, imported only when asked, GPT-2's or a nanoGPT run's
 weights to start from (jaxgpt/interop), evaluation tasks scored in the loop
 (jaxgpt/evals) and a closing sample (jaxgpt/inference).
 
@@ -43,9 +43,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, float]:
 def _make_missing_data(dataset: str, data_dir: str, auto_prepare: bool) -> None:
   """The built-in corpus (and FineWeb with auto_prepare) is made on first use; else the error
   names the command that makes the data."""
-  if not data.has_shards(data_dir):
-    from jaxgpt.prep import datasets
-    datasets.make(dataset, data_dir, auto_prepare=auto_prepare)
+  from jaxgpt.prep import datasets
+  datasets.ensure(dataset, data_dir, auto_prepare=auto_prepare)
 
 
 def _starting_weights(config: ml_collections.ConfigDict

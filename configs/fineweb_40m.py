@@ -10,7 +10,6 @@ def get_config():
   c = defaults.get_config()
   c.out_dir = "out/fineweb_40m"
   c.dataset = "fineweb"
-  c.data_dir = "data/fineweb"
   c.n_layer = 12
   c.n_head = 6
   c.n_embd = 384

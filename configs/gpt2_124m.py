@@ -11,7 +11,6 @@ def get_config():
   c = defaults.get_config()
   c.out_dir = "out/gpt2_124m"
   c.dataset = "fineweb"
-  c.data_dir = "data/fineweb"
   c.n_layer = 12
   c.n_head = 12
   c.n_embd = 768

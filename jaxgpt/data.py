@@ -70,10 +70,6 @@ def resolve_data_dir(dataset: str, data_dir: str) -> str:
   return data_dir or os.path.join("data", dataset)
 
 
-def has_shards(data_dir: str) -> bool:
-  return bool(token_files.find_shards(data_dir, "train"))
-
-
 def open_splits(data_dir: str, block_size: int, vocab_size: int, eval_batch: int
                 ) -> dict[str, TokenWindows]:
   """The train and val windows of a data directory, every file checked against the vocabulary.

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from conftest import recipe, records, run_python
 
-from jaxgpt import defaults
+from jaxgpt import data, defaults
 from jaxgpt.errors import UserError
 
 
@@ -51,6 +51,16 @@ def test_missing_data_says_how_to_make_it(tmp_path):
   assert r.returncode != 0
   assert "python -m jaxgpt.prepare fineweb" in r.stderr
   assert str(tmp_path / "none") in r.stderr
+
+
+@pytest.mark.parametrize("name", ["quickstart", "fineweb_40m", "fineweb_40m_modern",
+                                  "gpt2_124m", "gpt2_124m_modern"])
+def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
+  """--config.dataset=python_docs on a FineWeb recipe reads (and makes) data/python_docs,
+  never the FineWeb directory."""
+  config = recipe(name)
+  config.dataset = "python_docs"
+  assert data.resolve_data_dir(config.dataset, config.data_dir) == "data/python_docs"
 
 
 @pytest.mark.parametrize("key,value,message", [

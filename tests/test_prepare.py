@@ -273,11 +273,23 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
   # A killed run (no cleanup) leaves its staging directory behind.
   (out / shards.STAGING).mkdir()
   (out / shards.STAGING / "t_train_000000.bin").write_bytes(b"partial")
-  assert not data.has_shards(str(out))  # so a run would make the data, or say how:
+  # A run sees no shards there, so it would make the data, or say how:
   with pytest.raises(UserError, match=f"python -m jaxgpt.prepare fineweb --out={out}"):
-    datasets.make("fineweb", str(out), auto_prepare=False)
+    datasets.ensure("fineweb", str(out), auto_prepare=False)
   run([path], out)
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
+
+
+def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):
+  fineweb_dir = str(tmp_path / "fineweb")
+  datasets.ensure("python_docs", fineweb_dir, auto_prepare=False)  # a run pointed it here
+  made = sorted(os.listdir(fineweb_dir))
+  with pytest.raises(UserError, match=(
+      r"data_dir='.*fineweb' holds the built-in python_docs corpus, not dataset='fineweb' .*"
+      r"python -m jaxgpt.prepare fineweb --out=.*fineweb$")):
+    datasets.ensure("fineweb", fineweb_dir, auto_prepare=True)  # nothing downloaded either
+  assert sorted(os.listdir(fineweb_dir)) == made  # nothing moved
+  datasets.ensure("python_docs", fineweb_dir, auto_prepare=False)  # still python_docs's data
 
 
 # FineWeb from the hub, served by a local stand-in.

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from absl import logging
 
+from jaxgpt import token_files
 from jaxgpt.errors import UserError
 from jaxgpt.prep import fineweb
 from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
@@ -24,6 +25,7 @@ from jaxgpt.prep.shards import check_out_dir, write_dataset
 from jaxgpt.prep.tokenize import cpu_count
 
 FINEWEB_DATASETS = {"fineweb": False, "fineweb_edu": True}  # config.dataset -> FineWeb-Edu?
+PYTHON_DOCS = "python_docs"  # the built-in corpus; its shards are named python_docs_*
 
 
 def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text",
@@ -62,11 +64,25 @@ def make_python_docs(out_dir: str) -> None:
   """Makes the built-in corpus's shards (once: later runs read them)."""
   print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
   pieces = (p for key, text in python_docs_documents() for p in pieces_of(key, text))
-  meta = write_dataset(pieces, out_dir, name="python_docs", val_fraction=0.1, val_tokens=0,
+  meta = write_dataset(pieces, out_dir, name=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
                        sources=[f"pydoc_data.topics (Python {sys.version.split()[0]})"],
                        command="python -m jaxgpt.prepare python_docs", progress=False)
   print(f"python_docs: {meta['splits']['train']['tokens']:,} train tokens, "
         f"{meta['splits']['val']['tokens']:,} val tokens", flush=True)
+
+
+def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
+  """A config's dataset in `data_dir`: made where it is missing (`make`); the built-in corpus
+  standing in for another dataset is refused."""
+  train_files = token_files.find_shards(data_dir, "train")
+  if not train_files:
+    make(dataset, data_dir, auto_prepare=auto_prepare)
+  elif dataset != PYTHON_DOCS and all(os.path.basename(p).startswith(f"{PYTHON_DOCS}_")
+                                      for p in train_files):
+    raise UserError(
+        f"data_dir={data_dir!r} holds the built-in {PYTHON_DOCS} corpus, not dataset={dataset!r} "
+        f"(a run with --config.dataset={PYTHON_DOCS} made it there). Move its files away, then "
+        f"make the data: {make_command(dataset, data_dir)}")
 
 
 def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
@@ -76,7 +92,7 @@ def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   tokenized only with `auto_prepare`; otherwise the error prints the command
   that makes the data.
   """
-  if dataset == "python_docs":
+  if dataset == PYTHON_DOCS:
     make_python_docs(data_dir)
     return
   command = make_command(dataset, data_dir)
