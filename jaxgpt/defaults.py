@@ -60,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)
   c.sample_start = ""  # the closing sample's prompt; '' starts a new document
   c.eval_tasks = ""  # comma-separated: 'hellaswag', 'text:FILE' (perplexity); '' for none
-  c.eval_tasks_interval = c.get_ref("eval_interval")  # score eval_tasks every this many iters
+  # score eval_tasks every this many iters; follows eval_interval unless set itself
+  c.eval_tasks_interval = c.get_ref("eval_interval").identity()
   c.eval_tasks_limit = 0  # score only the first this many examples (or text windows); 0: all
   c.hellaswag_file = ""  # HellaSwag's hellaswag_val.jsonl; '' means data/cache/, downloaded once
 

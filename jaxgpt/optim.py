@@ -103,6 +103,8 @@ def optimizer_groups(params: optax.Params) -> optax.Params:
 
 
 def _muon_momentum(config: OptimConfig) -> optax.Schedule:
+  if config.muon_momentum_warmup_iters == 0:  # optax's linear schedule would hold the start
+    return optax.constant_schedule(config.muon_momentum)
   return optax.linear_schedule(config.muon_momentum_start, config.muon_momentum,
                                config.muon_momentum_warmup_iters)
 

@@ -154,9 +154,11 @@ def schedule(o: optim.OptimConfig, max_iters: int) -> str:
   """The learning-rate schedule as the run will follow it (recipes tie it to max_iters)."""
   muon = ""
   if o.optimizer == "muon":
+    momentum = (f"{o.muon_momentum_start:g} to {o.muon_momentum:g} over "
+                f"{o.muon_momentum_warmup_iters:,} iterations" if o.muon_momentum_warmup_iters
+                else f"{o.muon_momentum:g}")
     muon = (f"; Muon's matrices at {o.muon_learning_rate:g} on the same schedule, momentum "
-            f"{o.muon_momentum_start:g} to {o.muon_momentum:g} over "
-            f"{o.muon_momentum_warmup_iters:,} iterations")
+            f"{momentum}")
   if not o.decay_lr:
     return f"learning rate: constant {o.learning_rate:g}{muon}"
   if o.lr_schedule == "wsd":

@@ -53,6 +53,16 @@ def test_missing_data_says_how_to_make_it(tmp_path):
   assert str(tmp_path / "none") in r.stderr
 
 
+def test_intervals_that_follow_another_key_do_not_move_it():
+  """eval_tasks_interval and lr_decay_iters follow eval_interval and max_iters until set;
+  setting them leaves the key they followed as it was."""
+  config = recipe("gpt2_124m")
+  config.eval_interval, config.max_iters = 250, 8000
+  assert (config.eval_tasks_interval, config.lr_decay_iters) == (250, 8000)
+  config.eval_tasks_interval, config.lr_decay_iters = 2000, 6000
+  assert (config.eval_interval, config.max_iters) == (250, 8000)
+
+
 @pytest.mark.parametrize("name", ["quickstart", "fineweb_40m", "fineweb_40m_modern",
                                   "gpt2_124m", "gpt2_124m_modern"])
 def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):

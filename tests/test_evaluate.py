@@ -194,6 +194,7 @@ def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   launch.run(config)
   scored = records(config.out_dir, "tasks")
   assert [r["iter"] for r in scored] == [0, 2, 4]
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 4]  # its own interval
   last = scored[-1]
   assert {"hellaswag_acc", "hellaswag_acc_norm", "notes_loss", "notes_ppl"} <= last.keys()
   assert last["hellaswag_examples"] == 6 and 0 <= last["hellaswag_acc_norm"] <= 1

@@ -207,6 +207,20 @@ def test_muon_momentum_warms_up_and_its_update_is_orthogonal():
   assert 0.6 < float(singular.min()) and float(singular.max()) < 1.3
 
 
+def test_muon_momentum_without_warmup_is_the_momentum_from_the_first_step():
+  c = defaults.get_config()
+  c.update(optimizer="muon", grad_clip=0.0, muon_momentum_start=0.85, muon_momentum=0.95,
+           muon_momentum_warmup_iters=0)
+  tx = optim.make_optimizer(defaults.view(optim.OptimConfig, c))
+  params = {"h_0": {"w": jnp.zeros((8, 8))}}
+  state = tx.init(params)
+  for _ in range(2):
+    _, state = tx.update({"h_0": {"w": jnp.ones((8, 8))}}, state, params)
+    inject = state.inner_states["muon"].inner_state[0]
+    np.testing.assert_allclose(float(inject.hyperparams["beta"]), 0.95, rtol=1e-6)
+  assert summary.schedule(defaults.view(optim.OptimConfig, c), 100).endswith(" momentum 0.95")
+
+
 def test_muon_learning_rate_follows_the_schedule_with_its_own_peak():
   c = defaults.get_config()
   c.update(learning_rate=1e-3, min_lr=1e-4, muon_learning_rate=0.02, warmup_iters=10,
