@@ -33,6 +33,8 @@ from jaxgpt.prep.tokenize import cpu_count
 SOURCE_FLAGS = {"fineweb": ("name", "edu", "shards"),
                 "files": ("input", "text_field", "separator"),
                 "python_docs": ()}
+# The flags fineweb and files share; python_docs is made one way, as a run makes it.
+SHARED_FLAGS = ("max_tokens", "val_fraction", "val_tokens", "workers", "shard_tokens")
 
 
 def _unescape(separator: str) -> str:
@@ -73,6 +75,10 @@ def main(source: str) -> None:
       if other != source and f[flag_name].present:
         raise UserError(f"--{flag_name} applies to `{other}`, not `{source}`")
   if source == "python_docs":
+    given = [name for name in SHARED_FLAGS if f[name].present]
+    if given:
+      raise UserError(f"--{given[0]} does not apply to `python_docs`: the built-in corpus is "
+                      "made one way, as a run makes it")
     datasets.make_python_docs(f.out)
     return
   common = {"name": os.path.basename(os.path.abspath(f.out)),

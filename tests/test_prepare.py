@@ -402,6 +402,11 @@ def test_command_line(tmp_path):
   r = prepare_cli("files", "--shards=2", f"--input={tmp_path / 'book.txt'}",
                   f"--out={tmp_path / 'x'}")
   assert r.returncode != 0 and "--shards applies to `fineweb`" in r.stderr
+  r = prepare_cli("python_docs", "--val_fraction=0.2", f"--out={tmp_path / 'pd'}")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+      "error: --val_fraction does not apply to `python_docs`: the built-in corpus is made one "
+      "way, as a run makes it")
+  assert not (tmp_path / "pd").exists()
 
 
 def test_fineweb_without_a_network_fails_at_once_saying_what_to_do(tmp_path):
