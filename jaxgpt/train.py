@@ -400,9 +400,11 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   eval_windows = config.eval_iters * (start.eval_batch_windows or layout.global_batch)
   logging.info("evaluation: the same %s windows (%s tokens) of each split every time",
                f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")
+  kernel = config.attention + (" (spelled out in training: no fused kernel takes dropout)"
+                              if config.dropout and config.attention == "cudnn" else "")
   logging.info("compute: %d device(s) in %d process(es), sharding %s; %s activations, %s "
                "attention, loss in chunks of %s tokens, remat %s", layout.n_devices,
-               jax.process_count(), config.sharding, config.dtype, config.attention,
+               jax.process_count(), config.sharding, config.dtype, kernel,
                config.loss_chunk_size or "all", config.remat)
   return counts, eval_windows
 

@@ -204,6 +204,16 @@ def test_on_a_card_running_cudnn_attention_the_scores_are_not_counted(tmp_path):
   assert estimate["needed_with_flash"] == estimate["needed"] - estimate["attention_scores"]
 
 
+def test_training_with_dropout_keeps_the_scores_even_where_cudnn_attention_runs(tmp_path,
+                                                                               monkeypatch):
+  monkeypatch.setattr(targets, "plugin_installed", lambda: True)  # no plugin note
+  estimate = lambda **overrides: memory.cpu_report(
+      tiny_config(tmp_path, "", dtype="bfloat16", n_head=2, n_embd=32, **overrides),
+      memory_gib=12, device="RTX 4070")[0]
+  assert "without the T x T attention scores" in estimate()
+  assert "attention scores" not in estimate(dropout=0.1)  # spelled out, it keeps them
+
+
 def test_layouts_to_try_keep_the_tokens_and_put_recomputation_last():
   layouts = train_step.same_tokens_layouts(32, 16)
   assert [(x["batch_size"], x["gradient_accumulation_steps"]) for x in layouts[:6]] == [

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import run_python, tiny_config, tiny_model
 
-from jaxgpt import sample, train
+from jaxgpt import checkpoint, sample, train
 from jaxgpt.errors import UserError
 from jaxgpt.inference import decoding
 from jaxgpt.interop import weights
-from jaxgpt.model import GPT, init_params
+from jaxgpt.model import GPT, GPTConfig, init_params
 
 
 @functools.cache
@@ -137,6 +137,26 @@ def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
   assert all(s.startswith("A") for s in samples[:3])
   with pytest.raises(UserError, match=r"no checkpoint at step 1; it holds \[2\]"):
     weights.from_run(config.out_dir, 1)
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_cudnn_attention_reads_on_a_machine_without_it(tmp_path, token_dir,
+                                                                          monkeypatch):
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
+  train.train(config)
+  read_meta = checkpoint.Checkpoints.read_meta
+
+  def as_a_gpu_saved_it(self, step):  # a GPU run records the kernel its device ran
+    meta = read_meta(self, step)
+    meta["config"]["attention"] = "cudnn"
+    return meta
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "read_meta", as_a_gpu_saved_it)
+  run_config, params, _ = weights.load("resume", out_dir=config.out_dir, dtype="float32")
+  assert run_config.attention == "auto"  # this device's kernel: XLA's on a CPU
+  logits = GPT(GPTConfig.from_config(run_config)).apply({"params": params},
+                                                        jnp.zeros((1, 4), jnp.int32))
+  assert logits.shape == (1, 4, config.vocab_size)
 
 
 def test_sample_errors_name_what_is_missing(tmp_path):

@@ -183,8 +183,8 @@ def cpu_report(config: ml_collections.ConfigDict, memory_gib: float, device: str
   """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
   estimate = cpu_estimate(config)
   gpu = None if "TPU" in device.upper() else (8, 0)  # the NVIDIA cards gpus.py knows: 8.0+
-  flash = attention.resolve(config.attention, config.dtype, config.n_embd // config.n_head,
-                            gpu) == "cudnn"
+  flash = config.dropout == 0 and attention.resolve(  # training with dropout spells it out
+      config.attention, config.dtype, config.n_embd // config.n_head, gpu) == "cudnn"
   figure = estimate["needed_with_flash" if flash else "needed"]
   budget = mem_fraction() * memory_gib * GiB
   lines = [
