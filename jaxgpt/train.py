@@ -332,13 +332,15 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
-  if lead:  # the run is accepted: before this, nothing in out_dir has changed
+  # eval_only on a resume reads the run and leaves it as it was: its losses go to the log.
+  writes = lead and not (loop_config.resumed and loop_config.eval_only)
+  if writes:  # the run is accepted: before this, nothing in out_dir has changed
     rundir.write_config(config)
     rundir.keep_metrics_until(start.iter if loop_config.resumed else None)
 
   eval_step = train_step.make_eval_step(setup.model)
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
-               sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=lead),
+               sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=writes),
                lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
                {**resume.data_layout(layout, config.data_workers),
                 "eval_batch_windows": eval_windows // config.eval_iters}, hooks)

@@ -7,9 +7,11 @@ before the fix it names.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -92,15 +94,23 @@ def test_an_unreadable_data_position_falls_back_like_an_unreadable_state(tmp_pat
 
 
 @pytest.mark.slow
-def test_eval_only_on_a_resume_evaluates_the_checkpoint_and_trains_nothing(tmp_path, token_dir):
-  config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
+def test_eval_only_on_a_resume_evaluates_the_checkpoint_and_changes_nothing(tmp_path, token_dir,
+                                                                            caplog):
+  # Evaluations without saves: the last records come after the last checkpoint (10).
+  kw = {**EVERY_10, "always_save_checkpoint": False}
+  config = tiny_config(tmp_path, token_dir, max_iters=20, **kw)
   train.train(config)
-  before = records(config.out_dir, "train")
-  train.train(tiny_config(tmp_path, token_dir, max_iters=30, init_from="resume",
-                          eval_only=True, **EVERY_10))
-  assert records(config.out_dir, "train") == before
-  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 10, 20, 20]
-  assert checkpoint_steps(config.out_dir) == [10, 20]
+  run_files = [os.path.join(config.out_dir, name) for name in ("metrics.jsonl", "config.json")]
+  files = {path: Path(path).read_bytes() for path in run_files}
+  steps = checkpoint_steps(config.out_dir)
+  with caplog.at_level(logging.INFO):
+    losses = train.train(tiny_config(tmp_path, token_dir, max_iters=30, init_from="resume",
+                                     eval_only=True, **kw))
+  assert {path: Path(path).read_bytes() for path in files} == files
+  assert checkpoint_steps(config.out_dir) == steps
+  assert not os.path.exists(run_files[0] + ".superseded")
+  assert (f"step {steps[-1]}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+          in caplog.messages)
 
 
 @pytest.mark.slow
