@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -126,8 +127,7 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
     details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}"
                         for k in mismatched)
     raise UserError(f"cannot resume {config.out_dir}: the architecture changed ({details}); "
-                    "nothing was changed. Resume with the checkpoint's values, or start a new "
-                    "run in another out_dir.")
+                    f"nothing was changed. {_resume_with(saved, mismatched)}")
   changed = [k for k, v in config.items() if k in saved and saved[k] != v and k != "init_from"]
   if not changed:
     return changed
@@ -144,6 +144,14 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
     keys = [k for k in changed if shapes(alone(k)) != reference] or changed
     details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}" for k in keys)
     raise UserError(f"cannot resume {config.out_dir}: with {details} the train state has "
-                    "another structure than the checkpoints'; nothing was changed. Resume with "
-                    "the checkpoint's values, or start a new run in another out_dir.")
+                    "another structure than the checkpoints'; nothing was changed. "
+                    f"{_resume_with(saved, keys)}")
   return changed
+
+
+def _resume_with(saved: dict[str, Any], keys: list[str]) -> str:
+  """How to resume anyway: the overrides that give the checkpoint's values (a run started from
+  GPT-2's weights took their architecture, which its recipe does not hold)."""
+  overrides = " ".join(f"--config.{k}={shlex.quote(str(saved[k]))}" for k in keys)
+  return (f"Resume with the checkpoint's values ({overrides}), or start a new run in another "
+          "out_dir.")

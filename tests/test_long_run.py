@@ -201,8 +201,9 @@ def test_a_resume_that_changes_what_the_model_computes_is_refused(tmp_path, key,
   config = tiny_config(tmp_path, "")
   saved = config.to_dict()
   config[key] = value
-  with pytest.raises(UserError, match=f"the architecture changed \\({key}: checkpoint"):
+  with pytest.raises(UserError, match=f"the architecture changed \\({key}: checkpoint") as e:
     resume.check_resumable(saved, config)
+  assert f"Resume with the checkpoint's values (--config.{key}={saved[key]})" in str(e.value)
   # How it computes may change: the kernel, the loss chunks, recomputation, the dtype.
   ok = tiny_config(tmp_path, "", attention="xla", loss_chunk_size=0, remat="full",
                    dtype="bfloat16")
