@@ -23,6 +23,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from jaxgpt import attention, cli, data, defaults, sharding, train
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
 
@@ -76,7 +77,12 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
   """sample_tokens > 0: a continuation of sample_start by the trained model, printed at the end."""
   if tokens <= 0:
     return None
+  from jaxgpt import tokenizer
   from jaxgpt.inference import decoding
+  if model.vocab_size < tokenizer.N_VOCAB:  # said before training, not after it
+    raise UserError(f"config.sample_tokens={tokens}: the closing sample is written in GPT-2's "
+                    f"tokens, which vocab_size={model.vocab_size} cannot hold; set "
+                    "--config.sample_tokens=0")
 
   def print_sample(params: Any) -> None:
     text = decoding.continuation(GPT(model), params, prompt, max_new_tokens=tokens, seed=seed)

@@ -93,7 +93,8 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
   """The windows of one split, with every file checked against the model's vocabulary."""
   paths = token_files.find_shards(data_dir, split)
   if not paths:
-    raise UserError(f"{data_dir}: no '{split}' token files (*{split}*.bin or .npy)")
+    raise UserError(f"{data_dir}: no '{split}' token files (.bin or .npy named {split}.bin, "
+                    f"NAME_{split}_N.bin and the like)")
   for path in paths:
     token_files.check_vocab(path, token_files.read_tokens(path), vocab_size)
   return TokenWindows(paths, block_size)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -91,11 +92,19 @@ def _looks_like_a_header(header: np.ndarray) -> bool:
   return 0 < header[1] < 1000 and header[2] > 0 and not header[3:].any()
 
 
+def split_of(filename: str) -> str | None:
+  """The split a token file's name says: the last of its words (between '_', '-' and '.') that
+  names one. 'medieval_train_000000.bin' is train, though 'medieval' holds 'val'."""
+  said = [word for word in re.split(r"[_.\-]", filename) if word in SPLITS]
+  return said[-1] if said else None
+
+
 def find_shards(data_dir: str, split: str) -> list[str]:
-  """The token files of a split: names containing `split`, .bin or .npy, sorted."""
-  paths = sorted(glob.glob(os.path.join(data_dir, f"*{split}*.bin")) +
-                 glob.glob(os.path.join(data_dir, f"*{split}*.npy")))
-  return [p for p in paths if not os.path.basename(p).startswith(".")]
+  """The token files of a split (.bin or .npy, `split_of` their name), sorted."""
+  paths = sorted(glob.glob(os.path.join(data_dir, "*.bin")) +
+                 glob.glob(os.path.join(data_dir, "*.npy")))
+  return [p for p in paths if not os.path.basename(p).startswith(".")
+          and split_of(os.path.basename(p)) == split]
 
 
 def check_vocab(path: str, tokens: np.ndarray, vocab_size: int) -> None:

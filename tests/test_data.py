@@ -32,6 +32,16 @@ def test_reads_nanogpt_bin_and_build_nanogpt_npy(tmp_path):
   assert token_files.find_shards(str(tmp_path), "val") == [str(tmp_path / "edu_val_000000.npy")]
 
 
+@pytest.mark.parametrize("name", ["medieval", "pretrain", "val", "eval-train", "fineweb"])
+def test_a_dataset_s_name_never_moves_a_file_to_the_other_split(tmp_path, name):
+  """Shards are named NAME_SPLIT_N.bin after their folder; 'val' in 'medieval' is no split."""
+  for split in token_files.SPLITS:
+    token_files.write_shard(str(tmp_path / f"{name}_{split}_000000.bin"), pattern_tokens(50))
+  for split in token_files.SPLITS:
+    assert token_files.find_shards(str(tmp_path), split) == [
+        str(tmp_path / f"{name}_{split}_000000.bin")]
+
+
 @pytest.mark.parametrize("layout", ["nanogpt", "build-nanogpt", "llm.c"])
 def test_the_trainer_reads_each_format(tmp_path, layout):
   """What a nanoGPT, build-nanogpt or llm.c user already has works as data_dir."""

@@ -125,6 +125,14 @@ def test_prompts_are_cropped_from_the_left_and_bucketed():
     decoding.pad_prompts([[1], []], block_size=4)
 
 
+def test_a_prompt_token_the_model_has_no_row_for_is_refused():
+  model = GPT(tiny_model(vocab_size=64))
+  params = init_params(model, jax.random.PRNGKey(0))
+  with pytest.raises(UserError, match="the prompt holds token 198, beyond the model's "
+                                      "vocab_size=64"):
+    decoding.generate(model, params, [[5, 198]], jax.random.PRNGKey(0), max_new_tokens=2)
+
+
 @pytest.mark.slow
 def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
