@@ -83,8 +83,7 @@ def main(source: str) -> None:
     return
   common = {"name": os.path.basename(os.path.abspath(f.out)),
             "command": "python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
-            "val_fraction": f.val_fraction, "val_tokens": f.val_tokens,
-            "max_tokens": f.max_tokens, "shard_tokens": f.shard_tokens, "workers": f.workers}
+            **{name: f[name].value for name in SHARED_FLAGS}}
   if source == "fineweb":
     meta = fineweb.prepare_fineweb(f.out, subset=f.name, edu=f.edu, shards_limit=f.shards,
                                    **common)

@@ -90,8 +90,9 @@ def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: ja
   if max_new_tokens < 1:
     raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
   prompt_BP, lengths_B = pad_prompts(prompts, model.config.block_size)
-  if prompt_BP.max() >= model.config.vocab_size:  # its embedding would be NaN, every sample 0s
-    raise UserError(f"the prompt holds token {prompt_BP.max()}, beyond the model's vocab_size="
+  largest = int(prompt_BP.max())
+  if largest >= model.config.vocab_size:  # its embedding would be NaN, every sample 0s
+    raise UserError(f"the prompt holds token {largest}, beyond the model's vocab_size="
                     f"{model.config.vocab_size}: the model was trained on other tokens than "
                     "GPT-2's (a character-level nanoGPT run, say)")
   tokens_BN = generate_padded(model, params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B),
