@@ -4,8 +4,9 @@ Each departure from GPT-2 that the modern recipes use is a config field,
 off by default: rotary positions, RMSNorm, norms on queries and keys, ReLU²,
 an untied head, zero-initialised projections and a soft-cap on the logits.
 
-Params are float32; activations run in `dtype` (bfloat16 on accelerators);
-logits are returned in float32 so the loss is computed in float32.
+Params are float32; the matmuls and attention run in `dtype` (bfloat16 on
+accelerators) while the residual stream, the norms' statistics and the loss
+stay float32, as under nanoGPT's `torch.autocast`.
 Shape suffixes: B batch, T time, S cache slots, D model width, N heads,
 H head size, V vocabulary.
 
@@ -223,12 +224,12 @@ class GPT(nn.Module):
     T = idx_BT.shape[1]
     if T > cfg.block_size:
       raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
-    wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
-                   name="wte")
+    # The residual stream stays float32 whatever `dtype` (as under nanoGPT's autocast): the
+    # embeddings are looked up in float32 and each block's output is added to it in float32.
+    wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_normal(0.02), name="wte")
     x_BTD = wte(idx_BT)
     if cfg.pos_emb == "learned":
-      wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02), dtype=cfg.dtype,
-                     name="wpe")
+      wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02), name="wpe")
       x_BTD = x_BTD + wpe(jnp.arange(T)[None] if positions_BT is None else positions_BT)
     x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=not train)
     block = Block

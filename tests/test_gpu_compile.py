@@ -163,7 +163,7 @@ def test_the_user_layout_of_fineweb_40m_fits_an_rtx_4070_without_recomputing():
   assert (config.batch_size, config.gradient_accumulation_steps) == (16, 32)
   p = memory.gpu_plan(config, targets.target("RTX 4070"), fraction=0.75)
   assert p.fits and not p.recomputes
-  assert 5 * GiB < p.need.total < 8 * GiB  # 6.74 GiB measured
+  assert 5 * GiB < p.need.total < 8 * GiB  # 6.77 GiB measured
 
 
 def test_plan_cli_prints_the_plan_a_separate_compile_gives():

@@ -128,6 +128,19 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(logits, f32_model.apply({"params": params}, tokens), atol=5e-2)
 
 
+def test_bfloat16_compute_keeps_the_residual_stream_float32():
+  """As under nanoGPT's autocast: matmuls in bfloat16, their outputs added to a float32 stream."""
+  model, params = small_model(dtype="bfloat16")
+  tokens = jnp.zeros((1, 16), jnp.int32)
+  _, state = model.apply({"params": params}, tokens, capture_intermediates=True,
+                         mutable=["intermediates"])
+  captured = state["intermediates"]
+  stream = [captured[name]["__call__"][0] for name in ("wte", "h_0", "h_1")]
+  assert [x.dtype for x in stream] == [jnp.float32] * 3
+  qkv = captured["h_0"]["attn"]["c_attn"]["__call__"][0]
+  assert qkv.dtype == jnp.bfloat16
+
+
 def test_sequence_longer_than_block_size_is_rejected():
   model, params = small_model()
   with pytest.raises(ValueError, match="block_size 16"):
