@@ -117,7 +117,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   how it computes, model.HOW_NOT_WHAT) makes the params compute another
   function; any other key whose change gives the train state another
   structure (grad_clip=0 drops the clipping state, say) would make every
-  checkpoint fail to read. Both are refused before any checkpoint is touched,
+  checkpoint fail to read; another seed would reorder the data the checkpoint's
+  position counts in. Each is refused before any checkpoint is touched,
   naming the keys.
   """
   # A key the checkpoint predates had its default then, as it has now.
@@ -128,6 +129,11 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
                         for k in mismatched)
     raise UserError(f"cannot resume {config.out_dir}: the architecture changed ({details}); "
                     f"nothing was changed. {_resume_with(saved, mismatched)}")
+  if saved.get("seed", config.seed) != config.seed:
+    raise UserError(f"cannot resume {config.out_dir}: seed: checkpoint {saved['seed']!r} vs "
+                    f"config {config.seed!r}; the seed orders the training windows and picks "
+                    "the evaluated ones, so another would repeat and skip data and move the val "
+                    f"set; nothing was changed. {_resume_with(saved, ['seed'])}")
   changed = [k for k, v in config.items() if k in saved and saved[k] != v and k != "init_from"]
   if not changed:
     return changed

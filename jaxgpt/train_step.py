@@ -97,13 +97,35 @@ def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
   return jax.tree.map(lambda g: g / n_micro, grads_sum), losses_A.mean()
 
 
+def _keep_moments_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
+  """The optimizer state after a step: where the step was not finite, the old one but for
+  the schedules' counters, which move on either way (each moment state, Adam's or Muon's
+  mu, nu and their own count, stays as it was).
+
+  A dropped update so leaves the optimizer as it was, while the learning rate and
+  Muon's momentum stay those of the iteration, as the log says.
+  """
+  name = lambda key: getattr(key, "name", None)
+  moment_states = set()
+  for path, _ in jax.tree_util.tree_leaves_with_path(new):
+    for i, key in enumerate(path):
+      if name(key) in ("mu", "nu"):
+        moment_states.add(path[:i])
+
+  def pick(path: tuple, n: jax.Array, o: jax.Array) -> jax.Array:
+    held = any(path[:i] in moment_states for i in range(len(path)))
+    return n if name(path[-1]) == "count" and not held else jnp.where(finite, n, o)
+
+  return jax.tree_util.tree_map_with_path(pick, new, old)
+
+
 def make_train_step(model: GPT, tx: optax.GradientTransformation,
                     out_shardings: Any = None, dp_mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """A jitted `train_step(state, batch)` doing one iteration: every micro-batch, then AdamW.
 
   k micro-batches of b give the update of one batch of k*b. An update whose
-  loss or gradient is not finite is dropped (params and optimizer state stay
+  loss or gradient is not finite is dropped (params and optimizer moments stay
   as they were) and counted in `state.nonfinite`, so a bad step never reaches
   the params or a checkpoint. The state is donated: its buffers are reused.
   `out_shardings` (state, metrics) pins the new state where the old one was.
@@ -132,10 +154,10 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(step=state.step + 1,
-                              params=keep_if_finite(params, state.params),
-                              opt_state=keep_if_finite(opt_state, state.opt_state),
+                              params=jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                                                  params, state.params),
+                              opt_state=_keep_moments_if_not(finite, opt_state, state.opt_state),
                               nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
     # nonfinite as of this step: the loop reads a step's metrics after the next one is queued.
     return new_state, {"loss": value, "grad_norm": grad_norm, "nonfinite": new_state.nonfinite}

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
+  build_state,
   checkpoint_steps,
   pattern_tokens,
   read_jsonl,
@@ -69,6 +70,12 @@ def test_resume_refuses_an_architecture_change(tmp_path, token_dir):
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   with pytest.raises(UserError, match="n_embd: checkpoint 32 vs config 48"):
     train.train(tiny_config(tmp_path, token_dir, max_iters=6, n_embd=48, init_from="resume"))
+
+
+def test_resume_refuses_another_seed(tmp_path, token_dir):
+  train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  with pytest.raises(UserError, match=r"seed: checkpoint 1337 vs config 7.*--config.seed=1337"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=6, seed=7, init_from="resume"))
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir, caplog):
@@ -131,6 +138,35 @@ def test_skip_nonfinite_drops_bad_updates_and_goes_on(tmp_path, token_dir, nan_l
   state, _ = restore_state(config, 40)
   assert 0 < int(state.nonfinite) < 40
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_dropped_update_keeps_the_moments_and_the_schedule_goes_on(tmp_path, nan_loss,
+                                                                     optimizer):
+  config = tiny_config(tmp_path, "", optimizer=optimizer, skip_nonfinite=5)
+  setup, state = build_state(config)
+  step = train_step.make_train_step(setup.model, setup.tx)
+  good = jnp.asarray(pattern_tokens(2 * 4 * 17).reshape(2, 4, 17))
+  bad = good.at[0, 0, 0].set(95)
+  state, _ = step(state, good)
+  before = jax.device_get(state.opt_state)  # the step donates the state
+  state, metrics = step(state, bad)
+  assert int(metrics["nonfinite"]) == 1 and int(state.step) == 2
+
+  counts = {jax.tree_util.keystr(path): int(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+            if jax.tree_util.keystr(path).endswith(".count")}
+  paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(before)]
+  moment_counts = {k: v for k, v in counts.items()  # Adam's and Muon's, beside their mu
+                   if any(p.startswith(k.removesuffix("count") + "mu") for p in paths)}
+  assert moment_counts and set(moment_counts.values()) == {1}  # the moments saw one update
+  schedule_counts = {k: v for k, v in counts.items() if k not in moment_counts}
+  assert schedule_counts and set(schedule_counts.values()) == {2}  # iteration 2's rate is next
+  is_moment = lambda path: any(getattr(k, "name", None) in ("mu", "nu") for k in path)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
+                          jax.tree.leaves(state.opt_state)):
+    if is_moment(path):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_drop_records_after_moves_redone_iterations(tmp_path):
