@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import grain
 import numpy as np
-from absl import logging
 
 from jaxgpt import token_files
 from jaxgpt.errors import UserError
@@ -70,23 +69,10 @@ def resolve_data_dir(dataset: str, data_dir: str) -> str:
   return data_dir or os.path.join("data", dataset)
 
 
-def open_splits(data_dir: str, block_size: int, vocab_size: int, eval_batch: int
-                ) -> dict[str, TokenWindows]:
-  """The train and val windows of a data directory, every file checked against the vocabulary.
-
-  `eval_batch` (windows of one evaluation batch) only sizes a warning: a val
-  split smaller than that is repeated by evaluation.
-  """
-  sources = {split: open_split(data_dir, split, block_size, vocab_size)
-             for split in ("train", "val")}
-  val = sources["val"]
-  if len(val) < eval_batch:
-    logging.warning(
-        "val split holds %s tokens: %d windows of block_size+1=%d, fewer than one eval batch "
-        "of batch_size x devices=%d windows; evaluation repeats them. Prepare a larger val "
-        "split (--val_fraction / --val_tokens) or lower batch_size.", f"{val.n_tokens:,}",
-        len(val), block_size + 1, eval_batch)
-  return sources
+def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, TokenWindows]:
+  """The train and val windows of a data directory, every file checked against the vocabulary."""
+  return {split: open_split(data_dir, split, block_size, vocab_size)
+          for split in ("train", "val")}
 
 
 def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> TokenWindows:
@@ -137,8 +123,9 @@ def train_dataset(source: TokenWindows, *, accum_steps: int, batch_size: int, se
                   start_window: int = 0) -> grain.IterDataset:
   """Endless (accum_steps, batch_size, block_size+1) uint16 batches, reshuffled every epoch.
 
-  `batch_size` is this process's share of the micro-batch. Batches are read
-  ahead in a background thread (and in `workers` processes when > 0). The
+  `batch_size` is this process's share of the micro-batch. `prefetch` batches
+  are read ahead by background threads (and by each of `workers` processes
+  when > 0). The
   iterator it gives is checkpointable (`get_state`/`set_state`), so a resumed
   run continues at exactly the next batch; a run resumed with another batch
   layout starts a new iterator at the window it had reached (`start_window`).
@@ -146,7 +133,9 @@ def train_dataset(source: TokenWindows, *, accum_steps: int, batch_size: int, se
   ds = (_windows_stream(source, seed, shard_index, shard_count, start_window)
         .batch(batch_size, drop_remainder=True)
         .batch(accum_steps, drop_remainder=True))
-  it_ds = ds.to_iter_dataset()
+  # Grain's default read-ahead is 500 elements, here 500 iterations' batches: `prefetch` instead.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch,
+                                               prefetch_buffer_size=prefetch))
   if workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
                               worker_init_fn=_end_with_parent)

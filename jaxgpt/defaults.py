@@ -79,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 12  # micro-batch size per device; tokens/iter = accum x batch x devices x block
   c.block_size = 1024  # context length
   c.data_workers = 0  # Grain worker processes (0: read in a thread of the main process)
-  c.data_prefetch = 2  # batches a background thread reads ahead of the step
+  c.data_prefetch = 2  # batches read ahead of the step (by threads, and in each worker)
 
   # model
   c.n_layer = 12
@@ -230,12 +230,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   except UserError as e:
     check(False, "eval_tasks", str(e))
   check(c.learning_rate >= 0, "learning_rate", "must be >= 0")
+  for key in ("beta1", "beta2"):
+    check(0 <= c[key] < 1, key, "must be in [0, 1)")
+  check(c.weight_decay >= 0, "weight_decay", "must be >= 0")
+  check(c.peak_flops >= 0, "peak_flops", "must be >= 0 (0: looked up by device kind)")
   check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
   check(c.warmup_iters >= 0, "warmup_iters", "must be >= 0")
   check(c.data_workers >= 0, "data_workers", "must be >= 0")
   check(c.data_prefetch >= 1, "data_prefetch", "must be >= 1")
-  if c.decay_lr:
-    check(c.warmup_iters <= c.max_iters or c.max_iters == 0, "warmup_iters",
+  if c.decay_lr and c.max_iters > 0:  # with no iterations to train, no schedule to check
+    check(c.warmup_iters <= c.max_iters, "warmup_iters",
           f"must be at most max_iters={c.max_iters}: the run would end before its learning "
           "rate is reached. Lower warmup_iters, or raise max_iters")
     check(c.lr_decay_iters > c.warmup_iters, "lr_decay_iters",

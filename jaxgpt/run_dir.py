@@ -8,6 +8,7 @@
     metrics.jsonl.<n>          the records of an earlier run that never checkpointed
     checkpoints/<step>/        Orbax: state, data, meta (see checkpoint.py)
     tensorboard/               event files, with tensorboard_log=True
+    tensorboard.<n>/           the event files of that earlier run (metrics.jsonl.<n>'s)
     wandb/                     Weights & Biases' local files (wandb_log=True): W&B makes it
     report.png                 drawn by `python -m jaxgpt.report`
 
@@ -156,23 +157,26 @@ class RunDir:
         kept.append(record)
     return events
 
-  def keep_metrics_until(self, resumed_at: int | None) -> None:
+  def keep_metrics_until(self, resumed_at: int | None, *, evaluated: bool) -> None:
     """metrics.jsonl as a start needs it: a resume at an iteration keeps the records up to it
     (`drop_metrics_after`); a new run moves an earlier run's records aside."""
     if resumed_at is None:
       self.set_aside_metrics()
       return
-    moved = self.drop_metrics_after(resumed_at)
+    moved = self.drop_metrics_after(resumed_at, evaluated=evaluated)
     if moved:
       logging.info("%d records of redone iterations moved to %s.superseded", moved,
                    self.metrics_path)
 
-  def drop_metrics_after(self, at_step: int) -> int:
+  def drop_metrics_after(self, at_step: int, *, evaluated: bool = True) -> int:
     """Moves the records of iterations a resumed run will redo to metrics.jsonl.superseded.
 
-    Kept: train records of iterations before `at_step`, and evaluations and
-    task scores at or before it. A line cut off by a crash or power loss is moved too, with a
-    warning. Returns how many lines were moved; none is deleted.
+    Kept: train records of iterations before `at_step`, evaluations and task
+    scores before it, and those at it where the checkpoint was `evaluated` (else
+    the resume scores it again, and a second resume would add a third). A line cut
+    off by a crash or power loss is moved too, with a warning. Returns how many
+    lines were moved; none is deleted. TensorBoard keeps the same records (see
+    sinks.TensorBoardSink).
     """
     path = self.metrics_path
     if not os.path.isfile(path):
@@ -189,8 +193,8 @@ class RunDir:
                           line.strip()[:40], path)
           moved.append(line if line.endswith("\n") else line + "\n")
           continue
-        redone = record["iter"] > at_step or (record["iter"] == at_step
-                                              and record["event"] not in ("eval", "tasks"))
+        scored = evaluated and record["event"] in ("eval", "tasks")
+        redone = record["iter"] > at_step or (record["iter"] == at_step and not scored)
         (moved if redone else keep).append(line)
     if moved:
       with open(path + ".superseded", "a", encoding="utf-8") as f:
@@ -201,17 +205,26 @@ class RunDir:
       os.replace(tmp, path)
     return len(moved)
 
+  def records_at(self, it: int) -> list[dict[str, Any]]:
+    """The records metrics.jsonl holds of iteration `it`; none where there is no file."""
+    if not os.path.isfile(self.metrics_path):
+      return []
+    return [r for records in self.read_metrics().values() for r in records if r["iter"] == it]
+
   def set_aside_metrics(self) -> None:
-    """Moves the metrics.jsonl of an earlier run that never checkpointed out of a new run's way."""
-    path = self.metrics_path
-    if not os.path.isfile(path):
+    """Moves an earlier run's metrics.jsonl and tensorboard/ out of a new run's way, as
+    metrics.jsonl.<n> and tensorboard.<n>: that run never checkpointed (a new run over
+    checkpoints is refused), and its records are the user's, so none is deleted."""
+    moving = [p for p in (self.metrics_path, self.tensorboard_dir) if os.path.exists(p)]
+    if not moving:
       return
     n = 1
-    while os.path.exists(f"{path}.{n}"):
+    while any(os.path.exists(f"{p}.{n}") for p in (self.metrics_path, self.tensorboard_dir)):
       n += 1
-    os.rename(path, f"{path}.{n}")
-    logging.warning("%s held the records of an earlier run without checkpoints; moved to %s.%d",
-                    path, path, n)
+    for path in moving:
+      os.rename(path, f"{path}.{n}")
+    logging.warning("%s held the records of an earlier run without checkpoints; moved to %s",
+                    self.out_dir, ", ".join(f"{os.path.basename(p)}.{n}" for p in moving))
 
 
 def _read_holder(fd: int) -> str:

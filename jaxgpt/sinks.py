@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import types
+from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 import ml_collections
@@ -57,10 +58,20 @@ class MetricsWriter:
 
 
 class TensorBoardSink:
-  """Event files under out_dir/tensorboard, one scalar per number, stepped by iteration."""
+  """Event files under out_dir/tensorboard, one scalar per number, stepped by iteration.
 
-  def __init__(self, tensorboardx: types.ModuleType, log_dir: str):
-    self._writer = tensorboardx.SummaryWriter(log_dir)
+  A resume at iteration s opens its file with tensorboardX's `purge_step=s`:
+  TensorBoard's reader drops the earlier files' events of steps >= s, the
+  iterations metrics.jsonl moved aside, so a redone iteration is one point, not
+  two curves. The records metrics.jsonl keeps at s (a checkpoint's evaluation),
+  `kept`, are written again after the purge, so the two hold the same records.
+  """
+
+  def __init__(self, tensorboardx: types.ModuleType, log_dir: str, *,
+               resumed_at: int | None = None, kept: Sequence[Record] = ()):
+    self._writer = tensorboardx.SummaryWriter(log_dir, purge_step=resumed_at)
+    for record in kept:
+      self.write(record)
 
   def write(self, record: Record) -> None:
     for tag, value in scalars(record).items():
@@ -142,7 +153,9 @@ def open_sinks(config: ml_collections.ConfigDict, rundir: run_dir.RunDir, *, sta
                enabled: bool = True) -> Sinks:
   """metrics.jsonl, the progress bar, and the optional sinks the config turns on.
 
-  Only one process of a multi-host run writes; the others get no sinks.
+  Only one process of a multi-host run writes; the others get no sinks. A
+  resume opens them after `RunDir.keep_metrics_until`, so TensorBoard keeps
+  what metrics.jsonl kept.
   """
   if not enabled:
     return Sinks([])
@@ -151,7 +164,10 @@ def open_sinks(config: ml_collections.ConfigDict, rundir: run_dir.RunDir, *, sta
   sinks: list[Sink] = [MetricsWriter(rundir.metrics_path),
                        ProgressBar(config.max_iters, start_iter)]
   if tensorboardx is not None:
-    sinks.append(TensorBoardSink(tensorboardx, rundir.tensorboard_dir))
+    resumed = config.init_from == "resume"
+    sinks.append(TensorBoardSink(tensorboardx, rundir.tensorboard_dir,
+                                 resumed_at=start_iter if resumed else None,
+                                 kept=rundir.records_at(start_iter) if resumed else []))
   if wandb is not None:
     sinks.append(WandbSink(wandb, project=config.wandb_project, name=config.wandb_run_name,
                            config=config.to_dict(), out_dir=rundir.out_dir))

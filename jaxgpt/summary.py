@@ -120,7 +120,8 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_name: str = "
       effect = (f"the last {config.max_iters - config.lr_decay_iters:,} iterations run at "
                 f"min_lr={config.min_lr:g}")
     else:
-      effect = "the cosine is cut off before it reaches min_lr"
+      effect = (f"the {config.lr_schedule} decay is cut off before it reaches "
+                f"min_lr={config.min_lr:g}")
     found.append(f"lr_decay_iters={config.lr_decay_iters:,} differs from "
                  f"max_iters={config.max_iters:,}: {effect}")
   if config.decay_lr and config.warmup_iters > MAX_WARMUP_FRACTION * config.max_iters:

@@ -316,8 +316,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints)
   layout = sharding.BatchLayout.create(config)
   sources = data.open_splits(data.resolve_data_dir(config.dataset, config.data_dir),
-                             config.block_size, config.vocab_size,
-                             eval_batch=layout.global_batch)
+                             config.block_size, config.vocab_size)
   setup = train_step.build(config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
@@ -336,7 +335,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   writes = lead and not (loop_config.resumed and loop_config.eval_only)
   if writes:  # the run is accepted: before this, nothing in out_dir has changed
     rundir.write_config(config)
-    rundir.keep_metrics_until(start.iter if loop_config.resumed else None)
+    rundir.keep_metrics_until(start.iter if loop_config.resumed else None,
+                              evaluated=start.evaluated)
 
   eval_step = train_step.make_eval_step(setup.model)
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
@@ -402,6 +402,11 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   eval_windows = config.eval_iters * (start.eval_batch_windows or layout.global_batch)
   logging.info("evaluation: the same %s windows (%s tokens) of each split every time",
                f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")
+  if len(sources["val"]) < eval_windows:
+    logging.warning("evaluation: the val split holds %s windows, so each evaluation scores "
+                    "each about %.1f times; lower eval_iters=%d, or prepare a larger val split "
+                    "(--val_fraction / --val_tokens)", f"{len(sources['val']):,}",
+                    eval_windows / len(sources["val"]), config.eval_iters)
   kernel = config.attention + (" (spelled out in training: no fused kernel takes dropout)"
                               if config.dropout and config.attention == "cudnn" else "")
   logging.info("compute: %d device(s) in %d process(es), sharding %s; %s activations, %s "

@@ -90,6 +90,10 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("lr_decay_iters", 10, "must be greater than warmup_iters"),
     ("min_lr", 1.0, "must be in [0, learning_rate"),
     ("dropout", 1.0, "must be in [0, 1)"),
+    ("beta1", 1.5, "must be in [0, 1)"),
+    ("beta2", 1.0, "must be in [0, 1)"),
+    ("weight_decay", -0.1, "must be >= 0"),
+    ("peak_flops", -1.0, "must be >= 0"),
 ])
 def test_validate_names_the_key(key, value, message):
   c = defaults.get_config()
@@ -125,6 +129,13 @@ def test_a_schedule_that_cannot_work_is_an_error():
   with pytest.raises(UserError, match="config.warmup_iters=2000: must be at most "
                                       "max_iters=1000"):
     defaults.validate(config)
+
+
+def test_max_iters_zero_evaluates_whatever_the_schedule():
+  """eval_only with max_iters=0 trains nothing, so the schedule's keys have nothing to check."""
+  config = defaults.get_config()
+  config.update(eval_only=True, max_iters=0)  # lr_decay_iters follows it to 0, below warmup
+  defaults.validate(config)
 
 
 def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir):

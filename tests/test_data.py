@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -119,6 +120,24 @@ def test_worker_processes_give_the_same_batches(token_dir):
   workers = take(data.train_dataset(src, accum_steps=2, batch_size=3, seed=5,
                                              workers=2), 5)
   np.testing.assert_array_equal(np.stack(in_process), np.stack(workers))
+
+
+class CountingWindows(data.TokenWindows):
+  """Windows that count how many were read."""
+
+  reads = 0
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    CountingWindows.reads += 1
+    return super().__getitem__(index)
+
+
+def test_data_prefetch_bounds_how_far_reading_runs_ahead(token_dir):
+  src = CountingWindows(token_files.find_shards(token_dir, "train"), block_size=16)
+  it = iter(data.train_dataset(src, accum_steps=2, batch_size=3, seed=0, workers=0, prefetch=1))
+  next(it)
+  time.sleep(0.5)  # time for the background threads to read what they may
+  assert CountingWindows.reads <= 6 * 4  # the batch taken, and one read ahead at each level
 
 
 def test_eval_batches_are_identical_at_every_call(token_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import subprocess
@@ -358,21 +357,10 @@ def test_trainer_makes_fineweb_itself_when_allowed(tmp_path, hub):
   with pytest.raises(UserError, match="auto_prepare=True"):
     datasets.make("fineweb", fw, auto_prepare=False)
   datasets.make("fineweb", fw, auto_prepare=True)
-  sources = data.open_splits(fw, block_size=16, vocab_size=50304, eval_batch=4)
+  sources = data.open_splits(fw, block_size=16, vocab_size=50304)
   assert len(hub["download"]) == 3 and len(sources["train"]) > len(sources["val"]) > 0
   assert token_files.read_meta(str(tmp_path / "fw"))["command"] == (
       f"python -m jaxgpt.prepare fineweb --out={tmp_path / 'fw'}")
-
-
-def test_trainer_warns_when_val_is_smaller_than_one_eval_batch(tmp_path, caplog):
-  path = write_parquet(tmp_path / "a.parquet", [f"Short document {i} of a few words." for i in
-                                                range(200)])
-  run([path], tmp_path / "out", val_tokens=50)
-  with caplog.at_level(logging.WARNING):
-    sources = data.open_splits(str(tmp_path / "out"), block_size=16, vocab_size=50304,
-                               eval_batch=8)
-  assert 0 < len(sources["val"]) < 8
-  assert "fewer than one eval batch of batch_size x devices=8 windows" in caplog.text
 
 
 # The command line.

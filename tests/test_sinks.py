@@ -5,12 +5,15 @@ from __future__ import annotations
 import glob
 import io
 import os
+import shutil
 import sys
+import time
 import types
 
+import numpy as np
 import pytest
 from absl import logging
-from conftest import tiny_config
+from conftest import read_jsonl, tiny_config
 
 from jaxgpt import run_dir, sinks, train
 from jaxgpt.errors import UserError
@@ -36,6 +39,85 @@ def test_tensorboard_events_parse_with_tensorboards_reader(tmp_path, token_dir):
   val = reader.Scalars("eval/val_loss")
   assert [e.step for e in val] == [0, 2, 4]
   assert val[-1].value == pytest.approx(losses["val"], rel=1e-6)
+
+
+def tensorboard_points(log_dir: str) -> dict[str, list[tuple[int, float]]]:
+  """Each tag's (step, value) points as TensorBoard's reader shows them."""
+  event_accumulator = pytest.importorskip(
+      "tensorboard.backend.event_processing.event_accumulator")
+  reader = event_accumulator.EventAccumulator(log_dir)
+  reader.Reload()
+  return {tag: [(e.step, e.value) for e in reader.Scalars(tag)]
+          for tag in reader.Tags()["scalars"]}
+
+
+def metrics_points(path: str) -> dict[str, list[tuple[int, float]]]:
+  """The same from metrics.jsonl's lines, every one, as float32 like TensorBoard's."""
+  points: dict[str, list[tuple[int, float]]] = {}
+  for record in read_jsonl(path):
+    for tag, value in sinks.scalars(record).items():
+      points.setdefault(tag, []).append((record["iter"], float(np.float32(value))))
+  return points
+
+
+def test_a_resume_leaves_tensorboard_the_records_metrics_jsonl_keeps(tmp_path, token_dir):
+  pytest.importorskip("tensorboardX")
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, tensorboard_log=True)
+  train.train(config)
+  # A crash before the save of 4 landed: the resume redoes 2 and 3 from the evaluated 2.
+  rundir = run_dir.RunDir(config.out_dir)
+  shutil.rmtree(os.path.join(rundir.checkpoints_dir, "4"))
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2,
+                          tensorboard_log=True, init_from="resume"))
+  shown = tensorboard_points(rundir.tensorboard_dir)
+  assert [step for step, _ in shown["train/loss"]] == [0, 1, 2, 3]
+  assert [step for step, _ in shown["eval/val_loss"]] == [0, 2, 4]
+  assert shown == metrics_points(rundir.metrics_path)
+
+
+def test_resumes_of_an_unevaluated_checkpoint_keep_one_evaluation_of_it(tmp_path):
+  """A stop saved 4 unevaluated; a resume scored 4 and crashed; a second scored it again."""
+  pytest.importorskip("tensorboardX")
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+
+  def run(n: int, start: int | None, iters: list[int]) -> None:
+    time.sleep(1 - time.time() % 1)  # tensorboardX names a file by the second it opens
+    rundir.keep_metrics_until(start, evaluated=False)
+    config = tiny_config(tmp_path, "", tensorboard_log=True,
+                         init_from="scratch" if start is None else "resume")
+    out = sinks.open_sinks(config, rundir, start_iter=start or 0)
+    if iters[0] % 4 == 0:
+      out.write({"event": "eval", "iter": iters[0], "val_loss": n + iters[0] / 10})
+      out.write({"event": "tasks", "iter": iters[0], "hellaswag_acc": n / 10})
+    for it in iters:
+      out.write({**TRAIN_RECORD, "iter": it, "loss": n + it / 10})
+    out.close()
+
+  run(1, None, [0, 1, 2, 3])
+  run(2, 4, [4, 5])
+  run(3, 4, [4])
+  kept = [(r["event"], r["iter"]) for r in read_jsonl(rundir.metrics_path)]
+  assert kept == ([("eval", 0), ("tasks", 0)] + [("train", i) for i in range(4)]
+                  + [("eval", 4), ("tasks", 4), ("train", 4)])
+  assert len(read_jsonl(rundir.metrics_path + ".superseded")) == 4  # the first resume's
+  shown = tensorboard_points(rundir.tensorboard_dir)
+  assert shown["eval/val_loss"] == [(0, pytest.approx(1.0)), (4, pytest.approx(3.4))]
+  assert shown == metrics_points(rundir.metrics_path)
+
+
+def test_a_new_run_sets_an_earlier_runs_tensorboard_aside_with_its_metrics(tmp_path):
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.tensorboard_dir)
+  for path, text in [(rundir.metrics_path + ".1", "oldest\n"), (rundir.metrics_path, "old\n"),
+                     (os.path.join(rundir.tensorboard_dir, "events.out.tfevents.1"), "events")]:
+    with open(path, "w") as f:
+      f.write(text)
+  rundir.keep_metrics_until(None, evaluated=False)
+  assert sorted(os.listdir(rundir.out_dir)) == ["metrics.jsonl.1", "metrics.jsonl.2",
+                                                "tensorboard.2"]
+  with open(rundir.metrics_path + ".2") as f:
+    assert f.read() == "old\n"
+  assert os.listdir(rundir.tensorboard_dir + ".2") == ["events.out.tfevents.1"]
 
 
 class FakeWandb(types.ModuleType):

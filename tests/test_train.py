@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -133,6 +134,14 @@ def test_eval_only_evaluates_once(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, eval_only=True)
   train.train(config)
   assert [r["event"] for r in read_jsonl(RunDir(config.out_dir).metrics_path)] == ["eval"]
+
+
+def test_a_val_split_smaller_than_an_evaluation_is_said_to_repeat(tmp_path, token_dir, caplog):
+  config = tiny_config(tmp_path, token_dir, eval_only=True, eval_iters=20)  # 80 of 62 windows
+  with caplog.at_level(logging.WARNING):
+    train.train(config)
+  assert "the val split holds 62 windows, so each evaluation scores each about 1.3 times; " \
+         "lower eval_iters=20" in caplog.text
 
 
 @pytest.mark.slow
