@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import jax
 import numpy as np
@@ -172,6 +173,24 @@ def test_bad_input_is_one_user_error_naming_what(tmp_path):
   small = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config(vocab_size=96))))
   with pytest.raises(UserError, match="vocab_size=96 cannot hold GPT-2's 50257 tokens"):
     tasks.load("hellaswag", small, hellaswag_file=str(bad))
+
+
+def test_two_tasks_of_one_name_are_refused_naming_both(tmp_path):
+  scorer = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config())))
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  for path in (tmp_path / "a" / "notes.txt", tmp_path / "b" / "notes.md",
+               tmp_path / "hellaswag.txt"):
+    path.write_text(" ".join(WORDS), encoding="utf-8")
+  with pytest.raises(UserError, match=re.escape(
+      f"evaluation tasks 'text:{tmp_path}/a/notes.txt' and 'text:{tmp_path}/b/notes.md' are "
+      "both named 'notes'")):
+    tasks.load(f"text:{tmp_path}/a/notes.txt,text:{tmp_path}/b/notes.md", scorer)
+  with pytest.raises(UserError, match=re.escape(
+      f"'hellaswag' and 'text:{tmp_path}/hellaswag.txt' are both named 'hellaswag'")):
+    tasks.load(f"hellaswag,text:{tmp_path}/hellaswag.txt", scorer)
+  loaded = tasks.load(f"text:{tmp_path}/a/notes.txt,text:{tmp_path}/hellaswag.txt", scorer)
+  assert [t.name for t in loaded] == ["notes", "hellaswag"]
 
 
 def test_without_a_network_the_download_says_where_to_put_the_file(tmp_path, monkeypatch):

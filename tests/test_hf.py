@@ -94,7 +94,22 @@ def test_a_checkpoint_that_is_not_gpt2_is_refused_by_name(tmp_path):
     gpt2.checkpoint_dir("gpt2", str(tmp_path / "missing"))
 
 
-def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir):
+def test_a_checkpoint_of_another_size_than_init_from_names_is_refused(tmp_path):
+  assert tuple(gpt2.SIZES) == defaults.GPT2_MODELS
+  # gpt2's size; the size is read from config.json, before any tensor.
+  transformers.GPT2Config(n_layer=12, n_head=12, n_embd=768).save_pretrained(str(tmp_path / "hf"))
+  with pytest.raises(UserError, match=f"init_from=gpt2-xl is n_layer=48, n_embd=1600, but "
+                                      f"hf_checkpoint_dir='{tmp_path}/hf' holds n_layer=12, "
+                                      r"n_embd=768 \(gpt2\)"):
+    weights.pretrained("gpt2-xl", str(tmp_path / "hf"))
+  assert gpt2.checkpoint_dir("gpt2", str(tmp_path / "hf")) == str(tmp_path / "hf")
+  hf_gpt2(tmp_path / "tiny")
+  with pytest.raises(UserError, match=r"holds n_layer=2, n_embd=32 \(none of GPT-2's sizes\)"):
+    gpt2.checkpoint_dir("gpt2", str(tmp_path / "tiny"))
+
+
+def test_training_from_gpt2_starts_at_its_loss(tmp_path, token_dir, monkeypatch):
+  monkeypatch.setitem(gpt2.SIZES, "gpt2", (2, 32))  # the tiny checkpoint stands in for gpt2
   theirs = hf_gpt2(tmp_path / "hf")
   config = tiny_config(tmp_path, token_dir, init_from="gpt2",
                        hf_checkpoint_dir=str(tmp_path / "hf"), max_iters=1, eval_interval=1,

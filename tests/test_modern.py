@@ -285,7 +285,7 @@ def test_export_refuses_a_modern_model_and_says_why(tmp_path):
 @pytest.mark.slow
 def test_a_modern_run_samples_and_its_export_is_refused_in_one_line(tmp_path, token_dir):
   config_file = write_config_file(tmp_path, token_dir, max_iters=2, eval_interval=2,
-                                  lr_decay_iters=2, warmup_iters=0, **MODERN)
+                                  lr_decay_iters=2, warmup_iters=0, vocab_size=50304, **MODERN)
   assert run_python("launch.py", f"--config={config_file}").returncode == 0
   r = run_python("-m", "jaxgpt.sample", f"--out_dir={tmp_path / 'run'}", "--start=A",
                  "--num_samples=2", "--max_new_tokens=40", "--top_k=20")  # past block_size 16

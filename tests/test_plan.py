@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ from conftest import ROOT, recipe, run_python, tiny_config
 from jaxgpt import (
   defaults,
   formatting,
+  run_dir,
   sharding,
   summary,
   token_files,
@@ -127,6 +129,33 @@ def test_cli_prints_a_row_per_candidate():
   assert "warning:" not in r.stdout  # the recipe's warmup (3.5% of the run) follows max_iters
   assert ("verdict: max_iters=20,000, the longest asked: at 1.05 epochs its repeated tokens "
           "still pay nearly as much as new ones; past Chinchilla's 1,548") in r.stdout
+
+
+def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  rundir.write_config(recipe("fineweb_40m"))  # 524,288 tokens per iteration on one device
+  with open(rundir.metrics_path, "w", encoding="utf-8") as f:  # as a run on 2 devices logs
+    f.writelines(json.dumps({"event": "train", "iter": it, "tokens": (it + 1) * 2 * 524_288,
+                             "tokens_per_sec": 200_000.0}) + "\n" for it in (0, 10, 20))
+  records = rundir.read_metrics()["train"]
+  assert iters.measured_devices(rundir.read_config(), records) == 2
+  resumed_on_4 = records + [{"iter": 30, "tokens": records[-1]["tokens"] + 10 * 4 * 524_288}]
+  assert iters.measured_devices(rundir.read_config(), resumed_on_4) is None
+  plan = lambda: run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
+                            f"--config.out_dir={rundir.out_dir}", "--devices=8",
+                            "--max_iters=20000", "--train_tokens=100B")
+  r = plan()
+  assert r.returncode == 0, r.stderr
+  assert (f"throughput: 800,000 tok/s: 200,000 measured in {rundir.metrics_path} on 2 "
+          "device(s), scaled to --devices=8") in r.stdout
+  rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
+  assert rows["20,000"][-1] == formatting.duration(20_000 * 8 * 524_288 / 800_000)  # 2h55m
+  os.remove(os.path.join(rundir.out_dir, "config.json"))
+  r = plan()
+  assert r.returncode == 0, r.stderr
+  assert (f"throughput: 200,000 tok/s, measured in {rundir.metrics_path} on an unknown number of "
+          "devices: the time is at the measured run's rate, --devices does not scale it"
+          ) in r.stdout
 
 
 def test_the_verdict_weighs_epochs():

@@ -133,9 +133,32 @@ def test_a_prompt_token_the_model_has_no_row_for_is_refused():
     decoding.generate(model, params, [[5, 198]], jax.random.PRNGKey(0), max_new_tokens=2)
 
 
+@pytest.mark.parametrize("settings,message", [
+    ({"top_p": 0.0}, r"top_p=0.0: must be in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p=1.5: must be in \(0, 1\]"),
+    ({"temperature": -0.5}, r"temperature=-0.5: must be >= 0 \(0 is greedy"),
+    ({"top_k": -3}, r"top_k=-3: must be positive"),
+])
+def test_settings_that_sample_nonsense_are_refused_by_name(settings, message):
+  model, params = peaked_model()
+  with pytest.raises(UserError, match=message):
+    decoding.generate(model, params, [prompt(3)], jax.random.PRNGKey(0), max_new_tokens=2,
+                      **settings)
+
+
+def test_sample_refuses_a_model_whose_vocabulary_is_not_gpt2s():
+  model = GPT(tiny_model(vocab_size=64))  # a character-level run: "!" is its token 0 too
+  params = init_params(model, jax.random.PRNGKey(0))
+  with pytest.raises(UserError, match="the model's vocab_size=64 cannot hold GPT-2's 50257 "
+                                      "tokens"):
+    sample.sample_texts(model, params, "!", num_samples=1, max_new_tokens=2, temperature=0.0,
+                        top_k=None, top_p=1.0, stop_at_eot=False, seed=0)
+
+
 @pytest.mark.slow
 def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
-  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2,
+                       vocab_size=50304)  # GPT-2's tokens: sample refuses a smaller vocabulary
   train.train(config)
   result = run_python("-m", "jaxgpt.sample", f"--out_dir={config.out_dir}", "--start=A",
                       "--num_samples=3", "--max_new_tokens=8", "--top_k=20")

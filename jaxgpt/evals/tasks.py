@@ -50,6 +50,7 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
   if names and scorer.vocab_size < tokenizer.N_VOCAB:
     raise UserError(f"the model's vocab_size={scorer.vocab_size} cannot hold GPT-2's "
                     f"{tokenizer.N_VOCAB} tokens, which every task's text is written in")
+  _check_unique(names)
   tasks = []
   for name in names:
     if name == "hellaswag":
@@ -64,12 +65,30 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
       path = name.removeprefix("text:")
       rows = text_rows(read_text_tokens(path), scorer.block_size, stride)
       rows = rows[:limit] if limit else rows
-      stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
       about = (f"{len(rows):,} windows of up to {scorer.block_size + 1} tokens, "
                f"{sum(n for _, n in rows):,} tokens scored")
-      tasks.append(Task(stem, path, len(rows), about, "windows", scorer.batches(rows),
+      tasks.append(Task(_task_name(name), path, len(rows), about, "windows", scorer.batches(rows),
                         lambda sums, r=rows: perplexity(r, sums)))
   return tasks
+
+
+def _task_name(spec: str) -> str:
+  """The metrics' prefix of one task: 'hellaswag', or a text file's name without extension."""
+  if spec == "hellaswag":
+    return spec
+  return re.sub(r"\W", "_", os.path.splitext(os.path.basename(spec.removeprefix("text:")))[0])
+
+
+def _check_unique(specs: list[str]) -> None:
+  """Refuses two tasks of one name: the later one's metrics would overwrite the earlier's."""
+  seen: dict[str, str] = {}
+  for spec in specs:
+    name = _task_name(spec)
+    if name in seen:
+      raise UserError(f"evaluation tasks {seen[name]!r} and {spec!r} are both named {name!r}, "
+                      "so one's metrics would overwrite the other's: list a task once, and give "
+                      "text files different names")
+    seen[name] = spec
 
 
 def read_text_tokens(path: str) -> list[int]:

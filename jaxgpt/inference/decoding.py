@@ -56,6 +56,17 @@ def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float,
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
+  """Refuses settings that sample nonsense without failing: top_p <= 0 keeps no token (every
+  sample token 0), a negative temperature makes the least likely tokens the likeliest."""
+  if not temperature >= 0.0:
+    raise UserError(f"temperature={temperature}: must be >= 0 (0 is greedy, 1 as trained)")
+  if top_k is not None and top_k < 1:
+    raise UserError(f"top_k={top_k}: must be positive")
+  if top_p is not None and not 0.0 < top_p <= 1.0:
+    raise UserError(f"top_p={top_p}: must be in (0, 1] (1 keeps every token)")
+
+
 def _sampled_vocab(logits_BV: jax.Array) -> jax.Array:
   return logits_BV[:, :tokenizer.N_VOCAB]  # never sample the padding ids past GPT-2's vocab
 
@@ -89,6 +100,7 @@ def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: ja
   """
   if max_new_tokens < 1:
     raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+  check_settings(temperature, top_k, top_p)
   prompt_BP, lengths_B = pad_prompts(prompts, model.config.block_size)
   largest = int(prompt_BP.max())
   if largest >= model.config.vocab_size:  # its embedding would be NaN, every sample 0s

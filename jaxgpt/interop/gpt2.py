@@ -26,6 +26,9 @@ from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 HUB_REPOS = {name: f"openai-community/{name}" for name in defaults.GPT2_MODELS}
+# (n_layer, n_embd) of each of OpenAI's sizes, as nanoGPT's from_pretrained spells them out.
+SIZES = {"gpt2": (12, 768), "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280),
+         "gpt2-xl": (48, 1600)}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 # The checkpoint's old attention-mask buffers, and the LM head that is the tied embedding.
 IGNORED_KEYS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
@@ -133,10 +136,23 @@ def to_params(tensors: dict[str, np.ndarray], arch: dict[str, Any], source: str)
 
 
 def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
-  """The local directory to read: `hf_checkpoint_dir`, or the Hub's copy, downloaded once."""
+  """The local directory to read: `hf_checkpoint_dir`, or the Hub's copy, downloaded once.
+
+  A local directory must hold the size `init_from` names, which the run and
+  every log line call it by.
+  """
   if hf_checkpoint_dir:
     if not os.path.isdir(hf_checkpoint_dir):
       raise UserError(f"hf_checkpoint_dir={hf_checkpoint_dir!r} is not a directory")
+    arch = read_config(hf_checkpoint_dir)
+    held = (arch["n_layer"], arch["n_embd"])
+    if held != SIZES[init_from]:
+      named = [name for name, size in SIZES.items() if size == held]
+      raise UserError(
+          f"init_from={init_from} is n_layer={SIZES[init_from][0]}, n_embd="
+          f"{SIZES[init_from][1]}, but hf_checkpoint_dir={hf_checkpoint_dir!r} holds n_layer="
+          f"{held[0]}, n_embd={held[1]}" + (f" ({named[0]})" if named else
+                                            " (none of GPT-2's sizes)"))
     return hf_checkpoint_dir
   repo = HUB_REPOS[init_from]
   import huggingface_hub

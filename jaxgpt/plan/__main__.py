@@ -55,9 +55,11 @@ def _throughput(f: flags.FlagValues, out_dir: str, flops_per_token: float,
     return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
   rundir = run_dir.RunDir(out_dir)
   if os.path.isfile(rundir.metrics_path):
-    measured = report.median_throughput(rundir.read_metrics()["train"])["tokens_per_sec"]
+    train_records = rundir.read_metrics()["train"]
+    measured = report.median_throughput(train_records)["tokens_per_sec"]
     if measured:
-      return measured, f"{measured:,.0f} tok/s, measured in {rundir.metrics_path}"
+      return _scaled(measured, iters.measured_devices(rundir.read_config(), train_records),
+                     n_devices, rundir.metrics_path)
   if f.device:
     peak = gpus.peak_flops(f.device, f.peak_flops)
     if peak is None:
@@ -69,6 +71,20 @@ def _throughput(f: flags.FlagValues, out_dir: str, flops_per_token: float,
                    "measurement)")
   return None, (f"unknown (none measured in {rundir.metrics_path}; --tokens_per_sec or --device "
                 "sets it)")
+
+
+def _scaled(measured: float, ran_on: int | None, n_devices: int, metrics_path: str
+            ) -> tuple[float, str]:
+  """A measured rate for --devices: times n_devices / the devices it was measured on (each
+  device keeping its rate), or as measured where that count is unknown, said so."""
+  if ran_on is None:
+    return measured, (f"{measured:,.0f} tok/s, measured in {metrics_path} on an unknown number "
+                      "of devices: the time is at the measured run's rate, --devices does not "
+                      "scale it")
+  rate = measured * n_devices / ran_on
+  scaled = "" if ran_on == n_devices else f", scaled to --devices={n_devices}"
+  return rate, (f"{rate:,.0f} tok/s: {measured:,.0f} measured in {metrics_path} on {ran_on} "
+                f"device(s){scaled}")
 
 
 def main() -> None:

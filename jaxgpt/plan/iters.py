@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
+from typing import Any
 
 import ml_collections
 
-from jaxgpt import formatting, summary, token_files
+from jaxgpt import defaults, formatting, summary, token_files
 
 MAX_USEFUL_EPOCHS = 4  # repeated tokens pay nearly as much as new ones up to ~4 epochs
 
@@ -27,6 +29,20 @@ def count_train_tokens(data_dir: str) -> int | None:
   meta = token_files.read_meta(data_dir) or {}
   tokens = meta.get("splits", {}).get("train", {}).get("tokens")
   return int(tokens) if tokens else None
+
+
+def measured_devices(run_config: dict[str, Any] | None, train_records: list[dict[str, Any]]
+                     ) -> int | None:
+  """The devices of the run that logged `train_records`: its tokens per iteration (from the
+  records' token counts) over one device's share (from its config.json). None where they do
+  not give one whole count: no config.json, or a resume that changed the layout."""
+  if not run_config or not train_records:
+    return None
+  per_device = defaults.tokens_per_iter(ml_collections.ConfigDict(run_config), 1)
+  points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
+  per_iter = {(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)}
+  n = per_iter.pop() / per_device if len(per_iter) == 1 else 0
+  return int(n) if n >= 1 and n == int(n) else None
 
 
 def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: list[int], *,
