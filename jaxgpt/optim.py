@@ -119,7 +119,8 @@ def _muon(config: OptimConfig) -> optax.GradientTransformation:
   """optax.contrib's Muon step with a momentum warmup, on the learning-rate schedule.
 
   Like modded-nanogpt's Muon: Nesterov momentum, Newton-Schulz orthogonalisation,
-  the width scale, and no weight decay.
+  the width scale, and no weight decay; unlike it, the fused c_attn is one matrix,
+  not Q, K and V each alone (docs/design.md says why).
   """
   as_matrices = lambda updates: jax.tree.map(lambda _: contrib.MuonDimensionNumbers(), updates)
   scale_by_muon = optax.inject_hyperparams(contrib.scale_by_muon,
