@@ -21,8 +21,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def hf_gpt2(path, **overrides):
-  """A random tiny transformers GPT-2, every weight and bias drawn at a visible scale."""
+def hf_gpt2(path, init_scale: float | None = 0.3, **overrides):
+  """A random tiny transformers GPT-2, every weight and bias drawn at a visible scale
+  (`init_scale`; None keeps GPT-2's own init)."""
   torch.manual_seed(0)
   kw = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 16, "vocab_size": TINY_VOCAB,
             "bos_token_id": None, "eos_token_id": None}
@@ -30,7 +31,8 @@ def hf_gpt2(path, **overrides):
   model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw)).eval()
   with torch.no_grad():
     for p in model.parameters():
-      p.normal_(0.0, 0.3)
+      if init_scale is not None:
+        p.normal_(0.0, init_scale)
   model.save_pretrained(str(path))
   return model
 
@@ -84,6 +86,27 @@ def test_export_crops_the_padded_vocabulary(tmp_path):
   assert tensors["transformer.wte.weight"].shape == (50257, 8)
   with open(tmp_path / "out" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["vocab_size"] == 50257
+
+
+def test_bfloat16_logits_are_as_close_to_float32_as_torch_autocasts(tmp_path):
+  """Mixed precision as nanoGPT runs it: under autocast the residual stream stays float32.
+
+  On GPT-2's init at 12 layers, our bfloat16 logits sit about as far from
+  float32 as transformers' under torch.autocast(bfloat16); with a bfloat16
+  residual stream they sat twice as far (0.0018 against 0.0010, mean |d|).
+  """
+  theirs = hf_gpt2(tmp_path / "hf", n_layer=12, n_head=4, n_embd=128, n_positions=64,
+                   vocab_size=512, init_scale=None)
+  arch, params = gpt2.load(str(tmp_path / "hf"))
+  x_BT = np.random.default_rng(0).integers(0, 512, (4, 64))
+  f32 = hf_logits(theirs, x_BT)
+  with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    autocast = theirs(torch.tensor(x_BT)).logits.float().numpy()
+  config = gpt2_config(arch)
+  config.update(dtype="bfloat16", attention="xla")
+  ours = np.asarray(GPT(GPTConfig.from_config(config)).apply({"params": params}, x_BT))
+  off = lambda a: float(np.abs(a - f32).mean())
+  assert off(ours) < 1.3 * off(autocast)
 
 
 def test_a_checkpoint_that_is_not_gpt2_is_refused_by_name(tmp_path):
