@@ -79,10 +79,10 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
     return None
   from jaxgpt import tokenizer
   from jaxgpt.inference import decoding
-  if model.vocab_size < tokenizer.N_VOCAB:  # said before training, not after it
-    raise UserError(f"config.sample_tokens={tokens}: the closing sample is written in GPT-2's "
-                    f"tokens, which vocab_size={model.vocab_size} cannot hold; set "
-                    "--config.sample_tokens=0")
+  try:  # said before training, not after it
+    tokenizer.require_gpt2_vocabulary(model.vocab_size, "the closing sample is")
+  except UserError as e:
+    raise UserError(f"config.sample_tokens={tokens}: {e}; set --config.sample_tokens=0") from None
 
   def print_sample(params: Any) -> None:
     text = decoding.continuation(GPT(model), params, prompt, max_new_tokens=tokens, seed=seed)

@@ -125,8 +125,7 @@ def train_dataset(source: TokenWindows, *, accum_steps: int, batch_size: int, se
 
   `batch_size` is this process's share of the micro-batch. `prefetch` batches
   are read ahead by background threads (and by each of `workers` processes
-  when > 0). The
-  iterator it gives is checkpointable (`get_state`/`set_state`), so a resumed
+  when > 0). The iterator it gives is checkpointable (`get_state`/`set_state`), so a resumed
   run continues at exactly the next batch; a run resumed with another batch
   layout starts a new iterator at the window it had reached (`start_window`).
   """

@@ -39,11 +39,7 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_n
                  temperature: float, top_k: int | None, top_p: float, stop_at_eot: bool,
                  seed: int) -> list[str]:
   """num_samples completions of `start`, each with its prompt as nanoGPT prints them."""
-  vocab_size = model.config.vocab_size
-  if vocab_size < tokenizer.N_VOCAB:  # its ids would decode as GPT-2 tokens, garbage
-    raise UserError(f"the model's vocab_size={vocab_size} cannot hold GPT-2's "
-                    f"{tokenizer.N_VOCAB} tokens, which prompts and samples are written in: it "
-                    "was trained on other tokens (a character-level nanoGPT run, say)")
+  tokenizer.require_gpt2_vocabulary(model.config.vocab_size, "prompts and samples are")
   enc = tokenizer.gpt2()
   prompt = enc.encode(start, allowed_special={"<|endoftext|>"})
   tokens_BN = decoding.generate(

@@ -64,6 +64,15 @@ def gpt2() -> tiktoken.Encoding:
   )
 
 
+def require_gpt2_vocabulary(vocab_size: int, written: str) -> None:
+  """Refuses a model whose vocabulary cannot hold GPT-2's tokens (a character-level nanoGPT
+  run): what `written` reads or writes in them would be other ids, garbage and no error."""
+  if vocab_size < N_VOCAB:
+    raise UserError(f"the model's vocab_size={vocab_size} cannot hold GPT-2's {N_VOCAB} "
+                    f"tokens, which {written} written in: it was trained on other tokens (a "
+                    "character-level nanoGPT run, say)")
+
+
 def decode_whole_characters(tokens: list[int]) -> str:
   """The text of `tokens` without a character cut off at the end.
 

@@ -57,8 +57,9 @@ def test_a_closing_sample_the_model_cannot_write_is_refused_before_training(tmp_
   r = launch("--config=configs/quickstart.py", "--config.vocab_size=96",
              f"--config.data_dir={tmp_path / 'none'}", f"--config.out_dir={tmp_path / 'run'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-      "error: config.sample_tokens=60: the closing sample is written in GPT-2's tokens, which "
-      "vocab_size=96 cannot hold; set --config.sample_tokens=0")
+      "error: config.sample_tokens=60: the model's vocab_size=96 cannot hold GPT-2's 50257 "
+      "tokens, which the closing sample is written in: it was trained on other tokens (a "
+      "character-level nanoGPT run, say); set --config.sample_tokens=0")
   assert not (tmp_path / "run").exists()
 
 

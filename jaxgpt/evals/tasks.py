@@ -47,9 +47,8 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
   `limit` > 0 keeps the first examples (HellaSwag) or windows (text).
   """
   names = defaults.eval_tasks(spec)
-  if names and scorer.vocab_size < tokenizer.N_VOCAB:
-    raise UserError(f"the model's vocab_size={scorer.vocab_size} cannot hold GPT-2's "
-                    f"{tokenizer.N_VOCAB} tokens, which every task's text is written in")
+  if names:
+    tokenizer.require_gpt2_vocabulary(scorer.vocab_size, "every task's text is")
   _check_unique(names)
   tasks = []
   for name in names:
