@@ -4,8 +4,8 @@ Layout: <directory>/<step>/{state,data,meta}. Orbax writes each save
 into a temporary directory and renames it when complete, so a crash mid-save
 leaves the previous steps intact; saves run in the background while training
 goes on, and a save that fails (a full disk) is reported as soon as the loop
-next looks (`check_saves`). Kept: the latest `keep` steps plus the best by
-val loss.
+next looks (`check_saves`). Kept: the latest `keep` steps plus the one the
+loop names best by val loss (`keep_best`).
 
 Every array of the state is fingerprinted when it is saved (on its devices,
 `fingerprints`), and the fingerprints go into the same checkpoint's meta; a
@@ -20,7 +20,7 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -39,14 +39,11 @@ class Checkpoints:
   """Saves and restores the step checkpoints in one directory (`RunDir` says which)."""
 
   def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
-    keep_latest_and_best = policies.AnyPreservationPolicy([
-        policies.LatestN(n=keep),
-        policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
-                       keep_checkpoints_without_metrics=False),
-    ])
+    self._best = _KeepStep()
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=True,
-        preservation_policy=keep_latest_and_best,
+        preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(n=keep),
+                                                            self._best]),
         read_only=read_only,
         create=not read_only,
     )
@@ -58,8 +55,12 @@ class Checkpoints:
     """Completed checkpoints, oldest first."""
     return sorted(self.manager.all_steps())
 
+  def keep_best(self, step: int | None) -> None:
+    """Keeps `step`'s checkpoint (the best by val loss) however many newer ones are saved."""
+    self._best.step = step
+
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
-           meta: dict[str, Any], val_loss: float | None) -> None:
+           meta: dict[str, Any]) -> None:
     """Starts an asynchronous save; returns once the device buffers are copied.
 
     The state's fingerprints are written into `meta`, for restores to check.
@@ -69,9 +70,8 @@ class Checkpoints:
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-    metrics = None if val_loss is None else {"val_loss": float(val_loss)}
     self._in_flight = step
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def check_saves(self) -> None:
     """Reports a background save that failed, without waiting for one in progress.
@@ -189,6 +189,20 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+class _KeepStep(policies.PreservationPolicy):
+  """Preserves one step that the loop names.
+
+  Orbax's BestN ranks the metrics given with a save, but a checkpoint saved by
+  a stop signal is evaluated only when the run resumes, after its save.
+  """
+
+  step: int | None = None
+
+  def should_preserve(self, checkpoints: Sequence[policies.PolicyCheckpointInfo], *,
+                      context: policies.PreservationContext) -> list[bool]:
+    return [c.step == self.step for c in checkpoints]
 
 
 class SaveError(UserError):

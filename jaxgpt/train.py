@@ -123,7 +123,8 @@ class _Loop:
     self.data_layout = {**data_layout, "start_window": start.window}
     self.n_logs = 0
     self.nonfinite_seen = int(start.state.nonfinite)
-    self.best_val_loss = start.best_val_loss
+    self.best_val_loss, self.best_step = start.best_val_loss, start.best_step
+    checkpoints.keep_best(start.best_step)
     self.last_saved = start.iter if config.resumed else None
     self.losses: dict[str, float] = {}
     self.pending: tuple[int, dict[str, jax.Array]] | None = None  # a log not yet fetched
@@ -139,8 +140,9 @@ class _Loop:
 
   def save(self, it: int, val_loss: float | None) -> None:
     meta = {"config": self.saved_config, "iter": it, "tokens": self.tokens(it),
-            "val_loss": val_loss, "best_val_loss": self.best_val_loss, "data": self.data_layout}
-    self.checkpoints.save(it, self.state, self.train_iter, meta, val_loss)
+            "val_loss": val_loss, "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step, "data": self.data_layout}
+    self.checkpoints.save(it, self.state, self.train_iter, meta)
     self.last_saved = it
 
   def write(self, record: dict[str, Any]) -> None:
@@ -185,8 +187,10 @@ class _Loop:
     if self.config.eval_only:
       return
     self.check_finite(it, int(self.state.nonfinite))
-    improved = self.losses["val"] < self.best_val_loss
-    self.best_val_loss = min(self.best_val_loss, self.losses["val"])
+    if self.losses["val"] < self.best_val_loss:  # this step's checkpoint is kept from now on
+      self.best_val_loss, self.best_step = self.losses["val"], it
+      self.checkpoints.keep_best(it)
+    improved = self.best_step == it
     if it > 0 and it != self.last_saved and (improved or self.config.always_save_checkpoint):
       self.save(it, self.losses["val"])
     self.mark_time(it)

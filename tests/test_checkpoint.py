@@ -24,7 +24,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import run_dir, token_files, train, train_step
+from jaxgpt import checkpoint, run_dir, token_files, train, train_step
 from jaxgpt.errors import UserError
 
 
@@ -195,6 +195,53 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):
   steps = checkpoint_steps(out_dir)
   last_logged = records(out_dir, "train")[-1]["iter"]
   assert steps == [last_logged + 1]
+
+
+def scripted_val_losses(monkeypatch, losses: list[float]) -> list[float]:
+  """Makes the loop's evaluations return `losses` in turn; returns the ones not yet taken."""
+  left = list(losses)
+  monkeypatch.setattr(train, "val_losses", lambda *args: dict.fromkeys(("train", "val"),
+                                                                       left.pop(0)))
+  return left
+
+
+def test_the_best_checkpoint_is_kept_when_it_was_evaluated_after_a_stop(tmp_path, token_dir,
+                                                                      monkeypatch):
+  """A stop saves step 4 before its evaluation; the resume scores it best, so it outlives
+  the newer saves that push it out of the latest keep_checkpoints=1."""
+  scored = scripted_val_losses(monkeypatch, [9.0, 5.0, 1.0, 3.0, 4.0])  # steps 0, 2, 4, 6, 8
+  real_log = train._Loop.defer_log
+
+  def log_then_sigterm(loop, it, step_metrics):
+    real_log(loop, it, step_metrics)
+    if it == 3 and not loop.config.resumed:  # lands before the evaluation at 4
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
+  kw = {"eval_interval": 2, "keep_checkpoints": 1, "lr_decay_iters": 8}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=8, **kw))
+  assert checkpoint_steps(str(tmp_path / "run")) == [2, 4]  # 2 the best so far
+  config = tiny_config(tmp_path, token_dir, max_iters=8, init_from="resume", **kw)
+  train.train(config)
+  assert not scored  # each evaluation took its loss, the resumed step's included
+  assert checkpoint_steps(config.out_dir) == [4, 8]
+  _, meta = restore_state(config, 8)
+  assert (meta["best_step"], meta["best_val_loss"]) == (4, 1.0)
+
+
+def test_a_resume_of_checkpoints_that_name_no_best_step_keeps_the_best_evaluated(
+    tmp_path, token_dir, monkeypatch):
+  """Checkpoints written before metas named the best step: the lowest val loss saved is kept."""
+  scripted_val_losses(monkeypatch, [9.0, 1.0, 5.0, 6.0, 7.0])  # steps 0, 2, 4; 6, 8
+  real_save = checkpoint.Checkpoints.save
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", lambda self, step, state, it, meta:
+                      real_save(self, step, state, it,
+                                {k: v for k, v in meta.items() if k != "best_step"}))
+  kw = {"eval_interval": 2, "keep_checkpoints": 1, "lr_decay_iters": 8}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, **kw))
+  config = tiny_config(tmp_path, token_dir, max_iters=8, init_from="resume", **kw)
+  train.train(config)
+  assert checkpoint_steps(config.out_dir) == [2, 8]
 
 
 @pytest.mark.slow

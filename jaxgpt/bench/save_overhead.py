@@ -31,7 +31,7 @@ def checkpoint_overhead(config: ml_collections.ConfigDict, *, iters: int,
   with tempfile.TemporaryDirectory(prefix="jaxgpt_ckpt_bench_") as tmp:
     ckpts = run_dir.RunDir(tmp).checkpoints(keep=1)
     t0 = time.perf_counter()
-    ckpts.save(1, state, None, {"bench": True}, None)
+    ckpts.save(1, state, None, {"bench": True})
     blocked_s = time.perf_counter() - t0
     during = []
     while ckpts.manager.is_saving_in_progress() and len(during) < iters:
