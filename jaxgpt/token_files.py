@@ -23,6 +23,7 @@ from jaxgpt.errors import UserError
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
+MAX_SHARD_TOKENS = 2**31 - 1  # the header counts tokens in an int32
 HEADER_BYTES = HEADER_INTS * 4
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
@@ -35,6 +36,8 @@ class ShardError(UserError, ValueError):
 def write_shard(path: str, tokens: np.ndarray) -> None:
   """Writes an llm.c shard atomically: a reader never sees a half-written file."""
   tokens = np.asarray(tokens)
+  if tokens.size > MAX_SHARD_TOKENS:
+    raise ShardError(f"{path}: {tokens.size:,} tokens; a shard holds {MAX_SHARD_TOKENS:,}")
   if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
     raise ShardError(f"{path}: token ids must fit in uint16, got range "
                      f"[{tokens.min()}, {tokens.max()}]")

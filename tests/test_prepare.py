@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_python
+from conftest import run_python, start_python
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
@@ -118,6 +118,21 @@ def test_jsonl_and_txt_files(tmp_path):
   docs = [(f"j{i}", t) for i, t in enumerate(TEXTS[:30])]
   docs += [(str(tmp_path / "txt" / f"{i:02d}.txt"), t) for i, t in enumerate(TEXTS[30:50])]
   assert_dataset(str(tmp_path / "out"), docs)
+
+
+def test_null_ids_lone_surrogates_and_a_dot_named_out(tmp_path):
+  """A null id names the document by its line (not all "None", one split); half an emoji
+  tokenizes as tiktoken reads it; an out named .x still gives shards the trainer sees."""
+  lines = [json.dumps({"id": None, "text": t}) for t in TEXTS[:30]]
+  lines.append('{"id": "half", "text": "an emoji cut in half \\ud83d here"}')
+  (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  out = tmp_path / ".x"
+  datasets.prepare_files([str(tmp_path / "a.jsonl")], str(out), name=".x", command="test",
+                         progress=False)
+  ids = assert_dataset(str(out), [(f"a.jsonl:{i + 1}", t) for i, t in enumerate(TEXTS[:30])] +
+                       [("half", "an emoji cut in half \ufffd here")])
+  assert ids["val"] == [i for i in ids["train"] + ids["val"] if shards.is_val(i, 0.1)] != []
+  assert os.path.basename(token_files.find_shards(str(out), "train")[0]) == "x_train_000000.bin"
 
 
 def test_txt_separator_and_jsonl_text_field(tmp_path):
@@ -277,6 +292,19 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
     datasets.ensure("fineweb", str(out), auto_prepare=False)
   run([path], out)
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
+
+
+def test_the_processes_of_one_run_make_a_missing_dataset_once(tmp_path):
+  """Each process of a multi-process run calls ensure; one makes the data, the others wait
+  for it (before, each removed the others' unfinished shards and all but one failed)."""
+  data_dir = str(tmp_path / "pd")
+  code = f"from jaxgpt.prep import datasets; datasets.ensure('python_docs', {data_dir!r}, " \
+         "auto_prepare=False)"
+  procs = [start_python("-c", code) for _ in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert sum("tokenizing the built-in python_docs corpus" in out for out in outputs) == 1
+  assert data.open_splits(data_dir, 64, tokenizer.N_VOCAB)["val"].n_tokens > 0
 
 
 def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):

@@ -10,6 +10,8 @@ making it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shlex
 import sys
@@ -21,7 +23,7 @@ from jaxgpt import token_files
 from jaxgpt.errors import UserError
 from jaxgpt.prep import fineweb
 from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
-from jaxgpt.prep.shards import check_out_dir, write_dataset
+from jaxgpt.prep.shards import STAGING, check_out_dir, write_dataset
 from jaxgpt.prep.tokenize import cpu_count
 
 FINEWEB_DATASETS = {"fineweb": False, "fineweb_edu": True}  # config.dataset -> FineWeb-Edu?
@@ -73,16 +75,43 @@ def make_python_docs(out_dir: str) -> None:
 
 def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   """A config's dataset in `data_dir`: made where it is missing (`make`); the built-in corpus
-  standing in for another dataset is refused."""
+  standing in for another dataset is refused.
+
+  Every process of a run calls it: the first to find the data missing makes
+  it, holding a lock in `data_dir`, and the others wait for it, then read it.
+  """
   train_files = token_files.find_shards(data_dir, "train")
-  if not train_files:
-    make(dataset, data_dir, auto_prepare=auto_prepare)
-  elif dataset != PYTHON_DOCS and all(os.path.basename(p).startswith(f"{PYTHON_DOCS}_")
+  if not train_files or os.path.isdir(os.path.join(data_dir, STAGING)):
+    with _one_maker(data_dir):
+      if not token_files.find_shards(data_dir, "train"):
+        make(dataset, data_dir, auto_prepare=auto_prepare)
+    train_files = token_files.find_shards(data_dir, "train")
+  if dataset != PYTHON_DOCS and all(os.path.basename(p).startswith(f"{PYTHON_DOCS}_")
                                       for p in train_files):
     raise UserError(
         f"data_dir={data_dir!r} holds the built-in {PYTHON_DOCS} corpus, not dataset={dataset!r} "
         f"(a run with --config.dataset={PYTHON_DOCS} made it there). Move its files away, then "
         f"make the data: {make_command(dataset, data_dir)}")
+
+
+@contextlib.contextmanager
+def _one_maker(data_dir: str) -> Iterator[None]:
+  """Holds `data_dir`/.prepare.lock (an flock, dropped by the OS however its holder ends)."""
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, ".prepare.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise UserError(f"data_dir={data_dir!r}: the data cannot be made there ({e.strerror})"
+                    ) from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info("waiting for another process making the data in %s", data_dir)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)
 
 
 def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:

@@ -77,15 +77,15 @@ def read_parquet(path: str, text_field: str) -> Iterator[Piece]:
   row = 0
   for batch in pf.iter_batches(batch_size=1024, columns=columns):
     texts = batch.column(text_field).to_pylist()
-    ids = (batch.column("id").to_pylist() if len(columns) == 2 else
-           [f"{name}:{row + i}" for i in range(len(texts))])
+    ids = batch.column("id").to_pylist() if len(columns) == 2 else [None] * len(texts)
     for doc_id, text in zip(ids, texts):
       if text is None:
         raise PrepareError(f"{path}: row {row}: {text_field!r} is null")
       nbytes = size * (row + 1) // n_rows - size * row // n_rows  # the file's bytes, row by row
       row += 1
       if text:
-        yield from pieces_of(str(doc_id), text, nbytes)
+        yield from pieces_of(f"{name}:{row - 1}" if doc_id is None else str(doc_id), text,
+                             nbytes)
 
 
 def read_jsonl(path: str, text_field: str) -> Iterator[Piece]:
@@ -105,8 +105,15 @@ def read_jsonl(path: str, text_field: str) -> Iterator[Piece]:
         raise PrepareError(f"{path}:{lineno}: {text_field!r} holds "
                            f"{type(text).__name__}, not text")
       if text:
-        doc_id = record.get("id", f"{os.path.basename(path)}:{lineno}")
-        yield from pieces_of(str(doc_id), text, len(line))
+        doc_id = record.get("id")
+        doc_id = f"{os.path.basename(path)}:{lineno}" if doc_id is None else str(doc_id)
+        yield from pieces_of(well_formed(doc_id), well_formed(text), len(line))
+
+
+def well_formed(text: str) -> str:
+  """`text` with lone surrogates (JSON's "\\ud83d", half an emoji) as U+FFFD, as tiktoken
+  reads them: they cannot be hashed or counted as UTF-8."""
+  return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def read_text(path: str, separator: str) -> Iterator[Piece]:

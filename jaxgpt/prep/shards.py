@@ -44,7 +44,8 @@ class _ShardWriter:
   """Fills one split's shard buffer and writes each shard as it fills."""
 
   def __init__(self, out_dir: str, name: str, split: str, shard_tokens: int):
-    self.out_dir, self.name, self.split = out_dir, name, split
+    # A leading dot would hide the shards: token readers skip dotfiles, as they skip staging.
+    self.out_dir, self.name, self.split = out_dir, name.lstrip(".") or "data", split
     self.buffer = np.empty(shard_tokens, np.uint16)  # pages are touched only as tokens arrive
     self.filled = 0
     self.paths: list[str] = []
