@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -25,13 +26,18 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
                                  process_id: int = -1) -> None:
   """Joins the processes of a multi-host job before anything touches a device.
 
-  Explicit arguments win; otherwise SLURM and Open MPI jobs of more than one
-  task are detected from their environment (JAX reads the rest itself).
+  Explicit arguments win; otherwise SLURM steps (`srun`) and Open MPI jobs of
+  more than one task are detected from their environment (JAX reads the rest
+  itself). A batch script's own shell is one process, whatever its allocation.
   """
   explicit = bool(coordinator_address) or num_processes > 0 or process_id >= 0
-  cluster_size = int(os.environ.get("SLURM_NTASKS") or os.environ.get("OMPI_COMM_WORLD_SIZE")
-                     or 1)
+  cluster_size = int(os.environ.get("SLURM_STEP_NUM_TASKS")
+                     or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
   if not explicit and cluster_size <= 1:
+    if int(os.environ.get("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_NUM_TASKS" not in os.environ:
+      logging.warning("a SLURM allocation of %s tasks, but this process was not started by srun: "
+                      "it runs alone; `srun python launch.py ...` runs one process per task",
+                      os.environ["SLURM_NTASKS"])
     return
   # CPU devices need a collectives backend to talk across processes; GPUs ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -129,3 +129,25 @@ def test_processes_read_disjoint_windows_that_together_make_the_global_batch(tok
   rows = lambda b: {tuple(w) for w in b.reshape(-1, 17).tolist()}
   assert not rows(parts[0]) & rows(parts[1])
   assert rows(parts[0]) | rows(parts[1]) == rows(whole)
+
+
+@pytest.mark.parametrize("env,joins", [
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, False),  # a batch script's own shell
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8"}, True),  # srun
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, False),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+])
+def test_only_a_launcher_s_processes_join_a_multi_process_job(monkeypatch, caplog, env, joins):
+  """SLURM_NTASKS is the allocation's: python run in an sbatch script without srun is one
+  process (joining would wait for 7 that never start), and says so."""
+  for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+    monkeypatch.delenv(key, raising=False)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  joined = []
+  monkeypatch.setattr(jax.config, "update", lambda *args: None)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: joined.append(kw))
+  sharding.maybe_initialize_distributed()
+  assert joined == ([{}] if joins else [])
+  alone = env.get("SLURM_NTASKS") == "8" and not joins
+  assert ("not started by srun" in caplog.text) == alone

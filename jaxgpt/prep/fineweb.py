@@ -66,7 +66,7 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
 
 _OFFLINE_ADVICE = ("Download FineWeb's parquet files where there is a network and run "
                    "`python -m jaxgpt.prepare files --input='DIR/*.parquet' --out=...`, or point "
-                   "HF_ENDPOINT at a mirror (with a filled cache, HF_HUB_OFFLINE=1 reads it).")
+                   "HF_ENDPOINT at a mirror.")
 
 
 def check_hub_reachable(timeout_s: float = 10.0) -> None:
