@@ -236,6 +236,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.peak_flops >= 0, "peak_flops", "must be >= 0 (0: looked up by device kind)")
   check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
   check(c.warmup_iters >= 0, "warmup_iters", "must be >= 0")
+  check(0 <= c.seed < 2**32, "seed", "must be in [0, 2**32): a PRNG key holds 32 bits")
   check(c.data_workers >= 0, "data_workers", "must be >= 0")
   check(c.data_prefetch >= 1, "data_prefetch", "must be >= 1")
   if c.decay_lr and c.max_iters > 0:  # with no iterations to train, no schedule to check

@@ -32,7 +32,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("stride", 0, "text: tokens between window starts; 0 is block_size "
                        "(windows that do not overlap).")
   flags.DEFINE_integer("batch_rows", 0, "Rows (endings, windows) per batch; 0: "
-                       f"{scoring.ROWS_PER_BATCH_CPU} on a CPU, {scoring.ROWS_PER_BATCH} on a GPU.")
+                       f"{scoring.ROWS_PER_BATCH_CPU} on a CPU, {scoring.ROWS_PER_BATCH} on a GPU.",
+                       lower_bound=0)
 
 
 def main() -> None:

@@ -78,8 +78,8 @@ def _tasks_table(records: list[dict]) -> list[str]:
   """The task scores (eval_tasks) as a table; counts of examples and tokens left out."""
   if not records:
     return []
-  keys = [k for k in records[-1] if k not in ("event", "iter", "tokens")
-          and not k.endswith(("_examples", "_tokens"))]
+  keys = [k for k in dict.fromkeys(k for r in records for k in r)  # tasks a resume dropped too
+          if k not in ("event", "iter", "tokens") and not k.endswith(("_examples", "_tokens"))]
   widths = [max(len(k), 8) for k in keys]
   lines = [f"{'step':>8} {'tokens':>9} " + " ".join(f"{k:>{w}}" for k, w in zip(keys, widths))]
   for r in records:
@@ -93,8 +93,9 @@ def _tasks_table(records: list[dict]) -> list[str]:
 
 def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, float]]:
   """The learning rate against tokens: every iteration's to max_iters, from the schedule in
-  the run's config.json, at the tokens the records give (extended at their last rate); only
-  the logged rates where there is no config.json or too few records."""
+  the run's config.json, at the tokens the records give (extended at their last rate); the
+  logged rates up to the last that config.json's schedule does not give (a resume changed
+  it), and only those where there is no config.json or too few records."""
   logged = [(r["tokens"], r["lr"]) for r in run["train"]]
   tokens_at = {r["iter"]: r["tokens"] for r in run["eval"]}
   tokens_at.update({r["iter"] + 1: r["tokens"] for r in run["train"]})  # tokens after a step
@@ -108,8 +109,15 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
   per_iter = (known_tokens[-1] - known_tokens[-2]) / (known_its[-1] - known_its[-2])
   tokens = np.where(its <= known_its[-1], np.interp(its, known_its, known_tokens),
                     known_tokens[-1] + per_iter * (its - known_its[-1]))
-  lr = optim.lr_schedule(defaults.view(optim.OptimConfig, config), np)(its)
-  return list(zip(tokens.tolist(), np.broadcast_to(lr, its.shape).tolist()))
+  schedule = optim.lr_schedule(defaults.view(optim.OptimConfig, config), np)
+  lr = np.broadcast_to(schedule(its), its.shape)
+  logged_its = np.array([r["iter"] for r in run["train"]])
+  differs = ~np.isclose(schedule(logged_its), [r["lr"] for r in run["train"]], rtol=1e-4)
+  if differs.any():  # a resume changed the schedule: the rates before it are the logged ones
+    last = int(np.flatnonzero(differs)[-1])
+    after = its > logged_its[last]
+    return logged[:last + 1] + list(zip(tokens[after].tolist(), lr[after].tolist()))
+  return list(zip(tokens.tolist(), lr.tolist()))
 
 
 def loss_limits(points: list[tuple[float, float]], val_points: list[tuple[float, float]],

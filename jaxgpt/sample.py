@@ -33,6 +33,10 @@ def read_start(start: str) -> str:
       return f.read()
   except FileNotFoundError as e:
     raise UserError(f"--start=FILE:{path}: no such file") from e
+  except UnicodeDecodeError as e:
+    raise UserError(f"--start=FILE:{path}: not UTF-8 text ({e})") from None
+  except OSError as e:
+    raise UserError(f"--start=FILE:{path}: {e.strerror}") from None
 
 
 def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_new_tokens: int,
@@ -64,7 +68,8 @@ def _define_flags() -> None:
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: keep the most likely tokens holding "
                      "this much probability; 1.0 keeps all.")
   flags.DEFINE_bool("stop_at_eot", False, "End a sample at <|endoftext|>.")
-  flags.DEFINE_integer("seed", 1337, "Random seed: the same seed gives the same samples.")
+  flags.DEFINE_integer("seed", 1337, "Random seed: the same seed gives the same samples.",
+                       lower_bound=0, upper_bound=2**32 - 1)
 
 
 def main() -> None:

@@ -65,6 +65,8 @@ USAGE = {
                "error: --dtype=float16: value should be one of"),
     "sample stray": (["-m", "jaxgpt.sample", "stray"], "error: unexpected argument(s): stray"),
     "evaluate": (["-m", "jaxgpt.evaluate", "--limit=all"], "error: --limit=all: not an integer"),
+    "evaluate negative": (["-m", "jaxgpt.evaluate", "--batch_rows=-4"],
+                          "error: --batch_rows=-4: -4 is not a non-negative integer"),
     "evaluate stray": (["-m", "jaxgpt.evaluate", "a", "b"], "error: unexpected argument(s): a b"),
     "export": (["-m", "jaxgpt.export"], "error: --out is required"),
     "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),

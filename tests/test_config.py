@@ -95,6 +95,7 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("beta2", 1.0, "must be in [0, 1)"),
     ("weight_decay", -0.1, "must be >= 0"),
     ("peak_flops", -1.0, "must be >= 0"),
+    ("seed", 2**32 + 5, "a PRNG key holds 32 bits"),  # it would alias seed 5
 ])
 def test_validate_names_the_key(key, value, message):
   c = defaults.get_config()

@@ -94,15 +94,30 @@ def test_png_has_the_promised_size(tmp_path, logx):
 def test_the_learning_rate_is_drawn_to_the_end_of_the_schedule(tmp_path):
   run = report.load(write_run(tmp_path, max_iters=2000, log_interval=100))
   logged_end = run["train"][-1]["tokens"]  # iteration 1,900's
-  saved = {"max_iters": 3000, "warmup_iters": 1, "lr_decay_iters": 3000, "learning_rate": 6e-4,
+  # The schedule write_run logs: (it + 1) / 100 of the peak in warmup, then WSD's stable phase.
+  saved = {"max_iters": 3000, "warmup_iters": 99, "lr_decay_iters": 3000, "learning_rate": 6e-4,
            "min_lr": 6e-5, "lr_schedule": "wsd", "wsd_decay_frac": 0.2}
   points = report.lr_by_tokens(run, saved)
   tokens, lr = zip(*points)
   assert tokens[-1] == 3000 * TOKENS_PER_ITER > logged_end  # past the records, to max_iters
-  assert lr[-1] == pytest.approx(6e-5)
-  assert points[:3] == [(0.0, pytest.approx(3e-4)), (TOKENS_PER_ITER, pytest.approx(6e-4)),
-                        (2 * TOKENS_PER_ITER, pytest.approx(6e-4))]  # a one-iteration warmup
+  assert lr[-1] == pytest.approx(6e-5, rel=1e-4)  # float32 schedule arithmetic
+  assert points[:3] == [(0.0, pytest.approx(6e-6)), (TOKENS_PER_ITER, pytest.approx(1.2e-5)),
+                        (2 * TOKENS_PER_ITER, pytest.approx(1.8e-5))]  # every warmup iteration
   assert report.lr_by_tokens(run, None) == [(r["tokens"], r["lr"]) for r in run["train"]]
+
+
+def test_a_schedule_changed_on_resume_is_drawn_as_logged_before_it(tmp_path):
+  """config.json holds the resumed run's learning_rate; the iterations before it ran at the
+  rates they logged, not at that schedule's."""
+  run = report.load(write_run(tmp_path, max_iters=2000, log_interval=100))
+  saved = {"max_iters": 3000, "warmup_iters": 99, "lr_decay_iters": 3000, "learning_rate": 3e-4,
+           "min_lr": 3e-5, "lr_schedule": "wsd", "wsd_decay_frac": 0.2}
+  points = report.lr_by_tokens(run, saved)
+  logged = [(r["tokens"], r["lr"]) for r in run["train"]]
+  assert points[:len(logged)] == logged
+  assert all(t > logged[-1][0] - TOKENS_PER_ITER for t, _ in points[len(logged):])
+  assert points[len(logged)][1] == pytest.approx(3e-4, rel=1e-4)
+  assert points[-1][1] == pytest.approx(3e-5, rel=1e-4)
 
 
 def test_the_loss_axis_shows_the_step_0_val_loss(tmp_path):
@@ -140,6 +155,14 @@ def test_task_scores_get_a_table_and_a_second_panel(tmp_path):
   assert lines[header].split() == ["step", "tokens", "hellaswag_acc", "hellaswag_acc_norm"]
   assert lines[header + 5].split() == ["2,000", "1.05B", "0.2700", "0.2900"]
   assert "hellaswag_acc_norm: random guessing 0.25, GPT-2 124M 0.2955" in lines
+  writer = sinks.MetricsWriter(run_dir.RunDir(str(tmp_path / "a")).metrics_path)
+  writer.write({"event": "tasks", "iter": 2500, "tokens": 2500 * TOKENS_PER_ITER,
+                "shakespeare_loss": 4.0})  # a resume that scores another task
+  writer.close()
+  lines = report.summary("a", report.load(str(tmp_path / "a"))).splitlines()
+  assert lines[header].split() == ["step", "tokens", "hellaswag_acc", "hellaswag_acc_norm",
+                                   "shakespeare_loss"]
+  assert lines[header + 6].split() == ["2,500", "1.31B", "-", "-", "4.0000"]
   path = str(tmp_path / "report.png")
   report.plot({"a": run, "b": report.load(write_run(tmp_path / "b"))}, path)
   height, width, _ = matplotlib.image.imread(path).shape

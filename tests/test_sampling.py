@@ -195,6 +195,11 @@ def test_sample_errors_name_what_is_missing(tmp_path):
     weights.from_run(str(tmp_path / "empty"))
   with pytest.raises(UserError, match="FILE:.*nope.txt"):
     sample.read_start(f"FILE:{tmp_path / 'nope.txt'}")
+  (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+  with pytest.raises(UserError, match="latin1.txt: not UTF-8 text"):
+    sample.read_start(f"FILE:{tmp_path / 'latin1.txt'}")
+  with pytest.raises(UserError, match="Is a directory"):
+    sample.read_start(f"FILE:{tmp_path}")
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
   assert sample.read_start(f"FILE:{tmp_path / 'p.txt'}") == "Once upon a time"
 
