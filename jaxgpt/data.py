@@ -70,7 +70,13 @@ def resolve_data_dir(dataset: str, data_dir: str) -> str:
 
 
 def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, TokenWindows]:
-  """The train and val windows of a data directory, every file checked against the vocabulary."""
+  """The train and val windows of a data directory, every file checked against the vocabulary
+  (and against nanoGPT's meta.pkl, which sets a character-level model's)."""
+  said = token_files.nanogpt_vocab(data_dir)
+  if said is not None and said != vocab_size:
+    raise UserError(f"{os.path.join(data_dir, 'meta.pkl')}: nanoGPT's dataset of a "
+                    f"{said}-token vocabulary, and the model's is vocab_size={vocab_size}; set "
+                    f"--config.vocab_size={said} (as nanoGPT's train.py does)")
   return {split: open_split(data_dir, split, block_size, vocab_size)
           for split in ("train", "val")}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
 import re
 from typing import Any
 
@@ -114,6 +115,25 @@ def check_vocab(path: str, tokens: np.ndarray, vocab_size: int) -> None:
   """Fails naming the file when a token id does not fit the model's vocabulary."""
   if tokens.size and int(tokens.max()) >= vocab_size:
     raise ShardError(f"{path}: token id {int(tokens.max())} >= vocab_size {vocab_size}")
+
+
+def nanogpt_vocab(data_dir: str) -> int | None:
+  """The vocab_size in nanoGPT's meta.pkl beside train.bin (its character-level datasets
+  have one), read as plain data: no code in the pickle runs."""
+  path = os.path.join(data_dir, "meta.pkl")
+  if not os.path.isfile(path):
+    return None
+
+  class PlainData(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+      raise pickle.UnpicklingError(f"it names {module}.{name}, not only plain data")
+
+  try:
+    with open(path, "rb") as f:
+      meta = PlainData(f).load()
+  except (pickle.UnpicklingError, EOFError, ValueError) as e:
+    raise UserError(f"{path}: not a nanoGPT meta.pkl ({e})") from None
+  return meta.get("vocab_size") if isinstance(meta, dict) else None
 
 
 def write_meta(data_dir: str, meta: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 
 import numpy as np
@@ -59,6 +60,25 @@ def test_the_trainer_reads_each_format(tmp_path, layout):
     assert len(src) == (len(t) - 1) // 8
     np.testing.assert_array_equal(np.concatenate([src[i][:-1] for i in range(len(src))]),
                                   t[:len(src) * 8])
+
+
+def test_a_nanogpt_character_dataset_sets_the_vocabulary(tmp_path):
+  """shakespeare_char's meta.pkl says 65 characters: a 50304-token model would train on them
+  as GPT-2 ids and close with a sample decoded as GPT-2 text."""
+  chars = sorted(set("First Citizen:\nBefore we proceed any further, hear me speak."))
+  with open(tmp_path / "meta.pkl", "wb") as f:
+    pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                 "stoi": {c: i for i, c in enumerate(chars)}}, f)
+  for split in token_files.SPLITS:
+    (pattern_tokens(200) % len(chars)).astype(np.uint16).tofile(tmp_path / f"{split}.bin")
+  with pytest.raises(UserError, match=rf"meta.pkl: nanoGPT's dataset of a {len(chars)}-token "
+                                      rf"vocabulary, .* set --config.vocab_size={len(chars)} "):
+    data.open_splits(str(tmp_path), 8, 50304)
+  assert len(data.open_splits(str(tmp_path), 8, len(chars))["train"]) == 199 // 8
+  with open(tmp_path / "meta.pkl", "wb") as f:
+    pickle.dump({"vocab_size": 65, "run": os.system}, f)  # never called: refused unread
+  with pytest.raises(UserError, match="not a nanoGPT meta.pkl .*names posix.system"):
+    data.open_splits(str(tmp_path), 8, 65)
 
 
 def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
