@@ -277,7 +277,9 @@ class GPT(nn.Module):
     """Logits (B, V) of position `last_B` of each row: all that sampling reads.
 
     With `positions_BT` the tokens go through the KV cache (the mutable
-    'cache' collection made by `init_cache`) instead of the whole context.
+    'cache' collection made by `init_cache`) instead of the whole context;
+    positions must be below the cache's length (decoding.generate keeps them
+    there): inside jit, one past it is not caught.
     """
     x_BTD, head_VD = self.trunk(idx_BT, positions_BT=positions_BT)
     x_B1D = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)

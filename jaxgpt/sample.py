@@ -45,7 +45,8 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_n
   """num_samples completions of `start`, each with its prompt as nanoGPT prints them."""
   tokenizer.require_gpt2_vocabulary(model.config.vocab_size, "prompts and samples are")
   enc = tokenizer.gpt2()
-  prompt = enc.encode(start, allowed_special={"<|endoftext|>"})
+  # An empty start begins a new document, as the closing sample's does.
+  prompt = enc.encode(start, allowed_special={"<|endoftext|>"}) or [tokenizer.EOT_TOKEN]
   tokens_BN = decoding.generate(
       model, params, [prompt] * num_samples, jax.random.PRNGKey(seed),
       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

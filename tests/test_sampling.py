@@ -155,6 +155,16 @@ def test_sample_refuses_a_model_whose_vocabulary_is_not_gpt2s():
                         top_k=None, top_p=1.0, stop_at_eot=False, seed=0)
 
 
+def test_an_empty_start_samples_a_new_document():
+  """--start='' is the model's view after end-of-text, as the closing sample's empty prompt."""
+  model = GPT(tiny_model(vocab_size=50304))
+  params = init_params(model, jax.random.PRNGKey(0))
+  kw = {"num_samples": 1, "max_new_tokens": 3, "temperature": 0.0, "top_k": None,
+        "top_p": 1.0, "stop_at_eot": False, "seed": 0}
+  [after_eot] = sample.sample_texts(model, params, "<|endoftext|>", **kw)
+  assert sample.sample_texts(model, params, "", **kw) == [after_eot.removeprefix("<|endoftext|>")]
+
+
 @pytest.mark.slow
 def test_sample_cli_prints_each_sample_and_a_separator(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2,
