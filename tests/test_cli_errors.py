@@ -44,7 +44,7 @@ CASES = {
     "sample prompt file": (["-m", "jaxgpt.sample", "--out_dir={out_dir}", "--start=FILE:nope"],
                            "error: --start=FILE:nope: no such file"),
     "export into a full directory": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
-                                      "--out={tmp}/full"], "is not empty; nothing was written"),
+                                      "--out={tmp}/full"], "is not an empty directory; nothing was written"),
     "report without metrics": (["-m", "jaxgpt.report", "--out_dir={tmp}/empty"],
                                "no such metrics file"),
     "evaluate an unknown task": (["-m", "jaxgpt.evaluate", "--out_dir={out_dir}", "--task=mmlu"],

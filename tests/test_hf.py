@@ -71,8 +71,25 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
   gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "out"))
   back = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
   assert_logits_close(hf_logits(back, tokens()), hf_logits(theirs, tokens()))
-  with pytest.raises(UserError, match="not empty"):
+  with pytest.raises(UserError, match="not an empty directory"):
     gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "out"))
+  (tmp_path / "a_file").write_text("mine")
+  with pytest.raises(UserError, match="a_file is not an empty directory; nothing was written"):
+    gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "a_file"))
+  assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_a_model_of_another_vocabulary_is_exported_without_gpt2s_tokenizer(tmp_path):
+  """A character-level model's ids are not GPT-2's: no tokenizer files, and no end-of-text
+  id for transformers to default to 50256, outside its vocabulary."""
+  arch = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
+          "bias": True, "gelu_approximate": True}
+  config = GPTConfig.from_config(gpt2_config(arch))
+  assert not gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config,
+                         str(tmp_path / "out"))
+  assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+  hf_config = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
+  assert (hf_config.vocab_size, hf_config.bos_token_id, hf_config.eos_token_id) == (65, None, None)
 
 
 def test_export_crops_the_padded_vocabulary(tmp_path):

@@ -203,6 +203,11 @@ def test_a_run_trained_with_cudnn_attention_reads_on_a_machine_without_it(tmp_pa
 def test_sample_errors_name_what_is_missing(tmp_path):
   with pytest.raises(UserError, match="no checkpoints"):
     weights.from_run(str(tmp_path / "empty"))
+  # Flags the chosen weights would not read are refused, not passed over.
+  with pytest.raises(UserError, match="--init_from=resume would not read it"):
+    weights.load("resume", out_dir=str(tmp_path), hf_checkpoint_dir=str(tmp_path / "hf"))
+  with pytest.raises(UserError, match="--init_from=gpt2 has none"):
+    weights.load("gpt2", out_dir=str(tmp_path), step=3)
   with pytest.raises(UserError, match="FILE:.*nope.txt"):
     sample.read_start(f"FILE:{tmp_path / 'nope.txt'}")
   (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))

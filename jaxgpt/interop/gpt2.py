@@ -172,7 +172,7 @@ def differences(cfg: GPTConfig) -> list[str]:
           if key in model.ARCHITECTURE and getattr(cfg, key) != getattr(gpt2, key)]
 
 
-def export(params: dict, config: GPTConfig, to_dir: str) -> None:
+def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load.
 
   GPT-2's architecture holds every model of the nanoGPT recipe: without
@@ -180,15 +180,18 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> None:
   `gelu`. A modern model (rotary positions, RMSNorm, ReLU², an untied head or
   capped logits) is refused: GPT2LMHeadModel would load it and compute
   something else. The vocabulary is cropped to GPT-2's 50257 (the rest is
-  padding). The tokenizer files are GPT-2's own. Files get the usual
-  permissions (the process's umask).
+  padding). The tokenizer files are GPT-2's own, written only for a model
+  that speaks GPT-2's tokens (a character-level one gets none: returns
+  False). Files get the usual permissions (the process's umask).
   """
   departures = differences(config)
   if departures:
     raise UserError(f"this run's model is not GPT-2's architecture ({', '.join(departures)}), "
                     "so transformers' GPT2LMHeadModel cannot hold it; nothing was written")
-  if os.path.isdir(to_dir) and os.listdir(to_dir):
-    raise UserError(f"{to_dir} is not empty; nothing was written. Pick a new directory.")
+  if os.path.exists(to_dir) and not (os.path.isdir(to_dir) and not os.listdir(to_dir)):
+    raise UserError(f"{to_dir} is not an empty directory; nothing was written. Pick a new one.")
+  with_tokenizer = config.vocab_size >= tokenizer.N_VOCAB
+  bpe_files = tokenizer.bpe_files() if with_tokenizer else {}  # a failure here writes nothing
   vocab = min(config.vocab_size, tokenizer.N_VOCAB)
   tensors = {_hf_key(path): np.asarray(value, np.float32)
              for path, value in traverse_util.flatten_dict(params).items()}
@@ -199,16 +202,18 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> None:
   safetensors.numpy.save_file(tensors, os.path.join(to_dir, "model.safetensors"),
                               metadata={"format": "pt"})
   _write_json(os.path.join(to_dir, "config.json"), _hf_config(config, vocab))
-  for name, source in tokenizer.bpe_files().items():
+  for name, source in bpe_files.items():
     shutil.copyfile(source, os.path.join(to_dir, name))
-  _write_json(os.path.join(to_dir, "tokenizer_config.json"), {
-      "tokenizer_class": "GPT2Tokenizer", "model_max_length": config.block_size,
-      "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-      "add_prefix_space": False})
+  if with_tokenizer:
+    _write_json(os.path.join(to_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": config.block_size,
+        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "add_prefix_space": False})
   umask = os.umask(0)
   os.umask(umask)
   for name in os.listdir(to_dir):
     os.chmod(os.path.join(to_dir, name), 0o666 & ~umask)
+  return with_tokenizer
 
 
 def _zero_biases(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -232,9 +237,9 @@ def _hf_config(config: GPTConfig, vocab: int) -> dict[str, Any]:
       "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
       "tie_word_embeddings": True, "use_cache": True,
   }
-  if vocab > tokenizer.EOT_TOKEN:
-    hf_config.update(bos_token_id=tokenizer.EOT_TOKEN, eos_token_id=tokenizer.EOT_TOKEN)
-  return hf_config
+  # Without GPT-2's end-of-text, None: transformers would take 50256, outside the vocabulary.
+  eot = tokenizer.EOT_TOKEN if vocab > tokenizer.EOT_TOKEN else None
+  return {**hf_config, "bos_token_id": eot, "eos_token_id": eot}
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:

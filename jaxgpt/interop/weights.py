@@ -79,6 +79,12 @@ def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, A
 def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
          dtype: str | None = None) -> tuple[ml_collections.ConfigDict, Any, str]:
   """(config, params, where they came from); GPT-2 and nanoGPT weights run in float32."""
+  if hf_checkpoint_dir and init_from not in defaults.GPT2_MODELS:
+    raise UserError(f"--hf_checkpoint_dir holds GPT-2's weights for --init_from=gpt2*; "
+                    f"--init_from={init_from} would not read it")
+  if step is not None and init_from != "resume":
+    raise UserError(f"--step picks a checkpoint of --out_dir for --init_from=resume; "
+                    f"--init_from={init_from} has none")
   if init_from == "resume":
     config, params, step = from_run(out_dir, step)
     source = f"{out_dir} step {step}"
