@@ -16,7 +16,7 @@ def get_config():
   c.block_size = 1024
   # 32 x 16 x 1024 = 524,288 tokens per iteration, as the nanoGPT run this recipe follows
   # (gradient accumulation 32). Micro-batches of 16 fit an RTX 4070 (12 GB) under JAX's
-  # default preallocation with 2.3 GiB to spare; 32 would fit only by XLA recomputing
+  # default preallocation with 2.2 GiB to spare; 32 would fit only by XLA recomputing
   # activations (docs/benchmarks.md, "Will it fit").
   c.batch_size = 16
   c.gradient_accumulation_steps = 32

@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "openwebtext"  # 'python_docs' (built in, made on first use) or a prepared dataset
   c.data_dir = ""  # token shards (NAME_train_N.bin, train.bin, .npy; val alike); '': data/DATASET
   c.auto_prepare = False  # 'fineweb' or 'fineweb_edu' without shards: download and tokenize them
-  c.gradient_accumulation_steps = 40  # micro-batches per iteration (nanoGPT's 5 * 8)
+  c.gradient_accumulation_steps = 40  # micro-batches per iteration per device (nanoGPT: all GPUs')
   c.batch_size = 12  # micro-batch size per device; tokens/iter = accum x batch x devices x block
   c.block_size = 1024  # context length
   c.data_workers = 0  # Grain worker processes (0: read in a thread of the main process)

@@ -79,6 +79,13 @@ def test_cli_with_torch_peer_prints_and_appends_one_json_line(tmp_path):
   assert "jax / torch tokens/s" in out.stdout
 
 
+@pytest.mark.parametrize("key,value", [("pos_emb", "rope"), ("optimizer", "muon")])
+def test_the_torch_peer_refuses_a_model_it_does_not_build(tmp_path, key, value):
+  config = tiny_config(tmp_path, str(tmp_path), **{key: value})
+  with pytest.raises(UserError, match=f"departs from it \\({key}={value}\\)"):
+    throughput._time_peer(config, iters=1, warmup=1, torch_compile=False)
+
+
 # The PyTorch peer is the same function as jaxgpt's GPT.
 
 

@@ -28,7 +28,7 @@ from absl import logging
 from jaxgpt import attention, data, defaults, summary, token_files, train_step
 from jaxgpt.bench import memory
 from jaxgpt.errors import UserError
-from jaxgpt.model import count_params
+from jaxgpt.model import GPTConfig, count_params
 
 _SHARD_ITERS = 8  # the synthetic shard holds this many iterations of tokens
 _TORCH_DEVICE = {"gpu": "cuda", "cpu": "cpu"}  # JAX platform -> the torch device of the peer
@@ -137,6 +137,13 @@ def _time_peer(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
                torch_compile: bool | None) -> dict[str, Any]:
   """The PyTorch peer's figures; it runs first and hands its memory back, so JAX then
   allocates on the GPU as it does in training (75% up front) and neither runs out."""
+  from jaxgpt.interop import gpt2
+
+  departures = gpt2.differences(GPTConfig.from_config(config)) + (
+      [f"optimizer={config.optimizer}"] if config.optimizer != "adamw" else [])
+  if departures:
+    raise UserError(f"--peer=torch times GPT-2 with AdamW, and this config departs from it "
+                    f"({', '.join(departures)}): the two would time different models")
   from jaxgpt.bench import torch_peer  # imports torch
 
   logging.info("timing the PyTorch peer")
