@@ -173,21 +173,29 @@ def test_peer_train_step_follows_jaxgpt_step(tmp_path, torch, torch_peer):
 
 
 HLO = """\
+%chunk.1 (q: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %arc = f32[4]{0} all-reduce(f32[4]{0} %y), to_apply=%add
+}
+
 %body.1 (p: (s32[], f32[8,4])) -> (s32[], f32[8,4]) {
   %ag = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %x), dimensions={0}
+  %w2 = (s32[], f32[4]) while(%u), condition=%cond.2, body=%chunk.1, backend_config={"known_trip_count":{"n":"5"}}
 }
 
 ENTRY %main.2 (a: f32[8,4]) -> f32[8,4] {
-  %w = (s32[], f32[8,4]) while(%t), condition=%cond.1, body=%body.1
+  %w = (s32[], f32[8,4]) while(%t), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"3"}}
   %ar = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce(%a, %b), to_apply=%add
 }
 """
 
 
-def test_collectives_count_loop_bodies_once_per_micro_batch():
-  sent = collectives.collectives(HLO, n_devices=8, loop_trips=3)
+def test_collectives_count_each_loop_body_once_per_trip_nested_loops_multiplied():
+  """The micro-batch loop runs 3 times and, inside each, the loss's chunk loop 5 times."""
+  sent = collectives.collectives(HLO, n_devices=8)
   assert sent["all-gather"] == pytest.approx(3 * 7 / 8 * 8 * 4 * 4)
-  assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2))
+  assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2 + 3 * 5 * 4 * 4))
+  with pytest.raises(ValueError, match="without XLA's known_trip_count"):
+    collectives.collectives(HLO.replace(', backend_config={"known_trip_count":{"n":"5"}}', ""), 8)
 
 
 def test_collectives_read_a_gpu_async_start_by_its_results():
@@ -197,7 +205,7 @@ ENTRY %main.3 (a: f32[1,4]) -> f32[8,4] {
   %ars = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce-start(%b, %c), to_apply=%add
 }
 """
-  sent = collectives.collectives(hlo, n_devices=8, loop_trips=1)
+  sent = collectives.collectives(hlo, n_devices=8)
   assert sent["all-gather"] == pytest.approx(7 / 8 * 8 * 4 * 4)
   assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2))
 

@@ -137,7 +137,7 @@ def test_data_parallel_step_all_reduces_its_gradients_once_per_iteration(n_devic
   config, t = on_card("fineweb_40m", "H100", "auto")
   config.sharding = "dp"
   hlo = memory.compile_for(config, t, n_devices).as_text()
-  sent = collectives.collectives(hlo, n_devices, loop_trips=config.gradient_accumulation_steps)
+  sent = collectives.collectives(hlo, n_devices)
   params = sum(x.size for x in jax.tree.leaves(train_step.build(config).abstract_state.params))
   one_gradient = 2 * (n_devices - 1) / n_devices * 4 * params  # a ring all-reduce of float32
   assert set(sent) == {"all-reduce"}
@@ -149,8 +149,7 @@ def test_fsdp_step_gathers_params_and_keeps_a_share_of_the_state(n_devices):
   config, t = on_card("gpt2_124m", "H100", "auto")
   config.sharding = "fsdp"
   compiled = memory.compile_for(config, t, n_devices)
-  sent = collectives.collectives(compiled.as_text(), n_devices,
-                                 loop_trips=config.gradient_accumulation_steps)
+  sent = collectives.collectives(compiled.as_text(), n_devices)
   assert sent["all-gather"] > 0 and sent["reduce-scatter"] > 0
   state = sum(x.size * x.dtype.itemsize
               for x in jax.tree.leaves(train_step.build(config).abstract_state))

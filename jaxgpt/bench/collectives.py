@@ -7,6 +7,7 @@ sends are read from the compiled HLO text.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -19,6 +20,8 @@ _COLLECTIVE_OP = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-
                             r"collective-permute)(-start)?\(")
 _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
+_WHILE_BODY = re.compile(r"\bwhile\(.*\bbody=%?([\w.\-]+)")
+_KNOWN_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CALLED = re.compile(r"(?:to_apply|calls|body|condition|branch_computations)=\{?%?([\w.\-]+)")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
@@ -48,48 +51,51 @@ def _top_level(tuple_type: str) -> list[str]:
 def _sent_bytes(op: str, result: int, n: int) -> float:
   """Bytes one device sends for a collective over n devices, by the ring algorithm."""
   return {"all-reduce": 2 * (n - 1) / n * result, "all-gather": (n - 1) / n * result,
-          "reduce-scatter": (n - 1) * result}.get(op, result)
+          "reduce-scatter": (n - 1) * result, "all-to-all": (n - 1) / n * result}.get(op, result)
 
 
-def _loop_computations(calls: dict[str, set[str]], bodies: set[str]) -> set[str]:
-  """The while-loop bodies and every computation they call, transitively."""
-  in_loop, todo = set(), list(bodies)
-  while todo:
-    name = todo.pop()
-    if name not in in_loop:
-      in_loop.add(name)
-      todo.extend(calls.get(name, ()))
-  return in_loop
-
-
-def collectives(hlo_text: str, n_devices: int, loop_trips: int) -> dict[str, float]:
+def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
   """Bytes each device sends per iteration, by collective kind, from compiled HLO text.
 
-  Collectives inside a while loop's body (the micro-batch scan) count once per
-  trip; `loop_trips` is the number of micro-batches.
+  A computation counts as often as it runs: a while loop's body once per trip
+  (the count XLA annotates, `known_trip_count`), so a loop inside the
+  micro-batch loop (the chunked loss's scan) counts micro-batches x chunks.
   """
   ops: dict[str, list[tuple[str, int]]] = {}
-  calls: dict[str, set[str]] = {}
-  bodies: set[str] = set()
-  current = ""
+  callers: dict[str, list[tuple[str, int]]] = {}  # computation -> (caller, runs per call)
+  entry = current = ""
   for line in hlo_text.splitlines():
     header = _COMPUTATION.match(line)
     if header:
       current = header.group(1)
+      entry = current if line.startswith("ENTRY") else entry
       continue
-    calls.setdefault(current, set()).update(_CALLED.findall(line))
-    bodies.update(re.findall(r"body=%?([\w.\-]+)", line))
+    body = _WHILE_BODY.search(line)
+    for callee in _CALLED.findall(line):
+      callers.setdefault(callee, []).append((current, _trips(line) if body and callee ==
+                                             body.group(1) else 1))
     op = _COLLECTIVE_OP.search(line)
     if op:
       ops.setdefault(current, []).append(
           (op.group(2), _result_bytes(op.group(1), op.group(2), bool(op.group(3)))))
-  in_loop = _loop_computations(calls, bodies)
+
+  @functools.cache
+  def runs(computation: str) -> int:
+    return 1 if computation == entry else sum(runs(caller) * n
+                                              for caller, n in callers.get(computation, ()))
+
   sent: dict[str, float] = {}
   for computation, found in ops.items():
-    trips = loop_trips if computation in in_loop else 1
     for kind, result in found:
-      sent[kind] = sent.get(kind, 0.0) + trips * _sent_bytes(kind, result, n_devices)
+      sent[kind] = sent.get(kind, 0.0) + runs(computation) * _sent_bytes(kind, result, n_devices)
   return sent
+
+
+def _trips(while_line: str) -> int:
+  trips = _KNOWN_TRIPS.search(while_line)
+  if trips is None:
+    raise ValueError(f"a while loop without XLA's known_trip_count: {while_line.strip()[:200]}")
+  return int(trips.group(1))
 
 
 def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
@@ -103,5 +109,4 @@ def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, A
           "gradient_accumulation_steps": layout.accum_steps,
           "argument_bytes": memory.argument_size_in_bytes,
           "temp_bytes": memory.temp_size_in_bytes,
-          "sent_bytes_per_iter": collectives(compiled.as_text(), layout.n_devices,
-                                             layout.accum_steps)}
+          "sent_bytes_per_iter": collectives(compiled.as_text(), layout.n_devices)}
