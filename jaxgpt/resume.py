@@ -32,7 +32,7 @@ class Start:
   iter: int = 0
   tokens: int = 0  # tokens trained on before `iter`
   best_val_loss: float = math.inf
-  best_step: int | None = None  # the step best_val_loss was scored at, whose checkpoint is kept
+  best_kept: tuple[float, int] | None = None  # val loss and step of the best checkpoint saved
   window: int = 0  # the data stream's window the train dataset starts at
   evaluated: bool = False  # the checkpoint's iteration was evaluated before it was saved
   eval_batch_windows: int | None = None  # the run's evaluation batch (see train.val_losses)
@@ -79,16 +79,17 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
-  best_step = meta["best_step"] if "best_step" in meta else _best_evaluated(checkpoints)
-  start = Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf, best_step,
+  best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints)
+  start = Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
+                None if best_kept is None else tuple(best_kept),
                 window, evaluated=meta.get("val_loss") is not None,
                 eval_batch_windows=saved.get("eval_batch_windows"))
   return start, batches
 
 
-def _best_evaluated(checkpoints: checkpoint.Checkpoints) -> int | None:
-  """The step of the lowest val loss among checkpoints evaluated before their save, for
-  checkpoints written before their meta named the best step."""
+def _best_evaluated(checkpoints: checkpoint.Checkpoints) -> tuple[float, int] | None:
+  """The lowest val loss, and its step, among checkpoints evaluated before their save, for
+  checkpoints written before their meta named the best one."""
   scored = []
   for step in checkpoints.steps():
     try:
@@ -97,7 +98,7 @@ def _best_evaluated(checkpoints: checkpoint.Checkpoints) -> int | None:
       continue
     if val_loss is not None:
       scored.append((val_loss, step))
-  return min(scored)[1] if scored else None
+  return min(scored) if scored else None
 
 
 def _window(meta: dict[str, Any], now: dict[str, int], block_size: int) -> tuple[int, bool]:

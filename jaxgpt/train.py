@@ -123,8 +123,8 @@ class _Loop:
     self.data_layout = {**data_layout, "start_window": start.window}
     self.n_logs = 0
     self.nonfinite_seen = int(start.state.nonfinite)
-    self.best_val_loss, self.best_step = start.best_val_loss, start.best_step
-    checkpoints.keep_best(start.best_step)
+    self.best_val_loss, self.best_kept = start.best_val_loss, start.best_kept
+    checkpoints.keep_best(None if start.best_kept is None else start.best_kept[1])
     self.last_saved = start.iter if config.resumed else None
     self.losses: dict[str, float] = {}
     self.pending: tuple[int, dict[str, jax.Array]] | None = None  # a log not yet fetched
@@ -139,11 +139,20 @@ class _Loop:
     self.last_log_time, self.last_log_iter = time.perf_counter(), it
 
   def save(self, it: int, val_loss: float | None) -> None:
+    if val_loss is not None:
+      self.keep_if_best(it, val_loss)
     meta = {"config": self.saved_config, "iter": it, "tokens": self.tokens(it),
             "val_loss": val_loss, "best_val_loss": self.best_val_loss,
-            "best_step": self.best_step, "data": self.data_layout}
+            "best_kept": self.best_kept, "data": self.data_layout}
     self.checkpoints.save(it, self.state, self.train_iter, meta)
     self.last_saved = it
+
+  def keep_if_best(self, it: int, val_loss: float) -> None:
+    """Keeps step `it`'s checkpoint from pruning if its val loss is the lowest of those saved
+    (not best_val_loss's step: there is no checkpoint of step 0)."""
+    if self.best_kept is None or val_loss < self.best_kept[0]:
+      self.best_kept = (val_loss, it)
+      self.checkpoints.keep_best(it)
 
   def write(self, record: dict[str, Any]) -> None:
     """Hands a record to the sinks; a write the disk refuses stops the run as a failed save does."""
@@ -187,11 +196,11 @@ class _Loop:
     if self.config.eval_only:
       return
     self.check_finite(it, int(self.state.nonfinite))
-    if self.losses["val"] < self.best_val_loss:  # this step's checkpoint is kept from now on
-      self.best_val_loss, self.best_step = self.losses["val"], it
-      self.checkpoints.keep_best(it)
-    improved = self.best_step == it
-    if it > 0 and it != self.last_saved and (improved or self.config.always_save_checkpoint):
+    improved = self.losses["val"] < self.best_val_loss
+    self.best_val_loss = min(self.best_val_loss, self.losses["val"])
+    if it == self.last_saved:  # a resumed checkpoint that a stop saved before its evaluation
+      self.keep_if_best(it, self.losses["val"])
+    elif it > 0 and (improved or self.config.always_save_checkpoint):
       self.save(it, self.losses["val"])
     self.mark_time(it)
 

@@ -226,17 +226,28 @@ def test_the_best_checkpoint_is_kept_when_it_was_evaluated_after_a_stop(tmp_path
   assert not scored  # each evaluation took its loss, the resumed step's included
   assert checkpoint_steps(config.out_dir) == [4, 8]
   _, meta = restore_state(config, 8)
-  assert (meta["best_step"], meta["best_val_loss"]) == (4, 1.0)
+  assert (meta["best_kept"], meta["best_val_loss"]) == ([1.0, 4], 1.0)
 
 
-def test_a_resume_of_checkpoints_that_name_no_best_step_keeps_the_best_evaluated(
+def test_the_best_checkpoint_kept_is_the_best_saved_when_step_0_scored_lower(
+    tmp_path, token_dir, monkeypatch):
+  """Fine-tuning that never beats its starting weights: step 0 has no checkpoint, so the best
+  kept is the best of those saved (4), not best_val_loss's step."""
+  scripted_val_losses(monkeypatch, [1.0, 5.0, 3.0, 4.0, 6.0])  # steps 0, 2, 4, 6, 8
+  config = tiny_config(tmp_path, token_dir, max_iters=8, eval_interval=2, keep_checkpoints=1,
+                       lr_decay_iters=8)
+  train.train(config)
+  assert checkpoint_steps(config.out_dir) == [4, 8]
+
+
+def test_a_resume_of_checkpoints_that_name_no_best_kept_keeps_the_best_evaluated(
     tmp_path, token_dir, monkeypatch):
   """Checkpoints written before metas named the best step: the lowest val loss saved is kept."""
   scripted_val_losses(monkeypatch, [9.0, 1.0, 5.0, 6.0, 7.0])  # steps 0, 2, 4; 6, 8
   real_save = checkpoint.Checkpoints.save
   monkeypatch.setattr(checkpoint.Checkpoints, "save", lambda self, step, state, it, meta:
                       real_save(self, step, state, it,
-                                {k: v for k, v in meta.items() if k != "best_step"}))
+                                {k: v for k, v in meta.items() if k != "best_kept"}))
   kw = {"eval_interval": 2, "keep_checkpoints": 1, "lr_decay_iters": 8}
   train.train(tiny_config(tmp_path, token_dir, max_iters=4, **kw))
   config = tiny_config(tmp_path, token_dir, max_iters=8, init_from="resume", **kw)
