@@ -131,9 +131,10 @@ def nanogpt_vocab(data_dir: str) -> int | None:
   try:
     with open(path, "rb") as f:
       meta = PlainData(f).load()
-  except (pickle.UnpicklingError, EOFError, ValueError) as e:
-    raise UserError(f"{path}: not a nanoGPT meta.pkl ({e})") from None
-  return meta.get("vocab_size") if isinstance(meta, dict) else None
+  except Exception as e:  # noqa: BLE001 - a damaged pickle fails in many ways
+    raise UserError(f"{path}: not a nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
+  vocab_size = meta.get("vocab_size") if isinstance(meta, dict) else None
+  return vocab_size if isinstance(vocab_size, int) else None
 
 
 def write_meta(data_dir: str, meta: dict[str, Any]) -> None:

@@ -182,9 +182,14 @@ HLO = """\
   %w2 = (s32[], f32[4]) while(%u), condition=%cond.2, body=%chunk.1, backend_config={"known_trip_count":{"n":"5"}}
 }
 
+%branch.1 (r: f32[8,4]) -> f32[8,4] {
+  %a2a = f32[8,4]{1,0} all-to-all(f32[8,4]{1,0} %r), dimensions={0}
+}
+
 ENTRY %main.2 (a: f32[8,4]) -> f32[8,4] {
   %w = (s32[], f32[8,4]) while(%t), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"3"}}
   %ar = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce(%a, %b), to_apply=%add
+  %c = f32[8,4]{1,0} conditional(%p, %a, %a), branch_computations={%empty.1, %branch.1}
 }
 """
 
@@ -194,6 +199,9 @@ def test_collectives_count_each_loop_body_once_per_trip_nested_loops_multiplied(
   sent = collectives.collectives(HLO, n_devices=8)
   assert sent["all-gather"] == pytest.approx(3 * 7 / 8 * 8 * 4 * 4)
   assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2 + 3 * 5 * 4 * 4))
+  assert sent["all-to-all"] == pytest.approx(7 / 8 * 8 * 4 * 4)  # a branch, as if taken
+  with pytest.raises(ValueError, match="collectives in branch.1, which no call"):
+    collectives.collectives(HLO.replace("%empty.1, %branch.1", "%empty.1"), 8)
   with pytest.raises(ValueError, match="without XLA's known_trip_count"):
     collectives.collectives(HLO.replace(', backend_config={"known_trip_count":{"n":"5"}}', ""), 8)
 

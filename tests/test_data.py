@@ -75,9 +75,13 @@ def test_a_nanogpt_character_dataset_sets_the_vocabulary(tmp_path):
                                       rf"vocabulary, .* set --config.vocab_size={len(chars)} "):
     data.open_splits(str(tmp_path), 8, 50304)
   assert len(data.open_splits(str(tmp_path), 8, len(chars))["train"]) == 199 // 8
+  assert len(data.open_splits(str(tmp_path), 8, 128)["train"]) == 199 // 8  # padded: trains
   with open(tmp_path / "meta.pkl", "wb") as f:
     pickle.dump({"vocab_size": 65, "run": os.system}, f)  # never called: refused unread
   with pytest.raises(UserError, match="not a nanoGPT meta.pkl .*names posix.system"):
+    data.open_splits(str(tmp_path), 8, 65)
+  (tmp_path / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 65})[:-3] + b"\xff\xff\xff")
+  with pytest.raises(UserError, match="meta.pkl: not a nanoGPT meta.pkl"):
     data.open_splits(str(tmp_path), 8, 65)
 
 
@@ -88,6 +92,14 @@ def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
     f.truncate(256 * 4 + 150)
   with pytest.raises(token_files.ShardError, match="a_train_000000.bin: header says 100 tokens"):
     token_files.read_tokens(path)
+
+
+def test_a_shard_beyond_the_headers_int32_count_is_refused_before_writing(tmp_path):
+  path = tmp_path / "big_train_0.bin"
+  with pytest.raises(token_files.ShardError, match="2,147,483,648 tokens; a shard holds "
+                                                  "2,147,483,647"):
+    token_files.write_shard(str(path), np.broadcast_to(np.uint16(7), (2**31,)))
+  assert not os.listdir(tmp_path)
 
 
 def test_token_beyond_vocab_is_rejected_naming_the_file(tmp_path):

@@ -305,6 +305,10 @@ def test_the_processes_of_one_run_make_a_missing_dataset_once(tmp_path):
   assert [p.returncode for p in procs] == [0, 0], outputs
   assert sum("tokenizing the built-in python_docs corpus" in out for out in outputs) == 1
   assert data.open_splits(data_dir, 64, tokenizer.N_VOCAB)["val"].n_tokens > 0
+  # Data nothing here can make is only named: no directory or lock is left for it.
+  with pytest.raises(UserError, match="no token shards in data_dir="):
+    datasets.ensure("openwebtext", str(tmp_path / "typo"), auto_prepare=False)
+  assert not os.path.exists(tmp_path / "typo")
 
 
 def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):
@@ -418,6 +422,10 @@ def test_command_line(tmp_path):
   r = prepare_cli("files", "--shards=2", f"--input={tmp_path / 'book.txt'}",
                   f"--out={tmp_path / 'x'}")
   assert r.returncode != 0 and "--shards applies to `fineweb`" in r.stderr
+  r = prepare_cli("files", f"--input={tmp_path / 'book.txt'}", f"--out={tmp_path / 'big'}",
+                  "--shard_tokens=2147483648")  # one train.bin of 10B tokens, say
+  assert r.returncode == 1 and "error: --shard_tokens=2147483648: 2147483648 is not an " \
+                               "integer in the range [1, 2147483647]" in r.stderr
   r = prepare_cli("python_docs", "--val_fraction=0.2", f"--out={tmp_path / 'pd'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: --val_fraction does not apply to `python_docs`: the built-in corpus is made one "

@@ -22,7 +22,8 @@ _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _WHILE_BODY = re.compile(r"\bwhile\(.*\bbody=%?([\w.\-]+)")
 _KNOWN_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-_CALLED = re.compile(r"(?:to_apply|calls|body|condition|branch_computations)=\{?%?([\w.\-]+)")
+_CALLED = re.compile(r"(?:to_apply|calls|body|condition|true_computation|false_computation)="
+                     r"%?([\w.\-]+)|branch_computations=\{([^}]*)\}")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 
@@ -59,7 +60,8 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
 
   A computation counts as often as it runs: a while loop's body once per trip
   (the count XLA annotates, `known_trip_count`), so a loop inside the
-  micro-batch loop (the chunked loss's scan) counts micro-batches x chunks.
+  micro-batch loop (the chunked loss's scan) counts micro-batches x chunks; a
+  conditional's branches each count as if taken.
   """
   ops: dict[str, list[tuple[str, int]]] = {}
   callers: dict[str, list[tuple[str, int]]] = {}  # computation -> (caller, runs per call)
@@ -71,9 +73,10 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
       entry = current if line.startswith("ENTRY") else entry
       continue
     body = _WHILE_BODY.search(line)
-    for callee in _CALLED.findall(line):
-      callers.setdefault(callee, []).append((current, _trips(line) if body and callee ==
-                                             body.group(1) else 1))
+    for one, branches in _CALLED.findall(line):  # a conditional's branches: each as if taken
+      for callee in [one] if one else [b.strip().lstrip("%") for b in branches.split(",")]:
+        callers.setdefault(callee, []).append((current, _trips(line) if body and callee ==
+                                               body.group(1) else 1))
     op = _COLLECTIVE_OP.search(line)
     if op:
       ops.setdefault(current, []).append(
@@ -86,6 +89,8 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
 
   sent: dict[str, float] = {}
   for computation, found in ops.items():
+    if not runs(computation):
+      raise ValueError(f"collectives in {computation}, which no call from the entry reaches")
     for kind, result in found:
       sent[kind] = sent.get(kind, 0.0) + runs(computation) * _sent_bytes(kind, result, n_devices)
   return sent

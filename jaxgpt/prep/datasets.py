@@ -81,11 +81,14 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   it, holding a lock in `data_dir`, and the others wait for it, then read it.
   """
   train_files = token_files.find_shards(data_dir, "train")
-  if not train_files or os.path.isdir(os.path.join(data_dir, STAGING)):
+  makes = dataset == PYTHON_DOCS or (auto_prepare and dataset in FINEWEB_DATASETS)
+  if makes and (not train_files or os.path.isdir(os.path.join(data_dir, STAGING))):
     with _one_maker(data_dir):
       if not token_files.find_shards(data_dir, "train"):
         make(dataset, data_dir, auto_prepare=auto_prepare)
     train_files = token_files.find_shards(data_dir, "train")
+  elif not train_files:
+    make(dataset, data_dir, auto_prepare=auto_prepare)  # the error: the command that makes it
   if dataset != PYTHON_DOCS and all(os.path.basename(p).startswith(f"{PYTHON_DOCS}_")
                                       for p in train_files):
     raise UserError(
@@ -109,6 +112,10 @@ def _one_maker(data_dir: str) -> Iterator[None]:
     except BlockingIOError:
       logging.info("waiting for another process making the data in %s", data_dir)
       fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:  # a filesystem without locks (Lustre mounted without flock, say)
+      raise UserError(f"data_dir={data_dir!r}: cannot lock it to make the data there "
+                      f"({e.strerror}); make it first, from one process, with python -m jaxgpt.prepare"
+                      ) from None
     yield
   finally:
     os.close(fd)
