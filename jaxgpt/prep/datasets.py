@@ -114,8 +114,8 @@ def _one_maker(data_dir: str) -> Iterator[None]:
       fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as e:  # a filesystem without locks (Lustre mounted without flock, say)
       raise UserError(f"data_dir={data_dir!r}: cannot lock it to make the data there "
-                      f"({e.strerror}); make it first, from one process, with python -m jaxgpt.prepare"
-                      ) from None
+                      f"({e.strerror}); make it first, from one process, with "
+                      "python -m jaxgpt.prepare") from None
     yield
   finally:
     os.close(fd)
