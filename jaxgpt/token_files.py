@@ -28,6 +28,7 @@ MAX_SHARD_TOKENS = 2**31 - 1  # the header counts tokens in an int32
 HEADER_BYTES = HEADER_INTS * 4
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
+GPT2_VOCAB = 50257  # GPT-2's BPE ids, what `prepare` writes; tokenizer.py builds the BPE
 
 
 class ShardError(UserError, ValueError):
