@@ -6,6 +6,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import time
 from pydoc_data import topics
 
@@ -179,6 +180,28 @@ def test_text_is_never_cut_inside_a_separator_that_is_half_read(tmp_path, monkey
       docs.append((piece.doc_id, text))
       text = ""
   assert docs == [("t.txt#0", "abcdefghi"), ("t.txt#1", "jk lm no pq")]
+
+
+def test_text_without_spaces_is_searched_for_a_cut_once(tmp_path, monkeypatch):
+  """A long document with no space to cut at (Chinese) is read in linear time: each read
+  searches only the text it added, not the whole document so far again."""
+  monkeypatch.setattr(readers, "PIECE_CHARS", 10)
+  monkeypatch.setattr(readers, "READ_BYTES", 30)  # ten characters of three bytes a read
+  searched = []
+
+  class CountingCut:
+    def search(self, text: str, pos: int, endpos: int = sys.maxsize):
+      searched.append(min(endpos, len(text)) - pos)
+      return _safe_cut.search(text, pos, endpos)
+
+  _safe_cut = readers._SAFE_CUT
+  monkeypatch.setattr(readers, "_SAFE_CUT", CountingCut())
+  text = "\u4e2d\u6587" * 1500 + " a b c" + "\u5b57" * 300
+  path = tmp_path / "zh.txt"
+  path.write_text(text, encoding="utf-8")
+  pieces = list(readers.read_text(str(path), ""))
+  assert "".join(p.text for p in pieces) == text and len(pieces) > 1
+  assert sum(searched) < 3 * len(text)  # once while reading, once more as the last piece
 
 
 def test_workers_give_byte_identical_output(tmp_path, monkeypatch):

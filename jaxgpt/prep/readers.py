@@ -120,6 +120,7 @@ def read_text(path: str, separator: str) -> Iterator[Piece]:
   """UTF-8 text read in chunks: the whole file is one document, or one per `separator`."""
   decoder = codecs.getincrementaldecoder("utf-8")()
   buf, index, opened, pending = "", 0, False, 0
+  scanned = 0  # where the search for a cut in buf resumes: the text before holds none
   name = os.path.basename(path)
   doc_id = lambda: f"{name}#{index}" if separator else name
   with open(path, "rb") as f:
@@ -132,6 +133,7 @@ def read_text(path: str, separator: str) -> Iterator[Piece]:
         raise PrepareError(f"{path}: not UTF-8 text ({e})") from e
       if separator:
         *done, buf = buf.split(separator)
+        scanned = scanned if not done else 0
         for text in done:
           if text or opened:
             yield from pieces_of(doc_id(), text, pending)
@@ -140,12 +142,15 @@ def read_text(path: str, separator: str) -> Iterator[Piece]:
       if not raw:
         break
       # The open document's text so far, cut short of a separator that may be only half read.
+      # Text without spaces (Chinese, say) is searched once, not again at every read.
       while len(buf) > PIECE_CHARS:
-        cut = _SAFE_CUT.search(buf, PIECE_CHARS, max(len(buf) - len(separator), 0))
+        end = max(len(buf) - len(separator), 0)
+        cut = _SAFE_CUT.search(buf, max(PIECE_CHARS, scanned), end)
         if cut is None:
+          scanned = max(end - 1, 0)  # a space at end - 1 may yet have a non-space after it
           break
         yield Piece(doc_id(), buf[:cut.start()], False, pending)
-        buf, opened, pending = buf[cut.start():], True, 0
+        buf, opened, pending, scanned = buf[cut.start():], True, 0, 0
   if buf or opened:
     yield from pieces_of(doc_id(), buf, pending)
 
