@@ -139,7 +139,9 @@ def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype, cap):
 def _loss_sum_bwd(dtype, cap, residuals, g):
   del dtype, cap
   d_x_CSD, d_embedding_VD = residuals
-  return (g.astype(d_x_CSD.dtype) * d_x_CSD, g * d_embedding_VD, None, None)
+  # Scaled in float32: g (1/N for a mean) rounded to bfloat16 would bias every d(hidden).
+  d_x_CSD = (g * d_x_CSD.astype(jnp.float32)).astype(d_x_CSD.dtype)
+  return d_x_CSD, g * d_embedding_VD, None, None
 
 
 _loss_sum.defvjp(_loss_sum_fwd, _loss_sum_bwd)

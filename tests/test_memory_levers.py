@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 
-from jaxgpt import attention
+from jaxgpt import attention, head_loss
 from jaxgpt.model import GPT, GPTConfig, init_params
 from jaxgpt.plan.memory import backward_residuals
 
@@ -67,6 +67,24 @@ def test_chunked_loss_in_bfloat16_stays_close_to_the_whole_logits_path(params, t
   assert float(loss) == pytest.approx(float(whole_loss), abs=2e-3)
   for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(whole_grads), strict=True):
     assert float(jnp.linalg.norm(g - w)) <= 0.02 * float(jnp.linalg.norm(w)) + 1e-6
+
+
+def test_chunked_loss_in_bfloat16_scales_the_hidden_gradient_exactly():
+  """d(loss)/d(hidden) in bfloat16 is float32's, rounded, for a token count that is not a
+  power of two: the mean's 1/N rounded to bfloat16 scaled it by 1.0018 here."""
+  N, D, V = 192, 64, 96
+  k_x, k_e, k_t = jax.random.split(jax.random.PRNGKey(0), 3)
+  x_ND = jax.random.normal(k_x, (N, D)).astype(jnp.bfloat16)
+  embedding_VD = 0.02 * jax.random.normal(k_e, (V, D))
+  targets_N = jax.random.randint(k_t, (N,), 0, V)
+
+  def d_hidden(dtype):
+    loss = lambda x: head_loss.mean_cross_entropy(x, embedding_VD, targets_N, chunk_size=64,
+                                                  dtype=dtype)
+    return jax.grad(loss)(x_ND.astype(dtype)).astype(jnp.float32)
+
+  got, exact = d_hidden("bfloat16"), d_hidden("float32")
+  assert float(jnp.vdot(got, exact) / jnp.vdot(exact, exact)) == pytest.approx(1, abs=2e-4)
 
 
 def test_eval_loss_without_gradients_uses_the_chunked_forward(params, tokens_BT1):
