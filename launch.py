@@ -104,6 +104,7 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
+  preemption.stop_before_training()  # before JAX's preemption service takes SIGTERM over
   sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   # One process speaks for the run; the others report only warnings and errors.
   if jax.process_index() > 0:

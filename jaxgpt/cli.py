@@ -10,7 +10,9 @@
 - a usage mistake (a stray argument, a missing required flag, a value of the
   wrong type, an unknown flag or config key) and a `UserError` raised by the
   library are one `error:` line and exit code 1; JAXGPT_TRACEBACK=1 shows the
-  traceback of the latter too;
+  traceback of the latter too; so is a recipe file that raises, naming its line;
+- a stop before training (`preemption.StopBeforeTraining`) is one line and
+  exit 0; a Ctrl-C that stops at once, "interrupted" and exit 130;
 - the log shows jaxgpt's own lines and the libraries' warnings, each as
   `HH:MM:SS message`; `--verbosity=1` (or -v 1) shows everything, with
   absl's full prefix.
@@ -24,11 +26,13 @@ import re
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
 from jaxgpt.errors import UserError
+from jaxgpt.preemption import StopBeforeTraining
 
 TRACEBACK_ENV = "JAXGPT_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -108,6 +112,23 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {_flag_error(e)}")
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:  # a --config.KEY
     sys.exit(f"error: {_config_error(e)}")
+  except Exception as e:  # a NameError, a SyntaxError, ... in a recipe file: the user's to fix
+    line = _recipe_line(e, argv)
+    if line is None or os.environ.get(TRACEBACK_ENV):
+      raise
+    sys.exit(f"error: --config: {line}: {type(e).__name__}: {e}")
+
+
+def _recipe_line(error: Exception, argv: list[str]) -> str | None:
+  """'FILE, line N' in the --config recipe file where `error` was raised, if it was."""
+  recipes = {os.path.abspath(a.split("=", 1)[1].split(":", 1)[0]) for a in argv
+             if a.startswith("--config=")}
+  if isinstance(error, SyntaxError):
+    frames = [(error.filename or "", error.lineno)]
+  else:
+    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(error.__traceback__)]
+  lines = [f"{name}, line {n}" for name, n in frames if os.path.abspath(name) in recipes]
+  return lines[-1] if lines else None
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -121,7 +142,9 @@ def _flag_error(error: flags.Error) -> str:
   bad_value = re.fullmatch(r"flag (--[\w.]+)=(.*?): (.*)", text, re.DOTALL)
   if bad_value:
     flag, value, why = bad_value.groups()
-    why = why.splitlines()[0]
+    lines = [line for line in why.splitlines() if line.strip()]
+    # A recipe whose get_config raises: ml_collections' message ends with the error.
+    why = f"{lines[0]} {lines[-1]}" if lines[0].startswith("Error whilst parsing") else lines[0]
     if why.startswith("invalid literal for int()"):
       why = "not an integer"
     elif why.startswith("could not convert string to float"):
@@ -150,6 +173,13 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     _quiet_log()
     try:
       main(argv)
+    except StopBeforeTraining as e:
+      logging.warning("%s", e)
+    except KeyboardInterrupt:  # a second Ctrl-C, which stops at once
+      if os.environ.get(TRACEBACK_ENV):
+        raise
+      print("interrupted (Ctrl-C)", file=sys.stderr)
+      sys.exit(130)
     except (UserError, OSError) as e:
       # config_flags loads --config=FILE lazily: a missing or broken recipe file surfaces
       # as an OSError on first use.

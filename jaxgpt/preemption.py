@@ -15,17 +15,36 @@ import signal
 
 from absl import logging
 
-_early: list[int] = []  # signals received before a run's handlers were in place
+_early: list[int] = []  # signals received while the libraries loaded
+
+
+class StopBeforeTraining(KeyboardInterrupt):
+  """A stop request before the loop began: there is nothing to save, so the run ends at once
+  (making data or loading weights unwinds as from a Ctrl-C); `cli.run` says so in one line."""
 
 
 def catch_early() -> None:
-  """Keeps SIGTERM and Ctrl-C that arrive while the libraries load (seconds) for the run's
-  handlers to act on, instead of killing the process (exit 143) or printing a traceback.
+  """Keeps SIGTERM and Ctrl-C that arrive while the libraries load (seconds), instead of
+  killing the process (exit 143) or printing a traceback.
 
-  Called first thing by launch.py; `StopSignals` takes them over.
+  Called first thing by launch.py; `stop_before_training` acts on them.
   """
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda signum, frame: _early.append(signum))
+
+
+def stop_before_training() -> None:
+  """From now until the loop's `StopSignals`, SIGTERM and Ctrl-C end the run at once (data
+  preparation and weight loading can take hours and have nothing to save); one that came
+  while the libraries loaded does so now."""
+  def stop(signum: int, frame) -> None:
+    raise StopBeforeTraining(f"stopped by {signal.Signals(signum).name} before the first "
+                             "step: nothing to save")
+
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, stop)
+  if _early:
+    stop(_early.pop(0), None)
 
 
 class StopSignals:
@@ -43,8 +62,6 @@ class StopSignals:
     handled = (signal.SIGTERM, signal.SIGINT) if self.processes == 1 else (signal.SIGINT,)
     for sig in handled:
       self._previous[sig] = signal.signal(sig, self._handle)
-    while _early:
-      self._handle(_early.pop(0), None)
     return self
 
   def __exit__(self, *exc) -> None:

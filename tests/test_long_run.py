@@ -6,6 +6,7 @@ before the fix it names.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import os
@@ -337,6 +338,27 @@ def test_a_stop_while_the_libraries_load_is_one_line_and_exit_0(tmp_path, token_
   output, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, output[-2000:]
   assert "stopped by SIGTERM before the first step" in output
+  assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_data_is_being_made_ends_the_run_at_once(tmp_path):
+  """Before training there is nothing to save: a stop ends data preparation (hours for
+  FineWeb), here a wait for another process making the data, in one line."""
+  data_dir = tmp_path / "python_docs"
+  data_dir.mkdir()
+  with open(data_dir / ".prepare.lock", "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)  # another process is making the data
+    proc = start_launch(write_config_file(tmp_path, str(data_dir), dataset="python_docs"))
+    lines = []
+    for line in proc.stdout:
+      lines.append(line)
+      if "waiting for another process making the data" in line:
+        proc.send_signal(signal.SIGINT)
+        break
+    output = "".join(lines) + proc.communicate(timeout=60)[0]
+  assert proc.returncode == 0, output[-2000:]
+  assert "stopped by SIGINT before the first step: nothing to save" in output
   assert "Traceback" not in output
 
 
