@@ -195,7 +195,7 @@ class _Loop:
                 "lr": self.setup.host_lr(it)})
     if self.config.eval_only:
       return
-    self.check_finite(it, int(self.state.nonfinite))
+    self.check_finite(it - 1, int(self.state.nonfinite))
     improved = self.losses["val"] < self.best_val_loss
     self.best_val_loss = min(self.best_val_loss, self.losses["val"])
     if it == self.last_saved:  # a resumed checkpoint that a stop saved before its evaluation
@@ -252,6 +252,7 @@ class _Loop:
       logging.warning("stopped by %s before the first step: nothing new to save", reason)
       return
     if self.last_saved != it:
+      self.check_finite(it - 1, int(self.state.nonfinite))  # the state to save is good
       self.save(it, None)
     self.checkpoints.wait()
     logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
@@ -335,6 +336,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
                              params)
   try:
+    _check_nonfinite_allowed(start, config.skip_nonfinite)
     counts, eval_windows = _log_start(config, layout, sources, start)
     t0 = time.perf_counter()
     compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
@@ -388,6 +390,17 @@ def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     return start, train_iter
   state = jax.jit(setup.new_state, out_shardings=shardings)(params)
   return resume.Start(state), open_batches(0)
+
+
+def _check_nonfinite_allowed(start: resume.Start, allowed: int) -> None:
+  """Refuses a resume whose checkpoint skipped more non-finite iterations than allowed now
+  (skip_nonfinite counts a whole run's)."""
+  counted = int(start.state.nonfinite)
+  if counted > allowed:
+    raise train_step.NonFiniteError(
+        f"checkpoint {start.iter} has skipped {counted} non-finite iteration(s), more than "
+        f"skip_nonfinite={allowed} allows (it counts the whole run's); resume with "
+        f"--config.skip_nonfinite={counted} or more")
 
 
 def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,

@@ -24,7 +24,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, run_dir, token_files, train, train_step
+from jaxgpt import checkpoint, preemption, run_dir, token_files, train, train_step
 from jaxgpt.errors import UserError
 
 
@@ -138,6 +138,32 @@ def test_skip_nonfinite_drops_bad_updates_and_goes_on(tmp_path, token_dir, nan_l
   state, _ = restore_state(config, 40)
   assert 0 < int(state.nonfinite) < 40
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_a_stop_after_a_non_finite_iteration_saves_nothing(tmp_path, token_dir, nan_loss,
+                                                            monkeypatch):
+  """The check a log would have made comes before a stop's save, so no checkpoint carries
+  more non-finite iterations than the run allows."""
+  poison_windows(token_dir)
+  monkeypatch.setattr(preemption.StopSignals, "stop_at", lambda self, it: it == 40)
+  config = tiny_config(tmp_path, token_dir, max_iters=200, eval_interval=100, log_interval=100,
+                       lr_decay_iters=200)
+  with pytest.raises(FloatingPointError, match=r"between iter 1 and iter 39 .* nothing was "
+                                               r"saved; no checkpoint was saved yet"):
+    train.train(config)
+  assert checkpoint_steps(config.out_dir) == []
+
+
+def test_a_resume_allowing_fewer_non_finite_iterations_than_it_skipped_is_refused(
+    tmp_path, token_dir, nan_loss):
+  poison_windows(token_dir)
+  kw = {"max_iters": 40, "eval_interval": 20, "lr_decay_iters": 40}
+  train.train(tiny_config(tmp_path, token_dir, skip_nonfinite=40, **kw))
+  skipped = int(restore_state(tiny_config(tmp_path, token_dir, **kw), 40)[0].nonfinite)
+  config = tiny_config(tmp_path, token_dir, init_from="resume", **kw)
+  with pytest.raises(UserError, match=f"checkpoint 40 has skipped {skipped} non-finite "
+                                      f".*--config.skip_nonfinite={skipped} or more"):
+    train.train(config)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
