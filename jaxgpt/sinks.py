@@ -114,12 +114,16 @@ class ProgressBar:
       self._log_handler.stream = tqdm.contrib.DummyTqdmFile(self._log_stream)
 
   def write(self, record: Record) -> None:
-    if self.bar.disable or record["event"] != "train":
+    if self.bar.disable:
       return
-    mfu = "" if record.get("mfu") is None else f", MFU {record['mfu']:.1%}"
-    self.bar.set_postfix_str(f"loss {record['loss']:.4f}, {record['tokens_per_sec']:,.0f} "
-                             f"tok/s{mfu}", refresh=False)
-    self.bar.update(record["iter"] + 1 - self.bar.n)
+    done = record["iter"]  # an evaluation at iteration i comes after i iterations
+    if record["event"] == "train":
+      mfu = "" if record.get("mfu") is None else f", MFU {record['mfu']:.1%}"
+      self.bar.set_postfix_str(f"loss {record['loss']:.4f}, {record['tokens_per_sec']:,.0f} "
+                               f"tok/s{mfu}", refresh=False)
+      done += 1
+    if done > self.bar.n:
+      self.bar.update(done - self.bar.n)
 
   def close(self) -> None:
     self.bar.close()

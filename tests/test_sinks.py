@@ -206,5 +206,7 @@ def test_progress_bar_on_a_terminal_and_cleared_for_log_lines(absl_to):
   assert shown.rindex("10/100") > shown.index("a log line")  # the bar is drawn again below
   bar.write({**TRAIN_RECORD, "iter": 19, "mfu": 0.41})
   assert "20/100" in stream.getvalue() and "MFU 41.0%" in stream.getvalue()
+  bar.write({"event": "eval", "iter": 100, "val_loss": 2.0})  # the last log was at 99 or before
+  assert "100/100" in stream.getvalue()
   bar.close()
   assert logging.get_absl_handler().python_handler.stream is stream  # restored
