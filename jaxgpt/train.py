@@ -347,7 +347,10 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     train_iter.close()  # and its worker processes
     raise
   # eval_only on a resume reads the run and leaves it as it was: its losses go to the log.
-  writes = lead and not (loop_config.resumed and loop_config.eval_only)
+  # A resume with nothing to do (a finished run, max_iters below its step) leaves it too.
+  finished = (loop_config.resumed and not loop_config.eval_only
+              and _nothing_to_do(start, config.max_iters))
+  writes = lead and not (loop_config.resumed and loop_config.eval_only) and not finished
   if writes:  # the run is accepted: before this, nothing in out_dir has changed
     rundir.write_config(config)
     rundir.keep_metrics_until(start.iter if loop_config.resumed else None,
@@ -363,7 +366,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     _loop(loop, compiled_step, layout, signals)
   finally:
     loop.close()
-  if hooks.at_end is not None:
+  if hooks.at_end is not None and not finished:
     hooks.at_end(loop.state.params)
   if lead:
     _log_whats_next(config.out_dir, checkpoints, config.sample_start, config.block_size)
@@ -390,6 +393,11 @@ def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     return start, train_iter
   state = jax.jit(setup.new_state, out_shardings=shardings)(params)
   return resume.Start(state), open_batches(0)
+
+
+def _nothing_to_do(start: resume.Start, max_iters: int) -> bool:
+  """Whether a resumed run has no iteration to train and no evaluation to make."""
+  return start.iter > max_iters or (start.iter == max_iters and start.evaluated)
 
 
 def _check_nonfinite_allowed(start: resume.Start, allowed: int) -> None:
