@@ -153,9 +153,24 @@ def _require(package: str, key: str) -> types.ModuleType:
                       f"installed: pip install {package} (or set --config.{key}=False)") from e
 
 
+def start_wandb(config: ml_collections.ConfigDict, rundir: run_dir.RunDir) -> Sink | None:
+  """The W&B run wandb_log asks for, started before the run writes anything: a refusal (not
+  logged in, no network) leaves the run directory as it was, and is one error line."""
+  if not config.wandb_log:
+    return None
+  wandb = _require("wandb", "wandb_log")
+  try:
+    return WandbSink(wandb, project=config.wandb_project, name=config.wandb_run_name,
+                     config=config.to_dict(), out_dir=rundir.out_dir)
+  except Exception as e:  # wandb's own errors (login, network, quota) share no base class
+    raise UserError(f"config.wandb_log=True: W&B could not start a run ({type(e).__name__}: "
+                    f"{e}); run `wandb login`, or set --config.wandb_log=False") from e
+
+
 def open_sinks(config: ml_collections.ConfigDict, rundir: run_dir.RunDir, *, start_iter: int = 0,
-               enabled: bool = True) -> Sinks:
-  """metrics.jsonl, the progress bar, and the optional sinks the config turns on.
+               enabled: bool = True, wandb_run: Sink | None = None) -> Sinks:
+  """metrics.jsonl, the progress bar, TensorBoard if the config turns it on, and W&B's run
+  (`start_wandb`'s).
 
   Only one process of a multi-host run writes; the others get no sinks. A
   resume opens them after `RunDir.keep_metrics_until`, so TensorBoard keeps
@@ -164,7 +179,6 @@ def open_sinks(config: ml_collections.ConfigDict, rundir: run_dir.RunDir, *, sta
   if not enabled:
     return Sinks([])
   tensorboardx = _require("tensorboardX", "tensorboard_log") if config.tensorboard_log else None
-  wandb = _require("wandb", "wandb_log") if config.wandb_log else None
   sinks: list[Sink] = [MetricsWriter(rundir.metrics_path),
                        ProgressBar(config.max_iters, start_iter)]
   if tensorboardx is not None:
@@ -172,7 +186,6 @@ def open_sinks(config: ml_collections.ConfigDict, rundir: run_dir.RunDir, *, sta
     sinks.append(TensorBoardSink(tensorboardx, rundir.tensorboard_dir,
                                  resumed_at=start_iter if resumed else None,
                                  kept=rundir.records_at(start_iter) if resumed else []))
-  if wandb is not None:
-    sinks.append(WandbSink(wandb, project=config.wandb_project, name=config.wandb_run_name,
-                           config=config.to_dict(), out_dir=rundir.out_dir))
+  if wandb_run is not None:
+    sinks.append(wandb_run)
   return Sinks(sinks)

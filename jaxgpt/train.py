@@ -335,6 +335,11 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
                              params)
+  # eval_only on a resume reads the run and leaves it as it was: its losses go to the log.
+  # A resume with nothing to do (a finished run, max_iters below its step) leaves it too.
+  finished = (loop_config.resumed and not loop_config.eval_only
+              and _nothing_to_do(start, config.max_iters))
+  writes = lead and not (loop_config.resumed and loop_config.eval_only) and not finished
   try:
     _check_nonfinite_allowed(start, config.skip_nonfinite)
     counts, eval_windows = _log_start(config, layout, sources, start)
@@ -343,14 +348,10 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                                                   shardings, layout.mesh, config.sharding)
     logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
     train_step.check_memory(config, compiled_step, start.state, layout.mesh)
+    wandb_run = sinks.start_wandb(config, rundir) if writes else None
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
-  # eval_only on a resume reads the run and leaves it as it was: its losses go to the log.
-  # A resume with nothing to do (a finished run, max_iters below its step) leaves it too.
-  finished = (loop_config.resumed and not loop_config.eval_only
-              and _nothing_to_do(start, config.max_iters))
-  writes = lead and not (loop_config.resumed and loop_config.eval_only) and not finished
   if writes:  # the run is accepted: before this, nothing in out_dir has changed
     rundir.write_config(config)
     rundir.keep_metrics_until(start.iter if loop_config.resumed else None,
@@ -358,7 +359,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
 
   eval_step = train_step.make_eval_step(setup.model)
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
-               sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=writes),
+               sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=writes,
+                                wandb_run=wandb_run),
                lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
                {**resume.data_layout(layout, config.data_workers),
                 "eval_batch_windows": eval_windows // config.eval_iters}, hooks)

@@ -145,7 +145,8 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
   fake = FakeWandb()
   monkeypatch.setitem(sys.modules, "wandb", fake)
   config = tiny_config(tmp_path, "", wandb_log=True, wandb_project="proj", wandb_run_name="r1")
-  out = sinks.open_sinks(config, run_dir.RunDir(config.out_dir))
+  rundir = run_dir.RunDir(config.out_dir)
+  out = sinks.open_sinks(config, rundir, wandb_run=sinks.start_wandb(config, rundir))
   out.write({"event": "eval", "iter": 0, "tokens": 0, "train_loss": 4.6, "val_loss": 4.7,
              "lr": 0.0})
   out.write(TRAIN_RECORD)
@@ -166,9 +167,29 @@ def test_a_missing_library_is_a_clear_error_before_anything_opens(tmp_path, monk
                                                                   package):
   monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
   config = tiny_config(tmp_path, "", **{key: True})
+  start = sinks.start_wandb if key == "wandb_log" else sinks.open_sinks
   with pytest.raises(UserError, match=rf"config.{key}=True needs the '{package}' package"):
-    sinks.open_sinks(config, run_dir.RunDir(config.out_dir))
+    start(config, run_dir.RunDir(config.out_dir))
   assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))
+
+
+def test_a_wandb_run_that_cannot_start_is_one_error_and_leaves_the_run_as_it_was(
+    tmp_path, token_dir, monkeypatch):
+  train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  run = tmp_path / "run"
+  before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
+  fake = FakeWandb()
+
+  def refuse(**kwargs):
+    raise RuntimeError("api_key not configured (no-tty)")
+
+  fake.init = refuse
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  with pytest.raises(UserError, match=r"W&B could not start a run \(RuntimeError: api_key not "
+                                      r"configured \(no-tty\)\); run `wandb login`"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=6, init_from="resume",
+                            wandb_log=True))
+  assert {name: (run / name).read_bytes() for name in before} == before
 
 
 class Terminal(io.StringIO):
