@@ -461,10 +461,13 @@ def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints, prompt: s
   for the processes that do not log.
   """
   steps = checkpoints.steps()
-  where = (f"checkpoints of steps {', '.join(map(str, steps))} in {checkpoints.directory}"
-           if steps else f"no checkpoint in {checkpoints.directory}")
   out = shlex.quote(out_dir)
+  report = f"python -m jaxgpt.report --out_dir={out}"
+  if not steps:
+    logging.info("done: no checkpoint in %s. Next:\n  %s", checkpoints.directory, report)
+    return
   start = f" --start={shlex.quote(prompt)}" if prompt else ""
-  logging.info("done: %s. Next:\n  python -m jaxgpt.sample --out_dir=%s%s --num_samples=3 "
-               "--max_new_tokens=%d\n  python -m jaxgpt.report --out_dir=%s", where, out, start,
-               min(block_size, 500), out)
+  logging.info("done: checkpoints of steps %s in %s. Next:\n  python -m jaxgpt.sample "
+               "--out_dir=%s%s --num_samples=3 --max_new_tokens=%d\n  %s",
+               ", ".join(map(str, steps)), checkpoints.directory, out, start,
+               min(block_size, 500), report)

@@ -192,3 +192,14 @@ def test_a_step_that_will_not_fit_stops_before_training_naming_a_layout_that_fit
     assert "no smaller micro-batch or remat fits" in str(e.value)
   assert not os.path.exists(os.path.join(config.out_dir, "config.json"))
   assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))
+
+
+def test_max_iters_zero_evaluates_the_init_at_a_finite_rate_and_suggests_no_sample(
+    tmp_path, token_dir, caplog):
+  """No iteration to train: no schedule to span (warmup and decay both 0), no checkpoint."""
+  config = tiny_config(tmp_path, token_dir, max_iters=0, warmup_iters=0, lr_decay_iters=0)
+  with caplog.at_level(logging.INFO):
+    train.train(config)
+  [evaluation] = records(config.out_dir, "eval")
+  assert evaluation["iter"] == 0 and evaluation["lr"] == pytest.approx(config.min_lr)
+  assert "done: no checkpoint in" in caplog.text and "jaxgpt.sample" not in caplog.text
