@@ -153,6 +153,13 @@ def stream_windows(source: TokenWindows, seed: int, start: int, stop: int) -> np
   return np.stack([stream[i] for i in range(start, stop)])
 
 
+def eval_seed(seed: int, split: str) -> int:
+  """The shuffle an evaluation draws `split`'s windows by. The train split's is not
+  training's, whose first windows they would be: the loss of what the first iterations
+  trained on, not of the split."""
+  return seed if split != "train" else (seed + 1) % 2**32
+
+
 def eval_batches(source: TokenWindows, *, batch_size: int, n_batches: int, seed: int,
                  shard_index: int = 0, shard_count: int = 1) -> Iterator[np.ndarray]:
   """The same `n_batches` (batch_size, block_size+1) uint16 batches at every call.

@@ -66,15 +66,16 @@ def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWi
   full, rest = divmod(n_windows, layout.global_batch)
   losses = {}
   for split, source in sources.items():
+    split_seed = data.eval_seed(seed, split)
     total = jnp.zeros((), jnp.float32)
     for batch in data.eval_batches(source, batch_size=layout.local_batch, n_batches=full,
-                                   seed=seed, shard_index=jax.process_index(),
+                                   seed=split_seed, shard_index=jax.process_index(),
                                    shard_count=jax.process_count()):
       total += eval_step(params, layout.eval_batch(batch))
     if not rest:
       losses[split] = float(total) / full  # one host sync per split
       continue
-    tail = data.stream_windows(source, seed, full * layout.global_batch, n_windows)
+    tail = data.stream_windows(source, split_seed, full * layout.global_batch, n_windows)
     tail_loss = eval_step(params, layout.replicated(tail))
     losses[split] = (float(total) * layout.global_batch + float(tail_loss) * rest) / n_windows
   return losses

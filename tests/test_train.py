@@ -20,7 +20,7 @@ from conftest import (
 )
 
 import launch
-from jaxgpt import sharding, train, train_step
+from jaxgpt import data, sharding, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.run_dir import RunDir
 
@@ -203,3 +203,13 @@ def test_max_iters_zero_evaluates_the_init_at_a_finite_rate_and_suggests_no_samp
   [evaluation] = records(config.out_dir, "eval")
   assert evaluation["iter"] == 0 and evaluation["lr"] == pytest.approx(config.min_lr)
   assert "done: no checkpoint in" in caplog.text and "jaxgpt.sample" not in caplog.text
+
+
+def test_the_train_splits_evaluation_is_not_the_first_iterations_windows(tmp_path, token_dir):
+  """Training's shuffle would hand the evaluation the windows iteration 0 trains on (here the
+  same 8): their loss at step 0 is iteration 0's, to the bit."""
+  config = tiny_config(tmp_path, token_dir, max_iters=1, eval_interval=1, warmup_iters=0)
+  train.train(config)
+  [first_step] = records(config.out_dir, "train")
+  assert records(config.out_dir, "eval")[0]["train_loss"] != first_step["loss"]
+  assert data.eval_seed(config.seed, "val") == config.seed  # the val windows are as they were
