@@ -153,15 +153,14 @@ def _require(package: str, key: str) -> types.ModuleType:
                       f"installed: pip install {package} (or set --config.{key}=False)") from e
 
 
-def start_wandb(config: ml_collections.ConfigDict, rundir: run_dir.RunDir) -> Sink | None:
+def start_wandb(rundir: run_dir.RunDir, *, project: str, name: str,
+                run_config: dict[str, Any]) -> Sink:
   """The W&B run wandb_log asks for, started before the run writes anything: a refusal (not
   logged in, no network) leaves the run directory as it was, and is one error line."""
-  if not config.wandb_log:
-    return None
   wandb = _require("wandb", "wandb_log")
   try:
-    return WandbSink(wandb, project=config.wandb_project, name=config.wandb_run_name,
-                     config=config.to_dict(), out_dir=rundir.out_dir)
+    return WandbSink(wandb, project=project, name=name, config=run_config,
+                     out_dir=rundir.out_dir)
   except Exception as e:  # wandb's own errors (login, network, quota) share no base class
     raise UserError(f"config.wandb_log=True: W&B could not start a run ({type(e).__name__}: "
                     f"{e}); run `wandb login`, or set --config.wandb_log=False") from e

@@ -349,7 +349,9 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                                                   shardings, layout.mesh, config.sharding)
     logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
     train_step.check_memory(config, compiled_step, start.state, layout.mesh)
-    wandb_run = sinks.start_wandb(config, rundir) if writes else None
+    wandb_run = (sinks.start_wandb(rundir, project=config.wandb_project,
+                                   name=config.wandb_run_name, run_config=config.to_dict())
+                 if writes and config.wandb_log else None)
   except BaseException:
     train_iter.close()  # and its worker processes
     raise

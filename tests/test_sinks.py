@@ -146,7 +146,9 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "wandb", fake)
   config = tiny_config(tmp_path, "", wandb_log=True, wandb_project="proj", wandb_run_name="r1")
   rundir = run_dir.RunDir(config.out_dir)
-  out = sinks.open_sinks(config, rundir, wandb_run=sinks.start_wandb(config, rundir))
+  wandb_run = sinks.start_wandb(rundir, project=config.wandb_project,
+                                name=config.wandb_run_name, run_config=config.to_dict())
+  out = sinks.open_sinks(config, rundir, wandb_run=wandb_run)
   out.write({"event": "eval", "iter": 0, "tokens": 0, "train_loss": 4.6, "val_loss": 4.7,
              "lr": 0.0})
   out.write(TRAIN_RECORD)
@@ -167,9 +169,12 @@ def test_a_missing_library_is_a_clear_error_before_anything_opens(tmp_path, monk
                                                                   package):
   monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
   config = tiny_config(tmp_path, "", **{key: True})
-  start = sinks.start_wandb if key == "wandb_log" else sinks.open_sinks
+  rundir = run_dir.RunDir(config.out_dir)
   with pytest.raises(UserError, match=rf"config.{key}=True needs the '{package}' package"):
-    start(config, run_dir.RunDir(config.out_dir))
+    if key == "wandb_log":
+      sinks.start_wandb(rundir, project="p", name="n", run_config={})
+    else:
+      sinks.open_sinks(config, rundir)
   assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))
 
 
