@@ -16,7 +16,8 @@ import time
 import tqdm
 from absl import flags
 
-from jaxgpt import cli, formatting
+from jaxgpt import cli, defaults, formatting
+from jaxgpt.errors import UserError
 from jaxgpt.evals import tasks
 from jaxgpt.inference import scoring
 from jaxgpt.interop import weights
@@ -26,7 +27,7 @@ def _define_flags() -> None:
   weights.define_flags()
   flags.DEFINE_string("task", "hellaswag", "Comma-separated: 'hellaswag', 'text:FILE'.")
   flags.DEFINE_integer("limit", 0, "Score the first N examples (HellaSwag) or windows (text); "
-                       "0: all.")
+                       "0: all.", lower_bound=0)
   flags.DEFINE_string("hellaswag_file", "", "HellaSwag's hellaswag_val.jsonl; '' means "
                       "data/cache/hellaswag_val.jsonl, downloaded once.")
   flags.DEFINE_integer("stride", 0, "text: tokens between window starts; 0 is block_size "
@@ -38,6 +39,8 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
+  if not defaults.eval_tasks(f.task):
+    raise UserError(f"--task={f.task!r}: name a task: hellaswag, text:FILE")
   config, model, params, source = weights.from_flags()
   scorer = scoring.Scorer(model, rows_per_batch=f.batch_rows)
   task_list = tasks.load(f.task, scorer, limit=f.limit, hellaswag_file=f.hellaswag_file,

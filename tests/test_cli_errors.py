@@ -70,6 +70,8 @@ USAGE = {
     "evaluate": (["-m", "jaxgpt.evaluate", "--limit=all"], "error: --limit=all: not an integer"),
     "evaluate negative": (["-m", "jaxgpt.evaluate", "--batch_rows=-4"],
                           "error: --batch_rows=-4: -4 is not a non-negative integer"),
+    "evaluate no task": (["-m", "jaxgpt.evaluate", "--task="],
+                         "error: --task='': name a task: hellaswag, text:FILE"),
     "evaluate stray": (["-m", "jaxgpt.evaluate", "a", "b"], "error: unexpected argument(s): a b"),
     "export": (["-m", "jaxgpt.export"], "error: --out is required"),
     "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),

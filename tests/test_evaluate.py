@@ -70,7 +70,8 @@ def test_hellaswag_losses_equal_transformers_on_the_same_weights(tmp_path):
   rows = hellaswag.rows(examples, config.block_size)
   ours = scorer.loss_sums(params, scorer.batches(rows), len(rows))
 
-  # build-nanogpt's way, on transformers' GPT-2 and tokenizer: rows cut to block_size + 1.
+  # build-nanogpt's way, on transformers' GPT-2 and tokenizer; a context too long for
+  # block_size + 1 tokens with the longest ending is cut once, for all four.
   gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "hf"))
   model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
@@ -78,11 +79,13 @@ def test_hellaswag_losses_equal_transformers_on_the_same_weights(tmp_path):
   with open(path, encoding="utf-8") as f:
     for line in f:
       example = json.loads(line)
+      ends = [hf_tokenizer.encode(" " + ending) for ending in example["endings"]]
       ctx = hf_tokenizer.encode(example["ctx"])
+      room = config.block_size + 1 - max(map(len, ends))
+      ctx = ctx[-room:] if len(ctx) > room else ctx
       labels.append(example["label"])
-      for ending in example["endings"]:
-        end = hf_tokenizer.encode(" " + ending)
-        row = torch.tensor(ctx + end)[-(config.block_size + 1):]
+      for end in ends:
+        row = torch.tensor(ctx + end)
         mask = torch.tensor([0] * len(ctx) + [1] * len(end))[-len(row):]
         with torch.no_grad():
           logits = model(row[None, :-1]).logits[0]
@@ -90,6 +93,8 @@ def test_hellaswag_losses_equal_transformers_on_the_same_weights(tmp_path):
         sums.append(float((losses * mask[1:]).sum()))
         means.append(sums[-1] / float(mask[1:].sum()))
   assert len(examples[0].context) > config.block_size + 1  # the cut is tested
+  assert len({len(ending) for ending in examples[0].endings}) > 1  # ... on endings of 2+ lengths
+  assert hellaswag.n_cut(examples, config.block_size) == 1
   np.testing.assert_allclose(ours, sums, rtol=2e-6)
   sums_E4, means_E4 = np.reshape(sums, (-1, 4)), np.reshape(means, (-1, 4))
   expected = {"acc": np.mean(sums_E4.argmin(1) == labels),
@@ -152,6 +157,21 @@ def test_text_perplexity_equals_transformers_over_the_same_windows(tmp_path):
   assert result["ppl"] == pytest.approx(math.exp(total / (len(ids) - 1)), rel=1e-5)
 
 
+def test_a_text_is_scored_as_its_bytes_say(tmp_path):
+  """Windows line ends stay '\r\n' (text mode would read '\n'), as prepare reads them."""
+  path = tmp_path / "crlf.txt"
+  path.write_bytes(b"Hello world.\r\nSecond line here.\r\n")
+  assert tasks.read_text_tokens(str(path)) == tokenizer.gpt2().encode_ordinary(
+      "Hello world.\r\nSecond line here.\r\n")
+
+
+def test_non_finite_losses_are_no_accuracy_and_a_huge_loss_no_overflow():
+  examples = [hellaswag.Example([1, 2], [[3], [4], [5], [6]], 0)]
+  rows = hellaswag.rows(examples, 16)
+  assert math.isnan(hellaswag.accuracy(examples, rows, np.array([np.nan, 1, 2, 3]))["acc"])
+  assert tasks.perplexity([([1, 2], 1)], np.array([800.0]))["ppl"] > 1e300
+
+
 def test_bad_input_is_one_user_error_naming_what(tmp_path):
   scorer = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config())))
   bad = tmp_path / "bad.jsonl"
@@ -170,6 +190,8 @@ def test_bad_input_is_one_user_error_naming_what(tmp_path):
     tasks.load(f"text:{tmp_path}/missing.txt", scorer)
   with pytest.raises(UserError, match="unknown evaluation task 'mmlu'"):
     tasks.load("hellaswag,mmlu", scorer)
+  with pytest.raises(UserError, match=r"limit=-3: must be >= 0"):
+    tasks.load(f"text:{bad}", scorer, limit=-3)
   small = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config(vocab_size=96))))
   with pytest.raises(UserError, match="vocab_size=96 cannot hold GPT-2's 50257 tokens"):
     tasks.load("hellaswag", small, hellaswag_file=str(bad))

@@ -16,6 +16,7 @@ path or downloaded once into data/cache/.
 from __future__ import annotations
 
 import json
+import math
 import os
 import urllib.error
 import urllib.request
@@ -115,19 +116,36 @@ def _fields(line: str, where: str) -> tuple[str, list[str], int]:
 
 
 def rows(examples: list[Example], block_size: int) -> list[tuple[list[int], int]]:
-  """(tokens, how many of the last are the ending's) for every ending, 4 per example in order."""
+  """(tokens, how many of the last are the ending's) for every ending, 4 per example in order.
+
+  A context too long for block_size + 1 tokens with the longest ending is cut from the left
+  once for the example, so its four endings are scored after the same context.
+  """
   out = []
   for example in examples:
+    room = _context_room(example, block_size)
+    context = example.context[-room:] if room > 0 else []
     for ending in example.endings:
-      tokens = (example.context + ending)[-(block_size + 1):]
+      tokens = (context + ending)[-(block_size + 1):]
       out.append((tokens, min(len(ending), len(tokens) - 1)))
   return out
+
+
+def n_cut(examples: list[Example], block_size: int) -> int:
+  """How many examples `rows` cuts the context of."""
+  return sum(_context_room(e, block_size) < len(e.context) for e in examples)
+
+
+def _context_room(example: Example, block_size: int) -> int:
+  return block_size + 1 - max(len(ending) for ending in example.endings)
 
 
 def accuracy(examples: list[Example], token_rows: list[tuple[list[int], int]],
              loss_sums: np.ndarray) -> dict[str, float]:
   """acc (least summed loss) and acc_norm (least mean loss) from the rows' summed losses."""
   sums_E4 = np.asarray(loss_sums, np.float64).reshape(-1, N_ENDINGS)
+  if not np.isfinite(sums_E4).all():  # argmin would pick a NaN ending: chance, not an error
+    return {"acc": math.nan, "acc_norm": math.nan, "examples": len(examples)}
   counts_E4 = np.array([n for _, n in token_rows], np.float64).reshape(-1, N_ENDINGS)
   labels_E = np.array([e.label for e in examples])
   return {"acc": float(np.mean(sums_E4.argmin(axis=1) == labels_E)),

@@ -46,6 +46,8 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
 
   `limit` > 0 keeps the first examples (HellaSwag) or windows (text).
   """
+  if limit < 0:
+    raise UserError(f"limit={limit}: must be >= 0 (0: all)")
   names = defaults.eval_tasks(spec)
   if names:
     tokenizer.require_gpt2_vocabulary(scorer.vocab_size, "every task's text is")
@@ -57,7 +59,10 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
       examples = hellaswag.read(path, limit)
       rows = hellaswag.rows(examples, scorer.block_size)
       summarize = lambda sums, e=examples, r=rows: hellaswag.accuracy(e, r, sums)
-      about = f"{len(examples):,} examples, 4 endings each"
+      cut = hellaswag.n_cut(examples, scorer.block_size)
+      about = f"{len(examples):,} examples, 4 endings each" + (
+          f"; {cut:,} with their context cut from the left to fit block_size "
+          f"{scorer.block_size}" if cut else "")
       tasks.append(Task("hellaswag", path, len(rows), about, "examples", scorer.batches(rows),
                         summarize))
     else:
@@ -92,7 +97,7 @@ def _check_unique(specs: list[str]) -> None:
 
 def read_text_tokens(path: str) -> list[int]:
   try:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline="") as f:  # the file's line ends, as written
       text = f.read()
   except FileNotFoundError:
     raise UserError(f"text:{path}: no such file") from None
@@ -119,7 +124,7 @@ def text_rows(tokens: list[int], block_size: int, stride: int = 0) -> list[scori
 def perplexity(rows: list[scoring.Row], loss_sums: np.ndarray) -> dict[str, float]:
   n_tokens = sum(n for _, n in rows)
   loss = float(np.sum(loss_sums, dtype=np.float64)) / n_tokens
-  return {"tokens": n_tokens, "loss": loss, "ppl": math.exp(loss)}
+  return {"tokens": n_tokens, "loss": loss, "ppl": math.exp(min(loss, 709.0))}  # no overflow
 
 
 def metrics(scorer: scoring.Scorer, params: Any, task: Task,
