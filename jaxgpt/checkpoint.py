@@ -55,6 +55,14 @@ class Checkpoints:
     """Completed checkpoints, oldest first."""
     return sorted(self.manager.all_steps())
 
+  def remove_unfinished(self) -> None:
+    """Deletes the folders of saves that never finished (killed mid-way, by a SIGKILL after a
+    scheduler's grace period, say): each holds up to a whole state, none is ever read, and
+    Orbax reuses one only if that very step is saved again."""
+    for path in glob.glob(os.path.join(glob.escape(self.directory), "*.orbax-checkpoint-tmp*")):
+      logging.warning("removing %s: a save that never finished", path)
+      shutil.rmtree(path, ignore_errors=True)
+
   def keep_best(self, step: int | None) -> None:
     """Keeps `step`'s checkpoint (the best by val loss) however many newer ones are saved."""
     self._best.step = step

@@ -356,6 +356,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     train_iter.close()  # and its worker processes
     raise
   if writes:  # the run is accepted: before this, nothing in out_dir has changed
+    checkpoints.remove_unfinished()
     rundir.write_config(config)
     rundir.keep_metrics_until(start.iter if loop_config.resumed else None,
                               evaluated=start.evaluated)

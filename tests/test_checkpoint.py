@@ -281,6 +281,16 @@ def test_a_resume_of_checkpoints_that_name_no_best_kept_keeps_the_best_evaluated
   assert checkpoint_steps(config.out_dir) == [2, 8]
 
 
+def test_a_resume_removes_the_folders_of_saves_that_never_finished(tmp_path, token_dir):
+  kw = {"eval_interval": 2, "lr_decay_iters": 4}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
+  unfinished = tmp_path / "run" / "checkpoints" / "3.orbax-checkpoint-tmp-1764700000"
+  (unfinished / "state").mkdir(parents=True)
+  (unfinished / "state" / "part").write_bytes(b"0" * 1000)
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", **kw))
+  assert not unfinished.exists() and checkpoint_steps(str(tmp_path / "run")) == [2, 4]
+
+
 @pytest.mark.slow
 def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_dir):
   # A 50304-token vocabulary makes each checkpoint ~150 MB, so a save takes long enough to
@@ -308,3 +318,4 @@ def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_di
                        init_from="resume")
   train.train(config)
   assert [r["iter"] for r in records(out_dir, "train")][-2:] == [resume_at, resume_at + 1]
+  assert not in_flight()  # the resume removed the killed save's folder
