@@ -65,8 +65,9 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
 
 
 def resolve_data_dir(dataset: str, data_dir: str) -> str:
-  """Where a config's token shards are: `data_dir`, or data/<dataset> when it is ''."""
-  return data_dir or os.path.join("data", dataset)
+  """Where a config's token shards are: `data_dir` (a shell leaves `=~/x` as it is), or
+  data/<dataset> when it is ''."""
+  return os.path.expanduser(data_dir) or os.path.join("data", dataset)
 
 
 def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, TokenWindows]:

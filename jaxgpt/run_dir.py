@@ -40,7 +40,7 @@ class RunDir:
   """Paths, checkpoints and metrics of one run directory."""
 
   def __init__(self, out_dir: str):
-    self.out_dir = out_dir
+    self.out_dir = os.path.expanduser(out_dir)  # `--out_dir=~/x` reaches us unexpanded
     self.metrics_path = self._path("metrics.jsonl")
     self.tensorboard_dir = self._path("tensorboard")
     self.checkpoints_dir = self._path("checkpoints")

@@ -213,3 +213,17 @@ def test_the_train_splits_evaluation_is_not_the_first_iterations_windows(tmp_pat
   [first_step] = records(config.out_dir, "train")
   assert records(config.out_dir, "eval")[0]["train_loss"] != first_step["loss"]
   assert data.eval_seed(config.seed, "val") == config.seed  # the val windows are as they were
+
+
+def test_a_home_relative_out_dir_and_data_dir_are_the_home_directorys(tmp_path, token_dir,
+                                                                      monkeypatch):
+  """`--config.out_dir=~/run` reaches the run unexpanded (a shell expands no ~ after '=')."""
+  home, cwd = tmp_path / "home", tmp_path / "cwd"
+  (home / "data").parent.mkdir()
+  os.symlink(token_dir, home / "data")
+  cwd.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(cwd)
+  train.train(tiny_config(tmp_path, "~/data", out_dir="~/run", max_iters=2, eval_interval=2,
+                          warmup_iters=0, lr_decay_iters=2))
+  assert os.listdir(home / "run" / "checkpoints") and os.listdir(cwd) == []

@@ -111,7 +111,7 @@ def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
   Its checkpoints are deleted, its metrics and config kept.
   """
   rundir = run_dir.RunDir(config.out_dir)
-  if os.path.exists(config.out_dir):
+  if os.path.exists(rundir.out_dir):
     # config.json holds the config as the run used it: attention resolved for this device.
     ran = json.loads(attention.settle(config).to_json_best_effort())
     same = rundir.read_config() == ran
