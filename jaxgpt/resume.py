@@ -36,6 +36,7 @@ class Start:
   window: int = 0  # the data stream's window the train dataset starts at
   evaluated: bool = False  # the checkpoint's iteration was evaluated before it was saved
   eval_batch_windows: int | None = None  # the run's evaluation batch (see train.val_losses)
+  split_windows: dict[str, int] | None = None  # each split's windows when it was saved
 
 
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
@@ -83,8 +84,22 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   start = Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
                 None if best_kept is None else tuple(best_kept),
                 window, evaluated=meta.get("val_loss") is not None,
-                eval_batch_windows=saved.get("eval_batch_windows"))
+                eval_batch_windows=saved.get("eval_batch_windows"),
+                split_windows=saved.get("split_windows"))
   return start, batches
+
+
+def warn_if_data_changed(start: Start, split_windows: dict[str, int]) -> None:
+  """Says when a split has another number of windows than when the checkpoint was saved: the
+  shuffles are over other windows, so the rest of the epoch is another order (some windows
+  twice, some not at all), and the val loss is over other windows than before."""
+  if start.split_windows is None or start.split_windows == split_windows:
+    return
+  logging.warning("resume: the data changed since the checkpoint: %s; training goes on in "
+                  "another order, and the val loss is not comparable with the run's before",
+                  ", ".join(f"{split} {start.split_windows.get(split, 0):,} -> {n:,} windows"
+                            for split, n in split_windows.items()
+                            if start.split_windows.get(split) != n))
 
 
 def _best_evaluated(checkpoints: checkpoint.Checkpoints) -> tuple[float, int] | None:

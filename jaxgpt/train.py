@@ -343,6 +343,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   writes = lead and not (loop_config.resumed and loop_config.eval_only) and not finished
   try:
     _check_nonfinite_allowed(start, config.skip_nonfinite)
+    split_windows = {split: len(source) for split, source in sources.items()}
+    resume.warn_if_data_changed(start, split_windows)
     counts, eval_windows = _log_start(config, layout, sources, start)
     t0 = time.perf_counter()
     compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
@@ -367,7 +369,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                                 wandb_run=wandb_run),
                lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
                {**resume.data_layout(layout, config.data_workers),
-                "eval_batch_windows": eval_windows // config.eval_iters}, hooks)
+                "eval_batch_windows": eval_windows // config.eval_iters,
+                "split_windows": split_windows}, hooks)
   try:
     _loop(loop, compiled_step, layout, signals)
   finally:

@@ -281,6 +281,16 @@ def test_a_resume_of_checkpoints_that_name_no_best_kept_keeps_the_best_evaluated
   assert checkpoint_steps(config.out_dir) == [2, 8]
 
 
+def test_a_resume_on_changed_data_says_so(tmp_path, token_dir, caplog):
+  kw = {"eval_interval": 2, "lr_decay_iters": 4}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
+  os.remove(os.path.join(token_dir, "syn_train_000001.bin"))  # the data prepared anew, smaller
+  with caplog.at_level("WARNING", logger="absl"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", **kw))
+  assert ("resume: the data changed since the checkpoint: train 311 -> 187 windows; training "
+          "goes on in another order") in caplog.text
+
+
 def test_a_resume_removes_the_folders_of_saves_that_never_finished(tmp_path, token_dir):
   kw = {"eval_interval": 2, "lr_decay_iters": 4}
   train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
