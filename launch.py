@@ -104,8 +104,8 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
-  preemption.stop_before_training()  # before JAX's preemption service takes SIGTERM over
   sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+  preemption.stop_before_training(jax.process_count())
   # One process speaks for the run; the others report only warnings and errors.
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)

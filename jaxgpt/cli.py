@@ -110,13 +110,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(f"error: {_flag_error(e)}")
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:  # a --config.KEY
-    sys.exit(f"error: {_config_error(e)}")
-  except Exception as e:  # a NameError, a SyntaxError, ... in a recipe file: the user's to fix
+  except Exception as e:  # a --config.KEY, or a recipe file's own mistake
     line = _recipe_line(e, argv)
-    if line is None or os.environ.get(TRACEBACK_ENV):
-      raise
-    sys.exit(f"error: --config: {line}: {type(e).__name__}: {e}")
+    if line is not None and not os.environ.get(TRACEBACK_ENV):
+      sys.exit(f"error: --config: {line}: {type(e).__name__}: {_message(e)}")
+    if isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):
+      sys.exit(f"error: {_config_error(e)}")
+    raise
 
 
 def _recipe_line(error: Exception, argv: list[str]) -> str | None:
@@ -154,6 +154,15 @@ def _flag_error(error: flags.Error) -> str:
   if unknown:
     return f"--{unknown[1]}: no such flag (--help lists them)"
   return text.splitlines()[0]
+
+
+def _message(error: Exception) -> str:
+  """An error's message on one line, ml_collections' unwrapped: `'max_iter'\\nDid you mean
+  ...` nested twice reads `max_iter Did you mean ...`."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  return " ".join(line.strip().strip("'\"") for line in text.splitlines() if line.strip())
 
 
 def _config_error(error: Exception) -> str:

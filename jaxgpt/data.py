@@ -155,10 +155,10 @@ def stream_windows(source: TokenWindows, seed: int, start: int, stop: int) -> np
 
 
 def eval_seed(seed: int, split: str) -> int:
-  """The shuffle an evaluation draws `split`'s windows by. The train split's is not
-  training's, whose first windows they would be: the loss of what the first iterations
-  trained on, not of the split."""
-  return seed if split != "train" else (seed + 1) % 2**32
+  """The shuffle an evaluation draws `split`'s windows by. The train split's is none of
+  training's, whose first windows they would be (the loss of what the first iterations of an
+  epoch trained on): Grain shuffles epoch e by seed + e, and no run reaches epoch 2**32 - 1."""
+  return seed if split != "train" else (seed - 1) % 2**32
 
 
 def eval_batches(source: TokenWindows, *, batch_size: int, n_batches: int, seed: int,

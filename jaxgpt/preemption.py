@@ -33,15 +33,29 @@ def catch_early() -> None:
     signal.signal(sig, lambda signum, frame: _early.append(signum))
 
 
-def stop_before_training() -> None:
-  """From now until the loop's `StopSignals`, SIGTERM and Ctrl-C end the run at once (data
-  preparation and weight loading can take hours and have nothing to save); one that came
-  while the libraries loaded does so now."""
-  def stop(signum: int, frame) -> None:
-    raise StopBeforeTraining(f"stopped by {signal.Signals(signum).name} before the first "
-                             "step: nothing to save")
+_trained = False  # the loop's StopSignals have been in place
 
-  for sig in (signal.SIGTERM, signal.SIGINT):
+
+def stop_before_training(processes: int = 1) -> None:
+  """From now until the loop's `StopSignals`, SIGTERM and Ctrl-C end a one-process run at once
+  (data preparation and weight loading can take hours and have nothing to save); one that
+  came while the libraries loaded does so now.
+
+  With several processes, one stopping alone would leave the others waiting at their next
+  collective: Ctrl-C goes to JAX's preemption service as SIGTERM (which it holds once
+  `jax.distributed.initialize` ran), and every process stops together at the first step.
+  After training a signal is only logged: the run is saved and ending anyway.
+  """
+  def stop(signum: int, frame) -> None:
+    name = signal.Signals(signum).name
+    if _trained:
+      logging.warning("received %s after training: ending as soon as the run has closed", name)
+    elif processes > 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      raise StopBeforeTraining(f"stopped by {name} before the first step: nothing to save")
+
+  for sig in (signal.SIGTERM, signal.SIGINT) if processes == 1 else (signal.SIGINT,):
     signal.signal(sig, stop)
   if _early:
     stop(_early.pop(0), None)
@@ -60,6 +74,8 @@ class StopSignals:
 
   def __enter__(self) -> StopSignals:  # noqa: PYI034 - a final class
     handled = (signal.SIGTERM, signal.SIGINT) if self.processes == 1 else (signal.SIGINT,)
+    global _trained
+    _trained = True
     for sig in handled:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self

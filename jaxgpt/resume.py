@@ -95,11 +95,12 @@ def warn_if_data_changed(start: Start, split_windows: dict[str, int]) -> None:
   twice, some not at all), and the val loss is over other windows than before."""
   if start.split_windows is None or start.split_windows == split_windows:
     return
-  logging.warning("resume: the data changed since the checkpoint: %s; training goes on in "
-                  "another order, and the val loss is not comparable with the run's before",
-                  ", ".join(f"{split} {start.split_windows.get(split, 0):,} -> {n:,} windows"
-                            for split, n in split_windows.items()
-                            if start.split_windows.get(split) != n))
+  what = {"train": "training goes on in another order",
+          "val": "the val loss is not comparable with the run's before"}
+  changed = [split for split, n in split_windows.items() if start.split_windows.get(split) != n]
+  logging.warning("resume: the data changed since the checkpoint: %s", "; ".join(
+      f"{split} {start.split_windows.get(split, 0):,} -> {split_windows[split]:,} windows: "
+      f"{what[split]}" for split in changed))
 
 
 def _best_evaluated(checkpoints: checkpoint.Checkpoints) -> tuple[float, int] | None:

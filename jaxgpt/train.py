@@ -342,7 +342,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
               and _nothing_to_do(start, config.max_iters))
   writes = lead and not (loop_config.resumed and loop_config.eval_only) and not finished
   try:
-    _check_nonfinite_allowed(start, config.skip_nonfinite)
+    if loop_config.resumed and not loop_config.eval_only and not finished:
+      _check_nonfinite_allowed(start, config.skip_nonfinite)
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows)
     counts, eval_windows = _log_start(config, layout, sources, start)

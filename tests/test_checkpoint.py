@@ -160,7 +160,7 @@ def test_a_resume_allowing_fewer_non_finite_iterations_than_it_skipped_is_refuse
   kw = {"max_iters": 40, "eval_interval": 20, "lr_decay_iters": 40}
   train.train(tiny_config(tmp_path, token_dir, skip_nonfinite=40, **kw))
   skipped = int(restore_state(tiny_config(tmp_path, token_dir, **kw), 40)[0].nonfinite)
-  config = tiny_config(tmp_path, token_dir, init_from="resume", **kw)
+  config = tiny_config(tmp_path, token_dir, init_from="resume", **{**kw, "max_iters": 44})
   with pytest.raises(UserError, match=f"checkpoint 40 has skipped {skipped} non-finite "
                                       f".*--config.skip_nonfinite={skipped} or more"):
     train.train(config)
@@ -287,8 +287,8 @@ def test_a_resume_on_changed_data_says_so(tmp_path, token_dir, caplog):
   os.remove(os.path.join(token_dir, "syn_train_000001.bin"))  # the data prepared anew, smaller
   with caplog.at_level("WARNING", logger="absl"):
     train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", **kw))
-  assert ("resume: the data changed since the checkpoint: train 311 -> 187 windows; training "
-          "goes on in another order") in caplog.text
+  assert ("resume: the data changed since the checkpoint: train 311 -> 187 windows: training "
+          "goes on in another order\n") in caplog.text
 
 
 def test_a_resume_removes_the_folders_of_saves_that_never_finished(tmp_path, token_dir):

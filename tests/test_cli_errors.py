@@ -24,6 +24,9 @@ def trained(tmp_path_factory) -> dict[str, str]:
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "keep.txt").write_text("mine")
   (tmp_path / "broken.py").write_text("def get_config():\n  return undefined_name\n")
+  (tmp_path / "typo.py").write_text("from jaxgpt import defaults\n\ndef get_config():\n"
+                                    "  c = defaults.get_config()\n  c.max_iters = c.max_iter\n"
+                                    "  return c\n")
   return {"out_dir": str(tmp_path / "run"), "tmp": str(tmp_path),
           "recipe": write_config_file(tmp_path, str(data_dir), max_iters=2, eval_interval=2)}
 
@@ -37,6 +40,8 @@ CASES = {
                        "error: --config: the recipe file could not be loaded"),
     "recipe that raises": (["launch.py", "--config={tmp}/broken.py"],
                            "broken.py, line 2: NameError: name 'undefined_name' is not defined"),
+    "recipe with a key typo": (["launch.py", "--config={tmp}/typo.py"],
+                               "typo.py, line 5: AttributeError: "),
     "invalid value": (["launch.py", "--config=configs/quickstart.py", "--config.dropout=1.5",
                        "--config.out_dir={tmp}/x"], "error: config.dropout=1.5: must be in [0, 1)"),
     "missing data": (["launch.py", "--config=configs/fineweb_40m.py", "--config.data_dir={tmp}/no",

@@ -180,6 +180,16 @@ def test_eval_batches_are_identical_at_every_call(token_dir):
   np.testing.assert_array_equal(np.stack(a), np.stack(b))
 
 
+def test_the_train_splits_evaluation_windows_are_no_epochs_first(token_dir):
+  """Grain shuffles epoch e by seed + e: the evaluation's shuffle is none of them."""
+  src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
+  n, seed = len(src), 1337
+  training = data.stream_windows(src, seed, 0, 3 * n)  # epochs 0, 1 and 2
+  evaluated = data.stream_windows(src, data.eval_seed(seed, "train"), 0, 8)
+  for epoch in range(3):
+    assert not np.array_equal(evaluated, training[epoch * n:epoch * n + 8])
+
+
 def test_missing_split_names_the_directory(tmp_path):
   with pytest.raises(UserError, match=f"{tmp_path}: no 'val' token files"):
     data.open_split(str(tmp_path), "val", block_size=8, vocab_size=96)

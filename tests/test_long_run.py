@@ -27,7 +27,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, resume, sinks, train, train_step
+from jaxgpt import checkpoint, preemption, resume, sinks, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 from jaxgpt.interop import weights
@@ -348,6 +348,24 @@ def test_a_stop_while_the_libraries_load_is_one_line_and_exit_0(tmp_path, token_
   assert proc.returncode == 0, output[-2000:]
   assert "stopped by SIGTERM before the first step" in output
   assert "Traceback" not in output
+
+
+def test_a_stop_after_training_is_only_logged(monkeypatch, caplog):
+  """The run has saved; a signal while it closes must not end it with a traceback."""
+  monkeypatch.setattr(preemption, "_trained", False)
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    preemption.stop_before_training()
+    with pytest.raises(preemption.StopBeforeTraining):
+      os.kill(os.getpid(), signal.SIGTERM)
+    with preemption.StopSignals():
+      pass
+    with caplog.at_level("WARNING", logger="absl"):
+      os.kill(os.getpid(), signal.SIGTERM)
+    assert "received SIGTERM after training" in caplog.text
+  finally:
+    for sig, handler in before.items():
+      signal.signal(sig, handler)
 
 
 @pytest.mark.slow

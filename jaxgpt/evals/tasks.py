@@ -124,7 +124,8 @@ def text_rows(tokens: list[int], block_size: int, stride: int = 0) -> list[scori
 def perplexity(rows: list[scoring.Row], loss_sums: np.ndarray) -> dict[str, float]:
   n_tokens = sum(n for _, n in rows)
   loss = float(np.sum(loss_sums, dtype=np.float64)) / n_tokens
-  return {"tokens": n_tokens, "loss": loss, "ppl": math.exp(min(loss, 709.0))}  # no overflow
+  return {"tokens": n_tokens, "loss": loss,
+          "ppl": math.exp(loss) if loss < 709.0 else math.inf}  # exp overflows past ~709.78
 
 
 def metrics(scorer: scoring.Scorer, params: Any, task: Task,
