@@ -223,6 +223,23 @@ def test_without_a_network_the_download_says_where_to_put_the_file(tmp_path, mon
   assert f"put it at {hellaswag.CACHE_PATH}" in str(e.value) and "hellaswag_file" in str(e.value)
   assert list(tmp_path.iterdir()) == []  # nothing half-written, no folder it made, is left
 
+  class Stopped:  # a response that a Ctrl-C interrupts after its first chunk
+    def __init__(self):
+      self.chunks = [b"x" * 10]
+
+    __enter__ = lambda self: self
+    __exit__ = lambda self, *exc: None
+
+    def read(self, n):
+      if self.chunks:
+        return self.chunks.pop()
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(hellaswag.urllib.request, "urlopen", lambda url, timeout: Stopped())
+  with pytest.raises(KeyboardInterrupt):
+    hellaswag.download("http://example/hellaswag_val.jsonl", hellaswag.CACHE_PATH)
+  assert list(tmp_path.iterdir()) == []
+
 
 @pytest.mark.slow
 def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):

@@ -67,11 +67,13 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
       while chunk := response.read(1 << 20):
         f.write(chunk)
-  except (urllib.error.URLError, OSError) as e:
+  except BaseException as e:  # a network error, or a stop (Ctrl-C) mid-download
     if os.path.exists(tmp):
       os.remove(tmp)
     for folder in reversed(made):
       os.rmdir(folder)
+    if not isinstance(e, (urllib.error.URLError, OSError)):
+      raise
     raise UserError(f"could not download {url} ({getattr(e, 'reason', e)}). Fetch it where "
                     f"there is a network and put it at {path}, or pass its path "
                     "(--hellaswag_file / --config.hellaswag_file)") from None
