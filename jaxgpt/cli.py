@@ -156,20 +156,23 @@ def _flag_error(error: flags.Error) -> str:
   return text.splitlines()[0]
 
 
-def _message(error: Exception) -> str:
-  """An error's message on one line, ml_collections' unwrapped: `'max_iter'\\nDid you mean
-  ...` nested twice reads `max_iter Did you mean ...`."""
+def _innermost(error: Exception) -> tuple[Exception, str]:
+  """The error ml_collections wrapped (nested twice) and its message: `'max_iter'\\nDid you
+  mean ...`."""
   while error.args and isinstance(error.args[0], Exception):
     error = error.args[0]
-  text = str(error.args[0]) if error.args else str(error)
+  return error, str(error.args[0]) if error.args else str(error)
+
+
+def _message(error: Exception) -> str:
+  """An error's message on one line: `max_iter Did you mean ...`."""
+  text = _innermost(error)[1]
   return " ".join(line.strip().strip("'\"") for line in text.splitlines() if line.strip())
 
 
 def _config_error(error: Exception) -> str:
-  """ml_collections' message, as it means it: `'max_iter'\\nDid you mean ...` nested twice."""
-  while error.args and isinstance(error.args[0], Exception):
-    error = error.args[0]
-  text = str(error.args[0]) if error.args else str(error)
+  """ml_collections' message about a --config.KEY, as it means it."""
+  error, text = _innermost(error)
   first, *rest = text.splitlines() or [""]
   key = first.strip("'\"")
   if isinstance(error, KeyError) and rest:
