@@ -175,11 +175,6 @@ def recipe(name: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def tokens_per_iter(c: ml_collections.ConfigDict, n_devices: int) -> int:
-  """Tokens per iteration: every micro-batch of every device, nanoGPT's definition."""
-  return c.gradient_accumulation_steps * c.batch_size * n_devices * c.block_size
-
-
 def eval_tasks(spec: str) -> list[str]:
   """The tasks of a comma-separated spec, each one of EVAL_TASKS; an unknown one is an error."""
   names = [t.strip() for t in spec.split(",") if t.strip()]

@@ -173,7 +173,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   as_saved = config.copy_and_resolve_references()
   with as_saved.unlocked():
     as_saved.update({k: saved[k] for k in changed})
-  shapes = lambda c: _structure(train_step.build(c).abstract_state)
+  shapes = lambda c: _structure(
+      train_step.build(train_step.StepConfig.from_config(c)).abstract_state)
   reference = shapes(as_saved)
   if shapes(config) != reference:
     def alone(key: str) -> ml_collections.ConfigDict:

@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
@@ -128,11 +127,6 @@ class BatchLayout:
   accum_steps: int
   batch_size: int  # per device
   block_size: int
-
-  @classmethod
-  def create(cls, config: ml_collections.ConfigDict) -> BatchLayout:
-    return cls(make_mesh(), config.gradient_accumulation_steps, config.batch_size,
-               config.block_size)
 
   @property
   def n_devices(self) -> int:

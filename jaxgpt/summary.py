@@ -3,7 +3,7 @@
 The loop logs `describe` and `check` when a run starts and `eta` once its
 throughput is measured; `python -m jaxgpt.plan` prints the same figures per
 candidate max_iters. One source for each derived number: the parameter count
-(nanoGPT's), tokens per iteration (defaults.tokens_per_iter) and FLOPs per
+(nanoGPT's), tokens per iteration (train_step.StepConfig) and FLOPs per
 token (nanoGPT's 6N + 12 L H Q T).
 """
 
@@ -15,7 +15,7 @@ import re
 
 import ml_collections
 
-from jaxgpt import defaults, formatting, gpus, optim, sharding, train_step
+from jaxgpt import formatting, gpus, optim, sharding, train_step
 from jaxgpt.model import count_params
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -84,15 +84,16 @@ def summarize(config: ml_collections.ConfigDict, *, train_tokens: int | None = N
 
   `device_kind` names the accelerator for MFU (gpus.py); config.peak_flops overrides it.
   """
-  shapes = train_step.build(config).abstract_state.params
+  step = train_step.StepConfig.from_config(config)
+  shapes = train_step.build(step).abstract_state.params
   n_params = count_params(shapes)
   return Summary(n_params=n_params, n_params_total=count_params(shapes, non_embedding=False),
-                 tokens_per_iter=defaults.tokens_per_iter(config, n_devices),
+                 tokens_per_iter=step.tokens_per_iter(n_devices),
                  max_iters=config.max_iters,
                  flops_per_token=flops_per_token(n_params, config.n_layer, config.n_head,
                                                  config.n_embd, config.block_size),
                  train_tokens=train_tokens,
-                 schedule=schedule(defaults.view(optim.OptimConfig, config), config.max_iters),
+                 schedule=schedule(step.optim, config.max_iters),
                  n_devices=n_devices, peak_flops=gpus.peak_flops(device_kind, config.peak_flops))
 
 

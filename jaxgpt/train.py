@@ -329,10 +329,11 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   lead = jax.process_index() == 0
   loop_config = defaults.view(LoopConfig, config)
   checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints)
-  layout = sharding.BatchLayout.create(config)
+  step_config = train_step.StepConfig.from_config(config)
+  layout = step_config.layout(sharding.make_mesh())
   sources = data.open_splits(data.resolve_data_dir(config.dataset, config.data_dir),
                              config.block_size, config.vocab_size)
-  setup = train_step.build(config)
+  setup = train_step.build(step_config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
                              params)
@@ -351,7 +352,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
                                                   shardings, layout.mesh, config.sharding)
     logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-    train_step.check_memory(config, compiled_step, start.state, layout.mesh)
+    train_step.check_memory(step_config, compiled_step, start.state, layout.mesh)
     wandb_run = (sinks.start_wandb(rundir, project=config.wandb_project,
                                    name=config.wandb_run_name, run_config=config.to_dict())
                  if writes and config.wandb_log else None)

@@ -1,7 +1,8 @@
 """The train state, the jitted train and eval steps, and `build`: model, optimizer, state shapes.
 
 Every caller that needs the model (training, benchmarks, the plan, loading a
-run's checkpoint) builds it here from the config, so they all agree on it.
+run's checkpoint) builds it here from a `StepConfig`, the config's view of
+what the step is made of, so they all agree on it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,40 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 @dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What the train step is made of, read once from the config: the model, the optimizer,
+  the seed and each device's batch (defaults.py says what each key means)."""
+
+  model: GPTConfig
+  optim: OptimConfig
+  seed: int
+  batch_size: int  # windows per device in a micro-batch
+  gradient_accumulation_steps: int
+  sharding: str  # dp | fsdp
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+    return cls(GPTConfig.from_config(config), defaults.view(OptimConfig, config), config.seed,
+               config.batch_size, config.gradient_accumulation_steps, config.sharding)
+
+  def tokens_per_iter(self, n_devices: int) -> int:
+    """Tokens per iteration: every micro-batch of every device, nanoGPT's definition."""
+    return (self.gradient_accumulation_steps * self.batch_size * n_devices
+            * self.model.block_size)
+
+  def layout(self, mesh: jax.sharding.Mesh) -> sharding.BatchLayout:
+    return sharding.BatchLayout(mesh, self.gradient_accumulation_steps, self.batch_size,
+                                self.model.block_size)
+
+  def with_layout(self, batch_size: int, gradient_accumulation_steps: int, remat: str
+                  ) -> StepConfig:
+    """The same step over another split of its tokens (`same_tokens_layouts`)."""
+    return dataclasses.replace(self, batch_size=batch_size,
+                               gradient_accumulation_steps=gradient_accumulation_steps,
+                               model=dataclasses.replace(self.model, remat=remat))
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainSetup:
   """The model, the optimizer and the shapes of their train state, for one config."""
 
@@ -66,10 +101,9 @@ class TrainSetup:
     return float(lr_schedule(self.optim, np)(it))
 
 
-def build(config: ml_collections.ConfigDict) -> TrainSetup:
-  optim = defaults.view(OptimConfig, config)
-  setup = TrainSetup(GPT(GPTConfig.from_config(config)), make_optimizer(optim), optim,
-                     config.seed, abstract_state=None)
+def build(step: StepConfig) -> TrainSetup:
+  setup = TrainSetup(GPT(step.model), make_optimizer(step.optim), step.optim, step.seed,
+                     abstract_state=None)
   return dataclasses.replace(setup, abstract_state=jax.eval_shape(setup.new_state))
 
 
@@ -177,15 +211,13 @@ def compile_train_step(setup: TrainSetup, state: Any, batch_spec: jax.ShapeDtype
   return step.lower(state, batch_spec).compile()
 
 
-def compile_on(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
-  """The config's train step as a run on `mesh` compiles it, from shapes alone (nothing
-  allocated): for its memory plan and its program."""
-  setup = build(config)
-  shardings = sharding.state_shardings(setup.abstract_state, mesh, config.sharding)
-  layout = sharding.BatchLayout(mesh, config.gradient_accumulation_steps, config.batch_size,
-                                config.block_size)
+def compile_on(step: StepConfig, mesh: jax.sharding.Mesh) -> Any:
+  """The train step as a run on `mesh` compiles it, from shapes alone (nothing allocated):
+  for its memory plan and its program."""
+  setup = build(step)
+  shardings = sharding.state_shardings(setup.abstract_state, mesh, step.sharding)
   return compile_train_step(setup, sharding.abstract_like(setup.abstract_state, shardings),
-                            layout.train_spec, shardings, mesh, config.sharding)
+                            step.layout(mesh).train_spec, shardings, mesh, step.sharding)
 
 
 def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
@@ -245,27 +277,26 @@ def device_room(state: TrainState) -> int | None:
   return room
 
 
-def fitting_layout(config: ml_collections.ConfigDict, room: int,
-                   need_of: Callable[[ml_collections.ConfigDict], int],
+def fitting_layout(step: StepConfig, room: int, need_of: Callable[[StepConfig], int],
                    progress: Callable[[str], None] = lambda flags: None
                    ) -> tuple[str, int] | None:
-  """The first of `same_tokens_layouts`, the config's own left out, whose step needs at most
+  """The first of `same_tokens_layouts`, the step's own left out, whose step needs at most
   `room` bytes as `need_of` compiles it: its flags and its need; None when none does."""
-  own = {k: config[k] for k in ("batch_size", "gradient_accumulation_steps", "remat")}
-  for layout in same_tokens_layouts(config.batch_size, config.gradient_accumulation_steps):
+  own = {"batch_size": step.batch_size,
+         "gradient_accumulation_steps": step.gradient_accumulation_steps,
+         "remat": step.model.remat}
+  for layout in same_tokens_layouts(step.batch_size, step.gradient_accumulation_steps):
     if layout == own:
       continue
-    flags = " ".join(f"--config.{k}={v}" for k, v in layout.items() if config[k] != v)
+    flags = " ".join(f"--config.{k}={v}" for k, v in layout.items() if own[k] != v)
     progress(flags)
-    variant = config.copy_and_resolve_references()
-    variant.update(layout)
-    need = need_of(variant)
+    need = need_of(step.with_layout(**layout))
     if need <= room:
       return flags, need
   return None
 
 
-def check_memory(config: ml_collections.ConfigDict, compiled: Any, state: TrainState,
+def check_memory(step: StepConfig, compiled: Any, state: TrainState,
                  mesh: jax.sharding.Mesh) -> None:
   """Stops before the first step when the compiled step will not fit the device's memory.
 
@@ -277,8 +308,7 @@ def check_memory(config: ml_collections.ConfigDict, compiled: Any, state: TrainS
   need = memory_need(compiled).total
   if room is None or need <= room:
     return
-  found = fitting_layout(config, room,
-                         lambda variant: memory_need(compile_on(variant, mesh)).total)
+  found = fitting_layout(step, room, lambda variant: memory_need(compile_on(variant, mesh)).total)
   fix = ("no smaller micro-batch or remat fits: pick a smaller model or block_size" if found is None
          else f"the same tokens per iteration fit with {found[0]} ({found[1] / 2**30:.2f} GiB)")
   device = jax.local_devices()[0].device_kind

@@ -67,9 +67,18 @@ def records(out_dir: str, event: str) -> list[dict]:
   return [r for r in read_jsonl(run_dir.RunDir(out_dir).metrics_path) if r["event"] == event]
 
 
+def step_of(config: ml_collections.ConfigDict) -> train_step.StepConfig:
+  return train_step.StepConfig.from_config(config)
+
+
+def setup_of(config: ml_collections.ConfigDict) -> train_step.TrainSetup:
+  """The model, optimizer and state shapes a run of `config` builds."""
+  return train_step.build(step_of(config))
+
+
 def build_state(config: ml_collections.ConfigDict
                 ) -> tuple[train_step.TrainSetup, train_step.TrainState]:
-  setup = train_step.build(config)
+  setup = setup_of(config)
   return setup, setup.new_state()
 
 
@@ -78,7 +87,7 @@ def restore_state(config: ml_collections.ConfigDict, at_step: int
   """The train state and metadata of one checkpoint of the config's run, on one device."""
   ckpts = run_dir.RunDir(config.out_dir).checkpoints(read_only=True)
   try:
-    return weights.restore_state(ckpts, at_step, train_step.build(config).abstract_state)
+    return weights.restore_state(ckpts, at_step, setup_of(config).abstract_state)
   finally:
     ckpts.close()
 

@@ -28,9 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
 from absl import flags
-from conftest import tiny_config
+from conftest import setup_of, tiny_config
 
-from jaxgpt import sharding, train, train_step
+from jaxgpt import sharding, train
 
 flags.FLAGS.mark_as_parsed()
 sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -38,7 +38,7 @@ config = tiny_config(pathlib.Path(args.out), args.data, **json.loads(args.overri
 losses = train.train(config)
 
 # The shardings the loop gives its state, as each process sees them.
-setup = train_step.build(config)
+setup = setup_of(config)
 shardings = sharding.state_shardings(setup.abstract_state, sharding.make_mesh(), config.sharding)
 state = jax.jit(setup.new_state, out_shardings=shardings)()
 wte = state.params["wte"]["embedding"]

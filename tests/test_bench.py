@@ -9,7 +9,7 @@ import flax
 import jax
 import numpy as np
 import pytest
-from conftest import build_state, pattern_tokens, run_python, tiny_config
+from conftest import build_state, pattern_tokens, run_python, setup_of, tiny_config
 
 from jaxgpt import train_step
 from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
@@ -34,7 +34,7 @@ def test_bench_figures_are_consistent(tmp_path):
   assert r["pipeline_ratio"] == pytest.approx(r["pipeline_tokens_per_sec"] / r["tokens_per_sec"])
   assert r["pipeline_ratio"] > 0
   assert r["loop_ms_per_iter_median"] > 0 and 0 <= r["data_wait_fraction"] <= 1
-  assert r["n_params"] == count_params(train_step.build(config).abstract_state.params)
+  assert r["n_params"] == count_params(setup_of(config).abstract_state.params)
   assert r["flops_per_token"] == 6 * r["n_params"] + 12 * 2 * 2 * 16 * 16
   assert "peer" not in r
   assert r["backward_residual_bytes"] > 0

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import recipe, run_python
+from conftest import recipe, run_python, setup_of, step_of
 
 from jaxgpt import attention, sharding, train_step
 from jaxgpt.bench import collectives
@@ -79,9 +79,9 @@ def donated_leaves(hlo: str) -> int:
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipes_train_step_compiles_for_the_card(name, card, kernel):
   config, t = on_card(name, card, kernel)
-  compiled = memory.compile_for(config, t)
+  compiled = memory.compile_for(step_of(config), t)
   hlo = compiled.as_text()
-  state_leaves = len(jax.tree.leaves(train_step.build(config).abstract_state))
+  state_leaves = len(jax.tree.leaves(setup_of(config).abstract_state))
   assert donated_leaves(hlo) == state_leaves  # the whole state is updated in place
   need = train_step.memory_need(compiled)
   assert need.arguments > 0 and need.total >= need.arguments
@@ -105,8 +105,8 @@ def test_every_recipes_eval_step_compiles_for_the_card(name, card, kernel):
   config, t = on_card(name, card, kernel)
   device = targets.devices(t)[0]
   one = jax.sharding.SingleDeviceSharding(device)
-  model = train_step.build(config).model
-  params = sharding.abstract_like(train_step.build(config).abstract_state.params, one)
+  model = setup_of(config).model
+  params = sharding.abstract_like(setup_of(config).abstract_state.params, one)
   batch = jax.ShapeDtypeStruct((config.batch_size, config.block_size + 1), np.uint16,
                                sharding=one)
   compiled = train_step.make_eval_step(model).lower(params, batch).compile()
@@ -118,8 +118,8 @@ def test_every_recipes_eval_step_compiles_for_the_card(name, card, kernel):
 def test_cached_decoding_and_the_scoring_batch_compile_for_the_card(card, kernel):
   config, t = on_card("fineweb_40m", card, kernel)
   one = jax.sharding.SingleDeviceSharding(targets.devices(t)[0])
-  model = GPT(train_step.build(config).model.config)
-  params = sharding.abstract_like(train_step.build(config).abstract_state.params, one)
+  model = GPT(setup_of(config).model.config)
+  params = sharding.abstract_like(setup_of(config).abstract_state.params, one)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
   decode = decoding.generate_padded.lower(
       model, params, spec((4, 16), jnp.int32), spec((4,), jnp.int32),
@@ -136,9 +136,9 @@ def test_cached_decoding_and_the_scoring_batch_compile_for_the_card(card, kernel
 def test_data_parallel_step_all_reduces_its_gradients_once_per_iteration(n_devices):
   config, t = on_card("fineweb_40m", "H100", "auto")
   config.sharding = "dp"
-  hlo = memory.compile_for(config, t, n_devices).as_text()
+  hlo = memory.compile_for(step_of(config), t, n_devices).as_text()
   sent = collectives.collectives(hlo, n_devices)
-  params = sum(x.size for x in jax.tree.leaves(train_step.build(config).abstract_state.params))
+  params = sum(x.size for x in jax.tree.leaves(setup_of(config).abstract_state.params))
   one_gradient = 2 * (n_devices - 1) / n_devices * 4 * params  # a ring all-reduce of float32
   assert set(sent) == {"all-reduce"}
   assert one_gradient <= sent["all-reduce"] < 1.01 * one_gradient
@@ -148,11 +148,11 @@ def test_data_parallel_step_all_reduces_its_gradients_once_per_iteration(n_devic
 def test_fsdp_step_gathers_params_and_keeps_a_share_of_the_state(n_devices):
   config, t = on_card("gpt2_124m", "H100", "auto")
   config.sharding = "fsdp"
-  compiled = memory.compile_for(config, t, n_devices)
+  compiled = memory.compile_for(step_of(config), t, n_devices)
   sent = collectives.collectives(compiled.as_text(), n_devices)
   assert sent["all-gather"] > 0 and sent["reduce-scatter"] > 0
   state = sum(x.size * x.dtype.itemsize
-              for x in jax.tree.leaves(train_step.build(config).abstract_state))
+              for x in jax.tree.leaves(setup_of(config).abstract_state))
   # Every matrix is split: each device holds about 1/n of the params and Adam's moments.
   assert train_step.memory_need(compiled).arguments < 1.5 * state / n_devices
 
@@ -160,7 +160,7 @@ def test_fsdp_step_gathers_params_and_keeps_a_share_of_the_state(n_devices):
 def test_the_user_layout_of_fineweb_40m_fits_an_rtx_4070_without_recomputing():
   config = recipe("fineweb_40m")
   assert (config.batch_size, config.gradient_accumulation_steps) == (16, 32)
-  p = memory.gpu_plan(config, targets.target("RTX 4070"), fraction=0.75)
+  p = memory.gpu_plan(step_of(config), targets.target("RTX 4070"), fraction=0.75)
   assert p.fits and not p.recomputes
   assert 5 * GiB < p.need.total < 8 * GiB  # 6.77 GiB measured
 
@@ -173,7 +173,7 @@ def test_plan_cli_prints_the_plan_a_separate_compile_gives():
   line = next(x for x in r.stdout.splitlines() if x.startswith("memory: compiled for"))
   assert "NVIDIA GeForce RTX 4070 (sm_89; cudnn attention; 16 x 1024" in line
   printed = float(re.search(r"XLA plans ([\d.]+) GiB", line)[1])
-  p = memory.gpu_plan(recipe("fineweb_40m"), targets.target("RTX 4070"), fraction=0.75)
+  p = memory.gpu_plan(step_of(recipe("fineweb_40m")), targets.target("RTX 4070"), fraction=0.75)
   assert printed == pytest.approx(p.need.total / GiB, rel=0.03)
   assert "JAX will have 9.00 GiB (75% of 12 GiB" in line
   assert "memory: fits," in r.stdout and "not counted:" in r.stdout

@@ -22,6 +22,7 @@ from conftest import (
   records,
   restore_state,
   run_python,
+  setup_of,
   start_launch,
   tiny_config,
   write_config_file,
@@ -136,7 +137,7 @@ def test_the_evaluation_set_stays_the_same_under_another_batch_layout(tmp_path, 
 def test_val_losses_of_leftover_windows_weigh_as_the_rest(tmp_path, token_dir):
   """8 windows in batches of 3: 2 batches and 2 windows left over, against one batch of 8."""
   config = tiny_config(tmp_path, token_dir)
-  setup = train_step.build(config)
+  setup = setup_of(config)
   params = setup.new_state().params
   from jaxgpt import data, sharding
   val = {"val": data.open_split(token_dir, "val", config.block_size, config.vocab_size)}

@@ -16,6 +16,7 @@ from conftest import (
   records,
   restore_state,
   run_python,
+  setup_of,
   tiny_config,
   tiny_model,
   write_config_file,
@@ -276,7 +277,7 @@ def test_export_refuses_a_modern_model_and_says_why(tmp_path):
   c = defaults.get_config()
   c.update(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, pos_emb="rope",
            mlp_act="relu2")
-  params = train_step.build(c).new_state().params
+  params = setup_of(c).new_state().params
   with pytest.raises(UserError, match=r"not GPT-2's architecture \(pos_emb=rope, mlp_act=relu2\)"):
     gpt2.export(params, GPTConfig.from_config(c), str(tmp_path / "hf"))
   assert not (tmp_path / "hf").exists()

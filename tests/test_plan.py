@@ -10,10 +10,9 @@ import os
 
 import jax
 import pytest
-from conftest import ROOT, recipe, run_python, tiny_config
+from conftest import ROOT, recipe, run_python, step_of, tiny_config
 
 from jaxgpt import (
-  defaults,
   formatting,
   run_dir,
   sharding,
@@ -40,7 +39,7 @@ def test_fineweb_40m_figures_match_hand_computed_ones():
   assert p.tokens_per_param == pytest.approx(10_485_760_000 / 40_560_000)
   flops_per_token = 6 * 40_560_000 + 12 * 12 * 6 * 64 * 1024
   assert p.flops == pytest.approx(flops_per_token * 10_485_760_000)
-  assert defaults.tokens_per_iter(config, n_devices=8) == 8 * 524_288
+  assert step_of(config).tokens_per_iter(n_devices=8) == 8 * 524_288
 
 
 def test_param_counts_agree_with_the_built_model(tmp_path):
@@ -211,7 +210,7 @@ def test_without_the_cuda_plugin_the_cpu_estimate_is_labelled_and_the_plugin_nam
     tmp_path, monkeypatch):
   monkeypatch.setattr(targets, "plugin_installed", lambda: False)
   config = tiny_config(tmp_path, "")
-  lines = memory.cpu_report(config, memory_gib=12, device="RTX 4070")
+  lines = memory.cpu_report(step_of(config), memory_gib=12, device="RTX 4070")
   assert lines[0].startswith("memory: an estimate from the step compiled for this machine's CPU")
   assert "JAX will have 9.00 GiB (75% of 12 GiB): fits by this estimate" in lines[1]
   assert "pip install -e '.[cuda12]'" in lines[-1]
@@ -219,15 +218,15 @@ def test_without_the_cuda_plugin_the_cpu_estimate_is_labelled_and_the_plugin_nam
 
 def test_the_cpu_estimate_is_xlas_plan_for_the_step_training_compiles(tmp_path):
   config = tiny_config(tmp_path, "")
-  estimate = memory.cpu_estimate(config)
-  need = train_step.memory_need(train_step.compile_on(config, sharding.make_mesh()))
+  estimate = memory.cpu_estimate(step_of(config))
+  need = train_step.memory_need(train_step.compile_on(step_of(config), sharding.make_mesh()))
   assert estimate["arguments"] == need.arguments
   assert estimate["needed"] == pytest.approx(need.total, rel=0.05)
 
 
 def test_on_a_card_running_cudnn_attention_the_scores_are_not_counted(tmp_path):
   config = tiny_config(tmp_path, "", dtype="bfloat16", n_head=2, n_embd=32)  # head size 16
-  estimate = memory.cpu_estimate(config)
+  estimate = memory.cpu_estimate(step_of(config))
   T, B, N, L = config.block_size, config.batch_size, config.n_head, config.n_layer
   assert estimate["attention_scores"] >= L * B * N * T * T * 2  # at least bf16 probabilities
   assert estimate["needed_with_flash"] == estimate["needed"] - estimate["attention_scores"]
@@ -237,7 +236,8 @@ def test_training_with_dropout_keeps_the_scores_even_where_cudnn_attention_runs(
                                                                                monkeypatch):
   monkeypatch.setattr(targets, "plugin_installed", lambda: True)  # no plugin note
   estimate = lambda **overrides: memory.cpu_report(
-      tiny_config(tmp_path, "", dtype="bfloat16", n_head=2, n_embd=32, **overrides),
+      step_of(
+          tiny_config(tmp_path, "", dtype="bfloat16", n_head=2, n_embd=32, **overrides)),
       memory_gib=12, device="RTX 4070")[0]
   assert "without the T x T attention scores" in estimate()
   assert "attention scores" not in estimate(dropout=0.1)  # spelled out, it keeps them

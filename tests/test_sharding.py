@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, records, restore_state, tiny_config
+from conftest import ROOT, records, restore_state, setup_of, step_of, tiny_config
 
 from jaxgpt import data, defaults, sharding, train, train_step
 
@@ -112,8 +112,8 @@ def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path
   state, meta = restore_state(config, 4)
   assert meta["iter"] == 4
   val = data.open_split(token_dir, "val", config.block_size, config.vocab_size)
-  layout = sharding.BatchLayout.create(config)
-  eval_step = train_step.make_eval_step(train_step.build(config).model)
+  layout = step_of(config).layout(sharding.make_mesh())
+  eval_step = train_step.make_eval_step(setup_of(config).model)
   windows = config.eval_iters * meta["data"]["eval_batch_windows"]  # the run's own evaluation set
   losses = train.val_losses(eval_step, state.params, {"val": val}, windows, config.seed, layout)
   np.testing.assert_allclose(losses["val"], results[0]["losses"]["val"], rtol=2e-5)

@@ -16,6 +16,7 @@ from conftest import (
   read_jsonl,
   recipe,
   records,
+  step_of,
   tiny_config,
 )
 
@@ -169,7 +170,7 @@ def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_
 
 def cpu_need(config) -> int:
   """XLA's plan (bytes) of the config's train step compiled for this CPU, as the loop compiles."""
-  return train_step.memory_need(train_step.compile_on(config, sharding.make_mesh())).total
+  return train_step.memory_need(train_step.compile_on(step_of(config), sharding.make_mesh())).total
 
 
 @pytest.mark.parametrize("fits", [True, pytest.param(False, marks=pytest.mark.slow)])

@@ -107,8 +107,9 @@ def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, A
   """Per-device memory and collective traffic of the train step over every device."""
   config = config.copy_and_resolve_references()
   config.sharding = mode
-  layout = sharding.BatchLayout.create(config)
-  compiled = train_step.compile_on(config, layout.mesh)
+  step = train_step.StepConfig.from_config(config)
+  layout = step.layout(sharding.make_mesh())
+  compiled = train_step.compile_on(step, layout.mesh)
   memory = compiled.memory_analysis()
   return {"mode": mode, "devices": layout.n_devices, "batch_per_device": config.batch_size,
           "gradient_accumulation_steps": layout.accum_steps,

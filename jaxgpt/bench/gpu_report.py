@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from jaxgpt import defaults
+from jaxgpt import defaults, train_step
 from jaxgpt.plan import memory, targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,7 +77,8 @@ def _planned(name: str, overrides: dict[str, Any], device_kind: str) -> int | No
   config = defaults.recipe(name)
   config.update(overrides)
   try:
-    return memory.planned_need(config, targets.target(device_kind)).total
+    step = train_step.StepConfig.from_config(config)
+    return memory.planned_need(step, targets.target(device_kind)).total
   except Exception:  # noqa: BLE001 - an unknown card, or no plugin: the row says n/a
     return None
 

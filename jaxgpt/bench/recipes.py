@@ -132,7 +132,7 @@ def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def step_ms(config: ml_collections.ConfigDict, iters: int = 10, warmup: int = 2) -> float:
   """Median milliseconds of one train step of `config`, on one fixed random batch."""
-  setup = train_step.build(config)
+  setup = train_step.build(train_step.StepConfig.from_config(config))
   state = setup.new_state()
   shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
   batch = throughput.synthetic_batch(shape, config.vocab_size, 0, jax.devices()[0])

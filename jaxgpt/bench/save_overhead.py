@@ -22,7 +22,7 @@ def checkpoint_overhead(config: ml_collections.ConfigDict, *, iters: int,
   the time until the save is on disk.
   """
   device = jax.devices()[0]
-  setup = train_step.build(config)
+  setup = train_step.build(train_step.StepConfig.from_config(config))
   state = setup.new_state()
   shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
   batch = throughput.synthetic_batch(shape, config.vocab_size, config.seed, device)

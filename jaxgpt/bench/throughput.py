@@ -11,6 +11,7 @@ in PyTorch on the same device (torch_peer.py).
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -164,7 +165,8 @@ def _about(config: ml_collections.ConfigDict, setup: train_step.TrainSetup,
       "model": {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
                                        "bias", "dropout", "gelu_approximate", "attention")},
       "dtype": config.dtype, "gradient_accumulation_steps": config.gradient_accumulation_steps,
-      "batch_size": config.batch_size, "tokens_per_iter": defaults.tokens_per_iter(config, 1),
+      "batch_size": config.batch_size,
+      "tokens_per_iter": train_step.StepConfig.from_config(config).tokens_per_iter(1),
       "n_params": setup.n_params,
       "n_params_total": count_params(setup.abstract_state.params, non_embedding=False),
   }
@@ -185,7 +187,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
                  if peer else None)
   device = jax.devices()[0]
   config = attention.settle(config)  # a cuDNN that fails here falls back, as in training
-  setup = train_step.build(config)
+  setup = train_step.build(train_step.StepConfig.from_config(config))
   shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
   state = setup.new_state()
   batch = synthetic_batch(shape, config.vocab_size, config.seed, device)
@@ -196,7 +198,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
   logging.info("timing %d iterations on a synthetic batch", iters)
   state, step_times = time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   with tempfile.TemporaryDirectory(prefix="jaxgpt_bench_") as tmp:
-    n_tokens = _SHARD_ITERS * defaults.tokens_per_iter(config, 1) + 1
+    n_tokens = _SHARD_ITERS * math.prod(shape) + 1  # shape: one iteration's tokens
     source = data.TokenWindows(
         [write_synthetic_shard(tmp, n_tokens, config.vocab_size, config.seed)], config.block_size)
     open_batches = lambda: iter(data.train_dataset(

@@ -41,7 +41,8 @@ def from_run(out_dir: str, at_step: int | None = None
         config.update(checkpoints.read_meta(step)["config"])
         if config.attention == "cudnn":  # the kernel the run's GPU ran; here, this device's
           config.attention = "auto"
-        state, _ = restore_state(checkpoints, step, train_step.build(config).abstract_state)
+        state, _ = restore_state(checkpoints, step, train_step.build(
+            train_step.StepConfig.from_config(config)).abstract_state)
         return config, state.params, step
       except Exception as e:
         older = [s for s in steps if s < step]

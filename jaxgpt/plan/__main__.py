@@ -17,11 +17,10 @@ import os
 import sys
 
 import jax
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jaxgpt import cli, data, formatting, gpus, report, run_dir, summary
+from jaxgpt import cli, data, formatting, gpus, report, run_dir, summary, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.plan import iters, memory, targets
 
@@ -121,21 +120,20 @@ def main() -> None:
     print(f"note: {note}")
   if len(candidates) > 1:
     print(iters.verdict(s, candidates))
-  _print_memory(f, config, n_devices)
+  _print_memory(f, train_step.StepConfig.from_config(config), n_devices)
 
 
-def _print_memory(f: flags.FlagValues, config: ml_collections.ConfigDict,
-                  n_devices: int) -> None:
+def _print_memory(f: flags.FlagValues, step: train_step.StepConfig, n_devices: int) -> None:
   """XLA's plan of the step compiled for --device where it can be, else the CPU estimate."""
   if f.device and not f.memory_gib and targets.plugin_installed():
-    report = memory.gpu_report(config, targets.target(f.device), n_devices,
+    report = memory.gpu_report(step, targets.target(f.device), n_devices,
                                progress=lambda line: print(line, file=sys.stderr, flush=True))
     print("\n".join(report))
     return
   card = gpus.card(f.device) if f.device else None
   memory_gib = f.memory_gib or (card.memory_gib if card else None)
   if memory_gib:
-    print("\n".join(memory.cpu_report(config, memory_gib, f.device)))
+    print("\n".join(memory.cpu_report(step, memory_gib, f.device)))
   elif f.device:
     print(f"memory: {f.device!r} does not say its memory; --memory_gib sets it")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxgpt import defaults, formatting, summary, token_files
+from jaxgpt import formatting, summary, token_files
 
 MAX_USEFUL_EPOCHS = 4  # repeated tokens pay nearly as much as new ones up to ~4 epochs
 
@@ -38,7 +38,8 @@ def measured_devices(run_config: dict[str, Any] | None, train_records: list[dict
   not give one whole count: no config.json, or a resume that changed the layout."""
   if not run_config or not train_records:
     return None
-  per_device = defaults.tokens_per_iter(ml_collections.ConfigDict(run_config), 1)
+  per_device = (run_config["gradient_accumulation_steps"] * run_config["batch_size"]
+                * run_config["block_size"])
   points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
   per_iter = {(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)}
   n = per_iter.pop() / per_device if len(per_iter) == 1 else 0

@@ -30,7 +30,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jaxgpt import attention, sharding, train_step
@@ -55,15 +54,15 @@ def mem_fraction() -> float:
     raise UserError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={value!r} is not a number") from None
 
 
-def compile_for(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+def compile_for(step: train_step.StepConfig, t: targets.Target, n_devices: int = 1,
                 memory_bytes: int | None = None) -> Any:
   """The train step as training compiles it, for `n_devices` such cards in one host."""
-  config = config.copy_and_resolve_references()
-  config.attention = attention.resolve(config.attention, config.dtype,
-                                       config.n_embd // config.n_head, t.capability)
+  m = step.model
+  kernel = attention.resolve(m.attention, m.dtype, m.n_embd // m.n_head, t.capability)
   mesh = jax.sharding.Mesh(np.array(targets.devices(t, n_devices, memory_bytes)),
                            (sharding.DATA,))
-  return train_step.compile_on(config, mesh)
+  return train_step.compile_on(
+      dataclasses.replace(step, model=dataclasses.replace(m, attention=kernel)), mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,36 +83,36 @@ class GpuPlan:
     return self.fits and self.need_unsqueezed > self.budget
 
 
-def planned_need(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+def planned_need(step: train_step.StepConfig, t: targets.Target, n_devices: int = 1,
                  budget: int | None = None) -> train_step.Need:
   """XLA's plan of the step on the card given `budget` bytes (default: JAX's share of it):
   what it will do there."""
   budget = int(mem_fraction() * t.memory_bytes) if budget is None else budget
-  return train_step.memory_need(compile_for(config, t, n_devices, int(budget / DEVICELESS_SHARE)))
+  return train_step.memory_need(compile_for(step, t, n_devices, int(budget / DEVICELESS_SHARE)))
 
 
-def gpu_plan(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+def gpu_plan(step: train_step.StepConfig, t: targets.Target, n_devices: int = 1,
              fraction: float | None = None) -> GpuPlan:
-  """The config's step compiled for the card twice: with JAX's share of it, and with plenty."""
+  """The step compiled for the card twice: with JAX's share of it, and with plenty."""
   budget = int((mem_fraction() if fraction is None else fraction) * t.memory_bytes)
-  ample = compile_for(config, t, n_devices, AMPLE * t.memory_bytes)
-  return GpuPlan(budget, planned_need(config, t, n_devices, budget),
+  ample = compile_for(step, t, n_devices, AMPLE * t.memory_bytes)
+  return GpuPlan(budget, planned_need(step, t, n_devices, budget),
                  train_step.memory_need(ample).total)
 
 
-def gpu_report(config: ml_collections.ConfigDict, t: targets.Target, n_devices: int = 1,
+def gpu_report(step: train_step.StepConfig, t: targets.Target, n_devices: int = 1,
                progress: Callable[[str], None] = print) -> list[str]:
   """Lines saying whether the step fits the card and, where it does not (or only by
   recomputing), the fastest layout at the same tokens per iteration that does."""
-  head_size = config.n_embd // config.n_head
-  kernel = attention.resolve(config.attention, config.dtype, head_size, t.capability)
+  m = step.model
+  kernel = attention.resolve(m.attention, m.dtype, m.n_embd // m.n_head, t.capability)
   progress(f"compiling the train step for {t.card} ({t.arch}), twice ...")
-  p = gpu_plan(config, t, n_devices)
+  p = gpu_plan(step, t, n_devices)
   where = f"{n_devices} x {t.device_kind}" if n_devices > 1 else t.device_kind
   lines = [
-      (f"memory: compiled for {where} ({t.arch}; {kernel} attention; {config.batch_size} x "
-       f"{config.block_size} micro-batches x {config.gradient_accumulation_steps}, remat "
-       f"{config.remat}): XLA plans {p.need.total / GiB:.2f} GiB per device (params, "
+      (f"memory: compiled for {where} ({t.arch}; {kernel} attention; {step.batch_size} x "
+       f"{m.block_size} micro-batches x {step.gradient_accumulation_steps}, remat "
+       f"{m.remat}): XLA plans {p.need.total / GiB:.2f} GiB per device (params, "
        f"optimizer state and batch {p.need.arguments / GiB:.2f} GiB, temporaries "
        f"{p.need.temporaries / GiB:.2f} GiB); JAX will have {p.budget / GiB:.2f} GiB "
        f"({p.budget / t.memory_bytes:.0%} of {t.memory_bytes / GiB:g} GiB; "
@@ -127,7 +126,7 @@ def gpu_report(config: ml_collections.ConfigDict, t: targets.Target, n_devices: 
         "GiB without): slower" if p.fits else
         f"memory: does not fit (XLA could not bring it under {p.budget / GiB:.2f} GiB)")
     found = train_step.fitting_layout(
-        config, p.budget,
+        step, p.budget,
         lambda variant: train_step.memory_need(
             compile_for(variant, t, n_devices, AMPLE * t.memory_bytes)).total,
         lambda flags: progress(f"compiling {flags} for {t.card} ..."))
@@ -156,7 +155,7 @@ def backward_residuals(model: GPT, batch_size: int) -> list[jax.ShapeDtypeStruct
   return jax.tree.leaves(jax.eval_shape(backward_fn, params, tokens_BT))
 
 
-def cpu_estimate(config: ml_collections.ConfigDict) -> dict[str, int]:
+def cpu_estimate(step: train_step.StepConfig) -> dict[str, int]:
   """XLA's memory plan of the train step compiled for this machine's CPU: an estimate of a
   GPU's need, not its plan (XLA's GPU backend plans buffers and recomputation otherwise).
 
@@ -164,14 +163,14 @@ def cpu_estimate(config: ml_collections.ConfigDict) -> dict[str, int]:
   for the backward pass (`attention_scores`, read from the program):
   `needed_with_flash` is the estimate without them.
   """
-  setup = train_step.build(config)
-  batch = jax.ShapeDtypeStruct((config.gradient_accumulation_steps, config.batch_size,
-                                config.block_size + 1), np.uint16)
+  setup = train_step.build(step)
+  T = step.model.block_size
+  batch = jax.ShapeDtypeStruct((step.gradient_accumulation_steps, step.batch_size, T + 1),
+                               np.uint16)
   compiled = train_step.make_train_step(setup.model, setup.tx).lower(setup.abstract_state,
                                                                      batch).compile()
   need = train_step.memory_need(compiled)
-  T = config.block_size
-  residuals = backward_residuals(setup.model, config.batch_size)
+  residuals = backward_residuals(setup.model, step.batch_size)
   scores = sum(leaf.size * leaf.dtype.itemsize for leaf in residuals
                if leaf.shape[-2:] == (T, T))
   return {"arguments": need.arguments, "temporaries": need.temporaries, "needed": need.total,
@@ -179,17 +178,18 @@ def cpu_estimate(config: ml_collections.ConfigDict) -> dict[str, int]:
           "needed_with_flash": max(need.total - scores, need.arguments)}
 
 
-def cpu_report(config: ml_collections.ConfigDict, memory_gib: float, device: str) -> list[str]:
+def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str) -> list[str]:
   """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
-  estimate = cpu_estimate(config)
+  estimate = cpu_estimate(step)
+  m = step.model
   gpu = None if "TPU" in device.upper() else (8, 0)  # the NVIDIA cards gpus.py knows: 8.0+
-  flash = config.dropout == 0 and attention.resolve(  # training with dropout spells it out
-      config.attention, config.dtype, config.n_embd // config.n_head, gpu) == "cudnn"
+  flash = m.dropout == 0 and attention.resolve(  # training with dropout spells it out
+      m.attention, m.dtype, m.n_embd // m.n_head, gpu) == "cudnn"
   figure = estimate["needed_with_flash" if flash else "needed"]
   budget = mem_fraction() * memory_gib * GiB
   lines = [
       (f"memory: an estimate from the step compiled for this machine's CPU, not the card's "
-       f"plan: about {figure / GiB:.1f} GiB for {config.batch_size} x {config.block_size} "
+       f"plan: about {figure / GiB:.1f} GiB for {step.batch_size} x {m.block_size} "
        "micro-batches" + (" (without the T x T attention scores cuDNN's attention never "
                           f"keeps; {estimate['needed'] / GiB:.1f} GiB with them)"
                           if flash else "")),
