@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pathlib
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,8 +27,10 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxgpt.errors import UserError
@@ -133,63 +136,84 @@ class Checkpoints:
     return state, meta
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
-    """Sets the Grain iterator to continue after the batches that `step` had read."""
-    items = ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(data_iterator)})
-    self.manager.restore(step, args=items)
+    """Sets the Grain iterator to continue after the batches that `step` had read.
+
+    Grain's handler reads this process's own file, without the barrier an Orbax
+    restore ends with: a process whose file is unreadable must not leave the
+    others waiting there (`restore_latest_good` has them agree instead).
+    """
+    grain.checkpoint.CheckpointHandler().restore(
+        pathlib.Path(self.directory, str(step), DATA), data_iterator)
 
   def restore_latest_good(self, abstract_state: Any,
                           check_meta: Callable[[dict[str, Any]], None],
-                          finish: Callable[[int, dict[str, Any]], Any]
-                          ) -> tuple[int, Any, dict[str, Any], Any]:
-    """Restores the newest checkpoint that reads back whole; the newer ones that did not are set
-    aside. Returns its step, state, metadata and what `finish` made of it.
+                          finish: Callable[[int, dict[str, Any]], Any],
+                          discard: Callable[[Any], None]
+                          ) -> tuple[int, Any, dict[str, Any], Any, list[int]]:
+    """Restores the newest checkpoint that reads back whole. Returns its step, state,
+    metadata, what `finish` made of it and the newer steps that did not read back (for
+    `set_aside`, once the run is accepted).
 
     Every item belongs to the fallback: the metadata, the state (checked against
-    its fingerprints) and what `finish(step, meta)` reads (the data position).
-    `check_meta` sees each candidate's metadata before its state is read; what
-    it raises (say, a config whose state has another structure) propagates and
-    nothing is set aside. When no checkpoint reads back, nothing is touched
-    either: a `UserError` lists what each one failed with.
+    its fingerprints) and what `finish(step, meta)` reads (the data position;
+    `discard` releases it where another process could not read its own). With
+    several processes a step is read only where every process read its part, so
+    they all start from the same step. `check_meta` sees each candidate's
+    metadata before its state is read; what it raises (say, a config whose state
+    has another structure) propagates. When no checkpoint reads back, a
+    `UserError` lists what each one failed with. Nothing is moved here.
     """
     steps = self.steps()
     if not steps:
       raise UserError(f"{self.directory}: no checkpoints to resume from")
+
+    def read_whole(step: int, meta: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+      state, meta = self.restore(step, abstract_state)
+      return state, meta, finish(step, meta)
+
     unreadable: list[tuple[int, Exception]] = []
     for step in reversed(steps):
-      try:
-        meta = self.read_meta(step)
-      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back alike
-        unreadable.append((step, e))
+      error, meta = _attempt(self.read_meta, step)
+      if error is not None:
+        unreadable.append((step, error))
         continue
       check_meta(meta)
-      try:
-        state, meta = self.restore(step, abstract_state)
-        finished = finish(step, meta)
-      except Exception as e:  # noqa: BLE001
-        unreadable.append((step, e))
+      error, restored = _attempt(read_whole, step, meta)
+      if error is not None:
+        if restored is not None:  # read here, not by another process
+          discard(restored[2])
+        unreadable.append((step, error))
         continue
+      state, meta, finished = restored
       for bad_step, error in unreadable:
-        self._set_aside(bad_step, error)
-      return step, state, meta, finished
+        logging.warning("checkpoint %s/%d is unreadable (%s); using step %d", self.directory,
+                        bad_step, cause(error), step)
+      return step, state, meta, finished, [bad for bad, _ in unreadable]
     errors = "; ".join(f"step {s}: {cause(e)}" for s, e in unreadable)
     raise UserError(f"{self.directory}: none of the checkpoints {steps} could be restored, and "
                     f"none was moved or changed ({errors})")
 
-  def _set_aside(self, step: int, error: Exception) -> None:
-    """Renames an unreadable step out of the way (kept for inspection, never deleted).
+  def set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable steps out of the way (kept for inspection, never deleted), on
+    process 0 while the others wait; every process calls it.
 
-    The run will reach that step again and must be able to save it anew.
+    The run will reach those steps again and must be able to save them anew.
     """
-    path = os.path.join(self.directory, str(step))
-    aside = f"{path}.unreadable"
-    n = 1
-    while os.path.exists(aside):
-      n += 1
-      aside = f"{path}.unreadable{n}"
-    os.rename(path, aside)
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        path = os.path.join(self.directory, str(step))
+        aside = f"{path}.unreadable"
+        n = 1
+        while os.path.exists(aside):
+          n += 1
+          aside = f"{path}.unreadable{n}"
+        os.rename(path, aside)
+        logging.warning("moved the unreadable checkpoint %s aside, to %s", path, aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("jaxgpt: unreadable checkpoints set aside")
     self.manager.reload()
-    logging.warning("checkpoint %s is unreadable (%s); moved to %s, using an older one", path,
-                    cause(error), aside)
 
   def read_meta(self, step: int) -> dict[str, Any]:
     items = ocp.args.Composite(**{META: ocp.args.JsonRestore()})
@@ -222,6 +246,26 @@ class CorruptCheckpoint(ValueError):
 
 
 FINGERPRINTS = "fingerprints"  # meta's key: the state's, at the save
+
+
+class ReadElsewhere(Exception):
+  """Another process could not read its part of a checkpoint that this one read."""
+
+
+def _attempt(read: Callable[..., Any], *args: Any) -> tuple[Exception | None, Any]:
+  """(None, what `read(*args)` returns) where every process read its part; else why not,
+  and what `read` returned here (None where it raised). The processes agree, so they fall
+  back to the same step."""
+  try:
+    value, error = read(*args), None
+  except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back alike
+    value, error = None, e
+  if jax.process_count() > 1:
+    everyone = multihost_utils.process_allgather(np.int32(error is None))
+    if error is None and not np.all(everyone):
+      error = ReadElsewhere(f"process(es) {np.flatnonzero(everyone == 0).tolist()} could not "
+                            "read their part")
+  return error, value
 
 
 @jax.jit
@@ -264,6 +308,8 @@ def verify(state: Any, meta: dict[str, Any]) -> None:
 def cause(error: Exception) -> str:
   """What an unreadable checkpoint's error means, in a line (not the storage layer's dump)."""
   text = str(error)
+  if isinstance(error, ReadElsewhere):
+    return text
   if isinstance(error, CorruptCheckpoint):
     return f"its contents changed after the save: {text}"
   if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "No such file" in text:

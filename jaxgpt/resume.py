@@ -37,6 +37,7 @@ class Start:
   evaluated: bool = False  # the checkpoint's iteration was evaluated before it was saved
   eval_batch_windows: int | None = None  # the run's evaluation batch (see train.val_losses)
   split_windows: dict[str, int] | None = None  # each split's windows when it was saved
+  unreadable: tuple[int, ...] = ()  # newer steps passed over: set aside once the run is accepted
 
 
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
@@ -73,9 +74,10 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       raise
     return batches, window
 
-  it, state, meta, (batches, window) = checkpoints.restore_latest_good(
+  it, state, meta, (batches, window), unreadable = checkpoints.restore_latest_good(
       sharding.abstract_like(setup.abstract_state, shardings),
-      check_meta=lambda meta: check_resumable(meta["config"], config), finish=batches_from)
+      check_meta=lambda meta: check_resumable(meta["config"], config), finish=batches_from,
+      discard=lambda made: made[0].close())
   for key in check_resumable(meta["config"], config):
     logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])
   logging.info("resumed from %s/%d", checkpoints.directory, it)
@@ -85,7 +87,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
                 None if best_kept is None else tuple(best_kept),
                 window, evaluated=meta.get("val_loss") is not None,
                 eval_batch_windows=saved.get("eval_batch_windows"),
-                split_windows=saved.get("split_windows"))
+                split_windows=saved.get("split_windows"), unreadable=tuple(unreadable))
   return start, batches
 
 

@@ -341,7 +341,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   # A resume with nothing to do (a finished run, max_iters below its step) leaves it too.
   finished = (loop_config.resumed and not loop_config.eval_only
               and _nothing_to_do(start, config.max_iters))
-  writes = lead and not (loop_config.resumed and loop_config.eval_only) and not finished
+  accepted = not (loop_config.resumed and loop_config.eval_only) and not finished
+  writes = lead and accepted
   try:
     if loop_config.resumed and not loop_config.eval_only and not finished:
       _check_nonfinite_allowed(start, config.skip_nonfinite)
@@ -359,7 +360,9 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
-  if writes:  # the run is accepted: before this, nothing in out_dir has changed
+  if accepted:  # before this, nothing in out_dir has changed
+    checkpoints.set_aside(list(start.unreadable))  # every process: process 0 moves them
+  if writes:
     checkpoints.remove_unfinished()
     rundir.write_config(config)
     rundir.keep_metrics_until(start.iter if loop_config.resumed else None,

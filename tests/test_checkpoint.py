@@ -78,14 +78,19 @@ def test_resume_refuses_another_seed(tmp_path, token_dir):
     train.train(tiny_config(tmp_path, token_dir, max_iters=6, seed=7, init_from="resume"))
 
 
+def truncate_state(step_dir: str) -> None:
+  """Cuts every file of a checkpoint's state in half."""
+  for path in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir, caplog):
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6)
   train.train(config)
   newest = os.path.join(config.out_dir, "checkpoints", "6")
-  for path in glob.glob(os.path.join(newest, "state", "**", "*"), recursive=True):
-    if os.path.isfile(path) and os.path.getsize(path) > 0:
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+  truncate_state(newest)
   resumed = tiny_config(tmp_path, token_dir, max_iters=9, eval_interval=3, lr_decay_iters=6,
                         init_from="resume")
   train.train(resumed)
@@ -93,6 +98,17 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir
   assert os.path.isdir(newest + ".unreadable")  # kept for inspection, never deleted
   redone = [r["iter"] for r in records(config.out_dir, "train")]
   assert redone == list(range(9))
+
+
+def test_an_eval_only_resume_leaves_an_unreadable_checkpoint_where_it_was(tmp_path, token_dir):
+  """eval_only reads the run and changes nothing: the newest checkpoint is passed over, not
+  moved (a run that trains moves it, to save that step again)."""
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6)
+  train.train(config)
+  truncate_state(os.path.join(config.out_dir, "checkpoints", "6"))
+  train.train(tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6,
+                          init_from="resume", eval_only=True))
+  assert sorted(os.listdir(os.path.join(config.out_dir, "checkpoints"))) == ["3", "6"]
 
 
 def poison_windows(token_dir: str) -> None:

@@ -84,21 +84,31 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path, token_dir):
+def two_processes(out: str, token_dir: str, timeout: float = 600, **overrides) -> list[dict]:
+  """Runs tests/sharded_run.py as the two processes of one run; returns their JSON lines."""
   port = free_port()
-  out = str(tmp_path / "multi")
   env = dict(os.environ, PYTHONPATH=ROOT)
   procs = [subprocess.Popen(
       [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--out={out}", f"--data={token_dir}",
        f"--process_id={i}", "--num_processes=2", f"--coordinator=localhost:{port}",
-       f"--overrides={json.dumps(dict(batch_size=4, **RUN))}"],
+       f"--overrides={json.dumps(overrides)}"],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   results = []
-  for p in procs:
-    stdout, stderr = p.communicate(timeout=600)
-    assert p.returncode == 0, stderr[-3000:]
-    results.append(json.loads(stdout.strip().splitlines()[-1]))
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=timeout)
+      assert p.returncode == 0, stderr[-3000:]
+      results.append(json.loads(stdout.strip().splitlines()[-1]))
+  finally:
+    for p in procs:
+      p.kill()
+  return results
+
+
+@pytest.mark.slow
+def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path, token_dir):
+  out = str(tmp_path / "multi")
+  results = two_processes(out, token_dir, batch_size=4, **RUN)
   assert [r["process"] for r in results] == [0, 1]
   assert results[0]["devices"] == 2
   assert results[0]["losses"] == results[1]["losses"]  # one replicated loss, not two
@@ -117,6 +127,25 @@ def test_two_processes_train_together_and_one_restores_their_checkpoint(tmp_path
   windows = config.eval_iters * meta["data"]["eval_batch_windows"]  # the run's own evaluation set
   losses = train.val_losses(eval_step, state.params, {"val": val}, windows, config.seed, layout)
   np.testing.assert_allclose(losses["val"], results[0]["losses"]["val"], rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_fall_back_together_when_one_cannot_read_the_newest_checkpoint(
+    tmp_path, token_dir):
+  """Only process 1's data position of step 4 is broken: both resume from step 2, the same
+  step, and step 4 is set aside once, by one process."""
+  out = str(tmp_path / "multi")
+  every_2 = dict(RUN, eval_interval=2, batch_size=4)
+  two_processes(out, token_dir, **every_2)
+  first = records(os.path.join(out, "run"), "train")
+  checkpoints = os.path.join(out, "run", "checkpoints")
+  with open(os.path.join(checkpoints, "4", "data", "process_1-of-2.json"), "w") as f:
+    f.write("xx{")
+  two_processes(out, token_dir, timeout=300, init_from="resume", **every_2)
+  assert sorted(os.listdir(checkpoints)) == ["2", "4", "4.unreadable"]
+  again = records(os.path.join(out, "run"), "train")
+  assert [r["iter"] for r in again] == [0, 1, 2, 3]
+  assert [r["loss"] for r in again] == [r["loss"] for r in first]
 
 
 def test_processes_read_disjoint_windows_that_together_make_the_global_batch(token_dir):
