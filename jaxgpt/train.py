@@ -337,14 +337,13 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
                              params)
-  # eval_only on a resume reads the run and leaves it as it was: its losses go to the log.
-  # A resume with nothing to do (a finished run, max_iters below its step) leaves it too.
+  # An eval_only resume, or one with nothing to train, leaves the run as it was (losses: the log).
   finished = (loop_config.resumed and not loop_config.eval_only
               and _nothing_to_do(start, config.max_iters))
   accepted = not (loop_config.resumed and loop_config.eval_only) and not finished
   writes = lead and accepted
   try:
-    if loop_config.resumed and not loop_config.eval_only and not finished:
+    if loop_config.resumed and accepted:
       _check_nonfinite_allowed(start, config.skip_nonfinite)
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows)
@@ -360,8 +359,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
-  if accepted:  # before this, nothing in out_dir has changed
-    checkpoints.set_aside(list(start.unreadable))  # every process: process 0 moves them
+  # The run is accepted: before this, nothing in out_dir has changed.
+  checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
   if writes:
     checkpoints.remove_unfinished()
     rundir.write_config(config)
