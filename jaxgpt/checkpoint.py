@@ -182,6 +182,7 @@ class Checkpoints:
       if error is not None:
         if restored is not None:  # read here, not by another process
           discard(restored[2])
+          restored = None  # its state's buffers, before the next read
         unreadable.append((step, error))
         continue
       state, meta, finished = restored
@@ -195,25 +196,29 @@ class Checkpoints:
 
   def set_aside(self, steps: list[int]) -> None:
     """Renames unreadable steps out of the way (kept for inspection, never deleted), on
-    process 0 while the others wait; every process calls it.
+    process 0 while the others wait; every process calls it, and all raise if it fails.
 
     The run will reach those steps again and must be able to save them anew.
     """
     if not steps:
       return
-    if jax.process_index() == 0:
-      for step in steps:
-        path = os.path.join(self.directory, str(step))
-        aside = f"{path}.unreadable"
-        n = 1
-        while os.path.exists(aside):
-          n += 1
-          aside = f"{path}.unreadable{n}"
-        os.rename(path, aside)
-        logging.warning("moved the unreadable checkpoint %s aside, to %s", path, aside)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("jaxgpt: unreadable checkpoints set aside")
+    error, _ = _attempt(self._rename_aside if jax.process_index() == 0 else lambda _: None,
+                        steps)
+    if error is not None:
+      raise UserError(f"could not move the unreadable checkpoints {steps} of {self.directory} "
+                      f"aside ({cause(error)}); nothing was trained") from error
     self.manager.reload()
+
+  def _rename_aside(self, steps: list[int]) -> None:
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      aside = f"{path}.unreadable"
+      n = 1
+      while os.path.exists(aside):
+        n += 1
+        aside = f"{path}.unreadable{n}"
+      os.rename(path, aside)
+      logging.warning("moved the unreadable checkpoint %s aside, to %s", path, aside)
 
   def read_meta(self, step: int) -> dict[str, Any]:
     items = ocp.args.Composite(**{META: ocp.args.JsonRestore()})
@@ -249,7 +254,7 @@ FINGERPRINTS = "fingerprints"  # meta's key: the state's, at the save
 
 
 class ReadElsewhere(Exception):
-  """Another process could not read its part of a checkpoint that this one read."""
+  """Another process failed where this one did not (reading its part of a checkpoint)."""
 
 
 def _attempt(read: Callable[..., Any], *args: Any) -> tuple[Exception | None, Any]:
@@ -263,8 +268,7 @@ def _attempt(read: Callable[..., Any], *args: Any) -> tuple[Exception | None, An
   if jax.process_count() > 1:
     everyone = multihost_utils.process_allgather(np.int32(error is None))
     if error is None and not np.all(everyone):
-      error = ReadElsewhere(f"process(es) {np.flatnonzero(everyone == 0).tolist()} could not "
-                            "read their part")
+      error = ReadElsewhere(f"it failed on process(es) {np.flatnonzero(everyone == 0).tolist()}")
   return error, value
 
 

@@ -82,7 +82,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
-  best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints)
+  best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints, it)
   start = Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
                 None if best_kept is None else tuple(best_kept),
                 window, evaluated=meta.get("val_loss") is not None,
@@ -105,11 +105,13 @@ def warn_if_data_changed(start: Start, split_windows: dict[str, int]) -> None:
       f"{what[split]}" for split in changed))
 
 
-def _best_evaluated(checkpoints: checkpoint.Checkpoints) -> tuple[float, int] | None:
-  """The lowest val loss, and its step, among checkpoints evaluated before their save, for
-  checkpoints written before their meta named the best one."""
+def _best_evaluated(checkpoints: checkpoint.Checkpoints, up_to: int
+                    ) -> tuple[float, int] | None:
+  """The lowest val loss, and its step, among checkpoints up to the resumed one (the newer
+  ones did not read back) evaluated before their save, for checkpoints written before their
+  meta named the best one."""
   scored = []
-  for step in checkpoints.steps():
+  for step in [s for s in checkpoints.steps() if s <= up_to]:
     try:
       val_loss = checkpoints.read_meta(step).get("val_loss")
     except Exception:  # noqa: BLE001, S112 - an unreadable checkpoint is no candidate

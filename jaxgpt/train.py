@@ -356,11 +356,11 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     wandb_run = (sinks.start_wandb(rundir, project=config.wandb_project,
                                    name=config.wandb_run_name, run_config=config.to_dict())
                  if writes and config.wandb_log else None)
+    # The run is accepted: before this, nothing in out_dir has changed.
+    checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
-  # The run is accepted: before this, nothing in out_dir has changed.
-  checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
   if writes:
     checkpoints.remove_unfinished()
     rundir.write_config(config)
