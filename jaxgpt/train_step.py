@@ -75,17 +75,16 @@ class StepConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
-  """The model, the optimizer and the shapes of their train state, for one config."""
+  """The model, the optimizer and the shapes of their train state, made from `step`."""
 
+  step: StepConfig
   model: GPT
   tx: optax.GradientTransformation
-  optim: OptimConfig
-  seed: int
   abstract_state: TrainState  # jax.ShapeDtypeStructs: nothing allocated
 
   def new_state(self, params: Any = None) -> TrainState:
     """A fresh state: params from nanoGPT's init unless given (e.g. GPT-2's)."""
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(self.seed))
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(self.step.seed))
     params = init_params(self.model, init_rng) if params is None else jax.device_put(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params), rng=train_rng,
@@ -98,12 +97,11 @@ class TrainSetup:
 
   def host_lr(self, it: int) -> float:
     """The learning rate of iteration `it`: the step's own float32 formula, run on the host."""
-    return float(lr_schedule(self.optim, np)(it))
+    return float(lr_schedule(self.step.optim, np)(it))
 
 
 def build(step: StepConfig) -> TrainSetup:
-  setup = TrainSetup(GPT(step.model), make_optimizer(step.optim), step.optim, step.seed,
-                     abstract_state=None)
+  setup = TrainSetup(step, GPT(step.model), make_optimizer(step.optim), abstract_state=None)
   return dataclasses.replace(setup, abstract_state=jax.eval_shape(setup.new_state))
 
 

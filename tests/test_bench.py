@@ -161,7 +161,7 @@ def test_peer_train_step_follows_jaxgpt_step(tmp_path, torch, torch_peer):
   load_jax_params(peer, state.params, bias=False)
   tokens_ABT1 = batch_tokens(config, 8, seed=3).reshape(2, 4, -1)
   jax_step = train_step.make_train_step(setup.model, setup.tx)
-  torch_step = torch_peer.make_train_step(peer, setup.optim, config.dtype, "cpu", compile=False)
+  torch_step = torch_peer.make_train_step(peer, setup.step.optim, config.dtype, "cpu", compile=False)
   for _ in range(5):
     state, _ = jax_step(state, tokens_ABT1.astype(np.uint16))
     torch_step(torch.tensor(tokens_ABT1))

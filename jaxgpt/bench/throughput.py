@@ -11,7 +11,6 @@ in PyTorch on the same device (torch_peer.py).
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import subprocess
@@ -166,7 +165,7 @@ def _about(config: ml_collections.ConfigDict, setup: train_step.TrainSetup,
                                        "bias", "dropout", "gelu_approximate", "attention")},
       "dtype": config.dtype, "gradient_accumulation_steps": config.gradient_accumulation_steps,
       "batch_size": config.batch_size,
-      "tokens_per_iter": train_step.StepConfig.from_config(config).tokens_per_iter(1),
+      "tokens_per_iter": setup.step.tokens_per_iter(1),
       "n_params": setup.n_params,
       "n_params_total": count_params(setup.abstract_state.params, non_embedding=False),
   }
@@ -198,7 +197,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
   logging.info("timing %d iterations on a synthetic batch", iters)
   state, step_times = time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   with tempfile.TemporaryDirectory(prefix="jaxgpt_bench_") as tmp:
-    n_tokens = _SHARD_ITERS * math.prod(shape) + 1  # shape: one iteration's tokens
+    n_tokens = _SHARD_ITERS * setup.step.tokens_per_iter(1) + 1
     source = data.TokenWindows(
         [write_synthetic_shard(tmp, n_tokens, config.vocab_size, config.seed)], config.block_size)
     open_batches = lambda: iter(data.train_dataset(
