@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pathlib
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -126,14 +126,26 @@ class Checkpoints:
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """The state (placed per the shardings in `abstract_state`) and metadata of one step.
 
-    A state whose arrays do not match the fingerprints saved with them raises
+    Each process reads its part alone, without the barrier an Orbax restore
+    ends with (a process whose read fails would leave the others waiting there),
+    and the processes agree on the read before checking it. A state whose
+    arrays do not match the fingerprints saved with them raises
     `CorruptCheckpoint`.
     """
-    items = {STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    state, meta = restored[STATE], restored[META]
-    verify(state, meta)
+    error, state = _attempt(self._read_state, step, abstract_state)
+    if error is not None:
+      raise error
+    meta = self.read_meta(step)
+    verify(state, meta)  # a computation over every process's part
     return state, meta
+
+  def _read_state(self, step: int, abstract_state: Any) -> Any:
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      return handler.restore(self._item(step, STATE),
+                             args=ocp.args.StandardRestore(abstract_state))
+    finally:
+      handler.close()
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
     """Sets the Grain iterator to continue after the batches that `step` had read.
@@ -142,8 +154,7 @@ class Checkpoints:
     restore ends with: a process whose file is unreadable must not leave the
     others waiting there (`restore_latest_good` has them agree instead).
     """
-    grain.checkpoint.CheckpointHandler().restore(
-        pathlib.Path(self.directory, str(step), DATA), data_iterator)
+    grain.checkpoint.CheckpointHandler().restore(self._item(step, DATA), data_iterator)
 
   def restore_latest_good(self, abstract_state: Any,
                           check_meta: Callable[[dict[str, Any]], None],
@@ -221,8 +232,11 @@ class Checkpoints:
       logging.warning("moved the unreadable checkpoint %s aside, to %s", path, aside)
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    items = ocp.args.Composite(**{META: ocp.args.JsonRestore()})
-    return self.manager.restore(step, args=items)[META]
+    """One step's metadata, read without a barrier (as `restore` reads the state)."""
+    return dict(ocp.JsonCheckpointHandler().restore(self._item(step, META)))
+
+  def _item(self, step: int, item: str) -> epath.Path:
+    return epath.Path(self.directory, str(step), item)
 
   def close(self) -> None:
     self.manager.close()

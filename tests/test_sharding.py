@@ -148,6 +148,26 @@ def test_two_processes_fall_back_together_when_one_cannot_read_the_newest_checkp
   assert [r["loss"] for r in again] == [r["loss"] for r in first]
 
 
+@pytest.mark.slow
+def test_two_processes_fall_back_together_when_one_cannot_read_its_slices_of_the_newest_state(
+    tmp_path, token_dir):
+  """Under fsdp each process reads its own slices of the state: only process 1's of step 4
+  are broken. Neither waits for the other at a barrier; both resume from step 2."""
+  out = str(tmp_path / "multi")
+  every_2 = dict(RUN, eval_interval=2, batch_size=4, sharding="fsdp")
+  two_processes(out, token_dir, **every_2)
+  first = records(os.path.join(out, "run"), "train")
+  checkpoints = os.path.join(out, "run", "checkpoints")
+  slices = os.path.join(checkpoints, "4", "state", "ocdbt.process_1", "d")
+  for name in os.listdir(slices):
+    os.truncate(os.path.join(slices, name), 10)
+  two_processes(out, token_dir, timeout=240, init_from="resume", **every_2)
+  assert sorted(os.listdir(checkpoints)) == ["2", "4", "4.unreadable"]
+  again = records(os.path.join(out, "run"), "train")
+  assert [r["iter"] for r in again] == [0, 1, 2, 3]
+  assert [r["loss"] for r in again] == [r["loss"] for r in first]
+
+
 def test_processes_read_disjoint_windows_that_together_make_the_global_batch(token_dir):
   src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
   batches = lambda index, count, size: next(iter(data.train_dataset(
