@@ -26,13 +26,12 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxgpt import sharding
 from jaxgpt.errors import UserError
 
 STATE, DATA, META = "state", "data", "meta"
@@ -132,7 +131,7 @@ class Checkpoints:
     arrays do not match the fingerprints saved with them raises
     `CorruptCheckpoint`.
     """
-    error, state = _attempt(self._read_state, step, abstract_state)
+    error, state = sharding.agree("reading it", self._read_state, step, abstract_state)
     if error is not None:
       raise error
     meta = self.read_meta(step)
@@ -184,12 +183,12 @@ class Checkpoints:
 
     unreadable: list[tuple[int, Exception]] = []
     for step in reversed(steps):
-      error, meta = _attempt(self.read_meta, step)
+      error, meta = sharding.agree("reading it", self.read_meta, step)
       if error is not None:
         unreadable.append((step, error))
         continue
       check_meta(meta)
-      error, restored = _attempt(read_whole, step, meta)
+      error, restored = sharding.agree("reading it", read_whole, step, meta)
       if error is not None:
         if restored is not None:  # read here, not by another process
           discard(restored[2])
@@ -213,8 +212,8 @@ class Checkpoints:
     """
     if not steps:
       return
-    error, _ = _attempt(self._rename_aside if jax.process_index() == 0 else lambda _: None,
-                        steps)
+    error, _ = sharding.agree(
+        "moving it aside", self._rename_aside if jax.process_index() == 0 else lambda _: None, steps)
     if error is not None:
       raise UserError(f"could not move the unreadable checkpoints {steps} of {self.directory} "
                       f"aside ({cause(error)}); nothing was trained") from error
@@ -267,25 +266,6 @@ class CorruptCheckpoint(ValueError):
 FINGERPRINTS = "fingerprints"  # meta's key: the state's, at the save
 
 
-class ReadElsewhere(Exception):
-  """Another process failed where this one did not (reading its part of a checkpoint)."""
-
-
-def _attempt(read: Callable[..., Any], *args: Any) -> tuple[Exception | None, Any]:
-  """(None, what `read(*args)` returns) where every process read its part; else why not,
-  and what `read` returned here (None where it raised). The processes agree, so they fall
-  back to the same step."""
-  try:
-    value, error = read(*args), None
-  except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back alike
-    value, error = None, e
-  if jax.process_count() > 1:
-    everyone = multihost_utils.process_allgather(np.int32(error is None))
-    if error is None and not np.all(everyone):
-      error = ReadElsewhere(f"it failed on process(es) {np.flatnonzero(everyone == 0).tolist()}")
-  return error, value
-
-
 @jax.jit
 def _fingerprints(tree: Any) -> Any:
   def fingerprint(x: jax.Array) -> jax.Array:
@@ -326,7 +306,7 @@ def verify(state: Any, meta: dict[str, Any]) -> None:
 def cause(error: Exception) -> str:
   """What an unreadable checkpoint's error means, in a line (not the storage layer's dump)."""
   text = str(error)
-  if isinstance(error, ReadElsewhere):
+  if isinstance(error, sharding.FailedElsewhere):
     return text
   if isinstance(error, CorruptCheckpoint):
     return f"its contents changed after the save: {text}"

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from jaxgpt.errors import UserError
 
 DATA = "data"
 
@@ -48,6 +52,31 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   if process_id >= 0:
     kwargs["process_id"] = process_id
   jax.distributed.initialize(**kwargs)
+
+
+class FailedElsewhere(UserError):
+  """Another process failed where this one did not; that process's own error says why."""
+
+
+def agree(what: str, action: Callable[..., Any], *args: Any) -> tuple[Exception | None, Any]:
+  """(None, what `action(*args)` returns) where it succeeded on every process; else why not
+  (its own exception, or `FailedElsewhere` naming `what` and the processes that failed) and
+  what it returned here (None where it raised).
+
+  Every process calls it, so all take the same branch after it: one that fails
+  alone (a file only it reads, a library only process 0 loads) cannot leave the
+  others waiting at the run's next collective.
+  """
+  try:
+    value, error = action(*args), None
+  except Exception as e:  # noqa: BLE001 - the caller decides what each failure means
+    value, error = None, e
+  if jax.process_count() > 1:
+    everyone = multihost_utils.process_allgather(np.int32(error is None))
+    if error is None and not np.all(everyone):
+      failed = np.flatnonzero(everyone == 0).tolist()
+      error = FailedElsewhere(f"{what} failed on process(es) {failed}, whose error says why")
+  return error, value
 
 
 def make_mesh() -> Mesh:

@@ -1,13 +1,14 @@
 """Where the train loop's records go: metrics.jsonl always; TensorBoard, W&B, a progress bar.
 
 The loop writes each record once to `Sinks`, which hands it to every sink.
-The optional libraries are imported when the sinks open, at the start of a
-run, so a missing one stops the run before any work with a message naming
-the package and the config key.
+The optional libraries are loaded at the start of a run (`start_libraries`),
+before it writes anything, so a missing one stops the run with a message
+naming the package and the config key, and out_dir as it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -16,7 +17,6 @@ import types
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
-import ml_collections
 import tqdm
 import tqdm.contrib
 from absl import logging
@@ -145,6 +145,25 @@ class Sinks:
       sink.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class SinkConfig:
+  """The keys that say where a run's records go (defaults.py says what each means)."""
+
+  max_iters: int
+  tensorboard_log: bool
+  wandb_log: bool
+  wandb_project: str
+  wandb_run_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Libraries:
+  """The optional libraries a run turns on, loaded at its start: tensorboardX, W&B's run."""
+
+  tensorboardx: types.ModuleType | None = None
+  wandb_run: Sink | None = None
+
+
 def _require(package: str, key: str) -> types.ModuleType:
   try:
     return importlib.import_module(package)
@@ -153,38 +172,37 @@ def _require(package: str, key: str) -> types.ModuleType:
                       f"installed: pip install {package} (or set --config.{key}=False)") from e
 
 
-def start_wandb(rundir: run_dir.RunDir, *, project: str, name: str,
-                run_config: dict[str, Any]) -> Sink:
-  """The W&B run wandb_log asks for, started before the run writes anything: a refusal (not
-  logged in, no network) leaves the run directory as it was, and is one error line."""
+def start_libraries(c: SinkConfig, rundir: run_dir.RunDir, run_config: dict[str, Any]
+                    ) -> Libraries:
+  """tensorboardX imported and W&B's run started, before the run writes anything: a missing
+  package or a refused W&B run (not logged in, no network) leaves the run directory as it
+  was, and is one error line."""
+  tensorboardx = _require("tensorboardX", "tensorboard_log") if c.tensorboard_log else None
+  if not c.wandb_log:
+    return Libraries(tensorboardx)
   wandb = _require("wandb", "wandb_log")
   try:
-    return WandbSink(wandb, project=project, name=name, config=run_config,
-                     out_dir=rundir.out_dir)
+    wandb_run = WandbSink(wandb, project=c.wandb_project, name=c.wandb_run_name,
+                          config=run_config, out_dir=rundir.out_dir)
   except Exception as e:  # wandb's own errors (login, network, quota) share no base class
     raise UserError(f"config.wandb_log=True: W&B could not start a run ({type(e).__name__}: "
                     f"{e}); run `wandb login`, or set --config.wandb_log=False") from e
+  return Libraries(tensorboardx, wandb_run)
 
 
-def open_sinks(config: ml_collections.ConfigDict, rundir: run_dir.RunDir, *, start_iter: int = 0,
-               enabled: bool = True, wandb_run: Sink | None = None) -> Sinks:
-  """metrics.jsonl, the progress bar, TensorBoard if the config turns it on, and W&B's run
-  (`start_wandb`'s).
+def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
+               start_iter: int = 0, resumed: bool = False) -> Sinks:
+  """metrics.jsonl, the progress bar, TensorBoard and W&B where `libraries` has them.
 
-  Only one process of a multi-host run writes; the others get no sinks. A
-  resume opens them after `RunDir.keep_metrics_until`, so TensorBoard keeps
-  what metrics.jsonl kept.
+  Only one process of a multi-host run writes; the loop gives the others no
+  sinks. A resume opens them after `RunDir.keep_metrics_until`, so TensorBoard
+  keeps what metrics.jsonl kept.
   """
-  if not enabled:
-    return Sinks([])
-  tensorboardx = _require("tensorboardX", "tensorboard_log") if config.tensorboard_log else None
-  sinks: list[Sink] = [MetricsWriter(rundir.metrics_path),
-                       ProgressBar(config.max_iters, start_iter)]
-  if tensorboardx is not None:
-    resumed = config.init_from == "resume"
-    sinks.append(TensorBoardSink(tensorboardx, rundir.tensorboard_dir,
+  sinks: list[Sink] = [MetricsWriter(rundir.metrics_path), ProgressBar(c.max_iters, start_iter)]
+  if libraries.tensorboardx is not None:
+    sinks.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir,
                                  resumed_at=start_iter if resumed else None,
                                  kept=rundir.records_at(start_iter) if resumed else []))
-  if wandb_run is not None:
-    sinks.append(wandb_run)
+  if libraries.wandb_run is not None:
+    sinks.append(libraries.wandb_run)
   return Sinks(sinks)

@@ -348,14 +348,13 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows)
     counts, eval_windows = _log_start(config, layout, sources, start)
-    t0 = time.perf_counter()
-    compiled_step = train_step.compile_train_step(setup, start.state, layout.train_spec,
-                                                  shardings, layout.mesh, config.sharding)
-    logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-    train_step.check_memory(step_config, compiled_step, start.state, layout.mesh)
-    wandb_run = (sinks.start_wandb(rundir, project=config.wandb_project,
-                                   name=config.wandb_run_name, run_config=config.to_dict())
-                 if writes and config.wandb_log else None)
+    compiled_step = _compile(setup, start.state, layout, shardings)
+    sink_config = defaults.view(sinks.SinkConfig, config)
+    error, libraries = sharding.agree(  # every process stops if process 0's fail to load
+        "loading tensorboardX or W&B", sinks.start_libraries if writes else lambda *_: None,
+        sink_config, rundir, config.to_dict())
+    if error is not None:
+      raise error
     # The run is accepted: before this, nothing in out_dir has changed.
     checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
   except BaseException:
@@ -369,8 +368,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
 
   eval_step = train_step.make_eval_step(setup.model)
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
-               sinks.open_sinks(config, rundir, start_iter=start.iter, enabled=writes,
-                                wandb_run=wandb_run),
+               sinks.open_sinks(sink_config, rundir, libraries, start_iter=start.iter,
+                                resumed=loop_config.resumed) if writes else sinks.Sinks([]),
                lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
                {**resume.data_layout(layout, config.data_workers),
                 "eval_batch_windows": eval_windows // config.eval_iters,
@@ -406,6 +405,17 @@ def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     return start, train_iter
   state = jax.jit(setup.new_state, out_shardings=shardings)(params)
   return resume.Start(state), open_batches(0)
+
+
+def _compile(setup: train_step.TrainSetup, state: Any, layout: sharding.BatchLayout,
+             shardings: Any) -> Callable:
+  """The train step compiled for the run's state and batches, checked to fit the device."""
+  t0 = time.perf_counter()
+  compiled = train_step.compile_train_step(setup, state, layout.train_spec, shardings,
+                                           layout.mesh, setup.step.sharding)
+  logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
+  train_step.check_memory(setup.step, compiled, state, layout.mesh)
+  return compiled
 
 
 def _nothing_to_do(start: resume.Start, max_iters: int) -> bool:

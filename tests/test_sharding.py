@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -84,24 +85,32 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def two_processes(out: str, token_dir: str, timeout: float = 600, **overrides) -> list[dict]:
-  """Runs tests/sharded_run.py as the two processes of one run; returns their JSON lines."""
+def run_two(out: str, token_dir: str, timeout: float, **overrides
+            ) -> list[subprocess.CompletedProcess]:
+  """Runs tests/sharded_run.py as the two processes of one run, to their end."""
   port = free_port()
   env = dict(os.environ, PYTHONPATH=ROOT)
-  procs = [subprocess.Popen(
-      [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--out={out}", f"--data={token_dir}",
-       f"--process_id={i}", "--num_processes=2", f"--coordinator=localhost:{port}",
-       f"--overrides={json.dumps(overrides)}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  results = []
+  args = [[sys.executable, os.path.join(HERE, "sharded_run.py"), f"--out={out}",
+           f"--data={token_dir}", f"--process_id={i}", "--num_processes=2",
+           f"--coordinator=localhost:{port}", f"--overrides={json.dumps(overrides)}"]
+          for i in range(2)]
+  procs = [subprocess.Popen(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for a in args]
   try:
-    for p in procs:
-      stdout, stderr = p.communicate(timeout=timeout)
-      assert p.returncode == 0, stderr[-3000:]
-      results.append(json.loads(stdout.strip().splitlines()[-1]))
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    return [subprocess.CompletedProcess(a, p.returncode, *output)
+            for a, p, output in zip(args, procs, outputs)]
   finally:
     for p in procs:
       p.kill()
+
+
+def two_processes(out: str, token_dir: str, timeout: float = 600, **overrides) -> list[dict]:
+  """The JSON lines of two processes that ran one run together and succeeded."""
+  results = []
+  for done in run_two(out, token_dir, timeout, **overrides):
+    assert done.returncode == 0, done.stderr[-3000:]
+    results.append(json.loads(done.stdout.strip().splitlines()[-1]))
   return results
 
 
@@ -166,6 +175,19 @@ def test_two_processes_fall_back_together_when_one_cannot_read_its_slices_of_the
   again = records(os.path.join(out, "run"), "train")
   assert [r["iter"] for r in again] == [0, 1, 2, 3]
   assert [r["loss"] for r in again] == [r["loss"] for r in first]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_process_0_cannot_load_a_library(tmp_path, token_dir):
+  """Process 0 alone loads W&B (absent here): process 1 stops with it at start-up instead of
+  waiting for it at the first step."""
+  if importlib.util.find_spec("wandb") is not None:
+    pytest.skip("wandb is installed")
+  done = run_two(str(tmp_path / "multi"), token_dir, timeout=240, wandb_log=True, **RUN)
+  assert [d.returncode for d in done] == [1, 1]
+  assert "config.wandb_log=True needs the 'wandb' package" in done[0].stderr
+  assert "loading tensorboardX or W&B failed on process(es) [0], whose error says why" in done[1].stderr
+  assert not os.path.exists(os.path.join(tmp_path, "multi", "run", "metrics.jsonl"))
 
 
 def test_processes_read_disjoint_windows_that_together_make_the_global_batch(token_dir):

@@ -15,7 +15,7 @@ import pytest
 from absl import logging
 from conftest import read_jsonl, tiny_config
 
-from jaxgpt import run_dir, sinks, train
+from jaxgpt import defaults, run_dir, sinks, train
 from jaxgpt.errors import UserError
 
 TRAIN_RECORD = {"event": "train", "iter": 9, "tokens": 1280, "loss": 2.5, "lr": 1e-3,
@@ -83,9 +83,9 @@ def test_resumes_of_an_unevaluated_checkpoint_keep_one_evaluation_of_it(tmp_path
   def run(n: int, start: int | None, iters: list[int]) -> None:
     time.sleep(1 - time.time() % 1)  # tensorboardX names a file by the second it opens
     rundir.keep_metrics_until(start, evaluated=False)
-    config = tiny_config(tmp_path, "", tensorboard_log=True,
-                         init_from="scratch" if start is None else "resume")
-    out = sinks.open_sinks(config, rundir, start_iter=start or 0)
+    sink_config = defaults.view(sinks.SinkConfig, tiny_config(tmp_path, "", tensorboard_log=True))
+    out = sinks.open_sinks(sink_config, rundir, sinks.start_libraries(sink_config, rundir, {}),
+                           start_iter=start or 0, resumed=start is not None)
     if iters[0] % 4 == 0:
       out.write({"event": "eval", "iter": iters[0], "val_loss": n + iters[0] / 10})
       out.write({"event": "tasks", "iter": iters[0], "hellaswag_acc": n / 10})
@@ -146,9 +146,9 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "wandb", fake)
   config = tiny_config(tmp_path, "", wandb_log=True, wandb_project="proj", wandb_run_name="r1")
   rundir = run_dir.RunDir(config.out_dir)
-  wandb_run = sinks.start_wandb(rundir, project=config.wandb_project,
-                                name=config.wandb_run_name, run_config=config.to_dict())
-  out = sinks.open_sinks(config, rundir, wandb_run=wandb_run)
+  sink_config = defaults.view(sinks.SinkConfig, config)
+  out = sinks.open_sinks(sink_config, rundir,
+                         sinks.start_libraries(sink_config, rundir, config.to_dict()))
   out.write({"event": "eval", "iter": 0, "tokens": 0, "train_loss": 4.6, "val_loss": 4.7,
              "lr": 0.0})
   out.write(TRAIN_RECORD)
@@ -165,17 +165,17 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("key,package", [("wandb_log", "wandb"),
                                          ("tensorboard_log", "tensorboardX")])
-def test_a_missing_library_is_a_clear_error_before_anything_opens(tmp_path, monkeypatch, key,
-                                                                  package):
+def test_a_missing_library_is_a_clear_error_that_leaves_the_run_as_it_was(
+    tmp_path, token_dir, monkeypatch, key, package):
+  train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  run = tmp_path / "run"
+  before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
   monkeypatch.setitem(sys.modules, package, None)  # makes `import package` fail
-  config = tiny_config(tmp_path, "", **{key: True})
-  rundir = run_dir.RunDir(config.out_dir)
   with pytest.raises(UserError, match=rf"config.{key}=True needs the '{package}' package"):
-    if key == "wandb_log":
-      sinks.start_wandb(rundir, project="p", name="n", run_config={})
-    else:
-      sinks.open_sinks(config, rundir)
-  assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))
+    train.train(tiny_config(tmp_path, token_dir, max_iters=6, init_from="resume",
+                            **{key: True}))
+  assert {name: (run / name).read_bytes() for name in before} == before
+  assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "metrics.jsonl", "run.lock"]
 
 
 def test_a_wandb_run_that_cannot_start_is_one_error_and_leaves_the_run_as_it_was(
