@@ -150,8 +150,8 @@ class Checkpoints:
     """Sets the Grain iterator to continue after the batches that `step` had read.
 
     Grain's handler reads this process's own file, without the barrier an Orbax
-    restore ends with: a process whose file is unreadable must not leave the
-    others waiting there (`restore_latest_good` has them agree instead).
+    restore ends with: the file of one process can fail alone (resume.py then
+    starts that process at the window the checkpoint reached).
     """
     grain.checkpoint.CheckpointHandler().restore(self._item(step, DATA), data_iterator)
 
@@ -164,9 +164,9 @@ class Checkpoints:
     metadata, what `finish` made of it and the newer steps that did not read back (for
     `set_aside`, once the run is accepted).
 
-    Every item belongs to the fallback: the metadata, the state (checked against
-    its fingerprints) and what `finish(step, meta)` reads (the data position;
-    `discard` releases it where another process could not read its own). With
+    A step is read whole when its metadata, its state (checked against its
+    fingerprints) and what `finish(step, meta)` makes of it (the train batches
+    from there; `discard` releases them where another process failed) are. With
     several processes a step is read only where every process read its part, so
     they all start from the same step. `check_meta` sees each candidate's
     metadata before its state is read; what it raises (say, a config whose state

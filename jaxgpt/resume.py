@@ -57,18 +57,28 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   Under the batch layout it was saved with, the data iterator's saved state
   continues at the next batch. Under another (batch size, accumulation,
   devices, processes, workers), a new iterator starts at the window the
-  checkpoint had reached: the same tokens, in the same order. A checkpoint
-  whose data position does not read back falls back like one whose state
-  does not.
+  checkpoint had reached: the same tokens, in the same order. So does a
+  checkpoint whose saved iterator state does not read back (a missing or
+  damaged file of one process, say): a data position is never a reason to
+  fall back to an older step.
   """
   now = data_layout(layout, config.data_workers)
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
     window, same_layout = _window(meta, now, config.block_size)
     batches = open_batches(window)
+    if not same_layout:
+      return batches, window
     try:
-      if same_layout:
-        checkpoints.restore_data(step, batches)
+      checkpoints.restore_data(step, batches)
+    except Exception as e:  # noqa: BLE001 - the window the checkpoint reached says as much
+      batches.close()
+      window = meta["tokens"] // config.block_size
+      logging.warning("resume: the data position saved with step %d does not read back (%s); "
+                      "the data continues at window %s (token %s), where the checkpoint "
+                      "stopped: the same batches", step, checkpoint.cause(e), f"{window:,}",
+                      f"{meta['tokens']:,}")
+      return open_batches(window), window
     except BaseException:
       batches.close()
       raise

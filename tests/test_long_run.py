@@ -10,6 +10,7 @@ import fcntl
 import glob
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -77,10 +78,14 @@ def test_a_silently_corrupted_checkpoint_is_set_aside_for_the_one_before(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["removed", "not json"])
-def test_an_unreadable_data_position_falls_back_like_an_unreadable_state(tmp_path, token_dir,
-                                                                         damage):
+def test_an_unreadable_data_position_continues_at_the_window_the_checkpoint_reached(
+    tmp_path, token_dir, damage):
+  """The same batches as the saved iterator state gives: the resume trains what a resume of
+  the intact checkpoint does, and nothing is set aside."""
   config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
   train.train(config)
+  intact = tmp_path / "intact"
+  shutil.copytree(config.out_dir, intact / "run")
   data_dir = os.path.join(config.out_dir, "checkpoints", "20", "data")
   if damage == "removed":
     for path in glob.glob(os.path.join(data_dir, "*")):
@@ -90,9 +95,12 @@ def test_an_unreadable_data_position_falls_back_like_an_unreadable_state(tmp_pat
       if os.path.isfile(path):
         with open(path, "w") as f:
           f.write("xx{")
-  train.train(tiny_config(tmp_path, token_dir, max_iters=21, init_from="resume", **EVERY_10))
-  assert os.path.isdir(os.path.join(config.out_dir, "checkpoints", "20.unreadable"))
-  assert records(config.out_dir, "train")[-1]["iter"] == 20
+  for base in (tmp_path, intact):
+    train.train(tiny_config(base, token_dir, max_iters=24, init_from="resume", **EVERY_10))
+  assert checkpoint_steps(config.out_dir) == checkpoint_steps(str(intact / "run"))
+  resumed = [(r["iter"], r["loss"]) for r in records(config.out_dir, "train")]
+  assert resumed[-4:] == [(r["iter"], r["loss"]) for r in records(str(intact / "run"), "train")][-4:]
+  assert [it for it, _ in resumed[-4:]] == [20, 21, 22, 23]
 
 
 @pytest.mark.slow
