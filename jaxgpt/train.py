@@ -381,7 +381,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   if hooks.at_end is not None and not finished:
     hooks.at_end(loop.state.params)
   if lead:
-    _log_whats_next(config.out_dir, checkpoints, config.sample_start, config.block_size)
+    _log_whats_next(config.out_dir, checkpoints, start.unreadable, config.sample_start,
+                    config.block_size)
   return loop.losses
 
 
@@ -473,15 +474,16 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   return counts, eval_windows
 
 
-def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints, prompt: str,
-                    block_size: int) -> None:
-  """Where the run's checkpoints are, and the commands that read them: samples that fit the
-  model's context, from the closing sample's prompt.
+def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints,
+                    unreadable: tuple[int, ...], prompt: str, block_size: int) -> None:
+  """Where the run's checkpoints are (but the `unreadable` ones a resume passed over), and the
+  commands that read them: samples that fit the model's context, from the closing sample's
+  prompt.
 
   It reads the closed manager's list: opening another would wait at a barrier
   for the processes that do not log.
   """
-  steps = checkpoints.steps()
+  steps = [step for step in checkpoints.steps() if step not in unreadable]
   out = shlex.quote(out_dir)
   report = f"python -m jaxgpt.report --out_dir={out}"
   if not steps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import signal
 
@@ -100,15 +101,18 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir
   assert redone == list(range(9))
 
 
-def test_an_eval_only_resume_leaves_an_unreadable_checkpoint_where_it_was(tmp_path, token_dir):
+def test_an_eval_only_resume_leaves_an_unreadable_checkpoint_where_it_was(tmp_path, token_dir,
+                                                                          caplog):
   """eval_only reads the run and changes nothing: the newest checkpoint is passed over, not
-  moved (a run that trains moves it, to save that step again)."""
+  moved (a run that trains moves it, to save that step again), nor listed as one to read."""
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6)
   train.train(config)
   truncate_state(os.path.join(config.out_dir, "checkpoints", "6"))
-  train.train(tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6,
-                          init_from="resume", eval_only=True))
+  with caplog.at_level(logging.INFO):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6,
+                            init_from="resume", eval_only=True))
   assert sorted(os.listdir(os.path.join(config.out_dir, "checkpoints"))) == ["3", "6"]
+  assert any(m.startswith("done: checkpoints of steps 3 in") for m in caplog.messages)
 
 
 def poison_windows(token_dir: str) -> None:
