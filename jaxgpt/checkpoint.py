@@ -131,20 +131,21 @@ class Checkpoints:
     arrays do not match the fingerprints saved with them raises
     `CorruptCheckpoint`.
     """
-    error, state = sharding.agree("reading it", self._read_state, step, abstract_state)
+    error, read = sharding.agree("reading it", self._read, step, abstract_state)
     if error is not None:
       raise error
-    meta = self.read_meta(step)
+    state, meta = read
     verify(state, meta)  # a computation over every process's part
     return state, meta
 
-  def _read_state(self, step: int, abstract_state: Any) -> Any:
+  def _read(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     handler = ocp.StandardCheckpointHandler()
     try:
-      return handler.restore(self._item(step, STATE),
-                             args=ocp.args.StandardRestore(abstract_state))
+      state = handler.restore(self._item(step, STATE),
+                              args=ocp.args.StandardRestore(abstract_state))
     finally:
       handler.close()
+    return state, self.read_meta(step)
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
     """Sets the Grain iterator to continue after the batches that `step` had read.
