@@ -73,7 +73,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       checkpoints.restore_data(step, batches)
     except Exception as e:  # noqa: BLE001 - the window the checkpoint reached says as much
       batches.close()
-      window = meta["tokens"] // config.block_size
+      window = _reached(meta, config.block_size)
       logging.warning("resume: the data position saved with step %d does not read back (%s); "
                       "the data continues at window %s (token %s), where the checkpoint "
                       "stopped: the same batches", step, checkpoint.cause(e), f"{window:,}",
@@ -131,6 +131,12 @@ def _best_evaluated(checkpoints: checkpoint.Checkpoints, up_to: int
   return min(scored) if scored else None
 
 
+def _reached(meta: dict[str, Any], block_size: int) -> int:
+  """The window of the stream a checkpoint's data reached: every window before it was trained
+  on, whatever the layouts that read them."""
+  return meta["tokens"] // block_size
+
+
 def _window(meta: dict[str, Any], now: dict[str, int], block_size: int) -> tuple[int, bool]:
   """The stream's window a checkpoint's data continues at, and whether its layout is `now`'s
   (so that its saved iterator state continues it)."""
@@ -143,7 +149,7 @@ def _window(meta: dict[str, Any], now: dict[str, int], block_size: int) -> tuple
   keys = ("windows_per_iter", "processes", "workers")
   if all(saved[k] == now[k] for k in keys):
     return saved["start_window"], True
-  window = meta["tokens"] // block_size
+  window = _reached(meta, block_size)
   logging.warning("resume: the batch layout changed (%s); the data continues at window %s "
                   "(token %s), where the checkpoint stopped",
                   ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in keys), f"{window:,}",
