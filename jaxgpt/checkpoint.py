@@ -103,7 +103,8 @@ class Checkpoints:
 
   def _save_failed(self, step: int, error: Exception) -> SaveError:
     """Removes what the failed save left and says what is lost and what is kept."""
-    for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+    for partial in glob.glob(os.path.join(glob.escape(self.directory),
+                                          f"{step}.orbax-checkpoint-tmp*")):
       shutil.rmtree(partial, ignore_errors=True)
     self.manager.reload()
     return SaveError(f"saving the checkpoint of step {step} failed: {_os_error(error)}. The "
@@ -152,7 +153,7 @@ class Checkpoints:
 
     Grain's handler reads this process's own file, without the barrier an Orbax
     restore ends with: the file of one process can fail alone (resume.py then
-    starts that process at the window the checkpoint reached).
+    starts every process at the window the checkpoint reached).
     """
     grain.checkpoint.CheckpointHandler().restore(self._item(step, DATA), data_iterator)
 

@@ -57,10 +57,10 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   Under the batch layout it was saved with, the data iterator's saved state
   continues at the next batch. Under another (batch size, accumulation,
   devices, processes, workers), a new iterator starts at the window the
-  checkpoint had reached: the same tokens, in the same order. So does a
-  checkpoint whose saved iterator state does not read back (a missing or
-  damaged file of one process, say): a data position is never a reason to
-  fall back to an older step.
+  checkpoint had reached: the same tokens, in the same order. Every process
+  does so too when the saved iterator state of any one does not read back (a
+  missing or damaged file, say), so the checkpoints they save next record one
+  start window. A data position is never a reason to fall back to an older step.
   """
   now = data_layout(layout, config.data_workers)
 
@@ -69,20 +69,21 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     batches = open_batches(window)
     if not same_layout:
       return batches, window
-    try:
-      checkpoints.restore_data(step, batches)
-    except Exception as e:  # noqa: BLE001 - the window the checkpoint reached says as much
-      batches.close()
-      window = _reached(meta, config.block_size)
-      logging.warning("resume: the data position saved with step %d does not read back (%s); "
-                      "the data continues at window %s (token %s), where the checkpoint "
-                      "stopped: the same batches", step, checkpoint.cause(e), f"{window:,}",
-                      f"{meta['tokens']:,}")
-      return open_batches(window), window
+    try:  # agreed: the processes record one start window in the checkpoints they save
+      error, _ = sharding.agree("reading the data position", checkpoints.restore_data, step,
+                                batches)
     except BaseException:
       batches.close()
       raise
-    return batches, window
+    if error is None:
+      return batches, window
+    batches.close()
+    window = _reached(meta, config.block_size)
+    logging.warning("resume: the data position saved with step %d does not read back (%s); "
+                    "the data continues at window %s (token %s), where the checkpoint "
+                    "stopped: the same batches", step, checkpoint.cause(error), f"{window:,}",
+                    f"{meta['tokens']:,}")
+    return open_batches(window), window
 
   it, state, meta, (batches, window), unreadable = checkpoints.restore_latest_good(
       sharding.abstract_like(setup.abstract_state, shardings),

@@ -196,7 +196,9 @@ def test_a_failed_save_stops_the_run_at_once_and_removes_it(tmp_path, token_dir)
 
 
 def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
-  config = tiny_config(tmp_path, token_dir, max_iters=3, eval_interval=3)
+  """...and removes the partial save, in an out_dir whose name is a glob pattern too."""
+  config = tiny_config(tmp_path, token_dir, out_dir=str(tmp_path / "run[lr=3e-4]"), max_iters=3,
+                       eval_interval=3)
   train.train(config)
   ckpts = run_dir.RunDir(config.out_dir).checkpoints()
   partial = os.path.join(ckpts.directory, "6.orbax-checkpoint-tmp-1234")
