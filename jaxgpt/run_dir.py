@@ -102,9 +102,12 @@ class RunDir:
       pass
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
+    """config.json, replaced whole: a failed write leaves the one before it."""
     os.makedirs(self.out_dir, exist_ok=True)
-    with open(self._path("config.json"), "w", encoding="utf-8") as f:
+    written = self._path(".config.json.tmp")
+    with open(written, "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(written, self._path("config.json"))
 
   def read_config(self) -> dict[str, Any] | None:
     """The config.json of the latest accepted start; None where there is none."""

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -318,10 +318,20 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None,
   """
   defaults.validate(config)
   rundir = run_dir.RunDir(config.out_dir)
-  lead = jax.process_index() == 0  # the one process that writes logs and metrics
-  with preemption.StopSignals(jax.process_count()) as signals, \
-      rundir.lock() if lead else contextlib.nullcontext():
+  with preemption.StopSignals(jax.process_count()) as signals, _locked(rundir):
     return _train(config, rundir, signals, params, hooks)
+
+
+@contextlib.contextmanager
+def _locked(rundir: run_dir.RunDir) -> Iterator[None]:
+  """Process 0 holds the run directory's lock; where another run holds it, every process
+  stops (the others would wait for process 0 at their first collective)."""
+  with contextlib.ExitStack() as held:
+    lock = rundir.lock() if jax.process_index() == 0 else contextlib.nullcontext()
+    error, _ = sharding.agree("locking the run directory", held.enter_context, lock)
+    if error is not None:
+      raise error
+    yield
 
 
 def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
@@ -349,27 +359,14 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     resume.warn_if_data_changed(start, split_windows)
     counts, eval_windows = _log_start(config, layout, sources, start)
     compiled_step = _compile(setup, start.state, layout, shardings)
-    sink_config = defaults.view(sinks.SinkConfig, config)
-    error, libraries = sharding.agree(  # every process stops if process 0's fail to load
-        "loading tensorboardX or W&B", sinks.start_libraries if writes else lambda *_: None,
-        sink_config, rundir, config.to_dict())
-    if error is not None:
-      raise error
-    # The run is accepted: before this, nothing in out_dir has changed.
-    checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
+    run_sinks = _accept(config, rundir, checkpoints, start, accepted, writes)
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
-  if writes:
-    checkpoints.remove_unfinished()
-    rundir.write_config(config)
-    rundir.keep_metrics_until(start.iter if loop_config.resumed else None,
-                              evaluated=start.evaluated)
 
   eval_step = train_step.make_eval_step(setup.model)
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
-               sinks.open_sinks(sink_config, rundir, libraries, start_iter=start.iter,
-                                resumed=loop_config.resumed) if writes else sinks.Sinks([]),
+               run_sinks,
                lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
                {**resume.data_layout(layout, config.data_workers),
                 "eval_batch_windows": eval_windows // config.eval_iters,
@@ -384,6 +381,37 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     _log_whats_next(config.out_dir, checkpoints, start.unreadable, config.sample_start,
                     config.block_size)
   return loop.losses
+
+
+def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
+            checkpoints: checkpoint.Checkpoints, start: resume.Start, accepted: bool,
+            writes: bool) -> sinks.Sinks:
+  """The run's changes to out_dir, in order, each agreed (where one fails on any process,
+  every process stops): tensorboardX and W&B loaded first (a missing one leaves the run as it
+  was), then unreadable checkpoints set aside, then what process 0 writes (`writes`):
+  unfinished saves removed, config.json, the metrics a resume keeps, the loop's sinks."""
+  sink_config = defaults.view(sinks.SinkConfig, config)
+  error, libraries = sharding.agree(
+      "loading tensorboardX or W&B", sinks.start_libraries if writes else lambda *_: None,
+      sink_config, rundir, config.to_dict())
+  if error is not None:
+    raise error
+  # The run is accepted: before this, nothing in out_dir has changed.
+  checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
+  resumed = config.init_from == "resume"
+
+  def open_files() -> sinks.Sinks:
+    checkpoints.remove_unfinished()
+    rundir.write_config(config)
+    rundir.keep_metrics_until(start.iter if resumed else None, evaluated=start.evaluated)
+    return sinks.open_sinks(sink_config, rundir, libraries, start_iter=start.iter,
+                            resumed=resumed)
+
+  error, run_sinks = sharding.agree("writing the run's files",
+                                    open_files if writes else lambda: sinks.Sinks([]))
+  if error is not None:
+    raise error
+  return run_sinks
 
 
 def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shardings: Any,

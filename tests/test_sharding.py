@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -192,6 +193,37 @@ def test_two_processes_stop_together_when_process_0_cannot_load_a_library(tmp_pa
   assert "config.wandb_log=True needs the 'wandb' package" in done[0].stderr
   assert "loading tensorboardX or W&B failed on process(es) [0], whose error says why" in done[1].stderr
   assert not os.path.exists(os.path.join(tmp_path, "multi", "run", "metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_another_run_holds_the_run_directory(tmp_path,
+                                                                             token_dir):
+  """Process 0 alone takes the lock: process 1 stops with it instead of waiting for it."""
+  run = tmp_path / "multi" / "run"
+  run.mkdir(parents=True)
+  held = os.open(run / "run.lock", os.O_RDWR | os.O_CREAT)
+  fcntl.flock(held, fcntl.LOCK_EX)
+  os.pwrite(held, b"pid 1 on elsewhere", 0)
+  try:
+    done = run_two(str(tmp_path / "multi"), token_dir, timeout=240, **RUN)
+  finally:
+    os.close(held)
+  assert [d.returncode for d in done] == [1, 1]
+  assert f"{run} is in use by another run (pid 1 on elsewhere)" in done[0].stderr
+  assert "locking the run directory failed on process(es) [0], whose error says why" in done[1].stderr
+  assert os.listdir(run) == ["run.lock"]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_process_0_cannot_write_the_run_s_files(tmp_path,
+                                                                                 token_dir):
+  run = tmp_path / "multi" / "run"
+  (run / "config.json").mkdir(parents=True)  # stands in for a file process 0 cannot write
+  done = run_two(str(tmp_path / "multi"), token_dir, timeout=240, **RUN)
+  assert [d.returncode for d in done] == [1, 1]
+  assert "Is a directory" in done[0].stderr and "config.json" in done[0].stderr
+  assert "writing the run's files failed on process(es) [0], whose error says why" in done[1].stderr
+  assert not os.path.exists(run / "metrics.jsonl")
 
 
 def test_processes_read_disjoint_windows_that_together_make_the_global_batch(token_dir):
