@@ -60,8 +60,8 @@ def read_tokens(path: str) -> np.ndarray:
   if path.endswith(".npy"):
     try:
       tokens = np.load(path, mmap_mode="r")
-    except ValueError as e:
-      raise ShardError(f"{path}: not a readable .npy file ({e})") from e
+    except (ValueError, EOFError) as e:  # EOFError: an empty file (a writer killed at once)
+      raise ShardError(f"{path}: not a readable .npy file ({e or type(e).__name__})") from e
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
       raise ShardError(f"{path}: expected a 1-D uint16 array, got {tokens.dtype} "
                        f"with shape {tokens.shape}")

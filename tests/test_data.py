@@ -94,6 +94,14 @@ def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
     token_files.read_tokens(path)
 
 
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY\x01"], ids=["empty", "cut-in-header"])
+def test_an_unreadable_npy_shard_is_rejected_naming_the_file(tmp_path, content):
+  path = tmp_path / "edu_train_000003.npy"
+  path.write_bytes(content)
+  with pytest.raises(token_files.ShardError, match="edu_train_000003.npy: not a readable .npy"):
+    token_files.read_tokens(str(path))
+
+
 def test_a_shard_beyond_the_headers_int32_count_is_refused_before_writing(tmp_path):
   path = tmp_path / "big_train_0.bin"
   with pytest.raises(token_files.ShardError, match="2,147,483,648 tokens; a shard holds "
