@@ -129,6 +129,7 @@ class _Loop:
     self.last_saved = start.iter if config.resumed else None
     self.losses: dict[str, float] = {}
     self.pending: tuple[int, dict[str, jax.Array]] | None = None  # a log not yet fetched
+    self.failure: checkpoint.SaveError | None = None  # a write that failed, for `check_failures`
     self.mark_time(start.iter)
 
   def tokens(self, it: int) -> int:
@@ -140,6 +141,7 @@ class _Loop:
     self.last_log_time, self.last_log_iter = time.perf_counter(), it
 
   def save(self, it: int, val_loss: float | None) -> None:
+    self.check_failures(wait=True)  # the previous save, on every process, before this one
     if val_loss is not None:
       self.keep_if_best(it, val_loss)
     meta = {"config": self.saved_config, "iter": it, "tokens": self.tokens(it),
@@ -156,14 +158,37 @@ class _Loop:
       self.checkpoints.keep_best(it)
 
   def write(self, record: dict[str, Any]) -> None:
-    """Hands a record to the sinks; a write the disk refuses stops the run as a failed save does."""
+    """Hands a record to the sinks; a write the disk refuses stops the run as a failed save does
+    (with several processes, at their next `check_failures`: only process 0 writes)."""
     try:
       self.writer.write(record)
     except OSError as e:
-      raise checkpoint.SaveError(
+      error = checkpoint.SaveError(
           f"writing the {record['event']} record of iteration {record['iter']} failed: "
           f"{os.strerror(e.errno) if e.errno else e} [errno {e.errno}]; the run stopped; "
-          f"{self.checkpoints.where_to_go_on()}") from e
+          f"{self.checkpoints.where_to_go_on()}")
+      if jax.process_count() == 1:
+        raise error from e
+      self.failure = self.failure or error
+
+  def check_failures(self, *, wait: bool = False) -> None:
+    """Raises a failed background save (once it has landed, with `wait`) or metrics write.
+
+    Each process sees only its own saves and process 0 alone writes metrics, so
+    every process calls this at the same points, and where one failed all raise
+    there: one stopping alone would leave the others waiting at a collective.
+    """
+    def failed_here() -> None:
+      if wait:
+        self.checkpoints.wait()
+      else:
+        self.checkpoints.check_saves()
+      if self.failure is not None:
+        raise self.failure
+
+    error, _ = sharding.agree("a checkpoint save or a metrics write", failed_here)
+    if error is not None:
+      raise error
 
   def check_finite(self, it: int, count: int) -> None:
     """Stops the run once more iterations were non-finite than `skip_nonfinite` allows.
@@ -255,7 +280,7 @@ class _Loop:
     if self.last_saved != it:
       self.check_finite(it - 1, int(self.state.nonfinite))  # the state to save is good
       self.save(it, None)
-    self.checkpoints.wait()
+    self.check_failures(wait=True)
     logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
                     "command plus --config.init_from=resume", reason, it)
 
@@ -300,11 +325,13 @@ def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
     if queued is not None:
       queued.block_until_ready()
     queued = step_metrics["loss"]
-    loop.checkpoints.check_saves()  # a failed background save stops the run now
+    if signals.processes == 1 or it % config.log_interval == 0:  # agreeing is a host sync
+      loop.check_failures()  # a failed background save or metrics write stops the run now
     loop.flush_log()  # the previous log's step is done, or nearly: this one is queued
     if it % config.log_interval == 0:
       loop.defer_log(it, step_metrics)
   loop.flush_log()
+  loop.check_failures(wait=True)  # before what follows the loop (the closing sample) computes
 
 
 def train(config: ml_collections.ConfigDict, *, params: Any = None,

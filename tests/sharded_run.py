@@ -5,9 +5,11 @@ distributed runtime must be set before jax starts:
 
   python tests/sharded_run.py --devices=8 --out=DIR --data=DIR --overrides='{"sharding": "fsdp"}'
   python tests/sharded_run.py --process_id=0 --num_processes=2 --coordinator=localhost:PORT ...
+  python tests/sharded_run.py ... --full_disk_from_iter=5  # metrics writes fail from iter 5
 """
 
 import argparse
+import errno
 import json
 import os
 import pathlib
@@ -21,6 +23,8 @@ parser.add_argument("--coordinator", default="")
 parser.add_argument("--out", required=True)
 parser.add_argument("--data", required=True)
 parser.add_argument("--overrides", default="{}")
+parser.add_argument("--full_disk_from_iter", type=int, default=-1,
+                    help="metrics.jsonl writes fail from this iteration, as on a full disk")
 args = parser.parse_args()
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -30,9 +34,18 @@ import jax
 from absl import flags
 from conftest import setup_of, tiny_config
 
-from jaxgpt import sharding, train
+from jaxgpt import sharding, sinks, train
 
 flags.FLAGS.mark_as_parsed()
+if args.full_disk_from_iter >= 0:
+  write_metrics = sinks.MetricsWriter.write
+
+  def write_until_full(self, record):
+    if record["iter"] >= args.full_disk_from_iter:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write_metrics(self, record)
+
+  sinks.MetricsWriter.write = write_until_full
 sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 config = tiny_config(pathlib.Path(args.out), args.data, **json.loads(args.overrides))
 losses = train.train(config)

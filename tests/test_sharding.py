@@ -87,14 +87,14 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two(out: str, token_dir: str, timeout: float, **overrides
-            ) -> list[subprocess.CompletedProcess]:
-  """Runs tests/sharded_run.py as the two processes of one run, to their end."""
+def run_two(out: str, token_dir: str, timeout: float, *, flags: tuple[str, ...] = (),
+            **overrides) -> list[subprocess.CompletedProcess]:
+  """Runs tests/sharded_run.py (with `flags`) as the two processes of one run, to their end."""
   port = free_port()
   env = dict(os.environ, PYTHONPATH=ROOT)
   args = [[sys.executable, os.path.join(HERE, "sharded_run.py"), f"--out={out}",
            f"--data={token_dir}", f"--process_id={i}", "--num_processes=2",
-           f"--coordinator=localhost:{port}", f"--overrides={json.dumps(overrides)}"]
+           f"--coordinator=localhost:{port}", f"--overrides={json.dumps(overrides)}", *flags]
           for i in range(2)]
   procs = [subprocess.Popen(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for a in args]
@@ -224,6 +224,23 @@ def test_two_processes_stop_together_when_process_0_cannot_write_the_run_s_files
   assert "Is a directory" in done[0].stderr and "config.json" in done[0].stderr
   assert "writing the run's files failed on process(es) [0], whose error says why" in done[1].stderr
   assert not os.path.exists(run / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_process_0_cannot_write_the_metrics(tmp_path,
+                                                                             token_dir):
+  """Process 0 alone writes metrics.jsonl: where its disk is full both stop at the next log
+  interval, saying why, instead of process 1 waiting for it at the next step."""
+  done = run_two(str(tmp_path / "multi"), token_dir, timeout=240,
+                 flags=("--full_disk_from_iter=3",),
+                 **dict(RUN, max_iters=20, eval_interval=10, log_interval=2))
+  assert [d.returncode for d in done] == [1, 1]
+  assert ("writing the train record of iteration 4 failed: No space left on device [errno 28]"
+          in done[0].stderr)
+  assert ("a checkpoint save or a metrics write failed on process(es) [0], whose error says "
+          "why") in done[1].stderr
+  trained = records(str(tmp_path / "multi" / "run"), "train")
+  assert [r["iter"] for r in trained] == [0, 2]
 
 
 def test_processes_read_disjoint_windows_that_together_make_the_global_batch(token_dir):
