@@ -23,8 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from absl import flags
 from matplotlib import ticker
+from matplotlib.backend_bases import FigureCanvasBase
 
 from jaxgpt import cli, defaults, formatting, optim, run_dir
+from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 
 Run = run_dir.Records
@@ -179,8 +181,12 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
   fig.legend(handles=handles, loc="outside lower center", fontsize=9,
              ncol=min(len(runs), 4) if len(runs) > 1 else 3)
   ax.set_title("loss against tokens" + (" (log scale)" if logx else ""))
-  fig.savefig(path)
-  plt.close(fig)
+  try:
+    fig.savefig(path)
+  except OSError as e:
+    raise UserError(f"--out={path}: cannot write the plot there ({e.strerror})") from None
+  finally:
+    plt.close(fig)
 
 
 def _plot_hellaswag(ax: plt.Axes, runs: dict[str, Run], keep: Callable[[float], bool]) -> None:
@@ -204,12 +210,29 @@ def _names(out_dirs: list[str]) -> list[str]:
   return [n if names.count(n) == 1 else os.path.normpath(d) for n, d in zip(names, out_dirs)]
 
 
+def _checked_out(path: str) -> str:
+  """--out as the plot will be written (matplotlib adds .png to a name without a kind),
+  refused before the summaries print where the plot cannot go there."""
+  if os.path.isdir(path):
+    raise UserError(f"--out={path}: a directory; give a file, e.g. "
+                    f"{os.path.join(path, 'report.png')}")
+  kind = os.path.splitext(path)[1][1:].lower()
+  if not kind:
+    return f"{path}.png"
+  if kind not in FigureCanvasBase.get_supported_filetypes():
+    raise UserError(f"--out={path}: matplotlib cannot write .{kind} files; use .png, .pdf or "
+                    ".svg")
+  if not os.path.isdir(os.path.dirname(path) or "."):
+    raise UserError(f"--out={path}: no directory {os.path.dirname(path)}")
+  return path
+
+
 def main() -> None:
   FLAGS = flags.FLAGS
+  path = _checked_out(FLAGS.out) if FLAGS.out else run_dir.RunDir(FLAGS.out_dir[0]).report_path
   named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
   runs = {name: load(d) for name, d in named.items()}
   print("\n\n".join(summary(name, run) for name, run in runs.items()))
-  path = FLAGS.out or run_dir.RunDir(FLAGS.out_dir[0]).report_path
   plot(runs, path, logx=FLAGS.logx,
        configs={name: run_dir.RunDir(d).read_config() for name, d in named.items()})
   print(f"\nwrote {path}")

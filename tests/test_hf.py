@@ -92,6 +92,22 @@ def test_a_model_of_another_vocabulary_is_exported_without_gpt2s_tokenizer(tmp_p
   assert (hf_config.vocab_size, hf_config.bos_token_id, hf_config.eos_token_id) == (65, None, None)
 
 
+def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
+  """A write that fails midway (a full disk) leaves neither --out nor a partial folder."""
+  arch = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
+          "bias": True, "gelu_approximate": True}
+  config = GPTConfig.from_config(gpt2_config(arch))
+
+  def full_disk(path, value):
+    raise OSError(28, "No space left on device", path)
+
+  monkeypatch.setattr(gpt2, "_write_json", full_disk)
+  with pytest.raises(UserError, match=r"out: writing the export failed \(No space left on "
+                                      r"device\); nothing was left there"):
+    gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(tmp_path / "out"))
+  assert os.listdir(tmp_path) == []
+
+
 def test_export_crops_the_padded_vocabulary(tmp_path):
   import safetensors.numpy
 

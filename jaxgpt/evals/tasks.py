@@ -101,6 +101,8 @@ def read_text_tokens(path: str) -> list[int]:
       text = f.read()
   except FileNotFoundError:
     raise UserError(f"text:{path}: no such file") from None
+  except OSError as e:  # a directory, no permission
+    raise UserError(f"text:{path}: {e.strerror}") from None
   except UnicodeDecodeError as e:
     raise UserError(f"text:{path}: not UTF-8 text ({e})") from None
   return tokenizer.gpt2().encode_ordinary(text)

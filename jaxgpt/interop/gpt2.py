@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -160,8 +161,9 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
     return huggingface_hub.snapshot_download(
         repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"])
   except Exception as e:
-    raise UserError(f"could not download {repo} from the Hugging Face Hub ({e}); fetch it "
-                       "where there is internet and pass hf_checkpoint_dir=DIR") from e
+    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # one line
+    raise UserError(f"could not download {repo} from the Hugging Face Hub ({why}); fetch it "
+                    "where there is internet and pass hf_checkpoint_dir=DIR") from e
 
 
 def differences(cfg: GPTConfig) -> list[str]:
@@ -182,7 +184,9 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   something else. The vocabulary is cropped to GPT-2's 50257 (the rest is
   padding). The tokenizer files are GPT-2's own, written only for a model
   that speaks GPT-2's tokens (a character-level one gets none: returns
-  False). Files get the usual permissions (the process's umask).
+  False). Files get the usual permissions (the process's umask). They are
+  written into a hidden folder beside `to_dir`, renamed to it when all are
+  written: a failed export leaves nothing.
   """
   departures = differences(config)
   if departures:
@@ -198,22 +202,41 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:vocab]
   if not config.bias:
     tensors.update(_zero_biases(tensors))
-  os.makedirs(to_dir, exist_ok=True)
+  target = os.path.abspath(to_dir)
+  try:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
+  except OSError as e:
+    raise UserError(f"{to_dir}: cannot write there ({e.strerror}); nothing was written") from None
+  try:
+    _write_files(staging, tensors, _hf_config(config, vocab), bpe_files,
+                 config.block_size if with_tokenizer else None)
+    os.rename(staging, target)  # onto an empty directory too
+  except OSError as e:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise UserError(f"{to_dir}: writing the export failed ({e.strerror}); nothing was "
+                    "left there") from None
+  return with_tokenizer
+
+
+def _write_files(to_dir: str, tensors: dict[str, np.ndarray], hf_config: dict[str, Any],
+                 bpe_files: dict[str, str], tokenizer_max_length: int | None) -> None:
+  """The export's files, with the permissions the umask gives (mkdtemp made `to_dir` 0700)."""
   safetensors.numpy.save_file(tensors, os.path.join(to_dir, "model.safetensors"),
                               metadata={"format": "pt"})
-  _write_json(os.path.join(to_dir, "config.json"), _hf_config(config, vocab))
+  _write_json(os.path.join(to_dir, "config.json"), hf_config)
   for name, source in bpe_files.items():
     shutil.copyfile(source, os.path.join(to_dir, name))
-  if with_tokenizer:
+  if tokenizer_max_length is not None:
     _write_json(os.path.join(to_dir, "tokenizer_config.json"), {
-        "tokenizer_class": "GPT2Tokenizer", "model_max_length": config.block_size,
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": tokenizer_max_length,
         "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
         "add_prefix_space": False})
   umask = os.umask(0)
   os.umask(umask)
   for name in os.listdir(to_dir):
     os.chmod(os.path.join(to_dir, name), 0o666 & ~umask)
-  return with_tokenizer
+  os.chmod(to_dir, 0o777 & ~umask)
 
 
 def _zero_biases(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

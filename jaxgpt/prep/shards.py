@@ -108,7 +108,10 @@ class _Progress:
 
 
 def check_out_dir(out_dir: str) -> None:
-  """Refuses an `out` that holds a finished dataset or token files this tool did not stage."""
+  """Refuses an `out` that is a file, or holds a finished dataset or token files this tool did
+  not stage."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise PrepareError(f"{out_dir}: a file, not a directory; choose another --out")
   meta_path = os.path.join(out_dir, token_files.META_FILE)
   if os.path.isfile(meta_path):
     raise PrepareError(f"{meta_path}: {out_dir} already holds a prepared dataset; remove the "
@@ -134,7 +137,11 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   if os.path.isdir(staging):
     print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
     shutil.rmtree(staging)
-  os.makedirs(staging)
+  try:
+    os.makedirs(staging)
+  except OSError as e:
+    raise PrepareError(f"{out_dir}: cannot write there ({e.strerror}); choose another --out"
+                       ) from None
   try:
     writers = {s: _ShardWriter(staging, name, s, shard_tokens) for s in token_files.SPLITS}
     bar = _Progress(total_bytes, max_tokens, progress)
