@@ -218,7 +218,7 @@ def _checked_out(path: str) -> str:
                     f"{os.path.join(path, 'report.png')}")
   kind = os.path.splitext(path)[1][1:].lower()
   if not kind:
-    return f"{path}.png"
+    path, kind = f"{path}.png", "png"
   if kind not in FigureCanvasBase.get_supported_filetypes():
     raise UserError(f"--out={path}: matplotlib cannot write .{kind} files; use .png, .pdf or "
                     ".svg")

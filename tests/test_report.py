@@ -167,3 +167,13 @@ def test_task_scores_get_a_table_and_a_second_panel(tmp_path):
   report.plot({"a": run, "b": report.load(write_run(tmp_path / "b"))}, path)
   height, width, _ = matplotlib.image.imread(path).shape
   assert (width, height) == (1000, 900)
+
+
+def test_out_is_checked_before_the_summaries_and_named_as_written(tmp_path):
+  assert report._checked_out(str(tmp_path / "plot")) == str(tmp_path / "plot.png")
+  assert report._checked_out(str(tmp_path / "plot.svg")) == str(tmp_path / "plot.svg")
+  for out, why in [(tmp_path, "a directory; give a file"),
+                   (tmp_path / "no" / "plot", "no directory"),  # .png added, then checked
+                   (tmp_path / "plot.txt", "matplotlib cannot write .txt files")]:
+    with pytest.raises(UserError, match=why):
+      report._checked_out(str(out))

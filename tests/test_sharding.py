@@ -210,7 +210,8 @@ def test_two_processes_stop_together_when_another_run_holds_the_run_directory(tm
     os.close(held)
   assert [d.returncode for d in done] == [1, 1]
   assert f"{run} is in use by another run (pid 1 on elsewhere)" in done[0].stderr
-  assert "locking the run directory failed on process(es) [0], whose error says why" in done[1].stderr
+  assert ("locking the run directory failed on process(es) [0], whose error says why"
+          in done[1].stderr)
   assert os.listdir(run) == ["run.lock"]
 
 
@@ -222,7 +223,8 @@ def test_two_processes_stop_together_when_process_0_cannot_write_the_run_s_files
   done = run_two(str(tmp_path / "multi"), token_dir, timeout=240, **RUN)
   assert [d.returncode for d in done] == [1, 1]
   assert "Is a directory" in done[0].stderr and "config.json" in done[0].stderr
-  assert "writing the run's files failed on process(es) [0], whose error says why" in done[1].stderr
+  assert ("writing the run's files failed on process(es) [0], whose error says why"
+          in done[1].stderr)
   assert not os.path.exists(run / "metrics.jsonl")
 
 

@@ -203,9 +203,10 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   if not config.bias:
     tensors.update(_zero_biases(tensors))
   target = os.path.abspath(to_dir)
+  parent = os.path.dirname(target)
   try:
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
   except OSError as e:
     raise UserError(f"{to_dir}: cannot write there ({e.strerror}); nothing was written") from None
   try:

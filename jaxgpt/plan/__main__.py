@@ -30,20 +30,25 @@ def _define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_list("max_iters", [], "Candidate max_iters, comma-separated (default: the "
                     "config's, Chinchilla's and the data's limit). lr_decay_iters follows each.")
-  flags.DEFINE_float("tokens_per_sec", None, lower_bound=0, help="Throughput for the time column (default: the "
-                     "median measured in the config's out_dir/metrics.jsonl).")
+  flags.DEFINE_float("tokens_per_sec", None, lower_bound=0,
+                     help="Throughput for the time column (default: the median measured in the "
+                     "config's out_dir/metrics.jsonl).")
   flags.DEFINE_string("train_tokens", None, "Tokens in the train split, e.g. 3.68B (default: "
                       "counted from the shards, or meta.json, in the config's data dir).")
-  flags.DEFINE_integer("devices", 1, lower_bound=1, help="GPUs in the run: tokens per iteration grow with them, "
-                       "and --device compiles the step for that many (config.sharding).")
+  flags.DEFINE_integer("devices", 1, lower_bound=1,
+                       help="GPUs in the run: tokens per iteration grow with them, and --device "
+                       "compiles the step for that many (config.sharding).")
   flags.DEFINE_string("device", "", "A GPU, e.g. 'RTX 4070' or 'H100': the train step is "
                       "compiled for it (with JAX's CUDA plugin; no GPU needed) to say whether "
                       "it fits, and without a measured throughput its time is estimated at "
                       "--mfu of its peak bf16 FLOP/s.")
-  flags.DEFINE_float("mfu", 0.4, lower_bound=0, upper_bound=1, help="--device: the model FLOPs utilisation the estimate assumes.")
-  flags.DEFINE_float("peak_flops", 0.0, lower_bound=0, help="--device: its peak FLOP/s, where the table lacks it.")
-  flags.DEFINE_float("memory_gib", 0.0, lower_bound=0, help="Check the step against a card of this much memory "
-                     "with the CPU's estimate (without it: --device's plan, compiled for it).")
+  flags.DEFINE_float("mfu", 0.4, lower_bound=0, upper_bound=1,
+                     help="--device: the model FLOPs utilisation the estimate assumes.")
+  flags.DEFINE_float("peak_flops", 0.0, lower_bound=0,
+                     help="--device: its peak FLOP/s, where the table lacks it.")
+  flags.DEFINE_float("memory_gib", 0.0, lower_bound=0,
+                     help="Check the step against a card of this much memory with the CPU's "
+                     "estimate (without it: --device's plan, compiled for it).")
   flags.mark_flags_as_required(["config"])
 
 
