@@ -25,7 +25,7 @@ import sys
 
 from absl import flags
 
-from jaxgpt import cli, token_files
+from jaxgpt import cli
 from jaxgpt.errors import UserError
 from jaxgpt.prep import datasets, fineweb, shards
 from jaxgpt.prep.tokenize import cpu_count
@@ -64,7 +64,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("workers", cpu_count(), "Tokenizer processes (default: all cores).",
                        lower_bound=1)
   flags.DEFINE_integer("shard_tokens", shards.SHARD_TOKENS, "Tokens per shard file.",
-                       lower_bound=1, upper_bound=token_files.MAX_SHARD_TOKENS)
+                       lower_bound=1, upper_bound=shards.MAX_SHARD_TOKENS)
   flags.mark_flags_as_required(["out"])
 
 

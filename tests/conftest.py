@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from absl import flags
 
-from jaxgpt import defaults, run_dir, token_files, train, train_step
+from jaxgpt import defaults, run_dir, train, train_step
 from jaxgpt.interop import weights
 from jaxgpt.model import GPTConfig
+from jaxgpt.prep import shards
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
 flags.FLAGS.mark_as_parsed()
@@ -118,9 +119,9 @@ def token_dir(tmp_path) -> str:
   """llm.c shards of a learnable synthetic stream: two train files and one val file."""
   d = tmp_path / "data"
   d.mkdir()
-  token_files.write_shard(str(d / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
-  token_files.write_shard(str(d / "syn_train_000001.bin"), pattern_tokens(2000, seed=2))
-  token_files.write_shard(str(d / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
+  shards.write_shard(str(d / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
+  shards.write_shard(str(d / "syn_train_000001.bin"), pattern_tokens(2000, seed=2))
+  shards.write_shard(str(d / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
   return str(d)
 
 

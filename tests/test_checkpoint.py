@@ -25,8 +25,9 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, preemption, run_dir, token_files, train, train_step
+from jaxgpt import checkpoint, preemption, run_dir, train, train_step
 from jaxgpt.errors import UserError
+from jaxgpt.prep import shards
 
 
 @pytest.mark.parametrize("dropout,workers", [(0.0, 0),
@@ -119,7 +120,7 @@ def poison_windows(token_dir: str) -> None:
   """Adds a train shard whose windows hold token 95, which the patched loss turns into NaN."""
   tokens = pattern_tokens(400, seed=9)
   tokens[::7] = 95
-  token_files.write_shard(os.path.join(token_dir, "syn_train_000002.bin"), tokens)
+  shards.write_shard(os.path.join(token_dir, "syn_train_000002.bin"), tokens)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from conftest import pattern_tokens, run_python, tiny_config, write_config_file
 
 import launch
-from jaxgpt import token_files
+from jaxgpt.prep import shards
 
 pytestmark = pytest.mark.slow  # a dozen command lines; test_config checks one of them always
 
@@ -17,8 +17,8 @@ def trained(tmp_path_factory) -> dict[str, str]:
   tmp_path = tmp_path_factory.mktemp("cli")
   data_dir = tmp_path / "data"
   data_dir.mkdir()
-  token_files.write_shard(str(data_dir / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
-  token_files.write_shard(str(data_dir / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
+  shards.write_shard(str(data_dir / "syn_train_000000.bin"), pattern_tokens(3000, seed=1))
+  shards.write_shard(str(data_dir / "syn_val_000000.bin"), pattern_tokens(1000, seed=3))
   launch.run(tiny_config(tmp_path, str(data_dir), max_iters=2, eval_interval=2,
                          vocab_size=50304))  # GPT-2's tokens: sample refuses fewer
   (tmp_path / "full").mkdir()

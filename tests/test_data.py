@@ -12,12 +12,13 @@ from conftest import pattern_tokens
 
 from jaxgpt import data, token_files
 from jaxgpt.errors import UserError
+from jaxgpt.prep import shards
 
 
 def test_llmc_shard_round_trip(tmp_path):
   tokens = np.arange(1000, dtype=np.uint16) * 50
   path = str(tmp_path / "x_train_000000.bin")
-  token_files.write_shard(path, tokens)
+  shards.write_shard(path, tokens)
   header = np.fromfile(path, dtype="<i4", count=256)
   assert list(header[:3]) == [20240520, 1, 1000]
   np.testing.assert_array_equal(token_files.read_tokens(path), tokens)
@@ -38,7 +39,7 @@ def test_reads_nanogpt_bin_and_build_nanogpt_npy(tmp_path):
 def test_a_dataset_s_name_never_moves_a_file_to_the_other_split(tmp_path, name):
   """Shards are named NAME_SPLIT_N.bin after their folder; 'val' in 'medieval' is no split."""
   for split in token_files.SPLITS:
-    token_files.write_shard(str(tmp_path / f"{name}_{split}_000000.bin"), pattern_tokens(50))
+    shards.write_shard(str(tmp_path / f"{name}_{split}_000000.bin"), pattern_tokens(50))
   for split in token_files.SPLITS:
     assert token_files.find_shards(str(tmp_path), split) == [
         str(tmp_path / f"{name}_{split}_000000.bin")]
@@ -54,7 +55,7 @@ def test_the_trainer_reads_each_format(tmp_path, layout):
     elif layout == "build-nanogpt":
       np.save(tmp_path / f"edufineweb_{split}_000000.npy", t)
     else:
-      token_files.write_shard(str(tmp_path / f"fineweb_{split}_000000.bin"), t)
+      shards.write_shard(str(tmp_path / f"fineweb_{split}_000000.bin"), t)
   for split, t in tokens.items():
     src = data.open_split(str(tmp_path), split, block_size=8, vocab_size=96)
     assert len(src) == (len(t) - 1) // 8
@@ -87,7 +88,7 @@ def test_a_nanogpt_character_dataset_sets_the_vocabulary(tmp_path):
 
 def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
   path = str(tmp_path / "a_train_000000.bin")
-  token_files.write_shard(path, np.arange(100, dtype=np.uint16))
+  shards.write_shard(path, np.arange(100, dtype=np.uint16))
   with open(path, "r+b") as f:
     f.truncate(256 * 4 + 150)
   with pytest.raises(token_files.ShardError, match="a_train_000000.bin: header says 100 tokens"):
@@ -106,20 +107,20 @@ def test_a_shard_beyond_the_headers_int32_count_is_refused_before_writing(tmp_pa
   path = tmp_path / "big_train_0.bin"
   with pytest.raises(token_files.ShardError, match="2,147,483,648 tokens; a shard holds "
                                                   "2,147,483,647"):
-    token_files.write_shard(str(path), np.broadcast_to(np.uint16(7), (2**31,)))
+    shards.write_shard(str(path), np.broadcast_to(np.uint16(7), (2**31,)))
   assert not os.listdir(tmp_path)
 
 
 def test_token_beyond_vocab_is_rejected_naming_the_file(tmp_path):
-  token_files.write_shard(str(tmp_path / "t_train_0.bin"), np.array([1, 2, 500] * 50, np.uint16))
+  shards.write_shard(str(tmp_path / "t_train_0.bin"), np.array([1, 2, 500] * 50, np.uint16))
   with pytest.raises(token_files.ShardError, match=r"t_train_0.bin: token id 500 >= vocab_size 96"):
     data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96)
 
 
 def test_windows_cover_every_token_once_per_epoch(tmp_path):
   a, b = np.arange(0, 41, dtype=np.uint16), np.arange(100, 133, dtype=np.uint16)
-  token_files.write_shard(str(tmp_path / "s_train_0.bin"), a)
-  token_files.write_shard(str(tmp_path / "s_train_1.bin"), b)
+  shards.write_shard(str(tmp_path / "s_train_0.bin"), a)
+  shards.write_shard(str(tmp_path / "s_train_1.bin"), b)
   src = data.open_split(str(tmp_path), "train", block_size=8, vocab_size=200)
   assert len(src) == 5 + 4  # (41-1)//8 + (33-1)//8
   w = [src[i] for i in range(len(src))]

@@ -17,13 +17,12 @@ from jaxgpt import (
   run_dir,
   sharding,
   summary,
-  token_files,
   train,
   train_step,
 )
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
 from jaxgpt.plan import iters, memory, targets
-from jaxgpt.prep import datasets
+from jaxgpt.prep import datasets, shards
 
 
 def test_fineweb_40m_figures_match_hand_computed_ones():
@@ -54,7 +53,7 @@ def test_train_tokens_come_from_shards_or_meta(tmp_path, token_dir):
   assert iters.count_train_tokens(token_dir) == 3000 + 2000  # the fixture's two train shards
   meta_only = tmp_path / "meta_only"
   meta_only.mkdir()
-  token_files.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
+  shards.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
   assert iters.count_train_tokens(str(meta_only)) == 12345
   assert iters.count_train_tokens(str(tmp_path / "nothing")) is None
   p = summary.summarize(tiny_config(tmp_path, token_dir), train_tokens=None)

@@ -25,10 +25,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxgpt import attention, data, defaults, summary, token_files, train_step
+from jaxgpt import attention, data, defaults, summary, train_step
 from jaxgpt.bench import memory
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPTConfig, count_params
+from jaxgpt.prep import shards
 
 _SHARD_ITERS = 8  # the synthetic shard holds this many iterations of tokens
 _TORCH_DEVICE = {"gpu": "cuda", "cpu": "cpu"}  # JAX platform -> the torch device of the peer
@@ -67,7 +68,7 @@ def write_synthetic_shard(directory: str, n_tokens: int, vocab_size: int, seed: 
   """An llm.c train shard of `n_tokens` random tokens."""
   tokens = np.random.default_rng(seed).integers(0, vocab_size, size=n_tokens)
   path = os.path.join(directory, "synthetic_train_000000.bin")
-  token_files.write_shard(path, tokens.astype(np.uint16))
+  shards.write_shard(path, tokens.astype(np.uint16))
   return path
 
 
@@ -166,7 +167,7 @@ def _about(config: ml_collections.ConfigDict, setup: train_step.TrainSetup,
       "dtype": config.dtype, "gradient_accumulation_steps": config.gradient_accumulation_steps,
       "batch_size": config.batch_size,
       "tokens_per_iter": setup.step.tokens_per_iter(1),
-      "n_params": setup.n_params,
+      "n_params": count_params(setup.abstract_state.params),
       "n_params_total": count_params(setup.abstract_state.params, non_embedding=False),
   }
 

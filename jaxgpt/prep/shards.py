@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import sys
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,32 @@ SHARD_TOKENS = 100_000_000  # tokens per shard file, as llm.c's FineWeb script w
 VAL_FRACTION = 0.1
 VAL_TOKENS = 10_000_000
 STAGING = ".incomplete"
+MAX_SHARD_TOKENS = 2**31 - 1  # the header counts tokens in an int32
+
+
+def write_shard(path: str, tokens: np.ndarray) -> None:
+  """Writes an llm.c shard (token_files.py reads it) atomically: a reader never sees half."""
+  tokens = np.asarray(tokens)
+  if tokens.size > MAX_SHARD_TOKENS:
+    raise token_files.ShardError(f"{path}: {tokens.size:,} tokens; a shard holds "
+                                 f"{MAX_SHARD_TOKENS:,}")
+  if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+    raise token_files.ShardError(f"{path}: token ids must fit in uint16, got range "
+                                 f"[{tokens.min()}, {tokens.max()}]")
+  header = np.zeros(token_files.HEADER_INTS, dtype="<i4")
+  header[:3] = (token_files.MAGIC, token_files.VERSION, tokens.size)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(header.tobytes())
+    f.write(np.ascontiguousarray(tokens, dtype="<u2").data)  # no copy of a uint16 array
+  os.replace(tmp, path)
+
+
+def write_meta(data_dir: str, meta: dict[str, Any]) -> None:
+  tmp = os.path.join(data_dir, f".{token_files.META_FILE}.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, os.path.join(data_dir, token_files.META_FILE))
 
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
@@ -65,7 +93,7 @@ class _ShardWriter:
   def flush(self) -> None:
     if self.filled:
       path = os.path.join(self.out_dir, f"{self.name}_{self.split}_{len(self.paths):06d}.bin")
-      token_files.write_shard(path, self.buffer[:self.filled])
+      write_shard(path, self.buffer[:self.filled])
       self.paths.append(path)
       self.filled = 0
 
@@ -164,7 +192,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
     for writer in writers.values():
       for path in writer.paths:
         os.replace(path, os.path.join(out_dir, os.path.basename(path)))
-    token_files.write_meta(out_dir, meta)
+    write_meta(out_dir, meta)
     os.rmdir(staging)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
