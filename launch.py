@@ -30,8 +30,10 @@ from jaxgpt.model import GPT, GPTConfig
 def run(config: ml_collections.ConfigDict) -> dict[str, float]:
   """The run `config` asks for; returns the last evaluation's losses."""
   defaults.validate(config)
-  _make_missing_data(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
-                     config.auto_prepare)
+  # A missing dataset is made (python_docs, or FineWeb with auto_prepare); else an error says how.
+  from jaxgpt.prep import datasets
+  datasets.ensure(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
+                  auto_prepare=config.auto_prepare)
   config, params = _starting_weights(config)
   config = attention.settle(config)
   model = GPTConfig.from_config(config)
@@ -39,13 +41,6 @@ def run(config: ml_collections.ConfigDict) -> dict[str, float]:
       tasks=_tasks(model, config.eval_tasks, config.eval_tasks_limit, config.hellaswag_file),
       at_end=_closing_sample(model, config.sample_start, config.sample_tokens, config.seed))
   return train.train(config, params=params, hooks=hooks)
-
-
-def _make_missing_data(dataset: str, data_dir: str, auto_prepare: bool) -> None:
-  """The built-in corpus (and FineWeb with auto_prepare) is made on first use; else the error
-  names the command that makes the data."""
-  from jaxgpt.prep import datasets
-  datasets.ensure(dataset, data_dir, auto_prepare=auto_prepare)
 
 
 def _starting_weights(config: ml_collections.ConfigDict

@@ -1,21 +1,9 @@
-"""What every command line shares: one-line errors for what a user can fix, and a quiet log.
+"""What every command line shares (docs/design.md, "One CLI convention"); `cli.run(main)`
+replaces `absl.app.run(main)`.
 
-`cli.run(main)` replaces `absl.app.run(main)`, and every command follows it:
-- flags are defined in the command's `_define_flags()`, called under
-  `if __name__ == "__main__":`; a flag that has no default is marked with
-  `flags.mark_flags_as_required`, and what a command writes is named `--out`;
-- `main()` takes no arguments, or the one subcommand named in `subcommands`
-  (`python -m jaxgpt.prepare fineweb ...`); anything else on the command line
-  is an error;
-- a usage mistake (a stray argument, a missing required flag, a value of the
-  wrong type, an unknown flag or config key) and a `UserError` raised by the
-  library are one `error:` line and exit code 1; JAXGPT_TRACEBACK=1 shows the
-  traceback of the latter too; so is a recipe file that raises, naming its line;
-- a stop before training (`preemption.StopBeforeTraining`) is one line and
-  exit 0; a Ctrl-C that stops at once, "interrupted" and exit 130;
-- the log shows jaxgpt's own lines and the libraries' warnings, each as
-  `HH:MM:SS message`; `--verbosity=1` (or -v 1) shows everything, with
-  absl's full prefix.
+A user's mistake (on the command line, a `UserError`, a recipe file that raises, named by its
+line) is one `error:` line and exit 1; a stop before training is one line and exit 0; a Ctrl-C
+that stops at once, exit 130. The log shows `HH:MM:SS message`, `--verbosity=1` everything.
 """
 
 from __future__ import annotations
@@ -59,8 +47,7 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
     if subcommands:
       if len(words) != 1 or words[0] not in subcommands:
         got = f" (got: {' '.join(words)})" if words else ""
-        raise UserError(f"name one of {', '.join(subcommands)}{got}: "
-                        f"python -m {_program()} {{{'|'.join(subcommands)}}} [flags]")
+        raise UserError(f"name one of {', '.join(subcommands)}{got}")
       main(words[0])
     elif words:
       raise UserError(f"unexpected argument(s): {' '.join(words)} (flags are --name=value)")
@@ -70,23 +57,13 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
   app.run(_guarded(with_arguments), flags_parser=_parse_flags)
 
 
-def _program() -> str:
-  main_module = sys.modules.get("__main__")
-  spec = getattr(main_module, "__spec__", None)
-  return spec.name.removesuffix(".__main__") if spec else os.path.basename(sys.argv[0])
-
-
 def _help(more_help: Callable[[], str] | None) -> str:
   doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
-  seen, lines = set(), [doc, "", "flags:"]
+  lines = [doc, "", "flags:"]
   for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
     path = os.path.abspath(module) if module.endswith(".py") else ""
-    if not (module.startswith("jaxgpt") or path.startswith(_PACKAGE_DIR) or path == _LAUNCH):
-      continue
-    for flag in sorted(module_flags, key=lambda f: f.name):
-      if flag.name not in seen:
-        seen.add(flag.name)
-        lines.append(_flag_help(flag))
+    if module.startswith("jaxgpt") or path.startswith(_PACKAGE_DIR) or path == _LAUNCH:
+      lines += [_flag_help(flag) for flag in sorted(module_flags, key=lambda f: f.name)]
   lines.append("  --helpfull: every flag, the libraries' too")
   return "\n".join(lines + (["", more_help()] if more_help else []))
 
@@ -111,12 +88,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     sys.exit(f"error: {_flag_error(e)}")
   except Exception as e:  # a --config.KEY, or a recipe file's own mistake
+    inner, lines = _innermost(e)  # ml_collections': "'max_iter'", "Did you mean ..."
+    unquoted = [text.strip("'\"") for text in lines]
     line = _recipe_line(e, argv)
     if line is not None and not os.environ.get(TRACEBACK_ENV):
-      sys.exit(f"error: --config: {line}: {type(e).__name__}: {_message(e)}")
-    if isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):
-      sys.exit(f"error: {_config_error(e)}")
-    raise
+      sys.exit(f"error: --config: {line}: {type(e).__name__}: {' '.join(unquoted)}")
+    if not isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):
+      raise
+    if isinstance(inner, KeyError) and lines:
+      sys.exit(" ".join([f"error: --config.{unquoted[0]}: no such config key.", *lines[1:]]))
+    sys.exit(f"error: {' '.join(lines)}")
 
 
 def _recipe_line(error: Exception, argv: list[str]) -> str | None:
@@ -150,34 +131,17 @@ def _flag_error(error: flags.Error) -> str:
     elif why.startswith("could not convert string to float"):
       why = "not a number"
     return f"{flag}={value}: {why}"
-  unknown = re.fullmatch(r"Unknown command line flag '([\w.]+)'.*", text, re.DOTALL)
-  if unknown:
-    return f"--{unknown[1]}: no such flag (--help lists them)"
+  if isinstance(error, flags.UnrecognizedFlagError):
+    return f"--{error.flagname}: no such flag (--help lists them)"
   return text.splitlines()[0]
 
 
-def _innermost(error: Exception) -> tuple[Exception, str]:
-  """The error ml_collections wrapped (nested twice) and its message: `'max_iter'\\nDid you
-  mean ...`."""
+def _innermost(error: Exception) -> tuple[Exception, list[str]]:
+  """The error ml_collections wrapped (nested twice) and its message's lines, stripped."""
   while error.args and isinstance(error.args[0], Exception):
     error = error.args[0]
-  return error, str(error.args[0]) if error.args else str(error)
-
-
-def _message(error: Exception) -> str:
-  """An error's message on one line: `max_iter Did you mean ...`."""
-  text = _innermost(error)[1]
-  return " ".join(line.strip().strip("'\"") for line in text.splitlines() if line.strip())
-
-
-def _config_error(error: Exception) -> str:
-  """ml_collections' message about a --config.KEY, as it means it."""
-  error, text = _innermost(error)
-  first, *rest = text.splitlines() or [""]
-  key = first.strip("'\"")
-  if isinstance(error, KeyError) and rest:
-    return f"--config.{key}: no such config key. {' '.join(rest)}"
-  return " ".join([first, *rest])
+  text = str(error.args[0]) if error.args else str(error)
+  return error, [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
@@ -194,20 +158,15 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       sys.exit(130)
     except (UserError, OSError) as e:
       # config_flags loads --config=FILE lazily: a missing or broken recipe file surfaces
-      # as an OSError on first use.
-      if os.environ.get(TRACEBACK_ENV) or not _is_user_error(e):
+      # as an OSError on first use, its cause on the last line.
+      recipe = isinstance(e, OSError) and "Failed loading config file" in str(e)
+      if os.environ.get(TRACEBACK_ENV) or not (recipe or isinstance(e, UserError)):
         raise
-      sys.exit(f"error: {_recipe_error(e) if isinstance(e, OSError) else e}")
+      if recipe:
+        sys.exit("error: --config: the recipe file could not be loaded: "
+                 f"{str(e).strip().splitlines()[-1].strip()}")
+      sys.exit(f"error: {e}")
   return guarded
-
-
-def _is_user_error(error: Exception) -> bool:
-  return isinstance(error, UserError) or "Failed loading config file" in str(error)
-
-
-def _recipe_error(error: OSError) -> str:
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return f"--config: the recipe file could not be loaded: {lines[-1]}"
 
 
 class _ShortFormatter(pylogging.Formatter):
@@ -217,18 +176,10 @@ class _ShortFormatter(pylogging.Formatter):
     return f"{stamp} {level}{record.getMessage()}"
 
 
-def _ours(record: pylogging.LogRecord) -> bool:
-  return record.pathname.startswith(_PACKAGE_DIR) or record.pathname == _LAUNCH
-
-
 def _library_quiet(record: pylogging.LogRecord) -> bool:
-  """Libraries' narration (JAX's backend probing, Orbax's every save and read) is dropped.
-
-  Their warnings stay, each as one line without a traceback, but Orbax's and
-  those of the asyncio tasks it runs: a save or a restore that fails is
-  reported by the run itself, in a line that says what failed and what to do.
-  """
-  if _ours(record):
+  """Ours pass; of the libraries', warnings alone, without tracebacks, and never Orbax's (or
+  its asyncio tasks'): the run itself says what failed in a save or a restore."""
+  if record.pathname.startswith(_PACKAGE_DIR) or record.pathname == _LAUNCH:
     return True
   record.exc_info, record.exc_text = None, None
   orbax = "/orbax/" in record.pathname or record.name == "asyncio"

@@ -20,18 +20,16 @@ import ml_collections
 from jaxgpt.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's (interop/gpt2.py)
 INIT_FROM = ("scratch", "resume") + GPT2_MODELS  # or NANOGPT + a ckpt.pt path
 NANOGPT = "nanogpt:"  # init_from=nanogpt:PATH reads a nanoGPT ckpt.pt (interop/nanogpt.py)
 EVAL_TASKS = ("hellaswag", "text:FILE")  # what `evaluate` and eval_tasks score (evals/tasks.py)
-SHARDING_MODES = ("dp", "fsdp")
 REMAT_POLICIES = ("none", "dots", "full")  # what the backward pass recomputes: see model.py
-POS_EMBS = ("learned", "rope")
-NORMS = ("layernorm", "rmsnorm")
-MLP_ACTS = ("gelu", "relu2")
-OPTIMIZERS = ("adamw", "muon")
-LR_SCHEDULES = ("cosine", "wsd")
+# The values each enum key may take (`validate`).
+CHOICES = {"dtype": DTYPES, "attention": ("xla", "cudnn", "auto"), "remat": REMAT_POLICIES,
+           "sharding": ("dp", "fsdp"), "pos_emb": ("learned", "rope"),
+           "norm": ("layernorm", "rmsnorm"), "mlp_act": ("gelu", "relu2"),
+           "optimizer": ("adamw", "muon"), "lr_schedule": ("cosine", "wsd")}
 # What the modern recipes (configs/*_modern.py) change, each key measured alone and
 # together in docs/benchmarks.md ("A modern recipe"); their learning rates are per recipe.
 # Every other key's default is nanoGPT's (GPT-2's architecture).
@@ -195,45 +193,34 @@ def validate(c: ml_collections.ConfigDict) -> None:
               "gradient_accumulation_steps", "vocab_size", "eval_interval",
               "log_interval", "eval_iters", "eval_tasks_interval"):
     check(c[key] > 0, key, "must be positive")
-  check(c.max_iters >= 0, "max_iters", "must be >= 0")
-  check(c.loss_chunk_size >= 0, "loss_chunk_size", "must be >= 0 (0: no chunks)")
-  check(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-  check(c.skip_nonfinite >= 0, "skip_nonfinite", "must be >= 0")
-  check(c.n_embd % c.n_head == 0, "n_embd", f"must be divisible by n_head={c.n_head}")
-  check(0.0 <= c.dropout < 1.0, "dropout", "must be in [0, 1)")
-  check(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
-  check(c.attention in ATTENTION_IMPLEMENTATIONS, "attention",
-        f"must be one of {ATTENTION_IMPLEMENTATIONS}")
-  check(c.remat in REMAT_POLICIES, "remat", f"must be one of {REMAT_POLICIES}")
-  check(c.sharding in SHARDING_MODES, "sharding", f"must be one of {SHARDING_MODES}")
-  for key, allowed in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp_act", MLP_ACTS),
-                       ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
+  non_negative = ["max_iters", "loss_chunk_size", "skip_nonfinite", "logit_softcap",
+                  "eval_tasks_limit", "learning_rate", "weight_decay", "peak_flops", "grad_clip",
+                  "warmup_iters", "data_workers"]
+  fractions = ["dropout", "beta1", "beta2"]  # in [0, 1)
+  if c.optimizer == "muon":  # Muon's keys are read only when it runs
+    non_negative += ["muon_learning_rate", "muon_momentum_warmup_iters"]
+    fractions += ["muon_momentum", "muon_momentum_start"]
+  zero_means = {"loss_chunk_size": " (0: no chunks)", "logit_softcap": " (0: no soft-cap)",
+                "eval_tasks_limit": " (0: all)", "peak_flops": " (0: looked up by device kind)",
+                "grad_clip": " (0 disables clipping)"}
+  for key in non_negative:
+    check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
+  for key in fractions:
+    check(0 <= c[key] < 1, key, "must be in [0, 1)")
+  for key in ("keep_checkpoints", "data_prefetch"):
+    check(c[key] >= 1, key, "must be >= 1")
+  for key, allowed in CHOICES.items():
     check(c[key] in allowed, key, f"must be one of {allowed}")
-  check(c.logit_softcap >= 0, "logit_softcap", "must be >= 0 (0: no soft-cap)")
+  check(c.n_embd % c.n_head == 0, "n_embd", f"must be divisible by n_head={c.n_head}")
   check(c.pos_emb != "rope" or (c.n_embd // c.n_head) % 2 == 0, "pos_emb",
         f"rope needs an even head size; n_embd/n_head is {c.n_embd // c.n_head}")
-  if c.optimizer == "muon":
-    check(c.muon_learning_rate >= 0, "muon_learning_rate", "must be >= 0")
-    for key in ("muon_momentum", "muon_momentum_start"):
-      check(0 <= c[key] < 1, key, "must be in [0, 1)")
-    check(c.muon_momentum_warmup_iters >= 0, "muon_momentum_warmup_iters", "must be >= 0")
   check(c.init_from in INIT_FROM or (c.init_from.startswith(NANOGPT) and c.init_from != NANOGPT),
         "init_from", f"must be one of {INIT_FROM} or {NANOGPT}PATH")
-  check(c.eval_tasks_limit >= 0, "eval_tasks_limit", "must be >= 0 (0: all)")
   try:
     eval_tasks(c.eval_tasks)
   except UserError as e:
     check(False, "eval_tasks", str(e))
-  check(c.learning_rate >= 0, "learning_rate", "must be >= 0")
-  for key in ("beta1", "beta2"):
-    check(0 <= c[key] < 1, key, "must be in [0, 1)")
-  check(c.weight_decay >= 0, "weight_decay", "must be >= 0")
-  check(c.peak_flops >= 0, "peak_flops", "must be >= 0 (0: looked up by device kind)")
-  check(c.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
-  check(c.warmup_iters >= 0, "warmup_iters", "must be >= 0")
   check(0 <= c.seed < 2**32, "seed", "must be in [0, 2**32): a PRNG key holds 32 bits")
-  check(c.data_workers >= 0, "data_workers", "must be >= 0")
-  check(c.data_prefetch >= 1, "data_prefetch", "must be >= 1")
   if c.decay_lr and c.max_iters > 0:  # with no iterations to train, no schedule to check
     check(c.warmup_iters <= c.max_iters, "warmup_iters",
           f"must be at most max_iters={c.max_iters}: the run would end before its learning "

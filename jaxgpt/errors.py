@@ -2,8 +2,4 @@
 
 
 class UserError(Exception):
-  """A condition the user can fix: a file, a key, a value, a busy or damaged run directory.
-
-  Its message names what is wrong and what to do. The CLIs print it as one
-  line on stderr and exit 1, without a traceback (tracebacks are for bugs).
-  """
+  """Its message names what is wrong and what to do; the CLIs print it as one line, exit 1."""

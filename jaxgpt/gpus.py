@@ -1,20 +1,15 @@
 """The accelerators jaxgpt knows by name: peak bf16 FLOP/s (for MFU) and memory, one entry each.
 
-A device is matched case-insensitively by an entry's name as a substring of
-its `jax.Device.device_kind` ("NVIDIA GeForce RTX 4070", "NVIDIA H100 80GB
-HBM3", "TPU v5 lite"); the first match wins, so a longer name comes before
-its prefix ("H100 PCIe" before "H100", "L40S" before "L40" before "L4", "Ti
-SUPER" before "Ti"). An entry without figures keeps a name from matching a
-wrong entry further down.
+A device matches the first entry whose name is a case-insensitive substring of its
+`jax.Device.device_kind` ("NVIDIA H100 80GB HBM3"), so a longer name comes before its prefix
+("H100 PCIe" before "H100", "L40S" before "L40" before "L4"); an entry without figures keeps a
+name from matching a wrong entry further down.
 
-Peak: dense (not 2:4-sparse) bf16 tensor FLOP/s with FP32 accumulation,
-what XLA's bf16 matmuls use (GeForce cards run it at half their
-FP16-accumulate rate). Sources: NVIDIA's datasheets and architecture
-whitepapers (Ampere GA102 v2.0, Ada v2.1, RTX Blackwell), halved where they
-quote sparse figures; GeForce 40/50 from the "AI TOPS" of NVIDIA's spec pages
-(FP8 / FP4 with sparsity) divided by 8 / 16, which equals the whitepapers'
-FP32-accumulate figure where both exist (4090: 1321 / 8 = 165.2); Google
-Cloud's TPU pages. Memory: the vendors' spec pages, in GiB as they state GB.
+Peak: dense bf16 tensor FLOP/s with FP32 accumulation, what XLA's bf16 matmuls use (GeForce
+cards run it at half their FP16-accumulate rate): datasheets' sparse figures halved, GeForce
+"AI TOPS" (FP8 / FP4 sparse) divided by 8 / 16, which equals the whitepapers' (Ampere GA102
+v2.0, Ada v2.1, RTX Blackwell) figure where both exist. Memory: the vendors' spec pages, in GiB
+as they state GB.
 """
 
 from __future__ import annotations
@@ -97,15 +92,9 @@ CARDS: tuple[Card, ...] = (
 
 def card(device_kind: str) -> Card | None:
   """The first entry whose name the device kind contains; None for a device we do not know."""
-  for entry in CARDS:
-    if entry.name.lower() in device_kind.lower():
-      return entry
-  return None
+  return next((c for c in CARDS if c.name.lower() in device_kind.lower()), None)
 
 
 def peak_flops(device_kind: str, override: float = 0.0) -> float | None:
   """Peak bf16 FLOP/s of one device; `override` wins; None when unknown (e.g. a CPU)."""
-  if override > 0:
-    return override
-  entry = card(device_kind)
-  return entry.peak_flops if entry else None
+  return override if override > 0 else getattr(card(device_kind), "peak_flops", None)

@@ -1,10 +1,6 @@
-"""What a config trains, in the words the launch log and `plan` use: counts, FLOPs, schedule, MFU.
+"""What a config trains, as the launch log and `plan` say it: counts, FLOPs, schedule, MFU.
 
-The loop logs `describe` and `check` when a run starts and `eta` once its
-throughput is measured; `python -m jaxgpt.plan` prints the same figures per
-candidate max_iters. One source for each derived number: the parameter count
-(nanoGPT's), tokens per iteration (train_step.StepConfig) and FLOPs per
-token (nanoGPT's 6N + 12 L H Q T).
+The loop logs `describe` and `check` at the start and `eta` once throughput is measured.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ def test_unknown_key_is_an_error_naming_it():
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert r.stderr.strip() == ('error: --config.max_iterz: no such config key. Did you mean '
                               '"max_iters" instead of "max_iterz"?')
+  r = launch("--config=configs/quickstart.py", "--config.zzzzzz=10")  # nothing close to it
+  assert r.returncode == 1 and r.stderr.strip() == "error: --config.zzzzzz: no such config key."
 
 
 def test_help_lists_every_config_key_with_its_default_and_exits_0():

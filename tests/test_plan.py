@@ -186,11 +186,11 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
 
 
 def test_counts_parse_as_people_write_them():
-  assert formatting.parse_count("3.68B") == 3_680_000_000
-  assert formatting.parse_count("500M") == formatting.parse_count("5e8") == 500_000_000
-  assert formatting.parse_count("10_000") == 10_000
+  assert iters.parse_count("3.68B") == 3_680_000_000
+  assert iters.parse_count("500M") == iters.parse_count("5e8") == 500_000_000
+  assert iters.parse_count("10_000") == 10_000
   with pytest.raises(ValueError, match="not a count"):
-    formatting.parse_count("lots")
+    iters.parse_count("lots")
 
 
 def test_train_logs_the_plan_its_warnings_and_an_eta(tmp_path, token_dir, caplog):

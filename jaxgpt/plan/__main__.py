@@ -98,7 +98,7 @@ def main() -> None:
   config_path = config_flags.get_config_filename(f["config"])
   if f.train_tokens:
     try:
-      train_tokens, counted_in = formatting.parse_count(f.train_tokens), None
+      train_tokens, counted_in = iters.parse_count(f.train_tokens), None
     except ValueError as e:
       raise UserError(f"--train_tokens: {e}") from None
     if train_tokens <= 0:
