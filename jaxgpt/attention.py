@@ -6,9 +6,7 @@ GPUs of compute capability 8.0 or more, with 16-bit activations and a head
 size that is a multiple of 8 up to 128 (`resolve`, the one place that says
 so: training, the plan's compile for a named card and the benchmarks all ask
 it). Even there a cuDNN build can lack an engine for a shape ("No valid
-engine configs" has been reported on Ada cards), so a run first tries it on
-a tiny forward and backward pass of its own shapes and, where that fails,
-falls back to XLA's attention, saying why.
+engine configs" has been reported on Ada cards): hence `settle`.
 """
 
 from __future__ import annotations
@@ -61,9 +59,9 @@ def probe(kernel: str, dtype: str, head_size: int, length: int) -> None:
 def settle(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config a run uses: `attention` resolved to the kernel that runs on this device.
 
-  Where 'auto' picked cuDNN and it fails here, XLA's, with one warning naming
-  the error; an explicit 'cudnn' that fails is an error. The given config is
-  left as it is.
+  cuDNN is first tried on a tiny pass of the run's shapes (`probe`). Where 'auto' picked it
+  and it fails, XLA's, with one warning naming the error; an explicit 'cudnn' that fails is
+  an error. The given config is left as it is.
   """
   head_size, device = config.n_embd // config.n_head, jax.devices()[0]
   kernel = for_device(config.attention, config.dtype, head_size, device)

@@ -9,11 +9,6 @@ accelerators) while the residual stream, the norms' statistics and the loss
 stay float32, as under nanoGPT's `torch.autocast`.
 Shape suffixes: B batch, T time, S cache slots, D model width, N heads,
 H head size, V vocabulary.
-
-Decoding with a KV cache uses the same modules and params: pass
-`positions_BT` and the keys/values of those tokens go to their slots in the
-mutable 'cache' collection (made by `init_cache`), where later tokens attend
-to them instead of recomputing the whole context.
 """
 
 from __future__ import annotations
@@ -57,13 +52,12 @@ class GPTConfig:
     return defaults.view(cls, config)
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 # Fields that change how the model computes or starts, not the function its params hold: a
 # checkpoint serves under any value of these. Every other field is the architecture, so a
 # new field is architecture until it is listed here (resume refuses a change to it).
 HOW_NOT_WHAT = ("dtype", "attention", "loss_chunk_size", "remat", "dropout",
                 "zero_init_projections")
-ARCHITECTURE = tuple(name for name in FIELDS if name not in HOW_NOT_WHAT)
+ARCHITECTURE = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name not in HOW_NOT_WHAT)
 
 
 # What a rematerialised block keeps for the backward pass (the rest it
@@ -105,12 +99,11 @@ def rotate(x_BTNH: jax.Array, positions_BT: jax.Array) -> jax.Array:
 
 
 def _residual_out(cfg: GPTConfig, h_BTF: jax.Array, train: bool) -> jax.Array:
-  """`c_proj` back to the residual width, then dropout, as both halves of a block end.
+  """How both halves of a block end: `c_proj` (the caller's: this runs in its compact method),
+  then dropout.
 
-  Called inside the parent's compact method, so the Dense is the parent's `c_proj`.
-  Its init is scaled by 1/sqrt(2 n_layer): two such projections add to the
-  residual stream per layer (GPT-2's and nanoGPT's init); zero_init_projections
-  starts it at zero instead, so each block begins as the identity.
+  The init is GPT-2's, scaled by 1/sqrt(2 n_layer) as two such projections add to the
+  residual stream per layer; zero-initialised, each block starts as the identity.
   """
   init = (nn.initializers.zeros if cfg.zero_init_projections
           else _normal(0.02 / math.sqrt(2 * cfg.n_layer)))
@@ -138,11 +131,10 @@ class CausalSelfAttention(nn.Module):
       pos_BT = jnp.arange(T)[None] if positions_BT is None else positions_BT
       q_BTNH, k_BTNH = rotate(q_BTNH, pos_BT), rotate(k_BTNH, pos_BT)
     if positions_BT is not None:
-      # Cached decoding: a token's slot is its position. Slots past a row's current
-      # position hold stale or padding entries and are masked out. The cache is laid
-      # out (B, N, S, H) so the attention matmuls read it in place (on CPU, a
-      # (B, S, N, H) cache made the attention ~20x slower with transposes). It is
-      # made by `init_cache`, with one slot per token of its input.
+      # Cached decoding: a token's slot is its position; slots past a row's position are
+      # masked out. (B, N, S, H), so the attention matmuls read the cache in place (on CPU a
+      # (B, S, N, H) cache made attention ~20x slower with transposes). decoding.init_cache
+      # makes it with one slot per token of its input, hence T.
       shape = (B, N, T, H)
       key = self.variable("cache", "key", jnp.zeros, shape, k_BTNH.dtype)
       value = self.variable("cache", "value", jnp.zeros, shape, v_BTNH.dtype)
@@ -199,16 +191,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-  """GPT-2's trunk and the ways a caller reads it, one method per purpose.
-
-  `__call__` gives next-token logits (B, T, V) in float32; `loss` the mean
-  cross-entropy of targets, as nanoGPT's forward does (with `loss_chunk_size`
-  > 0 the head and the loss are fused chunk by chunk in `head_loss`, so the
-  whole logits never exist); `token_losses` the loss of chosen positions'
-  predictions, for evaluation; `next_logits` the logits of one position per
-  row, for sampling, with a KV cache when given positions. Call them through
-  `model.apply(variables, ..., method=GPT.loss)`.
-  """
+  """GPT-2's trunk, read by one method per purpose: `__call__` (logits), `loss` (nanoGPT's),
+  `token_losses` (evaluation), `next_logits` (sampling); `model.apply(..., method=GPT.loss)`."""
 
   config: GPTConfig
 
@@ -277,7 +261,7 @@ class GPT(nn.Module):
     """Logits (B, V) of position `last_B` of each row: all that sampling reads.
 
     With `positions_BT` the tokens go through the KV cache (the mutable
-    'cache' collection made by `init_cache`) instead of the whole context;
+    'cache' collection made by `decoding.init_cache`) instead of the whole context;
     positions must be below the cache's length (decoding.generate keeps them
     there): inside jit, one past it is not caught.
     """
@@ -292,15 +276,6 @@ class GPT(nn.Module):
     if self.config.logit_softcap:
       logits_BTV = head_loss.softcap(logits_BTV, self.config.logit_softcap)
     return logits_BTV
-
-
-def init_cache(model: GPT, batch_size: int, length: int) -> dict:
-  """A zeroed KV cache of `length` slots per layer, for decoding with `positions_BT`."""
-  tokens_BS = jnp.zeros((batch_size, length), jnp.int32)
-  positions_BS = jnp.broadcast_to(jnp.arange(length), (batch_size, length))
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens_BS,
-                                             positions_BT=positions_BS, method=GPT.trunk))["cache"]
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:

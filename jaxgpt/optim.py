@@ -1,4 +1,4 @@
-"""The optimizer: nanoGPT's AdamW, or Muon for the blocks' matrices; their learning-rate schedules."""
+"""The optimizer: nanoGPT's AdamW, or Muon for the blocks' matrices; their schedules."""
 
 from __future__ import annotations
 
@@ -42,10 +42,6 @@ def lr_schedule(config: OptimConfig, xp: types.ModuleType = jnp,
                 peak: float | None = None) -> optax.Schedule:
   """nanoGPT's `get_lr` (or warmup-stable-decay) as an Optax schedule of the iteration number.
 
-  Warmup is nanoGPT's lr*(it+1)/(warmup_iters+1) while it < warmup_iters. Then
-  'cosine' falls from lr to min_lr along a cosine that ends at lr_decay_iters;
-  'wsd' holds lr until `decay_start` and then falls linearly to min_lr at
-  lr_decay_iters. Both stay at min_lr after that; decay_lr=False keeps lr.
   `peak` replaces learning_rate (Muon's own rate) and scales min_lr with it.
   Written as nanoGPT's formula rather than optax's warmup schedules, whose
   float32 interpolation drifts from it by 1e-5 relative at small steps. With
@@ -83,12 +79,9 @@ def decay_start(config: OptimConfig) -> float:
   return warmup
 
 
-def decay_mask(params: optax.Params) -> optax.Params:
-  """Weight decay on matrices and embeddings only, never on biases or norm scales."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def _adamw(config: OptimConfig) -> optax.GradientTransformation:
+  # Weight decay on matrices and embeddings only, never on biases or norm scales.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   return optax.adamw(learning_rate=lr_schedule(config), b1=config.beta1, b2=config.beta2,
                      eps=1e-8, weight_decay=config.weight_decay, mask=decay_mask)
 
@@ -101,13 +94,6 @@ def optimizer_groups(params: optax.Params) -> optax.Params:
     return "muon" if p.ndim == 2 and top not in _ADAMW_ONLY else "adamw"
 
   return jax.tree_util.tree_map_with_path(group, params)
-
-
-def _muon_momentum(config: OptimConfig) -> optax.Schedule:
-  if config.muon_momentum_warmup_iters == 0:  # optax's linear schedule would hold the start
-    return optax.constant_schedule(config.muon_momentum)
-  return optax.linear_schedule(config.muon_momentum_start, config.muon_momentum,
-                               config.muon_momentum_warmup_iters)
 
 
 def _scale_by_width(updates: optax.Updates, params: optax.Params | None = None) -> optax.Updates:
@@ -123,11 +109,16 @@ def _muon(config: OptimConfig) -> optax.GradientTransformation:
   the width scale, and no weight decay; unlike it, the fused c_attn is one matrix,
   not Q, K and V each alone (docs/design.md says why).
   """
+  if config.muon_momentum_warmup_iters == 0:  # optax's linear schedule would hold the start
+    momentum = optax.constant_schedule(config.muon_momentum)
+  else:
+    momentum = optax.linear_schedule(config.muon_momentum_start, config.muon_momentum,
+                                     config.muon_momentum_warmup_iters)
   as_matrices = lambda updates: jax.tree.map(lambda _: contrib.MuonDimensionNumbers(), updates)
   scale_by_muon = optax.inject_hyperparams(contrib.scale_by_muon,
                                            static_args=("weight_dimension_numbers",))
   return optax.chain(
-      scale_by_muon(beta=_muon_momentum(config), weight_dimension_numbers=as_matrices),
+      scale_by_muon(beta=momentum, weight_dimension_numbers=as_matrices),
       optax.stateless(_scale_by_width),
       optax.scale_by_learning_rate(lr_schedule(config, peak=config.muon_learning_rate)),
   )

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxgpt import tokenizer
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, init_cache
+from jaxgpt.model import GPT
 
 MIN_BUCKET = 16
 
@@ -135,6 +135,15 @@ class _Sampler:
 
   def running(self, j: jax.Array, done_B: jax.Array) -> jax.Array:
     return (j < self.max_new_tokens) & ~jnp.all(done_B)
+
+
+def init_cache(model: GPT, batch_size: int, length: int) -> dict:
+  """A zeroed KV cache of `length` slots per layer, for decoding with `positions_BT`."""
+  tokens_BS = jnp.zeros((batch_size, length), jnp.int32)
+  positions_BS = jnp.broadcast_to(jnp.arange(length), (batch_size, length))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens_BS,
+                                             positions_BT=positions_BS, method=GPT.trunk))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def _cached_steps(model: GPT, params: dict, cache: dict, seq_BL: jax.Array,
