@@ -107,7 +107,7 @@ class Checkpoints:
                                           f"{step}.orbax-checkpoint-tmp*")):
       shutil.rmtree(partial, ignore_errors=True)
     self.manager.reload()
-    return SaveError(f"saving the checkpoint of step {step} failed: {_os_error(error)}. The "
+    return SaveError(f"saving the checkpoint of step {step} failed: {os_error(error)}. The "
                      f"partial save was removed and the run stopped; "
                      f"{self.where_to_go_on(excluding=step)}")
 
@@ -123,30 +123,24 @@ class Checkpoints:
     return (f"the last good checkpoint is step {good[-1]} in {self.directory}, and {space}. "
             "Free space (or fix the cause) and add --config.init_from=resume to continue.")
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    """The state (placed per the shardings in `abstract_state`) and metadata of one step.
+  def restore(self, step: int, abstract_state: Any, meta: dict[str, Any]) -> Any:
+    """One step's state, placed per the shardings in `abstract_state` and checked against the
+    fingerprints in its `meta` (`CorruptCheckpoint`).
 
-    Each process reads its part alone, without the barrier an Orbax restore
-    ends with (a process whose read fails would leave the others waiting there),
-    and the processes agree on the read before checking it. A state whose
-    arrays do not match the fingerprints saved with them raises
-    `CorruptCheckpoint`.
+    Each process reads its part without the barrier an Orbax restore ends with
+    (one whose read fails would leave the others waiting there); they agree on
+    the read before checking it.
     """
-    error, read = sharding.agree("reading it", self._read, step, abstract_state)
-    if error is not None:
-      raise error
-    state, meta = read
+    state = sharding.agreed("reading it", self._read, step, abstract_state)
     verify(state, meta)  # a computation over every process's part
-    return state, meta
+    return state
 
-  def _read(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+  def _read(self, step: int, abstract_state: Any) -> Any:
     handler = ocp.StandardCheckpointHandler()
     try:
-      state = handler.restore(self._item(step, STATE),
-                              args=ocp.args.StandardRestore(abstract_state))
+      return handler.restore(self._item(step, STATE), args=ocp.args.StandardRestore(abstract_state))
     finally:
       handler.close()
-    return state, self.read_meta(step)
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
     """Sets the Grain iterator to continue after the batches that `step` had read.
@@ -162,26 +156,18 @@ class Checkpoints:
                           finish: Callable[[int, dict[str, Any]], Any],
                           discard: Callable[[Any], None]
                           ) -> tuple[int, Any, dict[str, Any], Any, list[int]]:
-    """Restores the newest checkpoint that reads back whole. Returns its step, state,
-    metadata, what `finish` made of it and the newer steps that did not read back (for
-    `set_aside`, once the run is accepted).
+    """Restores the newest step that reads back whole on every process (its meta, its state
+    and what `finish(step, meta)` makes of it: the train batches from there), so all start
+    from one step. Returns its step, state, meta, what `finish` made and the newer steps that
+    did not read back (for `set_aside` once the run is accepted; nothing is moved here).
 
-    A step is read whole when its metadata, its state (checked against its
-    fingerprints) and what `finish(step, meta)` makes of it (the train batches
-    from there; `discard` releases them where another process failed) are. With
-    several processes a step is read only where every process read its part, so
-    they all start from the same step. `check_meta` sees each candidate's
-    metadata before its state is read; what it raises (say, a config whose state
-    has another structure) propagates. When no checkpoint reads back, a
-    `UserError` lists what each one failed with. Nothing is moved here.
+    `check_meta` sees each candidate's meta first (what it raises propagates); `discard`
+    releases what `finish` made where another process failed.
     """
     steps = self.steps()
-    if not steps:
-      raise UserError(f"{self.directory}: no checkpoints to resume from")
 
-    def read_whole(step: int, meta: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
-      state, meta = self.restore(step, abstract_state)
-      return state, meta, finish(step, meta)
+    def read_whole(step: int, meta: dict[str, Any]) -> tuple[Any, Any]:
+      return self.restore(step, abstract_state, meta), finish(step, meta)
 
     unreadable: list[tuple[int, Exception]] = []
     for step in reversed(steps):
@@ -193,11 +179,11 @@ class Checkpoints:
       error, restored = sharding.agree("reading it", read_whole, step, meta)
       if error is not None:
         if restored is not None:  # read here, not by another process
-          discard(restored[2])
+          discard(restored[1])
           restored = None  # its state's buffers, before the next read
         unreadable.append((step, error))
         continue
-      state, meta, finished = restored
+      state, finished = restored
       for bad_step, error in unreadable:
         logging.warning("checkpoint %s/%d is unreadable (%s); using step %d", self.directory,
                         bad_step, cause(error), step)
@@ -326,7 +312,7 @@ def _first_line(error: Exception) -> str:
   return (str(error).splitlines() or [""])[0][:300]
 
 
-def _os_error(error: Exception) -> str:
+def os_error(error: Exception) -> str:
   """The OS error inside a storage error (tensorstore tags it os_error_code), else its first line."""
   if isinstance(error, OSError) and error.errno:
     return f"{os.strerror(error.errno)} [errno {error.errno}]"

@@ -41,10 +41,8 @@ def stop_before_training(processes: int = 1) -> None:
   (data preparation and weight loading can take hours and have nothing to save); one that
   came while the libraries loaded does so now.
 
-  With several processes, one stopping alone would leave the others waiting at their next
-  collective: Ctrl-C goes to JAX's preemption service as SIGTERM (which it holds once
-  `jax.distributed.initialize` ran), and every process stops together at the first step.
-  After training a signal is only logged: the run is saved and ending anyway.
+  With several processes, Ctrl-C goes to JAX's preemption service as SIGTERM (see the module),
+  so all stop together at the first step. After training a signal is only logged.
   """
   def stop(signum: int, frame) -> None:
     name = signal.Signals(signum).name

@@ -2,9 +2,7 @@
 
 Also what a resume may change. The data position is a window of the one
 global window stream (see data.py): an iteration of W windows moves it by W
-whatever the batch layout. A checkpoint records the layout it was written
-under; resuming under the same layout continues the saved data iterator, and
-under another a new iterator starts at the window the checkpoint had reached.
+whatever the batch layout.
 """
 
 from __future__ import annotations
@@ -54,21 +52,33 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
            open_batches: Batches) -> tuple[Start, grain.DatasetIterator]:
   """The latest good checkpoint's state, and the train batches from where it stopped.
 
-  Under the batch layout it was saved with, the data iterator's saved state
-  continues at the next batch. Under another (batch size, accumulation,
-  devices, processes, workers), a new iterator starts at the window the
-  checkpoint had reached: the same tokens, in the same order. Every process
-  does so too when the saved iterator state of any one does not read back (a
-  missing or damaged file, say), so the checkpoints they save next record one
-  start window. A data position is never a reason to fall back to an older step.
+  Under the batch layout it was saved with, the saved data iterator continues.
+  Under another (batch size, accumulation, devices, processes, workers), or
+  where the saved iterator state of any process does not read back (a missing
+  or damaged file), every process starts a new one at the window the checkpoint
+  reached: the same tokens in the same order, and one start window in the
+  checkpoints they save next. A data position never makes a resume fall back.
   """
   now = data_layout(layout, config.data_workers)
 
+  def reached(meta: dict[str, Any], why: str) -> int:
+    window = meta["tokens"] // config.block_size  # every window before it was trained on
+    logging.warning("resume: %s; the data continues at window %s (token %s), where the "
+                    "checkpoint stopped", why, f"{window:,}", f"{meta['tokens']:,}")
+    return window
+
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
-    window, same_layout = _window(meta, now, config.block_size)
+    saved = meta.get("data") or {**now, "start_window": 0}  # written before they were recorded
+    if saved["devices"] != now["devices"]:
+      logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
+                      saved["devices"])
+    keys = ("windows_per_iter", "processes", "workers")
+    if any(saved[k] != now[k] for k in keys):  # the saved iterator state does not continue it
+      changes = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in keys)
+      window = reached(meta, f"the batch layout changed ({changes})")
+      return open_batches(window), window
+    window = saved["start_window"]
     batches = open_batches(window)
-    if not same_layout:
-      return batches, window
     try:  # agreed: the processes record one start window in the checkpoints they save
       error, _ = sharding.agree("reading the data position", checkpoints.restore_data, step,
                                 batches)
@@ -78,11 +88,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     if error is None:
       return batches, window
     batches.close()
-    window = _reached(meta, config.block_size)
-    logging.warning("resume: the data position saved with step %d does not read back (%s); "
-                    "the data continues at window %s (token %s), where the checkpoint "
-                    "stopped: the same batches", step, checkpoint.cause(error), f"{window:,}",
-                    f"{meta['tokens']:,}")
+    window = reached(meta, f"the data position saved with step {step} does not read back "
+                     f"({checkpoint.cause(error)})")
     return open_batches(window), window
 
   it, state, meta, (batches, window), unreadable = checkpoints.restore_latest_good(
@@ -132,32 +139,6 @@ def _best_evaluated(checkpoints: checkpoint.Checkpoints, up_to: int
   return min(scored) if scored else None
 
 
-def _reached(meta: dict[str, Any], block_size: int) -> int:
-  """The window of the stream a checkpoint's data reached: every window before it was trained
-  on, whatever the layouts that read them."""
-  return meta["tokens"] // block_size
-
-
-def _window(meta: dict[str, Any], now: dict[str, int], block_size: int) -> tuple[int, bool]:
-  """The stream's window a checkpoint's data continues at, and whether its layout is `now`'s
-  (so that its saved iterator state continues it)."""
-  saved = meta.get("data")
-  if saved is None:  # written before data positions were recorded: the same layout
-    return 0, True
-  if saved["devices"] != now["devices"]:
-    logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
-                    saved["devices"])
-  keys = ("windows_per_iter", "processes", "workers")
-  if all(saved[k] == now[k] for k in keys):
-    return saved["start_window"], True
-  window = _reached(meta, block_size)
-  logging.warning("resume: the batch layout changed (%s); the data continues at window %s "
-                  "(token %s), where the checkpoint stopped",
-                  ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in keys), f"{window:,}",
-                  f"{meta['tokens']:,}")
-  return window, False
-
-
 def _structure(abstract_state: train_step.TrainState) -> tuple[Any, list]:
   """A train state's tree and leaf shapes and dtypes."""
   leaves, tree = jax.tree.flatten(abstract_state)
@@ -177,17 +158,23 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   """
   # A key the checkpoint predates had its default then, as it has now.
   saved = {**dataclasses.asdict(model.GPTConfig()), **saved}
+
+  def refuse(keys: list[str], what: str) -> UserError:
+    """`what` went wrong, with `keys`' values in place of its {}, and how to resume anyway: the
+    checkpoint's values (a run from GPT-2's weights took their architecture, which its recipe
+    does not hold)."""
+    details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}" for k in keys)
+    overrides = " ".join(f"--config.{k}={shlex.quote(str(saved[k]))}" for k in keys)
+    return UserError(f"cannot resume {config.out_dir}: {what.format(details)}; nothing was "
+                     f"changed. Resume with the checkpoint's values ({overrides}), or start a "
+                     "new run in another out_dir.")
+
   mismatched = [k for k in model.ARCHITECTURE if saved[k] != config[k]]
   if mismatched:
-    details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}"
-                        for k in mismatched)
-    raise UserError(f"cannot resume {config.out_dir}: the architecture changed ({details}); "
-                    f"nothing was changed. {_resume_with(saved, mismatched)}")
+    raise refuse(mismatched, "the architecture changed ({})")
   if saved.get("seed", config.seed) != config.seed:
-    raise UserError(f"cannot resume {config.out_dir}: seed: checkpoint {saved['seed']!r} vs "
-                    f"config {config.seed!r}; the seed orders the training windows and picks "
-                    "the evaluated ones, so another would repeat and skip data and move the val "
-                    f"set; nothing was changed. {_resume_with(saved, ['seed'])}")
+    raise refuse(["seed"], "{}; the seed orders the training windows and picks the evaluated "
+                 "ones, so another would repeat and skip data and move the val set")
   changed = [k for k, v in config.items() if k in saved and saved[k] != v and k != "init_from"]
   if not changed:
     return changed
@@ -203,16 +190,5 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
       c[key] = config[key]
       return c
     keys = [k for k in changed if shapes(alone(k)) != reference] or changed
-    details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs config {config[k]!r}" for k in keys)
-    raise UserError(f"cannot resume {config.out_dir}: with {details} the train state has "
-                    "another structure than the checkpoints'; nothing was changed. "
-                    f"{_resume_with(saved, keys)}")
+    raise refuse(keys, "with {} the train state has another structure than the checkpoints'")
   return changed
-
-
-def _resume_with(saved: dict[str, Any], keys: list[str]) -> str:
-  """How to resume anyway: the overrides that give the checkpoint's values (a run started from
-  GPT-2's weights took their architecture, which its recipe does not hold)."""
-  overrides = " ".join(f"--config.{k}={shlex.quote(str(saved[k]))}" for k in keys)
-  return (f"Resume with the checkpoint's values ({overrides}), or start a new run in another "
-          "out_dir.")

@@ -94,8 +94,8 @@ class RunDir:
     try:
       if not set(os.listdir(self.out_dir)) <= {"run.lock", "checkpoints"}:
         return
-      if os.path.isdir(self._path("checkpoints")):
-        os.rmdir(self._path("checkpoints"))
+      if os.path.isdir(self.checkpoints_dir):
+        os.rmdir(self.checkpoints_dir)
       os.remove(self._path("run.lock"))
       os.rmdir(self.out_dir)
     except OSError:  # not empty, or not ours to remove: left as it is
@@ -161,29 +161,21 @@ class RunDir:
     return events
 
   def keep_metrics_until(self, resumed_at: int | None, *, evaluated: bool) -> None:
-    """metrics.jsonl as a start needs it: a resume at an iteration keeps the records up to it
-    (`drop_metrics_after`); a new run moves an earlier run's records aside."""
+    """metrics.jsonl as a start needs it: a new run (`resumed_at` None) moves an earlier run's
+    records aside; a resume moves those of the iterations it will redo to .superseded.
+
+    Kept: train records of iterations before `resumed_at`, evaluations and task
+    scores before it, and those at it where the checkpoint was `evaluated` (else
+    the resume scores it again, and a second resume would add a third). A line cut
+    off by a crash or power loss is moved too, with a warning; none is deleted.
+    TensorBoard keeps the same records (see sinks.TensorBoardSink).
+    """
     if resumed_at is None:
       self.set_aside_metrics()
       return
-    moved = self.drop_metrics_after(resumed_at, evaluated=evaluated)
-    if moved:
-      logging.info("%d records of redone iterations moved to %s.superseded", moved,
-                   self.metrics_path)
-
-  def drop_metrics_after(self, at_step: int, *, evaluated: bool = True) -> int:
-    """Moves the records of iterations a resumed run will redo to metrics.jsonl.superseded.
-
-    Kept: train records of iterations before `at_step`, evaluations and task
-    scores before it, and those at it where the checkpoint was `evaluated` (else
-    the resume scores it again, and a second resume would add a third). A line cut
-    off by a crash or power loss is moved too, with a warning. Returns how many
-    lines were moved; none is deleted. TensorBoard keeps the same records (see
-    sinks.TensorBoardSink).
-    """
     path = self.metrics_path
     if not os.path.isfile(path):
-      return 0
+      return
     keep, moved = [], []
     with open(path, encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
@@ -197,7 +189,7 @@ class RunDir:
           moved.append(line if line.endswith("\n") else line + "\n")
           continue
         scored = evaluated and record["event"] in ("eval", "tasks")
-        redone = record["iter"] > at_step or (record["iter"] == at_step and not scored)
+        redone = record["iter"] > resumed_at or (record["iter"] == resumed_at and not scored)
         (moved if redone else keep).append(line)
     if moved:
       with open(path + ".superseded", "a", encoding="utf-8") as f:
@@ -206,7 +198,7 @@ class RunDir:
       with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(keep)
       os.replace(tmp, path)
-    return len(moved)
+      logging.info("%d records of redone iterations moved to %s.superseded", len(moved), path)
 
   def records_at(self, it: int) -> list[dict[str, Any]]:
     """The records metrics.jsonl holds of iteration `it`; none where there is no file."""

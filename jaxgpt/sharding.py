@@ -79,6 +79,15 @@ def agree(what: str, action: Callable[..., Any], *args: Any) -> tuple[Exception 
   return error, value
 
 
+def agreed(what: str, action: Callable[..., Any], *args: Any) -> Any:
+  """What `action(*args)` returns where it succeeded on every process; else raises `agree`'s
+  error."""
+  error, value = agree(what, action, *args)
+  if error is not None:
+    raise error
+  return value
+
+
 def make_mesh() -> Mesh:
   """A 1-D `data` mesh over all devices, with Auto axis types.
 
@@ -137,19 +146,12 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def global_batch(local_batch: np.ndarray, sharding: NamedSharding, batch_axis: int) -> jax.Array:
-  """Assembles the global batch from each process's slice of it."""
-  global_shape = list(local_batch.shape)
-  global_shape[batch_axis] *= jax.process_count()
-  return jax.make_array_from_process_local_data(sharding, local_batch, tuple(global_shape))
-
-
 @dataclasses.dataclass(frozen=True)
 class BatchLayout:
   """How a batch is split: micro-batches over every device of every process.
 
   Each process reads `local_batch` windows per micro-batch (its devices' share)
-  and the global array is assembled from all processes' pieces.
+  and the global array is assembled from all processes' pieces (JAX infers its shape).
   """
 
   mesh: Mesh
@@ -173,17 +175,14 @@ class BatchLayout:
   def train_spec(self) -> jax.ShapeDtypeStruct:
     """The global (accum, batch, block+1) uint16 batch the train step is compiled for."""
     return jax.ShapeDtypeStruct((self.accum_steps, self.global_batch, self.block_size + 1),
-                                np.uint16, sharding=self._sharding(ndim=3, batch_axis=1))
+                                np.uint16, sharding=batch_sharding(self.mesh, 3, 1))
 
   def train_batch(self, local_ABT1: np.ndarray) -> jax.Array:
-    return global_batch(local_ABT1, self._sharding(ndim=3, batch_axis=1), batch_axis=1)
+    return jax.make_array_from_process_local_data(batch_sharding(self.mesh, 3, 1), local_ABT1)
 
   def eval_batch(self, local_BT1: np.ndarray) -> jax.Array:
-    return global_batch(local_BT1, self._sharding(ndim=2, batch_axis=0), batch_axis=0)
+    return jax.make_array_from_process_local_data(batch_sharding(self.mesh, 2, 0), local_BT1)
 
   def replicated(self, whole: np.ndarray) -> jax.Array:
     """An array every process holds whole, on every device."""
-    return jax.make_array_from_process_local_data(replicated(self.mesh), whole, whole.shape)
-
-  def _sharding(self, ndim: int, batch_axis: int) -> NamedSharding:
-    return batch_sharding(self.mesh, ndim, batch_axis)
+    return jax.make_array_from_process_local_data(replicated(self.mesh), whole)

@@ -43,7 +43,6 @@ class MetricsWriter:
 
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self.path = path
     self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
 
   def write(self, record: Record) -> None:
@@ -113,9 +112,7 @@ class ProgressBar:
     if not self.bar.disable:
       self._log_handler.stream = tqdm.contrib.DummyTqdmFile(self._log_stream)
 
-  def write(self, record: Record) -> None:
-    if self.bar.disable:
-      return
+  def write(self, record: Record) -> None:  # a disabled bar's update and postfix do nothing
     done = record["iter"]  # an evaluation at iteration i comes after i iterations
     if record["event"] == "train":
       mfu = "" if record.get("mfu") is None else f", MFU {record['mfu']:.1%}"
@@ -191,18 +188,19 @@ def start_libraries(c: SinkConfig, rundir: run_dir.RunDir, run_config: dict[str,
 
 
 def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
-               start_iter: int = 0, resumed: bool = False) -> Sinks:
+               resumed_at: int | None = None) -> Sinks:
   """metrics.jsonl, the progress bar, TensorBoard and W&B where `libraries` has them.
 
   Only one process of a multi-host run writes; the loop gives the others no
-  sinks. A resume opens them after `RunDir.keep_metrics_until`, so TensorBoard
-  keeps what metrics.jsonl kept.
+  sinks. A resume (at iteration `resumed_at`) opens them after
+  `RunDir.keep_metrics_until`, so TensorBoard keeps what metrics.jsonl kept.
   """
-  sinks: list[Sink] = [MetricsWriter(rundir.metrics_path), ProgressBar(c.max_iters, start_iter)]
+  sinks: list[Sink] = [MetricsWriter(rundir.metrics_path),
+                       ProgressBar(c.max_iters, resumed_at or 0)]
   if libraries.tensorboardx is not None:
     sinks.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir,
-                                 resumed_at=start_iter if resumed else None,
-                                 kept=rundir.records_at(start_iter) if resumed else []))
+                                 resumed_at=resumed_at,
+                                 kept=[] if resumed_at is None else rundir.records_at(resumed_at)))
   if libraries.wandb_run is not None:
     sinks.append(libraries.wandb_run)
   return Sinks(sinks)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -35,20 +34,15 @@ from jaxgpt import (
   train_step,
 )
 
-TaskScores = tuple[dict[str, float], list[str]]  # a 'tasks' record's numbers, lines to log
-TasksHook = Callable[[Any], TaskScores]  # params -> the scores of the evaluation tasks
+TasksHook = Callable[[Any], tuple[dict[str, float], list[str]]]  # params -> numbers, log lines
 EndHook = Callable[[Any], None]  # params -> nothing: what runs once training is over
 
 
 @dataclasses.dataclass(frozen=True)
 class Hooks:
-  """What a run does beyond training, plugged in by the entry; the loop only calls them.
-
-  `tasks(params)` scores evaluation tasks every `eval_tasks_interval`
-  iterations and at the end, before that iteration's evaluation and
-  checkpoint; `at_end(params)` runs once training is over. Every process calls
-  both.
-  """
+  """`tasks(params)` runs every `eval_tasks_interval` iterations and at the end, before that
+  iteration's evaluation and checkpoint; `at_end(params)` once training is over. Every process
+  calls both."""
 
   tasks: TasksHook | None = None
   at_end: EndHook | None = None
@@ -165,8 +159,7 @@ class _Loop:
     except OSError as e:
       error = checkpoint.SaveError(
           f"writing the {record['event']} record of iteration {record['iter']} failed: "
-          f"{os.strerror(e.errno) if e.errno else e} [errno {e.errno}]; the run stopped; "
-          f"{self.checkpoints.where_to_go_on()}")
+          f"{checkpoint.os_error(e)}; the run stopped; {self.checkpoints.where_to_go_on()}")
       if jax.process_count() == 1:
         raise error from e
       self.failure = self.failure or error
@@ -186,9 +179,7 @@ class _Loop:
       if self.failure is not None:
         raise self.failure
 
-    error, _ = sharding.agree("a checkpoint save or a metrics write", failed_here)
-    if error is not None:
-      raise error
+    sharding.agreed("a checkpoint save or a metrics write", failed_here)
 
   def check_finite(self, it: int, count: int) -> None:
     """Stops the run once more iterations were non-finite than `skip_nonfinite` allows.
@@ -339,9 +330,8 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None,
   """Trains per `config` on every device of every process; returns the last eval's losses.
 
   `params` replaces nanoGPT's init (GPT-2's weights, say) in a run from
-  scratch. Stop signals are caught from the start (a stop during start-up
-  ends the run before its first step), and process 0 holds the run
-  directory's lock.
+  scratch. Stop signals are caught from the start: a stop during start-up
+  ends the run before its first step.
   """
   defaults.validate(config)
   rundir = run_dir.RunDir(config.out_dir)
@@ -355,15 +345,12 @@ def _locked(rundir: run_dir.RunDir) -> Iterator[None]:
   stops (the others would wait for process 0 at their first collective)."""
   with contextlib.ExitStack() as held:
     lock = rundir.lock() if jax.process_index() == 0 else contextlib.nullcontext()
-    error, _ = sharding.agree("locking the run directory", held.enter_context, lock)
-    if error is not None:
-      raise error
+    sharding.agreed("locking the run directory", held.enter_context, lock)
     yield
 
 
 def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
            signals: preemption.StopSignals, params: Any, hooks: Hooks) -> dict[str, float]:
-  lead = jax.process_index() == 0
   loop_config = defaults.view(LoopConfig, config)
   checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints)
   step_config = train_step.StepConfig.from_config(config)
@@ -374,19 +361,30 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
                              params)
+  resumed_at = start.iter if loop_config.resumed else None
   # An eval_only resume, or one with nothing to train, leaves the run as it was (losses: the log).
-  finished = (loop_config.resumed and not loop_config.eval_only
-              and _nothing_to_do(start, config.max_iters))
-  accepted = not (loop_config.resumed and loop_config.eval_only) and not finished
-  writes = lead and accepted
+  finished = False
+  if loop_config.resumed and not config.eval_only and start.iter >= config.max_iters:
+    logging.warning("the checkpoint is at iteration %d and max_iters=%d: nothing to train%s",
+                    start.iter, config.max_iters, "" if start.iter == config.max_iters else
+                    "; raise --config.max_iters to train on")
+    finished = start.iter > config.max_iters or start.evaluated
+  accepted = not (loop_config.resumed and config.eval_only) and not finished
   try:
-    if loop_config.resumed and accepted:
-      _check_nonfinite_allowed(start, config.skip_nonfinite)
+    skipped = int(start.state.nonfinite) if loop_config.resumed and accepted else 0
+    if skipped > config.skip_nonfinite:
+      raise train_step.NonFiniteError(
+          f"checkpoint {start.iter} has skipped {skipped} non-finite iteration(s), more than "
+          f"skip_nonfinite={config.skip_nonfinite} allows (it counts the whole run's); resume "
+          f"with --config.skip_nonfinite={skipped} or more")
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows)
     counts, eval_windows = _log_start(config, layout, sources, start)
-    compiled_step = _compile(setup, start.state, layout, shardings)
-    run_sinks = _accept(config, rundir, checkpoints, start, accepted, writes)
+    t0 = time.perf_counter()
+    compiled_step = train_step.compile_train_step(setup, layout.mesh, start.state)
+    logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
+    train_step.check_memory(setup.step, compiled_step, start.state, layout.mesh)
+    run_sinks = _accept(config, rundir, checkpoints, start, accepted, resumed_at)
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
@@ -404,7 +402,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     loop.close()
   if hooks.at_end is not None and not finished:
     hooks.at_end(loop.state.params)
-  if lead:
+  if jax.process_index() == 0:
     _log_whats_next(config.out_dir, checkpoints, start.unreadable, config.sample_start,
                     config.block_size)
   return loop.losses
@@ -412,33 +410,27 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
 
 def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
             checkpoints: checkpoint.Checkpoints, start: resume.Start, accepted: bool,
-            writes: bool) -> sinks.Sinks:
+            resumed_at: int | None) -> sinks.Sinks:
   """The run's changes to out_dir, in order, each agreed (where one fails on any process,
   every process stops): tensorboardX and W&B loaded first (a missing one leaves the run as it
-  was), then unreadable checkpoints set aside, then what process 0 writes (`writes`):
-  unfinished saves removed, config.json, the metrics a resume keeps, the loop's sinks."""
+  was), then unreadable checkpoints set aside, then what process 0 writes where the run is
+  `accepted`: unfinished saves removed, config.json, the metrics a resume keeps, the sinks."""
+  writes = accepted and jax.process_index() == 0
   sink_config = defaults.view(sinks.SinkConfig, config)
-  error, libraries = sharding.agree(
+  libraries = sharding.agreed(
       "loading tensorboardX or W&B", sinks.start_libraries if writes else lambda *_: None,
       sink_config, rundir, config.to_dict())
-  if error is not None:
-    raise error
   # The run is accepted: before this, nothing in out_dir has changed.
   checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
-  resumed = config.init_from == "resume"
 
   def open_files() -> sinks.Sinks:
     checkpoints.remove_unfinished()
     rundir.write_config(config)
-    rundir.keep_metrics_until(start.iter if resumed else None, evaluated=start.evaluated)
-    return sinks.open_sinks(sink_config, rundir, libraries, start_iter=start.iter,
-                            resumed=resumed)
+    rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)
+    return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
 
-  error, run_sinks = sharding.agree("writing the run's files",
-                                    open_files if writes else lambda: sinks.Sinks([]))
-  if error is not None:
-    raise error
-  return run_sinks
+  return sharding.agreed("writing the run's files",
+                         open_files if writes else lambda: sinks.Sinks([]))
 
 
 def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shardings: Any,
@@ -453,41 +445,9 @@ def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       prefetch=config.data_prefetch, shard_index=jax.process_index(),
       shard_count=jax.process_count(), start_window=window))
   if config.init_from == "resume":
-    start, train_iter = resume.resume(config, setup, shardings, checkpoints, layout, open_batches)
-    if start.iter >= config.max_iters and not config.eval_only:
-      logging.warning("the checkpoint is at iteration %d and max_iters=%d: nothing to train%s",
-                      start.iter, config.max_iters, "" if start.iter == config.max_iters else
-                      "; raise --config.max_iters to train on")
-    return start, train_iter
+    return resume.resume(config, setup, shardings, checkpoints, layout, open_batches)
   state = jax.jit(setup.new_state, out_shardings=shardings)(params)
   return resume.Start(state), open_batches(0)
-
-
-def _compile(setup: train_step.TrainSetup, state: Any, layout: sharding.BatchLayout,
-             shardings: Any) -> Callable:
-  """The train step compiled for the run's state and batches, checked to fit the device."""
-  t0 = time.perf_counter()
-  compiled = train_step.compile_train_step(setup, state, layout.train_spec, shardings,
-                                           layout.mesh, setup.step.sharding)
-  logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-  train_step.check_memory(setup.step, compiled, state, layout.mesh)
-  return compiled
-
-
-def _nothing_to_do(start: resume.Start, max_iters: int) -> bool:
-  """Whether a resumed run has no iteration to train and no evaluation to make."""
-  return start.iter > max_iters or (start.iter == max_iters and start.evaluated)
-
-
-def _check_nonfinite_allowed(start: resume.Start, allowed: int) -> None:
-  """Refuses a resume whose checkpoint skipped more non-finite iterations than allowed now
-  (skip_nonfinite counts a whole run's)."""
-  counted = int(start.state.nonfinite)
-  if counted > allowed:
-    raise train_step.NonFiniteError(
-        f"checkpoint {start.iter} has skipped {counted} non-finite iteration(s), more than "
-        f"skip_nonfinite={allowed} allows (it counts the whole run's); resume with "
-        f"--config.skip_nonfinite={counted} or more")
 
 
 def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
@@ -532,12 +492,8 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
 def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints,
                     unreadable: tuple[int, ...], prompt: str, block_size: int) -> None:
   """Where the run's checkpoints are (but the `unreadable` ones a resume passed over), and the
-  commands that read them: samples that fit the model's context, from the closing sample's
-  prompt.
-
-  It reads the closed manager's list: opening another would wait at a barrier
-  for the processes that do not log.
-  """
+  commands that read them. It reads the closed manager's list: opening another would wait at
+  a barrier for the processes that do not log."""
   steps = [step for step in checkpoints.steps() if step not in unreadable]
   out = shlex.quote(out_dir)
   report = f"python -m jaxgpt.report --out_dir={out}"

@@ -1,9 +1,5 @@
-"""The train state, the jitted train and eval steps, and `build`: model, optimizer, state shapes.
-
-Every caller that needs the model (training, benchmarks, the plan, loading a
-run's checkpoint) builds it here from a `StepConfig`, the config's view of
-what the step is made of, so they all agree on it.
-"""
+"""The train state, the jitted train and eval steps, and `build`: the one maker of the model,
+optimizer and state shapes, so that training, benchmarks, the plan and checkpoints agree."""
 
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from jaxgpt import defaults, sharding
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, GPTConfig, count_params, init_params
+from jaxgpt.model import GPT, GPTConfig, init_params
 from jaxgpt.optim import OptimConfig, lr_schedule, make_optimizer
 
 Batch = jax.Array  # (accum_steps, batch_size, block_size + 1) token ids
@@ -90,11 +86,6 @@ class TrainSetup:
                       opt_state=self.tx.init(params), rng=train_rng,
                       nonfinite=jnp.zeros((), jnp.int32))
 
-  @property
-  def n_params(self) -> int:
-    """nanoGPT's count: the params in matmuls (model.count_params)."""
-    return count_params(self.abstract_state.params)
-
   def host_lr(self, it: int) -> float:
     """The learning rate of iteration `it`: the step's own float32 formula, run on the host."""
     return float(lr_schedule(self.step.optim, np)(it))
@@ -131,39 +122,32 @@ def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
 
 def _keep_moments_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
   """The optimizer state after a step: where the step was not finite, the old one but for
-  the schedules' counters, which move on either way (each moment state, Adam's or Muon's
-  mu, nu and their own count, stays as it was).
+  the schedules' counters, which move on either way (each moment state, Adam's or Muon's,
+  the NamedTuple holding `mu`, stays as it was, its own count included).
 
   A dropped update so leaves the optimizer as it was, while the learning rate and
   Muon's momentum stay those of the iteration, as the log says.
   """
-  name = lambda key: getattr(key, "name", None)
-  moment_states = set()
-  for path, _ in jax.tree_util.tree_leaves_with_path(new):
-    for i, key in enumerate(path):
-      if name(key) in ("mu", "nu"):
-        moment_states.add(path[:i])
+  is_moments = lambda s: hasattr(s, "mu")
 
-  def pick(path: tuple, n: jax.Array, o: jax.Array) -> jax.Array:
-    held = any(path[:i] in moment_states for i in range(len(path)))
-    return n if name(path[-1]) == "count" and not held else jnp.where(finite, n, o)
+  def pick(path: tuple, n: Any, o: Any) -> Any:
+    if is_moments(n) or getattr(path[-1], "name", None) != "count":
+      return jax.tree.map(lambda a, b: jnp.where(finite, a, b), n, o)
+    return n
 
-  return jax.tree_util.tree_map_with_path(pick, new, old)
+  return jax.tree_util.tree_map_with_path(pick, new, old, is_leaf=is_moments)
 
 
 def make_train_step(model: GPT, tx: optax.GradientTransformation,
                     out_shardings: Any = None, dp_mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """A jitted `train_step(state, batch)` doing one iteration: every micro-batch, then AdamW.
+  """A jitted, state-donating `train_step(state, batch)`: one iteration, k micro-batches of b
+  as one update of a batch of k*b.
 
-  k micro-batches of b give the update of one batch of k*b. An update whose
-  loss or gradient is not finite is dropped (params and optimizer moments stay
-  as they were) and counted in `state.nonfinite`, so a bad step never reaches
-  the params or a checkpoint. The state is donated: its buffers are reused.
-  `out_shardings` (state, metrics) pins the new state where the old one was.
-  With `dp_mesh` (replicated params), each device accumulates the gradients
-  of its share of the batch and they are averaged once per iteration, not
-  once per micro-batch as XLA would otherwise schedule it.
+  A non-finite loss or gradient drops the update (counted in `state.nonfinite`), so it never
+  reaches the params or a checkpoint. `out_shardings` (state, metrics) pins the new state
+  where the old one was. With `dp_mesh` (replicated params) each device accumulates its
+  share's gradients, averaged once per iteration, not per micro-batch as XLA would.
   """
 
   def train_step(state: TrainState, tokens_ABT1: Batch) -> tuple[TrainState, dict]:
@@ -197,25 +181,26 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
   return jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings)
 
 
-def compile_train_step(setup: TrainSetup, state: Any, batch_spec: jax.ShapeDtypeStruct,
-                       state_shardings: Any, mesh: jax.sharding.Mesh, mode: str) -> Callable:
-  """The train step compiled ahead of time for these shapes and shardings.
+def compile_train_step(setup: TrainSetup, mesh: jax.sharding.Mesh, state: Any = None
+                       ) -> Callable:
+  """The train step compiled ahead of time for `state` (from shapes alone where None: nothing
+  allocated) and the step's batches, each placed on `mesh` as a run places it.
 
   A batch of another shape is then an error, never a silent recompile.
   """
+  mode = setup.step.sharding
+  shardings = sharding.state_shardings(setup.abstract_state, mesh, mode)
+  if state is None:
+    state = sharding.abstract_like(setup.abstract_state, shardings)
   dp_mesh = mesh if mode == "dp" and mesh.size > 1 else None
-  step = make_train_step(setup.model, setup.tx, (state_shardings, sharding.replicated(mesh)),
-                         dp_mesh)
-  return step.lower(state, batch_spec).compile()
+  step = make_train_step(setup.model, setup.tx, (shardings, sharding.replicated(mesh)), dp_mesh)
+  return step.lower(state, setup.step.layout(mesh).train_spec).compile()
 
 
 def compile_on(step: StepConfig, mesh: jax.sharding.Mesh) -> Any:
-  """The train step as a run on `mesh` compiles it, from shapes alone (nothing allocated):
-  for its memory plan and its program."""
-  setup = build(step)
-  shardings = sharding.state_shardings(setup.abstract_state, mesh, step.sharding)
-  return compile_train_step(setup, sharding.abstract_like(setup.abstract_state, shardings),
-                            step.layout(mesh).train_spec, shardings, mesh, step.sharding)
+  """The train step of `step` as a run on `mesh` compiles it, from shapes alone: for its memory
+  plan and its program."""
+  return compile_train_step(build(step), mesh)
 
 
 def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:

@@ -221,7 +221,7 @@ def test_drop_records_after_moves_redone_iterations(tmp_path):
   lines = [{"event": "train", "iter": i} for i in range(6)] + [{"event": "eval", "iter": 4}]
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in lines)
-  assert run_dir.RunDir(str(tmp_path)).drop_metrics_after(4) == 2
+  run_dir.RunDir(str(tmp_path)).keep_metrics_until(4, evaluated=True)
   kept = read_jsonl(path)
   assert [(r["event"], r["iter"]) for r in kept] == [("train", i) for i in range(4)] + [("eval", 4)]
   assert len(read_jsonl(path + ".superseded")) == 2

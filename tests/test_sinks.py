@@ -85,7 +85,7 @@ def test_resumes_of_an_unevaluated_checkpoint_keep_one_evaluation_of_it(tmp_path
     rundir.keep_metrics_until(start, evaluated=False)
     sink_config = defaults.view(sinks.SinkConfig, tiny_config(tmp_path, "", tensorboard_log=True))
     out = sinks.open_sinks(sink_config, rundir, sinks.start_libraries(sink_config, rundir, {}),
-                           start_iter=start or 0, resumed=start is not None)
+                           resumed_at=start)
     if iters[0] % 4 == 0:
       out.write({"event": "eval", "iter": iters[0], "val_loss": n + iters[0] / 10})
       out.write({"event": "tasks", "iter": iters[0], "hellaswag_acc": n / 10})

@@ -60,7 +60,8 @@ def restore_state(checkpoints: checkpoint.Checkpoints, at_step: int,
   """The whole train state (of `abstract_state`'s shapes) and the metadata of one checkpoint,
   on one device."""
   on_one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return checkpoints.restore(at_step, sharding.abstract_like(abstract_state, on_one))
+  meta = checkpoints.read_meta(at_step)
+  return checkpoints.restore(at_step, sharding.abstract_like(abstract_state, on_one), meta), meta
 
 
 def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, Any], Any, str]:
