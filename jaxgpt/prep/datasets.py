@@ -55,17 +55,11 @@ def make_command(dataset: str, data_dir: str) -> str:
   return f"python -m jaxgpt.prepare files --input='PATH/*.parquet' --out={out}"
 
 
-def python_docs_documents() -> Iterator[tuple[str, str]]:
-  """The reference-manual topics of the running CPython, one document each."""
-  from pydoc_data import topics
-  for key in sorted(topics.topics):
-    yield key, topics.topics[key]
-
-
 def make_python_docs(out_dir: str) -> None:
   """Makes the built-in corpus's shards (once: later runs read them)."""
+  from pydoc_data import topics
   print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
-  pieces = (p for key, text in python_docs_documents() for p in pieces_of(key, text))
+  pieces = (p for key in sorted(topics.topics) for p in pieces_of(key, topics.topics[key]))
   meta = write_dataset(pieces, out_dir, name=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
                        sources=[f"pydoc_data.topics (Python {sys.version.split()[0]})"],
                        command="python -m jaxgpt.prepare python_docs", progress=False)
@@ -122,12 +116,8 @@ def _one_maker(data_dir: str) -> Iterator[None]:
 
 
 def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
-  """Makes a config's dataset, which has no train shards in `data_dir` yet, where it may.
-
-  The built-in corpus is made on first use; FineWeb is downloaded and
-  tokenized only with `auto_prepare`; otherwise the error prints the command
-  that makes the data.
-  """
+  """Makes a config's dataset, which has no train shards in `data_dir` yet, where it may
+  (python_docs; FineWeb with `auto_prepare`); otherwise the error prints the command."""
   if dataset == PYTHON_DOCS:
     make_python_docs(data_dir)
     return

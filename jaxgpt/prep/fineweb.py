@@ -32,12 +32,7 @@ def fineweb_folder(name: str) -> str:
 
 def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = False,
                     shards_limit: int = 0, **kwargs) -> dict:
-  """FineWeb (or FineWeb-Edu) parquet files from the hub -> shards in out_dir.
-
-  Files are downloaded one at a time as reading reaches them (so
-  `max_tokens` downloads about what it needs) into the Hugging Face cache
-  (HF_HOME), where an interrupted download resumes.
-  """
+  """FineWeb (or FineWeb-Edu) parquet files from the hub -> shards in out_dir."""
   import huggingface_hub
   from huggingface_hub.errors import EntryNotFoundError
   check_out_dir(out_dir)
@@ -69,7 +64,7 @@ _OFFLINE_ADVICE = ("Download FineWeb's parquet files where there is a network an
                    "HF_ENDPOINT at a mirror.")
 
 
-def check_hub_reachable(timeout_s: float = 10.0) -> None:
+def check_hub_reachable() -> None:
   """Fails at once, with what to do, where the Hub cannot be reached.
 
   huggingface_hub would otherwise retry for tens of seconds and end in a long
@@ -85,7 +80,7 @@ def check_hub_reachable(timeout_s: float = 10.0) -> None:
   url = urllib.parse.urlparse(constants.ENDPOINT)
   port = url.port or (443 if url.scheme == "https" else 80)
   try:
-    socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    socket.create_connection((url.hostname, port), timeout=10).close()
   except OSError as e:
     raise PrepareError(f"the Hugging Face Hub ({constants.ENDPOINT}) is unreachable "
                        f"({e.strerror or e}); nothing was downloaded. {_OFFLINE_ADVICE}") from None

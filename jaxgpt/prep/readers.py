@@ -1,9 +1,8 @@
 """Corpus files as documents: parquet, jsonl and plain text, read in a stream.
 
-A document longer than PIECE_CHARS is handed on in pieces cut at a space
-between two non-spaces, where GPT-2's pre-tokenizer splits anyway, so its
-tokens are those of the whole text. Every reader fails with a message that
-names the file (and line or row).
+A long document is handed on in pieces whose tokens are those of the whole
+text (`_SAFE_CUT`). Every reader fails with a message that names the file
+(and line or row).
 """
 
 from __future__ import annotations
@@ -49,8 +48,6 @@ def pieces_of(doc_id: str, text: str, nbytes: int = 0) -> Iterator[Piece]:
     start = cut.start()
   yield Piece(doc_id, text[start:], True, nbytes)
 
-
-# Readers: one input file -> pieces, failing with a message that names the file.
 
 def read_parquet(path: str, text_field: str) -> Iterator[Piece]:
   """Rows of a parquet file read batch by batch; the `id` column names a row when present.

@@ -1,15 +1,8 @@
 """Documents to a dataset directory: train/val llm.c shards plus meta.json, written safely.
 
-A document goes to val when the hash of its id falls under `val_fraction`,
-until val holds `val_tokens`; every later document goes to train. So a small
-corpus keeps 10% for val and a large one 10M tokens, the same on every run
-and never mixed into train. Each document goes whole to one split, in input
-order.
-
-Shards are written under `out/.incomplete/` and moved into `out/` when all
-are done, then meta.json is written last: a directory with meta.json is
-complete, and an interrupted run leaves no shard the trainer would read. An
-`out` that already holds a dataset is refused, never overwritten.
+How documents are split and why a directory with meta.json is complete:
+docs/design.md, "Token shard formats". The val cap means a small corpus keeps
+10% for val and a large one 10M tokens, the same on every run.
 """
 
 from __future__ import annotations
@@ -128,11 +121,11 @@ class _Progress:
 
   def summary(self, workers: int) -> str:
     dt = max(time.perf_counter() - self.start, 1e-9)
-    mb_s = self.text_bytes / dt / 1e6
+    mb_s, tok_s = self.text_bytes / dt / 1e6, self.tokens / dt
     return (f"{self.documents:,} documents, {self.text_bytes / 1e6:,.1f} MB of text, "
             f"{self.tokens:,} tokens in {dt:.1f} s: {mb_s:.2f} MB/s of text, "
-            f"{self.tokens / dt:,.0f} tokens/s with {workers} worker(s); {mb_s / workers:.2f} MB/s, "
-            f"{self.tokens / dt / workers:,.0f} tokens/s per worker")
+            f"{tok_s:,.0f} tokens/s with {workers} worker(s); "
+            f"{mb_s / workers:.2f} MB/s, {tok_s / workers:,.0f} tokens/s per worker")
 
 
 def check_out_dir(out_dir: str) -> None:

@@ -65,13 +65,10 @@ def tokenized(pieces: Iterable[Piece], workers: int
   pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker)
   try:
-    in_flight: collections.deque = collections.deque()
-    for batch in batches:
-      in_flight.append((batch, pool.submit(encode_pieces, *task(batch))))
-      if len(in_flight) >= 2 * workers:
-        batch, future = in_flight.popleft()
-        yield batch, *future.result()
+    submitted = ((b, pool.submit(encode_pieces, *task(b))) for b in batches)
+    in_flight = collections.deque(itertools.islice(submitted, 2 * workers - 1))
     while in_flight:
+      in_flight.extend(itertools.islice(submitted, 1))
       batch, future = in_flight.popleft()
       yield batch, *future.result()
   finally:
