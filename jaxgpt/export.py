@@ -14,13 +14,6 @@ from jaxgpt.interop import gpt2, weights
 from jaxgpt.model import GPTConfig
 
 
-def export(out_dir: str, to_dir: str, step: int | None = None) -> tuple[int, bool]:
-  """Writes the latest (or the given) checkpoint of `out_dir` to `to_dir`; returns its step and
-  whether GPT-2's tokenizer files went with it."""
-  config, params, step = weights.from_run(out_dir, step)
-  return step, gpt2.export(params, GPTConfig.from_config(config), to_dir)
-
-
 def _define_flags() -> None:
   weights.define_run_flags()
   flags.DEFINE_string("out", None, "New directory for config.json, model.safetensors and the "
@@ -30,7 +23,8 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
-  step, with_tokenizer = export(f.out_dir, f.out, f.step)
+  config, params, step = weights.from_run(f.out_dir, f.step)
+  with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), f.out)
   print(f"wrote {f.out_dir} step {step} to {f.out} (config.json, model.safetensors and " +
         ("GPT-2's tokenizer files)" if with_tokenizer else "no tokenizer: the model's "
          "vocabulary is not GPT-2's)"))

@@ -119,8 +119,8 @@ def test_prompts_are_cropped_from_the_left_and_bucketed():
   prompt_BP, lengths_B = decoding.pad_prompts([[1, 2, 3, 4, 5], [7]], block_size=4)
   np.testing.assert_array_equal(prompt_BP, [[2, 3, 4, 5], [7, 0, 0, 0]])
   np.testing.assert_array_equal(lengths_B, [4, 1])
-  assert decoding.bucket_length(17, 1024) == 32
-  assert decoding.bucket_length(3, 1024) == decoding.MIN_BUCKET
+  assert decoding.pad_prompts([[1] * 17], block_size=1024)[0].shape == (1, 32)
+  assert decoding.pad_prompts([[1] * 3], block_size=1024)[0].shape == (1, decoding.MIN_BUCKET)
   with pytest.raises(UserError, match="empty"):
     decoding.pad_prompts([[1], []], block_size=4)
 

@@ -1,16 +1,10 @@
-"""HellaSwag, scored as llm.c and build-nanogpt score it: which of 4 endings the model finds likeliest.
+"""HellaSwag as llm.c and build-nanogpt score it: which of 4 endings the model finds likeliest.
 
-Each example is a context and 4 endings, one right (`label`). An ending is
-scored as the context's GPT-2 tokens followed by those of " " + ending: the
-cross-entropy of the ending's tokens only, each predicted from all tokens
-before it. `acc` picks the ending of the least summed loss, `acc_norm` the
-least mean loss per token (length-normalised); random guessing scores 0.25.
-A row longer than block_size + 1 tokens keeps its last block_size + 1: the
-context is cut from the left (an ending longer than block_size would lose its
-first tokens too).
-
-The data is the published validation file (10,042 examples), read from a
-path or downloaded once into data/cache/.
+How an ending is scored, and `acc` against `acc_norm`: docs/design.md. A row
+longer than block_size + 1 tokens keeps its last block_size + 1: the context
+is cut from the left (an ending longer than block_size would lose its first
+tokens too). The data is the published validation file (10,042 examples),
+read from a path or downloaded once into data/cache/.
 """
 
 from __future__ import annotations
@@ -18,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import urllib.error
 import urllib.request
 from typing import Any, NamedTuple
@@ -65,8 +60,7 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   tmp = f"{path}.{os.getpid()}.part"  # processes of one run on a shared disk may all download
   try:
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
-      while chunk := response.read(1 << 20):
-        f.write(chunk)
+      shutil.copyfileobj(response, f, 1 << 20)
   except BaseException as e:  # a network error, or a stop (Ctrl-C) mid-download
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -3,12 +3,9 @@
   hellaswag    acc, acc_norm over HellaSwag's validation examples (hellaswag.py)
   text:FILE    tokens, mean loss and perplexity of a text file
 
-A text file is GPT-2 tokens, every one but the first predicted once, from
-windows of block_size + 1 tokens: with the default stride of block_size the
-windows do not overlap (each shares its first token with the one before); a
-smaller stride scores only the last `stride` targets of each later window,
-each with at least block_size + 1 - stride tokens of context (the
-sliding-window perplexity commonly reported). The metrics are named
+A text's windows (docs/design.md) with a stride below block_size give each
+scored token at least block_size + 1 - stride tokens of context: the
+sliding-window perplexity commonly reported. The metrics are named
 '<task>_<number>': hellaswag_acc_norm, wikitext2_raw_test_ppl, ...
 """
 

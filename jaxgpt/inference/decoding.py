@@ -1,17 +1,14 @@
 """Token generation from a GPT: temperature, top-k and top-p sampling.
 
 `generate` decodes with a KV cache: one jitted program per (batch, prompt
-bucket, max_new_tokens, sampling settings) runs a prefill of the prompts and
-then a `lax.while_loop` that feeds one token per step. Prompts are
-right-padded to a power-of-two bucket, so prompts of different lengths share
-one compilation. Its output is nanoGPT's: the context of every token is the
-last block_size tokens. A learned position embedding ties each cached key to
-its position, so once a row outgrows block_size its window shifts at every
-step and the program falls back to recomputing that window per token.
+bucket, max_new_tokens, sampling settings) prefills the prompts, right-padded
+to a power of two, then a `lax.while_loop` feeds one token per step. Each
+token's context is nanoGPT's, the last block_size tokens: a learned position
+embedding ties each cached key to its position, so once a row outgrows
+block_size the program recomputes that row's window per token.
 
-`generate_recompute` runs the full forward pass over a fixed block_size window
-for every new token (what nanoGPT's sample.py does) and is the reference the
-cached decoder is checked against.
+`generate_recompute` is nanoGPT's sample.py (the full forward pass over a fixed
+block_size window per token), the reference the cached decoder is checked against.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import numpy as np
 
 from jaxgpt import tokenizer
 from jaxgpt.errors import UserError
+from jaxgpt.inference import scoring
 from jaxgpt.model import GPT
 
 MIN_BUCKET = 16
@@ -56,24 +54,8 @@ def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float,
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
-def check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
-  """Refuses settings that sample nonsense without failing: top_p <= 0 keeps no token (every
-  sample token 0), a negative temperature makes the least likely tokens the likeliest."""
-  if not temperature >= 0.0:
-    raise UserError(f"temperature={temperature}: must be >= 0 (0 is greedy, 1 as trained)")
-  if top_k is not None and top_k < 1:
-    raise UserError(f"top_k={top_k}: must be positive")
-  if top_p is not None and not 0.0 < top_p <= 1.0:
-    raise UserError(f"top_p={top_p}: must be in (0, 1] (1 keeps every token)")
-
-
 def _sampled_vocab(logits_BV: jax.Array) -> jax.Array:
   return logits_BV[:, :tokenizer.N_VOCAB]  # never sample the padding ids past GPT-2's vocab
-
-
-def bucket_length(n: int, block_size: int) -> int:
-  """The padded prompt length: a power of two (at least MIN_BUCKET), at most block_size."""
-  return min(block_size, max(MIN_BUCKET, 1 << (n - 1).bit_length()))
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +66,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], block_size: int) -> tuple[np.n
   if any(len(p) == 0 for p in cropped):
     raise UserError("a prompt is empty: give at least one token (e.g. end-of-text, 50256)")
   lengths_B = np.array([len(p) for p in cropped], np.int32)
-  prompt_BP = np.zeros((len(cropped), bucket_length(int(lengths_B.max()), block_size)), np.int32)
+  width = scoring.bucket(int(lengths_B.max()), block_size, MIN_BUCKET)
+  prompt_BP = np.zeros((len(cropped), width), np.int32)
   for row, p in zip(prompt_BP, cropped):
     row[:len(p)] = p
   return prompt_BP, lengths_B
@@ -100,7 +83,14 @@ def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: ja
   """
   if max_new_tokens < 1:
     raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
-  check_settings(temperature, top_k, top_p)
+  # Settings that would sample nonsense without failing: top_p <= 0 keeps no token (every
+  # sample token 0), a negative temperature makes the least likely tokens the likeliest.
+  if not temperature >= 0.0:
+    raise UserError(f"temperature={temperature}: must be >= 0 (0 is greedy, 1 as trained)")
+  if top_k is not None and top_k < 1:
+    raise UserError(f"top_k={top_k}: must be positive")
+  if top_p is not None and not 0.0 < top_p <= 1.0:
+    raise UserError(f"top_p={top_p}: must be in (0, 1] (1 keeps every token)")
   prompt_BP, lengths_B = pad_prompts(prompts, model.config.block_size)
   largest = int(prompt_BP.max())
   if largest >= model.config.vocab_size:  # its embedding would be NaN, every sample 0s

@@ -2,13 +2,10 @@
 
 A row is (tokens, n): the loss of its last n tokens, each predicted from all
 the tokens before it (HellaSwag's ending after its context, a text window's
-new tokens). Rows are grouped by shape: the inputs padded to a power of two
-up to block_size, the scored positions to a power of two up to that, and a
-batch holds a fixed number of rows (the last padded with empty ones). So a
-model compiles once per bucket, not per row, and an evaluation in the
-training loop reuses the same shapes every time. The LM head runs on the
-scored positions alone: most of a HellaSwag row is context, and the head is
-most of a small model's FLOPs.
+new tokens). Rows are padded to power-of-two buckets in batches of a fixed
+row count (docs/design.md), so an evaluation in the training loop reuses the
+same shapes every time. The LM head runs on the scored positions alone: most
+of a HellaSwag row is context, and the head is most of a small model's FLOPs.
 """
 
 from __future__ import annotations
@@ -38,35 +35,9 @@ class Batch(NamedTuple):
   weights_RS: np.ndarray  # float32: 1 where scored, 0 on padding
 
 
-def bucket(n: int, cap: int) -> int:
-  """The padded length of n: a power of two, at least MIN_BUCKET, at most cap."""
-  return min(cap, max(MIN_BUCKET, 1 << (n - 1).bit_length()))
-
-
-def make_batches(rows: Sequence[Row], rows_per_batch: int, block_size: int) -> list[Batch]:
-  """The rows as padded batches, grouped by bucket, in order within a bucket."""
-  groups: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
-  for i, (tokens, n) in enumerate(rows):
-    if not (len(tokens) <= block_size + 1 and 0 < n < len(tokens)):
-      raise ValueError(f"row {i}: {len(tokens)} tokens, {n} scored (block_size {block_size})")
-    T = bucket(len(tokens) - 1, block_size)
-    groups[T, bucket(n, T)].append(i)
-  batches = []
-  for (T, S), indices in sorted(groups.items()):
-    for start in range(0, len(indices), rows_per_batch):
-      batch = Batch(np.full(rows_per_batch, -1), *(np.zeros((rows_per_batch, size), dtype)
-                    for size, dtype in ((T, np.int32), (S, np.int32), (S, np.int32),
-                                        (S, np.float32))))
-      for r, i in enumerate(indices[start:start + rows_per_batch]):
-        tokens, n = rows[i]
-        L = len(tokens) - 1  # inputs; the targets are the tokens shifted by one
-        batch.index_R[r] = i
-        batch.inputs_RT[r, :L] = tokens[:L]
-        batch.scored_RS[r, :n] = np.arange(L - n, L)
-        batch.targets_RS[r, :n] = tokens[L - n + 1:]
-        batch.weights_RS[r, :n] = 1.0
-      batches.append(batch)
-  return batches
+def bucket(n: int, cap: int, least: int = MIN_BUCKET) -> int:
+  """The padded length of n: a power of two, at least `least`, at most cap."""
+  return min(cap, max(least, 1 << (n - 1).bit_length()))
 
 
 class Scorer:
@@ -94,7 +65,30 @@ class Scorer:
                               else sharding.replicated(mesh))
 
   def batches(self, rows: Sequence[Row]) -> list[Batch]:
-    return make_batches(rows, self.rows_per_batch, self.block_size)
+    """The rows as padded batches, grouped by bucket, in order within a bucket."""
+    groups: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+    for i, (tokens, n) in enumerate(rows):
+      if not (len(tokens) <= self.block_size + 1 and 0 < n < len(tokens)):
+        raise ValueError(f"row {i}: {len(tokens)} tokens, {n} scored "
+                         f"(block_size {self.block_size})")
+      T = bucket(len(tokens) - 1, self.block_size)
+      groups[T, bucket(n, T)].append(i)
+    R = self.rows_per_batch
+    batches = []
+    for (T, S), indices in sorted(groups.items()):
+      for start in range(0, len(indices), R):
+        batch = Batch(np.full(R, -1), *(np.zeros((R, size), dtype) for size, dtype in
+                      ((T, np.int32), (S, np.int32), (S, np.int32), (S, np.float32))))
+        for r, i in enumerate(indices[start:start + R]):
+          tokens, n = rows[i]
+          L = len(tokens) - 1  # inputs; the targets are the tokens shifted by one
+          batch.index_R[r] = i
+          batch.inputs_RT[r, :L] = tokens[:L]
+          batch.scored_RS[r, :n] = np.arange(L - n, L)
+          batch.targets_RS[r, :n] = tokens[L - n + 1:]
+          batch.weights_RS[r, :n] = 1.0
+        batches.append(batch)
+    return batches
 
   def _place(self, array: np.ndarray) -> np.ndarray | jax.Array:
     if self.mesh is None:

@@ -3,9 +3,7 @@
 transformers' GPT-2 stores its linear layers as Conv1D with (in, out)
 weights, the layout of a flax Dense kernel, so no matrix is transposed; the
 fused QKV splits into q, k, v and heads in the same order as ours. The
-vocabulary stays at the checkpoint's 50257, as nanoGPT does: padding rows of
-the tied embedding would give their ids a logit of 0, well above what GPT-2
-gives real tokens, and swamp the loss.
+vocabulary stays at the checkpoint's 50257, unpadded (docs/design.md says why).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from jaxgpt import defaults, model, tokenizer
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, init_params
 
-HUB_REPOS = {name: f"openai-community/{name}" for name in defaults.GPT2_MODELS}
 # (n_layer, n_embd) of each of OpenAI's sizes, as nanoGPT's from_pretrained spells them out.
 SIZES = {"gpt2": (12, 768), "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280),
          "gpt2-xl": (48, 1600)}
@@ -110,12 +107,8 @@ def load(hf_dir: str) -> tuple[dict[str, Any], dict]:
 
 
 def to_params(tensors: dict[str, np.ndarray], arch: dict[str, Any], source: str) -> dict:
-  """Our float32 param tree from tensors under GPT-2's names, each checked against `arch`.
-
-  Linear weights are (in, out), as transformers' Conv1D stores them; names may
-  carry a 'transformer.' prefix; the attention-mask buffers and the tied LM
-  head are skipped. `source` names the checkpoint in errors.
-  """
+  """Our float32 param tree from tensors under GPT-2's names, linear weights (in, out) as
+  transformers' Conv1D stores them, each checked against `arch`; `source` names it in errors."""
   expected = traverse_util.flatten_dict(jax.eval_shape(
       lambda: init_params(GPT(GPTConfig(**arch)), jax.random.PRNGKey(0))))
   flat = {}
@@ -146,16 +139,15 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
     if not os.path.isdir(hf_checkpoint_dir):
       raise UserError(f"hf_checkpoint_dir={hf_checkpoint_dir!r} is not a directory")
     arch = read_config(hf_checkpoint_dir)
-    held = (arch["n_layer"], arch["n_embd"])
-    if held != SIZES[init_from]:
-      named = [name for name, size in SIZES.items() if size == held]
-      raise UserError(
-          f"init_from={init_from} is n_layer={SIZES[init_from][0]}, n_embd="
-          f"{SIZES[init_from][1]}, but hf_checkpoint_dir={hf_checkpoint_dir!r} holds n_layer="
-          f"{held[0]}, n_embd={held[1]}" + (f" ({named[0]})" if named else
-                                            " (none of GPT-2's sizes)"))
+    (n_layer, n_embd), held = SIZES[init_from], (arch["n_layer"], arch["n_embd"])
+    if held != (n_layer, n_embd):
+      named = next((name for name, size in SIZES.items() if size == held),
+                   "none of GPT-2's sizes")
+      raise UserError(f"init_from={init_from} is n_layer={n_layer}, n_embd={n_embd}, but "
+                      f"hf_checkpoint_dir={hf_checkpoint_dir!r} holds n_layer={held[0]}, "
+                      f"n_embd={held[1]} ({named})")
     return hf_checkpoint_dir
-  repo = HUB_REPOS[init_from]
+  repo = f"openai-community/{init_from}"
   import huggingface_hub
   try:
     return huggingface_hub.snapshot_download(
@@ -175,18 +167,13 @@ def differences(cfg: GPTConfig) -> list[str]:
 
 
 def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
-  """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load.
+  """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load; returns
+  whether GPT-2's tokenizer files went with it (not for a character-level vocabulary).
 
-  GPT-2's architecture holds every model of the nanoGPT recipe: without
-  biases the biases are written as zeros, and exact GELU is transformers'
-  `gelu`. A modern model (rotary positions, RMSNorm, ReLU², an untied head or
-  capped logits) is refused: GPT2LMHeadModel would load it and compute
-  something else. The vocabulary is cropped to GPT-2's 50257 (the rest is
-  padding). The tokenizer files are GPT-2's own, written only for a model
-  that speaks GPT-2's tokens (a character-level one gets none: returns
-  False). Files get the usual permissions (the process's umask). They are
-  written into a hidden folder beside `to_dir`, renamed to it when all are
-  written: a failed export leaves nothing.
+  A model without biases gets zero biases; a modern one is refused: GPT2LMHeadModel would
+  load it and compute something else. The vocabulary is cropped to GPT-2's 50257. The files,
+  with the umask's permissions, go into a hidden folder beside `to_dir`, renamed to it when
+  all are written: a failed export leaves nothing.
   """
   departures = differences(config)
   if departures:
@@ -252,18 +239,17 @@ def _zero_biases(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _hf_config(config: GPTConfig, vocab: int) -> dict[str, Any]:
-  hf_config = {
+  # Without GPT-2's end-of-text, None: transformers would take 50256, outside the vocabulary.
+  eot = tokenizer.EOT_TOKEN if vocab > tokenizer.EOT_TOKEN else None
+  return {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
       "activation_function": "gelu_new" if config.gelu_approximate else "gelu",
       "vocab_size": vocab, "n_positions": config.block_size, "n_embd": config.n_embd,
       "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
       "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": config.dropout,
       "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
-      "tie_word_embeddings": True, "use_cache": True,
+      "tie_word_embeddings": True, "use_cache": True, "bos_token_id": eot, "eos_token_id": eot,
   }
-  # Without GPT-2's end-of-text, None: transformers would take 50256, outside the vocabulary.
-  eot = tokenizer.EOT_TOKEN if vocab > tokenizer.EOT_TOKEN else None
-  return {**hf_config, "bos_token_id": eot, "eos_token_id": eot}
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:

@@ -20,14 +20,8 @@ from jaxgpt import defaults
 from jaxgpt.errors import UserError
 from jaxgpt.interop import gpt2
 
-COMPILED_PREFIX = "_orig_mod."
 LINEAR_WEIGHT = re.compile(r".*\.(c_attn|c_proj|c_fc)\.weight")
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
-
-
-def path_of(init_from: str) -> str:
-  """The ckpt.pt of `nanogpt:PATH`."""
-  return init_from.removeprefix(defaults.NANOGPT)
 
 
 def read(path: str) -> tuple[dict[str, Any], dict, int]:
@@ -54,7 +48,7 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
   arch["gelu_approximate"] = False  # nanoGPT's nn.GELU() is the exact one
   tensors = {}
   for key, value in ckpt["model"].items():
-    key = key.removeprefix(COMPILED_PREFIX)
+    key = key.removeprefix("_orig_mod.")
     array = value.float().numpy()
     tensors[key] = array.T if LINEAR_WEIGHT.fullmatch(key) else array
   return arch, gpt2.to_params(tensors, arch, path), int(ckpt.get("iter_num", 0))

@@ -1,4 +1,4 @@
-"""The weights a run or a command starts from: a run's checkpoint, OpenAI's GPT-2, a nanoGPT ckpt.pt.
+"""The weights a run or command starts from: a run's checkpoint, OpenAI's GPT-2, a nanoGPT ckpt.pt.
 
 `init_from` as configs and commands spell it: 'resume' (a checkpoint of
 out_dir), 'gpt2*' (gpt2.py) or 'nanogpt:PATH' (nanogpt.py). The flags that
@@ -71,7 +71,7 @@ def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, A
     arch, params = gpt2.load(source)
     return arch, params, f"{init_from} ({source})"
   if init_from.startswith(defaults.NANOGPT):
-    path = nanogpt.path_of(init_from)
+    path = init_from.removeprefix(defaults.NANOGPT)
     arch, params, iter_num = nanogpt.read(path)
     return arch, params, f"{path} (nanoGPT iter {iter_num})"
   raise UserError(f"--init_from={init_from}: must be 'resume', one of "
@@ -100,14 +100,9 @@ def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint
 
 
 def for_training(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
-  """The config with the weights' architecture, and the weights, for init_from=gpt2*|nanogpt:.
-
-  As in nanoGPT, layers, heads, width, vocabulary, biases and GELU come from
-  the checkpoint (each change logged); a smaller block_size crops the
-  position embedding, a larger one is an error. Training goes on from these
-  weights with a fresh optimizer and schedule. A config that departs from
-  GPT-2's architecture (the modern keys) is refused: the weights are GPT-2's.
-  """
+  """The config with the weights' architecture (as nanoGPT, each change logged), and the
+  weights, for init_from=gpt2*|nanogpt:; training goes on from them with a fresh optimizer and
+  schedule. A config of the modern keys is refused: the weights are GPT-2's."""
   departures = gpt2.differences(GPTConfig.from_config(config))
   if departures:
     raise UserError(f"config.init_from={config.init_from!r} loads GPT-2-architecture weights; "
