@@ -317,6 +317,18 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
 
 
+def test_a_prepare_stopped_while_moving_its_shards_in_is_not_read_as_the_dataset(tmp_path):
+  out = tmp_path / "fineweb"
+  (out / shards.STAGING).mkdir(parents=True)  # left by a stop between the moves and meta.json
+  shards.write_shard(str(out / "fineweb_train_000000.bin"), np.arange(100, dtype=np.uint16))
+  for dataset in ("fineweb", "python_docs"):  # python_docs: a run that makes its data itself
+    with pytest.raises(UserError, match=rf"{out}: holds part of a dataset .*no meta.json.*"
+                                        r"python -m jaxgpt.prepare"):
+      datasets.ensure(dataset, str(out), auto_prepare=False)
+  assert sorted(os.listdir(out)) == sorted([shards.STAGING, "fineweb_train_000000.bin",
+                                            ".prepare.lock"])  # nothing removed
+
+
 def test_the_processes_of_one_run_make_a_missing_dataset_once(tmp_path):
   """Each process of a multi-process run calls ensure; one makes the data, the others wait
   for it (before, each removed the others' unfinished shards and all but one failed)."""

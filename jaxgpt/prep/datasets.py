@@ -83,6 +83,12 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
     train_files = token_files.find_shards(data_dir, "train")
   elif not train_files:
     make(dataset, data_dir, auto_prepare=auto_prepare)  # the error: the command that makes it
+  if os.path.isdir(os.path.join(data_dir, STAGING)) and token_files.read_meta(data_dir) is None:
+    # write_dataset removes its staging folder only after meta.json: a stop while it moved the
+    # shards in left some of them here, which a run would read as the whole dataset.
+    raise UserError(f"{data_dir}: holds part of a dataset (a prepare was stopped while moving "
+                    f"its shards in from {STAGING}/; no meta.json). Remove the directory and "
+                    f"make the data again: {make_command(dataset, data_dir)}")
   if dataset != PYTHON_DOCS and all(os.path.basename(p).startswith(f"{PYTHON_DOCS}_")
                                       for p in train_files):
     raise UserError(
