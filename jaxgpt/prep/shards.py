@@ -154,6 +154,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   while `pieces` is read: meta.json records it at the end.
   """
   check_out_dir(out_dir)
+  made = not os.path.isdir(out_dir)  # removed again, empty, where the run fails
   staging = os.path.join(out_dir, STAGING)
   if os.path.isdir(staging):
     print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
@@ -189,6 +190,9 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
     os.rmdir(staging)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
+    if made:
+      with contextlib.suppress(OSError):
+        os.rmdir(out_dir)
     raise
   if progress:
     print(bar.summary(workers), flush=True)
