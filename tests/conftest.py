@@ -10,7 +10,8 @@ import textwrap
 import time
 import types
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_PLATFORMS_GIVEN = "JAX_PLATFORMS" in os.environ
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite is for the CPU, whatever is here
 
 import jax
 import ml_collections
@@ -25,6 +26,14 @@ from jaxgpt.prep import shards
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
 flags.FLAGS.mark_as_parsed()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  """`-m gpu` is for this machine's GPU: JAX picks the platform itself there (unless
+  JAX_PLATFORMS says), where the tests marked gpu would otherwise skip, finding a CPU."""
+  if config.option.markexpr == "gpu" and not _PLATFORMS_GIVEN:
+    del os.environ["JAX_PLATFORMS"]
+    jax.config.update("jax_platforms", None)
 
 TINY_VOCAB = 96
 
