@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import pytest
-from conftest import records, tiny_config
+from conftest import ROOT, records, tiny_config, write_config_file
 
 from jaxgpt import train
-from jaxgpt.errors import UserError
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")]
@@ -44,17 +46,32 @@ def test_a_bfloat16_run_starts_at_the_uniform_loss_and_resumes_as_if_unbroken(tm
 
 def test_a_step_too_big_for_the_device_stops_before_training_with_a_layout_that_fits(
     tmp_path, token_dir):
-  room = jax.devices()[0].memory_stats()["bytes_limit"]
-  block, vocab = 64, 50304
-  window_logits = block * vocab * 4  # float32 logits of one window, kept whole (no chunks)
-  batch = 2 ** math.ceil(math.log2(3 * room / window_logits))
-  config = tiny_config(tmp_path, token_dir, n_layer=1, n_head=1, n_embd=64, block_size=block,
-                       vocab_size=vocab, batch_size=batch, gradient_accumulation_steps=1,
-                       loss_chunk_size=0, dtype="bfloat16", max_iters=2)
-  with pytest.raises(UserError, match=(
-      r"the train step needs [\d.]+ GiB per device and .* has [\d.]+ GiB for it .*the same "
-      r"tokens per iteration fit with --config.batch_size=\d+ "
-      r"--config.gradient_accumulation_steps=\d+ .*Nothing was trained or written")):
-    train.train(config)
-  assert not os.path.exists(os.path.join(config.out_dir, "metrics.jsonl"))
-  assert not os.path.exists(os.path.join(config.out_dir, "checkpoints"))
+  """launch.py with 2% of the GPU's memory for JAX, on a step several times that size.
+
+  The need is many layers' attention scores (attention=xla keeps them for the
+  backward pass), each buffer a fraction of the room, as in a real model too
+  big for its card, rather than one buffer larger than the device.
+  """
+  fraction = 0.02
+  own_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75"))
+  room = fraction * jax.devices()[0].memory_stats()["bytes_limit"] / own_fraction
+  block, n_layer = 512, 24
+  kept_per_window = n_layer * block * block * 3  # scores (f32) or probabilities (bf16) a layer
+  batch = 2 ** math.ceil(math.log2(4 * room / kept_per_window))
+  config_file = write_config_file(tmp_path, token_dir, n_layer=n_layer, n_head=1, n_embd=64,
+                                  block_size=block, batch_size=batch,
+                                  gradient_accumulation_steps=1, attention="xla",
+                                  dtype="bfloat16", max_iters=2)
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  done = subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
+                        env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": str(fraction),
+                             "PYTHONPATH": ROOT},
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 1, done.stderr[-3000:]
+  assert re.fullmatch(
+      r"error: the train step needs [\d.]+ GiB per device and .* has [\d.]+ GiB for it .*the "
+      r"same tokens per iteration fit with --config.batch_size=\d+ "
+      r"--config.gradient_accumulation_steps=\d+ .*Nothing was trained or written.",
+      done.stderr.strip().splitlines()[-1]), done.stderr[-3000:]
+  out_dir = tmp_path / "run"
+  assert not (out_dir / "metrics.jsonl").exists() and not (out_dir / "checkpoints").exists()
