@@ -17,7 +17,7 @@ import jax
 import pytest
 from conftest import ROOT, records, tiny_config, write_config_file
 
-from jaxgpt import train
+from jaxgpt import attention, gpus, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")]
@@ -75,3 +75,29 @@ def test_a_step_too_big_for_the_device_stops_before_training_with_a_layout_that_
       done.stderr.strip().splitlines()[-1]), done.stderr[-3000:]
   out_dir = tmp_path / "run"
   assert not (out_dir / "metrics.jsonl").exists() and not (out_dir / "checkpoints").exists()
+
+
+def test_launch_trains_with_the_kernel_auto_picks_and_ends_with_a_sample(tmp_path, token_dir):
+  """The user's command on the device: attention=auto probed and settled, MFU from the peak
+  table, evaluation, a checkpoint, and the closing sample decoded with the KV cache."""
+  config_file = write_config_file(tmp_path, token_dir, n_embd=64, block_size=64, vocab_size=50304,
+                                  batch_size=8, gradient_accumulation_steps=1, dtype="bfloat16",
+                                  attention="auto", max_iters=20, eval_interval=10,
+                                  log_interval=5, sample_start="The", sample_tokens=16)
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  done = subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
+                        env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.1", "PYTHONPATH": ROOT},
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  device = jax.devices()[0]
+  kernel = attention.for_device("auto", "bfloat16", 32, device)
+  assert f"bfloat16 activations, {kernel} attention" in done.stderr
+  assert "cuDNN attention fails" not in done.stderr, done.stderr[-3000:]
+  train_records = records(str(tmp_path / "run"), "train")
+  assert [r["iter"] for r in train_records] == [0, 5, 10, 15]
+  if gpus.peak_flops(device.device_kind, 0) is not None:
+    assert all(0 < r["mfu"] < 1 for r in train_records)
+  evals = records(str(tmp_path / "run"), "eval")
+  assert [r["iter"] for r in evals] == [0, 10, 20] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+  sample = done.stdout.split("---------------\n")[1]
+  assert sample.startswith("The") and len(sample) > len("The")
