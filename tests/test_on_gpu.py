@@ -38,10 +38,11 @@ def test_a_bfloat16_run_starts_at_the_uniform_loss_and_resumes_as_if_unbroken(tm
   losses_b = [(r["iter"], r["loss"]) for r in records(resumed.out_dir, "train")]
   assert [i for i, _ in losses_b] == list(range(8))
   assert losses_a[-1][1] < losses_a[0][1] - 0.5  # it learns
-  # XLA's GPU scatter-adds (the embedding's gradient) sum in no fixed order, so equal to
-  # rounding, not bit for bit as on the CPU; a resume at another batch differs by far more.
+  # The GPU's scatter-adds (the embedding's gradient) and cuDNN's attention backward sum in
+  # no fixed order, so bfloat16 roundings may differ: close, not bit for bit as on the CPU. A
+  # resume on other batches or another optimizer state differs by far more.
   for (_, a), (_, b) in zip(losses_a, losses_b):
-    assert b == pytest.approx(a, abs=2e-3)
+    assert b == pytest.approx(a, abs=1e-2)
 
 
 def test_a_step_too_big_for_the_device_stops_before_training_with_a_layout_that_fits(
