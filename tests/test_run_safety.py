@@ -171,8 +171,11 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path, token_
 @pytest.mark.slow
 def test_a_failed_save_stops_the_run_at_once_and_removes_it(tmp_path, token_dir):
   """A write error (a file-size limit standing in for a full disk) in a background save."""
+  # A 256 KiB embedding: Orbax's data files hold arrays whole, so every save writes a file past
+  # the limit, however its writes are grouped into files (with the tiny model's arrays, all
+  # under 64 KiB, a save written as many small files got through under load).
   config_file = write_config_file(tmp_path, token_dir, max_iters=400, eval_interval=100,
-                                  lr_decay_iters=400)
+                                  lr_decay_iters=400, vocab_size=2048)
 
   # bash hands on the limit and the ignored SIGXFSZ: a write past 64 KiB fails, not kills.
   command = (f"trap '' XFSZ; ulimit -f 64; exec {sys.executable} launch.py "
