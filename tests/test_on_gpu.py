@@ -23,6 +23,16 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")]
 
 
+def launch_on_gpu(config_file: str, memory_fraction: float) -> subprocess.CompletedProcess:
+  """`python launch.py --config=FILE` on the GPU, with this share of its memory for JAX: this
+  process holds its own share (75% unless XLA_PYTHON_CLIENT_MEM_FRACTION says) already."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  return subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
+                        env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": str(memory_fraction),
+                             "PYTHONPATH": ROOT},
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
 def test_a_bfloat16_run_starts_at_the_uniform_loss_and_resumes_as_if_unbroken(tmp_path,
                                                                               token_dir):
   kw = {"dtype": "bfloat16", "attention": "auto", "eval_interval": 4, "lr_decay_iters": 8}
@@ -63,11 +73,7 @@ def test_a_step_too_big_for_the_device_stops_before_training_with_a_layout_that_
                                   block_size=block, batch_size=batch,
                                   gradient_accumulation_steps=1, attention="xla",
                                   dtype="bfloat16", max_iters=2)
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  done = subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
-                        env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": str(fraction),
-                             "PYTHONPATH": ROOT},
-                        capture_output=True, text=True, timeout=600, check=False)
+  done = launch_on_gpu(config_file, fraction)
   assert done.returncode == 1, done.stderr[-3000:]
   assert re.fullmatch(
       r"error: the train step needs [\d.]+ GiB per device and .* has [\d.]+ GiB for it .*the "
@@ -85,10 +91,7 @@ def test_launch_trains_with_the_kernel_auto_picks_and_ends_with_a_sample(tmp_pat
                                   batch_size=8, gradient_accumulation_steps=1, dtype="bfloat16",
                                   attention="auto", max_iters=20, eval_interval=10,
                                   log_interval=5, sample_start="The", sample_tokens=16)
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  done = subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
-                        env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.1", "PYTHONPATH": ROOT},
-                        capture_output=True, text=True, timeout=600, check=False)
+  done = launch_on_gpu(config_file, 0.1)
   assert done.returncode == 0, done.stderr[-3000:]
   device = jax.devices()[0]
   kernel = attention.for_device("auto", "bfloat16", 32, device)
