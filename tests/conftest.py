@@ -35,6 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     del os.environ["JAX_PLATFORMS"]
     jax.config.update("jax_platforms", None)
 
+
 TINY_VOCAB = 96
 
 
