@@ -261,7 +261,9 @@ def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
   lines = gpu_report.report((("quickstart", {}), ("quickstart", {"attention": "flash"}),
                              ("quickstart", {"remat": "dots"})),
                             iters=1, warmup=1, base=tiny, run_tests=False)
-  assert next(lines).startswith("## GPU report: cpu (cpu)")
+  header = next(lines)
+  assert header.startswith("## GPU report: cpu (cpu), ") and f"jax {jax.__version__}" in header
+  assert "flax " in header and "orbax-checkpoint " in header
   rows = [line.split(" | ") for line in lines if line.startswith("| quickstart")]
   assert [len(cells) for cells in rows] == [12, 12, 12]
   assert rows[0][1:3] == ["defaults", "1 x 2 x 32"]

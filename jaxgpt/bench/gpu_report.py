@@ -15,6 +15,7 @@ the rows it finished; a row that fails is reported as such and the others run.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ from jaxgpt.plan import memory, targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GiB = 2**30
+_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
 ITERS, WARMUP = 10, 2  # timed and untimed steps of each of a row's two timed runs
 # (recipe, overrides): the defaults, then each lever alone; a run cut short has the first.
 ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -53,10 +55,18 @@ def _last_line(done: subprocess.CompletedProcess) -> str:
 
 
 def device() -> str:
-  """The accelerator as the rows' processes see it (this process compiles on the CPU)."""
+  """The accelerator as the rows' processes see it (this process compiles on the CPU), and the
+  versions of the libraries the step is made of: a GPU image may hold others than CI's."""
   done = _python("-c", "import jax; d = jax.devices()[0]; print(f'{d.device_kind} "
-                 "({d.platform}), {jax.device_count()} device(s), jax {jax.__version__}')")
-  return _last_line(done)
+                 "({d.platform}), {jax.device_count()} device(s)')")
+  return f"{_last_line(done)}; {', '.join(f'{name} {_version(name)}' for name in _LIBRARIES)}"
+
+
+def _version(distribution: str) -> str:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:  # importable without its metadata, say
+    return "(version unknown)"
 
 
 def _measure(name: str, overrides: dict[str, Any], iters: int, warmup: int) -> dict[str, Any]:
