@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from jaxgpt import cli
@@ -23,9 +25,10 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
+  out = os.path.expanduser(f.out)  # `--out=~/x` reaches us unexpanded
   config, params, step = weights.from_run(f.out_dir, f.step)
-  with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), f.out)
-  print(f"wrote {f.out_dir} step {step} to {f.out} (config.json, model.safetensors and " +
+  with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), out)
+  print(f"wrote {f.out_dir} step {step} to {out} (config.json, model.safetensors and " +
         ("GPT-2's tokenizer files)" if with_tokenizer else "no tokenizer: the model's "
          "vocabulary is not GPT-2's)"))
 

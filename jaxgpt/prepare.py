@@ -70,6 +70,7 @@ def _define_flags() -> None:
 
 def main(source: str) -> None:
   f = flags.FLAGS
+  out = os.path.expanduser(f.out)  # `--out=~/x` reaches us unexpanded
   for other, names in SOURCE_FLAGS.items():
     for flag_name in names:
       if other != source and f[flag_name].present:
@@ -79,21 +80,21 @@ def main(source: str) -> None:
     if given:
       raise UserError(f"--{given[0]} does not apply to `python_docs`: the built-in corpus is "
                       "made one way, as a run makes it")
-    datasets.make_python_docs(f.out)
+    datasets.make_python_docs(out)
     return
-  common = {"name": os.path.basename(os.path.abspath(f.out)),
+  common = {"name": os.path.basename(os.path.abspath(out)),
             "command": "python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
             **{name: f[name].value for name in SHARED_FLAGS}}
   if source == "fineweb":
-    meta = fineweb.prepare_fineweb(f.out, subset=f.name, edu=f.edu, shards_limit=f.shards,
+    meta = fineweb.prepare_fineweb(out, subset=f.name, edu=f.edu, shards_limit=f.shards,
                                    **common)
   else:
     if not f.input:
       raise UserError("files: --input is required (globs of .parquet, .jsonl or .txt files)")
-    meta = datasets.prepare_files(f.input, f.out, text_field=f.text_field,
+    meta = datasets.prepare_files(f.input, out, text_field=f.text_field,
                                   separator=_unescape(f.separator), **common)
   splits = meta["splits"]
-  print(f"wrote {f.out}: train {splits['train']['tokens']:,} tokens "
+  print(f"wrote {out}: train {splits['train']['tokens']:,} tokens "
         f"({splits['train']['shards']} shards), val {splits['val']['tokens']:,} tokens "
         f"({splits['val']['shards']} shards)")
 

@@ -229,7 +229,8 @@ def _checked_out(path: str) -> str:
 
 def main() -> None:
   FLAGS = flags.FLAGS
-  path = _checked_out(FLAGS.out) if FLAGS.out else run_dir.RunDir(FLAGS.out_dir[0]).report_path
+  path = (_checked_out(os.path.expanduser(FLAGS.out)) if FLAGS.out
+          else run_dir.RunDir(FLAGS.out_dir[0]).report_path)
   named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
   runs = {name: load(d) for name, d in named.items()}
   print("\n\n".join(summary(name, run) for name, run in runs.items()))

@@ -136,6 +136,24 @@ def test_null_ids_lone_surrogates_and_a_dot_named_out(tmp_path):
   assert os.path.basename(token_files.find_shards(str(out), "train")[0]) == "x_train_000000.bin"
 
 
+def test_files_of_one_name_in_several_folders_are_documents_of_their_own(tmp_path):
+  """A document without an id is named by its path below the inputs' common folder, so
+  books/*/book.txt splits like any corpus (named by file name alone, all went to one split and
+  the run was refused); a file name that is not UTF-8 is named by its bytes."""
+  for i, text in enumerate(TEXTS[:40]):
+    (tmp_path / "books" / str(i)).mkdir(parents=True)
+    (tmp_path / "books" / str(i) / "book.txt").write_text(text, encoding="utf-8", newline="")
+  latin1 = os.path.join(os.fsencode(tmp_path / "books" / "0"), b"caf\xe9.txt")
+  with open(latin1, "w", encoding="utf-8") as f:
+    f.write(TEXTS[40])
+  run([str(tmp_path / "books" / "*" / "*.txt")], tmp_path / "out")
+  cafe = os.fsdecode(os.path.join(b"0", b"caf\xe9.txt"))
+  by_name = {f"{i}/book.txt": t for i, t in enumerate(TEXTS[:40])} | {cafe: TEXTS[40]}
+  names = sorted(by_name)  # the order the glob reads them in
+  ids = assert_dataset(str(tmp_path / "out"), [(n, by_name[n]) for n in names])
+  assert ids["val"] == [n for n in names if shards.is_val(n, shards.VAL_FRACTION)] != []
+
+
 def test_txt_separator_and_jsonl_text_field(tmp_path):
   sep = "\n<doc>\n"
   (tmp_path / "book.txt").write_text(sep + sep.join(TEXTS) + sep, encoding="utf-8", newline="")
@@ -317,6 +335,40 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
 
 
+def test_a_stop_while_the_shards_move_in_takes_out_those_already_moved(tmp_path, monkeypatch):
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = tmp_path / "out"
+  moves_in = []
+  real_replace = os.replace
+
+  def stopped_at_the_second_move_in(src, dst):
+    if os.path.dirname(str(dst)) == str(out):
+      moves_in.append(dst)
+      if len(moves_in) == 2:
+        raise KeyboardInterrupt
+    real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", stopped_at_the_second_move_in)
+  with pytest.raises(KeyboardInterrupt):
+    run([path], out, shard_tokens=2000)
+  monkeypatch.undo()
+  assert not out.exists()  # the shard moved in first went with the rest
+  run([path], out, shard_tokens=2000)
+  assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
+
+
+def test_a_corrupt_parquet_page_is_an_error_naming_the_file(tmp_path):
+  path = tmp_path / "corrupt.parquet"
+  pq.write_table(fineweb_table(TEXTS), path, row_group_size=7, compression="snappy")
+  data_bytes = bytearray(path.read_bytes())
+  data_bytes[200:5000] = bytes(b ^ 0xFF for b in data_bytes[200:5000])
+  path.write_bytes(bytes(data_bytes))
+  with pytest.raises(readers.PrepareError,
+                     match=r"corrupt.parquet: the rows from row \d+ on are not readable"):
+    run([str(path)], tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
 def test_a_prepare_stopped_while_moving_its_shards_in_is_not_read_as_the_dataset(tmp_path):
   out = tmp_path / "fineweb"
   (out / shards.STAGING).mkdir(parents=True)  # left by a stop between the moves and meta.json
@@ -356,6 +408,10 @@ def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):
     datasets.ensure("fineweb", fineweb_dir, auto_prepare=True)  # nothing downloaded either
   assert sorted(os.listdir(fineweb_dir)) == made  # nothing moved
   datasets.ensure("python_docs", fineweb_dir, auto_prepare=False)  # still python_docs's data
+  mine = tmp_path / "python_docs_mine"  # a user's data, named alike, is theirs
+  datasets.prepare_files([write_parquet(tmp_path / "a.parquet", TEXTS)], str(mine),
+                         name=mine.name, command="test", progress=False)
+  datasets.ensure(mine.name, str(mine), auto_prepare=False)
 
 
 # FineWeb from the hub, served by a local stand-in.
@@ -466,6 +522,16 @@ def test_command_line(tmp_path):
       "error: --val_fraction does not apply to `python_docs`: the built-in corpus is made one "
       "way, as a run makes it")
   assert not (tmp_path / "pd").exists()
+
+
+def test_an_out_given_as_tilde_is_the_home_directory(tmp_path):
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  r = run_python("-m", "jaxgpt.prepare", "files", f"--input={tmp_path / 'book.txt'}",
+                 "--separator=\\n<doc>\\n", "--out=~/data/book", timeout=120,
+                 HOME=str(tmp_path))
+  assert r.returncode == 0, r.stderr
+  assert f"wrote {tmp_path / 'data' / 'book'}:" in r.stdout
+  assert token_files.read_meta(str(tmp_path / "data" / "book")) is not None
 
 
 def test_fineweb_without_a_network_fails_at_once_saying_what_to_do(tmp_path):

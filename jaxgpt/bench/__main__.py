@@ -187,7 +187,7 @@ def _print_throughput(f: flags.FlagValues) -> None:
   result["overrides"] = config_flags.get_override_values(f["config"])
   line = json.dumps(result)
   if f.out:
-    with open(f.out, "a", encoding="utf-8") as out:
+    with open(os.path.expanduser(f.out), "a", encoding="utf-8") as out:
       out.write(line + "\n")
   print(summary(result))
   print(line)
@@ -195,7 +195,7 @@ def _print_throughput(f: flags.FlagValues) -> None:
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
-  path = f.out or "gpu_report.md"
+  path = os.path.expanduser(f.out or "gpu_report.md")
   if os.path.exists(path):
     raise UserError(f"{path} exists; pass --out=PATH or move it")
   iters = f.iters if f["iters"].present else gpu_report.ITERS
@@ -209,7 +209,7 @@ def _print_gpu_report(f: flags.FlagValues) -> None:
 
 
 def _print_compare_recipes(f: flags.FlagValues) -> None:
-  out = f.out or "out/compare_recipes"
+  out = os.path.expanduser(f.out or "out/compare_recipes")
   names = list(recipes.variants()) if f.ablation else f.variants
   try:
     lr_scales = [float(s) for s in f.lr_scales]

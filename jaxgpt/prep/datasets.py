@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -32,15 +33,21 @@ PYTHON_DOCS = "python_docs"  # the built-in corpus; its shards are named python_
 
 def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text",
                   separator: str = "", **kwargs) -> dict:
-  """Local parquet / jsonl / txt files -> shards in out_dir."""
+  """Local parquet / jsonl / txt files -> shards in out_dir.
+
+  A document without an id is named by its file's path below the folder that
+  holds them all (`books/1/book.txt` and `books/2/book.txt` differ) and its
+  place in the file.
+  """
   check_out_dir(out_dir)
   files = input_files(patterns)
+  root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files])
   sources: list[str] = []
 
   def pieces() -> Iterator[Piece]:
     for path in files:
       sources.append(path)
-      yield from read_file(path, text_field, separator)
+      yield from read_file(path, text_field, separator, os.path.relpath(path, root))
 
   return write_dataset(pieces(), out_dir, sources=sources,
                        total_bytes=sum(os.path.getsize(p) for p in files), **kwargs)
@@ -89,8 +96,8 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
     raise UserError(f"{data_dir}: holds part of a dataset (a prepare was stopped while moving "
                     f"its shards in from {STAGING}/; no meta.json). Remove the directory and "
                     f"make the data again: {make_command(dataset, data_dir)}")
-  if dataset != PYTHON_DOCS and all(os.path.basename(p).startswith(f"{PYTHON_DOCS}_")
-                                      for p in train_files):
+  if dataset != PYTHON_DOCS and all(re.fullmatch(rf"{PYTHON_DOCS}_train_\d+\.bin",
+                                                 os.path.basename(p)) for p in train_files):
     raise UserError(
         f"data_dir={data_dir!r} holds the built-in {PYTHON_DOCS} corpus, not dataset={dataset!r} "
         f"(a run with --config.dataset={PYTHON_DOCS} made it there). Move its files away, then "

@@ -49,11 +49,11 @@ def pieces_of(doc_id: str, text: str, nbytes: int = 0) -> Iterator[Piece]:
   yield Piece(doc_id, text[start:], True, nbytes)
 
 
-def read_parquet(path: str, text_field: str) -> Iterator[Piece]:
+def read_parquet(path: str, text_field: str, name: str | None = None) -> Iterator[Piece]:
   """Rows of a parquet file read batch by batch; the `id` column names a row when present.
 
-  Documents without an id are named by file name and position, so the split does not
-  change when the corpus moves.
+  Documents without an id are named by `name` (the file's name by default) and
+  position, so the split does not change when the corpus moves.
   """
   import pyarrow as pa
   import pyarrow.parquet as pq
@@ -70,9 +70,16 @@ def read_parquet(path: str, text_field: str) -> Iterator[Piece]:
     raise PrepareError(f"{path}: column {text_field!r} holds {kind}, not text")
   columns = [text_field] + (["id"] if "id" in schema.names and text_field != "id" else [])
   size, n_rows = os.path.getsize(path), max(pf.metadata.num_rows, 1)
-  name = os.path.basename(path)
+  name = name or os.path.basename(path)
   row = 0
-  for batch in pf.iter_batches(batch_size=1024, columns=columns):
+  batches = pf.iter_batches(batch_size=1024, columns=columns)
+  while True:
+    try:
+      batch = next(batches, None)
+    except (pa.ArrowException, OSError) as e:  # a corrupt page
+      raise PrepareError(f"{path}: the rows from row {row} on are not readable ({e})") from e
+    if batch is None:
+      return
     texts = batch.column(text_field).to_pylist()
     ids = batch.column("id").to_pylist() if len(columns) == 2 else [None] * len(texts)
     for doc_id, text in zip(ids, texts):
@@ -85,8 +92,9 @@ def read_parquet(path: str, text_field: str) -> Iterator[Piece]:
                              nbytes)
 
 
-def read_jsonl(path: str, text_field: str) -> Iterator[Piece]:
-  """One JSON object per line; its `id` names the document when present."""
+def read_jsonl(path: str, text_field: str, name: str | None = None) -> Iterator[Piece]:
+  """One JSON object per line; its `id` names the document when present, else `name` (the
+  file's name by default) and the line number."""
   with open(path, "rb") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -103,7 +111,7 @@ def read_jsonl(path: str, text_field: str) -> Iterator[Piece]:
                            f"{type(text).__name__}, not text")
       if text:
         doc_id = record.get("id")
-        doc_id = f"{os.path.basename(path)}:{lineno}" if doc_id is None else str(doc_id)
+        doc_id = f"{name or os.path.basename(path)}:{lineno}" if doc_id is None else str(doc_id)
         yield from pieces_of(well_formed(doc_id), well_formed(text), len(line))
 
 
@@ -113,12 +121,13 @@ def well_formed(text: str) -> str:
   return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def read_text(path: str, separator: str) -> Iterator[Piece]:
-  """UTF-8 text read in chunks: the whole file is one document, or one per `separator`."""
+def read_text(path: str, separator: str, name: str | None = None) -> Iterator[Piece]:
+  """UTF-8 text read in chunks: the whole file is one document, or one per `separator`; each is
+  named by `name` (the file's name by default) and its index."""
   decoder = codecs.getincrementaldecoder("utf-8")()
   buf, index, opened, pending = "", 0, False, 0
   scanned = 0  # where the search for a cut in buf resumes: the text before holds none
-  name = os.path.basename(path)
+  name = name or os.path.basename(path)
   doc_id = lambda: f"{name}#{index}" if separator else name
   with open(path, "rb") as f:
     while True:
@@ -155,14 +164,14 @@ def read_text(path: str, separator: str) -> Iterator[Piece]:
 FORMATS = (".parquet", ".jsonl", ".txt")
 
 
-def read_file(path: str, text_field: str, separator: str) -> Iterator[Piece]:
-  """The pieces of one input file, read as its extension says."""
+def read_file(path: str, text_field: str, separator: str, name: str) -> Iterator[Piece]:
+  """The pieces of one input file, read as its extension says; `name` names its documents."""
   ext = os.path.splitext(path)[1]
   if ext == ".txt":
-    return read_text(path, separator)
+    return read_text(path, separator, name)
   if ext == ".parquet":
-    return read_parquet(path, text_field)
-  return read_jsonl(path, text_field)
+    return read_parquet(path, text_field, name)
+  return read_jsonl(path, text_field, name)
 
 
 def input_files(patterns: list[str]) -> list[str]:

@@ -57,7 +57,9 @@ def write_meta(data_dir: str, meta: dict[str, Any]) -> None:
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
   """Deterministic split: a document is val when the hash of its id falls under the fraction."""
-  h = int.from_bytes(hashlib.sha1(doc_id.encode("utf-8")).digest()[:8], "little")
+  # surrogateescape: a file name that is not UTF-8 (Latin-1, say) hashes as its own bytes.
+  h = int.from_bytes(hashlib.sha1(doc_id.encode("utf-8", "surrogateescape")).digest()[:8],
+                     "little")
   return h / 2**64 < val_fraction
 
 
@@ -164,6 +166,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   except OSError as e:
     raise PrepareError(f"{out_dir}: cannot write there ({e.strerror}); choose another --out"
                        ) from None
+  put_in: list[str] = []
   try:
     writers = {s: _ShardWriter(staging, name, s, shard_tokens) for s in token_files.SPLITS}
     bar = _Progress(total_bytes, max_tokens, progress)
@@ -185,10 +188,17 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
     }
     for writer in writers.values():
       for path in writer.paths:
-        os.replace(path, os.path.join(out_dir, os.path.basename(path)))
+        put_in.append(os.path.join(out_dir, os.path.basename(path)))
+        os.replace(path, put_in[-1])
     write_meta(out_dir, meta)
+    put_in.append(os.path.join(out_dir, token_files.META_FILE))
     os.rmdir(staging)
   except BaseException:
+    # What this run put in out_dir would read as a whole dataset (a kill here leaves the
+    # staging folder, which a run refuses); check_out_dir made sure none was there before.
+    for path in put_in:
+      with contextlib.suppress(OSError):
+        os.remove(path)
     shutil.rmtree(staging, ignore_errors=True)
     if made:
       with contextlib.suppress(OSError):
