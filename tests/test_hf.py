@@ -150,6 +150,26 @@ def test_a_checkpoint_that_is_not_gpt2_is_refused_by_name(tmp_path):
     gpt2.checkpoint_dir("gpt2", str(tmp_path / "missing"))
 
 
+def test_a_damaged_checkpoint_is_an_error_naming_its_file(tmp_path):
+  hf = tmp_path / "hf"
+  hf_gpt2(hf)
+  weights_file = hf / "model.safetensors"
+  weights_file.write_bytes(weights_file.read_bytes()[:1000])  # a copy cut short
+  with pytest.raises(UserError, match=f"{weights_file}: not a readable checkpoint file"):
+    gpt2.load(str(hf))
+  weights_file.unlink()
+  (hf / "pytorch_model.bin").write_bytes(b"not a torch file")
+  with pytest.raises(UserError, match=r"pytorch_model.bin: not a readable checkpoint file"):
+    gpt2.load(str(hf))
+  (hf / "config.json").write_text('{"model_type": "gpt2", "n_embd": 32}')
+  with pytest.raises(UserError, match="config.json: not a GPT-2 this model can hold: no "
+                                      "'n_layer'; no 'n_head'; no 'n_positions'"):
+    gpt2.load(str(hf))
+  (hf / "config.json").write_text("not json")
+  with pytest.raises(UserError, match="config.json: not readable as JSON"):
+    gpt2.load(str(hf))
+
+
 def test_a_checkpoint_of_another_size_than_init_from_names_is_refused(tmp_path):
   assert tuple(gpt2.SIZES) == defaults.GPT2_MODELS
   # gpt2's size; the size is read from config.json, before any tensor.

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -54,9 +56,15 @@ def read_config(hf_dir: str) -> dict[str, Any]:
   path = os.path.join(hf_dir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"{path} not found: not a Hugging Face checkpoint directory")
-  with open(path, encoding="utf-8") as f:
-    hf = json.load(f)
-  problems = []
+  try:
+    with open(path, encoding="utf-8") as f:
+      hf = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path}: not readable as JSON ({e})") from None
+  if not isinstance(hf, dict):
+    raise UserError(f"{path}: not a JSON object")
+  problems = [f"no {key!r}" for key in ("n_layer", "n_head", "n_embd", "n_positions",
+                                         "vocab_size") if key not in hf]
   if hf.get("model_type") != "gpt2":
     problems.append(f"model_type={hf.get('model_type')!r} (need 'gpt2')")
   act = hf.get("activation_function", "gelu_new")
@@ -82,22 +90,33 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
   index = os.path.join(hf_dir, "model.safetensors.index.json")
   torch_bin = os.path.join(hf_dir, "pytorch_model.bin")
   if os.path.exists(single):
-    return safetensors.numpy.load_file(single)
+    return _readable(single, safetensors.numpy.load_file)
   if os.path.exists(index):
-    with open(index, encoding="utf-8") as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-    return {k: v for name in files
-            for k, v in safetensors.numpy.load_file(os.path.join(hf_dir, name)).items()}
+    weight_map = lambda p: json.loads(pathlib.Path(p).read_text(encoding="utf-8"))["weight_map"]
+    files = sorted(set(_readable(index, weight_map).values()))
+    return {k: v for name in files for k, v in
+            _readable(os.path.join(hf_dir, name), safetensors.numpy.load_file).items()}
   if os.path.exists(torch_bin):
     try:
       import torch
     except ImportError as e:
       raise UserError(f"{torch_bin}: reading pytorch_model.bin needs torch; install it or "
                         "convert the checkpoint to model.safetensors") from e
-    state = torch.load(torch_bin, map_location="cpu", weights_only=True)
+    state = _readable(torch_bin, lambda p: torch.load(p, map_location="cpu", weights_only=True))
     return {k: v.float().numpy() for k, v in state.items()}
   raise UserError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or "
                           "pytorch_model.bin")
+
+
+def _readable(path: str, read: Callable[[str], Any]) -> Any:
+  """`read(path)`, where a file that does not read back (truncated, not what its name says) is
+  an error naming it."""
+  try:
+    return read(path)
+  except Exception as e:  # safetensors', torch's and json's errors share no base class
+    first = (str(e).splitlines() or [""])[0][:200]
+    raise UserError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {first})"
+                    ) from e
 
 
 def load(hf_dir: str) -> tuple[dict[str, Any], dict]:
