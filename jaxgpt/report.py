@@ -125,9 +125,11 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
 def loss_limits(points: list[tuple[float, float]], val_points: list[tuple[float, float]],
                 logx: bool) -> tuple[float, float]:
   """The loss axis: every val point, the step-0 one included, and the train losses after
-  the first 2% of the tokens on a linear x axis (before that they would squash the rest)."""
+  the first 2% of the tokens on a linear x axis (before that they would squash the rest);
+  a non-finite loss (a skipped step) is left off the axis, not a limit matplotlib refuses."""
   end = max((t for t, _ in points + val_points), default=0)
   shown = [l for t, l in points if logx or t >= CROP_FRACTION * end] + [l for _, l in val_points]
+  shown = [l for l in shown if math.isfinite(l)]
   return min(shown, default=math.inf), max(shown, default=0.0)
 
 

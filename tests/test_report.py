@@ -126,6 +126,9 @@ def test_the_loss_axis_shows_the_step_0_val_loss(tmp_path):
   evals = [(r["tokens"], r["val_loss"]) for r in run["eval"]]
   bottom, top = report.loss_limits(train, evals, logx=False)
   assert top == evals[0][1] == pytest.approx(10.85) and bottom == pytest.approx(3.0, abs=0.01)
+  skipped = [(t, math.inf if i == 10 else math.nan if i == 11 else l)
+             for i, (t, l) in enumerate(train)]  # steps whose loss was not finite
+  assert report.loss_limits(skipped, evals, logx=False) == (bottom, top)
 
 
 def test_cli_writes_the_png_into_the_first_run(tmp_path):
