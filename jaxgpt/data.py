@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -94,12 +95,17 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
 
 
 def _end_with_parent(worker_index: int, worker_count: int) -> None:
-  """Makes a Grain worker process exit when the run that started it is gone, however it died.
+  """Makes a Grain worker process end with the run that started it, and only then.
 
-  A parent killed outright (SIGKILL, the OOM killer) cannot stop its workers:
-  they are reparented, and each one watches for that.
+  A Ctrl-C or a scheduler's SIGTERM reaches every process of the group: the
+  workers ignore it, and feed the run until it has saved and closes them (a
+  worker it killed would end a run that waits for data with a traceback and no
+  checkpoint). A parent killed outright (SIGKILL, the OOM killer) cannot stop
+  its workers: they are reparented, and each one watches for that.
   """
   del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   parent = os.getppid()
 
   def watch() -> None:

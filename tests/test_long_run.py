@@ -333,6 +333,27 @@ def test_grain_workers_end_with_a_run_that_is_killed(tmp_path, token_dir):
   assert not [pid for pid in children if _alive(pid)]
 
 
+@pytest.mark.slow
+def test_ctrl_c_at_a_terminal_stops_a_run_with_grain_workers_and_saves(tmp_path, token_dir):
+  """A terminal's Ctrl-C reaches the whole process group, the Grain workers too: they keep
+  feeding the run until it has saved (killed, they tracebacked, and a run waiting for data
+  died with no checkpoint)."""
+  out_dir = str(tmp_path / "run")
+  proc = start_launch(write_config_file(tmp_path, token_dir, max_iters=100000,
+                                        eval_interval=100000, lr_decay_iters=100000,
+                                        data_workers=2), start_new_session=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if "iter 3/" in line:
+      os.killpg(proc.pid, signal.SIGINT)
+      break
+  output = "".join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, output[-3000:]
+  assert "stopped by SIGINT at iter" in output and "Traceback" not in output, output[-3000:]
+  assert checkpoint_steps(out_dir) == [records(out_dir, "train")[-1]["iter"] + 1]
+
+
 def _parent(pid: int) -> int | None:
   try:
     with open(f"/proc/{pid}/stat") as f:
