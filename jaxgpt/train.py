@@ -41,8 +41,8 @@ EndHook = Callable[[Any], None]  # params -> nothing: what runs once training is
 @dataclasses.dataclass(frozen=True)
 class Hooks:
   """`tasks(params)` runs every `eval_tasks_interval` iterations and at the end, before that
-  iteration's evaluation and checkpoint; `at_end(params)` once training is over. Every process
-  calls both."""
+  iteration's evaluation and checkpoint; `at_end(params)` once training has reached max_iters
+  (not after a stop, nor with eval_only). Every process calls both."""
 
   tasks: TasksHook | None = None
   at_end: EndHook | None = None
@@ -286,8 +286,9 @@ class _Loop:
 
 
 def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
-          signals: preemption.StopSignals) -> None:
-  """Iterations start..max_iters: evaluate and save on schedule, stop when asked.
+          signals: preemption.StopSignals) -> bool:
+  """Iterations start..max_iters: evaluate and save on schedule, stop when asked. Returns
+  whether training reached max_iters (not stopped, not eval_only).
 
   eval_only evaluates the starting weights (a checkpoint's, on resume) once. A
   resumed iteration is evaluated unless its checkpoint was (one saved by a
@@ -297,10 +298,13 @@ def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
   if config.eval_only:
     loop.score_tasks(loop.start.iter)
     loop.eval_and_save(loop.start.iter)
-    return
+    loop.check_failures(wait=True)  # a metrics write that failed on process 0
+    return False
   queued = None  # the previous step's loss
+  stopped = False
   for it in range(loop.start.iter, config.max_iters + 1):
-    if signals.stop_at(it):
+    stopped = signals.stop_at(it)
+    if stopped:
       loop.stop(it, signals.name)
       break
     done_before = it == loop.start.iter and loop.start.evaluated
@@ -323,6 +327,7 @@ def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
       loop.defer_log(it, step_metrics)
   loop.flush_log()
   loop.check_failures(wait=True)  # before what follows the loop (the closing sample) computes
+  return not stopped
 
 
 def train(config: ml_collections.ConfigDict, *, params: Any = None,
@@ -397,14 +402,14 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                 "eval_batch_windows": eval_windows // config.eval_iters,
                 "split_windows": split_windows}, hooks)
   try:
-    _loop(loop, compiled_step, layout, signals)
+    trained = _loop(loop, compiled_step, layout, signals)
   finally:
     loop.close()
-  if hooks.at_end is not None and not finished:
+  if hooks.at_end is not None and trained and not finished:
     hooks.at_end(loop.state.params)
-  if jax.process_index() == 0:
-    _log_whats_next(config.out_dir, checkpoints, start.unreadable, config.sample_start,
-                    config.block_size)
+  if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
+    _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
+                    config.sample_start, config.block_size)
   return loop.losses
 
 

@@ -95,11 +95,14 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir
   truncate_state(newest)
   resumed = tiny_config(tmp_path, token_dir, max_iters=9, eval_interval=3, lr_decay_iters=6,
                         init_from="resume")
-  train.train(resumed)
+  with caplog.at_level(logging.INFO):
+    train.train(resumed)
   assert f"checkpoint {newest} is unreadable" in caplog.text
   assert os.path.isdir(newest + ".unreadable")  # kept for inspection, never deleted
   redone = [r["iter"] for r in records(config.out_dir, "train")]
   assert redone == list(range(9))
+  # Step 6 saved anew is a checkpoint to read like the others.
+  assert any(m.startswith("done: checkpoints of steps 3, 6, 9 in") for m in caplog.messages)
 
 
 def test_an_eval_only_resume_leaves_an_unreadable_checkpoint_where_it_was(tmp_path, token_dir,
@@ -109,11 +112,14 @@ def test_an_eval_only_resume_leaves_an_unreadable_checkpoint_where_it_was(tmp_pa
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6)
   train.train(config)
   truncate_state(os.path.join(config.out_dir, "checkpoints", "6"))
+  ended = []
   with caplog.at_level(logging.INFO):
     train.train(tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6,
-                            init_from="resume", eval_only=True))
+                            init_from="resume", eval_only=True),
+                hooks=train.Hooks(at_end=ended.append))
   assert sorted(os.listdir(os.path.join(config.out_dir, "checkpoints"))) == ["3", "6"]
   assert any(m.startswith("done: checkpoints of steps 3 in") for m in caplog.messages)
+  assert ended == []  # eval_only evaluates and ends: no closing sample
 
 
 def poison_windows(token_dir: str) -> None:

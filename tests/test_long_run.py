@@ -169,13 +169,17 @@ def test_a_stop_that_lands_before_the_final_evaluation_gets_it_done_on_resume(
 
   monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
   config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
-  train.train(config)
+  ended = []  # the closing sample's hook: after training, never after a stop
+  train.train(config, hooks=train.Hooks(at_end=ended.append))
   assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 10]
   assert checkpoint_steps(config.out_dir) == [10, 20]  # the stop saved 20, without its eval
+  assert ended == []
   monkeypatch.undo()
-  train.train(tiny_config(tmp_path, token_dir, max_iters=20, init_from="resume", **EVERY_10))
+  train.train(tiny_config(tmp_path, token_dir, max_iters=20, init_from="resume", **EVERY_10),
+              hooks=train.Hooks(at_end=ended.append))
   assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 10, 20]
   assert checkpoint_steps(config.out_dir) == [10, 20]  # evaluated, not saved twice
+  assert len(ended) == 1
 
 
 def test_the_loop_queues_at_most_one_step_behind_the_running_one(tmp_path, token_dir,
