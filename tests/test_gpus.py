@@ -78,3 +78,13 @@ def test_every_gpu_target_is_one_card_of_the_table():
     text = targets.config_text(t, t.memory_bytes)
     assert f"device_memory_size: {int(card.memory_gib * 2**30)}" in text
     assert f'device_description_str: "{t.device_kind}"' in text
+
+
+@pytest.mark.parametrize("name,card_name", [("L4", "NVIDIA L4"), ("A10", "NVIDIA A10"),
+                                            ("A100", "A100 "), ("H100", "H100"),
+                                            ("NVIDIA H100 80GB HBM3", "H100")])
+def test_a_card_named_for_short_is_the_card_jax_reports(name, card_name):
+  """plan --device takes what README lists ('L4', 'A100'); JAX's device kinds say 'NVIDIA L4'."""
+  assert targets.card(name).name == card_name
+  assert targets.card("RTX 9999") is None
+

@@ -20,7 +20,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from jaxgpt import cli, data, formatting, gpus, report, run_dir, summary, train_step
+from jaxgpt import cli, data, defaults, formatting, report, run_dir, summary, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.plan import iters, memory, targets
 
@@ -65,7 +65,8 @@ def _throughput(f: flags.FlagValues, out_dir: str, flops_per_token: float,
       return _scaled(measured, iters.measured_devices(rundir.read_config(), train_records),
                      n_devices, rundir.metrics_path)
   if f.device:
-    peak = gpus.peak_flops(f.device, f.peak_flops)
+    card = targets.card(f.device)
+    peak = f.peak_flops or (card.peak_flops if card else None)
     if peak is None:
       raise UserError(f"--device={f.device!r}: its peak FLOP/s is not in the table; give it "
                       "with --peak_flops")
@@ -95,11 +96,12 @@ def main() -> None:
   jax.config.update("jax_platforms", "cpu")  # compiles for a GPU happen without one
   f = flags.FLAGS
   config, n_devices = f.config, f.devices
+  defaults.validate(config)  # a mistyped key is one error, as launch.py says it
   config_path = config_flags.get_config_filename(f["config"])
   if f.train_tokens:
     try:
       train_tokens, counted_in = iters.parse_count(f.train_tokens), None
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # 'inf' overflows the int
       raise UserError(f"--train_tokens: {e}") from None
     if train_tokens <= 0:
       raise UserError(f"--train_tokens={f.train_tokens}: the train split holds tokens (> 0)")
@@ -139,7 +141,7 @@ def _print_memory(f: flags.FlagValues, step: train_step.StepConfig, n_devices: i
                                progress=lambda line: print(line, file=sys.stderr, flush=True))
     print("\n".join(report))
     return
-  card = gpus.card(f.device) if f.device else None
+  card = targets.card(f.device) if f.device else None
   memory_gib = f.memory_gib or (card.memory_gib if card else None)
   if memory_gib:
     print("\n".join(memory.cpu_report(step, memory_gib, f.device)))

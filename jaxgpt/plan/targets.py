@@ -81,11 +81,17 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
+def card(name: str) -> gpus.Card | None:
+  """The card a user names: as JAX reports it ('NVIDIA H100 80GB HBM3') or for short ('H100',
+  'L4', 'A100'), which the device kind prefixes with 'NVIDIA '."""
+  return gpus.card(name) or gpus.card(f"NVIDIA {name} ")
+
+
 def target(name: str) -> Target:
   """The target a device name means ('RTX 4070', 'NVIDIA H100 80GB HBM3', 'H100', ...)."""
-  card = gpus.card(name)
+  card_named = card(name)
   for t in TARGETS:
-    if card is not None and t.card == card.name:
+    if card_named is not None and t.card == card_named.name:
       return t
   raise UserError(f"--device={name!r}: no target description of that card to compile for; "
                   f"the targets are {', '.join(repr(t.card) for t in TARGETS)}")
