@@ -35,10 +35,13 @@ class Summary:
   schedule: str  # the learning-rate schedule as the run follows it
   peak_flops: float | None = None  # of one device, for MFU; None when unknown
   n_devices: int = 1
+  start_iter: int = 0  # a resume's: the iterations before it may have had another layout
+  start_tokens: int = 0
 
   @property
   def tokens(self) -> int:
-    return self.tokens_per_iter * self.max_iters
+    """Tokens trained on by max_iters."""
+    return self.start_tokens + self.tokens_per_iter * max(self.max_iters - self.start_iter, 0)
 
   @property
   def epochs(self) -> float | None:
@@ -75,10 +78,12 @@ def mfu(tokens_per_sec: float, flops_per_token: float, peak_per_device: float | 
 
 
 def summarize(config: ml_collections.ConfigDict, *, train_tokens: int | None = None,
-              n_devices: int = 1, device_kind: str = "") -> Summary:
+              n_devices: int = 1, device_kind: str = "", start_iter: int = 0,
+              start_tokens: int = 0) -> Summary:
   """The counts of the model `config` describes, from shapes alone (nothing allocated).
 
-  `device_kind` names the accelerator for MFU (gpus.py); config.peak_flops overrides it.
+  `device_kind` names the accelerator for MFU (gpus.py); config.peak_flops overrides it. A
+  resume gives its iteration and the tokens trained on before it.
   """
   step = train_step.StepConfig.from_config(config)
   shapes = train_step.build(step).abstract_state.params
@@ -90,7 +95,8 @@ def summarize(config: ml_collections.ConfigDict, *, train_tokens: int | None = N
                                                  config.n_embd, config.block_size),
                  train_tokens=train_tokens,
                  schedule=schedule(step.optim, config.max_iters),
-                 n_devices=n_devices, peak_flops=gpus.peak_flops(device_kind, config.peak_flops))
+                 n_devices=n_devices, peak_flops=gpus.peak_flops(device_kind, config.peak_flops),
+                 start_iter=start_iter, start_tokens=start_tokens)
 
 
 def stated_sizes(name: str) -> list[tuple[str, float]]:

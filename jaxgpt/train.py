@@ -466,7 +466,8 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   """
   device = jax.devices()[0]
   counts = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
-                             n_devices=layout.n_devices, device_kind=device.device_kind)
+                             n_devices=layout.n_devices, device_kind=device.device_kind,
+                             start_iter=start.iter, start_tokens=start.tokens)
   for line in summary.describe(counts, layout):
     logging.info("plan: %s", line)
   for warning in summary.check(config, counts):

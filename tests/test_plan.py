@@ -39,6 +39,12 @@ def test_fineweb_40m_figures_match_hand_computed_ones():
   flops_per_token = 6 * 40_560_000 + 12 * 12 * 6 * 64 * 1024
   assert p.flops == pytest.approx(flops_per_token * 10_485_760_000)
   assert step_of(config).tokens_per_iter(n_devices=8) == 8 * 524_288
+  # A resume at 10,000 whose first half ran at half the batch: the tokens before it count as
+  # they were trained, the rest at the layout it resumes with.
+  r = summary.summarize(config, train_tokens=100 * 100_000_000, start_iter=10_000,
+                        start_tokens=10_000 * 262_144)
+  assert r.tokens == 10_000 * 262_144 + 10_000 * 524_288
+  assert r.epochs == pytest.approx(r.tokens / 10_000_000_000)
 
 
 def test_param_counts_agree_with_the_built_model(tmp_path):
