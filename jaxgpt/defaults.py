@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
+import math
 import os
 import re
 import textwrap
@@ -205,6 +206,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "grad_clip": " (0 disables clipping)"}
   for key in non_negative:
     check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
+    check(math.isfinite(c[key]), key, "must be finite")
   for key in fractions:
     check(0 <= c[key] < 1, key, "must be in [0, 1)")
   for key in ("keep_checkpoints", "data_prefetch"):

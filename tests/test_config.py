@@ -97,6 +97,8 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("beta2", 1.0, "must be in [0, 1)"),
     ("weight_decay", -0.1, "must be >= 0"),
     ("peak_flops", -1.0, "must be >= 0"),
+    ("learning_rate", float("inf"), "must be finite"),  # the loss was NaN at iteration 0
+    ("logit_softcap", float("inf"), "must be finite"),
     ("seed", 2**32 + 5, "a PRNG key holds 32 bits"),  # it would alias seed 5
 ])
 def test_validate_names_the_key(key, value, message):
