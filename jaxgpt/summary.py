@@ -40,8 +40,10 @@ class Summary:
 
   @property
   def tokens(self) -> int:
-    """Tokens trained on by max_iters."""
-    return self.start_tokens + self.tokens_per_iter * max(self.max_iters - self.start_iter, 0)
+    """Tokens trained on by max_iters (below a resume's iteration: at its mean rate)."""
+    if self.max_iters < self.start_iter:
+      return self.start_tokens * self.max_iters // self.start_iter
+    return self.start_tokens + self.tokens_per_iter * (self.max_iters - self.start_iter)
 
   @property
   def epochs(self) -> float | None:

@@ -103,7 +103,7 @@ USAGE = {
                                          "--train_tokens=1M", "--config.n_head=5"],
                                         "error: config.n_embd=128: must be divisible by n_head=5"),
     "plan inf tokens": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py",
-                         "--train_tokens=inf"], "error: --train_tokens: cannot convert float"),
+                         "--train_tokens=inf"], "error: --train_tokens: 'inf' is not a count"),
     "prepare": (["-m", "jaxgpt.prepare", "files"], "error: --out is required"),
     "prepare stray": (["-m", "jaxgpt.prepare", "--out={tmp}/p", "books"],
                       "error: name one of fineweb, files, python_docs (got: books)"),

@@ -143,6 +143,19 @@ def test_the_evaluation_set_stays_the_same_under_another_batch_layout(tmp_path, 
   assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_resume_with_a_smaller_batch_plans_the_tokens_the_run_will_have(tmp_path, token_dir,
+                                                                          caplog):
+  kw = {**EVERY_10, "gradient_accumulation_steps": 1}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=10, batch_size=4, **kw))  # 640 tokens
+  resumed = tiny_config(tmp_path, token_dir, max_iters=20, batch_size=2, init_from="resume",
+                        **kw)
+  with caplog.at_level("INFO", logger="absl"):
+    train.train(resumed)
+  assert "max_iters=20 -> 960 tokens" in caplog.text  # 640 + 10 x 2 x 16, not 20 x 2 x 16
+  assert records(resumed.out_dir, "train")[-1]["tokens"] == 960
+
+
 def test_val_losses_of_leftover_windows_weigh_as_the_rest(tmp_path, token_dir):
   """8 windows in batches of 3: 2 batches and 2 windows left over, against one batch of 8."""
   config = tiny_config(tmp_path, token_dir)

@@ -152,6 +152,16 @@ def test_files_of_one_name_in_several_folders_are_documents_of_their_own(tmp_pat
   names = sorted(by_name)  # the order the glob reads them in
   ids = assert_dataset(str(tmp_path / "out"), [(n, by_name[n]) for n in names])
   assert ids["val"] == [n for n in names if shards.is_val(n, shards.VAL_FRACTION)] != []
+  # A name depends on its own glob alone: another input never renames (and re-splits) these.
+  (tmp_path / "extra.jsonl").write_text('{"text": "more"}\n', encoding="utf-8")
+  named = readers.input_files([str(tmp_path / "books" / "*" / "*.txt"),
+                               str(tmp_path / "extra.jsonl")])
+  assert list(named.values()) == names + ["extra.jsonl"]
+  latin1_jsonl = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jsonl")
+  with open(latin1_jsonl, "w", encoding="utf-8") as f:
+    f.write('{"text": "one"}\n')
+  [piece] = readers.read_jsonl(os.fsdecode(latin1_jsonl), "text")
+  assert piece.doc_id == os.fsdecode(b"caf\xe9.jsonl:1")  # its bytes, not U+FFFD
 
 
 def test_txt_separator_and_jsonl_text_field(tmp_path):

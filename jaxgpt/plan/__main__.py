@@ -101,7 +101,7 @@ def main() -> None:
   if f.train_tokens:
     try:
       train_tokens, counted_in = iters.parse_count(f.train_tokens), None
-    except (ValueError, OverflowError) as e:  # 'inf' overflows the int
+    except ValueError as e:
       raise UserError(f"--train_tokens: {e}") from None
     if train_tokens <= 0:
       raise UserError(f"--train_tokens={f.train_tokens}: the train split holds tokens (> 0)")

@@ -37,7 +37,7 @@ def parse_count(text: str) -> int:
   number = text.strip()[:-1] if scale != 1 else text.strip()
   try:
     return round(float(number.replace("_", "")) * scale)
-  except ValueError:
+  except (ValueError, OverflowError):  # 'inf' overflows round()
     raise ValueError(f"{text!r} is not a count (e.g. 3.68B, 500M, 10000000000)") from None
 
 

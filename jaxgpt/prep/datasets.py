@@ -35,19 +35,18 @@ def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text"
                   separator: str = "", **kwargs) -> dict:
   """Local parquet / jsonl / txt files -> shards in out_dir.
 
-  A document without an id is named by its file's path below the folder that
-  holds them all (`books/1/book.txt` and `books/2/book.txt` differ) and its
-  place in the file.
+  A document without an id is named by its file's path below its glob's fixed
+  folder (`books/1/book.txt` and `books/2/book.txt` differ) and its place in
+  the file.
   """
   check_out_dir(out_dir)
   files = input_files(patterns)
-  root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files])
   sources: list[str] = []
 
   def pieces() -> Iterator[Piece]:
-    for path in files:
+    for path, name in files.items():
       sources.append(path)
-      yield from read_file(path, text_field, separator, os.path.relpath(path, root))
+      yield from read_file(path, text_field, separator, name)
 
   return write_dataset(pieces(), out_dir, sources=sources,
                        total_bytes=sum(os.path.getsize(p) for p in files), **kwargs)
@@ -91,9 +90,9 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   elif not train_files:
     make(dataset, data_dir, auto_prepare=auto_prepare)  # the error: the command that makes it
   if os.path.isdir(os.path.join(data_dir, STAGING)) and token_files.read_meta(data_dir) is None:
-    # write_dataset removes its staging folder only after meta.json: a stop while it moved the
-    # shards in left some of them here, which a run would read as the whole dataset.
-    raise UserError(f"{data_dir}: holds part of a dataset (a prepare was stopped while moving "
+    # write_dataset removes its staging folder only after meta.json: a prepare killed while it
+    # moved the shards in left some of them here, which a run would read as the whole dataset.
+    raise UserError(f"{data_dir}: holds part of a dataset (a prepare was killed while moving "
                     f"its shards in from {STAGING}/; no meta.json). Remove the directory and "
                     f"make the data again: {make_command(dataset, data_dir)}")
   if dataset != PYTHON_DOCS and all(re.fullmatch(rf"{PYTHON_DOCS}_train_\d+\.bin",

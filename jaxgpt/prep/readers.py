@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import itertools
 import json
 import os
 import re
@@ -111,8 +112,9 @@ def read_jsonl(path: str, text_field: str, name: str | None = None) -> Iterator[
                            f"{type(text).__name__}, not text")
       if text:
         doc_id = record.get("id")
-        doc_id = f"{name or os.path.basename(path)}:{lineno}" if doc_id is None else str(doc_id)
-        yield from pieces_of(well_formed(doc_id), well_formed(text), len(line))
+        doc_id = (f"{name or os.path.basename(path)}:{lineno}" if doc_id is None
+                  else well_formed(str(doc_id)))
+        yield from pieces_of(doc_id, well_formed(text), len(line))
 
 
 def well_formed(text: str) -> str:
@@ -174,17 +176,21 @@ def read_file(path: str, text_field: str, separator: str, name: str) -> Iterator
   return read_jsonl(path, text_field, name)
 
 
-def input_files(patterns: list[str]) -> list[str]:
-  """The files the globs match, in order, each once; an unknown format is an error."""
-  files: list[str] = []
+def input_files(patterns: list[str]) -> dict[str, str]:
+  """The files the globs match, in order, each once, with the name of each below its glob's
+  fixed folder ('books/*/book.txt' names '1/book.txt'; a file of one folder, its file name):
+  a document without an id is named by it, whatever the other inputs. An unknown format is an
+  error."""
+  files: dict[str, str] = {}
   for pattern in patterns:
-    matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                     if os.path.isfile(p))
+    pattern = os.path.expanduser(pattern)
+    matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not matched:
       raise PrepareError(f"--input={pattern}: no files match")
+    folders = pattern.split(os.sep)[:-1]
+    fixed = os.sep.join(itertools.takewhile(lambda part: not glob.has_magic(part), folders))
     for path in matched:
       if os.path.splitext(path)[1] not in FORMATS:
         raise PrepareError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
-      if path not in files:
-        files.append(path)
+      files.setdefault(path, os.path.relpath(path, fixed or "."))
   return files

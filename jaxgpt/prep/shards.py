@@ -190,8 +190,8 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
       for path in writer.paths:
         put_in.append(os.path.join(out_dir, os.path.basename(path)))
         os.replace(path, put_in[-1])
-    write_meta(out_dir, meta)
     put_in.append(os.path.join(out_dir, token_files.META_FILE))
+    write_meta(out_dir, meta)
     os.rmdir(staging)
   except BaseException:
     # What this run put in out_dir would read as a whole dataset (a kill here leaves the
