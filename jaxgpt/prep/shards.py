@@ -186,12 +186,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
         "sources": list(sources),
         "command": command,
     }
-    for writer in writers.values():
-      for path in writer.paths:
-        put_in.append(os.path.join(out_dir, os.path.basename(path)))
-        os.replace(path, put_in[-1])
-    put_in.append(os.path.join(out_dir, token_files.META_FILE))
-    write_meta(out_dir, meta)
+    _move_in(writers, out_dir, meta, put_in)
     os.rmdir(staging)
   except BaseException:
     # What this run put in out_dir would read as a whole dataset (a kill here leaves the
@@ -207,6 +202,18 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   if progress:
     print(bar.summary(workers), flush=True)
   return meta
+
+
+def _move_in(writers: dict[str, _ShardWriter], out_dir: str, meta: dict, put_in: list[str]
+             ) -> None:
+  """Moves the shards into out_dir, then writes meta.json; `put_in` lists each path before it
+  is made, for a stop to take them out again."""
+  for writer in writers.values():
+    for path in writer.paths:
+      put_in.append(os.path.join(out_dir, os.path.basename(path)))
+      os.replace(path, put_in[-1])
+  put_in.append(os.path.join(out_dir, token_files.META_FILE))
+  write_meta(out_dir, meta)
 
 
 def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], bar: _Progress, *,
