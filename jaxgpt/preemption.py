@@ -69,6 +69,7 @@ class StopSignals:
     self.processes = processes
     self.received: int | None = None
     self._previous = {}
+    self._first: int | None = None  # the iteration of the first `stop_at`
 
   def __enter__(self) -> StopSignals:  # noqa: PYI034 - a final class
     handled = (signal.SIGTERM, signal.SIGINT) if self.processes == 1 else (signal.SIGINT,)
@@ -83,10 +84,19 @@ class StopSignals:
       signal.signal(sig, handler)
 
   def stop_at(self, it: int) -> bool:
-    """Whether to stop before iteration `it`; every process calls it at every iteration."""
+    """Whether to stop before iteration `it`; every process calls it at every iteration.
+
+    JAX's service counts steps from 0 and stops at one past the highest any
+    process reported, so it is handed the iterations of this run (1, 2, ...),
+    not `it`: a notice before the loop (in a resumed run's start-up, at
+    iteration 5,000, say) then stops at the first, where with `it` it never
+    stopped.
+    """
+    if self._first is None:
+      self._first = it
     if self.processes > 1:
       from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(it)
+      return multihost_utils.reached_preemption_sync_point(it - self._first + 1)
     return self.received is not None
 
   @property

@@ -288,6 +288,37 @@ def test_a_header_with_another_magic_is_refused_naming_both(tmp_path):
   np.testing.assert_array_equal(token_files.read_tokens(str(tmp_path / "train.bin")), tokens)
 
 
+# Two processes whose first stop_at is at iteration 5,000 (a resumed run), after process 0 got
+# a SIGTERM during start-up; each prints where it stops.
+STOP_BEFORE_THE_LOOP = """
+import os, signal, sys, time
+from jaxgpt import preemption, sharding
+process_id = int(sys.argv[1])
+sharding.maybe_initialize_distributed(sys.argv[2], 2, process_id)
+if process_id == 0:
+  os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service takes it
+time.sleep(3)  # the notice reaches every process
+with preemption.StopSignals(2) as signals:
+  print("stops at", next((it for it in range(5000, 5010) if signals.stop_at(it)), None))
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_before_a_resumed_multi_process_loop_stops_it_at_once():
+  """JAX's sync point counts from 0: handed the iteration (5,000), the loop never stopped."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  procs = [start_python("-c", STOP_BEFORE_THE_LOOP, str(i), address) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert ["stops at 5000" in output for output in outputs] == [True, True], outputs
+
+
 @pytest.mark.slow
 def test_processes_stop_together_at_one_step_when_one_is_signalled(tmp_path, token_dir):
   """A SLURM preemption reaches one process first: every process saves the same step."""
