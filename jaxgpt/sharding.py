@@ -51,7 +51,26 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs["num_processes"] = num_processes
   if process_id >= 0:
     kwargs["process_id"] = process_id
+  node_gpus = _node_gpus()
+  if node_gpus:
+    kwargs["local_device_ids"] = node_gpus
+    logging.info("one process per node: it drives the node's %d GPUs", len(node_gpus))
   jax.distributed.initialize(**kwargs)
+
+
+def _node_gpus() -> list[int] | None:
+  """Every GPU SLURM or Open MPI gave the node (CUDA_VISIBLE_DEVICES), where one process runs
+  per node: JAX's detection of them assumes a process per GPU and would show this one only
+  the GPU of its local rank, 0. None with a process per GPU or JAX_LOCAL_DEVICE_IDS set."""
+  env = os.environ
+  if "SLURM_STEP_NUM_TASKS" in env:
+    one_per_node = env["SLURM_STEP_NUM_TASKS"] == env.get("SLURM_STEP_NUM_NODES")
+  else:
+    one_per_node = env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == "1"
+  visible = env.get("CUDA_VISIBLE_DEVICES", "")
+  if not one_per_node or not visible or "JAX_LOCAL_DEVICE_IDS" in env:
+    return None
+  return list(range(len(visible.split(","))))
 
 
 class FailedElsewhere(UserError):

@@ -257,16 +257,29 @@ def test_processes_read_disjoint_windows_that_together_make_the_global_batch(tok
   assert rows(parts[0]) | rows(parts[1]) == rows(whole)
 
 
+SRUN = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8"}
+EIGHT_GPUS = {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+
+
 @pytest.mark.parametrize("env,joins", [
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, False),  # a batch script's own shell
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8"}, True),  # srun
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, False),
-    ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, None),  # a batch script's own shell
+    ({**SRUN, "SLURM_STEP_NUM_NODES": "1", **EIGHT_GPUS}, {}),  # a process per GPU
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, None),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, {}),
+    # One process per node drives the node's GPUs (JAX would give it GPU 0 alone) ...
+    ({**SRUN, "SLURM_STEP_NUM_NODES": "8", **EIGHT_GPUS}, {"local_device_ids": list(range(8))}),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "1",
+      "CUDA_VISIBLE_DEVICES": "GPU-a1,GPU-b2"}, {"local_device_ids": [0, 1]}),
+    # ... unless the user chose them.
+    ({**SRUN, "SLURM_STEP_NUM_NODES": "8", **EIGHT_GPUS, "JAX_LOCAL_DEVICE_IDS": "0,1"}, {}),
 ])
 def test_only_a_launcher_s_processes_join_a_multi_process_job(monkeypatch, caplog, env, joins):
   """SLURM_NTASKS is the allocation's: python run in an sbatch script without srun is one
-  process (joining would wait for 7 that never start), and says so."""
-  for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+  process (joining would wait for 7 that never start), and says so. `joins` is what
+  jax.distributed.initialize is given, None where the process runs alone."""
+  for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NUM_NODES",
+              "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "CUDA_VISIBLE_DEVICES",
+              "JAX_LOCAL_DEVICE_IDS"):
     monkeypatch.delenv(key, raising=False)
   for key, value in env.items():
     monkeypatch.setenv(key, value)
@@ -274,6 +287,6 @@ def test_only_a_launcher_s_processes_join_a_multi_process_job(monkeypatch, caplo
   monkeypatch.setattr(jax.config, "update", lambda *args: None)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: joined.append(kw))
   sharding.maybe_initialize_distributed()
-  assert joined == ([{}] if joins else [])
-  alone = env.get("SLURM_NTASKS") == "8" and not joins
+  assert joined == ([] if joins is None else [joins])
+  alone = env.get("SLURM_NTASKS") == "8" and joins is None
   assert ("not started by srun" in caplog.text) == alone
