@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
+from jaxgpt import sharding
 from jaxgpt.errors import UserError
 
 Capability = tuple[int, int]  # an NVIDIA GPU's compute capability, e.g. (8, 9)
@@ -66,13 +67,14 @@ def settle(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   head_size, device = config.n_embd // config.n_head, jax.devices()[0]
   kernel = for_device(config.attention, config.dtype, head_size, device)
   if kernel == "cudnn":
-    try:
-      probe(kernel, config.dtype, head_size, config.block_size)
-    except Exception as e:
-      reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+    # Every process runs what all can: hosts whose cuDNN differed would compile other programs.
+    error, _ = sharding.agree("cuDNN's attention", probe, kernel, config.dtype, head_size,
+                              config.block_size)
+    if error is not None:
+      reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
       if config.attention == "cudnn":
         raise UserError(f"attention=cudnn fails on {device.device_kind} ({reason}); run with "
-                        "--config.attention=xla (or auto)") from e
+                        "--config.attention=xla (or auto)") from error
       logging.warning("cuDNN attention fails on %s (%s); using XLA's attention instead",
                       device.device_kind, reason)
       kernel = "xla"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import jax
+import numpy as np
 import pytest
 from conftest import fake_device, records, tiny_config
 
 import launch
-from jaxgpt import attention
+from jaxgpt import attention, sharding
 from jaxgpt.errors import UserError
 
 
@@ -58,6 +60,17 @@ def test_a_cudnn_that_works_is_what_the_run_uses(tmp_path, monkeypatch):
   monkeypatch.setattr(attention, "for_device", lambda *a: "cudnn")
   monkeypatch.setattr(attention, "probe", lambda *a: None)
   assert attention.settle(tiny_config(tmp_path, "", attention="auto")).attention == "cudnn"
+
+
+def test_a_cudnn_that_fails_on_another_host_is_left_by_all(tmp_path, monkeypatch, caplog):
+  """Hosts whose cuDNN differed would compile different programs: all run XLA's."""
+  monkeypatch.setattr(attention, "for_device", lambda *a: "cudnn")
+  monkeypatch.setattr(attention, "probe", lambda *a: None)  # it works here ...
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(sharding.multihost_utils, "process_allgather",
+                      lambda ok: np.array([ok, 0]))  # ... and not on process 1
+  assert attention.settle(tiny_config(tmp_path, "", attention="auto")).attention == "xla"
+  assert "FailedElsewhere: cuDNN's attention failed on process(es) [1]" in caplog.text
 
 
 def test_an_explicit_cudnn_that_fails_is_an_error(tmp_path, cudnn_fails):
