@@ -19,7 +19,7 @@ import ml_collections
 from absl import logging
 
 from jaxgpt import sharding
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 Capability = tuple[int, int]  # an NVIDIA GPU's compute capability, e.g. (8, 9)
 
@@ -71,7 +71,7 @@ def settle(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     error, _ = sharding.agree("cuDNN's attention", probe, kernel, config.dtype, head_size,
                               config.block_size)
     if error is not None:
-      reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+      reason = f"{type(error).__name__}: {first_line(error)}"
       if config.attention == "cudnn":
         raise UserError(f"attention=cudnn fails on {device.device_kind} ({reason}); run with "
                         "--config.attention=xla (or auto)") from error

@@ -32,7 +32,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxgpt import sharding
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 STATE, DATA, META = "state", "data", "meta"
 
@@ -301,15 +301,11 @@ def cause(error: Exception) -> str:
   if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "No such file" in text:
     return "a file of it is missing"
   if isinstance(error, ValueError) and ("JSON" in text or "Expecting" in text):
-    return f"a JSON file of it is not readable ({_first_line(error)})"
+    return f"a JSON file of it is not readable ({first_line(error)})"
   if any(word in text for word in ("DATA_LOSS", "OUT_OF_RANGE", "truncated", "Error reading",
                                    "decompress", "Failed to decode")):
     return "a file of it is truncated or corrupt"
-  return f"{type(error).__name__}: {_first_line(error)}"
-
-
-def _first_line(error: Exception) -> str:
-  return (str(error).splitlines() or [""])[0][:300]
+  return f"{type(error).__name__}: {first_line(error)}"
 
 
 def os_error(error: Exception) -> str:
@@ -319,4 +315,4 @@ def os_error(error: Exception) -> str:
   code = re.search(r"os_error_code='(\d+)'", str(error))
   if code:
     return f"{os.strerror(int(code[1]))} [errno {code[1]}]"
-  return f"{type(error).__name__}: {_first_line(error)}"
+  return f"{type(error).__name__}: {first_line(error)}"

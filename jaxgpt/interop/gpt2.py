@@ -23,7 +23,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from jaxgpt import defaults, model, tokenizer
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 # (n_layer, n_embd) of each of OpenAI's sizes, as nanoGPT's from_pretrained spells them out.
@@ -114,9 +114,8 @@ def _readable(path: str, read: Callable[[str], Any]) -> Any:
   try:
     return read(path)
   except Exception as e:  # safetensors', torch's and json's errors share no base class
-    first = (str(e).splitlines() or [""])[0][:200]
-    raise UserError(f"{path}: not a readable checkpoint file ({type(e).__name__}: {first})"
-                    ) from e
+    raise UserError(f"{path}: not a readable checkpoint file ({type(e).__name__}: "
+                    f"{first_line(e)})") from e
 
 
 def load(hf_dir: str) -> tuple[dict[str, Any], dict]:
