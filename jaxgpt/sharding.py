@@ -29,18 +29,18 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
                                  process_id: int = -1) -> None:
   """Joins the processes of a multi-host job before anything touches a device.
 
-  Explicit arguments win; otherwise SLURM steps (`srun`) and Open MPI jobs of
+  Explicit arguments win; otherwise Open MPI jobs and SLURM steps (`srun`) of
   more than one task are detected from their environment (JAX reads the rest
   itself). A batch script's own shell is one process, whatever its allocation.
   """
+  env = os.environ
   explicit = bool(coordinator_address) or num_processes > 0 or process_id >= 0
-  cluster_size = int(os.environ.get("SLURM_STEP_NUM_TASKS")
-                     or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
-  if not explicit and cluster_size <= 1:
-    if int(os.environ.get("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_NUM_TASKS" not in os.environ:
+  processes, one_per_node = _launcher()
+  if not explicit and processes <= 1:
+    if int(env.get("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_NUM_TASKS" not in env:
       logging.warning("a SLURM allocation of %s tasks, but this process was not started by srun: "
                       "it runs alone; `srun python launch.py ...` runs one process per task",
-                      os.environ["SLURM_NTASKS"])
+                      env["SLURM_NTASKS"])
     return
   # CPU devices need a collectives backend to talk across processes; GPUs ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -51,26 +51,56 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs["num_processes"] = num_processes
   if process_id >= 0:
     kwargs["process_id"] = process_id
-  node_gpus = _node_gpus()
-  if node_gpus:
-    kwargs["local_device_ids"] = node_gpus
-    logging.info("one process per node: it drives the node's %d GPUs", len(node_gpus))
+  device_ids = _local_device_ids(one_per_node)
+  if "OMPI_COMM_WORLD_SIZE" in env and "OMPI_MCA_orte_hnp_uri" not in env:
+    # Open MPI 5's mpirun no longer says where it runs, which is all JAX's detection reads.
+    if not coordinator_address:
+      raise UserError("an Open MPI 5 job: JAX cannot find process 0 from its environment; pass "
+                      "--coordinator_address=HOST:PORT, rank 0's host and a free port")
+    kwargs.setdefault("num_processes", int(env["OMPI_COMM_WORLD_SIZE"]))
+    kwargs.setdefault("process_id", int(env["OMPI_COMM_WORLD_RANK"]))
+    if device_ids is None and not one_per_node and "JAX_LOCAL_DEVICE_IDS" not in env:
+      device_ids = [int(env["OMPI_COMM_WORLD_LOCAL_RANK"])]
+  if device_ids is not None:
+    kwargs["local_device_ids"] = device_ids
+    if one_per_node:
+      logging.info("one process per node: it drives the node's %d GPUs", len(device_ids))
   jax.distributed.initialize(**kwargs)
 
 
-def _node_gpus() -> list[int] | None:
-  """Every GPU SLURM or Open MPI gave the node (CUDA_VISIBLE_DEVICES), where one process runs
-  per node: JAX's detection of them assumes a process per GPU and would show this one only
-  the GPU of its local rank, 0. None with a process per GPU or JAX_LOCAL_DEVICE_IDS set."""
+def _launcher() -> tuple[int, bool]:
+  """(processes, one per node) of the job that started this process: (1, False) for none.
+
+  Open MPI's first, as JAX's detection does: `mpirun` inside a SLURM allocation hands its
+  ranks the SLURM variables of the shell or daemon that started them too.
+  """
   env = os.environ
+  if "OMPI_COMM_WORLD_SIZE" in env:
+    return int(env["OMPI_COMM_WORLD_SIZE"]), env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == "1"
   if "SLURM_STEP_NUM_TASKS" in env:
-    one_per_node = env["SLURM_STEP_NUM_TASKS"] == env.get("SLURM_STEP_NUM_NODES")
-  else:
-    one_per_node = env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == "1"
-  visible = env.get("CUDA_VISIBLE_DEVICES", "")
-  if not one_per_node or not visible or "JAX_LOCAL_DEVICE_IDS" in env:
+    tasks = env["SLURM_STEP_NUM_TASKS"]
+    return int(tasks), tasks == env.get("SLURM_STEP_NUM_NODES")
+  return 1, False
+
+
+NVIDIA_GPUS_DIR = "/proc/driver/nvidia/gpus"  # one entry per GPU the driver shows this process
+
+
+def _local_device_ids(one_per_node: bool) -> list[int] | None:
+  """The GPUs this process drives, where JAX's detection would pick wrong: it gives each
+  process the GPU of its local rank. One process per node drives every GPU of the node
+  (CUDA_VISIBLE_DEVICES, else the driver's list); a process that sees one GPU drives that one,
+  0 (SLURM's --gpus-per-task=1 renumbers it so). None: JAX's choice, or JAX_LOCAL_DEVICE_IDS."""
+  if "JAX_LOCAL_DEVICE_IDS" in os.environ:
     return None
-  return list(range(len(visible.split(","))))
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    gpus = len([g for g in visible.split(",") if g.strip()])
+  else:
+    gpus = len(os.listdir(NVIDIA_GPUS_DIR)) if os.path.isdir(NVIDIA_GPUS_DIR) else 0
+  if one_per_node and gpus:
+    return list(range(gpus))
+  return [0] if gpus == 1 else None
 
 
 class FailedElsewhere(UserError):

@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT, records, restore_state, setup_of, step_of, tiny_config
 
 from jaxgpt import data, defaults, sharding, train, train_step
+from jaxgpt.errors import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -259,34 +260,75 @@ def test_processes_read_disjoint_windows_that_together_make_the_global_batch(tok
 
 SRUN = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8"}
 EIGHT_GPUS = {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+MPIRUN = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",  # Open MPI 4's
+          "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}
+LAUNCH_ENV = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NUM_NODES",
+              "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_RANK",
+              "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_MCA_orte_hnp_uri", "CUDA_VISIBLE_DEVICES",
+              "JAX_LOCAL_DEVICE_IDS")
 
 
-@pytest.mark.parametrize("env,joins", [
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, None),  # a batch script's own shell
-    ({**SRUN, "SLURM_STEP_NUM_NODES": "1", **EIGHT_GPUS}, {}),  # a process per GPU
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, None),
-    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, {}),
-    # One process per node drives the node's GPUs (JAX would give it GPU 0 alone) ...
-    ({**SRUN, "SLURM_STEP_NUM_NODES": "8", **EIGHT_GPUS}, {"local_device_ids": list(range(8))}),
-    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "1",
-      "CUDA_VISIBLE_DEVICES": "GPU-a1,GPU-b2"}, {"local_device_ids": [0, 1]}),
-    # ... unless the user chose them.
-    ({**SRUN, "SLURM_STEP_NUM_NODES": "8", **EIGHT_GPUS, "JAX_LOCAL_DEVICE_IDS": "0,1"}, {}),
-])
-def test_only_a_launcher_s_processes_join_a_multi_process_job(monkeypatch, caplog, env, joins):
-  """SLURM_NTASKS is the allocation's: python run in an sbatch script without srun is one
-  process (joining would wait for 7 that never start), and says so. `joins` is what
-  jax.distributed.initialize is given, None where the process runs alone."""
-  for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NUM_NODES",
-              "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "CUDA_VISIBLE_DEVICES",
-              "JAX_LOCAL_DEVICE_IDS"):
+def _joins(monkeypatch, tmp_path, env: dict[str, str], driver_gpus: int = 0, **flags) -> list:
+  """What jax.distributed.initialize is given under `env` (a list of its keyword arguments,
+  empty where the process runs alone), with the NVIDIA driver showing `driver_gpus` GPUs."""
+  for key in LAUNCH_ENV:
     monkeypatch.delenv(key, raising=False)
   for key, value in env.items():
     monkeypatch.setenv(key, value)
+  for i in range(driver_gpus):
+    (tmp_path / f"0000:{i:02x}:00.0").mkdir()
+  monkeypatch.setattr(sharding, "NVIDIA_GPUS_DIR", str(tmp_path))
   joined = []
   monkeypatch.setattr(jax.config, "update", lambda *args: None)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: joined.append(kw))
-  sharding.maybe_initialize_distributed()
+  sharding.maybe_initialize_distributed(**flags)
+  return joined
+
+
+@pytest.mark.parametrize("env,joins,driver_gpus", [
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, None, 8),  # a batch script's own shell
+    ({**SRUN, "SLURM_STEP_NUM_NODES": "1", **EIGHT_GPUS}, {}, 8),  # a process per GPU
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, None, 8),
+    ({**MPIRUN, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, {}, 2),
+    # One process per node drives the node's GPUs (JAX would give it GPU 0 alone) ...
+    ({**SRUN, "SLURM_STEP_NUM_NODES": "8", **EIGHT_GPUS}, {"local_device_ids": list(range(8))},
+     0),
+    ({**MPIRUN, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "1",
+      "CUDA_VISIBLE_DEVICES": "GPU-a1,GPU-b2"}, {"local_device_ids": [0, 1]}, 8),
+    # ... the driver's, where no scheduler names them ...
+    ({**MPIRUN, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "1"},
+     {"local_device_ids": [0, 1, 2, 3]}, 4),
+    # ... unless the user chose them.
+    ({**SRUN, "SLURM_STEP_NUM_NODES": "8", **EIGHT_GPUS, "JAX_LOCAL_DEVICE_IDS": "0,1"}, {}, 8),
+    # A task given one GPU (--gpus-per-task=1) sees it as GPU 0, whatever its local rank.
+    ({**SRUN, "SLURM_STEP_NUM_NODES": "1", "CUDA_VISIBLE_DEVICES": "3"},
+     {"local_device_ids": [0]}, 8),
+    # mpirun inside a SLURM allocation: its ranks inherit a step's variables; Open MPI's count.
+    ({**MPIRUN, "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_SIZE": "8",
+      "SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1",
+      "SLURM_STEP_NUM_NODES": "1", **EIGHT_GPUS}, {}, 8),
+    ({**MPIRUN, "OMPI_COMM_WORLD_SIZE": "24", "OMPI_COMM_WORLD_LOCAL_SIZE": "8",
+      "SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
+      "SLURM_STEP_NUM_NODES": "2", **EIGHT_GPUS}, {}, 8),
+])
+def test_only_a_launcher_s_processes_join_a_multi_process_job(monkeypatch, tmp_path, caplog, env,
+                                                              joins, driver_gpus):
+  """SLURM_NTASKS is the allocation's: python run in an sbatch script without srun is one
+  process (joining would wait for 7 that never start), and says so. `joins` is what
+  jax.distributed.initialize is given, None where the process runs alone."""
+  joined = _joins(monkeypatch, tmp_path, env, driver_gpus)
   assert joined == ([] if joins is None else [joins])
   alone = env.get("SLURM_NTASKS") == "8" and joins is None
   assert ("not started by srun" in caplog.text) == alone
+
+
+def test_an_open_mpi_5_job_is_told_to_name_process_0(monkeypatch, tmp_path):
+  """Open MPI 5 sets no OMPI_MCA_orte_hnp_uri, all JAX's detection reads: without
+  --coordinator_address the run says to pass it; with it, Open MPI's ranks fill the rest."""
+  env = {"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8",
+         "OMPI_COMM_WORLD_RANK": "11", "OMPI_COMM_WORLD_LOCAL_RANK": "3", **EIGHT_GPUS}
+  with pytest.raises(UserError, match="Open MPI 5.*--coordinator_address=HOST:PORT"):
+    _joins(monkeypatch, tmp_path, env)
+  joined = _joins(monkeypatch, tmp_path, env, coordinator_address="node0:1234")
+  assert joined == [{"coordinator_address": "node0:1234", "num_processes": 16,
+                     "process_id": 11, "local_device_ids": [3]}]
