@@ -149,6 +149,8 @@ class RunDir:
       for n, line in enumerate(f, 1):
         if not line.endswith("\n"):
           break
+        if not line.strip():
+          continue
         try:
           record = json.loads(line)
           kept = events.setdefault(record["event"], [])

@@ -74,6 +74,8 @@ def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"event": "eval", "iter": 0, "val_loss": 3.0}\n{"event": "tra')
   assert len(report.load(str(tmp_path))["eval"]) == 1
+  path.write_text('{"event": "eval", "iter": 0, "val_loss": 3.0}\n\n')  # an edit's blank line
+  assert len(report.load(str(tmp_path))["eval"]) == 1
   path.write_text('{"event": "eval", "iter": 0}\nnot json\n')
   with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics record"):
     report.load(str(tmp_path))
