@@ -165,6 +165,17 @@ def test_a_text_is_scored_as_its_bytes_say(tmp_path):
       "Hello world.\r\nSecond line here.\r\n")
 
 
+def test_an_ending_that_fills_the_block_leaves_the_context_s_last_token():
+  """Every row scores its ending after at least one token (the scorer refuses a row scoring
+  none); the long ending keeps its last block_size tokens."""
+  examples = [hellaswag.Example([1, 2, 3], [[4] * 20, [5], [6, 7], [8]], 0)]
+  rows = hellaswag.rows(examples, 16)
+  assert rows == [([4] * 17, 16), ([3, 5], 1), ([3, 6, 7], 2), ([3, 8], 1)]
+  scorer = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config(block_size=16))))
+  scored = [i for batch in scorer.batches(rows) for i in batch.index_R if i >= 0]
+  assert sorted(scored) == [0, 1, 2, 3]
+
+
 def test_non_finite_losses_are_no_accuracy_and_a_huge_loss_no_overflow():
   examples = [hellaswag.Example([1, 2], [[3], [4], [5], [6]], 0)]
   rows = hellaswag.rows(examples, 16)

@@ -115,12 +115,12 @@ def rows(examples: list[Example], block_size: int) -> list[tuple[list[int], int]
   """(tokens, how many of the last are the ending's) for every ending, 4 per example in order.
 
   A context too long for block_size + 1 tokens with the longest ending is cut from the left
-  once for the example, so its four endings are scored after the same context.
+  once for the example, so its four endings are scored after the same context; its last
+  token stays even where an ending alone fills the block, so a short ending has one to follow.
   """
   out = []
   for example in examples:
-    room = _context_room(example, block_size)
-    context = example.context[-room:] if room > 0 else []
+    context = example.context[-max(_context_room(example, block_size), 1):]
     for ending in example.endings:
       tokens = (context + ending)[-(block_size + 1):]
       out.append((tokens, min(len(ending), len(tokens) - 1)))
