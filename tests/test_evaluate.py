@@ -199,6 +199,9 @@ def test_bad_input_is_one_user_error_naming_what(tmp_path):
     tasks.load("hellaswag", scorer, hellaswag_file=str(tmp_path / "nope.jsonl"))
   with pytest.raises(UserError, match="text:.*missing.txt: no such file"):
     tasks.load(f"text:{tmp_path}/missing.txt", scorer)
+  (tmp_path / "empty.txt").write_text("")
+  with pytest.raises(UserError, match="text:.*empty.txt: 0 token"):
+    tasks.load(f"text:{tmp_path}/empty.txt", scorer)
   with pytest.raises(UserError, match="unknown evaluation task 'mmlu'"):
     tasks.load("hellaswag,mmlu", scorer)
   with pytest.raises(UserError, match=r"limit=-3: must be >= 0"):

@@ -102,16 +102,18 @@ def read_text_tokens(path: str) -> list[int]:
     raise UserError(f"text:{path}: {e.strerror}") from None
   except UnicodeDecodeError as e:
     raise UserError(f"text:{path}: not UTF-8 text ({e})") from None
-  return tokenizer.gpt2().encode_ordinary(text)
+  tokens = tokenizer.gpt2().encode_ordinary(text)
+  if len(tokens) < 2:
+    raise UserError(f"text:{path}: {len(tokens)} token(s): a text needs at least 2 to score one")
+  return tokens
 
 
 def text_rows(tokens: list[int], block_size: int, stride: int = 0) -> list[scoring.Row]:
-  """Windows of at most block_size + 1 tokens that score every token but the first once."""
+  """Windows of at most block_size + 1 tokens that score every token but the first once (of
+  2 or more tokens, as `read_text_tokens` gives)."""
   stride = stride or block_size
   if not 0 < stride <= block_size:
     raise UserError(f"stride={stride}: must be in 1..block_size={block_size}")
-  if len(tokens) < 2:
-    raise UserError(f"{len(tokens)} token(s): a text needs at least 2 to score one")
   rows, scored_until, start = [], 1, 0
   while scored_until < len(tokens):
     end = min(start + block_size + 1, len(tokens))
