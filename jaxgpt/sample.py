@@ -62,10 +62,12 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_n
 def _define_flags() -> None:
   weights.define_flags()
   flags.DEFINE_string("start", "\n", "Prompt text, or FILE:path to read it from a file.")
-  flags.DEFINE_integer("num_samples", 10, "Samples to draw (one batch).")
-  flags.DEFINE_integer("max_new_tokens", 500, "Tokens generated per sample.")
-  flags.DEFINE_float("temperature", 0.8, "1.0 as trained, lower is surer, 0 greedy.")
-  flags.DEFINE_integer("top_k", 200, "Keep only the k most likely tokens; 0 keeps all.")
+  flags.DEFINE_integer("num_samples", 10, "Samples to draw (one batch).", lower_bound=1)
+  flags.DEFINE_integer("max_new_tokens", 500, "Tokens generated per sample.", lower_bound=1)
+  flags.DEFINE_float("temperature", 0.8, "1.0 as trained, lower is surer, 0 greedy.",
+                     lower_bound=0)
+  flags.DEFINE_integer("top_k", 200, "Keep only the k most likely tokens; 0 keeps all.",
+                       lower_bound=0)
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: keep the most likely tokens holding "
                      "this much probability; 1.0 keeps all.")
   flags.DEFINE_bool("stop_at_eot", False, "End a sample at <|endoftext|>.")

@@ -85,6 +85,8 @@ USAGE = {
     "sample": (["-m", "jaxgpt.sample", "--dtype=float16"],
                "error: --dtype=float16: value should be one of"),
     "sample stray": (["-m", "jaxgpt.sample", "stray"], "error: unexpected argument(s): stray"),
+    "sample none": (["-m", "jaxgpt.sample", "--num_samples=0"],  # said before any weights load
+                    "error: --num_samples=0: 0 is not a positive integer"),
     "evaluate": (["-m", "jaxgpt.evaluate", "--limit=all"], "error: --limit=all: not an integer"),
     "evaluate negative": (["-m", "jaxgpt.evaluate", "--batch_rows=-4"],
                           "error: --batch_rows=-4: -4 is not a non-negative integer"),
