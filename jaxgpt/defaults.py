@@ -17,6 +17,7 @@ import textwrap
 from typing import TypeVar
 
 import ml_collections
+import numpy as np
 
 from jaxgpt.errors import UserError
 
@@ -183,6 +184,12 @@ def eval_tasks(spec: str) -> list[str]:
   return names
 
 
+def _float32(x: float) -> float:
+  """x as the step sees it: 0.99999999 is 1.0 there and 1e39 is inf."""
+  with np.errstate(over="ignore"):
+    return float(np.float32(x))
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
 
@@ -206,9 +213,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "grad_clip": " (0 disables clipping)"}
   for key in non_negative:
     check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
-    check(math.isfinite(c[key]), key, "must be finite")
+    check(math.isfinite(_float32(c[key])), key, "must be finite"
+          + ("" if math.isinf(c[key]) else " as a float32, which the step computes in"))
   for key in fractions:
     check(0 <= c[key] < 1, key, "must be in [0, 1)")
+    check(_float32(c[key]) < 1, key, "must be below 1 as a float32, which the step computes "
+          "in; it rounds to 1.0 there")
   for key in ("keep_checkpoints", "data_prefetch"):
     check(c[key] >= 1, key, "must be >= 1")
   for key, allowed in CHOICES.items():

@@ -99,6 +99,11 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("peak_flops", -1.0, "must be >= 0"),
     ("learning_rate", float("inf"), "must be finite"),  # the loss was NaN at iteration 0
     ("logit_softcap", float("inf"), "must be finite"),
+    # Values a float64 check passes and the float32 step cannot hold: the update would be 0
+    # (beta2) or non-finite (beta1, learning_rate) while the loss and gradient stay finite.
+    ("beta2", 0.99999999, "must be below 1 as a float32"),
+    ("beta1", 0.99999999, "must be below 1 as a float32"),
+    ("learning_rate", 1e39, "must be finite as a float32"),
     ("seed", 2**32 + 5, "a PRNG key holds 32 bits"),  # it would alias seed 5
 ])
 def test_validate_names_the_key(key, value, message):
