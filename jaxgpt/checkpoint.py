@@ -292,20 +292,30 @@ def verify(state: Any, meta: dict[str, Any]) -> None:
 
 
 def cause(error: Exception) -> str:
-  """What an unreadable checkpoint's error means, in a line (not the storage layer's dump)."""
-  text = str(error)
+  """What an unreadable checkpoint's error means, in a line (not the storage layer's dump).
+
+  Read from the error and those it was raised from: Orbax's own says only which array it
+  read, the storage layer's below it what went wrong.
+  """
+  chain = [error]
+  while (below := chain[-1].__cause__ or chain[-1].__context__) and below not in chain:
+    chain.append(below)
+  text = "\n".join(map(str, chain))
   if isinstance(error, sharding.FailedElsewhere):
-    return text
+    return str(error)
   if isinstance(error, CorruptCheckpoint):
-    return f"its contents changed after the save: {text}"
-  if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "No such file" in text:
+    return f"its contents changed after the save: {error}"
+  if (any(isinstance(e, FileNotFoundError) for e in chain) or "NOT_FOUND" in text
+      or "No such file" in text):
     return "a file of it is missing"
-  if isinstance(error, ValueError) and ("JSON" in text or "Expecting" in text):
-    return f"a JSON file of it is not readable ({first_line(error)})"
+  json_error = next((e for e in chain if isinstance(e, ValueError)
+                     and ("JSON" in str(e) or "Expecting" in str(e))), None)
+  if json_error:
+    return f"a JSON file of it is not readable ({first_line(json_error)})"
   if any(word in text for word in ("DATA_LOSS", "OUT_OF_RANGE", "truncated", "Error reading",
                                    "decompress", "Failed to decode")):
     return "a file of it is truncated or corrupt"
-  return f"{type(error).__name__}: {first_line(error)}"
+  return f"{type(chain[-1]).__name__}: {first_line(chain[-1])}"
 
 
 def os_error(error: Exception) -> str:

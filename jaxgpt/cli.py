@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 
 from absl import app, flags, logging
@@ -187,11 +188,16 @@ def _library_quiet(record: pylogging.LogRecord) -> bool:
 
 
 def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
-  """Drops the 'Event loop is closed' that storage callbacks raise once a failed save has
-  ended Orbax's event loop (dozens, each with a traceback, around the run's own error line);
-  hands every other to Python's own hook."""
+  """Drops what Orbax leaves behind a failed save or read, which the run's own line reports:
+  the 'Event loop is closed' storage callbacks raise once a failed save has ended its event
+  loop, and the errors of its reading coroutines closed after one array failed to read
+  (dozens, each with a traceback and a page of storage spec); hands every other to Python's
+  own hook."""
   error = unraisable.exc_value
   if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None and "/orbax/" in code.co_filename:
     return
   sys.__unraisablehook__(unraisable)
 
@@ -202,3 +208,6 @@ def _quiet_log() -> None:
   handler = logging.get_absl_handler()
   handler.setFormatter(_ShortFormatter())
   handler.addFilter(_library_quiet)
+  # Orbax's reading coroutines left unawaited by a failed read say so as they go (`_unraisable`).
+  warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
+  warnings.filterwarnings("ignore", "Enable tracemalloc", RuntimeWarning)
