@@ -31,6 +31,24 @@ _LAUNCH = os.path.join(os.path.dirname(_PACKAGE_DIR), "launch.py")
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
 
 
+class _PathParser(flags.ArgumentParser):
+  """A path, `~` expanded: the shell leaves `--out=~/x` as it is."""
+
+  def parse(self, argument: str) -> str:
+    return os.path.expanduser(argument)
+
+  def flag_type(self) -> str:
+    return "path"
+
+
+def define_path(name: str, default: str | None, help_text: str, *, multi: bool = False) -> None:
+  """A string flag naming a file or directory; repeatable with `multi`."""
+  if multi:
+    flags.DEFINE_multi(_PathParser(), flags.ArgumentSerializer(), name, default, help_text)
+  else:
+    flags.DEFINE(_PathParser(), name, default, help_text)
+
+
 def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
         more_help: Callable[[], str] | None = None) -> None:
   """Runs `main` as a command: main() or, with `subcommands`, main(subcommand).

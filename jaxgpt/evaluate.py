@@ -28,8 +28,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("task", "hellaswag", "Comma-separated: 'hellaswag', 'text:FILE'.")
   flags.DEFINE_integer("limit", 0, "Score the first N examples (HellaSwag) or windows (text); "
                        "0: all.", lower_bound=0)
-  flags.DEFINE_string("hellaswag_file", "", "HellaSwag's hellaswag_val.jsonl; '' means "
-                      "data/cache/hellaswag_val.jsonl, downloaded once.")
+  cli.define_path("hellaswag_file", "", "HellaSwag's hellaswag_val.jsonl; '' means "
+                  "data/cache/hellaswag_val.jsonl, downloaded once.")
   flags.DEFINE_integer("stride", 0, "text: tokens between window starts; 0 is block_size "
                        "(windows that do not overlap).")
   flags.DEFINE_integer("batch_rows", 0, "Rows (endings, windows) per batch; 0: "

@@ -7,28 +7,29 @@
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
 from jaxgpt import cli
+from jaxgpt.errors import UserError
 from jaxgpt.interop import gpt2, weights
 from jaxgpt.model import GPTConfig
 
 
 def _define_flags() -> None:
   weights.define_run_flags()
-  flags.DEFINE_string("out", None, "New directory for config.json, model.safetensors and the "
-                      "tokenizer files.")
+  cli.define_path("out", None, "New directory for config.json, model.safetensors and the "
+                  "tokenizer files.")
   flags.mark_flags_as_required(["out"])
 
 
 def main() -> None:
   f = flags.FLAGS
-  out = os.path.expanduser(f.out)  # `--out=~/x` reaches us unexpanded
+  if not f.out:
+    raise UserError("--out is empty: name a new directory")
+  gpt2.check_new_dir(f.out)  # before a large checkpoint is read
   config, params, step = weights.from_run(f.out_dir, f.step)
-  with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), out)
-  print(f"wrote {f.out_dir} step {step} to {out} (config.json, model.safetensors and " +
+  with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), f.out)
+  print(f"wrote {f.out_dir} step {step} to {f.out} (config.json, model.safetensors and " +
         ("GPT-2's tokenizer files)" if with_tokenizer else "no tokenizer: the model's "
          "vocabulary is not GPT-2's)"))
 

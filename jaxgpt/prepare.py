@@ -44,7 +44,7 @@ def _unescape(separator: str) -> str:
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("out", None, "Directory for the token shards and meta.json.")
+  cli.define_path("out", None, "Directory for the token shards and meta.json.")
   flags.DEFINE_string("name", "sample-10BT", "fineweb: a sample (sample-10BT, sample-100BT, "
                       "sample-350BT) or a Common Crawl dump such as CC-MAIN-2024-10.")
   flags.DEFINE_bool("edu", False, "fineweb: FineWeb-Edu instead of FineWeb.")
@@ -70,7 +70,7 @@ def _define_flags() -> None:
 
 def main(source: str) -> None:
   f = flags.FLAGS
-  out = os.path.expanduser(f.out)  # `--out=~/x` reaches us unexpanded
+  out = f.out
   for other, names in SOURCE_FLAGS.items():
     for flag_name in names:
       if other != source and f[flag_name].present:

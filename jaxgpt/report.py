@@ -231,7 +231,7 @@ def _checked_out(path: str) -> str:
 
 def main() -> None:
   FLAGS = flags.FLAGS
-  path = (_checked_out(os.path.expanduser(FLAGS.out)) if FLAGS.out
+  path = (_checked_out(FLAGS.out) if FLAGS.out
           else run_dir.RunDir(FLAGS.out_dir[0]).report_path)
   named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
   runs = {name: load(d) for name, d in named.items()}
@@ -242,11 +242,11 @@ def main() -> None:
 
 
 def _define_flags() -> None:
-  flags.DEFINE_multi_string("out_dir", None, "A run directory holding metrics.jsonl; repeat the "
-                            "flag to compare runs.")
+  cli.define_path("out_dir", None, "A run directory holding metrics.jsonl; repeat the flag to "
+                  "compare runs.", multi=True)
   flags.DEFINE_bool("logx", False, "Tokens on a log scale.")
-  flags.DEFINE_string("out", None, "Where to write the plot (default: report.png in the first "
-                      "out_dir).")
+  cli.define_path("out", None, "Where to write the plot (default: report.png in the first "
+                  "out_dir).")
   flags.mark_flags_as_required(["out_dir"])
 
 

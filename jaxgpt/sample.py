@@ -10,6 +10,7 @@ the decoding speed is measured by `python -m jaxgpt.bench --decode`.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -27,7 +28,7 @@ def read_start(start: str) -> str:
   """The prompt: the text itself, or a file's contents for FILE:path."""
   if not start.startswith("FILE:"):
     return start
-  path = start[len("FILE:"):]
+  path = os.path.expanduser(start[len("FILE:"):])  # FILE:~/x, which no shell expands
   try:
     with open(path, encoding="utf-8") as f:
       return f.read()

@@ -98,6 +98,7 @@ USAGE = {
                          "error: --task='': name a task: hellaswag, text:FILE"),
     "evaluate stray": (["-m", "jaxgpt.evaluate", "a", "b"], "error: unexpected argument(s): a b"),
     "export": (["-m", "jaxgpt.export"], "error: --out is required"),
+    "export empty": (["-m", "jaxgpt.export", "--out="], "error: --out is empty"),
     "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),
     "report": (["-m", "jaxgpt.report"], "error: --out_dir is required"),
     "report stray": (["-m", "jaxgpt.report", "--out_dir=x", "y"],

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import run_python, tiny_config, tiny_model
 
-from jaxgpt import checkpoint, sample, train
+from jaxgpt import checkpoint, cli, sample, tokenizer, train
 from jaxgpt.errors import UserError
+from jaxgpt.evals import hellaswag, tasks
 from jaxgpt.inference import decoding
 from jaxgpt.interop import weights
 from jaxgpt.model import GPT, GPTConfig, init_params
@@ -217,6 +218,17 @@ def test_sample_errors_name_what_is_missing(tmp_path):
     sample.read_start(f"FILE:{tmp_path}")
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
   assert sample.read_start(f"FILE:{tmp_path / 'p.txt'}") == "Once upon a time"
+
+
+def test_paths_no_shell_expands_start_at_home(tmp_path, monkeypatch):
+  """`~` inside FILE:~/x, text:~/x or --out=~/x reaches us as typed."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
+  assert sample.read_start("FILE:~/p.txt") == "Once upon a time"
+  assert tasks.read_text_tokens("~/p.txt") == tokenizer.gpt2().encode_ordinary("Once upon a time")
+  with pytest.raises(UserError, match=f"HellaSwag file {tmp_path}/hs.jsonl not found"):
+    hellaswag.resolve("~/hs.jsonl")
+  assert cli._PathParser().parse("~/runs/x") == f"{tmp_path}/runs/x"
 
 
 @pytest.mark.parametrize("start", ["The function returns", ""])

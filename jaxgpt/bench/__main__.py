@@ -68,10 +68,10 @@ def _define_flags() -> None:
                        "on CPU where compiling is slow).")
   flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
                      "config.peak_flops, then the table by device kind.")
-  flags.DEFINE_string("out", None, "What the mode writes: the throughput's JSON line is "
-                      "appended to this file (default: none), --gpu_report's page (default: "
-                      "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "
-                      "rows.jsonl (a new directory; default: out/compare_recipes).")
+  cli.define_path("out", None, "What the mode writes: the throughput's JSON line is "
+                  "appended to this file (default: none), --gpu_report's page (default: "
+                  "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "
+                  "rows.jsonl (a new directory; default: out/compare_recipes).")
   for mode, help_text in MODES.items():
     flags.DEFINE_boolean(mode, False, help_text)
   flags.DEFINE_list("variants", [recipes.BASELINE, recipes.MODERN], "--compare_recipes: "
@@ -83,8 +83,8 @@ def _define_flags() -> None:
                     "learning rates times each of these (a sweep).")
   flags.DEFINE_integer("compare_iters", 250, "--compare_recipes: iterations per run.",
                        lower_bound=1)
-  flags.DEFINE_string("compare_data", "python_docs", "--compare_recipes: a dataset name or a "
-                      "directory of token shards.")
+  cli.define_path("compare_data", "python_docs", "--compare_recipes: a dataset name or a "
+                  "directory of token shards.")
   flags.DEFINE_list("decode_batch_sizes", ["1", "16"], "--decode: batch sizes.")
   flags.DEFINE_integer("decode_tokens", 500, "--decode: new tokens with the KV cache.")
   flags.DEFINE_integer("decode_recompute_tokens", 10, "--decode: new tokens for the slow "
@@ -187,7 +187,7 @@ def _print_throughput(f: flags.FlagValues) -> None:
   result["overrides"] = config_flags.get_override_values(f["config"])
   line = json.dumps(result)
   if f.out:
-    with open(os.path.expanduser(f.out), "a", encoding="utf-8") as out:
+    with open(f.out, "a", encoding="utf-8") as out:
       out.write(line + "\n")
   print(summary(result))
   print(line)
@@ -195,7 +195,7 @@ def _print_throughput(f: flags.FlagValues) -> None:
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
-  path = os.path.expanduser(f.out or "gpu_report.md")
+  path = f.out or "gpu_report.md"
   if os.path.exists(path):
     raise UserError(f"{path} exists; pass --out=PATH or move it")
   iters = f.iters if f["iters"].present else gpu_report.ITERS
@@ -209,7 +209,7 @@ def _print_gpu_report(f: flags.FlagValues) -> None:
 
 
 def _print_compare_recipes(f: flags.FlagValues) -> None:
-  out = os.path.expanduser(f.out or "out/compare_recipes")
+  out = f.out or "out/compare_recipes"
   names = list(recipes.variants()) if f.ablation else f.variants
   try:
     lr_scales = [float(s) for s in f.lr_scales]

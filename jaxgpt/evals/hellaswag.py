@@ -38,6 +38,7 @@ class Example(NamedTuple):
 
 def resolve(path: str) -> str:
   """The file to read: `path` as given, or the cached copy, downloaded on first use."""
+  path = os.path.expanduser(path)  # a config's `~/x` too
   if path:
     if not os.path.isfile(path):
       raise UserError(f"HellaSwag file {path} not found; give the path of hellaswag_val.jsonl "

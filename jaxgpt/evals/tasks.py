@@ -93,6 +93,7 @@ def _check_unique(specs: list[str]) -> None:
 
 
 def read_text_tokens(path: str) -> list[int]:
+  path = os.path.expanduser(path)  # text:~/x, which no shell expands
   try:
     with open(path, encoding="utf-8", newline="") as f:  # the file's line ends, as written
       text = f.read()

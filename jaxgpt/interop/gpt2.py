@@ -153,6 +153,7 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
   A local directory must hold the size `init_from` names, which the run and
   every log line call it by.
   """
+  hf_checkpoint_dir = os.path.expanduser(hf_checkpoint_dir)  # a config's `~/x` too
   if hf_checkpoint_dir:
     if not os.path.isdir(hf_checkpoint_dir):
       raise UserError(f"hf_checkpoint_dir={hf_checkpoint_dir!r} is not a directory")
@@ -184,6 +185,12 @@ def differences(cfg: GPTConfig) -> list[str]:
           if key in model.ARCHITECTURE and getattr(cfg, key) != getattr(gpt2, key)]
 
 
+def check_new_dir(to_dir: str) -> None:
+  """Refuses a directory an export would overwrite."""
+  if os.path.exists(to_dir) and not (os.path.isdir(to_dir) and not os.listdir(to_dir)):
+    raise UserError(f"{to_dir} is not an empty directory; nothing was written. Pick a new one.")
+
+
 def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load; returns
   whether GPT-2's tokenizer files went with it (not for a character-level vocabulary).
@@ -197,8 +204,7 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   if departures:
     raise UserError(f"this run's model is not GPT-2's architecture ({', '.join(departures)}), "
                     "so transformers' GPT2LMHeadModel cannot hold it; nothing was written")
-  if os.path.exists(to_dir) and not (os.path.isdir(to_dir) and not os.listdir(to_dir)):
-    raise UserError(f"{to_dir} is not an empty directory; nothing was written. Pick a new one.")
+  check_new_dir(to_dir)
   with_tokenizer = config.vocab_size >= tokenizer.N_VOCAB
   bpe_files = tokenizer.bpe_files() if with_tokenizer else {}  # a failure here writes nothing
   vocab = min(config.vocab_size, tokenizer.N_VOCAB)

@@ -26,6 +26,7 @@ MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 
 def read(path: str) -> tuple[dict[str, Any], dict, int]:
   """(architecture keys, float32 params, iter_num) of a nanoGPT checkpoint file."""
+  path = os.path.expanduser(path)  # nanogpt:~/x, which no shell expands
   try:
     import torch
   except ImportError:

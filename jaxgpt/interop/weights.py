@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from absl import flags, logging
 
-from jaxgpt import checkpoint, defaults, run_dir, sharding, train_step
+from jaxgpt import checkpoint, cli, defaults, run_dir, sharding, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.interop import gpt2, nanogpt
 from jaxgpt.model import GPT, GPTConfig
@@ -129,7 +129,7 @@ def for_training(config: ml_collections.ConfigDict) -> tuple[ml_collections.Conf
 
 def define_run_flags() -> None:
   """--out_dir and --step: which checkpoint of a run a command reads."""
-  flags.DEFINE_string("out_dir", "out", "Run directory whose checkpoint to read.")
+  cli.define_path("out_dir", "out", "Run directory whose checkpoint to read.")
   flags.DEFINE_integer("step", None, "Checkpoint step to read; default the latest.")
 
 
@@ -138,8 +138,8 @@ def define_flags() -> None:
   define_run_flags()
   flags.DEFINE_string("init_from", "resume", "'resume': a checkpoint of out_dir; 'gpt2*': "
                       "OpenAI's weights; 'nanogpt:PATH': a nanoGPT ckpt.pt.")
-  flags.DEFINE_string("hf_checkpoint_dir", "",
-                      "init_from=gpt2*: local Hugging Face checkpoint; '' downloads it.")
+  cli.define_path("hf_checkpoint_dir", "",
+                  "init_from=gpt2*: local Hugging Face checkpoint; '' downloads it.")
   flags.DEFINE_enum("dtype", None, defaults.DTYPES, "Activation dtype; default the run's "
                     "(float32 for GPT-2 and nanoGPT weights).")
 
