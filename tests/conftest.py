@@ -65,6 +65,9 @@ def fake_device(platform: str = "gpu", compute_capability: str | None = None,
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A child Python finds the repository first, then whatever this one's environment added (the
+# wheels a GPU machine is handed with pip --target, say).
+PYTHONPATH = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
 recipe = defaults.recipe  # configs/<name>.py, as launch.py loads it
 
 
@@ -110,7 +113,8 @@ def checkpoint_steps(out_dir: str) -> list[int]:
 def run_python(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
   """`python ARGS` in the repository root on the CPU, its output captured."""
   return subprocess.run([sys.executable, *args], cwd=ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **env),
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH,
+                                 **env),
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -152,7 +156,7 @@ def write_config_file(tmp_path, token_dir: str, **overrides) -> str:
 
 def start_python(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
   """`python ARGS` in the repository root on the CPU, in the background, output merged."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env or {}))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH, **(env or {}))
   return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, **popen)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -242,6 +243,15 @@ def test_cli_modes_are_exclusive():
   assert out.returncode != 0 and "pick one of" in out.stderr
 
 
+def test_a_gpu_report_row_that_hangs_is_ended_and_said(tmp_path):
+  from jaxgpt.bench import gpu_report
+  log = io.StringIO()
+  done = gpu_report._python("-c", "print('compiling', flush=True); import time; time.sleep(30)",
+                            log=log, timeout=2)
+  assert done.returncode == 124 and done.stderr.endswith("timed out after 2 s")
+  assert "compiling" in log.getvalue() and "(exit 124)" in log.getvalue()
+
+
 def test_gpu_report_keeps_a_page_that_exists(tmp_path):
   page = tmp_path / "gpu_report.md"
   page.write_text("an earlier GPU's figures\n")
@@ -250,6 +260,9 @@ def test_gpu_report_keeps_a_page_that_exists(tmp_path):
   assert out.stderr.strip().splitlines()[-1] == (f"error: {page} exists; pass --out=PATH or "
                                                  "move it")
   assert page.read_text() == "an earlier GPU's figures\n"
+  page.rename(tmp_path / "gpu_report.log")  # nor the log beside it
+  out = run_python("-m", "jaxgpt.bench", "--gpu_report", f"--out={page}")
+  assert out.returncode == 1 and "gpu_report.log exists" in out.stderr
 
 
 @pytest.mark.slow
@@ -258,17 +271,21 @@ def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
   from jaxgpt.bench import gpu_report
   tiny = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 2,
           "gradient_accumulation_steps": 1, "vocab_size": 96, "dtype": "float32"}
+  log = io.StringIO()
   lines = gpu_report.report((("quickstart", {}), ("quickstart", {"attention": "flash"}),
                              ("quickstart", {"remat": "dots"})),
-                            iters=1, warmup=1, base=tiny, run_tests=False)
+                            iters=1, warmup=1, base=tiny, run_tests=False, log=log)
   header = next(lines)
   assert header.startswith("## GPU report: cpu (cpu), ") and f"jax {jax.__version__}" in header
   assert "flax " in header and "orbax-checkpoint " in header
   rows = [line.split(" | ") for line in lines if line.startswith("| quickstart")]
-  assert [len(cells) for cells in rows] == [12, 12, 12]
-  assert rows[0][1:3] == ["defaults", "1 x 2 x 32"]
-  peak, plan_here, plan_for_card = rows[0][7:10]
+  assert [len(cells) for cells in rows] == [13, 13, 13]
+  assert rows[0][1:4] == ["defaults", "xla", "1 x 2 x 32"]  # the kernel the row ran
+  peak, plan_here, plan_for_card = rows[0][8:11]
   assert (peak, plan_for_card) == ("n/a", "n/a")  # a CPU keeps no peak, and is no card
   assert plan_here.endswith(" GiB")  # XLA's plan of the step as the row's process compiled it
   assert "failed: error: config.attention='flash'" in rows[1][2]  # one line, from its process
+  # ... and the log holds each row's command and all it printed.
+  assert log.getvalue().count("$ python -m jaxgpt.bench --config=") == 3
+  assert "must be one of" in log.getvalue() and "(exit 1)" in log.getvalue()
   assert rows[2][1] == "remat=dots"  # and the rows after a failed one still run

@@ -15,7 +15,7 @@ import sys
 
 import jax
 import pytest
-from conftest import ROOT, records, tiny_config, write_config_file
+from conftest import PYTHONPATH, ROOT, records, tiny_config, write_config_file
 
 from jaxgpt import attention, gpus, train
 
@@ -29,7 +29,7 @@ def launch_on_gpu(config_file: str, memory_fraction: float) -> subprocess.Comple
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
   return subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
                         env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": str(memory_fraction),
-                             "PYTHONPATH": ROOT},
+                             "PYTHONPATH": PYTHONPATH},
                         capture_output=True, text=True, timeout=600, check=False)
 
 

@@ -14,7 +14,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, records, restore_state, setup_of, step_of, tiny_config
+from conftest import PYTHONPATH, records, restore_state, setup_of, step_of, tiny_config
 
 from jaxgpt import data, defaults, sharding, train, train_step
 from jaxgpt.errors import UserError
@@ -27,7 +27,7 @@ def sharded_run(tmp_path, token_dir: str, name: str, devices: int = 1, **overrid
   out = str(tmp_path / name)
   cmd = [sys.executable, os.path.join(HERE, "sharded_run.py"), f"--devices={devices}",
          f"--out={out}", f"--data={token_dir}", f"--overrides={json.dumps(overrides)}"]
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHONPATH=PYTHONPATH)
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
@@ -92,7 +92,7 @@ def run_two(out: str, token_dir: str, timeout: float, *, flags: tuple[str, ...] 
             **overrides) -> list[subprocess.CompletedProcess]:
   """Runs tests/sharded_run.py (with `flags`) as the two processes of one run, to their end."""
   port = free_port()
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHONPATH=PYTHONPATH)
   args = [[sys.executable, os.path.join(HERE, "sharded_run.py"), f"--out={out}",
            f"--data={token_dir}", f"--process_id={i}", "--num_processes=2",
            f"--coordinator=localhost:{port}", f"--overrides={json.dumps(overrides)}", *flags]

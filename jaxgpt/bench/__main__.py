@@ -7,7 +7,7 @@
   python -m jaxgpt.bench --config=... --collectives   # dp vs fsdp memory and traffic
   python -m jaxgpt.bench --config=... --checkpoint    # step time during an async save
   python -m jaxgpt.bench --config=... --decode        # sampling tokens/s, cache vs recompute
-  python -m jaxgpt.bench --gpu_report                 # a first GPU run: tests, rows, memory
+  python -m jaxgpt.bench --gpu_report [--nogpu_tests]  # a first GPU run: tests, rows, memory
   python -m jaxgpt.bench --compare_recipes [--variants=nanogpt,modern | --ablation]
       [--lr_scales=0.5,1,2] [--compare_iters=250] [--compare_data=python_docs|DIR]
       [--out=out/compare_recipes]                    # nanoGPT vs modern recipe: loss, speed
@@ -74,6 +74,8 @@ def _define_flags() -> None:
                   "rows.jsonl (a new directory; default: out/compare_recipes).")
   for mode, help_text in MODES.items():
     flags.DEFINE_boolean(mode, False, help_text)
+  flags.DEFINE_boolean("gpu_tests", True, "--gpu_report: run `pytest -m gpu` first "
+                       "(--nogpu_tests where they have just run).")
   flags.DEFINE_list("variants", [recipes.BASELINE, recipes.MODERN], "--compare_recipes: "
                     "'nanogpt', 'modern', or one modern change alone as KEY=VALUE (see "
                     "defaults.MODERN).")
@@ -196,16 +198,18 @@ def _print_throughput(f: flags.FlagValues) -> None:
 def _print_gpu_report(f: flags.FlagValues) -> None:
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
   path = f.out or "gpu_report.md"
-  if os.path.exists(path):
-    raise UserError(f"{path} exists; pass --out=PATH or move it")
+  log_path = os.path.splitext(path)[0] + ".log"  # what the tests and rows printed, whole
+  for taken in (path, log_path):
+    if os.path.exists(taken):
+      raise UserError(f"{taken} exists; pass --out=PATH or move it")
   iters = f.iters if f["iters"].present else gpu_report.ITERS
   warmup = f.warmup if f["warmup"].present else gpu_report.WARMUP
-  with open(path, "w", encoding="utf-8") as out:
-    for line in gpu_report.report(iters=iters, warmup=warmup):
+  with open(path, "w", encoding="utf-8") as out, open(log_path, "w", encoding="utf-8") as log:
+    for line in gpu_report.report(iters=iters, warmup=warmup, run_tests=f.gpu_tests, log=log):
       print(line, flush=True)
       out.write(line + "\n")
       out.flush()  # a run cut short keeps the rows it finished
-  print(f"wrote {path}")
+  print(f"wrote {path} and {log_path}")
 
 
 def _print_compare_recipes(f: flags.FlagValues) -> None:

@@ -1,16 +1,18 @@
 """One command for a first GPU run: the GPU tests, the benchmark rows and the memory check.
 
-  python -m jaxgpt.bench --gpu_report [--out=PATH] [--iters=10] [--warmup=2]
+  python -m jaxgpt.bench --gpu_report [--out=PATH] [--iters=10] [--warmup=2] [--nogpu_tests]
 
-Runs `pytest -m gpu`, then times the train step of both recipes with the
-default levers and each lever changed alone (the rows of docs/benchmarks.md),
-the user's recipe first. Each row is `python -m jaxgpt.bench` in a process of
-its own: the device's peak memory is that row's alone (JAX keeps one peak per
-process) and a row that runs out of memory leaves the next a clean device.
-Beside the peak stand XLA's memory plan of the step on this GPU and `plan
---device`'s, compiled here for the card's target description as on a machine
-without a GPU. Each line is handed on as it is made, so a run cut short keeps
-the rows it finished; a row that fails is reported as such and the others run.
+Runs `pytest -m gpu` (unless --nogpu_tests), then times the train step of both
+recipes with the default levers and each lever changed alone (the rows of
+docs/benchmarks.md), the user's recipe first. Each row is `python -m
+jaxgpt.bench` in a process of its own: the device's peak memory is that row's
+alone (JAX keeps one peak per process) and a row that runs out of memory leaves
+the next a clean device. Beside the peak stand XLA's memory plan of the step on
+this GPU and `plan --device`'s, compiled in this process on the CPU for the
+card's target description, as on a machine without a GPU, while the rows run.
+Each line is handed on as it is made, so a run cut short keeps the rows it
+finished; a row that fails or outlasts ROW_TIMEOUT_S is reported as such and the
+others run. What the tests and each row printed goes to `log`, whole.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from concurrent import futures
+from typing import Any, TextIO
 
 from jaxgpt import defaults, train_step
 from jaxgpt.plan import memory, targets
@@ -32,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 GiB = 2**30
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
 ITERS, WARMUP = 10, 2  # timed and untimed steps of each of a row's two timed runs
+ROW_TIMEOUT_S = 300  # a row takes about a minute on an H100-class GPU
 # (recipe, overrides): the defaults, then each lever alone; a run cut short has the first.
 ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fineweb_40m", {}),
@@ -44,9 +48,22 @@ ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def _python(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        check=False)
+def _python(*args: str, log: TextIO | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+  """`python ARGS` in the repository's root, what it printed also written to `log`."""
+  try:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False, timeout=timeout)
+  except subprocess.TimeoutExpired as e:
+    output = [e.stdout or "", e.stderr or ""]
+    output = [o.decode(errors="replace") if isinstance(o, bytes) else o for o in output]
+    done = subprocess.CompletedProcess(e.cmd, 124, output[0],
+                                       output[1] + f"\ntimed out after {timeout:.0f} s")
+  if log is not None:
+    log.write(f"$ python {' '.join(args)}\n{done.stdout}{done.stderr}\n(exit {done.returncode})"
+              "\n\n")
+    log.flush()
+  return done
 
 
 def _last_line(done: subprocess.CompletedProcess) -> str:
@@ -54,12 +71,15 @@ def _last_line(done: subprocess.CompletedProcess) -> str:
   return lines[-1] if lines else f"exit {done.returncode}, nothing printed"
 
 
-def device() -> str:
-  """The accelerator as the rows' processes see it (this process compiles on the CPU), and the
-  versions of the libraries the step is made of: a GPU image may hold others than CI's."""
-  done = _python("-c", "import jax; d = jax.devices()[0]; print(f'{d.device_kind} "
-                 "({d.platform}), {jax.device_count()} device(s)')")
-  return f"{_last_line(done)}; {', '.join(f'{name} {_version(name)}' for name in _LIBRARIES)}"
+def device() -> tuple[str, str]:
+  """The accelerator's kind as the rows' processes see it (this process compiles on the CPU),
+  and a line with its platform, count and the versions of the libraries the step is made of:
+  a GPU image may hold others than CI's."""
+  done = _python("-c", "import jax; d = jax.devices()[0]; print(d.device_kind); "
+                 "print(f'{d.device_kind} ({d.platform}), {jax.device_count()} device(s)')")
+  lines = done.stdout.strip().splitlines()
+  kind, about = lines[-2:] if len(lines) >= 2 else ("", _last_line(done))
+  return kind, f"{about}; {', '.join(f'{name} {_version(name)}' for name in _LIBRARIES)}"
 
 
 def _version(distribution: str) -> str:
@@ -69,15 +89,17 @@ def _version(distribution: str) -> str:
     return "(version unknown)"
 
 
-def _measure(name: str, overrides: dict[str, Any], iters: int, warmup: int) -> dict[str, Any]:
+def _measure(name: str, overrides: dict[str, Any], iters: int, warmup: int,
+             log: TextIO | None = None) -> dict[str, Any]:
   """One row's figures from `python -m jaxgpt.bench` in a process of its own."""
   with tempfile.TemporaryDirectory(prefix="jaxgpt_gpu_report_") as tmp:
     out = os.path.join(tmp, "row.jsonl")
     done = _python("-m", "jaxgpt.bench", f"--config={os.path.join(ROOT, 'configs', name)}.py",
                    *(f"--config.{k}={v}" for k, v in overrides.items()), f"--iters={iters}",
-                   f"--warmup={warmup}", "--data_workers=2", f"--out={out}")
+                   f"--warmup={warmup}", "--data_workers=2", f"--out={out}", log=log,
+                   timeout=ROW_TIMEOUT_S)
     if done.returncode:
-      return {"error": _last_line(done)[:120]}
+      return {"error": _last_line(done)[:200]}
     with open(out, encoding="utf-8") as f:
       return json.loads(f.readline())
 
@@ -102,30 +124,33 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = ITERS,
-           warmup: int = WARMUP, base: dict[str, Any] | None = None,
-           run_tests: bool = True) -> Iterator[str]:
+           warmup: int = WARMUP, base: dict[str, Any] | None = None, run_tests: bool = True,
+           log: TextIO | None = None) -> Iterator[str]:
   """The markdown page, line by line: device, GPU tests, a row per benchmark."""
-  yield from [f"## GPU report: {device()}", "",
+  kind, about = device()
+  yield from [f"## GPU report: {about}", "",
               (f"{iters} timed iterations after {warmup}, each row in a process of its own; "
                "command: `python -m jaxgpt.bench --gpu_report`"), ""]
   if run_tests:
-    tests = _last_line(_python("-m", "pytest", "-q", "-m", "gpu", "tests"))
+    tests = _last_line(_python("-m", "pytest", "-q", "-rfEs", "-m", "gpu", "tests", log=log))
     yield from [f"`python -m pytest -q -m gpu`: {tests}", ""]
-  yield ("| recipe | levers | batch | ms/iter | tokens/s | MFU | compile s | peak memory | "
-         "XLA's plan here | plan --device's | waiting for data | row s |")
-  yield "|" + " --- |" * 12
-  for name, overrides in rows:
-    t0 = time.perf_counter()
-    label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
-    overrides = {**(base or {}), **overrides}
-    r = _measure(name, overrides, iters, warmup)
-    if "error" in r:
-      cells = [f"failed: {r['error']}"] + [""] * 8
-    else:
-      planned = _planned(name, overrides, r["device_kind"])
-      cells = [(f"{r['gradient_accumulation_steps']} x {r['batch_size']} x "
-                f"{r['model']['block_size']}"), f"{r['ms_per_iter_median']:.1f}",
-               f"{r['tokens_per_sec']:,.0f}", _cell(r["mfu"], ".1%"), f"{r['compile_s']:.1f}",
-               _gib(r["peak_memory_bytes"]), _gib(r["step_plan_bytes"]), _gib(planned),
-               f"{r['data_wait_fraction']:.1%}"]
-    yield "| " + " | ".join([name, label, *cells, f"{time.perf_counter() - t0:.0f}"]) + " |"
+  yield ("| recipe | levers | attention | batch | ms/iter | tokens/s | MFU | compile s | "
+         "peak memory | XLA's plan here | plan --device's | waiting for data | row s |")
+  yield "|" + " --- |" * 13
+  rows = [(name, {**(base or {}), **overrides}, overrides) for name, overrides in rows]
+  with futures.ThreadPoolExecutor(1) as planner:  # on the CPU, while the GPU runs the rows
+    plans = [planner.submit(_planned, name, overrides, kind) for name, overrides, _ in rows]
+    for (name, overrides, levers), plan in zip(rows, plans):
+      t0 = time.perf_counter()
+      label = ", ".join(f"{k}={v}" for k, v in levers.items()) or "defaults"
+      r = _measure(name, overrides, iters, warmup, log)
+      if "error" in r:
+        cells = [f"failed: {r['error']}"] + [""] * 9
+      else:
+        cells = [r["model"]["attention"],
+                 (f"{r['gradient_accumulation_steps']} x {r['batch_size']} x "
+                  f"{r['model']['block_size']}"), f"{r['ms_per_iter_median']:.1f}",
+                 f"{r['tokens_per_sec']:,.0f}", _cell(r["mfu"], ".1%"), f"{r['compile_s']:.1f}",
+                 _gib(r["peak_memory_bytes"]), _gib(r["step_plan_bytes"]), _gib(plan.result()),
+                 f"{r['data_wait_fraction']:.1%}"]
+      yield "| " + " | ".join([name, label, *cells, f"{time.perf_counter() - t0:.0f}"]) + " |"
