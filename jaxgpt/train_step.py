@@ -297,5 +297,5 @@ def check_memory(step: StepConfig, compiled: Any, state: TrainState,
   device = jax.local_devices()[0].device_kind
   raise UserError(f"the train step needs {need / 2**30:.2f} GiB per device and {device} has "
                   f"{room / 2**30:.2f} GiB for it (JAX's share of the memory: "
-                  f"XLA_PYTHON_CLIENT_MEM_FRACTION sets it); {fix}. Nothing was trained or "
+                  f"XLA_CLIENT_MEM_FRACTION sets it); {fix}. Nothing was trained or "
                   "written.")

@@ -208,15 +208,22 @@ def test_collectives_count_each_loop_body_once_per_trip_nested_loops_multiplied(
 
 
 def test_collectives_read_a_gpu_async_start_by_its_results():
+  """jaxlib 0.10 types an all-reduce's start as its results, 0.11 as ((operands), results), as
+  both type a reduce-scatter's: each array counts once."""
   hlo = """\
 ENTRY %main.3 (a: f32[1,4]) -> f32[8,4] {
   %ags = ((f32[1,4]{1,0}), (f32[8,4]{1,0})) all-gather-start(f32[1,4]{1,0} %a), dimensions={0}
   %ars = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce-start(%b, %c), to_apply=%add
+  %rss = ((bf16[8,4]{1,0}), bf16[1,4]{1,0}) reduce-scatter-start(%d), dimensions={0}
 }
 """
-  sent = collectives.collectives(hlo, n_devices=8)
-  assert sent["all-gather"] == pytest.approx(7 / 8 * 8 * 4 * 4)
-  assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2))
+  expected = {"all-gather": 7 / 8 * 8 * 4 * 4, "all-reduce": 2 * 7 / 8 * (8 * 4 * 4 + 2 * 2),
+              "reduce-scatter": 7 * 4 * 2}
+  assert collectives.collectives(hlo, n_devices=8) == pytest.approx(expected)
+  jaxlib_0_11 = hlo.replace("(f32[8,4]{1,0}, bf16[2]{0}) all-reduce-start",
+                            "((f32[8,4]{1,0}, bf16[2]{0}), (f32[8,4]{1,0}, bf16[2]{0})) "
+                            "all-reduce-start")
+  assert collectives.collectives(jaxlib_0_11, n_devices=8) == pytest.approx(expected)
 
 
 def test_checkpoint_overhead_reports_both_step_times(tmp_path):

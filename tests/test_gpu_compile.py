@@ -168,7 +168,7 @@ def test_the_user_layout_of_fineweb_40m_fits_an_rtx_4070_without_recomputing():
 def test_plan_cli_prints_the_plan_a_separate_compile_gives():
   r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py", "--device=RTX 4070",
                  "--config.out_dir=/nonexistent", timeout=600,
-                 XLA_PYTHON_CLIENT_MEM_FRACTION="0.75")
+                 XLA_CLIENT_MEM_FRACTION="0.75")
   assert r.returncode == 0, r.stderr[-3000:]
   line = next(x for x in r.stdout.splitlines() if x.startswith("memory: compiled for"))
   assert "NVIDIA GeForce RTX 4070 (sm_89; cudnn attention; 16 x 1024" in line

@@ -18,6 +18,7 @@ import pytest
 from conftest import PYTHONPATH, ROOT, records, tiny_config, write_config_file
 
 from jaxgpt import attention, gpus, train
+from jaxgpt.plan import memory
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")]
@@ -25,10 +26,11 @@ pytestmark = [pytest.mark.gpu,
 
 def launch_on_gpu(config_file: str, memory_fraction: float) -> subprocess.CompletedProcess:
   """`python launch.py --config=FILE` on the GPU, with this share of its memory for JAX: this
-  process holds its own share (75% unless XLA_PYTHON_CLIENT_MEM_FRACTION says) already."""
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  process holds its own share (75% unless XLA_CLIENT_MEM_FRACTION says) already."""
+  env = {k: v for k, v in os.environ.items()  # jaxlib refuses both fractions set at once
+         if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
   return subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
-                        env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": str(memory_fraction),
+                        env={**env, "XLA_CLIENT_MEM_FRACTION": str(memory_fraction),
                              "PYTHONPATH": PYTHONPATH},
                         capture_output=True, text=True, timeout=600, check=False)
 
@@ -64,7 +66,7 @@ def test_a_step_too_big_for_the_device_stops_before_training_with_a_layout_that_
   big for its card, rather than one buffer larger than the device.
   """
   fraction = 0.02
-  own_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75"))
+  own_fraction = memory.mem_fraction()
   room = fraction * jax.devices()[0].memory_stats()["bytes_limit"] / own_fraction
   block, n_layer = 512, 24
   kept_per_window = n_layer * block * block * 3  # scores (f32) or probabilities (bf16) a layer

@@ -20,6 +20,7 @@ from jaxgpt import (
   train,
   train_step,
 )
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, count_params, init_params
 from jaxgpt.plan import iters, memory, targets
 from jaxgpt.prep import datasets, shards
@@ -255,3 +256,16 @@ def test_layouts_to_try_keep_the_tokens_and_put_recomputation_last():
       (32, 16), (16, 32), (8, 64), (4, 128), (2, 256), (1, 512)]
   assert [x["remat"] for x in layouts] == ["none"] * 6 + ["dots"] * 6 + ["full"] * 6
   assert [x["batch_size"] for x in train_step.same_tokens_layouts(12, 1)] == [12, 6, 3] * 3
+
+
+def test_jax_s_share_of_a_gpu_is_read_as_jaxlib_reads_it(monkeypatch):
+  """XLA_CLIENT_MEM_FRACTION, or the deprecated XLA_PYTHON_CLIENT_MEM_FRACTION, else 75%."""
+  for name in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
+    monkeypatch.delenv(name, raising=False)
+  assert memory.mem_fraction() == 0.75
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+  assert memory.mem_fraction() == 0.9
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "half")
+  with pytest.raises(UserError, match="XLA_CLIENT_MEM_FRACTION='half' is not a number"):
+    memory.mem_fraction()

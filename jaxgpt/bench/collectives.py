@@ -29,7 +29,8 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, 
 
 
 def _result_bytes(result_type: str, op: str, started: bool) -> int:
-  if started and op in ("all-gather", "collective-permute"):
+  # A start typed ((operands), results) holds each array twice: its results alone count.
+  if started and (op in ("all-gather", "collective-permute") or result_type.startswith("((")):
     result_type = _top_level(result_type)[1]
   return sum(_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
              for dtype, dims in _ARRAY.findall(result_type))
@@ -37,7 +38,8 @@ def _result_bytes(result_type: str, op: str, started: bool) -> int:
 
 def _top_level(tuple_type: str) -> list[str]:
   """The elements of a tuple type: an asynchronous all-gather's or collective-permute's start
-  is typed (operands, results, ...) on a GPU; an all-reduce's start, as its results."""
+  is typed (operands, results, ...) on a GPU, a reduce-scatter's ((operands), results), an
+  all-reduce's as its results (jaxlib 0.10) or as a reduce-scatter's (0.11)."""
   parts, depth, begin = [], 0, 1
   for i, ch in enumerate(tuple_type):
     depth += (ch in "([{") - (ch in ")]}")

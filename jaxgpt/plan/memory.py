@@ -12,7 +12,7 @@ figure at the limit means "slowed by recomputation, or out of memory", not
 "fits". So the step is compiled twice: with the memory JAX will have on the
 card (what XLA will do there) and with ample memory (what it needs without
 recomputing). A run on a GPU hands XLA the allocator's share, 75% of the card
-unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise; a compile without a
+unless XLA_CLIENT_MEM_FRACTION says otherwise; a compile without a
 GPU takes 80% of the memory the target describes, so the target is described
 with share / 0.8 of memory to plan as the card will (read from XLA's source;
 not yet compared with a GPU's peak).
@@ -38,7 +38,7 @@ from jaxgpt.model import GPT, init_params
 from jaxgpt.plan import targets
 
 GiB = 2**30
-DEFAULT_MEM_FRACTION = 0.75  # JAX's preallocation, when XLA_PYTHON_CLIENT_MEM_FRACTION is unset
+DEFAULT_MEM_FRACTION = 0.75  # JAX's preallocation, when XLA_CLIENT_MEM_FRACTION is unset
 DEVICELESS_SHARE = 0.8  # of the described memory, XLA's budget when it compiles without a GPU
 AMPLE = 8  # times the card's memory: room enough that XLA recomputes nothing
 NOT_COUNTED = ("the CUDA context (outside JAX's share), cuDNN's workspace (sized when the "
@@ -46,12 +46,16 @@ NOT_COUNTED = ("the CUDA context (outside JAX's share), cuDNN's workspace (sized
 
 
 def mem_fraction() -> float:
-  """The share of a GPU's memory JAX's allocator takes, as this environment sets it."""
-  value = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")
+  """The share of a GPU's memory JAX's allocator takes, as this environment sets it (jaxlib
+  reads XLA_PYTHON_CLIENT_MEM_FRACTION, deprecated, where XLA_CLIENT_MEM_FRACTION is unset)."""
+  name = next((n for n in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+               if os.environ.get(n)), "")
+  if not name:
+    return DEFAULT_MEM_FRACTION
   try:
-    return float(value) if value else DEFAULT_MEM_FRACTION
+    return float(os.environ[name])
   except ValueError:
-    raise UserError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={value!r} is not a number") from None
+    raise UserError(f"{name}={os.environ[name]!r} is not a number") from None
 
 
 def compile_for(step: train_step.StepConfig, t: targets.Target, n_devices: int = 1,
@@ -116,7 +120,7 @@ def gpu_report(step: train_step.StepConfig, t: targets.Target, n_devices: int = 
        f"optimizer state and batch {p.need.arguments / GiB:.2f} GiB, temporaries "
        f"{p.need.temporaries / GiB:.2f} GiB); JAX will have {p.budget / GiB:.2f} GiB "
        f"({p.budget / t.memory_bytes:.0%} of {t.memory_bytes / GiB:g} GiB; "
-       "XLA_PYTHON_CLIENT_MEM_FRACTION sets the share)"),
+       "XLA_CLIENT_MEM_FRACTION sets the share)"),
   ]
   if p.fits and not p.recomputes:
     lines.append(f"memory: fits, {(p.budget - p.need.total) / GiB:.2f} GiB to spare")
