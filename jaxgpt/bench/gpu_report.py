@@ -138,8 +138,9 @@ def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = 
          "peak memory | XLA's plan here | plan --device's | waiting for data | row s |")
   yield "|" + " --- |" * 13
   rows = [(name, {**(base or {}), **overrides}, overrides) for name, overrides in rows]
-  with futures.ThreadPoolExecutor(1) as planner:  # on the CPU, while the GPU runs the rows
-    plans = [planner.submit(_planned, name, overrides, kind) for name, overrides, _ in rows]
+  planner = futures.ThreadPoolExecutor(1)  # on the CPU, while the GPU runs the rows
+  plans = [planner.submit(_planned, name, overrides, kind) for name, overrides, _ in rows]
+  try:
     for (name, overrides, levers), plan in zip(rows, plans):
       t0 = time.perf_counter()
       label = ", ".join(f"{k}={v}" for k, v in levers.items()) or "defaults"
@@ -154,3 +155,5 @@ def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = 
                  _gib(r["peak_memory_bytes"]), _gib(r["step_plan_bytes"]), _gib(plan.result()),
                  f"{r['data_wait_fraction']:.1%}"]
       yield "| " + " | ".join([name, label, *cells, f"{time.perf_counter() - t0:.0f}"]) + " |"
+  finally:  # a report cut short waits for no plan it will not print
+    planner.shutdown(wait=False, cancel_futures=True)
