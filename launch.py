@@ -22,7 +22,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import attention, cli, data, defaults, sharding, train
+from jaxgpt import attention, cli, data, defaults, sharding, sinks, train
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
@@ -30,6 +30,10 @@ from jaxgpt.model import GPT, GPTConfig
 def run(config: ml_collections.ConfigDict) -> dict[str, float]:
   """The run `config` asks for; returns the last evaluation's losses."""
   defaults.validate(config)
+  # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.
+  sharding.agreed("importing tensorboardX or W&B",
+                  sinks.require_packages if jax.process_index() == 0 else lambda _: None,
+                  defaults.view(sinks.SinkConfig, config))
   # A missing dataset is made (python_docs, or FineWeb with auto_prepare); else an error says how.
   from jaxgpt.prep import datasets
   datasets.ensure(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),

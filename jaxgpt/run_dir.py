@@ -10,6 +10,7 @@
     tensorboard/               event files, with tensorboard_log=True
     tensorboard.<n>/           the event files of that earlier run (metrics.jsonl.<n>'s)
     wandb/                     Weights & Biases' local files (wandb_log=True): W&B makes it
+    wandb_run_id               the W&B run the directory logs to, which a resume logs to again
     report.png                 drawn by `python -m jaxgpt.report`
 
 Training writes it; sample, export, evaluate, plan, report and bench read it
@@ -72,6 +73,9 @@ class RunDir:
       os.close(fd)
       raise UserError(f"{self.out_dir} is in use by another run ({holder}); nothing was "
                       "changed. Wait for it to end, or stop it first.") from None
+    except OSError as e:  # a filesystem without locks: Lustre without -o flock, NFS without lockd
+      logging.warning("%s: cannot be locked (%s); a second run started on this directory "
+                      "meanwhile would not be refused", path, e.strerror)
     previous = _read_holder(fd)
     if previous:
       logging.warning("%s: taking over the lock left by a run that is no longer running (%s)",
@@ -116,6 +120,18 @@ class RunDir:
       return None
     with open(path, encoding="utf-8") as f:
       return json.load(f)
+
+  def write_wandb_run_id(self, run_id: str) -> None:
+    with open(self._path("wandb_run_id"), "w", encoding="utf-8") as f:
+      f.write(run_id + "\n")
+
+  def read_wandb_run_id(self) -> str | None:
+    """The W&B run of the latest accepted start; None where none logged to W&B."""
+    try:
+      with open(self._path("wandb_run_id"), encoding="utf-8") as f:
+        return f.read().strip() or None
+    except FileNotFoundError:
+      return None
 
   def checkpoints(self, *, keep: int = 3, read_only: bool = False) -> checkpoint.Checkpoints:
     return checkpoint.Checkpoints(self.checkpoints_dir, keep=keep, read_only=read_only)
@@ -184,6 +200,8 @@ class RunDir:
         if not line.strip():
           continue
         try:
+          if not line.endswith("\n"):  # cut before its newline: the next record would join it
+            raise ValueError
           record = json.loads(line)
         except ValueError:
           logging.warning("%s:%d: an unfinished record (%r...) moved to %s.superseded", path, n,

@@ -22,7 +22,7 @@ import tqdm.contrib
 from absl import logging
 
 from jaxgpt import run_dir
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 Record = dict[str, Any]
 
@@ -81,15 +81,26 @@ class TensorBoardSink:
 
 
 class WandbSink:
-  """A Weights & Biases run named by nanoGPT's keys wandb_project and wandb_run_name."""
+  """A Weights & Biases run named by nanoGPT's keys wandb_project and wandb_run_name.
+
+  A resume logs to the run it resumes (`run_id`, which out_dir keeps) from
+  the step W&B resumes at: W&B takes no step at or below its last, so the
+  iterations a resume redoes are not sent again, and neither is the train
+  record of the iteration W&B ended on (a finished run's last evaluation,
+  continued with a larger max_iters); metrics.jsonl has every one.
+  """
 
   def __init__(self, wandb: types.ModuleType, *, project: str, name: str,
-               config: dict[str, Any], out_dir: str):
+               config: dict[str, Any], out_dir: str, run_id: str | None):
     # W&B keeps its files in a folder of its own, `wandb/`, under `dir`.
-    self._run = wandb.init(project=project, name=name, config=config, dir=out_dir)
+    self._run = wandb.init(project=project, name=name, config=config, dir=out_dir, id=run_id,
+                           resume="allow")
+    self.run_id: str = self._run.id
+    self._next_step = self._run.step
 
   def write(self, record: Record) -> None:
-    self._run.log(scalars(record), step=record["iter"])
+    if record["iter"] >= self._next_step:
+      self._run.log(scalars(record), step=record["iter"])
 
   def close(self) -> None:
     self._run.finish()
@@ -158,29 +169,45 @@ class Libraries:
   """The optional libraries a run turns on, loaded at its start: tensorboardX, W&B's run."""
 
   tensorboardx: types.ModuleType | None = None
-  wandb_run: Sink | None = None
+  wandb_run: WandbSink | None = None
 
 
 def _require(package: str, key: str) -> types.ModuleType:
   try:
     return importlib.import_module(package)
-  except ImportError as e:
+  except ModuleNotFoundError as e:
+    if e.name != package:
+      raise UserError(f"config.{key}=True: '{package}' is installed but cannot be imported "
+                      f"({e}); reinstall it (or set --config.{key}=False)") from e
     raise UserError(f"config.{key}=True needs the '{package}' package, which is not "
-                      f"installed: pip install {package} (or set --config.{key}=False)") from e
+                    f"installed: pip install {package} (or set --config.{key}=False)") from e
+  except Exception as e:  # a package broken by another's version, protobuf's say
+    raise UserError(f"config.{key}=True: importing '{package}' failed ({type(e).__name__}: "
+                    f"{first_line(e)}); reinstall it (or set --config.{key}=False)") from e
 
 
-def start_libraries(c: SinkConfig, rundir: run_dir.RunDir, run_config: dict[str, Any]
-                    ) -> Libraries:
-  """tensorboardX imported and W&B's run started, before the run writes anything: a missing
-  package or a refused W&B run (not logged in, no network) leaves the run directory as it
-  was, and is one error line."""
+def require_packages(c: SinkConfig) -> None:
+  """Imports the packages `c` turns on: a missing one is said before the run's start-up
+  (a dataset to prepare, weights to download), not after it."""
+  if c.tensorboard_log:
+    _require("tensorboardX", "tensorboard_log")
+  if c.wandb_log:
+    _require("wandb", "wandb_log")
+
+
+def start_libraries(c: SinkConfig, rundir: run_dir.RunDir, run_config: dict[str, Any],
+                    resume: bool) -> Libraries:
+  """tensorboardX imported and W&B's run started (a resume's again), before the run writes
+  anything: a missing package or a refused W&B run (not logged in, no network) leaves the
+  run directory as it was, and is one error line."""
   tensorboardx = _require("tensorboardX", "tensorboard_log") if c.tensorboard_log else None
   if not c.wandb_log:
     return Libraries(tensorboardx)
   wandb = _require("wandb", "wandb_log")
+  run_id = rundir.read_wandb_run_id() if resume else None
   try:
     wandb_run = WandbSink(wandb, project=c.wandb_project, name=c.wandb_run_name,
-                          config=run_config, out_dir=rundir.out_dir)
+                          config=run_config, out_dir=rundir.out_dir, run_id=run_id)
   except Exception as e:  # wandb's own errors (login, network, quota) share no base class
     raise UserError(f"config.wandb_log=True: W&B could not start a run ({type(e).__name__}: "
                     f"{e}); run `wandb login`, or set --config.wandb_log=False") from e
@@ -202,5 +229,6 @@ def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
                                  resumed_at=resumed_at,
                                  kept=[] if resumed_at is None else rundir.records_at(resumed_at)))
   if libraries.wandb_run is not None:
+    rundir.write_wandb_run_id(libraries.wandb_run.run_id)
     sinks.append(libraries.wandb_run)
   return Sinks(sinks)

@@ -36,6 +36,13 @@ class ShardError(UserError, ValueError):
 
 def read_tokens(path: str) -> np.ndarray:
   """Memory-maps the uint16 tokens of one file in any of the three formats."""
+  try:
+    return _read_tokens(path)
+  except OSError as e:  # a file of another user's, an I/O error
+    raise ShardError(f"{path}: cannot read it ({e.strerror or e})") from e
+
+
+def _read_tokens(path: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise ShardError(f"{path}: no such token file")
   size = os.path.getsize(path)

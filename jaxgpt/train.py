@@ -424,7 +424,7 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   sink_config = defaults.view(sinks.SinkConfig, config)
   libraries = sharding.agreed(
       "loading tensorboardX or W&B", sinks.start_libraries if writes else lambda *_: None,
-      sink_config, rundir, config.to_dict())
+      sink_config, rundir, config.to_dict(), resumed_at is not None)
   # The run is accepted: before this, nothing in out_dir has changed.
   checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
 

@@ -103,6 +103,19 @@ def test_an_unreadable_npy_shard_is_rejected_naming_the_file(tmp_path, content):
     token_files.read_tokens(str(path))
 
 
+def test_a_shard_the_user_cannot_read_is_one_line_naming_it(tmp_path, monkeypatch):
+  path = str(tmp_path / "a_train_000000.bin")
+  shards.write_shard(path, np.arange(600, dtype=np.uint16))
+
+  def refused(file, *args, **kwargs):  # as for a file of another user's (root reads any file)
+    raise PermissionError(13, "Permission denied", file)
+
+  monkeypatch.setattr(np, "fromfile", refused)
+  with pytest.raises(token_files.ShardError,
+                     match=r"a_train_000000.bin: cannot read it \(Permission denied\)"):
+    data.open_split(str(tmp_path), "train", block_size=8, vocab_size=1000)
+
+
 def test_a_shard_beyond_the_headers_int32_count_is_refused_before_writing(tmp_path):
   path = tmp_path / "big_train_0.bin"
   with pytest.raises(token_files.ShardError, match="2,147,483,648 tokens; a shard holds "

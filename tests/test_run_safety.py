@@ -156,6 +156,18 @@ def test_a_refused_start_leaves_no_run_directory_it_made(tmp_path, token_dir):
                                                 "run.lock"]
 
 
+def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+  def no_locks(fd, operation):  # Lustre mounted without -o flock
+    raise OSError(38, "Function not implemented")
+
+  monkeypatch.setattr(run_dir.fcntl, "flock", no_locks)
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  with rundir.lock():
+    assert os.path.isfile(os.path.join(rundir.out_dir, "run.lock"))
+  assert "run.lock: cannot be locked (Function not implemented)" in caplog.text
+  assert not os.path.exists(rundir.out_dir)  # a start that wrote nothing leaves nothing
+
+
 @pytest.mark.slow
 def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path, token_dir, caplog):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
@@ -260,6 +272,21 @@ def test_a_cut_off_metrics_line_is_set_aside_on_resume(tmp_path, token_dir, capl
   assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(6))
   with open(metrics + ".superseded") as f:
     assert '"lo' in f.read()
+
+
+def test_a_record_cut_just_before_its_newline_is_set_aside_on_resume(tmp_path):
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.out_dir)
+  whole = '{"event": "eval", "iter": 4, "val_loss": 1.0}\n'
+  cut = '{"event": "train", "iter": 4, "loss": 0.9}'  # whole JSON, its newline never written
+  with open(rundir.metrics_path, "w") as f:
+    f.write(whole + cut)
+  rundir.keep_metrics_until(4, evaluated=True)
+  with open(rundir.metrics_path, "a") as f:  # the resumed run's first record
+    f.write('{"event": "train", "iter": 4, "loss": 0.8}\n')
+  assert [r["loss"] for r in rundir.read_metrics()["train"]] == [0.8]
+  with open(rundir.metrics_path + ".superseded") as f:
+    assert f.read() == cut + "\n"
 
 
 @pytest.mark.slow

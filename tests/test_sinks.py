@@ -84,8 +84,8 @@ def test_resumes_of_an_unevaluated_checkpoint_keep_one_evaluation_of_it(tmp_path
     time.sleep(1 - time.time() % 1)  # tensorboardX names a file by the second it opens
     rundir.keep_metrics_until(start, evaluated=False)
     sink_config = defaults.view(sinks.SinkConfig, tiny_config(tmp_path, "", tensorboard_log=True))
-    out = sinks.open_sinks(sink_config, rundir, sinks.start_libraries(sink_config, rundir, {}),
-                           resumed_at=start)
+    libraries = sinks.start_libraries(sink_config, rundir, {}, False)
+    out = sinks.open_sinks(sink_config, rundir, libraries, resumed_at=start)
     if iters[0] % 4 == 0:
       out.write({"event": "eval", "iter": iters[0], "val_loss": n + iters[0] / 10})
       out.write({"event": "tasks", "iter": iters[0], "hellaswag_acc": n / 10})
@@ -121,18 +121,25 @@ def test_a_new_run_sets_an_earlier_runs_tensorboard_aside_with_its_metrics(tmp_p
 
 
 class FakeWandb(types.ModuleType):
-  """Records what the sink asks of wandb."""
+  """Records what the sink asks of wandb; a run it has seen resumes after its last step."""
 
   def __init__(self):
     super().__init__("wandb")
     self.calls = []
+    self.last_step: dict[str, int] = {}  # run id -> the last step it logged
 
   def init(self, **kwargs):
     self.calls.append(("init", kwargs))
     fake = self
+    run_id = kwargs["id"] or f"run{len(self.last_step) + 1}"
 
     class Run:
+      id = run_id
+      step = fake.last_step.get(run_id, -1) + 1
+
       def log(self, data, step):
+        assert step >= fake.last_step.get(run_id, -1), "W&B drops steps below its last"
+        fake.last_step[run_id] = step
         fake.calls.append(("log", data, step))
 
       def finish(self):
@@ -148,7 +155,8 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
   rundir = run_dir.RunDir(config.out_dir)
   sink_config = defaults.view(sinks.SinkConfig, config)
   out = sinks.open_sinks(sink_config, rundir,
-                         sinks.start_libraries(sink_config, rundir, config.to_dict()))
+                         sinks.start_libraries(sink_config, rundir, config.to_dict(),
+                                                               False))
   out.write({"event": "eval", "iter": 0, "tokens": 0, "train_loss": 4.6, "val_loss": 4.7,
              "lr": 0.0})
   out.write(TRAIN_RECORD)
@@ -161,6 +169,47 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
   assert fake.calls[2][2] == 9 and fake.calls[2][1]["train/loss"] == 2.5
   assert fake.calls[-1] == ("finish",)
   assert os.path.isfile(os.path.join(config.out_dir, "metrics.jsonl"))
+
+
+def test_a_resume_logs_to_the_same_wandb_run_and_sends_no_step_twice(tmp_path, token_dir,
+                                                                    monkeypatch):
+  fake = FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, wandb_log=True)
+  train.train(config)
+  # A crash before the save of 4 landed: the resume redoes 2 and 3, which W&B already has.
+  shutil.rmtree(os.path.join(config.out_dir, "checkpoints", "4"))
+  train.train(tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=2, wandb_log=True,
+                          init_from="resume"))
+  inits = [call[1] for call in fake.calls if call[0] == "init"]
+  assert [(i["id"], i["resume"]) for i in inits] == [(None, "allow"), ("run1", "allow")]
+  assert list(fake.last_step) == ["run1"]
+  logged = [call[2] for call in fake.calls if call[0] == "log"]
+  assert logged == [0, 0, 1, 2, 2, 3, 4, 5, 6]  # step 4 is closed: its train record is lost
+  assert (tmp_path / "run" / "wandb_run_id").read_text() == "run1\n"
+
+
+def test_launch_says_a_missing_library_before_it_makes_a_dataset(tmp_path, monkeypatch):
+  import launch
+  monkeypatch.setitem(sys.modules, "wandb", None)
+  data_dir = tmp_path / "python_docs"
+  with pytest.raises(UserError, match=r"config.wandb_log=True needs the 'wandb' package"):
+    launch.run(tiny_config(tmp_path, str(data_dir), dataset="python_docs", wandb_log=True))
+  assert not data_dir.exists() and not (tmp_path / "run").exists()
+
+
+def test_a_library_that_fails_to_import_is_one_error_line(tmp_path, monkeypatch):
+  broken = tmp_path / "lib" / "tensorboardX"
+  broken.mkdir(parents=True)
+  (broken / "__init__.py").write_text(
+      "raise TypeError('Descriptors cannot be created directly.\\nMore lines.')\n")
+  monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+  monkeypatch.delitem(sys.modules, "tensorboardX", raising=False)
+  config = defaults.view(sinks.SinkConfig, tiny_config(tmp_path, "", tensorboard_log=True))
+  with pytest.raises(UserError, match=r"^config.tensorboard_log=True: importing 'tensorboardX' "
+                                      r"failed \(TypeError: Descriptors cannot be created "
+                                      r"directly.\); reinstall it"):
+    sinks.require_packages(config)
 
 
 @pytest.mark.parametrize("key,package", [("wandb_log", "wandb"),
