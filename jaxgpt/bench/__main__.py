@@ -26,7 +26,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import attention, cli
+from jaxgpt import attention, cli, defaults
 from jaxgpt.bench import collectives, decode, gpu_report, memory, recipes, save_overhead, throughput
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
@@ -56,18 +56,19 @@ CONFIGLESS_MODES = ("gpu_report", "compare_recipes")
 
 def _define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Run recipe: a configs/*.py file (every "
-                                  "mode but --gpu_report).", lock_config=True)
+                                  "mode but --gpu_report and --compare_recipes, which train "
+                                  "recipes of their own).", lock_config=True)
   flags.DEFINE_integer("iters", 50, "Timed iterations (each of the three runs; --gpu_report: "
-                       f"{gpu_report.ITERS}).")
+                       f"{gpu_report.ITERS}).", lower_bound=1)
   flags.DEFINE_integer("warmup", 5, "Untimed iterations before each timed run (--gpu_report: "
-                       f"{gpu_report.WARMUP}).")
+                       f"{gpu_report.WARMUP}).", lower_bound=1)
   flags.DEFINE_integer("data_workers", 2, "Grain worker processes for the pipeline runs (0: "
-                       "read in the main process).")
+                       "read in the main process).", lower_bound=0)
   flags.DEFINE_enum("peer", None, ["torch"], "Also time the same model in this framework.")
   flags.DEFINE_boolean("torch_compile", None, "torch.compile the peer (default: on CUDA, off "
                        "on CPU where compiling is slow).")
   flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
-                     "config.peak_flops, then the table by device kind.")
+                     "config.peak_flops, then the table by device kind.", lower_bound=0.0)
   cli.define_path("out", None, "What the mode writes: the throughput's JSON line is "
                   "appended to this file (default: none), --gpu_report's page (default: "
                   "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "
@@ -88,9 +89,10 @@ def _define_flags() -> None:
   cli.define_path("compare_data", "python_docs", "--compare_recipes: a dataset name or a "
                   "directory of token shards.")
   flags.DEFINE_list("decode_batch_sizes", ["1", "16"], "--decode: batch sizes.")
-  flags.DEFINE_integer("decode_tokens", 500, "--decode: new tokens with the KV cache.")
+  flags.DEFINE_integer("decode_tokens", 500, "--decode: new tokens with the KV cache.",
+                       lower_bound=1)
   flags.DEFINE_integer("decode_recompute_tokens", 10, "--decode: new tokens for the slow "
-                       "recompute baseline.")
+                       "recompute baseline.", lower_bound=1)
 
 
 def _gib(x: int | None) -> str:
@@ -174,31 +176,52 @@ def _print_decode(f: flags.FlagValues) -> None:
   config = f.config
   print(f"device: {jax.devices()[0].device_kind}, dtype {config.dtype}, prompt 1 token")
   rows = decode.decode_rows(GPT(GPTConfig.from_config(config)),
-                            [int(b) for b in f.decode_batch_sizes],
+                            _positive_ints("decode_batch_sizes", f.decode_batch_sizes),
                             cache_tokens=f.decode_tokens,
                             recompute_tokens=f.decode_recompute_tokens)
   print(decode.table(rows))
   print(json.dumps(rows))
 
 
+def _positive_ints(name: str, values: list[str]) -> list[int]:
+  try:
+    numbers = [int(v) for v in values]
+  except ValueError:
+    numbers = []
+  if not numbers or min(numbers) < 1:
+    raise UserError(f"--{name}={','.join(values)}: expected whole numbers >= 1, comma-separated")
+  return numbers
+
+
+def _new_file(path: str) -> str:
+  """`path`, whose folder must exist: said before a benchmark's minutes, not after them."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise UserError(f"--out={path}: there is no folder {folder}")
+  return path
+
+
 def _print_throughput(f: flags.FlagValues) -> None:
+  out = f.out and _new_file(f.out)
   result = throughput.measure(f.config, iters=f.iters, warmup=f.warmup,
                               data_workers=f.data_workers, peer=f.peer,
                               torch_compile=f.torch_compile, peak_flops=f.peak_flops)
   result["config"] = config_flags.get_config_filename(f["config"])
   result["overrides"] = config_flags.get_override_values(f["config"])
   line = json.dumps(result)
-  if f.out:
-    with open(f.out, "a", encoding="utf-8") as out:
-      out.write(line + "\n")
   print(summary(result))
   print(line)
+  if out:
+    with open(out, "a", encoding="utf-8") as file:
+      file.write(line + "\n")
 
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
-  path = f.out or "gpu_report.md"
+  path = _new_file(f.out or "gpu_report.md")
   log_path = os.path.splitext(path)[0] + ".log"  # what the tests and rows printed, whole
+  if log_path == path:
+    raise UserError(f"--out={path}: the page's log takes that name; name the page *.md")
   for taken in (path, log_path):
     if os.path.exists(taken):
       raise UserError(f"{taken} exists; pass --out=PATH or move it")
@@ -215,10 +238,14 @@ def _print_gpu_report(f: flags.FlagValues) -> None:
 def _print_compare_recipes(f: flags.FlagValues) -> None:
   out = f.out or "out/compare_recipes"
   names = list(recipes.variants()) if f.ablation else f.variants
+  if not names:
+    raise UserError("--variants is empty: name at least one (nanogpt, modern or KEY=VALUE)")
   try:
     lr_scales = [float(s) for s in f.lr_scales]
   except ValueError as e:
     raise UserError(f"--lr_scales={','.join(f.lr_scales)}: {e}") from None
+  if not lr_scales:
+    raise UserError("--lr_scales is empty: name at least one factor (1 trains the recipe's)")
   base = recipes.base_config(f.compare_data, out, f.compare_iters)
   rows = recipes.compare(base, names, lr_scales)
   print(recipes.write(rows, out))
@@ -230,9 +257,14 @@ def main() -> None:
   chosen = [mode for mode in MODES if f[mode].value]
   if len(chosen) > 1:
     raise UserError(f"pick one of --{', --'.join(MODES)}, not {', '.join(chosen)}")
-  if f.config is None and not set(chosen) & set(CONFIGLESS_MODES):
+  configless = set(chosen) & set(CONFIGLESS_MODES)
+  if f.config is None and not configless:
     raise UserError("--config is required (a configs/*.py file), except for "
                     f"--{' and --'.join(CONFIGLESS_MODES)}")
+  if f.config is not None and configless:
+    raise UserError(f"--{chosen[0]} trains recipes of its own and takes no --config; drop it")
+  if f.config is not None:
+    defaults.validate(f.config)
   logging.set_verbosity(logging.INFO)
   printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
               "collectives": _print_collectives, "decode": _print_decode,

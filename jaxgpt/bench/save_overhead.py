@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxgpt import run_dir, train_step
+from jaxgpt import attention, run_dir, train_step
 from jaxgpt.bench import throughput
 
 
@@ -22,6 +22,7 @@ def checkpoint_overhead(config: ml_collections.ConfigDict, *, iters: int,
   the time until the save is on disk.
   """
   device = jax.devices()[0]
+  config = attention.settle(config)  # a cuDNN that fails here falls back, as in training
   setup = train_step.build(train_step.StepConfig.from_config(config))
   state = setup.new_state()
   shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
