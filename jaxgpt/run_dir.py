@@ -119,7 +119,13 @@ class RunDir:
     if not os.path.isfile(path):
       return None
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      try:
+        config = json.load(f)
+      except ValueError as e:  # an edit gone wrong (the run replaces it whole)
+        raise UserError(f"{path}: not JSON ({e})") from None
+    if not isinstance(config, dict):
+      raise UserError(f"{path}: not a run's config (a JSON object)")
+    return config
 
   def write_wandb_run_id(self, run_id: str) -> None:
     with open(self._path("wandb_run_id"), "w", encoding="utf-8") as f:

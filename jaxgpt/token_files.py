@@ -124,4 +124,10 @@ def read_meta(data_dir: str) -> dict[str, Any] | None:
   if not os.path.isfile(path):
     return None
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    try:
+      meta = json.load(f)
+    except ValueError as e:  # a write cut short, an edit gone wrong
+      raise UserError(f"{path}: not JSON ({e}); make the dataset again") from None
+  if not isinstance(meta, dict):
+    raise UserError(f"{path}: not a dataset's meta.json (a JSON object); make the dataset again")
+  return meta

@@ -177,6 +177,20 @@ def test_the_verdict_weighs_epochs():
       "more than 4 times (10.5 epochs here)")
 
 
+def test_a_split_smaller_than_an_iteration_suggests_no_zero():
+  base = summary.summarize(recipe("fineweb_40m"), train_tokens=100_000)  # < 524,288 / 4
+  candidates, notes = iters.suggestions(base)
+  assert candidates == [math.ceil(20 * 40_560_000 / 524_288), 20000]  # Chinchilla, the recipe
+  assert "one iteration's 524,288 tokens are more than 4 epochs of the 100.00K train" in notes[-1]
+  assert "the shortest asked" in iters.verdict(base, candidates)
+
+
+def test_a_damaged_meta_json_is_one_error_naming_it(tmp_path):
+  (tmp_path / "meta.json").write_text('{"train_tokens": 12')
+  with pytest.raises(UserError, match=r"meta.json: not JSON \(.*\); make the dataset again"):
+    iters.count_train_tokens(str(tmp_path))
+
+
 @pytest.mark.slow
 def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
   r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py", "--train_tokens=3.68B",

@@ -289,6 +289,13 @@ def test_a_record_cut_just_before_its_newline_is_set_aside_on_resume(tmp_path):
     assert f.read() == cut + "\n"
 
 
+def test_a_damaged_config_json_is_one_error_naming_it(tmp_path):
+  rundir = run_dir.RunDir(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"n_layer": ')
+  with pytest.raises(UserError, match=r"config.json: not JSON \(Expecting value"):
+    rundir.read_config()
+
+
 @pytest.mark.slow
 def test_a_new_run_moves_the_metrics_of_one_that_never_checkpointed(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)

@@ -13,6 +13,7 @@ the same tokens per iteration fits when it does not (memory.py).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -49,6 +50,9 @@ def _define_flags() -> None:
   flags.DEFINE_float("memory_gib", 0.0, lower_bound=0,
                      help="Check the step against a card of this much memory with the CPU's "
                      "estimate (without it: --device's plan, compiled for it).")
+  for name in ("tokens_per_sec", "mfu", "peak_flops", "memory_gib"):
+    flags.register_validator(name, lambda v: v is None or math.isfinite(v),
+                             "must be a finite number")
   flags.mark_flags_as_required(["config"])
 
 
@@ -98,6 +102,13 @@ def main() -> None:
   config, n_devices = f.config, f.devices
   defaults.validate(config)  # a mistyped key is one error, as launch.py says it
   config_path = config_flags.get_config_filename(f["config"])
+  try:
+    candidates = [int(v) for v in f.max_iters]
+  except ValueError:
+    candidates = [0]
+  if any(n <= 0 for n in candidates):
+    raise UserError(f"--max_iters={','.join(f.max_iters)}: candidates are whole numbers > 0, "
+                    "comma-separated")
   if f.train_tokens:
     try:
       train_tokens, counted_in = iters.parse_count(f.train_tokens), None
@@ -117,12 +128,6 @@ def main() -> None:
     print(f"train split: {found} (counted in {counted_in}; --train_tokens sets it)")
   tokens_per_sec, source = _throughput(f, config.out_dir, s.flops_per_token, n_devices)
   print(f"throughput: {source}")
-  try:
-    candidates = [int(v) for v in f.max_iters]
-  except ValueError as e:
-    raise UserError(f"--max_iters={','.join(f.max_iters)}: {e}") from e
-  if any(n <= 0 for n in candidates):
-    raise UserError(f"--max_iters={','.join(f.max_iters)}: each candidate is > 0")
   suggested, notes = iters.suggestions(s)
   candidates = candidates or suggested
   name = os.path.splitext(os.path.basename(config_path))[0]

@@ -86,12 +86,16 @@ def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
   notes = [(f"max_iters={chinchilla:,} gives ~{summary.CHINCHILLA_TOKENS_PER_PARAM} tokens per "
             "parameter (compute-optimal); a small model keeps improving past it while there is "
             "new data")]
-  if train_tokens:
-    limit = MAX_USEFUL_EPOCHS * train_tokens // base.tokens_per_iter
+  limit = train_tokens and MAX_USEFUL_EPOCHS * train_tokens // base.tokens_per_iter
+  if limit:
     candidates.add(limit)
     notes.append(f"max_iters={limit:,} is {MAX_USEFUL_EPOCHS} epochs of the "
                  f"{formatting.count(train_tokens)} train tokens: up to there repeated tokens pay "
                  "nearly as much as new ones, past it they stop paying (more data helps more)")
+  elif train_tokens:
+    notes.append(f"one iteration's {base.tokens_per_iter:,} tokens are more than "
+                 f"{MAX_USEFUL_EPOCHS} epochs of the {formatting.count(train_tokens)} train "
+                 "tokens: more data would pay more than any max_iters")
   return sorted(candidates), notes
 
 
