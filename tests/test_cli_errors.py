@@ -95,6 +95,8 @@ CASES = {
                           "error: --decode_batch_sizes=a: expected whole numbers >= 1"),
     "bench negative peak": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
                              "--peak_flops=-1"], "error: --peak_flops=-1"),
+    "bench nan peak": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
+                        "--peak_flops=nan"], "error: --peak_flops=nan: must be a finite number"),
 }
 
 

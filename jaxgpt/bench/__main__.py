@@ -19,6 +19,7 @@ The default prints a summary and one JSON line of every figure (appended to
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -69,6 +70,7 @@ def _define_flags() -> None:
                        "on CPU where compiling is slow).")
   flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
                      "config.peak_flops, then the table by device kind.", lower_bound=0.0)
+  flags.register_validator("peak_flops", math.isfinite, "must be a finite number")
   cli.define_path("out", None, "What the mode writes: the throughput's JSON line is "
                   "appended to this file (default: none), --gpu_report's page (default: "
                   "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "
