@@ -10,9 +10,10 @@ Documents are encoded with GPT-2's `encode_ordinary` and end with the
 end-of-text token; how they are read, split between train and val and
 written safely: jaxgpt/prep/. Streaming: the main process reads documents in
 batches and `--workers` processes tokenize them; the output is the same for
-any number of workers. A run that stops leaves no shard the trainer would
-read, and running the command again starts over (hub downloads are cached
-and resume). An `--out` that already holds a dataset is refused, never
+any number of workers. A run that stops (Ctrl-C, SIGTERM) leaves no shard
+the trainer would read, and running the command again starts over (the hub
+files it finished downloading are cached). An `--out` that already holds a
+dataset, or that another prepare is writing to, is refused, never
 overwritten.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import sys
 
 from absl import flags
@@ -68,7 +70,26 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["out"])
 
 
+class _Terminated(KeyboardInterrupt):
+  """SIGTERM, which stops a prepare as Ctrl-C does: what it wrote is taken out again, and its
+  tokenizer processes are shut down (left to SIGTERM's default, they would run on)."""
+
+
+def _terminate(signum: int, frame) -> None:
+  raise _Terminated
+
+
 def main(source: str) -> None:
+  signal.signal(signal.SIGTERM, _terminate)
+  try:
+    _prepare(source)
+  except _Terminated:
+    print(f"stopped by SIGTERM: nothing of this run is left in {flags.FLAGS.out}",
+          file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
+
+
+def _prepare(source: str) -> None:
   f = flags.FLAGS
   out = f.out
   for other, names in SOURCE_FLAGS.items():

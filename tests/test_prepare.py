@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pydoc_data import topics
 
@@ -15,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_python, start_python
-from huggingface_hub.errors import EntryNotFoundError
+from conftest import PYTHONPATH, ROOT, run_python, start_python, wait_for
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from jaxgpt import data, token_files, tokenizer
@@ -268,6 +272,15 @@ def test_max_tokens_stops_after_the_document_that_reaches_it(tmp_path):
   assert total == lengths[n_docs - 1] and lengths[n_docs - 2] < 5000 <= total
 
 
+def test_meta_lists_only_the_sources_documents_came_from(tmp_path):
+  """Reading runs ahead of tokenizing: b.parquet is read, but max_tokens stops in a.parquet."""
+  a = write_parquet(tmp_path / "a.parquet", TEXTS[:30])
+  write_parquet(tmp_path / "b.parquet", TEXTS[30:], start=30)
+  meta = run([str(tmp_path / "*.parquet")], tmp_path / "out", max_tokens=10000,
+             val_fraction=0.5)
+  assert meta["sources"] == token_files.read_meta(str(tmp_path / "out"))["sources"] == [a]
+
+
 # Bad input: an error that names the file.
 
 @pytest.mark.parametrize("kind", ["parquet", "jsonl"])
@@ -301,6 +314,19 @@ def test_bad_input_names_the_file(tmp_path, name, content, match):
   assert not (tmp_path / "out").exists()  # the directory the run made is gone with it
 
 
+def test_parquet_text_that_is_not_utf8_names_the_file_and_row(tmp_path):
+  """As in a .txt or .jsonl file (pyarrow's own error was a traceback)."""
+  texts = [b"fine"] * 1500
+  texts[1200] = b"caf\xe9"  # Latin-1
+  path = tmp_path / "latin1.parquet"
+  pq.write_table(pa.table({"text": pa.array(texts, pa.binary()).cast(pa.string(), safe=False)}),
+                 path)
+  with pytest.raises(readers.PrepareError, match=r"latin1.parquet: row 1200: 'text' is not "
+                                                 r"UTF-8 text \('utf-8' codec can't decode"):
+    run([str(path)], tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
 def test_no_matching_files_names_the_glob(tmp_path):
   with pytest.raises(readers.PrepareError, match=r"--input=.*nothing/\*.txt: no files match"):
     run([str(tmp_path / "nothing" / "*.txt")], tmp_path / "out")
@@ -319,6 +345,71 @@ def test_a_finished_dataset_or_foreign_token_files_are_never_overwritten(tmp_pat
   np.arange(100, dtype=np.uint16).tofile(tmp_path / "nano" / "train.bin")
   with pytest.raises(readers.PrepareError, match="train.bin.*choose an empty --out"):
     run([path], tmp_path / "nano")
+
+
+def test_an_out_another_prepare_is_writing_to_is_refused_at_once(tmp_path):
+  """Before, the second prepare removed the first's staging folder as an earlier run's, and the
+  first died in a traceback."""
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = tmp_path / "out"
+  (out / shards.STAGING).mkdir(parents=True)
+  (out / shards.STAGING / "t_train_000000.bin").write_bytes(b"the other prepare's")
+  with open(out / ".prepare.lock", "w") as held:  # the lock a run making its data takes too
+    held.write("4242\n")
+    held.flush()
+    fcntl.flock(held, fcntl.LOCK_EX)  # the other prepare, writing
+    with pytest.raises(readers.PrepareError, match=rf"^{out}: another prepare is writing there "
+                                                   r"\(pid 4242\); wait for it to end"):
+      run([path], out)
+  assert (out / shards.STAGING / "t_train_000000.bin").read_bytes() == b"the other prepare's"
+
+
+def test_a_prepare_that_waited_locks_the_out_its_holder_made_again(tmp_path):
+  """A holder that fails removes the directory it made, lock file and all: one that waited on
+  that file locks the one made anew (else a third would lock that one too)."""
+  out = tmp_path / "out"
+  out.mkdir()
+  got: list[int | str] = []
+
+  def wait_then_lock() -> None:
+    with shards.write_lock(str(out), wait=True), open(out / shards.LOCK_FILE) as third:
+      try:
+        fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        got.append("a third prepare locked it too")
+      except BlockingIOError:
+        got.append(os.fstat(third.fileno()).st_ino)
+
+  with open(out / shards.LOCK_FILE, "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)
+    waiter = threading.Thread(target=wait_then_lock)
+    waiter.start()
+    time.sleep(0.5)  # waiting on the old file
+    os.remove(out / shards.LOCK_FILE)
+    out.rmdir()
+  waiter.join(timeout=30)
+  assert got == [os.stat(out / shards.LOCK_FILE).st_ino]
+
+
+def test_a_filesystem_without_locks_warns_a_prepare_and_refuses_a_run(tmp_path, monkeypatch,
+                                                                      caplog):
+  """A prepare (one process) writes there unguarded, with a warning; a run, whose processes
+  would each make the data, is told to make it first."""
+  def no_locks(fd, operation):
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+  monkeypatch.setattr(fcntl, "flock", no_locks)
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  with caplog.at_level("WARNING", logger="absl"):
+    run([path], tmp_path / "out")
+  assert "cannot lock it (No locks available); writing there unguarded" in caplog.text
+  assert_dataset(str(tmp_path / "out"), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
+  (tmp_path / "a.jsonl").write_text("")
+  with pytest.raises(readers.PrepareError, match="a.jsonl: no documents"):
+    run([str(tmp_path / "a.jsonl")], tmp_path / "failed")
+  assert not (tmp_path / "failed").exists()  # lock file and all
+  with pytest.raises(UserError, match=r"cannot lock it to make the data there \(No locks "
+                                      r"available\); make it first, from one process"):
+    datasets.ensure("python_docs", str(tmp_path / "pd"), auto_prepare=False)
 
 
 def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(tmp_path):
@@ -483,6 +574,50 @@ def test_fineweb_names(tmp_path, hub):
                             command="test", progress=False)
 
 
+@pytest.mark.parametrize("trouble", ["listing", "listing_cut", "download", "download_cut"])
+def test_trouble_at_the_hub_is_one_line_naming_the_file(tmp_path, hub, monkeypatch, trouble):
+  """A server error, a connection cut, a file neither on the hub nor in the cache: before, each
+  was a traceback (only "not found" and "offline at the start" were caught)."""
+  httpx2 = pytest.importorskip("httpx2", reason="the HTTP library of huggingface_hub 2")
+  request = httpx2.Request("GET", "https://huggingface.co/api/datasets/x")
+  server_error = HfHubHTTPError("500 Server Error: Internal Server Error for url: "
+                                "https://huggingface.co/api/datasets/x\n\n(details)",
+                                response=httpx2.Response(500, request=request))
+  listed, downloaded = huggingface_hub.list_repo_tree, huggingface_hub.hf_hub_download
+
+  def list_repo_tree(*args, **kwargs):
+    if trouble == "listing":
+      raise server_error
+    entries = listed(*args, **kwargs)
+    yield entries[0]  # the hub lists a page at a time
+    raise httpx2.ReadError("peer closed connection")
+
+  def hf_hub_download(repo_id, filename, **kwargs):
+    if filename.endswith("001_00000.parquet"):
+      raise (LocalEntryNotFoundError("An error happened while trying to locate the file on the "
+                                     "Hub and we cannot find the requested files in the local "
+                                     "cache.") if trouble == "download" else
+             httpx2.RemoteProtocolError("peer closed connection without sending complete "
+                                        "message body"))
+    return downloaded(repo_id, filename, **kwargs)
+
+  if trouble.startswith("listing"):
+    monkeypatch.setattr(huggingface_hub, "list_repo_tree", list_repo_tree)
+  else:
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+  monkeypatch.setattr(tokenize, "BATCH_CHARS", 2000)  # the first file is tokenized first
+  path = "sample/10BT" if trouble.startswith("listing") else "sample/10BT/001_00000.parquet"
+  what = {"listing": "500 Server Error: Internal Server Error for url: .*/datasets/x",
+          "listing_cut": "peer closed connection",
+          "download": "An error happened while trying to locate the file on the Hub",
+          "download_cut": "peer closed connection without sending complete message body"}
+  with pytest.raises(readers.PrepareError, match=(
+      rf"^hf://datasets/HuggingFaceFW/fineweb/{path}: {what[trouble]}[^\n]*; run the same "
+      r"command again \(finished files are cached\)$")):
+    fineweb.prepare_fineweb(str(tmp_path / "fw"), name="fw", command="test", progress=False)
+  assert not (tmp_path / "fw").exists()
+
+
 # The trainer's side.
 
 def test_trainer_makes_fineweb_itself_when_allowed(tmp_path, hub):
@@ -552,3 +687,102 @@ def test_fineweb_without_a_network_fails_at_once_saying_what_to_do(tmp_path):
   assert "error: the Hugging Face Hub (http://127.0.0.1:9) is unreachable" in r.stderr
   assert "prepare files --input=" in r.stderr and "Traceback" not in r.stderr
   assert not (tmp_path / "fw").exists()
+
+
+def test_a_full_disk_is_one_error_line(tmp_path):
+  """A shard that cannot be written (no space, or here a file-size limit) names itself, and
+  the run takes out what it wrote."""
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  out = tmp_path / "big"
+  r = subprocess.run(
+      ["bash", "-c", 'ulimit -f 64 && exec "$0" "$@"', sys.executable, "-m", "jaxgpt.prepare",
+       "files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n", f"--out={out}"],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH),
+      capture_output=True, text=True, timeout=120, check=False)
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: {out}/{shards.STAGING}/big_train_000000.bin: cannot write it (File too large)")
+  assert not out.exists()
+
+
+# The tokenizer workers of a prepare the test can stop: each takes a second a batch, as those
+# of a large corpus would, so the main process waits on them.
+SLOW_PREPARE = """
+import runpy
+import time
+
+from jaxgpt.prep import tokenize
+
+fast = tokenize.encode_pieces
+
+
+def encode_pieces(texts, lasts):
+  time.sleep(1)
+  return fast(texts, lasts)
+
+
+def main():
+  tokenize.encode_pieces, tokenize.BATCH_CHARS = encode_pieces, 1000
+  runpy.run_module("jaxgpt.prepare", run_name="__main__")
+"""
+
+
+def children(pid: int) -> dict[int, bytes]:
+  """The live processes whose parent is `pid`, and their command lines, from /proc (psutil may
+  be missing)."""
+  found = {}
+  for entry in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+      with open(f"/proc/{entry}/cmdline", "rb") as f:
+        cmdline = f.read()
+    except OSError:  # ended meanwhile
+      continue
+    if int(ppid) == pid and state != "Z":
+      found[int(entry)] = cmdline
+  return found
+
+
+def alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_or_killed_prepare_leaves_no_worker_running(tmp_path, sig):
+  """SIGTERM stops a prepare as Ctrl-C does, in one line; killed outright, its workers end with
+  it. Before, either left the tokenizer processes running for ever. While it runs, a second
+  prepare into its --out is refused, naming it."""
+  (tmp_path / "slow_prepare.py").write_text(SLOW_PREPARE)
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  out = tmp_path / "out"
+  args = ["files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
+          f"--out={out}"]
+  proc = start_python("-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+                      "import slow_prepare; slow_prepare.main()", *args, "--workers=2")
+  try:
+    def workers() -> list[int]:
+      return [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
+
+    wait_for(lambda: len(workers()) == 2, 120, "the two tokenizer workers")
+    tokenizing = workers()
+    if sig == signal.SIGTERM:
+      r = run_python("-m", "jaxgpt.prepare", *args, timeout=120)
+      assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+          f"error: {out}: another prepare is writing there (pid {proc.pid}); wait for it to "
+          "end, or choose another --out"), r.stderr
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=60)[0]
+  finally:
+    proc.kill()
+  wait_for(lambda: not any(map(alive, tokenizing)), 10, "the workers to end")
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert output.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM: nothing of this run is left in {out}")
+    assert "Traceback" not in output and not out.exists()

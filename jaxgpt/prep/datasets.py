@@ -10,8 +10,6 @@ making it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 import shlex
@@ -24,7 +22,7 @@ from jaxgpt import token_files
 from jaxgpt.errors import UserError
 from jaxgpt.prep import fineweb
 from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
-from jaxgpt.prep.shards import STAGING, check_out_dir, write_dataset
+from jaxgpt.prep.shards import STAGING, check_out_dir, write_dataset, write_lock
 from jaxgpt.prep.tokenize import cpu_count
 
 FINEWEB_DATASETS = {"fineweb": False, "fineweb_edu": True}  # config.dataset -> FineWeb-Edu?
@@ -83,7 +81,11 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   train_files = token_files.find_shards(data_dir, "train")
   makes = dataset == PYTHON_DOCS or (auto_prepare and dataset in FINEWEB_DATASETS)
   if makes and (not train_files or os.path.isdir(os.path.join(data_dir, STAGING))):
-    with _one_maker(data_dir):
+    with write_lock(data_dir, wait=True) as lockless:  # write_dataset's lock, held through it
+      if lockless:  # the processes of a run would each write the data
+        raise UserError(f"data_dir={data_dir!r}: cannot lock it to make the data there "
+                        f"({lockless}); make it first, from one process, with "
+                        "python -m jaxgpt.prepare")
       if not token_files.find_shards(data_dir, "train"):
         make(dataset, data_dir, auto_prepare=auto_prepare)
     train_files = token_files.find_shards(data_dir, "train")
@@ -101,30 +103,6 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
         f"data_dir={data_dir!r} holds the built-in {PYTHON_DOCS} corpus, not dataset={dataset!r} "
         f"(a run with --config.dataset={PYTHON_DOCS} made it there). Move its files away, then "
         f"make the data: {make_command(dataset, data_dir)}")
-
-
-@contextlib.contextmanager
-def _one_maker(data_dir: str) -> Iterator[None]:
-  """Holds `data_dir`/.prepare.lock (an flock, dropped by the OS however its holder ends)."""
-  try:
-    os.makedirs(data_dir, exist_ok=True)
-    fd = os.open(os.path.join(data_dir, ".prepare.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-  except OSError as e:
-    raise UserError(f"data_dir={data_dir!r}: the data cannot be made there ({e.strerror})"
-                    ) from None
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      logging.info("waiting for another process making the data in %s", data_dir)
-      fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as e:  # a filesystem without locks (Lustre mounted without flock, say)
-      raise UserError(f"data_dir={data_dir!r}: cannot lock it to make the data there "
-                      f"({e.strerror}); make it first, from one process, with "
-                      "python -m jaxgpt.prepare") from None
-    yield
-  finally:
-    os.close(fd)
 
 
 def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:

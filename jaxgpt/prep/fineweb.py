@@ -2,8 +2,11 @@
 
 Parquet files are downloaded one at a time as reading reaches them (so
 `max_tokens` downloads about what it needs) into the Hugging Face cache
-(HF_HOME), where an interrupted download resumes. Offline, the Hub is not
-waited on: the error says at once what to do instead.
+(HF_HOME): the command run again reuses the files finished there, and a file
+cut off mid-download is downloaded again from its start (huggingface_hub 2.x
+keeps no partial file). Offline, the Hub is not waited on: the error says at
+once what to do instead; trouble later, at the Hub or on the way, is one line
+too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import socket
 import urllib.parse
 from collections.abc import Iterator
 
+from jaxgpt.errors import first_line
 from jaxgpt.prep.readers import Piece, PrepareError, read_parquet
 from jaxgpt.prep.shards import check_out_dir, write_dataset
 
@@ -38,11 +42,14 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
   check_out_dir(out_dir)
   repo, folder = REPOS[edu], fineweb_folder(subset)
   check_hub_reachable()
+  hub_errors = _hub_errors()
   try:
     entries = huggingface_hub.list_repo_tree(repo, path_in_repo=folder, repo_type="dataset")
     files = sorted((e for e in entries if e.path.endswith(".parquet")), key=lambda e: e.path)
   except EntryNotFoundError as e:
     raise PrepareError(f"hf://datasets/{repo}/{folder}: not found (--name={subset})") from e
+  except hub_errors as e:
+    raise _hub_error(repo, folder, e) from e
   if not files:
     raise PrepareError(f"hf://datasets/{repo}/{folder}: no parquet files (--name={subset})")
   if shards_limit:
@@ -52,11 +59,28 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
   def pieces() -> Iterator[Piece]:
     for entry in files:
       sources.append(f"hf://datasets/{repo}/{entry.path}")
-      path = huggingface_hub.hf_hub_download(repo, entry.path, repo_type="dataset")
+      try:
+        path = huggingface_hub.hf_hub_download(repo, entry.path, repo_type="dataset")
+      except hub_errors as e:
+        raise _hub_error(repo, entry.path, e) from e
       yield from read_parquet(path, "text")
 
   return write_dataset(pieces(), out_dir, sources=sources,
                        total_bytes=sum(e.size for e in files), **kwargs)
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+  """What the hub's calls raise for trouble at the hub or on the way: OSErrors (its HTTP errors,
+  a file missing from its cache) and its HTTP library's own errors, which are not (a connection
+  cut in a file): the bases of HfHubHTTPError, whichever library this version uses."""
+  from huggingface_hub.errors import HfHubHTTPError
+  return (OSError, *HfHubHTTPError.__bases__)
+
+
+def _hub_error(repo: str, path: str, error: BaseException) -> PrepareError:
+  what = first_line(error) or type(error).__name__
+  return PrepareError(f"hf://datasets/{repo}/{path}: {what}; run the same command again "
+                      "(finished files are cached)")
 
 
 _OFFLINE_ADVICE = ("Download FineWeb's parquet files where there is a network and run "

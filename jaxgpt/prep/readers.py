@@ -14,9 +14,12 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from jaxgpt.errors import UserError
+
+if TYPE_CHECKING:
+  import pyarrow as pa
 
 PIECE_CHARS = 1 << 20  # longer documents are tokenized in pieces of about this many characters
 READ_BYTES = 1 << 20  # text files are read in chunks of this size
@@ -81,8 +84,8 @@ def read_parquet(path: str, text_field: str, name: str | None = None) -> Iterato
       raise PrepareError(f"{path}: the rows from row {row} on are not readable ({e})") from e
     if batch is None:
       return
-    texts = batch.column(text_field).to_pylist()
-    ids = batch.column("id").to_pylist() if len(columns) == 2 else [None] * len(texts)
+    texts = _values(batch, text_field, path, row)
+    ids = _values(batch, "id", path, row) if len(columns) == 2 else [None] * len(texts)
     for doc_id, text in zip(ids, texts):
       if text is None:
         raise PrepareError(f"{path}: row {row}: {text_field!r} is null")
@@ -91,6 +94,28 @@ def read_parquet(path: str, text_field: str, name: str | None = None) -> Iterato
       if text:
         yield from pieces_of(f"{name}:{row - 1}" if doc_id is None else str(doc_id), text,
                              nbytes)
+
+
+def _values(batch: pa.RecordBatch, field: str, path: str, first_row: int) -> list:
+  """A column of a record batch as Python values; text that is not UTF-8 is an error naming
+  its row, as in jsonl and txt files."""
+  import pyarrow as pa
+  column = batch.column(field)
+  try:
+    return column.to_pylist()
+  except UnicodeDecodeError as e:
+    raw = column.cast(pa.large_binary()).to_pylist()
+    bad = next(i for i, value in enumerate(raw) if value is not None and not _is_utf8(value))
+    raise PrepareError(f"{path}: row {first_row + bad}: {field!r} is not UTF-8 text ({e})"
+                       ) from None
+
+
+def _is_utf8(value: bytes) -> bool:
+  try:
+    value.decode("utf-8")
+  except UnicodeDecodeError:
+    return False
+  return True
 
 
 def read_jsonl(path: str, text_field: str, name: str | None = None) -> Iterator[Piece]:

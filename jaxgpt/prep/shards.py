@@ -7,17 +7,20 @@ docs/design.md, "Token shard formats". The val cap means a small corpus keeps
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from jaxgpt import token_files, tokenizer
 from jaxgpt.prep.readers import Piece, PrepareError
@@ -27,6 +30,7 @@ SHARD_TOKENS = 100_000_000  # tokens per shard file, as llm.c's FineWeb script w
 VAL_FRACTION = 0.1
 VAL_TOKENS = 10_000_000
 STAGING = ".incomplete"
+LOCK_FILE = ".prepare.lock"
 MAX_SHARD_TOKENS = 2**31 - 1  # the header counts tokens in an int32
 
 
@@ -42,17 +46,31 @@ def write_shard(path: str, tokens: np.ndarray) -> None:
   header = np.zeros(token_files.HEADER_INTS, dtype="<i4")
   header[:3] = (token_files.MAGIC, token_files.VERSION, tokens.size)
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(header.tobytes())
-    f.write(np.ascontiguousarray(tokens, dtype="<u2").data)  # no copy of a uint16 array
-  os.replace(tmp, path)
+  with _written(tmp, path):
+    with open(tmp, "wb") as f:
+      f.write(header.tobytes())
+      f.write(np.ascontiguousarray(tokens, dtype="<u2").data)  # no copy of a uint16 array
+    os.replace(tmp, path)
 
 
 def write_meta(data_dir: str, meta: dict[str, Any]) -> None:
   tmp = os.path.join(data_dir, f".{token_files.META_FILE}.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(data_dir, token_files.META_FILE))
+  path = os.path.join(data_dir, token_files.META_FILE)
+  with _written(tmp, path):
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(meta, f, indent=2)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _written(tmp: str, path: str) -> Iterator[None]:
+  """A full disk or a file-size limit is one error naming `path`, and leaves no `tmp` behind."""
+  try:
+    yield
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise PrepareError(f"{path}: cannot write it ({e.strerror or e})") from e
 
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
@@ -153,55 +171,168 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
 
   `val_tokens` 0 puts no cap on val; `max_tokens` 0 takes the whole corpus,
   otherwise it stops after the document that reaches it. `sources` may fill
-  while `pieces` is read: meta.json records it at the end.
+  while `pieces` is read: meta.json records those its documents came from.
+  One process at a time writes to `out_dir` (`write_lock`).
   """
   check_out_dir(out_dir)
-  made = not os.path.isdir(out_dir)  # removed again, empty, where the run fails
-  staging = os.path.join(out_dir, STAGING)
-  if os.path.isdir(staging):
-    print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
-    shutil.rmtree(staging)
-  try:
-    os.makedirs(staging)
-  except OSError as e:
-    raise PrepareError(f"{out_dir}: cannot write there ({e.strerror}); choose another --out"
-                       ) from None
-  put_in: list[str] = []
-  try:
-    writers = {s: _ShardWriter(staging, name, s, shard_tokens) for s in token_files.SPLITS}
-    bar = _Progress(total_bytes, max_tokens, progress)
-    _fill(writers, pieces, bar, val_fraction=val_fraction, val_tokens=val_tokens,
-          max_tokens=max_tokens, workers=workers)
-    bar.close()
-    _check_splits(writers, sources, val_fraction)
-    for writer in writers.values():
-      writer.flush()
-    meta = {
-        "tokenizer": "gpt2",
-        "vocab_size": tokenizer.N_VOCAB,
-        "eot_token": tokenizer.EOT_TOKEN,
-        "format": "llm.c shards (256 x int32 header, magic 20240520, then uint16 tokens)",
-        "splits": {s: {"tokens": w.tokens, "documents": w.documents, "shards": len(w.paths)}
-                   for s, w in writers.items()},
-        "sources": list(sources),
-        "command": command,
-    }
-    _move_in(writers, out_dir, meta, put_in)
-    os.rmdir(staging)
-  except BaseException:
-    # What this run put in out_dir would read as a whole dataset (a kill here leaves the
-    # staging folder, which a run refuses); check_out_dir made sure none was there before.
-    for path in put_in:
-      with contextlib.suppress(OSError):
-        os.remove(path)
-    shutil.rmtree(staging, ignore_errors=True)
-    if made:
-      with contextlib.suppress(OSError):
-        os.rmdir(out_dir)
-    raise
+  with _writing_into(out_dir):
+    staging = os.path.join(out_dir, STAGING)
+    if os.path.isdir(staging):  # its writer has ended: it held the lock
+      print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
+      shutil.rmtree(staging)
+    try:
+      os.makedirs(staging)
+    except OSError as e:
+      raise PrepareError(f"{out_dir}: cannot write there ({e.strerror}); choose another --out"
+                         ) from None
+    put_in: list[str] = []
+    try:
+      writers = {s: _ShardWriter(staging, name, s, shard_tokens) for s in token_files.SPLITS}
+      bar = _Progress(total_bytes, max_tokens, progress)
+      used = _fill(writers, pieces, sources, bar, val_fraction=val_fraction,
+                   val_tokens=val_tokens, max_tokens=max_tokens, workers=workers)
+      bar.close()
+      _check_splits(writers, sources, val_fraction)
+      for writer in writers.values():
+        writer.flush()
+      meta = {
+          "tokenizer": "gpt2",
+          "vocab_size": tokenizer.N_VOCAB,
+          "eot_token": tokenizer.EOT_TOKEN,
+          "format": "llm.c shards (256 x int32 header, magic 20240520, then uint16 tokens)",
+          "splits": {s: {"tokens": w.tokens, "documents": w.documents, "shards": len(w.paths)}
+                     for s, w in writers.items()},
+          "sources": sources[:used],
+          "command": command,
+      }
+      _move_in(writers, out_dir, meta, put_in)
+      os.rmdir(staging)
+    except BaseException:
+      # What this run put in out_dir would read as a whole dataset (a kill here leaves the
+      # staging folder, which a run refuses); check_out_dir made sure none was there before.
+      for path in put_in:
+        with contextlib.suppress(OSError):
+          os.remove(path)
+      shutil.rmtree(staging, ignore_errors=True)
+      raise
   if progress:
     print(bar.summary(workers), flush=True)
   return meta
+
+
+@contextlib.contextmanager
+def _writing_into(out_dir: str) -> Iterator[None]:
+  """Holds out_dir's `write_lock` while a dataset is written there; a run that fails takes out
+  the directory it made, with the lock file."""
+  made = not os.path.isdir(out_dir)
+  with write_lock(out_dir, wait=False) as lockless:
+    if lockless:
+      logging.warning("%s: cannot lock it (%s); writing there unguarded: run one prepare at a "
+                      "time there", out_dir, lockless)
+    try:
+      check_out_dir(out_dir)  # again, locked: the prepare that held the lock may have finished
+      yield
+    except BaseException:
+      if made:
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(out_dir, LOCK_FILE))
+          os.rmdir(out_dir)
+      raise
+
+
+_held: set[str] = set()  # the real paths of the out dirs whose write_lock this process holds
+
+
+@contextlib.contextmanager
+def write_lock(out_dir: str, *, wait: bool) -> Iterator[str | None]:
+  """Holds `out_dir`/.prepare.lock, an flock the OS drops however its holder ends, so that one
+  process at a time writes a dataset there: another waits (`wait`: the processes of one run,
+  which then read what the first made) or fails at once, naming the holder.
+
+  Yields None, or why the filesystem has no locks (Lustre mounted without flock, say): the
+  caller refuses or goes on unguarded. A lock this process holds already (`datasets.ensure`'s,
+  around `write_dataset`) is not taken again: an flock through a second open() of the file
+  would wait for the first.
+  """
+  key = os.path.realpath(out_dir)
+  if key in _held:
+    yield None
+    return
+  try:
+    fd, lockless = _locked_fd(out_dir, wait), None
+  except _NoLocks as e:
+    lockless = str(e)
+  else:
+    _held.add(key)
+  try:
+    yield lockless
+  finally:
+    if lockless is None:
+      _held.discard(key)
+      os.close(fd)
+
+
+class _NoLocks(Exception):
+  """The filesystem refuses flock; the message says why."""
+
+
+def _locked_fd(out_dir: str, wait: bool) -> int:
+  """The lock file open and flocked, its holder's pid written in it.
+
+  Locked, the file is checked to be still in place: a holder that made out_dir removes both
+  where it fails, and a process that waited on that file would hold a lock on nothing.
+  """
+  path = os.path.join(out_dir, LOCK_FILE)
+  while True:
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise PrepareError(f"{out_dir}: cannot write there ({e.strerror})") from None
+    try:
+      _flock(fd, out_dir, wait)
+      if _same_file(fd, path):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+    except BaseException:
+      os.close(fd)
+      raise
+    os.close(fd)
+
+
+def _flock(fd: int, out_dir: str, wait: bool) -> None:
+  """Locks `fd`; where another holds it, waits or fails naming it (its pid, in the file)."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    if not wait:
+      pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+      holder = f" (pid {pid})" if pid.isdigit() else ""
+      raise PrepareError(f"{out_dir}: another prepare is writing there{holder}; wait for it to "
+                         "end, or choose another --out") from None
+    logging.info("waiting for another process making the data in %s", out_dir)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+  except OSError as e:
+    raise _NoLocks(e.strerror or str(e)) from None
+
+
+def _same_file(fd: int, path: str) -> bool:
+  try:
+    on_disk = os.stat(path)
+  except FileNotFoundError:
+    return False
+  held = os.fstat(fd)
+  return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _noting_sources(pieces: Iterable[Piece], sources: list[str],
+                    read_with: collections.deque[int]) -> Iterator[Piece]:
+  """The pieces, noting in `read_with` how many sources were read by each: reading runs ahead
+  of tokenizing, and `max_tokens` may stop before a source read ahead gives a document."""
+  for piece in pieces:
+    read_with.append(len(sources))
+    yield piece
 
 
 def _move_in(writers: dict[str, _ShardWriter], out_dir: str, meta: dict, put_in: list[str]
@@ -216,11 +347,16 @@ def _move_in(writers: dict[str, _ShardWriter], out_dir: str, meta: dict, put_in:
   write_meta(out_dir, meta)
 
 
-def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], bar: _Progress, *,
-          val_fraction: float, val_tokens: int, max_tokens: int, workers: int) -> None:
-  """Tokenizes the pieces and routes each document, whole, to its split, in input order."""
+def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], sources: list[str],
+          bar: _Progress, *, val_fraction: float, val_tokens: int, max_tokens: int,
+          workers: int) -> int:
+  """Tokenizes the pieces and routes each document, whole, to its split, in input order;
+  returns how many of `sources` the written pieces came from (`_noting_sources`)."""
   split = None  # the split of the document being written
-  with contextlib.closing(tokenized(pieces, workers)) as results:
+  used = 0
+  read_with: collections.deque[int] = collections.deque()
+  noted = _noting_sources(pieces, sources, read_with)
+  with contextlib.closing(tokenized(noted, workers)) as results:
     for batch, flat, lengths, text_bytes in results:
       ends = np.cumsum(lengths).tolist()
       documents, tokens, done = 0, 0, False
@@ -229,6 +365,7 @@ def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], bar: _Progr
           capped = val_tokens and writers["val"].tokens >= val_tokens
           split = "val" if not capped and is_val(piece.doc_id, val_fraction) else "train"
         writers[split].add(flat[start:end])
+        used = read_with.popleft()
         tokens = end
         if piece.last:
           writers[split].documents += 1
@@ -239,7 +376,8 @@ def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], bar: _Progr
             break
       bar.update(documents, tokens, text_bytes, sum(p.nbytes for p in batch))
       if done:
-        return
+        break
+  return used
 
 
 def _check_splits(writers: dict[str, _ShardWriter], sources: list[str],

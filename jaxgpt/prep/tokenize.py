@@ -12,6 +12,8 @@ import itertools
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
@@ -47,8 +49,23 @@ def encode_pieces(texts: list[str], lasts: list[bool]) -> tuple[np.ndarray, np.n
   return flat, lengths, sum(len(t.encode("utf-8")) for t in texts)
 
 
-def _init_worker() -> None:
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+def _init_worker(parent: int) -> None:
+  """Leaves a stop to the main process, and ends the worker with it.
+
+  Ctrl-C, and a scheduler's SIGTERM, reach the whole process group: the main
+  process shuts the pool down (a worker killed under it would end the run in a
+  traceback). A main process killed outright (SIGKILL, the OOM killer) cannot:
+  its workers are reparented, and each one watches for that.
+  """
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
   tokenizer.gpt2()
 
 
@@ -63,7 +80,7 @@ def tokenized(pieces: Iterable[Piece], workers: int
     return
   # spawn: the caller may hold threads (pyarrow, JAX) that fork would copy mid-flight.
   pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker)
+                             initializer=_init_worker, initargs=(os.getpid(),))
   try:
     submitted = ((b, pool.submit(encode_pieces, *task(b))) for b in batches)
     in_flight = collections.deque(itertools.islice(submitted, 2 * workers - 1))
