@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def count(n: float, fmt: str = ".2f") -> str:
   """10485760000 -> '10.49B', 40560000 -> '40.56M', 512 -> '512'."""
@@ -12,7 +14,9 @@ def count(n: float, fmt: str = ".2f") -> str:
 
 
 def duration(seconds: float) -> str:
-  """20000 -> '5h33m', 125 -> '2m05s'."""
+  """20000 -> '5h33m', 125 -> '2m05s'; 'never' where it is infinite (a rate of ~0)."""
+  if not math.isfinite(seconds):
+    return "never"
   seconds = round(seconds)
   hours, rest = divmod(seconds, 3600)
   if hours:

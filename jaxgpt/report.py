@@ -59,8 +59,10 @@ def summary(name: str, run: Run) -> str:
     lines.append(f"{'step':>8} {'tokens':>9} {'train loss':>11} {'val loss':>9} {'lr':>9}")
     lines += [f"{r['iter']:>8,} {formatting.count(r['tokens']):>9} {r['train_loss']:>11.4f} "
               f"{r['val_loss']:>9.4f} {r['lr']:>9.2e}" for r in evals]
-    best = min(evals, key=lambda r: r["val_loss"])
-    lines.append(f"best val loss {best['val_loss']:.4f} at step {best['iter']:,} "
+    finite = [r for r in evals if math.isfinite(r["val_loss"])]
+    best = min(finite, key=lambda r: r["val_loss"]) if finite else None
+    lines.append("no finite val loss" if best is None else
+                 f"best val loss {best['val_loss']:.4f} at step {best['iter']:,} "
                  f"({formatting.count(best['tokens'])} tokens)")
   else:
     lines.append("no evaluation yet")

@@ -167,7 +167,7 @@ class RunDir:
     if not os.path.isfile(path):
       raise UserError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
     events: Records = {"train": [], "eval": [], "tasks": []}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
       for n, line in enumerate(f, 1):
         if not line.endswith("\n"):
           break
@@ -177,6 +177,8 @@ class RunDir:
           record = json.loads(line)
           kept = events.setdefault(record["event"], [])
           it = record["iter"]
+          if not isinstance(it, int):
+            raise TypeError(f"iter {it!r} is not a whole number")
         except (ValueError, KeyError, TypeError) as e:
           raise UserError(f"{path}:{n}: not a metrics record ({e}): {line.strip()[:80]}") from e
         while kept and kept[-1]["iter"] >= it:

@@ -119,6 +119,7 @@ def test_shipped_recipes_trigger_no_warning(tmp_path):
 def test_durations_read_naturally():
   assert formatting.duration(20_000) == "5h33m"
   assert formatting.duration(125) == "2m05s"
+  assert formatting.duration(math.inf) == "never"  # the time at a rate of ~0 tokens/s
   assert formatting.count(10_485_760_000) == "10.49B" and formatting.count(512) == "512"
   message = summary.eta(20_000, 524_288, 524_288, 0.381)
   assert "5h33m" in message and "MFU 38.1%" in message

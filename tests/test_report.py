@@ -79,8 +79,21 @@ def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
   path.write_text('{"event": "eval", "iter": 0}\nnot json\n')
   with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics record"):
     report.load(str(tmp_path))
+  for bad in (b'{"event": "eval", "iter": "x"}\n', b'\xe9t\xe9\n'):  # a record, the bytes
+    path.write_bytes(bad)
+    with pytest.raises(UserError, match=r"metrics.jsonl:1: not a metrics record"):
+      report.load(str(tmp_path))
   with pytest.raises(UserError, match="nowhere"):
     report.load(str(tmp_path / "nowhere"))
+
+
+def test_the_best_val_loss_is_the_best_finite_one(tmp_path):
+  eval_record = lambda it, loss: {"event": "eval", "iter": it, "tokens": it, "train_loss": loss,
+                                  "val_loss": loss, "lr": 1e-3}
+  run = {"eval": [eval_record(0, math.nan), eval_record(2, 5.1)], "train": [], "tasks": []}
+  assert "best val loss 5.1000 at step 2" in report.summary("x", run)
+  run["eval"] = [eval_record(0, math.nan)]
+  assert "no finite val loss" in report.summary("x", run)
 
 
 @pytest.mark.parametrize("logx", [False, True])
