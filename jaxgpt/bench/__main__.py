@@ -195,7 +195,7 @@ def _positive_ints(name: str, values: list[str]) -> list[int]:
   return numbers
 
 
-def _new_file(path: str) -> str:
+def _out_path(path: str) -> str:
   """`path`, whose folder must exist: said before a benchmark's minutes, not after them."""
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
@@ -204,7 +204,7 @@ def _new_file(path: str) -> str:
 
 
 def _print_throughput(f: flags.FlagValues) -> None:
-  out = f.out and _new_file(f.out)
+  out = f.out and _out_path(f.out)
   result = throughput.measure(f.config, iters=f.iters, warmup=f.warmup,
                               data_workers=f.data_workers, peer=f.peer,
                               torch_compile=f.torch_compile, peak_flops=f.peak_flops)
@@ -220,7 +220,7 @@ def _print_throughput(f: flags.FlagValues) -> None:
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
-  path = _new_file(f.out or "gpu_report.md")
+  path = _out_path(f.out or "gpu_report.md")
   log_path = os.path.splitext(path)[0] + ".log"  # what the tests and rows printed, whole
   if log_path == path:
     raise UserError(f"--out={path}: the page's log takes that name; name the page *.md")
