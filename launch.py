@@ -27,8 +27,9 @@ from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
 
-def run(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """The run `config` asks for; returns the last evaluation's losses."""
+def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, float]:
+  """The run `config` (read from `config_file`) asks for; returns the last evaluation's
+  losses."""
   defaults.validate(config)
   # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.
   sharding.agreed("importing tensorboardX or W&B",
@@ -44,7 +45,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, float]:
   hooks = train.Hooks(
       tasks=_tasks(model, config.eval_tasks, config.eval_tasks_limit, config.hellaswag_file),
       at_end=_closing_sample(model, config.sample_start, config.sample_tokens, config.seed))
-  return train.train(config, params=params, hooks=hooks)
+  return train.train(config, params=params, hooks=hooks, config_file=config_file)
 
 
 def _starting_weights(config: ml_collections.ConfigDict
@@ -110,7 +111,7 @@ def main() -> None:
     logging.set_verbosity(logging.WARNING)
   elif logging.get_verbosity() < logging.INFO:
     logging.set_verbosity(logging.INFO)
-  run(f.config)
+  run(f.config, config_flags.get_config_filename(f["config"]))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ Record = dict[str, Any]
 
 class Sink(Protocol):
   def write(self, record: Record) -> None: ...
-  def close(self) -> None: ...
+  def close(self, failed: bool = False) -> None: ...  # failed: the run ends on an error
 
 
 def scalars(record: Record) -> dict[str, float]:
@@ -49,7 +49,7 @@ class MetricsWriter:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
     try:
       self._file.close()
     except OSError:  # a full disk: the write that hit it already stopped the run, saying so
@@ -76,7 +76,7 @@ class TensorBoardSink:
     for tag, value in scalars(record).items():
       self._writer.add_scalar(tag, value, record["iter"])
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
     self._writer.close()
 
 
@@ -102,8 +102,8 @@ class WandbSink:
     if record["iter"] >= self._next_step:
       self._run.log(scalars(record), step=record["iter"])
 
-  def close(self) -> None:
-    self._run.finish()
+  def close(self, failed: bool = False) -> None:
+    self._run.finish(exit_code=1 if failed else 0)  # W&B shows a failed run as "failed"
 
 
 class ProgressBar:
@@ -133,7 +133,7 @@ class ProgressBar:
     if done > self.bar.n:
       self.bar.update(done - self.bar.n)
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
     self.bar.close()
     self._log_handler.stream = self._log_stream
 
@@ -148,9 +148,9 @@ class Sinks:
     for sink in self.sinks:
       sink.write(record)
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
     for sink in self.sinks:
-      sink.close()
+      sink.close(failed)
 
 
 @dataclasses.dataclass(frozen=True)

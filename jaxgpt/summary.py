@@ -108,10 +108,11 @@ def stated_sizes(name: str) -> list[tuple[str, float]]:
           for m in _SIZE_RE.finditer(name)]
 
 
-def check(config: ml_collections.ConfigDict, s: Summary, *, config_name: str = "") -> list[str]:
-  """Warnings for a config that likely trains something other than what its author meant."""
+def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "") -> list[str]:
+  """Warnings for a config that likely trains something other than what its author meant
+  (`config_file`: the recipe's file, whose name may state a size)."""
   found = []
-  names = {"config": config_name, "out_dir": config.out_dir}
+  names = {"config": config_file, "out_dir": config.out_dir}
   if config.wandb_log:
     names["wandb_run_name"] = config.wandb_run_name
   for key, name in names.items():

@@ -275,13 +275,14 @@ class _Loop:
     logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
                     "command plus --config.init_from=resume", reason, it)
 
-  def close(self) -> None:
-    """Lets a save in flight land (it holds a good state, even on an error), then closes."""
+  def close(self, failed: bool = False) -> None:
+    """Lets a save in flight land (it holds a good state, even on an error), then closes;
+    `failed`: the loop ends on an error."""
     try:
       self.checkpoints.wait()
     finally:
       self.checkpoints.close()
-      self.writer.close()
+      self.writer.close(failed)
       self.train_iter.close()
 
 
@@ -330,18 +331,19 @@ def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
   return not stopped
 
 
-def train(config: ml_collections.ConfigDict, *, params: Any = None,
-          hooks: Hooks = Hooks()) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks = Hooks(),
+          config_file: str = "") -> dict[str, float]:
   """Trains per `config` on every device of every process; returns the last eval's losses.
 
   `params` replaces nanoGPT's init (GPT-2's weights, say) in a run from
-  scratch. Stop signals are caught from the start: a stop during start-up
+  scratch; `config_file`, the recipe's file, is checked against the model's
+  size as its name states it (`summary.check`). Stop signals are caught from the start: a stop during start-up
   ends the run before its first step.
   """
   defaults.validate(config)
   rundir = run_dir.RunDir(config.out_dir)
   with preemption.StopSignals(jax.process_count()) as signals, _locked(rundir):
-    return _train(config, rundir, signals, params, hooks)
+    return _train(config, rundir, signals, params, hooks, config_file)
 
 
 @contextlib.contextmanager
@@ -355,7 +357,8 @@ def _locked(rundir: run_dir.RunDir) -> Iterator[None]:
 
 
 def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
-           signals: preemption.StopSignals, params: Any, hooks: Hooks) -> dict[str, float]:
+           signals: preemption.StopSignals, params: Any, hooks: Hooks, config_file: str
+           ) -> dict[str, float]:
   loop_config = defaults.view(LoopConfig, config)
   checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints)
   step_config = train_step.StepConfig.from_config(config)
@@ -384,7 +387,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
           f"with --config.skip_nonfinite={skipped} or more")
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows)
-    counts, eval_windows = _log_start(config, layout, sources, start)
+    counts, eval_windows = _log_start(config, layout, sources, start, config_file)
     t0 = time.perf_counter()
     compiled_step = train_step.compile_train_step(setup, layout.mesh, start.state)
     logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
@@ -403,8 +406,10 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                 "split_windows": split_windows}, hooks)
   try:
     trained = _loop(loop, compiled_step, layout, signals)
-  finally:
-    loop.close()
+  except BaseException:
+    loop.close(failed=True)
+    raise
+  loop.close()
   if hooks.at_end is not None and trained and not finished:
     hooks.at_end(loop.state.params)
   if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
@@ -456,7 +461,7 @@ def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
 
 
 def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
-               sources: dict[str, data.TokenWindows], start: resume.Start
+               sources: dict[str, data.TokenWindows], start: resume.Start, config_file: str
                ) -> tuple[summary.Summary, int]:
   """The run's summary, its warnings, its evaluation set and how it computes, logged; returns
   the summary and the evaluation's windows of each split.
@@ -470,7 +475,7 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                              start_iter=start.iter, start_tokens=start.tokens)
   for line in summary.describe(counts, layout):
     logging.info("plan: %s", line)
-  for warning in summary.check(config, counts):
+  for warning in summary.check(config, counts, config_file=config_file):
     logging.warning("plan: %s", warning)
   if counts.peak_flops is None and jax.process_index() == 0:  # said once; lines leave MFU out
     log = logging.info if device.platform == "cpu" else logging.warning

@@ -81,7 +81,7 @@ def fineweb_40m(**overrides):
   return config
 
 
-@pytest.mark.parametrize("overrides,config_name,expected", [
+@pytest.mark.parametrize("overrides,config_file,expected", [
     ({"out_dir": "out/gpt2_124m"}, "", "out_dir 'out/gpt2_124m' says 124m"),
     ({}, "gpt2_350m", "config 'gpt2_350m' says 350m"),
     ({"wandb_log": True, "wandb_run_name": "fw-1.5b"}, "", "wandb_run_name 'fw-1.5b' says 1.5b"),
@@ -90,16 +90,16 @@ def fineweb_40m(**overrides):
     ({"warmup_iters": 2_600}, "", "warmup_iters=2,600 is 13% of max_iters=20,000"),
     ({"max_iters": 200_000, "lr_decay_iters": 200_000}, "", "10.5 epochs"),
 ])
-def test_each_warning_fires(overrides, config_name, expected):
+def test_each_warning_fires(overrides, config_file, expected):
   config = fineweb_40m(**overrides)
   p = summary.summarize(config, train_tokens=10_000_000_000)
-  found = summary.check(config, p, config_name=config_name)
+  found = summary.check(config, p, config_file=config_file)
   assert len(found) == 1 and expected in found[0], found
 
 
 def test_a_size_within_tolerance_or_an_unused_run_name_is_silent():
   config = fineweb_40m(out_dir="out/fw_45m", wandb_log=False, wandb_run_name="gpt2_1.5b")
-  assert summary.check(config, summary.summarize(config), config_name="fineweb_40m") == []
+  assert summary.check(config, summary.summarize(config), config_file="fineweb_40m") == []
 
 
 def test_shipped_recipes_trigger_no_warning(tmp_path):
@@ -113,7 +113,7 @@ def test_shipped_recipes_trigger_no_warning(tmp_path):
     name = os.path.splitext(os.path.basename(path))[0]
     config = recipe(name)
     p = summary.summarize(config, train_tokens=train_tokens.get(config.dataset))
-    assert summary.check(config, p, config_name=name) == [], name
+    assert summary.check(config, p, config_file=name) == [], name
 
 
 def test_durations_read_naturally():

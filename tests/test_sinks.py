@@ -142,8 +142,8 @@ class FakeWandb(types.ModuleType):
         fake.last_step[run_id] = step
         fake.calls.append(("log", data, step))
 
-      def finish(self):
-        fake.calls.append(("finish",))
+      def finish(self, exit_code=None):
+        fake.calls.append(("finish", exit_code))
 
     return Run()
 
@@ -167,7 +167,7 @@ def test_wandb_gets_nanogpts_keys_and_every_record(tmp_path, monkeypatch):
   assert fake.calls[1] == ("log", {"eval/tokens": 0.0, "eval/train_loss": 4.6,
                                    "eval/val_loss": 4.7, "eval/lr": 0.0}, 0)
   assert fake.calls[2][2] == 9 and fake.calls[2][1]["train/loss"] == 2.5
-  assert fake.calls[-1] == ("finish",)
+  assert fake.calls[-1] == ("finish", 0)
   assert os.path.isfile(os.path.join(config.out_dir, "metrics.jsonl"))
 
 
@@ -187,6 +187,19 @@ def test_a_resume_logs_to_the_same_wandb_run_and_sends_no_step_twice(tmp_path, t
   logged = [call[2] for call in fake.calls if call[0] == "log"]
   assert logged == [0, 0, 1, 2, 2, 3, 4, 5, 6]  # step 4 is closed: its train record is lost
   assert (tmp_path / "run" / "wandb_run_id").read_text() == "run1\n"
+
+
+def test_a_run_that_fails_is_marked_failed_in_wandb(tmp_path, token_dir, monkeypatch):
+  fake = FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+
+  def broken_task(params):
+    raise RuntimeError("the task broke")
+
+  with pytest.raises(RuntimeError, match="the task broke"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=2, wandb_log=True),
+                hooks=train.Hooks(tasks=broken_task))
+  assert fake.calls[-1] == ("finish", 1)
 
 
 def test_launch_says_a_missing_library_before_it_makes_a_dataset(tmp_path, monkeypatch):

@@ -16,8 +16,10 @@ from conftest import (
   read_jsonl,
   recipe,
   records,
+  run_python,
   step_of,
   tiny_config,
+  write_config_file,
 )
 
 import launch
@@ -143,6 +145,14 @@ def test_a_val_split_smaller_than_an_evaluation_is_said_to_repeat(tmp_path, toke
     train.train(config)
   assert "the val split holds 62 windows, so each evaluation scores each about 1.3 times; " \
          "lower eval_iters=20" in caplog.text
+
+
+def test_a_recipe_file_named_for_another_size_is_warned_of(tmp_path, token_dir):
+  recipe_file = tmp_path / "tiny_40m.py"
+  os.rename(write_config_file(tmp_path, token_dir, eval_only=True), recipe_file)
+  r = run_python("launch.py", f"--config={recipe_file}")
+  assert r.returncode == 0, r.stderr
+  assert f"plan: config '{recipe_file}' says 40m but the model has" in r.stderr
 
 
 @pytest.mark.slow

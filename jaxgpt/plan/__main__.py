@@ -130,8 +130,8 @@ def main() -> None:
   print(f"throughput: {source}")
   suggested, notes = iters.suggestions(s)
   candidates = candidates or suggested
-  name = os.path.splitext(os.path.basename(config_path))[0]
-  print(iters.table(config, s, candidates, tokens_per_sec=tokens_per_sec, config_name=name))
+  print(iters.table(config, s, candidates, tokens_per_sec=tokens_per_sec,
+                    config_file=config_path))
   for note in notes:
     print(f"note: {note}")
   if len(candidates) > 1:

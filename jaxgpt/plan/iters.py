@@ -57,7 +57,7 @@ def measured_devices(run_config: dict[str, Any] | None, train_records: list[dict
 
 
 def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: list[int], *,
-          tokens_per_sec: float | None, config_name: str = "") -> str:
+          tokens_per_sec: float | None, config_file: str = "") -> str:
   """One row per candidate max_iters (lr_decay_iters following it), then its warnings;
   `base` is the config's summary."""
   rows = [(f"{'max_iters':>10} {'tokens':>9} {'epochs':>7} {'tok/param':>9} {'FLOPs':>9} "
@@ -73,7 +73,7 @@ def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: 
     rows.append(f"{max_iters:>10,} {formatting.count(s.tokens):>9} {epochs:>7} "
                 f"{summary.ratio(s.tokens_per_param):>9} {s.flops:>9.2e} {time_text:>8}")
     warnings += [f"max_iters={max_iters:,}: {w}"
-                 for w in summary.check(c, s, config_name=config_name)]
+                 for w in summary.check(c, s, config_file=config_file)]
   return "\n".join(rows + [f"warning: {w}" for w in warnings])
 
 
