@@ -337,8 +337,8 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
 
   `params` replaces nanoGPT's init (GPT-2's weights, say) in a run from
   scratch; `config_file`, the recipe's file, is checked against the model's
-  size as its name states it (`summary.check`). Stop signals are caught from the start: a stop during start-up
-  ends the run before its first step.
+  size as its name states it (`summary.check`). Stop signals are caught
+  from the start: a stop during start-up ends the run before its first step.
   """
   defaults.validate(config)
   rundir = run_dir.RunDir(config.out_dir)
