@@ -1,9 +1,9 @@
 """The accelerators jaxgpt knows by name: peak bf16 FLOP/s (for MFU) and memory, one entry each.
 
-A device matches the first entry whose name is a case-insensitive substring of its
-`jax.Device.device_kind` ("NVIDIA H100 80GB HBM3"), so a longer name comes before its prefix
-("H100 PCIe" before "H100", "L40S" before "L40" before "L4"); an entry without figures keeps a
-name from matching a wrong entry further down.
+A device matches the first entry whose name is a case-insensitive word of its
+`jax.Device.device_kind` ("H100" of "NVIDIA H100 80GB HBM3", not of "GH200"; "A10" not of
+"A100X"), so a longer name comes before its prefix ("H100 PCIe" before "H100"); an entry
+without figures keeps a name from matching a wrong entry further down.
 
 Peak: dense bf16 tensor FLOP/s with FP32 accumulation, what XLA's bf16 matmuls use (GeForce
 cards run it at half their FP16-accumulate rate): datasheets' sparse figures halved, GeForce
@@ -15,6 +15,7 @@ as they state GB.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Card:
 
 
 CARDS: tuple[Card, ...] = (
+    Card("MIG"),  # a MIG slice ("NVIDIA A100-SXM4-40GB MIG 1g.5gb"): a share of its card's SMs
     Card("Laptop"),  # mobile parts: far lower clocks than the desktop cards below
     Card("Max-Q"),
     Card("RTX 4090 D"),  # fewer SMs than the RTX 4090; no sourced figure
@@ -50,12 +52,10 @@ CARDS: tuple[Card, ...] = (
     Card("A100-PCIE-40GB", 312e12, 40),
     Card("A100 40GB", 312e12, 40),  # as a user names it (plan --device)
     Card("A100-SXM4-80GB", 312e12, 80),
-    Card("A100-", 312e12, 80),  # "NVIDIA A100-PCIE-80GB"
-    Card("A100 ", 312e12, 80),  # "NVIDIA A100 80GB PCIe"; the space keeps "RTX A1000" out
+    Card("A100", 312e12, 80),  # "NVIDIA A100-PCIE-80GB", "NVIDIA A100 80GB PCIe"
     Card("L40S", 362.05e12, 48),  # L40S datasheet: 362.05 dense
     Card("L40", 181.05e12, 48),  # L40 datasheet: 181.05 dense
     Card("NVIDIA L4", 121e12, 24),  # L4 datasheet: 242 sparse
-    Card("A10G"),  # AWS's A10 variant: no published figure
     Card("NVIDIA A10", 125e12, 24),  # A10 datasheet: 125 dense
     Card("RTX 6000 Ada", 364.2e12, 48),  # Ada whitepaper: 364.2 with FP32 accumulate
     Card("RTX 5000 Ada", 261.1e12, 32),  # datasheet: 1,044.4 FP8 sparse / 4
@@ -91,8 +91,11 @@ CARDS: tuple[Card, ...] = (
 
 
 def card(device_kind: str) -> Card | None:
-  """The first entry whose name the device kind contains; None for a device we do not know."""
-  return next((c for c in CARDS if c.name.lower() in device_kind.lower()), None)
+  """The first entry whose name is a word of the device kind; None for a device we do not
+  know."""
+  return next((c for c in CARDS
+               if re.search(rf"(?<![a-z0-9]){re.escape(c.name)}(?![a-z0-9])", device_kind,
+                            re.IGNORECASE)), None)
 
 
 def peak_flops(device_kind: str, override: float = 0.0) -> float | None:

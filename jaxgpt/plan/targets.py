@@ -84,7 +84,7 @@ TARGETS: tuple[Target, ...] = (
 def card(name: str) -> gpus.Card | None:
   """The card a user names: as JAX reports it ('NVIDIA H100 80GB HBM3') or for short ('H100',
   'L4', 'A100'), which the device kind prefixes with 'NVIDIA '."""
-  return gpus.card(name) or gpus.card(f"NVIDIA {name} ")
+  return gpus.card(name) or gpus.card(f"NVIDIA {name}")
 
 
 def target(name: str) -> Target:
