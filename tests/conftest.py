@@ -165,6 +165,15 @@ def start_launch(config_file: str, *flags: str, **kwargs) -> subprocess.Popen:
   return start_python("launch.py", f"--config={config_file}", *flags, **kwargs)
 
 
+def alive(pid: int) -> bool:
+  """Whether process `pid` runs (not ended, nor a zombie its parent has yet to reap)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
   deadline = time.time() + timeout
   while not predicate():

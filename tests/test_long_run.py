@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import (
+  alive,
   checkpoint_steps,
   records,
   restore_state,
@@ -345,9 +346,9 @@ def test_grain_workers_end_with_a_run_that_is_killed(tmp_path, token_dir):
   proc.kill()
   proc.wait()
   deadline = time.time() + 20
-  while time.time() < deadline and any(_alive(pid) for pid in children):
+  while time.time() < deadline and any(alive(pid) for pid in children):
     time.sleep(0.2)
-  assert not [pid for pid in children if _alive(pid)]
+  assert not [pid for pid in children if alive(pid)]
 
 
 @pytest.mark.slow
@@ -377,14 +378,6 @@ def _parent(pid: int) -> int | None:
       return int(f.read().rsplit(")", 1)[1].split()[1])
   except (OSError, ValueError, IndexError):
     return None
-
-
-def _alive(pid: int) -> bool:
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except OSError:
-    return False
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import PYTHONPATH, ROOT, run_python, start_python, wait_for
+from conftest import PYTHONPATH, ROOT, alive, run_python, start_python, wait_for
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
@@ -742,14 +742,6 @@ def children(pid: int) -> dict[int, bytes]:
     if int(ppid) == pid and state != "Z":
       found[int(entry)] = cmdline
   return found
-
-
-def alive(pid: int) -> bool:
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except OSError:
-    return False
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
