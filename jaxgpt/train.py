@@ -321,9 +321,11 @@ def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
     if queued is not None:
       queued.block_until_ready()
     queued = step_metrics["loss"]
+    # The previous log's step is done: its time is taken before agreeing, which waits for
+    # the step just queued (a collective behind it) on several processes.
+    loop.flush_log()
     if signals.processes == 1 or it % config.log_interval == 0:  # agreeing is a host sync
       loop.check_failures()  # a failed background save or metrics write stops the run now
-    loop.flush_log()  # the previous log's step is done, or nearly: this one is queued
     if it % config.log_interval == 0:
       loop.defer_log(it, step_metrics)
   loop.flush_log()

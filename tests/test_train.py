@@ -178,6 +178,25 @@ def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_
   assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 5, 10, 15]
 
 
+def test_a_log_before_an_evaluation_times_its_own_step(tmp_path, token_dir, monkeypatch):
+  """On several processes agreeing on failures waits for the step just queued (a collective
+  behind it); the log taken after it timed two steps, and the next, before the evaluation,
+  almost nothing (0.3 ms/iter, MFU over 1000%)."""
+  real = train._Loop.check_failures
+
+  def waits_like_a_collective(self, **kwargs):
+    jax.block_until_ready(self.state)
+    real(self, **kwargs)
+
+  monkeypatch.setattr(train._Loop, "check_failures", waits_like_a_collective)
+  config = tiny_config(tmp_path, token_dir, max_iters=12, log_interval=1, eval_interval=4,
+                       lr_decay_iters=12, n_layer=4, n_embd=256, block_size=64)  # steps > log
+  train.train(config)
+  ms = {r["iter"]: r["ms_per_iter"] for r in records(config.out_dir, "train")}
+  typical = float(np.median(list(ms.values())))
+  assert all(ms[it] > 0.25 * typical for it in (3, 7, 11)), ms  # the logs before evaluations
+
+
 def cpu_need(config) -> int:
   """XLA's plan (bytes) of the config's train step compiled for this CPU, as the loop compiles."""
   return train_step.memory_need(train_step.compile_on(step_of(config), sharding.make_mesh())).total
