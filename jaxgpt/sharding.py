@@ -8,6 +8,7 @@ evenly), and XLA inserts the all-gathers and reduce-scatters.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from collections.abc import Callable
@@ -141,9 +142,16 @@ def make_mesh() -> Mesh:
   """A 1-D `data` mesh over all devices, with Auto axis types.
 
   (`jax.make_mesh` now defaults to Explicit axes, under which the embedding
-  gather fails to shard; the plain constructor keeps Auto.)
+  gather fails to shard; the plain constructor keeps Auto.) Every process
+  reads an equal share of each batch, so each must drive as many devices.
   """
-  return Mesh(np.array(jax.devices()), (DATA,))
+  devices = jax.devices()
+  per_process = collections.Counter(d.process_index for d in devices)
+  if len(set(per_process.values())) > 1:
+    counts = ", ".join(f"process {p}: {n}" for p, n in sorted(per_process.items()))
+    raise UserError(f"the processes drive different numbers of devices ({counts}); each reads "
+                    "an equal share of every batch, so give each process as many GPUs")
+  return Mesh(np.array(devices), (DATA,))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int) -> NamedSharding:

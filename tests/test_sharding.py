@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -49,6 +50,16 @@ def test_leaf_spec_splits_matrices_along_their_largest_divisible_axis():
   assert sharding.leaf_spec((30, 12), 8, "fsdp") == jax.sharding.PartitionSpec()
   assert sharding.leaf_spec((96,), 8, "fsdp") == jax.sharding.PartitionSpec()
   assert sharding.leaf_spec((96, 32), 8, "dp") == jax.sharding.PartitionSpec()
+
+
+def test_processes_with_unequal_devices_are_refused(monkeypatch):
+  """Each process reads an equal share of every batch: 3 GPUs on one host and 4 on another
+  would read some windows twice and skip others."""
+  devices = [types.SimpleNamespace(process_index=p) for p in (0, 0, 0, 1, 1, 1, 1)]
+  monkeypatch.setattr(jax, "devices", lambda: devices)
+  with pytest.raises(UserError, match=r"different numbers of devices \(process 0: 3, "
+                                      r"process 1: 4\)"):
+    sharding.make_mesh()
 
 
 @pytest.mark.slow
