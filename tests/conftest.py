@@ -58,10 +58,11 @@ def tiny_model(**overrides) -> GPTConfig:
 
 
 def fake_device(platform: str = "gpu", compute_capability: str | None = None,
-                kind: str = "x") -> types.SimpleNamespace:
-  """What attention and the peak table read of a jax.Device: platform, capability, kind."""
+                kind: str = "x", process_index: int = 0) -> types.SimpleNamespace:
+  """What attention, the peak table and the mesh read of a jax.Device: platform, capability,
+  kind, process."""
   return types.SimpleNamespace(platform=platform, compute_capability=compute_capability,
-                               device_kind=kind)
+                               device_kind=kind, process_index=process_index)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

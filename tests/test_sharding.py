@@ -10,12 +10,19 @@ import shutil
 import socket
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
 import pytest
-from conftest import PYTHONPATH, records, restore_state, setup_of, step_of, tiny_config
+from conftest import (
+  PYTHONPATH,
+  fake_device,
+  records,
+  restore_state,
+  setup_of,
+  step_of,
+  tiny_config,
+)
 
 from jaxgpt import data, defaults, sharding, train, train_step
 from jaxgpt.errors import UserError
@@ -55,7 +62,7 @@ def test_leaf_spec_splits_matrices_along_their_largest_divisible_axis():
 def test_processes_with_unequal_devices_are_refused(monkeypatch):
   """Each process reads an equal share of every batch: 3 GPUs on one host and 4 on another
   would read some windows twice and skip others."""
-  devices = [types.SimpleNamespace(process_index=p) for p in (0, 0, 0, 1, 1, 1, 1)]
+  devices = [fake_device(process_index=p) for p in (0, 0, 0, 1, 1, 1, 1)]
   monkeypatch.setattr(jax, "devices", lambda: devices)
   with pytest.raises(UserError, match=r"different numbers of devices \(process 0: 3, "
                                       r"process 1: 4\)"):
