@@ -44,6 +44,9 @@ class Checkpoints:
     self._best = _KeepStep()
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=True,
+        # A step's folders made before `save` returns: made in the background, a folder that
+        # cannot be made (no permission, no inodes) left the run waiting 300 s for it.
+        async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
         preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(n=keep),
                                                             self._best]),
         read_only=read_only,
@@ -81,7 +84,11 @@ class Checkpoints:
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     self._in_flight = step
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # the step's folders could not be made
+      self._in_flight = None
+      raise self._save_failed(step, e) from e
 
   def check_saves(self) -> None:
     """Reports a background save that failed, without waiting for one in progress.
@@ -115,8 +122,10 @@ class Checkpoints:
     """The free space, the last good checkpoint and how to go on from it, for a stop by a
     storage error; from scratch where there is none."""
     good = [s for s in self.steps() if s != excluding]
-    free = shutil.disk_usage(self.directory).free / 2**30
-    space = f"{free:.2f} GiB are free on its filesystem"
+    try:
+      space = f"{shutil.disk_usage(self.directory).free / 2**30:.2f} GiB are free on its filesystem"
+    except OSError as e:  # the directory is gone (a lost mount)
+      space = f"its filesystem cannot be read ({e.strerror})"
     if not good:
       return (f"no checkpoint was saved before it, and {space}. Free space (or fix the cause) "
               "and run the same command again: it starts over.")
@@ -244,7 +253,7 @@ class _KeepStep(policies.PreservationPolicy):
 
 
 class SaveError(UserError):
-  """A background checkpoint save failed (a full disk, a lost mount)."""
+  """A checkpoint save, or another write of the run's, failed (a full disk, a lost mount)."""
 
 
 class CorruptCheckpoint(ValueError):

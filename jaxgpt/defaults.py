@@ -221,6 +221,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "in; it rounds to 1.0 there")
   for key in ("keep_checkpoints", "data_prefetch"):
     check(c[key] >= 1, key, "must be >= 1")
+  check(c.out_dir.strip() != "", "out_dir", "names no directory")
   for key, allowed in CHOICES.items():
     check(c[key] in allowed, key, f"must be one of {allowed}")
   check(c.n_embd % c.n_head == 0, "n_embd", f"must be divisible by n_head={c.n_head}")

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from jaxgpt import checkpoint, model, sharding, train_step
+from jaxgpt import checkpoint, defaults, model, sharding, train_step
 from jaxgpt.errors import UserError
 
 
@@ -157,7 +157,7 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   naming the keys.
   """
   # A key the checkpoint predates had its default then, as it has now.
-  saved = {**dataclasses.asdict(model.GPTConfig()), **saved}
+  saved = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
 
   def refuse(keys: list[str], what: str) -> UserError:
     """`what` went wrong, with `keys`' values in place of its {}, and how to resume anyway: the

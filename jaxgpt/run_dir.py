@@ -81,8 +81,11 @@ class RunDir:
       logging.warning("%s: taking over the lock left by a run that is no longer running (%s)",
                       path, previous)
     holder = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%F %T')}"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, holder.encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, holder.encode(), 0)
+    except OSError as e:  # a full disk: the lock holds; a second run's message names no holder
+      logging.warning("%s: cannot record this run as its holder (%s)", path, e.strerror)
     try:
       yield
     finally:
@@ -109,9 +112,14 @@ class RunDir:
     """config.json, replaced whole: a failed write leaves the one before it."""
     os.makedirs(self.out_dir, exist_ok=True)
     written = self._path(".config.json.tmp")
-    with open(written, "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(written, self._path("config.json"))
+    try:
+      with open(written, "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+      os.replace(written, self._path("config.json"))
+    except OSError:
+      with contextlib.suppress(OSError):
+        os.remove(written)
+      raise
 
   def read_config(self) -> dict[str, Any] | None:
     """The config.json of the latest accepted start; None where there is none."""

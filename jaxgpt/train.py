@@ -437,9 +437,14 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
 
   def open_files() -> sinks.Sinks:
     checkpoints.remove_unfinished()
-    rundir.write_config(config)
-    rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)
-    return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
+    try:
+      rundir.write_config(config)
+      rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)
+      return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
+    except OSError as e:  # a full disk, a quota: before the first step
+      raise checkpoint.SaveError(f"{rundir.out_dir}: writing the run's files failed "
+                      f"({checkpoint.os_error(e)}); nothing was trained. Free space (or fix "
+                      "the cause) and run the same command again") from None
 
   return sharding.agreed("writing the run's files",
                          open_files if writes else lambda: sinks.Sinks([]))
