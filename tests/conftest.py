@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +23,7 @@ from absl import flags
 
 from jaxgpt import defaults, run_dir, train, train_step
 from jaxgpt.interop import weights
-from jaxgpt.model import GPTConfig
+from jaxgpt.model import GPT, GPTConfig, init_params
 from jaxgpt.prep import shards
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
@@ -55,6 +57,30 @@ def tiny_model(**overrides) -> GPTConfig:
   """A 2-layer, 32-wide GPT over a 64-token vocabulary, block 16, for tests of the model alone."""
   return GPTConfig(**{"vocab_size": 64, "block_size": 16, "n_layer": 2, "n_head": 2,
                       "n_embd": 32, **overrides})
+
+
+def tiny_gpt(**overrides) -> tuple[GPT, dict]:
+  """tiny_model(**overrides) as a GPT and its params, initialised from PRNGKey(0)."""
+  model = GPT(tiny_model(**overrides))
+  return model, init_params(model, jax.random.PRNGKey(0))
+
+
+def float32_config(**keys) -> ml_collections.ConfigDict:
+  """The run defaults with `keys` (an architecture, say), dropout off and float32: a model whose
+  logits are compared with another implementation's."""
+  c = defaults.get_config()
+  c.update(dropout=0.0, dtype="float32")
+  c.update(keys)
+  return c
+
+
+def hf_logits(model, tokens_BT: np.ndarray) -> np.ndarray:
+  """A PyTorch model's logits (transformers' GPT-2's), as numpy; torch is imported only here,
+  so that conftest loads where it is absent."""
+  import torch
+
+  with torch.no_grad():
+    return model(torch.tensor(tokens_BT)).logits.numpy()
 
 
 def fake_device(platform: str = "gpu", compute_capability: str | None = None,
@@ -129,6 +155,11 @@ def pattern_tokens(n: int, seed: int = 0) -> np.ndarray:
   return np.asarray(out[:n], dtype=np.uint16)
 
 
+def pattern_windows(n: int, block_size: int, seed: int = 0) -> np.ndarray:
+  """n windows of block_size + 1 tokens cut from pattern_tokens(..., seed)."""
+  return pattern_tokens(n * (block_size + 1), seed).reshape(n, block_size + 1)
+
+
 @pytest.fixture
 def token_dir(tmp_path) -> str:
   """llm.c shards of a learnable synthetic stream: two train files and one val file."""
@@ -153,6 +184,43 @@ def write_config_file(tmp_path, token_dir: str, **overrides) -> str:
         return tiny_config(pathlib.Path({str(tmp_path)!r}), {token_dir!r}, **{overrides!r})
       """))
   return str(path)
+
+
+# The words of write_hellaswag's examples.
+TEXT = ("the man is holding a rope and climbs up the wall while people watch from below "
+        "she then takes a brush and paints the fence in long even strokes")
+WORDS = TEXT.split()
+
+
+def write_hellaswag(path, n: int, seed: int = 0, long_context: int = 0) -> str:
+  """n examples in the published format: ctx, 4 endings, label and the other fields."""
+  rng = np.random.default_rng(seed)
+  text = lambda k: " ".join(rng.choice(WORDS, size=k)).capitalize()
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(n):
+      ctx = text(long_context if i == 0 and long_context else int(rng.integers(4, 20)))
+      example = {"ind": i, "activity_label": "Painting", "ctx_a": ctx, "ctx_b": "",
+                 "ctx": ctx, "split": "val", "split_type": "indomain",
+                 "label": int(rng.integers(4)),
+                 "endings": [text(int(rng.integers(1, 12))) + "." for _ in range(4)],
+                 "source_id": f"test~{i}"}
+      f.write(json.dumps(example) + "\n")
+  return str(path)
+
+
+def truncate_state(step_dir: str, files: str = "*") -> None:
+  """Cuts every file of a checkpoint's state (or those matching `files`) in half."""
+  for path in glob.glob(os.path.join(step_dir, "state", "**", files), recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def free_port() -> int:
+  """A localhost port free now, for a coordinator of processes the test starts."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def start_python(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:

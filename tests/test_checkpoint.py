@@ -22,7 +22,9 @@ from conftest import (
   records,
   restore_state,
   start_launch,
+  start_python,
   tiny_config,
+  truncate_state,
   wait_for,
   write_config_file,
 )
@@ -80,14 +82,6 @@ def test_resume_refuses_another_seed(tmp_path, token_dir):
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   with pytest.raises(UserError, match=r"seed: checkpoint 1337 vs config 7.*--config.seed=1337"):
     train.train(tiny_config(tmp_path, token_dir, max_iters=6, seed=7, init_from="resume"))
-
-
-def truncate_state(step_dir: str, files: str = "*") -> None:
-  """Cuts every file of a checkpoint's state (or those matching `files`) in half."""
-  for path in glob.glob(os.path.join(step_dir, "state", "**", files), recursive=True):
-    if os.path.isfile(path) and os.path.getsize(path) > 0:
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir, caplog):
@@ -345,31 +339,42 @@ def test_a_resume_removes_the_folders_of_saves_that_never_finished(tmp_path, tok
   assert not unfinished.exists() and checkpoint_steps(str(tmp_path / "run")) == [2, 4]
 
 
+# launch.py, its second save (step 4) held before its commit until the test kills the process.
+HOLD_THE_SECOND_SAVE = """
+import runpy, sys, threading
+import orbax.checkpoint as ocp
+real_finalize, calls = ocp.StandardCheckpointHandler.finalize, []
+
+def finalize(self, directory):
+  calls.append(directory)
+  if len(calls) == 2:
+    threading.Event().wait()  # the save stays in its temporary folder
+  return real_finalize(self, directory)
+
+ocp.StandardCheckpointHandler.finalize = finalize
+sys.argv[0] = "launch.py"
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_dir):
-  # A 50304-token vocabulary makes each checkpoint ~150 MB, so a save takes long enough to
-  # be caught in flight.
-  config_file = write_config_file(tmp_path, token_dir, max_iters=100000, eval_interval=2,
-                                  eval_iters=1, lr_decay_iters=100000, vocab_size=50304,
-                                  n_embd=256, keep_checkpoints=2)
+  """The save is held in flight (its commit never comes) rather than caught there by timing."""
+  kw = {"eval_interval": 2, "eval_iters": 1, "lr_decay_iters": 100000, "keep_checkpoints": 2}
+  config_file = write_config_file(tmp_path, token_dir, max_iters=100000, **kw)
   out_dir = str(tmp_path / "run")
   ckpt_dir = os.path.join(out_dir, "checkpoints")
   in_flight = lambda: glob.glob(os.path.join(ckpt_dir, "*tmp*"))
   completed = lambda: [d for d in glob.glob(os.path.join(ckpt_dir, "*"))
                        if os.path.basename(d).isdigit()]
-  proc = start_launch(config_file)
+  proc = start_python("-c", HOLD_THE_SECOND_SAVE, f"--config={config_file}")
   try:
     wait_for(lambda: completed() and in_flight(), 300, "no save was caught in flight")
-    proc.send_signal(signal.SIGKILL)
   finally:
+    proc.kill()  # SIGKILL
     proc.wait(timeout=60)
   assert in_flight()  # the killed save left its temporary directory behind
-  steps = checkpoint_steps(out_dir)
-  assert steps
-  resume_at = max(steps)
-  config = tiny_config(tmp_path, token_dir, max_iters=resume_at + 2, eval_interval=2,
-                       eval_iters=1, lr_decay_iters=100000, vocab_size=50304, n_embd=256,
-                       init_from="resume")
-  train.train(config)
-  assert [r["iter"] for r in records(out_dir, "train")][-2:] == [resume_at, resume_at + 1]
+  assert checkpoint_steps(out_dir) == [2]
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", **kw))
+  assert [r["iter"] for r in records(out_dir, "train")][-2:] == [2, 3]
   assert not in_flight()  # the resume removed the killed save's folder

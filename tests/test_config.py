@@ -142,7 +142,7 @@ def test_a_schedule_that_cannot_work_is_an_error():
     defaults.validate(config)
 
 
-def test_max_iters_zero_evaluates_whatever_the_schedule():
+def test_an_eval_only_config_of_max_iters_zero_is_valid_whatever_the_schedule():
   """eval_only with max_iters=0 trains nothing, so the schedule's keys have nothing to check."""
   config = defaults.get_config()
   config.update(eval_only=True, max_iters=0)  # lr_decay_iters follows it to 0, below warmup

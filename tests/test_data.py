@@ -186,12 +186,24 @@ class CountingWindows(data.TokenWindows):
     return super().__getitem__(index)
 
 
-def test_data_prefetch_bounds_how_far_reading_runs_ahead(token_dir):
+def settled(count, quiet: float = 1.0, timeout: float = 60) -> int:
+  """count() once it has not changed for `quiet` seconds (or after `timeout`): background
+  readers have read what they may."""
+  deadline, last, since = time.time() + timeout, count(), time.time()
+  while time.time() - since < quiet and time.time() < deadline:
+    time.sleep(0.05)
+    if count() != last:
+      last, since = count(), time.time()
+  return last
+
+
+def test_data_prefetch_bounds_how_far_reading_runs_ahead(token_dir, monkeypatch):
+  monkeypatch.setattr(CountingWindows, "reads", 0)
   src = CountingWindows(token_files.find_shards(token_dir, "train"), block_size=16)
   it = iter(data.train_dataset(src, accum_steps=2, batch_size=3, seed=0, workers=0, prefetch=1))
   next(it)
-  time.sleep(0.5)  # time for the background threads to read what they may
-  assert CountingWindows.reads <= 6 * 4  # the batch taken, and one read ahead at each level
+  # the batch taken, and one read ahead at each level
+  assert settled(lambda: CountingWindows.reads) <= 6 * 4
 
 
 def test_eval_batches_are_identical_at_every_call(token_dir):

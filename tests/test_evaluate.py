@@ -9,7 +9,15 @@ import re
 import jax
 import numpy as np
 import pytest
-from conftest import guard_loop_transfers, records, run_python, tiny_config
+from conftest import (
+  WORDS,
+  float32_config,
+  guard_loop_transfers,
+  records,
+  run_python,
+  tiny_config,
+  write_hellaswag,
+)
 
 import launch
 from jaxgpt import defaults, tokenizer
@@ -19,26 +27,6 @@ from jaxgpt.inference import scoring
 from jaxgpt.interop import gpt2
 from jaxgpt.model import GPT, GPTConfig, init_params
 
-TEXT = ("the man is holding a rope and climbs up the wall while people watch from below "
-        "she then takes a brush and paints the fence in long even strokes")
-WORDS = TEXT.split()
-
-
-def write_hellaswag(path, n: int, seed: int = 0, long_context: int = 0) -> str:
-  """n examples in the published format: ctx, 4 endings, label and the other fields."""
-  rng = np.random.default_rng(seed)
-  text = lambda k: " ".join(rng.choice(WORDS, size=k)).capitalize()
-  with open(path, "w", encoding="utf-8") as f:
-    for i in range(n):
-      ctx = text(long_context if i == 0 and long_context else int(rng.integers(4, 20)))
-      example = {"ind": i, "activity_label": "Painting", "ctx_a": ctx, "ctx_b": "",
-                 "ctx": ctx, "split": "val", "split_type": "indomain",
-                 "label": int(rng.integers(4)),
-                 "endings": [text(int(rng.integers(1, 12))) + "." for _ in range(4)],
-                 "source_id": f"test~{i}"}
-      f.write(json.dumps(example) + "\n")
-  return str(path)
-
 
 def gpt2_vocab_config(**overrides):
   """A tiny model that reads GPT-2's tokens.
@@ -46,11 +34,8 @@ def gpt2_vocab_config(**overrides):
   Its vocabulary is GPT-2's 50257, unpadded: export crops padding rows, which
   would otherwise take a share of the softmax here and not in transformers.
   """
-  c = defaults.get_config()
-  c.update(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=tokenizer.N_VOCAB,
-           dropout=0.0, dtype="float32")
-  c.update(overrides)
-  return c
+  return float32_config(**{"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32,
+                            "vocab_size": tokenizer.N_VOCAB, **overrides})
 
 
 def scaled_params(config, scale: float = 4.0):

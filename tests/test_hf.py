@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_VOCAB, records, run_python, tiny_config
+from conftest import TINY_VOCAB, float32_config, hf_logits, records, run_python, tiny_config
 
 import launch
 from jaxgpt import data, defaults, run_dir, tokenizer, train
@@ -37,19 +37,8 @@ def hf_gpt2(path, init_scale: float | None = 0.3, **overrides):
   return model
 
 
-def hf_logits(model, tokens_BT: np.ndarray) -> np.ndarray:
-  with torch.no_grad():
-    return model(torch.tensor(tokens_BT)).logits.numpy()
-
-
 def tokens(shape=(3, 16)) -> np.ndarray:
   return np.random.default_rng(0).integers(0, TINY_VOCAB, shape)
-
-
-def gpt2_config(arch: dict):
-  c = defaults.get_config()
-  c.update(arch, dropout=0.0, dtype="float32")
-  return c
 
 
 def assert_logits_close(ours, theirs):
@@ -68,14 +57,14 @@ def test_imported_gpt2_gives_the_logits_of_transformers(tmp_path):
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
   theirs = hf_gpt2(tmp_path / "hf")
   arch, params = gpt2.load(str(tmp_path / "hf"))
-  gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "out"))
+  gpt2.export(params, GPTConfig.from_config(float32_config(**arch)), str(tmp_path / "out"))
   back = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
   assert_logits_close(hf_logits(back, tokens()), hf_logits(theirs, tokens()))
   with pytest.raises(UserError, match="not an empty directory"):
-    gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "out"))
+    gpt2.export(params, GPTConfig.from_config(float32_config(**arch)), str(tmp_path / "out"))
   (tmp_path / "a_file").write_text("mine")
   with pytest.raises(UserError, match="a_file is not an empty directory; nothing was written"):
-    gpt2.export(params, GPTConfig.from_config(gpt2_config(arch)), str(tmp_path / "a_file"))
+    gpt2.export(params, GPTConfig.from_config(float32_config(**arch)), str(tmp_path / "a_file"))
   assert (tmp_path / "a_file").read_text() == "mine"
 
 
@@ -84,7 +73,7 @@ def test_a_model_of_another_vocabulary_is_exported_without_gpt2s_tokenizer(tmp_p
   id for transformers to default to 50256, outside its vocabulary."""
   arch = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
           "bias": True, "gelu_approximate": True}
-  config = GPTConfig.from_config(gpt2_config(arch))
+  config = GPTConfig.from_config(float32_config(**arch))
   assert not gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config,
                          str(tmp_path / "out"))
   assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
@@ -96,7 +85,7 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
   """A write that fails midway (a full disk) leaves neither --out nor a partial folder."""
   arch = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
           "bias": True, "gelu_approximate": True}
-  config = GPTConfig.from_config(gpt2_config(arch))
+  config = GPTConfig.from_config(float32_config(**arch))
 
   def full_disk(path, value):
     raise OSError(28, "No space left on device", path)
@@ -111,8 +100,8 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
 def test_export_crops_the_padded_vocabulary(tmp_path):
   import safetensors.numpy
 
-  config = gpt2_config({"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8,
-                        "vocab_size": 50304, "bias": True, "gelu_approximate": True})
+  config = float32_config(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=50304,
+                          bias=True, gelu_approximate=True)
   params = init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0))
   gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "out"))
   tensors = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -135,7 +124,7 @@ def test_bfloat16_logits_are_as_close_to_float32_as_torch_autocasts(tmp_path):
   f32 = hf_logits(theirs, x_BT)
   with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
     autocast = theirs(torch.tensor(x_BT)).logits.float().numpy()
-  config = gpt2_config(arch)
+  config = float32_config(**arch)
   config.update(dtype="bfloat16", attention="xla")
   ours = np.asarray(GPT(GPTConfig.from_config(config)).apply({"params": params}, x_BT))
   off = lambda a: float(np.abs(a - f32).mean())
@@ -239,8 +228,8 @@ def current_umask() -> int:
 
 def test_exact_gelu_without_biases_matches_transformers_away_from_zero(tmp_path):
   """Scaled-up weights make the exact and the tanh GELU differ: the export must pick exact."""
-  config = gpt2_config({"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16,
-                        "vocab_size": TINY_VOCAB, "bias": False, "gelu_approximate": False})
+  config = float32_config(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=TINY_VOCAB,
+                          bias=False, gelu_approximate=False)
   params = jax.tree.map(lambda p: 10 * p,
                         init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0)))
   gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "out"))

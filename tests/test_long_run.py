@@ -27,6 +27,7 @@ from conftest import (
   setup_of,
   start_launch,
   tiny_config,
+  wait_for,
   write_config_file,
 )
 
@@ -380,12 +381,37 @@ def _parent(pid: int) -> int | None:
     return None
 
 
+def _catches(pid: int, sig: int) -> bool:
+  """Whether process `pid` has a handler of its own for `sig` (its SigCgt mask, in /proc)."""
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+  except (OSError, StopIteration):
+    return False
+  return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def _has_loaded(pid: int, library: str) -> bool:
+  with open(f"/proc/{pid}/maps") as f:
+    return library in f.read()
+
+
 @pytest.mark.slow
 def test_a_stop_while_the_libraries_load_is_one_line_and_exit_0(tmp_path, token_dir):
+  """The signal goes as soon as launch.py's first lines catch SIGTERM (sooner, it kills python:
+  rc -15), while the child is held where Orbax's tensorstore, imported seconds later, is not
+  yet loaded: a handler installed only once the libraries had loaded is an error."""
   proc = start_launch(write_config_file(tmp_path, token_dir))
-  time.sleep(0.5)  # python has started; jax is still being imported
-  proc.send_signal(signal.SIGTERM)
-  output, _ = proc.communicate(timeout=120)
+  try:
+    wait_for(lambda: _catches(proc.pid, signal.SIGTERM), 120, "launch.py never caught SIGTERM")
+    proc.send_signal(signal.SIGSTOP)
+    assert not _has_loaded(proc.pid, "tensorstore"), "SIGTERM caught only after the imports"
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    output, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+    proc.wait(timeout=60)
   assert proc.returncode == 0, output[-2000:]
   assert "stopped by SIGTERM before the first step" in output
   assert "Traceback" not in output

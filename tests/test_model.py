@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import recipe, tiny_model
+from conftest import recipe, tiny_gpt, tiny_model
 
 from jaxgpt import defaults
 from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_params
@@ -17,11 +17,6 @@ from jaxgpt.model import GPT, GPTConfig, count_params, cross_entropy, init_param
 def abstract_params(config) -> dict:
   model = GPT(GPTConfig.from_config(config))
   return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
-
-
-def small_model(**kw) -> tuple[GPT, dict]:
-  model = GPT(tiny_model(**kw))
-  return model, init_params(model, jax.random.PRNGKey(0))
 
 
 def test_gpt2_124m_parameter_count():
@@ -68,13 +63,13 @@ def test_init_follows_nanogpt():
 
 
 def test_biases_are_zero_at_init_when_enabled():
-  _, params = small_model(bias=True)
+  _, params = tiny_gpt(bias=True)
   np.testing.assert_array_equal(params["h_0"]["attn"]["c_attn"]["bias"], 0.0)
   np.testing.assert_array_equal(params["h_0"]["ln_2"]["bias"], 0.0)
 
 
 def test_later_tokens_cannot_change_earlier_logits():
-  model, params = small_model()
+  model, params = tiny_gpt()
   tokens = jax.random.randint(jax.random.PRNGKey(2), (1, 16), 0, 64)
   changed = tokens.at[0, 9:].set((tokens[0, 9:] + 1) % 64)
   a = model.apply({"params": params}, tokens)
@@ -84,7 +79,7 @@ def test_later_tokens_cannot_change_earlier_logits():
 
 
 def test_dropout_only_in_training():
-  model, params = small_model(dropout=0.5)
+  model, params = tiny_gpt(dropout=0.5)
   tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 16), 0, 64)
   eval_a = model.apply({"params": params}, tokens)
   eval_b = model.apply({"params": params}, tokens)
@@ -100,7 +95,7 @@ def test_dropout_only_in_training():
 def test_training_attention_with_dropout_matches_fused_attention():
   # With a vanishing rate nothing is dropped: the explicit attention used for
   # dropout must then agree with jax.nn.dot_product_attention.
-  model, params = small_model(dropout=1e-9)
+  model, params = tiny_gpt(dropout=1e-9)
   tokens = jax.random.randint(jax.random.PRNGKey(4), (2, 16), 0, 64)
   explicit = model.apply({"params": params}, tokens, train=True,
                          rngs={"dropout": jax.random.PRNGKey(0)})
@@ -109,7 +104,7 @@ def test_training_attention_with_dropout_matches_fused_attention():
 
 
 def test_gelu_option_selects_tanh_approximation():
-  exact_model, params = small_model()
+  exact_model, params = tiny_gpt()
   tanh_model = GPT(tiny_model(gelu_approximate=True))
   tokens = jax.random.randint(jax.random.PRNGKey(5), (1, 16), 0, 64)
   exact = exact_model.apply({"params": params}, tokens)
@@ -119,7 +114,7 @@ def test_gelu_option_selects_tanh_approximation():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
-  model, params = small_model(dtype="bfloat16")
+  model, params = tiny_gpt(dtype="bfloat16")
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   tokens = jax.random.randint(jax.random.PRNGKey(6), (1, 16), 0, 64)
   logits = model.apply({"params": params}, tokens)
@@ -130,7 +125,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 def test_bfloat16_compute_keeps_the_residual_stream_float32():
   """As under nanoGPT's autocast: matmuls in bfloat16, their outputs added to a float32 stream."""
-  model, params = small_model(dtype="bfloat16")
+  model, params = tiny_gpt(dtype="bfloat16")
   tokens = jnp.zeros((1, 16), jnp.int32)
   _, state = model.apply({"params": params}, tokens, capture_intermediates=True,
                          mutable=["intermediates"])
@@ -142,10 +137,10 @@ def test_bfloat16_compute_keeps_the_residual_stream_float32():
 
 
 def test_sequence_longer_than_block_size_is_rejected():
-  model, params = small_model()
+  model, params = tiny_gpt()
   with pytest.raises(ValueError, match="block_size 16"):
     model.apply({"params": params}, jnp.zeros((1, 17), jnp.int32))
 
 
 def test_default_config_is_valid():
-  assert defaults.validate(defaults.get_config()) is None  # raises on an invalid value
+  defaults.validate(defaults.get_config())  # raises on an invalid value

@@ -18,6 +18,7 @@ from conftest import (
   run_python,
   setup_of,
   tiny_config,
+  tiny_gpt,
   tiny_model,
   write_config_file,
 )
@@ -28,15 +29,10 @@ from jaxgpt.bench import recipes
 from jaxgpt.errors import UserError
 from jaxgpt.inference import decoding
 from jaxgpt.interop import gpt2, weights
-from jaxgpt.model import GPT, GPTConfig, init_params
+from jaxgpt.model import GPT, GPTConfig
 
 MODERN = dict(defaults.MODERN)
 SINGLES = [{key: value} for key, value in MODERN.items()]
-
-
-def model_and_params(**overrides) -> tuple[GPT, dict]:
-  m = GPT(tiny_model(block_size=32, **overrides))
-  return m, init_params(m, jax.random.PRNGKey(0))
 
 
 def trained_like(params: dict) -> dict:
@@ -65,7 +61,7 @@ def test_each_change_alone_and_all_together_train(tmp_path, token_dir, overrides
 
 
 def test_zero_projections_and_a_zero_head_start_at_exactly_ln_vocab():
-  m, params = model_and_params(tie_embeddings=False, zero_init_projections=True)
+  m, params = tiny_gpt(block_size=32, tie_embeddings=False, zero_init_projections=True)
   tokens = jnp.arange(33)[None] % 64
   loss = m.apply({"params": params}, tokens[:, :-1], tokens[:, 1:], method=GPT.loss)
   np.testing.assert_allclose(loss, math.log(64), rtol=1e-6)
@@ -74,9 +70,9 @@ def test_zero_projections_and_a_zero_head_start_at_exactly_ln_vocab():
 
 
 def test_untied_head_is_its_own_matrix_and_leaves_the_flop_count():
-  _m, params = model_and_params(tie_embeddings=False)
+  _m, params = tiny_gpt(block_size=32, tie_embeddings=False)
   assert params["lm_head"]["embedding"].shape == params["wte"]["embedding"].shape
-  tied = model.count_params(model_and_params()[1])
+  tied = model.count_params(tiny_gpt(block_size=32)[1])
   # The untied head replaces the tied one in the matmuls; the token embedding is a lookup.
   assert model.count_params(params) == tied
 
@@ -84,7 +80,7 @@ def test_untied_head_is_its_own_matrix_and_leaves_the_flop_count():
 @pytest.mark.parametrize("overrides", [MODEL_KEYS, {"pos_emb": "rope", "qk_norm": True}],
                          ids=["modern", "rope+qk_norm"])
 def test_later_tokens_cannot_change_earlier_logits(overrides):
-  m, params = model_and_params(**overrides)
+  m, params = tiny_gpt(block_size=32, **overrides)
   params = trained_like(params)
   a = jnp.arange(20)[None] % 64
   b = a.at[0, 12:].set(7)
@@ -103,7 +99,7 @@ def test_rotary_keeps_lengths_and_depends_only_on_the_distance():
 
 
 def test_rope_model_has_no_position_embedding():
-  _, params = model_and_params(pos_emb="rope")
+  _, params = tiny_gpt(block_size=32, pos_emb="rope")
   assert "wpe" not in params
 
 
@@ -118,7 +114,7 @@ def test_relu2_mlp_squares_the_positive_part():
 
 
 def test_softcap_bounds_the_logits():
-  m, params = model_and_params(logit_softcap=2.0)
+  m, params = tiny_gpt(block_size=32, logit_softcap=2.0)
   params["wte"]["embedding"] = params["wte"]["embedding"] * 1000
   logits = m.apply({"params": params}, jnp.arange(10)[None])
   uncapped = GPT(dataclasses.replace(m.config, logit_softcap=0.0))
@@ -151,7 +147,7 @@ def test_chunked_head_loss_and_its_gradients_equal_plain_autodiff(cap):
 
 @pytest.mark.slow
 def test_model_loss_with_and_without_chunks_agree_for_the_modern_model():
-  m, params = model_and_params(**MODEL_KEYS)
+  m, params = tiny_gpt(block_size=32, **MODEL_KEYS)
   params = trained_like(params)
   tokens = jnp.arange(2 * 33).reshape(2, 33) % 64
   plain = GPT(dataclasses.replace(m.config, loss_chunk_size=0))
@@ -163,7 +159,7 @@ def test_model_loss_with_and_without_chunks_agree_for_the_modern_model():
 
 
 def test_cached_decoding_with_rotary_positions_equals_recomputing():
-  m, params = model_and_params(**MODEL_KEYS)
+  m, params = tiny_gpt(block_size=32, **MODEL_KEYS)
   params = trained_like(params)
   params["lm_head"]["embedding"] = params["lm_head"]["embedding"] * 50  # far-apart logits
   prompts = [[1, 2, 3], list(range(5, 25))]
@@ -176,7 +172,7 @@ def test_cached_decoding_with_rotary_positions_equals_recomputing():
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
-  _, params = model_and_params(**MODEL_KEYS)
+  _, params = tiny_gpt(block_size=32, **MODEL_KEYS)
   groups = optim.optimizer_groups(params)
   assert groups["h_0"]["attn"]["c_attn"]["kernel"] == "muon"
   assert groups["h_1"]["mlp"]["c_proj"]["kernel"] == "muon"

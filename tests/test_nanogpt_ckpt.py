@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_VOCAB, records, run_python, tiny_config
+from conftest import TINY_VOCAB, hf_logits, records, run_python, tiny_config, write_hellaswag
 
 import launch
 from jaxgpt import data, run_dir
@@ -53,11 +53,6 @@ def write_nanogpt_ckpt(path, *, bias: bool, vocab_size: int = TINY_VOCAB, compil
   return model
 
 
-def logits_of(model, tokens_BT: np.ndarray) -> np.ndarray:
-  with torch.no_grad():
-    return model(torch.tensor(tokens_BT)).logits.numpy()
-
-
 @pytest.mark.parametrize("bias", [False, True])
 def test_a_nanogpt_checkpoint_gives_the_logits_of_transformers(tmp_path, bias):
   theirs = write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=bias)
@@ -67,7 +62,7 @@ def test_a_nanogpt_checkpoint_gives_the_logits_of_transformers(tmp_path, bias):
   assert iter_num == 250
   tokens_BT = np.random.default_rng(0).integers(0, TINY_VOCAB, (3, BLOCK))
   ours = np.asarray(GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens_BT)))
-  expected = logits_of(theirs, tokens_BT)
+  expected = hf_logits(theirs, tokens_BT)
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
@@ -87,7 +82,7 @@ def test_training_continues_from_a_nanogpt_checkpoint_with_its_architecture(tmp_
   for batch in data.eval_batches(val, batch_size=config.batch_size, n_batches=config.eval_iters,
                                  seed=config.seed):
     batch = torch.tensor(np.asarray(batch, np.int64))
-    logits = torch.tensor(logits_of(theirs, batch[:, :-1].numpy()))
+    logits = torch.tensor(hf_logits(theirs, batch[:, :-1].numpy()))
     losses.append(torch.nn.functional.cross_entropy(
         logits.reshape(-1, TINY_VOCAB), batch[:, 1:].reshape(-1)).item())
   evals = records(config.out_dir, "eval")
@@ -112,8 +107,6 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
 
 
 def test_evaluate_cli_reads_a_nanogpt_checkpoint(tmp_path):
-  from test_evaluate import write_hellaswag
-
   write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False, vocab_size=50304)
   hs = write_hellaswag(tmp_path / "hs.jsonl", 4)
   r = run_python("-m", "jaxgpt.evaluate", f"--init_from=nanogpt:{tmp_path / 'ckpt.pt'}",

@@ -364,12 +364,21 @@ def test_an_out_another_prepare_is_writing_to_is_refused_at_once(tmp_path):
   assert (out / shards.STAGING / "t_train_000000.bin").read_bytes() == b"the other prepare's"
 
 
-def test_a_prepare_that_waited_locks_the_out_its_holder_made_again(tmp_path):
+def test_a_prepare_that_waited_locks_the_out_its_holder_made_again(tmp_path, monkeypatch):
   """A holder that fails removes the directory it made, lock file and all: one that waited on
   that file locks the one made anew (else a third would lock that one too)."""
   out = tmp_path / "out"
   out.mkdir()
   got: list[int | str] = []
+  waiting = threading.Event()
+  real_flock = fcntl.flock
+
+  def flock(fd, operation):
+    # The waiting flock, on the old file opened already: whether or not it has blocked yet when
+    # the file goes, it returns on a file no longer in place.
+    if operation == fcntl.LOCK_EX:
+      waiting.set()
+    return real_flock(fd, operation)
 
   def wait_then_lock() -> None:
     with shards.write_lock(str(out), wait=True), open(out / shards.LOCK_FILE) as third:
@@ -381,9 +390,10 @@ def test_a_prepare_that_waited_locks_the_out_its_holder_made_again(tmp_path):
 
   with open(out / shards.LOCK_FILE, "w") as held:
     fcntl.flock(held, fcntl.LOCK_EX)
+    monkeypatch.setattr(fcntl, "flock", flock)
     waiter = threading.Thread(target=wait_then_lock)
     waiter.start()
-    time.sleep(0.5)  # waiting on the old file
+    assert waiting.wait(timeout=60), "the second prepare never waited"
     os.remove(out / shards.LOCK_FILE)
     out.rmdir()
   waiter.join(timeout=30)

@@ -15,6 +15,7 @@ import pytest
 from conftest import (
   ROOT,
   checkpoint_steps,
+  free_port,
   pattern_tokens,
   read_jsonl,
   records,
@@ -22,6 +23,7 @@ from conftest import (
   start_launch,
   start_python,
   tiny_config,
+  truncate_state,
   wait_for,
   write_config_file,
 )
@@ -66,11 +68,8 @@ def test_a_resume_whose_state_has_another_structure_is_refused_up_front(tmp_path
 def test_when_no_checkpoint_restores_nothing_is_moved(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3)
   train.train(config)
-  for path in glob.glob(os.path.join(config.out_dir, "checkpoints", "*", "state", "**", "*"),
-                        recursive=True):
-    if os.path.isfile(path) and os.path.getsize(path) > 0:
-      with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+  for step_dir in glob.glob(os.path.join(config.out_dir, "checkpoints", "*")):
+    truncate_state(step_dir)
   before = sorted(os.listdir(os.path.join(config.out_dir, "checkpoints")))
   with pytest.raises(UserError, match=r"none of the checkpoints \[3, 6\] could be restored, and "
                                       "none was moved or changed"):
@@ -326,12 +325,22 @@ def test_a_header_with_another_magic_is_refused_naming_both(tmp_path):
 # a SIGTERM during start-up; each prints where it stops.
 STOP_BEFORE_THE_LOOP = """
 import os, signal, sys, time
+from jax._src import distributed
 from jaxgpt import preemption, sharding
 process_id = int(sys.argv[1])
 sharding.maybe_initialize_distributed(sys.argv[2], 2, process_id)
 if process_id == 0:
   os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service takes it
-time.sleep(3)  # the notice reaches every process
+# The notice has reached every process once each has put its step counter in the service's
+# store: each holds its sync manager's lock from then until the sync point is agreed.
+def counters():  # the key is jaxlib's own: where a release renames it, the wait runs out
+  try:
+    return distributed.global_state.client.key_value_dir_get("PREEMPTION_CURRENT_COUNTER/")
+  except Exception:
+    return []
+deadline = time.time() + 10
+while len(counters()) < 2 and time.time() < deadline:
+  time.sleep(0.01)
 with preemption.StopSignals(2) as signals:
   print("stops at", next((it for it in range(5000, 5010) if signals.stop_at(it)), None))
 """
@@ -340,9 +349,7 @@ with preemption.StopSignals(2) as signals:
 @pytest.mark.slow
 def test_a_stop_before_a_resumed_multi_process_loop_stops_it_at_once():
   """JAX's sync point counts from 0: handed the iteration (5,000), the loop never stopped."""
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    address = f"localhost:{s.getsockname()[1]}"
+  address = f"localhost:{free_port()}"
   procs = [start_python("-c", STOP_BEFORE_THE_LOOP, str(i), address) for i in range(2)]
   try:
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -356,9 +363,7 @@ def test_a_stop_before_a_resumed_multi_process_loop_stops_it_at_once():
 @pytest.mark.slow
 def test_processes_stop_together_at_one_step_when_one_is_signalled(tmp_path, token_dir):
   """A SLURM preemption reaches one process first: every process saves the same step."""
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    address = f"localhost:{s.getsockname()[1]}"
+  address = f"localhost:{free_port()}"
   out = str(tmp_path / "multi")
   overrides = json.dumps(dict(batch_size=4, **ENDLESS))
   procs = [start_python("tests/sharded_run.py", f"--out={out}", f"--data={token_dir}",

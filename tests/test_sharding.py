@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 from conftest import (
   PYTHONPATH,
   fake_device,
+  free_port,
   records,
   restore_state,
   setup_of,
@@ -98,12 +98,6 @@ def test_fsdp_checkpoint_resumes_on_one_device(tmp_path, token_dir):
   train.train(unbroken)
   np.testing.assert_allclose(train_losses(str(tmp_path / "split")),
                              train_losses(str(tmp_path / "whole")), rtol=2e-5)
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def run_two(out: str, token_dir: str, timeout: float, *, flags: tuple[str, ...] = (),

@@ -12,7 +12,7 @@ import pytest
 from conftest import (
   build_state,
   guard_loop_transfers,
-  pattern_tokens,
+  pattern_windows,
   read_jsonl,
   recipe,
   records,
@@ -28,16 +28,11 @@ from jaxgpt.errors import UserError
 from jaxgpt.run_dir import RunDir
 
 
-def windows(n: int, block_size: int, seed: int = 0) -> np.ndarray:
-  tokens = pattern_tokens(n * (block_size + 1), seed)
-  return tokens.reshape(n, block_size + 1)
-
-
 def test_micro_batches_give_the_update_of_one_big_batch(tmp_path):
   k, b = 4, 2
   config = tiny_config(tmp_path, "", grad_clip=1.0, dropout=0.0)
   setup, state = build_state(config)
-  batch = windows(k * b, config.block_size)
+  batch = pattern_windows(k * b, config.block_size)
   step_fn = train_step.make_train_step(setup.model, setup.tx)
   state_k, m_k = step_fn(state, jnp.asarray(batch.reshape(k, b, -1)))
   state = setup.new_state()  # the first state was donated
@@ -54,7 +49,7 @@ def test_step_compiles_once(tmp_path):
   config = tiny_config(tmp_path, "")
   setup, state = build_state(config)
   step_fn = train_step.make_train_step(setup.model, setup.tx)
-  batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))
+  batch = jnp.asarray(pattern_windows(8, config.block_size).reshape(2, 4, -1))
   for _ in range(4):
     state, _ = step_fn(state, batch)
   assert step_fn._cache_size() == 1
@@ -64,7 +59,7 @@ def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
   config = tiny_config(tmp_path, "", warmup_iters=10, lr_decay_iters=300, max_iters=300)
   setup, state = build_state(config)
   step_fn = train_step.make_train_step(setup.model, setup.tx)
-  data = windows(400, config.block_size, seed=7)
+  data = pattern_windows(400, config.block_size, seed=7)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(300):
@@ -78,7 +73,7 @@ def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
 @pytest.mark.slow
 def test_dropout_rng_differs_per_step_but_is_reproducible(tmp_path):
   config = tiny_config(tmp_path, "", dropout=0.3)
-  batch = jnp.asarray(windows(8, config.block_size).reshape(2, 4, -1))
+  batch = jnp.asarray(pattern_windows(8, config.block_size).reshape(2, 4, -1))
   runs = []
   for _ in range(2):
     setup, state = build_state(config)
