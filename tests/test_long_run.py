@@ -242,8 +242,11 @@ def test_a_resume_that_changes_what_the_model_computes_is_refused(tmp_path, key,
 
 def test_a_checkpoint_written_before_a_key_existed_resumes_under_its_default(tmp_path):
   config = tiny_config(tmp_path, "")
-  saved = {k: v for k, v in config.to_dict().items() if k not in ("norm", "mlp_act")}
+  saved = {k: v for k, v in config.to_dict().items()
+           if k not in ("norm", "mlp_act", "optimizer")}
   assert resume.check_resumable(saved, config) == []
+  with pytest.raises(UserError, match=r"optimizer: checkpoint 'adamw' vs config 'muon'"):
+    resume.check_resumable(saved, tiny_config(tmp_path, "", optimizer="muon"))
 
 
 @pytest.mark.slow

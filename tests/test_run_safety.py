@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -207,6 +208,42 @@ def test_a_failed_save_stops_the_run_at_once_and_removes_it(tmp_path, token_dir)
   out_dir = str(tmp_path / "run")
   assert records(out_dir, "train")[-1]["iter"] < 199  # stopped before the next save was due
   assert os.listdir(os.path.join(out_dir, "checkpoints")) == []  # the partial save is gone
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_stops_the_run_at_once(tmp_path, token_dir,
+                                                                       monkeypatch):
+  """No permission, or no inodes left: one line as the save starts (Orbax, making the folders
+  in the background, kept the run waiting 300 s for them and ended in a traceback)."""
+  def refusing(make):
+    def refuse_save_folders(path, *args, **kwargs):
+      if "orbax-checkpoint-tmp" in str(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+      return make(path, *args, **kwargs)
+    return refuse_save_folders
+
+  monkeypatch.setattr(os, "mkdir", refusing(os.mkdir))
+  monkeypatch.setattr(os, "makedirs", refusing(os.makedirs))
+  with pytest.raises(checkpoint.SaveError, match=r"^saving the checkpoint of step 3 failed: "
+                                                 r"Permission denied \[errno 13\]"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=3, eval_interval=3))
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(tmp_path, token_dir):
+  """The run's first files (config.json, metrics.jsonl) cannot be written: a file-size limit
+  of 0 stands in for a full disk. The out_dir the start made is removed again."""
+  config_file = write_config_file(tmp_path, token_dir)
+  command = (f"trap '' XFSZ; ulimit -f 0; exec {sys.executable} launch.py "
+             f"--config={config_file}")
+  proc = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                        check=False, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1"))
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert proc.stderr.splitlines()[-1] == (
+      f"error: {tmp_path / 'run'}: writing the run's files failed (File too large [errno 27]); "
+      "nothing was trained. Free space (or fix the cause) and run the same command again")
+  assert not (tmp_path / "run").exists()
 
 
 def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
