@@ -105,7 +105,7 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("beta1", 0.99999999, "must be below 1 as a float32"),
     ("learning_rate", 1e39, "must be finite as a float32"),
     ("seed", 2**32 + 5, "a PRNG key holds 32 bits"),  # it would alias seed 5
-    ("out_dir", "", "names no directory"),  # the run's files would land in the working dir
+    ("out_dir", "", "names no directory"),  # was "error: : a run cannot write there"
 ])
 def test_validate_names_the_key(key, value, message):
   c = defaults.get_config()
