@@ -443,8 +443,8 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
       return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
     except OSError as e:  # a full disk, a quota: before the first step
       raise checkpoint.SaveError(f"{rundir.out_dir}: writing the run's files failed "
-                      f"({checkpoint.os_error(e)}); nothing was trained. Free space (or fix "
-                      "the cause) and run the same command again") from None
+                                 f"({checkpoint.os_error(e)}); nothing was trained. Free space "
+                                 "(or fix the cause) and run the same command again") from None
 
   return sharding.agreed("writing the run's files",
                          open_files if writes else lambda: sinks.Sinks([]))
