@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -442,9 +443,12 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
       rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)
       return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
     except OSError as e:  # a full disk, a quota: before the first step
+      path = e.filename2 or e.filename  # the file, where the OS names it
+      where = f"{os.path.basename(path)}: " if path else ""
       raise checkpoint.SaveError(f"{rundir.out_dir}: writing the run's files failed "
-                                 f"({checkpoint.os_error(e)}); nothing was trained. Free space "
-                                 "(or fix the cause) and run the same command again") from None
+                                 f"({where}{checkpoint.os_error(e)}); nothing was trained. "
+                                 "Free space (or fix the cause) and run the same command "
+                                 "again") from None
 
   return sharding.agreed("writing the run's files",
                          open_files if writes else lambda: sinks.Sinks([]))

@@ -246,6 +246,16 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(tmp_path, token
   assert not (tmp_path / "run").exists()
 
 
+def test_a_run_file_that_cannot_be_written_is_named(tmp_path, token_dir):
+  """config.json is a directory: the one-line error names it, and nothing is trained."""
+  (tmp_path / "run" / "config.json").mkdir(parents=True)
+  with pytest.raises(checkpoint.SaveError, match=r"writing the run's files failed "
+                                                 r"\(config\.json: Is a directory \[errno 21\]\)"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
+  assert (tmp_path / "run" / "config.json").is_dir()
+
+
 def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
   """...and removes the partial save, in an out_dir whose name is a glob pattern too."""
   config = tiny_config(tmp_path, token_dir, out_dir=str(tmp_path / "run[lr=3e-4]"), max_iters=3,
