@@ -224,9 +224,10 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
     _write_files(staging, tensors, _hf_config(config, vocab), bpe_files,
                  config.block_size if with_tokenizer else None)
     os.rename(staging, target)  # onto an empty directory too
-  except OSError as e:
+  except (OSError, safetensors.SafetensorError) as e:  # safetensors' own for a full disk
     shutil.rmtree(staging, ignore_errors=True)
-    raise UserError(f"{to_dir}: writing the export failed ({e.strerror}); nothing was "
+    reason = e.strerror if isinstance(e, OSError) else first_line(e)
+    raise UserError(f"{to_dir}: writing the export failed ({reason}); nothing was "
                     "left there") from None
   return with_tokenizer
 
