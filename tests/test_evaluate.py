@@ -240,6 +240,14 @@ def test_without_a_network_the_download_says_where_to_put_the_file(tmp_path, mon
   assert list(tmp_path.iterdir()) == []
 
 
+def test_a_download_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "data").write_text("a file where the cache folder would go")
+  with pytest.raises(UserError, match=r"^data/cache: cannot make the folder to download .* "
+                                      r"\(Not a directory\); pass a HellaSwag file's path"):
+    hellaswag.download("http://127.0.0.1:9/hellaswag_val.jsonl", hellaswag.CACHE_PATH)
+
+
 @pytest.mark.slow
 def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   hs = write_hellaswag(tmp_path / "hs.jsonl", 6)

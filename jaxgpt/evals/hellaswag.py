@@ -56,7 +56,12 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   while not os.path.isdir(folder):
     made.insert(0, folder)
     folder = os.path.dirname(folder)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  try:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  except OSError as e:  # a read-only working directory, or `data` a file
+    raise UserError(f"{os.path.dirname(path)}: cannot make the folder to download {url} into "
+                    f"({e.strerror}); pass a HellaSwag file's path (--hellaswag_file / "
+                    "--config.hellaswag_file)") from None
   print(f"downloading {url} to {path} ...", flush=True)
   tmp = f"{path}.{os.getpid()}.part"  # processes of one run on a shared disk may all download
   try:
