@@ -79,6 +79,7 @@ def _define_flags() -> None:
 def main() -> None:
   f = flags.FLAGS
   start = read_start(f.start)
+  decoding.check_settings(f.max_new_tokens, f.temperature, f.top_k or None, f.top_p)
   _, model, params, source = weights.from_flags()
   print(f"sampling {f.num_samples} x {f.max_new_tokens} tokens from {source}", file=sys.stderr,
         flush=True)

@@ -111,6 +111,8 @@ USAGE = {
     "sample stray": (["-m", "jaxgpt.sample", "stray"], "error: unexpected argument(s): stray"),
     "sample none": (["-m", "jaxgpt.sample", "--num_samples=0"],  # said before any weights load
                     "error: --num_samples=0: 0 is not a positive integer"),
+    "sample top_p": (["-m", "jaxgpt.sample", "--top_p=0"],  # also before any weights load
+                     "error: top_p=0.0: must be in (0, 1] (1 keeps every token)"),
     "evaluate": (["-m", "jaxgpt.evaluate", "--limit=all"], "error: --limit=all: not an integer"),
     "evaluate negative": (["-m", "jaxgpt.evaluate", "--batch_rows=-4"],
                           "error: --batch_rows=-4: -4 is not a non-negative integer"),

@@ -73,6 +73,21 @@ def pad_prompts(prompts: Sequence[Sequence[int]], block_size: int) -> tuple[np.n
   return prompt_BP, lengths_B
 
 
+def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
+                   top_p: float | None) -> None:
+  """Refuses settings that would sample nonsense without failing: top_p <= 0 keeps no token
+  (every sample token 0), a negative temperature makes the least likely tokens the likeliest.
+  `sample` calls it before loading weights, so a bad flag costs no load."""
+  if max_new_tokens < 1:
+    raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+  if not temperature >= 0.0:
+    raise UserError(f"temperature={temperature}: must be >= 0 (0 is greedy, 1 as trained)")
+  if top_k is not None and top_k < 1:
+    raise UserError(f"top_k={top_k}: must be positive")
+  if top_p is not None and not 0.0 < top_p <= 1.0:
+    raise UserError(f"top_p={top_p}: must be in (0, 1] (1 keeps every token)")
+
+
 def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
              max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop_token: int | None = None) -> np.ndarray:
@@ -81,16 +96,7 @@ def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: ja
   With `stop_token`, a row stops at that token and the rest of it is filled
   with it; decoding ends once every row has stopped.
   """
-  if max_new_tokens < 1:
-    raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
-  # Settings that would sample nonsense without failing: top_p <= 0 keeps no token (every
-  # sample token 0), a negative temperature makes the least likely tokens the likeliest.
-  if not temperature >= 0.0:
-    raise UserError(f"temperature={temperature}: must be >= 0 (0 is greedy, 1 as trained)")
-  if top_k is not None and top_k < 1:
-    raise UserError(f"top_k={top_k}: must be positive")
-  if top_p is not None and not 0.0 < top_p <= 1.0:
-    raise UserError(f"top_p={top_p}: must be in (0, 1] (1 keeps every token)")
+  check_settings(max_new_tokens, temperature, top_k, top_p)
   prompt_BP, lengths_B = pad_prompts(prompts, model.config.block_size)
   largest = int(prompt_BP.max())
   if largest >= model.config.vocab_size:  # its embedding would be NaN, every sample 0s
