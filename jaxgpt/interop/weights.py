@@ -149,4 +149,5 @@ def from_flags() -> tuple[ml_collections.ConfigDict, GPT, Any, str]:
   f = flags.FLAGS
   config, params, source = load(f.init_from, out_dir=f.out_dir, step=f.step,
                                 hf_checkpoint_dir=f.hf_checkpoint_dir, dtype=f.dtype)
+  params = jax.device_put(params)  # host arrays (GPT-2, nanoGPT) copied once, not per call
   return config, GPT(GPTConfig.from_config(config)), params, source
