@@ -188,7 +188,7 @@ def test_two_processes_fall_back_together_when_one_cannot_read_its_slices_of_the
   slices = os.path.join(checkpoints, "4", "state", "ocdbt.process_1", "d")
   for name in os.listdir(slices):
     os.truncate(os.path.join(slices, name), 10)
-  two_processes(out, token_dir, timeout=240, init_from="resume", **every_2)
+  two_processes(out, token_dir, init_from="resume", **every_2)
   assert sorted(os.listdir(checkpoints)) == ["2", "4", "4.unreadable"]
   again = records(os.path.join(out, "run"), "train")
   assert [r["iter"] for r in again] == [0, 1, 2, 3]
