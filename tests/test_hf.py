@@ -77,6 +77,10 @@ def test_a_model_of_another_vocabulary_is_exported_without_gpt2s_tokenizer(tmp_p
   assert not gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config,
                          str(tmp_path / "out"))
   assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "link").symlink_to(tmp_path / "empty")  # an empty directory named by a link
+  gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(tmp_path / "link"))
+  assert (tmp_path / "link").is_symlink() and (tmp_path / "empty" / "model.safetensors").exists()
   hf_config = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
   assert (hf_config.vocab_size, hf_config.bos_token_id, hf_config.eos_token_id) == (65, None, None)
 

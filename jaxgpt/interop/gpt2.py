@@ -213,7 +213,7 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:vocab]
   if not config.bias:
     tensors.update(_zero_biases(tensors))
-  target = os.path.abspath(to_dir)
+  target = os.path.realpath(to_dir)  # a link to an empty directory: that directory filled
   parent = os.path.dirname(target)
   try:
     os.makedirs(parent, exist_ok=True)
