@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 _PLATFORMS_GIVEN = "JAX_PLATFORMS" in os.environ
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite is for the CPU, whatever is here
@@ -228,6 +229,14 @@ def start_python(*args: str, env: dict | None = None, **popen) -> subprocess.Pop
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH, **(env or {}))
   return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def communicate_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple]:
+  """Each process's (stdout, stderr), read from all at once. Read one after another, the
+  processes of one run could hang: one whose pipe is not read blocks once it fills (64 KiB of
+  warnings), and the others wait for it at their next collective."""
+  with ThreadPoolExecutor(len(procs)) as pool:
+    return list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
 
 
 def start_launch(config_file: str, *flags: str, **kwargs) -> subprocess.Popen:

@@ -16,6 +16,7 @@ import pytest
 from conftest import (
   ROOT,
   checkpoint_steps,
+  communicate_all,
   free_port,
   pattern_tokens,
   read_jsonl,
@@ -399,7 +400,7 @@ def test_a_stop_before_a_resumed_multi_process_loop_stops_it_at_once():
   address = f"localhost:{free_port()}"
   procs = [start_python("-c", STOP_BEFORE_THE_LOOP, str(i), address) for i in range(2)]
   try:
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    outputs = [out for out, _ in communicate_all(procs, 120)]
   finally:
     for p in procs:
       p.kill()
@@ -421,7 +422,7 @@ def test_processes_stop_together_at_one_step_when_one_is_signalled(tmp_path, tok
     wait_for(lambda: os.path.exists(metrics) and len(read_jsonl(metrics)) > 3, 300,
              "training did not start")
     procs[1].send_signal(signal.SIGTERM)
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    outputs = [out for out, _ in communicate_all(procs, 300)]
   finally:
     for p in procs:
       p.kill()

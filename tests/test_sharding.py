@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import (
   PYTHONPATH,
+  communicate_all,
   fake_device,
   free_port,
   records,
@@ -112,7 +113,7 @@ def run_two(out: str, token_dir: str, timeout: float, *, flags: tuple[str, ...] 
   procs = [subprocess.Popen(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for a in args]
   try:
-    outputs = [p.communicate(timeout=timeout) for p in procs]
+    outputs = communicate_all(procs, timeout)
     return [subprocess.CompletedProcess(a, p.returncode, *output)
             for a, p, output in zip(args, procs, outputs)]
   finally:
