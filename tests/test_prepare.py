@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +20,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import PYTHONPATH, ROOT, alive, run_python, start_python, wait_for
+from conftest import (
+  PYTHONPATH,
+  ROOT,
+  alive,
+  communicate_all,
+  run_python,
+  start_python,
+  wait_for,
+)
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
@@ -177,6 +186,46 @@ def test_txt_separator_and_jsonl_text_field(tmp_path):
       "".join(json.dumps({"content": t}) + "\n" for t in TEXTS), encoding="utf-8")
   run([str(tmp_path / "b.jsonl")], tmp_path / "out2", text_field="content")
   assert_dataset(str(tmp_path / "out2"), [("", t) for t in TEXTS])
+
+
+def test_an_existing_file_is_read_as_named_not_as_a_glob(tmp_path):
+  """`run[1]/a.jsonl` is that file (as a glob it was run1/a.jsonl, or nothing), and its
+  documents are named by its file name, as any file's."""
+  for folder, texts in (("run[1]", TEXTS[:30]), ("run1", TEXTS[30:40])):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "a.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+  path = str(tmp_path / "run[1]" / "a.jsonl")
+  assert readers.input_files([path]) == {path: "a.jsonl"}
+  meta = run([path], tmp_path / "out")
+  assert meta["sources"] == [path]
+  assert_dataset(str(tmp_path / "out"), [(f"a.jsonl:{i}", t) for i, t in enumerate(TEXTS[:30], 1)])
+
+
+@pytest.mark.parametrize("kind", ["large_string", "string_view", "dictionary"])
+def test_parquet_text_of_any_string_type_is_read(tmp_path, kind):
+  """pandas, polars and DuckDB write text as these types too: it is text, not refused."""
+  texts = pa.array(TEXTS, pa.string() if kind == "dictionary" else getattr(pa, kind)())
+  texts = texts.dictionary_encode() if kind == "dictionary" else texts
+  path = tmp_path / "a.parquet"
+  pq.write_table(pa.table({"text": texts}), path)
+  assert pq.read_schema(path).field("text").type == texts.type  # stored as that type
+  run([str(path)], tmp_path / "out")
+  assert_dataset(str(tmp_path / "out"), [(f"a.parquet:{i}", t) for i, t in enumerate(TEXTS)])
+
+
+def test_a_leading_bom_in_a_txt_file_is_no_tokens(tmp_path, monkeypatch):
+  """Windows editors start a file with a BOM: it is dropped (read a byte at a time, as are the
+  characters split across reads); a BOM inside the text is text and stays."""
+  monkeypatch.setattr(readers, "READ_BYTES", 1)
+  docs = [f"doc {i}: {TEXTS[-4 + i % 4]}" for i in range(40)]
+  docs[1] = "mid\ufeffdle 🙂"
+  (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbf" + "@@".join(docs).encode("utf-8"))
+  run([str(tmp_path / "b.txt")], tmp_path / "out", separator="@@")
+  assert_dataset(str(tmp_path / "out"), [(f"b.txt#{i}", t) for i, t in enumerate(docs)])
+  split = "val" if shards.is_val("b.txt#0", shards.VAL_FRACTION) else "train"
+  first = split_tokens(str(tmp_path / "out"), split)[0][:4].tolist()
+  assert first == tokenizer.gpt2().encode_ordinary(docs[0])[:4]  # "doc 0: ...", no BOM token
 
 
 def test_long_documents_are_tokenized_in_pieces_exactly(tmp_path, monkeypatch):
@@ -492,6 +541,18 @@ def test_a_prepare_stopped_while_moving_its_shards_in_is_not_read_as_the_dataset
                                             ".prepare.lock"])  # nothing removed
 
 
+def test_the_command_to_make_a_half_moved_dataset_again_is_its_own(tmp_path):
+  """python_docs is made by `prepare python_docs`, which takes --out alone, not by `prepare
+  files --input=...` (that has no python_docs input)."""
+  out = tmp_path / "pd"
+  (out / shards.STAGING).mkdir(parents=True)
+  shards.write_shard(str(out / "python_docs_train_000000.bin"), np.arange(100, dtype=np.uint16))
+  with pytest.raises(UserError) as e:
+    datasets.ensure("python_docs", str(out), auto_prepare=False)
+  assert str(e.value).endswith(
+      f"make the data again: python -m jaxgpt.prepare python_docs --out={shlex.quote(str(out))}")
+
+
 def test_the_processes_of_one_run_make_a_missing_dataset_once(tmp_path):
   """Each process of a multi-process run calls ensure; one makes the data, the others wait
   for it (before, each removed the others' unfinished shards and all but one failed)."""
@@ -499,7 +560,7 @@ def test_the_processes_of_one_run_make_a_missing_dataset_once(tmp_path):
   code = f"from jaxgpt.prep import datasets; datasets.ensure('python_docs', {data_dir!r}, " \
          "auto_prepare=False)"
   procs = [start_python("-c", code) for _ in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  outputs = [out for out, _ in communicate_all(procs, 300)]
   assert [p.returncode for p in procs] == [0, 0], outputs
   assert sum("tokenizing the built-in python_docs corpus" in out for out in outputs) == 1
   assert data.open_splits(data_dir, 64, tokenizer.N_VOCAB)["val"].n_tokens > 0

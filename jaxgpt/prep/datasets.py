@@ -51,8 +51,11 @@ def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text"
 
 
 def make_command(dataset: str, data_dir: str) -> str:
-  """The command that makes a config's data: FineWeb by name, otherwise local files."""
+  """The command that makes a config's data: python_docs and FineWeb by name, otherwise local
+  files (whose globs only the user knows)."""
   out = shlex.quote(data_dir)
+  if dataset == PYTHON_DOCS:  # `prepare python_docs` takes --out only
+    return f"python -m jaxgpt.prepare {PYTHON_DOCS} --out={out}"
   if dataset in FINEWEB_DATASETS:
     edu = " --edu" if FINEWEB_DATASETS[dataset] else ""
     return f"python -m jaxgpt.prepare fineweb{edu} --out={out}"

@@ -70,7 +70,7 @@ def read_parquet(path: str, text_field: str, name: str | None = None) -> Iterato
     raise PrepareError(f"{path}: no column {text_field!r} (columns: {', '.join(schema.names)}); "
                        "set --text_field")
   kind = schema.field(text_field).type
-  if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+  if not _is_text(kind):
     raise PrepareError(f"{path}: column {text_field!r} holds {kind}, not text")
   columns = [text_field] + (["id"] if "id" in schema.names and text_field != "id" else [])
   size, n_rows = os.path.getsize(path), max(pf.metadata.num_rows, 1)
@@ -94,6 +94,16 @@ def read_parquet(path: str, text_field: str, name: str | None = None) -> Iterato
       if text:
         yield from pieces_of(f"{name}:{row - 1}" if doc_id is None else str(doc_id), text,
                              nbytes)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+  """Any Arrow string type, dictionary-encoded or not: to_pylist gives str for each (pandas and
+  polars write dictionary<string> and string_view columns)."""
+  import pyarrow as pa
+  if pa.types.is_dictionary(kind):
+    kind = kind.value_type
+  return (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+          or pa.types.is_string_view(kind))
 
 
 def _values(batch: pa.RecordBatch, field: str, path: str, first_row: int) -> list:
@@ -150,8 +160,9 @@ def well_formed(text: str) -> str:
 
 def read_text(path: str, separator: str, name: str | None = None) -> Iterator[Piece]:
   """UTF-8 text read in chunks: the whole file is one document, or one per `separator`; each is
-  named by `name` (the file's name by default) and its index."""
-  decoder = codecs.getincrementaldecoder("utf-8")()
+  named by `name` (the file's name by default) and its index. A leading BOM (Windows editors
+  write one) is dropped: it is not text, and would be tokens."""
+  decoder = codecs.getincrementaldecoder("utf-8-sig")()
   buf, index, opened, pending = "", 0, False, 0
   scanned = 0  # where the search for a cut in buf resumes: the text before holds none
   name = name or os.path.basename(path)
@@ -204,16 +215,20 @@ def read_file(path: str, text_field: str, separator: str, name: str) -> Iterator
 def input_files(patterns: list[str]) -> dict[str, str]:
   """The files the globs match, in order, each once, with the name of each below its glob's
   fixed folder ('books/*/book.txt' names '1/book.txt'; a file of one folder, its file name):
-  a document without an id is named by it, whatever the other inputs. An unknown format is an
+  a document without an id is named by it, whatever the other inputs. An existing file is
+  taken as named, not as a glob: 'run[1]/a.jsonl' is that file. An unknown format is an
   error."""
   files: dict[str, str] = {}
   for pattern in patterns:
     pattern = os.path.expanduser(pattern)
-    matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-    if not matched:
-      raise PrepareError(f"--input={pattern}: no files match")
-    folders = pattern.split(os.sep)[:-1]
-    fixed = os.sep.join(itertools.takewhile(lambda part: not glob.has_magic(part), folders))
+    if os.path.isfile(pattern):  # its folder is fixed, whatever `[`, `*` or `?` it holds
+      matched, fixed = [pattern], os.path.dirname(pattern)
+    else:
+      matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+      if not matched:
+        raise PrepareError(f"--input={pattern}: no files match")
+      folders = pattern.split(os.sep)[:-1]
+      fixed = os.sep.join(itertools.takewhile(lambda part: not glob.has_magic(part), folders))
     for path in matched:
       if os.path.splitext(path)[1] not in FORMATS:
         raise PrepareError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
