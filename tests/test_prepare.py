@@ -202,6 +202,18 @@ def test_an_existing_file_is_read_as_named_not_as_a_glob(tmp_path):
   assert_dataset(str(tmp_path / "out"), [(f"a.jsonl:{i}", t) for i, t in enumerate(TEXTS[:30], 1)])
 
 
+def test_a_file_named_twice_is_read_once(tmp_path, monkeypatch):
+  """A glob and a path of its own (spelled another way, or a link to it) name one file: its
+  documents are not trained on twice."""
+  (tmp_path / "in").mkdir()
+  for name in ("a.txt", "b.txt"):
+    (tmp_path / "in" / name).write_text(name, encoding="utf-8")
+  os.symlink(tmp_path / "in" / "a.txt", tmp_path / "link.txt")
+  monkeypatch.chdir(tmp_path)
+  assert readers.input_files(["in/*.txt", "./in/a.txt", "link.txt", "in/../in/b.txt"]) == {
+      "in/a.txt": "a.txt", "in/b.txt": "b.txt"}
+
+
 @pytest.mark.parametrize("kind", ["large_string", "string_view", "dictionary"])
 def test_parquet_text_of_any_string_type_is_read(tmp_path, kind):
   """pandas, polars and DuckDB write text as these types too: it is text, not refused."""

@@ -219,6 +219,7 @@ def input_files(patterns: list[str]) -> dict[str, str]:
   taken as named, not as a glob: 'run[1]/a.jsonl' is that file. An unknown format is an
   error."""
   files: dict[str, str] = {}
+  seen: set[str] = set()  # the files themselves: 'a.txt', './a.txt' and a link to it are one
   for pattern in patterns:
     pattern = os.path.expanduser(pattern)
     if os.path.isfile(pattern):  # its folder is fixed, whatever `[`, `*` or `?` it holds
@@ -232,5 +233,7 @@ def input_files(patterns: list[str]) -> dict[str, str]:
     for path in matched:
       if os.path.splitext(path)[1] not in FORMATS:
         raise PrepareError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
-      files.setdefault(path, os.path.relpath(path, fixed or "."))
+      if os.path.realpath(path) not in seen:
+        seen.add(os.path.realpath(path))
+        files[path] = os.path.relpath(path, fixed or ".")
   return files
