@@ -37,8 +37,32 @@ CROP_FRACTION = 0.02  # on a linear x axis, train losses of the first 2% of toke
 LR_POINTS = 2001  # the learning-rate curve's iterations (all of warmup's besides)
 
 
+# The numbers each event's records must hold; mfu and the timings may be null (not measured).
+FIGURES = {"train": ("tokens", "loss", "lr"), "eval": ("tokens", "train_loss", "val_loss", "lr"),
+           "tasks": ("tokens",)}
+UNMEASURED = ("mfu", "tokens_per_sec", "ms_per_iter")
+
+
 def load(out_dir: str) -> Run:
-  return run_dir.RunDir(out_dir).read_metrics()
+  """A run's records, with a number wherever the report reads one: a null loss or score is
+  NaN (a file filtered by jq 1.6, which writes NaN and Infinity as null); a missing or
+  non-numeric figure is an error naming the record."""
+  metrics = run_dir.RunDir(out_dir)
+  run = metrics.read_metrics()
+  for event, needed in FIGURES.items():
+    for r in run[event]:
+      where = f"{metrics.metrics_path}: the {event} record of iter {r['iter']}"
+      missing = [key for key in needed if key not in r]
+      if missing:
+        raise UserError(f"{where} has no {', '.join(missing)}")
+      for key, value in r.items():
+        if key == "event" or (value is None and key in UNMEASURED):
+          continue
+        if value is None and key != "tokens":
+          r[key] = math.nan
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+          raise UserError(f"{where} has {key}={value!r}, not a number")
+  return run
 
 
 def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -70,11 +70,14 @@ def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
                                                           (30, 2.0), (40, 2.0)]
 
 
+EVAL_0 = '{"event": "eval", "iter": 0, "tokens": 0, "train_loss": 3.1, "val_loss": 3.0, "lr": 0.0}'
+
+
 def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
   path = tmp_path / "metrics.jsonl"
-  path.write_text('{"event": "eval", "iter": 0, "val_loss": 3.0}\n{"event": "tra')
+  path.write_text(EVAL_0 + '\n{"event": "tra')
   assert len(report.load(str(tmp_path))["eval"]) == 1
-  path.write_text('{"event": "eval", "iter": 0, "val_loss": 3.0}\n\n')  # an edit's blank line
+  path.write_text(EVAL_0 + "\n\n")  # an edit's blank line
   assert len(report.load(str(tmp_path))["eval"]) == 1
   path.write_text('{"event": "eval", "iter": 0}\nnot json\n')
   with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics record"):
@@ -85,6 +88,25 @@ def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
       report.load(str(tmp_path))
   with pytest.raises(UserError, match="nowhere"):
     report.load(str(tmp_path / "nowhere"))
+
+
+def test_a_null_loss_is_nan_and_a_figure_that_is_no_number_is_named(tmp_path):
+  """jq 1.6 writes a skipped step's NaN loss as null: the report reads it as NaN. A null mfu
+  is a device of unknown peak; a figure missing or not a number is the file's error."""
+  path = tmp_path / "metrics.jsonl"
+  train = ('{"event": "train", "iter": 0, "tokens": 8, "loss": null, "lr": 1e-4, '
+           '"grad_norm": null, "ms_per_iter": 2.0, "tokens_per_sec": 4.0, "mfu": null}')
+  path.write_text(f'{EVAL_0.replace("3.0", "null")}\n{train}\n')
+  run = report.load(str(tmp_path))
+  assert math.isnan(run["train"][0]["loss"]) and math.isnan(run["eval"][0]["val_loss"])
+  assert run["train"][0]["mfu"] is None
+  assert "no finite val loss" in report.summary("x", run)
+  for bad, says in ((train.replace('"lr": 1e-4, ', ""), "has no lr"),
+                    (train.replace('"tokens": 8', '"tokens": null'), "has tokens=None, not a"),
+                    (train.replace("2.0", '"2 ms"'), "has ms_per_iter='2 ms', not a number")):
+    path.write_text(bad + "\n")
+    with pytest.raises(UserError, match=f"metrics.jsonl: the train record of iter 0 {says}"):
+      report.load(str(tmp_path))
 
 
 def test_the_best_val_loss_is_the_best_finite_one(tmp_path):
