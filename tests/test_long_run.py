@@ -461,12 +461,15 @@ def test_ctrl_c_while_the_data_is_being_made_ends_the_run_at_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_non_finite_stop_through_the_cli_is_one_error_line(tmp_path, token_dir):
+  """The error is the last line: with data workers, no warning of "leaked" shared memory
+  (batches the error left in reference cycles) follows it."""
   config_file = write_config_file(tmp_path, token_dir, max_iters=10, learning_rate=1e12,
-                                  min_lr=1e11, warmup_iters=0)
+                                  min_lr=1e11, warmup_iters=0, data_workers=2)
   r = run_python("launch.py", f"--config={config_file}")
   assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
   errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "non-finite loss or gradient" in errors[0]
+  assert r.stderr.splitlines()[-1] == errors[0], r.stderr[-2000:]
 
 
 @pytest.mark.slow
