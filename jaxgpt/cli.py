@@ -176,14 +176,16 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       print("interrupted (Ctrl-C)", file=sys.stderr)
       sys.exit(130)
     except (UserError, OSError) as e:
-      # config_flags loads --config=FILE lazily: a missing or broken recipe file surfaces
-      # as an OSError on first use, its cause on the last line.
-      recipe = isinstance(e, OSError) and "Failed loading config file" in str(e)
+      # config_flags loads --config=FILE lazily: a missing or broken recipe file (or a folder,
+      # or one it may not read) surfaces as an OSError on first use, its cause on the last line.
+      later = "Configuration is not available because of an earlier failure to load: "
+      recipe = isinstance(e, OSError) and any(
+          says in str(e) for says in ("Failed loading config file", later))
       if os.environ.get(TRACEBACK_ENV) or not (recipe or isinstance(e, UserError)):
         raise
       if recipe:
         sys.exit("error: --config: the recipe file could not be loaded: "
-                 f"{str(e).strip().splitlines()[-1].strip()}")
+                 f"{str(e).strip().splitlines()[-1].strip().removeprefix(later)}")
       sys.exit(f"error: {e}")
   return guarded
 

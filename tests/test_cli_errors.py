@@ -42,6 +42,8 @@ CASES = {
                    "error: --config.max_iters=abc: not an integer"),
     "missing recipe": (["launch.py", "--config=configs/nope.py"],
                        "error: --config: the recipe file could not be loaded"),
+    "recipe that is a folder": (["launch.py", "--config={tmp}"],
+                                "the recipe file could not be loaded: [Errno 21] Is a directory"),
     "recipe that raises": (["launch.py", "--config={tmp}/broken.py"],
                            "broken.py, line 2: NameError: name 'undefined_name' is not defined"),
     "recipe with a key typo": (["launch.py", "--config={tmp}/typo.py"],
