@@ -196,10 +196,27 @@ def _positive_ints(name: str, values: list[str]) -> list[int]:
 
 
 def _out_path(path: str) -> str:
-  """`path`, whose folder must exist: said before a benchmark's minutes, not after them."""
+  """`path`, a file this process may write in a folder that exists: said before a benchmark's
+  minutes, not after them."""
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     raise UserError(f"--out={path}: there is no folder {folder}")
+  if os.path.isdir(path):
+    raise UserError(f"--out={path}: a folder; name a file in it")
+  if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+    raise UserError(f"--out={path}: not writable here")
+  return path
+
+
+def _out_dir(path: str) -> str:
+  """`path`, a folder made where it is missing, for a benchmark's files: a file there, or a
+  folder that cannot be made, is said before the benchmark."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--out={path}: a file, not a folder")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--out={path}: the folder cannot be made ({e.strerror})") from None
   return path
 
 
@@ -248,7 +265,9 @@ def _print_compare_recipes(f: flags.FlagValues) -> None:
     raise UserError(f"--lr_scales={','.join(f.lr_scales)}: {e}") from None
   if not lr_scales:
     raise UserError("--lr_scales is empty: name at least one factor (1 trains the recipe's)")
-  base = recipes.base_config(f.compare_data, out, f.compare_iters)
+  if not all(math.isfinite(s) and s > 0 for s in lr_scales):
+    raise UserError(f"--lr_scales={','.join(f.lr_scales)}: each must be a positive number")
+  base = recipes.base_config(f.compare_data, _out_dir(out), f.compare_iters)
   rows = recipes.compare(base, names, lr_scales)
   print(recipes.write(rows, out))
   print(f"wrote {out}/table.md, rows.jsonl and curves.png")
