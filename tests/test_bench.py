@@ -87,6 +87,16 @@ def test_the_torch_peer_refuses_a_model_it_does_not_build(tmp_path, key, value):
     throughput._time_peer(config, iters=1, warmup=1, torch_compile=False)
 
 
+def test_the_torch_peer_on_another_device_than_jax_is_refused_before_its_timing(
+    tmp_path, monkeypatch, torch_peer):
+  """A GPU JAX beside the CPU torch wheel would time hours of CPU training, then refuse."""
+  monkeypatch.setattr(torch_peer, "peer_device", lambda: "cuda")
+  monkeypatch.setattr(torch_peer, "measure", lambda *a, **k: pytest.fail("the peer was timed"))
+  with pytest.raises(UserError, match="--peer=torch: torch runs on 'cuda' but JAX on 'cpu'"):
+    throughput._time_peer(tiny_config(tmp_path, str(tmp_path)), iters=1, warmup=1,
+                          torch_compile=False)
+
+
 # The PyTorch peer is the same function as jaxgpt's GPT.
 
 

@@ -147,13 +147,12 @@ def _time_peer(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
                     f"({', '.join(departures)}): the two would time different models")
   from jaxgpt.bench import torch_peer  # imports torch
 
-  logging.info("timing the PyTorch peer")
-  result = torch_peer.measure(config, iters=iters, warmup=warmup, compile=torch_compile)
   platform = jax.devices()[0].platform
-  if result["device"] != _TORCH_DEVICE.get(platform):
-    raise RuntimeError(f"the PyTorch peer ran on {result['device']!r} but JAX runs on "
-                       f"{platform!r}: install torch and jax builds for the same device")
-  return result
+  if torch_peer.peer_device() != _TORCH_DEVICE.get(platform):  # said before the peer's minutes
+    raise UserError(f"--peer=torch: torch runs on {torch_peer.peer_device()!r} but JAX on "
+                    f"{platform!r}: install torch and jax builds for the same device")
+  logging.info("timing the PyTorch peer")
+  return torch_peer.measure(config, iters=iters, warmup=warmup, compile=torch_compile)
 
 
 def _about(config: ml_collections.ConfigDict, setup: train_step.TrainSetup,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 
 from jaxgpt import defaults
+from jaxgpt.errors import UserError
 from jaxgpt.model import GPTConfig
 from jaxgpt.optim import OptimConfig
 
@@ -31,10 +32,16 @@ def _import_torch() -> tuple[Any, Any]:
     import torch
     import transformers
   except ImportError as e:
-    raise ImportError(
+    raise UserError(
         f"the PyTorch peer needs torch and transformers ({e}); install them with "
         "`pip install torch transformers` (a CUDA build of torch to benchmark a GPU)") from e
   return torch, transformers
+
+
+def peer_device() -> str:
+  """The device the peer runs on: CUDA where torch sees it, else the CPU."""
+  torch, _ = _import_torch()
+  return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_model(config: GPTConfig, seed: int, device: str) -> torch.nn.Module:
@@ -129,7 +136,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
   usual share of the GPU afterwards.
   """
   torch, transformers = _import_torch()
-  device = "cuda" if torch.cuda.is_available() else "cpu"
+  device = peer_device()
   compile = device == "cuda" if compile is None else compile
   model = build_model(GPTConfig.from_config(config), config.seed, device)
   train_step = make_train_step(model, defaults.view(OptimConfig, config), config.dtype, device,
