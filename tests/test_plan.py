@@ -137,6 +137,22 @@ def test_cli_prints_a_row_per_candidate():
           "still pay nearly as much as new ones; past Chinchilla's 1,548") in r.stdout
 
 
+def test_each_candidate_is_planned_as_launch_py_would_train_it():
+  """A decay set apart from max_iters stays apart (the run warns of it; so does the plan), a
+  tied warmup follows, and a candidate launch.py refuses is said to be one."""
+  config = recipe("fineweb_40m")
+  config.lr_decay_iters, config.warmup_iters = 5000, 2000
+  base = summary.summarize(config, train_tokens=None)
+  warnings = iters.table(config, base, [1000, 20000], tokens_per_sec=None).splitlines()
+  assert ("warning: max_iters=20,000: lr_decay_iters=5,000 differs from max_iters=20,000: the "
+          "last 15,000 iterations run at min_lr=5e-05") in warnings
+  assert any(w.startswith("warning: max_iters=1,000: launch.py refuses it: "
+                          "config.warmup_iters=2000: must be at most max_iters=1000")
+             for w in warnings)
+  tied = iters.table(recipe("fineweb_40m"), base, [1000], tokens_per_sec=None)
+  assert "warning" not in tied  # warmup 35 of 1,000 iterations, the decay to 1,000
+
+
 def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
   rundir = run_dir.RunDir(str(tmp_path / "run"))
   rundir.write_config(recipe("fineweb_40m"))  # 524,288 tokens per iteration on one device

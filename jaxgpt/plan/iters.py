@@ -16,7 +16,8 @@ from typing import Any
 
 import ml_collections
 
-from jaxgpt import formatting, summary, token_files
+from jaxgpt import defaults, formatting, summary, token_files
+from jaxgpt.errors import UserError
 
 MAX_USEFUL_EPOCHS = 4  # repeated tokens pay nearly as much as new ones up to ~4 epochs
 
@@ -58,15 +59,20 @@ def measured_devices(run_config: dict[str, Any] | None, train_records: list[dict
 
 def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: list[int], *,
           tokens_per_sec: float | None, config_file: str = "") -> str:
-  """One row per candidate max_iters (lr_decay_iters following it), then its warnings;
-  `base` is the config's summary."""
+  """One row per candidate max_iters (lr_decay_iters and a tied warmup following it, as they
+  do a --config.max_iters override), then its warnings, a candidate launch.py would refuse
+  among them; `base` is the config's summary."""
   rows = [(f"{'max_iters':>10} {'tokens':>9} {'epochs':>7} {'tok/param':>9} {'FLOPs':>9} "
           f"{'time':>8}")]
   warnings = []
   for max_iters in candidates:
     c = copy.deepcopy(config)  # keeps the recipe's ties: its warmup may follow max_iters
     with c.unlocked():
-      c.max_iters = c.lr_decay_iters = max_iters
+      c.max_iters = max_iters
+    try:
+      defaults.validate(c)
+    except UserError as e:
+      warnings.append(f"max_iters={max_iters:,}: launch.py refuses it: {e}")
     s = dataclasses.replace(base, max_iters=max_iters)
     epochs = "?" if s.epochs is None else f"{s.epochs:.2f}"
     time_text = "?" if not tokens_per_sec else formatting.duration(s.tokens / tokens_per_sec)
