@@ -192,6 +192,10 @@ def _float32(x: float) -> float:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
+  missing = sorted(set(get_config().keys()) - set(c.keys()))
+  if missing:
+    raise UserError(f"the config has no {', '.join(missing[:4])}{', ...' if missing[4:] else ''}: "
+                    "a recipe's get_config() starts from jaxgpt.defaults.get_config()")
 
   def check(ok: bool, key: str, why: str) -> None:
     if not ok:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import ml_collections
 import pytest
 from conftest import recipe, records, run_python
 
@@ -114,6 +115,14 @@ def test_validate_names_the_key(key, value, message):
   with pytest.raises(UserError, match=f"config.{key}=") as e:
     defaults.validate(c)
   assert message in str(e.value)
+
+
+def test_a_recipe_not_made_from_the_defaults_is_refused_naming_what_it_lacks():
+  partial = ml_collections.ConfigDict({"n_layer": 2, "n_head": 2})
+  with pytest.raises(UserError, match=r"the config has no always_save_checkpoint, attention, "
+                                      r"auto_prepare, batch_size, \.\.\.: a recipe's "
+                                      r"get_config\(\) starts from jaxgpt.defaults.get_config"):
+    defaults.validate(partial)
 
 
 def test_type_is_checked_on_assignment():
