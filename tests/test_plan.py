@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import types
 
 import jax
 import pytest
@@ -252,6 +253,21 @@ def test_without_the_cuda_plugin_the_cpu_estimate_is_labelled_and_the_plugin_nam
   assert lines[0].startswith("memory: an estimate from the step compiled for this machine's CPU")
   assert "JAX will have 9.00 GiB (75% of 12 GiB): fits by this estimate" in lines[1]
   assert "pip install -e '.[cuda12]'" in lines[-1]
+
+
+def test_a_card_without_a_target_description_gets_the_cpu_estimate_and_why(tmp_path,
+                                                                          monkeypatch, capsys):
+  """With the CUDA plugin, --device=A100 (gpus.py's name, 80 GiB) has no target of its own:
+  the plan says so and estimates on the CPU (it ended in an error after the table)."""
+  from jaxgpt.plan import __main__ as plan_cli
+  monkeypatch.setattr(targets, "plugin_installed", lambda: True)
+  flags = types.SimpleNamespace(device="A100", memory_gib=None)
+  plan_cli._print_memory(flags, step_of(tiny_config(tmp_path, "")), n_devices=1)
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("memory: --device='A100': no target description of that card")
+  assert lines[0].endswith("; estimated on the CPU instead")
+  assert lines[1].startswith("memory: an estimate from the step compiled for this machine's CPU")
+  assert "(75% of 80 GiB): fits by this estimate" in lines[2]
 
 
 def test_the_cpu_estimate_is_xlas_plan_for_the_step_training_compiles(tmp_path):
