@@ -72,9 +72,9 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     if saved["devices"] != now["devices"]:
       logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
                       saved["devices"])
-    keys = ("windows_per_iter", "processes", "workers")
-    if any(saved[k] != now[k] for k in keys):  # the saved iterator state does not continue it
-      changes = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in keys)
+    changed = [k for k in ("windows_per_iter", "processes", "workers") if saved[k] != now[k]]
+    if changed:  # the saved iterator state does not continue it
+      changes = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed)
       window = reached(meta, f"the batch layout changed ({changes})")
       return open_batches(window), window
     window = saved["start_window"]

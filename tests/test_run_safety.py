@@ -95,12 +95,14 @@ def fed_batches(monkeypatch):
 
 @pytest.mark.slow
 def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token_dir,
-                                                                 fed_batches):
+                                                                 fed_batches, caplog):
   kw = {"eval_interval": 4, "lr_decay_iters": 12}
   train.train(tiny_config(tmp_path, token_dir, max_iters=4, batch_size=4, **kw))
   fed_batches.clear()
   resumed = tiny_config(tmp_path, token_dir, max_iters=6, batch_size=8, init_from="resume", **kw)
   train.train(resumed)
+  assert "resume: the batch layout changed (windows_per_iter 8 -> 16); the data continues at " \
+         "window 32 (token 512)" in caplog.text  # what changed, and only that
   # 4 iterations of 2 x 4 windows were read: the resumed run's first batch (2 x 8) is the
   # stream's windows 32..47, not the 64..79 that counting batches of 16 would give.
   source = data.open_split(token_dir, "train", resumed.block_size, resumed.vocab_size)
