@@ -147,10 +147,10 @@ def _time_peer(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
                     f"({', '.join(departures)}): the two would time different models")
   from jaxgpt.bench import torch_peer  # imports torch
 
-  platform = jax.devices()[0].platform
-  if torch_peer.peer_device() != _TORCH_DEVICE.get(platform):  # said before the peer's minutes
-    raise UserError(f"--peer=torch: torch runs on {torch_peer.peer_device()!r} but JAX on "
-                    f"{platform!r}: install torch and jax builds for the same device")
+  platform, device = jax.devices()[0].platform, torch_peer.peer_device()
+  if device != _TORCH_DEVICE.get(platform):  # said before the peer's minutes, not after them
+    raise UserError(f"--peer=torch: torch runs on {device!r} but JAX on {platform!r}: install "
+                    "torch and jax builds for the same device")
   logging.info("timing the PyTorch peer")
   return torch_peer.measure(config, iters=iters, warmup=warmup, compile=torch_compile)
 
