@@ -100,10 +100,34 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
   (tmp_path / "text.pt").write_text("not a checkpoint")
   with pytest.raises(UserError, match="text.pt: not a PyTorch checkpoint"):
     nanogpt.read(str(tmp_path / "text.pt"))
+  # A fork's numpy value in its config: torch's page of advice comes down to the object.
+  torch.save({"model": {}, "model_args": {}, "config": {"lr": np.float64(6e-4)}},
+             str(tmp_path / "numpy.pt"))
+  with pytest.raises(UserError, match=r"numpy.pt: holds numpy\S*scalar, which is not unpickled "
+                                      r"\(it could run code\)") as e:
+    nanogpt.read(str(tmp_path / "numpy.pt"))
+  assert "\n" not in str(e.value)
+  args = {"n_layer": None, "n_head": 2, "n_embd": 32, "block_size": 16, "bias": False,
+          "vocab_size": 96}
+  for name, ckpt, says in (
+      ("list", {"model": [], "model_args": args}, "not a nanoGPT checkpoint"),
+      ("none", {"model": {}, "model_args": args}, "model_args holds a value that is not a number"),
+      ("str", {"model": {"wte": "x"}, "model_args": {**args, "n_layer": 2}},
+       "model\\['wte'\\] is a str, not a tensor")):
+    torch.save(ckpt, str(tmp_path / f"{name}.pt"))
+    with pytest.raises(UserError, match=f"{name}.pt: {says}"):
+      nanogpt.read(str(tmp_path / f"{name}.pt"))
   with pytest.raises(UserError, match="nanogpt:.*missing.pt: no such file"):
     weights.load(f"nanogpt:{tmp_path / 'missing.pt'}", out_dir="")
   with pytest.raises(UserError, match="--init_from=gpt3: must be 'resume'"):
     weights.load("gpt3", out_dir="")
+
+
+def test_a_nanogpt_out_dir_names_its_ckpt_pt(tmp_path):
+  """nanoGPT's out_dir, as its own init_from=resume reads it."""
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
+  arch, _, it = nanogpt.read(str(tmp_path))
+  assert it == 250 and arch == nanogpt.read(str(tmp_path / "ckpt.pt"))[0]
 
 
 def test_evaluate_cli_reads_a_nanogpt_checkpoint(tmp_path):

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from jaxgpt import defaults
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 from jaxgpt.interop import gpt2
 
 LINEAR_WEIGHT = re.compile(r".*\.(c_attn|c_proj|c_fc)\.weight")
@@ -25,30 +25,45 @@ MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 
 
 def read(path: str) -> tuple[dict[str, Any], dict, int]:
-  """(architecture keys, float32 params, iter_num) of a nanoGPT checkpoint file."""
+  """(architecture keys, float32 params, iter_num) of a nanoGPT checkpoint file, or of the
+  ckpt.pt in a nanoGPT out_dir."""
   path = os.path.expanduser(path)  # nanogpt:~/x, which no shell expands
   try:
     import torch
   except ImportError:
     raise UserError(f"{defaults.NANOGPT}{path}: reading a nanoGPT ckpt.pt needs PyTorch: "
                     "pip install torch") from None
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, "ckpt.pt")):
+    path = os.path.join(path, "ckpt.pt")  # nanoGPT's out_dir, as its init_from=resume reads it
   if not os.path.isfile(path):
     raise UserError(f"{defaults.NANOGPT}{path}: no such file")
   try:
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-  except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as e:
-    raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read ({e})") from None
-  if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model" not in ckpt:
-    raise UserError(f"{path}: not a nanoGPT checkpoint (no 'model_args' and 'model', which "
-                    "nanoGPT's train.py saves)")
+  except pickle.UnpicklingError as e:  # torch's page of advice names the object it refused
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    raise UserError(f"{path}: holds {refused.group(1) if refused else 'a Python object'}, which "
+                    "is not unpickled (it could run code): nanoGPT's train.py saves tensors and "
+                    "plain values only") from None
+  except (RuntimeError, ValueError, EOFError, OSError) as e:
+    raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read "
+                    f"({first_line(e)})") from None
+  if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model_args"), dict)
+          and isinstance(ckpt.get("model"), dict)):
+    raise UserError(f"{path}: not a nanoGPT checkpoint (no 'model_args' and 'model' dicts, "
+                    "which nanoGPT's train.py saves)")
   args = ckpt["model_args"]
   missing = [k for k in MODEL_ARGS if k not in args]
   if missing:
     raise UserError(f"{path}: model_args lacks {missing}")
-  arch = {k: (bool if k == "bias" else int)(args[k]) for k in MODEL_ARGS}
+  try:
+    arch = {k: (bool if k == "bias" else int)(args[k]) for k in MODEL_ARGS}
+  except (TypeError, ValueError) as e:
+    raise UserError(f"{path}: model_args holds a value that is not a number ({e})") from None
   arch["gelu_approximate"] = False  # nanoGPT's nn.GELU() is the exact one
   tensors = {}
   for key, value in ckpt["model"].items():
+    if not hasattr(value, "float"):
+      raise UserError(f"{path}: model[{key!r}] is a {type(value).__name__}, not a tensor")
     key = key.removeprefix("_orig_mod.")
     array = value.float().numpy()
     tensors[key] = array.T if LINEAR_WEIGHT.fullmatch(key) else array
