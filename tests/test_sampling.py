@@ -138,6 +138,7 @@ def test_a_prompt_token_the_model_has_no_row_for_is_refused():
     ({"top_p": 0.0}, r"top_p=0.0: must be in \(0, 1\]"),
     ({"top_p": 1.5}, r"top_p=1.5: must be in \(0, 1\]"),
     ({"temperature": -0.5}, r"temperature=-0.5: must be >= 0 \(0 is greedy"),
+    ({"temperature": 1e-39}, r"temperature=1e-39: below 1e-30 the float32 logits divided"),
     ({"top_k": -3}, r"top_k=-3: must be positive"),
 ])
 def test_settings_that_sample_nonsense_are_refused_by_name(settings, message):

@@ -73,15 +73,22 @@ def pad_prompts(prompts: Sequence[Sequence[int]], block_size: int) -> tuple[np.n
   return prompt_BP, lengths_B
 
 
+MIN_TEMPERATURE = 1e-30  # logits up to 3e8 in size still divide by it within float32
+
+
 def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
                    top_p: float | None) -> None:
   """Refuses settings that would sample nonsense without failing: top_p <= 0 keeps no token
-  (every sample token 0), a negative temperature makes the least likely tokens the likeliest.
+  (every sample token 0), a negative temperature makes the least likely tokens the likeliest,
+  a tiny one overflows the logits.
   `sample` calls it before loading weights, so a bad flag costs no load."""
   if max_new_tokens < 1:
     raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
   if not temperature >= 0.0:
     raise UserError(f"temperature={temperature}: must be >= 0 (0 is greedy, 1 as trained)")
+  if 0.0 < temperature < MIN_TEMPERATURE:  # every logit over it is +-inf: token 0 each time
+    raise UserError(f"temperature={temperature}: below {MIN_TEMPERATURE:g} the float32 logits "
+                    "divided by it overflow; 0 samples greedily")
   if top_k is not None and top_k < 1:
     raise UserError(f"top_k={top_k}: must be positive")
   if top_p is not None and not 0.0 < top_p <= 1.0:
