@@ -170,6 +170,9 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       main(argv)
     except StopBeforeTraining as e:
       logging.warning("%s", e)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
+      sys.exit(141)  # as a process ended by SIGPIPE
     except KeyboardInterrupt:  # a second Ctrl-C, which stops at once
       if os.environ.get(TRACEBACK_ENV):
         raise

@@ -5,9 +5,18 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import pattern_tokens, run_python, tiny_config, write_config_file
+from conftest import (
+  PYTHONPATH,
+  ROOT,
+  pattern_tokens,
+  run_python,
+  tiny_config,
+  write_config_file,
+)
 
 import launch
 from jaxgpt.prep import shards
@@ -210,3 +219,14 @@ def test_a_torn_checkpoint_is_one_line_without_orbax_s_leftovers(trained, tmp_pa
   assert r.returncode == 1
   assert r.stderr.splitlines() == [
       f"error: {run}/checkpoints/2 is unreadable (a file of it is truncated or corrupt)"]
+
+
+def test_samples_piped_into_head_end_without_a_traceback(trained):
+  """`sample | head` closes the pipe under a writer with more to say: exit as SIGPIPE would."""
+  sample = (f"{sys.executable} -m jaxgpt.sample --out_dir={trained['out_dir']} "
+            "--num_samples=1000 --max_new_tokens=50")  # ~200 KB, past a pipe's 64 KiB
+  r = subprocess.run(["bash", "-c", f"set -o pipefail; {sample} | head -c 10 > /dev/null"],
+                     cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH),
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 141 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert not any(line.startswith(("error:", "Exception")) for line in r.stderr.splitlines())
