@@ -224,6 +224,20 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
   assert "compute-optimal" in r.stdout and "4 epochs of the 3.68B train tokens" in r.stdout
 
 
+def test_a_device_s_peak_is_the_flag_s_then_the_config_s_then_the_table_s(tmp_path):
+  from jaxgpt.plan import __main__ as plan_cli
+  config = tiny_config(tmp_path, "", peak_flops=5e14)
+  given = lambda device, peak: types.SimpleNamespace(tokens_per_sec=0.0, device=device,
+                                                     peak_flops=peak, mfu=0.5)
+  for device, flag, peak in (("Mystery GPU", 0.0, 5e14), ("H100", 0.0, 5e14),
+                             ("H100", 2e14, 2e14)):
+    tok_s, source = plan_cli._throughput(given(device, flag), config, 1e9, n_devices=1)
+    assert tok_s == peak * 0.5 / 1e9 and f"of {peak / 1e12:,.0f} TFLOP/s" in source
+  config.peak_flops = 0.0
+  with pytest.raises(UserError, match="'Mystery GPU': its peak FLOP/s is not in the table"):
+    plan_cli._throughput(given("Mystery GPU", 0.0), config, 1e9, n_devices=1)
+
+
 def test_counts_parse_as_people_write_them():
   assert iters.parse_count("3.68B") == 3_680_000_000
   assert iters.parse_count("500M") == iters.parse_count("5e8") == 500_000_000
