@@ -236,11 +236,12 @@ class RunDir:
       os.replace(tmp, path)
       logging.info("%d records of redone iterations moved to %s.superseded", len(moved), path)
 
-  def records_at(self, it: int) -> list[dict[str, Any]]:
-    """The records metrics.jsonl holds of iteration `it`; none where there is no file."""
+  def records(self) -> list[dict[str, Any]]:
+    """The records metrics.jsonl holds, in iteration order; none where there is no file."""
     if not os.path.isfile(self.metrics_path):
       return []
-    return [r for records in self.read_metrics().values() for r in records if r["iter"] == it]
+    return sorted((r for records in self.read_metrics().values() for r in records),
+                  key=lambda r: r["iter"])
 
   def set_aside_metrics(self) -> None:
     """Moves an earlier run's metrics.jsonl and tensorboard/ out of a new run's way, as

@@ -59,17 +59,17 @@ class MetricsWriter:
 class TensorBoardSink:
   """Event files under out_dir/tensorboard, one scalar per number, stepped by iteration.
 
-  A resume at iteration s opens its file with tensorboardX's `purge_step=s`:
-  TensorBoard's reader drops the earlier files' events of steps >= s, the
-  iterations metrics.jsonl moved aside, so a redone iteration is one point, not
-  two curves. The records metrics.jsonl keeps at s (a checkpoint's evaluation),
-  `kept`, are written again after the purge, so the two hold the same records.
+  A resume opens its file with tensorboardX's `purge_step=0`: TensorBoard's
+  reader drops every earlier file's events, and the records metrics.jsonl keeps,
+  `kept`, are written again, so the two hold the same records: a redone
+  iteration is one point, not two curves, and the events a killed run still
+  held in tensorboardX's buffer (up to 2 minutes' worth) are not missing.
   """
 
   def __init__(self, tensorboardx: types.ModuleType, log_dir: str, *,
-               resumed_at: int | None = None, kept: Sequence[Record] = ()):
-    self._writer = tensorboardx.SummaryWriter(log_dir, purge_step=resumed_at)
-    for record in kept:
+               kept: Sequence[Record] | None = None):
+    self._writer = tensorboardx.SummaryWriter(log_dir, purge_step=None if kept is None else 0)
+    for record in kept or ():
       self.write(record)
 
   def write(self, record: Record) -> None:
@@ -226,8 +226,7 @@ def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
                        ProgressBar(c.max_iters, resumed_at or 0)]
   if libraries.tensorboardx is not None:
     sinks.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir,
-                                 resumed_at=resumed_at,
-                                 kept=[] if resumed_at is None else rundir.records_at(resumed_at)))
+                                 kept=None if resumed_at is None else rundir.records()))
   if libraries.wandb_run is not None:
     rundir.write_wandb_run_id(libraries.wandb_run.run_id)
     sinks.append(libraries.wandb_run)

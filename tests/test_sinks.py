@@ -64,9 +64,12 @@ def test_a_resume_leaves_tensorboard_the_records_metrics_jsonl_keeps(tmp_path, t
   pytest.importorskip("tensorboardX")
   config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, tensorboard_log=True)
   train.train(config)
-  # A crash before the save of 4 landed: the resume redoes 2 and 3 from the evaluated 2.
+  # A kill before the save of 4 landed: the resume redoes 2 and 3 from the evaluated 2. The
+  # kill left tensorboardX's buffer unwritten: the event files hold nothing.
   rundir = run_dir.RunDir(config.out_dir)
   shutil.rmtree(os.path.join(rundir.checkpoints_dir, "4"))
+  for events in glob.glob(os.path.join(rundir.tensorboard_dir, "events.*")):
+    os.truncate(events, 0)
   train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2,
                           tensorboard_log=True, init_from="resume"))
   shown = tensorboard_points(rundir.tensorboard_dir)
