@@ -861,3 +861,33 @@ def test_a_stopped_or_killed_prepare_leaves_no_worker_running(tmp_path, sig):
     assert output.strip().splitlines()[-1] == (
         f"stopped by SIGTERM: nothing of this run is left in {out}")
     assert "Traceback" not in output and not out.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_tokenizer_worker_killed_ends_the_prepare_in_one_line(tmp_path):
+  """The OOM killer takes a worker: the prepare stops with an error, nothing kept, and no worker
+  left (the pool's own cleanup signalled the others with SIGTERM, which they ignore, and waited
+  for ever)."""
+  (tmp_path / "slow_prepare.py").write_text(SLOW_PREPARE)
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  out = tmp_path / "out"
+  proc = start_python("-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+                      "import slow_prepare; slow_prepare.main()", "files",
+                      f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
+                      f"--out={out}", "--workers=2")
+  try:
+    def workers() -> list[int]:
+      return [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
+
+    wait_for(lambda: len(workers()) == 2, 120, "the two tokenizer workers")
+    tokenizing = workers()
+    os.kill(tokenizing[0], signal.SIGKILL)
+    output = proc.communicate(timeout=60)[0]
+  finally:
+    proc.kill()
+  wait_for(lambda: not any(map(alive, tokenizing)), 10, "the workers to end")
+  assert proc.returncode == 1 and "Traceback" not in output, output
+  assert output.strip().splitlines()[-1] == (
+      "error: a tokenizer process ended abruptly (out of memory?); nothing was kept: run the "
+      "command again, with fewer --workers")
+  assert not out.exists()

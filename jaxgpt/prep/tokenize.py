@@ -15,14 +15,16 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
 from jaxgpt import tokenizer
-from jaxgpt.prep.readers import Piece
+from jaxgpt.prep.readers import Piece, PrepareError
 
 BATCH_CHARS = 1 << 20  # characters per task sent to a worker
+STOPS = {signal.SIGINT, signal.SIGTERM}  # the main process's to act on, never a worker's
 
 
 def _batches(pieces: Iterable[Piece]) -> Iterator[list[Piece]]:
@@ -54,11 +56,13 @@ def _init_worker(parent: int) -> None:
 
   Ctrl-C, and a scheduler's SIGTERM, reach the whole process group: the main
   process shuts the pool down (a worker killed under it would end the run in a
-  traceback). A main process killed outright (SIGKILL, the OOM killer) cannot:
-  its workers are reparented, and each one watches for that.
+  traceback). The worker starts with both blocked, so one that comes while it
+  imports is not its end either. A main process killed outright (SIGKILL, the
+  OOM killer) cannot: its workers are reparented, and each one watches for that.
   """
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # blocked from its start (`tokenized`)
 
   def watch() -> None:
     while os.getppid() == parent:
@@ -81,13 +85,29 @@ def tokenized(pieces: Iterable[Piece], workers: int
   # spawn: the caller may hold threads (pyarrow, JAX) that fork would copy mid-flight.
   pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(os.getpid(),))
+
+  def submit(batch: list[Piece]) -> Future:
+    # A submit may start a worker, which inherits this mask: stops wait for `_init_worker`.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+      return pool.submit(encode_pieces, *task(batch))
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
   try:
-    submitted = ((b, pool.submit(encode_pieces, *task(b))) for b in batches)
+    submitted = ((b, submit(b)) for b in batches)
     in_flight = collections.deque(itertools.islice(submitted, 2 * workers - 1))
     while in_flight:
       in_flight.extend(itertools.islice(submitted, 1))
       batch, future = in_flight.popleft()
       yield batch, *future.result()
+  except BrokenProcessPool:
+    # A worker died (the OOM killer, say). The pool would end the others with SIGTERM, which
+    # they ignore, and wait for them for ever: they are killed here (no public handle on them).
+    for process in list((pool._processes or {}).values()):
+      process.kill()
+    raise PrepareError("a tokenizer process ended abruptly (out of memory?); nothing was kept: "
+                       "run the command again, with fewer --workers") from None
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
 
