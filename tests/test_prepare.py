@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -890,4 +891,30 @@ def test_a_tokenizer_worker_killed_ends_the_prepare_in_one_line(tmp_path):
   assert output.strip().splitlines()[-1] == (
       "error: a tokenizer process ended abruptly (out of memory?); nothing was kept: run the "
       "command again, with fewer --workers")
+  assert not out.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_second_ctrl_c_while_the_workers_finish_still_ends_the_prepare(tmp_path):
+  """A terminal's Ctrl-C twice in quick succession: the second came while the pool waited for
+  the batches in flight, and the exit then waited for the workers for ever."""
+  (tmp_path / "slow_prepare.py").write_text(SLOW_PREPARE)
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  out = tmp_path / "out"
+  proc = start_python("-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+                      "import slow_prepare; slow_prepare.main()", "files",
+                      f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
+                      f"--out={out}", "--workers=2", start_new_session=True)
+  try:
+    wait_for(lambda: len([c for c in children(proc.pid).values() if b"spawn_main" in c]) == 2,
+             120, "the two tokenizer workers")
+    time.sleep(1)  # both workers busy with a batch
+    os.killpg(proc.pid, signal.SIGINT)  # to the whole group, as a terminal sends it
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+  finally:
+    with contextlib.suppress(ProcessLookupError):  # the group's processes all ended
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 130 and "Traceback" not in output, output
   assert not out.exists()

@@ -8,6 +8,7 @@ workers.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -109,7 +110,22 @@ def tokenized(pieces: Iterable[Piece], workers: int
     raise PrepareError("a tokenizer process ended abruptly (out of memory?); nothing was kept: "
                        "run the command again, with fewer --workers") from None
   finally:
-    pool.shutdown(wait=True, cancel_futures=True)
+    with _stops_ignored():  # a second Ctrl-C cutting this wait short left the exit hanging
+      pool.shutdown(wait=True, cancel_futures=True)  # the batches in flight: about a second
+
+
+@contextlib.contextmanager
+def _stops_ignored() -> Iterator[None]:
+  """Ctrl-C and SIGTERM ignored within, where they can be (handlers are the main thread's)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {stop: signal.signal(stop, signal.SIG_IGN) for stop in STOPS}
+  try:
+    yield
+  finally:
+    for stop, handler in previous.items():
+      signal.signal(stop, handler)
 
 
 def cpu_count() -> int:
