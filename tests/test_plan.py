@@ -226,16 +226,15 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
 
 def test_a_device_s_peak_is_the_flag_s_then_the_config_s_then_the_table_s(tmp_path):
   from jaxgpt.plan import __main__ as plan_cli
-  config = tiny_config(tmp_path, "", peak_flops=5e14)
+  out_dir = str(tmp_path / "run")  # no run there to measure
   given = lambda device, peak: types.SimpleNamespace(tokens_per_sec=0.0, device=device,
                                                      peak_flops=peak, mfu=0.5)
   for device, flag, peak in (("Mystery GPU", 0.0, 5e14), ("H100", 0.0, 5e14),
                              ("H100", 2e14, 2e14)):
-    tok_s, source = plan_cli._throughput(given(device, flag), config, 1e9, n_devices=1)
+    tok_s, source = plan_cli._throughput(given(device, flag), out_dir, 5e14, 1e9, n_devices=1)
     assert tok_s == peak * 0.5 / 1e9 and f"of {peak / 1e12:,.0f} TFLOP/s" in source
-  config.peak_flops = 0.0
   with pytest.raises(UserError, match="'Mystery GPU': its peak FLOP/s is not in the table"):
-    plan_cli._throughput(given("Mystery GPU", 0.0), config, 1e9, n_devices=1)
+    plan_cli._throughput(given("Mystery GPU", 0.0), out_dir, 0.0, 1e9, n_devices=1)
 
 
 def test_counts_parse_as_people_write_them():

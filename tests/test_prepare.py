@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pydoc_data import topics
 
 import huggingface_hub
@@ -828,23 +829,31 @@ def children(pid: int) -> dict[int, bytes]:
   return found
 
 
+def start_slow_prepare(tmp_path, **popen) -> tuple[subprocess.Popen, list[str], Callable]:
+  """A prepare of TEXTS by two slow workers, in the background; its arguments (but --workers),
+  and a function giving its workers' pids."""
+  (tmp_path / "slow_prepare.py").write_text(SLOW_PREPARE)
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  args = ["files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
+          f"--out={tmp_path / 'out'}"]
+  proc = start_python("-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+                      "import slow_prepare; slow_prepare.main()", *args, "--workers=2", **popen)
+
+  def workers() -> list[int]:
+    return [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
+
+  return proc, args, workers
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_or_killed_prepare_leaves_no_worker_running(tmp_path, sig):
   """SIGTERM stops a prepare as Ctrl-C does, in one line; killed outright, its workers end with
   it. Before, either left the tokenizer processes running for ever. While it runs, a second
   prepare into its --out is refused, naming it."""
-  (tmp_path / "slow_prepare.py").write_text(SLOW_PREPARE)
-  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
   out = tmp_path / "out"
-  args = ["files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
-          f"--out={out}"]
-  proc = start_python("-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
-                      "import slow_prepare; slow_prepare.main()", *args, "--workers=2")
+  proc, args, workers = start_slow_prepare(tmp_path)
   try:
-    def workers() -> list[int]:
-      return [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
-
     wait_for(lambda: len(workers()) == 2, 120, "the two tokenizer workers")
     tokenizing = workers()
     if sig == signal.SIGTERM:
@@ -869,17 +878,8 @@ def test_a_tokenizer_worker_killed_ends_the_prepare_in_one_line(tmp_path):
   """The OOM killer takes a worker: the prepare stops with an error, nothing kept, and no worker
   left (the pool's own cleanup signalled the others with SIGTERM, which they ignore, and waited
   for ever)."""
-  (tmp_path / "slow_prepare.py").write_text(SLOW_PREPARE)
-  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
-  out = tmp_path / "out"
-  proc = start_python("-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
-                      "import slow_prepare; slow_prepare.main()", "files",
-                      f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
-                      f"--out={out}", "--workers=2")
+  proc, _, workers = start_slow_prepare(tmp_path)
   try:
-    def workers() -> list[int]:
-      return [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
-
     wait_for(lambda: len(workers()) == 2, 120, "the two tokenizer workers")
     tokenizing = workers()
     os.kill(tokenizing[0], signal.SIGKILL)
@@ -891,23 +891,16 @@ def test_a_tokenizer_worker_killed_ends_the_prepare_in_one_line(tmp_path):
   assert output.strip().splitlines()[-1] == (
       "error: a tokenizer process ended abruptly (out of memory?); nothing was kept: run the "
       "command again, with fewer --workers")
-  assert not out.exists()
+  assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 def test_a_second_ctrl_c_while_the_workers_finish_still_ends_the_prepare(tmp_path):
   """A terminal's Ctrl-C twice in quick succession: the second came while the pool waited for
   the batches in flight, and the exit then waited for the workers for ever."""
-  (tmp_path / "slow_prepare.py").write_text(SLOW_PREPARE)
-  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
-  out = tmp_path / "out"
-  proc = start_python("-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
-                      "import slow_prepare; slow_prepare.main()", "files",
-                      f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
-                      f"--out={out}", "--workers=2", start_new_session=True)
+  proc, _, workers = start_slow_prepare(tmp_path, start_new_session=True)
   try:
-    wait_for(lambda: len([c for c in children(proc.pid).values() if b"spawn_main" in c]) == 2,
-             120, "the two tokenizer workers")
+    wait_for(lambda: len(workers()) == 2, 120, "the two tokenizer workers")
     time.sleep(1)  # both workers busy with a batch
     os.killpg(proc.pid, signal.SIGINT)  # to the whole group, as a terminal sends it
     time.sleep(0.05)
@@ -917,4 +910,4 @@ def test_a_second_ctrl_c_while_the_workers_finish_still_ends_the_prepare(tmp_pat
     with contextlib.suppress(ProcessLookupError):  # the group's processes all ended
       os.killpg(proc.pid, signal.SIGKILL)
   assert proc.returncode == 130 and "Traceback" not in output, output
-  assert not out.exists()
+  assert not (tmp_path / "out").exists()

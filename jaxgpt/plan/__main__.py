@@ -18,7 +18,6 @@ import os
 import sys
 
 import jax
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -57,13 +56,13 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-def _throughput(f: flags.FlagValues, config: ml_collections.ConfigDict, flops_per_token: float,
-                n_devices: int) -> tuple[float | None, str]:
+def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
+                flops_per_token: float, n_devices: int) -> tuple[float | None, str]:
   """tokens/s for the time column, and where it comes from; --device's peak is --peak_flops,
   else the config's peak_flops (as the run's MFU takes it), else the table's."""
   if f.tokens_per_sec:
     return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
-  rundir = run_dir.RunDir(config.out_dir)
+  rundir = run_dir.RunDir(out_dir)
   if os.path.isfile(rundir.metrics_path):
     train_records = rundir.read_metrics()["train"]
     measured = report.median_throughput(train_records)["tokens_per_sec"]
@@ -72,7 +71,7 @@ def _throughput(f: flags.FlagValues, config: ml_collections.ConfigDict, flops_pe
                      n_devices, rundir.metrics_path)
   if f.device:
     card = targets.card(f.device)
-    peak = f.peak_flops or config.peak_flops or (card.peak_flops if card else None)
+    peak = f.peak_flops or config_peak_flops or (card.peak_flops if card else None)
     if not peak:
       raise UserError(f"--device={f.device!r}: its peak FLOP/s is not in the table; give it "
                       "with --peak_flops")
@@ -128,7 +127,8 @@ def main() -> None:
   if counted_in is not None:
     found = "unknown" if train_tokens is None else f"{train_tokens:,} tokens"
     print(f"train split: {found} (counted in {counted_in}; --train_tokens sets it)")
-  tokens_per_sec, source = _throughput(f, config, s.flops_per_token, n_devices)
+  tokens_per_sec, source = _throughput(f, config.out_dir, config.peak_flops, s.flops_per_token,
+                                       n_devices)
   print(f"throughput: {source}")
   suggested, notes = iters.suggestions(s)
   candidates = candidates or suggested
