@@ -911,3 +911,19 @@ def test_a_second_ctrl_c_while_the_workers_finish_still_ends_the_prepare(tmp_pat
       os.killpg(proc.pid, signal.SIGKILL)
   assert proc.returncode == 130 and "Traceback" not in output, output
   assert not (tmp_path / "out").exists()
+
+
+def test_a_ctrl_c_another_thread_takes_still_ends_a_wait_for_the_lock(tmp_path, monkeypatch):
+  """The kernel hands a process's SIGINT to any of its threads (JAX runs several): where not the
+  waiting one, a blocking flock went on waiting for ever after the stop."""
+  monkeypatch.setattr(shards, "LOCK_POLL_S", 0.05)
+  out = tmp_path / "pd"
+  out.mkdir()
+  with open(out / shards.LOCK_FILE, "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)  # another process is making the data
+    ctrl_c = threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
+    ctrl_c.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), shards.write_lock(str(out), wait=True):
+      pass
+    assert time.monotonic() - started < 5

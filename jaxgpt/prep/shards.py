@@ -31,6 +31,7 @@ VAL_FRACTION = 0.1
 VAL_TOKENS = 10_000_000
 STAGING = ".incomplete"
 LOCK_FILE = ".prepare.lock"
+LOCK_POLL_S = 0.5  # how often a wait for another process's lock tries it again
 MAX_SHARD_TOKENS = 2**31 - 1  # the header counts tokens in an int32
 
 
@@ -304,17 +305,28 @@ def _locked_fd(out_dir: str, wait: bool) -> int:
 def _flock(fd: int, out_dir: str, wait: bool) -> None:
   """Locks `fd`; where another holds it, waits or fails naming it (its pid, in the file)."""
   try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
+    if _locked(fd):
+      return
     if not wait:
       pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
       holder = f" (pid {pid})" if pid.isdigit() else ""
       raise PrepareError(f"{out_dir}: another prepare is writing there{holder}; wait for it to "
-                         "end, or choose another --out") from None
+                         "end, or choose another --out")
     logging.info("waiting for another process making the data in %s", out_dir)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    # Polled: a Ctrl-C the kernel hands to another thread (JAX's, say) would never interrupt a
+    # blocking flock in this one, and the wait would outlast the stop.
+    while not _locked(fd):
+      time.sleep(LOCK_POLL_S)
   except OSError as e:
     raise _NoLocks(e.strerror or str(e)) from None
+
+
+def _locked(fd: int) -> bool:
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return False
+  return True
 
 
 def _same_file(fd: int, path: str) -> bool:
