@@ -8,6 +8,7 @@ that stops at once, exit 130. The log shows `HH:MM:SS message`, `--verbosity=1` 
 
 from __future__ import annotations
 
+import gc
 import logging as pylogging
 import os
 import re
@@ -170,6 +171,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       main(argv)
     except StopBeforeTraining as e:
       logging.warning("%s", e)
+      return
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
       sys.exit(141)  # as a process ended by SIGPIPE
@@ -186,10 +188,15 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
           says in str(e) for says in ("Failed loading config file", later))
       if os.environ.get(TRACEBACK_ENV) or not (recipe or isinstance(e, UserError)):
         raise
-      if recipe:
-        sys.exit("error: --config: the recipe file could not be loaded: "
-                 f"{str(e).strip().splitlines()[-1].strip().removeprefix(later)}")
-      sys.exit(f"error: {e}")
+      message = (f"error: --config: the recipe file could not be loaded: "
+                 f"{str(e).strip().splitlines()[-1].strip().removeprefix(later)}" if recipe
+                 else f"error: {e}")
+    else:
+      return
+    # Out of the except clause, the error's traceback is gone, and with it what its frames held:
+    # Grain's batches in shared memory, freed now rather than warned of at exit as "leaked".
+    gc.collect()
+    sys.exit(message)
   return guarded
 
 

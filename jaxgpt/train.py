@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 import shlex
 import time
@@ -286,9 +285,6 @@ class _Loop:
       self.checkpoints.close()
       self.writer.close(failed)
       self.train_iter.close()
-      # Batches the workers handed over in shared memory, left in reference cycles by an error:
-      # freed now, or Python warns at exit of "leaked shared_memory objects" (none leak).
-      gc.collect()
 
 
 def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
