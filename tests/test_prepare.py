@@ -437,11 +437,13 @@ def test_a_prepare_that_waited_locks_the_out_its_holder_made_again(tmp_path, mon
   real_flock = fcntl.flock
 
   def flock(fd, operation):
-    # The waiting flock, on the old file opened already: whether or not it has blocked yet when
-    # the file goes, it returns on a file no longer in place.
-    if operation == fcntl.LOCK_EX:
+    # The wait polls the old file opened already: whether or not it has tried again when the
+    # file goes, it locks a file no longer in place.
+    try:
+      return real_flock(fd, operation)
+    except BlockingIOError:
       waiting.set()
-    return real_flock(fd, operation)
+      raise
 
   def wait_then_lock() -> None:
     with shards.write_lock(str(out), wait=True), open(out / shards.LOCK_FILE) as third:
