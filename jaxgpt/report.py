@@ -37,10 +37,11 @@ CROP_FRACTION = 0.02  # on a linear x axis, train losses of the first 2% of toke
 LR_POINTS = 2001  # the learning-rate curve's iterations (all of warmup's besides)
 
 
-# The numbers each event's records must hold; mfu and the timings may be null (not measured).
+# The numbers each event's records must hold; the throughput ones may be null (not measured:
+# mfu on a device of unknown peak).
 FIGURES = {"train": ("tokens", "loss", "lr"), "eval": ("tokens", "train_loss", "val_loss", "lr"),
            "tasks": ("tokens",)}
-UNMEASURED = ("mfu", "tokens_per_sec", "ms_per_iter")
+THROUGHPUT = ("tokens_per_sec", "ms_per_iter", "mfu")
 
 
 def load(out_dir: str) -> Run:
@@ -56,7 +57,7 @@ def load(out_dir: str) -> Run:
       if missing:
         raise UserError(f"{where} has no {', '.join(missing)}")
       for key, value in r.items():
-        if key == "event" or (value is None and key in UNMEASURED):
+        if key == "event" or (value is None and key in THROUGHPUT):
           continue
         if value is None and key != "tokens":
           r[key] = math.nan
@@ -69,7 +70,7 @@ def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | 
   """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step)."""
   steady = train_records[1:] or train_records
   medians: dict[str, float | None] = {}
-  for key in ("tokens_per_sec", "ms_per_iter", "mfu"):
+  for key in THROUGHPUT:
     values = [r[key] for r in steady if r.get(key) is not None]
     medians[key] = statistics.median(values) if values else None
   return medians
