@@ -120,8 +120,8 @@ def summary(r: dict[str, Any]) -> str:
        f"over {r['iters']} iterations after {r['warmup']}; {r['tokens_per_sec']:,.0f} tokens/s; "
        f"MFU {_pct(r['mfu'])}{peak}"),
       (f"peak device memory: {_gib(r['peak_memory_bytes'])} (XLA's plan of the step: "
-       f"{_gib(r['step_plan_bytes'])}); kept for the backward pass: "
-       f"{_gib(r['backward_residual_bytes'])} per micro-batch"),
+       f"{_gib(r['step_plan_bytes'])}); the program asks to keep for the backward pass "
+       f"{_gib(r['backward_residual_bytes'])} per micro-batch, before XLA's fusion"),
       (f"input pipeline ({r['data_workers']} workers): {r['pipeline_tokens_per_sec']:,.0f} "
        f"tokens/s, {r['pipeline_ratio']:.1f}x what the step consumes"),
       (f"step fed by the pipeline: {r['loop_ms_per_iter_median']:.1f} ms/iter median, "
@@ -157,7 +157,8 @@ def _print_memory(f: flags.FlagValues) -> None:
   kernel = attention.for_device(config.attention, config.dtype,
                                 config.n_embd // config.n_head, jax.devices()[0])
   print(f"kept for the backward pass of one {config.batch_size} x {config.block_size} "
-        f"micro-batch ({config.dtype}, {kernel} attention):")
+        f"micro-batch ({config.dtype}, {kernel} attention), as the program asks before "
+        "XLA's fusion:")
   for row in memory.memory_report(GPTConfig.from_config(config), config.batch_size):
     print(f"  remat {row['remat']:<5} loss chunks {row['loss_chunk_size'] or 'none':<6} "
           f"{_gib(row['residual_bytes'])}")
