@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
+import os
 
 import flax
 import jax
@@ -39,6 +41,22 @@ def test_bench_figures_are_consistent(tmp_path):
   assert r["flops_per_token"] == 6 * r["n_params"] + 12 * 2 * 2 * 16 * 16
   assert "peer" not in r
   assert r["backward_residual_bytes"] > 0
+
+
+def test_a_profile_traces_the_train_step_into_a_folder_of_its_own(tmp_path):
+  r = throughput.measure(tiny_config(tmp_path, ""), iters=1, warmup=1, data_workers=0,
+                         profile_dir=str(tmp_path / "profile"))
+  assert os.path.dirname(r["profile"]) == str(tmp_path / "profile" / "plugins" / "profile")
+  with gzip.open(os.path.join(r["profile"], "perfetto_trace.json.gz")) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                 if e.get("ph") == "X" and e["name"] == "PjitFunction(jit(train_step))")
+  calls, end = 0, -math.inf
+  for start, stop in steps:  # a call may be recorded twice, one event inside the other
+    if start >= end:
+      calls, end = calls + 1, stop
+  assert calls == throughput.PROFILE_ITERS
 
 
 def test_memory_report_orders_the_levers(tmp_path):
@@ -253,6 +271,9 @@ def test_cli_modes_are_exclusive():
   out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--memory",
                    "--decode")
   assert out.returncode != 0 and "pick one of" in out.stderr
+  out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--memory",
+                   "--profile=prof")
+  assert out.returncode == 1 and "--profile traces the train step" in out.stderr
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
   python -m jaxgpt.bench --config=configs/gpt2_124m.py [--config.KEY=VALUE ...]
       [--iters=50] [--warmup=5] [--data_workers=2] [--peer=torch] [--peak_flops=FLOP/s]
-      [--out=PATH]
+      [--out=PATH] [--profile=DIR]
   python -m jaxgpt.bench --config=... --memory        # kept for the backward pass, per remat
   python -m jaxgpt.bench --config=... --collectives   # dp vs fsdp memory and traffic
   python -m jaxgpt.bench --config=... --checkpoint    # step time during an async save
@@ -75,6 +75,10 @@ def _define_flags() -> None:
                   "appended to this file (default: none), --gpu_report's page (default: "
                   "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "
                   "rows.jsonl (a new directory; default: out/compare_recipes).")
+  cli.define_path("profile", None, "Also trace "
+                  f"{throughput.PROFILE_ITERS} iterations of the step with jax.profiler into a "
+                  "new folder under this directory: perfetto_trace.json.gz (ui.perfetto.dev) "
+                  "and the xplane.pb that xprof or TensorBoard's profile plugin reads.")
   for mode, help_text in MODES.items():
     flags.DEFINE_boolean(mode, False, help_text)
   flags.DEFINE_boolean("gpu_tests", True, "--gpu_report: run `pytest -m gpu` first "
@@ -128,6 +132,8 @@ def summary(r: dict[str, Any]) -> str:
        f"waiting for data {r['data_wait_ms_per_iter']:.2f} ms/iter "
        f"({_pct(r['data_wait_fraction'])})"),
   ]
+  if r.get("profile"):
+    lines.append(f"profile of {throughput.PROFILE_ITERS} iterations: {r['profile']}")
   if "peer" in r:
     p = r["peer"]
     lines.append(
@@ -209,23 +215,25 @@ def _out_path(path: str) -> str:
   return path
 
 
-def _out_dir(path: str) -> str:
+def _out_dir(path: str, flag: str = "out") -> str:
   """`path`, a folder made where it is missing, for a benchmark's files: a file there, or a
   folder that cannot be made, is said before the benchmark."""
   if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"--out={path}: a file, not a folder")
+    raise UserError(f"--{flag}={path}: a file, not a folder")
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise UserError(f"--out={path}: the folder cannot be made ({e.strerror})") from None
+    raise UserError(f"--{flag}={path}: the folder cannot be made ({e.strerror})") from None
   return path
 
 
 def _print_throughput(f: flags.FlagValues) -> None:
   out = f.out and _out_path(f.out)
+  profile_dir = f.profile and _out_dir(f.profile, "profile")
   result = throughput.measure(f.config, iters=f.iters, warmup=f.warmup,
                               data_workers=f.data_workers, peer=f.peer,
-                              torch_compile=f.torch_compile, peak_flops=f.peak_flops)
+                              torch_compile=f.torch_compile, peak_flops=f.peak_flops,
+                              profile_dir=profile_dir)
   result["config"] = config_flags.get_config_filename(f["config"])
   result["overrides"] = config_flags.get_override_values(f["config"])
   line = json.dumps(result)
@@ -279,6 +287,8 @@ def main() -> None:
   chosen = [mode for mode in MODES if f[mode].value]
   if len(chosen) > 1:
     raise UserError(f"pick one of --{', --'.join(MODES)}, not {', '.join(chosen)}")
+  if f.profile and chosen:
+    raise UserError(f"--profile traces the train step the default mode times, not --{chosen[0]}")
   configless = set(chosen) & set(CONFIGLESS_MODES)
   if f.config is None and not configless:
     raise UserError("--config is required (a configs/*.py file), except for "

@@ -11,6 +11,7 @@ in PyTorch on the same device (torch_peer.py).
 
 from __future__ import annotations
 
+import glob
 import os
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ from jaxgpt.model import GPTConfig, count_params
 from jaxgpt.prep import shards
 
 _SHARD_ITERS = 8  # the synthetic shard holds this many iterations of tokens
+PROFILE_ITERS = 3  # iterations traced by --profile, after the timed ones
 _TORCH_DEVICE = {"gpu": "cuda", "cpu": "cpu"}  # JAX platform -> the torch device of the peer
 
 
@@ -62,6 +64,16 @@ def time_step(compiled_step: Callable, state: train_step.TrainState, batch: jax.
     jax.block_until_ready((state, step_metrics))
     times.append(time.perf_counter() - t0)
   return state, times
+
+
+def trace_steps(compiled_step: Callable, state: train_step.TrainState, batch: jax.Array,
+                profile_dir: str) -> tuple[train_step.TrainState, str]:
+  """PROFILE_ITERS steps traced by jax.profiler into a new folder under `profile_dir` (the
+  device's kernels, each with its HLO op, where a GPU runs them); that folder."""
+  with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+    state, _ = time_step(compiled_step, state, batch, iters=PROFILE_ITERS, warmup=0)
+  traces = glob.glob(os.path.join(profile_dir, "plugins", "profile", "*", "*.xplane.pb"))
+  return state, os.path.dirname(max(traces, key=os.path.getmtime))
 
 
 def write_synthetic_shard(directory: str, n_tokens: int, vocab_size: int, seed: int) -> str:
@@ -178,8 +190,9 @@ def _peak_memory_bytes(device: jax.Device) -> int | None:
 
 def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_workers: int,
             peer: str | None = None, torch_compile: bool | None = None,
-            peak_flops: float = 0.0) -> dict[str, Any]:
-  """Every figure of one benchmark, as a flat-ish dict (see the module docstring)."""
+            peak_flops: float = 0.0, profile_dir: str | None = None) -> dict[str, Any]:
+  """Every figure of one benchmark, as a flat-ish dict (see the module docstring); with
+  `profile_dir`, a trace of PROFILE_ITERS more steps there too."""
   defaults.validate(config)
   _check(iters, warmup, data_workers, peer)
   peer_result = (_time_peer(config, iters=iters, warmup=warmup, torch_compile=torch_compile)
@@ -196,6 +209,10 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
   compile_s = time.perf_counter() - t0
   logging.info("timing %d iterations on a synthetic batch", iters)
   state, step_times = time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
+  profile = None
+  if profile_dir:
+    logging.info("tracing %d iterations into %s", PROFILE_ITERS, profile_dir)
+    state, profile = trace_steps(compiled_step, state, batch, profile_dir)
   with tempfile.TemporaryDirectory(prefix="jaxgpt_bench_") as tmp:
     n_tokens = _SHARD_ITERS * setup.step.tokens_per_iter(1) + 1
     source = data.TokenWindows(
@@ -228,7 +245,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
       loop_ms_per_iter_median=1000 * statistics.median(loop_times),
       loop_ms_per_iter_mean=1000 * statistics.mean(loop_times),
       data_wait_ms_per_iter=1000 * statistics.mean(waits),
-      data_wait_fraction=sum(waits) / sum(loop_times))
+      data_wait_fraction=sum(waits) / sum(loop_times), profile=profile)
   if peer_result:
     peer_result["tokens_per_sec"] = r["tokens_per_iter"] / (
         peer_result["ms_per_iter_median"] / 1000)
