@@ -140,6 +140,8 @@ class Checkpoints:
     (one whose read fails would leave the others waiting there); they agree on
     the read before checking it.
     """
+    if meta.get("iter", step) != step:  # a copy put back under another step's name
+      raise CorruptCheckpoint(f"it holds step {meta['iter']}'s checkpoint, not its own")
     state = sharding.agreed("reading it", self._read, step, abstract_state)
     verify(state, meta)  # a computation over every process's part
     return state
@@ -257,7 +259,8 @@ class SaveError(UserError):
 
 
 class CorruptCheckpoint(ValueError):
-  """A restored state whose arrays differ from the fingerprints saved with them."""
+  """A checkpoint that is not what its step saved: arrays that differ from the fingerprints
+  saved with them, or another step's checkpoint under this step's name."""
 
 
 FINGERPRINTS = "fingerprints"  # meta's key: the state's, at the save
@@ -292,12 +295,14 @@ def verify(state: Any, meta: dict[str, Any]) -> None:
   if saved is None:
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)
                if jnp.issubdtype(x.dtype, jnp.floating)):
-      raise CorruptCheckpoint("non-finite values in a state written without fingerprints")
+      raise CorruptCheckpoint("its contents changed after the save: non-finite values in a "
+                              "state written without fingerprints")
     return
   changed = [path for path, value in fingerprints(state).items() if saved.get(path) != value]
   if changed:
-    raise CorruptCheckpoint(f"{len(changed)} array(s) differ from the fingerprints saved with "
-                            f"them ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
+    raise CorruptCheckpoint(f"its contents changed after the save: {len(changed)} array(s) "
+                            f"differ from the fingerprints saved with them "
+                            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
 
 
 def cause(error: Exception) -> str:
@@ -313,7 +318,7 @@ def cause(error: Exception) -> str:
   if isinstance(error, sharding.FailedElsewhere):
     return str(error)
   if isinstance(error, CorruptCheckpoint):
-    return f"its contents changed after the save: {error}"
+    return str(error)
   if (any(isinstance(e, FileNotFoundError) for e in chain) or "NOT_FOUND" in text
       or "No such file" in text):
     return "a file of it is missing"

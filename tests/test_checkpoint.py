@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import types
@@ -99,6 +100,22 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, token_dir
   assert redone == list(range(9))
   # Step 6 saved anew is a checkpoint to read like the others.
   assert any(m.startswith("done: checkpoints of steps 3, 6, 9 in") for m in caplog.messages)
+
+
+def test_a_checkpoint_copied_under_another_step_s_name_is_not_resumed_as_that_step(
+    tmp_path, token_dir, caplog):
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=9)
+  train.train(config)
+  checkpoints = os.path.join(config.out_dir, "checkpoints")
+  shutil.copytree(os.path.join(checkpoints, "3"), os.path.join(checkpoints, "9"))
+  resumed = tiny_config(tmp_path, token_dir, max_iters=9, eval_interval=3, lr_decay_iters=9,
+                        init_from="resume")
+  with caplog.at_level(logging.INFO):
+    train.train(resumed)
+  assert (f"checkpoint {checkpoints}/9 is unreadable (it holds step 3's checkpoint, not its "
+          "own); using step 6") in caplog.text
+  assert os.path.isdir(os.path.join(checkpoints, "9.unreadable"))
+  assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(9))
 
 
 def test_orbax_s_unfinished_reads_are_not_printed_beside_the_run_s_line(monkeypatch):

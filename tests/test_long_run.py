@@ -487,7 +487,6 @@ def test_a_restore_names_the_arrays_that_differ_from_their_fingerprints(tmp_path
   state, meta = restore_state(config, 10)  # as saved: it verifies
   wte = next(path for path in meta[checkpoint.FINGERPRINTS] if "wte" in path)
   meta[checkpoint.FINGERPRINTS][wte] += 1
-  with pytest.raises(checkpoint.CorruptCheckpoint, match=r"1 array\(s\) differ .*wte"):
+  with pytest.raises(checkpoint.CorruptCheckpoint, match=r"1 array\(s\) differ .*wte") as e:
     checkpoint.verify(state, meta)
-  assert checkpoint.cause(checkpoint.CorruptCheckpoint("x")).startswith(
-      "its contents changed after the save")
+  assert checkpoint.cause(e.value).startswith("its contents changed after the save: 1 array")
