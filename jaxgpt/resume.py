@@ -98,6 +98,9 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       discard=lambda made: made[0].close())
   for key in check_resumable(meta["config"], config):
     logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])
+    if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
+      logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
+                      "the run's before, and compared with its best_val_loss all the same")
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
   best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints, it)

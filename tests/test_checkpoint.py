@@ -346,6 +346,16 @@ def test_a_resume_on_changed_data_says_so(tmp_path, token_dir, caplog):
           "goes on in another order\n") in caplog.text
 
 
+def test_a_resume_with_another_eval_iters_says_the_val_loss_is_over_other_windows(
+    tmp_path, token_dir, caplog):
+  kw = {"eval_interval": 2, "lr_decay_iters": 4}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
+  with caplog.at_level("WARNING", logger="absl"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", eval_iters=4,
+                            **kw))
+  assert "resume: eval_iters changed, so the val loss is over other windows" in caplog.text
+
+
 def test_a_resume_removes_the_folders_of_saves_that_never_finished(tmp_path, token_dir):
   kw = {"eval_interval": 2, "lr_decay_iters": 4}
   train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
