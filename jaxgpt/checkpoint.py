@@ -305,6 +305,9 @@ def verify(state: Any, meta: dict[str, Any]) -> None:
                             f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})")
 
 
+CAUSE_CHARS = 160  # an error of the storage layer can be a dump of the whole state's tree
+
+
 def cause(error: Exception) -> str:
   """What an unreadable checkpoint's error means, in a line (not the storage layer's dump).
 
@@ -329,7 +332,8 @@ def cause(error: Exception) -> str:
   if any(word in text for word in ("DATA_LOSS", "OUT_OF_RANGE", "truncated", "Error reading",
                                    "decompress", "Failed to decode")):
     return "a file of it is truncated or corrupt"
-  return f"{type(chain[-1]).__name__}: {first_line(chain[-1])}"
+  line = f"{type(chain[-1]).__name__}: {first_line(chain[-1])}"
+  return line if len(line) <= CAUSE_CHARS else line[:CAUSE_CHARS - 3] + "..."
 
 
 def os_error(error: Exception) -> str:

@@ -118,6 +118,12 @@ def test_a_checkpoint_copied_under_another_step_s_name_is_not_resumed_as_that_st
   assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(9))
 
 
+def test_the_cause_of_an_unreadable_checkpoint_is_a_line_not_a_dump_of_the_tree():
+  dump = ValueError("Custom dataclass node type mismatch: " + "{'step': ArrayRestoreArgs()} " * 20)
+  said = checkpoint.cause(dump)
+  assert len(said) == checkpoint.CAUSE_CHARS and said.startswith("ValueError: Custom dataclass")
+
+
 def test_orbax_s_unfinished_reads_are_not_printed_beside_the_run_s_line(monkeypatch):
   """A failed read leaves Orbax's other reading coroutines to close unfinished, each an
   'Exception ignored' page (when, depends on timing); the run's own line says what failed.
