@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,7 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     if one_per_node:
       logging.info("one process per node: it drives the node's %d GPUs", len(device_ids))
   jax.distributed.initialize(**kwargs)
+  check_equal_devices()  # before the first collective, which would fail on unequal shares
 
 
 def _launcher() -> tuple[int, bool]:
@@ -145,13 +147,32 @@ def make_mesh() -> Mesh:
   gather fails to shard; the plain constructor keeps Auto.) Every process
   reads an equal share of each batch, so each must drive as many devices.
   """
-  devices = jax.devices()
-  per_process = collections.Counter(d.process_index for d in devices)
+  check_equal_devices()
+  return Mesh(np.array(jax.devices()), (DATA,))
+
+
+def check_equal_devices() -> None:
+  """Every process drives as many devices: each reads an equal share of every batch."""
+  per_process = collections.Counter(d.process_index for d in jax.devices())
   if len(set(per_process.values())) > 1:
     counts = ", ".join(f"process {p}: {n}" for p, n in sorted(per_process.items()))
     raise UserError(f"the processes drive different numbers of devices ({counts}); each reads "
                     "an equal share of every batch, so give each process as many GPUs")
-  return Mesh(np.array(devices), (DATA,))
+
+
+def check_same_config(config: dict[str, Any]) -> None:
+  """Stops every process, naming the keys, where they were started with different configs:
+  they would train apart without a word (another learning rate, say: checkpoints that none
+  of them reads back) or wait for each other forever (another max_iters)."""
+  if jax.process_count() == 1:
+    return
+  keys = sorted(config)
+  digests = np.array([zlib.crc32(repr(config[k]).encode()) & 0x7FFFFFFF for k in keys], np.int32)
+  everyone = multihost_utils.process_allgather(digests)  # (processes, keys)
+  differ = [k for k, column in zip(keys, everyone.T) if len(set(column.tolist())) > 1]
+  if differ:
+    raise UserError(f"the processes were started with different configs ({', '.join(differ)} "
+                    "differ); start every process with the same command")
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int) -> NamedSharding:

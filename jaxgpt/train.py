@@ -344,6 +344,7 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
   from the start: a stop during start-up ends the run before its first step.
   """
   defaults.validate(config)
+  sharding.check_same_config(config.to_dict())
   rundir = run_dir.RunDir(config.out_dir)
   with preemption.StopSignals(jax.process_count()) as signals, _locked(rundir):
     return _train(config, rundir, signals, params, hooks, config_file)

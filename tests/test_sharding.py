@@ -102,14 +102,16 @@ def test_fsdp_checkpoint_resumes_on_one_device(tmp_path, token_dir):
 
 
 def run_two(out: str, token_dir: str, timeout: float, *, flags: tuple[str, ...] = (),
+            own_flags: tuple[tuple[str, ...], ...] = ((), ()),
             **overrides) -> list[subprocess.CompletedProcess]:
-  """Runs tests/sharded_run.py (with `flags`) as the two processes of one run, to their end."""
+  """Runs tests/sharded_run.py (with `flags`, and each process with its `own_flags`) as the
+  two processes of one run, to their end."""
   port = free_port()
   env = dict(os.environ, PYTHONPATH=PYTHONPATH)
   args = [[sys.executable, os.path.join(HERE, "sharded_run.py"), f"--out={out}",
            f"--data={token_dir}", f"--process_id={i}", "--num_processes=2",
-           f"--coordinator=localhost:{port}", f"--overrides={json.dumps(overrides)}", *flags]
-          for i in range(2)]
+           f"--coordinator=localhost:{port}", f"--overrides={json.dumps(overrides)}", *flags,
+           *own_flags[i]] for i in range(2)]
   procs = [subprocess.Popen(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for a in args]
   try:
@@ -257,6 +259,31 @@ def test_two_processes_stop_together_when_process_0_cannot_write_the_metrics(tmp
           "why") in done[1].stderr
   trained = records(str(tmp_path / "multi" / "run"), "train")
   assert [r["iter"] for r in trained] == [0, 2]
+
+
+@pytest.mark.slow
+def test_two_processes_started_with_different_configs_stop_naming_the_keys(tmp_path,
+                                                                          token_dir):
+  """Another learning rate would train each process's copy of the params apart, with
+  checkpoints none of them reads back; another max_iters would leave one waiting forever."""
+  other = f"--overrides={json.dumps(dict(RUN, learning_rate=2e-3, max_iters=6))}"
+  done = run_two(str(tmp_path / "multi"), token_dir, timeout=240, own_flags=((), (other,)),
+                 **RUN)
+  assert [d.returncode for d in done] == [1, 1]
+  for d in done:
+    assert ("UserError: the processes were started with different configs (learning_rate, "
+            "max_iters differ)") in d.stderr, d.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "multi" / "run")
+
+
+@pytest.mark.slow
+def test_two_processes_with_unequal_devices_stop_as_they_join(tmp_path, token_dir):
+  done = run_two(str(tmp_path / "multi"), token_dir, timeout=240,
+                 own_flags=(("--devices=1",), ("--devices=2",)), **RUN)
+  assert [d.returncode for d in done] == [1, 1]
+  for d in done:  # said as they join, not by the first collective's reshape (launch.py: a line)
+    assert ("UserError: the processes drive different numbers of devices (process 0: 1, "
+            "process 1: 2)") in d.stderr, d.stderr[-2000:]
 
 
 def test_processes_read_disjoint_windows_that_together_make_the_global_batch(token_dir):
