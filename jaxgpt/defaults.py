@@ -105,24 +105,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
   c.learning_rate = 6e-4  # max learning rate (AdamW's: all params, or with muon the rest)
   c.max_iters = 600000  # total number of training iterations
-  c.weight_decay = 1e-1
-  c.beta1 = 0.9
-  c.beta2 = 0.95
+  c.weight_decay = 1e-1  # AdamW's, on params of 2+ dims (nanoGPT's rule); with muon: wte, lm_head
+  c.beta1 = 0.9  # AdamW's first-moment decay (Muon's momentum is muon_momentum)
+  c.beta2 = 0.95  # AdamW's second-moment decay
   c.grad_clip = 1.0  # clip gradients at this global norm; 0 disables
   c.muon_learning_rate = 0.02  # optimizer=muon: max learning rate of the matrices, same schedule
   c.muon_momentum = 0.95  # optimizer=muon: Nesterov momentum, reached after the warmup below
-  c.muon_momentum_start = 0.85
+  c.muon_momentum_start = 0.85  # optimizer=muon: momentum at iteration 0
   c.muon_momentum_warmup_iters = 300  # linear from muon_momentum_start to muon_momentum
 
   # learning-rate schedule
   c.decay_lr = True  # warmup then decay by lr_schedule; False keeps learning_rate constant
   c.lr_schedule = "cosine"  # 'cosine' (nanoGPT) or 'wsd': warmup, stable, then linear decay
   c.wsd_decay_frac = 0.2  # lr_schedule=wsd: this last fraction of the iterations after warmup decays
-  c.warmup_iters = 2000
+  c.warmup_iters = 2000  # linear warmup: learning_rate * (it + 1) / (warmup_iters + 1)
   # ~= max_iters per Chinchilla: follows max_iters unless set itself, so a recipe's
   # --config.max_iters=N override brings its decay along.
   c.lr_decay_iters = c.get_ref("max_iters").identity()
-  c.min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla
+  c.min_lr = 6e-5  # ~= learning_rate / 10 per Chinchilla; muon's floor scales alike
 
   # system
   c.sharding = "dp"  # over all devices: 'dp' replicates params, 'fsdp' splits params and Adam state
