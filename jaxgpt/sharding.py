@@ -67,7 +67,10 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs["local_device_ids"] = device_ids
     if one_per_node:
       logging.info("one process per node: it drives the node's %d GPUs", len(device_ids))
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # the flags JAX checks: a process_id past num_processes, say
+    raise UserError(f"--coordinator_address/--num_processes/--process_id: {e}") from None
   check_equal_devices()  # before the first collective, which would fail on unequal shares
 
 
