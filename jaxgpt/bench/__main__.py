@@ -253,10 +253,15 @@ def _print_gpu_report(f: flags.FlagValues) -> None:
   for taken in (path, log_path):
     if os.path.exists(taken):
       raise UserError(f"{taken} exists; pass --out=PATH or move it")
+  seen = gpu_report.device()
+  if seen[1] != "gpu":  # its rows are the recipes themselves: hours each on a CPU
+    raise UserError(f"--gpu_report times both recipes on a GPU, and JAX finds none here: "
+                    f"{seen[2].split(';')[0]}")
   iters = f.iters if f["iters"].present else gpu_report.ITERS
   warmup = f.warmup if f["warmup"].present else gpu_report.WARMUP
   with open(path, "w", encoding="utf-8") as out, open(log_path, "w", encoding="utf-8") as log:
-    for line in gpu_report.report(iters=iters, warmup=warmup, run_tests=f.gpu_tests, log=log):
+    for line in gpu_report.report(iters=iters, warmup=warmup, run_tests=f.gpu_tests, log=log,
+                                  seen=seen):
       print(line, flush=True)
       out.write(line + "\n")
       out.flush()  # a run cut short keeps the rows it finished

@@ -71,15 +71,17 @@ def _last_line(done: subprocess.CompletedProcess) -> str:
   return lines[-1] if lines else f"exit {done.returncode}, nothing printed"
 
 
-def device() -> tuple[str, str]:
-  """The accelerator's kind as the rows' processes see it (this process compiles on the CPU),
-  and a line with its platform, count and the versions of the libraries the step is made of:
-  a GPU image may hold others than CI's."""
+def device() -> tuple[str, str, str]:
+  """The accelerator's kind and platform as the rows' processes see it (this process compiles
+  on the CPU), and a line with both, their count and the versions of the libraries the step is
+  made of: a GPU image may hold others than CI's."""
   done = _python("-c", "import jax; d = jax.devices()[0]; print(d.device_kind); "
+                 "print(d.platform); "
                  "print(f'{d.device_kind} ({d.platform}), {jax.device_count()} device(s)')")
   lines = done.stdout.strip().splitlines()
-  kind, about = lines[-2:] if len(lines) >= 2 else ("", _last_line(done))
-  return kind, f"{about}; {', '.join(f'{name} {_version(name)}' for name in _LIBRARIES)}"
+  kind, platform, about = lines[-3:] if len(lines) >= 3 else ("", "", _last_line(done))
+  return kind, platform, (f"{about}; "
+                          f"{', '.join(f'{name} {_version(name)}' for name in _LIBRARIES)}")
 
 
 def _version(distribution: str) -> str:
@@ -125,9 +127,11 @@ def _cell(value: Any, fmt: str) -> str:
 
 def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = ITERS,
            warmup: int = WARMUP, base: dict[str, Any] | None = None, run_tests: bool = True,
-           log: TextIO | None = None) -> Iterator[str]:
-  """The markdown page, line by line: device, GPU tests, a row per benchmark."""
-  kind, about = device()
+           log: TextIO | None = None, seen: tuple[str, str, str] | None = None
+           ) -> Iterator[str]:
+  """The markdown page, line by line: device (`seen`, where `device()` was asked already), GPU
+  tests, a row per benchmark."""
+  kind, _, about = seen or device()
   yield from [f"## GPU report: {about}", "",
               (f"{iters} timed iterations after {warmup}, each row in a process of its own; "
                "command: `python -m jaxgpt.bench --gpu_report`"), ""]
