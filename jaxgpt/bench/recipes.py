@@ -55,6 +55,9 @@ def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.Confi
   """The nanoGPT recipe at the comparison's size; `data` is a dataset name or a shard directory."""
   c = defaults.get_config()
   is_dir = os.path.isdir(data)
+  if not is_dir and os.sep in data:  # a dataset's name holds none
+    raise UserError(f"--compare_data={data}: no such directory of token shards (make it with "
+                    "python -m jaxgpt.prepare files --input=... --out=DIR)")
   c.update(SIZE)
   c.update(out_dir=out_dir, dataset=os.path.basename(os.path.normpath(data)) if is_dir else data,
            data_dir=data if is_dir else "", max_iters=max_iters,
