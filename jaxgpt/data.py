@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from jaxgpt import token_files
+from jaxgpt import defaults, token_files
 from jaxgpt.errors import UserError
 
 
@@ -75,7 +75,7 @@ def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, To
   """The train and val windows of a data directory, every file checked against the vocabulary
   (and a model of GPT-2's size against nanoGPT's meta.pkl, a character-level vocabulary)."""
   said = token_files.nanogpt_vocab(data_dir)
-  if said is not None and said < token_files.GPT2_VOCAB <= vocab_size:
+  if said is not None and said < defaults.GPT2_VOCAB <= vocab_size:
     raise UserError(f"{os.path.join(data_dir, 'meta.pkl')}: nanoGPT's dataset of a "
                     f"{said}-token vocabulary, and the model's is vocab_size={vocab_size}; set "
                     f"--config.vocab_size={said} (as nanoGPT's train.py does)")

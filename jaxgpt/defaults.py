@@ -40,6 +40,9 @@ MODERN = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp_act": "rel
           "optimizer": "muon", "lr_schedule": "wsd"}
 
 
+GPT2_VOCAB = 50257  # GPT-2's BPE ids, what `prepare` writes; tokenizer.py builds the BPE
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Returns nanoGPT's defaults (GPT-2 124M on OpenWebText) plus jaxgpt's own keys."""
   c = ml_collections.ConfigDict()

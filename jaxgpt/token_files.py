@@ -27,7 +27,6 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
-GPT2_VOCAB = 50257  # GPT-2's BPE ids, what `prepare` writes; tokenizer.py builds the BPE
 
 
 class ShardError(UserError, ValueError):

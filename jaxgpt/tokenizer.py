@@ -14,11 +14,11 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from jaxgpt import token_files
+from jaxgpt import defaults
 from jaxgpt.errors import UserError
 
 EOT_TOKEN = 50256  # <|endoftext|>
-N_VOCAB = token_files.GPT2_VOCAB
+N_VOCAB = defaults.GPT2_VOCAB
 # The hashes tiktoken pins for its own download of the gpt2 files.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"

@@ -418,7 +418,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     hooks.at_end(loop.state.params)
   if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
     _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
-                    config.sample_start, config.block_size)
+                    config.sample_start, config.block_size, config.vocab_size)
   return loop.losses
 
 
@@ -513,15 +513,18 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
 
 
 def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints,
-                    unreadable: tuple[int, ...], prompt: str, block_size: int) -> None:
+                    unreadable: tuple[int, ...], prompt: str, block_size: int,
+                    vocab_size: int) -> None:
   """Where the run's checkpoints are (but the `unreadable` ones a resume passed over), and the
-  commands that read them. It reads the closed manager's list: opening another would wait at
-  a barrier for the processes that do not log."""
+  commands that read them (sample only where GPT-2's BPE can spell the run's tokens). It reads
+  the closed manager's list: opening another would wait at a barrier for the processes that do
+  not log."""
   steps = [step for step in checkpoints.steps() if step not in unreadable]
   out = shlex.quote(out_dir)
   report = f"python -m jaxgpt.report --out_dir={out}"
-  if not steps:
-    logging.info("done: no checkpoint in %s. Next:\n  %s", checkpoints.directory, report)
+  if not steps or vocab_size < defaults.GPT2_VOCAB:
+    logging.info("done: %s in %s. Next:\n  %s", f"checkpoints of steps {', '.join(map(str, steps))}"
+                 if steps else "no checkpoint", checkpoints.directory, report)
     return
   start = f" --start={shlex.quote(prompt)}" if prompt else ""
   logging.info("done: checkpoints of steps %s in %s. Next:\n  python -m jaxgpt.sample "
