@@ -154,6 +154,23 @@ def test_each_candidate_is_planned_as_launch_py_would_train_it():
   assert "warning" not in tied  # warmup 35 of 1,000 iterations, the decay to 1,000
 
 
+def test_the_verdict_picks_no_candidate_launch_py_refuses_and_shared_warnings_are_said_once():
+  """1,000 iterations are the only ones within 4 epochs of the data, but shorter than the
+  warmup."""
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
+                 "--max_iters=1000,20000", "--config.warmup_iters=2000",
+                 "--config.lr_decay_iters=20000", "--config.out_dir=out/gpt2_124m",
+                 "--train_tokens=1000000000")
+  assert r.returncode == 0, r.stderr
+  warnings = [line for line in r.stdout.splitlines() if line.startswith("warning: ")]
+  assert [w for w in warnings if "gpt2_124m" in w and "max_iters=" not in w.split(":")[1]]
+  assert len([w for w in warnings if "gpt2_124m" in w]) == 1  # the out_dir's name, said once
+  assert any(w.startswith("warning: max_iters=1,000: launch.py refuses it") for w in warnings)
+  [verdict] = [line for line in r.stdout.splitlines() if line.startswith("verdict: ")]
+  assert verdict.startswith("verdict: max_iters=20,000, ")
+  assert verdict.endswith(" (of those launch.py accepts)")
+
+
 def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
   rundir = run_dir.RunDir(str(tmp_path / "run"))
   rundir.write_config(recipe("fineweb_40m"))  # 524,288 tokens per iteration on one device

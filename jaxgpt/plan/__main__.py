@@ -136,8 +136,12 @@ def main() -> None:
                     config_file=config_path))
   for note in notes:
     print(f"note: {note}")
-  if len(candidates) > 1:
-    print(iters.verdict(s, candidates))
+  trainable = [m for m in candidates if iters.refusal(iters.with_max_iters(config, m)) is None]
+  if len(candidates) > 1 and not trainable:
+    print("verdict: none of these trains as the config stands (the warnings say why)")
+  elif len(candidates) > 1:
+    among = "" if len(trainable) == len(candidates) else " (of those launch.py accepts)"
+    print(iters.verdict(s, trainable) + among)
   _print_memory(f, train_step.StepConfig.from_config(config), n_devices)
 
 

@@ -64,23 +64,40 @@ def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: 
   among them; `base` is the config's summary."""
   rows = [(f"{'max_iters':>10} {'tokens':>9} {'epochs':>7} {'tok/param':>9} {'FLOPs':>9} "
           f"{'time':>8}")]
-  warnings = []
+  said = {}  # each candidate's warnings
   for max_iters in candidates:
-    c = copy.deepcopy(config)  # keeps the recipe's ties: its warmup may follow max_iters
-    with c.unlocked():
-      c.max_iters = max_iters
-    try:
-      defaults.validate(c)
-    except UserError as e:
-      warnings.append(f"max_iters={max_iters:,}: launch.py refuses it: {e}")
+    c = with_max_iters(config, max_iters)
+    refused = refusal(c)
     s = dataclasses.replace(base, max_iters=max_iters)
     epochs = "?" if s.epochs is None else f"{s.epochs:.2f}"
     time_text = "?" if not tokens_per_sec else formatting.duration(s.tokens / tokens_per_sec)
     rows.append(f"{max_iters:>10,} {formatting.count(s.tokens):>9} {epochs:>7} "
                 f"{summary.ratio(s.tokens_per_param):>9} {s.flops:>9.2e} {time_text:>8}")
-    warnings += [f"max_iters={max_iters:,}: {w}"
-                 for w in summary.check(c, s, config_file=config_file)]
+    said[max_iters] = ([f"launch.py refuses it: {refused}"] if refused else []) + summary.check(
+        c, s, config_file=config_file)
+  everyone = [w for w in said[candidates[0]] if all(w in ws for ws in said.values())]
+  warnings = everyone + [f"max_iters={m:,}: {w}" for m, ws in said.items() for w in ws
+                         if w not in everyone]
   return "\n".join(rows + [f"warning: {w}" for w in warnings])
+
+
+def with_max_iters(config: ml_collections.ConfigDict, max_iters: int
+                   ) -> ml_collections.ConfigDict:
+  """The config trained for `max_iters`, as a --config.max_iters override makes it: the
+  recipe's ties kept (its warmup and decay may follow max_iters)."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.max_iters = max_iters
+  return c
+
+
+def refusal(config: ml_collections.ConfigDict) -> str | None:
+  """Why launch.py would refuse `config`, or None."""
+  try:
+    defaults.validate(config)
+  except UserError as e:
+    return str(e)
+  return None
 
 
 def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
