@@ -174,7 +174,8 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
   except Exception as e:
     why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # one line
     raise UserError(f"could not download {repo} from the Hugging Face Hub ({why}); fetch it "
-                    "where there is internet and pass hf_checkpoint_dir=DIR") from e
+                    "where there is internet and pass its folder (--hf_checkpoint_dir / "
+                    "--config.hf_checkpoint_dir)") from e
 
 
 def differences(cfg: GPTConfig) -> list[str]:
