@@ -109,7 +109,11 @@ class StopSignals:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.received = signum
-    logging.warning("received %s: stopping once the step the device is running and the one "
-                    "queued behind it are done (at most two), then saving", self.name)
+    if self._first is None:  # the loop has not begun: its start-up (a compile, say) goes on
+      logging.warning("received %s: stopping before the first step, once the start-up work "
+                      "under way (a compile, say) is done", self.name)
+    else:
+      logging.warning("received %s: stopping once the step the device is running and the one "
+                      "queued behind it are done (at most two), then saving", self.name)
     if self.processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells the rest

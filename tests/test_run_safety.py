@@ -305,6 +305,8 @@ def test_sigterm_during_start_up_ends_the_run_with_one_line(tmp_path, token_dir)
   output = "".join(lines) + proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, output
   assert "stopped by SIGTERM before the first step: nothing new to save" in output
+  assert "received SIGTERM: stopping before the first step, once the start-up work" in output
+  assert "then saving" not in output  # there is nothing to save
   assert checkpoint_steps(str(tmp_path / "run")) == []
 
 
