@@ -81,6 +81,7 @@ def main() -> None:
   start = read_start(f.start)
   decoding.check_settings(f.max_new_tokens, f.temperature, f.top_k or None, f.top_p)
   _, model, params, source = weights.from_flags()
+  tokenizer.require_gpt2_vocabulary(model.config.vocab_size, "prompts and samples are")  # first
   print(f"sampling {f.num_samples} x {f.max_new_tokens} tokens from {source}", file=sys.stderr,
         flush=True)
   texts = sample_texts(model, params, start, num_samples=f.num_samples,
