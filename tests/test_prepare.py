@@ -718,6 +718,18 @@ def test_trainer_makes_fineweb_itself_when_allowed(tmp_path, hub):
       f"python -m jaxgpt.prepare fineweb --out={tmp_path / 'fw'}")
 
 
+def test_a_run_whose_fineweb_download_fails_leaves_no_folder_behind(tmp_path, hub, monkeypatch):
+  """ensure holds the lock through the download: the folder its lock made goes with it."""
+  def offline(*args, **kwargs):
+    raise readers.PrepareError("hf://datasets/HuggingFaceFW/fineweb: the hub is unreachable")
+
+  monkeypatch.setattr(fineweb, "prepare_fineweb", offline)
+  fw = tmp_path / "fw"
+  with pytest.raises(readers.PrepareError, match="unreachable"):
+    datasets.ensure("fineweb", str(fw), auto_prepare=True)
+  assert not fw.exists()
+
+
 # The command line.
 
 def prepare_cli(*args: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,13 @@ from jaxgpt import token_files
 from jaxgpt.errors import UserError
 from jaxgpt.prep import fineweb
 from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
-from jaxgpt.prep.shards import STAGING, check_out_dir, write_dataset, write_lock
+from jaxgpt.prep.shards import (
+  STAGING,
+  check_out_dir,
+  remove_locked_dir,
+  write_dataset,
+  write_lock,
+)
 from jaxgpt.prep.tokenize import cpu_count
 
 FINEWEB_DATASETS = {"fineweb": False, "fineweb_edu": True}  # config.dataset -> FineWeb-Edu?
@@ -84,13 +90,19 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   train_files = token_files.find_shards(data_dir, "train")
   makes = dataset == PYTHON_DOCS or (auto_prepare and dataset in FINEWEB_DATASETS)
   if makes and (not train_files or os.path.isdir(os.path.join(data_dir, STAGING))):
+    made = not os.path.isdir(data_dir)
     with write_lock(data_dir, wait=True) as lockless:  # write_dataset's lock, held through it
       if lockless:  # the processes of a run would each write the data
         raise UserError(f"data_dir={data_dir!r}: cannot lock it to make the data there "
                         f"({lockless}); make it first, from one process, with "
                         "python -m jaxgpt.prepare")
-      if not token_files.find_shards(data_dir, "train"):
-        make(dataset, data_dir, auto_prepare=auto_prepare)
+      try:
+        if not token_files.find_shards(data_dir, "train"):
+          make(dataset, data_dir, auto_prepare=auto_prepare)
+      except BaseException:  # a download that failed, say: no folder left holding a lock file
+        if made:
+          remove_locked_dir(data_dir)
+        raise
     train_files = token_files.find_shards(data_dir, "train")
   elif not train_files:
     make(dataset, data_dir, auto_prepare=auto_prepare)  # the error: the command that makes it

@@ -235,10 +235,16 @@ def _writing_into(out_dir: str) -> Iterator[None]:
       yield
     except BaseException:
       if made:
-        with contextlib.suppress(OSError):
-          os.remove(os.path.join(out_dir, LOCK_FILE))
-          os.rmdir(out_dir)
+        remove_locked_dir(out_dir)
       raise
+
+
+def remove_locked_dir(out_dir: str) -> None:
+  """Removes `out_dir`, which this process made and whose lock it holds, with the lock file,
+  where nothing else is in it: a prepare that failed leaves no trace."""
+  with contextlib.suppress(OSError):
+    os.remove(os.path.join(out_dir, LOCK_FILE))
+    os.rmdir(out_dir)
 
 
 _held: set[str] = set()  # the real paths of the out dirs whose write_lock this process holds
