@@ -60,12 +60,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   checkpoints they save next. A data position never makes a resume fall back.
   """
   now = data_layout(layout, config.data_workers)
-
-  def reached(meta: dict[str, Any], why: str) -> int:
-    window = meta["tokens"] // config.block_size  # every window before it was trained on
-    logging.warning("resume: %s; the data continues at window %s (token %s), where the "
-                    "checkpoint stopped", why, f"{window:,}", f"{meta['tokens']:,}")
-    return window
+  reached = lambda meta, why: _reached(meta["tokens"], config.block_size, why)
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
     saved = meta.get("data") or {**now, "start_window": 0}  # written before they were recorded
@@ -110,6 +105,15 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
                 eval_batch_windows=saved.get("eval_batch_windows"),
                 split_windows=saved.get("split_windows"), unreadable=tuple(unreadable))
   return start, batches
+
+
+def _reached(tokens: int, block_size: int, why: str) -> int:
+  """The window a checkpoint's data continues at where its position does not: every window
+  before the one holding its `tokens`-th token was trained on."""
+  window = tokens // block_size
+  logging.warning("resume: %s; the data continues at window %s (token %s), where the "
+                  "checkpoint stopped", why, f"{window:,}", f"{tokens:,}")
+  return window
 
 
 def warn_if_data_changed(start: Start, split_windows: dict[str, int]) -> None:

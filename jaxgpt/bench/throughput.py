@@ -67,9 +67,12 @@ def time_step(compiled_step: Callable, state: train_step.TrainState, batch: jax.
 
 
 def trace_steps(compiled_step: Callable, state: train_step.TrainState, batch: jax.Array,
-                profile_dir: str) -> tuple[train_step.TrainState, str]:
+                profile_dir: str | None) -> tuple[train_step.TrainState, str | None]:
   """PROFILE_ITERS steps traced by jax.profiler into a new folder under `profile_dir` (the
-  device's kernels, each with its HLO op, where a GPU runs them); that folder."""
+  device's kernels, each with its HLO op, where a GPU runs them); that folder. None: none."""
+  if not profile_dir:
+    return state, None
+  logging.info("tracing %d iterations into %s", PROFILE_ITERS, profile_dir)
   with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
     state, _ = time_step(compiled_step, state, batch, iters=PROFILE_ITERS, warmup=0)
   traces = glob.glob(os.path.join(profile_dir, "plugins", "profile", "*", "*.xplane.pb"))
@@ -191,8 +194,7 @@ def _peak_memory_bytes(device: jax.Device) -> int | None:
 def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_workers: int,
             peer: str | None = None, torch_compile: bool | None = None,
             peak_flops: float = 0.0, profile_dir: str | None = None) -> dict[str, Any]:
-  """Every figure of one benchmark, as a flat-ish dict (see the module docstring); with
-  `profile_dir`, a trace of PROFILE_ITERS more steps there too."""
+  """Every figure of one benchmark, as a flat-ish dict (see the module docstring)."""
   defaults.validate(config)
   _check(iters, warmup, data_workers, peer)
   peer_result = (_time_peer(config, iters=iters, warmup=warmup, torch_compile=torch_compile)
@@ -205,14 +207,10 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
   batch = synthetic_batch(shape, config.vocab_size, config.seed, device)
   logging.info("compiling the train step")
   t0 = time.perf_counter()
-  compiled_step = compile_step(setup, state, batch)
-  compile_s = time.perf_counter() - t0
+  compiled_step, compile_s = compile_step(setup, state, batch), time.perf_counter() - t0
   logging.info("timing %d iterations on a synthetic batch", iters)
   state, step_times = time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
-  profile = None
-  if profile_dir:
-    logging.info("tracing %d iterations into %s", PROFILE_ITERS, profile_dir)
-    state, profile = trace_steps(compiled_step, state, batch, profile_dir)
+  state, profile = trace_steps(compiled_step, state, batch, profile_dir)
   with tempfile.TemporaryDirectory(prefix="jaxgpt_bench_") as tmp:
     n_tokens = _SHARD_ITERS * setup.step.tokens_per_iter(1) + 1
     source = data.TokenWindows(

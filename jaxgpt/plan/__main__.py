@@ -136,7 +136,7 @@ def main() -> None:
                     config_file=config_path))
   for note in notes:
     print(f"note: {note}")
-  trainable = [m for m in candidates if iters.refusal(iters.with_max_iters(config, m)) is None]
+  trainable = [m for m in candidates if iters.candidate(config, m)[1] is None]
   if len(candidates) > 1 and not trainable:
     print("verdict: none of these trains as the config stands (the warnings say why)")
   elif len(candidates) > 1:

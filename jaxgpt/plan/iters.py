@@ -66,8 +66,7 @@ def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: 
           f"{'time':>8}")]
   said = {}  # each candidate's warnings
   for max_iters in candidates:
-    c = with_max_iters(config, max_iters)
-    refused = refusal(c)
+    c, refused = candidate(config, max_iters)
     s = dataclasses.replace(base, max_iters=max_iters)
     epochs = "?" if s.epochs is None else f"{s.epochs:.2f}"
     time_text = "?" if not tokens_per_sec else formatting.duration(s.tokens / tokens_per_sec)
@@ -81,23 +80,19 @@ def table(config: ml_collections.ConfigDict, base: summary.Summary, candidates: 
   return "\n".join(rows + [f"warning: {w}" for w in warnings])
 
 
-def with_max_iters(config: ml_collections.ConfigDict, max_iters: int
-                   ) -> ml_collections.ConfigDict:
-  """The config trained for `max_iters`, as a --config.max_iters override makes it: the
-  recipe's ties kept (its warmup and decay may follow max_iters)."""
+def candidate(config: ml_collections.ConfigDict, max_iters: int
+              ) -> tuple[ml_collections.ConfigDict, str | None]:
+  """The config trained for `max_iters`, as a --config.max_iters override makes it (the
+  recipe's ties kept: its warmup and decay may follow max_iters), and why launch.py would
+  refuse it, or None."""
   c = copy.deepcopy(config)
   with c.unlocked():
     c.max_iters = max_iters
-  return c
-
-
-def refusal(config: ml_collections.ConfigDict) -> str | None:
-  """Why launch.py would refuse `config`, or None."""
   try:
-    defaults.validate(config)
+    defaults.validate(c)
   except UserError as e:
-    return str(e)
-  return None
+    return c, str(e)
+  return c, None
 
 
 def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
