@@ -169,6 +169,6 @@ def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir):
   assert r.returncode == 0, r.stderr[-2000:]
   assert ("learning rate: warmup over 1 iterations to 0.0005, cosine to 5e-05 at iteration 40 "
           "(max_iters=40)") in r.stderr
-  assert f"python -m jaxgpt.sample --out_dir={tmp_path / 'run'}" in r.stderr  # what's next
+  assert f"python -m jaxgpt.report --out_dir={tmp_path / 'run'}" in r.stderr  # what's next
   lrs = [rec["lr"] for rec in records(str(tmp_path / "run"), "train")]
   assert lrs[1] == pytest.approx(5e-4, rel=1e-3) and lrs[-1] < 1e-4  # warmed up, then decayed
