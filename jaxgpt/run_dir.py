@@ -44,6 +44,7 @@ class RunDir:
     self.out_dir = os.path.expanduser(out_dir)  # `--out_dir=~/x` reaches us unexpanded
     self.metrics_path = self._path("metrics.jsonl")
     self.tensorboard_dir = self._path("tensorboard")
+    self.wandb_dir = self._path("wandb")  # W&B names it, under the dir it is given
     self.checkpoints_dir = self._path("checkpoints")
     self.report_path = self._path("report.png")
 

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import sys
 import types
 from collections.abc import Sequence
@@ -205,12 +206,19 @@ def start_libraries(c: SinkConfig, rundir: run_dir.RunDir, run_config: dict[str,
     return Libraries(tensorboardx)
   wandb = _require("wandb", "wandb_log")
   run_id = rundir.read_wandb_run_id() if resume else None
+  had_folder = os.path.isdir(rundir.wandb_dir)
+  logging.info("starting the W&B run (W&B waits for its server up to 90 s; WANDB_MODE=offline "
+               "needs none)")
   try:
     wandb_run = WandbSink(wandb, project=c.wandb_project, name=c.wandb_run_name,
                           config=run_config, out_dir=rundir.out_dir, run_id=run_id)
   except Exception as e:  # wandb's own errors (login, network, quota) share no base class
+    if not had_folder:  # made by the start that failed: out_dir as it was
+      shutil.rmtree(rundir.wandb_dir, ignore_errors=True)
     raise UserError(f"config.wandb_log=True: W&B could not start a run ({type(e).__name__}: "
-                    f"{e}); run `wandb login`, or set --config.wandb_log=False") from e
+                    f"{' '.join(str(e).split())}); check `wandb login` and the network, run "
+                    "with WANDB_MODE=offline (then `wandb sync`), or set "
+                    "--config.wandb_log=False") from e
   return Libraries(tensorboardx, wandb_run)
 
 
