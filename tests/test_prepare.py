@@ -397,6 +397,15 @@ def test_no_matching_files_names_the_glob(tmp_path):
 
 # Output directories: nothing overwritten, nothing half-done that looks complete.
 
+def test_the_built_in_corpus_into_a_prepared_dataset_is_refused_before_it_starts(tmp_path,
+                                                                                 capsys):
+  (tmp_path / "pd").mkdir()
+  (tmp_path / "pd" / token_files.META_FILE).write_text("{}")
+  with pytest.raises(readers.PrepareError, match="already holds a prepared dataset"):
+    datasets.make_python_docs(str(tmp_path / "pd"))
+  assert capsys.readouterr().out == ""  # no "tokenizing ..." line before the error
+
+
 def test_a_finished_dataset_or_foreign_token_files_are_never_overwritten(tmp_path):
   path = write_parquet(tmp_path / "a.parquet", TEXTS)
   run([path], tmp_path / "out")

@@ -71,6 +71,7 @@ def make_command(dataset: str, data_dir: str) -> str:
 def make_python_docs(out_dir: str) -> None:
   """Makes the built-in corpus's shards (once: later runs read them)."""
   from pydoc_data import topics
+  check_out_dir(out_dir)  # a dataset there already is said before the line below
   print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
   pieces = (p for key in sorted(topics.topics) for p in pieces_of(key, topics.topics[key]))
   meta = write_dataset(pieces, out_dir, name=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
