@@ -63,6 +63,10 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs.setdefault("process_id", int(env["OMPI_COMM_WORLD_RANK"]))
     if device_ids is None and not one_per_node and "JAX_LOCAL_DEVICE_IDS" not in env:
       device_ids = [int(env["OMPI_COMM_WORLD_LOCAL_RANK"])]
+  slurm_step = "OMPI_COMM_WORLD_SIZE" not in env and env.get("SLURM_STEP_ID", "").isdigit()
+  if slurm_step and not coordinator_address:
+    env.setdefault("JAX_COORDINATOR_PORT", _slurm_step_port(env["SLURM_JOB_ID"],
+                                                            env["SLURM_STEP_ID"]))
   if device_ids is not None:
     kwargs["local_device_ids"] = device_ids
     if one_per_node:
@@ -72,6 +76,13 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   except ValueError as e:  # the flags JAX checks: a process_id past num_processes, say
     raise UserError(f"--coordinator_address/--num_processes/--process_id: {e}") from None
   check_equal_devices()  # before the first collective, which would fail on unequal shares
+
+
+def _slurm_step_port(job_id: str, step_id: str) -> str:
+  """Process 0's port for a SLURM step: JAX's for step 0 (one of 4096, by job), moved along
+  for each later step, so two steps of one allocation running at once do not both listen on
+  the same node's port. JAX_COORDINATOR_PORT, where set, wins."""
+  return str(65536 - 4096 + (int(job_id) + 1013 * int(step_id)) % 4096)
 
 
 def _launcher() -> tuple[int, bool]:

@@ -305,14 +305,15 @@ MPIRUN = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",  # Open 
 LAUNCH_ENV = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NUM_NODES",
               "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_RANK",
               "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_MCA_orte_hnp_uri", "CUDA_VISIBLE_DEVICES",
-              "JAX_LOCAL_DEVICE_IDS")
+              "JAX_LOCAL_DEVICE_IDS", "SLURM_STEP_ID", "JAX_COORDINATOR_PORT")
 
 
 def _joins(monkeypatch, tmp_path, env: dict[str, str], driver_gpus: int = 0, **flags) -> list:
   """What jax.distributed.initialize is given under `env` (a list of its keyword arguments,
   empty where the process runs alone), with the NVIDIA driver showing `driver_gpus` GPUs."""
-  for key in LAUNCH_ENV:
-    monkeypatch.delenv(key, raising=False)
+  for key in LAUNCH_ENV:  # set, then removed: the undo also removes what the run sets
+    monkeypatch.setenv(key, "")
+    monkeypatch.delenv(key)
   for key, value in env.items():
     monkeypatch.setenv(key, value)
   for i in range(driver_gpus):
@@ -360,6 +361,23 @@ def test_only_a_launcher_s_processes_join_a_multi_process_job(monkeypatch, tmp_p
   assert joined == ([] if joins is None else [joins])
   alone = env.get("SLURM_NTASKS") == "8" and joins is None
   assert ("not started by srun" in caplog.text) == alone
+
+
+def test_two_slurm_steps_of_one_job_listen_on_different_ports(monkeypatch, tmp_path):
+  """JAX takes process 0's port from the job id alone, so two srun steps of one allocation
+  running at once (a sweep) would listen on one port of their first node. Step 0 keeps JAX's
+  port; a port the user set, or a coordinator named, wins."""
+  step = lambda i, **extra: {**SRUN, "SLURM_STEP_NUM_NODES": "8", "SLURM_STEP_ID": str(i), **extra}
+  ports = []
+  for i in range(3):
+    _joins(monkeypatch, tmp_path, step(i))
+    ports.append(os.environ["JAX_COORDINATOR_PORT"])
+  assert ports[0] == str(65535 - 4096 + 1 + 7)  # jax/_src/clusters/slurm_cluster.py's
+  assert len(set(ports)) == 3
+  _joins(monkeypatch, tmp_path, step(1, JAX_COORDINATOR_PORT="40000"))
+  assert os.environ["JAX_COORDINATOR_PORT"] == "40000"
+  _joins(monkeypatch, tmp_path, step(1), coordinator_address="node0:1234")
+  assert "JAX_COORDINATOR_PORT" not in os.environ
 
 
 def test_an_open_mpi_5_job_is_told_to_name_process_0(monkeypatch, tmp_path):
