@@ -31,6 +31,9 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   """The run `config` (read from `config_file`) asks for; returns the last evaluation's
   losses."""
   defaults.validate(config)
+  if config.eval_tasks:  # a missing task file, said before hours of data prep or a download
+    from jaxgpt.evals import tasks
+    tasks.check_files(config.eval_tasks, config.hellaswag_file)
   # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.
   sharding.agreed("importing tensorboardX or W&B",
                   sinks.require_packages if jax.process_index() == 0 else lambda _: None,

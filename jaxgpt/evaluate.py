@@ -41,6 +41,7 @@ def main() -> None:
   f = flags.FLAGS
   if not defaults.eval_tasks(f.task):
     raise UserError(f"--task={f.task!r}: name a task: hellaswag, text:FILE")
+  tasks.check_files(f.task, f.hellaswag_file)  # before the weights: GPT-2's is a download
   config, model, params, source = weights.from_flags()
   scorer = scoring.Scorer(model, rows_per_batch=f.batch_rows)
   task_list = tasks.load(f.task, scorer, limit=f.limit, hellaswag_file=f.hellaswag_file,

@@ -166,6 +166,7 @@ def test_non_finite_losses_are_no_accuracy_and_a_huge_loss_no_overflow():
   rows = hellaswag.rows(examples, 16)
   assert math.isnan(hellaswag.accuracy(examples, rows, np.array([np.nan, 1, 2, 3]))["acc"])
   assert tasks.perplexity([([1, 2], 1)], np.array([800.0]))["ppl"] == math.inf
+  assert math.isnan(tasks.perplexity([([1, 2], 1)], np.array([np.nan]))["ppl"])  # not inf
 
 
 def test_bad_input_is_one_user_error_naming_what(tmp_path):
@@ -194,6 +195,52 @@ def test_bad_input_is_one_user_error_naming_what(tmp_path):
   small = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config(vocab_size=96))))
   with pytest.raises(UserError, match="vocab_size=96 cannot hold GPT-2's 50257 tokens"):
     tasks.load("hellaswag", small, hellaswag_file=str(bad))
+
+
+@pytest.mark.parametrize("label", ["2.7", "true", "1e400", '"x"', "null"])
+def test_a_label_that_is_not_an_index_is_refused_naming_its_line(tmp_path, label):
+  """Not read as an index (2.7 as 2, true as 1) or a traceback (1e400's overflow)."""
+  path = tmp_path / "hs.jsonl"
+  write_hellaswag(path, 2)
+  lines = path.read_text().splitlines()
+  lines[1] = json.dumps({**json.loads(lines[1]), "label": "LABEL"}).replace('"LABEL"', label)
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(UserError, match=r"hs.jsonl:2: not a HellaSwag example"):
+    hellaswag.read(str(path))
+
+
+def test_a_label_written_as_digits_is_read(tmp_path):  # as Hugging Face's copy writes it
+  path = tmp_path / "hs.jsonl"
+  write_hellaswag(path, 1)
+  record = json.loads(path.read_text())
+  path.write_text(json.dumps({**record, "label": str(record["label"])}) + "\n")
+  assert hellaswag.read(str(path))[0].label == record["label"]
+
+
+def test_an_unreadable_hellaswag_file_is_one_user_error(tmp_path, monkeypatch):
+  path = write_hellaswag(tmp_path / "hs.jsonl", 2)
+
+  def refuse(*args, **kwargs):  # as chmod 000 would, where the tests do not run as root
+    raise PermissionError(13, "Permission denied", path)
+
+  monkeypatch.setattr(hellaswag, "open", refuse, raising=False)
+  with pytest.raises(UserError, match="hs.jsonl: Permission denied"):
+    hellaswag.read(path)
+
+
+@pytest.mark.parametrize("eval_tasks,hellaswag_file", [("text:{tmp}/missing.txt", ""),
+                                                       ("hellaswag", "{tmp}/missing.jsonl")])
+def test_a_missing_task_file_is_refused_before_the_data_is_made(tmp_path, monkeypatch,
+                                                               eval_tasks, hellaswag_file):
+  """Not after tokenizing a corpus (hours of FineWeb) or loading GPT-2's weights."""
+  monkeypatch.chdir(tmp_path)
+  config = defaults.recipe("quickstart")  # python_docs, tokenized where it is missing
+  config.update(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"),
+                eval_tasks=eval_tasks.format(tmp=tmp_path),
+                hellaswag_file=hellaswag_file.format(tmp=tmp_path))
+  with pytest.raises(UserError, match="missing"):
+    launch.run(config)
+  assert not (tmp_path / "data").exists()
 
 
 def test_two_tasks_of_one_name_are_refused_naming_both(tmp_path):

@@ -84,8 +84,8 @@ def read(path: str, limit: int = 0) -> list[Example]:
   """The examples of a HellaSwag jsonl file (the first `limit`, if > 0), tokenized."""
   enc = tokenizer.gpt2()
   examples = []
-  with open(path, encoding="utf-8") as f:
-    try:
+  try:
+    with open(path, encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
         if limit and len(examples) == limit:
           break
@@ -94,9 +94,11 @@ def read(path: str, limit: int = 0) -> list[Example]:
         ctx, endings, label = _fields(line, f"{path}:{n}")
         examples.append(Example(enc.encode_ordinary(ctx),
                                 [enc.encode_ordinary(" " + e) for e in endings], label))
-    except UnicodeDecodeError as e:
-      raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); HellaSwag's "
-                      f"file is UTF-8 JSON lines ({URL})") from None
+  except OSError as e:  # no permission
+    raise UserError(f"{path}: {e.strerror}") from None
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); HellaSwag's "
+                    f"file is UTF-8 JSON lines ({URL})") from None
   if not examples:
     raise UserError(f"{path}: no HellaSwag examples")
   return examples
@@ -105,13 +107,15 @@ def read(path: str, limit: int = 0) -> list[Example]:
 def _fields(line: str, where: str) -> tuple[str, list[str], int]:
   try:
     record: Any = json.loads(line)
-    ctx, endings, label = record["ctx"], record["endings"], int(record["label"])
+    ctx, endings, label = record["ctx"], record["endings"], record["label"]
   except (ValueError, KeyError, TypeError) as e:
     raise UserError(f"{where}: not a HellaSwag example ({type(e).__name__}: {e}); each line is "
                     "a JSON object with ctx, endings and label") from None
+  if isinstance(label, str) and label.isdigit():  # as Hugging Face's copy writes it
+    label = int(label)
   if not (isinstance(ctx, str) and ctx and isinstance(endings, list)
           and len(endings) == N_ENDINGS and all(isinstance(e, str) for e in endings)
-          and 0 <= label < N_ENDINGS):
+          and type(label) is int and 0 <= label < N_ENDINGS):  # not 2.7 as 2, nor true as 1
     raise UserError(f"{where}: not a HellaSwag example: needs a non-empty ctx, {N_ENDINGS} "
                     f"endings and a label in 0..{N_ENDINGS - 1}")
   return ctx, endings, label

@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -73,6 +73,18 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
   return tasks
 
 
+def check_files(spec: str, hellaswag_file: str = "") -> None:
+  """Refuses a task whose file is missing (or HellaSwag's, which it downloads if need be) and two
+  tasks of one name: said before anything slow (data prep, a download of weights) runs."""
+  names = defaults.eval_tasks(spec)
+  _check_unique(names)
+  for name in names:
+    if name == "hellaswag":
+      hellaswag.resolve(hellaswag_file)
+      continue
+    _open_text(name.removeprefix("text:")).close()
+
+
 def _task_name(spec: str) -> str:
   """The metrics' prefix of one task: 'hellaswag', or a text file's name without extension."""
   if spec == "hellaswag":
@@ -92,20 +104,25 @@ def _check_unique(specs: list[str]) -> None:
     seen[name] = spec
 
 
-def read_text_tokens(path: str) -> list[int]:
+def _open_text(path: str) -> TextIO:
   path = os.path.expanduser(path)  # text:~/x, which no shell expands
   try:
-    with open(path, encoding="utf-8", newline="") as f:  # the file's line ends, as written
-      text = f.read()
+    return open(path, encoding="utf-8", newline="")  # the file's line ends, as written
   except FileNotFoundError:
     raise UserError(f"text:{path}: no such file") from None
   except OSError as e:  # a directory, no permission
     raise UserError(f"text:{path}: {e.strerror}") from None
-  except UnicodeDecodeError as e:
-    raise UserError(f"text:{path}: not UTF-8 text ({e})") from None
+
+
+def read_text_tokens(path: str) -> list[int]:
+  with _open_text(path) as f:
+    try:
+      text = f.read()
+    except UnicodeDecodeError as e:
+      raise UserError(f"text:{f.name}: not UTF-8 text ({e})") from None
   tokens = tokenizer.gpt2().encode_ordinary(text)
   if len(tokens) < 2:
-    raise UserError(f"text:{path}: {len(tokens)} token(s): a text needs at least 2 to score one")
+    raise UserError(f"text:{f.name}: {len(tokens)} token(s): a text needs at least 2 to score one")
   return tokens
 
 
@@ -126,8 +143,8 @@ def text_rows(tokens: list[int], block_size: int, stride: int = 0) -> list[scori
 def perplexity(rows: list[scoring.Row], loss_sums: np.ndarray) -> dict[str, float]:
   n_tokens = sum(n for _, n in rows)
   loss = float(np.sum(loss_sums, dtype=np.float64)) / n_tokens
-  return {"tokens": n_tokens, "loss": loss,
-          "ppl": math.exp(loss) if loss < 709.0 else math.inf}  # exp overflows past ~709.78
+  ppl = math.exp(loss) if loss < 709.0 else math.inf  # exp overflows past ~709.78
+  return {"tokens": n_tokens, "loss": loss, "ppl": math.nan if math.isnan(loss) else ppl}
 
 
 def metrics(scorer: scoring.Scorer, params: Any, task: Task,
