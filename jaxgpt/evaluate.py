@@ -31,7 +31,7 @@ def _define_flags() -> None:
   cli.define_path("hellaswag_file", "", "HellaSwag's hellaswag_val.jsonl; '' means "
                   "data/cache/hellaswag_val.jsonl, downloaded once.")
   flags.DEFINE_integer("stride", 0, "text: tokens between window starts; 0 is block_size "
-                       "(windows that do not overlap).")
+                       "(windows that do not overlap).", lower_bound=0)
   flags.DEFINE_integer("batch_rows", 0, "Rows (endings, windows) per batch; 0: "
                        f"{scoring.ROWS_PER_BATCH_CPU} on a CPU, {scoring.ROWS_PER_BATCH} on a GPU.",
                        lower_bound=0)

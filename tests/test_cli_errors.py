@@ -156,6 +156,8 @@ USAGE = {
     "evaluate": (["-m", "jaxgpt.evaluate", "--limit=all"], "error: --limit=all: not an integer"),
     "evaluate negative": (["-m", "jaxgpt.evaluate", "--batch_rows=-4"],
                           "error: --batch_rows=-4: -4 is not a non-negative integer"),
+    "evaluate a negative stride": (["-m", "jaxgpt.evaluate", "--task=hellaswag", "--stride=-5"],
+                                   "error: --stride=-5: -5 is not a non-negative integer"),
     "evaluate no task": (["-m", "jaxgpt.evaluate", "--task="],
                          "error: --task='': name a task: hellaswag, text:FILE"),
     "evaluate stray": (["-m", "jaxgpt.evaluate", "a", "b"], "error: unexpected argument(s): a b"),
