@@ -108,7 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer = "adamw"  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest
   c.learning_rate = 6e-4  # max learning rate (AdamW's: all params, or with muon the rest)
   c.max_iters = 600000  # total number of training iterations
-  c.weight_decay = 1e-1  # AdamW's, on params of 2+ dims (nanoGPT's rule); with muon: wte, lm_head
+  c.weight_decay = 1e-1  # AdamW's, on 2+-dim params (nanoGPT's rule); with muon: wte, wpe, lm_head
   c.beta1 = 0.9  # AdamW's first-moment decay (Muon's momentum is muon_momentum)
   c.beta2 = 0.95  # AdamW's second-moment decay
   c.grad_clip = 1.0  # clip gradients at this global norm; 0 disables

@@ -384,3 +384,93 @@ def test_tokens_to_target_interpolates_between_evaluations():
   assert recipes.tokens_to_target(evals, 3.5) == 150.0
   assert recipes.tokens_to_target(evals, 5.0) == 0.0
   assert recipes.tokens_to_target(evals, 2.0) is None
+
+
+def test_every_architecture_key_export_cannot_hold_is_refused():
+  held = set(gpt2.GPT2_KEYS)
+  for key in set(model.ARCHITECTURE) - held:
+    default = getattr(GPTConfig(), key)
+    other = (not default if isinstance(default, bool) else
+             default + "_x" if isinstance(default, str) else default + 1.0)
+    assert gpt2.differences(GPTConfig(**{key: other})) == [f"{key}={other}"]
+
+
+def test_export_refuses_a_modern_run_before_reading_its_checkpoints(tmp_path):
+  out_dir = tmp_path / "run"
+  out_dir.mkdir()
+  c = defaults.get_config()
+  c.update(MODERN)
+  (out_dir / "config.json").write_text(c.to_json_best_effort())  # no checkpoint to read
+  r = run_python("-m", "jaxgpt.export", f"--out_dir={out_dir}", f"--out={tmp_path / 'hf'}")
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1].startswith("error: this run's model is not GPT-2's")
+
+
+# The modern model against a reference written from the published definitions in PyTorch
+# (float64), not from jaxgpt's code: the cap's formula, QK-norm before the rotation, the
+# rotation's pairing (i with i + H/2) and base, RMSNorm's epsilon and gain, and the fused
+# loss's gradients with an untied, capped head.
+MODEL_KEYS = {k: v for k, v in MODERN.items() if k not in ("optimizer", "lr_schedule")}
+
+
+def _torch_reference(params: dict, cfg, idx_BT: np.ndarray):
+  """Logits from Llama's RMSNorm (eps 1e-6, times its gain), QK-norm then RoPE (HF Llama's
+  rotate_half pairing, base 10000), ReLU², an untied head and cap * tanh(logits / cap)."""
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  tp = jax.tree.map(lambda a: torch.tensor(np.asarray(a, np.float64), requires_grad=True), params)
+
+  def rms(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+  def rope(x):  # (B, T, N, H)
+    H, T = x.shape[-1], x.shape[1]
+    inv = 1.0 / 10000.0 ** (torch.arange(0, H, 2, dtype=torch.float64) / H)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv
+    cos, sin = (torch.cat([f(ang), f(ang)], -1)[None, :, None] for f in (torch.cos, torch.sin))
+    return x * cos + torch.cat([-x[..., H // 2:], x[..., :H // 2]], -1) * sin
+
+  B, T = idx_BT.shape
+  D, N = cfg.n_embd, cfg.n_head
+  x = tp["wte"]["embedding"][torch.tensor(idx_BT)]
+  for i in range(cfg.n_layer):
+    p = tp[f"h_{i}"]
+    q, k, v = (a.reshape(B, T, N, D // N)
+               for a in (rms(x, p["ln_1"]["scale"]) @ p["attn"]["c_attn"]["kernel"]).split(D, -1))
+    q = rope(rms(q, p["attn"]["q_norm"]["scale"]))
+    k = rope(rms(k, p["attn"]["k_norm"]["scale"]))
+    y = F.scaled_dot_product_attention(*(a.transpose(1, 2) for a in (q, k, v)), is_causal=True)
+    x = x + y.transpose(1, 2).reshape(B, T, D) @ p["attn"]["c_proj"]["kernel"]
+    h = F.relu(rms(x, p["ln_2"]["scale"]) @ p["mlp"]["c_fc"]["kernel"]).square()
+    x = x + h @ p["mlp"]["c_proj"]["kernel"]
+  logits = rms(x, tp["ln_f"]["scale"]) @ tp["lm_head"]["embedding"].T
+  return tp, cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_modern_model_matches_a_reference_written_from_the_papers(chunk):
+  torch = pytest.importorskip("torch")
+  m, params = tiny_gpt(block_size=16, **MODEL_KEYS)
+  keys = iter(jax.random.split(jax.random.PRNGKey(2), len(jax.tree.leaves(params))))
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(next(keys), p.shape), params)
+  params["lm_head"]["embedding"] = params["lm_head"]["embedding"] * 40  # logits reach the cap
+  m = GPT(dataclasses.replace(m.config, loss_chunk_size=chunk))
+  idx = np.asarray(jax.random.randint(jax.random.PRNGKey(5), (3, 17), 0, 64), np.int64)
+  tp, ref_logits = _torch_reference(params, m.config, idx[:, :-1])
+  assert ref_logits.detach().abs().max().item() > 20  # deep in the cap's curve
+  ref_loss = torch.nn.functional.cross_entropy(ref_logits.reshape(-1, 64),
+                                               torch.tensor(idx[:, 1:]).reshape(-1))
+  ref_loss.backward()
+
+  logits = m.apply({"params": params}, jnp.asarray(idx[:, :-1]))
+  np.testing.assert_allclose(logits, ref_logits.detach().numpy(), atol=1e-4)
+  loss, grads = jax.value_and_grad(lambda p: m.apply(
+      {"params": p}, jnp.asarray(idx[:, :-1]), jnp.asarray(idx[:, 1:]), method=GPT.loss))(params)
+  np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-6)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    ref = tp
+    for key in path:
+      ref = ref[key.key]
+    ref = ref.grad.numpy()
+    np.testing.assert_allclose(g, ref, atol=1e-5 * np.abs(ref).max(),
+                               err_msg=jax.tree_util.keystr(path))

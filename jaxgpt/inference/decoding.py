@@ -3,9 +3,10 @@
 `generate` decodes with a KV cache: one jitted program per (batch, prompt
 bucket, max_new_tokens, sampling settings) prefills the prompts, right-padded
 to a power of two, then a `lax.while_loop` feeds one token per step. Each
-token's context is nanoGPT's, the last block_size tokens: a learned position
-embedding ties each cached key to its position, so once a row outgrows
-block_size the program recomputes that row's window per token.
+token's context is nanoGPT's, the last block_size tokens. Once a row outgrows
+block_size its cached keys and values are stale (each was made in a context
+the window has since dropped and, with learned positions, at a position that
+has moved), so the program recomputes that row's window per token.
 
 `generate_recompute` is nanoGPT's sample.py (the full forward pass over a fixed
 block_size window per token), the reference the cached decoder is checked against.

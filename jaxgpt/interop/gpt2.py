@@ -22,7 +22,7 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
-from jaxgpt import defaults, model, tokenizer
+from jaxgpt import model, tokenizer
 from jaxgpt.errors import UserError, first_line
 from jaxgpt.model import GPT, GPTConfig, init_params
 
@@ -178,12 +178,26 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
                     "--config.hf_checkpoint_dir)") from e
 
 
+# The architecture keys a GPT2LMHeadModel's config.json expresses (sizes, biases, the GELU).
+GPT2_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias",
+             "gelu_approximate")
+
+
 def differences(cfg: GPTConfig) -> list[str]:
-  """The modern recipe's architecture keys (defaults.MODERN) this model sets away from GPT-2's,
-  as 'key=value': what transformers' GPT2LMHeadModel cannot hold (e.g. 'pos_emb=rope')."""
+  """The architecture keys (model.ARCHITECTURE) outside GPT2_KEYS that this model sets away
+  from GPT-2's, as 'key=value': what transformers' GPT2LMHeadModel cannot hold (e.g.
+  'pos_emb=rope'). A key added to the model later is refused until export learns it."""
   gpt2 = GPTConfig()
-  return [f"{key}={getattr(cfg, key)}" for key in defaults.MODERN
-          if key in model.ARCHITECTURE and getattr(cfg, key) != getattr(gpt2, key)]
+  return [f"{key}={getattr(cfg, key)}" for key in model.ARCHITECTURE
+          if key not in GPT2_KEYS and getattr(cfg, key) != getattr(gpt2, key)]
+
+
+def check_exportable(config: GPTConfig) -> None:
+  """Refuses a model GPT2LMHeadModel cannot hold, naming the keys."""
+  departures = differences(config)
+  if departures:
+    raise UserError(f"this run's model is not GPT-2's architecture ({', '.join(departures)}), "
+                    "so transformers' GPT2LMHeadModel cannot hold it; nothing was written")
 
 
 def check_new_dir(to_dir: str) -> None:
@@ -201,10 +215,7 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   with the umask's permissions, go into a hidden folder beside `to_dir`, renamed to it when
   all are written: a failed export leaves nothing.
   """
-  departures = differences(config)
-  if departures:
-    raise UserError(f"this run's model is not GPT-2's architecture ({', '.join(departures)}), "
-                    "so transformers' GPT2LMHeadModel cannot hold it; nothing was written")
+  check_exportable(config)
   check_new_dir(to_dir)
   with_tokenizer = config.vocab_size >= tokenizer.N_VOCAB
   bpe_files = tokenizer.bpe_files() if with_tokenizer else {}  # a failure here writes nothing
