@@ -117,6 +117,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
       raise
     if isinstance(inner, KeyError) and lines:
       sys.exit(" ".join([f"error: --config.{unquoted[0]}: no such config key.", *lines[1:]]))
+    later = "Configuration is not available because of an earlier failure to load: "
+    if lines and lines[0].startswith(later):  # the recipe file, read for a --config.KEY
+      sys.exit(f"error: --config: the recipe file could not be loaded: "
+               f"{lines[-1].removeprefix(later)}")
+    if "has no attribute 'get_config'" in ' '.join(lines):
+      sys.exit("error: --config: the recipe file defines no get_config()")
     sys.exit(f"error: {' '.join(lines)}")
 
 
@@ -138,7 +144,12 @@ def _flag_error(error: flags.Error) -> str:
   required = re.search(r"Flag (--[\w.]+) must have a value other than None", text)
   if required:
     name = required[1][2:]
+    given = [a for a in sys.argv[1:] if a.startswith(f"--{name}=")]
+    if given:  # a recipe file whose get_config() returned None
+      return (f"{given[-1]}: the recipe gave no config (its get_config() returned None: a "
+              "missing `return c`?)")
     help_text = flags.FLAGS[name].help if name in flags.FLAGS else ""
+    help_text = re.sub(r";\s*repeat this option to specify a list of values$", "", help_text)
     return f"{required[1]} is required" + (f": {help_text}" if help_text else "")
   bad_value = re.fullmatch(r"flag (--[\w.]+)=(.*?): (.*)", text, re.DOTALL)
   if bad_value:
@@ -148,6 +159,8 @@ def _flag_error(error: flags.Error) -> str:
     why = f"{lines[0]} {lines[-1]}" if lines[0].startswith("Error whilst parsing") else lines[0]
     if why.startswith("invalid literal for int()"):
       why = "not an integer"
+    elif why.startswith("('Non-boolean argument to boolean flag'"):
+      why = "not a boolean (true or false)"
     elif why.startswith("could not convert string to float"):
       why = "not a number"
     return f"{flag}={value}: {why}"

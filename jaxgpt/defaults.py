@@ -8,6 +8,7 @@ override values; a key that is not here is an error.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import inspect
 import math
@@ -195,10 +196,20 @@ def _float32(x: float) -> float:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
-  missing = sorted(set(get_config().keys()) - set(c.keys()))
+  if not callable(getattr(c, "keys", None)):  # a recipe file that failed to load raises here
+    raise UserError(f"the recipe's get_config() returned {type(c).__name__}, not a ConfigDict: "
+                    "start from c = jaxgpt.defaults.get_config() and return c")
+  schema = get_config().keys()
+  missing = sorted(set(schema) - set(c.keys()))
   if missing:
     raise UserError(f"the config has no {', '.join(missing[:4])}{', ...' if missing[4:] else ''}: "
                     "a recipe's get_config() starts from jaxgpt.defaults.get_config()")
+  unknown = sorted(set(c.keys()) - set(schema))
+  if unknown:  # `c.max_iter = 10` in a recipe: an unlocked ConfigDict takes any new key
+    near = difflib.get_close_matches(unknown[0], schema, n=1)
+    raise UserError(f"config.{unknown[0]}: no such config key" +
+                    (f' (did you mean "{near[0]}"?)' if near else "") +
+                    "; the recipe sets a key the schema (jaxgpt/defaults.py) does not have")
 
   def check(ok: bool, key: str, why: str) -> None:
     if not ok:

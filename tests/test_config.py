@@ -172,3 +172,41 @@ def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir):
   assert f"python -m jaxgpt.report --out_dir={tmp_path / 'run'}" in r.stderr  # what's next
   lrs = [rec["lr"] for rec in records(str(tmp_path / "run"), "train")]
   assert lrs[1] == pytest.approx(5e-4, rel=1e-3) and lrs[-1] < 1e-4  # warmed up, then decayed
+
+
+def test_a_recipe_key_that_is_not_in_the_schema_is_refused_naming_it():
+  c = defaults.get_config()
+  c.max_iter = 10  # a typo in a recipe file: max_iters stays 600000
+  with pytest.raises(UserError, match=r'config.max_iter: no such config key \(did you mean '
+                                      r'"max_iters"\?\)'):
+    defaults.validate(c)
+
+
+@pytest.mark.parametrize("returned", [5, ["max_iters"]])
+def test_a_recipe_that_returns_no_config_dict_is_one_error(returned):
+  with pytest.raises(UserError, match=r"get_config\(\) returned (int|list), not a ConfigDict"):
+    defaults.validate(returned)
+
+
+@pytest.mark.slow  # a command line
+def test_a_recipe_without_return_is_not_called_missing(tmp_path):
+  recipe = tmp_path / "noreturn.py"
+  recipe.write_text("from jaxgpt import defaults\n\ndef get_config():\n"
+                    "  c = defaults.get_config()\n  c.max_iters = 3\n")
+  r = run_python("launch.py", f"--config={recipe}")
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+  expected = (f"error: --config={recipe}: the recipe gave no config (its get_config() "
+              "returned None: a missing `return c`?)")
+  assert errors == [expected], r.stderr
+
+
+@pytest.mark.slow  # a command line
+def test_a_recipe_that_cannot_load_reads_the_same_with_an_override(tmp_path):
+  r = run_python("launch.py", f"--config={tmp_path}/missing.py", "--config.max_iters=3")
+  assert r.returncode == 1
+  assert r.stderr.strip() == ("error: --config: the recipe file could not be loaded: [Errno 2] "
+                              f"No such file or directory: '{tmp_path}/missing.py'")
+  (tmp_path / "noget.py").write_text("x = 1\n")
+  r = run_python("launch.py", f"--config={tmp_path}/noget.py")
+  assert r.stderr.strip() == "error: --config: the recipe file defines no get_config()"
