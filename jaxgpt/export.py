@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from jaxgpt import cli, defaults, run_dir
+from jaxgpt import cli, model, run_dir
 from jaxgpt.errors import UserError
 from jaxgpt.interop import gpt2, weights
 from jaxgpt.model import GPTConfig
@@ -29,11 +29,8 @@ def main() -> None:
   gpt2.check_new_dir(f.out)  # before a large checkpoint is read
   # Before a large train state is read: config.json has every checkpoint's architecture
   # (a resume refuses to change it).
-  saved = run_dir.RunDir(f.out_dir).read_config()
-  if saved is not None:
-    arch = defaults.get_config()
-    arch.update(saved)
-    gpt2.check_exportable(GPTConfig.from_config(arch))
+  saved = run_dir.RunDir(f.out_dir).read_config() or {}
+  gpt2.check_exportable(GPTConfig(**{k: saved[k] for k in model.ARCHITECTURE if k in saved}))
   config, params, step = weights.from_run(f.out_dir, f.step)
   with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), f.out)
   print(f"wrote {f.out_dir} step {step} to {f.out} (config.json, model.safetensors and " +

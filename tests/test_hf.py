@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -250,3 +251,34 @@ def test_exact_gelu_without_biases_matches_transformers_away_from_zero(tmp_path)
   ours = GPT(GPTConfig.from_config(config)).apply({"params": params}, jnp.asarray(tokens()))
   theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
   assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
+
+
+EXPORTABLE = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
+              "bias": True, "gelu_approximate": True}
+
+
+def test_export_fills_an_existing_empty_directory_in_place(tmp_path):
+  config = GPTConfig.from_config(float32_config(**EXPORTABLE))
+  out = tmp_path / "shared"
+  out.mkdir()
+  os.chmod(out, 0o2770)  # a group's folder: setgid, no access for others
+  before = os.stat(out)
+  gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(out))
+  after = os.stat(out)
+  assert (after.st_ino, stat.S_IMODE(after.st_mode)) == (before.st_ino, 0o2770)
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+  assert sorted(os.listdir(tmp_path)) == ["shared"]  # no staging folder left beside it
+
+
+def test_a_failed_export_into_an_existing_empty_directory_leaves_it_empty(tmp_path, monkeypatch):
+  config = GPTConfig.from_config(float32_config(**EXPORTABLE))
+  out = tmp_path / "out"
+  out.mkdir()
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device", args[0])
+
+  monkeypatch.setattr(gpt2, "_write_json", full_disk)
+  with pytest.raises(UserError, match="No space left on device"):
+    gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(out))
+  assert out.is_dir() and os.listdir(out) == [] and os.listdir(tmp_path) == ["out"]

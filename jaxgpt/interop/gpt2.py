@@ -8,6 +8,7 @@ vocabulary stays at the checkpoint's 50257, unpadded (docs/design.md says why).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -213,7 +214,8 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   A model without biases gets zero biases; a modern one is refused: GPT2LMHeadModel would
   load it and compute something else. The vocabulary is cropped to GPT-2's 50257. The files,
   with the umask's permissions, go into a hidden folder beside `to_dir`, renamed to it when
-  all are written: a failed export leaves nothing.
+  all are written (inside an empty `to_dir` that is there already, and moved into it): a
+  failed export leaves nothing.
   """
   check_exportable(config)
   check_new_dir(to_dir)
@@ -226,18 +228,31 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   if not config.bias:
     tensors.update(_zero_biases(tensors))
   target = os.path.realpath(to_dir)  # a link to an empty directory: that directory filled
-  parent = os.path.dirname(target)
+  # An empty directory that is there already is filled, not replaced: it keeps its mode, owner
+  # and ACLs, and it may be a mount point (a container's volume), which no rename replaces.
+  fill = os.path.isdir(target)
+  parent = target if fill else os.path.dirname(target)
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
   except OSError as e:
     raise UserError(f"{to_dir}: cannot write there ({e.strerror}); nothing was written") from None
+  moved: list[str] = []
   try:
     _write_files(staging, tensors, _hf_config(config, vocab), bpe_files,
                  config.block_size if with_tokenizer else None)
-    os.rename(staging, target)  # onto an empty directory too
+    if fill:
+      for name in sorted(os.listdir(staging)):
+        os.rename(os.path.join(staging, name), os.path.join(target, name))
+        moved.append(name)
+      os.rmdir(staging)
+    else:
+      os.rename(staging, target)
   except (OSError, safetensors.SafetensorError) as e:  # safetensors' own for a full disk
     shutil.rmtree(staging, ignore_errors=True)
+    for name in moved:
+      with contextlib.suppress(OSError):
+        os.remove(os.path.join(target, name))
     reason = e.strerror if isinstance(e, OSError) else first_line(e)
     raise UserError(f"{to_dir}: writing the export failed ({reason}); nothing was "
                     "left there") from None
