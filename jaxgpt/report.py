@@ -97,9 +97,11 @@ def summary(name: str, run: Run) -> str:
     lines.append("no train logs yet")
   else:
     mfu = "" if m["mfu"] is None else f", MFU {m['mfu']:.1%}"
+    n = len(run["train"])
     lines.append(f"throughput: median {m['tokens_per_sec']:,.0f} tok/s, "
-                 f"{m['ms_per_iter']:,.1f} ms/iter{mfu} "
-                 f"(over {max(len(run['train']) - 1, 1)} train logs, the first skipped)")
+                 f"{m['ms_per_iter']:,.1f} ms/iter{mfu} " +
+                 (f"(over {n - 1} train logs, the first skipped)" if n > 1 else
+                  "(over 1 train log, the first: one step)"))
   return "\n".join(lines)
 
 
@@ -133,13 +135,16 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
   config = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
   known_its, known_tokens = map(np.array, zip(*sorted(tokens_at.items())))
   max_iters = config["max_iters"]
-  its = np.unique(np.concatenate([np.arange(min(max_iters, 2 * config["warmup_iters"] + 2) + 1),
-                                  np.linspace(0, max_iters, LR_POINTS).round()]))
+  try:  # a config.json edited by hand: the logged rates, as without one
+    its = np.unique(np.concatenate([np.arange(min(max_iters, 2 * config["warmup_iters"] + 2) + 1),
+                                    np.linspace(0, max_iters, LR_POINTS).round()]))
+    schedule = optim.lr_schedule(defaults.view(optim.OptimConfig, config), np)
+    lr = np.broadcast_to(schedule(its), its.shape)
+  except (TypeError, ValueError):
+    return logged
   per_iter = (known_tokens[-1] - known_tokens[-2]) / (known_its[-1] - known_its[-2])
   tokens = np.where(its <= known_its[-1], np.interp(its, known_its, known_tokens),
                     known_tokens[-1] + per_iter * (its - known_its[-1]))
-  schedule = optim.lr_schedule(defaults.view(optim.OptimConfig, config), np)
-  lr = np.broadcast_to(schedule(its), its.shape)
   logged_its = np.array([r["iter"] for r in run["train"]])
   differs = ~np.isclose(schedule(logged_its), [r["lr"] for r in run["train"]], rtol=1e-4)
   if differs.any():  # a resume changed the schedule: the rates before it are the logged ones

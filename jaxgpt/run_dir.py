@@ -127,11 +127,13 @@ class RunDir:
     path = self._path("config.json")
     if not os.path.isfile(path):
       return None
-    with open(path, encoding="utf-8") as f:
-      try:
+    try:
+      with open(path, encoding="utf-8") as f:
         config = json.load(f)
-      except ValueError as e:  # an edit gone wrong (the run replaces it whole)
-        raise UserError(f"{path}: not JSON ({e})") from None
+    except ValueError as e:  # an edit gone wrong (the run replaces it whole)
+      raise UserError(f"{path}: not JSON ({e})") from None
+    except OSError as e:
+      raise UserError(f"{path}: cannot read it ({e.strerror})") from None
     if not isinstance(config, dict):
       raise UserError(f"{path}: not a run's config (a JSON object)")
     return config
@@ -176,23 +178,27 @@ class RunDir:
     if not os.path.isfile(path):
       raise UserError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
     events: Records = {"train": [], "eval": [], "tasks": []}
-    with open(path, encoding="utf-8", errors="replace") as f:
-      for n, line in enumerate(f, 1):
-        if not line.endswith("\n"):
-          break
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-          kept = events.setdefault(record["event"], [])
-          it = record["iter"]
-          if not isinstance(it, int):
-            raise TypeError(f"iter {it!r} is not a whole number")
-        except (ValueError, KeyError, TypeError) as e:
-          raise UserError(f"{path}:{n}: not a metrics record ({e}): {line.strip()[:80]}") from e
-        while kept and kept[-1]["iter"] >= it:
-          kept.pop()
-        kept.append(record)
+    try:
+      with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    except OSError as e:  # another user's run, say
+      raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+    for n, line in enumerate(lines, 1):
+      if not line.endswith("\n"):
+        break
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        kept = events.setdefault(record["event"], [])
+        it = record["iter"]
+        if not isinstance(it, int):
+          raise TypeError(f"iter {it!r} is not a whole number")
+      except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}:{n}: not a metrics record ({e}): {line.strip()[:80]}") from e
+      while kept and kept[-1]["iter"] >= it:
+        kept.pop()
+      kept.append(record)
     return events
 
   def keep_metrics_until(self, resumed_at: int | None, *, evaluated: bool) -> None:

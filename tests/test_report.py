@@ -217,3 +217,47 @@ def test_out_is_checked_before_the_summaries_and_named_as_written(tmp_path):
                    (tmp_path / "plot.txt", "matplotlib cannot write .txt files")]:
     with pytest.raises(UserError, match=why):
       report._checked_out(str(out))
+
+
+@pytest.mark.slow  # a command line
+def test_a_required_repeatable_flag_is_one_line():
+  r = run_python("-m", "jaxgpt.report")
+  assert r.returncode == 1
+  assert r.stderr.strip() == ("error: --out_dir is required: A run directory holding "
+                              "metrics.jsonl; repeat the flag to compare runs.")
+
+
+@pytest.mark.slow  # a command line
+def test_a_word_for_a_boolean_says_so(tmp_path):
+  r = run_python("-m", "jaxgpt.report", f"--out_dir={tmp_path}", "--logx=maybe")
+  assert r.returncode == 1 and r.stderr.strip() == "error: --logx=maybe: not a boolean (true or false)"
+
+
+def test_an_unreadable_metrics_file_is_one_error(tmp_path, monkeypatch):
+  (tmp_path / "metrics.jsonl").write_text("")
+
+  def denied(path, *args, **kwargs):
+    raise PermissionError(13, "Permission denied", str(path))
+
+  monkeypatch.setattr(run_dir, "open", denied, raising=False)  # another user's run, say
+  with pytest.raises(UserError, match=r"metrics.jsonl: cannot read it \(Permission denied\)"):
+    report.load(str(tmp_path))
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(UserError, match=r"config.json: cannot read it \(Permission denied\)"):
+    run_dir.RunDir(str(tmp_path)).read_config()
+
+
+def test_one_train_log_is_not_said_to_be_skipped():
+  record = {"event": "train", "iter": 0, "tokens": 8, "loss": 1.0, "lr": 1e-3,
+            "ms_per_iter": 2.0, "tokens_per_sec": 4.0, "mfu": None}
+  text = report.summary("x", {"train": [record], "eval": [], "tasks": []})
+  assert "the first skipped" not in text
+
+
+def test_a_config_json_edited_into_nonsense_draws_the_logged_rates():
+  records = [{"event": "eval", "iter": 0, "tokens": 0, "train_loss": 1.0, "val_loss": 1.0,
+              "lr": 0.0},
+             {"event": "train", "iter": 0, "tokens": 8, "loss": 1.0, "lr": 1e-4},
+             {"event": "train", "iter": 1, "tokens": 16, "loss": 1.0, "lr": 2e-4}]
+  run = {"eval": records[:1], "train": records[1:], "tasks": []}
+  assert report.lr_by_tokens(run, {"max_iters": "abc"}) == [(8, 1e-4), (16, 2e-4)]
