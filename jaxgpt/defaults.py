@@ -194,9 +194,10 @@ def _float32(x: float) -> float:
     return float(np.float32(x))
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Rejects values that would fail later or silently train something else."""
-  if not callable(getattr(c, "keys", None)):  # a recipe file that failed to load raises here
+def _check_keys(c: ml_collections.ConfigDict) -> None:
+  """Rejects a config that is not the schema's keys: a recipe that returned something else,
+  dropped a key, or set one the schema lacks."""
+  if not callable(getattr(c, "keys", None)):
     raise UserError(f"the recipe's get_config() returned {type(c).__name__}, not a ConfigDict: "
                     "start from c = jaxgpt.defaults.get_config() and return c")
   schema = get_config().keys()
@@ -210,6 +211,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"config.{unknown[0]}: no such config key" +
                     (f' (did you mean "{near[0]}"?)' if near else "") +
                     "; the recipe sets a key the schema (jaxgpt/defaults.py) does not have")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Rejects values that would fail later or silently train something else."""
+  _check_keys(c)
 
   def check(ok: bool, key: str, why: str) -> None:
     if not ok:
