@@ -74,12 +74,9 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
            meta: dict[str, Any]) -> None:
-    """Starts an asynchronous save; returns once the device buffers are copied.
-
-    The state's fingerprints are written into `meta`, for restores to check.
-    """
+    """Starts an asynchronous save; returns once the device buffers are copied."""
     self.wait()  # Orbax would wait for the previous save anyway; this reports its failure
-    meta = {**meta, FINGERPRINTS: fingerprints(state)}
+    meta = {**meta, FINGERPRINTS: fingerprints(state)}  # for restores to check
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -314,14 +311,12 @@ def cause(error: Exception) -> str:
   Read from the error and those it was raised from: Orbax's own says only which array it
   read, the storage layer's below it what went wrong.
   """
+  if isinstance(error, (sharding.FailedElsewhere, CorruptCheckpoint)):
+    return str(error)
   chain = [error]
   while (below := chain[-1].__cause__ or chain[-1].__context__) and below not in chain:
     chain.append(below)
   text = "\n".join(map(str, chain))
-  if isinstance(error, sharding.FailedElsewhere):
-    return str(error)
-  if isinstance(error, CorruptCheckpoint):
-    return str(error)
   if (any(isinstance(e, FileNotFoundError) for e in chain) or "NOT_FOUND" in text
       or "No such file" in text):
     return "a file of it is missing"

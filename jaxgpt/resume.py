@@ -99,12 +99,11 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
   best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints, it)
-  start = Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
-                None if best_kept is None else tuple(best_kept),
-                window, evaluated=meta.get("val_loss") is not None,
-                eval_batch_windows=saved.get("eval_batch_windows"),
-                split_windows=saved.get("split_windows"), unreadable=tuple(unreadable))
-  return start, batches
+  return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
+               None if best_kept is None else tuple(best_kept),
+               window, evaluated=meta.get("val_loss") is not None,
+               eval_batch_windows=saved.get("eval_batch_windows"),
+               split_windows=saved.get("split_windows"), unreadable=tuple(unreadable)), batches
 
 
 def _reached(tokens: int, block_size: int, why: str) -> int:
@@ -146,12 +145,6 @@ def _best_evaluated(checkpoints: checkpoint.Checkpoints, up_to: int
   return min(scored) if scored else None
 
 
-def _structure(abstract_state: train_step.TrainState) -> tuple[Any, list]:
-  """A train state's tree and leaf shapes and dtypes."""
-  leaves, tree = jax.tree.flatten(abstract_state)
-  return tree, [(x.shape, x.dtype) for x in leaves]
-
-
 def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """Refuses a resume whose config cannot read the checkpoint; returns the keys it changes.
 
@@ -188,8 +181,12 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   as_saved = config.copy_and_resolve_references()
   with as_saved.unlocked():
     as_saved.update({k: saved[k] for k in changed})
-  shapes = lambda c: _structure(
-      train_step.build(train_step.StepConfig.from_config(c)).abstract_state)
+
+  def shapes(c: ml_collections.ConfigDict) -> tuple[Any, list]:  # the state's tree, leaf shapes
+    leaves, tree = jax.tree.flatten(
+        train_step.build(train_step.StepConfig.from_config(c)).abstract_state)
+    return tree, [(x.shape, x.dtype) for x in leaves]
+
   reference = shapes(as_saved)
   if shapes(config) != reference:
     def alone(key: str) -> ml_collections.ConfigDict:

@@ -1,10 +1,4 @@
-"""Where the train loop's records go: metrics.jsonl always; TensorBoard, W&B, a progress bar.
-
-The loop writes each record once to `Sinks`, which hands it to every sink.
-The optional libraries are loaded at the start of a run (`start_libraries`),
-before it writes anything, so a missing one stops the run with a message
-naming the package and the config key, and out_dir as it was.
-"""
+"""Where the train loop's records go: metrics.jsonl always; TensorBoard, W&B, a progress bar."""
 
 from __future__ import annotations
 
@@ -187,13 +181,11 @@ def _require(package: str, key: str) -> types.ModuleType:
                     f"{first_line(e)}); reinstall it (or set --config.{key}=False)") from e
 
 
-def require_packages(c: SinkConfig) -> None:
-  """Imports the packages `c` turns on: a missing one is said before the run's start-up
-  (a dataset to prepare, weights to download), not after it."""
-  if c.tensorboard_log:
-    _require("tensorboardX", "tensorboard_log")
-  if c.wandb_log:
-    _require("wandb", "wandb_log")
+def require_packages(c: SinkConfig) -> tuple[types.ModuleType | None, types.ModuleType | None]:
+  """Imports the packages `c` turns on (tensorboardX, wandb; None where off): a missing one is
+  said before the run's start-up (a dataset to prepare, weights to download), not after it."""
+  return (_require("tensorboardX", "tensorboard_log") if c.tensorboard_log else None,
+          _require("wandb", "wandb_log") if c.wandb_log else None)
 
 
 def start_libraries(c: SinkConfig, rundir: run_dir.RunDir, run_config: dict[str, Any],
@@ -201,10 +193,9 @@ def start_libraries(c: SinkConfig, rundir: run_dir.RunDir, run_config: dict[str,
   """tensorboardX imported and W&B's run started (a resume's again), before the run writes
   anything: a missing package or a refused W&B run (not logged in, no network) leaves the
   run directory as it was, and is one error line."""
-  tensorboardx = _require("tensorboardX", "tensorboard_log") if c.tensorboard_log else None
-  if not c.wandb_log:
+  tensorboardx, wandb = require_packages(c)
+  if wandb is None:
     return Libraries(tensorboardx)
-  wandb = _require("wandb", "wandb_log")
   run_id = rundir.read_wandb_run_id() if resume else None
   had_folder = os.path.isdir(rundir.wandb_dir)
   logging.info("starting the W&B run (W&B waits for its server up to 90 s; WANDB_MODE=offline "

@@ -76,13 +76,6 @@ def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWi
   return losses
 
 
-def _train_line(it: int, max_iters: int, m: dict) -> str:
-  mfu = "" if m["mfu"] is None else f", mfu {100 * m['mfu']:.1f}%"
-  return (f"iter {it}/{max_iters}: loss {m['loss']:.4f}, lr {m['lr']:.2e}, "
-          f"grad norm {m['grad_norm']:.3f}, {m['ms_per_iter']:.1f} ms/iter, "
-          f"{m['tokens_per_sec']:,.0f} tok/s{mfu}")
-
-
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
   """The keys that say when the loop does what (defaults.py says what each means)."""
@@ -254,7 +247,10 @@ class _Loop:
     tok_s = self.counts.tokens_per_iter / dt
     m.update(lr=self.setup.host_lr(it), ms_per_iter=1000 * dt, tokens_per_sec=tok_s,
              mfu=self.counts.mfu(tok_s))
-    logging.info(_train_line(it, self.config.max_iters, m))
+    mfu = "" if m["mfu"] is None else f", mfu {100 * m['mfu']:.1f}%"
+    logging.info(f"iter {it}/{self.config.max_iters}: loss {m['loss']:.4f}, lr {m['lr']:.2e}, "
+                 f"grad norm {m['grad_norm']:.3f}, {m['ms_per_iter']:.1f} ms/iter, "
+                 f"{m['tokens_per_sec']:,.0f} tok/s{mfu}")
     self.n_logs += 1
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
       logging.info(summary.eta(self.config.max_iters - it - 1, self.counts.tokens_per_iter, tok_s,
@@ -521,13 +517,11 @@ def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints,
   not log."""
   steps = [step for step in checkpoints.steps() if step not in unreadable]
   out = shlex.quote(out_dir)
-  report = f"python -m jaxgpt.report --out_dir={out}"
-  if not steps or vocab_size < defaults.GPT2_VOCAB:
-    logging.info("done: %s in %s. Next:\n  %s", f"checkpoints of steps {', '.join(map(str, steps))}"
-                 if steps else "no checkpoint", checkpoints.directory, report)
-    return
-  start = f" --start={shlex.quote(prompt)}" if prompt else ""
-  logging.info("done: checkpoints of steps %s in %s. Next:\n  python -m jaxgpt.sample "
-               "--out_dir=%s%s --num_samples=3 --max_new_tokens=%d\n  %s",
-               ", ".join(map(str, steps)), checkpoints.directory, out, start,
-               min(block_size, 500), report)
+  commands = [f"python -m jaxgpt.report --out_dir={out}"]
+  if steps and vocab_size >= defaults.GPT2_VOCAB:
+    start = f" --start={shlex.quote(prompt)}" if prompt else ""
+    commands.insert(0, f"python -m jaxgpt.sample --out_dir={out}{start} --num_samples=3 "
+                       f"--max_new_tokens={min(block_size, 500)}")
+  saved = f"checkpoints of steps {', '.join(map(str, steps))}" if steps else "no checkpoint"
+  logging.info("done: %s in %s. Next:%s", saved, checkpoints.directory,
+               "".join(f"\n  {command}" for command in commands))
