@@ -194,18 +194,15 @@ def _float32(x: float) -> float:
     return float(np.float32(x))
 
 
-def _check_keys(c: ml_collections.ConfigDict) -> None:
-  """Rejects a config that is not the schema's keys: a recipe that returned something else,
-  dropped a key, or set one the schema lacks."""
-  if not callable(getattr(c, "keys", None)):
-    raise UserError(f"the recipe's get_config() returned {type(c).__name__}, not a ConfigDict: "
-                    "start from c = jaxgpt.defaults.get_config() and return c")
+def _check_keys(keys: set[str]) -> None:
+  """Rejects a config whose keys are not the schema's: a recipe that dropped a key, or set one
+  the schema lacks."""
   schema = get_config().keys()
-  missing = sorted(set(schema) - set(c.keys()))
+  missing = sorted(set(schema) - keys)
   if missing:
     raise UserError(f"the config has no {', '.join(missing[:4])}{', ...' if missing[4:] else ''}: "
                     "a recipe's get_config() starts from jaxgpt.defaults.get_config()")
-  unknown = sorted(set(c.keys()) - set(schema))
+  unknown = sorted(keys - set(schema))
   if unknown:  # `c.max_iter = 10` in a recipe: an unlocked ConfigDict takes any new key
     near = difflib.get_close_matches(unknown[0], schema, n=1)
     raise UserError(f"config.{unknown[0]}: no such config key" +
@@ -215,7 +212,10 @@ def _check_keys(c: ml_collections.ConfigDict) -> None:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
-  _check_keys(c)
+  if not callable(getattr(c, "keys", None)):
+    raise UserError(f"the recipe's get_config() returned {type(c).__name__}, not a ConfigDict: "
+                    "start from c = jaxgpt.defaults.get_config() and return c")
+  _check_keys(set(c.keys()))
 
   def check(ok: bool, key: str, why: str) -> None:
     if not ok:

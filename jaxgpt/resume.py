@@ -145,6 +145,12 @@ def _best_evaluated(checkpoints: checkpoint.Checkpoints, up_to: int
   return min(scored) if scored else None
 
 
+def _structure(abstract_state: train_step.TrainState) -> tuple[Any, list]:
+  """A train state's tree and leaf shapes and dtypes."""
+  leaves, tree = jax.tree.flatten(abstract_state)
+  return tree, [(x.shape, x.dtype) for x in leaves]
+
+
 def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """Refuses a resume whose config cannot read the checkpoint; returns the keys it changes.
 
@@ -181,12 +187,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   as_saved = config.copy_and_resolve_references()
   with as_saved.unlocked():
     as_saved.update({k: saved[k] for k in changed})
-
-  def shapes(c: ml_collections.ConfigDict) -> tuple[Any, list]:  # the state's tree, leaf shapes
-    leaves, tree = jax.tree.flatten(
-        train_step.build(train_step.StepConfig.from_config(c)).abstract_state)
-    return tree, [(x.shape, x.dtype) for x in leaves]
-
+  shapes = lambda c: _structure(
+      train_step.build(train_step.StepConfig.from_config(c)).abstract_state)
   reference = shapes(as_saved)
   if shapes(config) != reference:
     def alone(key: str) -> ml_collections.ConfigDict:
