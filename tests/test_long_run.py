@@ -459,6 +459,18 @@ def test_ctrl_c_while_the_data_is_being_made_ends_the_run_at_once(tmp_path):
   assert "Traceback" not in output
 
 
+def test_shared_memory_left_in_flight_is_not_warned_of_as_leaked(tmp_path):
+  """What a stop leaves of Grain's batches, made here on purpose: the resource tracker still
+  removes it, without its warning after the command's last line (cpython#82300)."""
+  script = tmp_path / "in_flight.py"
+  script.write_text("from multiprocessing import shared_memory\nfrom jaxgpt import cli\n\n"
+                    "def main():\n  block = shared_memory.SharedMemory(create=True, size=64)\n"
+                    "  print(block.name)\n\ncli.run(main)\n")
+  r = run_python(str(script))
+  assert r.returncode == 0 and r.stderr == "", r.stderr
+  assert not os.path.exists(f"/dev/shm/{r.stdout.strip().lstrip('/')}")  # removed all the same
+
+
 @pytest.mark.slow
 def test_a_non_finite_stop_through_the_cli_is_one_error_line(tmp_path, token_dir):
   """The error is the last line: with data workers, no warning of "leaked" shared memory
