@@ -94,9 +94,14 @@ def _help(more_help: Callable[[], str] | None) -> str:
   return "\n".join(lines + (["", more_help()] if more_help else []))
 
 
+def _help_text(flag: flags.Flag) -> str:
+  """A flag's help without absl's note on a repeatable flag (its own help says so)."""
+  return re.sub(r";\s*repeat this option to specify a list of values$", "", flag.help)
+
+
 def _flag_help(flag: flags.Flag) -> str:
   name = f"[no]{flag.name}" if flag.boolean else flag.name
-  text = re.sub(r";\s*repeat this option to specify a list of values$", "", flag.help)
+  text = _help_text(flag)
   notes = ["repeatable"] if isinstance(flag, flags.MultiFlag) else []
   if any("must have a value other than None" in getattr(v, "message", "")
          for v in flag.validators):
@@ -106,6 +111,15 @@ def _flag_help(flag: flags.Flag) -> str:
     notes.append(f"default {default!r}" if isinstance(default, str) else f"default {default}")
   line = f"--{name}: {text}" + (f" ({'; '.join(notes)})" if notes else "")
   return textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="      ")
+
+
+# ml_collections' error where a recipe file failed to load; its cause is on the last line.
+_LOAD_FAILED = "Configuration is not available because of an earlier failure to load: "
+
+
+def _not_loaded(last_line: str) -> str:
+  return ("error: --config: the recipe file could not be loaded: "
+          + last_line.strip().removeprefix(_LOAD_FAILED))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -123,10 +137,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
       raise
     if isinstance(inner, KeyError) and lines:
       sys.exit(" ".join([f"error: --config.{unquoted[0]}: no such config key.", *lines[1:]]))
-    later = "Configuration is not available because of an earlier failure to load: "
-    if lines and lines[0].startswith(later):  # the recipe file, read for a --config.KEY
-      sys.exit(f"error: --config: the recipe file could not be loaded: "
-               f"{lines[-1].removeprefix(later)}")
+    if lines and lines[0].startswith(_LOAD_FAILED):  # the recipe file, read for a --config.KEY
+      sys.exit(_not_loaded(lines[-1]))
     if "has no attribute 'get_config'" in ' '.join(lines):
       sys.exit("error: --config: the recipe file defines no get_config()")
     sys.exit(f"error: {' '.join(lines)}")
@@ -154,8 +166,7 @@ def _flag_error(error: flags.Error) -> str:
     if given:  # a recipe file whose get_config() returned None
       return (f"{given[-1]}: the recipe gave no config (its get_config() returned None: a "
               "missing `return c`?)")
-    help_text = flags.FLAGS[name].help if name in flags.FLAGS else ""
-    help_text = re.sub(r";\s*repeat this option to specify a list of values$", "", help_text)
+    help_text = _help_text(flags.FLAGS[name]) if name in flags.FLAGS else ""
     return f"{required[1]} is required" + (f": {help_text}" if help_text else "")
   bad_value = re.fullmatch(r"flag (--[\w.]+)=(.*?): (.*)", text, re.DOTALL)
   if bad_value:
@@ -202,14 +213,11 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     except (UserError, OSError) as e:
       # config_flags loads --config=FILE lazily: a missing or broken recipe file (or a folder,
       # or one it may not read) surfaces as an OSError on first use, its cause on the last line.
-      later = "Configuration is not available because of an earlier failure to load: "
       recipe = isinstance(e, OSError) and any(
-          says in str(e) for says in ("Failed loading config file", later))
+          says in str(e) for says in ("Failed loading config file", _LOAD_FAILED))
       if os.environ.get(TRACEBACK_ENV) or not (recipe or isinstance(e, UserError)):
         raise
-      message = (f"error: --config: the recipe file could not be loaded: "
-                 f"{str(e).strip().splitlines()[-1].strip().removeprefix(later)}" if recipe
-                 else f"error: {e}")
+      message = _not_loaded(str(e).strip().splitlines()[-1]) if recipe else f"error: {e}"
     else:
       return
     # Out of the except clause, the error's traceback is gone, and with it what its frames held:
