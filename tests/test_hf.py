@@ -50,9 +50,25 @@ def test_imported_gpt2_gives_the_logits_of_transformers(tmp_path):
   theirs = hf_gpt2(tmp_path / "hf")
   arch, params = gpt2.load(str(tmp_path / "hf"))
   assert arch == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16,
-                  "vocab_size": TINY_VOCAB, "bias": True, "gelu_approximate": True}
+                  "vocab_size": TINY_VOCAB, "bias": True, "gelu_approximate": True,
+                  "tie_embeddings": True}
   ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
   assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
+
+
+def test_an_untied_head_goes_in_and_out_with_the_logits_of_transformers(tmp_path):
+  """GPT2LMHeadModel holds a head of its own (tie_word_embeddings=false), as jaxgpt's
+  tie_embeddings=False does: read, exported and read back, each with transformers' logits."""
+  theirs = hf_gpt2(tmp_path / "hf", tie_word_embeddings=False)
+  arch, params = gpt2.load(str(tmp_path / "hf"))
+  assert arch["tie_embeddings"] is False and params["lm_head"]["embedding"].shape == (
+      TINY_VOCAB, 32)
+  ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
+  assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
+  gpt2.export(params, GPTConfig.from_config(float32_config(**arch)), str(tmp_path / "out"))
+  back = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
+  assert not back.config.tie_word_embeddings
+  assert_logits_close(hf_logits(back, tokens()), hf_logits(theirs, tokens()))
 
 
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
@@ -121,6 +137,12 @@ def test_export_crops_the_padded_vocabulary(tmp_path):
   gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "out"))
   tensors = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
   assert tensors["transformer.wte.weight"].shape == (50257, 8)
+  untied = config.copy_and_resolve_references()
+  untied.tie_embeddings = False
+  params = init_params(GPT(GPTConfig.from_config(untied)), jax.random.PRNGKey(0))
+  gpt2.export(params, GPTConfig.from_config(untied), str(tmp_path / "untied"))
+  tensors = safetensors.numpy.load_file(str(tmp_path / "untied" / "model.safetensors"))
+  assert tensors["lm_head.weight"].shape == tensors["transformer.wte.weight"].shape == (50257, 8)
   with open(tmp_path / "out" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["vocab_size"] == 50257
 

@@ -31,8 +31,10 @@ from jaxgpt.model import GPT, GPTConfig, init_params
 SIZES = {"gpt2": (12, 768), "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280),
          "gpt2-xl": (48, 1600)}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
-# The checkpoint's old attention-mask buffers, and the LM head that is the tied embedding.
-IGNORED_KEYS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
+# The checkpoint's old attention-mask buffers.
+IGNORED_KEYS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+# transformers' name for the LM head: outside 'transformer.', as (vocab, n_embd) as our Embed.
+HF_HEAD = "lm_head.weight"
 
 
 def _our_path(hf_key: str) -> tuple[str, ...]:
@@ -40,7 +42,7 @@ def _our_path(hf_key: str) -> tuple[str, ...]:
   parts = re.sub(r"^h\.(\d+)\.", r"h_\1.", hf_key).split(".")
   module, leaf = parts[-2], parts[-1]
   if leaf == "weight":
-    leaf = ("embedding" if module in ("wte", "wpe") else
+    leaf = ("embedding" if module in ("wte", "wpe", "lm_head") else
             "scale" if module.startswith("ln_") else "kernel")
   return (*parts[:-1], leaf)
 
@@ -48,6 +50,8 @@ def _our_path(hf_key: str) -> tuple[str, ...]:
 def _hf_key(path: tuple[str, ...]) -> str:
   """The inverse of `_our_path`, with the 'transformer.' prefix transformers writes."""
   *modules, leaf = path
+  if modules == ["lm_head"]:
+    return HF_HEAD
   name = re.sub(r"^h_(\d+)\.", r"h.\1.", ".".join(modules))
   return f"transformer.{name}.{'bias' if leaf == 'bias' else 'weight'}"
 
@@ -77,13 +81,12 @@ def read_config(hf_dir: str) -> dict[str, Any]:
     problems.append(f"n_inner={hf['n_inner']} (need 4 * n_embd)")
   if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
     problems.append("attention scaling other than 1/sqrt(head size)")
-  if not hf.get("tie_word_embeddings", True):
-    problems.append("tie_word_embeddings=false (our LM head is the token embedding)")
   if problems:
     raise UserError(f"{path}: not a GPT-2 this model can hold: {'; '.join(problems)}")
   return {"n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
           "block_size": hf["n_positions"], "vocab_size": hf["vocab_size"], "bias": True,
-          "gelu_approximate": act in TANH_GELUS}
+          "gelu_approximate": act in TANH_GELUS,
+          "tie_embeddings": bool(hf.get("tie_word_embeddings", True))}
 
 
 def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
@@ -133,9 +136,9 @@ def to_params(tensors: dict[str, np.ndarray], arch: dict[str, Any], source: str)
   flat = {}
   for key, value in tensors.items():
     key = key.removeprefix("transformer.")
-    if IGNORED_KEYS.fullmatch(key):
-      continue
     path = _our_path(key)
+    if IGNORED_KEYS.fullmatch(key) or (key == HF_HEAD and path not in expected):  # tied
+      continue
     if path not in expected:
       raise UserError(f"{source}: unexpected tensor {key!r} for a GPT-2")
     if value.shape != expected[path].shape:
@@ -179,9 +182,10 @@ def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
                     "--config.hf_checkpoint_dir)") from e
 
 
-# The architecture keys a GPT2LMHeadModel's config.json expresses (sizes, biases, the GELU).
+# The architecture keys a GPT2LMHeadModel's config.json expresses (sizes, biases, the GELU,
+# a tied or untied head).
 GPT2_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias",
-             "gelu_approximate")
+             "gelu_approximate", "tie_embeddings")
 
 
 def differences(cfg: GPTConfig) -> list[str]:
@@ -224,7 +228,8 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   vocab = min(config.vocab_size, tokenizer.N_VOCAB)
   tensors = {_hf_key(path): np.asarray(value, np.float32)
              for path, value in traverse_util.flatten_dict(params).items()}
-  tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:vocab]
+  for name in {"transformer.wte.weight", HF_HEAD} & tensors.keys():  # the head, if untied
+    tensors[name] = tensors[name][:vocab]
   if not config.bias:
     tensors.update(_zero_biases(tensors))
   target = os.path.realpath(to_dir)  # a link to an empty directory: that directory filled
@@ -300,7 +305,8 @@ def _hf_config(config: GPTConfig, vocab: int) -> dict[str, Any]:
       "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
       "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": config.dropout,
       "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
-      "tie_word_embeddings": True, "use_cache": True, "bos_token_id": eot, "eos_token_id": eot,
+      "tie_word_embeddings": config.tie_embeddings, "use_cache": True, "bos_token_id": eot,
+      "eos_token_id": eot,
   }
 
 
