@@ -147,9 +147,10 @@ def load_jax_params(torch_model, params, *, bias: bool) -> None:
   assert missing == ["lm_head.weight"] and unexpected == []  # the head is tied to wte
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_peer_has_the_same_parameters_and_loss_at_init(tmp_path, torch, torch_peer, bias):
-  config = tiny_config(tmp_path, "", bias=bias)
+@pytest.mark.parametrize("overrides", [{"bias": False}, {"bias": True},
+                                       {"tie_embeddings": False}], ids=str)
+def test_peer_has_the_same_parameters_and_loss_at_init(tmp_path, torch, torch_peer, overrides):
+  config = tiny_config(tmp_path, "", **overrides)
   setup, state = build_state(config)
   peer = torch_peer.build_model(setup.model.config, config.seed, "cpu")
   assert torch_peer.count_params(peer) == count_params(state.params, non_embedding=False)

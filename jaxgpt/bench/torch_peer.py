@@ -56,7 +56,7 @@ def build_model(config: GPTConfig, seed: int, device: str) -> torch.nn.Module:
       resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
       # Same function as jaxgpt's GELU: exact erf, or the tanh form in torch's fused kernel.
       activation_function="gelu_pytorch_tanh" if config.gelu_approximate else "gelu",
-      use_cache=False, attn_implementation="sdpa")
+      tie_word_embeddings=config.tie_embeddings, use_cache=False, attn_implementation="sdpa")
   model = transformers.GPT2LMHeadModel(gpt2_config)
   if not config.bias:
     for module in list(model.modules()):
@@ -72,7 +72,7 @@ def build_model(config: GPTConfig, seed: int, device: str) -> torch.nn.Module:
 
 
 def count_params(model: torch.nn.Module) -> int:
-  """All parameters, the tied embedding and head once: jaxgpt's count with position embeddings."""
+  """All parameters, a tied embedding and head once: jaxgpt's count with position embeddings."""
   return sum(p.numel() for p in model.parameters())
 
 
