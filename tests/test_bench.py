@@ -7,6 +7,10 @@ import io
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import flax
 import jax
@@ -274,7 +278,50 @@ def test_cli_modes_are_exclusive():
   assert out.returncode != 0 and "pick one of" in out.stderr
   out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--memory",
                    "--profile=prof")
-  assert out.returncode == 1 and "--profile traces the train step" in out.stderr
+  assert out.returncode == 1 and "error: --profile: not read by --memory" in out.stderr
+
+
+def test_a_comparison_of_an_unknown_variant_makes_no_folder(tmp_path):
+  out = run_python("-m", "jaxgpt.bench", "--compare_recipes", "--variants=nanogpt,bogus",
+                   f"--out={tmp_path}/cmp")
+  assert out.returncode == 1 and "error: unknown variant(s) bogus" in out.stderr
+  assert not (tmp_path / "cmp").exists()
+
+
+def test_a_comparison_writes_no_recipe_over_a_file_of_the_users(tmp_path):
+  from jaxgpt.bench import recipes
+
+  (tmp_path / "nanogpt.recipe.py").write_text("my notes")
+  config = recipes.base_config("python_docs", str(tmp_path), 2)
+  with pytest.raises(UserError, match="nanogpt.recipe.py exists and is not a recipe this "):
+    recipes.train_variant(recipes.variant_config(config, "nanogpt", {}, 1.0))
+  assert (tmp_path / "nanogpt.recipe.py").read_text() == "my notes"
+
+
+def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
+  """`timeout` or a scheduler signals the benchmark alone: its training run must stop too."""
+  fake_launch = tmp_path / "launch.py"
+  fake_launch.write_text(
+      "import pathlib, signal, sys, time\n"
+      f"folder = pathlib.Path({str(tmp_path)!r})\n"
+      "signal.signal(signal.SIGTERM, lambda *_: ((folder / 'stopped').touch(), sys.exit(0)))\n"
+      "(folder / 'started').touch()\n"
+      "time.sleep(30)\n")
+  bench = subprocess.Popen([
+      sys.executable, "-c",
+      ("from jaxgpt.bench import recipes\n"
+       f"recipes.LAUNCH = {str(fake_launch)!r}\n"
+       f"config = recipes.base_config('python_docs', {str(tmp_path / 'cmp')!r}, 2)\n"
+       "recipes.train_variant(recipes.variant_config(config, 'nanogpt', {}, 1.0))\n")])
+  try:
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+      time.sleep(0.1)
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(timeout=30) == 0
+    assert (tmp_path / "stopped").exists()
+  finally:
+    bench.kill()
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@
       [--out=out/compare_recipes]                    # nanoGPT vs modern recipe: loss, speed
 
 The default prints a summary and one JSON line of every figure (appended to
---out too); the other modes print their own table and JSON lines.
+--out too); the other modes print their own table and JSON lines. A flag the
+chosen mode does not read is refused.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ MODES = {
                         "step time."),
 }
 CONFIGLESS_MODES = ("gpu_report", "compare_recipes")
+# The flags each mode reads ("": the default); any other one given is refused, not ignored.
+READS = {
+    "": ("iters", "warmup", "data_workers", "peer", "torch_compile", "peak_flops", "out",
+         "profile"),
+    "checkpoint": ("iters", "warmup"),
+    "memory": (),
+    "collectives": (),
+    "decode": ("decode_batch_sizes", "decode_tokens", "decode_recompute_tokens"),
+    "gpu_report": ("iters", "warmup", "gpu_tests", "out"),
+    "compare_recipes": ("variants", "ablation", "lr_scales", "compare_iters", "compare_data",
+                        "out"),
+}
 
 
 def _define_flags() -> None:
@@ -74,7 +87,8 @@ def _define_flags() -> None:
   cli.define_path("out", None, "What the mode writes: the throughput's JSON line is "
                   "appended to this file (default: none), --gpu_report's page (default: "
                   "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "
-                  "rows.jsonl (a new directory; default: out/compare_recipes).")
+                  "rows.jsonl (a directory of its own, whose finished runs a later comparison "
+                  "reuses; default: out/compare_recipes).")
   cli.define_path("profile", None, "Also trace "
                   f"{throughput.PROFILE_ITERS} iterations of the step with jax.profiler into a "
                   "new folder under this directory: perfetto_trace.json.gz (ui.perfetto.dev) "
@@ -159,19 +173,23 @@ def _print_checkpoint(f: flags.FlagValues) -> None:
 
 
 def _print_memory(f: flags.FlagValues) -> None:
-  config = f.config
-  kernel = attention.for_device(config.attention, config.dtype,
-                                config.n_embd // config.n_head, jax.devices()[0])
+  config = attention.settle(f.config)
   print(f"kept for the backward pass of one {config.batch_size} x {config.block_size} "
-        f"micro-batch ({config.dtype}, {kernel} attention), as the program asks before "
-        "XLA's fusion:")
-  for row in memory.memory_report(GPTConfig.from_config(config), config.batch_size):
+        f"micro-batch ({config.dtype}, {config.attention} attention), as the program asks "
+        "before XLA's fusion:")
+  rows = memory.memory_report(GPTConfig.from_config(config), config.batch_size)
+  for row in rows:
     print(f"  remat {row['remat']:<5} loss chunks {row['loss_chunk_size'] or 'none':<6} "
           f"{_gib(row['residual_bytes'])}")
+  print(json.dumps(rows))
 
 
 def _print_collectives(f: flags.FlagValues) -> None:
-  reports = [collectives.sharding_report(f.config, mode) for mode in ("dp", "fsdp")]
+  config = attention.settle(f.config)
+  if jax.device_count() == 1:
+    logging.warning("one device: no collectives to count; simulate several with "
+                    "XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu")
+  reports = [collectives.sharding_report(config, mode) for mode in ("dp", "fsdp")]
   for r in reports:
     sent = ", ".join(f"{k} {v / GiB:.3f} GiB" for k, v in r["sent_bytes_per_iter"].items())
     print(f"{r['mode']} on {r['devices']} devices, {r['gradient_accumulation_steps']} x "
@@ -182,7 +200,7 @@ def _print_collectives(f: flags.FlagValues) -> None:
 
 
 def _print_decode(f: flags.FlagValues) -> None:
-  config = f.config
+  config = attention.settle(f.config)
   print(f"device: {jax.devices()[0].device_kind}, dtype {config.dtype}, prompt 1 token")
   rows = decode.decode_rows(GPT(GPTConfig.from_config(config)),
                             _positive_ints("decode_batch_sizes", f.decode_batch_sizes),
@@ -281,7 +299,9 @@ def _print_compare_recipes(f: flags.FlagValues) -> None:
     raise UserError("--lr_scales is empty: name at least one factor (1 trains the recipe's)")
   if not all(math.isfinite(s) and s > 0 for s in lr_scales):
     raise UserError(f"--lr_scales={','.join(f.lr_scales)}: each must be a positive number")
-  base = recipes.base_config(f.compare_data, _out_dir(out), f.compare_iters)
+  recipes.check_names(names)
+  base = recipes.base_config(f.compare_data, out, f.compare_iters)
+  _out_dir(out)  # once every flag is known good
   rows = recipes.compare(base, names, lr_scales)
   print(recipes.write(rows, out))
   print(f"wrote {out}/table.md, rows.jsonl and curves.png")
@@ -292,8 +312,17 @@ def main() -> None:
   chosen = [mode for mode in MODES if f[mode].value]
   if len(chosen) > 1:
     raise UserError(f"pick one of --{', --'.join(MODES)}, not {', '.join(chosen)}")
-  if f.profile and chosen:
-    raise UserError(f"--profile traces the train step the default mode times, not --{chosen[0]}")
+  mode = chosen[0] if chosen else ""
+  unread = [f"--{name}" for name in sorted(set().union(*READS.values()))
+            if f[name].present and name not in READS[mode]]
+  if unread:
+    what = f"--{mode}" if mode else "the default mode (the train step's speed)"
+    raise UserError(f"{', '.join(unread)}: not read by {what}; drop "
+                    f"{'it' if len(unread) == 1 else 'them'}")
+  if f["torch_compile"].present and not f.peer:
+    raise UserError("--torch_compile compiles the --peer=torch model: add --peer=torch or drop it")
+  if f.ablation and f["variants"].present:
+    raise UserError("--ablation trains every variant: drop --variants, or --ablation")
   configless = set(chosen) & set(CONFIGLESS_MODES)
   if f.config is None and not configless:
     raise UserError("--config is required (a configs/*.py file), except for "
@@ -306,7 +335,7 @@ def main() -> None:
   printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
               "collectives": _print_collectives, "decode": _print_decode,
               "gpu_report": _print_gpu_report, "compare_recipes": _print_compare_recipes}
-  printers.get(chosen[0] if chosen else "", _print_throughput)(f)
+  printers.get(mode, _print_throughput)(f)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,8 @@ from jaxgpt.errors import UserError
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))), "launch.py")
 
+_RECIPE_HEAD = ("import json\nfrom jaxgpt import defaults\n\n\ndef get_config():\n"
+                "  c = defaults.get_config()\n  c.update(json.loads(")
 BASELINE = "nanogpt"
 MODERN = "modern"
 # The 4-layer, 256-wide model at block 256 of the comparison, 8 x 256 tokens per iteration.
@@ -49,6 +53,14 @@ def variants() -> dict[str, dict[str, Any]]:
   named.update({f"{key}={value}": {key: value} for key, value in defaults.MODERN.items()})
   named[MODERN] = {**defaults.MODERN, **MODERN_LRS}
   return named
+
+
+def check_names(names: list[str]) -> None:
+  """Refuses a variant name `variants` does not know."""
+  known = variants()
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise UserError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.ConfigDict:
@@ -95,16 +107,31 @@ def tokens_to_target(evals: list[dict[str, Any]], target: float) -> float | None
 
 
 def train_variant(config: ml_collections.ConfigDict) -> None:
-  """`python launch.py` on a recipe file holding the variant's config, written beside its run."""
+  """`python launch.py` on a recipe file holding the variant's config, written beside its run
+  (over one this benchmark wrote, never another file).
+
+  A SIGTERM to the benchmark (`timeout`, a scheduler) is passed on to the run, which saves
+  and stops; a Ctrl-C reaches both, and the benchmark waits for the run to stop.
+  """
   recipe = f"{config.out_dir}.recipe.py"
+  if os.path.exists(recipe) and not pathlib.Path(recipe).read_text(
+      encoding="utf-8", errors="replace").startswith(_RECIPE_HEAD):
+    raise UserError(f"{recipe} exists and is not a recipe this benchmark wrote; move it or "
+                    "pick another --out")
   os.makedirs(os.path.dirname(recipe) or ".", exist_ok=True)
   with open(recipe, "w", encoding="utf-8") as f:
-    f.write("import json\nfrom jaxgpt import defaults\n\n\ndef get_config():\n"
-            "  c = defaults.get_config()\n"
-            f"  c.update(json.loads({config.to_json_best_effort()!r}))\n  return c\n")
-  done = subprocess.run([sys.executable, LAUNCH, f"--config={recipe}"], check=False)
-  if done.returncode:
-    raise UserError(f"training {config.out_dir} failed (exit {done.returncode}); the "
+    f.write(f"{_RECIPE_HEAD}{config.to_json_best_effort()!r}))\n  return c\n")
+  with subprocess.Popen([sys.executable, LAUNCH, f"--config={recipe}"]) as run:
+    passed_on = signal.signal(signal.SIGTERM, lambda *_: run.send_signal(signal.SIGTERM))
+    try:
+      returncode = run.wait()
+    except KeyboardInterrupt:
+      run.wait()
+      raise
+    finally:
+      signal.signal(signal.SIGTERM, passed_on)
+  if returncode:
+    raise UserError(f"training {config.out_dir} failed (exit {returncode}); the "
                     "comparison stops here")
 
 
@@ -151,10 +178,8 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   The target is the final val loss of the baseline at lr scale 1 (or the
   first run when the baseline is not among them); ratios are against that run.
   """
+  check_names(names)
   known = variants()
-  unknown = [n for n in names if n not in known]
-  if unknown:
-    raise UserError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
   runs = {}
   for name in names:
     for scale in lr_scales:

@@ -132,7 +132,9 @@ def time_loop(compiled_step: Callable, state: train_step.TrainState, open_batche
 
 def _git_revision() -> str | None:
   try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    # The commit, marked '-dirty' where tracked files differ from it.
+    out = subprocess.run(["git", "describe", "--always", "--dirty", "--exclude=*"],
+                         capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.abspath(__file__)), check=True)
   except (OSError, subprocess.CalledProcessError):
     return None
