@@ -227,7 +227,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(c[key] > 0, key, "must be positive")
   non_negative = ["max_iters", "loss_chunk_size", "skip_nonfinite", "logit_softcap",
                   "eval_tasks_limit", "learning_rate", "weight_decay", "peak_flops", "grad_clip",
-                  "warmup_iters", "data_workers"]
+                  "warmup_iters", "data_workers", "sample_tokens"]
   fractions = ["dropout", "beta1", "beta2"]  # in [0, 1)
   if c.optimizer == "muon":  # Muon's keys are read only when it runs
     non_negative += ["muon_learning_rate", "muon_momentum_warmup_iters"]
@@ -243,9 +243,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(0 <= c[key] < 1, key, "must be in [0, 1)")
     check(_float32(c[key]) < 1, key, "must be below 1 as a float32, which the step computes "
           "in; it rounds to 1.0 there")
+  for key in ("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup_iters"):
+    check(c[key] < 2**31, key, "must be below 2**31: the step counts iterations in int32")
+  check(c.logit_softcap == 0 or c.logit_softcap >= 1, "logit_softcap",
+        "must be 0 (no soft-cap) or >= 1: a cap below 1 holds every logit within it")
   for key in ("keep_checkpoints", "data_prefetch"):
     check(c[key] >= 1, key, "must be >= 1")
   check(c.out_dir.strip() != "", "out_dir", "names no directory")
+  check(c.dataset.strip() != "", "dataset", "names no dataset")
+  check(not c.hf_checkpoint_dir or c.init_from in (*GPT2_MODELS, "resume"), "hf_checkpoint_dir",
+        f"is read with init_from=gpt2* alone, and init_from={c.init_from!r} would not read it")
   for key, allowed in CHOICES.items():
     check(c[key] in allowed, key, f"must be one of {allowed}")
   check(c.n_embd % c.n_head == 0, "n_embd", f"must be divisible by n_head={c.n_head}")
@@ -263,7 +270,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"must be at most max_iters={c.max_iters}: the run would end before its learning "
           "rate is reached. Lower warmup_iters, or raise max_iters")
     check(c.lr_decay_iters > c.warmup_iters, "lr_decay_iters",
-          f"must be greater than warmup_iters={c.warmup_iters}")
+          f"must be greater than warmup_iters={c.warmup_iters} (it is max_iters where the "
+          "recipe does not set it)")
     check(0 <= c.min_lr <= c.learning_rate, "min_lr",
           f"must be in [0, learning_rate={c.learning_rate}]")
     if c.lr_schedule == "wsd":

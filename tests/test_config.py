@@ -107,6 +107,14 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("learning_rate", 1e39, "must be finite as a float32"),
     ("seed", 2**32 + 5, "a PRNG key holds 32 bits"),  # it would alias seed 5
     ("out_dir", "", "names no directory"),  # was "error: : a run cannot write there"
+    ("dataset", "", "names no dataset"),  # was a hint to prepare --out=data/
+    # An OverflowError in the step, after data prep, passing the schedule's lengths in int32:
+    ("max_iters", 3_000_000_000, "must be below 2**31"),
+    ("muon_momentum_warmup_iters", 3_000_000_000, "must be below 2**31"),
+    ("logit_softcap", 1e-50, "must be 0 (no soft-cap) or >= 1"),  # 0 in float32: a NaN loss
+    ("logit_softcap", 0.5, "must be 0 (no soft-cap) or >= 1"),  # trained at grad norm 0
+    ("sample_tokens", -5, "must be >= 0"),  # was no sample, silently
+    ("hf_checkpoint_dir", "gpt2_dir", "init_from='scratch' would not read it"),  # it didn't
 ])
 def test_validate_names_the_key(key, value, message):
   c = defaults.get_config()
