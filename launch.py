@@ -31,6 +31,7 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   """The run `config` (read from `config_file`) asks for; returns the last evaluation's
   losses."""
   defaults.validate(config)
+  train.check_start(config)  # before hours of data prep, a download or a weights load
   if config.eval_tasks:  # a missing task file, said before hours of data prep or a download
     from jaxgpt.evals import tasks
     tasks.check_files(config.eval_tasks, config.hellaswag_file)

@@ -155,17 +155,21 @@ class RunDir:
 
   def checkpoints_for(self, *, resume: bool, keep: int) -> checkpoint.Checkpoints:
     """The run's checkpoints, refusing to start over on top of them or resume from none."""
-    checkpoints = self.checkpoints(keep=keep)
-    existing = checkpoints.steps()
+    self.check_start(resume=resume)
+    return self.checkpoints(keep=keep)
+
+  def check_start(self, *, resume: bool) -> None:
+    """Refuses a new run over this one's checkpoints, or a resume from none; makes nothing."""
+    directory = os.path.abspath(self.checkpoints_dir)
+    existing = (self.checkpoints(read_only=True).steps() if os.path.isdir(directory) else [])
     if not resume and existing:
       raise UserError(
-          f"{checkpoints.directory} already holds checkpoints (steps {existing}); nothing was "
+          f"{directory} already holds checkpoints (steps {existing}); nothing was "
           f"changed. To continue that run add --config.init_from=resume; to start a new one, "
           f"pick another --config.out_dir.")
     if resume and not existing:
-      raise UserError(f"{checkpoints.directory}: no checkpoints to resume from; start the run "
+      raise UserError(f"{directory}: no checkpoints to resume from; start the run "
                       "with --config.init_from=scratch")
-    return checkpoints
 
   def read_metrics(self) -> Records:
     """The records of metrics.jsonl by event, each list in iteration order.

@@ -346,6 +346,15 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
     return _train(config, rundir, signals, params, hooks, config_file)
 
 
+def check_start(config: ml_collections.ConfigDict) -> None:
+  """What `train` refuses in out_dir (another run in it, checkpoints a new run would
+  overwrite, none to resume from), said at once: launch.py asks before it makes data or
+  loads weights, which can take hours."""
+  rundir = run_dir.RunDir(config.out_dir)
+  with _locked(rundir):
+    rundir.check_start(resume=config.init_from == "resume")
+
+
 @contextlib.contextmanager
 def _locked(rundir: run_dir.RunDir) -> Iterator[None]:
   """Process 0 holds the run directory's lock; where another run holds it, every process
@@ -494,11 +503,13 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   eval_windows = config.eval_iters * (start.eval_batch_windows or layout.global_batch)
   logging.info("evaluation: the same %s windows (%s tokens) of each split every time",
                f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")
-  if len(sources["val"]) < eval_windows:
+  val_windows, batch_windows = len(sources["val"]), eval_windows // config.eval_iters
+  if val_windows < eval_windows:
+    lever = (f"lower eval_iters (now {config.eval_iters})" if batch_windows <= val_windows else
+             f"lower batch_size (one evaluation batch is {batch_windows:,} windows)")
     logging.warning("evaluation: the val split holds %s windows, so each evaluation scores "
-                    "each about %.1f times; lower eval_iters=%d, or prepare a larger val split "
-                    "(--val_fraction / --val_tokens)", f"{len(sources['val']):,}",
-                    eval_windows / len(sources["val"]), config.eval_iters)
+                    "each about %.1f times; %s, or prepare a larger val split (--val_fraction / "
+                    "--val_tokens)", f"{val_windows:,}", eval_windows / val_windows, lever)
   kernel = config.attention + (" (spelled out in training: no fused kernel takes dropout)"
                               if config.dropout and config.attention == "cudnn" else "")
   logging.info("compute: %d device(s) in %d process(es), sharding %s; %s activations, %s "

@@ -437,3 +437,24 @@ def test_processes_stop_together_at_one_step_when_one_is_signalled(tmp_path, tok
     assert f"stopped by a preemption notice (SIGTERM to one of the processes) at iter {steps[0]}" \
         in output
 
+
+
+@pytest.mark.parametrize("init_from", ["resume", "scratch"])
+def test_the_run_directory_is_checked_before_the_data_is_made(tmp_path, token_dir, monkeypatch,
+                                                              init_from):
+  """A resume from no checkpoint, or a new run over one, is refused before FineWeb's download
+  (hours) or any other start-up work."""
+  import launch
+  from jaxgpt.prep import fineweb
+
+  if init_from == "scratch":
+    launch.run(tiny_config(tmp_path, token_dir, max_iters=3, eval_interval=3))
+  monkeypatch.setattr(fineweb, "prepare_fineweb",
+                      lambda *a, **k: pytest.fail("FineWeb was downloaded"))
+  config = tiny_config(tmp_path, str(tmp_path / "fineweb"), dataset="fineweb",
+                       auto_prepare=True, init_from=init_from)
+  expected = "no checkpoints to resume from" if init_from == "resume" else "already holds"
+  with pytest.raises(UserError, match=expected):
+    launch.run(config)
+  assert not (tmp_path / "fineweb").exists()
+  assert os.path.isdir(tmp_path / "run") == (init_from == "scratch")

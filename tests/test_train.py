@@ -139,7 +139,13 @@ def test_a_val_split_smaller_than_an_evaluation_is_said_to_repeat(tmp_path, toke
   with caplog.at_level(logging.WARNING):
     train.train(config)
   assert "the val split holds 62 windows, so each evaluation scores each about 1.3 times; " \
-         "lower eval_iters=20" in caplog.text
+         "lower eval_iters (now 20)" in caplog.text
+  caplog.clear()
+  config = tiny_config(tmp_path, token_dir, eval_only=True, eval_iters=1, batch_size=80,
+                       out_dir=str(tmp_path / "wide"))  # one batch of 80 windows is too many
+  with caplog.at_level(logging.WARNING):
+    train.train(config)
+  assert "about 1.3 times; lower batch_size (one evaluation batch is 80 windows)" in caplog.text
 
 
 def test_a_recipe_file_named_for_another_size_is_warned_of(tmp_path, token_dir):
