@@ -145,12 +145,16 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
   per_iter = (known_tokens[-1] - known_tokens[-2]) / (known_its[-1] - known_its[-2])
   tokens = np.where(its <= known_its[-1], np.interp(its, known_its, known_tokens),
                     known_tokens[-1] + per_iter * (its - known_its[-1]))
-  logged_its = np.array([r["iter"] for r in run["train"]])
-  differs = ~np.isclose(schedule(logged_its), [r["lr"] for r in run["train"]], rtol=1e-4)
+  # Evaluations log the rate too: one after the last train log tells a resume's iteration.
+  marked = sorted((r["tokens"], r["iter"], r["lr"]) for r in run["train"] + run["eval"]
+                  if "lr" in r)
+  marked_its = np.array([it for _, it, _ in marked])
+  differs = ~np.isclose(schedule(marked_its), [rate for *_, rate in marked], rtol=1e-4)
   if differs.any():  # a resume changed the schedule: the rates before it are the logged ones
-    last = int(np.flatnonzero(differs)[-1])
-    after = its > logged_its[last]
-    return logged[:last + 1] + list(zip(tokens[after].tolist(), lr[after].tolist()))
+    last = marked_its[differs].max()
+    after = its > last
+    return ([(t, rate) for t, it, rate in marked if it <= last]
+            + list(zip(tokens[after].tolist(), lr[after].tolist())))
   return list(zip(tokens.tolist(), lr.tolist()))
 
 

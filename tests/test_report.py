@@ -6,10 +6,11 @@ import math
 import os
 
 import matplotlib.image
+import numpy as np
 import pytest
 from conftest import run_python
 
-from jaxgpt import report, run_dir, sinks
+from jaxgpt import defaults, optim, report, run_dir, sinks
 from jaxgpt.errors import UserError
 
 TOKENS_PER_ITER = 524_288
@@ -150,11 +151,28 @@ def test_a_schedule_changed_on_resume_is_drawn_as_logged_before_it(tmp_path):
   saved = {"max_iters": 3000, "warmup_iters": 99, "lr_decay_iters": 3000, "learning_rate": 3e-4,
            "min_lr": 3e-5, "lr_schedule": "wsd", "wsd_decay_frac": 0.2}
   points = report.lr_by_tokens(run, saved)
-  logged = [(r["tokens"], r["lr"]) for r in run["train"]]
+  logged = sorted((r["tokens"], r["lr"]) for r in run["train"] + run["eval"])
   assert points[:len(logged)] == logged
   assert all(t > logged[-1][0] - TOKENS_PER_ITER for t, _ in points[len(logged):])
   assert points[len(logged)][1] == pytest.approx(3e-4, rel=1e-4)
   assert points[-1][1] == pytest.approx(3e-5, rel=1e-4)
+
+
+def test_iterations_after_the_last_train_log_keep_the_rate_they_ran_at(tmp_path):
+  """20 iterations on a 20-iteration cosine, logged at 0 and 10, resumed to 40: iterations
+  11-19 ran on the old schedule, which the evaluation at 20 tells; they were drawn on the
+  new one, up to 3x too high."""
+  first = {"max_iters": 20, "warmup_iters": 2, "lr_decay_iters": 20, "learning_rate": 1e-3,
+           "min_lr": 1e-4}
+  old = optim.lr_schedule(defaults.view(optim.OptimConfig, {
+      **defaults.get_config().copy_and_resolve_references().to_dict(), **first}), np)
+  run = {"train": [{"iter": it, "tokens": (it + 1) * 8, "lr": float(old(it))} for it in (0, 10)],
+         "eval": [{"iter": it, "tokens": it * 8, "lr": float(old(it))} for it in (0, 10, 20)],
+         "tasks": []}
+  points = report.lr_by_tokens(run, {**first, "max_iters": 40, "warmup_iters": 4,
+                                     "lr_decay_iters": 40})
+  assert (160, pytest.approx(float(old(20)))) in points
+  assert not [t for t, _ in points if 88 < t < 160]  # no rate drawn there but the logged ones
 
 
 def test_the_loss_axis_shows_the_step_0_val_loss(tmp_path):
