@@ -8,6 +8,7 @@ that stops at once, exit 130. The log shows `HH:MM:SS message`, `--verbosity=1` 
 
 from __future__ import annotations
 
+import difflib
 import gc
 import logging as pylogging
 import os
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from jaxgpt import defaults
 from jaxgpt.errors import UserError
 from jaxgpt.preemption import StopBeforeTraining
 
@@ -182,7 +184,14 @@ def _flag_error(error: flags.Error) -> str:
       why = "not a number"
     return f"{flag}={value}: {why}"
   if isinstance(error, flags.UnrecognizedFlagError):
-    return f"--{error.flagname}: no such flag (--help lists them)"
+    name = error.flagname
+    if "config" in flags.FLAGS and name in defaults.get_config():  # nanoGPT's --max_iters=N
+      return f"--{name}: no such flag; a config key is set as --config.{name}"
+    ours = [flag.name for module, defined in flags.FLAGS.flags_by_module_dict().items()
+            if module.startswith("jaxgpt") or module.endswith(".py") for flag in defined]
+    near = difflib.get_close_matches(name, ours, n=1)  # not absl's, grain's or orbax's flags
+    near = f"; did you mean --{near[0]}?" if near else ""
+    return f"--{name}: no such flag{near} (--help lists them)"
   return text.splitlines()[0]
 
 

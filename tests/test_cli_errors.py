@@ -164,6 +164,11 @@ USAGE = {
     "sample": (["-m", "jaxgpt.sample", "--dtype=float16"],
                "error: --dtype=float16: value should be one of"),
     "sample stray": (["-m", "jaxgpt.sample", "stray"], "error: unexpected argument(s): stray"),
+    "sample a misspelled flag": (["-m", "jaxgpt.sample", "--temprature=1"],
+                                 "error: --temprature: no such flag; did you mean --temperature?"),
+    "launch.py a key as nanoGPT's flag": (["launch.py", "--config=configs/quickstart.py",
+                                           "--max_iters=10"],
+                                          "a config key is set as --config.max_iters"),
     "sample none": (["-m", "jaxgpt.sample", "--num_samples=0"],  # said before any weights load
                     "error: --num_samples=0: 0 is not a positive integer"),
     "sample top_p": (["-m", "jaxgpt.sample", "--top_p=0"],  # also before any weights load
