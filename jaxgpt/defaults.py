@@ -183,7 +183,9 @@ def eval_tasks(spec: str) -> list[str]:
   """The tasks of a comma-separated spec, each one of EVAL_TASKS; an unknown one is an error."""
   names = [t.strip() for t in spec.split(",") if t.strip()]
   for name in names:
-    if name != "hellaswag" and not (name.startswith("text:") and len(name) > len("text:")):
+    if name == "text:":
+      raise UserError("text: names no file: the task is text:FILE")
+    if name != "hellaswag" and not name.startswith("text:"):
       raise UserError(f"unknown evaluation task {name!r}: the tasks are {', '.join(EVAL_TASKS)}")
   return names
 

@@ -190,6 +190,8 @@ def test_bad_input_is_one_user_error_naming_what(tmp_path):
     tasks.load(f"text:{tmp_path}/empty.txt", scorer)
   with pytest.raises(UserError, match="unknown evaluation task 'mmlu'"):
     tasks.load("hellaswag,mmlu", scorer)
+  with pytest.raises(UserError, match="text: names no file: the task is text:FILE"):
+    tasks.load("text:", scorer)
   with pytest.raises(UserError, match=r"limit=-3: must be >= 0"):
     tasks.load(f"text:{bad}", scorer, limit=-3)
   small = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config(vocab_size=96))))

@@ -356,7 +356,7 @@ def test_missing_text_column_names_the_file(tmp_path, kind):
   else:
     path = str(tmp_path / "a.jsonl")
     (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
-    match = f"{path}:2: no field 'text'"
+    match = f"{path}:2: no field 'text' \\(it has 'body'\\); set --text_field"
   with pytest.raises(readers.PrepareError, match=match):
     run([path], tmp_path / "out")
 
@@ -393,6 +393,9 @@ def test_parquet_text_that_is_not_utf8_names_the_file_and_row(tmp_path):
 def test_no_matching_files_names_the_glob(tmp_path):
   with pytest.raises(readers.PrepareError, match=r"--input=.*nothing/\*.txt: no files match"):
     run([str(tmp_path / "nothing" / "*.txt")], tmp_path / "out")
+  with pytest.raises(readers.PrepareError, match=rf"--input={tmp_path}: a folder: give a glob, "
+                                                 rf"e.g. --input='{tmp_path}/\*.txt'"):
+    run([str(tmp_path)], tmp_path / "out")
 
 
 # Output directories: nothing overwritten, nothing half-done that looks complete.

@@ -139,8 +139,11 @@ def read_jsonl(path: str, text_field: str, name: str | None = None) -> Iterator[
         record = json.loads(line)
       except ValueError as e:
         raise PrepareError(f"{path}:{lineno}: not a JSON object ({e})") from e
-      if not isinstance(record, dict) or text_field not in record:
-        raise PrepareError(f"{path}:{lineno}: no field {text_field!r}; set --text_field")
+      if not isinstance(record, dict):
+        raise PrepareError(f"{path}:{lineno}: not a JSON object")
+      if text_field not in record:
+        raise PrepareError(f"{path}:{lineno}: no field {text_field!r} (it has "
+                           f"{', '.join(map(repr, record))}); set --text_field")
       text = record[text_field]
       if not isinstance(text, str):
         raise PrepareError(f"{path}:{lineno}: {text_field!r} holds "
@@ -227,7 +230,9 @@ def input_files(patterns: list[str]) -> dict[str, str]:
     else:
       matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
       if not matched:
-        raise PrepareError(f"--input={pattern}: no files match")
+        folder = f"a folder: give a glob, e.g. --input='{os.path.join(pattern, '*.txt')}'"
+        raise PrepareError(f"--input={pattern}: " + (folder if os.path.isdir(pattern) else
+                                                     "no files match"))
       folders = pattern.split(os.sep)[:-1]
       fixed = os.sep.join(itertools.takewhile(lambda part: not glob.has_magic(part), folders))
     for path in matched:
