@@ -358,3 +358,10 @@ def test_jax_s_share_of_a_gpu_is_read_as_jaxlib_reads_it(monkeypatch):
   monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "half")
   with pytest.raises(UserError, match="XLA_CLIENT_MEM_FRACTION='half' is not a number"):
     memory.mem_fraction()
+
+
+def test_an_unknown_device_is_said_before_the_table():
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--device=H10",
+                 "--train_tokens=1M")
+  assert r.returncode == 1 and r.stdout == ""
+  assert "error: --device='H10': its peak FLOP/s is not in the table" in r.stderr

@@ -121,14 +121,14 @@ def main() -> None:
     counted_in = data.resolve_data_dir(config.dataset, config.data_dir)
     train_tokens = iters.count_train_tokens(counted_in)
   s = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
+  tokens_per_sec, source = _throughput(f, config.out_dir, config.peak_flops, s.flops_per_token,
+                                       n_devices)  # an unknown --device, said before the table
   print(f"{config_path}: {formatting.count(s.n_params)} parameters (nanoGPT's count; "
         f"{formatting.count(s.n_params_total)} in all), {s.tokens_per_iter:,} tokens per "
         "iteration")
   if counted_in is not None:
     found = "unknown" if train_tokens is None else f"{train_tokens:,} tokens"
     print(f"train split: {found} (counted in {counted_in}; --train_tokens sets it)")
-  tokens_per_sec, source = _throughput(f, config.out_dir, config.peak_flops, s.flops_per_token,
-                                       n_devices)
   print(f"throughput: {source}")
   suggested, notes = iters.suggestions(s)
   candidates = candidates or suggested
