@@ -22,7 +22,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import attention, cli, data, defaults, sharding, sinks, train
+from jaxgpt import attention, cli, data, defaults, formatting, sharding, sinks, train
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
 
@@ -71,8 +71,9 @@ def _tasks(model: GPTConfig, spec: str, limit: int, hellaswag_file: str
   scorer = scoring.Scorer(GPT(model), mesh=sharding.make_mesh())
   task_list = tasks.load(spec, scorer, limit=limit, hellaswag_file=hellaswag_file)
   for task in task_list:
-    logging.info("eval task %s: %s, %d rows in %d batches", task.name, task.source, task.n_rows,
-                 len(task.batches))
+    logging.info("eval task %s: %s, %s in %s", task.name, task.source,
+                 formatting.plural(task.n_rows, "row"),
+                 formatting.plural(len(task.batches), "batch", "batches"))
   return lambda params: tasks.score(scorer, params, task_list)
 
 

@@ -23,3 +23,7 @@ def duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m"
   return f"{rest // 60}m{rest % 60:02d}s"
 
+
+def plural(n: int, word: str, words: str = "") -> str:
+  """(1, 'shard') -> '1 shard', (2, 'shard') -> '2 shards', (3, 'batch', 'batches')."""
+  return f"{n:,} {word if n == 1 else words or word + 's'}"

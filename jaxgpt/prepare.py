@@ -27,7 +27,7 @@ import sys
 
 from absl import flags
 
-from jaxgpt import cli
+from jaxgpt import cli, formatting
 from jaxgpt.errors import UserError
 from jaxgpt.prep import datasets, fineweb, shards
 from jaxgpt.prep.tokenize import cpu_count
@@ -114,10 +114,10 @@ def _prepare(source: str) -> None:
       raise UserError("files: --input is required (globs of .parquet, .jsonl or .txt files)")
     meta = datasets.prepare_files(f.input, out, text_field=f.text_field,
                                   separator=_unescape(f.separator), **common)
-  splits = meta["splits"]
-  print(f"wrote {out}: train {splits['train']['tokens']:,} tokens "
-        f"({splits['train']['shards']} shards), val {splits['val']['tokens']:,} tokens "
-        f"({splits['val']['shards']} shards)")
+  train, val = meta["splits"]["train"], meta["splits"]["val"]
+  print(f"wrote {out}: train {train['tokens']:,} tokens "
+        f"({formatting.plural(train['shards'], 'shard')}), val {val['tokens']:,} tokens "
+        f"({formatting.plural(val['shards'], 'shard')})")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def summary(name: str, run: Run) -> str:
     n = len(run["train"])
     lines.append(f"throughput: median {m['tokens_per_sec']:,.0f} tok/s, "
                  f"{m['ms_per_iter']:,.1f} ms/iter{mfu} " +
-                 (f"(over {n - 1} train logs, the first skipped)" if n > 1 else
+                 (f"(over {formatting.plural(n - 1, 'train log')}, the first skipped)"
+                  if n > 1 else
                   "(over 1 train log, the first: one step)"))
   return "\n".join(lines)
 

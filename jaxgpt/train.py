@@ -533,6 +533,7 @@ def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints,
     start = f" --start={shlex.quote(prompt)}" if prompt else ""
     commands.insert(0, f"python -m jaxgpt.sample --out_dir={out}{start} --num_samples=3 "
                        f"--max_new_tokens={min(block_size, 500)}")
-  saved = f"checkpoints of steps {', '.join(map(str, steps))}" if steps else "no checkpoint"
+  saved = (f"checkpoints of steps {', '.join(map(str, steps))}" if len(steps) > 1 else
+           f"the checkpoint of step {steps[0]}" if steps else "no checkpoint")
   logging.info("done: %s in %s. Next:%s", saved, checkpoints.directory,
                "".join(f"\n  {command}" for command in commands))

@@ -152,7 +152,7 @@ def test_an_eval_only_resume_leaves_an_unreadable_checkpoint_where_it_was(tmp_pa
                             init_from="resume", eval_only=True),
                 hooks=train.Hooks(at_end=ended.append))
   assert sorted(os.listdir(os.path.join(config.out_dir, "checkpoints"))) == ["3", "6"]
-  assert any(m.startswith("done: checkpoints of steps 3 in") for m in caplog.messages)
+  assert any(m.startswith("done: the checkpoint of step 3 in") for m in caplog.messages)
   assert ended == []  # eval_only evaluates and ends: no closing sample
 
 

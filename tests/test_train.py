@@ -245,7 +245,7 @@ def test_the_run_ends_with_the_commands_that_read_it(tmp_path, token_dir, caplog
   with caplog.at_level(logging.INFO):
     train.train(config)
   [done] = [m for m in caplog.messages if m.startswith("done: ")]
-  assert done.startswith("done: checkpoints of steps 2 in ")
+  assert done.startswith("done: the checkpoint of step 2 in ")
   assert done.endswith(f"python -m jaxgpt.report --out_dir={config.out_dir}")
   assert ("python -m jaxgpt.sample" in done) == sampled
 
