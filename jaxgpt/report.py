@@ -192,7 +192,8 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
     train = [(r["tokens"], r["loss"]) for r in run["train"] if keep(r["tokens"])]
     evals = [(r["tokens"], r["val_loss"]) for r in run["eval"] if keep(r["tokens"])]
     if train:
-      handles += ax.plot(*zip(*train), color=color, lw=1, alpha=0.5, label=f"{name} train")
+      handles += ax.plot(*zip(*train), color=color, lw=1, alpha=0.5, label=f"{name} train",
+                         marker="." if len(train) == 1 else None)  # one log: no line to draw
     if evals:
       handles += ax.plot(*zip(*evals), color=color, lw=2, marker="o", ms=3,
                          label=f"{name} val")
