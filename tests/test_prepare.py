@@ -953,3 +953,16 @@ def test_a_ctrl_c_another_thread_takes_still_ends_a_wait_for_the_lock(tmp_path, 
     with pytest.raises(KeyboardInterrupt), shards.write_lock(str(out), wait=True):
       pass
     assert time.monotonic() - started < 5
+
+
+def test_the_built_in_corpus_is_not_made_into_a_folder_of_ones_own_files(tmp_path):
+  """A quickstart run with --config.data_dir at a folder of raw text wrote python_docs' shards
+  into it, and trained on them."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "a.txt").write_text("my text")
+  with pytest.raises(UserError, match=r"corpus holds files of its own \(a.txt\): the built-in "
+                                      r"python_docs corpus is made only in a new or empty "
+                                      r"folder. .*prepare files --input='.*corpus/\*.txt'"):
+    datasets.ensure("python_docs", str(corpus), auto_prepare=False)
+  assert sorted(os.listdir(corpus)) == [".prepare.lock", "a.txt"]

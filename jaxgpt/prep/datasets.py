@@ -23,6 +23,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.prep import fineweb
 from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
 from jaxgpt.prep.shards import (
+  LOCK_FILE,
   STAGING,
   check_out_dir,
   remove_locked_dir,
@@ -72,6 +73,13 @@ def make_python_docs(out_dir: str) -> None:
   """Makes the built-in corpus's shards (once: later runs read them)."""
   from pydoc_data import topics
   check_out_dir(out_dir)  # a dataset there already is said before the line below
+  theirs = sorted(set(os.listdir(out_dir)) - {LOCK_FILE, STAGING}) if os.path.isdir(out_dir) else []
+  if theirs:  # a data_dir pointed at a folder of one's own text, say
+    raise UserError(
+        f"{out_dir} holds files of its own ({', '.join(theirs[:3])}{', ...' * (len(theirs) > 3)})"
+        f": the built-in {PYTHON_DOCS} corpus is made only in a new or empty folder. To train "
+        f"on text there: python -m jaxgpt.prepare files --input='{os.path.join(out_dir, '*.txt')}'"
+        " --out=DIR, then --config.data_dir=DIR")
   print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
   pieces = (p for key in sorted(topics.topics) for p in pieces_of(key, topics.topics[key]))
   meta = write_dataset(pieces, out_dir, name=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
