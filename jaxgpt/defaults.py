@@ -15,6 +15,7 @@ import math
 import os
 import re
 import textwrap
+from collections.abc import Callable
 from typing import TypeVar
 
 import ml_collections
@@ -268,13 +269,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(False, "eval_tasks", str(e))
   check(0 <= c.seed < 2**32, "seed", "must be in [0, 2**32): a PRNG key holds 32 bits")
   if c.decay_lr and c.max_iters > 0:  # with no iterations to train, no schedule to check
-    check(c.warmup_iters <= c.max_iters, "warmup_iters",
-          f"must be at most max_iters={c.max_iters}: the run would end before its learning "
-          "rate is reached. Lower warmup_iters, or raise max_iters")
-    check(c.lr_decay_iters > c.warmup_iters, "lr_decay_iters",
-          f"must be greater than warmup_iters={c.warmup_iters} (it is max_iters where the "
-          "recipe does not set it)")
-    check(0 <= c.min_lr <= c.learning_rate, "min_lr",
-          f"must be in [0, learning_rate={c.learning_rate}]")
-    if c.lr_schedule == "wsd":
-      check(0 < c.wsd_decay_frac <= 1, "wsd_decay_frac", "must be in (0, 1]")
+    _check_schedule(c, check)
+
+
+def _check_schedule(c: ml_collections.ConfigDict, check: Callable[[bool, str, str], None]
+                    ) -> None:
+  """A decaying learning rate's keys, with `validate`'s `check`."""
+  check(c.warmup_iters <= c.max_iters, "warmup_iters",
+        f"must be at most max_iters={c.max_iters}: the run would end before its learning "
+        "rate is reached. Lower warmup_iters, or raise max_iters")
+  check(c.lr_decay_iters > c.warmup_iters, "lr_decay_iters",
+        f"must be greater than warmup_iters={c.warmup_iters} (it is max_iters where the "
+        "recipe does not set it)")
+  check(0 <= c.min_lr <= c.learning_rate, "min_lr",
+        f"must be in [0, learning_rate={c.learning_rate}]")
+  if c.lr_schedule == "wsd":
+    check(0 < c.wsd_decay_frac <= 1, "wsd_decay_frac", "must be in (0, 1]")
