@@ -58,7 +58,8 @@ def test_a_nanogpt_checkpoint_gives_the_logits_of_transformers(tmp_path, bias):
   theirs = write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=bias)
   arch, params, iter_num = nanogpt.read(str(tmp_path / "ckpt.pt"))
   assert arch == {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD, "block_size": BLOCK,
-                  "bias": bias, "vocab_size": TINY_VOCAB, "gelu_approximate": False}
+                  "bias": bias, "vocab_size": TINY_VOCAB, "gelu_approximate": False,
+                  "tie_embeddings": True}
   assert iter_num == 250
   tokens_BT = np.random.default_rng(0).integers(0, TINY_VOCAB, (3, BLOCK))
   ours = np.asarray(GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens_BT)))
@@ -71,12 +72,12 @@ def test_training_continues_from_a_nanogpt_checkpoint_with_its_architecture(tmp_
   theirs = write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False, compiled=False)
   config = tiny_config(tmp_path, token_dir, init_from=f"nanogpt:{tmp_path / 'ckpt.pt'}",
                        n_layer=1, n_embd=64, block_size=8, gelu_approximate=True, max_iters=1,
-                       eval_interval=1, warmup_iters=0)
+                       eval_interval=1, warmup_iters=0, tie_embeddings=False)
   launch.run(config)
   # The architecture is the checkpoint's; a smaller block_size crops the positions.
   ran = run_dir.RunDir(config.out_dir).read_config()
-  assert (ran["n_layer"], ran["n_embd"], ran["bias"], ran["gelu_approximate"]) == (
-      N_LAYER, N_EMBD, False, False)
+  assert (ran["n_layer"], ran["n_embd"], ran["bias"], ran["gelu_approximate"],
+          ran["tie_embeddings"]) == (N_LAYER, N_EMBD, False, False, True)
   val = data.open_split(config.data_dir, "val", config.block_size, config.vocab_size)
   losses = []
   for batch in data.eval_batches(val, batch_size=config.batch_size, n_batches=config.eval_iters,

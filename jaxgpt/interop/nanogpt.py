@@ -60,6 +60,7 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
   except (TypeError, ValueError) as e:
     raise UserError(f"{path}: model_args holds a value that is not a number ({e})") from None
   arch["gelu_approximate"] = False  # nanoGPT's nn.GELU() is the exact one
+  arch["tie_embeddings"] = True  # its lm_head is its wte
   tensors = {}
   for key, value in ckpt["model"].items():
     if not hasattr(value, "float"):
