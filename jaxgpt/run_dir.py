@@ -160,8 +160,13 @@ class RunDir:
 
   def check_start(self, *, resume: bool) -> None:
     """Refuses a new run over this one's checkpoints, or a resume from none; makes nothing."""
-    directory = os.path.abspath(self.checkpoints_dir)
-    existing = (self.checkpoints(read_only=True).steps() if os.path.isdir(directory) else [])
+    directory, existing = os.path.abspath(self.checkpoints_dir), []
+    if os.path.isdir(directory):
+      checkpoints = self.checkpoints(read_only=True)
+      try:
+        existing = checkpoints.steps()
+      finally:
+        checkpoints.close()
     if not resume and existing:
       raise UserError(
           f"{directory} already holds checkpoints (steps {existing}); nothing was "

@@ -506,7 +506,9 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   val_windows, batch_windows = len(sources["val"]), eval_windows // config.eval_iters
   if val_windows < eval_windows:
     lever = (f"lower eval_iters (now {config.eval_iters})" if batch_windows <= val_windows else
-             f"lower batch_size (one evaluation batch is {batch_windows:,} windows)")
+             f"lower batch_size (one evaluation batch is {batch_windows:,} windows)"
+             if not start.eval_batch_windows else  # a resume keeps its run's evaluation set
+             f"one evaluation batch of this run is {batch_windows:,} windows")
     logging.warning("evaluation: the val split holds %s windows, so each evaluation scores "
                     "each about %.1f times; %s, or prepare a larger val split (--val_fraction / "
                     "--val_tokens)", f"{val_windows:,}", eval_windows / val_windows, lever)
