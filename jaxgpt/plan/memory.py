@@ -186,7 +186,7 @@ def cpu_estimate(step: train_step.StepConfig) -> dict[str, int]:
 # The most the CPU estimate has overstated XLA's plan for a card, on the same step
 # (docs/benchmarks.md, "Will it fit"): fineweb_40m at 32 x 16, 19.5 GiB against 8.43 planned
 # for the RTX 4070 (with recomputation) and 9.39 used on an H200; at 16 x 32, 11.3 against 6.77.
-CPU_OVERSTATES = 2.3
+CPU_OVERSTATES = 19.5 / 8.43
 
 
 def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str) -> list[str]:
@@ -208,7 +208,7 @@ def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str) -> l
        f"GiB): " + ("fits by this estimate" if figure <= budget else
                     f"does not fit by this estimate, nor by {1 / CPU_OVERSTATES:.0%} of it"
                     if figure > CPU_OVERSTATES * budget else
-                    f"less than this estimate, which has been up to {CPU_OVERSTATES:g}x "
+                    f"less than this estimate, which has been up to {CPU_OVERSTATES:.1f}x "
                     "XLA's plan for a card: it may fit")),
   ]
   if targets.plugin_installed():
