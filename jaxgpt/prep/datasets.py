@@ -73,13 +73,7 @@ def make_python_docs(out_dir: str) -> None:
   """Makes the built-in corpus's shards (once: later runs read them)."""
   from pydoc_data import topics
   check_out_dir(out_dir)  # a dataset there already is said before the line below
-  theirs = sorted(set(os.listdir(out_dir)) - {LOCK_FILE, STAGING}) if os.path.isdir(out_dir) else []
-  if theirs:  # a data_dir pointed at a folder of one's own text, say
-    raise UserError(
-        f"{out_dir} holds files of its own ({', '.join(theirs[:3])}{', ...' * (len(theirs) > 3)})"
-        f": the built-in {PYTHON_DOCS} corpus is made only in a new or empty folder. To train "
-        f"on text there: python -m jaxgpt.prepare files --input='{os.path.join(out_dir, '*.txt')}'"
-        " --out=DIR, then --config.data_dir=DIR")
+  _check_no_files_of_its_own(out_dir)
   print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
   pieces = (p for key in sorted(topics.topics) for p in pieces_of(key, topics.topics[key]))
   meta = write_dataset(pieces, out_dir, name=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
@@ -87,6 +81,18 @@ def make_python_docs(out_dir: str) -> None:
                        command="python -m jaxgpt.prepare python_docs", progress=False)
   print(f"python_docs: {meta['splits']['train']['tokens']:,} train tokens, "
         f"{meta['splits']['val']['tokens']:,} val tokens", flush=True)
+
+
+def _check_no_files_of_its_own(out_dir: str) -> None:
+  """Refuses a folder that holds files of its own (a data_dir pointed at one's own text, say)
+  for the built-in corpus."""
+  theirs = sorted(set(os.listdir(out_dir)) - {LOCK_FILE, STAGING}) if os.path.isdir(out_dir) else []
+  if theirs:
+    raise UserError(
+        f"{out_dir} holds files of its own ({', '.join(theirs[:3])}{', ...' * (len(theirs) > 3)})"
+        f": the built-in {PYTHON_DOCS} corpus is made only in a new or empty folder. To train "
+        f"on text there: python -m jaxgpt.prepare files --input='{os.path.join(out_dir, '*.txt')}'"
+        " --out=DIR, then --config.data_dir=DIR")
 
 
 def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
@@ -99,6 +105,8 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   train_files = token_files.find_shards(data_dir, "train")
   makes = dataset == PYTHON_DOCS or (auto_prepare and dataset in FINEWEB_DATASETS)
   if makes and (not train_files or os.path.isdir(os.path.join(data_dir, STAGING))):
+    if dataset == PYTHON_DOCS and not train_files:  # before the lock file is made there
+      _check_no_files_of_its_own(data_dir)
     made = not os.path.isdir(data_dir)
     with write_lock(data_dir, wait=True) as lockless:  # write_dataset's lock, held through it
       if lockless:  # the processes of a run would each write the data
