@@ -185,13 +185,17 @@ def _flag_error(error: flags.Error) -> str:
     return f"{flag}={value}: {why}"
   if isinstance(error, flags.UnrecognizedFlagError):
     name = error.flagname
-    if "config" in flags.FLAGS and name in defaults.get_config():  # nanoGPT's --max_iters=N
+    keys = list(defaults.get_config()) if "config" in flags.FLAGS else []
+    if name in keys:  # nanoGPT's --max_iters=N
       return f"--{name}: no such flag; a config key is set as --config.{name}"
-    ours = [flag.name for module, defined in flags.FLAGS.flags_by_module_dict().items()
-            if module.startswith("jaxgpt") or module.endswith(".py") for flag in defined]
-    near = difflib.get_close_matches(name, ours, n=1)  # not absl's, grain's or orbax's flags
-    near = f"; did you mean --{near[0]}?" if near else ""
-    return f"--{name}: no such flag{near} (--help lists them)"
+    # The command's own flags and config keys, not absl's, grain's or orbax's flags.
+    spelled = {key: f"config.{key}" for key in keys}
+    spelled.update((flag.name, flag.name) for module, defined
+                   in flags.FLAGS.flags_by_module_dict().items()
+                   if module.startswith("jaxgpt") or module.endswith(".py") for flag in defined)
+    near = difflib.get_close_matches(name, spelled, n=1)
+    hint = f"; did you mean --{spelled[near[0]]}?" if near else ""
+    return f"--{name}: no such flag{hint} (--help lists them)"
   return text.splitlines()[0]
 
 

@@ -320,7 +320,8 @@ def main() -> None:
     raise UserError(f"{', '.join(unread)}: not read by {what}; drop "
                     f"{'it' if len(unread) == 1 else 'them'}")
   if f["torch_compile"].present and not f.peer:
-    raise UserError("--torch_compile compiles the --peer=torch model: add --peer=torch or drop it")
+    raise UserError("--torch_compile is read with --peer=torch alone: add it, or drop "
+                    "--torch_compile")
   if f.ablation and f["variants"].present:
     raise UserError("--ablation trains every variant: drop --variants, or --ablation")
   configless = set(chosen) & set(CONFIGLESS_MODES)

@@ -121,15 +121,23 @@ def train_variant(config: ml_collections.ConfigDict) -> None:
   os.makedirs(os.path.dirname(recipe) or ".", exist_ok=True)
   with open(recipe, "w", encoding="utf-8") as f:
     f.write(f"{_RECIPE_HEAD}{config.to_json_best_effort()!r}))\n  return c\n")
+  stopped = []
   with subprocess.Popen([sys.executable, LAUNCH, f"--config={recipe}"]) as run:
-    passed_on = signal.signal(signal.SIGTERM, lambda *_: run.send_signal(signal.SIGTERM))
+    def pass_on(signum: int, _) -> None:
+      stopped.append(signum)
+      run.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
     try:
       returncode = run.wait()
     except KeyboardInterrupt:
       run.wait()
       raise
     finally:
-      signal.signal(signal.SIGTERM, passed_on)
+      signal.signal(signal.SIGTERM, previous)
+  if stopped:  # the run may have finished first: the comparison stops all the same
+    raise UserError(f"stopped by SIGTERM while training {config.out_dir}; the comparison "
+                    "stops here")
   if returncode:
     raise UserError(f"training {config.out_dir} failed (exit {returncode}); the "
                     "comparison stops here")
