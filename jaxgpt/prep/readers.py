@@ -143,7 +143,7 @@ def read_jsonl(path: str, text_field: str, name: str | None = None) -> Iterator[
         raise PrepareError(f"{path}:{lineno}: not a JSON object")
       if text_field not in record:
         raise PrepareError(f"{path}:{lineno}: no field {text_field!r} (it has "
-                           f"{', '.join(map(repr, record))}); set --text_field")
+                           f"{', '.join(map(repr, record)) or 'none'}); set --text_field")
       text = record[text_field]
       if not isinstance(text, str):
         raise PrepareError(f"{path}:{lineno}: {text_field!r} holds "
