@@ -37,6 +37,11 @@ from jaxgpt.errors import UserError, first_line
 STATE, DATA, META = "state", "data", "meta"
 
 
+def finished_steps(directory: str) -> list[int]:
+  """The steps `Checkpoints(directory).steps()` lists, read from the folder names alone."""
+  return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+
+
 class Checkpoints:
   """Saves and restores the step checkpoints in one directory (`RunDir` says which)."""
 

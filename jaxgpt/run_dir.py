@@ -155,26 +155,15 @@ class RunDir:
 
   def checkpoints_for(self, *, resume: bool, keep: int) -> checkpoint.Checkpoints:
     """The run's checkpoints, refusing to start over on top of them or resume from none."""
-    self.check_start(resume=resume)
-    return self.checkpoints(keep=keep)
+    checkpoints = self.checkpoints(keep=keep)
+    _check_start(checkpoints.directory, checkpoints.steps(), resume)
+    return checkpoints
 
   def check_start(self, *, resume: bool) -> None:
-    """Refuses a new run over this one's checkpoints, or a resume from none; makes nothing."""
-    directory, existing = os.path.abspath(self.checkpoints_dir), []
-    if os.path.isdir(directory):
-      checkpoints = self.checkpoints(read_only=True)
-      try:
-        existing = checkpoints.steps()
-      finally:
-        checkpoints.close()
-    if not resume and existing:
-      raise UserError(
-          f"{directory} already holds checkpoints (steps {existing}); nothing was "
-          f"changed. To continue that run add --config.init_from=resume; to start a new one, "
-          f"pick another --config.out_dir.")
-    if resume and not existing:
-      raise UserError(f"{directory}: no checkpoints to resume from; start the run "
-                      "with --config.init_from=scratch")
+    """`checkpoints_for`'s refusals, early and with nothing made: without a checkpoint
+    manager, whose barriers the other processes would meet elsewhere."""
+    directory = os.path.abspath(self.checkpoints_dir)
+    _check_start(directory, checkpoint.finished_steps(directory), resume)
 
   def read_metrics(self) -> Records:
     """The records of metrics.jsonl by event, each list in iteration order.
@@ -277,3 +266,15 @@ class RunDir:
 
 def _read_holder(fd: int) -> str:
   return os.pread(fd, 1024, 0).decode(errors="replace").strip()
+
+
+def _check_start(directory: str, existing: list[int], resume: bool) -> None:
+  """Refuses a new run over the checkpoints `existing` in `directory`, or a resume from none."""
+  if not resume and existing:
+    raise UserError(
+        f"{directory} already holds checkpoints (steps {existing}); nothing was "
+        f"changed. To continue that run add --config.init_from=resume; to start a new one, "
+        f"pick another --config.out_dir.")
+  if resume and not existing:
+    raise UserError(f"{directory}: no checkpoints to resume from; start the run "
+                    "with --config.init_from=scratch")

@@ -449,6 +449,10 @@ def test_the_run_directory_is_checked_before_the_data_is_made(tmp_path, token_di
 
   if init_from == "scratch":
     launch.run(tiny_config(tmp_path, token_dir, max_iters=3, eval_interval=3))
+    rundir = run_dir.RunDir(str(tmp_path / "run"))
+    os.mkdir(os.path.join(rundir.checkpoints_dir, "6.orbax-checkpoint-tmp-1"))  # a killed save
+    assert checkpoint.finished_steps(rundir.checkpoints_dir) == rundir.checkpoints(
+        read_only=True).steps() == [3]  # the early check lists what the run's manager does
   monkeypatch.setattr(fineweb, "prepare_fineweb",
                       lambda *a, **k: pytest.fail("FineWeb was downloaded"))
   config = tiny_config(tmp_path, str(tmp_path / "fineweb"), dataset="fineweb",
