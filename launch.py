@@ -43,22 +43,16 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   from jaxgpt.prep import datasets
   datasets.ensure(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
                   auto_prepare=config.auto_prepare)
-  config, params = _starting_weights(config)
+  params = None  # nanoGPT's init, or the checkpoint's weights
+  if config.init_from not in ("scratch", "resume"):  # gpt2* or nanogpt:PATH: weights and shape
+    from jaxgpt.interop import weights
+    config, params = weights.for_training(config)
   config = attention.settle(config)
   model = GPTConfig.from_config(config)
   hooks = train.Hooks(
       tasks=_tasks(model, config.eval_tasks, config.eval_tasks_limit, config.hellaswag_file),
       at_end=_closing_sample(model, config.sample_start, config.sample_tokens, config.seed))
   return train.train(config, params=params, hooks=hooks, config_file=config_file)
-
-
-def _starting_weights(config: ml_collections.ConfigDict
-                      ) -> tuple[ml_collections.ConfigDict, Any]:
-  """GPT-2's or a nanoGPT run's weights and architecture for init_from=gpt2* / nanogpt:PATH."""
-  if config.init_from in ("scratch", "resume"):
-    return config, None
-  from jaxgpt.interop import weights
-  return weights.for_training(config)
 
 
 def _tasks(model: GPTConfig, spec: str, limit: int, hellaswag_file: str

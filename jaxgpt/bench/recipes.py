@@ -168,12 +168,12 @@ def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return rundir.read_metrics()
 
 
-def step_ms(config: ml_collections.ConfigDict, iters: int = 10, warmup: int = 2) -> float:
-  """Median milliseconds of one train step of `config`, on one fixed random batch."""
-  setup = train_step.build(train_step.StepConfig.from_config(config))
+def step_ms(step: train_step.StepConfig, iters: int = 10, warmup: int = 2) -> float:
+  """Median milliseconds of one train step, on one fixed random batch."""
+  setup = train_step.build(step)
   state = setup.new_state()
-  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
-  batch = throughput.synthetic_batch(shape, config.vocab_size, 0, jax.devices()[0])
+  shape = (step.gradient_accumulation_steps, step.batch_size, step.model.block_size)
+  batch = throughput.synthetic_batch(shape, step.model.vocab_size, 0, jax.devices()[0])
   compiled_step = throughput.compile_step(setup, state, batch)
   _, seconds = throughput.time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   return 1000 * statistics.median(seconds)
@@ -196,7 +196,8 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   reference = BASELINE if BASELINE in runs else next(iter(runs))
   ref_evals = runs[reference][1]["eval"]
   target, ref_tokens = ref_evals[-1]["val_loss"], ref_evals[-1]["tokens"]
-  ms = {label: step_ms(config) for label, (config, _) in runs.items()}
+  ms = {label: step_ms(train_step.StepConfig.from_config(config))
+        for label, (config, _) in runs.items()}
   rows = []
   for label, (config, records) in runs.items():
     evals = records["eval"]

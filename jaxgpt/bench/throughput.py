@@ -172,17 +172,18 @@ def _time_peer(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
   return torch_peer.measure(config, iters=iters, warmup=warmup, compile=torch_compile)
 
 
-def _about(config: ml_collections.ConfigDict, setup: train_step.TrainSetup,
-           device: jax.Device) -> dict[str, Any]:
+def _about(setup: train_step.TrainSetup, device: jax.Device) -> dict[str, Any]:
   """What was measured: code, device, model and batch."""
+  step, model = setup.step, setup.step.model
   return {
       "git": _git_revision(), "jax_version": jax.__version__, "platform": device.platform,
       "device_kind": device.device_kind,
-      "model": {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
-                                       "bias", "dropout", "gelu_approximate", "attention")},
-      "dtype": config.dtype, "gradient_accumulation_steps": config.gradient_accumulation_steps,
-      "batch_size": config.batch_size,
-      "tokens_per_iter": setup.step.tokens_per_iter(1),
+      "model": {k: getattr(model, k) for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                               "vocab_size", "bias", "dropout",
+                                               "gelu_approximate", "attention")},
+      "dtype": model.dtype, "gradient_accumulation_steps": step.gradient_accumulation_steps,
+      "batch_size": step.batch_size,
+      "tokens_per_iter": step.tokens_per_iter(1),
       "n_params": count_params(setup.abstract_state.params),
       "n_params_total": count_params(setup.abstract_state.params, non_embedding=False),
   }
@@ -226,7 +227,7 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
     state, loop_times, waits = time_loop(compiled_step, state, open_batches, device,
                                          workers=data_workers, iters=iters, warmup=warmup)
   jax.block_until_ready(state)
-  r = _about(config, setup, device)
+  r = _about(setup, device)
   tokens_per_sec = r["tokens_per_iter"] / statistics.median(step_times)
   s = summary.summarize(config, device_kind=device.device_kind)
   flops_per_token, peak = s.flops_per_token, peak_flops or s.peak_flops
