@@ -16,9 +16,10 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
-from jaxgpt import checkpoint, defaults, model, sharding, train_step
+from jaxgpt import checkpoint, defaults, model, optim, sharding, train_step
 from jaxgpt.errors import UserError
 
 
@@ -96,6 +97,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
       logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
                       "the run's before, and compared with its best_val_loss all the same")
+  if it < config.max_iters:
+    warn_if_lr_moves(meta["config"], config, it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
   best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints, it)
@@ -104,6 +107,21 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
                window, evaluated=meta.get("val_loss") is not None,
                eval_batch_windows=saved.get("eval_batch_windows"),
                split_windows=saved.get("split_windows"), unreadable=tuple(unreadable)), batches
+
+
+def warn_if_lr_moves(saved: dict[str, Any], config: ml_collections.ConfigDict, it: int) -> None:
+  """Says when a changed schedule moves the learning rate at the resumed iteration, as a larger
+  max_iters does in the recipes, whose warmup and decay follow it: the rate jumps at once."""
+  saved = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
+  lr = lambda c: float(optim.lr_schedule(defaults.view(optim.OptimConfig, c), np)(it))
+  then, now = lr(saved), lr(config)
+  if math.isclose(then, now, rel_tol=1e-3):
+    return
+  keys = [f.name for f in dataclasses.fields(optim.OptimConfig) if saved[f.name] != config[f.name]]
+  logging.warning("resume: the learning rate of iteration %d is %.3g under the changed schedule "
+                  "(%s), and %.3g under the checkpoint's; to keep the checkpoint's: %s", it, now,
+                  ", ".join(f"{k} {saved[k]!r} -> {config[k]!r}" for k in keys), then,
+                  " ".join(f"--config.{k}={shlex.quote(str(saved[k]))}" for k in keys))
 
 
 def _reached(tokens: int, block_size: int, why: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import glob
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, data, run_dir, sharding, token_files, train
+from jaxgpt import checkpoint, data, defaults, resume, run_dir, sharding, token_files, train
 from jaxgpt.errors import UserError
 
 # Long enough to be stopped from outside, short enough to finish if nobody does.
@@ -91,6 +92,26 @@ def fed_batches(monkeypatch):
 
   monkeypatch.setattr(sharding.BatchLayout, "train_batch", record)
   return fed
+
+
+def test_a_resume_whose_schedule_moves_the_learning_rate_says_so(caplog):
+  """A larger max_iters on resume stretches a recipe's warmup and decay (they follow it): the
+  rate jumps at the resumed iteration, said with the flags that keep the checkpoint's."""
+  saved = defaults.recipe("quickstart").copy_and_resolve_references()  # max_iters=250
+  longer = defaults.recipe("quickstart")
+  longer.max_iters = 500
+  with caplog.at_level(logging.WARNING):
+    resume.warn_if_lr_moves(saved.to_dict(), longer, 250)
+  assert "resume: the learning rate of iteration 250 is 0.00126 under the changed schedule " \
+         "(warmup_iters 25 -> 50, lr_decay_iters 250 -> 500), and 0.0002 under the " \
+         "checkpoint's; to keep the checkpoint's: --config.warmup_iters=25 " \
+         "--config.lr_decay_iters=250" in caplog.text
+  caplog.clear()
+  kept = defaults.recipe("quickstart")
+  kept.update(max_iters=500, warmup_iters=25, lr_decay_iters=250)  # min_lr from 250 on, as before
+  with caplog.at_level(logging.WARNING):
+    resume.warn_if_lr_moves(saved.to_dict(), kept, 250)
+  assert not caplog.text
 
 
 @pytest.mark.slow
