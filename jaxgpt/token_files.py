@@ -43,7 +43,8 @@ def read_tokens(path: str) -> np.ndarray:
 
 def _read_tokens(path: str) -> np.ndarray:
   if not os.path.isfile(path):
-    raise ShardError(f"{path}: no such token file")
+    raise ShardError(f"{path}: " + ("a folder, not a token file" if os.path.isdir(path)
+                                    else "no such token file"))
   size = os.path.getsize(path)
   if path.endswith(".npy"):
     try:
@@ -56,8 +57,13 @@ def _read_tokens(path: str) -> np.ndarray:
     return tokens
   if not path.endswith(".bin"):
     raise ShardError(f"{path}: unknown token-file format (expected .bin or .npy)")
-  header = (np.fromfile(path, dtype="<i4", count=HEADER_INTS) if size >= HEADER_BYTES
-            else np.zeros(HEADER_INTS, "<i4"))
+  head = np.fromfile(path, dtype=np.uint8, count=HEADER_BYTES).tobytes()
+  if head.startswith(b"\x93NUMPY"):
+    raise ShardError(f"{path}: a .npy file named .bin; rename it to .npy")
+  if size < HEADER_BYTES and int.from_bytes(head[:4], "little") == MAGIC:
+    raise ShardError(f"{path}: an llm.c shard cut short ({size} bytes, less than its "
+                     f"{HEADER_BYTES}-byte header); it is truncated or corrupt")
+  header = (np.frombuffer(head, "<i4") if size >= HEADER_BYTES else np.zeros(HEADER_INTS, "<i4"))
   # A header's shape (a small version, a token count, 253 zero ints) where tokens would need
   # 506 zero tokens in a row, which text never gives.
   if header[0] != MAGIC and 0 < header[1] < 1000 and header[2] > 0 and not header[3:].any():
@@ -76,7 +82,19 @@ def _read_tokens(path: str) -> np.ndarray:
     raise ShardError(f"{path}: {size} bytes is not a whole number of uint16 tokens")
   if size == 0:
     raise ShardError(f"{path}: empty token file")
-  return np.memmap(path, dtype="<u2", mode="r")
+  tokens = np.memmap(path, dtype="<u2", mode="r")
+  _check_not_wider(path, np.asarray(tokens[:4096]))
+  return tokens
+
+
+def _check_not_wider(path: str, first: np.ndarray) -> None:
+  """Refuses int32 or int64 tokens written without a header (`np.array(ids).tofile(...)` writes
+  int64): read as uint16, every second value is 0, which text never gives."""
+  if first.size >= 64 and first[::2].any() and not first[1::2].any():
+    bits = 32 if first[2::4].any() else 64
+    raise ShardError(f"{path}: every second uint16 of the first {first.size} is 0: int{bits} "
+                     "tokens, not nanoGPT's uint16. Write them with "
+                     "np.asarray(ids, np.uint16).tofile(...), or with python -m jaxgpt.prepare")
 
 
 def split_of(filename: str) -> str | None:

@@ -95,6 +95,41 @@ def test_truncated_shard_is_rejected_naming_the_file(tmp_path):
     token_files.read_tokens(path)
 
 
+def test_an_llmc_shard_cut_inside_its_header_is_said_to_be_cut(tmp_path):
+  """Not read as headerless tokens (the magic's low half would be token 55432)."""
+  path = str(tmp_path / "a_val_000000.bin")
+  shards.write_shard(path, np.arange(100, dtype=np.uint16))
+  with open(path, "r+b") as f:
+    f.truncate(500)
+  with pytest.raises(token_files.ShardError,
+                     match=r"a_val_000000.bin: an llm.c shard cut short \(500 bytes"):
+    token_files.read_tokens(path)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_wider_tokens_written_without_a_header_are_refused(tmp_path, dtype):
+  """`np.array(ids).tofile("train.bin")` writes int64: read as uint16, 3 tokens in 4 would be 0."""
+  path = tmp_path / "train.bin"
+  pattern_tokens(1000).astype(dtype).tofile(path)
+  bits = np.dtype(dtype).itemsize * 8
+  with pytest.raises(token_files.ShardError,
+                     match=rf"train.bin: every second uint16 .* int{bits} tokens, not nanoGPT's"):
+    token_files.read_tokens(str(path))
+  pattern_tokens(1000).astype(np.uint16).tofile(path)  # the same tokens as uint16 are read
+  np.testing.assert_array_equal(token_files.read_tokens(str(path)), pattern_tokens(1000))
+
+
+def test_a_npy_file_or_a_folder_named_like_a_bin_shard_is_said_to_be_one(tmp_path):
+  np.save(tmp_path / "a.npy", np.arange(100, dtype=np.uint16))
+  os.rename(tmp_path / "a.npy", tmp_path / "val.bin")
+  with pytest.raises(token_files.ShardError, match="val.bin: a .npy file named .bin; rename it"):
+    token_files.read_tokens(str(tmp_path / "val.bin"))
+  os.mkdir(tmp_path / "a_train_000000.bin")
+  with pytest.raises(token_files.ShardError,
+                     match="a_train_000000.bin: a folder, not a token file"):
+    token_files.read_tokens(str(tmp_path / "a_train_000000.bin"))
+
+
 @pytest.mark.parametrize("content", [b"", b"\x93NUMPY\x01"], ids=["empty", "cut-in-header"])
 def test_an_unreadable_npy_shard_is_rejected_naming_the_file(tmp_path, content):
   path = tmp_path / "edu_train_000003.npy"
