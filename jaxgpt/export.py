@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import signal
+
 from absl import flags
 
 from jaxgpt import cli, model, run_dir
@@ -24,6 +26,7 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # as a Ctrl-C: a partial export goes
   if not f.out:
     raise UserError("--out is empty: name a new directory")
   gpt2.check_new_dir(f.out)  # before a large checkpoint is read

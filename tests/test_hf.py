@@ -102,10 +102,11 @@ def test_a_model_of_another_vocabulary_is_exported_without_gpt2s_tokenizer(tmp_p
   assert (hf_config.vocab_size, hf_config.bos_token_id, hf_config.eos_token_id) == (65, None, None)
 
 
-@pytest.mark.parametrize("failing", ["json", "safetensors"])
+@pytest.mark.parametrize("failing", ["json", "safetensors", "ctrl-c"])
 def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, failing):
-  """A write that fails midway (a full disk) leaves neither --out nor a partial folder, in
-  an OSError or in the error safetensors raises for it."""
+  """A write that fails midway (a full disk, in an OSError or in the error safetensors raises
+  for it) or is interrupted leaves neither --out, nor a partial folder, nor the folders made
+  for it."""
   import safetensors.numpy
 
   arch = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
@@ -115,6 +116,8 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, failing):
   def full_disk(*args, **kwargs):
     if failing == "json":
       raise OSError(28, "No space left on device", args[0])
+    if failing == "ctrl-c":
+      raise KeyboardInterrupt
     raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on "
                                       "device (os error 28)")
 
@@ -122,9 +125,12 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, failing):
     monkeypatch.setattr(gpt2, "_write_json", full_disk)
   else:
     monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
-  with pytest.raises(UserError, match=r"out: writing the export failed \(.*No space left on "
-                                      r"device.*\); nothing was left there"):
-    gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(tmp_path / "out"))
+  expected = (pytest.raises(KeyboardInterrupt) if failing == "ctrl-c" else
+              pytest.raises(UserError, match=r"out: writing the export failed \(.*No space left "
+                                             r"on device.*\); nothing was left there"))
+  with expected:
+    gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config,
+                str(tmp_path / "new" / "out"))
   assert os.listdir(tmp_path) == []
 
 

@@ -237,6 +237,10 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   # and ACLs, and it may be a mount point (a container's volume), which no rename replaces.
   fill = os.path.isdir(target)
   parent = target if fill else os.path.dirname(target)
+  made, folder = [], parent  # the folders made for it, removed again if the export fails
+  while not os.path.exists(folder):
+    made.append(folder)
+    folder = os.path.dirname(folder)
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
@@ -253,11 +257,16 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
       os.rmdir(staging)
     else:
       os.rename(staging, target)
-  except (OSError, safetensors.SafetensorError) as e:  # safetensors' own for a full disk
+  except BaseException as e:  # a full disk, or a Ctrl-C: nothing is left either way
     shutil.rmtree(staging, ignore_errors=True)
-    for name in moved:
+    for path in [os.path.join(target, name) for name in moved]:
       with contextlib.suppress(OSError):
-        os.remove(os.path.join(target, name))
+        os.remove(path)
+    for folder in made:
+      with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    if not isinstance(e, (OSError, safetensors.SafetensorError)):  # safetensors': a full disk
+      raise
     reason = e.strerror if isinstance(e, OSError) else first_line(e)
     raise UserError(f"{to_dir}: writing the export failed ({reason}); nothing was "
                     "left there") from None
