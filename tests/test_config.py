@@ -66,6 +66,15 @@ def test_a_closing_sample_the_model_cannot_write_is_refused_before_training(tmp_
   assert not (tmp_path / "run").exists()
 
 
+def test_a_closing_sample_too_long_to_write_is_refused_before_training(tmp_path):
+  r = launch("--config=configs/quickstart.py", "--config.sample_tokens=3000000000",
+             f"--config.data_dir={tmp_path / 'none'}", f"--config.out_dir={tmp_path / 'run'}")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+      "error: config.sample_tokens=3000000000: max_new_tokens=3000000000: must be in "
+      "[1, 1,000,000]; set --config.sample_tokens=0")
+  assert not (tmp_path / "run").exists()
+
+
 def test_intervals_that_follow_another_key_do_not_move_it():
   """eval_tasks_interval and lr_decay_iters follow eval_interval and max_iters until set;
   setting them leaves the key they followed as it was."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -75,6 +76,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], block_size: int) -> tuple[np.n
 
 
 MIN_TEMPERATURE = 1e-30  # logits up to 3e8 in size still divide by it within float32
+MAX_NEW_TOKENS = 1_000_000  # hours of decoding; more would near int32 positions and fill memory
 
 
 def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
@@ -83,10 +85,11 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
   (every sample token 0), a negative temperature makes the least likely tokens the likeliest,
   a tiny one overflows the logits.
   `sample` calls it before loading weights, so a bad flag costs no load."""
-  if max_new_tokens < 1:
-    raise UserError(f"max_new_tokens={max_new_tokens}: must be at least 1")
-  if not temperature >= 0.0:
-    raise UserError(f"temperature={temperature}: must be >= 0 (0 is greedy, 1 as trained)")
+  if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+    raise UserError(f"max_new_tokens={max_new_tokens}: must be in [1, {MAX_NEW_TOKENS:,}]")
+  if not 0.0 <= temperature < math.inf:  # inf: every logit 0, top_k and top_p keep every token
+    raise UserError(f"temperature={temperature}: must be >= 0 and finite (0 is greedy, 1 as "
+                    "trained)")
   if 0.0 < temperature < MIN_TEMPERATURE:  # every logit over it is +-inf: token 0 each time
     raise UserError(f"temperature={temperature}: below {MIN_TEMPERATURE:g} the float32 logits "
                     "divided by it overflow; 0 samples greedily")
