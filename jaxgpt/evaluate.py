@@ -34,13 +34,18 @@ def _define_flags() -> None:
                        "(windows that do not overlap).", lower_bound=0)
   flags.DEFINE_integer("batch_rows", 0, "Rows (endings, windows) per batch; 0: "
                        f"{scoring.ROWS_PER_BATCH_CPU} on a CPU, {scoring.ROWS_PER_BATCH} on a GPU.",
-                       lower_bound=0)
+                       lower_bound=0, upper_bound=65536)
 
 
 def main() -> None:
   f = flags.FLAGS
-  if not defaults.eval_tasks(f.task):
+  names = defaults.eval_tasks(f.task)
+  if not names:
     raise UserError(f"--task={f.task!r}: name a task: hellaswag, text:FILE")
+  for flag, task, used in (("hellaswag_file", "hellaswag", "hellaswag" in names),
+                           ("stride", "text:FILE", any(n.startswith("text:") for n in names))):
+    if f[flag].present and not used:  # a mistake: the flag was meant for a task not asked for
+      raise UserError(f"--{flag} is for --task={task}, which --task={f.task!r} does not name")
   tasks.check_files(f.task, f.hellaswag_file)  # before the weights: GPT-2's is a download
   config, model, params, source = weights.from_flags()
   scorer = scoring.Scorer(model, rows_per_batch=f.batch_rows)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from typing import Any, NamedTuple
@@ -62,7 +63,7 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
     raise UserError(f"{os.path.dirname(path)}: cannot make the folder to download {url} into "
                     f"({e.strerror}); pass a HellaSwag file's path (--hellaswag_file / "
                     "--config.hellaswag_file)") from None
-  print(f"downloading {url} to {path} ...", flush=True)
+  print(f"downloading {url} to {path} ...", file=sys.stderr, flush=True)
   tmp = f"{path}.{os.getpid()}.part"  # processes of one run on a shared disk may all download
   try:
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
