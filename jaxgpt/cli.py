@@ -9,6 +9,7 @@ that stops at once, exit 130. The log shows `HH:MM:SS message`, `--verbosity=1` 
 from __future__ import annotations
 
 import difflib
+import errno
 import gc
 import logging as pylogging
 import os
@@ -31,6 +32,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LAUNCH = os.path.join(os.path.dirname(_PACKAGE_DIR), "launch.py")
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: no bug, one line
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
 
 
@@ -228,9 +230,15 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       # or one it may not read) surfaces as an OSError on first use, its cause on the last line.
       recipe = isinstance(e, OSError) and any(
           says in str(e) for says in ("Failed loading config file", _LOAD_FAILED))
-      if os.environ.get(TRACEBACK_ENV) or not (recipe or isinstance(e, UserError)):
+      full = isinstance(e, OSError) and e.errno in _FULL  # the output's disk, stdout's included
+      if os.environ.get(TRACEBACK_ENV) or not (recipe or full or isinstance(e, UserError)):
         raise
-      message = _not_loaded(str(e).strip().splitlines()[-1]) if recipe else f"error: {e}"
+      if recipe:
+        message = _not_loaded(str(e).strip().splitlines()[-1])
+      elif full:
+        message = f"error: writing {e.filename or 'the output'} failed ({e.strerror})"
+      else:
+        message = f"error: {e}"
     else:
       return
     # Out of the except clause, the error's traceback is gone, and with it what its frames held:

@@ -278,3 +278,13 @@ def test_samples_piped_into_head_end_without_a_traceback(trained):
                      capture_output=True, text=True, timeout=300, check=False)
   assert r.returncode == 141 and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert not any(line.startswith(("error:", "Exception")) for line in r.stderr.splitlines())
+
+
+def test_output_onto_a_full_disk_is_one_line(trained):
+  """A full disk under stdout (or any output) is no bug: one line, no traceback."""
+  report = f"{sys.executable} -m jaxgpt.report --out_dir={trained['out_dir']}"
+  r = subprocess.run(["bash", "-c", f"{report} > /dev/full"], cwd=ROOT,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH),
+                     capture_output=True, text=True, timeout=300, check=False)
+  assert r.returncode == 1 and r.stderr.splitlines() == [
+      "error: writing the output failed (No space left on device)"], r.stderr[-2000:]
