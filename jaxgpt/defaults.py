@@ -43,6 +43,7 @@ MODERN = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp_act": "rel
 
 
 GPT2_VOCAB = 50257  # GPT-2's BPE ids, what `prepare` writes; tokenizer.py builds the BPE
+MAX_PREFETCH = 64  # data_prefetch: 20,000 started as many threads and buffered 20 GB at 124M
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -250,8 +251,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(c[key] < 2**31, key, "must be below 2**31: the step counts iterations in int32")
   check(c.logit_softcap == 0 or c.logit_softcap >= 1, "logit_softcap",
         "must be 0 (no soft-cap) or >= 1: a cap below 1 holds every logit within it")
-  for key in ("keep_checkpoints", "data_prefetch"):
-    check(c[key] >= 1, key, "must be >= 1")
+  check(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+  check(1 <= c.data_prefetch <= MAX_PREFETCH, "data_prefetch", f"must be in [1, {MAX_PREFETCH}]: "
+        "batches read ahead (a thread each); a few keep the step fed, more only hold memory")
   check(c.out_dir.strip() != "", "out_dir", "names no directory")
   check(c.dataset.strip() != "", "dataset", "names no dataset")
   check(not c.hf_checkpoint_dir or c.init_from in (*GPT2_MODELS, "resume"), "hf_checkpoint_dir",

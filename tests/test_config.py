@@ -123,6 +123,8 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("logit_softcap", 1e-50, "must be 0 (no soft-cap) or >= 1"),  # 0 in float32: a NaN loss
     ("logit_softcap", 0.5, "must be 0 (no soft-cap) or >= 1"),  # trained at grad norm 0
     ("sample_tokens", -5, "must be >= 0"),  # was no sample, silently
+    ("data_prefetch", 0, "must be in [1, 64]"),
+    ("data_prefetch", 20000, "must be in [1, 64]: batches read ahead"),  # 20 GB at 124M
     ("hf_checkpoint_dir", "gpt2_dir", "init_from='scratch' would not read it"),  # it didn't
 ])
 def test_validate_names_the_key(key, value, message):
