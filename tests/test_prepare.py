@@ -390,6 +390,37 @@ def test_parquet_text_that_is_not_utf8_names_the_file_and_row(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_an_input_that_cannot_be_read_is_one_line_naming_it(tmp_path):
+  """An I/O error (here /proc/self/mem's, read at offset 0), or another user's file."""
+  os.symlink("/proc/self/mem", tmp_path / "mem.txt")
+  with pytest.raises(readers.PrepareError, match=r"mem.txt: cannot read it \(Input/output error"):
+    run([str(tmp_path / "mem.txt")], tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_parquet_file_with_two_text_columns_is_refused_naming_it(tmp_path):
+  path = tmp_path / "dup.parquet"
+  pq.write_table(pa.Table.from_arrays([pa.array(["a b"] * 20), pa.array(["c d"] * 20)],
+                                      names=["text", "text"]), path)
+  with pytest.raises(readers.PrepareError, match="dup.parquet: 2 columns named 'text'"):
+    run([str(path)], tmp_path / "out")
+
+
+def test_a_staging_folder_holding_a_users_files_is_not_removed(tmp_path):
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = tmp_path / "out"
+  (out / shards.STAGING).mkdir(parents=True)
+  (out / shards.STAGING / "t_train_000000.bin.tmp12").write_bytes(b"a killed run's")
+  (out / shards.STAGING / "mywork.txt").write_text("precious")
+  with pytest.raises(readers.PrepareError, match=r"\.incomplete: holds files prepare does not "
+                                                 r"write \(mywork.txt\)"):
+    run([str(path)], out)
+  assert (out / shards.STAGING / "mywork.txt").read_text() == "precious"
+  (out / shards.STAGING / "mywork.txt").unlink()  # a killed run's files alone: removed
+  run([str(path)], out)
+  assert not (out / shards.STAGING).exists()
+
+
 def test_no_matching_files_names_the_glob(tmp_path):
   with pytest.raises(readers.PrepareError, match=r"--input=.*nothing/\*.txt: no files match"):
     run([str(tmp_path / "nothing" / "*.txt")], tmp_path / "out")

@@ -69,6 +69,9 @@ def read_parquet(path: str, text_field: str, name: str | None = None) -> Iterato
   if text_field not in schema.names:
     raise PrepareError(f"{path}: no column {text_field!r} (columns: {', '.join(schema.names)}); "
                        "set --text_field")
+  for column in {text_field, "id"} & set(schema.names):
+    if schema.names.count(column) > 1:
+      raise PrepareError(f"{path}: {schema.names.count(column)} columns named {column!r}")
   kind = schema.field(text_field).type
   if not _is_text(kind):
     raise PrepareError(f"{path}: column {text_field!r} holds {kind}, not text")
@@ -209,10 +212,15 @@ def read_file(path: str, text_field: str, separator: str, name: str) -> Iterator
   """The pieces of one input file, read as its extension says; `name` names its documents."""
   ext = os.path.splitext(path)[1]
   if ext == ".txt":
-    return read_text(path, separator, name)
-  if ext == ".parquet":
-    return read_parquet(path, text_field, name)
-  return read_jsonl(path, text_field, name)
+    pieces = read_text(path, separator, name)
+  elif ext == ".parquet":
+    pieces = read_parquet(path, text_field, name)
+  else:
+    pieces = read_jsonl(path, text_field, name)
+  try:
+    yield from pieces
+  except OSError as e:  # another user's file, an I/O error (parquet's reader says its own)
+    raise PrepareError(f"{path}: cannot read it ({e.strerror or e})") from e
 
 
 def input_files(patterns: list[str]) -> dict[str, str]:

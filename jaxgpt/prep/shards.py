@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -88,7 +89,11 @@ class _ShardWriter:
   def __init__(self, out_dir: str, name: str, split: str, shard_tokens: int):
     # A leading dot would hide the shards: token readers skip dotfiles, as they skip staging.
     self.out_dir, self.name, self.split = out_dir, name.lstrip(".") or "data", split
-    self.buffer = np.empty(shard_tokens, np.uint16)  # pages are touched only as tokens arrive
+    try:
+      self.buffer = np.empty(shard_tokens, np.uint16)  # pages are touched only as tokens arrive
+    except MemoryError:  # an address-space limit (ulimit -v) below two shards
+      raise PrepareError(f"--shard_tokens={shard_tokens:,}: no memory for a shard's buffer "
+                         f"({2 * shard_tokens / 2**30:.1f} GiB per split); lower it") from None
     self.filled = 0
     self.paths: list[str] = []
     self.tokens = 0
@@ -179,6 +184,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   with _writing_into(out_dir):
     staging = os.path.join(out_dir, STAGING)
     if os.path.isdir(staging):  # its writer has ended: it held the lock
+      _check_staged_only(staging)
       print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
       shutil.rmtree(staging)
     try:
@@ -219,6 +225,18 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   if progress:
     print(bar.summary(workers), flush=True)
   return meta
+
+
+_STAGED = re.compile(r".*_(train|val)_\d{6}\.bin(\.tmp\d+)?")  # _ShardWriter's, write_shard's
+
+
+def _check_staged_only(staging: str) -> None:
+  """Refuses to remove a staging folder holding anything a prepare does not write there."""
+  theirs = sorted(n for n in os.listdir(staging) if not _STAGED.fullmatch(n))
+  if theirs:
+    raise PrepareError(f"{staging}: holds files prepare does not write ({', '.join(theirs[:3])}"
+                       f"{', ...' * (len(theirs) > 3)}), in the folder where it stages shards; "
+                       "move them, or choose another --out")
 
 
 @contextlib.contextmanager
