@@ -643,6 +643,10 @@ def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):
   datasets.prepare_files([write_parquet(tmp_path / "a.parquet", TEXTS)], str(mine),
                          name=mine.name, command="test", progress=False)
   datasets.ensure(mine.name, str(mine), auto_prepare=False)
+  mine = tmp_path / "mine" / "python_docs"  # named the same (prepare names shards by --out)
+  datasets.prepare_files([write_parquet(tmp_path / "a.parquet", TEXTS)], str(mine),
+                         name=mine.name, command="python -m jaxgpt.prepare files", progress=False)
+  datasets.ensure("shakespeare", str(mine), auto_prepare=False)
 
 
 # FineWeb from the hub, served by a local stand-in.

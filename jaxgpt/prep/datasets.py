@@ -34,6 +34,7 @@ from jaxgpt.prep.tokenize import cpu_count
 
 FINEWEB_DATASETS = {"fineweb": False, "fineweb_edu": True}  # config.dataset -> FineWeb-Edu?
 PYTHON_DOCS = "python_docs"  # the built-in corpus; its shards are named python_docs_*
+_PYTHON_DOCS_COMMAND = f"python -m jaxgpt.prepare {PYTHON_DOCS}"  # in its meta.json
 
 
 def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text",
@@ -78,7 +79,7 @@ def make_python_docs(out_dir: str) -> None:
   pieces = (p for key in sorted(topics.topics) for p in pieces_of(key, topics.topics[key]))
   meta = write_dataset(pieces, out_dir, name=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
                        sources=[f"pydoc_data.topics (Python {sys.version.split()[0]})"],
-                       command="python -m jaxgpt.prepare python_docs", progress=False)
+                       command=_PYTHON_DOCS_COMMAND, progress=False)
   print(f"python_docs: {meta['splits']['train']['tokens']:,} train tokens, "
         f"{meta['splits']['val']['tokens']:,} val tokens", flush=True)
 
@@ -129,8 +130,10 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
     raise UserError(f"{data_dir}: holds part of a dataset (a prepare was killed while moving "
                     f"its shards in from {STAGING}/; no meta.json). Remove the directory and "
                     f"make the data again: {make_command(dataset, data_dir)}")
-  if dataset != PYTHON_DOCS and all(re.fullmatch(rf"{PYTHON_DOCS}_train_\d+\.bin",
-                                                 os.path.basename(p)) for p in train_files):
+  meta = token_files.read_meta(data_dir) or {}  # `prepare files --out=X/python_docs`: the user's
+  if dataset != PYTHON_DOCS and meta.get("command", _PYTHON_DOCS_COMMAND) == _PYTHON_DOCS_COMMAND \
+      and all(re.fullmatch(rf"{PYTHON_DOCS}_train_\d+\.bin", os.path.basename(p))
+              for p in train_files):
     raise UserError(
         f"data_dir={data_dir!r} holds the built-in {PYTHON_DOCS} corpus, not dataset={dataset!r} "
         f"(a run with --config.dataset={PYTHON_DOCS} made it there). Move its files away, then "
