@@ -224,7 +224,8 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
   try:
     fig.savefig(path)
   except OSError as e:
-    raise UserError(f"--out={path}: cannot write the plot there ({e.strerror})") from None
+    raise UserError(f"{path}: cannot write the plot there ({e.strerror}); pick another place "
+                    "with --out") from None
   finally:
     plt.close(fig)
 

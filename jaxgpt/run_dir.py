@@ -144,11 +144,15 @@ class RunDir:
 
   def read_wandb_run_id(self) -> str | None:
     """The W&B run of the latest accepted start; None where none logged to W&B."""
+    path = self._path("wandb_run_id")
     try:
-      with open(self._path("wandb_run_id"), encoding="utf-8") as f:
+      with open(path, encoding="utf-8") as f:
         return f.read().strip() or None
     except FileNotFoundError:
       return None
+    except (OSError, UnicodeDecodeError) as e:  # a folder in its place, bytes not UTF-8
+      raise UserError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e}); move it "
+                      "aside to start a new W&B run") from None
 
   def checkpoints(self, *, keep: int = 3, read_only: bool = False) -> checkpoint.Checkpoints:
     return checkpoint.Checkpoints(self.checkpoints_dir, keep=keep, read_only=read_only)
@@ -216,16 +220,13 @@ class RunDir:
     if not os.path.isfile(path):
       return
     keep, moved = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bytes kept as they are
       for n, line in enumerate(f, 1):
         if not line.strip():
           continue
-        try:
-          if not line.endswith("\n"):  # cut before its newline: the next record would join it
-            raise ValueError
-          record = json.loads(line)
-        except ValueError:
-          logging.warning("%s:%d: an unfinished record (%r...) moved to %s.superseded", path, n,
+        record = _record(line)
+        if record is None:
+          logging.warning("%s:%d: not a whole record (%r...) moved to %s.superseded", path, n,
                           line.strip()[:40], path)
           moved.append(line if line.endswith("\n") else line + "\n")
           continue
@@ -233,10 +234,10 @@ class RunDir:
         redone = record["iter"] > resumed_at or (record["iter"] == resumed_at and not scored)
         (moved if redone else keep).append(line)
     if moved:
-      with open(path + ".superseded", "a", encoding="utf-8") as f:
+      with open(path + ".superseded", "a", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(moved)
       tmp = path + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
+      with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(keep)
       os.replace(tmp, path)
       logging.info("%d records of redone iterations moved to %s.superseded", len(moved), path)
@@ -262,6 +263,18 @@ class RunDir:
       os.rename(path, f"{path}.{n}")
     logging.warning("%s held the records of an earlier run without checkpoints; moved to %s",
                     self.out_dir, ", ".join(f"{os.path.basename(p)}.{n}" for p in moving))
+
+
+def _record(line: str) -> dict[str, Any] | None:
+  """A metrics.jsonl line's record; None for a line cut off by a crash or power loss (before
+  its newline, the next record would join it) or one that is no record (a note added by hand)."""
+  try:
+    record = json.loads(line) if line.endswith("\n") else None
+  except ValueError:
+    return None
+  whole = (isinstance(record, dict) and isinstance(record.get("event"), str)
+           and isinstance(record.get("iter"), int))
+  return record if whole else None
 
 
 def _read_holder(fd: int) -> str:

@@ -173,7 +173,7 @@ def schedule(o: optim.OptimConfig, max_iters: int) -> str:
              f"{o.min_lr:g} at iteration {o.lr_decay_iters:,}")
   else:
     decay = f"cosine to {o.min_lr:g} at iteration {o.lr_decay_iters:,}"
-  return (f"learning rate: warmup over {o.warmup_iters:,} iterations to "
+  return (f"learning rate: warmup over {formatting.plural(o.warmup_iters, 'iteration')} to "
           f"{o.learning_rate:g}, {decay} (max_iters={max_iters:,}){muon}")
 
 

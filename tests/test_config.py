@@ -186,7 +186,7 @@ def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir):
              "--config.gradient_accumulation_steps=1", "--config.dtype=float32",
              "--config.eval_iters=1", "--config.eval_interval=40", "--config.log_interval=1")
   assert r.returncode == 0, r.stderr[-2000:]
-  assert ("learning rate: warmup over 1 iterations to 0.0005, cosine to 5e-05 at iteration 40 "
+  assert ("learning rate: warmup over 1 iteration to 0.0005, cosine to 5e-05 at iteration 40 "
           "(max_iters=40)") in r.stderr
   assert f"python -m jaxgpt.report --out_dir={tmp_path / 'run'}" in r.stderr  # what's next
   lrs = [rec["lr"] for rec in records(str(tmp_path / "run"), "train")]

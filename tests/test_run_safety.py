@@ -340,7 +340,7 @@ def test_a_cut_off_metrics_line_is_set_aside_on_resume(tmp_path, token_dir, capl
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=4, lr_decay_iters=8,
                        init_from="resume")
   train.train(config)
-  assert "an unfinished record" in caplog.text
+  assert "not a whole record" in caplog.text
   assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(6))
   with open(metrics + ".superseded") as f:
     assert '"lo' in f.read()
@@ -359,6 +359,34 @@ def test_a_record_cut_just_before_its_newline_is_set_aside_on_resume(tmp_path):
   assert [r["loss"] for r in rundir.read_metrics()["train"]] == [0.8]
   with open(rundir.metrics_path + ".superseded") as f:
     assert f.read() == cut + "\n"
+
+
+def test_lines_that_are_no_records_are_set_aside_on_resume_byte_for_byte(tmp_path):
+  """A note added by hand, a JSON list, bytes that are not UTF-8: moved aside, not a traceback
+  after the resume was accepted."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.out_dir)
+  whole = b'{"event": "eval", "iter": 4, "val_loss": 1.0}\n'
+  foreign = [b'{"note": "lr looked high"}\n', b"[1, 2]\n", b"\xff\xfe latin\n"]
+  with open(rundir.metrics_path, "wb") as f:
+    f.write(whole + b"".join(foreign))
+  rundir.keep_metrics_until(4, evaluated=True)
+  with open(rundir.metrics_path, "rb") as f:
+    assert f.read() == whole
+  with open(rundir.metrics_path + ".superseded", "rb") as f:
+    assert f.read() == b"".join(foreign)
+
+
+def test_an_unreadable_wandb_run_id_is_one_error_naming_it(tmp_path):
+  rundir = run_dir.RunDir(str(tmp_path))
+  (tmp_path / "wandb_run_id").mkdir()
+  with pytest.raises(UserError, match=r"wandb_run_id: cannot read it \(Is a directory\); move "
+                                      "it aside"):
+    rundir.read_wandb_run_id()
+  (tmp_path / "wandb_run_id").rmdir()
+  (tmp_path / "wandb_run_id").write_bytes(b"\xff\xfe\n")
+  with pytest.raises(UserError, match=r"wandb_run_id: cannot read it \('utf-8' codec"):
+    rundir.read_wandb_run_id()
 
 
 def test_a_damaged_config_json_is_one_error_naming_it(tmp_path):
