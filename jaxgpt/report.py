@@ -128,13 +128,14 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
   the run's config.json, at the tokens the records give (extended at their last rate); the
   logged rates up to the last that config.json's schedule does not give (a resume changed
   it), and only those where there is no config.json or too few records."""
-  logged = [(r["tokens"], r["lr"]) for r in run["train"]]
-  tokens_at = {r["iter"]: r["tokens"] for r in run["eval"]}
+  tokens_at = {0: 0, **{r["iter"]: r["tokens"] for r in run["eval"]}}  # before an iteration
   tokens_at.update({r["iter"] + 1: r["tokens"] for r in run["train"]})  # tokens after a step
-  if saved is None or len(tokens_at) < 2:
+  known_its, known_tokens = map(np.array, zip(*sorted(tokens_at.items())))
+  start = lambda it: float(np.interp(it, known_its, known_tokens))  # where iteration it starts
+  logged = [(start(r["iter"]), r["lr"]) for r in run["train"]]
+  if saved is None or len(known_its) < 2:
     return logged
   config = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
-  known_its, known_tokens = map(np.array, zip(*sorted(tokens_at.items())))
   max_iters = config["max_iters"]
   try:  # a config.json edited by hand: the logged rates, as without one
     its = np.unique(np.concatenate([np.arange(min(max_iters, 2 * config["warmup_iters"] + 2) + 1),
@@ -147,7 +148,7 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
   tokens = np.where(its <= known_its[-1], np.interp(its, known_its, known_tokens),
                     known_tokens[-1] + per_iter * (its - known_its[-1]))
   # Evaluations log the rate too: one after the last train log tells a resume's iteration.
-  marked = sorted((r["tokens"], r["iter"], r["lr"]) for r in run["train"] + run["eval"]
+  marked = sorted((start(r["iter"]), r["iter"], r["lr"]) for r in run["train"] + run["eval"]
                   if "lr" in r)
   marked_its = np.array([it for _, it, _ in marked])
   differs = ~np.isclose(schedule(marked_its), [rate for *_, rate in marked], rtol=1e-4)

@@ -141,7 +141,10 @@ def test_the_learning_rate_is_drawn_to_the_end_of_the_schedule(tmp_path):
   assert lr[-1] == pytest.approx(6e-5, rel=1e-4)  # float32 schedule arithmetic
   assert points[:3] == [(0.0, pytest.approx(6e-6)), (TOKENS_PER_ITER, pytest.approx(1.2e-5)),
                         (2 * TOKENS_PER_ITER, pytest.approx(1.8e-5))]  # every warmup iteration
-  assert report.lr_by_tokens(run, None) == [(r["tokens"], r["lr"]) for r in run["train"]]
+  # A train record's rate is its iteration's, drawn where the iteration starts (its tokens
+  # are those after it): logged at 0, 100, ..., drawn at 0, 100 x TOKENS_PER_ITER, ...
+  assert report.lr_by_tokens(run, None) == [(r["iter"] * TOKENS_PER_ITER, r["lr"])
+                                            for r in run["train"]]
 
 
 def test_a_schedule_changed_on_resume_is_drawn_as_logged_before_it(tmp_path):
@@ -151,7 +154,7 @@ def test_a_schedule_changed_on_resume_is_drawn_as_logged_before_it(tmp_path):
   saved = {"max_iters": 3000, "warmup_iters": 99, "lr_decay_iters": 3000, "learning_rate": 3e-4,
            "min_lr": 3e-5, "lr_schedule": "wsd", "wsd_decay_frac": 0.2}
   points = report.lr_by_tokens(run, saved)
-  logged = sorted((r["tokens"], r["lr"]) for r in run["train"] + run["eval"])
+  logged = sorted((r["iter"] * TOKENS_PER_ITER, r["lr"]) for r in run["train"] + run["eval"])
   assert points[:len(logged)] == logged
   assert all(t > logged[-1][0] - TOKENS_PER_ITER for t, _ in points[len(logged):])
   assert points[len(logged)][1] == pytest.approx(3e-4, rel=1e-4)
@@ -278,4 +281,4 @@ def test_a_config_json_edited_into_nonsense_draws_the_logged_rates():
              {"event": "train", "iter": 0, "tokens": 8, "loss": 1.0, "lr": 1e-4},
              {"event": "train", "iter": 1, "tokens": 16, "loss": 1.0, "lr": 2e-4}]
   run = {"eval": records[:1], "train": records[1:], "tasks": []}
-  assert report.lr_by_tokens(run, {"max_iters": "abc"}) == [(8, 1e-4), (16, 2e-4)]
+  assert report.lr_by_tokens(run, {"max_iters": "abc"}) == [(0, 1e-4), (8, 2e-4)]
