@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging as pylogging
 import os
 import shutil
 import sys
@@ -64,6 +65,9 @@ class TensorBoardSink:
   def __init__(self, tensorboardx: types.ModuleType, log_dir: str, *,
                kept: Sequence[Record] | None = None):
     self._writer = tensorboardx.SummaryWriter(log_dir, purge_step=None if kept is None else 0)
+    # A non-finite loss has the run's own warning; tensorboardX's, naming nothing, would repeat
+    # it for every scalar of every log. TensorBoard records NaN as it is.
+    pylogging.getLogger("tensorboardX.x2num").setLevel(pylogging.ERROR)
     for record in kept or ():
       self.write(record)
 

@@ -123,6 +123,16 @@ def test_a_new_run_sets_an_earlier_runs_tensorboard_aside_with_its_metrics(tmp_p
   assert os.listdir(rundir.tensorboard_dir + ".2") == ["events.out.tfevents.1"]
 
 
+def test_a_non_finite_loss_is_written_to_tensorboard_without_its_anonymous_warning(tmp_path,
+                                                                                   caplog):
+  import tensorboardX
+  sink = sinks.TensorBoardSink(tensorboardX, str(tmp_path / "tb"))
+  with caplog.at_level("WARNING"):
+    sink.write({**TRAIN_RECORD, "loss": float("nan"), "grad_norm": float("inf")})
+  sink.close()
+  assert "NaN or Inf" not in caplog.text
+
+
 class FakeWandb(types.ModuleType):
   """Records what the sink asks of wandb; a run it has seen resumes after its last step."""
 
