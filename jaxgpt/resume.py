@@ -98,7 +98,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
                       "the run's before, and compared with its best_val_loss all the same")
   if it < config.max_iters:
-    warn_if_lr_moves(meta["config"], config, it)
+    saved = {**defaults.get_config().copy_and_resolve_references().to_dict(), **meta["config"]}
+    warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (saved, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
   best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints, it)
@@ -109,19 +110,20 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
                split_windows=saved.get("split_windows"), unreadable=tuple(unreadable)), batches
 
 
-def warn_if_lr_moves(saved: dict[str, Any], config: ml_collections.ConfigDict, it: int) -> None:
-  """Says when a changed schedule moves the learning rate at the resumed iteration, as a larger
-  max_iters does in the recipes, whose warmup and decay follow it: the rate jumps at once."""
-  saved = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
-  lr = lambda c: float(optim.lr_schedule(defaults.view(optim.OptimConfig, c), np)(it))
-  then, now = lr(saved), lr(config)
-  if math.isclose(then, now, rel_tol=1e-3):
+def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -> None:
+  """Says when a schedule changed on resume (`then` the checkpoint's, `now` the run's) moves
+  the learning rate of the resumed iteration `it`, as a larger max_iters does in the recipes,
+  whose warmup and decay follow it: the rate jumps at once."""
+  lr_then, lr_now = (float(optim.lr_schedule(o, np)(it)) for o in (then, now))
+  if math.isclose(lr_then, lr_now, rel_tol=1e-3):
     return
-  keys = [f.name for f in dataclasses.fields(optim.OptimConfig) if saved[f.name] != config[f.name]]
+  changed = {f.name: (getattr(then, f.name), getattr(now, f.name))
+             for f in dataclasses.fields(now) if getattr(then, f.name) != getattr(now, f.name)}
   logging.warning("resume: the learning rate of iteration %d is %.3g under the changed schedule "
-                  "(%s), and %.3g under the checkpoint's; to keep the checkpoint's: %s", it, now,
-                  ", ".join(f"{k} {saved[k]!r} -> {config[k]!r}" for k in keys), then,
-                  " ".join(f"--config.{k}={shlex.quote(str(saved[k]))}" for k in keys))
+                  "(%s), and %.3g under the checkpoint's; to keep the checkpoint's: %s", it,
+                  lr_now, ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
+                  lr_then, " ".join(f"--config.{k}={shlex.quote(str(a))}"
+                                    for k, (a, _) in changed.items()))
 
 
 def _reached(tokens: int, block_size: int, why: str) -> int:

@@ -492,9 +492,11 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                              start_iter=start.iter, start_tokens=start.tokens)
   for line in summary.describe(counts, layout):
     logging.info("plan: %s", line)
+  speaks = jax.process_index() == 0  # the other processes log warnings too: each said once
   for warning in summary.check(config, counts, config_file=config_file):
-    logging.warning("plan: %s", warning)
-  if counts.peak_flops is None and jax.process_index() == 0:  # said once; lines leave MFU out
+    if speaks:
+      logging.warning("plan: %s", warning)
+  if counts.peak_flops is None and speaks:  # lines leave MFU out
     log = logging.info if device.platform == "cpu" else logging.warning
     log("MFU: the peak FLOP/s of %r is not in jaxgpt's table (gpus.py), so no line shows MFU; "
         "--config.peak_flops=FLOP/s (its dense bf16 rate) sets it", device.device_kind)
@@ -504,7 +506,7 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   logging.info("evaluation: the same %s windows (%s tokens) of each split every time",
                f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")
   val_windows, batch_windows = len(sources["val"]), eval_windows // config.eval_iters
-  if val_windows < eval_windows:
+  if val_windows < eval_windows and speaks:
     lever = (f"lower eval_iters (now {config.eval_iters})" if batch_windows <= val_windows else
              f"lower batch_size (one evaluation batch is {batch_windows:,} windows)"
              if not start.eval_batch_windows else  # a resume keeps its run's evaluation set

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from conftest import (
@@ -31,7 +32,17 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, data, defaults, resume, run_dir, sharding, token_files, train
+from jaxgpt import (
+  checkpoint,
+  data,
+  defaults,
+  optim,
+  resume,
+  run_dir,
+  sharding,
+  token_files,
+  train,
+)
 from jaxgpt.errors import UserError
 
 # Long enough to be stopped from outside, short enough to finish if nobody does.
@@ -94,6 +105,10 @@ def fed_batches(monkeypatch):
   return fed
 
 
+def optim_view(config: ml_collections.ConfigDict) -> optim.OptimConfig:
+  return defaults.view(optim.OptimConfig, config)
+
+
 def test_a_resume_whose_schedule_moves_the_learning_rate_says_so(caplog):
   """A larger max_iters on resume stretches a recipe's warmup and decay (they follow it): the
   rate jumps at the resumed iteration, said with the flags that keep the checkpoint's."""
@@ -101,7 +116,7 @@ def test_a_resume_whose_schedule_moves_the_learning_rate_says_so(caplog):
   longer = defaults.recipe("quickstart")
   longer.max_iters = 500
   with caplog.at_level(logging.WARNING):
-    resume.warn_if_lr_moves(saved.to_dict(), longer, 250)
+    resume.warn_if_lr_moves(optim_view(saved), optim_view(longer), 250)
   assert "resume: the learning rate of iteration 250 is 0.00126 under the changed schedule " \
          "(warmup_iters 25 -> 50, lr_decay_iters 250 -> 500), and 0.0002 under the " \
          "checkpoint's; to keep the checkpoint's: --config.warmup_iters=25 " \
@@ -110,7 +125,7 @@ def test_a_resume_whose_schedule_moves_the_learning_rate_says_so(caplog):
   kept = defaults.recipe("quickstart")
   kept.update(max_iters=500, warmup_iters=25, lr_decay_iters=250)  # min_lr from 250 on, as before
   with caplog.at_level(logging.WARNING):
-    resume.warn_if_lr_moves(saved.to_dict(), kept, 250)
+    resume.warn_if_lr_moves(optim_view(saved), optim_view(kept), 250)
   assert not caplog.text
 
 
