@@ -708,7 +708,8 @@ def test_fineweb_names(tmp_path, hub):
                             command="test", progress=False)
 
 
-@pytest.mark.parametrize("trouble", ["listing", "listing_cut", "download", "download_cut"])
+@pytest.mark.parametrize("trouble", ["listing", "listing_cut", "download", "download_cut",
+                                     "xet_cut"])
 def test_trouble_at_the_hub_is_one_line_naming_the_file(tmp_path, hub, monkeypatch, trouble):
   """A server error, a connection cut, a file neither on the hub nor in the cache: before, each
   was a traceback (only "not found" and "offline at the start" were caught)."""
@@ -727,6 +728,9 @@ def test_trouble_at_the_hub_is_one_line_naming_the_file(tmp_path, hub, monkeypat
     raise httpx2.ReadError("peer closed connection")
 
   def hf_hub_download(repo_id, filename, **kwargs):
+    if filename.endswith("001_00000.parquet") and trouble == "xet_cut":  # hf_xet's own error
+      raise RuntimeError("Data processing error: CAS service error : Reqwest Error: error "
+                         "decoding response body")
     if filename.endswith("001_00000.parquet"):
       raise (LocalEntryNotFoundError("An error happened while trying to locate the file on the "
                                      "Hub and we cannot find the requested files in the local "
@@ -744,7 +748,8 @@ def test_trouble_at_the_hub_is_one_line_naming_the_file(tmp_path, hub, monkeypat
   what = {"listing": "500 Server Error: Internal Server Error for url: .*/datasets/x",
           "listing_cut": "peer closed connection",
           "download": "An error happened while trying to locate the file on the Hub",
-          "download_cut": "peer closed connection without sending complete message body"}
+          "download_cut": "peer closed connection without sending complete message body",
+          "xet_cut": "Data processing error: CAS service error"}
   with pytest.raises(readers.PrepareError, match=(
       rf"^hf://datasets/HuggingFaceFW/fineweb/{path}: {what[trouble]}[^\n]*; run the same "
       r"command again \(finished files are cached\)$")):

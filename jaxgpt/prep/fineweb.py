@@ -71,10 +71,12 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
   """What the hub's calls raise for trouble at the hub or on the way: OSErrors (its HTTP errors,
-  a file missing from its cache) and its HTTP library's own errors, which are not (a connection
-  cut in a file): the bases of HfHubHTTPError, whichever library this version uses."""
+  a file missing from its cache), its HTTP library's own errors, which are not (a connection
+  cut in a file): the bases of HfHubHTTPError, whichever library this version uses; and
+  RuntimeErrors, which hf_xet raises for a transfer from Xet storage (FineWeb's files) that
+  fails."""
   from huggingface_hub.errors import HfHubHTTPError
-  return (OSError, *HfHubHTTPError.__bases__)
+  return (OSError, RuntimeError, *HfHubHTTPError.__bases__)
 
 
 def _hub_error(repo: str, path: str, error: BaseException) -> PrepareError:
