@@ -283,7 +283,7 @@ class _Loop:
       self.train_iter.close()
 
 
-def _loop(loop: _Loop, compiled_step: Callable, layout: sharding.BatchLayout,
+def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLayout,
           signals: preemption.StopSignals) -> bool:
   """Iterations start..max_iters: evaluate and save on schedule, stop when asked. Returns
   whether training reached max_iters (not stopped, not eval_only).
@@ -397,10 +397,12 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows)
     counts, eval_windows = _log_start(config, layout, sources, start, config_file)
-    t0 = time.perf_counter()
-    compiled_step = train_step.compile_train_step(setup, layout.mesh, start.state)
-    logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-    train_step.check_memory(setup.step, compiled_step, start.state, layout.mesh)
+    compiled_step = None  # eval_only, or nothing to train: no step runs
+    if not config.eval_only and start.iter < config.max_iters:
+      t0 = time.perf_counter()
+      compiled_step = train_step.compile_train_step(setup, layout.mesh, start.state)
+      logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
+      train_step.check_memory(setup.step, compiled_step, start.state, layout.mesh)
     run_sinks = _accept(config, rundir, checkpoints, start, accepted, resumed_at)
   except BaseException:
     train_iter.close()  # and its worker processes

@@ -128,10 +128,12 @@ def test_training_run_logs_metrics_and_learns(tmp_path, token_dir):
   assert os.path.isfile(os.path.join(config.out_dir, "config.json"))
 
 
-def test_eval_only_evaluates_once(tmp_path, token_dir):
+def test_eval_only_evaluates_once_and_compiles_no_train_step(tmp_path, token_dir, caplog):
   config = tiny_config(tmp_path, token_dir, eval_only=True)
-  train.train(config)
+  with caplog.at_level(logging.INFO):
+    train.train(config)
   assert [r["event"] for r in read_jsonl(RunDir(config.out_dir).metrics_path)] == ["eval"]
+  assert "train step compiled" not in caplog.text  # seconds to minutes on a GPU, for nothing
 
 
 def test_a_val_split_smaller_than_an_evaluation_is_said_to_repeat(tmp_path, token_dir, caplog):
