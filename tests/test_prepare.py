@@ -373,8 +373,8 @@ def test_bad_input_names_the_file(tmp_path, name, content, match):
   path = tmp_path / name
   path.write_bytes(content if isinstance(content, bytes) else content.encode())
   with pytest.raises(readers.PrepareError, match=match):
-    run([str(path)], tmp_path / "out")
-  assert not (tmp_path / "out").exists()  # the directory the run made is gone with it
+    run([str(path)], tmp_path / "new" / "out")
+  assert os.listdir(tmp_path) == [name]  # the directories the run made are gone with it
 
 
 def test_parquet_text_that_is_not_utf8_names_the_file_and_row(tmp_path):
@@ -776,10 +776,10 @@ def test_a_run_whose_fineweb_download_fails_leaves_no_folder_behind(tmp_path, hu
     raise readers.PrepareError("hf://datasets/HuggingFaceFW/fineweb: the hub is unreachable")
 
   monkeypatch.setattr(fineweb, "prepare_fineweb", offline)
-  fw = tmp_path / "fw"
+  fw = tmp_path / "new" / "fw"
   with pytest.raises(readers.PrepareError, match="unreachable"):
     datasets.ensure("fineweb", str(fw), auto_prepare=True)
-  assert not fw.exists()
+  assert not (tmp_path / "new").exists()  # nor the folder made above it
 
 
 # The command line.

@@ -26,6 +26,7 @@ from jaxgpt.prep.shards import (
   LOCK_FILE,
   STAGING,
   check_out_dir,
+  missing_folders,
   remove_locked_dir,
   write_dataset,
   write_lock,
@@ -108,7 +109,7 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   if makes and (not train_files or os.path.isdir(os.path.join(data_dir, STAGING))):
     if dataset == PYTHON_DOCS and not train_files:  # before the lock file is made there
       _check_no_files_of_its_own(data_dir)
-    made = not os.path.isdir(data_dir)
+    made = missing_folders(data_dir)
     with write_lock(data_dir, wait=True) as lockless:  # write_dataset's lock, held through it
       if lockless:  # the processes of a run would each write the data
         raise UserError(f"data_dir={data_dir!r}: cannot lock it to make the data there "
@@ -118,8 +119,7 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
         if not token_files.find_shards(data_dir, "train"):
           make(dataset, data_dir, auto_prepare=auto_prepare)
       except BaseException:  # a download that failed, say: no folder left holding a lock file
-        if made:
-          remove_locked_dir(data_dir)
+        remove_locked_dir(made)
         raise
     train_files = token_files.find_shards(data_dir, "train")
   elif not train_files:

@@ -243,7 +243,7 @@ def _check_staged_only(staging: str) -> None:
 def _writing_into(out_dir: str) -> Iterator[None]:
   """Holds out_dir's `write_lock` while a dataset is written there; a run that fails takes out
   the directory it made, with the lock file."""
-  made = not os.path.isdir(out_dir)
+  made = missing_folders(out_dir)
   with write_lock(out_dir, wait=False) as lockless:
     if lockless:
       logging.warning("%s: cannot lock it (%s); writing there unguarded: run one prepare at a "
@@ -252,17 +252,29 @@ def _writing_into(out_dir: str) -> Iterator[None]:
       check_out_dir(out_dir)  # again, locked: the prepare that held the lock may have finished
       yield
     except BaseException:
-      if made:
-        remove_locked_dir(out_dir)
+      remove_locked_dir(made)
       raise
 
 
-def remove_locked_dir(out_dir: str) -> None:
-  """Removes `out_dir`, which this process made and whose lock it holds, with the lock file,
-  where nothing else is in it: a prepare that failed leaves no trace."""
+def missing_folders(path: str) -> list[str]:
+  """The folders of `path` not there yet, innermost first: those writing there makes."""
+  made, folder = [], os.path.abspath(path)
+  while not os.path.isdir(folder):
+    made.append(folder)
+    folder = os.path.dirname(folder)
+  return made
+
+
+def remove_locked_dir(made: list[str]) -> None:
+  """Removes the folders this process made (`missing_folders`, innermost first: an out_dir and
+  the folders above it) with the lock file it holds in the first, where nothing else is in
+  them: a prepare that failed leaves no trace."""
+  if not made:
+    return
   with contextlib.suppress(OSError):
-    os.remove(os.path.join(out_dir, LOCK_FILE))
-    os.rmdir(out_dir)
+    os.remove(os.path.join(made[0], LOCK_FILE))
+    for folder in made:
+      os.rmdir(folder)
 
 
 _held: set[str] = set()  # the real paths of the out dirs whose write_lock this process holds
