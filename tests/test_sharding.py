@@ -199,6 +199,16 @@ def test_two_processes_fall_back_together_when_one_cannot_read_its_slices_of_the
 
 
 @pytest.mark.slow
+def test_the_start_s_warnings_are_said_by_one_process(tmp_path, token_dir):
+  """Every process logs warnings; those of the run's plan are the run's, said once."""
+  done = run_two(str(tmp_path / "multi"), token_dir, timeout=240,
+                 **{**RUN, "max_iters": 0, "eval_iters": 20})  # 80 of 62 val windows
+  assert [d.returncode for d in done] == [0, 0], done[0].stderr[-3000:]
+  said = "evaluation: the val split holds 62 windows, so each evaluation scores each about"
+  assert said in done[0].stderr and said not in done[1].stderr
+
+
+@pytest.mark.slow
 def test_two_processes_stop_together_when_process_0_cannot_load_a_library(tmp_path, token_dir):
   """Process 0 alone loads W&B (absent here): process 1 stops with it at start-up instead of
   waiting for it at the first step."""
