@@ -8,18 +8,20 @@ that stops at once, exit 130. The log shows `HH:MM:SS message`, `--verbosity=1` 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import gc
 import logging as pylogging
 import os
 import re
+import signal
 import sys
 import textwrap
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from absl import app, flags, logging
 
@@ -52,6 +54,29 @@ def define_path(name: str, default: str | None, help_text: str, *, multi: bool =
     flags.DEFINE_multi(_PathParser(), flags.ArgumentSerializer(), name, default, help_text)
   else:
     flags.DEFINE(_PathParser(), name, default, help_text)
+
+
+class _Terminated(KeyboardInterrupt):
+  """SIGTERM, raised in the main thread as a Ctrl-C is: the cleanup a Ctrl-C gets runs."""
+
+
+def _terminate(signum: int, frame) -> None:
+  raise _Terminated
+
+
+@contextlib.contextmanager
+def sigterm_stops(said: str) -> Iterator[None]:
+  """Within, SIGTERM (a scheduler's, `timeout`'s) stops a command that writes files as Ctrl-C
+  does, taking out what it wrote (left to its default, it would leave them half-written); then
+  one line, 'stopped by SIGTERM: `said`', and exit 143 as a process ended by it."""
+  previous = signal.signal(signal.SIGTERM, _terminate)
+  try:
+    yield
+  except _Terminated:
+    print(f"stopped by SIGTERM: {said}", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),

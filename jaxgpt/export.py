@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import signal
-
 from absl import flags
 
 from jaxgpt import cli, model, run_dir
@@ -26,7 +24,6 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # as a Ctrl-C: a partial export goes
   if not f.out:
     raise UserError("--out is empty: name a new directory")
   gpt2.check_new_dir(f.out)  # before a large checkpoint is read
@@ -35,7 +32,8 @@ def main() -> None:
   saved = run_dir.RunDir(f.out_dir).read_config() or {}
   gpt2.check_exportable(GPTConfig(**{k: saved[k] for k in model.ARCHITECTURE if k in saved}))
   config, params, step = weights.from_run(f.out_dir, f.step)
-  with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), f.out)
+  with cli.sigterm_stops(f"nothing was left in {f.out}"):
+    with_tokenizer = gpt2.export(params, GPTConfig.from_config(config), f.out)
   print(f"wrote {f.out_dir} step {step} to {f.out} (config.json, model.safetensors and " +
         ("GPT-2's tokenizer files)" if with_tokenizer else "no tokenizer: the model's "
          "vocabulary is not GPT-2's)"))

@@ -38,6 +38,11 @@ class OptimConfig:
 
 
 
+# The keys `lr_schedule` reads (Muon's own rate scales it by muon_learning_rate).
+SCHEDULE_KEYS = ("learning_rate", "min_lr", "decay_lr", "lr_schedule", "warmup_iters",
+                 "lr_decay_iters", "wsd_decay_frac")
+
+
 def lr_schedule(config: OptimConfig, xp: types.ModuleType = jnp,
                 peak: float | None = None) -> optax.Schedule:
   """nanoGPT's `get_lr` (or warmup-stable-decay) as an Optax schedule of the iteration number.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import sys
 
 from absl import flags
@@ -70,23 +69,10 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["out"])
 
 
-class _Terminated(KeyboardInterrupt):
-  """SIGTERM, which stops a prepare as Ctrl-C does: what it wrote is taken out again, and its
-  tokenizer processes are shut down (left to SIGTERM's default, they would run on)."""
-
-
-def _terminate(signum: int, frame) -> None:
-  raise _Terminated
-
-
 def main(source: str) -> None:
-  signal.signal(signal.SIGTERM, _terminate)
-  try:
+  # Its tokenizer processes are shut down too (left to SIGTERM's default, they would run on).
+  with cli.sigterm_stops(f"nothing of this run is left in {flags.FLAGS.out}"):
     _prepare(source)
-  except _Terminated:
-    print(f"stopped by SIGTERM: nothing of this run is left in {flags.FLAGS.out}",
-          file=sys.stderr)
-    sys.exit(128 + signal.SIGTERM)
 
 
 def _prepare(source: str) -> None:

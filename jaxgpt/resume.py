@@ -97,7 +97,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
       logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
                       "the run's before, and compared with its best_val_loss all the same")
-  if it < config.max_iters:
+  if it < config.max_iters and not config.eval_only and jax.process_index() == 0:
     saved = {**defaults.get_config().copy_and_resolve_references().to_dict(), **meta["config"]}
     warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (saved, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
@@ -117,8 +117,8 @@ def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -
   lr_then, lr_now = (float(optim.lr_schedule(o, np)(it)) for o in (then, now))
   if math.isclose(lr_then, lr_now, rel_tol=1e-3):
     return
-  changed = {f.name: (getattr(then, f.name), getattr(now, f.name))
-             for f in dataclasses.fields(now) if getattr(then, f.name) != getattr(now, f.name)}
+  changed = {k: (getattr(then, k), getattr(now, k)) for k in optim.SCHEDULE_KEYS
+             if getattr(then, k) != getattr(now, k)}
   logging.warning("resume: the learning rate of iteration %d is %.3g under the changed schedule "
                   "(%s), and %.3g under the checkpoint's; to keep the checkpoint's: %s", it,
                   lr_now, ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),

@@ -83,13 +83,16 @@ def _read_tokens(path: str) -> np.ndarray:
   if size == 0:
     raise ShardError(f"{path}: empty token file")
   tokens = np.memmap(path, dtype="<u2", mode="r")
-  _check_not_wider(path, np.asarray(tokens[:4096]))
+  if not os.path.isfile(os.path.join(os.path.dirname(path), "meta.pkl")):
+    _check_not_wider(path, np.asarray(tokens[:4096]))
   return tokens
 
 
 def _check_not_wider(path: str, first: np.ndarray) -> None:
   """Refuses int32 or int64 tokens written without a header (`np.array(ids).tofile(...)` writes
-  int64): read as uint16, every second value is 0, which text never gives."""
+  int64): read as uint16, every second value is 0, which GPT-2 tokens of text never give (0 is
+  '!'). Not asked of nanoGPT's character-level data (a meta.pkl beside it), whose 0 is a
+  newline: one character per line gives that pattern."""
   if first.size >= 64 and first[::2].any() and not first[1::2].any():
     bits = 32 if first[2::4].any() else 64
     raise ShardError(f"{path}: every second uint16 of the first {first.size} is 0: int{bits} "

@@ -117,6 +117,13 @@ def test_wider_tokens_written_without_a_header_are_refused(tmp_path, dtype):
     token_files.read_tokens(str(path))
   pattern_tokens(1000).astype(np.uint16).tofile(path)  # the same tokens as uint16 are read
   np.testing.assert_array_equal(token_files.read_tokens(str(path)), pattern_tokens(1000))
+  # nanoGPT's characters, one per line ('\n' is 0 there), are uint16 whose every second is 0.
+  lines = np.zeros(1000, np.uint16)
+  lines[::2] = np.arange(1, 501) % 26 + 1
+  lines.tofile(path)
+  with open(tmp_path / "meta.pkl", "wb") as f:
+    pickle.dump({"vocab_size": 65}, f)
+  np.testing.assert_array_equal(token_files.read_tokens(str(path)), lines)
 
 
 def test_a_npy_file_or_a_folder_named_like_a_bin_shard_is_said_to_be_one(tmp_path):

@@ -114,7 +114,7 @@ def test_a_resume_whose_schedule_moves_the_learning_rate_says_so(caplog):
   rate jumps at the resumed iteration, said with the flags that keep the checkpoint's."""
   saved = defaults.recipe("quickstart").copy_and_resolve_references()  # max_iters=250
   longer = defaults.recipe("quickstart")
-  longer.max_iters = 500
+  longer.update(max_iters=500, grad_clip=0.5)  # grad_clip is no schedule: not named
   with caplog.at_level(logging.WARNING):
     resume.warn_if_lr_moves(optim_view(saved), optim_view(longer), 250)
   assert "resume: the learning rate of iteration 250 is 0.00126 under the changed schedule " \

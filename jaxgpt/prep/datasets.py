@@ -130,14 +130,23 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
     raise UserError(f"{data_dir}: holds part of a dataset (a prepare was killed while moving "
                     f"its shards in from {STAGING}/; no meta.json). Remove the directory and "
                     f"make the data again: {make_command(dataset, data_dir)}")
-  meta = token_files.read_meta(data_dir) or {}  # `prepare files --out=X/python_docs`: the user's
-  if dataset != PYTHON_DOCS and meta.get("command", _PYTHON_DOCS_COMMAND) == _PYTHON_DOCS_COMMAND \
-      and all(re.fullmatch(rf"{PYTHON_DOCS}_train_\d+\.bin", os.path.basename(p))
-              for p in train_files):
+  if dataset != PYTHON_DOCS and all(re.fullmatch(rf"{PYTHON_DOCS}_train_\d+\.bin",
+                                                 os.path.basename(p)) for p in train_files) \
+      and _made_as_python_docs(data_dir):
     raise UserError(
         f"data_dir={data_dir!r} holds the built-in {PYTHON_DOCS} corpus, not dataset={dataset!r} "
         f"(a run with --config.dataset={PYTHON_DOCS} made it there). Move its files away, then "
         f"make the data: {make_command(dataset, data_dir)}")
+
+
+def _made_as_python_docs(data_dir: str) -> bool:
+  """Whether shards named as the built-in corpus's are it: not where their meta.json names
+  another command (`prepare files --out=X/python_docs` names its shards after the folder)."""
+  try:
+    meta = token_files.read_meta(data_dir) or {}
+  except (UserError, OSError):  # unreadable: their names decide
+    return True
+  return meta.get("command", _PYTHON_DOCS_COMMAND) == _PYTHON_DOCS_COMMAND
 
 
 def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:

@@ -155,8 +155,8 @@ class _Progress:
 
 
 def check_out_dir(out_dir: str) -> None:
-  """Refuses an `out` that is a file, or holds a finished dataset or token files this tool did
-  not stage."""
+  """Refuses an `out` that is a file, or holds a finished dataset, token files this tool did
+  not stage, or files of the user's in its staging folder."""
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise PrepareError(f"{out_dir}: a file, not a directory; choose another --out")
   meta_path = os.path.join(out_dir, token_files.META_FILE)
@@ -167,6 +167,8 @@ def check_out_dir(out_dir: str) -> None:
   if found:
     raise PrepareError(f"{out_dir}: holds token files without a meta.json ({found[0]}, ...); "
                        "choose an empty --out")
+  if os.path.isdir(os.path.join(out_dir, STAGING)):  # an earlier run's, removed by this one
+    _check_staged_only(os.path.join(out_dir, STAGING))
 
 
 def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: list[str],
@@ -184,7 +186,6 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   with _writing_into(out_dir):
     staging = os.path.join(out_dir, STAGING)
     if os.path.isdir(staging):  # its writer has ended: it held the lock
-      _check_staged_only(staging)
       print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
       shutil.rmtree(staging)
     try:
@@ -236,7 +237,7 @@ def _check_staged_only(staging: str) -> None:
   if theirs:
     raise PrepareError(f"{staging}: holds files prepare does not write ({', '.join(theirs[:3])}"
                        f"{', ...' * (len(theirs) > 3)}), in the folder where it stages shards; "
-                       "move them, or choose another --out")
+                       "move them, or make the data in another folder")
 
 
 @contextlib.contextmanager
