@@ -44,7 +44,7 @@ def main() -> None:
     raise UserError(f"--task={f.task!r}: name a task: hellaswag, text:FILE")
   for flag, task, used in (("hellaswag_file", "hellaswag", "hellaswag" in names),
                            ("stride", "text:FILE", any(n.startswith("text:") for n in names))):
-    if f[flag].present and not used:  # a mistake: the flag was meant for a task not asked for
+    if f[flag].present and f[flag].value and not used:  # meant for a task not asked for
       raise UserError(f"--{flag} is for --task={task}, which --task={f.task!r} does not name")
   tasks.check_files(f.task, f.hellaswag_file)  # before the weights: GPT-2's is a download
   config, model, params, source = weights.from_flags()

@@ -228,7 +228,8 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
   return meta
 
 
-_STAGED = re.compile(r".*_(train|val)_\d{6}\.bin(\.tmp\d+)?")  # _ShardWriter's, write_shard's
+# What a prepare stages: _ShardWriter's shards (of any --out name), write_shard's temporaries.
+_STAGED = re.compile(r".*_(train|val)_\d{6,}\.bin(\.tmp\d+)?", re.DOTALL)
 
 
 def _check_staged_only(staging: str) -> None:
