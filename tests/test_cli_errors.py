@@ -198,6 +198,8 @@ USAGE = {
     "plan a config launch.py refuses": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py",
                                          "--train_tokens=1M", "--config.n_head=5"],
                                         "error: config.n_embd=128: must be divisible by n_head=5"),
+    "plan no throughput": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py",
+                            "--tokens_per_sec=0"], "error: --tokens_per_sec=0.0: must be above 0"),
     "plan nan throughput": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py",
                              "--tokens_per_sec=nan"],
                             "error: --tokens_per_sec=nan: must be a finite number"),

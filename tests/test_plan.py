@@ -134,7 +134,7 @@ def test_cli_prints_a_row_per_candidate():
   assert rows["6,000"][1:] == ["3.15B", "0.31", "77.6", "9.44e+17", "1h40m"]
   assert rows["20,000"][1:] == ["10.49B", "1.05", "258.5", "3.15e+18", "5h33m"]
   assert "warning:" not in r.stdout  # the recipe's warmup (3.5% of the run) follows max_iters
-  assert ("verdict: max_iters=20,000, the longest asked: at 1.05 epochs its repeated tokens "
+  assert ("verdict: max_iters=20,000, the longest candidate: at 1.05 epochs its repeated tokens "
           "still pay nearly as much as new ones; past Chinchilla's 1,548") in r.stdout
 
 
@@ -203,10 +203,12 @@ def test_the_verdict_weighs_epochs():
   verdict = lambda candidates, train_tokens: iters.verdict(
       summary.summarize(config, train_tokens=train_tokens), candidates)
   within = verdict([6000, 10000, 40000], 3_680_000_000)
-  assert within.startswith("verdict: max_iters=10,000, the longest asked within 4 epochs: at "
+  assert within.startswith("verdict: max_iters=10,000, the longest candidate within 4 epochs: at "
                            "1.42 epochs")
   assert verdict([6000, 20000], 4_000_000_000).endswith("only save time")
   assert "at 0.79 epochs every token is new" in verdict([3000, 6000], 4_000_000_000)
+  chinchilla = math.ceil(20 * 40_560_000 / 524_288)  # its own candidate is not past it
+  assert "past Chinchilla" not in verdict([1000, chinchilla], 4_000_000_000)
   assert verdict([20000, 40000], 1_000_000_000).startswith(
       "verdict: max_iters=20,000, the shortest asked: every one repeats the 1.00B train tokens "
       "more than 4 times (10.5 epochs here)")

@@ -53,6 +53,8 @@ def _define_flags() -> None:
   for name in ("tokens_per_sec", "mfu", "peak_flops", "memory_gib"):
     flags.register_validator(name, lambda v: v is None or math.isfinite(v),
                              "must be a finite number")
+  for name in ("tokens_per_sec", "mfu"):  # 0 would be no throughput at all
+    flags.register_validator(name, lambda v: v is None or v > 0, "must be above 0")
   flags.mark_flags_as_required(["config"])
 
 

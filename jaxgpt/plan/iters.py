@@ -134,13 +134,14 @@ def verdict(base: summary.Summary, candidates: list[int]) -> str:
             f"{formatting.count(train_tokens)} train tokens more than {MAX_USEFUL_EPOCHS} times "
             f"({epochs[pick]:.1f} epochs here), where repeats stop paying; more data would")
   pick = max(useful)
-  chinchilla = summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter
-  longest = "the longest asked" + ("" if len(useful) == len(candidates) else
-                                   f" within {MAX_USEFUL_EPOCHS} epochs")
+  chinchilla = math.ceil(summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params
+                         / base.tokens_per_iter)  # as its candidate is
+  longest = "the longest candidate" + ("" if len(useful) == len(candidates) else
+                                       f" within {MAX_USEFUL_EPOCHS} epochs")
   data = ("the train split's size is unknown (--train_tokens sets it), so epochs were not "
           "weighed" if epochs[pick] is None else
           f"at {epochs[pick]:.2f} epochs every token is new" if epochs[pick] <= 1 else
           f"at {epochs[pick]:.2f} epochs its repeated tokens still pay nearly as much as new ones")
-  past = (f"; past Chinchilla's {math.ceil(chinchilla):,} the loss keeps falling with more "
+  past = (f"; past Chinchilla's {chinchilla:,} the loss keeps falling with more "
           "tokens, so the shorter ones only save time" if pick > chinchilla else "")
   return f"verdict: max_iters={pick:,}, {longest}: {data}{past}"
