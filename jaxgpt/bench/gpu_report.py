@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,7 @@ def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = 
   kind, _, about = seen or device()
   yield from [f"## GPU report: {about}", "",
               (f"{iters} timed iterations after {warmup}, each row in a process of its own; "
-               "command: `python -m jaxgpt.bench --gpu_report`"), ""]
+               f"command: `python -m jaxgpt.bench {shlex.join(sys.argv[1:])}`"), ""]
   if run_tests:
     tests = _last_line(_python("-m", "pytest", "-q", "-rfEs", "-m", "gpu", "tests", log=log))
     yield from [f"`python -m pytest -q -m gpu`: {tests}", ""]
