@@ -397,12 +397,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows)
     counts, eval_windows = _log_start(config, layout, sources, start, config_file)
-    compiled_step = None  # eval_only, or nothing to train: no step runs
-    if not config.eval_only and start.iter < config.max_iters:
-      t0 = time.perf_counter()
-      compiled_step = train_step.compile_train_step(setup, layout.mesh, start.state)
-      logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
-      train_step.check_memory(setup.step, compiled_step, start.state, layout.mesh)
+    trains = not config.eval_only and start.iter < config.max_iters
+    compiled_step = _compile_step(setup, layout, start.state) if trains else None
     run_sinks = _accept(config, rundir, checkpoints, start, accepted, resumed_at)
   except BaseException:
     train_iter.close()  # and its worker processes
@@ -427,6 +423,17 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
                     config.sample_start, config.block_size, config.vocab_size)
   return loop.losses
+
+
+def _compile_step(setup: train_step.TrainSetup, layout: sharding.BatchLayout,
+                  state: train_step.TrainState) -> Callable:
+  """The train step compiled for the run's mesh, refused where it cannot fit the device (an
+  eval_only run, or one with nothing to train, compiles none)."""
+  t0 = time.perf_counter()
+  compiled_step = train_step.compile_train_step(setup, layout.mesh, state)
+  logging.info("train step compiled in %.1f s", time.perf_counter() - t0)
+  train_step.check_memory(setup.step, compiled_step, state, layout.mesh)
+  return compiled_step
 
 
 def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
