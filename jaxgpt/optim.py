@@ -37,7 +37,6 @@ class OptimConfig:
   muon_momentum_warmup_iters: int
 
 
-
 # The keys `lr_schedule` reads (Muon's own rate scales it by muon_learning_rate).
 SCHEDULE_KEYS = ("learning_rate", "min_lr", "decay_lr", "lr_schedule", "warmup_iters",
                  "lr_decay_iters", "wsd_decay_frac")
