@@ -16,7 +16,7 @@ import os
 import re
 import textwrap
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import ml_collections
 import numpy as np
@@ -161,6 +161,12 @@ def key_help() -> str:
                                  width=100, initial_indent="  ", subsequent_indent="      "))
       note = []
   return "\n".join(lines)
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """A config a run saved (config.json, a checkpoint's) with every key it predates at its
+  default: what that run had then, as it has now."""
+  return {**get_config().copy_and_resolve_references().to_dict(), **saved}
 
 
 View = TypeVar("View")

@@ -135,7 +135,7 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
   logged = [(start(r["iter"]), r["lr"]) for r in run["train"]]
   if saved is None or len(known_its) < 2:
     return logged
-  config = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
+  config = defaults.with_defaults(saved)
   max_iters = config["max_iters"]
   try:  # a config.json edited by hand: the logged rates, as without one
     its = np.unique(np.concatenate([np.arange(min(max_iters, 2 * config["warmup_iters"] + 2) + 1),

@@ -98,8 +98,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
                       "the run's before, and compared with its best_val_loss all the same")
   if it < config.max_iters and not config.eval_only and jax.process_index() == 0:
-    saved = {**defaults.get_config().copy_and_resolve_references().to_dict(), **meta["config"]}
-    warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (saved, config)), it)
+    then = defaults.with_defaults(meta["config"])
+    warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
   best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints, it)
@@ -182,8 +182,7 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   position counts in. Each is refused before any checkpoint is touched,
   naming the keys.
   """
-  # A key the checkpoint predates had its default then, as it has now.
-  saved = {**defaults.get_config().copy_and_resolve_references().to_dict(), **saved}
+  saved = defaults.with_defaults(saved)
 
   def refuse(keys: list[str], what: str) -> UserError:
     """`what` went wrong, with `keys`' values in place of its {}, and how to resume anyway: the

@@ -167,8 +167,7 @@ def test_iterations_after_the_last_train_log_keep_the_rate_they_ran_at(tmp_path)
   new one, up to 3x too high."""
   first = {"max_iters": 20, "warmup_iters": 2, "lr_decay_iters": 20, "learning_rate": 1e-3,
            "min_lr": 1e-4}
-  old = optim.lr_schedule(defaults.view(optim.OptimConfig, {
-      **defaults.get_config().copy_and_resolve_references().to_dict(), **first}), np)
+  old = optim.lr_schedule(defaults.view(optim.OptimConfig, defaults.with_defaults(first)), np)
   run = {"train": [{"iter": it, "tokens": (it + 1) * 8, "lr": float(old(it))} for it in (0, 10)],
          "eval": [{"iter": it, "tokens": it * 8, "lr": float(old(it))} for it in (0, 10, 20)],
          "tasks": []}
