@@ -543,9 +543,8 @@ def _log_whats_next(out_dir: str, checkpoints: checkpoint.Checkpoints,
   out = shlex.quote(out_dir)
   commands = [f"python -m jaxgpt.report --out_dir={out}"]
   if steps and vocab_size >= defaults.GPT2_VOCAB:
-    start = f" --start={shlex.quote(prompt)}" if prompt else ""
-    commands.insert(0, f"python -m jaxgpt.sample --out_dir={out}{start} --num_samples=3 "
-                       f"--max_new_tokens={min(block_size, 500)}")
+    commands.insert(0, f"python -m jaxgpt.sample --out_dir={out} --start={shlex.quote(prompt)} "
+                       f"--num_samples=3 --max_new_tokens={min(block_size, 500)}")
   saved = (f"checkpoints of steps {', '.join(map(str, steps))}" if len(steps) > 1 else
            f"the checkpoint of step {steps[0]}" if steps else "no checkpoint")
   logging.info("done: %s in %s. Next:%s", saved, checkpoints.directory,

@@ -241,7 +241,8 @@ def test_max_iters_zero_evaluates_the_init_at_a_finite_rate_and_suggests_no_samp
 @pytest.mark.parametrize("vocab_size,sampled", [(96, False), (50304, True)])
 def test_the_run_ends_with_the_commands_that_read_it(tmp_path, token_dir, caplog, vocab_size,
                                                     sampled):
-  """`sample` spells tokens with GPT-2's BPE: a character-level run is not pointed at it."""
+  """`sample` spells tokens with GPT-2's BPE: a character-level run is not pointed at it. The
+  prompt is the closing sample's, '' (a new document) too: sample's own default is nanoGPT's."""
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2, warmup_iters=1,
                        lr_decay_iters=2, vocab_size=vocab_size)
   with caplog.at_level(logging.INFO):
@@ -250,6 +251,7 @@ def test_the_run_ends_with_the_commands_that_read_it(tmp_path, token_dir, caplog
   assert done.startswith("done: the checkpoint of step 2 in ")
   assert done.endswith(f"python -m jaxgpt.report --out_dir={config.out_dir}")
   assert ("python -m jaxgpt.sample" in done) == sampled
+  assert (f"jaxgpt.sample --out_dir={config.out_dir} --start='' " in done) == sampled
 
 
 def test_the_train_splits_evaluation_is_not_the_first_iterations_windows(tmp_path, token_dir):
