@@ -35,6 +35,9 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 IGNORED_KEYS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 # transformers' name for the LM head: outside 'transformer.', as (vocab, n_embd) as our Embed.
 HF_HEAD = "lm_head.weight"
+# GPT-2's vocabulary padded to a multiple of 64 (nanoGPT's vocab_size): rows past 50257 up to
+# here are padding, which no GPT-2 token trains; a larger vocabulary's may hold other tokens.
+PADDED_VOCAB = -(-tokenizer.N_VOCAB // 64) * 64
 
 
 def _our_path(hf_key: str) -> tuple[str, ...]:
@@ -216,16 +219,17 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   whether GPT-2's tokenizer files went with it (not for a character-level vocabulary).
 
   A model without biases gets zero biases; a modern one is refused: GPT2LMHeadModel would
-  load it and compute something else. The vocabulary is cropped to GPT-2's 50257. The files,
+  load it and compute something else. GPT-2's vocabulary padded (up to PADDED_VOCAB) is
+  cropped to its 50257 tokens; any other is written whole, without GPT-2's tokenizer. The files,
   with the umask's permissions, go into a hidden folder beside `to_dir`, renamed to it when
   all are written (inside an empty `to_dir` that is there already, and moved into it): a
   failed export leaves nothing.
   """
   check_exportable(config)
   check_new_dir(to_dir)
-  with_tokenizer = config.vocab_size >= tokenizer.N_VOCAB
+  with_tokenizer = tokenizer.N_VOCAB <= config.vocab_size <= PADDED_VOCAB
   bpe_files = tokenizer.bpe_files() if with_tokenizer else {}  # a failure here writes nothing
-  vocab = min(config.vocab_size, tokenizer.N_VOCAB)
+  vocab = tokenizer.N_VOCAB if with_tokenizer else config.vocab_size
   tensors = {_hf_key(path): np.asarray(value, np.float32)
              for path, value in traverse_util.flatten_dict(params).items()}
   for name in {"transformer.wte.weight", HF_HEAD} & tensors.keys():  # the head, if untied
@@ -248,7 +252,7 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
     raise UserError(f"{to_dir}: cannot write there ({e.strerror}); nothing was written") from None
   moved: list[str] = []
   try:
-    _write_files(staging, tensors, _hf_config(config, vocab), bpe_files,
+    _write_files(staging, tensors, _hf_config(config, vocab, with_tokenizer), bpe_files,
                  config.block_size if with_tokenizer else None)
     if fill:
       for name in sorted(os.listdir(staging)):
@@ -304,13 +308,14 @@ def _zero_biases(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return zeros
 
 
-def _hf_config(config: GPTConfig, vocab: int) -> dict[str, Any]:
-  # Without GPT-2's end-of-text, None: transformers would take 50256, outside the vocabulary.
-  eot = tokenizer.EOT_TOKEN if vocab > tokenizer.EOT_TOKEN else None
+def _hf_config(config: GPTConfig, vocab: int, gpt2_tokens: bool) -> dict[str, Any]:
+  # Without GPT-2's end-of-text, None: transformers would take 50256, which is not it.
+  eot = tokenizer.EOT_TOKEN if gpt2_tokens else None
   return {
       "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
       "activation_function": "gelu_new" if config.gelu_approximate else "gelu",
-      "vocab_size": vocab, "n_positions": config.block_size, "n_embd": config.n_embd,
+      "vocab_size": vocab, "n_positions": config.block_size, "n_ctx": config.block_size,
+      "n_embd": config.n_embd,
       "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
       "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": config.dropout,
       "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
