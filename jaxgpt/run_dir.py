@@ -159,6 +159,7 @@ class RunDir:
 
   def checkpoints_for(self, *, resume: bool, keep: int) -> checkpoint.Checkpoints:
     """The run's checkpoints, refusing to start over on top of them or resume from none."""
+    self._check_config_is_a_runs()
     checkpoints = self.checkpoints(keep=keep)
     _check_start(checkpoints.directory, checkpoints.steps(), resume)
     return checkpoints
@@ -168,6 +169,19 @@ class RunDir:
     manager, whose barriers the other processes would meet elsewhere."""
     directory = os.path.abspath(self.checkpoints_dir)
     _check_start(directory, checkpoint.finished_steps(directory), resume)
+    self._check_config_is_a_runs()
+
+  def _check_config_is_a_runs(self) -> None:
+    """Refuses an out_dir whose config.json the run would replace but did not write (an
+    export's, or a Hugging Face checkpoint's that init_from=gpt2 reads from there)."""
+    try:
+      config = self.read_config()
+    except UserError:  # a run's, damaged: the start replaces it, as it would a sound one
+      return
+    if config is not None and "init_from" not in config:
+      raise UserError(f"{self._path('config.json')} is not a jaxgpt run's config (a Hugging "
+                      "Face model's?), which the run would replace; nothing was changed. Pick "
+                      "another --config.out_dir.")
 
   def read_metrics(self) -> Records:
     """The records of metrics.jsonl by event, each list in iteration order.

@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from conftest import (
   write_config_file,
 )
 
+import launch
 from jaxgpt import (
   checkpoint,
   data,
@@ -193,6 +195,23 @@ def test_a_refused_start_leaves_no_run_directory_it_made(tmp_path, token_dir):
     train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   assert sorted(os.listdir(config.out_dir)) == ["checkpoints", "config.json", "metrics.jsonl",
                                                 "run.lock"]
+
+
+def test_a_start_in_a_folder_with_another_programs_config_json_is_refused(tmp_path, token_dir):
+  """`init_from=gpt2` with out_dir its hf_checkpoint_dir (fine-tuning "in place") would
+  replace the checkpoint's config.json: then neither jaxgpt nor transformers could load it."""
+  config = tiny_config(tmp_path, token_dir, max_iters=2)
+  os.makedirs(config.out_dir)
+  hf_config = os.path.join(config.out_dir, "config.json")
+  with open(hf_config, "w", encoding="utf-8") as f:
+    json.dump({"model_type": "gpt2", "n_layer": 12}, f)
+  before = pathlib.Path(hf_config).read_text(encoding="utf-8")
+  with pytest.raises(UserError, match=f"{hf_config} is not a jaxgpt run's config"):
+    launch.run(config)
+  with pytest.raises(UserError, match="not a jaxgpt run's config"):  # the loop's own check
+    train.train(config)
+  assert sorted(os.listdir(config.out_dir)) == ["config.json", "run.lock"]  # as any refusal
+  assert pathlib.Path(hf_config).read_text(encoding="utf-8") == before
 
 
 def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
