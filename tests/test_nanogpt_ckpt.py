@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -114,14 +115,31 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
       ("list", {"model": [], "model_args": args}, "not a nanoGPT checkpoint"),
       ("none", {"model": {}, "model_args": args}, "model_args holds a value that is not a number"),
       ("str", {"model": {"wte": "x"}, "model_args": {**args, "n_layer": 2}},
-       "model\\['wte'\\] is a str, not a tensor")):
+       "model\\['wte'\\] is a str, not a tensor"),
+      ("heads", {"model": {}, "model_args": {**args, "n_layer": 2, "n_head": 3}},
+       "model_args n_embd=32 does not split into n_head=3 heads")):
     torch.save(ckpt, str(tmp_path / f"{name}.pt"))
     with pytest.raises(UserError, match=f"{name}.pt: {says}"):
       nanogpt.read(str(tmp_path / f"{name}.pt"))
   with pytest.raises(UserError, match="nanogpt:.*missing.pt: no such file"):
     weights.load(f"nanogpt:{tmp_path / 'missing.pt'}", out_dir="")
+  with pytest.raises(UserError, match=f"nanogpt:{tmp_path}: a folder without a ckpt.pt"):
+    weights.load(f"nanogpt:{tmp_path}", out_dir="")
   with pytest.raises(UserError, match="--init_from=gpt3: must be 'resume'"):
     weights.load("gpt3", out_dir="")
+
+
+def test_a_ckpt_pt_in_torchs_legacy_format_is_read(tmp_path):
+  """torch.save(..., _use_new_zipfile_serialization=False), which cannot be memory-mapped."""
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
+  legacy = tmp_path / "legacy.pt"
+  torch.save(torch.load(tmp_path / "ckpt.pt", weights_only=True), legacy,
+             _use_new_zipfile_serialization=False)
+  arch, params, it = nanogpt.read(str(legacy))
+  expected_arch, expected, _ = nanogpt.read(str(tmp_path / "ckpt.pt"))
+  assert (arch, it) == (expected_arch, 250)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_a_nanogpt_out_dir_names_its_ckpt_pt(tmp_path):

@@ -73,6 +73,9 @@ def read_config(hf_dir: str) -> dict[str, Any]:
     raise UserError(f"{path}: not a JSON object")
   problems = [f"no {key!r}" for key in ("n_layer", "n_head", "n_embd", "n_positions",
                                          "vocab_size") if key not in hf]
+  heads, width = hf.get("n_head"), hf.get("n_embd")
+  if isinstance(heads, int) and isinstance(width, int) and (heads < 1 or width % heads):
+    problems.append(f"n_embd={width} does not split into n_head={heads} heads")
   if hf.get("model_type") != "gpt2":
     problems.append(f"model_type={hf.get('model_type')!r} (need 'gpt2')")
   act = hf.get("activation_function", "gelu_new")

@@ -6,7 +6,8 @@ prefixed with `_orig_mod.` when the model ran under torch.compile),
 `iter_num`, the optimizer state and the config. Its names are GPT-2's (so
 gpt2.py maps them); its nn.Linear weights are (out, in) and are transposed to
 our (in, out) kernels; its GELU is exact (erf). torch is needed here alone,
-imported on use; the optimizer state is never read (the file is memory-mapped).
+imported on use; the optimizer state is never read (the zip file torch saves is
+memory-mapped).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from typing import Any
 
 from jaxgpt import defaults
@@ -36,14 +38,17 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
   if os.path.isdir(path) and os.path.isfile(os.path.join(path, "ckpt.pt")):
     path = os.path.join(path, "ckpt.pt")  # nanoGPT's out_dir, as its init_from=resume reads it
   if not os.path.isfile(path):
-    raise UserError(f"{defaults.NANOGPT}{path}: no such file")
-  try:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    raise UserError(f"{defaults.NANOGPT}{path}: " + ("a folder without a ckpt.pt" if
+                                                   os.path.isdir(path) else "no such file"))
+  try:  # torch's legacy format (not a zip: an old torch.save, or a re-saved file) is not mapped
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
   except pickle.UnpicklingError as e:  # torch's page of advice names the object it refused
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-    raise UserError(f"{path}: holds {refused.group(1) if refused else 'a Python object'}, which "
-                    "is not unpickled (it could run code): nanoGPT's train.py saves tensors and "
-                    "plain values only") from None
+    if refused is None:  # bytes that are no pickle either
+      raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read (neither a zip "
+                      "file nor a pickle)") from None
+    raise UserError(f"{path}: holds {refused.group(1)}, which is not unpickled (it could run "
+                    "code): nanoGPT's train.py saves tensors and plain values only") from None
   except (RuntimeError, ValueError, EOFError, OSError) as e:
     raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read "
                     f"({first_line(e)})") from None
@@ -59,6 +64,9 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
     arch = {k: (bool if k == "bias" else int)(args[k]) for k in MODEL_ARGS}
   except (TypeError, ValueError) as e:
     raise UserError(f"{path}: model_args holds a value that is not a number ({e})") from None
+  if arch["n_head"] < 1 or arch["n_embd"] % arch["n_head"]:
+    raise UserError(f"{path}: model_args n_embd={arch['n_embd']} does not split into "
+                    f"n_head={arch['n_head']} heads")
   arch["gelu_approximate"] = False  # nanoGPT's nn.GELU() is the exact one
   arch["tie_embeddings"] = True  # its lm_head is its wte
   tensors = {}
