@@ -59,15 +59,22 @@ def stop_before_training(processes: int = 1) -> None:
     stop(_early.pop(0), None)
 
 
+class StopAtEnd(Exception):
+  """A stop request while a finished run closes (its last checkpoint saved): what is left, a
+  closing sample say, is cut short."""
+
+
 class StopSignals:
   """Turns SIGTERM/SIGINT into a request to stop after the current step.
 
-  A second SIGINT interrupts at once, as Ctrl-C usually does.
+  A second SIGINT interrupts at once, as Ctrl-C usually does. Once the loop is over
+  (`closing`), a stop request raises StopAtEnd in a one-process run.
   """
 
   def __init__(self, processes: int = 1):
     self.processes = processes
     self.received: int | None = None
+    self.closing = False
     self._previous = {}
     self._first: int | None = None  # the iteration of the first `stop_at`
 
@@ -108,7 +115,13 @@ class StopSignals:
   def _handle(self, signum: int, frame) -> None:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
+    if self.closing and self.processes > 1:  # the others would wait for it in a collective
+      logging.warning("received %s after training: ending as soon as the run has closed",
+                      signal.Signals(signum).name)
+      return
     self.received = signum
+    if self.closing:
+      raise StopAtEnd(self.name)
     if self._first is None:  # the loop has not begun: its start-up (a compile, say) goes on
       logging.warning("received %s: stopping before the first step, once the start-up work "
                       "under way (a compile, say) is done", self.name)

@@ -43,7 +43,8 @@ EndHook = Callable[[Any], None]  # params -> nothing: what runs once training is
 class Hooks:
   """`tasks(params)` runs every `eval_tasks_interval` iterations and at the end, before that
   iteration's evaluation and checkpoint; `at_end(params)` once training has reached max_iters
-  (not after a stop, nor with eval_only). Every process calls both."""
+  (not after a stop, nor with eval_only; a stop in it cuts it short, in a one-process run).
+  Every process calls both."""
 
   tasks: TasksHook | None = None
   at_end: EndHook | None = None
@@ -418,11 +419,27 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     raise
   loop.close()
   if hooks.at_end is not None and trained and not finished:
-    hooks.at_end(loop.state.params)
+    _end(hooks.at_end, loop.state.params, signals)
   if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
     _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
                     config.sample_start, config.block_size, config.vocab_size)
   return loop.losses
+
+
+def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals) -> None:
+  """The end-of-run hook. A one-process run skips it for a stop that came in the last
+  iteration's evaluation and cuts it short for one during it; several processes all run it,
+  since only the one signalled knows (StopSignals)."""
+  signals.closing = True
+  try:
+    with contextlib.suppress(preemption.StopAtEnd):
+      if signals.received is None or signals.processes > 1:
+        at_end(params)
+  finally:
+    signals.closing = False
+  if signals.received is not None and signals.processes == 1:
+    logging.warning("stopped by %s: the run is saved, and what it does at its end (the "
+                    "closing sample) is cut short", signals.name)
 
 
 def _compile_step(setup: train_step.TrainSetup, layout: sharding.BatchLayout,

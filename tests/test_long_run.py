@@ -197,6 +197,36 @@ def test_a_stop_that_lands_before_the_final_evaluation_gets_it_done_on_resume(
   assert len(ended) == 1
 
 
+def test_a_stop_in_the_last_evaluation_or_the_closing_sample_cuts_the_sample(
+    tmp_path, token_dir, caplog):
+  """The README's promise, exit 0 without the closing sample, holds for a SIGTERM in the last
+  iteration's evaluation (the sample is not begun) or in the sample (it is cut short); the
+  checkpoint of max_iters is saved before either."""
+  def sigterm_at_the_end(params):  # the tasks hook, called at 0 and 2 (max_iters)
+    scored.append(params)
+    if len(scored) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return {}, []
+
+  def sample(params):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)  # a long sample: the signal ends it
+    sampled.append(params)
+
+  for name, hooks in (("eval", lambda: train.Hooks(tasks=sigterm_at_the_end, at_end=sample)),
+                      ("sample", lambda: train.Hooks(at_end=sample))):
+    scored, sampled = [], []
+    config = tiny_config(tmp_path / name, token_dir, max_iters=2, eval_interval=2)
+    caplog.clear()
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.WARNING):
+      train.train(config, hooks=hooks())
+    assert time.perf_counter() - t0 < 50 and sampled == []
+    assert "stopped by SIGTERM: the run is saved, and what it does at its end" in caplog.text
+    assert checkpoint_steps(config.out_dir) == [2]
+    assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 2]
+
+
 def test_the_loop_queues_at_most_one_step_behind_the_running_one(tmp_path, token_dir,
                                                                    monkeypatch):
   """So a stop, which saves the newest state, waits for two steps at most, not a queue."""

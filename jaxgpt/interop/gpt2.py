@@ -219,14 +219,13 @@ def check_new_dir(to_dir: str) -> None:
 
 def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load; returns
-  whether GPT-2's tokenizer files went with it (not for a character-level vocabulary).
+  whether GPT-2's tokenizer files went with it: GPT-2's vocabulary, padded up to PADDED_VOCAB,
+  is cropped to its 50257 tokens; any other is written whole, without them.
 
   A model without biases gets zero biases; a modern one is refused: GPT2LMHeadModel would
-  load it and compute something else. GPT-2's vocabulary padded (up to PADDED_VOCAB) is
-  cropped to its 50257 tokens; any other is written whole, without GPT-2's tokenizer. The files,
-  with the umask's permissions, go into a hidden folder beside `to_dir`, renamed to it when
-  all are written (inside an empty `to_dir` that is there already, and moved into it): a
-  failed export leaves nothing.
+  load it and compute something else. The files, with the umask's permissions, go into a
+  hidden folder beside `to_dir`, renamed to it when all are written (inside an empty `to_dir`
+  that is there already, and moved into it): a failed export leaves nothing.
   """
   check_exportable(config)
   check_new_dir(to_dir)
