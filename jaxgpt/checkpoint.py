@@ -142,8 +142,6 @@ class Checkpoints:
     (one whose read fails would leave the others waiting there); they agree on
     the read before checking it.
     """
-    if meta.get("iter", step) != step:  # a copy put back under another step's name
-      raise CorruptCheckpoint(f"it holds step {meta['iter']}'s checkpoint, not its own")
     state = sharding.agreed("reading it", self._read, step, abstract_state)
     verify(state, meta)  # a computation over every process's part
     return state
@@ -232,8 +230,12 @@ class Checkpoints:
       logging.warning("moved the unreadable checkpoint %s aside, to %s", path, aside)
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    """One step's metadata, read without a barrier (as `restore` reads the state)."""
-    return dict(ocp.JsonCheckpointHandler().restore(self._item(step, META)))
+    """One step's metadata, read without a barrier (as `restore` reads the state); that of
+    a copy put back under another step's name (another run's, say) is CorruptCheckpoint."""
+    meta = dict(ocp.JsonCheckpointHandler().restore(self._item(step, META)))
+    if meta.get("iter", step) != step:
+      raise CorruptCheckpoint(f"it holds step {meta['iter']}'s checkpoint, not its own")
+    return meta
 
   def _item(self, step: int, item: str) -> epath.Path:
     return epath.Path(self.directory, str(step), item)

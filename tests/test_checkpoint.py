@@ -116,6 +116,18 @@ def test_a_checkpoint_copied_under_another_step_s_name_is_not_resumed_as_that_st
           "own); using step 6") in caplog.text
   assert os.path.isdir(os.path.join(checkpoints, "9.unreadable"))
   assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(9))
+  # Another run's, of another width: its step, not its architecture, is what is wrong with it
+  # (told to match the width, the resume then refused the width of the steps before it).
+  other = tiny_config(tmp_path / "other", token_dir, max_iters=3, n_embd=48)
+  train.train(other)
+  shutil.copytree(os.path.join(other.out_dir, "checkpoints", "3"),
+                  os.path.join(checkpoints, "12"))
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=9, eval_interval=3,
+                            lr_decay_iters=9, init_from="resume"))
+  assert (f"checkpoint {checkpoints}/12 is unreadable (it holds step 3's checkpoint, not its "
+          "own); using step 9") in caplog.text
 
 
 def test_the_cause_of_an_unreadable_checkpoint_is_a_line_not_a_dump_of_the_tree():
