@@ -159,7 +159,7 @@ class RunDir:
 
   def checkpoints_for(self, *, resume: bool, keep: int) -> checkpoint.Checkpoints:
     """The run's checkpoints, refusing to start over on top of them or resume from none."""
-    self._check_config_is_a_runs()
+    self._check_own_files()
     checkpoints = self.checkpoints(keep=keep)
     _check_start(checkpoints.directory, checkpoints.steps(), resume)
     return checkpoints
@@ -168,12 +168,19 @@ class RunDir:
     """`checkpoints_for`'s refusals, early and with nothing made: without a checkpoint
     manager, whose barriers the other processes would meet elsewhere."""
     directory = os.path.abspath(self.checkpoints_dir)
+    self._check_own_files()
     _check_start(directory, checkpoint.finished_steps(directory), resume)
-    self._check_config_is_a_runs()
 
-  def _check_config_is_a_runs(self) -> None:
-    """Refuses an out_dir whose config.json the run would replace but did not write (an
-    export's, or a Hugging Face checkpoint's that init_from=gpt2 reads from there)."""
+  def _check_own_files(self) -> None:
+    """Refuses a checkpoints/ the run cannot save in (found at the first save, an
+    eval_interval in, otherwise), and a config.json the run would replace but did not write
+    (an export's, or a Hugging Face checkpoint's that init_from=gpt2 reads from there)."""
+    directory = self.checkpoints_dir
+    if os.path.exists(directory) and not (os.path.isdir(directory)
+                                          and os.access(directory, os.W_OK | os.X_OK)):
+      raise UserError(f"{directory}: the run cannot save its checkpoints there ("
+                      f"{'not writable' if os.path.isdir(directory) else 'not a folder'}); "
+                      "nothing was changed")
     try:
       config = self.read_config()
     except UserError:  # a run's, damaged: the start replaces it, as it would a sound one

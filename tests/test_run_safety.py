@@ -214,6 +214,27 @@ def test_a_start_in_a_folder_with_another_programs_config_json_is_refused(tmp_pa
   assert pathlib.Path(hf_config).read_text(encoding="utf-8") == before
 
 
+def test_a_checkpoints_folder_the_run_cannot_save_in_is_refused_at_the_start(tmp_path, token_dir,
+                                                                            monkeypatch):
+  """Found at the first save, it cost an eval_interval (2000 iterations by default)."""
+  config = tiny_config(tmp_path, token_dir, max_iters=2)
+  os.makedirs(config.out_dir)
+  checkpoints = os.path.join(config.out_dir, "checkpoints")
+  pathlib.Path(checkpoints).write_text("mine")
+  with pytest.raises(UserError, match=f"{checkpoints}: the run cannot save its checkpoints "
+                                      r"there \(not a folder\); nothing was changed"):
+    launch.run(config)
+  assert pathlib.Path(checkpoints).read_text() == "mine"
+  os.remove(checkpoints)
+  os.makedirs(checkpoints)
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: (  # a read-only mount, even for root
+      False if path == checkpoints else real_access(path, mode)))
+  with pytest.raises(UserError, match=r"the run cannot save its checkpoints there \(not "
+                                      r"writable\)"):
+    train.train(config)
+
+
 def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
   def no_locks(fd, operation):  # Lustre mounted without -o flock
     raise OSError(38, "Function not implemented")
