@@ -134,6 +134,8 @@ def test_the_cause_of_an_unreadable_checkpoint_is_a_line_not_a_dump_of_the_tree(
   dump = ValueError("Custom dataclass node type mismatch: " + "{'step': ArrayRestoreArgs()} " * 20)
   said = checkpoint.cause(dump)
   assert len(said) == checkpoint.CAUSE_CHARS and said.startswith("ValueError: Custom dataclass")
+  grain_s = ValueError("File /run/checkpoints/5/data/process_0-of-1.json does not exist.")
+  assert checkpoint.cause(grain_s) == "a file of it is missing"
 
 
 def test_orbax_s_unfinished_reads_are_not_printed_beside_the_run_s_line(monkeypatch):
