@@ -74,8 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
   # logging sinks (metrics.jsonl is always written)
   c.tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard (needs tensorboardX)
   c.wandb_log = False  # log to Weights & Biases (needs wandb)
-  c.wandb_project = "jaxgpt"
-  c.wandb_run_name = "gpt2"
+  c.wandb_project = "jaxgpt"  # the W&B project the run logs to
+  c.wandb_run_name = "gpt2"  # the W&B run's display name
 
   # data
   c.dataset = "openwebtext"  # 'python_docs' (built in, made on first use) or a prepared dataset
@@ -88,9 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_prefetch = 2  # batches read ahead of the step (by threads, and in each worker)
 
   # model
-  c.n_layer = 12
-  c.n_head = 12
-  c.n_embd = 768
+  c.n_layer = 12  # transformer blocks
+  c.n_head = 12  # attention heads per block (head size n_embd / n_head)
+  c.n_embd = 768  # width of the residual stream
   c.dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
   c.bias = False  # biases in Linear and LayerNorm layers, like GPT-2
   c.vocab_size = 50304  # GPT-2's 50257 padded up to a multiple of 64
@@ -133,7 +133,7 @@ def get_config() -> ml_collections.ConfigDict:
   # system
   c.sharding = "dp"  # over all devices: 'dp' replicates params, 'fsdp' splits params and Adam state
   c.dtype = "bfloat16"  # compute dtype: 'float32' or 'bfloat16'; params and loss stay float32
-  c.seed = 1337
+  c.seed = 1337  # the init, dropout, and the order of the train and eval windows
   c.peak_flops = 0.0  # peak FLOP/s of one device for MFU; 0 looks it up by device kind
   return c
 
