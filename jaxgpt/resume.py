@@ -102,7 +102,9 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
-  best_kept = meta["best_kept"] if "best_kept" in meta else _best_evaluated(checkpoints, it)
+  best_kept = meta.get("best_kept")
+  if "best_kept" not in meta or (best_kept and not math.isfinite(best_kept[0])):  # NaN: no best
+    best_kept = _best_evaluated(checkpoints, it)
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
                None if best_kept is None else tuple(best_kept),
                window, evaluated=meta.get("val_loss") is not None,
@@ -160,7 +162,7 @@ def _best_evaluated(checkpoints: checkpoint.Checkpoints, up_to: int
       val_loss = checkpoints.read_meta(step).get("val_loss")
     except Exception:  # noqa: BLE001, S112 - an unreadable checkpoint is no candidate
       continue
-    if val_loss is not None:
+    if val_loss is not None and math.isfinite(val_loss):
       scored.append((val_loss, step))
   return min(scored) if scored else None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shlex
 import time
@@ -141,8 +142,9 @@ class _Loop:
 
   def keep_if_best(self, it: int, val_loss: float) -> None:
     """Keeps step `it`'s checkpoint from pruning if its val loss is the lowest of those saved
-    (not best_val_loss's step: there is no checkpoint of step 0)."""
-    if self.best_kept is None or val_loss < self.best_kept[0]:
+    (not best_val_loss's step: there is no checkpoint of step 0). A NaN is no candidate: kept,
+    it would never be beaten."""
+    if math.isfinite(val_loss) and (self.best_kept is None or val_loss < self.best_kept[0]):
       self.best_kept = (val_loss, it)
       self.checkpoints.keep_best(it)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -339,6 +340,24 @@ def test_the_best_checkpoint_kept_is_the_best_saved_when_step_0_scored_lower(
                        lr_decay_iters=8)
   train.train(config)
   assert checkpoint_steps(config.out_dir) == [4, 8]
+
+
+def test_a_nan_val_loss_is_never_the_best_checkpoint_kept(tmp_path, token_dir, monkeypatch):
+  """Kept as best, a NaN would never be beaten (NaN < x is false), and would outlive the real
+  best; a resume of checkpoints that name it as best keeps the best finite one instead."""
+  scripted_val_losses(monkeypatch, [9.0, math.nan, 3.0, 4.0, 5.0])  # steps 0, 2, 4, 6, 8
+  kw = {"eval_interval": 2, "keep_checkpoints": 1, "lr_decay_iters": 8}
+  config = tiny_config(tmp_path, token_dir, max_iters=8, **kw)
+  train.train(config)
+  assert checkpoint_steps(config.out_dir) == [4, 8]
+  real_save = checkpoint.Checkpoints.save  # as a run before this fix saved them
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", lambda self, step, state, it, meta:
+                      real_save(self, step, state, it, {**meta, "best_kept": [math.nan, 2]}))
+  scripted_val_losses(monkeypatch, [6.0, 7.0])  # steps 10, 12
+  train.train(tiny_config(tmp_path, token_dir, max_iters=10, init_from="resume", **kw))
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", real_save)
+  train.train(tiny_config(tmp_path, token_dir, max_iters=12, init_from="resume", **kw))
+  assert checkpoint_steps(config.out_dir) == [4, 12]
 
 
 def test_a_resume_of_checkpoints_that_name_no_best_kept_keeps_the_best_evaluated(
