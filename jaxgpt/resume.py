@@ -102,12 +102,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
-  best_kept = meta.get("best_kept")
-  if "best_kept" not in meta or (best_kept and not math.isfinite(best_kept[0])):  # NaN: no best
-    best_kept = _best_evaluated(checkpoints, it)
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
-               None if best_kept is None else tuple(best_kept),
-               window, evaluated=meta.get("val_loss") is not None,
+               _best_kept(meta, checkpoints, it), window, evaluated=meta.get("val_loss") is not None,
                eval_batch_windows=saved.get("eval_batch_windows"),
                split_windows=saved.get("split_windows"), unreadable=tuple(unreadable)), batches
 
@@ -151,11 +147,15 @@ def warn_if_data_changed(start: Start, split_windows: dict[str, int]) -> None:
       f"{what[split]}" for split in changed))
 
 
-def _best_evaluated(checkpoints: checkpoint.Checkpoints, up_to: int
-                    ) -> tuple[float, int] | None:
-  """The lowest val loss, and its step, among checkpoints up to the resumed one (the newer
-  ones did not read back) evaluated before their save, for checkpoints written before their
-  meta named the best one."""
+def _best_kept(meta: dict[str, Any], checkpoints: checkpoint.Checkpoints, up_to: int
+               ) -> tuple[float, int] | None:
+  """The val loss and step of the best checkpoint kept, as the resumed one's `meta` names it;
+  where it names none (written before metas did) or a NaN (before NaNs were passed over), the
+  lowest among checkpoints up to the resumed one (the newer ones did not read back) evaluated
+  before their save."""
+  named = meta.get("best_kept")
+  if "best_kept" in meta and (named is None or math.isfinite(named[0])):
+    return None if named is None else tuple(named)
   scored = []
   for step in [s for s in checkpoints.steps() if s <= up_to]:
     try:
