@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 
+_SCALES = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
+
 
 def count(n: float, fmt: str = ".2f") -> str:
-  """10485760000 -> '10.49B', 40560000 -> '40.56M', 512 -> '512'."""
-  for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+  """10485760000 -> '10.49B', 40560000 -> '40.56M', 999999 -> '1.00M', 512 -> '512'."""
+  for i, (scale, suffix) in enumerate(_SCALES):
     if abs(n) >= scale:
-      return f"{n / scale:{fmt}}{suffix}"
+      text = f"{n / scale:{fmt}}"
+      if i and abs(float(text)) >= 1000:  # rounded up into the next scale
+        scale, suffix = _SCALES[i - 1]
+        text = f"{n / scale:{fmt}}"
+      return text + suffix
   return f"{n:.0f}"
 
 

@@ -200,13 +200,15 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
                          label=f"{name} val")
     lr = [(t, x) for t, x in lr_by_tokens(run, (configs or {}).get(name)) if keep(t)]
     if lr:
-      handles += ax_lr.plot(*zip(*lr), color=color, lw=1, ls=":", label=f"{name} lr")
+      handles += ax_lr.plot(*zip(*lr), color=color, lw=1, ls=":", label=f"{name} lr",
+                            marker="." if len(lr) == 1 else None)
     low, high = loss_limits(train, evals, logx)
     top, bottom = max(top, high), min(bottom, low)
   if logx:
     ax.set_xscale("log")
   else:
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: formatting.count(x, ".3g")))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(  # ticks about 0: a run's first eval
+        lambda x, _: formatting.count(x, ".3g") if abs(x) >= 1000 else f"{x:.3g}"))
   if top > bottom:
     pad = 0.05 * (top - bottom)
     ax.set_ylim(bottom - pad, top + pad)

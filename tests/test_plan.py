@@ -122,6 +122,8 @@ def test_durations_read_naturally():
   assert formatting.duration(125) == "2m05s"
   assert formatting.duration(math.inf) == "never"  # the time at a rate of ~0 tokens/s
   assert formatting.count(10_485_760_000) == "10.49B" and formatting.count(512) == "512"
+  assert formatting.count(999_994) == "999.99K"
+  assert formatting.count(999_999) == "1.00M" and formatting.count(999_995_000) == "1.00B"
   message = summary.eta(20_000, 524_288, 524_288, 0.381)
   assert "5h33m" in message and "MFU 38.1%" in message
 
