@@ -241,3 +241,13 @@ def test_the_closing_sample_continues_its_prompt_or_starts_a_document(start):
   text = decoding.continuation(model, params, start, max_new_tokens=6, seed=0)
   assert text.startswith(start) and len(text) > len(start)
   assert not text.endswith("\ufffd")  # a cut-off character is left out
+
+
+def test_the_closing_sample_reads_end_of_text_in_its_prompt_as_sample_does(monkeypatch):
+  """One token, 50256, as nanoGPT's sample.py and `python -m jaxgpt.sample` encode it."""
+  prompts = []
+  monkeypatch.setattr(decoding, "generate", lambda model, params, rows, *args, **kwargs:
+                      prompts.extend(rows) or np.zeros((1, 1), np.int32))
+  decoding.continuation(None, None, "A.<|endoftext|>B", max_new_tokens=1, seed=0)
+  assert prompts == [tokenizer.gpt2().encode("A.<|endoftext|>B", allowed_special="all")]
+  assert tokenizer.EOT_TOKEN in prompts[0]

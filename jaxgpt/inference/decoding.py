@@ -273,10 +273,12 @@ def continuation(model: GPT, params: dict, prompt: str, *, max_new_tokens: int,
   """The prompt and one sampled continuation of it; an empty prompt starts a new document
   (the model sees end-of-text).
 
-  nanoGPT's sample.py settings: temperature 0.8, top_k 200. With params split
-  over several processes, every process must call it.
+  nanoGPT's sample.py settings: temperature 0.8, top_k 200, and its prompt's
+  '<|endoftext|>' as the one token it is. With params split over several processes,
+  every process must call it.
   """
-  tokens = tokenizer.gpt2().encode_ordinary(prompt) if prompt else [tokenizer.EOT_TOKEN]
+  tokens = (tokenizer.gpt2().encode(prompt, allowed_special={"<|endoftext|>"})
+            or [tokenizer.EOT_TOKEN])
   new = generate(model, params, [tokens], jax.random.PRNGKey(seed),
                  max_new_tokens=max_new_tokens, temperature=0.8, top_k=200)
   return prompt + tokenizer.decode_whole_characters(new[0].tolist())
