@@ -215,6 +215,8 @@ def _flag_error(error: flags.Error) -> str:
     keys = list(defaults.get_config()) if "config" in flags.FLAGS else []
     if name in keys:  # nanoGPT's --max_iters=N
       return f"--{name}: no such flag; a config key is set as --config.{name}"
+    if name.removeprefix("config.") in keys:  # where --config=FILE is optional (bench)
+      return f"--{name}: a key of the recipe that --config=FILE names, and none is named"
     # The command's own flags and config keys, not absl's, grain's or orbax's flags.
     spelled = {key: f"config.{key}" for key in keys}
     spelled.update((flag.name, flag.name) for module, defined

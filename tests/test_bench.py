@@ -16,7 +16,15 @@ import flax
 import jax
 import numpy as np
 import pytest
-from conftest import build_state, pattern_windows, run_python, setup_of, tiny_config
+from conftest import (
+  PYTHONPATH,
+  ROOT,
+  build_state,
+  pattern_windows,
+  run_python,
+  setup_of,
+  tiny_config,
+)
 
 from jaxgpt import train_step
 from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
@@ -322,6 +330,34 @@ def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
     assert (tmp_path / "stopped").exists()
   finally:
     bench.kill()
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_a_benchmark_is_one_line_and_leaves_no_temporary_files(tmp_path):
+  """Left to its default, SIGTERM ended the benchmark at once: its /tmp folder and Grain's
+  worker processes stayed behind."""
+  log = tmp_path / "bench.log"
+  with open(log, "w") as out:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "jaxgpt.bench", "--config=configs/quickstart.py",
+         "--config.n_layer=1", "--config.n_embd=32", "--config.n_head=2",
+         "--config.block_size=32", "--config.batch_size=2",
+         "--config.gradient_accumulation_steps=1", "--iters=1000000", "--warmup=1"],
+        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH,
+                           TMPDIR=str(tmp_path)),
+        stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+      deadline = time.monotonic() + 120
+      while "timing 1000000 iterations" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+      bench.send_signal(signal.SIGTERM)
+      assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+      bench.kill()
+  lines = log.read_text().splitlines()
+  assert lines[-1] == "stopped by SIGTERM: the benchmark's temporary files and workers are gone"
+  assert "Traceback" not in log.read_text()
+  assert [p.name for p in tmp_path.iterdir()] == ["bench.log"]
 
 
 @pytest.mark.slow

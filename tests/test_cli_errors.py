@@ -150,6 +150,12 @@ CASES = {
                                                "error: --torch_compile is read with --peer"),
     "bench negative peak": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
                              "--peak_flops=-1"], "error: --peak_flops=-1"),
+    "bench a recipe's key without the recipe": (["-m", "jaxgpt.bench", "--memory",
+                                                 "--config.n_layer=2"],
+                                                ("error: --config.n_layer: a key of the recipe "
+                                                "that --config=FILE names, and none is named")),
+    "bench an empty --out": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--out="],
+                             "error: --out: empty; name where to write, or drop it"),
     "bench nan peak": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
                         "--peak_flops=nan"], "error: --peak_flops=nan: must be a finite number"),
 }

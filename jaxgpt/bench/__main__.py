@@ -126,7 +126,7 @@ def _pct(x: float | None) -> str:
 def summary(r: dict[str, Any]) -> str:
   """The human-readable lines of a throughput result."""
   m = r["model"]
-  peak = "" if r["peak_flops"] is None else f" of {r['peak_flops'] / 1e12:.0f} TFLOP/s"
+  peak = "" if r["peak_flops"] is None else f" of {r['peak_flops'] / 1e12:,.4g} TFLOP/s"
   lines = [
       (f"model: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, block "
        f"{m['block_size']}, {r['n_params'] / 1e6:.2f}M params, {r['dtype']}"),
@@ -319,6 +319,9 @@ def main() -> None:
     what = f"--{mode}" if mode else "the default mode (the train step's speed)"
     raise UserError(f"{', '.join(unread)}: not read by {what}; drop "
                     f"{'it' if len(unread) == 1 else 'them'}")
+  empty = [f"--{name}" for name in ("out", "profile") if f[name].present and not f[name].value]
+  if empty:  # read as not given, they wrote nothing
+    raise UserError(f"{', '.join(empty)}: empty; name where to write, or drop it")
   if f["torch_compile"].present and not f.peer:
     raise UserError("--torch_compile is read with --peer=torch alone: add it, or drop "
                     "--torch_compile")
@@ -336,7 +339,8 @@ def main() -> None:
   printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
               "collectives": _print_collectives, "decode": _print_decode,
               "gpu_report": _print_gpu_report, "compare_recipes": _print_compare_recipes}
-  printers.get(mode, _print_throughput)(f)
+  with cli.sigterm_stops("the benchmark's temporary files and workers are gone"):
+    printers.get(mode, _print_throughput)(f)
 
 
 if __name__ == "__main__":
