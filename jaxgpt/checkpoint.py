@@ -325,7 +325,7 @@ def cause(error: Exception) -> str:
     chain.append(below)
   text = "\n".join(map(str, chain))
   if (any(isinstance(e, FileNotFoundError) for e in chain) or "NOT_FOUND" in text
-      or "No such file" in text or "does not exist" in text):  # the last: Grain's
+      or "No such file" in text or re.search(r"File \S+ does not exist", text)):  # Grain's
     return "a file of it is missing"
   json_error = next((e for e in chain if isinstance(e, ValueError)
                      and ("JSON" in str(e) or "Expecting" in str(e))), None)

@@ -59,9 +59,9 @@ def stop_before_training(processes: int = 1) -> None:
     stop(_early.pop(0), None)
 
 
-class StopAtEnd(Exception):
+class StopAtEnd(BaseException):
   """A stop request while a finished run closes (its last checkpoint saved): what is left, a
-  closing sample say, is cut short."""
+  closing sample say, is cut short. No Exception, which a broad `except` would take."""
 
 
 class StopSignals:
@@ -115,11 +115,11 @@ class StopSignals:
   def _handle(self, signum: int, frame) -> None:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt
+    self.received = signum
     if self.closing and self.processes > 1:  # the others would wait for it in a collective
       logging.warning("received %s after training: ending as soon as the run has closed",
-                      signal.Signals(signum).name)
+                      self.name)
       return
-    self.received = signum
     if self.closing:
       raise StopAtEnd(self.name)
     if self._first is None:  # the loop has not begun: its start-up (a compile, say) goes on

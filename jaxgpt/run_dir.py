@@ -157,26 +157,28 @@ class RunDir:
   def checkpoints(self, *, keep: int = 3, read_only: bool = False) -> checkpoint.Checkpoints:
     return checkpoint.Checkpoints(self.checkpoints_dir, keep=keep, read_only=read_only)
 
-  def checkpoints_for(self, *, resume: bool, keep: int) -> checkpoint.Checkpoints:
+  def checkpoints_for(self, *, resume: bool, keep: int, saves: bool = True
+                      ) -> checkpoint.Checkpoints:
     """The run's checkpoints, refusing to start over on top of them or resume from none."""
-    self._check_own_files()
+    self._check_own_files(saves)
     checkpoints = self.checkpoints(keep=keep)
     _check_start(checkpoints.directory, checkpoints.steps(), resume)
     return checkpoints
 
-  def check_start(self, *, resume: bool) -> None:
+  def check_start(self, *, resume: bool, saves: bool = True) -> None:
     """`checkpoints_for`'s refusals, early and with nothing made: without a checkpoint
     manager, whose barriers the other processes would meet elsewhere."""
     directory = os.path.abspath(self.checkpoints_dir)
-    self._check_own_files()
+    self._check_own_files(saves)
     _check_start(directory, checkpoint.finished_steps(directory), resume)
 
-  def _check_own_files(self) -> None:
-    """Refuses a checkpoints/ the run cannot save in (found at the first save, an
-    eval_interval in, otherwise), and a config.json the run would replace but did not write
-    (an export's, or a Hugging Face checkpoint's that init_from=gpt2 reads from there)."""
+  def _check_own_files(self, saves: bool) -> None:
+    """Refuses a checkpoints/ a run that `saves` (not eval_only) cannot save in (found at the
+    first save, an eval_interval in, otherwise), and a config.json the run would replace but
+    did not write (an export's, or a Hugging Face checkpoint's that init_from=gpt2 reads from
+    there)."""
     directory = self.checkpoints_dir
-    if os.path.exists(directory) and not (os.path.isdir(directory)
+    if saves and os.path.exists(directory) and not (os.path.isdir(directory)
                                           and os.access(directory, os.W_OK | os.X_OK)):
       raise UserError(f"{directory}: the run cannot save its checkpoints there ("
                       f"{'not writable' if os.path.isdir(directory) else 'not a folder'}); "

@@ -355,7 +355,7 @@ def check_start(config: ml_collections.ConfigDict) -> None:
   loads weights, which can take hours."""
   rundir = run_dir.RunDir(config.out_dir)
   with _locked(rundir):
-    rundir.check_start(resume=config.init_from == "resume")
+    rundir.check_start(resume=config.init_from == "resume", saves=not config.eval_only)
 
 
 @contextlib.contextmanager
@@ -372,7 +372,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
            signals: preemption.StopSignals, params: Any, hooks: Hooks, config_file: str
            ) -> dict[str, float]:
   loop_config = defaults.view(LoopConfig, config)
-  checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints)
+  checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints,
+                                       saves=not config.eval_only)
   step_config = train_step.StepConfig.from_config(config)
   layout = step_config.layout(sharding.make_mesh())
   sources = data.open_splits(data.resolve_data_dir(config.dataset, config.data_dir),
@@ -432,13 +433,13 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals) -> None:
   """The end-of-run hook. A one-process run skips it for a stop that came in the last
   iteration's evaluation and cuts it short for one during it; several processes all run it,
   since only the one signalled knows (StopSignals)."""
-  signals.closing = True
-  try:
-    with contextlib.suppress(preemption.StopAtEnd):
+  with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
+    signals.closing = True
+    try:
       if signals.received is None or signals.processes > 1:
         at_end(params)
-  finally:
-    signals.closing = False
+    finally:
+      signals.closing = False
   if signals.received is not None and signals.processes == 1:
     logging.warning("stopped by %s: the run is saved, and what it does at its end (the "
                     "closing sample) is cut short", signals.name)

@@ -154,6 +154,10 @@ CASES = {
                                                  "--config.n_layer=2"],
                                                 ("error: --config.n_layer: a key of the recipe "
                                                 "that --config=FILE names, and none is named")),
+    "launch a recipe's key before the recipe": (["launch.py", "--config.max_iters=2",
+                                                 "--config=configs/quickstart.py"],
+                                                ("error: Found --config.max_iters=2 in argv "
+                                                 "before a value for --config was specified")),
     "bench an empty --out": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--out="],
                              "error: --out: empty; name where to write, or drop it"),
     "bench nan peak": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",

@@ -209,19 +209,21 @@ def test_a_stop_in_the_last_evaluation_or_the_closing_sample_cuts_the_sample(
     return {}, []
 
   def sample(params):
+    started.append(params)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(60)  # a long sample: the signal ends it
     sampled.append(params)
 
-  for name, hooks in (("eval", lambda: train.Hooks(tasks=sigterm_at_the_end, at_end=sample)),
-                      ("sample", lambda: train.Hooks(at_end=sample))):
-    scored, sampled = [], []
+  for name, hooks, begun in (
+      ("eval", lambda: train.Hooks(tasks=sigterm_at_the_end, at_end=sample), 0),
+      ("sample", lambda: train.Hooks(at_end=sample), 1)):
+    scored, started, sampled = [], [], []
     config = tiny_config(tmp_path / name, token_dir, max_iters=2, eval_interval=2)
     caplog.clear()
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING):
       train.train(config, hooks=hooks())
-    assert time.perf_counter() - t0 < 50 and sampled == []
+    assert time.perf_counter() - t0 < 50 and (len(started), sampled) == (begun, [])
     assert "stopped by SIGTERM: the run is saved, and what it does at its end" in caplog.text
     assert checkpoint_steps(config.out_dir) == [2]
     assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 2]

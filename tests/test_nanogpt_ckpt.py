@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +111,14 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
                                       r"\(it could run code\)") as e:
     nanogpt.read(str(tmp_path / "numpy.pt"))
   assert "\n" not in str(e.value)
+
+  class Shell:  # what a malicious file pickles; torch names it in other words
+    def __reduce__(self):
+      return os.system, ("true",)
+
+  torch.save({"model": {"wte": Shell()}, "model_args": {}}, str(tmp_path / "shell.pt"))
+  with pytest.raises(UserError, match=r"shell.pt: holds \S*system, which is not unpickled"):
+    nanogpt.read(str(tmp_path / "shell.pt"))
   args = {"n_layer": None, "n_head": 2, "n_embd": 32, "block_size": 16, "bias": False,
           "vocab_size": 96}
   for name, ckpt, says in (

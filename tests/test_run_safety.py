@@ -233,6 +233,8 @@ def test_a_checkpoints_folder_the_run_cannot_save_in_is_refused_at_the_start(tmp
   with pytest.raises(UserError, match=r"the run cannot save its checkpoints there \(not "
                                       r"writable\)"):
     train.train(config)
+  train.train(tiny_config(tmp_path, token_dir, eval_only=True))  # which saves nothing
+  assert records(config.out_dir, "eval")[0]["iter"] == 0
 
 
 def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):

@@ -320,7 +320,7 @@ def main() -> None:
     raise UserError(f"{', '.join(unread)}: not read by {what}; drop "
                     f"{'it' if len(unread) == 1 else 'them'}")
   empty = [f"--{name}" for name in ("out", "profile") if f[name].present and not f[name].value]
-  if empty:  # read as not given, they wrote nothing
+  if empty:  # read as not given: a mode's default place, or nothing written
     raise UserError(f"{', '.join(empty)}: empty; name where to write, or drop it")
   if f["torch_compile"].present and not f.peer:
     raise UserError("--torch_compile is read with --peer=torch alone: add it, or drop "
@@ -339,7 +339,7 @@ def main() -> None:
   printers = {"checkpoint": _print_checkpoint, "memory": _print_memory,
               "collectives": _print_collectives, "decode": _print_decode,
               "gpu_report": _print_gpu_report, "compare_recipes": _print_compare_recipes}
-  with cli.sigterm_stops("the benchmark's temporary files and workers are gone"):
+  with cli.sigterm_stops("the benchmark ended before its figures"):
     printers.get(mode, _print_throughput)(f)
 
 

@@ -36,7 +36,7 @@ IGNORED_KEYS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 # transformers' name for the LM head: outside 'transformer.', as (vocab, n_embd) as our Embed.
 HF_HEAD = "lm_head.weight"
 # GPT-2's vocabulary padded to a multiple of 64 (nanoGPT's vocab_size): rows past 50257 up to
-# here are padding, which no GPT-2 token trains; a larger vocabulary's may hold other tokens.
+# here are padding, which no GPT-2 token trains; a larger vocabulary's may be trained rows.
 PADDED_VOCAB = -(-tokenizer.N_VOCAB // 64) * 64
 
 
@@ -219,8 +219,9 @@ def check_new_dir(to_dir: str) -> None:
 
 def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load; returns
-  whether GPT-2's tokenizer files went with it: GPT-2's vocabulary, padded up to PADDED_VOCAB,
-  is cropped to its 50257 tokens; any other is written whole, without them.
+  whether GPT-2's tokenizer files went with it (for a vocabulary of 50257 or more, as sample
+  reads it). GPT-2's, padded up to PADDED_VOCAB, is cropped to its 50257 tokens; any other is
+  written whole.
 
   A model without biases gets zero biases; a modern one is refused: GPT2LMHeadModel would
   load it and compute something else. The files, with the umask's permissions, go into a
@@ -229,9 +230,10 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   """
   check_exportable(config)
   check_new_dir(to_dir)
-  with_tokenizer = tokenizer.N_VOCAB <= config.vocab_size <= PADDED_VOCAB
+  with_tokenizer = config.vocab_size >= tokenizer.N_VOCAB
   bpe_files = tokenizer.bpe_files() if with_tokenizer else {}  # a failure here writes nothing
-  vocab = tokenizer.N_VOCAB if with_tokenizer else config.vocab_size
+  vocab = tokenizer.N_VOCAB if with_tokenizer and config.vocab_size <= PADDED_VOCAB else (
+      config.vocab_size)
   tensors = {_hf_key(path): np.asarray(value, np.float32)
              for path, value in traverse_util.flatten_dict(params).items()}
   for name in {"transformer.wte.weight", HF_HEAD} & tensors.keys():  # the head, if untied

@@ -43,10 +43,11 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
   try:  # torch's legacy format (not a zip: an old torch.save, or a re-saved file) is not mapped
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
   except pickle.UnpicklingError as e:  # torch's page of advice names the object it refused
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-    if refused is None:  # bytes that are no pickle either
-      raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read (neither a zip "
-                      "file nor a pickle)") from None
+    refused = re.search(r"GLOBAL (\S+)", str(e))
+    if refused is None:  # bytes that are no pickle, say ("Unsupported operand 110")
+      said = re.search(r"WeightsUnpickler error: (.+)", str(e))
+      raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read "
+                      f"({said.group(1) if said else first_line(e)})") from None
     raise UserError(f"{path}: holds {refused.group(1)}, which is not unpickled (it could run "
                     "code): nanoGPT's train.py saves tensors and plain values only") from None
   except (RuntimeError, ValueError, EOFError, OSError) as e:
