@@ -219,20 +219,18 @@ def check_new_dir(to_dir: str) -> None:
 
 def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   """Writes a directory that transformers' GPT2LMHeadModel and AutoTokenizer load; returns
-  whether GPT-2's tokenizer files went with it (for a vocabulary of 50257 or more, as sample
-  reads it). GPT-2's, padded up to PADDED_VOCAB, is cropped to its 50257 tokens; any other is
-  written whole.
+  whether GPT-2's tokenizer files went with it (for 50257 tokens or more, as sample reads
+  them). Up to PADDED_VOCAB, the vocabulary is cropped to GPT-2's 50257; a larger one is whole.
 
   A model without biases gets zero biases; a modern one is refused: GPT2LMHeadModel would
-  load it and compute something else. The files, with the umask's permissions, go into a
-  hidden folder beside `to_dir`, renamed to it when all are written (inside an empty `to_dir`
-  that is there already, and moved into it): a failed export leaves nothing.
+  load it and compute something else. The files (umask's permissions) go into a hidden folder
+  beside `to_dir`, renamed to it (or moved into an empty one) once whole: a failure leaves none.
   """
   check_exportable(config)
   check_new_dir(to_dir)
   with_tokenizer = config.vocab_size >= tokenizer.N_VOCAB
   bpe_files = tokenizer.bpe_files() if with_tokenizer else {}  # a failure here writes nothing
-  vocab = tokenizer.N_VOCAB if with_tokenizer and config.vocab_size <= PADDED_VOCAB else (
+  vocab = tokenizer.N_VOCAB if tokenizer.N_VOCAB <= config.vocab_size <= PADDED_VOCAB else (
       config.vocab_size)
   tensors = {_hf_key(path): np.asarray(value, np.float32)
              for path, value in traverse_util.flatten_dict(params).items()}
