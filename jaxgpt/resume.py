@@ -103,9 +103,10 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
-               _best_kept(meta, checkpoints, it), window, evaluated=meta.get("val_loss") is not None,
+               _best_kept(meta, checkpoints, it), window,
+               evaluated=meta.get("val_loss") is not None, unreadable=tuple(unreadable),
                eval_batch_windows=saved.get("eval_batch_windows"),
-               split_windows=saved.get("split_windows"), unreadable=tuple(unreadable)), batches
+               split_windows=saved.get("split_windows")), batches
 
 
 def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -> None:
