@@ -178,8 +178,8 @@ class RunDir:
     did not write (an export's, or a Hugging Face checkpoint's that init_from=gpt2 reads from
     there)."""
     directory = self.checkpoints_dir
-    if saves and os.path.exists(directory) and not (os.path.isdir(directory)
-                                          and os.access(directory, os.W_OK | os.X_OK)):
+    if saves and os.path.exists(directory) and not (
+        os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
       raise UserError(f"{directory}: the run cannot save its checkpoints there ("
                       f"{'not writable' if os.path.isdir(directory) else 'not a folder'}); "
                       "nothing was changed")
