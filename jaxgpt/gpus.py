@@ -1,9 +1,9 @@
 """The accelerators jaxgpt knows by name: peak bf16 FLOP/s (for MFU) and memory, one entry each.
 
 A device matches the first entry whose name is a case-insensitive word of its
-`jax.Device.device_kind` ("H100" of "NVIDIA H100 80GB HBM3", not of "GH200"; "A10" not of
-"A100X"), so a longer name comes before its prefix ("H100 PCIe" before "H100"); an entry
-without figures keeps a name from matching a wrong entry further down.
+`jax.Device.device_kind`, with a space, '-' and '_' alike ("H100" of "NVIDIA H100 80GB HBM3",
+not of "GH200"; "A10" not of "A100X"), so a longer name comes before its prefix ("H100 PCIe"
+before "H100"); an entry without figures keeps a name from matching a wrong entry further down.
 
 Peak: dense bf16 tensor FLOP/s with FP32 accumulation, what XLA's bf16 matmuls use (GeForce
 cards run it at half their FP16-accumulate rate): datasheets' sparse figures halved, GeForce
@@ -91,11 +91,14 @@ CARDS: tuple[Card, ...] = (
 
 
 def card(device_kind: str) -> Card | None:
-  """The first entry whose name is a word of the device kind; None for a device we do not
-  know."""
-  return next((c for c in CARDS
-               if re.search(rf"(?<![a-z0-9]){re.escape(c.name)}(?![a-z0-9])", device_kind,
-                            re.IGNORECASE)), None)
+  """The first entry whose name is a word of the device kind ("A100-40GB", as a user may
+  write it, is "A100 40GB"); None for a device we do not know."""
+  return next((c for c in CARDS if re.search(_words(c.name), device_kind, re.IGNORECASE)), None)
+
+
+def _words(name: str) -> str:
+  separated = "[-_ ]+".join(re.escape(word) for word in re.split(r"[-_ ]+", name))
+  return rf"(?<![a-z0-9]){separated}(?![a-z0-9])"
 
 
 def peak_flops(device_kind: str, override: float = 0.0) -> float | None:

@@ -61,6 +61,13 @@ def test_memory_of_the_cards_whose_name_says_it(device_kind, gib):
   assert gpus.card(device_kind).memory_gib == gib
 
 
+@pytest.mark.parametrize("name", ["A100-40GB", "A100_40GB", "A100 PCIe 40GB", "a100-sxm4-40gb",
+                                  "A100 40GB PCIe"])
+def test_a_40gb_a100_as_a_user_spells_it_is_never_the_80gb_one(name):
+  """plan --device=A100-40GB said a need of 30 to 60 GiB fits: '-' or '_' ended the word 'A100'."""
+  assert targets.card(name).memory_gib == 40
+
+
 def test_flops_per_token_is_nanogpts():
   c = recipe("fineweb_40m")
   n = 40_560_000
