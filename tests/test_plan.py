@@ -362,10 +362,17 @@ def test_jax_s_share_of_a_gpu_is_read_as_jaxlib_reads_it(monkeypatch):
   monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "half")
   with pytest.raises(UserError, match="XLA_CLIENT_MEM_FRACTION='half' is not a number"):
     memory.mem_fraction()
+  for share in ("2", "-1", "0"):  # were a budget of twice the card, or below nothing
+    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", share)
+    with pytest.raises(UserError, match=rf"XLA_CLIENT_MEM_FRACTION={share}: a share of the "):
+      memory.mem_fraction()
 
 
-def test_an_unknown_device_is_said_before_the_table():
-  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--device=H10",
-                 "--train_tokens=1M")
+@pytest.mark.parametrize("rate", ["--train_tokens=1M", "--tokens_per_sec=1000"])
+def test_an_unknown_device_is_said_before_the_table(rate):
+  """With the rate given, a mistyped --device was used for nothing and said nothing."""
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--device=H10", rate)
   assert r.returncode == 1 and r.stdout == ""
-  assert "error: --device='H10': its peak FLOP/s is not in the table" in r.stderr
+  assert r.stderr.strip().splitlines()[-1] == (
+      "error: --device='H10': not a card jaxgpt knows (jaxgpt/gpus.py); for another, give its "
+      "--peak_flops and --memory_gib")

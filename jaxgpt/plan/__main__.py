@@ -104,6 +104,10 @@ def main() -> None:
   f = flags.FLAGS
   config, n_devices = f.config, f.devices
   defaults.validate(config)  # a mistyped key is one error, as launch.py says it
+  if f.device and targets.card(f.device) is None and not (
+      f.peak_flops or config.peak_flops or f.memory_gib):  # a typo, whatever gives the rate
+    raise UserError(f"--device={f.device!r}: not a card jaxgpt knows (jaxgpt/gpus.py); for "
+                    "another, give its --peak_flops and --memory_gib")
   config_path = config_flags.get_config_filename(f["config"])
   try:
     candidates = [int(v) for v in f.max_iters]
@@ -164,7 +168,8 @@ def _print_memory(f: flags.FlagValues, step: train_step.StepConfig, n_devices: i
   if memory_gib:
     print("\n".join(memory.cpu_report(step, memory_gib, f.device)))
   elif f.device:
-    print(f"memory: {f.device!r} does not say its memory; --memory_gib sets it")
+    known = "does not say its memory" if card else "is not a card jaxgpt knows"
+    print(f"memory: {f.device!r} {known}; --memory_gib sets its memory")
 
 
 if __name__ == "__main__":

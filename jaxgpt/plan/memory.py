@@ -54,9 +54,12 @@ def mem_fraction() -> float:
   if not name:
     return DEFAULT_MEM_FRACTION
   try:
-    return float(os.environ[name])
+    fraction = float(os.environ[name])
   except ValueError:
     raise UserError(f"{name}={os.environ[name]!r} is not a number") from None
+  if not 0 < fraction <= 1:
+    raise UserError(f"{name}={os.environ[name]}: a share of the card's memory, in (0, 1]")
+  return fraction
 
 
 def compile_for(step: train_step.StepConfig, t: targets.Target, n_devices: int = 1,
