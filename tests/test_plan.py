@@ -289,6 +289,16 @@ def test_without_the_cuda_plugin_the_cpu_estimate_is_labelled_and_the_plugin_nam
   assert "pip install -e '.[cuda12]'" in lines[-1]
 
 
+def test_the_cpu_estimate_says_it_counts_no_fsdp_split(tmp_path, monkeypatch):
+  """plan --devices=8 --config.sharding=fsdp printed one unsharded device's need as the need."""
+  monkeypatch.setattr(targets, "plugin_installed", lambda: True)
+  step = step_of(tiny_config(tmp_path, "", sharding="fsdp"))
+  assert memory.cpu_report(step, 12, "RTX 4070", n_devices=8)[1] == (
+      "memory: on one device, unsharded: fsdp over 8 devices keeps 1/8 of the weights and "
+      "AdamW's moments on each, so less")
+  assert len(memory.cpu_report(step, 12, "RTX 4070", n_devices=1)) == 2
+
+
 def test_the_cpu_estimate_says_fit_undecided_within_what_it_overstates(tmp_path, monkeypatch):
   """fineweb_40m on an RTX 4070: the CPU estimate said 11.3 GiB, 'does not fit' 9.00, and
   XLA's plan for the card is 6.77."""

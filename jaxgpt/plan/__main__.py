@@ -166,7 +166,7 @@ def _print_memory(f: flags.FlagValues, step: train_step.StepConfig, n_devices: i
   card = targets.card(f.device) if f.device else None
   memory_gib = f.memory_gib or (card.memory_gib if card else None)
   if memory_gib:
-    print("\n".join(memory.cpu_report(step, memory_gib, f.device)))
+    print("\n".join(memory.cpu_report(step, memory_gib, f.device, n_devices)))
   elif f.device:
     known = "does not say its memory" if card else "is not a card jaxgpt knows"
     print(f"memory: {f.device!r} {known}; --memory_gib sets its memory")

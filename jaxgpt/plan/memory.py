@@ -192,7 +192,8 @@ def cpu_estimate(step: train_step.StepConfig) -> dict[str, int]:
 CPU_OVERSTATES = 19.5 / 8.43
 
 
-def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str) -> list[str]:
+def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_devices: int = 1
+               ) -> list[str]:
   """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
   estimate = cpu_estimate(step)
   m = step.model
@@ -214,6 +215,9 @@ def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str) -> l
                     f"less than this estimate, which has been up to {CPU_OVERSTATES:.1f}x "
                     "XLA's plan for a card: it may fit")),
   ]
+  if step.sharding == "fsdp" and n_devices > 1:
+    lines.insert(1, f"memory: on one device, unsharded: fsdp over {n_devices} devices keeps "
+                    f"1/{n_devices} of the weights and AdamW's moments on each, so less")
   if targets.plugin_installed():
     return lines
   return lines + [("memory: XLA's own plan for the card needs JAX's CUDA plugin (no GPU or "
