@@ -51,7 +51,9 @@ def _define_flags() -> None:
   flags.DEFINE_bool("edu", False, "fineweb: FineWeb-Edu instead of FineWeb.")
   flags.DEFINE_integer("shards", 0, "fineweb: use only the first N parquet files (0: all).",
                        lower_bound=0)
-  flags.DEFINE_list("input", None, "files: globs of .parquet, .jsonl or .txt files.")
+  flags.DEFINE_multi(flags.ListParser(), flags.CsvListSerializer(","), "input", None,
+                     "files: globs of .parquet, .jsonl or .txt files, comma-separated or the "
+                     "flag repeated.")
   flags.DEFINE_string("text_field", "text", "files: the parquet column / jsonl field of the text.")
   flags.DEFINE_string("separator", "", "files: split .txt files into documents at this string "
                       "(\\n, \\t, \\r escapes work); empty: one document per file.")
@@ -96,9 +98,10 @@ def _prepare(source: str) -> None:
     meta = fineweb.prepare_fineweb(out, subset=f.name, edu=f.edu, shards_limit=f.shards,
                                    **common)
   else:
-    if not f.input:
+    inputs = [pattern for given in f.input or [] for pattern in given]  # each --input a list
+    if not inputs:
       raise UserError("files: --input is required (globs of .parquet, .jsonl or .txt files)")
-    meta = datasets.prepare_files(f.input, out, text_field=f.text_field,
+    meta = datasets.prepare_files(inputs, out, text_field=f.text_field,
                                   separator=_unescape(f.separator), **common)
   train, val = meta["splits"]["train"], meta["splits"]["val"]
   print(f"wrote {out}: train {train['tokens']:,} tokens "

@@ -822,6 +822,18 @@ def test_command_line(tmp_path):
   assert not (tmp_path / "pd").exists()
 
 
+def test_input_repeated_reads_every_one(tmp_path):
+  """A second --input replaced the first: part of the corpus, exit 0, and no word of it."""
+  half = len(TEXTS) // 2
+  for name, texts in (("a.txt", TEXTS[:half]), ("b.txt", TEXTS[half:])):
+    (tmp_path / name).write_text("\n<doc>\n".join(texts), encoding="utf-8", newline="")
+  r = prepare_cli("files", f"--input={tmp_path / 'a.txt'}", f"--input={tmp_path / 'b.txt'}",
+                  "--separator=\\n<doc>\\n", f"--out={tmp_path / 'ab'}", "--workers=1")
+  assert r.returncode == 0, r.stderr
+  meta = token_files.read_meta(str(tmp_path / "ab"))
+  assert sum(s["documents"] for s in meta["splits"].values()) == len(TEXTS)
+
+
 def test_an_out_given_as_tilde_is_the_home_directory(tmp_path):
   (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
   r = run_python("-m", "jaxgpt.prepare", "files", f"--input={tmp_path / 'book.txt'}",
