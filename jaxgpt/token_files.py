@@ -151,3 +151,17 @@ def read_meta(data_dir: str) -> dict[str, Any] | None:
   if not isinstance(meta, dict):
     raise UserError(f"{path}: not a dataset's meta.json (a JSON object); make the dataset again")
   return meta
+
+
+def check_whole(data_dir: str, split: str, paths: list[str], tokens: int) -> None:
+  """Fails where meta.json says the split was written as other files or tokens than are
+  there (a copy cut short, a shard deleted), which a run would read without a word."""
+  written = ((read_meta(data_dir) or {}).get("splits") or {}).get(split)
+  files, said = (written.get("shards"), written.get("tokens")) if isinstance(
+      written, dict) else (None, None)
+  if not (isinstance(files, int) and isinstance(said, int)) or (files, said) == (
+      len(paths), tokens):
+    return
+  raise UserError(f"{data_dir}: its {META_FILE} says the '{split}' split was written as "
+                  f"{files} files of {said:,} tokens, and {len(paths)} files of {tokens:,} "
+                  "are there (a copy cut short, a file lost?); copy or make the dataset again")

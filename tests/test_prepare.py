@@ -123,6 +123,23 @@ def test_fineweb_parquet_files(tmp_path):
   assert meta["sources"] == [a, str(tmp_path / "in" / "b.parquet")]
 
 
+def test_a_dataset_missing_a_shard_its_meta_json_lists_is_refused(tmp_path):
+  """A copy cut short trained on the shards that were there, without a word."""
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = str(tmp_path / "out")
+  meta = run([str(tmp_path / "a.parquet")], out, shard_tokens=3000)
+  data.open_splits(out, 8, 50304)  # as written: opens
+  last = token_files.find_shards(out, "train")[-1]
+  lost = len(token_files.read_tokens(last))
+  os.remove(last)
+  train = meta["splits"]["train"]
+  with pytest.raises(UserError, match=(
+      rf"^{out}: its meta.json says the 'train' split was written as {train['shards']} files "
+      rf"of {train['tokens']:,} tokens, and {train['shards'] - 1} files of "
+      rf"{train['tokens'] - lost:,} are there \(a copy cut short")):
+    data.open_splits(out, 8, 50304)
+
+
 def test_jsonl_and_txt_files(tmp_path):
   (tmp_path / "a.jsonl").write_text(
       "".join(json.dumps({"id": f"j{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS[:30])) +
