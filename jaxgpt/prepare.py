@@ -62,6 +62,8 @@ def _define_flags() -> None:
   flags.DEFINE_float("val_fraction", shards.VAL_FRACTION, "Share of documents (by a hash of "
                      "their id) that go to val, until val holds --val_tokens.", lower_bound=0,
                      upper_bound=1)
+  flags.register_validator("val_fraction", lambda v: v > 0,
+                           "must be above 0: a run evaluates on val documents")
   flags.DEFINE_integer("val_tokens", shards.VAL_TOKENS, "Cap on val tokens; later documents "
                        "all go to train (0: no cap).", lower_bound=0)
   flags.DEFINE_integer("workers", cpu_count(), "Tokenizer processes (default: all cores).",

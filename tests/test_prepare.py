@@ -832,6 +832,10 @@ def test_command_line(tmp_path):
                   "--shard_tokens=2147483648")  # one train.bin of 10B tokens, say
   assert r.returncode == 1 and "error: --shard_tokens=2147483648: 2147483648 is not an " \
                                "integer in the range [1, 2147483647]" in r.stderr
+  r = prepare_cli("files", f"--input={tmp_path / 'book.txt'}", f"--out={tmp_path / 'nv'}",
+                  "--val_fraction=0")  # was refused only after the whole corpus was tokenized
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+      "error: --val_fraction=0.0: must be above 0: a run evaluates on val documents")
   r = prepare_cli("python_docs", "--val_fraction=0.2", f"--out={tmp_path / 'pd'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: --val_fraction does not apply to `python_docs`: the built-in corpus is made one "

@@ -441,4 +441,5 @@ def _check_splits(writers: dict[str, _ShardWriter], sources: list[str],
       raise PrepareError(
           f"{what}: no {split} documents among {n_docs} (val_fraction={val_fraction}); "
           "give more documents (for .txt files, --separator splits a file into documents) "
-          "or change --val_fraction")
+          "or change --val_fraction; documents go to a split by a hash of their 'id', so "
+          "those sharing one go together")
