@@ -1,6 +1,6 @@
 """GPT-2 small (124M: 12 layers, 12 heads, 768 wide) on FineWeb, 524,288 tokens per iteration.
 
-19,073 iterations are one pass over FineWeb sample-10BT (10B tokens).
+19,073 iterations are 10.0B tokens, about one pass over FineWeb sample-10BT.
 Data: `python -m jaxgpt.prepare fineweb --out=data/fineweb`.
 """
 

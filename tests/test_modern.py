@@ -309,13 +309,17 @@ def test_resume_of_the_modern_recipe_continues_bit_exactly(tmp_path, token_dir):
 
 
 @pytest.mark.parametrize("name", ["fineweb_40m_modern", "gpt2_124m_modern"])
-def test_modern_recipes_keep_their_base_size_and_data(name):
+def test_modern_recipes_keep_their_base_shape_data_and_schedule(name):
+  """What the recipe's docstring and comments say: the base's depth, width, data and tokens
+  per iteration; AdamW's rate 4x the base's, Muon's 0.02."""
   c, base = recipe(name), recipe(name.removesuffix("_modern"))
   defaults.validate(c)
   for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-              "gradient_accumulation_steps", "max_iters", "data_dir"):
+              "gradient_accumulation_steps", "max_iters", "warmup_iters", "dataset", "data_dir"):
     assert c[key] == base[key], key
   assert all(c[key] == value for key, value in MODERN.items())
+  assert c.learning_rate == 4 * base.learning_rate and c.min_lr == c.learning_rate / 10
+  assert c.muon_learning_rate == 0.02
   assert c.out_dir != base.out_dir
 
 
