@@ -52,8 +52,8 @@ def test_missing_data_says_how_to_make_it(tmp_path):
              f"--config.out_dir={tmp_path / 'run'}")
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert r.stderr.splitlines()[:2] == [
-      f"error: no token shards in data_dir='{tmp_path / 'none'}' for dataset='fineweb'. Make "
-      "them with:", f"  python -m jaxgpt.prepare fineweb --out={tmp_path / 'none'}"]
+      (f"error: no token shards in data_dir='{tmp_path / 'none'}' for dataset='fineweb'. Make "
+       "them with:"), f"  python -m jaxgpt.prepare fineweb --out={tmp_path / 'none'}"]
 
 
 def test_a_closing_sample_the_model_cannot_write_is_refused_before_training(tmp_path):
