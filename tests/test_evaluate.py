@@ -230,17 +230,22 @@ def test_an_unreadable_hellaswag_file_is_one_user_error(tmp_path, monkeypatch):
     hellaswag.read(path)
 
 
-@pytest.mark.parametrize("eval_tasks,hellaswag_file", [("text:{tmp}/missing.txt", ""),
-                                                       ("hellaswag", "{tmp}/missing.jsonl")])
-def test_a_missing_task_file_is_refused_before_the_data_is_made(tmp_path, monkeypatch,
-                                                               eval_tasks, hellaswag_file):
+@pytest.mark.parametrize("eval_tasks,hellaswag_file,said", [
+    ("text:{tmp}/missing.txt", "", "missing.txt: no such file"),
+    ("hellaswag", "{tmp}/missing.jsonl", "missing.jsonl not found"),
+    ("text:{tmp}/empty.txt", "", "empty.txt: 0 token"),
+    ("hellaswag", "{tmp}/bad.jsonl", "bad.jsonl:1: not a HellaSwag example")])
+def test_a_missing_or_unreadable_task_file_is_refused_before_the_data_is_made(
+    tmp_path, monkeypatch, eval_tasks, hellaswag_file, said):
   """Not after tokenizing a corpus (hours of FineWeb) or loading GPT-2's weights."""
   monkeypatch.chdir(tmp_path)
+  (tmp_path / "empty.txt").write_text("")
+  (tmp_path / "bad.jsonl").write_text("{not json\n")
   config = defaults.recipe("quickstart")  # python_docs, tokenized where it is missing
   config.update(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"),
                 eval_tasks=eval_tasks.format(tmp=tmp_path),
                 hellaswag_file=hellaswag_file.format(tmp=tmp_path))
-  with pytest.raises(UserError, match="missing"):
+  with pytest.raises(UserError, match=said):
     launch.run(config)
   assert not (tmp_path / "data").exists()
 

@@ -73,16 +73,17 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
   return tasks
 
 
-def check_files(spec: str, hellaswag_file: str = "") -> None:
-  """Refuses a task whose file is missing (or HellaSwag's, which it downloads if need be) and two
-  tasks of one name: said before anything slow (data prep, a download of weights) runs."""
+def check_files(spec: str, hellaswag_file: str = "", limit: int = 0) -> None:
+  """Refuses a task whose file is missing or unreadable as the task (HellaSwag's is downloaded
+  if need be) and two tasks of one name: said before anything slow (data prep, a download of
+  weights) runs."""
   names = defaults.eval_tasks(spec)
   _check_unique(names)
   for name in names:
     if name == "hellaswag":
-      hellaswag.resolve(hellaswag_file)
-      continue
-    _open_text(name.removeprefix("text:")).close()
+      hellaswag.read(hellaswag.resolve(hellaswag_file), limit)
+    else:
+      read_text_tokens(name.removeprefix("text:"))
 
 
 def _task_name(spec: str) -> str:
