@@ -178,15 +178,21 @@ def check_same_config(config: dict[str, Any]) -> None:
   """Stops every process, naming the keys, where they were started with different configs:
   they would train apart without a word (another learning rate, say: checkpoints that none
   of them reads back) or wait for each other forever (another max_iters)."""
+  check_same(config, "the processes were started with different configs ({keys} differ); "
+             "start every process with the same command")
+
+
+def check_same(values: dict[str, Any], error: str) -> None:
+  """Stops every process where `values` (each process's own) differ between them, with
+  `error` naming the `{keys}` that do."""
   if jax.process_count() == 1:
     return
-  keys = sorted(config)
-  digests = np.array([zlib.crc32(repr(config[k]).encode()) & 0x7FFFFFFF for k in keys], np.int32)
+  keys = sorted(values)
+  digests = np.array([zlib.crc32(repr(values[k]).encode()) & 0x7FFFFFFF for k in keys], np.int32)
   everyone = multihost_utils.process_allgather(digests)  # (processes, keys)
   differ = [k for k, column in zip(keys, everyone.T) if len(set(column.tolist())) > 1]
   if differ:
-    raise UserError(f"the processes were started with different configs ({', '.join(differ)} "
-                    "differ); start every process with the same command")
+    raise UserError(error.replace("{keys}", ", ".join(differ)))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int) -> NamedSharding:

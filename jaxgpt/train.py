@@ -376,8 +376,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                                        saves=not config.eval_only)
   step_config = train_step.StepConfig.from_config(config)
   layout = step_config.layout(sharding.make_mesh())
-  sources = data.open_splits(data.resolve_data_dir(config.dataset, config.data_dir),
-                             config.block_size, config.vocab_size)
+  sources = _open_data(data.resolve_data_dir(config.dataset, config.data_dir),
+                       config.block_size, config.vocab_size)
   setup = train_step.build(step_config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
@@ -443,6 +443,22 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals) -> None:
   if signals.received is not None and signals.processes == 1:
     logging.warning("stopped by %s: the run is saved, and what it does at its end (the "
                     "closing sample) is cut short", signals.name)
+
+
+def _open_data(data_dir: str, block_size: int, vocab_size: int
+               ) -> dict[str, data.TokenWindows]:
+  """The token windows of each split; every process stops where one cannot read its files or
+  the processes read different ones (hosts with copies of their own: one cut short, one made
+  apart), which would train on windows some read twice and others never."""
+  sources = sharding.agreed("reading the token files", data.open_splits, data_dir, block_size,
+                            vocab_size)
+  windows = {split: len(source) for split, source in sources.items()}
+  counts = ", ".join(f"{n:,} {split}" for split, n in windows.items())
+  sharding.check_same(windows, f"the processes read different token files in {data_dir} (their "
+                      f"{{keys}} windows differ; {counts} windows on process "
+                      f"{jax.process_index()}): "
+                      "give every host the same copy")
+  return sources
 
 
 def _compile_step(setup: train_step.TrainSetup, layout: sharding.BatchLayout,

@@ -6,6 +6,7 @@ distributed runtime must be set before jax starts:
   python tests/sharded_run.py --devices=8 --out=DIR --data=DIR --overrides='{"sharding": "fsdp"}'
   python tests/sharded_run.py --process_id=0 --num_processes=2 --coordinator=localhost:PORT ...
   python tests/sharded_run.py ... --full_disk_from_iter=5  # metrics writes fail from iter 5
+  python tests/sharded_run.py ... --cwd=DIR --data=data  # a host's own copy of the data
 """
 
 import argparse
@@ -23,6 +24,7 @@ parser.add_argument("--coordinator", default="")
 parser.add_argument("--out", required=True)
 parser.add_argument("--data", required=True)
 parser.add_argument("--overrides", default="{}")
+parser.add_argument("--cwd", default="", help="the directory a relative --data is in")
 parser.add_argument("--full_disk_from_iter", type=int, default=-1,
                     help="metrics.jsonl writes fail from this iteration, as on a full disk")
 args = parser.parse_args()
@@ -47,6 +49,8 @@ if args.full_disk_from_iter >= 0:
 
   sinks.MetricsWriter.write = write_until_full
 sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+if args.cwd:
+  os.chdir(args.cwd)
 config = tiny_config(pathlib.Path(args.out), args.data, **json.loads(args.overrides))
 losses = train.train(config)
 

@@ -287,6 +287,29 @@ def test_two_processes_started_with_different_configs_stop_naming_the_keys(tmp_p
 
 
 @pytest.mark.slow
+def test_two_processes_whose_token_files_differ_or_fail_stop_together(tmp_path, token_dir):
+  """Hosts with copies of their own: one whose val shard is missing left the other waiting
+  300 s and both aborted; one with a shard more trained with the other, without a word."""
+  for host in ("host0", "host1"):  # one data_dir, "data", that is each host's own copy
+    shutil.copytree(token_dir, tmp_path / host / "data")
+  os.remove(tmp_path / "host1" / "data" / "syn_train_000001.bin")
+  hosts = ((f"--cwd={tmp_path / 'host0'}",), (f"--cwd={tmp_path / 'host1'}",))
+  done = run_two(str(tmp_path / "multi"), "data", timeout=240, own_flags=hosts, **RUN)
+  assert [d.returncode for d in done] == [1, 1]
+  for d, counts in zip(done, ("311 train, 62 val windows on process 0",
+                              "187 train, 62 val windows on process 1")):
+    assert ("the processes read different token files in data (their train windows differ; "
+            f"{counts}): give every host the same copy") in d.stderr, d.stderr[-2000:]
+  os.remove(tmp_path / "host1" / "data" / "syn_val_000000.bin")
+  done = run_two(str(tmp_path / "multi"), "data", timeout=240, own_flags=hosts, **RUN)
+  assert [d.returncode for d in done] == [1, 1]
+  assert "reading the token files failed on process(es) [1], whose error says why" in (
+      done[0].stderr)
+  assert "data: no 'val' token files" in done[1].stderr
+  assert not os.path.exists(tmp_path / "multi" / "run" / "metrics.jsonl")
+
+
+@pytest.mark.slow
 def test_two_processes_with_unequal_devices_stop_as_they_join(tmp_path, token_dir):
   done = run_two(str(tmp_path / "multi"), token_dir, timeout=240,
                  own_flags=(("--devices=1",), ("--devices=2",)), **RUN)
