@@ -57,8 +57,9 @@ def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWi
 
   The windows are the first of a fixed-seed shuffle of the split; they are
   read in batches of the layout's global batch, and those left over (a
-  layout other than the one the run started with) in one more batch that
-  every device computes whole.
+  layout other than the one the run started with) in batches of a device's
+  micro-batch that every device computes whole (one of up to the global batch
+  would not fit a device on many).
   """
   full, rest = divmod(n_windows, layout.global_batch)
   losses = {}
@@ -73,8 +74,9 @@ def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWi
       losses[split] = float(total) / full  # one host sync per split
       continue
     tail = data.stream_windows(source, split_seed, full * layout.global_batch, n_windows)
-    tail_loss = eval_step(params, layout.replicated(tail))
-    losses[split] = (float(total) * layout.global_batch + float(tail_loss) * rest) / n_windows
+    tail_sum = sum(float(eval_step(params, layout.replicated(tail[i:i + layout.batch_size])))
+                   * len(tail[i:i + layout.batch_size]) for i in range(0, rest, layout.batch_size))
+    losses[split] = (float(total) * layout.global_batch + tail_sum) / n_windows
   return losses
 
 

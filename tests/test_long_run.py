@@ -171,6 +171,16 @@ def test_val_losses_of_leftover_windows_weigh_as_the_rest(tmp_path, token_dir):
   assert train.val_losses(step, params, val, 8, config.seed, layout(3))["val"] == pytest.approx(
       whole, rel=1e-6)
 
+  class FourDevices(sharding.BatchLayout):  # a global batch of 4 micro-batches
+    global_batch = local_batch = property(lambda self: 4 * self.batch_size)
+
+  rows = []
+  counted = lambda params, batch: rows.append(len(batch)) or step(params, batch)
+  many = FourDevices(sharding.make_mesh(), 1, 2, config.block_size)
+  assert train.val_losses(counted, params, val, 15, config.seed, many)["val"] == pytest.approx(
+      train.val_losses(step, params, val, 15, config.seed, layout(15))["val"], rel=1e-6)
+  assert rows == [8, 2, 2, 2, 1]  # 7 left over: no device computes more than its micro-batch
+
 
 @pytest.mark.slow
 def test_a_stop_that_lands_before_the_final_evaluation_gets_it_done_on_resume(
