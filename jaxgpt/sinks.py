@@ -86,7 +86,8 @@ class WandbSink:
   the step W&B resumes at: W&B takes no step at or below its last, so the
   iterations a resume redoes are not sent again, and neither is the train
   record of the iteration W&B ended on (a finished run's last evaluation,
-  continued with a larger max_iters); metrics.jsonl has every one.
+  continued with a larger max_iters); metrics.jsonl has every one. The kept
+  records from that step on (those a kill kept from W&B) are sent first.
   """
 
   def __init__(self, wandb: types.ModuleType, *, project: str, name: str,
@@ -232,5 +233,7 @@ def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
                                  kept=None if resumed_at is None else rundir.records()))
   if libraries.wandb_run is not None:
     rundir.write_wandb_run_id(libraries.wandb_run.run_id)
+    for record in rundir.records() if resumed_at is not None else ():
+      libraries.wandb_run.write(record)  # what a kill kept from W&B: those from its step on
     sinks.append(libraries.wandb_run)
   return Sinks(sinks)

@@ -202,6 +202,24 @@ def test_a_resume_logs_to_the_same_wandb_run_and_sends_no_step_twice(tmp_path, t
   assert (tmp_path / "run" / "wandb_run_id").read_text() == "run1\n"
 
 
+def test_a_resume_sends_wandb_the_kept_records_a_kill_kept_from_it(tmp_path, token_dir,
+                                                                   monkeypatch):
+  """Killed after the evaluation at 2 reached metrics.jsonl but not W&B: the resume from
+  checkpoint 2 sent W&B nothing of step 2's evaluation, a hole in its curves for good."""
+  fake = FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, wandb_log=True)
+  train.train(config)
+  shutil.rmtree(os.path.join(config.out_dir, "checkpoints", "4"))
+  fake.last_step["run1"] = 1  # W&B had steps 0 and 1 when the run was killed
+  del fake.calls[:]
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, wandb_log=True,
+                          init_from="resume"))
+  logged = [(call[2], sorted(call[1])[0].split("/")[0]) for call in fake.calls
+            if call[0] == "log"]
+  assert logged == [(2, "eval"), (2, "train"), (3, "train"), (4, "eval")]
+
+
 def test_a_run_that_fails_is_marked_failed_in_wandb(tmp_path, token_dir, monkeypatch):
   fake = FakeWandb()
   monkeypatch.setitem(sys.modules, "wandb", fake)
