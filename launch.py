@@ -32,7 +32,7 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   losses."""
   defaults.validate(config)
   train.check_start(config)  # before hours of data prep, a download or a weights load
-  if config.eval_tasks:  # a missing task file, said before hours of data prep or a download
+  if config.eval_tasks:  # a task file missing or unreadable, said before hours of data prep
     from jaxgpt.evals import tasks
     tasks.check_files(config.eval_tasks, config.hellaswag_file, config.eval_tasks_limit)
   # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.

@@ -74,8 +74,8 @@ def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWi
       losses[split] = float(total) / full  # one host sync per split
       continue
     tail = data.stream_windows(source, split_seed, full * layout.global_batch, n_windows)
-    tail_sum = sum(float(eval_step(params, layout.replicated(tail[i:i + layout.batch_size])))
-                   * len(tail[i:i + layout.batch_size]) for i in range(0, rest, layout.batch_size))
+    chunks = [tail[i:i + layout.batch_size] for i in range(0, rest, layout.batch_size)]
+    tail_sum = sum(float(eval_step(params, layout.replicated(c))) * len(c) for c in chunks)
     losses[split] = (float(total) * layout.global_batch + tail_sum) / n_windows
   return losses
 
@@ -456,10 +456,9 @@ def _open_data(data_dir: str, block_size: int, vocab_size: int
                             vocab_size)
   windows = {split: len(source) for split, source in sources.items()}
   counts = ", ".join(f"{n:,} {split}" for split, n in windows.items())
-  sharding.check_same(windows, f"the processes read different token files in {data_dir} (their "
-                      f"{{keys}} windows differ; {counts} windows on process "
-                      f"{jax.process_index()}): "
-                      "give every host the same copy")
+  sharding.check_same(windows, f"the processes read different token files in {data_dir} "
+                      f"(their {{keys}} windows differ; {counts} windows on process "
+                      f"{jax.process_index()}): give every host the same copy")
   return sources
 
 
