@@ -215,7 +215,7 @@ def test_a_resume_sends_wandb_the_kept_records_a_kill_kept_from_it(tmp_path, tok
   del fake.calls[:]
   train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, wandb_log=True,
                           init_from="resume"))
-  logged = [(call[2], sorted(call[1])[0].split("/")[0]) for call in fake.calls
+  logged = [(call[2], min(call[1]).split("/")[0]) for call in fake.calls
             if call[0] == "log"]
   assert logged == [(2, "eval"), (2, "train"), (3, "train"), (4, "eval")]
 
