@@ -104,6 +104,15 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
   (tmp_path / "text.pt").write_text("not a checkpoint")
   with pytest.raises(UserError, match="text.pt: not a PyTorch checkpoint"):
     nanogpt.read(str(tmp_path / "text.pt"))
+  # Text torch.load's legacy reader fails on with KeyError or IndexError (were tracebacks), or
+  # whose refusal was torch's page of advice cut at 300 characters.
+  for text, said in (("hi\n", "KeyError: 105"), ("ROMEO:\n", "IndexError: pop from empty list"),
+                     ("# A title\n", "Unsupported operand 35")):
+    (tmp_path / "notes.txt").write_text(text)
+    with pytest.raises(UserError) as e:
+      nanogpt.read(str(tmp_path / "notes.txt"))
+    assert str(e.value) == (f"{tmp_path / 'notes.txt'}: not a PyTorch checkpoint torch.load can "
+                            f"read ({said})")
   # A fork's numpy value in its config: torch's page of advice comes down to the object.
   torch.save({"model": {}, "model_args": {}, "config": {"lr": np.float64(6e-4)}},
              str(tmp_path / "numpy.pt"))

@@ -45,14 +45,14 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
   except pickle.UnpicklingError as e:  # torch's page of advice names the object it refused
     refused = re.search(r"GLOBAL (\S+)", str(e))
     if refused is None:  # bytes that are no pickle, say ("Unsupported operand 110")
-      said = re.search(r"WeightsUnpickler error: (.+)", str(e))
+      said = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
       raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read "
                       f"({said.group(1) if said else first_line(e)})") from None
     raise UserError(f"{path}: holds {refused.group(1)}, which is not unpickled (it could run "
                     "code): nanoGPT's train.py saves tensors and plain values only") from None
-  except (RuntimeError, ValueError, EOFError, OSError) as e:
+  except Exception as e:  # noqa: BLE001 - other bytes fail torch.load in many ways (KeyError)
     raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read "
-                    f"({first_line(e)})") from None
+                    f"({type(e).__name__}: {first_line(e)})") from None
   if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model_args"), dict)
           and isinstance(ckpt.get("model"), dict)):
     raise UserError(f"{path}: not a nanoGPT checkpoint (no 'model_args' and 'model' dicts, "
