@@ -137,8 +137,9 @@ def test_a_prompt_token_the_model_has_no_row_for_is_refused():
 @pytest.mark.parametrize("settings,message", [
     ({"top_p": 0.0}, r"top_p=0.0: must be in \(0, 1\]"),
     ({"top_p": 1.5}, r"top_p=1.5: must be in \(0, 1\]"),
-    ({"temperature": -0.5}, r"temperature=-0.5: must be >= 0 and finite \(0 is greedy"),
+    ({"temperature": -0.5}, r"temperature=-0.5: must be >= 0 and finite in float32 \(0 is greedy"),
     ({"temperature": float("inf")}, r"temperature=inf: must be >= 0 and finite"),
+    ({"temperature": 1e39}, r"temperature=1e\+39: must be >= 0 and finite in float32"),
     ({"max_new_tokens": 3_000_000_000}, r"max_new_tokens=3000000000: must be in \[1, 1,000,000\]"),
     ({"temperature": 1e-39}, r"temperature=1e-39: below 1e-30 the float32 logits divided"),
     ({"top_k": -3}, r"top_k=-3: must be positive"),

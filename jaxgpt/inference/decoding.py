@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
@@ -87,9 +86,11 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
   `sample` calls it before loading weights, so a bad flag costs no load."""
   if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
     raise UserError(f"max_new_tokens={max_new_tokens}: must be in [1, {MAX_NEW_TOKENS:,}]")
-  if not 0.0 <= temperature < math.inf:  # inf: every logit 0, top_k and top_p keep every token
-    raise UserError(f"temperature={temperature}: must be >= 0 and finite (0 is greedy, 1 as "
-                    "trained)")
+  # Over float32's largest (inf too) it is inf on the device: every logit 0, so top_k and top_p
+  # keep every token.
+  if not 0.0 <= temperature <= np.finfo(np.float32).max:
+    raise UserError(f"temperature={temperature}: must be >= 0 and finite in float32 (0 is "
+                    "greedy, 1 as trained)")
   if 0.0 < temperature < MIN_TEMPERATURE:  # every logit over it is +-inf: token 0 each time
     raise UserError(f"temperature={temperature}: below {MIN_TEMPERATURE:g} the float32 logits "
                     "divided by it overflow; 0 samples greedily")
