@@ -152,6 +152,9 @@ def _not_loaded(last_line: str) -> str:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+  if sum(a == "--config" or a.startswith("--config=") for a in argv) > 1:  # absl: the last wins
+    sys.exit("error: --config: given twice; a run reads one recipe (--config.KEY=VALUE sets "
+             "its keys)")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

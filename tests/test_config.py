@@ -35,6 +35,14 @@ def test_help_lists_every_config_key_with_its_default_and_exits_0():
   assert "\n/" not in r.stdout  # no section headed by a file's path
 
 
+@pytest.mark.parametrize("overrides", [(), ("--config.max_iters=3",)])
+def test_a_second_recipe_is_an_error(overrides):
+  """The second --config won without a word, or absl said a flag 'is defined twice'."""
+  r = launch("--config=configs/quickstart.py", "--config=configs/fineweb_40m.py", *overrides)
+  assert r.returncode == 1 and r.stderr == (
+      "error: --config: given twice; a run reads one recipe (--config.KEY=VALUE sets its keys)\n")
+
+
 def test_wrong_type_is_an_error_naming_the_key():
   r = launch("--config=configs/quickstart.py", "--config.max_iters=lots")
   assert r.returncode == 1 and r.stderr == "error: --config.max_iters=lots: not an integer\n"
