@@ -89,13 +89,11 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
   if not paths:
     raise UserError(f"{data_dir}: no '{split}' token files (.bin or .npy named {split}.bin, "
                     f"NAME_{split}_N.bin and the like)")
-  tokens = 0
   for path in paths:
-    shard = token_files.read_tokens(path)
-    token_files.check_vocab(path, shard, vocab_size)
-    tokens += shard.size
-  token_files.check_whole(data_dir, split, paths, tokens)
-  return TokenWindows(paths, block_size)
+    token_files.check_vocab(path, token_files.read_tokens(path), vocab_size)
+  windows = TokenWindows(paths, block_size)
+  token_files.check_whole(data_dir, split, paths, windows.n_tokens)
+  return windows
 
 
 def _end_with_parent(worker_index: int, worker_count: int) -> None:

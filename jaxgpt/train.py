@@ -454,11 +454,12 @@ def _open_data(data_dir: str, block_size: int, vocab_size: int
   apart), which would train on windows some read twice and others never."""
   sources = sharding.agreed("reading the token files", data.open_splits, data_dir, block_size,
                             vocab_size)
-  windows = {split: len(source) for split, source in sources.items()}
-  counts = ", ".join(f"{n:,} {split}" for split, n in windows.items())
-  sharding.check_same(windows, f"the processes read different token files in {data_dir} "
-                      f"(their {{keys}} windows differ; {counts} windows on process "
-                      f"{jax.process_index()}): give every host the same copy")
+  sizes = {split: (source.n_tokens, len(source)) for split, source in sources.items()}
+  here = ", ".join(f"{split} {tokens:,} tokens in {windows:,} windows"
+                   for split, (tokens, windows) in sizes.items())
+  sharding.check_same(sizes, f"the processes read different token files in {data_dir} (their "
+                      f"{{keys}} splits differ; on process {jax.process_index()}: {here}): give "
+                      "every host the same copy")
   return sources
 
 

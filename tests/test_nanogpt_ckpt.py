@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -106,13 +107,13 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
     nanogpt.read(str(tmp_path / "text.pt"))
   # Text torch.load's legacy reader fails on with KeyError or IndexError (were tracebacks), or
   # whose refusal was torch's page of advice cut at 300 characters.
-  for text, said in (("hi\n", "KeyError: 105"), ("ROMEO:\n", "IndexError: pop from empty list"),
-                     ("# A title\n", "Unsupported operand 35")):
+  for text in ("hi\n", "ROMEO:\n", "# A title\n", ""):  # torch 2.13: KeyError, IndexError, ...
     (tmp_path / "notes.txt").write_text(text)
     with pytest.raises(UserError) as e:
       nanogpt.read(str(tmp_path / "notes.txt"))
-    assert str(e.value) == (f"{tmp_path / 'notes.txt'}: not a PyTorch checkpoint torch.load can "
-                            f"read ({said})")
+    assert re.fullmatch(rf"{tmp_path / 'notes.txt'}: not a PyTorch checkpoint torch.load can "
+                        r"read \(\w[^\n]*\w\)", str(e.value)), str(e.value)
+    assert "weights_only" not in str(e.value)  # torch's page of advice, cut short
   # A fork's numpy value in its config: torch's page of advice comes down to the object.
   torch.save({"model": {}, "model_args": {}, "config": {"lr": np.float64(6e-4)}},
              str(tmp_path / "numpy.pt"))

@@ -376,6 +376,9 @@ def test_jax_s_share_of_a_gpu_is_read_as_jaxlib_reads_it(monkeypatch):
     monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", share)
     with pytest.raises(UserError, match=rf"XLA_CLIENT_MEM_FRACTION={share}: a share of the "):
       memory.mem_fraction()
+  monkeypatch.setenv("TF_FORCE_UNIFIED_MEMORY", "1")  # a GPU's memory spills into the host's
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "2")
+  assert memory.mem_fraction() == 2
 
 
 @pytest.mark.parametrize("rate", ["--train_tokens=1M", "--tokens_per_sec=1000"])

@@ -296,10 +296,11 @@ def test_two_processes_whose_token_files_differ_or_fail_stop_together(tmp_path, 
   hosts = ((f"--cwd={tmp_path / 'host0'}",), (f"--cwd={tmp_path / 'host1'}",))
   done = run_two(str(tmp_path / "multi"), "data", timeout=240, own_flags=hosts, **RUN)
   assert [d.returncode for d in done] == [1, 1]
-  for d, counts in zip(done, ("311 train, 62 val windows on process 0",
-                              "187 train, 62 val windows on process 1")):
-    assert ("the processes read different token files in data (their train windows differ; "
-            f"{counts}): give every host the same copy") in d.stderr, d.stderr[-2000:]
+  for d, here in zip(done, ("0: train 5,000 tokens in 311 windows, val 1,000 tokens in 62",
+                            "1: train 3,000 tokens in 187 windows, val 1,000 tokens in 62")):
+    assert ("the processes read different token files in data (their train splits differ; on "
+            f"process {here} windows): give every host the same copy") in d.stderr, (
+                d.stderr[-2000:])
   os.remove(tmp_path / "host1" / "data" / "syn_val_000000.bin")
   done = run_two(str(tmp_path / "multi"), "data", timeout=240, own_flags=hosts, **RUN)
   assert [d.returncode for d in done] == [1, 1]

@@ -50,9 +50,11 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
                       f"({said.group(1) if said else first_line(e)})") from None
     raise UserError(f"{path}: holds {refused.group(1)}, which is not unpickled (it could run "
                     "code): nanoGPT's train.py saves tensors and plain values only") from None
+  except MemoryError:
+    raise
   except Exception as e:  # noqa: BLE001 - other bytes fail torch.load in many ways (KeyError)
-    raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read "
-                    f"({type(e).__name__}: {first_line(e)})") from None
+    why = ": ".join(filter(None, (type(e).__name__, first_line(e))))
+    raise UserError(f"{path}: not a PyTorch checkpoint torch.load can read ({why})") from None
   if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model_args"), dict)
           and isinstance(ckpt.get("model"), dict)):
     raise UserError(f"{path}: not a nanoGPT checkpoint (no 'model_args' and 'model' dicts, "

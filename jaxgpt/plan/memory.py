@@ -57,8 +57,9 @@ def mem_fraction() -> float:
     fraction = float(os.environ[name])
   except ValueError:
     raise UserError(f"{name}={os.environ[name]!r} is not a number") from None
-  if not 0 < fraction <= 1:
-    raise UserError(f"{name}={os.environ[name]}: a share of the card's memory, in (0, 1]")
+  if fraction <= 0 or fraction > 1 and not os.environ.get("TF_FORCE_UNIFIED_MEMORY"):
+    raise UserError(f"{name}={os.environ[name]}: a share of the card's memory, in (0, 1] "
+                    "(more with TF_FORCE_UNIFIED_MEMORY=1, which spills into host memory)")
   return fraction
 
 
