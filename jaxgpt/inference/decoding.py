@@ -88,7 +88,7 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
     raise UserError(f"max_new_tokens={max_new_tokens}: must be in [1, {MAX_NEW_TOKENS:,}]")
   # Over float32's largest (inf too) it is inf on the device: every logit 0, so top_k and top_p
   # keep every token.
-  if not 0.0 <= temperature <= np.finfo(np.float32).max:
+  if not 0.0 <= temperature <= float(np.finfo(np.float32).max):
     raise UserError(f"temperature={temperature}: must be >= 0 and finite in float32 (0 is "
                     "greedy, 1 as trained)")
   if 0.0 < temperature < MIN_TEMPERATURE:  # every logit over it is +-inf: token 0 each time
