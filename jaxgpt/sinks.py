@@ -224,16 +224,16 @@ def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
 
   Only one process of a multi-host run writes; the loop gives the others no
   sinks. A resume (at iteration `resumed_at`) opens them after
-  `RunDir.keep_metrics_until`, so TensorBoard keeps what metrics.jsonl kept.
+  `RunDir.keep_metrics_until`, so TensorBoard and W&B get what metrics.jsonl kept.
   """
   sinks: list[Sink] = [MetricsWriter(rundir.metrics_path),
                        ProgressBar(c.max_iters, resumed_at or 0)]
+  kept = None if resumed_at is None else rundir.records()
   if libraries.tensorboardx is not None:
-    sinks.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir,
-                                 kept=None if resumed_at is None else rundir.records()))
+    sinks.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir, kept=kept))
   if libraries.wandb_run is not None:
     rundir.write_wandb_run_id(libraries.wandb_run.run_id)
-    for record in rundir.records() if resumed_at is not None else ():
+    for record in kept or ():
       libraries.wandb_run.write(record)  # what a kill kept from W&B: those from its step on
     sinks.append(libraries.wandb_run)
   return Sinks(sinks)
