@@ -200,6 +200,31 @@ def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
           ) in r.stdout
 
 
+def test_a_rate_measured_for_another_step_is_not_used(tmp_path):
+  from jaxgpt.plan import __main__ as plan_cli
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  config = recipe("fineweb_40m")
+  rundir.write_config(config)
+  with open(rundir.metrics_path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps({"event": "train", "iter": it, "tokens": (it + 1) * 524_288,
+                             "tokens_per_sec": 100_000.0}) + "\n" for it in (0, 10, 20))
+  step = {k: config[k] for k in plan_cli._STEP_KEYS}
+  assert plan_cli._measured(rundir.out_dir, step, 1)[0] == 100_000.0
+  for key, value in (("n_layer", 24), ("batch_size", 32), ("dtype", "float32"),
+                     ("sharding", "fsdp")):
+    assert config[key] != value
+    tok_s, why = plan_cli._measured(rundir.out_dir, {**step, key: value}, 1)
+    assert tok_s is None
+    assert why == (f"the run measured in {rundir.metrics_path} ran another step: "
+                   f"{key}={config[key]!r} there, {value!r} here")
+  device = types.SimpleNamespace(tokens_per_sec=0.0, device="H100", peak_flops=0.0, mfu=0.5)
+  tok_s, source = plan_cli._throughput(device, rundir.out_dir, 0.0, 1e9, 1,
+                                       {**step, "n_layer": 24})
+  assert tok_s == 989.5e12 * 0.5 / 1e9
+  assert source.endswith("not a measurement; the run measured in "
+                         f"{rundir.metrics_path} ran another step: n_layer=12 there, 24 here)")
+
+
 def test_the_verdict_weighs_epochs():
   config = recipe("fineweb_40m")  # 524,288 tokens per iteration
   verdict = lambda candidates, train_tokens: iters.verdict(
@@ -252,10 +277,10 @@ def test_a_device_s_peak_is_the_flag_s_then_the_config_s_then_the_table_s(tmp_pa
                                                      peak_flops=peak, mfu=0.5)
   for device, flag, peak in (("Mystery GPU", 0.0, 5e14), ("H100", 0.0, 5e14),
                              ("H100", 2e14, 2e14)):
-    tok_s, source = plan_cli._throughput(given(device, flag), out_dir, 5e14, 1e9, n_devices=1)
+    tok_s, source = plan_cli._throughput(given(device, flag), out_dir, 5e14, 1e9, 1, {})
     assert tok_s == peak * 0.5 / 1e9 and f"of {peak / 1e12:,.0f} TFLOP/s" in source
   with pytest.raises(UserError, match="'Mystery GPU': its peak FLOP/s is not in the table"):
-    plan_cli._throughput(given("Mystery GPU", 0.0), out_dir, 0.0, 1e9, n_devices=1)
+    plan_cli._throughput(given("Mystery GPU", 0.0), out_dir, 0.0, 1e9, 1, {})
 
 
 def test_counts_parse_as_people_write_them():

@@ -13,17 +13,25 @@ the same tokens per iteration fits when it does not (memory.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
+from typing import Any
 
 import jax
 from absl import flags
 from ml_collections import config_flags
 
-from jaxgpt import cli, data, defaults, formatting, report, run_dir, summary, train_step
+from jaxgpt import (cli, data, defaults, formatting, model, report, run_dir, summary,
+                    train_step)
 from jaxgpt.errors import UserError
 from jaxgpt.plan import iters, memory, targets
+
+
+# What sets one device's speed: a rate measured with other values is not this run's.
+_STEP_KEYS = (*(field.name for field in dataclasses.fields(model.GPTConfig)), "batch_size",
+              "sharding")
 
 
 def _define_flags() -> None:
@@ -59,18 +67,15 @@ def _define_flags() -> None:
 
 
 def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
-                flops_per_token: float, n_devices: int) -> tuple[float | None, str]:
+                flops_per_token: float, n_devices: int, step: dict[str, Any]
+                ) -> tuple[float | None, str]:
   """tokens/s for the time column, and where it comes from; --device's peak is --peak_flops,
   else the config's peak_flops (as the run's MFU takes it), else the table's."""
   if f.tokens_per_sec:
     return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
-  rundir = run_dir.RunDir(out_dir)
-  if os.path.isfile(rundir.metrics_path):
-    train_records = rundir.read_metrics()["train"]
-    measured = report.median_throughput(train_records)["tokens_per_sec"]
-    if measured:
-      return _scaled(measured, iters.measured_devices(rundir.read_config(), train_records),
-                     n_devices, rundir.metrics_path)
+  tok_s, measured = _measured(out_dir, step, n_devices)
+  if tok_s:
+    return tok_s, measured
   if f.device:
     card = targets.card(f.device)
     peak = f.peak_flops or config_peak_flops or (card.peak_flops if card else None)
@@ -80,9 +85,30 @@ def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
     tok_s = peak * f.mfu * n_devices / flops_per_token
     return tok_s, (f"{tok_s:,.0f} tok/s, estimated for {n_devices} x {f.device} at "
                    f"{f.mfu:.0%} MFU of {peak / 1e12:,.0f} TFLOP/s (an assumption, not a "
-                   "measurement)")
-  return None, (f"unknown (none measured in {rundir.metrics_path}; --tokens_per_sec or --device "
-                "sets it)")
+                   f"measurement; {measured})")
+  return None, f"unknown ({measured}; --tokens_per_sec or --device sets it)"
+
+
+def _measured(out_dir: str, step: dict[str, Any], n_devices: int) -> tuple[float | None, str]:
+  """The median tokens/s of the run in out_dir, for n_devices, and where it comes from; None,
+  and why, where none was measured or that run's step differs from `step`, whose keys (the
+  model, each device's micro-batch, the sharding) set the speed of one device."""
+  rundir = run_dir.RunDir(out_dir)
+  if not os.path.isfile(rundir.metrics_path):
+    return None, f"none measured in {rundir.metrics_path}"
+  ran = rundir.read_config()
+  if ran is not None:
+    ran = defaults.with_defaults(ran)
+    changed = [f"{k}={ran[k]!r} there, {v!r} here" for k, v in step.items() if ran[k] != v]
+    if changed:
+      return None, (f"the run measured in {rundir.metrics_path} ran another step: "
+                    f"{', '.join(changed)}")
+  train_records = rundir.read_metrics()["train"]
+  measured = report.median_throughput(train_records)["tokens_per_sec"]
+  if not measured:
+    return None, f"none measured in {rundir.metrics_path}"
+  return _scaled(measured, iters.measured_devices(ran, train_records), n_devices,
+                 rundir.metrics_path)
 
 
 def _scaled(measured: float, ran_on: int | None, n_devices: int, metrics_path: str
@@ -127,8 +153,9 @@ def main() -> None:
     counted_in = data.resolve_data_dir(config.dataset, config.data_dir)
     train_tokens = iters.count_train_tokens(counted_in)
   s = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
+  step = {k: config[k] for k in _STEP_KEYS}
   tokens_per_sec, source = _throughput(f, config.out_dir, config.peak_flops, s.flops_per_token,
-                                       n_devices)  # an unknown --device, said before the table
+                                       n_devices, step)  # an unknown --device, said before the table
   print(f"{config_path}: {formatting.count(s.n_params)} parameters (nanoGPT's count; "
         f"{formatting.count(s.n_params_total)} in all), {s.tokens_per_iter:,} tokens per "
         "iteration")
