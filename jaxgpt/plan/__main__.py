@@ -23,11 +23,9 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from jaxgpt import (cli, data, defaults, formatting, model, report, run_dir, summary,
-                    train_step)
+from jaxgpt import cli, data, defaults, formatting, model, report, run_dir, summary, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.plan import iters, memory, targets
-
 
 # What sets one device's speed: a rate measured with other values is not this run's.
 _STEP_KEYS = (*(field.name for field in dataclasses.fields(model.GPTConfig)), "batch_size",
