@@ -153,6 +153,24 @@ def test_jsonl_and_txt_files(tmp_path):
   assert_dataset(str(tmp_path / "out"), docs)
 
 
+def test_a_flag_no_input_reads_is_refused(tmp_path):
+  """--separator on jsonl alone, or --text_field on txt alone, did nothing, yet meta.json
+  recorded it as part of the command; given to inputs of both kinds, each finds its files."""
+  (tmp_path / "a.jsonl").write_text(
+      "".join(json.dumps({"body": t}) + "\n" for t in TEXTS[:30]), encoding="utf-8")
+  (tmp_path / "b.txt").write_text("@@".join(TEXTS[30:50]), encoding="utf-8")
+  jsonl, txt = str(tmp_path / "a.jsonl"), str(tmp_path / "b.txt")
+  with pytest.raises(UserError, match=r"^--separator='@@' splits .txt files, and --input "
+                     "matches none"):
+    run([jsonl], tmp_path / "o1", text_field="body", separator="@@")
+  with pytest.raises(UserError, match=r"^--text_field=body names the text of parquet and jsonl "
+                     "files, and --input matches only .txt files$"):
+    run([txt], tmp_path / "o2", text_field="body", separator="@@")
+  assert not os.path.exists(tmp_path / "o1") and not os.path.exists(tmp_path / "o2")
+  meta = run([jsonl, txt], tmp_path / "o3", text_field="body", separator="@@")
+  assert sum(split["documents"] for split in meta["splits"].values()) == 50
+
+
 def test_null_ids_lone_surrogates_and_a_dot_named_out(tmp_path):
   """A null id names the document by its line (not all "None", one split); half an emoji
   tokenizes as tiktoken reads it; an out named .x still gives shards the trainer sees."""
