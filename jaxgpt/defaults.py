@@ -44,6 +44,8 @@ MODERN = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp_act": "rel
 
 GPT2_VOCAB = 50257  # GPT-2's BPE ids, what `prepare` writes; tokenizer.py builds the BPE
 MAX_PREFETCH = 64  # data_prefetch: 20,000 started as many threads and buffered 20 GB at 124M
+MAX_DATA_WORKERS = 64  # processes of ~250 MB each: 200 would fill a host before the first step
+MAX_SOFTCAP = 1e4  # tanh is the identity in float32 above it; from ~1e37 logits / cap flush to 0
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -255,8 +257,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "in; it rounds to 1.0 there")
   for key in ("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup_iters"):
     check(c[key] < 2**31, key, "must be below 2**31: the step counts iterations in int32")
-  check(c.logit_softcap == 0 or c.logit_softcap >= 1, "logit_softcap",
-        "must be 0 (no soft-cap) or >= 1: a cap below 1 holds every logit within it")
+  check(c.logit_softcap == 0 or 1 <= c.logit_softcap <= MAX_SOFTCAP, "logit_softcap",
+        f"must be 0 (no soft-cap) or in [1, {MAX_SOFTCAP:g}]: a cap below 1 holds every logit "
+        "within it, and above it tanh(logits / cap) * cap is the logits themselves")
+  check(c.data_workers <= MAX_DATA_WORKERS, "data_workers", f"must be in [0, {MAX_DATA_WORKERS}]"
+        ": processes of their own (~250 MB each); a few keep the step fed")
   check(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
   check(1 <= c.data_prefetch <= MAX_PREFETCH, "data_prefetch", f"must be in [1, {MAX_PREFETCH}]: "
         "batches read ahead (a thread each); a few keep the step fed, more only hold memory")

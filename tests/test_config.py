@@ -128,8 +128,10 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     # An OverflowError in the step, after data prep, passing the schedule's lengths in int32:
     ("max_iters", 3_000_000_000, "must be below 2**31"),
     ("muon_momentum_warmup_iters", 3_000_000_000, "must be below 2**31"),
-    ("logit_softcap", 1e-50, "must be 0 (no soft-cap) or >= 1"),  # 0 in float32: a NaN loss
-    ("logit_softcap", 0.5, "must be 0 (no soft-cap) or >= 1"),  # trained at grad norm 0
+    ("logit_softcap", 1e-50, "must be 0 (no soft-cap) or in [1, 10000]"),  # 0 in float32: NaN
+    ("logit_softcap", 0.5, "must be 0 (no soft-cap) or in [1, 10000]"),  # trained at grad norm 0
+    ("logit_softcap", 1e38, "must be 0 (no soft-cap) or in [1, 10000]"),  # logits / cap: all 0
+    ("data_workers", 200, "must be in [0, 64]: processes of their own"),  # ~50 GB of workers
     ("sample_tokens", -5, "must be >= 0"),  # was no sample, silently
     ("data_prefetch", 0, "must be in [1, 64]"),
     ("data_prefetch", 20000, "must be in [1, 64]: batches read ahead"),  # 20 GB at 124M
