@@ -171,7 +171,8 @@ def test_plan_cli_prints_the_plan_a_separate_compile_gives():
                  XLA_CLIENT_MEM_FRACTION="0.75")
   assert r.returncode == 0, r.stderr[-3000:]
   line = next(x for x in r.stdout.splitlines() if x.startswith("memory: compiled for"))
-  assert "NVIDIA GeForce RTX 4070 (sm_89; cudnn attention; 16 x 1024" in line
+  # the layout as the launch summary says it (32 accum x 16 batch x 1 device(s) x 1024 block)
+  assert "NVIDIA GeForce RTX 4070 (sm_89; cudnn attention; 32 accum x 16 batch x 1024 block" in line
   printed = float(re.search(r"XLA plans ([\d.]+) GiB", line)[1])
   p = memory.gpu_plan(step_of(recipe("fineweb_40m")), targets.target("RTX 4070"), fraction=0.75)
   assert printed == pytest.approx(p.need.total / GiB, rel=0.03)

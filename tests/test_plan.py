@@ -310,6 +310,8 @@ def test_without_the_cuda_plugin_the_cpu_estimate_is_labelled_and_the_plugin_nam
   config = tiny_config(tmp_path, "")
   lines = memory.cpu_report(step_of(config), memory_gib=12, device="RTX 4070")
   assert lines[0].startswith("memory: an estimate from the step compiled for this machine's CPU")
+  assert f"GiB for micro-batches of {config.batch_size} batch x {config.block_size} block" \
+      in lines[0]
   assert "JAX will have 9.00 GiB (75% of 12 GiB): fits by this estimate" in lines[1]
   assert "pip install -e '.[cuda12]'" in lines[-1]
 

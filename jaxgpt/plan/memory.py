@@ -119,9 +119,9 @@ def gpu_report(step: train_step.StepConfig, t: targets.Target, n_devices: int = 
   p = gpu_plan(step, t, n_devices)
   where = f"{n_devices} x {t.device_kind}" if n_devices > 1 else t.device_kind
   lines = [
-      (f"memory: compiled for {where} ({t.arch}; {kernel} attention; {step.batch_size} x "
-       f"{m.block_size} micro-batches x {step.gradient_accumulation_steps}, remat "
-       f"{m.remat}): XLA plans {p.need.total / GiB:.2f} GiB per device (params, "
+      (f"memory: compiled for {where} ({t.arch}; {kernel} attention; "
+       f"{step.gradient_accumulation_steps} accum x {step.batch_size} batch x {m.block_size} "
+       f"block, remat {m.remat}): XLA plans {p.need.total / GiB:.2f} GiB per device (params, "
        f"optimizer state and batch {p.need.arguments / GiB:.2f} GiB, temporaries "
        f"{p.need.temporaries / GiB:.2f} GiB); JAX will have {p.budget / GiB:.2f} GiB "
        f"({p.budget / t.memory_bytes:.0%} of {t.memory_bytes / GiB:g} GiB; "
@@ -188,8 +188,9 @@ def cpu_estimate(step: train_step.StepConfig) -> dict[str, int]:
 
 
 # The most the CPU estimate has overstated XLA's plan for a card, on the same step
-# (docs/benchmarks.md, "Will it fit"): fineweb_40m at 32 x 16, 19.5 GiB against 8.43 planned
-# for the RTX 4070 (with recomputation) and 9.39 used on an H200; at 16 x 32, 11.3 against 6.77.
+# (docs/benchmarks.md, "Will it fit"): fineweb_40m at batch 32 x accum 16, 19.5 GiB against 8.43
+# planned for the RTX 4070 (with recomputation) and 9.39 used on an H200; at its own batch 16 x
+# accum 32, 11.3 against 6.77.
 CPU_OVERSTATES = 19.5 / 8.43
 
 
@@ -205,8 +206,8 @@ def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_de
   budget = mem_fraction() * memory_gib * GiB
   lines = [
       (f"memory: an estimate from the step compiled for this machine's CPU, not the card's "
-       f"plan: about {figure / GiB:.1f} GiB for {step.batch_size} x {m.block_size} "
-       "micro-batches" + (" (without the T x T attention scores cuDNN's attention never "
+       f"plan: about {figure / GiB:.1f} GiB for micro-batches of {step.batch_size} batch x "
+       f"{m.block_size} block" + (" (without the T x T attention scores cuDNN's attention never "
                           f"keeps; {estimate['needed'] / GiB:.1f} GiB with them)"
                           if flash else "")),
       (f"memory: JAX will have {budget / GiB:.2f} GiB ({mem_fraction():.0%} of {memory_gib:g} "
