@@ -84,3 +84,33 @@ def test_adamw_first_step_and_clipping():
     tx = make_optimizer(c)
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.1 * expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_each_update_is_taken_at_the_schedule_s_rate(optimizer):
+  """The rate the optimizer applies at iteration `it` is lr_schedule's (what the loop logs):
+  under a constant gradient Adam's step is lr * g / (|g| + eps), and Muon's is its rate times
+  the same orthogonalised matrix each time."""
+  c = schedule_config(optimizer=optimizer, learning_rate=0.1, min_lr=0.01, warmup_iters=3,
+                      lr_decay_iters=10, weight_decay=0.0, grad_clip=0.0, muon_learning_rate=2.0,
+                      muon_momentum_warmup_iters=0)
+  params = {"wte": {"embedding": jnp.ones((4, 2))}, "h_0": {"c_fc": {"kernel": jnp.ones((2, 3))}}}
+  grads = {"wte": {"embedding": jnp.ones((4, 2))},
+           "h_0": {"c_fc": {"kernel": jnp.arange(1.0, 7.0).reshape(2, 3)}}}
+  tx = make_optimizer(c)
+  state = tx.init(params)
+  adam, matrix = [], []
+  for _ in range(14):
+    updates, state = tx.update(grads, state, params)
+    adam.append(float(updates["wte"]["embedding"][0, 0]))
+    matrix.append(np.asarray(updates["h_0"]["c_fc"]["kernel"]))
+  rates = [float(lr_schedule(c)(it)) for it in range(14)]
+  assert rates[0] == pytest.approx(0.1 / 4) and rates[12] == pytest.approx(0.01)
+  np.testing.assert_allclose(adam, [-r for r in rates], rtol=1e-6)
+  if optimizer == "adamw":
+    np.testing.assert_allclose(matrix, [-r * np.ones((2, 3)) for r in rates], rtol=1e-6)
+  else:  # the matrix group on Muon's own rate: 2.0 at the peak, scaled down with it
+    muon_rates = [float(lr_schedule(c, peak=2.0)(it)) for it in range(14)]
+    assert muon_rates == pytest.approx([20 * r for r in rates])
+    np.testing.assert_allclose(matrix, [r / muon_rates[5] * matrix[5] for r in muon_rates],
+                               rtol=1e-4)
