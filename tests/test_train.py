@@ -71,19 +71,26 @@ def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
 
 
 @pytest.mark.slow
-def test_dropout_rng_differs_per_step_but_is_reproducible(tmp_path):
-  config = tiny_config(tmp_path, "", dropout=0.3)
-  batch = jnp.asarray(pattern_windows(8, config.block_size).reshape(2, 4, -1))
+def test_dropout_masks_differ_per_step_and_micro_batch_but_are_reproducible(tmp_path):
+  # At a rate of 0 the params never move: only the masks can change a loss.
+  config = tiny_config(tmp_path, "", dropout=0.3, learning_rate=0.0, min_lr=0.0)
+  one = jnp.asarray(pattern_windows(4, config.block_size)[None])  # one micro-batch of 4
   runs = []
   for _ in range(2):
     setup, state = build_state(config)
     step_fn = train_step.make_train_step(setup.model, setup.tx)
     losses = []
     for _ in range(3):
-      state, m = step_fn(state, batch)
+      state, m = step_fn(state, one)
       losses.append(float(m["loss"]))
     runs.append(losses)
   assert runs[0] == runs[1]
+  assert len(set(runs[0])) == 3  # each step its own masks
+  # Twice the same micro-batch: the same loss as once, unless the second has masks of its own.
+  setup, state = build_state(config)
+  step_fn = train_step.make_train_step(setup.model, setup.tx)
+  twice = step_fn(state, jnp.concatenate([one, one]))[1]["loss"]
+  assert float(twice) != runs[0][0]
 
 
 def count_compiles(fn) -> int:
