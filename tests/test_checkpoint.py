@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
+  TINY_VOCAB,
   build_state,
   checkpoint_steps,
   pattern_tokens,
@@ -36,10 +37,12 @@ from jaxgpt.errors import UserError
 from jaxgpt.prep import shards
 
 
-@pytest.mark.parametrize("dropout,workers", [(0.0, 0),
-                                             pytest.param(0.1, 2, marks=pytest.mark.slow)])
-def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers):
-  kw = {"dropout": dropout, "data_workers": workers, "eval_interval": 4, "lr_decay_iters": 8}
+@pytest.mark.parametrize("dropout,workers,dtype", [
+    (0.0, 0, "float32"), (0.0, 0, "bfloat16"),  # every real recipe trains in bfloat16
+    pytest.param(0.1, 2, "float32", marks=pytest.mark.slow)])
+def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers, dtype):
+  kw = {"dropout": dropout, "data_workers": workers, "eval_interval": 4, "lr_decay_iters": 8,
+        "dtype": dtype}
   unbroken = tiny_config(tmp_path / "a", token_dir, max_iters=8, **kw)
   train.train(unbroken)
   first = tiny_config(tmp_path / "b", token_dir, max_iters=4, **kw)
@@ -51,6 +54,8 @@ def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers):
   losses_b = [(r["iter"], r["loss"]) for r in records(resumed.out_dir, "train")]
   assert [i for i, _ in losses_b] == list(range(8))
   assert losses_a == losses_b  # exact equality on CPU
+  assert losses_a[0][1] == pytest.approx(math.log(TINY_VOCAB), abs=0.05)
+  assert losses_a[-1][1] < losses_a[0][1] - 0.5
   state_a, _ = restore_state(unbroken, 8)
   state_b, meta_b = restore_state(resumed, 8)
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
