@@ -146,6 +146,25 @@ class Checkpoints:
     verify(state, meta)  # a computation over every process's part
     return state
 
+  def restore_params(self, step: int, abstract_params: Any, meta: dict[str, Any]) -> Any:
+    """Only the params of one step's state, checked as `restore` checks the state: what
+    sampling, evaluating and exporting need, without the optimizer's moments (twice the
+    params' memory) ever read."""
+
+    def read() -> Any:
+      item = {"params": abstract_params}
+      handler = ocp.PyTreeCheckpointHandler()
+      try:
+        return handler.restore(self._item(step, STATE), args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))["params"]
+      finally:
+        handler.close()
+
+    params = sharding.agreed("reading it", read)
+    verify(params, meta, under=".params")
+    return params
+
   def _read(self, step: int, abstract_state: Any) -> Any:
     handler = ocp.StandardCheckpointHandler()
     try:
@@ -289,8 +308,9 @@ def fingerprints(state: Any) -> dict[str, int]:
           for path, value in jax.tree_util.tree_flatten_with_path(values)[0]}
 
 
-def verify(state: Any, meta: dict[str, Any]) -> None:
-  """Raises `CorruptCheckpoint` where the state's arrays differ from the ones that were saved.
+def verify(state: Any, meta: dict[str, Any], under: str = "") -> None:
+  """Raises `CorruptCheckpoint` where the state's arrays (the part of it `under` a path, such
+  as ".params") differ from the ones that were saved.
 
   A checkpoint written before checkpoints carried fingerprints is checked for
   non-finite values instead.
@@ -302,7 +322,8 @@ def verify(state: Any, meta: dict[str, Any]) -> None:
       raise CorruptCheckpoint("its contents changed after the save: non-finite values in a "
                               "state written without fingerprints")
     return
-  changed = [path for path, value in fingerprints(state).items() if saved.get(path) != value]
+  changed = [under + path for path, value in fingerprints(state).items()
+             if saved.get(under + path) != value]
   if changed:
     raise CorruptCheckpoint(f"its contents changed after the save: {len(changed)} array(s) "
                             f"differ from the fingerprints saved with them "

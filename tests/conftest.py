@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from jaxgpt import defaults, run_dir, train, train_step
-from jaxgpt.interop import weights
+from jaxgpt import defaults, run_dir, sharding, train, train_step
 from jaxgpt.model import GPT, GPTConfig, init_params
 from jaxgpt.prep import shards
 
@@ -128,8 +127,11 @@ def restore_state(config: ml_collections.ConfigDict, at_step: int
                   ) -> tuple[train_step.TrainState, dict]:
   """The train state and metadata of one checkpoint of the config's run, on one device."""
   ckpts = run_dir.RunDir(config.out_dir).checkpoints(read_only=True)
+  on_one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   try:
-    return weights.restore_state(ckpts, at_step, setup_of(config).abstract_state)
+    meta = ckpts.read_meta(at_step)
+    abstract_state = sharding.abstract_like(setup_of(config).abstract_state, on_one)
+    return ckpts.restore(at_step, abstract_state, meta), meta
   finally:
     ckpts.close()
 

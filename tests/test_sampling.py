@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_python, tiny_config, tiny_model
+from conftest import restore_state, run_python, tiny_config, tiny_model
 
 from jaxgpt import checkpoint, cli, sample, tokenizer, train
 from jaxgpt.errors import UserError
@@ -203,6 +203,35 @@ def test_a_run_trained_with_cudnn_attention_reads_on_a_machine_without_it(tmp_pa
   logits = GPT(GPTConfig.from_config(run_config)).apply({"params": params},
                                                         jnp.zeros((1, 4), jnp.int32))
   assert logits.shape == (1, 4, config.vocab_size)
+
+
+def test_commands_read_only_a_checkpoint_s_params_and_check_them(tmp_path, token_dir,
+                                                                 monkeypatch):
+  """sample, evaluate and export read the params alone: the optimizer's moments (twice their
+  memory) are never read, so a fingerprint of theirs changed goes unseen; one of the params'
+  is found."""
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
+  train.train(config)
+  saved = restore_state(config, 2)[0].params
+  read_meta = checkpoint.Checkpoints.read_meta
+
+  def changing(part: str):
+    def read(self, step):
+      meta = read_meta(self, step)
+      changed = next(p for p in meta[checkpoint.FINGERPRINTS] if p.startswith(part))
+      meta[checkpoint.FINGERPRINTS][changed] += 1
+      return meta
+    return read
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "read_meta", changing(".opt_state"))
+  _, params, step = weights.from_run(config.out_dir)
+  assert step == 2
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(saved), strict=True):
+    np.testing.assert_array_equal(a, b)
+  monkeypatch.setattr(checkpoint.Checkpoints, "read_meta", changing(".params"))
+  with pytest.raises(UserError, match=r"checkpoints/2 is unreadable \(its contents changed "
+                     r"after the save: 1 array\(s\) differ .*\(\.params\["):
+    weights.from_run(config.out_dir)
 
 
 def test_sample_errors_name_what_is_missing(tmp_path):

@@ -41,9 +41,11 @@ def from_run(out_dir: str, at_step: int | None = None
         config.update(checkpoints.read_meta(step)["config"])
         if config.attention == "cudnn":  # the kernel the run's GPU ran; here, this device's
           config.attention = "auto"
-        state, _ = restore_state(checkpoints, step, train_step.build(
-            train_step.StepConfig.from_config(config)).abstract_state)
-        return config, state.params, step
+        abstract = train_step.build(train_step.StepConfig.from_config(config)).abstract_state
+        on_one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        params = checkpoints.restore_params(
+            step, sharding.abstract_like(abstract.params, on_one), checkpoints.read_meta(step))
+        return config, params, step
       except Exception as e:
         older = [s for s in steps if s < step]
         if at_step is not None or not older:
@@ -53,15 +55,6 @@ def from_run(out_dir: str, at_step: int | None = None
                         checkpoints.directory, step, checkpoint.cause(e), older[-1])
   finally:
     checkpoints.close()
-
-
-def restore_state(checkpoints: checkpoint.Checkpoints, at_step: int,
-                  abstract_state: train_step.TrainState) -> tuple[train_step.TrainState, dict]:
-  """The whole train state (of `abstract_state`'s shapes) and the metadata of one checkpoint,
-  on one device."""
-  on_one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  meta = checkpoints.read_meta(at_step)
-  return checkpoints.restore(at_step, sharding.abstract_like(abstract_state, on_one), meta), meta
 
 
 def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, Any], Any, str]:
