@@ -84,15 +84,18 @@ def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, To
 
 
 def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> TokenWindows:
-  """The windows of one split, with every file checked against the model's vocabulary."""
+  """The windows of one split, with every file checked against the model's vocabulary: by
+  the tokenizer's vocab_size where our meta.json records these files, else id by id (every
+  token of every file, 20 GB at FineWeb-10B's size)."""
   paths = token_files.find_shards(data_dir, split)
   if not paths:
     raise UserError(f"{data_dir}: no '{split}' token files (.bin or .npy named {split}.bin, "
                     f"NAME_{split}_N.bin and the like)")
-  for path in paths:
-    token_files.check_vocab(path, token_files.read_tokens(path), vocab_size)
   windows = TokenWindows(paths, block_size)
-  token_files.check_whole(data_dir, split, paths, windows.n_tokens)
+  written_by = token_files.check_whole(data_dir, split, paths, windows.n_tokens)
+  if written_by is None or written_by > vocab_size:  # else ids below vocab_size, unread
+    for path in paths:
+      token_files.check_vocab(path, token_files.read_tokens(path), vocab_size)
   return windows
 
 

@@ -153,15 +153,20 @@ def read_meta(data_dir: str) -> dict[str, Any] | None:
   return meta
 
 
-def check_whole(data_dir: str, split: str, paths: list[str], tokens: int) -> None:
+def check_whole(data_dir: str, split: str, paths: list[str], tokens: int) -> int | None:
   """Fails where meta.json says the split was written as other files or tokens than are
-  there (a copy cut short, a shard deleted), which a run would read without a word."""
-  written = ((read_meta(data_dir) or {}).get("splits") or {}).get(split)
+  there (a copy cut short, a shard deleted), which a run would read without a word. Returns
+  the vocab_size of the tokenizer that wrote them where it records them as these (no id is
+  above it: no need to read every token to know), else None."""
+  meta = read_meta(data_dir) or {}
+  written = (meta.get("splits") or {}).get(split)
   files, said = (written.get("shards"), written.get("tokens")) if isinstance(
       written, dict) else (None, None)
-  if not (isinstance(files, int) and isinstance(said, int)) or (files, said) == (
-      len(paths), tokens):
-    return
+  if not (isinstance(files, int) and isinstance(said, int)):
+    return None
+  if (files, said) == (len(paths), tokens):
+    vocab = meta.get("vocab_size")
+    return vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
   raise UserError(f"{data_dir}: its {META_FILE} says the '{split}' split was written as "
                   f"{files} files of {said:,} tokens, and {len(paths)} files of {tokens:,} "
                   "are there (a copy cut short, a file lost?); copy or make the dataset again")

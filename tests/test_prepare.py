@@ -140,6 +140,28 @@ def test_a_dataset_missing_a_shard_its_meta_json_lists_is_refused(tmp_path):
     data.open_splits(out, 8, 50304)
 
 
+def test_a_dataset_s_meta_json_bounds_its_ids_without_reading_every_token(tmp_path,
+                                                                         monkeypatch):
+  """A start read every token of every file (20 GB at FineWeb-10B's size) to check the ids;
+  the tokenizer that wrote them, recorded with these very files, bounds them already."""
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = str(tmp_path / "out")
+  run([str(tmp_path / "a.parquet")], out, shard_tokens=3000)
+  scanned = []
+  check_vocab = token_files.check_vocab
+  monkeypatch.setattr(token_files, "check_vocab",
+                      lambda path, *args: scanned.append(path) or check_vocab(path, *args))
+  data.open_splits(out, 8, 50304)
+  assert scanned == []
+  first = token_files.find_shards(out, "train")[0]
+  with pytest.raises(token_files.ShardError, match=rf"^{first}: token id \d+ >= vocab_size 1000$"):
+    data.open_splits(out, 8, 1000)  # a model smaller than the tokenizer: its ids are read
+  os.remove(os.path.join(out, token_files.META_FILE))  # the shards alone: every one read
+  scanned.clear()
+  data.open_splits(out, 8, 50304)
+  assert scanned == token_files.find_shards(out, "train") + token_files.find_shards(out, "val")
+
+
 def test_jsonl_and_txt_files(tmp_path):
   (tmp_path / "a.jsonl").write_text(
       "".join(json.dumps({"id": f"j{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS[:30])) +
