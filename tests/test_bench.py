@@ -265,7 +265,7 @@ ENTRY %main.3 (a: f32[1,4]) -> f32[8,4] {
 def test_checkpoint_overhead_reports_both_step_times(tmp_path):
   report = save_overhead.checkpoint_overhead(tiny_config(tmp_path, ""), iters=3, warmup=1)
   assert report["ms_per_iter_alone"] > 0
-  assert report["save_blocked_ms"] > 0 and report["save_total_s"] > 0
+  assert 0 < report["save_blocked_ms"] <= 1000 * report["save_total_s"]
   assert report["state_bytes"] > 0
 
 
