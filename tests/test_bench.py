@@ -306,6 +306,30 @@ def test_a_comparison_writes_no_recipe_over_a_file_of_the_users(tmp_path):
   assert (tmp_path / "nanogpt.recipe.py").read_text() == "my notes"
 
 
+def test_a_comparison_writes_no_table_over_files_of_the_users(tmp_path):
+  """--out=. or results/ replaced a table.md, rows.jsonl or curves.png without a word, after
+  the training; a comparison's own are written again."""
+  from jaxgpt.bench import recipes
+
+  rows = [{"variant": "nanogpt", "learning_rate": 1e-3, "muon_learning_rate": None,
+           "final_val_loss": 4.5, "tokens_to_target": 1e6, "tokens_to_target_ratio": 1.0,
+           "ms_per_iter": 10.0, "step_time_ratio": 1.0}]
+  recipes.write(rows, str(tmp_path))
+  (tmp_path / "curves.png").write_bytes(b"\x89PNG")
+  recipes.check_outputs(str(tmp_path))  # its own: accepted
+  for name, text in (("table.md", "my notes"), ("rows.jsonl", "keep\n")):
+    mine = tmp_path / name
+    kept = mine.read_text()
+    mine.write_text(text)
+    with pytest.raises(UserError, match=rf"^{mine} exists and is not a comparison's this "):
+      recipes.compare(recipes.base_config("python_docs", str(tmp_path), 2), ["nanogpt"], [1.0])
+    mine.write_text(kept)
+  (tmp_path / "table.md").unlink()
+  with pytest.raises(UserError, match="curves.png exists and is not a comparison's"):
+    recipes.check_outputs(str(tmp_path))
+  assert not (tmp_path / "nanogpt").exists()  # refused before any training
+
+
 def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
   """`timeout` or a scheduler signals the benchmark alone: its training run must stop too."""
   fake_launch = tmp_path / "launch.py"

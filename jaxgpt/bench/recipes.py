@@ -187,6 +187,7 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   first run when the baseline is not among them); ratios are against that run.
   """
   check_names(names)
+  check_outputs(base.out_dir)
   known = variants()
   runs = {}
   for name in names:
@@ -216,10 +217,34 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   return rows
 
 
+_TABLE_HEAD = "| variant | lr (AdamW / Muon) | final val | tokens to baseline's final val | "
+
+
+def check_outputs(out_dir: str) -> None:
+  """Refuses, before any training, a table.md, rows.jsonl or curves.png in out_dir that a
+  comparison did not write: it would replace them (a curves.png is a comparison's where its
+  table.md is)."""
+  path = lambda name: os.path.join(out_dir, name)
+
+  def begins(name: str, head: str) -> bool:
+    try:
+      with open(path(name), encoding="utf-8", errors="replace") as f:
+        return f.readline().startswith(head)
+    except OSError:  # a folder of that name, a file it cannot read
+      return False
+
+  ours = {"table.md": lambda: begins("table.md", _TABLE_HEAD),
+          "rows.jsonl": lambda: begins("rows.jsonl", '{"variant": '),
+          "curves.png": lambda: begins("table.md", _TABLE_HEAD)}
+  for name, written_here in ours.items():
+    if os.path.lexists(path(name)) and not written_here():
+      raise UserError(f"{path(name)} exists and is not a comparison's this benchmark wrote; "
+                      "move it or pick another --out")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
   """The rows as a markdown table."""
-  lines = [("| variant | lr (AdamW / Muon) | final val | tokens to baseline's final val | "
-           "step time |"), "|---|---|---|---|---|"]
+  lines = [f"{_TABLE_HEAD}step time |", "|---|---|---|---|---|"]
   for r in rows:
     lr = f"{r['learning_rate']:.3g}"
     if r["muon_learning_rate"] is not None:
