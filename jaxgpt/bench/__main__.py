@@ -200,10 +200,10 @@ def _print_collectives(f: flags.FlagValues) -> None:
 
 
 def _print_decode(f: flags.FlagValues) -> None:
+  batch_sizes = _positive_ints("decode_batch_sizes", f.decode_batch_sizes)
   config = attention.settle(f.config)
   print(f"device: {jax.devices()[0].device_kind}, dtype {config.dtype}, prompt 1 token")
-  rows = decode.decode_rows(GPT(GPTConfig.from_config(config)),
-                            _positive_ints("decode_batch_sizes", f.decode_batch_sizes),
+  rows = decode.decode_rows(GPT(GPTConfig.from_config(config)), batch_sizes,
                             cache_tokens=f.decode_tokens,
                             recompute_tokens=f.decode_recompute_tokens)
   print(decode.table(rows))
@@ -258,8 +258,12 @@ def _print_throughput(f: flags.FlagValues) -> None:
   print(summary(result))
   print(line)
   if out:
-    with open(out, "a", encoding="utf-8") as file:
-      file.write(line + "\n")
+    try:
+      with open(out, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
+    except OSError as e:  # a full disk: the line is printed above
+      raise UserError(f"--out={out}: cannot write it ({e.strerror or e}); the line is "
+                      "above") from None
 
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
