@@ -257,9 +257,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "in; it rounds to 1.0 there")
   for key in ("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup_iters"):
     check(c[key] < 2**31, key, "must be below 2**31: the step counts iterations in int32")
-  check(c.logit_softcap == 0 or 1 <= c.logit_softcap <= MAX_SOFTCAP, "logit_softcap",
-        f"must be 0 (no soft-cap) or in [1, {MAX_SOFTCAP:g}]: a cap below 1 holds every logit "
-        "within it, and above it tanh(logits / cap) * cap is the logits themselves")
+  check(c.logit_softcap == 0 or 1 <= c.logit_softcap <= MAX_SOFTCAP, "logit_softcap", "must be 0 "
+        f"(no soft-cap) or in [1, {MAX_SOFTCAP:g}]: below 1 it caps every logit; above, none")
   check(c.data_workers <= MAX_DATA_WORKERS, "data_workers", f"must be in [0, {MAX_DATA_WORKERS}]"
         ": processes of their own (~250 MB each); a few keep the step fed")
   check(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
