@@ -130,8 +130,11 @@ def test_durations_read_naturally():
 
 def test_cli_prints_a_row_per_candidate():
   r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
-                 "--max_iters=6000,20000", "--train_tokens=10000000000", "--tokens_per_sec=524288")
+                 "--max_iters=6000,20000,6000", "--train_tokens=10000000000",
+                 "--tokens_per_sec=524288")
   assert r.returncode == 0, r.stderr
+  assert [line.split()[0] for line in r.stdout.splitlines() if line.strip()[:1].isdigit()] == [
+      "6,000", "20,000"]  # a candidate given twice, one row
   rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
   assert rows["6,000"][1:] == ["3.15B", "0.31", "77.6", "9.44e+17", "1h40m"]
   assert rows["20,000"][1:] == ["10.49B", "1.05", "258.5", "3.15e+18", "5h33m"]
@@ -247,6 +250,10 @@ def test_a_split_smaller_than_an_iteration_suggests_no_zero():
   assert candidates == [math.ceil(20 * 40_560_000 / 524_288), 20000]  # Chinchilla, the recipe
   assert "one iteration's 524,288 tokens are more than 4 epochs of the 100.00K train" in notes[-1]
   assert "the shortest asked" in iters.verdict(base, candidates)
+  eval_only = recipe("fineweb_40m")
+  eval_only.max_iters = 0  # no row of zeros for it
+  candidates, _ = iters.suggestions(summary.summarize(eval_only, train_tokens=100_000))
+  assert candidates == [math.ceil(20 * 40_560_000 / 524_288)]
 
 
 def test_a_damaged_meta_json_is_one_error_naming_it(tmp_path):

@@ -134,7 +134,7 @@ def main() -> None:
                     "another, give its --peak_flops and --memory_gib")
   config_path = config_flags.get_config_filename(f["config"])
   try:
-    candidates = [int(v) for v in f.max_iters]
+    candidates = list(dict.fromkeys(int(v) for v in f.max_iters))  # each once, as given
   except ValueError:
     candidates = [0]
   if any(n <= 0 for n in candidates):

@@ -99,7 +99,7 @@ def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
   """The max_iters worth comparing, and why: the recipe's own, Chinchilla's, the data's limit
   (the module's docstring says why those)."""
   chinchilla = math.ceil(summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter)
-  candidates = {base.max_iters, chinchilla}
+  candidates = {base.max_iters, chinchilla} - {0}  # 0: an evaluation-only recipe
   train_tokens = base.train_tokens
   notes = [(f"max_iters={chinchilla:,} gives ~{summary.CHINCHILLA_TOKENS_PER_PARAM} tokens per "
             "parameter (compute-optimal); a small model keeps improving past it while there is "
