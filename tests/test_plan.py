@@ -207,12 +207,16 @@ def test_a_rate_measured_for_another_step_is_not_used(tmp_path):
   from jaxgpt.plan import __main__ as plan_cli
   rundir = run_dir.RunDir(str(tmp_path / "run"))
   config = recipe("fineweb_40m")
-  rundir.write_config(config)
+  ran = config.copy_and_resolve_references()
+  ran.attention = "xla"  # the kernel `auto` ran, as the run saves it
+  rundir.write_config(ran)
   with open(rundir.metrics_path, "w", encoding="utf-8") as f:
     f.writelines(json.dumps({"event": "train", "iter": it, "tokens": (it + 1) * 524_288,
                              "tokens_per_sec": 100_000.0}) + "\n" for it in (0, 10, 20))
   step = {k: config[k] for k in plan_cli._STEP_KEYS}
+  assert step["attention"] == "auto"
   assert plan_cli._measured(rundir.out_dir, step, 1)[0] == 100_000.0
+  assert plan_cli._measured(rundir.out_dir, {**step, "attention": "cudnn"}, 1)[0] is None
   for key, value in (("n_layer", 24), ("batch_size", 32), ("dtype", "float32"),
                      ("sharding", "fsdp")):
     assert config[key] != value

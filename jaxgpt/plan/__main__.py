@@ -97,7 +97,8 @@ def _measured(out_dir: str, step: dict[str, Any], n_devices: int) -> tuple[float
   ran = rundir.read_config()
   if ran is not None:
     ran = defaults.with_defaults(ran)
-    changed = [f"{k}={ran[k]!r} there, {v!r} here" for k, v in step.items() if ran[k] != v]
+    changed = [f"{k}={ran[k]!r} there, {v!r} here" for k, v in step.items()
+               if ran[k] != v and (k, v) != ("attention", "auto")]  # a run saves what auto ran
     if changed:
       return None, (f"the run measured in {rundir.metrics_path} ran another step: "
                     f"{', '.join(changed)}")
