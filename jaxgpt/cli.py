@@ -22,12 +22,12 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 from absl import app, flags, logging
 
-from jaxgpt import defaults
+from jaxgpt import defaults, preemption
 from jaxgpt.errors import UserError
-from jaxgpt.preemption import StopBeforeTraining
 
 TRACEBACK_ENV = "JAXGPT_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -64,6 +64,19 @@ def _terminate(signum: int, frame) -> None:
   raise _Terminated
 
 
+def _exit(code: int | str, interrupted: bool = False) -> NoReturn:
+  """sys.exit(code), or, where an exception from a signal handler may have left XLA compiling
+  in threads of its own (a Ctrl-C's, `preemption.raised_into_work`), an exit that skips
+  Python's finalization, which crashes under them (SIGSEGV): output flushed, `code` kept."""
+  if not (interrupted or preemption.raised_into_work()):
+    sys.exit(code)
+  if isinstance(code, str):
+    print(code, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code if isinstance(code, int) else 1)
+
+
 @contextlib.contextmanager
 def sigterm_stops(said: str) -> Iterator[None]:
   """Within, SIGTERM (a scheduler's, `timeout`'s) stops a command that writes files as Ctrl-C
@@ -74,7 +87,7 @@ def sigterm_stops(said: str) -> Iterator[None]:
     yield
   except _Terminated:
     print(f"stopped by SIGTERM: {said}", file=sys.stderr)
-    sys.exit(128 + signal.SIGTERM)
+    _exit(128 + signal.SIGTERM, interrupted=True)
   finally:
     signal.signal(signal.SIGTERM, previous)
 
@@ -244,9 +257,9 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     _quiet_log()
     try:
       main(argv)
-    except StopBeforeTraining as e:
+    except preemption.StopBeforeTraining as e:
       logging.warning("%s", e)
-      return
+      _exit(0)
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
       sys.exit(141)  # as a process ended by SIGPIPE
@@ -254,7 +267,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       if os.environ.get(TRACEBACK_ENV):
         raise
       print("interrupted (Ctrl-C)", file=sys.stderr)
-      sys.exit(130)
+      _exit(130, interrupted=True)
     except (UserError, OSError) as e:
       # config_flags loads --config=FILE lazily: a missing or broken recipe file (or a folder,
       # or one it may not read) surfaces as an OSError on first use, its cause on the last line.
@@ -270,11 +283,11 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       else:
         message = f"error: {e}"
     else:
-      return
+      _exit(0)
     # Out of the except clause, the error's traceback is gone, and with it what its frames held:
     # Grain's batches in shared memory, freed now rather than warned of at exit as "leaked".
     gc.collect()
-    sys.exit(message)
+    _exit(message)
   return guarded
 
 

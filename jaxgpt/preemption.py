@@ -12,10 +12,25 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import NoReturn
 
 from absl import logging
 
 _early: list[int] = []  # signals received while the libraries loaded
+_raised = False  # a handler raised into the work under way: see `raised_into_work`
+
+
+def raised_into_work() -> bool:
+  """Whether a handler here raised into the main thread's work. What it interrupted may go on:
+  XLA's compile, left by the exception, runs on in threads of its own, and Python's
+  finalization under them crashes the process (SIGSEGV); `cli` then ends without it."""
+  return _raised
+
+
+def _raise(error: BaseException) -> NoReturn:
+  global _raised
+  _raised = True
+  raise error
 
 
 class StopBeforeTraining(KeyboardInterrupt):
@@ -51,7 +66,7 @@ def stop_before_training(processes: int = 1) -> None:
     elif processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)
     else:
-      raise StopBeforeTraining(f"stopped by {name} before the first step: nothing to save")
+      _raise(StopBeforeTraining(f"stopped by {name} before the first step: nothing to save"))
 
   for sig in (signal.SIGTERM, signal.SIGINT) if processes == 1 else (signal.SIGINT,):
     signal.signal(sig, stop)
@@ -114,14 +129,14 @@ class StopSignals:
 
   def _handle(self, signum: int, frame) -> None:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
-      raise KeyboardInterrupt
+      _raise(KeyboardInterrupt())
     self.received = signum
     if self.closing and self.processes > 1:  # the others would wait for it in a collective
       logging.warning("received %s after training: ending as soon as the run has closed",
                       self.name)
       return
     if self.closing:
-      raise StopAtEnd(self.name)
+      _raise(StopAtEnd(self.name))
     if self._first is None:  # the loop has not begun: its start-up (a compile, say) goes on
       logging.warning("received %s: stopping before the first step, once the start-up work "
                       "under way (a compile, say) is done", self.name)

@@ -239,6 +239,57 @@ def test_a_stop_in_the_last_evaluation_or_the_closing_sample_cuts_the_sample(
     assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 2]
 
 
+# A command whose compile (seconds long) a signal interrupts 0.3 s in.
+STOP_IN_A_COMPILE = """
+import contextlib
+import os
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+
+from jaxgpt import cli, preemption
+
+
+def deep(x):
+  for i in range(400):
+    x = jnp.sin(x @ x.T) + i
+  return x.sum()
+
+
+def main():
+  lowered = jax.jit(jax.grad(deep)).lower(jnp.ones((64, 64)))  # seconds to compile
+  closing = os.environ["STOPS"] == "closing"  # else Python's own Ctrl-C: KeyboardInterrupt
+  with preemption.StopSignals() if closing else contextlib.nullcontext() as stops:
+    if closing:
+      stops.closing = True
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.Signals[os.environ["SIGNAL"]])).start()
+    try:
+      lowered.compile()
+      print("the compile ended before the signal")
+    except preemption.StopAtEnd:
+      print("cut short")
+
+
+if __name__ == "__main__":
+  cli.run(main)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stops,signal_name,code,said", [
+    ("closing", "SIGTERM", 0, "cut short"),  # as a stop in the closing sample's compile
+    ("python", "SIGINT", 130, "interrupted (Ctrl-C)")])  # as a Ctrl-C in a command's compile
+def test_a_stop_in_a_compile_ends_the_process_without_a_crash(stops, signal_name, code, said):
+  """jaxlib lets a signal handler's exception out of a compile that goes on in XLA's threads;
+  Python's finalization under them crashed the process (SIGSEGV) where a stop came about a
+  second into the closing sample, or a second Ctrl-C in the start-up's compile."""
+  r = run_python("-c", STOP_IN_A_COMPILE, STOPS=stops, SIGNAL=signal_name, timeout=120)
+  assert r.returncode == code, r.stderr[-2000:]
+  assert said in r.stdout + r.stderr and "Fatal Python error" not in r.stderr
+
+
 def test_the_loop_queues_at_most_one_step_behind_the_running_one(tmp_path, token_dir,
                                                                    monkeypatch):
   """So a stop, which saves the newest state, waits for two steps at most, not a queue."""
