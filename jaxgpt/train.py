@@ -405,6 +405,9 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     counts, eval_windows = _log_start(config, layout, sources, start, config_file)
     trains = not config.eval_only and start.iter < config.max_iters
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
+    if signals.received is not None and signals.processes == 1:  # it came in the start-up
+      raise preemption.StopBeforeTraining(f"stopped by {signals.name} before the first step: "
+                                          "nothing to save, and the run directory as it was")
     run_sinks = _accept(config, rundir, checkpoints, start, accepted, resumed_at)
   except BaseException:
     train_iter.close()  # and its worker processes

@@ -382,10 +382,12 @@ def test_sigterm_during_start_up_ends_the_run_with_one_line(tmp_path, token_dir)
       break
   output = "".join(lines) + proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, output
-  assert "stopped by SIGTERM before the first step: nothing new to save" in output
+  assert ("stopped by SIGTERM before the first step: nothing to save, and the run directory as "
+          "it was") in output
   assert "received SIGTERM: stopping before the first step, once the start-up work" in output
   assert "then saving" not in output  # there is nothing to save
-  assert checkpoint_steps(str(tmp_path / "run")) == []
+  assert "Next:" not in output  # no end-of-run hint to report a run that never was
+  assert not (tmp_path / "run").exists()  # no config.json nor metrics.jsonl a rerun moves aside
 
 
 @pytest.mark.slow
