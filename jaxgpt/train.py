@@ -438,16 +438,18 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals) -> None:
   """The end-of-run hook. A one-process run skips it for a stop that came in the last
   iteration's evaluation and cuts it short for one during it; several processes all run it,
   since only the one signalled knows (StopSignals)."""
+  ended = False
   with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
     signals.closing = True
     try:
       if signals.received is None or signals.processes > 1:
         at_end(params)
+        ended = True  # whole: a stop's StopAtEnd raised in JAX's gc callback is dropped there
     finally:
       signals.closing = False
   if signals.received is not None and signals.processes == 1:
-    logging.warning("stopped by %s: the run is saved, and what it does at its end (the "
-                    "closing sample) is cut short", signals.name)
+    logging.warning("stopped by %s: the run is saved%s", signals.name, "" if ended else
+                    ", and what it does at its end (the closing sample) is cut short")
 
 
 def _open_data(data_dir: str, block_size: int, vocab_size: int

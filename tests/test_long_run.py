@@ -239,6 +239,24 @@ def test_a_stop_in_the_last_evaluation_or_the_closing_sample_cuts_the_sample(
     assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 2]
 
 
+def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog):
+  """A stop's StopAtEnd raised in JAX's gc callback is dropped there (Python prints it and goes
+  on): the sample ran whole, and the run said it was cut short."""
+  signals = preemption.StopSignals()
+  ran = []
+
+  def sample_where_the_stop_is_dropped(params):
+    signals.received = signal.SIGTERM  # as the handler sets it before raising
+    ran.append(params)
+
+  with caplog.at_level(logging.WARNING):
+    train._end(sample_where_the_stop_is_dropped, "params", signals)
+    assert ran == ["params"] and "stopped by SIGTERM: the run is saved\n" in caplog.text + "\n"
+    caplog.clear()
+    train._end(ran.append, "params", signals)  # a stop before it: not begun
+  assert ran == ["params"] and "(the closing sample) is cut short" in caplog.text
+
+
 # A command whose compile (seconds long) a signal interrupts 0.3 s in.
 STOP_IN_A_COMPILE = """
 import contextlib
