@@ -121,6 +121,13 @@ class StopSignals:
       return multihost_utils.reached_preemption_sync_point(it - self._first + 1)
     return self.received is not None
 
+  def end_a_start_up_stopped(self) -> None:
+    """Ends a one-process run whose start-up a stop came in (it waited for the work under way,
+    a compile say): nothing to save, and nothing written yet."""
+    if self.received is not None and self.processes == 1:
+      raise StopBeforeTraining(f"stopped by {self.name} before the first step: nothing to "
+                               "save, and the run directory as it was")
+
   @property
   def name(self) -> str:
     if self.received is not None:
@@ -142,6 +149,7 @@ class StopSignals:
                       "under way (a compile, say) is done", self.name)
     else:
       logging.warning("received %s: stopping once the step the device is running and the one "
-                      "queued behind it are done (at most two), then saving", self.name)
+                      "queued behind it are done (at most two), or the evaluation under way, "
+                      "then saving", self.name)
     if self.processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells the rest

@@ -317,6 +317,10 @@ def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLay
       loop.eval_and_save(it)
     if it == config.max_iters:
       break
+    if signals.processes == 1 and signals.received is not None:  # it came in the evaluation
+      stopped = True
+      loop.stop(it, signals.name)  # saved by it already: no step more, no second save
+      break
     loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(next(loop.train_iter)))
     # One step queued behind the running one keeps the device busy; more would only make a
     # stop (which saves the newest state) wait for all of them.
@@ -405,9 +409,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     counts, eval_windows = _log_start(config, layout, sources, start, config_file)
     trains = not config.eval_only and start.iter < config.max_iters
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
-    if signals.received is not None and signals.processes == 1:  # it came in the start-up
-      raise preemption.StopBeforeTraining(f"stopped by {signals.name} before the first step: "
-                                          "nothing to save, and the run directory as it was")
+    signals.end_a_start_up_stopped()  # before the run directory changes
     run_sinks = _accept(config, rundir, checkpoints, start, accepted, resumed_at)
   except BaseException:
     train_iter.close()  # and its worker processes

@@ -372,6 +372,25 @@ def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, tok
 
 
 @pytest.mark.slow
+def test_sigterm_during_an_evaluation_saves_that_iteration_alone(tmp_path, token_dir,
+                                                                 monkeypatch):
+  """The run trained one step more and saved twice (two writes in a scheduler's grace period)."""
+  real_eval = train._Loop.eval_and_save
+
+  def sigterm_then_eval(run, it):
+    if it == 4:  # the signal lands in the evaluation at 4, no step running or queued
+      os.kill(os.getpid(), signal.SIGTERM)
+    real_eval(run, it)
+
+  monkeypatch.setattr(train._Loop, "eval_and_save", sigterm_then_eval)
+  config = tiny_config(tmp_path, token_dir, max_iters=8, eval_interval=4, lr_decay_iters=8)
+  train.train(config)
+  assert checkpoint_steps(config.out_dir) == [4]
+  assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 1, 2, 3]
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 4]
+
+
+@pytest.mark.slow
 def test_sigterm_during_start_up_ends_the_run_with_one_line(tmp_path, token_dir):
   proc = start_launch(write_config_file(tmp_path, token_dir, **ENDLESS))
   lines = []
