@@ -120,6 +120,7 @@ class _Loop:
     checkpoints.keep_best(None if start.best_kept is None else start.best_kept[1])
     self.last_saved = start.iter if config.resumed else None
     self.losses: dict[str, float] = {}
+    self.evaluated_at: int | None = None  # the iteration `losses` are of
     self.pending: tuple[int, dict[str, jax.Array]] | None = None  # a log not yet fetched
     self.failure: checkpoint.SaveError | None = None  # a write that failed, for `check_failures`
     self.mark_time(start.iter)
@@ -203,7 +204,7 @@ class _Loop:
 
   def eval_and_save(self, it: int) -> None:
     self.flush_log()
-    self.losses = self.eval_fn(self.state.params)
+    self.losses, self.evaluated_at = self.eval_fn(self.state.params), it
     logging.info("step %d: train loss %.4f, val loss %.4f", it, self.losses["train"],
                  self.losses["val"])
     self.write({"event": "eval", "iter": it, "tokens": self.tokens(it),
@@ -272,7 +273,8 @@ class _Loop:
       return
     if self.last_saved != it:
       self.check_finite(it - 1, int(self.state.nonfinite))  # the state to save is good
-      self.save(it, None)
+      val_loss = self.losses["val"] if self.evaluated_at == it else None  # a resume's to do
+      self.save(it, val_loss)
     self.check_failures(wait=True)
     logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
                     "command plus --config.init_from=resume", reason, it)
@@ -317,9 +319,9 @@ def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLay
       loop.eval_and_save(it)
     if it == config.max_iters:
       break
-    if signals.processes == 1 and signals.received is not None:  # it came in the evaluation
-      stopped = True
-      loop.stop(it, signals.name)  # saved by it already: no step more, no second save
+    if signals.processes == 1 and signals.received is not None and it > loop.start.iter:
+      stopped = True  # it came in this iteration's evaluation: no step more, one save of `it`
+      loop.stop(it, signals.name)
       break
     loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(next(loop.train_iter)))
     # One step queued behind the running one keeps the device busy; more would only make a

@@ -24,6 +24,7 @@ from conftest import (
   pattern_tokens,
   read_jsonl,
   records,
+  restore_state,
   run_python,
   start_launch,
   start_python,
@@ -374,20 +375,35 @@ def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, tok
 @pytest.mark.slow
 def test_sigterm_during_an_evaluation_saves_that_iteration_alone(tmp_path, token_dir,
                                                                  monkeypatch):
-  """The run trained one step more and saved twice (two writes in a scheduler's grace period)."""
+  """The run trained one step more and saved twice (two writes in a scheduler's grace period);
+  a checkpoint its evaluation had not saved (no new best) is saved with that val loss, so a
+  resume does not evaluate it again. At iteration 0 nothing is trained: a step is, and saved."""
   real_eval = train._Loop.eval_and_save
+  at = []
 
   def sigterm_then_eval(run, it):
-    if it == 4:  # the signal lands in the evaluation at 4, no step running or queued
+    if it == at[0]:  # the signal lands in the evaluation, no step running or queued
       os.kill(os.getpid(), signal.SIGTERM)
     real_eval(run, it)
 
   monkeypatch.setattr(train._Loop, "eval_and_save", sigterm_then_eval)
-  config = tiny_config(tmp_path, token_dir, max_iters=8, eval_interval=4, lr_decay_iters=8)
+  # At a rate of 0 no val loss is a new best: without always_save_checkpoint, none is saved.
+  kw = {"max_iters": 8, "eval_interval": 4, "lr_decay_iters": 8, "learning_rate": 0.0,
+        "min_lr": 0.0, "always_save_checkpoint": False}
+  at.append(4)
+  config = tiny_config(tmp_path / "mid", token_dir, **kw)
   train.train(config)
   assert checkpoint_steps(config.out_dir) == [4]
   assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 1, 2, 3]
-  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 4]
+  evals = records(config.out_dir, "eval")
+  assert [r["iter"] for r in evals] == [0, 4]
+  assert restore_state(config, 4)[1]["val_loss"] == evals[-1]["val_loss"]
+  train.train(tiny_config(tmp_path / "mid", token_dir, init_from="resume", **kw))
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 4, 8]  # 4 once
+  at[0] = 0
+  config = tiny_config(tmp_path / "first", token_dir, **kw)
+  train.train(config)
+  assert checkpoint_steps(config.out_dir) == [1]
 
 
 @pytest.mark.slow
