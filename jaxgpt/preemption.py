@@ -149,8 +149,9 @@ class StopSignals:
                       "under way (a compile, say) is done", self.name)
     else:
       logging.warning("received %s: stopping once the step the device is running and the one "
-                      "queued behind it are done (at most two), or the evaluation under way, "
-                      "then saving%s", self.name, "; Ctrl-C again stops at once, without saving"
+                      "queued behind it are done (at most two)%s, then saving%s", self.name,
+                      ", or the evaluation under way" if self.processes == 1 else "",
+                      "; Ctrl-C again stops at once, without saving"
                       if signum == signal.SIGINT else "")
     if self.processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells the rest

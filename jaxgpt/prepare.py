@@ -103,8 +103,7 @@ def _prepare(source: str) -> None:
     inputs = [pattern for given in f.input or [] for pattern in given]  # each --input a list
     if not inputs:
       raise UserError("files: --input is required (globs of .parquet, .jsonl or .txt files)")
-    text_field = f.text_field if f["text_field"].present else None
-    meta = datasets.prepare_files(inputs, out, text_field=text_field,
+    meta = datasets.prepare_files(inputs, out, text_field=f.text_field,
                                   separator=_unescape(f.separator), **common)
   train, val = meta["splits"]["train"], meta["splits"]["val"]
   print(f"wrote {out}: train {train['tokens']:,} tokens "

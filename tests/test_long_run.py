@@ -12,7 +12,9 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -31,7 +33,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, preemption, resume, sinks, train, train_step
+from jaxgpt import checkpoint, cli, preemption, resume, sinks, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 from jaxgpt.interop import weights
@@ -239,7 +241,7 @@ def test_a_stop_in_the_last_evaluation_or_the_closing_sample_cuts_the_sample(
     assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 2]
 
 
-def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog):
+def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog, monkeypatch):
   """A stop's StopAtEnd raised in JAX's gc callback is dropped there (Python prints it and goes
   on): the sample ran whole, and the run said it was cut short."""
   signals = preemption.StopSignals()
@@ -249,6 +251,11 @@ def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog):
     signals.received = signal.SIGTERM  # as the handler sets it before raising
     ran.append(params)
 
+  printed = []
+  monkeypatch.setattr(sys, "__unraisablehook__", printed.append)
+  for error in (preemption.StopAtEnd("SIGTERM"), ValueError("another")):  # JAX's gc callback's
+    cli._unraisable(types.SimpleNamespace(exc_value=error, object=None))
+  assert [type(u.exc_value) for u in printed] == [ValueError]  # the stop's: no traceback
   with caplog.at_level(logging.WARNING):
     train._end(sample_where_the_stop_is_dropped, "params", signals)
     assert ran == ["params"] and "stopped by SIGTERM: the run is saved\n" in caplog.text + "\n"

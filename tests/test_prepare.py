@@ -189,6 +189,7 @@ def test_a_flag_no_input_reads_is_refused(tmp_path):
                      "files, and --input matches only .txt files$"):
     run([txt], tmp_path / "o2", text_field="body", separator="@@")
   assert not os.path.exists(tmp_path / "o1") and not os.path.exists(tmp_path / "o2")
+  run([txt], tmp_path / "o4", text_field="text", separator="@@")  # the default, as a script says
   meta = run([jsonl, txt], tmp_path / "o3", text_field="body", separator="@@")
   assert sum(split["documents"] for split in meta["splits"].values()) == 50
 

@@ -38,14 +38,14 @@ PYTHON_DOCS = "python_docs"  # the built-in corpus; its shards are named python_
 _PYTHON_DOCS_COMMAND = f"python -m jaxgpt.prepare {PYTHON_DOCS}"  # in its meta.json
 
 
-def prepare_files(patterns: list[str], out_dir: str, *, text_field: str | None = None,
+def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text",
                   separator: str = "", **kwargs) -> dict:
   """Local parquet / jsonl / txt files -> shards in out_dir.
 
   A document without an id is named by its file's path below its glob's fixed
   folder (`books/1/book.txt` and `books/2/book.txt` differ) and its place in
-  the file. `text_field` (None: "text") and `separator` given where no input
-  reads them are refused: meta.json would record an effect they did not have.
+  the file. A `text_field` or `separator` other than its default, where no input
+  reads it, is refused: meta.json would record an effect it did not have.
   """
   check_out_dir(out_dir)
   files = input_files(patterns)
@@ -53,7 +53,7 @@ def prepare_files(patterns: list[str], out_dir: str, *, text_field: str | None =
   if separator and ".txt" not in formats:
     raise UserError(f"--separator={separator!r} splits .txt files, and --input matches none (a "
                     "jsonl record or parquet row is one document)")
-  if text_field is not None and formats == {".txt"}:
+  if text_field != "text" and formats == {".txt"}:
     raise UserError(f"--text_field={text_field} names the text of parquet and jsonl files, and "
                     "--input matches only .txt files")
   sources: list[str] = []
@@ -61,7 +61,7 @@ def prepare_files(patterns: list[str], out_dir: str, *, text_field: str | None =
   def pieces() -> Iterator[Piece]:
     for path, name in files.items():
       sources.append(path)
-      yield from read_file(path, text_field or "text", separator, name)
+      yield from read_file(path, text_field, separator, name)
 
   return write_dataset(pieces(), out_dir, sources=sources,
                        total_bytes=sum(os.path.getsize(p) for p in files), **kwargs)
