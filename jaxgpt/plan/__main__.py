@@ -153,8 +153,9 @@ def main() -> None:
     train_tokens = iters.count_train_tokens(counted_in)
   s = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
   step = {k: config[k] for k in _STEP_KEYS}
+  # Before the table: an unknown --device is said first.
   tokens_per_sec, source = _throughput(f, config.out_dir, config.peak_flops, s.flops_per_token,
-                                       n_devices, step)  # an unknown --device, said before the table
+                                       n_devices, step)
   print(f"{config_path}: {formatting.count(s.n_params)} parameters (nanoGPT's count; "
         f"{formatting.count(s.n_params_total)} in all), {s.tokens_per_iter:,} tokens per "
         "iteration")
