@@ -37,14 +37,15 @@ def from_run(out_dir: str, at_step: int | None = None
                       f"{steps}")
     for step in reversed(steps if at_step is None else [at_step]):
       try:
+        meta = checkpoints.read_meta(step)
         config = defaults.get_config()
-        config.update(checkpoints.read_meta(step)["config"])
+        config.update(meta["config"])
         if config.attention == "cudnn":  # the kernel the run's GPU ran; here, this device's
           config.attention = "auto"
         abstract = train_step.build(train_step.StepConfig.from_config(config)).abstract_state
         on_one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         params = checkpoints.restore_params(
-            step, sharding.abstract_like(abstract.params, on_one), checkpoints.read_meta(step))
+            step, sharding.abstract_like(abstract.params, on_one), meta)
         return config, params, step
       except Exception as e:
         older = [s for s in steps if s < step]
