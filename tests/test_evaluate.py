@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
+import threading
 
 import jax
 import numpy as np
@@ -291,6 +293,31 @@ def test_without_a_network_the_download_says_where_to_put_the_file(tmp_path, mon
   monkeypatch.setattr(hellaswag.urllib.request, "urlopen", lambda url, timeout: Stopped())
   with pytest.raises(KeyboardInterrupt):
     hellaswag.download("http://example/hellaswag_val.jsonl", hellaswag.CACHE_PATH)
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", ["short of its length", "mid-chunk"])
+def test_a_download_cut_short_leaves_no_cache_file(tmp_path, monkeypatch, cut):
+  """A connection that closes early is a failed download, not a cache file to score on."""
+  headers = ("Content-Length: 1000" if cut == "short of its length" else
+             "Transfer-Encoding: chunked")
+  body = '{"ctx": "A man", "endings"' if cut == "short of its length" else "3e8\r\nabc"
+  server = socket.create_server(("127.0.0.1", 0))
+
+  def answer_once():
+    conn, _ = server.accept()
+    conn.recv(65536)
+    conn.sendall(f"HTTP/1.1 200 OK\r\n{headers}\r\n\r\n{body}".encode())
+    conn.close()
+
+  threading.Thread(target=answer_once, daemon=True).start()
+  monkeypatch.chdir(tmp_path)
+  url = f"http://127.0.0.1:{server.getsockname()[1]}/hellaswag_val.jsonl"
+  why = (r"the connection closed after 26 of 1,000 bytes" if cut == "short of its length" else
+         r"the transfer broke off: IncompleteRead\(.*\)")
+  with pytest.raises(UserError, match=rf"^could not download .*\({why}\)\. Fetch it"):
+    hellaswag.download(url, hellaswag.CACHE_PATH, timeout_s=10)
+  server.close()
   assert list(tmp_path.iterdir()) == []
 
 

@@ -9,6 +9,7 @@ read from a path or downloaded once into data/cache/.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -68,14 +69,19 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   try:
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
       shutil.copyfileobj(response, f, 1 << 20)
+      left = getattr(response, "length", None)  # of Content-Length: a cut body reads as whole
+      if left:
+        raise OSError(f"the connection closed after {f.tell():,} of {f.tell() + left:,} bytes")
   except BaseException as e:  # a network error, or a stop (Ctrl-C) mid-download
     if os.path.exists(tmp):
       os.remove(tmp)
     for folder in reversed(made):
       os.rmdir(folder)
-    if not isinstance(e, (urllib.error.URLError, OSError)):
+    if not isinstance(e, (urllib.error.URLError, OSError, http.client.HTTPException)):
       raise
-    raise UserError(f"could not download {url} ({getattr(e, 'reason', e)}). Fetch it where "
+    reason = (f"the transfer broke off: {e!r}" if isinstance(e, http.client.HTTPException) else
+              getattr(e, "reason", e))
+    raise UserError(f"could not download {url} ({reason}). Fetch it where "
                     f"there is a network and put it at {path}, or pass its path "
                     "(--hellaswag_file / --config.hellaswag_file)") from None
   os.replace(tmp, path)
