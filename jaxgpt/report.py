@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -46,8 +47,8 @@ THROUGHPUT = ("tokens_per_sec", "ms_per_iter", "mfu")
 
 def load(out_dir: str) -> Run:
   """A run's records, with a number wherever the report reads one: a null loss or score is
-  NaN (a file filtered by jq 1.6, which writes NaN and Infinity as null); a missing or
-  non-numeric figure is an error naming the record."""
+  NaN, and +-1.7976931348623157e308 is +-inf (jq 1.6 writes NaN and Infinity so); a missing
+  or non-numeric figure is an error naming the record."""
   metrics = run_dir.RunDir(out_dir)
   run = metrics.read_metrics()
   for event, needed in FIGURES.items():
@@ -63,6 +64,8 @@ def load(out_dir: str) -> Run:
           r[key] = math.nan
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
           raise UserError(f"{where} has {key}={value!r}, not a number")
+        elif abs(value) == sys.float_info.max:
+          r[key] = math.copysign(math.inf, value)
   return run
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -108,6 +109,19 @@ def test_a_null_loss_is_nan_and_a_figure_that_is_no_number_is_named(tmp_path):
     path.write_text(bad + "\n")
     with pytest.raises(UserError, match=f"metrics.jsonl: the train record of iter 0 {says}"):
       report.load(str(tmp_path))
+
+
+def test_an_infinite_loss_through_jq_is_infinite_again(tmp_path):
+  """jq 1.6 writes Infinity as the largest double: read as inf, it stays off the loss axis
+  (as the largest double, the axis' padding overflowed and matplotlib refused to draw)."""
+  out_dir = write_run(tmp_path / "a", max_iters=1000)
+  path = tmp_path / "a" / "metrics.jsonl"
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  records[-2]["loss"], records[-1]["val_loss"] = 1.7976931348623157e308, -1.7976931348623157e308
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  run = report.load(out_dir)
+  assert run["train"][-1]["loss"] == math.inf and run["eval"][-1]["val_loss"] == -math.inf
+  report.plot({"a": run}, str(tmp_path / "report.png"))
 
 
 def test_the_best_val_loss_is_the_best_finite_one(tmp_path):
