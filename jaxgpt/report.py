@@ -96,13 +96,16 @@ def summary(name: str, run: Run) -> str:
     lines.append("no evaluation yet")
   lines += _tasks_table(run["tasks"])
   m = median_throughput(run["train"])
-  if m["tokens_per_sec"] is None:
+  measured = [form.format(m[key]) for key, form in (
+      ("tokens_per_sec", "{:,.0f} tok/s"), ("ms_per_iter", "{:,.1f} ms/iter"),
+      ("mfu", "MFU {:.1%}")) if m[key] is not None]  # a hand-made file may lack any of them
+  n = len(run["train"])
+  if not n:
     lines.append("no train logs yet")
+  elif not measured:
+    lines.append("throughput: not measured")
   else:
-    mfu = "" if m["mfu"] is None else f", MFU {m['mfu']:.1%}"
-    n = len(run["train"])
-    lines.append(f"throughput: median {m['tokens_per_sec']:,.0f} tok/s, "
-                 f"{m['ms_per_iter']:,.1f} ms/iter{mfu} " +
+    lines.append(f"throughput: median {', '.join(measured)} " +
                  (f"(over {formatting.plural(n - 1, 'train log')}, the first skipped)"
                   if n > 1 else
                   "(over 1 train log, the first: one step)"))
@@ -232,6 +235,9 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
   except OSError as e:
     raise UserError(f"{path}: cannot write the plot there ({e.strerror}); pick another place "
                     "with --out") from None
+  except RuntimeError as e:  # a kind that needs a program not installed: .pgf's LaTeX
+    raise UserError(f"{path}: matplotlib cannot write it here ({e}); use .png, .pdf or "
+                    ".svg") from None
   finally:
     plt.close(fig)
 

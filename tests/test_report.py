@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import matplotlib.image
 import numpy as np
@@ -57,6 +58,13 @@ def test_unknown_mfu_is_left_out_and_an_empty_run_says_so(tmp_path):
   open(tmp_path / "empty" / "metrics.jsonl", "w").close()
   text = report.summary("empty", report.load(str(tmp_path / "empty")))
   assert "no evaluation yet" in text and "no train logs yet" in text
+  run = report.load(write_run(tmp_path / "hand-made"))  # figures another tool left out
+  for r in run["train"]:
+    r["ms_per_iter"] = None
+  assert "throughput: median 500,000 tok/s, MFU 38.0% (over" in report.summary("h", run)
+  for r in run["train"]:
+    r["tokens_per_sec"] = r["mfu"] = None
+  assert "throughput: not measured" in report.summary("h", run)
 
 
 def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
@@ -241,6 +249,13 @@ def test_task_scores_get_a_table_and_a_second_panel(tmp_path):
   report.plot({"a": run, "b": report.load(write_run(tmp_path / "b"))}, path)
   height, width, _ = matplotlib.image.imread(path).shape
   assert (width, height) == (1000, 900)
+
+
+@pytest.mark.skipif(shutil.which("xelatex") is not None, reason="LaTeX writes .pgf here")
+def test_a_kind_that_needs_latex_without_it_is_one_error(tmp_path):
+  with pytest.raises(UserError, match=r"plot.pgf: matplotlib cannot write it here \('xelatex' "
+                                      r"not found.*\); use .png, .pdf or .svg"):
+    report.plot({"a": report.load(write_run(tmp_path / "a"))}, str(tmp_path / "plot.pgf"))
 
 
 def test_out_is_checked_before_the_summaries_and_named_as_written(tmp_path):
