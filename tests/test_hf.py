@@ -219,6 +219,14 @@ def test_a_damaged_checkpoint_is_an_error_naming_its_file(tmp_path):
   with pytest.raises(UserError, match="config.json: not a GPT-2 this model can hold: n_embd=32 "
                                       "does not split into n_head=7 heads"):
     gpt2.load(str(hf))
+  (hf / "config.json").write_text('{"model_type": "gpt2", "n_layer": "2", "n_head": null, '
+                                  '"n_embd": 32.0, "n_positions": 16, "vocab_size": true, '
+                                  '"tie_word_embeddings": "false"}')  # edited by hand
+  with pytest.raises(UserError, match="config.json: not a GPT-2 this model can hold: "
+                                      "n_layer='2' \\(need a positive integer\\); n_head=None "
+                                      ".*; n_embd=32.0 .*; vocab_size=True .*; "
+                                      "tie_word_embeddings='false' \\(need true or false\\)$"):
+    gpt2.load(str(hf))
   (hf / "config.json").write_text("not json")
   with pytest.raises(UserError, match="config.json: not readable as JSON"):
     gpt2.load(str(hf))

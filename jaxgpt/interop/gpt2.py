@@ -71,11 +71,14 @@ def read_config(hf_dir: str) -> dict[str, Any]:
     raise UserError(f"{path}: not readable as JSON ({e})") from None
   if not isinstance(hf, dict):
     raise UserError(f"{path}: not a JSON object")
-  problems = [f"no {key!r}" for key in ("n_layer", "n_head", "n_embd", "n_positions",
-                                         "vocab_size") if key not in hf]
+  sizes = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+  problems = [f"no {key!r}" if key not in hf else f"{key}={hf[key]!r} (need a positive integer)"
+              for key in sizes if type(hf.get(key)) is not int or hf[key] < 1]  # no bool, float
   heads, width = hf.get("n_head"), hf.get("n_embd")
-  if isinstance(heads, int) and isinstance(width, int) and (heads < 1 or width % heads):
+  if not problems and width % heads:
     problems.append(f"n_embd={width} does not split into n_head={heads} heads")
+  if not isinstance(hf.get("tie_word_embeddings", True), bool):
+    problems.append(f"tie_word_embeddings={hf['tie_word_embeddings']!r} (need true or false)")
   if hf.get("model_type") != "gpt2":
     problems.append(f"model_type={hf.get('model_type')!r} (need 'gpt2')")
   act = hf.get("activation_function", "gelu_new")
@@ -92,7 +95,7 @@ def read_config(hf_dir: str) -> dict[str, Any]:
   return {"n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
           "block_size": hf["n_positions"], "vocab_size": hf["vocab_size"], "bias": True,
           "gelu_approximate": act in TANH_GELUS,
-          "tie_embeddings": bool(hf.get("tie_word_embeddings", True))}
+          "tie_embeddings": hf.get("tie_word_embeddings", True)}
 
 
 def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
