@@ -78,7 +78,8 @@ def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, To
   if said is not None and said < defaults.GPT2_VOCAB <= vocab_size:
     raise UserError(f"{os.path.join(data_dir, 'meta.pkl')}: nanoGPT's dataset of a "
                     f"{said}-token vocabulary, and the model's is vocab_size={vocab_size}; set "
-                    f"--config.vocab_size={said} (as nanoGPT's train.py does)")
+                    f"--config.vocab_size={said} (as nanoGPT's train.py does), or, to start from "
+                    "weights of GPT-2's tokens (init_from), use data made with GPT-2's tokenizer")
   return {split: open_split(data_dir, split, block_size, vocab_size)
           for split in ("train", "val")}
 

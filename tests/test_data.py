@@ -73,7 +73,9 @@ def test_a_nanogpt_character_dataset_sets_the_vocabulary(tmp_path):
   for split in token_files.SPLITS:
     (pattern_tokens(200) % len(chars)).astype(np.uint16).tofile(tmp_path / f"{split}.bin")
   with pytest.raises(UserError, match=rf"meta.pkl: nanoGPT's dataset of a {len(chars)}-token "
-                                      rf"vocabulary, .* set --config.vocab_size={len(chars)} "):
+                                      rf"vocabulary, .* set --config.vocab_size={len(chars)} "
+                                      r".*, or, to start from weights of GPT-2's tokens "
+                                      r"\(init_from\), use data made with GPT-2's tokenizer$"):
     data.open_splits(str(tmp_path), 8, 50304)
   assert len(data.open_splits(str(tmp_path), 8, len(chars))["train"]) == 199 // 8
   assert len(data.open_splits(str(tmp_path), 8, 128)["train"]) == 199 // 8  # padded: trains
