@@ -183,9 +183,8 @@ def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
     f.writelines(json.dumps({"event": "train", "iter": it, "tokens": (it + 1) * 2 * 524_288,
                              "tokens_per_sec": 200_000.0}) + "\n" for it in (0, 10, 20))
   records = rundir.read_metrics()["train"]
-  assert iters.measured_devices(rundir.read_config(), records) == 2
-  resumed_on_4 = records + [{"iter": 30, "tokens": records[-1]["tokens"] + 10 * 4 * 524_288}]
-  assert iters.measured_devices(rundir.read_config(), resumed_on_4) is None
+  assert iters.last_layout(records) == (records, 2 * 524_288)
+  assert iters.measured_devices(rundir.read_config(), 2 * 524_288) == 2
   plan = lambda: run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
                             f"--config.out_dir={rundir.out_dir}", "--devices=8",
                             "--max_iters=20000", "--train_tokens=100B")
@@ -201,6 +200,27 @@ def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
   assert (f"throughput: 200,000 tok/s, measured in {rundir.metrics_path} on an unknown number of "
           "devices: the time is at the measured run's rate, --devices does not scale it"
           ) in r.stdout
+
+
+def test_a_resume_on_more_devices_is_measured_as_it_runs_now(tmp_path):
+  """Logs at iterations 0 and 10 on 2 devices; resumed at 20 on 4: the rate is that of the
+  logs after the resume's first (which times one step and spans both layouts' tokens)."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  rundir.write_config(recipe("fineweb_40m"))  # 524,288 tokens per iteration on one device
+  on_2 = [(it, (it + 1) * 2 * 524_288, 200_000.0) for it in (0, 10)]
+  on_4 = [(it, 20 * 2 * 524_288 + (it - 19) * 4 * 524_288, tok_s)
+          for it, tok_s in ((20, 1_000.0), (30, 400_000.0), (40, 400_000.0), (50, 200_000.0))]
+  with open(rundir.metrics_path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps({"event": "train", "iter": it, "tokens": tokens,
+                             "tokens_per_sec": tok_s}) + "\n" for it, tokens, tok_s in on_2 + on_4)
+  records, tokens_per_iter = iters.last_layout(rundir.read_metrics()["train"])
+  assert [r["iter"] for r in records] == [30, 40, 50] and tokens_per_iter == 4 * 524_288
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
+                 f"--config.out_dir={rundir.out_dir}", "--devices=8", "--max_iters=20000",
+                 "--train_tokens=100B")
+  assert r.returncode == 0, r.stderr
+  assert (f"throughput: 600,000 tok/s: 300,000 measured in {rundir.metrics_path} on 4 "
+          "device(s), scaled to --devices=8") in r.stdout
 
 
 def test_a_rate_measured_for_another_step_is_not_used(tmp_path):

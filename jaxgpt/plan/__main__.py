@@ -103,10 +103,13 @@ def _measured(out_dir: str, step: dict[str, Any], n_devices: int) -> tuple[float
       return None, (f"the run measured in {rundir.metrics_path} ran another step: "
                     f"{', '.join(changed)}")
   train_records = rundir.read_metrics()["train"]
-  measured = report.median_throughput(train_records)["tokens_per_sec"]
+  if not train_records:
+    return None, f"none measured in {rundir.metrics_path}"
+  records, tokens_per_iter = iters.last_layout(train_records)
+  measured = report.median_throughput(records)["tokens_per_sec"]
   if not measured:
     return None, f"none measured in {rundir.metrics_path}"
-  return _scaled(measured, iters.measured_devices(ran, train_records), n_devices,
+  return _scaled(measured, iters.measured_devices(ran, tokens_per_iter), n_devices,
                  rundir.metrics_path)
 
 

@@ -42,18 +42,26 @@ def parse_count(text: str) -> int:
     raise ValueError(f"{text!r} is not a count (e.g. 3.68B, 500M, 10000000000)") from None
 
 
-def measured_devices(run_config: dict[str, Any] | None, train_records: list[dict[str, Any]]
-                     ) -> int | None:
-  """The devices of the run that logged `train_records`: its tokens per iteration (from the
-  records' token counts) over one device's share (from its config.json). None where they do
-  not give one whole count: no config.json, or a resume that changed the layout."""
-  if not run_config or not train_records:
-    return None
-  per_device = (run_config["gradient_accumulation_steps"] * run_config["batch_size"]
-                * run_config["block_size"])
+def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+  """The train logs of the run's last layout, and its tokens per iteration (from the logs'
+  token counts): all of them where that never changed; after a resume that changed it (on
+  more devices, say), those after the resume's first log, whose count spans both layouts."""
   points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
-  per_iter = {(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)}
-  n = per_iter.pop() / per_device if len(per_iter) == 1 else 0
+  per_iter = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)]
+  first = len(per_iter) - 1
+  while first > 0 and per_iter[first - 1] == per_iter[-1]:
+    first -= 1
+  return train_records[first:], per_iter[-1]
+
+
+def measured_devices(run_config: dict[str, Any] | None, tokens_per_iter: float) -> int | None:
+  """The devices of the run that logged `tokens_per_iter` (from `last_layout`): that over one
+  device's share (from its config.json, the last layout's). None where that is no whole
+  count, or there is no config.json."""
+  if not run_config:
+    return None
+  n = tokens_per_iter / (run_config["gradient_accumulation_steps"] * run_config["batch_size"]
+                         * run_config["block_size"])
   return int(n) if n >= 1 and n == int(n) else None
 
 
