@@ -222,12 +222,24 @@ def _check_keys(keys: set[str]) -> None:
                     "; the recipe sets a key the schema (jaxgpt/defaults.py) does not have")
 
 
+def _check_types(c: ml_collections.ConfigDict) -> None:
+  """Rejects a value of another kind than the schema's: a recipe may set any key to None (and
+  an integer key to True), which ml_collections lets through."""
+  kinds = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}
+  wrong = [f"config.{key}={c[key]!r}: must be {kinds[type(default)]}"
+           for key, default in get_config().items()
+           if not (type(c[key]) is type(default) or (type(default), type(c[key])) == (float, int))]
+  if wrong:  # all of them: a key that follows another (lr_decay_iters, max_iters) is named too
+    raise UserError("; ".join(wrong))
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
   if not callable(getattr(c, "keys", None)):
     raise UserError(f"the recipe's get_config() returned {type(c).__name__}, not a ConfigDict: "
                     "start from c = jaxgpt.defaults.get_config() and return c")
   _check_keys(set(c.keys()))
+  _check_types(c)
 
   def check(ok: bool, key: str, why: str) -> None:
     if not ok:

@@ -154,10 +154,19 @@ def test_a_recipe_not_made_from_the_defaults_is_refused_naming_what_it_lacks():
     defaults.validate(partial)
 
 
-def test_type_is_checked_on_assignment():
+def test_type_is_checked_on_assignment_and_what_ml_collections_lets_through_by_validate():
   c = defaults.get_config()
   with pytest.raises(TypeError):
     c.max_iters = "lots"
+  for key, value, kind in (("grad_clip", None, "a number"), ("decay_lr", None, "True or False"),
+                           ("out_dir", None, "a string"), ("seed", True, "an integer")):
+    c = defaults.get_config()
+    c[key] = value  # `c.grad_clip = None` in a recipe: "no clipping", as in PyTorch
+    with pytest.raises(UserError, match=rf"^config.{key}={value}: must be {kind}$"):
+      defaults.validate(c)
+  c = defaults.get_config()
+  c.learning_rate = 1  # an int where a float goes is a number
+  defaults.validate(c)
 
 
 @pytest.mark.parametrize("name", ["quickstart", "fineweb_40m", "gpt2_124m"])
