@@ -217,6 +217,9 @@ class _Loop:
     self.best_val_loss = min(self.best_val_loss, self.losses["val"])
     if it == self.last_saved:  # a resumed checkpoint that a stop saved before its evaluation
       self.keep_if_best(it, self.losses["val"])
+    elif it > 0 and not math.isfinite(self.losses["val"]):  # weights skip_nonfinite cannot mend
+      logging.warning("step %d: val loss %s: weights that compute no finite loss are not saved",
+                      it, self.losses["val"])
     elif it > 0 and (improved or self.config.always_save_checkpoint):
       self.save(it, self.losses["val"])
     self.mark_time(it)

@@ -221,6 +221,21 @@ def test_skip_nonfinite_drops_bad_updates_and_goes_on(tmp_path, token_dir, nan_l
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+def test_weights_that_evaluate_to_nan_are_not_saved(tmp_path, token_dir, nan_loss, caplog):
+  """A step can leave weights whose every later loss is NaN (a learning rate far too high):
+  skip_nonfinite drops those steps, and their evaluation saves nothing, so "the last good
+  checkpoint" of the error that ends the run is one."""
+  tokens = pattern_tokens(1000, seed=3)
+  tokens[::7] = 95  # every val window NaN, as such weights evaluate
+  shards.write_shard(os.path.join(token_dir, "syn_val_000000.bin"), tokens)
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2,
+                       always_save_checkpoint=True)
+  with caplog.at_level("WARNING", logger="absl"):
+    train.train(config)
+  assert checkpoint_steps(config.out_dir) == []
+  assert "step 4: val loss nan: weights that compute no finite loss are not saved" in caplog.text
+
+
 def test_a_stop_after_a_non_finite_iteration_saves_nothing(tmp_path, token_dir, nan_loss,
                                                             monkeypatch):
   """The check a log would have made comes before a stop's save, so no checkpoint carries
