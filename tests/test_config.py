@@ -188,6 +188,13 @@ def test_a_schedule_that_cannot_work_is_an_error():
   with pytest.raises(UserError, match="config.warmup_iters=2000: must be at most "
                                       "max_iters=1000"):
     defaults.validate(config)
+  config.update(warmup_iters=100, lr_schedule="wsd", wsd_decay_frac=0.001)  # no iteration decays
+  with pytest.raises(UserError, match=r"config.wsd_decay_frac=0.001: decays over 0.9 of the 900 "
+                                      r"iterations from warmup_iters to lr_decay_iters; the "
+                                      r"decay needs 1 at least"):
+    defaults.validate(config)
+  config.wsd_decay_frac = 1 / 900
+  defaults.validate(config)
 
 
 def test_an_eval_only_config_of_max_iters_zero_is_valid_whatever_the_schedule():
