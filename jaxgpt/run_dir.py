@@ -5,7 +5,8 @@
     config.json                the resolved config of the latest accepted start
     metrics.jsonl              one JSON record per train log, evaluation or task scoring
     metrics.jsonl.superseded   records of iterations that a resume redid
-    metrics.jsonl.<n>          the records of an earlier run that never checkpointed
+    metrics.jsonl.<n>          the records of an earlier run that never checkpointed (and
+                               its config.json.<n>, metrics.jsonl.superseded.<n>)
     checkpoints/<step>/        Orbax: state, data, meta (see checkpoint.py)
     tensorboard/               event files, with tensorboard_log=True
     tensorboard.<n>/           the event files of that earlier run (metrics.jsonl.<n>'s)
@@ -273,14 +274,17 @@ class RunDir:
                   key=lambda r: r["iter"])
 
   def set_aside_metrics(self) -> None:
-    """Moves an earlier run's metrics.jsonl and tensorboard/ out of a new run's way, as
-    metrics.jsonl.<n> and tensorboard.<n>: that run never checkpointed (a new run over
-    checkpoints is refused), and its records are the user's, so none is deleted."""
-    moving = [p for p in (self.metrics_path, self.tensorboard_dir) if os.path.exists(p)]
+    """Moves an earlier run's records out of a new run's way, as metrics.jsonl.<n>,
+    config.json.<n> (the config they are of) and the like: that run never checkpointed (a
+    new run over checkpoints is refused), and its records are the user's, so none is
+    deleted."""
+    paths = (self.metrics_path, self.metrics_path + ".superseded", self._path("config.json"),
+             self.tensorboard_dir)
+    moving = [p for p in paths if os.path.exists(p)]
     if not moving:
       return
     n = 1
-    while any(os.path.exists(f"{p}.{n}") for p in (self.metrics_path, self.tensorboard_dir)):
+    while any(os.path.exists(f"{p}.{n}") for p in paths):
       n += 1
     for path in moving:
       os.rename(path, f"{path}.{n}")

@@ -504,8 +504,8 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   def open_files() -> sinks.Sinks:
     checkpoints.remove_unfinished()
     try:
-      rundir.write_config(config)
-      rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)
+      rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)  # first: it sets an
+      rundir.write_config(config)  # earlier run's config.json aside with its metrics
       return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
     except OSError as e:  # a full disk, a quota: before the first step
       path = e.filename2 or e.filename  # the file, where the OS names it

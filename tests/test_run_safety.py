@@ -497,9 +497,14 @@ def test_a_new_run_moves_the_metrics_of_one_that_never_checkpointed(tmp_path, to
   old = '{"event": "train", "iter": 0, "loss": 9.0}\n'
   with open(os.path.join(config.out_dir, "metrics.jsonl"), "w") as f:
     f.write(old)
+  with open(os.path.join(config.out_dir, "config.json"), "w") as f:
+    f.write('{"init_from": "scratch", "learning_rate": 0.02}')  # the records' config
   train.train(config)
   with open(os.path.join(config.out_dir, "metrics.jsonl.1")) as f:
     assert f.read() == old
+  with open(os.path.join(config.out_dir, "config.json.1")) as f:
+    assert f.read() == '{"init_from": "scratch", "learning_rate": 0.02}'
+  assert run_dir.RunDir(config.out_dir).read_config()["max_iters"] == 2
   assert records(config.out_dir, "eval")[0]["iter"] == 0
   assert len(records(config.out_dir, "train")) == 2
 

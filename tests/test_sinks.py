@@ -108,15 +108,18 @@ def test_resumes_of_an_unevaluated_checkpoint_keep_one_evaluation_of_it(tmp_path
   assert shown == metrics_points(rundir.metrics_path)
 
 
-def test_a_new_run_sets_an_earlier_runs_tensorboard_aside_with_its_metrics(tmp_path):
+def test_a_new_run_sets_an_earlier_runs_records_and_config_aside(tmp_path):
   rundir = run_dir.RunDir(str(tmp_path / "run"))
   os.makedirs(rundir.tensorboard_dir)
   for path, text in [(rundir.metrics_path + ".1", "oldest\n"), (rundir.metrics_path, "old\n"),
-                     (os.path.join(rundir.tensorboard_dir, "events.out.tfevents.1"), "events")]:
+                     (os.path.join(rundir.tensorboard_dir, "events.out.tfevents.1"), "events"),
+                     (os.path.join(rundir.out_dir, "config.json"), "{}"),
+                     (rundir.metrics_path + ".superseded", "redone\n")]:
     with open(path, "w") as f:
       f.write(text)
   rundir.keep_metrics_until(None, evaluated=False)
-  assert sorted(os.listdir(rundir.out_dir)) == ["metrics.jsonl.1", "metrics.jsonl.2",
+  assert sorted(os.listdir(rundir.out_dir)) == ["config.json.2", "metrics.jsonl.1",
+                                                "metrics.jsonl.2", "metrics.jsonl.superseded.2",
                                                 "tensorboard.2"]
   with open(rundir.metrics_path + ".2") as f:
     assert f.read() == "old\n"
