@@ -206,29 +206,26 @@ def _float32(x: float) -> float:
     return float(np.float32(x))
 
 
-def _check_keys(keys: set[str]) -> None:
-  """Rejects a config whose keys are not the schema's: a recipe that dropped a key, or set one
-  the schema lacks."""
-  schema = get_config().keys()
-  missing = sorted(set(schema) - keys)
+def _check_schema(values: dict[str, Any]) -> None:
+  """Rejects a config whose keys are not the schema's (a recipe that dropped a key, or set one
+  the schema lacks), or whose value is of another kind than the schema's (a recipe may set
+  any key to None, and an integer key to True, which ml_collections lets through)."""
+  schema = get_config()
+  missing = sorted(set(schema.keys()) - set(values))
   if missing:
     raise UserError(f"the config has no {', '.join(missing[:4])}{', ...' if missing[4:] else ''}: "
                     "a recipe's get_config() starts from jaxgpt.defaults.get_config()")
-  unknown = sorted(keys - set(schema))
+  unknown = sorted(set(values) - set(schema.keys()))
   if unknown:  # `c.max_iter = 10` in a recipe: an unlocked ConfigDict takes any new key
-    near = difflib.get_close_matches(unknown[0], schema, n=1)
+    near = difflib.get_close_matches(unknown[0], schema.keys(), n=1)
     raise UserError(f"config.{unknown[0]}: no such config key" +
                     (f' (did you mean "{near[0]}"?)' if near else "") +
                     "; the recipe sets a key the schema (jaxgpt/defaults.py) does not have")
-
-
-def _check_types(c: ml_collections.ConfigDict) -> None:
-  """Rejects a value of another kind than the schema's: a recipe may set any key to None (and
-  an integer key to True), which ml_collections lets through."""
   kinds = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}
-  wrong = [f"config.{key}={c[key]!r}: must be {kinds[type(default)]}"
-           for key, default in get_config().items()
-           if not (type(c[key]) is type(default) or (type(default), type(c[key])) == (float, int))]
+  fits = lambda value, default: (type(value) is type(default)
+                                 or (type(default), type(value)) == (float, int))
+  wrong = [f"config.{key}={values[key]!r}: must be {kinds[type(default)]}"
+           for key, default in schema.items() if not fits(values[key], default)]
   if wrong:  # all of them: a key that follows another (lr_decay_iters, max_iters) is named too
     raise UserError("; ".join(wrong))
 
@@ -238,8 +235,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not callable(getattr(c, "keys", None)):
     raise UserError(f"the recipe's get_config() returned {type(c).__name__}, not a ConfigDict: "
                     "start from c = jaxgpt.defaults.get_config() and return c")
-  _check_keys(set(c.keys()))
-  _check_types(c)
+  _check_schema(dict(c.items()))
 
   def check(ok: bool, key: str, why: str) -> None:
     if not ok:

@@ -230,6 +230,11 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
   fig.legend(handles=handles, loc="outside lower center", fontsize=9,
              ncol=min(len(runs), 4) if len(runs) > 1 else 3)
   ax.set_title("loss against tokens" + (" (log scale)" if logx else ""))
+  _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str) -> None:
+  """Writes and closes the figure; a place or a kind it cannot be written to is the user's."""
   try:
     fig.savefig(path)
   except OSError as e:

@@ -53,21 +53,25 @@ class RunDir:
     return os.path.join(self.out_dir, name)
 
   @contextlib.contextmanager
-  def lock(self) -> Iterator[None]:
+  def lock(self, writes: bool = True) -> Iterator[None]:
     """Holds the directory for one live run; a second run is refused, naming the holder.
 
     An advisory `flock` on out_dir/run.lock, which the OS drops when the holder
     dies however it dies; the file names the holder's host and pid for the
-    message, and a name left by a dead run is taken over with a warning.
+    message, and a name left by a dead run is taken over with a warning. A run
+    that `writes` nothing (eval_only on a resume) locks a run.lock it may only
+    read: an archived run's, or a colleague's.
     """
     path = self._path("run.lock")
     made = not os.path.isdir(self.out_dir)
     try:
       os.makedirs(self.out_dir, exist_ok=True)
-      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      fd, named = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True  # names its holder
     except OSError as e:
-      raise UserError(f"{self.out_dir}: a run cannot write there ({e.strerror}); pick a "
-                      "writable --config.out_dir") from None
+      fd, named = None if writes else _open_to_read(path), False
+      if fd is None:
+        raise UserError(f"{self.out_dir}: a run cannot write there ({e.strerror}); pick a "
+                        "writable --config.out_dir") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -78,6 +82,20 @@ class RunDir:
     except OSError as e:  # a filesystem without locks: Lustre without -o flock, NFS without lockd
       logging.warning("%s: cannot be locked (%s); a second run started on this directory "
                       "meanwhile would not be refused", path, e.strerror)
+    if named:
+      self._record_holder(fd, path)
+    try:
+      yield
+    finally:
+      if named:
+        os.ftruncate(fd, 0)  # a clean exit leaves no holder to warn about
+      os.close(fd)  # and drops the lock
+      if made:
+        self._remove_if_unused()
+
+  @staticmethod
+  def _record_holder(fd: int, path: str) -> None:
+    """Names this run in its run.lock, for a second run's refusal."""
     previous = _read_holder(fd)
     if previous:
       logging.warning("%s: taking over the lock left by a run that is no longer running (%s)",
@@ -88,13 +106,6 @@ class RunDir:
       os.pwrite(fd, holder.encode(), 0)
     except OSError as e:  # a full disk: the lock holds; a second run's message names no holder
       logging.warning("%s: cannot record this run as its holder (%s)", path, e.strerror)
-    try:
-      yield
-    finally:
-      os.ftruncate(fd, 0)  # a clean exit leaves no holder to warn about
-      os.close(fd)  # and drops the lock
-      if made:
-        self._remove_if_unused()
 
   def _remove_if_unused(self) -> None:
     """Removes the out_dir this run made when it holds nothing but the lock and an empty
@@ -278,9 +289,11 @@ class RunDir:
     config.json.<n> (the config they are of) and the like: that run never checkpointed (a
     new run over checkpoints is refused), and its records are the user's, so none is
     deleted."""
-    paths = (self.metrics_path, self.metrics_path + ".superseded", self._path("config.json"),
-             self.tensorboard_dir)
-    moving = [p for p in paths if os.path.exists(p)]
+    files = (self.metrics_path, self.metrics_path + ".superseded", self._path("config.json"))
+    paths = (*files, self.tensorboard_dir)
+    moving = [p for p in files if os.path.isfile(p)]  # a folder of such a name is not a run's
+    if os.path.isdir(self.tensorboard_dir):
+      moving.append(self.tensorboard_dir)
     if not moving:
       return
     n = 1
@@ -290,6 +303,14 @@ class RunDir:
       os.rename(path, f"{path}.{n}")
     logging.warning("%s held the records of an earlier run without checkpoints; moved to %s",
                     self.out_dir, ", ".join(f"{os.path.basename(p)}.{n}" for p in moving))
+
+
+def _open_to_read(path: str) -> int | None:
+  """A read-only descriptor of `path` (flock needs no more); None where it cannot be opened."""
+  try:
+    return os.open(path, os.O_RDONLY)
+  except OSError:
+    return None
 
 
 def _record(line: str) -> dict[str, Any] | None:

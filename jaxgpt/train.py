@@ -356,7 +356,8 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
   defaults.validate(config)
   sharding.check_same_config(config.to_dict())
   rundir = run_dir.RunDir(config.out_dir)
-  with preemption.StopSignals(jax.process_count()) as signals, _locked(rundir):
+  writes = not (config.eval_only and config.init_from == "resume")  # else evaluates a checkpoint
+  with preemption.StopSignals(jax.process_count()) as signals, _locked(rundir, writes):
     return _train(config, rundir, signals, params, hooks, config_file)
 
 
@@ -365,16 +366,18 @@ def check_start(config: ml_collections.ConfigDict) -> None:
   overwrite, none to resume from), said at once: launch.py asks before it makes data or
   loads weights, which can take hours."""
   rundir = run_dir.RunDir(config.out_dir)
-  with _locked(rundir):
+  writes = not (config.eval_only and config.init_from == "resume")  # else evaluates a checkpoint
+  with _locked(rundir, writes):
     rundir.check_start(resume=config.init_from == "resume", saves=not config.eval_only)
 
 
 @contextlib.contextmanager
-def _locked(rundir: run_dir.RunDir) -> Iterator[None]:
+def _locked(rundir: run_dir.RunDir, writes: bool) -> Iterator[None]:
   """Process 0 holds the run directory's lock; where another run holds it, every process
-  stops (the others would wait for process 0 at their first collective)."""
+  stops (the others would wait for process 0 at their first collective). A run that
+  `writes` nothing there (eval_only on a resume) may lock a directory it can only read."""
   with contextlib.ExitStack() as held:
-    lock = rundir.lock() if jax.process_index() == 0 else contextlib.nullcontext()
+    lock = rundir.lock(writes) if jax.process_index() == 0 else contextlib.nullcontext()
     sharding.agreed("locking the run directory", held.enter_context, lock)
     yield
 

@@ -250,6 +250,41 @@ def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monk
   assert not os.path.exists(rundir.out_dir)  # a start that wrote nothing leaves nothing
 
 
+@pytest.mark.parametrize("slow", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_run_that_writes_nothing_locks_a_directory_it_can_only_read(tmp_path, token_dir,
+                                                                       monkeypatch, slow):
+  """eval_only on a resume of an archived run (a read-only mount, even for root): its
+  run.lock opens for reading, which flock needs no more than; a live run still refuses it."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.out_dir)
+  lock_file = os.path.join(rundir.out_dir, "run.lock")
+  pathlib.Path(lock_file).write_text("")
+  real_open = os.open
+
+  def read_only(path, flags, *mode):
+    if flags & os.O_RDWR and path == lock_file:
+      raise OSError(30, "Read-only file system")
+    return real_open(path, flags, *mode)
+
+  monkeypatch.setattr(run_dir.os, "open", read_only)
+  with (pytest.raises(UserError, match=r"/run: a run cannot write there \(Read-only file "),
+        rundir.lock()):
+    pass
+  with rundir.lock(writes=False):
+    monkeypatch.setattr(run_dir.os, "open", real_open)
+    with pytest.raises(UserError, match="is in use by another run"), rundir.lock():
+      pass
+  assert pathlib.Path(lock_file).read_text() == ""
+  if slow:
+    monkeypatch.setattr(run_dir.os, "open", real_open)
+    config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
+    train.train(config)
+    monkeypatch.setattr(run_dir.os, "open", read_only)
+    losses = train.train(tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2,
+                                     eval_only=True, init_from="resume"))
+    assert losses["val"] == records(config.out_dir, "eval")[-1]["val_loss"]
+
+
 @pytest.mark.slow
 def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path, token_dir, caplog):
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
