@@ -69,7 +69,8 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   try:
     with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as f:
       shutil.copyfileobj(response, f, 1 << 20)
-      left = getattr(response, "length", None)  # of Content-Length: a cut body reads as whole
+      left = getattr(response, "length", None)  # Content-Length's bytes not received: urllib
+      # reads a body the server cut short as if it were whole
       if left:
         raise OSError(f"the connection closed after {f.tell():,} of {f.tell() + left:,} bytes")
   except BaseException as e:  # a network error, or a stop (Ctrl-C) mid-download
