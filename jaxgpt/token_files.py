@@ -108,9 +108,15 @@ def split_of(filename: str) -> str | None:
 
 
 def find_shards(data_dir: str, split: str) -> list[str]:
-  """The token files of a split (.bin or .npy, `split_of` their name), sorted."""
-  found = [glob.glob(os.path.join(glob.escape(data_dir), f"*.{kind}")) for kind in ("bin", "npy")]
-  return sorted(p for p in found[0] + found[1] if split_of(os.path.basename(p)) == split)
+  """The token files of a split (.bin or .npy, `split_of` their name), sorted; both kinds in
+  one split are one dataset twice (a conversion left beside its source), refused."""
+  found = [sorted(p for p in glob.glob(os.path.join(glob.escape(data_dir), f"*.{kind}"))
+                  if split_of(os.path.basename(p)) == split) for kind in ("bin", "npy")]
+  if found[0] and found[1]:
+    raise ShardError(f"{data_dir}: {split} files of two kinds, {os.path.basename(found[0][0])} "
+                     f"and {os.path.basename(found[1][0])}: one dataset twice? Keep one kind "
+                     "(.bin or .npy) in the folder")
+  return found[0] or found[1]
 
 
 def check_vocab(path: str, tokens: np.ndarray, vocab_size: int) -> None:

@@ -33,6 +33,10 @@ def test_reads_nanogpt_bin_and_build_nanogpt_npy(tmp_path):
   np.testing.assert_array_equal(token_files.read_tokens(str(tmp_path / "edu_val_000000.npy")), tokens)
   assert token_files.find_shards(str(tmp_path), "train") == [str(tmp_path / "train.bin")]
   assert token_files.find_shards(str(tmp_path), "val") == [str(tmp_path / "edu_val_000000.npy")]
+  np.save(tmp_path / "edu_train_000000.npy", tokens)  # train.bin converted, left beside it
+  with pytest.raises(UserError, match=f"{tmp_path}: train files of two kinds, train.bin and "
+                                      "edu_train_000000.npy: one dataset twice"):
+    data.open_splits(str(tmp_path), 8, 128)
 
 
 @pytest.mark.parametrize("name", ["medieval", "pretrain", "val", "eval-train", "fineweb"])
