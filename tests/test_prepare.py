@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import fcntl
@@ -433,6 +434,18 @@ def test_bad_input_names_the_file(tmp_path, name, content, match):
   with pytest.raises(readers.PrepareError, match=match):
     run([str(path)], tmp_path / "new" / "out")
   assert os.listdir(tmp_path) == [name]  # the directories the run made are gone with it
+
+
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_a_byte_that_is_not_utf8_is_named_by_its_offset_in_the_file(tmp_path, monkeypatch, bom):
+  """Read in chunks (of 8 bytes here), a character split across two of them: the offset is the
+  file's, not the chunk's."""
+  monkeypatch.setattr(readers, "READ_BYTES", 8)
+  path = tmp_path / "late.txt"
+  path.write_bytes(bom + b"abcdefg" + "\u00e9".encode() + b"xyz\xffrest")
+  with pytest.raises(readers.PrepareError, match=rf"late.txt: not UTF-8 text \(byte 0xff at "
+                                                 rf"offset {len(bom) + 12}: invalid start byte"):
+    list(readers.read_text(str(path), ""))
 
 
 def test_parquet_text_that_is_not_utf8_names_the_file_and_row(tmp_path):

@@ -175,12 +175,17 @@ def read_text(path: str, separator: str, name: str | None = None) -> Iterator[Pi
   doc_id = lambda: f"{name}#{index}" if separator else name
   with open(path, "rb") as f:
     while True:
+      held = len(decoder.getstate()[0])  # a character's first bytes, decoded with the next read
       raw = f.read(READ_BYTES)
       pending += len(raw)
       try:
         buf += decoder.decode(raw, final=not raw)
-      except UnicodeDecodeError as e:
-        raise PrepareError(f"{path}: not UTF-8 text ({e})") from e
+      except UnicodeDecodeError as e:  # its position is in the bytes this read decodes
+        before = f.tell() - len(raw)  # and past a BOM, where the first read strips one
+        bom = len(codecs.BOM_UTF8) if before == 0 and raw.startswith(codecs.BOM_UTF8) else 0
+        at = before - held + bom + e.start
+        raise PrepareError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                           f"{at:,}: {e.reason})") from e
       if separator:
         *done, buf = buf.split(separator)
         scanned = scanned if not done else 0
