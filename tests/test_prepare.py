@@ -392,6 +392,10 @@ def test_max_tokens_stops_after_the_document_that_reaches_it(tmp_path):
   n_docs = sum(s["documents"] for s in meta["splits"].values())
   lengths = np.cumsum([len(expected_tokens(t)) for t in TEXTS])
   assert total == lengths[n_docs - 1] and lengths[n_docs - 2] < 5000 <= total
+  with pytest.raises(readers.PrepareError, match=r"a.parquet: no (val|train) documents among the "
+                                                 r"1 that --max_tokens=1 let in \(val_fraction="
+                                                 r"0.1\); raise --max_tokens"):
+    run([str(tmp_path / "a.parquet")], tmp_path / "one", max_tokens=1)
 
 
 def test_meta_lists_only_the_sources_documents_came_from(tmp_path):

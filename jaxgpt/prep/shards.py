@@ -200,7 +200,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
       used = _fill(writers, pieces, sources, bar, val_fraction=val_fraction,
                    val_tokens=val_tokens, max_tokens=max_tokens, workers=workers)
       bar.close()
-      _check_splits(writers, sources, val_fraction)
+      _check_splits(writers, sources, val_fraction, max_tokens)
       for writer in writers.values():
         writer.flush()
       meta = {
@@ -430,13 +430,18 @@ def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], sources: li
   return used
 
 
-def _check_splits(writers: dict[str, _ShardWriter], sources: list[str],
-                  val_fraction: float) -> None:
+def _check_splits(writers: dict[str, _ShardWriter], sources: list[str], val_fraction: float,
+                  max_tokens: int) -> None:
   what = ", ".join(sources[:3]) + (", ..." if len(sources) > 3 else "") or "the input"
   n_docs = sum(w.documents for w in writers.values())
   if n_docs == 0:
     raise PrepareError(f"{what}: no documents (the corpus is empty)")
+  cut = max_tokens and sum(w.tokens for w in writers.values()) >= max_tokens
   for split, writer in writers.items():
+    if writer.documents == 0 and cut:
+      raise PrepareError(f"{what}: no {split} documents among the {n_docs} that "
+                         f"--max_tokens={max_tokens:,} let in (val_fraction={val_fraction}); "
+                         "raise --max_tokens (or change --val_fraction)")
     if writer.documents == 0:
       raise PrepareError(
           f"{what}: no {split} documents among {n_docs} (val_fraction={val_fraction}); "
