@@ -899,6 +899,9 @@ def test_command_line(tmp_path):
       "error: --val_fraction does not apply to `python_docs`: the built-in corpus is made one "
       "way, as a run makes it")
   assert not (tmp_path / "pd").exists()
+  r = prepare_cli("files", f"--input={tmp_path / 'book.txt'}", "--out=")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+      "error: --out is empty: give the directory to write the token shards into")
 
 
 def test_input_repeated_reads_every_one(tmp_path):
