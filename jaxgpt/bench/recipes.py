@@ -121,20 +121,27 @@ def train_variant(config: ml_collections.ConfigDict) -> None:
   os.makedirs(os.path.dirname(recipe) or ".", exist_ok=True)
   with open(recipe, "w", encoding="utf-8") as f:
     f.write(f"{_RECIPE_HEAD}{config.to_json_best_effort()!r}))\n  return c\n")
-  stopped = []
-  with subprocess.Popen([sys.executable, LAUNCH, f"--config={recipe}"]) as run:
-    def pass_on(signum: int, _) -> None:
-      stopped.append(signum)
-      run.send_signal(signum)
+  stopped, passed, runs = [], [], []  # a SIGTERM before the run starts is passed on once it has
 
-    previous = signal.signal(signal.SIGTERM, pass_on)
-    try:
-      returncode = run.wait()
-    except KeyboardInterrupt:
-      run.wait()
-      raise
-    finally:
-      signal.signal(signal.SIGTERM, previous)
+  def pass_on(signum: int, _) -> None:
+    stopped.append(signum)
+    if runs:
+      runs[0].send_signal(signum)
+      passed.append(signum)
+
+  previous = signal.signal(signal.SIGTERM, pass_on)
+  try:
+    with subprocess.Popen([sys.executable, LAUNCH, f"--config={recipe}"]) as run:
+      runs.append(run)
+      if len(stopped) > len(passed):
+        run.send_signal(signal.SIGTERM)
+      try:
+        returncode = run.wait()
+      except KeyboardInterrupt:
+        run.wait()
+        raise
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   if stopped:  # the run may have finished first: the comparison stops all the same
     raise UserError(f"stopped by SIGTERM while training {config.out_dir}; the comparison "
                     "stops here")
