@@ -27,7 +27,7 @@ from conftest import (
 )
 
 from jaxgpt import train_step
-from jaxgpt.bench import collectives, decode, memory, save_overhead, throughput
+from jaxgpt.bench import collectives, decode, memory, recipes, save_overhead, throughput
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, count_params
 
@@ -354,6 +354,30 @@ def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
     assert (tmp_path / "stopped").exists()
   finally:
     bench.kill()
+
+
+def test_a_sigterm_as_the_training_run_starts_is_passed_on(tmp_path, monkeypatch):
+  """One that comes before the run is watched (here, as Popen returns) stops it too."""
+  fake_launch = tmp_path / "launch.py"
+  fake_launch.write_text("import time\ntime.sleep(30)\n")
+  real_popen = subprocess.Popen
+
+  def popen_then_sigterm(*args, **kwargs):
+    run = real_popen(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return run
+
+  monkeypatch.setattr(recipes, "LAUNCH", str(fake_launch))
+  monkeypatch.setattr(recipes.subprocess, "Popen", popen_then_sigterm)
+  config = recipes.base_config("python_docs", str(tmp_path / "cmp"), 2)
+  previous = signal.signal(signal.SIGTERM, lambda *_: None)  # what a missed one would reach
+  try:
+    started = time.monotonic()
+    with pytest.raises(UserError, match="stopped by SIGTERM while training"):
+      recipes.train_variant(recipes.variant_config(config, "nanogpt", {}, 1.0))
+    assert time.monotonic() - started < 25  # the run was stopped, not waited for
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.slow
