@@ -8,8 +8,10 @@ before "H100"); an entry without figures keeps a name from matching a wrong entr
 Peak: dense bf16 tensor FLOP/s with FP32 accumulation, what XLA's bf16 matmuls use (GeForce
 cards run it at half their FP16-accumulate rate): datasheets' sparse figures halved, GeForce
 "AI TOPS" (FP8 / FP4 sparse) divided by 8 / 16, which equals the whitepapers' (Ampere GA102
-v2.0, Ada v2.1, RTX Blackwell) figure where both exist. Memory: the vendors' spec pages, in GiB
-as they state GB.
+v2.0, Ada v2.1, RTX Blackwell) figure where both exist. Memory: what the card reports, which
+JAX takes its share of: nvidia-smi's total in MiB where we have it (H200: our own run's
+docs/gpu_runs; H100, L40S, L4, A10 as modal-labs/modal-client#2797 quotes them: ECC keeps
+1/16 of these cards' GDDR6), else the spec page's GB as GiB.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ CARDS: tuple[Card, ...] = (
     Card("TPU v6e", 918e12),
     Card("GH200", 989.5e12, 96),  # its Hopper GPU as an H100 SXM's (no GH200 bf16 figure)
     Card("H200 NVL", 835.5e12, 141),  # H200 datasheet: 1,671 sparse
-    Card("H200", 989.5e12, 141),  # H200 datasheet: 1,979 sparse
+    Card("H200", 989.5e12, 143771 / 1024),  # H200 datasheet: 1,979 sparse
     Card("H100 NVL", 835.5e12, 94),  # H100 datasheet: 1,671 sparse per GPU
     Card("H100 PCIe", 756.5e12, 80),  # H100 datasheet: 1,513 sparse
-    Card("H100", 989.5e12, 80),  # H100 SXM ("NVIDIA H100 80GB HBM3"), datasheet: 1,979 sparse
+    Card("H100", 989.5e12, 81559 / 1024),  # H100 SXM ("NVIDIA H100 80GB HBM3"), datasheet:
+    # 1,979 sparse
     Card("GB200", 2.5e15),  # GB200 NVL72 page: 5 PFLOPS sparse per GPU
     Card("B200", 2.25e15, 180),  # HGX B200 page: 4.5 PFLOPS sparse per GPU
     Card("B100", 1.75e15),  # 3.5 PFLOPS sparse (third-party listing only)
@@ -53,10 +56,10 @@ CARDS: tuple[Card, ...] = (
     Card("A100 40GB", 312e12, 40),  # as a user names it (plan --device)
     Card("A100-SXM4-80GB", 312e12, 80),
     Card("A100", 312e12, 80),  # "NVIDIA A100-PCIE-80GB", "NVIDIA A100 80GB PCIe"
-    Card("L40S", 362.05e12, 48),  # L40S datasheet: 362.05 dense
+    Card("L40S", 362.05e12, 46068 / 1024),  # L40S datasheet: 362.05 dense
     Card("L40", 181.05e12, 48),  # L40 datasheet: 181.05 dense
-    Card("NVIDIA L4", 121e12, 24),  # L4 datasheet: 242 sparse
-    Card("NVIDIA A10", 125e12, 24),  # A10 datasheet: 125 dense
+    Card("NVIDIA L4", 121e12, 23034 / 1024),  # L4 datasheet: 242 sparse
+    Card("NVIDIA A10", 125e12, 23028 / 1024),  # A10 datasheet: 125 dense
     Card("RTX 6000 Ada", 364.2e12, 48),  # Ada whitepaper: 364.2 with FP32 accumulate
     Card("RTX 5000 Ada", 261.1e12, 32),  # datasheet: 1,044.4 FP8 sparse / 4
     Card("RTX 4500 Ada", 158.5e12, 24),  # 60 SMs x 1024 x 2.58 GHz (derived; none published)

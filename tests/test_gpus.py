@@ -56,7 +56,8 @@ def test_no_entry_is_shadowed_by_an_earlier_one():
 @pytest.mark.parametrize("device_kind, gib", [
     ("NVIDIA GeForce RTX 4070", 12), ("NVIDIA GeForce RTX 4070 Ti SUPER", 16),
     ("NVIDIA GeForce RTX 3080", 10), ("NVIDIA A100-SXM4-40GB", 40), ("NVIDIA A100-SXM4-80GB", 80),
-    ("NVIDIA H100 80GB HBM3", 80), ("NVIDIA H200", 141), ("NVIDIA L40S", 48)])
+    ("NVIDIA H100 80GB HBM3", 81559 / 1024), ("NVIDIA H200", 143771 / 1024),
+    ("NVIDIA L40S", 46068 / 1024)])  # what nvidia-smi reports, where known
 def test_memory_of_the_cards_whose_name_says_it(device_kind, gib):
   assert gpus.card(device_kind).memory_gib == gib
 

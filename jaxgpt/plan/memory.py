@@ -210,7 +210,7 @@ def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_de
        f"{m.block_size} block" + (" (without the T x T attention scores cuDNN's attention never "
                           f"keeps; {estimate['needed'] / GiB:.1f} GiB with them)"
                           if flash else "")),
-      (f"memory: JAX will have {budget / GiB:.2f} GiB ({mem_fraction():.0%} of {memory_gib:g} "
+      (f"memory: JAX will have {budget / GiB:.2f} GiB ({mem_fraction():.0%} of {memory_gib:.4g} "
        f"GiB): " + ("fits by this estimate" if figure <= budget else
                     f"does not fit by this estimate, nor by {1 / CPU_OVERSTATES:.0%} of it"
                     if figure > CPU_OVERSTATES * budget else
