@@ -423,7 +423,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     train_iter.close()  # and its worker processes
     raise
 
-  eval_step = train_step.make_eval_step(setup.model)
+  eval_step = train_step.make_eval_step(setup.model, train_step.data_parallel(step_config,
+                                                                              layout.mesh))
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
                run_sinks,
                lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),

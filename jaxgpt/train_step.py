@@ -188,12 +188,11 @@ def compile_train_step(setup: TrainSetup, mesh: jax.sharding.Mesh, state: Any = 
 
   A batch of another shape is then an error, never a silent recompile.
   """
-  mode = setup.step.sharding
-  shardings = sharding.state_shardings(setup.abstract_state, mesh, mode)
+  shardings = sharding.state_shardings(setup.abstract_state, mesh, setup.step.sharding)
   if state is None:
     state = sharding.abstract_like(setup.abstract_state, shardings)
-  dp_mesh = mesh if mode == "dp" and mesh.size > 1 else None
-  step = make_train_step(setup.model, setup.tx, (shardings, sharding.replicated(mesh)), dp_mesh)
+  step = make_train_step(setup.model, setup.tx, (shardings, sharding.replicated(mesh)),
+                         data_parallel(setup.step, mesh))
   return step.lower(state, setup.step.layout(mesh).train_spec).compile()
 
 
@@ -203,9 +202,28 @@ def compile_on(step: StepConfig, mesh: jax.sharding.Mesh) -> Any:
   return compile_train_step(build(step), mesh)
 
 
-def make_eval_step(model: GPT) -> Callable[[Any, jax.Array], jax.Array]:
-  """A jitted mean loss of one (batch_size, block_size+1) batch, dropout off."""
-  return jax.jit(lambda params, tokens_BT1: loss(model, params, tokens_BT1, None))
+def data_parallel(step: StepConfig, mesh: jax.sharding.Mesh) -> jax.sharding.Mesh | None:
+  """`mesh` where the params are replicated on several devices (dp), for the steps to map
+  their work over it; else None."""
+  return mesh if step.sharding == "dp" and mesh.size > 1 else None
+
+
+def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None
+                   ) -> Callable[[Any, jax.Array], jax.Array]:
+  """A jitted mean loss of one (batch_size, block_size+1) batch, dropout off. With `dp_mesh`
+  each device takes the loss of its share, averaged once: left to XLA, the chunked head's
+  scan over the whole batch gathered it, and every device computed every chunk."""
+
+  def eval_step(params: Any, tokens_BT1: jax.Array) -> jax.Array:
+    if dp_mesh is None or tokens_BT1.shape[0] % dp_mesh.size:  # a resume's leftover windows
+      return loss(model, params, tokens_BT1, None)
+    P = jax.sharding.PartitionSpec
+    local_then_mean = lambda p, t: jax.lax.pmean(loss(model, p, t, None), sharding.DATA)
+    # check_vma=False: the head loss's scan carries are not typed as varying per device.
+    return jax.shard_map(local_then_mean, mesh=dp_mesh, in_specs=(P(), P(sharding.DATA)),
+                         out_specs=P(), check_vma=False)(params, tokens_BT1)
+
+  return jax.jit(eval_step)
 
 
 @dataclasses.dataclass(frozen=True)

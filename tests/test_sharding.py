@@ -20,6 +20,7 @@ from conftest import (
   free_port,
   records,
   restore_state,
+  run_python,
   setup_of,
   step_of,
   tiny_config,
@@ -86,6 +87,42 @@ def test_eight_devices_train_like_one_device_with_the_same_global_batch(tmp_path
     assert eight["wte_shard_shape"] == [96 // 8, 32]  # really split over the 8 devices
   else:
     assert eight["wte_shard_shape"] == eight["wte_shape"]
+
+
+EVAL_ON_4 = """
+import json, pathlib, sys
+import jax, jax.numpy as jnp
+sys.path.insert(0, "tests")
+from conftest import pattern_tokens, tiny_config
+from jaxgpt import sharding, train_step
+from jaxgpt.bench import collectives
+from jaxgpt.model import init_params
+step = train_step.StepConfig.from_config(tiny_config(pathlib.Path(sys.argv[1]), "", batch_size=2,
+                                                     loss_chunk_size=16))
+mesh = sharding.make_mesh()
+model = train_step.build(step).model
+params = init_params(model, jax.random.PRNGKey(0))
+tokens = jnp.asarray(pattern_tokens(8 * 17).reshape(8, 17))
+batch = jax.device_put(tokens, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+out = {}
+for name, dp_mesh in (("xla", None), ("mapped", train_step.data_parallel(step, mesh))):
+  f = train_step.make_eval_step(model, dp_mesh)
+  out[name] = [float(f(params, batch)), float(f(params, tokens[:3])),
+               collectives.collectives(f.lower(params, batch).compile().as_text(), mesh.size)]
+print(json.dumps(out))
+"""
+
+
+def test_a_data_parallel_evaluation_takes_each_device_s_share_alone(tmp_path):
+  """With the chunked head, XLA gathered every device's hidden states and computed every
+  chunk on each device; mapped, each takes its share and one scalar is averaged."""
+  r = run_python("-c", EVAL_ON_4, str(tmp_path),
+                 XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert "all-gather" in out["xla"][2]  # what the mapping avoids
+  assert set(out["mapped"][2]) == {"all-reduce"} and out["mapped"][2]["all-reduce"] < 100
+  np.testing.assert_allclose(out["mapped"][:2], out["xla"][:2], rtol=1e-6)  # 3 rows: unmapped
 
 
 @pytest.mark.slow
