@@ -50,19 +50,21 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   config = attention.settle(config)
   model = GPTConfig.from_config(config)
   hooks = train.Hooks(
-      tasks=_tasks(model, config.eval_tasks, config.eval_tasks_limit, config.hellaswag_file),
+      tasks=_tasks(model, config.sharding, config.eval_tasks, config.eval_tasks_limit,
+                   config.hellaswag_file),
       at_end=_closing_sample(model, config.sample_start, config.sample_tokens, config.seed))
   return train.train(config, params=params, hooks=hooks, config_file=config_file)
 
 
-def _tasks(model: GPTConfig, spec: str, limit: int, hellaswag_file: str
+def _tasks(model: GPTConfig, mode: str, spec: str, limit: int, hellaswag_file: str
            ) -> train.TasksHook | None:
-  """eval_tasks, read and batched once (each evaluation reuses their compiled shapes)."""
+  """eval_tasks, read and batched once (each evaluation reuses their compiled shapes), scored
+  on the run's devices as its `mode` of sharding holds the params."""
   if not spec:
     return None
   from jaxgpt.evals import tasks
   from jaxgpt.inference import scoring
-  scorer = scoring.Scorer(GPT(model), mesh=sharding.make_mesh())
+  scorer = scoring.Scorer(GPT(model), mesh=sharding.make_mesh(), data_parallel=mode == "dp")
   task_list = tasks.load(spec, scorer, limit=limit, hellaswag_file=hellaswag_file)
   for task in task_list:
     logging.info("eval task %s: %s, %s in %s", task.name, task.source,

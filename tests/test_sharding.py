@@ -96,6 +96,7 @@ sys.path.insert(0, "tests")
 from conftest import pattern_tokens, tiny_config
 from jaxgpt import sharding, train_step
 from jaxgpt.bench import collectives
+from jaxgpt.inference import scoring
 from jaxgpt.model import init_params
 step = train_step.StepConfig.from_config(tiny_config(pathlib.Path(sys.argv[1]), "", batch_size=2,
                                                      loss_chunk_size=16))
@@ -109,13 +110,19 @@ for name, dp_mesh in (("xla", None), ("mapped", train_step.data_parallel(step, m
   f = train_step.make_eval_step(model, dp_mesh)
   out[name] = [float(f(params, batch)), float(f(params, tokens[:3])),
                collectives.collectives(f.lower(params, batch).compile().as_text(), mesh.size)]
+  scorer = scoring.Scorer(model, mesh, rows_per_batch=8, data_parallel=dp_mesh is not None)
+  batches = scorer.batches([(tokens[i].tolist(), 5 + i) for i in range(8)])
+  placed = [scorer._place(x) for x in batches[0][1:]]
+  out[name + " tasks"] = [scorer.loss_sums(params, batches, 8).tolist(), collectives.collectives(
+      scorer._loss_sums.lower(params, *placed).compile().as_text(), mesh.size)]
 print(json.dumps(out))
 """
 
 
 def test_a_data_parallel_evaluation_takes_each_device_s_share_alone(tmp_path):
   """With the chunked head, XLA gathered every device's hidden states and computed every
-  chunk on each device; mapped, each takes its share and one scalar is averaged."""
+  chunk on each device; mapped, each takes its share and one scalar is averaged (the eval
+  tasks' rows: their sums gathered)."""
   r = run_python("-c", EVAL_ON_4, str(tmp_path),
                  XLA_FLAGS="--xla_force_host_platform_device_count=4")
   assert r.returncode == 0, r.stderr[-3000:]
@@ -123,6 +130,9 @@ def test_a_data_parallel_evaluation_takes_each_device_s_share_alone(tmp_path):
   assert "all-gather" in out["xla"][2]  # what the mapping avoids
   assert set(out["mapped"][2]) == {"all-reduce"} and out["mapped"][2]["all-reduce"] < 100
   np.testing.assert_allclose(out["mapped"][:2], out["xla"][:2], rtol=1e-6)  # 3 rows: unmapped
+  tasks_xla, tasks_mapped = out["xla tasks"], out["mapped tasks"]  # eval_tasks' row losses too
+  assert tasks_xla[1]["all-gather"] > 10 * tasks_mapped[1].get("all-gather", 0)  # 8 sums
+  np.testing.assert_allclose(tasks_mapped[0], tasks_xla[0], rtol=1e-6)
 
 
 @pytest.mark.slow

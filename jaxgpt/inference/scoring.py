@@ -45,10 +45,13 @@ class Scorer:
 
   On a mesh (the training loop's), a batch's rows are split over the data
   axis and the sums come back replicated, so every process reads them all.
+  `data_parallel`: the params are on every device of it (sharding=dp), so each
+  device scores its rows alone (left to XLA, the chunked head's scan gathered
+  every row to every device).
   """
 
   def __init__(self, model: GPT, mesh: jax.sharding.Mesh | None = None,
-               rows_per_batch: int = 0):
+               rows_per_batch: int = 0, data_parallel: bool = False):
     self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
     n_devices = 1 if mesh is None else mesh.size
     rows_per_batch = rows_per_batch or (ROWS_PER_BATCH_CPU if jax.default_backend() == "cpu"
@@ -61,6 +64,11 @@ class Scorer:
                               method=GPT.token_losses)
       return jnp.sum(losses_RS * weights_RS, axis=-1)
 
+    if data_parallel and n_devices > 1:
+      P = jax.sharding.PartitionSpec
+      loss_sums_R = jax.shard_map(  # check_vma=False: the head's scan carries are not typed so
+          loss_sums_R, mesh=mesh, in_specs=(P(), *[P(sharding.DATA)] * 4),
+          out_specs=P(sharding.DATA), check_vma=False)
     self._loss_sums = jax.jit(loss_sums_R, out_shardings=None if mesh is None
                               else sharding.replicated(mesh))
 
