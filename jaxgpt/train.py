@@ -423,11 +423,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     train_iter.close()  # and its worker processes
     raise
 
-  eval_step = train_step.make_eval_step(setup.model, train_step.data_parallel(step_config,
-                                                                              layout.mesh))
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
-               run_sinks,
-               lambda p: val_losses(eval_step, p, sources, eval_windows, config.seed, layout),
+               run_sinks, _evaluator(setup, layout, sources, eval_windows, config.seed),
                {**resume.data_layout(layout, config.data_workers),
                 "eval_batch_windows": eval_windows // config.eval_iters,
                 "split_windows": split_windows}, hooks)
@@ -443,6 +440,16 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
                     config.sample_start, config.block_size, config.vocab_size)
   return loop.losses
+
+
+def _evaluator(setup: train_step.TrainSetup, layout: sharding.BatchLayout,
+               sources: dict[str, data.TokenWindows], n_windows: int, seed: int
+               ) -> Callable[[Any], dict[str, float]]:
+  """`val_losses` of a run's params, its eval step mapped over the devices where each holds
+  the params (dp)."""
+  eval_step = train_step.make_eval_step(setup.model,
+                                        train_step.data_parallel(setup.step, layout.mesh))
+  return lambda params: val_losses(eval_step, params, sources, n_windows, seed, layout)
 
 
 def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals) -> None:
