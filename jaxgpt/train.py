@@ -274,11 +274,15 @@ class _Loop:
     if it == self.start.iter:
       logging.warning("stopped by %s before the first step: nothing new to save", reason)
       return
-    if self.last_saved != it:
+    val_loss = self.losses["val"] if self.evaluated_at == it else None  # a resume's to do
+    unsaved = val_loss is not None and not math.isfinite(val_loss)  # as eval_and_save says
+    if self.last_saved != it and not unsaved:
       self.check_finite(it - 1, int(self.state.nonfinite))  # the state to save is good
-      val_loss = self.losses["val"] if self.evaluated_at == it else None  # a resume's to do
       self.save(it, val_loss)
     self.check_failures(wait=True)
+    if unsaved:
+      logging.warning("stopped by %s at iter %d, whose weights are not saved", reason, it)
+      return
     logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
                     "command plus --config.init_from=resume", reason, it)
 

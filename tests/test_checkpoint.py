@@ -235,6 +235,19 @@ def test_weights_that_evaluate_to_nan_are_not_saved(tmp_path, token_dir, nan_los
   assert checkpoint_steps(config.out_dir) == []
   assert "step 4: val loss nan: weights that compute no finite loss are not saved" in caplog.text
 
+  def sigterm_at_2(params):  # a stop in the evaluation of iteration 2: it saves nothing either
+    scored.append(params)
+    if len(scored) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return {}, []
+
+  scored = []
+  config = tiny_config(tmp_path / "stopped", token_dir, max_iters=4, eval_interval=2)
+  with caplog.at_level("WARNING", logger="absl"):
+    train.train(config, hooks=train.Hooks(tasks=sigterm_at_2))
+  assert "stopped by SIGTERM at iter 2, whose weights are not saved" in caplog.text
+  assert checkpoint_steps(config.out_dir) == []
+
 
 def test_a_stop_after_a_non_finite_iteration_saves_nothing(tmp_path, token_dir, nan_loss,
                                                             monkeypatch):
