@@ -59,8 +59,9 @@ class RunDir:
     An advisory `flock` on out_dir/run.lock, which the OS drops when the holder
     dies however it dies; the file names the holder's host and pid for the
     message, and a name left by a dead run is taken over with a warning. A run
-    that `writes` nothing (eval_only on a resume) locks a run.lock it may only
-    read: an archived run's, or a colleague's.
+    that `writes` nothing (eval_only on a resume) in a directory it cannot write
+    (an archived run's, a colleague's) shares the lock of a run.lock it reads
+    (flock needs no more), or goes unlocked where there is none.
     """
     path = self._path("run.lock")
     made = not os.path.isdir(self.out_dir)
@@ -68,14 +69,19 @@ class RunDir:
       os.makedirs(self.out_dir, exist_ok=True)
       fd, named = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True  # names its holder
     except OSError as e:
-      fd, named = None if writes else _open_to_read(path), False
-      if fd is None:
+      if writes or not os.path.isdir(self.out_dir):
         raise UserError(f"{self.out_dir}: a run cannot write there ({e.strerror}); pick a "
                         "writable --config.out_dir") from None
+      fd, named = _open_to_read(path), False
+      if fd is None:
+        logging.warning("%s: cannot be locked (%s, and no run.lock to read); a run started "
+                        "on it meanwhile would not be refused", self.out_dir, e.strerror)
+        yield
+        return
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(fd, (fcntl.LOCK_EX if named else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = _read_holder(fd)
+      holder = _read_holder(fd) or "one that does not name itself: an eval_only run's"
       os.close(fd)
       raise UserError(f"{self.out_dir} is in use by another run ({holder}); nothing was "
                       "changed. Wait for it to end, or stop it first.") from None

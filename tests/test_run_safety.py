@@ -252,9 +252,10 @@ def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monk
 
 @pytest.mark.parametrize("slow", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_run_that_writes_nothing_locks_a_directory_it_can_only_read(tmp_path, token_dir,
-                                                                       monkeypatch, slow):
+                                                                       monkeypatch, caplog, slow):
   """eval_only on a resume of an archived run (a read-only mount, even for root): its
-  run.lock opens for reading, which flock needs no more than; a live run still refuses it."""
+  run.lock opens for reading, which a shared flock needs no more than (two evaluations go
+  together; a run that writes is refused); without a run.lock, it goes unlocked."""
   rundir = run_dir.RunDir(str(tmp_path / "run"))
   os.makedirs(rundir.out_dir)
   lock_file = os.path.join(rundir.out_dir, "run.lock")
@@ -271,12 +272,20 @@ def test_a_run_that_writes_nothing_locks_a_directory_it_can_only_read(tmp_path, 
         rundir.lock()):
     pass
   with rundir.lock(writes=False):
+    with rundir.lock(writes=False):
+      pass
     monkeypatch.setattr(run_dir.os, "open", real_open)
-    with pytest.raises(UserError, match="is in use by another run"), rundir.lock():
+    with (pytest.raises(UserError, match=r"is in use by another run \(one that does not name "
+                                         r"itself: an eval_only run's\)"), rundir.lock()):
       pass
   assert pathlib.Path(lock_file).read_text() == ""
+  os.remove(lock_file)
+  monkeypatch.setattr(run_dir.os, "open", read_only)
+  with caplog.at_level("WARNING", logger="absl"), rundir.lock(writes=False):
+    assert "run: cannot be locked (Read-only file system, and no run.lock to read)" in caplog.text
   if slow:
     monkeypatch.setattr(run_dir.os, "open", real_open)
+    pathlib.Path(lock_file).write_text("")
     config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
     train.train(config)
     monkeypatch.setattr(run_dir.os, "open", read_only)
