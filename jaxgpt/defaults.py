@@ -12,6 +12,7 @@ import difflib
 import importlib.util
 import inspect
 import math
+import numbers
 import os
 import re
 import textwrap
@@ -222,8 +223,9 @@ def _check_schema(values: dict[str, Any]) -> None:
                     (f' (did you mean "{near[0]}"?)' if near else "") +
                     "; the recipe sets a key the schema (jaxgpt/defaults.py) does not have")
   kinds = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}
-  fits = lambda value, default: (type(value) is type(default)
-                                 or (type(default), type(value)) == (float, int))
+  numbers_of = {bool: (bool, np.bool_), int: numbers.Integral, float: numbers.Real, str: str}
+  fits = lambda value, default: (isinstance(value, numbers_of[type(default)])  # numpy's too
+                                 and (type(default) is bool) == isinstance(value, (bool, np.bool_)))
   wrong = [f"config.{key}={values[key]!r}: must be {kinds[type(default)]}"
            for key, default in schema.items() if not fits(values[key], default)]
   if wrong:  # all of them: a key that follows another (lr_decay_iters, max_iters) is named too
@@ -306,6 +308,6 @@ def _check_schedule(c: ml_collections.ConfigDict, check: Callable[[bool, str, st
   if c.lr_schedule == "wsd":
     check(0 < c.wsd_decay_frac <= 1, "wsd_decay_frac", "must be in (0, 1]")
     span = c.lr_decay_iters - c.warmup_iters
-    check(c.wsd_decay_frac * span >= 1, "wsd_decay_frac",
+    check(c.wsd_decay_frac * span > 1, "wsd_decay_frac",
           f"decays over {c.wsd_decay_frac * span:.3g} of the {span:,} iterations from "
-          "warmup_iters to lr_decay_iters; the decay needs 1 at least")
+          "warmup_iters to lr_decay_iters; over 1 or less, no trained iteration decays")

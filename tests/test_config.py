@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import ml_collections
+import numpy as np
 import pytest
 from conftest import recipe, records, run_python
 
@@ -166,6 +167,7 @@ def test_type_is_checked_on_assignment_and_what_ml_collections_lets_through_by_v
       defaults.validate(c)
   c = defaults.get_config()
   c.learning_rate = 1  # an int where a float goes is a number
+  c.beta2 = np.float64(0.95)  # and numpy's numbers are numbers
   defaults.validate(c)
 
 
@@ -188,12 +190,14 @@ def test_a_schedule_that_cannot_work_is_an_error():
   with pytest.raises(UserError, match="config.warmup_iters=2000: must be at most "
                                       "max_iters=1000"):
     defaults.validate(config)
-  config.update(warmup_iters=100, lr_schedule="wsd", wsd_decay_frac=0.001)  # no iteration decays
-  with pytest.raises(UserError, match=r"config.wsd_decay_frac=0.001: decays over 0.9 of the 900 "
-                                      r"iterations from warmup_iters to lr_decay_iters; the "
-                                      r"decay needs 1 at least"):
-    defaults.validate(config)
-  config.wsd_decay_frac = 1 / 900
+  config.update(warmup_iters=100, lr_schedule="wsd")
+  for frac in (0.001, 1 / 900):  # over 1 iteration: its rate is the last trained's, the peak
+    config.wsd_decay_frac = frac
+    with pytest.raises(UserError, match=rf"config.wsd_decay_frac={frac}: decays over "
+                                        rf"{frac * 900:.3g} of the 900 iterations from "
+                                        r"warmup_iters to lr_decay_iters; over 1 or less"):
+      defaults.validate(config)
+  config.wsd_decay_frac = 2 / 900
   defaults.validate(config)
 
 
