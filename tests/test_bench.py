@@ -356,6 +356,14 @@ def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
     bench.kill()
 
 
+def test_a_variant_its_iterations_cannot_hold_is_refused_before_any_trains(tmp_path):
+  """4 iterations leave wsd's decay under one: said before the baseline trains for nothing."""
+  config = recipes.base_config("python_docs", str(tmp_path / "cmp"), 4)
+  with pytest.raises(UserError, match=r"^lr_schedule=wsd: config.wsd_decay_frac=0.2: decays "):
+    recipes.compare(config, ["nanogpt", "lr_schedule=wsd"], [1.0])
+  assert not (tmp_path / "cmp").exists()
+
+
 def test_a_sigterm_as_the_training_run_starts_is_passed_on(tmp_path, monkeypatch):
   """One that comes before the run is watched (here, as Popen returns) stops it too."""
   fake_launch = tmp_path / "launch.py"
@@ -371,11 +379,9 @@ def test_a_sigterm_as_the_training_run_starts_is_passed_on(tmp_path, monkeypatch
   monkeypatch.setattr(recipes.subprocess, "Popen", popen_then_sigterm)
   config = recipes.base_config("python_docs", str(tmp_path / "cmp"), 2)
   previous = signal.signal(signal.SIGTERM, lambda *_: None)  # what a missed one would reach
-  try:
-    started = time.monotonic()
+  try:  # missed, the run trains on to its end (30 s), and ends the comparison with no error
     with pytest.raises(UserError, match="stopped by SIGTERM while training"):
       recipes.train_variant(recipes.variant_config(config, "nanogpt", {}, 1.0))
-    assert time.monotonic() - started < 25  # the run was stopped, not waited for
   finally:
     signal.signal(signal.SIGTERM, previous)
 

@@ -196,11 +196,14 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   check_names(names)
   check_outputs(base.out_dir)
   known = variants()
-  runs = {}
-  for name in names:
-    for scale in lr_scales:
-      config = variant_config(base, name, known[name], scale)
-      runs[os.path.basename(config.out_dir)] = (config, run_variant(config))
+  configs = [variant_config(base, name, known[name], scale)
+             for name in names for scale in lr_scales]
+  for config in configs:  # each refused before any trains (a wsd decay too short for the iters)
+    try:
+      defaults.validate(config)
+    except UserError as e:
+      raise UserError(f"{os.path.basename(config.out_dir)}: {e}") from None
+  runs = {os.path.basename(c.out_dir): (c, run_variant(c)) for c in configs}
   reference = BASELINE if BASELINE in runs else next(iter(runs))
   ref_evals = runs[reference][1]["eval"]
   target, ref_tokens = ref_evals[-1]["val_loss"], ref_evals[-1]["tokens"]
