@@ -507,7 +507,8 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   """The run's changes to out_dir, in order, each agreed (where one fails on any process,
   every process stops): tensorboardX and W&B loaded first (a missing one leaves the run as it
   was), then unreadable checkpoints set aside, then what process 0 writes where the run is
-  `accepted`: unfinished saves removed, config.json, the metrics a resume keeps, the sinks."""
+  `accepted`: unfinished saves removed, the metrics a resume keeps (a new run sets an earlier
+  one's aside), config.json, the sinks."""
   writes = accepted and jax.process_index() == 0
   sink_config = defaults.view(sinks.SinkConfig, config)
   libraries = sharding.agreed(
