@@ -204,7 +204,8 @@ def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
 
 def test_a_resume_on_more_devices_is_measured_as_it_runs_now(tmp_path):
   """Logs at iterations 0 and 10 on 2 devices; resumed at 20 on 4: the rate is that of the
-  logs after the resume's first (which times one step and spans both layouts' tokens)."""
+  logs after the resume's first (which times one step and spans both layouts' tokens), and
+  none while that one is the last."""
   rundir = run_dir.RunDir(str(tmp_path / "run"))
   rundir.write_config(recipe("fineweb_40m"))  # 524,288 tokens per iteration on one device
   on_2 = [(it, (it + 1) * 2 * 524_288, 200_000.0) for it in (0, 10)]
@@ -214,13 +215,15 @@ def test_a_resume_on_more_devices_is_measured_as_it_runs_now(tmp_path):
     f.writelines(json.dumps({"event": "train", "iter": it, "tokens": tokens,
                              "tokens_per_sec": tok_s}) + "\n" for it, tokens, tok_s in on_2 + on_4)
   records, tokens_per_iter = iters.last_layout(rundir.read_metrics()["train"])
-  assert [r["iter"] for r in records] == [30, 40, 50] and tokens_per_iter == 4 * 524_288
+  assert [r["iter"] for r in records] == [20, 30, 40, 50] and tokens_per_iter == 4 * 524_288
   r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
                  f"--config.out_dir={rundir.out_dir}", "--devices=8", "--max_iters=20000",
                  "--train_tokens=100B")
   assert r.returncode == 0, r.stderr
-  assert (f"throughput: 600,000 tok/s: 300,000 measured in {rundir.metrics_path} on 4 "
-          "device(s), scaled to --devices=8") in r.stdout
+  assert (f"throughput: 800,000 tok/s: 400,000 measured in {rundir.metrics_path} on 4 "
+          "device(s), scaled to --devices=8") in r.stdout  # the median of 30, 40 and 50
+  just_resumed = rundir.read_metrics()["train"][:3]
+  assert iters.last_layout(just_resumed)[0] == []  # nothing measured on 4 devices yet
 
 
 def test_a_rate_measured_for_another_step_is_not_used(tmp_path):

@@ -106,6 +106,8 @@ def _measured(out_dir: str, step: dict[str, Any], n_devices: int) -> tuple[float
   if not train_records:
     return None, f"none measured in {rundir.metrics_path}"
   records, tokens_per_iter = iters.last_layout(train_records)
+  if not records:
+    return None, f"none measured in {rundir.metrics_path} since a resume on another layout"
   measured = report.median_throughput(records)["tokens_per_sec"]
   if not measured:
     return None, f"none measured in {rundir.metrics_path}"

@@ -45,13 +45,16 @@ def parse_count(text: str) -> int:
 def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
   """The train logs of the run's last layout, and its tokens per iteration (from the logs'
   token counts): all of them where that never changed; after a resume that changed it (on
-  more devices, say), those after the resume's first log, whose count spans both layouts."""
+  more devices, say), those from the resume's first log on, which times one step as a run's
+  first does; none while that log, whose count spans both layouts, is the last."""
   points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
   per_iter = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)]
+  if len(per_iter) > 1 and per_iter[-1] != per_iter[-2]:
+    return [], per_iter[-1]
   first = len(per_iter) - 1
   while first > 0 and per_iter[first - 1] == per_iter[-1]:
     first -= 1
-  return train_records[first:], per_iter[-1]
+  return train_records[max(first - 1, 0):], per_iter[-1]
 
 
 def measured_devices(run_config: dict[str, Any] | None, tokens_per_iter: float) -> int | None:
