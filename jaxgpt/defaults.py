@@ -307,7 +307,3 @@ def _check_schedule(c: ml_collections.ConfigDict, check: Callable[[bool, str, st
         f"must be in [0, learning_rate={c.learning_rate}]")
   if c.lr_schedule == "wsd":
     check(0 < c.wsd_decay_frac <= 1, "wsd_decay_frac", "must be in (0, 1]")
-    span = c.lr_decay_iters - c.warmup_iters
-    check(c.wsd_decay_frac * span > 1, "wsd_decay_frac",
-          f"decays over {c.wsd_decay_frac * span:.3g} of the {span:,} iterations from "
-          "warmup_iters to lr_decay_iters; over 1 or less, no trained iteration decays")

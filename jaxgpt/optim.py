@@ -59,12 +59,15 @@ def lr_schedule(config: OptimConfig, xp: types.ModuleType = jnp,
   if not config.decay_lr:
     return optax.constant_schedule(lr) if xp is jnp else lambda it: xp.float32(lr)
   start = decay_start(config)
-  span = decay_end - start  # > 0 but where there is nothing to train (max_iters=0)
+  # > 0 but where there is nothing to train (max_iters=0), or a wsd decay too short for a
+  # float (wsd_decay_frac=1e-17): a step at decay_end then, not min_lr from warmup's end.
+  span = decay_end - start
 
   def schedule(it: jax.Array) -> jax.Array:
     it = xp.asarray(it, xp.float32)
     warmup_lr = lr * (it + 1) / (warmup + 1)
-    ratio = xp.clip((it - start) / span, 0.0, 1.0) if span > 0 else xp.float32(1.0)
+    ratio = (xp.clip((it - start) / span, 0.0, 1.0) if span > 0
+             else xp.where(it >= decay_end, xp.float32(1.0), xp.float32(0.0)))
     if config.lr_schedule == "wsd":
       decayed_lr = lr - ratio * (lr - min_lr)
     else:

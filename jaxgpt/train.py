@@ -275,7 +275,8 @@ class _Loop:
       logging.warning("stopped by %s before the first step: nothing new to save", reason)
       return
     val_loss = self.losses["val"] if self.evaluated_at == it else None  # a resume's to do
-    unsaved = val_loss is not None and not math.isfinite(val_loss)  # as eval_and_save says
+    unsaved = (self.last_saved != it and val_loss is not None
+               and not math.isfinite(val_loss))  # as eval_and_save leaves them
     if self.last_saved != it and not unsaved:
       self.check_finite(it - 1, int(self.state.nonfinite))  # the state to save is good
       self.save(it, val_loss)

@@ -356,11 +356,13 @@ def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
     bench.kill()
 
 
-def test_a_variant_its_iterations_cannot_hold_is_refused_before_any_trains(tmp_path):
-  """4 iterations leave wsd's decay under one: said before the baseline trains for nothing."""
+def test_a_variant_the_base_cannot_take_is_refused_before_any_trains(tmp_path):
+  """RoPE on heads of 9: said before the baseline trains for nothing."""
   config = recipes.base_config("python_docs", str(tmp_path / "cmp"), 4)
-  with pytest.raises(UserError, match=r"^lr_schedule=wsd: config.wsd_decay_frac=0.2: decays "):
-    recipes.compare(config, ["nanogpt", "lr_schedule=wsd"], [1.0])
+  config.update(n_embd=36, n_head=4)
+  with pytest.raises(UserError, match=r"^pos_emb=rope: config.pos_emb='rope': rope needs an "
+                                      r"even head size"):
+    recipes.compare(config, ["nanogpt", "pos_emb=rope"], [1.0])
   assert not (tmp_path / "cmp").exists()
 
 

@@ -243,6 +243,11 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly():
   host = optim.lr_schedule(o, np)
   for it in (0, 10, 95, 110):
     np.testing.assert_allclose(host(it), lr(it), rtol=1e-6)
+  c.wsd_decay_frac = 1e-17  # a decay no float can start before lr_decay_iters: held, then min_lr
+  for schedule in (optim.lr_schedule(defaults.view(optim.OptimConfig, c), xp)
+                   for xp in (jnp, np)):
+    np.testing.assert_allclose([schedule(it) for it in (10, 109, 110)], [1e-3, 1e-3, 1e-4],
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,message", [
