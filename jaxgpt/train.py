@@ -97,6 +97,11 @@ class LoopConfig:
   def resumed(self) -> bool:
     return self.init_from == "resume"
 
+  @property
+  def writes(self) -> bool:
+    """Whether the run writes its directory: all do but an evaluation of its checkpoint."""
+    return not (self.eval_only and self.resumed)
+
 
 class _Loop:
   """The loop's mutable bookkeeping, and the things it does between steps.
@@ -361,7 +366,7 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
   defaults.validate(config)
   sharding.check_same_config(config.to_dict())
   rundir = run_dir.RunDir(config.out_dir)
-  writes = not (config.eval_only and config.init_from == "resume")  # else evaluates a checkpoint
+  writes = defaults.view(LoopConfig, config).writes
   with preemption.StopSignals(jax.process_count()) as signals, _locked(rundir, writes):
     return _train(config, rundir, signals, params, hooks, config_file)
 
@@ -371,8 +376,7 @@ def check_start(config: ml_collections.ConfigDict) -> None:
   overwrite, none to resume from), said at once: launch.py asks before it makes data or
   loads weights, which can take hours."""
   rundir = run_dir.RunDir(config.out_dir)
-  writes = not (config.eval_only and config.init_from == "resume")  # else evaluates a checkpoint
-  with _locked(rundir, writes):
+  with _locked(rundir, defaults.view(LoopConfig, config).writes):
     rundir.check_start(resume=config.init_from == "resume", saves=not config.eval_only)
 
 
@@ -409,7 +413,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                     start.iter, config.max_iters, "" if start.iter == config.max_iters else
                     "; raise --config.max_iters to train on")
     finished = start.iter > config.max_iters or start.evaluated
-  accepted = not (loop_config.resumed and config.eval_only) and not finished
+  accepted = loop_config.writes and not finished
   try:
     skipped = int(start.state.nonfinite) if loop_config.resumed and accepted else 0
     if skipped > config.skip_nonfinite:
