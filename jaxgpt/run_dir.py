@@ -6,7 +6,8 @@
     metrics.jsonl              one JSON record per train log, evaluation or task scoring
     metrics.jsonl.superseded   records of iterations that a resume redid
     metrics.jsonl.<n>          the records of an earlier run that never checkpointed (and
-                               its config.json.<n>, metrics.jsonl.superseded.<n>)
+                               its config.json.<n>, metrics.jsonl.superseded.<n>,
+                               wandb_run_id.<n>)
     checkpoints/<step>/        Orbax: state, data, meta (see checkpoint.py)
     tensorboard/               event files, with tensorboard_log=True
     tensorboard.<n>/           the event files of that earlier run (metrics.jsonl.<n>'s)
@@ -295,7 +296,8 @@ class RunDir:
     config.json.<n> (the config they are of) and the like: that run never checkpointed (a
     new run over checkpoints is refused), and its records are the user's, so none is
     deleted."""
-    files = (self.metrics_path, self.metrics_path + ".superseded", self._path("config.json"))
+    files = (self.metrics_path, self.metrics_path + ".superseded", self._path("config.json"),
+             self._path("wandb_run_id"))  # else a resume of the new run logs to the old's
     paths = (*files, self.tensorboard_dir)
     moving = [p for p in files if os.path.isfile(p)]  # a folder of such a name is not a run's
     if os.path.isdir(self.tensorboard_dir):

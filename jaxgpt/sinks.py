@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
-import logging as pylogging
 import os
 import shutil
 import sys
+import time
 import types
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
@@ -17,7 +18,7 @@ import tqdm
 import tqdm.contrib
 from absl import logging
 
-from jaxgpt import run_dir
+from jaxgpt import formatting, run_dir
 from jaxgpt.errors import UserError, first_line
 
 Record = dict[str, Any]
@@ -55,28 +56,41 @@ class MetricsWriter:
 class TensorBoardSink:
   """Event files under out_dir/tensorboard, one scalar per number, stepped by iteration.
 
-  A resume opens its file with tensorboardX's `purge_step=0`: TensorBoard's
-  reader drops every earlier file's events, and the records metrics.jsonl keeps,
-  `kept`, are written again, so the two hold the same records: a redone
-  iteration is one point, not two curves, and the events a killed run still
-  held in tensorboardX's buffer (up to 2 minutes' worth) are not missing.
+  Each record is written and flushed in the loop's thread, so a write that fails (a full
+  disk) stops the run as metrics.jsonl's does; tensorboardX's SummaryWriter writes from a
+  thread of its own, which such an error ends, and after it every record would wait for ever.
+  A resume's file opens with a session start at step 0 (as tensorboardX's `purge_step=0`):
+  TensorBoard's reader drops every earlier file's events, and the records metrics.jsonl
+  keeps, `kept`, are written again, so the two hold the same records: a redone iteration is
+  one point, not two curves.
   """
 
   def __init__(self, tensorboardx: types.ModuleType, log_dir: str, *,
                kept: Sequence[Record] | None = None):
-    self._writer = tensorboardx.SummaryWriter(log_dir, purge_step=None if kept is None else 0)
-    # A non-finite loss has the run's own warning; tensorboardX's, naming nothing, would repeat
-    # it for every scalar of every log. TensorBoard records NaN as it is.
-    pylogging.getLogger("tensorboardX.x2num").setLevel(pylogging.ERROR)
+    self._event_pb2, self._summary_pb2 = (tensorboardx.proto.event_pb2,
+                                          tensorboardx.proto.summary_pb2)
+    os.makedirs(log_dir, exist_ok=True)
+    self._events = tensorboardx.event_file_writer.EventsWriter(os.path.join(log_dir, "events"))
+    if kept is not None:
+      start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
+      self._events.write_event(self._event_pb2.Event(step=0, wall_time=time.time(),
+                                                     session_log=start))
     for record in kept or ():
       self.write(record)
 
   def write(self, record: Record) -> None:
-    for tag, value in scalars(record).items():
-      self._writer.add_scalar(tag, value, record["iter"])
+    values = [self._summary_pb2.Summary.Value(tag=tag, simple_value=value)
+              for tag, value in scalars(record).items()]
+    summary = self._summary_pb2.Summary(value=values)
+    self._events.write_event(self._event_pb2.Event(step=record["iter"], wall_time=time.time(),
+                                                   summary=summary))
+    self._events.flush()
 
   def close(self, failed: bool = False) -> None:
-    self._writer.close()
+    try:
+      self._events.close()
+    except OSError:  # a full disk: every record was flushed as written, or stopped the run
+      pass
 
 
 class WandbSink:
@@ -110,14 +124,18 @@ class ProgressBar:
   """A tqdm bar on a terminal: iter/total, loss, tok/s, MFU, time left; silent elsewhere.
 
   It draws only from the records the loop already has on the host, so it adds
-  no device sync. While it is shown, absl's log lines go through `tqdm.write`,
-  which clears the bar first, so none prints over it.
+  no device sync. The time left is the steps' own (their ms_per_iter), as the
+  log's estimate is: tqdm's rate would count the start-up and each evaluation
+  as a few slow steps, and say many times the time left. While it is shown,
+  absl's log lines go through `tqdm.write`, which clears the bar first, so none
+  prints over it.
   """
 
   def __init__(self, max_iters: int, start_iter: int = 0, stream: TextIO | None = None):
     stream = stream if stream is not None else sys.stderr
     self.bar = tqdm.tqdm(total=max_iters, initial=start_iter, file=stream, unit="it",
-                         disable=not stream.isatty(), dynamic_ncols=True, mininterval=0)
+                         disable=not stream.isatty(), dynamic_ncols=True, mininterval=0,
+                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
     self._log_handler = logging.get_absl_handler().python_handler
     self._log_stream = self._log_handler.stream
     if not self.bar.disable:
@@ -126,10 +144,11 @@ class ProgressBar:
   def write(self, record: Record) -> None:  # a disabled bar's update and postfix do nothing
     done = record["iter"]  # an evaluation at iteration i comes after i iterations
     if record["event"] == "train":
-      mfu = "" if record.get("mfu") is None else f", MFU {record['mfu']:.1%}"
-      self.bar.set_postfix_str(f"loss {record['loss']:.4f}, {record['tokens_per_sec']:,.0f} "
-                               f"tok/s{mfu}", refresh=False)
       done += 1
+      mfu = "" if record.get("mfu") is None else f", MFU {record['mfu']:.1%}"
+      left = formatting.duration((self.bar.total - done) * record["ms_per_iter"] / 1000)
+      self.bar.set_postfix_str(f"loss {record['loss']:.4f}, {record['tokens_per_sec']:,.0f} "
+                               f"tok/s{mfu}, {left} left", refresh=False)
     if done > self.bar.n:
       self.bar.update(done - self.bar.n)
 
@@ -149,8 +168,10 @@ class Sinks:
       sink.write(record)
 
   def close(self, failed: bool = False) -> None:
-    for sink in self.sinks:
-      sink.close(failed)
+    """Closes every sink, in order, even where one fails to (its error is raised after)."""
+    with contextlib.ExitStack() as stack:
+      for sink in reversed(self.sinks):
+        stack.callback(sink.close, failed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +195,7 @@ class Libraries:
 
 def _require(package: str, key: str) -> types.ModuleType:
   try:
-    return importlib.import_module(package)
+    module = importlib.import_module(package)
   except ModuleNotFoundError as e:
     if e.name != package:
       raise UserError(f"config.{key}=True: '{package}' is installed but cannot be imported "
@@ -184,6 +205,12 @@ def _require(package: str, key: str) -> types.ModuleType:
   except Exception as e:  # a package broken by another's version, protobuf's say
     raise UserError(f"config.{key}=True: importing '{package}' failed ({type(e).__name__}: "
                     f"{first_line(e)}); reinstall it (or set --config.{key}=False)") from e
+  if getattr(module, "__file__", None) is None and hasattr(module, "__path__"):  # a folder
+    # of its name found on the path (`wandb offline` writes ./wandb/settings), no package
+    raise UserError(f"config.{key}=True needs the '{package}' package, which is not installed "
+                    f"({', '.join(module.__path__)} is a folder of its name): pip install "
+                    f"{package} (or set --config.{key}=False)")
+  return module
 
 
 def require_packages(c: SinkConfig) -> tuple[types.ModuleType | None, types.ModuleType | None]:
@@ -226,14 +253,18 @@ def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
   sinks. A resume (at iteration `resumed_at`) opens them after
   `RunDir.keep_metrics_until`, so TensorBoard and W&B get what metrics.jsonl kept.
   """
-  sinks: list[Sink] = [MetricsWriter(rundir.metrics_path),
-                       ProgressBar(c.max_iters, resumed_at or 0)]
-  kept = None if resumed_at is None else rundir.records()
-  if libraries.tensorboardx is not None:
-    sinks.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir, kept=kept))
-  if libraries.wandb_run is not None:
-    rundir.write_wandb_run_id(libraries.wandb_run.run_id)
-    for record in kept or ():
-      libraries.wandb_run.write(record)  # what a kill kept from W&B: those from its step on
-    sinks.append(libraries.wandb_run)
-  return Sinks(sinks)
+  made: list[Sink] = []
+  try:  # a failure (a full disk) closes those made
+    made += [MetricsWriter(rundir.metrics_path), ProgressBar(c.max_iters, resumed_at or 0)]
+    kept = None if resumed_at is None else rundir.records()
+    if libraries.tensorboardx is not None:
+      made.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir, kept=kept))
+    if libraries.wandb_run is not None:
+      rundir.write_wandb_run_id(libraries.wandb_run.run_id)
+      for record in kept or ():
+        libraries.wandb_run.write(record)  # what a kill kept from W&B: those from its step on
+      made.append(libraries.wandb_run)
+  except BaseException:
+    Sinks(made).close(failed=True)
+    raise
+  return Sinks(made)

@@ -298,9 +298,10 @@ class _Loop:
     try:
       self.checkpoints.wait()
     finally:
-      self.checkpoints.close()
-      self.writer.close(failed)
-      self.train_iter.close()
+      with contextlib.ExitStack() as stack:  # each closed, in this order, whichever fails
+        stack.callback(self.train_iter.close)
+        stack.callback(self.writer.close, failed)
+        stack.callback(self.checkpoints.close)
 
 
 def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLayout,
@@ -528,8 +529,12 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
       rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)  # first: it sets an
       rundir.write_config(config)  # earlier run's config.json aside with its metrics
       return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
-    except OSError as e:  # a full disk, a quota: before the first step
-      path = e.filename2 or e.filename  # the file, where the OS names it
+    except BaseException as e:
+      if libraries.wandb_run is not None:  # started: shown as failed, not as running
+        libraries.wandb_run.close(failed=True)
+      if not isinstance(e, OSError):
+        raise
+      path = e.filename2 or e.filename  # a full disk, a quota: the file, where the OS names it
       where = f"{os.path.basename(path)}: " if path else ""
       raise checkpoint.SaveError(f"{rundir.out_dir}: writing the run's files failed "
                                  f"({where}{checkpoint.os_error(e)}); nothing was trained. "

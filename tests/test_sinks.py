@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import importlib
 import io
 import os
 import shutil
@@ -15,7 +16,7 @@ import pytest
 from absl import logging
 from conftest import read_jsonl, tiny_config
 
-from jaxgpt import defaults, run_dir, sinks, train
+from jaxgpt import checkpoint, defaults, run_dir, sinks, train
 from jaxgpt.errors import UserError
 
 TRAIN_RECORD = {"event": "train", "iter": 9, "tokens": 1280, "loss": 2.5, "lr": 1e-3,
@@ -136,6 +137,37 @@ def test_a_non_finite_loss_is_written_to_tensorboard_without_its_anonymous_warni
   assert "NaN or Inf" not in caplog.text
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full")
+def test_a_full_disk_under_tensorboard_fails_the_write_at_once(tmp_path, monkeypatch):
+  """As metrics.jsonl's does, so the run stops within a step (not a writer thread that dies
+  and leaves the next records waiting for ever)."""
+  tensorboardX = pytest.importorskip("tensorboardX")
+  monkeypatch.setattr(tensorboardX.record_writer, "open_file",
+                      lambda path: open("/dev/full", "wb"))  # noqa: SIM115 - the sink closes it
+  sink = sinks.TensorBoardSink(tensorboardX, str(tmp_path / "tb"))
+  with pytest.raises(OSError, match="No space left on device"):
+    sink.write(TRAIN_RECORD)
+  sink.close(failed=True)  # nothing left to flush, and no error to hide the run's own
+
+
+def test_every_sink_is_closed_though_one_fails_to():
+  closed = []
+
+  class Sink:
+    def __init__(self, name: str, error: Exception | None = None):
+      self.name, self.error = name, error
+
+    def close(self, failed: bool = False) -> None:
+      closed.append((self.name, failed))
+      if self.error:
+        raise self.error
+
+  with pytest.raises(OSError, match="No space left"):
+    sinks.Sinks([Sink("metrics.jsonl"), Sink("tensorboard", OSError(28, "No space left")),
+                 Sink("wandb")]).close(failed=True)
+  assert closed == [("metrics.jsonl", True), ("tensorboard", True), ("wandb", True)]
+
+
 class FakeWandb(types.ModuleType):
   """Records what the sink asks of wandb; a run it has seen resumes after its last step."""
 
@@ -234,6 +266,43 @@ def test_a_run_that_fails_is_marked_failed_in_wandb(tmp_path, token_dir, monkeyp
     train.train(tiny_config(tmp_path, token_dir, max_iters=2, wandb_log=True),
                 hooks=train.Hooks(tasks=broken_task))
   assert fake.calls[-1] == ("finish", 1)
+
+
+def test_a_start_that_fails_after_wandb_started_marks_its_run_failed(tmp_path, token_dir,
+                                                                      monkeypatch):
+  fake = FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+
+  def full_disk(rundir, config):
+    raise OSError(28, "No space left on device", "config.json")
+
+  monkeypatch.setattr(run_dir.RunDir, "write_config", full_disk)
+  with pytest.raises(checkpoint.SaveError, match="writing the run's files failed"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=2, wandb_log=True))
+  assert [c[0] for c in fake.calls] == ["init", "finish"] and fake.calls[-1] == ("finish", 1)
+
+
+def test_a_new_run_sets_an_earlier_runs_wandb_run_id_aside(tmp_path):
+  """Else a resume of the new run with wandb_log would log to the earlier run's charts."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.out_dir)
+  rundir.write_wandb_run_id("earlier")
+  rundir.keep_metrics_until(None, evaluated=False)
+  assert rundir.read_wandb_run_id() is None
+  assert os.listdir(rundir.out_dir) == ["wandb_run_id.1"]
+
+
+def test_a_folder_named_wandb_is_not_the_package(tmp_path, monkeypatch):
+  """`wandb offline` writes ./wandb/settings; without the package, Python imports that folder."""
+  (tmp_path / "wandb").mkdir()
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, "wandb", raising=False)
+  if importlib.util.find_spec("wandb").origin is not None:
+    pytest.skip("wandb is installed")
+  config = defaults.view(sinks.SinkConfig, tiny_config(tmp_path, "", wandb_log=True))
+  with pytest.raises(UserError, match=r"needs the 'wandb' package, which is not installed \(.*"
+                                      r"/wandb is a folder of its name\): pip install wandb"):
+    sinks.require_packages(config)
 
 
 def test_launch_says_a_missing_library_before_it_makes_a_dataset(tmp_path, monkeypatch):
@@ -335,6 +404,8 @@ def test_progress_bar_on_a_terminal_and_cleared_for_log_lines(absl_to):
   assert shown.rindex("10/100") > shown.index("a log line")  # the bar is drawn again below
   bar.write({**TRAIN_RECORD, "iter": 19, "mfu": 0.41})
   assert "20/100" in stream.getvalue() and "MFU 41.0%" in stream.getvalue()
+  # The time left is the steps' (80 at 250 ms), not tqdm's rate, which counts evaluations.
+  assert "MFU 41.0%, 0m20s left" in stream.getvalue() and "it/s" not in stream.getvalue()
   bar.write({"event": "eval", "iter": 100, "val_loss": 2.0})  # the last log was at 99 or before
   assert "100/100" in stream.getvalue()
   bar.close()
