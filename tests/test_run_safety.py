@@ -24,7 +24,6 @@ from conftest import (
   pattern_tokens,
   read_jsonl,
   records,
-  restore_state,
   run_python,
   start_launch,
   start_python,
@@ -441,7 +440,7 @@ def test_sigterm_during_an_evaluation_saves_that_iteration_alone(tmp_path, token
   assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 1, 2, 3]
   evals = records(config.out_dir, "eval")
   assert [r["iter"] for r in evals] == [0, 4]
-  assert restore_state(config, 4)[1]["val_loss"] == evals[-1]["val_loss"]
+  assert checkpoint_meta(config, 4)[1]["val_loss"] == evals[-1]["val_loss"]
   train.train(tiny_config(tmp_path / "mid", token_dir, init_from="resume", **kw))
   assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 4, 8]  # 4 once
   at[0] = 0
