@@ -111,16 +111,15 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
     sys.exit(0)
 
   def with_arguments(argv: list[str]) -> None:
-    words = argv[1:]
+    words, chosen = argv[1:], []
     if subcommands:
-      if len(words) != 1 or words[0] not in subcommands:
+      if not words or words[0] not in subcommands:
         got = f" (got: {' '.join(words)})" if words else ""
         raise UserError(f"name one of {', '.join(subcommands)}{got}")
-      main(words[0])
-    elif words:
+      chosen, words = words[:1], words[1:]
+    if words:
       raise UserError(f"unexpected argument(s): {' '.join(words)} (flags are --name=value)")
-    else:
-      main()
+    main(*chosen)
 
   app.run(_guarded(with_arguments), flags_parser=_parse_flags)
 

@@ -196,6 +196,8 @@ USAGE = {
     "evaluate no task": (["-m", "jaxgpt.evaluate", "--task="],
                          "error: --task='': name a task: hellaswag, text:FILE"),
     "evaluate stray": (["-m", "jaxgpt.evaluate", "a", "b"], "error: unexpected argument(s): a b"),
+    "evaluate a mistyped out_dir": (["-m", "jaxgpt.evaluate", "--out_dir={tmp}/rnu"],  # before
+                                    "error: {tmp}/rnu/checkpoints: no checkpoints"),  # a download
     "export": (["-m", "jaxgpt.export"], "error: --out is required"),
     "export empty": (["-m", "jaxgpt.export", "--out="], "error: --out is empty"),
     "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),
@@ -221,6 +223,9 @@ USAGE = {
     "prepare": (["-m", "jaxgpt.prepare", "files"], "error: --out is required"),
     "prepare stray": (["-m", "jaxgpt.prepare", "--out={tmp}/p", "books"],
                       "error: name one of fineweb, files, python_docs (got: books)"),
+    "prepare a word after its subcommand": (["-m", "jaxgpt.prepare", "files", "--out={tmp}/p",
+                                             "a.txt", "b.txt"],
+                                            "error: unexpected argument(s): a.txt b.txt"),
     "bench": (["-m", "jaxgpt.bench"], "error: --config is required"),
     "bench stray": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py", "y"],
                     "error: unexpected argument(s): y"),

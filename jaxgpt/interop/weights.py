@@ -19,6 +19,21 @@ from jaxgpt.interop import gpt2, nanogpt
 from jaxgpt.model import GPT, GPTConfig
 
 
+def run_steps(out_dir: str, at_step: int | None = None) -> list[int]:
+  """The steps of out_dir's checkpoints; a run with none, or without `at_step`, refused."""
+  checkpoints = run_dir.RunDir(out_dir).checkpoints(read_only=True)
+  try:
+    steps = checkpoints.steps()
+  finally:
+    checkpoints.close()
+  if not steps:
+    raise UserError(f"{checkpoints.directory}: no checkpoints; nothing was trained into "
+                    f"out_dir={out_dir!r} yet")
+  if at_step is not None and at_step not in steps:
+    raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds {steps}")
+  return steps
+
+
 def from_run(out_dir: str, at_step: int | None = None
              ) -> tuple[ml_collections.ConfigDict, Any, int]:
   """(run config, params, step) of the latest (or the given) checkpoint, on one device.
@@ -26,15 +41,9 @@ def from_run(out_dir: str, at_step: int | None = None
   The latest that reads back (its arrays checked against their fingerprints):
   an unreadable newer one is named and passed over, never moved.
   """
+  steps = run_steps(out_dir, at_step)
   checkpoints = run_dir.RunDir(out_dir).checkpoints(read_only=True)
   try:
-    steps = checkpoints.steps()
-    if not steps:
-      raise UserError(f"{checkpoints.directory}: no checkpoints; nothing was trained into "
-                      f"out_dir={out_dir!r} yet")
-    if at_step is not None and at_step not in steps:
-      raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds "
-                      f"{steps}")
     for step in reversed(steps if at_step is None else [at_step]):
       try:
         meta = checkpoints.read_meta(step)
