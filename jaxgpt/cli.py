@@ -27,7 +27,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from jaxgpt import defaults, preemption
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 TRACEBACK_ENV = "JAXGPT_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -281,6 +281,12 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
         message = f"error: writing {e.filename or 'the output'} failed ({e.strerror})"
       else:
         message = f"error: {e}"
+    except RuntimeError as e:  # XLA's, where the work is too large for the device: no bug
+      if os.environ.get(TRACEBACK_ENV) or not _out_of_memory(e):
+        raise
+      message = (f"error: out of device memory ({first_line(e)}); a smaller batch may fit: a run's "
+                 "batch_size (with more gradient_accumulation_steps; `python -m jaxgpt.plan` "
+                 "says what fits), sample's --num_samples, evaluate's --batch_rows")
     else:
       _exit(0)
     # Out of the except clause, the error's traceback is gone, and with it what its frames held:
@@ -288,6 +294,12 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     gc.collect()
     _exit(message)
   return guarded
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+  jax = sys.modules.get("jax")  # not imported for this: some commands never load it
+  return (jax is not None and isinstance(error, jax.errors.JaxRuntimeError)
+          and str(error).startswith("RESOURCE_EXHAUSTED"))
 
 
 class _ShortFormatter(pylogging.Formatter):
