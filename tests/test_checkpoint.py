@@ -340,6 +340,17 @@ def scripted_val_losses(monkeypatch, losses: list[float]) -> list[float]:
   return left
 
 
+def test_a_resume_saves_only_below_the_best_val_loss_before_it(tmp_path, token_dir, monkeypatch):
+  """always_save_checkpoint=False, nanoGPT's save on improvement: the resumed run's first
+  evaluation (5.0) is no improvement on the run's best (2.0), so nothing is saved."""
+  scored = scripted_val_losses(monkeypatch, [9.0, 2.0, 5.0])  # steps 0, 2 | resumed: 4
+  kw = {"eval_interval": 2, "lr_decay_iters": 4, "always_save_checkpoint": False}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
+  config = tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", **kw)
+  train.train(config)
+  assert not scored and checkpoint_steps(config.out_dir) == [2]
+
+
 def test_the_best_checkpoint_is_kept_when_it_was_evaluated_after_a_stop(tmp_path, token_dir,
                                                                       monkeypatch):
   """A stop saves step 4 before its evaluation; the resume scores it best, so it outlives

@@ -131,6 +131,12 @@ def test_a_resume_whose_schedule_moves_the_learning_rate_says_so(caplog):
   assert not caplog.text
 
 
+def test_a_changed_layout_continues_at_the_window_after_the_tokens_trained_on():
+  """A checkpoint's tokens count block_size per window trained on (its targets; a window holds
+  one more), so 512 tokens at block_size 16 are 32 windows, and the data goes on at the 33rd."""
+  assert resume._reached(512, 16, "the batch layout changed") == 32
+
+
 @pytest.mark.slow
 def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token_dir,
                                                                  fed_batches, caplog):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import restore_state, run_python, tiny_config, tiny_model
+from conftest import restore_state, run_python, tiny_config, tiny_gpt, tiny_model
 
 from jaxgpt import checkpoint, cli, sample, tokenizer, train
 from jaxgpt.errors import UserError
@@ -93,6 +93,32 @@ def test_top_p_keeps_only_the_nucleus():
   draws = jax.vmap(lambda r: decoding.sample_logits(logits_BV, r, 1.0, None, top_p=0.7))(
       jax.random.split(jax.random.PRNGKey(0), 400))
   assert set(np.asarray(draws).ravel().tolist()) == {0, 1}  # 0.5 + 0.3 reach 0.7
+
+
+def test_top_k_keeps_exactly_k_tokens():
+  logits_BV = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.1]]))
+  draws = jax.vmap(lambda r: decoding.sample_logits(logits_BV, r, 1.0, 2))(
+      jax.random.split(jax.random.PRNGKey(0), 400))
+  assert set(np.asarray(draws).ravel().tolist()) == {0, 1}
+
+
+def test_cached_next_logits_equal_the_full_forward_pass():
+  """Each token fed through the KV cache, at its position, has the logits of the whole pass:
+  the greedy tests' peaked model hardly depends on positions or attention, so they cannot
+  see a cache that gets them wrong."""
+  model, params = tiny_gpt()  # learned positions, as GPT-2's
+  tokens_BT = jax.random.randint(jax.random.PRNGKey(7), (2, 12), 0, 64)
+  full_BTV = model.apply({"params": params}, tokens_BT)
+  _, state = model.apply({"params": params, "cache": decoding.init_cache(model, 2, 12)},
+                         tokens_BT[:, :6], jnp.full((2,), 5),
+                         jnp.broadcast_to(jnp.arange(6), (2, 6)), method=GPT.next_logits,
+                         mutable=["cache"])
+  for t in range(6, 12):
+    logits_BV, state = model.apply({"params": params, "cache": state["cache"]},
+                                   tokens_BT[:, t:t + 1], jnp.zeros((2,), jnp.int32),
+                                   jnp.full((2, 1), t), method=GPT.next_logits,
+                                   mutable=["cache"])
+    np.testing.assert_allclose(logits_BV, full_BTV[:, t], rtol=1e-5, atol=1e-5)
 
 
 def test_rows_stop_at_the_stop_token(greedy):

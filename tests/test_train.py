@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import (
   build_state,
   guard_loop_transfers,
+  pattern_tokens,
   pattern_windows,
   read_jsonl,
   recipe,
@@ -25,6 +29,7 @@ from conftest import (
 import launch
 from jaxgpt import data, sharding, train, train_step
 from jaxgpt.errors import UserError
+from jaxgpt.prep import shards
 from jaxgpt.run_dir import RunDir
 
 
@@ -70,11 +75,16 @@ def test_a_few_hundred_steps_drive_the_loss_down(tmp_path):
   assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
 
 
-@pytest.mark.slow
-def test_dropout_masks_differ_per_step_and_micro_batch_but_are_reproducible(tmp_path):
-  # At a rate of 0 the params never move: only the masks can change a loss.
+def dropout_batch(tmp_path):
+  """A config with dropout whose params never move (a rate of 0: only the masks can change a
+  loss), and one micro-batch of 4 windows."""
   config = tiny_config(tmp_path, "", dropout=0.3, learning_rate=0.0, min_lr=0.0)
-  one = jnp.asarray(pattern_windows(4, config.block_size)[None])  # one micro-batch of 4
+  return config, jnp.asarray(pattern_windows(4, config.block_size)[None])
+
+
+@pytest.mark.slow
+def test_dropout_masks_differ_per_step_but_are_reproducible(tmp_path):
+  config, one = dropout_batch(tmp_path)
   runs = []
   for _ in range(2):
     setup, state = build_state(config)
@@ -86,11 +96,16 @@ def test_dropout_masks_differ_per_step_and_micro_batch_but_are_reproducible(tmp_
     runs.append(losses)
   assert runs[0] == runs[1]
   assert len(set(runs[0])) == 3  # each step its own masks
-  # Twice the same micro-batch: the same loss as once, unless the second has masks of its own.
+
+
+def test_each_micro_batch_draws_its_own_dropout_masks(tmp_path):
+  """Twice the same micro-batch: the same loss as once, unless the second has masks of its own."""
+  config, one = dropout_batch(tmp_path)
   setup, state = build_state(config)
   step_fn = train_step.make_train_step(setup.model, setup.tx)
-  twice = step_fn(state, jnp.concatenate([one, one]))[1]["loss"]
-  assert float(twice) != runs[0][0]
+  once = step_fn(state, one)[1]["loss"]  # the state is donated: the second gets a new one
+  twice = step_fn(setup.new_state(), jnp.concatenate([one, one]))[1]["loss"]
+  assert float(twice) != float(once)
 
 
 def count_compiles(fn) -> int:
@@ -188,6 +203,24 @@ def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_
   assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 5, 10, 15]
 
 
+def test_logged_speed_is_tokens_per_iter_over_the_time_per_iteration(tmp_path, token_dir,
+                                                                     monkeypatch):
+  """On a clock that moves 1 s at each reading (the loop reads it at log points alone), a log 10
+  iterations after the last reads 100 ms per iteration, and tokens_per_sec counts every
+  micro-batch's tokens."""
+  clock = itertools.count()
+  monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+  config = tiny_config(tmp_path, token_dir, max_iters=30, log_interval=10, eval_interval=30,
+                       lr_decay_iters=30)
+  train.train(config)
+  logs = {r["iter"]: r for r in records(config.out_dir, "train")}
+  tokens_per_iter = (config.gradient_accumulation_steps * config.batch_size * config.block_size
+                     * jax.device_count())
+  for it in (10, 20):
+    assert logs[it]["ms_per_iter"] == 100.0
+    assert logs[it]["tokens_per_sec"] == tokens_per_iter / 0.1
+
+
 def test_a_log_before_an_evaluation_times_its_own_step(tmp_path, token_dir, monkeypatch):
   """On several processes agreeing on failures waits for the step just queued (a collective
   behind it); the log taken after it timed two steps, and the next, before the evaluation,
@@ -243,6 +276,38 @@ def test_max_iters_zero_evaluates_the_init_at_a_finite_rate_and_suggests_no_samp
   [evaluation] = records(config.out_dir, "eval")
   assert evaluation["iter"] == 0 and evaluation["lr"] == pytest.approx(config.min_lr)
   assert "done: no checkpoint in" in caplog.text and "jaxgpt.sample" not in caplog.text
+
+
+def test_the_loss_is_each_token_predicting_the_next(tmp_path):
+  """nanoGPT's x, y: the logits of a window's first block_size tokens against its last."""
+  config = tiny_config(tmp_path, "")
+  setup, state = build_state(config)
+  windows_BT1 = jnp.asarray(pattern_windows(4, config.block_size))
+  logits_BTV = setup.model.apply({"params": state.params}, windows_BT1[:, :-1])
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, windows_BT1[:, 1:])
+  np.testing.assert_allclose(train_step.loss(setup.model, state.params, windows_BT1, None),
+                             expected.mean(), rtol=1e-6)
+
+
+def test_the_val_loss_is_the_mean_over_the_val_splits_windows(tmp_path):
+  """A val split of exactly one evaluation's windows (eval_iters x batch_size): the val loss of
+  the init is the mean loss of those windows, each once."""
+  config = tiny_config(tmp_path, str(tmp_path / "data"), max_iters=0, warmup_iters=0,
+                       lr_decay_iters=0)
+  n_windows = config.eval_iters * config.batch_size * jax.device_count()
+  val_tokens = pattern_tokens(n_windows * config.block_size + 1, seed=3)
+  os.makedirs(config.data_dir)
+  shards.write_shard(os.path.join(config.data_dir, "syn_train_000000.bin"),
+                     pattern_tokens(3000, seed=1))
+  shards.write_shard(os.path.join(config.data_dir, "syn_val_000000.bin"), val_tokens)
+  train.train(config)
+  [evaluation] = records(config.out_dir, "eval")
+  setup, state = build_state(config)
+  windows_BT1 = np.lib.stride_tricks.sliding_window_view(val_tokens, config.block_size + 1)[
+      ::config.block_size]
+  assert len(windows_BT1) == n_windows
+  expected = train_step.loss(setup.model, state.params, jnp.asarray(windows_BT1), None)
+  assert evaluation["val_loss"] == pytest.approx(float(expected), rel=1e-6)
 
 
 @pytest.mark.parametrize("vocab_size,sampled", [(96, False), (50304, True)])
