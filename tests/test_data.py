@@ -275,3 +275,34 @@ def test_the_train_splits_evaluation_windows_are_no_epochs_first(token_dir):
 def test_missing_split_names_the_directory(tmp_path):
   with pytest.raises(UserError, match=f"{tmp_path}: no 'val' token files"):
     data.open_split(str(tmp_path), "val", block_size=8, vocab_size=96)
+
+
+def test_processes_evaluate_disjoint_windows_that_together_make_the_global_batches(token_dir):
+  src = data.open_split(token_dir, "val", block_size=16, vocab_size=96)
+  rows = lambda batches: [tuple(w) for b in batches for w in b.tolist()]
+  whole = rows(data.eval_batches(src, batch_size=4, n_batches=2, seed=0))
+  parts = [rows(data.eval_batches(src, batch_size=2, n_batches=2, seed=0, shard_index=i,
+                                  shard_count=2)) for i in range(2)]
+  assert not set(parts[0]) & set(parts[1])
+  assert sorted(parts[0] + parts[1]) == sorted(whole)
+
+
+def test_processes_resumed_at_a_window_read_the_global_stream_from_there(token_dir):
+  src = data.open_split(token_dir, "train", block_size=16, vocab_size=96)
+  first = lambda index, count, size: next(iter(data.train_dataset(
+      src, accum_steps=2, batch_size=size, seed=3, workers=0, shard_index=index,
+      shard_count=count, start_window=40)))
+  rows = lambda b: {tuple(w) for w in b.reshape(-1, 17).tolist()}
+  whole = first(0, 1, 8)
+  parts = [first(i, 2, 4) for i in range(2)]
+  assert not rows(parts[0]) & rows(parts[1])
+  assert rows(parts[0]) | rows(parts[1]) == rows(whole)
+
+
+def test_an_llmc_shard_longer_than_its_header_says_is_refused(tmp_path):
+  path = str(tmp_path / "x_train_000000.bin")
+  shards.write_shard(path, np.arange(100, dtype=np.uint16))
+  with open(path, "ab") as f:
+    f.write(np.arange(10, dtype=np.uint16).tobytes())
+  with pytest.raises(token_files.ShardError, match="header says 100 tokens"):
+    token_files.read_tokens(path)

@@ -308,3 +308,15 @@ def test_the_closing_sample_reads_end_of_text_in_its_prompt_as_sample_does(monke
   decoding.continuation(None, None, "A.<|endoftext|>B", max_new_tokens=1, seed=0)
   assert prompts == [tokenizer.gpt2().encode("A.<|endoftext|>B", allowed_special="all")]
   assert tokenizer.EOT_TOKEN in prompts[0]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sampling_never_draws_the_padding_ids_past_gpt2_s_vocabulary(temperature):
+  m, params = tiny_gpt(vocab_size=50304)
+  emb = params["wte"]["embedding"]
+  # Every real token's logit 0, the padding rows' large: only the crop keeps them out.
+  pad = 50 * jax.random.normal(jax.random.PRNGKey(3), (50304 - 50257, emb.shape[1]))
+  params["wte"]["embedding"] = jnp.zeros_like(emb).at[50257:].set(pad)
+  out = decoding.generate(m, params, [[1, 2, 3], [4]], jax.random.PRNGKey(0),
+                          max_new_tokens=4, temperature=temperature)
+  assert np.asarray(out).max() < 50257

@@ -471,3 +471,21 @@ def test_an_open_mpi_5_job_is_told_to_name_process_0(monkeypatch, tmp_path):
   joined = _joins(monkeypatch, tmp_path, env, coordinator_address="node0:1234")
   assert joined == [{"coordinator_address": "node0:1234", "num_processes": 16,
                      "process_id": 11, "local_device_ids": [3]}]
+
+
+def test_a_process_reads_its_own_devices_share_of_the_micro_batch(monkeypatch):
+  """As a process of two with 2 devices each: it reads 2 x batch_size windows, not 4 x."""
+  layout = sharding.BatchLayout(sharding.make_mesh(), accum_steps=2, batch_size=3, block_size=16)
+  monkeypatch.setattr(jax, "local_device_count", lambda *a, **k: 2)
+  monkeypatch.setattr(jax, "device_count", lambda *a, **k: 4)
+  assert layout.local_batch == 6
+
+
+def test_train_and_eval_batches_are_split_along_their_batch_axis():
+  """What the step is compiled for (train_spec) is what train_batch gives."""
+  layout = sharding.BatchLayout(sharding.make_mesh(), accum_steps=2, batch_size=4, block_size=16)
+  P = jax.sharding.PartitionSpec
+  batch = layout.train_batch(np.zeros((2, 4, 17), np.uint16))
+  assert batch.sharding.spec == P(None, sharding.DATA, None)
+  assert batch.sharding == layout.train_spec.sharding
+  assert layout.eval_batch(np.zeros((4, 17), np.uint16)).sharding.spec == P(sharding.DATA, None)
