@@ -9,6 +9,7 @@ import socket
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
@@ -378,3 +379,37 @@ def test_config_names_a_bad_task_and_takes_nanogpt_paths(tmp_path, token_dir):
   config.init_from = "nanogpt:"
   with pytest.raises(UserError, match="config.init_from='nanogpt:': must be one of"):
     defaults.validate(config)
+
+
+def test_strided_text_perplexity_scores_each_token_once_after_its_window(tmp_path):
+  """M01 (perplexity divides by every window's length, not the new tokens) and M02
+  (tasks.load drops `stride`): the suite's one end-to-end perplexity test uses the
+  default stride, where a window's new tokens are all of its targets, and no test
+  passes a stride to tasks.load.
+
+  The reference scores each row of text_rows(ids, block_size, stride) with the full
+  forward pass and a plain cross-entropy over its last n targets."""
+  config = float32_config(n_layer=1, n_head=2, n_embd=16, block_size=16,
+                          vocab_size=tokenizer.N_VOCAB)
+  model = GPT(GPTConfig.from_config(config))
+  params = jax.tree.map(lambda p: 2.0 * p, init_params(model, jax.random.PRNGKey(1)))
+  text_file = tmp_path / "book.txt"
+  text_file.write_text(" ".join(WORDS * 3), encoding="utf-8")
+  ids = tokenizer.gpt2().encode_ordinary(text_file.read_text(encoding="utf-8"))
+  scorer = scoring.Scorer(model, rows_per_batch=4)
+  stride = 5
+  [task] = tasks.load(f"text:{text_file}", scorer, stride=stride)
+  result = tasks.metrics(scorer, params, task)
+
+  total = 0.0
+  rows = tasks.text_rows(ids, config.block_size, stride)
+  assert len(rows) > len(tasks.text_rows(ids, config.block_size))  # the windows overlap
+  for row, n in rows:
+    row = np.asarray(row)
+    logits = model.apply({"params": params}, jnp.asarray(row[None, :-1]))[0]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    targets = row[1:]
+    total += -float(np.sum(np.asarray(logp)[np.arange(len(targets)), targets][-n:]))
+  assert result["tokens"] == len(ids) - 1
+  assert result["loss"] == pytest.approx(total / (len(ids) - 1), rel=1e-5)
+  assert result["ppl"] == pytest.approx(math.exp(total / (len(ids) - 1)), rel=1e-5)

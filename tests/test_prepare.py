@@ -26,6 +26,7 @@ import pytest
 from conftest import (
   PYTHONPATH,
   ROOT,
+  WORDS,
   alive,
   communicate_all,
   run_python,
@@ -1102,3 +1103,21 @@ def test_the_built_in_corpus_is_not_made_into_a_folder_of_ones_own_files(tmp_pat
                                       r"folder. .*prepare files --input='.*corpus/\*.txt'"):
     datasets.ensure("python_docs", str(corpus), auto_prepare=False)
   assert os.listdir(corpus) == ["a.txt"]
+
+
+def test_a_document_stays_in_one_split_when_the_val_cap_fills_inside_it(tmp_path,
+                                                                       monkeypatch):
+  """M12 (the split chosen per piece, not per document): a long document is tokenized in
+  pieces, and the val cap may fill in the middle of one. The cap tests use one-piece
+  documents, and the piece tests no cap, so a document split over train and val passes."""
+  monkeypatch.setattr(readers, "PIECE_CHARS", 40)
+  docs = [(f"d{i}", f"Document {i}: " + " ".join(WORDS[(i + j) % len(WORDS)]
+                                                  for j in range(60)))
+          for i in range(40)]
+  assert all(len(list(readers.pieces_of(i, t))) > 5 for i, t in docs)
+  path = tmp_path / "d.jsonl"
+  path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
+  meta = run([str(path)], tmp_path / "out", val_fraction=0.5, val_tokens=30)
+  by_split = assert_dataset(str(tmp_path / "out"), docs)  # each document whole, in one split
+  assert len(by_split["val"]) == 1 and meta["splits"]["val"]["tokens"] > 30
+  assert token_files.read_meta(str(tmp_path / "out"))["splits"] == meta["splits"]

@@ -310,3 +310,13 @@ def test_a_config_json_edited_into_nonsense_draws_the_logged_rates():
              {"event": "train", "iter": 1, "tokens": 16, "loss": 1.0, "lr": 2e-4}]
   run = {"eval": records[:1], "train": records[1:], "tasks": []}
   assert report.lr_by_tokens(run, {"max_iters": "abc"}) == [(0, 1e-4), (8, 2e-4)]
+
+
+def test_the_best_val_loss_is_the_lowest_not_the_last():
+  """M16 (the last finite val loss reported as the best): every test's val loss falls
+  monotonically, so the last evaluation is the best one."""
+  record = lambda it, loss: {"event": "eval", "iter": it, "tokens": 1000 * it,
+                             "train_loss": loss, "val_loss": loss, "lr": 1e-3}
+  run = {"eval": [record(0, 4.0), record(1, 2.5), record(2, 2.8), record(3, math.nan)],
+         "train": [], "tasks": []}
+  assert "best val loss 2.5000 at step 1 (1.00K tokens)" in report.summary("x", run)
