@@ -464,3 +464,10 @@ def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
   assert log.getvalue().count("$ python -m jaxgpt.bench --config=") == 3
   assert "must be one of" in log.getvalue() and "(exit 1)" in log.getvalue()
   assert rows[2][1] == "remat=dots"  # and the rows after a failed one still run
+
+
+def test_bench_peak_flops_flag_sets_the_mfu(tmp_path):
+  r = throughput.measure(tiny_config(tmp_path, ""), iters=1, warmup=1, data_workers=0,
+                         peak_flops=1e12)
+  assert r["peak_flops"] == 1e12
+  assert r["mfu"] == pytest.approx(r["tokens_per_sec"] * r["flops_per_token"] / 1e12)

@@ -382,10 +382,8 @@ def test_config_names_a_bad_task_and_takes_nanogpt_paths(tmp_path, token_dir):
 
 
 def test_strided_text_perplexity_scores_each_token_once_after_its_window(tmp_path):
-  """M01 (perplexity divides by every window's length, not the new tokens) and M02
-  (tasks.load drops `stride`): the suite's one end-to-end perplexity test uses the
-  default stride, where a window's new tokens are all of its targets, and no test
-  passes a stride to tasks.load.
+  """With a stride, windows overlap and each scores only its new tokens (at the default
+  stride they are all of its targets): the loss is per token of the text, each once.
 
   The reference scores each row of text_rows(ids, block_size, stride) with the full
   forward pass and a plain cross-entropy over its last n targets."""

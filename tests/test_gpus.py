@@ -97,3 +97,23 @@ def test_a_card_named_for_short_is_the_card_jax_reports(name, card_name):
   assert targets.card(name).name == card_name
   assert targets.card("RTX 9999") is None
 
+
+def test_the_runs_mfu_divides_by_the_peak_of_every_device():
+  s = summary.summarize(recipe("fineweb_40m"), n_devices=4, device_kind="NVIDIA H100 80GB HBM3")
+  assert s.peak_flops == 989.5e12 and s.n_devices == 4
+  assert s.mfu(1e6) == pytest.approx(1e6 * s.flops_per_token / (4 * 989.5e12))
+
+
+# The user's peak wins over the table's, and gives a card the table lacks its MFU.
+def test_the_configs_peak_flops_sets_the_runs_mfu():
+  config = recipe("fineweb_40m")
+  config.peak_flops = 5e14
+  for kind in ("cpu", "Mystery GPU", "NVIDIA H100 80GB HBM3"):  # it wins over the table too
+    s = summary.summarize(config, device_kind=kind)
+    assert s.peak_flops == 5e14, kind
+    assert s.mfu(1e6) == pytest.approx(1e6 * s.flops_per_token / 5e14)
+
+
+@pytest.mark.parametrize("device_kind", ["NVIDIA GH100", "NVIDIA XA100 80GB"])
+def test_a_name_inside_a_longer_word_is_not_the_card(device_kind):
+  assert gpus.card(device_kind) is None

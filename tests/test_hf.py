@@ -343,10 +343,9 @@ def test_a_failed_export_into_an_existing_empty_directory_leaves_it_empty(tmp_pa
 
 
 def test_a_gpt2_checkpoint_in_the_hubs_layout_is_read(tmp_path):
-  """M10 (IGNORED_KEYS forgets masked_bias): every import test reads a checkpoint that
-  transformers' save_pretrained wrote today, which has the 'transformer.' prefix and no
-  attention buffers. OpenAI's checkpoints on the Hub have no prefix and carry
-  h.N.attn.bias; files saved by older transformers carry h.N.attn.masked_bias too."""
+  """transformers' save_pretrained writes today's layout: the 'transformer.' prefix and no
+  attention buffers. OpenAI's checkpoints on the Hub have no prefix and carry h.N.attn.bias;
+  files saved by older transformers carry h.N.attn.masked_bias too."""
   import safetensors.numpy
 
   theirs = hf_gpt2(tmp_path / "hf")
@@ -367,10 +366,8 @@ def test_a_gpt2_checkpoint_in_the_hubs_layout_is_read(tmp_path):
                                                      ("gelu_pytorch_tanh", True)])
 def test_a_gpt2_of_either_gelu_is_imported_as_its_config_says(tmp_path, activation,
                                                                approximate):
-  """M11 (only 'gelu_new' read as tanh) and M11b (every import tanh): every import test
-  reads gelu_new; the exact-GELU test exports only. The logits are compared 10x tighter than
-  test_hf's assert_logits_close, which the other GELU's 1.3e-4 (of the largest logit) passes,
-  the right one is off by 3.4e-7."""
+  """The logits are compared 10x tighter than assert_logits_close, which the other GELU's
+  (off by 1.3e-4 of the largest logit) would pass; the right one is off by 3.4e-7."""
   theirs = hf_gpt2(tmp_path / "hf", activation_function=activation)
   arch, params = gpt2.load(str(tmp_path / "hf"))
   assert arch["gelu_approximate"] is approximate

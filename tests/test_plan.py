@@ -26,6 +26,8 @@ from jaxgpt.model import GPT, GPTConfig, count_params, init_params
 from jaxgpt.plan import iters, memory, targets
 from jaxgpt.prep import datasets, shards
 
+GiB = 2**30
+
 
 def test_fineweb_40m_figures_match_hand_computed_ones():
   config = recipe("fineweb_40m")
@@ -450,3 +452,107 @@ def test_an_unknown_device_is_said_before_the_table(rate):
   assert r.stderr.strip().splitlines()[-1] == (
       "error: --device='H10': not a card jaxgpt knows (jaxgpt/gpus.py); for another, give its "
       "--peak_flops and --memory_gib")
+
+
+# decay_lr=False: no decay or warmup to warn of.
+def test_a_constant_learning_rate_is_not_warned_of_its_decay_or_warmup():
+  config = recipe("fineweb_40m")
+  config.update(decay_lr=False, lr_decay_iters=30_000, warmup_iters=5_000)
+  s = summary.summarize(config, train_tokens=10_000_000_000)
+  assert summary.check(config, s) == []
+  assert summary.schedule(step_of(config).optim, config.max_iters).startswith(
+      "learning rate: constant")
+
+
+def test_a_max_iters_below_the_resume_counts_its_share_of_the_tokens_before_it():
+  config = recipe("fineweb_40m")
+  config.max_iters = 5_000
+  s = summary.summarize(config, start_iter=10_000, start_tokens=10_000 * 262_144)
+  assert s.tokens == 5_000 * 262_144
+
+
+def test_the_cpu_estimate_weighs_jaxs_share_as_the_environment_sets_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(targets, "plugin_installed", lambda: True)
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.5")
+  step = step_of(tiny_config(tmp_path, ""))
+  need = memory.cpu_estimate(step)["needed"]
+  memory_gib = need / 0.6 / GiB  # fits 75% of it, not 50%
+  line = memory.cpu_report(step, memory_gib, "RTX 4070")[1]
+  assert f"JAX will have {0.5 * memory_gib:.2f} GiB (50% of" in line
+  assert "fits by this estimate" not in line and "it may fit" in line, line
+
+
+# XLA plans for 80% of the memory a card is described with: the card is described as JAX's
+# share / 0.8.
+def test_the_card_is_described_so_that_xla_plans_with_jaxs_share(tmp_path, monkeypatch):
+  described = []
+
+  def compile_for(step, t, n_devices=1, memory_bytes=None):
+    described.append(memory_bytes)
+    return types.SimpleNamespace(memory_analysis=lambda: types.SimpleNamespace(
+        argument_size_in_bytes=1, output_size_in_bytes=0, alias_size_in_bytes=0,
+        temp_size_in_bytes=2))
+
+  monkeypatch.setattr(memory, "compile_for", compile_for)
+  monkeypatch.delenv("XLA_CLIENT_MEM_FRACTION", raising=False)
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  t = targets.target("RTX 4070")
+  p = memory.gpu_plan(step_of(tiny_config(tmp_path, "")), t)
+  assert p.budget == int(0.75 * t.memory_bytes)
+  assert described == [memory.AMPLE * t.memory_bytes, int(p.budget / 0.8)]
+
+
+def fake_compile_for(need_of):
+  """memory.compile_for answering XLA's plan as need_of(step) bytes of temporaries."""
+  def compile_for(step, t, n_devices=1, memory_bytes=None):
+    return types.SimpleNamespace(memory_analysis=lambda: types.SimpleNamespace(
+        argument_size_in_bytes=0, output_size_in_bytes=0, alias_size_in_bytes=0,
+        temp_size_in_bytes=need_of(step)))
+  return compile_for
+
+
+def test_a_plan_that_fits_only_by_recomputing_says_so_and_names_a_faster_layout(
+    tmp_path, monkeypatch):
+  budget = 9 * GiB
+  squeezed = memory.GpuPlan(budget, train_step.Need(0, 8 * GiB, 8 * GiB), 12 * GiB)
+  monkeypatch.setattr(memory, "gpu_plan", lambda *a, **k: squeezed)
+  monkeypatch.setattr(memory, "compile_for",
+                      fake_compile_for(lambda step: step.batch_size * 3 * GiB))  # 4 -> 12 GiB
+  lines = memory.gpu_report(step_of(tiny_config(tmp_path, "")), targets.target("RTX 4070"),
+                            progress=lambda line: None)
+  assert lines[1] == ("memory: fits only because XLA recomputes activations (12.00 GiB "
+                      "without): slower")
+  assert lines[2] == ("memory: at the same tokens per iteration, --config.batch_size=2 "
+                      "--config.gradient_accumulation_steps=4 fits without recomputing "
+                      "(6.00 GiB)")
+
+
+def test_a_devices_estimate_counts_every_device(tmp_path):
+  from jaxgpt.plan import __main__ as plan_cli
+  given = types.SimpleNamespace(tokens_per_sec=0.0, device="H100", peak_flops=0.0, mfu=0.5)
+  tok_s, source = plan_cli._throughput(given, str(tmp_path / "run"), 0.0, 1e9, 8, {})
+  assert tok_s == pytest.approx(989.5e12 * 0.5 * 8 / 1e9)
+  assert "estimated for 8 x H100 at 50% MFU" in source
+
+
+def test_measured_devices_are_a_whole_count_or_unknown():
+  ran = {"gradient_accumulation_steps": 16, "batch_size": 32, "block_size": 1024}
+  assert iters.measured_devices(ran, 2 * 524_288) == 2
+  assert iters.measured_devices(ran, 1.5 * 524_288) is None
+  assert iters.measured_devices(ran, 0.5 * 524_288) is None
+
+
+def test_the_data_limit_candidate_is_four_epochs():
+  base = summary.summarize(recipe("fineweb_40m"), train_tokens=3_680_000_000)
+  candidates, notes = iters.suggestions(base)
+  assert candidates == [math.ceil(20 * 40_560_000 / 524_288), 20_000,
+                        4 * 3_680_000_000 // 524_288]
+  assert "max_iters=28,076 is 4 epochs of the 3.68B train tokens" in notes[-1]
+
+
+# jaxlib's order: XLA_CLIENT_MEM_FRACTION before the deprecated name.
+def test_the_new_mem_fraction_name_wins_over_the_deprecated_one(monkeypatch):
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.5")
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+  assert memory.mem_fraction() == 0.5

@@ -1107,9 +1107,8 @@ def test_the_built_in_corpus_is_not_made_into_a_folder_of_ones_own_files(tmp_pat
 
 def test_a_document_stays_in_one_split_when_the_val_cap_fills_inside_it(tmp_path,
                                                                        monkeypatch):
-  """M12 (the split chosen per piece, not per document): a long document is tokenized in
-  pieces, and the val cap may fill in the middle of one. The cap tests use one-piece
-  documents, and the piece tests no cap, so a document split over train and val passes."""
+  """A long document is tokenized in pieces, and the val cap may fill in the middle of one:
+  its split is the document's, so its rest goes on to val, not to train."""
   monkeypatch.setattr(readers, "PIECE_CHARS", 40)
   docs = [(f"d{i}", f"Document {i}: " + " ".join(WORDS[(i + j) % len(WORDS)]
                                                   for j in range(60)))

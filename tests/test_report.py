@@ -313,8 +313,7 @@ def test_a_config_json_edited_into_nonsense_draws_the_logged_rates():
 
 
 def test_the_best_val_loss_is_the_lowest_not_the_last():
-  """M16 (the last finite val loss reported as the best): every test's val loss falls
-  monotonically, so the last evaluation is the best one."""
+  """A val loss that rises after its best, then a NaN: the best is the lowest finite one."""
   record = lambda it, loss: {"event": "eval", "iter": it, "tokens": 1000 * it,
                              "train_loss": loss, "val_loss": loss, "lr": 1e-3}
   run = {"eval": [record(0, 4.0), record(1, 2.5), record(2, 2.8), record(3, math.nan)],

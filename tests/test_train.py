@@ -27,7 +27,7 @@ from conftest import (
 )
 
 import launch
-from jaxgpt import data, sharding, train, train_step
+from jaxgpt import data, sharding, summary, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.prep import shards
 from jaxgpt.run_dir import RunDir
@@ -348,3 +348,31 @@ def test_a_home_relative_out_dir_and_data_dir_are_the_home_directorys(tmp_path, 
   train.train(tiny_config(tmp_path, "~/data", out_dir="~/run", max_iters=2, eval_interval=2,
                           warmup_iters=0, lr_decay_iters=2))
   assert os.listdir(home / "run" / "checkpoints") and os.listdir(cwd) == []
+
+
+def test_the_eta_is_for_the_iterations_left(tmp_path, token_dir, monkeypatch):
+  calls, real = [], summary.eta
+  monkeypatch.setattr(summary, "eta", lambda *a: calls.append(a) or real(*a))
+  config = tiny_config(tmp_path, token_dir)  # log_interval=1: the ETA at the second log, it=1
+  train.train(config)
+  [(iters_left, tokens_per_iter, _, _)] = calls
+  assert iters_left == config.max_iters - 1 - 1
+  assert tokens_per_iter == 2 * 4 * 16
+
+
+def test_a_layout_that_fits_only_with_remat_is_found(tmp_path):
+  step = step_of(tiny_config(tmp_path, ""))  # batch 4 x accum 2, remat none
+  assert step.with_layout(4, 2, "full").model.remat == "full"
+  found = train_step.fitting_layout(step, 10, lambda s: 0 if s.model.remat == "full" else 100)
+  assert found == ("--config.remat=full", 0)
+
+
+# The state's own bytes count in the step's need: the room adds them back.
+def test_the_room_adds_back_what_the_state_holds_on_the_fullest_device(monkeypatch):
+  devices = [types.SimpleNamespace(memory_stats=lambda used=used: {
+      "bytes_limit": 1000, "bytes_in_use": used}) for used in (300, 500)]
+  monkeypatch.setattr(train_step.jax, "local_devices", lambda: devices)
+  shard = lambda d, n: types.SimpleNamespace(device=d, data=types.SimpleNamespace(nbytes=n))
+  state = [types.SimpleNamespace(addressable_shards=[shard(devices[0], 100),
+                                                     shard(devices[1], 200)])]
+  assert train_step.device_room(state) == min(1000 - 300 + 100, 1000 - 500 + 200)
