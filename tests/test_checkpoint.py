@@ -32,7 +32,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, cli, preemption, run_dir, train, train_step
+from jaxgpt import checkpoint, cli, preemption, resume, run_dir, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.prep import shards
 
@@ -332,6 +332,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):
   assert steps == [last_logged + 1]
 
 
+def test_a_second_sigterm_still_stops_after_the_step_and_saves(monkeypatch):
+  """Schedulers send SIGTERM again (Slurm to every task, Kubernetes on a retry); only a
+  second Ctrl-C interrupts at once, without saving."""
+  monkeypatch.setattr(preemption, "_trained", preemption._trained)
+  monkeypatch.setattr(preemption, "_raised", preemption._raised)
+  with preemption.StopSignals() as signals:
+    signals.stop_at(5)  # the loop has begun
+    os.kill(os.getpid(), signal.SIGTERM)
+    try:
+      os.kill(os.getpid(), signal.SIGTERM)
+    except KeyboardInterrupt:
+      pytest.fail("a second SIGTERM interrupted the run at once, without its save")
+    assert signals.received == signal.SIGTERM and signals.stop_at(6)
+  with preemption.StopSignals() as signals:
+    signals.stop_at(5)
+    os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+
+
 def scripted_val_losses(monkeypatch, losses: list[float]) -> list[float]:
   """Makes the loop's evaluations return `losses` in turn; returns the ones not yet taken."""
   left = list(losses)
@@ -488,3 +508,64 @@ def test_sigkill_during_a_save_resumes_from_the_previous_step(tmp_path, token_di
   train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", **kw))
   assert [r["iter"] for r in records(out_dir, "train")][-2:] == [2, 3]
   assert not in_flight()  # the resume removed the killed save's folder
+
+
+def saved_steps(directory: str, steps: list[int]) -> checkpoint.Checkpoints:
+  """A Checkpoints of `directory` holding a tiny state at each of `steps` (no training)."""
+  ckpts = checkpoint.Checkpoints(directory, keep=10)
+  for step in steps:
+    ckpts.save(step, {"w": jnp.full((3,), float(step))}, None, {"iter": step})
+  ckpts.wait()
+  return ckpts
+
+
+def test_a_step_set_aside_twice_keeps_the_first_copy(tmp_path):
+  """The second unreadable copy of a step (a resume set 4 aside; the run saved 4 anew,
+  and it broke again) goes to 4.unreadable2, never over the first."""
+  ckpts = saved_steps(str(tmp_path / "checkpoints"), [2, 4])
+  first = tmp_path / "checkpoints" / "4.unreadable"
+  first.mkdir()
+  (first / "kept").write_text("the first copy")
+  try:
+    ckpts.set_aside([4])
+  finally:
+    ckpts.close()
+  assert (first / "kept").read_text() == "the first copy"
+  assert (tmp_path / "checkpoints" / "4.unreadable2").is_dir()
+  assert checkpoint.finished_steps(str(tmp_path / "checkpoints")) == [2]
+
+
+def test_a_failed_save_names_the_newest_good_checkpoint(tmp_path):
+  """With several checkpoints, the message names the newest (not the oldest)."""
+  ckpts = saved_steps(str(tmp_path / "checkpoints"), [3, 6])
+  try:
+    error = ckpts._save_failed(9, OSError(28, "No space left on device"))
+  finally:
+    ckpts.close()
+  assert f"the last good checkpoint is step 6 in {ckpts.directory}, and " in str(error)
+
+
+def test_the_best_kept_of_old_checkpoints_is_one_up_to_the_resumed_step():
+  """Checkpoints whose metas name no best_kept: the newer steps that did not read back
+  are no candidates, however low their val loss."""
+  metas = {2: {"val_loss": 5.0}, 4: {"val_loss": 3.0}, 6: {"val_loss": 1.0}}
+
+  class Checkpoints:
+    steps = staticmethod(lambda: sorted(metas))
+    read_meta = staticmethod(metas.__getitem__)
+
+  assert resume._best_kept({}, Checkpoints(), 4) == (3.0, 4)
+  assert resume._best_kept({}, Checkpoints(), 6) == (1.0, 6)
+
+
+def test_an_evaluation_after_too_many_non_finite_iterations_saves_nothing(
+    tmp_path, token_dir, nan_loss):
+  """Logging rarely (log_interval > eval_interval), the evaluation is the first to see a
+  non-finite iteration: it stops the run and saves no checkpoint carrying it."""
+  poison_windows(token_dir)
+  config = tiny_config(tmp_path, token_dir, max_iters=40, eval_interval=2, log_interval=100,
+                       lr_decay_iters=40)
+  with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient between iter"):
+    train.train(config)
+  for step in checkpoint_steps(config.out_dir):
+    assert int(restore_state(config, step)[0].nonfinite) == 0, step

@@ -6,6 +6,7 @@ before the fix it names.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import logging
@@ -18,6 +19,7 @@ import types
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
@@ -58,6 +60,19 @@ def test_fingerprints_change_with_any_one_element():
     changed = {**state, "w": state["w"].at[i].set(jax.numpy.nextafter(state["w"][i], 2e3))}
     assert checkpoint.fingerprints(changed)["['w']"] != before["['w']"]
   assert checkpoint.fingerprints(state) == before
+
+
+def test_fingerprints_change_when_elements_move_or_changes_cancel():
+  """Two elements swapped (a block of a file copied to the wrong place), and two bit flips
+  that cancel in a sum of the bits."""
+  w = jnp.arange(1000, dtype=jnp.float32)
+  before = checkpoint.fingerprints({"w": w})["['w']"]
+  swapped = w.at[3].set(w[700]).at[700].set(w[3])
+  assert checkpoint.fingerprints({"w": swapped})["['w']"] != before
+  bits = jax.lax.bitcast_convert_type(w, jnp.uint32)
+  cancelled = bits.at[10].add(1).at[20].add(-1)  # one bit up here, one down there
+  assert checkpoint.fingerprints({"w": jax.lax.bitcast_convert_type(cancelled, jnp.float32)}
+                                 )["['w']"] != before
 
 
 @pytest.mark.slow
@@ -593,6 +608,20 @@ def test_out_of_device_memory_is_one_error_line(tmp_path):
   assert r.stderr.startswith("error: out of device memory (RESOURCE_EXHAUSTED: Out of memory "
                              "allocating 2199023255552 bytes.); a smaller batch may fit")
   assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_quota_is_one_error_line(monkeypatch):
+  """EDQUOT (a cluster's quota) is a full disk as ENOSPC is: one line, no traceback."""
+  monkeypatch.setattr(cli, "_quiet_log", lambda: None)
+  monkeypatch.setattr(preemption, "_raised", False)
+
+  def main(argv):
+    raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/scratch/run/metrics.jsonl")
+
+  with pytest.raises(SystemExit) as e:
+    cli._guarded(main)([])
+  assert e.value.code == (f"error: writing /scratch/run/metrics.jsonl failed "
+                          f"({os.strerror(errno.EDQUOT)})")
 
 
 @pytest.mark.slow

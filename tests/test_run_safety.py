@@ -659,3 +659,15 @@ def test_the_run_directory_is_checked_before_the_data_is_made(tmp_path, token_di
     launch.run(config)
   assert not (tmp_path / "fineweb").exists()
   assert os.path.isdir(tmp_path / "run") == (init_from == "scratch")
+
+
+def test_a_run_that_ends_leaves_its_lock_naming_no_holder(tmp_path):
+  """The lock names this process while held, and nothing once released, so the next run does
+  not warn of a dead one."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.out_dir)
+  lock_file = os.path.join(rundir.out_dir, "run.lock")
+  with rundir.lock(), open(lock_file) as f:
+    assert f.read().startswith(f"pid {os.getpid()} on ")
+  with open(lock_file) as f:
+    assert f.read() == ""
