@@ -297,6 +297,9 @@ class _Loop:
     `failed`: the loop ends on an error."""
     try:
       self.checkpoints.wait()
+    except BaseException:  # a save that failed: the run ends on its error (W&B: failed)
+      failed = True
+      raise
     finally:
       with contextlib.ExitStack() as stack:  # each closed, in this order, whichever fails
         stack.callback(self.train_iter.close)
@@ -524,14 +527,15 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
 
   def open_files() -> sinks.Sinks:
-    checkpoints.remove_unfinished()
     try:
+      checkpoints.remove_unfinished()
       rundir.keep_metrics_until(resumed_at, evaluated=start.evaluated)  # first: it sets an
       rundir.write_config(config)  # earlier run's config.json aside with its metrics
       return sinks.open_sinks(sink_config, rundir, libraries, resumed_at=resumed_at)
     except BaseException as e:
       if libraries.wandb_run is not None:  # started: shown as failed, not as running
-        libraries.wandb_run.close(failed=True)
+        with contextlib.suppress(Exception):  # W&B's own error would hide the run's
+          libraries.wandb_run.close(failed=True)
       if not isinstance(e, OSError):
         raise
       path = e.filename2 or e.filename  # a full disk, a quota: the file, where the OS names it

@@ -601,12 +601,12 @@ def test_out_of_device_memory_is_one_error_line(tmp_path):
   """XLA's RESOURCE_EXHAUSTED (sample's --num_samples, say, too large for the card) is no bug."""
   script = tmp_path / "too_large.py"
   script.write_text("import jax.numpy as jnp\nfrom jaxgpt import cli\n\n"
-                    "def main():\n  jnp.zeros((2**41,), jnp.uint8).block_until_ready()\n\n"
+                    "def main():\n  jnp.zeros((2**50,), jnp.uint8).block_until_ready()\n\n"
                     "cli.run(main)\n")
   r = run_python(str(script))
   assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert r.stderr.startswith("error: out of device memory (RESOURCE_EXHAUSTED: Out of memory "
-                             "allocating 2199023255552 bytes.); a smaller batch may fit")
+                             "allocating 1125899906842624 bytes.); a smaller batch may fit")
   assert len(r.stderr.strip().splitlines()) == 1
 
 

@@ -163,7 +163,7 @@ def test_a_prompt_token_the_model_has_no_row_for_is_refused():
 @pytest.mark.parametrize("settings,message", [
     ({"top_p": 0.0}, r"top_p=0.0: must be in \(0, 1\]"),
     ({"top_p": 1.5}, r"top_p=1.5: must be in \(0, 1\]"),
-    ({"top_p": 1e-39}, r"top_p=1e-39: below float32's smallest normal number, 1.18e-38 \(any"),
+    ({"top_p": 1e-39}, r"top_p=1e-39: below float32's smallest normal number, 1.18e-38, which"),
     ({"temperature": -0.5}, r"temperature=-0.5: must be >= 0 and finite in float32 \(0 is greedy"),
     ({"temperature": float("inf")}, r"temperature=inf: must be >= 0 and finite"),
     ({"temperature": 1e39}, r"temperature=1e\+39: must be >= 0 and finite in float32"),

@@ -485,7 +485,8 @@ def test_train_and_eval_batches_are_split_along_their_batch_axis():
   """What the step is compiled for (train_spec) is what train_batch gives."""
   layout = sharding.BatchLayout(sharding.make_mesh(), accum_steps=2, batch_size=4, block_size=16)
   P = jax.sharding.PartitionSpec
-  batch = layout.train_batch(np.zeros((2, 4, 17), np.uint16))
+  batch = layout.train_batch(np.zeros((2, layout.local_batch, 17), np.uint16))
   assert batch.sharding.spec == P(None, sharding.DATA, None)
   assert batch.sharding == layout.train_spec.sharding
-  assert layout.eval_batch(np.zeros((4, 17), np.uint16)).sharding.spec == P(sharding.DATA, None)
+  eval_batch = layout.eval_batch(np.zeros((layout.local_batch, 17), np.uint16))
+  assert eval_batch.sharding.spec == P(sharding.DATA, None)

@@ -268,6 +268,26 @@ def test_a_run_that_fails_is_marked_failed_in_wandb(tmp_path, token_dir, monkeyp
   assert fake.calls[-1] == ("finish", 1)
 
 
+def test_a_final_save_that_fails_marks_the_wandb_run_failed(tmp_path, token_dir, monkeypatch):
+  """The loop ended, but the save it waits for at the end failed: the command exits 1, and
+  W&B says so."""
+  fake = FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  real_close = train._Loop.close
+
+  def close_after_a_failed_save(loop, failed=False):
+    def wait(checkpoints):
+      raise checkpoint.SaveError("saving the checkpoint of step 2 failed")
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "wait", wait)
+    real_close(loop, failed)
+
+  monkeypatch.setattr(train._Loop, "close", close_after_a_failed_save)
+  with pytest.raises(checkpoint.SaveError, match="step 2 failed"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=2, wandb_log=True))
+  assert fake.calls[-1] == ("finish", 1)
+
+
 def test_a_start_that_fails_after_wandb_started_marks_its_run_failed(tmp_path, token_dir,
                                                                       monkeypatch):
   fake = FakeWandb()
@@ -296,7 +316,8 @@ def test_a_folder_named_wandb_is_not_the_package(tmp_path, monkeypatch):
   """`wandb offline` writes ./wandb/settings; without the package, Python imports that folder."""
   (tmp_path / "wandb").mkdir()
   monkeypatch.syspath_prepend(str(tmp_path))
-  monkeypatch.delitem(sys.modules, "wandb", raising=False)
+  monkeypatch.setitem(sys.modules, "wandb", None)  # restored after the test, whatever it held
+  monkeypatch.delitem(sys.modules, "wandb")
   if importlib.util.find_spec("wandb").origin is not None:
     pytest.skip("wandb is installed")
   config = defaults.view(sinks.SinkConfig, tiny_config(tmp_path, "", wandb_log=True))

@@ -357,7 +357,7 @@ def test_the_eta_is_for_the_iterations_left(tmp_path, token_dir, monkeypatch):
   train.train(config)
   [(iters_left, tokens_per_iter, _, _)] = calls
   assert iters_left == config.max_iters - 1 - 1
-  assert tokens_per_iter == 2 * 4 * 16
+  assert tokens_per_iter == 2 * 4 * 16 * jax.device_count()
 
 
 def test_a_layout_that_fits_only_with_remat_is_found(tmp_path):

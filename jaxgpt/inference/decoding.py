@@ -98,9 +98,10 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
     raise UserError(f"top_k={top_k}: must be positive")
   if top_p is not None and not 0.0 < top_p <= 1.0:
     raise UserError(f"top_p={top_p}: must be in (0, 1] (1 keeps every token)")
-  if top_p is not None and top_p < np.finfo(np.float32).tiny:  # a device flushes it to 0,
-    raise UserError(f"top_p={top_p}: below float32's smallest normal number, "  # keeping none
-                    f"{np.finfo(np.float32).tiny:.3g} (any top_p that small keeps one token)")
+  if top_p is not None and top_p < np.finfo(np.float32).tiny:  # a device flushes it to 0
+    raise UserError(f"top_p={top_p}: below float32's smallest normal number, "
+                    f"{np.finfo(np.float32).tiny:.3g}, which keeps the likeliest token alone "
+                    "(a smaller one would be 0 on the device, and keep none)")
 
 
 def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
