@@ -168,7 +168,8 @@ class Sinks:
       sink.write(record)
 
   def close(self, failed: bool = False) -> None:
-    """Closes every sink, in order, even where one fails to (its error is raised after)."""
+    """Closes every sink, in order, even where one fails to (the last error is raised after,
+    the others chained to it)."""
     with contextlib.ExitStack() as stack:
       for sink in reversed(self.sinks):
         stack.callback(sink.close, failed)
@@ -255,7 +256,8 @@ def open_sinks(c: SinkConfig, rundir: run_dir.RunDir, libraries: Libraries, *,
   """
   made: list[Sink] = []
   try:  # a failure (a full disk) closes those made
-    made += [MetricsWriter(rundir.metrics_path), ProgressBar(c.max_iters, resumed_at or 0)]
+    made.append(MetricsWriter(rundir.metrics_path))
+    made.append(ProgressBar(c.max_iters, resumed_at or 0))
     kept = None if resumed_at is None else rundir.records()
     if libraries.tensorboardx is not None:
       made.append(TensorBoardSink(libraries.tensorboardx, rundir.tensorboard_dir, kept=kept))
