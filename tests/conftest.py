@@ -262,6 +262,13 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     time.sleep(0.005)
 
 
+def wait_until_training(out_dir: str, timeout: float) -> None:
+  """Until the run in `out_dir` has logged a few steps, so a signal sent now reaches the loop."""
+  path = run_dir.RunDir(out_dir).metrics_path
+  wait_for(lambda: os.path.exists(path) and len(read_jsonl(path)) > 3, timeout,
+           "training did not start")
+
+
 def guard_loop_transfers(monkeypatch) -> None:
   """Makes any device-to-host transfer in the training loop an error, but in the methods that
   fetch on purpose (the step metrics a step late, evaluations, task scores, the end)."""

@@ -29,6 +29,7 @@ from conftest import (
   tiny_config,
   truncate_state,
   wait_for,
+  wait_until_training,
   write_config_file,
 )
 
@@ -320,9 +321,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):
                                   lr_decay_iters=100000)
   out_dir = str(tmp_path / "run")
   proc = start_launch(config_file)
-  metrics_path = run_dir.RunDir(out_dir).metrics_path
-  wait_for(lambda: os.path.exists(metrics_path) and len(read_jsonl(metrics_path)) > 3,
-           120, "training did not start")
+  wait_until_training(out_dir, 120)
   proc.send_signal(signal.SIGTERM)
   output, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, output

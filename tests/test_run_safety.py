@@ -22,14 +22,13 @@ from conftest import (
   communicate_all,
   free_port,
   pattern_tokens,
-  read_jsonl,
   records,
   run_python,
   start_launch,
   start_python,
   tiny_config,
   truncate_state,
-  wait_for,
+  wait_until_training,
   write_config_file,
 )
 
@@ -175,10 +174,8 @@ def test_a_second_run_on_a_live_directory_is_refused_naming_the_holder(tmp_path,
   config_file = write_config_file(tmp_path, token_dir, **ENDLESS)
   proc = start_launch(config_file)
   out_dir = str(tmp_path / "run")
-  metrics = run_dir.RunDir(out_dir).metrics_path
   try:
-    wait_for(lambda: os.path.exists(metrics) and len(read_jsonl(metrics)) > 3, 120,
-             "training did not start")
+    wait_until_training(out_dir, 120)
     for init_from in ("scratch", "resume"):
       r = run_python("launch.py", f"--config={config_file}", f"--config.init_from={init_from}")
       assert r.returncode == 1
@@ -618,10 +615,8 @@ def test_processes_stop_together_at_one_step_when_one_is_signalled(tmp_path, tok
   procs = [start_python("tests/sharded_run.py", f"--out={out}", f"--data={token_dir}",
                         f"--process_id={i}", "--num_processes=2", f"--coordinator={address}",
                         f"--overrides={overrides}") for i in range(2)]
-  metrics = run_dir.RunDir(os.path.join(out, "run")).metrics_path
   try:
-    wait_for(lambda: os.path.exists(metrics) and len(read_jsonl(metrics)) > 3, 300,
-             "training did not start")
+    wait_until_training(os.path.join(out, "run"), 300)
     procs[1].send_signal(signal.SIGTERM)
     outputs = [out for out, _ in communicate_all(procs, 300)]
   finally:
