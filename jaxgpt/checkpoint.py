@@ -16,6 +16,7 @@ never silently used.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -153,24 +154,18 @@ class Checkpoints:
 
     def read() -> Any:
       item = {"params": abstract_params}
-      handler = ocp.PyTreeCheckpointHandler()
-      try:
+      with contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
         return handler.restore(self._item(step, STATE), args=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True))["params"]
-      finally:
-        handler.close()
 
     params = sharding.agreed("reading it", read)
     verify(params, meta, under=".params")
     return params
 
   def _read(self, step: int, abstract_state: Any) -> Any:
-    handler = ocp.StandardCheckpointHandler()
-    try:
+    with contextlib.closing(ocp.StandardCheckpointHandler()) as handler:
       return handler.restore(self._item(step, STATE), args=ocp.args.StandardRestore(abstract_state))
-    finally:
-      handler.close()
 
   def restore_data(self, step: int, data_iterator: grain.DatasetIterator) -> None:
     """Sets the Grain iterator to continue after the batches that `step` had read.
@@ -305,7 +300,7 @@ def fingerprints(state: Any) -> dict[str, int]:
   """A 32-bit fingerprint of every array of the state, by its path, computed where it lies."""
   values = jax.device_get(_fingerprints(state))
   return {jax.tree_util.keystr(path): int(value)
-          for path, value in jax.tree_util.tree_flatten_with_path(values)[0]}
+          for path, value in jax.tree.leaves_with_path(values)}
 
 
 def verify(state: Any, meta: dict[str, Any], under: str = "") -> None:

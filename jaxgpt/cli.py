@@ -142,7 +142,6 @@ def _help_text(flag: flags.Flag) -> str:
 
 def _flag_help(flag: flags.Flag) -> str:
   name = f"[no]{flag.name}" if flag.boolean else flag.name
-  text = _help_text(flag)
   notes = ["repeatable"] if isinstance(flag, flags.MultiFlag) else []
   if any("must have a value other than None" in getattr(v, "message", "")
          for v in flag.validators):
@@ -150,7 +149,7 @@ def _flag_help(flag: flags.Flag) -> str:
   elif flag.default not in (None, "", []):
     default = flag.default[0] if isinstance(flag, flags.MultiFlag) else flag.default
     notes.append(f"default {default!r}" if isinstance(default, str) else f"default {default}")
-  line = f"--{name}: {text}" + (f" ({'; '.join(notes)})" if notes else "")
+  line = f"--{name}: {_help_text(flag)}" + (f" ({'; '.join(notes)})" if notes else "")
   return textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="      ")
 
 

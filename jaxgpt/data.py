@@ -35,12 +35,9 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
     self.paths = list(paths)
     self.block_size = block_size
     self._tokens: list[np.ndarray] | None = None
-    counts = []
-    self.n_tokens = 0
-    for path in self.paths:
-      n_tokens = len(token_files.read_tokens(path))
-      self.n_tokens += n_tokens
-      counts.append(max(0, (n_tokens - 1) // block_size))
+    sizes = [len(token_files.read_tokens(path)) for path in self.paths]
+    self.n_tokens = sum(sizes)
+    counts = [max(0, (n - 1) // block_size) for n in sizes]
     self.offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
     if self.offsets[-1] == 0:
       raise token_files.ShardError(f"{', '.join(self.paths)}: fewer than block_size+1="
@@ -81,7 +78,7 @@ def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, To
                     f"--config.vocab_size={said} (as nanoGPT's train.py does), or, to start from "
                     "weights of GPT-2's tokens (init_from), use data made with GPT-2's tokenizer")
   return {split: open_split(data_dir, split, block_size, vocab_size)
-          for split in ("train", "val")}
+          for split in token_files.SPLITS}
 
 
 def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> TokenWindows:

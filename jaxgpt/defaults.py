@@ -154,13 +154,12 @@ def key_help() -> str:
     key = re.match(r"c\.(\w+) = [^#]*(?:#\s*(.*))?$", line)
     if line.startswith("#"):
       if not previous.strip() or line.endswith(":"):  # a section or a group's heading
-        lines.append(f"{line[1:].strip()}")
+        lines.append(line[1:].strip())
       else:
         note.append(line[1:].strip())
     elif key:
       words = " ".join(note + [key[2] or ""]).strip()
-      value = config[key[1]]
-      lines.append(textwrap.fill(f"{key[1]}={value!r}" + (f": {words}" if words else ""),
+      lines.append(textwrap.fill(f"{key[1]}={config[key[1]]!r}" + (f": {words}" if words else ""),
                                  width=100, initial_indent="  ", subsequent_indent="      "))
       note = []
   return "\n".join(lines)

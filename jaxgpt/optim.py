@@ -95,12 +95,8 @@ def _adamw(config: OptimConfig) -> optax.GradientTransformation:
 
 def optimizer_groups(params: optax.Params) -> optax.Params:
   """'muon' for the blocks' 2-D matrices, 'adamw' for embeddings, head, biases and gains."""
-
-  def group(path: tuple, p: jax.Array) -> str:
-    top = path[0].key
-    return "muon" if p.ndim == 2 and top not in _ADAMW_ONLY else "adamw"
-
-  return jax.tree_util.tree_map_with_path(group, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: "muon" if p.ndim == 2 and path[0].key not in _ADAMW_ONLY else "adamw", params)
 
 
 def _scale_by_width(updates: optax.Updates, params: optax.Params | None = None) -> optax.Updates:

@@ -94,10 +94,9 @@ class StopSignals:
     self._first: int | None = None  # the iteration of the first `stop_at`
 
   def __enter__(self) -> StopSignals:  # noqa: PYI034 - a final class
-    handled = (signal.SIGTERM, signal.SIGINT) if self.processes == 1 else (signal.SIGINT,)
     global _trained
     _trained = True
-    for sig in handled:
+    for sig in (signal.SIGTERM, signal.SIGINT) if self.processes == 1 else (signal.SIGINT,):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 

@@ -118,15 +118,13 @@ class RunDir:
     """Removes the out_dir this run made when it holds nothing but the lock and an empty
     checkpoints/ (a start that was refused). The lock file of a used directory stays: a
     run starting meanwhile could lock the file being unlinked, and two runs would hold it."""
-    try:
+    with contextlib.suppress(OSError):  # not empty, or not ours to remove: left as it is
       if not set(os.listdir(self.out_dir)) <= {"run.lock", "checkpoints"}:
         return
       if os.path.isdir(self.checkpoints_dir):
         os.rmdir(self.checkpoints_dir)
       os.remove(self._path("run.lock"))
       os.rmdir(self.out_dir)
-    except OSError:  # not empty, or not ours to remove: left as it is
-      pass
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     """config.json, replaced whole: a failed write leaves the one before it."""

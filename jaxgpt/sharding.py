@@ -36,16 +36,6 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   itself). A batch script's own shell is one process, whatever its allocation.
   """
   env = os.environ
-  explicit = bool(coordinator_address) or num_processes > 0 or process_id >= 0
-  processes, one_per_node = _launcher()
-  if not explicit and processes <= 1:
-    if int(env.get("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_NUM_TASKS" not in env:
-      logging.warning("a SLURM allocation of %s tasks, but this process was not started by srun: "
-                      "it runs alone; `srun python launch.py ...` runs one process per task",
-                      env["SLURM_NTASKS"])
-    return
-  # CPU devices need a collectives backend to talk across processes; GPUs ignore this.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs: dict[str, Any] = {}
   if coordinator_address:
     kwargs["coordinator_address"] = coordinator_address
@@ -53,6 +43,15 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs["num_processes"] = num_processes
   if process_id >= 0:
     kwargs["process_id"] = process_id
+  processes, one_per_node = _launcher()
+  if not kwargs and processes <= 1:  # no explicit flags, no launcher of several
+    if int(env.get("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_NUM_TASKS" not in env:
+      logging.warning("a SLURM allocation of %s tasks, but this process was not started by srun: "
+                      "it runs alone; `srun python launch.py ...` runs one process per task",
+                      env["SLURM_NTASKS"])
+    return
+  # CPU devices need a collectives backend to talk across processes; GPUs ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   device_ids = _local_device_ids(one_per_node)
   if "OMPI_COMM_WORLD_SIZE" in env and "OMPI_MCA_orte_hnp_uri" not in env:
     # Open MPI 5's mpirun no longer says where it runs, which is all JAX's detection reads.
@@ -158,8 +157,7 @@ def make_mesh() -> Mesh:
   """A 1-D `data` mesh over all devices, with Auto axis types.
 
   (`jax.make_mesh` now defaults to Explicit axes, under which the embedding
-  gather fails to shard; the plain constructor keeps Auto.) Every process
-  reads an equal share of each batch, so each must drive as many devices.
+  gather fails to shard; the plain constructor keeps Auto.)
   """
   check_equal_devices()
   return Mesh(np.array(jax.devices()), (DATA,))
@@ -197,9 +195,7 @@ def check_same(values: dict[str, Any], error: str) -> None:
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int) -> NamedSharding:
   """Splits `batch_axis` of an ndim-array over the data axis; other axes replicated."""
-  spec = [None] * ndim
-  spec[batch_axis] = DATA
-  return NamedSharding(mesh, P(*spec))
+  return NamedSharding(mesh, P(*[DATA if a == batch_axis else None for a in range(ndim)]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -216,9 +212,7 @@ def leaf_spec(shape: tuple[int, ...], n_shards: int, mode: str) -> P:
     return P()
   for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
     if shape[axis] % n_shards == 0:
-      spec = [None] * len(shape)
-      spec[axis] = DATA
-      return P(*spec)
+      return P(*[DATA if a == axis else None for a in range(len(shape))])
   return P()
 
 

@@ -47,10 +47,8 @@ class MetricsWriter:
     self._file.flush()
 
   def close(self, failed: bool = False) -> None:
-    try:
+    with contextlib.suppress(OSError):  # a full disk: the write that hit it stopped the run
       self._file.close()
-    except OSError:  # a full disk: the write that hit it already stopped the run, saying so
-      pass
 
 
 class TensorBoardSink:
@@ -75,8 +73,8 @@ class TensorBoardSink:
       start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
       self._events.write_event(self._event_pb2.Event(step=0, wall_time=time.time(),
                                                      session_log=start))
-    for record in kept or ():
-      self.write(record)
+      for record in kept:
+        self.write(record)
 
   def write(self, record: Record) -> None:
     values = [self._summary_pb2.Summary.Value(tag=tag, simple_value=value)
@@ -87,10 +85,8 @@ class TensorBoardSink:
     self._events.flush()
 
   def close(self, failed: bool = False) -> None:
-    try:
+    with contextlib.suppress(OSError):  # a full disk: each record was flushed, or stopped the run
       self._events.close()
-    except OSError:  # a full disk: every record was flushed as written, or stopped the run
-      pass
 
 
 class WandbSink:

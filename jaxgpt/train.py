@@ -177,10 +177,7 @@ class _Loop:
     there: one stopping alone would leave the others waiting at a collective.
     """
     def failed_here() -> None:
-      if wait:
-        self.checkpoints.wait()
-      else:
-        self.checkpoints.check_saves()
+      (self.checkpoints.wait if wait else self.checkpoints.check_saves)()
       if self.failure is not None:
         raise self.failure
 

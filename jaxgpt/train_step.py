@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from jaxgpt import defaults, sharding
 from jaxgpt.errors import UserError
@@ -161,7 +162,6 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
 
       # check_vma=False: with it, jax would psum the gradient of the replicated params
       # itself (a second all-reduce, and 8x the mean on 8 devices before the pmean).
-      P = jax.sharding.PartitionSpec
       grads, value = jax.shard_map(local_then_mean, mesh=dp_mesh,
                                    in_specs=(P(), P(None, sharding.DATA), P()),
                                    out_specs=P(), check_vma=False)(state.params, tokens_ABT1,
@@ -217,7 +217,6 @@ def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None
   def eval_step(params: Any, tokens_BT1: jax.Array) -> jax.Array:
     if dp_mesh is None or tokens_BT1.shape[0] % dp_mesh.size:  # a resume's leftover windows
       return loss(model, params, tokens_BT1, None)
-    P = jax.sharding.PartitionSpec
     local_then_mean = lambda p, t: jax.lax.pmean(loss(model, p, t, None), sharding.DATA)
     # check_vma=False: the head loss's scan carries are not typed as varying per device.
     return jax.shard_map(local_then_mean, mesh=dp_mesh, in_specs=(P(), P(sharding.DATA)),
