@@ -655,3 +655,46 @@ def test_a_restore_names_the_arrays_that_differ_from_their_fingerprints(tmp_path
   with pytest.raises(checkpoint.CorruptCheckpoint, match=r"1 array\(s\) differ .*wte") as e:
     checkpoint.verify(state, meta)
   assert checkpoint.cause(e.value).startswith("its contents changed after the save: 1 array")
+
+
+@pytest.mark.parametrize("key,value", [("n_head", 4), ("gelu_approximate", True)])
+def test_a_resume_that_keeps_the_params_shapes_but_changes_the_function_is_refused(
+    tmp_path, key, value):
+  """The params of 2 heads read as 4, or exact GELU read as tanh's, compute another function
+  though every array has its shape: only the architecture check can refuse them."""
+  config = tiny_config(tmp_path, "")
+  saved = config.to_dict()
+  config[key] = value
+  with pytest.raises(UserError, match=f"the architecture changed \\({key}: checkpoint"):
+    resume.check_resumable(saved, config)
+
+
+def test_a_resume_may_change_dropout_and_how_new_weights_start(tmp_path):
+  """nanoGPT's fine-tuning turns dropout on for a pretrained checkpoint; zero_init_projections
+  only says how a fresh run starts."""
+  saved = tiny_config(tmp_path, "").to_dict()
+  changed = tiny_config(tmp_path, "", dropout=0.2, zero_init_projections=True)
+  assert set(resume.check_resumable(saved, changed)) == {"dropout", "zero_init_projections"}
+
+
+def test_a_resume_that_drops_the_clipping_state_is_refused_naming_that_key_alone(tmp_path):
+  """grad_clip 1.0 -> 0 gives the train state another structure; max_iters, changed beside it,
+  does not, and is not named as the cause."""
+  saved = tiny_config(tmp_path, "").to_dict()
+  with pytest.raises(UserError) as e:
+    resume.check_resumable(saved, tiny_config(tmp_path, "", grad_clip=0.0, max_iters=12))
+  assert "with grad_clip: checkpoint 1.0 vs config 0.0 the train state has another " \
+         "structure" in str(e.value)
+  assert "max_iters" not in str(e.value)
+
+
+def test_a_resume_under_a_longer_schedule_warns_that_the_learning_rate_jumps(tmp_path, token_dir,
+                                                                           caplog):
+  kw = {"eval_interval": 2, "warmup_iters": 1}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, lr_decay_iters=4, **kw))
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=4, lr_decay_iters=8,
+                            init_from="resume", **kw))
+  assert "resume: the learning rate of iteration 2 is " in caplog.text
+  assert "under the changed schedule (lr_decay_iters 4 -> 8)" in caplog.text
+  assert "to keep the checkpoint's: --config.lr_decay_iters=4" in caplog.text

@@ -490,3 +490,48 @@ def test_train_and_eval_batches_are_split_along_their_batch_axis():
   assert batch.sharding == layout.train_spec.sharding
   eval_batch = layout.eval_batch(np.zeros((layout.local_batch, 17), np.uint16))
   assert eval_batch.sharding.spec == P(sharding.DATA, None)
+
+
+DATA_PARALLEL_ON_2 = """
+import json, pathlib, sys
+import jax, jax.numpy as jnp
+sys.path.insert(0, "tests")
+from conftest import build_state, pattern_windows, tiny_config
+from jaxgpt import sharding, train_step
+out = {}
+for dropout in (0.0, 0.3):
+  config = tiny_config(pathlib.Path(sys.argv[1]), "", batch_size=1,
+                       gradient_accumulation_steps=1, dropout=dropout, sharding="dp")
+  step = train_step.StepConfig.from_config(config)
+  mesh = sharding.make_mesh()
+  windows = pattern_windows(2, config.block_size)
+  if dropout:  # the same window on both devices
+    windows[1] = windows[0]
+  setup, _ = build_state(config)
+  on_one = train_step.make_train_step(setup.model, setup.tx)
+  mapped = train_step.make_train_step(setup.model, setup.tx,
+                                      dp_mesh=train_step.data_parallel(step, mesh))
+  one_window = jnp.asarray(windows[:1].reshape(1, 1, -1))
+  whole = jnp.asarray(windows.reshape(1, 2, -1))
+  out[str(dropout)] = {
+      "devices": mesh.size,
+      "mapped": [float(v) for v in mapped(setup.new_state(), whole)[1].values()][:2],
+      "one device": [float(v) for v in on_one(setup.new_state(), whole)[1].values()][:2],
+      "one window": [float(v) for v in on_one(setup.new_state(), one_window)[1].values()][:2]}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_data_parallel_step_averages_the_devices_and_each_draws_its_own_masks(tmp_path):
+  """dp on 2 devices: without dropout, the loss and gradient norm of one device's step on the
+  whole batch; with dropout, the 2 devices fed one window draw masks of their own, so their
+  mean loss is not the loss of that window under one device's masks."""
+  r = run_python("-c", DATA_PARALLEL_ON_2, str(tmp_path),
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  plain, dropped = out["0.0"], out["0.3"]
+  assert plain["devices"] == 2
+  np.testing.assert_allclose(plain["mapped"], plain["one device"], rtol=1e-5)
+  assert dropped["mapped"][0] != pytest.approx(dropped["one window"][0], rel=1e-5)

@@ -14,6 +14,7 @@ import optax
 import pytest
 from conftest import (
   build_state,
+  checkpoint_steps,
   guard_loop_transfers,
   pattern_tokens,
   pattern_windows,
@@ -376,3 +377,101 @@ def test_the_room_adds_back_what_the_state_holds_on_the_fullest_device(monkeypat
   state = [types.SimpleNamespace(addressable_shards=[shard(devices[0], 100),
                                                      shard(devices[1], 200)])]
   assert train_step.device_room(state) == min(1000 - 300 + 100, 1000 - 500 + 200)
+
+
+def test_the_logged_grad_norm_is_the_gradients_before_clipping(tmp_path):
+  config = tiny_config(tmp_path, "", grad_clip=1e-3, dropout=0.0)  # clipping on: norm >> 1e-3
+  setup, state = build_state(config)
+  batch = jnp.asarray(pattern_windows(8, config.block_size).reshape(1, 8, -1))
+  grads = jax.grad(lambda p: train_step.loss(setup.model, p, batch[0], None))(state.params)
+  expected = float(optax.tree.norm(grads))
+  _, metrics = train_step.make_train_step(setup.model, setup.tx)(state, batch)
+  assert expected > 1.0
+  assert float(metrics["grad_norm"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_step_whose_loss_is_finite_but_gradient_is_not_is_dropped(tmp_path, monkeypatch):
+  """A loss plus 0 * sqrt(0 * wte): the same finite value, a NaN gradient (0 * inf) for wte;
+  the update is dropped and counted, as a non-finite loss's is."""
+  real = train_step.loss
+
+  def nan_gradient(model, params, tokens_BT1, rng):
+    wte = params["wte"]["embedding"]
+    return real(model, params, tokens_BT1, rng) + 0.0 * jnp.sqrt(0.0 * wte.sum())
+
+  monkeypatch.setattr(train_step, "loss", nan_gradient)
+  config = tiny_config(tmp_path, "", dropout=0.0)
+  setup, state = build_state(config)
+  before = jax.tree.map(np.array, state.params)
+  batch = jnp.asarray(pattern_windows(8, config.block_size).reshape(2, 4, -1))
+  state, metrics = train_step.make_train_step(setup.model, setup.tx)(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and not np.isfinite(float(metrics["grad_norm"]))
+  assert int(metrics["nonfinite"]) == 1
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_each_step_draws_new_dropout_masks(tmp_path):
+  """Params that never move (lr 0) and one batch twice: only new masks change the loss. The
+  fast half of the slow test_dropout_masks_differ_per_step_but_are_reproducible."""
+  config, one = dropout_batch(tmp_path)
+  setup, state = build_state(config)
+  step_fn = train_step.make_train_step(setup.model, setup.tx)
+  state, first = step_fn(state, one)
+  _, second = step_fn(state, one)
+  assert float(second["loss"]) != float(first["loss"])
+
+
+def test_an_evaluations_time_is_not_counted_as_training_time(tmp_path, token_dir, monkeypatch):
+  """On a clock that moves 1 s at each reading and 10^6 s in each evaluation, the log right
+  after the evaluation at 10 times iteration 10 alone (a few seconds), not the evaluation."""
+  clock = types.SimpleNamespace(t=itertools.count(), offset=0.0)
+  monkeypatch.setattr(train, "time", types.SimpleNamespace(
+      perf_counter=lambda: float(next(clock.t)) + clock.offset))
+  real = train.val_losses
+
+  def slow_val_losses(*args):
+    clock.offset += 1e6
+    return real(*args)
+
+  monkeypatch.setattr(train, "val_losses", slow_val_losses)
+  config = tiny_config(tmp_path, token_dir, max_iters=20, log_interval=10, eval_interval=10,
+                       lr_decay_iters=20)
+  train.train(config)
+  logs = records(config.out_dir, "train")
+  assert [r["iter"] for r in logs] == [0, 10]
+  assert all(r["ms_per_iter"] < 1e5 for r in logs), logs
+
+
+def test_evaluations_record_the_tokens_trained_on_before_them_across_a_new_batch(
+    tmp_path, token_dir):
+  """Steps 0-1 of 2 x 4 windows of 16 tokens, then 2-3 of 2 x 2 after a resume."""
+  kw = {"eval_interval": 2, "lr_decay_iters": 4}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
+  config = tiny_config(tmp_path, token_dir, max_iters=4, batch_size=2, init_from="resume", **kw)
+  train.train(config)
+  per_iter = [2 * 4 * 16 * jax.device_count(), 2 * 2 * 16 * jax.device_count()]
+  assert [(r["iter"], r["tokens"]) for r in records(config.out_dir, "eval")] == [
+      (0, 0), (2, 2 * per_iter[0]), (4, 2 * per_iter[0] + 2 * per_iter[1])]
+
+
+def test_a_resume_under_another_batch_evaluates_the_runs_own_windows(tmp_path, token_dir):
+  """Saved with batches of 4 (eval_iters 2: 8 windows), evaluated with batches of 2: the same 8
+  windows, so the val loss the run recorded for its checkpoint, not one over 4 windows."""
+  kw = {"eval_interval": 2, "lr_decay_iters": 4}
+  config = tiny_config(tmp_path, token_dir, max_iters=2, **kw)
+  train.train(config)
+  recorded = records(config.out_dir, "eval")[-1]
+  assert recorded["iter"] == 2
+  losses = train.train(tiny_config(tmp_path, token_dir, max_iters=2, batch_size=2,
+                                   init_from="resume", eval_only=True, **kw))
+  assert losses["val"] == pytest.approx(recorded["val_loss"], rel=1e-5)
+
+
+def test_the_last_iteration_is_evaluated_and_saved_off_the_eval_interval(tmp_path, token_dir):
+  """max_iters=5, eval_interval=3: iterations 3 and 4 are not lost."""
+  config = tiny_config(tmp_path, token_dir, max_iters=5, eval_interval=3, lr_decay_iters=5)
+  losses = train.train(config)
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 3, 5]
+  assert records(config.out_dir, "eval")[-1]["val_loss"] == pytest.approx(losses["val"])
+  assert checkpoint_steps(config.out_dir) == [3, 5]
