@@ -411,3 +411,11 @@ def test_strided_text_perplexity_scores_each_token_once_after_its_window(tmp_pat
   assert result["tokens"] == len(ids) - 1
   assert result["loss"] == pytest.approx(total / (len(ids) - 1), rel=1e-5)
   assert result["ppl"] == pytest.approx(math.exp(total / (len(ids) - 1)), rel=1e-5)
+
+
+def test_eval_tasks_limit_limits_the_examples_the_loop_scores(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2, vocab_size=50304,
+                       eval_tasks="hellaswag", eval_tasks_interval=2, eval_tasks_limit=2,
+                       hellaswag_file=write_hellaswag(tmp_path / "hs.jsonl", 6))
+  launch.run(config)
+  assert [r["hellaswag_examples"] for r in records(config.out_dir, "tasks")] == [2, 2]

@@ -374,3 +374,17 @@ def test_a_gpt2_of_either_gelu_is_imported_as_its_config_says(tmp_path, activati
   ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
   expected = hf_logits(theirs, tokens())
   np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_export_step_writes_that_checkpoint(tmp_path, token_dir):
+  from safetensors.numpy import load_file
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, vocab_size=50304)
+  train.train(config)
+  to = tmp_path / "hf"
+  r = run_python("-m", "jaxgpt.export", f"--out_dir={config.out_dir}", f"--out={to}", "--step=2")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"step 2 to {to}" in r.stdout
+  exported = load_file(str(to / "model.safetensors"))["transformer.wte.weight"]
+  for step, same in ((2, True), (4, False)):
+    wte = np.asarray(weights.from_run(config.out_dir, step)[1]["wte"]["embedding"])
+    assert np.array_equal(exported, wte[:tokenizer.N_VOCAB]) == same, step

@@ -114,3 +114,13 @@ def test_each_update_is_taken_at_the_schedule_s_rate(optimizer):
     assert muon_rates == pytest.approx([20 * r for r in rates])
     np.testing.assert_allclose(matrix, [r / muon_rates[5] * matrix[5] for r in muon_rates],
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("keys", [{"decay_lr": False}, {}, {"lr_schedule": "wsd"},
+                                  {"warmup_iters": 0}])
+def test_the_logged_rate_is_the_rate_the_optimizer_takes(keys):
+  """The loop logs (and the report and a resume read) the schedule on the host, in numpy."""
+  c = schedule_config(**{"warmup_iters": 10, "lr_decay_iters": 100, **keys})
+  device, host = lr_schedule(c), lr_schedule(c, np)
+  for it in (0, 5, 10, 50, 95, 100, 150):
+    assert float(host(it)) == pytest.approx(float(device(it)), rel=1e-6), it

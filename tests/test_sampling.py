@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import restore_state, run_python, tiny_config, tiny_gpt, tiny_model
 
+import launch
 from jaxgpt import checkpoint, cli, sample, tokenizer, train
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag, tasks
@@ -170,6 +172,8 @@ def test_a_prompt_token_the_model_has_no_row_for_is_refused():
     ({"max_new_tokens": 3_000_000_000}, r"max_new_tokens=3000000000: must be in \[1, 1,000,000\]"),
     ({"temperature": 1e-39}, r"temperature=1e-39: below 1e-30 the float32 logits divided"),
     ({"top_k": -3}, r"top_k=-3: must be positive"),
+    ({"top_k": 0}, r"top_k=0: must be positive"),
+    ({"max_new_tokens": 0}, r"max_new_tokens=0: must be in \[1, 1,000,000\]"),
 ])
 def test_settings_that_sample_nonsense_are_refused_by_name(settings, message):
   model, params = peaked_model()
@@ -320,3 +324,91 @@ def test_sampling_never_draws_the_padding_ids_past_gpt2_s_vocabulary(temperature
   out = decoding.generate(m, params, [[1, 2, 3], [4]], jax.random.PRNGKey(0),
                           max_new_tokens=4, temperature=temperature)
   assert np.asarray(out).max() < 50257
+
+
+SEPARATOR = "---------------"
+
+
+def sampled(model: GPT, params: dict, start: str, **settings) -> list[str]:
+  """`python -m jaxgpt.sample`'s texts, by default one of 8 tokens with its default settings."""
+  return sample.sample_texts(model, params, start, **{
+      "num_samples": 1, "max_new_tokens": 8, "temperature": 0.8, "top_k": 200, "top_p": 1.0,
+      "stop_at_eot": False, "seed": 0, **settings})
+
+
+def test_the_closing_sample_continues_the_config_s_prompt_with_its_seed(tmp_path, token_dir,
+                                                                         capsys):
+  """sample_start and seed reach the closing sample, drawn as `python -m jaxgpt.sample` draws
+  one from the last checkpoint with nanoGPT's settings (temperature 0.8, top_k 200)."""
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2, vocab_size=50304,
+                       sample_start="The function", sample_tokens=8, seed=7)
+  launch.run(config)
+  printed = capsys.readouterr().out
+  run_config, params, step = weights.from_run(config.out_dir)
+  assert step == 2
+  model = GPT(GPTConfig.from_config(run_config))
+  [expected] = sampled(model, params, "The function", seed=7)
+  assert f"{SEPARATOR}\n{expected.rstrip()}\n{SEPARATOR}" in printed
+  assert sampled(model, params, "The function", seed=0) != [expected]  # the seed picked it
+
+
+def test_the_closing_sample_draws_with_nanogpt_s_settings():
+  """temperature 0.8 and top_k 200, as `python -m jaxgpt.sample` draws by default."""
+  model, params = tiny_gpt(vocab_size=50304)
+  # Logits far apart, as a trained model's: the temperature then changes which tokens are drawn.
+  params["wte"]["embedding"] = params["wte"]["embedding"] * 10
+  for seed in (0, 1):
+    assert decoding.continuation(model, params, "The", max_new_tokens=8, seed=seed) == (
+        sampled(model, params, "The", seed=seed)[0])
+
+
+def test_the_seed_picks_the_samples():
+  model, params = tiny_gpt(vocab_size=50304)
+  assert sampled(model, params, "A", seed=5) == sampled(model, params, "A", seed=5)
+  assert sampled(model, params, "A", seed=5) != sampled(model, params, "A", seed=6)
+
+
+def test_stop_at_eot_ends_a_sample_before_end_of_text_and_only_when_asked(monkeypatch):
+  model, params = tiny_gpt(vocab_size=50304)
+  enc = tokenizer.gpt2()
+  row = enc.encode_ordinary(" one two") + [tokenizer.EOT_TOKEN] + enc.encode_ordinary(" three")
+  monkeypatch.setattr(decoding, "generate", lambda *a, **k: np.array([row, row], np.int32))
+  kw = {"num_samples": 2, "max_new_tokens": len(row)}
+  assert sampled(model, params, "Count:", stop_at_eot=True, **kw) == ["Count: one two"] * 2
+  assert sampled(model, params, "Count:", stop_at_eot=False, **kw) == [
+      "Count: one two<|endoftext|> three"] * 2
+
+
+TINY_SAMPLE = """
+import sys
+sys.path.insert(0, "tests")
+from conftest import tiny_gpt
+from jaxgpt import cli, sample
+from jaxgpt.interop import weights
+model, params = tiny_gpt(vocab_size=50304)
+weights.from_flags = lambda: (None, model, params, "a tiny model")
+sample._define_flags()
+sys.argv[0] = "sample"
+cli.run(sample.main)
+"""
+
+
+def test_sample_top_k_0_keeps_every_token():
+  """--top_k=0, as its help says ('0 keeps all'): the samples of no top-k, not an error."""
+  r = run_python("-c", TINY_SAMPLE, "--top_k=0", "--start=A", "--num_samples=2",
+                 "--max_new_tokens=6", "--seed=3")
+  assert r.returncode == 0, r.stderr[-2000:]
+  model, params = tiny_gpt(vocab_size=50304)
+  expected = sampled(model, params, "A", num_samples=2, max_new_tokens=6, top_k=None, seed=3)
+  assert r.stdout == "".join(f"{text}\n{SEPARATOR}\n" for text in expected)
+
+
+def test_sample_flags_default_to_nanogpt_s_sample_py():
+  r = run_python("-m", "jaxgpt.sample", "--help")
+  assert r.returncode == 0, r.stderr[-2000:]
+  for flag, default in [("max_new_tokens", "500"), ("num_samples", "10"), ("seed", "1337"),
+                        ("start", "'\\n'"), ("temperature", "0.8"), ("top_k", "200"),
+                        ("top_p", "1.0"), ("[no]stop_at_eot", "False")]:
+    said = re.search(rf"^  --{re.escape(flag)}:(.*?)(?=^  --)", r.stdout,
+                     re.MULTILINE | re.DOTALL)
+    assert said and f"(default {default})" in said[1], flag

