@@ -352,18 +352,23 @@ def test_the_loop_queues_at_most_one_step_behind_the_running_one(tmp_path, token
 
 
 @pytest.mark.parametrize("key,value", [("mlp_act", "relu2"), ("norm", "rmsnorm"),
-                                       ("logit_softcap", 30.0), ("qk_norm", True)])
+                                       ("logit_softcap", 30.0), ("qk_norm", True),
+                                       ("n_head", 4), ("gelu_approximate", True)])
 def test_a_resume_that_changes_what_the_model_computes_is_refused(tmp_path, key, value):
+  """Every array keeps its shape under these (2 heads' params read as 4, exact GELU's as
+  tanh's): only the architecture check can refuse them."""
   config = tiny_config(tmp_path, "")
   saved = config.to_dict()
   config[key] = value
   with pytest.raises(UserError, match=f"the architecture changed \\({key}: checkpoint") as e:
     resume.check_resumable(saved, config)
   assert f"Resume with the checkpoint's values (--config.{key}={saved[key]})" in str(e.value)
-  # How it computes may change: the kernel, the loss chunks, recomputation, the dtype.
+  # How it computes may change: the kernel, the loss chunks, recomputation, the dtype; and
+  # dropout (nanoGPT's fine-tuning turns it on) and how fresh weights would have started.
   ok = tiny_config(tmp_path, "", attention="xla", loss_chunk_size=0, remat="full",
-                   dtype="bfloat16")
-  assert set(resume.check_resumable(saved, ok)) == {"dtype", "attention", "loss_chunk_size", "remat"}
+                   dtype="bfloat16", dropout=0.2, zero_init_projections=True)
+  assert set(resume.check_resumable(saved, ok)) == {
+      "dtype", "attention", "loss_chunk_size", "remat", "dropout", "zero_init_projections"}
 
 
 def test_a_checkpoint_written_before_a_key_existed_resumes_under_its_default(tmp_path):
@@ -655,26 +660,6 @@ def test_a_restore_names_the_arrays_that_differ_from_their_fingerprints(tmp_path
   with pytest.raises(checkpoint.CorruptCheckpoint, match=r"1 array\(s\) differ .*wte") as e:
     checkpoint.verify(state, meta)
   assert checkpoint.cause(e.value).startswith("its contents changed after the save: 1 array")
-
-
-@pytest.mark.parametrize("key,value", [("n_head", 4), ("gelu_approximate", True)])
-def test_a_resume_that_keeps_the_params_shapes_but_changes_the_function_is_refused(
-    tmp_path, key, value):
-  """The params of 2 heads read as 4, or exact GELU read as tanh's, compute another function
-  though every array has its shape: only the architecture check can refuse them."""
-  config = tiny_config(tmp_path, "")
-  saved = config.to_dict()
-  config[key] = value
-  with pytest.raises(UserError, match=f"the architecture changed \\({key}: checkpoint"):
-    resume.check_resumable(saved, config)
-
-
-def test_a_resume_may_change_dropout_and_how_new_weights_start(tmp_path):
-  """nanoGPT's fine-tuning turns dropout on for a pretrained checkpoint; zero_init_projections
-  only says how a fresh run starts."""
-  saved = tiny_config(tmp_path, "").to_dict()
-  changed = tiny_config(tmp_path, "", dropout=0.2, zero_init_projections=True)
-  assert set(resume.check_resumable(saved, changed)) == {"dropout", "zero_init_projections"}
 
 
 def test_a_resume_that_drops_the_clipping_state_is_refused_naming_that_key_alone(tmp_path):

@@ -330,7 +330,8 @@ SEPARATOR = "---------------"
 
 
 def sampled(model: GPT, params: dict, start: str, **settings) -> list[str]:
-  """`python -m jaxgpt.sample`'s texts, by default one of 8 tokens with its default settings."""
+  """`python -m jaxgpt.sample`'s texts: by default one of 8 tokens, seed 0, nanoGPT's
+  temperature 0.8 and top_k 200."""
   return sample.sample_texts(model, params, start, **{
       "num_samples": 1, "max_new_tokens": 8, "temperature": 0.8, "top_k": 200, "top_p": 1.0,
       "stop_at_eot": False, "seed": 0, **settings})
@@ -360,12 +361,6 @@ def test_the_closing_sample_draws_with_nanogpt_s_settings():
   for seed in (0, 1):
     assert decoding.continuation(model, params, "The", max_new_tokens=8, seed=seed) == (
         sampled(model, params, "The", seed=seed)[0])
-
-
-def test_the_seed_picks_the_samples():
-  model, params = tiny_gpt(vocab_size=50304)
-  assert sampled(model, params, "A", seed=5) == sampled(model, params, "A", seed=5)
-  assert sampled(model, params, "A", seed=5) != sampled(model, params, "A", seed=6)
 
 
 def test_stop_at_eot_ends_a_sample_before_end_of_text_and_only_when_asked(monkeypatch):

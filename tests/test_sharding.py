@@ -498,6 +498,7 @@ import jax, jax.numpy as jnp
 sys.path.insert(0, "tests")
 from conftest import build_state, pattern_windows, tiny_config
 from jaxgpt import sharding, train_step
+measured = lambda metrics: [float(metrics["loss"]), float(metrics["grad_norm"])]
 out = {}
 for dropout in (0.0, 0.3):
   config = tiny_config(pathlib.Path(sys.argv[1]), "", batch_size=1,
@@ -515,9 +516,9 @@ for dropout in (0.0, 0.3):
   whole = jnp.asarray(windows.reshape(1, 2, -1))
   out[str(dropout)] = {
       "devices": mesh.size,
-      "mapped": [float(v) for v in mapped(setup.new_state(), whole)[1].values()][:2],
-      "one device": [float(v) for v in on_one(setup.new_state(), whole)[1].values()][:2],
-      "one window": [float(v) for v in on_one(setup.new_state(), one_window)[1].values()][:2]}
+      "mapped": measured(mapped(setup.new_state(), whole)[1]),
+      "one device": measured(on_one(setup.new_state(), whole)[1]),
+      "one window": measured(on_one(setup.new_state(), one_window)[1])}
 print(json.dumps(out))
 """
 

@@ -16,7 +16,6 @@ import pytest
 from absl import logging
 from conftest import read_jsonl, tiny_config
 
-import launch
 from jaxgpt import checkpoint, defaults, run_dir, sinks, train
 from jaxgpt.errors import UserError
 
@@ -432,16 +431,3 @@ def test_progress_bar_on_a_terminal_and_cleared_for_log_lines(absl_to):
   assert "100/100" in stream.getvalue()
   bar.close()
   assert logging.get_absl_handler().python_handler.stream is stream  # restored
-
-
-def test_a_missing_logging_package_is_said_before_the_data_is_made(tmp_path, monkeypatch):
-  """Not after hours of FineWeb download and tokenizing."""
-  from jaxgpt.prep import fineweb
-  monkeypatch.setitem(sys.modules, "wandb", None)  # as where wandb is not installed
-  monkeypatch.setattr(fineweb, "prepare_fineweb",
-                      lambda *a, **k: pytest.fail("FineWeb was downloaded"))
-  config = tiny_config(tmp_path, str(tmp_path / "fineweb"), dataset="fineweb",
-                       auto_prepare=True, wandb_log=True)
-  with pytest.raises(UserError, match="config.wandb_log=True needs the 'wandb' package"):
-    launch.run(config)
-  assert not (tmp_path / "fineweb").exists()

@@ -430,9 +430,9 @@ def test_an_evaluations_time_is_not_counted_as_training_time(tmp_path, token_dir
       perf_counter=lambda: float(next(clock.t)) + clock.offset))
   real = train.val_losses
 
-  def slow_val_losses(*args):
+  def slow_val_losses(*args, **kwargs):
     clock.offset += 1e6
-    return real(*args)
+    return real(*args, **kwargs)
 
   monkeypatch.setattr(train, "val_losses", slow_val_losses)
   config = tiny_config(tmp_path, token_dir, max_iters=20, log_interval=10, eval_interval=10,
