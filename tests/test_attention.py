@@ -11,7 +11,7 @@ from conftest import fake_device, records, tiny_config
 
 import launch
 from jaxgpt import attention, sharding
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 
 
 def test_only_a_cuda_capability_counts():
@@ -25,6 +25,10 @@ def test_only_a_cuda_capability_counts():
 @pytest.mark.parametrize("device, dtype, head_size, expected", [
     (fake_device("gpu", "9.0"), "bfloat16", 64, "cudnn"),  # H100
     (fake_device("gpu", "8.9"), "bfloat16", 64, "cudnn"),  # RTX 4070
+    (fake_device("gpu", "8.0"), "bfloat16", 64, "cudnn"),  # A100: the first flash-attention card
+    (fake_device("gpu", "9.0"), "float16", 64, "cudnn"),
+    (fake_device("gpu", "9.0"), "bfloat16", 128, "cudnn"),  # the largest head it takes
+    (fake_device("gpu", "9.0"), "bfloat16", 24, "cudnn"),  # a multiple of 8, not of 16
     (fake_device("gpu", "7.5"), "bfloat16", 64, "xla"),  # T4: no flash attention
     (fake_device("gpu", "9.0"), "float32", 64, "xla"),
     (fake_device("gpu", "9.0"), "bfloat16", 36, "xla"),  # not a multiple of 8
@@ -34,6 +38,8 @@ def test_only_a_cuda_capability_counts():
 def test_auto_attention_picks_cudnn_where_it_runs(device, dtype, head_size, expected):
   assert attention.for_device("auto", dtype, head_size, device) == expected
   assert attention.for_device("xla", dtype, head_size, device) == "xla"
+  # An explicit cudnn is kept: settle's probe, not this rule, says whether it runs here.
+  assert attention.for_device("cudnn", dtype, head_size, device) == "cudnn"
 
 
 @pytest.fixture
@@ -91,3 +97,33 @@ def test_the_probe_runs_the_kernel_and_raises_where_it_fails():
   assert attention.probe("xla", "float32", 16, 32) is None  # a forward and backward pass
   with pytest.raises(RuntimeError, match="cuDNN"):  # as a failing cuDNN does on a GPU
     attention.probe("cudnn", "float32", 16, 32)
+
+
+def test_settle_probes_the_runs_shapes_on_a_cudnn_gpu_and_keeps_an_explicit_xla(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(jax, "devices", lambda: [fake_device("gpu", "9.0", "NVIDIA H100")])
+  probed = []
+  monkeypatch.setattr(attention, "probe", lambda *args: probed.append(args))
+  config = tiny_config(tmp_path, "", dtype="bfloat16", n_embd=64, n_head=2, block_size=16)
+  assert attention.settle(config).attention == "cudnn"
+  assert probed == [("cudnn", "bfloat16", 32, 16)]  # the run's head size (64 / 2) and length
+  config.attention = "xla"
+  assert attention.settle(config).attention == "xla"  # as asked, and nothing probed
+  assert len(probed) == 1
+
+
+def test_a_failing_cudnn_is_named_in_one_short_line(tmp_path, monkeypatch, caplog):
+  """cuDNN's errors run to pages of engine dumps: the warning keeps their first line, cut."""
+  monkeypatch.setattr(attention, "for_device", lambda *a: "cudnn")
+
+  def probe(*args):
+    raise RuntimeError("cuDNN Frontend error: No valid engine configs for SDPA_BPROP\n"
+                       + "engine 7: knob dump " * 100)
+
+  monkeypatch.setattr(attention, "probe", probe)
+  with caplog.at_level(logging.WARNING):
+    assert attention.settle(tiny_config(tmp_path, "", attention="auto")).attention == "xla"
+  [warning] = [r.getMessage() for r in caplog.records if "cuDNN attention fails" in r.getMessage()]
+  assert "No valid engine configs" in warning and "knob dump" not in warning
+  assert first_line(RuntimeError("x" * 1000)) == "x" * 300
+  assert first_line(RuntimeError()) == ""  # a library error without a message

@@ -76,11 +76,12 @@ def test_a_nanogpt_character_dataset_sets_the_vocabulary(tmp_path):
                  "stoi": {c: i for i, c in enumerate(chars)}}, f)
   for split in token_files.SPLITS:
     (pattern_tokens(200) % len(chars)).astype(np.uint16).tofile(tmp_path / f"{split}.bin")
-  with pytest.raises(UserError, match=rf"meta.pkl: nanoGPT's dataset of a {len(chars)}-token "
-                                      rf"vocabulary, .* set --config.vocab_size={len(chars)} "
-                                      r".*, or, to start from weights of GPT-2's tokens "
-                                      r"\(init_from\), use data made with GPT-2's tokenizer$"):
-    data.open_splits(str(tmp_path), 8, 50304)
+  for gpt2_vocab in (50304, 50257):  # padded, and as GPT-2's weights have it (init_from)
+    with pytest.raises(UserError, match=rf"meta.pkl: nanoGPT's dataset of a {len(chars)}-token "
+                                        rf"vocabulary, .* set --config.vocab_size={len(chars)} "
+                                        r".*, or, to start from weights of GPT-2's tokens "
+                                        r"\(init_from\), use data made with GPT-2's tokenizer$"):
+      data.open_splits(str(tmp_path), 8, gpt2_vocab)
   assert len(data.open_splits(str(tmp_path), 8, len(chars))["train"]) == 199 // 8
   assert len(data.open_splits(str(tmp_path), 8, 128)["train"]) == 199 // 8  # padded: trains
   with open(tmp_path / "meta.pkl", "wb") as f:
@@ -172,10 +173,14 @@ def test_a_shard_beyond_the_headers_int32_count_is_refused_before_writing(tmp_pa
   assert not os.listdir(tmp_path)
 
 
-def test_token_beyond_vocab_is_rejected_naming_the_file(tmp_path):
-  shards.write_shard(str(tmp_path / "t_train_0.bin"), np.array([1, 2, 500] * 50, np.uint16))
-  with pytest.raises(token_files.ShardError, match=r"t_train_0.bin: token id 500 >= vocab_size 96"):
+@pytest.mark.parametrize("token", [500, 96])  # 96: one past the embedding, which JAX would clamp
+def test_token_beyond_vocab_is_rejected_naming_the_file(tmp_path, token):
+  path = str(tmp_path / "t_train_0.bin")
+  shards.write_shard(path, np.array([1, 2, token] * 50, np.uint16))
+  with pytest.raises(token_files.ShardError,
+                     match=rf"t_train_0.bin: token id {token} >= vocab_size 96"):
     data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96)
+  token_files.check_vocab(path, np.zeros(0, np.uint16), 96)  # no tokens: nothing out of range
 
 
 def test_windows_cover_every_token_once_per_epoch(tmp_path):
@@ -306,3 +311,33 @@ def test_an_llmc_shard_longer_than_its_header_says_is_refused(tmp_path):
     f.write(np.arange(10, dtype=np.uint16).tobytes())
   with pytest.raises(token_files.ShardError, match="header says 100 tokens"):
     token_files.read_tokens(path)
+
+
+def test_an_llmc_shard_of_another_version_is_refused_naming_it(tmp_path):
+  header = np.zeros(256, "<i4")
+  header[:3] = (20240520, 7, 100)  # llm.c's LLaMA-3 shards: version 7, uint32 tokens
+  path = tmp_path / "x_train_000000.bin"
+  path.write_bytes(header.tobytes() + np.arange(100, dtype="<u4").tobytes())
+  with pytest.raises(token_files.ShardError, match="llm.c shard version 7, expected 1"):
+    token_files.read_tokens(str(path))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x01\x00\x02", "3 bytes is not a whole number of uint16 tokens"),
+    (b"", "empty token file")])
+def test_a_headerless_file_of_no_whole_tokens_is_refused_naming_it(tmp_path, content, message):
+  path = tmp_path / "train.bin"
+  path.write_bytes(content)
+  with pytest.raises(token_files.ShardError, match=f"train.bin: {message}"):
+    token_files.read_tokens(str(path))
+
+
+@pytest.mark.parametrize("array", [pattern_tokens(200).astype(np.int32),
+                                   pattern_tokens(200).astype(np.int64),
+                                   pattern_tokens(200).reshape(10, 20)],
+                         ids=["int32", "int64", "2d"])
+def test_a_npy_that_is_not_a_1d_uint16_array_is_refused(tmp_path, array):
+  np.save(tmp_path / "edu_train_000000.npy", array)
+  with pytest.raises(token_files.ShardError, match=rf"edu_train_000000.npy: expected a 1-D "
+                                                   rf"uint16 array, got {array.dtype}"):
+    token_files.read_tokens(str(tmp_path / "edu_train_000000.npy"))

@@ -41,7 +41,9 @@ def test_peak_of_the_device_kinds_jax_reports(device_kind, tflops):
 @pytest.mark.parametrize("device_kind", [
     "cpu", "NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA A10G", "NVIDIA RTX A1000",
     "NVIDIA A1000", "NVIDIA A100X", "NVIDIA RTX 4000 Ada Generation", "Tesla T4",
-    "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 3g.40gb"])
+    "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
+    # cut-down cards, not their full namesakes
+    "NVIDIA GeForce RTX 4090 D", "NVIDIA GeForce RTX 5090 D", "TPU v4 lite"])
 def test_a_device_without_a_sourced_figure_is_unknown(device_kind):
   assert gpus.peak_flops(device_kind) is None
   assert gpus.peak_flops(device_kind, override=1e14) == 1e14
@@ -60,6 +62,10 @@ def test_no_entry_is_shadowed_by_an_earlier_one():
     ("NVIDIA L40S", 46068 / 1024)])  # what nvidia-smi reports, where known
 def test_memory_of_the_cards_whose_name_says_it(device_kind, gib):
   assert gpus.card(device_kind).memory_gib == gib
+
+
+def test_a_card_sold_with_two_memory_sizes_has_none():
+  assert gpus.card("NVIDIA GeForce RTX 4060 Ti").memory_gib is None  # 8 or 16 GB
 
 
 @pytest.mark.parametrize("name", ["A100-40GB", "A100_40GB", "A100 PCIe 40GB", "a100-sxm4-40gb",

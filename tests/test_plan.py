@@ -126,6 +126,12 @@ def test_durations_read_naturally():
   assert formatting.count(10_485_760_000) == "10.49B" and formatting.count(512) == "512"
   assert formatting.count(999_994) == "999.99K"
   assert formatting.count(999_999) == "1.00M" and formatting.count(999_995_000) == "1.00B"
+  assert formatting.duration(3600) == "1h00m" and formatting.duration(5000) == "1h23m"
+  assert formatting.duration(3599.6) == "1h00m" and formatting.duration(59.5) == "1m00s"
+  assert formatting.count(1000) == "1.00K" and formatting.count(1e9) == "1.00B"
+  assert formatting.plural(1, "shard") == "1 shard" and formatting.plural(0, "shard") == "0 shards"
+  assert formatting.plural(2000, "iteration") == "2,000 iterations"
+  assert formatting.plural(3, "batch", "batches") == "3 batches"
   message = summary.eta(20_000, 524_288, 524_288, 0.381)
   assert "5h33m" in message and "MFU 38.1%" in message
 

@@ -1120,3 +1120,13 @@ def test_a_document_stays_in_one_split_when_the_val_cap_fills_inside_it(tmp_path
   by_split = assert_dataset(str(tmp_path / "out"), docs)  # each document whole, in one split
   assert len(by_split["val"]) == 1 and meta["splits"]["val"]["tokens"] > 30
   assert token_files.read_meta(str(tmp_path / "out"))["splits"] == meta["splits"]
+
+
+def test_a_split_with_other_tokens_than_its_meta_json_says_is_refused(token_dir):
+  """One shard replaced by a shorter one: as many files as meta.json lists, fewer tokens."""
+  with open(f"{token_dir}/meta.json", "w") as f:
+    json.dump({"vocab_size": 50257, "splits": {"train": {"shards": 2, "tokens": 6000},
+                                               "val": {"shards": 1, "tokens": 1000}}}, f)
+  with pytest.raises(UserError, match="written as 2 files of 6,000 tokens, and 2 files of 5,000 "
+                                      "are there"):
+    data.open_splits(token_dir, 8, 96)
