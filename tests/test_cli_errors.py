@@ -179,6 +179,9 @@ USAGE = {
     "launch.py a key as nanoGPT's flag": (["launch.py", "--config=configs/quickstart.py",
                                            "--max_iters=10"],
                                           "a config key is set as --config.max_iters"),
+    "launch.py a misspelled key as a flag": (
+        ["launch.py", "--config=configs/quickstart.py", "--max_iterz=10"],
+        "error: --max_iterz: no such flag; did you mean --config.max_iters?"),
     "sample none": (["-m", "jaxgpt.sample", "--num_samples=0"],  # said before any weights load
                     "error: --num_samples=0: 0 is not a positive integer"),
     "sample top_p": (["-m", "jaxgpt.sample", "--top_p=0"],  # also before any weights load

@@ -1130,3 +1130,75 @@ def test_a_split_with_other_tokens_than_its_meta_json_says_is_refused(token_dir)
   with pytest.raises(UserError, match="written as 2 files of 6,000 tokens, and 2 files of 5,000 "
                                       "are there"):
     data.open_splits(token_dir, 8, 96)
+
+
+def test_empty_rows_and_records_are_no_documents(tmp_path):
+  """An empty text (a parquet row, a jsonl record) adds no document: no lone end-of-text
+  token, nor a document count that is not the corpus', as .txt's empty ends."""
+  texts = [t if i % 3 else "" for i, t in enumerate(TEXTS)]
+  pq.write_table(pa.table({"text": texts}), tmp_path / "a.parquet")
+  meta = run([str(tmp_path / "a.parquet")], tmp_path / "out")
+  assert_dataset(str(tmp_path / "out"),
+                 [(f"a.parquet:{i}", t) for i, t in enumerate(texts) if t])
+  assert sum(s["documents"] for s in meta["splits"].values()) == sum(map(bool, texts))
+  (tmp_path / "b.jsonl").write_text(
+      "".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+  run([str(tmp_path / "b.jsonl")], tmp_path / "out2")
+  assert_dataset(str(tmp_path / "out2"),
+                 [(f"b.jsonl:{i}", t) for i, t in enumerate(texts, 1) if t])
+
+
+def test_a_null_parquet_text_names_the_file_and_row(tmp_path):
+  """A null text is an error naming its row, not a document dropped without a word."""
+  path = tmp_path / "a.parquet"
+  pq.write_table(pa.table({"text": ["one", None, "three"]}), path)
+  with pytest.raises(readers.PrepareError, match=r"a.parquet: row 1: 'text' is null"):
+    run([str(path)], tmp_path / "out")
+
+
+def test_a_double_star_glob_reaches_every_depth_and_a_tilde_is_home(tmp_path, monkeypatch):
+  """--input='data/**/*.txt' reads the files of every folder below (without recursive=True,
+  ** is *: the deeper files were left out without a word); --input='~/...' in quotes, which
+  the shell leaves alone, is the home directory's."""
+  for rel in ("top.txt", "a/one.txt", "a/b/two.txt"):
+    (tmp_path / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "data" / rel).write_text(rel, encoding="utf-8")
+  assert list(readers.input_files([str(tmp_path / "data" / "**" / "*.txt")]).values()) == [
+      "a/b/two.txt", "a/one.txt", "top.txt"]
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert readers.input_files(["~/data/a/*.txt"]) == {str(tmp_path / "data/a/one.txt"): "one.txt"}
+
+
+def test_a_run_makes_fineweb_edu_as_fineweb_edu_and_only_when_allowed(tmp_path, hub):
+  """dataset=fineweb_edu with auto_prepare downloads FineWeb-Edu, and meta.json and the error
+  name `prepare fineweb --edu`; without auto_prepare nothing is downloaded."""
+  edu = str(tmp_path / "edu")
+  with pytest.raises(UserError, match=r"(?s)prepare fineweb --edu --out=.*auto_prepare=True"):
+    datasets.ensure("fineweb_edu", edu, auto_prepare=False)
+  assert hub["download"] == [] and not os.path.exists(edu)
+  datasets.ensure("fineweb_edu", edu, auto_prepare=True)
+  assert {d[0] for d in hub["download"]} == {"HuggingFaceFW/fineweb-edu"}
+  assert token_files.read_meta(edu)["command"] == (
+      f"python -m jaxgpt.prepare fineweb --edu --out={edu}")
+  with pytest.raises(UserError) as e:  # a local dataset: auto_prepare cannot make it
+    datasets.make("shakespeare", str(tmp_path / "sh"), auto_prepare=False)
+  assert "auto_prepare" not in str(e.value)
+
+
+def test_the_hub_probe_is_skipped_behind_a_proxy_and_offline_says_so(monkeypatch):
+  from huggingface_hub import constants
+
+  def unreachable(*args, **kwargs):
+    raise OSError(101, "Network is unreachable")
+
+  monkeypatch.setattr(fineweb.socket, "create_connection", unreachable)
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+  for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    monkeypatch.delenv(key, raising=False)
+  with pytest.raises(readers.PrepareError, match=r"is unreachable \(Network is unreachable\)"):
+    fineweb.check_hub_reachable()
+  monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # only the proxy reaches the Hub
+  fineweb.check_hub_reachable()
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  with pytest.raises(readers.PrepareError, match=r"^HF_HUB_OFFLINE is set"):
+    fineweb.check_hub_reachable()

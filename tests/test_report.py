@@ -139,6 +139,8 @@ def test_the_best_val_loss_is_the_best_finite_one(tmp_path):
   assert "best val loss 5.1000 at step 2" in report.summary("x", run)
   run["eval"] = [eval_record(0, math.nan)]
   assert "no finite val loss" in report.summary("x", run)
+  run["eval"] = [eval_record(0, math.inf)]
+  assert "no finite val loss" in report.summary("x", run)
 
 
 @pytest.mark.parametrize("logx", [False, True])
@@ -319,3 +321,37 @@ def test_the_best_val_loss_is_the_lowest_not_the_last():
   run = {"eval": [record(0, 4.0), record(1, 2.5), record(2, 2.8), record(3, math.nan)],
          "train": [], "tasks": []}
   assert "best val loss 2.5000 at step 1 (1.00K tokens)" in report.summary("x", run)
+
+
+def train_record(it: int, tok_s: float, ms: float, mfu: float) -> dict:
+  return {"event": "train", "iter": it, "tokens": 8 * (it + 1), "loss": 1.0, "lr": 1e-3,
+          "ms_per_iter": ms, "tokens_per_sec": tok_s, "mfu": mfu}
+
+
+def test_throughput_is_the_median_of_the_logs_after_the_first():
+  """The first log times one step (with the compilation); a slow or fast log among the rest
+  does not move the median. write_run's logs are all alike after the first, so the table test
+  could not tell a median from a mean, nor the first log skipped from counted."""
+  logs = [train_record(0, 100_000.0, 50.0, 0.10),  # compiling: skipped
+          train_record(10, 400_000.0, 20.0, 0.30),
+          train_record(20, 600_000.0, 10.0, 0.40),
+          train_record(30, 5_000_000.0, 30.0, 0.50)]  # an outlier: a median ignores it
+  text = report.summary("x", {"train": logs, "eval": [], "tasks": []})
+  assert text.splitlines()[-1] == ("throughput: median 600,000 tok/s, 20.0 ms/iter, MFU 40.0% "
+                                   "(over 3 train logs, the first skipped)")
+
+
+def test_a_text_task_s_token_count_is_no_score_column():
+  """eval_tasks=text:FILE writes <task>_loss, _ppl and _tokens; the count is no score."""
+  record = {"event": "tasks", "iter": 0, "tokens": 0, "wiki_loss": 3.0, "wiki_ppl": 20.0855,
+            "wiki_tokens": 86}
+  lines = report.summary("x", {"train": [], "eval": [], "tasks": [record]}).splitlines()
+  assert lines[2].split() == ["step", "tokens", "wiki_loss", "wiki_ppl"]
+  assert lines[3].split() == ["0", "0", "3.0000", "20.0855"]
+
+
+def test_runs_of_one_directory_name_are_told_apart_by_their_paths():
+  """runs/a/out and runs/b/out: named by basename alone, the second run replaced the first in
+  the report (one summary, one curve) without a word."""
+  assert report._names(["runs/a/out", "runs/b/out/", "runs/c"]) == [
+      "runs/a/out", "runs/b/out", "c"]
