@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import types
@@ -36,6 +39,25 @@ def pytest_configure(config: pytest.Config) -> None:
   if config.option.markexpr == "gpu" and not _PLATFORMS_GIVEN:
     del os.environ["JAX_PLATFORMS"]
     jax.config.update("jax_platforms", None)
+
+
+@pytest.hookimpl(trylast=True)  # after -m deselected
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  """One XLA compilation cache for the session's own process.
+
+  The tests build their own jitted steps of the same few tiny models, and XLA
+  would compile each program again for each: its persistent cache, in a
+  folder of this session's, compiles each once (the same executable, so the
+  same numbers). Not for the Pythons the tests start: those killed in a write
+  would leave entries that the others fail on. Not with gpu_compile tests:
+  their compile-only CUDA client writes entries it cannot read back.
+  """
+  if any(item.get_closest_marker("gpu_compile") for item in items):
+    return
+  cache_dir = tempfile.mkdtemp(prefix="jaxgpt-tests-xla-")
+  atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 TINY_VOCAB = 96
