@@ -27,6 +27,7 @@ from absl import flags
 
 from jaxgpt import defaults, run_dir, sharding, train, train_step
 from jaxgpt.model import GPT, GPTConfig, init_params
+from jaxgpt.plan import targets
 from jaxgpt.prep import shards
 
 # Grain's worker processes read absl flags; under pytest nobody parsed them.
@@ -48,11 +49,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
   The tests build their own jitted steps of the same few tiny models, and XLA
   would compile each program again for each: its persistent cache, in a
   folder of this session's, compiles each once (the same executable, so the
-  same numbers). Not for the Pythons the tests start: those killed in a write
-  would leave entries that the others fail on. Not with gpu_compile tests:
-  their compile-only CUDA client writes entries it cannot read back.
+  same numbers). Not for the Pythons the tests start: one killed in a write
+  would leave an entry that every later read warns on. Not where gpu_compile
+  tests will compile: the CUDA plugin's compile-only client writes entries it
+  cannot read back. Nor where JAX_COMPILATION_CACHE_DIR names a cache already.
   """
-  if any(item.get_closest_marker("gpu_compile") for item in items):
+  if jax.config.jax_compilation_cache_dir or (
+      targets.plugin_installed() and any(item.get_closest_marker("gpu_compile") for item in items)):
     return
   cache_dir = tempfile.mkdtemp(prefix="jaxgpt-tests-xla-")
   atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)

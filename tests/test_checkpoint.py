@@ -70,7 +70,6 @@ def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers, dty
   assert meta_b["iter"] == 8 and meta_b["tokens"] == 8 * 2 * 4 * 16
 
 
-
 def test_scratch_refuses_a_directory_with_checkpoints(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, max_iters=3)
   train.train(config)
