@@ -285,7 +285,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
         raise
       message = (f"error: out of device memory ({first_line(e)}); a smaller batch may fit: a run's "
                  "batch_size (with more gradient_accumulation_steps; `python -m jaxgpt.plan` "
-                 "says what fits), sample's --num_samples, evaluate's --batch_rows")
+                 "says what fits), sample's or evaluate's --batch_rows")
     else:
       _exit(0)
     # Out of the except clause, the error's traceback is gone, and with it what its frames held:

@@ -4,14 +4,16 @@
   python -m jaxgpt.sample --init_from=gpt2 --start=FILE:prompt.txt --stop_at_eot
   python -m jaxgpt.sample --init_from=nanogpt:out-shakespeare/ckpt.pt --start="ROMEO:"
 
-All samples are decoded in one batch with a KV cache (inference/decoding.py);
-the decoding speed is measured by `python -m jaxgpt.bench --decode`.
+Samples are decoded --batch_rows at a time with a KV cache (inference/decoding.py),
+each batch printed as it is done; the decoding speed is measured by
+`python -m jaxgpt.bench --decode`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -40,30 +42,40 @@ def read_start(start: str) -> str:
     raise UserError(f"--start=FILE:{path}: {e.strerror}") from None
 
 
-def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, max_new_tokens: int,
-                 temperature: float, top_k: int | None, top_p: float, stop_at_eot: bool,
-                 seed: int) -> list[str]:
-  """num_samples completions of `start`, each with its prompt as nanoGPT prints them."""
+def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, batch_rows: int,
+                 max_new_tokens: int, temperature: float, top_k: int | None, top_p: float,
+                 stop_at_eot: bool, seed: int) -> Iterator[str]:
+  """num_samples completions of `start`, each with its prompt as nanoGPT prints them.
+
+  They are decoded batch_rows at a time, so that one batch's memory, not num_samples', must
+  fit the device. The first batch draws with the seed's key, as the closing sample does (up
+  to batch_rows samples are those one batch always gave); batch i after it draws with
+  fold_in(key, i). The last batch is filled out to the others' rows (the extras dropped), so
+  every batch runs one compiled program.
+  """
   tokenizer.require_gpt2_vocabulary(model.config.vocab_size, "prompts and samples are")
   enc = tokenizer.gpt2()
   # An empty start begins a new document, as the closing sample's does.
   prompt = enc.encode(start, allowed_special={"<|endoftext|>"}) or [tokenizer.EOT_TOKEN]
-  tokens_BN = decoding.generate(
-      model, params, [prompt] * num_samples, jax.random.PRNGKey(seed),
-      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-      stop_token=tokenizer.EOT_TOKEN if stop_at_eot else None)
-  texts = []
-  for row in tokens_BN.tolist():
-    if stop_at_eot and tokenizer.EOT_TOKEN in row:
-      row = row[:row.index(tokenizer.EOT_TOKEN)]
-    texts.append(start + tokenizer.decode_whole_characters(row))
-  return texts
+  key = jax.random.PRNGKey(seed)
+  rows = min(num_samples, batch_rows)
+  for i, first in enumerate(range(0, num_samples, rows)):
+    tokens_BN = decoding.generate(
+        model, params, [prompt] * rows, jax.random.fold_in(key, i) if i else key,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        stop_token=tokenizer.EOT_TOKEN if stop_at_eot else None)
+    for row in tokens_BN[:num_samples - first].tolist():
+      if stop_at_eot and tokenizer.EOT_TOKEN in row:
+        row = row[:row.index(tokenizer.EOT_TOKEN)]
+      yield start + tokenizer.decode_whole_characters(row)
 
 
 def _define_flags() -> None:
   weights.define_flags()
   flags.DEFINE_string("start", "\n", "Prompt text, or FILE:path to read it from a file.")
-  flags.DEFINE_integer("num_samples", 10, "Samples to draw (one batch).", lower_bound=1)
+  flags.DEFINE_integer("num_samples", 10, "Samples to draw.", lower_bound=1)
+  flags.DEFINE_integer("batch_rows", 32, "Samples decoded together: more is faster, until "
+                       "the device's memory runs out.", lower_bound=1)
   flags.DEFINE_integer("max_new_tokens", 500, "Tokens generated per sample.", lower_bound=1)
   flags.DEFINE_float("temperature", 0.8, "1.0 as trained, lower is surer, 0 greedy.",
                      lower_bound=0)
@@ -85,9 +97,9 @@ def main() -> None:
   print(f"sampling {f.num_samples} x {f.max_new_tokens} tokens from {source}", file=sys.stderr,
         flush=True)
   texts = sample_texts(model, params, start, num_samples=f.num_samples,
-                       max_new_tokens=f.max_new_tokens, temperature=f.temperature,
-                       top_k=f.top_k or None, top_p=f.top_p, stop_at_eot=f.stop_at_eot,
-                       seed=f.seed)
+                       batch_rows=f.batch_rows, max_new_tokens=f.max_new_tokens,
+                       temperature=f.temperature, top_k=f.top_k or None, top_p=f.top_p,
+                       stop_at_eot=f.stop_at_eot, seed=f.seed)
   for text in texts:
     print(text)
     print("---------------", flush=True)

@@ -184,6 +184,8 @@ USAGE = {
         "error: --max_iterz: no such flag; did you mean --config.max_iters?"),
     "sample none": (["-m", "jaxgpt.sample", "--num_samples=0"],  # said before any weights load
                     "error: --num_samples=0: 0 is not a positive integer"),
+    "sample no batch": (["-m", "jaxgpt.sample", "--batch_rows=0"],
+                        "error: --batch_rows=0: 0 is not a positive integer"),
     "sample top_p": (["-m", "jaxgpt.sample", "--top_p=0"],  # also before any weights load
                      "error: top_p=0.0: must be in (0, 1] (1 keeps every token)"),
     "evaluate": (["-m", "jaxgpt.evaluate", "--limit=all"], "error: --limit=all: not an integer"),
@@ -290,7 +292,7 @@ def test_a_torn_checkpoint_is_one_line_without_orbax_s_leftovers(trained, tmp_pa
 def test_samples_piped_into_head_end_without_a_traceback(trained):
   """`sample | head` closes the pipe under a writer with more to say: exit as SIGPIPE would."""
   sample = (f"{sys.executable} -m jaxgpt.sample --out_dir={trained['out_dir']} "
-            "--num_samples=1000 --max_new_tokens=50")  # ~200 KB, past a pipe's 64 KiB
+            "--num_samples=1000 --max_new_tokens=50")  # a batch printed, 31 more to go
   r = subprocess.run(["bash", "-c", f"set -o pipefail; {sample} | head -c 10 > /dev/null"],
                      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH),
                      capture_output=True, text=True, timeout=300, check=False)

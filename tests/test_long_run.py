@@ -603,7 +603,7 @@ def test_shared_memory_left_in_flight_is_not_warned_of_as_leaked(tmp_path):
 
 
 def test_out_of_device_memory_is_one_error_line(tmp_path):
-  """XLA's RESOURCE_EXHAUSTED (sample's --num_samples, say, too large for the card) is no bug."""
+  """XLA's RESOURCE_EXHAUSTED (sample's --batch_rows, say, too large for the card) is no bug."""
   script = tmp_path / "too_large.py"
   script.write_text("import jax.numpy as jnp\nfrom jaxgpt import cli\n\n"
                     "def main():\n  jnp.zeros((2**50,), jnp.uint8).block_until_ready()\n\n"

@@ -187,18 +187,19 @@ def test_sample_refuses_a_model_whose_vocabulary_is_not_gpt2s():
   params = init_params(model, jax.random.PRNGKey(0))
   with pytest.raises(UserError, match="the model's vocab_size=64 cannot hold GPT-2's 50257 "
                                       "tokens"):
-    sample.sample_texts(model, params, "!", num_samples=1, max_new_tokens=2, temperature=0.0,
-                        top_k=None, top_p=1.0, stop_at_eot=False, seed=0)
+    next(sample.sample_texts(model, params, "!", num_samples=1, batch_rows=1, max_new_tokens=2,
+                             temperature=0.0, top_k=None, top_p=1.0, stop_at_eot=False, seed=0))
 
 
 def test_an_empty_start_samples_a_new_document():
   """--start='' is the model's view after end-of-text, as the closing sample's empty prompt."""
   model = GPT(tiny_model(vocab_size=50304))
   params = init_params(model, jax.random.PRNGKey(0))
-  kw = {"num_samples": 1, "max_new_tokens": 3, "temperature": 0.0, "top_k": None,
-        "top_p": 1.0, "stop_at_eot": False, "seed": 0}
+  kw = {"num_samples": 1, "batch_rows": 1, "max_new_tokens": 3, "temperature": 0.0,
+        "top_k": None, "top_p": 1.0, "stop_at_eot": False, "seed": 0}
   [after_eot] = sample.sample_texts(model, params, "<|endoftext|>", **kw)
-  assert sample.sample_texts(model, params, "", **kw) == [after_eot.removeprefix("<|endoftext|>")]
+  assert list(sample.sample_texts(model, params, "", **kw)) == [
+      after_eot.removeprefix("<|endoftext|>")]
 
 
 @pytest.mark.slow
@@ -331,10 +332,10 @@ SEPARATOR = "---------------"
 
 def sampled(model: GPT, params: dict, start: str, **settings) -> list[str]:
   """`python -m jaxgpt.sample`'s texts: by default one of 8 tokens, seed 0, nanoGPT's
-  temperature 0.8 and top_k 200."""
-  return sample.sample_texts(model, params, start, **{
-      "num_samples": 1, "max_new_tokens": 8, "temperature": 0.8, "top_k": 200, "top_p": 1.0,
-      "stop_at_eot": False, "seed": 0, **settings})
+  temperature 0.8 and top_k 200, in batches of 32."""
+  return list(sample.sample_texts(model, params, start, **{
+      "num_samples": 1, "batch_rows": 32, "max_new_tokens": 8, "temperature": 0.8,
+      "top_k": 200, "top_p": 1.0, "stop_at_eot": False, "seed": 0, **settings}))
 
 
 def test_the_closing_sample_continues_the_config_s_prompt_with_its_seed(tmp_path, token_dir,
@@ -372,6 +373,37 @@ def test_stop_at_eot_ends_a_sample_before_end_of_text_and_only_when_asked(monkey
   assert sampled(model, params, "Count:", stop_at_eot=True, **kw) == ["Count: one two"] * 2
   assert sampled(model, params, "Count:", stop_at_eot=False, **kw) == [
       "Count: one two<|endoftext|> three"] * 2
+
+
+def test_samples_decode_batch_rows_at_a_time_with_one_compilation(monkeypatch):
+  """5 samples in batches of 2: 3 batches of 2 rows (memory holds 2, not 5), the last one's
+  extra row dropped, one compiled program; the first batch is the samples 2 alone give."""
+  model, params = tiny_gpt(vocab_size=50304)
+  rows, real_generate = [], decoding.generate
+  monkeypatch.setattr(decoding, "generate",
+                      lambda m, p, prompts, *a, **k: rows.append(len(prompts)) or
+                      real_generate(m, p, prompts, *a, **k))
+  before = decoding.generate_padded._cache_size()
+  texts = sampled(model, params, "A", num_samples=5, batch_rows=2, seed=3)
+  assert rows == [2, 2, 2] and len(texts) == 5
+  assert decoding.generate_padded._cache_size() == before + 1
+  assert texts[:2] == sampled(model, params, "A", num_samples=2, seed=3)
+  assert len(set(texts)) == 5  # each batch draws with a key of its own
+
+
+def test_each_batch_of_samples_is_given_before_the_next_is_decoded(monkeypatch):
+  """So `sample --num_samples=1000 | less` shows the first batch at once."""
+  model, params = tiny_gpt(vocab_size=50304)
+  calls, real_generate = [], decoding.generate
+  monkeypatch.setattr(decoding, "generate",
+                      lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+  texts = sample.sample_texts(model, params, "A", num_samples=4, batch_rows=2,
+                              max_new_tokens=2, temperature=0.8, top_k=200, top_p=1.0,
+                              stop_at_eot=False, seed=0)
+  next(texts), next(texts)
+  assert len(calls) == 1
+  next(texts)
+  assert len(calls) == 2
 
 
 TINY_SAMPLE = """
