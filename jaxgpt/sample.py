@@ -50,8 +50,9 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, batch
   They are decoded batch_rows at a time, so that one batch's memory, not num_samples', must
   fit the device. The first batch draws with the seed's key, as the closing sample does (up
   to batch_rows samples are those one batch always gave); batch i after it draws with
-  fold_in(key, i). The last batch is filled out to the others' rows (the extras dropped), so
-  every batch runs one compiled program.
+  fold_in(key, MAX_NEW_TOKENS + i), a key the first batch never draws with (decoding draws
+  token j with fold_in(key, j)). The last batch is filled out to the others' rows (the
+  extras dropped), so every batch runs one compiled program.
   """
   tokenizer.require_gpt2_vocabulary(model.config.vocab_size, "prompts and samples are")
   enc = tokenizer.gpt2()
@@ -60,8 +61,9 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, batch
   key = jax.random.PRNGKey(seed)
   rows = min(num_samples, batch_rows)
   for i, first in enumerate(range(0, num_samples, rows)):
+    batch_key = jax.random.fold_in(key, decoding.MAX_NEW_TOKENS + i) if i else key
     tokens_BN = decoding.generate(
-        model, params, [prompt] * rows, jax.random.fold_in(key, i) if i else key,
+        model, params, [prompt] * rows, batch_key,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         stop_token=tokenizer.EOT_TOKEN if stop_at_eot else None)
     for row in tokens_BN[:num_samples - first].tolist():
@@ -84,7 +86,8 @@ def _define_flags() -> None:
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: keep the most likely tokens holding "
                      "this much probability; 1.0 keeps all.")
   flags.DEFINE_bool("stop_at_eot", False, "End a sample at <|endoftext|>.")
-  flags.DEFINE_integer("seed", 1337, "Random seed: the same seed gives the same samples.",
+  flags.DEFINE_integer("seed", 1337, "Random seed: the same seed (and batch_rows) gives the "
+                       "same samples.",
                        lower_bound=0, upper_bound=2**32 - 1)
 
 

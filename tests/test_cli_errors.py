@@ -292,7 +292,7 @@ def test_a_torn_checkpoint_is_one_line_without_orbax_s_leftovers(trained, tmp_pa
 def test_samples_piped_into_head_end_without_a_traceback(trained):
   """`sample | head` closes the pipe under a writer with more to say: exit as SIGPIPE would."""
   sample = (f"{sys.executable} -m jaxgpt.sample --out_dir={trained['out_dir']} "
-            "--num_samples=1000 --max_new_tokens=50")  # a batch printed, 31 more to go
+            "--num_samples=1000 --max_new_tokens=50")  # a batch (~8 KB) fits the pipe; 31 follow
   r = subprocess.run(["bash", "-c", f"set -o pipefail; {sample} | head -c 10 > /dev/null"],
                      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=PYTHONPATH),
                      capture_output=True, text=True, timeout=300, check=False)

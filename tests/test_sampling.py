@@ -377,7 +377,7 @@ def test_stop_at_eot_ends_a_sample_before_end_of_text_and_only_when_asked(monkey
 
 def test_samples_decode_batch_rows_at_a_time_with_one_compilation(monkeypatch):
   """5 samples in batches of 2: 3 batches of 2 rows (memory holds 2, not 5), the last one's
-  extra row dropped, one compiled program; the first batch is the samples 2 alone give."""
+  extra row dropped, one compiled program; the first batch is the samples 2 give in one."""
   model, params = tiny_gpt(vocab_size=50304)
   rows, real_generate = [], decoding.generate
   monkeypatch.setattr(decoding, "generate",
@@ -387,7 +387,8 @@ def test_samples_decode_batch_rows_at_a_time_with_one_compilation(monkeypatch):
   texts = sampled(model, params, "A", num_samples=5, batch_rows=2, seed=3)
   assert rows == [2, 2, 2] and len(texts) == 5
   assert decoding.generate_padded._cache_size() == before + 1
-  assert texts[:2] == sampled(model, params, "A", num_samples=2, seed=3)
+  assert texts[:2] == sampled(model, params, "A", num_samples=2, seed=3)  # batch_rows 32
+  assert rows == [2, 2, 2, 2]  # fewer samples than batch_rows decode no more rows than asked
   assert len(set(texts)) == 5  # each batch draws with a key of its own
 
 
