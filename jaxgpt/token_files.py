@@ -159,15 +159,22 @@ def read_meta(data_dir: str) -> dict[str, Any] | None:
   return meta
 
 
+def split_record(meta: dict[str, Any], split: str) -> dict[str, Any]:
+  """What a meta.json records of a split (its "shards", "tokens", "documents"); {} where it
+  records nothing of it, as another tool's may not (its "splits" a list, say)."""
+  splits = meta.get("splits")
+  record = splits.get(split) if isinstance(splits, dict) else None
+  return record if isinstance(record, dict) else {}
+
+
 def check_whole(data_dir: str, split: str, paths: list[str], tokens: int) -> int | None:
   """Fails where meta.json says the split was written as other files or tokens than are
   there (a copy cut short, a shard deleted), which a run would read without a word. Returns
   the vocab_size of the tokenizer that wrote them where it records them as these (no id is
   above it: no need to read every token to know), else None."""
   meta = read_meta(data_dir) or {}
-  written = (meta.get("splits") or {}).get(split)
-  files, said = (written.get("shards"), written.get("tokens")) if isinstance(
-      written, dict) else (None, None)
+  written = split_record(meta, split)
+  files, said = written.get("shards"), written.get("tokens")
   if not (isinstance(files, int) and isinstance(said, int)):
     return None
   if (files, said) == (len(paths), tokens):

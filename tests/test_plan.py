@@ -65,6 +65,8 @@ def test_train_tokens_come_from_shards_or_meta(tmp_path, token_dir):
   meta_only.mkdir()
   shards.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
   assert iters.count_train_tokens(str(meta_only)) == 12345
+  shards.write_meta(str(meta_only), {"splits": ["train", "val"]})  # another tool's: no counts
+  assert iters.count_train_tokens(str(meta_only)) is None
   assert iters.count_train_tokens(str(tmp_path / "nothing")) is None
   p = summary.summarize(tiny_config(tmp_path, token_dir), train_tokens=None)
   assert p.epochs is None

@@ -1132,6 +1132,16 @@ def test_a_split_with_other_tokens_than_its_meta_json_says_is_refused(token_dir)
     data.open_splits(token_dir, 8, 96)
 
 
+@pytest.mark.parametrize("splits", [["train", "val"], "train,val", {"train": 5}])
+def test_a_meta_json_whose_splits_hold_no_counts_checks_nothing(token_dir, splits):
+  """Another tool's meta.json (its splits a list, say) records no counts to check: the shards
+  open as where there is none, not with an AttributeError's traceback."""
+  with open(f"{token_dir}/meta.json", "w") as f:
+    json.dump({"splits": splits}, f)
+  windows = data.open_splits(token_dir, 8, 96)
+  assert sorted(windows) == ["train", "val"]
+
+
 def test_empty_rows_and_records_are_no_documents(tmp_path):
   """An empty text (a parquet row, a jsonl record) adds no document: no lone end-of-text
   token, nor a document count that is not the corpus', as .txt's empty ends."""

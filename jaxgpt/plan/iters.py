@@ -27,9 +27,8 @@ def count_train_tokens(data_dir: str) -> int | None:
   paths = token_files.find_shards(data_dir, "train")
   if paths:
     return sum(len(token_files.read_tokens(p)) for p in paths)
-  meta = token_files.read_meta(data_dir) or {}
-  tokens = meta.get("splits", {}).get("train", {}).get("tokens")
-  return int(tokens) if tokens else None
+  tokens = token_files.split_record(token_files.read_meta(data_dir) or {}, "train").get("tokens")
+  return tokens if isinstance(tokens, int) and tokens > 0 else None
 
 
 def parse_count(text: str) -> int:
