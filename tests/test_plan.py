@@ -15,6 +15,7 @@ from conftest import ROOT, recipe, run_python, step_of, tiny_config
 
 from jaxgpt import (
   formatting,
+  gpus,
   run_dir,
   sharding,
   summary,
@@ -248,12 +249,13 @@ def test_a_rate_measured_for_another_step_is_not_used(tmp_path):
                              "tokens_per_sec": 100_000.0}) + "\n" for it in (0, 10, 20))
   step = {k: config[k] for k in plan_cli._STEP_KEYS}
   assert step["attention"] == "auto"
-  assert plan_cli._measured(rundir.out_dir, step, 1)[0] == 100_000.0
-  assert plan_cli._measured(rundir.out_dir, {**step, "attention": "cudnn"}, 1)[0] is None
+  assert plan_cli._measured(rundir.out_dir, step, 1, 1e9, None)[0] == 100_000.0
+  assert plan_cli._measured(rundir.out_dir, {**step, "attention": "cudnn"}, 1, 1e9,
+                            None)[0] is None
   for key, value in (("n_layer", 24), ("batch_size", 32), ("dtype", "float32"),
                      ("sharding", "fsdp")):
     assert config[key] != value
-    tok_s, why = plan_cli._measured(rundir.out_dir, {**step, key: value}, 1)
+    tok_s, why = plan_cli._measured(rundir.out_dir, {**step, key: value}, 1, 1e9, None)
     assert tok_s is None
     assert why == (f"the run measured in {rundir.metrics_path} ran another step: "
                    f"{key}={config[key]!r} there, {value!r} here")
@@ -263,6 +265,37 @@ def test_a_rate_measured_for_another_step_is_not_used(tmp_path):
   assert tok_s == 989.5e12 * 0.5 / 1e9
   assert source.endswith("not a measurement; the run measured in "
                          f"{rundir.metrics_path} ran another step: n_layer=12 there, 24 here)")
+
+
+def test_device_s_time_is_not_a_rate_measured_on_another_card(tmp_path):
+  """`plan --device=H100` over a run measured on a CPU (MFU unknown) or an RTX 4070 estimates
+  for the H100; a run its MFU says ran on an H100's peak is measured there, and used."""
+  from jaxgpt.plan import __main__ as plan_cli
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  config = recipe("fineweb_40m")
+  rundir.write_config(config)
+  step = {k: config[k] for k in plan_cli._STEP_KEYS}
+  flops = summary.summarize(config).flops_per_token
+  h100 = types.SimpleNamespace(tokens_per_sec=0.0, device="H100", peak_flops=0.0, mfu=0.4)
+  estimate = 989.5e12 * 0.4 / flops
+
+  def plan_over(tok_s: float, peak: float | None) -> tuple[float | None, str]:
+    mfu = None if peak is None else summary.mfu(tok_s, flops, peak, 1)
+    with open(rundir.metrics_path, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps({"event": "train", "iter": it, "tokens": (it + 1) * 524_288,
+                               "tokens_per_sec": tok_s, "mfu": mfu}) + "\n"
+                   for it in (0, 10, 20))
+    return plan_cli._throughput(h100, rundir.out_dir, 0.0, flops, 1, step)
+
+  tok_s, source = plan_over(10_000.0, None)  # a CPU's run: no peak, no MFU
+  assert tok_s == estimate and source.endswith(
+      "ran on a device of unknown peak FLOP/s (a CPU, say), not --device's card)")
+  tok_s, source = plan_over(60_000.0, gpus.peak_flops("NVIDIA GeForce RTX 4070"))
+  assert tok_s == estimate and source.endswith(
+      "ran on a card of 58 TFLOP/s peak (from its MFU), not --device's 990)")
+  assert plan_over(400_000.0, gpus.peak_flops("NVIDIA H100 80GB HBM3"))[0] == 400_000.0
+  no_device = types.SimpleNamespace(tokens_per_sec=0.0, device="", peak_flops=0.0, mfu=0.4)
+  assert plan_cli._throughput(no_device, rundir.out_dir, 0.0, flops, 1, step)[0] == 400_000.0
 
 
 def test_the_verdict_weighs_epochs():

@@ -47,8 +47,8 @@ def _define_flags() -> None:
                        "compiles the step for that many (config.sharding).")
   flags.DEFINE_string("device", "", "A GPU, e.g. 'RTX 4070' or 'H100': the train step is "
                       "compiled for it (with JAX's CUDA plugin; no GPU needed) to say whether "
-                      "it fits, and without a measured throughput its time is estimated at "
-                      "--mfu of its peak bf16 FLOP/s.")
+                      "it fits, and, without a throughput measured on a card of its peak, its "
+                      "time is estimated at --mfu of its peak bf16 FLOP/s.")
   flags.DEFINE_float("mfu", 0.4, lower_bound=0, upper_bound=1,
                      help="--device: the model FLOPs utilisation the estimate assumes.")
   flags.DEFINE_float("peak_flops", 0.0, lower_bound=0,
@@ -71,12 +71,13 @@ def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
   else the config's peak_flops (as the run's MFU takes it), else the table's."""
   if f.tokens_per_sec:
     return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
-  tok_s, measured = _measured(out_dir, step, n_devices)
+  card = targets.card(f.device) if f.device else None
+  peak = f.peak_flops or config_peak_flops or (card.peak_flops if card else None)
+  tok_s, measured = _measured(out_dir, step, n_devices, flops_per_token,
+                              peak if f.device else None)
   if tok_s:
     return tok_s, measured
   if f.device:
-    card = targets.card(f.device)
-    peak = f.peak_flops or config_peak_flops or (card.peak_flops if card else None)
     if not peak:
       raise UserError(f"--device={f.device!r}: its peak FLOP/s is not in the table; give it "
                       "with --peak_flops")
@@ -87,10 +88,12 @@ def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
   return None, f"unknown ({measured}; --tokens_per_sec or --device sets it)"
 
 
-def _measured(out_dir: str, step: dict[str, Any], n_devices: int) -> tuple[float | None, str]:
+def _measured(out_dir: str, step: dict[str, Any], n_devices: int, flops_per_token: float,
+              device_peak: float | None) -> tuple[float | None, str]:
   """The median tokens/s of the run in out_dir, for n_devices, and where it comes from; None,
-  and why, where none was measured or that run's step differs from `step`, whose keys (the
-  model, each device's micro-batch, the sharding) set the speed of one device."""
+  and why, where none was measured, that run's step differs from `step`, whose keys (the
+  model, each device's micro-batch, the sharding) set the speed of one device, or, given
+  --device's peak FLOP/s, the run's MFU says it ran on a card of another peak."""
   rundir = run_dir.RunDir(out_dir)
   if not os.path.isfile(rundir.metrics_path):
     return None, f"none measured in {rundir.metrics_path}"
@@ -108,11 +111,30 @@ def _measured(out_dir: str, step: dict[str, Any], n_devices: int) -> tuple[float
   records, tokens_per_iter = iters.last_layout(train_records)
   if not records:
     return None, f"none measured in {rundir.metrics_path} since a resume on another layout"
-  measured = report.median_throughput(records)["tokens_per_sec"]
+  medians = report.median_throughput(records)
+  measured, ran_on = medians["tokens_per_sec"], iters.measured_devices(ran, tokens_per_iter)
   if not measured:
     return None, f"none measured in {rundir.metrics_path}"
-  return _scaled(measured, iters.measured_devices(ran, tokens_per_iter), n_devices,
-                 rundir.metrics_path)
+  if device_peak:
+    elsewhere = _another_card(measured, medians["mfu"], flops_per_token, ran_on, device_peak)
+    if elsewhere:
+      return None, f"the run measured in {rundir.metrics_path} ran {elsewhere}"
+  return _scaled(measured, ran_on, n_devices, rundir.metrics_path)
+
+
+def _another_card(tokens_per_sec: float, mfu: float | None, flops_per_token: float,
+                  ran_on: int | None, device_peak: float) -> str:
+  """Why a measured rate is not --device's, or '': the run's MFU divided its FLOP/s by its
+  card's peak, so it gives that peak back (none where the run knew no peak: a CPU's)."""
+  if not mfu:
+    return "on a device of unknown peak FLOP/s (a CPU, say), not --device's card"
+  if ran_on is None:
+    return "on an unknown number of devices, whose card cannot be told from its MFU"
+  peak = tokens_per_sec * flops_per_token / (mfu * ran_on)
+  if math.isclose(peak, device_peak, rel_tol=0.01):
+    return ""
+  return (f"on a card of {peak / 1e12:,.0f} TFLOP/s peak (from its MFU), not --device's "
+          f"{device_peak / 1e12:,.0f}")
 
 
 def _scaled(measured: float, ran_on: int | None, n_devices: int, metrics_path: str
