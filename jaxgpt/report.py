@@ -10,6 +10,7 @@ draws its acc_norm against tokens beside GPT-2 124M's and chance.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import statistics
@@ -69,6 +70,21 @@ def load(out_dir: str) -> Run:
   return run
 
 
+def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+  """The train logs of the run's last layout, and its tokens per iteration (from the logs'
+  token counts): all of them where that never changed; after a resume that changed it (on
+  more devices, say), those from the resume's first log on, which times one step as a run's
+  first does; none while that log, whose count spans both layouts, is the last."""
+  points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
+  per_iter = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)]
+  if len(per_iter) > 1 and per_iter[-1] != per_iter[-2]:
+    return [], per_iter[-1]
+  first = len(per_iter) - 1
+  while first > 0 and per_iter[first - 1] == per_iter[-1]:
+    first -= 1
+  return train_records[max(first - 1, 0):], per_iter[-1]
+
+
 def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
   """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step)."""
   steady = train_records[1:] or train_records
@@ -95,21 +111,30 @@ def summary(name: str, run: Run) -> str:
   else:
     lines.append("no evaluation yet")
   lines += _tasks_table(run["tasks"])
-  m = median_throughput(run["train"])
+  lines.append(_throughput(run["train"]))
+  return "\n".join(lines)
+
+
+def _throughput(train: list[dict[str, Any]]) -> str:
+  """The median throughput of the run's last layout (a resume on more devices runs at another
+  rate): the logs since that resume, the first of them skipped (it times one step)."""
+  if not train:
+    return "no train logs yet"
+  records, _ = last_layout(train)
+  if not records:
+    return "throughput: not measured yet on the layout of the last resume"
+  m = median_throughput(records)
   measured = [form.format(m[key]) for key, form in (
       ("tokens_per_sec", "{:,.0f} tok/s"), ("ms_per_iter", "{:,.1f} ms/iter"),
       ("mfu", "MFU {:.1%}")) if m[key] is not None]  # a hand-made file may lack any of them
-  n = len(run["train"])
-  if not n:
-    lines.append("no train logs yet")
-  elif not measured:
-    lines.append("throughput: not measured")
-  else:
-    lines.append(f"throughput: median {', '.join(measured)} " +
-                 (f"(over {formatting.plural(n - 1, 'train log')}, the first skipped)"
-                  if n > 1 else
-                  "(over 1 train log, the first: one step)"))
-  return "\n".join(lines)
+  if not measured:
+    return "throughput: not measured"
+  n = len(records)
+  over = (f"over {formatting.plural(n - 1, 'train log')}, the first skipped" if n > 1 else
+          "over 1 train log, the first: one step")
+  if n < len(train):
+    over += f"; since the resume at iter {records[0]['iter']:,} on another layout"
+  return f"throughput: median {', '.join(measured)} ({over})"
 
 
 def _tasks_table(records: list[dict]) -> list[str]:

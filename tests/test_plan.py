@@ -16,6 +16,7 @@ from conftest import ROOT, recipe, run_python, step_of, tiny_config
 from jaxgpt import (
   formatting,
   gpus,
+  report,
   run_dir,
   sharding,
   summary,
@@ -194,7 +195,7 @@ def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
     f.writelines(json.dumps({"event": "train", "iter": it, "tokens": (it + 1) * 2 * 524_288,
                              "tokens_per_sec": 200_000.0}) + "\n" for it in (0, 10, 20))
   records = rundir.read_metrics()["train"]
-  assert iters.last_layout(records) == (records, 2 * 524_288)
+  assert report.last_layout(records) == (records, 2 * 524_288)
   assert iters.measured_devices(rundir.read_config(), 2 * 524_288) == 2
   plan = lambda: run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
                             f"--config.out_dir={rundir.out_dir}", "--devices=8",
@@ -225,7 +226,7 @@ def test_a_resume_on_more_devices_is_measured_as_it_runs_now(tmp_path):
   with open(rundir.metrics_path, "w", encoding="utf-8") as f:
     f.writelines(json.dumps({"event": "train", "iter": it, "tokens": tokens,
                              "tokens_per_sec": tok_s}) + "\n" for it, tokens, tok_s in on_2 + on_4)
-  records, tokens_per_iter = iters.last_layout(rundir.read_metrics()["train"])
+  records, tokens_per_iter = report.last_layout(rundir.read_metrics()["train"])
   assert [r["iter"] for r in records] == [20, 30, 40, 50] and tokens_per_iter == 4 * 524_288
   r = run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
                  f"--config.out_dir={rundir.out_dir}", "--devices=8", "--max_iters=20000",
@@ -234,7 +235,7 @@ def test_a_resume_on_more_devices_is_measured_as_it_runs_now(tmp_path):
   assert (f"throughput: 800,000 tok/s: 400,000 measured in {rundir.metrics_path} on 4 "
           "device(s), scaled to --devices=8") in r.stdout  # the median of 30, 40 and 50
   just_resumed = rundir.read_metrics()["train"][:3]
-  assert iters.last_layout(just_resumed)[0] == []  # nothing measured on 4 devices yet
+  assert report.last_layout(just_resumed)[0] == []  # nothing measured on 4 devices yet
 
 
 def test_a_rate_measured_for_another_step_is_not_used(tmp_path):

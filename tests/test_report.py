@@ -67,6 +67,26 @@ def test_unknown_mfu_is_left_out_and_an_empty_run_says_so(tmp_path):
   assert "throughput: not measured" in report.summary("h", run)
 
 
+def test_throughput_is_the_last_layout_s_after_a_resume_on_more_devices(tmp_path):
+  """20 logs on 1 device at 10k tok/s, then a resume at iter 200 on 8 at 80k: the run goes at
+  80k now (as plan reads it), not at the median of both layouts, which the longer one wins."""
+  writer = sinks.MetricsWriter(run_dir.RunDir(str(tmp_path)).metrics_path)
+  for it, per_iter, tok_s in ([(it, 8192, 10_000.0) for it in range(0, 200, 10)] +
+                              [(it, 65_536, 80_000.0) for it in range(200, 300, 10)]):
+    tokens = 200 * 8192 + (it - 199) * per_iter if it >= 200 else (it + 1) * per_iter
+    writer.write({"event": "train", "iter": it, "tokens": tokens, "loss": 3.0, "lr": 1e-3,
+                  "ms_per_iter": 1000 * per_iter / tok_s, "tokens_per_sec": tok_s,
+                  "mfu": 0.3})
+  writer.close()
+  run = report.load(str(tmp_path))
+  assert report.summary("x", run).splitlines()[-1] == (
+      "throughput: median 80,000 tok/s, 819.2 ms/iter, MFU 30.0% (over 9 train logs, the first "
+      "skipped; since the resume at iter 200 on another layout)")
+  run["train"] = run["train"][:21]  # the resume's first log alone: it spans both layouts
+  assert report.summary("x", run).splitlines()[-1] == (
+      "throughput: not measured yet on the layout of the last resume")
+
+
 def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
   run = run_dir.RunDir(str(tmp_path))
   writer = sinks.MetricsWriter(run.metrics_path)

@@ -108,7 +108,7 @@ def _measured(out_dir: str, step: dict[str, Any], n_devices: int, flops_per_toke
   train_records = rundir.read_metrics()["train"]
   if not train_records:
     return None, f"none measured in {rundir.metrics_path}"
-  records, tokens_per_iter = iters.last_layout(train_records)
+  records, tokens_per_iter = report.last_layout(train_records)
   if not records:
     return None, f"none measured in {rundir.metrics_path} since a resume on another layout"
   medians = report.median_throughput(records)

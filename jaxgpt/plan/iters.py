@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import math
 from typing import Any
 
@@ -41,23 +40,8 @@ def parse_count(text: str) -> int:
     raise ValueError(f"{text!r} is not a count (e.g. 3.68B, 500M, 10000000000)") from None
 
 
-def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
-  """The train logs of the run's last layout, and its tokens per iteration (from the logs'
-  token counts): all of them where that never changed; after a resume that changed it (on
-  more devices, say), those from the resume's first log on, which times one step as a run's
-  first does; none while that log, whose count spans both layouts, is the last."""
-  points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
-  per_iter = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)]
-  if len(per_iter) > 1 and per_iter[-1] != per_iter[-2]:
-    return [], per_iter[-1]
-  first = len(per_iter) - 1
-  while first > 0 and per_iter[first - 1] == per_iter[-1]:
-    first -= 1
-  return train_records[max(first - 1, 0):], per_iter[-1]
-
-
 def measured_devices(run_config: dict[str, Any] | None, tokens_per_iter: float) -> int | None:
-  """The devices of the run that logged `tokens_per_iter` (from `last_layout`): that over one
+  """The devices of the run that logged `tokens_per_iter` (from `report.last_layout`): that over one
   device's share (from its config.json, the last layout's). None where that is no whole
   count, or there is no config.json."""
   if not run_config:
