@@ -145,6 +145,8 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
     weights.load(f"nanogpt:{tmp_path / 'missing.pt'}", out_dir="")
   with pytest.raises(UserError, match=f"nanogpt:{tmp_path}: a folder without a ckpt.pt"):
     weights.load(f"nanogpt:{tmp_path}", out_dir="")
+  with pytest.raises(UserError, match=r"^--init_from=nanogpt:: name the ckpt.pt after it \("):
+    weights.load("nanogpt:", out_dir="")
   with pytest.raises(UserError, match="--init_from=gpt3: must be 'resume'"):
     weights.load("gpt3", out_dir="")
 

@@ -75,6 +75,9 @@ def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, A
     return arch, params, f"{init_from} ({source})"
   if init_from.startswith(defaults.NANOGPT):
     path = init_from.removeprefix(defaults.NANOGPT)
+    if not path:
+      raise UserError(f"--init_from={init_from}: name the ckpt.pt after it "
+                      f"({defaults.NANOGPT}out-shakespeare/ckpt.pt, or its out_dir)")
     arch, params, iter_num = nanogpt.read(path)
     return arch, params, f"{path} (nanoGPT iter {iter_num})"
   raise UserError(f"--init_from={init_from}: must be 'resume', one of "
