@@ -219,6 +219,10 @@ HLO = """\
   %w2 = (s32[], f32[4]) while(%u), condition=%cond.2, body=%chunk.1, backend_config={"known_trip_count":{"n":"5"}}
 }
 
+%newton.1 (s: (s32[], f32[4,4])) -> (s32[], f32[4,4]) {
+  %m = f32[4,4]{1,0} dot(f32[4,4]{1,0} %s, f32[4,4]{1,0} %s)
+}
+
 %branch.1 (r: f32[8,4]) -> f32[8,4] {
   %a2a = f32[8,4]{1,0} all-to-all(f32[8,4]{1,0} %r), dimensions={0}
 }
@@ -227,20 +231,37 @@ ENTRY %main.2 (a: f32[8,4]) -> f32[8,4] {
   %w = (s32[], f32[8,4]) while(%t), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"3"}}
   %ar = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce(%a, %b), to_apply=%add
   %c = f32[8,4]{1,0} conditional(%p, %a, %a), branch_computations={%empty.1, %branch.1}
+  %ns = (s32[], f32[4,4]) while(%v), condition=%cond.3, body=%newton.1
 }
 """
 
 
 def test_collectives_count_each_loop_body_once_per_trip_nested_loops_multiplied():
-  """The micro-batch loop runs 3 times and, inside each, the loss's chunk loop 5 times."""
+  """The micro-batch loop runs 3 times and, inside each, the loss's chunk loop 5 times; a loop
+  XLA gives no trip count (Muon's Newton-Schulz) holds no collective, and counts for nothing."""
   sent = collectives.collectives(HLO, n_devices=8)
   assert sent["all-gather"] == pytest.approx(3 * 7 / 8 * 8 * 4 * 4)
   assert sent["all-reduce"] == pytest.approx(2 * 7 / 8 * (8 * 4 * 4 + 2 * 2 + 3 * 5 * 4 * 4))
   assert sent["all-to-all"] == pytest.approx(7 / 8 * 8 * 4 * 4)  # a branch, as if taken
   with pytest.raises(ValueError, match="collectives in branch.1, which no call"):
     collectives.collectives(HLO.replace("%empty.1, %branch.1", "%empty.1"), 8)
-  with pytest.raises(ValueError, match="without XLA's known_trip_count"):
+  with pytest.raises(UserError, match="^collectives in a while loop XLA gives no trip count"):
     collectives.collectives(HLO.replace(', backend_config={"known_trip_count":{"n":"5"}}', ""), 8)
+
+
+@pytest.mark.slow
+def test_collectives_of_a_muon_run_count_dp_and_say_fsdp_s_loops_are_not_counted():
+  """Muon's Newton-Schulz loop has no trip count in XLA's HLO: under dp it holds no collective
+  (counted as before), under fsdp it does (one line says so), and no traceback either way."""
+  r = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--collectives",
+                 "--config.optimizer=muon", "--config.n_layer=1", "--config.n_embd=32",
+                 "--config.n_head=2", "--config.block_size=32", "--config.batch_size=2",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert lines[0].startswith("dp on 2 devices, 1 x 2 per device:")
+  assert lines[1].startswith("fsdp: collectives in a while loop XLA gives no trip count (")
+  assert json.loads(lines[2])["sent_bytes_per_iter"]["all-reduce"] > 0
 
 
 def test_collectives_read_a_gpu_async_start_by_its_results():

@@ -189,8 +189,14 @@ def _print_collectives(f: flags.FlagValues) -> None:
   if jax.device_count() == 1:
     logging.warning("one device: no collectives to count; simulate several with "
                     "XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu")
-  reports = [collectives.sharding_report(config, mode) for mode in ("dp", "fsdp")]
-  for r in reports:
+  reports = []
+  for mode in ("dp", "fsdp"):
+    try:
+      r = collectives.sharding_report(config, mode)
+    except UserError as e:  # Muon's loops under fsdp
+      print(f"{mode}: {e}")
+      continue
+    reports.append(r)
     sent = ", ".join(f"{k} {v / GiB:.3f} GiB" for k, v in r["sent_bytes_per_iter"].items())
     print(f"{r['mode']} on {r['devices']} devices, {r['gradient_accumulation_steps']} x "
           f"{r['batch_per_device']} per device: params+state {_gib(r['argument_bytes'])}, "

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxgpt import sharding, train_step
+from jaxgpt.errors import UserError
 
 _COLLECTIVE_OP = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
                             r"collective-permute)(-start)?\(")
@@ -22,6 +23,7 @@ _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _WHILE_BODY = re.compile(r"\bwhile\(.*\bbody=%?([\w.\-]+)")
 _KNOWN_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
 _CALLED = re.compile(r"(?:to_apply|calls|body|condition|true_computation|false_computation)="
                      r"%?([\w.\-]+)|branch_computations=\{([^}]*)\}")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
@@ -63,10 +65,12 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
   A computation counts as often as it runs: a while loop's body once per trip
   (the count XLA annotates, `known_trip_count`), so a loop inside the
   micro-batch loop (the chunked loss's scan) counts micro-batches x chunks; a
-  conditional's branches each count as if taken.
+  conditional's branches each count as if taken. A loop XLA leaves without the
+  count (Muon's Newton-Schulz iterations) matters only where it holds a collective: then the
+  bytes are unknown, an error that says so.
   """
   ops: dict[str, list[tuple[str, int]]] = {}
-  callers: dict[str, list[tuple[str, int]]] = {}  # computation -> (caller, runs per call)
+  callers: dict[str, list[tuple[str, str]]] = {}  # computation -> (caller, the calling line)
   entry = current = ""
   for line in hlo_text.splitlines():
     header = _COMPUTATION.match(line)
@@ -77,8 +81,8 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
     body = _WHILE_BODY.search(line)
     for one, branches in _CALLED.findall(line):  # a conditional's branches: each as if taken
       for callee in [one] if one else [b.strip().lstrip("%") for b in branches.split(",")]:
-        callers.setdefault(callee, []).append((current, _trips(line) if body and callee ==
-                                               body.group(1) else 1))
+        callers.setdefault(callee, []).append(
+            (current, line if body and callee == body.group(1) else ""))
     op = _COLLECTIVE_OP.search(line)
     if op:
       ops.setdefault(current, []).append(
@@ -86,8 +90,9 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
 
   @functools.cache
   def runs(computation: str) -> int:
-    return 1 if computation == entry else sum(runs(caller) * n
-                                              for caller, n in callers.get(computation, ()))
+    return 1 if computation == entry else sum(
+        runs(caller) * (_trips(while_line) if while_line else 1)
+        for caller, while_line in callers.get(computation, ()))
 
   sent: dict[str, float] = {}
   for computation, found in ops.items():
@@ -101,7 +106,10 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
 def _trips(while_line: str) -> int:
   trips = _KNOWN_TRIPS.search(while_line)
   if trips is None:
-    raise ValueError(f"a while loop without XLA's known_trip_count: {while_line.strip()[:200]}")
+    op = _OP_NAME.search(while_line)
+    raise UserError(f"collectives in a while loop XLA gives no trip count "
+                    f"({op.group(1) if op else 'unnamed'}; Muon's Newton-Schulz iterations "
+                    "under fsdp, say): not counted")
   return int(trips.group(1))
 
 
