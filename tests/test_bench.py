@@ -308,6 +308,11 @@ def test_cli_modes_are_exclusive():
   out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--memory",
                    "--profile=prof")
   assert out.returncode == 1 and "error: --profile: not read by --memory" in out.stderr
+  out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py",
+                   "--config.data_workers=0")  # read by training; the bench had ignored it
+  assert out.returncode == 1 and out.stderr.splitlines() == [
+      "error: --config.data_workers: the pipeline runs take the bench's own --data_workers "
+      "(default 2); give --data_workers=0"]
 
 
 def test_a_comparison_of_an_unknown_variant_makes_no_folder(tmp_path):

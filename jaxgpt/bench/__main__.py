@@ -252,6 +252,9 @@ def _out_dir(path: str, flag: str = "out") -> str:
 
 
 def _print_throughput(f: flags.FlagValues) -> None:
+  if "data_workers" in config_flags.get_override_values(f["config"]):
+    raise UserError("--config.data_workers: the pipeline runs take the bench's own "
+                    f"--data_workers (default 2); give --data_workers={f.config.data_workers}")
   out = f.out and _out_path(f.out)
   profile_dir = f.profile and _out_dir(f.profile, "profile")
   result = throughput.measure(f.config, iters=f.iters, warmup=f.warmup,
