@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import flax
 import jax
@@ -125,6 +126,24 @@ def test_the_torch_peer_on_another_device_than_jax_is_refused_before_its_timing(
   with pytest.raises(UserError, match="--peer=torch: torch runs on 'cuda' but JAX on 'cpu'"):
     throughput._time_peer(tiny_config(tmp_path, str(tmp_path)), iters=1, warmup=1,
                           torch_compile=False)
+
+
+def test_the_torch_peer_frees_its_model_before_giving_the_cache_back(tmp_path, monkeypatch,
+                                                                     torch, torch_peer):
+  """torch.cuda.empty_cache() returns only free blocks: the model and AdamW's state must be
+  gone by then, or ~12 bytes a parameter stay torch's while JAX's step runs."""
+  build, alive = torch_peer.build_model, []
+
+  def build_watched(*args):
+    model = build(*args)
+    alive.append(weakref.ref(next(model.parameters())))
+    return model
+
+  monkeypatch.setattr(torch_peer, "build_model", build_watched)
+  monkeypatch.setattr(torch.compiler, "reset", lambda: alive.append(alive[0]() is not None))
+  torch_peer.measure(tiny_config(tmp_path, str(tmp_path), batch_size=2), iters=1, warmup=1,
+                     compile=False)
+  assert alive[1:] == [False]
 
 
 # The PyTorch peer is the same function as jaxgpt's GPT.
@@ -310,9 +329,9 @@ def test_cli_modes_are_exclusive():
   assert out.returncode == 1 and "error: --profile: not read by --memory" in out.stderr
   out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py",
                    "--config.data_workers=0")  # read by training; the bench had ignored it
-  assert out.returncode == 1 and out.stderr.splitlines() == [
+  assert out.returncode == 1 and out.stderr.splitlines() == [(
       "error: --config.data_workers: the pipeline runs take the bench's own --data_workers "
-      "(default 2); give --data_workers=0"]
+      "(default 2); give --data_workers=0")]
 
 
 def test_a_comparison_of_an_unknown_variant_makes_no_folder(tmp_path):

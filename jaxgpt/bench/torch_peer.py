@@ -11,6 +11,7 @@ torch and transformers are imported on first use: jaxgpt itself needs neither.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -151,7 +152,9 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
       torch_version=torch.__version__, transformers_version=transformers.__version__,
       compile=compile, autocast_bf16=config.dtype == "bfloat16" and device == "cuda",
       fused_adamw=device == "cuda", n_params=count_params(model))
+  del model, train_step, tokens_ABT1  # their memory (AdamW's state too) is free to give back
   torch.compiler.reset()
+  gc.collect()  # what torch.compile's caches held in cycles
   if device == "cuda":
     torch.cuda.empty_cache()
   return result
