@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 
@@ -509,6 +510,31 @@ def test_gpu_report_writes_a_row_per_benchmark(tmp_path):
   assert log.getvalue().count("$ python -m jaxgpt.bench --config=") == 3
   assert "must be one of" in log.getvalue() and "(exit 1)" in log.getvalue()
   assert rows[2][1] == "remat=dots"  # and the rows after a failed one still run
+
+
+def test_gpu_report_rows_wait_for_no_cpu_plan(monkeypatch):
+  """The GPU runs row after row while the CPU compiles each row's plan: a row is printed as its
+  run ends, timed alone ("row s"), and a plan that came later is printed below the table."""
+  from jaxgpt.bench import gpu_report
+  row = {"model": {"attention": "cudnn", "block_size": 1024}, "gradient_accumulation_steps": 32,
+         "batch_size": 16, "ms_per_iter_median": 500.0, "tokens_per_sec": 1e6, "mfu": 0.3,
+         "compile_s": 10.0, "peak_memory_bytes": 2**33, "step_plan_bytes": 2**33,
+         "data_wait_fraction": 0.001}
+  planned = threading.Event()
+  monkeypatch.setattr(gpu_report, "_measure", lambda *a: row)
+  monkeypatch.setattr(gpu_report, "_planned", lambda *a: planned.wait(60) and 2**32)
+  page = gpu_report.report((("fineweb_40m", {}), ("gpt2_124m", {"remat": "dots"})),
+                           run_tests=False, seen=("NVIDIA H100", "gpu", "H100"))
+  lines = []
+  while not lines or not lines[-1].startswith("| gpt2_124m"):  # both rows, no plan done
+    lines.append(next(page))
+  planned.set()
+  lines += list(page)
+  rows = [line.split(" | ") for line in lines if line.startswith("| ")][2:]
+  assert [(cells[0], cells[10], cells[12]) for cells in rows] == [
+      ("| fineweb_40m", "below", "0 |"), ("| gpt2_124m", "below", "0 |")]
+  assert lines[-3:] == ["", "plan --device's of fineweb_40m (defaults): 4.00 GiB",
+                        "plan --device's of gpt2_124m (remat=dots): 4.00 GiB"]
 
 
 def test_bench_peak_flops_flag_sets_the_mfu(tmp_path):

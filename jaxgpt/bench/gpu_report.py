@@ -126,6 +126,25 @@ def _cell(value: Any, fmt: str) -> str:
   return "n/a" if value is None else format(value, fmt)
 
 
+def _label(levers: dict[str, Any]) -> str:
+  return ", ".join(f"{k}={v}" for k, v in levers.items()) or "defaults"
+
+
+def _row(name: str, levers: dict[str, Any], r: dict[str, Any], plan: str, seconds: float
+         ) -> str:
+  """A benchmark's table row; `plan` its CPU plan's cell, `seconds` its own time on the GPU."""
+  if "error" in r:
+    cells = [f"failed: {r['error']}"] + [""] * 9
+  else:
+    cells = [r["model"]["attention"],
+             (f"{r['gradient_accumulation_steps']} x {r['batch_size']} x "
+              f"{r['model']['block_size']}"), f"{r['ms_per_iter_median']:.1f}",
+             f"{r['tokens_per_sec']:,.0f}", _cell(r["mfu"], ".1%"), f"{r['compile_s']:.1f}",
+             _gib(r["peak_memory_bytes"]), _gib(r["step_plan_bytes"]), plan,
+             f"{r['data_wait_fraction']:.1%}"]
+  return "| " + " | ".join([name, _label(levers), *cells, f"{seconds:.0f}"]) + " |"
+
+
 def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = ITERS,
            warmup: int = WARMUP, base: dict[str, Any] | None = None, run_tests: bool = True,
            log: TextIO | None = None, seen: tuple[str, str, str] | None = None
@@ -145,20 +164,19 @@ def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = 
   rows = [(name, {**(base or {}), **overrides}, overrides) for name, overrides in rows]
   planner = futures.ThreadPoolExecutor(1)  # on the CPU, while the GPU runs the rows
   plans = [planner.submit(_planned, name, overrides, kind) for name, overrides, _ in rows]
+  late = []  # plans the CPU had not finished when their row's GPU run had
   try:
     for (name, overrides, levers), plan in zip(rows, plans):
       t0 = time.perf_counter()
-      label = ", ".join(f"{k}={v}" for k, v in levers.items()) or "defaults"
       r = _measure(name, overrides, iters, warmup, log)
-      if "error" in r:
-        cells = [f"failed: {r['error']}"] + [""] * 9
-      else:
-        cells = [r["model"]["attention"],
-                 (f"{r['gradient_accumulation_steps']} x {r['batch_size']} x "
-                  f"{r['model']['block_size']}"), f"{r['ms_per_iter_median']:.1f}",
-                 f"{r['tokens_per_sec']:,.0f}", _cell(r["mfu"], ".1%"), f"{r['compile_s']:.1f}",
-                 _gib(r["peak_memory_bytes"]), _gib(r["step_plan_bytes"]), _gib(plan.result()),
-                 f"{r['data_wait_fraction']:.1%}"]
-      yield "| " + " | ".join([name, label, *cells, f"{time.perf_counter() - t0:.0f}"]) + " |"
+      seconds, ready = time.perf_counter() - t0, plan.done()
+      # Printed at once, so that a device lent for minutes keeps every row it ran.
+      yield _row(name, levers, r, _gib(plan.result()) if ready else "below", seconds)
+      if not ready and "error" not in r:
+        late.append((name, levers, plan))
+    if late:
+      yield ""
+    for name, levers, plan in late:
+      yield f"plan --device's of {name} ({_label(levers)}): {_gib(plan.result())}"
   finally:  # a report cut short waits for no plan it will not print
     planner.shutdown(wait=False, cancel_futures=True)
