@@ -111,7 +111,7 @@ def main() -> None:
   # One process speaks for the run; the others report only warnings and errors.
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
-  elif logging.get_verbosity() < logging.INFO:
+  elif not f["verbosity"].present:  # absl's default is warnings alone; --verbosity=-1 asks that
     logging.set_verbosity(logging.INFO)
   run(f.config, config_flags.get_config_filename(f["config"]))
 

@@ -46,6 +46,9 @@ MODERN = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp_act": "rel
 GPT2_VOCAB = 50257  # GPT-2's BPE ids, what `prepare` writes; tokenizer.py builds the BPE
 MAX_PREFETCH = 64  # data_prefetch: 20,000 started as many threads and buffered 20 GB at 124M
 MAX_DATA_WORKERS = 64  # processes of ~250 MB each: 200 would fill a host before the first step
+MIN_PEAK_FLOPS = 1e9  # peak_flops is in FLOP/s: a smaller figure is in TFLOP/s, say
+PEAK_FLOPS_RULE = (f"is in FLOP/s: at least {MIN_PEAK_FLOPS:g} (an H100's dense bf16 peak is "
+                   "989.5e12), or 0 (looked up by device kind)")
 MAX_SOFTCAP = 1e4  # tanh is the identity in float32 above it; from ~1e37 logits / cap flush to 0
 
 
@@ -231,6 +234,11 @@ def _check_schema(values: dict[str, Any]) -> None:
     raise UserError("; ".join(wrong))
 
 
+def peak_flops_ok(value: float) -> bool:
+  """0 (looked up by device kind) or a device's peak in FLOP/s, not TFLOP/s (312)."""
+  return value == 0 or MIN_PEAK_FLOPS <= value < math.inf
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
   if not callable(getattr(c, "keys", None)):
@@ -247,15 +255,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
               "log_interval", "eval_iters", "eval_tasks_interval"):
     check(c[key] > 0, key, "must be positive")
   non_negative = ["max_iters", "loss_chunk_size", "skip_nonfinite", "logit_softcap",
-                  "eval_tasks_limit", "learning_rate", "weight_decay", "peak_flops", "grad_clip",
+                  "eval_tasks_limit", "learning_rate", "weight_decay", "grad_clip",
                   "warmup_iters", "data_workers", "sample_tokens"]
   fractions = ["dropout", "beta1", "beta2"]  # in [0, 1)
   if c.optimizer == "muon":  # Muon's keys are read only when it runs
     non_negative += ["muon_learning_rate", "muon_momentum_warmup_iters"]
     fractions += ["muon_momentum", "muon_momentum_start"]
   zero_means = {"loss_chunk_size": " (0: no chunks)", "logit_softcap": " (0: no soft-cap)",
-                "eval_tasks_limit": " (0: all)", "peak_flops": " (0: looked up by device kind)",
-                "grad_clip": " (0 disables clipping)"}
+                "eval_tasks_limit": " (0: all)", "grad_clip": " (0 disables clipping)"}
   for key in non_negative:
     check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
     check(math.isfinite(_float32(c[key])), key, "must be finite"
@@ -270,6 +277,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"(no soft-cap) or in [1, {MAX_SOFTCAP:g}]: below 1 it caps every logit; above, none")
   check(c.data_workers <= MAX_DATA_WORKERS, "data_workers", f"must be in [0, {MAX_DATA_WORKERS}]"
         ": processes of their own (~250 MB each); a few keep the step fed")
+  check(peak_flops_ok(c.peak_flops), "peak_flops", PEAK_FLOPS_RULE)
   check(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
   check(1 <= c.data_prefetch <= MAX_PREFETCH, "data_prefetch", f"must be in [1, {MAX_PREFETCH}]: "
         "batches read ahead (a thread each); a few keep the step fed, more only hold memory")

@@ -116,11 +116,13 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "
   if config.wandb_log:
     names["wandb_run_name"] = config.wandb_run_name
   for key, name in names.items():
-    for text, size in stated_sizes(os.path.basename(os.path.normpath(name)) if name else ""):
-      if abs(size - s.n_params) > SIZE_TOLERANCE * s.n_params:
-        found.append(f"{key} {name!r} says {text} but the model has "
-                     f"{formatting.count(s.n_params)} parameters ({config.n_layer} layers x "
-                     f"{config.n_embd} wide); rename it or fix n_layer/n_head/n_embd")
+    stated = stated_sizes(os.path.basename(os.path.normpath(name)) if name else "")
+    # One size that fits is the model's: "gpt2_124m_10b" states its tokens too.
+    if stated and all(abs(size - s.n_params) > SIZE_TOLERANCE * s.n_params
+                      for _, size in stated):
+      found.append(f"{key} {name!r} says {' or '.join(text for text, _ in stated)} but the "
+                   f"model has {formatting.count(s.n_params)} parameters ({config.n_layer} "
+                   f"layers x {config.n_embd} wide); rename it or fix n_layer/n_head/n_embd")
   if config.decay_lr and config.lr_decay_iters != config.max_iters:
     if config.lr_decay_iters < config.max_iters:
       effect = (f"the last {config.max_iters - config.lr_decay_iters:,} iterations run at "

@@ -115,7 +115,9 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("beta1", 1.5, "must be in [0, 1)"),
     ("beta2", 1.0, "must be in [0, 1)"),
     ("weight_decay", -0.1, "must be >= 0"),
-    ("peak_flops", -1.0, "must be >= 0"),
+    ("peak_flops", -1.0, "is in FLOP/s: at least 1e+09"),
+    ("peak_flops", 312.0, "is in FLOP/s: at least 1e+09"),  # TFLOP/s: MFU 5,300,378,388%
+    ("peak_flops", float("inf"), "is in FLOP/s: at least 1e+09"),
     ("learning_rate", float("inf"), "must be finite"),  # the loss was NaN at iteration 0
     ("logit_softcap", float("inf"), "must be finite"),
     # Values a float64 check passes and the float32 step cannot hold: the update would be 0

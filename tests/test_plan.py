@@ -107,6 +107,11 @@ def test_each_warning_fires(overrides, config_file, expected):
 def test_a_size_within_tolerance_or_an_unused_run_name_is_silent():
   config = fineweb_40m(out_dir="out/fw_45m", wandb_log=False, wandb_run_name="gpt2_1.5b")
   assert summary.check(config, summary.summarize(config), config_file="fineweb_40m") == []
+  config.out_dir = "out/fw_40m_10b"  # the model's size, and its tokens
+  assert summary.check(config, summary.summarize(config), config_file="fineweb_40m") == []
+  config.out_dir = "out/fw_350m_10b"
+  [found] = summary.check(config, summary.summarize(config), config_file="fineweb_40m")
+  assert found.startswith("out_dir 'out/fw_350m_10b' says 350m or 10b but the model has")
 
 
 def test_shipped_recipes_trigger_no_warning(tmp_path):

@@ -84,6 +84,8 @@ def _define_flags() -> None:
   flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the device for MFU; 0 uses "
                      "config.peak_flops, then the table by device kind.", lower_bound=0.0)
   flags.register_validator("peak_flops", math.isfinite, "must be a finite number")
+  flags.register_validator("peak_flops", defaults.peak_flops_ok,
+                           defaults.PEAK_FLOPS_RULE)
   cli.define_path("out", None, "What the mode writes: the throughput's JSON line is "
                   "appended to this file (default: none), --gpu_report's page (default: "
                   "gpu_report.md), --compare_recipes' runs, curves.png, table.md and "

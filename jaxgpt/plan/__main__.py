@@ -59,6 +59,8 @@ def _define_flags() -> None:
   for name in ("tokens_per_sec", "mfu", "peak_flops", "memory_gib"):
     flags.register_validator(name, lambda v: v is None or math.isfinite(v),
                              "must be a finite number")
+  flags.register_validator("peak_flops", defaults.peak_flops_ok,
+                           defaults.PEAK_FLOPS_RULE)
   for name in ("tokens_per_sec", "mfu"):  # 0 would be no throughput at all
     flags.register_validator(name, lambda v: v is None or v > 0, "must be above 0")
   flags.mark_flags_as_required(["config"])
