@@ -129,6 +129,16 @@ def test_the_torch_peer_on_another_device_than_jax_is_refused_before_its_timing(
                           torch_compile=False)
 
 
+def test_the_torch_peer_runs_before_jax_s_client_takes_the_gpu(tmp_path, monkeypatch,
+                                                                torch_peer):
+  """JAX's GPU client takes 75% of the card when it starts: the platform check asks another
+  process, so the peer has the whole card."""
+  monkeypatch.setattr(jax, "devices", lambda *a: pytest.fail("JAX started before the peer"))
+  monkeypatch.setattr(torch_peer, "measure", lambda *a, **k: {"timed": True})
+  assert throughput._time_peer(tiny_config(tmp_path, str(tmp_path)), iters=1, warmup=1,
+                               torch_compile=False) == {"timed": True}
+
+
 def test_the_torch_peer_frees_its_model_before_giving_the_cache_back(tmp_path, monkeypatch,
                                                                      torch, torch_peer):
   """torch.cuda.empty_cache() returns only free blocks: the model and AdamW's state must be
