@@ -332,6 +332,9 @@ def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLay
     if (it % config.eval_interval == 0 or it == config.max_iters) and not done_before:
       loop.eval_and_save(it)
     if it == config.max_iters:
+      if (signals.processes == 1 and signals.received is not None and it > loop.start.iter
+          and loop.last_saved != it and math.isfinite(loop.losses["val"])):
+        loop.save(it, loop.losses["val"])  # a stop in its evaluation saves it, best or not
       break
     if signals.processes == 1 and signals.received is not None and it > loop.start.iter:
       stopped = True  # it came in this iteration's evaluation: no step more, one save of `it`

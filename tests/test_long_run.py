@@ -249,6 +249,28 @@ def test_a_stop_in_the_last_evaluation_or_the_closing_sample_cuts_the_sample(
     assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 2]
 
 
+def test_a_stop_in_the_last_evaluation_saves_max_iters_though_it_is_no_best(tmp_path,
+                                                                            token_dir,
+                                                                            monkeypatch):
+  """With always_save_checkpoint=False a stop saves the iteration it reached whatever its val
+  loss (the README's promise), the last one too: 'the run is saved' was said of step 1 alone."""
+  losses = iter([5.0, 4.0, 4.5])  # steps 0, 1, 2: the last is no new best
+
+  def evaluator(*_):
+    def eval_fn(params):
+      val = next(losses)
+      if val == 4.5:
+        os.kill(os.getpid(), signal.SIGTERM)  # lands in the last evaluation
+      return {"train": val, "val": val}
+    return eval_fn
+
+  monkeypatch.setattr(train, "_evaluator", evaluator)
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=1,
+                       always_save_checkpoint=False)
+  train.train(config, hooks=train.Hooks(at_end=lambda params: pytest.fail("sampled")))
+  assert checkpoint_steps(config.out_dir) == [1, 2]
+
+
 def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog, monkeypatch):
   """A stop's StopAtEnd raised in JAX's gc callback is dropped there (Python prints it and goes
   on): the sample ran whole, and the run said it was cut short."""
