@@ -77,7 +77,8 @@ def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any
   first does; none while that log, whose count spans both layouts, is the last."""
   points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
   per_iter = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)]
-  if len(per_iter) > 1 and per_iter[-1] != per_iter[-2]:
+  if len(per_iter) > 1 and per_iter[-1] != per_iter[-2] and (
+      len(per_iter) < 3 or per_iter[-2] == per_iter[-3]):  # the last log spans both layouts
     return [], per_iter[-1]
   first = len(per_iter) - 1
   while first > 0 and per_iter[first - 1] == per_iter[-1]:

@@ -299,6 +299,9 @@ def test_device_s_time_is_not_a_rate_measured_on_another_card(tmp_path):
   tok_s, source = plan_over(60_000.0, gpus.peak_flops("NVIDIA GeForce RTX 4070"))
   assert tok_s == estimate and source.endswith(
       "ran on a card of 58 TFLOP/s peak (from its MFU), not --device's 990)")
+  plan_over(10_000.0, 5e14)  # a config's peak_flops, its run's card's, makes no card an H100
+  assert plan_cli._throughput(h100, rundir.out_dir, 5e14, flops, 1, step)[1].endswith(
+      "ran on a card of 500 TFLOP/s peak (from its MFU), not --device's 990)")
   assert plan_over(400_000.0, gpus.peak_flops("NVIDIA H100 80GB HBM3"))[0] == 400_000.0
   no_device = types.SimpleNamespace(tokens_per_sec=0.0, device="", peak_flops=0.0, mfu=0.4)
   assert plan_cli._throughput(no_device, rundir.out_dir, 0.0, flops, 1, step)[0] == 400_000.0

@@ -82,7 +82,12 @@ def test_throughput_is_the_last_layout_s_after_a_resume_on_more_devices(tmp_path
   assert report.summary("x", run).splitlines()[-1] == (
       "throughput: median 80,000 tok/s, 819.2 ms/iter, MFU 30.0% (over 9 train logs, the first "
       "skipped; since the resume at iter 200 on another layout)")
-  run["train"] = run["train"][:21]  # the resume's first log alone: it spans both layouts
+  logs = run["train"]
+  run["train"] = logs[:22]  # the resume's first log, which spans both layouts, and one more
+  assert report.summary("x", run).splitlines()[-1] == (
+      "throughput: median 80,000 tok/s, 819.2 ms/iter, MFU 30.0% (over 1 train log, the first "
+      "skipped; since the resume at iter 200 on another layout)")
+  run["train"] = logs[:21]  # the resume's first log alone
   assert report.summary("x", run).splitlines()[-1] == (
       "throughput: not measured yet on the layout of the last resume")
 

@@ -195,7 +195,7 @@ def _print_collectives(f: flags.FlagValues) -> None:
   for mode in ("dp", "fsdp"):
     try:
       r = collectives.sharding_report(config, mode)
-    except UserError as e:  # Muon's loops under fsdp
+    except collectives.UncountedLoop as e:  # Muon's loops under fsdp
       print(f"{mode}: {e}")
       continue
     reports.append(r)
@@ -204,7 +204,8 @@ def _print_collectives(f: flags.FlagValues) -> None:
           f"{r['batch_per_device']} per device: params+state {_gib(r['argument_bytes'])}, "
           f"temporaries {_gib(r['temp_bytes'])} per device; sent per device per iteration: "
           f"{sent}")
-  print("\n".join(map(json.dumps, reports)))
+  if reports:
+    print("\n".join(map(json.dumps, reports)))
 
 
 def _print_decode(f: flags.FlagValues) -> None:

@@ -103,11 +103,15 @@ def collectives(hlo_text: str, n_devices: int) -> dict[str, float]:
   return sent
 
 
+class UncountedLoop(UserError):
+  """Collectives in a loop XLA gives no trip count: their bytes per iteration are unknown."""
+
+
 def _trips(while_line: str) -> int:
   trips = _KNOWN_TRIPS.search(while_line)
   if trips is None:
     op = _OP_NAME.search(while_line)
-    raise UserError(f"collectives in a while loop XLA gives no trip count "
+    raise UncountedLoop(f"collectives in a while loop XLA gives no trip count "
                     f"({op.group(1) if op else 'unnamed'}; Muon's Newton-Schulz iterations "
                     "under fsdp, say): not counted")
   return int(trips.group(1))

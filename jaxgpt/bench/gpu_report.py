@@ -11,8 +11,10 @@ the next a clean device. Beside the peak stand XLA's memory plan of the step on
 this GPU and `plan --device`'s, compiled in this process on the CPU for the
 card's target description, as on a machine without a GPU, while the rows run.
 Each line is handed on as it is made, so a run cut short keeps the rows it
-finished; a row that fails or outlasts ROW_TIMEOUT_S is reported as such and the
-others run. What the tests and each row printed goes to `log`, whole.
+finished: a row never waits for its CPU plan (the GPU would idle), and a plan
+done after its row is printed below the table ("below" in the row); a row that
+fails or outlasts ROW_TIMEOUT_S is reported as such and the others run. What the
+tests and each row printed goes to `log`, whole.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def _jax_platform() -> str:
   would take its 75% of the card at once, before the peer runs."""
   asked = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"],
                          capture_output=True, text=True, check=False)
-  if asked.returncode:
+  if asked.returncode or not asked.stdout.split():
     said = (asked.stderr.strip().splitlines() or ["no output"])[-1][:300]
     raise UserError(f"--peer=torch: JAX would not start ({said})")
   return asked.stdout.split()[-1]

@@ -75,8 +75,10 @@ def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
     return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
   card = targets.card(f.device) if f.device else None
   peak = f.peak_flops or config_peak_flops or (card.peak_flops if card else None)
+  # A config's peak_flops is its run's card's: the card --device names is told by its own.
+  card_peak = f.peak_flops or (card.peak_flops if card else config_peak_flops)
   tok_s, measured = _measured(out_dir, step, n_devices, flops_per_token,
-                              peak if f.device else None)
+                              card_peak if f.device else None)
   if tok_s:
     return tok_s, measured
   if f.device:
