@@ -112,8 +112,8 @@ def _trips(while_line: str) -> int:
   if trips is None:
     op = _OP_NAME.search(while_line)
     raise UncountedLoop(f"collectives in a while loop XLA gives no trip count "
-                    f"({op.group(1) if op else 'unnamed'}; Muon's Newton-Schulz iterations "
-                    "under fsdp, say): not counted")
+                        f"({op.group(1) if op else 'unnamed'}; Muon's Newton-Schulz "
+                        "iterations under fsdp, say): not counted")
   return int(trips.group(1))
 
 
