@@ -15,7 +15,6 @@ import glob
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -163,25 +162,19 @@ def _time_peer(config: ml_collections.ConfigDict, *, iters: int, warmup: int,
   if departures:
     raise UserError(f"--peer=torch times GPT-2 with AdamW, and this config departs from it "
                     f"({', '.join(departures)}): the two would time different models")
-  from jaxgpt.bench import torch_peer  # imports torch
+  from jaxgpt.bench import gpu_report, torch_peer  # torch_peer imports torch
 
-  platform, device = _jax_platform(), torch_peer.peer_device()
+  # Asked in a process of its own: in this one, JAX's GPU client would take its 75% of the
+  # card at once, before the peer runs.
+  _, platform, about = gpu_report.device()
+  if not platform:
+    raise UserError(f"--peer=torch: JAX would not start ({about.split('; ')[0]})")
+  device = torch_peer.peer_device()
   if device != _TORCH_DEVICE.get(platform):  # said before the peer's minutes, not after them
     raise UserError(f"--peer=torch: torch runs on {device!r} but JAX on {platform!r}: install "
                     "torch and jax builds for the same device")
   logging.info("timing the PyTorch peer")
   return torch_peer.measure(config, iters=iters, warmup=warmup, compile=torch_compile)
-
-
-def _jax_platform() -> str:
-  """The platform JAX runs on, asked in a process of its own: in this one, JAX's GPU client
-  would take its 75% of the card at once, before the peer runs."""
-  asked = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"],
-                         capture_output=True, text=True, check=False)
-  if asked.returncode or not asked.stdout.split():
-    said = (asked.stderr.strip().splitlines() or ["no output"])[-1][:300]
-    raise UserError(f"--peer=torch: JAX would not start ({said})")
-  return asked.stdout.split()[-1]
 
 
 def _about(setup: train_step.TrainSetup, device: jax.Device) -> dict[str, Any]:
