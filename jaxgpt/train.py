@@ -448,7 +448,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     raise
   loop.close()
   if hooks.at_end is not None and trained and not finished:
-    _end(hooks.at_end, loop.state.params, signals)
+    _end(hooks.at_end, loop.state.params, signals, saved=loop.last_saved == config.max_iters)
   if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
     _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
                     config.sample_start, config.block_size, config.vocab_size)
@@ -465,22 +465,26 @@ def _evaluator(setup: train_step.TrainSetup, layout: sharding.BatchLayout,
   return lambda params: val_losses(eval_step, params, sources, n_windows, seed, layout)
 
 
-def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals) -> None:
+def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, saved: bool) -> None:
   """The end-of-run hook. A one-process run skips it for a stop that came in the last
   iteration's evaluation and cuts it short for one during it; several processes all run it,
-  since only the one signalled knows (StopSignals)."""
-  ended = False
+  since only the one signalled knows (StopSignals). `saved`: max_iters has its checkpoint."""
+  begun = ended = False
   with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
     signals.closing = True
     try:
       if signals.received is None or signals.processes > 1:
+        begun = True
         at_end(params)
         ended = True  # whole: a stop's StopAtEnd raised in JAX's gc callback is dropped there
     finally:
       signals.closing = False
   if signals.received is not None and signals.processes == 1:
-    logging.warning("stopped by %s: the run is saved%s", signals.name, "" if ended else
-                    ", and what it does at its end (the closing sample) is cut short")
+    logging.warning("stopped by %s: %s%s", signals.name,
+                    "the run is saved" if saved else "the last iteration's weights are not saved "
+                    "(its val loss is not finite)", "" if ended else
+                    f", and what it does at its end (the closing sample) is "
+                    f"{'cut short' if begun else 'skipped'}")
 
 
 def _open_data(data_dir: str, block_size: int, vocab_size: int

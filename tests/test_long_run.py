@@ -10,6 +10,7 @@ import errno
 import fcntl
 import glob
 import logging
+import math
 import os
 import shutil
 import signal
@@ -235,16 +236,17 @@ def test_a_stop_in_the_last_evaluation_or_the_closing_sample_cuts_the_sample(
     time.sleep(60)  # a long sample: the signal ends it
     sampled.append(params)
 
-  for name, hooks, begun in (
-      ("eval", lambda: train.Hooks(tasks=sigterm_at_the_end, at_end=sample), 0),
-      ("sample", lambda: train.Hooks(at_end=sample), 1)):
+  for name, hooks, begun, said in (
+      ("eval", lambda: train.Hooks(tasks=sigterm_at_the_end, at_end=sample), 0, "skipped"),
+      ("sample", lambda: train.Hooks(at_end=sample), 1, "cut short")):
     scored, started, sampled = [], [], []
     config = tiny_config(tmp_path / name, token_dir, max_iters=2, eval_interval=2)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
       train.train(config, hooks=hooks())
     assert (len(started), sampled) == (begun, [])  # a sample begun was cut in its sleep
-    assert "stopped by SIGTERM: the run is saved, and what it does at its end" in caplog.text
+    assert ("stopped by SIGTERM: the run is saved, and what it does at its end (the closing "
+            f"sample) is {said}") in caplog.text
     assert checkpoint_steps(config.out_dir) == [2]
     assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 2]
 
@@ -271,6 +273,29 @@ def test_a_stop_in_the_last_evaluation_saves_max_iters_though_it_is_no_best(tmp_
   assert checkpoint_steps(config.out_dir) == [1, 2]
 
 
+def test_a_stop_in_a_last_evaluation_whose_val_loss_is_nan_says_it_is_not_saved(
+    tmp_path, token_dir, monkeypatch, caplog):
+  """Weights of no finite val loss are not saved, a stop's either: the run said 'the run is
+  saved' of them, and that a closing sample never begun was cut short."""
+  losses = iter([5.0, 4.0, math.nan])
+
+  def evaluator(*_):
+    def eval_fn(params):
+      val = next(losses)
+      if math.isnan(val):
+        os.kill(os.getpid(), signal.SIGTERM)  # lands in the last evaluation
+      return {"train": val, "val": val}
+    return eval_fn
+
+  monkeypatch.setattr(train, "_evaluator", evaluator)
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=1)
+  with caplog.at_level(logging.WARNING):
+    train.train(config, hooks=train.Hooks(at_end=lambda params: pytest.fail("sampled")))
+  assert checkpoint_steps(config.out_dir) == [1]
+  assert ("stopped by SIGTERM: the last iteration's weights are not saved (its val loss is not "
+          "finite), and what it does at its end (the closing sample) is skipped") in caplog.text
+
+
 def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog, monkeypatch):
   """A stop's StopAtEnd raised in JAX's gc callback is dropped there (Python prints it and goes
   on): the sample ran whole, and the run said it was cut short."""
@@ -287,11 +312,11 @@ def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog, mon
     cli._unraisable(types.SimpleNamespace(exc_value=error, object=None))
   assert [type(u.exc_value) for u in printed] == [ValueError]  # the stop's: no traceback
   with caplog.at_level(logging.WARNING):
-    train._end(sample_where_the_stop_is_dropped, "params", signals)
+    train._end(sample_where_the_stop_is_dropped, "params", signals, saved=True)
     assert ran == ["params"] and "stopped by SIGTERM: the run is saved\n" in caplog.text + "\n"
     caplog.clear()
-    train._end(ran.append, "params", signals)  # a stop before it: not begun
-  assert ran == ["params"] and "(the closing sample) is cut short" in caplog.text
+    train._end(ran.append, "params", signals, saved=True)  # a stop before it: not begun
+  assert ran == ["params"] and "(the closing sample) is skipped" in caplog.text
 
 
 # A command whose compile (seconds long) a signal interrupts 0.3 s in.
