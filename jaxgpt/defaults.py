@@ -80,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   # logging sinks (metrics.jsonl is always written)
   c.tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard (needs tensorboardX)
   c.wandb_log = False  # log to Weights & Biases (needs wandb)
-  c.wandb_project = "jaxgpt"  # the W&B project the run logs to
+  c.wandb_project = "jaxgpt"  # the W&B project the run logs to (nanoGPT's: "owt")
   c.wandb_run_name = "gpt2"  # the W&B run's display name
 
   # data
