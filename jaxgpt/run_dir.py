@@ -33,7 +33,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from jaxgpt import checkpoint
+from jaxgpt import checkpoint, formatting
 from jaxgpt.errors import UserError
 
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
@@ -259,7 +259,7 @@ class RunDir:
     path = self.metrics_path
     if not os.path.isfile(path):
       return
-    keep, moved = [], []
+    keep, moved, redone_records = [], [], 0
     with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bytes kept as they are
       for n, line in enumerate(f, 1):
         if not line.strip():
@@ -273,6 +273,7 @@ class RunDir:
         scored = evaluated and record["event"] in ("eval", "tasks")
         redone = record["iter"] > resumed_at or (record["iter"] == resumed_at and not scored)
         (moved if redone else keep).append(line)
+        redone_records += redone
     if moved:
       with open(path + ".superseded", "a", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(moved)
@@ -280,7 +281,9 @@ class RunDir:
       with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(keep)
       os.replace(tmp, path)
-      logging.info("%d records of redone iterations moved to %s.superseded", len(moved), path)
+      if redone_records:
+        logging.info("%s of redone iterations moved to %s.superseded",
+                     formatting.plural(redone_records, "record"), path)
 
   def records(self) -> list[dict[str, Any]]:
     """The records metrics.jsonl holds, in iteration order; none where there is no file."""

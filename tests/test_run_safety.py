@@ -501,6 +501,25 @@ def test_a_record_cut_just_before_its_newline_is_set_aside_on_resume(tmp_path):
     assert f.read() == cut + "\n"
 
 
+def test_a_resume_counts_the_redone_records_it_moves_apart_from_cut_lines(tmp_path, caplog):
+  """A cut-off line is warned of on its own; it was counted again as a redone iteration's."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.out_dir)
+  with open(rundir.metrics_path, "w") as f:
+    f.write('{"event": "train", "iter": 4, "loss": 0.9}\n{"event": "train", "iter": 5, "loss": '
+            '0.8}\n{"event": "eval", "iter": 6, "val_loss": 1.0}\n{"event": "train", "iter": 6')
+  with caplog.at_level(logging.INFO):
+    rundir.keep_metrics_until(5, evaluated=True)
+  assert caplog.text.count("not a whole record") == 1
+  assert "2 records of redone iterations moved" in caplog.text
+  caplog.clear()
+  with open(rundir.metrics_path, "a") as f:
+    f.write('{"event": "train", "iter": 4')
+  with caplog.at_level(logging.INFO):
+    rundir.keep_metrics_until(5, evaluated=True)
+  assert "not a whole record" in caplog.text and "redone" not in caplog.text
+
+
 def test_lines_that_are_no_records_are_set_aside_on_resume_byte_for_byte(tmp_path):
   """A note added by hand, a JSON list, bytes that are not UTF-8: moved aside, not a traceback
   after the resume was accepted."""
