@@ -412,6 +412,26 @@ def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
     bench.kill()
 
 
+def test_a_comparison_evaluates_at_most_the_val_batches_its_data_holds(tmp_path, token_dir,
+                                                                        monkeypatch):
+  """python_docs, the default data, holds 4 of the comparison's val batches, and its runs
+  asked for 10: each warned that it scored every window 2.4 times, which the user of
+  --compare_recipes could not change."""
+  trained = []
+
+  def run_variant(config):
+    trained.append(config.eval_iters)
+    raise UserError("stop here")
+
+  monkeypatch.setattr(recipes, "run_variant", run_variant)
+  base = recipes.base_config(token_dir, str(tmp_path / "cmp"), 4)
+  base.update(block_size=16, vocab_size=96, batch_size=8 // jax.device_count())
+  assert base.eval_iters == 10  # the val split's 999 tokens are 62 windows of 16 + 1: 7 batches
+  with pytest.raises(UserError, match="stop here"):
+    recipes.compare(base, ["nanogpt"], [1.0])
+  assert trained == [7]
+
+
 def test_a_variant_the_base_cannot_take_is_refused_before_any_trains(tmp_path):
   """RoPE on heads of 9: said before the baseline trains for nothing."""
   config = recipes.base_config("python_docs", str(tmp_path / "cmp"), 4)
