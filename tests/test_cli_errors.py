@@ -67,7 +67,7 @@ CASES = {
     "sample prompt file": (["-m", "jaxgpt.sample", "--out_dir={out_dir}", "--start=FILE:nope"],
                            "error: --start=FILE:nope: no such file"),
     "export into a full directory": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
-                                      "--out={tmp}/full"], "is not an empty directory; nothing was written"),
+                                      "--out={tmp}/full"], "holds files, not a new or empty directory"),
     "export where nothing can be written": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
                                              "--out={tmp}/full/keep.txt/hf"],
                                             "error: {tmp}/full/keep.txt/hf: cannot write there"),
