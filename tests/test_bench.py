@@ -129,6 +129,19 @@ def test_the_torch_peer_on_another_device_than_jax_is_refused_before_its_timing(
                           torch_compile=False)
 
 
+def test_the_torch_peer_says_why_jax_would_not_start(tmp_path, monkeypatch, torch_peer):
+  """An empty platform is JAX's start failing (a broken CUDA plugin, say), not a device that
+  differs from torch's, which would advise builds for the same device."""
+  from jaxgpt.bench import gpu_report
+
+  monkeypatch.setattr(gpu_report, "device", lambda: ("", "", "ImportError: no libcuda; jax 0.x"))
+  monkeypatch.setattr(torch_peer, "peer_device", lambda: "cuda")
+  with pytest.raises(UserError, match=r"^--peer=torch: JAX would not start \(ImportError: no "
+                                      r"libcuda\)$"):
+    throughput._time_peer(tiny_config(tmp_path, str(tmp_path)), iters=1, warmup=1,
+                          torch_compile=False)
+
+
 def test_the_torch_peer_runs_before_jax_s_client_takes_the_gpu(tmp_path, monkeypatch,
                                                                 torch_peer):
   """JAX's GPU client takes 75% of the card when it starts: the platform check asks another
@@ -275,8 +288,10 @@ def test_collectives_count_each_loop_body_once_per_trip_nested_loops_multiplied(
   assert sent["all-to-all"] == pytest.approx(7 / 8 * 8 * 4 * 4)  # a branch, as if taken
   with pytest.raises(ValueError, match="collectives in branch.1, which no call"):
     collectives.collectives(HLO.replace("%empty.1, %branch.1", "%empty.1"), 8)
-  with pytest.raises(UserError, match="^collectives in a while loop XLA gives no trip count"):
-    collectives.collectives(HLO.replace(', backend_config={"known_trip_count":{"n":"5"}}', ""), 8)
+  with pytest.raises(UserError, match=r"^collectives in a while loop XLA gives no trip count "
+                                      r"\(jit\(step\)/loss/while; "):  # the loop, named
+    collectives.collectives(HLO.replace(', backend_config={"known_trip_count":{"n":"5"}}',
+                                        ', metadata={op_name="jit(step)/loss/while"}'), 8)
 
 
 @pytest.mark.slow
@@ -565,6 +580,17 @@ def test_gpu_report_rows_wait_for_no_cpu_plan(monkeypatch):
       ("| fineweb_40m", "below", "0 |"), ("| gpt2_124m", "below", "0 |")]
   assert lines[-3:] == ["", "plan --device's of fineweb_40m (defaults): 4.00 GiB",
                         "plan --device's of gpt2_124m (remat=dots): 4.00 GiB"]
+  # A row that failed gets no plan below the table, which would read as its result.
+  monkeypatch.setattr(gpu_report, "_measure",
+                      lambda name, *a: row if name == "fineweb_40m" else {"error": "boom"})
+  planned.clear()
+  page = gpu_report.report((("fineweb_40m", {}), ("gpt2_124m", {"remat": "dots"})),
+                           run_tests=False, seen=("NVIDIA H100", "gpu", "H100"))
+  lines = []
+  while not lines or not lines[-1].startswith("| gpt2_124m"):
+    lines.append(next(page))
+  planned.set()
+  assert list(page) == ["", "plan --device's of fineweb_40m (defaults): 4.00 GiB"]
 
 
 def test_bench_peak_flops_flag_sets_the_mfu(tmp_path):

@@ -162,6 +162,10 @@ CASES = {
                              "error: --out: empty; name where to write, or drop it"),
     "bench nan peak": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
                         "--peak_flops=nan"], "error: --peak_flops=nan: must be a finite number"),
+    "bench a peak in TFLOP/s": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
+                                 "--peak_flops=312"], "error: --peak_flops=312.0: is in FLOP/s"),
+    "plan a peak in TFLOP/s": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py",
+                                "--peak_flops=312"], "error: --peak_flops=312.0: is in FLOP/s"),
 }
 
 

@@ -67,8 +67,9 @@ def test_train_tokens_come_from_shards_or_meta(tmp_path, token_dir):
   meta_only.mkdir()
   shards.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
   assert iters.count_train_tokens(str(meta_only)) == 12345
-  shards.write_meta(str(meta_only), {"splits": ["train", "val"]})  # another tool's: no counts
-  assert iters.count_train_tokens(str(meta_only)) is None
+  for splits in (["train", "val"], {"train": ["x.bin"], "val": 3}):  # another tool's: no counts
+    shards.write_meta(str(meta_only), {"splits": splits})
+    assert iters.count_train_tokens(str(meta_only)) is None
   assert iters.count_train_tokens(str(tmp_path / "nothing")) is None
   p = summary.summarize(tiny_config(tmp_path, token_dir), train_tokens=None)
   assert p.epochs is None
@@ -302,9 +303,16 @@ def test_device_s_time_is_not_a_rate_measured_on_another_card(tmp_path):
   plan_over(10_000.0, 5e14)  # a config's peak_flops, its run's card's, makes no card an H100
   assert plan_cli._throughput(h100, rundir.out_dir, 5e14, flops, 1, step)[1].endswith(
       "ran on a card of 500 TFLOP/s peak (from its MFU), not --device's 990)")
+  tok_s, source = plan_over(300_000.0, gpus.peak_flops("NVIDIA H100 PCIe"))  # 24% below
+  assert tok_s == estimate and source.endswith(
+      "ran on a card of 756 TFLOP/s peak (from its MFU), not --device's 990)")
   assert plan_over(400_000.0, gpus.peak_flops("NVIDIA H100 80GB HBM3"))[0] == 400_000.0
   no_device = types.SimpleNamespace(tokens_per_sec=0.0, device="", peak_flops=0.0, mfu=0.4)
   assert plan_cli._throughput(no_device, rundir.out_dir, 0.0, flops, 1, step)[0] == 400_000.0
+  os.remove(os.path.join(rundir.out_dir, "config.json"))  # its devices cannot be told
+  tok_s, source = plan_cli._throughput(h100, rundir.out_dir, 0.0, flops, 1, step)
+  assert tok_s == estimate and source.endswith(
+      "ran on an unknown number of devices, whose card cannot be told from its MFU)")
 
 
 def test_the_verdict_weighs_epochs():

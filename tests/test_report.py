@@ -90,6 +90,9 @@ def test_throughput_is_the_last_layout_s_after_a_resume_on_more_devices(tmp_path
   run["train"] = logs[:21]  # the resume's first log alone
   assert report.summary("x", run).splitlines()[-1] == (
       "throughput: not measured yet on the layout of the last resume")
+  run["train"] = [logs[0], logs[20]]  # one log before the resume (a run cut short), one after
+  assert report.summary("x", run).splitlines()[-1] == (
+      "throughput: not measured yet on the layout of the last resume")
 
 
 def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):

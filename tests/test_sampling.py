@@ -379,13 +379,23 @@ def test_samples_decode_batch_rows_at_a_time_with_one_compilation(monkeypatch):
   """5 samples in batches of 2: 3 batches of 2 rows (memory holds 2, not 5), the last one's
   extra row dropped, one compiled program; the first batch is the samples 2 give in one."""
   model, params = tiny_gpt(vocab_size=50304)
-  rows, real_generate = [], decoding.generate
-  monkeypatch.setattr(decoding, "generate",
-                      lambda m, p, prompts, *a, **k: rows.append(len(prompts)) or
-                      real_generate(m, p, prompts, *a, **k))
+  rows, keys, real_generate = [], [], decoding.generate
+
+  def generate(m, p, prompts, key, **k):
+    rows.append(len(prompts))
+    keys.append(jax.random.key_data(key).tolist())
+    return real_generate(m, p, prompts, key, **k)
+
+  monkeypatch.setattr(decoding, "generate", generate)
   before = decoding.generate_padded._cache_size()
   texts = sampled(model, params, "A", num_samples=5, batch_rows=2, seed=3)
   assert rows == [2, 2, 2] and len(texts) == 5
+  # The seed's key, then keys no token of the first batch draws with (it draws token j with
+  # fold_in(key, j)): the same seed gives the same samples, and no batch repeats another's.
+  key = jax.random.PRNGKey(3)
+  assert keys == [jax.random.key_data(k).tolist() for k in (
+      key, jax.random.fold_in(key, decoding.MAX_NEW_TOKENS + 1),
+      jax.random.fold_in(key, decoding.MAX_NEW_TOKENS + 2))]
   assert decoding.generate_padded._cache_size() == before + 1
   assert texts[:2] == sampled(model, params, "A", num_samples=2, seed=3)  # batch_rows 32
   assert rows == [2, 2, 2, 2]  # fewer samples than batch_rows decode no more rows than asked
