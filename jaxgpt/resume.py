@@ -112,17 +112,27 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
 def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -> None:
   """Says when a schedule changed on resume (`then` the checkpoint's, `now` the run's) moves
   the learning rate of the resumed iteration `it`, as a larger max_iters does in the recipes,
-  whose warmup and decay follow it: the rate jumps at once."""
-  lr_then, lr_now = (float(optim.lr_schedule(o, np)(it)) for o in (then, now))
-  if math.isclose(lr_then, lr_now, rel_tol=1e-3):
+  whose warmup and decay follow it: the rate jumps at once. Muon's rate, where it runs, too."""
+  peaks = {"the learning rate": None}
+  if now.optimizer == "muon":
+    peaks["Muon's learning rate"] = "muon_learning_rate"
+  moved = []  # (name, rate now, rate then)
+  for name, peak in peaks.items():
+    lr_then, lr_now = (float(optim.lr_schedule(o, np, getattr(o, peak) if peak else None)(it))
+                       for o in (then, now))
+    if not math.isclose(lr_then, lr_now, rel_tol=1e-3):
+      moved.append((name, lr_now, lr_then))
+  if not moved:
     return
-  changed = {k: (getattr(then, k), getattr(now, k)) for k in optim.SCHEDULE_KEYS
+  keys = optim.SCHEDULE_KEYS + tuple(peak for peak in peaks.values() if peak)
+  changed = {k: (getattr(then, k), getattr(now, k)) for k in keys
              if getattr(then, k) != getattr(now, k)}
-  logging.warning("resume: the learning rate of iteration %d is %.3g under the changed schedule "
-                  "(%s), and %.3g under the checkpoint's; to keep the checkpoint's: %s", it,
-                  lr_now, ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
-                  lr_then, " ".join(f"--config.{k}={shlex.quote(str(a))}"
-                                    for k, (a, _) in changed.items()))
+  (name, lr_now, lr_then), others = moved[0], moved[1:]
+  logging.warning("resume: %s of iteration %d is %.3g under the changed schedule (%s), and %.3g "
+                  "under the checkpoint's%s; to keep the checkpoint's: %s", name, it, lr_now,
+                  ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), lr_then,
+                  "".join(f" ({n}: {a:.3g} and {b:.3g})" for n, a, b in others),
+                  " ".join(f"--config.{k}={shlex.quote(str(a))}" for k, (a, _) in changed.items()))
 
 
 def _reached(tokens: int, block_size: int, why: str) -> int:

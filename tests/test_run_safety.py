@@ -130,6 +130,27 @@ def test_a_resume_whose_schedule_moves_the_learning_rate_says_so(caplog):
   assert not caplog.text
 
 
+def test_a_resume_that_moves_muon_s_learning_rate_says_so(caplog):
+  """Muon's rate has a schedule of its own peak: a change of it alone was logged as info."""
+  saved = defaults.recipe("fineweb_40m_modern").copy_and_resolve_references()
+  faster = defaults.recipe("fineweb_40m_modern")
+  faster.update(muon_learning_rate=2 * saved.muon_learning_rate)
+  with caplog.at_level(logging.WARNING):
+    resume.warn_if_lr_moves(optim_view(saved), optim_view(faster), 1000)
+  rate = float(optim.lr_schedule(optim_view(saved), np, saved.muon_learning_rate)(1000))
+  assert (f"resume: Muon's learning rate of iteration 1000 is {2 * rate:.3g} under the changed "
+          f"schedule (muon_learning_rate {saved.muon_learning_rate!r} -> "
+          f"{faster.muon_learning_rate!r}), and {rate:.3g} under the checkpoint's; to keep the "
+          f"checkpoint's: --config.muon_learning_rate={saved.muon_learning_rate}") in caplog.text
+  caplog.clear()
+  longer = defaults.recipe("fineweb_40m_modern")
+  longer.update(max_iters=2 * saved.max_iters)  # both rates move: one line says both
+  with caplog.at_level(logging.WARNING):
+    resume.warn_if_lr_moves(optim_view(saved), optim_view(longer), saved.max_iters - 10)
+  assert caplog.text.count("resume: the learning rate of iteration") == 1
+  assert "under the checkpoint's (Muon's learning rate: " in caplog.text
+
+
 def test_a_changed_layout_continues_at_the_window_after_the_tokens_trained_on():
   """A checkpoint's tokens count block_size per window trained on (its targets; a window holds
   one more), so 512 tokens at block_size 16 are 32 windows, and the data goes on at the 33rd."""
