@@ -98,6 +98,9 @@ class WandbSink:
   record of the iteration W&B ended on (a finished run's last evaluation,
   continued with a larger max_iters); metrics.jsonl has every one. The kept
   records from that step on (those a kill kept from W&B) are sent first.
+
+  W&B mirrors metrics.jsonl: where it fails mid-run (its service killed, say),
+  the run says so once and trains on without it; a resume sends it the rest.
   """
 
   def __init__(self, wandb: types.ModuleType, *, project: str, name: str,
@@ -107,12 +110,22 @@ class WandbSink:
                            resume="allow")
     self.run_id: str = self._run.id
     self._next_step = self._run.step
+    self._broken = False
 
   def write(self, record: Record) -> None:
-    if record["iter"] >= self._next_step:
+    if self._broken or record["iter"] < self._next_step:
+      return
+    try:
       self._run.log(scalars(record), step=record["iter"])
+    except Exception as e:  # noqa: BLE001 - whatever W&B raises: training is not stopped for it
+      self._broken = True
+      logging.warning("W&B failed at the %s record of iteration %d (%s): training goes on "
+                      "without it; metrics.jsonl has every record, and a resume sends W&B the "
+                      "rest", record["event"], record["iter"], first_line(e))
 
   def close(self, failed: bool = False) -> None:
+    if self._broken:  # its finish would fail again, in place of the run's own error
+      return
     self._run.finish(exit_code=1 if failed else 0)  # W&B shows a failed run as "failed"
 
 

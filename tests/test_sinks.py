@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 from absl import logging
-from conftest import read_jsonl, tiny_config
+from conftest import checkpoint_steps, read_jsonl, records, tiny_config
 
 from jaxgpt import checkpoint, defaults, run_dir, sinks, train
 from jaxgpt.errors import UserError
@@ -253,6 +253,36 @@ def test_a_resume_sends_wandb_the_kept_records_a_kill_kept_from_it(tmp_path, tok
   logged = [(call[2], min(call[1]).split("/")[0]) for call in fake.calls
             if call[0] == "log"]
   assert logged == [(2, "eval"), (2, "train"), (3, "train"), (4, "eval")]
+
+
+def test_a_run_trains_on_where_wandb_fails_mid_run(tmp_path, token_dir, monkeypatch, caplog):
+  """W&B's service killed mid-run: its log raised out of the loop (no checkpoint, and on
+  several hosts the others left waiting), and its finish then hid that error."""
+  fake = FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  real_init = fake.init
+
+  def init(**kwargs):
+    run = real_init(**kwargs)
+    real_log = run.log
+
+    def log(data, step):
+      if step >= 2:
+        raise ConnectionResetError("Connection lost")
+      real_log(data, step)
+
+    run.log, run.finish = log, lambda **_: pytest.fail("finish after W&B failed")
+    return run
+
+  fake.init = init
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, wandb_log=True)
+  train.train(config)
+  assert caplog.text.count("W&B failed") == 1
+  assert ("W&B failed at the eval record of iteration 2 (Connection lost): training goes on "
+          "without it") in caplog.text
+  assert [call[2] for call in fake.calls if call[0] == "log"] == [0, 0, 1]
+  assert checkpoint_steps(config.out_dir) == [2, 4]
+  assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 1, 2, 3]
 
 
 def test_a_run_that_fails_is_marked_failed_in_wandb(tmp_path, token_dir, monkeypatch):
