@@ -94,13 +94,22 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
   return print_sample
 
 
+def _host_and_port(address: str) -> bool:
+  host, _, port = address.rpartition(":")
+  return not address or bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def _define_flags() -> None:
   config_flags.DEFINE_config_file("config", None,
                                   "Run recipe: a configs/*.py file, e.g. configs/quickstart.py.",
                                   lock_config=True)
   flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-host run")
-  flags.DEFINE_integer("num_processes", 0, "processes in a multi-host run")
-  flags.DEFINE_integer("process_id", -1, "this process's index in a multi-host run")
+  flags.DEFINE_integer("num_processes", 0, "processes in a multi-host run", lower_bound=0)
+  flags.DEFINE_integer("process_id", -1, "this process's index in a multi-host run",
+                       lower_bound=-1)
+  # JAX would end in a traceback, or abort the process for a port past 65535.
+  flags.register_validator("coordinator_address", _host_and_port,
+                           "is not HOST:PORT with a port from 1 to 65535")
   flags.mark_flags_as_required(["config"])
 
 
