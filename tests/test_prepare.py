@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pydoc_data import topics
 
@@ -738,19 +739,21 @@ def hub(tmp_path, monkeypatch):
     for i, chunk in enumerate([TEXTS[:20], TEXTS[20:40], TEXTS[40:]]):
       write_parquet(root / repo / "sample" / "10BT" / f"{i:03d}_00000.parquet", chunk, 20 * i)
 
-  def list_repo_tree(repo_id, path_in_repo=None, *, repo_type=None, **kwargs):
-    calls["list"].append((repo_id, path_in_repo, repo_type))
+  def list_repo_tree(repo_id, path_in_repo=None, *, repo_type=None, revision=None):
+    calls["list"].append((repo_id, path_in_repo, repo_type, revision))
     folder = root / repo_id / path_in_repo
     if not folder.is_dir():
       raise EntryNotFoundError(f"404: {path_in_repo}")
     return [RepoFile(path=f"{path_in_repo}/{n}", size=(folder / n).stat().st_size, oid="x")
             for n in sorted(os.listdir(folder), reverse=True)]
 
-  def hf_hub_download(repo_id, filename, *, repo_type=None, **kwargs):
-    calls["download"].append((repo_id, filename, repo_type))
+  def hf_hub_download(repo_id, filename, *, repo_type=None, revision=None):
+    calls["download"].append((repo_id, filename, repo_type, revision))
     return str(root / repo_id / filename)
 
   monkeypatch.setattr(fineweb, "check_hub_reachable", lambda: None)
+  monkeypatch.setattr(huggingface_hub, "dataset_info",
+                      lambda repo_id: types.SimpleNamespace(sha=f"{len(repo_id):040x}"))
   monkeypatch.setattr(huggingface_hub, "list_repo_tree", list_repo_tree)
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
   return calls
@@ -760,11 +763,15 @@ def test_fineweb_from_the_hub(tmp_path, hub):
   out = tmp_path / "fineweb"
   meta = fineweb.prepare_fineweb(str(out), shards_limit=2, name="fineweb", command="test",
                                  progress=False)
-  assert hub["list"] == [("HuggingFaceFW/fineweb", "sample/10BT", "dataset")]
-  assert [d[1] for d in hub["download"]] == ["sample/10BT/000_00000.parquet",
-                                             "sample/10BT/001_00000.parquet"]
-  assert meta["sources"] == ["hf://datasets/HuggingFaceFW/fineweb/sample/10BT/000_00000.parquet",
-                             "hf://datasets/HuggingFaceFW/fineweb/sample/10BT/001_00000.parquet"]
+  # One revision, the dataset's when the download starts, for the list and every file: a
+  # release on main during the hours of a download mixed two.
+  sha = f"{len('HuggingFaceFW/fineweb'):040x}"
+  assert hub["list"] == [("HuggingFaceFW/fineweb", "sample/10BT", "dataset", sha)]
+  assert [d[1::2] for d in hub["download"]] == [("sample/10BT/000_00000.parquet", sha),
+                                                ("sample/10BT/001_00000.parquet", sha)]
+  assert meta["sources"] == [
+      f"hf://datasets/HuggingFaceFW/fineweb@{sha}/sample/10BT/000_00000.parquet",
+      f"hf://datasets/HuggingFaceFW/fineweb@{sha}/sample/10BT/001_00000.parquet"]
   assert_dataset(str(out), [(str(i), t) for i, t in enumerate(TEXTS[:40])])
 
 
@@ -772,8 +779,8 @@ def test_fineweb_edu_with_max_tokens_downloads_only_what_it_needs(tmp_path, hub,
   monkeypatch.setattr(tokenize, "BATCH_CHARS", 2000)  # reading runs a batch ahead of tokenizing
   fineweb.prepare_fineweb(str(tmp_path / "edu"), edu=True, max_tokens=10000, val_fraction=0.5,
                           name="edu", command="test", progress=False)
-  assert hub["download"] == [("HuggingFaceFW/fineweb-edu", "sample/10BT/000_00000.parquet",
-                              "dataset")]
+  assert [d[:3] for d in hub["download"]] == [("HuggingFaceFW/fineweb-edu",
+                                               "sample/10BT/000_00000.parquet", "dataset")]
 
 
 def test_fineweb_names(tmp_path, hub):

@@ -36,7 +36,9 @@ def fineweb_folder(name: str) -> str:
 
 def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = False,
                     shards_limit: int = 0, **kwargs) -> dict:
-  """FineWeb (or FineWeb-Edu) parquet files from the hub -> shards in out_dir."""
+  """FineWeb (or FineWeb-Edu) parquet files from the hub -> shards in out_dir, every file of
+  the one revision the dataset is at when the download starts (a download takes hours, and
+  FineWeb is re-released on its main branch), which meta.json's sources name."""
   import huggingface_hub
   from huggingface_hub.errors import EntryNotFoundError
   check_out_dir(out_dir)
@@ -44,7 +46,9 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
   check_hub_reachable()
   hub_errors = _hub_errors()
   try:
-    entries = huggingface_hub.list_repo_tree(repo, path_in_repo=folder, repo_type="dataset")
+    revision = huggingface_hub.dataset_info(repo).sha
+    entries = huggingface_hub.list_repo_tree(repo, path_in_repo=folder, repo_type="dataset",
+                                             revision=revision)
     files = sorted((e for e in entries if e.path.endswith(".parquet")), key=lambda e: e.path)
   except EntryNotFoundError as e:
     raise PrepareError(f"hf://datasets/{repo}/{folder}: not found (--name={subset})") from e
@@ -58,9 +62,10 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
 
   def pieces() -> Iterator[Piece]:
     for entry in files:
-      sources.append(f"hf://datasets/{repo}/{entry.path}")
+      sources.append(f"hf://datasets/{repo}@{revision}/{entry.path}")
       try:
-        path = huggingface_hub.hf_hub_download(repo, entry.path, repo_type="dataset")
+        path = huggingface_hub.hf_hub_download(repo, entry.path, repo_type="dataset",
+                                               revision=revision)
       except hub_errors as e:
         raise _hub_error(repo, entry.path, e) from e
       yield from read_parquet(path, "text")
