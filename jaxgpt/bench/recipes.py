@@ -204,7 +204,13 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
       defaults.validate(config)
     except UserError as e:
       raise UserError(f"{os.path.basename(config.out_dir)}: {e}") from None
-  _fit_evaluations(configs)
+  # Evaluations of at most the batches the val split holds (python_docs, the default data,
+  # holds about 4): a run warns of one that scores windows twice, and here the user can change
+  # neither the data nor eval_iters.
+  batches = _val_batches(base.dataset, base.data_dir, base.block_size, base.vocab_size,
+                         base.batch_size * jax.device_count())
+  for config in configs:
+    config.eval_iters = max(1, min(config.eval_iters, batches))
   runs = {os.path.basename(c.out_dir): (c, run_variant(c)) for c in configs}
   reference = BASELINE if BASELINE in runs else next(iter(runs))
   ref_evals = runs[reference][1]["eval"]
@@ -229,16 +235,13 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   return rows
 
 
-def _fit_evaluations(configs: list[ml_collections.ConfigDict]) -> None:
-  """Lowers the runs' eval_iters to the batches the val split holds (python_docs, the default
-  data, holds about 4): a run warns of an evaluation that scores windows twice, and here the user
-  can change neither the data nor eval_iters. The data is made here where it is missing."""
-  base = configs[0]
-  data_dir = data.resolve_data_dir(base.dataset, base.data_dir)
-  datasets.ensure(base.dataset, data_dir, auto_prepare=False)
-  windows = len(data.open_split(data_dir, "val", base.block_size, base.vocab_size))
-  for c in configs:
-    c.eval_iters = max(1, min(c.eval_iters, windows // (c.batch_size * jax.device_count())))
+def _val_batches(dataset: str, data_dir: str, block_size: int, vocab_size: int,
+                 batch_windows: int) -> int:
+  """Batches of `batch_windows` windows the dataset's val split holds (made where it is
+  missing)."""
+  data_dir = data.resolve_data_dir(dataset, data_dir)
+  datasets.ensure(dataset, data_dir, auto_prepare=False)
+  return len(data.open_split(data_dir, "val", block_size, vocab_size)) // batch_windows
 
 
 _TABLE_HEAD = "| variant | lr (AdamW / Muon) | final val | tokens to baseline's final val | "
