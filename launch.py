@@ -95,8 +95,11 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
 
 
 def _host_and_port(address: str) -> bool:
+  """'' (unset) or HOST:PORT, an IPv6 host in brackets ([::1]:1234), as JAX splits it."""
   host, _, port = address.rpartition(":")
-  return not address or bool(host) and port.isdigit() and 0 < int(port) < 65536
+  ipv6_unbracketed = ":" in host and not (host.startswith("[") and host.endswith("]"))
+  return not address or (bool(host) and not ipv6_unbracketed and port.isascii()
+                         and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _define_flags() -> None:

@@ -131,7 +131,8 @@ def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -
   logging.warning("resume: %s of iteration %d is %.3g under the changed schedule (%s), and %.3g "
                   "under the checkpoint's%s; to keep the checkpoint's: %s", name, it, lr_now,
                   ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), lr_then,
-                  "".join(f" ({n}: {a:.3g} and {b:.3g})" for n, a, b in others),
+                  "".join(f" ({n}: {a:.3g} now, {b:.3g} at the checkpoint)"
+                          for n, a, b in others),
                   " ".join(f"--config.{k}={shlex.quote(str(a))}" for k, (a, _) in changed.items()))
 
 

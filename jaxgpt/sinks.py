@@ -100,7 +100,8 @@ class WandbSink:
   records from that step on (those a kill kept from W&B) are sent first.
 
   W&B mirrors metrics.jsonl: where it fails mid-run (its service killed, say),
-  the run says so once and trains on without it; a resume sends it the rest.
+  the run says so once and trains on without it; a resume that trains on sends it the
+  records it lacks.
   """
 
   def __init__(self, wandb: types.ModuleType, *, project: str, name: str,
@@ -115,13 +116,15 @@ class WandbSink:
   def write(self, record: Record) -> None:
     if self._broken or record["iter"] < self._next_step:
       return
+    values = scalars(record)
     try:
-      self._run.log(scalars(record), step=record["iter"])
+      self._run.log(values, step=record["iter"])
     except Exception as e:  # noqa: BLE001 - whatever W&B raises: training is not stopped for it
       self._broken = True
       logging.warning("W&B failed at the %s record of iteration %d (%s): training goes on "
-                      "without it; metrics.jsonl has every record, and a resume sends W&B the "
-                      "rest", record["event"], record["iter"], first_line(e))
+                      "without it; metrics.jsonl has every record (a resume that trains on "
+                      "sends W&B those it lacks)", record["event"], record["iter"],
+                      first_line(e))
 
   def close(self, failed: bool = False) -> None:
     if self._broken:  # its finish would fail again, in place of the run's own error

@@ -448,7 +448,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     raise
   loop.close()
   if hooks.at_end is not None and trained and not finished:
-    _end(hooks.at_end, loop.state.params, signals, saved=loop.last_saved == config.max_iters)
+    _end(hooks.at_end, loop.state.params, signals,
+         saved=loop.last_saved == config.max_iters or math.isfinite(loop.losses["val"]))
   if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
     _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
                     config.sample_start, config.block_size, config.vocab_size)
@@ -468,7 +469,8 @@ def _evaluator(setup: train_step.TrainSetup, layout: sharding.BatchLayout,
 def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, saved: bool) -> None:
   """The end-of-run hook. A one-process run skips it for a stop that came in the last
   iteration's evaluation and cuts it short for one during it; several processes all run it,
-  since only the one signalled knows (StopSignals). `saved`: max_iters has its checkpoint."""
+  since only the one signalled knows (StopSignals). `saved`: false where max_iters has no
+  checkpoint for its non-finite val loss (with always_save_checkpoint=False, the best is kept)."""
   begun = ended = False
   with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
     signals.closing = True

@@ -440,7 +440,7 @@ def test_a_comparison_evaluates_at_most_the_val_batches_its_data_holds(tmp_path,
 
   monkeypatch.setattr(recipes, "run_variant", run_variant)
   base = recipes.base_config(token_dir, str(tmp_path / "cmp"), 4)
-  base.update(block_size=16, vocab_size=96, batch_size=8 // jax.device_count())
+  base.update(block_size=16, vocab_size=96, batch_size=8)
   assert base.eval_iters == 10  # the val split's 999 tokens are 62 windows of 16 + 1: 7 batches
   with pytest.raises(UserError, match="stop here"):
     recipes.compare(base, ["nanogpt"], [1.0])

@@ -67,7 +67,7 @@ CASES = {
     "sample prompt file": (["-m", "jaxgpt.sample", "--out_dir={out_dir}", "--start=FILE:nope"],
                            "error: --start=FILE:nope: no such file"),
     "export into a full directory": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
-                                      "--out={tmp}/full"], "holds files, not a new or empty directory"),
+                                      "--out={tmp}/full"], "is a directory that is not empty; "),
     "export where nothing can be written": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
                                              "--out={tmp}/full/keep.txt/hf"],
                                             "error: {tmp}/full/keep.txt/hf: cannot write there"),
@@ -171,6 +171,10 @@ CASES = {
     "launch a port past 65535": (["launch.py", "--config=configs/quickstart.py",
                                   "--coordinator_address=localhost:70000", "--num_processes=2",
                                   "--process_id=0"], "with a port from 1 to 65535"),
+    "launch an IPv6 address without brackets": (["launch.py", "--config=configs/quickstart.py",
+                                                 "--coordinator_address=fe80::1",
+                                                 "--num_processes=2", "--process_id=0"],
+                                                "error: --coordinator_address=fe80::1: is not "),
     "launch negative processes": (["launch.py", "--config=configs/quickstart.py",
                                    "--num_processes=-3"], "error: --num_processes=-3: -3 is not"),
     "plan a peak in TFLOP/s": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py",
@@ -322,3 +326,11 @@ def test_output_onto_a_full_disk_is_one_line(trained):
                      capture_output=True, text=True, timeout=300, check=False)
   assert r.returncode == 1 and r.stderr.splitlines() == [
       "error: writing the output failed (No space left on device)"], r.stderr[-2000:]
+
+
+def test_a_coordinator_address_is_host_and_port_as_jax_splits_it():
+  """JAX splits at the last ':' and ends in a traceback, or aborts the process for a port past
+  65535; an IPv6 host goes in brackets."""
+  assert all(launch._host_and_port(a) for a in ("", "node1:1234", "10.0.0.1:65535", "[::1]:1234"))
+  assert not any(launch._host_and_port(a) for a in ("myhost", "::1", "fe80::1", "h:70000", "h:0",
+                                                    "h:\u00b2", ":1234", "h:"))

@@ -77,10 +77,10 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
   gpt2.export(params, GPTConfig.from_config(float32_config(**arch)), str(tmp_path / "out"))
   back = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
   assert_logits_close(hf_logits(back, tokens()), hf_logits(theirs, tokens()))
-  with pytest.raises(UserError, match="out is a directory that holds files, not a new or empty "):
+  with pytest.raises(UserError, match="out is a directory that is not empty; nothing was written"):
     gpt2.export(params, GPTConfig.from_config(float32_config(**arch)), str(tmp_path / "out"))
   (tmp_path / "a_file").write_text("mine")
-  with pytest.raises(UserError, match="a_file is a file, not a new or empty directory; nothing "):
+  with pytest.raises(UserError, match="a_file is a file; nothing was written. Pick a new or "):
     gpt2.export(params, GPTConfig.from_config(float32_config(**arch)), str(tmp_path / "a_file"))
   assert (tmp_path / "a_file").read_text() == "mine"
 

@@ -296,6 +296,23 @@ def test_a_stop_in_a_last_evaluation_whose_val_loss_is_nan_says_it_is_not_saved(
           "finite), and what it does at its end (the closing sample) is skipped") in caplog.text
 
 
+def test_a_stop_in_the_closing_sample_of_a_run_that_keeps_its_best_says_it_is_saved(
+    tmp_path, token_dir, monkeypatch, caplog):
+  """always_save_checkpoint=False keeps the best, step 1 here: the run is saved; max_iters'
+  val loss, finite, is no reason to say its weights are lost."""
+  losses = iter([5.0, 4.0, 4.5])
+  monkeypatch.setattr(train, "_evaluator", lambda *_: lambda params: dict.fromkeys(
+      ("train", "val"), next(losses)))
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=1,
+                       always_save_checkpoint=False)
+  with caplog.at_level(logging.WARNING):
+    train.train(config, hooks=train.Hooks(at_end=lambda params: os.kill(os.getpid(),
+                                                                         signal.SIGTERM)))
+  assert checkpoint_steps(config.out_dir) == [1]
+  assert ("stopped by SIGTERM: the run is saved, and what it does at its end (the closing sample) "
+          "is cut short") in caplog.text
+
+
 def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog, monkeypatch):
   """A stop's StopAtEnd raised in JAX's gc callback is dropped there (Python prints it and goes
   on): the sample ran whole, and the run said it was cut short."""

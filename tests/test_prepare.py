@@ -775,6 +775,17 @@ def test_fineweb_from_the_hub(tmp_path, hub):
   assert_dataset(str(out), [(str(i), t) for i, t in enumerate(TEXTS[:40])])
 
 
+def test_fineweb_from_a_hub_that_names_no_revision_says_main(tmp_path, hub, monkeypatch):
+  """A mirror's dataset info may hold no sha: the files are main's, and meta.json says so."""
+  monkeypatch.setattr(huggingface_hub, "dataset_info",
+                      lambda repo_id: types.SimpleNamespace(sha=None))
+  meta = fineweb.prepare_fineweb(str(tmp_path / "fw"), shards_limit=2, name="fw", command="test",
+                                 progress=False)
+  assert {hub["list"][0][3]} | {d[3] for d in hub["download"]} == {"main"}
+  assert meta["sources"][0] == (
+      "hf://datasets/HuggingFaceFW/fineweb@main/sample/10BT/000_00000.parquet")
+
+
 def test_fineweb_edu_with_max_tokens_downloads_only_what_it_needs(tmp_path, hub, monkeypatch):
   monkeypatch.setattr(tokenize, "BATCH_CHARS", 2000)  # reading runs a batch ahead of tokenizing
   fineweb.prepare_fineweb(str(tmp_path / "edu"), edu=True, max_tokens=10000, val_fraction=0.5,

@@ -204,11 +204,12 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
       defaults.validate(config)
     except UserError as e:
       raise UserError(f"{os.path.basename(config.out_dir)}: {e}") from None
-  # Evaluations of at most the batches the val split holds (python_docs, the default data,
-  # holds about 4): a run warns of one that scores windows twice, and here the user can change
-  # neither the data nor eval_iters.
+  # Evaluations of at most the batches the val split holds on one device (python_docs, the
+  # default data, holds about 4): a run warns of one that scores windows twice, and here the
+  # user can change neither the data nor eval_iters. (Asking JAX for the device count would
+  # start its client here, which holds 75% of each GPU through every variant's training.)
   batches = _val_batches(base.dataset, base.data_dir, base.block_size, base.vocab_size,
-                         base.batch_size * jax.device_count())
+                         base.batch_size)
   for config in configs:
     config.eval_iters = max(1, min(config.eval_iters, batches))
   runs = {os.path.basename(c.out_dir): (c, run_variant(c)) for c in configs}
@@ -237,8 +238,8 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
 
 def _val_batches(dataset: str, data_dir: str, block_size: int, vocab_size: int,
                  batch_windows: int) -> int:
-  """Batches of `batch_windows` windows the dataset's val split holds (made where it is
-  missing)."""
+  """Batches of `batch_windows` windows the dataset's val split holds (python_docs is made
+  where it is missing; another dataset missing is an error naming the command that makes it)."""
   data_dir = data.resolve_data_dir(dataset, data_dir)
   datasets.ensure(dataset, data_dir, auto_prepare=False)
   return len(data.open_split(data_dir, "val", block_size, vocab_size)) // batch_windows

@@ -217,9 +217,9 @@ def check_exportable(config: GPTConfig) -> None:
 def check_new_dir(to_dir: str) -> None:
   """Refuses a directory an export would overwrite."""
   if os.path.exists(to_dir) and not (os.path.isdir(to_dir) and not os.listdir(to_dir)):
-    what = "a directory that holds files" if os.path.isdir(to_dir) else "a file"
-    raise UserError(f"{to_dir} is {what}, not a new or empty directory; nothing was written. "
-                    "Pick a new one.")
+    what = "a directory that is not empty" if os.path.isdir(to_dir) else "a file"
+    raise UserError(f"{to_dir} is {what}; nothing was written. Pick a new or empty "
+                    "directory.")
 
 
 def export(params: dict, config: GPTConfig, to_dir: str) -> bool:

@@ -46,7 +46,7 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
   check_hub_reachable()
   hub_errors = _hub_errors()
   try:
-    revision = huggingface_hub.dataset_info(repo).sha
+    revision = huggingface_hub.dataset_info(repo).sha or "main"  # a mirror may name none
     entries = huggingface_hub.list_repo_tree(repo, path_in_repo=folder, repo_type="dataset",
                                              revision=revision)
     files = sorted((e for e in entries if e.path.endswith(".parquet")), key=lambda e: e.path)
