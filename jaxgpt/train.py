@@ -448,8 +448,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     raise
   loop.close()
   if hooks.at_end is not None and trained and not finished:
-    _end(hooks.at_end, loop.state.params, signals,
-         saved=loop.last_saved == config.max_iters or math.isfinite(loop.losses["val"]))
+    _end(hooks.at_end, loop.state.params, signals, loop.losses["val"])
   if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
     _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
                     config.sample_start, config.block_size, config.vocab_size)
@@ -466,11 +465,12 @@ def _evaluator(setup: train_step.TrainSetup, layout: sharding.BatchLayout,
   return lambda params: val_losses(eval_step, params, sources, n_windows, seed, layout)
 
 
-def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, saved: bool) -> None:
+def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, val_loss: float
+         ) -> None:
   """The end-of-run hook. A one-process run skips it for a stop that came in the last
   iteration's evaluation and cuts it short for one during it; several processes all run it,
-  since only the one signalled knows (StopSignals). `saved`: false where max_iters has no
-  checkpoint for its non-finite val loss (with always_save_checkpoint=False, the best is kept)."""
+  since only the one signalled knows (StopSignals). `val_loss` is max_iters': weights of a
+  non-finite one are not saved (with always_save_checkpoint=False, the best is kept)."""
   begun = ended = False
   with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
     signals.closing = True
@@ -482,9 +482,9 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, saved: b
     finally:
       signals.closing = False
   if signals.received is not None and signals.processes == 1:
-    logging.warning("stopped by %s: %s%s", signals.name,
-                    "the run is saved" if saved else "the last iteration's weights are not saved "
-                    "(its val loss is not finite)", "" if ended else
+    saved = ("the run is saved" if math.isfinite(val_loss) else
+             "the last iteration's weights are not saved (its val loss is not finite)")
+    logging.warning("stopped by %s: %s%s", signals.name, saved, "" if ended else
                     f", and what it does at its end (the closing sample) is "
                     f"{'cut short' if begun else 'skipped'}")
 

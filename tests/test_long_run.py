@@ -329,10 +329,10 @@ def test_a_closing_sample_the_stop_did_not_cut_is_not_said_to_be_cut(caplog, mon
     cli._unraisable(types.SimpleNamespace(exc_value=error, object=None))
   assert [type(u.exc_value) for u in printed] == [ValueError]  # the stop's: no traceback
   with caplog.at_level(logging.WARNING):
-    train._end(sample_where_the_stop_is_dropped, "params", signals, saved=True)
+    train._end(sample_where_the_stop_is_dropped, "params", signals, 3.0)
     assert ran == ["params"] and "stopped by SIGTERM: the run is saved\n" in caplog.text + "\n"
     caplog.clear()
-    train._end(ran.append, "params", signals, saved=True)  # a stop before it: not begun
+    train._end(ran.append, "params", signals, 3.0)  # a stop before it: not begun
   assert ran == ["params"] and "(the closing sample) is skipped" in caplog.text
 
 
