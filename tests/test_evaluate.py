@@ -419,3 +419,30 @@ def test_eval_tasks_limit_limits_the_examples_the_loop_scores(tmp_path, token_di
                        hellaswag_file=write_hellaswag(tmp_path / "hs.jsonl", 6))
   launch.run(config)
   assert [r["hellaswag_examples"] for r in records(config.out_dir, "tasks")] == [2, 2]
+
+
+def test_a_hellaswag_line_that_is_not_utf8_is_named_by_its_line(tmp_path):
+  """Past the first 8 KB the decoder's offset was the chunk's, not the file's, and no line."""
+  path = tmp_path / "hs.jsonl"
+  write_hellaswag(path, 300)
+  lines = path.read_bytes().splitlines(keepends=True)
+  lines[249] = lines[249].replace(b'"ctx": "', b'"ctx": "caf\xe9 ', 1)
+  path.write_bytes(b"".join(lines))
+  with pytest.raises(UserError, match=r"hs.jsonl:250: not UTF-8"):
+    hellaswag.read(str(path))
+  assert len(hellaswag.read(str(path), limit=249)) == 249  # the lines --limit reads are fine
+
+
+def test_a_hellaswag_file_with_a_byte_order_mark_is_read(tmp_path):
+  path = tmp_path / "hs.jsonl"
+  write_hellaswag(path, 2)
+  plain = hellaswag.read(str(path))
+  path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  assert hellaswag.read(str(path)) == plain
+
+
+def test_a_hellaswag_line_nested_too_deep_is_one_user_error(tmp_path):
+  path = tmp_path / "hs.jsonl"
+  path.write_text("[" * 100_000 + "\n")
+  with pytest.raises(UserError, match=r"hs.jsonl:1: not a HellaSwag example"):
+    hellaswag.read(str(path))

@@ -93,10 +93,15 @@ def read(path: str, limit: int = 0) -> list[Example]:
   enc = tokenizer.gpt2()
   examples = []
   try:
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line: an error names its line
+      for n, raw in enumerate(f, 1):
         if limit and len(examples) == limit:
           break
+        try:
+          line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # an editor's byte-order mark
+        except UnicodeDecodeError as e:
+          raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start} of the "
+                          f"line); HellaSwag's file is UTF-8 JSON lines ({URL})") from None
         if not line.strip():
           continue
         ctx, endings, label = _fields(line, f"{path}:{n}")
@@ -104,9 +109,6 @@ def read(path: str, limit: int = 0) -> list[Example]:
                                 [enc.encode_ordinary(" " + e) for e in endings], label))
   except OSError as e:  # no permission
     raise UserError(f"{path}: {e.strerror}") from None
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); HellaSwag's "
-                    f"file is UTF-8 JSON lines ({URL})") from None
   if not examples:
     raise UserError(f"{path}: no HellaSwag examples")
   return examples
@@ -116,7 +118,7 @@ def _fields(line: str, where: str) -> tuple[str, list[str], int]:
   try:
     record: Any = json.loads(line)
     ctx, endings, label = record["ctx"], record["endings"], record["label"]
-  except (ValueError, KeyError, TypeError) as e:
+  except (ValueError, KeyError, TypeError, RecursionError) as e:  # [[[... too deep
     raise UserError(f"{where}: not a HellaSwag example ({type(e).__name__}: {e}); each line is "
                     "a JSON object with ctx, endings and label") from None
   if isinstance(label, str) and label.isdigit():  # as Hugging Face's copy writes it
