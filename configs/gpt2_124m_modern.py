@@ -17,6 +17,6 @@ def get_config():
   # the nanoGPT recipe's, and Muon's at 0.02 (Muon's step is scaled to the matrix's shape, so
   # its rate carries across sizes). Not yet swept at 124M.
   c.learning_rate = 4 * c.learning_rate  # AdamW: embeddings, head and gains (0.0024)
-  c.min_lr = c.learning_rate / 10
+  c.min_lr = c.get_ref("learning_rate") / 10  # follows --config.learning_rate
   c.muon_learning_rate = 0.02  # Muon: the blocks' matrices
   return c

@@ -263,10 +263,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     fractions += ["muon_momentum", "muon_momentum_start"]
   zero_means = {"loss_chunk_size": " (0: no chunks)", "logit_softcap": " (0: no soft-cap)",
                 "eval_tasks_limit": " (0: all)", "grad_clip": " (0 disables clipping)"}
-  for key in non_negative:
-    check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
+  for key in non_negative:  # NaN first: it fails every comparison, >= 0 too
     check(math.isfinite(_float32(c[key])), key, "must be finite"
-          + ("" if math.isinf(c[key]) else " as a float32, which the step computes in"))
+          + ("" if not math.isfinite(c[key]) else " as a float32, which the step computes in"))
+    check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
   for key in fractions:
     check(0 <= c[key] < 1, key, "must be in [0, 1)")
     check(_float32(c[key]) < 1, key, "must be below 1 as a float32, which the step computes "
@@ -307,6 +307,9 @@ def _check_schedule(c: ml_collections.ConfigDict, check: Callable[[bool, str, st
   check(c.warmup_iters <= c.max_iters, "warmup_iters",
         f"must be at most max_iters={c.max_iters}: the run would end before its learning "
         "rate is reached. Lower warmup_iters, or raise max_iters")
+  check(c.warmup_iters < c.max_iters or c.lr_decay_iters != c.max_iters, "warmup_iters",
+        f"must be below max_iters={c.max_iters}, where lr_decay_iters ends the decay that "
+        "follows the warmup")
   check(c.lr_decay_iters > c.warmup_iters, "lr_decay_iters",
         f"must be greater than warmup_iters={c.warmup_iters} (it is max_iters where the "
         "recipe does not set it)")

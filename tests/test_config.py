@@ -119,6 +119,8 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("peak_flops", 312.0, "is in FLOP/s: at least 1e+09"),  # TFLOP/s: MFU 5,300,378,388%
     ("peak_flops", float("inf"), "is in FLOP/s: at least 1e+09"),
     ("learning_rate", float("inf"), "must be finite"),  # the loss was NaN at iteration 0
+    ("learning_rate", float("nan"), "must be finite"),  # was "must be >= 0"
+    ("weight_decay", float("nan"), "must be finite"),
     ("logit_softcap", float("inf"), "must be finite"),
     # Values a float64 check passes and the float32 step cannot hold: the update would be 0
     # (beta2) or non-finite (beta1, learning_rate) while the loss and gradient stay finite.
@@ -186,6 +188,35 @@ def test_overriding_max_iters_alone_carries_the_schedule(name):
   config.warmup_iters = 50  # set on its own, a key stops following max_iters
   config.max_iters = 800
   assert (config.warmup_iters, config.lr_decay_iters) == (50, 800)
+
+
+@pytest.mark.parametrize("name", ["fineweb_40m_modern", "gpt2_124m_modern"])
+def test_a_modern_recipe_s_min_lr_follows_its_learning_rate(name):
+  """A tenth of it, as the recipe sets it; it was fixed when the recipe loaded, so a sweep's
+  higher rate decayed to the recipe's floor, and a lower one was refused for min_lr."""
+  config = recipe(name)
+  assert config.min_lr == config.learning_rate / 10
+  config.learning_rate = 1e-4
+  defaults.validate(config)
+  assert config.min_lr == pytest.approx(1e-5)
+  config.min_lr = 0.0  # set on its own, it stays
+  config.learning_rate = 1e-3
+  assert config.min_lr == 0.0
+
+
+def test_a_warmup_as_long_as_the_run_names_warmup_iters():
+  """lr_decay_iters follows max_iters: the error named it, a key the user had not set."""
+  config = recipe("quickstart")
+  config.update(max_iters=2, warmup_iters=2)
+  with pytest.raises(UserError, match=r"^config.warmup_iters=2: must be below max_iters=2"):
+    defaults.validate(config)
+
+
+def test_a_non_finite_rate_is_not_called_a_float32_overflow():
+  c = defaults.get_config()
+  c.learning_rate = float("nan")
+  with pytest.raises(UserError, match=r"^config.learning_rate=nan: must be finite$"):
+    defaults.validate(c)
 
 
 def test_a_schedule_that_cannot_work_is_an_error():
