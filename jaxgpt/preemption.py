@@ -150,7 +150,7 @@ class StopSignals:
       logging.warning("received %s: stopping once the step the device is running and the one "
                       "queued behind it are done (at most two)%s, then saving%s", self.name,
                       ", or the evaluation under way" if self.processes == 1 else "",
-                      "; Ctrl-C again stops at once, without saving"
+                      "; Ctrl-C again stops at once, beginning no save (one under way may land)"
                       if signum == signal.SIGINT else "")
     if self.processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells the rest

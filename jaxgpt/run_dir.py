@@ -346,5 +346,7 @@ def _check_start(directory: str, existing: list[int], resume: bool) -> None:
         f"changed. To continue that run add --config.init_from=resume; to start a new one, "
         f"pick another --config.out_dir.")
   if resume and not existing:
-    raise UserError(f"{directory}: no checkpoints to resume from; start the run "
-                    "with --config.init_from=scratch")
+    nanogpt = os.path.join(os.path.dirname(directory), "ckpt.pt")  # nanoGPT's out_dir
+    raise UserError(f"{directory}: no checkpoints to resume from; start the run with "
+                    + (f"--config.init_from=nanogpt:{nanogpt} (nanoGPT's checkpoint there) or "
+                       if os.path.isfile(nanogpt) else "") + "--config.init_from=scratch")

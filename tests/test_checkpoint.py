@@ -91,6 +91,15 @@ def test_resume_without_checkpoints_says_so(tmp_path, token_dir):
     train.train(tiny_config(tmp_path, token_dir, init_from="resume"))
 
 
+def test_resume_in_a_nanogpt_out_dir_points_at_its_ckpt_pt(tmp_path, token_dir):
+  config = tiny_config(tmp_path, token_dir, init_from="resume")
+  os.makedirs(config.out_dir)
+  ckpt = os.path.join(config.out_dir, "ckpt.pt")
+  open(ckpt, "wb").close()
+  with pytest.raises(UserError, match=f"--config.init_from=nanogpt:{ckpt} .nanoGPT's"):
+    train.train(config)
+
+
 def test_resume_refuses_an_architecture_change(tmp_path, token_dir):
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   with pytest.raises(UserError, match="n_embd: checkpoint 32 vs config 48"):
