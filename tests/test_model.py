@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +92,32 @@ def test_dropout_only_in_training():
                         rngs={"dropout": jax.random.PRNGKey(1)})
   assert not np.allclose(train_a, eval_a)
   assert not np.allclose(train_a, train_b)
+
+
+def test_dropout_sits_where_nanogpt_s_does():
+  """nanoGPT drops the embeddings' sum, each attention's probabilities and each block's two
+  c_proj outputs: 1 + 3 n_layer dropouts live in training, none in evaluation."""
+  model, params = tiny_gpt(dropout=0.5)
+  tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 16), 0, 64)
+
+  def live_dropouts(train: bool) -> dict[str, int]:
+    """The dropouts that drop something, counted by the part of a block that holds them."""
+    live = collections.Counter()
+
+    def count(next_fun, args, kwargs, context):
+      module = context.module
+      if (isinstance(module, nn.Dropout) and context.method_name == "__call__"
+          and not kwargs.get("deterministic", module.deterministic)):
+        live[module.path[-2] if len(module.path) > 2 else ""] += 1
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(count):
+      model.apply({"params": params}, tokens, train=train, rngs={"dropout": jax.random.PRNGKey(0)})
+    return dict(live)
+
+  n_layer = model.config.n_layer
+  assert live_dropouts(True) == {"": 1, "attn": 2 * n_layer, "mlp": n_layer}
+  assert live_dropouts(False) == {}
 
 
 def test_training_attention_with_dropout_matches_fused_attention():

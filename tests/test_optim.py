@@ -86,6 +86,21 @@ def test_adamw_first_step_and_clipping():
     np.testing.assert_allclose(updates["w"], -0.1 * expected, rtol=1e-4)
 
 
+def test_adam_takes_beta1_for_the_mean_and_beta2_for_the_variance():
+  """Gradients 1 then 0: Adam's second update is -lr * m_hat / (sqrt(v_hat) + eps) with
+  m_hat = b1 / (1 + b1) and v_hat = b2 / (1 + b2); a constant gradient cannot tell the betas
+  apart, and swapped they give -0.708 instead of -0.679."""
+  c = schedule_config(decay_lr=False, learning_rate=1.0, weight_decay=0.0, grad_clip=0.0,
+                      beta1=0.9, beta2=0.95)
+  tx = make_optimizer(c)
+  params = {"w": jnp.zeros((2, 2))}
+  _, state = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+  updates, _ = tx.update({"w": jnp.zeros((2, 2))}, state, params)
+  b1, b2 = 0.9, 0.95
+  np.testing.assert_allclose(updates["w"], -(b1 / (1 + b1)) / (math.sqrt(b2 / (1 + b2)) + 1e-8),
+                             rtol=1e-5)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_each_update_is_taken_at_the_schedule_s_rate(optimizer):
   """The rate the optimizer applies at iteration `it` is lr_schedule's (what the loop logs):
