@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import recipe, records, run_python
 
-from jaxgpt import data, defaults
+from jaxgpt import data, defaults, optim
 from jaxgpt.errors import UserError
 
 
@@ -245,8 +245,13 @@ def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir):
   assert ("learning rate: warmup over 1 iteration to 0.0005, cosine to 5e-05 at iteration 40 "
           "(max_iters=40)") in r.stderr
   assert f"python -m jaxgpt.report --out_dir={tmp_path / 'run'}" in r.stderr  # what's next
-  lrs = [rec["lr"] for rec in records(str(tmp_path / "run"), "train")]
+  train = records(str(tmp_path / "run"), "train")
+  lrs = [rec["lr"] for rec in train]
   assert lrs[1] == pytest.approx(5e-4, rel=1e-3) and lrs[-1] < 1e-4  # warmed up, then decayed
+  config = recipe("fineweb_40m")
+  config.max_iters = 40
+  schedule = optim.lr_schedule(defaults.view(optim.OptimConfig, config), np)
+  assert lrs == [pytest.approx(float(schedule(rec["iter"])), rel=1e-6) for rec in train]
 
 
 def test_a_recipe_key_that_is_not_in_the_schema_is_refused_naming_it():
