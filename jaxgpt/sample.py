@@ -31,6 +31,8 @@ def read_start(start: str) -> str:
   if not start.startswith("FILE:"):
     return start
   path = os.path.expanduser(start[len("FILE:"):])  # FILE:~/x, which no shell expands
+  if not path:
+    raise UserError("--start=FILE: names no file: give its path, --start=FILE:prompt.txt")
   try:
     with open(path, encoding="utf-8") as f:
       return f.read()

@@ -441,6 +441,11 @@ def test_a_hellaswag_file_with_a_byte_order_mark_is_read(tmp_path):
   assert hellaswag.read(str(path)) == plain
 
 
+def test_one_hellaswag_example_is_said_in_the_singular():
+  line = tasks.describe("hellaswag", {"acc": 1.0, "acc_norm": 0.0, "examples": 1})
+  assert "over 1 example (± one standard error" in line
+
+
 def test_a_hellaswag_line_nested_too_deep_is_one_user_error(tmp_path):
   path = tmp_path / "hs.jsonl"
   path.write_text("[" * 100_000 + "\n")

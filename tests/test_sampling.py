@@ -281,6 +281,8 @@ def test_sample_errors_name_what_is_missing(tmp_path):
     sample.read_start(f"FILE:{tmp_path / 'latin1.txt'}")
   with pytest.raises(UserError, match="Is a directory"):
     sample.read_start(f"FILE:{tmp_path}")
+  with pytest.raises(UserError, match="^--start=FILE: names no file"):  # was "FILE::"
+    sample.read_start("FILE:")
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
   assert sample.read_start(f"FILE:{tmp_path / 'p.txt'}") == "Once upon a time"
 

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from jaxgpt import defaults, tokenizer
+from jaxgpt import defaults, formatting, tokenizer
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 from jaxgpt.inference import scoring
@@ -57,7 +57,7 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
       rows = hellaswag.rows(examples, scorer.block_size)
       summarize = lambda sums, e=examples, r=rows: hellaswag.accuracy(e, r, sums)
       cut = hellaswag.n_cut(examples, scorer.block_size)
-      about = f"{len(examples):,} examples, 4 endings each" + (
+      about = f"{formatting.plural(len(examples), 'example')}, 4 endings each" + (
           f"; {cut:,} with their context cut from the left to fit block_size "
           f"{scorer.block_size}" if cut else "")
       tasks.append(Task("hellaswag", path, len(rows), about, "examples", scorer.batches(rows),
@@ -168,6 +168,6 @@ def describe(name: str, m: dict[str, float]) -> str:
   if "acc_norm" in m:
     se = lambda p: math.sqrt(p * (1 - p) / m["examples"])  # of an accuracy over n examples
     return (f"{name}: acc {m['acc']:.4f} ± {se(m['acc']):.4f}, acc_norm {m['acc_norm']:.4f} ± "
-            f"{se(m['acc_norm']):.4f} over {m['examples']:,} examples (± one standard error; "
-            f"random: 0.25; GPT-2 124M: acc_norm {hellaswag.GPT2_124M_ACC_NORM})")
+            f"{se(m['acc_norm']):.4f} over {formatting.plural(m['examples'], 'example')} (± one "
+            f"standard error; random: 0.25; GPT-2 124M: acc_norm {hellaswag.GPT2_124M_ACC_NORM})")
   return f"{name}: loss {m['loss']:.4f}, perplexity {m['ppl']:.2f} over {m['tokens']:,} tokens"
