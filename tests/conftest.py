@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
+from jax._src import array as jax_array
 
 from jaxgpt import defaults, run_dir, sharding, train, train_step
 from jaxgpt.model import GPT, GPTConfig, init_params
@@ -296,19 +297,35 @@ def wait_until_training(out_dir: str, timeout: float) -> None:
 
 def guard_loop_transfers(monkeypatch) -> None:
   """Makes any device-to-host transfer in the training loop an error, but in the methods that
-  fetch on purpose (the step metrics a step late, evaluations, task scores, the end)."""
+  fetch on purpose (the step metrics a step late, evaluations, task scores, the end).
+
+  JAX's transfer guard alone fires on a GPU, never on the CPU the suite runs on (an array
+  there is host memory already: jax-ml/jax#16602), so a read of an array's value (float,
+  bool, .item(), jax.device_get) raises too; np.asarray reads a CPU array's buffer around it.
+  """
+  guarded = [False]
+  read_value = jax_array.ArrayImpl._value.fget  # JAX's private accessor; checked below
+
+  def value(self):
+    if guarded[0]:
+      raise AssertionError("the training loop read a device value between log points")
+    return read_value(self)
+
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(value))
+
+  def with_guard(fn, on: bool):
+    def call(*args, **kwargs):
+      before, guarded[0] = guarded[0], on
+      try:
+        with jax.transfer_guard_device_to_host("disallow_explicit" if on else "allow"):
+          return fn(*args, **kwargs)
+      finally:
+        guarded[0] = before
+    return call
+
   for name in ("flush_log", "eval_and_save", "score_tasks", "stop", "close"):
-    real = getattr(train._Loop, name)
-
-    def allowed(self, *args, _real=real, **kwargs):
-      with jax.transfer_guard_device_to_host("allow"):
-        return _real(self, *args, **kwargs)
-
-    monkeypatch.setattr(train._Loop, name, allowed)
-  real_loop = train._loop
-
-  def guarded_loop(*args, **kwargs):
-    with jax.transfer_guard_device_to_host("disallow_explicit"):
-      return real_loop(*args, **kwargs)
-
-  monkeypatch.setattr(train, "_loop", guarded_loop)
+    monkeypatch.setattr(train._Loop, name, with_guard(getattr(train._Loop, name), False))
+  monkeypatch.setattr(train, "_loop", with_guard(train._loop, True))
+  fresh = jax.numpy.arange(3.0)[1] + 1  # nothing of it on the host yet
+  with pytest.raises(AssertionError, match="read a device value"):  # else it guards nothing
+    with_guard(float, True)(fresh)

@@ -207,6 +207,24 @@ def test_between_log_points_the_loop_never_waits_for_the_device(tmp_path, token_
   assert [r["iter"] for r in records(config.out_dir, "train")] == [0, 5, 10, 15]
 
 
+def test_after_its_first_evaluations_and_save_the_loop_compiles_nothing(tmp_path, token_dir,
+                                                                         monkeypatch, caplog):
+  """The step is compiled before the loop; the evaluation and the save compile once each (at
+  iterations 0 and 3): from the third evaluation on, nothing is compiled again."""
+  marks = []  # how many log records there were at each evaluation
+  evaluate = train._Loop.eval_and_save
+  monkeypatch.setattr(train._Loop, "eval_and_save",
+                      lambda self, it: (marks.append(len(caplog.records)), evaluate(self, it))[1])
+  config = tiny_config(tmp_path, token_dir, max_iters=9, eval_interval=3, log_interval=1,
+                       lr_decay_iters=9)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    train.train(config)
+  compiles = [r.getMessage()[:80] for r in caplog.records if r.getMessage().startswith("Compiling")]
+  later = [r.getMessage()[:80] for r in caplog.records[marks[2]:]
+           if r.getMessage().startswith("Compiling")]
+  assert len(marks) == 4 and compiles and later == []
+
+
 def test_logged_speed_is_tokens_per_iter_over_the_time_per_iteration(tmp_path, token_dir,
                                                                      monkeypatch):
   """On a clock that moves 1 s at each reading (the loop reads it at log points alone), a log 10
