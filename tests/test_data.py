@@ -20,7 +20,7 @@ def test_llmc_shard_round_trip(tmp_path):
   path = str(tmp_path / "x_train_000000.bin")
   shards.write_shard(path, tokens)
   header = np.fromfile(path, dtype="<i4", count=256)
-  assert list(header[:3]) == [20240520, 1, 1000]
+  assert list(header[:3]) == [20240520, 1, 1000] and not header[3:].any()  # llm.c's zeros
   np.testing.assert_array_equal(token_files.read_tokens(path), tokens)
   assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
 

@@ -451,3 +451,19 @@ def test_a_hellaswag_line_nested_too_deep_is_one_user_error(tmp_path):
   path.write_text("[" * 100_000 + "\n")
   with pytest.raises(UserError, match=r"hs.jsonl:1: not a HellaSwag example"):
     hellaswag.read(str(path))
+
+
+def test_a_text_tasks_limit_keeps_its_first_windows(tmp_path):
+  """evaluate --limit=N on text:FILE scores the first N windows, whole."""
+  config = gpt2_vocab_config(n_layer=1, block_size=16)
+  text_file = tmp_path / "book.txt"
+  text_file.write_text(" ".join(WORDS * 2), encoding="utf-8")
+  ids = tokenizer.gpt2().encode_ordinary(text_file.read_text(encoding="utf-8"))
+  rows = tasks.text_rows(ids, config.block_size)
+  assert len(rows) > 3
+  model = GPT(GPTConfig.from_config(config))
+  scorer = scoring.Scorer(model, rows_per_batch=4)
+  [task] = tasks.load(f"text:{text_file}", scorer, limit=3)
+  assert task.n_rows == 3 and task.about.startswith("3 windows")
+  result = tasks.metrics(scorer, init_params(model, jax.random.PRNGKey(0)), task)
+  assert result["tokens"] == sum(n for _, n in rows[:3])

@@ -388,3 +388,17 @@ def test_export_step_writes_that_checkpoint(tmp_path, token_dir):
   for step, same in ((2, True), (4, False)):
     wte = np.asarray(weights.from_run(config.out_dir, step)[1]["wte"]["embedding"])
     assert np.array_equal(exported, wte[:tokenizer.N_VOCAB]) == same, step
+
+
+def test_an_exported_tokenizer_knows_the_models_block_size(tmp_path):
+  """transformers truncates (truncation=True) and warns at model_max_length: a model of 8
+  positions fed 1024 tokens would index past its position table."""
+  transformers = pytest.importorskip("transformers")
+  config = GPTConfig.from_config(float32_config(n_layer=1, n_head=1, n_embd=8, block_size=8,
+                                                vocab_size=tokenizer.N_VOCAB, bias=True,
+                                                gelu_approximate=True))
+  assert gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config,
+                     str(tmp_path / "out"))
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  assert hf_tokenizer.model_max_length == 8
+  assert hf_tokenizer("word " * 20, truncation=True)["input_ids"].__len__() == 8

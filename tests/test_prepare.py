@@ -1230,3 +1230,58 @@ def test_the_hub_probe_is_skipped_behind_a_proxy_and_offline_says_so(monkeypatch
   monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
   with pytest.raises(readers.PrepareError, match=r"^HF_HUB_OFFLINE is set"):
     fineweb.check_hub_reachable()
+
+
+def test_every_shard_but_a_splits_last_holds_shard_tokens(tmp_path):
+  """--shard_tokens is each shard's size, as llm.c's 100M-token shards: only a split's last
+  shard is shorter, and the shards are numbered from 000000 on."""
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = str(tmp_path / "out")
+  meta = run([str(tmp_path / "a.parquet")], out, shard_tokens=3000, val_fraction=0.5)
+  for split in token_files.SPLITS:
+    sizes = [len(t) for t in split_tokens(out, split)]
+    assert len(sizes) > 1, split
+    assert sizes[:-1] == [3000] * (len(sizes) - 1) and 0 < sizes[-1] <= 3000, (split, sizes)
+    assert sum(sizes) == meta["splits"][split]["tokens"]
+    names = [p.rsplit("/", 1)[1] for p in token_files.find_shards(out, split)]
+    assert names == [f"t_{split}_{i:06d}.bin" for i in range(len(sizes))]
+
+
+def test_a_val_cap_reached_exactly_takes_no_further_document(tmp_path):
+  """val_tokens equal to the first val document's tokens: that document alone is val."""
+  docs = [(f"d{i}", f"Document number {i} says {'word ' * (i % 7)}.") for i in range(400)]
+  path = tmp_path / "d.jsonl"
+  path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
+  first_val = next(t for i, t in docs if shards.is_val(i, 0.1))
+  cap = len(expected_tokens(first_val))
+  meta = run([str(path)], tmp_path / "out", val_tokens=cap)
+  [val] = split_tokens(str(tmp_path / "out"), "val")
+  assert val.tolist() == expected_tokens(first_val)
+  assert meta["splits"]["val"] == {"tokens": cap, "documents": 1, "shards": 1}
+  assert meta["splits"]["train"]["documents"] == len(docs) - 1
+
+
+def test_max_tokens_reached_exactly_stops_at_that_document(tmp_path):
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  lengths = np.cumsum([len(expected_tokens(t)) for t in TEXTS])
+  meta = run([str(tmp_path / "a.parquet")], tmp_path / "out", max_tokens=int(lengths[9]),
+             val_fraction=0.5)
+  assert sum(s["documents"] for s in meta["splits"].values()) == 10
+  assert sum(s["tokens"] for s in meta["splits"].values()) == lengths[9]
+
+
+def test_parquet_rows_without_an_id_are_named_by_file_and_row_from_0(tmp_path):
+  """As a null jsonl id is named by its line: the name decides the split, which must not move
+  between versions (a re-prepared dataset would put train documents in val)."""
+  pq.write_table(pa.table({"text": TEXTS}), str(tmp_path / "a.parquet"), row_group_size=7)
+  run([str(tmp_path / "a.parquet")], tmp_path / "out")
+  names = [f"a.parquet:{i}" for i in range(len(TEXTS))]
+  ids = assert_dataset(str(tmp_path / "out"), list(zip(names, TEXTS)))
+  assert ids["val"] == [n for n in names if shards.is_val(n, shards.VAL_FRACTION)] != []
+
+
+def test_the_split_of_a_document_is_the_same_in_every_version():
+  """A dataset made again (a new shard size, more data) keeps each document in its split: a
+  change to the hash would move train documents into val. The tests above compare against
+  is_val itself, and catch a changed hash only where it leaves a split empty."""
+  assert [i for i in range(100) if shards.is_val(f"doc{i}", 0.1)] == [7, 23, 48, 58, 61, 66, 72]
