@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,6 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
-from jax._src import array as jax_array
 
 from jaxgpt import defaults, run_dir, sharding, train, train_step
 from jaxgpt.model import GPT, GPTConfig, init_params
@@ -300,32 +300,39 @@ def guard_loop_transfers(monkeypatch) -> None:
   fetch on purpose (the step metrics a step late, evaluations, task scores, the end).
 
   JAX's transfer guard alone fires on a GPU, never on the CPU the suite runs on (an array
-  there is host memory already: jax-ml/jax#16602), so a read of an array's value (float,
-  bool, .item(), jax.device_get) raises too; np.asarray reads a CPU array's buffer around it.
+  there is host memory already: jax-ml/jax#16602), so a read of an array's value in the loop's
+  thread (float, bool, .item(), jax.device_get, formatting) raises too; np.asarray of a CPU
+  array reads its buffer around both, and only a GPU run of these tests catches it.
   """
-  guarded = [False]
-  read_value = jax_array.ArrayImpl._value.fget  # JAX's private accessor; checked below
+  from jax._src import array as jax_array  # JAX's private accessors: checked below
 
-  def value(self):
-    if guarded[0]:
-      raise AssertionError("the training loop read a device value between log points")
-    return read_value(self)
+  guarded = threading.local()  # Orbax's and Grain's threads may read while the loop runs
 
-  monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(value))
+  def refusing(read):
+    def checked(self, *args):
+      if getattr(guarded, "on", False):
+        raise AssertionError("the training loop read a device value between log points")
+      return read(self, *args)
+    return checked
+
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value",
+                      property(refusing(jax_array.ArrayImpl._value.fget)))
+  monkeypatch.setattr(jax_array.ArrayImpl, "item", refusing(jax_array.ArrayImpl.item))
 
   def with_guard(fn, on: bool):
     def call(*args, **kwargs):
-      before, guarded[0] = guarded[0], on
+      before, guarded.on = getattr(guarded, "on", False), on
       try:
         with jax.transfer_guard_device_to_host("disallow_explicit" if on else "allow"):
           return fn(*args, **kwargs)
       finally:
-        guarded[0] = before
+        guarded.on = before
     return call
 
   for name in ("flush_log", "eval_and_save", "score_tasks", "stop", "close"):
     monkeypatch.setattr(train._Loop, name, with_guard(getattr(train._Loop, name), False))
   monkeypatch.setattr(train, "_loop", with_guard(train._loop, True))
   fresh = jax.numpy.arange(3.0)[1] + 1  # nothing of it on the host yet
-  with pytest.raises(AssertionError, match="read a device value"):  # else it guards nothing
-    with_guard(float, True)(fresh)
+  for read in (float, lambda x: x.item()):
+    with pytest.raises(AssertionError, match="read a device value"):  # else it guards nothing
+      with_guard(read, True)(fresh)

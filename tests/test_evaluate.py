@@ -433,11 +433,13 @@ def test_a_hellaswag_line_that_is_not_utf8_is_named_by_its_line(tmp_path):
   assert len(hellaswag.read(str(path), limit=249)) == 249  # the lines --limit reads are fine
 
 
-def test_a_hellaswag_file_with_a_byte_order_mark_is_read(tmp_path):
+def test_a_hellaswag_file_with_a_byte_order_mark_or_bare_cr_line_ends_is_read(tmp_path):
   path = tmp_path / "hs.jsonl"
   write_hellaswag(path, 2)
   plain = hellaswag.read(str(path))
   path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  assert hellaswag.read(str(path)) == plain
+  path.write_bytes(path.read_bytes()[3:].replace(b"\n", b"\r"))  # old Mac line ends
   assert hellaswag.read(str(path)) == plain
 
 

@@ -90,25 +90,28 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
 
 def read(path: str, limit: int = 0) -> list[Example]:
   """The examples of a HellaSwag jsonl file (the first `limit`, if > 0), tokenized."""
-  enc = tokenizer.gpt2()
-  examples = []
   try:
     with open(path, "rb") as f:  # decoded line by line: an error names its line
-      for n, raw in enumerate(f, 1):
-        if limit and len(examples) == limit:
-          break
-        try:
-          line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # an editor's byte-order mark
-        except UnicodeDecodeError as e:
-          raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start} of the "
-                          f"line); HellaSwag's file is UTF-8 JSON lines ({URL})") from None
-        if not line.strip():
-          continue
-        ctx, endings, label = _fields(line, f"{path}:{n}")
-        examples.append(Example(enc.encode_ordinary(ctx),
-                                [enc.encode_ordinary(" " + e) for e in endings], label))
+      lines = f.read().splitlines()  # at \n, \r\n or \r, as text mode splits them
   except OSError as e:  # no permission
     raise UserError(f"{path}: {e.strerror}") from None
+  enc = tokenizer.gpt2()
+  examples = []
+  for n, raw in enumerate(lines, 1):
+    if limit and len(examples) == limit:
+      break
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+                      f"HellaSwag's file is UTF-8 JSON lines ({URL})") from None
+    if n == 1:
+      line = line.removeprefix("\ufeff")  # the byte-order mark some editors write
+    if not line.strip():
+      continue
+    ctx, endings, label = _fields(line, f"{path}:{n}")
+    examples.append(Example(enc.encode_ordinary(ctx),
+                            [enc.encode_ordinary(" " + e) for e in endings], label))
   if not examples:
     raise UserError(f"{path}: no HellaSwag examples")
   return examples
