@@ -204,9 +204,12 @@ def eval_tasks(spec: str) -> list[str]:
 
 
 def _float32(x: float) -> float:
-  """x as the step sees it: 0.99999999 is 1.0 there and 1e39 is inf."""
-  with np.errstate(over="ignore"):
-    return float(np.float32(x))
+  """x as the step sees it: 0.99999999 is 1.0 there and 1e39 (or 10**400) is inf."""
+  try:
+    with np.errstate(over="ignore"):
+      return float(np.float32(x))
+  except OverflowError:  # an int past float64's range
+    return math.inf if x > 0 else -math.inf
 
 
 def _check_schema(values: dict[str, Any]) -> None:
@@ -265,7 +268,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "eval_tasks_limit": " (0: all)", "grad_clip": " (0 disables clipping)"}
   for key in non_negative:  # NaN first: it fails every comparison, >= 0 too
     check(math.isfinite(_float32(c[key])), key, "must be finite"
-          + ("" if not math.isfinite(c[key]) else " as a float32, which the step computes in"))
+          + ("" if isinstance(c[key], float) and not math.isfinite(c[key])
+             else " as a float32, which the step computes in"))
     check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
   for key in fractions:
     check(0 <= c[key] < 1, key, "must be in [0, 1)")

@@ -132,6 +132,7 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("dataset", "", "names no dataset"),  # was a hint to prepare --out=data/
     # An OverflowError in the step, after data prep, passing the schedule's lengths in int32:
     ("max_iters", 3_000_000_000, "must be below 2**31"),
+    ("max_iters", 10**400, "must be finite as a float32"),  # was an OverflowError
     ("muon_momentum_warmup_iters", 3_000_000_000, "must be below 2**31"),
     ("logit_softcap", 1e-50, "must be 0 (no soft-cap) or in [1, 10000]"),  # 0 in float32: NaN
     ("logit_softcap", 0.5, "must be 0 (no soft-cap) or in [1, 10000]"),  # trained at grad norm 0
