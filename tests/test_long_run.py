@@ -486,7 +486,7 @@ def test_a_disk_that_fills_between_saves_stops_the_run_like_a_failed_save(tmp_pa
 def test_a_hellaswag_file_that_is_not_utf8_is_named(tmp_path):
   path = tmp_path / "hs.jsonl"
   path.write_bytes(b'{"ctx": "caf\xe9", "endings": ["a", "b", "c", "d"], "label": 0}\n')
-  with pytest.raises(UserError, match="hs.jsonl: not UTF-8 text"):
+  with pytest.raises(UserError, match="hs.jsonl:1: not UTF-8 text"):
     hellaswag.read(str(path))
 
 
