@@ -267,9 +267,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   zero_means = {"loss_chunk_size": " (0: no chunks)", "logit_softcap": " (0: no soft-cap)",
                 "eval_tasks_limit": " (0: all)", "grad_clip": " (0 disables clipping)"}
   for key in non_negative:  # NaN first: it fails every comparison, >= 0 too
-    check(math.isfinite(_float32(c[key])), key, "must be finite"
-          + ("" if isinstance(c[key], float) and not math.isfinite(c[key])
-             else " as a float32, which the step computes in"))
+    check(math.isfinite(_float32(c[key])), key, "must be finite" + (  # NaN, inf: plainly
+          " as a float32, which the step computes in" if abs(c[key]) < math.inf else ""))
     check(c[key] >= 0, key, "must be >= 0" + zero_means.get(key, ""))
   for key in fractions:
     check(0 <= c[key] < 1, key, "must be in [0, 1)")
