@@ -402,3 +402,30 @@ def test_an_exported_tokenizer_knows_the_models_block_size(tmp_path):
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
   assert hf_tokenizer.model_max_length == 8
   assert hf_tokenizer("word " * 20, truncation=True)["input_ids"].__len__() == 8
+
+
+def test_a_tied_checkpoint_holding_the_shared_matrix_as_its_head_alone_is_read(tmp_path):
+  """`safetensors.torch.save_model` keeps one name of a shared tensor: GPT-2's as lm_head."""
+  theirs = hf_gpt2(tmp_path / "hf")
+  state = {k: v.contiguous() for k, v in theirs.state_dict().items()
+           if k != "transformer.wte.weight"}
+  safetensors_torch = pytest.importorskip("safetensors.torch")
+  safetensors_torch.save_file(state, str(tmp_path / "hf" / "model.safetensors"),
+                              metadata={"format": "pt"})
+  arch, params = gpt2.load(str(tmp_path / "hf"))
+  ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
+  assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
+
+
+def test_a_tied_checkpoint_whose_head_differs_from_wte_is_refused(tmp_path):
+  """transformers 4 took wte as such a head and 5 takes lm_head.weight: neither is a guess to
+  make quietly."""
+  theirs = hf_gpt2(tmp_path / "hf")
+  state = {k: v.clone().contiguous() for k, v in theirs.state_dict().items()}
+  state["lm_head.weight"] += 1.0
+  safetensors_torch = pytest.importorskip("safetensors.torch")
+  safetensors_torch.save_file(state, str(tmp_path / "hf" / "model.safetensors"),
+                              metadata={"format": "pt"})
+  with pytest.raises(UserError, match=f"^{tmp_path / 'hf'}: lm_head.weight differs from "
+                                      "transformer.wte.weight, which a tied head"):
+    gpt2.load(str(tmp_path / "hf"))

@@ -142,6 +142,8 @@ def to_params(tensors: dict[str, np.ndarray], arch: dict[str, Any], source: str)
   transformers' Conv1D stores them, each checked against `arch`; `source` names it in errors."""
   expected = traverse_util.flatten_dict(jax.eval_shape(
       lambda: init_params(GPT(GPTConfig(**arch)), jax.random.PRNGKey(0))))
+  if ("lm_head", "embedding") not in expected:
+    tensors = _tied(tensors, source)
   flat = {}
   for key, value in tensors.items():
     key = key.removeprefix("transformer.")
@@ -158,6 +160,22 @@ def to_params(tensors: dict[str, np.ndarray], arch: dict[str, Any], source: str)
   if missing:
     raise UserError(f"{source}: missing tensors {missing}")
   return traverse_util.unflatten_dict(flat)
+
+
+def _tied(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+  """A tied checkpoint's tensors with the shared matrix as wte: `safetensors.torch.save_model`
+  keeps it as lm_head.weight alone. A head other than wte is refused: transformers' versions
+  disagree on which of the two such a file means."""
+  if HF_HEAD not in tensors:
+    return tensors
+  wte_key = next((k for k in ("transformer.wte.weight", "wte.weight") if k in tensors), None)
+  if wte_key is None:
+    return {**tensors, "transformer.wte.weight": tensors[HF_HEAD]}
+  if not np.array_equal(tensors[wte_key], tensors[HF_HEAD]):
+    raise UserError(f"{source}: {HF_HEAD} differs from {wte_key}, which a tied head "
+                    "(config.json's tie_word_embeddings: true) shares; set it to false there "
+                    "if the head is a matrix of its own")
+  return tensors
 
 
 def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
