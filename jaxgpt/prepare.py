@@ -68,6 +68,9 @@ def _define_flags() -> None:
                        "all go to train (0: no cap).", lower_bound=0)
   flags.DEFINE_integer("workers", cpu_count(), "Tokenizer processes (default: all cores).",
                        lower_bound=1)
+  flags.register_validator("workers", lambda v: v <= cpu_count(),
+                           f"is more than the {cpu_count()} cores this process may use: a "
+                           "worker keeps one busy, and more would only take memory")
   flags.DEFINE_integer("shard_tokens", shards.SHARD_TOKENS, "Tokens per shard file.",
                        lower_bound=1, upper_bound=shards.MAX_SHARD_TOKENS)
   flags.mark_flags_as_required(["out"])

@@ -360,11 +360,17 @@ def test_cli_modes_are_exclusive():
       "(default 2); give --data_workers=0")]
 
 
-def test_a_comparison_of_an_unknown_variant_makes_no_folder(tmp_path):
-  out = run_python("-m", "jaxgpt.bench", "--compare_recipes", "--variants=nanogpt,bogus",
-                   f"--out={tmp_path}/cmp")
-  assert out.returncode == 1 and "error: unknown variant(s) bogus" in out.stderr
+@pytest.mark.parametrize("flag,error", [
+    ("--variants=nanogpt,bogus", "error: unknown variant(s) bogus"),
+    ("--compare_data=", "error: --compare_data is empty"),
+    ("--compare_data=nosuchdataset", "error: no token shards in data_dir='data/nosuchdataset'")])
+def test_a_refused_comparison_leaves_no_folder_of_its_own(tmp_path, flag, error):
+  out = run_python("-m", "jaxgpt.bench", "--compare_recipes", flag, f"--out={tmp_path}/cmp")
+  assert out.returncode == 1 and error in out.stderr, out.stderr
   assert not (tmp_path / "cmp").exists()
+  (tmp_path / "mine").mkdir()  # the user's, kept
+  out = run_python("-m", "jaxgpt.bench", "--compare_recipes", flag, f"--out={tmp_path}/mine")
+  assert out.returncode == 1 and (tmp_path / "mine").is_dir()
 
 
 def test_a_comparison_writes_no_recipe_over_a_file_of_the_users(tmp_path):

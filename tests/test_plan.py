@@ -599,6 +599,8 @@ def test_measured_devices_are_a_whole_count_or_unknown():
   assert iters.measured_devices(ran, 2 * 524_288) == 2
   assert iters.measured_devices(ran, 1.5 * 524_288) is None
   assert iters.measured_devices(ran, 0.5 * 524_288) is None
+  for edited in (0, "16", None):  # a config.json edited by hand
+    assert iters.measured_devices({**ran, "gradient_accumulation_steps": edited}, 524_288) is None
 
 
 def test_the_data_limit_candidate_is_four_epochs():

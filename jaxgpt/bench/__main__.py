@@ -19,6 +19,7 @@ chosen mode does not read is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -316,9 +317,19 @@ def _print_compare_recipes(f: flags.FlagValues) -> None:
   if not all(math.isfinite(s) and s > 0 for s in lr_scales):
     raise UserError(f"--lr_scales={','.join(f.lr_scales)}: each must be a positive number")
   recipes.check_names(names)
+  if not f.compare_data:
+    raise UserError("--compare_data is empty: give a dataset's name (python_docs) or a "
+                    "directory of token shards")
   base = recipes.base_config(f.compare_data, out, f.compare_iters)
-  _out_dir(out)  # once every flag is known good
-  rows = recipes.compare(base, names, lr_scales)
+  made = not os.path.exists(out)
+  _out_dir(out)  # a file there is said before any trains
+  try:
+    rows = recipes.compare(base, names, lr_scales)
+  except UserError:  # the data refused, say: the folder made for it is not left behind
+    if made:
+      with contextlib.suppress(OSError):  # one a variant has written into stays
+        os.rmdir(out)
+    raise
   print(recipes.write(rows, out))
   print(f"wrote {out}/table.md, rows.jsonl and curves.png")
 

@@ -46,8 +46,10 @@ def measured_devices(run_config: dict[str, Any] | None, tokens_per_iter: float) 
   count, or there is no config.json."""
   if not run_config:
     return None
-  n = tokens_per_iter / (run_config["gradient_accumulation_steps"] * run_config["batch_size"]
-                         * run_config["block_size"])
+  share = [run_config.get(k) for k in ("gradient_accumulation_steps", "batch_size", "block_size")]
+  if not all(type(k) is int and k > 0 for k in share):  # a config.json edited by hand
+    return None
+  n = tokens_per_iter / math.prod(share)
   return int(n) if n >= 1 and n == int(n) else None
 
 
