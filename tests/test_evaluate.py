@@ -184,7 +184,7 @@ def test_bad_input_is_one_user_error_naming_what(tmp_path):
   bad.write_text(lines[0] + "\n{not json\n")
   with pytest.raises(UserError, match=r"bad.jsonl:2: not a HellaSwag example \(JSONDecodeError"):
     tasks.load("hellaswag", scorer, hellaswag_file=str(bad))
-  with pytest.raises(UserError, match="nope.jsonl not found"):
+  with pytest.raises(UserError, match="nope.jsonl: not found"):
     tasks.load("hellaswag", scorer, hellaswag_file=str(tmp_path / "nope.jsonl"))
   with pytest.raises(UserError, match="text:.*missing.txt: no such file"):
     tasks.load(f"text:{tmp_path}/missing.txt", scorer)
@@ -235,7 +235,7 @@ def test_an_unreadable_hellaswag_file_is_one_user_error(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("eval_tasks,hellaswag_file,said", [
     ("text:{tmp}/missing.txt", "", "missing.txt: no such file"),
-    ("hellaswag", "{tmp}/missing.jsonl", "missing.jsonl not found"),
+    ("hellaswag", "{tmp}/missing.jsonl", "missing.jsonl: not found"),
     ("text:{tmp}/empty.txt", "", "empty.txt: 0 token"),
     ("hellaswag", "{tmp}/bad.jsonl", "bad.jsonl:1: not a HellaSwag example")])
 def test_a_missing_or_unreadable_task_file_is_refused_before_the_data_is_made(

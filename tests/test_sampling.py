@@ -293,8 +293,10 @@ def test_paths_no_shell_expands_start_at_home(tmp_path, monkeypatch):
   (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
   assert sample.read_start("FILE:~/p.txt") == "Once upon a time"
   assert tasks.read_text_tokens("~/p.txt") == tokenizer.gpt2().encode_ordinary("Once upon a time")
-  with pytest.raises(UserError, match=f"HellaSwag file {tmp_path}/hs.jsonl not found"):
+  with pytest.raises(UserError, match=f"HellaSwag file {tmp_path}/hs.jsonl: not found"):
     hellaswag.resolve("~/hs.jsonl")
+  with pytest.raises(UserError, match=f"HellaSwag file {tmp_path}: a directory"):
+    hellaswag.resolve("~")
   assert cli._PathParser().parse("~/runs/x") == f"{tmp_path}/runs/x"
 
 

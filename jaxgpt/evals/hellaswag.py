@@ -43,7 +43,8 @@ def resolve(path: str) -> str:
   path = os.path.expanduser(path)  # a config's `~/x` too
   if path:
     if not os.path.isfile(path):
-      raise UserError(f"HellaSwag file {path} not found; give the path of hellaswag_val.jsonl "
+      what = "a directory" if os.path.isdir(path) else "not found"
+      raise UserError(f"HellaSwag file {path}: {what}; give the path of hellaswag_val.jsonl "
                       f"({URL})")
     return path
   if not os.path.isfile(CACHE_PATH):

@@ -153,6 +153,9 @@ def define_flags() -> None:
 def from_flags() -> tuple[ml_collections.ConfigDict, GPT, Any, str]:
   """(config, model, params, where from) of the weights the flags of `define_flags` pick."""
   f = flags.FLAGS
+  if f["out_dir"].present and f.init_from != "resume":  # as --step: a run's, not read
+    raise UserError(f"--out_dir names the run whose checkpoint --init_from=resume reads; "
+                    f"--init_from={f.init_from} would not read it")
   config, params, source = load(f.init_from, out_dir=f.out_dir, step=f.step,
                                 hf_checkpoint_dir=f.hf_checkpoint_dir, dtype=f.dtype)
   params = jax.device_put(params)  # host arrays (GPT-2, nanoGPT) copied once, not per call
