@@ -97,8 +97,10 @@ def test_cli_with_torch_peer_prints_and_appends_one_json_line(tmp_path):
   json_out = tmp_path / "bench.jsonl"
   out = run_python("-m", "jaxgpt.bench", "--config=configs/quickstart.py", *TINY_FLAGS,
                    "--iters=2", "--warmup=1", "--data_workers=1", "--peak_flops=1e12",
-                   "--peer=torch", f"--out={json_out}")
+                   "--peer=torch", f"--out={json_out}", "--config.dataset=python_docs")
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "--config.dataset: not read; the bench times the step and the pipeline on a " in (
+      out.stderr)  # a synthetic shard's speed is not the dataset's
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert json.loads(json_out.read_text()) == r
   assert r["config"] == "configs/quickstart.py" and r["overrides"]["n_embd"] == 32

@@ -256,9 +256,14 @@ def _out_dir(path: str, flag: str = "out") -> str:
 
 
 def _print_throughput(f: flags.FlagValues) -> None:
-  if "data_workers" in config_flags.get_override_values(f["config"]):
+  overrides = config_flags.get_override_values(f["config"])
+  if "data_workers" in overrides:
     raise UserError("--config.data_workers: the pipeline runs take the bench's own "
                     f"--data_workers (default 2); give --data_workers={f.config.data_workers}")
+  ignored = [f"--config.{key}" for key in ("dataset", "data_dir") if key in overrides]
+  if ignored:  # else the figure would seem to be of that data
+    logging.warning("%s: not read; the bench times the step and the pipeline on a synthetic "
+                    "shard of the config's vocabulary", ", ".join(ignored))
   out = f.out and _out_path(f.out)
   profile_dir = f.profile and _out_dir(f.profile, "profile")
   result = throughput.measure(f.config, iters=f.iters, warmup=f.warmup,
