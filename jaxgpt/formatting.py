@@ -19,10 +19,17 @@ def count(n: float, fmt: str = ".2f") -> str:
   return f"{n:.0f}"
 
 
+_YEAR = 365.25 * 24 * 3600
+
+
 def duration(seconds: float) -> str:
-  """20000 -> '5h33m', 125 -> '2m05s'; 'never' where it is infinite (a rate of ~0)."""
+  """20000 -> '5h33m', 125 -> '2m05s'; in years from one ('3.2 years', '1.6e+12 years');
+  'never' where it is infinite (a rate of ~0)."""
   if not math.isfinite(seconds):
     return "never"
+  if seconds >= _YEAR:  # else as many digits of hours as the rate's exponent asks
+    years = f"{seconds / _YEAR:.2g}"
+    return f"{years} year" + ("" if years == "1" else "s")
   seconds = round(seconds)
   hours, rest = divmod(seconds, 3600)
   if hours:
