@@ -73,7 +73,8 @@ CASES = {
                                       "--out={tmp}/full"], "is a directory that is not empty; "),
     "export where nothing can be written": (["-m", "jaxgpt.export", "--out_dir={out_dir}",
                                              "--out={tmp}/full/keep.txt/hf"],
-                                            "error: {tmp}/full/keep.txt/hf: cannot write there"),
+                                            ("error: {tmp}/full/keep.txt/hf: {tmp}/full/keep.txt "
+                                             "is a file, not a directory")),
     "report without metrics": (["-m", "jaxgpt.report", "--out_dir={tmp}/empty"],
                                "no such metrics file"),
     "report as a kind of file matplotlib lacks": (["-m", "jaxgpt.report", "--out_dir={out_dir}",

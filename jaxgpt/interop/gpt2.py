@@ -270,6 +270,8 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   while not os.path.exists(folder):
     made.append(folder)
     folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):  # makedirs would say "File exists"
+    raise UserError(f"{to_dir}: {folder} is a file, not a directory; nothing was written")
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
