@@ -269,6 +269,11 @@ def test_commands_read_only_a_checkpoint_s_params_and_check_them(tmp_path, token
 def test_sample_errors_name_what_is_missing(tmp_path):
   with pytest.raises(UserError, match="no checkpoints"):
     weights.from_run(str(tmp_path / "empty"))
+  with pytest.raises(UserError, match="^out_dir is empty: name the run directory"):
+    weights.from_run(" ")
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="notes.txt' is a file, not a run directory$"):
+    weights.from_run(str(tmp_path / "notes.txt"))
   # Flags the chosen weights would not read are refused, not passed over.
   with pytest.raises(UserError, match="--init_from=resume would not read it"):
     weights.load("resume", out_dir=str(tmp_path), hf_checkpoint_dir=str(tmp_path / "hf"))

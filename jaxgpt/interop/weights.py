@@ -7,6 +7,7 @@ pick them are defined here once, for every command that reads weights.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -21,6 +22,10 @@ from jaxgpt.model import GPT, GPTConfig
 
 def run_steps(out_dir: str, at_step: int | None = None) -> list[int]:
   """The steps of out_dir's checkpoints; a run with none, or without `at_step`, refused."""
+  if not out_dir.strip():  # else the working directory's checkpoints/
+    raise UserError("out_dir is empty: name the run directory whose checkpoint to read")
+  if os.path.isfile(out_dir):
+    raise UserError(f"out_dir={out_dir!r} is a file, not a run directory")
   checkpoints = run_dir.RunDir(out_dir).checkpoints(read_only=True)
   try:
     steps = checkpoints.steps()
