@@ -36,7 +36,7 @@ FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels
 FIGSIZE_TASKS_IN = (10, 9)  # 1000 x 900 with the HellaSwag panel
 HELLASWAG = "hellaswag_acc_norm"
 CROP_FRACTION = 0.02  # on a linear x axis, train losses of the first 2% of tokens may run off the top
-LR_POINTS = 2001  # the learning-rate curve's iterations (all of warmup's besides)
+LR_POINTS = 2001  # the learning-rate curve's iterations, and warmup's (all where fewer)
 
 
 # The numbers each event's records must hold; the throughput ones may be null (not measured:
@@ -170,8 +170,9 @@ def lr_by_tokens(run: Run, saved: dict[str, Any] | None) -> list[tuple[float, fl
   config = defaults.with_defaults(saved)
   max_iters = config["max_iters"]
   try:  # a config.json edited by hand: the logged rates, as without one
-    its = np.unique(np.concatenate([np.arange(min(max_iters, 2 * config["warmup_iters"] + 2) + 1),
-                                    np.linspace(0, max_iters, LR_POINTS).round()]))
+    warmup_end = min(max_iters, 2 * config["warmup_iters"] + 2)
+    its = np.unique(np.concatenate([np.linspace(0, warmup_end, min(warmup_end + 1, LR_POINTS)),
+                                    np.linspace(0, max_iters, LR_POINTS)]).round())
     schedule = optim.lr_schedule(defaults.view(optim.OptimConfig, config), np)
     lr = np.broadcast_to(schedule(its), its.shape)
   except (TypeError, ValueError):

@@ -341,6 +341,8 @@ def test_a_config_json_edited_into_nonsense_draws_the_logged_rates():
              {"event": "train", "iter": 1, "tokens": 16, "loss": 1.0, "lr": 2e-4}]
   run = {"eval": records[:1], "train": records[1:], "tasks": []}
   assert report.lr_by_tokens(run, {"max_iters": "abc"}) == [(0, 1e-4), (8, 2e-4)]
+  huge = {"max_iters": 10**13, "warmup_iters": 10**13 - 1, "lr_decay_iters": 10**13}
+  assert len(report.lr_by_tokens(run, huge)) <= 2 * report.LR_POINTS  # was 10**13 iterations
 
 
 def test_the_best_val_loss_is_the_lowest_not_the_last():
