@@ -61,7 +61,14 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum: int, frame) -> None:
-  raise _Terminated
+  if not preemption.resent_from_gc(signum, frame):
+    raise _Terminated
+
+
+def _interrupt(signum: int, frame) -> None:
+  """Python's Ctrl-C, but never raised where a garbage collector's callback would drop it."""
+  if not preemption.resent_from_gc(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _exit(code: int | str, interrupted: bool = False) -> NoReturn:
@@ -100,6 +107,8 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
   and exits 0 (absl's exits 1 and heads each module with its file path).
   """
   sys.unraisablehook = _unraisable
+  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored
+    signal.signal(signal.SIGINT, _interrupt)
   # For the resource tracker that Grain's worker processes start: Python before 3.13 tracks a
   # shared-memory batch in each process that opens it (cpython#82300), so a run that stops with
   # a batch in flight ends with its warnings of "leaked" blocks already removed (or removed by

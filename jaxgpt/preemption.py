@@ -10,8 +10,10 @@ Ctrl-C is forwarded to it as SIGTERM.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import threading
 from typing import NoReturn
 
 from absl import logging
@@ -31,6 +33,21 @@ def _raise(error: BaseException) -> NoReturn:
   global _raised
   _raised = True
   raise error
+
+
+def resent_from_gc(signum: int, frame) -> bool:
+  """Whether the signal came in a garbage collector's callback (JAX runs one at every
+  collection), where what its handler raises is printed and dropped, and the stop with it (the
+  run trained to its end): then it is sent again, 50 ms on, to be raised past the callback."""
+  callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+  while frame is not None and frame.f_code not in callbacks:
+    frame = frame.f_back
+  if frame is None:
+    return False
+  resend = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+  resend.daemon = True
+  resend.start()
+  return True
 
 
 class StopBeforeTraining(KeyboardInterrupt):
@@ -65,7 +82,7 @@ def stop_before_training(processes: int = 1) -> None:
       logging.warning("received %s after training: ending as soon as the run has closed", name)
     elif processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)
-    else:
+    elif not resent_from_gc(signum, frame):
       _raise(StopBeforeTraining(f"stopped by {name} before the first step: nothing to save"))
 
   for sig in (signal.SIGTERM, signal.SIGINT) if processes == 1 else (signal.SIGINT,):
@@ -135,6 +152,8 @@ class StopSignals:
 
   def _handle(self, signum: int, frame) -> None:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
+      if resent_from_gc(signum, frame):
+        return
       _raise(KeyboardInterrupt())
     self.received = signum
     if self.closing and self.processes > 1:  # the others would wait for it in a collective

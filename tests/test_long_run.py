@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import glob
 import logging
 import math
@@ -631,6 +632,39 @@ def test_a_stop_after_training_is_only_logged(monkeypatch, caplog):
   finally:
     for sig, handler in before.items():
       signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("handlers", ["before training", "a command's"])
+def test_a_stop_that_comes_in_a_gc_callback_is_raised_past_it(monkeypatch, handlers):
+  """JAX runs a callback at every garbage collection, and an exception raised in one is printed
+  and dropped: a Ctrl-C there had the run train to its end (or a sample print its text)."""
+  monkeypatch.setattr(preemption, "_trained", False)
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  sent = []
+
+  def callback(phase: str, info: dict) -> None:
+    if phase == "start" and not sent:
+      sent.append(os.kill(os.getpid(), signal.SIGINT))
+      for _ in range(1000):  # the handler runs in here
+        pass
+
+  try:
+    if handlers == "before training":
+      preemption.stop_before_training()
+      expected = preemption.StopBeforeTraining
+    else:
+      signal.signal(signal.SIGINT, cli._interrupt)
+      expected = KeyboardInterrupt
+    gc.callbacks.append(callback)
+    with pytest.raises(expected):
+      gc.collect()
+      time.sleep(5)  # for the signal sent again
+  finally:
+    gc.callbacks.remove(callback)
+    for sig, handler in before.items():
+      signal.signal(sig, handler)
+  assert sent
 
 
 @pytest.mark.slow
