@@ -266,12 +266,7 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   # and ACLs, and it may be a mount point (a container's volume), which no rename replaces.
   fill = os.path.isdir(target)
   parent = target if fill else os.path.dirname(target)
-  made, folder = [], parent  # the folders made for it, removed again if the export fails
-  while not os.path.exists(folder):
-    made.append(folder)
-    folder = os.path.dirname(folder)
-  if not os.path.isdir(folder):  # makedirs would say "File exists"
-    raise UserError(f"{to_dir}: {folder} is a file, not a directory; nothing was written")
+  made = _missing_folders(parent, to_dir)  # made for it, removed again if the export fails
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
@@ -302,6 +297,18 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
     raise UserError(f"{to_dir}: writing the export failed ({reason}); nothing was "
                     "left there") from None
   return with_tokenizer
+
+
+def _missing_folders(parent: str, to_dir: str) -> list[str]:
+  """`parent` and those above it that are not there, deepest first; a file among them is
+  refused by name (makedirs would say "File exists")."""
+  missing, folder = [], parent
+  while not os.path.exists(folder):
+    missing.append(folder)
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    raise UserError(f"{to_dir}: {folder} is a file, not a directory; nothing was written")
+  return missing
 
 
 def _write_files(to_dir: str, tensors: dict[str, np.ndarray], hf_config: dict[str, Any],
