@@ -331,13 +331,11 @@ def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
   """Drops what Orbax leaves behind a failed save or read, which the run's own line reports:
   the 'Event loop is closed' storage callbacks raise once a failed save has ended its event
   loop, and the errors of its reading coroutines closed after one array failed to read
-  (dozens, each with a traceback and a page of storage spec); a stop's StopAtEnd raised where
-  Python drops it; hands every other to Python's own hook."""
+  (dozens, each with a traceback and a page of storage spec); hands every other to Python's
+  own hook."""
   error = unraisable.exc_value
   if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
     return
-  if isinstance(error, preemption.StopAtEnd):  # raised in JAX's gc callback, which drops it
-    return  # the closing sample goes on; the run's line says it ran whole
   code = getattr(unraisable.object, "cr_code", None)
   if code is not None and "/orbax/" in code.co_filename:
     return

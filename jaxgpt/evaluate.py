@@ -46,6 +46,7 @@ def main() -> None:
                            ("stride", "text:FILE", any(n.startswith("text:") for n in names))):
     if f[flag].present and f[flag].value and not used:  # meant for a task not asked for
       raise UserError(f"--{flag} is for --task={task}, which --task={f.task!r} does not name")
+  weights.refuse_unread_out_dir()
   if f.init_from == "resume" and "hellaswag" in names:  # a mistyped --out_dir, said before
     weights.run_steps(f.out_dir, f.step)  # HellaSwag's file is downloaded
   tasks.check_files(f.task, f.hellaswag_file, f.limit)  # before the weights: GPT-2's is a download

@@ -28,7 +28,8 @@ def duration(seconds: float) -> str:
   if not math.isfinite(seconds):
     return "never"
   if seconds >= _YEAR:  # else as many digits of hours as the rate's exponent asks
-    years = f"{seconds / _YEAR:.2g}"
+    y = seconds / _YEAR
+    years = f"{y:.2g}" if y < 10 else f"{y:,.0f}" if y < 1e6 else f"{y:.1e}"
     return f"{years} year" + ("" if years == "1" else "s")
   seconds = round(seconds)
   hours, rest = divmod(seconds, 3600)

@@ -44,10 +44,18 @@ def resent_from_gc(signum: int, frame) -> bool:
     frame = frame.f_back
   if frame is None:
     return False
-  resend = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+  resend = threading.Timer(0.05, _resend, (signum,))
   resend.daemon = True
   resend.start()
   return True
+
+
+def _resend(signum: int) -> None:
+  """`signum` again, where a handler of ours still waits for it: not where the work it was to
+  stop has ended and given the signal back its default (`cli.sigterm_stops`), which would end
+  a command that did its work as one that failed."""
+  if callable(signal.getsignal(signum)):
+    os.kill(os.getpid(), signum)
 
 
 class StopBeforeTraining(KeyboardInterrupt):
@@ -155,6 +163,8 @@ class StopSignals:
       if resent_from_gc(signum, frame):
         return
       _raise(KeyboardInterrupt())
+    if self.closing and self.processes == 1 and resent_from_gc(signum, frame):
+      return  # before `received`, which would make the Ctrl-C sent again a second one
     self.received = signum
     if self.closing and self.processes > 1:  # the others would wait for it in a collective
       logging.warning("received %s after training: ending as soon as the run has closed",

@@ -24,7 +24,7 @@ import re
 import shlex
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 from jaxgpt import cli, formatting
 from jaxgpt.errors import UserError
@@ -68,9 +68,6 @@ def _define_flags() -> None:
                        "all go to train (0: no cap).", lower_bound=0)
   flags.DEFINE_integer("workers", cpu_count(), "Tokenizer processes (default: all cores).",
                        lower_bound=1)
-  flags.register_validator("workers", lambda v: v <= cpu_count(),
-                           f"is more than the {cpu_count()} cores this process may use: a "
-                           "worker keeps one busy, and more would only take memory")
   flags.DEFINE_integer("shard_tokens", shards.SHARD_TOKENS, "Tokens per shard file.",
                        lower_bound=1, upper_bound=shards.MAX_SHARD_TOKENS)
   flags.mark_flags_as_required(["out"])
@@ -101,6 +98,10 @@ def _prepare(source: str) -> None:
   common = {"name": os.path.basename(os.path.abspath(out)),
             "command": "python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
             **{name: f[name].value for name in SHARED_FLAGS}}
+  if common["workers"] > cpu_count():  # a process each, and twice as many batches queued
+    logging.warning("--workers=%d: %d, the cores this process may use (a worker keeps one "
+                    "busy; more would only take memory)", common["workers"], cpu_count())
+    common["workers"] = cpu_count()
   if source == "fineweb":
     meta = fineweb.prepare_fineweb(out, subset=f.name, edu=f.edu, shards_limit=f.shards,
                                    **common)

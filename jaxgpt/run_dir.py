@@ -234,7 +234,7 @@ class RunDir:
         record = json.loads(line)
         kept = events.setdefault(record["event"], [])
         it = record["iter"]
-        if not isinstance(it, int) or not 0 <= it < 2**63:  # as an int64, which plots take
+        if type(it) is not int or not 0 <= it < 2**63:  # as an int64, which plots take
           raise TypeError(f"iter {it!r} is not a whole number from 0 to 2**63 - 1")
       except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}:{n}: not a metrics record ({e}): {line.strip()[:80]}") from e

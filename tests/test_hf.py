@@ -422,10 +422,15 @@ def test_a_tied_checkpoint_whose_head_differs_from_wte_is_refused(tmp_path):
   make quietly."""
   theirs = hf_gpt2(tmp_path / "hf")
   state = {k: v.clone().contiguous() for k, v in theirs.state_dict().items()}
-  state["lm_head.weight"] += 1.0
   safetensors_torch = pytest.importorskip("safetensors.torch")
+  for key in ("lm_head.weight", "transformer.wte.weight"):  # a diverged run's, read as it is
+    state[key][0, 0] = float("nan")
+  safetensors_torch.save_file(state, str(tmp_path / "hf" / "model.safetensors"),
+                              metadata={"format": "pt"})
+  assert np.isnan(gpt2.load(str(tmp_path / "hf"))[1]["wte"]["embedding"][0, 0])
+  state["lm_head.weight"] += 1.0
   safetensors_torch.save_file(state, str(tmp_path / "hf" / "model.safetensors"),
                               metadata={"format": "pt"})
   with pytest.raises(UserError, match=f"^{tmp_path / 'hf'}: lm_head.weight differs from "
-                                      "transformer.wte.weight, which a tied head"):
+                                      "transformer.wte.weight, though the model ties them"):
     gpt2.load(str(tmp_path / "hf"))

@@ -6,6 +6,7 @@ before the fix it names.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gc
@@ -19,6 +20,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -634,37 +636,65 @@ def test_a_stop_after_training_is_only_logged(monkeypatch, caplog):
       signal.signal(sig, handler)
 
 
-@pytest.mark.parametrize("handlers", ["before training", "a command's"])
+def _install(handlers: str, stack: contextlib.ExitStack) -> type[BaseException]:
+  """The handlers named, in place; what they raise."""
+  if handlers == "before training":
+    preemption.stop_before_training()
+    return preemption.StopBeforeTraining
+  if handlers in ("a command's Ctrl-C", "a command's SIGTERM"):
+    signal.signal(signal.SIGINT, cli._interrupt)
+    signal.signal(signal.SIGTERM, cli._terminate)
+    return cli._Terminated if handlers.endswith("SIGTERM") else KeyboardInterrupt
+  signals = stack.enter_context(preemption.StopSignals())
+  if handlers == "a second Ctrl-C":
+    signals.received = signal.SIGINT
+    return KeyboardInterrupt
+  signals.closing = True  # a stop as the finished run closes
+  return preemption.StopAtEnd
+
+
+@pytest.mark.parametrize("handlers", ["before training", "a command's Ctrl-C",
+                                      "a command's SIGTERM", "a second Ctrl-C", "closing"])
 def test_a_stop_that_comes_in_a_gc_callback_is_raised_past_it(monkeypatch, handlers):
   """JAX runs a callback at every garbage collection, and an exception raised in one is printed
   and dropped: a Ctrl-C there had the run train to its end (or a sample print its text)."""
   monkeypatch.setattr(preemption, "_trained", False)
+  monkeypatch.setattr(preemption, "_raised", False)
   monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
   before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  signum = signal.SIGTERM if handlers.endswith("SIGTERM") else signal.SIGINT
   sent = []
 
   def callback(phase: str, info: dict) -> None:
     if phase == "start" and not sent:
-      sent.append(os.kill(os.getpid(), signal.SIGINT))
+      sent.append(os.kill(os.getpid(), signum))
       for _ in range(1000):  # the handler runs in here
         pass
 
   try:
-    if handlers == "before training":
-      preemption.stop_before_training()
-      expected = preemption.StopBeforeTraining
-    else:
-      signal.signal(signal.SIGINT, cli._interrupt)
-      expected = KeyboardInterrupt
-    gc.callbacks.append(callback)
-    with pytest.raises(expected):
-      gc.collect()
-      time.sleep(5)  # for the signal sent again
+    with contextlib.ExitStack() as stack:
+      expected = _install(handlers, stack)
+      gc.callbacks.append(callback)
+      with pytest.raises(expected):
+        gc.collect()
+        time.sleep(5)  # for the signal sent again
   finally:
     gc.callbacks.remove(callback)
     for sig, handler in before.items():
       signal.signal(sig, handler)
   assert sent
+
+
+def test_a_stop_sent_again_after_its_work_has_ended_ends_nothing(monkeypatch):
+  """`cli.sigterm_stops` gives SIGTERM back its default as the work ends: the signal sent again
+  then would kill a command that did its work, as one that failed."""
+  previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  try:
+    with mock.patch.object(os, "kill") as kill:
+      preemption._resend(signal.SIGTERM)
+    kill.assert_not_called()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.slow

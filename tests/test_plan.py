@@ -136,6 +136,7 @@ def test_durations_read_naturally():
   assert formatting.duration(1e300) == "3.2e+292 years"  # plan --tokens_per_sec=1e-300
   assert formatting.duration(3 * 365.25 * 86400) == "3 years"
   assert formatting.duration(365.25 * 86400) == "1 year"
+  assert formatting.duration(123.4 * 365.25 * 86400) == "123 years"
   assert formatting.count(10_485_760_000) == "10.49B" and formatting.count(512) == "512"
   assert formatting.count(999_994) == "999.99K"
   assert formatting.count(999_999) == "1.00M" and formatting.count(999_995_000) == "1.00B"

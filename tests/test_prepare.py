@@ -887,9 +887,10 @@ def prepare_cli(*args: str) -> subprocess.CompletedProcess:
 def test_command_line(tmp_path):
   (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
   args = ["files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
-          f"--out={tmp_path / 'book'}", "--workers=2"]
+          f"--out={tmp_path / 'book'}", "--workers=1000"]
   r = prepare_cli(*args)
   assert r.returncode == 0, r.stderr
+  assert f"--workers=1000: {tokenize.cpu_count()}, the cores this process may use" in r.stderr
   assert "MB/s" in r.stdout and "tokens/s per worker" in r.stdout
   output = r.stdout + r.stderr
   assert output.count("MB/s of text") == 1 and output.count("MB/s") == 2  # total, per worker

@@ -121,7 +121,8 @@ def test_a_line_being_written_is_skipped_and_a_bad_one_named(tmp_path):
   with pytest.raises(UserError, match=r"metrics.jsonl:2: not a metrics record"):
     report.load(str(tmp_path))
   for bad in (b'{"event": "eval", "iter": "x"}\n', b'\xe9t\xe9\n',  # a record, the bytes
-              b'{"event": "eval", "iter": -1}\n', b'{"event": "eval", "iter": %d}\n' % 2**63):
+              b'{"event": "eval", "iter": -1}\n', b'{"event": "eval", "iter": %d}\n' % 2**63,
+              b'{"event": "eval", "iter": true}\n'):
     path.write_bytes(bad)
     with pytest.raises(UserError, match=r"metrics.jsonl:1: not a metrics record"):
       report.load(str(tmp_path))

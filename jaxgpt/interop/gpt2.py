@@ -171,10 +171,10 @@ def _tied(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
   wte_key = next((k for k in ("transformer.wte.weight", "wte.weight") if k in tensors), None)
   if wte_key is None:
     return {**tensors, "transformer.wte.weight": tensors[HF_HEAD]}
-  if not np.array_equal(tensors[wte_key], tensors[HF_HEAD]):
-    raise UserError(f"{source}: {HF_HEAD} differs from {wte_key}, which a tied head "
-                    "(config.json's tie_word_embeddings: true) shares; set it to false there "
-                    "if the head is a matrix of its own")
+  if not np.array_equal(tensors[wte_key], tensors[HF_HEAD], equal_nan=True):  # a diverged run's
+    raise UserError(f"{source}: {HF_HEAD} differs from {wte_key}, though the model ties them; "
+                    "a Hugging Face checkpoint with a head of its own says "
+                    "tie_word_embeddings: false in its config.json")
   return tensors
 
 
@@ -233,11 +233,13 @@ def check_exportable(config: GPTConfig) -> None:
 
 
 def check_new_dir(to_dir: str) -> None:
-  """Refuses a directory an export would overwrite."""
+  """Refuses a directory an export would overwrite, or could not make (a file above it)."""
   if os.path.exists(to_dir) and not (os.path.isdir(to_dir) and not os.listdir(to_dir)):
     what = "a directory that is not empty" if os.path.isdir(to_dir) else "a file"
     raise UserError(f"{to_dir} is {what}; nothing was written. Pick a new or empty "
                     "directory.")
+  if not os.path.exists(to_dir):
+    _missing_folders(os.path.dirname(os.path.realpath(to_dir)), to_dir)
 
 
 def export(params: dict, config: GPTConfig, to_dir: str) -> bool:

@@ -155,12 +155,20 @@ def define_flags() -> None:
                     "(float32 for GPT-2 and nanoGPT weights).")
 
 
+def refuse_unread_out_dir() -> None:
+  """--out_dir given with weights other than a run's, which would not read it, as --step."""
+  f = flags.FLAGS
+  if f["out_dir"].present and f.init_from != "resume":
+    raise UserError(f"--out_dir names the run whose checkpoint --init_from=resume reads; "
+                    f"--init_from={f.init_from} would not read it" +
+                    ("; a nanoGPT run's out_dir goes after nanogpt:"
+                     if f.init_from.startswith(defaults.NANOGPT) else ""))
+
+
 def from_flags() -> tuple[ml_collections.ConfigDict, GPT, Any, str]:
   """(config, model, params, where from) of the weights the flags of `define_flags` pick."""
   f = flags.FLAGS
-  if f["out_dir"].present and f.init_from != "resume":  # as --step: a run's, not read
-    raise UserError(f"--out_dir names the run whose checkpoint --init_from=resume reads; "
-                    f"--init_from={f.init_from} would not read it")
+  refuse_unread_out_dir()
   config, params, source = load(f.init_from, out_dir=f.out_dir, step=f.step,
                                 hf_checkpoint_dir=f.hf_checkpoint_dir, dtype=f.dtype)
   params = jax.device_put(params)  # host arrays (GPT-2, nanoGPT) copied once, not per call
