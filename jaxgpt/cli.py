@@ -59,16 +59,11 @@ def define_path(name: str, default: str | None, help_text: str, *, multi: bool =
 class _Terminated(KeyboardInterrupt):
   """SIGTERM, raised in the main thread as a Ctrl-C is: the cleanup a Ctrl-C gets runs."""
 
+  signum = signal.SIGTERM  # for `preemption.send_again`
+
 
 def _terminate(signum: int, frame) -> None:
-  if not preemption.resent_from_gc(signum, frame):
-    raise _Terminated
-
-
-def _interrupt(signum: int, frame) -> None:
-  """Python's Ctrl-C, but never raised where a garbage collector's callback would drop it."""
-  if not preemption.resent_from_gc(signum, frame):
-    raise KeyboardInterrupt
+  raise _Terminated
 
 
 def _exit(code: int | str, interrupted: bool = False) -> NoReturn:
@@ -107,8 +102,6 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
   and exits 0 (absl's exits 1 and heads each module with its file path).
   """
   sys.unraisablehook = _unraisable
-  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored
-    signal.signal(signal.SIGINT, _interrupt)
   # For the resource tracker that Grain's worker processes start: Python before 3.13 tracks a
   # shared-memory batch in each process that opens it (cpython#82300), so a run that stops with
   # a batch in flight ends with its warnings of "leaked" blocks already removed (or removed by
@@ -331,11 +324,18 @@ def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
   """Drops what Orbax leaves behind a failed save or read, which the run's own line reports:
   the 'Event loop is closed' storage callbacks raise once a failed save has ended its event
   loop, and the errors of its reading coroutines closed after one array failed to read
-  (dozens, each with a traceback and a page of storage spec); hands every other to Python's
-  own hook."""
+  (dozens, each with a traceback and a page of storage spec); a stop's StopAtEnd raised where
+  Python drops it. A stop that is to end the command (a Ctrl-C, SIGTERM, a stop before
+  training) is sent again (`preemption.send_again`), without a traceback. Hands every other
+  to Python's own hook."""
   error = unraisable.exc_value
   if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
     return
+  if isinstance(error, KeyboardInterrupt):  # raised in JAX's gc callback, which drops it
+    preemption.send_again(getattr(error, "signum", signal.SIGINT))
+    return
+  if isinstance(error, preemption.StopAtEnd):  # raised in JAX's gc callback, which drops it
+    return  # the closing sample goes on; the run's line says it ran whole
   code = getattr(unraisable.object, "cr_code", None)
   if code is not None and "/orbax/" in code.co_filename:
     return

@@ -27,7 +27,7 @@ def main() -> None:
   if not f.out:
     raise UserError("--out is empty: name a new directory")
   gpt2.check_new_dir(f.out)  # before a large checkpoint is read
-  weights.run_steps(f.out_dir, f.step)  # a run there, before its config.json is read
+  weights.check_run_path(f.out_dir)  # not the working directory's config.json
   # Before a large train state is read: config.json has every checkpoint's architecture
   # (a resume refuses to change it).
   saved = run_dir.RunDir(f.out_dir).read_config() or {}

@@ -10,7 +10,6 @@ Ctrl-C is forwarded to it as SIGTERM.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import threading
@@ -35,19 +34,14 @@ def _raise(error: BaseException) -> NoReturn:
   raise error
 
 
-def resent_from_gc(signum: int, frame) -> bool:
-  """Whether the signal came in a garbage collector's callback (JAX runs one at every
-  collection), where what its handler raises is printed and dropped, and the stop with it (the
-  run trained to its end): then it is sent again, 50 ms on, to be raised past the callback."""
-  callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
-  while frame is not None and frame.f_code not in callbacks:
-    frame = frame.f_back
-  if frame is None:
-    return False
+def send_again(signum: int) -> None:
+  """The signal of a stop whose exception Python dropped, sent again 50 ms on to be raised
+  where it is not. A handler's exception raised in a garbage collector's callback (JAX runs one
+  at every collection) is printed and dropped, and the stop with it: a Ctrl-C in python_docs'
+  prep had the run train to its end. `cli`'s unraisable hook calls this."""
   resend = threading.Timer(0.05, _resend, (signum,))
   resend.daemon = True
   resend.start()
-  return True
 
 
 def _resend(signum: int) -> None:
@@ -61,6 +55,10 @@ def _resend(signum: int) -> None:
 class StopBeforeTraining(KeyboardInterrupt):
   """A stop request before the loop began: there is nothing to save, so the run ends at once
   (making data or loading weights unwinds as from a Ctrl-C); `cli.run` says so in one line."""
+
+  def __init__(self, message: str, signum: int = signal.SIGINT):
+    super().__init__(message)
+    self.signum = signum  # for `send_again`
 
 
 def catch_early() -> None:
@@ -90,8 +88,9 @@ def stop_before_training(processes: int = 1) -> None:
       logging.warning("received %s after training: ending as soon as the run has closed", name)
     elif processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)
-    elif not resent_from_gc(signum, frame):
-      _raise(StopBeforeTraining(f"stopped by {name} before the first step: nothing to save"))
+    else:
+      _raise(StopBeforeTraining(f"stopped by {name} before the first step: nothing to save",
+                                signum))
 
   for sig in (signal.SIGTERM, signal.SIGINT) if processes == 1 else (signal.SIGINT,):
     signal.signal(sig, stop)
@@ -160,11 +159,7 @@ class StopSignals:
 
   def _handle(self, signum: int, frame) -> None:
     if self.received == signal.SIGINT and signum == signal.SIGINT:
-      if resent_from_gc(signum, frame):
-        return
       _raise(KeyboardInterrupt())
-    if self.closing and self.processes == 1 and resent_from_gc(signum, frame):
-      return  # before `received`, which would make the Ctrl-C sent again a second one
     self.received = signum
     if self.closing and self.processes > 1:  # the others would wait for it in a collective
       logging.warning("received %s after training: ending as soon as the run has closed",

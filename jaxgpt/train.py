@@ -478,7 +478,7 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, val_loss
       if signals.received is None or signals.processes > 1:
         begun = True
         at_end(params)
-        ended = True
+        ended = True  # whole: a stop's StopAtEnd raised in JAX's gc callback is dropped there
     finally:
       signals.closing = False
   if signals.received is not None and signals.processes == 1:

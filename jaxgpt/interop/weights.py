@@ -20,12 +20,18 @@ from jaxgpt.interop import gpt2, nanogpt
 from jaxgpt.model import GPT, GPTConfig
 
 
-def run_steps(out_dir: str, at_step: int | None = None) -> list[int]:
-  """The steps of out_dir's checkpoints; a run with none, or without `at_step`, refused."""
-  if not out_dir.strip():  # else the working directory's checkpoints/
+def check_run_path(out_dir: str) -> None:
+  """Refuses an out_dir that names no run directory: empty (the working directory's files would
+  be read) or a file."""
+  if not out_dir.strip():
     raise UserError("out_dir is empty: name the run directory whose checkpoint to read")
   if os.path.isfile(out_dir):
     raise UserError(f"out_dir={out_dir!r} is a file, not a run directory")
+
+
+def run_steps(out_dir: str, at_step: int | None = None) -> list[int]:
+  """The steps of out_dir's checkpoints; a run with none, or without `at_step`, refused."""
+  check_run_path(out_dir)
   checkpoints = run_dir.RunDir(out_dir).checkpoints(read_only=True)
   try:
     steps = checkpoints.steps()
