@@ -94,7 +94,7 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
   return print_sample
 
 
-def _host_and_port(address: str) -> bool:
+def _is_host_and_port(address: str) -> bool:
   """'' (unset) or HOST:PORT, an IPv6 host in brackets ([::1]:1234), as JAX splits it."""
   host, _, port = address.rpartition(":")
   ipv6_unbracketed = ":" in host and not (host.startswith("[") and host.endswith("]"))
@@ -111,7 +111,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("process_id", -1, "this process's index in a multi-host run",
                        lower_bound=-1)
   # JAX would end in a traceback, or abort the process for a port past 65535.
-  flags.register_validator("coordinator_address", _host_and_port,
+  flags.register_validator("coordinator_address", _is_host_and_port,
                            "is not HOST:PORT with a port from 1 to 65535")
   flags.mark_flags_as_required(["config"])
 
@@ -119,7 +119,7 @@ def _define_flags() -> None:
 def main() -> None:
   f = flags.FLAGS
   sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-  preemption.stop_before_training(jax.process_count())
+  preemption.handle_stops_until_training(jax.process_count())
   # One process speaks for the run; the others report only warnings and errors.
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)

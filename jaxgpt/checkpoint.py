@@ -96,7 +96,8 @@ class Checkpoints:
   def check_saves(self) -> None:
     """Reports a background save that failed, without waiting for one in progress.
 
-    Cheap and host-only: the loop calls it at every iteration.
+    Cheap and host-only: the loop calls it at every iteration (at log intervals on several
+    processes, where agreeing on it is a host sync).
     """
     if self._in_flight is not None and not self.manager.is_saving_in_progress():
       self.wait()

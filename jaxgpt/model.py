@@ -292,12 +292,12 @@ def init_params(model: GPT, rng: jax.Array) -> dict:
 
 
 def count_params(params: dict, *, non_embedding: bool = True) -> int:
-  """Parameter count; by default only the params that take part in matmuls.
+  """Parameter count; by default nanoGPT's printed one, without the lookup-only embeddings.
 
-  That is nanoGPT's printed count: without the position embeddings, but with
-  the token embedding, which is also its LM head. An untied model's token
-  embedding is a lookup alone, and is left out too. 6 x this count is the
-  matmul FLOPs per trained token.
+  That leaves out the position embeddings but keeps the token embedding, which
+  is also the LM head (an untied model's is a lookup alone, and is left out
+  too); biases and norm scales stay in. 6 x this count, plus the attention's,
+  is nanoGPT's FLOPs per trained token (summary.flops_per_token).
   """
   total = sum(p.size for p in jax.tree.leaves(params))
   if non_embedding:

@@ -59,8 +59,8 @@ def lr_schedule(config: OptimConfig, xp: types.ModuleType = jnp,
   if not config.decay_lr:
     return optax.constant_schedule(lr) if xp is jnp else lambda it: xp.float32(lr)
   start = decay_start(config)
-  # > 0 but where there is nothing to train (max_iters=0), or a wsd decay too short for a
-  # float (wsd_decay_frac=1e-17): a step at decay_end then, not min_lr from warmup's end.
+  # Zero or less only where nothing trains (max_iters=0) or a wsd decay rounds to nothing
+  # (wsd_decay_frac=1e-17): the rate then steps to min_lr at decay_end, not at warmup's end.
   span = decay_end - start
 
   def schedule(it: jax.Array) -> jax.Array:

@@ -65,7 +65,7 @@ def catch_early() -> None:
   """Keeps SIGTERM and Ctrl-C that arrive while the libraries load (seconds), instead of
   killing the process (exit 143) or printing a traceback.
 
-  Called first thing by launch.py; `stop_before_training` acts on them.
+  Called first thing by launch.py; `handle_stops_until_training` acts on them.
   """
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda signum, frame: _early.append(signum))
@@ -74,7 +74,7 @@ def catch_early() -> None:
 _trained = False  # the loop's StopSignals have been in place
 
 
-def stop_before_training(processes: int = 1) -> None:
+def handle_stops_until_training(processes: int = 1) -> None:
   """From now until the loop's `StopSignals`, SIGTERM and Ctrl-C end a one-process run at once
   (data preparation and weight loading can take hours and have nothing to save); one that
   came while the libraries loaded does so now.
@@ -144,10 +144,15 @@ class StopSignals:
       return multihost_utils.reached_preemption_sync_point(it - self._first + 1)
     return self.received is not None
 
+  @property
+  def stopped_alone(self) -> bool:
+    """A one-process run got a stop (several processes learn of one at `stop_at` alone)."""
+    return self.received is not None and self.processes == 1
+
   def end_a_start_up_stopped(self) -> None:
     """Ends a one-process run whose start-up a stop came in (it waited for the work under way,
     a compile say): nothing to save, and nothing written yet."""
-    if self.received is not None and self.processes == 1:
+    if self.stopped_alone:
       raise StopBeforeTraining(f"stopped by {self.name} before the first step: nothing to "
                                "save, and the run directory as it was")
 

@@ -42,7 +42,7 @@ class Start:
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
 
 
-def data_layout(layout: sharding.BatchLayout, workers: int) -> dict[str, int]:
+def position_basis(layout: sharding.BatchLayout, workers: int) -> dict[str, int]:
   """What a saved data position depends on; a resume that changes it converts the position."""
   return {"windows_per_iter": layout.accum_steps * layout.global_batch,
           "processes": jax.process_count(), "workers": workers, "devices": layout.n_devices}
@@ -60,7 +60,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   reached: the same tokens in the same order, and one start window in the
   checkpoints they save next. A data position never makes a resume fall back.
   """
-  now = data_layout(layout, config.data_workers)
+  now = position_basis(layout, config.data_workers)
   reached = lambda meta, why: _reached(meta["tokens"], config.block_size, why)
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:

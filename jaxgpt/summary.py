@@ -26,7 +26,7 @@ _SIZE_RE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)([mMbB])(?![A-Za-z0-9])"
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-  n_params: int  # nanoGPT's count: the params in matmuls (model.count_params)
+  n_params: int  # nanoGPT's count: all but the lookup-only embeddings (model.count_params)
   n_params_total: int
   tokens_per_iter: int
   max_iters: int

@@ -57,9 +57,9 @@ def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWi
 
   The windows are the first of a fixed-seed shuffle of the split; they are
   read in batches of the layout's global batch, and those left over (a
-  layout other than the one the run started with) in batches of a device's
-  micro-batch that every device computes whole (one of up to the global batch
-  would not fit a device on many).
+  layout other than the one the run started with) in replicated batches of a
+  device's micro-batch (one of up to the global batch would not fit a device on
+  many), split over the devices where their rows divide evenly.
   """
   full, rest = divmod(n_windows, layout.global_batch)
   losses = {}
@@ -113,12 +113,12 @@ class _Loop:
                setup: train_step.TrainSetup, start: resume.Start,
                checkpoints: checkpoint.Checkpoints, train_iter: grain.DatasetIterator,
                writer: sinks.Sinks, eval_fn: Callable[[Any], dict[str, float]],
-               data_layout: dict[str, int], hooks: Hooks):
+               data_record: dict[str, Any], hooks: Hooks):
     self.config, self.saved_config, self.counts = config, saved_config, counts
     self.setup, self.state, self.start = setup, start.state, start
     self.checkpoints, self.train_iter = checkpoints, train_iter
     self.writer, self.eval_fn, self.hooks = writer, eval_fn, hooks
-    self.data_layout = {**data_layout, "start_window": start.window}
+    self.data_record = data_record  # what checkpoints record of the data position
     self.n_logs = 0
     self.nonfinite_seen = int(start.state.nonfinite)
     self.best_val_loss, self.best_kept = start.best_val_loss, start.best_kept
@@ -144,7 +144,7 @@ class _Loop:
       self.keep_if_best(it, val_loss)
     meta = {"config": self.saved_config, "iter": it, "tokens": self.tokens(it),
             "val_loss": val_loss, "best_val_loss": self.best_val_loss,
-            "best_kept": self.best_kept, "data": self.data_layout}
+            "best_kept": self.best_kept, "data": self.data_record}
     self.checkpoints.save(it, self.state, self.train_iter, meta)
     self.last_saved = it
 
@@ -331,13 +331,13 @@ def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLay
       loop.score_tasks(it)
     if (it % config.eval_interval == 0 or it == config.max_iters) and not done_before:
       loop.eval_and_save(it)
+    stopped_in_eval = signals.stopped_alone and it > loop.start.iter  # after `stop_at(it)`
     if it == config.max_iters:
-      if (signals.processes == 1 and signals.received is not None and it > loop.start.iter
-          and loop.last_saved != it and math.isfinite(loop.losses["val"])):
-        loop.save(it, loop.losses["val"])  # a stop in its evaluation saves it, best or not
+      if stopped_in_eval and loop.last_saved != it and math.isfinite(loop.losses["val"]):
+        loop.save(it, loop.losses["val"])  # saved, best or not
       break
-    if signals.processes == 1 and signals.received is not None and it > loop.start.iter:
-      stopped = True  # it came in this iteration's evaluation: no step more, one save of `it`
+    if stopped_in_eval:  # no step more, one save of `it`
+      stopped = True
       loop.stop(it, signals.name)
       break
     loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(next(loop.train_iter)))
@@ -438,7 +438,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
 
   loop = _Loop(loop_config, config.to_dict(), counts, setup, start, checkpoints, train_iter,
                run_sinks, _evaluator(setup, layout, sources, eval_windows, config.seed),
-               {**resume.data_layout(layout, config.data_workers),
+               {**resume.position_basis(layout, config.data_workers), "start_window": start.window,
                 "eval_batch_windows": eval_windows // config.eval_iters,
                 "split_windows": split_windows}, hooks)
   try:
@@ -471,22 +471,22 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, val_loss
   iteration's evaluation and cuts it short for one during it; several processes all run it,
   since only the one signalled knows (StopSignals). `val_loss` is max_iters': weights of a
   non-finite one are not saved (with always_save_checkpoint=False, the best is kept)."""
-  begun = ended = False
+  skipped = signals.stopped_alone  # a stop came before it (in the last evaluation, say)
+  ended = False
   with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
-    signals.closing = True
     try:
-      if signals.received is None or signals.processes > 1:
-        begun = True
+      signals.closing = True
+      if not skipped:
         at_end(params)
         ended = True  # whole: a stop's StopAtEnd raised in JAX's gc callback is dropped there
     finally:
       signals.closing = False
-  if signals.received is not None and signals.processes == 1:
+  if signals.stopped_alone:
     saved = ("the run is saved" if math.isfinite(val_loss) else
              "the last iteration's weights are not saved (its val loss is not finite)")
     logging.warning("stopped by %s: %s%s", signals.name, saved, "" if ended else
                     f", and what it does at its end (the closing sample) is "
-                    f"{'cut short' if begun else 'skipped'}")
+                    f"{'skipped' if skipped else 'cut short'}")
 
 
 def _open_data(data_dir: str, block_size: int, vocab_size: int
@@ -529,7 +529,7 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   libraries = sharding.agreed(
       "loading tensorboardX or W&B", sinks.start_libraries if writes else lambda *_: None,
       sink_config, rundir, config.to_dict(), resumed_at is not None)
-  # The run is accepted: before this, nothing in out_dir has changed.
+  # Where `accepted`, out_dir changes from here (before: at most an empty checkpoints/, wandb/).
   checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
 
   def open_files() -> sinks.Sinks:
@@ -602,10 +602,12 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")
   val_windows, batch_windows = len(sources["val"]), eval_windows // config.eval_iters
   if val_windows < eval_windows and speaks:
-    lever = (f"lower eval_iters (now {config.eval_iters})" if batch_windows <= val_windows else
-             f"lower batch_size (one evaluation batch is {batch_windows:,} windows)"
-             if not start.eval_batch_windows else  # a resume keeps its run's evaluation set
-             f"one evaluation batch of this run is {batch_windows:,} windows")
+    if batch_windows <= val_windows:
+      lever = f"lower eval_iters (now {config.eval_iters})"
+    elif start.eval_batch_windows:  # a resume keeps its run's evaluation set
+      lever = f"one evaluation batch of this run is {batch_windows:,} windows"
+    else:
+      lever = f"lower batch_size (one evaluation batch is {batch_windows:,} windows)"
     logging.warning("evaluation: the val split holds %s windows, so each evaluation scores "
                     "each about %.1f times; %s, or prepare a larger val split (--val_fraction / "
                     "--val_tokens)", f"{val_windows:,}", eval_windows / val_windows, lever)

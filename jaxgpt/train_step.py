@@ -121,7 +121,7 @@ def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
   return jax.tree.map(lambda g: g / n_micro, grads_sum), losses_A.mean()
 
 
-def _keep_moments_if_not(finite: jax.Array, new: Any, old: Any) -> Any:
+def _revert_unless_finite(finite: jax.Array, new: Any, old: Any) -> Any:
   """The optimizer state after a step: where the step was not finite, the old one but for
   the schedules' counters, which move on either way (each moment state, Adam's or Muon's,
   the NamedTuple holding `mu`, stays as it was, its own count included).
@@ -173,7 +173,7 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
     new_state = state.replace(step=state.step + 1,
                               params=jax.tree.map(lambda n, o: jnp.where(finite, n, o),
                                                   params, state.params),
-                              opt_state=_keep_moments_if_not(finite, opt_state, state.opt_state),
+                              opt_state=_revert_unless_finite(finite, opt_state, state.opt_state),
                               nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
     # nonfinite as of this step: the loop reads a step's metrics after the next one is queued.
     return new_state, {"loss": value, "grad_norm": grad_norm, "nonfinite": new_state.nonfinite}
@@ -215,7 +215,7 @@ def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None
   scan over the whole batch gathered it, and every device computed every chunk."""
 
   def eval_step(params: Any, tokens_BT1: jax.Array) -> jax.Array:
-    if dp_mesh is None or tokens_BT1.shape[0] % dp_mesh.size:  # a resume's leftover windows
+    if dp_mesh is None or tokens_BT1.shape[0] % dp_mesh.size:  # rows the devices cannot share
       return loss(model, params, tokens_BT1, None)
     local_then_mean = lambda p, t: jax.lax.pmean(loss(model, p, t, None), sharding.DATA)
     # check_vma=False: the head loss's scan carries are not typed as varying per device.

@@ -623,7 +623,7 @@ def test_a_stop_after_training_is_only_logged(monkeypatch, caplog):
   monkeypatch.setattr(preemption, "_trained", False)
   before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
-    preemption.stop_before_training()
+    preemption.handle_stops_until_training()
     with pytest.raises(preemption.StopBeforeTraining):
       os.kill(os.getpid(), signal.SIGTERM)
     with preemption.StopSignals():
@@ -639,7 +639,7 @@ def test_a_stop_after_training_is_only_logged(monkeypatch, caplog):
 def _install(handlers: str, stack: contextlib.ExitStack) -> type[BaseException]:
   """The handlers named, in place; what they raise."""
   if handlers == "before training":
-    preemption.stop_before_training()
+    preemption.handle_stops_until_training()
     return preemption.StopBeforeTraining
   if handlers in ("a command's Ctrl-C", "a command's SIGTERM"):
     signal.signal(signal.SIGINT, signal.default_int_handler)
