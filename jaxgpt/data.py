@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import signal
 import threading
 import time
@@ -117,6 +118,27 @@ def _end_with_parent(worker_index: int, worker_count: int) -> None:
     os._exit(0)
 
   threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+class WorkerEnded(UserError):
+  """A Grain worker process ended under the run: killed (the OOM killer's pick, say) or crashed."""
+
+
+def worker_end(error: BaseException) -> str | None:
+  """How a worker process ended, where `error` is Grain's for one that ended under the run
+  (None for any other error)."""
+  found = re.search(r"Worker process was terminated unexpectedly with exit code (-?\d+)",
+                    str(error))
+  if found is None:
+    return None
+  code = int(found[1])
+  if code >= 0:
+    return f"exit code {code}"
+  try:
+    name = signal.Signals(-code).name
+  except ValueError:
+    name = f"signal {-code}"
+  return f"killed by {name}" + (": the OOM killer's, say" if name == "SIGKILL" else "")
 
 
 def _windows_stream(source: TokenWindows, seed: int, shard_index: int, shard_count: int,

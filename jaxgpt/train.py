@@ -148,6 +148,26 @@ class _Loop:
     self.checkpoints.save(it, self.state, self.train_iter, meta)
     self.last_saved = it
 
+  def next_batch(self, it: int) -> Any:
+    """Iteration `it`'s batch. Where a data worker process ended under the run, a one-process
+    run saves `it` first (the data position is the main process's: a resume reads on
+    exactly), and the run ends on one error line."""
+    try:
+      return next(self.train_iter)
+    except RuntimeError as e:
+      how = data.worker_end(e)
+      if how is None:
+        raise
+    if jax.process_count() == 1:
+      self.stop(it, "a data worker's end")
+    go_on = (f"iteration {it} is saved" if self.last_saved == it else
+             f"the last checkpoint is step {self.last_saved}" if self.last_saved is not None
+             else "no checkpoint was saved")
+    raise data.WorkerEnded(
+        f"a data worker process ended under the run at iteration {it} ({how}); {go_on}: "
+        f"{'add --config.init_from=resume to' if self.last_saved is not None else 'run again to'} "
+        "go on (fewer data_workers use less memory; 0 reads in a thread of the run)")
+
   def keep_if_best(self, it: int, val_loss: float) -> None:
     """Keeps step `it`'s checkpoint from pruning if its val loss is the lowest of those saved
     (not best_val_loss's step: there is no checkpoint of step 0). A NaN is no candidate: kept,
@@ -340,7 +360,7 @@ def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLay
       stopped = True
       loop.stop(it, signals.name)
       break
-    loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(next(loop.train_iter)))
+    loop.state, step_metrics = compiled_step(loop.state, layout.train_batch(loop.next_batch(it)))
     # One step queued behind the running one keeps the device busy; more would only make a
     # stop (which saves the newest state) wait for all of them.
     if queued is not None:

@@ -574,6 +574,49 @@ def test_ctrl_c_at_a_terminal_stops_a_run_with_grain_workers_and_saves(tmp_path,
   assert checkpoint_steps(out_dir) == [records(out_dir, "train")[-1]["iter"] + 1]
 
 
+@pytest.mark.slow
+def test_a_data_worker_killed_under_the_run_saves_it_for_an_exact_resume(tmp_path, token_dir):
+  """The OOM killer may pick a Grain worker: the run saves the iteration it reached and ends on
+  one error line (it was a traceback, and every iteration since the last checkpoint lost),
+  and the resume trains on as an unbroken run does."""
+  config = write_config_file(tmp_path, token_dir, max_iters=30, eval_interval=100000,
+                             lr_decay_iters=30, data_workers=2)
+  out_dir = str(tmp_path / "run")
+  proc = start_launch(config)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if "iter 3/" in line:
+      workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                 if _parent(pid) == proc.pid and b"spawn_main" in _cmdline(pid)]
+      os.kill(workers[0], signal.SIGKILL)
+      break
+  output = "".join(lines) + proc.communicate(timeout=120)[0]
+  errors = [line for line in output.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 1 and "Traceback" not in output, output[-3000:]
+  reached = records(out_dir, "train")[-1]["iter"] + 1
+  said = (f"error: a data worker process ended under the run at iteration {reached} (killed "
+          f"by SIGKILL: the OOM killer's, say); iteration {reached} is saved: add "
+          "--config.init_from=resume to go on (fewer data_workers use less memory; 0 reads in "
+          "a thread of the run)")
+  assert errors == [said]
+  assert checkpoint_steps(out_dir) == [reached] and reached < 30
+  resumed = run_python("launch.py", f"--config={config}", "--config.init_from=resume")
+  unbroken = run_python("launch.py", f"--config={config}",
+                        f"--config.out_dir={tmp_path / 'unbroken'}")
+  assert resumed.returncode == 0 == unbroken.returncode, resumed.stderr[-3000:]
+  losses = lambda d: {r["iter"]: r["loss"] for r in records(str(d), "train")}
+  assert losses(out_dir) == losses(tmp_path / "unbroken") and len(losses(out_dir)) == 30
+
+
+def _cmdline(pid: int) -> bytes:
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      return f.read()
+  except OSError:
+    return b""
+
+
 def _parent(pid: int) -> int | None:
   try:
     with open(f"/proc/{pid}/stat") as f:
