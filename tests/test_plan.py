@@ -590,6 +590,18 @@ def test_a_plan_that_fits_only_by_recomputing_says_so_and_names_a_faster_layout(
                       "(6.00 GiB)")
 
 
+@pytest.mark.parametrize(("dropout", "kernel"), [(0.0, "cudnn"), (0.1, "spelled-out")])
+def test_a_card_plan_names_the_attention_training_computes(tmp_path, monkeypatch, dropout,
+                                                           kernel):
+  """Dropout makes training spell attention out (no fused kernel takes it): the plan's line
+  said cudnn there."""
+  fits = memory.GpuPlan(9 * GiB, train_step.Need(0, GiB, GiB), GiB)
+  monkeypatch.setattr(memory, "gpu_plan", lambda *a, **k: fits)
+  config = tiny_config(tmp_path, "", dtype="bfloat16", dropout=dropout)
+  lines = memory.gpu_report(step_of(config), targets.target("RTX 4070"), progress=lambda _: None)
+  assert f"(sm_89; {kernel} attention; " in lines[0]
+
+
 def test_a_devices_estimate_counts_every_device(tmp_path):
   from jaxgpt.plan import __main__ as plan_cli
   given = types.SimpleNamespace(tokens_per_sec=0.0, device="H100", peak_flops=0.0, mfu=0.5)

@@ -37,7 +37,7 @@ from jaxgpt.plan import memory, targets
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GiB = 2**30
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
-ITERS, WARMUP = 10, 2  # timed and untimed steps of each of a row's two timed runs
+ITERS, WARMUP = 10, 2  # timed and untimed iterations of each of a row's three timed runs
 ROW_TIMEOUT_S = 300  # a row takes about a minute on an H100-class GPU
 # (recipe, overrides): the defaults, then each lever alone; a run cut short has the first.
 ROWS: tuple[tuple[str, dict[str, Any]], ...] = (

@@ -36,7 +36,8 @@ class Batch(NamedTuple):
 
 
 def bucket(n: int, cap: int, least: int = MIN_BUCKET) -> int:
-  """The padded length of n: a power of two, at least `least`, at most cap."""
+  """The padded length of n: the next power of two from n, raised to `least`, then capped at
+  `cap` (so `cap` itself where that is not a power of two)."""
   return min(cap, max(least, 1 << (n - 1).bit_length()))
 
 

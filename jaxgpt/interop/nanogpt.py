@@ -6,8 +6,8 @@ prefixed with `_orig_mod.` when the model ran under torch.compile),
 `iter_num`, the optimizer state and the config. Its names are GPT-2's (so
 gpt2.py maps them); its nn.Linear weights are (out, in) and are transposed to
 our (in, out) kernels; its GELU is exact (erf). torch is needed here alone,
-imported on use; the optimizer state is never read (the zip file torch saves is
-memory-mapped).
+imported on use; the optimizer state is never read from the zip file torch saves
+(memory-mapped), though a legacy (non-zip) file is loaded whole.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxgpt import attention, sharding, train_step
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, init_params
+from jaxgpt.model import GPT, GPTConfig, init_params
 from jaxgpt.plan import targets
 
 GiB = 2**30
@@ -114,7 +114,7 @@ def gpu_report(step: train_step.StepConfig, t: targets.Target, n_devices: int = 
   """Lines saying whether the step fits the card and, where it does not (or only by
   recomputing), the fastest layout at the same tokens per iteration that does."""
   m = step.model
-  kernel = attention.resolve(m.attention, m.dtype, m.n_embd // m.n_head, t.capability)
+  kernel = _training_kernel(m, t.capability)
   progress(f"compiling the train step for {t.card} ({t.arch}), twice ...")
   p = gpu_plan(step, t, n_devices)
   where = f"{n_devices} x {t.device_kind}" if n_devices > 1 else t.device_kind
@@ -194,14 +194,21 @@ def cpu_estimate(step: train_step.StepConfig) -> dict[str, int]:
 CPU_OVERSTATES = 19.5 / 8.43
 
 
+def _training_kernel(m: GPTConfig, gpu: attention.Capability | None) -> str:
+  """The attention the train step computes on the card: spelled out with dropout, which no
+  fused kernel takes (model.py), else the kernel `attention` resolves to."""
+  if m.dropout > 0:
+    return "spelled-out"
+  return attention.resolve(m.attention, m.dtype, m.n_embd // m.n_head, gpu)
+
+
 def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_devices: int = 1
                ) -> list[str]:
   """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
   estimate = cpu_estimate(step)
   m = step.model
   gpu = None if "TPU" in device.upper() else (8, 0)  # the NVIDIA cards gpus.py knows: 8.0+
-  flash = m.dropout == 0 and attention.resolve(  # training with dropout spells it out
-      m.attention, m.dtype, m.n_embd // m.n_head, gpu) == "cudnn"
+  flash = _training_kernel(m, gpu) == "cudnn"
   figure = estimate["needed_with_flash" if flash else "needed"]
   budget = mem_fraction() * memory_gib * GiB
   lines = [
