@@ -50,11 +50,11 @@ def load(out_dir: str) -> Run:
   """A run's records, with a number wherever the report reads one: a null loss or score is
   NaN, and +-1.7976931348623157e308 is +-inf (jq 1.6 writes NaN and Infinity so); a missing
   or non-numeric figure is an error naming the record."""
-  metrics = run_dir.RunDir(out_dir)
-  run = metrics.read_metrics()
+  rundir = run_dir.RunDir(out_dir)
+  run = rundir.read_metrics()
   for event, needed in FIGURES.items():
     for r in run[event]:
-      where = f"{metrics.metrics_path}: the {event} record of iter {r['iter']}"
+      where = f"{rundir.metrics_path}: the {event} record of iter {r['iter']}"
       missing = [key for key in needed if key not in r]
       if missing:
         raise UserError(f"{where} has no {', '.join(missing)}")

@@ -57,9 +57,7 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, batch
   extras dropped), so every batch runs one compiled program.
   """
   tokenizer.require_gpt2_vocabulary(model.config.vocab_size, "prompts and samples are")
-  enc = tokenizer.gpt2()
-  # An empty start begins a new document, as the closing sample's does.
-  prompt = enc.encode(start, allowed_special={"<|endoftext|>"}) or [tokenizer.EOT_TOKEN]
+  prompt = decoding.prompt_tokens(start)
   key = jax.random.PRNGKey(seed)
   rows = min(num_samples, batch_rows)
   for i, first in enumerate(range(0, num_samples, rows)):
@@ -81,9 +79,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("batch_rows", 32, "Samples decoded together: more is faster, until "
                        "the device's memory runs out.", lower_bound=1)
   flags.DEFINE_integer("max_new_tokens", 500, "Tokens generated per sample.", lower_bound=1)
-  flags.DEFINE_float("temperature", 0.8, "1.0 as trained, lower is surer, 0 greedy.",
+  flags.DEFINE_float("temperature", decoding.TEMPERATURE, "1.0 as trained, lower is surer, 0 greedy.",
                      lower_bound=0)
-  flags.DEFINE_integer("top_k", 200, "Keep only the k most likely tokens; 0 keeps all.",
+  flags.DEFINE_integer("top_k", decoding.TOP_K, "Keep only the k most likely tokens; 0 keeps all.",
                        lower_bound=0)
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: keep the most likely tokens holding "
                      "this much probability; 1.0 keeps all.")

@@ -76,6 +76,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], block_size: int) -> tuple[np.n
 
 MIN_TEMPERATURE = 1e-30  # logits up to 3e8 in size still divide by it within float32
 MAX_NEW_TOKENS = 1_000_000  # hours of decoding; more would near int32 positions and fill memory
+TEMPERATURE, TOP_K = 0.8, 200  # nanoGPT's sample.py settings
 
 
 def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
@@ -282,8 +283,13 @@ def continuation(model: GPT, params: dict, prompt: str, *, max_new_tokens: int,
   '<|endoftext|>' as the one token it is. With params split over several processes,
   every process must call it.
   """
-  tokens = (tokenizer.gpt2().encode(prompt, allowed_special={"<|endoftext|>"})
-            or [tokenizer.EOT_TOKEN])
-  new = generate(model, params, [tokens], jax.random.PRNGKey(seed),
-                 max_new_tokens=max_new_tokens, temperature=0.8, top_k=200)
+  new = generate(model, params, [prompt_tokens(prompt)], jax.random.PRNGKey(seed),
+                 max_new_tokens=max_new_tokens, temperature=TEMPERATURE, top_k=TOP_K)
   return prompt + tokenizer.decode_whole_characters(new[0].tolist())
+
+
+def prompt_tokens(prompt: str) -> list[int]:
+  """A prompt's GPT-2 tokens, its '<|endoftext|>' the one token it is; an empty prompt is that
+  token alone, which begins a new document."""
+  return (tokenizer.gpt2().encode(prompt, allowed_special={"<|endoftext|>"})
+          or [tokenizer.EOT_TOKEN])

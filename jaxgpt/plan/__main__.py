@@ -74,20 +74,21 @@ def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
   if f.tokens_per_sec:
     return f.tokens_per_sec, f"{f.tokens_per_sec:,.0f} tok/s, as given"
   card = targets.card(f.device) if f.device else None
-  peak = f.peak_flops or config_peak_flops or (card.peak_flops if card else None)
-  # A config's peak_flops is its run's card's: the card --device names is told by its own.
-  card_peak = f.peak_flops or (card.peak_flops if card else config_peak_flops)
-  tok_s, measured = _measured(out_dir, step, n_devices, flops_per_token,
-                              card_peak if f.device else None)
+  table_peak = card.peak_flops if card else None
+  # The estimate takes the run's peak (the config's, as its MFU does) before the table's; a
+  # measured run is held to the card --device names, whose own peak comes first.
+  estimate_peak = f.peak_flops or config_peak_flops or table_peak
+  device_peak = (f.peak_flops or table_peak or config_peak_flops) if f.device else None
+  tok_s, measured = _measured(out_dir, step, n_devices, flops_per_token, device_peak)
   if tok_s:
     return tok_s, measured
   if f.device:
-    if not peak:
+    if not estimate_peak:
       raise UserError(f"--device={f.device!r}: its peak FLOP/s is not in the table; give it "
                       "with --peak_flops")
-    tok_s = peak * f.mfu * n_devices / flops_per_token
+    tok_s = estimate_peak * f.mfu * n_devices / flops_per_token
     return tok_s, (f"{tok_s:,.0f} tok/s, estimated for {n_devices} x {f.device} at "
-                   f"{f.mfu:.0%} MFU of {peak / 1e12:,.0f} TFLOP/s (an assumption, not a "
+                   f"{f.mfu:.0%} MFU of {estimate_peak / 1e12:,.0f} TFLOP/s (an assumption, not a "
                    f"measurement; {measured})")
   return None, f"unknown ({measured}; --tokens_per_sec or --device sets it)"
 

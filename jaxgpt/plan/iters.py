@@ -91,10 +91,15 @@ def candidate(config: ml_collections.ConfigDict, max_iters: int
   return c, None
 
 
+def _chinchilla_iters(base: summary.Summary) -> int:
+  """The iterations that train on ~20 tokens per parameter (Chinchilla's)."""
+  return math.ceil(summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter)
+
+
 def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
   """The max_iters worth comparing, and why: the recipe's own, Chinchilla's, the data's limit
   (the module's docstring says why those)."""
-  chinchilla = math.ceil(summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params / base.tokens_per_iter)
+  chinchilla = _chinchilla_iters(base)
   candidates = {base.max_iters, chinchilla} - {0}  # 0: an evaluation-only recipe
   train_tokens = base.train_tokens
   notes = [(f"max_iters={chinchilla:,} gives ~{summary.CHINCHILLA_TOKENS_PER_PARAM} tokens per "
@@ -130,8 +135,7 @@ def verdict(base: summary.Summary, candidates: list[int]) -> str:
             f"{formatting.count(train_tokens)} train tokens more than {MAX_USEFUL_EPOCHS} times "
             f"({epochs[pick]:.1f} epochs here), where repeats stop paying; more data would")
   pick = max(useful)
-  chinchilla = math.ceil(summary.CHINCHILLA_TOKENS_PER_PARAM * base.n_params
-                         / base.tokens_per_iter)  # as its candidate is
+  chinchilla = _chinchilla_iters(base)
   longest = "the longest candidate" + ("" if len(useful) == len(candidates) else
                                        f" within {MAX_USEFUL_EPOCHS} epochs")
   data = ("the train split's size is unknown (--train_tokens sets it), so epochs were not "
