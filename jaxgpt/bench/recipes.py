@@ -24,7 +24,6 @@ import subprocess
 import sys
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 
@@ -178,11 +177,7 @@ def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def step_ms(step: train_step.StepConfig, iters: int = 10, warmup: int = 2) -> float:
   """Median milliseconds of one train step, on one fixed random batch."""
-  setup = train_step.build(step)
-  state = setup.new_state()
-  shape = (step.gradient_accumulation_steps, step.batch_size, step.model.block_size)
-  batch = throughput.synthetic_batch(shape, step.model.vocab_size, 0, jax.devices()[0])
-  compiled_step = throughput.compile_step(setup, state, batch)
+  _, state, batch, compiled_step, _ = throughput.ready_step(step, seed=0)
   _, seconds = throughput.time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   return 1000 * statistics.median(seconds)
 

@@ -22,13 +22,9 @@ def checkpoint_overhead(config: ml_collections.ConfigDict, *, iters: int,
   the time until the save is on disk: of a run's every save but its first, which
   also compiles the fingerprints (~0.4 s once).
   """
-  device = jax.devices()[0]
   config = attention.settle(config)  # a cuDNN that fails here falls back, as in training
-  setup = train_step.build(train_step.StepConfig.from_config(config))
-  state = setup.new_state()
-  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
-  batch = throughput.synthetic_batch(shape, config.vocab_size, config.seed, device)
-  compiled_step = throughput.compile_step(setup, state, batch)
+  _, state, batch, compiled_step, _ = throughput.ready_step(
+      train_step.StepConfig.from_config(config), config.seed)
   state, alone = throughput.time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   with tempfile.TemporaryDirectory(prefix="jaxgpt_ckpt_bench_") as tmp:
     ckpts = run_dir.RunDir(tmp).checkpoints(keep=2)
@@ -44,7 +40,7 @@ def checkpoint_overhead(config: ml_collections.ConfigDict, *, iters: int,
     ckpts.wait()
     save_s = time.perf_counter() - t0
     ckpts.close()
-  return {"device_kind": device.device_kind,
+  return {"device_kind": jax.devices()[0].device_kind,
           "state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
           "ms_per_iter_alone": 1000 * statistics.median(alone),
           "ms_per_iter_during_save": 1000 * statistics.median(during) if during else None,

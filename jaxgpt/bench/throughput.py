@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -37,18 +37,26 @@ PROFILE_ITERS = 3  # iterations traced by --profile, after the timed ones
 _TORCH_DEVICE = {"gpu": "cuda", "cpu": "cpu"}  # JAX platform -> the torch device of the peer
 
 
-def synthetic_batch(shape_ABT: tuple[int, int, int], vocab_size: int, seed: int,
-                    device: jax.Device) -> jax.Array:
-  """Random tokens in the (accum, batch, block+1) uint16 shape the pipeline delivers."""
-  A, B, T = shape_ABT
-  tokens = np.random.default_rng(seed).integers(0, vocab_size, (A, B, T + 1))
-  return jax.device_put(tokens.astype(np.uint16), device)
+class ReadyStep(NamedTuple):
+  """The train step for one device, compiled ahead of time as training compiles it, on a
+  batch of random tokens; with its setup and a fresh state."""
+
+  setup: train_step.TrainSetup
+  state: train_step.TrainState
+  batch: jax.Array  # (accum, batch, block+1) uint16: the shape the pipeline delivers
+  compiled: Callable
+  compile_s: float
 
 
-def compile_step(setup: train_step.TrainSetup, state: train_step.TrainState,
-                 batch: jax.Array) -> Callable:
-  """The train step for one device, compiled ahead of time as training compiles it."""
-  return train_step.make_train_step(setup.model, setup.tx).lower(state, batch).compile()
+def ready_step(step: train_step.StepConfig, seed: int) -> ReadyStep:
+  setup = train_step.build(step)
+  state = setup.new_state()
+  A, B, T = step.gradient_accumulation_steps, step.batch_size, step.model.block_size
+  tokens = np.random.default_rng(seed).integers(0, step.model.vocab_size, (A, B, T + 1))
+  batch = jax.device_put(tokens.astype(np.uint16), jax.devices()[0])
+  t0 = time.perf_counter()
+  compiled = train_step.make_train_step(setup.model, setup.tx).lower(state, batch).compile()
+  return ReadyStep(setup, state, batch, compiled, time.perf_counter() - t0)
 
 
 def time_step(compiled_step: Callable, state: train_step.TrainState, batch: jax.Array, *,
@@ -209,13 +217,9 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
                  if peer else None)
   device = jax.devices()[0]
   config = attention.settle(config)  # a cuDNN that fails here falls back, as in training
-  setup = train_step.build(train_step.StepConfig.from_config(config))
-  shape = (config.gradient_accumulation_steps, config.batch_size, config.block_size)
-  state = setup.new_state()
-  batch = synthetic_batch(shape, config.vocab_size, config.seed, device)
   logging.info("compiling the train step")
-  t0 = time.perf_counter()
-  compiled_step, compile_s = compile_step(setup, state, batch), time.perf_counter() - t0
+  setup, state, batch, compiled_step, compile_s = ready_step(
+      train_step.StepConfig.from_config(config), config.seed)
   logging.info("timing %d iterations on a synthetic batch", iters)
   state, step_times = time_step(compiled_step, state, batch, iters=iters, warmup=warmup)
   state, profile = trace_steps(compiled_step, state, batch, profile_dir)
@@ -224,7 +228,8 @@ def measure(config: ml_collections.ConfigDict, *, iters: int, warmup: int, data_
     source = data.TokenWindows(
         [write_synthetic_shard(tmp, n_tokens, config.vocab_size, config.seed)], config.block_size)
     open_batches = lambda: iter(data.train_dataset(
-        source, accum_steps=shape[0], batch_size=shape[1], seed=config.seed,
+        source, accum_steps=config.gradient_accumulation_steps, batch_size=config.batch_size,
+        seed=config.seed,
         workers=data_workers, prefetch=config.data_prefetch))
     logging.info("timing the input pipeline (%d workers), then %d iterations fed by it",
                  data_workers, iters)
