@@ -95,7 +95,7 @@ def _prepare(source: str) -> None:
                       "made one way, as a run makes it")
     datasets.make_python_docs(out)
     return
-  common = {"name": os.path.basename(os.path.abspath(out)),
+  common = {"prefix": os.path.basename(os.path.abspath(out)),
             "command": "python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
             **{name: f[name].value for name in SHARED_FLAGS}}
   if common["workers"] > cpu_count():  # a process each, and twice as many batches queued

@@ -111,7 +111,7 @@ def assert_dataset(out: str, docs: list[tuple[str, str]]) -> dict[str, list[str]
 
 def run(inputs: list[str], out, **kwargs) -> dict:
   kwargs.setdefault("progress", False)
-  return datasets.prepare_files(inputs, str(out), name="t", command="test", **kwargs)
+  return datasets.prepare_files(inputs, str(out), prefix="t", command="test", **kwargs)
 
 
 def test_fineweb_parquet_files(tmp_path):
@@ -204,7 +204,7 @@ def test_null_ids_lone_surrogates_and_a_dot_named_out(tmp_path):
   lines.append('{"id": "half", "text": "an emoji cut in half \\ud83d here"}')
   (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
   out = tmp_path / ".x"
-  datasets.prepare_files([str(tmp_path / "a.jsonl")], str(out), name=".x", command="test",
+  datasets.prepare_files([str(tmp_path / "a.jsonl")], str(out), prefix=".x", command="test",
                          progress=False)
   ids = assert_dataset(str(out), [(f"a.jsonl:{i + 1}", t) for i, t in enumerate(TEXTS[:30])] +
                        [("half", "an emoji cut in half \ufffd here")])
@@ -620,7 +620,7 @@ def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(
       yield piece
 
   with pytest.raises(KeyboardInterrupt):
-    shards.write_dataset(crashing(), str(out), name="t", sources=[path], command="test",
+    shards.write_dataset(crashing(), str(out), prefix="t", sources=[path], command="test",
                           shard_tokens=2000, progress=False)
   assert not out.exists()
   # A killed run (no cleanup) leaves its staging directory behind.
@@ -720,11 +720,11 @@ def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):
   datasets.ensure("python_docs", fineweb_dir, auto_prepare=False)  # still python_docs's data
   mine = tmp_path / "python_docs_mine"  # a user's data, named alike, is theirs
   datasets.prepare_files([write_parquet(tmp_path / "a.parquet", TEXTS)], str(mine),
-                         name=mine.name, command="test", progress=False)
+                         prefix=mine.name, command="test", progress=False)
   datasets.ensure(mine.name, str(mine), auto_prepare=False)
   mine = tmp_path / "mine" / "python_docs"  # named the same (prepare names shards by --out)
   datasets.prepare_files([write_parquet(tmp_path / "a.parquet", TEXTS)], str(mine),
-                         name=mine.name, command="python -m jaxgpt.prepare files", progress=False)
+                         prefix=mine.name, command="python -m jaxgpt.prepare files", progress=False)
   datasets.ensure("shakespeare", str(mine), auto_prepare=False)
 
 
@@ -761,7 +761,7 @@ def hub(tmp_path, monkeypatch):
 
 def test_fineweb_from_the_hub(tmp_path, hub):
   out = tmp_path / "fineweb"
-  meta = fineweb.prepare_fineweb(str(out), shards_limit=2, name="fineweb", command="test",
+  meta = fineweb.prepare_fineweb(str(out), shards_limit=2, prefix="fineweb", command="test",
                                  progress=False)
   # One revision, the dataset's when the download starts, for the list and every file: a
   # release on main during the hours of a download mixed two.
@@ -779,7 +779,7 @@ def test_fineweb_from_a_hub_that_names_no_revision_says_main(tmp_path, hub, monk
   """A mirror's dataset info may hold no sha: the files are main's, and meta.json says so."""
   monkeypatch.setattr(huggingface_hub, "dataset_info",
                       lambda repo_id: types.SimpleNamespace(sha=None))
-  meta = fineweb.prepare_fineweb(str(tmp_path / "fw"), shards_limit=2, name="fw", command="test",
+  meta = fineweb.prepare_fineweb(str(tmp_path / "fw"), shards_limit=2, prefix="fw", command="test",
                                  progress=False)
   assert {hub["list"][0][3]} | {d[3] for d in hub["download"]} == {"main"}
   assert meta["sources"][0] == (
@@ -789,7 +789,7 @@ def test_fineweb_from_a_hub_that_names_no_revision_says_main(tmp_path, hub, monk
 def test_fineweb_edu_with_max_tokens_downloads_only_what_it_needs(tmp_path, hub, monkeypatch):
   monkeypatch.setattr(tokenize, "BATCH_CHARS", 2000)  # reading runs a batch ahead of tokenizing
   fineweb.prepare_fineweb(str(tmp_path / "edu"), edu=True, max_tokens=10000, val_fraction=0.5,
-                          name="edu", command="test", progress=False)
+                          prefix="edu", command="test", progress=False)
   assert [d[:3] for d in hub["download"]] == [("HuggingFaceFW/fineweb-edu",
                                                "sample/10BT/000_00000.parquet", "dataset")]
 
@@ -800,7 +800,7 @@ def test_fineweb_names(tmp_path, hub):
   with pytest.raises(readers.PrepareError, match="--name=10BT: expected a sample"):
     fineweb.fineweb_folder("10BT")
   with pytest.raises(readers.PrepareError, match="fineweb/data/CC-MAIN-2013-20: not found"):
-    fineweb.prepare_fineweb(str(tmp_path / "x"), subset="CC-MAIN-2013-20", name="x",
+    fineweb.prepare_fineweb(str(tmp_path / "x"), subset="CC-MAIN-2013-20", prefix="x",
                             command="test", progress=False)
 
 
@@ -849,7 +849,7 @@ def test_trouble_at_the_hub_is_one_line_naming_the_file(tmp_path, hub, monkeypat
   with pytest.raises(readers.PrepareError, match=(
       rf"^hf://datasets/HuggingFaceFW/fineweb/{path}: {what[trouble]}[^\n]*; run the same "
       r"command again \(finished files are cached\)$")):
-    fineweb.prepare_fineweb(str(tmp_path / "fw"), name="fw", command="test", progress=False)
+    fineweb.prepare_fineweb(str(tmp_path / "fw"), prefix="fw", command="test", progress=False)
   assert not (tmp_path / "fw").exists()
 
 

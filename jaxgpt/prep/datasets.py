@@ -86,7 +86,7 @@ def make_python_docs(out_dir: str) -> None:
   _check_no_files_of_its_own(out_dir)
   print(f"tokenizing the built-in python_docs corpus into {out_dir} ...", flush=True)
   pieces = (p for key in sorted(topics.topics) for p in pieces_of(key, topics.topics[key]))
-  meta = write_dataset(pieces, out_dir, name=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
+  meta = write_dataset(pieces, out_dir, prefix=PYTHON_DOCS, val_fraction=0.1, val_tokens=0,
                        sources=[f"pydoc_data.topics (Python {sys.version.split()[0]})"],
                        command=_PYTHON_DOCS_COMMAND, progress=False)
   print(f"python_docs: {meta['splits']['train']['tokens']:,} train tokens, "
@@ -167,7 +167,7 @@ def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   if auto_prepare and dataset in FINEWEB_DATASETS:
     logging.info("no token shards in %s: making them (%s)", data_dir, command)
     fineweb.prepare_fineweb(data_dir, edu=FINEWEB_DATASETS[dataset],
-                            name=os.path.basename(os.path.abspath(data_dir)), command=command,
+                            prefix=os.path.basename(os.path.abspath(data_dir)), command=command,
                             workers=cpu_count())
     return
   auto = ("(or run with --config.auto_prepare=True to make them first), "

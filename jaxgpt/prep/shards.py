@@ -86,9 +86,9 @@ def is_val(doc_id: str, val_fraction: float) -> bool:
 class _ShardWriter:
   """Fills one split's shard buffer and writes each shard as it fills."""
 
-  def __init__(self, out_dir: str, name: str, split: str, shard_tokens: int):
+  def __init__(self, out_dir: str, prefix: str, split: str, shard_tokens: int):
     # A leading dot would hide the shards: token readers skip dotfiles, as they skip staging.
-    self.out_dir, self.name, self.split = out_dir, name.lstrip(".") or "data", split
+    self.out_dir, self.prefix, self.split = out_dir, prefix.lstrip(".") or "data", split
     try:
       self.buffer = np.empty(shard_tokens, np.uint16)  # pages are touched only as tokens arrive
     except MemoryError:  # an address-space limit (ulimit -v) below two shards
@@ -111,7 +111,7 @@ class _ShardWriter:
 
   def flush(self) -> None:
     if self.filled:
-      path = os.path.join(self.out_dir, f"{self.name}_{self.split}_{len(self.paths):06d}.bin")
+      path = os.path.join(self.out_dir, f"{self.prefix}_{self.split}_{len(self.paths):06d}.bin")
       write_shard(path, self.buffer[:self.filled])
       self.paths.append(path)
       self.filled = 0
@@ -171,15 +171,16 @@ def check_out_dir(out_dir: str) -> None:
     _check_staged_only(os.path.join(out_dir, STAGING))
 
 
-def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: list[str],
+def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources: list[str],
                   command: str, val_fraction: float = VAL_FRACTION, val_tokens: int = VAL_TOKENS,
                   max_tokens: int = 0, shard_tokens: int = SHARD_TOKENS, workers: int = 1,
                   total_bytes: int | None = None, progress: bool = True) -> dict:
   """Tokenizes pieces into train/val shards and meta.json; returns the meta.
 
-  `val_tokens` 0 puts no cap on val; `max_tokens` 0 takes the whole corpus,
-  otherwise it stops after the document that reaches it. `sources` may fill
-  while `pieces` is read: meta.json records those its documents came from.
+  Shards are named `{prefix}_{split}_{index:06d}.bin`. `val_tokens` 0 puts no
+  cap on val; `max_tokens` 0 takes the whole corpus, otherwise it stops after
+  the document that reaches it. `sources` may fill while `pieces` is read:
+  meta.json records those its documents came from.
   One process at a time writes to `out_dir` (`write_lock`).
   """
   check_out_dir(out_dir)
@@ -195,7 +196,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, name: str, sources: 
                          ) from None
     put_in: list[str] = []
     try:
-      writers = {s: _ShardWriter(staging, name, s, shard_tokens) for s in token_files.SPLITS}
+      writers = {s: _ShardWriter(staging, prefix, s, shard_tokens) for s in token_files.SPLITS}
       bar = _Progress(total_bytes, max_tokens, progress)
       used = _fill(writers, pieces, sources, bar, val_fraction=val_fraction,
                    val_tokens=val_tokens, max_tokens=max_tokens, workers=workers)
