@@ -88,11 +88,12 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
                      f"({checkpoint.cause(error)})")
     return open_batches(window), window
 
+  changed = {}  # keys: what config changes of the last checkpoint checked, the one restored
   it, state, meta, (batches, window), unreadable = checkpoints.restore_latest_good(
       sharding.abstract_like(setup.abstract_state, shardings),
-      check_meta=lambda meta: check_resumable(meta["config"], config), finish=batches_from,
-      discard=lambda made: made[0].close())
-  for key in check_resumable(meta["config"], config):
+      check_meta=lambda meta: changed.update(keys=check_resumable(meta["config"], config)),
+      finish=batches_from, discard=lambda made: made[0].close())
+  for key in changed["keys"]:
     logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])
     if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
       logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
