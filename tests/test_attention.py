@@ -99,6 +99,22 @@ def test_the_probe_runs_the_kernel_and_raises_where_it_fails():
     attention.probe("cudnn", "float32", 16, 32)
 
 
+def test_the_probe_takes_the_backward_pass_where_cudnn_can_fail_alone(monkeypatch):
+  """cuDNN's "No valid engine configs" can come from the backward pass alone (SDPA_BPROP): a
+  kernel whose forward pass works is refused where its gradient fails."""
+  @jax.custom_vjp
+  def forward_only(q, k, v):
+    return q
+
+  def backward(_, g):
+    raise RuntimeError("no valid engine configs for SDPA_BPROP")
+
+  forward_only.defvjp(lambda q, k, v: (q, None), backward)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", lambda q, k, v, **_: forward_only(q, k, v))
+  with pytest.raises(RuntimeError, match="SDPA_BPROP"):
+    attention.probe("xla", "float32", 16, 32)
+
+
 def test_settle_probes_the_runs_shapes_on_a_cudnn_gpu_and_keeps_an_explicit_xla(
     tmp_path, monkeypatch):
   monkeypatch.setattr(jax, "devices", lambda: [fake_device("gpu", "9.0", "NVIDIA H100")])

@@ -270,7 +270,7 @@ def test_a_user_mistake_is_one_line_without_a_traceback(trained, case):
   assert r.returncode == 1, r.stderr[-2000:]
   assert "Traceback" not in r.stderr
   errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1 and expected.format(**trained) in r.stderr, r.stderr[-2000:]
+  assert len(errors) == 1 and expected.format(**trained) in errors[0], r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("command", ["launch.py", "jaxgpt.sample", "jaxgpt.evaluate",

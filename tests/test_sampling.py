@@ -123,15 +123,22 @@ def test_cached_next_logits_equal_the_full_forward_pass():
     np.testing.assert_allclose(logits_BV, full_BTV[:, t], rtol=1e-5, atol=1e-5)
 
 
-def test_rows_stop_at_the_stop_token(greedy):
-  model, params = peaked_model()
-  stop = int(greedy[0, 4])
-  out = decoding.generate(model, params, PROMPTS, jax.random.PRNGKey(0), max_new_tokens=N_NEW,
-                          temperature=0.0, stop_token=stop)
-  for row_greedy, row in zip(greedy.tolist(), out.tolist()):
-    end = row_greedy.index(stop) if stop in row_greedy else len(row_greedy)
-    assert row[:end + 1] == row_greedy[:end + 1]
-    assert all(t == stop for t in row[end:])
+def test_rows_stop_at_the_stop_token():
+  """Each row is the unstopped sample up to its first stop token, then the stop token alone;
+  a batch whose rows have all stopped ends early, its tail filled in."""
+  model, params = tiny_gpt(block_size=32)
+  key = jax.random.PRNGKey(0)
+  sample = lambda prompts, stop=None: decoding.generate(
+      model, params, prompts, key, max_new_tokens=N_NEW, temperature=1.0,
+      stop_token=stop).tolist()
+  free = sample(PROMPTS)
+  k = next(k for k in range(3, N_NEW) if free[0][k] not in free[0][:k])  # a first occurrence
+  stop = free[0][k]
+  assert any(t != stop for t in free[0][k + 1:])  # stopping changes row 0
+  for stopped in (sample(PROMPTS, stop), sample(PROMPTS[:1], stop)):
+    for row_free, row in zip(free, stopped):
+      end = row_free.index(stop) if stop in row_free else N_NEW
+      assert row == row_free[:end + 1] + [stop] * (N_NEW - end - 1)
 
 
 def test_prompts_of_different_lengths_in_a_bucket_compile_once():
