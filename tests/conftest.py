@@ -280,6 +280,23 @@ def alive(pid: int) -> bool:
     return False
 
 
+def children(pid: int) -> dict[int, bytes]:
+  """The live processes whose parent is `pid`, and their command lines, from /proc (psutil may
+  be missing)."""
+  found = {}
+  for entry in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+      with open(f"/proc/{entry}/cmdline", "rb") as f:
+        cmdline = f.read()
+    except OSError:  # ended meanwhile
+      continue
+    if int(ppid) == pid and state != "Z":
+      found[int(entry)] = cmdline
+  return found
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
   deadline = time.time() + timeout
   while not predicate():

@@ -29,6 +29,7 @@ import pytest
 from conftest import (
   alive,
   checkpoint_steps,
+  children,
   records,
   restore_state,
   run_python,
@@ -543,14 +544,14 @@ def test_grain_workers_end_with_a_run_that_is_killed(tmp_path, token_dir):
   for line in proc.stdout:  # workers are up once the loop logs its first step
     if "iter 0/" in line:
       break
-  children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
-  assert len(children) >= 2
+  spawned = list(children(proc.pid))
+  assert len(spawned) >= 2
   proc.kill()
   proc.wait()
   deadline = time.time() + 20
-  while time.time() < deadline and any(alive(pid) for pid in children):
+  while time.time() < deadline and any(alive(pid) for pid in spawned):
     time.sleep(0.2)
-  assert not [pid for pid in children if alive(pid)]
+  assert not [pid for pid in spawned if alive(pid)]
 
 
 @pytest.mark.slow
@@ -587,8 +588,7 @@ def test_a_data_worker_killed_under_the_run_saves_it_for_an_exact_resume(tmp_pat
   for line in proc.stdout:
     lines.append(line)
     if "iter 3/" in line:
-      workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                 if _parent(pid) == proc.pid and b"spawn_main" in _cmdline(pid)]
+      workers = [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
       os.kill(workers[0], signal.SIGKILL)
       break
   output = "".join(lines) + proc.communicate(timeout=120)[0]
@@ -607,22 +607,6 @@ def test_a_data_worker_killed_under_the_run_saves_it_for_an_exact_resume(tmp_pat
   assert resumed.returncode == 0 == unbroken.returncode, resumed.stderr[-3000:]
   losses = lambda d: {r["iter"]: r["loss"] for r in records(str(d), "train")}
   assert losses(out_dir) == losses(tmp_path / "unbroken") and len(losses(out_dir)) == 30
-
-
-def _cmdline(pid: int) -> bytes:
-  try:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-      return f.read()
-  except OSError:
-    return b""
-
-
-def _parent(pid: int) -> int | None:
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return int(f.read().rsplit(")", 1)[1].split()[1])
-  except (OSError, ValueError, IndexError):
-    return None
 
 
 def _catches(pid: int, sig: int) -> bool:

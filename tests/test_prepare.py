@@ -29,6 +29,7 @@ from conftest import (
   ROOT,
   WORDS,
   alive,
+  children,
   communicate_all,
   run_python,
   start_python,
@@ -992,23 +993,6 @@ def main():
   tokenize.encode_pieces, tokenize.BATCH_CHARS = encode_pieces, 1000
   runpy.run_module("jaxgpt.prepare", run_name="__main__")
 """
-
-
-def children(pid: int) -> dict[int, bytes]:
-  """The live processes whose parent is `pid`, and their command lines, from /proc (psutil may
-  be missing)."""
-  found = {}
-  for entry in filter(str.isdigit, os.listdir("/proc")):
-    try:
-      with open(f"/proc/{entry}/stat") as f:
-        state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-      with open(f"/proc/{entry}/cmdline", "rb") as f:
-        cmdline = f.read()
-    except OSError:  # ended meanwhile
-      continue
-    if int(ppid) == pid and state != "Z":
-      found[int(entry)] = cmdline
-  return found
 
 
 def start_slow_prepare(tmp_path, **popen) -> tuple[subprocess.Popen, list[str], Callable]:
