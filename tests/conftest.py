@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -295,6 +296,19 @@ def children(pid: int) -> dict[int, bytes]:
     if int(ppid) == pid and state != "Z":
       found[int(entry)] = cmdline
   return found
+
+
+def sigterm_after(monkeypatch, at: int, fresh_only: bool = False) -> None:
+  """SIGTERM to this process once the loop has taken iteration `at`'s log (the next step
+  queued); `fresh_only`: not in a resumed run."""
+  real_log = train._Loop.defer_log
+
+  def log_then_sigterm(loop, it, step_metrics):
+    real_log(loop, it, step_metrics)
+    if it == at and not (fresh_only and loop.config.resumed):
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

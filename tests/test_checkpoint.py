@@ -26,6 +26,7 @@ from conftest import (
   read_jsonl,
   records,
   restore_state,
+  sigterm_after,
   start_launch,
   start_python,
   tiny_config,
@@ -400,14 +401,7 @@ def test_the_best_checkpoint_is_kept_when_it_was_evaluated_after_a_stop(tmp_path
   """A stop saves step 4 before its evaluation; the resume scores it best, so it outlives
   the newer saves that push it out of the latest keep_checkpoints=1."""
   scored = scripted_val_losses(monkeypatch, [9.0, 5.0, 1.0, 3.0, 4.0])  # steps 0, 2, 4, 6, 8
-  real_log = train._Loop.defer_log
-
-  def log_then_sigterm(loop, it, step_metrics):
-    real_log(loop, it, step_metrics)
-    if it == 3 and not loop.config.resumed:  # lands before the evaluation at 4
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
+  sigterm_after(monkeypatch, 3, fresh_only=True)  # lands before the evaluation at 4
   kw = {"eval_interval": 2, "keep_checkpoints": 1, "lr_decay_iters": 8}
   train.train(tiny_config(tmp_path, token_dir, max_iters=8, **kw))
   assert checkpoint_steps(str(tmp_path / "run")) == [2, 4]  # 2 the best so far

@@ -34,6 +34,7 @@ from conftest import (
   restore_state,
   run_python,
   setup_of,
+  sigterm_after,
   start_launch,
   tiny_config,
   wait_for,
@@ -201,14 +202,7 @@ def test_val_losses_of_leftover_windows_weigh_as_the_rest(tmp_path, token_dir):
 @pytest.mark.slow
 def test_a_stop_that_lands_before_the_final_evaluation_gets_it_done_on_resume(
     tmp_path, token_dir, monkeypatch):
-  real_log = train._Loop.defer_log
-
-  def log_then_sigterm(loop, it, step_metrics):
-    real_log(loop, it, step_metrics)
-    if it == 19:  # the signal lands while iteration 19, the last, is in flight
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
+  sigterm_after(monkeypatch, 19)  # it lands while iteration 19, the last, is in flight
   config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
   ended = []  # the closing sample's hook: after training, never after a stop
   train.train(config, hooks=train.Hooks(at_end=ended.append))

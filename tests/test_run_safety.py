@@ -25,6 +25,7 @@ from conftest import (
   pattern_tokens,
   records,
   run_python,
+  sigterm_after,
   start_launch,
   start_python,
   tiny_config,
@@ -427,14 +428,7 @@ def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
 @pytest.mark.slow
 def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, token_dir,
                                                                     monkeypatch):
-  real_log = train._Loop.defer_log
-
-  def log_then_sigterm(run, it, step_metrics):
-    real_log(run, it, step_metrics)
-    if it == 3:  # the signal lands after iteration 3, before the evaluation at 4
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
+  sigterm_after(monkeypatch, 3)  # it lands after iteration 3, before the evaluation at 4
   config = tiny_config(tmp_path, token_dir, max_iters=8, eval_interval=4, lr_decay_iters=8)
   train.train(config)
   assert checkpoint_steps(config.out_dir) == [4]
