@@ -48,7 +48,8 @@ THROUGHPUT = ("tokens_per_sec", "ms_per_iter", "mfu")
 
 def load(out_dir: str) -> Run:
   """A run's records, with a number wherever the report reads one: a null loss or score is
-  NaN, and +-1.7976931348623157e308 is +-inf (jq 1.6 writes NaN and Infinity so); a missing
+  NaN, +-1.7976931348623157e308 is +-inf (jq 1.6 writes NaN and Infinity so) and an integer
+  figure past 2**53 a float (jq 1.6 drops the point of one from 1e17 up); a missing
   or non-numeric figure is an error naming the record."""
   rundir = run_dir.RunDir(out_dir)
   run = rundir.read_metrics()
@@ -67,6 +68,8 @@ def load(out_dir: str) -> Run:
           raise UserError(f"{where} has {key}={value!r}, not a number")
         elif abs(value) == sys.float_info.max:
           r[key] = math.copysign(math.inf, value)
+        elif isinstance(value, int) and abs(value) >= 2**53 and key not in ("iter", "tokens"):
+          r[key] = float(value)  # jq 1.6 writes a float from 1e17 up as an integer
   return run
 
 

@@ -162,6 +162,21 @@ def test_an_infinite_loss_through_jq_is_infinite_again(tmp_path):
   report.plot({"a": run}, str(tmp_path / "report.png"))
 
 
+def test_a_huge_rate_that_jq_wrote_as_an_integer_is_read_as_a_float(tmp_path):
+  """jq 1.6 writes a float from 1e17 up without its point (1e30 as 10000000000000000198846248
+  38656): past int64, numpy took the rates as objects, and the plot's isfinite raised."""
+  out_dir = write_run(tmp_path / "a", max_iters=1000)
+  path = tmp_path / "a" / "metrics.jsonl"
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  for r in records:
+    r["lr"] = int(1e30)
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  run = report.load(out_dir)
+  assert run["train"][0]["lr"] == 1e30 and run["train"][0]["iter"] == 0
+  config = {**defaults.get_config().to_dict(), "max_iters": 1000, "learning_rate": 1e30}
+  report.plot({"a": run}, str(tmp_path / "report.png"), configs={"a": config})
+
+
 def test_the_best_val_loss_is_the_best_finite_one(tmp_path):
   eval_record = lambda it, loss: {"event": "eval", "iter": it, "tokens": it, "train_loss": loss,
                                   "val_loss": loss, "lr": 1e-3}
