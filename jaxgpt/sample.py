@@ -79,8 +79,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("batch_rows", 32, "Samples decoded together: more is faster, until "
                        "the device's memory runs out.", lower_bound=1)
   flags.DEFINE_integer("max_new_tokens", 500, "Tokens generated per sample.", lower_bound=1)
-  flags.DEFINE_float("temperature", decoding.TEMPERATURE, "1.0 as trained, lower is surer, 0 greedy.",
-                     lower_bound=0)
+  flags.DEFINE_float("temperature", decoding.TEMPERATURE,
+                     "1.0 as trained, lower is surer, 0 greedy.", lower_bound=0)
   flags.DEFINE_integer("top_k", decoding.TOP_K, "Keep only the k most likely tokens; 0 keeps all.",
                        lower_bound=0)
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: keep the most likely tokens holding "

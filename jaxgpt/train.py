@@ -59,7 +59,7 @@ def val_losses(eval_step: Callable, params: Any, sources: dict[str, data.TokenWi
   read in batches of the layout's global batch, and those left over (a
   layout other than the one the run started with) in replicated batches of a
   device's micro-batch (one of up to the global batch would not fit a device on
-  many), split over the devices where their rows divide evenly.
+  many), under dp split over the devices where their rows divide evenly.
   """
   full, rest = divmod(n_windows, layout.global_batch)
   losses = {}
@@ -491,11 +491,11 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, val_loss
   iteration's evaluation and cuts it short for one during it; several processes all run it,
   since only the one signalled knows (StopSignals). `val_loss` is max_iters': weights of a
   non-finite one are not saved (with always_save_checkpoint=False, the best is kept)."""
-  skipped = signals.stopped_alone  # a stop came before it (in the last evaluation, say)
-  ended = False
+  skipped, ended = True, False
   with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
     try:
       signals.closing = True
+      skipped = signals.stopped_alone  # a stop came before it (in the last evaluation, say)
       if not skipped:
         at_end(params)
         ended = True  # whole: a stop's StopAtEnd raised in JAX's gc callback is dropped there
@@ -549,7 +549,8 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   libraries = sharding.agreed(
       "loading tensorboardX or W&B", sinks.start_libraries if writes else lambda *_: None,
       sink_config, rundir, config.to_dict(), resumed_at is not None)
-  # Where `accepted`, out_dir changes from here (before: at most an empty checkpoints/, wandb/).
+  # Where `accepted`, out_dir changes from here (before: at most a new out_dir with run.lock,
+  # an empty checkpoints/, wandb/).
   checkpoints.set_aside(list(start.unreadable) if accepted else [])  # on every process
 
   def open_files() -> sinks.Sinks:

@@ -124,8 +124,8 @@ def test_cached_next_logits_equal_the_full_forward_pass():
 
 
 def test_rows_stop_at_the_stop_token():
-  """Each row is the unstopped sample up to its first stop token, then the stop token alone;
-  a batch whose rows have all stopped ends early, its tail filled in."""
+  """Each row is the unstopped sample up to its first stop token, then the stop token alone,
+  in a batch whose rows have all stopped (whose tail decoding leaves unwritten) too."""
   model, params = tiny_gpt(block_size=32)
   key = jax.random.PRNGKey(0)
   sample = lambda prompts, stop=None: decoding.generate(

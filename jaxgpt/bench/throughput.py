@@ -49,6 +49,7 @@ class ReadyStep(NamedTuple):
 
 
 def ready_step(step: train_step.StepConfig, seed: int) -> ReadyStep:
+  """`step` built, given a fresh state and a batch drawn from `seed`, and compiled (timed)."""
   setup = train_step.build(step)
   state = setup.new_state()
   A, B, T = step.gradient_accumulation_steps, step.batch_size, step.model.block_size

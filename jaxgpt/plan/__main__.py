@@ -78,7 +78,7 @@ def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
   # The estimate takes the run's peak (the config's, as its MFU does) before the table's; a
   # measured run is held to the card --device names, whose own peak comes first.
   estimate_peak = f.peak_flops or config_peak_flops or table_peak
-  device_peak = (f.peak_flops or table_peak or config_peak_flops) if f.device else None
+  device_peak = (f.peak_flops or (table_peak if card else config_peak_flops)) if f.device else None
   tok_s, measured = _measured(out_dir, step, n_devices, flops_per_token, device_peak)
   if tok_s:
     return tok_s, measured
