@@ -160,13 +160,15 @@ class _Loop:
         raise
     if jax.process_count() == 1:
       self.stop(it, "a data worker's end")
-    go_on = (f"iteration {it} is saved" if self.last_saved == it else
-             f"the last checkpoint is step {self.last_saved}" if self.last_saved is not None
-             else "no checkpoint was saved")
+    if self.last_saved is None:
+      go_on = "no checkpoint was saved: run again to go on"
+    else:
+      saved = (f"iteration {it} is saved" if self.last_saved == it else
+               f"the last checkpoint is step {self.last_saved}")
+      go_on = f"{saved}: add --config.init_from=resume to go on"
     raise data.WorkerEnded(
-        f"a data worker process ended under the run at iteration {it} ({how}); {go_on}: "
-        f"{'add --config.init_from=resume to' if self.last_saved is not None else 'run again to'} "
-        "go on (fewer data_workers use less memory; 0 reads in a thread of the run)")
+        f"a data worker process ended under the run at iteration {it} ({how}); {go_on} (fewer "
+        "data_workers use less memory; 0 reads in a thread of the run)")
 
   def keep_if_best(self, it: int, val_loss: float) -> None:
     """Keeps step `it`'s checkpoint from pruning if its val loss is the lowest of those saved
@@ -491,7 +493,7 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, val_loss
   iteration's evaluation and cuts it short for one during it; several processes all run it,
   since only the one signalled knows (StopSignals). `val_loss` is max_iters': weights of a
   non-finite one are not saved (with always_save_checkpoint=False, the best is kept)."""
-  skipped, ended = True, False
+  skipped, ended = True, False  # skipped: a stop as `closing` is set comes before the hook
   with contextlib.suppress(preemption.StopAtEnd):  # raised by a stop while `closing`
     try:
       signals.closing = True
