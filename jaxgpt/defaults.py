@@ -183,10 +183,23 @@ def view(cls: type[View], config: ml_collections.ConfigDict) -> View:
   return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a clone's root
+
+
+def checkout_file(path: str, needed_by: str) -> str:
+  """`path` (launch.py, configs/, tests/) in this clone: a `pip install .` without -e leaves
+  them out, and a command that runs them says so before its work begins."""
+  full = os.path.join(CHECKOUT, path)
+  if not os.path.exists(full):
+    raise UserError(f"{needed_by} runs {path} of a jaxgpt clone, and {full} is missing: run it "
+                    "from a clone, installed with pip install -e .")
+  return full
+
+
 def recipe(name: str) -> ml_collections.ConfigDict:
   """configs/<name>.py of this checkout, as launch.py loads it."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(CHECKOUT, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()

@@ -375,6 +375,25 @@ def test_a_refused_comparison_leaves_no_folder_of_its_own(tmp_path, flag, error)
   assert out.returncode == 1 and (tmp_path / "mine").is_dir()
 
 
+def test_modes_that_run_the_clone_s_files_say_so_where_it_is_not_there(monkeypatch, tmp_path):
+  """A `pip install .` (no -e) has no launch.py, configs/ or tests/: --compare_recipes failed
+  after preparing its data, --gpu_report at its first row; each now says it needs a clone."""
+  import types
+
+  from jaxgpt import defaults
+  from jaxgpt.bench import __main__ as bench
+
+  monkeypatch.setattr(defaults, "CHECKOUT", str(tmp_path / "site-packages"))
+  for mode, missing in ((bench._print_compare_recipes, "launch.py"),
+                        (bench._print_gpu_report, "configs")):
+    with pytest.raises(UserError) as refused:
+      mode(types.SimpleNamespace(gpu_tests=True))
+    assert str(refused.value) == (
+        f"--{mode.__name__.removeprefix('_print_')} runs {missing} of a jaxgpt clone, and "
+        f"{tmp_path}/site-packages/{missing} is missing: run it from a clone, installed with "
+        "pip install -e .")
+
+
 def test_a_comparison_writes_no_recipe_over_a_file_of_the_users(tmp_path):
   from jaxgpt.bench import recipes
 

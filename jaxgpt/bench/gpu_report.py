@@ -34,7 +34,7 @@ from typing import Any, TextIO
 from jaxgpt import defaults, train_step
 from jaxgpt.plan import memory, targets
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = defaults.CHECKOUT  # the rows run its configs/, the GPU tests its tests/
 GiB = 2**30
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
 ITERS, WARMUP = 10, 2  # timed and untimed iterations of each of a row's three timed runs

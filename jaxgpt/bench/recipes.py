@@ -32,8 +32,7 @@ from jaxgpt.bench import throughput
 from jaxgpt.errors import UserError
 from jaxgpt.prep import datasets
 
-LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), "launch.py")
+LAUNCH = os.path.join(defaults.CHECKOUT, "launch.py")
 
 _RECIPE_HEAD = ("import json\nfrom jaxgpt import defaults\n\n\ndef get_config():\n"
                 "  c = defaults.get_config()\n  c.update(json.loads(")
