@@ -93,13 +93,15 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       sharding.abstract_like(setup.abstract_state, shardings),
       check_meta=lambda meta: changed.update(keys=check_resumable(meta["config"], config)),
       finish=batches_from, discard=lambda made: made[0].close())
+  then = defaults.with_defaults(meta["config"])  # a key the run predates: as it is now
   for key in changed["keys"]:
-    logging.info("resume: %s changed from %r to %r", key, meta["config"][key], config[key])
+    logging.info("resume: %s changed from %r%s to %r", key, then[key],
+                 "" if key in meta["config"] else " (the default; the run predates the key)",
+                 config[key])
     if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
       logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
                       "the run's before, and compared with its best_val_loss all the same")
   if it < config.max_iters and not config.eval_only and jax.process_index() == 0:
-    then = defaults.with_defaults(meta["config"])
     warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   saved = meta.get("data") or {}

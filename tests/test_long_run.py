@@ -11,6 +11,7 @@ import errno
 import fcntl
 import gc
 import glob
+import json
 import logging
 import math
 import os
@@ -440,6 +441,24 @@ def test_a_checkpoint_written_before_a_key_existed_resumes_under_its_default(tmp
   assert resume.check_resumable(saved, config) == []
   with pytest.raises(UserError, match=r"optimizer: checkpoint 'adamw' vs config 'muon'"):
     resume.check_resumable(saved, tiny_config(tmp_path, "", optimizer="muon"))
+
+
+def test_a_run_older_than_a_key_its_recipe_sets_resumes_saying_so(tmp_path, token_dir, caplog):
+  """A checkpoint whose config lacks a key (written before the key existed) that the resuming
+  recipe sets to other than its default: a KeyError traceback, reading the old value to log
+  the change; now the change is logged from the default the old run had."""
+  config = tiny_config(tmp_path, token_dir, max_iters=3)
+  train.train(config)
+  meta_file = os.path.join(config.out_dir, "checkpoints", "3", "meta", "metadata")
+  with open(meta_file) as f:
+    meta = json.load(f)
+  del meta["config"]["eval_interval"]  # 3 in the tiny config, 2000 by default
+  with open(meta_file, "w") as f:
+    json.dump(meta, f)
+  caplog.set_level(logging.INFO)
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume"))
+  assert ("resume: eval_interval changed from 2000 (the default; the run predates the key) to 3"
+          in caplog.text)
 
 
 @pytest.mark.slow
