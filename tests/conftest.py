@@ -36,9 +36,20 @@ from jaxgpt.prep import shards
 flags.FLAGS.mark_as_parsed()
 
 
+_SHARED_CACHE = "JAXGPT_TESTS_XLA_CACHE"  # the session's XLA cache, for pytest-xdist's workers
+
+
 def pytest_configure(config: pytest.Config) -> None:
   """`-m gpu` is for this machine's GPU: JAX picks the platform itself there (unless
-  JAX_PLATFORMS says), where the tests marked gpu would otherwise skip, finding a CPU."""
+  JAX_PLATFORMS says), where the tests marked gpu would otherwise skip, finding a CPU.
+
+  The session's process (under `-n`, the one that starts the workers) makes the folder of
+  the XLA cache that `pytest_collection_modifyitems` puts to use, and removes it at its end.
+  """
+  if not hasattr(config, "workerinput"):
+    cache_dir = tempfile.mkdtemp(prefix="jaxgpt-tests-xla-")
+    atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+    os.environ[_SHARED_CACHE] = cache_dir
   if config.option.markexpr == "gpu" and not _PLATFORMS_GIVEN:
     del os.environ["JAX_PLATFORMS"]
     jax.config.update("jax_platforms", None)
@@ -46,7 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -m deselected
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-  """One XLA compilation cache for the session's own process.
+  """One XLA compilation cache for the session's own processes (pytest-xdist's workers
+  share it).
 
   The tests build their own jitted steps of the same few tiny models, and XLA
   would compile each program again for each: its persistent cache, in a
@@ -59,9 +71,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
   if jax.config.jax_compilation_cache_dir or (
       targets.plugin_installed() and any(item.get_closest_marker("gpu_compile") for item in items)):
     return
-  cache_dir = tempfile.mkdtemp(prefix="jaxgpt-tests-xla-")
-  atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_compilation_cache_dir", os.environ[_SHARED_CACHE])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
