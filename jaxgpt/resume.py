@@ -53,12 +53,11 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
            open_batches: Batches) -> tuple[Start, grain.DatasetIterator]:
   """The latest good checkpoint's state, and the train batches from where it stopped.
 
-  Under the batch layout it was saved with, the saved data iterator continues.
-  Under another (batch size, accumulation, devices, processes, workers), or
-  where the saved iterator state of any process does not read back (a missing
-  or damaged file), every process starts a new one at the window the checkpoint
-  reached: the same tokens in the same order, and one start window in the
-  checkpoints they save next. A data position never makes a resume fall back.
+  Under the batch layout it was saved with, the saved data iterator continues. Under another
+  (batch size, accumulation, devices, processes, workers), or where the saved iterator state
+  of any process does not read back (a missing or damaged file), every process starts a new
+  one at the window the checkpoint reached: the same tokens in the same order, and one start
+  window in the checkpoints they save next. A data position never makes a resume fall back.
   """
   now = position_basis(layout, config.data_workers)
   reached = lambda meta, why: _reached(meta["tokens"], config.block_size, why)
@@ -95,9 +94,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       finish=batches_from, discard=lambda made: made[0].close())
   then = defaults.with_defaults(meta["config"])  # a key the run predates: as it is now
   for key in changed["keys"]:
-    logging.info("resume: %s changed from %r%s to %r", key, then[key],
-                 "" if key in meta["config"] else " (the default; the run predates the key)",
-                 config[key])
+    predates = "" if key in meta["config"] else " (the default; the run predates the key)"
+    logging.info("resume: %s changed from %r%s to %r", key, then[key], predates, config[key])
     if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
       logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
                       "the run's before, and compared with its best_val_loss all the same")
