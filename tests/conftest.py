@@ -72,6 +72,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
       targets.plugin_installed() and any(item.get_closest_marker("gpu_compile") for item in items)):
     return
   jax.config.update("jax_compilation_cache_dir", os.environ[_SHARED_CACHE])
+  # A size turns on JAX's file lock over the entries, which xdist's workers read and write at
+  # once (unlocked, a read of one being written warns, and compiles again).
+  jax.config.update("jax_compilation_cache_max_size", 2**40)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 

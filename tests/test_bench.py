@@ -404,10 +404,12 @@ def test_a_comparison_writes_no_recipe_over_a_file_of_the_users(tmp_path):
   assert (tmp_path / "nanogpt.recipe.py").read_text() == "my notes"
 
 
-def test_a_comparison_writes_no_table_over_files_of_the_users(tmp_path):
+def test_a_comparison_writes_no_table_over_files_of_the_users(tmp_path, monkeypatch):
   """--out=. or results/ replaced a table.md, rows.jsonl or curves.png without a word, after
   the training; a comparison's own are written again."""
   from jaxgpt.bench import recipes
+
+  monkeypatch.chdir(tmp_path)  # data/python_docs, were the refusal to come after the data
 
   rows = [{"variant": "nanogpt", "learning_rate": 1e-3, "muon_learning_rate": None,
            "final_val_loss": 4.5, "tokens_to_target": 1e6, "tokens_to_target_ratio": 1.0,
@@ -474,8 +476,9 @@ def test_a_comparison_evaluates_at_most_the_val_batches_its_data_holds(tmp_path,
   assert trained == [7]
 
 
-def test_a_variant_the_base_cannot_take_is_refused_before_any_trains(tmp_path):
+def test_a_variant_the_base_cannot_take_is_refused_before_any_trains(tmp_path, monkeypatch):
   """RoPE on heads of 9: said before the baseline trains for nothing."""
+  monkeypatch.chdir(tmp_path)  # data/python_docs, were the refusal to come after the data
   config = recipes.base_config("python_docs", str(tmp_path / "cmp"), 4)
   config.update(n_embd=36, n_head=4)
   with pytest.raises(UserError, match=r"^pos_emb=rope: config.pos_emb='rope': rope needs an "
