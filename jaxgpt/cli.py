@@ -31,7 +31,7 @@ from jaxgpt.errors import UserError, first_line
 
 TRACEBACK_ENV = "JAXGPT_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_LAUNCH = os.path.join(os.path.dirname(_PACKAGE_DIR), "launch.py")
+_LAUNCH = os.path.join(defaults.CHECKOUT, "launch.py")
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: no bug, one line

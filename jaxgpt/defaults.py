@@ -7,6 +7,7 @@ override values; a key that is not here is an error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
@@ -170,8 +171,13 @@ def key_help() -> str:
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
   """A config a run saved (config.json, a checkpoint's) with every key it predates at its
-  default: what that run had then, as it has now."""
-  return {**get_config().copy_and_resolve_references().to_dict(), **saved}
+  default: what that run had then, as it has now. A default that follows another key
+  (eval_tasks_interval follows eval_interval) follows the value saved."""
+  config = get_config()
+  for key in saved.keys() & config.keys():
+    with contextlib.suppress(TypeError, ValueError):  # a value of another type: as saved, below
+      config[key] = saved[key]
+  return {**config.copy_and_resolve_references().to_dict(), **saved}
 
 
 View = TypeVar("View")
@@ -187,12 +193,12 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a clon
 
 
 def checkout_file(path: str, needed_by: str) -> str:
-  """`path` (launch.py, configs/, tests/) in this clone: a `pip install .` without -e leaves
-  them out, and a command that runs them says so before its work begins."""
+  """`path` (launch.py, a recipe in configs/, a file of tests/) in this clone: a `pip install
+  .` without -e leaves them out, and a command that runs them says so before its work."""
   full = os.path.join(CHECKOUT, path)
-  if not os.path.exists(full):
-    raise UserError(f"{needed_by} runs {path} of a jaxgpt clone, and {full} is missing: run it "
-                    "from a clone, installed with pip install -e .")
+  if not os.path.isfile(full):
+    raise UserError(f"{needed_by} needs {path} from a jaxgpt clone, and {full} is missing: run "
+                    "it in a clone, installed with pip install -e .")
   return full
 
 

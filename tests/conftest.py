@@ -68,13 +68,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
   tests will compile: the CUDA plugin's compile-only client writes entries it
   cannot read back. Nor where JAX_COMPILATION_CACHE_DIR names a cache already.
   """
+  # A size turns on JAX's file lock (the filelock package) over the entries, which xdist's
+  # workers read and write at once: unlocked, a read of one being written warns and compiles.
+  if jax.config.jax_compilation_cache_max_size == -1:  # unless one was set
+    jax.config.update("jax_compilation_cache_max_size", 2**40)
   if jax.config.jax_compilation_cache_dir or (
       targets.plugin_installed() and any(item.get_closest_marker("gpu_compile") for item in items)):
     return
   jax.config.update("jax_compilation_cache_dir", os.environ[_SHARED_CACHE])
-  # A size turns on JAX's file lock over the entries, which xdist's workers read and write at
-  # once (unlocked, a read of one being written warns, and compiles again).
-  jax.config.update("jax_compilation_cache_max_size", 2**40)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 

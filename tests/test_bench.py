@@ -383,15 +383,21 @@ def test_modes_that_run_the_clone_s_files_say_so_where_it_is_not_there(monkeypat
   from jaxgpt import defaults
   from jaxgpt.bench import __main__ as bench
 
-  monkeypatch.setattr(defaults, "CHECKOUT", str(tmp_path / "site-packages"))
-  for mode, missing in ((bench._print_compare_recipes, "launch.py"),
-                        (bench._print_gpu_report, "configs")):
+  site = tmp_path / "site-packages"
+  monkeypatch.setattr(defaults, "CHECKOUT", str(site))
+  refusals = [(bench._print_compare_recipes, "launch.py"),
+              (bench._print_gpu_report, "configs/fineweb_40m.py"),
+              (bench._print_gpu_report, "tests/conftest.py")]
+  for mode, missing in refusals:
     with pytest.raises(UserError) as refused:
       mode(types.SimpleNamespace(gpu_tests=True))
     assert str(refused.value) == (
-        f"--{mode.__name__.removeprefix('_print_')} runs {missing} of a jaxgpt clone, and "
-        f"{tmp_path}/site-packages/{missing} is missing: run it from a clone, installed with "
-        "pip install -e .")
+        f"--{mode.__name__.removeprefix('_print_')} needs {missing} from a jaxgpt clone, and "
+        f"{site}/{missing} is missing: run it in a clone, installed with pip install -e .")
+    if missing.startswith("configs/"):  # the recipes there, and the tests not
+      (site / "configs").mkdir(parents=True)
+      for name in ("fineweb_40m", "gpt2_124m"):
+        (site / "configs" / f"{name}.py").write_text("")
 
 
 def test_a_comparison_writes_no_recipe_over_a_file_of_the_users(tmp_path):
@@ -409,7 +415,7 @@ def test_a_comparison_writes_no_table_over_files_of_the_users(tmp_path, monkeypa
   the training; a comparison's own are written again."""
   from jaxgpt.bench import recipes
 
-  monkeypatch.chdir(tmp_path)  # data/python_docs, were the refusal to come after the data
+  monkeypatch.chdir(tmp_path)  # compare() makes data/python_docs in the working directory
 
   rows = [{"variant": "nanogpt", "learning_rate": 1e-3, "muon_learning_rate": None,
            "final_val_loss": 4.5, "tokens_to_target": 1e6, "tokens_to_target_ratio": 1.0,
@@ -478,7 +484,7 @@ def test_a_comparison_evaluates_at_most_the_val_batches_its_data_holds(tmp_path,
 
 def test_a_variant_the_base_cannot_take_is_refused_before_any_trains(tmp_path, monkeypatch):
   """RoPE on heads of 9: said before the baseline trains for nothing."""
-  monkeypatch.chdir(tmp_path)  # data/python_docs, were the refusal to come after the data
+  monkeypatch.chdir(tmp_path)  # compare() makes data/python_docs in the working directory
   config = recipes.base_config("python_docs", str(tmp_path / "cmp"), 4)
   config.update(n_embd=36, n_head=4)
   with pytest.raises(UserError, match=r"^pos_emb=rope: config.pos_emb='rope': rope needs an "

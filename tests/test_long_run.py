@@ -42,7 +42,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, cli, preemption, resume, sinks, train, train_step
+from jaxgpt import checkpoint, cli, defaults, preemption, resume, sinks, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 from jaxgpt.interop import weights
@@ -441,6 +441,15 @@ def test_a_checkpoint_written_before_a_key_existed_resumes_under_its_default(tmp
   assert resume.check_resumable(saved, config) == []
   with pytest.raises(UserError, match=r"optimizer: checkpoint 'adamw' vs config 'muon'"):
     resume.check_resumable(saved, tiny_config(tmp_path, "", optimizer="muon"))
+
+
+def test_a_default_that_follows_another_key_follows_the_value_a_run_saved(tmp_path):
+  """eval_tasks_interval follows eval_interval: a run older than it had its eval_interval's
+  (filled with the default's 2000, a resume logged a change that was none)."""
+  config = tiny_config(tmp_path, "", eval_interval=500)
+  saved = {k: v for k, v in config.to_dict().items() if k != "eval_tasks_interval"}
+  assert defaults.with_defaults(saved)["eval_tasks_interval"] == 500
+  assert resume.check_resumable(saved, config) == []
 
 
 def test_a_run_older_than_a_key_its_recipe_sets_resumes_saying_so(tmp_path, token_dir, caplog):

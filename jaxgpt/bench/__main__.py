@@ -285,9 +285,10 @@ def _print_throughput(f: flags.FlagValues) -> None:
 
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
-  defaults.checkout_file("configs", "--gpu_report")
+  for name, _ in gpu_report.ROWS:
+    defaults.checkout_file(f"configs/{name}.py", "--gpu_report")
   if f.gpu_tests:
-    defaults.checkout_file("tests", "--gpu_report")
+    defaults.checkout_file("tests/conftest.py", "--gpu_report")
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
   path = _out_path(f.out or "gpu_report.md")
   log_path = os.path.splitext(path)[0] + ".log"  # what the tests and rows printed, whole

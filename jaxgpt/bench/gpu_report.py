@@ -34,7 +34,6 @@ from typing import Any, TextIO
 from jaxgpt import defaults, train_step
 from jaxgpt.plan import memory, targets
 
-ROOT = defaults.CHECKOUT  # the rows run its configs/, the GPU tests its tests/
 GiB = 2**30
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
 ITERS, WARMUP = 10, 2  # timed and untimed iterations of each of a row's three timed runs
@@ -55,8 +54,8 @@ def _python(*args: str, log: TextIO | None = None,
             timeout: float | None = None) -> subprocess.CompletedProcess:
   """`python ARGS` in the repository's root, what it printed also written to `log`."""
   try:
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          check=False, timeout=timeout)
+    done = subprocess.run([sys.executable, *args], cwd=defaults.CHECKOUT, capture_output=True,
+                          text=True, check=False, timeout=timeout)
   except subprocess.TimeoutExpired as e:
     output = [e.stdout or "", e.stderr or ""]
     output = [o.decode(errors="replace") if isinstance(o, bytes) else o for o in output]
@@ -99,7 +98,8 @@ def _measure(name: str, overrides: dict[str, Any], iters: int, warmup: int,
   """One row's figures from `python -m jaxgpt.bench` in a process of its own."""
   with tempfile.TemporaryDirectory(prefix="jaxgpt_gpu_report_") as tmp:
     out = os.path.join(tmp, "row.jsonl")
-    done = _python("-m", "jaxgpt.bench", f"--config={os.path.join(ROOT, 'configs', name)}.py",
+    recipe = os.path.join(defaults.CHECKOUT, "configs", f"{name}.py")
+    done = _python("-m", "jaxgpt.bench", f"--config={recipe}",
                    *(f"--config.{k}={v}" for k, v in overrides.items()), f"--iters={iters}",
                    f"--warmup={warmup}", "--data_workers=2", f"--out={out}", log=log,
                    timeout=ROW_TIMEOUT_S)
