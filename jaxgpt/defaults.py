@@ -192,14 +192,13 @@ def view(cls: type[View], config: ml_collections.ConfigDict) -> View:
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a clone's root
 
 
-def checkout_file(path: str, needed_by: str) -> str:
-  """`path` (launch.py, a recipe in configs/, a file of tests/) in this clone: a `pip install
-  .` without -e leaves them out, and a command that runs them says so before its work."""
+def require_in_checkout(path: str, needed_by: str) -> None:
+  """Refuses `needed_by` where `path` (launch.py, a recipe in configs/, a file of tests/) is
+  not in this clone: a `pip install .` without -e leaves them out. Said before its work."""
   full = os.path.join(CHECKOUT, path)
   if not os.path.isfile(full):
     raise UserError(f"{needed_by} needs {path} from a jaxgpt clone, and {full} is missing: run "
                     "it in a clone, installed with pip install -e .")
-  return full
 
 
 def recipe(name: str) -> ml_collections.ConfigDict:

@@ -285,10 +285,10 @@ def _print_throughput(f: flags.FlagValues) -> None:
 
 
 def _print_gpu_report(f: flags.FlagValues) -> None:
-  for name, _ in gpu_report.ROWS:
-    defaults.checkout_file(f"configs/{name}.py", "--gpu_report")
+  for name in dict.fromkeys(name for name, _ in gpu_report.ROWS):
+    defaults.require_in_checkout(f"configs/{name}.py", "--gpu_report")
   if f.gpu_tests:
-    defaults.checkout_file("tests/conftest.py", "--gpu_report")
+    defaults.require_in_checkout("tests/conftest.py", "--gpu_report")
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
   path = _out_path(f.out or "gpu_report.md")
   log_path = os.path.splitext(path)[0] + ".log"  # what the tests and rows printed, whole
@@ -313,7 +313,7 @@ def _print_gpu_report(f: flags.FlagValues) -> None:
 
 
 def _print_compare_recipes(f: flags.FlagValues) -> None:
-  defaults.checkout_file("launch.py", "--compare_recipes")
+  defaults.require_in_checkout("launch.py", "--compare_recipes")
   out = f.out or "out/compare_recipes"
   names = list(recipes.variants()) if f.ablation else f.variants
   if not names:
