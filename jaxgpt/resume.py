@@ -42,10 +42,12 @@ class Start:
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
 
 
-def position_basis(layout: sharding.BatchLayout, workers: int) -> dict[str, int]:
-  """What a saved data position depends on; a resume that changes it converts the position."""
+def position_basis(layout: sharding.BatchLayout, workers: int) -> dict[str, int | str]:
+  """What a saved data position depends on; a resume that changes it converts the position.
+  Grain's worker processes save their state in a format of its version's own."""
   return {"windows_per_iter": layout.accum_steps * layout.global_batch,
-          "processes": jax.process_count(), "workers": workers, "devices": layout.n_devices}
+          "processes": jax.process_count(), "workers": workers, "devices": layout.n_devices,
+          "grain": grain.__version__}
 
 
 def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shardings: Any,
@@ -54,10 +56,11 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   """The latest good checkpoint's state, and the train batches from where it stopped.
 
   Under the batch layout it was saved with, the saved data iterator continues. Under another
-  (batch size, accumulation, devices, processes, workers), or where the saved iterator state
-  of any process does not read back (a missing or damaged file), every process starts a new
-  one at the window the checkpoint reached: the same tokens in the same order, and one start
-  window in the checkpoints they save next. A data position never makes a resume fall back.
+  (batch size, accumulation, devices, processes, workers; with workers, another Grain version),
+  or where the saved iterator state of any process does not read back (a missing or damaged
+  file), every process starts a new one at the window the checkpoint reached: the same tokens
+  in the same order, and one start window in the checkpoints they save next. A data position
+  never makes a resume fall back.
   """
   now = position_basis(layout, config.data_workers)
   reached = lambda meta, why: _reached(meta["tokens"], config.block_size, why)
@@ -67,10 +70,9 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     if saved["devices"] != now["devices"]:
       logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
                       saved["devices"])
-    changed = [k for k in ("windows_per_iter", "processes", "workers") if saved[k] != now[k]]
-    if changed:  # the saved iterator state does not continue it
-      changes = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed)
-      window = reached(meta, f"the batch layout changed ({changes})")
+    why_not = _not_continued(saved, now)
+    if why_not:
+      window = reached(meta, why_not)
       return open_batches(window), window
     window = saved["start_window"]
     batches = open_batches(window)
@@ -135,6 +137,19 @@ def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -
                   "".join(f" ({n}: {a:.3g} now, {b:.3g} at the checkpoint)"
                           for n, a, b in others),
                   " ".join(f"--config.{k}={shlex.quote(str(a))}" for k, (a, _) in changed.items()))
+
+
+def _not_continued(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+  """Why the saved data iterator state cannot continue under `now` (see position_basis), or
+  None where it can."""
+  changed = [k for k in ("windows_per_iter", "processes", "workers") if saved[k] != now[k]]
+  if changed:
+    return "the batch layout changed ({})".format(
+        ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed))
+  if now["workers"] and saved.get("grain", now["grain"]) != now["grain"]:  # older records lack it
+    return (f"the data position was saved by grain {saved['grain']}'s worker processes, in a "
+            f"format grain {now['grain']} does not read")
+  return None
 
 
 def _reached(tokens: int, block_size: int, why: str) -> int:

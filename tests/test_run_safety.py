@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 
+import grain
 import ml_collections
 import numpy as np
 import pytest
@@ -158,6 +159,42 @@ def test_a_changed_layout_continues_at_the_window_after_the_tokens_trained_on():
   """A checkpoint's tokens count block_size per window trained on (its targets; a window holds
   one more), so 512 tokens at block_size 16 are 32 windows, and the data goes on at the 33rd."""
   assert resume._reached(512, 16, "the batch layout changed") == 32
+
+
+def test_a_saved_data_position_continues_only_under_its_basis():
+  now = {"windows_per_iter": 8, "processes": 1, "workers": 2, "devices": 1, "grain": "0.2.18"}
+  assert resume._not_continued(now, now) is None
+  older = {k: v for k, v in now.items() if k != "grain"}  # saved before the version was recorded
+  assert resume._not_continued(older, now) is None  # read, and warned about if it fails
+  in_process = {**now, "workers": 0}  # its iterator state reads back under any Grain
+  assert resume._not_continued({**in_process, "grain": "0.2.12"}, in_process) is None
+  assert resume._not_continued({**now, "grain": "0.2.12"}, now) == (
+      "the data position was saved by grain 0.2.12's worker processes, in a format grain "
+      "0.2.18 does not read")  # not "does not read back (KeyError: 'exhausted')": no damage
+  assert resume._not_continued({**now, "windows_per_iter": 4, "grain": "0.2.12"}, now) == (
+      "the batch layout changed (windows_per_iter 4 -> 8)")
+
+
+@pytest.mark.slow
+def test_a_resume_under_another_grain_with_workers_continues_at_the_same_token(
+    tmp_path, token_dir, fed_batches, caplog, monkeypatch):
+  kw = {"eval_interval": 4, "lr_decay_iters": 12, "data_workers": 1}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, **kw))
+  saved_with = grain.__version__
+  monkeypatch.setattr(grain, "__version__", "9.9.9")
+  fed_batches.clear()
+  resumed = tiny_config(tmp_path, token_dir, max_iters=5, init_from="resume", **kw)
+  train.train(resumed)
+  assert (f"resume: the data position was saved by grain {saved_with}'s worker processes, in a "
+          "format grain 9.9.9 does not read; the data continues at window 32 (token 512)"
+          ) in caplog.text
+  assert "does not read back" not in caplog.text  # nothing was tried and found damaged
+  source = data.open_split(token_dir, "train", resumed.block_size, resumed.vocab_size)
+  stream = data._windows_stream(source, resumed.seed, 0, 1)
+  expected = np.stack([stream[i] for i in range(32, 40)]).reshape(2, 4, -1)
+  np.testing.assert_array_equal(fed_batches[0], expected)
+  _, meta = checkpoint_meta(resumed, 5)
+  assert meta["data"]["grain"] == "9.9.9" and meta["data"]["start_window"] == 32
 
 
 @pytest.mark.slow
