@@ -36,6 +36,14 @@ _LAUNCH = os.path.join(defaults.CHECKOUT, "launch.py")
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: no bug, one line
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+# nanoGPT's keys and flags that JAX has no use for, with what does their job here.
+NANOGPT_ONLY = {
+    "compile": "JAX compiles every step (jax.jit) without one; leave it out",
+    "device": "JAX runs on the GPUs it finds; JAX_PLATFORMS=cpu runs on the CPU, "
+              "CUDA_VISIBLE_DEVICES picks GPUs",
+    "backend": "several GPUs need no backend: every device JAX finds trains (README: Several "
+               "GPUs and hosts)",
+}
 
 
 class _PathParser(flags.ArgumentParser):
@@ -165,9 +173,14 @@ def _not_loaded(last_line: str) -> str:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  if sum(a == "--config" or a.startswith("--config=") for a in argv) > 1:  # absl: the last wins
+  given = sum(a == "--config" or a.startswith("--config=") for a in argv)
+  if given > 1:  # absl: the last wins
     sys.exit("error: --config: given twice; a run reads one recipe (--config.KEY=VALUE sets "
              "its keys)")
+  recipes = [a for a in argv[1:] if a.endswith(".py") and not a.startswith("-")]
+  if "config" in flags.FLAGS and recipes and not given:
+    sys.exit(f"error: {recipes[0]}: name the recipe as --config={recipes[0]} (and its keys as "
+             "--config.KEY=VALUE)")  # nanoGPT's `train.py config/FILE.py`
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -181,11 +194,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if not isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):
       raise
     if isinstance(inner, KeyError) and lines:
+      if unquoted[0] in NANOGPT_ONLY:
+        sys.exit(f"error: --config.{unquoted[0]}: no such config key; "
+                 f"{NANOGPT_ONLY[unquoted[0]]}")
       sys.exit(" ".join([f"error: --config.{unquoted[0]}: no such config key.", *lines[1:]]))
     if lines and lines[0].startswith(_LOAD_FAILED):  # the recipe file, read for a --config.KEY
       sys.exit(_not_loaded(lines[-1]))
-    if "has no attribute 'get_config'" in ' '.join(lines):
-      sys.exit("error: --config: the recipe file defines no get_config()")
+    if "has no attribute 'get_config'" in ' '.join(lines):  # a nanoGPT config's KEY = VALUE
+      sys.exit("error: --config: the recipe file defines no get_config(); its keys go in one, "
+               "as in configs/quickstart.py: c = defaults.get_config(), c.KEY = VALUE, return c")
     sys.exit(f"error: {' '.join(lines)}")
 
 
@@ -228,6 +245,8 @@ def _flag_error(error: flags.Error) -> str:
     return f"{flag}={value}: {why}"
   if isinstance(error, flags.UnrecognizedFlagError):
     name = error.flagname
+    if name.removeprefix("config.") in NANOGPT_ONLY:
+      return f"--{name}: no such flag; {NANOGPT_ONLY[name.removeprefix('config.')]}"
     keys = list(defaults.get_config()) if "config" in flags.FLAGS else []
     if name in keys:  # nanoGPT's --max_iters=N
       return f"--{name}: no such flag; a config key is set as --config.{name}"

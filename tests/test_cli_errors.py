@@ -57,6 +57,17 @@ CASES = {
                            "broken.py, line 2: NameError: name 'undefined_name' is not defined"),
     "recipe with a key typo": (["launch.py", "--config={tmp}/typo.py"],
                                "typo.py, line 5: AttributeError: "),
+    "nanoGPT's device key": (["launch.py", "--config=configs/quickstart.py",
+                              "--config.device=cpu"],
+                             ("error: --config.device: no such config key; JAX runs on the "
+                              "GPUs it finds; JAX_PLATFORMS=cpu runs on the CPU")),
+    "nanoGPT's compile flag": (["-m", "jaxgpt.sample", "--out_dir={out_dir}", "--compile=False"],
+                               "error: --compile: no such flag; JAX compiles every step"),
+    "nanoGPT's positional recipe": (["launch.py", "configs/quickstart.py",
+                                     "--config.max_iters=20"],
+                                    ("error: configs/quickstart.py: name the recipe as "
+                                     "--config=configs/quickstart.py (and its keys as "
+                                     "--config.KEY=VALUE)")),
     "invalid value": (["launch.py", "--config=configs/quickstart.py", "--config.dropout=1.5",
                        "--config.out_dir={tmp}/x"], "error: config.dropout=1.5: must be in [0, 1)"),
     "missing data": (["launch.py", "--config=configs/fineweb_40m.py", "--config.data_dir={tmp}/no",

@@ -26,6 +26,13 @@ def test_unknown_key_is_an_error_naming_it():
   assert r.returncode == 1 and r.stderr.strip() == "error: --config.zzzzzz: no such config key."
 
 
+def test_nanogpts_compile_key_says_jax_compiles_anyway():
+  r = launch("--config=configs/quickstart.py", "--config.compile=False")
+  assert r.returncode == 1 and r.stderr.strip() == (
+      "error: --config.compile: no such config key; JAX compiles every step (jax.jit) without "
+      "one; leave it out")
+
+
 def test_help_lists_every_config_key_with_its_default_and_exits_0():
   r = launch("--help")
   assert r.returncode == 0 and r.stderr == ""
@@ -290,4 +297,6 @@ def test_a_recipe_that_cannot_load_reads_the_same_with_an_override(tmp_path):
                               f"No such file or directory: '{tmp_path}/missing.py'")
   (tmp_path / "noget.py").write_text("x = 1\n")
   r = run_python("launch.py", f"--config={tmp_path}/noget.py")
-  assert r.stderr.strip() == "error: --config: the recipe file defines no get_config()"
+  assert r.stderr.strip() == (  # a nanoGPT config's KEY = VALUE lines, say
+      "error: --config: the recipe file defines no get_config(); its keys go in one, as in "
+      "configs/quickstart.py: c = defaults.get_config(), c.KEY = VALUE, return c")

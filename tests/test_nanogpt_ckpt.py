@@ -171,6 +171,24 @@ def test_a_nanogpt_out_dir_names_its_ckpt_pt(tmp_path):
   assert it == 250 and arch == nanogpt.read(str(tmp_path / "ckpt.pt"))[0]
 
 
+def test_commands_reading_a_nanogpt_out_dir_as_a_run_name_its_ckpt_pt(tmp_path):
+  """nanoGPT's `sample.py --out_dir=out-shakespeare`, typed as it was."""
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
+  with pytest.raises(UserError, match=re.escape(
+      f"{tmp_path / 'ckpt.pt'} is nanoGPT's: --init_from=nanogpt:{tmp_path / 'ckpt.pt'} reads it")):
+    weights.run_steps(str(tmp_path))
+
+
+def test_a_block_size_past_the_checkpoints_positions_names_the_value_that_fits(tmp_path,
+                                                                             token_dir):
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
+  config = tiny_config(tmp_path, token_dir, init_from=f"nanogpt:{tmp_path / 'ckpt.pt'}",
+                       block_size=2 * BLOCK)
+  with pytest.raises(UserError, match=f"exceeds the {BLOCK} positions of .*: set "
+                     f"--config.block_size={BLOCK} \\(or less\\)"):
+    launch.run(config)
+
+
 def test_evaluate_cli_reads_a_nanogpt_checkpoint(tmp_path):
   write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False, vocab_size=50304)
   hs = write_hellaswag(tmp_path / "hs.jsonl", 4)

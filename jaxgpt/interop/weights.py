@@ -38,8 +38,11 @@ def run_steps(out_dir: str, at_step: int | None = None) -> list[int]:
   finally:
     checkpoints.close()
   if not steps:
-    raise UserError(f"{checkpoints.directory}: no checkpoints; nothing was trained into "
-                    f"out_dir={out_dir!r} yet")
+    nanogpt_ckpt = os.path.join(out_dir, "ckpt.pt")  # nanoGPT's `sample.py --out_dir=DIR`
+    raise UserError(f"{checkpoints.directory}: no checkpoints; " + (
+        f"{nanogpt_ckpt} is nanoGPT's: --init_from={defaults.NANOGPT}{nanogpt_ckpt} reads it"
+        if os.path.isfile(nanogpt_ckpt) else
+        f"nothing was trained into out_dir={out_dir!r} yet"))
   if at_step is not None and at_step not in steps:
     raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds {steps}")
   return steps
@@ -129,7 +132,7 @@ def for_training(config: ml_collections.ConfigDict) -> tuple[ml_collections.Conf
   n_positions = arch.pop("block_size")
   if config.block_size > n_positions:
     raise UserError(f"config.block_size={config.block_size} exceeds the {n_positions} "
-                    f"positions of {source}")
+                    f"positions of {source}: set --config.block_size={n_positions} (or less)")
   logging.info("init_from=%s: weights of %s", config.init_from, source)
   if config.block_size < n_positions:
     params["wpe"]["embedding"] = params["wpe"]["embedding"][:config.block_size]
