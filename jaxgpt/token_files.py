@@ -121,8 +121,9 @@ def find_shards(data_dir: str, split: str) -> list[str]:
 
 def check_vocab(path: str, tokens: np.ndarray, vocab_size: int) -> None:
   """Fails naming the file when a token id does not fit the model's vocabulary."""
-  if tokens.size and int(tokens.max()) >= vocab_size:
-    raise ShardError(f"{path}: token id {int(tokens.max())} >= vocab_size {vocab_size}")
+  largest = int(tokens.max()) if tokens.size else -1
+  if largest >= vocab_size:
+    raise ShardError(f"{path}: token id {largest} >= vocab_size {vocab_size}")
 
 
 def nanogpt_vocab(data_dir: str) -> int | None:

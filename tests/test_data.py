@@ -183,6 +183,25 @@ def test_token_beyond_vocab_is_rejected_naming_the_file(tmp_path, token):
   token_files.check_vocab(path, np.zeros(0, np.uint16), 96)  # no tokens: nothing out of range
 
 
+def test_ids_past_the_checked_head_of_a_file_are_refused_as_their_window_is_read(tmp_path,
+                                                                                monkeypatch):
+  """Files no meta.json vouches for (llm.c's, nanoGPT's) are not read whole at every start: 20 GB
+  at FineWeb-10B's size, on every host, at every resume."""
+  monkeypatch.setattr(data, "VOCAB_CHECK_TOKENS", 64)
+  tokens = np.arange(600, dtype=np.uint16) % 90
+  tokens[500] = 96
+  path = str(tmp_path / "t_train_0.bin")
+  shards.write_shard(path, tokens)
+  src = data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96)
+  np.testing.assert_array_equal(src[0], tokens[:9])
+  with pytest.raises(token_files.ShardError, match=r"t_train_0.bin: token id 96 >= vocab_size 96"):
+    src[500 // 8]  # the window holding it, where JAX would have clamped it into another token
+  tokens[500] = 95
+  shards.write_shard(path, tokens)
+  src = data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96)
+  assert [src[i][0] for i in range(len(src))] == [tokens[8 * i] for i in range(len(src))]
+
+
 def test_windows_cover_every_token_once_per_epoch(tmp_path):
   a, b = np.arange(0, 41, dtype=np.uint16), np.arange(100, 133, dtype=np.uint16)
   shards.write_shard(str(tmp_path / "s_train_0.bin"), a)
