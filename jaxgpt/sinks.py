@@ -73,16 +73,20 @@ class TensorBoardSink:
       start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
       self._events.write_event(self._event_pb2.Event(step=0, wall_time=time.time(),
                                                      session_log=start))
-      for record in kept:
-        self.write(record)
+      for record in kept:  # one flush: one a record took 80 s at 300,000 of them
+        self._add(record)
+      self._events.flush()
 
   def write(self, record: Record) -> None:
+    self._add(record)
+    self._events.flush()
+
+  def _add(self, record: Record) -> None:
     values = [self._summary_pb2.Summary.Value(tag=tag, simple_value=value)
               for tag, value in scalars(record).items()]
     summary = self._summary_pb2.Summary(value=values)
     self._events.write_event(self._event_pb2.Event(step=record["iter"], wall_time=time.time(),
                                                    summary=summary))
-    self._events.flush()
 
   def close(self, failed: bool = False) -> None:
     with contextlib.suppress(OSError):  # a full disk: each record was flushed, or stopped the run

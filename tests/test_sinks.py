@@ -137,6 +137,19 @@ def test_a_non_finite_loss_is_written_to_tensorboard_without_its_anonymous_warni
   assert "NaN or Inf" not in caplog.text
 
 
+def test_a_long_runs_records_are_written_again_on_resume_in_seconds(tmp_path):
+  """A resume at iteration 300,000 of a run logging each one took 80 s here, a flush a record."""
+  tensorboardX = pytest.importorskip("tensorboardX")
+  kept = [{**TRAIN_RECORD, "iter": i} for i in range(60_000)]
+  started = time.perf_counter()
+  sink = sinks.TensorBoardSink(tensorboardX, str(tmp_path / "tb"), kept=kept)
+  elapsed = time.perf_counter() - started  # about 2 s; 13 s before
+  (events,) = glob.glob(str(tmp_path / "tb" / "events*"))
+  written = os.path.getsize(events)  # on disk before the resumed run's first record
+  sink.close()
+  assert elapsed < 8 and written == os.path.getsize(events) > 60_000 * 50
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full")
 def test_a_full_disk_under_tensorboard_fails_the_write_at_once(tmp_path, monkeypatch):
   """As metrics.jsonl's does, so the run stops within a step (not a writer thread that dies
