@@ -33,7 +33,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxgpt import sharding
-from jaxgpt.errors import UserError, first_line
+from jaxgpt.errors import FULL, UserError, first_line
 
 STATE, DATA, META = "state", "data", "meta"
 
@@ -120,21 +120,22 @@ class Checkpoints:
     self.manager.reload()
     return SaveError(f"saving the checkpoint of step {step} failed: {os_error(error)}. The "
                      f"partial save was removed and the run stopped; "
-                     f"{self.where_to_go_on(excluding=step)}")
+                     f"{self.where_to_go_on(error, excluding=step)}")
 
-  def where_to_go_on(self, excluding: int | None = None) -> str:
+  def where_to_go_on(self, error: Exception, excluding: int | None = None) -> str:
     """The free space, the last good checkpoint and how to go on from it, for a stop by a
-    storage error; from scratch where there is none."""
+    storage `error`; from scratch where there is none."""
+    fix = remedy(error)
     good = [s for s in self.steps() if s != excluding]
     try:
       space = f"{shutil.disk_usage(self.directory).free / 2**30:.2f} GiB are free on its filesystem"
     except OSError as e:  # the directory is gone (a lost mount)
       space = f"its filesystem cannot be read ({e.strerror})"
     if not good:
-      return (f"no checkpoint was saved before it, and {space}. Free space (or fix the cause) "
-              "and run the same command again: it starts over.")
+      return (f"no checkpoint was saved before it, and {space}. {fix} and run the same "
+              "command again: it starts over.")
     return (f"the last good checkpoint is step {good[-1]} in {self.directory}, and {space}. "
-            "Free space (or fix the cause) and add --config.init_from=resume to continue.")
+            f"{fix} and add --config.init_from=resume to continue.")
 
   def restore(self, step: int, abstract_state: Any, meta: dict[str, Any]) -> Any:
     """One step's state, placed per the shardings in `abstract_state` and checked against the
@@ -355,11 +356,22 @@ def cause(error: Exception) -> str:
   return line if len(line) <= CAUSE_CHARS else line[:CAUSE_CHARS - 3] + "..."
 
 
-def os_error(error: Exception) -> str:
-  """The OS error inside a storage error (tensorstore tags it os_error_code), else its first line."""
+def error_number(error: Exception) -> int | None:
+  """The OS error number inside a storage error (tensorstore tags it os_error_code)."""
   if isinstance(error, OSError) and error.errno:
-    return f"{os.strerror(error.errno)} [errno {error.errno}]"
+    return error.errno
   code = re.search(r"os_error_code='(\d+)'", str(error))
-  if code:
-    return f"{os.strerror(int(code[1]))} [errno {code[1]}]"
+  return int(code[1]) if code else None
+
+
+def remedy(error: Exception) -> str:
+  """What a user does about a storage error, as the start of a sentence."""
+  return "Free space" if error_number(error) in FULL else "Fix the cause"
+
+
+def os_error(error: Exception) -> str:
+  """The OS error inside a storage error, else its first line."""
+  number = error_number(error)
+  if number is not None:
+    return f"{os.strerror(number)} [errno {number}]"
   return f"{type(error).__name__}: {first_line(error)}"

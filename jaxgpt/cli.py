@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import errno
 import gc
 import logging as pylogging
 import os
@@ -27,14 +26,13 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from jaxgpt import defaults, preemption
-from jaxgpt.errors import UserError, first_line
+from jaxgpt.errors import FULL, UserError, first_line
 
 TRACEBACK_ENV = "JAXGPT_TRACEBACK"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LAUNCH = os.path.join(defaults.CHECKOUT, "launch.py")
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: no bug, one line
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
 # nanoGPT's keys and flags that JAX has no use for, with what does their job here.
 NANOGPT_ONLY = {
@@ -292,7 +290,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       # or one it may not read) surfaces as an OSError on first use, its cause on the last line.
       recipe = isinstance(e, OSError) and any(
           says in str(e) for says in ("Failed loading config file", _LOAD_FAILED))
-      full = isinstance(e, OSError) and e.errno in _FULL  # the output's disk, stdout's included
+      full = isinstance(e, OSError) and e.errno in FULL  # the output's disk, stdout's included
       if os.environ.get(TRACEBACK_ENV) or not (recipe or full or isinstance(e, UserError)):
         raise
       if recipe:

@@ -1,5 +1,10 @@
 """The exception for what a user can cause and fix, as opposed to a bug."""
 
+import errno
+import os
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota
+
 
 class UserError(Exception):
   """Its message names what is wrong and what to do; the CLIs print it as one line, exit 1."""
@@ -9,3 +14,13 @@ def first_line(error: BaseException) -> str:
   """The first line of an exception's message, cut at 300 characters: a library's (a storage
   layer's, cuDNN's) can run to pages, and a user's error is one line."""
   return (str(error).splitlines() or [""])[0][:300]
+
+
+def folder_problem(path: str, error: OSError) -> str:
+  """Why a folder cannot be made at `path`, where `error` says only "File exists"."""
+  path = path.rstrip(os.sep) or path  # 'file/' does not exist; 'file' does
+  if os.path.islink(path) and not os.path.exists(path):
+    return f"a symlink to {os.readlink(path)}, which does not exist"
+  if os.path.exists(path) and not os.path.isdir(path):
+    return "a file, not a folder"
+  return error.strerror or str(error)

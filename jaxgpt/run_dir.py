@@ -34,7 +34,7 @@ import ml_collections
 from absl import logging
 
 from jaxgpt import checkpoint, formatting
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, folder_problem
 
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
@@ -64,6 +64,7 @@ class RunDir:
     (an archived run's, a colleague's) shares the lock of a run.lock it reads
     (flock needs no more), or goes unlocked where there is none.
     """
+    check_utf8(self.out_dir)  # before anything is made there
     path = self._path("run.lock")
     made = not os.path.isdir(self.out_dir)
     try:
@@ -71,8 +72,9 @@ class RunDir:
       fd, named = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True  # names its holder
     except OSError as e:
       if writes or not os.path.isdir(self.out_dir):
-        raise UserError(f"{self.out_dir}: a run cannot write there ({e.strerror}); pick a "
-                        "writable --config.out_dir") from None
+        why = folder_problem(self.out_dir, e)
+        raise UserError(f"{self.out_dir}: a run cannot write there ({why}); pick a writable "
+                        "--config.out_dir") from None
       fd, named = _open_to_read(path), False
       if fd is None:
         logging.warning("%s: cannot be locked (%s, and no run.lock to read); a run started "
@@ -312,6 +314,17 @@ class RunDir:
       os.rename(path, f"{path}.{n}")
     logging.warning("%s held the records of an earlier run without checkpoints; moved to %s",
                     self.out_dir, ", ".join(f"{os.path.basename(p)}.{n}" for p in moving))
+
+
+def check_utf8(out_dir: str) -> None:
+  """Refuses a path holding bytes that are not UTF-8 (a Latin-1 name), under which Orbax can
+  neither save nor read checkpoints: a run would train to its first save and fail there."""
+  try:
+    os.path.abspath(out_dir).encode("utf-8")
+  except UnicodeEncodeError:
+    raise UserError(f"out_dir={out_dir!r}: its path holds bytes that are not UTF-8, under which "
+                    "Orbax can neither save nor read checkpoints; rename the folder or pick "
+                    "another") from None
 
 
 def _open_to_read(path: str) -> int | None:

@@ -186,7 +186,7 @@ class _Loop:
     except OSError as e:
       error = checkpoint.SaveError(
           f"writing the {record['event']} record of iteration {record['iter']} failed: "
-          f"{checkpoint.os_error(e)}; the run stopped; {self.checkpoints.where_to_go_on()}")
+          f"{checkpoint.os_error(e)}; the run stopped; {self.checkpoints.where_to_go_on(e)}")
       if jax.process_count() == 1:
         raise error from e
       self.failure = self.failure or error
@@ -569,10 +569,10 @@ def _accept(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
         raise
       path = e.filename2 or e.filename  # a full disk, a quota: the file, where the OS names it
       where = f"{os.path.basename(path)}: " if path else ""
+      fix = checkpoint.remedy(e)
       raise checkpoint.SaveError(f"{rundir.out_dir}: writing the run's files failed "
                                  f"({where}{checkpoint.os_error(e)}); nothing was trained. "
-                                 "Free space (or fix the cause) and run the same command "
-                                 "again") from None
+                                 f"{fix} and run the same command again") from None
 
   return sharding.agreed("writing the run's files",
                          open_files if writes else lambda: sinks.Sinks([]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import glob
 import json
@@ -173,6 +174,18 @@ def test_the_cause_of_an_unreadable_checkpoint_is_a_line_not_a_dump_of_the_tree(
   assert len(said) == checkpoint.CAUSE_CHARS and said.startswith("ValueError: Custom dataclass")
   grain_s = ValueError("File /run/checkpoints/5/data/process_0-of-1.json does not exist.")
   assert checkpoint.cause(grain_s) == "a file of it is missing"
+
+
+def test_a_failed_write_says_free_space_only_for_a_full_disk():
+  """Orbax's tensorstore tags the OS error in its message; a cast error of a path it cannot
+  encode (a Latin-1 byte in out_dir) is no full disk."""
+  full = ValueError("Error writing ... [source locations='...'] [os_error_code='28']")
+  assert checkpoint.os_error(full) == "No space left on device [errno 28]"
+  for error in (full, OSError(errno.EDQUOT, "Disk quota exceeded")):
+    assert checkpoint.remedy(error) == "Free space"
+  for error in (OSError(errno.EFBIG, "File too large"), OSError(errno.EACCES, "Denied"),
+                RuntimeError("Unable to cast Python instance of type <class 'str'>")):
+    assert checkpoint.remedy(error) == "Fix the cause"
 
 
 def test_orbax_s_unfinished_reads_are_not_printed_beside_the_run_s_line(monkeypatch):

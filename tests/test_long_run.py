@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -487,6 +488,25 @@ def test_an_out_dir_that_cannot_be_written_is_one_line(tmp_path, token_dir):
   config = tiny_config(tmp_path, token_dir, out_dir=str(tmp_path / "a_file" / "run"))
   with pytest.raises(UserError, match="a_file/run: a run cannot write there"):
     train.train(config)
+  # Where the OS says only "File exists": the path is a file, or a symlink to nothing.
+  (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+  for out_dir, why in (("a_file/", "a file, not a folder"),
+                       ("dangling", f"a symlink to {tmp_path / 'nowhere'}, which does not exist")):
+    config = tiny_config(tmp_path, token_dir, out_dir=str(tmp_path / out_dir))
+    with pytest.raises(UserError, match=re.escape(f"a run cannot write there ({why}); pick a ")):
+      train.train(config)
+  assert not (tmp_path / "nowhere").exists()  # nothing made where the symlink points
+
+
+def test_an_out_dir_orbax_cannot_name_is_refused_before_training(tmp_path, token_dir):
+  """A Latin-1 byte in the path (os.fsdecode's surrogate): Orbax's save fails in a cast, an
+  eval_interval into the run, and every read of the directory fails the same way."""
+  out_dir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9 run")
+  with pytest.raises(UserError, match="its path holds bytes that are not UTF-8"):
+    train.train(tiny_config(tmp_path, token_dir, out_dir=out_dir))
+  assert not os.path.exists(out_dir)
+  with pytest.raises(UserError, match="its path holds bytes that are not UTF-8"):
+    weights.run_steps(out_dir)  # sample's, evaluate's and export's
 
 
 @pytest.mark.slow

@@ -431,7 +431,7 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_nothing(tmp_path, token
   assert "Traceback" not in proc.stderr
   assert proc.stderr.splitlines()[-1] == (
       f"error: {tmp_path / 'run'}: writing the run's files failed (File too large [errno 27]); "
-      "nothing was trained. Free space (or fix the cause) and run the same command again")
+      "nothing was trained. Fix the cause and run the same command again")  # not a full disk
   assert not (tmp_path / "run").exists()
 
 

@@ -27,6 +27,7 @@ def check_run_path(out_dir: str) -> None:
     raise UserError("out_dir is empty: name the run directory whose checkpoint to read")
   if os.path.isfile(out_dir):
     raise UserError(f"out_dir={out_dir!r} is a file, not a run directory")
+  run_dir.check_utf8(out_dir)
 
 
 def run_steps(out_dir: str, at_step: int | None = None) -> list[int]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from jaxgpt import token_files, tokenizer
+from jaxgpt import errors, token_files, tokenizer
 from jaxgpt.prep.readers import Piece, PrepareError
 from jaxgpt.prep.tokenize import tokenized
 
@@ -328,7 +328,8 @@ def _locked_fd(out_dir: str, wait: bool) -> int:
       os.makedirs(out_dir, exist_ok=True)
       fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-      raise PrepareError(f"{out_dir}: cannot write there ({e.strerror})") from None
+      why = errors.folder_problem(out_dir, e)
+      raise PrepareError(f"{out_dir}: cannot write there ({why})") from None
     try:
       _flock(fd, out_dir, wait)
       if _same_file(fd, path):
