@@ -171,6 +171,9 @@ def _not_loaded(last_line: str) -> str:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+  # A shell leaves --config=~/x as it is (every other path flag expands it where it is read).
+  argv = [f"--config={os.path.expanduser(a[9:])}" if a.startswith("--config=~") else a
+          for a in argv]
   given = sum(a == "--config" or a.startswith("--config=") for a in argv)
   if given > 1:  # absl: the last wins
     sys.exit("error: --config: given twice; a run reads one recipe (--config.KEY=VALUE sets "

@@ -13,8 +13,8 @@ from jaxgpt import data, defaults, optim
 from jaxgpt.errors import UserError
 
 
-def launch(*args: str) -> subprocess.CompletedProcess:
-  return run_python("launch.py", *args)
+def launch(*args: str, **env: str) -> subprocess.CompletedProcess:
+  return run_python("launch.py", *args, **env)
 
 
 def test_unknown_key_is_an_error_naming_it():
@@ -31,6 +31,14 @@ def test_nanogpts_compile_key_says_jax_compiles_anyway():
   assert r.returncode == 1 and r.stderr.strip() == (
       "error: --config.compile: no such config key; JAX compiles every step (jax.jit) without "
       "one; leave it out")
+
+
+def test_a_recipe_under_home_is_read_as_every_path_is(tmp_path):
+  """A shell leaves `--config=~/cfg.py` as it is (no variable precedes the `=`)."""
+  (tmp_path / "cfg.py").write_text("from jaxgpt import defaults\n\ndef get_config():\n"
+                                   "  return defaults.get_config()\n")
+  r = launch("--config=~/cfg.py", "--config.zzzzzz=10", HOME=str(tmp_path))
+  assert r.returncode == 1 and r.stderr.strip() == "error: --config.zzzzzz: no such config key."
 
 
 def test_help_lists_every_config_key_with_its_default_and_exits_0():

@@ -509,6 +509,20 @@ def test_an_out_dir_orbax_cannot_name_is_refused_before_training(tmp_path, token
     weights.run_steps(out_dir)  # sample's, evaluate's and export's
 
 
+def test_a_runs_checkpoints_folder_given_as_out_dir_names_the_flags_that_read_it(tmp_path):
+  """The path a run's last line prints is its checkpoints folder, which a user may paste."""
+  step = tmp_path / "run" / "checkpoints" / "4"
+  step.mkdir(parents=True)
+  with pytest.raises(UserError, match=re.escape(
+      f"it is a checkpoint of a run: --out_dir={tmp_path / 'run'} --step=4 reads it")):
+    weights.run_steps(str(step))
+  with pytest.raises(UserError, match=re.escape(
+      f"it is a run's checkpoints folder: --out_dir={tmp_path / 'run'} reads it")):
+    weights.run_steps(str(step.parent) + "/")
+  with pytest.raises(UserError, match="nothing was trained into out_dir="):
+    weights.run_steps(str(tmp_path / "run" / "checkpoints" / "5"))  # not there: no guess
+
+
 @pytest.mark.slow
 def test_a_disk_that_fills_between_saves_stops_the_run_like_a_failed_save(tmp_path, token_dir,
                                                                           monkeypatch):

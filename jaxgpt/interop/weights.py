@@ -8,6 +8,7 @@ pick them are defined here once, for every command that reads weights.
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 import jax
@@ -39,14 +40,26 @@ def run_steps(out_dir: str, at_step: int | None = None) -> list[int]:
   finally:
     checkpoints.close()
   if not steps:
-    nanogpt_ckpt = os.path.join(out_dir, "ckpt.pt")  # nanoGPT's `sample.py --out_dir=DIR`
-    raise UserError(f"{checkpoints.directory}: no checkpoints; " + (
-        f"{nanogpt_ckpt} is nanoGPT's: --init_from={defaults.NANOGPT}{nanogpt_ckpt} reads it"
-        if os.path.isfile(nanogpt_ckpt) else
-        f"nothing was trained into out_dir={out_dir!r} yet"))
+    raise UserError(f"{checkpoints.directory}: no checkpoints; {_what_out_dir_holds(out_dir)}")
   if at_step is not None and at_step not in steps:
     raise UserError(f"{checkpoints.directory}: no checkpoint at step {at_step}; it holds {steps}")
   return steps
+
+
+def _what_out_dir_holds(out_dir: str) -> str:
+  """For an out_dir without checkpoints: nanoGPT's ckpt.pt, or a run's checkpoints/ or one of
+  its steps (the path the run's last line prints), named with the flags that read them."""
+  nanogpt_ckpt = os.path.join(out_dir, "ckpt.pt")  # nanoGPT's `sample.py --out_dir=DIR`
+  if os.path.isfile(nanogpt_ckpt):
+    return f"{nanogpt_ckpt} is nanoGPT's: --init_from={defaults.NANOGPT}{nanogpt_ckpt} reads it"
+  parent, name = os.path.split(os.path.normpath(out_dir))
+  there = os.path.isdir(out_dir)
+  if there and name == "checkpoints":
+    return f"it is a run's checkpoints folder: --out_dir={shlex.quote(parent or '.')} reads it"
+  if there and os.path.basename(parent) == "checkpoints" and name.isdigit():
+    run = os.path.dirname(parent) or "."
+    return f"it is a checkpoint of a run: --out_dir={shlex.quote(run)} --step={name} reads it"
+  return f"nothing was trained into out_dir={out_dir!r} yet"
 
 
 def from_run(out_dir: str, at_step: int | None = None
