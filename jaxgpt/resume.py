@@ -36,6 +36,7 @@ class Start:
   evaluated: bool = False  # the checkpoint's iteration was evaluated before it was saved
   eval_batch_windows: int | None = None  # the run's evaluation batch (see train.val_losses)
   split_windows: dict[str, int] | None = None  # each split's windows when it was saved
+  data_dir: str | None = None  # the data folder the run read, its real path
   unreadable: tuple[int, ...] = ()  # newer steps passed over: set aside once the run is accepted
 
 
@@ -109,7 +110,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
                _best_kept(meta, checkpoints, it), window,
                evaluated=meta.get("val_loss") is not None, unreadable=tuple(unreadable),
                eval_batch_windows=saved.get("eval_batch_windows"),
-               split_windows=saved.get("split_windows")), batches
+               split_windows=saved.get("split_windows"), data_dir=saved.get("data_dir")), batches
 
 
 def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -> None:
@@ -161,10 +162,15 @@ def _reached(tokens: int, block_size: int, why: str) -> int:
   return window
 
 
-def warn_if_data_changed(start: Start, split_windows: dict[str, int]) -> None:
-  """Says when a split has another number of windows than when the checkpoint was saved: the
-  shuffles are over other windows, so the rest of the epoch is another order (some windows
-  twice, some not at all), and the val loss is over other windows than before."""
+def warn_if_data_changed(start: Start, split_windows: dict[str, int], data_dir: str) -> None:
+  """Says when the run reads another folder than the checkpoint's did (`data_dir`, both real
+  paths: a relative data_dir run from another directory), and when a split has another number
+  of windows than when it was saved: the shuffles are over other windows, so the rest of the
+  epoch is another order (some windows twice, some not at all), and the val loss is over other
+  windows than before."""
+  if start.data_dir is not None and start.data_dir != data_dir:
+    logging.warning("resume: the data is read from %s; the checkpoint's run read %s", data_dir,
+                    start.data_dir)
   if start.split_windows is None or start.split_windows == split_windows:
     return
   what = {"train": "training goes on in another order",

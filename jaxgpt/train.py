@@ -425,8 +425,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                                        saves=not config.eval_only)
   step_config = train_step.StepConfig.from_config(config)
   layout = step_config.layout(sharding.make_mesh())
-  sources = _open_data(data.resolve_data_dir(config.dataset, config.data_dir),
-                       config.block_size, config.vocab_size)
+  data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
+  sources = _open_data(data_dir, config.block_size, config.vocab_size)
   setup = train_step.build(step_config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
@@ -448,7 +448,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
           f"skip_nonfinite={config.skip_nonfinite} allows (it counts the whole run's); resume "
           f"with --config.skip_nonfinite={skipped} or more")
     split_windows = {split: len(source) for split, source in sources.items()}
-    resume.warn_if_data_changed(start, split_windows)
+    resume.warn_if_data_changed(start, split_windows, os.path.realpath(data_dir))
     counts, eval_windows = _log_start(config, layout, sources, start, config_file)
     trains = not config.eval_only and start.iter < config.max_iters
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
@@ -462,7 +462,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                run_sinks, _evaluator(setup, layout, sources, eval_windows, config.seed),
                {**resume.position_basis(layout, config.data_workers), "start_window": start.window,
                 "eval_batch_windows": eval_windows // config.eval_iters,
-                "split_windows": split_windows}, hooks)
+                "split_windows": split_windows, "data_dir": os.path.realpath(data_dir)}, hooks)
   try:
     trained = _loop(loop, compiled_step, layout, signals)
   except BaseException:
@@ -619,7 +619,7 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
     log("MFU: the peak FLOP/s of %r is not in jaxgpt's table (gpus.py), so no line shows MFU; "
         "--config.peak_flops=FLOP/s (its dense bf16 rate) sets it", device.device_kind)
   for split, source in sources.items():
-    logging.info("%s: %s", split, source)
+    logging.info("%s: %s in %s", split, source, os.path.realpath(os.path.dirname(source.paths[0])))
   eval_windows = config.eval_iters * (start.eval_batch_windows or layout.global_batch)
   logging.info("evaluation: the same %s windows (%s tokens) of each split every time",
                f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")

@@ -484,6 +484,28 @@ def test_a_resume_on_changed_data_says_so(tmp_path, token_dir, caplog):
           "goes on in another order\n") in caplog.text
 
 
+def test_a_resume_reading_another_data_folder_names_both(tmp_path, token_dir, caplog,
+                                                          monkeypatch):
+  """A relative data_dir (the default data/NAME) resumed from another working directory reads
+  (or makes, or downloads) a copy of its own there."""
+  kw = {"eval_interval": 2, "lr_decay_iters": 4}
+  shutil.copytree(token_dir, tmp_path / "first" / "data")
+  (tmp_path / "second").mkdir()
+  monkeypatch.chdir(tmp_path / "first")
+  train.train(tiny_config(tmp_path, "data", max_iters=2, **kw))
+  shutil.copytree(token_dir, tmp_path / "second" / "data")
+  monkeypatch.chdir(tmp_path / "second")
+  with caplog.at_level("WARNING", logger="absl"):
+    train.train(tiny_config(tmp_path, "data", max_iters=4, init_from="resume", **kw))
+  assert (f"resume: the data is read from {tmp_path / 'second' / 'data'}; the checkpoint's run "
+          f"read {tmp_path / 'first' / 'data'}\n") in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="absl"):  # the same folder, named another way: no word
+    train.train(tiny_config(tmp_path, str(tmp_path / "second" / "data") + "/", max_iters=6,
+                            init_from="resume", **kw))
+  assert "resume: the data is read from" not in caplog.text
+
+
 def test_a_resume_with_another_eval_iters_says_the_val_loss_is_over_other_windows(
     tmp_path, token_dir, caplog):
   kw = {"eval_interval": 2, "lr_decay_iters": 4}
