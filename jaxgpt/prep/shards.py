@@ -161,8 +161,8 @@ def check_out_dir(out_dir: str) -> None:
     raise PrepareError(f"{out_dir}: a file, not a directory; choose another --out")
   meta_path = os.path.join(out_dir, token_files.META_FILE)
   if os.path.isfile(meta_path):
-    raise PrepareError(f"{meta_path}: {out_dir} already holds a prepared dataset; remove the "
-                       "directory to remake it, or choose another --out")
+    raise PrepareError(f"{meta_path}: {out_dir} already holds a prepared dataset; remove its "
+                       "meta.json and token files to remake it, or choose another --out")
   found = token_files.find_shards(out_dir, "train") + token_files.find_shards(out_dir, "val")
   if found:
     raise PrepareError(f"{out_dir}: holds token files without a meta.json ({found[0]}, ...); "
