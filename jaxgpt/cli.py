@@ -122,14 +122,23 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
     words, chosen = argv[1:], []
     if subcommands:
       if not words or words[0] not in subcommands:
-        got = f" (got: {' '.join(words)})" if words else ""
-        raise UserError(f"name one of {', '.join(subcommands)}{got}")
+        raise UserError(_unknown_subcommand(subcommands, words))
       chosen, words = words[:1], words[1:]
     if words:
       raise UserError(f"unexpected argument(s): {' '.join(words)} (flags are --name=value)")
     main(*chosen)
 
-  app.run(_guarded(with_arguments), flags_parser=_parse_flags)
+  def parse_flags(argv: list[str]) -> list[str]:
+    if subcommands and argv[1:2] and not argv[1].startswith("-") and argv[1] not in subcommands:
+      sys.exit(f"error: {_unknown_subcommand(subcommands, argv[1:2])}")  # before flags it lacks
+    return _parse_flags(argv)
+
+  app.run(_guarded(with_arguments), flags_parser=parse_flags)
+
+
+def _unknown_subcommand(subcommands: tuple[str, ...], words: list[str]) -> str:
+  got = f" (got: {' '.join(words)})" if words else ""
+  return f"name one of {', '.join(subcommands)}{got}"
 
 
 def _help(more_help: Callable[[], str] | None) -> str:

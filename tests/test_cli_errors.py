@@ -264,6 +264,9 @@ USAGE = {
     "prepare": (["-m", "jaxgpt.prepare", "files"], "error: --out is required"),
     "prepare stray": (["-m", "jaxgpt.prepare", "--out={tmp}/p", "books"],
                       "error: name one of fineweb, files, python_docs (got: books)"),
+    "prepare a source it lacks, before its flags": (["-m", "jaxgpt.prepare", "openwebtext"],
+                                                     ("error: name one of fineweb, files, "
+                                                      "python_docs (got: openwebtext)")),
     "prepare a word after its subcommand": (["-m", "jaxgpt.prepare", "files", "--out={tmp}/p",
                                              "a.txt", "b.txt"],
                                             "error: unexpected argument(s): a.txt b.txt"),
