@@ -415,3 +415,12 @@ def test_runs_of_one_directory_name_are_told_apart_by_their_paths():
   the report (one summary, one curve) without a word."""
   assert report._names(["runs/a/out", "runs/b/out/", "runs/c"]) == [
       "runs/a/out", "runs/b/out", "c"]
+
+
+def test_a_run_whose_folder_name_is_not_utf8_is_plotted(tmp_path):
+  """A Latin-1 byte in the name: matplotlib's legend ended in a traceback."""
+  out_dir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9n")
+  write_run(out_dir, max_iters=200)
+  r = run_python("-m", "jaxgpt.report", f"--out_dir={out_dir}", f"--out={tmp_path}/r.png")
+  assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert report._names([out_dir]) == ["r\N{REPLACEMENT CHARACTER}n"]
