@@ -148,8 +148,8 @@ def _not_continued(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
     return "the batch layout changed ({})".format(
         ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in changed))
   if now["workers"] and saved.get("grain", now["grain"]) != now["grain"]:  # older records lack it
-    return (f"the data position was saved by grain {saved['grain']}'s worker processes, in a "
-            f"format grain {now['grain']} does not read")
+    return (f"the data position was saved by grain {saved['grain']}'s worker processes, in that "
+            f"version's own format, which a run under grain {now['grain']} does not read")
   return None
 
 

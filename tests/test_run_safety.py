@@ -168,9 +168,10 @@ def test_a_saved_data_position_continues_only_under_its_basis():
   assert resume._not_continued(older, now) is None  # read, and warned about if it fails
   in_process = {**now, "workers": 0}  # its iterator state reads back under any Grain
   assert resume._not_continued({**in_process, "grain": "0.2.12"}, in_process) is None
+  # Not "does not read back (KeyError: 'exhausted')", which reads as damage:
   assert resume._not_continued({**now, "grain": "0.2.12"}, now) == (
-      "the data position was saved by grain 0.2.12's worker processes, in a format grain "
-      "0.2.18 does not read")  # not "does not read back (KeyError: 'exhausted')": no damage
+      "the data position was saved by grain 0.2.12's worker processes, in that version's own "
+      "format, which a run under grain 0.2.18 does not read")
   assert resume._not_continued({**now, "windows_per_iter": 4, "grain": "0.2.12"}, now) == (
       "the batch layout changed (windows_per_iter 4 -> 8)")
 
@@ -185,8 +186,9 @@ def test_a_resume_under_another_grain_with_workers_continues_at_the_same_token(
   fed_batches.clear()
   resumed = tiny_config(tmp_path, token_dir, max_iters=5, init_from="resume", **kw)
   train.train(resumed)
-  assert (f"resume: the data position was saved by grain {saved_with}'s worker processes, in a "
-          "format grain 9.9.9 does not read; the data continues at window 32 (token 512)"
+  assert (f"resume: the data position was saved by grain {saved_with}'s worker processes, in that "
+          "version's own format, which a run under grain 9.9.9 does not read; the data continues "
+          "at window 32 (token 512)"
           ) in caplog.text
   assert "does not read back" not in caplog.text  # nothing was tried and found damaged
   source = data.open_split(token_dir, "train", resumed.block_size, resumed.vocab_size)
