@@ -56,8 +56,10 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
     file_index = bisect.bisect_right(self.offsets, index) - 1
     start = (index - self.offsets[file_index]) * self.block_size
     window = np.array(self._tokens[file_index][start:start + self.block_size + 1])
-    if self.ids_below is not None:  # ~1 us a window
-      token_files.check_vocab(self.paths[file_index], window, self.ids_below)
+    if self.ids_below is not None and int(window.max()) >= self.ids_below:  # ~1 us a window
+      raise IdPastVocab(f"{self.paths[file_index]}: token id {int(window.max())} >= vocab_size "
+                        f"{self.ids_below}, past the {VOCAB_CHECK_TOKENS:,} ids of each file "
+                        "checked at the start")
     return window
 
   def __getstate__(self) -> dict:
@@ -75,7 +77,12 @@ def resolve_data_dir(dataset: str, data_dir: str) -> str:
   return os.path.expanduser(data_dir) or os.path.join("data", dataset)
 
 
-def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, TokenWindows]:
+class IdPastVocab(token_files.ShardError):
+  """A window's token id past vocab_size, found as it is read (one process: see open_split)."""
+
+
+def open_splits(data_dir: str, block_size: int, vocab_size: int, *, every_id: bool = False
+                ) -> dict[str, TokenWindows]:
   """The train and val windows of a data directory, every file checked against the vocabulary
   (and a model of GPT-2's size against nanoGPT's meta.pkl, a character-level vocabulary)."""
   said = token_files.nanogpt_vocab(data_dir)
@@ -84,15 +91,18 @@ def open_splits(data_dir: str, block_size: int, vocab_size: int) -> dict[str, To
                     f"{said}-token vocabulary, and the model's is vocab_size={vocab_size}; set "
                     f"--config.vocab_size={said} (as nanoGPT's train.py does), or, to start from "
                     "weights of GPT-2's tokens (init_from), use data made with GPT-2's tokenizer")
-  return {split: open_split(data_dir, split, block_size, vocab_size)
+  return {split: open_split(data_dir, split, block_size, vocab_size, every_id=every_id)
           for split in token_files.SPLITS}
 
 
-def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> TokenWindows:
+def open_split(data_dir: str, split: str, block_size: int, vocab_size: int, *,
+               every_id: bool = False) -> TokenWindows:
   """The windows of one split, with every file checked against the model's vocabulary: by
   the tokenizer's vocab_size where our meta.json records these files, else id by id, the
   first VOCAB_CHECK_TOKENS of each file now (another tokenizer's ids show there) and each
-  window as it is read (reading all of FineWeb-10B's 20 GB would hold up every start)."""
+  window as it is read (reading all of FineWeb-10B's 20 GB would hold up every start), or,
+  `every_id`, all of them now: a run of several processes, where the one that read such a
+  window would stop alone and leave the others waiting at a collective."""
   paths = token_files.find_shards(data_dir, split)
   if not paths:
     raise UserError(f"{data_dir}: no '{split}' token files (.bin or .npy named {split}.bin, "
@@ -100,10 +110,10 @@ def open_split(data_dir: str, split: str, block_size: int, vocab_size: int) -> T
   windows = TokenWindows(paths, block_size)
   written_by = token_files.check_whole(data_dir, split, paths, windows.n_tokens)
   if written_by is None or written_by > vocab_size:  # else ids below vocab_size, unread
+    head = None if every_id else VOCAB_CHECK_TOKENS
     for path in paths:
-      token_files.check_vocab(path, token_files.read_tokens(path)[:VOCAB_CHECK_TOKENS],
-                              vocab_size)
-    windows.ids_below = vocab_size
+      token_files.check_vocab(path, token_files.read_tokens(path)[:head], vocab_size)
+    windows.ids_below = None if every_id else vocab_size
   return windows
 
 

@@ -15,7 +15,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grain
 import jax
@@ -149,26 +149,33 @@ class _Loop:
     self.last_saved = it
 
   def next_batch(self, it: int) -> Any:
-    """Iteration `it`'s batch. Where a data worker process ended under the run, a one-process
-    run saves `it` first (the data position is the main process's: a resume reads on
-    exactly), and the run ends on one error line."""
+    """Iteration `it`'s batch. Where a data worker process ended under the run, or (one
+    process) a window holds an id past vocab_size, the run ends on one error line."""
     try:
       return next(self.train_iter)
+    except data.IdPastVocab as e:
+      self.end_on_data(it, data.IdPastVocab, f"{e}, read for iteration {it}",
+                       "remake the file with python -m jaxgpt.prepare, or remove it")
     except RuntimeError as e:
       how = data.worker_end(e)
       if how is None:
         raise
+      self.end_on_data(it, data.WorkerEnded,
+                       f"a data worker process ended under the run at iteration {it} ({how})",
+                       "fewer data_workers use less memory; 0 reads in a thread of the run")
+
+  def end_on_data(self, it: int, kind: type[Exception], said: str, lever: str) -> NoReturn:
+    """Ends the run on a data error before iteration `it`: a one-process run saves `it` first
+    (the data position is the main process's: a resume reads on exactly)."""
     if jax.process_count() == 1:
-      self.stop(it, "a data worker's end")
+      self.stop(it, "a data error")
     if self.last_saved is None:
       go_on = "no checkpoint was saved: run again to go on"
     else:
       saved = (f"iteration {it} is saved" if self.last_saved == it else
                f"the last checkpoint is step {self.last_saved}")
       go_on = f"{saved}: add --config.init_from=resume to go on"
-    raise data.WorkerEnded(
-        f"a data worker process ended under the run at iteration {it} ({how}); {go_on} (fewer "
-        "data_workers use less memory; 0 reads in a thread of the run)")
+    raise kind(f"{said}; {go_on} ({lever})") from None
 
   def keep_if_best(self, it: int, val_loss: float) -> None:
     """Keeps step `it`'s checkpoint from pruning if its val loss is the lowest of those saved
@@ -516,8 +523,8 @@ def _open_data(data_dir: str, block_size: int, vocab_size: int
   """The token windows of each split; every process stops where one cannot read its files or
   the processes read different ones (hosts with copies of their own: one cut short, one made
   apart), which would train on windows some read twice and others never."""
-  sources = sharding.agreed("reading the token files", data.open_splits, data_dir, block_size,
-                            vocab_size)
+  sources = sharding.agreed("reading the token files", lambda: data.open_splits(
+      data_dir, block_size, vocab_size, every_id=jax.process_count() > 1))
   sizes = {split: (source.n_tokens, len(source)) for split, source in sources.items()}
   here = ", ".join(f"{split} {tokens:,} tokens in {windows:,} windows"
                    for split, (tokens, windows) in sizes.items())

@@ -196,6 +196,8 @@ def test_ids_past_the_checked_head_of_a_file_are_refused_as_their_window_is_read
   np.testing.assert_array_equal(src[0], tokens[:9])
   with pytest.raises(token_files.ShardError, match=r"t_train_0.bin: token id 96 >= vocab_size 96"):
     src[500 // 8]  # the window holding it, where JAX would have clamped it into another token
+  with pytest.raises(token_files.ShardError, match=r"t_train_0.bin: token id 96 >= vocab_size 96"):
+    data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96, every_id=True)  # hosts
   tokens[500] = 95
   shards.write_shard(path, tokens)
   src = data.open_split(str(tmp_path), "train", block_size=8, vocab_size=96)

@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
+  TINY_VOCAB,
   alive,
   checkpoint_steps,
   children,
+  pattern_tokens,
   records,
   restore_state,
   run_python,
@@ -632,6 +634,34 @@ def test_ctrl_c_at_a_terminal_stops_a_run_with_grain_workers_and_saves(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_an_id_past_the_vocabulary_found_mid_run_saves_the_iteration_it_reached(
+    tmp_path, monkeypatch, workers):
+  """Files no meta.json vouches for have each file's first ids checked at the start, the rest
+  as their window is read: a bad one, hours in, ends the run with what it trained saved."""
+  from jaxgpt import data
+  from jaxgpt.prep import shards
+  monkeypatch.setattr(data, "VOCAB_CHECK_TOKENS", 64)  # in this process; a worker checks 2^20
+  tokens = pattern_tokens(3000)
+  tokens[1000] = TINY_VOCAB  # in the stream's window 183, read for iteration 22
+  (tmp_path / "data").mkdir()
+  shards.write_shard(str(tmp_path / "data" / "x_train_0.bin"), tokens)
+  shards.write_shard(str(tmp_path / "data" / "x_val_0.bin"), pattern_tokens(1000, seed=3))
+  config = tiny_config(tmp_path, str(tmp_path / "data"), max_iters=100, eval_interval=50,
+                       data_workers=workers)
+  with pytest.raises(UserError) as refused:
+    train.train(config)
+  said = re.fullmatch(
+      rf"{tmp_path}/data/x_train_0.bin: token id {TINY_VOCAB} >= vocab_size {TINY_VOCAB}, "
+      r"past the [\d,]+ ids of each file checked at the start, read for iteration (\d+); "
+      r"iteration \1 is saved: add --config.init_from=resume to go on \(remake the file with "
+      r"python -m jaxgpt.prepare, or remove it\)", str(refused.value))
+  assert said, refused.value
+  reached = int(said[1])
+  assert 0 < reached < 100 and checkpoint_steps(config.out_dir) == [reached]
+  assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(reached))
+
+
 def test_a_data_worker_killed_under_the_run_saves_it_for_an_exact_resume(tmp_path, token_dir):
   """The OOM killer may pick a Grain worker: the run saves the iteration it reached and ends on
   one error line (it was a traceback, and every iteration since the last checkpoint lost),
