@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
+import itertools
 import logging as pylogging
 import os
 import re
@@ -187,7 +188,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if given > 1:  # absl: the last wins
     sys.exit("error: --config: given twice; a run reads one recipe (--config.KEY=VALUE sets "
              "its keys)")
-  recipes = [a for a in argv[1:] if a.endswith(".py") and not a.startswith("-")]
+  recipes = [a for before, a in itertools.pairwise(argv) if a.endswith(".py") and not
+             a.startswith("-") and not (before.startswith("-") and "=" not in before)]
   if "config" in flags.FLAGS and recipes and not given:
     sys.exit(f"error: {recipes[0]}: name the recipe as --config={recipes[0]} (and its keys as "
              "--config.KEY=VALUE)")  # nanoGPT's `train.py config/FILE.py`

@@ -297,10 +297,9 @@ def _plot_hellaswag(ax: plt.Axes, runs: dict[str, Run], keep: Callable[[float], 
 def _names(out_dirs: list[str]) -> list[str]:
   """Each run's directory name, or its path where two share a name; a byte that is not UTF-8
   (a Latin-1 name) shown as U+FFFD, which matplotlib can draw."""
-  shown = lambda path: os.fsencode(path).decode("utf-8", "replace")
-  names = [os.path.basename(os.path.normpath(d)) for d in out_dirs]
-  return [shown(n if names.count(n) == 1 else os.path.normpath(d))
-          for n, d in zip(names, out_dirs)]
+  paths = [os.fsencode(os.path.normpath(d)).decode("utf-8", "replace") for d in out_dirs]
+  names = [os.path.basename(p) for p in paths]
+  return [n if names.count(n) == 1 else p for n, p in zip(names, paths)]
 
 
 def _checked_out(path: str) -> str:

@@ -168,7 +168,8 @@ def warn_if_data_changed(start: Start, split_windows: dict[str, int], data_dir: 
   of windows than when it was saved: the shuffles are over other windows, so the rest of the
   epoch is another order (some windows twice, some not at all), and the val loss is over other
   windows than before."""
-  if start.data_dir is not None and start.data_dir != data_dir:
+  # Process 0's, which it recorded: hosts may mount the data under paths of their own.
+  if start.data_dir is not None and start.data_dir != data_dir and jax.process_index() == 0:
     logging.warning("resume: the data is read from %s; the checkpoint's run read %s", data_dir,
                     start.data_dir)
   if start.split_windows is None or start.split_windows == split_windows:

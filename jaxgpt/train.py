@@ -434,6 +434,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   layout = step_config.layout(sharding.make_mesh())
   data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
   sources = _open_data(data_dir, config.block_size, config.vocab_size)
+  data_dir = os.path.realpath(data_dir)  # as checkpoints record it and the log names it
   setup = train_step.build(step_config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
@@ -455,7 +456,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
           f"skip_nonfinite={config.skip_nonfinite} allows (it counts the whole run's); resume "
           f"with --config.skip_nonfinite={skipped} or more")
     split_windows = {split: len(source) for split, source in sources.items()}
-    resume.warn_if_data_changed(start, split_windows, os.path.realpath(data_dir))
+    resume.warn_if_data_changed(start, split_windows, data_dir)
     counts, eval_windows = _log_start(config, layout, sources, start, config_file)
     trains = not config.eval_only and start.iter < config.max_iters
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
@@ -469,7 +470,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                run_sinks, _evaluator(setup, layout, sources, eval_windows, config.seed),
                {**resume.position_basis(layout, config.data_workers), "start_window": start.window,
                 "eval_batch_windows": eval_windows // config.eval_iters,
-                "split_windows": split_windows, "data_dir": os.path.realpath(data_dir)}, hooks)
+                "split_windows": split_windows, "data_dir": data_dir}, hooks)
   try:
     trained = _loop(loop, compiled_step, layout, signals)
   except BaseException:

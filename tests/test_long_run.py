@@ -516,10 +516,10 @@ def test_a_runs_checkpoints_folder_given_as_out_dir_names_the_flags_that_read_it
   step = tmp_path / "run" / "checkpoints" / "4"
   step.mkdir(parents=True)
   with pytest.raises(UserError, match=re.escape(
-      f"it is a checkpoint of a run: --out_dir={tmp_path / 'run'} --step=4 reads it")):
+      f"{step} is a checkpoint of a run: --out_dir={tmp_path / 'run'} --step=4 reads it")):
     weights.run_steps(str(step))
   with pytest.raises(UserError, match=re.escape(
-      f"it is a run's checkpoints folder: --out_dir={tmp_path / 'run'} reads it")):
+      f"{step.parent}/ is a run's checkpoints folder: --out_dir={tmp_path / 'run'} reads it")):
     weights.run_steps(str(step.parent) + "/")
   with pytest.raises(UserError, match="nothing was trained into out_dir="):
     weights.run_steps(str(tmp_path / "run" / "checkpoints" / "5"))  # not there: no guess

@@ -175,7 +175,8 @@ def test_commands_reading_a_nanogpt_out_dir_as_a_run_name_its_ckpt_pt(tmp_path):
   """nanoGPT's `sample.py --out_dir=out-shakespeare`, typed as it was."""
   write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
   with pytest.raises(UserError, match=re.escape(
-      f"{tmp_path / 'ckpt.pt'} is nanoGPT's: --init_from=nanogpt:{tmp_path / 'ckpt.pt'} reads it")):
+      f"{tmp_path / 'ckpt.pt'} is nanoGPT's, which sample and evaluate read with "
+      f"--init_from=nanogpt:{tmp_path / 'ckpt.pt'} in place of --out_dir")):
     weights.run_steps(str(tmp_path))
 
 

@@ -424,3 +424,6 @@ def test_a_run_whose_folder_name_is_not_utf8_is_plotted(tmp_path):
   r = run_python("-m", "jaxgpt.report", f"--out_dir={out_dir}", f"--out={tmp_path}/r.png")
   assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert report._names([out_dir]) == ["r\N{REPLACEMENT CHARACTER}n"]
+  other = os.fsdecode(b"runs/r\xe8n")  # shown alike: told apart by their paths
+  assert report._names([os.fsdecode(b"old/r\xe9n"), other]) == [
+      "old/r\N{REPLACEMENT CHARACTER}n", "runs/r\N{REPLACEMENT CHARACTER}n"]

@@ -51,14 +51,17 @@ def _what_out_dir_holds(out_dir: str) -> str:
   its steps (the path the run's last line prints), named with the flags that read them."""
   nanogpt_ckpt = os.path.join(out_dir, "ckpt.pt")  # nanoGPT's `sample.py --out_dir=DIR`
   if os.path.isfile(nanogpt_ckpt):
-    return f"{nanogpt_ckpt} is nanoGPT's: --init_from={defaults.NANOGPT}{nanogpt_ckpt} reads it"
+    return (f"{nanogpt_ckpt} is nanoGPT's, which sample and evaluate read with "
+            f"--init_from={shlex.quote(defaults.NANOGPT + nanogpt_ckpt)} in place of --out_dir")
   parent, name = os.path.split(os.path.normpath(out_dir))
   there = os.path.isdir(out_dir)
   if there and name == "checkpoints":
-    return f"it is a run's checkpoints folder: --out_dir={shlex.quote(parent or '.')} reads it"
+    return (f"{out_dir} is a run's checkpoints folder: --out_dir={shlex.quote(parent or '.')} "
+            "reads it")
   if there and os.path.basename(parent) == "checkpoints" and name.isdigit():
     run = os.path.dirname(parent) or "."
-    return f"it is a checkpoint of a run: --out_dir={shlex.quote(run)} --step={name} reads it"
+    return (f"{out_dir} is a checkpoint of a run: --out_dir={shlex.quote(run)} --step={name} "
+            "reads it")
   return f"nothing was trained into out_dir={out_dir!r} yet"
 
 
