@@ -138,6 +138,7 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
 
 
 def _unknown_subcommand(subcommands: tuple[str, ...], words: list[str]) -> str:
+  """The error for a command line whose first word names none of `subcommands`."""
   got = f" (got: {' '.join(words)})" if words else ""
   return f"name one of {', '.join(subcommands)}{got}"
 

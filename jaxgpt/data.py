@@ -83,8 +83,9 @@ class IdPastVocab(token_files.ShardError):
 
 def open_splits(data_dir: str, block_size: int, vocab_size: int, *, every_id: bool = False
                 ) -> dict[str, TokenWindows]:
-  """The train and val windows of a data directory, every file checked against the vocabulary
-  (and a model of GPT-2's size against nanoGPT's meta.pkl, a character-level vocabulary)."""
+  """The train and val windows of a data directory, every file held to the vocabulary as
+  `open_split` says (and a model of GPT-2's size against nanoGPT's meta.pkl, a
+  character-level vocabulary)."""
   said = token_files.nanogpt_vocab(data_dir)
   if said is not None and said < defaults.GPT2_VOCAB <= vocab_size:
     raise UserError(f"{os.path.join(data_dir, 'meta.pkl')}: nanoGPT's dataset of a "

@@ -319,10 +319,11 @@ class RunDir:
 def check_utf8(out_dir: str) -> None:
   """Refuses a path holding bytes that are not UTF-8 (a Latin-1 name), under which Orbax can
   neither save nor read checkpoints: a run would train to its first save and fail there."""
+  path = os.path.abspath(out_dir)  # the working directory's name counts too
   try:
-    os.path.abspath(out_dir).encode("utf-8")
+    path.encode("utf-8")
   except UnicodeEncodeError:
-    raise UserError(f"out_dir={out_dir!r}: its path holds bytes that are not UTF-8, under which "
+    raise UserError(f"out_dir={path!r}: its path holds bytes that are not UTF-8, under which "
                     "Orbax can neither save nor read checkpoints; rename the folder or pick "
                     "another") from None
 
