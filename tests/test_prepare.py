@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import subprocess
@@ -1270,3 +1271,13 @@ def test_the_split_of_a_document_is_the_same_in_every_version():
   change to the hash would move train documents into val. The tests above compare against
   is_val itself, and catch a changed hash only where it leaves a split empty."""
   assert [i for i in range(100) if shards.is_val(f"doc{i}", 0.1)] == [7, 23, 48, 58, 61, 66, 72]
+
+
+def test_an_out_that_is_a_dangling_symlink_is_named_as_one(tmp_path):
+  """makedirs says only "File exists" for it."""
+  (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+  said = f"out: cannot write there (a symlink to {tmp_path / 'nowhere'}, which does not exist)"
+  with (pytest.raises(readers.PrepareError, match=re.escape(said)),
+        shards.write_lock(str(tmp_path / "out"), wait=False)):
+    pass
+  assert not (tmp_path / "nowhere").exists()
