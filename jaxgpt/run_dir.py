@@ -39,6 +39,15 @@ from jaxgpt.errors import UserError, folder_problem
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
 
+def _outermost_missing(path: str) -> str | None:
+  """The outermost folder of `path` that does not exist (the first that makedirs makes), as
+  an absolute path; None where `path` exists."""
+  path, missing = os.path.abspath(path), None
+  while not os.path.lexists(path):
+    path, missing = os.path.dirname(path), path
+  return missing
+
+
 class RunDir:
   """Paths, checkpoints and metrics of one run directory."""
 
@@ -66,7 +75,7 @@ class RunDir:
     """
     check_utf8(self.out_dir)  # before anything is made there
     path = self._path("run.lock")
-    made = not os.path.isdir(self.out_dir)
+    made = _outermost_missing(self.out_dir)  # removed again by a refused start
     try:
       os.makedirs(self.out_dir, exist_ok=True)
       fd, named = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True  # names its holder
@@ -100,7 +109,7 @@ class RunDir:
         os.ftruncate(fd, 0)  # a clean exit leaves no holder to warn about
       os.close(fd)  # and drops the lock
       if made:
-        self._remove_if_unused()
+        self._remove_if_unused(made)
 
   @staticmethod
   def _record_holder(fd: int, path: str) -> None:
@@ -116,17 +125,22 @@ class RunDir:
     except OSError as e:  # a full disk: the lock holds; a second run's message names no holder
       logging.warning("%s: cannot record this run as its holder (%s)", path, e.strerror)
 
-  def _remove_if_unused(self) -> None:
-    """Removes the out_dir this run made when it holds nothing but the lock and an empty
-    checkpoints/ (a start that was refused). The lock file of a used directory stays: a
-    run starting meanwhile could lock the file being unlinked, and two runs would hold it."""
+  def _remove_if_unused(self, made: str) -> None:
+    """Removes the out_dir this run made, and the parents it made up to `made`, when it
+    holds nothing but the lock and an empty checkpoints/ (a start that was refused). The
+    lock file of a used directory stays: a run starting meanwhile could lock the file being
+    unlinked, and two runs would hold it."""
     with contextlib.suppress(OSError):  # not empty, or not ours to remove: left as it is
       if not set(os.listdir(self.out_dir)) <= {"run.lock", "checkpoints"}:
         return
       if os.path.isdir(self.checkpoints_dir):
         os.rmdir(self.checkpoints_dir)
       os.remove(self._path("run.lock"))
-      os.rmdir(self.out_dir)
+      folder = os.path.abspath(self.out_dir)
+      os.rmdir(folder)
+      while folder != made:  # a parent another run made meanwhile is not empty: it stays
+        folder = os.path.dirname(folder)
+        os.rmdir(folder)
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     """config.json, replaced whole: a failed write leaves the one before it."""

@@ -91,9 +91,12 @@ def test_scratch_refuses_a_directory_with_checkpoints(tmp_path, token_dir):
   assert snapshot() == before
 
 
-def test_resume_without_checkpoints_says_so(tmp_path, token_dir):
+def test_resume_without_checkpoints_says_so_and_leaves_no_folder_behind(tmp_path, token_dir):
+  (tmp_path / "runs").mkdir()
+  out_dir = tmp_path / "runs" / "new" / "deeper" / "run"
   with pytest.raises(UserError, match="no checkpoints to resume from"):
-    train.train(tiny_config(tmp_path, token_dir, init_from="resume"))
+    train.train(tiny_config(tmp_path, token_dir, init_from="resume", out_dir=str(out_dir)))
+  assert os.listdir(tmp_path / "runs") == []  # the folders the start made, and none other
 
 
 def test_resume_in_a_nanogpt_out_dir_points_at_its_ckpt_pt(tmp_path, token_dir):
