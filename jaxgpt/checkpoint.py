@@ -43,6 +43,15 @@ def finished_steps(directory: str) -> list[int]:
   return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
 
 
+def read_meta(directory: str, step: int) -> dict[str, Any]:
+  """One step's metadata, read with no manager; that of a copy put back under another step's
+  name (another run's, say) is CorruptCheckpoint."""
+  meta = dict(ocp.JsonCheckpointHandler().restore(epath.Path(directory, str(step), META)))
+  if meta.get("iter", step) != step:
+    raise CorruptCheckpoint(f"it holds step {meta['iter']}'s checkpoint, not its own")
+  return meta
+
+
 class Checkpoints:
   """Saves and restores the step checkpoints in one directory (`RunDir` says which)."""
 
@@ -246,12 +255,8 @@ class Checkpoints:
       logging.warning("moved the unreadable checkpoint %s aside, to %s", path, aside)
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    """One step's metadata, read without a barrier (as `restore` reads the state); that of
-    a copy put back under another step's name (another run's, say) is CorruptCheckpoint."""
-    meta = dict(ocp.JsonCheckpointHandler().restore(self._item(step, META)))
-    if meta.get("iter", step) != step:
-      raise CorruptCheckpoint(f"it holds step {meta['iter']}'s checkpoint, not its own")
-    return meta
+    """One step's metadata, read without a barrier (as `restore` reads the state)."""
+    return read_meta(self.directory, step)
 
   def _item(self, step: int, item: str) -> epath.Path:
     return epath.Path(self.directory, str(step), item)

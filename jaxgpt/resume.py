@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -160,6 +161,23 @@ def _reached(tokens: int, block_size: int, why: str) -> int:
   logging.warning("resume: %s; the data continues at window %s (token %s), where the "
                   "checkpoint stopped", why, f"{window:,}", f"{tokens:,}")
   return window
+
+
+def check_data_found(checkpoints_dir: str, data_dir: str) -> None:
+  """Refuses a resume whose `data_dir` is missing where the checkpoint's run read a folder that
+  is there: a relative data_dir (data/<dataset> unless set) resumed from another directory,
+  whose data would be said missing, or made anew (auto_prepare: a download of hours)."""
+  steps = checkpoint.finished_steps(checkpoints_dir)
+  if os.path.exists(data_dir) or not steps:
+    return
+  try:
+    read = (checkpoint.read_meta(checkpoints_dir, steps[-1]).get("data") or {}).get("data_dir")
+  except Exception:  # noqa: BLE001 - an unreadable checkpoint: the resume says so, later
+    return
+  if read and os.path.isdir(read):
+    raise UserError(f"resume: {data_dir} is not there (from {os.getcwd()}); the run read its "
+                    f"data from {read}. Run from the directory the run started in, or add "
+                    f"--config.data_dir={read}")
 
 
 def warn_if_data_changed(start: Start, split_windows: dict[str, int], data_dir: str) -> None:

@@ -406,11 +406,14 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
 
 def check_start(config: ml_collections.ConfigDict) -> None:
   """What `train` refuses in out_dir (another run in it, checkpoints a new run would
-  overwrite, none to resume from), said at once: launch.py asks before it makes data or
-  loads weights, which can take hours."""
+  overwrite, none to resume from) and a resume's data folder missing, said at once: launch.py
+  asks before it makes data or loads weights, which can take hours."""
   rundir = run_dir.RunDir(config.out_dir)
   with _locked(rundir, defaults.view(LoopConfig, config).writes):
     rundir.check_start(resume=config.init_from == "resume", saves=not config.eval_only)
+    if config.init_from == "resume":
+      sharding.agreed("finding the data", resume.check_data_found, rundir.checkpoints_dir,
+                      data.resolve_data_dir(config.dataset, config.data_dir))
 
 
 @contextlib.contextmanager

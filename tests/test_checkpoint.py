@@ -496,8 +496,14 @@ def test_a_resume_reading_another_data_folder_names_both(tmp_path, token_dir, ca
   (tmp_path / "second").mkdir()
   monkeypatch.chdir(tmp_path / "first")
   train.train(tiny_config(tmp_path, "data", max_iters=2, **kw))
-  shutil.copytree(token_dir, tmp_path / "second" / "data")
   monkeypatch.chdir(tmp_path / "second")
+  # Nothing there yet: said before launch.py makes or downloads a copy, or says it is missing.
+  first = tmp_path / "first" / "data"
+  said = (f"resume: data is not there (from {tmp_path / 'second'}); the run read its data from "
+          f"{first}. Run from the directory the run started in, or add --config.data_dir={first}")
+  with pytest.raises(UserError, match=re.escape(said)):
+    train.check_start(tiny_config(tmp_path, "data", init_from="resume"))
+  shutil.copytree(token_dir, tmp_path / "second" / "data")
   with caplog.at_level("WARNING", logger="absl"):
     train.train(tiny_config(tmp_path, "data", max_iters=4, init_from="resume", **kw))
   assert (f"resume: the data is read from {tmp_path / 'second' / 'data'}; the checkpoint's run "
