@@ -97,7 +97,10 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       check_meta=lambda meta: changed.update(keys=check_resumable(meta["config"], config)),
       finish=batches_from, discard=lambda made: made[0].close())
   then = defaults.with_defaults(meta["config"])  # a key the run predates: as it is now
+  saved = meta.get("data") or {}
   for key in changed["keys"]:
+    if key == "data_dir" and saved.get("data_dir"):  # `warn_if_data_changed` compares folders
+      continue
     predates = "" if key in meta["config"] else " (the default; the run predates the key)"
     logging.info("resume: %s changed from %r%s to %r", key, then[key], predates, config[key])
     if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
@@ -106,7 +109,6 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   if it < config.max_iters and not config.eval_only and jax.process_index() == 0:
     warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
-  saved = meta.get("data") or {}
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
                _best_kept(meta, checkpoints, it), window,
                evaluated=meta.get("val_loss") is not None, unreadable=tuple(unreadable),

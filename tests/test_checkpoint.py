@@ -509,10 +509,11 @@ def test_a_resume_reading_another_data_folder_names_both(tmp_path, token_dir, ca
   assert (f"resume: the data is read from {tmp_path / 'second' / 'data'}; the checkpoint's run "
           f"read {tmp_path / 'first' / 'data'}\n") in caplog.text
   caplog.clear()
-  with caplog.at_level("WARNING", logger="absl"):  # the same folder, named another way: no word
+  with caplog.at_level("INFO", logger="absl"):  # the same folder, named another way: no word
     train.train(tiny_config(tmp_path, str(tmp_path / "second" / "data") + "/", max_iters=6,
                             init_from="resume", **kw))
   assert "resume: the data is read from" not in caplog.text
+  assert "resume: data_dir changed" not in caplog.text
 
 
 def test_a_resume_with_another_eval_iters_says_the_val_loss_is_over_other_windows(
