@@ -78,11 +78,14 @@ class RunDir:
     made = _outermost_missing(self.out_dir)  # removed again by a refused start
     try:
       os.makedirs(self.out_dir, exist_ok=True)
-      fd, named = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True  # names its holder
+      # Not through a symlink: the file it names would be emptied.
+      fd, named = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), True
     except OSError as e:
       if writes or not os.path.isdir(self.out_dir):
-        why = folder_problem(self.out_dir, e)
-        raise UserError(f"{self.out_dir}: a run cannot write there ({why}); pick a writable "
+        odd = os.path.islink(path) or os.path.isdir(path)  # no file a lock can be held on
+        where = path if odd else self.out_dir
+        why = "a symlink" if os.path.islink(path) else folder_problem(where, e)
+        raise UserError(f"{where}: a run cannot write there ({why}); pick a writable "
                         "--config.out_dir") from None
       fd, named = _open_to_read(path), False
       if fd is None:
@@ -101,7 +104,11 @@ class RunDir:
       logging.warning("%s: cannot be locked (%s); a second run started on this directory "
                       "meanwhile would not be refused", path, e.strerror)
     if named:
-      self._record_holder(fd, path)
+      try:
+        self._record_holder(fd, path)
+      except UserError:
+        os.close(fd)
+        raise
     try:
       yield
     finally:
@@ -115,6 +122,9 @@ class RunDir:
   def _record_holder(fd: int, path: str) -> None:
     """Names this run in its run.lock, for a second run's refusal."""
     previous = _read_holder(fd)
+    if previous and not previous.startswith("pid "):
+      raise UserError(f"{path}: not a jaxgpt run's lock (it reads {previous[:40]!r}), and a run "
+                      "would empty it; nothing was changed. Pick another --config.out_dir.")
     if previous:
       logging.warning("%s: taking over the lock left by a run that is no longer running (%s)",
                       path, previous)
@@ -143,13 +153,16 @@ class RunDir:
         os.rmdir(folder)
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
-    """config.json, replaced whole: a failed write leaves the one before it."""
     os.makedirs(self.out_dir, exist_ok=True)
-    written = self._path(".config.json.tmp")
+    self._write_whole("config.json", config.to_json_best_effort(indent=2))
+
+  def _write_whole(self, name: str, text: str) -> None:
+    """Replaces `name` whole: a failed write (a full disk) leaves the one before it."""
+    written = self._path(f".{name}.tmp{os.getpid()}")
     try:
-      with open(written, "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
-      os.replace(written, self._path("config.json"))
+      with open(written, "w", encoding="utf-8", errors="surrogateescape") as f:  # bytes as read
+        f.write(text)
+      os.replace(written, self._path(name))
     except OSError:
       with contextlib.suppress(OSError):
         os.remove(written)
@@ -172,8 +185,7 @@ class RunDir:
     return config
 
   def write_wandb_run_id(self, run_id: str) -> None:
-    with open(self._path("wandb_run_id"), "w", encoding="utf-8") as f:
-      f.write(run_id + "\n")
+    self._write_whole("wandb_run_id", run_id + "\n")  # cut short, a resume starts another run
 
   def read_wandb_run_id(self) -> str | None:
     """The W&B run of the latest accepted start; None where none logged to W&B."""
@@ -293,10 +305,7 @@ class RunDir:
     if moved:
       with open(path + ".superseded", "a", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(moved)
-      tmp = path + ".tmp"
-      with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.writelines(keep)
-      os.replace(tmp, path)
+      self._write_whole("metrics.jsonl", "".join(keep))
       if redone_records:
         logging.info("%s of redone iterations moved to %s.superseded",
                      formatting.plural(redone_records, "record"), path)

@@ -9,6 +9,7 @@ import logging
 import os
 import pathlib
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -592,6 +593,25 @@ def test_lines_that_are_no_records_are_set_aside_on_resume_byte_for_byte(tmp_pat
     assert f.read() == b"".join(foreign)
 
 
+def test_a_wandb_run_id_or_config_cut_short_by_a_full_disk_keeps_the_one_before(tmp_path):
+  """Cut short, wandb_run_id would start another W&B run at the next resume."""
+  rundir = run_dir.RunDir(str(tmp_path))
+  rundir.write_wandb_run_id("run1")
+  rundir.write_config(ml_collections.ConfigDict({"init_from": "scratch"}))
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))  # every write fails, as on a full disk
+  try:
+    with pytest.raises(OSError):
+      rundir.write_wandb_run_id("run2")
+    with pytest.raises(OSError):
+      rundir.write_config(ml_collections.ConfigDict({"init_from": "resume"}))
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+  assert rundir.read_wandb_run_id() == "run1"
+  assert rundir.read_config() == {"init_from": "scratch"}
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "wandb_run_id"]  # no temporary file
+
+
 def test_an_unreadable_wandb_run_id_is_one_error_naming_it(tmp_path):
   rundir = run_dir.RunDir(str(tmp_path))
   (tmp_path / "wandb_run_id").mkdir()
@@ -741,3 +761,25 @@ def test_a_run_that_ends_leaves_its_lock_naming_no_holder(tmp_path):
     assert f.read().startswith(f"pid {os.getpid()} on ")
   with open(lock_file) as f:
     assert f.read() == ""
+
+
+def test_a_run_lock_of_the_users_own_is_refused_and_kept(tmp_path, token_dir):
+  """A run.lock that no jaxgpt run wrote (the file, or a symlink's target) would be emptied."""
+  config = tiny_config(tmp_path, token_dir, max_iters=2)
+  lock_file = pathlib.Path(config.out_dir) / "run.lock"
+  lock_file.parent.mkdir()
+  lock_file.write_text("my notes\n")
+  with pytest.raises(UserError, match=re.escape(
+      f"{lock_file}: not a jaxgpt run's lock (it reads 'my notes'), and a run would empty it")):
+    train.train(config)
+  assert lock_file.read_text() == "my notes\n"
+  lock_file.unlink()
+  (tmp_path / "elsewhere").write_text("kept\n")
+  lock_file.symlink_to(tmp_path / "elsewhere")
+  with pytest.raises(UserError, match=f"{lock_file}: a run cannot write there \\(a symlink\\)"):
+    train.train(config)
+  assert (tmp_path / "elsewhere").read_text() == "kept\n"
+  lock_file.unlink()
+  lock_file.mkdir()
+  with pytest.raises(UserError, match=f"{lock_file}: a run cannot write there \\(Is a dir"):
+    train.train(config)
