@@ -10,6 +10,7 @@ draws its acc_norm against tokens beside GPT-2 124M's and chance.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -266,9 +267,15 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
 
 
 def _save(fig: plt.Figure, path: str) -> None:
-  """Writes and closes the figure; a place or a kind it cannot be written to is the user's."""
+  """Writes and closes the figure; a place or a kind it cannot be written to is the user's.
+  Written whole before it replaces the plot there: a full disk or a Ctrl-C leaves that one."""
+  target = os.path.realpath(path)  # a symlink's file, which savefig would write through it
+  folder, name = os.path.split(target)
+  kind = os.path.splitext(name)[1][1:].lower()
+  written = os.path.join(folder, f".{name}.tmp{os.getpid()}")
   try:
-    fig.savefig(path)
+    fig.savefig(written, format=kind)
+    os.replace(written, target)
   except OSError as e:
     raise UserError(f"{path}: cannot write the plot there ({e.strerror}); pick another place "
                     "with --out") from None
@@ -277,6 +284,8 @@ def _save(fig: plt.Figure, path: str) -> None:
                     ".svg") from None
   finally:
     plt.close(fig)
+    with contextlib.suppress(OSError):  # gone where it replaced the plot
+      os.remove(written)
 
 
 def _plot_hellaswag(ax: plt.Axes, runs: dict[str, Run], keep: Callable[[float], bool]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import time
 
@@ -309,6 +310,25 @@ def test_task_scores_get_a_table_and_a_second_panel(tmp_path):
   report.plot({"a": run, "b": report.load(write_run(tmp_path / "b"))}, path)
   height, width, _ = matplotlib.image.imread(path).shape
   assert (width, height) == (1000, 900)
+
+
+def test_a_plot_cut_short_by_a_full_disk_leaves_the_one_before(tmp_path):
+  runs = {"a": report.load(write_run(tmp_path / "a"))}
+  path = tmp_path / "report.png"
+  report.plot(runs, str(path))
+  before = path.read_bytes()
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # a write past 4 KiB fails
+  try:
+    with pytest.raises(UserError, match=r"report.png: cannot write the plot there \(File too "):
+      report.plot(runs, str(path))
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+  assert path.read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == ["a", "report.png"]  # no temporary file left
+  (tmp_path / "link.png").symlink_to(path)  # written through, as before
+  report.plot(runs, str(tmp_path / "link.png"))
+  assert (tmp_path / "link.png").is_symlink()
 
 
 @pytest.mark.skipif(shutil.which("xelatex") is not None, reason="LaTeX writes .pgf here")
