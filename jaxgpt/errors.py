@@ -16,6 +16,16 @@ def first_line(error: BaseException) -> str:
   return (str(error).splitlines() or [""])[0][:300]
 
 
+def missing_folders(path: str) -> list[str]:
+  """The folders of `path` not there yet, absolute and innermost first: those that
+  os.makedirs(path) makes, for a step that fails to remove again."""
+  made, folder = [], os.path.abspath(path)
+  while not os.path.isdir(folder):
+    made.append(folder)
+    folder = os.path.dirname(folder)
+  return made
+
+
 def folder_problem(path: str, error: OSError) -> str:
   """Why a folder cannot be made at `path`, where `error` says only "File exists"."""
   path = path.rstrip(os.sep) or path  # 'file/' does not exist; 'file' does

@@ -34,18 +34,9 @@ import ml_collections
 from absl import logging
 
 from jaxgpt import checkpoint, formatting
-from jaxgpt.errors import UserError, folder_problem
+from jaxgpt.errors import UserError, folder_problem, missing_folders
 
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
-
-
-def _outermost_missing(path: str) -> str | None:
-  """The outermost folder of `path` that does not exist (the first that makedirs makes), as
-  an absolute path; None where `path` exists."""
-  path, missing = os.path.abspath(path), None
-  while not os.path.lexists(path):
-    path, missing = os.path.dirname(path), path
-  return missing
 
 
 class RunDir:
@@ -75,7 +66,7 @@ class RunDir:
     """
     check_utf8(self.out_dir)  # before anything is made there
     path = self._path("run.lock")
-    made = _outermost_missing(self.out_dir)  # removed again by a refused start
+    made = missing_folders(self.out_dir)  # removed again by a refused start
     try:
       os.makedirs(self.out_dir, exist_ok=True)
       # Not through a symlink: the file it names would be emptied.
@@ -135,21 +126,18 @@ class RunDir:
     except OSError as e:  # a full disk: the lock holds; a second run's message names no holder
       logging.warning("%s: cannot record this run as its holder (%s)", path, e.strerror)
 
-  def _remove_if_unused(self, made: str) -> None:
-    """Removes the out_dir this run made, and the parents it made up to `made`, when it
-    holds nothing but the lock and an empty checkpoints/ (a start that was refused). The
-    lock file of a used directory stays: a run starting meanwhile could lock the file being
-    unlinked, and two runs would hold it."""
+  def _remove_if_unused(self, made: list[str]) -> None:
+    """Removes the folders this run `made` (out_dir and those above it) when out_dir holds
+    nothing but the lock and an empty checkpoints/ (a start that was refused). The lock file
+    of a used directory stays: a run starting meanwhile could lock the file being unlinked,
+    and two runs would hold it."""
     with contextlib.suppress(OSError):  # not empty, or not ours to remove: left as it is
       if not set(os.listdir(self.out_dir)) <= {"run.lock", "checkpoints"}:
         return
       if os.path.isdir(self.checkpoints_dir):
         os.rmdir(self.checkpoints_dir)
       os.remove(self._path("run.lock"))
-      folder = os.path.abspath(self.out_dir)
-      os.rmdir(folder)
-      while folder != made:  # a parent another run made meanwhile is not empty: it stays
-        folder = os.path.dirname(folder)
+      for folder in made:  # a parent another run made use of meanwhile is not empty: it stays
         os.rmdir(folder)
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:

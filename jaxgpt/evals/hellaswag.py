@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxgpt import tokenizer
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, missing_folders
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 CACHE_PATH = os.path.join("data", "cache", "hellaswag_val.jsonl")
@@ -54,11 +54,7 @@ def resolve(path: str) -> str:
 
 def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   """`url` to `path`, written whole or not at all: a failure leaves no folder it made."""
-  folder = os.path.abspath(os.path.dirname(path) or ".")
-  made = []  # the folders this download makes, the innermost last
-  while not os.path.isdir(folder):
-    made.insert(0, folder)
-    folder = os.path.dirname(folder)
+  made = missing_folders(os.path.dirname(path) or ".")  # the folders this download makes
   try:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   except OSError as e:  # a read-only working directory, or `data` a file
@@ -77,7 +73,7 @@ def download(url: str, path: str, timeout_s: float = 30.0) -> None:
   except BaseException as e:  # a network error, or a stop (Ctrl-C) mid-download
     if os.path.exists(tmp):
       os.remove(tmp)
-    for folder in reversed(made):
+    for folder in made:
       os.rmdir(folder)
     if not isinstance(e, (urllib.error.URLError, OSError, http.client.HTTPException)):
       raise

@@ -24,7 +24,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from jaxgpt import model, tokenizer
-from jaxgpt.errors import UserError, first_line
+from jaxgpt.errors import UserError, first_line, missing_folders
 from jaxgpt.model import GPT, GPTConfig, init_params
 
 # (n_layer, n_embd) of each of OpenAI's sizes, as nanoGPT's from_pretrained spells them out.
@@ -268,7 +268,7 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
   # and ACLs, and it may be a mount point (a container's volume), which no rename replaces.
   fill = os.path.isdir(target)
   parent = target if fill else os.path.dirname(target)
-  made = _missing_folders(parent, to_dir)  # made for it, removed again if the export fails
+  made = _missing_folders(parent, to_dir)
   try:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
@@ -302,14 +302,11 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
 
 
 def _missing_folders(parent: str, to_dir: str) -> list[str]:
-  """`parent` and those above it that are not there, deepest first; a file among them is
-  refused by name (makedirs would say "File exists")."""
-  missing, folder = [], parent
-  while not os.path.exists(folder):
-    missing.append(folder)
-    folder = os.path.dirname(folder)
-  if not os.path.isdir(folder):
-    raise UserError(f"{to_dir}: {folder} is a file, not a directory; nothing was written")
+  """`parent`'s folders not there (`missing_folders`); a file among them is refused by name
+  (makedirs would say "File exists")."""
+  missing = missing_folders(parent)
+  if missing and os.path.lexists(missing[-1]):
+    raise UserError(f"{to_dir}: {missing[-1]} is a file, not a directory; nothing was written")
   return missing
 
 

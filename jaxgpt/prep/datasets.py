@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from absl import logging
 
 from jaxgpt import token_files
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, missing_folders
 from jaxgpt.prep import fineweb
 from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
 from jaxgpt.prep.shards import (
   LOCK_FILE,
   STAGING,
   check_out_dir,
-  missing_folders,
   remove_locked_dir,
   write_dataset,
   write_lock,

@@ -246,7 +246,7 @@ def _check_staged_only(staging: str) -> None:
 def _writing_into(out_dir: str) -> Iterator[None]:
   """Holds out_dir's `write_lock` while a dataset is written there; a run that fails takes out
   the directory it made, with the lock file."""
-  made = missing_folders(out_dir)
+  made = errors.missing_folders(out_dir)
   with write_lock(out_dir, wait=False) as lockless:
     if lockless:
       logging.warning("%s: cannot lock it (%s); writing there unguarded: run one prepare at a "
@@ -257,15 +257,6 @@ def _writing_into(out_dir: str) -> Iterator[None]:
     except BaseException:
       remove_locked_dir(made)
       raise
-
-
-def missing_folders(path: str) -> list[str]:
-  """The folders of `path` not there yet, innermost first: those writing there makes."""
-  made, folder = [], os.path.abspath(path)
-  while not os.path.isdir(folder):
-    made.append(folder)
-    folder = os.path.dirname(folder)
-  return made
 
 
 def remove_locked_dir(made: list[str]) -> None:
