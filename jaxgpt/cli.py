@@ -102,12 +102,16 @@ def sigterm_stops(said: str) -> Iterator[None]:
 
 
 def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
-        more_help: Callable[[], str] | None = None) -> None:
+        more_help: Callable[[], str] | None = None, beside_training: bool = False) -> None:
   """Runs `main` as a command: main() or, with `subcommands`, main(subcommand).
 
   `--help` prints the command's docstring, its own flags and `more_help()`,
   and exits 0 (absl's exits 1 and heads each module with its file path).
+  A command run `beside_training` on its GPU (sample, evaluate, export, plan) takes device
+  memory as it needs it, not JAX's 75% at its start, which the training run holds already.
   """
+  if beside_training:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   sys.unraisablehook = _unraisable
   # For the resource tracker that Grain's worker processes start: Python before 3.13 tracks a
   # shared-memory batch in each process that opens it (cpython#82300), so a run that stops with

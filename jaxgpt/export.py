@@ -42,4 +42,4 @@ def main() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  cli.run(main)
+  cli.run(main, beside_training=True)

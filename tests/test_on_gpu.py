@@ -24,15 +24,20 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")]
 
 
-def launch_on_gpu(config_file: str, memory_fraction: float) -> subprocess.CompletedProcess:
-  """`python launch.py --config=FILE` on the GPU, with this share of its memory for JAX: this
-  process holds its own share (75% unless XLA_CLIENT_MEM_FRACTION says) already."""
-  env = {k: v for k, v in os.environ.items()  # jaxlib refuses both fractions set at once
-         if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
-  return subprocess.run([sys.executable, "launch.py", f"--config={config_file}"], cwd=ROOT,
-                        env={**env, "XLA_CLIENT_MEM_FRACTION": str(memory_fraction),
-                             "PYTHONPATH": PYTHONPATH},
+def python_on_gpu(*args: str, **env: str) -> subprocess.CompletedProcess:
+  """`python ARGS` on the GPU, beside this process, which holds its own share of the GPU's
+  memory (75% unless XLA_CLIENT_MEM_FRACTION says) already."""
+  inherited = {k: v for k, v in os.environ.items()  # jaxlib refuses both fractions set at once
+               if k not in ("JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
+  return subprocess.run([sys.executable, *args], cwd=ROOT,
+                        env={**inherited, "PYTHONPATH": PYTHONPATH, **env},
                         capture_output=True, text=True, timeout=600, check=False)
+
+
+def launch_on_gpu(config_file: str, memory_fraction: float) -> subprocess.CompletedProcess:
+  """`python launch.py --config=FILE` on the GPU, with this share of its memory for JAX."""
+  return python_on_gpu("launch.py", f"--config={config_file}",
+                       XLA_CLIENT_MEM_FRACTION=str(memory_fraction))
 
 
 def test_a_bfloat16_run_starts_at_the_uniform_loss_and_resumes_as_if_unbroken(tmp_path,
@@ -107,3 +112,8 @@ def test_launch_trains_with_the_kernel_auto_picks_and_ends_with_a_sample(tmp_pat
   assert [r["iter"] for r in evals] == [0, 10, 20] and evals[-1]["val_loss"] < evals[0]["val_loss"]
   sample = done.stdout.split("---------------\n")[1]
   assert sample.startswith("The") and len(sample) > len("The")
+  # Beside a process holding JAX's 75% of the GPU (this one), as a sample is run beside the
+  # training on its GPU: it takes the memory it needs, not 75% again.
+  beside = python_on_gpu("-m", "jaxgpt.sample", f"--out_dir={tmp_path / 'run'}", "--start=The",
+                         "--num_samples=1", "--max_new_tokens=8")
+  assert beside.returncode == 0 and beside.stdout.startswith("The"), beside.stderr[-3000:]

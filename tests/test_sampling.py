@@ -466,3 +466,27 @@ def test_sample_flags_default_to_nanogpt_s_sample_py():
     said = re.search(rf"^  --{re.escape(flag)}:(.*?)(?=^  --)", r.stdout,
                      re.MULTILINE | re.DOTALL)
     assert said and f"(default {default})" in said[1], flag
+
+
+DEVICE_MEMORY_AT_MAIN = """
+import os, runpy, sys
+from jaxgpt import cli
+os.environ.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+run = cli.run
+cli.run = lambda main, **kw: run(lambda *a: print(os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")),
+                                 **kw)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("command", "preallocates"), [
+    (["jaxgpt.sample"], False), (["jaxgpt.evaluate"], False),
+    (["jaxgpt.export", "--out=x"], False), (["jaxgpt.plan", "--config=configs/quickstart.py"], False),
+    (["jaxgpt.bench"], True)], ids=["sample", "evaluate", "export", "plan", "bench"])
+def test_a_command_run_beside_training_takes_device_memory_as_it_needs_it(command, preallocates):
+  """JAX takes 75% of a GPU at its start; a training run on it holds that share already, so a
+  sample, an evaluation, an export or a plan run beside it would find too little left. The
+  benchmark wants the device alone, as training does."""
+  r = run_python("-c", DEVICE_MEMORY_AT_MAIN, *command)
+  assert r.stdout.splitlines()[-1:] == ["None" if preallocates else "false"], r.stderr[-2000:]

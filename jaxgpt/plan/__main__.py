@@ -233,4 +233,4 @@ def _print_memory(f: flags.FlagValues, step: train_step.StepConfig, n_devices: i
 
 if __name__ == "__main__":
   _define_flags()
-  cli.run(main)
+  cli.run(main, beside_training=True)
