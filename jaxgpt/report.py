@@ -28,7 +28,7 @@ from absl import flags
 from matplotlib import ticker
 from matplotlib.backend_bases import FigureCanvasBase
 
-from jaxgpt import cli, defaults, formatting, optim, run_dir
+from jaxgpt import checkpoint, cli, defaults, formatting, optim, run_dir
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 
@@ -100,8 +100,10 @@ def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | 
   return medians
 
 
-def summary(name: str, run: Run) -> str:
-  """The evaluations as a table, the best val loss, and the median throughput and MFU."""
+def summary(name: str, run: Run, saved: list[int] | None = None) -> str:
+  """The evaluations as a table, the best val loss, and the median throughput and MFU. Where
+  `saved`, the run's checkpoints, lack the best step (its save in flight, or killed, or the
+  step 0 a run never saves), that is said: `--step` would not find it."""
   lines = [name]
   evals = run["eval"]
   if evals:
@@ -112,12 +114,19 @@ def summary(name: str, run: Run) -> str:
     best = min(finite, key=lambda r: r["val_loss"]) if finite else None
     lines.append("no finite val loss" if best is None else
                  f"best val loss {best['val_loss']:.4f} at step {best['iter']:,} "
-                 f"({formatting.count(best['tokens'])} tokens)")
+                 f"({formatting.count(best['tokens'])} tokens)" + _unsaved(best["iter"], saved))
   else:
     lines.append("no evaluation yet")
   lines += _tasks_table(run["tasks"])
   lines.append(_throughput(run["train"]))
   return "\n".join(lines)
+
+
+def _unsaved(step: int, saved: list[int] | None) -> str:
+  if saved is None or step in saved:
+    return ""
+  held = f"it holds steps {', '.join(f'{s:,}' for s in saved)}" if saved else "it holds none"
+  return f"; no checkpoint of it ({held})"
 
 
 def _throughput(train: list[dict[str, Any]]) -> str:
@@ -334,7 +343,8 @@ def main() -> None:
           else run_dir.RunDir(FLAGS.out_dir[0]).report_path)
   named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
   runs = {name: load(d) for name, d in named.items()}
-  print("\n\n".join(summary(name, run) for name, run in runs.items()))
+  print("\n\n".join(summary(name, run, checkpoint.finished_steps(
+      run_dir.RunDir(named[name]).checkpoints_dir)) for name, run in runs.items()))
   plot(runs, path, logx=FLAGS.logx,
        configs={name: run_dir.RunDir(d).read_config() for name, d in named.items()})
   print(f"\nwrote {path}")

@@ -190,6 +190,19 @@ def test_the_best_val_loss_is_the_best_finite_one(tmp_path):
   assert "no finite val loss" in report.summary("x", run)
 
 
+def test_a_best_step_with_no_checkpoint_is_said_so():
+  """`--step=N` reads the step the report names: not one whose save is in flight or was
+  killed, or step 0, which a run never saves."""
+  eval_record = lambda it, loss: {"event": "eval", "iter": it, "tokens": it, "train_loss": loss,
+                                  "val_loss": loss, "lr": 1e-3}
+  run = {"eval": [eval_record(0, 9.0), eval_record(2000, 5.1), eval_record(4000, 4.6)],
+         "train": [], "tasks": []}
+  assert "at step 4,000 (4.00K tokens)\n" in report.summary("x", run, [2000, 4000])
+  assert ("at step 4,000 (4.00K tokens); no checkpoint of it (it holds steps 1,000, 2,000)\n"
+          in report.summary("x", run, [1000, 2000]))
+  assert "; no checkpoint of it (it holds none)\n" in report.summary("x", run, [])
+
+
 @pytest.mark.parametrize("logx", [False, True])
 def test_png_has_the_promised_size(tmp_path, logx):
   runs = {"a": report.load(write_run(tmp_path / "a")),
