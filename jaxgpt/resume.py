@@ -98,14 +98,9 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       finish=batches_from, discard=lambda made: made[0].close())
   then = defaults.with_defaults(meta["config"])  # a key the run predates: as it is now
   saved = meta.get("data") or {}
-  for key in changed["keys"]:
-    if key == "data_dir" and saved.get("data_dir"):  # `warn_if_data_changed` compares folders
-      continue
-    predates = "" if key in meta["config"] else " (the default; the run predates the key)"
-    logging.info("resume: %s changed from %r%s to %r", key, then[key], predates, config[key])
-    if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
-      logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
-                      "the run's before, and compared with its best_val_loss all the same")
+  # The data folder, where the checkpoint names it, `warn_if_data_changed` compares as a path.
+  _log_changes([k for k in changed["keys"] if k != "data_dir" or not saved.get("data_dir")],
+               meta["config"], then, config.to_dict())
   if it < config.max_iters and not config.eval_only and jax.process_index() == 0:
     warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
@@ -114,6 +109,18 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
                evaluated=meta.get("val_loss") is not None, unreadable=tuple(unreadable),
                eval_batch_windows=saved.get("eval_batch_windows"),
                split_windows=saved.get("split_windows"), data_dir=saved.get("data_dir")), batches
+
+
+def _log_changes(keys: list[str], saved: dict[str, Any], then: dict[str, Any],
+                 now: dict[str, Any]) -> None:
+  """The config `keys` a resume changed from the checkpoint's `saved` to `now` (`then`: the
+  saved config with the defaults of keys the run predates)."""
+  for key in keys:
+    predates = "" if key in saved else " (the default; the run predates the key)"
+    logging.info("resume: %s changed from %r%s to %r", key, then[key], predates, now[key])
+    if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
+      logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
+                      "the run's before, and compared with its best_val_loss all the same")
 
 
 def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -> None:

@@ -60,9 +60,10 @@ class RunDir:
     An advisory `flock` on out_dir/run.lock, which the OS drops when the holder
     dies however it dies; the file names the holder's host and pid for the
     message, and a name left by a dead run is taken over with a warning. A run
-    that `writes` nothing (eval_only on a resume) in a directory it cannot write
-    (an archived run's, a colleague's) shares the lock of a run.lock it reads
-    (flock needs no more), or goes unlocked where there is none.
+    that `writes` nothing (eval_only on a resume) shares the lock with others like
+    it, through a run.lock it can only read in a directory it cannot write (an
+    archived run's, a colleague's: flock needs no more); it goes on unlocked where
+    there is none, and beside a training run that holds it, with a warning.
     """
     check_utf8(self.out_dir)  # before anything is made there
     path = self._path("run.lock")
@@ -70,7 +71,7 @@ class RunDir:
     try:
       os.makedirs(self.out_dir, exist_ok=True)
       # Not through a symlink: the file it names would be emptied.
-      fd, named = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), True
+      fd, named = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), writes
     except OSError as e:
       if writes or not os.path.isdir(self.out_dir):
         odd = os.path.islink(path) or os.path.isdir(path)  # no file a lock can be held on
@@ -89,8 +90,13 @@ class RunDir:
     except BlockingIOError:
       holder = _read_holder(fd) or "one that does not name itself: an eval_only run's"
       os.close(fd)
-      raise UserError(f"{self.out_dir} is in use by another run ({holder}); nothing was "
-                      "changed. Wait for it to end, or stop it first.") from None
+      if writes:
+        raise UserError(f"{self.out_dir} is in use by another run ({holder}); nothing was "
+                        "changed. Wait for it to end, or stop it first.") from None
+      logging.warning("%s is in use by a training run (%s); evaluating its checkpoint beside "
+                      "it", self.out_dir, holder)  # which nothing here writes to, as nanoGPT's
+      yield
+      return
     except OSError as e:  # a filesystem without locks: Lustre without -o flock, NFS without lockd
       logging.warning("%s: cannot be locked (%s); a second run started on this directory "
                       "meanwhile would not be refused", path, e.strerror)

@@ -316,6 +316,20 @@ def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monk
   assert not os.path.exists(rundir.out_dir)  # a start that wrote nothing leaves nothing
 
 
+def test_evaluations_share_a_run_directory_and_go_on_beside_its_training(tmp_path, caplog):
+  """eval_only on a resume writes nothing: several at once, or one beside the training run,
+  as nanoGPT's eval_only; a training run is refused while one evaluates."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  refused = r"in use by another run \(one that does not name itself: an eval_only run's\)"
+  with (rundir.lock(writes=False), rundir.lock(writes=False),
+        pytest.raises(UserError, match=refused), rundir.lock()):
+    pass
+  with rundir.lock(), caplog.at_level("WARNING", logger="absl"), rundir.lock(writes=False):
+    pass
+  assert (f"in use by a training run (pid {os.getpid()} on {socket.gethostname()}, started "
+          in caplog.text)
+
+
 @pytest.mark.parametrize("slow", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_run_that_writes_nothing_locks_a_directory_it_can_only_read(tmp_path, token_dir,
                                                                        monkeypatch, caplog, slow):
