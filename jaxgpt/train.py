@@ -409,7 +409,8 @@ def check_start(config: ml_collections.ConfigDict) -> None:
   overwrite, none to resume from) and a resume's data folder missing, said at once: launch.py
   asks before it makes data or loads weights, which can take hours."""
   rundir = run_dir.RunDir(config.out_dir)
-  with _locked(rundir, defaults.view(LoopConfig, config).writes):
+  writes = defaults.view(LoopConfig, config).writes  # else never refused: `train` locks it once
+  with _locked(rundir, writes) if writes else contextlib.nullcontext():
     rundir.check_start(resume=config.init_from == "resume", saves=not config.eval_only)
     if config.init_from == "resume":
       sharding.agreed("finding the data", resume.check_data_found, rundir.checkpoints_dir,
