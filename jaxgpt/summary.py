@@ -9,9 +9,10 @@ import dataclasses
 import os
 import re
 
+import jax
 import ml_collections
 
-from jaxgpt import formatting, gpus, optim, sharding, train_step
+from jaxgpt import attention, formatting, gpus, optim, sharding, train_step
 from jaxgpt.model import count_params
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -108,10 +109,18 @@ def stated_sizes(name: str) -> list[tuple[str, float]]:
           for m in _SIZE_RE.finditer(name)]
 
 
-def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "") -> list[str]:
+def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "",
+          device: jax.Device | None = None) -> list[str]:
   """Warnings for a config that likely trains something other than what its author meant
-  (`config_file`: the recipe's file, whose name may state a size)."""
+  (`config_file`: the recipe's file, whose name may state a size), or on `device` (the run's
+  jax.Device) slower than its author meant."""
   found = []
+  gpu = attention.capability(device) if device is not None else None
+  if config.dtype == "bfloat16" and gpu is not None and gpu < (8, 0):  # before Ampere
+    found.append(f"dtype=bfloat16 on {device.device_kind} (compute capability "
+                 f"{gpu[0]}.{gpu[1]}), which has no bfloat16 hardware: XLA runs its matmuls in "
+                 "float32, no faster, with bfloat16's rounding; --config.dtype=float32 is as "
+                 "fast and more exact")
   names = {"config": config_file, "out_dir": config.out_dir}
   if config.wandb_log:
     names["wandb_run_name"] = config.wandb_run_name

@@ -623,7 +623,7 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   for line in summary.describe(counts, layout):
     logging.info("plan: %s", line)
   speaks = jax.process_index() == 0  # the other processes log warnings too: each said once
-  for warning in summary.check(config, counts, config_file=config_file):
+  for warning in summary.check(config, counts, config_file=config_file, device=device):
     if speaks:
       logging.warning("plan: %s", warning)
   if counts.peak_flops is None and speaks:  # lines leave MFU out

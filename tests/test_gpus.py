@@ -95,6 +95,16 @@ def test_every_gpu_target_is_one_card_of_the_table():
     assert f'device_description_str: "{t.device_kind}"' in text
 
 
+@pytest.mark.parametrize("name,compiled_as", [
+    ("A100", "A100-SXM4-80GB"), ("A100 80GB", "A100-SXM4-80GB"), ("A100-40GB", "A100-SXM4-40GB"),
+    ("NVIDIA A100-PCIE-40GB", "A100-SXM4-40GB"), ("NVIDIA A100 80GB PCIe", "A100-SXM4-80GB")])
+def test_an_a100_named_for_short_or_pcie_compiles_for_its_chip_and_memory(name, compiled_as):
+  """README's `--device=H100` pattern, for an A100: not the CPU's estimate for want of a name."""
+  t = targets.target(name)
+  assert t.card == compiled_as
+  assert t.memory_bytes == int(targets.card(name).memory_gib * 2**30)  # the named card's
+
+
 @pytest.mark.parametrize("name,card_name", [("L4", "NVIDIA L4"), ("A10", "NVIDIA A10"),
                                             ("A100", "A100"), ("H100", "H100"),
                                             ("NVIDIA H100 80GB HBM3", "H100")])

@@ -11,7 +11,7 @@ import types
 
 import jax
 import pytest
-from conftest import ROOT, recipe, run_python, step_of, tiny_config
+from conftest import ROOT, fake_device, recipe, run_python, step_of, tiny_config
 
 from jaxgpt import (
   formatting,
@@ -103,6 +103,20 @@ def test_each_warning_fires(overrides, config_file, expected):
   p = summary.summarize(config, train_tokens=10_000_000_000)
   found = summary.check(config, p, config_file=config_file)
   assert len(found) == 1 and expected in found[0], found
+
+
+def test_bfloat16_on_a_gpu_without_its_hardware_says_float32_is_as_fast():
+  """T4s and V100s (Colab's, older clusters') have no bfloat16 units: XLA computes in float32."""
+  config = fineweb_40m()
+  p = summary.summarize(config)
+  [found] = summary.check(config, p, device=fake_device("gpu", "7.5", kind="Tesla T4"))
+  assert found.startswith("dtype=bfloat16 on Tesla T4 (compute capability 7.5), which has no "
+                          "bfloat16 hardware")
+  assert found.endswith("--config.dtype=float32 is as fast and more exact")
+  for device in (fake_device("gpu", "8.0", kind="NVIDIA A100-SXM4-40GB"), fake_device("cpu")):
+    assert summary.check(config, p, device=device) == []
+  config.dtype = "float32"
+  assert summary.check(config, p, device=fake_device("gpu", "7.0", kind="Tesla V100")) == []
 
 
 def test_a_size_within_tolerance_or_an_unused_run_name_is_silent():

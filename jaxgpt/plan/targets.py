@@ -81,6 +81,12 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
+# Cards compiled for as another of the same chip and memory (only their bandwidth differs, which
+# no memory plan reads): an A100 named without its form factor, or a PCIe one.
+SAME_CHIP = {"A100 40GB": "A100-SXM4-40GB", "A100-PCIE-40GB": "A100-SXM4-40GB",
+             "A100": "A100-SXM4-80GB"}
+
+
 def card(name: str) -> gpus.Card | None:
   """The card a user names: as JAX reports it ('NVIDIA H100 80GB HBM3') or for short ('H100',
   'L4', 'A100'), which the device kind prefixes with 'NVIDIA '."""
@@ -91,7 +97,7 @@ def target(name: str) -> Target:
   """The target a device name means ('RTX 4070', 'NVIDIA H100 80GB HBM3', 'H100', ...)."""
   card_named = card(name)
   for t in TARGETS:
-    if card_named is not None and t.card == card_named.name:
+    if card_named is not None and t.card == SAME_CHIP.get(card_named.name, card_named.name):
       return t
   raise UserError(f"--device={name!r}: no target description of that card to compile for; "
                   f"the targets are {', '.join(repr(t.card) for t in TARGETS)}")
