@@ -452,17 +452,17 @@ def test_the_cpu_estimate_says_fit_undecided_within_what_it_overstates(tmp_path,
 
 def test_a_card_without_a_target_description_gets_the_cpu_estimate_and_why(tmp_path,
                                                                           monkeypatch, capsys):
-  """With the CUDA plugin, --device=A100 (gpus.py's name, 80 GiB) has no target of its own:
+  """With the CUDA plugin, --device=L40 (gpus.py's name, 48 GiB) has no target of its own:
   the plan says so and estimates on the CPU (it ended in an error after the table)."""
   from jaxgpt.plan import __main__ as plan_cli
   monkeypatch.setattr(targets, "plugin_installed", lambda: True)
-  flags = types.SimpleNamespace(device="A100", memory_gib=None)
+  flags = types.SimpleNamespace(device="L40", memory_gib=None)
   plan_cli._print_memory(flags, step_of(tiny_config(tmp_path, "")), n_devices=1)
   lines = capsys.readouterr().out.splitlines()
-  assert lines[0].startswith("memory: --device='A100': no target description of that card")
+  assert lines[0].startswith("memory: --device='L40': no target description of that card")
   assert lines[0].endswith("; estimated on the CPU instead")
   assert lines[1].startswith("memory: an estimate from the step compiled for this machine's CPU")
-  assert "(75% of 80 GiB): fits by this estimate" in lines[2]
+  assert "(75% of 48 GiB): fits by this estimate" in lines[2]
 
 
 def test_the_cpu_estimate_is_xlas_plan_for_the_step_training_compiles(tmp_path):
