@@ -64,7 +64,8 @@ def main() -> None:
     with tqdm.tqdm(total=task.n_rows, unit=" rows", desc=task.name, file=sys.stderr,
                    disable=not sys.stderr.isatty(), leave=False) as bar:
       result = tasks.metrics(scorer, params, task, bar.update)
-    print(f"{tasks.describe(task.name, result)} [{task.source}, "
+    # The weights named where the result is kept: a run's latest step moves while it trains.
+    print(f"{tasks.describe(task.name, result)} [{task.source}, {source}, "
           f"{formatting.duration(time.perf_counter() - t0)}]", flush=True)
 
 

@@ -356,6 +356,7 @@ def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   assert (f"notes: {windows} windows of up to 17 tokens, {last['notes_tokens']:,} tokens scored "
           "(--limit=N scores the first N windows)") in r.stderr
   assert f"perplexity {last['notes_ppl']:.2f} over {last['notes_tokens']:,} tokens" in r.stdout
+  assert f", {config.out_dir} step 4, " in r.stdout  # the weights, where the result is kept
 
 
 @pytest.mark.slow
