@@ -67,7 +67,8 @@ class RunDir:
     """
     check_utf8(self.out_dir)  # before anything is made there
     path = self._path("run.lock")
-    made = missing_folders(self.out_dir)  # removed again by a refused start
+    made = missing_folders(self.out_dir)  # removed again by a refused start, as what it adds
+    had = [] if made else _listing(self.out_dir)
     try:
       os.makedirs(self.out_dir, exist_ok=True)
       # Not through a symlink: the file it names would be emptied.
@@ -112,8 +113,7 @@ class RunDir:
       if named:
         os.ftruncate(fd, 0)  # a clean exit leaves no holder to warn about
       os.close(fd)  # and drops the lock
-      if made:
-        self._remove_if_unused(made)
+      self._remove_if_unused(made, had)
 
   @staticmethod
   def _record_holder(fd: int, path: str) -> None:
@@ -132,19 +132,21 @@ class RunDir:
     except OSError as e:  # a full disk: the lock holds; a second run's message names no holder
       logging.warning("%s: cannot record this run as its holder (%s)", path, e.strerror)
 
-  def _remove_if_unused(self, made: list[str]) -> None:
-    """Removes the folders this run `made` (out_dir and those above it) when out_dir holds
-    nothing but the lock and an empty checkpoints/ (a start that was refused). The lock file
-    of a used directory stays: a run starting meanwhile could lock the file being unlinked,
-    and two runs would hold it."""
+  def _remove_if_unused(self, made: list[str], had: list[str] | None) -> None:
+    """Takes back what a start that was refused added: a run.lock and an empty checkpoints/
+    that out_dir did not have (its names `had`; None: unknown), and the folders it `made`
+    (out_dir and those above it). The lock file of a used directory stays: a run starting
+    meanwhile could lock the file being unlinked, and two runs would hold it."""
     with contextlib.suppress(OSError):  # not empty, or not ours to remove: left as it is
-      if not set(os.listdir(self.out_dir)) <= {"run.lock", "checkpoints"}:
+      added = set(os.listdir(self.out_dir)) - set(had if had is not None else ["run.lock"])
+      if not added <= {"run.lock", "checkpoints"}:
         return
-      if os.path.isdir(self.checkpoints_dir):
+      if "checkpoints" in added:
         os.rmdir(self.checkpoints_dir)
-      os.remove(self._path("run.lock"))
-      for folder in made:  # a parent another run made use of meanwhile is not empty: it stays
-        os.rmdir(folder)
+      if "run.lock" in added:
+        os.remove(self._path("run.lock"))
+        for folder in made:  # a parent another run made use of meanwhile is not empty: stays
+          os.rmdir(folder)
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     os.makedirs(self.out_dir, exist_ok=True)
@@ -343,6 +345,13 @@ def check_utf8(out_dir: str) -> None:
     raise UserError(f"out_dir={path!r}: its path holds bytes that are not UTF-8, under which "
                     "Orbax can neither save nor read checkpoints; rename the folder or pick "
                     "another") from None
+
+
+def _listing(folder: str) -> list[str] | None:
+  try:
+    return os.listdir(folder)
+  except OSError:  # not a folder (refused below), or not readable
+    return None
 
 
 def _open_to_read(path: str) -> int | None:

@@ -257,6 +257,12 @@ def test_a_refused_start_leaves_no_run_directory_it_made(tmp_path, token_dir):
   with pytest.raises(UserError, match="nope"):
     train.train(config)
   assert not os.path.exists(config.out_dir)  # no run.lock, no empty checkpoints/
+  os.makedirs(config.out_dir)  # a user's folder: the start takes back what it added
+  (tmp_path / "run" / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="nope"):
+    train.train(config)
+  assert os.listdir(config.out_dir) == ["notes.txt"]
+  os.remove(tmp_path / "run" / "notes.txt")
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   with pytest.raises(UserError, match="already holds checkpoints"):
     train.train(tiny_config(tmp_path, token_dir, max_iters=3))
@@ -277,7 +283,7 @@ def test_a_start_in_a_folder_with_another_programs_config_json_is_refused(tmp_pa
     launch.run(config)
   with pytest.raises(UserError, match="not a jaxgpt run's config"):  # the loop's own check
     train.train(config)
-  assert sorted(os.listdir(config.out_dir)) == ["config.json", "run.lock"]  # as any refusal
+  assert sorted(os.listdir(config.out_dir)) == ["config.json"]  # nothing added
   assert pathlib.Path(hf_config).read_text(encoding="utf-8") == before
 
 
@@ -773,6 +779,7 @@ def test_a_run_that_ends_leaves_its_lock_naming_no_holder(tmp_path):
   lock_file = os.path.join(rundir.out_dir, "run.lock")
   with rundir.lock(), open(lock_file) as f:
     assert f.read().startswith(f"pid {os.getpid()} on ")
+    rundir.write_config(ml_collections.ConfigDict({"init_from": "scratch"}))  # the run's files
   with open(lock_file) as f:
     assert f.read() == ""
 
