@@ -118,6 +118,8 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
+  if f.config.eval_only and f.config.init_from == "resume":  # maybe beside the run's training
+    cli.take_device_memory_as_needed()
   sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   preemption.handle_stops_until_training(jax.process_count())
   # One process speaks for the run; the others report only warnings and errors.

@@ -108,10 +108,10 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
   `--help` prints the command's docstring, its own flags and `more_help()`,
   and exits 0 (absl's exits 1 and heads each module with its file path).
   A command run `beside_training` on its GPU (sample, evaluate, export, plan) takes device
-  memory as it needs it, not JAX's 75% at its start, which the training run holds already.
+  memory as it needs it (`take_device_memory_as_needed`).
   """
   if beside_training:
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    take_device_memory_as_needed()
   sys.unraisablehook = _unraisable
   # For the resource tracker that Grain's worker processes start: Python before 3.13 tracks a
   # shared-memory batch in each process that opens it (cpython#82300), so a run that stops with
@@ -139,6 +139,12 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
     return _parse_flags(argv)
 
   app.run(_guarded(with_arguments), flags_parser=parse_flags)
+
+
+def take_device_memory_as_needed() -> None:
+  """JAX takes 75% of a GPU's memory at its start (before its first use of the device), which a
+  training run on the GPU holds already; this has it take what it needs as it goes."""
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def _unknown_subcommand(subcommands: tuple[str, ...], words: list[str]) -> str:

@@ -280,7 +280,7 @@ def _save(fig: plt.Figure, path: str) -> None:
   Written whole before it replaces the plot there: a full disk or a Ctrl-C leaves that one."""
   target = os.path.realpath(path)  # a symlink's file, which savefig would write through it
   folder, name = os.path.split(target)
-  kind = os.path.splitext(name)[1][1:].lower()
+  kind = os.path.splitext(path)[1][1:].lower()  # as the user names it (`_checked_out`)
   written = os.path.join(folder, f".{name}.tmp{os.getpid()}")
   try:
     fig.savefig(written, format=kind)

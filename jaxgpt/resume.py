@@ -173,11 +173,11 @@ def _reached(tokens: int, block_size: int, why: str) -> int:
 
 
 def check_data_found(checkpoints_dir: str, data_dir: str) -> None:
-  """Refuses a resume whose `data_dir` is missing where the checkpoint's run read a folder that
-  is there: a relative data_dir (data/<dataset> unless set) resumed from another directory,
-  whose data would be said missing, or made anew (auto_prepare: a download of hours)."""
+  """Refuses a resume whose relative `data_dir` (data/<dataset> unless set) is missing here,
+  from another directory than the run's, where the checkpoint's run read a folder that is
+  there: its data would be said missing, or made anew (auto_prepare: a download of hours)."""
   steps = checkpoint.finished_steps(checkpoints_dir)
-  if os.path.exists(data_dir) or not steps:
+  if os.path.isabs(data_dir) or os.path.exists(data_dir) or not steps:  # a folder set on purpose
     return
   try:
     read = (checkpoint.read_meta(checkpoints_dir, steps[-1]).get("data") or {}).get("data_dir")

@@ -39,6 +39,9 @@ from jaxgpt.errors import UserError, folder_problem, missing_folders
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
 
+LOCK_OPENS = 10  # tries at a run.lock that is removed between its open and its lock
+
+
 class RunDir:
   """Paths, checkpoints and metrics of one run directory."""
 
@@ -66,13 +69,59 @@ class RunDir:
     there is none, and beside a training run that holds it, with a warning.
     """
     check_utf8(self.out_dir)  # before anything is made there
-    path = self._path("run.lock")
-    made = missing_folders(self.out_dir)  # removed again by a refused start, as what it adds
+    made = missing_folders(self.out_dir)  # taken back, as what it adds, by a start left unused
     had = [] if made else _listing(self.out_dir)
+    fd, named = self._acquire(writes)
+    if fd is None:  # unlocked, as said
+      yield
+      return
+    try:
+      yield
+    finally:
+      if named:
+        os.ftruncate(fd, 0)  # a clean exit leaves no holder to warn about
+      self._remove_if_unused(made, had)  # while locked: a run that opened run.lock retries
+      os.close(fd)  # and drops the lock
+
+  def _acquire(self, writes: bool) -> tuple[int | None, bool]:
+    """run.lock's descriptor, locked, and whether this run names itself in it (it `writes`);
+    None where the run goes on unlocked. A run.lock removed between its open and its lock
+    (by a start taking back what it added) is opened again."""
+    path = self._path("run.lock")
+    for _ in range(LOCK_OPENS):
+      fd, named = self._open_lock(path, writes)
+      if fd is None:
+        return None, False
+      try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if named else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+      except BlockingIOError:
+        _held_by_another(fd, writes, self.out_dir)  # closes fd; refuses a run that writes
+        return None, False
+      except OSError as e:  # a filesystem without locks: Lustre without -o flock, NFS w/o lockd
+        logging.warning("%s: cannot be locked (%s); a second run started on this directory "
+                        "meanwhile would not be refused", path, e.strerror)
+        break
+      if _same_file(fd, path):
+        break
+      os.close(fd)
+    else:
+      raise UserError(f"{path}: removed or replaced each of the {LOCK_OPENS} times it was "
+                      "locked; is another program deleting it?")
+    if named:
+      try:
+        self._record_holder(fd, path)
+      except UserError:
+        os.close(fd)
+        raise
+    return fd, named
+
+  def _open_lock(self, path: str, writes: bool) -> tuple[int | None, bool]:
+    """run.lock opened to write (a run that `writes` names itself in it), else to read where it
+    cannot be written; None where neither (a warning says so)."""
     try:
       os.makedirs(self.out_dir, exist_ok=True)
       # Not through a symlink: the file it names would be emptied.
-      fd, named = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), writes
+      return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), writes
     except OSError as e:
       if writes or not os.path.isdir(self.out_dir):
         odd = os.path.islink(path) or os.path.isdir(path)  # no file a lock can be held on
@@ -80,40 +129,11 @@ class RunDir:
         why = "a symlink" if os.path.islink(path) else folder_problem(where, e)
         raise UserError(f"{where}: a run cannot write there ({why}); pick a writable "
                         "--config.out_dir") from None
-      fd, named = _open_to_read(path), False
+      fd = _open_to_read(path)
       if fd is None:
         logging.warning("%s: cannot be locked (%s, and no run.lock to read); a run started "
                         "on it meanwhile would not be refused", self.out_dir, e.strerror)
-        yield
-        return
-    try:
-      fcntl.flock(fd, (fcntl.LOCK_EX if named else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = _read_holder(fd) or "one that does not name itself: an eval_only run's"
-      os.close(fd)
-      if writes:
-        raise UserError(f"{self.out_dir} is in use by another run ({holder}); nothing was "
-                        "changed. Wait for it to end, or stop it first.") from None
-      logging.warning("%s is in use by a training run (%s); evaluating its checkpoint beside "
-                      "it", self.out_dir, holder)  # which nothing here writes to, as nanoGPT's
-      yield
-      return
-    except OSError as e:  # a filesystem without locks: Lustre without -o flock, NFS without lockd
-      logging.warning("%s: cannot be locked (%s); a second run started on this directory "
-                      "meanwhile would not be refused", path, e.strerror)
-    if named:
-      try:
-        self._record_holder(fd, path)
-      except UserError:
-        os.close(fd)
-        raise
-    try:
-      yield
-    finally:
-      if named:
-        os.ftruncate(fd, 0)  # a clean exit leaves no holder to warn about
-      os.close(fd)  # and drops the lock
-      self._remove_if_unused(made, had)
+      return fd, False
 
   @staticmethod
   def _record_holder(fd: int, path: str) -> None:
@@ -135,8 +155,8 @@ class RunDir:
   def _remove_if_unused(self, made: list[str], had: list[str] | None) -> None:
     """Takes back what a start that was refused added: a run.lock and an empty checkpoints/
     that out_dir did not have (its names `had`; None: unknown), and the folders it `made`
-    (out_dir and those above it). The lock file of a used directory stays: a run starting
-    meanwhile could lock the file being unlinked, and two runs would hold it."""
+    (out_dir and those above it). Called with the lock held: a run that opened run.lock
+    meanwhile finds, once it locks it, that it was removed, and opens it again."""
     with contextlib.suppress(OSError):  # not empty, or not ours to remove: left as it is
       added = set(os.listdir(self.out_dir)) - set(had if had is not None else ["run.lock"])
       if not added <= {"run.lock", "checkpoints"}:
@@ -149,6 +169,7 @@ class RunDir:
           os.rmdir(folder)
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
+    """config.json, the run's whole config, for a resume and the commands that read the run."""
     os.makedirs(self.out_dir, exist_ok=True)
     self._write_whole("config.json", config.to_json_best_effort(indent=2))
 
@@ -347,7 +368,41 @@ def check_utf8(out_dir: str) -> None:
                     "another") from None
 
 
+def _held_by_another(fd: int, writes: bool, out_dir: str) -> None:
+  """Where another holds run.lock (`fd`, closed here): a run that `writes` is refused, naming
+  the holder (evaluations hold it shared, and name none); an evaluation goes on beside the
+  training run, unlocked, with a warning."""
+  holder = _read_holder(fd) or "one that does not name itself"
+  shared = writes and _locks(fd, fcntl.LOCK_SH)  # only evaluations hold it
+  os.close(fd)
+  if writes:
+    holder = "an evaluation of its checkpoint, eval_only" if shared else holder
+    raise UserError(f"{out_dir} is in use by another run ({holder}); nothing was changed. "
+                    "Wait for it to end, or stop it first.")
+  logging.warning("%s is in use by a training run (%s); evaluating its checkpoint beside it",
+                  out_dir, holder)  # which nothing here writes to, as nanoGPT's eval_only
+
+
+def _locks(fd: int, operation: int) -> bool:
+  try:
+    fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    return True
+  except BlockingIOError:
+    return False
+
+
+def _same_file(fd: int, path: str) -> bool:
+  """Whether `path` still names the file open as `fd`."""
+  try:
+    named = os.stat(path, follow_symlinks=False)
+  except FileNotFoundError:
+    return False
+  held = os.fstat(fd)
+  return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
 def _listing(folder: str) -> list[str] | None:
+  """The names in `folder`; None where it cannot be listed (not a folder: refused later)."""
   try:
     return os.listdir(folder)
   except OSError:  # not a folder (refused below), or not readable

@@ -118,9 +118,9 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "
   gpu = attention.capability(device) if device is not None else None
   if config.dtype == "bfloat16" and gpu is not None and gpu < (8, 0):  # before Ampere
     found.append(f"dtype=bfloat16 on {device.device_kind} (compute capability "
-                 f"{gpu[0]}.{gpu[1]}), which has no bfloat16 hardware: XLA runs its matmuls in "
-                 "float32, no faster, with bfloat16's rounding; --config.dtype=float32 is as "
-                 "fast and more exact")
+                 f"{gpu[0]}.{gpu[1]}), which has no bfloat16 hardware: XLA computes its matmuls "
+                 "in float32, so bfloat16 saves memory there, not time; --config.dtype=float32 "
+                 "trains at float32's precision (with twice the activation memory)")
   names = {"config": config_file, "out_dir": config.out_dir}
   if config.wandb_log:
     names["wandb_run_name"] = config.wandb_run_name

@@ -503,6 +503,8 @@ def test_a_resume_reading_another_data_folder_names_both(tmp_path, token_dir, ca
           f"{first}. Run from the directory the run started in, or add --config.data_dir={first}")
   with pytest.raises(UserError, match=re.escape(said)):
     train.check_start(tiny_config(tmp_path, "data", init_from="resume"))
+  # A folder named as a whole path is the user's choice (auto_prepare may make it there).
+  train.check_start(tiny_config(tmp_path, str(tmp_path / "second" / "data"), init_from="resume"))
   shutil.copytree(token_dir, tmp_path / "second" / "data")
   with caplog.at_level("WARNING", logger="absl"):
     train.train(tiny_config(tmp_path, "data", max_iters=4, init_from="resume", **kw))

@@ -339,9 +339,10 @@ def test_a_plot_cut_short_by_a_full_disk_leaves_the_one_before(tmp_path):
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
   assert path.read_bytes() == before
   assert sorted(os.listdir(tmp_path)) == ["a", "report.png"]  # no temporary file left
-  (tmp_path / "link.png").symlink_to(path)  # written through, as before
+  (tmp_path / "plot").write_bytes(b"")  # a symlink's file, of any name: written through
+  (tmp_path / "link.png").symlink_to(tmp_path / "plot")
   report.plot(runs, str(tmp_path / "link.png"))
-  assert (tmp_path / "link.png").is_symlink()
+  assert (tmp_path / "link.png").is_symlink() and (tmp_path / "plot").read_bytes() == before
 
 
 @pytest.mark.skipif(shutil.which("xelatex") is not None, reason="LaTeX writes .pgf here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import json
 import logging
@@ -326,7 +327,7 @@ def test_evaluations_share_a_run_directory_and_go_on_beside_its_training(tmp_pat
   """eval_only on a resume writes nothing: several at once, or one beside the training run,
   as nanoGPT's eval_only; a training run is refused while one evaluates."""
   rundir = run_dir.RunDir(str(tmp_path / "run"))
-  refused = r"in use by another run \(one that does not name itself: an eval_only run's\)"
+  refused = r"in use by another run \(an evaluation of its checkpoint, eval_only\)"
   with (rundir.lock(writes=False), rundir.lock(writes=False),
         pytest.raises(UserError, match=refused), rundir.lock()):
     pass
@@ -361,8 +362,8 @@ def test_a_run_that_writes_nothing_locks_a_directory_it_can_only_read(tmp_path, 
     with rundir.lock(writes=False):
       pass
     monkeypatch.setattr(run_dir.os, "open", real_open)
-    with (pytest.raises(UserError, match=r"is in use by another run \(one that does not name "
-                                         r"itself: an eval_only run's\)"), rundir.lock()):
+    with (pytest.raises(UserError, match=r"is in use by another run \(an evaluation of its "
+                                         r"checkpoint, eval_only\)"), rundir.lock()):
       pass
   assert pathlib.Path(lock_file).read_text() == ""
   os.remove(lock_file)
@@ -782,6 +783,24 @@ def test_a_run_that_ends_leaves_its_lock_naming_no_holder(tmp_path):
     rundir.write_config(ml_collections.ConfigDict({"init_from": "scratch"}))  # the run's files
   with open(lock_file) as f:
     assert f.read() == ""
+
+
+def test_a_run_lock_removed_between_its_open_and_its_lock_is_opened_again(tmp_path,
+                                                                         monkeypatch):
+  """A refused start takes back the run.lock it added while it holds it; a run that opened the
+  file just before would lock a removed file, beside which a third run could lock a new one."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  real_flock = fcntl.flock
+
+  def flock_after_its_removal(fd, operation):
+    monkeypatch.setattr(run_dir.fcntl, "flock", real_flock)
+    os.remove(os.path.join(rundir.out_dir, "run.lock"))
+    return real_flock(fd, operation)
+
+  monkeypatch.setattr(run_dir.fcntl, "flock", flock_after_its_removal)
+  with (rundir.lock(), pytest.raises(UserError, match="is in use by another run \\(pid "),
+        rundir.lock()):
+    pass
 
 
 def test_a_run_lock_of_the_users_own_is_refused_and_kept(tmp_path, token_dir):

@@ -490,3 +490,25 @@ def test_a_command_run_beside_training_takes_device_memory_as_it_needs_it(comman
   benchmark wants the device alone, as training does."""
   r = run_python("-c", DEVICE_MEMORY_AT_MAIN, *command)
   assert r.stdout.splitlines()[-1:] == ["None" if preallocates else "false"], r.stderr[-2000:]
+
+
+EVAL_ONLY_AT_MAIN = """
+import os, sys
+os.environ.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+import launch
+from jaxgpt import cli
+launch.run = lambda *a, **k: print(os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+sys.argv = ["launch.py", *sys.argv[1:]]
+launch._define_flags()
+cli.run(launch.main)
+"""
+
+
+@pytest.mark.parametrize(("overrides", "preallocates"), [
+    (["--config.init_from=resume", "--config.eval_only=True"], False),
+    (["--config.init_from=resume"], True), ([], True)], ids=["eval_only", "resume", "scratch"])
+def test_an_evaluation_of_a_run_beside_its_training_takes_memory_as_needed(overrides,
+                                                                            preallocates):
+  """launch.py's eval_only on a resume evaluates a checkpoint, beside its training maybe."""
+  r = run_python("-c", EVAL_ONLY_AT_MAIN, "--config=configs/quickstart.py", *overrides)
+  assert r.stdout.splitlines()[-1:] == ["None" if preallocates else "false"], r.stderr[-2000:]
