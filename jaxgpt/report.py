@@ -123,6 +123,7 @@ def summary(name: str, run: Run, saved: list[int] | None = None) -> str:
 
 
 def _unsaved(step: int, saved: list[int] | None) -> str:
+  """A note for a best `step` that none of the run's checkpoints (`saved`) holds."""
   if saved is None or step in saved:
     return ""
   held = f"it holds steps {', '.join(f'{s:,}' for s in saved)}" if saved else "it holds none"
