@@ -252,12 +252,12 @@ def write_hellaswag(path, n: int, seed: int = 0, long_context: int = 0) -> str:
   return str(path)
 
 
-def truncate_state(step_dir: str, files: str = "*") -> None:
-  """Cuts every file of a checkpoint's state (or those matching `files`) in half."""
+def truncate_state(step_dir: str, files: str = "*", keep: float = 0.5) -> None:
+  """Cuts every file of a checkpoint's state (or those matching `files`) to `keep` of it."""
   for path in glob.glob(os.path.join(step_dir, "state", "**", files), recursive=True):
     if os.path.isfile(path) and os.path.getsize(path) > 0:
       with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+        f.truncate(int(os.path.getsize(path) * keep))
 
 
 def free_port() -> int:
