@@ -11,7 +11,8 @@ cards run it at half their FP16-accumulate rate): datasheets' sparse figures hal
 v2.0, Ada v2.1, RTX Blackwell) figure where both exist. Memory: what the card reports, which
 JAX takes its share of: nvidia-smi's total in MiB where we have it (H200: our own run's
 docs/gpu_runs; H100, L40S, L4, A10 as modal-labs/modal-client#2797 quotes them: ECC keeps
-1/16 of these cards' GDDR6), else the spec page's GB as GiB.
+1/16 of these cards' GDDR6; A10G, A40, L20, H800, H20 as public nvidia-smi logs show them),
+else the spec page's GB as GiB.
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ CARDS: tuple[Card, ...] = (
     Card("TPU v5", 459e12),  # v5p reports "TPU v5"
     Card("TPU v6 lite", 918e12),  # v6e (Trillium); cloud.google.com/tpu/docs/v6e: 918 TFLOPS
     Card("TPU v6e", 918e12),
+    Card("GH200 144G", 989.5e12, 144),  # "NVIDIA GH200 144G HBM3e": 144 GB HBM3e, as below
     Card("GH200", 989.5e12, 96),  # its Hopper GPU as an H100 SXM's (no GH200 bf16 figure)
     Card("H200 NVL", 835.5e12, 141),  # H200 datasheet: 1,671 sparse
     Card("H200", 989.5e12, 143771 / 1024),  # H200 datasheet: 1,979 sparse
+    Card("H800 PCIe", 756.5e12, 80),  # the H100 PCIe's GH100 (114 SMs) with NVLink and FP64 cut
+    Card("H800", 989.5e12, 81559 / 1024),  # SXM: the H100 SXM's (132 SMs; nvidia-smi 81559 MiB)
+    Card("H20-3e", 148e12, 143771 / 1024),  # the 141 GB H20; nvidia-smi 143771 MiB
+    Card("H20", 148e12, 97871 / 1024),  # 148 dense FP16 in third-party listings (no NVIDIA page)
     Card("H100 NVL", 835.5e12, 94),  # H100 datasheet: 1,671 sparse per GPU
     Card("H100 PCIe", 756.5e12, 80),  # H100 datasheet: 1,513 sparse
     Card("H100", 989.5e12, 81559 / 1024),  # H100 SXM ("NVIDIA H100 80GB HBM3"), datasheet:
@@ -56,10 +62,19 @@ CARDS: tuple[Card, ...] = (
     Card("A100 40GB", 312e12, 40),  # as a user names it (plan --device)
     Card("A100-SXM4-80GB", 312e12, 80),
     Card("A100", 312e12, 80),  # "NVIDIA A100-PCIE-80GB", "NVIDIA A100 80GB PCIe"
+    Card("A800 40GB Active", None, 40),  # a workstation card; no sourced figure
+    Card("A800-SXM4-40GB", 312e12, 40),  # A800: the A100's GA100 with 400 GB/s NVLink; A100's 312
+    Card("A800 PCIe 40GB", 312e12, 40),  # also "A800-PCIE-40GB"
+    Card("A800 40GB", 312e12, 40),  # as a user names it
+    Card("A800-SXM4-80GB", 312e12, 80),
+    Card("A800", 312e12, 80),  # "NVIDIA A800 80GB PCIe"
     Card("L40S", 362.05e12, 46068 / 1024),  # L40S datasheet: 362.05 dense
     Card("L40", 181.05e12, 48),  # L40 datasheet: 181.05 dense
     Card("NVIDIA L4", 121e12, 23034 / 1024),  # L4 datasheet: 242 sparse
+    Card("NVIDIA L20", None, 46068 / 1024),  # no sourced bf16 figure; nvidia-smi 46068 MiB
+    Card("NVIDIA A40", 149.7e12, 46068 / 1024),  # A40 datasheet: 149.7 with FP32 accumulate
     Card("NVIDIA A10", 125e12, 23028 / 1024),  # A10 datasheet: 125 dense
+    Card("NVIDIA A10G", None, 23028 / 1024),  # AWS G5's A10 variant: no published bf16 figure
     Card("RTX 6000 Ada", 364.2e12, 48),  # Ada whitepaper: 364.2 with FP32 accumulate
     Card("RTX 5000 Ada", 261.1e12, 32),  # datasheet: 1,044.4 FP8 sparse / 4
     Card("RTX 4500 Ada", 158.5e12, 24),  # 60 SMs x 1024 x 2.58 GHz (derived; none published)

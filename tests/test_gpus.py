@@ -20,6 +20,16 @@ from jaxgpt.plan import targets
     ("NVIDIA L4", 121),
     ("NVIDIA L40S", 362.05),
     ("NVIDIA A10", 125),
+    ("NVIDIA A40", 149.7),
+    ("NVIDIA A800-SXM4-80GB", 312),
+    ("NVIDIA A800 80GB PCIe", 312),
+    ("NVIDIA A800-SXM4-40GB", 312),
+    ("NVIDIA A800 PCIe 40GB", 312),
+    ("NVIDIA H800", 989.5),
+    ("NVIDIA H800 PCIe", 756.5),
+    ("NVIDIA H20", 148),
+    ("NVIDIA H20-3e", 148),
+    ("NVIDIA GH200 144G HBM3e", 989.5),
     ("NVIDIA A100-SXM4-80GB", 312),
     ("NVIDIA A100 80GB PCIe", 312),
     ("NVIDIA A100-PCIE-40GB", 312),
@@ -39,7 +49,8 @@ def test_peak_of_the_device_kinds_jax_reports(device_kind, tflops):
 
 
 @pytest.mark.parametrize("device_kind", [
-    "cpu", "NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA A10G", "NVIDIA RTX A1000",
+    "cpu", "NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA A10G", "NVIDIA L20", "NVIDIA A30",
+    "NVIDIA A800 40GB Active", "NVIDIA RTX A1000",
     "NVIDIA A1000", "NVIDIA A100X", "NVIDIA RTX 4000 Ada Generation", "Tesla T4",
     "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
     # cut-down cards, not their full namesakes
@@ -59,9 +70,30 @@ def test_no_entry_is_shadowed_by_an_earlier_one():
     ("NVIDIA GeForce RTX 4070", 12), ("NVIDIA GeForce RTX 4070 Ti SUPER", 16),
     ("NVIDIA GeForce RTX 3080", 10), ("NVIDIA A100-SXM4-40GB", 40), ("NVIDIA A100-SXM4-80GB", 80),
     ("NVIDIA H100 80GB HBM3", 81559 / 1024), ("NVIDIA H200", 143771 / 1024),
-    ("NVIDIA L40S", 46068 / 1024)])  # what nvidia-smi reports, where known
+    ("NVIDIA L40S", 46068 / 1024), ("NVIDIA A10G", 23028 / 1024), ("NVIDIA A40", 46068 / 1024),
+    ("NVIDIA L20", 46068 / 1024), ("NVIDIA H800", 81559 / 1024), ("NVIDIA H800 PCIe", 80),
+    ("NVIDIA H20", 97871 / 1024), ("NVIDIA H20-3e", 143771 / 1024),
+    ("NVIDIA A800-SXM4-80GB", 80), ("NVIDIA A800 80GB PCIe", 80), ("NVIDIA A800-SXM4-40GB", 40),
+    ("NVIDIA A800 PCIe 40GB", 40), ("NVIDIA A800 40GB Active", 40),
+    ("NVIDIA GH200 144G HBM3e", 144), ("NVIDIA GH200 480GB", 96)])  # nvidia-smi's, where known
 def test_memory_of_the_cards_whose_name_says_it(device_kind, gib):
   assert gpus.card(device_kind).memory_gib == gib
+
+
+@pytest.mark.parametrize("device_kind, card_name", [
+    ("NVIDIA A10", "NVIDIA A10"), ("NVIDIA A10G", "NVIDIA A10G"),
+    ("NVIDIA A100-SXM4-80GB", "A100-SXM4-80GB"), ("NVIDIA A100 80GB PCIe", "A100"),
+    ("NVIDIA A800-SXM4-80GB", "A800-SXM4-80GB"), ("NVIDIA A800 80GB PCIe", "A800"),
+    ("NVIDIA A800-SXM4-40GB", "A800-SXM4-40GB"), ("NVIDIA A800-PCIE-40GB", "A800 PCIe 40GB"),
+    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+    ("NVIDIA H800", "H800"), ("NVIDIA H800 PCIe", "H800 PCIe"),
+    ("NVIDIA H20", "H20"), ("NVIDIA H20-3e", "H20-3e"), ("NVIDIA H200", "H200"),
+    ("NVIDIA GH200 480GB", "GH200"), ("NVIDIA GH200 144G HBM3e", "GH200 144G"),
+    ("NVIDIA L4", "NVIDIA L4"), ("NVIDIA L20", "NVIDIA L20"), ("NVIDIA L40", "L40"),
+    ("NVIDIA A40", "NVIDIA A40")])
+def test_neighbouring_names_are_each_their_own_card(device_kind, card_name):
+  """A10 vs A10G, A100 vs A800, H100 vs H800, H20 vs H200 vs H20-3e: no name takes another's."""
+  assert gpus.card(device_kind).name == card_name
 
 
 def test_a_card_sold_with_two_memory_sizes_has_none():
@@ -97,7 +129,11 @@ def test_every_gpu_target_is_one_card_of_the_table():
 
 @pytest.mark.parametrize("name,compiled_as", [
     ("A100", "A100-SXM4-80GB"), ("A100 80GB", "A100-SXM4-80GB"), ("A100-40GB", "A100-SXM4-40GB"),
-    ("NVIDIA A100-PCIE-40GB", "A100-SXM4-40GB"), ("NVIDIA A100 80GB PCIe", "A100-SXM4-80GB")])
+    ("NVIDIA A100-PCIE-40GB", "A100-SXM4-40GB"), ("NVIDIA A100 80GB PCIe", "A100-SXM4-80GB"),
+    # an A800 or H800 is its A100's or H100's chip and memory
+    ("NVIDIA A800-SXM4-80GB", "A100-SXM4-80GB"), ("A800", "A100-SXM4-80GB"),
+    ("A800-40GB", "A100-SXM4-40GB"), ("NVIDIA A800-SXM4-40GB", "A100-SXM4-40GB"),
+    ("NVIDIA H800", "H100"), ("NVIDIA H800 PCIe", "H100 PCIe")])
 def test_an_a100_named_for_short_or_pcie_compiles_for_its_chip_and_memory(name, compiled_as):
   """README's `--device=H100` pattern, for an A100: not the CPU's estimate for want of a name."""
   t = targets.target(name)

@@ -82,9 +82,13 @@ TARGETS: tuple[Target, ...] = (
 
 
 # Cards compiled for as another of the same chip and memory (only their bandwidth differs, which
-# no memory plan reads): an A100 named without its form factor, or a PCIe one.
+# no memory plan reads): an A100 named without its form factor, or a PCIe one; an A800 or
+# H800, the A100's or H100's chip (same SMs, clocks and memory) with slower NVLink.
 SAME_CHIP = {"A100 40GB": "A100-SXM4-40GB", "A100-PCIE-40GB": "A100-SXM4-40GB",
-             "A100": "A100-SXM4-80GB"}
+             "A100": "A100-SXM4-80GB",
+             "A800-SXM4-40GB": "A100-SXM4-40GB", "A800 PCIe 40GB": "A100-SXM4-40GB",
+             "A800 40GB": "A100-SXM4-40GB", "A800-SXM4-80GB": "A100-SXM4-80GB",
+             "A800": "A100-SXM4-80GB", "H800 PCIe": "H100 PCIe", "H800": "H100"}
 
 
 def card(name: str) -> gpus.Card | None:
