@@ -40,6 +40,7 @@ from conftest import (
   setup_of,
   sigterm_after,
   start_launch,
+  start_python,
   tiny_config,
   wait_for,
   write_config_file,
@@ -662,6 +663,27 @@ def test_an_id_past_the_vocabulary_found_mid_run_saves_the_iteration_it_reached(
   assert [r["iter"] for r in records(config.out_dir, "train")] == list(range(reached))
 
 
+# launch.py, held before iteration 4's batch until the test has killed a data worker: the run
+# trains 30 steps in a tenth of a second, and finished before a kill the test sent on reading
+# "iter 3/" (a loaded machine's scheduling) landed.
+HOLD_FOR_THE_KILL = """
+import os, runpy, sys, time
+from jaxgpt import train
+real_next_batch = train._Loop.next_batch
+
+def next_batch(loop, it):
+  if it == 4:
+    print("held for the kill", flush=True)
+    while not os.path.exists(os.environ["KILLED"]):
+      time.sleep(0.01)
+  return real_next_batch(loop, it)
+
+train._Loop.next_batch = next_batch
+sys.argv[0] = "launch.py"
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
 def test_a_data_worker_killed_under_the_run_saves_it_for_an_exact_resume(tmp_path, token_dir):
   """The OOM killer may pick a Grain worker: the run saves the iteration it reached and ends on
   one error line (it was a traceback, and every iteration since the last checkpoint lost),
@@ -669,13 +691,17 @@ def test_a_data_worker_killed_under_the_run_saves_it_for_an_exact_resume(tmp_pat
   config = write_config_file(tmp_path, token_dir, max_iters=30, eval_interval=100000,
                              lr_decay_iters=30, data_workers=2)
   out_dir = str(tmp_path / "run")
-  proc = start_launch(config)
+  killed = tmp_path / "killed"
+  proc = start_python("-c", HOLD_FOR_THE_KILL, f"--config={config}", env={"KILLED": str(killed)})
   lines = []
   for line in proc.stdout:
     lines.append(line)
-    if "iter 3/" in line:
-      workers = [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
-      os.kill(workers[0], signal.SIGKILL)
+    if "held for the kill" in line:
+      try:
+        workers = [pid for pid, cmdline in children(proc.pid).items() if b"spawn_main" in cmdline]
+        os.kill(workers[0], signal.SIGKILL)
+      finally:
+        killed.touch()  # never a run left waiting
       break
   output = "".join(lines) + proc.communicate(timeout=120)[0]
   errors = [line for line in output.splitlines() if line.startswith("error:")]
