@@ -22,15 +22,17 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import attention, cli, data, defaults, formatting, sharding, sinks, train
+from jaxgpt import attention, cli, data, defaults, formatting, run_dir, sharding, sinks, train
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.model import ARCHITECTURE, GPT, GPTConfig
 
 
 def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, float]:
   """The run `config` (read from `config_file`) asks for; returns the last evaluation's
   losses."""
   defaults.validate(config)
+  if config.auto_resume:  # the same command, rerun by a scheduler, goes on
+    config = _resumed_where_saved(config)
   train.check_start(config)  # before hours of data prep, a download or a weights load
   if config.eval_tasks:  # a task file missing or unreadable, said before hours of data prep
     from jaxgpt.evals import tasks
@@ -54,6 +56,25 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
                    config.hellaswag_file),
       at_end=_closing_sample(model, config.sample_start, config.sample_tokens, config.seed))
   return train.train(config, params=params, hooks=hooks, config_file=config_file)
+
+
+def _resumed_where_saved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """auto_resume: the config with init_from=resume where out_dir holds checkpoints, else as it
+  is. A run that started from GPT-2's or a nanoGPT run's weights took their architecture, which
+  its recipe does not hold: it resumes with the one it ran (its config.json's)."""
+  rundir = run_dir.RunDir(config.out_dir)
+  steps = sharding.agreed("listing the checkpoints", rundir.finished_steps)
+  if config.init_from == "resume" or not steps:
+    return config
+  resumed = config.copy_and_resolve_references()
+  resumed.init_from = "resume"
+  if config.init_from != "scratch":
+    ran = rundir.read_config() or {}
+    resumed.update({key: ran[key] for key in ARCHITECTURE if key in ran})
+  logging.info("auto_resume: %s holds checkpoints (the newest of step %d), so the run resumes "
+               "them; init_from=%s starts it where there are none", rundir.checkpoints_dir,
+               steps[-1], config.init_from)
+  return resumed
 
 
 def _tasks(model: GPTConfig, mode: str, spec: str, limit: int, hellaswag_file: str

@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
   # nanoGPT ckpt.pt: its weights and architecture, a fresh optimizer; needs torch)
   c.init_from = "scratch"
   c.hf_checkpoint_dir = ""  # init_from=gpt2*: local Hugging Face checkpoint; '' downloads it
+  # True: a start where out_dir holds checkpoints resumes them, as init_from=resume would, and
+  # init_from says how the run starts where there are none: a job that its scheduler reruns
+  # (SLURM's --requeue) goes on with the same command
+  c.auto_resume = False
   c.keep_checkpoints = 3  # the latest this many checkpoints are kept, plus the best by val loss
   c.skip_nonfinite = 0  # iterations with a non-finite loss/gradient to skip before stopping
   c.sample_tokens = 0  # after training, print this many sampled tokens (0: none)

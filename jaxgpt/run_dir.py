@@ -227,12 +227,15 @@ class RunDir:
     _check_start(checkpoints.directory, checkpoints.steps(), resume)
     return checkpoints
 
+  def finished_steps(self) -> list[int]:
+    """The steps of the checkpoints saved whole, from the folder names alone: without a
+    checkpoint manager, whose barriers the other processes would meet elsewhere."""
+    return checkpoint.finished_steps(os.path.abspath(self.checkpoints_dir))
+
   def check_start(self, *, resume: bool, saves: bool = True) -> None:
-    """`checkpoints_for`'s refusals, early and with nothing made: without a checkpoint
-    manager, whose barriers the other processes would meet elsewhere."""
-    directory = os.path.abspath(self.checkpoints_dir)
+    """`checkpoints_for`'s refusals, early and with nothing made."""
     self._check_own_files(saves)
-    _check_start(directory, checkpoint.finished_steps(directory), resume)
+    _check_start(os.path.abspath(self.checkpoints_dir), self.finished_steps(), resume)
 
   def _check_own_files(self, saves: bool) -> None:
     """Refuses a checkpoints/ a run that `saves` (not eval_only) cannot save in (found at the

@@ -172,7 +172,7 @@ def test_validate_names_the_key(key, value, message):
 def test_a_recipe_not_made_from_the_defaults_is_refused_naming_what_it_lacks():
   partial = ml_collections.ConfigDict({"n_layer": 2, "n_head": 2})
   with pytest.raises(UserError, match=r"the config has no always_save_checkpoint, attention, "
-                                      r"auto_prepare, batch_size, \.\.\.: a recipe's "
+                                      r"auto_prepare, auto_resume, \.\.\.: a recipe's "
                                       r"get_config\(\) starts from jaxgpt.defaults.get_config"):
     defaults.validate(partial)
 

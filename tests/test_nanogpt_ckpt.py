@@ -95,6 +95,21 @@ def test_training_continues_from_a_nanogpt_checkpoint_with_its_architecture(tmp_
   assert [r["iter"] for r in evals] == [0, 1]  # and a step trained from there
 
 
+def test_auto_resume_goes_on_from_a_nanogpt_start_with_the_run_s_architecture(tmp_path,
+                                                                            token_dir):
+  """The rerun command still says init_from=nanogpt:, whose weights gave the run their
+  architecture, not the recipe's: with auto_resume the run resumes its checkpoint as it ran."""
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False, compiled=False)
+  config = tiny_config(tmp_path, token_dir, init_from=f"nanogpt:{tmp_path / 'ckpt.pt'}",
+                       n_layer=1, n_embd=64, block_size=8, gelu_approximate=True, max_iters=1,
+                       eval_interval=1, warmup_iters=0, tie_embeddings=False, auto_resume=True)
+  launch.run(config)
+  config.max_iters = 2
+  launch.run(config)
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 1, 2]
+  assert run_dir.RunDir(config.out_dir).read_config()["n_layer"] == N_LAYER
+
+
 def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
   torch.save({"model": {}}, str(tmp_path / "no_args.pt"))
   with pytest.raises(UserError, match="no_args.pt: not a nanoGPT checkpoint.*model_args"):

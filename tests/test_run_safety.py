@@ -486,6 +486,26 @@ def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
   assert not os.path.exists(partial)
 
 
+def test_auto_resume_reruns_the_same_command_as_a_run_never_stopped(tmp_path, token_dir,
+                                                                   monkeypatch, caplog):
+  """A scheduler reruns a preempted job's command as it was (SLURM's --requeue): with
+  auto_resume it starts the run where out_dir has no checkpoint, and resumes it where the stop
+  left one, with the losses of a run never stopped (init_from=scratch alone is refused there)."""
+  kw = {"max_iters": 8, "eval_interval": 4, "lr_decay_iters": 8}
+  unbroken = tiny_config(tmp_path / "unbroken", token_dir, **kw)
+  launch.run(unbroken)
+  config = tiny_config(tmp_path, token_dir, auto_resume=True, **kw)
+  with monkeypatch.context() as stopped:
+    sigterm_after(stopped, 5)
+    launch.run(config)
+  assert records(config.out_dir, "train")[-1]["iter"] < 7
+  with caplog.at_level(logging.INFO):
+    launch.run(config)
+  assert f"auto_resume: {config.out_dir}/checkpoints holds checkpoints" in caplog.text
+  losses = lambda c: [(r["iter"], r["loss"]) for r in records(c.out_dir, "train")]
+  assert losses(config) == losses(unbroken) and len(losses(config)) == 8
+
+
 @pytest.mark.slow
 def test_sigterm_just_before_an_evaluation_saves_once_and_finishes(tmp_path, token_dir,
                                                                     monkeypatch):

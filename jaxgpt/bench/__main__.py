@@ -29,7 +29,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxgpt import attention, cli, defaults
+from jaxgpt import attention, cli, defaults, train_step
 from jaxgpt.bench import collectives, decode, gpu_report, memory, recipes, save_overhead, throughput
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig
@@ -188,14 +188,14 @@ def _print_memory(f: flags.FlagValues) -> None:
 
 
 def _print_collectives(f: flags.FlagValues) -> None:
-  config = attention.settle(f.config)
+  step = train_step.StepConfig.from_config(attention.settle(f.config))
   if jax.device_count() == 1:
     logging.warning("one device: no collectives to count; simulate several with "
                     "XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu")
   reports = []
   for mode in ("dp", "fsdp"):
     try:
-      r = collectives.sharding_report(config, mode)
+      r = collectives.sharding_report(step, mode)
     except collectives.UncountedLoop as e:  # Muon's loops under fsdp
       print(f"{mode}: {e}")
       continue

@@ -7,11 +7,11 @@ sends are read from the compiled HLO text.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from jaxgpt import sharding, train_step
@@ -117,15 +117,13 @@ def _trips(while_line: str) -> int:
   return int(trips.group(1))
 
 
-def sharding_report(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
+def sharding_report(step: train_step.StepConfig, mode: str) -> dict[str, Any]:
   """Per-device memory and collective traffic of the train step over every device."""
-  config = config.copy_and_resolve_references()
-  config.sharding = mode
-  step = train_step.StepConfig.from_config(config)
+  step = dataclasses.replace(step, sharding=mode)
   layout = step.layout(sharding.make_mesh())
   compiled = train_step.compile_on(step, layout.mesh)
   memory = compiled.memory_analysis()
-  return {"mode": mode, "devices": layout.n_devices, "batch_per_device": config.batch_size,
+  return {"mode": mode, "devices": layout.n_devices, "batch_per_device": step.batch_size,
           "gradient_accumulation_steps": layout.accum_steps,
           "argument_bytes": memory.argument_size_in_bytes,
           "temp_bytes": memory.temp_size_in_bytes,
