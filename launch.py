@@ -139,7 +139,9 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
-  if f.config.eval_only and f.config.init_from == "resume":  # maybe beside the run's training
+  # An evaluation of a checkpoint, maybe beside the run's training (auto_resume: where out_dir
+  # holds checkpoints, which `run` finds after JAX has started).
+  if f.config.eval_only and (f.config.init_from == "resume" or f.config.auto_resume):
     cli.take_device_memory_as_needed()
   sharding.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
   preemption.handle_stops_until_training(jax.process_count())

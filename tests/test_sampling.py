@@ -506,9 +506,12 @@ cli.run(launch.main)
 
 @pytest.mark.parametrize(("overrides", "preallocates"), [
     (["--config.init_from=resume", "--config.eval_only=True"], False),
-    (["--config.init_from=resume"], True), ([], True)], ids=["eval_only", "resume", "scratch"])
+    (["--config.auto_resume=True", "--config.eval_only=True"], False),
+    (["--config.init_from=resume"], True), ([], True)],
+    ids=["eval_only", "eval_only_auto_resume", "resume", "scratch"])
 def test_an_evaluation_of_a_run_beside_its_training_takes_memory_as_needed(overrides,
                                                                             preallocates):
-  """launch.py's eval_only on a resume evaluates a checkpoint, beside its training maybe."""
+  """launch.py's eval_only on a resume evaluates a checkpoint, beside its training maybe;
+  with auto_resume, which picks the resume in `run`, after JAX has taken the device."""
   r = run_python("-c", EVAL_ONLY_AT_MAIN, "--config=configs/quickstart.py", *overrides)
   assert r.stdout.splitlines()[-1:] == ["None" if preallocates else "false"], r.stderr[-2000:]
