@@ -59,21 +59,29 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
 
 
 def _resumed_where_saved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """auto_resume: the config with init_from=resume where out_dir holds checkpoints, else as it
-  is. A run that started from GPT-2's or a nanoGPT run's weights took their architecture, which
-  its recipe does not hold: it resumes with the one it ran (its config.json's)."""
+  """auto_resume: the config with init_from=resume where out_dir holds checkpoints (every
+  process must see them alike), else as it is. A run that started from GPT-2's or a nanoGPT
+  run's weights took their architecture, which its recipe does not hold: it resumes with the
+  one its checkpoints were saved with."""
+  if config.init_from == "resume":
+    return config
   rundir = run_dir.RunDir(config.out_dir)
   steps = sharding.agreed("listing the checkpoints", rundir.finished_steps)
-  if config.init_from == "resume" or not steps:
+  sharding.check_same({"checkpoints": bool(steps)}, f"auto_resume: the processes see "
+                      f"{rundir.checkpoints_dir} apart (checkpoints on some, none on others); "
+                      "out_dir must be on a filesystem that every host shares")
+  if not steps:
+    logging.info("auto_resume: no checkpoints in %s, so the run starts as init_from=%s",
+                 rundir.checkpoints_dir, config.init_from)
     return config
   resumed = config.copy_and_resolve_references()
   resumed.init_from = "resume"
   if config.init_from != "scratch":
-    ran = rundir.read_config() or {}
-    resumed.update({key: ran[key] for key in ARCHITECTURE if key in ran})
+    saved = sharding.agreed("reading the checkpoints' config", rundir.saved_config, steps)
+    resumed.update({key: saved[key] for key in ARCHITECTURE if key in saved})
   logging.info("auto_resume: %s holds checkpoints (the newest of step %d), so the run resumes "
-               "them; init_from=%s starts it where there are none", rundir.checkpoints_dir,
-               steps[-1], config.init_from)
+               "from them in place of init_from=%s", rundir.checkpoints_dir, steps[-1],
+               config.init_from)
   return resumed
 
 

@@ -232,6 +232,14 @@ class RunDir:
     checkpoint manager, whose barriers the other processes would meet elsewhere."""
     return checkpoint.finished_steps(os.path.abspath(self.checkpoints_dir))
 
+  def saved_config(self, steps: list[int]) -> dict[str, Any]:
+    """The config that the newest of `steps` whose metadata reads back was saved with; {}
+    where none reads (a resume then says why)."""
+    for step in reversed(steps):
+      with contextlib.suppress(Exception):  # an unreadable checkpoint: the one before it
+        return checkpoint.read_meta(os.path.abspath(self.checkpoints_dir), step)["config"]
+    return {}
+
   def check_start(self, *, resume: bool, saves: bool = True) -> None:
     """`checkpoints_for`'s refusals, early and with nothing made."""
     self._check_own_files(saves)
