@@ -92,6 +92,7 @@ class LoopConfig:
   always_save_checkpoint: bool
   skip_nonfinite: int
   init_from: str
+  auto_resume: bool
 
   @property
   def resumed(self) -> bool:
@@ -174,7 +175,8 @@ class _Loop:
     else:
       saved = (f"iteration {it} is saved" if self.last_saved == it else
                f"the last checkpoint is step {self.last_saved}")
-      go_on = f"{saved}: add --config.init_from=resume to go on"
+      go_on = f"{saved}: " + ("run the same command again to go on" if self.config.auto_resume
+                              else "add --config.init_from=resume to go on")
     raise kind(f"{said}; {go_on} ({lever})") from None
 
   def keep_if_best(self, it: int, val_loss: float) -> None:
@@ -316,7 +318,8 @@ class _Loop:
       logging.warning("stopped by %s at iter %d, whose weights are not saved", reason, it)
       return
     logging.warning("stopped by %s at iter %d; checkpoint saved. Continue with the same "
-                    "command plus --config.init_from=resume", reason, it)
+                    "command%s", reason, it,
+                    "" if self.config.auto_resume else " plus --config.init_from=resume")
 
   def close(self, failed: bool = False) -> None:
     """Lets a save in flight land (it holds a good state, even on an error), then closes;

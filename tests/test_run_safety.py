@@ -495,10 +495,13 @@ def test_auto_resume_reruns_the_same_command_as_a_run_never_stopped(tmp_path, to
   unbroken = tiny_config(tmp_path / "unbroken", token_dir, **kw)
   launch.run(unbroken)
   config = tiny_config(tmp_path, token_dir, auto_resume=True, **kw)
-  with monkeypatch.context() as stopped:
+  with monkeypatch.context() as stopped, caplog.at_level(logging.INFO):
     sigterm_after(stopped, 5)
     launch.run(config)
   assert records(config.out_dir, "train")[-1]["iter"] < 7
+  said = "checkpoint saved. Continue with the same command"
+  assert any(m.endswith(said) for m in caplog.messages)  # init_from=resume is not needed
+  caplog.clear()
   with caplog.at_level(logging.INFO):
     launch.run(config)
   assert f"auto_resume: {config.out_dir}/checkpoints holds checkpoints" in caplog.text
