@@ -133,9 +133,11 @@ def test_every_gpu_target_is_one_card_of_the_table():
     # an A800 or H800 is its A100's or H100's chip and memory
     ("NVIDIA A800-SXM4-80GB", "A100-SXM4-80GB"), ("A800", "A100-SXM4-80GB"),
     ("A800-40GB", "A100-SXM4-40GB"), ("NVIDIA A800-SXM4-40GB", "A100-SXM4-40GB"),
+    ("NVIDIA A800-PCIE-40GB", "A100-SXM4-40GB"),
     ("NVIDIA H800", "H100"), ("NVIDIA H800 PCIe", "H100 PCIe")])
-def test_an_a100_named_for_short_or_pcie_compiles_for_its_chip_and_memory(name, compiled_as):
-  """README's `--device=H100` pattern, for an A100: not the CPU's estimate for want of a name."""
+def test_a_card_named_for_short_or_of_a_target_s_chip_compiles_for_that_chip(name, compiled_as):
+  """README's `--device=H100` pattern, for an A100 named for short or PCIe, an A800 or an
+  H800: not the CPU's estimate for want of a name."""
   t = targets.target(name)
   assert t.card == compiled_as
   assert t.memory_bytes == int(targets.card(name).memory_gib * 2**30)  # the named card's
