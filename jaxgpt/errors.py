@@ -26,6 +26,17 @@ def missing_folders(path: str) -> list[str]:
   return made
 
 
+def same_file(fd: int, path: str) -> bool:
+  """Whether `path` still names the file open as `fd`: a lock file removed between its open
+  and its lock (by a holder taking back what it made) is no lock, and is opened again."""
+  try:
+    named = os.stat(path)
+  except FileNotFoundError:
+    return False
+  held = os.fstat(fd)
+  return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
 def folder_problem(path: str, error: OSError) -> str:
   """Why a folder cannot be made at `path`, where `error` says only "File exists"."""
   path = path.rstrip(os.sep) or path  # 'file/' does not exist; 'file' does

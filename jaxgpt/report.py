@@ -28,7 +28,7 @@ from absl import flags
 from matplotlib import ticker
 from matplotlib.backend_bases import FigureCanvasBase
 
-from jaxgpt import checkpoint, cli, defaults, formatting, optim, run_dir
+from jaxgpt import cli, defaults, formatting, optim, run_dir
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 
@@ -344,8 +344,8 @@ def main() -> None:
           else run_dir.RunDir(FLAGS.out_dir[0]).report_path)
   named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
   runs = {name: load(d) for name, d in named.items()}
-  print("\n\n".join(summary(name, run, checkpoint.finished_steps(
-      run_dir.RunDir(named[name]).checkpoints_dir)) for name, run in runs.items()))
+  print("\n\n".join(summary(name, run, run_dir.RunDir(named[name]).finished_steps())
+                    for name, run in runs.items()))
   plot(runs, path, logx=FLAGS.logx,
        configs={name: run_dir.RunDir(d).read_config() for name, d in named.items()})
   print(f"\nwrote {path}")

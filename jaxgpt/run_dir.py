@@ -34,7 +34,7 @@ import ml_collections
 from absl import logging
 
 from jaxgpt import checkpoint, formatting
-from jaxgpt.errors import UserError, folder_problem, missing_folders
+from jaxgpt.errors import UserError, folder_problem, missing_folders, same_file
 
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
@@ -101,7 +101,7 @@ class RunDir:
         logging.warning("%s: cannot be locked (%s); a second run started on this directory "
                         "meanwhile would not be refused", path, e.strerror)
         break
-      if _same_file(fd, path):
+      if same_file(fd, path):
         break
       os.close(fd)
     else:
@@ -400,16 +400,6 @@ def _locks(fd: int, operation: int) -> bool:
     return True
   except BlockingIOError:
     return False
-
-
-def _same_file(fd: int, path: str) -> bool:
-  """Whether `path` still names the file open as `fd`."""
-  try:
-    named = os.stat(path, follow_symlinks=False)
-  except FileNotFoundError:
-    return False
-  held = os.fstat(fd)
-  return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _listing(folder: str) -> list[str] | None:

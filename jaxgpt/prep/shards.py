@@ -323,7 +323,7 @@ def _locked_fd(out_dir: str, wait: bool) -> int:
       raise PrepareError(f"{out_dir}: cannot write there ({why})") from None
     try:
       _flock(fd, out_dir, wait)
-      if _same_file(fd, path):
+      if errors.same_file(fd, path):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
@@ -358,15 +358,6 @@ def _locked(fd: int) -> bool:
   except BlockingIOError:
     return False
   return True
-
-
-def _same_file(fd: int, path: str) -> bool:
-  try:
-    on_disk = os.stat(path)
-  except FileNotFoundError:
-    return False
-  held = os.fstat(fd)
-  return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _noting_sources(pieces: Iterable[Piece], sources: list[str],
