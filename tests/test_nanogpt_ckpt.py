@@ -109,6 +109,23 @@ def test_auto_resume_goes_on_from_a_nanogpt_start_with_the_run_s_architecture(tm
   launch.run(config)
   assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 1, 2]
   assert run_dir.RunDir(config.out_dir).read_config()["n_layer"] == N_LAYER
+  # The command edited to start from other weights: the run is not theirs, so not resumed.
+  write_nanogpt_ckpt(tmp_path / "biased.pt", bias=True, compiled=False)
+  config.init_from, config.max_iters = f"nanogpt:{tmp_path / 'biased.pt'}", 3
+  with pytest.raises(UserError, match=r"auto_resume: \S+/run/checkpoints holds a run that did "
+                                      r"not start from init_from=nanogpt:\S+biased.pt's weights "
+                                      r"\(bias=False where they have True\)"):
+    launch.run(config)
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 1, 2]
+
+
+def test_auto_resume_refuses_a_gpt2_size_other_than_the_run_s():
+  saved = {"n_layer": 12, "n_embd": 768, "n_head": 12, "block_size": 512}
+  weights.check_started_from("gpt2", saved, "out/checkpoints")  # the run's own: resumed
+  with pytest.raises(UserError, match=r"auto_resume: out/checkpoints holds a run that did not "
+                                      r"start from init_from=gpt2-medium's weights \(n_layer=12 "
+                                      r"where they have 24, n_embd=768 where they have 1024\)"):
+    weights.check_started_from("gpt2-medium", saved, "out/checkpoints")
 
 
 def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):

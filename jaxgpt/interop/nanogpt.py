@@ -29,6 +29,25 @@ MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
 def read(path: str) -> tuple[dict[str, Any], dict, int]:
   """(architecture keys, float32 params, iter_num) of a nanoGPT checkpoint file, or of the
   ckpt.pt in a nanoGPT out_dir."""
+  ckpt, path = _load(path)
+  arch = _architecture(ckpt, path)
+  tensors = {}
+  for key, value in ckpt["model"].items():
+    if not hasattr(value, "float"):
+      raise UserError(f"{path}: model[{key!r}] is a {type(value).__name__}, not a tensor")
+    key = key.removeprefix("_orig_mod.")
+    array = value.float().numpy()
+    tensors[key] = array.T if LINEAR_WEIGHT.fullmatch(key) else array
+  return arch, gpt2.to_params(tensors, arch, path), int(ckpt.get("iter_num", 0))
+
+
+def architecture(path: str) -> dict[str, Any]:
+  """`read`'s architecture keys alone: a zip file's tensors are mapped, never read."""
+  return _architecture(*_load(path))
+
+
+def _load(path: str) -> tuple[dict, str]:
+  """The checkpoint's dict (tensors memory-mapped where torch can) and the file it is in."""
   path = os.path.expanduser(path)  # nanogpt:~/x, which no shell expands
   try:
     import torch
@@ -59,6 +78,11 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
           and isinstance(ckpt.get("model"), dict)):
     raise UserError(f"{path}: not a nanoGPT checkpoint (no 'model_args' and 'model' dicts, "
                     "which nanoGPT's train.py saves)")
+  return ckpt, path
+
+
+def _architecture(ckpt: dict, path: str) -> dict[str, Any]:
+  """Our architecture keys from the checkpoint's model_args, or an error naming the misfit."""
   args = ckpt["model_args"]
   missing = [k for k in MODEL_ARGS if k not in args]
   if missing:
@@ -72,11 +96,4 @@ def read(path: str) -> tuple[dict[str, Any], dict, int]:
                     f"n_head={arch['n_head']} heads")
   arch["gelu_approximate"] = False  # nanoGPT's nn.GELU() is the exact one
   arch["tie_embeddings"] = True  # its lm_head is its wte
-  tensors = {}
-  for key, value in ckpt["model"].items():
-    if not hasattr(value, "float"):
-      raise UserError(f"{path}: model[{key!r}] is a {type(value).__name__}, not a tensor")
-    key = key.removeprefix("_orig_mod.")
-    array = value.float().numpy()
-    tensors[key] = array.T if LINEAR_WEIGHT.fullmatch(key) else array
-  return arch, gpt2.to_params(tensors, arch, path), int(ckpt.get("iter_num", 0))
+  return arch

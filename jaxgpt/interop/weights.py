@@ -115,6 +115,23 @@ def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, A
                   f"{', '.join(defaults.GPT2_MODELS)}, or {defaults.NANOGPT}PATH")
 
 
+def check_started_from(init_from: str, saved: dict[str, Any], run: str) -> None:
+  """Refuses to resume `run` (auto_resume: its checkpoints' config `saved`) for a command that
+  starts from other weights than the run did, say gpt2-medium's where it took gpt2's: their
+  size tells them apart, read without the weights."""
+  if init_from in defaults.GPT2_MODELS:  # a local hf_checkpoint_dir is held to this size too
+    n_layer, n_embd = gpt2.SIZES[init_from]
+    theirs = {"n_layer": n_layer, "n_embd": n_embd}
+  else:
+    theirs = nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))
+  differ = [f"{key}={saved[key]!r} where they have {value!r}" for key, value in theirs.items()
+            if key != "block_size" and key in saved and saved[key] != value]  # block_size: cropped
+  if differ:
+    raise UserError(f"auto_resume: {run} holds a run that did not start from "
+                    f"init_from={init_from}'s weights ({', '.join(differ)}): continue it with "
+                    "--config.init_from=resume, or start anew in another out_dir")
+
+
 def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
          dtype: str | None = None) -> tuple[ml_collections.ConfigDict, Any, str]:
   """(config, params, where they came from); GPT-2 and nanoGPT weights run in float32."""
