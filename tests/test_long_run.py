@@ -42,7 +42,6 @@ from conftest import (
   start_launch,
   start_python,
   tiny_config,
-  wait_for,
   write_config_file,
 )
 
@@ -731,24 +730,43 @@ def _catches(pid: int, sig: int) -> bool:
   return bool(int(mask, 16) >> (sig - 1) & 1)
 
 
-def _has_loaded(pid: int, library: str) -> bool:
-  with open(f"/proc/{pid}/maps") as f:
-    return library in f.read()
+# launch.py, held as it first imports tensorstore (Orbax's, seconds after launch.py's first
+# lines) until the test has sent SIGTERM: a poll for the handler, then a SIGSTOP, failed where
+# the test was scheduled late.
+HOLD_IN_THE_IMPORTS = """
+import os, runpy, sys, time
+
+class Hold:
+  def find_spec(self, name, path=None, target=None):
+    if name == "tensorstore":
+      sys.meta_path.remove(self)
+      print("held in the imports", flush=True)
+      while not os.path.exists(os.environ["SIGNALLED"]):
+        time.sleep(0.01)
+
+sys.meta_path.insert(0, Hold())
+sys.argv[0] = "launch.py"
+runpy.run_path("launch.py", run_name="__main__")
+"""
 
 
 @pytest.mark.slow
 def test_a_stop_while_the_libraries_load_is_one_line_and_exit_0(tmp_path, token_dir):
-  """The signal goes as soon as launch.py's first lines catch SIGTERM (sooner, it kills python:
-  rc -15), while the child is held where Orbax's tensorstore, imported seconds later, is not
-  yet loaded: a handler installed only once the libraries had loaded is an error."""
-  proc = start_launch(write_config_file(tmp_path, token_dir))
+  """SIGTERM while the libraries load (here, as Orbax imports tensorstore) ends the run with
+  one line: a handler installed only once the libraries had loaded let it kill python (rc
+  -15), or stopped it with a traceback."""
+  signalled = tmp_path / "signalled"
+  proc = start_python("-c", HOLD_IN_THE_IMPORTS,
+                      f"--config={write_config_file(tmp_path, token_dir)}",
+                      env={"SIGNALLED": str(signalled)})
   try:
-    wait_for(lambda: _catches(proc.pid, signal.SIGTERM), 120, "launch.py never caught SIGTERM")
-    proc.send_signal(signal.SIGSTOP)
-    assert not _has_loaded(proc.pid, "tensorstore"), "SIGTERM caught only after the imports"
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGCONT)
-    output, _ = proc.communicate(timeout=120)
+    for line in proc.stdout:
+      if "held in the imports" in line:
+        assert _catches(proc.pid, signal.SIGTERM), "SIGTERM caught only after the imports"
+        proc.send_signal(signal.SIGTERM)
+        break
+    signalled.touch()  # the run goes on, to its stop
+    output = proc.communicate(timeout=120)[0]
   finally:
     proc.kill()
     proc.wait(timeout=60)

@@ -553,14 +553,40 @@ def test_sigterm_during_an_evaluation_saves_that_iteration_alone(tmp_path, token
   assert checkpoint_steps(config.out_dir) == [1]
 
 
+# launch.py, held once the plan is logged (before the step is compiled) until the test has sent
+# SIGTERM: a test scheduled late would find the run past its first step, with a step to save.
+HOLD_FOR_THE_SIGNAL = """
+import os, runpy, sys, time
+from jaxgpt import train
+real_log_start = train._log_start
+
+def log_start(*args):
+  logged = real_log_start(*args)
+  print("held for the signal", flush=True)
+  while not os.path.exists(os.environ["SIGNALLED"]):
+    time.sleep(0.01)
+  return logged
+
+train._log_start = log_start
+sys.argv[0] = "launch.py"
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_sigterm_during_start_up_ends_the_run_with_one_line(tmp_path, token_dir):
-  proc = start_launch(write_config_file(tmp_path, token_dir, **ENDLESS))
+  signalled = tmp_path / "signalled"
+  proc = start_python("-c", HOLD_FOR_THE_SIGNAL,
+                      f"--config={write_config_file(tmp_path, token_dir, **ENDLESS)}",
+                      env={"SIGNALLED": str(signalled)})
   lines = []
-  for line in proc.stdout:  # the plan is logged before the step is compiled
+  for line in proc.stdout:
     lines.append(line)
-    if "plan: parameters" in line:
-      proc.send_signal(signal.SIGTERM)
+    if "held for the signal" in line:
+      try:
+        proc.send_signal(signal.SIGTERM)
+      finally:
+        signalled.touch()  # never a run left waiting
       break
   output = "".join(lines) + proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, output
@@ -723,7 +749,7 @@ def counters():  # the key is jaxlib's own: where a release renames it, the wait
     return distributed.global_state.client.key_value_dir_get("PREEMPTION_CURRENT_COUNTER/")
   except Exception:
     return []
-deadline = time.time() + 10
+deadline = time.time() + 60  # on a loaded machine; ends once both are there
 while len(counters()) < 2 and time.time() < deadline:
   time.sleep(0.01)
 with preemption.StopSignals(2) as signals:
