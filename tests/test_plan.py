@@ -647,3 +647,13 @@ def test_the_new_mem_fraction_name_wins_over_the_deprecated_one(monkeypatch):
   monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.5")
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
   assert memory.mem_fraction() == 0.5
+
+
+def test_the_assumed_mfu_and_peak_are_said_as_the_estimate_used_them(tmp_path):
+  """--mfu=0.004 estimates at 0.4%, not at a '0% MFU' that no time could come from."""
+  from jaxgpt.plan import __main__ as plan_cli
+  given = types.SimpleNamespace(tokens_per_sec=0.0, device="Mystery GPU", peak_flops=4e11,
+                                mfu=0.004)
+  tok_s, source = plan_cli._throughput(given, str(tmp_path / "run"), 0.0, 1e9, 1, {})
+  assert tok_s == 4e11 * 0.004 / 1e9
+  assert "at 0.4% MFU of 0.4 TFLOP/s (an assumption, not a measurement" in source
