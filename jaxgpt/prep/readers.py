@@ -140,7 +140,7 @@ def read_jsonl(path: str, text_field: str, name: str | None = None) -> Iterator[
         continue
       try:
         record = json.loads(line)
-      except ValueError as e:
+      except (ValueError, RecursionError) as e:  # RecursionError: nested past Python's stack
         raise PrepareError(f"{path}:{lineno}: not a JSON object ({e})") from e
       if not isinstance(record, dict):
         raise PrepareError(f"{path}:{lineno}: not a JSON object")
