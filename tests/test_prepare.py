@@ -444,6 +444,11 @@ def test_bad_input_names_the_file(tmp_path, name, content, match):
   with pytest.raises(readers.PrepareError, match=match):
     run([str(path)], tmp_path / "new" / "out")
   assert os.listdir(tmp_path) == [name]  # the directories the run made are gone with it
+  (tmp_path / "mine").mkdir()
+  with pytest.raises(readers.PrepareError, match=match):
+    run([str(path)], tmp_path / "mine")
+  # A folder of one's own is left as it was: a lock file left there kept `rmdir` from it.
+  assert os.listdir(tmp_path / "mine") == []
 
 
 @pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])

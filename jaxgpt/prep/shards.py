@@ -245,8 +245,10 @@ def _check_staged_only(staging: str) -> None:
 @contextlib.contextmanager
 def _writing_into(out_dir: str) -> Iterator[None]:
   """Holds out_dir's `write_lock` while a dataset is written there; a run that fails takes out
-  the directory it made, with the lock file."""
+  the directory it made, with the lock file, or the lock file it made in a folder of the user's
+  (where `rmdir` failed on a folder `ls` shows empty)."""
   made = errors.missing_folders(out_dir)
+  lock_made = not made and not os.path.lexists(os.path.join(out_dir, LOCK_FILE))
   with write_lock(out_dir, wait=False) as lockless:
     if lockless:
       logging.warning("%s: cannot lock it (%s); writing there unguarded: run one prepare at a "
@@ -256,6 +258,9 @@ def _writing_into(out_dir: str) -> Iterator[None]:
       yield
     except BaseException:
       remove_locked_dir(made)
+      if lock_made:  # held until the fd closes; a waiter finds it gone and opens a new one
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(out_dir, LOCK_FILE))
       raise
 
 
