@@ -215,8 +215,19 @@ def recipe(name: str) -> ml_collections.ConfigDict:
 
 
 def eval_tasks(spec: str) -> list[str]:
-  """The tasks of a comma-separated spec, each one of EVAL_TASKS; an unknown one is an error."""
-  names = [t.strip() for t in spec.split(",") if t.strip()]
+  """The tasks of a comma-separated spec, each one of EVAL_TASKS; an unknown one is an error.
+
+  A comma that does not start a task belongs to the text:FILE before it (text:a,b.txt is
+  the file a,b.txt), so any file can be named.
+  """
+  names: list[str] = []
+  for piece in spec.split(","):
+    name = piece.strip()
+    if names and names[-1].startswith("text:") and name and name != "hellaswag" and (
+        not name.startswith("text:")):
+      names[-1] = f"{names[-1]},{piece}".strip()
+    elif name:
+      names.append(name)
   for name in names:
     if name == "text:":
       raise UserError("text: names no file: the task is text:FILE")

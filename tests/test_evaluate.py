@@ -470,3 +470,16 @@ def test_a_text_tasks_limit_keeps_its_first_windows(tmp_path):
   assert task.n_rows == 3 and task.about.startswith("3 windows")
   result = tasks.metrics(scorer, init_params(model, jax.random.PRNGKey(0)), task)
   assert result["tokens"] == sum(n for _, n in rows[:3])
+
+
+def test_a_text_file_whose_name_holds_a_comma_is_one_task(tmp_path):
+  """The list splits at a comma that starts a task: 'text:a,b.txt' is the file a,b.txt."""
+  (tmp_path / "a,b.txt").write_text(" ".join(WORDS), encoding="utf-8")
+  assert defaults.eval_tasks(f"text:{tmp_path}/a,b.txt, hellaswag") == [
+      f"text:{tmp_path}/a,b.txt", "hellaswag"]
+  tasks.check_files(f"text:{tmp_path}/a,b.txt")
+  with pytest.raises(UserError, match=re.escape(
+      f"text:{tmp_path}/a.txt,mmlu: no such file (a comma after text:FILE is part of its name")):
+    tasks.check_files(f"text:{tmp_path}/a.txt,mmlu")
+  with pytest.raises(UserError, match="unknown evaluation task 'mmlu'"):
+    defaults.eval_tasks("hellaswag,mmlu")

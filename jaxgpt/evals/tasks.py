@@ -110,7 +110,9 @@ def _open_text(path: str) -> TextIO:
   try:
     return open(path, encoding="utf-8", newline="")  # the file's line ends, as written
   except FileNotFoundError:
-    raise UserError(f"text:{path}: no such file") from None
+    comma = (" (a comma after text:FILE is part of its name; the tasks are hellaswag, "
+             "text:FILE)" if "," in path else "")
+    raise UserError(f"text:{path}: no such file{comma}") from None
   except OSError as e:  # a directory, no permission
     raise UserError(f"text:{path}: {e.strerror}") from None
 
