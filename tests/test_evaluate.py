@@ -202,9 +202,10 @@ def test_bad_input_is_one_user_error_naming_what(tmp_path):
     tasks.load("hellaswag", small, hellaswag_file=str(bad))
 
 
-@pytest.mark.parametrize("label", ["2.7", "true", "1e400", '"x"', "null"])
+@pytest.mark.parametrize("label", ["2.7", "true", "1e400", '"x"', "null", '"\\u00b2"'])
 def test_a_label_that_is_not_an_index_is_refused_naming_its_line(tmp_path, label):
-  """Not read as an index (2.7 as 2, true as 1) or a traceback (1e400's overflow)."""
+  """Not read as an index (2.7 as 2, true as 1) or a traceback (1e400's overflow, "²": a
+  digit to isdigit, not to int)."""
   path = tmp_path / "hs.jsonl"
   write_hellaswag(path, 2)
   lines = path.read_text().splitlines()

@@ -121,7 +121,8 @@ def _fields(line: str, where: str) -> tuple[str, list[str], int]:
   except (ValueError, KeyError, TypeError, RecursionError) as e:  # [[[... too deep
     raise UserError(f"{where}: not a HellaSwag example ({type(e).__name__}: {e}); each line is "
                     "a JSON object with ctx, endings and label") from None
-  if isinstance(label, str) and label.isdigit():  # as Hugging Face's copy writes it
+  if isinstance(label, str) and label.isascii() and label.isdigit():  # as Hugging Face's copy
+    # writes it; not "²", a digit to isdigit that int() refuses
     label = int(label)
   if not (isinstance(ctx, str) and ctx and isinstance(endings, list)
           and len(endings) == N_ENDINGS and all(isinstance(e, str) for e in endings)
