@@ -329,9 +329,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.init_from in INIT_FROM or (c.init_from.startswith(NANOGPT) and c.init_from != NANOGPT),
         "init_from", f"must be one of {INIT_FROM} or {NANOGPT}PATH")
   try:
-    eval_tasks(c.eval_tasks)
+    scored = eval_tasks(c.eval_tasks)
   except UserError as e:
     check(False, "eval_tasks", str(e))
+  check(not c.hellaswag_file or "hellaswag" in scored, "hellaswag_file",  # else never read
+        f"is for the hellaswag task, which eval_tasks={c.eval_tasks!r} does not name")
   check(0 <= c.seed < 2**32, "seed", "must be in [0, 2**32): a PRNG key holds 32 bits")
   if c.decay_lr and c.max_iters > 0:  # with no iterations to train, no schedule to check
     _check_schedule(c, check)

@@ -157,6 +157,7 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("data_prefetch", 0, "must be in [1, 64]"),
     ("data_prefetch", 20000, "must be in [1, 64]: batches read ahead"),  # 20 GB at 124M
     ("hf_checkpoint_dir", "gpt2_dir", "init_from='scratch' would not read it"),  # it didn't
+    ("hellaswag_file", "hs.jsonl", "is for the hellaswag task, which eval_tasks=''"),  # unread
     ("keep_checkpoints", 0, "must be >= 1"),
     ("skip_nonfinite", -1, "must be >= 0"),  # a healthy run stopped at its first log
 ])
