@@ -210,7 +210,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {_flag_error(e)}")
   except Exception as e:  # a --config.KEY, or a recipe file's own mistake
     inner, lines = _innermost(e)  # ml_collections': "'max_iter'", "Did you mean ..."
-    unquoted = [text.strip("'\"") for text in lines]
+    # A KeyError's quotes are its repr's; another's ("'(' was never closed") are its message's.
+    unquoted = [text.strip("'\"") for text in lines] if isinstance(inner, KeyError) else lines
     line = _recipe_line(e, argv)
     if line is not None and not os.environ.get(TRACEBACK_ENV):
       sys.exit(f"error: --config: {line}: {type(e).__name__}: {' '.join(unquoted)}")

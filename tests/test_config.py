@@ -309,3 +309,17 @@ def test_a_recipe_that_cannot_load_reads_the_same_with_an_override(tmp_path):
   assert r.stderr.strip() == (  # a nanoGPT config's KEY = VALUE lines, say
       "error: --config: the recipe file defines no get_config(); its keys go in one, as in "
       "configs/quickstart.py: c = defaults.get_config(), c.KEY = VALUE, return c")
+
+
+@pytest.mark.slow  # a command line
+def test_a_recipe_file_s_own_error_is_quoted_as_python_says_it(tmp_path):
+  """The line named its error with the quotes at its ends stripped, which are Python's own:
+  `(' was never closed`, `No module named 'x`."""
+  for name, text, said in [
+      ("syntax.py", "def get_config():\n  return dict(\n",
+       "line 2: SyntaxError: '(' was never closed"),
+      ("imports.py", "import nowhere\n", "line 1: ModuleNotFoundError: No module named 'nowhere'"),
+      ("key.py", "def get_config():\n  return {}['max_iter']\n", "line 2: KeyError: max_iter")]:
+    (tmp_path / name).write_text(text)
+    r = run_python("launch.py", f"--config={tmp_path / name}")
+    assert r.returncode == 1 and r.stderr.strip() == f"error: --config: {tmp_path / name}, {said}"
