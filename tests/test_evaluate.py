@@ -130,6 +130,8 @@ def test_text_perplexity_equals_transformers_over_the_same_windows(tmp_path):
   text_file.write_text(" ".join(WORDS * 4) + "\n\nThe end.", encoding="utf-8")
   scorer = scoring.Scorer(GPT(GPTConfig.from_config(config)), rows_per_batch=4)
   result = tasks.metrics(scorer, params, tasks.load(f"text:{text_file}", scorer)[0])
+  assert tasks.load(f"text:{text_file}", scorer, limit=1)[0].about.startswith(
+      f"1 window of up to {config.block_size + 1} tokens, ")  # was '1 windows'
 
   gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "hf"))
   model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()

@@ -66,7 +66,7 @@ def load(spec: str, scorer: scoring.Scorer, *, limit: int = 0, hellaswag_file: s
       path = name.removeprefix("text:")
       rows = text_rows(read_text_tokens(path), scorer.block_size, stride)
       rows = rows[:limit] if limit else rows
-      about = (f"{len(rows):,} windows of up to {scorer.block_size + 1} tokens, "
+      about = (f"{formatting.plural(len(rows), 'window')} of up to {scorer.block_size + 1} tokens, "
                f"{sum(n for _, n in rows):,} tokens scored")
       tasks.append(Task(_task_name(name), path, len(rows), about, "windows", scorer.batches(rows),
                         lambda sums, r=rows: perplexity(r, sums)))
