@@ -554,6 +554,19 @@ def test_a_gpu_report_row_that_hangs_is_ended_and_said(tmp_path):
   assert "compiling" in log.getvalue() and "(exit 124)" in log.getvalue()
 
 
+def test_gpu_tests_that_hang_are_ended_and_said(monkeypatch):
+  """A hung GPU test stalled the report, and the device lent for it, without end."""
+  from jaxgpt.bench import gpu_report
+
+  def hangs(args, timeout=None, **kwargs):
+    raise subprocess.TimeoutExpired(args, timeout, output="", stderr="")
+
+  monkeypatch.setattr(gpu_report.subprocess, "run", hangs)
+  lines = list(gpu_report.report((), seen=("", "", "a GPU")))
+  said = f"`python -m pytest -q -m gpu`: timed out after {gpu_report.TESTS_TIMEOUT_S} s"
+  assert said in lines
+
+
 def test_gpu_report_keeps_a_page_that_exists(tmp_path):
   page = tmp_path / "gpu_report.md"
   page.write_text("an earlier GPU's figures\n")

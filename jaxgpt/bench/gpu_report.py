@@ -13,8 +13,9 @@ card's target description, as on a machine without a GPU, while the rows run.
 Each line is handed on as it is made, so a run cut short keeps the rows it
 finished: a row never waits for its CPU plan (the GPU would idle), and a plan
 done after its row is printed below the table ("below" in the row); a row that
-fails or outlasts ROW_TIMEOUT_S is reported as such and the others run. What the
-tests and each row printed goes to `log`, whole.
+fails or outlasts ROW_TIMEOUT_S is reported as such and the others run (tests that
+outlast TESTS_TIMEOUT_S, likewise). What the tests and each row printed goes to
+`log`, whole.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ GiB = 2**30
 _LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain")
 ITERS, WARMUP = 10, 2  # timed and untimed iterations of each of a row's three timed runs
 ROW_TIMEOUT_S = 300  # a row takes about a minute on an H100-class GPU
+TESTS_TIMEOUT_S = 900  # `pytest -m gpu` took 3 to 5.5 minutes on an H200; a hung test ends
 # (recipe, overrides): the defaults, then each lever alone; a run cut short has the first.
 ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fineweb_40m", {}),
@@ -158,7 +160,8 @@ def report(rows: tuple[tuple[str, dict[str, Any]], ...] = ROWS, *, iters: int = 
               (f"{iters} timed iterations after {warmup}, each row in a process of its own; "
                f"command: `python -m jaxgpt.bench {shlex.join(sys.argv[1:])}`"), ""]
   if run_tests:
-    tests = _last_line(_python("-m", "pytest", "-q", "-rfEs", "-m", "gpu", "tests", log=log))
+    tests = _last_line(_python("-m", "pytest", "-q", "-rfEs", "-m", "gpu", "tests", log=log,
+                               timeout=TESTS_TIMEOUT_S))
     yield from [f"`python -m pytest -q -m gpu`: {tests}", ""]
   yield ("| recipe | levers | attention | batch | ms/iter | tokens/s | MFU | compile s | "
          "peak memory | XLA's plan here | plan --device's | waiting for data | row s |")
