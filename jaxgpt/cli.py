@@ -288,10 +288,12 @@ def _flag_error(error: flags.Error) -> str:
 
 
 def _innermost(error: Exception) -> tuple[Exception, list[str]]:
-  """The error ml_collections wrapped (nested twice) and its message's lines, stripped."""
+  """The error ml_collections wrapped (nested twice) and its message's lines, stripped, less
+  the whole config a locked one lists after a key it refuses (2,000 characters)."""
   while error.args and isinstance(error.args[0], Exception):
     error = error.args[0]
   text = str(error.args[0]) if error.args else str(error)
+  text = re.sub(r" Other fields present: .*", "", text)
   return error, [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -311,6 +311,17 @@ def test_a_recipe_that_cannot_load_reads_the_same_with_an_override(tmp_path):
       "configs/quickstart.py: c = defaults.get_config(), c.KEY = VALUE, return c")
 
 
+LOCKED_RECIPE = """from jaxgpt import defaults
+def get_config():
+  c = defaults.get_config()
+  c.lock()
+  c.max_iter = 5
+"""
+LOCKED_SAID = ('line 5: AttributeError: Key "max_iter" does not exist and cannot be added since '
+               'the config is locked. Did you mean "max_iters" instead of "max_iter"?')  # and
+# between the two, once, the whole config's 2,000 characters
+
+
 @pytest.mark.slow  # a command line
 def test_a_recipe_file_s_own_error_is_quoted_as_python_says_it(tmp_path):
   """The line named its error with the quotes at its ends stripped, which are Python's own:
@@ -319,7 +330,8 @@ def test_a_recipe_file_s_own_error_is_quoted_as_python_says_it(tmp_path):
       ("syntax.py", "def get_config():\n  return dict(\n",
        "line 2: SyntaxError: '(' was never closed"),
       ("imports.py", "import nowhere\n", "line 1: ModuleNotFoundError: No module named 'nowhere'"),
-      ("key.py", "def get_config():\n  return {}['max_iter']\n", "line 2: KeyError: max_iter")]:
+      ("key.py", "def get_config():\n  return {}['max_iter']\n", "line 2: KeyError: max_iter"),
+      ("locked.py", LOCKED_RECIPE, LOCKED_SAID)]:
     (tmp_path / name).write_text(text)
     r = run_python("launch.py", f"--config={tmp_path / name}")
     assert r.returncode == 1 and r.stderr.strip() == f"error: --config: {tmp_path / name}, {said}"
