@@ -317,9 +317,9 @@ def get_config():
   c.lock()
   c.max_iter = 5
 """
+# ml_collections' message, less the whole config (2,000 characters) it lists between its sentences
 LOCKED_SAID = ('line 5: AttributeError: Key "max_iter" does not exist and cannot be added since '
-               'the config is locked. Did you mean "max_iters" instead of "max_iter"?')  # and
-# between the two, once, the whole config's 2,000 characters
+               'the config is locked. Did you mean "max_iters" instead of "max_iter"?')
 
 
 @pytest.mark.slow  # a command line
