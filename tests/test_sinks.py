@@ -135,6 +135,8 @@ def test_a_non_finite_loss_is_written_to_tensorboard_without_its_anonymous_warni
     sink.write({**TRAIN_RECORD, "loss": float("nan"), "grad_norm": float("inf")})
   sink.close()
   assert "NaN or Inf" not in caplog.text
+  shown = tensorboard_points(str(tmp_path / "tb"))
+  assert np.isnan(shown["train/loss"][0][1]) and shown["train/grad_norm"] == [(9, float("inf"))]
 
 
 def test_a_long_runs_records_are_written_again_on_resume_with_one_flush(tmp_path, monkeypatch):
