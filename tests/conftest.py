@@ -149,6 +149,11 @@ def records(out_dir: str, event: str) -> list[dict]:
   return [r for r in read_jsonl(run_dir.RunDir(out_dir).metrics_path) if r["event"] == event]
 
 
+def iter_losses(out_dir: str) -> list[tuple[int, float]]:
+  """(iter, loss) of each train record of a run: what a resumed run repeats bit for bit."""
+  return [(r["iter"], r["loss"]) for r in records(out_dir, "train")]
+
+
 def step_of(config: ml_collections.ConfigDict) -> train_step.StepConfig:
   return train_step.StepConfig.from_config(config)
 

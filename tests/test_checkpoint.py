@@ -23,6 +23,7 @@ from conftest import (
   TINY_VOCAB,
   build_state,
   checkpoint_steps,
+  iter_losses,
   pattern_tokens,
   read_jsonl,
   records,
@@ -67,8 +68,7 @@ def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers, dty
   resumed = tiny_config(tmp_path / "b", token_dir, max_iters=8, init_from="resume", **kw)
   train.train(resumed)
 
-  losses_a = [(r["iter"], r["loss"]) for r in records(unbroken.out_dir, "train")]
-  losses_b = [(r["iter"], r["loss"]) for r in records(resumed.out_dir, "train")]
+  losses_a, losses_b = iter_losses(unbroken.out_dir), iter_losses(resumed.out_dir)
   assert [i for i, _ in losses_b] == list(range(8))
   assert losses_a == losses_b  # exact equality on CPU
   assert losses_a[0][1] == pytest.approx(math.log(TINY_VOCAB), abs=0.05)

@@ -33,6 +33,7 @@ from conftest import (
   alive,
   checkpoint_steps,
   children,
+  iter_losses,
   pattern_tokens,
   records,
   restore_state,
@@ -122,8 +123,8 @@ def test_an_unreadable_data_position_continues_at_the_window_the_checkpoint_reac
     train.train(tiny_config(base, token_dir, max_iters=24, init_from="resume", **EVERY_10))
   assert checkpoint_steps(config.out_dir) == checkpoint_steps(str(intact / "run"))
   assert not glob.glob(os.path.join(config.out_dir, "checkpoints", "*.unreadable*"))
-  resumed = [(r["iter"], r["loss"]) for r in records(config.out_dir, "train")]
-  assert resumed[-4:] == [(r["iter"], r["loss"]) for r in records(str(intact / "run"), "train")][-4:]
+  resumed = iter_losses(config.out_dir)
+  assert resumed[-4:] == iter_losses(str(intact / "run"))[-4:]
   assert [it for it, _ in resumed[-4:]] == [20, 21, 22, 23]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import (
+  iter_losses,
   recipe,
   records,
   restore_state,
@@ -307,8 +308,7 @@ def test_resume_of_the_modern_recipe_continues_bit_exactly(tmp_path, token_dir):
   train.train(tiny_config(tmp_path / "b", token_dir, max_iters=4, **kw))
   resumed = tiny_config(tmp_path / "b", token_dir, max_iters=8, init_from="resume", **kw)
   train.train(resumed)
-  losses = lambda c: [(r["iter"], r["loss"]) for r in records(c.out_dir, "train")]
-  assert losses(unbroken) == losses(resumed)
+  assert iter_losses(unbroken.out_dir) == iter_losses(resumed.out_dir)
   for a, b in zip(jax.tree.leaves(restore_state(unbroken, 8)[0]),
                   jax.tree.leaves(restore_state(resumed, 8)[0])):
     np.testing.assert_array_equal(a, b)

@@ -15,7 +15,7 @@ import sys
 
 import jax
 import pytest
-from conftest import PYTHONPATH, ROOT, records, tiny_config, write_config_file
+from conftest import PYTHONPATH, ROOT, iter_losses, records, tiny_config, write_config_file
 
 from jaxgpt import attention, gpus, train
 from jaxgpt.plan import memory
@@ -51,8 +51,7 @@ def test_a_bfloat16_run_starts_at_the_uniform_loss_and_resumes_as_if_unbroken(tm
 
   first_eval = records(unbroken.out_dir, "eval")[0]
   assert first_eval["val_loss"] == pytest.approx(math.log(unbroken.vocab_size), abs=0.1)
-  losses_a = [(r["iter"], r["loss"]) for r in records(unbroken.out_dir, "train")]
-  losses_b = [(r["iter"], r["loss"]) for r in records(resumed.out_dir, "train")]
+  losses_a, losses_b = iter_losses(unbroken.out_dir), iter_losses(resumed.out_dir)
   assert [i for i, _ in losses_b] == list(range(8))
   assert losses_a[-1][1] < losses_a[0][1] - 0.5  # it learns
   # The GPU's scatter-adds (the embedding's gradient) and cuDNN's attention backward sum in

@@ -25,6 +25,7 @@ from conftest import (
   checkpoint_steps,
   communicate_all,
   free_port,
+  iter_losses,
   pattern_tokens,
   records,
   run_python,
@@ -505,8 +506,8 @@ def test_auto_resume_reruns_the_same_command_as_a_run_never_stopped(tmp_path, to
   with caplog.at_level(logging.INFO):
     launch.run(config)
   assert f"auto_resume: {config.out_dir}/checkpoints holds checkpoints" in caplog.text
-  losses = lambda c: [(r["iter"], r["loss"]) for r in records(c.out_dir, "train")]
-  assert losses(config) == losses(unbroken) and len(losses(config)) == 8
+  losses = iter_losses(config.out_dir)
+  assert losses == iter_losses(unbroken.out_dir) and len(losses) == 8
 
 
 @pytest.mark.slow
