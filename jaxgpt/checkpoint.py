@@ -39,8 +39,12 @@ STATE, DATA, META = "state", "data", "meta"
 
 
 def finished_steps(directory: str) -> list[int]:
-  """The steps `Checkpoints(directory).steps()` lists, read from the folder names alone."""
-  return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+  """The steps `Checkpoints(directory).steps()` lists, read from the folder names alone: bare
+  numbers (Orbax's listing also takes `<name>_<step>`, a copy pinned aside as best_4, say)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(path.name) for path in ocp.utils.checkpoint_steps_paths(directory)
+                if path.name.isdigit())
 
 
 def read_meta(directory: str, step: int) -> dict[str, Any]:

@@ -604,6 +604,21 @@ def test_a_step_set_aside_twice_keeps_the_first_copy(tmp_path):
   assert checkpoint.finished_steps(str(tmp_path / "checkpoints")) == [2]
 
 
+def test_a_copy_pinned_under_a_name_of_its_own_is_no_step_of_the_run(tmp_path):
+  """A step copied aside in checkpoints/ (best_4, to outlive the keep policy) is no checkpoint
+  the run's manager lists, so the early checks must not count it: a folder of such copies alone
+  was refused as checkpoints to a new run and had none to a resume."""
+  directory = str(tmp_path / "checkpoints")
+  ckpts = saved_steps(directory, [2, 4])
+  try:
+    shutil.copytree(os.path.join(directory, "4"), os.path.join(directory, "best_4"))
+    shutil.copytree(os.path.join(directory, "2"), os.path.join(directory, "run_1_9"))
+    ckpts.manager.reload()
+    assert checkpoint.finished_steps(directory) == ckpts.steps() == [2, 4]
+  finally:
+    ckpts.close()
+
+
 def test_a_failed_save_names_the_newest_good_checkpoint(tmp_path):
   """With several checkpoints, the message names the newest (not the oldest)."""
   ckpts = saved_steps(str(tmp_path / "checkpoints"), [3, 6])
