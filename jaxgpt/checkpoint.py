@@ -44,7 +44,7 @@ def finished_steps(directory: str) -> list[int]:
   if not os.path.isdir(directory):
     return []
   return sorted(int(path.name) for path in ocp.utils.checkpoint_steps_paths(directory)
-                if path.name.isdigit())
+                if path.name.isascii() and path.name.isdigit())
 
 
 def read_meta(directory: str, step: int) -> dict[str, Any]:
