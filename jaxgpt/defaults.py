@@ -328,15 +328,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"rope needs an even head size; n_embd/n_head is {c.n_embd // c.n_head}")
   check(c.init_from in INIT_FROM or (c.init_from.startswith(NANOGPT) and c.init_from != NANOGPT),
         "init_from", f"must be one of {INIT_FROM} or {NANOGPT}PATH")
-  try:
-    scored = eval_tasks(c.eval_tasks)
-  except UserError as e:
-    check(False, "eval_tasks", str(e))
-  check(not c.hellaswag_file or "hellaswag" in scored, "hellaswag_file",  # else never read
-        f"is for the hellaswag task, which eval_tasks={c.eval_tasks!r} does not name")
+  _check_eval_tasks(c.eval_tasks, c.hellaswag_file, check)
   check(0 <= c.seed < 2**32, "seed", "must be in [0, 2**32): a PRNG key holds 32 bits")
   if c.decay_lr and c.max_iters > 0:  # with no iterations to train, no schedule to check
     _check_schedule(c, check)
+
+
+def _check_eval_tasks(spec: str, hellaswag_file: str,
+                      check: Callable[[bool, str, str], None]) -> None:
+  """eval_tasks, and a hellaswag_file only where they name hellaswag (else it is never read),
+  with `validate`'s `check`."""
+  try:
+    scored = eval_tasks(spec)
+  except UserError as e:
+    check(False, "eval_tasks", str(e))
+  check(not hellaswag_file or "hellaswag" in scored, "hellaswag_file",
+        f"is for the hellaswag task, which eval_tasks={spec!r} does not name")
 
 
 def _check_schedule(c: ml_collections.ConfigDict, check: Callable[[bool, str, str], None]
