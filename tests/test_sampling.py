@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -271,6 +273,30 @@ def test_commands_read_only_a_checkpoint_s_params_and_check_them(tmp_path, token
   with pytest.raises(UserError, match=r"checkpoints/2 is unreadable \(its contents changed "
                      r"after the save: 1 array\(s\) differ .*\(\.params\["):
     weights.from_run(config.out_dir)
+
+
+def test_a_checkpoint_removed_as_it_is_read_gives_way_to_the_newer_one(tmp_path, token_dir,
+                                                                       monkeypatch):
+  """A run training in out_dir saves step 4 and its keep_checkpoints removes step 2 while a
+  command reads step 2: the command reads step 4 (it said step 2 was unreadable)."""
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2)
+  train.train(config)
+  directory = os.path.join(config.out_dir, "checkpoints")
+  os.rename(os.path.join(directory, "4"), os.path.join(tmp_path, "4"))  # not saved yet
+  restore_params = checkpoint.Checkpoints.restore_params
+
+  def training_meanwhile(self, step, *args):
+    os.rename(os.path.join(tmp_path, "4"), os.path.join(directory, "4"))
+    shutil.rmtree(os.path.join(directory, "2"))
+    monkeypatch.setattr(checkpoint.Checkpoints, "restore_params", restore_params)
+    return restore_params(self, step, *args)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "restore_params", training_meanwhile)
+  _, params, step = weights.from_run(config.out_dir)
+  assert step == 4
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restore_state(config, 4)[0].params),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_sample_errors_name_what_is_missing(tmp_path):

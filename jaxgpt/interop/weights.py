@@ -70,7 +70,8 @@ def from_run(out_dir: str, at_step: int | None = None
   """(run config, params, step) of the latest (or the given) checkpoint, on one device.
 
   The latest that reads back (its arrays checked against their fingerprints):
-  an unreadable newer one is named and passed over, never moved.
+  an unreadable newer one is named and passed over, never moved. One that a run training
+  there removes (its keep_checkpoints) as it is read gives way to the newer it saved.
   """
   steps = run_steps(out_dir, at_step)
   checkpoints = run_dir.RunDir(out_dir).checkpoints(read_only=True)
@@ -88,6 +89,12 @@ def from_run(out_dir: str, at_step: int | None = None
             step, sharding.abstract_like(abstract.params, on_one), meta)
         return config, params, step
       except Exception as e:
+        if at_step is None and not os.path.isdir(os.path.join(checkpoints.directory, str(step))):
+          newer = checkpoint.finished_steps(checkpoints.directory)
+          if newer and newer[-1] > step:  # a run training there saved it and removed this one
+            logging.info("%s/%d was removed as it was read; reading step %d, the run's newest",
+                         checkpoints.directory, step, newer[-1])
+            return from_run(out_dir)
         older = [s for s in steps if s < step]
         if at_step is not None or not older:
           raise UserError(f"{checkpoints.directory}/{step} is unreadable ({checkpoint.cause(e)})"
