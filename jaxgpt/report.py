@@ -87,21 +87,7 @@ def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any
   first = len(per_iter) - 1
   while first > 0 and per_iter[first - 1] == per_iter[-1]:
     first -= 1
-  # The log before `first` spans both layouts unless it is the old one's last at its own rate
-  # (a resume at the iteration right after it, as every resume is with log_interval=1).
-  spans = first > 1 and per_iter[first - 1] != per_iter[first - 2]
-  return train_records[first - 1 if spans else first:], per_iter[-1]
-
-
-def resume_iter(train_records: list[dict[str, Any]], k: int, new_rate: float) -> int:
-  """The iteration a resume on another layout started at, where `train_records[k]` is its first
-  log (`last_layout`'s) and `new_rate` its tokens per iteration: that log's tokens count the
-  old layout's iterations up to the resume and the new one's from it."""
-  (i0, t0), (i1, t1) = [(-1, 0), *((r["iter"], r["tokens"]) for r in train_records[:k])][-2:]
-  i2, t2 = train_records[k]["iter"], train_records[k]["tokens"]
-  old = (t1 - t0) / (i1 - i0)
-  it = (t2 - t1 + (i1 + 1) * old - (i2 + 1) * new_rate) / (old - new_rate)
-  return min(max(round(it), i1 + 1), i2)
+  return train_records[max(first - 1, 0):], per_iter[-1]
 
 
 def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -149,7 +135,7 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   rate): the logs since that resume, the first of them skipped (it times one step)."""
   if not train:
     return "no train logs yet"
-  records, rate = last_layout(train)
+  records, _ = last_layout(train)
   if not records:
     return "throughput: not measured yet on the layout of the last resume"
   m = median_throughput(records)
@@ -162,8 +148,7 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   over = (f"over {formatting.plural(n - 1, 'train log')}, the first skipped" if n > 1 else
           "over 1 train log, the first: one step")
   if n < len(train):
-    over += (f"; since the resume at iter {resume_iter(train, len(train) - n, rate):,} on "
-             "another layout")
+    over += f"; since the resume at iter {records[0]['iter']:,} on another layout"
   return f"throughput: median {', '.join(measured)} ({over})"
 
 

@@ -97,21 +97,6 @@ def test_throughput_is_the_last_layout_s_after_a_resume_on_more_devices(tmp_path
       "throughput: not measured yet on the layout of the last resume")
 
 
-@pytest.mark.parametrize("resumed_at", [21, 25])
-def test_a_resume_on_another_layout_is_named_at_its_own_iteration(resumed_at):
-  """Logs every 10 iterations at 1,024 tokens each, then a resume (a stop's checkpoint) on
-  2,048: at 21, right after a log (every resume with log_interval=1), the old layout's last log
-  is not one of the resume's; at 25 the log at 30 spans both, and is the one skipped."""
-  rate = lambda it: 1024.0 if it < resumed_at else 2048.0
-  logs = [{"event": "train", "iter": it, "loss": 3.0, "lr": 1e-3, "mfu": None,
-           "tokens": (min(it + 1, resumed_at) * 1024 + max(it + 1 - resumed_at, 0) * 2048),
-           "ms_per_iter": 10.0 if it == 30 else 1000.0, "tokens_per_sec": rate(it)}
-          for it in range(0, 60, 10)]
-  assert report.summary("x", {"train": logs, "eval": [], "tasks": []}).splitlines()[-1] == (
-      "throughput: median 2,048 tok/s, 1,000.0 ms/iter (over 2 train logs, the first skipped; "
-      f"since the resume at iter {resumed_at} on another layout)")
-
-
 def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
   run = run_dir.RunDir(str(tmp_path))
   writer = sinks.MetricsWriter(run.metrics_path)
