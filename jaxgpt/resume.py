@@ -69,7 +69,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
     saved = meta.get("data") or {**now, "start_window": 0}  # written before they were recorded
-    if saved["devices"] != now["devices"] and jax.process_index() == 0:  # the run's, said once
+    if saved["devices"] != now["devices"]:
       logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
                       saved["devices"])
     why_not = _not_continued(saved, now)
@@ -167,9 +167,8 @@ def _reached(tokens: int, block_size: int, why: str) -> int:
   """The window a checkpoint's data continues at where its position does not: every window
   before the one holding its `tokens`-th token was trained on."""
   window = tokens // block_size
-  if jax.process_index() == 0:  # every process continues there: said once
-    logging.warning("resume: %s; the data continues at window %s (token %s), where the "
-                    "checkpoint stopped", why, f"{window:,}", f"{tokens:,}")
+  logging.warning("resume: %s; the data continues at window %s (token %s), where the "
+                  "checkpoint stopped", why, f"{window:,}", f"{tokens:,}")
   return window
 
 
