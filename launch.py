@@ -79,7 +79,8 @@ def _resumed_where_saved(config: ml_collections.ConfigDict) -> ml_collections.Co
   if config.init_from != "scratch":
     saved = sharding.agreed("reading the checkpoints' config", rundir.saved_config, steps)
     from jaxgpt.interop import weights
-    weights.check_started_from(config.init_from, saved, rundir.checkpoints_dir)
+    sharding.agreed("checking the run's weights", weights.check_started_from, config.init_from,
+                    saved, rundir.checkpoints_dir)
     resumed.update({key: saved[key] for key in ARCHITECTURE if key in saved})
   logging.info("auto_resume: %s holds checkpoints (the newest of step %d), so the run resumes "
                "from them in place of init_from=%s", rundir.checkpoints_dir, steps[-1],

@@ -117,6 +117,10 @@ def test_auto_resume_goes_on_from_a_nanogpt_start_with_the_run_s_architecture(tm
                                       r"\(bias=False where they have True\)"):
     launch.run(config)
   assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 1, 2]
+  # The run's own ckpt.pt moved away since it started: resumed, with a warning.
+  config.init_from = f"nanogpt:{tmp_path / 'moved.pt'}"
+  launch.run(config)
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 1, 2, 3]
 
 
 def test_auto_resume_refuses_a_gpt2_size_other_than_the_run_s():

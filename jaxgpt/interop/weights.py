@@ -125,12 +125,18 @@ def pretrained(init_from: str, hf_checkpoint_dir: str = "") -> tuple[dict[str, A
 def check_started_from(init_from: str, saved: dict[str, Any], run: str) -> None:
   """Refuses to resume `run` (auto_resume: its checkpoints' config `saved`) for a command that
   starts from other weights than the run did, say gpt2-medium's where it took gpt2's: their
-  size tells them apart, read without the weights."""
+  size tells them apart, read without the weights. A nanoGPT ckpt.pt moved since the run
+  started (or torch gone) is no reason to stop a resume, which needs neither: it is said."""
   if init_from in defaults.GPT2_MODELS:  # a local hf_checkpoint_dir is held to this size too
     n_layer, n_embd = gpt2.SIZES[init_from]
     theirs = {"n_layer": n_layer, "n_embd": n_embd}
   else:
-    theirs = nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))
+    try:
+      theirs = nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))
+    except UserError as e:
+      logging.warning("auto_resume: the run in %s is resumed unchecked against init_from=%s, "
+                      "which does not read (%s)", run, init_from, e)
+      return
   differ = [f"{key}={saved[key]!r} where they have {value!r}" for key, value in theirs.items()
             if key != "block_size" and key in saved and saved[key] != value]  # block_size: cropped
   if differ:
