@@ -89,12 +89,11 @@ def from_run(out_dir: str, at_step: int | None = None
             step, sharding.abstract_like(abstract.params, on_one), meta)
         return config, params, step
       except Exception as e:
-        if at_step is None and not os.path.isdir(os.path.join(checkpoints.directory, str(step))):
-          newer = checkpoint.finished_steps(checkpoints.directory)
-          if newer and newer[-1] > step:  # a run training there saved it and removed this one
-            logging.info("%s/%d was removed as it was read; reading step %d, the run's newest",
-                         checkpoints.directory, step, newer[-1])
-            return from_run(out_dir)
+        newest = checkpoint.finished_steps(checkpoints.directory)[-1:]
+        if at_step is None and newest and newest[0] > step:  # a run training there saved it
+          logging.info("%s/%d failed to read as a newer one, step %d, came; reading that",
+                       checkpoints.directory, step, newest[0])
+          return from_run(out_dir)  # (its keep_checkpoints may be removing this one)
         older = [s for s in steps if s < step]
         if at_step is not None or not older:
           raise UserError(f"{checkpoints.directory}/{step} is unreadable ({checkpoint.cause(e)})"
