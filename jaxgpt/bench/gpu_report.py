@@ -20,10 +20,12 @@ outlast TESTS_TIMEOUT_S, likewise). What the tests and each row printed goes to
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,20 +56,41 @@ ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def _python(*args: str, log: TextIO | None = None,
             timeout: float | None = None) -> subprocess.CompletedProcess:
-  """`python ARGS` in the repository's root, what it printed also written to `log`."""
-  try:
-    done = subprocess.run([sys.executable, *args], cwd=defaults.CHECKOUT, capture_output=True,
-                          text=True, check=False, timeout=timeout)
-  except subprocess.TimeoutExpired as e:
-    output = [e.stdout or "", e.stderr or ""]
-    output = [o.decode(errors="replace") if isinstance(o, bytes) else o for o in output]
-    done = subprocess.CompletedProcess(e.cmd, 124, output[0],
-                                       output[1] + f"\ntimed out after {timeout:.0f} s")
+  """`python ARGS` in the repository's root, what it printed also written to `log`; past
+  `timeout`, it ends with every process it started (a GPU test's run would hold the device
+  through the rows)."""
+  with subprocess.Popen([sys.executable, *args], cwd=defaults.CHECKOUT, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True) as proc:
+    try:
+      stdout, stderr = proc.communicate(timeout=timeout)
+      done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    except subprocess.TimeoutExpired:
+      for pid in [proc.pid, *_descendants(proc.pid)]:  # all found before any ends
+        with contextlib.suppress(ProcessLookupError):
+          os.kill(pid, signal.SIGKILL)
+      stdout, stderr = proc.communicate()
+      done = subprocess.CompletedProcess(proc.args, 124, stdout,
+                                         stderr + f"\ntimed out after {timeout:.0f} s")
   if log is not None:
     log.write(f"$ python {' '.join(args)}\n{done.stdout}{done.stderr}\n(exit {done.returncode})"
               "\n\n")
     log.flush()
   return done
+
+
+def _descendants(pid: int) -> list[int]:
+  """The processes `pid` started, and theirs, from /proc (Linux, as the GPU images are)."""
+  parents = {}
+  for entry in filter(str.isdigit, os.listdir("/proc")):
+    with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:  # OSError: ended
+      parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+  found, todo = [], [pid]
+  while todo:
+    pid = todo.pop()
+    children = [child for child, parent in parents.items() if parent == pid]
+    found += children
+    todo += children
+  return found
 
 
 def _last_line(done: subprocess.CompletedProcess) -> str:
