@@ -40,11 +40,12 @@ STATE, DATA, META = "state", "data", "meta"
 
 def finished_steps(directory: str) -> list[int]:
   """The steps `Checkpoints(directory).steps()` lists, read from the folder names alone: bare
-  numbers (Orbax's listing also takes `<name>_<step>`, a copy pinned aside as best_4, say)."""
+  numbers as it writes them (Orbax's listing also takes `<name>_<step>`, a copy pinned aside
+  as best_4, say, and 04)."""
   if not os.path.isdir(directory):
     return []
   return sorted(int(path.name) for path in ocp.utils.checkpoint_steps_paths(directory)
-                if path.name.isascii() and path.name.isdigit())
+                if re.fullmatch(r"0|[1-9][0-9]*", path.name))
 
 
 def read_meta(directory: str, step: int) -> dict[str, Any]:

@@ -613,6 +613,7 @@ def test_a_copy_pinned_under_a_name_of_its_own_is_no_step_of_the_run(tmp_path):
   try:
     shutil.copytree(os.path.join(directory, "4"), os.path.join(directory, "best_4"))
     shutil.copytree(os.path.join(directory, "2"), os.path.join(directory, "run_1_9"))
+    shutil.copytree(os.path.join(directory, "4"), os.path.join(directory, "04"))
     ckpts.manager.reload()
     assert checkpoint.finished_steps(directory) == ckpts.steps() == [2, 4]
   finally:
