@@ -218,7 +218,7 @@ def eval_tasks(spec: str) -> list[str]:
   """The tasks of a comma-separated spec, each one of EVAL_TASKS; an unknown one is an error.
 
   A comma that does not start a task belongs to the text:FILE before it (text:a,b.txt is
-  the file a,b.txt), so any file can be named.
+  the file a,b.txt); empty pieces (a trailing comma) are dropped.
   """
   names: list[str] = []
   for piece in spec.split(","):

@@ -657,3 +657,6 @@ def test_the_assumed_mfu_and_peak_are_said_as_the_estimate_used_them(tmp_path):
   tok_s, source = plan_cli._throughput(given, str(tmp_path / "run"), 0.0, 1e9, 1, {})
   assert tok_s == 4e11 * 0.004 / 1e9
   assert "at 0.4% MFU of 0.4 TFLOP/s (an assumption, not a measurement" in source
+  given.peak_flops = 1.25e16  # a card of 12,500 TFLOP/s: not '1.25e+04'
+  assert "MFU of 12,500 TFLOP/s" in plan_cli._throughput(given, str(tmp_path / "run"), 0.0, 1e9,
+                                                         1, {})[1]

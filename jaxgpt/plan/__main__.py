@@ -89,7 +89,7 @@ def _throughput(f: flags.FlagValues, out_dir: str, config_peak_flops: float,
     tok_s = estimate_peak * f.mfu * n_devices / flops_per_token
     # The MFU and peak as given (0.004 is 0.4%, not '0%'): the figures this time comes from.
     return tok_s, (f"{tok_s:,.0f} tok/s, estimated for {n_devices} x {f.device} at "
-                   f"{100 * f.mfu:g}% MFU of {estimate_peak / 1e12:,.4g} TFLOP/s (an assumption, "
+                   f"{100 * f.mfu:g}% MFU of {estimate_peak / 1e12:,.6g} TFLOP/s (an assumption, "
                    f"not a measurement; {measured})")
   return None, f"unknown ({measured}; --tokens_per_sec or --device sets it)"
 
