@@ -71,6 +71,9 @@ def _python(*args: str, log: TextIO | None = None,
       stdout, stderr = proc.communicate()
       done = subprocess.CompletedProcess(proc.args, 124, stdout,
                                          stderr + f"\ntimed out after {timeout:.0f} s")
+    except BaseException:  # a stop of the report: the row ends with it, not after it
+      proc.kill()
+      raise
   if log is not None:
     log.write(f"$ python {' '.join(args)}\n{done.stdout}{done.stderr}\n(exit {done.returncode})"
               "\n\n")
@@ -86,8 +89,8 @@ def _descendants(pid: int) -> list[int]:
       parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
   found, todo = [], [pid]
   while todo:
-    pid = todo.pop()
-    children = [child for child, parent in parents.items() if parent == pid]
+    above = todo.pop()
+    children = [child for child, parent in parents.items() if parent == above]
     found += children
     todo += children
   return found

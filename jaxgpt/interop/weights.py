@@ -91,9 +91,10 @@ def from_run(out_dir: str, at_step: int | None = None
       except Exception as e:
         newest = checkpoint.finished_steps(checkpoints.directory)[-1:]
         if at_step is None and newest and newest[0] > step:  # a run training there saved it
-          logging.info("%s/%d failed to read as a newer one, step %d, came; reading that",
+          logging.info("%s/%d did not read back while the run there saved step %d (its "
+                       "keep_checkpoints may be removing it); reading that",
                        checkpoints.directory, step, newest[0])
-          return from_run(out_dir)  # (its keep_checkpoints may be removing this one)
+          return from_run(out_dir)
         older = [s for s in steps if s < step]
         if at_step is not None or not older:
           raise UserError(f"{checkpoints.directory}/{step} is unreadable ({checkpoint.cause(e)})"
