@@ -89,11 +89,12 @@ def from_run(out_dir: str, at_step: int | None = None
             step, sharding.abstract_like(abstract.params, on_one), meta)
         return config, params, step
       except Exception as e:
-        newest = checkpoint.finished_steps(checkpoints.directory)[-1:]
-        if at_step is None and newest and newest[0] > step:  # a run training there saved it
+        newest = (step if at_step is not None else
+                  max(checkpoint.finished_steps(checkpoints.directory), default=step))
+        if newest > step:  # a run training there saved it
           logging.info("%s/%d did not read back while the run there saved step %d (its "
                        "keep_checkpoints may be removing it); reading that",
-                       checkpoints.directory, step, newest[0])
+                       checkpoints.directory, step, newest)
           return from_run(out_dir)
         older = [s for s in steps if s < step]
         if at_step is not None or not older:
