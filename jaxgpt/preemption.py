@@ -110,8 +110,9 @@ class StopSignals:
   (`closing`), a stop request raises StopAtEnd in a one-process run.
   """
 
-  def __init__(self, processes: int = 1):
+  def __init__(self, processes: int = 1, evaluates_only: bool = False):
     self.processes = processes
+    self.evaluates_only = evaluates_only  # eval_only: a stop saves nothing, skips what is left
     self.received: int | None = None
     self.closing = False
     self._previous = {}
@@ -172,7 +173,10 @@ class StopSignals:
       return
     if self.closing:
       _raise(StopAtEnd(self.name))
-    if self._first is None:  # the loop has not begun: its start-up (a compile, say) goes on
+    if self.evaluates_only:
+      logging.warning("received %s: eval_only saves nothing, so the run ends once the start-up "
+                      "or evaluation under way is done", self.name)
+    elif self._first is None:  # the loop has not begun: its start-up (a compile, say) goes on
       logging.warning("received %s: stopping before the first step, once the start-up work "
                       "under way (a compile, say) is done", self.name)
     else:

@@ -346,9 +346,10 @@ def _loop(loop: _Loop, compiled_step: Callable | None, layout: sharding.BatchLay
   stop signal was not).
   """
   config = loop.config
-  if config.eval_only:
+  if config.eval_only:  # a stop in the tasks ends it: eval_only has nothing to save
     loop.score_tasks(loop.start.iter)
-    loop.eval_and_save(loop.start.iter)
+    if not signals.stopped_alone:
+      loop.eval_and_save(loop.start.iter)
     loop.check_failures(wait=True)  # a metrics write that failed on process 0
     return False
   queued = None  # the previous step's loss
@@ -403,7 +404,8 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
   sharding.check_same_config(config.to_dict())
   rundir = run_dir.RunDir(config.out_dir)
   writes = defaults.view(LoopConfig, config).writes
-  with preemption.StopSignals(jax.process_count()) as signals, _locked(rundir, writes):
+  with (preemption.StopSignals(jax.process_count(), evaluates_only=config.eval_only) as signals,
+        _locked(rundir, writes)):
     return _train(config, rundir, signals, params, hooks, config_file)
 
 

@@ -312,6 +312,22 @@ def test_a_checkpoints_folder_the_run_cannot_save_in_is_refused_at_the_start(tmp
   assert records(config.out_dir, "eval")[0]["iter"] == 0
 
 
+def test_a_stop_in_an_eval_only_runs_tasks_ends_it_with_the_evaluation_skipped(tmp_path,
+                                                                                token_dir, caplog):
+  """eval_only has nothing to save: a SIGTERM while its tasks score ends it after them, said
+  as such (it said "stopping before the first step" and then evaluated on to its end)."""
+  def tasks(params):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return {"t/acc": 0.5}, ["t: 0.5"]
+
+  config = tiny_config(tmp_path, token_dir, eval_only=True)
+  with caplog.at_level(logging.INFO):
+    train.train(config, hooks=train.Hooks(tasks=tasks))
+  assert ("received SIGTERM: eval_only saves nothing, so the run ends once the start-up or "
+          "evaluation under way is done") in caplog.messages
+  assert records(config.out_dir, "tasks") and not records(config.out_dir, "eval")
+
+
 def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
   def no_locks(fd, operation):  # Lustre mounted without -o flock
     raise OSError(38, "Function not implemented")
