@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from jaxgpt import defaults, token_files
+from jaxgpt import defaults, formatting, token_files
 from jaxgpt.errors import UserError
 
 VOCAB_CHECK_TOKENS = 1 << 20  # of each file, checked at the start: 2 MB of a 200 MB shard
@@ -44,8 +44,12 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
     counts = [max(0, (n - 1) // block_size) for n in sizes]
     self.offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
     if self.offsets[-1] == 0:
-      raise token_files.ShardError(f"{', '.join(self.paths)}: fewer than block_size+1="
-                              f"{block_size + 1} tokens in every file")
+      others = len(self.paths) - 1
+      where = self.paths[0] + (f" and {formatting.plural(others, 'other file')}" if others else "")
+      raise token_files.ShardError(
+          f"{where}: fewer than block_size+1={block_size + 1} tokens in every file (the longest "
+          f"holds {max(sizes):,}); lower block_size, or make the data in larger shards "
+          "(prepare's --shard_tokens)")
 
   def __len__(self) -> int:
     return self.offsets[-1]

@@ -204,6 +204,20 @@ def test_ids_past_the_checked_head_of_a_file_are_refused_as_their_window_is_read
   assert [src[i][0] for i in range(len(src))] == [tokens[8 * i] for i in range(len(src))]
 
 
+def test_a_split_of_files_all_shorter_than_a_window_is_one_short_line_with_the_lever(tmp_path):
+  """Shards of `prepare --shard_tokens=100` read with block_size=128: the line named every one
+  of hundreds of files (10 kB), and said neither how short they are nor what to change."""
+  for i in range(300):
+    shards.write_shard(str(tmp_path / f"s_train_{i:06d}.bin"), np.arange(100, dtype=np.uint16))
+  with pytest.raises(token_files.ShardError) as error:
+    data.open_split(str(tmp_path), "train", block_size=128, vocab_size=200)
+  said = str(error.value)
+  assert len(said) < 400 and "s_train_000299.bin" not in said
+  assert said.startswith(f"{tmp_path / 's_train_000000.bin'} and 299 other files: ")
+  assert "fewer than block_size+1=129 tokens in every file (the longest holds 100)" in said
+  assert "lower block_size" in said and "--shard_tokens" in said
+
+
 def test_windows_cover_every_token_once_per_epoch(tmp_path):
   a, b = np.arange(0, 41, dtype=np.uint16), np.arange(100, 133, dtype=np.uint16)
   shards.write_shard(str(tmp_path / "s_train_0.bin"), a)
