@@ -300,6 +300,25 @@ def test_a_checkpoint_removed_as_it_is_read_gives_way_to_the_newer_one(tmp_path,
     np.testing.assert_array_equal(a, b)
 
 
+def test_every_checkpoint_unreadable_is_one_error_naming_the_oldest(tmp_path, token_dir,
+                                                                     monkeypatch):
+  """Steps 4 and 2 both fail to read (no run saving meanwhile): the newest is passed over for
+  step 2, whose failure is the error; step 4, already found unreadable, is no newer one to read
+  again (from_run went round between them until Python's recursion limit)."""
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2)
+  train.train(config)
+  reads = []
+
+  def unreadable(self, step, *args):
+    reads.append(step)
+    raise checkpoint.CorruptCheckpoint("it is broken")
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "restore_params", unreadable)
+  with pytest.raises(UserError, match=r"checkpoints/2 is unreadable \(it is broken\)$"):
+    weights.from_run(config.out_dir)
+  assert reads == [4, 2]
+
+
 def test_sample_errors_name_what_is_missing(tmp_path):
   with pytest.raises(UserError, match="no checkpoints"):
     weights.from_run(str(tmp_path / "empty"))

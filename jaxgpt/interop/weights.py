@@ -91,7 +91,7 @@ def from_run(out_dir: str, at_step: int | None = None
       except Exception as e:
         newest = (step if at_step is not None else
                   max(checkpoint.finished_steps(checkpoints.directory), default=step))
-        if newest > step:  # a run training there saved it
+        if newest > steps[-1]:  # a run training there saved it since they were listed
           logging.info("%s/%d did not read back while the run there saved step %d (its "
                        "keep_checkpoints may be removing it); reading that",
                        checkpoints.directory, step, newest)
