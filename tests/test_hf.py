@@ -232,6 +232,15 @@ def test_a_damaged_checkpoint_is_an_error_naming_its_file(tmp_path):
     gpt2.load(str(hf))
 
 
+def test_a_config_json_with_a_null_width_is_refused_by_name(tmp_path):
+  """n_inner is held to 4 * n_embd: a hand-edited n_embd of null was a TypeError traceback."""
+  (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2, "n_head": 2, '
+                                        '"n_embd": null, "n_positions": 16, "vocab_size": 96}')
+  with pytest.raises(UserError, match=r"config.json: not a GPT-2 this model can hold: "
+                                      r"n_embd=None \(need a positive integer\)$"):
+    gpt2.read_config(str(tmp_path))
+
+
 def test_a_checkpoint_of_another_size_than_init_from_names_is_refused(tmp_path):
   assert tuple(gpt2.SIZES) == defaults.GPT2_MODELS
   # gpt2's size; the size is read from config.json, before any tensor.

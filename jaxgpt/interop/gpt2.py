@@ -86,7 +86,7 @@ def read_config(hf_dir: str) -> dict[str, Any]:
     problems.append(f"activation_function={act!r} (need one of {TANH_GELUS + ('gelu',)})")
   if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
     problems.append(f"layer_norm_epsilon={hf['layer_norm_epsilon']} (need 1e-05)")
-  if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0)):
+  if hf.get("n_inner") not in (None, 4 * width if type(width) is int else None):
     problems.append(f"n_inner={hf['n_inner']} (need 4 * n_embd)")
   if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
     problems.append("attention scaling other than 1/sqrt(head size)")
