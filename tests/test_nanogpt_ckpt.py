@@ -174,7 +174,11 @@ def test_a_file_that_is_not_a_nanogpt_checkpoint_is_refused_by_name(tmp_path):
       ("str", {"model": {"wte": "x"}, "model_args": {**args, "n_layer": 2}},
        "model\\['wte'\\] is a str, not a tensor"),
       ("heads", {"model": {}, "model_args": {**args, "n_layer": 2, "n_head": 3}},
-       "model_args n_embd=32 does not split into n_head=3 heads")):
+       "model_args n_embd=32 does not split into n_head=3 heads"),
+      ("empty", {"model": {}, "model_args": {**args, "n_layer": 2, "vocab_size": 0}},
+       r"model_args vocab_size=0 \(need a positive integer\)"),
+      ("heads0", {"model": {}, "model_args": {**args, "n_layer": 2, "n_head": 0}},
+       r"model_args n_head=0 \(need a positive integer\)")):
     torch.save(ckpt, str(tmp_path / f"{name}.pt"))
     with pytest.raises(UserError, match=f"{name}.pt: {says}"):
       nanogpt.read(str(tmp_path / f"{name}.pt"))

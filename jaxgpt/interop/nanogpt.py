@@ -91,7 +91,10 @@ def _architecture(ckpt: dict, path: str) -> dict[str, Any]:
     arch = {k: (bool if k == "bias" else int)(args[k]) for k in MODEL_ARGS}
   except (TypeError, ValueError) as e:
     raise UserError(f"{path}: model_args holds a value that is not a number ({e})") from None
-  if arch["n_head"] < 1 or arch["n_embd"] % arch["n_head"]:
+  below_one = [f"{k}={arch[k]}" for k in MODEL_ARGS if k != "bias" and arch[k] < 1]
+  if below_one:  # a vocab_size of 0 was an IndexError from the model's init
+    raise UserError(f"{path}: model_args {', '.join(below_one)} (need a positive integer)")
+  if arch["n_embd"] % arch["n_head"]:
     raise UserError(f"{path}: model_args n_embd={arch['n_embd']} does not split into "
                     f"n_head={arch['n_head']} heads")
   arch["gelu_approximate"] = False  # nanoGPT's nn.GELU() is the exact one
