@@ -42,10 +42,23 @@ def finished_steps(directory: str) -> list[int]:
   """The steps `Checkpoints(directory).steps()` lists, read from the folder names alone: bare
   numbers as it writes them (Orbax's listing also takes `<name>_<step>`, a copy pinned aside
   as best_4, say, and 04)."""
-  if not os.path.isdir(directory):
+  if not check_listable(directory):
     return []
   return sorted(int(path.name) for path in ocp.utils.checkpoint_steps_paths(directory)
                 if re.fullmatch(r"0|[1-9][0-9]*", path.name))
+
+
+def check_listable(directory: str) -> bool:
+  """Whether `directory` is there as a folder; one there that cannot be listed (another user's
+  run, its folder or out_dir closed to others) is refused by name: it read as holding no
+  checkpoints ("start with init_from=scratch") or ended in a PermissionError's traceback."""
+  try:
+    os.listdir(directory)
+  except (FileNotFoundError, NotADirectoryError):
+    return False
+  except OSError as e:
+    raise UserError(f"{directory}: cannot list its checkpoints ({e.strerror})") from None
+  return True
 
 
 def read_meta(directory: str, step: int) -> dict[str, Any]:
@@ -73,6 +86,7 @@ class Checkpoints:
         create=not read_only,
     )
     self.directory = os.path.abspath(directory)
+    check_listable(self.directory)  # else Orbax's PermissionError, in a traceback
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._in_flight: int | None = None  # the step of a save not yet known to have landed
 

@@ -889,3 +889,27 @@ def test_a_run_lock_of_the_users_own_is_refused_and_kept(tmp_path, token_dir):
   lock_file.mkdir()
   with pytest.raises(UserError, match=f"{lock_file}: a run cannot write there \\(Is a dir"):
     train.train(config)
+
+
+def test_a_checkpoints_folder_that_cannot_be_listed_is_refused_by_name(tmp_path, monkeypatch):
+  """Another user's run (its out_dir or checkpoints/ closed to others): it read as holding no
+  checkpoints ("start with init_from=scratch"), or ended in a PermissionError's traceback."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  saved = rundir.checkpoints()
+  saved.save(1, {"w": np.ones(2, np.float32)}, None, {"iter": 1})
+  saved.wait()
+  saved.close()
+  real_listdir = os.listdir
+
+  def closed(path: str = ".") -> list[str]:
+    if os.path.abspath(path) == os.path.abspath(rundir.checkpoints_dir):
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    return real_listdir(path)
+
+  monkeypatch.setattr(os, "listdir", closed)
+  said = re.escape(f"{os.path.abspath(rundir.checkpoints_dir)}: cannot list its checkpoints "
+                   "(Permission denied)")
+  for reads in (rundir.finished_steps, lambda: rundir.check_start(resume=True, saves=False),
+                lambda: rundir.checkpoints(read_only=True)):
+    with pytest.raises(UserError, match=said):
+      reads()
