@@ -273,13 +273,14 @@ class RunDir:
     continued. An unfinished last line (a run writing right now) is skipped.
     """
     path = self.metrics_path
-    if not os.path.isfile(path):
-      raise UserError(f"{path}: no such metrics file (is the directory a run's out_dir?)")
     events: Records = {"train": [], "eval": [], "tasks": []}
     try:
       with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.readlines()
-    except OSError as e:  # another user's run, say
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+      raise UserError(f"{path}: no such metrics file (is the directory a run's out_dir?)"
+                      ) from None
+    except OSError as e:  # another user's run, say (its out_dir too: no file it could stat)
       raise UserError(f"{path}: cannot read it ({e.strerror})") from None
     for n, line in enumerate(lines, 1):
       if not line.endswith("\n"):

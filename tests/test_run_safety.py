@@ -913,3 +913,30 @@ def test_a_checkpoints_folder_that_cannot_be_listed_is_refused_by_name(tmp_path,
                 lambda: rundir.checkpoints(read_only=True)):
     with pytest.raises(UserError, match=said):
       reads()
+
+
+def test_metrics_in_a_run_directory_that_cannot_be_read_are_not_said_missing(tmp_path,
+                                                                            monkeypatch):
+  """Another user's out_dir closed to others (mode 700): no file in it can be looked at, and
+  report said "no such metrics file (is the directory a run's out_dir?)"."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  os.makedirs(rundir.out_dir)
+  pathlib.Path(rundir.metrics_path).write_text('{"event": "train", "iter": 0}\n')
+  real_stat, real_open = os.stat, open
+
+  def closed(real):
+    def call(path, *args, **kwargs):
+      if str(path).startswith(rundir.out_dir + os.sep):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+      return real(path, *args, **kwargs)
+    return call
+
+  monkeypatch.setattr(os, "stat", closed(real_stat))
+  monkeypatch.setattr("builtins.open", closed(real_open))
+  with pytest.raises(UserError, match=re.escape(f"{rundir.metrics_path}: cannot read it "
+                                                "(Permission denied)")):
+    rundir.read_metrics()
+  monkeypatch.undo()
+  os.remove(rundir.metrics_path)
+  with pytest.raises(UserError, match="no such metrics file"):
+    rundir.read_metrics()
