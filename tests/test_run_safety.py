@@ -940,3 +940,24 @@ def test_metrics_in_a_run_directory_that_cannot_be_read_are_not_said_missing(tmp
   os.remove(rundir.metrics_path)
   with pytest.raises(UserError, match="no such metrics file"):
     rundir.read_metrics()
+
+
+def test_a_run_lock_that_cannot_be_emptied_at_the_end_does_not_fail_the_run(tmp_path,
+                                                                           monkeypatch, caplog):
+  """A lost mount or a filesystem remounted read-only as the run ends: emptying run.lock raised,
+  a traceback after a run that ended well, or one in place of the error a run ended on."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+
+  def fails(fd: int, length: int) -> None:
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+  with rundir.lock():
+    pathlib.Path(rundir.metrics_path).write_text("")  # a run's file: run.lock stays
+    monkeypatch.setattr(run_dir.os, "ftruncate", fails)
+  assert "cannot clear this run's name from it (Read-only file system)" in caplog.text
+  with pytest.raises(UserError, match="save failed"), rundir.lock():
+    raise UserError("save failed")
+  monkeypatch.undo()
+  with rundir.lock():  # released all the same: the next run takes it over
+    pass
+  assert "taking over the lock left by a run that is no longer running" in caplog.text
