@@ -186,7 +186,7 @@ def check_data_found(checkpoints_dir: str, data_dir: str) -> None:
   if read and os.path.isdir(read):
     raise UserError(f"resume: {data_dir} is not there (from {os.getcwd()}); the run read its "
                     f"data from {read}. Run from the directory the run started in, or add "
-                    f"--config.data_dir={read}")
+                    f"--config.data_dir={shlex.quote(read)}")
 
 
 def warn_if_data_changed(start: Start, split_windows: dict[str, int], data_dir: str) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -456,5 +457,6 @@ def _check_start(directory: str, existing: list[int], resume: bool) -> None:
   if resume and not existing:
     nanogpt = os.path.join(os.path.dirname(directory), "ckpt.pt")  # nanoGPT's out_dir
     raise UserError(f"{directory}: no checkpoints to resume from; start the run with "
-                    + (f"--config.init_from=nanogpt:{nanogpt} (nanoGPT's checkpoint there) or "
+                    + (f"--config.init_from={shlex.quote('nanogpt:' + nanogpt)} (nanoGPT's "
+                       "checkpoint there) or "
                        if os.path.isfile(nanogpt) else "") + "--config.init_from=scratch")

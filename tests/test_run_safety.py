@@ -961,3 +961,22 @@ def test_a_run_lock_that_cannot_be_emptied_at_the_end_does_not_fail_the_run(tmp_
   with rundir.lock():  # released all the same: the next run takes it over
     pass
   assert "taking over the lock left by a run that is no longer running" in caplog.text
+
+
+def test_the_flags_a_refusal_names_hold_a_path_with_spaces_whole(tmp_path, monkeypatch):
+  """Copied into a shell, `--config.data_dir=/my data/x` set data_dir=/my and a stray word."""
+  rundir = run_dir.RunDir(str(tmp_path / "my runs" / "run"))
+  os.makedirs(rundir.out_dir)
+  ckpt = os.path.join(rundir.out_dir, "ckpt.pt")  # nanoGPT's out_dir
+  pathlib.Path(ckpt).write_bytes(b"")
+  with pytest.raises(UserError, match=re.escape(f"--config.init_from='nanogpt:{ckpt}' (")):
+    rundir.check_start(resume=True)
+  read = tmp_path / "my data" / "x"
+  read.mkdir(parents=True)
+  saved = rundir.checkpoints()
+  saved.save(1, {"w": np.ones(2, np.float32)}, None, {"iter": 1, "data": {"data_dir": str(read)}})
+  saved.wait()
+  saved.close()
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError, match=re.escape(f"add --config.data_dir='{read}'")):
+    resume.check_data_found(rundir.checkpoints_dir, "data/x")
