@@ -484,6 +484,25 @@ def test_a_comparison_evaluates_at_most_the_val_batches_its_data_holds(tmp_path,
   assert trained == [7]
 
 
+def test_a_comparison_says_that_it_removed_a_run_s_checkpoints(tmp_path, monkeypatch, caplog):
+  """Each run ends on `done: ... Next: python -m jaxgpt.sample --out_dir=...`; the comparison
+  then removes its checkpoints, so the log says so, or the command it printed looks usable."""
+  config = recipes.variant_config(recipes.base_config("python_docs", str(tmp_path / "cmp"), 4),
+                                  "nanogpt", {}, 1.0)
+
+  def train_variant(config):
+    os.makedirs(os.path.join(config.out_dir, "checkpoints", "4"))
+    with open(os.path.join(config.out_dir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"event": "eval", "iter": 4, "tokens": 8192, "train_loss": 5.0,
+                          "val_loss": 5.5, "lr": 1e-3}) + "\n")
+
+  monkeypatch.setattr(recipes, "train_variant", train_variant)
+  caplog.set_level("INFO")
+  recipes.run_variant(config)
+  assert not os.path.exists(os.path.join(config.out_dir, "checkpoints"))
+  assert f"{config.out_dir}: its checkpoints removed" in caplog.text
+
+
 def test_a_variant_the_base_cannot_take_is_refused_before_any_trains(tmp_path, monkeypatch):
   """RoPE on heads of 9: said before the baseline trains for nothing."""
   monkeypatch.chdir(tmp_path)  # compare() makes data/python_docs in the working directory

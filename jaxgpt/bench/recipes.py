@@ -171,6 +171,9 @@ def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
       raise UserError(f"{config.out_dir} stopped before max_iters={config.max_iters}; the "
                       "comparison stops here (delete that directory to run it again)")
     shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
+    # The run's closing `Next:` lines name commands that read them.
+    logging.info("%s: its checkpoints removed (the comparison keeps metrics.jsonl and "
+                 "config.json, which report reads)", config.out_dir)
   return rundir.read_metrics()
 
 
