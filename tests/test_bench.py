@@ -503,6 +503,16 @@ def test_a_comparison_says_that_it_removed_a_run_s_checkpoints(tmp_path, monkeyp
   assert f"{config.out_dir}: its checkpoints removed" in caplog.text
 
 
+def test_a_file_as_compare_data_is_refused_as_a_file(tmp_path, monkeypatch):
+  """`--compare_data=notes.txt` was taken for a dataset's name, data/notes.txt, and refused in
+  three lines that pointed at --config.data_dir, a flag the benchmark does not take."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "notes.txt").write_text("text")
+  with pytest.raises(UserError, match=r"^--compare_data=notes.txt: a file, not a directory of "
+                                      r"token shards"):
+    recipes.base_config("notes.txt", str(tmp_path / "cmp"), 4)
+
+
 def test_a_variant_the_base_cannot_take_is_refused_before_any_trains(tmp_path, monkeypatch):
   """RoPE on heads of 9: said before the baseline trains for nothing."""
   monkeypatch.chdir(tmp_path)  # compare() makes data/python_docs in the working directory

@@ -66,6 +66,9 @@ def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.Confi
   """The nanoGPT recipe at the comparison's size; `data` is a dataset name or a shard directory."""
   c = defaults.get_config()
   is_dir = os.path.isdir(data)
+  if os.path.isfile(data):
+    raise UserError(f"--compare_data={data}: a file, not a directory of token shards (make "
+                    "one with python -m jaxgpt.prepare files --input=... --out=DIR)")
   if not is_dir and os.sep in data:  # a dataset's name holds none
     raise UserError(f"--compare_data={data}: no such directory of token shards (make it with "
                     "python -m jaxgpt.prepare files --input=... --out=DIR)")
