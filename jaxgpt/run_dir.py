@@ -274,6 +274,8 @@ class RunDir:
     continued. An unfinished last line (a run writing right now) is skipped.
     """
     path = self.metrics_path
+    if os.path.isfile(self.out_dir):
+      raise UserError(f"{self.out_dir}: a file, not a run directory (one holding metrics.jsonl)")
     events: Records = {"train": [], "eval": [], "tasks": []}
     try:
       with open(path, encoding="utf-8", errors="replace") as f:

@@ -462,3 +462,11 @@ def test_a_run_whose_folder_name_is_not_utf8_is_plotted(tmp_path):
   other = os.fsdecode(b"runs/r\xe8n")  # shown alike: told apart by their paths
   assert report._names([os.fsdecode(b"old/r\xe9n"), other]) == [
       "old/r\N{REPLACEMENT CHARACTER}n", "runs/r\N{REPLACEMENT CHARACTER}n"]
+
+
+def test_a_file_given_as_the_run_directory_is_called_a_file(tmp_path):
+  """`report --out_dir=notes.txt` said 'notes.txt/metrics.jsonl: no such metrics file (is the
+  directory a run's out_dir?)', calling the file a directory."""
+  (tmp_path / "notes.txt").write_text("text")
+  with pytest.raises(UserError, match=r"notes.txt: a file, not a run directory"):
+    run_dir.RunDir(str(tmp_path / "notes.txt")).read_metrics()
