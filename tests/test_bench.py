@@ -367,10 +367,14 @@ def test_cli_modes_are_exclusive():
 @pytest.mark.parametrize("flag,error", [
     ("--variants=nanogpt,bogus", "error: unknown variant(s) bogus"),
     ("--compare_data=", "error: --compare_data is empty"),
-    ("--compare_data=nosuchdataset", "error: no token shards in data_dir='data/nosuchdataset'")])
+    ("--compare_data=nosuchdataset", (
+        "error: --compare_data=nosuchdataset: no token shards in data/nosuchdataset (make them "
+        "with python -m jaxgpt.prepare files --input='PATH/*.parquet' --out=data/nosuchdataset), "
+        "or give a directory of them\n"))])
 def test_a_refused_comparison_leaves_no_folder_of_its_own(tmp_path, flag, error):
   out = run_python("-m", "jaxgpt.bench", "--compare_recipes", flag, f"--out={tmp_path}/cmp")
   assert out.returncode == 1 and error in out.stderr, out.stderr
+  assert len(out.stderr.splitlines()) == 1, out.stderr  # one line, naming no flag bench lacks
   assert not (tmp_path / "cmp").exists()
   (tmp_path / "mine").mkdir()  # the user's, kept
   out = run_python("-m", "jaxgpt.bench", "--compare_recipes", flag, f"--out={tmp_path}/mine")

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from jaxgpt import attention, data, defaults, formatting, report, run_dir, train_step
+from jaxgpt import attention, data, defaults, formatting, report, run_dir, token_files, train_step
 from jaxgpt.bench import throughput
 from jaxgpt.errors import UserError
 from jaxgpt.prep import datasets
@@ -72,6 +72,10 @@ def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.Confi
   if not is_dir and os.sep in data:  # a dataset's name holds none
     raise UserError(f"--compare_data={data}: no such directory of token shards (make it with "
                     "python -m jaxgpt.prepare files --input=... --out=DIR)")
+  shards = os.path.join("data", data)  # where a run of that dataset name reads
+  if not is_dir and data != datasets.PYTHON_DOCS and not token_files.find_shards(shards, "train"):
+    raise UserError(f"--compare_data={data}: no token shards in {shards} (make them with "
+                    f"{datasets.make_command(data, shards)}), or give a directory of them")
   c.update(SIZE)
   c.update(out_dir=out_dir, dataset=os.path.basename(os.path.normpath(data)) if is_dir else data,
            data_dir=data if is_dir else "", max_iters=max_iters,
