@@ -38,6 +38,7 @@ from jaxgpt import (
 
 TasksHook = Callable[[Any], tuple[dict[str, float], list[str]]]  # params -> numbers, log lines
 EndHook = Callable[[Any], None]  # params -> nothing: what runs once training is over
+UNUSED_TOKENS_WARNED = 0.1  # a split's share of tokens in no window said at the start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -637,6 +638,12 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
         "--config.peak_flops=FLOP/s (its dense bf16 rate) sets it", device.device_kind)
   for split, source in sources.items():
     logging.info("%s: %s in %s", split, source, os.path.realpath(os.path.dirname(source.paths[0])))
+    unused = 1 - len(source) * config.block_size / source.n_tokens
+    if unused > UNUSED_TOKENS_WARNED and speaks:  # small shards: each file's tail is left out
+      logging.warning("%s: %.0f%% of its tokens are in no window (a window never spans two "
+                      "files: each file's tokens past its last whole window, and a file shorter "
+                      "than one, are left out); make the data in larger shards (prepare's "
+                      "--shard_tokens)", split, 100 * unused)
   eval_windows = config.eval_iters * (start.eval_batch_windows or layout.global_batch)
   logging.info("evaluation: the same %s windows (%s tokens) of each split every time",
                f"{eval_windows:,}", f"{eval_windows * config.block_size:,}")

@@ -51,6 +51,7 @@ from jaxgpt import (
   train,
 )
 from jaxgpt.errors import UserError
+from jaxgpt.prep import shards
 
 # Long enough to be stopped from outside, short enough to finish if nobody does.
 ENDLESS = {"max_iters": 100000, "eval_interval": 100000, "lr_decay_iters": 100000}
@@ -326,6 +327,23 @@ def test_a_stop_in_an_eval_only_runs_tasks_ends_it_with_the_evaluation_skipped(t
   assert ("received SIGTERM: eval_only saves nothing, so the run ends once the start-up or "
           "evaluation under way is done") in caplog.messages
   assert records(config.out_dir, "tasks") and not records(config.out_dir, "eval")
+
+
+def test_small_shards_whose_tails_fall_in_no_window_are_warned_of(tmp_path, caplog):
+  """A window never spans two files: shards of 24 tokens at block_size=16 leave a third of the
+  train split unread, which the run says at its start (it said nothing)."""
+  d = tmp_path / "data"
+  d.mkdir()
+  for i in range(20):
+    shards.write_shard(str(d / f"syn_train_{i:06d}.bin"), pattern_tokens(24, seed=i))
+  shards.write_shard(str(d / "syn_val_000000.bin"), pattern_tokens(1000, seed=99))
+  with caplog.at_level(logging.INFO):
+    train.train(tiny_config(tmp_path, str(d), max_iters=0))
+  warned = [m for m in caplog.messages if "of its tokens are in no window" in m]
+  assert warned == [
+      ("train: 33% of its tokens are in no window (a window never spans two files: each file's "
+      "tokens past its last whole window, and a file shorter than one, are left out); make the "
+      "data in larger shards (prepare's --shard_tokens)")]
 
 
 def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
