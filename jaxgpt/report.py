@@ -78,16 +78,40 @@ def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any
   """The train logs of the run's last layout, and its tokens per iteration (from the logs'
   token counts): all of them where that never changed; after a resume that changed it (on
   more devices, say), those from the resume's first log on, which times one step as a run's
-  first does; none while that log, whose count spans both layouts, is the last."""
-  points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]  # (-1, 0): the start
-  per_iter = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)]
-  if len(per_iter) > 1 and per_iter[-1] != per_iter[-2] and (
-      len(per_iter) < 3 or per_iter[-2] == per_iter[-3]):  # the last log spans both layouts
-    return [], per_iter[-1]
+  first does; none while that log is the last."""
+  first, _ = layout_start(train_records)
+  per_iter = _rates(train_records)[1]
+  return ([] if first is None else train_records[first:]), per_iter[-1]
+
+
+def layout_start(train_records: list[dict[str, Any]]) -> tuple[int | None, int]:
+  """Where the run's last layout starts: the index of the resume's first train log on it (0:
+  the layout never changed; None while that log is the last) and the iteration resumed at.
+
+  That log's count spans both layouts where iterations before the resume share its interval
+  (log_interval > 1); where none does (log_interval=1, or a resume right after a log) the
+  log before it is the old layout's alone, and the resume's iteration follows it.
+  """
+  points, per_iter = _rates(train_records)
   first = len(per_iter) - 1
   while first > 0 and per_iter[first - 1] == per_iter[-1]:
     first -= 1
-  return train_records[max(first - 1, 0):], per_iter[-1]
+  if first == 0:
+    return 0, 0
+  (i0, t0), (i1, t1) = points[first - 1], points[first]  # the interval of the log before
+  old = per_iter[first - 2] if first > 1 else per_iter[first - 1]
+  if i1 - i0 > 1 and old != per_iter[first - 1]:  # it spans both: the resume's first log
+    new = per_iter[-1]
+    k = (t1 - t0 - (i1 - i0) * new) / (old - new) if old != new else 0  # its old layout's
+    return first - 1, min(max(round(i0 + 1 + k), i0 + 1), i1)
+  return (None if first == len(per_iter) - 1 else first), i1 + 1
+
+
+def _rates(train_records: list[dict[str, Any]]) -> tuple[list[tuple[int, int]], list[float]]:
+  """The logs' (iteration, tokens) after the start's (-1, 0), and the tokens per iteration
+  over each log's interval."""
+  points = [(-1, 0)] + [(r["iter"], r["tokens"]) for r in train_records]
+  return points, [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)]
 
 
 def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -136,6 +160,7 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   if not train:
     return "no train logs yet"
   records, _ = last_layout(train)
+  _, resumed = layout_start(train)
   if not records:
     return "throughput: not measured yet on the layout of the last resume"
   m = median_throughput(records)
@@ -148,7 +173,7 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   over = (f"over {formatting.plural(n - 1, 'train log')}, the first skipped" if n > 1 else
           "over 1 train log, the first: one step")
   if n < len(train):
-    over += f"; since the resume at iter {records[0]['iter']:,} on another layout"
+    over += f"; since the resume at iter {resumed:,} on another layout"
   return f"throughput: median {', '.join(measured)} ({over})"
 
 

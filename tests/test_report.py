@@ -97,6 +97,35 @@ def test_throughput_is_the_last_layout_s_after_a_resume_on_more_devices(tmp_path
       "throughput: not measured yet on the layout of the last resume")
 
 
+def _resumed_logs(log_interval: int, resumed_at: int, end: int) -> list[dict]:
+  """Train logs as train.py writes them: 8,192 tokens per iteration, then 65,536 from a resume
+  at `resumed_at`; the resume's first log (compiling) at 1,000 tok/s, the others steady."""
+  tokens = lambda it: (min(it, resumed_at) * 8192 + max(it - resumed_at, 0) * 65_536)
+  logs, first_after = [], True
+  for it in range(0, end, log_interval):
+    new = it >= resumed_at
+    tok_s = 1_000.0 if new and first_after else 80_000.0 if new else 10_000.0
+    first_after = first_after and not new
+    logs.append({"event": "train", "iter": it, "tokens": tokens(it + 1), "loss": 3.0,
+                 "lr": 1e-3, "ms_per_iter": 1.0, "tokens_per_sec": tok_s, "mfu": None})
+  return logs
+
+
+@pytest.mark.parametrize("log_interval,resumed_at,label", [
+    (1, 200, 200), (10, 201, 201), (10, 205, 205), (10, 200, 200)])
+def test_the_resume_on_another_layout_is_named_at_its_iteration(log_interval, resumed_at,
+                                                                 label):
+  """With log_interval=1 (or a resume right after a log) no log spans both layouts: the log
+  before the resume's first is the old layout's, not the resume's, and the resume's first
+  (which times its compile) is the one skipped."""
+  logs = _resumed_logs(log_interval, resumed_at, 300)
+  line = report.summary("x", {"train": logs, "eval": [], "tasks": []}).splitlines()[-1]
+  assert line.startswith("throughput: median 80,000 tok/s"), line
+  assert line.endswith(f"since the resume at iter {label} on another layout)"), line
+  records, per_iter = report.last_layout(logs)
+  assert records[0]["tokens_per_sec"] == 1_000.0 and per_iter == 65_536
+
+
 def test_a_resumed_run_keeps_the_records_that_continued(tmp_path):
   run = run_dir.RunDir(str(tmp_path))
   writer = sinks.MetricsWriter(run.metrics_path)
