@@ -32,10 +32,10 @@ def duration(seconds: float) -> str:
     years = f"{y:.2g}" if y < 10 else f"{y:,.0f}" if y < 1e6 else f"{y:.1e}"
     return f"{years} year" + ("" if years == "1" else "s")
   seconds = round(seconds)
-  hours, rest = divmod(seconds, 3600)
-  if hours:
-    return f"{hours}h{rest // 60:02d}m"
-  return f"{rest // 60}m{rest % 60:02d}s"
+  if seconds >= 3600:  # to the nearest minute: 5h59m55s is '6h00m', not '5h59m'
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours}h{minutes:02d}m"
+  return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def plural(n: int, word: str, words: str = "") -> str:

@@ -157,6 +157,9 @@ def test_durations_read_naturally():
   assert formatting.count(999_999) == "1.00M" and formatting.count(999_995_000) == "1.00B"
   assert formatting.duration(3600) == "1h00m" and formatting.duration(5000) == "1h23m"
   assert formatting.duration(3599.6) == "1h00m" and formatting.duration(59.5) == "1m00s"
+  # hours and minutes to the nearest minute (5h59m55s was '5h59m', truncated)
+  assert formatting.duration(5 * 3600 + 59 * 60 + 55) == "6h00m"
+  assert formatting.duration(5 * 3600 + 33 * 60 + 31) == "5h34m"
   assert formatting.count(1000) == "1.00K" and formatting.count(1e9) == "1.00B"
   assert formatting.plural(1, "shard") == "1 shard" and formatting.plural(0, "shard") == "0 shards"
   assert formatting.plural(2000, "iteration") == "2,000 iterations"
