@@ -9,10 +9,14 @@ evenly), and XLA inserts the all-gathers and reduce-scatters.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
+import signal
+import sys
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -71,10 +75,43 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     if one_per_node:
       logging.info("one process per node: it drives the node's %d GPUs", len(device_ids))
   try:
-    jax.distributed.initialize(**kwargs)
+    with _signals_end_at_once("waiting for the other processes to join"):
+      jax.distributed.initialize(**kwargs)
   except ValueError as e:  # the flags JAX checks: a process_id past num_processes, say
     raise UserError(f"--coordinator_address/--num_processes/--process_id: {e}") from None
   check_equal_devices()  # before the first collective, which would fail on unequal shares
+
+
+@contextlib.contextmanager
+def _signals_end_at_once(doing: str) -> Iterator[None]:
+  """Within, SIGTERM and Ctrl-C end the process at once with one line, and exit 128 + the
+  signal. JAX waits for the other processes (up to 5 minutes) inside XLA, where Python's
+  handlers (launch.py's, which keep a stop for later) never run: the process went on waiting,
+  and then aborted. Python's C handler writes each signal to the wakeup fd, which a thread
+  watches."""
+  if threading.current_thread() is not threading.main_thread():  # set_wakeup_fd's rule
+    yield
+    return
+  read, write = os.pipe()
+  os.set_blocking(write, False)
+  previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+  def watch() -> None:
+    while got := os.read(read, 1):  # b"" once `write` is closed
+      if got[0] in (signal.SIGINT, signal.SIGTERM):
+        print(f"stopped by {signal.Signals(got[0]).name} {doing}: nothing to save",
+              file=sys.stderr, flush=True)
+        os._exit(128 + got[0])
+
+  watcher = threading.Thread(target=watch, name="signals-end-at-once", daemon=True)
+  watcher.start()
+  try:
+    yield
+  finally:
+    signal.set_wakeup_fd(previous)
+    os.close(write)
+    watcher.join()
+    os.close(read)
 
 
 def _slurm_step_port(job_id: str, step_id: str) -> str:
