@@ -11,8 +11,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
 import zlib
@@ -74,12 +76,46 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs["local_device_ids"] = device_ids
     if one_per_node:
       logging.info("one process per node: it drives the node's %d GPUs", len(device_ids))
+  _join(kwargs)
+  check_equal_devices()  # before the first collective, which would fail on unequal shares
+
+
+def _join(kwargs: dict[str, Any]) -> None:
+  """jax.distributed.initialize(**kwargs), the mistakes it reports said in one line."""
+  env = os.environ
+  address = kwargs.get("coordinator_address") or env.get("JAX_COORDINATOR_ADDRESS", "")
+  port = address.rpartition(":")[2] or env.get("JAX_COORDINATOR_PORT", "")
+  rank = kwargs.get("process_id", env.get("OMPI_COMM_WORLD_RANK", env.get("SLURM_PROCID")))
+  if str(rank) == "0" and port.isdigit() and "JAX_COORDINATOR_BIND_ADDRESS" not in env:
+    _check_port_free(int(port))  # JAX's service, where it is not, crashed half the time
   try:
     with _signals_end_at_once("waiting for the other processes to join"):
       jax.distributed.initialize(**kwargs)
   except ValueError as e:  # the flags JAX checks: a process_id past num_processes, say
     raise UserError(f"--coordinator_address/--num_processes/--process_id: {e}") from None
-  check_equal_devices()  # before the first collective, which would fail on unequal shares
+  except jax.errors.JaxRuntimeError as e:
+    if "Failed to start RPC server" not in str(e):
+      raise
+    raise _port_in_use(port or "its port") from None  # where _check_port_free could not tell
+
+
+def _check_port_free(port: int) -> None:
+  """Refuses `port` where another program listens on it on this host: JAX's coordinator
+  service, which binds every address, then ended in a traceback or a segmentation fault."""
+  try:
+    with socket.socket(socket.AF_INET6) as s:  # "::" covers IPv4 too, as JAX's "[::]" does
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      s.bind(("::", port))
+  except OSError as e:
+    if e.errno in (errno.EADDRINUSE, errno.EACCES):
+      raise _port_in_use(str(port)) from None  # else (no IPv6 here, say) JAX finds out
+
+
+def _port_in_use(port: str) -> UserError:
+  return UserError(f"process 0 cannot listen on port {port} for the others (another program "
+                   "holds it, another run's process 0 say, or it is reserved); name a free one "
+                   "with --coordinator_address=HOST:PORT, or JAX_COORDINATOR_PORT in a SLURM "
+                   "or Open MPI job")
 
 
 @contextlib.contextmanager

@@ -507,6 +507,24 @@ def test_a_stop_while_the_processes_join_ends_the_wait_at_once(sig):
           "nothing to save") in out
 
 
+def test_a_coordinator_port_in_use_is_one_line():
+  """Process 0 whose port another program holds ended in JAX's traceback ("Failed to start
+  RPC server"), saying neither the port nor what to do."""
+  with socket.socket(socket.AF_INET6) as holder:
+    holder.bind(("::", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    proc = start_launch("configs/quickstart.py", f"--coordinator_address=localhost:{port}",
+                        "--num_processes=2", "--process_id=0")
+    try:
+      out, _ = proc.communicate(timeout=120)
+    finally:
+      proc.kill()
+  assert proc.returncode == 1, out
+  assert f"error: process 0 cannot listen on port {port} for the others" in out
+  assert "Traceback" not in out
+
+
 def test_a_process_reads_its_own_devices_share_of_the_micro_batch(monkeypatch):
   """As a process of two with 2 devices each: it reads 2 x batch_size windows, not 4 x."""
   layout = sharding.BatchLayout(sharding.make_mesh(), accum_steps=2, batch_size=3, block_size=16)
