@@ -116,6 +116,8 @@ def _log_changes(keys: list[str], saved: dict[str, Any], then: dict[str, Any],
   """The config `keys` a resume changed from the checkpoint's `saved` to `now` (`then`: the
   saved config with the defaults of keys the run predates)."""
   for key in keys:
+    if key == "attention" and then[key] == "auto":  # saved before runs recorded the kernel
+      continue
     predates = "" if key in saved else " (the default; the run predates the key)"
     logging.info("resume: %s changed from %r%s to %r", key, then[key], predates, now[key])
     if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them

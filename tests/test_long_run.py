@@ -474,6 +474,16 @@ def test_a_run_older_than_a_key_its_recipe_sets_resumes_saying_so(tmp_path, toke
           in caplog.text)
 
 
+def test_an_older_run_s_auto_attention_is_not_logged_as_a_change(caplog):
+  """Runs before 2026-12-02 saved attention='auto', not the kernel it resolved to: each resume
+  logged "attention changed from 'auto' to 'xla'" though the user changed nothing."""
+  caplog.set_level(logging.INFO)
+  then = {"attention": "auto", "grad_clip": 1.0}
+  resume._log_changes(["attention", "grad_clip"], then, then, {"attention": "xla",
+                                                               "grad_clip": 0.5})
+  assert caplog.messages == ["resume: grad_clip changed from 1.0 to 0.5"]
+
+
 @pytest.mark.slow
 def test_a_non_finite_stop_is_a_user_error_naming_the_verified_checkpoint(tmp_path, token_dir,
                                                                           monkeypatch):
