@@ -142,6 +142,7 @@ class Checkpoints:
 
   def _save_failed(self, step: int, error: Exception) -> SaveError:
     """Removes what the failed save left and says what is lost and what is kept."""
+    self._settle()
     for partial in glob.glob(os.path.join(glob.escape(self.directory),
                                           f"{step}.orbax-checkpoint-tmp*")):
       shutil.rmtree(partial, ignore_errors=True)
@@ -149,6 +150,16 @@ class Checkpoints:
     return SaveError(f"saving the checkpoint of step {step} failed: {os_error(error)}. The "
                      f"partial save was removed and the run stopped; "
                      f"{self.where_to_go_on(error, excluding=step)}")
+
+  def _settle(self) -> None:
+    """Waits for the writes of the last save that are still going: Orbax reports the first of
+    its items' writes to fail while the others go on, and those made the folder of the failed
+    save again after it was removed (a meta that could not be written, the state still being
+    written)."""
+    writer = getattr(getattr(self.manager, "_checkpointer", None), "_async_manager", None)
+    for commit in getattr(writer, "_commit_futures", None) or ():  # Orbax's own, not its API
+      with contextlib.suppress(Exception):  # each failure is the save's, reported already
+        commit.result()
 
   def where_to_go_on(self, error: Exception, excluding: int | None = None) -> str:
     """The free space, the last good checkpoint and how to go on from it, for a stop by a

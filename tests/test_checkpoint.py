@@ -654,3 +654,27 @@ def test_an_evaluation_after_too_many_non_finite_iterations_saves_nothing(
     train.train(config)
   for step in checkpoint_steps(config.out_dir):
     assert int(restore_state(config, step)[0].nonfinite) == 0, step
+
+
+def test_a_save_whose_meta_fails_while_its_state_is_written_leaves_no_partial_folder(
+    tmp_path, token_dir, monkeypatch):
+  """A full disk met by the meta's write: Orbax reports it while the state is still being
+  written, which made the removed folder of the failed save again (and the message said it was
+  removed)."""
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as json_handler
+  real_save = json_handler.JsonCheckpointHandler._save_fn
+
+  async def save_fn(handler, meta, directory):
+    if meta.get("iter", 0) >= 4:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return await real_save(handler, meta, directory)
+
+  monkeypatch.setattr(json_handler.JsonCheckpointHandler, "_save_fn", save_fn)
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=2, keep_checkpoints=1,
+                       lr_decay_iters=6, vocab_size=8192)  # a state still written at the failure
+  with pytest.raises(checkpoint.SaveError, match=r"^saving the checkpoint of step 4 failed: No "
+                                                 r"space left on device \[errno 28\]\. The "
+                                                 r"partial save was removed"):
+    train.train(config)
+  assert os.listdir(os.path.join(config.out_dir, "checkpoints")) == ["2"]
+  restore_state(config, 2)  # the one before it, whole
