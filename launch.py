@@ -150,6 +150,7 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
+  defaults.validate(f.config)  # a recipe's get_config() that returned 5 or a dict: one line
   # An evaluation of a checkpoint, maybe beside the run's training (auto_resume: where out_dir
   # holds checkpoints, which `run` finds after JAX has started).
   if f.config.eval_only and (f.config.init_from == "resume" or f.config.auto_resume):

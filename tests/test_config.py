@@ -286,6 +286,17 @@ def test_a_recipe_that_returns_no_config_dict_is_one_error(returned):
 
 
 @pytest.mark.slow  # a command line
+@pytest.mark.parametrize("returned", ["5", "{'max_iters': 3}"])
+def test_a_recipe_that_returns_no_config_dict_is_one_error_from_launch(tmp_path, returned):
+  recipe = tmp_path / "notdict.py"
+  recipe.write_text(f"def get_config():\n  return {returned}\n")
+  r = run_python("launch.py", f"--config={recipe}")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+  said = {"5": "the recipe's get_config() returned int", "{": "the config has no "}
+  assert r.stderr.strip().startswith(f"error: {said[returned[0]]}"), r.stderr
+
+
+@pytest.mark.slow  # a command line
 def test_a_recipe_without_return_is_not_called_missing(tmp_path):
   recipe = tmp_path / "noreturn.py"
   recipe.write_text("from jaxgpt import defaults\n\ndef get_config():\n"
