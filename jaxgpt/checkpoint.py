@@ -21,6 +21,7 @@ import glob
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxgpt import sharding
 from jaxgpt.errors import FULL, UserError, first_line
+
+SETTLE_S = 60  # the longest a failed save's other writes are waited for before its cleanup
 
 STATE, DATA, META = "state", "data", "meta"
 
@@ -157,9 +160,10 @@ class Checkpoints:
     save again after it was removed (a meta that could not be written, the state still being
     written)."""
     writer = getattr(getattr(self.manager, "_checkpointer", None), "_async_manager", None)
+    deadline = time.monotonic() + SETTLE_S  # a write stuck on a dead mount is waited out
     for commit in getattr(writer, "_commit_futures", None) or ():  # Orbax's own, not its API
       with contextlib.suppress(Exception):  # each failure is the save's, reported already
-        commit.result()
+        commit.result(timeout=max(0.0, deadline - time.monotonic()))
 
   def where_to_go_on(self, error: Exception, excluding: int | None = None) -> str:
     """The free space, the last good checkpoint and how to go on from it, for a stop by a
