@@ -96,26 +96,31 @@ def _join(kwargs: dict[str, Any]) -> None:
   except jax.errors.JaxRuntimeError as e:
     if "Failed to start RPC server" not in str(e):
       raise
-    raise _port_in_use(port or "its port") from None  # where _check_port_free could not tell
+    raise _port_in_use(port) from None  # where _check_port_free could not tell
 
 
 def _check_port_free(port: int) -> None:
   """Refuses `port` where another program listens on it on this host: JAX's coordinator
   service, which binds every address, then ended in a traceback or a segmentation fault."""
-  try:
-    with socket.socket(socket.AF_INET6) as s:  # "::" covers IPv4 too, as JAX's "[::]" does
-      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-      s.bind(("::", port))
-  except OSError as e:
-    if e.errno in (errno.EADDRINUSE, errno.EACCES):
-      raise _port_in_use(str(port)) from None  # else (no IPv6 here, say) JAX finds out
+  # "::" covers IPv4 too, as JAX's "[::]" does; "0.0.0.0" where the host has no IPv6.
+  for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    try:
+      with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((address, port))
+      return
+    except OSError as e:
+      if e.errno in (errno.EADDRINUSE, errno.EACCES):
+        raise _port_in_use(str(port)) from None
+      # else (no such address family here, say) the next, and past the last JAX finds out
 
 
 def _port_in_use(port: str) -> UserError:
-  return UserError(f"process 0 cannot listen on port {port} for the others (another program "
-                   "holds it, another run's process 0 say, or it is reserved); name a free one "
-                   "with --coordinator_address=HOST:PORT, or JAX_COORDINATOR_PORT in a SLURM "
-                   "or Open MPI job")
+  """`port`: '' where JAX picked it (Open MPI 4 without JAX_COORDINATOR_PORT, say)."""
+  return UserError(f"process 0 cannot listen on {f'port {port}' if port else 'its port'} for "
+                   "the others (another program holds it, another run's process 0 say, or it "
+                   "is reserved); name a free one with --coordinator_address=HOST:PORT, or "
+                   "JAX_COORDINATOR_PORT in a SLURM or Open MPI job")
 
 
 @contextlib.contextmanager

@@ -510,8 +510,8 @@ def test_a_stop_while_the_processes_join_ends_the_wait_at_once(sig):
 def test_a_coordinator_port_in_use_is_one_line():
   """Process 0 whose port another program holds ended in JAX's traceback ("Failed to start
   RPC server"), saying neither the port nor what to do."""
-  with socket.socket(socket.AF_INET6) as holder:
-    holder.bind(("::", 0))
+  with socket.socket() as holder:  # IPv4, as on a host without IPv6; JAX binds both
+    holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
     proc = start_launch("configs/quickstart.py", f"--coordinator_address=localhost:{port}",
@@ -523,6 +523,11 @@ def test_a_coordinator_port_in_use_is_one_line():
   assert proc.returncode == 1, out
   assert f"error: process 0 cannot listen on port {port} for the others" in out
   assert "Traceback" not in out
+
+
+def test_a_port_that_jax_picked_is_named_as_its_port():
+  """Open MPI 4 without JAX_COORDINATOR_PORT: the port is JAX's, which the flags do not hold."""
+  assert "process 0 cannot listen on its port for the others" in str(sharding._port_in_use(""))
 
 
 def test_a_process_reads_its_own_devices_share_of_the_micro_batch(monkeypatch):
