@@ -330,8 +330,8 @@ def test_a_stop_in_an_eval_only_runs_tasks_ends_it_with_the_evaluation_skipped(t
 
 
 def test_small_shards_whose_tails_fall_in_no_window_are_warned_of(tmp_path, caplog):
-  """A window never spans two files: shards of 24 tokens at block_size=16 leave a third of the
-  train split unread, which the run says at its start (it said nothing)."""
+  """A window never spans two files: shards of 24 tokens at block_size=16 leave 7 of each 24
+  unread (a window reads 17), which the run says at its start (it said nothing)."""
   d = tmp_path / "data"
   d.mkdir()
   for i in range(20):
@@ -341,7 +341,7 @@ def test_small_shards_whose_tails_fall_in_no_window_are_warned_of(tmp_path, capl
     train.train(tiny_config(tmp_path, str(d), max_iters=0))
   warned = [m for m in caplog.messages if "of its tokens are in no window" in m]
   assert warned == [
-      ("train: 33% of its tokens are in no window (a window never spans two files: each file's "
+      ("train: 29% of its tokens are in no window (a window never spans two files: each file's "
       "tokens past its last whole window, and a file shorter than one, are left out); make the "
       "data in larger shards (prepare's --shard_tokens)")]
 
