@@ -43,6 +43,9 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
     self.n_tokens = sum(sizes)
     counts = [max(0, (n - 1) // block_size) for n in sizes]
     self.offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    # A window never spans two files, and a file's windows share their ends (n read n*T + 1
+    # tokens): the tail past a file's last window, and a file shorter than one, go unread.
+    self.unread = self.n_tokens - sum(c * block_size + 1 for c in counts if c)
     if self.offsets[-1] == 0:
       others = len(self.paths) - 1
       where = self.paths[0] + (f" and {formatting.plural(others, 'other file')}" if others else "")

@@ -159,8 +159,8 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   rate): the logs since that resume, the first of them skipped (it times one step)."""
   if not train:
     return "no train logs yet"
-  records, _ = last_layout(train)
-  _, resumed = layout_start(train)
+  first, resumed = layout_start(train)
+  records = [] if first is None else train[first:]
   if not records:
     return "throughput: not measured yet on the layout of the last resume"
   m = median_throughput(records)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import math
 import os
 import shlex
@@ -639,9 +638,7 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
         "--config.peak_flops=FLOP/s (its dense bf16 rate) sets it", device.device_kind)
   for split, source in sources.items():
     logging.info("%s: %s in %s", split, source, os.path.realpath(os.path.dirname(source.paths[0])))
-    read = sum(config.block_size * (b - a) + 1 for a, b in itertools.pairwise(source.offsets)
-               if b > a)  # a file's windows share their ends: n of them read n * T + 1 tokens
-    unused = 1 - read / source.n_tokens
+    unused = source.unread / source.n_tokens
     if unused > UNUSED_TOKENS_WARNED and speaks:  # small shards: each file's tail is left out
       logging.warning("%s: %.0f%% of its tokens are in no window (a window never spans two "
                       "files: each file's tokens past its last whole window, and a file shorter "
