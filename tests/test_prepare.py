@@ -362,6 +362,27 @@ def test_text_without_spaces_is_searched_for_a_cut_once(tmp_path, monkeypatch):
   assert sum(searched) < 3 * len(text)  # once while reading, once more as the last piece
 
 
+def test_text_without_a_separator_is_searched_for_one_once(tmp_path, monkeypatch):
+  """A long document holding neither the separator nor a space is read in linear time: each
+  read searches the separator only in the text it added (50 MB took minutes)."""
+  monkeypatch.setattr(readers, "PIECE_CHARS", 10)
+  monkeypatch.setattr(readers, "READ_BYTES", 30)
+  searched = []
+  split = readers._split
+
+  def counting_split(text: str, separator: str, start: int) -> list[str]:
+    searched.append(len(text) - start)
+    return split(text, separator, start)
+
+  monkeypatch.setattr(readers, "_split", counting_split)
+  text = "x" * 3000 + "@@" + "y" * 3000 + "@" + "z" * 50
+  path = tmp_path / "one_word.txt"
+  path.write_text(text, encoding="utf-8")
+  docs = [p.text for p in readers.read_text(str(path), "@@")]
+  assert docs == ["x" * 3000, "y" * 3000 + "@" + "z" * 50]
+  assert sum(searched) < 2 * len(text)
+
+
 def test_workers_give_byte_identical_output(tmp_path, monkeypatch):
   monkeypatch.setattr(tokenize, "BATCH_CHARS", 2000)  # many batches in flight
   write_parquet(tmp_path / "a.parquet", TEXTS)

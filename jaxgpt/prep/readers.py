@@ -176,6 +176,7 @@ def read_text(path: str, separator: str, name: str | None = None) -> Iterator[Pi
   with open(path, "rb") as f:
     while True:
       held = len(decoder.getstate()[0])  # a character's first bytes, decoded with the next read
+      sought = max(len(buf) - len(separator) + 1, 0)  # buf holds no separator: none starts before
       raw = f.read(READ_BYTES)
       pending += len(raw)
       try:
@@ -187,7 +188,7 @@ def read_text(path: str, separator: str, name: str | None = None) -> Iterator[Pi
         raise PrepareError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
                            f"{at:,}: {e.reason})") from e
       if separator:
-        *done, buf = buf.split(separator)
+        *done, buf = _split(buf, separator, sought)
         scanned = scanned if not done else 0
         for text in done:
           if text or opened:
@@ -208,6 +209,18 @@ def read_text(path: str, separator: str, name: str | None = None) -> Iterator[Pi
         buf, opened, pending, scanned = buf[cut.start():], True, 0, 0
   if buf or opened:
     yield from pieces_of(doc_id(), buf, pending)
+
+
+def _split(text: str, separator: str, start: int) -> list[str]:
+  """`text.split(separator)` searched from `start` (no separator starts before it): a long
+  document without one is searched once, not again from its start at every read."""
+  parts, begin, at = [], 0, text.find(separator, start)
+  while at >= 0:
+    parts.append(text[begin:at])
+    begin = at + len(separator)
+    at = text.find(separator, begin)
+  parts.append(text[begin:])
+  return parts
 
 
 FORMATS = (".parquet", ".jsonl", ".txt")
