@@ -180,6 +180,18 @@ def test_jsonl_and_txt_files(tmp_path):
   assert_dataset(str(tmp_path / "out"), docs)
 
 
+def test_extensions_are_matched_in_any_case(tmp_path):
+  """BOOK.TXT, data.JSONL and x.Parquet were refused as of an unknown format."""
+  (tmp_path / "BOOK.TXT").write_text("@@".join(TEXTS[:10]), encoding="utf-8", newline="")
+  (tmp_path / "data.JSONL").write_text(
+      "".join(json.dumps({"id": f"j{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS[10:20])),
+      encoding="utf-8")
+  write_parquet(tmp_path / "x.Parquet", TEXTS[20:30], start=20)
+  run([str(tmp_path / "BOOK.TXT"), str(tmp_path / "data.JSONL"), str(tmp_path / "x.Parquet")],
+      tmp_path / "out", separator="@@")
+  assert_dataset(str(tmp_path / "out"), [("", t) for t in TEXTS[:30]])
+
+
 def test_a_flag_no_input_reads_is_refused(tmp_path):
   """--separator on jsonl alone, or --text_field on txt alone, did nothing, yet meta.json
   recorded it as part of the command; given to inputs of both kinds, each finds its files."""

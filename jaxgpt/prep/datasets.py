@@ -21,7 +21,7 @@ from absl import logging
 from jaxgpt import token_files
 from jaxgpt.errors import UserError, missing_folders
 from jaxgpt.prep import fineweb
-from jaxgpt.prep.readers import Piece, input_files, pieces_of, read_file
+from jaxgpt.prep.readers import Piece, file_format, input_files, pieces_of, read_file
 from jaxgpt.prep.shards import (
   LOCK_FILE,
   STAGING,
@@ -48,7 +48,7 @@ def prepare_files(patterns: list[str], out_dir: str, *, text_field: str = "text"
   """
   check_out_dir(out_dir)
   files = input_files(patterns)
-  formats = {os.path.splitext(path)[1] for path in files}
+  formats = {file_format(path) for path in files}
   if separator and ".txt" not in formats:
     raise UserError(f"--separator={separator!r} splits .txt files, and --input matches none (a "
                     "jsonl record or parquet row is one document)")

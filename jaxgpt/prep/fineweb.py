@@ -49,7 +49,7 @@ def prepare_fineweb(out_dir: str, *, subset: str = "sample-10BT", edu: bool = Fa
     revision = huggingface_hub.dataset_info(repo).sha or "main"  # a mirror may name none
     entries = huggingface_hub.list_repo_tree(repo, path_in_repo=folder, repo_type="dataset",
                                              revision=revision)
-    files = sorted((e for e in entries if e.path.endswith(".parquet")), key=lambda e: e.path)
+    files = sorted((e for e in entries if e.path.lower().endswith(".parquet")), key=lambda e: e.path)
   except EntryNotFoundError as e:
     raise PrepareError(f"hf://datasets/{repo}/{folder}: not found (--name={subset})") from e
   except hub_errors as e:

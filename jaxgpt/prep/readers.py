@@ -226,9 +226,14 @@ def _split(text: str, separator: str, start: int) -> list[str]:
 FORMATS = (".parquet", ".jsonl", ".txt")
 
 
+def file_format(path: str) -> str:
+  """The extension that says how a file is read, in lower case: BOOK.TXT is text too."""
+  return os.path.splitext(path)[1].lower()
+
+
 def read_file(path: str, text_field: str, separator: str, name: str) -> Iterator[Piece]:
   """The pieces of one input file, read as its extension says; `name` names its documents."""
-  ext = os.path.splitext(path)[1]
+  ext = file_format(path)
   if ext == ".txt":
     pieces = read_text(path, separator, name)
   elif ext == ".parquet":
@@ -262,7 +267,7 @@ def input_files(patterns: list[str]) -> dict[str, str]:
       folders = pattern.split(os.sep)[:-1]
       fixed = os.sep.join(itertools.takewhile(lambda part: not glob.has_magic(part), folders))
     for path in matched:
-      if os.path.splitext(path)[1] not in FORMATS:
+      if file_format(path) not in FORMATS:
         raise PrepareError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
       if os.path.realpath(path) not in seen:
         seen.add(os.path.realpath(path))
