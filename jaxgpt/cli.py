@@ -134,6 +134,9 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
     main(*chosen)
 
   def parse_flags(argv: list[str]) -> list[str]:
+    words = [arg for arg in argv[1:] if not arg.startswith("-")]
+    if subcommands and not words:  # the choice comes first, before the flags it requires
+      sys.exit(f"error: {_unknown_subcommand(subcommands, [])}")
     if subcommands and argv[1:2] and not argv[1].startswith("-") and argv[1] not in subcommands:
       sys.exit(f"error: {_unknown_subcommand(subcommands, argv[1:2])}")  # before flags it lacks
     return _parse_flags(argv)

@@ -964,6 +964,9 @@ def test_command_line(tmp_path):
   r = prepare_cli("files", f"--input={tmp_path / 'book.txt'}", "--out=")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: --out is empty: give the directory to write the token shards into")
+  r = prepare_cli()  # asked for --out before saying what to prepare
+  assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+      "error: name one of fineweb, files, python_docs"]
 
 
 def test_input_repeated_reads_every_one(tmp_path):
