@@ -482,6 +482,7 @@ def test_missing_text_column_names_the_file(tmp_path, kind):
     ("one.txt", "a single document", "one.txt: no (val|train) documents among 1"),
     ("broken.parquet", "not parquet", "broken.parquet: not a readable parquet file"),
     ("lines.jsonl", "{not json}\n", "lines.jsonl:1: not a JSON object"),
+    ("latin.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "latin.jsonl:2: not UTF-8 text"),
     ("deep.jsonl", '{"text": "x", "id": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
      r"deep.jsonl:1: not a JSON object \(maximum recursion depth"),  # was a traceback
 ])

@@ -140,6 +140,8 @@ def read_jsonl(path: str, text_field: str, name: str | None = None) -> Iterator[
         continue
       try:
         record = json.loads(line)
+      except UnicodeDecodeError as e:  # a ValueError too: it read "not a JSON object"
+        raise PrepareError(f"{path}:{lineno}: not UTF-8 text ({e})") from e
       except (ValueError, RecursionError) as e:  # RecursionError: nested past Python's stack
         raise PrepareError(f"{path}:{lineno}: not a JSON object ({e})") from e
       if not isinstance(record, dict):
