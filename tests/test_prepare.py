@@ -555,6 +555,11 @@ def test_a_staging_folder_holding_a_users_files_is_not_removed(tmp_path):
   (out / shards.STAGING / "mywork.txt").unlink()  # a killed run's files alone: removed
   run([str(path)], out)
   assert not (out / shards.STAGING).exists()
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / shards.STAGING).write_text("precious")
+  with pytest.raises(readers.PrepareError, match=r"mine/\.incomplete: a file of its own"):
+    run([str(path)], tmp_path / "mine")
+  assert (tmp_path / "mine" / shards.STAGING).read_text() == "precious"
 
 
 def test_no_matching_files_names_the_glob(tmp_path):

@@ -167,8 +167,12 @@ def check_out_dir(out_dir: str) -> None:
   if found:
     raise PrepareError(f"{out_dir}: holds token files without a meta.json ({found[0]}, ...); "
                        "choose an empty --out")
-  if os.path.isdir(os.path.join(out_dir, STAGING)):  # an earlier run's, removed by this one
-    _check_staged_only(os.path.join(out_dir, STAGING))
+  staging = os.path.join(out_dir, STAGING)
+  if os.path.isdir(staging):  # an earlier run's, removed by this one
+    _check_staged_only(staging)
+  elif os.path.lexists(staging):  # it read "cannot write there (File exists)"
+    raise PrepareError(f"{staging}: a file of its own, where prepare stages shards; move it, "
+                       "or make the data in another folder")
 
 
 def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources: list[str],
