@@ -95,6 +95,9 @@ def _prepare(source: str) -> None:
                       "made one way, as a run makes it")
     datasets.make_python_docs(out)
     return
+  if f.val_fraction == 1 and not f.val_tokens:  # was refused only after the whole corpus
+    raise UserError("--val_fraction=1 with --val_tokens=0 (no cap) puts every document in val, "
+                    "none in train; lower --val_fraction or cap --val_tokens")
   common = {"prefix": os.path.basename(os.path.abspath(out)),
             "command": "python -m jaxgpt.prepare " + shlex.join(sys.argv[1:]),
             **{name: f[name].value for name in SHARED_FLAGS}}

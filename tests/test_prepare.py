@@ -976,6 +976,12 @@ def test_command_line(tmp_path):
                   "--val_fraction=0")  # was refused only after the whole corpus was tokenized
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: --val_fraction=0.0: must be above 0: a run evaluates on val documents")
+  r = prepare_cli("files", f"--input={tmp_path / 'book.txt'}", f"--out={tmp_path / 'nt'}",
+                  "--val_fraction=1", "--val_tokens=0")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+      "error: --val_fraction=1 with --val_tokens=0 (no cap) puts every document in val, none in "
+      "train; lower --val_fraction or cap --val_tokens")
+  assert not (tmp_path / "nt").exists()
   r = prepare_cli("python_docs", "--val_fraction=0.2", f"--out={tmp_path / 'pd'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: --val_fraction does not apply to `python_docs`: the built-in corpus is made one "
