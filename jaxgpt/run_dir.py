@@ -222,11 +222,9 @@ class RunDir:
 
   def checkpoints_for(self, *, resume: bool, keep: int, saves: bool = True
                       ) -> checkpoint.Checkpoints:
-    """The run's checkpoints, refusing to start over on top of them or resume from none."""
-    self._check_own_files(saves)
-    checkpoints = self.checkpoints(keep=keep)
-    _check_start(checkpoints.directory, checkpoints.steps(), resume)
-    return checkpoints
+    """The run's checkpoints, refusing what `check_start` refuses."""
+    self.check_start(resume=resume, saves=saves)
+    return self.checkpoints(keep=keep)
 
   def finished_steps(self) -> list[int]:
     """The steps of the checkpoints saved whole, from the folder names alone: without a
@@ -242,16 +240,11 @@ class RunDir:
     return {}
 
   def check_start(self, *, resume: bool, saves: bool = True) -> None:
-    """`checkpoints_for`'s refusals, early and with nothing made."""
-    self._check_own_files(saves)
-    _check_start(os.path.abspath(self.checkpoints_dir), self.finished_steps(), resume)
-
-  def _check_own_files(self, saves: bool) -> None:
-    """Refuses a checkpoints/ a run that `saves` (not eval_only) cannot save in (found at the
-    first save, an eval_interval in, otherwise), and a config.json the run would replace but
-    did not write (an export's, or a Hugging Face checkpoint's that init_from=gpt2 reads from
-    there)."""
-    directory = self.checkpoints_dir
+    """Refuses, with nothing made: a checkpoints/ a run that `saves` (not eval_only) cannot
+    save in (found at the first save, an eval_interval in, otherwise); a config.json the run
+    would replace but did not write (an export's, or a Hugging Face checkpoint's that
+    init_from=gpt2 reads from there); a new run over checkpoints, or a resume from none."""
+    directory = os.path.abspath(self.checkpoints_dir)
     if saves and os.path.exists(directory) and not (
         os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
       raise UserError(f"{directory}: the run cannot save its checkpoints there ("
@@ -260,11 +253,23 @@ class RunDir:
     try:
       config = self.read_config()
     except UserError:  # a run's, damaged: the start replaces it, as it would a sound one
-      return
+      config = None
     if config is not None and "init_from" not in config:
       raise UserError(f"{self._path('config.json')} is not a jaxgpt run's config (a Hugging "
                       "Face model's?), which the run would replace; nothing was changed. Pick "
                       "another --config.out_dir.")
+    existing = self.finished_steps()
+    if not resume and existing:
+      raise UserError(
+          f"{directory} already holds checkpoints (steps {existing}); nothing was "
+          f"changed. To continue that run add --config.init_from=resume; to start a new one, "
+          f"pick another --config.out_dir.")
+    if resume and not existing:
+      nanogpt = os.path.join(os.path.dirname(directory), "ckpt.pt")  # nanoGPT's out_dir
+      raise UserError(f"{directory}: no checkpoints to resume from; start the run with "
+                      + (f"--config.init_from={shlex.quote('nanogpt:' + nanogpt)} (nanoGPT's "
+                         "checkpoint there) or "
+                         if os.path.isfile(nanogpt) else "") + "--config.init_from=scratch")
 
   def read_metrics(self) -> Records:
     """The records of metrics.jsonl by event, each list in iteration order.
@@ -447,18 +452,3 @@ def _clear_holder(fd: int, path: str) -> None:
 
 def _read_holder(fd: int) -> str:
   return os.pread(fd, 1024, 0).decode(errors="replace").strip()
-
-
-def _check_start(directory: str, existing: list[int], resume: bool) -> None:
-  """Refuses a new run over the checkpoints `existing` in `directory`, or a resume from none."""
-  if not resume and existing:
-    raise UserError(
-        f"{directory} already holds checkpoints (steps {existing}); nothing was "
-        f"changed. To continue that run add --config.init_from=resume; to start a new one, "
-        f"pick another --config.out_dir.")
-  if resume and not existing:
-    nanogpt = os.path.join(os.path.dirname(directory), "ckpt.pt")  # nanoGPT's out_dir
-    raise UserError(f"{directory}: no checkpoints to resume from; start the run with "
-                    + (f"--config.init_from={shlex.quote('nanogpt:' + nanogpt)} (nanoGPT's "
-                       "checkpoint there) or "
-                       if os.path.isfile(nanogpt) else "") + "--config.init_from=scratch")
