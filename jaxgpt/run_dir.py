@@ -71,7 +71,10 @@ class RunDir:
     """
     check_utf8(self.out_dir)  # before anything is made there
     made = missing_folders(self.out_dir)  # taken back, as what it adds, by a start left unused
-    had = [] if made else _listing(self.out_dir)
+    try:
+      had = [] if made else os.listdir(self.out_dir)
+    except OSError:  # not a folder (refused below), or not readable: what it had is unknown
+      had = None
     fd, named = self._acquire(writes)
     if fd is None:  # unlocked, as said
       yield
@@ -130,11 +133,12 @@ class RunDir:
         why = "a symlink" if os.path.islink(path) else folder_problem(where, e)
         raise UserError(f"{where}: a run cannot write there ({why}); pick a writable "
                         "--config.out_dir") from None
-      fd = _open_to_read(path)
-      if fd is None:
+      try:
+        return os.open(path, os.O_RDONLY), False  # flock needs no more
+      except OSError:
         logging.warning("%s: cannot be locked (%s, and no run.lock to read); a run started "
                         "on it meanwhile would not be refused", self.out_dir, e.strerror)
-      return fd, False
+        return None, False
 
   @staticmethod
   def _record_holder(fd: int, path: str) -> None:
@@ -409,22 +413,6 @@ def _locks(fd: int, operation: int) -> bool:
     return True
   except BlockingIOError:
     return False
-
-
-def _listing(folder: str) -> list[str] | None:
-  """The names in `folder`; None where it cannot be listed (not a folder: refused later)."""
-  try:
-    return os.listdir(folder)
-  except OSError:  # not a folder (refused below), or not readable
-    return None
-
-
-def _open_to_read(path: str) -> int | None:
-  """A read-only descriptor of `path` (flock needs no more); None where it cannot be opened."""
-  try:
-    return os.open(path, os.O_RDONLY)
-  except OSError:
-    return None
 
 
 def _record(line: str) -> dict[str, Any] | None:
