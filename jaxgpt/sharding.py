@@ -250,14 +250,6 @@ def check_equal_devices() -> None:
                     "an equal share of every batch, so give each process as many GPUs")
 
 
-def check_same_config(config: dict[str, Any]) -> None:
-  """Stops every process, naming the keys, where they were started with different configs:
-  they would train apart without a word (another learning rate, say: checkpoints that none
-  of them reads back) or wait for each other forever (another max_iters)."""
-  check_same(config, "the processes were started with different configs ({keys} differ); "
-             "start every process with the same command")
-
-
 def check_same(values: dict[str, Any], error: str) -> None:
   """Stops every process where `values` (each process's own) differ between them, with
   `error` naming the `{keys}` that do."""

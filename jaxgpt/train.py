@@ -402,7 +402,10 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
   from the start: a stop during start-up ends the run before its first step.
   """
   defaults.validate(config)
-  sharding.check_same_config(config.to_dict())
+  # Processes started with different configs would train apart without a word (another
+  # learning rate: checkpoints none reads back) or wait for each other forever (max_iters).
+  sharding.check_same(config.to_dict(), "the processes were started with different configs "
+                      "({keys} differ); start every process with the same command")
   rundir = run_dir.RunDir(config.out_dir)
   writes = defaults.view(LoopConfig, config).writes
   with (preemption.StopSignals(jax.process_count(), evaluates_only=config.eval_only) as signals,
