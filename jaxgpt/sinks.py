@@ -213,13 +213,10 @@ class Libraries:
 def _require(package: str, key: str) -> types.ModuleType:
   try:
     module = importlib.import_module(package)
-  except ModuleNotFoundError as e:
-    if e.name != package:
-      raise UserError(f"config.{key}=True: '{package}' is installed but cannot be imported "
-                      f"({e}); reinstall it (or set --config.{key}=False)") from e
-    raise UserError(f"config.{key}=True needs the '{package}' package, which is not "
-                    f"installed: pip install {package} (or set --config.{key}=False)") from e
-  except Exception as e:  # a package broken by another's version, protobuf's say
+  except Exception as e:  # a package broken by another's version (protobuf's), or one it lacks
+    if isinstance(e, ModuleNotFoundError) and e.name == package:
+      raise UserError(f"config.{key}=True needs the '{package}' package, which is not "
+                      f"installed: pip install {package} (or set --config.{key}=False)") from e
     raise UserError(f"config.{key}=True: importing '{package}' failed ({type(e).__name__}: "
                     f"{first_line(e)}); reinstall it (or set --config.{key}=False)") from e
   if getattr(module, "__file__", None) is None and hasattr(module, "__path__"):  # a folder
