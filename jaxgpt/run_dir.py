@@ -98,8 +98,18 @@ class RunDir:
         return None, False
       try:
         fcntl.flock(fd, (fcntl.LOCK_EX if named else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-      except BlockingIOError:
-        _held_by_another(fd, writes, self.out_dir)  # closes fd; refuses a run that writes
+      except BlockingIOError:  # held by another: a run that `writes` is refused, naming it
+        holder = _read_holder(fd) or "one that does not name itself"
+        if writes:
+          with contextlib.suppress(BlockingIOError):  # shared: only evaluations hold it so
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            holder = "an evaluation of its checkpoint, eval_only"
+          os.close(fd)
+          raise UserError(f"{self.out_dir} is in use by another run ({holder}); nothing was "
+                          "changed. Wait for it to end, or stop it first.") from None
+        os.close(fd)  # an evaluation goes on beside it, writing nothing, as nanoGPT's eval_only
+        logging.warning("%s is in use by a training run (%s); evaluating its checkpoint beside "
+                        "it", self.out_dir, holder)
         return None, False
       except OSError as e:  # a filesystem without locks: Lustre without -o flock, NFS w/o lockd
         logging.warning("%s: cannot be locked (%s); a second run started on this directory "
@@ -390,29 +400,6 @@ def check_utf8(out_dir: str) -> None:
     raise UserError(f"out_dir={path!r}: its path holds bytes that are not UTF-8, under which "
                     "Orbax can neither save nor read checkpoints; rename the folder or pick "
                     "another") from None
-
-
-def _held_by_another(fd: int, writes: bool, out_dir: str) -> None:
-  """Where another holds run.lock (`fd`, closed here): a run that `writes` is refused, naming
-  the holder (evaluations hold it shared, and name none); an evaluation goes on beside the
-  training run, unlocked, with a warning."""
-  holder = _read_holder(fd) or "one that does not name itself"
-  shared = writes and _locks(fd, fcntl.LOCK_SH)  # only evaluations hold it
-  os.close(fd)
-  if writes:
-    holder = "an evaluation of its checkpoint, eval_only" if shared else holder
-    raise UserError(f"{out_dir} is in use by another run ({holder}); nothing was changed. "
-                    "Wait for it to end, or stop it first.")
-  logging.warning("%s is in use by a training run (%s); evaluating its checkpoint beside it",
-                  out_dir, holder)  # which nothing here writes to, as nanoGPT's eval_only
-
-
-def _locks(fd: int, operation: int) -> bool:
-  try:
-    fcntl.flock(fd, operation | fcntl.LOCK_NB)
-    return True
-  except BlockingIOError:
-    return False
 
 
 def _record(line: str) -> dict[str, Any] | None:
