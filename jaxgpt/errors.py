@@ -1,7 +1,9 @@
 """The exception for what a user can cause and fix, as opposed to a bug."""
 
 import errno
+import json
 import os
+from typing import Any
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota
 
@@ -14,6 +16,24 @@ def first_line(error: BaseException) -> str:
   """The first line of an exception's message, cut at 300 characters: a library's (a storage
   layer's, cuDNN's) can run to pages, and a user's error is one line."""
   return (str(error).splitlines() or [""])[0][:300]
+
+
+def read_json_object(path: str, what: str, fix: str = "") -> dict[str, Any] | None:
+  """The JSON object a run or dataset file holds; None where there is no such file. One that
+  cannot be read, is not JSON or holds no object (an edit gone wrong) is a UserError naming
+  it, as `what` it should be, and ending with `fix`."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except ValueError as e:
+    raise UserError(f"{path}: not JSON ({e}){fix}") from None
+  except OSError as e:  # another user's file, say
+    raise UserError(f"{path}: cannot read it ({e.strerror}){fix}") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path}: not {what} (a JSON object){fix}")
+  return value
 
 
 def missing_folders(path: str) -> list[str]:

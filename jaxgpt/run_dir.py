@@ -35,7 +35,7 @@ import ml_collections
 from absl import logging
 
 from jaxgpt import checkpoint, formatting
-from jaxgpt.errors import UserError, folder_problem, missing_folders, same_file
+from jaxgpt.errors import UserError, folder_problem, missing_folders, read_json_object, same_file
 
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records
 
@@ -202,19 +202,7 @@ class RunDir:
 
   def read_config(self) -> dict[str, Any] | None:
     """The config.json of the latest accepted start; None where there is none."""
-    path = self._path("config.json")
-    if not os.path.isfile(path):
-      return None
-    try:
-      with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    except ValueError as e:  # an edit gone wrong (the run replaces it whole)
-      raise UserError(f"{path}: not JSON ({e})") from None
-    except OSError as e:
-      raise UserError(f"{path}: cannot read it ({e.strerror})") from None
-    if not isinstance(config, dict):
-      raise UserError(f"{path}: not a run's config (a JSON object)")
-    return config
+    return read_json_object(self._path("config.json"), "a run's config")
 
   def write_wandb_run_id(self, run_id: str) -> None:
     self._write_whole("wandb_run_id", run_id + "\n")  # cut short, a resume starts another run

@@ -11,7 +11,6 @@ Readers return read-only memory maps, so a shard of any size costs no RAM.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import pickle
 import re
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, read_json_object
 
 MAGIC = 20240520
 VERSION = 1
@@ -147,17 +146,9 @@ def nanogpt_vocab(data_dir: str) -> int | None:
 
 
 def read_meta(data_dir: str) -> dict[str, Any] | None:
-  path = os.path.join(data_dir, META_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    try:
-      meta = json.load(f)
-    except ValueError as e:  # a write cut short, an edit gone wrong
-      raise UserError(f"{path}: not JSON ({e}); make the dataset again") from None
-  if not isinstance(meta, dict):
-    raise UserError(f"{path}: not a dataset's meta.json (a JSON object); make the dataset again")
-  return meta
+  """A dataset's meta.json (a write cut short: make it again); None where there is none."""
+  return read_json_object(os.path.join(data_dir, META_FILE), "a dataset's meta.json",
+                          "; make the dataset again")
 
 
 def split_record(meta: dict[str, Any], split: str) -> dict[str, Any]:

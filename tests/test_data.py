@@ -165,6 +165,18 @@ def test_a_shard_the_user_cannot_read_is_one_line_naming_it(tmp_path, monkeypatc
     data.open_split(str(tmp_path), "train", block_size=8, vocab_size=1000)
 
 
+def test_a_meta_json_the_user_cannot_read_is_one_line_naming_it(tmp_path, monkeypatch):
+  """It was a PermissionError's traceback, from the start's check of the split's files."""
+  (tmp_path / "meta.json").write_text("{}")
+
+  def refused(file, *args, **kwargs):  # as for a file of another user's (root reads any file)
+    raise PermissionError(13, "Permission denied", str(file))
+
+  monkeypatch.setattr("builtins.open", refused)
+  with pytest.raises(UserError, match=r"meta.json: cannot read it \(Permission denied\)"):
+    token_files.read_meta(str(tmp_path))
+
+
 def test_a_shard_beyond_the_headers_int32_count_is_refused_before_writing(tmp_path):
   path = tmp_path / "big_train_0.bin"
   with pytest.raises(token_files.ShardError, match="2,147,483,648 tokens; a shard holds "

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import run_python
 
-from jaxgpt import defaults, optim, report, run_dir, sinks
+from jaxgpt import defaults, errors, optim, report, run_dir, sinks
 from jaxgpt.errors import UserError
 
 TOKENS_PER_ITER = 524_288
@@ -415,6 +415,7 @@ def test_an_unreadable_metrics_file_is_one_error(tmp_path, monkeypatch):
   with pytest.raises(UserError, match=r"metrics.jsonl: cannot read it \(Permission denied\)"):
     report.load(str(tmp_path))
   (tmp_path / "config.json").write_text("{}")
+  monkeypatch.setattr(errors, "open", denied, raising=False)  # read_config's reader
   with pytest.raises(UserError, match=r"config.json: cannot read it \(Permission denied\)"):
     run_dir.RunDir(str(tmp_path)).read_config()
 
