@@ -83,7 +83,12 @@ class RunDir:
       yield
     finally:
       if named:  # a clean exit leaves no holder to warn about
-        _clear_holder(fd, self._path("run.lock"))
+        try:
+          os.ftruncate(fd, 0)
+        except OSError as e:  # a lost mount, say: no traceback after a run that ended well,
+          # nor one in place of the error a run ends on (a failed save)
+          logging.warning("%s: cannot clear this run's name from it (%s); the next run takes it "
+                          "over", self._path("run.lock"), e.strerror)
       self._remove_if_unused(made, had)  # while locked: a run that opened run.lock retries
       os.close(fd)  # and drops the lock
 
@@ -400,17 +405,6 @@ def _record(line: str) -> dict[str, Any] | None:
   whole = (isinstance(record, dict) and isinstance(record.get("event"), str)
            and isinstance(record.get("iter"), int))
   return record if whole else None
-
-
-def _clear_holder(fd: int, path: str) -> None:
-  """Empties run.lock as its holder ends. A filesystem that fails it (a lost mount, one remounted
-  read-only) leaves its name, which the next run takes over with a warning: it neither turns a
-  run that ended well into a traceback nor hides the error a run ends on (a failed save)."""
-  try:
-    os.ftruncate(fd, 0)
-  except OSError as e:
-    logging.warning("%s: cannot clear this run's name from it (%s); the next run takes it over",
-                    path, e.strerror)
 
 
 def _read_holder(fd: int) -> str:
