@@ -69,9 +69,11 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     if device_ids is None and not one_per_node and "JAX_LOCAL_DEVICE_IDS" not in env:
       device_ids = [int(env["OMPI_COMM_WORLD_LOCAL_RANK"])]
   slurm_step = "OMPI_COMM_WORLD_SIZE" not in env and env.get("SLURM_STEP_ID", "").isdigit()
-  if slurm_step and not coordinator_address:
-    env.setdefault("JAX_COORDINATOR_PORT", _slurm_step_port(env["SLURM_JOB_ID"],
-                                                            env["SLURM_STEP_ID"]))
+  if slurm_step and not coordinator_address:  # JAX's port for step 0 (one of 4096, by job),
+    # moved along for each later step: two steps of one allocation at once, on one node, would
+    # both listen on it
+    step = int(env["SLURM_JOB_ID"]) + 1013 * int(env["SLURM_STEP_ID"])
+    env.setdefault("JAX_COORDINATOR_PORT", str(65536 - 4096 + step % 4096))
   if device_ids is not None:
     kwargs["local_device_ids"] = device_ids
     if one_per_node:
@@ -153,13 +155,6 @@ def _signals_end_at_once(doing: str) -> Iterator[None]:
     os.close(write)
     watcher.join()
     os.close(read)
-
-
-def _slurm_step_port(job_id: str, step_id: str) -> str:
-  """Process 0's port for a SLURM step: JAX's for step 0 (one of 4096, by job), moved along
-  for each later step, so two steps of one allocation running at once do not both listen on
-  the same node's port. JAX_COORDINATOR_PORT, where set, wins."""
-  return str(65536 - 4096 + (int(job_id) + 1013 * int(step_id)) % 4096)
 
 
 def _launcher() -> tuple[int, bool]:
