@@ -11,15 +11,17 @@ import types
 
 import jax
 import pytest
-from conftest import ROOT, fake_device, recipe, run_python, step_of, tiny_config
+from conftest import ROOT, fake_device, pattern_tokens, recipe, run_python, step_of, tiny_config
 
 from jaxgpt import (
+  data,
   formatting,
   gpus,
   report,
   run_dir,
   sharding,
   summary,
+  token_files,
   train,
   train_step,
 )
@@ -62,17 +64,29 @@ def test_param_counts_agree_with_the_built_model(tmp_path):
 
 
 def test_train_tokens_come_from_shards_or_meta(tmp_path, token_dir):
-  assert iters.count_train_tokens(token_dir) == 3000 + 2000  # the fixture's two train shards
+  # the fixture's two train shards, in windows of 16+1
+  assert iters.count_train_tokens(token_dir, 16) == (2999 // 16 + 1999 // 16) * 16
   meta_only = tmp_path / "meta_only"
   meta_only.mkdir()
   shards.write_meta(str(meta_only), {"splits": {"train": {"tokens": 12345}}})
-  assert iters.count_train_tokens(str(meta_only)) == 12345
+  assert iters.count_train_tokens(str(meta_only), 16) == 12345
   for splits in (["train", "val"], {"train": ["x.bin"], "val": 3}):  # another tool's: no counts
     shards.write_meta(str(meta_only), {"splits": splits})
-    assert iters.count_train_tokens(str(meta_only)) is None
-  assert iters.count_train_tokens(str(tmp_path / "nothing")) is None
+    assert iters.count_train_tokens(str(meta_only), 16) is None
+  assert iters.count_train_tokens(str(tmp_path / "nothing"), 16) is None
   p = summary.summarize(tiny_config(tmp_path, token_dir), train_tokens=None)
   assert p.epochs is None
+
+
+def test_train_tokens_are_those_the_run_trains_on(tmp_path):
+  """A window never spans two files: each file's tail past its last window goes unread, and
+  the launch log's epochs (len(windows) x block_size) leave it out; plan's do too."""
+  d = tmp_path / "small_shards"
+  d.mkdir()
+  for i in range(3):  # 24 tokens a file: one 16+1 window each, 8 tokens unread
+    shards.write_shard(str(d / f"syn_train_{i:06d}.bin"), pattern_tokens(24, seed=i))
+  windows = data.TokenWindows(token_files.find_shards(str(d), "train"), 16)
+  assert iters.count_train_tokens(str(d), 16) == len(windows) * 16 == 3 * 16
 
 
 def test_stated_sizes():
@@ -134,7 +148,8 @@ def test_shipped_recipes_trigger_no_warning(tmp_path):
   python_docs = str(tmp_path / "python_docs")
   datasets.make_python_docs(python_docs)
   # FineWeb sample-10BT is about 9.9B train tokens once tokenized.
-  train_tokens = {"python_docs": iters.count_train_tokens(python_docs), "fineweb": 9_900_000_000}
+  train_tokens = {"python_docs": iters.count_train_tokens(python_docs, 128),
+                  "fineweb": 9_900_000_000}
   paths = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
   assert len(paths) >= 3
   for path in paths:
@@ -368,7 +383,7 @@ def test_a_split_smaller_than_an_iteration_suggests_no_zero():
 def test_a_damaged_meta_json_is_one_error_naming_it(tmp_path):
   (tmp_path / "meta.json").write_text('{"train_tokens": 12')
   with pytest.raises(UserError, match=r"meta.json: not JSON \(.*\); make the dataset again"):
-    iters.count_train_tokens(str(tmp_path))
+    iters.count_train_tokens(str(tmp_path), 16)
 
 
 @pytest.mark.slow

@@ -183,7 +183,7 @@ def main() -> None:
       raise UserError(f"--train_tokens={f.train_tokens}: the train split holds tokens (> 0)")
   else:
     counted_in = data.resolve_data_dir(config.dataset, config.data_dir)
-    train_tokens = iters.count_train_tokens(counted_in)
+    train_tokens = iters.count_train_tokens(counted_in, config.block_size)
   s = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
   step = {k: config[k] for k in _STEP_KEYS}
   # Before the table: an unknown --device is said first.

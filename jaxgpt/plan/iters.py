@@ -15,17 +15,18 @@ from typing import Any
 
 import ml_collections
 
-from jaxgpt import defaults, formatting, summary, token_files
+from jaxgpt import data, defaults, formatting, summary, token_files
 from jaxgpt.errors import UserError
 
 MAX_USEFUL_EPOCHS = 4  # repeated tokens pay nearly as much as new ones up to ~4 epochs
 
 
-def count_train_tokens(data_dir: str) -> int | None:
-  """Tokens of the train split: the shards' lengths, else meta.json's count; None without both."""
+def count_train_tokens(data_dir: str, block_size: int) -> int | None:
+  """Tokens of one pass over the train split: its windows' (as the launch log counts them: a
+  file's tail past its last window goes unread), else meta.json's count; None without both."""
   paths = token_files.find_shards(data_dir, "train")
   if paths:
-    return sum(len(token_files.read_tokens(p)) for p in paths)
+    return len(data.TokenWindows(paths, block_size)) * block_size
   tokens = token_files.split_record(token_files.read_meta(data_dir) or {}, "train").get("tokens")
   return tokens if isinstance(tokens, int) and tokens > 0 else None
 
