@@ -539,6 +539,17 @@ def test_jax_s_share_of_a_gpu_is_read_as_jaxlib_reads_it(monkeypatch):
   assert memory.mem_fraction() == 2
 
 
+@pytest.mark.parametrize("given", [["--mfu=0.3"], ["--mfu=0.3", "--peak_flops=312e12"]])
+def test_the_estimate_s_flags_without_a_device_are_refused_not_ignored(given):
+  """Without --device there is no estimate: the time was 'unknown' whatever they said."""
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", *given)
+  assert r.returncode == 1 and r.stdout == ""
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: {', '.join(g.split('=')[0] for g in given)}: read with --device alone (the "
+      "estimate of its time); add --device=CARD, or drop "
+      f"{'it' if len(given) == 1 else 'them'}")
+
+
 @pytest.mark.parametrize("rate", ["--train_tokens=1M", "--tokens_per_sec=1000"])
 def test_an_unknown_device_is_said_before_the_table(rate):
   """With the rate given, a mistyped --device was used for nothing and said nothing."""

@@ -157,11 +157,21 @@ def _scaled(measured: float, ran_on: int | None, n_devices: int, metrics_path: s
                 f"device(s){scaled}")
 
 
+def _refuse_estimate_flags_without_device(f: flags.FlagValues) -> None:
+  """--mfu and --peak_flops shape --device's estimate alone: without it they would be
+  ignored, the time 'unknown' whatever they said."""
+  unread = [f"--{name}" for name in ("mfu", "peak_flops") if f[name].present]
+  if unread and not f.device:
+    raise UserError(f"{', '.join(unread)}: read with --device alone (the estimate of its time); "
+                    f"add --device=CARD, or drop {'it' if len(unread) == 1 else 'them'}")
+
+
 def main() -> None:
   jax.config.update("jax_platforms", "cpu")  # compiles for a GPU happen without one
   f = flags.FLAGS
   config, n_devices = f.config, f.devices
   defaults.validate(config)  # a mistyped key is one error, as launch.py says it
+  _refuse_estimate_flags_without_device(f)
   if f.device and targets.card(f.device) is None and not (
       f.peak_flops or config.peak_flops or f.memory_gib):  # a typo, whatever gives the rate
     raise UserError(f"--device={f.device!r}: not a card jaxgpt knows (jaxgpt/gpus.py); for "
