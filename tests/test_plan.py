@@ -257,6 +257,24 @@ def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
           ) in r.stdout
 
 
+
+@pytest.mark.parametrize("figure", ['"tokens": "1024"', '"tokens_per_sec": "fast"'])
+def test_a_measured_figure_that_is_no_number_is_one_error_naming_it(tmp_path, figure):
+  """As report says it: a hand-edited metrics.jsonl was a TypeError's traceback."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  rundir.write_config(recipe("quickstart"))
+  record = {"event": "train", "iter": 0, "tokens": 1024, "tokens_per_sec": 500.0}
+  key, value = figure.split(": ")
+  record[json.loads(key)] = json.loads(value)
+  with open(rundir.metrics_path, "w", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py",
+                 f"--config.out_dir={rundir.out_dir}", "--train_tokens=1M")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: {rundir.metrics_path}: the train record of iter 0 has {json.loads(key)}="
+      f"{json.loads(value)!r}, not a number")
+
 def test_a_resume_on_more_devices_is_measured_as_it_runs_now(tmp_path):
   """Logs at iterations 0 and 10 on 2 devices; resumed at 20 on 4: the rate is that of the
   logs after the resume's first (which times one step and spans both layouts' tokens), and

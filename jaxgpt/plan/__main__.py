@@ -111,7 +111,7 @@ def _measured(out_dir: str, step: dict[str, Any], n_devices: int, flops_per_toke
     if changed:
       return None, (f"the run measured in {rundir.metrics_path} ran another step: "
                     f"{', '.join(changed)}")
-  train_records = rundir.read_metrics()["train"]
+  train_records = report.load(out_dir, {"train": ("tokens",)})["train"]
   if not train_records:
     return None, f"none measured in {rundir.metrics_path}"
   records, tokens_per_iter = report.last_layout(train_records)
