@@ -502,6 +502,20 @@ def test_a_card_without_a_target_description_gets_the_cpu_estimate_and_why(tmp_p
   assert "(75% of 48 GiB): fits by this estimate" in lines[2]
 
 
+
+def test_a_card_without_a_target_or_a_memory_is_not_said_to_be_estimated(tmp_path, monkeypatch,
+                                                                         capsys):
+  """--device='RTX 4060 Ti' (sold with 8 or 16 GB) has neither: 'estimated on the CPU instead'
+  came with no estimate after it."""
+  from jaxgpt.plan import __main__ as plan_cli
+  monkeypatch.setattr(targets, "plugin_installed", lambda: True)
+  flags = types.SimpleNamespace(device="RTX 4060 Ti", memory_gib=None)
+  plan_cli._print_memory(flags, step_of(tiny_config(tmp_path, "")), n_devices=1)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and "estimated" not in lines[0]
+  assert lines[0].startswith("memory: --device='RTX 4060 Ti': no target description")
+  assert lines[1] == "memory: 'RTX 4060 Ti' does not say its memory; --memory_gib sets its memory"
+
 def test_the_cpu_estimate_is_xlas_plan_for_the_step_training_compiles(tmp_path):
   config = tiny_config(tmp_path, "")
   estimate = memory.cpu_estimate(step_of(config))

@@ -223,18 +223,18 @@ def main() -> None:
 
 def _print_memory(f: flags.FlagValues, step: train_step.StepConfig, n_devices: int) -> None:
   """XLA's plan of the step compiled for --device where it can be, else the CPU estimate."""
+  card = targets.card(f.device) if f.device else None
+  memory_gib = f.memory_gib or (card.memory_gib if card else None)
   if f.device and not f.memory_gib and targets.plugin_installed():
     try:
       target = targets.target(f.device)
     except UserError as e:  # a card gpus.py knows, whose target description is not written
-      print(f"memory: {e}; estimated on the CPU instead")
+      print(f"memory: {e}" + ("; estimated on the CPU instead" if memory_gib else ""))
     else:
       print("\n".join(memory.gpu_report(
           step, target, n_devices,
           progress=lambda line: print(line, file=sys.stderr, flush=True))))
       return
-  card = targets.card(f.device) if f.device else None
-  memory_gib = f.memory_gib or (card.memory_gib if card else None)
   if memory_gib:
     print("\n".join(memory.cpu_report(step, memory_gib, f.device, n_devices)))
   elif f.device:
