@@ -532,6 +532,18 @@ def test_on_a_card_running_cudnn_attention_the_scores_are_not_counted(tmp_path):
   assert estimate["needed_with_flash"] == estimate["needed"] - estimate["attention_scores"]
 
 
+@pytest.mark.parametrize("device", ["V100", ""])
+def test_a_card_jaxgpt_does_not_know_is_estimated_with_the_scores(tmp_path, monkeypatch, device):
+  """--device=V100 --peak_flops=... --memory_gib=16 (or --memory_gib alone): such a card may
+  be older than 8.0, where `auto` runs XLA's attention; the fit was judged without its scores."""
+  monkeypatch.setattr(targets, "plugin_installed", lambda: True)  # no plugin note
+  step = step_of(tiny_config(tmp_path, "", dtype="bfloat16", n_head=2, n_embd=32))
+  estimate = memory.cpu_estimate(step)
+  line = memory.cpu_report(step, memory_gib=16, device=device)[0]
+  assert f"about {estimate['needed'] / GiB:.1f} GiB for micro-batches" in line
+  assert line.endswith(f"{estimate['needed_with_flash'] / GiB:.1f} GiB under cuDNN's, on 8.0+)")
+
+
 def test_training_with_dropout_keeps_the_scores_even_where_cudnn_attention_runs(tmp_path,
                                                                                monkeypatch):
   monkeypatch.setattr(targets, "plugin_installed", lambda: True)  # no plugin note

@@ -207,16 +207,23 @@ def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_de
   """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
   estimate = cpu_estimate(step)
   m = step.model
-  gpu = None if "TPU" in device.upper() else (8, 0)  # the NVIDIA cards gpus.py knows: 8.0+
+  tpu, known = "TPU" in device.upper(), targets.card(device) is not None
+  # The NVIDIA cards gpus.py knows are all 8.0+; one it does not (a T4, a V100) may be older,
+  # where `auto` picks XLA's attention, which keeps the scores.
+  gpu = (8, 0) if known and not tpu else None
   flash = _training_kernel(m, gpu) == "cudnn"
   figure = estimate["needed_with_flash" if flash else "needed"]
   budget = mem_fraction() * memory_gib * GiB
+  scores = (" (without the T x T attention scores cuDNN's attention never keeps; "
+            f"{estimate['needed'] / GiB:.1f} GiB with them)" if flash else
+            " (with the T x T attention scores XLA's attention keeps, as on a card older than "
+            "compute capability 8.0: jaxgpt does not know this one; "
+            f"{estimate['needed_with_flash'] / GiB:.1f} GiB under cuDNN's, on 8.0+)"
+            if not known and not tpu and _training_kernel(m, (8, 0)) == "cudnn" else "")
   lines = [
       (f"memory: an estimate from the step compiled for this machine's CPU, not the card's "
        f"plan: about {figure / GiB:.1f} GiB for micro-batches of {step.batch_size} batch x "
-       f"{m.block_size} block" + (" (without the T x T attention scores cuDNN's attention never "
-                          f"keeps; {estimate['needed'] / GiB:.1f} GiB with them)"
-                          if flash else "")),
+       f"{m.block_size} block{scores}"),
       (f"memory: JAX will have {budget / GiB:.2f} GiB ({mem_fraction():.0%} of {memory_gib:.4g} "
        f"GiB): " + ("fits by this estimate" if figure <= budget else
                     f"does not fit by this estimate, nor by {1 / CPU_OVERSTATES:.0%} of it"
