@@ -89,6 +89,19 @@ def test_train_tokens_are_those_the_run_trains_on(tmp_path):
   assert iters.count_train_tokens(str(d), 16) == len(windows) * 16 == 3 * 16
 
 
+
+def test_a_run_from_gpt2s_weights_is_planned_with_their_architecture():
+  """launch.py takes init_from=gpt2-medium's 24 x 1024 (and GPT-2's vocabulary, biases, tanh
+  GELU) from the weights: plan counted, timed and compiled the recipe's 124M instead."""
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/gpt2_124m.py", "--max_iters=100",
+                 "--train_tokens=1B", "--config.init_from=gpt2-medium")
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert lines[0] == ("plan: init_from=gpt2-medium: the architecture of its weights, as the run "
+                      "takes it: n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, bias=True, "
+                      "gelu_approximate=True (the config had 12, 12, 768, 50304, False, False)")
+  assert lines[1].startswith("configs/gpt2_124m.py: 353.77M parameters (nanoGPT's count; ")
+
 def test_stated_sizes():
   assert summary.stated_sizes("gpt2_124m") == [("124m", 124e6)]
   assert summary.stated_sizes("run-1.5B-v2") == [("1.5B", 1.5e9)]

@@ -178,6 +178,15 @@ def _tied(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
   return tensors
 
 
+def named_architecture(init_from: str) -> dict[str, Any]:
+  """The architecture keys a run from OpenAI's weights of size `init_from` takes from them
+  (`read_config` of their config.json), known from the name: every size's heads are 64 wide."""
+  n_layer, n_embd = SIZES[init_from]
+  return {"n_layer": n_layer, "n_head": n_embd // 64, "n_embd": n_embd,
+          "vocab_size": tokenizer.N_VOCAB, "bias": True, "gelu_approximate": True,
+          "tie_embeddings": True}
+
+
 def checkpoint_dir(init_from: str, hf_checkpoint_dir: str) -> str:
   """The local directory to read: `hf_checkpoint_dir`, or the Hub's copy, downloaded once.
 

@@ -20,11 +20,13 @@ import sys
 from typing import Any
 
 import jax
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
 from jaxgpt import cli, data, defaults, formatting, model, report, run_dir, summary, train_step
 from jaxgpt.errors import UserError
+from jaxgpt.interop import gpt2
 from jaxgpt.plan import iters, memory, targets
 
 # What sets one device's speed: a rate measured with other values is not this run's.
@@ -166,6 +168,23 @@ def _refuse_estimate_flags_without_device(f: flags.FlagValues) -> None:
                     f"add --device=CARD, or drop {'it' if len(unread) == 1 else 'them'}")
 
 
+def _with_weights_architecture(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with the architecture a run from OpenAI's weights (init_from=gpt2*) takes from
+  them, said in a line; else as it is."""
+  if config.init_from not in defaults.GPT2_MODELS:
+    return config
+  changed = {k: v for k, v in gpt2.named_architecture(config.init_from).items()
+             if config[k] != v}
+  adopted = config.copy_and_resolve_references()
+  for key, value in changed.items():
+    adopted[key] = value
+  if changed:
+    print(f"plan: init_from={config.init_from}: the architecture of its weights, as the run "
+          f"takes it: {', '.join(f'{k}={v}' for k, v in changed.items())} (the config had "
+          f"{', '.join(str(config[k]) for k in changed)})")
+  return adopted
+
+
 def main() -> None:
   jax.config.update("jax_platforms", "cpu")  # compiles for a GPU happen without one
   f = flags.FLAGS
@@ -176,6 +195,7 @@ def main() -> None:
       f.peak_flops or config.peak_flops or f.memory_gib):  # a typo, whatever gives the rate
     raise UserError(f"--device={f.device!r}: not a card jaxgpt knows (jaxgpt/gpus.py); for "
                     "another, give its --peak_flops and --memory_gib")
+  config = _with_weights_architecture(config)
   config_path = config_flags.get_config_filename(f["config"])
   try:
     candidates = list(dict.fromkeys(int(v) for v in f.max_iters))  # each once, as given
