@@ -101,6 +101,10 @@ def test_a_run_from_gpt2s_weights_is_planned_with_their_architecture():
                       "takes it: n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, bias=True, "
                       "gelu_approximate=True (the config had 12, 12, 768, 50304, False, False)")
   assert lines[1].startswith("configs/gpt2_124m.py: 353.77M parameters (nanoGPT's count; ")
+  # The recipe's schedule still follows each candidate (quickstart's warmup: 10% of the run).
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--max_iters=10",
+                 "--tokens_per_sec=1000", "--config.init_from=gpt2")
+  assert r.returncode == 0 and "warning" not in r.stdout, r.stdout
 
 def test_stated_sizes():
   assert summary.stated_sizes("gpt2_124m") == [("124m", 124e6)]

@@ -13,6 +13,7 @@ the same tokens per iteration fits when it does not (memory.py).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -175,9 +176,9 @@ def _with_weights_architecture(config: ml_collections.ConfigDict) -> ml_collecti
     return config
   changed = {k: v for k, v in gpt2.named_architecture(config.init_from).items()
              if config[k] != v}
-  adopted = config.copy_and_resolve_references()
-  for key, value in changed.items():
-    adopted[key] = value
+  adopted = copy.deepcopy(config)  # its references kept: the schedule follows each candidate
+  with adopted.unlocked():
+    adopted.update(changed)
   if changed:
     print(f"plan: init_from={config.init_from}: the architecture of its weights, as the run "
           f"takes it: {', '.join(f'{k}={v}' for k, v in changed.items())} (the config had "
