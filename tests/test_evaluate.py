@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import socket
 import threading
@@ -331,6 +332,24 @@ def test_a_download_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch
   with pytest.raises(UserError, match=r"^data/cache: cannot make the folder to download .* "
                                       r"\(Not a directory\); pass a HellaSwag file's path"):
     hellaswag.download("http://127.0.0.1:9/hellaswag_val.jsonl", hellaswag.CACHE_PATH)
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling link"])
+def test_a_cache_path_that_is_not_a_file_is_refused_before_a_download(tmp_path, monkeypatch,
+                                                                       kind):
+  """A folder (or a link to no file) where the download would go is left as it was, not a
+  traceback after the download with its .part file left beside it."""
+  monkeypatch.chdir(tmp_path)
+  os.makedirs(os.path.dirname(hellaswag.CACHE_PATH))
+  if kind == "directory":
+    os.mkdir(hellaswag.CACHE_PATH)
+  else:
+    os.symlink("elsewhere.jsonl", hellaswag.CACHE_PATH)
+  monkeypatch.setattr(hellaswag, "download", lambda url, path: pytest.fail("downloaded"))
+  with pytest.raises(UserError, match=rf"^{re.escape(hellaswag.CACHE_PATH)}: a .*; move it "
+                                      r"aside, or pass a HellaSwag file's path"):
+    hellaswag.resolve("")
+  assert os.listdir(os.path.dirname(hellaswag.CACHE_PATH)) == ["hellaswag_val.jsonl"]
 
 
 @pytest.mark.slow

@@ -47,6 +47,11 @@ def resolve(path: str) -> str:
       raise UserError(f"HellaSwag file {path}: {what}; give the path of hellaswag_val.jsonl "
                       f"({URL})")
     return path
+  if os.path.lexists(CACHE_PATH) and not os.path.isfile(CACHE_PATH):  # never replaced
+    what = "a directory" if os.path.isdir(CACHE_PATH) else "a link to no file"
+    raise UserError(f"{CACHE_PATH}: {what}, where HellaSwag's file is downloaded to; move it "
+                    "aside, or pass a HellaSwag file's path (--hellaswag_file / "
+                    "--config.hellaswag_file)")
   if not os.path.isfile(CACHE_PATH):
     download(URL, CACHE_PATH)
   return CACHE_PATH
