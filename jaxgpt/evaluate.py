@@ -47,8 +47,9 @@ def main() -> None:
     if f[flag].present and f[flag].value and not used:  # meant for a task not asked for
       raise UserError(f"--{flag} is for --task={task}, which --task={f.task!r} does not name")
   weights.refuse_unread_out_dir()
-  if f.init_from == "resume" and "hellaswag" in names:  # a mistyped --out_dir, said before
-    weights.run_steps(f.out_dir, f.step)  # HellaSwag's file is downloaded
+  if "hellaswag" in names:  # a mistyped weights flag, said before HellaSwag's file is downloaded
+    weights.check_choice(f.init_from, out_dir=f.out_dir, step=f.step,
+                         hf_checkpoint_dir=f.hf_checkpoint_dir)
   tasks.check_files(f.task, f.hellaswag_file, f.limit)  # before the weights: GPT-2's is a download
   config, model, params, source = weights.from_flags()
   scorer = scoring.Scorer(model, rows_per_batch=f.batch_rows)

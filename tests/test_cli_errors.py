@@ -239,6 +239,13 @@ USAGE = {
     "evaluate stray": (["-m", "jaxgpt.evaluate", "a", "b"], "error: unexpected argument(s): a b"),
     "evaluate a mistyped out_dir": (["-m", "jaxgpt.evaluate", "--out_dir={tmp}/rnu"],  # before
                                     "error: {tmp}/rnu/checkpoints: no checkpoints"),  # a download
+    "evaluate unknown weights": (["-m", "jaxgpt.evaluate", "--init_from=gpt2-small"],  # before
+                                 "error: --init_from=gpt2-small: must be 'resume'"),  # a download
+    "evaluate a nanoGPT file not there": (["-m", "jaxgpt.evaluate",  # before a download
+                                           "--init_from=nanogpt:{tmp}/nope.pt"],
+                                          "error: nanogpt:{tmp}/nope.pt: no such file"),
+    "evaluate GPT-2 at a step": (["-m", "jaxgpt.evaluate", "--init_from=gpt2", "--step=3"],  # before
+                                 "error: --step picks a checkpoint of --out_dir"),  # a download
     "export": (["-m", "jaxgpt.export"], "error: --out is required"),
     "export empty": (["-m", "jaxgpt.export", "--out="], "error: --out is empty"),
     "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),

@@ -146,15 +146,33 @@ def check_started_from(init_from: str, saved: dict[str, Any], run: str) -> None:
                     "--config.init_from=resume, or start anew in another out_dir")
 
 
-def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
-         dtype: str | None = None) -> tuple[ml_collections.ConfigDict, Any, str]:
-  """(config, params, where they came from); GPT-2 and nanoGPT weights run in float32."""
+def _refuse_unread_flags(init_from: str, step: int | None, hf_checkpoint_dir: str) -> None:
+  """Flags the weights of `init_from` do not read: a mistake, not a choice to ignore."""
   if hf_checkpoint_dir and init_from not in defaults.GPT2_MODELS:
     raise UserError(f"--hf_checkpoint_dir holds GPT-2's weights for --init_from=gpt2*; "
                     f"--init_from={init_from} would not read it")
   if step is not None and init_from != "resume":
     raise UserError(f"--step picks a checkpoint of --out_dir for --init_from=resume; "
                     f"--init_from={init_from} has none")
+
+
+def check_choice(init_from: str, *, out_dir: str, step: int | None = None,
+                 hf_checkpoint_dir: str = "") -> None:
+  """What `load` would refuse of the weights it is asked for, said without reading them (nor
+  downloading GPT-2's): a command says a mistyped flag before its own slow start (a download)."""
+  _refuse_unread_flags(init_from, step, hf_checkpoint_dir)
+  if init_from == "resume":
+    run_steps(out_dir, step)
+  elif init_from.startswith(defaults.NANOGPT) and init_from != defaults.NANOGPT:
+    nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))  # its tensors left unread
+  elif init_from not in defaults.GPT2_MODELS:
+    pretrained(init_from)  # refuses it by name, as `load` would
+
+
+def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
+         dtype: str | None = None) -> tuple[ml_collections.ConfigDict, Any, str]:
+  """(config, params, where they came from); GPT-2 and nanoGPT weights run in float32."""
+  _refuse_unread_flags(init_from, step, hf_checkpoint_dir)
   if init_from == "resume":
     config, params, step = from_run(out_dir, step)
     source = f"{out_dir} step {step}"
