@@ -501,6 +501,46 @@ def test_muon_scales_a_wide_kernel_by_sqrt_fan_out_over_fan_in(shape, scale):
   assert 0.6 * scale < float(singular.min()) and float(singular.max()) < 1.3 * scale
 
 
+def _newton_schulz5(g: np.ndarray) -> np.ndarray:
+  """Keller Jordan's zeropower_via_newtonschulz5: Frobenius-normalised, wide side first,
+  five steps of X <- aX + (bA + cA²)X, A = XXᵀ, with a, b, c = 3.4445, -4.7750, 2.0315."""
+  a, b, c = 3.4445, -4.7750, 2.0315
+  x = g.T if g.shape[0] > g.shape[1] else g
+  x = x / (np.linalg.norm(x) + 1e-8)
+  for _ in range(5):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if g.shape[0] > g.shape[1] else x
+
+
+def test_muon_update_is_newton_schulz5_of_bias_corrected_nesterov_momentum():
+  """Muon's whole step against numpy (float64): the momentum warmup, Nesterov with optax's
+  bias correction (docs/design.md), Keller Jordan's quintic and the width scale. The
+  singular-value bounds of the tests above would also hold for other coefficients or step
+  counts (an optax release changing its defaults); this pins them."""
+  c = defaults.get_config()
+  c.update(optimizer="muon", grad_clip=0.0, muon_learning_rate=0.02, warmup_iters=0,
+           decay_lr=False, muon_momentum_start=0.85, muon_momentum=0.95,
+           muon_momentum_warmup_iters=4)
+  tx = optim.make_optimizer(defaults.view(optim.OptimConfig, c))
+  shapes = {"c_fc": (8, 24), "c_proj": (24, 8)}  # Flax kernels (in, out): scales sqrt(3), 1
+  params = {"h_0": {k: jnp.zeros(s) for k, s in shapes.items()}}
+  state = tx.init(params)
+  rng = np.random.default_rng(0)
+  mu = {k: np.zeros(s) for k, s in shapes.items()}
+  for t in range(1, 7):
+    grads = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    updates, state = tx.update({"h_0": {k: jnp.asarray(g, jnp.float32) for k, g in grads.items()}},
+                               state, params)
+    beta = 0.85 + 0.1 * min((t - 1) / 4, 1.0)
+    for k, g in grads.items():
+      mu[k] = beta * mu[k] + (1 - beta) * g
+      nesterov = beta * mu[k] / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta ** t)
+      scale = max(1.0, g.shape[1] / g.shape[0]) ** 0.5
+      np.testing.assert_allclose(updates["h_0"][k], -0.02 * scale * _newton_schulz5(nesterov),
+                                 atol=1e-6, err_msg=f"{k} at step {t}")
+
+
 def test_muon_leaves_learned_position_embeddings_to_adamw():
   """GPT-2's learned positions are an embedding, as wte: AdamW's (the modern recipe has none)."""
   _, params = tiny_gpt()
