@@ -694,6 +694,7 @@ runpy.run_path("launch.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow  # three launch.py runs with two data workers each: 30 s on 2 cores
 def test_a_data_worker_killed_under_the_run_saves_it_for_an_exact_resume(tmp_path, token_dir):
   """The OOM killer may pick a Grain worker: the run saves the iteration it reached and ends on
   one error line (it was a traceback, and every iteration since the last checkpoint lost),
