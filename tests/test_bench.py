@@ -26,6 +26,7 @@ from conftest import (
   pattern_windows,
   run_python,
   setup_of,
+  start_python,
   tiny_config,
   wait_for,
 )
@@ -451,18 +452,19 @@ def test_a_sigterm_to_a_comparison_stops_the_run_it_trains(tmp_path):
       "signal.signal(signal.SIGTERM, lambda *_: ((folder / 'stopped').touch(), sys.exit(0)))\n"
       "(folder / 'started').touch()\n"
       "time.sleep(30)\n")
-  bench = subprocess.Popen([
-      sys.executable, "-c",
-      ("from jaxgpt.bench import recipes\n"
-       f"recipes.LAUNCH = {str(fake_launch)!r}\n"
-       f"config = recipes.base_config('python_docs', {str(tmp_path / 'cmp')!r}, 2)\n"
-       "recipes.train_variant(recipes.variant_config(config, 'nanogpt', {}, 1.0))\n")])
-  try:
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
-      time.sleep(0.1)
+  # In the repository (the clone's jaxgpt, whatever the working directory), as the CLI runs.
+  bench = start_python(
+      "-c", "from jaxgpt.bench import recipes\n"
+            f"recipes.LAUNCH = {str(fake_launch)!r}\n"
+            f"config = recipes.base_config('python_docs', {str(tmp_path / 'cmp')!r}, 2)\n"
+            "recipes.train_variant(recipes.variant_config(config, 'nanogpt', {}, 1.0))\n")
+  try:  # not before the run is up: a SIGTERM then would test the case of the test below
+    wait_for(lambda: (tmp_path / "started").exists() or bench.poll() is not None, 120,
+             "the comparison to start its run")
+    assert bench.poll() is None, bench.communicate()[0]
     bench.send_signal(signal.SIGTERM)
-    assert bench.wait(timeout=30) == 1  # the comparison stops with its run
+    output = bench.communicate(timeout=60)[0]
+    assert bench.returncode == 1, output  # the comparison stops with its run
     assert (tmp_path / "stopped").exists()
   finally:
     bench.kill()
