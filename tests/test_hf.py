@@ -21,6 +21,10 @@ from jaxgpt.model import GPT, GPTConfig, init_params
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+# A one-layer, 8-wide model of 65 ids (a character-level one) that gpt2.export writes.
+EXPORTABLE = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
+              "bias": True, "gelu_approximate": True}
+
 
 def hf_gpt2(path, init_scale: float | None = 0.3, **overrides):
   """A random tiny transformers GPT-2, every weight and bias drawn at a visible scale
@@ -88,9 +92,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
 def test_a_model_of_another_vocabulary_is_exported_without_gpt2s_tokenizer(tmp_path):
   """A character-level model's ids are not GPT-2's: no tokenizer files, and no end-of-text
   id for transformers to default to 50256, outside its vocabulary."""
-  arch = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
-          "bias": True, "gelu_approximate": True}
-  config = GPTConfig.from_config(float32_config(**arch))
+  config = GPTConfig.from_config(float32_config(**EXPORTABLE))
   assert not gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config,
                          str(tmp_path / "out"))
   assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
@@ -109,9 +111,7 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, failing):
   for it."""
   import safetensors.numpy
 
-  arch = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
-          "bias": True, "gelu_approximate": True}
-  config = GPTConfig.from_config(float32_config(**arch))
+  config = GPTConfig.from_config(float32_config(**EXPORTABLE))
 
   def full_disk(*args, **kwargs):
     if failing == "json":
@@ -137,8 +137,7 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, failing):
 def test_export_crops_the_padded_vocabulary(tmp_path):
   import safetensors.numpy
 
-  config = float32_config(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=50304,
-                          bias=True, gelu_approximate=True)
+  config = float32_config(**{**EXPORTABLE, "vocab_size": 50304})
   params = init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0))
   gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "out"))
   tensors = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -158,9 +157,7 @@ def test_a_vocabulary_past_gpt2s_padded_one_is_exported_whole(tmp_path):
   beside GPT-2's tokenizer, which sample reads such a model with too."""
   import safetensors.numpy
 
-  config = GPTConfig.from_config(float32_config(n_layer=1, n_head=1, n_embd=8, block_size=8,
-                                                vocab_size=60032, bias=True,
-                                                gelu_approximate=True))
+  config = GPTConfig.from_config(float32_config(**{**EXPORTABLE, "vocab_size": 60032}))
   params = init_params(GPT(config), jax.random.PRNGKey(0))
   assert gpt2.export(params, config, str(tmp_path / "out"))
   tensors = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -320,10 +317,6 @@ def test_exact_gelu_without_biases_matches_transformers_away_from_zero(tmp_path)
   assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
 
 
-EXPORTABLE = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
-              "bias": True, "gelu_approximate": True}
-
-
 def test_export_fills_an_existing_empty_directory_in_place(tmp_path):
   config = GPTConfig.from_config(float32_config(**EXPORTABLE))
   out = tmp_path / "shared"
@@ -403,9 +396,8 @@ def test_an_exported_tokenizer_knows_the_models_block_size(tmp_path):
   """transformers truncates (truncation=True) and warns at model_max_length: a model of 8
   positions fed 1024 tokens would index past its position table."""
   transformers = pytest.importorskip("transformers")
-  config = GPTConfig.from_config(float32_config(n_layer=1, n_head=1, n_embd=8, block_size=8,
-                                                vocab_size=tokenizer.N_VOCAB, bias=True,
-                                                gelu_approximate=True))
+  config = GPTConfig.from_config(float32_config(**{**EXPORTABLE,
+                                                   "vocab_size": tokenizer.N_VOCAB}))
   assert gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config,
                      str(tmp_path / "out"))
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
