@@ -266,8 +266,27 @@ def truncate_state(step_dir: str, files: str = "*", keep: float = 0.5) -> None:
 
 
 def free_port() -> int:
-  """A localhost port free now, for a coordinator of processes the test starts."""
-  with socket.socket() as s:
+  """A localhost port free now, for a coordinator of processes the test starts.
+
+  The coordinator binds it seconds later, once JAX has loaded. A port the kernel picks (bind
+  to 0) is one of its ephemeral range, which it also hands every outgoing connection made
+  meanwhile (the other xdist worker's, gRPC's own): one of those could take it first. So a
+  random port below that range, where only an explicit bind lands.
+  """
+  try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+      ephemeral_low = int(f.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    ephemeral_low = 32768  # Linux's default
+  rng = np.random.default_rng()  # not the tests' seeded streams: two workers, two ports
+  for port in rng.integers(10000, max(ephemeral_low, 10001), size=50):
+    with socket.socket() as s:
+      try:
+        s.bind(("localhost", int(port)))
+      except OSError:
+        continue
+      return int(port)
+  with socket.socket() as s:  # a crowded host: the kernel's pick
     s.bind(("localhost", 0))
     return s.getsockname()[1]
 
