@@ -644,7 +644,6 @@ def test_ctrl_c_at_a_terminal_stops_a_run_with_grain_workers_and_saves(tmp_path,
   assert checkpoint_steps(out_dir) == [records(out_dir, "train")[-1]["iter"] + 1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_an_id_past_the_vocabulary_found_mid_run_saves_the_iteration_it_reached(
     tmp_path, monkeypatch, workers):
