@@ -46,6 +46,12 @@ def pytest_configure(config: pytest.Config) -> None:
   The session's process (under `-n`, the one that starts the workers) makes the folder of
   the XLA cache that `pytest_collection_modifyitems` puts to use, and removes it at its end.
   """
+  # A shell without job control starts a background command (`pytest ... &` in a CI script,
+  # nohup) with SIGINT ignored, which Python then keeps and every process the tests start
+  # inherits: the Ctrl-C tests' SIGINT would do nothing (a wait for a lock hung for ever). The
+  # suite is for a terminal's Ctrl-C, so Python's own handler, whose processes get the default.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   if not hasattr(config, "workerinput"):
     cache_dir = tempfile.mkdtemp(prefix="jaxgpt-tests-xla-")
     atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
