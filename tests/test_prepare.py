@@ -1159,9 +1159,15 @@ def test_a_ctrl_c_another_thread_takes_still_ends_a_wait_for_the_lock(tmp_path, 
     fcntl.flock(held, fcntl.LOCK_EX)  # another process is making the data
     ctrl_c = threading.Timer(0.5, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
     ctrl_c.start()
+    # A stop that never ends the wait fails the test at the lock's release, not never.
+    release = threading.Timer(60, fcntl.flock, (held, fcntl.LOCK_UN))
+    release.start()
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt), shards.write_lock(str(out), wait=True):
-      pass
+    try:
+      with pytest.raises(KeyboardInterrupt), shards.write_lock(str(out), wait=True):
+        pass
+    finally:
+      release.cancel()
     assert time.monotonic() - started < 5
 
 
