@@ -33,6 +33,12 @@ from jaxgpt.prep import datasets, shards
 GiB = 2**30
 
 
+
+def estimate_flags(device: str, mfu: float, peak_flops: float = 0.0) -> types.SimpleNamespace:
+  """python -m jaxgpt.plan's flags that plan_cli._throughput reads, no --tokens_per_sec given:
+  an estimate for `device` at `mfu`."""
+  return types.SimpleNamespace(tokens_per_sec=0.0, device=device, peak_flops=peak_flops, mfu=mfu)
+
 def test_fineweb_40m_figures_match_hand_computed_ones():
   config = recipe("fineweb_40m")
   p = summary.summarize(config, train_tokens=100 * 100_000_000)  # 100 shards of 100M tokens
@@ -338,7 +344,7 @@ def test_a_rate_measured_for_another_step_is_not_used(tmp_path):
     assert tok_s is None
     assert why == (f"the run measured in {rundir.metrics_path} ran another step: "
                    f"{key}={config[key]!r} there, {value!r} here")
-  device = types.SimpleNamespace(tokens_per_sec=0.0, device="H100", peak_flops=0.0, mfu=0.5)
+  device = estimate_flags("H100", mfu=0.5)
   tok_s, source = plan_cli._throughput(device, rundir.out_dir, 0.0, 1e9, 1,
                                        {**step, "n_layer": 24})
   assert tok_s == 989.5e12 * 0.5 / 1e9
@@ -355,7 +361,7 @@ def test_device_s_time_is_not_a_rate_measured_on_another_card(tmp_path):
   rundir.write_config(config)
   step = {k: config[k] for k in plan_cli._STEP_KEYS}
   flops = summary.summarize(config).flops_per_token
-  h100 = types.SimpleNamespace(tokens_per_sec=0.0, device="H100", peak_flops=0.0, mfu=0.4)
+  h100 = estimate_flags("H100", mfu=0.4)
   estimate = 989.5e12 * 0.4 / flops
 
   def plan_over(tok_s: float, peak: float | None) -> tuple[float | None, str]:
@@ -379,7 +385,7 @@ def test_device_s_time_is_not_a_rate_measured_on_another_card(tmp_path):
   assert tok_s == estimate and source.endswith(
       "ran on a card of 756 TFLOP/s peak (from its MFU), not --device's 990)")
   assert plan_over(400_000.0, gpus.peak_flops("NVIDIA H100 80GB HBM3"))[0] == 400_000.0
-  no_device = types.SimpleNamespace(tokens_per_sec=0.0, device="", peak_flops=0.0, mfu=0.4)
+  no_device = estimate_flags("", mfu=0.4)
   assert plan_cli._throughput(no_device, rundir.out_dir, 0.0, flops, 1, step)[0] == 400_000.0
   os.remove(os.path.join(rundir.out_dir, "config.json"))  # its devices cannot be told
   tok_s, source = plan_cli._throughput(h100, rundir.out_dir, 0.0, flops, 1, step)
@@ -439,8 +445,7 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
 def test_a_device_s_peak_is_the_flag_s_then_the_config_s_then_the_table_s(tmp_path):
   from jaxgpt.plan import __main__ as plan_cli
   out_dir = str(tmp_path / "run")  # no run there to measure
-  given = lambda device, peak: types.SimpleNamespace(tokens_per_sec=0.0, device=device,
-                                                     peak_flops=peak, mfu=0.5)
+  given = lambda device, peak: estimate_flags(device, peak_flops=peak, mfu=0.5)
   for device, flag, peak in (("Mystery GPU", 0.0, 5e14), ("H100", 0.0, 5e14),
                              ("H100", 2e14, 2e14)):
     tok_s, source = plan_cli._throughput(given(device, flag), out_dir, 5e14, 1e9, 1, {})
@@ -709,7 +714,7 @@ def test_a_card_plan_names_the_attention_training_computes(tmp_path, monkeypatch
 
 def test_a_devices_estimate_counts_every_device(tmp_path):
   from jaxgpt.plan import __main__ as plan_cli
-  given = types.SimpleNamespace(tokens_per_sec=0.0, device="H100", peak_flops=0.0, mfu=0.5)
+  given = estimate_flags("H100", mfu=0.5)
   tok_s, source = plan_cli._throughput(given, str(tmp_path / "run"), 0.0, 1e9, 8, {})
   assert tok_s == pytest.approx(989.5e12 * 0.5 * 8 / 1e9)
   assert "estimated for 8 x H100 at 50% MFU" in source
@@ -742,8 +747,7 @@ def test_the_new_mem_fraction_name_wins_over_the_deprecated_one(monkeypatch):
 def test_the_assumed_mfu_and_peak_are_said_as_the_estimate_used_them(tmp_path):
   """--mfu=0.004 estimates at 0.4%, not at a '0% MFU' that no time could come from."""
   from jaxgpt.plan import __main__ as plan_cli
-  given = types.SimpleNamespace(tokens_per_sec=0.0, device="Mystery GPU", peak_flops=4e11,
-                                mfu=0.004)
+  given = estimate_flags("Mystery GPU", peak_flops=4e11, mfu=0.004)
   tok_s, source = plan_cli._throughput(given, str(tmp_path / "run"), 0.0, 1e9, 1, {})
   assert tok_s == 4e11 * 0.004 / 1e9
   assert "at 0.4% MFU of 0.4 TFLOP/s (an assumption, not a measurement" in source
