@@ -356,9 +356,9 @@ def sigterm_after(monkeypatch, at: int, fresh_only: bool = False) -> None:
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
-  deadline = time.time() + timeout
+  deadline = time.monotonic() + timeout
   while not predicate():
-    if time.time() > deadline:
+    if time.monotonic() > deadline:
       raise TimeoutError(what)
     time.sleep(0.005)
 

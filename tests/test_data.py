@@ -289,11 +289,11 @@ class CountingWindows(data.TokenWindows):
 def settled(count, quiet: float = 1.0, timeout: float = 60) -> int:
   """count() once it has not changed for `quiet` seconds (or after `timeout`): background
   readers have read what they may."""
-  deadline, last, since = time.time() + timeout, count(), time.time()
-  while time.time() - since < quiet and time.time() < deadline:
+  deadline, last, since = time.monotonic() + timeout, count(), time.monotonic()
+  while time.monotonic() - since < quiet and time.monotonic() < deadline:
     time.sleep(0.05)
     if count() != last:
-      last, since = count(), time.time()
+      last, since = count(), time.monotonic()
   return last
 
 

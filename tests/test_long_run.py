@@ -617,8 +617,8 @@ def test_grain_workers_end_with_a_run_that_is_killed(tmp_path, token_dir):
   assert len(spawned) >= 2
   proc.kill()
   proc.wait()
-  deadline = time.time() + 20
-  while time.time() < deadline and any(alive(pid) for pid in spawned):
+  deadline = time.monotonic() + 20
+  while time.monotonic() < deadline and any(alive(pid) for pid in spawned):
     time.sleep(0.2)
   assert not [pid for pid in spawned if alive(pid)]
 

@@ -784,8 +784,8 @@ def counters():  # the key is jaxlib's own: where a release renames it, the wait
     return distributed.global_state.client.key_value_dir_get("PREEMPTION_CURRENT_COUNTER/")
   except Exception:
     return []
-deadline = time.time() + 60  # on a loaded machine; ends once both are there
-while len(counters()) < 2 and time.time() < deadline:
+deadline = time.monotonic() + 60  # on a loaded machine; ends once both are there
+while len(counters()) < 2 and time.monotonic() < deadline:
   time.sleep(0.01)
 with preemption.StopSignals(2) as signals:
   print("stops at", next((it for it in range(5000, 5010) if signals.stop_at(it)), None))
