@@ -135,7 +135,8 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
 
   def parse_flags(argv: list[str]) -> list[str]:
     words = [arg for arg in argv[1:] if not arg.startswith("-")]
-    if subcommands and not words:  # the choice comes first, before the flags it requires
+    absl_help = any(arg.lstrip("-").startswith("help") for arg in argv[1:])  # --helpfull: absl's
+    if subcommands and not words and not absl_help:  # the choice first, before flags it requires
       sys.exit(f"error: {_unknown_subcommand(subcommands, [])}")
     if subcommands and argv[1:2] and not argv[1].startswith("-") and argv[1] not in subcommands:
       sys.exit(f"error: {_unknown_subcommand(subcommands, argv[1:2])}")  # before flags it lacks

@@ -993,6 +993,8 @@ def test_command_line(tmp_path):
   r = prepare_cli()  # asked for --out before saying what to prepare
   assert r.returncode == 1 and r.stderr.strip().splitlines() == [
       "error: name one of fineweb, files, python_docs"]
+  r = prepare_cli("--helpfull")  # --help names it: absl's page of every flag (its exit 1)
+  assert "--val_fraction" in r.stdout and "error:" not in r.stderr, r.stderr
 
 
 def test_input_repeated_reads_every_one(tmp_path):
