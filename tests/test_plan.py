@@ -554,7 +554,7 @@ def test_on_a_card_running_cudnn_attention_the_scores_are_not_counted(tmp_path):
   assert estimate["needed_with_flash"] == estimate["needed"] - estimate["attention_scores"]
 
 
-@pytest.mark.parametrize("device", ["V100", ""])
+@pytest.mark.parametrize("device", ["V100", "", "RTX 2080 Max-Q"])
 def test_a_card_jaxgpt_does_not_know_is_estimated_with_the_scores(tmp_path, monkeypatch, device):
   """--device=V100 --peak_flops=... --memory_gib=16 (or --memory_gib alone): such a card may
   be older than 8.0, where `auto` runs XLA's attention; the fit was judged without its scores."""

@@ -207,9 +207,11 @@ def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_de
   """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
   estimate = cpu_estimate(step)
   m = step.model
-  tpu, known = "TPU" in device.upper(), targets.card(device) is not None
-  # The NVIDIA cards gpus.py knows are all 8.0+; one it does not (a T4, a V100) may be older,
-  # where `auto` picks XLA's attention, which keeps the scores.
+  card, tpu = targets.card(device), "TPU" in device.upper()
+  # The NVIDIA cards gpus.py gives figures for are all 8.0+; another (a T4, a V100, a 2080 Max-Q
+  # that only the "Max-Q" entry matches) may be older, where `auto` picks XLA's attention, which
+  # keeps the scores.
+  known = card is not None and bool(card.peak_flops or card.memory_gib)
   gpu = (8, 0) if known and not tpu else None
   flash = _training_kernel(m, gpu) == "cudnn"
   figure = estimate["needed_with_flash" if flash else "needed"]
