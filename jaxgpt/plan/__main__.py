@@ -21,7 +21,6 @@ import sys
 from typing import Any
 
 import jax
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -169,21 +168,19 @@ def _refuse_estimate_flags_without_device(f: flags.FlagValues) -> None:
                     f"add --device=CARD, or drop {'it' if len(unread) == 1 else 'them'}")
 
 
-def _with_weights_architecture(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config with the architecture a run from OpenAI's weights (init_from=gpt2*) takes from
-  them, said in a line; else as it is."""
-  if config.init_from not in defaults.GPT2_MODELS:
-    return config
-  changed = {k: v for k, v in gpt2.named_architecture(config.init_from).items()
-             if config[k] != v}
-  adopted = copy.deepcopy(config)  # its references kept: the schedule follows each candidate
-  with adopted.unlocked():
-    adopted.update(changed)
-  if changed:
-    print(f"plan: init_from={config.init_from}: the architecture of its weights, as the run "
-          f"takes it: {', '.join(f'{k}={v}' for k, v in changed.items())} (the config had "
-          f"{', '.join(str(config[k]) for k in changed)})")
-  return adopted
+def _train_tokens(f: flags.FlagValues, data_dir: str, block_size: int
+                  ) -> tuple[int | None, str | None]:
+  """(tokens of one pass over the train split, the folder they were counted in): --train_tokens
+  where given (counted in none), else counted in `data_dir` as the launch log counts them."""
+  if not f.train_tokens:
+    return iters.count_train_tokens(data_dir, block_size), data_dir
+  try:
+    train_tokens = iters.parse_count(f.train_tokens)
+  except ValueError as e:
+    raise UserError(f"--train_tokens: {e}") from None
+  if train_tokens <= 0:
+    raise UserError(f"--train_tokens={f.train_tokens}: the train split holds tokens (> 0)")
+  return train_tokens, None
 
 
 def main() -> None:
@@ -196,7 +193,17 @@ def main() -> None:
       f.peak_flops or config.peak_flops or f.memory_gib):  # a typo, whatever gives the rate
     raise UserError(f"--device={f.device!r}: not a card jaxgpt knows (jaxgpt/gpus.py); for "
                     "another, give its --peak_flops and --memory_gib")
-  config = _with_weights_architecture(config)
+  # init_from=gpt2*: the run takes its architecture from the weights, so the plan does too.
+  weights = (gpt2.named_architecture(config.init_from)
+             if config.init_from in defaults.GPT2_MODELS else {})
+  changed = {k: v for k, v in weights.items() if config[k] != v}
+  if changed:
+    print(f"plan: init_from={config.init_from}: the architecture of its weights, as the run "
+          f"takes it: {', '.join(f'{k}={v}' for k, v in changed.items())} (the config had "
+          f"{', '.join(str(config[k]) for k in changed)})")
+    config = copy.deepcopy(config)  # its references kept: the schedule follows each candidate
+    with config.unlocked():
+      config.update(changed)
   config_path = config_flags.get_config_filename(f["config"])
   try:
     candidates = list(dict.fromkeys(int(v) for v in f.max_iters))  # each once, as given
@@ -205,16 +212,8 @@ def main() -> None:
   if any(n <= 0 for n in candidates):
     raise UserError(f"--max_iters={','.join(f.max_iters)}: candidates are whole numbers > 0, "
                     "comma-separated")
-  if f.train_tokens:
-    try:
-      train_tokens, counted_in = iters.parse_count(f.train_tokens), None
-    except ValueError as e:
-      raise UserError(f"--train_tokens: {e}") from None
-    if train_tokens <= 0:
-      raise UserError(f"--train_tokens={f.train_tokens}: the train split holds tokens (> 0)")
-  else:
-    counted_in = data.resolve_data_dir(config.dataset, config.data_dir)
-    train_tokens = iters.count_train_tokens(counted_in, config.block_size)
+  train_tokens, counted_in = _train_tokens(
+      f, data.resolve_data_dir(config.dataset, config.data_dir), config.block_size)
   s = summary.summarize(config, train_tokens=train_tokens, n_devices=n_devices)
   step = {k: config[k] for k in _STEP_KEYS}
   # Before the table: an unknown --device is said first.
