@@ -560,6 +560,11 @@ def test_a_staging_folder_holding_a_users_files_is_not_removed(tmp_path):
   with pytest.raises(readers.PrepareError, match=r"mine/\.incomplete: a file of its own"):
     run([str(path)], tmp_path / "mine")
   assert (tmp_path / "mine" / shards.STAGING).read_text() == "precious"
+  (tmp_path / "linked").mkdir()
+  (tmp_path / "linked" / shards.STAGING).symlink_to(tmp_path / "mine")  # a folder of the user's
+  with pytest.raises(readers.PrepareError, match=r"linked/\.incomplete: a link of its own"):
+    run([str(path)], tmp_path / "linked")
+  assert (tmp_path / "mine" / shards.STAGING).read_text() == "precious"
 
 
 def test_no_matching_files_names_the_glob(tmp_path):

@@ -168,11 +168,12 @@ def check_out_dir(out_dir: str) -> None:
     raise PrepareError(f"{out_dir}: holds token files without a meta.json ({found[0]}, ...); "
                        "choose an empty --out")
   staging = os.path.join(out_dir, STAGING)
+  if os.path.islink(staging) or (os.path.lexists(staging) and not os.path.isdir(staging)):
+    what = "a link" if os.path.islink(staging) else "a file"  # never made by prepare
+    raise PrepareError(f"{staging}: {what} of its own, where prepare stages shards; move it, "
+                       "or make the data in another folder")
   if os.path.isdir(staging):  # an earlier run's, removed by this one
     _check_staged_only(staging)
-  elif os.path.lexists(staging):  # it read "cannot write there (File exists)"
-    raise PrepareError(f"{staging}: a file of its own, where prepare stages shards; move it, "
-                       "or make the data in another folder")
 
 
 def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources: list[str],
