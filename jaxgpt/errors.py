@@ -27,7 +27,7 @@ def read_json_object(path: str, what: str, fix: str = "") -> dict[str, Any] | No
   try:
     with open(path, encoding="utf-8") as f:
       value = json.load(f)
-  except ValueError as e:
+  except (ValueError, RecursionError) as e:  # RecursionError: nested past Python's stack
     raise UserError(f"{path}: not JSON ({e}){fix}") from None
   except OSError as e:  # another user's file, say
     raise UserError(f"{path}: cannot read it ({e.strerror}){fix}") from None

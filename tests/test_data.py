@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import pattern_tokens
 
-from jaxgpt import data, token_files
+from jaxgpt import data, errors, token_files
 from jaxgpt.errors import UserError
 from jaxgpt.prep import shards
 
@@ -165,15 +165,19 @@ def test_a_shard_the_user_cannot_read_is_one_line_naming_it(tmp_path, monkeypatc
     data.open_split(str(tmp_path), "train", block_size=8, vocab_size=1000)
 
 
-def test_a_meta_json_the_user_cannot_read_is_one_line_naming_it(tmp_path, monkeypatch):
-  """It was a PermissionError's traceback, from the start's check of the split's files."""
+def test_a_meta_json_that_cannot_be_read_or_parsed_is_one_line(tmp_path, monkeypatch):
+  """Each was a traceback (PermissionError, RecursionError) from the start's check of the split."""
   (tmp_path / "meta.json").write_text("{}")
 
   def refused(file, *args, **kwargs):  # as for a file of another user's (root reads any file)
     raise PermissionError(13, "Permission denied", str(file))
 
-  monkeypatch.setattr("builtins.open", refused)
-  with pytest.raises(UserError, match=r"meta.json: cannot read it \(Permission denied\)"):
+  with monkeypatch.context() as m, pytest.raises(UserError, match=r"meta.json: cannot read it "
+                                                                r"\(Permission denied\)"):
+    m.setattr(errors, "open", refused, raising=False)  # errors.py reads the JSON files
+    token_files.read_meta(str(tmp_path))
+  (tmp_path / "meta.json").write_text("[" * 100_000 + "]" * 100_000)  # past Python's stack
+  with pytest.raises(UserError, match=r"meta.json: not JSON \(maximum recursion depth"):
     token_files.read_meta(str(tmp_path))
 
 
