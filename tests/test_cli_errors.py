@@ -244,8 +244,13 @@ USAGE = {
     "evaluate a nanoGPT file not there": (["-m", "jaxgpt.evaluate",  # before a download
                                            "--init_from=nanogpt:{tmp}/nope.pt"],
                                           "error: nanogpt:{tmp}/nope.pt: no such file"),
-    "evaluate GPT-2 at a step": (["-m", "jaxgpt.evaluate", "--init_from=gpt2", "--step=3"],  # before
-                                 "error: --step picks a checkpoint of --out_dir"),  # a download
+    "evaluate GPT-2 at a step": (["-m", "jaxgpt.evaluate", "--init_from=gpt2",  # before a
+                                  "--step=3"],  # download
+                                 "error: --step picks a checkpoint of --out_dir"),
+    "evaluate GPT-2 from a folder not there": (["-m", "jaxgpt.evaluate", "--init_from=gpt2",
+                                                "--hf_checkpoint_dir={tmp}/nohf"],  # before a
+                                               ("error: hf_checkpoint_dir='{tmp}/nohf' is not "
+                                                "a directory")),  # download
     "export": (["-m", "jaxgpt.export"], "error: --out is required"),
     "export empty": (["-m", "jaxgpt.export", "--out="], "error: --out is empty"),
     "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),

@@ -164,9 +164,11 @@ def check_choice(init_from: str, *, out_dir: str, step: int | None = None,
   if init_from == "resume":
     run_steps(out_dir, step)
   elif init_from.startswith(defaults.NANOGPT) and init_from != defaults.NANOGPT:
-    nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))  # its tensors left unread
+    nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))  # a zip's tensors unread
   elif init_from not in defaults.GPT2_MODELS:
     pretrained(init_from)  # refuses it by name, as `load` would
+  elif hf_checkpoint_dir:  # its config.json alone is read
+    gpt2.checkpoint_dir(init_from, hf_checkpoint_dir)
 
 
 def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
