@@ -573,6 +573,10 @@ def test_no_matching_files_names_the_glob(tmp_path):
   with pytest.raises(readers.PrepareError, match=rf"--input={tmp_path}: a folder: give a glob, "
                                                  rf"e.g. --input='{tmp_path}/\*.txt'"):
     run([str(tmp_path)], tmp_path / "out")
+  (tmp_path / "book.txt").symlink_to(tmp_path / "moved.txt")  # a link whose file moved
+  with pytest.raises(readers.PrepareError, match=r"book.txt: a link to .*moved.txt, which is "
+                                                 r"not there"):
+    run([str(tmp_path / "book.txt")], tmp_path / "out")
 
 
 # Output directories: nothing overwritten, nothing half-done that looks complete.

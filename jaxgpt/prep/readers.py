@@ -264,8 +264,10 @@ def input_files(patterns: list[str]) -> dict[str, str]:
       matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
       if not matched:
         folder = f"a folder: give a glob, e.g. --input='{os.path.join(pattern, '*.txt')}'"
-        raise PrepareError(f"--input={pattern}: " + (folder if os.path.isdir(pattern) else
-                                                     "no files match"))
+        raise PrepareError(f"--input={pattern}: " + (
+            folder if os.path.isdir(pattern) else
+            f"a link to {os.readlink(pattern)}, which is not there" if os.path.islink(pattern)
+            else "no files match"))
       folders = pattern.split(os.sep)[:-1]
       fixed = os.sep.join(itertools.takewhile(lambda part: not glob.has_magic(part), folders))
     for path in matched:
