@@ -284,8 +284,9 @@ def free_port() -> int:
       ephemeral_low = int(f.read().split()[0])
   except (OSError, ValueError, IndexError):
     ephemeral_low = 32768  # Linux's default
+  low = 10000 if ephemeral_low > 10000 else 1024  # past the well-known services where it can
   rng = np.random.default_rng()  # not the tests' seeded streams: two workers, two ports
-  for port in rng.integers(10000, max(ephemeral_low, 10001), size=50):
+  for port in rng.integers(low, max(ephemeral_low, low + 1), size=50):
     with socket.socket() as s:
       try:
         s.bind(("localhost", int(port)))
