@@ -16,7 +16,7 @@ import time
 import tqdm
 from absl import flags
 
-from jaxgpt import cli, defaults, formatting
+from jaxgpt import cli, defaults, formatting, tokenizer
 from jaxgpt.errors import UserError
 from jaxgpt.evals import tasks
 from jaxgpt.inference import scoring
@@ -47,9 +47,11 @@ def main() -> None:
     if f[flag].present and f[flag].value and not used:  # meant for a task not asked for
       raise UserError(f"--{flag} is for --task={task}, which --task={f.task!r} does not name")
   weights.refuse_unread_out_dir()
-  if "hellaswag" in names:  # a mistyped weights flag, said before HellaSwag's file is downloaded
-    weights.check_choice(f.init_from, out_dir=f.out_dir, step=f.step,
-                         hf_checkpoint_dir=f.hf_checkpoint_dir)
+  if "hellaswag" in names:  # a mistyped weights flag, or weights of other tokens (a character-
+    # level run's), said before HellaSwag's file is downloaded
+    vocab_size = weights.check_choice(f.init_from, out_dir=f.out_dir, step=f.step,
+                                      hf_checkpoint_dir=f.hf_checkpoint_dir)
+    tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
   tasks.check_files(f.task, f.hellaswag_file, f.limit)  # before the weights: GPT-2's is a download
   config, model, params, source = weights.from_flags()
   scorer = scoring.Scorer(model, rows_per_batch=f.batch_rows)

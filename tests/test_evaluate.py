@@ -352,6 +352,31 @@ def test_a_cache_path_that_is_not_a_file_is_refused_before_a_download(tmp_path, 
   assert os.listdir(os.path.dirname(hellaswag.CACHE_PATH)) == ["hellaswag_val.jsonl"]
 
 
+# evaluate's CLI, HellaSwag's download replaced by an exit that says it ran.
+NO_DOWNLOAD = """
+import os, sys
+from jaxgpt import cli, evaluate
+from jaxgpt.evals import hellaswag
+hellaswag.CACHE_PATH = os.environ["CACHE_PATH"]  # none there: a download would be its next step
+hellaswag.download = lambda url, path: sys.exit(f"downloaded {url}")
+evaluate._define_flags()
+sys.argv[0] = "evaluate"
+cli.run(evaluate.main, beside_training=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_vocabulary_other_than_gpt2_s_is_refused_before_hellaswag_s_download(tmp_path,
+                                                                               token_dir):
+  """A character-level run cannot read HellaSwag's GPT-2 tokens: said before the download."""
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)  # vocab_size 96
+  launch.run(config)
+  r = run_python("-c", NO_DOWNLOAD, f"--out_dir={config.out_dir}", "--task=hellaswag",
+                 CACHE_PATH=str(tmp_path / "cache" / "hellaswag_val.jsonl"))
+  assert r.returncode == 1 and "downloaded" not in r.stderr, r.stderr[-2000:]
+  assert "error: the model's vocab_size=96 cannot hold GPT-2's 50257 tokens" in r.stderr
+
+
 @pytest.mark.slow
 def test_the_loop_scores_eval_tasks_and_records_them(tmp_path, token_dir):
   hs = write_hellaswag(tmp_path / "hs.jsonl", 6)

@@ -239,3 +239,10 @@ def test_evaluate_cli_reads_a_nanogpt_checkpoint(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert "ckpt.pt (nanoGPT iter 250)" in r.stderr
   assert "hellaswag: acc " in r.stdout and "over 4 examples" in r.stdout
+
+
+def test_the_weights_vocabulary_is_known_before_they_are_read(tmp_path):
+  """evaluate refuses a character-level ckpt.pt for HellaSwag before HellaSwag's download."""
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
+  assert weights.check_choice(f"nanogpt:{tmp_path}", out_dir="") == TINY_VOCAB
+  assert weights.check_choice("gpt2", out_dir="") == 50257

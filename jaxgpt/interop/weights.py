@@ -157,18 +157,23 @@ def _refuse_unread_flags(init_from: str, step: int | None, hf_checkpoint_dir: st
 
 
 def check_choice(init_from: str, *, out_dir: str, step: int | None = None,
-                 hf_checkpoint_dir: str = "") -> None:
+                 hf_checkpoint_dir: str = "") -> int:
   """What `load` would refuse of the weights it is asked for, said without reading them (nor
-  downloading GPT-2's): a command says a mistyped flag before its own slow start (a download)."""
+  downloading GPT-2's): a command says a mistyped flag before its own slow start (a download).
+  Returns their vocab_size, which a task in GPT-2's tokens needs before its download too."""
   _refuse_unread_flags(init_from, step, hf_checkpoint_dir)
   if init_from == "resume":
-    run_steps(out_dir, step)
-  elif init_from.startswith(defaults.NANOGPT) and init_from != defaults.NANOGPT:
-    nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))  # a zip's tensors unread
-  elif init_from not in defaults.GPT2_MODELS:
+    steps = run_steps(out_dir, step)
+    saved = run_dir.RunDir(out_dir).saved_config(steps if step is None else [step])
+    return saved.get("vocab_size", defaults.get_config().vocab_size)  # as `from_run` reads it
+  if init_from.startswith(defaults.NANOGPT) and init_from != defaults.NANOGPT:
+    arch = nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))  # a zip's tensors unread
+    return arch["vocab_size"]
+  if init_from not in defaults.GPT2_MODELS:
     pretrained(init_from)  # refuses it by name, as `load` would
-  elif hf_checkpoint_dir:  # its config.json alone is read
+  if hf_checkpoint_dir:  # its config.json alone is read
     gpt2.checkpoint_dir(init_from, hf_checkpoint_dir)
+  return defaults.GPT2_VOCAB
 
 
 def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
