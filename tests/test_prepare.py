@@ -435,6 +435,18 @@ def test_max_tokens_stops_after_the_document_that_reaches_it(tmp_path):
     run([str(tmp_path / "a.parquet")], tmp_path / "one", max_tokens=1)
 
 
+def test_the_summary_under_max_tokens_counts_the_text_written(tmp_path, capsys):
+  """Not the rest of the batch the cut fell in (here the whole corpus, 0.27 MB)."""
+  write_parquet(tmp_path / "a.parquet", TEXTS)
+  meta = run([str(tmp_path / "a.parquet")], tmp_path / "out", max_tokens=20000,
+             val_fraction=0.5, progress=True)
+  n_docs = sum(s["documents"] for s in meta["splits"].values())
+  n_tokens = sum(s["tokens"] for s in meta["splits"].values())
+  text_mb = sum(len(t.encode("utf-8")) for t in TEXTS[:n_docs]) / 1e6
+  assert (f"{n_docs:,} documents, {text_mb:,.1f} MB of text, {n_tokens:,} tokens in "
+          in capsys.readouterr().out)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_bad_file_that_max_tokens_never_reaches_fails_no_run(tmp_path, workers):
   """Reading runs ahead of tokenizing (here, both files are one batch): a file past the cut

@@ -404,7 +404,7 @@ def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], sources: li
     for batch, flat, lengths, text_bytes in results:
       ends = np.cumsum(lengths).tolist()
       documents, tokens, done = 0, 0, False
-      for piece, start, end in zip(batch, [0] + ends[:-1], ends):
+      for i, (piece, start, end) in enumerate(zip(batch, [0] + ends[:-1], ends)):
         if split is None:
           capped = val_tokens and writers["val"].tokens >= val_tokens
           split = "val" if not capped and is_val(piece.doc_id, val_fraction) else "train"
@@ -416,7 +416,8 @@ def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], sources: li
           documents += 1
           split = None
           done = max_tokens > 0 and sum(w.tokens for w in writers.values()) >= max_tokens
-          if done:
+          if done:  # the summary counts the text written, not the rest of the batch
+            text_bytes = sum(len(p.text.encode("utf-8")) for p in batch[:i + 1])
             break
       bar.update(documents, tokens, text_bytes, sum(p.nbytes for p in batch))
       if done:
