@@ -579,6 +579,28 @@ def test_a_staging_folder_holding_a_users_files_is_not_removed(tmp_path):
   assert (tmp_path / "mine" / shards.STAGING).read_text() == "precious"
 
 
+def test_a_lock_file_of_the_users_is_refused_not_overwritten(tmp_path):
+  """Where the lock goes, a file of the user's (or a link, whose file would be emptied) stays
+  as it was; an earlier prepare's lock, its pid inside, is taken again."""
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / shards.LOCK_FILE).write_text("my notes")
+  with pytest.raises(readers.PrepareError, match=r"^\S+mine/\.prepare\.lock: a file of its own "
+                                                 r"\(it reads b'my notes'\), where prepare"):
+    run([str(path)], tmp_path / "mine")
+  assert os.listdir(tmp_path / "mine") == [shards.LOCK_FILE]
+  assert (tmp_path / "mine" / shards.LOCK_FILE).read_text() == "my notes"
+  (tmp_path / "linked").mkdir()
+  (tmp_path / "linked" / shards.LOCK_FILE).symlink_to(tmp_path / "a.parquet")
+  with pytest.raises(readers.PrepareError, match=r"linked/\.prepare\.lock: a link of its own"):
+    run([str(path)], tmp_path / "linked")
+  assert pq.read_table(path).num_rows == len(TEXTS)
+  (tmp_path / "earlier").mkdir()
+  (tmp_path / "earlier" / shards.LOCK_FILE).write_text("12345\n")
+  run([str(path)], tmp_path / "earlier")
+  assert (tmp_path / "earlier" / shards.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
 def test_no_matching_files_names_the_glob(tmp_path):
   with pytest.raises(readers.PrepareError, match=r"--input=.*nothing/\*.txt: no files match"):
     run([str(tmp_path / "nothing" / "*.txt")], tmp_path / "out")

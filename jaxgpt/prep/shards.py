@@ -324,16 +324,24 @@ def _locked_fd(out_dir: str, wait: bool) -> int:
   where it fails, and a process that waited on that file would hold a lock on nothing.
   """
   path = os.path.join(out_dir, LOCK_FILE)
+  where = "where prepare keeps its lock; move it, or make the data in another folder"
   while True:
     try:
       os.makedirs(out_dir, exist_ok=True)
-      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      # Not through a link: the file it names would be emptied.
+      fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
+      if os.path.islink(path) or os.path.isdir(path):
+        what = "a link" if os.path.islink(path) else "a folder"
+        raise PrepareError(f"{path}: {what} of its own, {where}") from None
       why = errors.folder_problem(out_dir, e)
       raise PrepareError(f"{out_dir}: cannot write there ({why})") from None
     try:
       _flock(fd, out_dir, wait)
       if errors.same_file(fd, path):
+        previous = os.pread(fd, 64, 0)
+        if not re.fullmatch(rb"(\d+\n)?", previous):  # no pid a prepare wrote: the user's
+          raise PrepareError(f"{path}: a file of its own (it reads {previous[:40]!r}), {where}")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
