@@ -90,6 +90,17 @@ def test_a_closing_sample_the_model_cannot_write_is_refused_before_training(tmp_
   assert not (tmp_path / "run").exists()
 
 
+def test_eval_tasks_the_model_cannot_read_are_refused_before_their_files(tmp_path):
+  """A character-level model's HellaSwag: refused before its file is downloaded."""
+  r = launch("--config=configs/quickstart.py", "--config.vocab_size=96",
+             "--config.sample_tokens=0", "--config.eval_tasks=hellaswag",
+             f"--config.hellaswag_file={tmp_path / 'not_here.jsonl'}",
+             f"--config.out_dir={tmp_path / 'run'}")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+      "error: the model's vocab_size=96 cannot hold GPT-2's 50257 tokens, which every task's "
+      "text is written in: it was trained on other tokens (a character-level nanoGPT run, say)")
+
+
 def test_a_closing_sample_too_long_to_write_is_refused_before_training(tmp_path):
   r = launch("--config=configs/quickstart.py", "--config.sample_tokens=3000000000",
              f"--config.data_dir={tmp_path / 'none'}", f"--config.out_dir={tmp_path / 'run'}")
