@@ -1,9 +1,10 @@
 """The accelerators jaxgpt knows by name: peak bf16 FLOP/s (for MFU) and memory, one entry each.
 
 A device matches the first entry whose name is a case-insensitive word of its
-`jax.Device.device_kind`, with a space, '-' and '_' alike ("H100" of "NVIDIA H100 80GB HBM3",
-not of "GH200"; "A10" not of "A100X"), so a longer name comes before its prefix ("H100 PCIe"
-before "H100"); an entry without figures keeps a name from matching a wrong entry further down.
+`jax.Device.device_kind`, with a space, '-', '_' or nothing between its words alike ("H100" of
+"NVIDIA H100 80GB HBM3", not of "GH200"; "A10" not of "A100X"; "RTX 4090" of "RTX4090"), so a
+longer name comes before its prefix ("H100 PCIe" before "H100"); an entry without figures keeps
+a name from matching a wrong entry further down.
 
 Peak: dense bf16 tensor FLOP/s with FP32 accumulation, what XLA's bf16 matmuls use (GeForce
 cards run it at half their FP16-accumulate rate): datasheets' sparse figures halved, GeForce
@@ -115,7 +116,7 @@ def card(device_kind: str) -> Card | None:
 
 
 def _words(name: str) -> str:
-  separated = "[-_ ]+".join(re.escape(word) for word in re.split(r"[-_ ]+", name))
+  separated = "[-_ ]*".join(re.escape(word) for word in re.split(r"[-_ ]+", name))
   return rf"(?<![a-z0-9]){separated}(?![a-z0-9])"
 
 

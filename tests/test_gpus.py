@@ -107,6 +107,16 @@ def test_a_40gb_a100_as_a_user_spells_it_is_never_the_80gb_one(name):
   assert targets.card(name).memory_gib == 40
 
 
+def test_a_card_named_without_its_spaces_is_that_card():
+  """plan --device=RTX4090 was not a card jaxgpt knows, though 'RTX 4090' was."""
+  for card in gpus.CARDS:
+    assert gpus.card(card.name.replace(" ", "")) is card, card.name
+  assert targets.card("RTX4090").name == "RTX 4090"
+  assert targets.card("rtx4090d").name == "RTX 4090 D"
+  assert [targets.card(n).name for n in ("A10", "A10G", "A100")] == [
+      "NVIDIA A10", "NVIDIA A10G", "A100"]
+
+
 def test_flops_per_token_is_nanogpts():
   c = recipe("fineweb_40m")
   n = 40_560_000
