@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import sys
 import types
 
 import jax
@@ -111,6 +112,46 @@ def test_a_run_from_gpt2s_weights_is_planned_with_their_architecture():
   r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--max_iters=10",
                  "--tokens_per_sec=1000", "--config.init_from=gpt2")
   assert r.returncode == 0 and "warning" not in r.stdout, r.stdout
+
+def test_a_run_from_a_nanogpt_checkpoint_is_planned_with_its_architecture(tmp_path):
+  """launch.py takes a ckpt.pt's model_args: plan counted the recipe's 7.23M instead."""
+  torch = pytest.importorskip("torch")
+  args = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128, "bias": True,
+          "vocab_size": 50304, "dropout": 0.0}
+  torch.save({"model": {}, "model_args": args}, str(tmp_path / "ckpt.pt"))
+  r = run_python("-m", "jaxgpt.plan", "--config=configs/quickstart.py", "--max_iters=10",
+                 "--tokens_per_sec=1000", f"--config.init_from=nanogpt:{tmp_path}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert lines[0] == (f"plan: init_from=nanogpt:{tmp_path}: the architecture of its weights, as "
+                      "the run takes it: n_layer=2, n_head=2, n_embd=64, bias=True (the config "
+                      "had 4, 4, 128, False)")
+  assert lines[1].startswith("configs/quickstart.py: 3.32M parameters")
+
+
+def test_a_plan_from_weights_refuses_what_launch_refuses_and_reads_a_local_gpt2(tmp_path,
+                                                                                 monkeypatch,
+                                                                                 capsys):
+  from jaxgpt.plan import __main__ as plan_cli
+  with pytest.raises(UserError, match="exceeds the 1024 positions of gpt2"):
+    plan_cli._weights_architecture("gpt2", "", GPTConfig(block_size=2048))
+  with pytest.raises(UserError, match="loads GPT-2-architecture weights; this config has "
+                     "pos_emb=rope"):
+    plan_cli._weights_architecture("gpt2", "", GPTConfig(pos_emb="rope"))
+  # A local checkpoint's own config.json, not the size's usual one: a vocabulary grown, say.
+  hf = {"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 512,
+        "vocab_size": 50400, "tie_word_embeddings": False}
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  arch = plan_cli._weights_architecture("gpt2", str(tmp_path), GPTConfig(block_size=256))
+  assert (arch["vocab_size"], arch["tie_embeddings"], "block_size" in arch) == (50400, False,
+                                                                                False)
+  with pytest.raises(UserError, match="exceeds the 512 positions"):
+    plan_cli._weights_architecture("gpt2", str(tmp_path), GPTConfig(block_size=1024))
+  # Without torch a ckpt.pt is not read: the plan says it is of the config's architecture.
+  monkeypatch.setitem(sys.modules, "torch", None)
+  assert plan_cli._weights_architecture("nanogpt:ckpt.pt", "", GPTConfig()) == {}
+  assert "needs PyTorch" in capsys.readouterr().out
+
 
 def test_stated_sizes():
   assert summary.stated_sizes("gpt2_124m") == [("124m", 124e6)]

@@ -179,10 +179,10 @@ def _tied(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
 
 
 def named_architecture(init_from: str) -> dict[str, Any]:
-  """The architecture keys a run from OpenAI's weights of size `init_from` takes from them
-  (`read_config` of their config.json), known from the name: every size's heads are 64 wide."""
+  """The architecture keys of OpenAI's weights of size `init_from` (`read_config` of their
+  config.json), known from the name: every size's heads are 64 wide, its positions 1024."""
   n_layer, n_embd = SIZES[init_from]
-  return {"n_layer": n_layer, "n_head": n_embd // 64, "n_embd": n_embd,
+  return {"n_layer": n_layer, "n_head": n_embd // 64, "n_embd": n_embd, "block_size": 1024,
           "vocab_size": tokenizer.N_VOCAB, "bias": True, "gelu_approximate": True,
           "tie_embeddings": True}
 

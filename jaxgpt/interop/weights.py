@@ -192,20 +192,43 @@ def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint
   return config, params, source
 
 
+def refuse_departures(init_from: str, cfg: GPTConfig) -> None:
+  """A config of the modern keys is refused weights: theirs are GPT-2's architecture."""
+  departures = gpt2.differences(cfg)
+  if departures:
+    raise UserError(f"config.init_from={init_from!r} loads GPT-2-architecture weights; "
+                    f"this config has {', '.join(departures)}")
+
+
+def _refuse_positions(block_size: int, n_positions: int, source: str) -> None:
+  if block_size > n_positions:
+    raise UserError(f"config.block_size={block_size} exceeds the {n_positions} "
+                    f"positions of {source}: set --config.block_size={n_positions} (or less)")
+
+
+def architecture(init_from: str, hf_checkpoint_dir: str, block_size: int) -> dict[str, Any]:
+  """The architecture keys but block_size (the run's own) that `for_training` gives a run from
+  init_from's weights, read without them (for a plan): GPT-2's from its name or
+  hf_checkpoint_dir's config.json, a ckpt.pt's model_args; a block_size past them refused."""
+  if init_from in defaults.GPT2_MODELS:
+    arch = (gpt2.read_config(gpt2.checkpoint_dir(init_from, hf_checkpoint_dir))
+            if hf_checkpoint_dir else gpt2.named_architecture(init_from))
+  else:
+    arch = nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))
+  arch = dict(arch)
+  _refuse_positions(block_size, arch.pop("block_size"), init_from)
+  return arch
+
+
 def for_training(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
   """The config with the weights' architecture (as nanoGPT, each change logged), and the
   weights, for init_from=gpt2*|nanogpt:; training goes on from them with a fresh optimizer and
-  schedule. A config of the modern keys is refused: the weights are GPT-2's."""
-  departures = gpt2.differences(GPTConfig.from_config(config))
-  if departures:
-    raise UserError(f"config.init_from={config.init_from!r} loads GPT-2-architecture weights; "
-                    f"this config has {', '.join(departures)}")
+  schedule."""
+  refuse_departures(config.init_from, GPTConfig.from_config(config))
   arch, params, source = pretrained(config.init_from, config.hf_checkpoint_dir)
   arch = dict(arch)
   n_positions = arch.pop("block_size")
-  if config.block_size > n_positions:
-    raise UserError(f"config.block_size={config.block_size} exceeds the {n_positions} "
-                    f"positions of {source}: set --config.block_size={n_positions} (or less)")
+  _refuse_positions(config.block_size, n_positions, source)
   logging.info("init_from=%s: weights of %s", config.init_from, source)
   if config.block_size < n_positions:
     params["wpe"]["embedding"] = params["wpe"]["embedding"][:config.block_size]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -26,7 +27,7 @@ from ml_collections import config_flags
 
 from jaxgpt import cli, data, defaults, formatting, model, report, run_dir, summary, train_step
 from jaxgpt.errors import UserError
-from jaxgpt.interop import gpt2
+from jaxgpt.interop import weights
 from jaxgpt.plan import iters, memory, targets
 
 # What sets one device's speed: a rate measured with other values is not this run's.
@@ -183,6 +184,21 @@ def _train_tokens(f: flags.FlagValues, data_dir: str, block_size: int
   return train_tokens, None
 
 
+def _weights_architecture(init_from: str, hf_checkpoint_dir: str, cfg: model.GPTConfig
+                          ) -> dict[str, Any]:
+  """The architecture a run from GPT-2's or a nanoGPT run's weights takes from them (launch.py's
+  `weights.for_training`), so the plan is of that model; what launch.py refuses, refused."""
+  if init_from in ("scratch", "resume"):
+    return {}
+  weights.refuse_departures(init_from, cfg)
+  if init_from.startswith(defaults.NANOGPT) and importlib.util.find_spec("torch") is None:
+    print(f"plan: init_from={init_from}: its architecture is not read here (a ckpt.pt needs "
+          "PyTorch: pip install torch); this plan is of the config's, which the run replaces "
+          "with the checkpoint's")
+    return {}
+  return weights.architecture(init_from, hf_checkpoint_dir, cfg.block_size)
+
+
 def main() -> None:
   jax.config.update("jax_platforms", "cpu")  # compiles for a GPU happen without one
   f = flags.FLAGS
@@ -193,10 +209,9 @@ def main() -> None:
       f.peak_flops or config.peak_flops or f.memory_gib):  # a typo, whatever gives the rate
     raise UserError(f"--device={f.device!r}: not a card jaxgpt knows (jaxgpt/gpus.py); for "
                     "another, give its --peak_flops and --memory_gib")
-  # init_from=gpt2*: the run takes its architecture from the weights, so the plan does too.
-  weights = (gpt2.named_architecture(config.init_from)
-             if config.init_from in defaults.GPT2_MODELS else {})
-  changed = {k: v for k, v in weights.items() if config[k] != v}
+  arch = _weights_architecture(config.init_from, config.hf_checkpoint_dir,
+                               model.GPTConfig.from_config(config))
+  changed = {k: v for k, v in arch.items() if config[k] != v}
   if changed:
     print(f"plan: init_from={config.init_from}: the architecture of its weights, as the run "
           f"takes it: {', '.join(f'{k}={v}' for k, v in changed.items())} (the config had "
