@@ -46,9 +46,16 @@ NANOGPT_ONLY = {
 
 
 class _PathParser(flags.ArgumentParser):
-  """A path, `~` expanded: the shell leaves `--out=~/x` as it is."""
+  """A path, `~` expanded: the shell leaves `--out=~/x` as it is. An empty one is refused
+  unless '' is the flag's default (GPT-2's or HellaSwag's download): it was taken as the
+  working directory, or as the flag not given."""
+
+  def __init__(self, empty_ok: bool = False) -> None:
+    self.empty_ok = empty_ok
 
   def parse(self, argument: str) -> str:
+    if not (argument.strip() or self.empty_ok):
+      raise ValueError("names no file or folder")
     return os.path.expanduser(argument)
 
   def flag_type(self) -> str:
@@ -57,10 +64,11 @@ class _PathParser(flags.ArgumentParser):
 
 def define_path(name: str, default: str | None, help_text: str, *, multi: bool = False) -> None:
   """A string flag naming a file or directory; repeatable with `multi`."""
+  parser = _PathParser(empty_ok=default == "")
   if multi:
-    flags.DEFINE_multi(_PathParser(), flags.ArgumentSerializer(), name, default, help_text)
+    flags.DEFINE_multi(parser, flags.ArgumentSerializer(), name, default, help_text)
   else:
-    flags.DEFINE(_PathParser(), name, default, help_text)
+    flags.DEFINE(parser, name, default, help_text)
 
 
 class _Terminated(KeyboardInterrupt):

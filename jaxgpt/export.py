@@ -10,7 +10,6 @@ from __future__ import annotations
 from absl import flags
 
 from jaxgpt import cli, model, run_dir
-from jaxgpt.errors import UserError
 from jaxgpt.interop import gpt2, weights
 from jaxgpt.model import GPTConfig
 
@@ -24,8 +23,6 @@ def _define_flags() -> None:
 
 def main() -> None:
   f = flags.FLAGS
-  if not f.out:
-    raise UserError("--out is empty: name a new directory")
   gpt2.check_new_dir(f.out)  # before a large checkpoint is read
   weights.check_run_path(f.out_dir)  # not the working directory's config.json
   # Before a large train state is read: config.json has every checkpoint's architecture

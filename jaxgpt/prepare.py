@@ -82,8 +82,6 @@ def main(source: str) -> None:
 def _prepare(source: str) -> None:
   f = flags.FLAGS
   out = f.out
-  if not out.strip():
-    raise UserError("--out is empty: give the directory to write the token shards into")
   for other, names in SOURCE_FLAGS.items():
     for flag_name in names:
       if other != source and f[flag_name].present:

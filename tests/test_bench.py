@@ -367,7 +367,7 @@ def test_cli_modes_are_exclusive():
 
 @pytest.mark.parametrize("flag,error", [
     ("--variants=nanogpt,bogus", "error: unknown variant(s) bogus"),
-    ("--compare_data=", "error: --compare_data is empty"),
+    ("--compare_data=", "error: --compare_data=: names no file or folder"),
     ("--compare_data=nosuchdataset", (
         "error: --compare_data=nosuchdataset: no token shards in data/nosuchdataset (make them "
         "with python -m jaxgpt.prepare files --input='PATH/*.parquet' --out=data/nosuchdataset), "

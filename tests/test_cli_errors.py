@@ -178,7 +178,7 @@ CASES = {
                                                 ("error: Found --config.max_iters=2 in argv "
                                                  "before a value for --config was specified")),
     "bench an empty --out": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py", "--out="],
-                             "error: --out: empty; name where to write, or drop it"),
+                             "error: --out=: names no file or folder"),
     "bench nan peak": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
                         "--peak_flops=nan"], "error: --peak_flops=nan: must be a finite number"),
     "bench a peak in TFLOP/s": (["-m", "jaxgpt.bench", "--config=configs/quickstart.py",
@@ -252,11 +252,19 @@ USAGE = {
                                                ("error: hf_checkpoint_dir='{tmp}/nohf' is not "
                                                 "a directory")),  # download
     "export": (["-m", "jaxgpt.export"], "error: --out is required"),
-    "export empty": (["-m", "jaxgpt.export", "--out="], "error: --out is empty"),
+    "export empty": (["-m", "jaxgpt.export", "--out="], "error: --out=: names no file or folder"),
     "export stray": (["-m", "jaxgpt.export", "--out=x", "y"], "error: unexpected argument(s): y"),
     "report": (["-m", "jaxgpt.report"], "error: --out_dir is required"),
     "report stray": (["-m", "jaxgpt.report", "--out_dir=x", "y"],
                      "error: unexpected argument(s): y"),
+    # An empty path flag was the working directory (report read and wrote report.png there) or
+    # not given at all (report's --out: the run's report.png written over).
+    "report an empty out_dir": (["-m", "jaxgpt.report", "--out_dir="],
+                                "error: --out_dir=: names no file or folder"),
+    "report an empty out": (["-m", "jaxgpt.report", "--out_dir={out_dir}", "--out="],
+                            "error: --out=: names no file or folder"),
+    "sample an empty out_dir": (["-m", "jaxgpt.sample", "--out_dir= "],
+                                "error: --out_dir= : names no file or folder"),
     "plan": (["-m", "jaxgpt.plan"], "error: --config is required"),
     "plan stray": (["-m", "jaxgpt.plan", "--config=configs/quickstart.py", "y"],
                    "error: unexpected argument(s): y"),

@@ -1032,7 +1032,7 @@ def test_command_line(tmp_path):
   assert not (tmp_path / "pd").exists()
   r = prepare_cli("files", f"--input={tmp_path / 'book.txt'}", "--out=")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-      "error: --out is empty: give the directory to write the token shards into")
+      "error: --out=: names no file or folder")
   r = prepare_cli()  # asked for --out before saying what to prepare
   assert r.returncode == 1 and r.stderr.strip().splitlines() == [
       "error: name one of fineweb, files, python_docs"]

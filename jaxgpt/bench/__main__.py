@@ -327,9 +327,6 @@ def _print_compare_recipes(f: flags.FlagValues) -> None:
   if not all(math.isfinite(s) and s > 0 for s in lr_scales):
     raise UserError(f"--lr_scales={','.join(f.lr_scales)}: each must be a positive number")
   recipes.check_names(names)
-  if not f.compare_data:
-    raise UserError("--compare_data is empty: give a dataset's name (python_docs) or a "
-                    "directory of token shards")
   base = recipes.base_config(f.compare_data, out, f.compare_iters)
   made = not os.path.exists(out)
   _out_dir(out)  # a file there is said before any trains
@@ -356,9 +353,6 @@ def main() -> None:
     what = f"--{mode}" if mode else "the default mode (the train step's speed)"
     raise UserError(f"{', '.join(unread)}: not read by {what}; drop "
                     f"{'it' if len(unread) == 1 else 'them'}")
-  empty = [f"--{name}" for name in ("out", "profile") if f[name].present and not f[name].value]
-  if empty:  # read as not given: a mode's default place, or nothing written
-    raise UserError(f"{', '.join(empty)}: empty; name where to write, or drop it")
   if f["torch_compile"].present and not f.peer:
     raise UserError("--torch_compile is read with --peer=torch alone: add it, or drop "
                     "--torch_compile")
