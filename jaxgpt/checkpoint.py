@@ -76,8 +76,10 @@ def read_meta(directory: str, step: int) -> dict[str, Any]:
 class Checkpoints:
   """Saves and restores the step checkpoints in one directory (`RunDir` says which)."""
 
-  def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
+  def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False,
+               auto_resume: bool = False):
     self._best = _KeepStep()
+    self._auto_resume = auto_resume  # its command resumes the run: `where_to_go_on` says so
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=True,
         # A step's folders made before `save` returns: made in the background, a folder that
@@ -177,8 +179,9 @@ class Checkpoints:
     if not good:
       return (f"no checkpoint was saved before it, and {space}. {fix} and run the same "
               "command again: it starts over.")
+    how = "run the same command again" if self._auto_resume else "add --config.init_from=resume"
     return (f"the last good checkpoint is step {good[-1]} in {self.directory}, and {space}. "
-            f"{fix} and add --config.init_from=resume to continue.")
+            f"{fix} and {how} to continue.")
 
   def restore(self, step: int, abstract_state: Any, meta: dict[str, Any]) -> Any:
     """One step's state, placed per the shardings in `abstract_state` and checked against the

@@ -227,11 +227,11 @@ class RunDir:
   def checkpoints(self, *, keep: int = 3, read_only: bool = False) -> checkpoint.Checkpoints:
     return checkpoint.Checkpoints(self.checkpoints_dir, keep=keep, read_only=read_only)
 
-  def checkpoints_for(self, *, resume: bool, keep: int, saves: bool = True
+  def checkpoints_for(self, *, resume: bool, keep: int, saves: bool, auto_resume: bool
                       ) -> checkpoint.Checkpoints:
     """The run's checkpoints, refusing what `check_start` refuses."""
     self.check_start(resume=resume, saves=saves)
-    return self.checkpoints(keep=keep)
+    return checkpoint.Checkpoints(self.checkpoints_dir, keep=keep, auto_resume=auto_resume)
 
   def finished_steps(self) -> list[int]:
     """The steps of the checkpoints saved whole, from the folder names alone: without a

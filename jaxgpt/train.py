@@ -442,7 +442,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
            ) -> dict[str, float]:
   loop_config = defaults.view(LoopConfig, config)
   checkpoints = rundir.checkpoints_for(resume=loop_config.resumed, keep=config.keep_checkpoints,
-                                       saves=not config.eval_only)
+                                       saves=not config.eval_only, auto_resume=config.auto_resume)
   step_config = train_step.StepConfig.from_config(config)
   layout = step_config.layout(sharding.make_mesh())
   data_dir = data.resolve_data_dir(config.dataset, config.data_dir)

@@ -47,6 +47,7 @@ from jaxgpt import (
   resume,
   run_dir,
   sharding,
+  sinks,
   token_files,
   train,
 )
@@ -519,6 +520,23 @@ def test_a_failed_save_names_the_last_good_checkpoint(tmp_path, token_dir):
   assert f"the last good checkpoint is step 3 in {ckpts.directory}, and " in str(error)
   assert str(error).endswith("add --config.init_from=resume to continue.")
   assert not os.path.exists(partial)
+
+
+def test_a_failed_write_under_auto_resume_says_to_run_the_same_command(tmp_path, token_dir,
+                                                                      monkeypatch):
+  """...as its stops say: it said to add --config.init_from=resume."""
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, auto_resume=True)
+  real_write = sinks.MetricsWriter.write
+
+  def write(writer, record):
+    if record["iter"] >= 4:
+      raise OSError(28, "No space left on device")
+    real_write(writer, record)
+
+  monkeypatch.setattr(sinks.MetricsWriter, "write", write)
+  with pytest.raises(checkpoint.SaveError, match="the last good checkpoint is step 3") as e:
+    train.train(config)
+  assert str(e.value).endswith("run the same command again to continue.")
 
 
 def test_auto_resume_reruns_the_same_command_as_a_run_never_stopped(tmp_path, token_dir,
