@@ -453,16 +453,16 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   start, train_iter = _start(config, setup, shardings, checkpoints, layout, sources["train"],
                              params)
   resumed_at = start.iter if loop_config.resumed else None
-  # An eval_only resume, or one with nothing to train, leaves the run as it was (losses: the log).
-  finished = False
   if loop_config.resumed and not config.eval_only and start.iter >= config.max_iters:
     logging.warning("the checkpoint is at iteration %d and max_iters=%d: nothing to train%s",
                     start.iter, config.max_iters, "" if start.iter == config.max_iters else
                     "; raise --config.max_iters to train on")
-    finished = start.iter > config.max_iters or start.evaluated
-  accepted = loop_config.writes and not finished
+    if start.iter > config.max_iters or start.evaluated:  # the run as it was; no plan to log
+      train_iter.close()
+      checkpoints.close()
+      return {}
   try:
-    skipped = int(start.state.nonfinite) if loop_config.resumed and accepted else 0
+    skipped = int(start.state.nonfinite) if loop_config.resumed and loop_config.writes else 0
     if skipped > config.skip_nonfinite:
       raise train_step.NonFiniteError(
           f"checkpoint {start.iter} has skipped {skipped} non-finite iteration(s), more than "
@@ -474,7 +474,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     trains = not config.eval_only and start.iter < config.max_iters
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
     signals.end_a_start_up_stopped()  # before the run directory changes
-    run_sinks = _accept(config, rundir, checkpoints, start, accepted, resumed_at)
+    run_sinks = _accept(config, rundir, checkpoints, start, loop_config.writes, resumed_at)
   except BaseException:
     train_iter.close()  # and its worker processes
     raise
@@ -490,10 +490,10 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
     loop.close(failed=True)
     raise
   loop.close()
-  if hooks.at_end is not None and trained and not finished:
+  if hooks.at_end is not None and trained:
     _end(hooks.at_end, loop.state.params, signals, loop.losses["val"])
-  if jax.process_index() == 0:  # an accepted run moved the unreadable steps aside
-    _log_whats_next(config.out_dir, checkpoints, () if accepted else start.unreadable,
+  if jax.process_index() == 0:  # a run that writes moved the unreadable steps aside
+    _log_whats_next(config.out_dir, checkpoints, () if loop_config.writes else start.unreadable,
                     config.sample_start, config.block_size, config.vocab_size)
   return loop.losses
 

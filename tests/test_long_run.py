@@ -581,19 +581,24 @@ def test_sampling_passes_over_an_unreadable_newest_checkpoint(tmp_path, token_di
 
 @pytest.mark.slow
 def test_a_resume_past_max_iters_says_there_is_nothing_to_train(tmp_path, token_dir, caplog):
-  """... and leaves the run as it was: its config.json (which report reads the schedule
-  from) and metrics; no closing sample."""
+  """... and that alone, not the launch plan's warnings for a run it does not train; it leaves
+  the run as it was: its config.json (which report reads the schedule from) and metrics; no
+  closing sample."""
   train.train(tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10))
   run = tmp_path / "run"
   before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
   listed = sorted(os.listdir(run))
   ended = []
+  caplog.clear()
   for max_iters in (10, 20):
     with caplog.at_level("WARNING", logger="absl"):
-      train.train(tiny_config(tmp_path, token_dir, max_iters=max_iters, init_from="resume",
-                              **EVERY_10), hooks=train.Hooks(at_end=ended.append))
+      losses = train.train(tiny_config(tmp_path, token_dir, max_iters=max_iters,
+                                       init_from="resume", **EVERY_10),
+                           hooks=train.Hooks(at_end=ended.append))
+    assert losses == {}
   assert "the checkpoint is at iteration 20 and max_iters=10: nothing to train; raise " \
          "--config.max_iters" in caplog.text
+  assert "plan:" not in caplog.text  # lr_decay_iters=40 differs from max_iters, say
   assert {name: (run / name).read_bytes() for name in before} == before
   assert sorted(os.listdir(run)) == listed and ended == []
 
