@@ -65,16 +65,17 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   never makes a resume fall back.
   """
   now = position_basis(layout, config.data_workers)
-  reached = lambda meta, why: _reached(meta["tokens"], config.block_size, why)
+  speaks = jax.process_index() == 0  # what every process would say alike, said once
+  reached = lambda meta, why, said: _reached(meta["tokens"], config.block_size, why, said)
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
     saved = meta.get("data") or {**now, "start_window": 0}  # written before they were recorded
-    if saved["devices"] != now["devices"]:
+    if saved["devices"] != now["devices"] and speaks:
       logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
                       saved["devices"])
     why_not = _not_continued(saved, now)
     if why_not:
-      window = reached(meta, why_not)
+      window = reached(meta, why_not, speaks)
       return open_batches(window), window
     window = saved["start_window"]
     batches = open_batches(window)
@@ -88,7 +89,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       return batches, window
     batches.close()
     window = reached(meta, f"the data position saved with step {step} does not read back "
-                     f"({checkpoint.cause(error)})")
+                     f"({checkpoint.cause(error)})",  # each cause said where it was met
+                     speaks or not isinstance(error, sharding.FailedElsewhere))
     return open_batches(window), window
 
   changed = {}  # keys: what config changes of the last checkpoint checked, the one restored
@@ -99,10 +101,11 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   then = defaults.with_defaults(meta["config"])  # a key the run predates: as it is now
   saved = meta.get("data") or {}
   # The data folder, where the checkpoint names it, `warn_if_data_changed` compares as a path.
-  _log_changes([k for k in changed["keys"] if k != "data_dir" or not saved.get("data_dir")],
-               meta["config"], then, config.to_dict())
-  if it < config.max_iters and not config.eval_only and jax.process_index() == 0:
-    warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
+  if speaks:
+    _log_changes([k for k in changed["keys"] if k != "data_dir" or not saved.get("data_dir")],
+                 meta["config"], then, config.to_dict())
+    if it < config.max_iters and not config.eval_only:
+      warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
                _best_kept(meta, checkpoints, it), window,
@@ -165,12 +168,13 @@ def _not_continued(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
   return None
 
 
-def _reached(tokens: int, block_size: int, why: str) -> int:
+def _reached(tokens: int, block_size: int, why: str, said: bool) -> int:
   """The window a checkpoint's data continues at where its position does not: every window
-  before the one holding its `tokens`-th token was trained on."""
+  before the one holding its `tokens`-th token was trained on; `why`, logged where `said`."""
   window = tokens // block_size
-  logging.warning("resume: %s; the data continues at window %s (token %s), where the "
-                  "checkpoint stopped", why, f"{window:,}", f"{tokens:,}")
+  if said:
+    logging.warning("resume: %s; the data continues at window %s (token %s), where the "
+                    "checkpoint stopped", why, f"{window:,}", f"{tokens:,}")
   return window
 
 
@@ -197,8 +201,10 @@ def warn_if_data_changed(start: Start, split_windows: dict[str, int], data_dir: 
   of windows than when it was saved: the shuffles are over other windows, so the rest of the
   epoch is another order (some windows twice, some not at all), and the val loss is over other
   windows than before."""
+  if jax.process_index() != 0:  # the others read the same windows (train._open_data agrees)
+    return
   # Process 0's, which it recorded: hosts may mount the data under paths of their own.
-  if start.data_dir is not None and start.data_dir != data_dir and jax.process_index() == 0:
+  if start.data_dir is not None and start.data_dir != data_dir:
     logging.warning("resume: the data is read from %s; the checkpoint's run read %s", data_dir,
                     start.data_dir)
   if start.split_windows is None or start.split_windows == split_windows:

@@ -454,9 +454,10 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                              params)
   resumed_at = start.iter if loop_config.resumed else None
   if loop_config.resumed and not config.eval_only and start.iter >= config.max_iters:
-    logging.warning("the checkpoint is at iteration %d and max_iters=%d: nothing to train%s",
-                    start.iter, config.max_iters, "" if start.iter == config.max_iters else
-                    "; raise --config.max_iters to train on")
+    if jax.process_index() == 0:  # the run's, said once
+      logging.warning("the checkpoint is at iteration %d and max_iters=%d: nothing to train%s",
+                      start.iter, config.max_iters, "" if start.iter == config.max_iters else
+                      "; raise --config.max_iters to train on")
     if start.iter > config.max_iters or start.evaluated:  # the run as it was; no plan to log
       train_iter.close()
       checkpoints.close()

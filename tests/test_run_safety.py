@@ -163,7 +163,7 @@ def test_a_resume_that_moves_muon_s_learning_rate_says_so(caplog):
 def test_a_changed_layout_continues_at_the_window_after_the_tokens_trained_on():
   """A checkpoint's tokens count block_size per window trained on (its targets; a window holds
   one more), so 512 tokens at block_size 16 are 32 windows, and the data goes on at the 33rd."""
-  assert resume._reached(512, 16, "the batch layout changed") == 32
+  assert resume._reached(512, 16, "the batch layout changed", said=True) == 32
 
 
 def test_a_saved_data_position_continues_only_under_its_basis():

@@ -212,21 +212,32 @@ def test_two_processes_go_on_from_a_checkpoint_whose_data_position_one_cannot_re
     tmp_path, token_dir):
   """Only process 1's data position of step 4 is broken: both start at the window step 4
   reached, so they train on from step 4 exactly as from the intact checkpoint, and the
-  checkpoint they save next resumes as the intact run's does."""
+  checkpoint they save next resumes as the intact run's does. Process 1 says why; what is
+  the same on every process is said by process 0 alone."""
   out, intact = tmp_path / "multi", tmp_path / "intact"
   every_2 = dict(RUN, eval_interval=2, batch_size=4)
   two_processes(str(out), token_dir, **every_2)
   shutil.copytree(out, intact)
   with open(out / "run" / "checkpoints" / "4" / "data" / "process_1-of-2.json", "w") as f:
     f.write("xx{")
-  for max_iters in (6, 8):
-    for base in (out, intact):
-      two_processes(str(base), token_dir,
-                    **dict(every_2, max_iters=max_iters, init_from="resume"))
+  resumed = dict(every_2, max_iters=6, init_from="resume", eval_iters=3)  # a change warned of
+  broken = run_two(str(out), token_dir, 600, **resumed)
+  assert [done.returncode for done in broken] == [0, 0], broken[0].stderr[-3000:]
+  said = "resume: the data position saved with step 4 does not read back ("
+  assert f"{said}reading the data position failed on process(es) [1]" in broken[0].stderr
+  assert f"{said}a JSON file" in broken[1].stderr  # the cause, where it was met
+  changed = "resume: eval_iters changed"
+  assert changed in broken[0].stderr and changed not in broken[1].stderr
+  two_processes(str(intact), token_dir, **resumed)
+  for base in (out, intact):
+    two_processes(str(base), token_dir, **dict(every_2, max_iters=8, init_from="resume"))
   assert sorted(os.listdir(out / "run" / "checkpoints")) == ["4", "6", "8"]
   trained = [records(str(base / "run"), "train") for base in (out, intact)]
   assert [r["iter"] for r in trained[0]] == list(range(8))
   assert [r["loss"] for r in trained[0]] == [r["loss"] for r in trained[1]]
+  done = run_two(str(out), token_dir, 600, **dict(every_2, max_iters=8, init_from="resume"))
+  said = "the checkpoint is at iteration 8 and max_iters=8: nothing to train"
+  assert said in done[0].stderr and said not in done[1].stderr
 
 
 @pytest.mark.slow
