@@ -96,7 +96,8 @@ class Checkpoints:
     self._in_flight: int | None = None  # the step of a save not yet known to have landed
 
   def steps(self) -> list[int]:
-    """Completed checkpoints, oldest first."""
+    """The checkpoints, oldest first, with a save in flight: the run ends only once it lands,
+    and one that fails ends it on its own error, which names the previous step."""
     return sorted(self.manager.all_steps())
 
   def remove_unfinished(self) -> None:
