@@ -269,7 +269,7 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   mismatched = [k for k in model.ARCHITECTURE if saved[k] != config[k]]
   if mismatched:
     raise refuse(mismatched, "the architecture changed ({})")
-  if saved.get("seed", config.seed) != config.seed:
+  if saved["seed"] != config.seed:
     raise refuse(["seed"], "{}; the seed orders the training windows and picks the evaluated "
                  "ones, so another would repeat and skip data and move the val set")
   changed = [k for k, v in config.items() if k in saved and saved[k] != v and k != "init_from"]
