@@ -112,12 +112,11 @@ CARDS: tuple[Card, ...] = (
 def card(device_kind: str) -> Card | None:
   """The first entry whose name is a word of the device kind ("A100-40GB", as a user may
   write it, is "A100 40GB"); None for a device we do not know."""
-  return next((c for c in CARDS if re.search(_words(c.name), device_kind, re.IGNORECASE)), None)
-
-
-def _words(name: str) -> str:
-  separated = "[-_ ]*".join(re.escape(word) for word in re.split(r"[-_ ]+", name))
-  return rf"(?<![a-z0-9]){separated}(?![a-z0-9])"
+  for c in CARDS:
+    words = "[-_ ]*".join(re.escape(word) for word in re.split(r"[-_ ]+", c.name))
+    if re.search(rf"(?<![a-z0-9]){words}(?![a-z0-9])", device_kind, re.IGNORECASE):
+      return c
+  return None
 
 
 def peak_flops(device_kind: str, override: float = 0.0) -> float | None:
