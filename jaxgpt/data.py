@@ -26,15 +26,13 @@ VOCAB_CHECK_TOKENS = 1 << 20  # of each file, checked at the start: 2 MB of a 20
 
 
 class TokenWindows(grain.sources.RandomAccessDataSource):
-  """Random access to the windows of a list of token files, memory-mapped lazily.
+  """Random access to the windows of one or more token files, memory-mapped lazily.
 
   Grain pickles the source into its worker processes: the memmaps are dropped
   from the pickled state and reopened on first use in each worker.
   """
 
   def __init__(self, paths: list[str], block_size: int):
-    if not paths:
-      raise token_files.ShardError("no token files given")
     self.paths = list(paths)
     self.block_size = block_size
     self.ids_below: int | None = None  # set where no record vouches for the files' ids
