@@ -1,7 +1,4 @@
-"""What a config trains, as the launch log and `plan` say it: counts, FLOPs, schedule, MFU.
-
-The loop logs `describe` and `check` at the start and `eta` once throughput is measured.
-"""
+"""What a config trains, as the launch log and `plan` say it: counts, FLOPs, schedule, MFU."""
 
 from __future__ import annotations
 
