@@ -530,3 +530,19 @@ def test_a_text_file_whose_name_holds_a_comma_is_one_task(tmp_path):
     tasks.check_files(f"text:{tmp_path}/a.txt,mmlu")
   with pytest.raises(UserError, match="unknown evaluation task 'mmlu'"):
     defaults.eval_tasks("hellaswag,mmlu")
+
+
+def test_a_stride_past_the_weights_block_size_is_refused_before_they_load(tmp_path):
+  """The weights' block_size is read from their config (here a Hugging Face config.json with
+  no weights beside it): a stride past it is said before GPT-2's weights load or download."""
+  hf_dir = tmp_path / "hf"
+  hf_dir.mkdir()
+  (hf_dir / "config.json").write_text(json.dumps(
+      {"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 32,
+       "vocab_size": tokenizer.N_VOCAB}), encoding="utf-8")
+  text_file = tmp_path / "t.txt"
+  text_file.write_text(" ".join(WORDS), encoding="utf-8")
+  r = run_python("-m", "jaxgpt.evaluate", "--init_from=gpt2", f"--hf_checkpoint_dir={hf_dir}",
+                 f"--task=text:{text_file}", "--stride=64")
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "error: stride=64: must be in 1..block_size=32" in r.stderr, r.stderr[-2000:]

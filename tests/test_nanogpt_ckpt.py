@@ -244,5 +244,5 @@ def test_evaluate_cli_reads_a_nanogpt_checkpoint(tmp_path):
 def test_the_weights_vocabulary_is_known_before_they_are_read(tmp_path):
   """evaluate refuses a character-level ckpt.pt for HellaSwag before HellaSwag's download."""
   write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
-  assert weights.check_choice(f"nanogpt:{tmp_path}", out_dir="") == TINY_VOCAB
-  assert weights.check_choice("gpt2", out_dir="") == 50257
+  assert weights.check_choice(f"nanogpt:{tmp_path}", out_dir="")[0] == TINY_VOCAB
+  assert weights.check_choice("gpt2", out_dir="") == (50257, 1024)

@@ -133,14 +133,19 @@ def text_rows(tokens: list[int], block_size: int, stride: int = 0) -> list[scori
   """Windows of at most block_size + 1 tokens that score every token but the first once (of
   2 or more tokens, as `read_text_tokens` gives)."""
   stride = stride or block_size
-  if not 0 < stride <= block_size:
-    raise UserError(f"stride={stride}: must be in 1..block_size={block_size}")
+  check_stride(stride, block_size)
   rows, scored_until, start = [], 1, 0
   while scored_until < len(tokens):
     end = min(start + block_size + 1, len(tokens))
     rows.append((tokens[start:end], end - scored_until))
     scored_until, start = end, start + stride
   return rows
+
+
+def check_stride(stride: int, block_size: int) -> None:
+  """Refuses a stride (0: block_size) no window of block_size + 1 tokens can take."""
+  if not 0 <= stride <= block_size:
+    raise UserError(f"stride={stride}: must be in 1..block_size={block_size}")
 
 
 def perplexity(rows: list[scoring.Row], loss_sums: np.ndarray) -> dict[str, float]:

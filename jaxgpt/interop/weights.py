@@ -157,23 +157,31 @@ def _refuse_unread_flags(init_from: str, step: int | None, hf_checkpoint_dir: st
 
 
 def check_choice(init_from: str, *, out_dir: str, step: int | None = None,
-                 hf_checkpoint_dir: str = "") -> int:
+                 hf_checkpoint_dir: str = "") -> tuple[int, int]:
   """What `load` would refuse of the weights it is asked for, said without reading them (nor
   downloading GPT-2's): a command says a mistyped flag before its own slow start (a download).
-  Returns their vocab_size, which a task in GPT-2's tokens needs before its download too."""
+  Returns their (vocab_size, block_size), which a task in GPT-2's tokens and a text's stride
+  need before that start too."""
   _refuse_unread_flags(init_from, step, hf_checkpoint_dir)
   if init_from == "resume":
     steps = run_steps(out_dir, step)
-    saved = run_dir.RunDir(out_dir).saved_config(steps if step is None else [step])
-    return saved.get("vocab_size", defaults.get_config().vocab_size)  # as `from_run` reads it
-  if init_from.startswith(defaults.NANOGPT) and init_from != defaults.NANOGPT:
-    arch = nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))  # a zip's tensors unread
-    return arch["vocab_size"]
-  if init_from not in defaults.GPT2_MODELS:
+    saved = {**defaults.get_config().to_dict(),  # as `from_run` reads it
+             **run_dir.RunDir(out_dir).saved_config(steps if step is None else [step])}
+    return saved["vocab_size"], saved["block_size"]
+  if init_from not in defaults.GPT2_MODELS and not (
+      init_from.startswith(defaults.NANOGPT) and init_from != defaults.NANOGPT):
     pretrained(init_from)  # refuses it by name, as `load` would
-  if hf_checkpoint_dir:  # its config.json alone is read
-    gpt2.checkpoint_dir(init_from, hf_checkpoint_dir)
-  return defaults.GPT2_VOCAB
+  arch = _unread_architecture(init_from, hf_checkpoint_dir)
+  return arch["vocab_size"], arch["block_size"]
+
+
+def _unread_architecture(init_from: str, hf_checkpoint_dir: str) -> dict[str, Any]:
+  """init_from's architecture keys, read without its weights: GPT-2's from its name or
+  hf_checkpoint_dir's config.json, a ckpt.pt's model_args (a zip's tensors unread)."""
+  if init_from in defaults.GPT2_MODELS:
+    return (gpt2.read_config(gpt2.checkpoint_dir(init_from, hf_checkpoint_dir))
+            if hf_checkpoint_dir else gpt2.named_architecture(init_from))
+  return nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))
 
 
 def load(init_from: str, *, out_dir: str, step: int | None = None, hf_checkpoint_dir: str = "",
@@ -208,14 +216,8 @@ def _refuse_positions(block_size: int, n_positions: int, source: str) -> None:
 
 def architecture(init_from: str, hf_checkpoint_dir: str, block_size: int) -> dict[str, Any]:
   """The architecture keys but block_size (the run's own) that `for_training` gives a run from
-  init_from's weights, read without them (for a plan): GPT-2's from its name or
-  hf_checkpoint_dir's config.json, a ckpt.pt's model_args; a block_size past them refused."""
-  if init_from in defaults.GPT2_MODELS:
-    arch = (gpt2.read_config(gpt2.checkpoint_dir(init_from, hf_checkpoint_dir))
-            if hf_checkpoint_dir else gpt2.named_architecture(init_from))
-  else:
-    arch = nanogpt.architecture(init_from.removeprefix(defaults.NANOGPT))
-  arch = dict(arch)
+  init_from's weights, read without them (for a plan); a block_size past them refused."""
+  arch = dict(_unread_architecture(init_from, hf_checkpoint_dir))
   _refuse_positions(block_size, arch.pop("block_size"), init_from)
   return arch
 
