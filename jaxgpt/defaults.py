@@ -218,11 +218,16 @@ def eval_tasks(spec: str) -> list[str]:
   """The tasks of a comma-separated spec, each one of EVAL_TASKS; an unknown one is an error.
 
   A comma that does not start a task belongs to the text:FILE before it (text:a,b.txt is
-  the file a,b.txt); empty pieces (a trailing comma) are dropped.
+  the file a,b.txt); a trailing comma is dropped, an empty task elsewhere refused (text:a,,b
+  read as the file a,b).
   """
   names: list[str] = []
-  for piece in spec.split(","):
+  pieces = spec.split(",")
+  for i, piece in enumerate(pieces):
     name = piece.strip()
+    if not name and i < len(pieces) - 1:
+      raise UserError("two commas in a row (or a comma first) leave an empty task: list them as "
+                      "hellaswag,text:FILE; a file name holding ',,' cannot be given")
     if names and names[-1].startswith("text:") and name and name != "hellaswag" and (
         not name.startswith("text:")):
       names[-1] = f"{names[-1]},{piece}".strip()

@@ -532,6 +532,17 @@ def test_a_text_file_whose_name_holds_a_comma_is_one_task(tmp_path):
     defaults.eval_tasks("hellaswag,mmlu")
 
 
+@pytest.mark.parametrize("spec", ["text:a,,b.txt", "hellaswag,,text:a.txt", ",hellaswag"])
+def test_an_empty_task_between_commas_is_refused(spec):
+  """'text:a,,b.txt' was the file a,b.txt (the empty piece dropped, the next joined): two
+  commas in a row are a typo or a name the list cannot hold, so said; a trailing comma is
+  dropped."""
+  with pytest.raises(UserError, match=r"^two commas in a row \(or a comma first\) leave an "
+                                      "empty task"):
+    defaults.eval_tasks(spec)
+  assert defaults.eval_tasks("hellaswag, ") == ["hellaswag"]
+
+
 def test_a_stride_past_the_weights_block_size_is_refused_before_they_load(tmp_path):
   """The weights' block_size is read from their config (here a Hugging Face config.json with
   no weights beside it): a stride past it is said before GPT-2's weights load or download."""
