@@ -54,7 +54,7 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, batch
   to batch_rows samples are those one batch always gave); batch i after it draws with
   fold_in(key, MAX_NEW_TOKENS + i), a key the first batch never draws with (decoding draws
   token j with fold_in(key, j)). The last batch is filled out to the others' rows (the
-  extras dropped), so every batch runs one compiled program.
+  extras dropped, and not waited for at stop_at_eot), so every batch runs one compiled program.
   """
   tokenizer.require_gpt2_vocabulary(model.config.vocab_size, "prompts and samples are")
   prompt = decoding.prompt_tokens(start)
@@ -65,7 +65,8 @@ def sample_texts(model: GPT, params: Any, start: str, *, num_samples: int, batch
     tokens_BN = decoding.generate(
         model, params, [prompt] * rows, batch_key,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        stop_token=tokenizer.EOT_TOKEN if stop_at_eot else None)
+        stop_token=tokenizer.EOT_TOKEN if stop_at_eot else None,
+        kept_rows=min(rows, num_samples - first))
     for row in tokens_BN[:num_samples - first].tolist():
       if stop_at_eot and tokenizer.EOT_TOKEN in row:
         row = row[:row.index(tokenizer.EOT_TOKEN)]

@@ -143,6 +143,28 @@ def test_rows_stop_at_the_stop_token():
       assert row == row_free[:end + 1] + [stop] * (N_NEW - end - 1)
 
 
+def test_rows_that_fill_a_batch_out_are_not_waited_for(monkeypatch):
+  """sample fills its last batch out with rows it drops (so every batch runs one compiled
+  program): decoding stops once the rows kept have stopped, not once the fillers have too."""
+  model, params = tiny_gpt(block_size=32)
+  key, steps, real_call = jax.random.PRNGKey(0), [], decoding._Sampler.__call__
+  kw = {"max_new_tokens": N_NEW, "temperature": 1.0}
+  free = decoding.generate(model, params, PROMPTS, key, **kw).tolist()  # as the test above
+  stop = next(t for t in free[0][3:] if t not in free[1] + free[2])  # the fillers never meet it
+  k = free[0].index(stop)
+
+  def counted(self, logits_BV, j, done_B):  # one call per token decoded
+    jax.debug.callback(lambda: steps.append(1))
+    return real_call(self, logits_BV, j, done_B)
+
+  monkeypatch.setattr(decoding._Sampler, "__call__", counted)
+  decoding.generate_padded.clear_cache()  # traced again, counting
+  out = decoding.generate(model, params, PROMPTS, key, stop_token=stop, kept_rows=1, **kw)
+  decoding.generate_padded.clear_cache()
+  assert len(steps) == k + 1 < N_NEW
+  assert out[0].tolist() == free[0][:k + 1] + [stop] * (N_NEW - k - 1)
+
+
 def test_prompts_of_different_lengths_in_a_bucket_compile_once():
   model = GPT(tiny_model(block_size=64, n_layer=1, n_embd=16))
   params = init_params(model, jax.random.PRNGKey(0))

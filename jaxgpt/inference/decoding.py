@@ -107,11 +107,14 @@ def check_settings(max_new_tokens: int, temperature: float, top_k: int | None,
 
 def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: jax.Array, *,
              max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, stop_token: int | None = None) -> np.ndarray:
+             top_p: float | None = None, stop_token: int | None = None,
+             kept_rows: int | None = None) -> np.ndarray:
   """(B, max_new_tokens) tokens following each prompt, decoded with a KV cache.
 
   With `stop_token`, a row stops at that token and the rest of it is filled
-  with it; decoding ends once every row has stopped.
+  with it; decoding ends once every row has stopped. Rows from `kept_rows` on
+  only fill a batch out (to reuse its compiled program): they start stopped,
+  never waited for.
   """
   check_settings(max_new_tokens, temperature, top_k, top_p)
   prompt_BP, lengths_B = pad_prompts(prompts, model.config.block_size)
@@ -122,7 +125,8 @@ def generate(model: GPT, params: dict, prompts: Sequence[Sequence[int]], rng: ja
                     "GPT-2's (a character-level nanoGPT run, say)")
   tokens_BN = generate_padded(model, params, jnp.asarray(prompt_BP), jnp.asarray(lengths_B),
                               rng, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_k=top_k, top_p=top_p, stop_token=stop_token)
+                              top_k=top_k, top_p=top_p, stop_token=stop_token,
+                              kept_rows=kept_rows)
   return np.asarray(tokens_BN)
 
 
@@ -206,8 +210,8 @@ def _window_steps(model: GPT, params: dict, seq_BL: jax.Array, lengths_B: jax.Ar
                                              "top_p", "stop_token"))
 def generate_padded(model: GPT, params: dict, prompt_BP: jax.Array, lengths_B: jax.Array,
                     rng: jax.Array, *, max_new_tokens: int, temperature: float,
-                    top_k: int | None, top_p: float | None, stop_token: int | None
-                    ) -> jax.Array:
+                    top_k: int | None, top_p: float | None, stop_token: int | None,
+                    kept_rows: int | jax.Array | None = None) -> jax.Array:
   """`generate` on prompts already padded by `pad_prompts`, as one jitted program.
 
   Generated token j of row b sits at position lengths_B[b] + j of `seq_BL`. The
@@ -227,7 +231,8 @@ def generate_padded(model: GPT, params: dict, prompt_BP: jax.Array, lengths_B: j
   logits_BV, variables = model.apply({"params": params, "cache": init_cache(model, B, S)},
                                      prompt_BP, lengths_B - 1, positions_BP,
                                      method=GPT.next_logits, mutable=["cache"])
-  next_B, done_B = sample(logits_BV, 0, jnp.zeros((B,), bool))
+  fillers_B = jnp.arange(B) >= (B if kept_rows is None else kept_rows)
+  next_B, done_B = sample(logits_BV, 0, fillers_B)
   seq_BL = seq_BL.at[jnp.arange(B), lengths_B].set(next_B)
 
   # Cached steps while every row's position has a cache slot.
