@@ -189,7 +189,9 @@ def eta(iters_left: int, tokens_per_iter: int, tokens_per_sec: float,
         mfu_value: float | None) -> str:
   """The time to finish at a measured throughput, logged once the first steps are timed."""
   seconds = iters_left * tokens_per_iter / tokens_per_sec
-  mfu_text = "" if mfu_value is None else f", MFU {mfu_value:.1%}"
+  # Of the card's bf16 peak, as nanoGPT's MFU (312 TFLOP/s, an A100's): a float32 run's reads
+  # about half as high (TF32 matmuls), however well it runs.
+  mfu_text = "" if mfu_value is None else f", MFU {mfu_value:.1%} of the bf16 peak"
   return (f"estimated time to finish: {formatting.duration(seconds)} of training at "
           f"{tokens_per_sec:,.0f} tok/s{mfu_text} (evaluation time not included)")
 
