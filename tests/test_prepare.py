@@ -818,8 +818,9 @@ def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):
   datasets.ensure("python_docs", fineweb_dir, auto_prepare=False)  # a run pointed it here
   made = sorted(os.listdir(fineweb_dir))
   with pytest.raises(UserError, match=(
-      r"data_dir='.*fineweb' holds the built-in python_docs corpus, not dataset='fineweb' .*"
-      r"python -m jaxgpt.prepare fineweb --out=.*fineweb$")):
+      r"data_dir='.*fineweb' holds the built-in python_docs corpus, not dataset='fineweb' .*: "
+      r"add --config.dataset=python_docs to train on it, or give fineweb's data another "
+      r"--config.data_dir$")):
     datasets.ensure("fineweb", fineweb_dir, auto_prepare=True)  # nothing downloaded either
   assert sorted(os.listdir(fineweb_dir)) == made  # nothing moved
   datasets.ensure("python_docs", fineweb_dir, auto_prepare=False)  # still python_docs's data
