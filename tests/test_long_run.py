@@ -534,6 +534,11 @@ def test_a_runs_checkpoints_folder_given_as_out_dir_names_the_flags_that_read_it
     weights.run_steps(str(step.parent) + "/")
   with pytest.raises(UserError, match="nothing was trained into out_dir="):
     weights.run_steps(str(tmp_path / "run" / "checkpoints" / "5"))  # not there: no guess
+  (tmp_path / "compared").mkdir()  # a run whose checkpoints were removed (a comparison's)
+  (tmp_path / "compared" / "metrics.jsonl").write_text("")
+  with pytest.raises(UserError, match="checkpoints: no checkpoints; the run's records are "
+                     "there: it saved none, or they were removed$"):
+    weights.run_steps(str(tmp_path / "compared"))
 
 
 @pytest.mark.slow

@@ -62,6 +62,8 @@ def _what_out_dir_holds(out_dir: str) -> str:
     run = os.path.dirname(parent) or "."
     return (f"{out_dir} is a checkpoint of a run: --out_dir={shlex.quote(run)} --step={name} "
             "reads it")
+  if there and os.path.isfile(run_dir.RunDir(out_dir).metrics_path):
+    return "the run's records are there: it saved none, or they were removed"
   return f"nothing was trained into out_dir={out_dir!r} yet"
 
 
