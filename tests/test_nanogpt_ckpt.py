@@ -246,3 +246,15 @@ def test_the_weights_vocabulary_is_known_before_they_are_read(tmp_path):
   write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
   assert weights.check_choice(f"nanogpt:{tmp_path}", out_dir="")[0] == TINY_VOCAB
   assert weights.check_choice("gpt2", out_dir="") == (50257, 1024)
+
+
+def test_a_character_level_ckpt_pts_eval_tasks_are_refused_before_their_files(tmp_path,
+                                                                              token_dir):
+  """launch.py, as evaluate: HellaSwag's file (a download) is not fetched for weights that
+  cannot read it."""
+  write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
+  config = tiny_config(tmp_path, token_dir, init_from=f"nanogpt:{tmp_path / 'ckpt.pt'}",
+                       block_size=8, eval_tasks="hellaswag",
+                       hellaswag_file=str(tmp_path / "not_here.jsonl"))
+  with pytest.raises(UserError, match=f"vocab_size={TINY_VOCAB} cannot hold GPT-2's"):
+    launch.run(config)
