@@ -47,15 +47,16 @@ def main() -> None:
     if f[flag].present and f[flag].value and not used:  # meant for a task not asked for
       raise UserError(f"--{flag} is for --task={task}, which --task={f.task!r} does not name")
   weights.refuse_unread_out_dir()
-  if "hellaswag" in names:  # a mistyped weights flag, or weights of other tokens (a character-
-    # level run's), said before HellaSwag's file is downloaded
-    vocab_size, _ = weights.check_choice(f.init_from, out_dir=f.out_dir, step=f.step,
-                                         hf_checkpoint_dir=f.hf_checkpoint_dir)
-    tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
+  if "hellaswag" in names or f.stride:  # the weights' vocabulary and positions, read without
+    # them: a mistyped weights flag, a character-level run's HellaSwag or a stride past their
+    # positions said before a download (HellaSwag's file, GPT-2's weights)
+    vocab_size, block_size = weights.check_choice(f.init_from, out_dir=f.out_dir, step=f.step,
+                                                  hf_checkpoint_dir=f.hf_checkpoint_dir)
+    if "hellaswag" in names:
+      tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
+    if f.stride:
+      tasks.check_stride(f.stride, block_size)
   tasks.check_files(f.task, f.hellaswag_file, f.limit)  # before the weights: GPT-2's is a download
-  if f.stride:  # past the weights' block_size: said before they load, from their config
-    tasks.check_stride(f.stride, weights.check_choice(
-        f.init_from, out_dir=f.out_dir, step=f.step, hf_checkpoint_dir=f.hf_checkpoint_dir)[1])
   config, model, params, source = weights.from_flags()
   scorer = scoring.Scorer(model, rows_per_batch=f.batch_rows)
   task_list = tasks.load(f.task, scorer, limit=f.limit, hellaswag_file=f.hellaswag_file,
