@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from jaxgpt import defaults, run_dir, sharding, train, train_step
+from jaxgpt import defaults, run_dir, sharding, sinks, train, train_step
 from jaxgpt.model import GPT, GPTConfig, init_params
 from jaxgpt.plan import targets
 from jaxgpt.prep import shards
@@ -354,6 +354,18 @@ def sigterm_after(monkeypatch, at: int, fresh_only: bool = False) -> None:
       os.kill(os.getpid(), signal.SIGTERM)
 
   monkeypatch.setattr(train._Loop, "defer_log", log_then_sigterm)
+
+
+def disk_full_from(monkeypatch, at: int) -> None:
+  """metrics.jsonl's writes fail as on a full disk from iteration `at`'s record on."""
+  real_write = sinks.MetricsWriter.write
+
+  def write(writer, record):
+    if record["iter"] >= at:
+      raise OSError(28, "No space left on device")
+    real_write(writer, record)
+
+  monkeypatch.setattr(sinks.MetricsWriter, "write", write)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

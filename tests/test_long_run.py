@@ -33,6 +33,7 @@ from conftest import (
   alive,
   checkpoint_steps,
   children,
+  disk_full_from,
   iter_losses,
   pattern_tokens,
   records,
@@ -46,7 +47,7 @@ from conftest import (
   write_config_file,
 )
 
-from jaxgpt import checkpoint, cli, defaults, preemption, resume, sinks, train, train_step
+from jaxgpt import checkpoint, cli, defaults, preemption, resume, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.evals import hellaswag
 from jaxgpt.interop import weights
@@ -545,14 +546,7 @@ def test_a_runs_checkpoints_folder_given_as_out_dir_names_the_flags_that_read_it
 def test_a_disk_that_fills_between_saves_stops_the_run_like_a_failed_save(tmp_path, token_dir,
                                                                           monkeypatch):
   config = tiny_config(tmp_path, token_dir, max_iters=20, **EVERY_10)
-  real_write = sinks.MetricsWriter.write
-
-  def write(writer, record):
-    if record["iter"] >= 14:
-      raise OSError(28, "No space left on device")
-    real_write(writer, record)
-
-  monkeypatch.setattr(sinks.MetricsWriter, "write", write)
+  disk_full_from(monkeypatch, 14)
   with pytest.raises(checkpoint.SaveError) as e:
     train.train(config)
   assert str(e.value).startswith("writing the train record of iteration 14 failed: No space "

@@ -24,6 +24,7 @@ from conftest import (
   ROOT,
   checkpoint_steps,
   communicate_all,
+  disk_full_from,
   free_port,
   iter_losses,
   pattern_tokens,
@@ -47,7 +48,6 @@ from jaxgpt import (
   resume,
   run_dir,
   sharding,
-  sinks,
   token_files,
   train,
 )
@@ -526,14 +526,7 @@ def test_a_failed_write_under_auto_resume_says_to_run_the_same_command(tmp_path,
                                                                       monkeypatch):
   """...as its stops say: it said to add --config.init_from=resume."""
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, auto_resume=True)
-  real_write = sinks.MetricsWriter.write
-
-  def write(writer, record):
-    if record["iter"] >= 4:
-      raise OSError(28, "No space left on device")
-    real_write(writer, record)
-
-  monkeypatch.setattr(sinks.MetricsWriter, "write", write)
+  disk_full_from(monkeypatch, 4)
   with pytest.raises(checkpoint.SaveError, match="the last good checkpoint is step 3") as e:
     train.train(config)
   assert str(e.value).endswith("run the same command again to continue.")
