@@ -167,8 +167,8 @@ def check_choice(init_from: str, *, out_dir: str, step: int | None = None,
   _refuse_unread_flags(init_from, step, hf_checkpoint_dir)
   if init_from == "resume":
     steps = run_steps(out_dir, step)
-    saved = {**defaults.get_config().to_dict(),  # as `from_run` reads it
-             **run_dir.RunDir(out_dir).saved_config(steps if step is None else [step])}
+    saved = defaults.with_defaults(  # a key the run predates at its default, as it runs now
+        run_dir.RunDir(out_dir).saved_config(steps if step is None else [step]))
     return saved["vocab_size"], saved["block_size"]
   if init_from not in defaults.GPT2_MODELS and not (
       init_from.startswith(defaults.NANOGPT) and init_from != defaults.NANOGPT):
