@@ -279,16 +279,23 @@ def test_an_existing_file_is_read_as_named_not_as_a_glob(tmp_path):
   assert_dataset(str(tmp_path / "out"), [(f"a.jsonl:{i}", t) for i, t in enumerate(TEXTS[:30], 1)])
 
 
-def test_a_file_named_twice_is_read_once(tmp_path, monkeypatch):
-  """A glob and a path of its own (spelled another way, or a link to it) name one file: its
-  documents are not trained on twice."""
+def test_a_file_named_twice_is_read_once_and_said(tmp_path, monkeypatch, caplog):
+  """A glob and a path of its own (spelled another way, a link to it, a hard link) name one
+  file: its documents are not trained on twice, and a line says so (it was said nowhere, and a
+  hard link was read twice)."""
   (tmp_path / "in").mkdir()
   for name in ("a.txt", "b.txt"):
     (tmp_path / "in" / name).write_text(name, encoding="utf-8")
   os.symlink(tmp_path / "in" / "a.txt", tmp_path / "link.txt")
+  os.link(tmp_path / "in" / "b.txt", tmp_path / "hard.txt")
   monkeypatch.chdir(tmp_path)
-  assert readers.input_files(["in/*.txt", "./in/a.txt", "link.txt", "in/../in/b.txt"]) == {
-      "in/a.txt": "a.txt", "in/b.txt": "b.txt"}
+  with caplog.at_level("WARNING", logger="absl"):
+    assert readers.input_files(["in/*.txt", "./in/a.txt", "link.txt", "in/../in/b.txt",
+                                "hard.txt", "in/a.txt"]) == {"in/a.txt": "a.txt",
+                                                             "in/b.txt": "b.txt"}
+  assert [r.getMessage() for r in caplog.records] == [
+      "--input names in/a.txt 4 times (as ./in/a.txt, link.txt too): read once",
+      "--input names in/b.txt 3 times (as in/../in/b.txt, hard.txt too): read once"]
 
 
 @pytest.mark.parametrize("kind", ["large_string", "string_view", "dictionary"])

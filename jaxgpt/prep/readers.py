@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
+from absl import logging
+
 from jaxgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -253,9 +255,10 @@ def input_files(patterns: list[str]) -> dict[str, str]:
   fixed folder ('books/*/book.txt' names '1/book.txt'; a file of one folder, its file name):
   a document without an id is named by it, whatever the other inputs. An existing file is
   taken as named, not as a glob: 'run[1]/a.jsonl' is that file. An unknown format is an
-  error."""
+  error; a file named more than once is read once, and a warning says so."""
   files: dict[str, str] = {}
-  seen: set[str] = set()  # the files themselves: 'a.txt', './a.txt' and a link to it are one
+  # The files themselves: 'a.txt', './a.txt', a link and a hard link to it are one.
+  named: dict[tuple[int, int], list[str]] = {}
   for pattern in patterns:
     pattern = os.path.expanduser(pattern)
     if os.path.isfile(pattern):  # its folder is fixed, whatever `[`, `*` or `?` it holds
@@ -273,7 +276,13 @@ def input_files(patterns: list[str]) -> dict[str, str]:
     for path in matched:
       if file_format(path) not in FORMATS:
         raise PrepareError(f"{path}: unknown format (expected {', '.join(FORMATS)})")
-      if os.path.realpath(path) not in seen:
-        seen.add(os.path.realpath(path))
+      stat = os.stat(path)
+      names = named.setdefault((stat.st_dev, stat.st_ino), [])
+      if not names:
         files[path] = os.path.relpath(path, fixed or ".")
+      names.append(path)
+  for first, *others in (names for names in named.values() if len(names) > 1):
+    also = list(dict.fromkeys(n for n in others if n != first))
+    logging.warning("--input names %s %d times%s: read once", first, 1 + len(others),
+                    f" (as {', '.join(also)} too)" if also else "")
   return files
