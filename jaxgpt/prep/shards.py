@@ -169,11 +169,17 @@ def check_out_dir(out_dir: str) -> None:
                        "choose an empty --out")
   staging = os.path.join(out_dir, STAGING)
   if os.path.islink(staging) or (os.path.lexists(staging) and not os.path.isdir(staging)):
-    what = "a link" if os.path.islink(staging) else "a file"  # never made by prepare
-    raise PrepareError(f"{staging}: {what} of its own, where prepare stages shards; move it, "
-                       "or make the data in another folder")
+    raise _in_the_way(staging, "stages shards")
   if os.path.isdir(staging):  # an earlier run's, removed by this one
     _check_staged_only(staging)
+
+
+def _in_the_way(path: str, job: str, detail: str = "") -> PrepareError:
+  """Refuses a link, file or folder of the user's where prepare does a `job` (stages shards,
+  keeps its lock): prepare never makes one there, and would empty or remove it."""
+  what = "a link" if os.path.islink(path) else "a folder" if os.path.isdir(path) else "a file"
+  return PrepareError(f"{path}: {what} of its own{detail}, where prepare {job}; move it, or make "
+                      "the data in another folder")
 
 
 def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources: list[str],
@@ -324,7 +330,6 @@ def _locked_fd(out_dir: str, wait: bool) -> int:
   where it fails, and a process that waited on that file would hold a lock on nothing.
   """
   path = os.path.join(out_dir, LOCK_FILE)
-  where = "where prepare keeps its lock; move it, or make the data in another folder"
   while True:
     try:
       os.makedirs(out_dir, exist_ok=True)
@@ -332,8 +337,7 @@ def _locked_fd(out_dir: str, wait: bool) -> int:
       fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
       if os.path.islink(path) or os.path.isdir(path):
-        what = "a link" if os.path.islink(path) else "a folder"
-        raise PrepareError(f"{path}: {what} of its own, {where}") from None
+        raise _in_the_way(path, "keeps its lock") from None
       why = errors.folder_problem(out_dir, e)
       raise PrepareError(f"{out_dir}: cannot write there ({why})") from None
     try:
@@ -341,7 +345,7 @@ def _locked_fd(out_dir: str, wait: bool) -> int:
       if errors.same_file(fd, path):
         previous = os.pread(fd, 64, 0)
         if not re.fullmatch(rb"(\d+\n)?", previous):  # no pid a prepare wrote: the user's
-          raise PrepareError(f"{path}: a file of its own (it reads {previous[:40]!r}), {where}")
+          raise _in_the_way(path, "keeps its lock", f" (it reads {previous[:40]!r})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
