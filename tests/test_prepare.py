@@ -718,7 +718,7 @@ def test_a_filesystem_without_locks_warns_a_prepare_and_refuses_a_run(tmp_path, 
   assert not (tmp_path / "failed").exists()  # lock file and all
   with pytest.raises(UserError, match=r"cannot lock it to make the data there \(No locks "
                                       r"available\); make it first, from one process"):
-    datasets.ensure("python_docs", str(tmp_path / "pd"), auto_prepare=False)
+    datasets.ensure("python_docs", str(tmp_path / "python_docs"), auto_prepare=False)
 
 
 def test_an_interrupted_run_leaves_nothing_the_trainer_reads_and_reruns_cleanly(tmp_path):
@@ -806,7 +806,7 @@ def test_the_command_to_make_a_half_moved_dataset_again_is_its_own(tmp_path):
 def test_the_processes_of_one_run_make_a_missing_dataset_once(tmp_path):
   """Each process of a multi-process run calls ensure; one makes the data, the others wait
   for it (before, each removed the others' unfinished shards and all but one failed)."""
-  data_dir = str(tmp_path / "pd")
+  data_dir = str(tmp_path / "python_docs")
   code = f"from jaxgpt.prep import datasets; datasets.ensure('python_docs', {data_dir!r}, " \
          "auto_prepare=False)"
   procs = [start_python("-c", code) for _ in range(2)]
@@ -822,7 +822,7 @@ def test_the_processes_of_one_run_make_a_missing_dataset_once(tmp_path):
 
 def test_the_built_in_corpus_never_stands_in_for_another_dataset(tmp_path):
   fineweb_dir = str(tmp_path / "fineweb")
-  datasets.ensure("python_docs", fineweb_dir, auto_prepare=False)  # a run pointed it here
+  datasets.make_python_docs(fineweb_dir)  # prepare python_docs --out=.../fineweb
   made = sorted(os.listdir(fineweb_dir))
   with pytest.raises(UserError, match=(
       r"data_dir='.*fineweb' holds the built-in python_docs corpus, not dataset='fineweb' .*: "
@@ -1235,6 +1235,21 @@ def test_the_built_in_corpus_is_not_made_into_a_folder_of_ones_own_files(tmp_pat
                                       r"folder. .*prepare files --input='.*corpus/\*.txt'"):
     datasets.ensure("python_docs", str(corpus), auto_prepare=False)
   assert os.listdir(corpus) == ["a.txt"]
+
+
+def test_a_run_makes_the_built_in_corpus_only_in_a_folder_named_for_it(tmp_path):
+  """A quickstart run whose data_dir was mistyped (or meant one's own data) made python_docs
+  there and trained on it, one log line saying so; `prepare python_docs --out` still makes it
+  anywhere."""
+  typo = tmp_path / "data" / "pyhton_docs"
+  with pytest.raises(UserError, match=(
+      rf"^no token shards in data_dir='{typo}': a run makes the built-in python_docs corpus "
+      r"only in a folder named python_docs \(the default: data/python_docs\); check the path, "
+      rf"or make it there first: python -m jaxgpt.prepare python_docs --out={typo}$")):
+    datasets.ensure("python_docs", str(typo), auto_prepare=False)
+  assert not (tmp_path / "data").exists()
+  datasets.make_python_docs(str(typo))
+  datasets.ensure("python_docs", str(typo), auto_prepare=False)  # made: read where it is
 
 
 def test_a_document_stays_in_one_split_when_the_val_cap_fills_inside_it(tmp_path,

@@ -2,7 +2,8 @@
 
 `python_docs` is built in: the Python reference-manual topics that every
 CPython ships in `pydoc_data.topics` (about 140k GPT-2 tokens), real English
-on every machine with no download, made on first use. `fineweb` and
+on every machine with no download, made on first use in a folder named
+python_docs (a run's data_dir named otherwise is likely mistyped). `fineweb` and
 `fineweb_edu` are downloaded and tokenized before a run only with
 `auto_prepare`; any other missing dataset is an error that prints the command
 making it.
@@ -105,8 +106,8 @@ def _check_no_files_of_its_own(out_dir: str) -> None:
 
 
 def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
-  """A config's dataset in `data_dir`: made where it is missing (`make`); the built-in corpus
-  standing in for another dataset is refused.
+  """A config's dataset in `data_dir`: made where it is missing (`make`; python_docs only in a
+  folder of its name); the built-in corpus standing in for another dataset is refused.
 
   Every process of a run calls it: the first to find the data missing makes
   it, holding a lock in `data_dir`, and the others wait for it, then read it.
@@ -116,6 +117,11 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
   if makes and (not train_files or os.path.isdir(os.path.join(data_dir, STAGING))):
     if dataset == PYTHON_DOCS and not train_files:  # before the lock file is made there
       _check_no_files_of_its_own(data_dir)
+      if os.path.basename(os.path.abspath(data_dir)) != PYTHON_DOCS:  # a mistyped path, say
+        raise UserError(f"no token shards in data_dir={data_dir!r}: a run makes the built-in "
+                        f"{PYTHON_DOCS} corpus only in a folder named {PYTHON_DOCS} (the default: "
+                        f"data/{PYTHON_DOCS}); check the path, or make it there first: "
+                        f"{make_command(PYTHON_DOCS, data_dir)}")
     made = missing_folders(data_dir)
     with write_lock(data_dir, wait=True) as lockless:  # write_dataset's lock, held through it
       if lockless:  # the processes of a run would each write the data
