@@ -15,6 +15,7 @@ from jaxgpt import preemption
 if __name__ == "__main__":  # a stop while the libraries below load ends the run with one line
   preemption.catch_early()
 
+import os
 from typing import Any
 
 import jax
@@ -25,12 +26,15 @@ from ml_collections import config_flags
 from jaxgpt import attention, cli, data, defaults, formatting, run_dir, sharding, sinks, train
 from jaxgpt.errors import UserError
 from jaxgpt.model import ARCHITECTURE, GPT, GPTConfig
+from jaxgpt.token_files import split_of
 
 
 def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, float]:
   """The run `config` (read from `config_file`) asks for; returns the last evaluation's
   losses."""
   defaults.validate(config)
+  sharding.agreed("checking out_dir", _check_apart_from_data, config.out_dir,
+                  data.resolve_data_dir(config.dataset, config.data_dir))
   if config.auto_resume:  # the same command, rerun by a scheduler, goes on
     config = _resumed_where_saved(config)
   train.check_start(config)  # before hours of data prep, a download or a weights load
@@ -93,6 +97,21 @@ def _resumed_where_saved(config: ml_collections.ConfigDict) -> ml_collections.Co
                "from them in place of init_from=%s", rundir.checkpoints_dir, steps[-1],
                config.init_from)
   return resumed
+
+
+def _check_apart_from_data(out_dir: str, data_dir: str) -> None:
+  """A run's checkpoints and metrics never go among a dataset's files (out_dir set to the
+  data_dir, a typo): refused before anything is written there."""
+  out = os.path.realpath(os.path.expanduser(out_dir))
+  try:
+    tokens = sorted(name for name in os.listdir(out)
+                    if name.endswith((".bin", ".npy")) and split_of(name))
+  except OSError:  # not there yet, or not a folder: RunDir says what it is
+    tokens = []
+  if out == os.path.realpath(data_dir) or tokens:
+    what = f"holds token files ({tokens[0]}, ...)" if tokens else "is the data_dir"
+    raise UserError(f"out_dir={out_dir!r} {what}: a run would write its checkpoints and "
+                    "metrics among the dataset's files; give the run its own --config.out_dir")
 
 
 def _tasks(model: GPTConfig, mode: str, spec: str, limit: int, hellaswag_file: str

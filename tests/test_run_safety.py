@@ -291,6 +291,22 @@ def test_a_start_in_a_folder_with_another_programs_config_json_is_refused(tmp_pa
   assert pathlib.Path(hf_config).read_text(encoding="utf-8") == before
 
 
+def test_an_out_dir_that_is_a_dataset_folder_is_refused_before_any_write(tmp_path, token_dir):
+  """out_dir=data_dir (a typo) wrote checkpoints/, config.json, metrics.jsonl and run.lock
+  among the token files."""
+  before = sorted(os.listdir(token_dir))
+  config = tiny_config(tmp_path, token_dir, out_dir=token_dir, max_iters=2)
+  with pytest.raises(UserError, match=rf"out_dir='{token_dir}' holds token files "
+                                      r"\(syn_train_000000.bin, ...\): a run would write"):
+    launch.run(config)
+  another = tiny_config(tmp_path, str(tmp_path / "not_made"), dataset="python_docs",
+                        out_dir=str(tmp_path / "not_made"))  # the data would be made there
+  with pytest.raises(UserError, match="is the data_dir"):
+    launch.run(another)
+  assert sorted(os.listdir(token_dir)) == before
+  assert not os.path.exists(tmp_path / "not_made")
+
+
 def test_a_checkpoints_folder_the_run_cannot_save_in_is_refused_at_the_start(tmp_path, token_dir,
                                                                             monkeypatch):
   """Found at the first save, it cost an eval_interval (2000 iterations by default)."""
