@@ -42,6 +42,9 @@ class Start:
 
 
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
+# The keys an evaluation reads beyond the architecture: the changes an eval_only resume says.
+_EVALUATED = ("dataset", "data_dir", "eval_iters", "dtype", "attention", "loss_chunk_size",
+              "sharding")
 
 
 def position_basis(layout: sharding.BatchLayout, workers: int) -> dict[str, int | str]:
@@ -57,25 +60,25 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
            open_batches: Batches) -> tuple[Start, grain.DatasetIterator]:
   """The latest good checkpoint's state, and the train batches from where it stopped.
 
-  Under the batch layout it was saved with, the saved data iterator continues. Under another
-  (batch size, accumulation, devices, processes, workers; with workers, another Grain version),
-  or where the saved iterator state of any process does not read back (a missing or damaged
-  file), every process starts a new one at the window the checkpoint reached: the same tokens
-  in the same order, and one start window in the checkpoints they save next. A data position
-  never makes a resume fall back.
+  Under the batch layout it was saved with, the saved data iterator continues. Under another (batch
+  size, accumulation, devices, processes, workers; with workers, Grain's version), or where the
+  saved iterator state of any process does not read back (a missing or damaged file), every process
+  starts a new one at the window the checkpoint reached: the same tokens in the same order, and one
+  start window in the checkpoints they save next. A data position never makes a resume fall back.
   """
   now = position_basis(layout, config.data_workers)
   speaks = jax.process_index() == 0  # what every process would say alike, said once
+  trains = not config.eval_only  # else no train batch is read: their position goes unsaid
   reached = lambda meta, why, said: _reached(meta["tokens"], config.block_size, why, said)
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
     saved = meta.get("data") or {**now, "start_window": 0}  # written before they were recorded
-    if saved["devices"] != now["devices"] and speaks:
+    if saved["devices"] != now["devices"] and speaks and trains:
       logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
                       saved["devices"])
     why_not = _not_continued(saved, now)
     if why_not:
-      window = reached(meta, why_not, speaks)
+      window = reached(meta, why_not, speaks and trains)
       return open_batches(window), window
     window = saved["start_window"]
     batches = open_batches(window)
@@ -90,7 +93,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     batches.close()
     window = reached(meta, f"the data position saved with step {step} does not read back "
                      f"({checkpoint.cause(error)})",  # each cause said where it was met
-                     speaks or not isinstance(error, sharding.FailedElsewhere))
+                     trains and (speaks or not isinstance(error, sharding.FailedElsewhere)))
     return open_batches(window), window
 
   changed = {}  # keys: what config changes of the last checkpoint checked, the one restored
@@ -104,7 +107,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   if speaks:
     _log_changes([k for k in changed["keys"] if k != "data_dir" or not saved.get("data_dir")],
                  meta["config"], then, config.to_dict())
-    if it < config.max_iters and not config.eval_only:
+    if it < config.max_iters and trains:
       warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
@@ -117,8 +120,9 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
 def _log_changes(keys: list[str], saved: dict[str, Any], then: dict[str, Any],
                  now: dict[str, Any]) -> None:
   """The config `keys` a resume changed from the checkpoint's `saved` to `now` (`then`: the
-  saved config with the defaults of keys the run predates)."""
-  for key in keys:
+  saved config with the defaults of keys the run predates); under eval_only, those an
+  evaluation reads."""
+  for key in (k for k in keys if k in _EVALUATED or not now["eval_only"]):
     if key == "attention" and then[key] == "auto":  # saved before runs recorded the kernel
       continue
     predates = "" if key in saved else " (the default; the run predates the key)"

@@ -481,7 +481,8 @@ def test_an_older_run_s_auto_attention_is_not_logged_as_a_change(caplog):
   caplog.set_level(logging.INFO)
   then = {"attention": "auto", "grad_clip": 1.0}
   resume._log_changes(["attention", "grad_clip"], then, then, {"attention": "xla",
-                                                               "grad_clip": 0.5})
+                                                               "grad_clip": 0.5,
+                                                               "eval_only": False})
   assert caplog.messages == ["resume: grad_clip changed from 1.0 to 0.5"]
 
 

@@ -232,6 +232,22 @@ def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token
   np.testing.assert_array_equal(fed_batches[0], expected)
 
 
+@pytest.mark.slow
+def test_an_eval_only_resume_says_only_the_changes_its_evaluation_sees(tmp_path, token_dir,
+                                                                       caplog):
+  """It logged the batch layout's new data position, batch_size, lr_decay_iters and eval_only
+  itself as changes, though it trains nothing."""
+  train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  caplog.clear()
+  caplog.set_level(logging.INFO)
+  train.train(tiny_config(tmp_path, token_dir, max_iters=3, init_from="resume", eval_only=True,
+                          batch_size=2, lr_decay_iters=100, eval_iters=1))
+  assert [m for m in caplog.messages if m.startswith("resume:")] == [
+      "resume: eval_iters changed from 2 to 1",
+      ("resume: eval_iters changed, so the val loss is over other windows than the run's "
+       "before, and compared with its best_val_loss all the same")]
+
+
 def checkpoint_meta(config, at_step: int):
   ckpts = run_dir.RunDir(config.out_dir).checkpoints(read_only=True)
   return at_step, ckpts.read_meta(at_step)
