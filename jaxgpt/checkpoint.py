@@ -28,9 +28,11 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxgpt import sharding
@@ -258,9 +260,14 @@ class Checkpoints:
         unreadable.append((step, error))
         continue
       state, finished = restored
-      for bad_step, error in unreadable:
-        logging.warning("checkpoint %s/%d is unreadable (%s); using step %d", self.directory,
-                        bad_step, cause(error), step)
+      if unreadable:  # said by process 0, and by another only for a cause process 0 did not meet
+        read_by_0 = multihost_utils.broadcast_one_to_all(np.array(
+            [isinstance(error, sharding.FailedElsewhere) for _, error in unreadable]))
+        for (bad_step, error), read_there in zip(unreadable, read_by_0):
+          own = not isinstance(error, sharding.FailedElsewhere)  # else it failed elsewhere: process 0 says where
+          if jax.process_index() == 0 or (own and read_there):
+            logging.warning("checkpoint %s/%d is unreadable (%s); using step %d", self.directory,
+                            bad_step, cause(error), step)
       return step, state, meta, finished, [bad for bad, _ in unreadable]
     errors = "; ".join(f"step {s}: {cause(e)}" for s, e in unreadable)
     raise UserError(f"{self.directory}: none of the checkpoints {steps} could be restored, and "

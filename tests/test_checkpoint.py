@@ -37,6 +37,7 @@ from conftest import (
   wait_until_training,
   write_config_file,
 )
+from jax.experimental import multihost_utils
 
 from jaxgpt import checkpoint, cli, preemption, resume, run_dir, train, train_step
 from jaxgpt.errors import UserError
@@ -221,6 +222,33 @@ def test_an_eval_only_resume_leaves_an_unreadable_checkpoint_where_it_was(tmp_pa
   assert sorted(os.listdir(os.path.join(config.out_dir, "checkpoints"))) == ["3", "6"]
   assert any(m.startswith("done: the checkpoint of step 3 in") for m in caplog.messages)
   assert ended == []  # eval_only evaluates and ends: no closing sample
+
+
+@pytest.mark.slow
+def test_an_unreadable_checkpoint_is_said_by_process_0_alone(tmp_path, token_dir, caplog,
+                                                             monkeypatch):
+  """Every process of a run said it, as it passed over the same steps. Another process says
+  a cause of its own that process 0 did not meet (its slices of an fsdp state, say), which
+  process 0's line leaves to it ("failed on process(es) [1], whose error says why")."""
+  config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6)
+  train.train(config)
+  truncate_state(os.path.join(config.out_dir, "checkpoints", "6"))
+  evaluation = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6,
+                           init_from="resume", eval_only=True)
+  said = "checkpoints/6 is unreadable (a JSON file of it is not readable"
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  with caplog.at_level(logging.INFO):
+    train.train(evaluation)  # process 0 met the same cause
+  assert "is unreadable" not in caplog.text
+  monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.ones_like(x))
+  with caplog.at_level(logging.INFO):
+    train.train(evaluation)  # process 0 read it
+  assert said in caplog.text
+  caplog.clear()
+  monkeypatch.undo()
+  with caplog.at_level(logging.INFO):
+    train.train(evaluation)
+  assert said in caplog.text
 
 
 def poison_windows(token_dir: str) -> None:
