@@ -278,6 +278,14 @@ def _flag_error(error: flags.Error) -> str:
       why = "not a boolean (true or false)"
     elif why.startswith("could not convert string to float"):
       why = "not a number"
+    typed = re.search(r"field '(\w+)' \(reference\)\. (.*) is of original type <class '(\w+)'> "
+                      r"and cannot be casted to type <class '(\w+)'>", why)
+    if typed:  # a recipe's key set to a value of another type (ml_collections' words)
+      key, given, kind, takes = typed.groups()
+      at = re.findall(rf'File "{re.escape(value.split(":")[0])}", line (\d+)', text)
+      why = (f"{'line ' + at[-1] if at else 'it'} sets {key} to "
+             f"{repr(given) if kind == 'str' else given}, a {kind}; {key} takes "
+             f"{'an' if takes[0] in 'aeiou' else 'a'} {takes}")
     return f"{flag}={value}: {why}"
   if isinstance(error, flags.UnrecognizedFlagError):
     name = error.flagname

@@ -7,9 +7,11 @@ import subprocess
 import ml_collections
 import numpy as np
 import pytest
+from absl import flags
 from conftest import recipe, records, run_python
+from ml_collections import config_flags
 
-from jaxgpt import data, defaults, optim
+from jaxgpt import cli, data, defaults, optim
 from jaxgpt.errors import UserError
 
 
@@ -305,6 +307,21 @@ def test_a_recipe_that_returns_no_config_dict_is_one_error_from_launch(tmp_path,
   assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
   said = {"5": "the recipe's get_config() returned int", "{": "the config has no "}
   assert r.stderr.strip().startswith(f"error: {said[returned[0]]}"), r.stderr
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections'
+def test_a_recipe_key_of_another_type_names_the_key_the_value_and_the_type(tmp_path):
+  """ml_collections said "Could not override field 'batch_size' (reference). abc is of original
+  type <class 'str'> and cannot be casted to type <class 'int'>"."""
+  typed = tmp_path / "typed.py"
+  typed.write_text("from jaxgpt import defaults\n\ndef get_config():\n"
+                   "  c = defaults.get_config()\n  c.batch_size = 'abc'\n  return c\n")
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "a recipe", flag_values=values)
+  with pytest.raises(flags.Error) as refused:
+    values(["launch.py", f"--config={typed}"])
+  assert cli._flag_error(refused.value) == (
+      f"--config={typed}: line 5 sets batch_size to 'abc', a str; batch_size takes an int")
 
 
 @pytest.mark.slow  # a command line
