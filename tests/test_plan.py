@@ -536,6 +536,10 @@ def test_the_cpu_estimate_says_it_counts_no_fsdp_split(tmp_path, monkeypatch):
       "memory: on one device, unsharded: fsdp over 8 devices keeps 1/8 of the weights and "
       "AdamW's moments on each, so less")
   assert len(memory.cpu_report(step, 12, "RTX 4070", n_devices=1)) == 2
+  # 7 divides no dimension of its matrices: it said 1/7 of them on each device.
+  assert memory.cpu_report(step, 12, "RTX 4070", n_devices=7)[1] == (
+      "memory: on one device, unsharded: fsdp over 7 devices keeps 100% of the weights and "
+      "AdamW's moments whole on each (7 divides none of their dimensions), so no less")
 
 
 def test_the_cpu_estimate_says_fit_undecided_within_what_it_overstates(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxgpt import attention, sharding, train_step
 from jaxgpt.errors import UserError
@@ -202,6 +203,14 @@ def _training_kernel(m: GPTConfig, gpu: attention.Capability | None) -> str:
   return attention.resolve(m.attention, m.dtype, m.n_embd // m.n_head, gpu)
 
 
+def _fsdp_whole(shapes: Any, n_shards: int) -> float:
+  """The share of a tree's elements that fsdp over `n_shards` leaves whole on every device
+  (a matrix none of whose dimensions `n_shards` divides is not split)."""
+  leaves = jax.tree.leaves(shapes)
+  whole = sum(x.size for x in leaves if sharding.leaf_spec(x.shape, n_shards, "fsdp") == P())
+  return whole / sum(x.size for x in leaves)
+
+
 def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_devices: int = 1
                ) -> list[str]:
   """The CPU estimate, said to be one, against a card's memory; how to get the real plan."""
@@ -234,8 +243,12 @@ def cpu_report(step: train_step.StepConfig, memory_gib: float, device: str, n_de
                     "XLA's plan for a card: it may fit")),
   ]
   if step.sharding == "fsdp" and n_devices > 1:
-    lines.insert(1, f"memory: on one device, unsharded: fsdp over {n_devices} devices keeps "
-                    f"1/{n_devices} of the weights and AdamW's moments on each, so less")
+    whole = _fsdp_whole(train_step.build(step).abstract_state, n_devices)
+    kept = (f"1/{n_devices} of the weights and AdamW's moments on each, so less"
+            if whole < 0.05 else  # the vectors (norms, biases) stay whole: a share of a tiny model
+            f"{whole:.0%} of the weights and AdamW's moments whole on each ({n_devices} divides "
+            f"none of their dimensions), so {'no less' if whole > 0.995 else 'less'}")
+    lines.insert(1, f"memory: on one device, unsharded: fsdp over {n_devices} devices keeps {kept}")
   if targets.plugin_installed():
     return lines
   return lines + [("memory: XLA's own plan for the card needs JAX's CUDA plugin (no GPU or "
