@@ -630,13 +630,14 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   counts = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
                              n_devices=layout.n_devices, device_kind=device.device_kind,
                              start_iter=start.iter, start_tokens=start.tokens)
-  for line in summary.describe(counts, layout):
+  trains = not config.eval_only  # an evaluation is planned by its model's size alone
+  for line in summary.describe(counts, layout)[:None if trains else 1]:
     logging.info("plan: %s", line)
   speaks = jax.process_index() == 0  # the other processes log warnings too: each said once
   for warning in summary.check(config, counts, config_file=config_file, device=device):
-    if speaks:
+    if speaks and trains:
       logging.warning("plan: %s", warning)
-  if counts.peak_flops is None and speaks:  # lines leave MFU out
+  if counts.peak_flops is None and speaks and trains:  # lines leave MFU out
     log = logging.info if device.platform == "cpu" else logging.warning
     log("MFU: the peak FLOP/s of %r is not in jaxgpt's table (gpus.py), so no line shows MFU; "
         "--config.peak_flops=FLOP/s (its dense bf16 rate) sets it", device.device_kind)

@@ -236,7 +236,7 @@ def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token
 def test_an_eval_only_resume_says_only_the_changes_its_evaluation_sees(tmp_path, token_dir,
                                                                        caplog):
   """It logged the batch layout's new data position, batch_size, lr_decay_iters and eval_only
-  itself as changes, though it trains nothing."""
+  itself as changes, and the training plan, though it trains nothing."""
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   caplog.clear()
   caplog.set_level(logging.INFO)
@@ -246,6 +246,9 @@ def test_an_eval_only_resume_says_only_the_changes_its_evaluation_sees(tmp_path,
       "resume: eval_iters changed from 2 to 1",
       ("resume: eval_iters changed, so the val loss is over other windows than the run's "
        "before, and compared with its best_val_loss all the same")]
+  # Nor the training plan (tokens per iteration, schedule, epochs, MFU), only the model's size.
+  planned = [m for m in caplog.messages if m.startswith(("plan:", "MFU:"))]
+  assert len(planned) == 1 and planned[0].startswith("plan: parameters: "), planned
 
 
 def checkpoint_meta(config, at_step: int):
