@@ -264,7 +264,7 @@ class Checkpoints:
         read_by_0 = multihost_utils.broadcast_one_to_all(np.array(
             [isinstance(error, sharding.FailedElsewhere) for _, error in unreadable]))
         for (bad_step, error), read_there in zip(unreadable, read_by_0):
-          own = not isinstance(error, sharding.FailedElsewhere)  # else it failed elsewhere: process 0 says where
+          own = not isinstance(error, sharding.FailedElsewhere)  # else process 0 says where
           if jax.process_index() == 0 or (own and read_there):
             logging.warning("checkpoint %s/%d is unreadable (%s); using step %d", self.directory,
                             bad_step, cause(error), step)
