@@ -6,7 +6,7 @@
 
 Samples are decoded --batch_rows at a time with a KV cache (inference/decoding.py),
 each batch printed as it is done; the decoding speed is measured by
-`python -m jaxgpt.bench --decode`.
+`python -m jaxgpt.bench --config=configs/NAME.py --decode`.
 """
 
 from __future__ import annotations
