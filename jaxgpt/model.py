@@ -232,14 +232,16 @@ class GPT(nn.Module):
     """Next-token logits (B, T, V), float32."""
     return self._logits(*self.trunk(idx_BT, train=train))
 
-  def loss(self, idx_BT: jax.Array, targets_BT: jax.Array, *, train: bool = False) -> jax.Array:
-    """Mean next-token cross-entropy of `targets_BT`, float32."""
+  def loss(self, idx_BT: jax.Array, targets_BT: jax.Array, *, train: bool = False,
+           interleave: bool = False) -> jax.Array:
+    """Mean next-token cross-entropy of `targets_BT`, float32 (`interleave`: head_loss's)."""
     cfg = self.config
     x_BTD, head_VD = self.trunk(idx_BT, train=train)
     if cfg.loss_chunk_size:
       return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), head_VD,
                                           targets_BT.reshape(-1), chunk_size=cfg.loss_chunk_size,
-                                          dtype=cfg.dtype, softcap=cfg.logit_softcap)
+                                          dtype=cfg.dtype, softcap=cfg.logit_softcap,
+                                          interleave=interleave)
     return cross_entropy(self._logits(x_BTD, head_VD), targets_BT)
 
   def token_losses(self, idx_BT: jax.Array, scored_BS: jax.Array,

@@ -87,6 +87,25 @@ def test_chunked_loss_in_bfloat16_scales_the_hidden_gradient_exactly():
   assert float(jnp.vdot(got, exact) / jnp.vdot(exact, exact)) == pytest.approx(1, abs=2e-4)
 
 
+def test_interleaved_chunks_give_the_loss_and_hidden_gradient_of_contiguous_ones():
+  """fsdp's interleaved chunks (chunk c of rows c, c + C, ...), a padded one among them: the
+  same mean, and d(hidden) back in the rows' own order."""
+  N, D, V = 50, 16, 96  # 4 chunks of 13, the last 2 rows padding
+  k_x, k_e, k_t = jax.random.split(jax.random.PRNGKey(0), 3)
+  x_ND = jax.random.normal(k_x, (N, D))
+  embedding_VD = 0.02 * jax.random.normal(k_e, (V, D))
+  targets_N = jax.random.randint(k_t, (N,), 0, V)
+
+  def loss_and_d_hidden(interleave):
+    loss = lambda x: head_loss.mean_cross_entropy(x, embedding_VD, targets_N, chunk_size=13,
+                                                  dtype="float32", interleave=interleave)
+    return jax.value_and_grad(loss)(x_ND)
+
+  (loss, d_x), (contiguous, d_x_contiguous) = loss_and_d_hidden(True), loss_and_d_hidden(False)
+  assert float(loss) == pytest.approx(float(contiguous), abs=1e-6)
+  np.testing.assert_allclose(d_x, d_x_contiguous, rtol=1e-5, atol=1e-8)
+
+
 def test_eval_loss_without_gradients_uses_the_chunked_forward(params, tokens_BT1):
   def loss(chunk_size):
     return GPT(dataclasses.replace(BASE, loss_chunk_size=chunk_size)).apply(
