@@ -219,15 +219,16 @@ def split_by_xla(step: StepConfig, mesh: jax.sharding.Mesh) -> bool:
   return step.sharding == "fsdp" and mesh.size > 1
 
 
-def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None
+def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None, interleave: bool = False
                    ) -> Callable[[Any, jax.Array], jax.Array]:
   """A jitted mean loss of one (batch_size, block_size+1) batch, dropout off. With `dp_mesh`
   each device takes the loss of its share, averaged once: left to XLA, the chunked head's
-  scan over the whole batch gathered it, and every device computed every chunk."""
+  scan over the whole batch gathered it, and every device computed every chunk. `interleave`
+  as the train step's."""
 
   def eval_step(params: Any, tokens_BT1: jax.Array) -> jax.Array:
     if dp_mesh is None or tokens_BT1.shape[0] % dp_mesh.size:  # rows the devices cannot share
-      return loss(model, params, tokens_BT1, None)
+      return loss(model, params, tokens_BT1, None, interleave)
     local_then_mean = lambda p, t: jax.lax.pmean(loss(model, p, t, None), sharding.DATA)
     # check_vma=False: the head loss's scan carries are not typed as varying per device.
     return jax.shard_map(local_then_mean, mesh=dp_mesh, in_specs=(P(), P(sharding.DATA)),

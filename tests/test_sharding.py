@@ -148,11 +148,16 @@ from jaxgpt import sharding, train_step
 config = tiny_config(pathlib.Path(sys.argv[1]), "", batch_size=8, block_size=64,
                      loss_chunk_size=16, sharding="fsdp")
 setup = train_step.build(train_step.StepConfig.from_config(config))
-hlo = train_step.compile_train_step(setup, sharding.make_mesh()).as_text()
-gathered = [4 * math.prod(int(d) for d in dims.split(",") if d)
-            for dims in re.findall(r"= f32\[([\d,]*)\]\S* all-gather\(", hlo)]
-print(json.dumps({"gathered": gathered, "largest_param": max(
-    4 * x.size for x in jax.tree.leaves(setup.abstract_state.params))}))
+mesh = sharding.make_mesh()
+params = sharding.abstract_like(setup.abstract_state.params, sharding.state_shardings(
+    setup.abstract_state, mesh, "fsdp").params)
+batch = jax.ShapeDtypeStruct((8, 65), "uint16", sharding=sharding.batch_sharding(mesh, 2, 0))
+steps = {"train": train_step.compile_train_step(setup, mesh), "eval": train_step.make_eval_step(
+    setup.model, None, train_step.split_by_xla(setup.step, mesh)).lower(params, batch).compile()}
+print(json.dumps({"largest_param": max(4 * x.size for x in jax.tree.leaves(params)), **{
+    name: [4 * math.prod(int(d) for d in dims.split(",") if d)
+           for dims in re.findall(r"= f32\[([\d,]*)\]\S* all-gather\(", step.as_text())]
+    for name, step in steps.items()}}))
 """
 
 
@@ -160,13 +165,14 @@ print(json.dumps({"gathered": gathered, "largest_param": max(
 def test_the_fsdp_step_gathers_the_params_and_not_the_hidden_states(tmp_path):
   """8 devices, 32 loss chunks a micro-batch: with contiguous chunks (split over the chunk
   axis) each chunk all-gathered the whole micro-batch's hidden states, f32[256,16,32] here
-  (21 GiB a step for gpt2_124m on 8 H100s); interleaved, no gather exceeds the largest
-  param."""
+  (21 GiB a step for gpt2_124m on 8 H100s), and the eval step gathered the batch's (11.6 GB
+  a batch); interleaved, no gather exceeds the largest param."""
   r = run_python("-c", FSDP_STEP_ON_8, str(tmp_path),
                  XLA_FLAGS="--xla_force_host_platform_device_count=8")
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.loads(r.stdout.strip().splitlines()[-1])
-  assert out["gathered"] and max(out["gathered"]) <= out["largest_param"], out
+  assert out["train"] and max(out["train"]) <= out["largest_param"], out
+  assert out["eval"] and max(out["eval"]) <= out["largest_param"], out  # the eval step's too
 
 
 @pytest.mark.slow
