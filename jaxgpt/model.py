@@ -195,6 +195,7 @@ class GPT(nn.Module):
   `token_losses` (evaluation), `next_logits` (sampling); `model.apply(..., method=GPT.loss)`."""
 
   config: GPTConfig
+  split_rows: bool = False  # XLA splits the rows over devices (fsdp): interleaved loss chunks
 
   @nn.compact
   def trunk(self, idx_BT: jax.Array, *, train: bool = False,
@@ -232,16 +233,15 @@ class GPT(nn.Module):
     """Next-token logits (B, T, V), float32."""
     return self._logits(*self.trunk(idx_BT, train=train))
 
-  def loss(self, idx_BT: jax.Array, targets_BT: jax.Array, *, train: bool = False,
-           interleave: bool = False) -> jax.Array:
-    """Mean next-token cross-entropy of `targets_BT`, float32 (`interleave`: head_loss's)."""
+  def loss(self, idx_BT: jax.Array, targets_BT: jax.Array, *, train: bool = False) -> jax.Array:
+    """Mean next-token cross-entropy of `targets_BT`, float32."""
     cfg = self.config
     x_BTD, head_VD = self.trunk(idx_BT, train=train)
     if cfg.loss_chunk_size:
       return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), head_VD,
                                           targets_BT.reshape(-1), chunk_size=cfg.loss_chunk_size,
                                           dtype=cfg.dtype, softcap=cfg.logit_softcap,
-                                          interleave=interleave)
+                                          interleave=self.split_rows)
     return cross_entropy(self._logits(x_BTD, head_VD), targets_BT)
 
   def token_losses(self, idx_BT: jax.Array, scored_BS: jax.Array,

@@ -504,9 +504,8 @@ def _evaluator(setup: train_step.TrainSetup, layout: sharding.BatchLayout,
                ) -> Callable[[Any], dict[str, float]]:
   """`val_losses` of a run's params, its eval step mapped over the devices where each holds
   the params (dp)."""
-  eval_step = train_step.make_eval_step(setup.model,
-                                        train_step.data_parallel(setup.step, layout.mesh),
-                                        train_step.split_by_xla(setup.step, layout.mesh))
+  eval_step = train_step.make_eval_step(train_step.model_on(setup, layout.mesh),
+                                        train_step.data_parallel(setup.step, layout.mesh))
   return lambda params: val_losses(eval_step, params, sources, n_windows, seed, layout)
 
 

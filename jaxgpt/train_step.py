@@ -97,21 +97,18 @@ def build(step: StepConfig) -> TrainSetup:
   return dataclasses.replace(setup, abstract_state=jax.eval_shape(setup.new_state))
 
 
-def loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None,
-         interleave: bool = False) -> jax.Array:
-  """Mean next-token loss of (B, T+1) windows; dropout on when `rng` is given; `interleave`
-  where XLA splits the rows over devices (`split_by_xla`)."""
+def loss(model: GPT, params: Any, tokens_BT1: jax.Array, rng: jax.Array | None) -> jax.Array:
+  """Mean next-token loss of (B, T+1) windows; dropout on when `rng` is given."""
   tokens_BT1 = tokens_BT1.astype(jnp.int32)
   train = rng is not None
   return model.apply({"params": params}, tokens_BT1[:, :-1], tokens_BT1[:, 1:], train=train,
-                     interleave=interleave, rngs={"dropout": rng} if train else None,
-                     method=GPT.loss)
+                     rngs={"dropout": rng} if train else None, method=GPT.loss)
 
 
-def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array,
-                interleave: bool = False) -> tuple[Any, jax.Array]:
+def _mean_grads(model: GPT, params: Any, tokens_ABT1: Batch, step_rng: jax.Array
+                ) -> tuple[Any, jax.Array]:
   """Mean gradient and loss over the micro-batches, summed in float32 by a `lax.scan`."""
-  grad_fn = jax.value_and_grad(lambda p, t, r: loss(model, p, t, r, interleave))
+  grad_fn = jax.value_and_grad(lambda p, t, r: loss(model, p, t, r))
 
   def micro_step(grads_sum, xs):
     i, tokens_BT1 = xs
@@ -143,8 +140,7 @@ def _revert_unless_finite(finite: jax.Array, new: Any, old: Any) -> Any:
 
 
 def make_train_step(model: GPT, tx: optax.GradientTransformation,
-                    out_shardings: Any = None, dp_mesh: jax.sharding.Mesh | None = None,
-                    interleave: bool = False
+                    out_shardings: Any = None, dp_mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """A jitted, state-donating `train_step(state, batch)`: one iteration, k micro-batches of b
   as one update of a batch of k*b.
@@ -153,13 +149,12 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation,
   reaches the params or a checkpoint. `out_shardings` (state, metrics) pins the new state
   where the old one was. With `dp_mesh` (replicated params) each device accumulates its
   share's gradients, averaged once per iteration, not per micro-batch as XLA would.
-  `interleave` where XLA splits the batch (`split_by_xla`).
   """
 
   def train_step(state: TrainState, tokens_ABT1: Batch) -> tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(state.rng, state.step)
     if dp_mesh is None:
-      grads, value = _mean_grads(model, state.params, tokens_ABT1, step_rng, interleave)
+      grads, value = _mean_grads(model, state.params, tokens_ABT1, step_rng)
     else:
       def local_then_mean(params, tokens_ABT1, rng):
         rng = jax.random.fold_in(rng, jax.lax.axis_index(sharding.DATA))  # own dropout masks
@@ -196,8 +191,8 @@ def compile_train_step(setup: TrainSetup, mesh: jax.sharding.Mesh, state: Any = 
   shardings = sharding.state_shardings(setup.abstract_state, mesh, setup.step.sharding)
   if state is None:
     state = sharding.abstract_like(setup.abstract_state, shardings)
-  step = make_train_step(setup.model, setup.tx, (shardings, sharding.replicated(mesh)),
-                         data_parallel(setup.step, mesh), split_by_xla(setup.step, mesh))
+  step = make_train_step(model_on(setup, mesh), setup.tx, (shardings, sharding.replicated(mesh)),
+                         data_parallel(setup.step, mesh))
   return step.lower(state, setup.step.layout(mesh).train_spec).compile()
 
 
@@ -213,22 +208,21 @@ def data_parallel(step: StepConfig, mesh: jax.sharding.Mesh) -> jax.sharding.Mes
   return mesh if step.sharding == "dp" and mesh.size > 1 else None
 
 
-def split_by_xla(step: StepConfig, mesh: jax.sharding.Mesh) -> bool:
-  """Whether XLA splits the batch over several devices (fsdp): the chunked loss then takes
-  interleaved chunks, each split like the rows (see head_loss.mean_cross_entropy)."""
-  return step.sharding == "fsdp" and mesh.size > 1
+def model_on(setup: TrainSetup, mesh: jax.sharding.Mesh) -> GPT:
+  """The model as the steps run it on `mesh`: where XLA splits the batch over the devices
+  (fsdp), its chunked loss takes interleaved chunks, each split like the rows."""
+  return setup.model.clone(split_rows=setup.step.sharding == "fsdp" and mesh.size > 1)
 
 
-def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None, interleave: bool = False
+def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None
                    ) -> Callable[[Any, jax.Array], jax.Array]:
   """A jitted mean loss of one (batch_size, block_size+1) batch, dropout off. With `dp_mesh`
   each device takes the loss of its share, averaged once: left to XLA, the chunked head's
-  scan over the whole batch gathered it, and every device computed every chunk. `interleave`
-  as the train step's."""
+  scan over the whole batch gathered it, and every device computed every chunk."""
 
   def eval_step(params: Any, tokens_BT1: jax.Array) -> jax.Array:
     if dp_mesh is None or tokens_BT1.shape[0] % dp_mesh.size:  # rows the devices cannot share
-      return loss(model, params, tokens_BT1, None, interleave)
+      return loss(model, params, tokens_BT1, None)
     local_then_mean = lambda p, t: jax.lax.pmean(loss(model, p, t, None), sharding.DATA)
     # check_vma=False: the head loss's scan carries are not typed as varying per device.
     return jax.shard_map(local_then_mean, mesh=dp_mesh, in_specs=(P(), P(sharding.DATA)),

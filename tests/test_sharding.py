@@ -153,7 +153,7 @@ params = sharding.abstract_like(setup.abstract_state.params, sharding.state_shar
     setup.abstract_state, mesh, "fsdp").params)
 batch = jax.ShapeDtypeStruct((8, 65), "uint16", sharding=sharding.batch_sharding(mesh, 2, 0))
 steps = {"train": train_step.compile_train_step(setup, mesh), "eval": train_step.make_eval_step(
-    setup.model, None, train_step.split_by_xla(setup.step, mesh)).lower(params, batch).compile()}
+    train_step.model_on(setup, mesh)).lower(params, batch).compile()}
 print(json.dumps({"largest_param": max(4 * x.size for x in jax.tree.leaves(params)), **{
     name: [4 * math.prod(int(d) for d in dims.split(",") if d)
            for dims in re.findall(r"= f32\[([\d,]*)\]\S* all-gather\(", step.as_text())]
