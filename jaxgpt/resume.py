@@ -43,7 +43,7 @@ class Start:
 
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
 # The keys an evaluation reads beyond the architecture: the changes an eval_only resume says.
-_EVALUATED = ("dataset", "data_dir", "eval_iters", "seed", "dtype", "attention", "loss_chunk_size",
+_EVALUATED = ("dataset", "data_dir", "eval_iters", "dtype", "attention", "loss_chunk_size",
               "sharding", "eval_tasks", "eval_tasks_limit", "hellaswag_file")
 
 

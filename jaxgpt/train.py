@@ -630,12 +630,12 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   counts = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
                              n_devices=layout.n_devices, device_kind=device.device_kind,
                              start_iter=start.iter, start_tokens=start.tokens)
-  trains = not config.eval_only  # an evaluation is planned by its model's size alone
+  trains = not config.eval_only  # an evaluation's plan is its model's size (and the warnings)
   for line in summary.describe(counts, layout)[:None if trains else 1]:
     logging.info("plan: %s", line)
   speaks = jax.process_index() == 0  # the other processes log warnings too: each said once
   for warning in summary.check(config, counts, config_file=config_file, device=device):
-    if speaks and trains:
+    if speaks:
       logging.warning("plan: %s", warning)
   if counts.peak_flops is None and speaks and trains:  # lines leave MFU out
     log = logging.info if device.platform == "cpu" else logging.warning

@@ -236,7 +236,7 @@ def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token
 def test_an_eval_only_resume_says_only_the_changes_its_evaluation_sees(tmp_path, token_dir,
                                                                        caplog):
   """It logged the batch layout's new data position, batch_size, lr_decay_iters and eval_only
-  itself as changes, and the training plan, though it trains nothing."""
+  itself as changes, and the training plan (its warnings stay), though it trains nothing."""
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   caplog.clear()
   caplog.set_level(logging.INFO)
@@ -247,7 +247,8 @@ def test_an_eval_only_resume_says_only_the_changes_its_evaluation_sees(tmp_path,
       ("resume: eval_iters changed, so the val loss is over other windows than the run's "
        "before, and compared with its best_val_loss all the same")]
   # Nor the training plan (tokens per iteration, schedule, epochs, MFU), only the model's size.
-  planned = [m for m in caplog.messages if m.startswith(("plan:", "MFU:"))]
+  planned = [r.getMessage() for r in caplog.records
+             if r.levelno == logging.INFO and r.getMessage().startswith(("plan:", "MFU:"))]
   assert len(planned) == 1 and planned[0].startswith("plan: parameters: "), planned
 
 
@@ -318,12 +319,12 @@ def test_an_out_dir_that_is_a_dataset_folder_is_refused_before_any_write(tmp_pat
   with pytest.raises(UserError, match=rf"out_dir='{token_dir}' holds token files "
                                       r"\(syn_train_000000.bin, ...\): a run would write"):
     launch.run(config)
-  another = tiny_config(tmp_path, str(tmp_path / "not_made"), dataset="python_docs",
-                        out_dir=str(tmp_path / "not_made"))  # the data would be made there
+  another = tiny_config(tmp_path, str(tmp_path / "python_docs"), dataset="python_docs",
+                        out_dir=str(tmp_path / "python_docs"))  # the data would be made there
   with pytest.raises(UserError, match="is the data_dir"):
     launch.run(another)
   assert sorted(os.listdir(token_dir)) == before
-  assert not os.path.exists(tmp_path / "not_made")
+  assert not os.path.exists(tmp_path / "python_docs")
 
 
 def test_a_checkpoints_folder_the_run_cannot_save_in_is_refused_at_the_start(tmp_path, token_dir,

@@ -175,10 +175,9 @@ def test_a_val_split_smaller_than_an_evaluation_is_said_to_repeat(tmp_path, toke
 
 def test_a_recipe_file_named_for_another_size_is_warned_of_with_warnings_alone(tmp_path,
                                                                               token_dir):
-  """--verbosity=-1 (absl's warnings alone, which launch.py raises to INFO when not asked). An
-  eval_only run is planned by its model's size alone: this one trains."""
+  """--verbosity=-1 (absl's warnings alone, which launch.py raises to INFO when not asked)."""
   recipe_file = tmp_path / "tiny_40m.py"
-  os.rename(write_config_file(tmp_path, token_dir), recipe_file)
+  os.rename(write_config_file(tmp_path, token_dir, eval_only=True), recipe_file)
   r = run_python("launch.py", f"--config={recipe_file}", "--verbosity=-1")
   assert r.returncode == 0, r.stderr
   assert f"plan: config '{recipe_file}' says 40m but the model has" in r.stderr
