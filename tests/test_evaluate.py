@@ -249,12 +249,12 @@ def test_a_missing_or_unreadable_task_file_is_refused_before_the_data_is_made(
   (tmp_path / "empty.txt").write_text("")
   (tmp_path / "bad.jsonl").write_text("{not json\n")
   config = defaults.recipe("quickstart")  # python_docs, tokenized where it is missing
-  config.update(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"),
+  config.update(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "python_docs"),
                 eval_tasks=eval_tasks.format(tmp=tmp_path),
                 hellaswag_file=hellaswag_file.format(tmp=tmp_path))
   with pytest.raises(UserError, match=said):
     launch.run(config)
-  assert not (tmp_path / "data").exists()
+  assert not (tmp_path / "python_docs").exists()
 
 
 def test_two_tasks_of_one_name_are_refused_naming_both(tmp_path):

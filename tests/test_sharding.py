@@ -80,9 +80,10 @@ def test_processes_with_unequal_devices_are_refused(monkeypatch):
                          ids=["dp", "fsdp", "fsdp-modern"])
 def test_eight_devices_train_like_one_device_with_the_same_global_batch(tmp_path, token_dir,
                                                                         mode, recipe):
-  one = sharded_run(tmp_path, token_dir, "one", devices=1, batch_size=8, **RUN, **recipe)
-  eight = sharded_run(tmp_path, token_dir, mode, devices=8, batch_size=1, sharding=mode, **RUN,
-                      **recipe)
+  """Micro-batches of 8 loss chunks: fsdp's interleaved (each split over the 8 devices)."""
+  run = {**RUN, **recipe, "loss_chunk_size": 16}
+  one = sharded_run(tmp_path, token_dir, "one", devices=1, batch_size=8, **run)
+  eight = sharded_run(tmp_path, token_dir, mode, devices=8, batch_size=1, sharding=mode, **run)
   assert eight["devices"] == 8
   np.testing.assert_allclose(train_losses(str(tmp_path / mode)),
                              train_losses(str(tmp_path / "one")), rtol=2e-5)
@@ -163,10 +164,10 @@ print(json.dumps({"largest_param": max(4 * x.size for x in jax.tree.leaves(param
 
 @pytest.mark.slow
 def test_the_fsdp_step_gathers_the_params_and_not_the_hidden_states(tmp_path):
-  """8 devices, 32 loss chunks a micro-batch: with contiguous chunks (split over the chunk
-  axis) each chunk all-gathered the whole micro-batch's hidden states, f32[256,16,32] here
-  (21 GiB a step for gpt2_124m on 8 H100s), and the eval step gathered the batch's (11.6 GB
-  a batch); interleaved, no gather exceeds the largest param."""
+  """8 devices, 256 loss chunks a micro-batch (32 an eval batch): with contiguous chunks
+  (split over the chunk axis) each chunk all-gathered the whole micro-batch's hidden states,
+  f32[256,16,32] here (21 GiB a step for gpt2_124m on 8 H100s), and the eval step gathered
+  the batch's (11.6 GB a batch); interleaved, no gather exceeds the largest param."""
   r = run_python("-c", FSDP_STEP_ON_8, str(tmp_path),
                  XLA_FLAGS="--xla_force_host_platform_device_count=8")
   assert r.returncode == 0, r.stderr[-3000:]

@@ -148,7 +148,7 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
       and _made_as_python_docs(data_dir):
     raise UserError(
         f"data_dir={data_dir!r} holds the built-in {PYTHON_DOCS} corpus, not dataset={dataset!r} "
-        f"(a run with --config.dataset={PYTHON_DOCS} made it there): add "
+        f"(made by `prepare {PYTHON_DOCS}`, or a run of it): add "
         f"--config.dataset={PYTHON_DOCS} to train on it, or give {dataset}'s data another "
         "--config.data_dir")
 
