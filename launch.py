@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from jaxgpt import attention, cli, data, defaults, formatting, run_dir, sharding, sinks, train
 from jaxgpt.errors import UserError
 from jaxgpt.model import ARCHITECTURE, GPT, GPTConfig
-from jaxgpt.token_files import split_of
+from jaxgpt.token_files import SPLITS, find_shards
 
 
 def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, float]:
@@ -103,13 +103,10 @@ def _check_apart_from_data(out_dir: str, data_dir: str) -> None:
   """A run's checkpoints and metrics never go among a dataset's files (out_dir set to the
   data_dir, a typo): refused before anything is written there."""
   out = os.path.realpath(os.path.expanduser(out_dir))
-  try:
-    tokens = sorted(name for name in os.listdir(out)
-                    if name.endswith((".bin", ".npy")) and split_of(name))
-  except OSError:  # not there yet, or not a folder: RunDir says what it is
-    tokens = []
+  tokens = [path for split in SPLITS for path in find_shards(out, split)]
   if out == os.path.realpath(data_dir) or tokens:
-    what = f"holds token files ({tokens[0]}, ...)" if tokens else "is the data_dir"
+    what = (f"holds token files ({os.path.basename(tokens[0])}, ...)" if tokens else
+            "is the data_dir")
     raise UserError(f"out_dir={out_dir!r} {what}: a run would write its checkpoints and "
                     "metrics among the dataset's files; give the run its own --config.out_dir")
 
