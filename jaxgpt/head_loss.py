@@ -49,19 +49,20 @@ def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.
 
 
 def token_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.Array, *,
-                        chunk_size: int, dtype: str, softcap: float = 0.0) -> jax.Array:
+                        chunk_size: int, dtype: str, softcap: float = 0.0,
+                        interleave: bool = False) -> jax.Array:
   """Each token's -log softmax(x @ embedding.T)[target], (N,) in float32; forward only.
 
   What evaluation needs (a loss per answer token); the same chunks, matmuls
-  and softmax as the mean above.
+  and softmax as the mean above, and the losses in the tokens' order either way.
   """
   N = len(x_ND)
-  x_CSD, targets_CS, _ = _chunks(x_ND, targets_N, chunk_size)
+  x_CSD, targets_CS, _ = _chunks(x_ND, targets_N, chunk_size, interleave)
   embedding_VD = embedding_VD.astype(dtype)
   losses_CS = jax.lax.map(
       lambda xs: _chunk_softmax(_chunk_logits(xs[0], embedding_VD, softcap), xs[1])[0],
       (x_CSD, targets_CS))
-  return losses_CS.reshape(-1)[:N]
+  return (losses_CS.T if interleave else losses_CS).reshape(-1)[:N]
 
 
 def _chunks(x_ND: jax.Array, targets_N: jax.Array, chunk_size: int, interleave: bool = False

@@ -106,6 +106,19 @@ def test_interleaved_chunks_give_the_loss_and_hidden_gradient_of_contiguous_ones
   np.testing.assert_allclose(d_x, d_x_contiguous, rtol=1e-5, atol=1e-8)
 
 
+def test_interleaved_chunks_give_each_token_s_loss_in_the_tokens_order():
+  """The eval tasks' per-token losses under fsdp (interleaved chunks, a padded one among
+  them): those of contiguous chunks, each at its own token."""
+  N, D, V = 50, 16, 96  # 4 chunks of 13, the last 2 rows padding
+  k_x, k_e, k_t = jax.random.split(jax.random.PRNGKey(0), 3)
+  x_ND, targets_N = jax.random.normal(k_x, (N, D)), jax.random.randint(k_t, (N,), 0, V)
+  embedding_VD = 0.02 * jax.random.normal(k_e, (V, D))
+  losses = [head_loss.token_cross_entropy(x_ND, embedding_VD, targets_N, chunk_size=13,
+                                          dtype="float32", interleave=interleave)
+            for interleave in (True, False)]
+  np.testing.assert_allclose(*losses, rtol=1e-6)
+
+
 def test_eval_loss_without_gradients_uses_the_chunked_forward(params, tokens_BT1):
   def loss(chunk_size):
     return GPT(dataclasses.replace(BASE, loss_chunk_size=chunk_size)).apply(

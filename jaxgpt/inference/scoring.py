@@ -48,7 +48,8 @@ class Scorer:
   axis and the sums come back replicated, so every process reads them all.
   `data_parallel`: the params are on every device of it (sharding=dp), so each
   device scores its rows alone (left to XLA, the chunked head's scan gathered
-  every row to every device).
+  every row to every device). Else XLA splits the rows (fsdp), and the head
+  takes interleaved chunks, each split like the rows (as fsdp's eval step).
   """
 
   def __init__(self, model: GPT, mesh: jax.sharding.Mesh | None = None,
@@ -59,6 +60,7 @@ class Scorer:
                                         else ROWS_PER_BATCH)
     self.rows_per_batch = -(-rows_per_batch // n_devices) * n_devices
     self.mesh = mesh
+    model = model.clone(split_rows=n_devices > 1 and not data_parallel)
 
     def loss_sums_R(params: Any, inputs_RT, scored_RS, targets_RS, weights_RS) -> jax.Array:
       losses_RS = model.apply({"params": params}, inputs_RT, scored_RS, targets_RS,
