@@ -11,8 +11,8 @@ end-of-text token; how they are read, split between train and val and
 written safely: jaxgpt/prep/. Streaming: the main process reads documents in
 batches and `--workers` processes tokenize them; the output is the same for
 any number of workers. A run that stops (Ctrl-C, SIGTERM) leaves no shard
-the trainer would read, and running the command again starts over (the hub
-files it finished downloading are cached). An `--out` that already holds a
+the trainer would read, and running the command again starts over (after a
+kill too; the hub files it finished downloading are cached). An `--out` that already holds a
 dataset, or that another prepare is writing to, is refused, never
 overwritten.
 """

@@ -767,6 +767,35 @@ def test_a_stop_while_the_shards_move_in_takes_out_those_already_moved(tmp_path,
   assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
 
 
+def test_a_prepare_killed_while_the_shards_move_in_is_simply_run_again(tmp_path):
+  """SIGKILL (the OOM killer) at the second shard moved in leaves one shard in out and no
+  meta.json; the same command again takes out what that run moved in and makes the dataset.
+  Before, it was refused ("holds token files without a meta.json")."""
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  out = tmp_path / "out"
+  killed_at_the_second_move_in = f"""
+import os, signal
+from jaxgpt.prep import datasets
+real_replace, moved = os.replace, []
+def replace(src, dst):
+  if os.path.dirname(str(dst)) == {str(out)!r} and str(dst).endswith(".bin"):
+    moved.append(dst)
+    if len(moved) == 2:
+      os.kill(os.getpid(), signal.SIGKILL)
+  real_replace(src, dst)
+os.replace = replace
+datasets.prepare_files([{path!r}], {str(out)!r}, prefix="t", command="test", shard_tokens=2000,
+                       progress=False)
+"""
+  r = run_python("-c", killed_at_the_second_move_in, timeout=120)
+  assert r.returncode == -signal.SIGKILL, r.stderr
+  assert "t_train_000000.bin" in os.listdir(out) and not (out / "meta.json").exists()
+  (out / "notes.txt").write_text("the user's")
+  run([path], out, shard_tokens=2000)
+  assert_dataset(str(out), [(f"<urn:uuid:{i:08d}", t) for i, t in enumerate(TEXTS)])
+  assert (out / "notes.txt").read_text() == "the user's"
+
+
 def test_a_corrupt_parquet_page_is_an_error_naming_the_file(tmp_path):
   path = tmp_path / "corrupt.parquet"
   pq.write_table(fineweb_table(TEXTS), path, row_group_size=7, compression="snappy")
@@ -789,6 +818,21 @@ def test_a_prepare_stopped_while_moving_its_shards_in_is_not_read_as_the_dataset
       datasets.ensure(dataset, str(out), auto_prepare=False)
   assert sorted(os.listdir(out)) == sorted([shards.STAGING, "fineweb_train_000000.bin",
                                             ".prepare.lock"])  # nothing removed
+
+
+def test_a_run_makes_again_the_python_docs_a_killed_prepare_was_moving_in(tmp_path):
+  """The state a SIGKILL leaves between two moves: the run's own prepare takes out the shard
+  moved in and makes the corpus (it said to remove the directory)."""
+  out = tmp_path / "python_docs"
+  (out / shards.STAGING).mkdir(parents=True)
+  moved, staged = "python_docs_train_000000.bin", "python_docs_val_000000.bin"
+  shards.write_shard(str(out / moved), np.arange(100, dtype=np.uint16))
+  shards.write_shard(str(out / shards.STAGING / staged), np.arange(100, dtype=np.uint16))
+  (out / shards.STAGING / shards.MOVING_IN).write_bytes(f"{moved}\0{staged}\0".encode())
+  datasets.ensure("python_docs", str(out), auto_prepare=False)
+  meta = token_files.read_meta(str(out))
+  assert sum(map(len, split_tokens(str(out), "train"))) == meta["splits"]["train"]["tokens"] > 100
+  assert not (out / shards.STAGING).exists()
 
 
 def test_the_command_to_make_a_half_moved_dataset_again_is_its_own(tmp_path):

@@ -27,6 +27,7 @@ from jaxgpt.prep.shards import (
   LOCK_FILE,
   STAGING,
   check_out_dir,
+  moved_in,
   remove_locked_dir,
   write_dataset,
   write_lock,
@@ -96,7 +97,8 @@ def make_python_docs(out_dir: str) -> None:
 def _check_no_files_of_its_own(out_dir: str) -> None:
   """Refuses a folder that holds files of its own (a data_dir pointed at one's own text, say)
   for the built-in corpus."""
-  theirs = sorted(set(os.listdir(out_dir)) - {LOCK_FILE, STAGING}) if os.path.isdir(out_dir) else []
+  ours = {LOCK_FILE, STAGING, *moved_in(out_dir)}
+  theirs = sorted(set(os.listdir(out_dir)) - ours) if os.path.isdir(out_dir) else []
   if theirs:
     raise UserError(
         f"{out_dir} holds files of its own ({', '.join(theirs[:3])}{', ...' * (len(theirs) > 3)})"
@@ -129,7 +131,7 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
                         f"({lockless}); make it first, from one process, with "
                         "python -m jaxgpt.prepare")
       try:
-        if not token_files.find_shards(data_dir, "train"):
+        if not token_files.find_shards(data_dir, "train") or moved_in(data_dir):
           make(dataset, data_dir, auto_prepare=auto_prepare)
       except BaseException:  # a download that failed, say: no folder left holding a lock file
         remove_locked_dir(made)

@@ -31,6 +31,7 @@ SHARD_TOKENS = 100_000_000  # tokens per shard file, as llm.c's FineWeb script w
 VAL_FRACTION = 0.1
 VAL_TOKENS = 10_000_000
 STAGING = ".incomplete"
+MOVING_IN = "moving_in"  # in STAGING while the shards move into out: their names
 LOCK_FILE = ".prepare.lock"
 LOCK_POLL_S = 0.5  # how often a wait for another process's lock tries it again
 MAX_SHARD_TOKENS = 2**31 - 1  # the header counts tokens in an int32
@@ -164,6 +165,8 @@ def check_out_dir(out_dir: str) -> None:
     raise PrepareError(f"{meta_path}: {out_dir} already holds a prepared dataset; remove its "
                        "meta.json and token files to remake it, or choose another --out")
   found = token_files.find_shards(out_dir, "train") + token_files.find_shards(out_dir, "val")
+  left = moved_in(out_dir)  # by a prepare killed here: taken out by the next
+  found = [path for path in found if os.path.basename(path) not in left]
   if found:
     raise PrepareError(f"{out_dir}: holds token files without a meta.json ({found[0]}, ...); "
                        "choose an empty --out")
@@ -199,6 +202,8 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources
     staging = os.path.join(out_dir, STAGING)
     if os.path.isdir(staging):  # its writer has ended: it held the lock
       print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
+      for name in moved_in(out_dir):
+        os.remove(os.path.join(out_dir, name))
       shutil.rmtree(staging)
     try:
       os.makedirs(staging)
@@ -226,6 +231,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources
           "command": command,
       }
       _move_in(writers, out_dir, meta, put_in)
+      os.remove(os.path.join(staging, MOVING_IN))
       os.rmdir(staging)
     except BaseException:
       # What this run put in out_dir would read as a whole dataset (a kill here leaves the
@@ -240,8 +246,9 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources
   return meta
 
 
-# What a prepare stages: _ShardWriter's shards (of any --out name), write_shard's temporaries.
-_STAGED = re.compile(r".*_(train|val)_\d{6,}\.bin(\.tmp\d+)?", re.DOTALL)
+# What a prepare stages: _ShardWriter's shards (of any --out name), write_shard's temporaries,
+# the list of shards it moves in.
+_STAGED = re.compile(rf".*_(train|val)_\d{{6,}}\.bin(\.tmp\d+)?|{MOVING_IN}", re.DOTALL)
 
 
 def _check_staged_only(staging: str) -> None:
@@ -394,13 +401,33 @@ def _noting_sources(pieces: Iterable[Piece], sources: list[str],
 def _move_in(writers: dict[str, _ShardWriter], out_dir: str, meta: dict, put_in: list[str]
              ) -> None:
   """Moves the shards into out_dir, then writes meta.json; `put_in` lists each path before it
-  is made, for a stop to take them out again."""
-  for writer in writers.values():
-    for path in writer.paths:
-      put_in.append(os.path.join(out_dir, os.path.basename(path)))
-      os.replace(path, put_in[-1])
+  is made, for a stop to take them out again, and MOVING_IN each name, for a run after a kill
+  (`moved_in`)."""
+  paths = [path for writer in writers.values() for path in writer.paths]
+  listed = os.path.join(out_dir, STAGING, MOVING_IN)
+  with _written(listed, listed), open(listed, "wb") as f:
+    f.write(b"".join(os.fsencode(os.path.basename(path)) + b"\0" for path in paths))
+  for path in paths:
+    put_in.append(os.path.join(out_dir, os.path.basename(path)))
+    os.replace(path, put_in[-1])
   put_in.append(os.path.join(out_dir, token_files.META_FILE))
   write_meta(out_dir, meta)
+
+
+def moved_in(out_dir: str) -> set[str]:
+  """The names of the shards a prepare killed while it moved them in left in out_dir (none
+  where meta.json says it finished): listed in its MOVING_IN, and no longer in its staging
+  folder. Token files of those names were refused in out_dir when it started."""
+  staging = os.path.join(out_dir, STAGING)
+  if os.path.lexists(os.path.join(out_dir, token_files.META_FILE)):
+    return set()
+  try:
+    with open(os.path.join(staging, MOVING_IN), "rb") as f:
+      names = [os.fsdecode(name) for name in f.read().split(b"\0")[:-1]]  # a name cut off: none
+  except OSError:
+    return set()
+  return {name for name in names if os.path.lexists(os.path.join(out_dir, name))
+          and not os.path.lexists(os.path.join(staging, name))}
 
 
 def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], sources: list[str],
