@@ -33,10 +33,11 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   """The run `config` (read from `config_file`) asks for; returns the last evaluation's
   losses."""
   defaults.validate(config)
-  sharding.agreed("checking out_dir", _check_apart_from_data, config.out_dir,
-                  data.resolve_data_dir(config.dataset, config.data_dir))
   if config.auto_resume:  # the same command, rerun by a scheduler, goes on
     config = _resumed_where_saved(config)
+  if defaults.view(train.LoopConfig, config).writes:  # eval_only on a resume writes nothing
+    sharding.agreed("checking out_dir", _check_apart_from_data, config.out_dir,
+                    data.resolve_data_dir(config.dataset, config.data_dir))
   train.check_start(config)  # before hours of data prep, a download or a weights load
   if config.eval_tasks:  # a task file missing or unreadable, said before hours of data prep
     from jaxgpt import tokenizer

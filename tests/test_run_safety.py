@@ -11,6 +11,7 @@ import os
 import pathlib
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -325,6 +326,22 @@ def test_an_out_dir_that_is_a_dataset_folder_is_refused_before_any_write(tmp_pat
     launch.run(another)
   assert sorted(os.listdir(token_dir)) == before
   assert not os.path.exists(tmp_path / "python_docs")
+
+
+def test_an_eval_only_resume_evaluates_a_run_among_token_files(tmp_path, token_dir):
+  """It writes nothing there (the check is for what a run writes), so a run directory that
+  came to hold token files (a run from before the check) is still evaluated; a resume that
+  trains is refused."""
+  config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2)
+  train.train(config)
+  shutil.copy(os.path.join(token_dir, "syn_train_000000.bin"), config.out_dir)
+  before = sorted(os.listdir(config.out_dir))
+  resumed = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=2, init_from="resume")
+  with pytest.raises(UserError, match="holds token files"):
+    launch.run(resumed)
+  resumed.eval_only = True
+  assert set(launch.run(resumed)) == {"train", "val"}
+  assert sorted(os.listdir(config.out_dir)) == before
 
 
 def test_a_checkpoints_folder_the_run_cannot_save_in_is_refused_at_the_start(tmp_path, token_dir,
