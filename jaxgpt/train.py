@@ -630,7 +630,9 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   counts = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
                              n_devices=layout.n_devices, device_kind=device.device_kind,
                              start_iter=start.iter, start_tokens=start.tokens)
-  trains = not config.eval_only  # an evaluation's plan is its model's size (and the warnings)
+  # An evaluation's plan (eval_only, or a resume with nothing to train) is its model's size
+  # (and the warnings).
+  trains = not config.eval_only and start.iter < config.max_iters
   for line in summary.describe(counts, layout)[:None if trains else 1]:
     logging.info("plan: %s", line)
   speaks = jax.process_index() == 0  # the other processes log warnings too: each said once

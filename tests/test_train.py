@@ -28,7 +28,7 @@ from conftest import (
 )
 
 import launch
-from jaxgpt import data, sharding, summary, train, train_step
+from jaxgpt import data, preemption, sharding, summary, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.prep import shards
 from jaxgpt.run_dir import RunDir
@@ -157,6 +157,26 @@ def test_eval_only_evaluates_once_and_compiles_no_train_step(tmp_path, token_dir
     train.train(config)
   assert [r["event"] for r in read_jsonl(RunDir(config.out_dir).metrics_path)] == ["eval"]
   assert "train step compiled" not in caplog.text  # seconds to minutes on a GPU, for nothing
+
+
+def test_a_resume_that_only_evaluates_logs_the_plan_of_an_evaluation(tmp_path, token_dir,
+                                                                    caplog, monkeypatch):
+  """A stop saved step 4 of max_iters=4 unevaluated; its resume evaluates it and trains
+  nothing, so it logs the model's size of the plan, as eval_only does (it logged the tokens
+  per iteration, epochs, schedule and MFU of a training it does not do)."""
+  monkeypatch.setattr(preemption.StopSignals, "stop_at", lambda self, it: it == 4)
+  config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=4)
+  train.train(config)
+  monkeypatch.undo()
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0]
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=4,
+                            init_from="resume"))
+  assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 4]
+  plan = [r.getMessage() for r in caplog.records  # and the plan's warnings, as eval_only's
+          if r.levelno == logging.INFO and r.getMessage().startswith(("plan: ", "MFU: "))]
+  assert len(plan) == 1 and plan[0].startswith("plan: parameters:"), plan
 
 
 def test_a_val_split_smaller_than_an_evaluation_is_said_to_repeat(tmp_path, token_dir, caplog):
