@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -261,11 +262,12 @@ class Checkpoints:
         continue
       state, finished = restored
       if unreadable:  # said by process 0, and by another only for a cause process 0 did not meet
-        read_by_0 = multihost_utils.broadcast_one_to_all(np.array(
-            [isinstance(error, sharding.FailedElsewhere) for _, error in unreadable]))
-        for (bad_step, error), read_there in zip(unreadable, read_by_0):
+        said = lambda error: zlib.crc32(cause(error).encode())  # a number to compare
+        said_by_0 = multihost_utils.broadcast_one_to_all(np.array(
+            [said(error) for _, error in unreadable], np.uint32))
+        for (bad_step, error), by_0 in zip(unreadable, said_by_0):
           own = not isinstance(error, sharding.FailedElsewhere)  # else process 0 says where
-          if jax.process_index() == 0 or (own and read_there):
+          if jax.process_index() == 0 or (own and said(error) != by_0):
             logging.warning("checkpoint %s/%d is unreadable (%s); using step %d", self.directory,
                             bad_step, cause(error), step)
       return step, state, meta, finished, [bad for bad, _ in unreadable]

@@ -229,7 +229,8 @@ def test_an_unreadable_checkpoint_is_said_by_process_0_alone(tmp_path, token_dir
                                                              monkeypatch):
   """Every process of a run said it, as it passed over the same steps. Another process says
   a cause of its own that process 0 did not meet (its slices of an fsdp state, say), which
-  process 0's line leaves to it ("failed on process(es) [1], whose error says why")."""
+  process 0's line leaves to it ("failed on process(es) [1], whose error says why"), or that
+  differs from the cause process 0 met."""
   config = tiny_config(tmp_path, token_dir, max_iters=6, eval_interval=3, lr_decay_iters=6)
   train.train(config)
   truncate_state(os.path.join(config.out_dir, "checkpoints", "6"))
@@ -243,6 +244,11 @@ def test_an_unreadable_checkpoint_is_said_by_process_0_alone(tmp_path, token_dir
   monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.ones_like(x))
   with caplog.at_level(logging.INFO):
     train.train(evaluation)  # process 0 read it
+  assert said in caplog.text
+  caplog.clear()
+  monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.zeros_like(x))
+  with caplog.at_level(logging.INFO):
+    train.train(evaluation)  # process 0 met another cause of its own (before: unsaid here)
   assert said in caplog.text
   caplog.clear()
   monkeypatch.undo()
