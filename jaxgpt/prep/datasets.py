@@ -143,8 +143,8 @@ def ensure(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
     # write_dataset removes its staging folder only after meta.json: a prepare killed while it
     # moved the shards in left some of them here, which a run would read as the whole dataset.
     raise UserError(f"{data_dir}: holds part of a dataset (a prepare was killed while moving "
-                    f"its shards in from {STAGING}/; no meta.json). Remove the directory and "
-                    f"make the data again: {make_command(dataset, data_dir)}")
+                    f"its shards in from {STAGING}/; no meta.json). Remove its token files and "
+                    f"{STAGING}/, then make the data again: {make_command(dataset, data_dir)}")
   if dataset != PYTHON_DOCS and all(re.fullmatch(rf"{PYTHON_DOCS}_train_\d+\.bin",
                                                  os.path.basename(p)) for p in train_files) \
       and _made_as_python_docs(data_dir):
