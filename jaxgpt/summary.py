@@ -142,6 +142,12 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "
     share = config.warmup_iters / max(config.max_iters, 1)
     found.append(f"warmup_iters={config.warmup_iters:,} is {share:.0%} of "
                  f"max_iters={config.max_iters:,} (more than {MAX_WARMUP_FRACTION:.0%})")
+  if config.sharding == "fsdp" and s.n_devices > 1 and not any(  # a matrix split over them
+      sharding.leaf_spec(x.shape, s.n_devices, "fsdp") for x in jax.tree.leaves(
+          train_step.build(train_step.StepConfig.from_config(config)).abstract_state.params)):
+    found.append(f"sharding=fsdp splits no matrix over {s.n_devices} devices ({s.n_devices} "
+                 "divides none of their dimensions): each keeps the whole state, as under dp, "
+                 "and sends more; use sharding=dp, or a device count that divides n_embd")
   if s.epochs is not None and s.epochs > MAX_EPOCHS:
     found.append(f"{s.epochs:.1f} epochs over a train split of "
                  f"{formatting.count(s.train_tokens)} tokens (more than {MAX_EPOCHS:g}): the "

@@ -183,6 +183,16 @@ def test_each_warning_fires(overrides, config_file, expected):
   assert len(found) == 1 and expected in found[0], found
 
 
+def test_fsdp_over_devices_that_split_no_matrix_is_warned_of():
+  """5 divides none of fineweb_40m's dimensions (384, 1152, 1536, 1024, 50304): every device
+  kept the whole state, and only `plan`'s CPU estimate said so, not the launch log."""
+  config = fineweb_40m(sharding="fsdp")
+  [found] = summary.check(config, summary.summarize(config, n_devices=5))
+  assert found.startswith("sharding=fsdp splits no matrix over 5 devices (5 divides none of ")
+  for n_devices in (1, 8):
+    assert summary.check(config, summary.summarize(config, n_devices=n_devices)) == []
+
+
 def test_bfloat16_on_a_gpu_without_its_hardware_says_float32_is_as_fast():
   """T4s and V100s (Colab's, older clusters') have no bfloat16 units: XLA computes in float32."""
   config = fineweb_40m()
