@@ -20,6 +20,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def softcap(logits: jax.Array, cap: float) -> jax.Array:
@@ -29,7 +30,7 @@ def softcap(logits: jax.Array, cap: float) -> jax.Array:
 
 def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.Array, *,
                        chunk_size: int, dtype: str, softcap: float = 0.0,
-                       interleave: bool = False) -> jax.Array:
+                       rows_on: Mesh | None = None) -> jax.Array:
   """Mean of -log softmax(x @ embedding.T)[target] over N tokens, in float32.
 
   `embedding_VD` is the head's matrix (the token embedding when tied);
@@ -38,14 +39,14 @@ def mean_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.
   Matmuls run in `dtype` with float32 accumulation; the softmax is float32.
   N need not divide into chunks: it is split into equal chunks of at most
   `chunk_size` tokens, the last padded with tokens that weigh nothing.
-  `interleave` (for rows split over devices by XLA, fsdp's) makes chunk c of
+  `rows_on` (the mesh XLA splits the rows over, fsdp's) makes chunk c of
   rows c, c + C, ...: each chunk then split like the rows. Contiguous chunks
   are split over the chunk axis, and each chunk gathered the whole of x_ND
   (gpt2_124m on 8 H100s: 21 GiB per device per iteration).
   """
-  x_CSD, targets_CS, weights_CS = _chunks(x_ND, targets_N, chunk_size, interleave)
+  x_CSD, targets_CS, weights_CS = _chunks(x_ND, targets_N, chunk_size, rows_on is not None)
   return _loss_sum(x_CSD, embedding_VD, targets_CS, weights_CS, jnp.dtype(dtype),
-                   softcap) / len(x_ND)
+                   softcap, rows_on) / len(x_ND)
 
 
 def token_cross_entropy(x_ND: jax.Array, embedding_VD: jax.Array, targets_N: jax.Array, *,
@@ -106,22 +107,34 @@ def _chunk_softmax(logits_SV: jax.Array, targets_S: jax.Array
   return lse_S - picked_S, exp_SV / sum_S1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _loss_sum(x_CSD: jax.Array, embedding_VD: jax.Array, targets_CS: jax.Array,
-              weights_CS: jax.Array, dtype: jnp.dtype, cap: float) -> jax.Array:
+              weights_CS: jax.Array, dtype: jnp.dtype, cap: float, rows_on: Mesh | None
+              ) -> jax.Array:
   """Weighted sum of the token losses, one chunk at a time.
 
   The forward pass's sum alone: outside differentiation the gradients it also makes are
   unused, and JAX's dead-code elimination drops them before lowering, so this is the same
   program as a forward-only scan.
   """
-  return _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype, cap)[0]
+  return _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype, cap, rows_on)[0]
 
 
-def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype, cap):
-  """The loss sum and, chunk by chunk, its gradients (kept instead of the logits)."""
+def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype, cap, rows_on):
+  """The loss sum and, chunk by chunk, its gradients (kept instead of the logits).
+
+  Where the rows are split over n devices and outnumber the vocabulary, each device takes its
+  own rows against the whole matrix and keeps its own sum of d(embedding), reduced once.
+  Left to itself, XLA split the vocabulary, gathering every chunk's rows and
+  reduce-scattering their gradient: gpt2_124m on 8 H100s at 2 x 32 sent 3.30 GiB a device
+  per iteration, now 1.57, for 0.22 GiB more memory (the whole matrix and that sum).
+  """
   embedding_c_VD = embedding_VD.astype(dtype)
-  V = embedding_VD.shape[0]
+  (V, D), (C, S) = embedding_VD.shape, targets_CS.shape
+  n = rows_on.size if rows_on is not None and C * S > V and S % rows_on.size == 0 else 1
+  if n > 1:
+    embedding_c_VD = jax.lax.with_sharding_constraint(
+        embedding_c_VD, NamedSharding(rows_on, PartitionSpec()))
 
   def chunk(carry, xs):
     total, d_embedding_VD = carry
@@ -136,18 +149,26 @@ def _loss_sum_fwd(x_CSD, embedding_VD, targets_CS, weights_CS, dtype, cap):
       d_logits_SV = d_logits_SV * (1 - jnp.square(logits_SV / cap))
     d_logits_SV = d_logits_SV.astype(dtype)
     d_x_SD = jnp.dot(d_logits_SV, embedding_c_VD, preferred_element_type=jnp.float32)
-    d_embedding_VD += jnp.dot(d_logits_SV.T, x_SD.astype(dtype),
-                              preferred_element_type=jnp.float32)
+    if n > 1:
+      d_embedding_VD += jnp.einsum("nsv,nsd->nvd", d_logits_SV.reshape(n, -1, V),
+                                   x_SD.astype(dtype).reshape(n, -1, D),
+                                   preferred_element_type=jnp.float32)
+    else:
+      d_embedding_VD += jnp.dot(d_logits_SV.T, x_SD.astype(dtype),
+                                preferred_element_type=jnp.float32)
     return (total + jnp.sum(weights_S * losses_S), d_embedding_VD), d_x_SD.astype(x_SD.dtype)
 
-  init = (jnp.zeros((), jnp.float32), jnp.zeros(embedding_VD.shape, jnp.float32))
+  init = (jnp.zeros((), jnp.float32),
+          jnp.zeros((n, V, D) if n > 1 else (V, D), jnp.float32))
   (total, d_embedding_VD), d_x_CSD = jax.lax.scan(chunk, init,
                                                   (x_CSD, targets_CS, weights_CS))
+  if n > 1:
+    d_embedding_VD = d_embedding_VD.sum(0)
   return total, (d_x_CSD, d_embedding_VD.astype(embedding_VD.dtype))
 
 
-def _loss_sum_bwd(dtype, cap, residuals, g):
-  del dtype, cap
+def _loss_sum_bwd(dtype, cap, rows_on, residuals, g):
+  del dtype, cap, rows_on
   d_x_CSD, d_embedding_VD = residuals
   # Scaled in float32: g (1/N for a mean) rounded to bfloat16 would bias every d(hidden).
   d_x_CSD = (g * d_x_CSD.astype(jnp.float32)).astype(d_x_CSD.dtype)

@@ -195,7 +195,7 @@ class GPT(nn.Module):
   `token_losses` (evaluation), `next_logits` (sampling); `model.apply(..., method=GPT.loss)`."""
 
   config: GPTConfig
-  split_rows: bool = False  # XLA splits the rows over devices (fsdp): interleaved loss chunks
+  rows_on: jax.sharding.Mesh | None = None  # where XLA splits the rows (fsdp): see head_loss
 
   @nn.compact
   def trunk(self, idx_BT: jax.Array, *, train: bool = False,
@@ -241,7 +241,7 @@ class GPT(nn.Module):
       return head_loss.mean_cross_entropy(x_BTD.reshape(-1, cfg.n_embd), head_VD,
                                           targets_BT.reshape(-1), chunk_size=cfg.loss_chunk_size,
                                           dtype=cfg.dtype, softcap=cfg.logit_softcap,
-                                          interleave=self.split_rows)
+                                          rows_on=self.rows_on)
     return cross_entropy(self._logits(x_BTD, head_VD), targets_BT)
 
   def token_losses(self, idx_BT: jax.Array, scored_BS: jax.Array,

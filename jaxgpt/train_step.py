@@ -210,8 +210,9 @@ def data_parallel(step: StepConfig, mesh: jax.sharding.Mesh) -> jax.sharding.Mes
 
 def model_on(setup: TrainSetup, mesh: jax.sharding.Mesh) -> GPT:
   """The model as the steps run it on `mesh`: where XLA splits the batch over the devices
-  (fsdp), its chunked loss takes interleaved chunks, each split like the rows."""
-  return setup.model.clone(split_rows=setup.step.sharding == "fsdp" and mesh.size > 1)
+  (fsdp), its chunked loss takes interleaved chunks, each split like the rows (head_loss)."""
+  return setup.model.clone(rows_on=mesh if setup.step.sharding == "fsdp" and mesh.size > 1
+                           else None)
 
 
 def make_eval_step(model: GPT, dp_mesh: jax.sharding.Mesh | None = None

@@ -96,12 +96,14 @@ def test_interleaved_chunks_give_the_loss_and_hidden_gradient_of_contiguous_ones
   embedding_VD = 0.02 * jax.random.normal(k_e, (V, D))
   targets_N = jax.random.randint(k_t, (N,), 0, V)
 
-  def loss_and_d_hidden(interleave):
+  def loss_and_d_hidden(rows_on):
     loss = lambda x: head_loss.mean_cross_entropy(x, embedding_VD, targets_N, chunk_size=13,
-                                                  dtype="float32", interleave=interleave)
+                                                  dtype="float32", rows_on=rows_on)
     return jax.value_and_grad(loss)(x_ND)
 
-  (loss, d_x), (contiguous, d_x_contiguous) = loss_and_d_hidden(True), loss_and_d_hidden(False)
+  one_device = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+  (loss, d_x), (contiguous, d_x_contiguous) = (loss_and_d_hidden(one_device),
+                                               loss_and_d_hidden(None))
   assert float(loss) == pytest.approx(float(contiguous), abs=1e-6)
   np.testing.assert_allclose(d_x, d_x_contiguous, rtol=1e-5, atol=1e-8)
 
