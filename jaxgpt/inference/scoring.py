@@ -60,7 +60,7 @@ class Scorer:
                                         else ROWS_PER_BATCH)
     self.rows_per_batch = -(-rows_per_batch // n_devices) * n_devices
     self.mesh = mesh
-    model = model.clone(split_rows=n_devices > 1 and not data_parallel)
+    model = model.clone(rows_on=mesh if n_devices > 1 and not data_parallel else None)
 
     def loss_sums_R(params: Any, inputs_RT, scored_RS, targets_RS, weights_RS) -> jax.Array:
       losses_RS = model.apply({"params": params}, inputs_RT, scored_RS, targets_RS,
