@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import pathlib
 import random
 import re
 import shlex
@@ -820,19 +821,40 @@ def test_a_prepare_stopped_while_moving_its_shards_in_is_not_read_as_the_dataset
                                             ".prepare.lock"])  # nothing removed
 
 
-def test_a_run_makes_again_the_python_docs_a_killed_prepare_was_moving_in(tmp_path):
-  """The state a SIGKILL leaves between two moves: the run's own prepare takes out the shard
-  moved in and makes the corpus (it said to remove the directory)."""
-  out = tmp_path / "python_docs"
+def killed_while_moving_in(out: pathlib.Path) -> pathlib.Path:
+  """The state a SIGKILL leaves between two moves into `out`: its first shard moved in, its
+  second still staged, both in the list. Returns the one moved in."""
   (out / shards.STAGING).mkdir(parents=True)
-  moved, staged = "python_docs_train_000000.bin", "python_docs_val_000000.bin"
-  shards.write_shard(str(out / moved), np.arange(100, dtype=np.uint16))
-  shards.write_shard(str(out / shards.STAGING / staged), np.arange(100, dtype=np.uint16))
-  (out / shards.STAGING / shards.MOVING_IN).write_bytes(f"{moved}\0{staged}\0".encode())
+  moved = out / "python_docs_train_000000.bin"
+  staged = out / shards.STAGING / "python_docs_val_000000.bin"
+  for path in (moved, staged):
+    shards.write_shard(str(path), np.arange(100, dtype=np.uint16))
+  (out / shards.STAGING / shards.MOVING_IN).write_text(json.dumps(
+      {path.name: shards._file_id(str(path)) for path in (moved, staged)}))
+  return moved
+
+
+def test_a_run_makes_again_the_python_docs_a_killed_prepare_was_moving_in(tmp_path):
+  """The run's own prepare takes out the shard moved in and makes the corpus (it said to
+  remove the directory)."""
+  out = tmp_path / "python_docs"
+  killed_while_moving_in(out)
   datasets.ensure("python_docs", str(out), auto_prepare=False)
   meta = token_files.read_meta(str(out))
   assert sum(map(len, split_tokens(str(out), "train"))) == meta["splits"]["train"]["tokens"] > 100
   assert not (out / shards.STAGING).exists()
+
+
+def test_a_file_put_since_under_a_name_a_killed_prepare_moved_in_is_kept(tmp_path):
+  """Another file of the listed name (the user's, made some other way) is not the one the
+  killed prepare moved: it stays, and the folder is refused as before."""
+  out = tmp_path / "python_docs"
+  moved = killed_while_moving_in(out)
+  os.remove(moved)
+  shards.write_shard(str(moved), np.full(100, 7, dtype=np.uint16))
+  with pytest.raises(UserError, match="holds part of a dataset"):
+    datasets.ensure("python_docs", str(out), auto_prepare=False)
+  assert (token_files.read_tokens(str(moved)) == 7).all()
 
 
 def test_the_command_to_make_a_half_moved_dataset_again_is_its_own(tmp_path):

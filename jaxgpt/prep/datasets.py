@@ -166,14 +166,14 @@ def _made_as_python_docs(data_dir: str) -> bool:
 
 
 def make(dataset: str, data_dir: str, *, auto_prepare: bool) -> None:
-  """Makes a config's dataset, which has no train shards in `data_dir` yet, where it may
+  """Makes a config's dataset, not yet whole in `data_dir`, where it may
   (python_docs; FineWeb with `auto_prepare`); otherwise the error prints the command."""
   if dataset == PYTHON_DOCS:
     make_python_docs(data_dir)
     return
   command = make_command(dataset, data_dir)
   if auto_prepare and dataset in FINEWEB_DATASETS:
-    logging.info("no token shards in %s: making them (%s)", data_dir, command)
+    logging.info("no dataset in %s: making it (%s)", data_dir, command)
     fineweb.prepare_fineweb(data_dir, edu=FINEWEB_DATASETS[dataset],
                             prefix=os.path.basename(os.path.abspath(data_dir)), command=command,
                             workers=cpu_count())

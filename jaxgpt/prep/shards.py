@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -201,8 +202,11 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources
   with _writing_into(out_dir):
     staging = os.path.join(out_dir, STAGING)
     if os.path.isdir(staging):  # its writer has ended: it held the lock
-      print(f"removing {staging}, the unfinished output of an earlier run", flush=True)
-      for name in moved_in(out_dir):
+      left = sorted(moved_in(out_dir))
+      shards = f" and the {len(left)} shards it had moved in ({', '.join(left[:2])}" \
+               f"{', ...' * (len(left) > 2)})" if left else ""
+      print(f"removing {staging}{shards}, the unfinished output of an earlier run", flush=True)
+      for name in left:
         os.remove(os.path.join(out_dir, name))
       shutil.rmtree(staging)
     try:
@@ -401,12 +405,13 @@ def _noting_sources(pieces: Iterable[Piece], sources: list[str],
 def _move_in(writers: dict[str, _ShardWriter], out_dir: str, meta: dict, put_in: list[str]
              ) -> None:
   """Moves the shards into out_dir, then writes meta.json; `put_in` lists each path before it
-  is made, for a stop to take them out again, and MOVING_IN each name, for a run after a kill
-  (`moved_in`)."""
+  is made, for a stop to take them out again, and MOVING_IN each name and `_file_id`, for a
+  run after a kill (`moved_in`)."""
   paths = [path for writer in writers.values() for path in writer.paths]
   listed = os.path.join(out_dir, STAGING, MOVING_IN)
-  with _written(listed, listed), open(listed, "wb") as f:
-    f.write(b"".join(os.fsencode(os.path.basename(path)) + b"\0" for path in paths))
+  files = {os.path.basename(path): _file_id(path) for path in paths}
+  with _written(listed, listed), open(listed, "w") as f:
+    json.dump(files, f)
   for path in paths:
     put_in.append(os.path.join(out_dir, os.path.basename(path)))
     os.replace(path, put_in[-1])
@@ -416,18 +421,28 @@ def _move_in(writers: dict[str, _ShardWriter], out_dir: str, meta: dict, put_in:
 
 def moved_in(out_dir: str) -> set[str]:
   """The names of the shards a prepare killed while it moved them in left in out_dir (none
-  where meta.json says it finished): listed in its MOVING_IN, and no longer in its staging
-  folder. Token files of those names were refused in out_dir when it started."""
-  staging = os.path.join(out_dir, STAGING)
+  where meta.json says it finished): those its MOVING_IN lists that are the very files it
+  moved (not a file put there since under a listed name)."""
   if os.path.lexists(os.path.join(out_dir, token_files.META_FILE)):
     return set()
   try:
-    with open(os.path.join(staging, MOVING_IN), "rb") as f:
-      names = [os.fsdecode(name) for name in f.read().split(b"\0")[:-1]]  # a name cut off: none
-  except OSError:
+    with open(os.path.join(out_dir, STAGING, MOVING_IN)) as f:
+      files = json.load(f)  # cut off by the kill: nothing had moved yet
+  except (OSError, ValueError):
     return set()
-  return {name for name in names if os.path.lexists(os.path.join(out_dir, name))
-          and not os.path.lexists(os.path.join(staging, name))}
+  return {name for name, file in files.items()
+          if os.path.basename(name) == name and _file_id(os.path.join(out_dir, name)) == file}
+
+
+def _file_id(path: str) -> list[int] | None:
+  """A regular file's device, inode, size and mtime, which a move keeps and a file made since
+  in its place does not (an inode is used again); a link, folder or nothing has none."""
+  try:
+    info = os.lstat(path)
+  except OSError:
+    return None
+  return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns] if stat.S_ISREG(
+      info.st_mode) else None
 
 
 def _fill(writers: dict[str, _ShardWriter], pieces: Iterable[Piece], sources: list[str],
