@@ -185,11 +185,13 @@ def _tasks_table(records: list[dict]) -> list[str]:
     return []
   keys = [k for k in dict.fromkeys(k for r in records for k in r)  # tasks a resume dropped too
           if k not in ("event", "iter", "tokens") and not k.endswith(("_examples", "_tokens"))]
-  widths = [max(len(k), 8) for k in keys]
+  cells = [[f"{r[k]:.4f}" if k in r else "-" for k in keys] for r in records]
+  # As wide as the widest cell: a perplexity at step 0 is ~50,000, 10 characters.
+  widths = [max(len(k), 8, *(len(row[j]) for row in cells)) for j, k in enumerate(keys)]
   lines = [f"{'step':>8} {'tokens':>9} " + " ".join(f"{k:>{w}}" for k, w in zip(keys, widths))]
-  for r in records:
-    cells = (f"{r[k]:>{w}.4f}" if k in r else f"{'-':>{w}}" for k, w in zip(keys, widths))
-    lines.append(f"{r['iter']:>8,} {formatting.count(r['tokens']):>9} " + " ".join(cells))
+  for r, row in zip(records, cells):
+    lines.append(f"{r['iter']:>8,} {formatting.count(r['tokens']):>9} "
+                 + " ".join(f"{cell:>{w}}" for cell, w in zip(row, widths)))
   if HELLASWAG in keys:
     lines.append(f"{HELLASWAG}: random guessing 0.25, GPT-2 124M "
                  f"{hellaswag.GPT2_124M_ACC_NORM}")

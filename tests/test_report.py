@@ -475,6 +475,17 @@ def test_a_text_task_s_token_count_is_no_score_column():
   assert lines[3].split() == ["0", "0", "3.0000", "20.0855"]
 
 
+def test_a_task_column_is_as_wide_as_its_widest_score():
+  """text:test.txt at step 0: a perplexity of ~47,000 is 10 characters, which ran past its
+  8-wide column and pushed the row out of line with the header."""
+  records = [{"event": "tasks", "iter": it, "tokens": tokens, "test_loss": loss, "test_ppl": ppl}
+             for it, tokens, loss, ppl in ((0, 0, 10.7541, 46819.7644),
+                                           (500, 262_144_000, 3.2, 24.5325))]
+  lines = report.summary("x", {"train": [], "eval": [], "tasks": records}).splitlines()[2:5]
+  assert lines[1].endswith(" 10.7541 46819.7644") and lines[2].endswith("  3.2000    24.5325")
+  assert len({len(line) for line in lines}) == 1, lines  # header and rows end together
+
+
 def test_runs_of_one_directory_name_are_told_apart_by_their_paths():
   """runs/a/out and runs/b/out: named by basename alone, the second run replaced the first in
   the report (one summary, one curve) without a word."""
