@@ -343,10 +343,11 @@ def _plot_hellaswag(ax: plt.Axes, runs: dict[str, Run], keep: Callable[[float], 
 
 
 def _names(out_dirs: list[str]) -> list[str]:
-  """Each run's directory name, or its path where two share a name; a byte that is not UTF-8
-  (a Latin-1 name) shown as U+FFFD, which matplotlib can draw."""
-  paths = [os.fsencode(os.path.normpath(d)).decode("utf-8", "replace") for d in out_dirs]
-  names = [os.path.basename(p) for p in paths]
+  """Each run's directory name (`.`'s too), or its path where two share a name; a byte that is
+  not UTF-8 (a Latin-1 name) shown as U+FFFD, which matplotlib can draw."""
+  shown = lambda path: os.fsencode(path).decode("utf-8", "replace")
+  paths = [shown(os.path.normpath(d)) for d in out_dirs]
+  names = [shown(os.path.basename(os.path.abspath(d))) or p for d, p in zip(out_dirs, paths)]
   return [n if names.count(n) == 1 else p for n, p in zip(names, paths)]
 
 

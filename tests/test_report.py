@@ -493,6 +493,16 @@ def test_runs_of_one_directory_name_are_told_apart_by_their_paths():
       "runs/a/out", "runs/b/out", "c"]
 
 
+def test_a_run_given_as_dot_is_named_by_its_folder(tmp_path, monkeypatch):
+  """`cd out/quickstart && report --out_dir=.` titled the run '.' in the summary and the
+  legend ('. train', '. val')."""
+  (tmp_path / "quickstart").mkdir()
+  monkeypatch.chdir(tmp_path / "quickstart")
+  assert report._names([".", "../other/x"]) == ["quickstart", "x"]
+  assert report._names([".", "..", "../quickstart/"]) == [".", tmp_path.name, "../quickstart"]
+  assert report._names(["/"]) == ["/"]
+
+
 def test_a_run_whose_folder_name_is_not_utf8_is_plotted(tmp_path):
   """A Latin-1 byte in the name: matplotlib's legend ended in a traceback."""
   out_dir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9n")
