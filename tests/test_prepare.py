@@ -834,12 +834,13 @@ def killed_while_moving_in(out: pathlib.Path) -> pathlib.Path:
   return moved
 
 
-def test_a_run_makes_again_the_python_docs_a_killed_prepare_was_moving_in(tmp_path):
-  """The run's own prepare takes out the shard moved in and makes the corpus (it said to
-  remove the directory)."""
+def test_a_run_makes_again_the_python_docs_a_killed_prepare_was_moving_in(tmp_path, capsys):
+  """The run's own prepare takes out the shard moved in, saying so, and makes the corpus (it
+  said to remove the directory)."""
   out = tmp_path / "python_docs"
-  killed_while_moving_in(out)
+  moved = killed_while_moving_in(out)
   datasets.ensure("python_docs", str(out), auto_prepare=False)
+  assert f"and the 1 shard it had moved in ({moved.name})" in capsys.readouterr().out
   meta = token_files.read_meta(str(out))
   assert sum(map(len, split_tokens(str(out), "train"))) == meta["splits"]["train"]["tokens"] > 100
   assert not (out / shards.STAGING).exists()

@@ -202,13 +202,7 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources
   with _writing_into(out_dir):
     staging = os.path.join(out_dir, STAGING)
     if os.path.isdir(staging):  # its writer has ended: it held the lock
-      left = sorted(moved_in(out_dir))
-      shards = f" and the {len(left)} shards it had moved in ({', '.join(left[:2])}" \
-               f"{', ...' * (len(left) > 2)})" if left else ""
-      print(f"removing {staging}{shards}, the unfinished output of an earlier run", flush=True)
-      for name in left:
-        os.remove(os.path.join(out_dir, name))
-      shutil.rmtree(staging)
+      _remove_unfinished(out_dir)
     try:
       os.makedirs(staging)
     except OSError as e:
@@ -248,6 +242,18 @@ def write_dataset(pieces: Iterable[Piece], out_dir: str, *, prefix: str, sources
   if progress:
     print(bar.summary(workers), flush=True)
   return meta
+
+
+def _remove_unfinished(out_dir: str) -> None:
+  """Takes out an earlier run's staging folder, and the shards it had moved in if it was
+  killed while it moved them (`moved_in`), saying so."""
+  staging, left = os.path.join(out_dir, STAGING), sorted(moved_in(out_dir))
+  shards = (f" and the {len(left)} shard{'s' * (len(left) > 1)} it had moved in ("
+            f"{', '.join(left[:2])}{', ...' * (len(left) > 2)})" if left else "")
+  print(f"removing {staging}{shards}, the unfinished output of an earlier run", flush=True)
+  for name in left:
+    os.remove(os.path.join(out_dir, name))
+  shutil.rmtree(staging)
 
 
 # What a prepare stages: _ShardWriter's shards (of any --out name), write_shard's temporaries,
