@@ -145,6 +145,10 @@ def summary(name: str, run: Run, saved: list[int] | None = None) -> str:
     lines.append("no evaluation yet")
   lines += _tasks_table(run["tasks"])
   lines.append(_throughput(run["train"]))
+  skipped = run["train"][-1].get("skipped_steps", 0) if run["train"] else 0  # a count so far
+  if skipped:
+    lines.append(f"{formatting.plural(skipped, 'iteration')} skipped for a non-finite loss or "
+                 "gradient (skip_nonfinite)")
   return "\n".join(lines)
 
 

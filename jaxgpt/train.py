@@ -298,7 +298,8 @@ class _Loop:
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
       logging.info(summary.eta(self.config.max_iters - it - 1, self.counts.tokens_per_iter, tok_s,
                                m["mfu"]))
-    self.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m})
+    self.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m,
+                **({"skipped_steps": nonfinite} if nonfinite else {})})  # so far: `report` says
     self.check_finite(it, nonfinite)
     self.last_log_time, self.last_log_iter = now, it + 1
 

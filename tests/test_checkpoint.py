@@ -39,7 +39,7 @@ from conftest import (
 )
 from jax.experimental import multihost_utils
 
-from jaxgpt import checkpoint, cli, preemption, resume, run_dir, train, train_step
+from jaxgpt import checkpoint, cli, preemption, report, resume, run_dir, train, train_step
 from jaxgpt.errors import UserError
 from jaxgpt.prep import shards
 
@@ -300,6 +300,9 @@ def test_skip_nonfinite_drops_bad_updates_and_goes_on(tmp_path, token_dir, nan_l
   state, _ = restore_state(config, 40)
   assert 0 < int(state.nonfinite) < 40
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  assert logged[-1]["skipped_steps"] == int(state.nonfinite)  # what report says (it said none)
+  assert (f"{int(state.nonfinite)} iterations skipped for a non-finite loss or gradient"
+          in report.summary("run", report.load(config.out_dir)))
 
 
 def test_weights_that_evaluate_to_nan_are_not_saved(tmp_path, token_dir, nan_loss, caplog):
