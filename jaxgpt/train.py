@@ -472,8 +472,8 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
           f"with --config.skip_nonfinite={skipped} or more")
     split_windows = {split: len(source) for split, source in sources.items()}
     resume.warn_if_data_changed(start, split_windows, data_dir)
-    counts, eval_windows = _log_start(config, layout, sources, start, config_file)
-    trains = not config.eval_only and start.iter < config.max_iters
+    trains = not config.eval_only and start.iter < config.max_iters  # else it evaluates alone
+    counts, eval_windows = _log_start(config, layout, sources, start, config_file, trains)
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
     signals.end_a_start_up_stopped()  # before the run directory changes
     run_sinks = _accept(config, rundir, checkpoints, start, loop_config.writes, resumed_at)
@@ -619,10 +619,11 @@ def _start(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
 
 
 def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
-               sources: dict[str, data.TokenWindows], start: resume.Start, config_file: str
-               ) -> tuple[summary.Summary, int]:
+               sources: dict[str, data.TokenWindows], start: resume.Start, config_file: str,
+               trains: bool) -> tuple[summary.Summary, int]:
   """The run's summary, its warnings, its evaluation set and how it computes, logged; returns
-  the summary and the evaluation's windows of each split.
+  the summary and the evaluation's windows of each split. A run that only evaluates
+  (`trains` false) is planned by its model's size (and the warnings).
 
   The evaluation set is fixed for the run: eval_iters batches of the global
   batch it started with, whatever batch layout or device count a resume brings.
@@ -631,9 +632,6 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   counts = summary.summarize(config, train_tokens=len(sources["train"]) * config.block_size,
                              n_devices=layout.n_devices, device_kind=device.device_kind,
                              start_iter=start.iter, start_tokens=start.tokens)
-  # An evaluation's plan (eval_only, or a resume with nothing to train) is its model's size
-  # (and the warnings).
-  trains = not config.eval_only and start.iter < config.max_iters
   for line in summary.describe(counts, layout)[:None if trains else 1]:
     logging.info("plan: %s", line)
   speaks = jax.process_index() == 0  # the other processes log warnings too: each said once
