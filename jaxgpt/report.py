@@ -378,6 +378,10 @@ def main() -> None:
           else run_dir.RunDir(FLAGS.out_dir[0]).report_path)
   named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
   runs = {name: load(d) for name, d in named.items()}
+  if not any(run["train"] or run["eval"] for run in runs.values()):  # a run before its first log
+    files = ", ".join(run_dir.RunDir(d).metrics_path for d in named.values())
+    raise UserError(f"{files}: no train log or evaluation yet; nothing to plot ({path} not "
+                    "written)")
   print("\n\n".join(summary(name, run, run_dir.RunDir(named[name]).finished_steps())
                     for name, run in runs.items()))
   plot(runs, path, logx=FLAGS.logx,

@@ -322,6 +322,22 @@ def test_cli_writes_the_png_into_the_first_run(tmp_path):
   assert os.path.isfile(os.path.join(a, "report.png"))
 
 
+def test_a_run_with_nothing_to_plot_leaves_the_plot_there(tmp_path):
+  """A run that died before its first log: its empty metrics.jsonl drew an empty plot over the
+  report.png of the run before (one refused with the file named leaves it)."""
+  out_dir = write_run(tmp_path / "a", max_iters=200)
+  plot = tmp_path / "a" / "report.png"
+  report.plot({"a": report.load(out_dir)}, str(plot))
+  before = plot.read_bytes()
+  metrics = tmp_path / "a" / "metrics.jsonl"
+  metrics.write_text("")
+  r = run_python("-m", "jaxgpt.report", f"--out_dir={out_dir}")
+  assert r.returncode == 1 and r.stderr.strip() == (
+      f"error: {metrics}: no train log or evaluation yet; nothing to plot ({plot} not "
+      "written)"), r.stderr
+  assert plot.read_bytes() == before
+
+
 def add_hellaswag(out_dir, every: int = 500, max_iters: int = 2000) -> None:
   """'tasks' records as the loop writes them with eval_tasks=hellaswag, accuracy rising."""
   writer = sinks.MetricsWriter(run_dir.RunDir(str(out_dir)).metrics_path)
