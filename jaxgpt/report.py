@@ -253,6 +253,13 @@ def loss_limits(points: list[tuple[float, float]], val_points: list[tuple[float,
   return min(shown, default=math.inf), max(shown, default=0.0)
 
 
+def _alone(points: list[tuple[float, float]]) -> list[int]:
+  """The finite points with no finite neighbour, which a line does not show: a run's one log,
+  or one between skipped steps' losses (NaN or inf); a marker does."""
+  finite = [False, *(math.isfinite(y) for _, y in points), False]
+  return [i for i in range(len(points)) if finite[i + 1] and not (finite[i] or finite[i + 2])]
+
+
 def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
          configs: dict[str, dict[str, Any] | None] | None = None) -> None:
   """Train (thin) and val (markers) loss against tokens, LR dotted on the right axis.
@@ -275,8 +282,9 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
     train = [(r["tokens"], r["loss"]) for r in run["train"] if keep(r["tokens"])]
     evals = [(r["tokens"], r["val_loss"]) for r in run["eval"] if keep(r["tokens"])]
     if train:
+      alone = _alone(train)
       handles += ax.plot(*zip(*train), color=color, lw=1, alpha=0.5, label=f"{name} train",
-                         marker="." if len(train) == 1 else None)  # one log: no line to draw
+                         marker="." if alone else None, markevery=alone)
     if evals:
       handles += ax.plot(*zip(*evals), color=color, lw=2, marker="o", ms=3,
                          label=f"{name} val")

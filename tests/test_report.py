@@ -208,6 +208,20 @@ def test_a_huge_rate_that_jq_wrote_as_an_integer_is_read_as_a_float(tmp_path):
   report.plot({"a": run}, str(tmp_path / "report.png"), configs={"a": config})
 
 
+@pytest.mark.parametrize("event,loss", [("train", "loss"), ("eval", "val_loss")])
+def test_a_lone_finite_loss_between_skipped_steps_is_drawn(tmp_path, event, loss):
+  """A finite log between two that are not (steps skip_nonfinite skipped) has no line to either
+  side: a train loss there was drawn nowhere, the plot the same as with it NaN."""
+  run = report.load(write_run(tmp_path, max_iters=1000, eval_interval=100))
+  records, path = run[event], str(tmp_path / "report.png")
+  records[4][loss], records[6][loss] = math.nan, math.inf
+  report.plot({"a": run}, path)
+  with_it = matplotlib.image.imread(path)
+  records[5][loss] = math.nan  # the axis' limits are the same without it
+  report.plot({"a": run}, path)
+  assert (matplotlib.image.imread(path) != with_it).any()
+
+
 def test_the_best_val_loss_is_the_best_finite_one(tmp_path):
   eval_record = lambda it, loss: {"event": "eval", "iter": it, "tokens": it, "train_loss": loss,
                                   "val_loss": loss, "lr": 1e-3}
