@@ -117,12 +117,16 @@ def _rates(train_records: list[dict[str, Any]]) -> tuple[list[tuple[int, int]], 
 
 
 def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
-  """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step)."""
+  """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step).
+
+  Of an even count, one middle log's, not the mean of two: the low rates and the high time
+  are the same log's (a time is its rates' reciprocal), so the figures name one speed."""
   steady = train_records[1:] or train_records
   medians: dict[str, float | None] = {}
   for key in THROUGHPUT:
     values = [r[key] for r in steady if r.get(key) is not None]
-    medians[key] = statistics.median(values) if values else None
+    middle = statistics.median_high if key == "ms_per_iter" else statistics.median_low
+    medians[key] = middle(values) if values else None
   return medians
 
 

@@ -496,6 +496,17 @@ def test_throughput_is_the_median_of_the_logs_after_the_first():
                                    "(over 3 train logs, the first skipped)")
 
 
+def test_an_even_count_of_logs_gives_one_log_s_rate_and_step_time():
+  """Each figure's median of two middle logs was their mean: tok/s and ms/iter, each the other's
+  reciprocal, then named two speeds (6,000 tok/s and 1.5 ms/iter, at 8 tokens an iteration)."""
+  logs = [train_record(it, 8_000 / ms, ms, 0.1 / ms) for it, ms in ((0, 50.0), (10, 1.0),
+                                                                      (20, 4.0), (30, 2.0),
+                                                                      (40, 1.0))]
+  text = report.summary("x", {"train": logs, "eval": [], "tasks": []})
+  assert text.splitlines()[-1] == ("throughput: median 4,000 tok/s, 2.0 ms/iter, MFU 5.0% "
+                                   "(over 4 train logs, the first skipped)")
+
+
 def test_a_text_task_s_token_count_is_no_score_column():
   """eval_tasks=text:FILE writes <task>_loss, _ppl and _tokens; the count is no score."""
   record = {"event": "tasks", "iter": 0, "tokens": 0, "wiki_loss": 3.0, "wiki_ppl": 20.0855,
