@@ -16,21 +16,20 @@ import math
 import os
 import statistics
 import sys
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from absl import flags
-from matplotlib import ticker
-from matplotlib.backend_bases import FigureCanvasBase
 
 from jaxgpt import cli, defaults, formatting, optim, run_dir
-from jaxgpt.errors import UserError
+from jaxgpt.errors import UserError, first_line
 from jaxgpt.evals import hellaswag
+
+if TYPE_CHECKING:
+  from matplotlib.axes import Axes
+  from matplotlib.figure import Figure
 
 Run = run_dir.Records
 FIGSIZE_IN, DPI = (10, 6), 100  # report.png is 1000 x 600 pixels
@@ -257,6 +256,19 @@ def loss_limits(points: list[tuple[float, float]], val_points: list[tuple[float,
   return min(shown, default=math.inf), max(shown, default=0.0)
 
 
+def pyplot() -> types.ModuleType:
+  """matplotlib's pyplot, drawing to files (Agg), imported where a plot is drawn: `plan`, which
+  reads metrics here, needs none; without it, a plot is one line saying how to install it."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError as e:
+    raise UserError(f"the plot needs matplotlib, which did not import ({first_line(e)}): "
+                    "pip install matplotlib") from None
+  return plt
+
+
 def _alone(points: list[tuple[float, float]]) -> list[int]:
   """The finite points with no finite neighbour, which a line does not show: a run's one log,
   or one between skipped steps' losses (NaN or inf); a marker does."""
@@ -271,6 +283,9 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
   Below, where a run scored HellaSwag: its acc_norm against the same tokens.
   `configs` holds each run's config.json, for its learning rate to max_iters.
   """
+  plt = pyplot()
+  from matplotlib import ticker
+
   with_hellaswag = any(HELLASWAG in r for run in runs.values() for r in run["tasks"])
   if with_hellaswag:
     fig, (ax, ax_hs) = plt.subplots(2, 1, figsize=FIGSIZE_TASKS_IN, dpi=DPI, sharex=True,
@@ -321,7 +336,7 @@ def plot(runs: dict[str, Run], path: str, *, logx: bool = False,
   _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: str) -> None:
+def _save(fig: Figure, path: str) -> None:
   """Writes and closes the figure; a place or a kind it cannot be written to is the user's.
   Written whole before it replaces the plot there: a full disk or a Ctrl-C leaves that one."""
   target = os.path.realpath(path)  # a symlink's file, which savefig would write through it
@@ -338,12 +353,12 @@ def _save(fig: plt.Figure, path: str) -> None:
     raise UserError(f"{path}: matplotlib cannot write it here ({e}); use .png, .pdf or "
                     ".svg") from None
   finally:
-    plt.close(fig)
+    pyplot().close(fig)
     with contextlib.suppress(OSError):  # gone where it replaced the plot
       os.remove(written)
 
 
-def _plot_hellaswag(ax: plt.Axes, runs: dict[str, Run], keep: Callable[[float], bool]) -> None:
+def _plot_hellaswag(ax: Axes, runs: dict[str, Run], keep: Callable[[float], bool]) -> None:
   """acc_norm against tokens, a run's colour as above; GPT-2 124M's published figure dotted."""
   for i, (name, run) in enumerate(runs.items()):
     points = [(r["tokens"], r[HELLASWAG]) for r in run["tasks"]
@@ -376,6 +391,9 @@ def _checked_out(path: str) -> str:
   kind = os.path.splitext(path)[1][1:].lower()
   if not kind:
     path, kind = f"{path}.png", "png"
+  pyplot()  # before the summaries print
+  from matplotlib.backend_bases import FigureCanvasBase
+
   if kind not in FigureCanvasBase.get_supported_filetypes():
     raise UserError(f"--out={path}: matplotlib cannot write .{kind} files; use .png, .pdf or "
                     ".svg")

@@ -352,6 +352,18 @@ def test_a_run_with_nothing_to_plot_leaves_the_plot_there(tmp_path):
   assert plot.read_bytes() == before
 
 
+def test_without_matplotlib_the_plot_is_one_error_after_the_table(tmp_path):
+  """matplotlib not importable (a broken or partial install): report ended in the import's
+  traceback, before its table."""
+  out_dir = write_run(tmp_path / "a", max_iters=200)
+  argv = ["report", f"--out_dir={out_dir}"]
+  r = run_python("-c", f"import runpy, sys; sys.modules['matplotlib'] = None; sys.argv = {argv!r}; "
+                 "runpy.run_module('jaxgpt.report', run_name='__main__')")
+  assert r.returncode == 1 and "best val loss" in r.stdout, r.stderr
+  assert r.stderr.strip() == ("error: the plot needs matplotlib, which did not import (import of "
+                              "matplotlib halted; None in sys.modules): pip install matplotlib")
+
+
 def add_hellaswag(out_dir, every: int = 500, max_iters: int = 2000) -> None:
   """'tasks' records as the loop writes them with eval_tasks=hellaswag, accuracy rising."""
   writer = sinks.MetricsWriter(run_dir.RunDir(str(out_dir)).metrics_path)

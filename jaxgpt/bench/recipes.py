@@ -200,6 +200,7 @@ def compare(base: ml_collections.ConfigDict, names: list[str],
   """
   check_names(names)
   check_outputs(base.out_dir)
+  report.pyplot()  # curves.png's, refused before any training where it does not import
   known = variants()
   configs = [variant_config(base, name, known[name], scale)
              for name in names for scale in lr_scales]
