@@ -107,10 +107,11 @@ def stated_sizes(name: str) -> list[tuple[str, float]]:
 
 
 def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "",
-          device: jax.Device | None = None) -> list[str]:
+          device: jax.Device | None = None, trains: bool = True) -> list[str]:
   """Warnings for a config that likely trains something other than what its author meant
   (`config_file`: the recipe's file, whose name may state a size), or on `device` (the run's
-  jax.Device) slower than its author meant."""
+  jax.Device) slower than its author meant; those of the schedule and epochs only where it
+  `trains`."""
   found = []
   gpu = attention.capability(device) if device is not None else None
   if config.dtype == "bfloat16" and gpu is not None and gpu < (8, 0):  # before Ampere
@@ -129,7 +130,7 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "
       found.append(f"{key} {name!r} says {' or '.join(text for text, _ in stated)} but the "
                    f"model has {formatting.count(s.n_params)} parameters ({config.n_layer} "
                    f"layers x {config.n_embd} wide); rename it or fix n_layer/n_head/n_embd")
-  if config.decay_lr and config.lr_decay_iters != config.max_iters:
+  if trains and config.decay_lr and config.lr_decay_iters != config.max_iters:
     if config.lr_decay_iters < config.max_iters:
       effect = (f"the last {config.max_iters - config.lr_decay_iters:,} iterations run at "
                 f"min_lr={config.min_lr:g}")
@@ -138,7 +139,7 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "
                 f"min_lr={config.min_lr:g}")
     found.append(f"lr_decay_iters={config.lr_decay_iters:,} differs from "
                  f"max_iters={config.max_iters:,}: {effect}")
-  if config.decay_lr and config.warmup_iters > MAX_WARMUP_FRACTION * config.max_iters:
+  if trains and config.decay_lr and config.warmup_iters > MAX_WARMUP_FRACTION * config.max_iters:
     share = config.warmup_iters / max(config.max_iters, 1)
     found.append(f"warmup_iters={config.warmup_iters:,} is {share:.0%} of "
                  f"max_iters={config.max_iters:,} (more than {MAX_WARMUP_FRACTION:.0%})")
@@ -148,7 +149,7 @@ def check(config: ml_collections.ConfigDict, s: Summary, *, config_file: str = "
     found.append(f"sharding=fsdp splits no matrix over {s.n_devices} devices ({s.n_devices} "
                  "divides none of their dimensions): each keeps the whole state, as under dp, "
                  "and sends more; use sharding=dp, or a device count that divides n_embd")
-  if s.epochs is not None and s.epochs > MAX_EPOCHS:
+  if trains and s.epochs is not None and s.epochs > MAX_EPOCHS:
     found.append(f"{s.epochs:.1f} epochs over a train split of "
                  f"{formatting.count(s.train_tokens)} tokens (more than {MAX_EPOCHS:g}): the "
                  "model will memorise it; use more data or fewer max_iters")

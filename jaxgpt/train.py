@@ -623,7 +623,7 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
                trains: bool) -> tuple[summary.Summary, int]:
   """The run's summary, its warnings, its evaluation set and how it computes, logged; returns
   the summary and the evaluation's windows of each split. A run that only evaluates
-  (`trains` false) is planned by its model's size (and the warnings).
+  (`trains` false) is planned by its model's size (and the warnings not of a training).
 
   The evaluation set is fixed for the run: eval_iters batches of the global
   batch it started with, whatever batch layout or device count a resume brings.
@@ -635,7 +635,8 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   for line in summary.describe(counts, layout)[:None if trains else 1]:
     logging.info("plan: %s", line)
   speaks = jax.process_index() == 0  # the other processes log warnings too: each said once
-  for warning in summary.check(config, counts, config_file=config_file, device=device):
+  for warning in summary.check(config, counts, config_file=config_file, device=device,
+                               trains=trains):
     if speaks:
       logging.warning("plan: %s", warning)
   if counts.peak_flops is None and speaks and trains:  # lines leave MFU out

@@ -179,6 +179,17 @@ def test_a_resume_that_only_evaluates_logs_the_plan_of_an_evaluation(tmp_path, t
   assert len(plan) == 1 and plan[0].startswith("plan: parameters:"), plan
 
 
+def test_a_run_that_only_evaluates_leaves_out_the_warnings_of_a_training(tmp_path, token_dir,
+                                                                         caplog):
+  """The schedule's and the epochs' warnings are of a training; an eval_only run (or a resume
+  at max_iters) trains nothing, so it said them of nothing."""
+  config = tiny_config(tmp_path, token_dir, eval_only=True, max_iters=500, lr_decay_iters=400,
+                       warmup_iters=100)  # 12.8 epochs of 5,000 train tokens
+  with caplog.at_level(logging.WARNING):
+    train.train(config)
+  assert "plan:" not in caplog.text
+
+
 def test_a_val_split_smaller_than_an_evaluation_is_said_to_repeat(tmp_path, token_dir, caplog):
   config = tiny_config(tmp_path, token_dir, eval_only=True, eval_iters=20)  # 80 of 62 windows
   with caplog.at_level(logging.WARNING):
