@@ -45,7 +45,7 @@ def _read_tokens(path: str) -> np.ndarray:
     raise ShardError(f"{path}: " + ("a folder, not a token file" if os.path.isdir(path)
                                     else "no such token file"))
   size = os.path.getsize(path)
-  if path.endswith(".npy"):
+  if path.lower().endswith(".npy"):
     try:
       tokens = np.load(path, mmap_mode="r")
     except (ValueError, EOFError) as e:  # EOFError: an empty file (a writer killed at once)
@@ -54,7 +54,7 @@ def _read_tokens(path: str) -> np.ndarray:
       raise ShardError(f"{path}: expected a 1-D uint16 array, got {tokens.dtype} "
                        f"with shape {tokens.shape}")
     return tokens
-  if not path.endswith(".bin"):
+  if not path.lower().endswith(".bin"):
     raise ShardError(f"{path}: unknown token-file format (expected .bin or .npy)")
   head = np.fromfile(path, dtype=np.uint8, count=HEADER_BYTES).tobytes()
   if head.startswith(b"\x93NUMPY"):
@@ -102,15 +102,16 @@ def _check_not_wider(path: str, first: np.ndarray) -> None:
 def split_of(filename: str) -> str | None:
   """The split a token file's name says: the last of its words (between '_', '-' and '.') that
   names one. 'medieval_train_000000.bin' is train, though 'medieval' holds 'val'."""
-  said = [word for word in re.split(r"[_.\-]", filename) if word in SPLITS]
+  said = [word for word in re.split(r"[_.\-]", filename.lower()) if word in SPLITS]
   return said[-1] if said else None
 
 
 def find_shards(data_dir: str, split: str) -> list[str]:
   """The token files of a split (.bin or .npy, `split_of` their name), sorted; both kinds in
   one split are one dataset twice (a conversion left beside its source), refused."""
-  found = [sorted(p for p in glob.glob(os.path.join(glob.escape(data_dir), f"*.{kind}"))
-                  if split_of(os.path.basename(p)) == split) for kind in ("bin", "npy")]
+  names = glob.glob(os.path.join(glob.escape(data_dir), "*"))  # TRAIN.BIN too: a copy's case
+  found = [sorted(p for p in names if p.lower().endswith(f".{kind}")
+                  and split_of(os.path.basename(p)) == split) for kind in ("bin", "npy")]
   if found[0] and found[1]:
     raise ShardError(f"{data_dir}: {split} files of two kinds, {os.path.basename(found[0][0])} "
                      f"and {os.path.basename(found[1][0])}: one dataset twice? Keep one kind "

@@ -49,6 +49,17 @@ def test_a_dataset_s_name_never_moves_a_file_to_the_other_split(tmp_path, name):
         str(tmp_path / f"{name}_{split}_000000.bin")]
 
 
+def test_a_token_file_named_in_capitals_is_of_its_split(tmp_path):
+  """A copy from a case-insensitive filesystem may spell a name in capitals: such a file was
+  left out, and a split of both spellings trained on part of itself without a word."""
+  for name, seed in (("x_train_000000.bin", 1), ("X_TRAIN_000001.BIN", 2), ("X_VAL_000000.BIN", 3)):
+    shards.write_shard(str(tmp_path / name), pattern_tokens(300, seed=seed))
+  assert [os.path.basename(p) for p in token_files.find_shards(str(tmp_path), "train")] == [
+      "X_TRAIN_000001.BIN", "x_train_000000.bin"]
+  sources = data.open_splits(str(tmp_path), 8, 128)
+  assert (sources["train"].n_tokens, sources["val"].n_tokens) == (600, 300)
+
+
 @pytest.mark.parametrize("layout", ["nanogpt", "build-nanogpt", "llm.c"])
 def test_the_trainer_reads_each_format(tmp_path, layout):
   """What a nanoGPT, build-nanogpt or llm.c user already has works as data_dir."""
