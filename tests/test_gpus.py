@@ -25,6 +25,7 @@ from jaxgpt.plan import targets
     ("NVIDIA A800 80GB PCIe", 312),
     ("NVIDIA A800-SXM4-40GB", 312),
     ("NVIDIA A800 PCIe 40GB", 312),
+    ("NVIDIA A800 40GB Active", 312),  # the workstation card: the same chip and clock
     ("NVIDIA H800", 989.5),
     ("NVIDIA H800 PCIe", 756.5),
     ("NVIDIA H20", 148),
@@ -50,7 +51,7 @@ def test_peak_of_the_device_kinds_jax_reports(device_kind, tflops):
 
 @pytest.mark.parametrize("device_kind", [
     "cpu", "NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA A10G", "NVIDIA L20", "NVIDIA A30",
-    "NVIDIA A800 40GB Active", "NVIDIA RTX A1000",
+    "NVIDIA RTX A1000",
     "NVIDIA A1000", "NVIDIA A100X", "NVIDIA RTX 4000 Ada Generation", "Tesla T4",
     "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 3g.40gb",
     # cut-down cards, not their full namesakes
@@ -143,7 +144,7 @@ def test_every_gpu_target_is_one_card_of_the_table():
     # an A800 or H800 is its A100's or H100's chip and memory
     ("NVIDIA A800-SXM4-80GB", "A100-SXM4-80GB"), ("A800", "A100-SXM4-80GB"),
     ("A800-40GB", "A100-SXM4-40GB"), ("NVIDIA A800-SXM4-40GB", "A100-SXM4-40GB"),
-    ("NVIDIA A800-PCIE-40GB", "A100-SXM4-40GB"),
+    ("NVIDIA A800-PCIE-40GB", "A100-SXM4-40GB"), ("NVIDIA A800 40GB Active", "A100-SXM4-40GB"),
     ("NVIDIA H800", "H100"), ("NVIDIA H800 PCIe", "H100 PCIe")])
 def test_a_card_named_for_short_or_of_a_target_s_chip_compiles_for_that_chip(name, compiled_as):
   """README's `--device=H100` pattern, for an A100 named for short or PCIe, an A800 or an
