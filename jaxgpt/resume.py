@@ -42,7 +42,8 @@ class Start:
 
 
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
-# The keys an evaluation reads beyond the architecture: the changes an eval_only resume says.
+# The keys an evaluation reads beyond the architecture: the changes a resume that trains
+# nothing (eval_only, a checkpoint at max_iters) says.
 _EVALUATED = ("dataset", "data_dir", "eval_iters", "dtype", "attention", "loss_chunk_size",
               "sharding", "eval_tasks", "eval_tasks_limit", "hellaswag_file")
 
@@ -68,17 +69,17 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   """
   now = position_basis(layout, config.data_workers)
   speaks = jax.process_index() == 0  # what every process would say alike, said once
-  trains = not config.eval_only  # else no train batch is read: their position goes unsaid
+  trains = lambda step: not config.eval_only and step < config.max_iters  # else no batch read
   reached = lambda meta, why, said: _reached(meta["tokens"], config.block_size, why, said)
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:
     saved = meta.get("data") or {**now, "start_window": 0}  # written before they were recorded
-    if saved["devices"] != now["devices"] and speaks and trains:
+    if saved["devices"] != now["devices"] and speaks and trains(step):
       logging.warning("resume: %d device(s); the checkpoint was written on %d", now["devices"],
                       saved["devices"])
     why_not = _not_continued(saved, now)
     if why_not:
-      window = reached(meta, why_not, speaks and trains)
+      window = reached(meta, why_not, speaks and trains(step))
       return open_batches(window), window
     window = saved["start_window"]
     batches = open_batches(window)
@@ -93,7 +94,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
     batches.close()
     window = reached(meta, f"the data position saved with step {step} does not read back "
                      f"({checkpoint.cause(error)})",  # each cause said where it was met
-                     trains and (speaks or not isinstance(error, sharding.FailedElsewhere)))
+                     trains(step) and (speaks or not isinstance(error, sharding.FailedElsewhere)))
     return open_batches(window), window
 
   changed = {}  # keys: what config changes of the last checkpoint checked, the one restored
@@ -106,8 +107,8 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   # The data folder, where the checkpoint names it, `warn_if_data_changed` compares as a path.
   if speaks:
     _log_changes([k for k in changed["keys"] if k != "data_dir" or not saved.get("data_dir")],
-                 meta["config"], then, config.to_dict())
-    if it < config.max_iters and trains:
+                 meta["config"], then, config.to_dict(), trains(it))
+    if trains(it):
       warn_if_lr_moves(*(defaults.view(optim.OptimConfig, c) for c in (then, config)), it)
   logging.info("resumed from %s/%d", checkpoints.directory, it)
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
@@ -118,11 +119,11 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
 
 
 def _log_changes(keys: list[str], saved: dict[str, Any], then: dict[str, Any],
-                 now: dict[str, Any]) -> None:
+                 now: dict[str, Any], trains: bool) -> None:
   """The config `keys` a resume changed from the checkpoint's `saved` to `now` (`then`: the
-  saved config with the defaults of keys the run predates); under eval_only, those an
+  saved config with the defaults of keys the run predates); unless it `trains`, only those an
   evaluation reads."""
-  for key in (k for k in keys if k in _EVALUATED or not now["eval_only"]):
+  for key in (k for k in keys if k in _EVALUATED or trains):
     if key == "attention" and then[key] == "auto":  # saved before runs recorded the kernel
       continue
     predates = "" if key in saved else " (the default; the run predates the key)"

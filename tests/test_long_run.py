@@ -480,9 +480,8 @@ def test_an_older_run_s_auto_attention_is_not_logged_as_a_change(caplog):
   logged "attention changed from 'auto' to 'xla'" though the user changed nothing."""
   caplog.set_level(logging.INFO)
   then = {"attention": "auto", "grad_clip": 1.0}
-  resume._log_changes(["attention", "grad_clip"], then, then, {"attention": "xla",
-                                                               "grad_clip": 0.5,
-                                                               "eval_only": False})
+  resume._log_changes(["attention", "grad_clip"], then, then,
+                      {"attention": "xla", "grad_clip": 0.5}, trains=True)
   assert caplog.messages == ["resume: grad_clip changed from 1.0 to 0.5"]
 
 

@@ -162,8 +162,9 @@ def test_eval_only_evaluates_once_and_compiles_no_train_step(tmp_path, token_dir
 def test_a_resume_that_only_evaluates_logs_the_plan_of_an_evaluation(tmp_path, token_dir,
                                                                     caplog, monkeypatch):
   """A stop saved step 4 of max_iters=4 unevaluated; its resume evaluates it and trains
-  nothing, so it logs the model's size of the plan, as eval_only does (it logged the tokens
-  per iteration, epochs, schedule and MFU of a training it does not do)."""
+  nothing, so it logs the model's size of the plan and the changes an evaluation reads, as
+  eval_only does (it logged the tokens per iteration, epochs, schedule and MFU of a training it
+  does not do, and where the data would go on under another batch layout)."""
   monkeypatch.setattr(preemption.StopSignals, "stop_at", lambda self, it: it == 4)
   config = tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=4)
   train.train(config)
@@ -172,8 +173,12 @@ def test_a_resume_that_only_evaluates_logs_the_plan_of_an_evaluation(tmp_path, t
   caplog.clear()
   with caplog.at_level(logging.INFO):
     train.train(tiny_config(tmp_path, token_dir, max_iters=4, eval_interval=4,
-                            init_from="resume"))
+                            init_from="resume", batch_size=2, eval_iters=1))
   assert [r["iter"] for r in records(config.out_dir, "eval")] == [0, 4]
+  assert [m for m in caplog.messages if m.startswith("resume:")] == [
+      "resume: eval_iters changed from 2 to 1",
+      ("resume: eval_iters changed, so the val loss is over other windows than the run's "
+       "before, and compared with its best_val_loss all the same")]
   plan = [r.getMessage() for r in caplog.records  # and the plan's warnings, as eval_only's
           if r.levelno == logging.INFO and r.getMessage().startswith(("plan: ", "MFU: "))]
   assert len(plan) == 1 and plan[0].startswith("plan: parameters:"), plan
