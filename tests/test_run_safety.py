@@ -237,7 +237,7 @@ def test_a_resume_with_another_batch_continues_at_the_same_token(tmp_path, token
 def test_an_eval_only_resume_says_only_the_changes_its_evaluation_sees(tmp_path, token_dir,
                                                                        caplog):
   """It logged the batch layout's new data position, batch_size, lr_decay_iters and eval_only
-  itself as changes, and the training plan (its warnings stay), though it trains nothing."""
+  itself as changes, and the training plan and its warnings, though it trains nothing."""
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   caplog.clear()
   caplog.set_level(logging.INFO)
