@@ -66,9 +66,8 @@ CARDS: tuple[Card, ...] = (
     Card("A800-SXM4-40GB", 312e12, 40),  # A800: the A100's GA100 with 400 GB/s NVLink; A100's 312
     Card("A800 PCIe 40GB", 312e12, 40),  # also "A800-PCIE-40GB"
     Card("A800 40GB", 312e12, 40),  # as a user names it; and "A800 40GB Active", a workstation
-    # card that NVIDIA's A800 page (nvidia.com/en-us/design-visualization/a800) gives the A100
-    # 40GB's GA100 and clock: 6,912 CUDA cores, 432 Tensor Cores, 19.5 FP32 TFLOPS, 1,555.2 GB/s;
-    # so the A100's 312 (16 x its FP32 rate, as the A100 datasheet has it)
+    # card with the A100 40GB's GA100 at its 1,410 MHz boost: 6,912 CUDA cores, 432 Tensor Cores,
+    # 19.5 FP32 TFLOPS (spec listings; NVIDIA's A800 page was out of reach), so the A100's 312
     Card("A800-SXM4-80GB", 312e12, 80),
     Card("A800", 312e12, 80),  # "NVIDIA A800 80GB PCIe"
     Card("L40S", 362.05e12, 46068 / 1024),  # L40S datasheet: 362.05 dense
