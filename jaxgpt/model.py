@@ -256,7 +256,7 @@ class GPT(nn.Module):
     x_ND = jnp.take_along_axis(x_BTD, scored_BS[:, :, None], axis=1).reshape(-1, cfg.n_embd)
     return head_loss.token_cross_entropy(
         x_ND, head_VD, targets_BS.reshape(-1), chunk_size=cfg.loss_chunk_size or len(x_ND),
-        dtype=cfg.dtype, softcap=cfg.logit_softcap, interleave=self.rows_on is not None
+        dtype=cfg.dtype, softcap=cfg.logit_softcap, rows_on=self.rows_on
     ).reshape(targets_BS.shape)
 
   def next_logits(self, idx_BT: jax.Array, last_B: jax.Array,

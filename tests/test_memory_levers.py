@@ -115,10 +115,31 @@ def test_interleaved_chunks_give_each_token_s_loss_in_the_tokens_order():
   k_x, k_e, k_t = jax.random.split(jax.random.PRNGKey(0), 3)
   x_ND, targets_N = jax.random.normal(k_x, (N, D)), jax.random.randint(k_t, (N,), 0, V)
   embedding_VD = 0.02 * jax.random.normal(k_e, (V, D))
+  one_device = jax.sharding.Mesh(jax.devices()[:1], ("data",))
   losses = [head_loss.token_cross_entropy(x_ND, embedding_VD, targets_N, chunk_size=13,
-                                          dtype="float32", interleave=interleave)
-            for interleave in (True, False)]
+                                          dtype="float32", rows_on=rows_on)
+            for rows_on in (one_device, None)]
   np.testing.assert_allclose(*losses, rtol=1e-6)
+
+
+@pytest.mark.parametrize("N,devices,chunks", [
+    (98_304, 6, 16),  # fineweb_40m's 16 x 1024 on 6 GPUs: 12 chunks did not divide 16,384 rows
+    (196_608, 6, 32),  # gpt2_124m's 32 x 1024 on 6 GPUs (24 before)
+    (786_432, 24, 128),  # on 3 hosts of 8 GPUs (96 before)
+    (262_144, 8, 32),  # on 8 GPUs the fewest chunks divide them already
+    (98_304, 1, 12),  # one device: the fewest, as ever
+    (8 * 2 * 4_099, 8, 9)])  # 2 x a prime rows a device: 4,099 chunks of 16 would be too small
+def test_interleaved_chunks_divide_each_device_s_rows(N, devices, chunks):
+  """fsdp splits the N rows contiguously over the devices: interleaved chunks are split the
+  same way, with no padding, only where their count divides each device's rows."""
+  mesh = jax.sharding.AbstractMesh((devices,), ("data",))
+  x_CSD, _, weights_CS = jax.eval_shape(
+      lambda x, t: head_loss._chunks(x, t, 8192, mesh),
+      jax.ShapeDtypeStruct((N, 1), jnp.float32), jax.ShapeDtypeStruct((N,), jnp.int32))
+  C, S = weights_CS.shape
+  assert C == chunks and x_CSD.shape[1] <= 8192
+  if N // devices % C == 0:
+    assert C * S == N and S % devices == 0  # each device's S / devices rows of every chunk
 
 
 def test_eval_loss_without_gradients_uses_the_chunked_forward(params, tokens_BT1):
