@@ -74,9 +74,9 @@ def _chunks(x_ND: jax.Array, targets_N: jax.Array, chunk_size: int, rows_on: Mes
   where `rows_on`), padded at the end; weights 0 on the pad.
 
   Interleaved chunks are split like fsdp's rows (contiguous over n devices) only where their
-  count divides each device's rows: so it is the first that does from the fewest to twice
-  that (any further, and 2 x a prime rows a device would take chunks of 2n tokens). Else XLA moved
-  rows for every chunk and the head could not take each device's own (`_loss_sum_fwd`):
+  count divides each device's rows: so it is the first that does, from the fewest to twice
+  that (no further: a device's 2p rows, p a prime, would make chunks of 2n tokens). Else XLA
+  moved rows for every chunk and the head could not take each device's own (`_loss_sum_fwd`):
   gpt2_124m on 6 H100s sent 45.8 GiB a device per iteration in 24 chunks, 12.0 in 32.
   """
   N = len(x_ND)
