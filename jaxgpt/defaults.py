@@ -196,15 +196,6 @@ def view(cls: type[View], config: ml_collections.ConfigDict) -> View:
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a clone's root
 
 
-def require_in_checkout(path: str, needed_by: str) -> None:
-  """Refuses `needed_by` where `path` (launch.py, a recipe in configs/, a file of tests/) is
-  not in this clone: a `pip install .` without -e leaves them out. Said before its work."""
-  full = os.path.join(CHECKOUT, path)
-  if not os.path.isfile(full):
-    raise UserError(f"{needed_by} needs {path} from a jaxgpt clone, and {full} is missing: run "
-                    "it in a clone, installed with pip install -e .")
-
-
 def recipe(name: str) -> ml_collections.ConfigDict:
   """configs/<name>.py of this checkout, as launch.py loads it."""
   spec = importlib.util.spec_from_file_location(

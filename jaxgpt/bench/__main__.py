@@ -284,11 +284,20 @@ def _print_throughput(f: flags.FlagValues) -> None:
                       "above") from None
 
 
+def _require_in_checkout(path: str, needed_by: str) -> None:
+  """Refuses `needed_by` where `path` (launch.py, a recipe in configs/, a file of tests/) is
+  not in this clone: a `pip install .` without -e leaves them out. Said before its work."""
+  full = os.path.join(defaults.CHECKOUT, path)
+  if not os.path.isfile(full):
+    raise UserError(f"{needed_by} needs {path} from a jaxgpt clone, and {full} is missing: run "
+                    "it in a clone, installed with pip install -e .")
+
+
 def _print_gpu_report(f: flags.FlagValues) -> None:
   for name in dict.fromkeys(name for name, _ in gpu_report.ROWS):
-    defaults.require_in_checkout(f"configs/{name}.py", "--gpu_report")
+    _require_in_checkout(f"configs/{name}.py", "--gpu_report")
   if f.gpu_tests:
-    defaults.require_in_checkout("tests/conftest.py", "--gpu_report")
+    _require_in_checkout("tests/conftest.py", "--gpu_report")
   jax.config.update("jax_platforms", "cpu")  # the rows' processes use the GPU; this one compiles
   path = _out_path(f.out or "gpu_report.md")
   log_path = os.path.splitext(path)[0] + ".log"  # what the tests and rows printed, whole
@@ -313,7 +322,7 @@ def _print_gpu_report(f: flags.FlagValues) -> None:
 
 
 def _print_compare_recipes(f: flags.FlagValues) -> None:
-  defaults.require_in_checkout("launch.py", "--compare_recipes")
+  _require_in_checkout("launch.py", "--compare_recipes")
   out = f.out or "out/compare_recipes"
   names = list(recipes.variants()) if f.ablation else f.variants
   if not names:
