@@ -408,9 +408,11 @@ def main() -> None:
           else run_dir.RunDir(FLAGS.out_dir[0]).report_path)
   named = dict(zip(_names(FLAGS.out_dir), FLAGS.out_dir))
   runs = {name: load(d) for name, d in named.items()}
-  if not any(run["train"] or run["eval"] for run in runs.values()):  # a run before its first log
+  drawn = lambda r: r["tokens"] > 0 or not FLAGS.logx  # a log axis leaves token 0 out
+  if not any(drawn(r) for run in runs.values() for r in run["train"] + run["eval"]):
     files = ", ".join(run_dir.RunDir(d).metrics_path for d in named.values())
-    raise UserError(f"{files}: no train log or evaluation yet; nothing to plot ({path} not "
+    yet = " past token 0 yet, which --logx leaves out" if FLAGS.logx else " yet"
+    raise UserError(f"{files}: no train log or evaluation{yet}; nothing to plot ({path} not "
                     "written)")
   print("\n\n".join(summary(name, run, run_dir.RunDir(named[name]).finished_steps())
                     for name, run in runs.items()))

@@ -352,6 +352,22 @@ def test_a_run_with_nothing_to_plot_leaves_the_plot_there(tmp_path):
   assert plot.read_bytes() == before
 
 
+def test_logx_with_only_the_step_0_evaluation_leaves_the_plot_there(tmp_path):
+  """A log axis leaves token 0 out: a run evaluated at step 0 alone drew an empty plot over
+  report.png under --logx."""
+  out_dir = write_run(tmp_path / "a", max_iters=200)
+  plot = tmp_path / "a" / "report.png"
+  report.plot({"a": report.load(out_dir)}, str(plot))
+  before = plot.read_bytes()
+  metrics = tmp_path / "a" / "metrics.jsonl"
+  metrics.write_text(EVAL_0 + "\n")
+  r = run_python("-m", "jaxgpt.report", f"--out_dir={out_dir}", "--logx")
+  assert r.returncode == 1 and r.stderr.strip() == (
+      f"error: {metrics}: no train log or evaluation past token 0 yet, which --logx leaves out; "
+      f"nothing to plot ({plot} not written)"), r.stderr
+  assert plot.read_bytes() == before
+
+
 def test_without_matplotlib_the_plot_is_one_error_after_the_table(tmp_path):
   """matplotlib not importable (a broken or partial install): report ended in the import's
   traceback, before its table."""
