@@ -148,10 +148,11 @@ def summary(name: str, run: Run, saved: list[int] | None = None) -> str:
     lines.append("no evaluation yet")
   lines += _tasks_table(run["tasks"])
   lines.append(_throughput(run["train"]))
-  skipped = run["train"][-1].get("skipped_steps", 0) if run["train"] else 0  # a count so far
-  if skipped:
-    lines.append(f"{formatting.plural(skipped, 'iteration')} skipped for a non-finite loss or "
-                 "gradient (skip_nonfinite)")
+  last = run["train"][-1] if run["train"] else {}  # only train logs carry the count so far
+  if last.get("skipped_steps"):
+    lines.append(f"{formatting.plural(last['skipped_steps'], 'iteration')} skipped for a "
+                 f"non-finite loss or gradient (skip_nonfinite) as of iter {last['iter']:,}, the "
+                 "last train log")
   return "\n".join(lines)
 
 

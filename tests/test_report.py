@@ -535,6 +535,16 @@ def test_an_even_count_of_logs_gives_one_log_s_rate_and_step_time():
                                    "(over 4 train logs, the first skipped)")
 
 
+def test_the_skipped_steps_are_counted_as_of_the_last_train_log():
+  """Only train logs carry skip_nonfinite's count: steps skipped after the last one (up to the
+  run's end at 2,000) are in no record, and the count was said as the run's."""
+  logs = [{**train_record(it, 8_000.0, 1.0, 0.1), **({"skipped_steps": 2} if it else {})}
+          for it in range(0, 2000, 100)]
+  text = report.summary("x", {"train": logs, "eval": [], "tasks": []})
+  assert text.splitlines()[-1] == ("2 iterations skipped for a non-finite loss or gradient "
+                                   "(skip_nonfinite) as of iter 1,900, the last train log")
+
+
 def test_a_text_task_s_token_count_is_no_score_column():
   """eval_tasks=text:FILE writes <task>_loss, _ppl and _tokens; the count is no score."""
   record = {"event": "tasks", "iter": 0, "tokens": 0, "wiki_loss": 3.0, "wiki_ppl": 20.0855,
