@@ -44,6 +44,7 @@ LR_POINTS = 2001  # the learning-rate curve's iterations, and warmup's (all wher
 FIGURES = {"train": ("tokens", "loss", "lr"), "eval": ("tokens", "train_loss", "val_loss", "lr"),
            "tasks": ("tokens",)}
 THROUGHPUT = ("tokens_per_sec", "ms_per_iter", "mfu")
+DEVICES = "devices"  # on each start's first train log (train.py): "8 x NVIDIA H100 80GB HBM3"
 
 
 def load(out_dir: str, figures: dict[str, tuple[str, ...]] = FIGURES) -> Run:
@@ -62,7 +63,7 @@ def load(out_dir: str, figures: dict[str, tuple[str, ...]] = FIGURES) -> Run:
       if missing:
         raise UserError(f"{where} has no {', '.join(missing)}")
       for key, value in r.items():
-        if key == "event" or (value is None and key in THROUGHPUT):
+        if key in ("event", DEVICES) or (value is None and key in THROUGHPUT):
           continue
         if value is None and key != "tokens":
           r[key] = math.nan
@@ -116,11 +117,12 @@ def _rates(train_records: list[dict[str, Any]]) -> tuple[list[tuple[int, int]], 
 
 
 def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
-  """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first (one step).
+  """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first and every
+  start's first (which names its devices), each timing one step; all where none is left.
 
   Of an even count, one middle log's, not the mean of two: the low rates and the high time
   are the same log's (a time is its rates' reciprocal), so the figures name one speed."""
-  steady = train_records[1:] or train_records
+  steady = [r for r in train_records[1:] if DEVICES not in r] or train_records
   medians: dict[str, float | None] = {}
   for key in THROUGHPUT:
     values = [r[key] for r in steady if r.get(key) is not None]
@@ -166,7 +168,7 @@ def _unsaved(step: int, saved: list[int] | None) -> str:
 
 def _throughput(train: list[dict[str, Any]]) -> str:
   """The median throughput of the run's last layout (a resume on more devices runs at another
-  rate): the logs since that resume, the first of them skipped (it times one step)."""
+  rate): the logs since that resume, each start's first skipped (it times one step)."""
   if not train:
     return "no train logs yet"
   first, resumed = layout_start(train)
@@ -179,9 +181,11 @@ def _throughput(train: list[dict[str, Any]]) -> str:
       ("mfu", "MFU {:.1%}")) if m[key] is not None]  # a hand-made file may lack any of them
   if not measured:
     return "throughput: not measured"
-  n = len(records)
-  over = (f"over {formatting.plural(n - 1, 'train log')}, the first skipped" if n > 1 else
-          "over 1 train log, the first: one step")
+  n, firsts = len(records), 1 + sum(DEVICES in r for r in records[1:])
+  skipped = "the first" if firsts == 1 else f"the first of each of {firsts} starts"
+  over = (f"over {formatting.plural(n - firsts, 'train log')}, {skipped} skipped" if n > firsts
+          else "over 1 train log, the first: one step" if n == 1
+          else f"over {n} train logs, each a start's first: one step")  # the median took all
   if n < len(train):
     over += f"; since the resume at iter {resumed:,} on another layout"
   return f"throughput: median {', '.join(measured)} ({over})"

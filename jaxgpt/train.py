@@ -298,6 +298,9 @@ class _Loop:
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
       logging.info(summary.eta(self.config.max_iters - it - 1, self.counts.tokens_per_iter, tok_s,
                                m["mfu"]))
+    # A start's first log (one step) names the devices: `report` skips it and tells cards apart.
+    if self.n_logs == 1:
+      m["devices"] = f"{self.counts.n_devices} x {jax.devices()[0].device_kind}"
     self.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m,
                 **({"skipped_steps": nonfinite} if nonfinite else {})})  # so far: `report` says
     self.check_finite(it, nonfinite)

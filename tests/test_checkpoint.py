@@ -72,6 +72,9 @@ def test_resume_continues_bit_exactly(tmp_path, token_dir, dropout, workers, dty
   losses_a, losses_b = iter_losses(unbroken.out_dir), iter_losses(resumed.out_dir)
   assert [i for i, _ in losses_b] == list(range(8))
   assert losses_a == losses_b  # exact equality on CPU
+  named = {r["iter"]: r["devices"] for r in records(resumed.out_dir, "train") if "devices" in r}
+  devices = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+  assert named == {0: devices, 4: devices}  # each start's first log, for report to skip
   assert losses_a[0][1] == pytest.approx(math.log(TINY_VOCAB), abs=0.05)
   assert losses_a[-1][1] < losses_a[0][1] - 0.5
   state_a, _ = restore_state(unbroken, 8)

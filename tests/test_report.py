@@ -524,6 +524,27 @@ def test_throughput_is_the_median_of_the_logs_after_the_first():
                                    "(over 3 train logs, the first skipped)")
 
 
+def test_the_first_log_of_every_start_is_skipped(tmp_path):
+  """A run preempted every few logs on one layout: each start's first log (train.py names its
+  devices there) times one step at 1,000 tok/s. Only the run's first was skipped; the
+  resumes' firsts, 3 of the 5 counted, made the median theirs."""
+  writer = sinks.MetricsWriter(run_dir.RunDir(str(tmp_path)).metrics_path)
+  for start in ([0, 10], [20], [30], [40, 50]):
+    writer.write({**train_record(start[0], 1_000.0, 8.0, 0.00375), "devices": "1 x cpu"})
+    for it in start[1:]:
+      writer.write(train_record(it, 80_000.0, 0.1, 0.3))
+  writer.close()
+  logs = report.load(str(tmp_path))["train"]
+  text = report.summary("x", {"train": logs, "eval": [], "tasks": []})
+  assert text.splitlines()[-1] == ("throughput: median 80,000 tok/s, 0.1 ms/iter, MFU 30.0% "
+                                   "(over 2 train logs, the first of each of 4 starts skipped)")
+  records, _ = report.last_layout(logs)  # as plan reads the run
+  assert report.median_throughput(records)["tokens_per_sec"] == 80_000.0
+  firsts = [r for r in logs if "devices" in r]
+  assert report.summary("x", {"train": firsts, "eval": [], "tasks": []}).endswith(
+      "(over 4 train logs, each a start's first: one step)")
+
+
 def test_an_even_count_of_logs_gives_one_log_s_rate_and_step_time():
   """Each figure's median of two middle logs was their mean: tok/s and ms/iter, each the other's
   reciprocal, then named two speeds (6,000 tok/s and 1.5 ms/iter, at 8 tokens an iteration)."""
