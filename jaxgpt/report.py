@@ -77,13 +77,23 @@ def load(out_dir: str, figures: dict[str, tuple[str, ...]] = FIGURES) -> Run:
 
 
 def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
-  """The train logs of the run's last layout, and its tokens per iteration (from the logs'
-  token counts): all of them where that never changed; after a resume that changed it (on
-  more devices, say), those from the resume's first log on, which times one step as a run's
-  first does; none while that log is the last."""
+  """The train logs of the run's last layout on the last start's devices, and its tokens per
+  iteration (from the logs' token counts): all of them where neither changed; after a resume
+  that changed either (on more devices, or other cards), those from the resume's first log
+  on, which times one step as a run's first does; none while that log is the last."""
   first, _ = layout_start(train_records)
   per_iter = _rates(train_records)[1]
-  return ([] if first is None else train_records[first:]), per_iter[-1]
+  records = [] if first is None else train_records[first:]
+  return records[_devices_start(records):], per_iter[-1]
+
+
+def _devices_start(records: list[dict[str, Any]]) -> int:
+  """Where in `records` the starts on the last start's devices begin, after the last start on
+  others (another card runs at another rate, at the same tokens per iteration): 0 where there
+  was none, or no log names its devices (a run from before train.py named them)."""
+  named = [i for i, r in enumerate(records) if DEVICES in r]
+  others = [i for i in named if records[i][DEVICES] != records[named[-1]][DEVICES]]
+  return min(i for i in named if i > others[-1]) if others else 0
 
 
 def layout_start(train_records: list[dict[str, Any]]) -> tuple[int | None, int]:
@@ -167,14 +177,17 @@ def _unsaved(step: int, saved: list[int] | None) -> str:
 
 
 def _throughput(train: list[dict[str, Any]]) -> str:
-  """The median throughput of the run's last layout (a resume on more devices runs at another
-  rate): the logs since that resume, each start's first skipped (it times one step)."""
+  """The median throughput of the run's last layout and devices (a resume on more devices or
+  other cards runs at another rate): the logs since that resume, each start's first skipped
+  (it times one step)."""
   if not train:
     return "no train logs yet"
   first, resumed = layout_start(train)
   records = [] if first is None else train[first:]
   if not records:
     return "throughput: not measured yet on the layout of the last resume"
+  other_devices = _devices_start(records)
+  records = records[other_devices:]
   m = median_throughput(records)
   measured = [form.format(m[key]) for key, form in (
       ("tokens_per_sec", "{:,.0f} tok/s"), ("ms_per_iter", "{:,.1f} ms/iter"),
@@ -186,7 +199,10 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   over = (f"over {formatting.plural(n - firsts, 'train log')}, {skipped} skipped" if n > firsts
           else "over 1 train log, the first: one step" if n == 1
           else f"over {n} train logs, each a start's first: one step")  # the median took all
-  if n < len(train):
+  if other_devices:
+    over += (f"; since the resume on {records[0][DEVICES]}, first logged at iter "
+             f"{records[0]['iter']:,}")
+  elif n < len(train):
     over += f"; since the resume at iter {resumed:,} on another layout"
   return f"throughput: median {', '.join(measured)} ({over})"
 

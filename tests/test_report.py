@@ -545,6 +545,25 @@ def test_the_first_log_of_every_start_is_skipped(tmp_path):
       "(over 4 train logs, each a start's first: one step)")
 
 
+def test_throughput_is_the_last_start_s_cards_after_a_resume_on_others():
+  """10 logs on an A100 at 10k tok/s, then a resume on an H100 at 30k, one layout (the same
+  tokens per iteration): the median was the A100's, the longer one, as plan read it too."""
+  a100, h100 = "1 x NVIDIA A100-SXM4-40GB", "1 x NVIDIA H100 80GB HBM3"
+  logs = [train_record(it, tok_s, 8_000 / tok_s, 0.3) for it in range(0, 140, 10)
+          for tok_s in [10_000.0 if it < 100 else 30_000.0]]
+  logs[0]["devices"], logs[10]["devices"] = a100, h100
+  text = report.summary("x", {"train": logs, "eval": [], "tasks": []})
+  assert text.splitlines()[-1] == (
+      f"throughput: median 30,000 tok/s, 0.3 ms/iter, MFU 30.0% (over 3 train logs, the first "
+      f"skipped; since the resume on {h100}, first logged at iter 100)")
+  records, _ = report.last_layout(logs)  # as plan reads the run
+  assert records[0]["iter"] == 100
+  logs[10]["devices"] = a100  # a resume on the same cards: one median
+  assert report.last_layout(logs)[0] == logs
+  assert "(over 12 train logs, the first of each of 2 starts skipped)" in report.summary(
+      "x", {"train": logs, "eval": [], "tasks": []})
+
+
 def test_an_even_count_of_logs_gives_one_log_s_rate_and_step_time():
   """Each figure's median of two middle logs was their mean: tok/s and ms/iter, each the other's
   reciprocal, then named two speeds (6,000 tok/s and 1.5 ms/iter, at 8 tokens an iteration)."""
