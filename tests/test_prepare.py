@@ -645,6 +645,19 @@ def test_a_finished_dataset_or_foreign_token_files_are_never_overwritten(tmp_pat
     run([path], tmp_path / "nano")
 
 
+def test_a_training_run_s_out_dir_is_refused_as_out(tmp_path):
+  """Before, the shards went in beside the run's checkpoints, and launch.py then refused that
+  run's resume ("out_dir ... holds token files")."""
+  path = write_parquet(tmp_path / "a.parquet", TEXTS)
+  for made in ("checkpoints", "metrics.jsonl"):
+    out = tmp_path / made.replace(".", "_")
+    out.mkdir()
+    (out / made).mkdir() if made == "checkpoints" else (out / made).write_text("{}\n")
+    with pytest.raises(readers.PrepareError, match=rf"^{out}: holds a training run \({made}\)"):
+      run([path], out)
+    assert os.listdir(out) == [made]
+
+
 def test_an_out_another_prepare_is_writing_to_is_refused_at_once(tmp_path):
   """Before, the second prepare removed the first's staging folder as an earlier run's, and the
   first died in a traceback."""

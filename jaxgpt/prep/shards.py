@@ -34,6 +34,8 @@ VAL_TOKENS = 10_000_000
 STAGING = ".incomplete"
 MOVING_IN = "moving_in"  # in STAGING while the shards move into out: their names
 LOCK_FILE = ".prepare.lock"
+# What marks a training run's out_dir (run_dir.py, which this light command does not import).
+RUN_FILES = ("checkpoints", "metrics.jsonl")
 LOCK_POLL_S = 0.5  # how often a wait for another process's lock tries it again
 MAX_SHARD_TOKENS = 2**31 - 1  # the header counts tokens in an int32
 
@@ -157,14 +159,19 @@ class _Progress:
 
 
 def check_out_dir(out_dir: str) -> None:
-  """Refuses an `out` that is a file, or holds a finished dataset, token files this tool did
-  not stage, or files of the user's in its staging folder."""
+  """Refuses an `out` that is a file, or holds a training run, a finished dataset, token files
+  this tool did not stage, or files of the user's in its staging folder."""
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise PrepareError(f"{out_dir}: a file, not a directory; choose another --out")
   meta_path = os.path.join(out_dir, token_files.META_FILE)
   if os.path.isfile(meta_path):
     raise PrepareError(f"{meta_path}: {out_dir} already holds a prepared dataset; remove its "
                        "meta.json and token files to remake it, or choose another --out")
+  run = [name for name in RUN_FILES if os.path.lexists(os.path.join(out_dir, name))]
+  if run:
+    raise PrepareError(f"{out_dir}: holds a training run ({run[0]}), which token files there "
+                       "would stop from resuming (a run shares no folder with its data); "
+                       "choose another --out")
   found = token_files.find_shards(out_dir, "train") + token_files.find_shards(out_dir, "val")
   left = moved_in(out_dir)  # by a prepare killed here: taken out by the next
   found = [path for path in found if os.path.basename(path) not in left]
