@@ -490,7 +490,7 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
   tok_s = 989.5e12 * 0.4 / summary.summarize(recipe("fineweb_40m")).flops_per_token
   assert f"throughput: {tok_s:,.0f} tok/s, estimated for 1 x NVIDIA H100 80GB HBM3 at 40% MFU" \
       in r.stdout
-  assert "compute-optimal" in r.stdout and "4 epochs of the 3.68B train tokens" in r.stdout
+  assert "compute-optimal" in r.stdout and "4.00 epochs of the 3.68B train tokens" in r.stdout
 
 
 def test_a_device_s_peak_is_the_flag_s_then_the_config_s_then_the_table_s(tmp_path):
@@ -789,7 +789,11 @@ def test_the_data_limit_candidate_is_four_epochs():
   candidates, notes = iters.suggestions(base)
   assert candidates == [math.ceil(20 * 40_560_000 / 524_288), 20_000,
                         4 * 3_680_000_000 // 524_288]
-  assert "max_iters=28,076 is 4 epochs of the 3.68B train tokens" in notes[-1]
+  assert "max_iters=28,076 is 4.00 epochs of the 3.68B train tokens, the most within 4" in notes[-1]
+  # Before, a split of a few iterations read "max_iters=1 is 4 epochs" (it is 2.06), beside a
+  # verdict that said 2.06.
+  _, notes = iters.suggestions(summary.summarize(recipe("fineweb_40m"), train_tokens=254_976))
+  assert "max_iters=1 is 2.06 epochs of the 254.98K train tokens, the most within 4" in notes[-1]
 
 
 # jaxlib's order: XLA_CLIENT_MEM_FRACTION before the deprecated name.

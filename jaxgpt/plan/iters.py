@@ -109,9 +109,10 @@ def suggestions(base: summary.Summary) -> tuple[list[int], list[str]]:
   limit = train_tokens and MAX_USEFUL_EPOCHS * train_tokens // base.tokens_per_iter
   if limit:
     candidates.add(limit)
-    notes.append(f"max_iters={limit:,} is {MAX_USEFUL_EPOCHS} epochs of the "
-                 f"{formatting.count(train_tokens)} train tokens: up to there repeated tokens pay "
-                 "nearly as much as new ones, past it they stop paying (more data helps more)")
+    notes.append(f"max_iters={limit:,} is {limit * base.tokens_per_iter / train_tokens:.2f} "
+                 f"epochs of the {formatting.count(train_tokens)} train tokens, the most within "
+                 f"{MAX_USEFUL_EPOCHS}: up to there repeated tokens pay nearly as much as new "
+                 "ones, past it they stop paying (more data helps more)")
   elif train_tokens:
     notes.append(f"one iteration's {base.tokens_per_iter:,} tokens are more than "
                  f"{MAX_USEFUL_EPOCHS} epochs of the {formatting.count(train_tokens)} train "
