@@ -533,8 +533,13 @@ def test_a_runs_checkpoints_folder_given_as_out_dir_names_the_flags_that_read_it
   with pytest.raises(UserError, match=re.escape(
       f"{step.parent}/ is a run's checkpoints folder: --out_dir={tmp_path / 'run'} reads it")):
     weights.run_steps(str(step.parent) + "/")
-  with pytest.raises(UserError, match="nothing was trained into out_dir="):
-    weights.run_steps(str(tmp_path / "run" / "checkpoints" / "5"))  # not there: no guess
+  # Not there (a typo, or a relative path from another folder): said so, and no guess. Before,
+  # "nothing was trained into out_dir=... yet", as of a run that saved nothing.
+  with pytest.raises(UserError, match=f"no checkpoints; there is no folder {tmp_path}/run/chec"):
+    weights.run_steps(str(tmp_path / "run" / "checkpoints" / "5"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="no checkpoints; nothing was trained into out_dir="):
+    weights.run_steps(str(tmp_path / "empty"))
   (tmp_path / "compared").mkdir()  # a run whose checkpoints were removed (a comparison's)
   (tmp_path / "compared" / "metrics.jsonl").write_text("")
   with pytest.raises(UserError, match="checkpoints: no checkpoints; the run's records are "

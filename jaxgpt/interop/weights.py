@@ -55,6 +55,8 @@ def _what_out_dir_holds(out_dir: str) -> str:
             f"--init_from={shlex.quote(defaults.NANOGPT + nanogpt_ckpt)} in place of --out_dir")
   parent, name = os.path.split(os.path.normpath(out_dir))
   there = os.path.isdir(out_dir)
+  if not there:
+    return f"there is no folder {os.path.abspath(out_dir)} (out_dir={out_dir!r})"
   if there and name == "checkpoints":
     return (f"{out_dir} is a run's checkpoints folder: --out_dir={shlex.quote(parent or '.')} "
             "reads it")
