@@ -49,8 +49,9 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
       where = self.paths[0] + (f" and {formatting.plural(others, 'other file')}" if others else "")
       raise token_files.ShardError(
           f"{where}: fewer than block_size+1={block_size + 1} tokens in every file (the longest "
-          f"holds {max(sizes):,}); lower block_size, or make the data in larger shards "
-          "(prepare's --shard_tokens)")
+          f"holds {max(sizes):,}); lower block_size, or "
+          + ("make the data in larger shards (prepare's --shard_tokens)"
+             if self.n_tokens > block_size else "give the split more tokens"))
 
   def __len__(self) -> int:
     return self.offsets[-1]

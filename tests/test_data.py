@@ -245,6 +245,17 @@ def test_a_split_of_files_all_shorter_than_a_window_is_one_short_line_with_the_l
   assert "lower block_size" in said and "--shard_tokens" in said
 
 
+def test_a_split_shorter_than_a_window_is_not_told_to_use_larger_shards(tmp_path):
+  """A small corpus's val split, 480 tokens in one file, at block_size 1024: larger shards
+  cannot give it a window, which the line said they would."""
+  shards.write_shard(str(tmp_path / "s_val_000000.bin"), np.arange(480, dtype=np.uint16))
+  with pytest.raises(token_files.ShardError) as error:
+    data.open_split(str(tmp_path), "val", block_size=1024, vocab_size=500)
+  said = str(error.value)
+  assert "(the longest holds 480); lower block_size, or give the split more tokens" in said
+  assert "--shard_tokens" not in said
+
+
 def test_windows_cover_every_token_once_per_epoch(tmp_path):
   a, b = np.arange(0, 41, dtype=np.uint16), np.arange(100, 133, dtype=np.uint16)
   shards.write_shard(str(tmp_path / "s_train_0.bin"), a)
