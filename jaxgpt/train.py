@@ -649,7 +649,8 @@ def _log_start(config: ml_collections.ConfigDict, layout: sharding.BatchLayout,
   for split, source in sources.items():
     logging.info("%s: %s in %s", split, source, os.path.realpath(os.path.dirname(source.paths[0])))
     unused = source.unread / source.n_tokens
-    if unused > UNUSED_TOKENS_WARNED and speaks:  # small shards: each file's tail is left out
+    # Said of small shards; one file's tail (under a window) no shard size takes in.
+    if unused > UNUSED_TOKENS_WARNED and len(source.paths) > 1 and speaks:
       logging.warning("%s: %.0f%% of its tokens are in no window (a window never spans two "
                       "files: each file's tokens past its last whole window, and a file shorter "
                       "than one, are left out); make the data in larger shards (prepare's "

@@ -400,6 +400,16 @@ def test_small_shards_whose_tails_fall_in_no_window_are_warned_of(tmp_path, capl
       "data in larger shards (prepare's --shard_tokens)")]
 
 
+def test_the_tail_of_a_split_of_one_file_is_not_blamed_on_small_shards(tmp_path, token_dir,
+                                                                       caplog):
+  """A small corpus's val split in one file of 45 tokens leaves 12 past its last window, which
+  larger shards cannot take in: the run said "make the data in larger shards" of it."""
+  shards.write_shard(os.path.join(token_dir, "syn_val_000000.bin"), pattern_tokens(45, seed=3))
+  with caplog.at_level(logging.INFO):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=0))
+  assert not [m for m in caplog.messages if "of its tokens are in no window" in m]
+
+
 def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
   def no_locks(fd, operation):  # Lustre mounted without -o flock
     raise OSError(38, "Function not implemented")
