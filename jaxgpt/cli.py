@@ -199,8 +199,14 @@ _LOAD_FAILED = "Configuration is not available because of an earlier failure to 
 
 
 def _not_loaded(last_line: str) -> str:
-  return ("error: --config: the recipe file could not be loaded: "
-          + last_line.strip().removeprefix(_LOAD_FAILED))
+  cause = last_line.strip().removeprefix(_LOAD_FAILED)
+  missing = re.search(r"No such file or directory: '(.+)'$", cause)
+  folder = os.path.dirname(missing[1]) if missing else ""
+  recipes = (sorted(n for n in os.listdir(folder or ".") if n.endswith(".py"))
+             if missing and os.path.isdir(folder or ".") else [])
+  near = difflib.get_close_matches(os.path.basename(missing[1]), recipes, n=1) if missing else []
+  hint = f" (did you mean {os.path.join(folder, near[0])}?)" if near else ""  # a typo's recipe
+  return f"error: --config: the recipe file could not be loaded: {cause}{hint}"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -350,6 +350,15 @@ def test_a_recipe_that_cannot_load_reads_the_same_with_an_override(tmp_path):
       "configs/quickstart.py: c = defaults.get_config(), c.KEY = VALUE, return c")
 
 
+@pytest.mark.slow  # a command line
+def test_a_misspelled_recipe_is_told_the_one_it_likely_meant():
+  r = run_python("launch.py", "--config=configs/fineweb40m.py")
+  assert r.returncode == 1
+  assert r.stderr.strip() == ("error: --config: the recipe file could not be loaded: [Errno 2] "
+                              "No such file or directory: 'configs/fineweb40m.py' (did you mean "
+                              "configs/fineweb_40m.py?)")
+
+
 LOCKED_RECIPE = """from jaxgpt import defaults
 def get_config():
   c = defaults.get_config()
