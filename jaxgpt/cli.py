@@ -200,13 +200,23 @@ _LOAD_FAILED = "Configuration is not available because of an earlier failure to 
 
 def _not_loaded(last_line: str) -> str:
   cause = last_line.strip().removeprefix(_LOAD_FAILED)
+  return f"error: --config: the recipe file could not be loaded: {cause}{_near_recipe(cause)}"
+
+
+def _near_recipe(cause: str) -> str:
+  """' (did you mean configs/X.py?)' where the file missing is the --config recipe (not one it
+  opens) and a recipe beside it is spelled alike: a typo's."""
   missing = re.search(r"No such file or directory: '(.+)'$", cause)
-  folder = os.path.dirname(missing[1]) if missing else ""
-  recipes = (sorted(n for n in os.listdir(folder or ".") if n.endswith(".py"))
-             if missing and os.path.isdir(folder or ".") else [])
-  near = difflib.get_close_matches(os.path.basename(missing[1]), recipes, n=1) if missing else []
-  hint = f" (did you mean {os.path.join(folder, near[0])}?)" if near else ""  # a typo's recipe
-  return f"error: --config: the recipe file could not be loaded: {cause}{hint}"
+  args = sys.argv[1:]
+  given = {os.path.abspath(os.path.expanduser(b if a == "--config" else a[9:]))
+           for a, b in zip(args, [*args[1:], ""]) if a == "--config" or a.startswith("--config=")}
+  if not missing or os.path.abspath(missing[1]) not in given:
+    return ""
+  folder = os.path.dirname(missing[1])
+  recipes = [n for n in os.listdir(folder or ".") if n.endswith(".py")] if os.path.isdir(
+      folder or ".") else []
+  near = difflib.get_close_matches(os.path.basename(missing[1]), recipes, n=1)
+  return f" (did you mean {os.path.join(folder, near[0])}?)" if near else ""
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -359,6 +359,15 @@ def test_a_misspelled_recipe_is_told_the_one_it_likely_meant():
                               "configs/fineweb_40m.py?)")
 
 
+@pytest.mark.slow  # a command line
+def test_a_file_a_recipe_opens_is_not_taken_for_a_misspelled_recipe(tmp_path):
+  recipe = tmp_path / "mine.py"  # a recipe reading its settings from a file that is not there
+  recipe.write_text(f"def get_config():\n  open({str(tmp_path / 'mine.txt')!r})\n")
+  r = run_python("launch.py", f"--config={recipe}", "--config.max_iters=3")
+  assert r.returncode == 1 and "did you mean" not in r.stderr, r.stderr
+  assert "No such file or directory" in r.stderr and "Traceback" not in r.stderr
+
+
 LOCKED_RECIPE = """from jaxgpt import defaults
 def get_config():
   c = defaults.get_config()
