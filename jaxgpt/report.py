@@ -84,7 +84,8 @@ def last_layout(train_records: list[dict[str, Any]]) -> tuple[list[dict[str, Any
   first, _ = layout_start(train_records)
   per_iter = _rates(train_records)[1]
   records = [] if first is None else train_records[first:]
-  return records[_devices_start(records):], per_iter[-1]
+  start = _devices_start(records)
+  return ([] if start and start == len(records) - 1 else records[start:]), per_iter[-1]
 
 
 def _devices_start(records: list[dict[str, Any]]) -> int:
@@ -187,6 +188,8 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   if not records:
     return "throughput: not measured yet on the layout of the last resume"
   other_devices = _devices_start(records)
+  if other_devices and other_devices == len(records) - 1:  # its first log times one step
+    return "throughput: not measured yet on the devices of the last resume"
   records = records[other_devices:]
   m = median_throughput(records)
   measured = [form.format(m[key]) for key, form in (

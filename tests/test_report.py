@@ -564,6 +564,19 @@ def test_throughput_is_the_last_start_s_cards_after_a_resume_on_others():
       "x", {"train": logs, "eval": [], "tasks": []})
 
 
+def test_a_resume_on_other_cards_is_not_measured_by_its_first_log_alone():
+  """The resume's first log on the H100 (one step, its compile in it) was taken for the H100's
+  speed, by report and by plan, where a resume on another layout is not measured yet."""
+  a100, h100 = "1 x NVIDIA A100-SXM4-40GB", "1 x NVIDIA H100 80GB HBM3"
+  logs = [train_record(it, 10_000.0, 0.8, 0.3) for it in range(0, 110, 10)]
+  logs[0]["devices"] = a100
+  logs[10] = {**train_record(100, 500.0, 16.0, 0.01), "devices": h100}
+  text = report.summary("x", {"train": logs, "eval": [], "tasks": []})
+  assert text.splitlines()[-1] == ("throughput: not measured yet on the devices of the last "
+                                   "resume")
+  assert report.last_layout(logs)[0] == []  # as plan reads the run
+
+
 def test_an_even_count_of_logs_gives_one_log_s_rate_and_step_time():
   """Each figure's median of two middle logs was their mean: tok/s and ms/iter, each the other's
   reciprocal, then named two speeds (6,000 tok/s and 1.5 ms/iter, at 8 tokens an iteration)."""
