@@ -116,7 +116,14 @@ def find_shards(data_dir: str, split: str) -> list[str]:
     raise ShardError(f"{data_dir}: {split} files of two kinds, {os.path.basename(found[0][0])} "
                      f"and {os.path.basename(found[1][0])}: one dataset twice? Keep one kind "
                      "(.bin or .npy) in the folder")
-  return found[0] or found[1]
+  paths = found[0] or found[1]
+  by_name = {p.lower(): p for p in paths}  # a later spelling in place of an earlier one
+  if len(by_name) < len(paths):
+    again = next(p for p in paths if by_name[p.lower()] != p)
+    raise ShardError(f"{data_dir}: {os.path.basename(again)} and "
+                     f"{os.path.basename(by_name[again.lower()])}: one file twice, in two "
+                     "cases? Keep one")
+  return paths
 
 
 def check_vocab(path: str, tokens: np.ndarray, vocab_size: int) -> None:

@@ -60,6 +60,16 @@ def test_a_token_file_named_in_capitals_is_of_its_split(tmp_path):
   assert (sources["train"].n_tokens, sources["val"].n_tokens) == (600, 300)
 
 
+def test_one_file_under_two_spellings_is_refused(tmp_path):
+  """train_000.bin beside its copy TRAIN_000.BIN (a case-sensitive filesystem keeps both): the
+  split trained on its tokens twice."""
+  for name in ("x_train_000000.bin", "X_TRAIN_000000.BIN", "X_TRAIN_000001.BIN"):
+    shards.write_shard(str(tmp_path / name), pattern_tokens(300))
+  with pytest.raises(token_files.ShardError, match="X_TRAIN_000000.BIN and x_train_000000.bin: "
+                     "one file twice"):
+    token_files.find_shards(str(tmp_path), "train")
+
+
 @pytest.mark.parametrize("layout", ["nanogpt", "build-nanogpt", "llm.c"])
 def test_the_trainer_reads_each_format(tmp_path, layout):
   """What a nanoGPT, build-nanogpt or llm.c user already has works as data_dir."""
