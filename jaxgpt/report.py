@@ -129,7 +129,8 @@ def _rates(train_records: list[dict[str, Any]]) -> tuple[list[tuple[int, int]], 
 
 def median_throughput(train_records: list[dict[str, Any]]) -> dict[str, float | None]:
   """Median tokens_per_sec, ms_per_iter and mfu of train logs, skipping the first and every
-  start's first (which names its devices), each timing one step; all where none is left.
+  start's first (which names its devices), its time holding the compile; all where none is
+  left.
 
   Of an even count, one middle log's, not the mean of two: the low rates and the high time
   are the same log's (a time is its rates' reciprocal), so the figures name one speed."""
@@ -180,7 +181,7 @@ def _unsaved(step: int, saved: list[int] | None) -> str:
 def _throughput(train: list[dict[str, Any]]) -> str:
   """The median throughput of the run's last layout and devices (a resume on more devices or
   other cards runs at another rate): the logs since that resume, each start's first skipped
-  (it times one step)."""
+  (its time holds the compile)."""
   if not train:
     return "no train logs yet"
   first, resumed = layout_start(train)
@@ -188,7 +189,7 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   if not records:
     return "throughput: not measured yet on the layout of the last resume"
   other_devices = _devices_start(records)
-  if other_devices and other_devices == len(records) - 1:  # its first log times one step
+  if other_devices and other_devices == len(records) - 1:  # its first log holds the compile
     return "throughput: not measured yet on the devices of the last resume"
   records = records[other_devices:]
   m = median_throughput(records)
@@ -201,7 +202,7 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   skipped = "the first" if firsts == 1 else f"the first of each of {firsts} starts"
   over = (f"over {formatting.plural(n - firsts, 'train log')}, {skipped} skipped" if n > firsts
           else "over 1 train log, the first: one step" if n == 1
-          else f"over {n} train logs, each a start's first: one step")  # the median took all
+          else f"over {n} train logs, each a start's first, with its compile")  # all it had
   if other_devices:
     over += (f"; since the resume on {records[0][DEVICES]}, first logged at iter "
              f"{records[0]['iter']:,}")

@@ -298,7 +298,7 @@ class _Loop:
     if self.n_logs == 2:  # the first log times one step; the second is a steady measurement
       logging.info(summary.eta(self.config.max_iters - it - 1, self.counts.tokens_per_iter, tok_s,
                                m["mfu"]))
-    # A start's first log (one step) names the devices: `report` skips it and tells cards apart.
+    # A start's first log (its time holds the compile) names the devices: `report` skips it.
     if self.n_logs == 1:
       m["devices"] = f"{self.counts.n_devices} x {jax.devices()[0].device_kind}"
     self.write({"event": "train", "iter": it, "tokens": self.tokens(it + 1), **m,

@@ -542,7 +542,7 @@ def test_the_first_log_of_every_start_is_skipped(tmp_path):
   assert report.median_throughput(records)["tokens_per_sec"] == 80_000.0
   firsts = [r for r in logs if "devices" in r]
   assert report.summary("x", {"train": firsts, "eval": [], "tasks": []}).endswith(
-      "(over 4 train logs, each a start's first: one step)")
+      "(over 4 train logs, each a start's first, with its compile)")
 
 
 def test_throughput_is_the_last_start_s_cards_after_a_resume_on_others():
