@@ -19,6 +19,16 @@ def count(n: float, fmt: str = ".2f") -> str:
   return f"{n:.0f}"
 
 
+def parse_count(text: str) -> int:
+  """'3.68B' -> 3680000000; '500M', '12K', '1e9', '10_000', plain integers: a count flag."""
+  scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}.get(text.strip()[-1:].upper(), 1)
+  number = text.strip()[:-1] if scale != 1 else text.strip()
+  try:
+    return round(float(number.replace("_", "")) * scale)
+  except (ValueError, OverflowError):  # 'inf' overflows round()
+    raise ValueError(f"{text!r} is not a count (e.g. 3.68B, 500M, 10000000000)") from None
+
+
 _YEAR = 365.25 * 24 * 3600
 
 

@@ -1,7 +1,7 @@
 """python -m jaxgpt.prepare: a corpus to GPT-2 token shards (llm.c's format) plus meta.json.
 
   python -m jaxgpt.prepare fineweb --out=data/fineweb [--name=sample-10BT | CC-MAIN-2024-10]
-      [--edu] [--shards=N] [--max_tokens=N]
+      [--edu] [--shards=N] [--max_tokens=500M]
   python -m jaxgpt.prepare files --input='corpus/*.parquet' --out=data/mine [--text_field=text]
   python -m jaxgpt.prepare files --input='books/*.txt' --out=data/books [--separator='\\n\\n']
   python -m jaxgpt.prepare python_docs --out=data/python_docs   # built in, no download
@@ -44,6 +44,13 @@ def _unescape(separator: str) -> str:
                 separator)
 
 
+class _CountParser(flags.IntegerParser):
+  """An integer written as plan's --train_tokens takes it (500M, 5e8, 3.68B): one spelling."""
+
+  def convert(self, argument: int | str) -> int:
+    return formatting.parse_count(argument) if isinstance(argument, str) else argument
+
+
 def _define_flags() -> None:
   cli.define_path("out", None, "Directory for the token shards and meta.json.")
   flags.DEFINE_string("name", "sample-10BT", "fineweb: a sample (sample-10BT, sample-100BT, "
@@ -57,8 +64,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("text_field", "text", "files: the parquet column / jsonl field of the text.")
   flags.DEFINE_string("separator", "", "files: split .txt files into documents at this string "
                       "(\\n, \\t, \\r escapes work); empty: one document per file.")
-  flags.DEFINE_integer("max_tokens", 0, "Stop after the document that reaches this many tokens "
-                       "(0: the whole corpus).", lower_bound=0)
+  flags.DEFINE(_CountParser(lower_bound=0), "max_tokens", 0, "Stop after the document that "
+               "reaches this many tokens, e.g. 500M or 5e8 (0: the whole corpus).")
   flags.DEFINE_float("val_fraction", shards.VAL_FRACTION, "Share of documents (by a hash of "
                      "their id) that go to val, until val holds --val_tokens.", lower_bound=0,
                      upper_bound=1)

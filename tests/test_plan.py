@@ -506,12 +506,12 @@ def test_a_device_s_peak_is_the_flag_s_then_the_config_s_then_the_table_s(tmp_pa
 
 
 def test_counts_parse_as_people_write_them():
-  assert iters.parse_count("3.68B") == 3_680_000_000
-  assert iters.parse_count("500M") == iters.parse_count("5e8") == 500_000_000
-  assert iters.parse_count("10_000") == 10_000
+  assert formatting.parse_count("3.68B") == 3_680_000_000
+  assert formatting.parse_count("500M") == formatting.parse_count("5e8") == 500_000_000
+  assert formatting.parse_count("10_000") == 10_000
   for text in ("lots", "inf"):
     with pytest.raises(ValueError, match="not a count"):
-      iters.parse_count(text)
+      formatting.parse_count(text)
 
 
 def test_train_logs_the_plan_its_warnings_and_an_eta(tmp_path, token_dir, caplog):

@@ -1128,6 +1128,22 @@ def test_command_line(tmp_path):
   assert "--val_fraction" in r.stdout and "error:" not in r.stderr, r.stderr
 
 
+def test_max_tokens_takes_a_count_as_plan_s_train_tokens_does(tmp_path):
+  """`--max_tokens=500M` and `5e8` were refused ("not an integer"), though plan took `3.68B`."""
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  book = ["files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n", "--workers=1"]
+  r = prepare_cli(*book, f"--out={tmp_path / 'cut'}", "--max_tokens=5e3",
+                  "--val_fraction=0.5")
+  assert r.returncode == 0, r.stderr
+  splits = token_files.read_meta(str(tmp_path / "cut"))["splits"]
+  assert 5000 <= sum(s["tokens"] for s in splits.values()) < 20000
+  for value, why in (("lots", "'lots' is not a count (e.g. 3.68B, 500M, 10000000000)"),
+                     ("-1K", "-1000 is not a non-negative integer")):
+    r = prepare_cli(*book, f"--out={tmp_path / 'no'}", f"--max_tokens={value}")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"error: --max_tokens={value}: {why}")
+
+
 def test_input_repeated_reads_every_one(tmp_path):
   """A second --input replaced the first: part of the corpus, exit 0, and no word of it."""
   half = len(TEXTS) // 2

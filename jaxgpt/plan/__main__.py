@@ -176,7 +176,7 @@ def _train_tokens(f: flags.FlagValues, data_dir: str, block_size: int
   if not f.train_tokens:
     return iters.count_train_tokens(data_dir, block_size), data_dir
   try:
-    train_tokens = iters.parse_count(f.train_tokens)
+    train_tokens = formatting.parse_count(f.train_tokens)
   except ValueError as e:
     raise UserError(f"--train_tokens: {e}") from None
   if train_tokens <= 0:

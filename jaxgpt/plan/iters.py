@@ -31,16 +31,6 @@ def count_train_tokens(data_dir: str, block_size: int) -> int | None:
   return tokens if isinstance(tokens, int) and tokens > 0 else None
 
 
-def parse_count(text: str) -> int:
-  """'3.68B' -> 3680000000; '500M', '12K', '1e9', '10_000' and plain integers too."""
-  scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}.get(text.strip()[-1:].upper(), 1)
-  number = text.strip()[:-1] if scale != 1 else text.strip()
-  try:
-    return round(float(number.replace("_", "")) * scale)
-  except (ValueError, OverflowError):  # 'inf' overflows round()
-    raise ValueError(f"{text!r} is not a count (e.g. 3.68B, 500M, 10000000000)") from None
-
-
 def measured_devices(run_config: dict[str, Any] | None, tokens_per_iter: float) -> int | None:
   """The devices of the run that logged `tokens_per_iter` (from `report.last_layout`): that over one
   device's share (from its config.json, the last layout's). None where that is no whole
