@@ -377,10 +377,13 @@ class RunDir:
     n = 1
     while any(os.path.exists(f"{p}.{n}") for p in paths):
       n += 1
+    logged = any(os.path.getsize(p) for p in moving if p.startswith(self.metrics_path))
     for path in moving:
       os.rename(path, f"{path}.{n}")
-    logging.warning("%s held the records of an earlier run without checkpoints; moved to %s",
-                    self.out_dir, ", ".join(f"{os.path.basename(p)}.{n}" for p in moving))
+    held = ("records of an earlier run without checkpoints" if logged else
+            "files of an earlier run that stopped before its first record")
+    logging.warning("%s held the %s; moved to %s", self.out_dir, held,
+                    ", ".join(f"{os.path.basename(p)}.{n}" for p in moving))
 
 
 def check_utf8(out_dir: str) -> None:

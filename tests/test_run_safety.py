@@ -829,6 +829,24 @@ def test_a_new_run_moves_the_metrics_of_one_that_never_checkpointed(tmp_path, to
   assert len(records(config.out_dir, "train")) == 2
 
 
+def test_files_of_a_run_stopped_before_its_first_record_are_not_called_records(tmp_path,
+                                                                               caplog):
+  """A run killed before its first log leaves config.json and an empty metrics.jsonl: the next
+  start moved them aside as "the records of an earlier run"."""
+  rundir = run_dir.RunDir(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"max_iters": 2}')
+  (tmp_path / "metrics.jsonl").write_text("")
+  rundir.set_aside_metrics()
+  assert sorted(os.listdir(tmp_path)) == ["config.json.1", "metrics.jsonl.1"]  # kept all the same
+  assert "held the files of an earlier run that stopped before its first record; moved to " \
+         "metrics.jsonl.1, config.json.1" in caplog.text and "records of" not in caplog.text
+  caplog.clear()
+  (tmp_path / "metrics.jsonl").write_text('{"event": "train", "iter": 0, "loss": 9.0}\n')
+  rundir.set_aside_metrics()
+  assert "held the records of an earlier run without checkpoints; moved to metrics.jsonl.2" \
+         in caplog.text
+
+
 def test_a_header_with_another_magic_is_refused_naming_both(tmp_path):
   tokens = pattern_tokens(600)
   header = np.zeros(256, "<i4")
