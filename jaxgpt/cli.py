@@ -198,19 +198,17 @@ def _flag_help(flag: flags.Flag) -> str:
 _LOAD_FAILED = "Configuration is not available because of an earlier failure to load: "
 
 
-def _not_loaded(last_line: str) -> str:
+def _not_loaded(last_line: str, argv: list[str]) -> str:
   cause = last_line.strip().removeprefix(_LOAD_FAILED)
-  return f"error: --config: the recipe file could not be loaded: {cause}{_near_recipe(cause)}"
+  return ("error: --config: the recipe file could not be loaded: "
+          f"{cause}{_near_recipe(cause, argv)}")
 
 
-def _near_recipe(cause: str) -> str:
+def _near_recipe(cause: str, argv: list[str]) -> str:
   """' (did you mean configs/X.py?)' where the file missing is the --config recipe (not one it
   opens) and a recipe beside it is spelled alike: a typo's."""
   missing = re.search(r"No such file or directory: '(.+)'$", cause)
-  args = sys.argv[1:]
-  given = {os.path.abspath(os.path.expanduser(b if a == "--config" else a[9:]))
-           for a, b in zip(args, [*args[1:], ""]) if a == "--config" or a.startswith("--config=")}
-  if not missing or os.path.abspath(missing[1]) not in given:
+  if not missing or os.path.abspath(missing[1]) not in _recipe_paths(argv):
     return ""
   folder = os.path.dirname(missing[1])
   recipes = [n for n in os.listdir(folder or ".") if n.endswith(".py")] if os.path.isdir(
@@ -251,7 +249,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
                  f"{NANOGPT_ONLY[unquoted[0]]}")
       sys.exit(" ".join([f"error: --config.{unquoted[0]}: no such config key.", *lines[1:]]))
     if lines and lines[0].startswith(_LOAD_FAILED):  # the recipe file, read for a --config.KEY
-      sys.exit(_not_loaded(lines[-1]))
+      sys.exit(_not_loaded(lines[-1], argv))
     if "has no attribute 'get_config'" in ' '.join(lines):  # a nanoGPT config's KEY = VALUE
       sys.exit("error: --config: the recipe file defines no get_config(); its keys go in one, "
                "as in configs/quickstart.py: c = defaults.get_config(), c.KEY = VALUE, return c")
@@ -260,14 +258,20 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _recipe_line(error: Exception, argv: list[str]) -> str | None:
   """'FILE, line N' in the --config recipe file where `error` was raised, if it was."""
-  recipes = {os.path.abspath(a.split("=", 1)[1].split(":", 1)[0]) for a in argv
-             if a.startswith("--config=")}
+  recipes = _recipe_paths(argv)
   if isinstance(error, SyntaxError):
     frames = [(error.filename or "", error.lineno)]
   else:
     frames = [(f.filename, f.lineno) for f in traceback.extract_tb(error.__traceback__)]
   lines = [f"{name}, line {n}" for name, n in frames if os.path.abspath(name) in recipes]
   return lines[-1] if lines else None
+
+
+def _recipe_paths(argv: list[str]) -> set[str]:
+  """The --config recipe files `argv` names (--config=FILE or --config FILE, less
+  ml_collections' :ARGS), as absolute paths."""
+  return {os.path.abspath(os.path.expanduser(b if a == "--config" else a[9:]).split(":", 1)[0])
+          for a, b in zip(argv, [*argv[1:], ""]) if a == "--config" or a.startswith("--config=")}
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -358,7 +362,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       if os.environ.get(TRACEBACK_ENV) or not (recipe or full or isinstance(e, UserError)):
         raise
       if recipe:
-        message = _not_loaded(str(e).strip().splitlines()[-1])
+        message = _not_loaded(str(e).strip().splitlines()[-1], sys.argv)
       elif full:
         message = f"error: writing {e.filename or 'the output'} failed ({e.strerror})"
       else:
