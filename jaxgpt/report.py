@@ -185,13 +185,11 @@ def _throughput(train: list[dict[str, Any]]) -> str:
   if not train:
     return "no train logs yet"
   first, resumed = layout_start(train)
-  records = [] if first is None else train[first:]
-  if not records:
-    return "throughput: not measured yet on the layout of the last resume"
-  other_devices = _devices_start(records)
-  if other_devices and other_devices == len(records) - 1:  # its first log holds the compile
-    return "throughput: not measured yet on the devices of the last resume"
-  records = records[other_devices:]
+  records, _ = last_layout(train)
+  if not records:  # only the last resume's first log, which holds the compile
+    return (f"throughput: not measured yet on the {'layout' if first is None else 'devices'} of "
+            "the last resume")
+  other_devices = records[0] is not train[first]
   m = median_throughput(records)
   measured = [form.format(m[key]) for key, form in (
       ("tokens_per_sec", "{:,.0f} tok/s"), ("ms_per_iter", "{:,.1f} ms/iter"),
