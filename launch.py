@@ -53,10 +53,12 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   sharding.agreed("importing tensorboardX or W&B",
                   sinks.require_packages if jax.process_index() == 0 else lambda _: None,
                   defaults.view(sinks.SinkConfig, config))
-  # A missing dataset is made (python_docs, or FineWeb with auto_prepare); else an error says how.
+  # A missing dataset is made (python_docs, or FineWeb with auto_prepare); else an error says how,
+  # and the other processes stop with it (a host's own copy may be missing on that host alone).
   from jaxgpt.prep import datasets
-  datasets.ensure(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
-                  auto_prepare=config.auto_prepare)
+  sharding.agreed("making or finding the data", lambda: datasets.ensure(
+      config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
+      auto_prepare=config.auto_prepare))
   params = None  # nanoGPT's init, or the checkpoint's weights
   if config.init_from not in ("scratch", "resume"):  # gpt2* or nanogpt:PATH: weights and shape
     from jaxgpt.interop import weights

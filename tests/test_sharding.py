@@ -28,6 +28,7 @@ from conftest import (
   start_launch,
   step_of,
   tiny_config,
+  write_config_file,
 )
 
 from jaxgpt import data, defaults, sharding, train, train_step
@@ -635,6 +636,28 @@ def test_a_stop_while_the_processes_join_ends_the_wait_at_once(sig):
   assert proc.returncode == 128 + sig, out
   assert (f"stopped by {signal.Signals(sig).name} waiting for the other processes to join: "
           "nothing to save") in out
+
+
+@pytest.mark.slow
+def test_a_host_without_the_data_stops_the_others_with_it(tmp_path, token_dir):
+  """A host's own copy of the data, missing on one host alone: that process said why and
+  ended, while the others waited for it at the run's first collective, 5 minutes, then all
+  aborted with JAX's traceback. Now every process stops at once, each with one line."""
+  recipe = write_config_file(tmp_path, token_dir)
+  missing = tmp_path / "not_copied_here"
+  port = free_port()
+  procs = [start_launch(recipe, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                        f"--process_id={i}", *own) for i, own in
+           enumerate([(), (f"--config.data_dir={missing}",)])]
+  try:
+    outs = [out for out, _ in communicate_all(procs, 120)]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [1, 1], outs
+  assert f"error: no token shards in data_dir={str(missing)!r}" in outs[1], outs[1][-2000:]
+  assert ("error: making or finding the data failed on process(es) [1], whose error says why"
+          in outs[0]), outs[0][-2000:]
 
 
 def test_a_coordinator_port_in_use_is_one_line():
