@@ -49,6 +49,7 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs["num_processes"] = num_processes
   if process_id >= 0:
     kwargs["process_id"] = process_id
+  address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS", "")  # JAX reads it too
   processes, one_per_node = _launcher()
   if not kwargs and processes <= 1:  # no explicit flags, no launcher of several
     if int(env.get("SLURM_NTASKS") or 1) > 1 and "SLURM_STEP_NUM_TASKS" not in env:
@@ -61,7 +62,7 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   device_ids = _local_device_ids(one_per_node)
   if "OMPI_COMM_WORLD_SIZE" in env and "OMPI_MCA_orte_hnp_uri" not in env:
     # Open MPI 5's mpirun no longer says where it runs, which is all JAX's detection reads.
-    if not coordinator_address:
+    if not address:
       raise UserError("an Open MPI 5 job: JAX cannot find process 0 from its environment; pass "
                       "--coordinator_address=HOST:PORT, rank 0's host and a free port")
     kwargs.setdefault("num_processes", int(env["OMPI_COMM_WORLD_SIZE"]))
@@ -69,7 +70,7 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     if device_ids is None and not one_per_node and "JAX_LOCAL_DEVICE_IDS" not in env:
       device_ids = [int(env["OMPI_COMM_WORLD_LOCAL_RANK"])]
   slurm_step = "OMPI_COMM_WORLD_SIZE" not in env and env.get("SLURM_STEP_ID", "").isdigit()
-  if slurm_step and not coordinator_address:  # JAX's port for step 0 (one of 4096, by job),
+  if slurm_step and not address:  # JAX's port for step 0 (one of 4096, by job),
     # moved along for each later step: two steps of one allocation at once, on one node, would
     # both listen on it
     step = int(env["SLURM_JOB_ID"]) + 1013 * int(env["SLURM_STEP_ID"])
@@ -78,14 +79,13 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     kwargs["local_device_ids"] = device_ids
     if one_per_node:
       logging.info("one process per node: it drives the node's %d GPUs", len(device_ids))
-  _join(kwargs)
+  _join(kwargs, address)
   check_equal_devices()  # before the first collective, which would fail on unequal shares
 
 
-def _join(kwargs: dict[str, Any]) -> None:
+def _join(kwargs: dict[str, Any], address: str) -> None:
   """jax.distributed.initialize(**kwargs), the mistakes it reports said in one line."""
   env = os.environ
-  address = kwargs.get("coordinator_address") or env.get("JAX_COORDINATOR_ADDRESS", "")
   port = address.rpartition(":")[2] or env.get("JAX_COORDINATOR_PORT", "")
   rank = kwargs.get("process_id", env.get("OMPI_COMM_WORLD_RANK", env.get("SLURM_PROCID")))
   if str(rank) == "0" and port.isdigit() and "JAX_COORDINATOR_BIND_ADDRESS" not in env:

@@ -521,7 +521,8 @@ MPIRUN = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",  # Open 
 LAUNCH_ENV = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NUM_NODES",
               "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_RANK",
               "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_MCA_orte_hnp_uri", "CUDA_VISIBLE_DEVICES",
-              "JAX_LOCAL_DEVICE_IDS", "SLURM_STEP_ID", "JAX_COORDINATOR_PORT")
+              "JAX_LOCAL_DEVICE_IDS", "SLURM_STEP_ID", "JAX_COORDINATOR_PORT",
+              "JAX_COORDINATOR_ADDRESS")
 
 
 def _joins(monkeypatch, tmp_path, env: dict[str, str], driver_gpus: int = 0, **flags) -> list:
@@ -598,7 +599,8 @@ def test_two_slurm_steps_of_one_job_listen_on_different_ports(monkeypatch, tmp_p
 
 def test_an_open_mpi_5_job_is_told_to_name_process_0(monkeypatch, tmp_path):
   """Open MPI 5 sets no OMPI_MCA_orte_hnp_uri, all JAX's detection reads: without
-  --coordinator_address the run says to pass it; with it, Open MPI's ranks fill the rest."""
+  --coordinator_address the run says to pass it; with it, Open MPI's ranks fill the rest. It
+  said so too where JAX_COORDINATOR_ADDRESS, which JAX reads, named process 0."""
   env = {"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8",
          "OMPI_COMM_WORLD_RANK": "11", "OMPI_COMM_WORLD_LOCAL_RANK": "3", **EIGHT_GPUS}
   with pytest.raises(UserError, match="Open MPI 5.*--coordinator_address=HOST:PORT"):
@@ -606,6 +608,9 @@ def test_an_open_mpi_5_job_is_told_to_name_process_0(monkeypatch, tmp_path):
   joined = _joins(monkeypatch, tmp_path, env, coordinator_address="node0:1234")
   assert joined == [{"coordinator_address": "node0:1234", "num_processes": 16,
                      "process_id": 11, "local_device_ids": [3]}]
+  # JAX's own variable names process 0 as well (`mpirun -x JAX_COORDINATOR_ADDRESS=...`).
+  joined = _joins(monkeypatch, tmp_path, {**env, "JAX_COORDINATOR_ADDRESS": "node0:1234"})
+  assert joined == [{"num_processes": 16, "process_id": 11, "local_device_ids": [3]}]
 
 
 def _wait_until_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:
