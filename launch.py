@@ -33,6 +33,7 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   """The run `config` (read from `config_file`) asks for; returns the last evaluation's
   losses."""
   defaults.validate(config)
+  sharding.check_same(config.to_dict(), train.DIFFERENT_CONFIGS)  # before the steps it decides
   if config.auto_resume:  # the same command, rerun by a scheduler, goes on
     config = _resumed_where_saved(config)
   if defaults.view(train.LoopConfig, config).writes:  # eval_only on a resume writes nothing

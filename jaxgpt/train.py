@@ -39,6 +39,11 @@ from jaxgpt import (
 TasksHook = Callable[[Any], tuple[dict[str, float], list[str]]]  # params -> numbers, log lines
 EndHook = Callable[[Any], None]  # params -> nothing: what runs once training is over
 UNUSED_TOKENS_WARNED = 0.1  # a split's share of tokens in no window said at the start
+# Processes started with different configs would train apart without a word (another learning
+# rate: checkpoints none reads back) or wait for each other forever (max_iters); launch.py checks
+# first, before a step that the config decides (a resume, a data prep).
+DIFFERENT_CONFIGS = ("the processes were started with different configs ({keys} differ); start "
+                     "every process with the same command")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,10 +411,7 @@ def train(config: ml_collections.ConfigDict, *, params: Any = None, hooks: Hooks
   from the start: a stop during start-up ends the run before its first step.
   """
   defaults.validate(config)
-  # Processes started with different configs would train apart without a word (another
-  # learning rate: checkpoints none reads back) or wait for each other forever (max_iters).
-  sharding.check_same(config.to_dict(), "the processes were started with different configs "
-                      "({keys} differ); start every process with the same command")
+  sharding.check_same(config.to_dict(), DIFFERENT_CONFIGS)
   rundir = run_dir.RunDir(config.out_dir)
   writes = defaults.view(LoopConfig, config).writes
   with (preemption.StopSignals(jax.process_count(), evaluates_only=config.eval_only) as signals,

@@ -643,26 +643,48 @@ def test_a_stop_while_the_processes_join_ends_the_wait_at_once(sig):
           "nothing to save") in out
 
 
-@pytest.mark.slow
-def test_a_host_without_the_data_stops_the_others_with_it(tmp_path, token_dir):
-  """A host's own copy of the data, missing on one host alone: that process said why and
-  ended, while the others waited for it at the run's first collective, 5 minutes, then all
-  aborted with JAX's traceback. Now every process stops at once, each with one line."""
-  recipe = write_config_file(tmp_path, token_dir)
-  missing = tmp_path / "not_copied_here"
+def _launch_two(recipe: str, own_flags: tuple[tuple[str, ...], ...] = ((), ()),
+                homes: tuple[str, ...] = ()) -> list[tuple[int, str]]:
+  """(exit code, output) of the two processes of one launch.py run, each with its own flags and
+  its own HOME (a host of its own, for a data_dir under ~)."""
   port = free_port()
   procs = [start_launch(recipe, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                        f"--process_id={i}", *own) for i, own in
-           enumerate([(), (f"--config.data_dir={missing}",)])]
+                        f"--process_id={i}", *own_flags[i],
+                        env={"HOME": homes[i]} if homes else None) for i in range(2)]
   try:
     outs = [out for out, _ in communicate_all(procs, 120)]
   finally:
     for p in procs:
       p.kill()
-  assert [p.returncode for p in procs] == [1, 1], outs
-  assert f"error: no token shards in data_dir={str(missing)!r}" in outs[1], outs[1][-2000:]
+  return [(p.returncode, out) for p, out in zip(procs, outs)]
+
+
+@pytest.mark.slow
+def test_a_host_without_the_data_stops_the_others_with_it(tmp_path, token_dir):
+  """A host's own copy of the data, missing on one host alone: that process said why and
+  ended, while the others waited for it at the run's first collective, 5 minutes, then all
+  aborted with JAX's traceback. Now every process stops at once, each with one line."""
+  homes = (str(tmp_path / "host0"), str(tmp_path / "host1"))
+  shutil.copytree(token_dir, os.path.join(homes[0], "data"))
+  os.mkdir(homes[1])
+  (code0, out0), (code1, out1) = _launch_two(write_config_file(tmp_path, "~/data"), homes=homes)
+  assert (code0, code1) == (1, 1), (out0[-2000:], out1[-2000:])
+  assert "error: no token shards in data_dir=" in out1, out1[-2000:]
   assert ("error: making or finding the data failed on process(es) [1], whose error says why"
-          in outs[0]), outs[0][-2000:]
+          in out0), out0[-2000:]
+
+
+@pytest.mark.slow
+def test_processes_started_with_different_configs_stop_before_any_step_it_decides(tmp_path,
+                                                                                  token_dir):
+  """A config that differs decided a step one process took alone (a resume from no
+  checkpoints), and the other waited for it 5 minutes, then aborted, where the README says
+  every process stops with one line naming the keys."""
+  done = _launch_two(write_config_file(tmp_path, token_dir),
+                     own_flags=((), ("--config.init_from=resume",)))
+  for code, out in done:
+    assert code == 1, out[-2000:]
+    assert "error: the processes were started with different configs (init_from differ)" in out
 
 
 def test_a_coordinator_port_in_use_is_one_line():
