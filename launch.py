@@ -49,7 +49,8 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
       vocab_size = weights.architecture(config.init_from, config.hf_checkpoint_dir,
                                         config.block_size)["vocab_size"]
     tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
-    tasks.check_files(config.eval_tasks, config.hellaswag_file, config.eval_tasks_limit)
+    sharding.agreed("reading the eval_tasks files", tasks.check_files, config.eval_tasks,
+                    config.hellaswag_file, config.eval_tasks_limit)  # each host's own
   # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.
   sharding.agreed("importing tensorboardX or W&B",
                   sinks.require_packages if jax.process_index() == 0 else lambda _: None,

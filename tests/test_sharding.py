@@ -660,18 +660,30 @@ def _launch_two(recipe: str, own_flags: tuple[tuple[str, ...], ...] = ((), ()),
 
 
 @pytest.mark.slow
-def test_a_host_without_the_data_stops_the_others_with_it(tmp_path, token_dir):
-  """A host's own copy of the data, missing on one host alone: that process said why and
-  ended, while the others waited for it at the run's first collective, 5 minutes, then all
-  aborted with JAX's traceback. Now every process stops at once, each with one line."""
+@pytest.mark.parametrize("what", ["data", "eval_tasks"])
+def test_a_host_without_its_own_copy_of_a_file_stops_the_others_with_it(tmp_path, token_dir,
+                                                                         what):
+  """A host's own copy of the data or of an eval_tasks file, missing on one host alone: that
+  process said why and ended, while the others waited for it at the run's next collective, 5
+  minutes, then all aborted with JAX's traceback. Now every process stops at once, each with
+  one line."""
   homes = (str(tmp_path / "host0"), str(tmp_path / "host1"))
-  shutil.copytree(token_dir, os.path.join(homes[0], "data"))
+  os.mkdir(homes[0])
   os.mkdir(homes[1])
-  (code0, out0), (code1, out1) = _launch_two(write_config_file(tmp_path, "~/data"), homes=homes)
+  if what == "data":
+    shutil.copytree(token_dir, os.path.join(homes[0], "data"))
+    recipe, missing = write_config_file(tmp_path, "~/data"), "no token shards in data_dir="
+    agreeing = "making or finding the data"
+  else:
+    with open(os.path.join(homes[0], "task.txt"), "w") as f:
+      f.write("A text the run scores at each evaluation.")
+    recipe = write_config_file(tmp_path, token_dir, eval_tasks="text:~/task.txt",
+                               vocab_size=defaults.GPT2_VOCAB)
+    missing, agreeing = f"text:{homes[1]}/task.txt: no such file", "reading the eval_tasks files"
+  (code0, out0), (code1, out1) = _launch_two(recipe, homes=homes)
   assert (code0, code1) == (1, 1), (out0[-2000:], out1[-2000:])
-  assert "error: no token shards in data_dir=" in out1, out1[-2000:]
-  assert ("error: making or finding the data failed on process(es) [1], whose error says why"
-          in out0), out0[-2000:]
+  assert f"error: {missing}" in out1, out1[-2000:]
+  assert f"error: {agreeing} failed on process(es) [1], whose error says why" in out0, out0[-2000:]
 
 
 @pytest.mark.slow
