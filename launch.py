@@ -64,7 +64,7 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   params = None  # nanoGPT's init, or the checkpoint's weights
   if config.init_from not in ("scratch", "resume"):  # gpt2* or nanogpt:PATH: weights and shape
     from jaxgpt.interop import weights
-    config, params = weights.for_training(config)
+    config, params = sharding.agreed("loading the weights", weights.for_training, config)
   config = attention.settle(config)
   model = GPTConfig.from_config(config)
   hooks = train.Hooks(

@@ -660,13 +660,13 @@ def _launch_two(recipe: str, own_flags: tuple[tuple[str, ...], ...] = ((), ()),
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("what", ["data", "eval_tasks"])
+@pytest.mark.parametrize("what", ["data", "eval_tasks", "weights"])
 def test_a_host_without_its_own_copy_of_a_file_stops_the_others_with_it(tmp_path, token_dir,
                                                                          what):
-  """A host's own copy of the data or of an eval_tasks file, missing on one host alone: that
-  process said why and ended, while the others waited for it at the run's next collective, 5
-  minutes, then all aborted with JAX's traceback. Now every process stops at once, each with
-  one line."""
+  """A host's own copy of the data, an eval_tasks file or the starting weights, missing on one
+  host alone: that process said why and ended, while the others waited for it at the run's next
+  collective, 5 minutes, then all aborted with JAX's traceback. Now every process stops at once,
+  each with one line."""
   homes = (str(tmp_path / "host0"), str(tmp_path / "host1"))
   os.mkdir(homes[0])
   os.mkdir(homes[1])
@@ -674,6 +674,11 @@ def test_a_host_without_its_own_copy_of_a_file_stops_the_others_with_it(tmp_path
     shutil.copytree(token_dir, os.path.join(homes[0], "data"))
     recipe, missing = write_config_file(tmp_path, "~/data"), "no token shards in data_dir="
     agreeing = "making or finding the data"
+  elif what == "weights":  # a nanoGPT run's ckpt.pt on one host's own disk
+    from test_nanogpt_ckpt import write_nanogpt_ckpt  # skips the case where torch is absent
+    write_nanogpt_ckpt(os.path.join(homes[0], "ckpt.pt"), bias=True)
+    recipe = write_config_file(tmp_path, token_dir, init_from="nanogpt:~/ckpt.pt")
+    missing, agreeing = f"nanogpt:{homes[1]}/ckpt.pt: no such file", "loading the weights"
   else:
     with open(os.path.join(homes[0], "task.txt"), "w") as f:
       f.write("A text the run scores at each evaluation.")
