@@ -36,6 +36,7 @@ class Start:
   window: int = 0  # the data stream's window the train dataset starts at
   evaluated: bool = False  # the checkpoint's iteration was evaluated before it was saved
   eval_batch_windows: int | None = None  # the run's evaluation batch (see train.val_losses)
+  eval_iters: int | None = None  # the checkpoint's: how many of those batches it evaluated
   split_windows: dict[str, int] | None = None  # each split's windows when it was saved
   data_dir: str | None = None  # the data folder the run read, its real path
   unreadable: tuple[int, ...] = ()  # newer steps passed over: set aside once the run is accepted
@@ -104,7 +105,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
       finish=batches_from, discard=lambda made: made[0].close())
   then = defaults.with_defaults(meta["config"])  # a key the run predates: as it is now
   saved = meta.get("data") or {}
-  # The data folder, where the checkpoint names it, `warn_if_data_changed` compares as a path.
+  # The data folder, where the checkpoint names it, `data_changes` compares as a path.
   if speaks:
     _log_changes([k for k in changed["keys"] if k != "data_dir" or not saved.get("data_dir")],
                  meta["config"], then, config.to_dict(), trains(it))
@@ -114,7 +115,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
                _best_kept(meta, checkpoints, it), window,
                evaluated=meta.get("val_loss") is not None, unreadable=tuple(unreadable),
-               eval_batch_windows=saved.get("eval_batch_windows"),
+               eval_batch_windows=saved.get("eval_batch_windows"), eval_iters=then["eval_iters"],
                split_windows=saved.get("split_windows"), data_dir=saved.get("data_dir")), batches
 
 
@@ -128,9 +129,6 @@ def _log_changes(keys: list[str], saved: dict[str, Any], then: dict[str, Any],
       continue
     predates = "" if key in saved else " (the default; the run predates the key)"
     logging.info("resume: %s changed from %r%s to %r", key, then[key], predates, now[key])
-    if key == "eval_iters":  # the evaluation's windows are eval_iters batches of them
-      logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
-                      "the run's before, and compared with its best_val_loss all the same")
 
 
 def warn_if_lr_moves(then: optim.OptimConfig, now: optim.OptimConfig, it: int) -> None:
@@ -200,26 +198,38 @@ def check_data_found(checkpoints_dir: str, data_dir: str) -> None:
                     f"--config.data_dir={shlex.quote(read)}")
 
 
-def warn_if_data_changed(start: Start, split_windows: dict[str, int], data_dir: str) -> None:
+def data_changes(start: Start, split_windows: dict[str, int], data_dir: str, eval_iters: int,
+                 trains: bool) -> Start:
   """Says when the run reads another folder than the checkpoint's did (`data_dir`, both real
   paths: a relative data_dir run from another directory), and when a split has another number
   of windows than when it was saved: the shuffles are over other windows, so the rest of the
   epoch is another order (some windows twice, some not at all), and the val loss is over other
-  windows than before."""
-  if jax.process_index() != 0:  # the others read the same windows (train._open_data agrees)
-    return
+  windows than before, as under another `eval_iters`. Returns `start`, its best then measured
+  afresh where it `trains`: compared with the checkpoint's, a higher val loss would never save
+  under always_save_checkpoint=False (hours lost at a preemption), nor be kept as the best."""
+  speaks = jax.process_index() == 0  # the others read the same windows (train._open_data agrees)
   # Process 0's, which it recorded: hosts may mount the data under paths of their own.
-  if start.data_dir is not None and start.data_dir != data_dir:
+  if speaks and start.data_dir is not None and start.data_dir != data_dir:
     logging.warning("resume: the data is read from %s; the checkpoint's run read %s", data_dir,
                     start.data_dir)
-  if start.split_windows is None or start.split_windows == split_windows:
-    return
+  was = start.split_windows or split_windows  # a fresh start's, or a run's older than them
+  changed = [split for split, n in split_windows.items() if was.get(split) != n]
+  other_iters = start.eval_iters not in (None, eval_iters)
+  afresh = trains and (other_iters or "val" in changed)
+  best = ("" if not afresh else "; the best val loss (which always_save_checkpoint=False saves "
+          "on) is measured afresh from this resume's evaluations" + ("" if start.best_kept is None
+          else f", and step {start.best_kept[1]}, the best kept before, is kept only while among "
+          "the latest keep_checkpoints"))
   what = {"train": "training goes on in another order",
-          "val": "the val loss is not comparable with the run's before"}
-  changed = [split for split, n in split_windows.items() if start.split_windows.get(split) != n]
-  logging.warning("resume: the data changed since the checkpoint: %s", "; ".join(
-      f"{split} {start.split_windows.get(split, 0):,} -> {split_windows[split]:,} windows: "
-      f"{what[split]}" for split in changed))
+          "val": f"the val loss is not comparable with the run's before{best}"}
+  if speaks and other_iters:  # the evaluation's windows are eval_iters batches of them
+    logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
+                    "the run's before%s", best)
+  if speaks and changed:
+    logging.warning("resume: the data changed since the checkpoint: %s", "; ".join(
+        f"{split} {was.get(split, 0):,} -> {split_windows[split]:,} windows: {what[split]}"
+        for split in changed))
+  return dataclasses.replace(start, best_val_loss=math.inf, best_kept=None) if afresh else start
 
 
 def _best_kept(meta: dict[str, Any], checkpoints: checkpoint.Checkpoints, up_to: int

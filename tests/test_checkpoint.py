@@ -456,6 +456,30 @@ def test_a_resume_saves_only_below_the_best_val_loss_before_it(tmp_path, token_d
   assert not scored and checkpoint_steps(config.out_dir) == [2]
 
 
+@pytest.mark.parametrize("change", ["eval_iters", "val split"])
+def test_a_resume_whose_val_windows_changed_measures_its_best_afresh(tmp_path, token_dir,
+                                                                      monkeypatch, caplog, change):
+  """Its val loss (5.0) is over other windows than the checkpoint's best (2.0): compared with
+  it, always_save_checkpoint=False never saved again. Its first evaluation saves and is the
+  best kept; the next (6.0) is no improvement on it."""
+  scored = scripted_val_losses(monkeypatch, [9.0, 2.0, 5.0, 6.0])  # steps 0, 2 | resumed: 4, 6
+  kw = {"eval_interval": 2, "lr_decay_iters": 6, "always_save_checkpoint": False}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
+  if change == "val split":  # the data prepared anew, its val split smaller
+    shards.write_shard(os.path.join(token_dir, "syn_val_000000.bin"), pattern_tokens(800, seed=3))
+  else:
+    kw["eval_iters"] = 4
+  config = tiny_config(tmp_path, token_dir, max_iters=6, init_from="resume", **kw)
+  with caplog.at_level("WARNING", logger="absl"):
+    train.train(config)
+  assert not scored and checkpoint_steps(config.out_dir) == [2, 4]
+  _, meta = restore_state(config, 4)
+  assert (meta["best_kept"], meta["best_val_loss"]) == ([5.0, 4], 5.0)
+  assert ("; the best val loss (which always_save_checkpoint=False saves on) is measured afresh "
+          "from this resume's evaluations, and step 2, the best kept before, is kept only while "
+          "among the latest keep_checkpoints\n") in caplog.text
+
+
 def test_the_best_checkpoint_is_kept_when_it_was_evaluated_after_a_stop(tmp_path, token_dir,
                                                                       monkeypatch):
   """A stop saves step 4 before its evaluation; the resume scores it best, so it outlives
