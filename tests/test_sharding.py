@@ -522,7 +522,7 @@ LAUNCH_ENV = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STE
               "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_RANK",
               "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_MCA_orte_hnp_uri", "CUDA_VISIBLE_DEVICES",
               "JAX_LOCAL_DEVICE_IDS", "SLURM_STEP_ID", "JAX_COORDINATOR_PORT",
-              "JAX_COORDINATOR_ADDRESS")
+              "JAX_COORDINATOR_ADDRESS", "TORCHELASTIC_RUN_ID", "WORLD_SIZE")
 
 
 def _joins(monkeypatch, tmp_path, env: dict[str, str], driver_gpus: int = 0, **flags) -> list:
@@ -578,6 +578,16 @@ def test_only_a_launcher_s_processes_join_a_multi_process_job(monkeypatch, tmp_p
   assert joined == ([] if joins is None else [joins])
   alone = env.get("SLURM_NTASKS") == "8" and joins is None
   assert ("not started by srun" in caplog.text) == alone
+
+
+def test_torchrun_s_processes_are_told_to_run_one(monkeypatch, tmp_path):
+  """nanoGPT's `torchrun --nproc_per_node=8`: 8 processes, each driving every GPU beside the
+  others (all contending for their memory and the run directory). One alone under it runs."""
+  torchrun = {"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "8"}
+  with pytest.raises(UserError, match=r"^started by torchrun as one of 8 processes: one process "
+                     r"drives every GPU of its host, so run `python launch.py \.\.\.` without"):
+    _joins(monkeypatch, tmp_path, torchrun)
+  assert _joins(monkeypatch, tmp_path, {**torchrun, "WORLD_SIZE": "1"}) == []
 
 
 def test_two_slurm_steps_of_one_job_listen_on_different_ports(monkeypatch, tmp_path):
