@@ -553,6 +553,30 @@ def test_a_sigterm_as_the_training_run_starts_is_passed_on(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+def test_a_stopped_comparison_run_again_goes_on_from_the_stopped_run(tmp_path, token_dir):
+  """The run's stop said to continue "with the same command plus --config.init_from=resume",
+  which the benchmark does not take, and the same command again refused the stopped run's
+  directory: it had to be deleted and trained again."""
+  base = recipes.base_config(token_dir, str(tmp_path / "compare"), max_iters=5000)
+  base.update(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, vocab_size=96,
+              eval_iters=2)
+  metrics = tmp_path / "compare" / "nanogpt" / "metrics.jsonl"
+
+  def stop_once_training() -> None:  # a SIGTERM to the benchmark, as `timeout` sends it
+    wait_for(lambda: metrics.exists() and '"event": "train"' in metrics.read_text(), 120,
+             "the run to train")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  stopper = threading.Thread(target=stop_once_training, daemon=True)
+  stopper.start()
+  with pytest.raises(UserError, match=r"the comparison stops here \(run the same command "):
+    recipes.compare(base, ["nanogpt"], [1.0])
+  stopper.join()
+  assert recipes.compare(base, ["nanogpt"], [1.0])[0]["tokens"] == 5000 * 4 * 16
+  assert json.loads((metrics.parent / "config.json").read_text())["init_from"] == "resume"
+
+
+@pytest.mark.slow
 def test_a_sigterm_to_a_benchmark_is_one_line_and_leaves_no_temporary_files(tmp_path):
   """Left to its default, SIGTERM ended the benchmark at once: its /tmp folder and Grain's
   worker processes stayed behind."""

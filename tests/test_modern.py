@@ -366,7 +366,7 @@ def test_compare_recipes_writes_a_table_and_curves(tmp_path, token_dir):
   again = recipes.compare(base, ["nanogpt"], [1.0])
   assert again[0]["final_val_loss"] == rows[0]["final_val_loss"]
   base.max_iters = 6
-  with pytest.raises(UserError, match="is not a finished run of this variant"):
+  with pytest.raises(UserError, match="is not a run of this variant's config"):
     recipes.compare(base, ["nanogpt"], [1.0])
 
 
@@ -383,7 +383,8 @@ def test_a_variant_stopped_by_a_signal_stops_the_comparison(tmp_path, token_dir,
     return real_train(short)
 
   monkeypatch.setattr(recipes, "train_variant", stopped_at_4)
-  with pytest.raises(UserError, match="stopped before max_iters=8; the comparison stops here"):
+  with pytest.raises(UserError, match="stopped before max_iters=8; the comparison stops here "
+                                      r"\(run the same command again to go on\)"):
     recipes.compare(base, ["nanogpt", "modern"], [1.0])
   assert not (tmp_path / "compare" / "modern").exists()
 

@@ -9,7 +9,9 @@ timed afterwards, every variant back to back on the same batch, so that
 they compare like with like whatever else ran beside the training.
 
 A variant whose directory holds a finished run of the same config is not
-trained again: an ablation can add variants to a comparison's directory.
+trained again: an ablation can add variants to a comparison's directory. One that
+was stopped goes on from its checkpoint (`auto_resume`, so that its stop's "continue with
+the same command" is the comparison's command).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ SIZE = {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 256, "batch_size
 # Learning rates picked by the sweep in docs/benchmarks.md ("A modern recipe").
 BASELINE_LR = 1e-3
 MODERN_LRS = {"learning_rate": 4e-3, "min_lr": 4e-4, "muon_learning_rate": 0.02}
+GO_ON = "run the same command again to go on"  # a stopped variant resumes (auto_resume)
 
 
 def variants() -> dict[str, dict[str, Any]]:
@@ -82,7 +85,8 @@ def base_config(data: str, out_dir: str, max_iters: int) -> ml_collections.Confi
            warmup_iters=max_iters // 10, muon_momentum_warmup_iters=max_iters // 10,
            eval_interval=max(1, max_iters // 5), eval_iters=10,
            log_interval=max(1, max_iters // 50), learning_rate=BASELINE_LR,
-           min_lr=BASELINE_LR / 10, dropout=0.0, dtype="float32", keep_checkpoints=1)
+           min_lr=BASELINE_LR / 10, dropout=0.0, dtype="float32", keep_checkpoints=1,
+           auto_resume=True)
   return c
 
 
@@ -150,37 +154,39 @@ def train_variant(config: ml_collections.ConfigDict) -> None:
     signal.signal(signal.SIGTERM, previous)
   if stopped:  # the run may have finished first: the comparison stops all the same
     raise UserError(f"stopped by SIGTERM while training {config.out_dir}; the comparison "
-                    "stops here")
+                    f"stops here ({GO_ON})")
   if returncode:
     raise UserError(f"training {config.out_dir} failed (exit {returncode}); the "
                     "comparison stops here")
 
 
 def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains one variant (or reuses its finished run); returns its records.
+  """Trains one variant (goes on with its stopped run, or reuses its finished one); returns its
+  records.
 
   Its checkpoints are deleted, its metrics and config kept.
   """
   rundir = run_dir.RunDir(config.out_dir)
   if os.path.exists(rundir.out_dir):
-    # config.json holds the config as the run used it: attention resolved for this device.
+    # config.json holds the config as the run used it: attention resolved for this device, and
+    # init_from=resume where auto_resume went on with it.
     ran = json.loads(attention.settle(config).to_json_best_effort())
-    same = rundir.read_config() == ran
-    evals = rundir.read_metrics()["eval"] if same else []
-    if not evals or evals[-1]["iter"] != config.max_iters:
-      raise UserError(f"{config.out_dir} exists and is not a finished run of this variant; "
+    if {**(rundir.read_config() or {}), "init_from": config.init_from} != ran:
+      raise UserError(f"{config.out_dir} exists and is not a run of this variant's config; "
                       "delete it or pick another --out")
-    logging.info("%s: reusing its finished run", config.out_dir)
-  else:
-    train_variant(config)
     evals = rundir.read_metrics()["eval"]
-    if not evals or evals[-1]["iter"] != config.max_iters:  # stopped by a signal
-      raise UserError(f"{config.out_dir} stopped before max_iters={config.max_iters}; the "
-                      "comparison stops here (delete that directory to run it again)")
-    shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
-    # The run's closing `Next:` lines name commands that read them.
-    logging.info("%s: its checkpoints removed (the comparison keeps metrics.jsonl and "
-                 "config.json, which report reads)", config.out_dir)
+    if evals and evals[-1]["iter"] == config.max_iters:
+      logging.info("%s: reusing its finished run", config.out_dir)
+      return rundir.read_metrics()
+  train_variant(config)
+  evals = rundir.read_metrics()["eval"]
+  if not evals or evals[-1]["iter"] != config.max_iters:  # stopped by a signal
+    raise UserError(f"{config.out_dir} stopped before max_iters={config.max_iters}; the "
+                    f"comparison stops here ({GO_ON})")
+  shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
+  # The run's closing `Next:` lines name commands that read them.
+  logging.info("%s: its checkpoints removed (the comparison keeps metrics.jsonl and "
+               "config.json, which report reads)", config.out_dir)
   return rundir.read_metrics()
 
 
