@@ -212,7 +212,15 @@ class GPT(nn.Module):
     # The residual stream stays float32 whatever `dtype` (as under nanoGPT's autocast): the
     # embeddings are looked up in float32 and each block's output is added to it in float32.
     wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_normal(0.02), name="wte")
-    x_BTD = wte(idx_BT)
+    # Under fsdp the lookup takes the table whole, as XLA gathers it anyway: its gradient is
+    # then each device's own scatter, reduced once. Left to XLA, the scatter went into the
+    # split sum of the gradients, gathered whole (float32) for it in every micro-batch:
+    # gpt2_124m on 8 H100s sent 12.57 GiB a device per iteration, now 10.56.
+    if self.rows_on is None:
+      x_BTD = wte(idx_BT)
+    else:
+      whole = jax.sharding.NamedSharding(self.rows_on, jax.sharding.PartitionSpec())
+      x_BTD = jnp.take(jax.lax.with_sharding_constraint(wte.embedding, whole), idx_BT, axis=0)
     if cfg.pos_emb == "learned":
       wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02), name="wpe")
       x_BTD = x_BTD + wpe(jnp.arange(T)[None] if positions_BT is None else positions_BT)
