@@ -80,6 +80,20 @@ def test_later_tokens_cannot_change_earlier_logits():
   assert not np.allclose(a[0, 9:], b[0, 9:])
 
 
+def test_the_tied_head_trains_the_embedding_as_both_lookup_and_head():
+  """nanoGPT ties lm_head to wte: the embedding's gradient is the sum of its gradients as the
+  lookup and as the head, those of an untied model whose head holds the same matrix."""
+  tied, params = tiny_gpt()
+  untied = GPT(tiny_model(tie_embeddings=False))
+  tokens = jax.random.randint(jax.random.PRNGKey(7), (2, 17), 0, 64)
+  grad = lambda model, p: jax.jit(jax.grad(lambda p: model.apply(
+      {"params": p}, tokens[:, :-1], tokens[:, 1:], method=GPT.loss)))(p)
+  g_tied = grad(tied, params)
+  g_untied = grad(untied, {**params, "lm_head": params["wte"]})
+  np.testing.assert_allclose(g_tied["wte"]["embedding"], g_untied["wte"]["embedding"]
+                             + g_untied["lm_head"]["embedding"], rtol=1e-5, atol=1e-8)
+
+
 def test_dropout_only_in_training():
   model, params = tiny_gpt(dropout=0.5)
   tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 16), 0, 64)
