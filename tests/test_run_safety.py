@@ -182,6 +182,21 @@ def test_a_saved_data_position_continues_only_under_its_basis():
       "the batch layout changed (windows_per_iter 4 -> 8)")
 
 
+def test_a_change_of_accumulation_or_of_workers_alone_moves_the_data_position():
+  """A saved iterator counts its batches of accum x batch windows: continued under 1 x 4
+  instead of 2 x 4, it would go on at window 4n, not 8n, and train again on windows it had
+  trained on. So a change of accumulation alone, at the same batch (or of the worker processes
+  the saved state is of), starts at the window the checkpoint reached."""
+  mesh = sharding.make_mesh()
+  basis = lambda accum, workers: resume.position_basis(
+      sharding.BatchLayout(mesh, accum, 4, 16), workers)
+  n = 4 * mesh.size
+  assert resume._not_continued(basis(2, 0), basis(1, 0)) == (
+      f"the batch layout changed (windows_per_iter {2 * n} -> {n})")
+  assert resume._not_continued(basis(2, 0), basis(2, 2)) == (
+      "the batch layout changed (workers 0 -> 2)")
+
+
 @pytest.mark.slow
 def test_a_resume_under_another_grain_with_workers_continues_at_the_same_token(
     tmp_path, token_dir, fed_batches, caplog, monkeypatch):
