@@ -162,6 +162,10 @@ def test_fsdp_step_gathers_params_and_keeps_a_share_of_the_state(n_devices):
   # chunks, which did not divide each card's 32,768 rows, also gathered rows.
   once = (n_devices - 1) / n_devices * (4 * lookups + 2 * rest)
   assert sent["all-gather"] < 1.1 * config.gradient_accumulation_steps * once
+  # Each gradient reduce-scattered once a micro-batch, in the same dtypes: 4.27 GiB on 8 cards.
+  # The tied head's own sum of wte's gradient, reduced in its forward, took a float32
+  # reduce-scatter of its own beside the lookup's (6.29 GiB).
+  assert sent["reduce-scatter"] < 1.1 * config.gradient_accumulation_steps * once
   state = sum(x.size * x.dtype.itemsize
               for x in jax.tree.leaves(setup_of(config).abstract_state))
   # Every matrix is split: each device holds about 1/n of the params and Adam's moments.
