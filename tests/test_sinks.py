@@ -481,3 +481,13 @@ def test_progress_bar_on_a_terminal_and_cleared_for_log_lines(absl_to):
   assert "100/100" in stream.getvalue()
   bar.close()
   assert logging.get_absl_handler().python_handler.stream is stream  # restored
+
+
+def test_a_record_is_in_metrics_jsonl_as_soon_as_it_is_written(tmp_path):
+  """`report` reads a live run's records, and a run killed outright (SIGKILL, the OOM killer)
+  keeps every record it wrote: none waits in a buffer for the file's close."""
+  path = run_dir.RunDir(str(tmp_path)).metrics_path
+  writer = sinks.MetricsWriter(path)
+  writer.write(TRAIN_RECORD)
+  assert read_jsonl(path) == [TRAIN_RECORD]
+  writer.close()
