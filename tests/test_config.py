@@ -173,6 +173,7 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("hellaswag_file", "hs.jsonl", "is for the hellaswag task, which eval_tasks=''"),  # unread
     ("keep_checkpoints", 0, "must be >= 1"),
     ("skip_nonfinite", -1, "must be >= 0"),  # a healthy run stopped at its first log
+    ("eval_interval", 0, "must be positive"),  # `it % 0` after the data and the compile
 ])
 def test_validate_names_the_key(key, value, message):
   c = defaults.get_config()
