@@ -70,6 +70,24 @@ def test_greedy_equals_recompute_when_everything_fits_the_cache():
   assert [row.tolist() for row in out] == [recompute(tuple(p))[:10] for p in prompts]
 
 
+def test_seeded_samples_past_block_size_draw_nanogpt_s_tokens():
+  """Each token of a sample that outgrows block_size is the one nanoGPT's loop draws from the
+  last block_size tokens with the same key. A seeded draw sees what an argmax of a tiny model
+  does not: with learned positions, a window one token short, or a cache kept past
+  block_size, changed no greedy token of the tests above, and half the seeded ones here."""
+  model, params = tiny_gpt(block_size=16)
+  params["wpe"]["embedding"] = params["wpe"]["embedding"] * 5
+  params["wte"]["embedding"] = params["wte"]["embedding"] * 5
+  for block in ("h_0", "h_1"):  # sharper attention: the context weighs
+    params[block]["attn"]["c_attn"]["kernel"] = params[block]["attn"]["c_attn"]["kernel"] * 8
+  prompts = [prompt(9, seed) for seed in range(4)]  # one length: the reference's one batch
+  kw = {"max_new_tokens": N_NEW, "temperature": 0.8, "top_k": 20}
+  cached = decoding.generate(model, params, prompts, jax.random.PRNGKey(3), **kw)
+  reference = decoding.generate_recompute(model, params, jnp.array(prompts),
+                                          jax.random.PRNGKey(3), **kw)
+  np.testing.assert_array_equal(cached, reference)
+
+
 def test_top_k_1_and_a_tiny_top_p_are_greedy(greedy):
   model, params = peaked_model()
   top_k = decoding.generate(model, params, PROMPTS, jax.random.PRNGKey(1), temperature=1.0,

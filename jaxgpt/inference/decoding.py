@@ -256,7 +256,8 @@ def generate_recompute(model: GPT, params: dict, prompt_BP: jax.Array, rng: jax.
 
   The context is the last block_size tokens, held in a fixed-size buffer so
   the step has one shape; positions past the current length are never seen by
-  the causal model.
+  the causal model. Token i is drawn with fold_in(rng, i), as `generate` draws it, so a
+  seeded sample is checked against it token for token, not a greedy one alone.
   """
   T = model.config.block_size
   B, P = prompt_BP.shape
@@ -264,18 +265,17 @@ def generate_recompute(model: GPT, params: dict, prompt_BP: jax.Array, rng: jax.
   # Prompt and generated tokens in one buffer; the window [start, start+T) is the context.
   seq_BS = jnp.zeros((B, max(total, T)), jnp.int32).at[:, :P].set(prompt_BP.astype(jnp.int32))
 
-  def body(i, carry):
-    seq_BS, rng = carry
+  def body(i, seq_BS):
     length = P + i
     start = jnp.maximum(length - T, 0)
     window_BT = jax.lax.dynamic_slice_in_dim(seq_BS, start, T, axis=1)
     last_BV = model.apply({"params": params}, window_BT, jnp.full((B,), length - 1 - start),
                           method=GPT.next_logits)
-    rng, step_rng = jax.random.split(rng)
-    next_B = sample_logits(_sampled_vocab(last_BV), step_rng, temperature, top_k)
-    return jax.lax.dynamic_update_index_in_dim(seq_BS, next_B, length, axis=1), rng
+    next_B = sample_logits(_sampled_vocab(last_BV), jax.random.fold_in(rng, i), temperature,
+                           top_k)
+    return jax.lax.dynamic_update_index_in_dim(seq_BS, next_B, length, axis=1)
 
-  seq_BS, _ = jax.lax.fori_loop(0, max_new_tokens, body, (seq_BS, rng))
+  seq_BS = jax.lax.fori_loop(0, max_new_tokens, body, seq_BS)
   return seq_BS[:, P:total]
 
 
