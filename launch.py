@@ -43,14 +43,17 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
   if config.eval_tasks:  # a task file missing or unreadable, said before hours of data prep
     from jaxgpt import tokenizer
     from jaxgpt.evals import tasks
-    vocab_size = config.vocab_size
-    if config.init_from not in ("scratch", "resume"):  # the weights', read without them
-      from jaxgpt.interop import weights
-      vocab_size = weights.architecture(config.init_from, config.hf_checkpoint_dir,
-                                        config.block_size)["vocab_size"]
-    tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
-    sharding.agreed("reading the eval_tasks files", tasks.check_files, config.eval_tasks,
-                    config.hellaswag_file, config.eval_tasks_limit)  # each host's own
+
+    def check_tasks() -> None:  # each host's own files: the weights (their vocabulary), the tasks
+      vocab_size = config.vocab_size
+      if config.init_from not in ("scratch", "resume"):  # the weights', read without them
+        from jaxgpt.interop import weights
+        vocab_size = weights.architecture(config.init_from, config.hf_checkpoint_dir,
+                                          config.block_size)["vocab_size"]
+      tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
+      tasks.check_files(config.eval_tasks, config.hellaswag_file, config.eval_tasks_limit)
+
+    sharding.agreed("reading the eval_tasks files and the weights' vocabulary", check_tasks)
   # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.
   sharding.agreed("importing tensorboardX or W&B",
                   sinks.require_packages if jax.process_index() == 0 else lambda _: None,

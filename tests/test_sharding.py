@@ -670,7 +670,7 @@ def _launch_two(recipe: str, own_flags: tuple[tuple[str, ...], ...] = ((), ()),
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("what", ["data", "eval_tasks", "weights"])
+@pytest.mark.parametrize("what", ["data", "eval_tasks", "weights", "weights_and_eval_tasks"])
 def test_a_host_without_its_own_copy_of_a_file_stops_the_others_with_it(tmp_path, token_dir,
                                                                          what):
   """A host's own copy of the data, an eval_tasks file or the starting weights, missing on one
@@ -684,17 +684,27 @@ def test_a_host_without_its_own_copy_of_a_file_stops_the_others_with_it(tmp_path
     shutil.copytree(token_dir, os.path.join(homes[0], "data"))
     recipe, missing = write_config_file(tmp_path, "~/data"), "no token shards in data_dir="
     agreeing = "making or finding the data"
-  elif what == "weights":  # a nanoGPT run's ckpt.pt on one host's own disk
+  elif what.startswith("weights"):  # a nanoGPT run's ckpt.pt on one host's own disk
     from test_nanogpt_ckpt import write_nanogpt_ckpt  # skips the case where torch is absent
-    write_nanogpt_ckpt(os.path.join(homes[0], "ckpt.pt"), bias=True)
-    recipe = write_config_file(tmp_path, token_dir, init_from="nanogpt:~/ckpt.pt")
-    missing, agreeing = f"nanogpt:{homes[1]}/ckpt.pt: no such file", "loading the weights"
+    write_nanogpt_ckpt(os.path.join(homes[0], "ckpt.pt"), bias=True,
+                       vocab_size=defaults.GPT2_VOCAB)
+    tasks = {}  # with eval_tasks, launch reads the weights' vocabulary before it loads them
+    agreeing = "loading the weights"
+    if what == "weights_and_eval_tasks":
+      for home in homes:
+        with open(os.path.join(home, "task.txt"), "w") as f:
+          f.write("A text the run scores at each evaluation.")
+      tasks = {"eval_tasks": "text:~/task.txt"}
+      agreeing = "reading the eval_tasks files and the weights' vocabulary"
+    recipe = write_config_file(tmp_path, token_dir, init_from="nanogpt:~/ckpt.pt", **tasks)
+    missing = f"nanogpt:{homes[1]}/ckpt.pt: no such file"
   else:
     with open(os.path.join(homes[0], "task.txt"), "w") as f:
       f.write("A text the run scores at each evaluation.")
     recipe = write_config_file(tmp_path, token_dir, eval_tasks="text:~/task.txt",
                                vocab_size=defaults.GPT2_VOCAB)
-    missing, agreeing = f"text:{homes[1]}/task.txt: no such file", "reading the eval_tasks files"
+    missing = f"text:{homes[1]}/task.txt: no such file"
+    agreeing = "reading the eval_tasks files and the weights' vocabulary"
   (code0, out0), (code1, out1) = _launch_two(recipe, homes=homes)
   assert (code0, code1) == (1, 1), (out0[-2000:], out1[-2000:])
   assert f"error: {missing}" in out1, out1[-2000:]
