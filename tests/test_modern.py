@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -362,9 +363,15 @@ def test_compare_recipes_writes_a_table_and_curves(tmp_path, token_dir):
   assert text.count("\n") == 3 and "| modern |" in text
   assert (tmp_path / "compare" / "curves.png").stat().st_size > 0
   assert not (tmp_path / "compare" / "nanogpt" / "checkpoints").exists()
-  # A finished run of the same variant is reused; another config in its place is refused.
+  # A finished run of the same variant is reused (one from before comparisons took auto_resume
+  # too, and its checkpoints, which a stop before their removal left, removed); another config
+  # in its place is refused.
+  config_json = tmp_path / "compare" / "nanogpt" / "config.json"
+  config_json.write_text(json.dumps({**json.loads(config_json.read_text()), "auto_resume": False}))
+  (tmp_path / "compare" / "nanogpt" / "checkpoints").mkdir()
   again = recipes.compare(base, ["nanogpt"], [1.0])
   assert again[0]["final_val_loss"] == rows[0]["final_val_loss"]
+  assert not (tmp_path / "compare" / "nanogpt" / "checkpoints").exists()
   base.max_iters = 6
   with pytest.raises(UserError, match="is not a run of this variant's config"):
     recipes.compare(base, ["nanogpt"], [1.0])

@@ -167,26 +167,31 @@ def run_variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
   Its checkpoints are deleted, its metrics and config kept.
   """
   rundir = run_dir.RunDir(config.out_dir)
+
+  def finished() -> bool:
+    evals = rundir.read_metrics()["eval"]
+    return bool(evals) and evals[-1]["iter"] == config.max_iters
+
   if os.path.exists(rundir.out_dir):
     # config.json holds the config as the run used it: attention resolved for this device, and
-    # init_from=resume where auto_resume went on with it.
+    # init_from=resume where auto_resume went on with it (which comparisons before it lack).
     ran = json.loads(attention.settle(config).to_json_best_effort())
-    if {**(rundir.read_config() or {}), "init_from": config.init_from} != ran:
+    if {**(rundir.read_config() or {}), "init_from": config.init_from,
+        "auto_resume": config.auto_resume} != ran:
       raise UserError(f"{config.out_dir} exists and is not a run of this variant's config; "
                       "delete it or pick another --out")
-    evals = rundir.read_metrics()["eval"]
-    if evals and evals[-1]["iter"] == config.max_iters:
-      logging.info("%s: reusing its finished run", config.out_dir)
-      return rundir.read_metrics()
-  train_variant(config)
-  evals = rundir.read_metrics()["eval"]
-  if not evals or evals[-1]["iter"] != config.max_iters:  # stopped by a signal
-    raise UserError(f"{config.out_dir} stopped before max_iters={config.max_iters}; the "
-                    f"comparison stops here ({GO_ON})")
-  shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
-  # The run's closing `Next:` lines name commands that read them.
-  logging.info("%s: its checkpoints removed (the comparison keeps metrics.jsonl and "
-               "config.json, which report reads)", config.out_dir)
+  if os.path.exists(rundir.out_dir) and finished():
+    logging.info("%s: reusing its finished run", config.out_dir)
+  else:
+    train_variant(config)
+    if not finished():  # stopped by a signal
+      raise UserError(f"{config.out_dir} stopped before max_iters={config.max_iters}; the "
+                      f"comparison stops here ({GO_ON})")
+  if os.path.exists(rundir.checkpoints_dir):  # a stop may have come before their removal
+    shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
+    # The run's closing `Next:` lines name commands that read them.
+    logging.info("%s: its checkpoints removed (the comparison keeps metrics.jsonl and "
+                 "config.json, which report reads)", config.out_dir)
   return rundir.read_metrics()
 
 
