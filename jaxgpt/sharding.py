@@ -42,10 +42,10 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   itself). A batch script's own shell is one process, whatever its allocation.
   """
   env = os.environ
-  if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE") or 1) > 1:  # nanoGPT's habit
-    raise UserError(f"started by torchrun as one of {env['WORLD_SIZE']} processes: one process "
-                    "drives every GPU of its host, so run `python launch.py ...` without torchrun "
-                    "(several hosts: the README's \"Several GPUs and hosts\")")
+  if "TORCHELASTIC_RUN_ID" in env and env.get("WORLD_SIZE", "1") != "1":  # nanoGPT's habit
+    raise UserError(f"started by torchrun as one of {env['WORLD_SIZE']} processes, which do not "
+                    "join: run `python launch.py ...` without torchrun, one process a host, which "
+                    "drives all its GPUs (several hosts: the README's \"Several GPUs and hosts\")")
   kwargs: dict[str, Any] = {}
   if coordinator_address:
     kwargs["coordinator_address"] = coordinator_address

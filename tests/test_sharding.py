@@ -584,8 +584,8 @@ def test_torchrun_s_processes_are_told_to_run_one(monkeypatch, tmp_path):
   """nanoGPT's `torchrun --nproc_per_node=8`: 8 processes, each driving every GPU beside the
   others (all contending for their memory and the run directory). One alone under it runs."""
   torchrun = {"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "8"}
-  with pytest.raises(UserError, match=r"^started by torchrun as one of 8 processes: one process "
-                     r"drives every GPU of its host, so run `python launch.py \.\.\.` without"):
+  with pytest.raises(UserError, match=r"^started by torchrun as one of 8 processes, which do not "
+                     r"join: run `python launch.py \.\.\.` without torchrun, one process a host"):
     _joins(monkeypatch, tmp_path, torchrun)
   assert _joins(monkeypatch, tmp_path, {**torchrun, "WORLD_SIZE": "1"}) == []
 
