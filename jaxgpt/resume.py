@@ -216,19 +216,21 @@ def data_changes(start: Start, split_windows: dict[str, int], data_dir: str, eva
   changed = [split for split, n in split_windows.items() if was.get(split) != n]
   other_iters = start.eval_iters not in (None, eval_iters)
   afresh = trains and (other_iters or "val" in changed)
-  best = ("" if not afresh else "; the best val loss (which always_save_checkpoint=False saves "
-          "on) is measured afresh from this resume's evaluations" + ("" if start.best_kept is None
-          else f", and step {start.best_kept[1]}, the best kept before, is kept only while among "
-          "the latest keep_checkpoints"))
   what = {"train": "training goes on in another order",
-          "val": f"the val loss is not comparable with the run's before{best}"}
+          "val": "the val loss is not comparable with the run's before"}
   if speaks and other_iters:  # the evaluation's windows are eval_iters batches of them
     logging.warning("resume: eval_iters changed, so the val loss is over other windows than "
-                    "the run's before%s", best)
+                    "the run's before")
   if speaks and changed:
     logging.warning("resume: the data changed since the checkpoint: %s", "; ".join(
         f"{split} {was.get(split, 0):,} -> {split_windows[split]:,} windows: {what[split]}"
         for split in changed))
+  if speaks and afresh:
+    kept = "" if start.best_kept is None else (
+        f"; step {start.best_kept[1]}, the best kept before, is kept only while among the latest "
+        "keep_checkpoints")
+    logging.warning("resume: so the best val loss (which always_save_checkpoint=False saves on) "
+                    "is measured afresh from this resume's evaluations%s", kept)
   return dataclasses.replace(start, best_val_loss=math.inf, best_kept=None) if afresh else start
 
 

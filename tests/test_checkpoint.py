@@ -475,9 +475,10 @@ def test_a_resume_whose_val_windows_changed_measures_its_best_afresh(tmp_path, t
   assert not scored and checkpoint_steps(config.out_dir) == [2, 4]
   _, meta = restore_state(config, 4)
   assert (meta["best_kept"], meta["best_val_loss"]) == ([5.0, 4], 5.0)
-  assert ("; the best val loss (which always_save_checkpoint=False saves on) is measured afresh "
-          "from this resume's evaluations, and step 2, the best kept before, is kept only while "
-          "among the latest keep_checkpoints\n") in caplog.text
+  afresh = [m for m in caplog.messages if m.startswith("resume: so the best")]
+  assert afresh == [("resume: so the best val loss (which always_save_checkpoint=False saves "
+                     "on) is measured afresh from this resume's evaluations; step 2, the best "
+                     "kept before, is kept only while among the latest keep_checkpoints")]
 
 
 def test_the_best_checkpoint_is_kept_when_it_was_evaluated_after_a_stop(tmp_path, token_dir,
