@@ -344,6 +344,30 @@ def test_a_failed_export_into_an_existing_empty_directory_leaves_it_empty(tmp_pa
   assert out.is_dir() and os.listdir(out) == [] and os.listdir(tmp_path) == ["out"]
 
 
+@pytest.mark.parametrize("theirs", ["config.json", "model.safetensors"])
+def test_an_export_never_replaces_a_file_another_export_wrote_into_the_same_directory(
+    tmp_path, monkeypatch, theirs):
+  """Two exports to one empty directory at once: the one that moved its files in second
+  replaced the first's, one by one, and left a mix of both (say one's config, the other's
+  weights). Now the second leaves the first's file and takes back its own."""
+  config = GPTConfig.from_config(float32_config(**EXPORTABLE))
+  out = tmp_path / "out"
+  out.mkdir()
+  write_files = gpt2._write_files
+
+  def beside_another_export(*args):
+    write_files(*args)
+    (out / theirs).write_text("the other export's")
+
+  monkeypatch.setattr(gpt2, "_write_files", beside_another_export)
+  with pytest.raises(UserError, match=rf"^{out}: {theirs} was written there meanwhile \(by "
+                                      r"another export\?\); it is kept, and nothing of this "
+                                      "export was left there$"):
+    gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(out))
+  assert os.listdir(out) == [theirs] and (out / theirs).read_text() == "the other export's"
+  assert os.listdir(tmp_path) == ["out"]  # no staging folder left
+
+
 def test_a_gpt2_checkpoint_in_the_hubs_layout_is_read(tmp_path):
   """transformers' save_pretrained writes today's layout: the 'transformer.' prefix and no
   attention buffers. OpenAI's checkpoints on the Hub have no prefix and carry h.N.attn.bias;

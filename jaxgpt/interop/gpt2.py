@@ -289,6 +289,9 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
                  config.block_size if with_tokenizer else None)
     if fill:
       for name in sorted(os.listdir(staging)):
+        if os.path.lexists(os.path.join(target, name)):  # another export's, written meanwhile
+          raise UserError(f"{to_dir}: {name} was written there meanwhile (by another export?); "
+                          "it is kept, and nothing of this export was left there")
         os.rename(os.path.join(staging, name), os.path.join(target, name))
         moved.append(name)
       os.rmdir(staging)
