@@ -145,7 +145,7 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
   from jaxgpt.inference import decoding
   try:  # said before training, not after it
     tokenizer.require_gpt2_vocabulary(model.vocab_size, "the closing sample is")
-    decoding.check_settings(tokens, temperature=1.0, top_k=None, top_p=None)
+    decoding.check_settings(tokens, decoding.TEMPERATURE, decoding.TOP_K, top_p=None)
   except UserError as e:
     raise UserError(f"config.sample_tokens={tokens}: {e}; set --config.sample_tokens=0") from None
 
