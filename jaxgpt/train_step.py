@@ -268,20 +268,22 @@ def device_room(state: TrainState) -> int | None:
   """Bytes the step may use on the fullest local device: the allocator's limit less what
   other arrays hold (the train state already there counts in the step's own need).
 
-  None where devices keep no memory statistics (a CPU).
+  None where any process's devices keep no memory statistics (a CPU): every process still
+  joins the gather (one that returned before it left the others waiting there).
   """
   rooms = []
   for device in jax.local_devices():
     stats = device.memory_stats()
     if not stats or "bytes_limit" not in stats:
-      return None
+      rooms = [-1]  # unknown
+      break
     held = sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
                for shard in leaf.addressable_shards if shard.device == device)
     rooms.append(stats["bytes_limit"] - stats["bytes_in_use"] + held)
   room = min(rooms)
   if jax.process_count() > 1:  # every process decides alike
     room = int(np.min(multihost_utils.process_allgather(np.int64(room))))
-  return room
+  return None if room < 0 else room
 
 
 def fitting_layout(step: StepConfig, room: int, need_of: Callable[[StepConfig], int],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import types
 
 import jax
@@ -433,6 +434,32 @@ def test_the_room_adds_back_what_the_state_holds_on_the_fullest_device(monkeypat
   state = [types.SimpleNamespace(addressable_shards=[shard(devices[0], 100),
                                                      shard(devices[1], 200)])]
   assert train_step.device_room(state) == min(1000 - 300 + 100, 1000 - 500 + 200)
+
+
+def test_processes_whose_devices_differ_in_memory_statistics_decide_alike(monkeypatch):
+  """A process whose device keeps no memory statistics returned before the gather of the others'
+  rooms, and they waited there for ever (mixed cards). Two threads stand for the processes."""
+  stats = {"with": {"bytes_limit": 1000, "bytes_in_use": 300}, "without": {}}
+  own = lambda: stats[threading.current_thread().name]
+  monkeypatch.setattr(train_step.jax, "local_devices",
+                      lambda: [types.SimpleNamespace(memory_stats=own)])
+  monkeypatch.setattr(train_step.jax, "process_count", lambda: 2)
+  gathered, everyone = [], threading.Barrier(2, timeout=2)
+
+  def process_allgather(value):
+    gathered.append(value)
+    everyone.wait()  # a collective: it returns once every process has joined it
+    return np.array(gathered)
+
+  monkeypatch.setattr(train_step.multihost_utils, "process_allgather", process_allgather)
+  rooms = {}
+  decide = lambda: rooms.update({threading.current_thread().name: train_step.device_room([])})
+  threads = [threading.Thread(target=decide, name=name) for name in stats]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(gathered) == 2 and rooms == {"with": None, "without": None}
 
 
 def test_the_logged_grad_norm_is_the_gradients_before_clipping(tmp_path):
