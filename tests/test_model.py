@@ -94,6 +94,29 @@ def test_the_tied_head_trains_the_embedding_as_both_lookup_and_head():
                              + g_untied["lm_head"]["embedding"], rtol=1e-5, atol=1e-8)
 
 
+def test_layer_norms_add_nanogpt_s_epsilon_to_the_variance():
+  """nanoGPT's LayerNorm is torch's, eps=1e-5 (flax's default is 1e-6): on embeddings of small
+  variance (~1e-7, scaled down) the two give outputs 3 times apart. Each norm's input and output
+  are compared with the formula (scale 1 and no bias at init)."""
+  model, params = tiny_gpt()
+  params = {**params, **{name: {"embedding": params[name]["embedding"] * 1e-2}
+                         for name in ("wte", "wpe")}}
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.LayerNorm) and context.method_name == "__call__":
+      seen.append((np.asarray(args[0]), np.asarray(out)))
+    return out
+
+  with nn.intercept_methods(record):
+    model.apply({"params": params}, jax.random.randint(jax.random.PRNGKey(4), (2, 16), 0, 64))
+  assert len(seen) == 2 * model.config.n_layer + 1  # ln_1, ln_2 of each block, ln_f
+  for x, y in seen:
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+
+
 def test_dropout_only_in_training():
   model, params = tiny_gpt(dropout=0.5)
   tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 16), 0, 64)
