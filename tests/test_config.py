@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import subprocess
 
 import ml_collections
@@ -173,7 +175,6 @@ def test_a_recipe_reads_the_data_of_the_dataset_it_is_given(name):
     ("hellaswag_file", "hs.jsonl", "is for the hellaswag task, which eval_tasks=''"),  # unread
     ("keep_checkpoints", 0, "must be >= 1"),
     ("skip_nonfinite", -1, "must be >= 0"),  # a healthy run stopped at its first log
-    ("eval_interval", 0, "must be positive"),  # `it % 0` after the data and the compile
 ])
 def test_validate_names_the_key(key, value, message):
   c = defaults.get_config()
@@ -182,6 +183,33 @@ def test_validate_names_the_key(key, value, message):
   with pytest.raises(UserError, match=f"config.{key}=") as e:
     defaults.validate(c)
   assert message in str(e.value)
+
+
+def positive_keys() -> list[str]:
+  """The keys of validate's loop that says "must be positive", read from its source: a key
+  added there is tested here too."""
+  loop = re.search(r'for key in \(([^)]*)\):\s*check\([^\n]*"must be positive"\)',
+                   inspect.getsource(defaults.validate))
+  assert loop, "validate's loop over the positive keys is not where this test reads it"
+  return re.findall(r'"(\w+)"', loop.group(1))
+
+
+NUMBER_KEYS = [key for key, default in defaults.get_config().items()
+               if type(default) in (int, float)]
+
+
+@pytest.mark.parametrize("key,value", [(key, 0) for key in positive_keys()]
+                         + [(key, -1) for key in NUMBER_KEYS])
+def test_a_count_below_its_least_is_one_line_naming_the_key(key, value):
+  """Each positive key at 0, and every number key of the schema at -1 (Muon's and wsd's where
+  they are read), is refused at the start, before the data and the compile: s45 found
+  eval_interval=0 passed under `>= 0` and failed at `it % 0` in the first iteration."""
+  c = defaults.get_config()
+  c.update(warmup_iters=100, optimizer="muon", lr_schedule="wsd")
+  c[key] = type(c[key])(value)
+  with pytest.raises(UserError) as e:
+    defaults.validate(c)
+  assert str(e.value).startswith(f"config.{key}={c[key]!r}: ") and "\n" not in str(e.value)
 
 
 def test_a_recipe_not_made_from_the_defaults_is_refused_naming_what_it_lacks():
