@@ -271,6 +271,11 @@ def peak_flops_ok(value: float) -> bool:
   return value == 0 or MIN_PEAK_FLOPS <= value < math.inf
 
 
+POSITIVE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                 "gradient_accumulation_steps", "vocab_size", "eval_interval", "log_interval",
+                 "eval_iters", "eval_tasks_interval")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects values that would fail later or silently train something else."""
   if not callable(getattr(c, "keys", None)):
@@ -282,9 +287,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not ok:
       raise UserError(f"config.{key}={c[key]!r}: {why}")
 
-  for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-              "gradient_accumulation_steps", "vocab_size", "eval_interval",
-              "log_interval", "eval_iters", "eval_tasks_interval"):
+  for key in POSITIVE_KEYS:
     check(c[key] > 0, key, "must be positive")
   non_negative = ["max_iters", "loss_chunk_size", "skip_nonfinite", "logit_softcap",
                   "eval_tasks_limit", "learning_rate", "weight_decay", "grad_clip",
