@@ -269,8 +269,8 @@ class RunDir:
     if not resume and existing:
       raise UserError(
           f"{directory} already holds checkpoints (steps {existing}); nothing was "
-          f"changed. To continue that run add --config.init_from=resume; to start a new one, "
-          f"pick another --config.out_dir.")
+          f"changed. To {'continue that run' if saves else 'evaluate its latest checkpoint'} "
+          "add --config.init_from=resume; to start a new one, pick another --config.out_dir.")
     if resume and not existing:
       nanogpt = os.path.join(os.path.dirname(directory), "ckpt.pt")  # nanoGPT's out_dir
       raise UserError(f"{directory}: no checkpoints to resume from; start the run with "
