@@ -156,16 +156,21 @@ class ProgressBar:
     self._log_stream = self._log_handler.stream
     if not self.bar.disable:
       self._log_handler.stream = tqdm.contrib.DummyTqdmFile(self._log_stream)
+    self._figures, self._ms_per_iter = "", 0.0  # the last train log's
 
   def write(self, record: Record) -> None:  # a disabled bar's update and postfix do nothing
+    """The time left is counted from where the bar is, so a finished run's says none (the
+    last train log's, an interval before max_iters, stayed beside 100%)."""
     done = record["iter"]  # an evaluation at iteration i comes after i iterations
     if record["event"] == "train":
       done += 1
       mfu = "" if record.get("mfu") is None else f", MFU {record['mfu']:.1%}"
-      left = formatting.duration((self.bar.total - done) * record["ms_per_iter"] / 1000)
-      self.bar.set_postfix_str(f"loss {record['loss']:.4f}, {record['tokens_per_sec']:,.0f} "
-                               f"tok/s{mfu}, {left} left", refresh=False)
+      self._figures = f"loss {record['loss']:.4f}, {record['tokens_per_sec']:,.0f} tok/s{mfu}"
+      self._ms_per_iter = record["ms_per_iter"]
     if done > self.bar.n:
+      left = (self.bar.total - done) * self._ms_per_iter / 1000
+      self.bar.set_postfix_str(f"{self._figures}, {formatting.duration(left)} left"
+                               if done < self.bar.total else self._figures, refresh=False)
       self.bar.update(done - self.bar.n)
 
   def close(self, failed: bool = False) -> None:

@@ -478,7 +478,8 @@ def test_progress_bar_on_a_terminal_and_cleared_for_log_lines(absl_to):
   # The time left is the steps' (80 at 250 ms), not tqdm's rate, which counts evaluations.
   assert "MFU 41.0%, 0m20s left" in stream.getvalue() and "it/s" not in stream.getvalue()
   bar.write({"event": "eval", "iter": 100, "val_loss": 2.0})  # the last log was at 99 or before
-  assert "100/100" in stream.getvalue()
+  last = stream.getvalue().rsplit("\r", 1)[-1]
+  assert "100/100" in last and last.rstrip().endswith("MFU 41.0%]")  # finished: no time left
   bar.close()
   assert logging.get_absl_handler().python_handler.stream is stream  # restored
 
