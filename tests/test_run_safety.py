@@ -317,6 +317,7 @@ def test_eval_only_on_a_run_with_checkpoints_is_told_to_resume_to_evaluate(tmp_p
                                       r"latest checkpoint add --config.init_from=resume;"):
     train.train(tiny_config(tmp_path, token_dir, max_iters=2, eval_only=True))
 
+
 def test_a_start_in_a_folder_with_another_programs_config_json_is_refused(tmp_path, token_dir):
   """`init_from=gpt2` with out_dir its hf_checkpoint_dir (fine-tuning "in place") would
   replace the checkpoint's config.json: then neither jaxgpt nor transformers could load it."""
