@@ -1144,6 +1144,24 @@ def test_max_tokens_takes_a_count_as_plan_s_train_tokens_does(tmp_path):
         f"error: --max_tokens={value}: {why}")
 
 
+def test_the_split_and_shard_flags_make_the_dataset_the_library_makes(tmp_path):
+  """--val_fraction, --val_tokens and --shard_tokens each reach the dataset: one the command
+  did not hand on was ignored (exit 0, the defaults' split and shards), though meta.json's
+  command named it."""
+  (tmp_path / "book.txt").write_text("\n<doc>\n".join(TEXTS), encoding="utf-8", newline="")
+  given = {"val_fraction": 0.5, "val_tokens": 1000, "shard_tokens": 2000}
+  r = prepare_cli("files", f"--input={tmp_path / 'book.txt'}", "--separator=\\n<doc>\\n",
+                  f"--out={tmp_path / 'cli'}", "--workers=1",
+                  *(f"--{name}={value}" for name, value in given.items()))
+  assert r.returncode == 0, r.stderr
+  meta = run([str(tmp_path / "book.txt")], tmp_path / "lib", separator="\n<doc>\n", **given)
+  assert token_files.read_meta(str(tmp_path / "cli"))["splits"] == meta["splits"]
+  assert meta["splits"]["train"]["shards"] > 1
+  for split in token_files.SPLITS:
+    assert np.array_equal(np.concatenate(split_tokens(str(tmp_path / "cli"), split)),
+                          np.concatenate(split_tokens(str(tmp_path / "lib"), split)))
+
+
 def test_input_repeated_reads_every_one(tmp_path):
   """A second --input replaced the first: part of the corpus, exit 0, and no word of it."""
   half = len(TEXTS) // 2
