@@ -371,10 +371,14 @@ def test_an_export_never_replaces_a_file_another_export_wrote_into_the_same_dire
 def test_a_gpt2_checkpoint_in_the_hubs_layout_is_read(tmp_path):
   """transformers' save_pretrained writes today's layout: the 'transformer.' prefix and no
   attention buffers. OpenAI's checkpoints on the Hub have no prefix and carry h.N.attn.bias;
-  files saved by older transformers carry h.N.attn.masked_bias too."""
+  files saved by older transformers carry h.N.attn.masked_bias too. Their config.json names
+  no tie_word_embeddings: tied, as transformers reads it."""
   import safetensors.numpy
 
   theirs = hf_gpt2(tmp_path / "hf")
+  hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+  del hf_config["tie_word_embeddings"]
+  (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_config))
   path = str(tmp_path / "hf" / "model.safetensors")
   tensors = {k.removeprefix("transformer."): v
              for k, v in safetensors.numpy.load_file(path).items()}
@@ -384,6 +388,17 @@ def test_a_gpt2_checkpoint_in_the_hubs_layout_is_read(tmp_path):
     tensors[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
   safetensors.numpy.save_file(tensors, path, metadata={"format": "pt"})
   arch, params = gpt2.load(str(tmp_path / "hf"))
+  ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
+  assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
+
+
+def test_a_gpt2_checkpoint_in_several_safetensors_files_is_read(tmp_path):
+  """save_pretrained splits a large model (gpt2-xl is 6.4 GB in float32) into files that an
+  index names; every one of them is read."""
+  theirs = hf_gpt2(tmp_path / "hf")
+  theirs.save_pretrained(str(tmp_path / "split"), max_shard_size="40KB")
+  assert len(list((tmp_path / "split").glob("model-*.safetensors"))) > 1
+  arch, params = gpt2.load(str(tmp_path / "split"))
   ours = GPT(GPTConfig(**arch)).apply({"params": params}, jnp.asarray(tokens()))
   assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
 
