@@ -313,8 +313,11 @@ def test_exact_gelu_without_biases_matches_transformers_away_from_zero(tmp_path)
                         init_params(GPT(GPTConfig.from_config(config)), jax.random.PRNGKey(0)))
   gpt2.export(params, GPTConfig.from_config(config), str(tmp_path / "out"))
   ours = GPT(GPTConfig.from_config(config)).apply({"params": params}, jnp.asarray(tokens()))
-  theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
-  assert_logits_close(np.asarray(ours), hf_logits(theirs, tokens()))
+  theirs, loading = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out"),
+                                                                 output_loading_info=True)
+  # Every bias is in the file: transformers initializes none afresh (and warns of none).
+  assert not loading["missing_keys"]
+  assert_logits_close(np.asarray(ours), hf_logits(theirs.eval(), tokens()))
 
 
 def test_export_fills_an_existing_empty_directory_in_place(tmp_path):
@@ -442,6 +445,8 @@ def test_an_exported_tokenizer_knows_the_models_block_size(tmp_path):
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
   assert hf_tokenizer.model_max_length == 8
   assert hf_tokenizer("word " * 20, truncation=True)["input_ids"].__len__() == 8
+  text = "The function returns"  # no space put before it: the ids the model was trained on
+  assert hf_tokenizer.encode(text) == tokenizer.gpt2().encode(text) != []
 
 
 def test_a_tied_checkpoint_holding_the_shared_matrix_as_its_head_alone_is_read(tmp_path):
