@@ -124,6 +124,27 @@ def test_top_k_keeps_exactly_k_tokens():
   assert set(np.asarray(draws).ravel().tolist()) == {0, 1}
 
 
+def test_temperature_samples_the_softmax_of_the_logits_over_it():
+  """temperature 0.5 draws p**2 renormalised, as nanoGPT's logits / temperature does: a
+  temperature that flattened instead of sharpening passed every other test (each compares
+  the cached decoder with the recompute one, which share `sample_logits`, or is greedy)."""
+  probs = np.array([0.5, 0.3, 0.2])
+  logits_BV = jnp.log(jnp.array([probs]))
+  draws = jax.vmap(lambda r: decoding.sample_logits(logits_BV, r, 0.5, None))(
+      jax.random.split(jax.random.PRNGKey(0), 4000))
+  counts = np.bincount(np.asarray(draws).ravel(), minlength=3) / 4000
+  np.testing.assert_allclose(counts, probs**2 / np.sum(probs**2), atol=0.03)
+
+
+def test_top_k_keeps_every_token_tied_with_the_kth():
+  """As nanoGPT's `logits[logits < v[:, [-1]]] = -inf`: top_k=2 of logits 1, 0, 0, -1 keeps
+  both 0s, not the first of them alone."""
+  logits_BV = jnp.array([[1.0, 0.0, 0.0, -1.0]])
+  draws = jax.vmap(lambda r: decoding.sample_logits(logits_BV, r, 1.0, 2))(
+      jax.random.split(jax.random.PRNGKey(0), 400))
+  assert set(np.asarray(draws).ravel().tolist()) == {0, 1, 2}
+
+
 def test_cached_next_logits_equal_the_full_forward_pass():
   """Each token fed through the KV cache, at its position, has the logits of the whole pass:
   the greedy tests' peaked model hardly depends on positions or attention, so they cannot
