@@ -492,6 +492,26 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
       in r.stdout
   assert "compute-optimal" in r.stdout and "4.00 epochs of the 3.68B train tokens" in r.stdout
 
+def test_a_rate_measured_on_several_of_device_s_cards_is_used_and_scaled(tmp_path):
+  """A run on 2 H100s logs its MFU over both cards' peak: `plan --device=H100 --devices=8`
+  reads one H100 back from it and scales its rate (a peak read without dividing by the
+  devices, twice the H100's, passed every default test: the rate was dropped for an estimate)."""
+  from jaxgpt.plan import __main__ as plan_cli
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+  config = recipe("fineweb_40m")  # 524,288 tokens per iteration on one device
+  rundir.write_config(config)
+  flops = summary.summarize(config).flops_per_token
+  mfu = summary.mfu(800_000.0, flops, gpus.peak_flops("NVIDIA H100 80GB HBM3"), 2)
+  with open(rundir.metrics_path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps({"event": "train", "iter": it, "tokens": (it + 1) * 2 * 524_288,
+                             "tokens_per_sec": 800_000.0, "mfu": mfu}) + "\n"
+                 for it in (0, 10, 20))
+  step = {k: config[k] for k in plan_cli._STEP_KEYS}
+  tok_s, source = plan_cli._throughput(estimate_flags("H100", mfu=0.4), rundir.out_dir, 0.0,
+                                       flops, 8, step)
+  assert tok_s == 3_200_000.0, source
+  assert source.endswith("on 2 device(s), scaled to --devices=8")
+
 
 def test_a_device_s_peak_is_the_flag_s_then_the_config_s_then_the_table_s(tmp_path):
   from jaxgpt.plan import __main__ as plan_cli
