@@ -20,6 +20,7 @@ from conftest import (
   records,
   run_python,
   tiny_config,
+  tiny_model,
   write_hellaswag,
 )
 
@@ -496,6 +497,14 @@ def test_one_hellaswag_example_is_said_in_the_singular():
   assert "over 1 example (± one standard error" in line
 
 
+def test_an_accuracy_s_standard_error_is_that_of_its_examples():
+  """The ± of evaluate's and the run log's HellaSwag line: sqrt(p (1 - p) / n), what tells a
+  real gain from noise (the slow tests alone read it)."""
+  line = tasks.describe("hellaswag", {"acc": 0.3, "acc_norm": 0.4, "examples": 100})
+  assert line.startswith("hellaswag: acc 0.3000 ± 0.0458, acc_norm 0.4000 ± 0.0490 over 100 "
+                         "examples")
+
+
 def test_a_hellaswag_line_nested_too_deep_is_one_user_error(tmp_path):
   path = tmp_path / "hs.jsonl"
   path.write_text("[" * 100_000 + "\n")
@@ -557,3 +566,45 @@ def test_a_stride_past_the_weights_block_size_is_refused_before_they_load(tmp_pa
                  f"--task=text:{text_file}", "--stride=64")
   assert r.returncode == 1, r.stderr[-2000:]
   assert "error: stride=64: must be in 1..block_size=32" in r.stderr, r.stderr[-2000:]
+
+
+TINY_EVALUATE = """
+import sys
+sys.path.insert(0, "tests")
+from conftest import tiny_gpt
+from jaxgpt import cli, evaluate
+from jaxgpt.interop import weights
+model, params = tiny_gpt(vocab_size=50304)
+weights.check_choice = lambda *a, **k: (50304, model.config.block_size)
+weights.from_flags = lambda: (model.config, model, params, "a tiny model")
+evaluate._define_flags()
+sys.argv[0] = "evaluate"
+cli.run(evaluate.main)
+"""
+
+
+def test_evaluate_s_limit_and_stride_flags_reach_the_text_task(tmp_path):
+  """`evaluate --task=text:F --limit=2 --stride=8` scores the first 2 windows of stride 8: the
+  flags as tasks.load takes them (the slow tests alone ran the command)."""
+  text_file = tmp_path / "book.txt"
+  text_file.write_text(" ".join(WORDS * 2), encoding="utf-8")
+  ids = tokenizer.gpt2().encode_ordinary(text_file.read_text(encoding="utf-8"))
+  r = run_python("-c", TINY_EVALUATE, f"--task=text:{text_file}", "--limit=2", "--stride=8")
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = tasks.text_rows(ids, tiny_model().block_size, 8)
+  assert len(rows) > 2 and rows[1][1] < tiny_model().block_size  # both flags change the count
+  assert f" over {sum(n for _, n in rows[:2]):,} tokens [" in r.stdout, r.stdout
+
+
+def test_a_task_s_flag_without_its_task_is_refused(tmp_path):
+  """`evaluate --task=text:F --hellaswag_file=hs.jsonl` scores no HellaSwag, so it is refused
+  at once: read by nothing, the flag let the user believe it was scored (a slow test alone
+  held the stride's case)."""
+  text_file = tmp_path / "book.txt"
+  text_file.write_text(" ".join(WORDS), encoding="utf-8")
+  hs = write_hellaswag(tmp_path / "hs.jsonl", 2)
+  r = run_python("-m", "jaxgpt.evaluate", f"--task=text:{text_file}", f"--hellaswag_file={hs}")
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: --hellaswag_file is for --task=hellaswag, which --task='text:{text_file}' does "
+      "not name")
