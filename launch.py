@@ -198,4 +198,5 @@ def main() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  cli.run(main, more_help=defaults.key_help)
+  cli.run(main, more_help=lambda: defaults.key_help(
+      flags.FLAGS["config"].value and flags.FLAGS["config"].value.to_dict()))

@@ -114,7 +114,8 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
   """Runs `main` as a command: main() or, with `subcommands`, main(subcommand).
 
   `--help` prints the command's docstring, its own flags and `more_help()`,
-  and exits 0 (absl's exits 1 and heads each module with its file path).
+  and exits 0 (absl's exits 1 and heads each module with its file path); beside a --config
+  recipe, after the flags are read, so that `more_help` can list the recipe's values.
   A command run `beside_training` on its GPU (sample, evaluate, export, plan) takes device
   memory as it needs it (`take_device_memory_as_needed`).
   """
@@ -128,8 +129,9 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
   os.environ["PYTHONWARNINGS"] = ",".join(
       filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]))
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
-    print(_help(more_help))
-    sys.exit(0)
+    if more_help and _recipe_paths(sys.argv):
+      _parse_flags([arg for arg in sys.argv if arg not in HELP_FLAGS])
+    _guarded(lambda _: print(_help(more_help)))(sys.argv)  # a recipe's error: one line
 
   def with_arguments(argv: list[str]) -> None:
     words, chosen = argv[1:], []

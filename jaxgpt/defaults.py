@@ -149,12 +149,14 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def key_help() -> str:
-  """Every config key with its default and its comment in `get_config`, by section: what
-  `launch.py --help` lists."""
-  config = get_config()
-  lines = [textwrap.fill("config keys (--config.KEY=VALUE; nanoGPT's defaults, which a recipe in "
-                         "configs/ overrides in part; the schema: jaxgpt/defaults.py):", 100)]
+def key_help(recipe: dict[str, Any] | None = None) -> str:
+  """Every config key with its comment in `get_config`, by section, at its default or at the
+  value of `recipe` (a recipe's config, as a dict): what `launch.py --help` lists."""
+  config = {**get_config().to_dict(), **(recipe or {})}
+  values = "the recipe's values" if recipe else (
+      "nanoGPT's defaults, which a recipe in configs/ overrides in part")
+  lines = [textwrap.fill(f"config keys (--config.KEY=VALUE; {values}; the schema: "
+                         "jaxgpt/defaults.py):", 100)]
   source = inspect.getsource(get_config).splitlines()
   note: list[str] = []
   for previous, line in zip([""] + source, source):

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
-from conftest import recipe, records, run_python
+from conftest import recipe, records, run_python, write_config_file
 from ml_collections import config_flags
 
 from jaxgpt import cli, data, defaults, optim
@@ -51,6 +51,18 @@ def test_help_lists_every_config_key_with_its_default_and_exits_0():
   assert "\n  max_iters=600000: total number of training iterations\n" in r.stdout
   assert "\n  --config: Run recipe" in r.stdout and "(required)" in r.stdout
   assert "\n/" not in r.stdout  # no section headed by a file's path
+
+
+def test_help_beside_a_recipe_lists_the_recipe_s_values(tmp_path):
+  """A recipe's --help listed the schema's defaults (max_iters=600000 for a 6-iteration run)."""
+  recipe_file = write_config_file(tmp_path, str(tmp_path / "data"), max_iters=7)
+  r = launch(f"--config={recipe_file}", "--config.eval_interval=2", "--help")
+  assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+  assert "\n  max_iters=7: total number of training iterations\n" in r.stdout
+  assert f"\n  out_dir='{tmp_path / 'run'}': run directory" in r.stdout
+  assert "\n  eval_interval=2: " in r.stdout and "\n  lr_decay_iters=6: " in r.stdout
+  r = launch(f"--config={tmp_path / 'not_here.py'}", "--help")
+  assert r.returncode == 1 and r.stderr.startswith("error: --config: the recipe file could not")
 
 
 @pytest.mark.parametrize("overrides", [(), ("--config.max_iters=3",)])
