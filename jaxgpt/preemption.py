@@ -106,7 +106,8 @@ class StopAtEnd(BaseException):
 class StopSignals:
   """Turns SIGTERM/SIGINT into a request to stop after the current step.
 
-  A second SIGINT interrupts at once, as Ctrl-C usually does. Once the loop is over
+  A second SIGINT interrupts as Ctrl-C usually does: once the host's wait for the step under
+  way ends (Python raises it between bytecodes: a CPU step holds it minutes). Once the loop is over
   (`closing`), a stop request raises StopAtEnd in a one-process run.
   """
 
@@ -183,7 +184,7 @@ class StopSignals:
       logging.warning("received %s: stopping once the step the device is running and the one "
                       "queued behind it are done (at most two)%s, then saving%s", self.name,
                       ", or the evaluation under way" if self.processes == 1 else "",
-                      "; Ctrl-C again stops at once, beginning no save (one under way may land)"
-                      if signum == signal.SIGINT else "")
+                      "; Ctrl-C again stops after the step under way, beginning no save (a "
+                      "save under way may land)" if signum == signal.SIGINT else "")
     if self.processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells the rest

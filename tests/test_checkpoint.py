@@ -417,9 +417,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, token_dir):
   assert steps == [last_logged + 1]
 
 
-def test_a_second_sigterm_still_stops_after_the_step_and_saves(monkeypatch):
+def test_a_second_sigterm_still_stops_after_the_step_and_saves(monkeypatch, caplog):
   """Schedulers send SIGTERM again (Slurm to every task, Kubernetes on a retry); only a
-  second Ctrl-C interrupts at once, without saving."""
+  second Ctrl-C interrupts, without saving, after the step under way (the first's warning said
+  "at once", where a step of minutes on a CPU held it for minutes)."""
   monkeypatch.setattr(preemption, "_trained", preemption._trained)
   monkeypatch.setattr(preemption, "_raised", preemption._raised)
   with preemption.StopSignals() as signals:
@@ -430,9 +431,10 @@ def test_a_second_sigterm_still_stops_after_the_step_and_saves(monkeypatch):
     except KeyboardInterrupt:
       pytest.fail("a second SIGTERM interrupted the run at once, without its save")
     assert signals.received == signal.SIGTERM and signals.stop_at(6)
-  with preemption.StopSignals() as signals:
+  with preemption.StopSignals() as signals, caplog.at_level("WARNING", logger="absl"):
     signals.stop_at(5)
     os.kill(os.getpid(), signal.SIGINT)
+    assert "Ctrl-C again stops after the step under way, beginning no save" in caplog.text
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
 
