@@ -306,6 +306,7 @@ def test_the_verdict_picks_no_candidate_launch_py_refuses_and_shared_warnings_ar
 
 
 def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
+  """Said once where it is not scaled (it was '200,000 tok/s: 200,000 measured in ...')."""
   rundir = run_dir.RunDir(str(tmp_path / "run"))
   rundir.write_config(recipe("fineweb_40m"))  # 524,288 tokens per iteration on one device
   with open(rundir.metrics_path, "w", encoding="utf-8") as f:  # as a run on 2 devices logs
@@ -314,15 +315,19 @@ def test_a_measured_throughput_is_scaled_to_the_devices_planned(tmp_path):
   records = rundir.read_metrics()["train"]
   assert report.last_layout(records) == (records, 2 * 524_288)
   assert iters.measured_devices(rundir.read_config(), 2 * 524_288) == 2
-  plan = lambda: run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
-                            f"--config.out_dir={rundir.out_dir}", "--devices=8",
-                            "--max_iters=20000", "--train_tokens=100B")
+  plan = lambda devices=8: run_python("-m", "jaxgpt.plan", "--config=configs/fineweb_40m.py",
+                                     f"--config.out_dir={rundir.out_dir}", f"--devices={devices}",
+                                     "--max_iters=20000", "--train_tokens=100B")
   r = plan()
   assert r.returncode == 0, r.stderr
   assert (f"throughput: 800,000 tok/s: 200,000 measured in {rundir.metrics_path} on 2 "
           "device(s), scaled to --devices=8") in r.stdout
   rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
   assert rows["20,000"][-1] == formatting.duration(20_000 * 8 * 524_288 / 800_000)  # 2h55m
+  r = plan(devices=2)
+  assert r.returncode == 0, r.stderr
+  assert (f"\nthroughput: 200,000 tok/s, measured in {rundir.metrics_path} on 2 device(s)\n"
+          in r.stdout)
   os.remove(os.path.join(rundir.out_dir, "config.json"))
   r = plan()
   assert r.returncode == 0, r.stderr

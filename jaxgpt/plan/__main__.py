@@ -155,9 +155,10 @@ def _scaled(measured: float, ran_on: int | None, n_devices: int, metrics_path: s
                       "of devices: the time is at the measured run's rate, --devices does not "
                       "scale it")
   rate = measured * n_devices / ran_on
-  scaled = "" if ran_on == n_devices else f", scaled to --devices={n_devices}"
-  return rate, (f"{rate:,.0f} tok/s: {measured:,.0f} measured in {metrics_path} on {ran_on} "
-                f"device(s){scaled}")
+  where = f"measured in {metrics_path} on {ran_on} device(s)"
+  if ran_on == n_devices:  # the figure once
+    return rate, f"{rate:,.0f} tok/s, {where}"
+  return rate, f"{rate:,.0f} tok/s: {measured:,.0f} {where}, scaled to --devices={n_devices}"
 
 
 def _refuse_estimate_flags_without_device(f: flags.FlagValues) -> None:
