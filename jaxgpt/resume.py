@@ -49,6 +49,11 @@ _EVALUATED = ("dataset", "data_dir", "eval_iters", "dtype", "attention", "loss_c
               "sharding", "eval_tasks", "eval_tasks_limit", "hellaswag_file")
 
 
+def trains_from(step: int, eval_only: bool, max_iters: int) -> bool:
+  """Whether a run starting at `step` trains (and reads batches); else it evaluates alone."""
+  return not eval_only and step < max_iters
+
+
 def position_basis(layout: sharding.BatchLayout, workers: int) -> dict[str, int | str]:
   """What a saved data position depends on; a resume that changes it converts the position.
   Grain's worker processes save their state in a format of its version's own."""
@@ -70,7 +75,7 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   """
   now = position_basis(layout, config.data_workers)
   speaks = jax.process_index() == 0  # what every process would say alike, said once
-  trains = lambda step: not config.eval_only and step < config.max_iters  # else no batch read
+  trains = lambda step: trains_from(step, config.eval_only, config.max_iters)
   reached = lambda meta, why, said: _reached(meta["tokens"], config.block_size, why, said)
 
   def batches_from(step: int, meta: dict[str, Any]) -> tuple[grain.DatasetIterator, int]:

@@ -476,7 +476,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
           f"skip_nonfinite={config.skip_nonfinite} allows (it counts the whole run's); resume "
           f"with --config.skip_nonfinite={skipped} or more")
     split_windows = {split: len(source) for split, source in sources.items()}
-    trains = not config.eval_only and start.iter < config.max_iters  # else it evaluates alone
+    trains = resume.trains_from(start.iter, config.eval_only, config.max_iters)
     start = resume.data_changes(start, split_windows, data_dir, config.eval_iters, trains)
     counts, eval_windows = _log_start(config, layout, sources, start, config_file, trains)
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
