@@ -54,10 +54,52 @@ def test_bench_figures_are_consistent(tmp_path):
   assert r["pipeline_ratio"] == pytest.approx(r["pipeline_tokens_per_sec"] / r["tokens_per_sec"])
   assert r["pipeline_ratio"] > 0
   assert r["loop_ms_per_iter_median"] > 0 and 0 <= r["data_wait_fraction"] <= 1
+  assert r["data_wait_fraction"] == pytest.approx(r["data_wait_ms_per_iter"]
+                                                / r["loop_ms_per_iter_mean"])
   assert r["n_params"] == count_params(setup_of(config).abstract_state.params)
   assert r["flops_per_token"] == 6 * r["n_params"] + 12 * 2 * 2 * 16 * 16
   assert "peer" not in r
   assert r["backward_residual_bytes"] > 0
+
+
+class _Clock:
+  """time.perf_counter for a device whose work is done when its results are waited for."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def perf_counter(self) -> float:
+    return self.now
+
+  def pending(self, seconds: float) -> _Pending:
+    return _Pending(self, seconds)
+
+
+class _Pending:
+  """A result whose device work takes `seconds` of the clock, spent where it is waited for."""
+
+  def __init__(self, clock: _Clock, seconds: float):
+    self.clock, self.seconds = clock, seconds
+
+  def block_until_ready(self) -> _Pending:
+    self.clock.now += self.seconds
+    self.seconds = 0.0
+    return self
+
+
+def test_the_timed_steps_are_each_step_s_own_time_after_the_warmup(monkeypatch):
+  """ms/iter, tokens/s and MFU are read from these: a warmup step's one-off costs (autotuning,
+  the first run's allocations), a step's time counted before its device work ends, or the
+  steps before it counted again would each move them."""
+  clock, calls = _Clock(), []
+  monkeypatch.setattr(throughput, "time", clock)
+
+  def step(state, batch):  # two warmup steps of 1 s each, then 0.1 s a step
+    calls.append(state)
+    return state + 1, clock.pending(1.0 if len(calls) <= 2 else 0.1)
+
+  state, times = throughput.time_step(step, 0, None, iters=3, warmup=2)
+  assert state == 5 and times == pytest.approx([0.1, 0.1, 0.1])
 
 
 def test_a_profile_traces_the_train_step_into_a_folder_of_its_own(tmp_path):
@@ -708,3 +750,27 @@ def test_bench_peak_flops_flag_sets_the_mfu(tmp_path):
                          peak_flops=1e12)
   assert r["peak_flops"] == 1e12
   assert r["mfu"] == pytest.approx(r["tokens_per_sec"] * r["flops_per_token"] / 1e12)
+
+
+def test_mfu_takes_the_config_s_peak_and_the_peer_s_own_tokens_per_second(tmp_path,
+                                                                        monkeypatch):
+  """config.peak_flops (a card the table lacks) is the bench's peak as a run's, --peak_flops
+  over it; the PyTorch peer's tokens/s and MFU are of its own median step."""
+  from jaxgpt.bench.__main__ import summary
+
+  monkeypatch.setattr(throughput, "_time_peer", lambda *a, **k: {
+      "ms_per_iter_median": 200.0, "ms_per_iter_mean": 400.0, "device_name": "cpu",
+      "torch_version": "2", "compile": False, "autocast_bf16": False, "fused_adamw": False,
+      "peak_memory_bytes": None, "first_step_s": 1.0, "n_params": 1})
+  config = tiny_config(tmp_path, "", peak_flops=5e11)
+  r = throughput.measure(config, iters=1, warmup=1, data_workers=0, peer="torch")
+  assert r["peak_flops"] == 5e11
+  assert r["mfu"] == pytest.approx(r["tokens_per_sec"] * r["flops_per_token"] / 5e11)
+  p = r["peer"]
+  assert p["tokens_per_sec"] == pytest.approx(2 * 4 * 16 / 0.2)
+  assert p["mfu"] == pytest.approx(p["tokens_per_sec"] * r["flops_per_token"] / 5e11)
+  assert r["jax_over_peer"] == pytest.approx(r["tokens_per_sec"] / p["tokens_per_sec"])
+  text = summary(r)
+  assert (f"; {r['tokens_per_sec']:,.0f} tokens/s; MFU {100 * r['mfu']:.1f}% of 0.5 TFLOP/s"
+          in text)
+  assert f"{p['tokens_per_sec']:,.0f} tokens/s, MFU {100 * p['mfu']:.1f}%" in text
