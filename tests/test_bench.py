@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import weakref
 
 import flax
@@ -28,6 +29,7 @@ from conftest import (
   setup_of,
   start_python,
   tiny_config,
+  tiny_model,
   wait_for,
 )
 
@@ -391,6 +393,36 @@ def test_decode_rows_time_both_methods_per_batch_size(tmp_path):
       (1, "cache", 6), (1, "recompute", 3), (2, "cache", 6), (2, "recompute", 3)]
   assert all(r["tokens_per_sec"] > 0 and r["compile_s"] > 0 for r in rows)
   assert "batch 2: cache is" in decode.table(rows)
+
+
+def test_decode_s_tokens_per_second_are_every_row_s_tokens_over_a_run_after_the_first(
+    monkeypatch):
+  """The first run of a compiled program pays one-off costs, and a batch of 4 rows makes 4
+  tokens a step: tokens/s is batch x new tokens over the second run alone."""
+  clock = _Clock()
+  monkeypatch.setattr(decode, "time", clock)
+
+  def program(seconds):  # compiled in 5 s, first run 1 s, then `seconds` a run
+    runs = []
+
+    def run(*args):
+      runs.append(args)
+      return clock.pending(1.0 if len(runs) == 1 else seconds)
+
+    def compile():
+      clock.now += 5.0
+      return run
+
+    return types.SimpleNamespace(lower=lambda *a, **k: types.SimpleNamespace(compile=compile))
+
+  monkeypatch.setattr(decode, "_programs", lambda model, params, batch, new_tokens: [
+      ("cache", new_tokens["cache"], program(0.5), ((model, params), {})),
+      ("recompute", new_tokens["recompute"], program(2.0), ((model, params), {}))])
+  monkeypatch.setattr(decode, "init_params", lambda model, rng: {})
+  rows = decode.decode_rows(GPT(tiny_model()), [4], cache_tokens=100, recompute_tokens=10)
+  assert [(r["method"], r["compile_s"], r["run_s"], r["tokens_per_sec"]) for r in rows] == [
+      ("cache", 5.0, 0.5, 4 * 100 / 0.5), ("recompute", 5.0, 2.0, 4 * 10 / 2.0)]
+  assert decode.table(rows).splitlines()[-1] == "batch 4: cache is 40.0x recompute (tokens/s)"
 
 
 def test_cli_modes_are_exclusive():
