@@ -366,10 +366,11 @@ ENTRY %main.3 (a: f32[1,4]) -> f32[8,4] {
   %ags = ((f32[1,4]{1,0}), (f32[8,4]{1,0})) all-gather-start(f32[1,4]{1,0} %a), dimensions={0}
   %ars = (f32[8,4]{1,0}, bf16[2]{0}) all-reduce-start(%b, %c), to_apply=%add
   %rss = ((bf16[8,4]{1,0}), bf16[1,4]{1,0}) reduce-scatter-start(%d), dimensions={0}
+  %cps = (f32[1,4]{1,0}, f32[1,4]{1,0}) collective-permute-start(%e), source_target_pairs={{0,1}}
 }
 """
   expected = {"all-gather": 7 / 8 * 8 * 4 * 4, "all-reduce": 2 * 7 / 8 * (8 * 4 * 4 + 2 * 2),
-              "reduce-scatter": 7 * 4 * 2}
+              "reduce-scatter": 7 * 4 * 2, "collective-permute": 4 * 4}
   assert collectives.collectives(hlo, n_devices=8) == pytest.approx(expected)
   jaxlib_0_11 = hlo.replace("(f32[8,4]{1,0}, bf16[2]{0}) all-reduce-start",
                             "((f32[8,4]{1,0}, bf16[2]{0}), (f32[8,4]{1,0}, bf16[2]{0})) "
