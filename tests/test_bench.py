@@ -33,7 +33,7 @@ from conftest import (
   wait_for,
 )
 
-from jaxgpt import train_step
+from jaxgpt import defaults, train_step
 from jaxgpt.bench import collectives, decode, memory, recipes, save_overhead, throughput
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, count_params
@@ -776,6 +776,39 @@ def test_gpu_report_rows_wait_for_no_cpu_plan(monkeypatch):
     lines.append(next(page))
   planned.set()
   assert list(page) == ["", "plan --device's of fineweb_40m (defaults): 4.00 GiB"]
+
+
+def test_a_gpu_report_row_is_its_recipe_timed_as_the_page_says(monkeypatch):
+  """Each row's process gets its recipe, its levers and the page's iterations, and the row
+  reads its figures in their columns."""
+  from jaxgpt.bench import gpu_report
+
+  figures = {"model": {"attention": "cudnn", "block_size": 1024},
+             "gradient_accumulation_steps": 32, "batch_size": 16, "ms_per_iter_median": 500.0,
+             "tokens_per_sec": 1048576.0, "mfu": 0.3, "compile_s": 10.0,
+             "peak_memory_bytes": 3 * 2**30, "step_plan_bytes": 2**31,
+             "data_wait_fraction": 0.001}
+  commands = []
+
+  def bench(*args, log=None, timeout=None):
+    commands.append(args)
+    with open(next(a for a in args if a.startswith("--out="))[6:], "w") as f:
+      f.write(json.dumps(figures) + "\n")
+    return subprocess.CompletedProcess(args, 0, "", "")
+
+  monkeypatch.setattr(gpu_report, "_python", bench)
+  monkeypatch.setattr(gpu_report, "_planned", lambda *a: 2**32)
+  page = list(gpu_report.report((("gpt2_124m", {"remat": "dots"}),), iters=7, warmup=3,
+                                run_tests=False, seen=("NVIDIA H100", "gpu", "H100")))
+  assert page[2].startswith("7 timed iterations after 3, ")
+  [args] = commands
+  recipe = os.path.join(defaults.CHECKOUT, "configs", "gpt2_124m.py")
+  assert args[:3] == ("-m", "jaxgpt.bench", f"--config={recipe}")
+  assert {"--config.remat=dots", "--iters=7", "--warmup=3"} <= set(args)
+  cells = page[-1].split(" | ")
+  assert cells[:-1] == ["| gpt2_124m", "remat=dots", "cudnn", "32 x 16 x 1024", "500.0",
+                        "1,048,576", "30.0%", "10.0", "3.00 GiB", "2.00 GiB", "4.00 GiB",
+                        "0.1%"]
 
 
 def test_bench_peak_flops_flag_sets_the_mfu(tmp_path):
