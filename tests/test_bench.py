@@ -584,6 +584,56 @@ def test_a_comparison_says_that_it_removed_a_run_s_checkpoints(tmp_path, monkeyp
   assert f"{config.out_dir}: its checkpoints removed" in caplog.text
 
 
+def _records(*val_losses: float) -> dict:
+  return {"train": [], "tasks": [],
+          "eval": [{"iter": i, "tokens": 1000 * i, "val_loss": v} for i, v in
+                   enumerate(val_losses)]}
+
+
+def test_a_comparison_scores_every_variant_against_the_baseline_s_final_val_loss(
+    tmp_path, monkeypatch):
+  """The baseline is the reference wherever --variants names it; its final val loss (not its
+  best) is the target; ratios are against its tokens and its step time; each lr scale
+  multiplies every learning rate of a variant."""
+  trained = {}
+
+  def run_variant(config):
+    trained[os.path.basename(config.out_dir)] = config
+    name = os.path.basename(config.out_dir).split("_lr_x")[0]
+    return {"nanogpt": _records(5.0, 3.0, 4.0), "modern": _records(5.0, 4.5, 3.5)}[name]
+
+  step_ms = iter([30.0, 60.0, 20.0, 40.0])
+  monkeypatch.setattr(recipes, "run_variant", run_variant)
+  monkeypatch.setattr(recipes, "step_ms", lambda step: next(step_ms))
+  monkeypatch.setattr(recipes, "_val_batches", lambda *a: 4)
+  monkeypatch.setattr(recipes.report, "plot", lambda *a: None)
+  base = recipes.base_config("python_docs", str(tmp_path), 8)
+  rows = recipes.compare(base, ["modern", "nanogpt"], [1.0, 2.0])
+  assert [(r["variant"], r["target_val_loss"], r["tokens_to_target"],
+           r["tokens_to_target_ratio"], r["step_time_ratio"]) for r in rows] == [
+      ("modern", 4.0, 1500.0, 0.75, 1.5), ("modern_lr_x2", 4.0, 1500.0, 0.75, 3.0),
+      ("nanogpt", 4.0, 500.0, 0.25, 1.0), ("nanogpt_lr_x2", 4.0, 500.0, 0.25, 2.0)]
+  modern, doubled = trained["modern"], trained["modern_lr_x2"]
+  for key in ("learning_rate", "min_lr", "muon_learning_rate"):
+    assert doubled[key] == pytest.approx(2 * modern[key])
+
+
+def test_a_comparison_run_stopped_before_max_iters_is_not_taken_as_finished(tmp_path,
+                                                                           monkeypatch):
+  config = recipes.variant_config(recipes.base_config("python_docs", str(tmp_path / "cmp"), 4),
+                                  "nanogpt", {}, 1.0)
+
+  def stopped_at_2(config):  # as a SIGTERM at iteration 2 leaves the run
+    os.makedirs(config.out_dir)
+    with open(os.path.join(config.out_dir, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps({"event": "eval", **r}) + "\n"
+                   for r in _records(5.0, 4.5, 4.0)["eval"])
+
+  monkeypatch.setattr(recipes, "train_variant", stopped_at_2)
+  with pytest.raises(UserError, match=r"cmp/nanogpt stopped before max_iters=4; the comparison "):
+    recipes.run_variant(config)
+
+
 def test_a_file_as_compare_data_is_refused_as_a_file(tmp_path, monkeypatch):
   """`--compare_data=notes.txt` was taken for a dataset's name, data/notes.txt, and refused in
   three lines that pointed at --config.data_dir, a flag the benchmark does not take."""

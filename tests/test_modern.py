@@ -401,6 +401,7 @@ def test_tokens_to_target_interpolates_between_evaluations():
            {"tokens": 200, "val_loss": 3.0}]
   assert recipes.tokens_to_target(evals, 3.5) == 150.0
   assert recipes.tokens_to_target(evals, 5.0) == 0.0
+  assert recipes.tokens_to_target(evals, 3.0) == 200.0  # the baseline's own final val loss
   assert recipes.tokens_to_target(evals, 2.0) is None
 
 
