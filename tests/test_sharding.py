@@ -724,6 +724,25 @@ def test_processes_started_with_different_configs_stop_before_any_step_it_decide
     assert "error: the processes were started with different configs (init_from differ)" in out
 
 
+def test_a_config_the_processes_differ_on_is_said_before_the_steps_it_decides(tmp_path,
+                                                                              token_dir,
+                                                                              monkeypatch):
+  """The slow test above in one process, as its process 1 (init_from=resume where process 0
+  starts a new run): launch.py compares the configs first, so every process stops on them
+  (process 1 alone refused a resume from no checkpoints, and process 0 waited 5 minutes)."""
+  import launch
+
+  def another_process_s_init_from(values, error):
+    if "init_from" in values:  # the config; the other checks agree
+      raise UserError(error.replace("{keys}", "init_from"))
+
+  monkeypatch.setattr(sharding, "check_same", another_process_s_init_from)
+  with pytest.raises(UserError, match=r"^the processes were started with different configs "
+                                      r"\(init_from differ\)"):
+    launch.run(tiny_config(tmp_path, token_dir, init_from="resume"))
+  assert not (tmp_path / "run").exists()
+
+
 def test_a_coordinator_port_in_use_is_one_line():
   """Process 0 whose port another program holds ended in JAX's traceback ("Failed to start
   RPC server"), saying neither the port nor what to do."""
