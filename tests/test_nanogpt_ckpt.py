@@ -254,7 +254,7 @@ def test_a_character_level_ckpt_pts_eval_tasks_are_refused_before_their_files(tm
   cannot read it."""
   write_nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False)
   config = tiny_config(tmp_path, token_dir, init_from=f"nanogpt:{tmp_path / 'ckpt.pt'}",
-                       block_size=8, eval_tasks="hellaswag",
+                       block_size=8, eval_tasks="hellaswag", vocab_size=50304,  # the recipe's
                        hellaswag_file=str(tmp_path / "not_here.jsonl"))
-  with pytest.raises(UserError, match=f"vocab_size={TINY_VOCAB} cannot hold GPT-2's"):
+  with pytest.raises(UserError, match=f"vocab_size={TINY_VOCAB} cannot hold GPT-2's"):  # the ckpt's
     launch.run(config)
