@@ -378,6 +378,6 @@ def test_a_coordinator_address_is_host_and_port_as_jax_splits_it():
   """JAX splits at the last ':' and ends in a traceback, or aborts the process for a port past
   65535; an IPv6 host goes in brackets."""
   valid = ("", "node1:1234", "10.0.0.1:65535", "[::1]:1234")
-  invalid = ("myhost", "::1", "fe80::1", "h:70000", "h:0", "h:\u00b2", ":1234", "h:")
+  invalid = ("myhost", "::1", "fe80::1", "h:65536", "h:70000", "h:0", "h:\u00b2", ":1234", "h:")
   assert all(launch._is_host_and_port(a) for a in valid)
   assert not any(launch._is_host_and_port(a) for a in invalid)
