@@ -196,7 +196,14 @@ def main() -> None:
   run(f.config, config_flags.get_config_filename(f["config"]))
 
 
+def _key_help() -> str:
+  """--help's config keys, at the --config recipe's values where one is named."""
+  config = flags.FLAGS["config"].value
+  if config is not None:
+    defaults.validate(config)  # as main's: a get_config() that returned 5 is one line
+  return defaults.key_help(config and config.to_dict())
+
+
 if __name__ == "__main__":
   _define_flags()
-  cli.run(main, more_help=lambda: defaults.key_help(
-      flags.FLAGS["config"].value and flags.FLAGS["config"].value.to_dict()))
+  cli.run(main, more_help=_key_help)

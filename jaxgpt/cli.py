@@ -2,8 +2,8 @@
 replaces `absl.app.run(main)`.
 
 A user's mistake (on the command line, a `UserError`, a recipe file that raises, named by its
-line) is one `error:` line and exit 1; a stop before training is one line and exit 0; a Ctrl-C
-that stops at once, exit 130. The log shows `HH:MM:SS message`, `--verbosity=1` everything.
+line) is one `error:` line and exit 1; a stop before training is one line and exit 0; a second
+Ctrl-C, exit 130. The log shows `HH:MM:SS message`, `--verbosity=1` everything.
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def run(main: Callable[..., None], *, subcommands: tuple[str, ...] = (),
   os.environ["PYTHONWARNINGS"] = ",".join(
       filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]))
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
-    if more_help and _recipe_paths(sys.argv):
-      _parse_flags([arg for arg in sys.argv if arg not in HELP_FLAGS])
+    asked = [arg for arg in sys.argv if arg not in HELP_FLAGS]
+    if more_help and _recipe_paths(asked):
+      _parse_flags(asked)
     _guarded(lambda _: print(_help(more_help)))(sys.argv)  # a recipe's error: one line
 
   def with_arguments(argv: list[str]) -> None:
@@ -273,7 +274,8 @@ def _recipe_paths(argv: list[str]) -> set[str]:
   """The --config recipe files `argv` names (--config=FILE or --config FILE, less
   ml_collections' :ARGS), as absolute paths."""
   return {os.path.abspath(os.path.expanduser(b if a == "--config" else a[9:]).split(":", 1)[0])
-          for a, b in zip(argv, [*argv[1:], ""]) if a == "--config" or a.startswith("--config=")}
+          for a, b in zip(argv, [*argv[1:], ""])
+          if (a == "--config" and b) or a.startswith("--config=")}
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -350,7 +352,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
       sys.exit(141)  # as a process ended by SIGPIPE
-    except KeyboardInterrupt:  # a second Ctrl-C, which stops at once
+    except KeyboardInterrupt:  # a second Ctrl-C
       if os.environ.get(TRACEBACK_ENV):
         raise
       print("interrupted (Ctrl-C)", file=sys.stderr)

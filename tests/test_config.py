@@ -63,6 +63,11 @@ def test_help_beside_a_recipe_lists_the_recipe_s_values(tmp_path):
   assert "\n  eval_interval=2: " in r.stdout and "\n  lr_decay_iters=6: " in r.stdout
   r = launch(f"--config={tmp_path / 'not_here.py'}", "--help")
   assert r.returncode == 1 and r.stderr.startswith("error: --config: the recipe file could not")
+  five = tmp_path / "five.py"
+  five.write_text("def get_config():\n  return 5\n")
+  r = launch(f"--config={five}", "--help")  # an AttributeError's traceback
+  assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+  assert cli._recipe_paths(["launch.py", "--config"]) == set()  # `--config --help`: the help
 
 
 @pytest.mark.parametrize("overrides", [(), ("--config.max_iters=3",)])
@@ -205,6 +210,10 @@ def test_a_count_below_its_least_is_one_line_naming_the_key(key, value):
   """Each positive key at 0, and every number key of the schema at -1 (Muon's and wsd's where
   they are read), is refused at the start, before the data and the compile: s45 found
   eval_interval=0 passed under `>= 0` and failed at `it % 0` in the first iteration."""
+  assert set(defaults.POSITIVE_KEYS) >= {  # said here too: a key moved to the non-negative
+      "n_layer", "n_head", "n_embd", "block_size", "batch_size",  # ones would lose its 0 case
+      "gradient_accumulation_steps", "vocab_size", "eval_interval", "log_interval", "eval_iters",
+      "eval_tasks_interval"}
   c = defaults.get_config()
   c.update(warmup_iters=100, optimizer="muon", lr_schedule="wsd")
   c[key] = type(c[key])(value)
