@@ -169,8 +169,9 @@ class ProgressBar:
       self._ms_per_iter = record["ms_per_iter"]
     if done > self.bar.n:
       left = (self.bar.total - done) * self._ms_per_iter / 1000
-      self.bar.set_postfix_str(f"{self._figures}, {formatting.duration(left)} left"
-                               if done < self.bar.total else self._figures, refresh=False)
+      if self._figures:  # none before a resume's first train log
+        self.bar.set_postfix_str(f"{self._figures}, {formatting.duration(left)} left"
+                                 if done < self.bar.total else self._figures, refresh=False)
       self.bar.update(done - self.bar.n)
 
   def close(self, failed: bool = False) -> None:

@@ -482,6 +482,10 @@ def test_progress_bar_on_a_terminal_and_cleared_for_log_lines(absl_to):
   assert "100/100" in last and last.rstrip().endswith("MFU 41.0%]")  # finished: no time left
   bar.close()
   assert logging.get_absl_handler().python_handler.stream is stream  # restored
+  resumed = sinks.ProgressBar(100, start_iter=5, stream=(terminal := Terminal()))
+  resumed.write({"event": "eval", "iter": 8, "val_loss": 3.0})  # before its first train log
+  assert "8/100 [00:00]" in terminal.getvalue()  # it drew ", , 0m00s left" beside it
+  resumed.close()
 
 
 def test_a_record_is_in_metrics_jsonl_as_soon_as_it_is_written(tmp_path):
