@@ -497,6 +497,7 @@ def test_cli_suggests_max_iters_and_estimates_time_on_a_named_gpu():
       in r.stdout
   assert "compute-optimal" in r.stdout and "4.00 epochs of the 3.68B train tokens" in r.stdout
 
+
 def test_a_rate_measured_on_several_of_device_s_cards_is_used_and_scaled(tmp_path):
   """A run on 2 H100s logs its MFU over both cards' peak: `plan --device=H100 --devices=8`
   reads one H100 back from it and scales its rate (a peak read without dividing by the

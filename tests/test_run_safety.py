@@ -305,17 +305,13 @@ def test_a_refused_start_leaves_no_run_directory_it_made(tmp_path, token_dir):
   train.train(tiny_config(tmp_path, token_dir, max_iters=3))
   with pytest.raises(UserError, match="already holds checkpoints"):
     train.train(tiny_config(tmp_path, token_dir, max_iters=3))
+  # nanoGPT's eval_only with its default init_from was told "to continue that run", as if
+  # resuming would train it.
+  with pytest.raises(UserError, match=r"steps \[3\]\); nothing was changed. To evaluate its "
+                                      r"latest checkpoint add --config.init_from=resume;"):
+    train.train(tiny_config(tmp_path, token_dir, max_iters=3, eval_only=True))
   assert sorted(os.listdir(config.out_dir)) == ["checkpoints", "config.json", "metrics.jsonl",
                                                 "run.lock"]
-
-
-def test_eval_only_on_a_run_with_checkpoints_is_told_to_resume_to_evaluate(tmp_path, token_dir):
-  """eval_only without init_from=resume on a run's directory (nanoGPT's eval_only with its
-  default init_from) was told "to continue that run", as if resuming would train it."""
-  train.train(tiny_config(tmp_path, token_dir, max_iters=2))
-  with pytest.raises(UserError, match=r"steps \[2\]\); nothing was changed. To evaluate its "
-                                      r"latest checkpoint add --config.init_from=resume;"):
-    train.train(tiny_config(tmp_path, token_dir, max_iters=2, eval_only=True))
 
 
 def test_a_start_in_a_folder_with_another_programs_config_json_is_refused(tmp_path, token_dir):

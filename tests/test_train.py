@@ -444,7 +444,7 @@ def test_processes_whose_devices_differ_in_memory_statistics_decide_alike(monkey
   monkeypatch.setattr(train_step.jax, "local_devices",
                       lambda: [types.SimpleNamespace(memory_stats=own)])
   monkeypatch.setattr(train_step.jax, "process_count", lambda: 2)
-  gathered, everyone = [], threading.Barrier(2, timeout=2)
+  gathered, everyone = [], threading.Barrier(2, timeout=30)
 
   def process_allgather(value):
     gathered.append(value)
