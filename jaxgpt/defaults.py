@@ -170,7 +170,8 @@ def key_help(recipe: dict[str, Any] | None = None) -> str:
     elif key:
       words = " ".join(note + [key[2] or ""]).strip()
       lines.append(textwrap.fill(f"{key[1]}={config[key[1]]!r}" + (f": {words}" if words else ""),
-                                 width=100, initial_indent="  ", subsequent_indent="      "))
+                                 width=100, initial_indent="  ", subsequent_indent="      ",
+                                 break_long_words=False, break_on_hyphens=False))  # paths whole
       note = []
   return "\n".join(lines)
 
