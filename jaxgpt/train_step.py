@@ -264,26 +264,21 @@ def same_tokens_layouts(batch_size: int, accum_steps: int) -> list[dict[str, Any
           for remat in defaults.REMAT_POLICIES for b, a in batches]
 
 
-def device_room(state: TrainState) -> int | None:
-  """Bytes the step may use on the fullest local device: the allocator's limit less what
-  other arrays hold (the train state already there counts in the step's own need).
+UNKNOWN = -1  # the room where a device keeps no memory statistics (a CPU): no check
 
-  None where any process's devices keep no memory statistics (a CPU): every process still
-  joins the gather (one that returned before it left the others waiting there).
-  """
+
+def device_room(state: TrainState) -> int:
+  """Bytes the step may use on the fullest local device: the allocator's limit less what
+  other arrays hold (the train state already there counts in the step's own need)."""
   rooms = []
   for device in jax.local_devices():
     stats = device.memory_stats()
     if not stats or "bytes_limit" not in stats:
-      rooms = [-1]  # unknown
-      break
+      return UNKNOWN
     held = sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
                for shard in leaf.addressable_shards if shard.device == device)
     rooms.append(stats["bytes_limit"] - stats["bytes_in_use"] + held)
-  room = min(rooms)
-  if jax.process_count() > 1:  # every process decides alike
-    room = int(np.min(multihost_utils.process_allgather(np.int64(room))))
-  return None if room < 0 else room
+  return min(rooms)
 
 
 def fitting_layout(step: StepConfig, room: int, need_of: Callable[[StepConfig], int],
@@ -311,16 +306,23 @@ def check_memory(step: StepConfig, compiled: Any, state: TrainState,
 
   XLA would otherwise fail mid-run with an out-of-memory traceback. The error
   names the need, the room and a layout that fits (`fitting_layout`, compiled
-  on this device).
+  on this device). Several processes decide alike, on the least room and the most need (each
+  compiles its own plan, which mixed cards can make differ), skipping the check where any
+  room is UNKNOWN: one that stopped alone left the others waiting at the first step.
   """
-  room = device_room(state)
-  need = memory_need(compiled).total
-  if room is None or need <= room:
+  room, need = device_room(state), memory_need(compiled).total
+  if jax.process_count() > 1:
+    # As int32 halves: without x64, JAX gathers an int64 as int32 (80 GiB as 0).
+    pairs = np.array([room, need], np.int64).view(np.int32)
+    rooms, needs = multihost_utils.process_allgather(pairs).view(np.int64).T
+    room, need = UNKNOWN if UNKNOWN in rooms else int(rooms.min()), int(needs.max())
+  if room == UNKNOWN or need <= room:
     return
   found = fitting_layout(step, room, lambda variant: memory_need(compile_on(variant, mesh)).total)
   fix = ("no smaller micro-batch or remat fits: pick a smaller model or block_size" if found is None
          else f"the same tokens per iteration fit with {found[0]} ({found[1] / 2**30:.2f} GiB)")
-  device = jax.local_devices()[0].device_kind
+  device = (jax.local_devices()[0].device_kind if jax.process_count() == 1
+            else "the fullest device of the processes")
   raise UserError(f"the train step needs {need / 2**30:.2f} GiB per device and {device} has "
                   f"{room / 2**30:.2f} GiB for it (JAX's share of the memory: "
                   f"XLA_CLIENT_MEM_FRACTION sets it); {fix}. Nothing was trained or "

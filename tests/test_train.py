@@ -436,30 +436,54 @@ def test_the_room_adds_back_what_the_state_holds_on_the_fullest_device(monkeypat
   assert train_step.device_room(state) == min(1000 - 300 + 100, 1000 - 500 + 200)
 
 
-def test_processes_whose_devices_differ_in_memory_statistics_decide_alike(monkeypatch):
-  """A process whose device keeps no memory statistics returned before the gather of the others'
-  rooms, and they waited there for ever (mixed cards). Two threads stand for the processes."""
-  stats = {"with": {"bytes_limit": 1000, "bytes_in_use": 300}, "without": {}}
-  own = lambda: stats[threading.current_thread().name]
-  monkeypatch.setattr(train_step.jax, "local_devices",
-                      lambda: [types.SimpleNamespace(memory_stats=own)])
+GiB = 2**30
+# Two processes' (stats, need): one keeps no statistics; mixed cards whose plans differ.
+NO_STATISTICS = {"a": ({"bytes_limit": 80 * GiB, "bytes_in_use": 0}, 39 * GiB),
+                 "b": ({}, 41 * GiB)}
+PLANS_DIFFER = {"a": ({"bytes_limit": 40 * GiB, "bytes_in_use": 0}, 39 * GiB),
+                "b": ({"bytes_limit": 80 * GiB, "bytes_in_use": 0}, 41 * GiB)}
+
+
+@pytest.mark.parametrize("processes", [NO_STATISTICS, PLANS_DIFFER])
+def test_processes_decide_alike_whether_the_step_fits(monkeypatch, processes):
+  """Each process took its own branch: one whose device keeps no memory statistics returned
+  before the gather of the others' rooms, and one whose own plan needs more than the least
+  room stopped alone; the others waited at the first step. Two threads stand for them."""
+  own = lambda: processes[threading.current_thread().name]
+  monkeypatch.setattr(train_step.jax, "local_devices", lambda: [types.SimpleNamespace(
+      memory_stats=lambda: own()[0], device_kind="GPU")])
+  monkeypatch.setattr(train_step, "memory_need", lambda compiled: train_step.Need(0, 0, own()[1]))
+  monkeypatch.setattr(train_step, "fitting_layout", lambda *args: None)
   monkeypatch.setattr(train_step.jax, "process_count", lambda: 2)
   gathered, everyone = [], threading.Barrier(2, timeout=30)
 
   def process_allgather(value):
     gathered.append(value)
     everyone.wait()  # a collective: it returns once every process has joined it
-    return np.array(gathered)
+    return np.asarray(jnp.asarray(np.stack(gathered)))  # as JAX: int64 as int32, without x64
 
   monkeypatch.setattr(train_step.multihost_utils, "process_allgather", process_allgather)
-  rooms = {}
-  decide = lambda: rooms.update({threading.current_thread().name: train_step.device_room([])})
-  threads = [threading.Thread(target=decide, name=name) for name in stats]
+  said = {}
+
+  def decide() -> None:
+    try:
+      train_step.check_memory(None, None, [], None)
+      said[threading.current_thread().name] = "fits"
+    except UserError as e:
+      said[threading.current_thread().name] = str(e)
+
+  threads = [threading.Thread(target=decide, name=name) for name in processes]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
-  assert len(gathered) == 2 and rooms == {"with": None, "without": None}
+  assert len(gathered) == 2
+  if processes is NO_STATISTICS:
+    assert said == {"a": "fits", "b": "fits"}
+  else:  # the most any needs against the least any has
+    assert said["a"] == said["b"]
+    assert "needs 41.00 GiB per device and the fullest device of the processes has 40.00 GiB" \
+        in said["a"]
 
 
 def test_the_logged_grad_norm_is_the_gradients_before_clipping(tmp_path):
