@@ -169,8 +169,16 @@ class RunDir:
     try:
       os.ftruncate(fd, 0)
       os.pwrite(fd, holder.encode(), 0)
+      os.fsync(fd)  # for the other hosts' `holder` now (NFS sends it at close otherwise)
     except OSError as e:  # a full disk: the lock holds; a second run's message names no holder
       logging.warning("%s: cannot record this run as its holder (%s)", path, e.strerror)
+
+  def holder(self) -> str:
+    """The run that run.lock names; '' where this host sees none (an out_dir on its own
+    disk, where another host's run locked it)."""
+    with contextlib.suppress(OSError), open(self._path("run.lock"), "rb") as f:
+      return _read_holder(f.fileno())
+    return ""
 
   def _remove_if_unused(self, made: list[str], had: list[str] | None) -> None:
     """Takes back what a start that was refused added: a run.lock and an empty checkpoints/

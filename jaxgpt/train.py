@@ -436,10 +436,17 @@ def check_start(config: ml_collections.ConfigDict) -> None:
 def _locked(rundir: run_dir.RunDir, writes: bool) -> Iterator[None]:
   """Process 0 holds the run directory's lock; where another run holds it, every process
   stops (the others would wait for process 0 at their first collective). A run that
-  `writes` nothing there (eval_only on a resume) may lock a directory it can only read."""
+  `writes` nothing there (eval_only on a resume) may lock a directory it can only read. One
+  that writes is refused where a process does not read process 0's name in run.lock: a host
+  whose out_dir was its own disk failed at the first save, and the others waited 5 minutes."""
   with contextlib.ExitStack() as held:
     lock = rundir.lock(writes) if jax.process_index() == 0 else contextlib.nullcontext()
     sharding.agreed("locking the run directory", held.enter_context, lock)
+    if writes:
+      sharding.check_same({"run.lock": rundir.holder()}, f"{rundir.out_dir}: not every process "
+                          "sees the run.lock process 0 wrote there; out_dir must be one folder "
+                          "that every host shares (each process saves its part of a checkpoint "
+                          "in it), not each host's own disk; nothing was changed")
     yield
 
 

@@ -743,6 +743,47 @@ def test_a_config_the_processes_differ_on_is_said_before_the_steps_it_decides(tm
   assert not (tmp_path / "run").exists()
 
 
+NOT_SHARED = "not every process sees the run.lock process 0 wrote there; out_dir must be one "
+
+
+@pytest.mark.slow
+def test_processes_whose_out_dir_is_each_host_s_own_disk_stop_before_anything(tmp_path,
+                                                                            token_dir):
+  """The same out_dir on each host's own disk: the run trained to its first save, where
+  process 1 found no folder to save in and said so, and process 0 waited for it 5 minutes,
+  then both aborted. Now both stop at the start, and process 0's disk is as it was."""
+  homes = (str(tmp_path / "host0"), str(tmp_path / "host1"))
+  os.mkdir(homes[0])
+  os.mkdir(homes[1])
+  done = _launch_two(write_config_file(tmp_path, token_dir, out_dir="~/run"), homes=homes)
+  for (code, out), home in zip(done, homes):
+    assert code == 1, out[-2000:]
+    assert f"error: {home}/run: {NOT_SHARED}" in out, out[-2000:]
+  assert os.listdir(homes[0]) == os.listdir(homes[1]) == []
+
+
+def test_an_out_dir_another_process_does_not_see_is_refused_with_nothing_left(tmp_path,
+                                                                             token_dir,
+                                                                             monkeypatch):
+  """The slow test above in one process, as its process 0 beside a process 1 whose own disk
+  has no run.lock at out_dir: every process compares what it reads there, before any change."""
+  import launch
+  names = []
+
+  def another_host_reads_none(values, error):
+    if "run.lock" in values:  # the config's comparison agrees
+      names.append(values["run.lock"])
+      if values["run.lock"] != "":
+        raise UserError(error.replace("{keys}", "run.lock"))
+
+  monkeypatch.setattr(sharding, "check_same", another_host_reads_none)
+  config = tiny_config(tmp_path, token_dir)
+  with pytest.raises(UserError, match=f"^{config.out_dir}: {NOT_SHARED}"):
+    launch.run(config)
+  assert names and names[0].startswith(f"pid {os.getpid()} on ")
+  assert not (tmp_path / "run").exists()
+
+
 def test_a_coordinator_port_in_use_is_one_line():
   """Process 0 whose port another program holds ended in JAX's traceback ("Failed to start
   RPC server"), saying neither the port nor what to do."""
