@@ -120,8 +120,17 @@ def resume(config: ml_collections.ConfigDict, setup: train_step.TrainSetup, shar
   return Start(state, it, meta["tokens"], meta.get("best_val_loss") or math.inf,
                _best_kept(meta, checkpoints, it), window,
                evaluated=meta.get("val_loss") is not None, unreadable=tuple(unreadable),
-               eval_batch_windows=saved.get("eval_batch_windows"), eval_iters=then["eval_iters"],
-               split_windows=saved.get("split_windows"), data_dir=saved.get("data_dir")), batches
+               eval_iters=then["eval_iters"],
+               **_recorded(saved, then["batch_size"], layout.n_devices)), batches
+
+
+def _recorded(saved: dict[str, Any], batch_size: int, n_devices: int) -> dict[str, Any]:
+  """The Start fields a checkpoint's data record (`saved`) gives. Before checkpoints recorded
+  the evaluation batch, a run evaluated eval_iters of its global batches: `batch_size` x its
+  devices (as now where it recorded none, as `batches_from` takes them)."""
+  batch = saved.get("eval_batch_windows", batch_size * saved.get("devices", n_devices))
+  return {"eval_batch_windows": batch,
+          **{key: saved.get(key) for key in ("split_windows", "data_dir")}}
 
 
 def _log_changes(keys: list[str], saved: dict[str, Any], then: dict[str, Any],

@@ -483,6 +483,25 @@ def test_a_resume_whose_val_windows_changed_measures_its_best_afresh(tmp_path, t
                      "kept before, is kept only while among the latest keep_checkpoints")]
 
 
+def test_a_resume_of_checkpoints_older_than_their_evaluation_batch_keeps_its_windows(
+    tmp_path, token_dir, monkeypatch):
+  """Checkpoints written before they recorded the evaluation batch evaluated eval_iters
+  batches of their run's global batch: resumed under another batch_size, the val loss is over
+  those windows still, comparable with the run's best (it was over eval_iters new batches)."""
+  real_save = checkpoint.Checkpoints.save  # as a run before the record saved them
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", lambda self, step, state, it, meta: real_save(
+      self, step, state, it, {**meta, "data": {k: v for k, v in meta["data"].items()
+                                               if k != "eval_batch_windows"}}))
+  kw = {"eval_interval": 2, "lr_decay_iters": 4}
+  train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))  # batch_size 4, 1 device
+  evaluated = []  # the windows of each evaluation
+  monkeypatch.setattr(train, "val_losses", lambda _step, _params, _sources, n_windows, *_: (
+      evaluated.append(n_windows) or dict.fromkeys(("train", "val"), 1.0)))
+  train.train(tiny_config(tmp_path, token_dir, max_iters=4, init_from="resume", batch_size=2,
+                          **kw))
+  assert evaluated == [2 * 4]  # eval_iters=2 batches of 4 windows
+
+
 def test_the_best_checkpoint_is_kept_when_it_was_evaluated_after_a_stop(tmp_path, token_dir,
                                                                       monkeypatch):
   """A stop saves step 4 before its evaluation; the resume scores it best, so it outlives
