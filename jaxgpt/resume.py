@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import shlex
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxgpt import checkpoint, defaults, model, optim, sharding, train_step
+from jaxgpt import checkpoint, data, defaults, model, optim, sharding, train_step
 from jaxgpt.errors import UserError
 
 
@@ -38,11 +39,13 @@ class Start:
   eval_batch_windows: int | None = None  # the run's evaluation batch (see train.val_losses)
   eval_iters: int | None = None  # the checkpoint's: how many of those batches it evaluated
   split_windows: dict[str, int] | None = None  # each split's windows when it was saved
+  val_print: int | None = None  # and the val split's fingerprint (see data_seen)
   data_dir: str | None = None  # the data folder the run read, its real path
   unreadable: tuple[int, ...] = ()  # newer steps passed over: set aside once the run is accepted
 
 
 Batches = Callable[[int], grain.DatasetIterator]  # the train batches from a window of the stream
+VAL_PRINT_WINDOWS = 16  # read at every start: 32 KB at block_size 1024
 # The keys an evaluation reads beyond the architecture: the changes a resume that trains
 # nothing (eval_only, a checkpoint at max_iters) says.
 _EVALUATED = ("dataset", "data_dir", "eval_iters", "dtype", "attention", "loss_chunk_size",
@@ -130,7 +133,7 @@ def _recorded(saved: dict[str, Any], batch_size: int, n_devices: int) -> dict[st
   devices (as now where it recorded none, as `batches_from` takes them)."""
   batch = saved.get("eval_batch_windows", batch_size * saved.get("devices", n_devices))
   return {"eval_batch_windows": batch,
-          **{key: saved.get(key) for key in ("split_windows", "data_dir")}}
+          **{key: saved.get(key) for key in ("split_windows", "val_print", "data_dir")}}
 
 
 def _log_changes(keys: list[str], saved: dict[str, Any], then: dict[str, Any],
@@ -212,22 +215,38 @@ def check_data_found(checkpoints_dir: str, data_dir: str) -> None:
                     f"--config.data_dir={shlex.quote(read)}")
 
 
-def data_changes(start: Start, split_windows: dict[str, int], data_dir: str, eval_iters: int,
+def data_seen(sources: dict[str, data.TokenWindows], seed: int) -> dict[str, Any]:
+  """What checkpoints record of the data, for `data_changes`: each split's windows, and a CRC
+  of the first VAL_PRINT_WINDOWS val windows an evaluation reads (drawn across the split),
+  which tells another val split of as many windows (another dataset, one made anew) apart."""
+  val = sources["val"]
+  first = data.stream_windows(val, data.eval_seed(seed, "val"), 0,
+                              min(VAL_PRINT_WINDOWS, len(val)))
+  return {"split_windows": {split: len(source) for split, source in sources.items()},
+          "val_print": zlib.crc32(first.tobytes())}
+
+
+def data_changes(start: Start, seen: dict[str, Any], data_dir: str, eval_iters: int,
                  trains: bool) -> Start:
   """Says when the run reads another folder than the checkpoint's did (`data_dir`, both real
   paths: a relative data_dir run from another directory), and when a split has another number
-  of windows than when it was saved: the shuffles are over other windows, so the rest of the
-  epoch is another order (some windows twice, some not at all), and the val loss is over other
-  windows than before, as under another `eval_iters`. Returns `start`, its best then measured
-  afresh where it `trains`: compared with the checkpoint's, a higher val loss would never save
-  under always_save_checkpoint=False (hours lost at a preemption), nor be kept as the best."""
+  of windows than when it was saved (`seen`, from `data_seen`), or the val split other tokens:
+  the shuffles are over other windows, so the rest of the epoch is another order (some windows
+  twice, some not at all), and the val loss is over other windows than before, as under
+  another `eval_iters`. Returns `start`, its best then measured afresh where it `trains`:
+  compared with the checkpoint's, a higher val loss would never save under
+  always_save_checkpoint=False (hours lost at a preemption), nor be kept as the best."""
   speaks = jax.process_index() == 0  # the others read the same windows (train._open_data agrees)
   # Process 0's, which it recorded: hosts may mount the data under paths of their own.
   if speaks and start.data_dir is not None and start.data_dir != data_dir:
     logging.warning("resume: the data is read from %s; the checkpoint's run read %s", data_dir,
                     start.data_dir)
+  split_windows = seen["split_windows"]
   was = start.split_windows or split_windows  # a fresh start's, or a run's older than them
-  changed = [split for split, n in split_windows.items() if was.get(split) != n]
+  changed = {split: f"{was.get(split, 0):,} -> {n:,} windows"
+             for split, n in split_windows.items() if was.get(split) != n}
+  if "val" not in changed and start.val_print not in (None, seen["val_print"]):
+    changed["val"] = f"{split_windows['val']:,} windows of other tokens"
   other_iters = start.eval_iters not in (None, eval_iters)
   afresh = trains and (other_iters or "val" in changed)
   what = {"train": "training goes on in another order",
@@ -237,8 +256,7 @@ def data_changes(start: Start, split_windows: dict[str, int], data_dir: str, eva
                     "the run's before")
   if speaks and changed:
     logging.warning("resume: the data changed since the checkpoint: %s", "; ".join(
-        f"{split} {was.get(split, 0):,} -> {split_windows[split]:,} windows: {what[split]}"
-        for split in changed))
+        f"{split} {how}: {what[split]}" for split, how in changed.items()))
   if speaks and afresh:
     kept = "" if start.best_kept is None else (
         f"; step {start.best_kept[1]}, the best kept before, is kept only while among the latest "

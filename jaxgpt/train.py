@@ -482,9 +482,9 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
           f"checkpoint {start.iter} has skipped {skipped} non-finite iteration(s), more than "
           f"skip_nonfinite={config.skip_nonfinite} allows (it counts the whole run's); resume "
           f"with --config.skip_nonfinite={skipped} or more")
-    split_windows = {split: len(source) for split, source in sources.items()}
+    seen = resume.data_seen(sources, config.seed)
     trains = resume.trains_from(start.iter, config.eval_only, config.max_iters)
-    start = resume.data_changes(start, split_windows, data_dir, config.eval_iters, trains)
+    start = resume.data_changes(start, seen, data_dir, config.eval_iters, trains)
     counts, eval_windows = _log_start(config, layout, sources, start, config_file, trains)
     compiled_step = _compile_step(setup, layout, start.state) if trains else None
     signals.end_a_start_up_stopped()  # before the run directory changes
@@ -497,7 +497,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
                run_sinks, _evaluator(setup, layout, sources, eval_windows, config.seed),
                {**resume.position_basis(layout, config.data_workers), "start_window": start.window,
                 "eval_batch_windows": eval_windows // config.eval_iters,
-                "split_windows": split_windows, "data_dir": data_dir}, hooks)
+                **seen, "data_dir": data_dir}, hooks)
   try:
     trained = _loop(loop, compiled_step, layout, signals)
   except BaseException:

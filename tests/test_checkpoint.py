@@ -458,17 +458,20 @@ def test_a_resume_saves_only_below_the_best_val_loss_before_it(tmp_path, token_d
   assert not scored and checkpoint_steps(config.out_dir) == [2]
 
 
-@pytest.mark.parametrize("change", ["eval_iters", "val split"])
+@pytest.mark.parametrize("change", ["eval_iters", "val split", "val tokens"])
 def test_a_resume_whose_val_windows_changed_measures_its_best_afresh(tmp_path, token_dir,
                                                                       monkeypatch, caplog, change):
   """Its val loss (5.0) is over other windows than the checkpoint's best (2.0): compared with
   it, always_save_checkpoint=False never saved again. Its first evaluation saves and is the
-  best kept; the next (6.0) is no improvement on it."""
+  best kept; the next (6.0) is no improvement on it. Another dataset, or one made anew, whose
+  val split has as many windows is told by their tokens."""
   scored = scripted_val_losses(monkeypatch, [9.0, 2.0, 5.0, 6.0])  # steps 0, 2 | resumed: 4, 6
   kw = {"eval_interval": 2, "lr_decay_iters": 6, "always_save_checkpoint": False}
   train.train(tiny_config(tmp_path, token_dir, max_iters=2, **kw))
-  if change == "val split":  # the data prepared anew, its val split smaller
-    shards.write_shard(os.path.join(token_dir, "syn_val_000000.bin"), pattern_tokens(800, seed=3))
+  if change.startswith("val"):  # the data prepared anew: its val split smaller, or as large
+    shards.write_shard(os.path.join(token_dir, "syn_val_000000.bin"),
+                       pattern_tokens(800, seed=3) if change == "val split" else
+                       pattern_tokens(1000, seed=4))
   else:
     kw["eval_iters"] = 4
   config = tiny_config(tmp_path, token_dir, max_iters=6, init_from="resume", **kw)
@@ -477,6 +480,9 @@ def test_a_resume_whose_val_windows_changed_measures_its_best_afresh(tmp_path, t
   assert not scored and checkpoint_steps(config.out_dir) == [2, 4]
   _, meta = restore_state(config, 4)
   assert (meta["best_kept"], meta["best_val_loss"]) == ([5.0, 4], 5.0)
+  if change == "val tokens":
+    assert ("resume: the data changed since the checkpoint: val 62 windows of other tokens: the "
+            "val loss is not comparable with the run's before") in caplog.messages
   afresh = [m for m in caplog.messages if m.startswith("resume: so the best")]
   assert afresh == [("resume: so the best val loss (which always_save_checkpoint=False saves "
                      "on) is measured afresh from this resume's evaluations; step 2, the best "
@@ -596,6 +602,7 @@ def test_a_resume_reading_another_data_folder_names_both(tmp_path, token_dir, ca
     train.train(tiny_config(tmp_path, "data", max_iters=4, init_from="resume", **kw))
   assert (f"resume: the data is read from {tmp_path / 'second' / 'data'}; the checkpoint's run "
           f"read {tmp_path / 'first' / 'data'}\n") in caplog.text
+  assert "measured afresh" not in caplog.text  # a copy of the same val split: the same measure
   caplog.clear()
   with caplog.at_level("INFO", logger="absl"):  # the same folder, named another way: no word
     train.train(tiny_config(tmp_path, str(tmp_path / "second" / "data") + "/", max_iters=6,
