@@ -94,6 +94,35 @@ def test_hellaswag_losses_equal_transformers_on_the_same_weights(tmp_path):
     assert np.all(np.diff(np.sort(losses_E4, axis=1)[:, :2], axis=1) > 1e-3)
 
 
+def test_hellaswag_picks_the_least_summed_and_mean_ending_loss_after_the_context(
+    tmp_path, monkeypatch):
+  """llm.c's and build-nanogpt's scoring, without torch: each ending's tokens alone are scored
+  (not the context's), acc takes the least summed loss and acc_norm the least mean; the model
+  is a stub whose loss of a token is a number per word (0 for the context's words)."""
+  enc = tokenizer.gpt2()
+  loss_of = {" green": 3.0, " red": 1.0, " blue": 5.0}
+  losses_V = np.zeros(tokenizer.N_VOCAB, np.float32)
+  for word, loss in loss_of.items():
+    losses_V[enc.encode_ordinary(word)] = loss
+  monkeypatch.setattr(GPT, "token_losses", lambda model, idx_BT, scored_BS, targets_BS:
+                      jnp.asarray(losses_V)[targets_BS])
+  ctx = "The painter dips a wide brush in the can and climbs the old ladder"  # 14 tokens
+  examples = [  # ending: summed loss, mean loss
+      (["green", "red red red red red", "blue", "blue green"], 1),  # 3, 3; 5, 1; 5, 5; 8, 4
+      (["red", "blue", "green green", "blue red"], 0)]  # 1, 1; 5, 5; 6, 3; 6, 3
+  path = tmp_path / "hs.jsonl"
+  path.write_text("".join(json.dumps({"ind": i, "ctx": ctx, "endings": endings, "label": label,
+                                      "split": "val"}) + "\n"
+                          for i, (endings, label) in enumerate(examples)), encoding="utf-8")
+  scorer = scoring.Scorer(GPT(GPTConfig.from_config(gpt2_vocab_config())))
+  metrics, lines = tasks.score(scorer, {}, tasks.load("hellaswag", scorer,
+                                                      hellaswag_file=str(path)))
+  # Example 0's acc picks the 1-token "green" (sum 3), its acc_norm the label (mean 1); counting
+  # the context's 13 predicted tokens (at 0) would pick "green" for acc_norm too (3/14 < 5/18).
+  assert metrics == {"hellaswag_acc": 0.5, "hellaswag_acc_norm": 1.0, "hellaswag_examples": 2}
+  assert lines[0].startswith("hellaswag: acc 0.5000 ± 0.3536, acc_norm 1.0000 ± 0.0000 over 2 ")
+
+
 def test_one_compilation_per_bucket_and_none_on_the_next_evaluation(tmp_path):
   config = gpt2_vocab_config()
   params = scaled_params(config)
