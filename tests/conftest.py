@@ -87,6 +87,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 TINY_VOCAB = 96
 
+# A one-layer, 8-wide model of 65 ids (a character-level one) that gpt2.export writes.
+EXPORTABLE = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 65,
+              "bias": True, "gelu_approximate": True}
+
 
 def tiny_config(tmp_path, data_dir: str, **overrides) -> ml_collections.ConfigDict:
   """A model and run small enough to train in seconds on a CPU."""
