@@ -597,15 +597,21 @@ def test_a_stride_past_the_weights_block_size_is_refused_before_they_load(tmp_pa
   assert "error: stride=64: must be in 1..block_size=32" in r.stderr, r.stderr[-2000:]
 
 
+# evaluate over a tiny model whose rows score 0 each: the rows are what the flags make, and a
+# model's init and compile would be 2/3 of the command's time.
 TINY_EVALUATE = """
 import sys
+import numpy as np
 sys.path.insert(0, "tests")
-from conftest import tiny_gpt
+from conftest import tiny_model
 from jaxgpt import cli, evaluate
+from jaxgpt.inference import scoring
 from jaxgpt.interop import weights
-model, params = tiny_gpt(vocab_size=50304)
+from jaxgpt.model import GPT
+model = GPT(tiny_model(vocab_size=50304))
 weights.check_choice = lambda *a, **k: (50304, model.config.block_size)
-weights.from_flags = lambda: (model.config, model, params, "a tiny model")
+weights.from_flags = lambda: (model.config, model, None, "a tiny model")
+scoring.Scorer.loss_sums = lambda self, params, batches, n_rows, progress: np.zeros(n_rows)
 evaluate._define_flags()
 sys.argv[0] = "evaluate"
 cli.run(evaluate.main)
