@@ -14,6 +14,7 @@ H head size, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -296,10 +297,11 @@ def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
   return losses_BT.mean()
 
 
+@functools.partial(jax.jit, static_argnums=0)  # compiled once per model, not at every call
 def init_params(model: GPT, rng: jax.Array) -> dict:
   """Float32 params with nanoGPT's init, as a plain pytree."""
   dummy_BT = jnp.zeros((1, model.config.block_size), dtype=jnp.int32)
-  return jax.jit(model.init)(rng, dummy_BT)["params"]
+  return model.init(rng, dummy_BT)["params"]
 
 
 def count_params(params: dict, *, non_embedding: bool = True) -> int:
