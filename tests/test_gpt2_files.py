@@ -3,6 +3,7 @@ folder holds, checked without torch or transformers (test_hf.py checks against t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -114,15 +115,23 @@ def test_a_failed_export_into_an_existing_empty_directory_leaves_it_empty(tmp_pa
   assert out.is_dir() and os.listdir(out) == [] and os.listdir(tmp_path) == ["out"]
 
 
+def refuse_hard_links(*args):
+  raise PermissionError(errno.EPERM, "Operation not permitted")  # FAT's, some network mounts'
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
 @pytest.mark.parametrize("theirs", ["config.json", "model.safetensors"])
 def test_an_export_never_replaces_a_file_another_export_wrote_into_the_same_directory(
-    tmp_path, monkeypatch, theirs):
+    tmp_path, monkeypatch, theirs, hard_links):
   """Two exports to one empty directory at once: the one that moved its files in second
   replaced the first's, one by one, and left a mix of both (say one's config, the other's
-  weights). Now the second leaves the first's file and takes back its own."""
+  weights). Now the second leaves the first's file and takes back its own, on a filesystem
+  without hard links too."""
   config = GPTConfig.from_config(float32_config(**EXPORTABLE))
   out = tmp_path / "out"
   out.mkdir()
+  if not hard_links:
+    monkeypatch.setattr(os, "link", refuse_hard_links)
   write_files = gpt2._write_files
 
   def beside_another_export(*args):
@@ -135,6 +144,39 @@ def test_an_export_never_replaces_a_file_another_export_wrote_into_the_same_dire
                                       "export was left there$"):
     gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(out))
   assert os.listdir(out) == [theirs] and (out / theirs).read_text() == "the other export's"
+  assert os.listdir(tmp_path) == ["out"]  # no staging folder left
+
+
+def test_an_export_keeps_another_exports_file_that_came_after_its_check(tmp_path, monkeypatch):
+  """Two exports that both found config.json's name free: the second's rename replaced the
+  first's config.json, it then refused at model.safetensors and took back 'its' config.json,
+  and the first reported success without one. A hard link is refused where the name is taken."""
+  config = GPTConfig.from_config(float32_config(**EXPORTABLE))
+  out = tmp_path / "out"
+  out.mkdir()
+  theirs = os.path.join(os.path.realpath(out), "config.json")
+
+  def after_another_export(move):
+    def moved(source, path):
+      if path == theirs:  # the other export's move, just before this one's
+        (out / "config.json").write_text("the other export's")
+      return move(source, path)
+    return moved
+
+  monkeypatch.setattr(os, "link", after_another_export(os.link))
+  monkeypatch.setattr(os, "rename", after_another_export(os.rename))
+  with pytest.raises(UserError, match="config.json was written there meanwhile"):
+    gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(out))
+  assert os.listdir(out) == ["config.json"]
+  assert (out / "config.json").read_text() == "the other export's"
+
+
+def test_export_fills_a_directory_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+  config = GPTConfig.from_config(float32_config(**EXPORTABLE))
+  (tmp_path / "out").mkdir()
+  monkeypatch.setattr(os, "link", refuse_hard_links)
+  gpt2.export(init_params(GPT(config), jax.random.PRNGKey(0)), config, str(tmp_path / "out"))
+  assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
   assert os.listdir(tmp_path) == ["out"]  # no staging folder left
 
 

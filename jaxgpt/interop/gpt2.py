@@ -289,12 +289,9 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
                  config.block_size if with_tokenizer else None)
     if fill:
       for name in sorted(os.listdir(staging)):
-        if os.path.lexists(os.path.join(target, name)):  # another export's, written meanwhile
-          raise UserError(f"{to_dir}: {name} was written there meanwhile (by another export?); "
-                          "it is kept, and nothing of this export was left there")
-        os.rename(os.path.join(staging, name), os.path.join(target, name))
+        _move_in(staging, target, name, to_dir)
         moved.append(name)
-      os.rmdir(staging)
+      shutil.rmtree(staging)  # the names of the files linked into `target`
     else:
       os.rename(staging, target)
   except BaseException as e:  # a full disk, or a Ctrl-C: nothing is left either way
@@ -311,6 +308,24 @@ def export(params: dict, config: GPTConfig, to_dir: str) -> bool:
     raise UserError(f"{to_dir}: writing the export failed ({reason}); nothing was "
                     "left there") from None
   return with_tokenizer
+
+
+def _move_in(staging: str, target: str, name: str, to_dir: str) -> None:
+  """Puts `staging`'s file `name` into `target`, never over another export's: a hard link fails
+  where the name is taken, at once (between a check and a rename, another export's file could
+  come and be replaced); where a filesystem refuses links, that check and rename."""
+  source, path = os.path.join(staging, name), os.path.join(target, name)
+  try:
+    os.link(source, path)
+    return
+  except FileExistsError:
+    taken = True
+  except OSError:  # no hard links there (EPERM, ENOTSUP: FAT, some network or FUSE filesystems)
+    taken = os.path.lexists(path)
+  if taken:
+    raise UserError(f"{to_dir}: {name} was written there meanwhile (by another export?); it is "
+                    "kept, and nothing of this export was left there")
+  os.rename(source, path)
 
 
 def _missing_folders(parent: str, to_dir: str) -> list[str]:
