@@ -169,16 +169,23 @@ class RunDir:
     try:
       os.ftruncate(fd, 0)
       os.pwrite(fd, holder.encode(), 0)
-      os.fsync(fd)  # for the other hosts' `holder` now (NFS sends it at close otherwise)
     except OSError as e:  # a full disk: the lock holds; a second run's message names no holder
       logging.warning("%s: cannot record this run as its holder (%s)", path, e.strerror)
+    with contextlib.suppress(OSError):  # a filesystem without it (some FUSE ones)
+      os.fsync(fd)  # for the other hosts' `holder` now (NFS sends it at close otherwise)
 
-  def holder(self) -> str:
-    """The run that run.lock names; '' where this host sees none (an out_dir on its own
-    disk, where another host's run locked it)."""
-    with contextlib.suppress(OSError), open(self._path("run.lock"), "rb") as f:
-      return _read_holder(f.fileno())
-    return ""
+  def holder(self, wait_s: float = 0) -> str:
+    """The run that run.lock names; '' where this host sees none in `wait_s` (an out_dir on
+    its own disk, where another host's run locked it; NFS may take its attribute cache's
+    60 s to show a folder another host just made)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+      with contextlib.suppress(OSError), open(self._path("run.lock"), "rb") as f:
+        if held_by := _read_holder(f.fileno()):
+          return held_by
+      if time.monotonic() >= deadline:
+        return ""
+      time.sleep(1)
 
   def _remove_if_unused(self, made: list[str], had: list[str] | None) -> None:
     """Takes back what a start that was refused added: a run.lock and an empty checkpoints/

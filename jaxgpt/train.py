@@ -442,11 +442,12 @@ def _locked(rundir: run_dir.RunDir, writes: bool) -> Iterator[None]:
   with contextlib.ExitStack() as held:
     lock = rundir.lock(writes) if jax.process_index() == 0 else contextlib.nullcontext()
     sharding.agreed("locking the run directory", held.enter_context, lock)
-    if writes:
-      sharding.check_same({"run.lock": rundir.holder()}, f"{rundir.out_dir}: not every process "
-                          "sees the run.lock process 0 wrote there; out_dir must be one folder "
-                          "that every host shares (each process saves its part of a checkpoint "
-                          "in it), not each host's own disk; nothing was changed")
+    if writes and jax.process_count() > 1:  # NFS may show another host's new folder in 60 s
+      holder = rundir.holder(wait_s=0 if jax.process_index() == 0 else 90)
+      sharding.check_same({"run.lock": holder}, f"{rundir.out_dir}: not every process sees the "
+                          "run.lock process 0 wrote there; out_dir must be one folder that every "
+                          "host shares (each process saves its part of a checkpoint in it), not "
+                          "each host's own disk; nothing was changed")
     yield
 
 
@@ -459,7 +460,7 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
   step_config = train_step.StepConfig.from_config(config)
   layout = step_config.layout(sharding.make_mesh())
   data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
-  sources = _open_data(data_dir, config.block_size, config.vocab_size)
+  sources, seen = _open_data(data_dir, config.block_size, config.vocab_size, config.seed)
   data_dir = os.path.realpath(data_dir)  # as checkpoints record it and the log names it
   setup = train_step.build(step_config)
   shardings = sharding.state_shardings(setup.abstract_state, layout.mesh, config.sharding)
@@ -482,7 +483,6 @@ def _train(config: ml_collections.ConfigDict, rundir: run_dir.RunDir,
           f"checkpoint {start.iter} has skipped {skipped} non-finite iteration(s), more than "
           f"skip_nonfinite={config.skip_nonfinite} allows (it counts the whole run's); resume "
           f"with --config.skip_nonfinite={skipped} or more")
-    seen = resume.data_seen(sources, config.seed)
     trains = resume.trains_from(start.iter, config.eval_only, config.max_iters)
     start = resume.data_changes(start, seen, data_dir, config.eval_iters, trains)
     counts, eval_windows = _log_start(config, layout, sources, start, config_file, trains)
@@ -546,20 +546,24 @@ def _end(at_end: EndHook, params: Any, signals: preemption.StopSignals, val_loss
                     f"{'skipped' if skipped else 'cut short'}")
 
 
-def _open_data(data_dir: str, block_size: int, vocab_size: int
-               ) -> dict[str, data.TokenWindows]:
-  """The token windows of each split; every process stops where one cannot read its files or
-  the processes read different ones (hosts with copies of their own: one cut short, one made
-  apart), which would train on windows some read twice and others never."""
+def _open_data(data_dir: str, block_size: int, vocab_size: int, seed: int
+               ) -> tuple[dict[str, data.TokenWindows], dict[str, Any]]:
+  """The token windows of each split, and what checkpoints record of them
+  (`resume.data_seen`); every process stops where one cannot read its files or the processes
+  read different ones (hosts with copies of their own: one cut short, one made apart), which
+  would train on windows some read twice and others never, and decide apart on a resume's
+  best."""
   sources = sharding.agreed("reading the token files", lambda: data.open_splits(
       data_dir, block_size, vocab_size, every_id=jax.process_count() > 1))
+  seen = resume.data_seen(sources, seed)
   sizes = {split: (source.n_tokens, len(source)) for split, source in sources.items()}
   here = ", ".join(f"{split} {tokens:,} tokens in {windows:,} windows"
                    for split, (tokens, windows) in sizes.items())
-  sharding.check_same(sizes, f"the processes read different token files in {data_dir} (their "
-                      f"{{keys}} splits differ; on process {jax.process_index()}: {here}): give "
-                      "every host the same copy")
-  return sources
+  sharding.check_same({**sizes, "val": (*sizes["val"], seen["val_print"])},
+                      f"the processes read different token files in {data_dir} (their {{keys}} "
+                      f"splits differ; on process {jax.process_index()}: {here}): give every "
+                      "host the same copy")
+  return sources, seen
 
 
 def _compile_step(setup: train_step.TrainSetup, layout: sharding.BatchLayout,

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -18,9 +19,11 @@ import numpy as np
 import pytest
 from conftest import (
   PYTHONPATH,
+  TINY_VOCAB,
   communicate_all,
   fake_device,
   free_port,
+  pattern_tokens,
   records,
   restore_state,
   run_python,
@@ -30,9 +33,11 @@ from conftest import (
   tiny_config,
   write_config_file,
 )
+from jax.experimental import multihost_utils
 
-from jaxgpt import data, defaults, sharding, train, train_step
+from jaxgpt import data, defaults, run_dir, sharding, train, train_step
 from jaxgpt.errors import UserError
+from jaxgpt.prep import shards
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -492,6 +497,21 @@ def test_two_processes_whose_token_files_differ_or_fail_stop_together(tmp_path, 
   assert not os.path.exists(tmp_path / "multi" / "run" / "metrics.jsonl")
 
 
+def test_hosts_whose_val_copies_differ_in_tokens_alone_are_told_apart(tmp_path, token_dir,
+                                                                     monkeypatch):
+  """Copies of as many val tokens, but other ones (one host's made anew): on a resume each
+  process measured its best apart (one afresh, the other not), and their saves under
+  always_save_checkpoint=False went apart, a hang. The start compares the val tokens too."""
+  compared = []
+  monkeypatch.setattr(sharding, "check_same", lambda values, error: compared.append(values))
+  other = shutil.copytree(token_dir, tmp_path / "other")
+  shards.write_shard(str(other / "syn_val_000000.bin"), pattern_tokens(1000, seed=4))
+  for data_dir in (token_dir, str(other)):
+    train._open_data(data_dir, block_size=16, vocab_size=TINY_VOCAB, seed=1337)
+  assert compared[0]["train"] == compared[1]["train"]
+  assert compared[0]["val"] != compared[1]["val"]
+
+
 @pytest.mark.slow
 def test_two_processes_with_unequal_devices_stop_as_they_join(tmp_path, token_dir):
   done = run_two(str(tmp_path / "multi"), token_dir, timeout=240,
@@ -654,7 +674,7 @@ def test_a_stop_while_the_processes_join_ends_the_wait_at_once(sig):
 
 
 def _launch_two(recipe: str, own_flags: tuple[tuple[str, ...], ...] = ((), ()),
-                homes: tuple[str, ...] = ()) -> list[tuple[int, str]]:
+                homes: tuple[str, ...] = (), timeout: int = 120) -> list[tuple[int, str]]:
   """(exit code, output) of the two processes of one launch.py run, each with its own flags and
   its own HOME (a host of its own, for a data_dir under ~)."""
   port = free_port()
@@ -662,7 +682,7 @@ def _launch_two(recipe: str, own_flags: tuple[tuple[str, ...], ...] = ((), ()),
                         f"--process_id={i}", *own_flags[i],
                         env={"HOME": homes[i]} if homes else None) for i in range(2)]
   try:
-    outs = [out for out, _ in communicate_all(procs, 120)]
+    outs = [out for out, _ in communicate_all(procs, timeout)]
   finally:
     for p in procs:
       p.kill()
@@ -755,7 +775,8 @@ def test_processes_whose_out_dir_is_each_host_s_own_disk_stop_before_anything(tm
   homes = (str(tmp_path / "host0"), str(tmp_path / "host1"))
   os.mkdir(homes[0])
   os.mkdir(homes[1])
-  done = _launch_two(write_config_file(tmp_path, token_dir, out_dir="~/run"), homes=homes)
+  done = _launch_two(write_config_file(tmp_path, token_dir, out_dir="~/run"), homes=homes,
+                     timeout=240)  # process 1 looks for the lock 90 s, as NFS may need
   for (code, out), home in zip(done, homes):
     assert code == 1, out[-2000:]
     assert f"error: {home}/run: {NOT_SHARED}" in out, out[-2000:]
@@ -777,11 +798,28 @@ def test_an_out_dir_another_process_does_not_see_is_refused_with_nothing_left(tm
         raise UserError(error.replace("{keys}", "run.lock"))
 
   monkeypatch.setattr(sharding, "check_same", another_host_reads_none)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)  # a run of one process checks nothing
+  monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.stack([x, x]))
   config = tiny_config(tmp_path, token_dir)
   with pytest.raises(UserError, match=f"^{config.out_dir}: {NOT_SHARED}"):
     launch.run(config)
   assert names and names[0].startswith(f"pid {os.getpid()} on ")
   assert not (tmp_path / "run").exists()
+
+
+def test_a_run_lock_that_shows_late_on_another_host_is_waited_for(tmp_path):
+  """NFS may show a folder another host just made only when its attribute cache expires
+  (60 s): a process that read run.lock once, found none and refused a run on a shared disk.
+  It reads again until the lock shows, for as long as it is told."""
+  rundir = run_dir.RunDir(str(tmp_path / "run"))
+
+  def process_0_locks():
+    os.mkdir(tmp_path / "run")
+    (tmp_path / "run" / "run.lock").write_text("pid 7 on host0")
+
+  assert rundir.holder() == ""
+  threading.Timer(1.5, process_0_locks).start()
+  assert rundir.holder(wait_s=60) == "pid 7 on host0"
 
 
 def test_a_coordinator_port_in_use_is_one_line():
