@@ -217,7 +217,7 @@ def check_data_found(checkpoints_dir: str, data_dir: str) -> None:
 
 def data_seen(sources: dict[str, data.TokenWindows], seed: int) -> dict[str, Any]:
   """What checkpoints record of the data, for `data_changes`: each split's windows, and a CRC
-  of the first VAL_PRINT_WINDOWS val windows an evaluation reads (drawn across the split),
+  of the val evaluation stream's first VAL_PRINT_WINDOWS windows (drawn across the split),
   which tells another val split of as many windows (another dataset, one made anew) apart."""
   val = sources["val"]
   first = data.stream_windows(val, data.eval_seed(seed, "val"), 0,

@@ -318,8 +318,8 @@ def _move_in(staging: str, target: str, name: str, to_dir: str) -> None:
   try:
     os.link(source, path)
     return
-  except FileExistsError:
-    taken = True
+  except FileExistsError:  # or NFS's answer to a LINK it had made and was sent again
+    taken = not os.path.samefile(source, path)
   except OSError:  # no hard links there (EPERM, ENOTSUP: FAT, some network or FUSE filesystems)
     taken = os.path.lexists(path)
   if taken:
