@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 
 import ml_collections
@@ -11,6 +13,7 @@ from absl import flags
 from conftest import recipe, records, run_python, write_config_file
 from ml_collections import config_flags
 
+import launch as launch_py  # launch() below runs launch.py as a command
 from jaxgpt import cli, data, defaults, optim
 from jaxgpt.errors import UserError
 
@@ -319,17 +322,26 @@ def test_an_eval_only_config_of_max_iters_zero_is_valid_whatever_the_schedule():
   defaults.validate(config)
 
 
-def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir):
-  r = launch("--config=configs/fineweb_40m.py", "--config.max_iters=40",
-             f"--config.data_dir={token_dir}", f"--config.out_dir={tmp_path / 'run'}",
-             "--config.vocab_size=96", "--config.n_layer=1", "--config.n_head=1",
-             "--config.n_embd=16", "--config.block_size=16", "--config.batch_size=2",
-             "--config.gradient_accumulation_steps=1", "--config.dtype=float32",
-             "--config.eval_iters=1", "--config.eval_interval=40", "--config.log_interval=1")
-  assert r.returncode == 0, r.stderr[-2000:]
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections'
+def test_a_cut_down_recipe_run_leaves_warmup(tmp_path, token_dir, caplog):
+  """The recipe's warmup follows max_iters; its command line read as launch.py's, then run in
+  this process (a launch.py process imported JAX and compiled for itself)."""
+  path = os.path.join(defaults.CHECKOUT, "configs", "fineweb_40m.py")
+  argv = ["launch.py", f"--config={path}", "--config.max_iters=40",
+          f"--config.data_dir={token_dir}", f"--config.out_dir={tmp_path / 'run'}",
+          "--config.vocab_size=96", "--config.n_layer=1", "--config.n_head=1",
+          "--config.n_embd=16", "--config.block_size=16", "--config.batch_size=2",
+          "--config.gradient_accumulation_steps=1", "--config.dtype=float32",
+          "--config.eval_iters=1", "--config.eval_interval=40", "--config.log_interval=1"]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "a recipe", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  values(argv)
+  caplog.set_level(logging.INFO)
+  launch_py.run(values.config, path)
   assert ("learning rate: warmup over 1 iteration to 0.0005, cosine to 5e-05 at iteration 40 "
-          "(max_iters=40)") in r.stderr
-  assert f"python -m jaxgpt.report --out_dir={tmp_path / 'run'}" in r.stderr  # what's next
+          "(max_iters=40)") in caplog.text
+  assert f"python -m jaxgpt.report --out_dir={tmp_path / 'run'}" in caplog.text  # what's next
   train = records(str(tmp_path / "run"), "train")
   lrs = [rec["lr"] for rec in train]
   assert lrs[1] == pytest.approx(5e-4, rel=1e-3) and lrs[-1] < 1e-4  # warmed up, then decayed
