@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
 import subprocess
@@ -22,28 +24,48 @@ def launch(*args: str, **env: str) -> subprocess.CompletedProcess:
   return run_python("launch.py", *args, **env)
 
 
-# launch.py's command line with each key given, in one Python: the line each one exits with.
-LAUNCH_WITH_EACH_KEY = """
-import sys
+# launch.py's main under cli.run, as its __main__ runs it, for each command line given (flags
+# after --config=configs/quickstart.py) in one Python, `run` stubbed to say absl's verbosity: the
+# verbosity a run would log at, and the line or code each exits with.
+LAUNCH_MAIN = """
+import json, sys
+from absl import logging
 import launch
 from jaxgpt import cli
 launch._define_flags()
-for key in sys.argv[1:]:
-  sys.argv = ["launch.py", "--config=configs/quickstart.py", key]
+launch.run = lambda config, config_file: print(json.dumps([line, logging.get_verbosity()]))
+for line in sys.argv[1:]:
+  sys.argv = ["launch.py", "--config=configs/quickstart.py", *line.split()]
   try:
     cli.run(launch.main)
   except SystemExit as e:
-    print(repr(e.code))
+    print(json.dumps([line, e.code]))
 """
+NEAR_KEY, FAR_KEY, NO_VERBOSITY = "--config.max_iterz=10", "--config.zzzzzz=10", ""
 
 
-def test_unknown_key_is_an_error_naming_it():
-  r = run_python("-c", LAUNCH_WITH_EACH_KEY, "--config.max_iterz=10",
-                 "--config.zzzzzz=10")  # the second: nothing close to it
+@pytest.fixture(scope="module")
+def launch_main() -> dict[str, list]:
+  """What each command line of LAUNCH_MAIN's said, by its flags: one Python for them all (each
+  launch.py imports JAX)."""
+  r = run_python("-c", LAUNCH_MAIN, NEAR_KEY, FAR_KEY, NO_VERBOSITY)
   assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
-  assert r.stdout.splitlines() == [repr(
+  said = collections.defaultdict(list)
+  for line, value in map(json.loads, r.stdout.splitlines()):
+    said[line].append(value)
+  return said
+
+
+def test_unknown_key_is_an_error_naming_it(launch_main):
+  assert launch_main[NEAR_KEY] == [(
       'error: --config.max_iterz: no such config key. Did you mean "max_iters" instead of '
-      '"max_iterz"?'), repr("error: --config.zzzzzz: no such config key.")]
+      '"max_iterz"?')]
+  assert launch_main[FAR_KEY] == ["error: --config.zzzzzz: no such config key."]  # none close
+
+
+def test_launch_logs_its_progress_without_a_verbosity_flag(launch_main):
+  """At warnings alone (absl's logging default) a run would print no plan and no iteration."""
+  assert launch_main[NO_VERBOSITY] == [0, 0]  # run at absl's INFO, then exit 0
 
 
 def test_nanogpts_compile_key_says_jax_compiles_anyway():
