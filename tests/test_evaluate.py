@@ -492,9 +492,14 @@ def test_strided_text_perplexity_scores_each_token_once_after_its_window(tmp_pat
 
 
 def test_eval_tasks_limit_limits_the_examples_the_loop_scores(tmp_path, token_dir):
+  """The start checks the lines the loop reads, not the whole file (a line cut short after
+  them: HellaSwag's 10,042 examples were tokenized at every start)."""
+  hs = write_hellaswag(tmp_path / "hs.jsonl", 6)
+  with open(hs, "a", encoding="utf-8") as f:
+    f.write('{"ind": 6, "ctx": "cut')
   config = tiny_config(tmp_path, token_dir, max_iters=2, eval_interval=2, vocab_size=50304,
                        eval_tasks="hellaswag", eval_tasks_interval=2, eval_tasks_limit=2,
-                       hellaswag_file=write_hellaswag(tmp_path / "hs.jsonl", 6))
+                       hellaswag_file=hs)
   launch.run(config)
   assert [r["hellaswag_examples"] for r in records(config.out_dir, "tasks")] == [2, 2]
 
