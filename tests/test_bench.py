@@ -33,7 +33,7 @@ from conftest import (
   wait_for,
 )
 
-from jaxgpt import defaults, train_step
+from jaxgpt import defaults, run_dir, train_step
 from jaxgpt.bench import collectives, decode, memory, recipes, save_overhead, throughput
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, GPTConfig, count_params
@@ -383,6 +383,47 @@ def test_checkpoint_overhead_reports_both_step_times(tmp_path):
   assert report["ms_per_iter_alone"] > 0
   assert 0 < report["save_blocked_ms"] <= 1000 * report["save_total_s"]
   assert report["state_bytes"] > 0
+
+
+class _AsyncSaves:
+  """Checkpoints saved as Orbax saves them, on `clock`: save() returns after copying the state
+  (`copy` s), which is on disk `write` s later."""
+
+  def __init__(self, clock: _Clock, copy: float, write: float):
+    self.clock, self.copy, self.write, self.on_disk = clock, copy, write, 0.0
+    self.manager = self
+
+  def save(self, step: int, state, data, metadata) -> None:
+    self.clock.now += self.copy
+    self.on_disk = self.clock.now + self.write
+
+  def is_saving_in_progress(self) -> bool:
+    return self.clock.now < self.on_disk
+
+  def wait(self) -> None:
+    self.clock.now = max(self.clock.now, self.on_disk)
+
+  def close(self) -> None:
+    pass
+
+
+def test_a_save_blocks_the_loop_until_it_returns_and_steps_go_on_while_it_writes(monkeypatch,
+                                                                                  tmp_path):
+  """--checkpoint's line: 'save blocked the loop' is the copy before save() returns, not the
+  time until the save is on disk, and the steps timed during the save are those it overlaps."""
+  clock = _Clock()
+  monkeypatch.setattr(throughput, "time", clock)
+  monkeypatch.setattr(save_overhead, "time", clock)
+  step = lambda state, batch: (state, clock.pending(0.01))
+  monkeypatch.setattr(throughput, "ready_step", lambda step_config, seed: (
+      None, np.zeros(4, np.float32), None, step, None))
+  monkeypatch.setattr(run_dir.RunDir, "checkpoints",
+                      lambda self, keep: _AsyncSaves(clock, copy=0.05, write=0.195))
+  report = save_overhead.checkpoint_overhead(tiny_config(tmp_path, ""), iters=50, warmup=1)
+  assert report["save_blocked_ms"] == pytest.approx(50)
+  assert report["save_total_s"] == pytest.approx(0.25)
+  assert report["steps_during_save"] == 20
+  assert report["ms_per_iter_during_save"] == report["ms_per_iter_alone"] == pytest.approx(10)
 
 
 @pytest.mark.slow
