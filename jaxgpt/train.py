@@ -555,7 +555,7 @@ def _open_data(data_dir: str, block_size: int, vocab_size: int, seed: int
   best."""
   sources = sharding.agreed("reading the token files", lambda: data.open_splits(
       data_dir, block_size, vocab_size, every_id=jax.process_count() > 1))
-  seen = resume.data_seen(sources, seed)
+  seen = sharding.agreed("reading the token files", resume.data_seen, sources, seed)
   sizes = {split: (source.n_tokens, len(source)) for split, source in sources.items()}
   here = ", ".join(f"{split} {tokens:,} tokens in {windows:,} windows"
                    for split, (tokens, windows) in sizes.items())
