@@ -52,6 +52,13 @@ def pytest_configure(config: pytest.Config) -> None:
   # suite is for a terminal's Ctrl-C, so Python's own handler, whose processes get the default.
   if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+  # XLA's CPU backend without LLVM's optimisations compiles the suite's tiny programs in about
+  # half the time, and they run long enough either way. Every program of a default run (the
+  # tests' own and their Pythons') is compiled so; not for a GPU nor where the CUDA plugin
+  # compiles for one.
+  if config.option.markexpr != "gpu" and not targets.plugin_installed():
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
   if not hasattr(config, "workerinput"):
     cache_dir = tempfile.mkdtemp(prefix="jaxgpt-tests-xla-")
     atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
