@@ -88,7 +88,7 @@ def _resumed_where_saved(config: ml_collections.ConfigDict) -> ml_collections.Co
   steps = sharding.agreed("listing the checkpoints", rundir.finished_steps)
   sharding.check_same({"checkpoints": bool(steps)}, f"auto_resume: the processes see "
                       f"{rundir.checkpoints_dir} apart (checkpoints on some, none on others); "
-                      "out_dir must be on a filesystem that every host shares")
+                      f"{run_dir.SHARED}")
   if not steps:
     logging.info("auto_resume: no checkpoints in %s, so the run starts as init_from=%s",
                  rundir.checkpoints_dir, config.init_from)

@@ -445,9 +445,7 @@ def _locked(rundir: run_dir.RunDir, writes: bool) -> Iterator[None]:
     if writes and jax.process_count() > 1:  # NFS may show another host's new folder in 60 s
       holder = rundir.holder(wait_s=0 if jax.process_index() == 0 else 90)
       sharding.check_same({"run.lock": holder}, f"{rundir.out_dir}: not every process sees the "
-                          "run.lock process 0 wrote there; out_dir must be one folder that every "
-                          "host shares (each process saves its part of a checkpoint in it), not "
-                          "each host's own disk; nothing was changed")
+                          f"run.lock process 0 wrote there; {run_dir.SHARED}; nothing was changed")
     yield
 
 
