@@ -18,6 +18,8 @@ from typing import NoReturn
 from absl import logging
 
 _early: list[int] = []  # signals received while the libraries loaded
+_AFTER_TRAINING = "received %s after training: ending as soon as the run has closed"
+_NOTHING_TO_SAVE = "stopped by {} before the first step: nothing to save"
 _raised = False  # a handler raised into the work under way: see `raised_into_work`
 
 
@@ -85,12 +87,11 @@ def handle_stops_until_training(processes: int = 1) -> None:
   def stop(signum: int, frame) -> None:
     name = signal.Signals(signum).name
     if _trained:
-      logging.warning("received %s after training: ending as soon as the run has closed", name)
+      logging.warning(_AFTER_TRAINING, name)
     elif processes > 1:
       os.kill(os.getpid(), signal.SIGTERM)
     else:
-      _raise(StopBeforeTraining(f"stopped by {name} before the first step: nothing to save",
-                                signum))
+      _raise(StopBeforeTraining(_NOTHING_TO_SAVE.format(name), signum))
 
   for sig in (signal.SIGTERM, signal.SIGINT) if processes == 1 else (signal.SIGINT,):
     signal.signal(sig, stop)
@@ -155,8 +156,8 @@ class StopSignals:
     """Ends a one-process run whose start-up a stop came in (it waited for the work under way,
     a compile say): nothing to save, and nothing written yet."""
     if self.stopped_alone:
-      raise StopBeforeTraining(f"stopped by {self.name} before the first step: nothing to "
-                               "save, and the run directory as it was")
+      raise StopBeforeTraining(_NOTHING_TO_SAVE.format(self.name) + ", and the run directory "
+                               "as it was")
 
   @property
   def name(self) -> str:
@@ -169,8 +170,7 @@ class StopSignals:
       _raise(KeyboardInterrupt())
     self.received = signum
     if self.closing and self.processes > 1:  # the others would wait for it in a collective
-      logging.warning("received %s after training: ending as soon as the run has closed",
-                      self.name)
+      logging.warning(_AFTER_TRAINING, self.name)
       return
     if self.closing:
       _raise(StopAtEnd(self.name))
