@@ -470,8 +470,9 @@ def _torch_reference(params: dict, cfg, idx_BT: np.ndarray):
 def test_modern_model_matches_a_reference_written_from_the_papers(chunk):
   torch = pytest.importorskip("torch")
   m, params = tiny_gpt(block_size=16, **MODEL_KEYS)
-  keys = iter(jax.random.split(jax.random.PRNGKey(2), len(jax.tree.leaves(params))))
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(next(keys), p.shape), params)
+  rng = np.random.default_rng(2)  # in numpy: JAX's op by op compiled a program for each shape
+  params = jax.tree.map(lambda p: np.asarray(p) + np.float32(0.05) * rng.standard_normal(
+      p.shape, np.float32), params)
   params["lm_head"]["embedding"] = params["lm_head"]["embedding"] * 40  # logits reach the cap
   m = GPT(dataclasses.replace(m.config, loss_chunk_size=chunk))
   idx = np.asarray(jax.random.randint(jax.random.PRNGKey(5), (3, 17), 0, 64), np.int64)
@@ -481,10 +482,11 @@ def test_modern_model_matches_a_reference_written_from_the_papers(chunk):
                                                torch.tensor(idx[:, 1:]).reshape(-1))
   ref_loss.backward()
 
-  logits = m.apply({"params": params}, jnp.asarray(idx[:, :-1]))
+  # Jitted, as a run's step is: one program each, where op by op compiled one for every op.
+  logits = jax.jit(m.apply)({"params": params}, jnp.asarray(idx[:, :-1]))
   np.testing.assert_allclose(logits, ref_logits.detach().numpy(), atol=1e-4)
-  loss, grads = jax.value_and_grad(lambda p: m.apply(
-      {"params": p}, jnp.asarray(idx[:, :-1]), jnp.asarray(idx[:, 1:]), method=GPT.loss))(params)
+  loss, grads = jax.jit(jax.value_and_grad(lambda p: m.apply(
+      {"params": p}, jnp.asarray(idx[:, :-1]), jnp.asarray(idx[:, 1:]), method=GPT.loss)))(params)
   np.testing.assert_allclose(loss, ref_loss.item(), rtol=1e-6)
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     ref = tp
