@@ -40,20 +40,23 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
     sharding.agreed("checking out_dir", _check_apart_from_data, config.out_dir,
                     data.resolve_data_dir(config.dataset, config.data_dir))
   train.check_start(config)  # before hours of data prep, a download or a weights load
-  if config.eval_tasks:  # a task file missing or unreadable, said before hours of data prep
+  if config.eval_tasks or config.sample_tokens > 0:  # said before hours of data prep
     from jaxgpt import tokenizer
-    from jaxgpt.evals import tasks
 
-    def check_tasks() -> None:  # each host's own files: the weights (their vocabulary), the tasks
+    def check_text() -> None:  # each host's own files: the weights (their vocabulary), the tasks
       vocab_size = config.vocab_size
       if config.init_from not in ("scratch", "resume"):  # the weights', read without them
         from jaxgpt.interop import weights
         vocab_size = weights.architecture(config.init_from, config.hf_checkpoint_dir,
                                           config.block_size)["vocab_size"]
-      tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
-      tasks.check_files(config.eval_tasks, config.hellaswag_file, config.eval_tasks_limit)
+      if config.eval_tasks:  # a task file missing or unreadable
+        from jaxgpt.evals import tasks
+        tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
+        tasks.check_files(config.eval_tasks, config.hellaswag_file, config.eval_tasks_limit)
+      if config.sample_tokens > 0:
+        _check_closing_sample(vocab_size, config.sample_tokens)
 
-    sharding.agreed("reading the eval_tasks files and the weights' vocabulary", check_tasks)
+    sharding.agreed("reading the eval_tasks files and the weights' vocabulary", check_text)
   # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.
   sharding.agreed("importing tensorboardX or W&B",
                   sinks.require_packages if jax.process_index() == 0 else lambda _: None,
@@ -141,13 +144,7 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
   """sample_tokens > 0: a continuation of sample_start by the trained model, printed at the end."""
   if tokens <= 0:
     return None
-  from jaxgpt import tokenizer
   from jaxgpt.inference import decoding
-  try:  # said before training, not after it
-    tokenizer.require_gpt2_vocabulary(model.vocab_size, "the closing sample is")
-    decoding.check_settings(tokens, decoding.TEMPERATURE, decoding.TOP_K, top_p=None)
-  except UserError as e:
-    raise UserError(f"config.sample_tokens={tokens}: {e}; set --config.sample_tokens=0") from None
 
   def print_sample(params: Any) -> None:
     text = decoding.continuation(GPT(model), params, prompt, max_new_tokens=tokens, seed=seed)
@@ -155,6 +152,18 @@ def _closing_sample(model: GPTConfig, prompt: str, tokens: int, seed: int
       print(f"---------------\n{text.rstrip()}\n---------------", flush=True)
 
   return print_sample
+
+
+def _check_closing_sample(vocab_size: int, tokens: int) -> None:
+  """A closing sample the model could not write (another vocabulary, too many tokens): said
+  before the run, not after it."""
+  from jaxgpt import tokenizer
+  from jaxgpt.inference import decoding
+  try:
+    tokenizer.require_gpt2_vocabulary(vocab_size, "the closing sample is")
+    decoding.check_settings(tokens, decoding.TEMPERATURE, decoding.TOP_K, top_p=None)
+  except UserError as e:
+    raise UserError(f"config.sample_tokens={tokens}: {e}; set --config.sample_tokens=0") from None
 
 
 def _is_host_and_port(address: str) -> bool:

@@ -140,14 +140,14 @@ def test_missing_data_says_how_to_make_it(tmp_path):
        "them with:"), f"  python -m jaxgpt.prepare fineweb --out={tmp_path / 'none'}"]
 
 
-def test_a_closing_sample_the_model_cannot_write_is_refused_before_training(tmp_path):
+def test_a_closing_sample_the_model_cannot_write_is_refused_before_data_prep(tmp_path):
   r = launch("--config=configs/quickstart.py", "--config.vocab_size=96",
              f"--config.data_dir={tmp_path / 'python_docs'}", f"--config.out_dir={tmp_path / 'run'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: config.sample_tokens=60: the model's vocab_size=96 cannot hold GPT-2's 50257 "
       "tokens, which the closing sample is written in: it was trained on other tokens (a "
       "character-level nanoGPT run, say); set --config.sample_tokens=0")
-  assert not (tmp_path / "run").exists()
+  assert not (tmp_path / "run").exists() and not (tmp_path / "python_docs").exists()  # no prep
 
 
 def test_eval_tasks_the_model_cannot_read_are_refused_before_their_files(tmp_path):
@@ -161,13 +161,13 @@ def test_eval_tasks_the_model_cannot_read_are_refused_before_their_files(tmp_pat
       "text is written in: it was trained on other tokens (a character-level nanoGPT run, say)")
 
 
-def test_a_closing_sample_too_long_to_write_is_refused_before_training(tmp_path):
+def test_a_closing_sample_too_long_to_write_is_refused_before_data_prep(tmp_path):
   r = launch("--config=configs/quickstart.py", "--config.sample_tokens=3000000000",
              f"--config.data_dir={tmp_path / 'python_docs'}", f"--config.out_dir={tmp_path / 'run'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: config.sample_tokens=3000000000: max_new_tokens=3000000000: must be in "
       "[1, 1,000,000]; set --config.sample_tokens=0")
-  assert not (tmp_path / "run").exists()
+  assert not (tmp_path / "run").exists() and not (tmp_path / "python_docs").exists()  # no prep
 
 
 def test_intervals_that_follow_another_key_do_not_move_it():
