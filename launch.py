@@ -41,8 +41,6 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
                     data.resolve_data_dir(config.dataset, config.data_dir))
   train.check_start(config)  # before hours of data prep, a download or a weights load
   if config.eval_tasks or config.sample_tokens > 0:  # said before hours of data prep
-    from jaxgpt import tokenizer
-
     def check_text() -> None:  # each host's own files: the weights (their vocabulary), the tasks
       vocab_size = config.vocab_size
       if config.init_from not in ("scratch", "resume"):  # the weights', read without them
@@ -50,13 +48,14 @@ def run(config: ml_collections.ConfigDict, config_file: str = "") -> dict[str, f
         vocab_size = weights.architecture(config.init_from, config.hf_checkpoint_dir,
                                           config.block_size)["vocab_size"]
       if config.eval_tasks:  # a task file missing or unreadable
+        from jaxgpt import tokenizer
         from jaxgpt.evals import tasks
         tokenizer.require_gpt2_vocabulary(vocab_size, "every task's text is")
         tasks.check_files(config.eval_tasks, config.hellaswag_file, config.eval_tasks_limit)
       if config.sample_tokens > 0:
         _check_closing_sample(vocab_size, config.sample_tokens)
 
-    sharding.agreed("reading the eval_tasks files and the weights' vocabulary", check_text)
+    sharding.agreed("checking the eval tasks and the closing sample", check_text)
   # tensorboardX and W&B, where asked for, are there: said before hours of data prep or a download.
   sharding.agreed("importing tensorboardX or W&B",
                   sinks.require_packages if jax.process_index() == 0 else lambda _: None,

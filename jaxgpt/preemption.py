@@ -17,9 +17,9 @@ from typing import NoReturn
 
 from absl import logging
 
-_early: list[int] = []  # signals received while the libraries loaded
 _AFTER_TRAINING = "received %s after training: ending as soon as the run has closed"
 _NOTHING_TO_SAVE = "stopped by {} before the first step: nothing to save"
+_early: list[int] = []  # signals received while the libraries loaded
 _raised = False  # a handler raised into the work under way: see `raised_into_work`
 
 

@@ -37,7 +37,6 @@ from absl import logging
 from jaxgpt import checkpoint, formatting
 from jaxgpt.errors import UserError, folder_problem, missing_folders, read_json_object, same_file
 
-# Said wherever processes see out_dir apart: each saves its part of a checkpoint there.
 SHARED = ("out_dir must be one folder that every host shares (each process saves its part of a "
           "checkpoint in it), not each host's own disk")
 Records = dict[str, list[dict[str, Any]]]  # event ("train", "eval", "tasks") -> records

@@ -142,6 +142,7 @@ def test_missing_data_says_how_to_make_it(tmp_path):
 
 def test_a_closing_sample_the_model_cannot_write_is_refused_before_data_prep(tmp_path):
   r = launch("--config=configs/quickstart.py", "--config.vocab_size=96",
+             "--config.max_iters=1",
              f"--config.data_dir={tmp_path / 'python_docs'}", f"--config.out_dir={tmp_path / 'run'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: config.sample_tokens=60: the model's vocab_size=96 cannot hold GPT-2's 50257 "
@@ -163,6 +164,7 @@ def test_eval_tasks_the_model_cannot_read_are_refused_before_their_files(tmp_pat
 
 def test_a_closing_sample_too_long_to_write_is_refused_before_data_prep(tmp_path):
   r = launch("--config=configs/quickstart.py", "--config.sample_tokens=3000000000",
+             "--config.max_iters=1",
              f"--config.data_dir={tmp_path / 'python_docs'}", f"--config.out_dir={tmp_path / 'run'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: config.sample_tokens=3000000000: max_new_tokens=3000000000: must be in "

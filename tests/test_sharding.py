@@ -720,7 +720,7 @@ def test_a_host_without_its_own_copy_of_a_file_stops_the_others_with_it(tmp_path
         with open(os.path.join(home, "task.txt"), "w") as f:
           f.write("A text the run scores at each evaluation.")
       tasks = {"eval_tasks": "text:~/task.txt"}
-      agreeing = "reading the eval_tasks files and the weights' vocabulary"
+      agreeing = "checking the eval tasks and the closing sample"
     recipe = write_config_file(tmp_path, token_dir, init_from="nanogpt:~/ckpt.pt", **tasks)
     missing = f"nanogpt:{homes[1]}/ckpt.pt: no such file"
   else:
@@ -729,7 +729,7 @@ def test_a_host_without_its_own_copy_of_a_file_stops_the_others_with_it(tmp_path
     recipe = write_config_file(tmp_path, token_dir, eval_tasks="text:~/task.txt",
                                vocab_size=defaults.GPT2_VOCAB)
     missing = f"text:{homes[1]}/task.txt: no such file"
-    agreeing = "reading the eval_tasks files and the weights' vocabulary"
+    agreeing = "checking the eval tasks and the closing sample"
   (code0, out0), (code1, out1) = _launch_two(recipe, homes=homes)
   assert (code0, code1) == (1, 1), (out0[-2000:], out1[-2000:])
   assert f"error: {missing}" in out1, out1[-2000:]
