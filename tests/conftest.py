@@ -52,13 +52,14 @@ def pytest_configure(config: pytest.Config) -> None:
   # suite is for a terminal's Ctrl-C, so Python's own handler, whose processes get the default.
   if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-  # XLA's CPU backend without LLVM's optimisations compiles the suite's tiny programs in about
-  # half the time, and they run long enough either way. Every program of a default run (the
-  # tests' own and their Pythons') is compiled so; not for a GPU nor where the CUDA plugin
-  # compiles for one.
-  if config.option.markexpr != "gpu" and not targets.plugin_installed():
-    os.environ["XLA_FLAGS"] = " ".join(
-        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+  # The default run's programs (its -m starts "not slow") compile at XLA's CPU optimisation level
+  # 0, faster for the tests' tiny programs; the slow end-to-end tests' at the level a user's run
+  # compiles at, as a GPU's. An XLA_FLAGS that sets the level already is kept (xdist's workers
+  # inherit this one).
+  flags_given = os.environ.get("XLA_FLAGS", "")
+  if (config.option.markexpr.startswith("not slow")
+      and "--xla_backend_optimization_level" not in flags_given):
+    os.environ["XLA_FLAGS"] = f"{flags_given} --xla_backend_optimization_level=0".strip()
   if not hasattr(config, "workerinput"):
     cache_dir = tempfile.mkdtemp(prefix="jaxgpt-tests-xla-")
     atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
