@@ -6,6 +6,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -810,6 +811,29 @@ def test_an_out_dir_another_process_does_not_see_is_refused_with_nothing_left(tm
     launch.run(config)
   assert names and names[0].startswith(f"pid {os.getpid()} on ")
   assert not (tmp_path / "run").exists()
+
+
+def test_auto_resume_where_another_process_sees_no_checkpoints_stops_every_one(tmp_path,
+                                                                              token_dir,
+                                                                              monkeypatch):
+  """auto_resume where process 0 sees out_dir's checkpoints and another host's own disk has
+  none: one would resume and the other start over; every process stops, naming the rule."""
+  import launch
+  config = tiny_config(tmp_path, token_dir)
+  train.train(config)
+  saved = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+
+  def another_host_sees_none(values, error):
+    if values.get("checkpoints"):
+      raise UserError(error.replace("{keys}", "checkpoints"))
+
+  monkeypatch.setattr(sharding, "check_same", another_host_sees_none)
+  config.auto_resume = True
+  with pytest.raises(UserError, match=re.escape(
+      f"auto_resume: the processes see {tmp_path}/run/checkpoints apart (checkpoints on some, "
+      f"none on others); {run_dir.SHARED}")):
+    launch.run(config)
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == saved
 
 
 def test_a_run_lock_that_shows_late_on_another_host_is_waited_for(tmp_path):
