@@ -140,27 +140,22 @@ def test_missing_data_says_how_to_make_it(tmp_path):
        "them with:"), f"  python -m jaxgpt.prepare fineweb --out={tmp_path / 'none'}"]
 
 
-def test_a_closing_sample_the_model_cannot_write_is_refused_before_data_prep(tmp_path):
-  r = launch("--config=configs/quickstart.py", "--config.vocab_size=96",
-             "--config.max_iters=1",
-             f"--config.data_dir={tmp_path / 'python_docs'}", f"--config.out_dir={tmp_path / 'run'}")
-  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-      "error: config.sample_tokens=60: the model's vocab_size=96 cannot hold GPT-2's 50257 "
-      "tokens, which the closing sample is written in: it was trained on other tokens (a "
-      "character-level nanoGPT run, say); set --config.sample_tokens=0")
-  assert not (tmp_path / "run").exists() and not (tmp_path / "python_docs").exists()  # no prep
-
-
-def test_a_closing_sample_is_checked_against_the_starting_weights_vocabulary(tmp_path):
-  """init_from=gpt2 from a checkpoint of another vocabulary: its config.json (no tensor read)
-  refuses the closing sample, before the data is made or the weights load."""
+@pytest.mark.parametrize("vocabulary", [
+    ["--config.vocab_size=96"],  # the recipe's
+    ["--config.init_from=gpt2", "--config.hf_checkpoint_dir={tmp}/hf"],  # the starting weights'
+])
+def test_a_closing_sample_the_model_cannot_write_is_refused_before_data_prep(tmp_path,
+                                                                             vocabulary):
+  """A vocabulary of 96 ids, the recipe's or the starting weights' (read from their
+  config.json, no tensor): refused before the data is made or the weights load."""
   (tmp_path / "hf").mkdir()
   (tmp_path / "hf" / "config.json").write_text(json.dumps({
       "model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024,
       "vocab_size": 96}))
-  r = launch("--config=configs/quickstart.py", "--config.init_from=gpt2",
-             f"--config.hf_checkpoint_dir={tmp_path / 'hf'}", "--config.max_iters=1",
-             f"--config.data_dir={tmp_path / 'python_docs'}", f"--config.out_dir={tmp_path / 'run'}")
+  r = launch("--config=configs/quickstart.py", *(a.format(tmp=tmp_path) for a in vocabulary),
+             "--config.max_iters=1",
+             f"--config.data_dir={tmp_path / 'python_docs'}",
+             f"--config.out_dir={tmp_path / 'run'}")
   assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
       "error: config.sample_tokens=60: the model's vocab_size=96 cannot hold GPT-2's 50257 "
       "tokens, which the closing sample is written in: it was trained on other tokens (a "
