@@ -152,13 +152,13 @@ def test_cached_next_logits_equal_the_full_forward_pass():
   model, params = tiny_gpt()  # learned positions, as GPT-2's
   tokens_BT = jax.random.randint(jax.random.PRNGKey(7), (2, 12), 0, 64)
   full_BTV = jax.jit(model.apply)({"params": params}, tokens_BT)
-  # Jitted, as decoding's are: one program for the prompt and one for every step after it,
+  # Jitted, as decoding's are: one program for the prompt and one for the steps after it,
   # where op by op compiled one for every op.
   next_logits = jax.jit(lambda params, cache, tokens_BT, last_B, positions_BT: model.apply(
       {"params": params, "cache": cache}, tokens_BT, last_B, positions_BT,
       method=GPT.next_logits, mutable=["cache"]))
-  _, state = next_logits(params, decoding.init_cache(model, 2, 12), tokens_BT[:, :6], jnp.full((2,), 5),
-                         jnp.broadcast_to(jnp.arange(6), (2, 6)))
+  _, state = next_logits(params, decoding.init_cache(model, 2, 12), tokens_BT[:, :6],
+                         jnp.full((2,), 5), jnp.broadcast_to(jnp.arange(6), (2, 6)))
   for t in range(6, 12):
     logits_BV, state = next_logits(params, state["cache"], tokens_BT[:, t:t + 1],
                                    jnp.zeros((2,), jnp.int32), jnp.full((2, 1), t))
